@@ -1,0 +1,60 @@
+/**
+ * Every bound gatecast keeps, in one place. Names are noun-first with the unit last; each one is
+ * listed in docs/limits.md.
+ */
+
+/** Largest UDP payload over IPv4 (65535 - 8 UDP - 20 IP). */
+export const datagramBytesMax = 65_507;
+
+/** Default DATA payload size: 1400 bytes keeps a packet under a 1500-byte MTU over IPv6 too. */
+export const packetPayloadBytesDefault = 1400;
+
+/** Smallest DATA payload size a source accepts for --packet-size. */
+export const packetPayloadBytesMin = 16;
+
+/** Longest session name in a DESCRIPTOR, in UTF-8 bytes. */
+export const sessionNameBytesMax = 255;
+
+/** How often a source repeats its DESCRIPTOR so that late joiners learn the session. */
+export const descriptorIntervalMs = 1000;
+
+/** How often a source sends a HEARTBEAT carrying the next sequence (makes tail loss visible). */
+export const heartbeatIntervalMs = 250;
+
+/** How many times a source sends END, and the gap between the copies. */
+export const endRepeatCount = 3;
+export const endRepeatIntervalMs = 20;
+
+/** Default sending rate of a source when --rate is not given. */
+export const rateBitsPerSecondDefault = 10_000_000;
+
+/** Largest rate a source accepts (10 Gbit/s). */
+export const rateBitsPerSecondMax = 10_000_000_000;
+
+/** Datagrams a source sends back to back before it yields to the event loop. */
+export const sendBatchPacketsMax = 64;
+
+/** Packets a receiver holds out of order before it declares the oldest gap lost. */
+export const reorderPacketsMax = 8192;
+
+/** Packets a receiver holds while it waits for the session's first sequence. */
+export const pendingPacketsMax = 8192;
+
+/** Default socket receive buffer. */
+export const receiveBufferBytesDefault = 4 * 1024 * 1024;
+
+/** Default socket send buffer. */
+export const sendBufferBytesDefault = 4 * 1024 * 1024;
+
+/** Default receiver silence timeout. */
+export const receiveTimeoutMsDefault = 30_000;
+
+/** Datagrams a relay source queues when the network is slower than its input. */
+export const relayQueuePacketsMax = 16_384;
+
+/** Slots of the timer wheel and the duration of one slot. */
+export const timerWheelSlotCount = 512;
+export const timerWheelTickMs = 5;
+
+/** Default multicast TTL / hop limit: above 1 so the session crosses a router. */
+export const multicastTtlDefault = 16;

@@ -1,0 +1,85 @@
+/**
+ * Parsing of endpoints given as ADDR:PORT (IPv6 as [ADDR]:PORT) and checks that a group is
+ * multicast. Errors name the option the value came from.
+ */
+import { isIPv4, isIPv6 } from 'node:net';
+import { InvalidArgumentError } from './errors.js';
+
+/** IP family of an endpoint. */
+export type Family = 4 | 6;
+
+/** A parsed ADDR:PORT. */
+export interface Endpoint {
+  readonly address: string;
+  readonly port: number;
+  readonly family: Family;
+}
+
+/** Parses "239.1.2.3:5000" or "[ff3e::1]:5000". Throws InvalidArgumentError naming field. */
+export function parseEndpoint(text: string, field: string): Endpoint {
+  let host: string;
+  let portText: string;
+  const bracketed = /^\[([^\]]+)\]:(\d+)$/.exec(text);
+  if (bracketed) {
+    host = bracketed[1] ?? '';
+    portText = bracketed[2] ?? '';
+  } else {
+    const colon = text.lastIndexOf(':');
+    if (colon <= 0 || text.indexOf(':') !== colon) {
+      throw new InvalidArgumentError(
+        field,
+        `"${text}" is not ADDR:PORT (write IPv6 as [ADDR]:PORT, e.g. [ff3e::1]:5000)`,
+      );
+    }
+    host = text.slice(0, colon);
+    portText = text.slice(colon + 1);
+  }
+  const port = parsePort(portText, field);
+  if (isIPv4(host)) {
+    return { address: host, port, family: 4 };
+  }
+  if (isIPv6(host)) {
+    return { address: host, port, family: 6 };
+  }
+  throw new InvalidArgumentError(field, `"${host}" is not an IPv4 or IPv6 address`);
+}
+
+/** Parses a UDP port, 1-65535. */
+export function parsePort(text: string, field: string): number {
+  if (!/^\d+$/.test(text)) {
+    throw new InvalidArgumentError(field, `port "${text}" is not a number`);
+  }
+  const port = Number(text);
+  if (port < 1 || port > 65535) {
+    throw new InvalidArgumentError(field, `port ${port} is out of range (1-65535)`);
+  }
+  return port;
+}
+
+/** True for 224.0.0.0/4 and ff00::/8. */
+export function isMulticast(address: string): boolean {
+  if (isIPv4(address)) {
+    const first = Number(address.split('.')[0]);
+    return first >= 224 && first <= 239;
+  }
+  return isIPv6(address) && address.toLowerCase().startsWith('ff');
+}
+
+/** Parses a group endpoint and checks that the address is multicast. */
+export function parseGroup(text: string, field: string): Endpoint {
+  const endpoint = parseEndpoint(text, field);
+  if (!isMulticast(endpoint.address)) {
+    throw new InvalidArgumentError(
+      field,
+      `${endpoint.address} is not a multicast group (IPv4 224.0.0.0/4, IPv6 ff00::/8)`,
+    );
+  }
+  return endpoint;
+}
+
+/** Formats an endpoint back as ADDR:PORT. */
+export function formatEndpoint(endpoint: Endpoint): string {
+  return endpoint.family === 6
+    ? `[${endpoint.address}]:${endpoint.port}`
+    : `${endpoint.address}:${endpoint.port}`;
+}
