@@ -112,6 +112,30 @@ export async function openReceiverSocket(
   };
 }
 
+/** Opens a plain unicast socket bound to an address and port (a relay's input). */
+export async function openUnicastSocket(
+  endpoint: Endpoint,
+  onDatagram: DatagramHandler,
+): Promise<ReceiverSocket> {
+  const socket = createSocket({ type: socketType(endpoint), reuseAddr: true });
+  socket.on('message', onDatagram);
+  await bindSocket(socket, endpoint.port, endpoint.address);
+  const close = closer(socket);
+  try {
+    apply('receive buffer', () => socket.setRecvBufferSize(receiveBufferBytesDefault));
+  } catch (error) {
+    await close();
+    throw error;
+  }
+  socket.on('error', () => undefined);
+  return {
+    iface: undefined,
+    receiveBufferBytes: socket.getRecvBufferSize(),
+    close,
+    [Symbol.asyncDispose]: close,
+  };
+}
+
 /** Options for a sending socket. */
 export interface SenderSocketOptions {
   readonly group: Endpoint;

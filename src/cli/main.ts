@@ -1,0 +1,67 @@
+/**
+ * The gatecast command: parses the subcommand, runs it, and maps errors to exit codes. Operating
+ * errors print one line naming the value and exit 2; a bug prints its stack and exits 70.
+ */
+import { readFileSync } from 'node:fs';
+import { runDemo } from './demo.js';
+import { exitInternal, exitOk, exitUsage, isOperatingError } from './errors.js';
+import { runReceive } from './receive.js';
+import { runSend } from './send.js';
+
+const usage = `usage: gatecast <command> [options]
+
+gatecast turns IP multicast into a service: repaired, restricted, billed, orderable.
+
+commands:
+  send       multicast a file, standard input, a ticker, or a relayed UDP stream
+  receive    receive a session, write it in order, report loss truthfully
+  demo       run a sender and receivers over loopback and print a summary
+  help       show this text (gatecast <command> --help for a command's options)
+  version    print the version
+
+exit codes: 0 ok, 1 session incomplete, 2 bad usage or input, 70 internal error
+`;
+
+function version(): string {
+  const packageJson = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as {
+    version: string;
+  };
+  return packageJson.version;
+}
+
+/** Runs the command line; resolves to the exit code. */
+export async function main(argv: string[]): Promise<number> {
+  const [command, ...rest] = argv;
+  try {
+    switch (command) {
+      case 'send':
+        return await runSend(rest, process.stderr);
+      case 'receive':
+        return await runReceive(rest, process.stderr);
+      case 'demo':
+        return await runDemo(rest, process.stdout);
+      case 'version':
+      case '--version':
+        process.stdout.write(`gatecast ${version()}\n`);
+        return exitOk;
+      case undefined:
+      case 'help':
+      case '--help':
+      case '-h':
+        process.stdout.write(usage);
+        return command === undefined ? exitUsage : exitOk;
+      default:
+        process.stderr.write(`gatecast: unknown command "${command}"\n\n${usage}`);
+        return exitUsage;
+    }
+  } catch (error) {
+    if (isOperatingError(error)) {
+      process.stderr.write(`gatecast ${command}: ${error.message}\n`);
+      return exitUsage;
+    }
+    process.stderr.write(
+      `gatecast ${command}: internal error: ${(error as Error)?.stack ?? String(error)}\n`,
+    );
+    return exitInternal;
+  }
+}

@@ -1,0 +1,195 @@
+/** `gatecast send`: the source role on the command line. */
+import { packetPayloadBytesDefault, packetPayloadBytesMin, rateBitsPerSecondDefault } from '../limits.js';
+import { parseEndpoint, parseGroup } from '../net/address.js';
+import { InvalidArgumentError } from '../net/errors.js';
+import { resolveInterface } from '../net/interfaces.js';
+import { bodyBytesMax } from '../protocol/packet.js';
+import {
+  openFileInput,
+  openRelayInput,
+  openStreamInput,
+  openTickerInput,
+  type PayloadInput,
+} from '../source/inputs.js';
+import { createSource, type SourceStats } from '../source/source.js';
+import { exitOk, UsageError } from './errors.js';
+import { formatBytes, formatRate, progressBar } from './format.js';
+import {
+  formatHelp,
+  type OptionSpecs,
+  type OptionValues,
+  optional,
+  parseInteger,
+  parseOptions,
+  parseRate,
+  parseSeconds,
+  required,
+} from './options.js';
+
+export const sendOptions: OptionSpecs = {
+  group: { type: 'string', value: 'ADDR:PORT', help: 'multicast group to send to, IPv6 as [ff3e::1]:5000' },
+  iface: { type: 'string', value: 'NAME|ADDR', help: 'interface to send on (default: the routing table)' },
+  file: { type: 'string', value: 'PATH', help: 'send a file (its size and SHA-256 go in the descriptor)' },
+  stdin: { type: 'boolean', help: 'send standard input until it ends' },
+  ticker: { type: 'boolean', help: 'send a generated stock ticker, one quote per packet' },
+  relay: {
+    type: 'string',
+    value: 'ADDR:PORT',
+    help: 'relay an existing UDP/RTP stream, datagram for datagram',
+  },
+  rate: {
+    type: 'string',
+    value: 'BITS',
+    help: `pacing rate in bit/s: 20M, 500k, unlimited (default 10M; relay/ticker: unlimited)`,
+  },
+  session: {
+    type: 'string',
+    value: 'NAME',
+    help: 'session name carried in the descriptor (default: the file name)',
+  },
+  'packet-size': {
+    type: 'string',
+    value: 'BYTES',
+    help: `payload bytes per packet (default ${packetPayloadBytesDefault})`,
+  },
+  ttl: { type: 'string', value: 'N', help: 'multicast TTL / hop limit (default 16)' },
+  'ticks-per-second': { type: 'string', value: 'N', help: 'ticker quotes per second (default 20)' },
+  ticks: { type: 'string', value: 'N', help: 'ticker: stop after N quotes' },
+  duration: { type: 'string', value: 'SECONDS', help: 'stop (and send END) after this long' },
+  'session-id': { type: 'string', value: 'N', help: 'fix the 32-bit session id (default random)' },
+  'first-sequence': { type: 'string', value: 'N', help: 'fix the first sequence number (default random)' },
+};
+
+export const sendHelp = formatHelp(
+  'gatecast send --group ADDR:PORT (--file PATH | --stdin | --ticker | --relay ADDR:PORT) [options]',
+  'Multicast a session: a file, standard input, a generated ticker, or a relayed UDP stream.',
+  sendOptions,
+);
+
+/** Builds the input named by exactly one of --file, --stdin, --ticker, --relay. */
+async function openInput(values: OptionValues, payloadBytesMax: number): Promise<PayloadInput> {
+  const chosen = ['file', 'stdin', 'ticker', 'relay'].filter(
+    (name) => values[name] !== undefined && values[name] !== false,
+  );
+  if (chosen.length !== 1) {
+    throw new UsageError(
+      chosen.length === 0
+        ? 'one of --file, --stdin, --ticker or --relay is required'
+        : `choose one input, not ${chosen.map((name) => `--${name}`).join(' and ')}`,
+    );
+  }
+  const file = optional(values, 'file');
+  if (file !== undefined) {
+    return openFileInput(file);
+  }
+  if (values.stdin === true) {
+    return openStreamInput(process.stdin);
+  }
+  if (values.ticker === true) {
+    const ticks = optional(values, 'ticks');
+    return openTickerInput({
+      ticksPerSecond: parseInteger(
+        optional(values, 'ticks-per-second') ?? '20',
+        '--ticks-per-second',
+        1,
+        100_000,
+      ),
+      tickCount: ticks === undefined ? undefined : parseInteger(ticks, '--ticks', 1, 2 ** 40),
+    });
+  }
+  const relay = parseEndpoint(required(values, 'relay'), '--relay');
+  return openRelayInput(relay, { iface: optional(values, 'iface'), payloadBytesMax });
+}
+
+/** Runs `gatecast send`; returns the exit code. */
+export async function runSend(argv: string[], out: NodeJS.WriteStream): Promise<number> {
+  const values = parseOptions(argv, sendOptions);
+  if (values.help === true) {
+    out.write(sendHelp);
+    return exitOk;
+  }
+  const group = parseGroup(required(values, 'group'), '--group');
+  const iface = optional(values, 'iface');
+  if (iface !== undefined) {
+    resolveInterface(iface, group.family);
+  }
+  const packetText = optional(values, 'packet-size');
+  const packetPayloadBytes =
+    packetText === undefined
+      ? packetPayloadBytesDefault
+      : parseInteger(packetText, '--packet-size', packetPayloadBytesMin, bodyBytesMax);
+  const rateText = optional(values, 'rate');
+  const selfPaced = values.ticker === true || values.relay !== undefined;
+  const rate =
+    rateText === undefined ? (selfPaced ? 0 : rateBitsPerSecondDefault) : parseRate(rateText, '--rate');
+  const ttlText = optional(values, 'ttl');
+  const ttl = ttlText === undefined ? undefined : parseInteger(ttlText, '--ttl', 1, 255);
+  const durationText = optional(values, 'duration');
+  const durationMs = durationText === undefined ? undefined : parseSeconds(durationText, '--duration');
+  const sessionIdText = optional(values, 'session-id');
+  const firstSequenceText = optional(values, 'first-sequence');
+  const file = optional(values, 'file');
+  const sessionName = optional(values, 'session') ?? (file ? (file.split('/').pop() ?? file) : 'gatecast');
+  if (Buffer.byteLength(sessionName) > 255) {
+    throw new InvalidArgumentError('--session', 'name is longer than 255 bytes');
+  }
+  const input = await openInput(values, packetPayloadBytes);
+  const source = createSource(
+    {
+      group,
+      iface,
+      ttl,
+      rateBitsPerSecond: rate,
+      packetPayloadBytes,
+      sessionName,
+      sessionId:
+        sessionIdText === undefined ? undefined : parseInteger(sessionIdText, '--session-id', 1, 0xffffffff),
+      firstSequence:
+        firstSequenceText === undefined
+          ? undefined
+          : parseInteger(firstSequenceText, '--first-sequence', 0, 0xffffffff),
+    },
+    { input },
+  );
+  const controller = new AbortController();
+  const stop = () => controller.abort();
+  process.once('SIGINT', stop);
+  process.once('SIGTERM', stop);
+  const durationTimer = durationMs === undefined ? undefined : setTimeout(stop, durationMs);
+  const progressTimer = out.isTTY
+    ? setInterval(() => out.write(`\r${progressLine(source.stats)}`), 200)
+    : undefined;
+  try {
+    const stats = await source.run({ signal: controller.signal });
+    if (out.isTTY) {
+      out.write(`\r${progressLine(stats)}\n`);
+    }
+    out.write(`${summaryLine(stats, sessionName)}\n`);
+  } finally {
+    clearInterval(progressTimer);
+    clearTimeout(durationTimer);
+    process.off('SIGINT', stop);
+    process.off('SIGTERM', stop);
+  }
+  return exitOk;
+}
+
+function progressLine(stats: Readonly<SourceStats>): string {
+  const elapsedS = Math.max(0.001, (performance.now() - stats.startedAtMs) / 1000);
+  const rate = formatRate((stats.datagramBytesSent * 8) / elapsedS);
+  const bar = stats.totalBytes
+    ? `${progressBar(stats.payloadBytesSent / Math.max(1, stats.totalBytes))} `
+    : '';
+  return `${bar}${formatBytes(stats.payloadBytesSent)} ${stats.packetsSent} packets ${rate}   `;
+}
+
+function summaryLine(stats: SourceStats, name: string): string {
+  const seconds = stats.elapsedMs / 1000;
+  const rate = formatRate((stats.datagramBytesSent * 8) / Math.max(0.001, seconds));
+  const dropped = stats.inputDropped > 0 ? `, ${stats.inputDropped} input datagrams dropped` : '';
+  const errors = stats.sendErrors > 0 ? `, ${stats.sendErrors} send errors` : '';
+  return (
+    `sent session "${name}" (id ${stats.sessionId}): ${stats.packetsSent} packets, ` +
+    `${formatBytes(stats.payloadBytesSent)} in ${seconds.toFixed(2)} s at ${rate}${dropped}${errors}`
+  );
+}

@@ -1,0 +1,6 @@
+/** Operating failures of the source role, with stable codes listed in docs/errors.md. */
+
+/** The input (file, stdin, relay socket) cannot be read. */
+export class SourceInputError extends Error {
+  readonly code = 'GATECAST_ERR_SOURCE_INPUT';
+}
