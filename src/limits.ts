@@ -21,6 +21,9 @@ export const descriptorIntervalMs = 1000;
 /** How often a source sends a HEARTBEAT carrying the next sequence (makes tail loss visible). */
 export const heartbeatIntervalMs = 250;
 
+/** Pause between a source's first DESCRIPTOR and its first DATA (routers install state meanwhile). */
+export const startDelayMsDefault = 200;
+
 /** How many times a source sends END, and the gap between the copies. */
 export const endRepeatCount = 3;
 export const endRepeatIntervalMs = 20;

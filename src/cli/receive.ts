@@ -3,7 +3,7 @@
 import { once } from 'node:events';
 import { closeSync, openSync, writeSync } from 'node:fs';
 import { receiveTimeoutMsDefault } from '../limits.js';
-import { parseGroup } from '../net/address.js';
+import { formatEndpoint, parseGroup } from '../net/address.js';
 import { InvalidArgumentError } from '../net/errors.js';
 import { resolveInterface } from '../net/interfaces.js';
 import { createReceiver, type PayloadSink, type ReceiveSummary } from '../receiver/receiver.js';
@@ -95,7 +95,13 @@ export async function runReceive(argv: string[], err: NodeJS.WriteStream): Promi
   process.once('SIGINT', stop);
   process.once('SIGTERM', stop);
   try {
-    const summary = await receiver.run({ signal: controller.signal });
+    const summary = await receiver.run({
+      signal: controller.signal,
+      onJoined: (socket) =>
+        err.write(
+          `joined ${formatEndpoint(group)}${socket.iface ? ` on ${socket.iface.name}` : ''}, waiting for a session\n`,
+        ),
+    });
     err.write(`${describeReceive(summary)}\n`);
     return summary.outcome === 'complete' ? exitOk : exitIncomplete;
   } finally {

@@ -67,10 +67,17 @@ export interface ReceiveSummary {
   elapsedMs: number;
 }
 
+/** Options of one run. */
+export interface ReceiveRunOptions {
+  readonly signal?: AbortSignal;
+  readonly onJoined?: (socket: ReceiverSocket) => void;
+}
+
 /** A built receiver. */
 export interface Receiver extends AsyncDisposable {
   readonly summary: Readonly<ReceiveSummary>;
-  run(options?: { signal?: AbortSignal }): Promise<ReceiveSummary>;
+  /** Receives one session; onJoined is called once the group is joined. */
+  run(options?: ReceiveRunOptions): Promise<ReceiveSummary>;
   close(): Promise<void>;
 }
 
@@ -249,7 +256,7 @@ export function createReceiver(settings: ReceiverSettings, components: ReceiverC
     }
   };
 
-  async function run(options: { signal?: AbortSignal } = {}): Promise<ReceiveSummary> {
+  async function run(options: ReceiveRunOptions = {}): Promise<ReceiveSummary> {
     const startedAtMs = performance.now();
     socket = await (components.openSocket ?? openReceiverSocket)(
       {
@@ -260,6 +267,8 @@ export function createReceiver(settings: ReceiverSettings, components: ReceiverC
       },
       onDatagram,
     );
+    lastPacketAtMs = performance.now();
+    options.onJoined?.(socket);
     let watchdog: NodeJS.Timeout | undefined;
     let outcome = await new Promise<ReceiveOutcome>((resolve) => {
       finish = resolve;

@@ -10,6 +10,7 @@ import {
   endRepeatIntervalMs,
   heartbeatIntervalMs,
   sendBatchPacketsMax,
+  startDelayMsDefault,
 } from '../limits.js';
 import type { Endpoint } from '../net/address.js';
 import { openSenderSocket, type SenderSocket, type SenderSocketOptions } from '../net/udp.js';
@@ -37,6 +38,8 @@ export interface SourceSettings {
   readonly sessionId?: number | undefined;
   /** Chosen at random when absent (RFC 3550 practice), so wrap-around is exercised in the field. */
   readonly firstSequence?: number | undefined;
+  /** Pause between the first DESCRIPTOR and the first DATA packet. */
+  readonly startDelayMs?: number | undefined;
 }
 
 /** Parts a source is built from; tests can hand in their own. */
@@ -54,6 +57,7 @@ export interface SourceStats {
   datagramBytesSent: number;
   sendErrors: number;
   startedAtMs: number;
+  /** From the first DATA packet to the last (start delay and END repeats not included). */
   elapsedMs: number;
   totalBytes: number | undefined;
   inputDropped: number;
@@ -142,7 +146,6 @@ export function createSource(settings: SourceSettings, components: SourceCompone
       iface: settings.iface,
       ttl: settings.ttl,
     });
-    stats.startedAtMs = performance.now();
     sendControl(descriptor());
     const descriptorTimer = setInterval(() => sendControl(descriptor()), descriptorIntervalMs);
     const heartbeatTimer = setInterval(
@@ -150,7 +153,12 @@ export function createSource(settings: SourceSettings, components: SourceCompone
       heartbeatIntervalMs,
     );
     try {
+      // Routers install forwarding state when a group's first packet arrives, and drop what comes
+      // while they do; the descriptor opens the path before the first DATA packet.
+      await sleep(settings.startDelayMs ?? startDelayMsDefault);
+      stats.startedAtMs = performance.now();
       await pump(options.signal);
+      stats.elapsedMs = performance.now() - stats.startedAtMs;
     } finally {
       clearInterval(descriptorTimer);
       clearInterval(heartbeatTimer);
@@ -162,7 +170,6 @@ export function createSource(settings: SourceSettings, components: SourceCompone
     while (inFlight > 0) {
       await sleep(1);
     }
-    stats.elapsedMs = performance.now() - stats.startedAtMs;
     stats.inputDropped = input.droppedCount;
     await close();
     return { ...stats };

@@ -1,0 +1,153 @@
+#!/usr/bin/env bash
+# gatecast test bed: a real multi-host network built from Linux network namespaces.
+#
+#   subnet A (10.200.1.0/24, fd00:200:1::/64)       subnet B (10.200.2.0/24, fd00:200:2::/64)
+#   PREFIX-src .10 --+                               +-- PREFIX-rx1 .11
+#                    |-- brA [PREFIX-sw] brB ---------|-- PREFIX-rx2 .12
+#   PREFIX-rtr .1  --+        (no snooping)           +-- PREFIX-rtr .1 (eth1)
+#   (eth0)           PREFIX-rtr forwards multicast A -> B with a real smcrouted
+#
+# Every host's interface on its subnet is eth0 (the router has eth0 on A and eth1 on B).
+# Usage:
+#   testbed.sh up PREFIX               build it (PREFIX: short, unique per run, e.g. gc1a2b)
+#   testbed.sh down PREFIX             tear it down (idempotent; kills smcrouted by its pid)
+#   testbed.sh loss PREFIX HOST PCT [PORT]   drop PCT % of UDP arriving at HOST (port optional)
+#   testbed.sh drop PREFIX HOST on|off [PORT] drop all UDP arriving at HOST (bursts: switch it)
+#   testbed.sh clear PREFIX HOST       remove HOST's loss rules
+#   testbed.sh rate PREFIX HOST RATE   shape HOST's eth0 egress with tbf (e.g. 50mbit)
+#   testbed.sh route PREFIX GROUP      add a (*,G) route A -> B on the running smcrouted
+#   testbed.sh routes PREFIX           show smcrouted's routes
+# Needs root, iproute2, nftables and smcroute.
+set -euo pipefail
+
+die() { echo "testbed: $*" >&2; exit 2; }
+[[ $# -ge 2 ]] || die "usage: testbed.sh up|down|loss|drop|clear|rate|route|routes PREFIX ..."
+command=$1
+prefix=$2
+shift 2
+[[ $prefix =~ ^[a-z0-9]{2,8}$ ]] || die "PREFIX must be 2-8 lower-case letters or digits: $prefix"
+state=${TMPDIR:-/tmp}/gatecast-testbed-$prefix
+sw=$prefix-sw
+hosts=(src rtr rx1 rx2)
+
+in_ns() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
+
+# Creates a veth pair: one end named PORT on BRIDGE in the switch, the other IFNAME in host NS.
+attach() {
+  local ns=$1 ifname=$2 port=$3 bridge=$4
+  ip -n "$sw" link add "$port" type veth peer name "$ifname" netns "$ns"
+  ip -n "$sw" link set "$port" master "$bridge" up
+  ip -n "$ns" link set "$ifname" up
+}
+
+address() {
+  local ns=$1 ifname=$2 v4=$3 v6=$4
+  ip -n "$ns" addr add "$v4" dev "$ifname"
+  ip -n "$ns" -6 addr add "$v6" dev "$ifname" nodad
+}
+
+up() {
+  mkdir -p "$state"
+  ip netns add "$sw"
+  for host in "${hosts[@]}"; do
+    ip netns add "$prefix-$host"
+    ip -n "$prefix-$host" link set lo up
+  done
+  for bridge in brA brB; do
+    ip -n "$sw" link add "$bridge" type bridge mcast_snooping 0
+    ip -n "$sw" link set "$bridge" up
+  done
+  attach "$prefix-src" eth0 src0 brA
+  attach "$prefix-rtr" eth0 rtr0 brA
+  attach "$prefix-rtr" eth1 rtr1 brB
+  attach "$prefix-rx1" eth0 rx1 brB
+  attach "$prefix-rx2" eth0 rx2 brB
+  address "$prefix-src" eth0 10.200.1.10/24 fd00:200:1::10/64
+  address "$prefix-rtr" eth0 10.200.1.1/24 fd00:200:1::1/64
+  address "$prefix-rtr" eth1 10.200.2.1/24 fd00:200:2::1/64
+  address "$prefix-rx1" eth0 10.200.2.11/24 fd00:200:2::11/64
+  address "$prefix-rx2" eth0 10.200.2.12/24 fd00:200:2::12/64
+  ip -n "$prefix-src" route add default via 10.200.1.1
+  ip -n "$prefix-src" -6 route add default via fd00:200:1::1
+  for host in rx1 rx2; do
+    ip -n "$prefix-$host" route add default via 10.200.2.1
+    ip -n "$prefix-$host" -6 route add default via fd00:200:2::1
+  done
+  in_ns "$prefix-rtr" sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1
+  cat >"$state/smcroute.conf" <<CONF
+phyint eth0 enable
+phyint eth1 enable
+mroute from eth0 group 239.0.0.0/8 to eth1
+mroute from eth0 group ff3e::/16 to eth1
+CONF
+  in_ns "$prefix-rtr" smcrouted -n -N -f "$state/smcroute.conf" -i "gc-$prefix" -u "$state/smcroute.sock" \
+    -P "$state/smcroute.pid" -l info >"$state/smcroute.log" 2>&1 &
+  echo $! >"$state/smcrouted.pid"
+  for _ in $(seq 1 50); do
+    [[ -S $state/smcroute.sock ]] && break
+    sleep 0.1
+  done
+  [[ -S $state/smcroute.sock ]] || { cat "$state/smcroute.log" >&2; die "smcrouted did not start"; }
+  echo "testbed $prefix up: hosts ${hosts[*]/#/$prefix-}, router smcrouted pid $(cat "$state/smcrouted.pid")"
+}
+
+down() {
+  if [[ -f $state/smcrouted.pid ]]; then
+    local pid
+    pid=$(cat "$state/smcrouted.pid")
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 1 20); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
+    kill -9 "$pid" 2>/dev/null || true
+  fi
+  for ns in "$sw" "${hosts[@]/#/$prefix-}"; do
+    # End whatever a test left running inside the host, by pid, then delete the namespace.
+    for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$pid" 2>/dev/null || true; done
+    ip netns delete "$ns" 2>/dev/null || true
+  done
+  rm -rf "$state"
+}
+
+ensure_loss_table() {
+  local ns=$1
+  in_ns "$ns" nft list table inet gcloss >/dev/null 2>&1 && return
+  in_ns "$ns" nft add table inet gcloss
+  in_ns "$ns" nft add chain inet gcloss input '{ type filter hook input priority 0; }'
+}
+
+port_match() { [[ -n ${1:-} ]] && echo "udp dport $1" || echo "meta l4proto udp"; }
+
+case $command in
+  up) up ;;
+  down) down ;;
+  loss)
+    [[ $# -ge 2 ]] || die "usage: testbed.sh loss PREFIX HOST PCT [PORT]"
+    ns=$prefix-$1
+    [[ $2 =~ ^[0-9]+$ && $2 -le 100 ]] || die "PCT must be 0-100: $2"
+    ensure_loss_table "$ns"
+    # shellcheck disable=SC2046
+    in_ns "$ns" nft add rule inet gcloss input $(port_match "${3:-}") numgen random mod 100 '<' "$2" counter drop
+    ;;
+  drop)
+    [[ $# -ge 2 ]] || die "usage: testbed.sh drop PREFIX HOST on|off [PORT]"
+    ns=$prefix-$1
+    ensure_loss_table "$ns"
+    if [[ $2 == on ]]; then
+      # shellcheck disable=SC2046
+      in_ns "$ns" nft add rule inet gcloss input $(port_match "${3:-}") counter drop comment '"burst"'
+    else
+      handle=$(in_ns "$ns" nft -a list chain inet gcloss input | sed -n 's/.*comment "burst" # handle \([0-9]*\).*/\1/p' | head -1)
+      [[ -z $handle ]] || in_ns "$ns" nft delete rule inet gcloss input handle "$handle"
+    fi
+    ;;
+  clear) in_ns "$prefix-$1" nft delete table inet gcloss 2>/dev/null || true ;;
+  rate)
+    [[ $# -ge 2 ]] || die "usage: testbed.sh rate PREFIX HOST RATE"
+    in_ns "$prefix-$1" tc qdisc replace dev eth0 root tbf rate "$2" burst 64kb latency 50ms
+    ;;
+  route)
+    [[ $# -ge 1 ]] || die "usage: testbed.sh route PREFIX GROUP"
+    smcroutectl -u "$state/smcroute.sock" add eth0 "$1" eth1
+    ;;
+  routes) smcroutectl -u "$state/smcroute.sock" -p show routes ;;
+  *) die "unknown command: $command" ;;
+esac

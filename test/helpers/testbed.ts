@@ -1,0 +1,167 @@
+/**
+ * The namespace test bed from the tests' side: builds it with scripts/testbed.sh, runs gatecast and
+ * outside programs on its hosts, and always tears it down (also when a test fails or the process
+ * exits). Tests that need it skip with the reason when they cannot run, and fail instead when
+ * GATECAST_REQUIRE_NETNS=1 (set by .ci/run).
+ */
+import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export const repoRoot = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
+const script = join(repoRoot, 'scripts', 'testbed.sh');
+export const gatecastBin = join(repoRoot, 'bin', 'gatecast');
+
+/** Why the test bed cannot run here, or undefined when it can. */
+export function testbedUnavailable(extraCommands: string[] = []): string | undefined {
+  if (process.getuid?.() !== 0) {
+    return 'needs root to create network namespaces (run as root, or in CI)';
+  }
+  for (const command of ['ip', 'nft', 'smcrouted', 'smcroutectl', 'tc', ...extraCommands]) {
+    const found = ['/usr/sbin', '/usr/bin', '/sbin', '/bin'].some((dir) => existsSync(join(dir, command)));
+    if (!found) {
+      return `needs the command ${command} (Debian packages: iproute2 nftables smcroute socat ffmpeg)`;
+    }
+  }
+  return undefined;
+}
+
+/**
+ * Skip options for node:test: `{ skip: reason }` where the bed cannot run, unless the run requires
+ * it, in which case the test runs and fails loudly in before().
+ */
+export function testbedSkip(extraCommands: string[] = []): { skip?: string } {
+  const reason = testbedUnavailable(extraCommands);
+  if (reason === undefined) {
+    return {};
+  }
+  if (process.env.GATECAST_REQUIRE_NETNS === '1') {
+    throw new Error(`GATECAST_REQUIRE_NETNS=1 but the namespace test bed cannot run: ${reason}`);
+  }
+  return { skip: reason };
+}
+
+/** A finished process. */
+export interface Finished {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** A process running on a host of the bed. */
+export interface HostProcess {
+  readonly child: ChildProcess;
+  readonly finished: Promise<Finished>;
+  /** Resolves when the process has printed a line matching pattern on stderr or stdout. */
+  waitFor(pattern: RegExp, timeoutMs?: number): Promise<void>;
+}
+
+/** A built test bed. */
+export interface Testbed {
+  readonly prefix: string;
+  namespace(host: string): string;
+  /** Starts a command in a host's namespace; it is killed at teardown if still running. */
+  spawn(host: string, command: string, args: string[]): HostProcess;
+  /** Starts gatecast in a host's namespace. */
+  gatecast(host: string, args: string[]): HostProcess;
+  /** Runs a test-bed subcommand (loss, drop, clear, rate, route, routes). */
+  control(...args: string[]): string;
+  down(): void;
+}
+
+/** Builds a test bed with a fresh per-run prefix. */
+export function createTestbed(): Testbed {
+  const prefix = `gc${randomBytes(3).toString('hex')}`;
+  const children = new Set<ChildProcess>();
+  let isDown = false;
+  const down = () => {
+    if (isDown) {
+      return;
+    }
+    isDown = true;
+    for (const child of children) {
+      if (child.exitCode === null && child.pid !== undefined) {
+        child.kill('SIGKILL');
+      }
+    }
+    execFileSync('bash', [script, 'down', prefix], { stdio: 'ignore' });
+    process.off('exit', down);
+  };
+  process.on('exit', down);
+  try {
+    execFileSync('bash', [script, 'up', prefix], { stdio: ['ignore', 'ignore', 'pipe'] });
+  } catch (error) {
+    down();
+    throw error;
+  }
+
+  const run = (host: string, command: string, args: string[]): HostProcess => {
+    const child = spawn('ip', ['netns', 'exec', `${prefix}-${host}`, command, ...args], {
+      stdio: ['pipe', 'pipe', 'pipe'],
+      cwd: repoRoot,
+    });
+    children.add(child);
+    let stdout = '';
+    let stderr = '';
+    const listeners = new Set<() => void>();
+    child.stdout?.on('data', (chunk: Buffer) => {
+      stdout += chunk.toString();
+      for (const listener of listeners) {
+        listener();
+      }
+    });
+    child.stderr?.on('data', (chunk: Buffer) => {
+      stderr += chunk.toString();
+      for (const listener of listeners) {
+        listener();
+      }
+    });
+    const finished = new Promise<Finished>((resolve) => {
+      child.on('close', (code, signal) => {
+        children.delete(child);
+        resolve({ code, signal, stdout, stderr });
+      });
+    });
+    const waitFor = (pattern: RegExp, timeoutMs = 10_000) =>
+      new Promise<void>((resolve, reject) => {
+        const check = () => {
+          if (pattern.test(stderr) || pattern.test(stdout)) {
+            cleanup();
+            resolve();
+          }
+        };
+        const timer = setTimeout(() => {
+          cleanup();
+          reject(new Error(`${command} on ${host}: no ${pattern} within ${timeoutMs} ms; stderr: ${stderr}`));
+        }, timeoutMs);
+        const cleanup = () => {
+          clearTimeout(timer);
+          listeners.delete(check);
+        };
+        listeners.add(check);
+        void finished.then(() => {
+          if (listeners.has(check)) {
+            cleanup();
+            reject(new Error(`${command} on ${host} exited before ${pattern}; stderr: ${stderr}`));
+          }
+        });
+        check();
+      });
+    return { child, finished, waitFor };
+  };
+
+  return {
+    prefix,
+    namespace: (host) => `${prefix}-${host}`,
+    spawn: run,
+    gatecast: (host, args) => run(host, process.execPath, [gatecastBin, ...args]),
+    control: (...args) => {
+      const [command, ...rest] = args;
+      return execFileSync('bash', [script, command ?? '', prefix, ...rest], { encoding: 'utf8' });
+    },
+    down,
+  };
+}
