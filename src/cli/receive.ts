@@ -21,6 +21,7 @@ export const receiveOptions: OptionSpecs = {
     value: 'PATH|-',
     help: 'where the payload goes (default -, standard output)',
   },
+  json: { type: 'boolean', help: 'print the summary as one JSON object (on standard error)' },
   timeout: {
     type: 'string',
     value: 'SECONDS',
@@ -102,7 +103,7 @@ export async function runReceive(argv: string[], err: NodeJS.WriteStream): Promi
           `joined ${formatEndpoint(group)}${socket.iface ? ` on ${socket.iface.name}` : ''}, waiting for a session\n`,
         ),
     });
-    err.write(`${describeReceive(summary)}\n`);
+    err.write(`${values.json === true ? JSON.stringify(summary) : describeReceive(summary)}\n`);
     return summary.outcome === 'complete' ? exitOk : exitIncomplete;
   } finally {
     process.off('SIGINT', stop);

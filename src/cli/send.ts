@@ -57,6 +57,7 @@ export const sendOptions: OptionSpecs = {
   ticks: { type: 'string', value: 'N', help: 'ticker: stop after N quotes' },
   duration: { type: 'string', value: 'SECONDS', help: 'stop (and send END) after this long' },
   'session-id': { type: 'string', value: 'N', help: 'fix the 32-bit session id (default random)' },
+  json: { type: 'boolean', help: 'print the summary as one JSON object instead of a line' },
   'first-sequence': { type: 'string', value: 'N', help: 'fix the first sequence number (default random)' },
 };
 
@@ -164,7 +165,7 @@ export async function runSend(argv: string[], out: NodeJS.WriteStream): Promise<
     if (out.isTTY) {
       out.write(`\r${progressLine(stats)}\n`);
     }
-    out.write(`${summaryLine(stats, sessionName)}\n`);
+    out.write(`${values.json === true ? JSON.stringify({ sessionName, ...stats }) : summaryLine(stats, sessionName)}\n`);
   } finally {
     clearInterval(progressTimer);
     clearTimeout(durationTimer);
