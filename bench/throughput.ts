@@ -64,14 +64,18 @@ async function main(): Promise<void> {
     writeFileSync(file, Buffer.alloc(fileBytes, 0x5a));
     const unpaced = await runGatecast(bed, file, 'unlimited');
     rows.push(unpaced);
-    console.error(`gatecast unpaced: ${(unpaced.receivedPackets / unpaced.seconds).toFixed(0)} packets/s, ${unpaced.lostPackets} lost`);
+    console.error(
+      `gatecast unpaced: ${(unpaced.receivedPackets / unpaced.seconds).toFixed(0)} packets/s, ${unpaced.lostPackets} lost`,
+    );
     if (unpaced.lostPackets > 0) {
-      const unpacedBits = ((unpaced.sentPackets * (payloadBytes + 28) * 8) / unpaced.seconds);
+      const unpacedBits = (unpaced.sentPackets * (payloadBytes + 28) * 8) / unpaced.seconds;
       for (const share of [0.95, 0.9, 0.85, 0.8, 0.7, 0.6, 0.5]) {
         const rate = `${Math.round((unpacedBits * share) / 1e6)}M`;
         const paced = await runGatecast(bed, file, rate);
         rows.push(paced);
-        console.error(`gatecast at ${rate}: ${(paced.receivedPackets / paced.seconds).toFixed(0)} packets/s, ${paced.lostPackets} lost`);
+        console.error(
+          `gatecast at ${rate}: ${(paced.receivedPackets / paced.seconds).toFixed(0)} packets/s, ${paced.lostPackets} lost`,
+        );
         if (paced.lostPackets === 0) {
           break;
         }
@@ -195,7 +199,7 @@ machine: compare within a run, not across runs.
   unpaced, then paced at stepped-down rates until the receiver loses nothing.
 - packets/s and Mbit/s are payload delivered to the receiving application per second of sending;
   loss is what the receiver did not get; CPU is the process's user + system time per second of
-  sending (100 % = one core).
+  sending (100 % = one core); gatecast's sender CPU includes hashing the file before the session.
 
 | run | offered rate | sent | received | packets/s | Mbit/s | loss | sender CPU | receiver CPU | ratio to raw |
 |---|---|---|---|---|---|---|---|---|---|

@@ -1,7 +1,7 @@
 /** `gatecast receive`: the plain receiver on the command line. */
 
 import { once } from 'node:events';
-import { closeSync, openSync, writeSync } from 'node:fs';
+import { closeSync, openSync, writevSync } from 'node:fs';
 import { receiveTimeoutMsDefault } from '../limits.js';
 import { formatEndpoint, parseGroup } from '../net/address.js';
 import { InvalidArgumentError } from '../net/errors.js';
@@ -37,7 +37,13 @@ export const receiveHelp = formatHelp(
   receiveOptions,
 );
 
-/** A sink writing to a file with synchronous writes (no unbounded buffering). */
+/** Payloads gathered before one writev. */
+const fileSinkBatchMax = 256;
+
+/**
+ * A sink writing to a file: payloads gathered during one turn of the event loop go out in one
+ * synchronous writev (no unbounded buffering, few system calls).
+ */
 function fileSink(path: string): PayloadSink {
   let fd: number;
   try {
@@ -46,13 +52,34 @@ function fileSink(path: string): PayloadSink {
     throw new InvalidArgumentError('--out', `cannot write ${path}: ${(error as NodeJS.ErrnoException).code}`);
   }
   let closed = false;
+  let pending: Buffer[] = [];
+  const flush = () => {
+    let pieces = pending;
+    pending = [];
+    while (pieces.length > 0) {
+      let written = writevSync(fd, pieces);
+      // A short write leaves the rest of the pieces (and maybe part of one) to write again.
+      while (pieces.length > 0 && written >= (pieces[0] as Buffer).length) {
+        written -= (pieces[0] as Buffer).length;
+        pieces = pieces.slice(1);
+      }
+      if (written > 0 && pieces.length > 0) {
+        pieces[0] = (pieces[0] as Buffer).subarray(written);
+      }
+    }
+  };
   return {
     write(payload) {
-      writeSync(fd, payload);
+      pending.push(payload);
+      if (pending.length >= fileSinkBatchMax) {
+        flush();
+      }
     },
+    flush,
     async close() {
       if (!closed) {
         closed = true;
+        flush();
         closeSync(fd);
       }
     },

@@ -165,7 +165,9 @@ export async function runSend(argv: string[], out: NodeJS.WriteStream): Promise<
     if (out.isTTY) {
       out.write(`\r${progressLine(stats)}\n`);
     }
-    out.write(`${values.json === true ? JSON.stringify({ sessionName, ...stats }) : summaryLine(stats, sessionName)}\n`);
+    out.write(
+      `${values.json === true ? JSON.stringify({ sessionName, ...stats }) : summaryLine(stats, sessionName)}\n`,
+    );
   } finally {
     clearInterval(progressTimer);
     clearTimeout(durationTimer);

@@ -150,8 +150,11 @@ export interface SenderSocketOptions {
 /** A socket that sends to one group. */
 export interface SenderSocket extends AsyncDisposable {
   readonly iface: ResolvedInterface | undefined;
-  /** Sends one datagram; done is called when the kernel has taken it (the buffer is free again). */
-  send(datagram: Buffer, done?: (error: Error | null) => void): void;
+  /**
+   * Sends the first length bytes of buffer as one datagram; done is called when the kernel has
+   * taken it (the buffer is free again).
+   */
+  send(buffer: Buffer, length: number, done?: (error: Error | null) => void): void;
   close(): Promise<void>;
 }
 
@@ -170,15 +173,25 @@ export async function openSenderSocket(options: SenderSocketOptions): Promise<Se
     if (iface !== undefined) {
       apply(`interface ${iface.name}`, () => socket.setMulticastInterface(iface.socketInterface));
     }
+    // A connected socket skips the per-send address lookup that node:dgram does otherwise.
+    await new Promise<void>((resolve, reject) => {
+      socket.once('error', reject);
+      socket.connect(group.port, group.address, () => {
+        socket.off('error', reject);
+        resolve();
+      });
+    });
   } catch (error) {
     await close();
-    throw error;
+    throw error instanceof SocketError
+      ? error
+      : new SocketError(`connect ${group.address}: ${(error as Error).message}`);
   }
   socket.on('error', () => undefined);
   return {
     iface,
-    send(datagram, done) {
-      socket.send(datagram, group.port, group.address, done);
+    send(buffer, length, done) {
+      socket.send(buffer, 0, length, done);
     },
     close,
     [Symbol.asyncDispose]: close,

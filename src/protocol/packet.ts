@@ -22,7 +22,7 @@
  *  +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
  */
 import { datagramBytesMax, packetPayloadBytesMin, sessionNameBytesMax } from '../limits.js';
-import { type DecodeResult, invalid, ProtocolEncodeError, valid } from './errors.js';
+import { type DecodeError, type DecodeResult, invalid, ProtocolEncodeError, valid } from './errors.js';
 
 /** "GC" in ASCII. */
 export const magic = 0x4743;
@@ -180,6 +180,27 @@ export function writeHeader(
   fields: HeaderFields,
   bodyLength: number,
 ): void {
+  writeHeaderFields(
+    out,
+    type,
+    fields.sessionId,
+    fields.sequence,
+    fields.timestampUs,
+    fields.keyEpoch ?? 0,
+    bodyLength,
+  );
+}
+
+/** writeHeader with the fields as arguments, so the per-packet path allocates nothing. */
+export function writeHeaderFields(
+  out: Buffer,
+  type: PacketTypeCode,
+  sessionId: number,
+  sequence: number,
+  timestampUs: number,
+  keyEpoch: number,
+  bodyLength: number,
+): void {
   if (bodyLength < 0 || bodyLength > bodyBytesMax || out.length < headerBytes + bodyLength) {
     throw new ProtocolEncodeError(`body length ${bodyLength} does not fit`);
   }
@@ -188,10 +209,10 @@ export function writeHeader(
   out[offsetType] = type;
   out[offsetFlags] = 0;
   out[offsetReserved1] = 0;
-  out.writeUInt16BE(fields.keyEpoch ?? 0, offsetKeyEpoch);
-  out.writeUInt32BE(fields.sessionId >>> 0, offsetSessionId);
-  out.writeUInt32BE(fields.sequence >>> 0, offsetSequence);
-  writeSafeUint64(out, offsetTimestamp, fields.timestampUs);
+  out.writeUInt16BE(keyEpoch, offsetKeyEpoch);
+  out.writeUInt32BE(sessionId >>> 0, offsetSessionId);
+  out.writeUInt32BE(sequence >>> 0, offsetSequence);
+  writeSafeUint64(out, offsetTimestamp, timestampUs);
   out.writeUInt16BE(bodyLength, offsetBodyLength);
   out.writeUInt16BE(0, offsetReserved2);
 }
@@ -249,6 +270,28 @@ export function encodeDescriptor(fields: HeaderFields, body: DescriptorBody): Bu
  * declared body length against the bytes present (docs/protocol.md, "Validation").
  */
 export function decodeHeader(buf: Buffer): DecodeResult<Header> {
+  const error = checkHeader(buf);
+  if (error !== undefined) {
+    return error;
+  }
+  return valid(readHeader(buf));
+}
+
+/** Reads the header fields of a buffer checkHeader() accepted. */
+function readHeader(buf: Buffer): Header {
+  return {
+    type: buf[offsetType] ?? 0,
+    flags: buf[offsetFlags] ?? 0,
+    keyEpoch: buf.readUInt16BE(offsetKeyEpoch),
+    sessionId: buf.readUInt32BE(offsetSessionId),
+    sequence: buf.readUInt32BE(offsetSequence),
+    timestampUs: readSafeUint64(buf, offsetTimestamp) ?? 0,
+    bodyLength: buf.readUInt16BE(offsetBodyLength),
+  };
+}
+
+/** The header checks of docs/protocol.md, "Validation"; undefined when the header is valid. */
+function checkHeader(buf: Buffer): DecodeError | undefined {
   if (buf.length < headerBytes) {
     return invalid(
       'truncated',
@@ -280,31 +323,32 @@ export function decodeHeader(buf: Buffer): DecodeResult<Header> {
       `body length ${bodyLength} but ${buf.length - headerBytes} bytes follow`,
     );
   }
-  const timestampUs = readSafeUint64(buf, offsetTimestamp);
-  if (timestampUs === undefined) {
+  if (readSafeUint64(buf, offsetTimestamp) === undefined) {
     return invalid('bad-field', 'timestamp above 2^53 microseconds');
   }
-  return valid({
-    type,
-    flags,
-    keyEpoch: buf.readUInt16BE(offsetKeyEpoch),
-    sessionId: buf.readUInt32BE(offsetSessionId),
-    sequence: buf.readUInt32BE(offsetSequence),
-    timestampUs,
-    bodyLength,
-  });
+  return undefined;
 }
 
 /** Decodes a DATA packet; the payload is a view into buf. */
 export function decodeData(buf: Buffer): DecodeResult<DataPacket> {
-  const header = decodeHeader(buf);
-  if (!header.ok) {
-    return header;
+  const error = checkHeader(buf);
+  if (error !== undefined) {
+    return error;
   }
-  if (header.value.type !== PacketType.data) {
-    return invalid('bad-field', `type ${header.value.type} is not DATA`);
+  if (buf[offsetType] !== PacketType.data) {
+    return invalid('bad-field', `type ${buf[offsetType]} is not DATA`);
   }
-  return valid({ ...header.value, type: PacketType.data, payload: buf.subarray(headerBytes) });
+  // Built in one literal: this is the per-packet path of every receiver.
+  return valid({
+    type: PacketType.data,
+    flags: 0,
+    keyEpoch: buf.readUInt16BE(offsetKeyEpoch),
+    sessionId: buf.readUInt32BE(offsetSessionId),
+    sequence: buf.readUInt32BE(offsetSequence),
+    timestampUs: readSafeUint64(buf, offsetTimestamp) ?? 0,
+    bodyLength: buf.length - headerBytes,
+    payload: buf.subarray(headerBytes),
+  });
 }
 
 /** Decodes the body shared by HEARTBEAT and END. */

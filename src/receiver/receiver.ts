@@ -20,7 +20,10 @@ import { sequenceAdd, sequenceDistance } from '../protocol/serial.js';
 
 /** Where the payload goes, in order. */
 export interface PayloadSink {
+  /** Takes a payload; the buffer is not reused by the receiver, so a sink may keep it. */
   write(payload: Buffer): void;
+  /** Writes out what write() gathered; called once per turn of the event loop. */
+  flush?(): void;
   close(): Promise<void>;
 }
 
@@ -118,8 +121,17 @@ export function createReceiver(settings: ReceiverSettings, components: ReceiverC
   let endTimer: NodeJS.Timeout | undefined;
   let closed: Promise<void> | undefined;
 
+  let flushScheduled = false;
+  const flush = () => {
+    flushScheduled = false;
+    sink.flush?.();
+  };
   const deliver = (payload: Buffer) => {
     sink.write(payload);
+    if (!flushScheduled && sink.flush !== undefined) {
+      flushScheduled = true;
+      setImmediate(flush);
+    }
     hash.update(payload);
     summary.packetsDelivered++;
     summary.bytesDelivered += payload.length;
@@ -155,6 +167,12 @@ export function createReceiver(settings: ReceiverSettings, components: ReceiverC
       if (pending.size < pendingPacketsMax) {
         pending.set(packet.sequence, Buffer.from(packet.payload));
       }
+      return;
+    }
+    // Fast path: the next packet in order with nothing held back goes straight out.
+    if (packet.sequence === nextSequence && reorder.size === 0 && endSequence === undefined) {
+      deliver(packet.payload);
+      nextSequence = sequenceAdd(nextSequence, 1);
       return;
     }
     const distance = sequenceDistance(nextSequence, packet.sequence);
@@ -287,6 +305,7 @@ export function createReceiver(settings: ReceiverSettings, components: ReceiverC
     clearTimeout(endTimer);
     await socket.close();
     settle();
+    flush();
     summary.sha256 = hash.digest('hex');
     if (outcome === 'complete' && summary.packetsMissing > 0) {
       outcome = 'incomplete';

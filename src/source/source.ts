@@ -20,7 +20,7 @@ import {
   type HeaderFields,
   headerBytes,
   PacketType,
-  writeHeader,
+  writeHeaderFields,
 } from '../protocol/packet.js';
 import { sequenceAdd } from '../protocol/serial.js';
 import { inputEnded, inputNotReady, type PayloadInput } from './inputs.js';
@@ -117,7 +117,7 @@ export function createSource(settings: SourceSettings, components: SourceCompone
   };
   const sendControl = (datagram: Buffer) => {
     inFlight++;
-    socket?.send(datagram, onSent);
+    socket?.send(datagram, datagram.length, onSent);
   };
   const descriptor = () =>
     encodeDescriptor(fields(), {
@@ -206,9 +206,9 @@ export function createSource(settings: SourceSettings, components: SourceCompone
         batch = 0;
         continue;
       }
-      writeHeader(buffer, PacketType.data, fields(), length);
+      writeHeaderFields(buffer, PacketType.data, sessionId, nextSequence, nowUs(), 0, length);
       inFlight++;
-      (socket as SenderSocket).send(buffer.subarray(0, headerBytes + length), onSent);
+      (socket as SenderSocket).send(buffer, headerBytes + length, onSent);
       slot = (slot + 1) % ringSlotCount;
       nextSequence = sequenceAdd(nextSequence, 1);
       stats.packetsSent++;
