@@ -13,6 +13,8 @@
 #   testbed.sh down PREFIX             tear it down (idempotent; kills smcrouted by its pid)
 #   testbed.sh loss PREFIX HOST PCT [PORT]   drop PCT % of UDP arriving at HOST (port optional)
 #   testbed.sh drop PREFIX HOST on|off [PORT] drop all UDP arriving at HOST (bursts: switch it)
+#       PORT may be written PORT/data: then only gatecast DATA packets (type byte 1) are dropped
+#   testbed.sh dropped PREFIX HOST     packets dropped at HOST so far by loss and drop rules
 #   testbed.sh clear PREFIX HOST       remove HOST's loss rules
 #   testbed.sh rate PREFIX HOST RATE   shape HOST's eth0 egress with tbf (e.g. 50mbit)
 #   testbed.sh route PREFIX GROUP      add a (*,G) route A -> B on the running smcrouted
@@ -111,10 +113,25 @@ ensure_loss_table() {
   local ns=$1
   in_ns "$ns" nft list table inet gcloss >/dev/null 2>&1 && return
   in_ns "$ns" nft add table inet gcloss
+  # A named counter outlives the burst rules that are added and deleted again.
+  in_ns "$ns" nft add counter inet gcloss dropped
   in_ns "$ns" nft add chain inet gcloss input '{ type filter hook input priority 0; }'
 }
 
-port_match() { [[ -n ${1:-} ]] && echo "udp dport $1" || echo "meta l4proto udp"; }
+# Match for a port argument: empty (all UDP), PORT, or PORT/data (gatecast DATA packets only:
+# the type byte is the fourth byte of the UDP payload, docs/protocol.md).
+port_match() {
+  local spec=${1:-}
+  if [[ -z $spec ]]; then
+    echo "meta l4proto udp"
+  elif [[ $spec =~ ^([0-9]+)/data$ ]]; then
+    echo "udp dport ${BASH_REMATCH[1]} @ih,24,8 1"
+  elif [[ $spec =~ ^[0-9]+$ ]]; then
+    echo "udp dport $spec"
+  else
+    die "PORT must be a number or NUMBER/data: $spec"
+  fi
+}
 
 case $command in
   up) up ;;
@@ -123,21 +140,26 @@ case $command in
     [[ $# -ge 2 ]] || die "usage: testbed.sh loss PREFIX HOST PCT [PORT]"
     ns=$prefix-$1
     [[ $2 =~ ^[0-9]+$ && $2 -le 100 ]] || die "PCT must be 0-100: $2"
+    match=$(port_match "${3:-}")
     ensure_loss_table "$ns"
-    # shellcheck disable=SC2046
-    in_ns "$ns" nft add rule inet gcloss input $(port_match "${3:-}") numgen random mod 100 '<' "$2" counter drop
+    # shellcheck disable=SC2086
+    in_ns "$ns" nft add rule inet gcloss input $match numgen random mod 100 '<' "$2" counter name dropped drop
     ;;
   drop)
     [[ $# -ge 2 ]] || die "usage: testbed.sh drop PREFIX HOST on|off [PORT]"
     ns=$prefix-$1
+    match=$(port_match "${3:-}")
     ensure_loss_table "$ns"
     if [[ $2 == on ]]; then
-      # shellcheck disable=SC2046
-      in_ns "$ns" nft add rule inet gcloss input $(port_match "${3:-}") counter drop comment '"burst"'
+      # shellcheck disable=SC2086
+      in_ns "$ns" nft add rule inet gcloss input $match counter name dropped drop comment '"burst"'
     else
       handle=$(in_ns "$ns" nft -a list chain inet gcloss input | sed -n 's/.*comment "burst" # handle \([0-9]*\).*/\1/p' | head -1)
       [[ -z $handle ]] || in_ns "$ns" nft delete rule inet gcloss input handle "$handle"
     fi
+    ;;
+  dropped)
+    in_ns "$prefix-$1" nft list counter inet gcloss dropped 2>/dev/null | sed -n 's/.*packets \([0-9]*\).*/\1/p' | head -1
     ;;
   clear) in_ns "$prefix-$1" nft delete table inet gcloss 2>/dev/null || true ;;
   rate)

@@ -104,7 +104,7 @@ function stdoutSink(): PayloadSink {
 export async function runReceive(argv: string[], err: NodeJS.WriteStream): Promise<number> {
   const values = parseOptions(argv, receiveOptions);
   if (values.help === true) {
-    err.write(receiveHelp);
+    process.stdout.write(receiveHelp);
     return exitOk;
   }
   const group = parseGroup(required(values, 'group'), '--group');

@@ -106,7 +106,7 @@ async function openInput(values: OptionValues, payloadBytesMax: number): Promise
 export async function runSend(argv: string[], out: NodeJS.WriteStream): Promise<number> {
   const values = parseOptions(argv, sendOptions);
   if (values.help === true) {
-    out.write(sendHelp);
+    process.stdout.write(sendHelp);
     return exitOk;
   }
   const group = parseGroup(required(values, 'group'), '--group');

@@ -165,3 +165,22 @@ export function createTestbed(): Testbed {
     down,
   };
 }
+
+/**
+ * Burst loss: switches a drop rule at a host on for onMs and off for offMs, count times (bounded,
+ * stops by itself). Resolves when the last burst is over.
+ */
+export async function burstLoss(
+  bed: Testbed,
+  host: string,
+  port: string,
+  schedule: { onMs: number; offMs: number; count: number },
+): Promise<void> {
+  const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+  for (let i = 0; i < schedule.count; i++) {
+    bed.control('drop', host, 'on', port);
+    await sleep(schedule.onMs);
+    bed.control('drop', host, 'off', port);
+    await sleep(schedule.offMs);
+  }
+}

@@ -1,0 +1,107 @@
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, describe, it } from 'node:test';
+import { promisify } from 'node:util';
+import { gatecastBin } from '../helpers/testbed.js';
+
+const run = async (args: string[]) => {
+  try {
+    const { stdout, stderr } = await promisify(execFile)(process.execPath, [gatecastBin, ...args], {
+      timeout: 20_000,
+    });
+    return { code: 0, stdout, stderr };
+  } catch (error) {
+    const failed = error as { code: number; stdout: string; stderr: string };
+    return { code: failed.code, stdout: failed.stdout, stderr: failed.stderr };
+  }
+};
+
+const directory = mkdtempSync(join(tmpdir(), 'gatecast-cli-'));
+after(() => rmSync(directory, { recursive: true, force: true }));
+
+describe('bad input: one clear line naming the value, exit code 2, no stack trace', () => {
+  const badConfig = join(directory, 'bad.json');
+  writeFileSync(badConfig, '{"group": "239.1.1.1:5000", "colour": "blue"}');
+  const brokenConfig = join(directory, 'broken.json');
+  writeFileSync(brokenConfig, '{"group": ');
+  const cases: Array<[string, string[], RegExp]> = [
+    [
+      'a group that is not multicast',
+      ['send', '--group', '10.1.2.3:5000', '--ticker'],
+      /--group: 10\.1\.2\.3 is not a multicast group/,
+    ],
+    ['a port out of range', ['receive', '--group', '239.1.1.1:65536'], /--group: port 65536 is out of range/],
+    [
+      'an unknown interface',
+      ['send', '--group', '239.1.1.1:5000', '--iface', 'nosuch9', '--ticker'],
+      /unknown interface "nosuch9"/,
+    ],
+    [
+      'a missing file',
+      ['send', '--group', '239.1.1.1:5000', '--file', '/nonexistent/x'],
+      /--file: cannot read \/nonexistent\/x/,
+    ],
+    [
+      'an unreadable config',
+      ['send', '--config', '/nonexistent.json'],
+      /config \/nonexistent\.json: cannot read: ENOENT/,
+    ],
+    [
+      'a config with an unknown field',
+      ['send', '--config', badConfig],
+      /config .*bad\.json: field "colour" is not an option/,
+    ],
+    [
+      'a config that is not JSON',
+      ['send', '--config', brokenConfig],
+      /config .*broken\.json: not valid JSON/,
+    ],
+    ['an unknown option', ['send', '--colour'], /Unknown option '--colour'/],
+    [
+      'two inputs',
+      ['send', '--group', '239.1.1.1:5000', '--ticker', '--stdin'],
+      /choose one input, not --stdin and --ticker/,
+    ],
+    [
+      'no input',
+      ['send', '--group', '239.1.1.1:5000'],
+      /one of --file, --stdin, --ticker or --relay is required/,
+    ],
+    [
+      'a bad rate',
+      ['send', '--group', '239.1.1.1:5000', '--ticker', '--rate', 'fast'],
+      /--rate: "fast" is not a rate/,
+    ],
+    ['IPv6 without brackets', ['send', '--group', 'ff3e::1:5000', '--ticker'], /write IPv6 as \[ADDR\]:PORT/],
+  ];
+  for (const [name, args, message] of cases) {
+    it(name, async () => {
+      const result = await run(args);
+      assert.equal(result.code, 2, result.stderr);
+      assert.match(result.stderr, message);
+      assert.equal(result.stderr.trim().split('\n').length, 1, result.stderr);
+      assert.doesNotMatch(result.stderr, /at .*\.ts:\d+/);
+    });
+  }
+
+  it('an unknown command lists the commands', async () => {
+    const result = await run(['sned']);
+    assert.equal(result.code, 2);
+    assert.match(result.stderr, /unknown command "sned"[\s\S]*send +multicast/);
+  });
+});
+
+describe('help and version', () => {
+  it("prints each command's options", async () => {
+    const send = await run(['send', '--help']);
+    assert.equal(send.code, 0);
+    assert.match(send.stdout, /--relay ADDR:PORT/);
+    const receive = await run(['receive', '--help']);
+    assert.match(receive.stdout, /exits 1 and says how many packets are missing/);
+    const version = await run(['version']);
+    assert.match(version.stdout, /^gatecast \d+\.\d+\.\d+/);
+  });
+});

@@ -1,0 +1,101 @@
+import assert from 'node:assert/strict';
+import { createHash, randomBytes } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { burstLoss, createTestbed, type Testbed, testbedSkip } from '../helpers/testbed.js';
+
+const sha256 = (bytes: Buffer) => createHash('sha256').update(bytes).digest('hex');
+
+describe('the receiver tells the truth about loss injected with nftables', testbedSkip(), () => {
+  let bed: Testbed;
+  let directory: string;
+  let file: string;
+  let fileSha: string;
+
+  before(() => {
+    bed = createTestbed();
+    directory = mkdtempSync(join(tmpdir(), 'gatecast-loss-'));
+    file = join(directory, 'payload.bin');
+    const bytes = randomBytes(5 * 1000 * 1000);
+    writeFileSync(file, bytes);
+    fileSha = sha256(bytes);
+  });
+
+  after(() => {
+    bed?.down();
+    rmSync(directory, { recursive: true, force: true });
+  });
+
+  /** Sends the file to rx1 (lossy) and rx2 (clean); returns rx1's result and nftables' count. */
+  async function sendThroughLoss(group: string, lose: () => Promise<void>) {
+    const lossy = bed.gatecast('rx1', [
+      'receive',
+      '--group',
+      group,
+      '--iface',
+      'eth0',
+      '--out',
+      join(directory, 'rx1'),
+      '--json',
+    ]);
+    const clean = bed.gatecast('rx2', [
+      'receive',
+      '--group',
+      group,
+      '--iface',
+      'eth0',
+      '--out',
+      join(directory, 'rx2'),
+    ]);
+    await Promise.all([lossy.waitFor(/joined/), clean.waitFor(/joined/)]);
+    const sender = bed.gatecast('src', [
+      'send',
+      '--group',
+      group,
+      '--iface',
+      'eth0',
+      '--file',
+      file,
+      '--rate',
+      '20M',
+    ]);
+    await lose();
+    assert.equal((await sender.finished).code, 0);
+    const lossyResult = await lossy.finished;
+    const cleanResult = await clean.finished;
+    assert.equal(cleanResult.code, 0, cleanResult.stderr);
+    assert.equal(sha256(readFileSync(join(directory, 'rx2'))), fileSha);
+    const dropped = Number(bed.control('dropped', 'rx1').trim());
+    bed.control('clear', 'rx1');
+    const summary = JSON.parse(lossyResult.stderr.trim().split('\n').pop() ?? '{}') as {
+      outcome: string;
+      packetsMissing: number;
+      packetsDelivered: number;
+    };
+    return { code: lossyResult.code, summary, dropped };
+  }
+
+  it('random 5 % loss: exit 1, and exactly the packets nftables dropped are reported missing', async () => {
+    const port = 5010;
+    bed.control('loss', 'rx1', '5', `${port}/data`);
+    const { code, summary, dropped } = await sendThroughLoss(`239.20.0.1:${port}`, async () => {});
+    assert.equal(code, 1);
+    assert.equal(summary.outcome, 'incomplete');
+    assert.ok(dropped > 100, `nftables dropped only ${dropped} of 3572 packets`);
+    assert.equal(summary.packetsMissing, dropped);
+    assert.equal(summary.packetsDelivered + dropped, 3572);
+  });
+
+  it('burst loss (a drop rule switched on and off): every packet of every burst is counted', async () => {
+    const port = 5012;
+    const { code, summary, dropped } = await sendThroughLoss(`239.20.0.2:${port}`, () =>
+      burstLoss(bed, 'rx1', `${port}/data`, { onMs: 40, offMs: 250, count: 4 }),
+    );
+    assert.equal(code, 1);
+    assert.ok(dropped >= 4, `bursts dropped only ${dropped} packets`);
+    assert.equal(summary.packetsMissing, dropped);
+    assert.equal(summary.packetsDelivered + dropped, 3572);
+  });
+});
