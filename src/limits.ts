@@ -49,6 +49,18 @@ export const receiveBufferBytesDefault = 4 * 1024 * 1024;
 /** Default socket send buffer. */
 export const sendBufferBytesDefault = 4 * 1024 * 1024;
 
+/** How long a receiver waits after END for reordered packets before counting the rest missing. */
+export const endGraceMsDefault = 300;
+
+/** Packet buffers a source keeps in flight; a buffer is reused only after the kernel took it. */
+export const sendRingPacketsMax = 512;
+
+/** Bytes a file source reads at a time. */
+export const fileReadBlockBytes = 256 * 1024;
+
+/** Payloads a file sink gathers before one writev. */
+export const fileWriteBatchPayloadsMax = 256;
+
 /** Default receiver silence timeout. */
 export const receiveTimeoutMsDefault = 30_000;
 

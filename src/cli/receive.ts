@@ -2,7 +2,7 @@
 
 import { once } from 'node:events';
 import { closeSync, openSync, writevSync } from 'node:fs';
-import { receiveTimeoutMsDefault } from '../limits.js';
+import { fileWriteBatchPayloadsMax, receiveTimeoutMsDefault } from '../limits.js';
 import { formatEndpoint, parseGroup } from '../net/address.js';
 import { InvalidArgumentError } from '../net/errors.js';
 import { resolveInterface } from '../net/interfaces.js';
@@ -37,9 +37,6 @@ export const receiveHelp = formatHelp(
   receiveOptions,
 );
 
-/** Payloads gathered before one writev. */
-const fileSinkBatchMax = 256;
-
 /**
  * A sink writing to a file: payloads gathered during one turn of the event loop go out in one
  * synchronous writev (no unbounded buffering, few system calls).
@@ -71,7 +68,7 @@ function fileSink(path: string): PayloadSink {
   return {
     write(payload) {
       pending.push(payload);
-      if (pending.length >= fileSinkBatchMax) {
+      if (pending.length >= fileWriteBatchPayloadsMax) {
         flush();
       }
     },

@@ -4,7 +4,12 @@
  * checks the file's SHA-256 (docs/protocol.md, "Receiver behaviour").
  */
 import { createHash } from 'node:crypto';
-import { pendingPacketsMax, receiveTimeoutMsDefault, reorderPacketsMax } from '../limits.js';
+import {
+  endGraceMsDefault,
+  pendingPacketsMax,
+  receiveTimeoutMsDefault,
+  reorderPacketsMax,
+} from '../limits.js';
 import type { Endpoint } from '../net/address.js';
 import { openReceiverSocket, type ReceiverSocket, type ReceiverSocketOptions } from '../net/udp.js';
 import type { DecodeErrorReason } from '../protocol/errors.js';
@@ -88,7 +93,7 @@ export interface Receiver extends AsyncDisposable {
 export function createReceiver(settings: ReceiverSettings, components: ReceiverComponents): Receiver {
   const { sink } = components;
   const timeoutMs = settings.timeoutMs ?? receiveTimeoutMsDefault;
-  const endGraceMs = settings.endGraceMs ?? 300;
+  const endGraceMs = settings.endGraceMs ?? endGraceMsDefault;
   const summary: ReceiveSummary = {
     outcome: 'incomplete',
     sessionId: undefined,

@@ -6,7 +6,7 @@
 import { createHash } from 'node:crypto';
 import { closeSync, createReadStream, openSync, readSync, statSync } from 'node:fs';
 import type { Readable } from 'node:stream';
-import { relayQueuePacketsMax } from '../limits.js';
+import { fileReadBlockBytes, relayQueuePacketsMax } from '../limits.js';
 import { type Endpoint, isMulticast } from '../net/address.js';
 import { openReceiverSocket, openUnicastSocket, type ReceiverSocket } from '../net/udp.js';
 import { SessionKind, type SessionKindCode } from '../protocol/packet.js';
@@ -55,8 +55,6 @@ async function hashFile(path: string): Promise<Buffer> {
   return hash.digest();
 }
 
-const fileBlockBytes = 256 * 1024;
-
 /**
  * A file input: hashed once before the session (the descriptor carries the hash), then read in
  * blocks so that a packet costs a copy, not a system call.
@@ -75,7 +73,7 @@ export async function openFileInput(path: string): Promise<PayloadInput> {
     throw new SourceInputError(`--file: cannot read ${path}: ${(error as Error).message}`);
   }
   const sha256 = await hashFile(path);
-  const block = Buffer.allocUnsafe(fileBlockBytes);
+  const block = Buffer.allocUnsafe(fileReadBlockBytes);
   let blockLength = 0;
   let blockOffset = 0;
   let position = 0;

@@ -10,6 +10,7 @@ import {
   endRepeatIntervalMs,
   heartbeatIntervalMs,
   sendBatchPacketsMax,
+  sendRingPacketsMax,
   startDelayMsDefault,
 } from '../limits.js';
 import type { Endpoint } from '../net/address.js';
@@ -71,9 +72,6 @@ export interface Source extends AsyncDisposable {
   close(): Promise<void>;
 }
 
-/** Slots in the ring of packet buffers; a slot is reused only after the kernel took its datagram. */
-const ringSlotCount = 512;
-
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 const yieldToLoop = () => new Promise<void>((resolve) => setImmediate(resolve));
 
@@ -88,7 +86,7 @@ export function createSource(settings: SourceSettings, components: SourceCompone
   const sessionId = settings.sessionId ?? randomInt(1, 0xffff_ffff);
   const firstSequence = settings.firstSequence ?? randomInt(0, 0xffff_ffff);
   const slotBytes = headerBytes + settings.packetPayloadBytes;
-  const ring = Array.from({ length: ringSlotCount }, () => Buffer.allocUnsafe(slotBytes));
+  const ring = Array.from({ length: sendRingPacketsMax }, () => Buffer.allocUnsafe(slotBytes));
   const stats: SourceStats = {
     sessionId,
     firstSequence,
@@ -132,7 +130,7 @@ export function createSource(settings: SourceSettings, components: SourceCompone
   const progress = (type: typeof PacketType.heartbeat | typeof PacketType.end) =>
     encodeProgress(type, fields(), { packetCount: stats.packetsSent, byteCount: stats.payloadBytesSent });
   const waitForSlot = async () => {
-    while (inFlight >= ringSlotCount - 8) {
+    while (inFlight >= sendRingPacketsMax - 8) {
       await new Promise<void>((resolve) => {
         drained = resolve;
       });
@@ -209,7 +207,7 @@ export function createSource(settings: SourceSettings, components: SourceCompone
       writeHeaderFields(buffer, PacketType.data, sessionId, nextSequence, nowUs(), 0, length);
       inFlight++;
       (socket as SenderSocket).send(buffer, headerBytes + length, onSent);
-      slot = (slot + 1) % ringSlotCount;
+      slot = (slot + 1) % sendRingPacketsMax;
       nextSequence = sequenceAdd(nextSequence, 1);
       stats.packetsSent++;
       stats.payloadBytesSent += length;
