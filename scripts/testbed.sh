@@ -6,6 +6,7 @@
 #                    |-- brA [PREFIX-sw] brB ---------|-- PREFIX-rx2 .12
 #   PREFIX-rtr .1  --+        (no snooping)           +-- PREFIX-rtr .1 (eth1)
 #   (eth0)           PREFIX-rtr forwards multicast A -> B with a real smcrouted
+#                    ((*,G) templates: 239.0.0.0/8, 232.0.0.0/8 (SSM), ff3e::/16)
 #
 # Every host's interface on its subnet is eth0 (the router has eth0 on A and eth1 on B).
 # Usage:
@@ -80,6 +81,7 @@ up() {
 phyint eth0 enable
 phyint eth1 enable
 mroute from eth0 group 239.0.0.0/8 to eth1
+mroute from eth0 group 232.0.0.0/8 to eth1
 mroute from eth0 group ff3e::/16 to eth1
 CONF
   in_ns "$prefix-rtr" smcrouted -n -N -f "$state/smcroute.conf" -i "gc-$prefix" -u "$state/smcroute.sock" \

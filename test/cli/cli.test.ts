@@ -105,3 +105,54 @@ describe('help and version', () => {
     assert.match(version.stdout, /^gatecast \d+\.\d+\.\d+/);
   });
 });
+
+describe('send --stdin to receive over loopback, through the command line', () => {
+  it('delivers standard input byte for byte', async () => {
+    const { spawn } = await import('node:child_process');
+    const { randomBytes, createHash } = await import('node:crypto');
+    const group = `239.255.60.1:${41_000 + (process.pid % 1000) * 2}`;
+    const output = join(directory, 'stdin-out.bin');
+    const receiver = spawn(process.execPath, [
+      gatecastBin,
+      'receive',
+      '--group',
+      group,
+      '--iface',
+      '127.0.0.1',
+      '--out',
+      output,
+      '--timeout',
+      '10',
+    ]);
+    const receiverClosed = new Promise((resolve) => receiver.on('close', resolve));
+    let receiverErr = '';
+    receiver.stderr.on('data', (chunk: Buffer) => {
+      receiverErr += chunk.toString();
+    });
+    await new Promise<void>((resolve) => {
+      const check = () => (/joined/.test(receiverErr) ? resolve() : setTimeout(check, 20));
+      check();
+    });
+    const bytes = randomBytes(300_000);
+    const sender = spawn(process.execPath, [
+      gatecastBin,
+      'send',
+      '--group',
+      group,
+      '--iface',
+      '127.0.0.1',
+      '--stdin',
+      '--rate',
+      '50M',
+    ]);
+    sender.stdin.end(bytes);
+    const senderCode = await new Promise((resolve) => sender.on('close', resolve));
+    const receiverCode = await receiverClosed;
+    assert.equal(senderCode, 0);
+    assert.equal(receiverCode, 0, receiverErr);
+    const { readFileSync } = await import('node:fs');
+    const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
+    assert.equal(sha(readFileSync(output)), sha(bytes));
+    assert.match(receiverErr, /received session "gatecast" whole/);
+  });
+});

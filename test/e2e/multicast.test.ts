@@ -221,3 +221,62 @@ describe(
     });
   },
 );
+
+describe('source-specific joins (SSM) across the router', testbedSkip(), () => {
+  let bed: Testbed;
+  before(() => {
+    bed = createTestbed();
+  });
+  after(() => bed?.down());
+
+  for (const [family, group, source, wrongSource] of [
+    ['IPv4', '232.1.1.1:5020', '10.200.1.10', '10.200.1.99'],
+    ['IPv6', '[ff3e::8000:1]:5022', 'fd00:200:1::10', 'fd00:200:1::99'],
+  ] as const) {
+    it(`${family}: a receiver joined to the sender gets the session; one joined to another source gets nothing`, async () => {
+      const right = bed.gatecast('rx1', [
+        'receive',
+        '--group',
+        group,
+        '--iface',
+        'eth0',
+        '--source',
+        source,
+        '--timeout',
+        '4',
+      ]);
+      const wrong = bed.gatecast('rx2', [
+        'receive',
+        '--group',
+        group,
+        '--iface',
+        'eth0',
+        '--source',
+        wrongSource,
+        '--timeout',
+        '4',
+      ]);
+      await Promise.all([right.waitFor(/joined/), wrong.waitFor(/joined/)]);
+      const sender = bed.gatecast('src', [
+        'send',
+        '--group',
+        group,
+        '--iface',
+        'eth0',
+        '--ticker',
+        '--ticks',
+        '50',
+        '--ticks-per-second',
+        '100',
+      ]);
+      assert.equal((await sender.finished).code, 0);
+      const rightResult = await right.finished;
+      assert.equal(rightResult.code, 0, rightResult.stderr);
+      assert.equal(rightResult.stdout.trim().split('\n').length, 50);
+      const wrongResult = await wrong.finished;
+      assert.equal(wrongResult.code, 1);
+      assert.equal(wrongResult.stdout, '');
+      assert.match(wrongResult.stderr, /timed out/);
+    });
+  }
+});
