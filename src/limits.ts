@@ -73,3 +73,17 @@ export const timerWheelTickMs = 5;
 
 /** Default multicast TTL / hop limit: above 1 so the session crosses a router. */
 export const multicastTtlDefault = 16;
+
+/** Ranges one NACK may carry, and packets one range may ask for. */
+export const nackRangesMax = 128;
+export const nackRangePacketsMax = 4096;
+
+/** Sessions one ANNOUNCE, QUALITY or retransmit server may carry or hold. */
+export const announceSessionsMax = 64;
+
+/** Authenticated peers whose replay windows a server keeps; the least recent is forgotten first. */
+export const replayPeersMax = 1024;
+
+/** Counters a replay window remembers, and how far from our clock a counter may be (freshness). */
+export const replayWindowCountersMax = 64;
+export const replayFreshnessMs = 30_000;

@@ -1,5 +1,19 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
+import {
+  decodeAnnounce,
+  decodeNack,
+  decodeQuality,
+  decodeRepair,
+  decodeSetup,
+  encodeAnnounce,
+  encodeNack,
+  encodeQuality,
+  encodeRepair,
+  encodeSetup,
+  ListenState,
+  SetupAction,
+} from '../../src/protocol/control.js';
 import type { DecodeResult } from '../../src/protocol/errors.js';
 import {
   decodeData,
@@ -35,6 +49,33 @@ function seeds(): Buffer[] {
       sha256: Buffer.alloc(32, 1),
       name: 'fuzz',
     }),
+    encodeNack(fields, {
+      ranges: [
+        { start: 1, count: 3 },
+        { start: 9, count: 1 },
+      ],
+    }),
+    encodeRepair(fields, encodeData(fields, Buffer.from('repaired'))),
+    encodeAnnounce(fields, {
+      address: 'fd00::1',
+      port: 7000,
+      sessions: [
+        { sessionId: 1, firstHeld: 1, lastHeld: 2, heldCount: 2, lossPpm: 3, state: ListenState.listening },
+      ],
+    }),
+    encodeQuality(fields, {
+      sessions: [
+        { sessionId: 1, received: 1, missing: 0, lossPpm: 0, jitterUs: 5, state: ListenState.withdrawn },
+      ],
+    }),
+    encodeSetup(fields, {
+      action: SetupAction.join,
+      group: '239.1.1.1',
+      port: 5,
+      source: undefined,
+      bufferBytes: 1,
+      bufferAgeMs: 1,
+    }),
   ];
 }
 
@@ -45,6 +86,11 @@ const decoders: Array<[string, (b: Buffer) => DecodeResult<unknown>]> = [
   ['heartbeat', decodeHeartbeat],
   ['end', decodeEnd],
   ['descriptor', decodeDescriptor],
+  ['nack', decodeNack],
+  ['repair', decodeRepair],
+  ['announce', decodeAnnounce],
+  ['quality', decodeQuality],
+  ['setup', decodeSetup],
 ];
 
 describe(`every decoder on ${iterations} random and mutated datagrams`, () => {

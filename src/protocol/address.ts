@@ -1,0 +1,57 @@
+/**
+ * IP addresses in control messages: a family byte and 16 address bytes, an IPv4 address in the
+ * first 4 with the rest zero (docs/protocol.md, "Addresses"). Pure functions, no I/O.
+ */
+import { isIPv4, isIPv6 } from 'node:net';
+
+/** Writes an address as 16 bytes at offset; returns its family (4 or 6). */
+export function writeAddress(out: Buffer, offset: number, address: string): 4 | 6 {
+  out.fill(0, offset, offset + 16);
+  if (isIPv4(address)) {
+    const parts = address.split('.').map(Number);
+    for (let i = 0; i < 4; i++) {
+      out[offset + i] = parts[i] ?? 0;
+    }
+    return 4;
+  }
+  if (!isIPv6(address)) {
+    throw new TypeError(`not an IP address: ${address}`);
+  }
+  const [head = '', tail = ''] = address.split('::');
+  const headGroups = head === '' ? [] : head.split(':');
+  const tailGroups = tail === '' ? [] : tail.split(':');
+  const groups = address.includes('::')
+    ? [...headGroups, ...Array(8 - headGroups.length - tailGroups.length).fill('0'), ...tailGroups]
+    : headGroups;
+  for (let i = 0; i < 8; i++) {
+    out.writeUInt16BE(Number.parseInt(groups[i] ?? '0', 16), offset + i * 2);
+  }
+  return 6;
+}
+
+/** Reads 16 address bytes of the given family; undefined when IPv4 has non-zero padding. */
+export function readAddress(buf: Buffer, offset: number, family: number): string | undefined {
+  if (family === 4) {
+    for (let i = 4; i < 16; i++) {
+      if (buf[offset + i] !== 0) {
+        return undefined;
+      }
+    }
+    return `${buf[offset]}.${buf[offset + 1]}.${buf[offset + 2]}.${buf[offset + 3]}`;
+  }
+  if (family === 6) {
+    const groups: string[] = [];
+    for (let i = 0; i < 8; i++) {
+      groups.push(buf.readUInt16BE(offset + i * 2).toString(16));
+    }
+    // Canonical enough for comparisons through node:net: collapse the longest zero run.
+    const text = groups.join(':');
+    const runs = [...text.matchAll(/(?:^|:)0(?::0)+(?::|$)/g)];
+    const longest = runs.sort((a, b) => b[0].length - a[0].length)[0];
+    if (longest === undefined) {
+      return text;
+    }
+    return `${text.slice(0, longest.index)}::${text.slice((longest.index ?? 0) + longest[0].length)}`;
+  }
+  return undefined;
+}

@@ -1,0 +1,460 @@
+/**
+ * Control messages of the repair service (docs/protocol.md, "Control messages"): NACK, REPAIR,
+ * ANNOUNCE, QUALITY and SETUP. Each body ends with a 32-byte authentication trailer:
+ *
+ *   0                   1                   2                   3
+ *   0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1
+ *  +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+ *  |                            key id                             |
+ *  +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+ *  |                           sender id                           |
+ *  +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+ *  |              counter (64 bits, microseconds, increasing)      |
+ *  |                                                               |
+ *  +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+ *  |        HMAC-SHA-256 over everything before it, first 16 bytes |
+ *  |                              ...                              |
+ *  +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+ *
+ * These codecs frame and parse; src/crypto/control-auth.ts computes and checks the tag.
+ */
+import { announceSessionsMax, nackRangePacketsMax, nackRangesMax } from '../limits.js';
+import { readAddress, writeAddress } from './address.js';
+import { type DecodeResult, invalid, valid } from './errors.js';
+import {
+  type DataPacket,
+  decodeData,
+  decodeHeader,
+  type Header,
+  type HeaderFields,
+  headerBytes,
+  PacketType,
+  type PacketTypeCode,
+  writeHeader,
+} from './packet.js';
+
+/** Trailer layout. */
+export const authTrailerBytes = 32;
+export const authOffsetKeyId = 0;
+export const authOffsetSenderId = 4;
+export const authOffsetCounter = 8;
+export const authOffsetTag = 16;
+export const authTagBytes = 16;
+
+/** The trailer's fields as sent. */
+export interface AuthTrailer {
+  readonly keyId: number;
+  readonly senderId: number;
+  readonly counter: number;
+}
+
+/** A decoded control message: header, its own fields, the trailer. */
+export type Control<T> = Header & T & { readonly auth: AuthTrailer };
+
+/** Allocates a control packet of the given body size with a zeroed trailer. */
+function frame(type: PacketTypeCode, fields: HeaderFields, bodyBytes: number): Buffer {
+  const out = Buffer.alloc(headerBytes + bodyBytes + authTrailerBytes);
+  writeHeader(out, type, fields, bodyBytes + authTrailerBytes);
+  return out;
+}
+
+/** Checks the header and type and splits off the trailer. */
+function open(
+  buf: Buffer,
+  type: PacketTypeCode,
+): DecodeResult<{ header: Header; body: Buffer; auth: AuthTrailer }> {
+  const header = decodeHeader(buf);
+  if (!header.ok) {
+    return header;
+  }
+  if (header.value.type !== type) {
+    return invalid('bad-field', `type ${header.value.type} is not ${type}`);
+  }
+  if (header.value.bodyLength < authTrailerBytes) {
+    return invalid('truncated', 'control message without its authentication trailer');
+  }
+  const trailerAt = buf.length - authTrailerBytes;
+  const high = buf.readUInt32BE(trailerAt + authOffsetCounter);
+  if (high > 0x1f_ffff) {
+    return invalid('bad-field', 'counter above 2^53');
+  }
+  return valid({
+    header: header.value,
+    body: buf.subarray(headerBytes, trailerAt),
+    auth: {
+      keyId: buf.readUInt32BE(trailerAt + authOffsetKeyId),
+      senderId: buf.readUInt32BE(trailerAt + authOffsetSenderId),
+      counter: high * 0x1_0000_0000 + buf.readUInt32BE(trailerAt + authOffsetCounter + 4),
+    },
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// NACK: rangeCount u16, reserved u16, then per range: start u32, count u16, reserved u16.
+
+/** A run of consecutive sequences. */
+export interface SequenceRange {
+  readonly start: number;
+  readonly count: number;
+}
+export interface NackBody {
+  readonly ranges: readonly SequenceRange[];
+}
+const nackRangeBytes = 8;
+
+/** Encodes a NACK (trailer to be sealed). */
+export function encodeNack(fields: HeaderFields, body: NackBody): Buffer {
+  const out = frame(PacketType.nack, fields, 4 + body.ranges.length * nackRangeBytes);
+  const b = out.subarray(headerBytes);
+  b.writeUInt16BE(body.ranges.length, 0);
+  body.ranges.forEach((range, i) => {
+    b.writeUInt32BE(range.start >>> 0, 4 + i * nackRangeBytes);
+    b.writeUInt16BE(range.count, 4 + i * nackRangeBytes + 4);
+  });
+  return out;
+}
+
+/** Decodes a NACK, checking range count and sizes against the limits. */
+export function decodeNack(buf: Buffer): DecodeResult<Control<NackBody>> {
+  const opened = open(buf, PacketType.nack);
+  if (!opened.ok) {
+    return opened;
+  }
+  const { body } = opened.value;
+  if (body.length < 4) {
+    return invalid('truncated', 'NACK body shorter than 4 bytes');
+  }
+  const rangeCount = body.readUInt16BE(0);
+  if (body.readUInt16BE(2) !== 0) {
+    return invalid('reserved-not-zero', 'NACK reserved field');
+  }
+  if (rangeCount === 0 || rangeCount > nackRangesMax) {
+    return invalid('bad-field', `NACK range count ${rangeCount} is outside 1-${nackRangesMax}`);
+  }
+  if (body.length !== 4 + rangeCount * nackRangeBytes) {
+    return invalid(
+      'length-mismatch',
+      `NACK of ${rangeCount} ranges must have ${4 + rangeCount * nackRangeBytes} body bytes`,
+    );
+  }
+  const ranges: SequenceRange[] = [];
+  for (let i = 0; i < rangeCount; i++) {
+    const at = 4 + i * nackRangeBytes;
+    const count = body.readUInt16BE(at + 4);
+    if (count === 0 || count > nackRangePacketsMax) {
+      return invalid('bad-field', `NACK range of ${count} packets is outside 1-${nackRangePacketsMax}`);
+    }
+    if (body.readUInt16BE(at + 6) !== 0) {
+      return invalid('reserved-not-zero', 'NACK range reserved field');
+    }
+    ranges.push({ start: body.readUInt32BE(at), count });
+  }
+  return valid({ ...opened.value.header, ranges, auth: opened.value.auth });
+}
+
+// ---------------------------------------------------------------------------------------------
+// REPAIR: status u8, reserved u8, count u16, then (status held) the original DATA datagram.
+
+export const RepairStatus = { held: 0, notHeld: 1 } as const;
+export interface RepairBody {
+  /** Held: the original DATA packet; not held: undefined. */
+  readonly data: DataPacket | undefined;
+  /** Not held: how many consecutive sequences from the header's sequence are not held. */
+  readonly notHeldCount: number;
+}
+
+/** Encodes a REPAIR carrying the original DATA datagram. */
+export function encodeRepair(fields: HeaderFields, original: Buffer): Buffer {
+  const out = frame(PacketType.repair, fields, 4 + original.length);
+  out[headerBytes] = RepairStatus.held;
+  out.writeUInt16BE(1, headerBytes + 2);
+  original.copy(out, headerBytes + 4);
+  return out;
+}
+
+/** Encodes a REPAIR saying the server does not hold count sequences from fields.sequence. */
+export function encodeRepairNotHeld(fields: HeaderFields, count: number): Buffer {
+  const out = frame(PacketType.repair, fields, 4);
+  out[headerBytes] = RepairStatus.notHeld;
+  out.writeUInt16BE(count, headerBytes + 2);
+  return out;
+}
+
+/** Decodes a REPAIR; a held one must carry a valid DATA packet of the same session and sequence. */
+export function decodeRepair(buf: Buffer): DecodeResult<Control<RepairBody>> {
+  const opened = open(buf, PacketType.repair);
+  if (!opened.ok) {
+    return opened;
+  }
+  const { header, body, auth } = opened.value;
+  if (body.length < 4) {
+    return invalid('truncated', 'REPAIR body shorter than 4 bytes');
+  }
+  const status = body[0];
+  const count = body.readUInt16BE(2);
+  if (body[1] !== 0) {
+    return invalid('reserved-not-zero', 'REPAIR reserved field');
+  }
+  if (status === RepairStatus.notHeld) {
+    if (body.length !== 4 || count === 0) {
+      return invalid('bad-field', 'a not-held REPAIR has a count and no data');
+    }
+    return valid({ ...header, data: undefined, notHeldCount: count, auth });
+  }
+  if (status !== RepairStatus.held || count !== 1) {
+    return invalid('bad-field', `REPAIR status ${status} with count ${count}`);
+  }
+  const data = decodeData(body.subarray(4));
+  if (!data.ok) {
+    return invalid(data.reason, `REPAIR carries a bad DATA packet: ${data.detail}`);
+  }
+  if (data.value.sessionId !== header.sessionId || data.value.sequence !== header.sequence) {
+    return invalid('bad-field', 'REPAIR header and carried DATA disagree on session or sequence');
+  }
+  return valid({ ...header, data: data.value, notHeldCount: 0, auth });
+}
+
+// ---------------------------------------------------------------------------------------------
+// ANNOUNCE: family u8, reserved u8, port u16, address[16], session count u16, reserved u16,
+// then per session (24 bytes): session id u32, first held u32, last held u32, held count u32,
+// loss ppm u32, state u8, reserved[3].
+
+/** Election state of a retransmit server for one session. */
+export const ListenState = { listening: 1, withdrawn: 2 } as const;
+export type ListenStateCode = (typeof ListenState)[keyof typeof ListenState];
+
+export interface AnnouncedSession {
+  readonly sessionId: number;
+  readonly firstHeld: number;
+  readonly lastHeld: number;
+  readonly heldCount: number;
+  /** Loss measured on the server's own reception, parts per million. */
+  readonly lossPpm: number;
+  readonly state: ListenStateCode;
+}
+export interface AnnounceBody {
+  /** Where the server takes NACKs. */
+  readonly address: string;
+  readonly port: number;
+  readonly sessions: readonly AnnouncedSession[];
+}
+const announceFixedBytes = 24;
+const announceSessionBytes = 24;
+
+/** Encodes an ANNOUNCE. */
+export function encodeAnnounce(fields: HeaderFields, body: AnnounceBody): Buffer {
+  const out = frame(
+    PacketType.announce,
+    fields,
+    announceFixedBytes + body.sessions.length * announceSessionBytes,
+  );
+  const b = out.subarray(headerBytes);
+  b[0] = writeAddress(b, 4, body.address);
+  b.writeUInt16BE(body.port, 2);
+  b.writeUInt16BE(body.sessions.length, 20);
+  body.sessions.forEach((session, i) => {
+    const at = announceFixedBytes + i * announceSessionBytes;
+    b.writeUInt32BE(session.sessionId >>> 0, at);
+    b.writeUInt32BE(session.firstHeld >>> 0, at + 4);
+    b.writeUInt32BE(session.lastHeld >>> 0, at + 8);
+    b.writeUInt32BE(session.heldCount >>> 0, at + 12);
+    b.writeUInt32BE(Math.min(1_000_000, Math.round(session.lossPpm)), at + 16);
+    b[at + 20] = session.state;
+  });
+  return out;
+}
+
+/** Decodes an ANNOUNCE. */
+export function decodeAnnounce(buf: Buffer): DecodeResult<Control<AnnounceBody>> {
+  const opened = open(buf, PacketType.announce);
+  if (!opened.ok) {
+    return opened;
+  }
+  const { body } = opened.value;
+  if (body.length < announceFixedBytes) {
+    return invalid('truncated', 'ANNOUNCE body too short');
+  }
+  const address = readAddress(body, 4, body[0] ?? 0);
+  if (address === undefined || body[1] !== 0 || body.readUInt16BE(22) !== 0) {
+    return invalid('bad-field', 'ANNOUNCE address or reserved field');
+  }
+  const port = body.readUInt16BE(2);
+  const count = body.readUInt16BE(20);
+  if (port === 0 || count > announceSessionsMax) {
+    return invalid('bad-field', `ANNOUNCE port ${port} or ${count} sessions`);
+  }
+  if (body.length !== announceFixedBytes + count * announceSessionBytes) {
+    return invalid('length-mismatch', `ANNOUNCE of ${count} sessions has ${body.length} body bytes`);
+  }
+  const sessions: AnnouncedSession[] = [];
+  for (let i = 0; i < count; i++) {
+    const at = announceFixedBytes + i * announceSessionBytes;
+    const state = body[at + 20] ?? 0;
+    const lossPpm = body.readUInt32BE(at + 16);
+    if ((state !== ListenState.listening && state !== ListenState.withdrawn) || lossPpm > 1_000_000) {
+      return invalid('bad-field', `ANNOUNCE session state ${state} or loss ${lossPpm} ppm`);
+    }
+    if (body[at + 21] !== 0 || body[at + 22] !== 0 || body[at + 23] !== 0) {
+      return invalid('reserved-not-zero', 'ANNOUNCE session reserved field');
+    }
+    sessions.push({
+      sessionId: body.readUInt32BE(at),
+      firstHeld: body.readUInt32BE(at + 4),
+      lastHeld: body.readUInt32BE(at + 8),
+      heldCount: body.readUInt32BE(at + 12),
+      lossPpm,
+      state: state as ListenStateCode,
+    });
+  }
+  return valid({ ...opened.value.header, address, port, sessions, auth: opened.value.auth });
+}
+
+// ---------------------------------------------------------------------------------------------
+// QUALITY: session count u16, reserved u16, then per session (24 bytes): session id u32,
+// received u32, missing u32, loss ppm u32, jitter us u32, state u8, reserved[3].
+
+export interface SessionQuality {
+  readonly sessionId: number;
+  /** DATA packets received in the measuring period. */
+  readonly received: number;
+  /** Sequences in the period that did not arrive. */
+  readonly missing: number;
+  readonly lossPpm: number;
+  /** Interarrival jitter (RFC 3550 section 6.4.1 estimator), microseconds. */
+  readonly jitterUs: number;
+  readonly state: ListenStateCode;
+}
+export interface QualityBody {
+  readonly sessions: readonly SessionQuality[];
+}
+const qualitySessionBytes = 24;
+
+/** Encodes a QUALITY report. */
+export function encodeQuality(fields: HeaderFields, body: QualityBody): Buffer {
+  const out = frame(PacketType.quality, fields, 4 + body.sessions.length * qualitySessionBytes);
+  const b = out.subarray(headerBytes);
+  b.writeUInt16BE(body.sessions.length, 0);
+  body.sessions.forEach((session, i) => {
+    const at = 4 + i * qualitySessionBytes;
+    b.writeUInt32BE(session.sessionId >>> 0, at);
+    b.writeUInt32BE(Math.min(0xffffffff, session.received), at + 4);
+    b.writeUInt32BE(Math.min(0xffffffff, session.missing), at + 8);
+    b.writeUInt32BE(Math.min(1_000_000, Math.round(session.lossPpm)), at + 12);
+    b.writeUInt32BE(Math.min(0xffffffff, Math.round(session.jitterUs)), at + 16);
+    b[at + 20] = session.state;
+  });
+  return out;
+}
+
+/** Decodes a QUALITY report. */
+export function decodeQuality(buf: Buffer): DecodeResult<Control<QualityBody>> {
+  const opened = open(buf, PacketType.quality);
+  if (!opened.ok) {
+    return opened;
+  }
+  const { body } = opened.value;
+  if (body.length < 4) {
+    return invalid('truncated', 'QUALITY body too short');
+  }
+  const count = body.readUInt16BE(0);
+  if (body.readUInt16BE(2) !== 0) {
+    return invalid('reserved-not-zero', 'QUALITY reserved field');
+  }
+  if (count > announceSessionsMax) {
+    return invalid('bad-field', `QUALITY of ${count} sessions`);
+  }
+  if (body.length !== 4 + count * qualitySessionBytes) {
+    return invalid('length-mismatch', `QUALITY of ${count} sessions has ${body.length} body bytes`);
+  }
+  const sessions: SessionQuality[] = [];
+  for (let i = 0; i < count; i++) {
+    const at = 4 + i * qualitySessionBytes;
+    const state = body[at + 20] ?? 0;
+    const lossPpm = body.readUInt32BE(at + 12);
+    if ((state !== ListenState.listening && state !== ListenState.withdrawn) || lossPpm > 1_000_000) {
+      return invalid('bad-field', `QUALITY session state ${state} or loss ${lossPpm} ppm`);
+    }
+    if (body[at + 21] !== 0 || body[at + 22] !== 0 || body[at + 23] !== 0) {
+      return invalid('reserved-not-zero', 'QUALITY session reserved field');
+    }
+    sessions.push({
+      sessionId: body.readUInt32BE(at),
+      received: body.readUInt32BE(at + 4),
+      missing: body.readUInt32BE(at + 8),
+      lossPpm,
+      jitterUs: body.readUInt32BE(at + 16),
+      state: state as ListenStateCode,
+    });
+  }
+  return valid({ ...opened.value.header, sessions, auth: opened.value.auth });
+}
+
+// ---------------------------------------------------------------------------------------------
+// SETUP: action u8, family u8, port u16, group[16], source[16] (zero: any source),
+// buffer bytes u64 (0: default), buffer age ms u32 (0: default), reserved u32.
+
+export const SetupAction = { join: 1, leave: 2 } as const;
+export type SetupActionCode = (typeof SetupAction)[keyof typeof SetupAction];
+export interface SetupBody {
+  readonly action: SetupActionCode;
+  readonly group: string;
+  readonly port: number;
+  readonly source: string | undefined;
+  readonly bufferBytes: number;
+  readonly bufferAgeMs: number;
+}
+const setupBytes = 52;
+
+/** Encodes a SETUP. */
+export function encodeSetup(fields: HeaderFields, body: SetupBody): Buffer {
+  const out = frame(PacketType.setup, fields, setupBytes);
+  const b = out.subarray(headerBytes);
+  b[0] = body.action;
+  b[1] = writeAddress(b, 4, body.group);
+  b.writeUInt16BE(body.port, 2);
+  if (body.source !== undefined) {
+    writeAddress(b, 20, body.source);
+  }
+  b.writeUInt32BE(Math.floor(body.bufferBytes / 0x1_0000_0000), 36);
+  b.writeUInt32BE(body.bufferBytes >>> 0, 40);
+  b.writeUInt32BE(body.bufferAgeMs, 44);
+  return out;
+}
+
+/** Decodes a SETUP. */
+export function decodeSetup(buf: Buffer): DecodeResult<Control<SetupBody>> {
+  const opened = open(buf, PacketType.setup);
+  if (!opened.ok) {
+    return opened;
+  }
+  const { body } = opened.value;
+  if (body.length !== setupBytes) {
+    return invalid('length-mismatch', `SETUP body must be ${setupBytes} bytes`);
+  }
+  const action = body[0];
+  if (action !== SetupAction.join && action !== SetupAction.leave) {
+    return invalid('bad-field', `SETUP action ${action}`);
+  }
+  const family = body[1] ?? 0;
+  const group = readAddress(body, 4, family);
+  const sourceIsAny = body.subarray(20, 36).every((byte) => byte === 0);
+  const source = sourceIsAny ? undefined : readAddress(body, 20, family);
+  const port = body.readUInt16BE(2);
+  const high = body.readUInt32BE(36);
+  if (group === undefined || (!sourceIsAny && source === undefined) || port === 0 || high > 0x1f_ffff) {
+    return invalid('bad-field', 'SETUP group, source, port or buffer size');
+  }
+  if (body.readUInt32BE(48) !== 0) {
+    return invalid('reserved-not-zero', 'SETUP reserved field');
+  }
+  return valid({
+    ...opened.value.header,
+    action,
+    group,
+    port,
+    source,
+    bufferBytes: high * 0x1_0000_0000 + body.readUInt32BE(40),
+    bufferAgeMs: body.readUInt32BE(44),
+    auth: opened.value.auth,
+  });
+}

@@ -1,0 +1,186 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { readAddress, writeAddress } from '../../src/protocol/address.js';
+import {
+  authTrailerBytes,
+  decodeAnnounce,
+  decodeNack,
+  decodeQuality,
+  decodeRepair,
+  decodeSetup,
+  encodeAnnounce,
+  encodeNack,
+  encodeQuality,
+  encodeRepair,
+  encodeRepairNotHeld,
+  encodeSetup,
+  ListenState,
+  SetupAction,
+} from '../../src/protocol/control.js';
+import { encodeData, headerBytes } from '../../src/protocol/packet.js';
+
+const fields = { sessionId: 42, sequence: 0, timestampUs: 1_700_000_000_000_000 };
+
+describe('addresses in control messages', () => {
+  it('round-trip IPv4 and IPv6 in canonical form', () => {
+    const buf = Buffer.alloc(16);
+    for (const address of [
+      '10.200.1.10',
+      '0.0.0.0',
+      'fd00:200:1::10',
+      '::1',
+      'ff3e::8000:1',
+      '2001:db8:1:2:3:4:5:6',
+      '::',
+    ]) {
+      const family = writeAddress(buf, 0, address);
+      assert.equal(readAddress(buf, 0, family), address);
+    }
+    buf.fill(0);
+    buf[15] = 1;
+    assert.equal(readAddress(buf, 0, 4), undefined, 'IPv4 with padding');
+    assert.equal(readAddress(buf, 0, 5), undefined, 'unknown family');
+  });
+});
+
+describe('NACK', () => {
+  it('round-trips its ranges and trailer', () => {
+    const packet = encodeNack(fields, {
+      ranges: [
+        { start: 0xfffffffe, count: 4 },
+        { start: 10, count: 1 },
+      ],
+    });
+    packet.writeUInt32BE(7, packet.length - authTrailerBytes);
+    const decoded = decodeNack(packet);
+    assert.ok(decoded.ok);
+    assert.deepEqual(decoded.value.ranges, [
+      { start: 0xfffffffe, count: 4 },
+      { start: 10, count: 1 },
+    ]);
+    assert.equal(decoded.value.auth.keyId, 7);
+  });
+
+  it('rejects no ranges, too many, an empty range and a missing trailer', () => {
+    const cases: Array<[Buffer, string]> = [
+      [encodeNack(fields, { ranges: [] }), 'bad-field'],
+      [
+        encodeNack(fields, { ranges: Array.from({ length: 129 }, (_, i) => ({ start: i, count: 1 })) }),
+        'bad-field',
+      ],
+      [encodeNack(fields, { ranges: [{ start: 1, count: 0 }] }), 'bad-field'],
+      [encodeNack(fields, { ranges: [{ start: 1, count: 5000 }] }), 'bad-field'],
+    ];
+    for (const [packet, reason] of cases) {
+      const result = decodeNack(packet);
+      assert.equal(!result.ok && result.reason, reason);
+    }
+    const noTrailer = encodeData(fields, Buffer.alloc(12));
+    noTrailer[3] = 5;
+    const result = decodeNack(noTrailer);
+    assert.equal(!result.ok && result.reason, 'truncated');
+  });
+});
+
+describe('REPAIR', () => {
+  it('carries the original DATA datagram byte for byte', () => {
+    const original = encodeData({ ...fields, sequence: 99 }, Buffer.from('lost payload'));
+    const decoded = decodeRepair(encodeRepair({ ...fields, sequence: 99 }, original));
+    assert.ok(decoded.ok);
+    assert.deepEqual(decoded.value.data?.payload, Buffer.from('lost payload'));
+  });
+
+  it('says what is not held', () => {
+    const decoded = decodeRepair(encodeRepairNotHeld({ ...fields, sequence: 5 }, 3));
+    assert.ok(decoded.ok);
+    assert.equal(decoded.value.data, undefined);
+    assert.equal(decoded.value.notHeldCount, 3);
+  });
+
+  it('rejects a carried packet of another sequence or a corrupt one', () => {
+    const original = encodeData({ ...fields, sequence: 99 }, Buffer.from('x'));
+    const wrong = decodeRepair(encodeRepair({ ...fields, sequence: 98 }, original));
+    assert.equal(!wrong.ok && wrong.reason, 'bad-field');
+    const corrupt = Buffer.from(original);
+    corrupt[0] = 0;
+    const bad = decodeRepair(encodeRepair({ ...fields, sequence: 99 }, corrupt));
+    assert.equal(!bad.ok && bad.reason, 'bad-magic');
+  });
+});
+
+describe('ANNOUNCE, QUALITY, SETUP', () => {
+  it('round-trip', () => {
+    const session = {
+      sessionId: 1,
+      firstHeld: 0xfffffff0,
+      lastHeld: 5,
+      heldCount: 22,
+      lossPpm: 1500,
+      state: ListenState.listening,
+    };
+    const announce = decodeAnnounce(
+      encodeAnnounce(fields, { address: 'fd00:200:2::21', port: 7000, sessions: [session] }),
+    );
+    assert.ok(announce.ok);
+    assert.equal(announce.value.address, 'fd00:200:2::21');
+    assert.deepEqual(announce.value.sessions, [session]);
+    const quality = {
+      sessionId: 1,
+      received: 1000,
+      missing: 3,
+      lossPpm: 2991,
+      jitterUs: 120,
+      state: ListenState.withdrawn,
+    };
+    const decodedQuality = decodeQuality(encodeQuality(fields, { sessions: [quality] }));
+    assert.ok(decodedQuality.ok);
+    assert.deepEqual(decodedQuality.value.sessions, [quality]);
+    const setup = {
+      action: SetupAction.join,
+      group: '232.1.1.1',
+      port: 5000,
+      source: '10.200.1.10',
+      bufferBytes: 2 ** 40,
+      bufferAgeMs: 30_000,
+    };
+    const decodedSetup = decodeSetup(encodeSetup(fields, setup));
+    assert.ok(decodedSetup.ok);
+    assert.deepEqual(
+      { ...setup },
+      {
+        action: decodedSetup.value.action,
+        group: decodedSetup.value.group,
+        port: decodedSetup.value.port,
+        source: decodedSetup.value.source,
+        bufferBytes: decodedSetup.value.bufferBytes,
+        bufferAgeMs: decodedSetup.value.bufferAgeMs,
+      },
+    );
+  });
+
+  it('reject bad states, loss above 100 %, bad actions and lengths', () => {
+    const announce = encodeAnnounce(fields, {
+      address: '10.0.0.1',
+      port: 7000,
+      sessions: [
+        { sessionId: 1, firstHeld: 0, lastHeld: 0, heldCount: 0, lossPpm: 0, state: ListenState.listening },
+      ],
+    });
+    announce[headerBytes + 24 + 20] = 9;
+    assert.equal(decodeAnnounce(announce).ok, false);
+    const setup = encodeSetup(fields, {
+      action: SetupAction.leave,
+      group: '239.1.1.1',
+      port: 1,
+      source: undefined,
+      bufferBytes: 0,
+      bufferAgeMs: 0,
+    });
+    setup[headerBytes] = 3;
+    assert.equal(decodeSetup(setup).ok, false);
+    const quality = encodeQuality(fields, { sessions: [] });
+    assert.ok(decodeQuality(quality).ok);
+    const longer = Buffer.concat([quality, Buffer.alloc(1)]);
+    assert.equal(decodeQuality(longer).ok, false);
+  });
+});
