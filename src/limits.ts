@@ -87,3 +87,29 @@ export const replayPeersMax = 1024;
 /** Counters a replay window remembers, and how far from our clock a counter may be (freshness). */
 export const replayWindowCountersMax = 64;
 export const replayFreshnessMs = 30_000;
+
+/** Retransmit server: default buffer bounds per session. */
+export const retransmitBufferBytesDefault = 256 * 1024 * 1024;
+export const retransmitBufferAgeMsDefault = 60_000;
+
+/** Retransmit server: default repair rate per authenticated repair server. */
+export const repairRateBitsPerSecondDefault = 200_000_000;
+
+/** How often retransmit servers announce themselves and report their quality. */
+export const announceIntervalMsDefault = 1000;
+
+/** Repair server: largest random delay before a gap is NACKed (spreads NACKs of many servers). */
+export const nackDelayMsMaxDefault = 4;
+
+/** Repair server: first NACK timeout before a retransmit server's round trip is measured. */
+export const nackTimeoutMsInitial = 50;
+
+/** Repair server: bounds of the adaptive NACK timeout. */
+export const nackTimeoutMsMin = 10;
+export const nackTimeoutMsMax = 1000;
+
+/** Repair server: NACKs per missing packet before it is declared unrecoverable. */
+export const nackAttemptsMax = 10;
+
+/** Repair server: packets held for in-order re-emission; past it the oldest gap is given up. */
+export const repairHoldPacketsMax = 65_536;

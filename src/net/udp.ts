@@ -197,3 +197,46 @@ export async function openSenderSocket(options: SenderSocketOptions): Promise<Se
     [Symbol.asyncDispose]: close,
   };
 }
+
+/** A unicast socket that both receives and sends: the control channel of a server. */
+export interface ControlSocket extends AsyncDisposable {
+  /** The bound address and port (the port is the kernel's choice when 0 was asked). */
+  readonly local: Endpoint;
+  /** Bytes handed to the kernel so far. */
+  readonly bytesSent: number;
+  send(datagram: Buffer, port: number, address: string): void;
+  close(): Promise<void>;
+}
+
+/** Opens a control socket bound to an address and port. */
+export async function openControlSocket(
+  endpoint: Endpoint,
+  onDatagram: DatagramHandler,
+): Promise<ControlSocket> {
+  const socket = createSocket({ type: socketType(endpoint), reuseAddr: false });
+  socket.on('message', onDatagram);
+  await bindSocket(socket, endpoint.port, endpoint.address);
+  const close = closer(socket);
+  try {
+    apply('receive buffer', () => socket.setRecvBufferSize(receiveBufferBytesDefault));
+    apply('send buffer', () => socket.setSendBufferSize(sendBufferBytesDefault));
+  } catch (error) {
+    await close();
+    throw error;
+  }
+  socket.on('error', () => undefined);
+  const bound = socket.address();
+  let bytesSent = 0;
+  return {
+    local: { address: bound.address, port: bound.port, family: endpoint.family },
+    get bytesSent() {
+      return bytesSent;
+    },
+    send(datagram, port, address) {
+      bytesSent += datagram.length;
+      socket.send(datagram, port, address);
+    },
+    close,
+    [Symbol.asyncDispose]: close,
+  };
+}

@@ -1,0 +1,474 @@
+/**
+ * The retransmit server (docs/architecture.md, "Retransmit server"): joins sessions, keeps each in
+ * a bounded ring buffer, answers authenticated NACKs with REPAIR packets by unicast (rate limited
+ * per repair server), measures its own reception, takes part in the election with its peers, and
+ * announces what it holds.
+ */
+import { type ControlKey, ControlSealer, ControlVerifier } from '../crypto/control-auth.js';
+import { announceIntervalMsDefault } from '../limits.js';
+import { type Endpoint, formatEndpoint } from '../net/address.js';
+import {
+  type ControlSocket,
+  openControlSocket,
+  openReceiverSocket,
+  openSenderSocket,
+  type ReceiverSocket,
+  type SenderSocket,
+} from '../net/udp.js';
+import {
+  type AnnouncedSession,
+  decodeNack,
+  decodeQuality,
+  decodeSetup,
+  encodeAnnounce,
+  encodeQuality,
+  encodeRepair,
+  encodeRepairNotHeld,
+  ListenState,
+  type ListenStateCode,
+  SetupAction,
+} from '../protocol/control.js';
+import { decodeData, headerBytes, offsetType, PacketType } from '../protocol/packet.js';
+import { sequenceAdd } from '../protocol/serial.js';
+import { SessionBuffer } from './session-buffer.js';
+
+/** A group to join. */
+export interface JoinSpec {
+  readonly group: Endpoint;
+  readonly source?: string | undefined;
+}
+
+/** Election settings (docs/architecture.md, "Election"). */
+export interface ElectionSettings {
+  /** Withdraw when own loss is above this share (0-1) and another member listens. */
+  readonly lossMax: number;
+  /** Listen only when among the best N members. */
+  readonly bestCount: number;
+  /** Quality period; a peer silent for three periods is no longer a member. */
+  readonly periodMs: number;
+}
+
+/** Settings of a retransmit server. */
+export interface RetransmitSettings {
+  readonly joins: readonly JoinSpec[];
+  readonly iface?: string | undefined;
+  /** Where NACKs, SETUP and QUALITY arrive. */
+  readonly listen: Endpoint;
+  /** The address announced for NACKs (default: the listen address). */
+  readonly announceAddress?: string | undefined;
+  readonly keys: readonly ControlKey[];
+  readonly bufferBytesMax: number;
+  readonly bufferAgeMs: number;
+  readonly repairRateBitsPerSecond: number;
+  readonly announceTo: readonly Endpoint[];
+  readonly announceGroup?: Endpoint | undefined;
+  /** Other retransmit servers of the sessions: QUALITY reports go to them. */
+  readonly peers: readonly Endpoint[];
+  readonly election?: ElectionSettings | undefined;
+}
+
+/** Counters and state a status endpoint shows. */
+export interface RetransmitStatus {
+  role: 'retransmit';
+  listen: string;
+  senderId: number;
+  packetsIn: number;
+  nacksReceived: number;
+  nacksAnswered: number;
+  repairsSent: number;
+  notHeldSent: number;
+  repairBytesSent: number;
+  rateLimited: number;
+  dropped: Record<string, number>;
+  sessions: Array<{
+    group: string;
+    sessionId: number | undefined;
+    state: 'listening' | 'withdrawn';
+    heldPackets: number;
+    bufferBytes: number;
+    evicted: number;
+    lossPercent: number;
+    jitterUs: number;
+    members: number;
+  }>;
+}
+
+interface Joined {
+  readonly spec: JoinSpec;
+  socket: ReceiverSocket | undefined;
+  buffer: SessionBuffer | undefined;
+  state: ListenStateCode;
+  lastQuality: { lossPpm: number; jitterUs: number };
+}
+
+interface PeerReport {
+  lossPpm: number;
+  state: ListenStateCode;
+  atMs: number;
+}
+
+interface Bucket {
+  creditBytes: number;
+  refilledAtMs: number;
+}
+
+/** A running retransmit server. */
+export interface RetransmitServer extends AsyncDisposable {
+  readonly local: Endpoint;
+  status(): RetransmitStatus;
+  close(): Promise<void>;
+}
+
+/** Starts a retransmit server. */
+export async function startRetransmitServer(settings: RetransmitSettings): Promise<RetransmitServer> {
+  const sealer = new ControlSealer(settings.keys[0] as ControlKey);
+  const verifier = new ControlVerifier(settings.keys);
+  const joined: Joined[] = [];
+  const peerReports = new Map<string, PeerReport>();
+  const buckets = new Map<number, Bucket>();
+  const counters = {
+    packetsIn: 0,
+    nacksReceived: 0,
+    nacksAnswered: 0,
+    repairsSent: 0,
+    notHeldSent: 0,
+    repairBytesSent: 0,
+    rateLimited: 0,
+  };
+  const dropped: Record<string, number> = {};
+  const drop = (reason: string) => {
+    dropped[reason] = (dropped[reason] ?? 0) + 1;
+  };
+  const nowUs = () => Math.floor((performance.timeOrigin + performance.now()) * 1000);
+  const fields = (sessionId: number, sequence: number) => ({ sessionId, sequence, timestampUs: nowUs() });
+
+  const bufferFor = (sessionId: number): SessionBuffer | undefined => {
+    for (const entry of joined) {
+      if (entry.buffer?.sessionId === sessionId) {
+        return entry.buffer;
+      }
+    }
+    return undefined;
+  };
+
+  const onData = (entry: Joined) => (datagram: Buffer) => {
+    if (datagram[offsetType] !== PacketType.data) {
+      return;
+    }
+    const decoded = decodeData(datagram);
+    if (!decoded.ok) {
+      drop(`data-${decoded.reason}`);
+      return;
+    }
+    counters.packetsIn++;
+    const packet = decoded.value;
+    if (entry.buffer === undefined || entry.buffer.sessionId !== packet.sessionId) {
+      // A new session on the group replaces the old one.
+      entry.buffer = new SessionBuffer(packet.sessionId, {
+        bytesMax: settings.bufferBytesMax,
+        ageMs: settings.bufferAgeMs,
+      });
+    }
+    entry.buffer.add(packet.sequence, datagram, packet.timestampUs, performance.now());
+  };
+
+  const join = async (entry: Joined) => {
+    entry.socket = await openReceiverSocket(
+      { group: entry.spec.group, iface: settings.iface, source: entry.spec.source },
+      onData(entry),
+    );
+  };
+
+  /** Takes tokens for a repair to one repair server; false when over its rate. */
+  const allow = (senderId: number, bytes: number): boolean => {
+    const now = performance.now();
+    const bytesPerMs = settings.repairRateBitsPerSecond / 8000;
+    const burst = Math.max(bytesPerMs * 50, 64 * 1500);
+    let bucket = buckets.get(senderId);
+    if (bucket === undefined) {
+      bucket = { creditBytes: burst, refilledAtMs: now };
+      buckets.set(senderId, bucket);
+    }
+    bucket.creditBytes = Math.min(burst, bucket.creditBytes + (now - bucket.refilledAtMs) * bytesPerMs);
+    bucket.refilledAtMs = now;
+    if (bucket.creditBytes < bytes) {
+      return false;
+    }
+    bucket.creditBytes -= bytes;
+    return true;
+  };
+
+  const answerNack = (datagram: Buffer, port: number, address: string) => {
+    const decoded = decodeNack(datagram);
+    if (!decoded.ok) {
+      drop(`nack-${decoded.reason}`);
+      return;
+    }
+    const failure = verifier.verify(datagram, decoded.value.auth);
+    if (failure !== undefined) {
+      // Authenticate before anything else: an unproven sender gets no byte back.
+      drop(`nack-${failure}`);
+      return;
+    }
+    counters.nacksReceived++;
+    const nack = decoded.value;
+    const buffer = bufferFor(nack.sessionId);
+    let answered = false;
+    for (const range of nack.ranges) {
+      let notHeldStart: number | undefined;
+      let notHeldCount = 0;
+      const flushNotHeld = () => {
+        if (notHeldStart !== undefined) {
+          const reply = sealer.seal(encodeRepairNotHeld(fields(nack.sessionId, notHeldStart), notHeldCount));
+          control?.send(reply, port, address);
+          counters.notHeldSent++;
+          notHeldStart = undefined;
+          notHeldCount = 0;
+        }
+      };
+      for (let i = 0; i < range.count; i++) {
+        const sequence = sequenceAdd(range.start, i);
+        const original = buffer?.get(sequence);
+        if (original === undefined) {
+          notHeldStart ??= sequence;
+          notHeldCount++;
+          continue;
+        }
+        flushNotHeld();
+        if (!allow(nack.auth.senderId, original.length + headerBytes + 36)) {
+          counters.rateLimited++;
+          continue;
+        }
+        const reply = sealer.seal(encodeRepair(fields(nack.sessionId, sequence), original));
+        control?.send(reply, port, address);
+        counters.repairsSent++;
+        counters.repairBytesSent += reply.length;
+        answered = true;
+      }
+      flushNotHeld();
+    }
+    if (answered) {
+      counters.nacksAnswered++;
+    }
+  };
+
+  const onControl = (datagram: Buffer, remote: { address: string; port: number }) => {
+    switch (datagram.length > offsetType ? datagram[offsetType] : undefined) {
+      case PacketType.nack:
+        answerNack(datagram, remote.port, remote.address);
+        return;
+      case PacketType.quality: {
+        const decoded = decodeQuality(datagram);
+        if (!decoded.ok) {
+          drop(`quality-${decoded.reason}`);
+          return;
+        }
+        const failure = verifier.verify(datagram, decoded.value.auth);
+        if (failure !== undefined) {
+          drop(`quality-${failure}`);
+          return;
+        }
+        for (const session of decoded.value.sessions) {
+          peerReports.set(`${decoded.value.auth.senderId}/${session.sessionId}`, {
+            lossPpm: session.lossPpm,
+            state: session.state,
+            atMs: performance.now(),
+          });
+        }
+        return;
+      }
+      case PacketType.setup:
+        void onSetup(datagram);
+        return;
+      default:
+        drop('unexpected-type');
+    }
+  };
+
+  const onSetup = async (datagram: Buffer) => {
+    const decoded = decodeSetup(datagram);
+    if (!decoded.ok) {
+      drop(`setup-${decoded.reason}`);
+      return;
+    }
+    const failure = verifier.verify(datagram, decoded.value.auth);
+    if (failure !== undefined) {
+      drop(`setup-${failure}`);
+      return;
+    }
+    const setup = decoded.value;
+    const index = joined.findIndex(
+      (entry) => entry.spec.group.address === setup.group && entry.spec.group.port === setup.port,
+    );
+    if (setup.action === SetupAction.leave) {
+      const [entry] = index >= 0 ? joined.splice(index, 1) : [];
+      await entry?.socket?.close();
+      return;
+    }
+    if (index < 0) {
+      const family = setup.group.includes(':') ? 6 : 4;
+      const entry: Joined = {
+        spec: { group: { address: setup.group, port: setup.port, family }, source: setup.source },
+        socket: undefined,
+        buffer: undefined,
+        state: ListenState.listening,
+        lastQuality: { lossPpm: 0, jitterUs: 0 },
+      };
+      joined.push(entry);
+      await join(entry).catch(() => drop('setup-join-failed'));
+    }
+  };
+
+  const control: ControlSocket = await openControlSocket(settings.listen, onControl);
+  const announceSender: SenderSocket | undefined =
+    settings.announceGroup === undefined
+      ? undefined
+      : await openSenderSocket({ group: settings.announceGroup, iface: settings.iface });
+  for (const spec of settings.joins) {
+    const entry: Joined = {
+      spec,
+      socket: undefined,
+      buffer: undefined,
+      state: ListenState.listening,
+      lastQuality: { lossPpm: 0, jitterUs: 0 },
+    };
+    joined.push(entry);
+    await join(entry);
+  }
+
+  /** Members of a session's election that are fresh, with their loss; ourselves included. */
+  const members = (sessionId: number, own: { lossPpm: number; state: ListenStateCode }) => {
+    const periodMs = settings.election?.periodMs ?? announceIntervalMsDefault;
+    const now = performance.now();
+    const list = [{ id: sealer.senderId, lossPpm: own.lossPpm, state: own.state }];
+    for (const [key, report] of peerReports) {
+      const [senderId, session] = key.split('/').map(Number);
+      if (session === sessionId && now - report.atMs <= periodMs * 3) {
+        list.push({ id: senderId ?? 0, lossPpm: report.lossPpm, state: report.state });
+      }
+    }
+    return list;
+  };
+
+  /** One election round for a session (docs/architecture.md, "Election"). */
+  const elect = async (entry: Joined) => {
+    const election = settings.election;
+    const sessionId = entry.buffer?.sessionId;
+    if (election === undefined || sessionId === undefined) {
+      return;
+    }
+    const all = members(sessionId, { lossPpm: entry.lastQuality.lossPpm, state: entry.state });
+    const othersListening = all.filter((m) => m.id !== sealer.senderId && m.state === ListenState.listening);
+    if (entry.state === ListenState.listening) {
+      const ranked = all
+        .filter((m) => m.state === ListenState.listening)
+        .sort((a, b) => a.lossPpm - b.lossPpm || a.id - b.id);
+      const rank = ranked.findIndex((m) => m.id === sealer.senderId);
+      const tooLossy = entry.lastQuality.lossPpm > election.lossMax * 1_000_000 && othersListening.length > 0;
+      if (tooLossy || rank >= election.bestCount) {
+        entry.state = ListenState.withdrawn;
+        await entry.socket?.close();
+        entry.socket = undefined;
+      }
+    } else if (othersListening.length < election.bestCount) {
+      entry.state = ListenState.listening;
+      await join(entry).catch(() => drop('rejoin-failed'));
+    }
+  };
+
+  const tick = async () => {
+    const announced: AnnouncedSession[] = [];
+    const qualities = [];
+    for (const entry of joined) {
+      const buffer = entry.buffer;
+      if (buffer === undefined) {
+        continue;
+      }
+      buffer.evict(performance.now());
+      if (entry.state === ListenState.listening) {
+        entry.lastQuality = buffer.takePeriod();
+      }
+      await elect(entry);
+      const range = buffer.range;
+      announced.push({
+        sessionId: buffer.sessionId,
+        firstHeld: range?.first ?? 0,
+        lastHeld: range?.last ?? 0,
+        heldCount: buffer.heldCount,
+        lossPpm: entry.lastQuality.lossPpm,
+        state: entry.state,
+      });
+      qualities.push({
+        sessionId: buffer.sessionId,
+        received: 0,
+        missing: 0,
+        lossPpm: entry.lastQuality.lossPpm,
+        jitterUs: entry.lastQuality.jitterUs,
+        state: entry.state,
+      });
+    }
+    const header = { sessionId: 0, sequence: 0, timestampUs: nowUs() };
+    const announce = sealer.seal(
+      encodeAnnounce(header, {
+        address: settings.announceAddress ?? control.local.address,
+        port: control.local.port,
+        sessions: announced,
+      }),
+    );
+    for (const target of settings.announceTo) {
+      control.send(announce, target.port, target.address);
+    }
+    announceSender?.send(announce, announce.length);
+    if (settings.peers.length > 0) {
+      const quality = sealer.seal(encodeQuality(header, { sessions: qualities }));
+      for (const peer of settings.peers) {
+        control.send(quality, peer.port, peer.address);
+      }
+    }
+  };
+  let ticking = false;
+  const timer = setInterval(() => {
+    if (!ticking) {
+      ticking = true;
+      void tick().finally(() => {
+        ticking = false;
+      });
+    }
+  }, settings.election?.periodMs ?? announceIntervalMsDefault);
+
+  const status = (): RetransmitStatus => ({
+    role: 'retransmit',
+    listen: formatEndpoint(control.local),
+    senderId: sealer.senderId,
+    ...counters,
+    dropped: { ...dropped },
+    sessions: joined.map((entry) => ({
+      group: formatEndpoint(entry.spec.group),
+      sessionId: entry.buffer?.sessionId,
+      state: entry.state === ListenState.listening ? 'listening' : 'withdrawn',
+      heldPackets: entry.buffer?.heldCount ?? 0,
+      bufferBytes: entry.buffer?.bytes ?? 0,
+      evicted: entry.buffer?.evictedCount ?? 0,
+      lossPercent: entry.lastQuality.lossPpm / 10_000,
+      jitterUs: Math.round(entry.lastQuality.jitterUs),
+      members:
+        entry.buffer === undefined
+          ? 1
+          : members(entry.buffer.sessionId, { lossPpm: 0, state: entry.state }).length,
+    })),
+  });
+
+  let closed: Promise<void> | undefined;
+  const close = () => {
+    closed ??= (async () => {
+      clearInterval(timer);
+      for (const entry of joined) {
+        await entry.socket?.close();
+      }
+      await control.close();
+      await announceSender?.close();
+    })();
+    return closed;
+  };
+  return { local: control.local, status, close, [Symbol.asyncDispose]: close };
+}

@@ -1,0 +1,127 @@
+/**
+ * One session's ring buffer in a retransmit server: DATA datagrams by sequence, evicted oldest
+ * first when over a byte bound or an age bound (both counted), plus the server's own measure of
+ * how well it receives the session (loss and RFC 3550 interarrival jitter).
+ */
+import { sequenceAdd, sequenceDistance } from '../protocol/serial.js';
+
+interface Held {
+  readonly datagram: Buffer;
+  readonly atMs: number;
+}
+
+/** Bounds of a buffer. */
+export interface BufferBounds {
+  readonly bytesMax: number;
+  readonly ageMs: number;
+}
+
+/** Reception quality over a period. */
+export interface PeriodQuality {
+  received: number;
+  missing: number;
+  lossPpm: number;
+  jitterUs: number;
+}
+
+/** The buffer of one session. */
+export class SessionBuffer {
+  readonly sessionId: number;
+  readonly #bounds: BufferBounds;
+  /** Insertion order is arrival order: the first key is the oldest. */
+  readonly #held = new Map<number, Held>();
+  #bytes = 0;
+  evictedCount = 0;
+  receivedCount = 0;
+  #highest: number | undefined;
+  #periodReceived = 0;
+  #periodMissing = 0;
+  #jitterUs = 0;
+  #lastTransitUs: number | undefined;
+
+  constructor(sessionId: number, bounds: BufferBounds) {
+    this.sessionId = sessionId;
+    this.#bounds = bounds;
+  }
+
+  get bytes(): number {
+    return this.#bytes;
+  }
+  get heldCount(): number {
+    return this.#held.size;
+  }
+
+  /** Oldest and newest sequence held (arrival order), or undefined when empty. */
+  get range(): { first: number; last: number } | undefined {
+    if (this.#held.size === 0 || this.#highest === undefined) {
+      return undefined;
+    }
+    const first = this.#held.keys().next().value as number;
+    return { first, last: this.#highest };
+  }
+
+  /** Stores a DATA datagram; measures loss and jitter from its sequence and timestamp. */
+  add(sequence: number, datagram: Buffer, sentUs: number, nowMs: number): void {
+    if (this.#held.has(sequence)) {
+      return;
+    }
+    this.receivedCount++;
+    this.#periodReceived++;
+    if (this.#highest === undefined) {
+      this.#highest = sequence;
+    } else {
+      const gap = sequenceDistance(this.#highest, sequence);
+      if (gap > 0) {
+        this.#periodMissing += gap - 1;
+        this.#highest = sequence;
+      } else if (this.#periodMissing > 0) {
+        this.#periodMissing--; // a late packet fills a gap counted before
+      }
+    }
+    // RFC 3550 section 6.4.1: J += (|D| - J) / 16, with D the change in transit time.
+    const transitUs = nowMs * 1000 - sentUs;
+    if (this.#lastTransitUs !== undefined) {
+      this.#jitterUs += (Math.abs(transitUs - this.#lastTransitUs) - this.#jitterUs) / 16;
+    }
+    this.#lastTransitUs = transitUs;
+    this.#held.set(sequence, { datagram, atMs: nowMs });
+    this.#bytes += datagram.length;
+    this.evict(nowMs);
+  }
+
+  /** Drops the oldest datagrams while over the byte bound or older than the age bound. */
+  evict(nowMs: number): void {
+    for (const [sequence, held] of this.#held) {
+      if (this.#bytes <= this.#bounds.bytesMax && nowMs - held.atMs <= this.#bounds.ageMs) {
+        break;
+      }
+      this.#held.delete(sequence);
+      this.#bytes -= held.datagram.length;
+      this.evictedCount++;
+    }
+  }
+
+  /** The datagram of a sequence, if held. */
+  get(sequence: number): Buffer | undefined {
+    return this.#held.get(sequence)?.datagram;
+  }
+
+  /** Returns the quality since the last call and starts a new period. */
+  takePeriod(): PeriodQuality {
+    const expected = this.#periodReceived + this.#periodMissing;
+    const quality = {
+      received: this.#periodReceived,
+      missing: this.#periodMissing,
+      lossPpm: expected === 0 ? 0 : Math.round((this.#periodMissing / expected) * 1_000_000),
+      jitterUs: this.#jitterUs,
+    };
+    this.#periodReceived = 0;
+    this.#periodMissing = 0;
+    return quality;
+  }
+
+  /** Next sequence after the newest held, for diagnostics. */
+  get next(): number | undefined {
+    return this.#highest === undefined ? undefined : sequenceAdd(this.#highest, 1);
+  }
+}

@@ -1,0 +1,114 @@
+import assert from 'node:assert/strict';
+import { createHash, randomBytes } from 'node:crypto';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, describe, it } from 'node:test';
+import { controlKey } from '../../src/crypto/control-auth.js';
+import { parseEndpoint, parseGroup } from '../../src/net/address.js';
+import { openReceiverSocket, type ReceiverSocketOptions } from '../../src/net/udp.js';
+import { decodeHeader, PacketType } from '../../src/protocol/packet.js';
+import { createReceiver } from '../../src/receiver/receiver.js';
+import { startRepairServer } from '../../src/repair/repair.js';
+import { startRetransmitServer } from '../../src/retransmit/retransmit.js';
+import { openFileInput } from '../../src/source/inputs.js';
+import { createSource } from '../../src/source/source.js';
+import { freshPort, loopbackIface, memorySink } from '../helpers/loopback.js';
+import { createRandom } from '../helpers/random.js';
+
+const directory = mkdtempSync(join(tmpdir(), 'gatecast-repair-'));
+after(() => rmSync(directory, { recursive: true, force: true }));
+const key = controlKey(Buffer.from('loopback test secret, not for use'));
+
+/** The repair server's S1 socket, losing DATA by a seeded rule. */
+function lossyS1(lose: (sequence: number) => boolean) {
+  return (options: ReceiverSocketOptions, onDatagram: (datagram: Buffer, remote: never) => void) =>
+    openReceiverSocket(options, (datagram, remote) => {
+      const header = decodeHeader(datagram);
+      if (header.ok && header.value.type === PacketType.data && lose(header.value.sequence)) {
+        return;
+      }
+      onDatagram(datagram, remote as never);
+    });
+}
+
+async function repairRun(options: {
+  lossPercent: number;
+  firstSequence: number;
+  failFirst?: boolean;
+  latencyMs?: number;
+}) {
+  const bytes = randomBytes(1_500_000);
+  const path = join(directory, `file-${options.firstSequence}.bin`);
+  writeFileSync(path, bytes);
+  const s1 = parseGroup(`239.255.70.1:${freshPort()}`, 's1');
+  const s2 = parseGroup(`239.255.70.2:${freshPort()}`, 's2');
+  const retransmit = await startRetransmitServer({
+    joins: [{ group: s1 }],
+    iface: loopbackIface,
+    listen: { address: '127.0.0.1', port: 0, family: 4 as const },
+    keys: [key],
+    bufferBytesMax: 64 * 1024 * 1024,
+    bufferAgeMs: 60_000,
+    repairRateBitsPerSecond: 500_000_000,
+    announceTo: [],
+    peers: [],
+  });
+  // A retransmit server that never answers, listed first: it must cost one timeout, not packets.
+  const dead = parseEndpoint(`127.0.0.1:${freshPort()}`, 'dead');
+  const random = createRandom(options.firstSequence);
+  const repair = await startRepairServer(
+    {
+      group: s1,
+      iface: loopbackIface,
+      listen: { address: '127.0.0.1', port: 0, family: 4 as const },
+      keys: [key],
+      retransmit: options.failFirst ? [dead, retransmit.local] : [retransmit.local],
+      emit: s2,
+      latencyMs: options.latencyMs,
+    },
+    { openS1Socket: lossyS1(() => random.int(100) < options.lossPercent) },
+  );
+  const sink = memorySink();
+  const receiver = createReceiver({ group: s2, iface: loopbackIface, timeoutMs: 10_000 }, { sink });
+  const receiving = receiver.run();
+  const source = createSource(
+    {
+      group: s1,
+      iface: loopbackIface,
+      rateBitsPerSecond: 100_000_000,
+      packetPayloadBytes: 1400,
+      sessionName: 'repaired.bin',
+      firstSequence: options.firstSequence,
+    },
+    { input: await openFileInput(path) },
+  );
+  await source.run();
+  const summary = await receiving;
+  const status = { repair: repair.status(), retransmit: retransmit.status() };
+  await repair.close();
+  await retransmit.close();
+  return { summary, status, sha: createHash('sha256').update(bytes).digest('hex'), got: sink.bytes() };
+}
+
+describe('repair over loopback: source -> lossy S1 -> repair server (+ retransmit server) -> S2 -> receive', () => {
+  it('10 % loss across the sequence wrap: S2 is whole, every gap recovered', async () => {
+    const { summary, status, sha, got } = await repairRun({ lossPercent: 10, firstSequence: 0xffff_fe00 });
+    assert.equal(summary.outcome, 'complete', JSON.stringify(status));
+    assert.equal(createHash('sha256').update(got).digest('hex'), sha);
+    assert.ok(status.repair.gaps > 50, `only ${status.repair.gaps} gaps`);
+    assert.equal(status.repair.recovered, status.repair.gaps);
+    assert.equal(status.repair.unrecoverable, 0);
+    assert.equal(status.retransmit.repairsSent, status.repair.repairsReceived);
+    assert.ok(status.repair.nacksSent <= status.repair.gaps * 1.1 + 5, JSON.stringify(status.repair));
+  });
+
+  it('a dead retransmit server listed first costs a timeout, not the packet', async () => {
+    const { summary, status } = await repairRun({ lossPercent: 5, firstSequence: 1, failFirst: true });
+    assert.equal(summary.outcome, 'complete', JSON.stringify(status));
+    assert.equal(status.repair.unrecoverable, 0);
+    assert.ok(status.repair.timeouts >= 1);
+    // After the first timeouts the dead server is ranked last: most gaps cost no timeout at all.
+    assert.ok(status.repair.timeouts < status.repair.gaps / 2, JSON.stringify(status.repair));
+  });
+});
