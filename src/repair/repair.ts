@@ -143,7 +143,9 @@ export async function startRepairServer(
   const wheel = new TimerWheel();
   const nackDelayMsMax = settings.nackDelayMsMax ?? nackDelayMsMaxDefault;
   const servers = new Map<string, Server>();
-  settings.retransmit.forEach((endpoint, staticIndex) => addServer(endpoint, staticIndex));
+  for (const [staticIndex, endpoint] of settings.retransmit.entries()) {
+    addServer(endpoint, staticIndex);
+  }
   const counters = {
     packetsIn: 0,
     gaps: 0,
