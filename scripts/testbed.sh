@@ -5,6 +5,8 @@
 #   PREFIX-src .10 --+                               +-- PREFIX-rx1 .11
 #                    |-- brA [PREFIX-sw] brB ---------|-- PREFIX-rx2 .12
 #   PREFIX-rtr .1  --+        (no snooping)           +-- PREFIX-rtr .1 (eth1)
+#                                                    +-- PREFIX-rt1 .21, rt2 .22, rt3 .23
+#                                                    +-- PREFIX-rep .31
 #   (eth0)           PREFIX-rtr forwards multicast A -> B with a real smcrouted
 #                    ((*,G) templates: 239.0.0.0/8, 232.0.0.0/8 (SSM), ff3e::/16)
 #
@@ -17,6 +19,9 @@
 #       PORT may be written PORT/data: then only gatecast DATA packets (type byte 1) are dropped
 #   testbed.sh dropped PREFIX HOST     packets dropped at HOST so far by loss and drop rules
 #   testbed.sh clear PREFIX HOST       remove HOST's loss rules
+#   testbed.sh status PREFIX HOST URL  fetch a role's status endpoint from inside HOST
+#   testbed.sh translate PREFIX HOST PORT   at a host with the agent: drop S1 datagrams to PORT
+#                                      that do not come from the host itself (the agent's copies do)
 #   testbed.sh rate PREFIX HOST RATE   shape HOST's eth0 egress with tbf (e.g. 50mbit)
 #   testbed.sh route PREFIX GROUP      add a (*,G) route A -> B on the running smcrouted
 #   testbed.sh routes PREFIX           show smcrouted's routes
@@ -31,7 +36,7 @@ shift 2
 [[ $prefix =~ ^[a-z0-9]{2,8}$ ]] || die "PREFIX must be 2-8 lower-case letters or digits: $prefix"
 state=${TMPDIR:-/tmp}/gatecast-testbed-$prefix
 sw=$prefix-sw
-hosts=(src rtr rx1 rx2)
+hosts=(src rtr rx1 rx2 rt1 rt2 rt3 rep)
 
 in_ns() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
 
@@ -55,6 +60,8 @@ up() {
   for host in "${hosts[@]}"; do
     ip netns add "$prefix-$host"
     ip -n "$prefix-$host" link set lo up
+    # Room for 4 MiB socket buffers, as the roles ask (per namespace on current kernels).
+    in_ns "$prefix-$host" sysctl -qw net.core.rmem_max=8388608 net.core.wmem_max=8388608 2>/dev/null || true
   done
   for bridge in brA brB; do
     ip -n "$sw" link add "$bridge" type bridge mcast_snooping 0
@@ -65,14 +72,22 @@ up() {
   attach "$prefix-rtr" eth1 rtr1 brB
   attach "$prefix-rx1" eth0 rx1 brB
   attach "$prefix-rx2" eth0 rx2 brB
+  attach "$prefix-rt1" eth0 rt1 brB
+  attach "$prefix-rt2" eth0 rt2 brB
+  attach "$prefix-rt3" eth0 rt3 brB
+  attach "$prefix-rep" eth0 rep brB
   address "$prefix-src" eth0 10.200.1.10/24 fd00:200:1::10/64
   address "$prefix-rtr" eth0 10.200.1.1/24 fd00:200:1::1/64
   address "$prefix-rtr" eth1 10.200.2.1/24 fd00:200:2::1/64
   address "$prefix-rx1" eth0 10.200.2.11/24 fd00:200:2::11/64
   address "$prefix-rx2" eth0 10.200.2.12/24 fd00:200:2::12/64
+  address "$prefix-rt1" eth0 10.200.2.21/24 fd00:200:2::21/64
+  address "$prefix-rt2" eth0 10.200.2.22/24 fd00:200:2::22/64
+  address "$prefix-rt3" eth0 10.200.2.23/24 fd00:200:2::23/64
+  address "$prefix-rep" eth0 10.200.2.31/24 fd00:200:2::31/64
   ip -n "$prefix-src" route add default via 10.200.1.1
   ip -n "$prefix-src" -6 route add default via fd00:200:1::1
-  for host in rx1 rx2; do
+  for host in rx1 rx2 rt1 rt2 rt3 rep; do
     ip -n "$prefix-$host" route add default via 10.200.2.1
     ip -n "$prefix-$host" -6 route add default via fd00:200:2::1
   done
@@ -162,6 +177,17 @@ case $command in
     ;;
   dropped)
     in_ns "$prefix-$1" nft list counter inet gcloss dropped 2>/dev/null | sed -n 's/.*packets \([0-9]*\).*/\1/p' | head -1
+    ;;
+  translate)
+    [[ $# -ge 2 && $2 =~ ^[0-9]+$ ]] || die "usage: testbed.sh translate PREFIX HOST PORT"
+    ns=$prefix-$1
+    in_ns "$ns" nft add table inet gctranslate
+    in_ns "$ns" nft add chain inet gctranslate input '{ type filter hook input priority -10; }'
+    in_ns "$ns" nft add rule inet gctranslate input udp dport "$2" fib saddr type != local counter drop
+    ;;
+  status)
+    [[ $# -ge 2 ]] || die "usage: testbed.sh status PREFIX HOST URL"
+    in_ns "$prefix-$1" node -e 'fetch(process.argv[1]).then((r) => r.text()).then((t) => process.stdout.write(t))' "$2"
     ;;
   clear) in_ns "$prefix-$1" nft delete table inet gcloss 2>/dev/null || true ;;
   rate)

@@ -25,8 +25,8 @@ export const heartbeatIntervalMs = 250;
 export const startDelayMsDefault = 200;
 
 /** How many times a source sends END, and the gap between the copies. */
-export const endRepeatCount = 3;
-export const endRepeatIntervalMs = 20;
+export const endRepeatCount = 4;
+export const endRepeatIntervalMs = 50;
 
 /** Default sending rate of a source when --rate is not given. */
 export const rateBitsPerSecondDefault = 10_000_000;

@@ -7,6 +7,7 @@ import { runDemo } from './demo.js';
 import { exitInternal, exitOk, exitUsage, isOperatingError } from './errors.js';
 import { runReceive } from './receive.js';
 import { runSend } from './send.js';
+import { runAgent, runRepair, runRetransmit } from './servers.js';
 
 const usage = `usage: gatecast <command> [options]
 
@@ -15,6 +16,9 @@ gatecast turns IP multicast into a service: repaired, restricted, billed, ordera
 commands:
   send       multicast a file, standard input, a ticker, or a relayed UDP stream
   receive    receive a session, write it in order, report loss truthfully
+  retransmit buffer sessions inside the network and answer NACKs
+  repair     repair a session near its receivers, re-emit it whole on a new group
+  agent      hand a repaired session to local applications as if it came on S1
   demo       run a sender and receivers over loopback and print a summary
   help       show this text (gatecast <command> --help for a command's options)
   version    print the version
@@ -38,6 +42,12 @@ export async function main(argv: string[]): Promise<number> {
         return await runSend(rest, process.stderr);
       case 'receive':
         return await runReceive(rest, process.stderr);
+      case 'retransmit':
+        return await runRetransmit(rest, process.stderr);
+      case 'repair':
+        return await runRepair(rest, process.stderr);
+      case 'agent':
+        return await runAgent(rest, process.stderr);
       case 'demo':
         return await runDemo(rest, process.stdout);
       case 'version':

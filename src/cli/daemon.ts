@@ -1,0 +1,85 @@
+/**
+ * What the long-running commands share: options for the status endpoint and the periodic status
+ * line, the shared secret, lists of endpoints, and running until SIGINT or SIGTERM.
+ */
+import { type ControlKey, readSecretFile } from '../crypto/control-auth.js';
+import { type Endpoint, parseEndpoint } from '../net/address.js';
+import { type StatusServer, serveStatus } from '../net/status-http.js';
+import { exitOk, UsageError } from './errors.js';
+import { type OptionSpecs, type OptionValues, optional, parseSeconds } from './options.js';
+
+export const daemonOptions: OptionSpecs = {
+  'secret-file': {
+    type: 'string',
+    value: 'FILE',
+    help: "the operator's shared secret (>= 16 bytes) for control messages",
+  },
+  status: {
+    type: 'string',
+    value: 'ADDR:PORT',
+    help: 'serve GET /status as JSON here (e.g. 127.0.0.1:9100)',
+  },
+  'status-interval': {
+    type: 'string',
+    value: 'SECONDS',
+    help: 'print one status line on standard error this often',
+  },
+};
+
+/** Parses a comma-separated list of ADDR:PORT. */
+export function parseEndpointList(text: string | undefined, field: string): Endpoint[] {
+  if (text === undefined || text.trim() === '') {
+    return [];
+  }
+  return text.split(',').map((part) => parseEndpoint(part.trim(), field));
+}
+
+/** The control keys from --secret-file (required). */
+export function keysFrom(values: OptionValues): ControlKey[] {
+  const path = optional(values, 'secret-file');
+  if (path === undefined) {
+    throw new UsageError('--secret-file is required: control messages between servers are authenticated');
+  }
+  return [readSecretFile(path)];
+}
+
+/** A running role as the daemon runner sees it. */
+export interface DaemonRole {
+  status(): unknown;
+  close(): Promise<void>;
+}
+
+/** Runs a role until SIGINT or SIGTERM, with its status endpoint and line; returns the exit code. */
+export async function runDaemon(
+  role: DaemonRole,
+  values: OptionValues,
+  err: NodeJS.WritableStream,
+  line: () => string,
+): Promise<number> {
+  const statusText = optional(values, 'status');
+  let server: StatusServer | undefined;
+  try {
+    server =
+      statusText === undefined
+        ? undefined
+        : await serveStatus(parseEndpoint(statusText, '--status'), () => role.status());
+  } catch (error) {
+    await role.close();
+    throw error;
+  }
+  const intervalText = optional(values, 'status-interval');
+  const intervalMs = intervalText === undefined ? undefined : parseSeconds(intervalText, '--status-interval');
+  const timer =
+    intervalMs === undefined
+      ? undefined
+      : setInterval(() => err.write(`${line()}\n`), Math.max(100, intervalMs));
+  await new Promise<void>((resolve) => {
+    process.once('SIGINT', resolve);
+    process.once('SIGTERM', resolve);
+  });
+  clearInterval(timer);
+  await server?.close();
+  await role.close();
+  err.write(`${line()}\nstopped\n`);
+  return exitOk;
+}

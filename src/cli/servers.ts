@@ -1,0 +1,251 @@
+/** `gatecast retransmit`, `gatecast repair` and `gatecast agent`: the repair service's commands. */
+
+import {
+  announceIntervalMsDefault,
+  repairRateBitsPerSecondDefault,
+  retransmitBufferAgeMsDefault,
+  retransmitBufferBytesDefault,
+} from '../limits.js';
+import { formatEndpoint, parseEndpoint, parseGroup } from '../net/address.js';
+import { resolveInterface } from '../net/interfaces.js';
+import { startAgent } from '../receiver/agent.js';
+import { startRepairServer } from '../repair/repair.js';
+import { startRetransmitServer } from '../retransmit/retransmit.js';
+import { daemonOptions, keysFrom, parseEndpointList, runDaemon } from './daemon.js';
+import { exitOk, UsageError } from './errors.js';
+import {
+  formatHelp,
+  type OptionSpecs,
+  optional,
+  parseInteger,
+  parseOptions,
+  parseRate,
+  parseSeconds,
+  required,
+} from './options.js';
+
+const retransmitOptions: OptionSpecs = {
+  join: { type: 'string', value: 'GROUP:PORT[,...]', help: 'sessions to buffer (more may come by SETUP)' },
+  source: { type: 'string', value: 'ADDR', help: 'join source-specific (SSM) to this sender' },
+  iface: { type: 'string', value: 'NAME|ADDR', help: 'interface to join on' },
+  listen: { type: 'string', value: 'ADDR:PORT', help: 'where NACKs, SETUP and QUALITY arrive' },
+  'announce-to': {
+    type: 'string',
+    value: 'ADDR:PORT[,...]',
+    help: 'repair servers to announce to by unicast',
+  },
+  'announce-group': { type: 'string', value: 'GROUP:PORT', help: 'announce by multicast on this group' },
+  'announce-address': {
+    type: 'string',
+    value: 'ADDR',
+    help: 'address to announce for NACKs (default: --listen)',
+  },
+  peer: {
+    type: 'string',
+    value: 'ADDR:PORT[,...]',
+    help: 'other retransmit servers: QUALITY reports and election',
+  },
+  'buffer-bytes': {
+    type: 'string',
+    value: 'BYTES',
+    help: `ring buffer per session (default ${retransmitBufferBytesDefault})`,
+  },
+  'buffer-age': {
+    type: 'string',
+    value: 'SECONDS',
+    help: `oldest packet kept (default ${retransmitBufferAgeMsDefault / 1000})`,
+  },
+  'repair-rate': { type: 'string', value: 'BITS', help: 'repair rate per repair server (default 200M)' },
+  'election-loss': {
+    type: 'string',
+    value: 'PERCENT',
+    help: 'withdraw above this own loss if another listens (default 5)',
+  },
+  'election-best': { type: 'string', value: 'N', help: 'listen only when among the best N (default 2)' },
+  period: { type: 'string', value: 'SECONDS', help: 'announce and quality period (default 1)' },
+  ...daemonOptions,
+};
+
+const repairOptions: OptionSpecs = {
+  join: { type: 'string', value: 'GROUP:PORT', help: 'the session S1 to repair' },
+  source: { type: 'string', value: 'ADDR', help: 'join S1 source-specific (SSM)' },
+  iface: { type: 'string', value: 'NAME|ADDR', help: 'interface to join S1 on (and emit on)' },
+  listen: { type: 'string', value: 'ADDR:PORT', help: 'where REPAIR and ANNOUNCE arrive' },
+  retransmit: {
+    type: 'string',
+    value: 'ADDR:PORT[,...]',
+    help: 'retransmit servers to ask, in preference order',
+  },
+  'announce-group': {
+    type: 'string',
+    value: 'GROUP:PORT',
+    help: 'learn retransmit servers from announcements here',
+  },
+  emit: { type: 'string', value: 'GROUP:PORT', help: 'the repaired group S2' },
+  'emit-iface': { type: 'string', value: 'NAME|ADDR', help: 'interface to emit S2 on (default --iface)' },
+  ttl: { type: 'string', value: 'N', help: 'TTL / hop limit of S2 (default 16)' },
+  reliable: { type: 'boolean', help: 'wait for every packet as long as the retransmit buffers hold (files)' },
+  latency: { type: 'string', value: 'MS', help: 'live streams: give a packet up after this budget' },
+  ...daemonOptions,
+};
+
+const agentOptions: OptionSpecs = {
+  from: { type: 'string', value: 'GROUP:PORT', help: 'the repaired group S2 to join' },
+  'from-iface': { type: 'string', value: 'NAME|ADDR', help: 'interface to join S2 on' },
+  deliver: {
+    type: 'string',
+    value: 'GROUP:PORT',
+    help: "S1's group and port, where the application listens",
+  },
+  'deliver-iface': { type: 'string', value: 'NAME|ADDR', help: 'interface the application joined S1 on' },
+  ...daemonOptions,
+};
+
+/** Runs `gatecast retransmit`. */
+export async function runRetransmit(argv: string[], err: NodeJS.WriteStream): Promise<number> {
+  const values = parseOptions(argv, retransmitOptions);
+  if (values.help === true) {
+    process.stdout.write(
+      formatHelp(
+        'gatecast retransmit --join GROUP:PORT --listen ADDR:PORT --secret-file FILE [options]',
+        'Buffer sessions inside the network and answer repair servers’ NACKs.',
+        retransmitOptions,
+      ),
+    );
+    return exitOk;
+  }
+  const joins = (optional(values, 'join') ?? '')
+    .split(',')
+    .filter((part) => part.trim() !== '')
+    .map((part) => ({ group: parseGroup(part.trim(), '--join'), source: optional(values, 'source') }));
+  const iface = optional(values, 'iface');
+  for (const join of joins) {
+    if (iface !== undefined) {
+      resolveInterface(iface, join.group.family);
+    }
+  }
+  const listen = parseEndpoint(required(values, 'listen'), '--listen');
+  const keys = keysFrom(values);
+  const peers = parseEndpointList(optional(values, 'peer'), '--peer');
+  const announceGroupText = optional(values, 'announce-group');
+  const periodText = optional(values, 'period');
+  const periodMs =
+    periodText === undefined ? announceIntervalMsDefault : parseSeconds(periodText, '--period');
+  const bufferBytesText = optional(values, 'buffer-bytes');
+  const bufferAgeText = optional(values, 'buffer-age');
+  const server = await startRetransmitServer({
+    joins,
+    iface,
+    listen,
+    announceAddress: optional(values, 'announce-address'),
+    keys,
+    bufferBytesMax:
+      bufferBytesText === undefined
+        ? retransmitBufferBytesDefault
+        : parseInteger(bufferBytesText, '--buffer-bytes', 65_536, 2 ** 40),
+    bufferAgeMs:
+      bufferAgeText === undefined
+        ? retransmitBufferAgeMsDefault
+        : parseSeconds(bufferAgeText, '--buffer-age'),
+    repairRateBitsPerSecond: parseRate(
+      optional(values, 'repair-rate') ?? `${repairRateBitsPerSecondDefault}`,
+      '--repair-rate',
+    ),
+    announceTo: parseEndpointList(optional(values, 'announce-to'), '--announce-to'),
+    announceGroup:
+      announceGroupText === undefined ? undefined : parseGroup(announceGroupText, '--announce-group'),
+    peers,
+    election:
+      peers.length === 0
+        ? undefined
+        : {
+            lossMax: parseInteger(optional(values, 'election-loss') ?? '5', '--election-loss', 0, 100) / 100,
+            bestCount: parseInteger(optional(values, 'election-best') ?? '2', '--election-best', 1, 64),
+            periodMs,
+          },
+  });
+  err.write(`retransmit: listening on ${formatEndpoint(server.local)}, ${joins.length} session(s) joined\n`);
+  return runDaemon(server, values, err, () => {
+    const s = server.status();
+    const sessions = s.sessions
+      .map((x) => `${x.group} ${x.state} held ${x.heldPackets} loss ${x.lossPercent.toFixed(2)}%`)
+      .join('; ');
+    return `retransmit: in ${s.packetsIn} nacks ${s.nacksReceived} repairs ${s.repairsSent} not-held ${s.notHeldSent} rate-limited ${s.rateLimited} | ${sessions}`;
+  });
+}
+
+/** Runs `gatecast repair`. */
+export async function runRepair(argv: string[], err: NodeJS.WriteStream): Promise<number> {
+  const values = parseOptions(argv, repairOptions);
+  if (values.help === true) {
+    process.stdout.write(
+      formatHelp(
+        'gatecast repair --join GROUP:PORT --listen ADDR:PORT --secret-file FILE --emit GROUP:PORT (--reliable | --latency MS) [options]',
+        'Repair a session near its receivers and re-emit it whole, in order, on a new group.',
+        repairOptions,
+      ),
+    );
+    return exitOk;
+  }
+  const group = parseGroup(required(values, 'join'), '--join');
+  const emit = parseGroup(required(values, 'emit'), '--emit');
+  const iface = optional(values, 'iface');
+  if (iface !== undefined) {
+    resolveInterface(iface, group.family);
+  }
+  const latencyText = optional(values, 'latency');
+  if ((values.reliable === true) === (latencyText !== undefined)) {
+    throw new UsageError('choose one of --reliable (files) or --latency MS (live streams)');
+  }
+  const ttlText = optional(values, 'ttl');
+  const announceGroupText = optional(values, 'announce-group');
+  const server = await startRepairServer({
+    group,
+    source: optional(values, 'source'),
+    iface,
+    listen: parseEndpoint(required(values, 'listen'), '--listen'),
+    keys: keysFrom(values),
+    retransmit: parseEndpointList(optional(values, 'retransmit'), '--retransmit'),
+    announceGroup:
+      announceGroupText === undefined ? undefined : parseGroup(announceGroupText, '--announce-group'),
+    emit,
+    emitIface: optional(values, 'emit-iface'),
+    ttl: ttlText === undefined ? undefined : parseInteger(ttlText, '--ttl', 1, 255),
+    latencyMs: latencyText === undefined ? undefined : parseInteger(latencyText, '--latency', 1, 600_000),
+  });
+  err.write(
+    `repair: ${formatEndpoint(group)} -> ${formatEndpoint(emit)}, listening on ${formatEndpoint(server.local)}\n`,
+  );
+  return runDaemon(server, values, err, () => {
+    const s = server.status();
+    return `repair: in ${s.packetsIn} gaps ${s.gaps} nacks ${s.nacksSent} repairs ${s.repairsReceived} recovered ${s.recovered} unrecoverable ${s.unrecoverable} timeouts ${s.timeouts} emitted ${s.emitted} holding ${s.holding}`;
+  });
+}
+
+/** Runs `gatecast agent`. */
+export async function runAgent(argv: string[], err: NodeJS.WriteStream): Promise<number> {
+  const values = parseOptions(argv, agentOptions);
+  if (values.help === true) {
+    process.stdout.write(
+      formatHelp(
+        'gatecast agent --from GROUP:PORT --deliver GROUP:PORT [--deliver-iface IF] [options]',
+        "Hand the repaired session S2 to the host's application as if it came on S1.",
+        agentOptions,
+      ),
+    );
+    return exitOk;
+  }
+  const from = parseGroup(required(values, 'from'), '--from');
+  const deliver = parseGroup(required(values, 'deliver'), '--deliver');
+  const agent = await startAgent({
+    from,
+    fromIface: optional(values, 'from-iface'),
+    deliver,
+    deliverIface: optional(values, 'deliver-iface'),
+  });
+  err.write(`agent: ${formatEndpoint(from)} -> ${formatEndpoint(deliver)} (local delivery)\n`);
+  return runDaemon(agent, values, err, () => {
+    const s = agent.status();
+    return `agent: delivered ${s.delivered} (${s.deliveredBytes} bytes) duplicates ${s.duplicates} gaps ${s.gapsSeen}`;
+  });
+}

@@ -1,0 +1,201 @@
+import assert from 'node:assert/strict';
+import { createHash, randomBytes } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { burstLoss, createTestbed, type HostProcess, type Testbed, testbedSkip } from '../helpers/testbed.js';
+
+const sha256 = (bytes: Buffer) => createHash('sha256').update(bytes).digest('hex');
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/**
+ * Source -> router (smcrouted) -> edge subnet with two retransmit servers (rt1, rt2; no loss), the
+ * repair server (rep; loss injected on its S1 input with nftables), a receiver on S2 (rx1) and a
+ * plain UDP application behind the agent (rx2).
+ */
+describe('repair service on the namespace test bed', testbedSkip(['socat']), () => {
+  let bed: Testbed;
+  let directory: string;
+  let file: string;
+  let fileSha: string;
+  const secret = () => join(directory, 'secret');
+  let port = 5100;
+
+  before(() => {
+    bed = createTestbed();
+    directory = mkdtempSync(join(tmpdir(), 'gatecast-e2e-repair-'));
+    writeFileSync(secret(), 'e2e operator secret for control messages\n');
+    file = join(directory, 'payload.bin');
+    const bytes = randomBytes(20 * 1000 * 1000);
+    writeFileSync(file, bytes);
+    fileSha = sha256(bytes);
+  });
+
+  after(() => {
+    bed?.down();
+    rmSync(directory, { recursive: true, force: true });
+  });
+
+  const stop = async (process: HostProcess) => {
+    process.child.kill('SIGTERM');
+    return process.finished;
+  };
+
+  /** Runs one repaired transfer; lose() injects loss on the repair server's S1 path meanwhile. */
+  async function transfer(options: { lose: (s1Port: number) => Promise<void>; killFirst?: boolean }) {
+    port += 10;
+    const s1 = `239.30.0.1:${port}`;
+    const s2 = `239.30.0.2:${port + 1}`;
+    const retransmits = ['rt1', 'rt2'].map((host, i) =>
+      bed.gatecast(host, [
+        'retransmit',
+        '--join',
+        s1,
+        '--iface',
+        'eth0',
+        '--listen',
+        `10.200.2.2${i + 1}:7000`,
+        '--secret-file',
+        secret(),
+        '--announce-to',
+        '10.200.2.31:7100',
+      ]),
+    );
+    const repair = bed.gatecast('rep', [
+      'repair',
+      '--join',
+      s1,
+      '--iface',
+      'eth0',
+      '--listen',
+      '10.200.2.31:7100',
+      '--secret-file',
+      secret(),
+      '--retransmit',
+      '10.200.2.21:7000,10.200.2.22:7000',
+      '--emit',
+      s2,
+      '--reliable',
+      '--status',
+      '127.0.0.1:9100',
+    ]);
+    const output = join(directory, `s2-${port}.bin`);
+    const receiver = bed.gatecast('rx1', [
+      'receive',
+      '--group',
+      s2,
+      '--iface',
+      'eth0',
+      '--out',
+      output,
+      '--timeout',
+      '20',
+    ]);
+    const appOutput = join(directory, `app-${port}.bin`);
+    bed.control('translate', 'rx2', String(port));
+    const app = bed.spawn('rx2', 'socat', [
+      '-u',
+      `UDP4-RECV:${port},ip-add-membership=239.30.0.1:eth0,so-rcvbuf=4194304`,
+      `CREATE:${appOutput}`,
+    ]);
+    const agent = bed.gatecast('rx2', [
+      'agent',
+      '--from',
+      s2,
+      '--from-iface',
+      'eth0',
+      '--deliver',
+      s1,
+      '--deliver-iface',
+      'eth0',
+    ]);
+    await Promise.all([
+      ...retransmits.map((r) => r.waitFor(/listening on/)),
+      repair.waitFor(/listening on/),
+      receiver.waitFor(/joined/),
+      agent.waitFor(/local delivery/),
+    ]);
+    await sleep(300);
+    const sender = bed.gatecast('src', [
+      'send',
+      '--group',
+      s1,
+      '--iface',
+      'eth0',
+      '--file',
+      file,
+      '--rate',
+      '100M',
+    ]);
+    if (options.killFirst) {
+      await sleep(600);
+      (retransmits[0] as HostProcess).child.kill('SIGKILL');
+    }
+    await options.lose(port);
+    const sent = await sender.finished;
+    assert.equal(sent.code, 0, sent.stderr);
+    const received = await receiver.finished;
+    const status = JSON.parse(bed.control('status', 'rep', 'http://127.0.0.1:9100/status')) as Record<
+      string,
+      number
+    >;
+    await sleep(300);
+    const dropped = Number(bed.control('dropped', 'rep') || 0);
+    bed.control('clear', 'rep');
+    const agentLog = (await stop(agent)).stderr;
+    await stop(app);
+    await stop(repair);
+    for (const retransmit of retransmits) {
+      await stop(retransmit);
+    }
+    return { received, output, appOutput, status, dropped, agentLog };
+  }
+
+  const check = (result: Awaited<ReturnType<typeof transfer>>) => {
+    assert.equal(result.received.code, 0, `${result.received.stderr}\n${JSON.stringify(result.status)}`);
+    assert.equal(sha256(readFileSync(result.output)), fileSha);
+    const app = readFileSync(result.appOutput);
+    assert.equal(
+      sha256(app),
+      fileSha,
+      `the application behind the agent got ${app.length} bytes; ${result.agentLog}`,
+    );
+    assert.equal(result.status.unrecoverable, 0);
+    assert.equal(result.status.recovered, result.status.gaps, JSON.stringify(result.status));
+  };
+
+  for (const percent of [1, 5, 10]) {
+    it(`${percent} % random loss on S1: the 20 MB file arrives whole on S2 and through the agent`, async () => {
+      const result = await transfer({
+        lose: async (s1Port) => {
+          bed.control('loss', 'rep', String(percent), String(s1Port));
+        },
+      });
+      check(result);
+      assert.ok(
+        (result.status.gaps ?? 0) >= result.dropped * 0.5,
+        `gaps ${result.status.gaps}, nftables dropped ${result.dropped}`,
+      );
+      assert.ok(result.dropped > 14286 * (percent / 100) * 0.5);
+    });
+  }
+
+  it('burst loss (a drop rule switched on and off): whole', async () => {
+    const result = await transfer({
+      lose: (s1Port) => burstLoss(bed, 'rep', String(s1Port), { onMs: 15, offMs: 120, count: 8 }),
+    });
+    check(result);
+    assert.ok(result.dropped >= 40, `bursts dropped only ${result.dropped}`);
+  });
+
+  it('the preferred retransmit server is killed mid-session: still whole', async () => {
+    const result = await transfer({
+      killFirst: true,
+      lose: async (s1Port) => {
+        bed.control('loss', 'rep', '5', String(s1Port));
+      },
+    });
+    check(result);
+  });
+});
