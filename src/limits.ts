@@ -105,7 +105,7 @@ export const nackDelayMsMaxDefault = 4;
 export const nackTimeoutMsInitial = 50;
 
 /** Repair server: bounds of the adaptive NACK timeout. */
-export const nackTimeoutMsMin = 10;
+export const nackTimeoutMsMin = 20;
 export const nackTimeoutMsMax = 1000;
 
 /** Repair server: NACKs per missing packet before it is declared unrecoverable. */

@@ -210,7 +210,7 @@ export async function startRepairServer(
 
   /** RFC 6298-style timeout from the measured round trip. */
   const timeoutFor = (server: Server, attempts: number): number => {
-    const base = server.srttMs === undefined ? nackTimeoutMsInitial : server.srttMs + 4 * server.rttvarMs;
+    const base = server.srttMs === undefined ? nackTimeoutMsInitial : 2 * server.srttMs + 4 * server.rttvarMs;
     const backoff = 2 ** Math.min(Math.floor(attempts / Math.max(1, servers.size)), 4);
     return Math.min(nackTimeoutMsMax, Math.max(nackTimeoutMsMin, base) * backoff);
   };
@@ -253,6 +253,29 @@ export async function startRepairServer(
       due.delete(entry);
       counters.unrecoverable++;
     }
+  };
+
+  /**
+   * A server answered that it does not hold a packet: ask the next one now. When every server has
+   * said so, wait a backoff and start another round (a server may still be receiving it); give up
+   * after nackAttemptsMax attempts.
+   */
+  const notHeld = (entry: Missing, server: Server) => {
+    entry.timer?.cancel();
+    entry.timer = undefined;
+    entry.tried.add(server.key);
+    entry.attempts++;
+    if (entry.attempts >= nackAttemptsMax) {
+      giveUp(entry);
+      return;
+    }
+    if (entry.tried.size >= servers.size) {
+      entry.tried.clear();
+      entry.server = undefined;
+      entry.timer = wheel.schedule(timeoutFor(server, entry.attempts), () => markDue(entry));
+      return;
+    }
+    markDue(entry);
   };
 
   const onTimeout = (entry: Missing) => {
@@ -528,15 +551,7 @@ export async function startRepairServer(
       for (let i = 0; i < repair.notHeldCount; i++) {
         const entry = missing.get(sequenceAdd(repair.sequence, i));
         if (entry?.server !== undefined && !entry.unrecoverable && entry.timer !== undefined) {
-          // Not there: ask the next server now instead of waiting for a timeout.
-          entry.timer.cancel();
-          entry.tried.add(entry.server.key);
-          entry.attempts++;
-          if (entry.attempts >= nackAttemptsMax || entry.tried.size >= servers.size) {
-            giveUp(entry);
-          } else {
-            markDue(entry);
-          }
+          notHeld(entry, entry.server);
         }
       }
       emit();
