@@ -126,7 +126,7 @@ describe('repair service on the namespace test bed', testbedSkip(['socat']), () 
       '--file',
       file,
       '--rate',
-      '100M',
+      '60M',
     ]);
     if (options.killFirst) {
       await sleep(600);

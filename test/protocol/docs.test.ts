@@ -2,6 +2,8 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
+import { announceSessionsMax, nackRangePacketsMax, nackRangesMax } from '../../src/limits.js';
+import { authTagBytes, authTrailerBytes } from '../../src/protocol/control.js';
 import {
   descriptorFixedBytes,
   encodeData,
@@ -81,6 +83,14 @@ describe('docs/protocol.md matches the codec', () => {
   it('body sizes', () => {
     assert.match(doc, new RegExp(`Body, ${progressBodyBytes} bytes:`));
     assert.match(doc, new RegExp(`Body, ${descriptorFixedBytes} bytes plus the name:`));
+  });
+
+  it('control message sizes and limits', () => {
+    assert.match(doc, new RegExp(`### Authentication trailer \\(${authTrailerBytes} bytes`));
+    assert.match(doc, new RegExp(`\\| 16 \\| ${authTagBytes} \\| tag:`));
+    assert.match(doc, new RegExp(`range count, 1-${nackRangesMax}`));
+    assert.match(doc, new RegExp(`packet count, 1-${nackRangePacketsMax}`));
+    assert.match(doc, new RegExp(`session count, 0-${announceSessionsMax}`));
   });
 
   it('the golden example', () => {
