@@ -19,6 +19,7 @@
 #       PORT may be written PORT/data: then only gatecast DATA packets (type byte 1) are dropped
 #   testbed.sh dropped PREFIX HOST     packets dropped at HOST so far by loss and drop rules
 #   testbed.sh clear PREFIX HOST       remove HOST's loss rules
+#   testbed.sh translated PREFIX HOST  raw S1 datagrams the translate rule dropped at HOST
 #   testbed.sh status PREFIX HOST URL  fetch a role's status endpoint from inside HOST
 #   testbed.sh translate PREFIX HOST PORT   at a host with the agent: drop S1 datagrams to PORT
 #                                      that do not come from the host itself (the agent's copies do)
@@ -181,6 +182,7 @@ case $command in
   translate)
     [[ $# -ge 2 && $2 =~ ^[0-9]+$ ]] || die "usage: testbed.sh translate PREFIX HOST PORT"
     ns=$prefix-$1
+    in_ns "$ns" nft delete table inet gctranslate 2>/dev/null || true
     in_ns "$ns" nft add table inet gctranslate
     in_ns "$ns" nft add chain inet gctranslate input '{ type filter hook input priority -10; }'
     in_ns "$ns" nft add rule inet gctranslate input udp dport "$2" fib saddr type != local counter drop
@@ -188,6 +190,9 @@ case $command in
   status)
     [[ $# -ge 2 ]] || die "usage: testbed.sh status PREFIX HOST URL"
     in_ns "$prefix-$1" node -e 'fetch(process.argv[1]).then((r) => r.text()).then((t) => process.stdout.write(t))' "$2"
+    ;;
+  translated)
+    in_ns "$prefix-$1" nft list table inet gctranslate 2>/dev/null | sed -n 's/.*counter packets \([0-9]*\).*/\1/p' | head -1
     ;;
   clear) in_ns "$prefix-$1" nft delete table inet gcloss 2>/dev/null || true ;;
   rate)

@@ -29,7 +29,9 @@ describe('election of retransmit servers on the namespace test bed', testbedSkip
 
   const sessionOf = (host: string): SessionStatus | undefined => {
     try {
-      const status = JSON.parse(bed.control('status', host, 'http://127.0.0.1:9101/status')) as { sessions: SessionStatus[] };
+      const status = JSON.parse(bed.control('status', host, 'http://127.0.0.1:9101/status')) as {
+        sessions: SessionStatus[];
+      };
       return status.sessions[0];
     } catch {
       return undefined;
@@ -37,7 +39,11 @@ describe('election of retransmit servers on the namespace test bed', testbedSkip
   };
 
   /** Polls a host's status until check() holds (bounded in time). */
-  async function until(host: string, check: (s: SessionStatus) => boolean, timeoutMs: number): Promise<SessionStatus> {
+  async function until(
+    host: string,
+    check: (s: SessionStatus) => boolean,
+    timeoutMs: number,
+  ): Promise<SessionStatus> {
     const deadline = Date.now() + timeoutMs;
     let last: SessionStatus | undefined;
     while (Date.now() < deadline) {

@@ -8,6 +8,10 @@ import { burstLoss, createTestbed, type HostProcess, type Testbed, testbedSkip }
 
 const sha256 = (bytes: Buffer) => createHash('sha256').update(bytes).digest('hex');
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+const stopProcess = (process: HostProcess) => {
+  process.child.kill('SIGTERM');
+  return process.finished;
+};
 
 /**
  * Source -> router (smcrouted) -> edge subnet with two retransmit servers (rt1, rt2; no loss), the
@@ -143,13 +147,14 @@ describe('repair service on the namespace test bed', testbedSkip(['socat']), () 
     await sleep(300);
     const dropped = Number(bed.control('dropped', 'rep') || 0);
     bed.control('clear', 'rep');
+    const rawDropped = Number(bed.control('translated', 'rx2') || 0);
     const agentLog = (await stop(agent)).stderr;
     await stop(app);
     await stop(repair);
     for (const retransmit of retransmits) {
       await stop(retransmit);
     }
-    return { received, output, appOutput, status, dropped, agentLog };
+    return { received, output, appOutput, status, dropped, agentLog, rawDropped };
   }
 
   const check = (result: Awaited<ReturnType<typeof transfer>>) => {
@@ -162,6 +167,7 @@ describe('repair service on the namespace test bed', testbedSkip(['socat']), () 
       `the application behind the agent got ${app.length} bytes; ${result.agentLog}`,
     );
     assert.equal(result.status.unrecoverable, 0);
+    assert.ok(result.rawDropped >= 14286, `raw S1 kept from the application: ${result.rawDropped}`);
     assert.equal(result.status.recovered, result.status.gaps, JSON.stringify(result.status));
   };
 
@@ -199,3 +205,151 @@ describe('repair service on the namespace test bed', testbedSkip(['socat']), () 
     check(result);
   });
 });
+
+describe(
+  'a live MPEG-TS stream from ffmpeg, relayed, lost, repaired and delivered to ffmpeg by the agent',
+  testbedSkip(['ffmpeg', 'ffprobe']),
+  () => {
+    let bed: Testbed;
+    let directory: string;
+    before(() => {
+      bed = createTestbed();
+      directory = mkdtempSync(join(tmpdir(), 'gatecast-e2e-live-'));
+      writeFileSync(join(directory, 'secret'), 'e2e operator secret for the live test\n');
+    });
+    after(() => {
+      bed?.down();
+      rmSync(directory, { recursive: true, force: true });
+    });
+
+    it('ffmpeg reading S1 on the agent host decodes every frame, no continuity errors', async () => {
+      const s1 = '239.31.0.1:5400';
+      const s2 = '239.31.0.2:5402';
+      const secret = join(directory, 'secret');
+      const retransmit = bed.gatecast('rt1', [
+        'retransmit',
+        '--join',
+        s1,
+        '--iface',
+        'eth0',
+        '--listen',
+        '10.200.2.21:7000',
+        '--secret-file',
+        secret,
+      ]);
+      const repair = bed.gatecast('rep', [
+        'repair',
+        '--join',
+        s1,
+        '--iface',
+        'eth0',
+        '--listen',
+        '10.200.2.31:7100',
+        '--secret-file',
+        secret,
+        '--retransmit',
+        '10.200.2.21:7000',
+        '--emit',
+        s2,
+        '--latency',
+        '200',
+        '--status',
+        '127.0.0.1:9100',
+      ]);
+      bed.control('translate', 'rx2', '5400');
+      const agent = bed.gatecast('rx2', [
+        'agent',
+        '--from',
+        s2,
+        '--from-iface',
+        'eth0',
+        '--deliver',
+        s1,
+        '--deliver-iface',
+        'eth0',
+      ]);
+      await Promise.all([
+        retransmit.waitFor(/listening on/),
+        repair.waitFor(/listening on/),
+        agent.waitFor(/local delivery/),
+      ]);
+      const captured = join(directory, 'captured.ts');
+      const reader = bed.spawn('rx2', 'ffmpeg', [
+        '-hide_banner',
+        '-loglevel',
+        'error',
+        '-i',
+        'udp://239.31.0.1:5400?localaddr=10.200.2.12&buffer_size=4194304&fifo_size=100000&timeout=10000000',
+        '-c',
+        'copy',
+        '-frames:v',
+        '100',
+        '-f',
+        'mpegts',
+        captured,
+      ]);
+      const relay = bed.gatecast('src', [
+        'send',
+        '--group',
+        s1,
+        '--iface',
+        'eth0',
+        '--relay',
+        '127.0.0.1:6100',
+      ]);
+      await sleep(1500);
+      bed.control('loss', 'rep', '5', '5400');
+      const ffmpeg = bed.spawn('src', 'ffmpeg', [
+        '-hide_banner',
+        '-loglevel',
+        'error',
+        '-re',
+        '-f',
+        'lavfi',
+        '-i',
+        'testsrc=size=320x240:rate=25',
+        '-t',
+        '4',
+        '-c:v',
+        'mpeg2video',
+        '-f',
+        'mpegts',
+        'udp://127.0.0.1:6100?pkt_size=1316',
+      ]);
+      assert.equal((await ffmpeg.finished).code, 0);
+      await sleep(700);
+      relay.child.kill('SIGTERM');
+      await relay.finished;
+      const read = await reader.finished;
+      const status = JSON.parse(bed.control('status', 'rep', 'http://127.0.0.1:9100/status')) as Record<
+        string,
+        number
+      >;
+      const dropped = Number(bed.control('dropped', 'rep') || 0);
+      const rawDropped = Number(bed.control('translated', 'rx2') || 0);
+      const agentLog = (await stopProcess(agent)).stderr;
+      await stopProcess(repair);
+      await stopProcess(retransmit);
+      assert.ok(rawDropped > 100, `the raw S1 was not kept from the application (${rawDropped})`);
+      assert.match(agentLog, /delivered [1-9]\d* /);
+      assert.ok(dropped > 0, 'nftables dropped nothing on the repair server');
+      assert.equal(status.unrecoverable, 0, JSON.stringify(status));
+      assert.equal(read.stderr.trim(), '', read.stderr);
+      const probe = bed.spawn('rx2', 'ffprobe', [
+        '-v',
+        'error',
+        '-count_frames',
+        '-select_streams',
+        'v:0',
+        '-show_entries',
+        'stream=nb_read_frames',
+        '-of',
+        'csv=p=0',
+        captured,
+      ]);
+      const probed = await probe.finished;
+      assert.equal(probed.stderr.trim(), '', probed.stderr);
+      assert.equal(/^(\d+)/.exec(probed.stdout.trim())?.[1], '100');
+    });
+  },
+);
