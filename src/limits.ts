@@ -113,3 +113,7 @@ export const nackAttemptsMax = 10;
 
 /** Repair server: packets held for in-order re-emission; past it the oldest gap is given up. */
 export const repairHoldPacketsMax = 65_536;
+
+/** Retransmit server with a repair group: a sequence repaired by multicast is not sent again
+ * within this window (the other repair servers behind the same loss got it too). */
+export const repairSuppressMs = 50;

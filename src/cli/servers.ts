@@ -101,6 +101,11 @@ const agentOptions: OptionSpecs = {
   ...daemonOptions,
 };
 
+/** Parses an optional group option. */
+function optionalGroup(text: string | undefined, field: string) {
+  return text === undefined ? undefined : parseGroup(text, field);
+}
+
 /** Runs `gatecast retransmit`. */
 export async function runRetransmit(argv: string[], err: NodeJS.WriteStream): Promise<number> {
   const values = parseOptions(argv, retransmitOptions);
@@ -155,6 +160,7 @@ export async function runRetransmit(argv: string[], err: NodeJS.WriteStream): Pr
     announceGroup:
       announceGroupText === undefined ? undefined : parseGroup(announceGroupText, '--announce-group'),
     peers,
+    repairGroup: optionalGroup(optional(values, 'repair-group'), '--repair-group'),
     election:
       peers.length === 0
         ? undefined
@@ -209,6 +215,7 @@ export async function runRepair(argv: string[], err: NodeJS.WriteStream): Promis
     announceGroup:
       announceGroupText === undefined ? undefined : parseGroup(announceGroupText, '--announce-group'),
     emit,
+    repairGroup: optionalGroup(optional(values, 'repair-group'), '--repair-group'),
     emitIface: optional(values, 'emit-iface'),
     ttl: ttlText === undefined ? undefined : parseInteger(ttlText, '--ttl', 1, 255),
     latencyMs: latencyText === undefined ? undefined : parseInteger(latencyText, '--latency', 1, 600_000),

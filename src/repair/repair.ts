@@ -65,6 +65,8 @@ export interface RepairSettings {
   /** undefined: reliable (wait as long as the retransmit buffers hold); a number: latency budget. */
   readonly latencyMs: number | undefined;
   readonly nackDelayMsMax?: number | undefined;
+  /** Group on which retransmit servers multicast their repairs (joined when given). */
+  readonly repairGroup?: Endpoint | undefined;
 }
 
 interface Server {
@@ -617,6 +619,11 @@ export async function startRepairServer(
       ? undefined
       : await openReceiverSocket({ group: settings.announceGroup, iface: settings.iface }, onControl);
 
+  const repairGroupSocket: ReceiverSocket | undefined =
+    settings.repairGroup === undefined
+      ? undefined
+      : await openReceiverSocket({ group: settings.repairGroup, iface: settings.iface }, onControl);
+
   const status = (): RepairStatus => ({
     role: 'repair',
     listen: formatEndpoint(control.local),
@@ -642,6 +649,7 @@ export async function startRepairServer(
       wheel.close();
       await s1.close();
       await announceSocket?.close();
+      await repairGroupSocket?.close();
       await control.close();
       await emitter.close();
     })();

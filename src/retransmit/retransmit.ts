@@ -5,7 +5,7 @@
  * announces what it holds.
  */
 import { type ControlKey, ControlSealer, ControlVerifier } from '../crypto/control-auth.js';
-import { announceIntervalMsDefault } from '../limits.js';
+import { announceIntervalMsDefault, repairSuppressMs } from '../limits.js';
 import { type Endpoint, formatEndpoint } from '../net/address.js';
 import {
   type ControlSocket,
@@ -65,6 +65,8 @@ export interface RetransmitSettings {
   /** Other retransmit servers of the sessions: QUALITY reports go to them. */
   readonly peers: readonly Endpoint[];
   readonly election?: ElectionSettings | undefined;
+  /** Answer held sequences once, by multicast on this group, for every repair server behind it. */
+  readonly repairGroup?: Endpoint | undefined;
 }
 
 /** Counters and state a status endpoint shows. */
@@ -79,6 +81,7 @@ export interface RetransmitStatus {
   notHeldSent: number;
   repairBytesSent: number;
   rateLimited: number;
+  suppressed: number;
   dropped: Record<string, number>;
   sessions: Array<{
     group: string;
@@ -134,7 +137,10 @@ export async function startRetransmitServer(settings: RetransmitSettings): Promi
     notHeldSent: 0,
     repairBytesSent: 0,
     rateLimited: 0,
+    suppressed: 0,
   };
+  /** (session, sequence) repaired by multicast recently, oldest first. */
+  const recentlyMulticast = new Map<string, number>();
   const dropped: Record<string, number> = {};
   const drop = (reason: string) => {
     dropped[reason] = (dropped[reason] ?? 0) + 1;
@@ -212,6 +218,13 @@ export async function startRetransmitServer(settings: RetransmitSettings): Promi
     }
     counters.nacksReceived++;
     const nack = decoded.value;
+    const now = performance.now();
+    for (const [key, atMs] of recentlyMulticast) {
+      if (now - atMs <= repairSuppressMs) {
+        break;
+      }
+      recentlyMulticast.delete(key);
+    }
     const buffer = bufferFor(nack.sessionId);
     let answered = false;
     for (const range of nack.ranges) {
@@ -235,12 +248,22 @@ export async function startRetransmitServer(settings: RetransmitSettings): Promi
           continue;
         }
         flushNotHeld();
+        const suppressKey = `${nack.sessionId}/${sequence}`;
+        if (repairSender !== undefined && recentlyMulticast.has(suppressKey)) {
+          counters.suppressed++; // already multicast to every repair server behind the group
+          continue;
+        }
         if (!allow(nack.auth.senderId, original.length + headerBytes + 36)) {
           counters.rateLimited++;
           continue;
         }
         const reply = sealer.seal(encodeRepair(fields(nack.sessionId, sequence), original));
-        control?.send(reply, port, address);
+        if (repairSender === undefined) {
+          control?.send(reply, port, address);
+        } else {
+          repairSender.send(reply, reply.length);
+          recentlyMulticast.set(suppressKey, now);
+        }
         counters.repairsSent++;
         counters.repairBytesSent += reply.length;
         answered = true;
@@ -320,6 +343,10 @@ export async function startRetransmitServer(settings: RetransmitSettings): Promi
   };
 
   const control: ControlSocket = await openControlSocket(settings.listen, onControl);
+  const repairSender: SenderSocket | undefined =
+    settings.repairGroup === undefined
+      ? undefined
+      : await openSenderSocket({ group: settings.repairGroup, iface: settings.iface });
   const announceSender: SenderSocket | undefined =
     settings.announceGroup === undefined
       ? undefined
@@ -467,6 +494,7 @@ export async function startRetransmitServer(settings: RetransmitSettings): Promi
       }
       await control.close();
       await announceSender?.close();
+      await repairSender?.close();
     })();
     return closed;
   };

@@ -112,3 +112,85 @@ describe('repair over loopback: source -> lossy S1 -> repair server (+ retransmi
     assert.ok(status.repair.timeouts < status.repair.gaps / 2, JSON.stringify(status.repair));
   });
 });
+
+describe('four repair servers behind one lossy link', () => {
+  it('a repair group answers each lost packet about once, not once per repair server', async () => {
+    const bytes = randomBytes(700_000);
+    const path = join(directory, 'four.bin');
+    writeFileSync(path, bytes);
+    const s1 = parseGroup(`239.255.71.1:${freshPort()}`, 's1');
+    const repairGroup = parseGroup(`239.255.71.3:${freshPort()}`, 'rg');
+    const retransmit = await startRetransmitServer({
+      joins: [{ group: s1 }],
+      iface: loopbackIface,
+      listen: { address: '127.0.0.1', port: 0, family: 4 },
+      keys: [key],
+      bufferBytesMax: 64 * 1024 * 1024,
+      bufferAgeMs: 60_000,
+      repairRateBitsPerSecond: 1_000_000_000,
+      announceTo: [],
+      peers: [],
+      repairGroup,
+    });
+    // The same packets are lost for every repair server: the loss is on the link they share.
+    const random = createRandom(7);
+    const lost = new Set<number>();
+    for (let sequence = 0; sequence < 500; sequence++) {
+      if (random.int(100) < 10) {
+        lost.add(sequence);
+      }
+    }
+    const repairs = [];
+    const receivers = [];
+    for (let i = 0; i < 4; i++) {
+      const s2 = parseGroup(`239.255.71.${10 + i}:${freshPort()}`, 's2');
+      repairs.push(
+        await startRepairServer(
+          {
+            group: s1,
+            iface: loopbackIface,
+            listen: { address: '127.0.0.1', port: 0, family: 4 },
+            keys: [key],
+            retransmit: [retransmit.local],
+            repairGroup,
+            emit: s2,
+            latencyMs: undefined,
+            nackDelayMsMax: 10,
+          },
+          { openS1Socket: lossyS1((sequence) => lost.has(sequence)) },
+        ),
+      );
+      receivers.push(
+        createReceiver({ group: s2, iface: loopbackIface, timeoutMs: 10_000 }, { sink: memorySink() }).run(),
+      );
+    }
+    const source = createSource(
+      {
+        group: s1,
+        iface: loopbackIface,
+        rateBitsPerSecond: 20_000_000,
+        packetPayloadBytes: 1400,
+        sessionName: 'four',
+        firstSequence: 0,
+      },
+      { input: await openFileInput(path) },
+    );
+    await source.run();
+    const summaries = await Promise.all(receivers);
+    const status = retransmit.status();
+    for (const repair of repairs) {
+      await repair.close();
+    }
+    await retransmit.close();
+    for (const summary of summaries) {
+      assert.equal(summary.outcome, 'complete');
+      assert.equal(summary.sha256, createHash('sha256').update(bytes).digest('hex'));
+    }
+    const perLost = status.repairsSent / lost.size;
+    assert.ok(
+      perLost <= 1.5,
+      `${status.repairsSent} repairs for ${lost.size} lost packets (${perLost.toFixed(2)} each); suppressed ${status.suppressed}`,
+    );
+    assert.ok(status.suppressed > 0 || status.nacksReceived < 4 * lost.size);
+  });
+});

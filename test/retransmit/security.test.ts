@@ -89,3 +89,62 @@ describe('a retransmit server answers only repair servers it knows', () => {
     await server.close();
   });
 });
+
+describe('SETUP', () => {
+  it('an authenticated SETUP makes a retransmit server join and buffer a session; a forged one does nothing', async () => {
+    const { encodeSetup, SetupAction } = await import('../../src/protocol/control.js');
+    const group = parseGroup(`239.255.80.2:${freshPort()}`, 'group');
+    const server = await startRetransmitServer({
+      joins: [],
+      iface: loopbackIface,
+      listen: { address: '127.0.0.1', port: 0, family: 4 },
+      keys: [key],
+      bufferBytesMax: 1 << 20,
+      bufferAgeMs: 60_000,
+      repairRateBitsPerSecond: 100_000_000,
+      announceTo: [],
+      peers: [],
+    });
+    const controller = createSocket('udp4');
+    await new Promise<void>((resolve) => controller.bind(0, '127.0.0.1', resolve));
+    const setup = (sealer: ControlSealer) =>
+      sealer.seal(
+        encodeSetup(
+          { sessionId: 0, sequence: 0, timestampUs: 1 },
+          {
+            action: SetupAction.join,
+            group: group.address,
+            port: group.port,
+            source: undefined,
+            bufferBytes: 0,
+            bufferAgeMs: 0,
+          },
+        ),
+      );
+    const forged = setup(new ControlSealer(controlKey(Buffer.from('not the operator at all, really'))));
+    controller.send(forged, server.local.port, '127.0.0.1');
+    await sleep(100);
+    assert.equal(server.status().sessions.length, 0);
+    controller.send(setup(new ControlSealer(key)), server.local.port, '127.0.0.1');
+    await sleep(200);
+    assert.equal(server.status().sessions.length, 1);
+    const source = createSource(
+      {
+        group,
+        iface: loopbackIface,
+        rateBitsPerSecond: 0,
+        packetPayloadBytes: 100,
+        sessionName: 's',
+        startDelayMs: 0,
+      },
+      { input: openTickerInput({ ticksPerSecond: 1000, tickCount: 30 }) },
+    );
+    const stats = await source.run();
+    await sleep(100);
+    const session = server.status().sessions[0];
+    assert.equal(session?.sessionId, stats.sessionId);
+    assert.equal(session?.heldPackets, 30);
+    controller.close();
+    await server.close();
+  });
+});
