@@ -9,6 +9,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, release } from 'node:os';
 import { join } from 'node:path';
 import { createTestbed, type HostProcess, repoRoot, testbedUnavailable } from '../test/helpers/testbed.js';
+import { writeSection } from './report.js';
 
 const seconds = Number(process.env.BENCH_SECONDS ?? 10);
 const payloadBytes = 1400;
@@ -182,12 +183,7 @@ function writeReport(rows: Row[]): void {
   const node = process.version;
   const kernel = release();
   const cpu = cpus()[0]?.model ?? 'unknown';
-  const text = `# Benchmarks
-
-Written by \`npm run bench\` (\`bash scripts/bench.sh\`, as root). Figures are from one run on a shared
-machine: compare within a run, not across runs.
-
-## Throughput: one namespace to another
+  const text = `## Throughput: one namespace to another
 
 - Machine: ${cpus().length} × ${cpu}, Linux ${kernel}, Node ${node}; ${new Date().toISOString().slice(0, 10)}.
 - Set-up: the test bed of \`scripts/testbed.sh\`; sender in \`src\` (10.200.1.10), receiver in \`rtr\`
@@ -211,8 +207,8 @@ ${table.join('\n')}
       : `gatecast delivers ${(zeroLoss?.receivedPackets ?? 0) / (zeroLoss?.seconds ?? 1) > 0 ? ((zeroLoss?.receivedPackets ?? 0) / (zeroLoss?.seconds ?? 1)).toFixed(0) : 0} packets/s with zero application loss (offered ${zeroLoss?.offeredRate}), ${ratio.toFixed(2)} × raw \`node:dgram\` received rate (target ≥ 0.8: ${ratio >= 0.8 ? 'met' : 'not met'}).`
   }
 `;
-  writeFileSync(join(repoRoot, 'docs', 'benchmarks.md'), text);
-  console.error(`wrote docs/benchmarks.md`);
+  writeSection('throughput', text);
+  console.error('wrote the throughput section of docs/benchmarks.md');
 }
 
 await main();

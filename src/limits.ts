@@ -41,7 +41,7 @@ export const sendBatchPacketsMax = 64;
 export const reorderPacketsMax = 8192;
 
 /** Packets a receiver holds while it waits for the session's first sequence. */
-export const pendingPacketsMax = 8192;
+export const pendingPacketsMax = 32_768;
 
 /** Default socket receive buffer. */
 export const receiveBufferBytesDefault = 4 * 1024 * 1024;
@@ -69,7 +69,7 @@ export const relayQueuePacketsMax = 16_384;
 
 /** Slots of the timer wheel and the duration of one slot. */
 export const timerWheelSlotCount = 512;
-export const timerWheelTickMs = 5;
+export const timerWheelTickMs = 1;
 
 /** Default multicast TTL / hop limit: above 1 so the session crosses a router. */
 export const multicastTtlDefault = 16;
@@ -99,7 +99,7 @@ export const repairRateBitsPerSecondDefault = 200_000_000;
 export const announceIntervalMsDefault = 1000;
 
 /** Repair server: largest random delay before a gap is NACKed (spreads NACKs of many servers). */
-export const nackDelayMsMaxDefault = 4;
+export const nackDelayMsMaxDefault = 2;
 
 /** Repair server: first NACK timeout before a retransmit server's round trip is measured. */
 export const nackTimeoutMsInitial = 50;

@@ -110,6 +110,13 @@ export interface RepairStatus {
   timeouts: number;
   duplicates: number;
   emitted: number;
+  /** Bytes this server sent on its control socket (NACKs). */
+  controlBytesSent: number;
+  /**
+   * One-way delay (emission on S2 minus the source's send timestamp) of repaired packets, minus
+   * the median one-way delay of packets that arrived directly: what repair added. Milliseconds.
+   */
+  repairExtraDelayMs: { p50: number; p99: number; max: number } | undefined;
   holding: number;
   missingNow: number;
   sessionsCompleted: number;
@@ -165,6 +172,20 @@ export async function startRepairServer(
   const dropped: Record<string, number> = {};
   const drop = (reason: string) => {
     dropped[reason] = (dropped[reason] ?? 0) + 1;
+  };
+
+  /** One-way delays in ms, bounded samples: packets that came directly and repaired ones. */
+  const directDelays: number[] = [];
+  const repairedDelays: number[] = [];
+  const sampleMax = 200_000;
+  let directSeen = 0;
+  const nowMsEpoch = () => performance.timeOrigin + performance.now();
+  const recordDelay = (datagram: Buffer, repaired: boolean) => {
+    const list = repaired ? repairedDelays : directDelays;
+    if (list.length < sampleMax && datagram.length >= headerBytes) {
+      const sentUs = datagram.readUInt32BE(16) * 0x1_0000_0000 + datagram.readUInt32BE(20);
+      list.push(nowMsEpoch() - sentUs / 1000);
+    }
   };
 
   // Session state; reset after each session's END has been re-emitted.
@@ -381,6 +402,10 @@ export async function startRepairServer(
           server.srttMs = 0.875 * server.srttMs + 0.125 * sample;
         }
       }
+    }
+    // Every repaired packet, and one in 16 direct ones (their median is the reference).
+    if (repaired || directSeen++ % 16 === 0) {
+      recordDelay(datagram, repaired);
     }
     hold.set(sequence, datagram);
     extendTo(sequence, true);
@@ -631,6 +656,8 @@ export async function startRepairServer(
     mode: settings.latencyMs === undefined ? 'reliable' : `latency ${settings.latencyMs} ms`,
     sessionId,
     ...counters,
+    controlBytesSent: control.bytesSent,
+    repairExtraDelayMs: extraDelay(),
     holding: hold.size,
     missingNow: missing.size,
     dropped: { ...dropped },
@@ -642,6 +669,19 @@ export async function startRepairServer(
       rttMs: server.srttMs === undefined ? undefined : Math.round(server.srttMs * 100) / 100,
     })),
   });
+
+  function extraDelay(): RepairStatus['repairExtraDelayMs'] {
+    if (repairedDelays.length === 0 || directDelays.length === 0) {
+      return undefined;
+    }
+    const direct = percentile(directDelays, 0.5);
+    const round = (ms: number) => Math.round(ms * 100) / 100;
+    return {
+      p50: round(percentile(repairedDelays, 0.5) - direct),
+      p99: round(percentile(repairedDelays, 0.99) - direct),
+      max: round(percentile(repairedDelays, 1) - direct),
+    };
+  }
 
   let closed: Promise<void> | undefined;
   const close = () => {
@@ -656,6 +696,12 @@ export async function startRepairServer(
     return closed;
   };
   return { local: control.local, status, close, [Symbol.asyncDispose]: close };
+}
+
+/** The q-quantile (0-1) of samples, nearest rank. */
+function percentile(samples: readonly number[], q: number): number {
+  const sorted = [...samples].sort((a, b) => a - b);
+  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil(q * sorted.length) - 1))] ?? 0;
 }
 
 /** Sorted sequences into NACK-sized lists of ranges. */

@@ -82,6 +82,8 @@ export interface RetransmitStatus {
   repairBytesSent: number;
   rateLimited: number;
   suppressed: number;
+  /** Bytes sent on the control socket (unicast repairs included; multicast ones are in repairBytesSent). */
+  bytesSent: number;
   dropped: Record<string, number>;
   sessions: Array<{
     group: string;
@@ -468,6 +470,7 @@ export async function startRetransmitServer(settings: RetransmitSettings): Promi
     listen: formatEndpoint(control.local),
     senderId: sealer.senderId,
     ...counters,
+    bytesSent: control.bytesSent,
     dropped: { ...dropped },
     sessions: joined.map((entry) => ({
       group: formatEndpoint(entry.spec.group),

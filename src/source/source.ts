@@ -153,7 +153,14 @@ export function createSource(settings: SourceSettings, components: SourceCompone
     try {
       // Routers install forwarding state when a group's first packet arrives, and drop what comes
       // while they do; the descriptor opens the path before the first DATA packet.
-      await sleep(settings.startDelayMs ?? startDelayMsDefault);
+      // Three copies of the descriptor during the start delay: a receiver or repair server that
+      // loses the first one must not wait a whole repeat interval to lock on the session.
+      const startDelayMs = settings.startDelayMs ?? startDelayMsDefault;
+      for (let i = 1; i < 3 && startDelayMs > 0; i++) {
+        await sleep(startDelayMs / 3);
+        sendControl(descriptor());
+      }
+      await sleep(startDelayMs / 3);
       stats.startedAtMs = performance.now();
       await pump(options.signal);
       stats.elapsedMs = performance.now() - stats.startedAtMs;
