@@ -8,7 +8,7 @@ import {
 } from '../limits.js';
 import { formatEndpoint, parseEndpoint, parseGroup } from '../net/address.js';
 import { resolveInterface } from '../net/interfaces.js';
-import { startAgent } from '../receiver/agent.js';
+import { startAgent, startWatchingAgent } from '../receiver/agent.js';
 import { startRepairServer } from '../repair/repair.js';
 import { startRetransmitServer } from '../retransmit/retransmit.js';
 import { daemonOptions, keysFrom, parseEndpointList, runDaemon } from './daemon.js';
@@ -16,6 +16,7 @@ import { exitOk, UsageError } from './errors.js';
 import {
   formatHelp,
   type OptionSpecs,
+  type OptionValues,
   optional,
   parseInteger,
   parseOptions,
@@ -90,6 +91,15 @@ const repairOptions: OptionSpecs = {
 };
 
 const agentOptions: OptionSpecs = {
+  watch: {
+    type: 'boolean',
+    help: "follow the host's group memberships: deliver a mapped S1 while an application holds it",
+  },
+  map: {
+    type: 'string',
+    value: 'S1=S2[,...]',
+    help: 'with --watch: GROUP:PORT=GROUP:PORT pairs of sessions and their repaired groups',
+  },
   from: { type: 'string', value: 'GROUP:PORT', help: 'the repaired group S2 to join' },
   'from-iface': { type: 'string', value: 'NAME|ADDR', help: 'interface to join S2 on' },
   deliver: {
@@ -242,6 +252,9 @@ export async function runAgent(argv: string[], err: NodeJS.WriteStream): Promise
     );
     return exitOk;
   }
+  if (values.watch === true) {
+    return runWatchingAgent(values, err);
+  }
   const from = parseGroup(required(values, 'from'), '--from');
   const deliver = parseGroup(required(values, 'deliver'), '--deliver');
   const agent = await startAgent({
@@ -254,5 +267,35 @@ export async function runAgent(argv: string[], err: NodeJS.WriteStream): Promise
   return runDaemon(agent, values, err, () => {
     const s = agent.status();
     return `agent: delivered ${s.delivered} (${s.deliveredBytes} bytes) duplicates ${s.duplicates} gaps ${s.gapsSeen}`;
+  });
+}
+
+/** `gatecast agent --watch --map S1=S2,...`. */
+async function runWatchingAgent(values: OptionValues, err: NodeJS.WriteStream): Promise<number> {
+  const mappings = required(values, 'map')
+    .split(',')
+    .filter((part) => part.trim() !== '')
+    .map((part) => {
+      const [s1, s2, extra] = part.split('=');
+      if (s1 === undefined || s2 === undefined || extra !== undefined) {
+        throw new UsageError(`--map: "${part}" is not S1GROUP:PORT=S2GROUP:PORT`);
+      }
+      return { s1: parseGroup(s1.trim(), '--map'), s2: parseGroup(s2.trim(), '--map') };
+    });
+  const agent = await startWatchingAgent({
+    mappings,
+    fromIface: optional(values, 'from-iface'),
+    deliverIface: optional(values, 'deliver-iface'),
+    onChange: (mapping, active, iface) =>
+      err.write(
+        active
+          ? `agent: ${formatEndpoint(mapping.s1)} joined on ${iface}: delivering ${formatEndpoint(mapping.s2)} -> ${formatEndpoint(mapping.s1)}\n`
+          : `agent: ${formatEndpoint(mapping.s1)} left on ${iface}: delivery stopped\n`,
+      ),
+  });
+  err.write(`agent: watching group memberships for ${mappings.length} session(s)\n`);
+  return runDaemon(agent, values, err, () => {
+    const s = agent.status();
+    return `agent: ${s.sessions.map((x) => `${x.s1} ${x.active ? `delivering (${x.delivery?.delivered ?? 0})` : 'idle'}`).join('; ')}`;
   });
 }

@@ -98,19 +98,14 @@ describe('repair service on the namespace test bed', testbedSkip(['socat']), () 
     ]);
     const appOutput = join(directory, `app-${port}.bin`);
     bed.control('translate', 'rx2', String(port));
-    const app = bed.spawn('rx2', 'socat', [
-      '-u',
-      `UDP4-RECV:${port},ip-add-membership=239.30.0.1:eth0,so-rcvbuf=4194304`,
-      `CREATE:${appOutput}`,
-    ]);
+    // The agent watches rx2's group memberships: it starts when the application joins S1.
     const agent = bed.gatecast('rx2', [
       'agent',
-      '--from',
-      s2,
+      '--watch',
+      '--map',
+      `${s1}=${s2}`,
       '--from-iface',
       'eth0',
-      '--deliver',
-      s1,
       '--deliver-iface',
       'eth0',
     ]);
@@ -118,8 +113,14 @@ describe('repair service on the namespace test bed', testbedSkip(['socat']), () 
       ...retransmits.map((r) => r.waitFor(/listening on/)),
       repair.waitFor(/listening on/),
       receiver.waitFor(/joined/),
-      agent.waitFor(/local delivery/),
+      agent.waitFor(/watching group memberships/),
     ]);
+    const app = bed.spawn('rx2', 'socat', [
+      '-u',
+      `UDP4-RECV:${port},ip-add-membership=239.30.0.1:eth0,so-rcvbuf=4194304`,
+      `CREATE:${appOutput}`,
+    ]);
+    await agent.waitFor(/joined on eth0: delivering/);
     await sleep(300);
     const sender = bed.gatecast('src', [
       'send',

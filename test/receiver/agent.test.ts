@@ -1,0 +1,62 @@
+import assert from 'node:assert/strict';
+import { createSocket } from 'node:dgram';
+import { describe, it } from 'node:test';
+import { parseGroup } from '../../src/net/address.js';
+import { encodeData } from '../../src/protocol/packet.js';
+import { startWatchingAgent } from '../../src/receiver/agent.js';
+import { freshPort, loopbackIface } from '../helpers/loopback.js';
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+describe('the agent follows the host’s group memberships', () => {
+  it('starts delivering when an application joins S1, datagram for datagram, and stops when it leaves', async () => {
+    const s1 = parseGroup(`239.255.92.1:${freshPort()}`, 's1');
+    const s2 = parseGroup(`239.255.92.2:${freshPort()}`, 's2');
+    const changes: string[] = [];
+    const agent = await startWatchingAgent({
+      mappings: [{ s1, s2 }],
+      fromIface: loopbackIface,
+      deliverIface: loopbackIface,
+      pollMs: 50,
+      onChange: (_, active) => changes.push(active ? 'start' : 'stop'),
+    });
+    assert.equal(agent.status().sessions[0]?.active, false);
+
+    // The unmodified application: a plain UDP socket on S1's group and port.
+    const app = createSocket({ type: 'udp4', reuseAddr: true });
+    const got: Buffer[] = [];
+    app.on('message', (message) => got.push(message));
+    await new Promise<void>((resolve) => app.bind(s1.port, s1.address, resolve));
+    app.addMembership(s1.address, loopbackIface);
+    await sleep(300);
+    assert.equal(agent.status().sessions[0]?.active, true);
+
+    // The repaired session arrives on S2 as gatecast DATA.
+    const repairer = createSocket('udp4');
+    await new Promise<void>((resolve) => repairer.bind(0, loopbackIface, resolve));
+    repairer.setMulticastInterface(loopbackIface);
+    const payloads = [
+      Buffer.from('first datagram'),
+      Buffer.from('second, longer datagram'),
+      Buffer.alloc(1316, 7),
+    ];
+    for (const [i, payload] of payloads.entries()) {
+      repairer.send(
+        encodeData({ sessionId: 9, sequence: 100 + i, timestampUs: 1 }, payload),
+        s2.port,
+        s2.address,
+      );
+      await sleep(10);
+    }
+    await sleep(200);
+    assert.deepEqual(got, payloads);
+    assert.equal(agent.status().sessions[0]?.delivery?.delivered, 3);
+
+    app.close();
+    await sleep(300);
+    assert.equal(agent.status().sessions[0]?.active, false);
+    assert.deepEqual(changes, ['start', 'stop']);
+    repairer.close();
+    await agent.close();
+  });
+});
