@@ -3,6 +3,7 @@
 #
 #   subnet A (10.200.1.0/24, fd00:200:1::/64)       subnet B (10.200.2.0/24, fd00:200:2::/64)
 #   PREFIX-src .10 --+                               +-- PREFIX-rx1 .11
+#   PREFIX-rta .21 --+  (a retransmit server upstream of the router)
 #                    |-- brA [PREFIX-sw] brB ---------|-- PREFIX-rx2 .12
 #   PREFIX-rtr .1  --+        (no snooping)           +-- PREFIX-rtr .1 (eth1)
 #                                                    +-- PREFIX-rt1 .21, rt2 .22, rt3 .23
@@ -18,6 +19,9 @@
 #   testbed.sh drop PREFIX HOST on|off [PORT] drop all UDP arriving at HOST (bursts: switch it)
 #       PORT may be written PORT/data: then only gatecast DATA packets (type byte 1) are dropped
 #   testbed.sh dropped PREFIX HOST     packets dropped at HOST so far by loss and drop rules
+#   testbed.sh linkloss PREFIX PCT PORT  drop PCT % of UDP to PORT that the router forwards to
+#                                      subnet B: every host there loses the same packets
+#   testbed.sh linkdropped PREFIX      packets that rule dropped
 #   testbed.sh clear PREFIX HOST       remove HOST's loss rules
 #   testbed.sh translated PREFIX HOST  raw S1 datagrams the translate rule dropped at HOST
 #   testbed.sh status PREFIX HOST URL  fetch a role's status endpoint from inside HOST
@@ -37,7 +41,7 @@ shift 2
 [[ $prefix =~ ^[a-z0-9]{2,8}$ ]] || die "PREFIX must be 2-8 lower-case letters or digits: $prefix"
 state=${TMPDIR:-/tmp}/gatecast-testbed-$prefix
 sw=$prefix-sw
-hosts=(src rtr rx1 rx2 rt1 rt2 rt3 rep)
+hosts=(src rta rtr rx1 rx2 rt1 rt2 rt3 rep)
 
 in_ns() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
 
@@ -69,6 +73,7 @@ up() {
     ip -n "$sw" link set "$bridge" up
   done
   attach "$prefix-src" eth0 src0 brA
+  attach "$prefix-rta" eth0 rta0 brA
   attach "$prefix-rtr" eth0 rtr0 brA
   attach "$prefix-rtr" eth1 rtr1 brB
   attach "$prefix-rx1" eth0 rx1 brB
@@ -78,6 +83,7 @@ up() {
   attach "$prefix-rt3" eth0 rt3 brB
   attach "$prefix-rep" eth0 rep brB
   address "$prefix-src" eth0 10.200.1.10/24 fd00:200:1::10/64
+  address "$prefix-rta" eth0 10.200.1.21/24 fd00:200:1::21/64
   address "$prefix-rtr" eth0 10.200.1.1/24 fd00:200:1::1/64
   address "$prefix-rtr" eth1 10.200.2.1/24 fd00:200:2::1/64
   address "$prefix-rx1" eth0 10.200.2.11/24 fd00:200:2::11/64
@@ -86,8 +92,10 @@ up() {
   address "$prefix-rt2" eth0 10.200.2.22/24 fd00:200:2::22/64
   address "$prefix-rt3" eth0 10.200.2.23/24 fd00:200:2::23/64
   address "$prefix-rep" eth0 10.200.2.31/24 fd00:200:2::31/64
-  ip -n "$prefix-src" route add default via 10.200.1.1
-  ip -n "$prefix-src" -6 route add default via fd00:200:1::1
+  for host in src rta; do
+    ip -n "$prefix-$host" route add default via 10.200.1.1
+    ip -n "$prefix-$host" -6 route add default via fd00:200:1::1
+  done
   for host in rx1 rx2 rt1 rt2 rt3 rep; do
     ip -n "$prefix-$host" route add default via 10.200.2.1
     ip -n "$prefix-$host" -6 route add default via fd00:200:2::1
@@ -190,6 +198,17 @@ case $command in
   status)
     [[ $# -ge 2 ]] || die "usage: testbed.sh status PREFIX HOST URL"
     in_ns "$prefix-$1" node -e 'fetch(process.argv[1]).then((r) => r.text()).then((t) => process.stdout.write(t))' "$2"
+    ;;
+  linkloss)
+    [[ $# -ge 2 && $1 =~ ^[0-9]+$ && $2 =~ ^[0-9]+$ ]] || die "usage: testbed.sh linkloss PREFIX PCT PORT"
+    ns=$prefix-rtr
+    in_ns "$ns" nft delete table inet gclinkloss 2>/dev/null || true
+    in_ns "$ns" nft add table inet gclinkloss
+    in_ns "$ns" nft add chain inet gclinkloss forward '{ type filter hook forward priority 0; }'
+    in_ns "$ns" nft add rule inet gclinkloss forward oifname eth1 udp dport "$2" numgen random mod 100 '<' "$1" counter drop
+    ;;
+  linkdropped)
+    in_ns "$prefix-rtr" nft list table inet gclinkloss 2>/dev/null | sed -n 's/.*counter packets \([0-9]*\).*/\1/p' | head -1
     ;;
   translated)
     in_ns "$prefix-$1" nft list table inet gctranslate 2>/dev/null | sed -n 's/.*counter packets \([0-9]*\).*/\1/p' | head -1

@@ -46,6 +46,11 @@ const retransmitOptions: OptionSpecs = {
     value: 'ADDR:PORT[,...]',
     help: 'other retransmit servers: QUALITY reports and election',
   },
+  'repair-group': {
+    type: 'string',
+    value: 'GROUP:PORT',
+    help: 'answer once by multicast here, for all repair servers',
+  },
   'buffer-bytes': {
     type: 'string',
     value: 'BYTES',
@@ -81,6 +86,11 @@ const repairOptions: OptionSpecs = {
     type: 'string',
     value: 'GROUP:PORT',
     help: 'learn retransmit servers from announcements here',
+  },
+  'repair-group': {
+    type: 'string',
+    value: 'GROUP:PORT',
+    help: 'receive repairs multicast by retransmit servers here',
   },
   emit: { type: 'string', value: 'GROUP:PORT', help: 'the repaired group S2' },
   'emit-iface': { type: 'string', value: 'NAME|ADDR', help: 'interface to emit S2 on (default --iface)' },

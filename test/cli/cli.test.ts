@@ -156,3 +156,72 @@ describe('send --stdin to receive over loopback, through the command line', () =
     assert.match(receiverErr, /received session "gatecast" whole/);
   });
 });
+
+describe('the servers refuse bad configuration with one line', () => {
+  const secret = join(directory, 'short-secret');
+  writeFileSync(secret, 'short\n');
+  const cases: Array<[string, string[], RegExp]> = [
+    [
+      'no secret',
+      [
+        'repair',
+        '--join',
+        '239.1.1.1:5000',
+        '--emit',
+        '239.1.1.2:5000',
+        '--listen',
+        '127.0.0.1:7000',
+        '--reliable',
+      ],
+      /--secret-file is required/,
+    ],
+    [
+      'a weak secret',
+      ['retransmit', '--join', '239.1.1.1:5000', '--listen', '127.0.0.1:7000', '--secret-file', secret],
+      /holds 5 bytes; a secret needs at least 16/,
+    ],
+    [
+      'both modes',
+      [
+        'repair',
+        '--join',
+        '239.1.1.1:5000',
+        '--emit',
+        '239.1.1.2:5000',
+        '--listen',
+        '127.0.0.1:7000',
+        '--reliable',
+        '--latency',
+        '100',
+      ],
+      /choose one of --reliable/,
+    ],
+    [
+      'a unicast emit group',
+      [
+        'repair',
+        '--join',
+        '239.1.1.1:5000',
+        '--emit',
+        '10.0.0.1:5000',
+        '--listen',
+        '127.0.0.1:7000',
+        '--reliable',
+      ],
+      /--emit: 10\.0\.0\.1 is not a multicast group/,
+    ],
+    [
+      'a bad map',
+      ['agent', '--watch', '--map', '239.1.1.1:5000'],
+      /--map: "239\.1\.1\.1:5000" is not S1GROUP:PORT=S2GROUP:PORT/,
+    ],
+  ];
+  for (const [name, args, message] of cases) {
+    it(name, async () => {
+      const result = await run(args);
+      assert.equal(result.code, 2, result.stderr);
+      assert.match(result.stderr, message);
+      assert.equal(result.stderr.trim().split('\n').length, 1, result.stderr);
+    });
+  }
+});

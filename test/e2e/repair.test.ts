@@ -354,3 +354,99 @@ describe(
     });
   },
 );
+
+describe('four repair servers behind one lossy link, one retransmit server upstream', testbedSkip(), () => {
+  let bed: Testbed;
+  let directory: string;
+  before(() => {
+    bed = createTestbed();
+    directory = mkdtempSync(join(tmpdir(), 'gatecast-e2e-four-'));
+    writeFileSync(join(directory, 'secret'), 'e2e operator secret for four repair servers\n');
+    writeFileSync(join(directory, 'payload.bin'), randomBytes(5_000_000));
+  });
+  after(() => {
+    bed?.down();
+    rmSync(directory, { recursive: true, force: true });
+  });
+
+  it('every repair server re-emits the whole session; the lost packets are sent again about once, by multicast', async () => {
+    const s1 = '239.32.0.1:5500';
+    const repairGroup = '239.32.0.9:5599';
+    const secret = join(directory, 'secret');
+    const retransmit = bed.gatecast('rta', [
+      'retransmit',
+      '--join',
+      s1,
+      '--iface',
+      'eth0',
+      '--listen',
+      '10.200.1.21:7000',
+      '--secret-file',
+      secret,
+      '--repair-group',
+      repairGroup,
+      '--status',
+      '127.0.0.1:9101',
+    ]);
+    const hosts = ['rep', 'rx1', 'rx2', 'rt3'];
+    const repairs = hosts.map((host, i) =>
+      bed.gatecast(host, [
+        'repair',
+        '--join',
+        s1,
+        '--iface',
+        'eth0',
+        '--listen',
+        '0.0.0.0:7100',
+        '--secret-file',
+        secret,
+        '--retransmit',
+        '10.200.1.21:7000',
+        '--repair-group',
+        repairGroup,
+        '--emit',
+        `239.32.1.${i + 1}:5510`,
+        '--reliable',
+        '--status',
+        '127.0.0.1:9100',
+      ]),
+    );
+    await Promise.all([retransmit.waitFor(/listening on/), ...repairs.map((r) => r.waitFor(/listening on/))]);
+    bed.control('linkloss', '10', '5500');
+    const sender = bed.gatecast('src', [
+      'send',
+      '--group',
+      s1,
+      '--iface',
+      'eth0',
+      '--file',
+      join(directory, 'payload.bin'),
+      '--rate',
+      '40M',
+    ]);
+    assert.equal((await sender.finished).code, 0);
+    await sleep(1500);
+    const lost = Number(bed.control('linkdropped') || 0);
+    const retransmitStatus = JSON.parse(
+      bed.control('status', 'rta', 'http://127.0.0.1:9101/status'),
+    ) as Record<string, number>;
+    const statuses = hosts.map(
+      (host) =>
+        JSON.parse(bed.control('status', host, 'http://127.0.0.1:9100/status')) as Record<string, number>,
+    );
+    for (const process of [...repairs, retransmit]) {
+      await stopProcess(process);
+    }
+    assert.ok(lost > 150, `the link dropped only ${lost} packets`);
+    for (const [i, status] of statuses.entries()) {
+      assert.equal(status.unrecoverable, 0, `${hosts[i]}: ${JSON.stringify(status)}`);
+      assert.equal(status.sessionsCompleted, 1, `${hosts[i]}: ${JSON.stringify(status)}`);
+      assert.equal(status.emitted, 3572, `${hosts[i]}`);
+    }
+    const perLost = (retransmitStatus.repairsSent ?? 0) / lost;
+    assert.ok(
+      perLost <= 1.5,
+      `${retransmitStatus.repairsSent} repairs for ${lost} lost packets: ${perLost.toFixed(2)} each`,
+    );
+  });
+});
