@@ -20,6 +20,7 @@ import {
   burstLoss,
   createTestbed,
   type HostProcess,
+  repoRoot,
   type Testbed,
   testbedUnavailable,
 } from '../test/helpers/testbed.js';
@@ -35,6 +36,8 @@ interface Scenario {
   readonly lose: (bed: Testbed, host: string, port: string) => Promise<void>;
   readonly retransmitServers: number;
   readonly killFirstAfterMs?: number;
+  /** One-way delay added by a delay line between the repair server and its retransmit servers. */
+  readonly delayMs?: number;
 }
 
 const random =
@@ -51,6 +54,8 @@ const scenarios: Scenario[] = [
   { name: '10 % random', lose: random(10), retransmitServers: 1 },
   { name: '20 % random', lose: random(20), retransmitServers: 2 },
   { name: 'bursts (10 ms on / 90 ms off)', lose: bursts, retransmitServers: 1 },
+  { name: '5 % random, 20 ms round trip (delay line)', lose: random(5), retransmitServers: 1, delayMs: 10 },
+  { name: '10 % random, 40 ms round trip (delay line)', lose: random(10), retransmitServers: 1, delayMs: 20 },
 ];
 
 interface GatecastResult {
@@ -112,7 +117,25 @@ async function runGatecast(
       ]),
     );
   }
-  const retransmitList = rts.map((_, i) => `10.200.2.2${i + 1}:7000`).join(',');
+  const lines: HostProcess[] = [];
+  if (scenario.delayMs !== undefined) {
+    for (let i = 0; i < rts.length; i++) {
+      lines.push(
+        bed.spawn('rep', process.execPath, [
+          '--import',
+          'tsx',
+          join(repoRoot, 'bench', 'delay-line.ts'),
+          `127.0.0.1:${7200 + i}`,
+          `10.200.2.2${i + 1}:7000`,
+          String(scenario.delayMs),
+        ]),
+      );
+    }
+    await Promise.all(lines.map((line) => line.waitFor(/delay line/)));
+  }
+  const retransmitList = rts
+    .map((_, i) => (scenario.delayMs === undefined ? `10.200.2.2${i + 1}:7000` : `127.0.0.1:${7200 + i}`))
+    .join(',');
   const repair = bed.gatecast('rep', [
     'repair',
     '--join',
@@ -209,7 +232,7 @@ async function runGatecast(
   }
   const dropped = Number(bed.control('dropped', 'rep') || 0);
   bed.control('clear', 'rep');
-  for (const process of [repair, ...rts]) {
+  for (const process of [repair, ...rts, ...lines]) {
     process.child.kill('SIGTERM');
     await process.finished;
   }
@@ -317,7 +340,7 @@ async function main(): Promise<void> {
     for (const scenario of chosen) {
       gatecast.push(await runGatecast(bed, file, secret, scenario));
       console.error(`gatecast ${scenario.name}: ${JSON.stringify(gatecast.at(-1))}`);
-      if (process.env.BENCH_REPAIR_SKIP_UFTP !== '1') {
+      if (process.env.BENCH_REPAIR_SKIP_UFTP !== '1' && scenario.delayMs === undefined) {
         uftp.push(await runUftp(bed, file, directory, scenario));
       }
       console.error(`uftp ${scenario.name}: ${JSON.stringify(uftp.at(-1))}`);
@@ -364,8 +387,10 @@ function report(gatecast: GatecastResult[], uftp: UftpResult[], failover: Gateca
   the whole file (gatecast: \`gatecast receive\` on S2 exits whole; uftp: the sender exits after
   every receiver confirmed). Both include program start-up (about 0.5 s for gatecast's Node
   process) and each protocol's session set-up, so small files favour neither.
-- Round trip: measured by the repair server to its retransmit server, ${rtt ?? '?'} ms (a LAN; no delay
-  line was added, so latency targets are read against this round trip).
+- Round trip: measured by the repair server to its retransmit server, ${rtt ?? '?'} ms on the LAN. The
+  rows marked "delay line" put bench/delay-line.ts (a user-space relay; no \`sch_netem\` here)
+  between the repair server and its retransmit server, adding the stated round trip to the repair
+  path; uftp is not run for those rows.
 - Per lost packet: NACK datagrams sent, and REPAIR packets sent by the retransmit servers.
   Extra delay: one-way delay of repaired packets minus the median of packets that came directly;
   it includes the time until a gap can be seen at all (the next packet after it, or after a
