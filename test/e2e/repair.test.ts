@@ -4,7 +4,14 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { burstLoss, createTestbed, type HostProcess, type Testbed, testbedSkip } from '../helpers/testbed.js';
+import {
+  burstLoss,
+  createTestbed,
+  type HostProcess,
+  repoRoot,
+  type Testbed,
+  testbedSkip,
+} from '../helpers/testbed.js';
 
 const sha256 = (bytes: Buffer) => createHash('sha256').update(bytes).digest('hex');
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -447,6 +454,93 @@ describe('four repair servers behind one lossy link, one retransmit server upstr
     assert.ok(
       perLost <= 1.5,
       `${retransmitStatus.repairsSent} repairs for ${lost} lost packets: ${perLost.toFixed(2)} each`,
+    );
+  });
+});
+
+describe('a retransmit server on the test bed answers only repair servers it knows', testbedSkip(), () => {
+  let bed: Testbed;
+  let directory: string;
+  before(() => {
+    bed = createTestbed();
+    directory = mkdtempSync(join(tmpdir(), 'gatecast-e2e-attack-'));
+    writeFileSync(join(directory, 'secret'), 'e2e operator secret against forgeries\n');
+  });
+  after(() => {
+    bed?.down();
+    rmSync(directory, { recursive: true, force: true });
+  });
+
+  it('forged, tampered, malformed and replayed NACKs from another host get no byte; a genuine one is answered', async () => {
+    const s1 = '239.33.0.1:5600';
+    const secret = join(directory, 'secret');
+    const retransmit = bed.gatecast('rt1', [
+      'retransmit',
+      '--join',
+      s1,
+      '--iface',
+      'eth0',
+      '--listen',
+      '10.200.2.21:7000',
+      '--secret-file',
+      secret,
+      '--status',
+      '127.0.0.1:9101',
+    ]);
+    await retransmit.waitFor(/listening on/);
+    const sender = bed.gatecast('src', [
+      'send',
+      '--group',
+      s1,
+      '--iface',
+      'eth0',
+      '--ticker',
+      '--ticks',
+      '300',
+      '--ticks-per-second',
+      '1000',
+      '--session-id',
+      '4242',
+      '--first-sequence',
+      '1000',
+    ]);
+    assert.equal((await sender.finished).code, 0);
+    const attacker = bed.spawn('rx1', process.execPath, [
+      '--import',
+      'tsx',
+      join(repoRoot, 'test', 'e2e', 'fixtures', 'nack-attacker.ts'),
+      '10.200.2.21:7000',
+      secret,
+      '4242',
+      '1000',
+    ]);
+    const result = await attacker.finished;
+    assert.equal(result.code, 0, result.stderr);
+    const phases = Object.fromEntries(
+      result.stdout
+        .trim()
+        .split('\n')
+        .map((line) => JSON.parse(line) as { phase: string; bytesBack: number })
+        .map((p) => [p.phase, p.bytesBack]),
+    );
+    assert.deepEqual(
+      { ...phases, genuine: 0 },
+      { forged: 0, tampered: 0, malformed: 0, genuine: 0, replayed: 0 },
+    );
+    assert.ok((phases.genuine ?? 0) > 100 * 100, `a genuine NACK got ${phases.genuine} bytes back`);
+    const status = JSON.parse(bed.control('status', 'rt1', 'http://127.0.0.1:9101/status')) as {
+      repairsSent: number;
+      dropped: Record<string, number>;
+    };
+    await stopProcess(retransmit);
+    assert.equal(status.repairsSent, 100, JSON.stringify(status));
+    assert.equal(status.dropped['nack-unknown-key'], 1, JSON.stringify(status.dropped));
+    assert.equal(status.dropped['nack-bad-tag'], 1);
+    assert.equal(status.dropped['nack-replayed'], 1);
+    assert.ok(
+      Object.keys(status.dropped).some(
+        (reason) => reason.startsWith('nack-trunc') || reason.startsWith('nack-length'),
+      ),
     );
   });
 });
