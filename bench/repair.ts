@@ -411,9 +411,8 @@ ${
     loss10 && lossFree
       ? `at 10 % loss gatecast delivered ${loss10.whole ? 'the whole file' : 'an INCOMPLETE file'} at ${goodput(loss10).toFixed(1)} Mbit/s (${((100 * goodput(loss10)) / goodput(lossFree)).toFixed(0)} % of its loss-free ${goodput(lossFree).toFixed(1)})${uftp10 ? `; uftp ${goodput(uftp10).toFixed(1)} Mbit/s` : ''}.`
       : ''
-  } Not measured yet: a delay line for WAN round trips, and four repair servers behind one lossy
-link on the test bed (the loopback test \`test/repair/loopback.test.ts\` checks ≤ 1.5 repairs per
-lost packet with a repair group). RIST is compared on a live stream in the next section.
+  } Four repair servers behind one lossy link are checked by the end-to-end test
+\`test/e2e/repair.test.ts\` (≤ 1.5 repairs per lost packet with a repair group). RIST is compared on a live stream in the next section.
 `;
   writeSection('repair', text);
   console.error('wrote the repair section of docs/benchmarks.md');

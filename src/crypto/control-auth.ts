@@ -16,6 +16,7 @@ import {
   authTagBytes,
   authTrailerBytes,
 } from '../protocol/control.js';
+import type { DecodeResult } from '../protocol/errors.js';
 
 /** Shortest secret accepted: 128 bits. */
 export const secretBytesMin = 16;
@@ -162,4 +163,28 @@ export class ControlVerifier {
       }
     }
   }
+}
+
+/**
+ * Decodes a control message and verifies its trailer. On either failure the reason is counted as
+ * `${label}-${reason}` and undefined comes back: nothing is kept and nothing is answered.
+ */
+export function acceptControl<T extends { readonly auth: AuthTrailer }>(
+  datagram: Buffer,
+  decode: (datagram: Buffer) => DecodeResult<T>,
+  verifier: ControlVerifier,
+  label: string,
+  drop: (reason: string) => void,
+): T | undefined {
+  const decoded = decode(datagram);
+  if (!decoded.ok) {
+    drop(`${label}-${decoded.reason}`);
+    return undefined;
+  }
+  const failure = verifier.verify(datagram, decoded.value.auth);
+  if (failure !== undefined) {
+    drop(`${label}-${failure}`);
+    return undefined;
+  }
+  return decoded.value;
 }

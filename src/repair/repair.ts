@@ -5,7 +5,7 @@
  * source's own datagrams, so `gatecast receive` works unchanged there. Unrecoverable packets are
  * counted and reported, never skipped silently.
  */
-import { type ControlKey, ControlSealer, ControlVerifier } from '../crypto/control-auth.js';
+import { acceptControl, type ControlKey, ControlSealer, ControlVerifier } from '../crypto/control-auth.js';
 import {
   endRepeatCount,
   endRepeatIntervalMs,
@@ -558,17 +558,10 @@ export async function startRepairServer(
   };
 
   const onRepair = (datagram: Buffer) => {
-    const decoded = decodeRepair(datagram);
-    if (!decoded.ok) {
-      drop(`repair-${decoded.reason}`);
+    const repair = acceptControl(datagram, decodeRepair, verifier, 'repair', drop);
+    if (repair === undefined) {
       return;
     }
-    const failure = verifier.verify(datagram, decoded.value.auth);
-    if (failure !== undefined) {
-      drop(`repair-${failure}`);
-      return;
-    }
-    const repair = decoded.value;
     if (repair.sessionId !== sessionId) {
       drop('repair-other-session');
       return;
@@ -590,17 +583,10 @@ export async function startRepairServer(
   };
 
   const onAnnounce = (datagram: Buffer) => {
-    const decoded = decodeAnnounce(datagram);
-    if (!decoded.ok) {
-      drop(`announce-${decoded.reason}`);
+    const announce = acceptControl(datagram, decodeAnnounce, verifier, 'announce', drop);
+    if (announce === undefined) {
       return;
     }
-    const failure = verifier.verify(datagram, decoded.value.auth);
-    if (failure !== undefined) {
-      drop(`announce-${failure}`);
-      return;
-    }
-    const announce = decoded.value;
     const family = announce.address.includes(':') ? 6 : 4;
     if (family !== settings.listen.family) {
       return;

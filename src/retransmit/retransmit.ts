@@ -4,7 +4,7 @@
  * per repair server), measures its own reception, takes part in the election with its peers, and
  * announces what it holds.
  */
-import { type ControlKey, ControlSealer, ControlVerifier } from '../crypto/control-auth.js';
+import { acceptControl, type ControlKey, ControlSealer, ControlVerifier } from '../crypto/control-auth.js';
 import { announceIntervalMsDefault, repairSuppressMs } from '../limits.js';
 import { type Endpoint, formatEndpoint } from '../net/address.js';
 import {
@@ -207,19 +207,12 @@ export async function startRetransmitServer(settings: RetransmitSettings): Promi
   };
 
   const answerNack = (datagram: Buffer, port: number, address: string) => {
-    const decoded = decodeNack(datagram);
-    if (!decoded.ok) {
-      drop(`nack-${decoded.reason}`);
-      return;
-    }
-    const failure = verifier.verify(datagram, decoded.value.auth);
-    if (failure !== undefined) {
-      // Authenticate before anything else: an unproven sender gets no byte back.
-      drop(`nack-${failure}`);
+    // Authenticate before anything else: an unproven sender gets no byte back.
+    const nack = acceptControl(datagram, decodeNack, verifier, 'nack', drop);
+    if (nack === undefined) {
       return;
     }
     counters.nacksReceived++;
-    const nack = decoded.value;
     const now = performance.now();
     for (const [key, atMs] of recentlyMulticast) {
       if (now - atMs <= repairSuppressMs) {
@@ -283,18 +276,9 @@ export async function startRetransmitServer(settings: RetransmitSettings): Promi
         answerNack(datagram, remote.port, remote.address);
         return;
       case PacketType.quality: {
-        const decoded = decodeQuality(datagram);
-        if (!decoded.ok) {
-          drop(`quality-${decoded.reason}`);
-          return;
-        }
-        const failure = verifier.verify(datagram, decoded.value.auth);
-        if (failure !== undefined) {
-          drop(`quality-${failure}`);
-          return;
-        }
-        for (const session of decoded.value.sessions) {
-          peerReports.set(`${decoded.value.auth.senderId}/${session.sessionId}`, {
+        const quality = acceptControl(datagram, decodeQuality, verifier, 'quality', drop);
+        for (const session of quality?.sessions ?? []) {
+          peerReports.set(`${quality?.auth.senderId}/${session.sessionId}`, {
             lossPpm: session.lossPpm,
             state: session.state,
             atMs: performance.now(),
@@ -311,17 +295,10 @@ export async function startRetransmitServer(settings: RetransmitSettings): Promi
   };
 
   const onSetup = async (datagram: Buffer) => {
-    const decoded = decodeSetup(datagram);
-    if (!decoded.ok) {
-      drop(`setup-${decoded.reason}`);
+    const setup = acceptControl(datagram, decodeSetup, verifier, 'setup', drop);
+    if (setup === undefined) {
       return;
     }
-    const failure = verifier.verify(datagram, decoded.value.auth);
-    if (failure !== undefined) {
-      drop(`setup-${failure}`);
-      return;
-    }
-    const setup = decoded.value;
     const index = joined.findIndex(
       (entry) => entry.spec.group.address === setup.group && entry.spec.group.port === setup.port,
     );
