@@ -194,3 +194,64 @@ describe('four repair servers behind one lossy link', () => {
     assert.ok(status.suppressed > 0 || status.nacksReceived < 4 * lost.size);
   });
 });
+
+describe('announcements', () => {
+  it('a repair server with no configured retransmit server learns one from the announcement group and repairs', async () => {
+    const bytes = randomBytes(400_000);
+    const path = join(directory, 'announced.bin');
+    writeFileSync(path, bytes);
+    const s1 = parseGroup(`239.255.72.1:${freshPort()}`, 's1');
+    const s2 = parseGroup(`239.255.72.2:${freshPort()}`, 's2');
+    const announceGroup = parseGroup(`239.255.72.3:${freshPort()}`, 'announce');
+    const retransmit = await startRetransmitServer({
+      joins: [{ group: s1 }],
+      iface: loopbackIface,
+      listen: { address: '127.0.0.1', port: 0, family: 4 },
+      keys: [key],
+      bufferBytesMax: 8 * 1024 * 1024,
+      bufferAgeMs: 60_000,
+      repairRateBitsPerSecond: 500_000_000,
+      announceTo: [],
+      announceGroup,
+      peers: [],
+      election: { lossMax: 0.05, bestCount: 2, periodMs: 100 },
+    });
+    const repair = await startRepairServer(
+      {
+        group: s1,
+        iface: loopbackIface,
+        listen: { address: '127.0.0.1', port: 0, family: 4 },
+        keys: [key],
+        retransmit: [],
+        announceGroup,
+        emit: s2,
+        latencyMs: undefined,
+      },
+      { openS1Socket: lossyS1((sequence) => sequence % 10 === 3) },
+    );
+    const receiving = createReceiver(
+      { group: s2, iface: loopbackIface, timeoutMs: 10_000 },
+      { sink: memorySink() },
+    ).run();
+    const source = createSource(
+      {
+        group: s1,
+        iface: loopbackIface,
+        rateBitsPerSecond: 10_000_000,
+        packetPayloadBytes: 1400,
+        sessionName: 'a',
+        firstSequence: 0,
+      },
+      { input: await openFileInput(path) },
+    );
+    await source.run();
+    const summary = await receiving;
+    const status = repair.status();
+    await repair.close();
+    await retransmit.close();
+    assert.equal(summary.outcome, 'complete', JSON.stringify(status));
+    assert.equal(status.servers.length, 1);
+    assert.equal(status.servers[0]?.address, `127.0.0.1:${retransmit.local.port}`);
+    assert.ok(status.recovered >= 28);
+  });
+});
