@@ -108,6 +108,9 @@ export const nackTimeoutMsInitial = 50;
 export const nackTimeoutMsMin = 20;
 export const nackTimeoutMsMax = 1000;
 
+/** Repair server: first wait before asking again when every server said "not held". */
+export const notHeldRetryMsInitial = 5;
+
 /** Repair server: NACKs per missing packet before it is declared unrecoverable. */
 export const nackAttemptsMax = 10;
 

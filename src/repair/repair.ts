@@ -16,6 +16,7 @@ import {
   nackTimeoutMsInitial,
   nackTimeoutMsMax,
   nackTimeoutMsMin,
+  notHeldRetryMsInitial,
   pendingPacketsMax,
   repairHoldPacketsMax,
 } from '../limits.js';
@@ -293,9 +294,15 @@ export async function startRepairServer(
       return;
     }
     if (entry.tried.size >= servers.size) {
+      // Often the servers have simply not read the packet yet (their data and control sockets
+      // race): ask again soon, then back off — 5 ms, 10 ms, 20 ms … up to the timeout.
       entry.tried.clear();
       entry.server = undefined;
-      entry.timer = wheel.schedule(timeoutFor(server, entry.attempts), () => markDue(entry));
+      const retryMs = Math.min(
+        timeoutFor(server, entry.attempts),
+        notHeldRetryMsInitial * 2 ** (entry.attempts - 1),
+      );
+      entry.timer = wheel.schedule(retryMs, () => markDue(entry));
       return;
     }
     markDue(entry);
