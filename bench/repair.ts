@@ -317,7 +317,128 @@ async function runUftp(
   return { scenario: scenario.name, intact, seconds, dropped };
 }
 
+/**
+ * Four repair servers behind one lossy link (the router's egress to the edge subnet), the
+ * retransmit server upstream answering by multicast on a repair group: REPAIR packets sent per
+ * packet lost on the link.
+ */
+async function runFour(bed: Testbed, file: string, secret: string, lossPercent: number): Promise<string> {
+  port += 10;
+  const s1 = `239.64.0.1:${port}`;
+  const repairGroup = `239.64.0.9:${port + 9}`;
+  const retransmit = bed.gatecast('rta', [
+    'retransmit',
+    '--join',
+    s1,
+    '--iface',
+    'eth0',
+    '--listen',
+    '10.200.1.21:7000',
+    '--secret-file',
+    secret,
+    '--repair-group',
+    repairGroup,
+    '--status',
+    '127.0.0.1:9101',
+  ]);
+  const hosts = ['rep', 'rx1', 'rx2', 'rt3'];
+  const repairs = hosts.map((host, i) =>
+    bed.gatecast(host, [
+      'repair',
+      '--join',
+      s1,
+      '--iface',
+      'eth0',
+      '--listen',
+      '0.0.0.0:7100',
+      '--secret-file',
+      secret,
+      '--retransmit',
+      '10.200.1.21:7000',
+      '--repair-group',
+      repairGroup,
+      '--emit',
+      `239.64.1.${i + 1}:${port + 1}`,
+      '--reliable',
+      '--status',
+      '127.0.0.1:9100',
+      '--emit-iface',
+      '127.0.0.1',
+    ]),
+  );
+  await Promise.all([retransmit.waitFor(/listening on/), ...repairs.map((r) => r.waitFor(/listening on/))]);
+  bed.control('linkloss', String(lossPercent), String(port));
+  const sender = bed.gatecast('src', [
+    'send',
+    '--group',
+    s1,
+    '--iface',
+    'eth0',
+    '--file',
+    file,
+    '--rate',
+    `${rateMbit}M`,
+  ]);
+  await sender.finished;
+  await sleep(1500);
+  const lost = Number(bed.control('linkdropped') || 0);
+  const rt = JSON.parse(bed.control('status', 'rta', 'http://127.0.0.1:9101/status')) as Record<
+    string,
+    number
+  >;
+  const statuses = hosts.map(
+    (host) =>
+      JSON.parse(bed.control('status', host, 'http://127.0.0.1:9100/status')) as Record<string, number>,
+  );
+  bed.control('linkloss', '0', String(port));
+  for (const process of [...repairs, retransmit]) {
+    process.child.kill('SIGTERM');
+    await process.finished;
+  }
+  const whole = statuses.filter((x) => x.unrecoverable === 0 && x.sessionsCompleted === 1).length;
+  const nacks = statuses.reduce((sum, x) => sum + (x.nacksSent ?? 0), 0);
+  return `| ${lossPercent} % | ${lost} | ${whole} of 4 | ${nacks} (${(nacks / Math.max(1, lost)).toFixed(2)} per lost) | ${rt.nacksReceived} | ${rt.repairsSent} | ${rt.suppressed} | ${((rt.repairsSent ?? 0) / Math.max(1, lost)).toFixed(2)} |`;
+}
+
+async function mainFour(): Promise<void> {
+  const bed = createTestbed();
+  const directory = mkdtempSync('/dev/shm/gatecast-bench-four-');
+  const rows: string[] = [];
+  try {
+    const file = join(directory, 'payload.bin');
+    writeFileSync(file, randomBytes(fileBytes));
+    const secret = join(directory, 'secret');
+    writeFileSync(secret, 'benchmark operator secret, local only\n');
+    for (const lossPercent of [5, 10]) {
+      rows.push(await runFour(bed, file, secret, lossPercent));
+      console.error(rows.at(-1));
+    }
+  } finally {
+    bed.down();
+    rmSync(directory, { recursive: true, force: true });
+  }
+  writeSection(
+    'four',
+    `## Four repair servers behind one lossy link
+
+- Command: \`npm run bench\` (bench/repair.ts). The same ${fileBytes / 1e6} MB file at ${rateMbit} Mbit/s; the loss is on
+  the router's egress to the edge subnet (nftables on the forward hook), so the four repair servers
+  there lose the same packets. One retransmit server sits upstream in the source subnet and answers
+  once, by multicast on a repair group that the repair servers join (\`--repair-group\`); a sequence
+  multicast once is not sent again within 50 ms.
+
+| loss | lost on the link | repair servers whole | NACKs sent (all four) | NACKs received | REPAIRs sent | suppressed | REPAIRs per lost packet |
+|---|---|---|---|---|---|---|---|
+${rows.join('\n')}
+`,
+  );
+}
+
 async function main(): Promise<void> {
+  if (process.env.BENCH_FOUR_ONLY === '1') {
+    await mainFour();
+    return;
+  }
   const unavailable = testbedUnavailable(['uftp', 'uftpd']);
   if (unavailable !== undefined) {
     console.error(`bench repair: cannot run: ${unavailable}`);
@@ -360,6 +481,9 @@ async function main(): Promise<void> {
     rmSync(directory, { recursive: true, force: true });
   }
   report(gatecast, uftp, failover);
+  if (process.env.BENCH_REPAIR_ONLY === undefined) {
+    await mainFour();
+  }
 }
 
 function report(gatecast: GatecastResult[], uftp: UftpResult[], failover: GatecastResult | undefined): void {

@@ -64,7 +64,7 @@ up() {
   ip netns add "$sw"
   for host in "${hosts[@]}"; do
     ip netns add "$prefix-$host"
-    ip -n "$prefix-$host" link set lo up
+    ip -n "$prefix-$host" link set lo up multicast on
     # Room for 4 MiB socket buffers, as the roles ask (per namespace on current kernels).
     in_ns "$prefix-$host" sysctl -qw net.core.rmem_max=8388608 net.core.wmem_max=8388608 2>/dev/null || true
   done

@@ -425,6 +425,8 @@ export async function startRetransmitServer(settings: RetransmitSettings): Promi
       control.send(announce, target.port, target.address);
     }
     announceSender?.send(announce, announce.length);
+    // Also on the repair group: routers install its forwarding state before the first repair needs it.
+    repairSender?.send(announce, announce.length);
     if (settings.peers.length > 0) {
       const quality = sealer.seal(encodeQuality(header, { sessions: qualities }));
       for (const peer of settings.peers) {
@@ -433,14 +435,16 @@ export async function startRetransmitServer(settings: RetransmitSettings): Promi
     }
   };
   let ticking = false;
-  const timer = setInterval(() => {
+  const runTick = () => {
     if (!ticking) {
       ticking = true;
       void tick().finally(() => {
         ticking = false;
       });
     }
-  }, settings.election?.periodMs ?? announceIntervalMsDefault);
+  };
+  runTick(); // announce at once: repair servers learn of us, routers install the groups' state
+  const timer = setInterval(runTick, settings.election?.periodMs ?? announceIntervalMsDefault);
 
   const status = (): RetransmitStatus => ({
     role: 'retransmit',
