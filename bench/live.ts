@@ -9,8 +9,12 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import {
   createTestbed,
-  type HostProcess,
   repoRoot,
+  retransmitAt,
+  sleep,
+  startRepair,
+  startRetransmit,
+  stop,
   type Testbed,
   testbedUnavailable,
 } from '../test/helpers/testbed.js';
@@ -19,7 +23,6 @@ import { writeSection } from './report.js';
 const packetsPerSecond = 1000;
 const seconds = Number(process.env.BENCH_LIVE_SECONDS ?? 8);
 const budgetMs = 100;
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 const peer = join(repoRoot, 'bench', 'live-peer.ts');
 
 interface Row {
@@ -34,43 +37,19 @@ interface Row {
 
 const node = (bed: Testbed, host: string, args: string[]) =>
   bed.spawn(host, process.execPath, ['--import', 'tsx', peer, ...args]);
-const stop = async (process: HostProcess) => {
-  process.child.kill('SIGTERM');
-  await process.finished;
-};
 const last = (text: string) => JSON.parse(text.trim().split('\n').pop() ?? '{}') as Record<string, number>;
 
 async function runGatecast(bed: Testbed, secret: string, lossPercent: number, port: number): Promise<Row> {
   const s1 = `239.63.0.1:${port}`;
   const s2 = `239.63.0.2:${port + 1}`;
-  const retransmit = bed.gatecast('rt1', [
-    'retransmit',
-    '--join',
+  const retransmit = startRetransmit(bed, 'rt1', s1, secret);
+  const repair = startRepair(bed, 'rep', {
     s1,
-    '--iface',
-    'eth0',
-    '--listen',
-    '10.200.2.21:7000',
-    '--secret-file',
+    emit: s2,
     secret,
-  ]);
-  const repair = bed.gatecast('rep', [
-    'repair',
-    '--join',
-    s1,
-    '--iface',
-    'eth0',
-    '--listen',
-    '10.200.2.31:7100',
-    '--secret-file',
-    secret,
-    '--retransmit',
-    '10.200.2.21:7000',
-    '--emit',
-    s2,
-    '--latency',
-    String(budgetMs),
-  ]);
+    retransmit: [retransmitAt('rt1')],
+    mode: ['--latency', String(budgetMs)],
+  });
   bed.control('translate', 'rx1', String(port));
   const agent = bed.gatecast('rx1', [
     'agent',

@@ -21,6 +21,10 @@ import {
   createTestbed,
   type HostProcess,
   repoRoot,
+  retransmitAt,
+  sleep,
+  startRepair,
+  startRetransmit,
   type Testbed,
   testbedUnavailable,
 } from '../test/helpers/testbed.js';
@@ -28,7 +32,6 @@ import { writeSection } from './report.js';
 
 const fileBytes = Number(process.env.BENCH_REPAIR_BYTES ?? 20_000_000);
 const rateMbit = Number(process.env.BENCH_REPAIR_MBIT ?? 100);
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 const sha256 = (bytes: Buffer) => createHash('sha256').update(bytes).digest('hex');
 
 interface Scenario {
@@ -100,16 +103,7 @@ async function runGatecast(
   const rts: HostProcess[] = [];
   for (let i = 0; i < scenario.retransmitServers; i++) {
     rts.push(
-      bed.gatecast(`rt${i + 1}`, [
-        'retransmit',
-        '--join',
-        s1,
-        '--iface',
-        'eth0',
-        '--listen',
-        `10.200.2.2${i + 1}:7000`,
-        '--secret-file',
-        secret,
+      startRetransmit(bed, `rt${i + 1}`, s1, secret, [
         '--announce-to',
         '10.200.2.31:7100',
         '--status',
@@ -126,34 +120,23 @@ async function runGatecast(
           'tsx',
           join(repoRoot, 'bench', 'delay-line.ts'),
           `127.0.0.1:${7200 + i}`,
-          `10.200.2.2${i + 1}:7000`,
+          retransmitAt(`rt${i + 1}`),
           String(scenario.delayMs),
         ]),
       );
     }
     await Promise.all(lines.map((line) => line.waitFor(/delay line/)));
   }
-  const retransmitList = rts
-    .map((_, i) => (scenario.delayMs === undefined ? `10.200.2.2${i + 1}:7000` : `127.0.0.1:${7200 + i}`))
-    .join(',');
-  const repair = bed.gatecast('rep', [
-    'repair',
-    '--join',
+  const retransmitList = rts.map((_, i) =>
+    scenario.delayMs === undefined ? retransmitAt(`rt${i + 1}`) : `127.0.0.1:${7200 + i}`,
+  );
+  const repair = startRepair(bed, 'rep', {
     s1,
-    '--iface',
-    'eth0',
-    '--listen',
-    '10.200.2.31:7100',
-    '--secret-file',
+    emit: s2,
     secret,
-    '--retransmit',
-    retransmitList,
-    '--emit',
-    s2,
-    '--reliable',
-    '--status',
-    '127.0.0.1:9100',
-  ]);
+    retransmit: retransmitList,
+    mode: ['--reliable', '--status', '127.0.0.1:9100'],
+  });
   const receiver = bed.gatecast('rx1', [
     'receive',
     '--group',
@@ -326,16 +309,7 @@ async function runFour(bed: Testbed, file: string, secret: string, lossPercent: 
   port += 10;
   const s1 = `239.64.0.1:${port}`;
   const repairGroup = `239.64.0.9:${port + 9}`;
-  const retransmit = bed.gatecast('rta', [
-    'retransmit',
-    '--join',
-    s1,
-    '--iface',
-    'eth0',
-    '--listen',
-    '10.200.1.21:7000',
-    '--secret-file',
-    secret,
+  const retransmit = startRetransmit(bed, 'rta', s1, secret, [
     '--repair-group',
     repairGroup,
     '--status',
@@ -343,28 +317,21 @@ async function runFour(bed: Testbed, file: string, secret: string, lossPercent: 
   ]);
   const hosts = ['rep', 'rx1', 'rx2', 'rt3'];
   const repairs = hosts.map((host, i) =>
-    bed.gatecast(host, [
-      'repair',
-      '--join',
+    startRepair(bed, host, {
       s1,
-      '--iface',
-      'eth0',
-      '--listen',
-      '0.0.0.0:7100',
-      '--secret-file',
+      emit: `239.64.1.${i + 1}:${port + 1}`,
       secret,
-      '--retransmit',
-      '10.200.1.21:7000',
-      '--repair-group',
-      repairGroup,
-      '--emit',
-      `239.64.1.${i + 1}:${port + 1}`,
-      '--reliable',
-      '--status',
-      '127.0.0.1:9100',
-      '--emit-iface',
-      '127.0.0.1',
-    ]),
+      retransmit: [retransmitAt('rta')],
+      mode: [
+        '--reliable',
+        '--repair-group',
+        repairGroup,
+        '--emit-iface',
+        '127.0.0.1',
+        '--status',
+        '127.0.0.1:9100',
+      ],
+    }),
   );
   await Promise.all([retransmit.waitFor(/listening on/), ...repairs.map((r) => r.waitFor(/listening on/))]);
   bed.control('linkloss', String(lossPercent), String(port));

@@ -3,9 +3,15 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { createTestbed, type HostProcess, type Testbed, testbedSkip } from '../helpers/testbed.js';
-
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+import {
+  createTestbed,
+  type HostProcess,
+  retransmitAt,
+  sleep,
+  startRetransmit,
+  type Testbed,
+  testbedSkip,
+} from '../helpers/testbed.js';
 
 interface SessionStatus {
   state: string;
@@ -59,23 +65,13 @@ describe('election of retransmit servers on the namespace test bed', testbedSkip
   it('a server whose link loses 20 % withdraws (visible in its status) and comes back when the others stop', async () => {
     const s1 = '239.40.0.1:5300';
     const hosts = ['rt1', 'rt2', 'rt3'];
-    const addresses = ['10.200.2.21', '10.200.2.22', '10.200.2.23'];
     bed.control('loss', 'rt3', '20', '5300');
-    const servers: HostProcess[] = hosts.map((host, i) =>
-      bed.gatecast(host, [
-        'retransmit',
-        '--join',
-        s1,
-        '--iface',
-        'eth0',
-        '--listen',
-        `${addresses[i]}:7000`,
-        '--secret-file',
-        join(directory, 'secret'),
+    const servers: HostProcess[] = hosts.map((host) =>
+      startRetransmit(bed, host, s1, join(directory, 'secret'), [
         '--peer',
-        addresses
-          .filter((_, j) => j !== i)
-          .map((address) => `${address}:7000`)
+        hosts
+          .filter((other) => other !== host)
+          .map(retransmitAt)
           .join(','),
         '--election-loss',
         '5',

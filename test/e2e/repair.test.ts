@@ -9,16 +9,16 @@ import {
   createTestbed,
   type HostProcess,
   repoRoot,
+  retransmitAt,
+  sleep,
+  startRepair,
+  startRetransmit,
+  stop,
   type Testbed,
   testbedSkip,
 } from '../helpers/testbed.js';
 
 const sha256 = (bytes: Buffer) => createHash('sha256').update(bytes).digest('hex');
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
-const stopProcess = (process: HostProcess) => {
-  process.child.kill('SIGTERM');
-  return process.finished;
-};
 
 /**
  * Source -> router (smcrouted) -> edge subnet with two retransmit servers (rt1, rt2; no loss), the
@@ -48,49 +48,21 @@ describe('repair service on the namespace test bed', testbedSkip(['socat']), () 
     rmSync(directory, { recursive: true, force: true });
   });
 
-  const stop = async (process: HostProcess) => {
-    process.child.kill('SIGTERM');
-    return process.finished;
-  };
-
   /** Runs one repaired transfer; lose() injects loss on the repair server's S1 path meanwhile. */
   async function transfer(options: { lose: (s1Port: number) => Promise<void>; killFirst?: boolean }) {
     port += 10;
     const s1 = `239.30.0.1:${port}`;
     const s2 = `239.30.0.2:${port + 1}`;
-    const retransmits = ['rt1', 'rt2'].map((host, i) =>
-      bed.gatecast(host, [
-        'retransmit',
-        '--join',
-        s1,
-        '--iface',
-        'eth0',
-        '--listen',
-        `10.200.2.2${i + 1}:7000`,
-        '--secret-file',
-        secret(),
-        '--announce-to',
-        '10.200.2.31:7100',
-      ]),
+    const retransmits = ['rt1', 'rt2'].map((host) =>
+      startRetransmit(bed, host, s1, secret(), ['--announce-to', '10.200.2.31:7100']),
     );
-    const repair = bed.gatecast('rep', [
-      'repair',
-      '--join',
+    const repair = startRepair(bed, 'rep', {
       s1,
-      '--iface',
-      'eth0',
-      '--listen',
-      '10.200.2.31:7100',
-      '--secret-file',
-      secret(),
-      '--retransmit',
-      '10.200.2.21:7000,10.200.2.22:7000',
-      '--emit',
-      s2,
-      '--reliable',
-      '--status',
-      '127.0.0.1:9100',
-    ]);
+      emit: s2,
+      secret: secret(),
+      retransmit: [retransmitAt('rt1'), retransmitAt('rt2')],
+      mode: ['--reliable', '--status', '127.0.0.1:9100'],
+    });
     const output = join(directory, `s2-${port}.bin`);
     const receiver = bed.gatecast('rx1', [
       'receive',
@@ -234,36 +206,14 @@ describe(
       const s1 = '239.31.0.1:5400';
       const s2 = '239.31.0.2:5402';
       const secret = join(directory, 'secret');
-      const retransmit = bed.gatecast('rt1', [
-        'retransmit',
-        '--join',
+      const retransmit = startRetransmit(bed, 'rt1', s1, secret);
+      const repair = startRepair(bed, 'rep', {
         s1,
-        '--iface',
-        'eth0',
-        '--listen',
-        '10.200.2.21:7000',
-        '--secret-file',
+        emit: s2,
         secret,
-      ]);
-      const repair = bed.gatecast('rep', [
-        'repair',
-        '--join',
-        s1,
-        '--iface',
-        'eth0',
-        '--listen',
-        '10.200.2.31:7100',
-        '--secret-file',
-        secret,
-        '--retransmit',
-        '10.200.2.21:7000',
-        '--emit',
-        s2,
-        '--latency',
-        '200',
-        '--status',
-        '127.0.0.1:9100',
-      ]);
+        retransmit: [retransmitAt('rt1')],
+        mode: ['--latency', '200', '--status', '127.0.0.1:9100'],
+      });
       bed.control('translate', 'rx2', '5400');
       const agent = bed.gatecast('rx2', [
         'agent',
@@ -335,9 +285,9 @@ describe(
       >;
       const dropped = Number(bed.control('dropped', 'rep') || 0);
       const rawDropped = Number(bed.control('translated', 'rx2') || 0);
-      const agentLog = (await stopProcess(agent)).stderr;
-      await stopProcess(repair);
-      await stopProcess(retransmit);
+      const agentLog = (await stop(agent)).stderr;
+      await stop(repair);
+      await stop(retransmit);
       assert.ok(rawDropped > 100, `the raw S1 was not kept from the application (${rawDropped})`);
       assert.match(agentLog, /delivered [1-9]\d* /);
       assert.ok(dropped > 0, 'nftables dropped nothing on the repair server');
@@ -380,16 +330,7 @@ describe('four repair servers behind one lossy link, one retransmit server upstr
     const s1 = '239.32.0.1:5500';
     const repairGroup = '239.32.0.9:5599';
     const secret = join(directory, 'secret');
-    const retransmit = bed.gatecast('rta', [
-      'retransmit',
-      '--join',
-      s1,
-      '--iface',
-      'eth0',
-      '--listen',
-      '10.200.1.21:7000',
-      '--secret-file',
-      secret,
+    const retransmit = startRetransmit(bed, 'rta', s1, secret, [
       '--repair-group',
       repairGroup,
       '--status',
@@ -397,28 +338,22 @@ describe('four repair servers behind one lossy link, one retransmit server upstr
     ]);
     const hosts = ['rep', 'rx1', 'rx2', 'rt3'];
     const repairs = hosts.map((host, i) =>
-      bed.gatecast(host, [
-        'repair',
-        '--join',
+      startRepair(bed, host, {
         s1,
-        '--iface',
-        'eth0',
-        '--listen',
-        '0.0.0.0:7100',
-        '--secret-file',
+        emit: `239.32.1.${i + 1}:5510`,
         secret,
-        '--retransmit',
-        '10.200.1.21:7000',
-        '--repair-group',
-        repairGroup,
-        '--emit',
-        `239.32.1.${i + 1}:5510`,
-        '--emit-iface',
-        '127.0.0.1', // S2 stays on each host: four S2 streams flooding the edge bridge are not the point here
-        '--reliable',
-        '--status',
-        '127.0.0.1:9100',
-      ]),
+        retransmit: [retransmitAt('rta')],
+        // S2 stays on each host: four S2 streams flooding the edge bridge are not the point here.
+        mode: [
+          '--reliable',
+          '--repair-group',
+          repairGroup,
+          '--emit-iface',
+          '127.0.0.1',
+          '--status',
+          '127.0.0.1:9100',
+        ],
+      }),
     );
     await Promise.all([retransmit.waitFor(/listening on/), ...repairs.map((r) => r.waitFor(/listening on/))]);
     bed.control('linkloss', '10', '5500');
@@ -444,7 +379,7 @@ describe('four repair servers behind one lossy link, one retransmit server upstr
         JSON.parse(bed.control('status', host, 'http://127.0.0.1:9100/status')) as Record<string, number>,
     );
     for (const process of [...repairs, retransmit]) {
-      await stopProcess(process);
+      await stop(process);
     }
     assert.ok(lost > 150, `the link dropped only ${lost} packets`);
     for (const [i, status] of statuses.entries()) {
@@ -476,19 +411,7 @@ describe('a retransmit server on the test bed answers only repair servers it kno
   it('forged, tampered, malformed and replayed NACKs from another host get no byte; a genuine one is answered', async () => {
     const s1 = '239.33.0.1:5600';
     const secret = join(directory, 'secret');
-    const retransmit = bed.gatecast('rt1', [
-      'retransmit',
-      '--join',
-      s1,
-      '--iface',
-      'eth0',
-      '--listen',
-      '10.200.2.21:7000',
-      '--secret-file',
-      secret,
-      '--status',
-      '127.0.0.1:9101',
-    ]);
+    const retransmit = startRetransmit(bed, 'rt1', s1, secret, ['--status', '127.0.0.1:9101']);
     await retransmit.waitFor(/listening on/);
     const sender = bed.gatecast('src', [
       'send',
@@ -534,7 +457,7 @@ describe('a retransmit server on the test bed answers only repair servers it kno
       repairsSent: number;
       dropped: Record<string, number>;
     };
-    await stopProcess(retransmit);
+    await stop(retransmit);
     assert.equal(status.repairsSent, 100, JSON.stringify(status));
     assert.equal(status.dropped['nack-unknown-key'], 1, JSON.stringify(status.dropped));
     assert.equal(status.dropped['nack-bad-tag'], 1);

@@ -184,3 +184,81 @@ export async function burstLoss(
     await sleep(schedule.offMs);
   }
 }
+
+/** Small helpers the end-to-end tests and benchmarks share. */
+export const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** Ends a host process with SIGTERM and waits for it. */
+export function stop(process: HostProcess): Promise<Finished> {
+  process.child.kill('SIGTERM');
+  return process.finished;
+}
+
+/** Each host's address on its subnet (scripts/testbed.sh). */
+export const hostAddress: Record<string, string> = {
+  src: '10.200.1.10',
+  rta: '10.200.1.21',
+  rx1: '10.200.2.11',
+  rx2: '10.200.2.12',
+  rt1: '10.200.2.21',
+  rt2: '10.200.2.22',
+  rt3: '10.200.2.23',
+  rep: '10.200.2.31',
+};
+
+/** Where a retransmit server on a host takes NACKs. */
+export const retransmitAt = (host: string) => `${hostAddress[host]}:7000`;
+
+/** Starts `gatecast retransmit` on a host, joined to s1 on eth0, listening on retransmitAt(host). */
+export function startRetransmit(
+  bed: Testbed,
+  host: string,
+  s1: string,
+  secret: string,
+  extra: string[] = [],
+): HostProcess {
+  return bed.gatecast(host, [
+    'retransmit',
+    '--join',
+    s1,
+    '--iface',
+    'eth0',
+    '--listen',
+    retransmitAt(host),
+    '--secret-file',
+    secret,
+    ...extra,
+  ]);
+}
+
+/** Starts `gatecast repair` on a host: s1 on eth0 -> emit, listening on port 7100. */
+export function startRepair(
+  bed: Testbed,
+  host: string,
+  options: {
+    s1: string;
+    emit: string;
+    secret: string;
+    retransmit: string[];
+    mode: string[];
+    extra?: string[];
+  },
+): HostProcess {
+  return bed.gatecast(host, [
+    'repair',
+    '--join',
+    options.s1,
+    '--iface',
+    'eth0',
+    '--listen',
+    `${hostAddress[host]}:7100`,
+    '--secret-file',
+    options.secret,
+    '--retransmit',
+    options.retransmit.join(','),
+    '--emit',
+    options.emit,
+    ...options.mode,
+    ...(options.extra ?? []),
+  ]);
+}
