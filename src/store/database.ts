@@ -1,0 +1,83 @@
+/**
+ * The store: Kysely over SQLite (better-sqlite3, the embedded default) or PostgreSQL (pg, when
+ * several servers share state), with one set of migrations for both.
+ */
+import { mkdirSync } from 'node:fs';
+import { dirname } from 'node:path';
+import SQLite from 'better-sqlite3';
+import { Kysely, PostgresDialect, SqliteDialect } from 'kysely';
+import { type Migration, Migrator } from 'kysely/migration';
+import pg from 'pg';
+import { StoreUrlError } from './errors.js';
+import { migrations } from './migrations.js';
+
+/** Tables as Kysely sees them. Money is integer minor units. */
+export interface Schema {
+  accounts: {
+    id: string;
+    name: string;
+    kind: string;
+    currency: string;
+    created_at: string;
+  };
+  transfers: {
+    id: string;
+    idempotency_key: string;
+    request_hash: string;
+    debit_account: string;
+    credit_account: string;
+    amount: number | string | bigint;
+    currency: string;
+    memo: string;
+    created_at: string;
+  };
+}
+
+/** An open store. */
+export interface Store extends AsyncDisposable {
+  readonly db: Kysely<Schema>;
+  readonly dialect: 'sqlite' | 'postgres';
+  close(): Promise<void>;
+}
+
+/** Opens "sqlite:PATH", "sqlite::memory:" or "postgres://…" and brings the schema up to date. */
+export async function openStore(url: string): Promise<Store> {
+  let db: Kysely<Schema>;
+  let dialect: Store['dialect'];
+  if (url.startsWith('sqlite:')) {
+    const path = url.slice('sqlite:'.length);
+    if (path === '') {
+      throw new StoreUrlError(`--db: "${url}" names no file (sqlite:PATH or sqlite::memory:)`);
+    }
+    if (path !== ':memory:') {
+      mkdirSync(dirname(path), { recursive: true });
+    }
+    const database = new SQLite(path);
+    database.pragma('journal_mode = WAL');
+    database.pragma('foreign_keys = ON');
+    db = new Kysely<Schema>({ dialect: new SqliteDialect({ database }) });
+    dialect = 'sqlite';
+  } else if (url.startsWith('postgres://') || url.startsWith('postgresql://')) {
+    db = new Kysely<Schema>({
+      dialect: new PostgresDialect({ pool: new pg.Pool({ connectionString: url, max: 8 }) }),
+    });
+    dialect = 'postgres';
+  } else {
+    throw new StoreUrlError(`--db: "${url}" is neither sqlite:PATH nor postgres://…`);
+  }
+  const migrator = new Migrator({
+    db,
+    provider: { getMigrations: async (): Promise<Record<string, Migration>> => migrations },
+  });
+  const { error } = await migrator.migrateToLatest();
+  if (error) {
+    await db.destroy();
+    throw error;
+  }
+  let closed: Promise<void> | undefined;
+  const close = () => {
+    closed ??= db.destroy();
+    return closed;
+  };
+  return { db, dialect, close, [Symbol.asyncDispose]: close };
+}
