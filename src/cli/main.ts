@@ -7,6 +7,7 @@ import { runDemo } from './demo.js';
 import { exitInternal, exitOk, exitUsage, isOperatingError } from './errors.js';
 import { runReceive } from './receive.js';
 import { runSend } from './send.js';
+import { runServe } from './serve.js';
 import { runAgent, runRepair, runRetransmit } from './servers.js';
 
 const usage = `usage: gatecast <command> [options]
@@ -19,6 +20,7 @@ commands:
   retransmit buffer sessions inside the network and answer NACKs
   repair     repair a session near its receivers, re-emit it whole on a new group
   agent      hand a repaired session to local applications as if it came on S1
+  serve      the subscription server and ledger (HTTP+JSON, SQLite or PostgreSQL)
   demo       run a sender and receivers over loopback and print a summary
   help       show this text (gatecast <command> --help for a command's options)
   version    print the version
@@ -48,6 +50,8 @@ export async function main(argv: string[]): Promise<number> {
         return await runRepair(rest, process.stderr);
       case 'agent':
         return await runAgent(rest, process.stderr);
+      case 'serve':
+        return await runServe(rest, process.stderr);
       case 'demo':
         return await runDemo(rest, process.stdout);
       case 'version':

@@ -20,6 +20,22 @@ export interface Schema {
     currency: string;
     created_at: string;
   };
+  parties: {
+    id: string;
+    kind: string;
+    name: string;
+    token_hash: string;
+    created_at: string;
+  };
+  entitlements: {
+    id: string;
+    subscriber: string;
+    service: string;
+    session: string | null;
+    valid_from: string | null;
+    valid_to: string | null;
+    created_at: string;
+  };
   transfers: {
     id: string;
     idempotency_key: string;

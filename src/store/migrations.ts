@@ -32,4 +32,31 @@ export const migrations: Record<string, Migration> = {
       await db.schema.createIndex('transfers_credit').on('transfers').column('credit_account').execute();
     },
   },
+  '0002-parties': {
+    async up(db: Kysely<unknown>) {
+      await db.schema
+        .createTable('parties')
+        .addColumn('id', 'text', (c) => c.primaryKey())
+        .addColumn('kind', 'text', (c) => c.notNull())
+        .addColumn('name', 'text', (c) => c.notNull())
+        .addColumn('token_hash', 'text', (c) => c.notNull().unique())
+        .addColumn('created_at', 'text', (c) => c.notNull())
+        .execute();
+      await db.schema
+        .createTable('entitlements')
+        .addColumn('id', 'text', (c) => c.primaryKey())
+        .addColumn('subscriber', 'text', (c) => c.notNull().references('parties.id'))
+        .addColumn('service', 'text', (c) => c.notNull())
+        .addColumn('session', 'text')
+        .addColumn('valid_from', 'text')
+        .addColumn('valid_to', 'text')
+        .addColumn('created_at', 'text', (c) => c.notNull())
+        .execute();
+      await db.schema
+        .createIndex('entitlements_subscriber')
+        .on('entitlements')
+        .column('subscriber')
+        .execute();
+    },
+  },
 };

@@ -6,7 +6,7 @@
  * (a conflict), so a retried charge is never doubled and never lost.
  */
 import { createHash, randomUUID } from 'node:crypto';
-import type { Store } from '../store/database.js';
+import type { Store } from './database.js';
 
 /** A ledger request was refused; the code says why. */
 export class LedgerError extends Error {

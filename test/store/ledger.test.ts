@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { createLedger, type LedgerError } from '../../src/billing/ledger.js';
 import { openStore, type Store } from '../../src/store/database.js';
+import { createLedger, type LedgerError } from '../../src/store/ledger.js';
 import { type Postgres, postgresSkip, startPostgres } from '../helpers/postgres.js';
 
 /** The same suite on every dialect (house style: one store suite, SQLite always, PostgreSQL in CI). */
