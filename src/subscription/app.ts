@@ -9,7 +9,7 @@ import swagger from '@fastify/swagger';
 import { type Static, Type } from '@sinclair/typebox';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import type { Store } from '../store/database.js';
-import { createLedger } from '../store/ledger.js';
+import { createLedger, LedgerError } from '../store/ledger.js';
 
 /** Roles a token can hold. */
 export type PartyKind = 'operator' | 'source' | 'subscriber';
@@ -53,6 +53,53 @@ const CheckQuery = Type.Object(
 const CheckResult = Type.Object({ allowed: Type.Boolean(), reason: Type.String() });
 const Balance = Type.Object({ account: Id, balance: Type.Integer(), currency: Type.String() });
 const ErrorBody = Type.Object({ error: Type.String(), message: Type.String() });
+const UsageBody = Type.Object(
+  {
+    account: Id,
+    kind: Type.Union([
+      Type.Literal('repair-bytes'),
+      Type.Literal('pay-as-you-go-bytes'),
+      Type.Literal('source-repair-seconds'),
+    ]),
+    quantity: Type.Integer({ minimum: 1, maximum: Number.MAX_SAFE_INTEGER }),
+    session: Type.Optional(Id),
+  },
+  { additionalProperties: false },
+);
+const UsageHeaders = Type.Object({ 'idempotency-key': Type.String({ minLength: 1, maxLength: 200 }) });
+const Charge = Type.Object({
+  transfer: Id,
+  amount: Type.Integer(),
+  currency: Type.String(),
+  replayed: Type.Boolean(),
+});
+
+/** Rating rules: minor units per unit of usage (docs/architecture.md, "Rating"). */
+export interface RateCard {
+  /** Per 10^9 bytes repaired for a subscriber. */
+  readonly repairPerGigabyte: number;
+  /** Per 10^6 bytes of a pay-as-you-go stream. */
+  readonly payAsYouGoPerMegabyte: number;
+  /** Per hour of a source's repaired session. */
+  readonly sourceRepairPerHour: number;
+}
+export const rateCardDefault: RateCard = {
+  repairPerGigabyte: 50,
+  payAsYouGoPerMegabyte: 1,
+  sourceRepairPerHour: 100,
+};
+
+/** Rates a usage event: the charge in minor units, rounded up (a started unit is charged). */
+export function rate(card: RateCard, kind: Static<typeof UsageBody>['kind'], quantity: number): number {
+  const [price, unit] =
+    kind === 'repair-bytes'
+      ? [card.repairPerGigabyte, 1_000_000_000n]
+      : kind === 'pay-as-you-go-bytes'
+        ? [card.payAsYouGoPerMegabyte, 1_000_000n]
+        : [card.sourceRepairPerHour, 3600n];
+  const total = BigInt(quantity) * BigInt(price);
+  return Number((total + unit - 1n) / unit);
+}
 
 /** Options of the app. */
 export interface SubscriptionAppOptions {
@@ -62,6 +109,7 @@ export interface SubscriptionAppOptions {
   /** Told the operator token the first time one is made (shown once). */
   readonly onOperatorTokenCreated?: (token: string) => void;
   readonly currency?: string;
+  readonly rates?: RateCard;
 }
 
 /** Builds the app (not listening). */
@@ -264,6 +312,110 @@ export async function buildSubscriptionApp(options: SubscriptionAppOptions): Pro
         return reply.code(404).send({ error: 'not-found', message: `no account ${request.params.id}` });
       }
       return { account: account.id, balance: await ledger.balance(account.id), currency: account.currency };
+    },
+  );
+
+  const revenueAccount = 'operator-revenue';
+  app.post<{ Body: Static<typeof UsageBody>; Headers: Static<typeof UsageHeaders> }>(
+    '/v1/usage',
+    {
+      schema: {
+        body: UsageBody,
+        headers: UsageHeaders,
+        response: {
+          200: Charge,
+          201: Charge,
+          400: ErrorBody,
+          401: ErrorBody,
+          403: ErrorBody,
+          404: ErrorBody,
+          409: ErrorBody,
+        },
+      },
+    },
+    async (request, reply) => {
+      const caller = await authenticate(request, reply);
+      if (caller === undefined) {
+        return reply;
+      }
+      if (caller.kind !== 'operator') {
+        return forbid(reply, 'usage is reported by the operator’s servers');
+      }
+      const { account, kind, quantity, session } = request.body;
+      const known = await db.selectFrom('accounts').select('id').where('id', '=', account).executeTakeFirst();
+      if (known === undefined) {
+        return reply.code(404).send({ error: 'not-found', message: `body/account: no account ${account}` });
+      }
+      const revenue = await db
+        .selectFrom('accounts')
+        .select('id')
+        .where('id', '=', revenueAccount)
+        .executeTakeFirst();
+      if (revenue === undefined) {
+        await ledger
+          .createAccount({ id: revenueAccount, name: 'operator revenue', kind: 'revenue', currency })
+          .catch(() => undefined);
+      }
+      try {
+        const transfer = await ledger.transfer({
+          idempotencyKey: request.headers['idempotency-key'],
+          debit: account,
+          credit: revenueAccount,
+          amount: rate(options.rates ?? rateCardDefault, kind, quantity),
+          currency,
+          memo: `${kind} ${quantity}${session === undefined ? '' : ` session ${session}`}`,
+        });
+        return reply
+          .code(transfer.replayed ? 200 : 201)
+          .send({
+            transfer: transfer.id,
+            amount: transfer.amount,
+            currency: transfer.currency,
+            replayed: transfer.replayed,
+          });
+      } catch (error) {
+        if (error instanceof LedgerError && error.code === 'GATECAST_ERR_IDEMPOTENCY_CONFLICT') {
+          return reply.code(409).send({ error: 'conflict', message: error.message });
+        }
+        if (error instanceof LedgerError) {
+          return reply.code(400).send({ error: 'invalid-request', message: error.message });
+        }
+        throw error;
+      }
+    },
+  );
+
+  app.get(
+    '/v1/ledger.csv',
+    { schema: { response: { 401: ErrorBody, 403: ErrorBody } } },
+    async (request, reply) => {
+      const caller = await authenticate(request, reply);
+      if (caller === undefined) {
+        return reply;
+      }
+      if (caller.kind !== 'operator') {
+        return forbid(reply, 'only the operator exports the ledger');
+      }
+      const rows = await db.selectFrom('transfers').selectAll().orderBy('created_at').orderBy('id').execute();
+      const quote = (value: string) => (/[",\n]/.test(value) ? `"${value.replaceAll('"', '""')}"` : value);
+      const lines = ['id,created_at,idempotency_key,debit,credit,amount,currency,memo'];
+      for (const row of rows) {
+        lines.push(
+          [
+            row.id,
+            row.created_at,
+            row.idempotency_key,
+            row.debit_account,
+            row.credit_account,
+            String(row.amount),
+            row.currency,
+            row.memo,
+          ]
+            .map(quote)
+            .join(','),
+        );
+      }
+      return reply.type('text/csv; charset=utf-8').send(`${lines.join('\n')}\n`);
     },
   );
 

@@ -148,6 +148,50 @@ describe('subscription server API (app.inject, SQLite in memory)', () => {
     assert.ok(big.statusCode === 413 || big.statusCode === 400, String(big.statusCode));
   });
 
+  it('rates usage into the ledger once per Idempotency-Key; a changed body is a 409; the ledger sums to zero', async () => {
+    const alice = (await post('/v1/subscribers', operatorToken, { name: 'payer' })).json() as { id: string };
+    const usage = (key: string | undefined, body: unknown) =>
+      app.inject({
+        method: 'POST',
+        url: '/v1/usage',
+        headers: { ...as(operatorToken), ...(key === undefined ? {} : { 'idempotency-key': key }) },
+        payload: body as object,
+      });
+    const event = { account: alice.id, kind: 'repair-bytes', quantity: 2_500_000_001 };
+    const first = await usage('usage-1', event);
+    assert.equal(first.statusCode, 201, first.body);
+    assert.equal(
+      (first.json() as { amount: number }).amount,
+      126,
+      '2.5 GB at 50 per GB, a started unit charged',
+    );
+    const retry = await usage('usage-1', event);
+    assert.equal(retry.statusCode, 200);
+    assert.equal(
+      (retry.json() as { transfer: string }).transfer,
+      (first.json() as { transfer: string }).transfer,
+    );
+    assert.equal((await usage('usage-1', { ...event, quantity: 5 })).statusCode, 409);
+    assert.equal((await usage(undefined, event)).statusCode, 400, 'the key is required');
+    assert.equal((await usage('usage-2', { ...event, kind: 'free-lunch' })).statusCode, 400);
+    assert.equal((await usage('usage-3', { ...event, account: 'nobody' })).statusCode, 404);
+    const balance = (await get(`/v1/accounts/${alice.id}/balance`, operatorToken)).json() as {
+      balance: number;
+    };
+    assert.equal(balance.balance, -126);
+    const revenue = (await get('/v1/accounts/operator-revenue/balance', operatorToken)).json() as {
+      balance: number;
+    };
+    assert.equal(revenue.balance, 126);
+    const csv = await get('/v1/ledger.csv', operatorToken);
+    assert.equal(csv.statusCode, 200);
+    assert.match(String(csv.headers['content-type']), /text\/csv/);
+    const lines = csv.body.trim().split('\n');
+    assert.equal(lines[0], 'id,created_at,idempotency_key,debit,credit,amount,currency,memo');
+    assert.equal(lines.filter((line) => line.includes(',usage-1,')).length, 1);
+    assert.equal((await get('/v1/ledger.csv', undefined)).statusCode, 401);
+  });
+
   it('serves an OpenAPI document listing the paths', async () => {
     const response = await get('/openapi.json', undefined);
     assert.equal(response.statusCode, 200);
