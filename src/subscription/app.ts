@@ -365,14 +365,12 @@ export async function buildSubscriptionApp(options: SubscriptionAppOptions): Pro
           currency,
           memo: `${kind} ${quantity}${session === undefined ? '' : ` session ${session}`}`,
         });
-        return reply
-          .code(transfer.replayed ? 200 : 201)
-          .send({
-            transfer: transfer.id,
-            amount: transfer.amount,
-            currency: transfer.currency,
-            replayed: transfer.replayed,
-          });
+        return reply.code(transfer.replayed ? 200 : 201).send({
+          transfer: transfer.id,
+          amount: transfer.amount,
+          currency: transfer.currency,
+          replayed: transfer.replayed,
+        });
       } catch (error) {
         if (error instanceof LedgerError && error.code === 'GATECAST_ERR_IDEMPOTENCY_CONFLICT') {
           return reply.code(409).send({ error: 'conflict', message: error.message });
