@@ -3,232 +3,266 @@ import { after, before, describe, it } from 'node:test';
 import type { FastifyInstance } from 'fastify';
 import { openStore, type Store } from '../../src/store/database.js';
 import { buildSubscriptionApp } from '../../src/subscription/app.js';
+import { type Postgres, postgresSkip, startPostgres } from '../helpers/postgres.js';
 
 const operatorToken = 'operator-token-for-tests-0123456789';
 
-describe('subscription server API (app.inject, SQLite in memory)', () => {
-  let store: Store;
-  let app: FastifyInstance;
-  const as = (token: string | undefined) => (token === undefined ? {} : { authorization: `Bearer ${token}` });
-  const post = (url: string, token: string | undefined, payload: unknown) =>
-    app.inject({ method: 'POST', url, headers: as(token), payload: payload as object });
-  const get = (url: string, token: string | undefined) =>
-    app.inject({ method: 'GET', url, headers: as(token) });
-  const count = async (table: 'parties' | 'entitlements') =>
-    (await store.db.selectFrom(table).select('id').execute()).length;
+/** The same API suite on every dialect: SQLite always, PostgreSQL where a cluster can start. */
+function apiSuite(name: string, options: { skip?: string }, url: () => string, cleanup: () => void) {
+  describe(`subscription server API (app.inject, ${name})`, options, () => {
+    let store: Store;
+    let app: FastifyInstance;
+    const as = (token: string | undefined) =>
+      token === undefined ? {} : { authorization: `Bearer ${token}` };
+    const post = (url: string, token: string | undefined, payload: unknown) =>
+      app.inject({ method: 'POST', url, headers: as(token), payload: payload as object });
+    const get = (url: string, token: string | undefined) =>
+      app.inject({ method: 'GET', url, headers: as(token) });
+    const count = async (table: 'parties' | 'entitlements') =>
+      (await store.db.selectFrom(table).select('id').execute()).length;
 
-  before(async () => {
-    store = await openStore('sqlite::memory:');
-    app = await buildSubscriptionApp({ store, operatorToken });
-  });
-  after(async () => {
-    await app.close();
-    await store.close();
-  });
-
-  it('the operator creates a subscriber and a source; each token is shown once', async () => {
-    const subscriber = await post('/v1/subscribers', operatorToken, { name: 'alice' });
-    assert.equal(subscriber.statusCode, 201, subscriber.body);
-    const body = subscriber.json() as { id: string; token: string; kind: string };
-    assert.equal(body.kind, 'subscriber');
-    assert.match(body.token, /^gct_/);
-    const source = await post('/v1/sources', operatorToken, { name: 'news channel' });
-    assert.equal(source.statusCode, 201);
-    const stored = await store.db
-      .selectFrom('parties')
-      .select('token_hash')
-      .where('id', '=', body.id)
-      .executeTakeFirstOrThrow();
-    assert.notEqual(stored.token_hash, body.token, 'tokens are stored hashed');
-  });
-
-  it('grants repair and checks it: within its window yes, outside no, other services no', async () => {
-    const alice = (await post('/v1/subscribers', operatorToken, { name: 'alice2' })).json() as {
-      id: string;
-      token: string;
-    };
-    const grant = await post('/v1/entitlements', operatorToken, { subscriber: alice.id, service: 'repair' });
-    assert.equal(grant.statusCode, 201, grant.body);
-    const check = async (service: string, token = operatorToken) =>
-      get(`/v1/entitlements/check?subscriber=${alice.id}&service=${service}`, token);
-    assert.deepEqual((await check('repair')).json(), { allowed: true, reason: 'entitled to repair' });
-    assert.equal(((await check('pay-as-you-go')).json() as { allowed: boolean }).allowed, false);
-    const later = await post('/v1/entitlements', operatorToken, {
-      subscriber: alice.id,
-      service: 'channel',
-      from: '2099-01-01T00:00:00Z',
-      to: '2099-02-01T00:00:00Z',
+    before(async () => {
+      store = await openStore(url());
+      app = await buildSubscriptionApp({ store, operatorToken });
     });
-    assert.equal(later.statusCode, 201);
-    assert.match((await check('channel')).body, /outside its validity window/);
-    assert.equal((await check('repair', alice.token)).statusCode, 200, 'a subscriber reads its own');
-  });
-
-  it('enforces who may do what (role x resource x own/other), and refuses missing or bad tokens', async () => {
-    const alice = (await post('/v1/subscribers', operatorToken, { name: 'a' })).json() as {
-      id: string;
-      token: string;
-    };
-    const bob = (await post('/v1/subscribers', operatorToken, { name: 'b' })).json() as {
-      id: string;
-      token: string;
-    };
-    const source = (await post('/v1/sources', operatorToken, { name: 's' })).json() as {
-      id: string;
-      token: string;
-    };
-    const matrix: Array<[string, () => Promise<{ statusCode: number }>, number]> = [
-      ['subscriber creates a subscriber', () => post('/v1/subscribers', alice.token, { name: 'x' }), 403],
-      ['source creates a subscriber', () => post('/v1/subscribers', source.token, { name: 'x' }), 403],
-      [
-        'subscriber grants itself',
-        () => post('/v1/entitlements', alice.token, { subscriber: alice.id, service: 'repair' }),
-        403,
-      ],
-      [
-        'subscriber checks another',
-        () => get(`/v1/entitlements/check?subscriber=${bob.id}&service=repair`, alice.token),
-        403,
-      ],
-      [
-        'source checks entitlements',
-        () => get(`/v1/entitlements/check?subscriber=${bob.id}&service=repair`, source.token),
-        403,
-      ],
-      ['subscriber reads own balance', () => get(`/v1/accounts/${alice.id}/balance`, alice.token), 200],
-      ['subscriber reads another balance', () => get(`/v1/accounts/${bob.id}/balance`, alice.token), 403],
-      ['operator reads any balance', () => get(`/v1/accounts/${bob.id}/balance`, operatorToken), 200],
-      ['no token', () => post('/v1/subscribers', undefined, { name: 'x' }), 401],
-      ['unknown token', () => post('/v1/subscribers', 'not-a-real-token-at-all', { name: 'x' }), 401],
-      [
-        'malformed header',
-        () =>
-          app.inject({
-            method: 'POST',
-            url: '/v1/subscribers',
-            headers: { authorization: 'Basic abc' },
-            payload: { name: 'x' },
-          }),
-        401,
-      ],
-    ];
-    const parties = await count('parties');
-    for (const [name, call, status] of matrix) {
-      assert.equal((await call()).statusCode, status, name);
-    }
-    assert.equal(await count('parties'), parties, 'nothing was written by refused requests');
-  });
-
-  it('bad input: missing, extra, wrong-typed and oversized fields are a 400 naming the field, with no write', async () => {
-    const alice = (await post('/v1/subscribers', operatorToken, { name: 'c' })).json() as { id: string };
-    const entitlements = await count('entitlements');
-    const cases: Array<[unknown, RegExp]> = [
-      [{ service: 'repair' }, /subscriber/],
-      [{ subscriber: alice.id, service: 'repair', colour: 'blue' }, /additional properties|colour/],
-      [{ subscriber: 42, service: 'repair' }, /subscriber/],
-      [{ subscriber: alice.id, service: 'x'.repeat(65) }, /service/],
-      [{ subscriber: alice.id, service: 'repair', from: 'yesterday' }, /from/],
-      [
-        { subscriber: alice.id, service: 'repair', from: '2030-01-02T00:00:00Z', to: '2030-01-01T00:00:00Z' },
-        /to must be after/,
-      ],
-    ];
-    for (const [payload, message] of cases) {
-      const response = await post('/v1/entitlements', operatorToken, payload);
-      assert.equal(response.statusCode, 400, JSON.stringify(payload));
-      assert.match((response.json() as { message: string }).message, message);
-    }
-    const unknown = await post('/v1/entitlements', operatorToken, {
-      subscriber: 'nobody',
-      service: 'repair',
+    after(async () => {
+      await app?.close();
+      await store?.close();
+      cleanup();
     });
-    assert.equal(unknown.statusCode, 404);
-    assert.equal(await count('entitlements'), entitlements);
-    const big = await post('/v1/subscribers', operatorToken, { name: 'n'.repeat(20_000) });
-    assert.ok(big.statusCode === 413 || big.statusCode === 400, String(big.statusCode));
-  });
 
-  it('rates usage into the ledger once per Idempotency-Key; a changed body is a 409; the ledger sums to zero', async () => {
-    const alice = (await post('/v1/subscribers', operatorToken, { name: 'payer' })).json() as { id: string };
-    const usage = (key: string | undefined, body: unknown) =>
-      app.inject({
-        method: 'POST',
-        url: '/v1/usage',
-        headers: { ...as(operatorToken), ...(key === undefined ? {} : { 'idempotency-key': key }) },
-        payload: body as object,
+    it('the operator creates a subscriber and a source; each token is shown once', async () => {
+      const subscriber = await post('/v1/subscribers', operatorToken, { name: 'alice' });
+      assert.equal(subscriber.statusCode, 201, subscriber.body);
+      const body = subscriber.json() as { id: string; token: string; kind: string };
+      assert.equal(body.kind, 'subscriber');
+      assert.match(body.token, /^gct_/);
+      const source = await post('/v1/sources', operatorToken, { name: 'news channel' });
+      assert.equal(source.statusCode, 201);
+      const stored = await store.db
+        .selectFrom('parties')
+        .select('token_hash')
+        .where('id', '=', body.id)
+        .executeTakeFirstOrThrow();
+      assert.notEqual(stored.token_hash, body.token, 'tokens are stored hashed');
+    });
+
+    it('grants repair and checks it: within its window yes, outside no, other services no', async () => {
+      const alice = (await post('/v1/subscribers', operatorToken, { name: 'alice2' })).json() as {
+        id: string;
+        token: string;
+      };
+      const grant = await post('/v1/entitlements', operatorToken, {
+        subscriber: alice.id,
+        service: 'repair',
       });
-    const event = { account: alice.id, kind: 'repair-bytes', quantity: 2_500_000_001 };
-    const first = await usage('usage-1', event);
-    assert.equal(first.statusCode, 201, first.body);
-    assert.equal(
-      (first.json() as { amount: number }).amount,
-      126,
-      '2.5 GB at 50 per GB, a started unit charged',
-    );
-    const retry = await usage('usage-1', event);
-    assert.equal(retry.statusCode, 200);
-    assert.equal(
-      (retry.json() as { transfer: string }).transfer,
-      (first.json() as { transfer: string }).transfer,
-    );
-    assert.equal((await usage('usage-1', { ...event, quantity: 5 })).statusCode, 409);
-    assert.equal((await usage(undefined, event)).statusCode, 400, 'the key is required');
-    assert.equal((await usage('usage-2', { ...event, kind: 'free-lunch' })).statusCode, 400);
-    assert.equal((await usage('usage-3', { ...event, account: 'nobody' })).statusCode, 404);
-    const balance = (await get(`/v1/accounts/${alice.id}/balance`, operatorToken)).json() as {
-      balance: number;
-    };
-    assert.equal(balance.balance, -126);
-    const revenue = (await get('/v1/accounts/operator-revenue/balance', operatorToken)).json() as {
-      balance: number;
-    };
-    assert.equal(revenue.balance, 126);
-    const csv = await get('/v1/ledger.csv', operatorToken);
-    assert.equal(csv.statusCode, 200);
-    assert.match(String(csv.headers['content-type']), /text\/csv/);
-    const lines = csv.body.trim().split('\n');
-    assert.equal(lines[0], 'id,created_at,idempotency_key,debit,credit,amount,currency,memo');
-    assert.equal(lines.filter((line) => line.includes(',usage-1,')).length, 1);
-    assert.equal((await get('/v1/ledger.csv', undefined)).statusCode, 401);
-  });
+      assert.equal(grant.statusCode, 201, grant.body);
+      const check = async (service: string, token = operatorToken) =>
+        get(`/v1/entitlements/check?subscriber=${alice.id}&service=${service}`, token);
+      assert.deepEqual((await check('repair')).json(), { allowed: true, reason: 'entitled to repair' });
+      assert.equal(((await check('pay-as-you-go')).json() as { allowed: boolean }).allowed, false);
+      const later = await post('/v1/entitlements', operatorToken, {
+        subscriber: alice.id,
+        service: 'channel',
+        from: '2099-01-01T00:00:00Z',
+        to: '2099-02-01T00:00:00Z',
+      });
+      assert.equal(later.statusCode, 201);
+      assert.match((await check('channel')).body, /outside its validity window/);
+      assert.equal((await check('repair', alice.token)).statusCode, 200, 'a subscriber reads its own');
+    });
 
-  it('serves an OpenAPI document listing the paths', async () => {
-    const response = await get('/openapi.json', undefined);
-    assert.equal(response.statusCode, 200);
-    const document = response.json() as { openapi: string; paths: Record<string, unknown> };
-    assert.match(document.openapi, /^3\./);
-    for (const path of [
-      '/v1/subscribers',
-      '/v1/sources',
-      '/v1/entitlements',
-      '/v1/entitlements/check',
-      '/v1/accounts/{id}/balance',
-    ]) {
-      assert.ok(path in document.paths, path);
-    }
-  });
+    it('enforces who may do what (role x resource x own/other), and refuses missing or bad tokens', async () => {
+      const alice = (await post('/v1/subscribers', operatorToken, { name: 'a' })).json() as {
+        id: string;
+        token: string;
+      };
+      const bob = (await post('/v1/subscribers', operatorToken, { name: 'b' })).json() as {
+        id: string;
+        token: string;
+      };
+      const source = (await post('/v1/sources', operatorToken, { name: 's' })).json() as {
+        id: string;
+        token: string;
+      };
+      const matrix: Array<[string, () => Promise<{ statusCode: number }>, number]> = [
+        ['subscriber creates a subscriber', () => post('/v1/subscribers', alice.token, { name: 'x' }), 403],
+        ['source creates a subscriber', () => post('/v1/subscribers', source.token, { name: 'x' }), 403],
+        [
+          'subscriber grants itself',
+          () => post('/v1/entitlements', alice.token, { subscriber: alice.id, service: 'repair' }),
+          403,
+        ],
+        [
+          'subscriber checks another',
+          () => get(`/v1/entitlements/check?subscriber=${bob.id}&service=repair`, alice.token),
+          403,
+        ],
+        [
+          'source checks entitlements',
+          () => get(`/v1/entitlements/check?subscriber=${bob.id}&service=repair`, source.token),
+          403,
+        ],
+        ['subscriber reads own balance', () => get(`/v1/accounts/${alice.id}/balance`, alice.token), 200],
+        ['subscriber reads another balance', () => get(`/v1/accounts/${bob.id}/balance`, alice.token), 403],
+        ['operator reads any balance', () => get(`/v1/accounts/${bob.id}/balance`, operatorToken), 200],
+        ['no token', () => post('/v1/subscribers', undefined, { name: 'x' }), 401],
+        ['unknown token', () => post('/v1/subscribers', 'not-a-real-token-at-all', { name: 'x' }), 401],
+        [
+          'malformed header',
+          () =>
+            app.inject({
+              method: 'POST',
+              url: '/v1/subscribers',
+              headers: { authorization: 'Basic abc' },
+              payload: { name: 'x' },
+            }),
+          401,
+        ],
+      ];
+      const parties = await count('parties');
+      for (const [name, call, status] of matrix) {
+        assert.equal((await call()).statusCode, status, name);
+      }
+      assert.equal(await count('parties'), parties, 'nothing was written by refused requests');
+    });
 
-  it('makes an operator token once on a fresh store when none is given', async () => {
-    const fresh = await openStore('sqlite::memory:');
-    const shown: string[] = [];
-    const first = await buildSubscriptionApp({
-      store: fresh,
-      onOperatorTokenCreated: (token) => shown.push(token),
+    it('bad input: missing, extra, wrong-typed and oversized fields are a 400 naming the field, with no write', async () => {
+      const alice = (await post('/v1/subscribers', operatorToken, { name: 'c' })).json() as { id: string };
+      const entitlements = await count('entitlements');
+      const cases: Array<[unknown, RegExp]> = [
+        [{ service: 'repair' }, /subscriber/],
+        [{ subscriber: alice.id, service: 'repair', colour: 'blue' }, /additional properties|colour/],
+        [{ subscriber: 42, service: 'repair' }, /subscriber/],
+        [{ subscriber: alice.id, service: 'x'.repeat(65) }, /service/],
+        [{ subscriber: alice.id, service: 'repair', from: 'yesterday' }, /from/],
+        [
+          {
+            subscriber: alice.id,
+            service: 'repair',
+            from: '2030-01-02T00:00:00Z',
+            to: '2030-01-01T00:00:00Z',
+          },
+          /to must be after/,
+        ],
+      ];
+      for (const [payload, message] of cases) {
+        const response = await post('/v1/entitlements', operatorToken, payload);
+        assert.equal(response.statusCode, 400, JSON.stringify(payload));
+        assert.match((response.json() as { message: string }).message, message);
+      }
+      const unknown = await post('/v1/entitlements', operatorToken, {
+        subscriber: 'nobody',
+        service: 'repair',
+      });
+      assert.equal(unknown.statusCode, 404);
+      assert.equal(await count('entitlements'), entitlements);
+      const big = await post('/v1/subscribers', operatorToken, { name: 'n'.repeat(20_000) });
+      assert.ok(big.statusCode === 413 || big.statusCode === 400, String(big.statusCode));
     });
-    await first.close();
-    const second = await buildSubscriptionApp({
-      store: fresh,
-      onOperatorTokenCreated: (token) => shown.push(token),
+
+    it('rates usage into the ledger once per Idempotency-Key; a changed body is a 409; the ledger sums to zero', async () => {
+      const alice = (await post('/v1/subscribers', operatorToken, { name: 'payer' })).json() as {
+        id: string;
+      };
+      const usage = (key: string | undefined, body: unknown) =>
+        app.inject({
+          method: 'POST',
+          url: '/v1/usage',
+          headers: { ...as(operatorToken), ...(key === undefined ? {} : { 'idempotency-key': key }) },
+          payload: body as object,
+        });
+      const event = { account: alice.id, kind: 'repair-bytes', quantity: 2_500_000_001 };
+      const first = await usage('usage-1', event);
+      assert.equal(first.statusCode, 201, first.body);
+      assert.equal(
+        (first.json() as { amount: number }).amount,
+        126,
+        '2.5 GB at 50 per GB, a started unit charged',
+      );
+      const retry = await usage('usage-1', event);
+      assert.equal(retry.statusCode, 200);
+      assert.equal(
+        (retry.json() as { transfer: string }).transfer,
+        (first.json() as { transfer: string }).transfer,
+      );
+      assert.equal((await usage('usage-1', { ...event, quantity: 5 })).statusCode, 409);
+      assert.equal((await usage(undefined, event)).statusCode, 400, 'the key is required');
+      assert.equal((await usage('usage-2', { ...event, kind: 'free-lunch' })).statusCode, 400);
+      assert.equal((await usage('usage-3', { ...event, account: 'nobody' })).statusCode, 404);
+      const balance = (await get(`/v1/accounts/${alice.id}/balance`, operatorToken)).json() as {
+        balance: number;
+      };
+      assert.equal(balance.balance, -126);
+      const revenue = (await get('/v1/accounts/operator-revenue/balance', operatorToken)).json() as {
+        balance: number;
+      };
+      assert.equal(revenue.balance, 126);
+      const csv = await get('/v1/ledger.csv', operatorToken);
+      assert.equal(csv.statusCode, 200);
+      assert.match(String(csv.headers['content-type']), /text\/csv/);
+      const lines = csv.body.trim().split('\n');
+      assert.equal(lines[0], 'id,created_at,idempotency_key,debit,credit,amount,currency,memo');
+      assert.equal(lines.filter((line) => line.includes(',usage-1,')).length, 1);
+      assert.equal((await get('/v1/ledger.csv', undefined)).statusCode, 401);
     });
-    assert.equal(shown.length, 1);
-    const response = await second.inject({
-      method: 'POST',
-      url: '/v1/subscribers',
-      headers: { authorization: `Bearer ${shown[0]}` },
-      payload: { name: 'z' },
+
+    it('serves an OpenAPI document listing the paths', async () => {
+      const response = await get('/openapi.json', undefined);
+      assert.equal(response.statusCode, 200);
+      const document = response.json() as { openapi: string; paths: Record<string, unknown> };
+      assert.match(document.openapi, /^3\./);
+      for (const path of [
+        '/v1/subscribers',
+        '/v1/sources',
+        '/v1/entitlements',
+        '/v1/entitlements/check',
+        '/v1/accounts/{id}/balance',
+      ]) {
+        assert.ok(path in document.paths, path);
+      }
     });
-    assert.equal(response.statusCode, 201);
-    await second.close();
-    await fresh.close();
+
+    it('makes an operator token once on a fresh store when none is given', async () => {
+      const fresh = await openStore('sqlite::memory:');
+      const shown: string[] = [];
+      const first = await buildSubscriptionApp({
+        store: fresh,
+        onOperatorTokenCreated: (token) => shown.push(token),
+      });
+      await first.close();
+      const second = await buildSubscriptionApp({
+        store: fresh,
+        onOperatorTokenCreated: (token) => shown.push(token),
+      });
+      assert.equal(shown.length, 1);
+      const response = await second.inject({
+        method: 'POST',
+        url: '/v1/subscribers',
+        headers: { authorization: `Bearer ${shown[0]}` },
+        payload: { name: 'z' },
+      });
+      assert.equal(response.statusCode, 201);
+      await second.close();
+      await fresh.close();
+    });
   });
-});
+}
+
+apiSuite(
+  'SQLite',
+  {},
+  () => 'sqlite::memory:',
+  () => undefined,
+);
+
+let postgres: Postgres | undefined;
+apiSuite(
+  'PostgreSQL',
+  postgresSkip(),
+  () => {
+    postgres = startPostgres();
+    return postgres.url;
+  },
+  () => postgres?.stop(),
+);
