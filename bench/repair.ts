@@ -4,7 +4,7 @@
  * delivering the same file over the same routed network at the same loss and rate cap, and the
  * cost of a failover. Writes the "repair" section of docs/benchmarks.md. Needs root, uftp.
  */
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import {
   existsSync,
   mkdirSync,
@@ -19,10 +19,13 @@ import { join } from 'node:path';
 import {
   burstLoss,
   createTestbed,
+  fourRepairHosts,
   type HostProcess,
   repoRoot,
   retransmitAt,
+  sha256,
   sleep,
+  startFourRepairServers,
   startRepair,
   startRetransmit,
   type Testbed,
@@ -32,7 +35,6 @@ import { writeSection } from './report.js';
 
 const fileBytes = Number(process.env.BENCH_REPAIR_BYTES ?? 20_000_000);
 const rateMbit = Number(process.env.BENCH_REPAIR_MBIT ?? 100);
-const sha256 = (bytes: Buffer) => createHash('sha256').update(bytes).digest('hex');
 
 interface Scenario {
   readonly name: string;
@@ -309,31 +311,14 @@ async function runFour(bed: Testbed, file: string, secret: string, lossPercent: 
   port += 10;
   const s1 = `239.64.0.1:${port}`;
   const repairGroup = `239.64.0.9:${port + 9}`;
-  const retransmit = startRetransmit(bed, 'rta', s1, secret, [
-    '--repair-group',
+  const { retransmit, repairs } = await startFourRepairServers(bed, {
+    s1,
     repairGroup,
-    '--status',
-    '127.0.0.1:9101',
-  ]);
-  const hosts = ['rep', 'rx1', 'rx2', 'rt3'];
-  const repairs = hosts.map((host, i) =>
-    startRepair(bed, host, {
-      s1,
-      emit: `239.64.1.${i + 1}:${port + 1}`,
-      secret,
-      retransmit: [retransmitAt('rta')],
-      mode: [
-        '--reliable',
-        '--repair-group',
-        repairGroup,
-        '--emit-iface',
-        '127.0.0.1',
-        '--status',
-        '127.0.0.1:9100',
-      ],
-    }),
-  );
-  await Promise.all([retransmit.waitFor(/listening on/), ...repairs.map((r) => r.waitFor(/listening on/))]);
+    emitGroupPrefix: '239.64.1.',
+    emitPort: port + 1,
+    secret,
+  });
+  const hosts = fourRepairHosts;
   bed.control('linkloss', String(lossPercent), String(port));
   const sender = bed.gatecast('src', [
     'send',

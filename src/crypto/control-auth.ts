@@ -7,6 +7,7 @@
 import { createHash, createHmac, randomInt, timingSafeEqual } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { replayFreshnessMs, replayPeersMax, replayWindowCountersMax } from '../limits.js';
+import { nowMicroseconds } from '../net/clock.js';
 import {
   type AuthTrailer,
   authOffsetCounter,
@@ -72,8 +73,7 @@ export class ControlSealer {
   constructor(key: ControlKey, options: { senderId?: number; clockUs?: () => number } = {}) {
     this.#key = key;
     this.senderId = options.senderId ?? randomInt(1, 0xffff_ffff);
-    this.#clockUs =
-      options.clockUs ?? (() => Math.floor((performance.timeOrigin + performance.now()) * 1000));
+    this.#clockUs = options.clockUs ?? nowMicroseconds;
   }
 
   /** Writes key id, sender id, a fresh counter and the tag into the packet's trailer. */
@@ -111,8 +111,7 @@ export class ControlVerifier {
     for (const key of keys) {
       this.#keys.set(key.keyId, key.key);
     }
-    this.#clockUs =
-      options.clockUs ?? (() => Math.floor((performance.timeOrigin + performance.now()) * 1000));
+    this.#clockUs = options.clockUs ?? nowMicroseconds;
   }
 
   /** Senders whose replay windows are kept. */

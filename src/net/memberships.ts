@@ -4,6 +4,7 @@
  * joined, without the application's help.
  */
 import { readFileSync } from 'node:fs';
+import { readAddress } from '../protocol/address.js';
 
 /** One group joined on one interface. */
 export interface Membership {
@@ -41,25 +42,10 @@ export function parseIgmp6(text: string): Membership[] {
     if (!match) {
       continue;
     }
-    const hex = match[2] ?? '';
-    const groups: string[] = [];
-    for (let i = 0; i < 32; i += 4) {
-      groups.push(Number.parseInt(hex.slice(i, i + 4), 16).toString(16));
-    }
-    memberships.push({ iface: match[1] ?? '', group: compress(groups), users: Number(match[3]) });
+    const group = readAddress(Buffer.from(match[2] ?? '', 'hex'), 0, 6) ?? '';
+    memberships.push({ iface: match[1] ?? '', group, users: Number(match[3]) });
   }
   return memberships;
-}
-
-/** Collapses the longest run of zero groups, as IPv6 text usually is. */
-function compress(groups: string[]): string {
-  const text = groups.join(':');
-  const runs = [...text.matchAll(/(?:^|:)0(?::0)+(?::|$)/g)].sort((a, b) => b[0].length - a[0].length);
-  const longest = runs[0];
-  if (longest === undefined) {
-    return text;
-  }
-  return `${text.slice(0, longest.index)}::${text.slice((longest.index ?? 0) + longest[0].length)}`;
 }
 
 /** Reads both files; a file that cannot be read (no IPv6, not Linux) contributes nothing. */

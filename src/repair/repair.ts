@@ -21,6 +21,7 @@ import {
   repairHoldPacketsMax,
 } from '../limits.js';
 import { type Endpoint, formatEndpoint } from '../net/address.js';
+import { nowMicroseconds as nowUs } from '../net/clock.js';
 import { type TimerHandle, TimerWheel } from '../net/timer-wheel.js';
 import {
   type ControlSocket,
@@ -621,7 +622,6 @@ export async function startRepairServer(
     }
   };
 
-  const nowUs = () => Math.floor((performance.timeOrigin + performance.now()) * 1000);
   const control: ControlSocket = await openControlSocket(settings.listen, onControl);
   const emitter: SenderSocket = await openSenderSocket({
     group: settings.emit,

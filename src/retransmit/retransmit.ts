@@ -7,6 +7,7 @@
 import { acceptControl, type ControlKey, ControlSealer, ControlVerifier } from '../crypto/control-auth.js';
 import { announceIntervalMsDefault, repairSuppressMs } from '../limits.js';
 import { type Endpoint, formatEndpoint } from '../net/address.js';
+import { nowMicroseconds as nowUs } from '../net/clock.js';
 import {
   type ControlSocket,
   openControlSocket,
@@ -147,7 +148,6 @@ export async function startRetransmitServer(settings: RetransmitSettings): Promi
   const drop = (reason: string) => {
     dropped[reason] = (dropped[reason] ?? 0) + 1;
   };
-  const nowUs = () => Math.floor((performance.timeOrigin + performance.now()) * 1000);
   const fields = (sessionId: number, sequence: number) => ({ sessionId, sequence, timestampUs: nowUs() });
 
   const bufferFor = (sessionId: number): SessionBuffer | undefined => {

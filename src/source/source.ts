@@ -14,6 +14,7 @@ import {
   startDelayMsDefault,
 } from '../limits.js';
 import type { Endpoint } from '../net/address.js';
+import { nowMicroseconds as nowUs } from '../net/clock.js';
 import { openSenderSocket, type SenderSocket, type SenderSocketOptions } from '../net/udp.js';
 import {
   encodeDescriptor,
@@ -74,11 +75,6 @@ export interface Source extends AsyncDisposable {
 
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 const yieldToLoop = () => new Promise<void>((resolve) => setImmediate(resolve));
-
-/** Microseconds since 1970, for packet timestamps. */
-function nowUs(): number {
-  return Math.floor((performance.timeOrigin + performance.now()) * 1000);
-}
 
 /** Builds a source. */
 export function createSource(settings: SourceSettings, components: SourceComponents): Source {

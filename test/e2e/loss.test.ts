@@ -1,12 +1,10 @@
 import assert from 'node:assert/strict';
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { burstLoss, createTestbed, type Testbed, testbedSkip } from '../helpers/testbed.js';
-
-const sha256 = (bytes: Buffer) => createHash('sha256').update(bytes).digest('hex');
+import { burstLoss, createTestbed, sha256, type Testbed, testbedSkip } from '../helpers/testbed.js';
 
 describe('the receiver tells the truth about loss injected with nftables', testbedSkip(), () => {
   let bed: Testbed;

@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -7,18 +7,19 @@ import { after, before, describe, it } from 'node:test';
 import {
   burstLoss,
   createTestbed,
+  fourRepairHosts,
   type HostProcess,
   repoRoot,
   retransmitAt,
+  sha256,
   sleep,
+  startFourRepairServers,
   startRepair,
   startRetransmit,
   stop,
   type Testbed,
   testbedSkip,
 } from '../helpers/testbed.js';
-
-const sha256 = (bytes: Buffer) => createHash('sha256').update(bytes).digest('hex');
 
 /**
  * Source -> router (smcrouted) -> edge subnet with two retransmit servers (rt1, rt2; no loss), the
@@ -330,32 +331,14 @@ describe('four repair servers behind one lossy link, one retransmit server upstr
     const s1 = '239.32.0.1:5500';
     const repairGroup = '239.32.0.9:5599';
     const secret = join(directory, 'secret');
-    const retransmit = startRetransmit(bed, 'rta', s1, secret, [
-      '--repair-group',
+    const { retransmit, repairs } = await startFourRepairServers(bed, {
+      s1,
       repairGroup,
-      '--status',
-      '127.0.0.1:9101',
-    ]);
-    const hosts = ['rep', 'rx1', 'rx2', 'rt3'];
-    const repairs = hosts.map((host, i) =>
-      startRepair(bed, host, {
-        s1,
-        emit: `239.32.1.${i + 1}:5510`,
-        secret,
-        retransmit: [retransmitAt('rta')],
-        // S2 stays on each host: four S2 streams flooding the edge bridge are not the point here.
-        mode: [
-          '--reliable',
-          '--repair-group',
-          repairGroup,
-          '--emit-iface',
-          '127.0.0.1',
-          '--status',
-          '127.0.0.1:9100',
-        ],
-      }),
-    );
-    await Promise.all([retransmit.waitFor(/listening on/), ...repairs.map((r) => r.waitFor(/listening on/))]);
+      emitGroupPrefix: '239.32.1.',
+      emitPort: 5510,
+      secret,
+    });
+    const hosts = fourRepairHosts;
     bed.control('linkloss', '10', '5500');
     const sender = bed.gatecast('src', [
       'send',

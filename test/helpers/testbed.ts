@@ -5,7 +5,7 @@
  * GATECAST_REQUIRE_NETNS=1 (set by .ci/run).
  */
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -261,4 +261,46 @@ export function startRepair(
     ...options.mode,
     ...(options.extra ?? []),
   ]);
+}
+
+/** SHA-256 of bytes, hex. */
+export const sha256 = (bytes: Buffer) => createHash('sha256').update(bytes).digest('hex');
+
+/** The hosts of the edge subnet that run the four repair servers behind one lossy link. */
+export const fourRepairHosts = ['rep', 'rx1', 'rx2', 'rt3'];
+
+/**
+ * Starts one retransmit server upstream (rta) answering on a repair group, and a reliable repair
+ * server on each of fourRepairHosts joined to it; S2 stays on each host (emitted on loopback), since
+ * four S2 streams flooding the edge bridge are not what is measured. Resolves once all listen.
+ */
+export async function startFourRepairServers(
+  bed: Testbed,
+  options: { s1: string; repairGroup: string; emitGroupPrefix: string; emitPort: number; secret: string },
+): Promise<{ retransmit: HostProcess; repairs: HostProcess[] }> {
+  const retransmit = startRetransmit(bed, 'rta', options.s1, options.secret, [
+    '--repair-group',
+    options.repairGroup,
+    '--status',
+    '127.0.0.1:9101',
+  ]);
+  const repairs = fourRepairHosts.map((host, i) =>
+    startRepair(bed, host, {
+      s1: options.s1,
+      emit: `${options.emitGroupPrefix}${i + 1}:${options.emitPort}`,
+      secret: options.secret,
+      retransmit: [retransmitAt('rta')],
+      mode: [
+        '--reliable',
+        '--repair-group',
+        options.repairGroup,
+        '--emit-iface',
+        '127.0.0.1',
+        '--status',
+        '127.0.0.1:9100',
+      ],
+    }),
+  );
+  await Promise.all([retransmit.waitFor(/listening on/), ...repairs.map((r) => r.waitFor(/listening on/))]);
+  return { retransmit, repairs };
 }
