@@ -28,6 +28,10 @@ export const startDelayMsDefault = 200;
 export const endRepeatCount = 4;
 export const endRepeatIntervalMs = 50;
 
+/** How many times the subscription server sends each SETUP, and the gap between the copies. */
+export const setupRepeatCount = 3;
+export const setupRepeatIntervalMs = 50;
+
 /** Default sending rate of a source when --rate is not given. */
 export const rateBitsPerSecondDefault = 10_000_000;
 

@@ -34,6 +34,44 @@ export interface Schema {
     session: string | null;
     valid_from: string | null;
     valid_to: string | null;
+    /** Minor units charged per started calendar month (UTC); null: none. */
+    monthly: number | string | bigint | null;
+    created_at: string;
+  };
+  sessions: {
+    id: string;
+    owner: string;
+    name: string;
+    group_address: string;
+    port: number;
+    source_address: string | null;
+    price_model: string;
+    /** 1 when the source bought repair (flow B). */
+    repair: number;
+    state: string;
+    started_at: string;
+    ended_at: string | null;
+  };
+  servers: {
+    id: string;
+    kind: string;
+    name: string;
+    address: string;
+    created_at: string;
+  };
+  rates: {
+    name: string;
+    amount: number | string | bigint;
+    updated_at: string;
+  };
+  usage_events: {
+    id: string;
+    transfer: string;
+    account: string;
+    kind: string;
+    quantity: number | string | bigint;
+    packets: number | string | bigint | null;
+    session: string | null;
     created_at: string;
   };
   transfers: {

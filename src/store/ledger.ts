@@ -6,7 +6,8 @@
  * (a conflict), so a retried charge is never doubled and never lost.
  */
 import { createHash, randomUUID } from 'node:crypto';
-import type { Store } from './database.js';
+import type { Transaction } from 'kysely';
+import type { Schema, Store } from './database.js';
 
 /** A ledger request was refused; the code says why. */
 export class LedgerError extends Error {
@@ -132,8 +133,14 @@ export function createLedger(store: Store) {
     };
   }
 
-  /** Records a transfer once per idempotency key, in one transaction. */
-  async function transfer(request: TransferRequest): Promise<Transfer> {
+  /**
+   * Records a transfer once per idempotency key, in one transaction; `within` writes what belongs
+   * with the transfer (a usage event) in that same transaction, so both land or neither does.
+   */
+  async function transfer(
+    request: TransferRequest,
+    within?: (trx: Transaction<Schema>, transferId: string) => Promise<void>,
+  ): Promise<Transfer> {
     validate(request);
     const hash = requestHash(request);
     const first = await existing(request.idempotencyKey, hash);
@@ -175,6 +182,7 @@ export function createLedger(store: Store) {
             created_at: createdAt,
           })
           .execute();
+        await within?.(trx, id);
       });
     } catch (error) {
       if (error instanceof LedgerError) {

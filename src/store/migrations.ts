@@ -59,4 +59,50 @@ export const migrations: Record<string, Migration> = {
         .execute();
     },
   },
+  '0003-sessions-servers-rates': {
+    async up(db: Kysely<unknown>) {
+      await db.schema
+        .createTable('sessions')
+        .addColumn('id', 'text', (c) => c.primaryKey())
+        .addColumn('owner', 'text', (c) => c.notNull().references('parties.id'))
+        .addColumn('name', 'text', (c) => c.notNull())
+        .addColumn('group_address', 'text', (c) => c.notNull())
+        .addColumn('port', 'integer', (c) => c.notNull())
+        .addColumn('source_address', 'text')
+        .addColumn('price_model', 'text', (c) => c.notNull())
+        .addColumn('repair', 'integer', (c) => c.notNull())
+        .addColumn('state', 'text', (c) => c.notNull())
+        .addColumn('started_at', 'text', (c) => c.notNull())
+        .addColumn('ended_at', 'text')
+        .execute();
+      await db.schema.createIndex('sessions_owner').on('sessions').column('owner').execute();
+      await db.schema
+        .createTable('servers')
+        .addColumn('id', 'text', (c) => c.primaryKey())
+        .addColumn('kind', 'text', (c) => c.notNull())
+        .addColumn('name', 'text', (c) => c.notNull())
+        .addColumn('address', 'text', (c) => c.notNull())
+        .addColumn('created_at', 'text', (c) => c.notNull())
+        .addUniqueConstraint('servers_kind_address', ['kind', 'address'])
+        .execute();
+      await db.schema
+        .createTable('rates')
+        .addColumn('name', 'text', (c) => c.primaryKey())
+        .addColumn('amount', 'bigint', (c) => c.notNull())
+        .addColumn('updated_at', 'text', (c) => c.notNull())
+        .execute();
+      await db.schema
+        .createTable('usage_events')
+        .addColumn('id', 'text', (c) => c.primaryKey())
+        .addColumn('transfer', 'text', (c) => c.notNull().unique().references('transfers.id'))
+        .addColumn('account', 'text', (c) => c.notNull())
+        .addColumn('kind', 'text', (c) => c.notNull())
+        .addColumn('quantity', 'bigint', (c) => c.notNull())
+        .addColumn('packets', 'bigint')
+        .addColumn('session', 'text')
+        .addColumn('created_at', 'text', (c) => c.notNull())
+        .execute();
+      await db.schema.alterTable('entitlements').addColumn('monthly', 'bigint').execute();
+    },
+  },
 };

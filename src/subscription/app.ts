@@ -4,37 +4,47 @@
  * fields are a 400 naming the field, and nothing is written); the OpenAPI document is served at
  * GET /openapi.json. Parties authenticate with bearer tokens stored hashed.
  */
-import { createHash, randomBytes, randomUUID } from 'node:crypto';
+import { randomUUID } from 'node:crypto';
 import swagger from '@fastify/swagger';
 import { type Static, Type } from '@sinclair/typebox';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import type { Store } from '../store/database.js';
-import { createLedger, LedgerError } from '../store/ledger.js';
+import { createLedger } from '../store/ledger.js';
+import { type RateCard, rateCardDefault, registerBillingRoutes } from './billing.js';
+import {
+  type ApiContext,
+  badRequest,
+  ErrorBody,
+  errorReplies,
+  forbid,
+  hashToken,
+  Id,
+  Name,
+  newToken,
+  notFound,
+  type Party,
+  type PartyKind,
+  type SetupSender,
+  Timestamp,
+} from './context.js';
+import { registerSessionRoutes } from './sessions.js';
 
-/** Roles a token can hold. */
-export type PartyKind = 'operator' | 'source' | 'subscriber';
+export { type RateCard, rate, rateCardDefault } from './billing.js';
+export type { PartyKind } from './context.js';
 
-interface Party {
-  id: string;
-  kind: PartyKind;
-  name: string;
-}
-
-const hashToken = (token: string) => createHash('sha256').update(token).digest('hex');
-const newToken = () => `gct_${randomBytes(24).toString('base64url')}`;
-
-const Name = Type.String({ minLength: 1, maxLength: 200 });
-const Id = Type.String({ minLength: 1, maxLength: 100 });
-const Timestamp = Type.String({ format: 'date-time', maxLength: 40 });
 const PartyBody = Type.Object({ name: Name }, { additionalProperties: false });
 const PartyCreated = Type.Object({ id: Id, name: Name, kind: Type.String(), token: Type.String() });
+const Whoami = Type.Object({ id: Id, name: Type.String(), kind: Type.String() });
+const ServiceName = Type.String({ minLength: 1, maxLength: 64, pattern: '^[a-z][a-z0-9-]*$' });
 const EntitlementBody = Type.Object(
   {
     subscriber: Id,
-    service: Type.String({ minLength: 1, maxLength: 64, pattern: '^[a-z][a-z0-9-]*$' }),
+    service: ServiceName,
     session: Type.Optional(Id),
     from: Type.Optional(Timestamp),
     to: Type.Optional(Timestamp),
+    /** Minor units charged per started calendar month by the billing run. */
+    monthly: Type.Optional(Type.Integer({ minimum: 0, maximum: 1_000_000_000_000 })),
   },
   { additionalProperties: false },
 );
@@ -45,61 +55,15 @@ const Entitlement = Type.Object({
   session: Type.Union([Id, Type.Null()]),
   from: Type.Union([Type.String(), Type.Null()]),
   to: Type.Union([Type.String(), Type.Null()]),
+  monthly: Type.Union([Type.Integer(), Type.Null()]),
 });
+const EntitlementQuery = Type.Object({ subscriber: Id }, { additionalProperties: false });
 const CheckQuery = Type.Object(
   { subscriber: Id, service: Type.String({ minLength: 1, maxLength: 64 }), session: Type.Optional(Id) },
   { additionalProperties: false },
 );
 const CheckResult = Type.Object({ allowed: Type.Boolean(), reason: Type.String() });
 const Balance = Type.Object({ account: Id, balance: Type.Integer(), currency: Type.String() });
-const ErrorBody = Type.Object({ error: Type.String(), message: Type.String() });
-const UsageBody = Type.Object(
-  {
-    account: Id,
-    kind: Type.Union([
-      Type.Literal('repair-bytes'),
-      Type.Literal('pay-as-you-go-bytes'),
-      Type.Literal('source-repair-seconds'),
-    ]),
-    quantity: Type.Integer({ minimum: 1, maximum: Number.MAX_SAFE_INTEGER }),
-    session: Type.Optional(Id),
-  },
-  { additionalProperties: false },
-);
-const UsageHeaders = Type.Object({ 'idempotency-key': Type.String({ minLength: 1, maxLength: 200 }) });
-const Charge = Type.Object({
-  transfer: Id,
-  amount: Type.Integer(),
-  currency: Type.String(),
-  replayed: Type.Boolean(),
-});
-
-/** Rating rules: minor units per unit of usage (docs/architecture.md, "Rating"). */
-export interface RateCard {
-  /** Per 10^9 bytes repaired for a subscriber. */
-  readonly repairPerGigabyte: number;
-  /** Per 10^6 bytes of a pay-as-you-go stream. */
-  readonly payAsYouGoPerMegabyte: number;
-  /** Per hour of a source's repaired session. */
-  readonly sourceRepairPerHour: number;
-}
-export const rateCardDefault: RateCard = {
-  repairPerGigabyte: 50,
-  payAsYouGoPerMegabyte: 1,
-  sourceRepairPerHour: 100,
-};
-
-/** Rates a usage event: the charge in minor units, rounded up (a started unit is charged). */
-export function rate(card: RateCard, kind: Static<typeof UsageBody>['kind'], quantity: number): number {
-  const [price, unit] =
-    kind === 'repair-bytes'
-      ? [card.repairPerGigabyte, 1_000_000_000n]
-      : kind === 'pay-as-you-go-bytes'
-        ? [card.payAsYouGoPerMegabyte, 1_000_000n]
-        : [card.sourceRepairPerHour, 3600n];
-  const total = BigInt(quantity) * BigInt(price);
-  return Number((total + unit - 1n) / unit);
-}
 
 /** Options of the app. */
 export interface SubscriptionAppOptions {
@@ -108,8 +72,16 @@ export interface SubscriptionAppOptions {
   readonly operatorToken?: string | undefined;
   /** Told the operator token the first time one is made (shown once). */
   readonly onOperatorTokenCreated?: (token: string) => void;
+  /**
+   * A token that authenticates as the operator without being stored: `gatecast admin --db` uses it
+   * to drive the API in-process.
+   */
+  readonly trustedOperatorToken?: string | undefined;
   readonly currency?: string;
+  /** Default rates; the operator may override them with PUT /v1/rates. */
   readonly rates?: RateCard;
+  /** Sends SETUP to retransmit servers (flow B); without it, sessions cannot buy repair. */
+  readonly setup?: SetupSender | undefined;
 }
 
 /** Builds the app (not listening). */
@@ -118,7 +90,10 @@ export async function buildSubscriptionApp(options: SubscriptionAppOptions): Pro
   const { db } = store;
   const ledger = createLedger(store);
   const currency = options.currency ?? 'EUR';
-  await ensureOperator(options);
+  const trusted = options.trustedOperatorToken;
+  if (trusted === undefined) {
+    await ensureOperator(options);
+  }
 
   const app = Fastify({
     logger: false,
@@ -148,6 +123,9 @@ export async function buildSubscriptionApp(options: SubscriptionAppOptions): Pro
       await reply.code(401).send({ error: 'unauthorized', message: 'a bearer token is required' });
       return undefined;
     }
+    if (trusted !== undefined && match[1] === trusted) {
+      return { id: 'operator', kind: 'operator', name: 'operator' };
+    }
     const party = await db
       .selectFrom('parties')
       .select(['id', 'kind', 'name'])
@@ -159,8 +137,6 @@ export async function buildSubscriptionApp(options: SubscriptionAppOptions): Pro
     }
     return party as Party;
   };
-  const forbid = (reply: FastifyReply, message: string) =>
-    reply.code(403).send({ error: 'forbidden', message });
 
   const createParty =
     (kind: PartyKind) =>
@@ -219,7 +195,7 @@ export async function buildSubscriptionApp(options: SubscriptionAppOptions): Pro
       }
       const body = request.body;
       if (body.from !== undefined && body.to !== undefined && Date.parse(body.from) >= Date.parse(body.to)) {
-        return reply.code(400).send({ error: 'invalid-request', message: 'body/to must be after body/from' });
+        return badRequest(reply, 'body/to must be after body/from');
       }
       const subscriber = await db
         .selectFrom('parties')
@@ -227,9 +203,7 @@ export async function buildSubscriptionApp(options: SubscriptionAppOptions): Pro
         .where('id', '=', body.subscriber)
         .executeTakeFirst();
       if (subscriber?.kind !== 'subscriber') {
-        return reply
-          .code(404)
-          .send({ error: 'not-found', message: `body/subscriber: no subscriber ${body.subscriber}` });
+        return notFound(reply, `body/subscriber: no subscriber ${body.subscriber}`);
       }
       const row = {
         id: randomUUID(),
@@ -238,12 +212,44 @@ export async function buildSubscriptionApp(options: SubscriptionAppOptions): Pro
         session: body.session ?? null,
         valid_from: body.from ?? null,
         valid_to: body.to ?? null,
+        monthly: body.monthly ?? null,
         created_at: new Date().toISOString(),
       };
       await db.insertInto('entitlements').values(row).execute();
-      return reply.code(201).send({ ...row, from: row.valid_from, to: row.valid_to });
+      return reply.code(201).send(presentEntitlement(row));
     },
   );
+
+  app.get<{ Querystring: Static<typeof EntitlementQuery> }>(
+    '/v1/entitlements',
+    {
+      schema: { querystring: EntitlementQuery, response: { 200: Type.Array(Entitlement), ...errorReplies } },
+    },
+    async (request, reply) => {
+      const caller = await authenticate(request, reply);
+      if (caller === undefined) {
+        return reply;
+      }
+      if (caller.kind === 'source') {
+        return forbid(reply, 'a source does not read entitlements');
+      }
+      if (caller.kind === 'subscriber' && caller.id !== request.query.subscriber) {
+        return forbid(reply, 'a subscriber reads only its own entitlements');
+      }
+      const rows = await db
+        .selectFrom('entitlements')
+        .selectAll()
+        .where('subscriber', '=', request.query.subscriber)
+        .orderBy('created_at')
+        .execute();
+      return rows.map(presentEntitlement);
+    },
+  );
+
+  app.get('/v1/whoami', { schema: { response: { 200: Whoami, 401: ErrorBody } } }, async (request, reply) => {
+    const caller = await authenticate(request, reply);
+    return caller === undefined ? reply : caller;
+  });
 
   app.get<{ Querystring: Static<typeof CheckQuery> }>(
     '/v1/entitlements/check',
@@ -309,117 +315,41 @@ export async function buildSubscriptionApp(options: SubscriptionAppOptions): Pro
         .where('id', '=', request.params.id)
         .executeTakeFirst();
       if (account === undefined) {
-        return reply.code(404).send({ error: 'not-found', message: `no account ${request.params.id}` });
+        return notFound(reply, `no account ${request.params.id}`);
       }
       return { account: account.id, balance: await ledger.balance(account.id), currency: account.currency };
     },
   );
 
-  const revenueAccount = 'operator-revenue';
-  app.post<{ Body: Static<typeof UsageBody>; Headers: Static<typeof UsageHeaders> }>(
-    '/v1/usage',
-    {
-      schema: {
-        body: UsageBody,
-        headers: UsageHeaders,
-        response: {
-          200: Charge,
-          201: Charge,
-          400: ErrorBody,
-          401: ErrorBody,
-          403: ErrorBody,
-          404: ErrorBody,
-          409: ErrorBody,
-        },
-      },
-    },
-    async (request, reply) => {
-      const caller = await authenticate(request, reply);
-      if (caller === undefined) {
-        return reply;
-      }
-      if (caller.kind !== 'operator') {
-        return forbid(reply, 'usage is reported by the operator’s servers');
-      }
-      const { account, kind, quantity, session } = request.body;
-      const known = await db.selectFrom('accounts').select('id').where('id', '=', account).executeTakeFirst();
-      if (known === undefined) {
-        return reply.code(404).send({ error: 'not-found', message: `body/account: no account ${account}` });
-      }
-      const revenue = await db
-        .selectFrom('accounts')
-        .select('id')
-        .where('id', '=', revenueAccount)
-        .executeTakeFirst();
-      if (revenue === undefined) {
-        await ledger
-          .createAccount({ id: revenueAccount, name: 'operator revenue', kind: 'revenue', currency })
-          .catch(() => undefined);
-      }
-      try {
-        const transfer = await ledger.transfer({
-          idempotencyKey: request.headers['idempotency-key'],
-          debit: account,
-          credit: revenueAccount,
-          amount: rate(options.rates ?? rateCardDefault, kind, quantity),
-          currency,
-          memo: `${kind} ${quantity}${session === undefined ? '' : ` session ${session}`}`,
-        });
-        return reply.code(transfer.replayed ? 200 : 201).send({
-          transfer: transfer.id,
-          amount: transfer.amount,
-          currency: transfer.currency,
-          replayed: transfer.replayed,
-        });
-      } catch (error) {
-        if (error instanceof LedgerError && error.code === 'GATECAST_ERR_IDEMPOTENCY_CONFLICT') {
-          return reply.code(409).send({ error: 'conflict', message: error.message });
-        }
-        if (error instanceof LedgerError) {
-          return reply.code(400).send({ error: 'invalid-request', message: error.message });
-        }
-        throw error;
-      }
-    },
-  );
-
-  app.get(
-    '/v1/ledger.csv',
-    { schema: { response: { 401: ErrorBody, 403: ErrorBody } } },
-    async (request, reply) => {
-      const caller = await authenticate(request, reply);
-      if (caller === undefined) {
-        return reply;
-      }
-      if (caller.kind !== 'operator') {
-        return forbid(reply, 'only the operator exports the ledger');
-      }
-      const rows = await db.selectFrom('transfers').selectAll().orderBy('created_at').orderBy('id').execute();
-      const quote = (value: string) => (/[",\n]/.test(value) ? `"${value.replaceAll('"', '""')}"` : value);
-      const lines = ['id,created_at,idempotency_key,debit,credit,amount,currency,memo'];
-      for (const row of rows) {
-        lines.push(
-          [
-            row.id,
-            row.created_at,
-            row.idempotency_key,
-            row.debit_account,
-            row.credit_account,
-            String(row.amount),
-            row.currency,
-            row.memo,
-          ]
-            .map(quote)
-            .join(','),
-        );
-      }
-      return reply.type('text/csv; charset=utf-8').send(`${lines.join('\n')}\n`);
-    },
-  );
+  const context: ApiContext = { store, db, ledger, currency, setup: options.setup, authenticate };
+  const rates = options.rates ?? rateCardDefault;
+  registerBillingRoutes(app, context, rates);
+  registerSessionRoutes(app, context, rates);
 
   app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
   await app.ready();
   return app;
+}
+
+/** An entitlement row as the API shows it. */
+function presentEntitlement(row: {
+  id: string;
+  subscriber: string;
+  service: string;
+  session: string | null;
+  valid_from: string | null;
+  valid_to: string | null;
+  monthly: number | string | bigint | null;
+}) {
+  return {
+    id: row.id,
+    subscriber: row.subscriber,
+    service: row.service,
+    session: row.session,
+    from: row.valid_from,
+    to: row.valid_to,
+    monthly: row.monthly === null ? null : Number(row.monthly),
+  };
 }
 
 /** Makes sure an operator can log in: from the given token, or a new one shown once. */

@@ -1,0 +1,377 @@
+/**
+ * Sessions (a source's S1: group, port, owner, price model) and the registry of retransmit and
+ * repair servers. Flow B: a session registered with `repair: true` makes the subscription server
+ * send SETUP to every registered retransmit server, which join and buffer it; ending the session
+ * sends SETUP leave and charges the source per started hour of repaired session.
+ */
+import { randomUUID } from 'node:crypto';
+import { isIPv4, isIPv6 } from 'node:net';
+import { type Static, Type } from '@sinclair/typebox';
+import type { FastifyInstance, FastifyReply } from 'fastify';
+import { formatEndpoint, isMulticast, parseEndpoint, parseGroup } from '../net/address.js';
+import { chargeUsage, type RateCard } from './billing.js';
+import {
+  type ApiContext,
+  badRequest,
+  errorReplies,
+  forbid,
+  Id,
+  Name,
+  notFound,
+  type Party,
+} from './context.js';
+
+const Endpoint = Type.String({ minLength: 3, maxLength: 64 });
+const Address = Type.String({ minLength: 2, maxLength: 46 });
+const PriceModel = Type.Union([
+  Type.Literal('free'),
+  Type.Literal('subscription'),
+  Type.Literal('pay-as-you-go'),
+]);
+const SessionBody = Type.Object(
+  {
+    name: Name,
+    /** S1 as GROUP:PORT ([GROUP]:PORT for IPv6). */
+    group: Endpoint,
+    /** The sender's address, for source-specific joins. */
+    source: Type.Optional(Address),
+    price: Type.Optional(PriceModel),
+    /** Buy the repair service for this session (flow B). */
+    repair: Type.Optional(Type.Boolean()),
+    /** The owning source; the operator names it, a source owns what it registers. */
+    owner: Type.Optional(Id),
+  },
+  { additionalProperties: false },
+);
+const Session = Type.Object({
+  id: Id,
+  owner: Id,
+  name: Type.String(),
+  group: Type.String(),
+  source: Type.Union([Type.String(), Type.Null()]),
+  price: Type.String(),
+  repair: Type.Boolean(),
+  state: Type.String(),
+  startedAt: Type.String(),
+  endedAt: Type.Union([Type.String(), Type.Null()]),
+  /** Retransmit servers sent SETUP by this call. */
+  setup: Type.Array(Type.String()),
+  /** The source's charge for repair, once the session ended. */
+  charge: Type.Optional(Type.Object({ transfer: Id, amount: Type.Integer(), replayed: Type.Boolean() })),
+});
+const ServerKind = Type.Union([Type.Literal('retransmit'), Type.Literal('repair')]);
+const ServerBody = Type.Object(
+  { kind: ServerKind, name: Name, address: Endpoint },
+  { additionalProperties: false },
+);
+const Server = Type.Object({ id: Id, kind: Type.String(), name: Type.String(), address: Type.String() });
+const IdParams = Type.Object({ id: Id });
+
+type SessionRow = {
+  id: string;
+  owner: string;
+  name: string;
+  group_address: string;
+  port: number;
+  source_address: string | null;
+  price_model: string;
+  repair: number;
+  state: string;
+  started_at: string;
+  ended_at: string | null;
+};
+
+const formatGroup = (row: SessionRow) =>
+  formatEndpoint({
+    address: row.group_address,
+    port: row.port,
+    family: row.group_address.includes(':') ? 6 : 4,
+  });
+
+const present = (row: SessionRow, setup: string[] = []) => ({
+  id: row.id,
+  owner: row.owner,
+  name: row.name,
+  group: formatGroup(row),
+  source: row.source_address,
+  price: row.price_model,
+  repair: row.repair === 1,
+  state: row.state,
+  startedAt: row.started_at,
+  endedAt: row.ended_at,
+  setup,
+});
+
+/** Registers the session and server-registry routes. */
+export function registerSessionRoutes(app: FastifyInstance, context: ApiContext, rates: RateCard): void {
+  const { db } = context;
+
+  const retransmitServers = async () =>
+    (await db.selectFrom('servers').select('address').where('kind', '=', 'retransmit').execute()).map(
+      (row) => row.address,
+    );
+
+  /** Loads a session the caller may see, or answers 403/404. */
+  const visibleSession = async (caller: Party, id: string, reply: FastifyReply) => {
+    const row = (await db.selectFrom('sessions').selectAll().where('id', '=', id).executeTakeFirst()) as
+      | SessionRow
+      | undefined;
+    if (row === undefined) {
+      await notFound(reply, `no session ${id}`);
+      return undefined;
+    }
+    if (caller.kind !== 'operator' && caller.id !== row.owner) {
+      await forbid(reply, 'a source reads only its own sessions');
+      return undefined;
+    }
+    return row;
+  };
+
+  app.post<{ Body: Static<typeof SessionBody> }>(
+    '/v1/sessions',
+    { schema: { body: SessionBody, response: { 201: Session, ...errorReplies } } },
+    async (request, reply) => {
+      const caller = await context.authenticate(request, reply);
+      if (caller === undefined) {
+        return reply;
+      }
+      if (caller.kind === 'subscriber') {
+        return forbid(reply, 'only a source or the operator registers sessions');
+      }
+      const body = request.body;
+      if (caller.kind === 'source' && body.owner !== undefined && body.owner !== caller.id) {
+        return forbid(reply, 'a source registers only its own sessions');
+      }
+      if (caller.kind === 'operator' && body.owner === undefined) {
+        return badRequest(reply, 'body/owner: the operator names the owning source');
+      }
+      let group: ReturnType<typeof parseGroup>;
+      try {
+        group = parseGroup(body.group, 'body/group');
+      } catch (error) {
+        return badRequest(reply, (error as Error).message);
+      }
+      if (
+        body.source !== undefined &&
+        (isMulticast(body.source) || !isAddressOf(body.source, group.family))
+      ) {
+        return badRequest(
+          reply,
+          `body/source: "${body.source}" is not a unicast address of the group's family`,
+        );
+      }
+      const owner = body.owner ?? caller.id;
+      const ownerRow = await db
+        .selectFrom('parties')
+        .select('kind')
+        .where('id', '=', owner)
+        .executeTakeFirst();
+      if (ownerRow?.kind !== 'source') {
+        return notFound(reply, `body/owner: no source ${owner}`);
+      }
+      const row: SessionRow = {
+        id: randomUUID(),
+        owner,
+        name: body.name,
+        group_address: group.address,
+        port: group.port,
+        source_address: body.source ?? null,
+        price_model: body.price ?? 'free',
+        repair: body.repair === true ? 1 : 0,
+        state: 'open',
+        started_at: new Date().toISOString(),
+        ended_at: null,
+      };
+      let servers: string[] = [];
+      if (row.repair === 1) {
+        if (context.setup === undefined) {
+          return reply.code(409).send({
+            error: 'conflict',
+            message: 'body/repair: this server has no control secret (--secret-file) to send SETUP with',
+          });
+        }
+        servers = await retransmitServers();
+        if (servers.length === 0) {
+          return reply.code(409).send({
+            error: 'conflict',
+            message: 'body/repair: no retransmit server is registered (POST /v1/servers)',
+          });
+        }
+      }
+      await db.insertInto('sessions').values(row).execute();
+      if (row.repair === 1) {
+        await context.setup?.send(
+          'join',
+          { group: row.group_address, port: row.port, source: row.source_address ?? undefined },
+          servers,
+        );
+      }
+      return reply.code(201).send(present(row, servers));
+    },
+  );
+
+  app.get(
+    '/v1/sessions',
+    { schema: { response: { 200: Type.Array(Session), ...errorReplies } } },
+    async (request, reply) => {
+      const caller = await context.authenticate(request, reply);
+      if (caller === undefined) {
+        return reply;
+      }
+      if (caller.kind === 'subscriber') {
+        return forbid(reply, 'a subscriber does not list sessions');
+      }
+      let query = db.selectFrom('sessions').selectAll().orderBy('started_at');
+      if (caller.kind === 'source') {
+        query = query.where('owner', '=', caller.id);
+      }
+      return ((await query.execute()) as SessionRow[]).map((row) => present(row));
+    },
+  );
+
+  app.get<{ Params: Static<typeof IdParams> }>(
+    '/v1/sessions/:id',
+    { schema: { params: IdParams, response: { 200: Session, ...errorReplies } } },
+    async (request, reply) => {
+      const caller = await context.authenticate(request, reply);
+      if (caller === undefined) {
+        return reply;
+      }
+      const row = await visibleSession(caller, request.params.id, reply);
+      return row === undefined ? reply : present(row);
+    },
+  );
+
+  app.post<{ Params: Static<typeof IdParams> }>(
+    '/v1/sessions/:id/end',
+    { schema: { params: IdParams, response: { 200: Session, ...errorReplies } } },
+    async (request, reply) => {
+      const caller = await context.authenticate(request, reply);
+      if (caller === undefined) {
+        return reply;
+      }
+      const found = await visibleSession(caller, request.params.id, reply);
+      if (found === undefined) {
+        return reply;
+      }
+      if (found.state !== 'ended') {
+        await db
+          .updateTable('sessions')
+          .set({ state: 'ended', ended_at: new Date().toISOString() })
+          .where('id', '=', found.id)
+          .where('state', '=', 'open')
+          .execute();
+      }
+      const row = (await db
+        .selectFrom('sessions')
+        .selectAll()
+        .where('id', '=', found.id)
+        .executeTakeFirstOrThrow()) as SessionRow;
+      if (row.repair !== 1) {
+        return present(row);
+      }
+      const servers = await retransmitServers();
+      if (context.setup !== undefined && servers.length > 0) {
+        await context.setup.send(
+          'leave',
+          { group: row.group_address, port: row.port, source: row.source_address ?? undefined },
+          servers,
+        );
+      }
+      const seconds = Math.max(
+        1,
+        Math.ceil((Date.parse(row.ended_at ?? row.started_at) - Date.parse(row.started_at)) / 1000),
+      );
+      const transfer = await chargeUsage(context, rates, `session-end/${row.id}`, {
+        account: row.owner,
+        kind: 'source-repair-seconds',
+        quantity: seconds,
+        session: row.id,
+      });
+      return {
+        ...present(row, servers),
+        charge: { transfer: transfer.id, amount: transfer.amount, replayed: transfer.replayed },
+      };
+    },
+  );
+
+  app.post<{ Body: Static<typeof ServerBody> }>(
+    '/v1/servers',
+    { schema: { body: ServerBody, response: { 200: Server, 201: Server, ...errorReplies } } },
+    async (request, reply) => {
+      const caller = await context.authenticate(request, reply);
+      if (caller === undefined) {
+        return reply;
+      }
+      if (caller.kind !== 'operator') {
+        return forbid(reply, 'only the operator registers servers');
+      }
+      const { kind, name } = request.body;
+      let address: string;
+      try {
+        const endpoint = parseEndpoint(request.body.address, 'body/address');
+        if (isMulticast(endpoint.address) || endpoint.port === 0) {
+          return badRequest(reply, 'body/address: a server is reached at a unicast ADDR:PORT');
+        }
+        address = request.body.address;
+      } catch (error) {
+        return badRequest(reply, (error as Error).message);
+      }
+      const existing = await db
+        .selectFrom('servers')
+        .select(['id', 'kind', 'name', 'address'])
+        .where('kind', '=', kind)
+        .where('address', '=', address)
+        .executeTakeFirst();
+      if (existing !== undefined) {
+        return reply.code(200).send(existing);
+      }
+      const row = { id: randomUUID(), kind, name, address, created_at: new Date().toISOString() };
+      await db.insertInto('servers').values(row).execute();
+      return reply.code(201).send({ id: row.id, kind, name, address });
+    },
+  );
+
+  app.get(
+    '/v1/servers',
+    { schema: { response: { 200: Type.Array(Server), ...errorReplies } } },
+    async (request, reply) => {
+      const caller = await context.authenticate(request, reply);
+      if (caller === undefined) {
+        return reply;
+      }
+      if (caller.kind !== 'operator') {
+        return forbid(reply, 'only the operator reads the server registry');
+      }
+      return db
+        .selectFrom('servers')
+        .select(['id', 'kind', 'name', 'address'])
+        .orderBy('created_at')
+        .execute();
+    },
+  );
+
+  app.delete<{ Params: Static<typeof IdParams> }>(
+    '/v1/servers/:id',
+    { schema: { params: IdParams, response: { 204: Type.Null(), ...errorReplies } } },
+    async (request, reply) => {
+      const caller = await context.authenticate(request, reply);
+      if (caller === undefined) {
+        return reply;
+      }
+      if (caller.kind !== 'operator') {
+        return forbid(reply, 'only the operator changes the server registry');
+      }
+      const result = await db.deleteFrom('servers').where('id', '=', request.params.id).executeTakeFirst();
+      if (Number(result.numDeletedRows) === 0) {
+        return notFound(reply, `no server ${request.params.id}`);
+      }
+      return reply.code(204).send(null);
+    },
+  );
+}
+
+/** True when the text is an IP address of that family. */
+function isAddressOf(text: string, family: 4 | 6): boolean {
+  return family === 4 ? isIPv4(text) : isIPv6(text);
+}
