@@ -45,7 +45,7 @@ export const usageKinds = [
 ] as const;
 export type UsageKind = (typeof usageKinds)[number];
 
-/** Rates a usage event: the charge in minor units, rounded up (a started unit is charged). */
+/** Rates a usage event: quantity × price ÷ unit, rounded up to a whole minor unit. */
 export function rate(card: RateCard, kind: UsageKind, quantity: number): number {
   const [price, unit]: [number, bigint] =
     kind === 'repair-bytes'

@@ -1,0 +1,367 @@
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import type { FastifyInstance, LightMyRequestResponse } from 'fastify';
+import { openStore, type Store } from '../../src/store/database.js';
+import { createLedger } from '../../src/store/ledger.js';
+import { buildSubscriptionApp } from '../../src/subscription/app.js';
+import type { SetupSender } from '../../src/subscription/context.js';
+import { type Postgres, postgresSkip, startPostgres } from '../helpers/postgres.js';
+
+const operatorToken = 'operator-token-for-tests-0123456789';
+type Created = { id: string; token: string };
+
+/** Sessions, the server registry, rates, billing runs and invoices, on every dialect. */
+function suite(name: string, options: { skip?: string }, url: () => string, cleanup: () => void) {
+  describe(`sessions, servers and billing (app.inject, ${name})`, options, () => {
+    let store: Store;
+    let app: FastifyInstance;
+    const setups: Array<{ action: string; group: string; servers: readonly string[] }> = [];
+    const setup: SetupSender = {
+      async send(action, session, servers) {
+        setups.push({ action, group: `${session.group}:${session.port}`, servers });
+      },
+    };
+    const as = (token: string | undefined) =>
+      token === undefined ? {} : { authorization: `Bearer ${token}` };
+    const call = (
+      method: 'GET' | 'POST' | 'PUT' | 'DELETE',
+      url: string,
+      token?: string,
+      payload?: object,
+    ): Promise<LightMyRequestResponse> =>
+      payload === undefined
+        ? app.inject({ method, url, headers: as(token) })
+        : app.inject({ method, url, headers: as(token), payload });
+    const party = async (kind: 'subscribers' | 'sources', name: string) =>
+      (await call('POST', `/v1/${kind}`, operatorToken, { name })).json() as Created;
+    const ledgerSum = async () => {
+      let sum = 0;
+      for (const balance of (await createLedger(store).balances()).values()) {
+        sum += balance;
+      }
+      return sum;
+    };
+
+    before(async () => {
+      store = await openStore(url());
+      app = await buildSubscriptionApp({ store, operatorToken, setup });
+    });
+    after(async () => {
+      await app?.close();
+      await store?.close();
+      cleanup();
+    });
+
+    it('flow B: a source registers S1 with repair; SETUP joins every registered retransmit server; the end leaves them and charges the source once', async () => {
+      const source = await party('sources', 'news');
+      const noServer = await call('POST', '/v1/sessions', source.token, {
+        name: 'news',
+        group: '239.1.2.3:5000',
+        repair: true,
+      });
+      assert.equal(noServer.statusCode, 409, 'repair needs a registered retransmit server');
+      assert.match(noServer.body, /no retransmit server/);
+      assert.equal((await store.db.selectFrom('sessions').select('id').execute()).length, 0);
+      for (const address of ['10.0.0.21:7000', '10.0.0.22:7000']) {
+        const server = await call('POST', '/v1/servers', operatorToken, {
+          kind: 'retransmit',
+          name: address,
+          address,
+        });
+        assert.equal(server.statusCode, 201, server.body);
+      }
+      const again = await call('POST', '/v1/servers', operatorToken, {
+        kind: 'retransmit',
+        name: 'x',
+        address: '10.0.0.21:7000',
+      });
+      assert.equal(again.statusCode, 200, 'registering the same server twice returns the first');
+      const created = await call('POST', '/v1/sessions', source.token, {
+        name: 'news',
+        group: '239.1.2.3:5000',
+        source: '10.0.0.1',
+        repair: true,
+      });
+      assert.equal(created.statusCode, 201, created.body);
+      const session = created.json() as { id: string; owner: string; setup: string[]; state: string };
+      assert.equal(session.owner, source.id);
+      assert.deepEqual(session.setup.sort(), ['10.0.0.21:7000', '10.0.0.22:7000']);
+      assert.deepEqual(setups.at(-1), {
+        action: 'join',
+        group: '239.1.2.3:5000',
+        servers: session.setup,
+      });
+      const ended = await call('POST', `/v1/sessions/${session.id}/end`, source.token);
+      assert.equal(ended.statusCode, 200, ended.body);
+      const charge = (ended.json() as { state: string; charge: { amount: number; transfer: string } }).charge;
+      assert.equal((ended.json() as { state: string }).state, 'ended');
+      assert.equal(setups.at(-1)?.action, 'leave');
+      assert.equal(charge.amount, 1, 'a second or so at 100 per hour, rounded up to one minor unit');
+      const endedAgain = (await call('POST', `/v1/sessions/${session.id}/end`, source.token)).json() as {
+        charge: { transfer: string; replayed: boolean };
+      };
+      assert.equal(endedAgain.charge.transfer, charge.transfer, 'ending twice charges once');
+      assert.equal(endedAgain.charge.replayed, true);
+      const balance = (await call('GET', `/v1/accounts/${source.id}/balance`, source.token)).json() as {
+        balance: number;
+      };
+      assert.equal(balance.balance, -1);
+      assert.equal(await ledgerSum(), 0);
+    });
+
+    it('who may touch sessions and servers: a source only its own, a subscriber none, the operator all', async () => {
+      const mine = await party('sources', 'mine');
+      const theirs = await party('sources', 'theirs');
+      const subscriber = await party('subscribers', 'viewer');
+      const session = (
+        await call('POST', '/v1/sessions', theirs.token, { name: 't', group: '239.1.2.4:5000' })
+      ).json() as { id: string };
+      const matrix: Array<[string, () => Promise<{ statusCode: number }>, number]> = [
+        ['source reads own', () => call('GET', `/v1/sessions/${session.id}`, theirs.token), 200],
+        ['source reads another', () => call('GET', `/v1/sessions/${session.id}`, mine.token), 403],
+        ['source ends another', () => call('POST', `/v1/sessions/${session.id}/end`, mine.token), 403],
+        ['subscriber reads', () => call('GET', `/v1/sessions/${session.id}`, subscriber.token), 403],
+        ['subscriber lists', () => call('GET', '/v1/sessions', subscriber.token), 403],
+        [
+          'subscriber registers',
+          () => call('POST', '/v1/sessions', subscriber.token, { name: 'x', group: '239.1.2.5:1' }),
+          403,
+        ],
+        [
+          'source registers for another',
+          () =>
+            call('POST', '/v1/sessions', mine.token, { name: 'x', group: '239.1.2.5:1', owner: theirs.id }),
+          403,
+        ],
+        ['operator reads', () => call('GET', `/v1/sessions/${session.id}`, operatorToken), 200],
+        ['unknown session', () => call('GET', '/v1/sessions/nope', operatorToken), 404],
+        [
+          'source registers a server',
+          () => call('POST', '/v1/servers', mine.token, { kind: 'repair', name: 'r', address: '10.0.0.9:1' }),
+          403,
+        ],
+        ['subscriber lists servers', () => call('GET', '/v1/servers', subscriber.token), 403],
+        [
+          'source reads invoices of another',
+          () => call('GET', `/v1/invoices?account=${theirs.id}&period=2026-01`, mine.token),
+          403,
+        ],
+        [
+          'subscriber sets rates',
+          () => call('PUT', '/v1/rates', subscriber.token, { repairPerGigabyte: 1 }),
+          403,
+        ],
+        [
+          'subscriber runs billing',
+          () => call('POST', '/v1/billing/run', subscriber.token, { period: '2026-01' }),
+          403,
+        ],
+        ['no token on sessions', () => call('GET', '/v1/sessions'), 401],
+        ['no token on rates', () => call('GET', '/v1/rates'), 401],
+      ];
+      const sessions = (await store.db.selectFrom('sessions').select('id').execute()).length;
+      for (const [label, request, status] of matrix) {
+        assert.equal((await request()).statusCode, status, label);
+      }
+      assert.equal((await store.db.selectFrom('sessions').select('id').execute()).length, sessions);
+      const listed = (await call('GET', '/v1/sessions', mine.token)).json() as Array<{ owner: string }>;
+      assert.ok(
+        listed.every((row) => row.owner === mine.id),
+        'a source lists only its own sessions',
+      );
+      const who = (await call('GET', '/v1/whoami', subscriber.token)).json() as { id: string; kind: string };
+      assert.deepEqual(who, { id: subscriber.id, kind: 'subscriber', name: 'viewer' });
+    });
+
+    it('bad input on sessions, servers, usage, rates, billing runs and invoices: 400 naming the field, no write', async () => {
+      const source = await party('sources', 'bad');
+      const before = {
+        sessions: (await store.db.selectFrom('sessions').select('id').execute()).length,
+        servers: (await store.db.selectFrom('servers').select('id').execute()).length,
+        transfers: (await store.db.selectFrom('transfers').select('id').execute()).length,
+      };
+      const cases: Array<[string, string, string, unknown, RegExp]> = [
+        ['POST', '/v1/sessions', source.token, { group: '239.1.1.1:1' }, /name/],
+        ['POST', '/v1/sessions', source.token, { name: 'x', group: '239.1.1.1:1', colour: 1 }, /additional/],
+        [
+          'POST',
+          '/v1/sessions',
+          source.token,
+          { name: 'x', group: '10.1.1.1:5000' },
+          /body\/group.*multicast/,
+        ],
+        ['POST', '/v1/sessions', source.token, { name: 'x', group: '239.1.1.1:99999' }, /body\/group/],
+        ['POST', '/v1/sessions', source.token, { name: 'x', group: '239.1.1.1:1', repair: 'yes' }, /repair/],
+        ['POST', '/v1/sessions', source.token, { name: 'n'.repeat(201), group: '239.1.1.1:1' }, /name/],
+        [
+          'POST',
+          '/v1/sessions',
+          source.token,
+          { name: 'x', group: '239.1.1.1:1', source: '239.9.9.9' },
+          /source/,
+        ],
+        ['POST', '/v1/sessions', source.token, { name: 'x', group: '239.1.1.1:1', price: 'gratis' }, /price/],
+        ['POST', '/v1/sessions', operatorToken, { name: 'x', group: '239.1.1.1:1' }, /body\/owner/],
+        ['POST', '/v1/servers', operatorToken, { kind: 'relay', name: 'r', address: '10.0.0.1:1' }, /kind/],
+        [
+          'POST',
+          '/v1/servers',
+          operatorToken,
+          { kind: 'repair', name: 'r', address: 'here' },
+          /body\/address/,
+        ],
+        [
+          'POST',
+          '/v1/servers',
+          operatorToken,
+          { kind: 'repair', name: 'r', address: '239.0.0.1:7' },
+          /body\/address/,
+        ],
+        ['POST', '/v1/servers', operatorToken, { kind: 'repair', address: '10.0.0.1:1' }, /name/],
+        ['PUT', '/v1/rates', operatorToken, {}, /fewer than 1|minProperties/],
+        ['PUT', '/v1/rates', operatorToken, { repairPerGigabyte: 0 }, /repairPerGigabyte/],
+        ['PUT', '/v1/rates', operatorToken, { repairPerGigabyte: 1.5 }, /repairPerGigabyte/],
+        ['PUT', '/v1/rates', operatorToken, { tip: 5 }, /additional/],
+        ['POST', '/v1/billing/run', operatorToken, { period: '2026-13' }, /period/],
+        ['POST', '/v1/billing/run', operatorToken, {}, /period/],
+        ['GET', `/v1/invoices?account=${source.id}&period=26-01`, operatorToken, undefined, /period/],
+        ['GET', '/v1/invoices?period=2026-01', operatorToken, undefined, /account/],
+      ];
+      for (const [method, url, token, payload, message] of cases) {
+        const response = await call(method as 'GET', url, token, payload as object | undefined);
+        assert.equal(
+          response.statusCode,
+          400,
+          `${method} ${url} ${JSON.stringify(payload)}: ${response.body}`,
+        );
+        assert.match(
+          (response.json() as { message: string }).message,
+          message,
+          `${url} ${JSON.stringify(payload)}`,
+        );
+      }
+      const usage = await app.inject({
+        method: 'POST',
+        url: '/v1/usage',
+        headers: { ...as(operatorToken), 'idempotency-key': 'bad-1' },
+        payload: { account: source.id, kind: 'repair-bytes', quantity: 10, packets: -1 },
+      });
+      assert.equal(usage.statusCode, 400);
+      assert.match(usage.body, /packets/);
+      assert.deepEqual(
+        {
+          sessions: (await store.db.selectFrom('sessions').select('id').execute()).length,
+          servers: (await store.db.selectFrom('servers').select('id').execute()).length,
+          transfers: (await store.db.selectFrom('transfers').select('id').execute()).length,
+        },
+        before,
+      );
+    });
+
+    it('rates are the defaults until the operator sets them; usage is rated by the card in force', async () => {
+      const subscriber = await party('subscribers', 'rated');
+      const read = (await call('GET', '/v1/rates', subscriber.token)).json() as Record<string, number>;
+      assert.equal(read.repairPerGigabyte, 50);
+      const set = await call('PUT', '/v1/rates', operatorToken, { payAsYouGoPerMinute: 7 });
+      assert.equal(set.statusCode, 200, set.body);
+      assert.equal((set.json() as Record<string, number>).payAsYouGoPerMinute, 7);
+      const usage = await app.inject({
+        method: 'POST',
+        url: '/v1/usage',
+        headers: { ...as(operatorToken), 'idempotency-key': 'minutes-1' },
+        payload: { account: subscriber.id, kind: 'pay-as-you-go-seconds', quantity: 61 },
+      });
+      assert.equal(usage.statusCode, 201, usage.body);
+      assert.equal(
+        (usage.json() as { amount: number }).amount,
+        8,
+        '61 s at 7 per minute is 7.12, rounded up',
+      );
+      const event = await store.db
+        .selectFrom('usage_events')
+        .selectAll()
+        .where('transfer', '=', (usage.json() as { transfer: string }).transfer)
+        .executeTakeFirstOrThrow();
+      assert.equal(Number(event.quantity), 61, 'the usage event is kept beside its transfer');
+    });
+
+    it('a billing run charges each monthly subscription once per period; invoices list what the account was charged', async () => {
+      const subscriber = await party('subscribers', 'monthly');
+      const other = await party('subscribers', 'other');
+      const now = new Date();
+      const period = `${now.getUTCFullYear()}-${String(now.getUTCMonth() + 1).padStart(2, '0')}`;
+      const grant = await call('POST', '/v1/entitlements', operatorToken, {
+        subscriber: subscriber.id,
+        service: 'channel',
+        monthly: 500,
+        from: '2026-01-01T00:00:00Z',
+      });
+      assert.equal(grant.statusCode, 201, grant.body);
+      assert.equal((grant.json() as { monthly: number }).monthly, 500);
+      const run = (await call('POST', '/v1/billing/run', operatorToken, { period })).json() as {
+        charged: number;
+        replayed: number;
+      };
+      assert.ok(run.charged >= 1, JSON.stringify(run));
+      const rerun = (await call('POST', '/v1/billing/run', operatorToken, { period })).json() as {
+        charged: number;
+        replayed: number;
+      };
+      assert.equal(rerun.charged, 0, 'a second run for the same period charges nothing new');
+      assert.equal(rerun.replayed, run.charged + run.replayed);
+      const before2026 = (
+        await call('POST', '/v1/billing/run', operatorToken, { period: '2025-12' })
+      ).json() as {
+        charged: number;
+      };
+      assert.equal(before2026.charged, 0, 'no charge for a month before the entitlement starts');
+      const invoice = await call(
+        'GET',
+        `/v1/invoices?account=${subscriber.id}&period=${period}`,
+        subscriber.token,
+      );
+      assert.equal(invoice.statusCode, 200, invoice.body);
+      const body = invoice.json() as { lines: Array<{ memo: string; amount: number }>; total: number };
+      assert.deepEqual(
+        body.lines.map((line) => [line.memo, line.amount]),
+        [[`subscription channel ${period}`, 500]],
+      );
+      assert.equal(body.total, 500);
+      const balance = (
+        await call('GET', `/v1/accounts/${subscriber.id}/balance`, subscriber.token)
+      ).json() as {
+        balance: number;
+      };
+      assert.equal(balance.balance, -body.total, 'the invoice total is what the balance moved by');
+      assert.equal(
+        (await call('GET', `/v1/invoices?account=${subscriber.id}&period=${period}`, other.token)).statusCode,
+        403,
+      );
+      const listed = await call('GET', `/v1/entitlements?subscriber=${subscriber.id}`, subscriber.token);
+      assert.equal((listed.json() as unknown[]).length, 1);
+      assert.equal(
+        (await call('GET', `/v1/entitlements?subscriber=${subscriber.id}`, other.token)).statusCode,
+        403,
+      );
+      assert.equal(await ledgerSum(), 0);
+    });
+  });
+}
+
+suite(
+  'SQLite',
+  {},
+  () => 'sqlite::memory:',
+  () => undefined,
+);
+
+let postgres: Postgres | undefined;
+suite(
+  'PostgreSQL',
+  postgresSkip(),
+  () => {
+    postgres = startPostgres();
+    return postgres.url;
+  },
+  () => postgres?.stop(),
+);
