@@ -3,6 +3,7 @@
  * errors print one line naming the value and exit 2; a bug prints its stack and exits 70.
  */
 import { readFileSync } from 'node:fs';
+import { runAdmin } from './admin.js';
 import { runDemo } from './demo.js';
 import { exitInternal, exitOk, exitUsage, isOperatingError } from './errors.js';
 import { runReceive } from './receive.js';
@@ -21,6 +22,7 @@ commands:
   repair     repair a session near its receivers, re-emit it whole on a new group
   agent      hand a repaired session to local applications as if it came on S1
   serve      the subscription server and ledger (HTTP+JSON, SQLite or PostgreSQL)
+  admin      the operator's command line: parties, grants, sessions, rates, balances, invoices
   demo       run a sender and receivers over loopback and print a summary
   help       show this text (gatecast <command> --help for a command's options)
   version    print the version
@@ -52,6 +54,8 @@ export async function main(argv: string[]): Promise<number> {
         return await runAgent(rest, process.stderr);
       case 'serve':
         return await runServe(rest, process.stderr);
+      case 'admin':
+        return await runAdmin(rest, process.stdout);
       case 'demo':
         return await runDemo(rest, process.stdout);
       case 'version':

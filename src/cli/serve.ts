@@ -1,7 +1,9 @@
 /** `gatecast serve`: the subscription server (and the ledger behind billing) over HTTP. */
+import { readSecretFile } from '../crypto/control-auth.js';
 import { parseEndpoint } from '../net/address.js';
 import { openStore } from '../store/database.js';
 import { buildSubscriptionApp } from '../subscription/app.js';
+import { openSetupSender } from '../subscription/setup-sender.js';
 import { exitOk, UsageError } from './errors.js';
 import { formatHelp, type OptionSpecs, optional, parseOptions } from './options.js';
 
@@ -13,6 +15,12 @@ const serveOptions: OptionSpecs = {
     help: 'sqlite:PATH (default sqlite:./data/gatecast.db) or postgres://…',
   },
   listen: { type: 'string', value: 'ADDR:PORT', help: 'HTTP address (default 127.0.0.1:8080)' },
+  'secret-file': {
+    type: 'string',
+    value: 'FILE',
+    help: 'control secret to send SETUP to retransmit servers with (needed for sources to buy repair)',
+  },
+  currency: { type: 'string', value: 'CODE', help: 'ISO 4217 currency of new accounts (default EUR)' },
 };
 
 const knownRoles = new Set(['subscription', 'billing']);
@@ -23,7 +31,7 @@ export async function runServe(argv: string[], err: NodeJS.WriteStream): Promise
   if (values.help === true) {
     process.stdout.write(
       formatHelp(
-        'gatecast serve [--roles subscription,billing] [--db URL] [--listen ADDR:PORT]',
+        'gatecast serve [--roles subscription,billing] [--db URL] [--listen ADDR:PORT] [--secret-file FILE]',
         'The subscription server and ledger: HTTP+JSON, OpenAPI at GET /openapi.json.\n' +
           'The operator token comes from GATECAST_OPERATOR_TOKEN, or is made and printed once on a fresh store.',
         serveOptions,
@@ -38,15 +46,25 @@ export async function runServe(argv: string[], err: NodeJS.WriteStream): Promise
     }
   }
   const listen = parseEndpoint(optional(values, 'listen') ?? '127.0.0.1:8080', '--listen');
+  const currency = optional(values, 'currency') ?? 'EUR';
+  if (!/^[A-Z]{3}$/.test(currency)) {
+    throw new UsageError(`--currency: "${currency}" is not an ISO 4217 code such as EUR`);
+  }
+  const secretFile = optional(values, 'secret-file');
+  const setup = secretFile === undefined ? undefined : await openSetupSender(readSecretFile(secretFile));
   const store = await openStore(optional(values, 'db') ?? 'sqlite:./data/gatecast.db');
   const app = await buildSubscriptionApp({
     store,
+    currency,
+    setup,
     operatorToken: process.env.GATECAST_OPERATOR_TOKEN,
     onOperatorTokenCreated: (token) => err.write(`serve: operator token (shown once, keep it): ${token}\n`),
   });
   await app.listen({ host: listen.address, port: listen.port });
+  const bound = app.server.address();
+  const port = typeof bound === 'object' && bound !== null ? bound.port : listen.port;
   err.write(
-    `serve: ${roles.join(',')} on http://${listen.family === 6 ? `[${listen.address}]` : listen.address}:${listen.port} (${store.dialect})\n`,
+    `serve: ${roles.join(',')} on http://${listen.family === 6 ? `[${listen.address}]` : listen.address}:${port} (${store.dialect})\n`,
   );
   await new Promise<void>((resolve) => {
     process.once('SIGINT', resolve);
@@ -54,6 +72,7 @@ export async function runServe(argv: string[], err: NodeJS.WriteStream): Promise
   });
   await app.close();
   await store.close();
+  await setup?.[Symbol.asyncDispose]();
   err.write('stopped\n');
   return exitOk;
 }

@@ -1,0 +1,340 @@
+/**
+ * `gatecast admin`: the operator's command line over the subscription server's API — against a
+ * running server (--server URL, a token from --token-file or GATECAST_TOKEN) or straight against
+ * the store (--db URL, the API run in-process as the operator). Each command is one API request;
+ * the answer is printed as JSON (CSV for export), a refusal as one line naming the reason.
+ */
+import { randomBytes } from 'node:crypto';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { parseArgs } from 'node:util';
+import { readSecretFile } from '../crypto/control-auth.js';
+import { openStore } from '../store/database.js';
+import { buildSubscriptionApp } from '../subscription/app.js';
+import { openSetupSender } from '../subscription/setup-sender.js';
+import { exitOk, UsageError } from './errors.js';
+
+/** The server refused a request or could not be reached. */
+export class RequestError extends Error {
+  readonly code = 'GATECAST_ERR_REQUEST';
+}
+
+const help = `usage: gatecast admin (--server URL [--token-file FILE] | --db URL) COMMAND [ARGS] [options]
+
+The operator's command line for the subscription server and the ledger. Prints JSON.
+
+target:
+  --server URL            a running server (gatecast serve), e.g. http://127.0.0.1:8080
+  --token-file FILE       the bearer token (default: $GATECAST_TOKEN)
+  --db URL                the store itself (sqlite:PATH or postgres://…), acting as the operator
+  --secret-file FILE      with --db: control secret for SETUP (sessions that buy repair)
+
+commands:
+  subscriber add NAME                       create a subscriber; prints its token once
+  source add NAME                           create a source; prints its token once
+  grant SUBSCRIBER SERVICE [--session ID] [--from ISO] [--to ISO] [--monthly MINOR]
+  entitlements SUBSCRIBER                   list a subscriber's entitlements
+  check SUBSCRIBER SERVICE [--session ID]   may this subscriber have SERVICE now?
+  server add retransmit|repair NAME ADDR:PORT
+  servers                                   the registry of retransmit and repair servers
+  session add NAME GROUP:PORT [--source ADDR] [--price free|subscription|pay-as-you-go]
+                              [--repair] [--owner SOURCE]
+  session end ID                            end a session (its repair is torn down and charged)
+  sessions                                  list sessions
+  rates [--set NAME=MINOR,...]              show (or set) the rate card
+  usage ACCOUNT KIND QUANTITY --key KEY [--session ID] [--packets N]
+  balance ACCOUNT
+  invoice ACCOUNT YYYY-MM
+  bill YYYY-MM                              charge the subscriptions of a month (idempotent)
+  export [--out FILE]                       the ledger as CSV
+  whoami
+
+exit codes: 0 ok, 2 bad usage or a refused request, 70 internal error
+`;
+
+interface Answer {
+  status: number;
+  body: string;
+}
+type Send = (
+  method: string,
+  path: string,
+  body?: unknown,
+  headers?: Record<string, string>,
+) => Promise<Answer>;
+
+/** Runs `gatecast admin`. */
+export async function runAdmin(argv: string[], out: NodeJS.WriteStream): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    allowPositionals: true,
+    strict: true,
+    options: {
+      server: { type: 'string' },
+      'token-file': { type: 'string' },
+      db: { type: 'string' },
+      'secret-file': { type: 'string' },
+      session: { type: 'string' },
+      from: { type: 'string' },
+      to: { type: 'string' },
+      monthly: { type: 'string' },
+      source: { type: 'string' },
+      price: { type: 'string' },
+      repair: { type: 'boolean' },
+      owner: { type: 'string' },
+      set: { type: 'string' },
+      key: { type: 'string' },
+      packets: { type: 'string' },
+      out: { type: 'string' },
+      help: { type: 'boolean', short: 'h' },
+    },
+  });
+  if (values.help === true || positionals.length === 0) {
+    process.stdout.write(help);
+    return values.help === true ? exitOk : 2;
+  }
+  if ((values.server === undefined) === (values.db === undefined)) {
+    throw new UsageError('give one of --server URL (a running server) or --db URL (the store)');
+  }
+  const target = await connect(values);
+  try {
+    const answer = await command(positionals, values, target.send);
+    if (answer.status >= 400) {
+      let message = answer.body;
+      try {
+        const parsed = JSON.parse(answer.body) as { error?: string; message?: string };
+        message = `${parsed.error ?? 'error'}: ${parsed.message ?? ''}`;
+      } catch {
+        // not JSON: shown as it is
+      }
+      throw new RequestError(`${answer.status} ${message}`);
+    }
+    if (values.out !== undefined) {
+      writeFileSync(values.out, answer.body);
+    } else {
+      out.write(answer.body.endsWith('\n') ? answer.body : `${answer.body}\n`);
+    }
+    return exitOk;
+  } finally {
+    await target.close();
+  }
+}
+
+/** Opens the target: HTTP to a server, or the API in-process over the store. */
+async function connect(values: Record<string, string | boolean | undefined>) {
+  if (typeof values.server === 'string') {
+    const base = values.server.replace(/\/+$/, '');
+    if (!/^https?:\/\/[^/]+$/.test(base)) {
+      throw new UsageError(`--server: "${values.server}" is not http://HOST:PORT`);
+    }
+    const token = readToken(values['token-file']);
+    const send: Send = async (method, path, body, headers = {}) => {
+      let response: Response;
+      try {
+        response = await fetch(`${base}${path}`, {
+          method,
+          headers: {
+            authorization: `Bearer ${token}`,
+            ...(body === undefined ? {} : { 'content-type': 'application/json' }),
+            ...headers,
+          },
+          ...(body === undefined ? {} : { body: JSON.stringify(body) }),
+          signal: AbortSignal.timeout(30_000),
+        });
+      } catch (error) {
+        const cause = (error as { cause?: { code?: string; message?: string } }).cause;
+        throw new RequestError(
+          `cannot reach ${base}: ${cause?.code ?? cause?.message ?? (error as Error).message}`,
+        );
+      }
+      return { status: response.status, body: await response.text() };
+    };
+    return { send, close: async () => undefined };
+  }
+  const token = `gct_admin_${randomBytes(24).toString('base64url')}`;
+  const store = await openStore(String(values.db));
+  const secretFile = values['secret-file'];
+  const setup =
+    typeof secretFile === 'string' ? await openSetupSender(readSecretFile(secretFile)) : undefined;
+  const app = await buildSubscriptionApp({ store, trustedOperatorToken: token, setup });
+  const send: Send = async (method, path, body, headers = {}) => {
+    const response = await app.inject({
+      method: method as 'GET',
+      url: path,
+      headers: { authorization: `Bearer ${token}`, ...headers },
+      ...(body === undefined ? {} : { payload: body as object }),
+    });
+    return { status: response.statusCode, body: response.body };
+  };
+  return {
+    send,
+    close: async () => {
+      await app.close();
+      await store.close();
+      await setup?.[Symbol.asyncDispose]();
+    },
+  };
+}
+
+function readToken(file: string | boolean | undefined): string {
+  if (typeof file === 'string') {
+    try {
+      return readFileSync(file, 'utf8').trim();
+    } catch (error) {
+      throw new UsageError(`--token-file: cannot read ${file}: ${(error as NodeJS.ErrnoException).code}`);
+    }
+  }
+  const token = process.env.GATECAST_TOKEN;
+  if (token === undefined || token === '') {
+    throw new UsageError('--token-file FILE or GATECAST_TOKEN is required with --server');
+  }
+  return token;
+}
+
+/** Maps a command line to one API request. */
+async function command(
+  words: string[],
+  values: Record<string, string | boolean | undefined>,
+  send: Send,
+): Promise<Answer> {
+  const [verb, ...args] = words;
+  const arg = (index: number, name: string) => {
+    const value = args[index];
+    if (value === undefined) {
+      throw new UsageError(`${verb}: ${name} is missing (gatecast admin --help)`);
+    }
+    return value;
+  };
+  const text = (name: string) => (typeof values[name] === 'string' ? (values[name] as string) : undefined);
+  const integer = (name: string, value: string | undefined) => {
+    if (value === undefined) {
+      return undefined;
+    }
+    if (!/^\d+$/.test(value)) {
+      throw new UsageError(`--${name}: "${value}" is not a whole number`);
+    }
+    return Number(value);
+  };
+  const pretty = async (answer: Promise<Answer>) => {
+    const result = await answer;
+    try {
+      return { ...result, body: `${JSON.stringify(JSON.parse(result.body), null, 2)}\n` };
+    } catch {
+      return result;
+    }
+  };
+  const query = (entries: Record<string, string | undefined>) =>
+    new URLSearchParams(
+      Object.entries(entries).filter((entry): entry is [string, string] => entry[1] !== undefined),
+    ).toString();
+  switch (verb) {
+    case 'subscriber':
+    case 'source':
+      if (arg(0, 'add') !== 'add') {
+        throw new UsageError(`${verb}: only "add NAME"`);
+      }
+      return pretty(send('POST', `/v1/${verb}s`, { name: arg(1, 'NAME') }));
+    case 'grant':
+      return pretty(
+        send('POST', '/v1/entitlements', {
+          subscriber: arg(0, 'SUBSCRIBER'),
+          service: arg(1, 'SERVICE'),
+          session: text('session'),
+          from: text('from'),
+          to: text('to'),
+          monthly: integer('monthly', text('monthly')),
+        }),
+      );
+    case 'entitlements':
+      return pretty(send('GET', `/v1/entitlements?${query({ subscriber: arg(0, 'SUBSCRIBER') })}`));
+    case 'check':
+      return pretty(
+        send(
+          'GET',
+          `/v1/entitlements/check?${query({ subscriber: arg(0, 'SUBSCRIBER'), service: arg(1, 'SERVICE'), session: text('session') })}`,
+        ),
+      );
+    case 'server':
+      if (arg(0, 'add') !== 'add') {
+        throw new UsageError('server: only "add KIND NAME ADDR:PORT"');
+      }
+      return pretty(
+        send('POST', '/v1/servers', {
+          kind: arg(1, 'KIND'),
+          name: arg(2, 'NAME'),
+          address: arg(3, 'ADDR:PORT'),
+        }),
+      );
+    case 'servers':
+      return pretty(send('GET', '/v1/servers'));
+    case 'session': {
+      const action = arg(0, 'add or end');
+      if (action === 'end') {
+        return pretty(send('POST', `/v1/sessions/${encodeURIComponent(arg(1, 'ID'))}/end`));
+      }
+      if (action !== 'add') {
+        throw new UsageError('session: "add NAME GROUP:PORT" or "end ID"');
+      }
+      return pretty(
+        send('POST', '/v1/sessions', {
+          name: arg(1, 'NAME'),
+          group: arg(2, 'GROUP:PORT'),
+          source: text('source'),
+          price: text('price'),
+          repair: values.repair === true ? true : undefined,
+          owner: text('owner'),
+        }),
+      );
+    }
+    case 'sessions':
+      return pretty(send('GET', '/v1/sessions'));
+    case 'rates': {
+      const set = text('set');
+      if (set === undefined) {
+        return pretty(send('GET', '/v1/rates'));
+      }
+      const update: Record<string, number> = {};
+      for (const pair of set.split(',')) {
+        const [name, value, extra] = pair.split('=');
+        if (name === undefined || value === undefined || extra !== undefined) {
+          throw new UsageError(`--set: "${pair}" is not NAME=MINOR`);
+        }
+        update[name.trim()] = integer('set', value.trim()) as number;
+      }
+      return pretty(send('PUT', '/v1/rates', update));
+    }
+    case 'usage': {
+      const key = text('key');
+      if (key === undefined) {
+        throw new UsageError('usage: --key KEY is required (the idempotency key)');
+      }
+      return pretty(
+        send(
+          'POST',
+          '/v1/usage',
+          {
+            account: arg(0, 'ACCOUNT'),
+            kind: arg(1, 'KIND'),
+            quantity: integer('quantity', arg(2, 'QUANTITY')),
+            session: text('session'),
+            packets: integer('packets', text('packets')),
+          },
+          { 'idempotency-key': key },
+        ),
+      );
+    }
+    case 'balance':
+      return pretty(send('GET', `/v1/accounts/${encodeURIComponent(arg(0, 'ACCOUNT'))}/balance`));
+    case 'invoice':
+      return pretty(
+        send('GET', `/v1/invoices?${query({ account: arg(0, 'ACCOUNT'), period: arg(1, 'YYYY-MM') })}`),
+      );
+    case 'bill':
+      return pretty(send('POST', '/v1/billing/run', { period: arg(0, 'YYYY-MM') }));
+    case 'export':
+      return send('GET', '/v1/ledger.csv');
+    case 'whoami':
+      return pretty(send('GET', '/v1/whoami'));
+    default:
+      throw new UsageError(`unknown command "${verb}" (gatecast admin --help)`);
+  }
+}

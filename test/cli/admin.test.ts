@@ -1,0 +1,88 @@
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, describe, it } from 'node:test';
+import { promisify } from 'node:util';
+import { startServe } from '../helpers/serve.js';
+import { gatecastBin } from '../helpers/testbed.js';
+
+const admin = async (args: string[], env: Record<string, string> = {}) => {
+  try {
+    const { stdout, stderr } = await promisify(execFile)(process.execPath, [gatecastBin, 'admin', ...args], {
+      timeout: 30_000,
+      env: { ...process.env, ...env },
+    });
+    return { code: 0, stdout, stderr };
+  } catch (error) {
+    const failed = error as { code: number; stdout: string; stderr: string };
+    return { code: failed.code, stdout: failed.stdout, stderr: failed.stderr };
+  }
+};
+const json = (result: { code: number; stdout: string; stderr: string }) => {
+  assert.equal(result.code, 0, result.stderr);
+  return JSON.parse(result.stdout) as Record<string, unknown>;
+};
+
+describe('gatecast admin', () => {
+  const directory = mkdtempSync(join(tmpdir(), 'gatecast-admin-'));
+  after(() => rmSync(directory, { recursive: true, force: true }));
+
+  it('straight against the store: parties, grants, a billing run, an invoice, the export', async () => {
+    const db = ['--db', `sqlite:${join(directory, 'direct.db')}`];
+    const alice = json(await admin([...db, 'subscriber', 'add', 'alice']));
+    assert.match(String(alice.token), /^gct_/);
+    json(await admin([...db, 'grant', String(alice.id), 'repair', '--monthly', '250']));
+    assert.deepEqual(json(await admin([...db, 'check', String(alice.id), 'repair'])), {
+      allowed: true,
+      reason: 'entitled to repair',
+    });
+    const now = new Date();
+    const period = `${now.getUTCFullYear()}-${String(now.getUTCMonth() + 1).padStart(2, '0')}`;
+    assert.equal(json(await admin([...db, 'bill', period])).charged, 1);
+    assert.equal(json(await admin([...db, 'bill', period])).charged, 0, 'a second run charges nothing');
+    const invoice = json(await admin([...db, 'invoice', String(alice.id), period]));
+    assert.equal(invoice.total, 250);
+    assert.equal(json(await admin([...db, 'balance', String(alice.id)])).balance, -250);
+    const out = join(directory, 'ledger.csv');
+    assert.equal((await admin([...db, 'export', '--out', out])).code, 0);
+    assert.match(readFileSync(out, 'utf8'), /subscription repair/);
+  });
+
+  it('against a running server with a token file; refusals are one line and exit 2', async () => {
+    const operator = 'operator-token-for-the-admin-test-000';
+    const server = await startServe(['--db', `sqlite:${join(directory, 'served.db')}`], {
+      GATECAST_OPERATOR_TOKEN: operator,
+    });
+    try {
+      const tokenFile = join(directory, 'operator.token');
+      writeFileSync(tokenFile, `${operator}\n`);
+      const target = ['--server', server.url, '--token-file', tokenFile];
+      const source = json(await admin([...target, 'source', 'add', 'news']));
+      assert.equal(json(await admin([...target, 'whoami'])).kind, 'operator');
+      const server1 = json(await admin([...target, 'server', 'add', 'retransmit', 'rt1', '127.0.0.1:7999']));
+      assert.equal(server1.kind, 'retransmit');
+      assert.equal((json(await admin([...target, 'servers'])) as unknown as unknown[]).length, 1);
+      const asSource = await admin(['--server', server.url, 'session', 'add', 'news', '239.9.9.9:5000'], {
+        GATECAST_TOKEN: String(source.token),
+      });
+      assert.equal(json(asSource).owner, source.id, 'a source registers its own session');
+      const refused = await admin(['--server', server.url, 'subscriber', 'add', 'x'], {
+        GATECAST_TOKEN: String(source.token),
+      });
+      assert.equal(refused.code, 2);
+      assert.match(refused.stderr, /^gatecast admin: 403 forbidden: only the operator creates parties\n$/);
+      const bad = await admin([...target, 'rates', '--set', 'repairPerGigabyte=0']);
+      assert.equal(bad.code, 2);
+      assert.match(bad.stderr, /400 invalid-request: .*repairPerGigabyte/);
+      const unknown = await admin([...target, 'frobnicate']);
+      assert.equal(unknown.code, 2);
+      assert.match(unknown.stderr, /unknown command "frobnicate"/);
+      const both = await admin([...target, '--db', 'sqlite::memory:', 'whoami']);
+      assert.match(both.stderr, /one of --server URL .* or --db URL/);
+    } finally {
+      await server.stop();
+    }
+  });
+});

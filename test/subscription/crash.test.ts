@@ -1,0 +1,219 @@
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, describe, it } from 'node:test';
+import { openStore } from '../../src/store/database.js';
+import { createLedger } from '../../src/store/ledger.js';
+import { type Postgres, postgresSkip, startPostgres } from '../helpers/postgres.js';
+import { type ServeProcess, startServe } from '../helpers/serve.js';
+
+const operatorToken = 'operator-token-for-the-crash-test-0123';
+const env = { GATECAST_OPERATOR_TOKEN: operatorToken };
+const keys = 300;
+const clients = 6;
+/** Attempts that found no server or lost their answer: the retries the crash caused. */
+let failedAttempts = 0;
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** Pay-as-you-go at the default 1 per MB: key i is charged (i % 7) + 1. */
+const usageOf = (account: string, i: number) => ({
+  account,
+  kind: 'pay-as-you-go-bytes',
+  quantity: ((i % 7) + 1) * 1_000_000,
+});
+
+/**
+ * One charge, retried until a server answers it (connection refused while a server is down,
+ * reset mid-request when it is killed). Returns the transfer id. Bounded in time.
+ */
+async function charge(urls: () => string[], key: string, body: object, attempt: { n: number }) {
+  const deadline = Date.now() + 60_000;
+  for (;;) {
+    const candidates = urls();
+    const url = candidates[attempt.n++ % candidates.length];
+    try {
+      const response = await fetch(`${url}/v1/usage`, {
+        method: 'POST',
+        headers: {
+          authorization: `Bearer ${operatorToken}`,
+          'content-type': 'application/json',
+          'idempotency-key': key,
+        },
+        body: JSON.stringify(body),
+        signal: AbortSignal.timeout(5_000),
+      });
+      const answer = (await response.json()) as { transfer?: string };
+      if (response.status === 200 || response.status === 201) {
+        return answer.transfer as string;
+      }
+      if (response.status < 500) {
+        throw new Error(`${key}: ${response.status} ${JSON.stringify(answer)}`);
+      }
+    } catch (error) {
+      if ((error as Error).message.startsWith(key)) {
+        throw error;
+      }
+      failedAttempts++;
+    }
+    if (Date.now() > deadline) {
+      throw new Error(`${key}: no server answered within 60 s`);
+    }
+    await sleep(20);
+  }
+}
+
+/**
+ * The storm: clients share the keys; every key is sent twice (a retry after success too); after
+ * a third of the answers one server is killed with SIGKILL and restarted on the same port.
+ */
+async function storm(options: {
+  servers: ServeProcess[];
+  restart: (index: number) => Promise<ServeProcess>;
+  accounts: string[];
+  bothAtOnce: boolean;
+}) {
+  const servers = [...options.servers];
+  const live = () => servers.map((server) => server.url);
+  const transfers = new Map<string, Set<string>>();
+  let answered = 0;
+  let killed = false;
+  let crash: Promise<void> | undefined;
+  let next = 0;
+  const worker = async () => {
+    for (;;) {
+      const i = next++;
+      if (i >= keys) {
+        return;
+      }
+      const key = `crash-${i}`;
+      const body = usageOf(options.accounts[i % options.accounts.length] as string, i);
+      const attempts = options.bothAtOnce
+        ? servers.map((_, s) => charge(live, key, body, { n: s + i }))
+        : [charge(live, key, body, { n: i })];
+      const ids = await Promise.all([...attempts, charge(live, key, body, { n: i + 1 })]);
+      transfers.set(key, new Set(ids));
+      answered++;
+      if (!killed && answered >= keys / 3) {
+        killed = true;
+        crash = (async () => {
+          await servers[0]?.kill();
+          await sleep(300);
+          servers[0] = await options.restart(0);
+        })();
+      }
+    }
+  };
+  failedAttempts = 0;
+  await Promise.all(Array.from({ length: clients }, worker));
+  await crash;
+  assert.ok(killed && failedAttempts > 0, 'the kill fell mid-storm: some requests failed and were retried');
+  return { transfers, servers };
+}
+
+/** After the storm: one transfer per key, every answer named it, balances add up, the sum is zero. */
+async function verify(url: string, accounts: string[], transfers: Map<string, Set<string>>) {
+  assert.equal(transfers.size, keys);
+  for (const [key, ids] of transfers) {
+    assert.equal(ids.size, 1, `${key}: every answer names the same transfer`);
+  }
+  const store = await openStore(url);
+  try {
+    const rows = await store.db
+      .selectFrom('transfers')
+      .select(['idempotency_key', 'id'])
+      .where('idempotency_key', 'like', 'crash-%')
+      .execute();
+    assert.equal(rows.length, keys, 'each idempotency key charged exactly once');
+    for (const row of rows) {
+      assert.ok(transfers.get(row.idempotency_key)?.has(row.id), `${row.idempotency_key} as answered`);
+    }
+    const events = await store.db.selectFrom('usage_events').select('transfer').execute();
+    assert.equal(events.length, keys, 'one usage event beside each transfer, none lost, none doubled');
+    const ledger = createLedger(store);
+    let sum = 0;
+    for (const balance of (await ledger.balances()).values()) {
+      sum += balance;
+    }
+    assert.equal(sum, 0, 'the ledger sums to zero');
+    for (const [a, account] of accounts.entries()) {
+      let expected = 0;
+      for (let i = a; i < keys; i += accounts.length) {
+        expected -= (i % 7) + 1;
+      }
+      assert.equal(await ledger.balance(account), expected, `balance of account ${a}`);
+    }
+  } finally {
+    await store.close();
+  }
+}
+
+async function createAccounts(url: string): Promise<string[]> {
+  const accounts: string[] = [];
+  for (const name of ['a', 'b', 'c']) {
+    const response = await fetch(`${url}/v1/subscribers`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${operatorToken}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ name }),
+    });
+    accounts.push(((await response.json()) as { id: string }).id);
+  }
+  return accounts;
+}
+
+describe('crash: a storm of retried charges, the server killed with SIGKILL mid-storm and restarted', () => {
+  const directory = mkdtempSync(join(tmpdir(), 'gatecast-crash-'));
+  after(() => rmSync(directory, { recursive: true, force: true }));
+
+  it('SQLite, one server: each idempotency key charged exactly once, the ledger sums to zero', async () => {
+    const db = `sqlite:${join(directory, 'crash.db')}`;
+    let server = await startServe(['--db', db], env);
+    const port = Number(new URL(server.url).port);
+    try {
+      const accounts = await createAccounts(server.url);
+      const result = await storm({
+        servers: [server],
+        restart: async () => {
+          server = await startServe(['--db', db], env, port);
+          return server;
+        },
+        accounts,
+        bothAtOnce: false,
+      });
+      await server.stop();
+      await verify(db, accounts, result.transfers);
+    } finally {
+      await server.kill();
+    }
+  });
+
+  let postgres: Postgres | undefined;
+  after(() => postgres?.stop());
+  it(
+    'PostgreSQL, two servers sharing the store and both sent every key: each charged exactly once',
+    postgresSkip(),
+    async () => {
+      postgres = startPostgres();
+      const db = postgres.url;
+      const servers = [await startServe(['--db', db], env), await startServe(['--db', db], env)];
+      const port = Number(new URL((servers[0] as ServeProcess).url).port);
+      try {
+        const accounts = await createAccounts((servers[1] as ServeProcess).url);
+        const result = await storm({
+          servers,
+          restart: async () => {
+            servers[0] = await startServe(['--db', db], env, port);
+            return servers[0];
+          },
+          accounts,
+          bothAtOnce: true,
+        });
+        await verify(db, accounts, result.transfers);
+      } finally {
+        for (const server of servers) {
+          await server.kill();
+        }
+      }
+    },
+  );
+});
