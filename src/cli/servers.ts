@@ -1,5 +1,6 @@
 /** `gatecast retransmit`, `gatecast repair` and `gatecast agent`: the repair service's commands. */
 
+import { readFileSync } from 'node:fs';
 import {
   announceIntervalMsDefault,
   repairRateBitsPerSecondDefault,
@@ -8,7 +9,9 @@ import {
 } from '../limits.js';
 import { formatEndpoint, parseEndpoint, parseGroup } from '../net/address.js';
 import { resolveInterface } from '../net/interfaces.js';
-import { startAgent, startWatchingAgent } from '../receiver/agent.js';
+import { type AgentMapping, startAgent, startWatchingAgent } from '../receiver/agent.js';
+import { type ControllerClient, controllerClient } from '../receiver/controller-client.js';
+import { startRepairController } from '../repair/controller.js';
 import { startRepairServer } from '../repair/repair.js';
 import { startRetransmitServer } from '../retransmit/retransmit.js';
 import { daemonOptions, keysFrom, parseEndpointList, runDaemon } from './daemon.js';
@@ -96,6 +99,32 @@ const repairOptions: OptionSpecs = {
   'emit-iface': { type: 'string', value: 'NAME|ADDR', help: 'interface to emit S2 on (default --iface)' },
   ttl: { type: 'string', value: 'N', help: 'TTL / hop limit of S2 (default 16)' },
   reliable: { type: 'boolean', help: 'wait for every packet as long as the retransmit buffers hold (files)' },
+  controller: {
+    type: 'string',
+    value: 'ADDR:PORT',
+    help: 'run the controller here (flow A): repair whatever entitled agents ask for, instead of --join',
+  },
+  subscription: {
+    type: 'string',
+    value: 'URL',
+    help: 'with --controller: the subscription server, e.g. http://10.0.0.5:8080',
+  },
+  'token-file': {
+    type: 'string',
+    value: 'FILE',
+    help: "with --controller: the operator's token for it (default: $GATECAST_TOKEN)",
+  },
+  's2-pool': {
+    type: 'string',
+    value: 'GROUP:PORT[/N]',
+    help: 'with --controller: hand out S2 from N groups starting here (default N 256)',
+  },
+  lease: { type: 'string', value: 'SECONDS', help: 'with --controller: grant lease (default 60)' },
+  'report-interval': {
+    type: 'string',
+    value: 'SECONDS',
+    help: 'with --controller: report repaired bytes as usage this often (default 60)',
+  },
   latency: { type: 'string', value: 'MS', help: 'live streams: give a packet up after this budget' },
   ...daemonOptions,
 };
@@ -109,6 +138,21 @@ const agentOptions: OptionSpecs = {
     type: 'string',
     value: 'S1=S2[,...]',
     help: 'with --watch: GROUP:PORT=GROUP:PORT pairs of sessions and their repaired groups',
+  },
+  controller: {
+    type: 'string',
+    value: 'URL',
+    help: 'with --watch: ask this repair controller for S2 (flow A), e.g. http://10.0.0.9:8090',
+  },
+  sessions: {
+    type: 'string',
+    value: 'GROUP:PORT[,...]',
+    help: 'with --controller: the sessions S1 to have repaired when an application joins them',
+  },
+  'token-file': {
+    type: 'string',
+    value: 'FILE',
+    help: "with --controller: the subscriber's bearer token (default: $GATECAST_TOKEN)",
   },
   from: { type: 'string', value: 'GROUP:PORT', help: 'the repaired group S2 to join' },
   'from-iface': { type: 'string', value: 'NAME|ADDR', help: 'interface to join S2 on' },
@@ -213,6 +257,9 @@ export async function runRepair(argv: string[], err: NodeJS.WriteStream): Promis
     );
     return exitOk;
   }
+  if (optional(values, 'controller') !== undefined) {
+    return runController(values, err);
+  }
   const group = parseGroup(required(values, 'join'), '--join');
   const emit = parseGroup(required(values, 'emit'), '--emit');
   const iface = optional(values, 'iface');
@@ -249,6 +296,65 @@ export async function runRepair(argv: string[], err: NodeJS.WriteStream): Promis
   });
 }
 
+/** `gatecast repair --controller ADDR:PORT`: flow A's repair controller. */
+async function runController(values: OptionValues, err: NodeJS.WriteStream): Promise<number> {
+  for (const name of ['join', 'emit', 'source']) {
+    if (optional(values, name) !== undefined) {
+      throw new UsageError(`--${name}: not with --controller (S1 comes from the agents, S2 from --s2-pool)`);
+    }
+  }
+  const listen = parseEndpoint(required(values, 'controller'), '--controller');
+  const subscription = required(values, 'subscription');
+  if (!/^https?:\/\/[^/]+\/?$/.test(subscription)) {
+    throw new UsageError(`--subscription: "${subscription}" is not http://HOST:PORT`);
+  }
+  const poolText = required(values, 's2-pool');
+  const [poolGroup = '', poolCount] = poolText.split('/');
+  const pool = parseGroup(poolGroup, '--s2-pool');
+  const poolSize = poolCount === undefined ? 256 : parseInteger(poolCount, '--s2-pool', 1, 65_536);
+  const latencyText = optional(values, 'latency');
+  if ((values.reliable === true) === (latencyText !== undefined)) {
+    throw new UsageError('choose one of --reliable (files) or --latency MS (live streams)');
+  }
+  const iface = optional(values, 'iface');
+  if (iface !== undefined) {
+    resolveInterface(iface, pool.family);
+  }
+  const ttlText = optional(values, 'ttl');
+  const announceGroupText = optional(values, 'announce-group');
+  const leaseText = optional(values, 'lease');
+  const reportText = optional(values, 'report-interval');
+  const controller = await startRepairController({
+    listen,
+    subscription,
+    token: readToken(optional(values, 'token-file')),
+    pool,
+    poolSize,
+    leaseMs: leaseText === undefined ? 60_000 : parseSeconds(leaseText, '--lease'),
+    reportIntervalMs: reportText === undefined ? 60_000 : parseSeconds(reportText, '--report-interval'),
+    idleMs: 10_000,
+    module: {
+      iface,
+      listen: parseEndpoint(required(values, 'listen'), '--listen'),
+      keys: keysFrom(values),
+      retransmit: parseEndpointList(optional(values, 'retransmit'), '--retransmit'),
+      announceGroup:
+        announceGroupText === undefined ? undefined : parseGroup(announceGroupText, '--announce-group'),
+      repairGroup: optionalGroup(optional(values, 'repair-group'), '--repair-group'),
+      emitIface: optional(values, 'emit-iface'),
+      ttl: ttlText === undefined ? undefined : parseInteger(ttlText, '--ttl', 1, 255),
+      latencyMs: latencyText === undefined ? undefined : parseInteger(latencyText, '--latency', 1, 600_000),
+    },
+  });
+  err.write(
+    `repair: controller on ${controller.url}, S2 from ${formatEndpoint(pool)} (${poolSize} groups)\n`,
+  );
+  return runDaemon(controller, values, err, () => {
+    const s = controller.status();
+    return `repair: controller grants ${s.grants} refusals ${s.refusals} modules ${s.modules.length} usage reported ${s.usageBytesReported} bytes (${s.reportsPending} pending)`;
+  });
+}
+
 /** Runs `gatecast agent`. */
 export async function runAgent(argv: string[], err: NodeJS.WriteStream): Promise<number> {
   const values = parseOptions(argv, agentOptions);
@@ -280,32 +386,71 @@ export async function runAgent(argv: string[], err: NodeJS.WriteStream): Promise
   });
 }
 
-/** `gatecast agent --watch --map S1=S2,...`. */
+/** `gatecast agent --watch (--map S1=S2,... | --controller URL --sessions S1,...)`. */
 async function runWatchingAgent(values: OptionValues, err: NodeJS.WriteStream): Promise<number> {
-  const mappings = required(values, 'map')
-    .split(',')
-    .filter((part) => part.trim() !== '')
-    .map((part) => {
-      const [s1, s2, extra] = part.split('=');
-      if (s1 === undefined || s2 === undefined || extra !== undefined) {
-        throw new UsageError(`--map: "${part}" is not S1GROUP:PORT=S2GROUP:PORT`);
-      }
-      return { s1: parseGroup(s1.trim(), '--map'), s2: parseGroup(s2.trim(), '--map') };
-    });
+  const mapText = optional(values, 'map');
+  const controllerUrl = optional(values, 'controller');
+  if ((mapText === undefined) === (controllerUrl === undefined)) {
+    throw new UsageError('--watch needs one of --map S1=S2,... or --controller URL --sessions S1,...');
+  }
+  let mappings: AgentMapping[];
+  let controller: ControllerClient | undefined;
+  if (mapText !== undefined) {
+    mappings = mapText
+      .split(',')
+      .filter((part) => part.trim() !== '')
+      .map((part) => {
+        const [s1, s2, extra] = part.split('=');
+        if (s1 === undefined || s2 === undefined || extra !== undefined) {
+          throw new UsageError(`--map: "${part}" is not S1GROUP:PORT=S2GROUP:PORT`);
+        }
+        return { s1: parseGroup(s1.trim(), '--map'), s2: parseGroup(s2.trim(), '--map') };
+      });
+  } else {
+    if (!/^https?:\/\/[^/]+\/?$/.test(controllerUrl ?? '')) {
+      throw new UsageError(`--controller: "${controllerUrl}" is not http://HOST:PORT`);
+    }
+    mappings = required(values, 'sessions')
+      .split(',')
+      .filter((part) => part.trim() !== '')
+      .map((part) => ({ s1: parseGroup(part.trim(), '--sessions') }));
+    controller = controllerClient(String(controllerUrl), readToken(optional(values, 'token-file')));
+  }
   const agent = await startWatchingAgent({
     mappings,
+    controller,
     fromIface: optional(values, 'from-iface'),
     deliverIface: optional(values, 'deliver-iface'),
-    onChange: (mapping, active, iface) =>
+    onChange: (mapping, active, iface, s2) =>
       err.write(
         active
-          ? `agent: ${formatEndpoint(mapping.s1)} joined on ${iface}: delivering ${formatEndpoint(mapping.s2)} -> ${formatEndpoint(mapping.s1)}\n`
+          ? `agent: ${formatEndpoint(mapping.s1)} joined on ${iface}: delivering ${formatEndpoint(s2)} -> ${formatEndpoint(mapping.s1)}\n`
           : `agent: ${formatEndpoint(mapping.s1)} left on ${iface}: delivery stopped\n`,
+      ),
+    onRefused: (mapping, reason) =>
+      err.write(
+        `agent: repair of ${formatEndpoint(mapping.s1)} refused: ${reason}; the application keeps the plain S1\n`,
       ),
   });
   err.write(`agent: watching group memberships for ${mappings.length} session(s)\n`);
   return runDaemon(agent, values, err, () => {
     const s = agent.status();
-    return `agent: ${s.sessions.map((x) => `${x.s1} ${x.active ? `delivering (${x.delivery?.delivered ?? 0})` : 'idle'}`).join('; ')}`;
+    return `agent: ${s.sessions.map((x) => `${x.s1} ${x.active ? `delivering (${x.delivery?.delivered ?? 0})` : x.refused === undefined ? 'idle' : 'refused'}`).join('; ')}`;
   });
+}
+
+/** The bearer token from a file, or from GATECAST_TOKEN. */
+function readToken(file: string | undefined): string {
+  if (file !== undefined) {
+    try {
+      return readFileSync(file, 'utf8').trim();
+    } catch (error) {
+      throw new UsageError(`--token-file: cannot read ${file}: ${(error as NodeJS.ErrnoException).code}`);
+    }
+  }
+  const token = process.env.GATECAST_TOKEN;
+  if (token === undefined || token === '') {
+    throw new UsageError('--token-file FILE or GATECAST_TOKEN is required');
+  }
+  return token;
 }

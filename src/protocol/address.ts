@@ -55,3 +55,19 @@ export function readAddress(buf: Buffer, offset: number, family: number): string
   }
   return undefined;
 }
+
+/**
+ * The address n after the given one (n ≥ 0), counting in its last 32 bits; undefined when that
+ * would carry beyond them. Used to hand out groups from a pool.
+ */
+export function addToAddress(address: string, n: number): string | undefined {
+  const bytes = Buffer.alloc(16);
+  const family = writeAddress(bytes, 0, address);
+  const at = family === 4 ? 0 : 12;
+  const sum = bytes.readUInt32BE(at) + n;
+  if (!Number.isInteger(n) || n < 0 || sum > 0xffff_ffff) {
+    return undefined;
+  }
+  bytes.writeUInt32BE(sum, at);
+  return readAddress(bytes, 0, family);
+}

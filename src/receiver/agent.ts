@@ -8,12 +8,13 @@
  * on the wire. The raw, lossy S1 from the network is kept away from the application by a firewall
  * rule that drops S1 datagrams whose source is not this host (docs/architecture.md, "Agent").
  */
-import type { Endpoint } from '../net/address.js';
+import { type Endpoint, formatEndpoint } from '../net/address.js';
 import { resolveInterface } from '../net/interfaces.js';
 import { type Membership, readMemberships } from '../net/memberships.js';
 import { openReceiverSocket, openSenderSocket, type ReceiverSocket, type SenderSocket } from '../net/udp.js';
 import { decodeData, offsetType, PacketType } from '../protocol/packet.js';
 import { sequenceDistance } from '../protocol/serial.js';
+import type { ControllerClient } from './controller-client.js';
 
 /** Settings of an agent. */
 export interface AgentSettings {
@@ -116,7 +117,8 @@ export async function startAgent(settings: AgentSettings): Promise<Agent> {
 /** One session the watching agent may repair: the application's S1 and its repaired S2. */
 export interface AgentMapping {
   readonly s1: Endpoint;
-  readonly s2: Endpoint;
+  /** Fixed by configuration; when absent, asked of the repair controller when S1 is joined. */
+  readonly s2?: Endpoint | undefined;
 }
 
 /** Settings of an agent that follows the host's group memberships. */
@@ -126,8 +128,16 @@ export interface WatchingAgentSettings {
   /** The interface applications join S1 on; any interface when absent. */
   readonly deliverIface?: string | undefined;
   readonly pollMs?: number | undefined;
+  /** Flow A: the repair controller that grants S2 for mappings without one. */
+  readonly controller?: ControllerClient | undefined;
+  /** After a refusal, ask again no sooner than this (a leave and re-join asks at once). */
+  readonly refusalRetryMs?: number | undefined;
   /** Called when delivery for a mapping starts or stops. */
-  readonly onChange?: ((mapping: AgentMapping, active: boolean, iface: string) => void) | undefined;
+  readonly onChange?:
+    | ((mapping: AgentMapping, active: boolean, iface: string, s2: Endpoint) => void)
+    | undefined;
+  /** Called when the controller refuses (the application keeps its plain S1). */
+  readonly onRefused?: ((mapping: AgentMapping, reason: string) => void) | undefined;
   readonly readMemberships?: () => Membership[];
 }
 
@@ -135,21 +145,59 @@ export interface WatchingAgentSettings {
 export interface WatchingAgentStatus {
   role: 'agent';
   mode: 'watch';
-  sessions: Array<{ s1: string; s2: string; active: boolean; delivery: AgentStatus | undefined }>;
+  sessions: Array<{
+    s1: string;
+    s2: string | undefined;
+    active: boolean;
+    refused: string | undefined;
+    delivery: AgentStatus | undefined;
+  }>;
+}
+
+interface Delivery {
+  agent: Agent;
+  iface: string;
+  s2: Endpoint;
+  /** When to renew the controller's lease; undefined for a configured S2. */
+  renewAt: number | undefined;
 }
 
 /**
  * Starts an agent that watches the host's memberships (/proc/net/igmp, /proc/net/igmp6): when an
- * application joins a mapped S1, it starts delivering that session from S2; when the last member
- * leaves, it stops. The application needs no change and no restart.
+ * application joins a mapped S1, it starts delivering that session from S2 (asking the repair
+ * controller for S2 first when none is configured); when the last member leaves, it stops and
+ * releases the grant. The application needs no change and no restart.
  */
 export async function startWatchingAgent(
   settings: WatchingAgentSettings,
 ): Promise<{ status(): WatchingAgentStatus; close(): Promise<void> } & AsyncDisposable> {
   const read = settings.readMemberships ?? readMemberships;
-  const active = new Map<AgentMapping, { agent: Agent; iface: string }>();
+  const active = new Map<AgentMapping, Delivery>();
+  const refused = new Map<AgentMapping, { until: number; reason: string }>();
+  const retryMs = settings.refusalRetryMs ?? 30_000;
   const ifaceName = (family: 4 | 6) =>
     settings.deliverIface === undefined ? undefined : resolveInterface(settings.deliverIface, family).name;
+
+  const deliver = async (mapping: AgentMapping, s2: Endpoint, iface: string, renewAt: number | undefined) => {
+    const agent = await startAgent({
+      from: s2,
+      fromIface: settings.fromIface,
+      deliver: mapping.s1,
+      deliverIface: settings.deliverIface ?? iface,
+    });
+    active.set(mapping, { agent, iface, s2, renewAt });
+    settings.onChange?.(mapping, true, iface, s2);
+  };
+  const stopDelivery = async (mapping: AgentMapping, current: Delivery) => {
+    active.delete(mapping);
+    await current.agent.close();
+    settings.onChange?.(mapping, false, current.iface, current.s2);
+  };
+  const refuse = (mapping: AgentMapping, reason: string) => {
+    refused.set(mapping, { until: Date.now() + retryMs, reason });
+    settings.onRefused?.(mapping, reason);
+  };
+
   let busy = false;
   const poll = async () => {
     if (busy) {
@@ -164,19 +212,46 @@ export async function startWatchingAgent(
           (m) => m.group === mapping.s1.address && (wanted === undefined || m.iface === wanted),
         );
         const current = active.get(mapping);
-        if (member !== undefined && current === undefined) {
-          const agent = await startAgent({
-            from: mapping.s2,
-            fromIface: settings.fromIface,
-            deliver: mapping.s1,
-            deliverIface: settings.deliverIface ?? member.iface,
-          });
-          active.set(mapping, { agent, iface: member.iface });
-          settings.onChange?.(mapping, true, member.iface);
-        } else if (member === undefined && current !== undefined) {
-          active.delete(mapping);
-          await current.agent.close();
-          settings.onChange?.(mapping, false, current.iface);
+        const now = Date.now();
+        if (member === undefined) {
+          refused.delete(mapping); // a later join asks again at once
+          if (current !== undefined) {
+            await stopDelivery(mapping, current);
+            if (mapping.s2 === undefined) {
+              await settings.controller?.release(mapping.s1);
+            }
+          }
+          continue;
+        }
+        if (current === undefined) {
+          if (mapping.s2 !== undefined) {
+            await deliver(mapping, mapping.s2, member.iface, undefined);
+            continue;
+          }
+          const refusal = refused.get(mapping);
+          if (settings.controller === undefined || (refusal !== undefined && now < refusal.until)) {
+            continue;
+          }
+          const resolution = await settings.controller.resolve(mapping.s1);
+          if (!resolution.granted) {
+            refuse(mapping, resolution.reason);
+            continue;
+          }
+          refused.delete(mapping);
+          await deliver(mapping, resolution.s2, member.iface, now + resolution.leaseMs / 3);
+          continue;
+        }
+        if (current.renewAt !== undefined && now >= current.renewAt && settings.controller !== undefined) {
+          const resolution = await settings.controller.resolve(mapping.s1);
+          if (!resolution.granted) {
+            await stopDelivery(mapping, current);
+            refuse(mapping, resolution.reason);
+          } else if (formatEndpoint(resolution.s2) !== formatEndpoint(current.s2)) {
+            await stopDelivery(mapping, current);
+            await deliver(mapping, resolution.s2, member.iface, now + resolution.leaseMs / 3);
+          } else {
+            current.renewAt = now + resolution.leaseMs / 3;
+          }
         }
       }
     } finally {
@@ -189,8 +264,11 @@ export async function startWatchingAgent(
   const close = () => {
     closed ??= (async () => {
       clearInterval(timer);
-      for (const { agent } of active.values()) {
+      for (const [mapping, { agent }] of active) {
         await agent.close();
+        if (mapping.s2 === undefined) {
+          await settings.controller?.release(mapping.s1);
+        }
       }
       active.clear();
     })();
@@ -200,12 +278,17 @@ export async function startWatchingAgent(
     status: () => ({
       role: 'agent',
       mode: 'watch',
-      sessions: settings.mappings.map((mapping) => ({
-        s1: `${mapping.s1.address}:${mapping.s1.port}`,
-        s2: `${mapping.s2.address}:${mapping.s2.port}`,
-        active: active.has(mapping),
-        delivery: active.get(mapping)?.agent.status(),
-      })),
+      sessions: settings.mappings.map((mapping) => {
+        const current = active.get(mapping);
+        const s2 = current?.s2 ?? mapping.s2;
+        return {
+          s1: formatEndpoint(mapping.s1),
+          s2: s2 === undefined ? undefined : formatEndpoint(s2),
+          active: current !== undefined,
+          refused: refused.get(mapping)?.reason,
+          delivery: current?.agent.status(),
+        };
+      }),
     }),
     close,
     [Symbol.asyncDispose]: close,

@@ -108,6 +108,8 @@ export interface RepairStatus {
   repairsReceived: number;
   notHeldReceived: number;
   recovered: number;
+  /** Bytes of the datagrams recovered (what a recipient's repair service is rated on). */
+  recoveredBytes: number;
   unrecoverable: number;
   timeouts: number;
   duplicates: number;
@@ -165,6 +167,7 @@ export async function startRepairServer(
     repairsReceived: 0,
     notHeldReceived: 0,
     recovered: 0,
+    recoveredBytes: 0,
     unrecoverable: 0,
     timeouts: 0,
     duplicates: 0,
@@ -398,6 +401,7 @@ export async function startRepairServer(
         counters.unrecoverable--; // it came after all
       }
       counters.recovered++;
+      counters.recoveredBytes += datagram.length;
       if (repaired && entry.server !== undefined) {
         const server = entry.server;
         server.consecutiveTimeouts = 0;

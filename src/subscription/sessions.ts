@@ -66,6 +66,7 @@ const ServerBody = Type.Object(
 );
 const Server = Type.Object({ id: Id, kind: Type.String(), name: Type.String(), address: Type.String() });
 const IdParams = Type.Object({ id: Id });
+const SessionQuery = Type.Object({ group: Type.Optional(Endpoint) }, { additionalProperties: false });
 
 type SessionRow = {
   id: string;
@@ -210,9 +211,9 @@ export function registerSessionRoutes(app: FastifyInstance, context: ApiContext,
     },
   );
 
-  app.get(
+  app.get<{ Querystring: Static<typeof SessionQuery> }>(
     '/v1/sessions',
-    { schema: { response: { 200: Type.Array(Session), ...errorReplies } } },
+    { schema: { querystring: SessionQuery, response: { 200: Type.Array(Session), ...errorReplies } } },
     async (request, reply) => {
       const caller = await context.authenticate(request, reply);
       if (caller === undefined) {
@@ -224,6 +225,15 @@ export function registerSessionRoutes(app: FastifyInstance, context: ApiContext,
       let query = db.selectFrom('sessions').selectAll().orderBy('started_at');
       if (caller.kind === 'source') {
         query = query.where('owner', '=', caller.id);
+      }
+      if (request.query.group !== undefined) {
+        let group: ReturnType<typeof parseGroup>;
+        try {
+          group = parseGroup(request.query.group, 'querystring/group');
+        } catch (error) {
+          return badRequest(reply, (error as Error).message);
+        }
+        query = query.where('group_address', '=', group.address).where('port', '=', group.port);
       }
       return ((await query.execute()) as SessionRow[]).map((row) => present(row));
     },

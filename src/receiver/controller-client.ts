@@ -1,0 +1,70 @@
+/**
+ * The agent's side of flow A: asks the repair controller to repair S1 with the subscriber's bearer
+ * token, checks the grant's tag (keyed from that token) and its fields, and releases the grant when
+ * the application leaves.
+ */
+import { verifyAnswerTag } from '../crypto/answer-auth.js';
+import { type Endpoint, formatEndpoint, parseGroup } from '../net/address.js';
+import { answerFields, type RepairGrant } from '../protocol/controller.js';
+
+/** The controller's answer as the agent uses it. */
+export type Resolution =
+  | { readonly granted: true; readonly s2: Endpoint; readonly leaseMs: number }
+  | { readonly granted: false; readonly reason: string };
+
+/** A client of one controller for one subscriber. */
+export interface ControllerClient {
+  resolve(s1: Endpoint, source?: string): Promise<Resolution>;
+  release(s1: Endpoint): Promise<void>;
+}
+
+/** Makes a client; the token is the subscriber's. */
+export function controllerClient(url: string, token: string): ControllerClient {
+  const base = url.replace(/\/+$/, '');
+  const headers = { authorization: `Bearer ${token}`, 'content-type': 'application/json' };
+  return {
+    async resolve(s1, source) {
+      let response: Response;
+      try {
+        response = await fetch(`${base}/v1/repair`, {
+          method: 'POST',
+          headers,
+          body: JSON.stringify({ group: formatEndpoint(s1), ...(source === undefined ? {} : { source }) }),
+          signal: AbortSignal.timeout(10_000),
+        });
+      } catch (error) {
+        const cause = (error as { cause?: { code?: string } }).cause?.code ?? (error as Error).message;
+        return { granted: false, reason: `the repair controller at ${base} cannot be reached: ${cause}` };
+      }
+      const body = (await response.json().catch(() => ({}))) as Partial<RepairGrant> & { message?: string };
+      if (response.status !== 200) {
+        return { granted: false, reason: `${response.status} ${body.message ?? 'refused'}` };
+      }
+      const grant = body as RepairGrant;
+      if (
+        typeof grant.s2 !== 'string' ||
+        typeof grant.tag !== 'string' ||
+        typeof grant.leaseSeconds !== 'number' ||
+        grant.session !== formatEndpoint(s1) ||
+        !verifyAnswerTag(token, answerFields(grant), grant.tag)
+      ) {
+        return { granted: false, reason: 'the controller’s answer failed its authenticity check' };
+      }
+      let s2: Endpoint;
+      try {
+        s2 = parseGroup(grant.s2, 's2');
+      } catch {
+        return { granted: false, reason: `the controller granted an unusable S2 "${grant.s2}"` };
+      }
+      return { granted: true, s2, leaseMs: Math.max(1, grant.leaseSeconds) * 1000 };
+    },
+    async release(s1) {
+      await fetch(`${base}/v1/repair`, {
+        method: 'DELETE',
+        headers,
+        body: JSON.stringify({ group: formatEndpoint(s1) }),
+        signal: AbortSignal.timeout(5_000),
+      }).catch(() => undefined); // the lease lapses on its own
+    },
+  };
+}

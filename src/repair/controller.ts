@@ -1,0 +1,424 @@
+/**
+ * The repair controller (flow A, docs/architecture.md "Repair controller"): agents on subscribers'
+ * hosts ask it, over HTTP with their bearer token, to repair a session S1. It asks the subscription
+ * server who the token belongs to and whether that subscriber has the `repair` service; if so it
+ * creates (or reuses) a repair module for S1, gives it a fresh S2 from its pool, and answers with a
+ * grant tagged under the subscriber's token. Without the entitlement the agent gets a clear
+ * refusal. Grants are leases the agent renews; repaired bytes are reported per subscriber and
+ * session to the subscription server as usage, each report under its own idempotency key, retried
+ * until it is taken.
+ */
+import { randomUUID } from 'node:crypto';
+import { type Static, Type } from '@sinclair/typebox';
+import Fastify, { type FastifyInstance } from 'fastify';
+import { answerTag } from '../crypto/answer-auth.js';
+import { type Endpoint, formatEndpoint, parseGroup } from '../net/address.js';
+import { addToAddress } from '../protocol/address.js';
+import { answerFields, type RepairGrant } from '../protocol/controller.js';
+import type { RepairServer, RepairSettings } from './repair.js';
+import { startRepairServer } from './repair.js';
+
+/** Settings of a controller. */
+export interface ControllerSettings {
+  /** Where agents reach the controller (HTTP). */
+  readonly listen: Endpoint;
+  /** The subscription server's base URL, e.g. http://10.0.0.5:8080. */
+  readonly subscription: string;
+  /** The operator's token for the subscription server. */
+  readonly token: string;
+  /** S2 pool: the first group and the port; `poolSize` groups from it. */
+  readonly pool: Endpoint;
+  readonly poolSize: number;
+  /** How every repair module is set up; group, emit and the control port are filled in per S1. */
+  readonly module: Omit<RepairSettings, 'group' | 'source' | 'emit' | 'listen'> & {
+    /** Module i (the i-th S2 of the pool) takes its control socket at this port + i (0: any). */
+    readonly listen: Endpoint;
+  };
+  readonly leaseMs: number;
+  /** How often repaired bytes are reported as usage. */
+  readonly reportIntervalMs: number;
+  /** How long a module with no subscriber left stays up (a quick re-join reuses it). */
+  readonly idleMs: number;
+  /** Starts a repair module (tests may pass a fake). */
+  readonly startModule?: (settings: RepairSettings) => Promise<RepairServer>;
+}
+
+interface Attachment {
+  readonly subscriber: string;
+  readonly sessionId: string | undefined;
+  expiresAt: number;
+  reportedBytes: number;
+  reportedPackets: number;
+}
+
+interface Module {
+  readonly s1: Endpoint;
+  readonly s2: Endpoint;
+  readonly poolIndex: number;
+  readonly server: RepairServer;
+  readonly attachments: Map<string, Attachment>;
+  idleSince: number | undefined;
+}
+
+interface PendingReport {
+  readonly key: string;
+  readonly body: {
+    account: string;
+    kind: 'repair-bytes';
+    quantity: number;
+    packets: number;
+    session?: string;
+  };
+}
+
+/** What the controller's status shows. */
+export interface ControllerStatus {
+  role: 'repair-controller';
+  listen: string;
+  grants: number;
+  refusals: number;
+  modules: Array<{ s1: string; s2: string; subscribers: number; recovered: number; recoveredBytes: number }>;
+  reportsPending: number;
+  reportsSent: number;
+  usageBytesReported: number;
+}
+
+/** A running controller. */
+export interface RepairController extends AsyncDisposable {
+  readonly url: string;
+  status(): ControllerStatus;
+  /** Reports what is due now (also done every reportIntervalMs). */
+  flush(): Promise<void>;
+  close(): Promise<void>;
+}
+
+const RequestBody = Type.Object(
+  {
+    group: Type.String({ minLength: 3, maxLength: 64 }),
+    source: Type.Optional(Type.String({ minLength: 2, maxLength: 46 })),
+  },
+  { additionalProperties: false },
+);
+const ReleaseBody = Type.Object(
+  { group: Type.String({ minLength: 3, maxLength: 64 }) },
+  { additionalProperties: false },
+);
+const Grant = Type.Object({
+  session: Type.String(),
+  s2: Type.String(),
+  subscriber: Type.String(),
+  leaseSeconds: Type.Integer(),
+  key: Type.Null(),
+  tag: Type.String(),
+});
+const ErrorBody = Type.Object({ error: Type.String(), message: Type.String() });
+
+/** Starts a controller. */
+export async function startRepairController(settings: ControllerSettings): Promise<RepairController> {
+  const instance = randomUUID();
+  const startModule = settings.startModule ?? startRepairServer;
+  const modules = new Map<string, Module>();
+  const pending: PendingReport[] = [];
+  const counters = { grants: 0, refusals: 0, reportsSent: 0, usageBytesReported: 0 };
+  let reportSequence = 0;
+  const base = settings.subscription.replace(/\/+$/, '');
+
+  /** A call to the subscription server; undefined when it cannot be reached. */
+  const ask = async (path: string, token: string, init: RequestInit = {}) => {
+    try {
+      const response = await fetch(`${base}${path}`, {
+        ...init,
+        headers: { authorization: `Bearer ${token}`, ...(init.headers ?? {}) },
+        signal: AbortSignal.timeout(5_000),
+      });
+      return {
+        status: response.status,
+        body: (await response.json().catch(() => ({}))) as Record<string, unknown>,
+      };
+    } catch {
+      return undefined;
+    }
+  };
+
+  const freeIndex = () => {
+    const used = new Set([...modules.values()].map((module) => module.poolIndex));
+    for (let i = 0; i < settings.poolSize; i++) {
+      if (!used.has(i)) {
+        return i;
+      }
+    }
+    return undefined;
+  };
+
+  /** Queues the repaired bytes an attachment has not been charged for yet. */
+  const account = (module: Module, attachment: Attachment) => {
+    const status = module.server.status();
+    const bytes = status.recoveredBytes - attachment.reportedBytes;
+    const packets = status.recovered - attachment.reportedPackets;
+    attachment.reportedBytes = status.recoveredBytes;
+    attachment.reportedPackets = status.recovered;
+    if (bytes > 0) {
+      pending.push({
+        key: `repair/${instance}/${reportSequence++}`,
+        body: {
+          account: attachment.subscriber,
+          kind: 'repair-bytes',
+          quantity: bytes,
+          packets: Math.max(0, packets),
+          ...(attachment.sessionId === undefined ? {} : { session: attachment.sessionId }),
+        },
+      });
+    }
+  };
+
+  let flushing = false;
+  const flush = async () => {
+    if (flushing) {
+      return;
+    }
+    flushing = true;
+    try {
+      await flushPending();
+    } finally {
+      flushing = false;
+    }
+  };
+  const flushPending = async () => {
+    while (pending.length > 0) {
+      const report = pending[0] as PendingReport;
+      const answer = await ask('/v1/usage', settings.token, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', 'idempotency-key': report.key },
+        body: JSON.stringify(report.body),
+      });
+      if (answer === undefined || answer.status >= 500) {
+        return; // the server is away: the same report, same key, next time
+      }
+      pending.shift();
+      if (answer.status < 300) {
+        counters.reportsSent++;
+        counters.usageBytesReported += report.body.quantity;
+      }
+    }
+  };
+
+  const detach = (module: Module, subscriber: string) => {
+    const attachment = module.attachments.get(subscriber);
+    if (attachment !== undefined) {
+      account(module, attachment);
+      module.attachments.delete(subscriber);
+    }
+    if (module.attachments.size === 0) {
+      module.idleSince ??= Date.now();
+    }
+  };
+
+  const tick = async () => {
+    const now = Date.now();
+    for (const [key, module] of modules) {
+      for (const [subscriber, attachment] of module.attachments) {
+        if (attachment.expiresAt <= now) {
+          detach(module, subscriber);
+        } else {
+          account(module, attachment);
+        }
+      }
+      if (module.idleSince !== undefined && now - module.idleSince >= settings.idleMs) {
+        modules.delete(key);
+        await module.server.close();
+      }
+    }
+    await flush();
+  };
+
+  const app: FastifyInstance = Fastify({ logger: false, bodyLimit: 4096 });
+  app.setErrorHandler((error: Error & { validation?: unknown; statusCode?: number }, _request, reply) =>
+    reply
+      .code(error.validation !== undefined ? 400 : (error.statusCode ?? 500))
+      .send({ error: error.validation !== undefined ? 'invalid-request' : 'error', message: error.message }),
+  );
+
+  /** Who is asking: the subscriber behind the bearer token, or an answer already sent. */
+  const identify = async (authorization: string | undefined) => {
+    const token = /^Bearer ([A-Za-z0-9_\-.]{8,200})$/.exec(authorization ?? '')?.[1];
+    if (token === undefined) {
+      return { refusal: [401, 'unauthorized', 'a bearer token is required'] as const };
+    }
+    const who = await ask('/v1/whoami', token);
+    if (who === undefined || who.status >= 500) {
+      return { refusal: [503, 'unavailable', 'the subscription server cannot be reached'] as const };
+    }
+    if (who.status !== 200 || who.body.kind !== 'subscriber') {
+      return { refusal: [401, 'unauthorized', 'the token is not a subscriber’s'] as const };
+    }
+    return { token, subscriber: String(who.body.id) };
+  };
+
+  app.post<{ Body: Static<typeof RequestBody> }>(
+    '/v1/repair',
+    {
+      schema: {
+        body: RequestBody,
+        response: { 200: Grant, 400: ErrorBody, 401: ErrorBody, 403: ErrorBody, 503: ErrorBody },
+      },
+    },
+    async (request, reply) => {
+      let s1: Endpoint;
+      try {
+        s1 = parseGroup(request.body.group, 'body/group');
+      } catch (error) {
+        return reply.code(400).send({ error: 'invalid-request', message: (error as Error).message });
+      }
+      const who = await identify(request.headers.authorization);
+      if ('refusal' in who) {
+        const [code, error, message] = who.refusal as readonly [number, string, string];
+        return reply.code(code).send({ error, message });
+      }
+      const s1Text = formatEndpoint(s1);
+      const sessions = await ask(`/v1/sessions?group=${encodeURIComponent(s1Text)}`, settings.token);
+      const list =
+        sessions?.status === 200 ? (sessions.body as unknown as Array<{ id: string; state: string }>) : [];
+      const sessionId = Array.isArray(list) ? list.find((s) => s.state === 'open')?.id : undefined;
+      const check = await ask(
+        `/v1/entitlements/check?subscriber=${encodeURIComponent(who.subscriber)}&service=repair${sessionId === undefined ? '' : `&session=${encodeURIComponent(sessionId)}`}`,
+        settings.token,
+      );
+      if (check === undefined || check.status >= 500) {
+        return reply
+          .code(503)
+          .send({ error: 'unavailable', message: 'the subscription server cannot be reached' });
+      }
+      if (check.status !== 200 || check.body.allowed !== true) {
+        counters.refusals++;
+        const moduleNow = modules.get(s1Text);
+        if (moduleNow !== undefined) {
+          detach(moduleNow, who.subscriber); // a lapsed entitlement ends a running grant
+        }
+        return reply
+          .code(403)
+          .send({ error: 'not-entitled', message: String(check.body.reason ?? 'no repair entitlement') });
+      }
+      let module = modules.get(s1Text);
+      if (module === undefined) {
+        const poolIndex = freeIndex();
+        const address = poolIndex === undefined ? undefined : addToAddress(settings.pool.address, poolIndex);
+        if (poolIndex === undefined || address === undefined) {
+          return reply.code(503).send({ error: 'unavailable', message: 'the S2 pool is exhausted' });
+        }
+        const s2: Endpoint = { ...settings.pool, address };
+        const server = await startModule({
+          ...settings.module,
+          group: s1,
+          source: request.body.source,
+          emit: s2,
+          listen: {
+            ...settings.module.listen,
+            port: settings.module.listen.port === 0 ? 0 : settings.module.listen.port + poolIndex,
+          },
+        });
+        module = { s1, s2, poolIndex, server, attachments: new Map(), idleSince: undefined };
+        modules.set(s1Text, module);
+      }
+      module.idleSince = undefined;
+      const status = module.server.status();
+      const attachment = module.attachments.get(who.subscriber) ?? {
+        subscriber: who.subscriber,
+        sessionId,
+        expiresAt: 0,
+        reportedBytes: status.recoveredBytes,
+        reportedPackets: status.recovered,
+      };
+      attachment.expiresAt = Date.now() + settings.leaseMs;
+      module.attachments.set(who.subscriber, attachment);
+      counters.grants++;
+      const grant = {
+        session: s1Text,
+        s2: formatEndpoint(module.s2),
+        subscriber: who.subscriber,
+        leaseSeconds: Math.round(settings.leaseMs / 1000),
+        key: null,
+      };
+      return { ...grant, tag: answerTag(who.token, answerFields(grant)) } satisfies RepairGrant;
+    },
+  );
+
+  app.delete<{ Body: Static<typeof ReleaseBody> }>(
+    '/v1/repair',
+    {
+      schema: {
+        body: ReleaseBody,
+        response: { 204: Type.Null(), 400: ErrorBody, 401: ErrorBody, 503: ErrorBody },
+      },
+    },
+    async (request, reply) => {
+      const who = await identify(request.headers.authorization);
+      if ('refusal' in who) {
+        const [code, error, message] = who.refusal as readonly [number, string, string];
+        return reply.code(code).send({ error, message });
+      }
+      let s1: Endpoint;
+      try {
+        s1 = parseGroup(request.body.group, 'body/group');
+      } catch (error) {
+        return reply.code(400).send({ error: 'invalid-request', message: (error as Error).message });
+      }
+      const module = modules.get(formatEndpoint(s1));
+      if (module !== undefined) {
+        detach(module, who.subscriber);
+        void flush();
+      }
+      return reply.code(204).send(null);
+    },
+  );
+
+  const status = (): ControllerStatus => ({
+    role: 'repair-controller',
+    listen: formatEndpoint(settings.listen),
+    grants: counters.grants,
+    refusals: counters.refusals,
+    modules: [...modules.values()].map((module) => {
+      const s = module.server.status();
+      return {
+        s1: formatEndpoint(module.s1),
+        s2: formatEndpoint(module.s2),
+        subscribers: module.attachments.size,
+        recovered: s.recovered,
+        recoveredBytes: s.recoveredBytes,
+      };
+    }),
+    reportsPending: pending.length,
+    reportsSent: counters.reportsSent,
+    usageBytesReported: counters.usageBytesReported,
+  });
+  app.get('/status', async () => status());
+
+  await app.listen({ host: settings.listen.address, port: settings.listen.port });
+  const bound = app.server.address();
+  const port = typeof bound === 'object' && bound !== null ? bound.port : settings.listen.port;
+  const timer = setInterval(() => void tick(), settings.reportIntervalMs);
+  let closed: Promise<void> | undefined;
+  const close = () => {
+    closed ??= (async () => {
+      clearInterval(timer);
+      await app.close();
+      for (const module of modules.values()) {
+        for (const subscriber of [...module.attachments.keys()]) {
+          detach(module, subscriber);
+        }
+      }
+      await flush();
+      for (const module of modules.values()) {
+        await module.server.close();
+      }
+      modules.clear();
+    })();
+    return closed;
+  };
+  return {
+    url: `http://${formatEndpoint({ ...settings.listen, port })}`,
+    status,
+    flush: tick,
+    close,
+    [Symbol.asyncDispose]: close,
+  };
+}

@@ -1,0 +1,190 @@
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import type { FastifyInstance } from 'fastify';
+import { answerTag, verifyAnswerTag } from '../../src/crypto/answer-auth.js';
+import { parseGroup } from '../../src/net/address.js';
+import { answerFields } from '../../src/protocol/controller.js';
+import { controllerClient } from '../../src/receiver/controller-client.js';
+import type { RepairController } from '../../src/repair/controller.js';
+import { startRepairController } from '../../src/repair/controller.js';
+import type { RepairServer, RepairSettings, RepairStatus } from '../../src/repair/repair.js';
+import { openStore, type Store } from '../../src/store/database.js';
+import { buildSubscriptionApp } from '../../src/subscription/app.js';
+
+const operatorToken = 'operator-token-for-controller-tests-01';
+
+/** A repair module stand-in whose counters the test moves; the controller is what is tested here. */
+function fakeModules() {
+  const started: Array<{
+    settings: RepairSettings;
+    counters: { recovered: number; recoveredBytes: number };
+    closed: boolean;
+  }> = [];
+  const start = async (settings: RepairSettings): Promise<RepairServer> => {
+    const entry = { settings, counters: { recovered: 0, recoveredBytes: 0 }, closed: false };
+    started.push(entry);
+    const close = async () => {
+      entry.closed = true;
+    };
+    return {
+      local: settings.listen,
+      status: () => ({ ...entry.counters }) as unknown as RepairStatus,
+      close,
+      [Symbol.asyncDispose]: close,
+    };
+  };
+  return { started, start };
+}
+
+describe('repair controller (flow A) against a real subscription server on loopback', () => {
+  let store: Store;
+  let app: FastifyInstance;
+  let port: number;
+  let controller: RepairController;
+  const modules = fakeModules();
+  const tokens: Record<string, { id: string; token: string }> = {};
+  const s1 = parseGroup('239.40.0.1:5000', 's1');
+
+  const listen = async (at = 0) => {
+    app = await buildSubscriptionApp({ store, operatorToken });
+    await app.listen({ host: '127.0.0.1', port: at });
+    const address = app.server.address();
+    port = typeof address === 'object' && address !== null ? address.port : 0;
+  };
+  const balance = async (id: string) =>
+    (
+      (
+        await app.inject({
+          method: 'GET',
+          url: `/v1/accounts/${id}/balance`,
+          headers: { authorization: `Bearer ${operatorToken}` },
+        })
+      ).json() as { balance: number }
+    ).balance;
+
+  before(async () => {
+    store = await openStore('sqlite::memory:');
+    await listen();
+    for (const name of ['alice', 'bob']) {
+      const response = await app.inject({
+        method: 'POST',
+        url: '/v1/subscribers',
+        headers: { authorization: `Bearer ${operatorToken}` },
+        payload: { name },
+      });
+      tokens[name] = response.json() as { id: string; token: string };
+    }
+    await app.inject({
+      method: 'POST',
+      url: '/v1/entitlements',
+      headers: { authorization: `Bearer ${operatorToken}` },
+      payload: { subscriber: tokens.alice?.id, service: 'repair' },
+    });
+    controller = await startRepairController({
+      listen: { address: '127.0.0.1', port: 0, family: 4 },
+      subscription: `http://127.0.0.1:${port}`,
+      token: operatorToken,
+      pool: parseGroup('239.41.0.1:6000', 'pool'),
+      poolSize: 2,
+      leaseMs: 60_000,
+      reportIntervalMs: 3_600_000,
+      idleMs: 0,
+      startModule: modules.start,
+      module: {
+        listen: { address: '127.0.0.1', port: 0, family: 4 },
+        keys: [],
+        retransmit: [],
+        latencyMs: undefined,
+      },
+    });
+  });
+  after(async () => {
+    await controller?.close();
+    await app?.close();
+    await store?.close();
+  });
+
+  it('grants an entitled subscriber a fresh S2 from the pool, tagged under its token; the same S1 reuses the module', async () => {
+    const alice = controllerClient(controller.url, tokens.alice?.token ?? '');
+    const first = await alice.resolve(s1);
+    assert.deepEqual(first, { granted: true, s2: parseGroup('239.41.0.1:6000', 's2'), leaseMs: 60_000 });
+    const again = await alice.resolve(s1);
+    assert.deepEqual(again, first, 'a renewal returns the same S2');
+    assert.equal(modules.started.length, 1);
+    assert.equal(modules.started[0]?.settings.group.address, '239.40.0.1');
+    const other = await alice.resolve(parseGroup('239.40.0.2:5000', 's1'));
+    assert.equal(other.granted && other.s2.address, '239.41.0.2', 'a second S1 gets the next group');
+    const third = await alice.resolve(parseGroup('239.40.0.3:5000', 's1'));
+    assert.deepEqual(third, { granted: false, reason: '503 the S2 pool is exhausted' });
+  });
+
+  it('refuses an unentitled subscriber and an unknown token, clearly; nothing is started for them', async () => {
+    const before = modules.started.length;
+    const bob = await controllerClient(controller.url, tokens.bob?.token ?? '').resolve(s1);
+    assert.deepEqual(bob, { granted: false, reason: '403 no repair entitlement' });
+    const stranger = await controllerClient(controller.url, 'gct_not_a_token_anyone_holds').resolve(s1);
+    assert.equal(stranger.granted, false);
+    assert.match(stranger.granted ? '' : stranger.reason, /^401 /);
+    assert.equal(modules.started.length, before);
+    assert.equal(controller.status().refusals, 1);
+  });
+
+  it('an answer tagged under another token, or altered, fails the check', () => {
+    const grant = {
+      session: '239.40.0.1:5000',
+      s2: '239.41.0.1:6000',
+      subscriber: 'x',
+      leaseSeconds: 60,
+      key: null,
+    };
+    const tag = answerTag('token-of-alice-000', answerFields(grant));
+    assert.equal(verifyAnswerTag('token-of-alice-000', answerFields(grant), tag), true);
+    assert.equal(verifyAnswerTag('token-of-mallory-0', answerFields(grant), tag), false);
+    assert.equal(
+      verifyAnswerTag('token-of-alice-000', answerFields({ ...grant, s2: '239.9.9.9:1' }), tag),
+      false,
+    );
+  });
+
+  it('reports repaired bytes as usage once; a report the server missed is kept and sent when it is back', async () => {
+    const aliceId = tokens.alice?.id ?? '';
+    const module = modules.started[0];
+    assert.ok(module);
+    module.counters.recovered = 1_000;
+    module.counters.recoveredBytes = 2_000_000_000;
+    await controller.flush();
+    assert.equal(await balance(aliceId), -100, '2 GB repaired at 50 per GB');
+    await controller.flush();
+    assert.equal(await balance(aliceId), -100, 'nothing new, nothing charged');
+    await app.close();
+    module.counters.recoveredBytes += 1_000_000_000;
+    await controller.flush();
+    assert.equal(controller.status().reportsPending, 1, 'kept while the server is away');
+    await listen(port);
+    await controller.flush();
+    assert.equal(controller.status().reportsPending, 0);
+    assert.equal(await balance(aliceId), -150, 'the missed report charged once when the server came back');
+    const events = await store.db
+      .selectFrom('usage_events')
+      .selectAll()
+      .where('account', '=', aliceId)
+      .execute();
+    assert.deepEqual(
+      events.map((event) => [event.kind, Number(event.quantity)]),
+      [
+        ['repair-bytes', 2_000_000_000],
+        ['repair-bytes', 1_000_000_000],
+      ],
+    );
+    assert.equal(Number(events[0]?.packets), 1_000, 'packets repaired are recorded beside the bytes');
+  });
+
+  it('a release detaches the subscriber; an idle module is closed', async () => {
+    const alice = controllerClient(controller.url, tokens.alice?.token ?? '');
+    await alice.release(s1);
+    await alice.release(parseGroup('239.40.0.2:5000', 's1'));
+    await controller.flush();
+    assert.equal(controller.status().modules.length, 0);
+    assert.ok(modules.started.every((module) => module.closed));
+  });
+});
