@@ -57,6 +57,8 @@ export interface HostProcess {
   readonly finished: Promise<Finished>;
   /** Resolves when the process has printed a line matching pattern on stderr or stdout. */
   waitFor(pattern: RegExp, timeoutMs?: number): Promise<void>;
+  /** What it has printed so far (stdout, then stderr). */
+  output(): string;
 }
 
 /** A built test bed. */
@@ -150,7 +152,7 @@ export function createTestbed(): Testbed {
         });
         check();
       });
-    return { child, finished, waitFor };
+    return { child, finished, waitFor, output: () => `${stdout}${stderr}` };
   };
 
   return {

@@ -1,0 +1,329 @@
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import {
+  createTestbed,
+  type HostProcess,
+  hostAddress,
+  retransmitAt,
+  sha256,
+  sleep,
+  startRepair,
+  stop,
+  type Testbed,
+  testbedSkip,
+} from '../helpers/testbed.js';
+
+/**
+ * Flows A and B on the namespace test bed, with the real subscription server (`gatecast serve` on
+ * rep, SQLite), the real repair service and `gatecast admin` as the operator's and source's tool.
+ */
+describe('buying repair: flows A and B on the namespace test bed', testbedSkip(['socat']), () => {
+  let bed: Testbed;
+  let directory: string;
+  let serve: HostProcess;
+  let file: string;
+  let fileSha: string;
+  const secret = () => join(directory, 'secret');
+  const operatorTokenFile = () => join(directory, 'operator.token');
+  const serverUrl = `http://${hostAddress.rep}:8080`;
+
+  /** Runs `gatecast admin` on rep against the server with a token file; returns the JSON answer. */
+  const admin = async (tokenFile: string, args: string[]) => {
+    const result = await bed.gatecast('rep', [
+      'admin',
+      '--server',
+      serverUrl,
+      '--token-file',
+      tokenFile,
+      ...args,
+    ]).finished;
+    assert.equal(result.code, 0, `admin ${args.join(' ')}: ${result.stderr}`);
+    return result.stdout.startsWith('id,')
+      ? result.stdout
+      : (JSON.parse(result.stdout) as Record<string, unknown>);
+  };
+  const tokenFileFor = (name: string, created: Record<string, unknown>) => {
+    const path = join(directory, `${name}.token`);
+    writeFileSync(path, String(created.token));
+    return path;
+  };
+  const status = (host: string, port: number) =>
+    JSON.parse(bed.control('status', host, `http://127.0.0.1:${port}/status`)) as Record<string, unknown>;
+
+  before(async () => {
+    bed = createTestbed();
+    directory = mkdtempSync(join(tmpdir(), 'gatecast-e2e-flows-'));
+    writeFileSync(secret(), 'e2e operator secret for control messages\n');
+    file = join(directory, 'payload.bin');
+    const bytes = randomBytes(8 * 1000 * 1000);
+    writeFileSync(file, bytes);
+    fileSha = sha256(bytes);
+    serve = bed.gatecast('rep', [
+      'serve',
+      '--db',
+      `sqlite:${join(directory, 'flows.db')}`,
+      '--listen',
+      `${hostAddress.rep}:8080`,
+      '--secret-file',
+      secret(),
+    ]);
+    await serve.waitFor(/serve: .* on http/, 20_000);
+    const token = /operator token \(shown once, keep it\): (gct_\S+)/.exec(serve.output())?.[1];
+    assert.ok(token, 'a fresh store prints its operator token once');
+    writeFileSync(operatorTokenFile(), token);
+  });
+
+  after(async () => {
+    if (serve !== undefined) {
+      await stop(serve);
+    }
+    bed?.down();
+    rmSync(directory, { recursive: true, force: true });
+  });
+
+  it('flow B: a source registers S1 and buys repair; SETUP makes the registered retransmit servers join; the end tears them down and charges the source', async () => {
+    const s1 = '239.50.0.1:5300';
+    const s2 = '239.50.0.2:5301';
+    const retransmits = ['rt1', 'rt2'].map((host, i) =>
+      bed.gatecast(host, [
+        'retransmit',
+        '--iface',
+        'eth0',
+        '--listen',
+        retransmitAt(host),
+        '--secret-file',
+        secret(),
+        '--status',
+        `127.0.0.1:${9110 + i}`,
+      ]),
+    );
+    await Promise.all(retransmits.map((r) => r.waitFor(/listening on/)));
+    for (const host of ['rt1', 'rt2']) {
+      await admin(operatorTokenFile(), ['server', 'add', 'retransmit', host, retransmitAt(host)]);
+    }
+    const source = (await admin(operatorTokenFile(), ['source', 'add', 'news'])) as Record<string, unknown>;
+    const sourceToken = tokenFileFor('source', source);
+    const session = (await admin(sourceToken, [
+      'session',
+      'add',
+      'news',
+      s1,
+      '--source',
+      hostAddress.src ?? '',
+      '--repair',
+    ])) as { id: string; setup: string[] };
+    assert.deepEqual(session.setup.sort(), [retransmitAt('rt1'), retransmitAt('rt2')]);
+    await sleep(500);
+    for (const [i, host] of ['rt1', 'rt2'].entries()) {
+      const sessions = status(host, 9110 + i).sessions as Array<{ group: string }>;
+      assert.deepEqual(
+        sessions.map((s) => s.group),
+        [s1],
+        `${host} joined S1 on SETUP`,
+      );
+    }
+    const repair = startRepair(bed, 'rep', {
+      s1,
+      emit: s2,
+      secret: secret(),
+      retransmit: [retransmitAt('rt1'), retransmitAt('rt2')],
+      mode: ['--reliable', '--source', hostAddress.src ?? '', '--status', '127.0.0.1:9100'],
+    });
+    const output = join(directory, 'flow-b.bin');
+    const receiver = bed.gatecast('rx1', [
+      'receive',
+      '--group',
+      s2,
+      '--iface',
+      'eth0',
+      '--out',
+      output,
+      '--timeout',
+      '20',
+    ]);
+    await Promise.all([repair.waitFor(/listening on/), receiver.waitFor(/joined/)]);
+    bed.control('loss', 'rep', '5', '5300');
+    const sender = bed.gatecast('src', [
+      'send',
+      '--group',
+      s1,
+      '--iface',
+      'eth0',
+      '--file',
+      file,
+      '--rate',
+      '60M',
+    ]);
+    assert.equal((await sender.finished).code, 0);
+    const received = await receiver.finished;
+    const repairStatus = status('rep', 9100) as { recovered: number; gaps: number };
+    bed.control('clear', 'rep');
+    assert.equal(received.code, 0, received.stderr);
+    assert.equal(sha256(readFileSync(output)), fileSha, 'S2 is whole');
+    assert.ok(repairStatus.recovered > 0, 'packets were lost and fetched back');
+    const served = ['rt1', 'rt2']
+      .map((host, i) => (status(host, 9110 + i) as { repairsSent: number }).repairsSent)
+      .reduce((a, b) => a + b, 0);
+    assert.ok(served > 0, 'the retransmit servers that joined on SETUP answered the repairs');
+    await stop(repair);
+
+    const ended = (await admin(sourceToken, ['session', 'end', session.id])) as {
+      state: string;
+      charge: { amount: number; transfer: string };
+    };
+    assert.equal(ended.state, 'ended');
+    assert.ok(ended.charge.amount >= 1);
+    await sleep(500);
+    for (const [i, host] of ['rt1', 'rt2'].entries()) {
+      assert.deepEqual(status(host, 9110 + i).sessions, [], `${host} left S1 at the session's end`);
+    }
+    const balance = (await admin(sourceToken, ['balance', String(source.id)])) as { balance: number };
+    assert.equal(balance.balance, -ended.charge.amount, 'the source is charged');
+    const csv = String(await admin(operatorTokenFile(), ['export']));
+    assert.equal(csv.split('\n').filter((line) => line.includes(`session-end/${session.id}`)).length, 1);
+    for (const retransmit of retransmits) {
+      await stop(retransmit);
+    }
+  });
+
+  it('flow A: an entitled subscriber’s application gets the repaired session through the agent; an unentitled one is refused and keeps plain S1; repair usage is charged', async () => {
+    const s1 = '239.51.0.1:5400';
+    const alice = (await admin(operatorTokenFile(), ['subscriber', 'add', 'alice'])) as Record<
+      string,
+      unknown
+    >;
+    const bob = (await admin(operatorTokenFile(), ['subscriber', 'add', 'bob'])) as Record<string, unknown>;
+    await admin(operatorTokenFile(), ['grant', String(alice.id), 'repair']);
+    const retransmit = bed.gatecast('rt1', [
+      'retransmit',
+      '--join',
+      s1,
+      '--iface',
+      'eth0',
+      '--listen',
+      retransmitAt('rt1'),
+      '--secret-file',
+      secret(),
+    ]);
+    const controller = bed.gatecast('rep', [
+      'repair',
+      '--controller',
+      `${hostAddress.rep}:8090`,
+      '--subscription',
+      serverUrl,
+      '--token-file',
+      operatorTokenFile(),
+      '--s2-pool',
+      '239.52.0.1:5401/16',
+      '--listen',
+      `${hostAddress.rep}:7200`,
+      '--iface',
+      'eth0',
+      '--secret-file',
+      secret(),
+      '--retransmit',
+      retransmitAt('rt1'),
+      '--reliable',
+      '--report-interval',
+      '1',
+      '--status',
+      '127.0.0.1:9102',
+    ]);
+    await Promise.all([retransmit.waitFor(/listening on/), controller.waitFor(/controller on/)]);
+    bed.control('translate', 'rx2', '5400');
+    const agents = [
+      ['rx2', tokenFileFor('alice', alice)],
+      ['rx1', tokenFileFor('bob', bob)],
+    ].map(([host, tokenFile]) =>
+      bed.gatecast(host ?? '', [
+        'agent',
+        '--watch',
+        '--controller',
+        `http://${hostAddress.rep}:8090`,
+        '--sessions',
+        s1,
+        '--token-file',
+        tokenFile ?? '',
+        '--from-iface',
+        'eth0',
+        '--deliver-iface',
+        'eth0',
+      ]),
+    ) as [HostProcess, HostProcess];
+    await Promise.all(agents.map((agent) => agent.waitFor(/watching group memberships/)));
+    const outputs = ['rx2', 'rx1'].map((host) => join(directory, `flow-a-${host}.bin`));
+    const apps = ['rx2', 'rx1'].map((host, i) =>
+      bed.spawn(host, 'socat', [
+        '-u',
+        'UDP4-RECV:5400,ip-add-membership=239.51.0.1:eth0,so-rcvbuf=4194304',
+        `CREATE:${outputs[i]}`,
+      ]),
+    );
+    await agents[0].waitFor(/joined on eth0: delivering 239\.52\.0\.1:5401 -> 239\.51\.0\.1:5400/);
+    await agents[1].waitFor(/refused: 403 no repair entitlement; the application keeps the plain S1/);
+    await sleep(300);
+    bed.control('loss', 'rep', '5', '5400');
+    const sender = bed.gatecast('src', [
+      'send',
+      '--group',
+      s1,
+      '--iface',
+      'eth0',
+      '--file',
+      file,
+      '--rate',
+      '60M',
+    ]);
+    assert.equal((await sender.finished).code, 0);
+    const size = statSync(file).size;
+    for (
+      let i = 0;
+      i < 100 && (!existsSync(outputs[0] ?? '') || statSync(outputs[0] ?? '').size < size);
+      i++
+    ) {
+      await sleep(200);
+    }
+    const controllerStatus = status('rep', 9102) as {
+      modules: Array<{ s1: string; recovered: number; subscribers: number }>;
+    };
+    bed.control('clear', 'rep');
+    await sleep(2_500); // a report interval or two
+    const finalStatus = status('rep', 9102) as { usageBytesReported: number; refusals: number };
+    for (const app of apps) {
+      await stop(app);
+    }
+    const agentLogs = [];
+    for (const agent of agents) {
+      agentLogs.push((await stop(agent)).stderr);
+    }
+    await stop(controller);
+    await stop(retransmit);
+
+    assert.equal(
+      sha256(readFileSync(outputs[0] ?? '')),
+      fileSha,
+      `alice's application got S1 whole: ${agentLogs[0]}`,
+    );
+    assert.equal(controllerStatus.modules.length, 1);
+    assert.equal(controllerStatus.modules[0]?.subscribers, 1, 'one subscriber attached: alice');
+    assert.ok((controllerStatus.modules[0]?.recovered ?? 0) > 0, 'the module repaired lost packets');
+    assert.doesNotMatch(agentLogs[1] ?? '', /delivering/, 'bob’s agent delivered nothing');
+    assert.ok(statSync(outputs[1] ?? '').size > 0, 'bob’s application kept the plain S1');
+    assert.ok(finalStatus.usageBytesReported > 0);
+    const aliceBalance = (await admin(operatorTokenFile(), ['balance', String(alice.id)])) as {
+      balance: number;
+    };
+    const bobBalance = (await admin(operatorTokenFile(), ['balance', String(bob.id)])) as { balance: number };
+    assert.ok(aliceBalance.balance < 0, 'alice is charged for repair');
+    assert.equal(bobBalance.balance, 0, 'bob is not');
+    const csv = String(await admin(operatorTokenFile(), ['export']));
+    assert.ok(
+      csv.split('\n').some((line) => line.includes(String(alice.id)) && line.includes('repair-bytes')),
+      'the repair usage is in the ledger',
+    );
+  });
+});
