@@ -34,8 +34,11 @@ export interface Postgres {
   stop(): void;
 }
 
-/** Starts a cluster on a free-ish port in a temporary directory. */
-export function startPostgres(): Postgres {
+/**
+ * Starts a cluster on a free-ish port in a temporary directory. Tests run it with fsync off;
+ * benchmarks ask for a durable one (fsync on, as in production).
+ */
+export function startPostgres(options: { durable?: boolean } = {}): Postgres {
   const bin = binDirectory() as string;
   const directory = mkdtempSync(join(tmpdir(), 'gatecast-pg-'));
   const uid = Number(execFileSync('id', ['-u', 'postgres'], { encoding: 'utf8' }).trim());
@@ -50,7 +53,7 @@ export function startPostgres(): Postgres {
     '-D',
     data,
     '-o',
-    `-p ${port} -k ${directory} -c listen_addresses=127.0.0.1 -c fsync=off`,
+    `-p ${port} -k ${directory} -c listen_addresses=127.0.0.1${options.durable === true ? '' : ' -c fsync=off'}`,
     '-l',
     join(directory, 'log'),
     '-w',

@@ -1,0 +1,58 @@
+/**
+ * The load generator of the charges benchmark, run as its own process: autocannon against one or
+ * more `gatecast serve` processes, every request a charge under a fresh idempotency key (or, as
+ * the baseline, GET /v1/whoami). Prints one JSON line: requests/s, p50/p99 latency, errors.
+ */
+import autocannon from 'autocannon';
+
+interface Job {
+  urls: string[];
+  token: string;
+  accounts: string[];
+  seconds: number;
+  connections: number;
+  mode: 'charge' | 'whoami';
+  run: string;
+}
+
+const job = JSON.parse(process.argv[2] ?? '{}') as Job;
+let n = 0;
+
+const runOne = (url: string, connections: number) =>
+  autocannon({
+    url,
+    connections,
+    duration: job.seconds,
+    headers: { authorization: `Bearer ${job.token}`, 'content-type': 'application/json' },
+    requests: [
+      job.mode === 'whoami'
+        ? { method: 'GET', path: '/v1/whoami' }
+        : {
+            method: 'POST',
+            path: '/v1/usage',
+            setupRequest: (request) => {
+              const i = n++;
+              request.headers = { ...request.headers, 'idempotency-key': `bench-${job.run}-${i}` };
+              request.body = JSON.stringify({
+                account: job.accounts[i % job.accounts.length],
+                kind: 'pay-as-you-go-bytes',
+                quantity: 1_000_000,
+              });
+              return request;
+            },
+          },
+    ],
+  });
+
+const results = await Promise.all(
+  job.urls.map((url) => runOne(url, Math.max(1, Math.round(job.connections / job.urls.length)))),
+);
+process.stdout.write(
+  `${JSON.stringify({
+    requestsPerSecond: results.reduce((sum, r) => sum + r.requests.average, 0),
+    ok: results.reduce((sum, r) => sum + r['2xx'], 0),
+    p50: Math.max(...results.map((r) => r.latency.p50)),
+    p99: Math.max(...results.map((r) => r.latency.p99)),
+    errors: results.reduce((sum, r) => sum + r.errors + r.timeouts + r.non2xx, 0),
+  })}\n`,
+);
