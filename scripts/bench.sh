@@ -10,3 +10,4 @@ fi
 node --import tsx bench/throughput.ts
 node --import tsx bench/repair.ts
 node --import tsx bench/live.ts
+node --import tsx bench/charges.ts

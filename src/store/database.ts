@@ -5,7 +5,7 @@
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import SQLite from 'better-sqlite3';
-import { Kysely, PostgresDialect, SqliteDialect } from 'kysely';
+import { Kysely, PostgresDialect, SqliteDialect, sql } from 'kysely';
 import { type Migration, Migrator } from 'kysely/migration';
 import pg from 'pg';
 import { StoreUrlError } from './errors.js';
@@ -91,8 +91,17 @@ export interface Schema {
 export interface Store extends AsyncDisposable {
   readonly db: Kysely<Schema>;
   readonly dialect: 'sqlite' | 'postgres';
+  /**
+   * Runs fn in a transaction that writes. On SQLite it begins IMMEDIATE, taking the write lock
+   * first (waiting for it up to the busy timeout), so a transaction that reads and then writes
+   * never fails because another process wrote in between (SQLITE_BUSY_SNAPSHOT under WAL).
+   */
+  writeTransaction<T>(fn: (trx: Kysely<Schema>) => Promise<T>): Promise<T>;
   close(): Promise<void>;
 }
+
+/** How long a SQLite writer waits for another process's write lock. */
+const sqliteBusyTimeoutMs = 5_000;
 
 /** Opens "sqlite:PATH", "sqlite::memory:" or "postgres://…" and brings the schema up to date. */
 export async function openStore(url: string): Promise<Store> {
@@ -106,7 +115,7 @@ export async function openStore(url: string): Promise<Store> {
     if (path !== ':memory:') {
       mkdirSync(dirname(path), { recursive: true });
     }
-    const database = new SQLite(path);
+    const database = new SQLite(path, { timeout: sqliteBusyTimeoutMs });
     database.pragma('journal_mode = WAL');
     database.pragma('foreign_keys = ON');
     db = new Kysely<Schema>({ dialect: new SqliteDialect({ database }) });
@@ -133,5 +142,19 @@ export async function openStore(url: string): Promise<Store> {
     closed ??= db.destroy();
     return closed;
   };
-  return { db, dialect, close, [Symbol.asyncDispose]: close };
+  const writeTransaction = <T>(fn: (trx: Kysely<Schema>) => Promise<T>): Promise<T> =>
+    dialect === 'postgres'
+      ? db.transaction().execute(fn)
+      : db.connection().execute(async (connection) => {
+          await sql`begin immediate`.execute(connection);
+          try {
+            const result = await fn(connection);
+            await sql`commit`.execute(connection);
+            return result;
+          } catch (error) {
+            await sql`rollback`.execute(connection).catch(() => undefined);
+            throw error;
+          }
+        });
+  return { db, dialect, writeTransaction, close, [Symbol.asyncDispose]: close };
 }

@@ -6,7 +6,7 @@
  * (a conflict), so a retried charge is never doubled and never lost.
  */
 import { createHash, randomUUID } from 'node:crypto';
-import type { Transaction } from 'kysely';
+import type { Kysely } from 'kysely';
 import type { Schema, Store } from './database.js';
 
 /** A ledger request was refused; the code says why. */
@@ -139,7 +139,7 @@ export function createLedger(store: Store) {
    */
   async function transfer(
     request: TransferRequest,
-    within?: (trx: Transaction<Schema>, transferId: string) => Promise<void>,
+    within?: (trx: Kysely<Schema>, transferId: string) => Promise<void>,
   ): Promise<Transfer> {
     validate(request);
     const hash = requestHash(request);
@@ -150,7 +150,7 @@ export function createLedger(store: Store) {
     const id = randomUUID();
     const createdAt = new Date().toISOString();
     try {
-      await db.transaction().execute(async (trx) => {
+      await store.writeTransaction(async (trx) => {
         const accounts = await trx
           .selectFrom('accounts')
           .select(['id', 'currency'])

@@ -150,7 +150,7 @@ export async function buildSubscriptionApp(options: SubscriptionAppOptions): Pro
       }
       const token = newToken();
       const id = randomUUID();
-      await db.transaction().execute(async (trx) => {
+      await store.writeTransaction(async (trx) => {
         await trx
           .insertInto('parties')
           .values({

@@ -113,8 +113,22 @@ const RunResult = Type.Object({
   amount: Type.Integer(),
 });
 
+/** How long a server keeps the rate card before reading it again (another server may change it). */
+const rateCacheMs = 1_000;
+const rateCache = new WeakMap<object, { at: number; card: RateCard }>();
+
 /** The rate card in force: the defaults, overridden by what the operator stored. */
 export async function currentRates(context: ApiContext, defaults: RateCard): Promise<RateCard> {
+  const cached = rateCache.get(context.db);
+  if (cached !== undefined && Date.now() - cached.at < rateCacheMs) {
+    return cached.card;
+  }
+  const card = await readRates(context, defaults);
+  rateCache.set(context.db, { at: Date.now(), card });
+  return card;
+}
+
+async function readRates(context: ApiContext, defaults: RateCard): Promise<RateCard> {
   const rows = await context.db.selectFrom('rates').select(['name', 'amount']).execute();
   const card: Record<string, number> = { ...defaults };
   for (const row of rows) {
@@ -189,7 +203,7 @@ export function registerBillingRoutes(app: FastifyInstance, context: ApiContext,
         return forbid(reply, 'only the operator sets rates');
       }
       const now = new Date().toISOString();
-      await db.transaction().execute(async (trx) => {
+      await context.store.writeTransaction(async (trx) => {
         for (const [name, amount] of Object.entries(request.body)) {
           await trx
             .insertInto('rates')
@@ -198,6 +212,7 @@ export function registerBillingRoutes(app: FastifyInstance, context: ApiContext,
             .execute();
         }
       });
+      rateCache.delete(context.db);
       return currentRates(context, defaults);
     },
   );
@@ -219,11 +234,6 @@ export function registerBillingRoutes(app: FastifyInstance, context: ApiContext,
       if (caller.kind !== 'operator') {
         return forbid(reply, 'usage is reported by the operator’s servers');
       }
-      const { account } = request.body;
-      const known = await db.selectFrom('accounts').select('id').where('id', '=', account).executeTakeFirst();
-      if (known === undefined) {
-        return notFound(reply, `body/account: no account ${account}`);
-      }
       try {
         const transfer = await chargeUsage(
           context,
@@ -240,6 +250,10 @@ export function registerBillingRoutes(app: FastifyInstance, context: ApiContext,
       } catch (error) {
         if (error instanceof LedgerError && error.code === 'GATECAST_ERR_IDEMPOTENCY_CONFLICT') {
           return reply.code(409).send({ error: 'conflict', message: error.message });
+        }
+        if (error instanceof LedgerError && error.code === 'GATECAST_ERR_UNKNOWN_ACCOUNT') {
+          // The ledger checks both accounts inside its transaction: no separate look-up first.
+          return notFound(reply, `body/account: no account ${request.body.account}`);
         }
         if (error instanceof LedgerError) {
           return badRequest(reply, error.message);

@@ -62,15 +62,21 @@ export const notFound = (reply: FastifyReply, message: string) =>
 export const badRequest = (reply: FastifyReply, message: string) =>
   reply.code(400).send({ error: 'invalid-request', message });
 
+const revenueKnown = new WeakSet<object>();
+
 /** Makes the revenue account the first time it is needed. */
 export async function revenueAccount(context: ApiContext): Promise<string> {
   const id = 'operator-revenue';
+  if (revenueKnown.has(context.db)) {
+    return id;
+  }
   const known = await context.db.selectFrom('accounts').select('id').where('id', '=', id).executeTakeFirst();
   if (known === undefined) {
     await context.ledger
       .createAccount({ id, name: 'operator revenue', kind: 'revenue', currency: context.currency })
       .catch(() => undefined); // another server made it first
   }
+  revenueKnown.add(context.db);
   return id;
 }
 
