@@ -218,6 +218,17 @@ function apiSuite(name: string, options: { skip?: string }, url: () => string, c
         '/v1/entitlements',
         '/v1/entitlements/check',
         '/v1/accounts/{id}/balance',
+        '/v1/usage',
+        '/v1/rates',
+        '/v1/billing/run',
+        '/v1/invoices',
+        '/v1/ledger.csv',
+        '/v1/sessions',
+        '/v1/sessions/{id}',
+        '/v1/sessions/{id}/end',
+        '/v1/servers',
+        '/v1/servers/{id}',
+        '/v1/whoami',
       ]) {
         assert.ok(path in document.paths, path);
       }
