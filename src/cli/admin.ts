@@ -42,6 +42,9 @@ commands:
   sessions                                  list sessions
   rates [--set NAME=MINOR,...]              show (or set) the rate card
   usage ACCOUNT KIND QUANTITY --key KEY [--session ID] [--packets N]
+                                            report usage (rated into a charge, once per KEY)
+  events ACCOUNT YYYY-MM                    the usage events of an account in a month
+  services                                  the services that can be granted
   balance ACCOUNT
   invoice ACCOUNT YYYY-MM
   bill YYYY-MM                              charge the subscriptions of a month (idempotent)
@@ -322,6 +325,12 @@ async function command(
         ),
       );
     }
+    case 'events':
+      return pretty(
+        send('GET', `/v1/usage?${query({ account: arg(0, 'ACCOUNT'), period: arg(1, 'YYYY-MM') })}`),
+      );
+    case 'services':
+      return pretty(send('GET', '/v1/services'));
     case 'balance':
       return pretty(send('GET', `/v1/accounts/${encodeURIComponent(arg(0, 'ACCOUNT'))}/balance`));
     case 'invoice':

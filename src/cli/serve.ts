@@ -8,7 +8,11 @@ import { exitOk, UsageError } from './errors.js';
 import { formatHelp, type OptionSpecs, optional, parseOptions } from './options.js';
 
 const serveOptions: OptionSpecs = {
-  roles: { type: 'string', value: 'LIST', help: 'roles to run: subscription,billing (default both)' },
+  roles: {
+    type: 'string',
+    value: 'LIST',
+    help: 'subscription (sessions, servers), billing (rates, usage, invoices, export); default both',
+  },
   db: {
     type: 'string',
     value: 'URL',
@@ -57,6 +61,7 @@ export async function runServe(argv: string[], err: NodeJS.WriteStream): Promise
     store,
     currency,
     setup,
+    roles: roles as Array<'subscription' | 'billing'>,
     operatorToken: process.env.GATECAST_OPERATOR_TOKEN,
     onOperatorTokenCreated: (token) => err.write(`serve: operator token (shown once, keep it): ${token}\n`),
   });

@@ -231,7 +231,11 @@ export async function startRepairController(settings: ControllerSettings): Promi
     await flush();
   };
 
-  const app: FastifyInstance = Fastify({ logger: false, bodyLimit: 4096 });
+  const app: FastifyInstance = Fastify({
+    logger: false,
+    bodyLimit: 4096,
+    ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: false } },
+  });
   app.setErrorHandler((error: Error & { validation?: unknown; statusCode?: number }, _request, reply) =>
     reply
       .code(error.validation !== undefined ? 400 : (error.statusCode ?? 500))

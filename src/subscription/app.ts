@@ -35,7 +35,14 @@ export type { PartyKind } from './context.js';
 const PartyBody = Type.Object({ name: Name }, { additionalProperties: false });
 const PartyCreated = Type.Object({ id: Id, name: Name, kind: Type.String(), token: Type.String() });
 const Whoami = Type.Object({ id: Id, name: Type.String(), kind: Type.String() });
-const ServiceName = Type.String({ minLength: 1, maxLength: 64, pattern: '^[a-z][a-z0-9-]*$' });
+/** The services a subscriber can be granted (a source buys repair on its session instead). */
+export const services = [
+  { name: 'repair', description: 'repair of a session for this recipient (flow A), rated per GB repaired' },
+  { name: 'channel', description: 'a channel subscription, charged per month by the billing run' },
+  { name: 'pay-as-you-go', description: 'a stream charged per MB or per minute received' },
+] as const;
+const ServiceName = Type.Union(services.map((service) => Type.Literal(service.name)));
+const Service = Type.Object({ name: Type.String(), description: Type.String() });
 const EntitlementBody = Type.Object(
   {
     subscriber: Id,
@@ -82,6 +89,12 @@ export interface SubscriptionAppOptions {
   readonly rates?: RateCard;
   /** Sends SETUP to retransmit servers (flow B); without it, sessions cannot buy repair. */
   readonly setup?: SetupSender | undefined;
+  /**
+   * Which routes to serve: parties, entitlements and balances always; sessions and the server
+   * registry with `subscription`; rates, usage, billing runs, invoices and the export with
+   * `billing`. Default: both.
+   */
+  readonly roles?: readonly ('subscription' | 'billing')[] | undefined;
 }
 
 /** Builds the app (not listening). */
@@ -246,6 +259,15 @@ export async function buildSubscriptionApp(options: SubscriptionAppOptions): Pro
     },
   );
 
+  app.get(
+    '/v1/services',
+    { schema: { response: { 200: Type.Array(Service), 401: ErrorBody } } },
+    async (request, reply) => {
+      const caller = await authenticate(request, reply);
+      return caller === undefined ? reply : services;
+    },
+  );
+
   app.get('/v1/whoami', { schema: { response: { 200: Whoami, 401: ErrorBody } } }, async (request, reply) => {
     const caller = await authenticate(request, reply);
     return caller === undefined ? reply : caller;
@@ -323,8 +345,13 @@ export async function buildSubscriptionApp(options: SubscriptionAppOptions): Pro
 
   const context: ApiContext = { store, db, ledger, currency, setup: options.setup, authenticate };
   const rates = options.rates ?? rateCardDefault;
-  registerBillingRoutes(app, context, rates);
-  registerSessionRoutes(app, context, rates);
+  const roles = options.roles ?? ['subscription', 'billing'];
+  if (roles.includes('billing')) {
+    registerBillingRoutes(app, context, rates);
+  }
+  if (roles.includes('subscription')) {
+    registerSessionRoutes(app, context, rates);
+  }
 
   app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
   await app.ready();

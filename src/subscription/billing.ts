@@ -105,6 +105,17 @@ const Invoice = Type.Object({
   credits: Type.Integer(),
   total: Type.Integer(),
 });
+const UsageQuery = Type.Object({ account: Id, period: Period }, { additionalProperties: false });
+const UsageEvent = Type.Object({
+  id: Id,
+  transfer: Id,
+  account: Id,
+  kind: Type.String(),
+  quantity: Type.Integer(),
+  packets: Type.Union([Type.Integer(), Type.Null()]),
+  session: Type.Union([Id, Type.Null()]),
+  at: Type.String(),
+});
 const RunBody = Type.Object({ period: Period }, { additionalProperties: false });
 const RunResult = Type.Object({
   period: Type.String(),
@@ -260,6 +271,40 @@ export function registerBillingRoutes(app: FastifyInstance, context: ApiContext,
         }
         throw error;
       }
+    },
+  );
+
+  app.get<{ Querystring: Static<typeof UsageQuery> }>(
+    '/v1/usage',
+    { schema: { querystring: UsageQuery, response: { 200: Type.Array(UsageEvent), ...errorReplies } } },
+    async (request, reply) => {
+      const caller = await context.authenticate(request, reply);
+      if (caller === undefined) {
+        return reply;
+      }
+      const { account, period } = request.query;
+      if (caller.kind !== 'operator' && caller.id !== account) {
+        return forbid(reply, 'a party reads only its own usage');
+      }
+      const { from, to } = periodBounds(period);
+      const rows = await db
+        .selectFrom('usage_events')
+        .selectAll()
+        .where('account', '=', account)
+        .where('created_at', '>=', from)
+        .where('created_at', '<', to)
+        .orderBy('created_at')
+        .execute();
+      return rows.map((row) => ({
+        id: row.id,
+        transfer: row.transfer,
+        account: row.account,
+        kind: row.kind,
+        quantity: Number(row.quantity),
+        packets: row.packets === null ? null : Number(row.packets),
+        session: row.session,
+        at: row.created_at,
+      }));
     },
   );
 

@@ -60,3 +60,64 @@ describe('the agent follows the host’s group memberships', () => {
     await agent.close();
   });
 });
+
+describe('the agent asks the repair controller (flow A)', () => {
+  it('asks when S1 is joined, delivers the granted S2, renews, stops on a refused renewal, releases on leave', async () => {
+    const s1 = parseGroup(`239.255.93.1:${freshPort()}`, 's1');
+    const s2 = parseGroup(`239.255.93.2:${freshPort()}`, 's2');
+    let joined = false;
+    let entitled = true;
+    const calls: string[] = [];
+    const events: string[] = [];
+    const agent = await startWatchingAgent({
+      mappings: [{ s1 }],
+      fromIface: loopbackIface,
+      deliverIface: loopbackIface,
+      pollMs: 20,
+      refusalRetryMs: 60_000,
+      readMemberships: () => (joined ? [{ group: s1.address, iface: 'lo', users: 1 }] : []),
+      controller: {
+        resolve: async () => {
+          calls.push('resolve');
+          return entitled
+            ? { granted: true, s2, leaseMs: 300 }
+            : { granted: false, reason: '403 no repair entitlement' };
+        },
+        release: async () => {
+          calls.push('release');
+        },
+      },
+      onChange: (_, active, __, granted) => events.push(`${active ? 'start' : 'stop'} ${granted.address}`),
+      onRefused: (_, reason) => events.push(`refused ${reason}`),
+    });
+    await sleep(100);
+    assert.deepEqual(calls, [], 'nothing is asked before an application joins');
+    joined = true;
+    await sleep(400);
+    assert.equal(agent.status().sessions[0]?.active, true);
+    assert.equal(agent.status().sessions[0]?.s2, `${s2.address}:${s2.port}`);
+    assert.ok(calls.filter((c) => c === 'resolve').length >= 3, `renewed every third of the lease: ${calls}`);
+    entitled = false;
+    await sleep(300);
+    assert.equal(agent.status().sessions[0]?.active, false, 'a refused renewal stops delivery');
+    assert.equal(agent.status().sessions[0]?.refused, '403 no repair entitlement');
+    const asked = calls.length;
+    await sleep(200);
+    assert.equal(calls.length, asked, 'after a refusal it does not ask again before the retry time');
+    joined = false;
+    await sleep(100);
+    joined = true;
+    entitled = true;
+    await sleep(200);
+    assert.equal(agent.status().sessions[0]?.active, true, 'a new join asks again at once');
+    joined = false;
+    await sleep(200);
+    assert.equal(calls.at(-1), 'release', 'leaving releases the grant');
+    assert.deepEqual(events.slice(0, 3), [
+      `start ${s2.address}`,
+      `stop ${s2.address}`,
+      'refused 403 no repair entitlement',
+    ]);
+    await agent.close();
+  });
+});

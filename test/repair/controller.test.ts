@@ -129,6 +129,24 @@ describe('repair controller (flow A) against a real subscription server on loopb
     assert.equal(controller.status().refusals, 1);
   });
 
+  it('bad requests are a 400 naming the field', async () => {
+    for (const [body, message] of [
+      [{}, /group/],
+      [{ group: '10.1.1.1:5000' }, /body\/group.*multicast/],
+      [{ group: '239.1.1.1:5000', colour: 'blue' }, /additional/],
+      [{ group: 5 }, /group/],
+      [{ group: 'x'.repeat(100) }, /group/],
+    ] as const) {
+      const response = await fetch(`${controller.url}/v1/repair`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${tokens.alice?.token}`, 'content-type': 'application/json' },
+        body: JSON.stringify(body),
+      });
+      assert.equal(response.status, 400, JSON.stringify(body));
+      assert.match(((await response.json()) as { message: string }).message, message);
+    }
+  });
+
   it('an answer tagged under another token, or altered, fails the check', () => {
     const grant = {
       session: '239.40.0.1:5000',

@@ -234,6 +234,19 @@ function apiSuite(name: string, options: { skip?: string }, url: () => string, c
       }
     });
 
+    it('--roles: subscription alone serves no billing route, billing alone no session route', async () => {
+      for (const [roles, served, absent] of [
+        [['subscription'], '/v1/sessions', '/v1/ledger.csv'],
+        [['billing'], '/v1/ledger.csv', '/v1/sessions'],
+      ] as const) {
+        const partial = await buildSubscriptionApp({ store, operatorToken, roles });
+        const auth = { authorization: `Bearer ${operatorToken}` };
+        assert.equal((await partial.inject({ method: 'GET', url: served, headers: auth })).statusCode, 200);
+        assert.equal((await partial.inject({ method: 'GET', url: absent, headers: auth })).statusCode, 404);
+        await partial.close();
+      }
+    });
+
     it('makes an operator token once on a fresh store when none is given', async () => {
       const fresh = await openStore('sqlite::memory:');
       const shown: string[] = [];

@@ -157,6 +157,23 @@ function suite(name: string, options: { skip?: string }, url: () => string, clea
           403,
         ],
         ['no token on sessions', () => call('GET', '/v1/sessions'), 401],
+        [
+          'subscriber reads own usage',
+          () => call('GET', `/v1/usage?account=${subscriber.id}&period=2026-01`, subscriber.token),
+          200,
+        ],
+        [
+          'subscriber reads usage of a source',
+          () => call('GET', `/v1/usage?account=${theirs.id}&period=2026-01`, subscriber.token),
+          403,
+        ],
+        [
+          'source reads its own usage',
+          () => call('GET', `/v1/usage?account=${theirs.id}&period=2026-01`, theirs.token),
+          200,
+        ],
+        ['anyone reads the services', () => call('GET', '/v1/services', subscriber.token), 200],
+        ['no token on services', () => call('GET', '/v1/services'), 401],
         ['no token on rates', () => call('GET', '/v1/rates'), 401],
       ];
       const sessions = (await store.db.selectFrom('sessions').select('id').execute()).length;
@@ -226,6 +243,17 @@ function suite(name: string, options: { skip?: string }, url: () => string, clea
         ['POST', '/v1/billing/run', operatorToken, {}, /period/],
         ['GET', `/v1/invoices?account=${source.id}&period=26-01`, operatorToken, undefined, /period/],
         ['GET', '/v1/invoices?period=2026-01', operatorToken, undefined, /account/],
+        ['GET', `/v1/usage?account=${source.id}&period=2026-1`, operatorToken, undefined, /period/],
+        ['GET', `/v1/usage?account=${source.id}&period=2026-01&x=1`, operatorToken, undefined, /additional/],
+        ['POST', '/v1/entitlements', operatorToken, { subscriber: source.id, service: 'repiar' }, /service/],
+        [
+          'POST',
+          '/v1/entitlements',
+          operatorToken,
+          { subscriber: source.id, service: 'repair', monthly: -5 },
+          /monthly/,
+        ],
+        ['GET', '/v1/sessions?group=10.0.0.1:5', operatorToken, undefined, /querystring\/group.*multicast/],
       ];
       for (const [method, url, token, payload, message] of cases) {
         const response = await call(method as 'GET', url, token, payload as object | undefined);
@@ -283,6 +311,16 @@ function suite(name: string, options: { skip?: string }, url: () => string, clea
         .where('transfer', '=', (usage.json() as { transfer: string }).transfer)
         .executeTakeFirstOrThrow();
       assert.equal(Number(event.quantity), 61, 'the usage event is kept beside its transfer');
+      const now = new Date();
+      const period = `${now.getUTCFullYear()}-${String(now.getUTCMonth() + 1).padStart(2, '0')}`;
+      const listed = (
+        await call('GET', `/v1/usage?account=${subscriber.id}&period=${period}`, subscriber.token)
+      ).json() as Array<{ kind: string; quantity: number }>;
+      assert.deepEqual(
+        listed.map((e) => [e.kind, e.quantity]),
+        [['pay-as-you-go-seconds', 61]],
+        'a subscriber reads its own usage',
+      );
     });
 
     it('a billing run charges each monthly subscription once per period; invoices list what the account was charged', async () => {
