@@ -124,3 +124,24 @@ export const repairHoldPacketsMax = 65_536;
 /** Retransmit server with a repair group: a sequence repaired by multicast is not sent again
  * within this window (the other repair servers behind the same loss got it too). */
 export const repairSuppressMs = 50;
+
+/** Repair controller: how long a grant lasts unless the agent renews it (`--lease`). */
+export const controllerLeaseMsDefault = 60_000;
+
+/** Repair controller: how often repaired bytes are reported as usage (`--report-interval`). */
+export const controllerReportIntervalMsDefault = 60_000;
+
+/** Repair controller: how long a repair module with no subscriber left stays up. */
+export const controllerIdleMs = 10_000;
+
+/** Repair controller: S2 groups handed out from `--s2-pool` when it names no count. */
+export const controllerPoolSizeDefault = 256;
+
+/** Agent: after the controller refuses, how long before it asks again (a re-join asks at once). */
+export const agentRefusalRetryMs = 30_000;
+
+/** Subscription server: how long a server keeps the rate card before reading it again. */
+export const rateCacheMs = 1_000;
+
+/** Store: how long a SQLite writer waits for another process's write lock. */
+export const sqliteBusyTimeoutMs = 5_000;

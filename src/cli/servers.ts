@@ -3,6 +3,10 @@
 import { readFileSync } from 'node:fs';
 import {
   announceIntervalMsDefault,
+  controllerIdleMs,
+  controllerLeaseMsDefault,
+  controllerPoolSizeDefault,
+  controllerReportIntervalMsDefault,
   repairRateBitsPerSecondDefault,
   retransmitBufferAgeMsDefault,
   retransmitBufferBytesDefault,
@@ -311,7 +315,8 @@ async function runController(values: OptionValues, err: NodeJS.WriteStream): Pro
   const poolText = required(values, 's2-pool');
   const [poolGroup = '', poolCount] = poolText.split('/');
   const pool = parseGroup(poolGroup, '--s2-pool');
-  const poolSize = poolCount === undefined ? 256 : parseInteger(poolCount, '--s2-pool', 1, 65_536);
+  const poolSize =
+    poolCount === undefined ? controllerPoolSizeDefault : parseInteger(poolCount, '--s2-pool', 1, 65_536);
   const latencyText = optional(values, 'latency');
   if ((values.reliable === true) === (latencyText !== undefined)) {
     throw new UsageError('choose one of --reliable (files) or --latency MS (live streams)');
@@ -324,15 +329,24 @@ async function runController(values: OptionValues, err: NodeJS.WriteStream): Pro
   const announceGroupText = optional(values, 'announce-group');
   const leaseText = optional(values, 'lease');
   const reportText = optional(values, 'report-interval');
+  if (leaseText !== undefined && parseSeconds(leaseText, '--lease') < 1000) {
+    throw new UsageError(`--lease: ${leaseText} is shorter than 1 second`);
+  }
+  if (reportText !== undefined && parseSeconds(reportText, '--report-interval') < 100) {
+    throw new UsageError(`--report-interval: ${reportText} is shorter than 0.1 second`);
+  }
   const controller = await startRepairController({
     listen,
     subscription,
     token: readToken(optional(values, 'token-file')),
     pool,
     poolSize,
-    leaseMs: leaseText === undefined ? 60_000 : parseSeconds(leaseText, '--lease'),
-    reportIntervalMs: reportText === undefined ? 60_000 : parseSeconds(reportText, '--report-interval'),
-    idleMs: 10_000,
+    leaseMs: leaseText === undefined ? controllerLeaseMsDefault : parseSeconds(leaseText, '--lease'),
+    reportIntervalMs:
+      reportText === undefined
+        ? controllerReportIntervalMsDefault
+        : parseSeconds(reportText, '--report-interval'),
+    idleMs: controllerIdleMs,
     module: {
       iface,
       listen: parseEndpoint(required(values, 'listen'), '--listen'),

@@ -8,6 +8,8 @@
  * on the wire. The raw, lossy S1 from the network is kept away from the application by a firewall
  * rule that drops S1 datagrams whose source is not this host (docs/architecture.md, "Agent").
  */
+
+import { agentRefusalRetryMs } from '../limits.js';
 import { type Endpoint, formatEndpoint } from '../net/address.js';
 import { resolveInterface } from '../net/interfaces.js';
 import { type Membership, readMemberships } from '../net/memberships.js';
@@ -174,7 +176,7 @@ export async function startWatchingAgent(
   const read = settings.readMemberships ?? readMemberships;
   const active = new Map<AgentMapping, Delivery>();
   const refused = new Map<AgentMapping, { until: number; reason: string }>();
-  const retryMs = settings.refusalRetryMs ?? 30_000;
+  const retryMs = settings.refusalRetryMs ?? agentRefusalRetryMs;
   const ifaceName = (family: 4 | 6) =>
     settings.deliverIface === undefined ? undefined : resolveInterface(settings.deliverIface, family).name;
 

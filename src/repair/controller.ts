@@ -171,17 +171,16 @@ export async function startRepairController(settings: ControllerSettings): Promi
     }
   };
 
-  let flushing = false;
+  /** One flush at a time; a caller that finds one running waits for it, then sends what is left. */
+  let flushing: Promise<void> | undefined;
   const flush = async () => {
-    if (flushing) {
-      return;
+    while (flushing !== undefined) {
+      await flushing;
     }
-    flushing = true;
-    try {
-      await flushPending();
-    } finally {
-      flushing = false;
-    }
+    flushing = flushPending().finally(() => {
+      flushing = undefined;
+    });
+    await flushing;
   };
   const flushPending = async () => {
     while (pending.length > 0) {
@@ -223,7 +222,7 @@ export async function startRepairController(settings: ControllerSettings): Promi
           account(module, attachment);
         }
       }
-      if (module.idleSince !== undefined && now - module.idleSince >= settings.idleMs) {
+      if (module.idleSince !== undefined && Date.now() - module.idleSince >= settings.idleMs) {
         modules.delete(key);
         await module.server.close();
       }

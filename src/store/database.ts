@@ -8,6 +8,7 @@ import SQLite from 'better-sqlite3';
 import { Kysely, PostgresDialect, SqliteDialect, sql } from 'kysely';
 import { type Migration, Migrator } from 'kysely/migration';
 import pg from 'pg';
+import { sqliteBusyTimeoutMs } from '../limits.js';
 import { StoreUrlError } from './errors.js';
 import { migrations } from './migrations.js';
 
@@ -99,9 +100,6 @@ export interface Store extends AsyncDisposable {
   writeTransaction<T>(fn: (trx: Kysely<Schema>) => Promise<T>): Promise<T>;
   close(): Promise<void>;
 }
-
-/** How long a SQLite writer waits for another process's write lock. */
-const sqliteBusyTimeoutMs = 5_000;
 
 /** Opens "sqlite:PATH", "sqlite::memory:" or "postgres://…" and brings the schema up to date. */
 export async function openStore(url: string): Promise<Store> {

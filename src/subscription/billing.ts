@@ -5,6 +5,7 @@
 import { randomUUID } from 'node:crypto';
 import { type Static, Type } from '@sinclair/typebox';
 import type { FastifyInstance } from 'fastify';
+import { rateCacheMs } from '../limits.js';
 import { LedgerError } from '../store/ledger.js';
 import {
   type ApiContext,
@@ -124,8 +125,6 @@ const RunResult = Type.Object({
   amount: Type.Integer(),
 });
 
-/** How long a server keeps the rate card before reading it again (another server may change it). */
-const rateCacheMs = 1_000;
 const rateCache = new WeakMap<object, { at: number; card: RateCard }>();
 
 /** The rate card in force: the defaults, overridden by what the operator stored. */

@@ -205,4 +205,74 @@ describe('repair controller (flow A) against a real subscription server on loopb
     assert.equal(controller.status().modules.length, 0);
     assert.ok(modules.started.every((module) => module.closed));
   });
+
+  it('an entitlement for one session covers that session only; its usage names the session', async () => {
+    const auth = { authorization: `Bearer ${operatorToken}` };
+    const source = (
+      await app.inject({ method: 'POST', url: '/v1/sources', headers: auth, payload: { name: 'news' } })
+    ).json() as { id: string };
+    const session = (
+      await app.inject({
+        method: 'POST',
+        url: '/v1/sessions',
+        headers: auth,
+        payload: { name: 'news', group: '239.40.0.9:5000', owner: source.id },
+      })
+    ).json() as { id: string };
+    await app.inject({
+      method: 'POST',
+      url: '/v1/entitlements',
+      headers: auth,
+      payload: { subscriber: tokens.bob?.id, service: 'repair', session: session.id },
+    });
+    const bob = controllerClient(controller.url, tokens.bob?.token ?? '');
+    const granted = await bob.resolve(parseGroup('239.40.0.9:5000', 's1'));
+    assert.equal(granted.granted, true, JSON.stringify(granted));
+    const other = await bob.resolve(parseGroup('239.40.0.8:5000', 's1'));
+    assert.deepEqual(other, { granted: false, reason: '403 no repair entitlement' });
+    const module = modules.started.at(-1);
+    assert.ok(module);
+    module.counters.recovered = 10;
+    module.counters.recoveredBytes = 14_000;
+    await bob.release(parseGroup('239.40.0.9:5000', 's1'));
+    await controller.flush();
+    const event = await store.db
+      .selectFrom('usage_events')
+      .selectAll()
+      .where('account', '=', tokens.bob?.id ?? '')
+      .executeTakeFirstOrThrow();
+    assert.equal(event.session, session.id);
+    assert.equal(Number(event.quantity), 14_000);
+  });
+
+  it('a grant that is not renewed lapses: the subscriber is detached and the idle module closed', async () => {
+    const short = await startRepairController({
+      listen: { address: '127.0.0.1', port: 0, family: 4 },
+      subscription: `http://127.0.0.1:${port}`,
+      token: operatorToken,
+      pool: parseGroup('239.42.0.1:6000', 'pool'),
+      poolSize: 1,
+      leaseMs: 200,
+      reportIntervalMs: 3_600_000,
+      idleMs: 0,
+      startModule: modules.start,
+      module: {
+        listen: { address: '127.0.0.1', port: 0, family: 4 },
+        keys: [],
+        retransmit: [],
+        latencyMs: undefined,
+      },
+    });
+    try {
+      const granted = await controllerClient(short.url, tokens.alice?.token ?? '').resolve(s1);
+      assert.equal(granted.granted, true);
+      assert.equal(short.status().modules[0]?.subscribers, 1);
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      await short.flush();
+      assert.equal(short.status().modules.length, 0);
+      assert.equal(modules.started.at(-1)?.closed, true);
+    } finally {
+      await short.close();
+    }
+  });
 });
