@@ -145,3 +145,6 @@ export const rateCacheMs = 1_000;
 
 /** Store: how long a SQLite writer waits for another process's write lock. */
 export const sqliteBusyTimeoutMs = 5_000;
+
+/** Source buying repair: pause after registering, so the retransmit servers join before DATA. */
+export const setupSettleMs = 500;

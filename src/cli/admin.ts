@@ -5,13 +5,14 @@
  * the answer is printed as JSON (CSV for export), a refusal as one line naming the reason.
  */
 import { randomBytes } from 'node:crypto';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { readSecretFile } from '../crypto/control-auth.js';
 import { openStore } from '../store/database.js';
 import { buildSubscriptionApp } from '../subscription/app.js';
 import { openSetupSender } from '../subscription/setup-sender.js';
 import { exitOk, UsageError } from './errors.js';
+import { readToken } from './token.js';
 
 /** The server refused a request or could not be reached. */
 export class RequestError extends Error {
@@ -129,7 +130,8 @@ async function connect(values: Record<string, string | boolean | undefined>) {
     if (!/^https?:\/\/[^/]+$/.test(base)) {
       throw new UsageError(`--server: "${values.server}" is not http://HOST:PORT`);
     }
-    const token = readToken(values['token-file']);
+    const tokenFile = values['token-file'];
+    const token = readToken(typeof tokenFile === 'string' ? tokenFile : undefined);
     const send: Send = async (method, path, body, headers = {}) => {
       let response: Response;
       try {
@@ -176,21 +178,6 @@ async function connect(values: Record<string, string | boolean | undefined>) {
       await setup?.[Symbol.asyncDispose]();
     },
   };
-}
-
-function readToken(file: string | boolean | undefined): string {
-  if (typeof file === 'string') {
-    try {
-      return readFileSync(file, 'utf8').trim();
-    } catch (error) {
-      throw new UsageError(`--token-file: cannot read ${file}: ${(error as NodeJS.ErrnoException).code}`);
-    }
-  }
-  const token = process.env.GATECAST_TOKEN;
-  if (token === undefined || token === '') {
-    throw new UsageError('--token-file FILE or GATECAST_TOKEN is required with --server');
-  }
-  return token;
 }
 
 /** Maps a command line to one API request. */

@@ -1,6 +1,11 @@
 /** `gatecast send`: the source role on the command line. */
-import { packetPayloadBytesDefault, packetPayloadBytesMin, rateBitsPerSecondDefault } from '../limits.js';
-import { parseEndpoint, parseGroup } from '../net/address.js';
+import {
+  packetPayloadBytesDefault,
+  packetPayloadBytesMin,
+  rateBitsPerSecondDefault,
+  setupSettleMs,
+} from '../limits.js';
+import { formatEndpoint, parseEndpoint, parseGroup } from '../net/address.js';
 import { InvalidArgumentError } from '../net/errors.js';
 import { resolveInterface } from '../net/interfaces.js';
 import { bodyBytesMax } from '../protocol/packet.js';
@@ -11,6 +16,7 @@ import {
   openTickerInput,
   type PayloadInput,
 } from '../source/inputs.js';
+import { endSession, type RegisteredSession, registerSession } from '../source/registration.js';
 import { createSource, type SourceStats } from '../source/source.js';
 import { exitOk, UsageError } from './errors.js';
 import { formatBytes, formatRate, progressBar } from './format.js';
@@ -25,6 +31,7 @@ import {
   parseSeconds,
   required,
 } from './options.js';
+import { readToken } from './token.js';
 
 export const sendOptions: OptionSpecs = {
   group: { type: 'string', value: 'ADDR:PORT', help: 'multicast group to send to, IPv6 as [ff3e::1]:5000' },
@@ -59,6 +66,25 @@ export const sendOptions: OptionSpecs = {
   'session-id': { type: 'string', value: 'N', help: 'fix the 32-bit session id (default random)' },
   json: { type: 'boolean', help: 'print the summary as one JSON object instead of a line' },
   'first-sequence': { type: 'string', value: 'N', help: 'fix the first sequence number (default random)' },
+  subscription: {
+    type: 'string',
+    value: 'URL',
+    help: 'register the session with this subscription server first, end it after END',
+  },
+  'token-file': {
+    type: 'string',
+    value: 'FILE',
+    help: "with --subscription: the source's bearer token (default: $GATECAST_TOKEN)",
+  },
+  'buy-repair': {
+    type: 'boolean',
+    help: 'with --subscription: buy repair for the session (retransmit servers are set up, flow B)',
+  },
+  'source-address': {
+    type: 'string',
+    value: 'ADDR',
+    help: 'with --subscription: this sender’s address, for source-specific joins',
+  },
 };
 
 export const sendHelp = formatHelp(
@@ -134,7 +160,30 @@ export async function runSend(argv: string[], out: NodeJS.WriteStream): Promise<
   if (Buffer.byteLength(sessionName) > 255) {
     throw new InvalidArgumentError('--session', 'name is longer than 255 bytes');
   }
+  const subscription = optional(values, 'subscription');
+  if (subscription === undefined && (values['buy-repair'] === true || optional(values, 'source-address'))) {
+    throw new UsageError('--buy-repair and --source-address need --subscription URL');
+  }
+  if (subscription !== undefined && !/^https?:\/\/[^/]+\/?$/.test(subscription)) {
+    throw new UsageError(`--subscription: "${subscription}" is not http://HOST:PORT`);
+  }
+  const token = subscription === undefined ? undefined : readToken(optional(values, 'token-file'));
   const input = await openInput(values, packetPayloadBytes);
+  let registered: RegisteredSession | undefined;
+  if (subscription !== undefined && token !== undefined) {
+    registered = await registerSession(subscription, token, {
+      name: sessionName,
+      group: formatEndpoint(group),
+      source: optional(values, 'source-address'),
+      repair: values['buy-repair'] === true,
+    });
+    process.stderr.write(
+      `send: session ${registered.id} registered${registered.setup.length > 0 ? `, repair bought: ${registered.setup.length} retransmit server(s) set up` : ''}\n`,
+    );
+    if (registered.setup.length > 0) {
+      await new Promise((resolve) => setTimeout(resolve, setupSettleMs)); // let them join first
+    }
+  }
   const source = createSource(
     {
       group,
@@ -169,6 +218,18 @@ export async function runSend(argv: string[], out: NodeJS.WriteStream): Promise<
       `${values.json === true ? JSON.stringify({ sessionName, ...stats }) : summaryLine(stats, sessionName)}\n`,
     );
   } finally {
+    if (registered !== undefined && subscription !== undefined && token !== undefined) {
+      try {
+        const ended = await endSession(subscription, token, registered.id);
+        process.stderr.write(
+          `send: session ${registered.id} ended${ended.charge === undefined ? '' : `, repair charged ${ended.charge.amount} (minor units)`}\n`,
+        );
+      } catch (error) {
+        process.stderr.write(
+          `send: session ${registered.id} could not be ended (${(error as Error).message}); end it with: gatecast admin session end ${registered.id}\n`,
+        );
+      }
+    }
     clearInterval(progressTimer);
     clearTimeout(durationTimer);
     process.off('SIGINT', stop);

@@ -1,6 +1,5 @@
 /** `gatecast retransmit`, `gatecast repair` and `gatecast agent`: the repair service's commands. */
 
-import { readFileSync } from 'node:fs';
 import {
   announceIntervalMsDefault,
   controllerIdleMs,
@@ -31,6 +30,7 @@ import {
   parseSeconds,
   required,
 } from './options.js';
+import { readToken } from './token.js';
 
 const retransmitOptions: OptionSpecs = {
   join: { type: 'string', value: 'GROUP:PORT[,...]', help: 'sessions to buffer (more may come by SETUP)' },
@@ -451,20 +451,4 @@ async function runWatchingAgent(values: OptionValues, err: NodeJS.WriteStream): 
     const s = agent.status();
     return `agent: ${s.sessions.map((x) => `${x.s1} ${x.active ? `delivering (${x.delivery?.delivered ?? 0})` : x.refused === undefined ? 'idle' : 'refused'}`).join('; ')}`;
   });
-}
-
-/** The bearer token from a file, or from GATECAST_TOKEN. */
-function readToken(file: string | undefined): string {
-  if (file !== undefined) {
-    try {
-      return readFileSync(file, 'utf8').trim();
-    } catch (error) {
-      throw new UsageError(`--token-file: cannot read ${file}: ${(error as NodeJS.ErrnoException).code}`);
-    }
-  }
-  const token = process.env.GATECAST_TOKEN;
-  if (token === undefined || token === '') {
-    throw new UsageError('--token-file FILE or GATECAST_TOKEN is required');
-  }
-  return token;
 }

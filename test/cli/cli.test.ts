@@ -27,6 +27,8 @@ describe('bad input: one clear line naming the value, exit code 2, no stack trac
   writeFileSync(badConfig, '{"group": "239.1.1.1:5000", "colour": "blue"}');
   const brokenConfig = join(directory, 'broken.json');
   writeFileSync(brokenConfig, '{"group": ');
+  const tokenFile = join(directory, 'source.token');
+  writeFileSync(tokenFile, 'gct_a_source_token_for_the_cli_test\n');
   const cases: Array<[string, string[], RegExp]> = [
     [
       'a group that is not multicast',
@@ -60,6 +62,52 @@ describe('bad input: one clear line naming the value, exit code 2, no stack trac
       /config .*broken\.json: not valid JSON/,
     ],
     ['an unknown option', ['send', '--colour'], /Unknown option '--colour'/],
+    [
+      'buying repair without a subscription server',
+      ['send', '--group', '239.1.1.1:5000', '--ticker', '--buy-repair'],
+      /--buy-repair and --source-address need --subscription URL/,
+    ],
+    [
+      'a subscription server nobody runs',
+      [
+        'send',
+        '--group',
+        '239.1.1.1:5000',
+        '--ticker',
+        '--ticks',
+        '1',
+        '--subscription',
+        'http://127.0.0.1:59998',
+        '--token-file',
+        tokenFile,
+      ],
+      /the subscription server at http:\/\/127\.0\.0\.1:59998 cannot be reached: ECONNREFUSED/,
+    ],
+    [
+      'a repair controller with a zero lease',
+      [
+        'repair',
+        '--controller',
+        '127.0.0.1:8090',
+        '--subscription',
+        'http://127.0.0.1:8080',
+        '--s2-pool',
+        '239.1.1.1:5000',
+        '--listen',
+        '127.0.0.1:7000',
+        '--reliable',
+        '--lease',
+        '0',
+        '--token-file',
+        tokenFile,
+      ],
+      /--lease: 0 is shorter than 1 second/,
+    ],
+    [
+      'an agent with both --map and --controller',
+      ['agent', '--watch', '--map', '239.1.1.1:1=239.1.1.2:1', '--controller', 'http://127.0.0.1:1'],
+      /--watch needs one of --map S1=S2,\.\.\. or --controller URL --sessions S1,\.\.\./,
+    ],
     [
       'two inputs',
       ['send', '--group', '239.1.1.1:5000', '--ticker', '--stdin'],

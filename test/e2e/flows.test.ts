@@ -107,25 +107,6 @@ describe('buying repair: flows A and B on the namespace test bed', testbedSkip([
     }
     const source = (await admin(operatorTokenFile(), ['source', 'add', 'news'])) as Record<string, unknown>;
     const sourceToken = tokenFileFor('source', source);
-    const session = (await admin(sourceToken, [
-      'session',
-      'add',
-      'news',
-      s1,
-      '--source',
-      hostAddress.src ?? '',
-      '--repair',
-    ])) as { id: string; setup: string[] };
-    assert.deepEqual(session.setup.sort(), [retransmitAt('rt1'), retransmitAt('rt2')]);
-    await sleep(500);
-    for (const [i, host] of ['rt1', 'rt2'].entries()) {
-      const sessions = status(host, 9110 + i).sessions as Array<{ group: string }>;
-      assert.deepEqual(
-        sessions.map((s) => s.group),
-        [s1],
-        `${host} joined S1 on SETUP`,
-      );
-    }
     const repair = startRepair(bed, 'rep', {
       s1,
       emit: s2,
@@ -147,6 +128,8 @@ describe('buying repair: flows A and B on the namespace test bed', testbedSkip([
     ]);
     await Promise.all([repair.waitFor(/listening on/), receiver.waitFor(/joined/)]);
     bed.control('loss', 'rep', '5', '5300');
+    // The source registers S1 with the subscription server and buys repair as it starts sending;
+    // the registered retransmit servers join on SETUP before the first packet.
     const sender = bed.gatecast('src', [
       'send',
       '--group',
@@ -157,8 +140,28 @@ describe('buying repair: flows A and B on the namespace test bed', testbedSkip([
       file,
       '--rate',
       '60M',
+      '--subscription',
+      serverUrl,
+      '--token-file',
+      sourceToken,
+      '--buy-repair',
+      '--source-address',
+      hostAddress.src ?? '',
     ]);
-    assert.equal((await sender.finished).code, 0);
+    await sender.waitFor(/repair bought: 2 retransmit server\(s\) set up/);
+    await sleep(200);
+    for (const [i, host] of ['rt1', 'rt2'].entries()) {
+      const sessions = status(host, 9110 + i).sessions as Array<{ group: string }>;
+      assert.deepEqual(
+        sessions.map((x) => x.group),
+        [s1],
+        `${host} joined S1 on SETUP`,
+      );
+    }
+    const sent = await sender.finished;
+    assert.equal(sent.code, 0, sent.stderr);
+    const ended = /session (\S+) ended, repair charged (\d+)/.exec(sent.stderr);
+    assert.ok(ended, `the session is ended and charged after END: ${sent.stderr}`);
     const received = await receiver.finished;
     const repairStatus = status('rep', 9100) as { recovered: number; gaps: number };
     bed.control('clear', 'rep');
@@ -170,21 +173,25 @@ describe('buying repair: flows A and B on the namespace test bed', testbedSkip([
       .reduce((a, b) => a + b, 0);
     assert.ok(served > 0, 'the retransmit servers that joined on SETUP answered the repairs');
     await stop(repair);
-
-    const ended = (await admin(sourceToken, ['session', 'end', session.id])) as {
-      state: string;
-      charge: { amount: number; transfer: string };
-    };
-    assert.equal(ended.state, 'ended');
-    assert.ok(ended.charge.amount >= 1);
-    await sleep(500);
+    await sleep(300);
     for (const [i, host] of ['rt1', 'rt2'].entries()) {
       assert.deepEqual(status(host, 9110 + i).sessions, [], `${host} left S1 at the session's end`);
     }
+    const charged = Number(ended[2]);
+    assert.ok(charged >= 1);
     const balance = (await admin(sourceToken, ['balance', String(source.id)])) as { balance: number };
-    assert.equal(balance.balance, -ended.charge.amount, 'the source is charged');
+    assert.equal(balance.balance, -charged, 'the source is charged');
     const csv = String(await admin(operatorTokenFile(), ['export']));
-    assert.equal(csv.split('\n').filter((line) => line.includes(`session-end/${session.id}`)).length, 1);
+    assert.equal(csv.split('\n').filter((line) => line.includes(`session-end/${ended[1]}`)).length, 1);
+    const sessions = (await admin(sourceToken, ['sessions'])) as unknown as Array<{
+      state: string;
+      repair: boolean;
+    }>;
+    assert.deepEqual(
+      sessions.map((x) => [x.state, x.repair]),
+      [['ended', true]],
+      'the source sees its one session, ended',
+    );
     for (const retransmit of retransmits) {
       await stop(retransmit);
     }

@@ -1,0 +1,75 @@
+/**
+ * A source registering its session with the subscription server (flow B): before the first
+ * packet it registers S1 (and buys repair, which makes the subscription server send SETUP to the
+ * retransmit servers); after END it ends the session, which tears the retransmit servers down and
+ * charges the source. Plain HTTP+JSON with the source's bearer token.
+ */
+
+/** The subscription server refused or could not be reached; the message says which. */
+export class RegistrationError extends Error {
+  readonly code = 'GATECAST_ERR_REQUEST';
+}
+
+/** What the subscription server answered for the session. */
+export interface RegisteredSession {
+  readonly id: string;
+  readonly setup: readonly string[];
+}
+
+/** The session's end: what the source was charged for repair, if it bought it. */
+export interface EndedSession {
+  readonly charge: { readonly amount: number; readonly transfer: string } | undefined;
+}
+
+async function call(url: string, token: string, method: string, body?: unknown) {
+  let response: Response;
+  try {
+    response = await fetch(url, {
+      method,
+      headers: {
+        authorization: `Bearer ${token}`,
+        ...(body === undefined ? {} : { 'content-type': 'application/json' }),
+      },
+      ...(body === undefined ? {} : { body: JSON.stringify(body) }),
+      signal: AbortSignal.timeout(10_000),
+    });
+  } catch (error) {
+    const cause = (error as { cause?: { code?: string; message?: string } }).cause;
+    throw new RegistrationError(
+      `the subscription server at ${new URL(url).origin} cannot be reached: ${cause?.code ?? cause?.message ?? (error as Error).message}`,
+    );
+  }
+  const answer = (await response.json().catch(() => ({}))) as Record<string, unknown>;
+  if (response.status >= 300) {
+    throw new RegistrationError(
+      `the subscription server refused: ${response.status} ${String(answer.error ?? '')}: ${String(answer.message ?? '')}`,
+    );
+  }
+  return answer;
+}
+
+/** Registers S1 with the subscription server. */
+export async function registerSession(
+  server: string,
+  token: string,
+  session: { name: string; group: string; source?: string | undefined; repair: boolean },
+): Promise<RegisteredSession> {
+  const answer = await call(`${server.replace(/\/+$/, '')}/v1/sessions`, token, 'POST', {
+    name: session.name,
+    group: session.group,
+    ...(session.source === undefined ? {} : { source: session.source }),
+    repair: session.repair,
+  });
+  return { id: String(answer.id), setup: (answer.setup as string[] | undefined) ?? [] };
+}
+
+/** Ends the session (idempotent on the server: ending twice charges once). */
+export async function endSession(server: string, token: string, id: string): Promise<EndedSession> {
+  const answer = await call(
+    `${server.replace(/\/+$/, '')}/v1/sessions/${encodeURIComponent(id)}/end`,
+    token,
+    'POST',
+  );
+  const charge = answer.charge as { amount: number; transfer: string } | undefined;
+  return { charge };
+}
