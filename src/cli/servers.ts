@@ -174,6 +174,28 @@ function optionalGroup(text: string | undefined, field: string) {
   return text === undefined ? undefined : parseGroup(text, field);
 }
 
+/**
+ * What a repair server and each of the controller's repair modules are built from: everything but
+ * S1, S2 and their control socket.
+ */
+function repairModuleOptions(values: OptionValues) {
+  const latencyText = optional(values, 'latency');
+  if ((values.reliable === true) === (latencyText !== undefined)) {
+    throw new UsageError('choose one of --reliable (files) or --latency MS (live streams)');
+  }
+  const ttlText = optional(values, 'ttl');
+  return {
+    iface: optional(values, 'iface'),
+    keys: keysFrom(values),
+    retransmit: parseEndpointList(optional(values, 'retransmit'), '--retransmit'),
+    announceGroup: optionalGroup(optional(values, 'announce-group'), '--announce-group'),
+    repairGroup: optionalGroup(optional(values, 'repair-group'), '--repair-group'),
+    emitIface: optional(values, 'emit-iface'),
+    ttl: ttlText === undefined ? undefined : parseInteger(ttlText, '--ttl', 1, 255),
+    latencyMs: latencyText === undefined ? undefined : parseInteger(latencyText, '--latency', 1, 600_000),
+  };
+}
+
 /** Runs `gatecast retransmit`. */
 export async function runRetransmit(argv: string[], err: NodeJS.WriteStream): Promise<number> {
   const values = parseOptions(argv, retransmitOptions);
@@ -270,26 +292,12 @@ export async function runRepair(argv: string[], err: NodeJS.WriteStream): Promis
   if (iface !== undefined) {
     resolveInterface(iface, group.family);
   }
-  const latencyText = optional(values, 'latency');
-  if ((values.reliable === true) === (latencyText !== undefined)) {
-    throw new UsageError('choose one of --reliable (files) or --latency MS (live streams)');
-  }
-  const ttlText = optional(values, 'ttl');
-  const announceGroupText = optional(values, 'announce-group');
   const server = await startRepairServer({
+    ...repairModuleOptions(values),
     group,
     source: optional(values, 'source'),
-    iface,
     listen: parseEndpoint(required(values, 'listen'), '--listen'),
-    keys: keysFrom(values),
-    retransmit: parseEndpointList(optional(values, 'retransmit'), '--retransmit'),
-    announceGroup:
-      announceGroupText === undefined ? undefined : parseGroup(announceGroupText, '--announce-group'),
     emit,
-    repairGroup: optionalGroup(optional(values, 'repair-group'), '--repair-group'),
-    emitIface: optional(values, 'emit-iface'),
-    ttl: ttlText === undefined ? undefined : parseInteger(ttlText, '--ttl', 1, 255),
-    latencyMs: latencyText === undefined ? undefined : parseInteger(latencyText, '--latency', 1, 600_000),
   });
   err.write(
     `repair: ${formatEndpoint(group)} -> ${formatEndpoint(emit)}, listening on ${formatEndpoint(server.local)}\n`,
@@ -317,16 +325,6 @@ async function runController(values: OptionValues, err: NodeJS.WriteStream): Pro
   const pool = parseGroup(poolGroup, '--s2-pool');
   const poolSize =
     poolCount === undefined ? controllerPoolSizeDefault : parseInteger(poolCount, '--s2-pool', 1, 65_536);
-  const latencyText = optional(values, 'latency');
-  if ((values.reliable === true) === (latencyText !== undefined)) {
-    throw new UsageError('choose one of --reliable (files) or --latency MS (live streams)');
-  }
-  const iface = optional(values, 'iface');
-  if (iface !== undefined) {
-    resolveInterface(iface, pool.family);
-  }
-  const ttlText = optional(values, 'ttl');
-  const announceGroupText = optional(values, 'announce-group');
   const leaseText = optional(values, 'lease');
   const reportText = optional(values, 'report-interval');
   if (leaseText !== undefined && parseSeconds(leaseText, '--lease') < 1000) {
@@ -334,6 +332,10 @@ async function runController(values: OptionValues, err: NodeJS.WriteStream): Pro
   }
   if (reportText !== undefined && parseSeconds(reportText, '--report-interval') < 100) {
     throw new UsageError(`--report-interval: ${reportText} is shorter than 0.1 second`);
+  }
+  const module = repairModuleOptions(values);
+  if (module.iface !== undefined) {
+    resolveInterface(module.iface, pool.family);
   }
   const controller = await startRepairController({
     listen,
@@ -347,18 +349,7 @@ async function runController(values: OptionValues, err: NodeJS.WriteStream): Pro
         ? controllerReportIntervalMsDefault
         : parseSeconds(reportText, '--report-interval'),
     idleMs: controllerIdleMs,
-    module: {
-      iface,
-      listen: parseEndpoint(required(values, 'listen'), '--listen'),
-      keys: keysFrom(values),
-      retransmit: parseEndpointList(optional(values, 'retransmit'), '--retransmit'),
-      announceGroup:
-        announceGroupText === undefined ? undefined : parseGroup(announceGroupText, '--announce-group'),
-      repairGroup: optionalGroup(optional(values, 'repair-group'), '--repair-group'),
-      emitIface: optional(values, 'emit-iface'),
-      ttl: ttlText === undefined ? undefined : parseInteger(ttlText, '--ttl', 1, 255),
-      latencyMs: latencyText === undefined ? undefined : parseInteger(latencyText, '--latency', 1, 600_000),
-    },
+    module: { ...module, listen: parseEndpoint(required(values, 'listen'), '--listen') },
   });
   err.write(
     `repair: controller on ${controller.url}, S2 from ${formatEndpoint(pool)} (${poolSize} groups)\n`,

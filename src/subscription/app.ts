@@ -22,8 +22,10 @@ import {
   Name,
   newToken,
   notFound,
+  operatorOnly,
   type Party,
   type PartyKind,
+  type Schema,
   type SetupSender,
   Timestamp,
 } from './context.js';
@@ -154,12 +156,9 @@ export async function buildSubscriptionApp(options: SubscriptionAppOptions): Pro
   const createParty =
     (kind: PartyKind) =>
     async (request: FastifyRequest<{ Body: Static<typeof PartyBody> }>, reply: FastifyReply) => {
-      const caller = await authenticate(request, reply);
-      if (caller === undefined) {
+      const operator = await operatorOnly(authenticate, request, reply, 'only the operator creates parties');
+      if (operator === undefined) {
         return reply;
-      }
-      if (caller.kind !== 'operator') {
-        return forbid(reply, 'only the operator creates parties');
       }
       const token = newToken();
       const id = randomUUID();
@@ -199,12 +198,9 @@ export async function buildSubscriptionApp(options: SubscriptionAppOptions): Pro
       },
     },
     async (request, reply) => {
-      const caller = await authenticate(request, reply);
-      if (caller === undefined) {
+      const operator = await operatorOnly(authenticate, request, reply, 'only the operator grants services');
+      if (operator === undefined) {
         return reply;
-      }
-      if (caller.kind !== 'operator') {
-        return forbid(reply, 'only the operator grants services');
       }
       const body = request.body;
       if (body.from !== undefined && body.to !== undefined && Date.parse(body.from) >= Date.parse(body.to)) {
@@ -359,15 +355,7 @@ export async function buildSubscriptionApp(options: SubscriptionAppOptions): Pro
 }
 
 /** An entitlement row as the API shows it. */
-function presentEntitlement(row: {
-  id: string;
-  subscriber: string;
-  service: string;
-  session: string | null;
-  valid_from: string | null;
-  valid_to: string | null;
-  monthly: number | string | bigint | null;
-}) {
+function presentEntitlement(row: Omit<Schema['entitlements'], 'created_at'>) {
   return {
     id: row.id,
     subscriber: row.subscriber,

@@ -14,6 +14,7 @@ import {
   forbid,
   Id,
   notFound,
+  operatorOnly,
   Period,
   periodBounds,
   revenueAccount,
@@ -205,12 +206,14 @@ export function registerBillingRoutes(app: FastifyInstance, context: ApiContext,
     '/v1/rates',
     { schema: { body: RatesUpdate, response: { 200: Rates, ...errorReplies } } },
     async (request, reply) => {
-      const caller = await context.authenticate(request, reply);
-      if (caller === undefined) {
+      const operator = await operatorOnly(
+        context.authenticate,
+        request,
+        reply,
+        'only the operator sets rates',
+      );
+      if (operator === undefined) {
         return reply;
-      }
-      if (caller.kind !== 'operator') {
-        return forbid(reply, 'only the operator sets rates');
       }
       const now = new Date().toISOString();
       await context.store.writeTransaction(async (trx) => {
@@ -237,12 +240,14 @@ export function registerBillingRoutes(app: FastifyInstance, context: ApiContext,
       },
     },
     async (request, reply) => {
-      const caller = await context.authenticate(request, reply);
-      if (caller === undefined) {
+      const operator = await operatorOnly(
+        context.authenticate,
+        request,
+        reply,
+        'usage is reported by the operator’s servers',
+      );
+      if (operator === undefined) {
         return reply;
-      }
-      if (caller.kind !== 'operator') {
-        return forbid(reply, 'usage is reported by the operator’s servers');
       }
       try {
         const transfer = await chargeUsage(
@@ -311,12 +316,14 @@ export function registerBillingRoutes(app: FastifyInstance, context: ApiContext,
     '/v1/billing/run',
     { schema: { body: RunBody, response: { 200: RunResult, ...errorReplies } } },
     async (request, reply) => {
-      const caller = await context.authenticate(request, reply);
-      if (caller === undefined) {
+      const operator = await operatorOnly(
+        context.authenticate,
+        request,
+        reply,
+        'only the operator runs billing',
+      );
+      if (operator === undefined) {
         return reply;
-      }
-      if (caller.kind !== 'operator') {
-        return forbid(reply, 'only the operator runs billing');
       }
       const { period } = request.body;
       const { from, to } = periodBounds(period);
@@ -411,12 +418,14 @@ export function registerBillingRoutes(app: FastifyInstance, context: ApiContext,
     '/v1/ledger.csv',
     { schema: { response: { 401: errorReplies[401], 403: errorReplies[403] } } },
     async (request, reply) => {
-      const caller = await context.authenticate(request, reply);
-      if (caller === undefined) {
+      const operator = await operatorOnly(
+        context.authenticate,
+        request,
+        reply,
+        'only the operator exports the ledger',
+      );
+      if (operator === undefined) {
         return reply;
-      }
-      if (caller.kind !== 'operator') {
-        return forbid(reply, 'only the operator exports the ledger');
       }
       const rows = await db.selectFrom('transfers').selectAll().orderBy('created_at').orderBy('id').execute();
       const quote = (value: string) => (/[",\n]/.test(value) ? `"${value.replaceAll('"', '""')}"` : value);

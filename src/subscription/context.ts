@@ -55,6 +55,27 @@ export const errorReplies = {
   409: ErrorBody,
 } as const;
 
+/**
+ * Authenticates the caller and lets only the operator through; answers 401 or 403 (with the
+ * message) otherwise and returns undefined.
+ */
+export async function operatorOnly(
+  authenticate: ApiContext['authenticate'],
+  request: FastifyRequest,
+  reply: FastifyReply,
+  message: string,
+): Promise<Party | undefined> {
+  const caller = await authenticate(request, reply);
+  if (caller === undefined) {
+    return undefined;
+  }
+  if (caller.kind !== 'operator') {
+    await forbid(reply, message);
+    return undefined;
+  }
+  return caller;
+}
+
 export const forbid = (reply: FastifyReply, message: string) =>
   reply.code(403).send({ error: 'forbidden', message });
 export const notFound = (reply: FastifyReply, message: string) =>

@@ -18,7 +18,9 @@ import {
   Id,
   Name,
   notFound,
+  operatorOnly,
   type Party,
+  type Schema,
 } from './context.js';
 
 const Endpoint = Type.String({ minLength: 3, maxLength: 64 });
@@ -68,19 +70,7 @@ const Server = Type.Object({ id: Id, kind: Type.String(), name: Type.String(), a
 const IdParams = Type.Object({ id: Id });
 const SessionQuery = Type.Object({ group: Type.Optional(Endpoint) }, { additionalProperties: false });
 
-type SessionRow = {
-  id: string;
-  owner: string;
-  name: string;
-  group_address: string;
-  port: number;
-  source_address: string | null;
-  price_model: string;
-  repair: number;
-  state: string;
-  started_at: string;
-  ended_at: string | null;
-};
+type SessionRow = Schema['sessions'];
 
 const formatGroup = (row: SessionRow) =>
   formatEndpoint({
@@ -309,12 +299,14 @@ export function registerSessionRoutes(app: FastifyInstance, context: ApiContext,
     '/v1/servers',
     { schema: { body: ServerBody, response: { 200: Server, 201: Server, ...errorReplies } } },
     async (request, reply) => {
-      const caller = await context.authenticate(request, reply);
-      if (caller === undefined) {
+      const operator = await operatorOnly(
+        context.authenticate,
+        request,
+        reply,
+        'only the operator registers servers',
+      );
+      if (operator === undefined) {
         return reply;
-      }
-      if (caller.kind !== 'operator') {
-        return forbid(reply, 'only the operator registers servers');
       }
       const { kind, name } = request.body;
       let address: string;
@@ -346,12 +338,14 @@ export function registerSessionRoutes(app: FastifyInstance, context: ApiContext,
     '/v1/servers',
     { schema: { response: { 200: Type.Array(Server), ...errorReplies } } },
     async (request, reply) => {
-      const caller = await context.authenticate(request, reply);
-      if (caller === undefined) {
+      const operator = await operatorOnly(
+        context.authenticate,
+        request,
+        reply,
+        'only the operator reads the server registry',
+      );
+      if (operator === undefined) {
         return reply;
-      }
-      if (caller.kind !== 'operator') {
-        return forbid(reply, 'only the operator reads the server registry');
       }
       return db
         .selectFrom('servers')
@@ -365,12 +359,14 @@ export function registerSessionRoutes(app: FastifyInstance, context: ApiContext,
     '/v1/servers/:id',
     { schema: { params: IdParams, response: { 204: Type.Null(), ...errorReplies } } },
     async (request, reply) => {
-      const caller = await context.authenticate(request, reply);
-      if (caller === undefined) {
+      const operator = await operatorOnly(
+        context.authenticate,
+        request,
+        reply,
+        'only the operator changes the server registry',
+      );
+      if (operator === undefined) {
         return reply;
-      }
-      if (caller.kind !== 'operator') {
-        return forbid(reply, 'only the operator changes the server registry');
       }
       const result = await db.deleteFrom('servers').where('id', '=', request.params.id).executeTakeFirst();
       if (Number(result.numDeletedRows) === 0) {

@@ -51,6 +51,26 @@ describe('repair controller (flow A) against a real subscription server on loopb
     const address = app.server.address();
     port = typeof address === 'object' && address !== null ? address.port : 0;
   };
+  /** A controller on loopback against this suite's subscription server, with fake modules. */
+  const startController = (settings: Partial<Parameters<typeof startRepairController>[0]>) =>
+    startRepairController({
+      listen: { address: '127.0.0.1', port: 0, family: 4 },
+      subscription: `http://127.0.0.1:${port}`,
+      token: operatorToken,
+      pool: parseGroup('239.41.0.1:6000', 'pool'),
+      poolSize: 2,
+      leaseMs: 60_000,
+      reportIntervalMs: 3_600_000,
+      idleMs: 0,
+      startModule: modules.start,
+      module: {
+        listen: { address: '127.0.0.1', port: 0, family: 4 },
+        keys: [],
+        retransmit: [],
+        latencyMs: undefined,
+      },
+      ...settings,
+    });
   const balance = async (id: string) =>
     (
       (
@@ -80,23 +100,7 @@ describe('repair controller (flow A) against a real subscription server on loopb
       headers: { authorization: `Bearer ${operatorToken}` },
       payload: { subscriber: tokens.alice?.id, service: 'repair' },
     });
-    controller = await startRepairController({
-      listen: { address: '127.0.0.1', port: 0, family: 4 },
-      subscription: `http://127.0.0.1:${port}`,
-      token: operatorToken,
-      pool: parseGroup('239.41.0.1:6000', 'pool'),
-      poolSize: 2,
-      leaseMs: 60_000,
-      reportIntervalMs: 3_600_000,
-      idleMs: 0,
-      startModule: modules.start,
-      module: {
-        listen: { address: '127.0.0.1', port: 0, family: 4 },
-        keys: [],
-        retransmit: [],
-        latencyMs: undefined,
-      },
-    });
+    controller = await startController({ pool: parseGroup('239.41.0.1:6000', 'pool'), poolSize: 2 });
   });
   after(async () => {
     await controller?.close();
@@ -246,22 +250,10 @@ describe('repair controller (flow A) against a real subscription server on loopb
   });
 
   it('a grant that is not renewed lapses: the subscriber is detached and the idle module closed', async () => {
-    const short = await startRepairController({
-      listen: { address: '127.0.0.1', port: 0, family: 4 },
-      subscription: `http://127.0.0.1:${port}`,
-      token: operatorToken,
+    const short = await startController({
       pool: parseGroup('239.42.0.1:6000', 'pool'),
       poolSize: 1,
       leaseMs: 200,
-      reportIntervalMs: 3_600_000,
-      idleMs: 0,
-      startModule: modules.start,
-      module: {
-        listen: { address: '127.0.0.1', port: 0, family: 4 },
-        keys: [],
-        retransmit: [],
-        latencyMs: undefined,
-      },
     });
     try {
       const granted = await controllerClient(short.url, tokens.alice?.token ?? '').resolve(s1);

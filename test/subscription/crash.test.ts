@@ -193,29 +193,7 @@ describe('crash: a storm of retried charges, the server killed with SIGKILL mid-
   });
 
   it('SQLite, two servers on one file, both sent every key: each charged exactly once, no request fails for a lock', async () => {
-    const db = `sqlite:${join(directory, 'shared.db')}`;
-    const servers = [await startServe(['--db', db], env), await startServe(['--db', db], env)];
-    const port = Number(new URL((servers[0] as ServeProcess).url).port);
-    try {
-      const accounts = await createAccounts((servers[1] as ServeProcess).url);
-      const result = await storm({
-        servers,
-        restart: async () => {
-          servers[0] = await startServe(['--db', db], env, port);
-          return servers[0];
-        },
-        accounts,
-        bothAtOnce: true,
-      });
-      for (const server of servers) {
-        await server.stop();
-      }
-      await verify(db, accounts, result.transfers);
-    } finally {
-      for (const server of servers) {
-        await server.kill();
-      }
-    }
+    await twoServerStorm(`sqlite:${join(directory, 'shared.db')}`);
   });
 
   let postgres: Postgres | undefined;
@@ -225,26 +203,33 @@ describe('crash: a storm of retried charges, the server killed with SIGKILL mid-
     postgresSkip(),
     async () => {
       postgres = startPostgres();
-      const db = postgres.url;
-      const servers = [await startServe(['--db', db], env), await startServe(['--db', db], env)];
-      const port = Number(new URL((servers[0] as ServeProcess).url).port);
-      try {
-        const accounts = await createAccounts((servers[1] as ServeProcess).url);
-        const result = await storm({
-          servers,
-          restart: async () => {
-            servers[0] = await startServe(['--db', db], env, port);
-            return servers[0];
-          },
-          accounts,
-          bothAtOnce: true,
-        });
-        await verify(db, accounts, result.transfers);
-      } finally {
-        for (const server of servers) {
-          await server.kill();
-        }
-      }
+      await twoServerStorm(postgres.url);
     },
   );
 });
+
+/** Two servers on one store, both sent every key; the first is killed and restarted mid-storm. */
+async function twoServerStorm(db: string) {
+  const servers = [await startServe(['--db', db], env), await startServe(['--db', db], env)];
+  const port = Number(new URL((servers[0] as ServeProcess).url).port);
+  try {
+    const accounts = await createAccounts((servers[1] as ServeProcess).url);
+    const result = await storm({
+      servers,
+      restart: async () => {
+        servers[0] = await startServe(['--db', db], env, port);
+        return servers[0];
+      },
+      accounts,
+      bothAtOnce: true,
+    });
+    for (const server of servers) {
+      await server.stop();
+    }
+    await verify(db, accounts, result.transfers);
+  } finally {
+    for (const server of servers) {
+      await server.kill();
+    }
+  }
+}
