@@ -148,3 +148,6 @@ export const sqliteBusyTimeoutMs = 5_000;
 
 /** Source buying repair: pause after registering, so the retransmit servers join before DATA. */
 export const setupSettleMs = 500;
+
+/** Subscription server: how often SETUP join is sent again for open sessions that bought repair. */
+export const setupRefreshMsDefault = 30_000;

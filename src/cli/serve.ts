@@ -1,5 +1,6 @@
 /** `gatecast serve`: the subscription server (and the ledger behind billing) over HTTP. */
 import { readSecretFile } from '../crypto/control-auth.js';
+import { setupRefreshMsDefault } from '../limits.js';
 import { parseEndpoint } from '../net/address.js';
 import { openStore } from '../store/database.js';
 import { buildSubscriptionApp } from '../subscription/app.js';
@@ -62,6 +63,8 @@ export async function runServe(argv: string[], err: NodeJS.WriteStream): Promise
     currency,
     setup,
     roles: roles as Array<'subscription' | 'billing'>,
+    setupRefreshMs: setupRefreshMsDefault,
+    onInternalError: (error) => err.write(`serve: internal error: ${error.stack ?? error.message}\n`),
     operatorToken: process.env.GATECAST_OPERATOR_TOKEN,
     onOperatorTokenCreated: (token) => err.write(`serve: operator token (shown once, keep it): ${token}\n`),
   });

@@ -29,7 +29,7 @@ import {
   type SetupSender,
   Timestamp,
 } from './context.js';
-import { registerSessionRoutes } from './sessions.js';
+import { refreshSetups, registerSessionRoutes } from './sessions.js';
 
 export { type RateCard, rate, rateCardDefault } from './billing.js';
 export type { PartyKind } from './context.js';
@@ -97,6 +97,10 @@ export interface SubscriptionAppOptions {
    * `billing`. Default: both.
    */
   readonly roles?: readonly ('subscription' | 'billing')[] | undefined;
+  /** Re-send SETUP join for the open sessions that bought repair this often (off when absent). */
+  readonly setupRefreshMs?: number | undefined;
+  /** Told of every internal error (a 500), e.g. to log it. */
+  readonly onInternalError?: ((error: Error) => void) | undefined;
 }
 
 /** Builds the app (not listening). */
@@ -127,6 +131,9 @@ export async function buildSubscriptionApp(options: SubscriptionAppOptions): Pro
       return reply.code(400).send({ error: 'invalid-request', message: error.message });
     }
     const status = error.statusCode ?? 500;
+    if (status >= 500) {
+      options.onInternalError?.(error); // the operator sees what went wrong; the client sees a 500
+    }
     return reply.code(status).send({ error: status === 500 ? 'internal' : 'error', message: error.message });
   });
 
@@ -342,6 +349,13 @@ export async function buildSubscriptionApp(options: SubscriptionAppOptions): Pro
   const context: ApiContext = { store, db, ledger, currency, setup: options.setup, authenticate };
   const rates = options.rates ?? rateCardDefault;
   const roles = options.roles ?? ['subscription', 'billing'];
+  if (options.setup !== undefined && options.setupRefreshMs !== undefined && roles.includes('subscription')) {
+    // Retransmit servers that restarted (or missed every copy of a SETUP) join again.
+    const timer = setInterval(() => {
+      refreshSetups(context).catch((error: Error) => options.onInternalError?.(error));
+    }, options.setupRefreshMs);
+    app.addHook('onClose', async () => clearInterval(timer));
+  }
   if (roles.includes('billing')) {
     registerBillingRoutes(app, context, rates);
   }

@@ -93,6 +93,39 @@ const present = (row: SessionRow, setup: string[] = []) => ({
   setup,
 });
 
+/**
+ * Sends SETUP join for every open session that bought repair to the given retransmit servers (all
+ * registered ones when none are named). A retransmit server that restarted, or was registered
+ * after the session began, joins this way; a join it already has changes nothing.
+ */
+export async function refreshSetups(context: ApiContext, servers?: readonly string[]): Promise<number> {
+  if (context.setup === undefined) {
+    return 0;
+  }
+  const targets =
+    servers ??
+    (await context.db.selectFrom('servers').select('address').where('kind', '=', 'retransmit').execute()).map(
+      (row) => row.address,
+    );
+  const sessions = await context.db
+    .selectFrom('sessions')
+    .select(['group_address', 'port', 'source_address'])
+    .where('state', '=', 'open')
+    .where('repair', '=', 1)
+    .execute();
+  if (targets.length === 0) {
+    return 0;
+  }
+  for (const session of sessions) {
+    await context.setup.send(
+      'join',
+      { group: session.group_address, port: session.port, source: session.source_address ?? undefined },
+      targets,
+    );
+  }
+  return sessions.length;
+}
+
 /** Registers the session and server-registry routes. */
 export function registerSessionRoutes(app: FastifyInstance, context: ApiContext, rates: RateCard): void {
   const { db } = context;
@@ -330,6 +363,9 @@ export function registerSessionRoutes(app: FastifyInstance, context: ApiContext,
       }
       const row = { id: randomUUID(), kind, name, address, created_at: new Date().toISOString() };
       await db.insertInto('servers').values(row).execute();
+      if (kind === 'retransmit') {
+        await refreshSetups(context, [address]); // the sessions already buying repair
+      }
       return reply.code(201).send({ id: row.id, kind, name, address });
     },
   );

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { readAddress, writeAddress } from '../../src/protocol/address.js';
+import { addToAddress, readAddress, writeAddress } from '../../src/protocol/address.js';
 import {
   authTrailerBytes,
   decodeAnnounce,
@@ -182,5 +182,17 @@ describe('ANNOUNCE, QUALITY, SETUP', () => {
     assert.ok(decodeQuality(quality).ok);
     const longer = Buffer.concat([quality, Buffer.alloc(1)]);
     assert.equal(decodeQuality(longer).ok, false);
+  });
+});
+
+describe('addresses handed out from a pool', () => {
+  it('counts in the last 32 bits, over IPv4 and IPv6, and refuses to carry beyond them', () => {
+    assert.equal(addToAddress('239.52.0.1', 0), '239.52.0.1');
+    assert.equal(addToAddress('239.52.0.255', 1), '239.52.1.0');
+    assert.equal(addToAddress('ff3e::1', 255), 'ff3e::100');
+    assert.equal(addToAddress('ff3e::ffff:ffff', 1), undefined);
+    assert.equal(addToAddress('255.255.255.255', 1), undefined);
+    assert.equal(addToAddress('239.1.1.1', -1), undefined);
+    assert.equal(addToAddress('239.1.1.1', 1.5), undefined);
   });
 });

@@ -109,6 +109,52 @@ function suite(name: string, options: { skip?: string }, url: () => string, clea
       assert.equal(await ledgerSum(), 0);
     });
 
+    it('a retransmit server registered later, or restarted, is sent SETUP for the sessions already buying repair', async () => {
+      const source = await party('sources', 'late');
+      const created = await call('POST', '/v1/sessions', source.token, {
+        name: 'late',
+        group: '239.1.2.9:5000',
+        repair: true,
+      });
+      assert.equal(created.statusCode, 201, created.body);
+      const late = await call('POST', '/v1/servers', operatorToken, {
+        kind: 'retransmit',
+        name: 'rt9',
+        address: '10.0.0.29:7000',
+      });
+      assert.equal(late.statusCode, 201);
+      assert.deepEqual(setups.at(-1), {
+        action: 'join',
+        group: '239.1.2.9:5000',
+        servers: ['10.0.0.29:7000'],
+      });
+      const refreshed: typeof setups = [];
+      const refreshing = await buildSubscriptionApp({
+        store,
+        operatorToken,
+        setupRefreshMs: 50,
+        setup: {
+          async send(action, session, servers) {
+            refreshed.push({ action, group: `${session.group}:${session.port}`, servers });
+          },
+        },
+      });
+      await new Promise((resolve) => setTimeout(resolve, 130));
+      await refreshing.close();
+      const joins = refreshed.filter((x) => x.group === '239.1.2.9:5000');
+      assert.ok(joins.length >= 1, 'the open session is sent again');
+      assert.deepEqual([...(joins[0]?.servers ?? [])].sort(), [
+        '10.0.0.21:7000',
+        '10.0.0.22:7000',
+        '10.0.0.29:7000',
+      ]);
+      assert.ok(
+        refreshed.every((x) => x.action === 'join' && x.group !== '239.1.2.3:5000'),
+        'an ended session is not sent again',
+      );
+      await call('POST', `/v1/sessions/${(created.json() as { id: string }).id}/end`, source.token);
+    });
+
     it('who may touch sessions and servers: a source only its own, a subscriber none, the operator all', async () => {
       const mine = await party('sources', 'mine');
       const theirs = await party('sources', 'theirs');
