@@ -2,6 +2,7 @@
 import { readSecretFile } from '../crypto/control-auth.js';
 import { setupRefreshMsDefault } from '../limits.js';
 import { parseEndpoint } from '../net/address.js';
+import { readTlsFiles } from '../net/tls.js';
 import { openStore } from '../store/database.js';
 import { buildSubscriptionApp } from '../subscription/app.js';
 import { openSetupSender } from '../subscription/setup-sender.js';
@@ -26,6 +27,8 @@ const serveOptions: OptionSpecs = {
     help: 'control secret to send SETUP to retransmit servers with (needed for sources to buy repair)',
   },
   currency: { type: 'string', value: 'CODE', help: 'ISO 4217 currency of new accounts (default EUR)' },
+  'tls-cert': { type: 'string', value: 'FILE', help: 'serve HTTPS: PEM certificate chain (with --tls-key)' },
+  'tls-key': { type: 'string', value: 'FILE', help: 'serve HTTPS: PEM private key of --tls-cert' },
 };
 
 const knownRoles = new Set(['subscription', 'billing']);
@@ -55,6 +58,7 @@ export async function runServe(argv: string[], err: NodeJS.WriteStream): Promise
   if (!/^[A-Z]{3}$/.test(currency)) {
     throw new UsageError(`--currency: "${currency}" is not an ISO 4217 code such as EUR`);
   }
+  const tls = readTlsFiles(optional(values, 'tls-cert'), optional(values, 'tls-key'));
   const secretFile = optional(values, 'secret-file');
   const setup = secretFile === undefined ? undefined : await openSetupSender(readSecretFile(secretFile));
   const store = await openStore(optional(values, 'db') ?? 'sqlite:./data/gatecast.db');
@@ -64,6 +68,7 @@ export async function runServe(argv: string[], err: NodeJS.WriteStream): Promise
     setup,
     roles: roles as Array<'subscription' | 'billing'>,
     setupRefreshMs: setupRefreshMsDefault,
+    tls,
     onInternalError: (error) => err.write(`serve: internal error: ${error.stack ?? error.message}\n`),
     operatorToken: process.env.GATECAST_OPERATOR_TOKEN,
     onOperatorTokenCreated: (token) => err.write(`serve: operator token (shown once, keep it): ${token}\n`),
@@ -72,7 +77,7 @@ export async function runServe(argv: string[], err: NodeJS.WriteStream): Promise
   const bound = app.server.address();
   const port = typeof bound === 'object' && bound !== null ? bound.port : listen.port;
   err.write(
-    `serve: ${roles.join(',')} on http://${listen.family === 6 ? `[${listen.address}]` : listen.address}:${port} (${store.dialect})\n`,
+    `serve: ${roles.join(',')} on ${tls === undefined ? 'http' : 'https'}://${listen.family === 6 ? `[${listen.address}]` : listen.address}:${port} (${store.dialect})\n`,
   );
   await new Promise<void>((resolve) => {
     process.once('SIGINT', resolve);

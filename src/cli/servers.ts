@@ -12,6 +12,7 @@ import {
 } from '../limits.js';
 import { formatEndpoint, parseEndpoint, parseGroup } from '../net/address.js';
 import { resolveInterface } from '../net/interfaces.js';
+import { readTlsFiles } from '../net/tls.js';
 import { type AgentMapping, startAgent, startWatchingAgent } from '../receiver/agent.js';
 import { type ControllerClient, controllerClient } from '../receiver/controller-client.js';
 import { startRepairController } from '../repair/controller.js';
@@ -124,6 +125,12 @@ const repairOptions: OptionSpecs = {
     help: 'with --controller: hand out S2 from N groups starting here (default N 256)',
   },
   lease: { type: 'string', value: 'SECONDS', help: 'with --controller: grant lease (default 60)' },
+  'tls-cert': {
+    type: 'string',
+    value: 'FILE',
+    help: 'with --controller: serve agents over HTTPS, PEM certificate chain (with --tls-key)',
+  },
+  'tls-key': { type: 'string', value: 'FILE', help: 'with --controller: PEM private key of --tls-cert' },
   'report-interval': {
     type: 'string',
     value: 'SECONDS',
@@ -337,8 +344,10 @@ async function runController(values: OptionValues, err: NodeJS.WriteStream): Pro
   if (module.iface !== undefined) {
     resolveInterface(module.iface, pool.family);
   }
+  const tls = readTlsFiles(optional(values, 'tls-cert'), optional(values, 'tls-key'));
   const controller = await startRepairController({
     listen,
+    tls,
     subscription,
     token: readToken(optional(values, 'token-file')),
     pool,

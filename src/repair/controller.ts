@@ -13,6 +13,7 @@ import { type Static, Type } from '@sinclair/typebox';
 import Fastify, { type FastifyInstance } from 'fastify';
 import { answerTag } from '../crypto/answer-auth.js';
 import { type Endpoint, formatEndpoint, parseGroup } from '../net/address.js';
+import type { TlsFiles } from '../net/tls.js';
 import { addToAddress } from '../protocol/address.js';
 import { answerFields, type RepairGrant } from '../protocol/controller.js';
 import type { RepairServer, RepairSettings } from './repair.js';
@@ -39,6 +40,8 @@ export interface ControllerSettings {
   readonly reportIntervalMs: number;
   /** How long a module with no subscriber left stays up (a quick re-join reuses it). */
   readonly idleMs: number;
+  /** Serve agents over HTTPS with this certificate and key (their bearer tokens travel here). */
+  readonly tls?: TlsFiles | undefined;
   /** Starts a repair module (tests may pass a fake). */
   readonly startModule?: (settings: RepairSettings) => Promise<RepairServer>;
 }
@@ -230,11 +233,12 @@ export async function startRepairController(settings: ControllerSettings): Promi
     await flush();
   };
 
-  const app: FastifyInstance = Fastify({
+  const app = Fastify({
     logger: false,
     bodyLimit: 4096,
     ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: false } },
-  });
+    ...(settings.tls === undefined ? {} : { https: settings.tls }),
+  }) as unknown as FastifyInstance;
   app.setErrorHandler((error: Error & { validation?: unknown; statusCode?: number }, _request, reply) =>
     reply
       .code(error.validation !== undefined ? 400 : (error.statusCode ?? 500))
@@ -418,7 +422,7 @@ export async function startRepairController(settings: ControllerSettings): Promi
     return closed;
   };
   return {
-    url: `http://${formatEndpoint({ ...settings.listen, port })}`,
+    url: `${settings.tls === undefined ? 'http' : 'https'}://${formatEndpoint({ ...settings.listen, port })}`,
     status,
     flush: tick,
     close,

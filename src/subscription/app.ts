@@ -8,6 +8,7 @@ import { randomUUID } from 'node:crypto';
 import swagger from '@fastify/swagger';
 import { type Static, Type } from '@sinclair/typebox';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import type { TlsFiles } from '../net/tls.js';
 import type { Store } from '../store/database.js';
 import { createLedger } from '../store/ledger.js';
 import { type RateCard, rateCardDefault, registerBillingRoutes } from './billing.js';
@@ -97,6 +98,8 @@ export interface SubscriptionAppOptions {
    * `billing`. Default: both.
    */
   readonly roles?: readonly ('subscription' | 'billing')[] | undefined;
+  /** Serve HTTPS with this certificate and key. */
+  readonly tls?: TlsFiles | undefined;
   /** Re-send SETUP join for the open sessions that bought repair this often (off when absent). */
   readonly setupRefreshMs?: number | undefined;
   /** Told of every internal error (a 500), e.g. to log it. */
@@ -118,7 +121,8 @@ export async function buildSubscriptionApp(options: SubscriptionAppOptions): Pro
     logger: false,
     bodyLimit: 16 * 1024,
     ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: false } },
-  });
+    ...(options.tls === undefined ? {} : { https: options.tls }),
+  }) as unknown as FastifyInstance;
   await app.register(swagger, {
     openapi: {
       info: { title: 'gatecast subscription server', version: '1' },

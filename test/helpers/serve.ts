@@ -47,7 +47,7 @@ export async function startServe(
   await new Promise<void>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`serve did not start within 20 s: ${stderr}`)), 20_000);
     const check = () => {
-      if (/serve: .* on http:\/\//.test(stderr)) {
+      if (/serve: .* on https?:\/\//.test(stderr)) {
         clearTimeout(timer);
         resolve();
       }
@@ -65,7 +65,7 @@ export async function startServe(
     await exited;
   };
   return {
-    url: `http://127.0.0.1:${listenPort}`,
+    url: `${/serve: .* on https:\/\//.test(stderr) ? 'https' : 'http'}://127.0.0.1:${listenPort}`,
     child,
     stderr: () => stderr,
     stop: () => end('SIGTERM'),
