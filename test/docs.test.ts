@@ -16,6 +16,24 @@ function sources(directory: string): string[] {
 }
 
 describe('docs stay true to the code', () => {
+  it('docs/api.md names every route of the OpenAPI document, with its methods', async () => {
+    const { openStore } = await import('../src/store/database.js');
+    const { buildSubscriptionApp } = await import('../src/subscription/app.js');
+    const store = await openStore('sqlite::memory:');
+    const app = await buildSubscriptionApp({ store, trustedOperatorToken: 'docs-test-token-000' });
+    const paths = (app.swagger() as { paths: Record<string, Record<string, unknown>> }).paths;
+    await app.close();
+    await store.close();
+    const doc = read('docs', 'api.md');
+    assert.ok(Object.keys(paths).length >= 15);
+    for (const [path, methods] of Object.entries(paths)) {
+      for (const method of Object.keys(methods)) {
+        const pattern = new RegExp(`${method.toUpperCase()}[^|\\n]*${path.replaceAll(/[{}]/g, '\\$&')}`);
+        assert.match(doc, pattern, `${method.toUpperCase()} ${path} is missing from docs/api.md`);
+      }
+    }
+  });
+
   it('docs/limits.md lists every limit', () => {
     const doc = read('docs', 'limits.md');
     for (const name of Object.keys(limits)) {
