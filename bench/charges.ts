@@ -210,8 +210,7 @@ The bottleneck is CPU, in two forms:
   turning fsync off gains a little, so waiting for the disk is not what limits it here. On a
   machine with more cores, or with PostgreSQL on its own host, the two-server rows are the ones
   that grow.
-- Every run wrote exactly one transfer per answered request (the difference between the two
-  figures is the requests still in flight when the run stopped), and no request failed.`;
+- ${rows.every((r) => r.transfers >= r.charges.ok && r.transfers - r.charges.ok <= connections) ? 'Every run wrote one transfer per answered request (the difference between the two figures is the requests still in flight when the run stopped)' : 'A run wrote a number of transfers that does not match its answered requests: see the table'}; ${rows.every((r) => r.charges.errors === 0) ? 'no request failed' : `${rows.reduce((sum, r) => sum + r.charges.errors, 0)} requests failed`}.`;
 }
 
 await main();
