@@ -207,9 +207,8 @@ The bottleneck is CPU, in two forms:
 - On PostgreSQL each charge is seven round trips (token look-up, key look-up, BEGIN, the accounts,
   the transfer, the usage event, COMMIT) and PostgreSQL's backends burn about as much CPU as the
   server does. With two servers the two cores are full, so the second server only shares them;
-  turning fsync off gains a little, so waiting for the disk is not what limits it here. On a
-  machine with more cores, or with PostgreSQL on its own host, the two-server rows are the ones
-  that grow.
+  turning fsync off gains little, so waiting for the disk is not what limits it here. Whether a
+  second server pays off with PostgreSQL on its own host is not measured on this machine.
 - ${rows.every((r) => r.transfers >= r.charges.ok && r.transfers - r.charges.ok <= connections) ? 'Every run wrote one transfer per answered request (the difference between the two figures is the requests still in flight when the run stopped)' : 'A run wrote a number of transfers that does not match its answered requests: see the table'}; ${rows.every((r) => r.charges.errors === 0) ? 'no request failed' : `${rows.reduce((sum, r) => sum + r.charges.errors, 0)} requests failed`}.`;
 }
 
