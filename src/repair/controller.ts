@@ -19,6 +19,9 @@ import { answerFields, type RepairGrant } from '../protocol/controller.js';
 import type { RepairServer, RepairSettings } from './repair.js';
 import { startRepairServer } from './repair.js';
 
+/** No S2 group is left in the pool. */
+class PoolExhausted extends Error {}
+
 /** Settings of a controller. */
 export interface ControllerSettings {
   /** Where agents reach the controller (HTTP). */
@@ -143,8 +146,13 @@ export async function startRepairController(settings: ControllerSettings): Promi
     }
   };
 
+  /** Pool indexes of modules being started (not yet in `modules`). */
+  const reservedIndexes = new Set<number>();
   const freeIndex = () => {
     const used = new Set([...modules.values()].map((module) => module.poolIndex));
+    for (const index of reservedIndexes) {
+      used.add(index);
+    }
     for (let i = 0; i < settings.poolSize; i++) {
       if (!used.has(i)) {
         return i;
@@ -245,6 +253,50 @@ export async function startRepairController(settings: ControllerSettings): Promi
       .send({ error: error.validation !== undefined ? 'invalid-request' : 'error', message: error.message }),
   );
 
+  /**
+   * The repair module for S1: the running one, or one started now with the next free S2. Requests
+   * for the same S1 that arrive together share one start (one module, one S2).
+   */
+  const starting = new Map<string, Promise<Module>>();
+  const moduleFor = (s1: Endpoint, source: string | undefined): Promise<Module> => {
+    const key = formatEndpoint(s1);
+    const running = modules.get(key);
+    if (running !== undefined) {
+      return Promise.resolve(running);
+    }
+    let start = starting.get(key);
+    if (start === undefined) {
+      start = (async () => {
+        const poolIndex = freeIndex();
+        const address = poolIndex === undefined ? undefined : addToAddress(settings.pool.address, poolIndex);
+        if (poolIndex === undefined || address === undefined) {
+          throw new PoolExhausted('the S2 pool is exhausted');
+        }
+        const s2: Endpoint = { ...settings.pool, address };
+        reservedIndexes.add(poolIndex);
+        try {
+          const server = await startModule({
+            ...settings.module,
+            group: s1,
+            source,
+            emit: s2,
+            listen: {
+              ...settings.module.listen,
+              port: settings.module.listen.port === 0 ? 0 : settings.module.listen.port + poolIndex,
+            },
+          });
+          const module: Module = { s1, s2, poolIndex, server, attachments: new Map(), idleSince: undefined };
+          modules.set(key, module);
+          return module;
+        } finally {
+          reservedIndexes.delete(poolIndex);
+        }
+      })().finally(() => starting.delete(key));
+      starting.set(key, start);
+    }
+    return start;
+  };
+
   /** Who is asking: the subscriber behind the bearer token, or an answer already sent. */
   const identify = async (authorization: string | undefined) => {
     const token = /^Bearer ([A-Za-z0-9_\-.]{8,200})$/.exec(authorization ?? '')?.[1];
@@ -305,26 +357,14 @@ export async function startRepairController(settings: ControllerSettings): Promi
           .code(403)
           .send({ error: 'not-entitled', message: String(check.body.reason ?? 'no repair entitlement') });
       }
-      let module = modules.get(s1Text);
-      if (module === undefined) {
-        const poolIndex = freeIndex();
-        const address = poolIndex === undefined ? undefined : addToAddress(settings.pool.address, poolIndex);
-        if (poolIndex === undefined || address === undefined) {
-          return reply.code(503).send({ error: 'unavailable', message: 'the S2 pool is exhausted' });
+      let module: Module;
+      try {
+        module = await moduleFor(s1, request.body.source);
+      } catch (error) {
+        if (error instanceof PoolExhausted) {
+          return reply.code(503).send({ error: 'unavailable', message: error.message });
         }
-        const s2: Endpoint = { ...settings.pool, address };
-        const server = await startModule({
-          ...settings.module,
-          group: s1,
-          source: request.body.source,
-          emit: s2,
-          listen: {
-            ...settings.module.listen,
-            port: settings.module.listen.port === 0 ? 0 : settings.module.listen.port + poolIndex,
-          },
-        });
-        module = { s1, s2, poolIndex, server, attachments: new Map(), idleSince: undefined };
-        modules.set(s1Text, module);
+        throw error;
       }
       module.idleSince = undefined;
       const status = module.server.status();

@@ -249,6 +249,31 @@ describe('repair controller (flow A) against a real subscription server on loopb
     assert.equal(Number(event.quantity), 14_000);
   });
 
+  it('requests for one S1 that arrive together start one module with one S2', async () => {
+    const slow = fakeModules();
+    const together = await startController({
+      pool: parseGroup('239.43.0.1:6000', 'pool'),
+      poolSize: 4,
+      startModule: async (settings) => {
+        await new Promise((resolve) => setTimeout(resolve, 50));
+        return slow.start(settings);
+      },
+    });
+    try {
+      const alice = controllerClient(together.url, tokens.alice?.token ?? '');
+      const grants = await Promise.all([alice.resolve(s1), alice.resolve(s1), alice.resolve(s1)]);
+      assert.equal(slow.started.length, 1, 'one module');
+      assert.deepEqual(
+        grants.map((g) => (g.granted ? g.s2.address : g.reason)),
+        ['239.43.0.1', '239.43.0.1', '239.43.0.1'],
+      );
+      const other = await alice.resolve(parseGroup('239.40.0.2:5000', 's1'));
+      assert.equal(other.granted && other.s2.address, '239.43.0.2', 'the next S1 gets the next group');
+    } finally {
+      await together.close();
+    }
+  });
+
   it('a grant that is not renewed lapses: the subscriber is detached and the idle module closed', async () => {
     const short = await startController({
       pool: parseGroup('239.42.0.1:6000', 'pool'),
