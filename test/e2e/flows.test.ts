@@ -85,252 +85,271 @@ describe('buying repair: flows A and B on the namespace test bed', testbedSkip([
     rmSync(directory, { recursive: true, force: true });
   });
 
-  it('flow B: a source registers S1 and buys repair; SETUP makes the registered retransmit servers join; the end tears them down and charges the source', async () => {
-    const s1 = '239.50.0.1:5300';
-    const s2 = '239.50.0.2:5301';
-    const retransmits = ['rt1', 'rt2'].map((host, i) =>
-      bed.gatecast(host, [
+  for (const [family, s1, s2, port, senderAddress] of [
+    ['IPv4', '239.50.0.1:5300', '239.50.0.2:5301', '5300', hostAddress.src ?? ''],
+    ['IPv6', '[ff3e::50]:5310', '[ff3e::51]:5311', '5310', 'fd00:200:1::10'],
+  ] as const) {
+    it(`flow B over ${family}: a source registers S1 and buys repair; SETUP makes the registered retransmit servers join; the end tears them down and charges the source`, async () => {
+      const retransmits = ['rt1', 'rt2'].map((host, i) =>
+        bed.gatecast(host, [
+          'retransmit',
+          '--iface',
+          'eth0',
+          '--listen',
+          retransmitAt(host),
+          '--secret-file',
+          secret(),
+          '--status',
+          `127.0.0.1:${9110 + i}`,
+        ]),
+      );
+      await Promise.all(retransmits.map((r) => r.waitFor(/listening on/)));
+      for (const host of ['rt1', 'rt2']) {
+        await admin(operatorTokenFile(), ['server', 'add', 'retransmit', host, retransmitAt(host)]);
+      }
+      const source = (await admin(operatorTokenFile(), ['source', 'add', 'news'])) as Record<string, unknown>;
+      const sourceToken = tokenFileFor('source', source);
+      const repair = startRepair(bed, 'rep', {
+        s1,
+        emit: s2,
+        secret: secret(),
+        retransmit: [retransmitAt('rt1'), retransmitAt('rt2')],
+        mode: ['--reliable', '--source', senderAddress, '--status', '127.0.0.1:9100'],
+      });
+      const output = join(directory, 'flow-b.bin');
+      const receiver = bed.gatecast('rx1', [
+        'receive',
+        '--group',
+        s2,
+        '--iface',
+        'eth0',
+        '--out',
+        output,
+        '--timeout',
+        '20',
+      ]);
+      await Promise.all([repair.waitFor(/listening on/), receiver.waitFor(/joined/)]);
+      bed.control('loss', 'rep', '5', port);
+      // The source registers S1 with the subscription server and buys repair as it starts sending;
+      // the registered retransmit servers join on SETUP before the first packet.
+      const sender = bed.gatecast('src', [
+        'send',
+        '--group',
+        s1,
+        '--iface',
+        'eth0',
+        '--file',
+        file,
+        '--rate',
+        '60M',
+        '--subscription',
+        serverUrl,
+        '--token-file',
+        sourceToken,
+        '--buy-repair',
+        '--source-address',
+        senderAddress,
+      ]);
+      await sender.waitFor(/repair bought: 2 retransmit server\(s\) set up/);
+      await sleep(200);
+      for (const [i, host] of ['rt1', 'rt2'].entries()) {
+        const sessions = status(host, 9110 + i).sessions as Array<{ group: string }>;
+        assert.deepEqual(
+          sessions.map((x) => x.group),
+          [s1],
+          `${host} joined S1 on SETUP`,
+        );
+      }
+      const sent = await sender.finished;
+      assert.equal(sent.code, 0, sent.stderr);
+      const ended = /session (\S+) ended, repair charged (\d+)/.exec(sent.stderr);
+      assert.ok(ended, `the session is ended and charged after END: ${sent.stderr}`);
+      const received = await receiver.finished;
+      const repairStatus = status('rep', 9100) as { recovered: number; gaps: number };
+      bed.control('clear', 'rep');
+      assert.equal(received.code, 0, received.stderr);
+      assert.equal(sha256(readFileSync(output)), fileSha, 'S2 is whole');
+      assert.ok(repairStatus.recovered > 0, 'packets were lost and fetched back');
+      const served = ['rt1', 'rt2']
+        .map((host, i) => (status(host, 9110 + i) as { repairsSent: number }).repairsSent)
+        .reduce((a, b) => a + b, 0);
+      assert.ok(served > 0, 'the retransmit servers that joined on SETUP answered the repairs');
+      await stop(repair);
+      await sleep(300);
+      for (const [i, host] of ['rt1', 'rt2'].entries()) {
+        assert.deepEqual(status(host, 9110 + i).sessions, [], `${host} left S1 at the session's end`);
+      }
+      const charged = Number(ended[2]);
+      assert.ok(charged >= 1);
+      const balance = (await admin(sourceToken, ['balance', String(source.id)])) as { balance: number };
+      assert.equal(balance.balance, -charged, 'the source is charged');
+      const csv = String(await admin(operatorTokenFile(), ['export']));
+      assert.equal(csv.split('\n').filter((line) => line.includes(`session-end/${ended[1]}`)).length, 1);
+      const sessions = (await admin(sourceToken, ['sessions'])) as unknown as Array<{
+        state: string;
+        repair: boolean;
+      }>;
+      assert.deepEqual(
+        sessions.map((x) => [x.state, x.repair]),
+        [['ended', true]],
+        'the source sees its one session, ended',
+      );
+      for (const retransmit of retransmits) {
+        await stop(retransmit);
+      }
+    });
+  }
+
+  for (const [family, s1, pool, port, app, delivering] of [
+    [
+      'IPv4',
+      '239.51.0.1:5400',
+      '239.52.0.1:5401/16',
+      '5400',
+      'UDP4-RECV:5400,ip-add-membership=239.51.0.1:eth0,so-rcvbuf=4194304',
+      /joined on eth0: delivering 239\.52\.0\.1:5401 -> 239\.51\.0\.1:5400/,
+    ],
+    [
+      'IPv6',
+      '[ff3e::61]:5410',
+      '[ff3e::70]:5411/16',
+      '5410',
+      'UDP6-RECV:5410,ipv6-join-group=[ff3e::61]:eth0,so-rcvbuf=4194304',
+      /joined on eth0: delivering \[ff3e::70\]:5411 -> \[ff3e::61\]:5410/,
+    ],
+  ] as const) {
+    it(`flow A over ${family}: an entitled subscriber’s application gets the repaired session through the agent; an unentitled one is refused and keeps plain S1; repair usage is charged`, async () => {
+      const alice = (await admin(operatorTokenFile(), ['subscriber', 'add', 'alice'])) as Record<
+        string,
+        unknown
+      >;
+      const bob = (await admin(operatorTokenFile(), ['subscriber', 'add', 'bob'])) as Record<string, unknown>;
+      await admin(operatorTokenFile(), ['grant', String(alice.id), 'repair']);
+      const retransmit = bed.gatecast('rt1', [
         'retransmit',
+        '--join',
+        s1,
         '--iface',
         'eth0',
         '--listen',
-        retransmitAt(host),
+        retransmitAt('rt1'),
         '--secret-file',
         secret(),
-        '--status',
-        `127.0.0.1:${9110 + i}`,
-      ]),
-    );
-    await Promise.all(retransmits.map((r) => r.waitFor(/listening on/)));
-    for (const host of ['rt1', 'rt2']) {
-      await admin(operatorTokenFile(), ['server', 'add', 'retransmit', host, retransmitAt(host)]);
-    }
-    const source = (await admin(operatorTokenFile(), ['source', 'add', 'news'])) as Record<string, unknown>;
-    const sourceToken = tokenFileFor('source', source);
-    const repair = startRepair(bed, 'rep', {
-      s1,
-      emit: s2,
-      secret: secret(),
-      retransmit: [retransmitAt('rt1'), retransmitAt('rt2')],
-      mode: ['--reliable', '--source', hostAddress.src ?? '', '--status', '127.0.0.1:9100'],
-    });
-    const output = join(directory, 'flow-b.bin');
-    const receiver = bed.gatecast('rx1', [
-      'receive',
-      '--group',
-      s2,
-      '--iface',
-      'eth0',
-      '--out',
-      output,
-      '--timeout',
-      '20',
-    ]);
-    await Promise.all([repair.waitFor(/listening on/), receiver.waitFor(/joined/)]);
-    bed.control('loss', 'rep', '5', '5300');
-    // The source registers S1 with the subscription server and buys repair as it starts sending;
-    // the registered retransmit servers join on SETUP before the first packet.
-    const sender = bed.gatecast('src', [
-      'send',
-      '--group',
-      s1,
-      '--iface',
-      'eth0',
-      '--file',
-      file,
-      '--rate',
-      '60M',
-      '--subscription',
-      serverUrl,
-      '--token-file',
-      sourceToken,
-      '--buy-repair',
-      '--source-address',
-      hostAddress.src ?? '',
-    ]);
-    await sender.waitFor(/repair bought: 2 retransmit server\(s\) set up/);
-    await sleep(200);
-    for (const [i, host] of ['rt1', 'rt2'].entries()) {
-      const sessions = status(host, 9110 + i).sessions as Array<{ group: string }>;
-      assert.deepEqual(
-        sessions.map((x) => x.group),
-        [s1],
-        `${host} joined S1 on SETUP`,
-      );
-    }
-    const sent = await sender.finished;
-    assert.equal(sent.code, 0, sent.stderr);
-    const ended = /session (\S+) ended, repair charged (\d+)/.exec(sent.stderr);
-    assert.ok(ended, `the session is ended and charged after END: ${sent.stderr}`);
-    const received = await receiver.finished;
-    const repairStatus = status('rep', 9100) as { recovered: number; gaps: number };
-    bed.control('clear', 'rep');
-    assert.equal(received.code, 0, received.stderr);
-    assert.equal(sha256(readFileSync(output)), fileSha, 'S2 is whole');
-    assert.ok(repairStatus.recovered > 0, 'packets were lost and fetched back');
-    const served = ['rt1', 'rt2']
-      .map((host, i) => (status(host, 9110 + i) as { repairsSent: number }).repairsSent)
-      .reduce((a, b) => a + b, 0);
-    assert.ok(served > 0, 'the retransmit servers that joined on SETUP answered the repairs');
-    await stop(repair);
-    await sleep(300);
-    for (const [i, host] of ['rt1', 'rt2'].entries()) {
-      assert.deepEqual(status(host, 9110 + i).sessions, [], `${host} left S1 at the session's end`);
-    }
-    const charged = Number(ended[2]);
-    assert.ok(charged >= 1);
-    const balance = (await admin(sourceToken, ['balance', String(source.id)])) as { balance: number };
-    assert.equal(balance.balance, -charged, 'the source is charged');
-    const csv = String(await admin(operatorTokenFile(), ['export']));
-    assert.equal(csv.split('\n').filter((line) => line.includes(`session-end/${ended[1]}`)).length, 1);
-    const sessions = (await admin(sourceToken, ['sessions'])) as unknown as Array<{
-      state: string;
-      repair: boolean;
-    }>;
-    assert.deepEqual(
-      sessions.map((x) => [x.state, x.repair]),
-      [['ended', true]],
-      'the source sees its one session, ended',
-    );
-    for (const retransmit of retransmits) {
-      await stop(retransmit);
-    }
-  });
-
-  it('flow A: an entitled subscriber’s application gets the repaired session through the agent; an unentitled one is refused and keeps plain S1; repair usage is charged', async () => {
-    const s1 = '239.51.0.1:5400';
-    const alice = (await admin(operatorTokenFile(), ['subscriber', 'add', 'alice'])) as Record<
-      string,
-      unknown
-    >;
-    const bob = (await admin(operatorTokenFile(), ['subscriber', 'add', 'bob'])) as Record<string, unknown>;
-    await admin(operatorTokenFile(), ['grant', String(alice.id), 'repair']);
-    const retransmit = bed.gatecast('rt1', [
-      'retransmit',
-      '--join',
-      s1,
-      '--iface',
-      'eth0',
-      '--listen',
-      retransmitAt('rt1'),
-      '--secret-file',
-      secret(),
-    ]);
-    const controller = bed.gatecast('rep', [
-      'repair',
-      '--controller',
-      `${hostAddress.rep}:8090`,
-      '--subscription',
-      serverUrl,
-      '--token-file',
-      operatorTokenFile(),
-      '--s2-pool',
-      '239.52.0.1:5401/16',
-      '--listen',
-      `${hostAddress.rep}:7200`,
-      '--iface',
-      'eth0',
-      '--secret-file',
-      secret(),
-      '--retransmit',
-      retransmitAt('rt1'),
-      '--reliable',
-      '--report-interval',
-      '1',
-      '--status',
-      '127.0.0.1:9102',
-    ]);
-    await Promise.all([retransmit.waitFor(/listening on/), controller.waitFor(/controller on/)]);
-    bed.control('translate', 'rx2', '5400');
-    const agents = [
-      ['rx2', tokenFileFor('alice', alice)],
-      ['rx1', tokenFileFor('bob', bob)],
-    ].map(([host, tokenFile]) =>
-      bed.gatecast(host ?? '', [
-        'agent',
-        '--watch',
+      ]);
+      const controller = bed.gatecast('rep', [
+        'repair',
         '--controller',
-        `http://${hostAddress.rep}:8090`,
-        '--sessions',
-        s1,
+        `${hostAddress.rep}:8090`,
+        '--subscription',
+        serverUrl,
         '--token-file',
-        tokenFile ?? '',
-        '--from-iface',
+        operatorTokenFile(),
+        '--s2-pool',
+        pool,
+        '--listen',
+        `${hostAddress.rep}:7200`,
+        '--iface',
         'eth0',
-        '--deliver-iface',
+        '--secret-file',
+        secret(),
+        '--retransmit',
+        retransmitAt('rt1'),
+        '--reliable',
+        '--report-interval',
+        '1',
+        '--status',
+        '127.0.0.1:9102',
+      ]);
+      await Promise.all([retransmit.waitFor(/listening on/), controller.waitFor(/controller on/)]);
+      bed.control('translate', 'rx2', port);
+      const agents = [
+        ['rx2', tokenFileFor('alice', alice)],
+        ['rx1', tokenFileFor('bob', bob)],
+      ].map(([host, tokenFile]) =>
+        bed.gatecast(host ?? '', [
+          'agent',
+          '--watch',
+          '--controller',
+          `http://${hostAddress.rep}:8090`,
+          '--sessions',
+          s1,
+          '--token-file',
+          tokenFile ?? '',
+          '--from-iface',
+          'eth0',
+          '--deliver-iface',
+          'eth0',
+        ]),
+      ) as [HostProcess, HostProcess];
+      await Promise.all(agents.map((agent) => agent.waitFor(/watching group memberships/)));
+      const outputs = ['rx2', 'rx1'].map((host) => join(directory, `flow-a-${host}.bin`));
+      const apps = ['rx2', 'rx1'].map((host, i) =>
+        bed.spawn(host, 'socat', ['-u', app, `CREATE:${outputs[i]}`]),
+      );
+      await agents[0].waitFor(delivering);
+      await agents[1].waitFor(/refused: 403 no repair entitlement; the application keeps the plain S1/);
+      await sleep(300);
+      bed.control('loss', 'rep', '5', port);
+      const sender = bed.gatecast('src', [
+        'send',
+        '--group',
+        s1,
+        '--iface',
         'eth0',
-      ]),
-    ) as [HostProcess, HostProcess];
-    await Promise.all(agents.map((agent) => agent.waitFor(/watching group memberships/)));
-    const outputs = ['rx2', 'rx1'].map((host) => join(directory, `flow-a-${host}.bin`));
-    const apps = ['rx2', 'rx1'].map((host, i) =>
-      bed.spawn(host, 'socat', [
-        '-u',
-        'UDP4-RECV:5400,ip-add-membership=239.51.0.1:eth0,so-rcvbuf=4194304',
-        `CREATE:${outputs[i]}`,
-      ]),
-    );
-    await agents[0].waitFor(/joined on eth0: delivering 239\.52\.0\.1:5401 -> 239\.51\.0\.1:5400/);
-    await agents[1].waitFor(/refused: 403 no repair entitlement; the application keeps the plain S1/);
-    await sleep(300);
-    bed.control('loss', 'rep', '5', '5400');
-    const sender = bed.gatecast('src', [
-      'send',
-      '--group',
-      s1,
-      '--iface',
-      'eth0',
-      '--file',
-      file,
-      '--rate',
-      '60M',
-    ]);
-    assert.equal((await sender.finished).code, 0);
-    const size = statSync(file).size;
-    for (
-      let i = 0;
-      i < 100 && (!existsSync(outputs[0] ?? '') || statSync(outputs[0] ?? '').size < size);
-      i++
-    ) {
-      await sleep(200);
-    }
-    const controllerStatus = status('rep', 9102) as {
-      modules: Array<{ s1: string; recovered: number; subscribers: number }>;
-    };
-    bed.control('clear', 'rep');
-    await sleep(2_500); // a report interval or two
-    const finalStatus = status('rep', 9102) as { usageBytesReported: number; refusals: number };
-    for (const app of apps) {
-      await stop(app);
-    }
-    const agentLogs = [];
-    for (const agent of agents) {
-      agentLogs.push((await stop(agent)).stderr);
-    }
-    await stop(controller);
-    await stop(retransmit);
+        '--file',
+        file,
+        '--rate',
+        '60M',
+      ]);
+      assert.equal((await sender.finished).code, 0);
+      const size = statSync(file).size;
+      for (
+        let i = 0;
+        i < 100 && (!existsSync(outputs[0] ?? '') || statSync(outputs[0] ?? '').size < size);
+        i++
+      ) {
+        await sleep(200);
+      }
+      const controllerStatus = status('rep', 9102) as {
+        modules: Array<{ s1: string; recovered: number; subscribers: number }>;
+      };
+      bed.control('clear', 'rep');
+      await sleep(2_500); // a report interval or two
+      const finalStatus = status('rep', 9102) as { usageBytesReported: number; refusals: number };
+      for (const app of apps) {
+        await stop(app);
+      }
+      const agentLogs = [];
+      for (const agent of agents) {
+        agentLogs.push((await stop(agent)).stderr);
+      }
+      await stop(controller);
+      await stop(retransmit);
 
-    assert.equal(
-      sha256(readFileSync(outputs[0] ?? '')),
-      fileSha,
-      `alice's application got S1 whole: ${agentLogs[0]}`,
-    );
-    assert.equal(controllerStatus.modules.length, 1);
-    assert.equal(controllerStatus.modules[0]?.subscribers, 1, 'one subscriber attached: alice');
-    assert.ok((controllerStatus.modules[0]?.recovered ?? 0) > 0, 'the module repaired lost packets');
-    assert.doesNotMatch(agentLogs[1] ?? '', /delivering/, 'bob’s agent delivered nothing');
-    assert.ok(statSync(outputs[1] ?? '').size > 0, 'bob’s application kept the plain S1');
-    assert.ok(finalStatus.usageBytesReported > 0);
-    const aliceBalance = (await admin(operatorTokenFile(), ['balance', String(alice.id)])) as {
-      balance: number;
-    };
-    const bobBalance = (await admin(operatorTokenFile(), ['balance', String(bob.id)])) as { balance: number };
-    assert.ok(aliceBalance.balance < 0, 'alice is charged for repair');
-    assert.equal(bobBalance.balance, 0, 'bob is not');
-    const csv = String(await admin(operatorTokenFile(), ['export']));
-    assert.ok(
-      csv.split('\n').some((line) => line.includes(String(alice.id)) && line.includes('repair-bytes')),
-      'the repair usage is in the ledger',
-    );
-  });
+      assert.equal(
+        sha256(readFileSync(outputs[0] ?? '')),
+        fileSha,
+        `alice's application got S1 whole: ${agentLogs[0]}`,
+      );
+      assert.equal(controllerStatus.modules.length, 1);
+      assert.equal(controllerStatus.modules[0]?.subscribers, 1, 'one subscriber attached: alice');
+      assert.ok((controllerStatus.modules[0]?.recovered ?? 0) > 0, 'the module repaired lost packets');
+      assert.doesNotMatch(agentLogs[1] ?? '', /delivering/, 'bob’s agent delivered nothing');
+      assert.ok(statSync(outputs[1] ?? '').size > 0, 'bob’s application kept the plain S1');
+      assert.ok(finalStatus.usageBytesReported > 0);
+      const aliceBalance = (await admin(operatorTokenFile(), ['balance', String(alice.id)])) as {
+        balance: number;
+      };
+      const bobBalance = (await admin(operatorTokenFile(), ['balance', String(bob.id)])) as {
+        balance: number;
+      };
+      assert.ok(aliceBalance.balance < 0, 'alice is charged for repair');
+      assert.equal(bobBalance.balance, 0, 'bob is not');
+      const csv = String(await admin(operatorTokenFile(), ['export']));
+      assert.ok(
+        csv.split('\n').some((line) => line.includes(String(alice.id)) && line.includes('repair-bytes')),
+        'the repair usage is in the ledger',
+      );
+    });
+  }
 });
