@@ -1,5 +1,7 @@
 /** `gatecast retransmit`, `gatecast repair` and `gatecast agent`: the repair service's commands. */
 
+import { mkdirSync } from 'node:fs';
+import { dirname, join, resolve as resolvePath } from 'node:path';
 import {
   announceIntervalMsDefault,
   controllerIdleMs,
@@ -125,6 +127,11 @@ const repairOptions: OptionSpecs = {
     help: 'with --controller: hand out S2 from N groups starting here (default N 256)',
   },
   lease: { type: 'string', value: 'SECONDS', help: 'with --controller: grant lease (default 60)' },
+  journal: {
+    type: 'string',
+    value: 'FILE',
+    help: 'with --controller: usage reports kept here until taken (default ./data/repair-controller-PORT.journal)',
+  },
   'tls-cert': {
     type: 'string',
     value: 'FILE',
@@ -345,9 +352,18 @@ async function runController(values: OptionValues, err: NodeJS.WriteStream): Pro
     resolveInterface(module.iface, pool.family);
   }
   const tls = readTlsFiles(optional(values, 'tls-cert'), optional(values, 'tls-key'));
+  const journal = optional(values, 'journal') ?? join('data', `repair-controller-${listen.port}.journal`);
+  try {
+    mkdirSync(dirname(resolvePath(journal)), { recursive: true });
+  } catch (error) {
+    throw new UsageError(
+      `--journal: cannot create the folder of ${journal}: ${(error as NodeJS.ErrnoException).code}`,
+    );
+  }
   const controller = await startRepairController({
     listen,
     tls,
+    journal,
     subscription,
     token: readToken(optional(values, 'token-file')),
     pool,

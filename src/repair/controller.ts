@@ -13,11 +13,13 @@ import { type Static, Type } from '@sinclair/typebox';
 import Fastify, { type FastifyInstance } from 'fastify';
 import { answerTag } from '../crypto/answer-auth.js';
 import { type Endpoint, formatEndpoint, parseGroup } from '../net/address.js';
+import { InvalidArgumentError } from '../net/errors.js';
 import type { TlsFiles } from '../net/tls.js';
 import { addToAddress } from '../protocol/address.js';
 import { answerFields, type RepairGrant } from '../protocol/controller.js';
 import type { RepairServer, RepairSettings } from './repair.js';
 import { startRepairServer } from './repair.js';
+import { openUsageJournal, type UsageReport } from './usage-journal.js';
 
 /** No S2 group is left in the pool. */
 class PoolExhausted extends Error {}
@@ -45,6 +47,11 @@ export interface ControllerSettings {
   readonly idleMs: number;
   /** Serve agents over HTTPS with this certificate and key (their bearer tokens travel here). */
   readonly tls?: TlsFiles | undefined;
+  /**
+   * Keep usage reports in this file until the subscription server has taken them, so a report
+   * survives a crash or a stop while the server is away (sent again, same key, on the next start).
+   */
+  readonly journal?: string | undefined;
   /** Starts a repair module (tests may pass a fake). */
   readonly startModule?: (settings: RepairSettings) => Promise<RepairServer>;
 }
@@ -66,16 +73,7 @@ interface Module {
   idleSince: number | undefined;
 }
 
-interface PendingReport {
-  readonly key: string;
-  readonly body: {
-    account: string;
-    kind: 'repair-bytes';
-    quantity: number;
-    packets: number;
-    session?: string;
-  };
-}
+type PendingReport = UsageReport;
 
 /** What the controller's status shows. */
 export interface ControllerStatus {
@@ -124,7 +122,16 @@ export async function startRepairController(settings: ControllerSettings): Promi
   const instance = randomUUID();
   const startModule = settings.startModule ?? startRepairServer;
   const modules = new Map<string, Module>();
-  const pending: PendingReport[] = [];
+  let journal: ReturnType<typeof openUsageJournal> | undefined;
+  try {
+    journal = settings.journal === undefined ? undefined : openUsageJournal(settings.journal);
+  } catch (error) {
+    throw new InvalidArgumentError(
+      '--journal',
+      `cannot use ${settings.journal}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`,
+    );
+  }
+  const pending: PendingReport[] = [...(journal?.unsent ?? [])];
   const counters = { grants: 0, refusals: 0, reportsSent: 0, usageBytesReported: 0 };
   let reportSequence = 0;
   const base = settings.subscription.replace(/\/+$/, '');
@@ -169,7 +176,7 @@ export async function startRepairController(settings: ControllerSettings): Promi
     attachment.reportedBytes = status.recoveredBytes;
     attachment.reportedPackets = status.recovered;
     if (bytes > 0) {
-      pending.push({
+      const report: PendingReport = {
         key: `repair/${instance}/${reportSequence++}`,
         body: {
           account: attachment.subscriber,
@@ -178,7 +185,9 @@ export async function startRepairController(settings: ControllerSettings): Promi
           packets: Math.max(0, packets),
           ...(attachment.sessionId === undefined ? {} : { session: attachment.sessionId }),
         },
-      });
+      };
+      journal?.append(report);
+      pending.push(report);
     }
   };
 
@@ -205,6 +214,7 @@ export async function startRepairController(settings: ControllerSettings): Promi
         return; // the server is away: the same report, same key, next time
       }
       pending.shift();
+      journal?.done(report.key);
       if (answer.status < 300) {
         counters.reportsSent++;
         counters.usageBytesReported += report.body.quantity;
@@ -458,6 +468,7 @@ export async function startRepairController(settings: ControllerSettings): Promi
         await module.server.close();
       }
       modules.clear();
+      journal?.close();
     })();
     return closed;
   };

@@ -257,6 +257,8 @@ describe('buying repair: flows A and B on the namespace test bed', testbedSkip([
         '--reliable',
         '--report-interval',
         '1',
+        '--journal',
+        join(directory, `controller-${family}.journal`),
         '--status',
         '127.0.0.1:9102',
       ]);

@@ -1,4 +1,7 @@
 import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import type { FastifyInstance } from 'fastify';
 import { answerTag, verifyAnswerTag } from '../../src/crypto/answer-auth.js';
@@ -290,6 +293,40 @@ describe('repair controller (flow A) against a real subscription server on loopb
       assert.equal(modules.started.at(-1)?.closed, true);
     } finally {
       await short.close();
+    }
+  });
+
+  it('with a journal, a report still unsent when the controller stops is sent once by the next one', async () => {
+    const directory = mkdtempSync(join(tmpdir(), 'gatecast-controller-'));
+    const journal = join(directory, 'usage.journal');
+    try {
+      const aliceId = tokens.alice?.id ?? '';
+      const opening = await balance(aliceId);
+      const fakes = fakeModules();
+      const first = await startController({
+        pool: parseGroup('239.44.0.1:6000', 'pool'),
+        journal,
+        startModule: fakes.start,
+      });
+      assert.equal((await controllerClient(first.url, tokens.alice?.token ?? '').resolve(s1)).granted, true);
+      const module = fakes.started[0];
+      assert.ok(module);
+      module.counters.recovered = 100;
+      module.counters.recoveredBytes = 4_000_000_000;
+      await app.close(); // the subscription server is away
+      await first.close(); // the report cannot be sent: it stays in the journal
+      await listen(port);
+      const second = await startController({ pool: parseGroup('239.44.0.1:6000', 'pool'), journal });
+      try {
+        assert.equal(second.status().reportsPending, 1, 'the next controller finds it');
+        await second.flush();
+        await second.flush();
+        assert.equal(await balance(aliceId), opening - 200, '4 GB at 50 per GB, charged once');
+      } finally {
+        await second.close();
+      }
+    } finally {
+      rmSync(directory, { recursive: true, force: true });
     }
   });
 });
