@@ -8,10 +8,12 @@ import { randomBytes } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { readSecretFile } from '../crypto/control-auth.js';
+import { fetchFailure } from '../net/http.js';
 import { openStore } from '../store/database.js';
 import { buildSubscriptionApp } from '../subscription/app.js';
 import { openSetupSender } from '../subscription/setup-sender.js';
 import { exitOk, UsageError } from './errors.js';
+import { parseServerUrl } from './options.js';
 import { readToken } from './token.js';
 
 /** The server refused a request or could not be reached. */
@@ -126,10 +128,7 @@ export async function runAdmin(argv: string[], out: NodeJS.WriteStream): Promise
 /** Opens the target: HTTP to a server, or the API in-process over the store. */
 async function connect(values: Record<string, string | boolean | undefined>) {
   if (typeof values.server === 'string') {
-    const base = values.server.replace(/\/+$/, '');
-    if (!/^https?:\/\/[^/]+$/.test(base)) {
-      throw new UsageError(`--server: "${values.server}" is not http://HOST:PORT`);
-    }
+    const base = parseServerUrl(values.server, '--server');
     const tokenFile = values['token-file'];
     const token = readToken(typeof tokenFile === 'string' ? tokenFile : undefined);
     const send: Send = async (method, path, body, headers = {}) => {
@@ -146,10 +145,7 @@ async function connect(values: Record<string, string | boolean | undefined>) {
           signal: AbortSignal.timeout(30_000),
         });
       } catch (error) {
-        const cause = (error as { cause?: { code?: string; message?: string } }).cause;
-        throw new RequestError(
-          `cannot reach ${base}: ${cause?.code ?? cause?.message ?? (error as Error).message}`,
-        );
+        throw new RequestError(`cannot reach ${base}: ${fetchFailure(error)}`);
       }
       return { status: response.status, body: await response.text() };
     };

@@ -9,12 +9,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { controlKey } from '../crypto/control-auth.js';
 import { formatEndpoint, parseGroup } from '../net/address.js';
-import { openReceiverSocket } from '../net/udp.js';
-import { decodeHeader, PacketType } from '../protocol/packet.js';
 import { controllerClient } from '../receiver/controller-client.js';
 import { createReceiver, type PayloadSink, type ReceiveSummary } from '../receiver/receiver.js';
 import { startRepairController } from '../repair/controller.js';
-import { startRepairServer } from '../repair/repair.js';
+import { lossyS1Socket, startRepairServer } from '../repair/repair.js';
 import { startRetransmitServer } from '../retransmit/retransmit.js';
 import { openFileInput, openTickerInput } from '../source/inputs.js';
 import { createSource } from '../source/source.js';
@@ -190,15 +188,11 @@ async function repairDemo(options: {
     },
     startModule: (settings) =>
       startRepairServer(settings, {
-        openS1Socket: (socketOptions, onDatagram) =>
-          openReceiverSocket(socketOptions, (datagram, remote) => {
-            const header = decodeHeader(datagram);
-            if (header.ok && header.value.type === PacketType.data && header.value.sequence % 20 === 7) {
-              dropped++;
-              return;
-            }
-            onDatagram(datagram, remote);
-          }),
+        openS1Socket: lossyS1Socket((sequence) => {
+          const lose = sequence % 20 === 7;
+          dropped += lose ? 1 : 0;
+          return lose;
+        }),
       }),
   });
   const client = controllerClient(controller.url, String(alice.token));

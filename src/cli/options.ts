@@ -128,6 +128,15 @@ export function parseSeconds(text: string, field: string): number {
   return Math.round(Number(text) * 1000);
 }
 
+/** Parses the base URL of an HTTP server (http://HOST:PORT or https://…), without trailing slashes. */
+export function parseServerUrl(text: string, field: string): string {
+  const base = text.replace(/\/+$/, '');
+  if (!/^https?:\/\/[^/]+$/.test(base)) {
+    throw new UsageError(`${field}: "${text}" is not http://HOST:PORT`);
+  }
+  return base;
+}
+
 /** Formats the help text of a command. */
 export function formatHelp(usage: string, summary: string, specs: OptionSpecs): string {
   const rows = Object.entries(specs).map(([name, spec]) => {

@@ -29,6 +29,7 @@ import {
   parseOptions,
   parseRate,
   parseSeconds,
+  parseServerUrl,
   required,
 } from './options.js';
 import { readToken } from './token.js';
@@ -160,12 +161,11 @@ export async function runSend(argv: string[], out: NodeJS.WriteStream): Promise<
   if (Buffer.byteLength(sessionName) > 255) {
     throw new InvalidArgumentError('--session', 'name is longer than 255 bytes');
   }
-  const subscription = optional(values, 'subscription');
+  const subscriptionText = optional(values, 'subscription');
+  const subscription =
+    subscriptionText === undefined ? undefined : parseServerUrl(subscriptionText, '--subscription');
   if (subscription === undefined && (values['buy-repair'] === true || optional(values, 'source-address'))) {
     throw new UsageError('--buy-repair and --source-address need --subscription URL');
-  }
-  if (subscription !== undefined && !/^https?:\/\/[^/]+\/?$/.test(subscription)) {
-    throw new UsageError(`--subscription: "${subscription}" is not http://HOST:PORT`);
   }
   const token = subscription === undefined ? undefined : readToken(optional(values, 'token-file'));
   const input = await openInput(values, packetPayloadBytes);

@@ -31,6 +31,7 @@ import {
   parseOptions,
   parseRate,
   parseSeconds,
+  parseServerUrl,
   required,
 } from './options.js';
 import { readToken } from './token.js';
@@ -330,10 +331,7 @@ async function runController(values: OptionValues, err: NodeJS.WriteStream): Pro
     }
   }
   const listen = parseEndpoint(required(values, 'controller'), '--controller');
-  const subscription = required(values, 'subscription');
-  if (!/^https?:\/\/[^/]+\/?$/.test(subscription)) {
-    throw new UsageError(`--subscription: "${subscription}" is not http://HOST:PORT`);
-  }
+  const subscription = parseServerUrl(required(values, 'subscription'), '--subscription');
   const poolText = required(values, 's2-pool');
   const [poolGroup = '', poolCount] = poolText.split('/');
   const pool = parseGroup(poolGroup, '--s2-pool');
@@ -437,14 +435,12 @@ async function runWatchingAgent(values: OptionValues, err: NodeJS.WriteStream): 
         return { s1: parseGroup(s1.trim(), '--map'), s2: parseGroup(s2.trim(), '--map') };
       });
   } else {
-    if (!/^https?:\/\/[^/]+\/?$/.test(controllerUrl ?? '')) {
-      throw new UsageError(`--controller: "${controllerUrl}" is not http://HOST:PORT`);
-    }
     mappings = required(values, 'sessions')
       .split(',')
       .filter((part) => part.trim() !== '')
       .map((part) => ({ s1: parseGroup(part.trim(), '--sessions') }));
-    controller = controllerClient(String(controllerUrl), readToken(optional(values, 'token-file')));
+    const url = parseServerUrl(String(controllerUrl), '--controller');
+    controller = controllerClient(url, readToken(optional(values, 'token-file')));
   }
   const agent = await startWatchingAgent({
     mappings,

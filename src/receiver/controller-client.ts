@@ -5,6 +5,7 @@
  */
 import { verifyAnswerTag } from '../crypto/answer-auth.js';
 import { type Endpoint, formatEndpoint, parseGroup } from '../net/address.js';
+import { fetchFailure } from '../net/http.js';
 import { answerFields, type RepairGrant } from '../protocol/controller.js';
 
 /** The controller's answer as the agent uses it. */
@@ -33,8 +34,10 @@ export function controllerClient(url: string, token: string): ControllerClient {
           signal: AbortSignal.timeout(10_000),
         });
       } catch (error) {
-        const cause = (error as { cause?: { code?: string } }).cause?.code ?? (error as Error).message;
-        return { granted: false, reason: `the repair controller at ${base} cannot be reached: ${cause}` };
+        return {
+          granted: false,
+          reason: `the repair controller at ${base} cannot be reached: ${fetchFailure(error)}`,
+        };
       }
       const body = (await response.json().catch(() => ({}))) as Partial<RepairGrant> & { message?: string };
       if (response.status !== 200) {

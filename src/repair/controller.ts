@@ -14,6 +14,7 @@ import Fastify, { type FastifyInstance } from 'fastify';
 import { answerTag } from '../crypto/answer-auth.js';
 import { type Endpoint, formatEndpoint, parseGroup } from '../net/address.js';
 import { InvalidArgumentError } from '../net/errors.js';
+import { bearerToken } from '../net/http.js';
 import type { TlsFiles } from '../net/tls.js';
 import { addToAddress } from '../protocol/address.js';
 import { answerFields, type RepairGrant } from '../protocol/controller.js';
@@ -309,7 +310,7 @@ export async function startRepairController(settings: ControllerSettings): Promi
 
   /** Who is asking: the subscriber behind the bearer token, or an answer already sent. */
   const identify = async (authorization: string | undefined) => {
-    const token = /^Bearer ([A-Za-z0-9_\-.]{8,200})$/.exec(authorization ?? '')?.[1];
+    const token = bearerToken(authorization);
     if (token === undefined) {
       return { refusal: [401, 'unauthorized', 'a bearer token is required'] as const };
     }

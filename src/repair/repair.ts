@@ -146,6 +146,21 @@ export interface RepairComponents {
   readonly openS1Socket?: typeof openReceiverSocket;
 }
 
+/**
+ * An S1 socket that loses the DATA datagrams `lose` picks: the demo shows repair on loopback (which
+ * loses nothing) with it, and tests lose packets by a seeded rule.
+ */
+export function lossyS1Socket(lose: (sequence: number) => boolean): typeof openReceiverSocket {
+  return (options, onDatagram) =>
+    openReceiverSocket(options, (datagram, remote) => {
+      const header = decodeHeader(datagram);
+      if (header.ok && header.value.type === PacketType.data && lose(header.value.sequence)) {
+        return;
+      }
+      onDatagram(datagram, remote);
+    });
+}
+
 /** Starts a repair server. */
 export async function startRepairServer(
   settings: RepairSettings,

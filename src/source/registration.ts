@@ -4,6 +4,7 @@
  * retransmit servers); after END it ends the session, which tears the retransmit servers down and
  * charges the source. Plain HTTP+JSON with the source's bearer token.
  */
+import { fetchFailure } from '../net/http.js';
 
 /** The subscription server refused or could not be reached; the message says which. */
 export class RegistrationError extends Error {
@@ -34,9 +35,8 @@ async function call(url: string, token: string, method: string, body?: unknown) 
       signal: AbortSignal.timeout(10_000),
     });
   } catch (error) {
-    const cause = (error as { cause?: { code?: string; message?: string } }).cause;
     throw new RegistrationError(
-      `the subscription server at ${new URL(url).origin} cannot be reached: ${cause?.code ?? cause?.message ?? (error as Error).message}`,
+      `the subscription server at ${new URL(url).origin} cannot be reached: ${fetchFailure(error)}`,
     );
   }
   const answer = (await response.json().catch(() => ({}))) as Record<string, unknown>;

@@ -8,6 +8,7 @@ import { randomUUID } from 'node:crypto';
 import swagger from '@fastify/swagger';
 import { type Static, Type } from '@sinclair/typebox';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import { bearerToken } from '../net/http.js';
 import type { TlsFiles } from '../net/tls.js';
 import type { Store } from '../store/database.js';
 import { createLedger } from '../store/ledger.js';
@@ -143,19 +144,18 @@ export async function buildSubscriptionApp(options: SubscriptionAppOptions): Pro
 
   /** Resolves the bearer token to a party, or answers 401. */
   const authenticate = async (request: FastifyRequest, reply: FastifyReply): Promise<Party | undefined> => {
-    const header = request.headers.authorization;
-    const match = typeof header === 'string' ? /^Bearer ([A-Za-z0-9_\-.]{8,200})$/.exec(header) : null;
-    if (!match?.[1]) {
+    const token = bearerToken(request.headers.authorization);
+    if (token === undefined) {
       await reply.code(401).send({ error: 'unauthorized', message: 'a bearer token is required' });
       return undefined;
     }
-    if (trusted !== undefined && match[1] === trusted) {
+    if (trusted !== undefined && token === trusted) {
       return { id: 'operator', kind: 'operator', name: 'operator' };
     }
     const party = await db
       .selectFrom('parties')
       .select(['id', 'kind', 'name'])
-      .where('token_hash', '=', hashToken(match[1]))
+      .where('token_hash', '=', hashToken(token))
       .executeTakeFirst();
     if (party === undefined) {
       await reply.code(401).send({ error: 'unauthorized', message: 'unknown token' });

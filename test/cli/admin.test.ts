@@ -1,25 +1,12 @@
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
-import { promisify } from 'node:util';
+import { runGatecast } from '../helpers/cli.js';
 import { startServe } from '../helpers/serve.js';
-import { gatecastBin } from '../helpers/testbed.js';
 
-const admin = async (args: string[], env: Record<string, string> = {}) => {
-  try {
-    const { stdout, stderr } = await promisify(execFile)(process.execPath, [gatecastBin, 'admin', ...args], {
-      timeout: 30_000,
-      env: { ...process.env, ...env },
-    });
-    return { code: 0, stdout, stderr };
-  } catch (error) {
-    const failed = error as { code: number; stdout: string; stderr: string };
-    return { code: failed.code, stdout: failed.stdout, stderr: failed.stderr };
-  }
-};
+const admin = (args: string[], env: Record<string, string> = {}) => runGatecast(['admin', ...args], env);
 const json = (result: { code: number; stdout: string; stderr: string }) => {
   assert.equal(result.code, 0, result.stderr);
   return JSON.parse(result.stdout) as Record<string, unknown>;

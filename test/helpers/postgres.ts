@@ -87,3 +87,31 @@ export function postgresSkip(): { skip?: string } {
   }
   return { skip: reason };
 }
+
+/** How a store suite is told where its store is, and how to clean up after it. */
+export type StoreSuite = (
+  name: string,
+  options: { skip?: string },
+  url: () => string,
+  cleanup: () => void,
+) => void;
+
+/** Defines a store suite once per dialect: SQLite in memory always, PostgreSQL where a cluster can start. */
+export function onEveryStore(suite: StoreSuite): void {
+  suite(
+    'SQLite',
+    {},
+    () => 'sqlite::memory:',
+    () => undefined,
+  );
+  let postgres: Postgres | undefined;
+  suite(
+    'PostgreSQL',
+    postgresSkip(),
+    () => {
+      postgres = startPostgres();
+      return postgres.url;
+    },
+    () => postgres?.stop(),
+  );
+}

@@ -6,10 +6,8 @@ import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { controlKey } from '../../src/crypto/control-auth.js';
 import { parseEndpoint, parseGroup } from '../../src/net/address.js';
-import { openReceiverSocket, type ReceiverSocketOptions } from '../../src/net/udp.js';
-import { decodeHeader, PacketType } from '../../src/protocol/packet.js';
 import { createReceiver } from '../../src/receiver/receiver.js';
-import { startRepairServer } from '../../src/repair/repair.js';
+import { lossyS1Socket, startRepairServer } from '../../src/repair/repair.js';
 import { startRetransmitServer } from '../../src/retransmit/retransmit.js';
 import { openFileInput } from '../../src/source/inputs.js';
 import { createSource } from '../../src/source/source.js';
@@ -19,18 +17,6 @@ import { createRandom } from '../helpers/random.js';
 const directory = mkdtempSync(join(tmpdir(), 'gatecast-repair-'));
 after(() => rmSync(directory, { recursive: true, force: true }));
 const key = controlKey(Buffer.from('loopback test secret, not for use'));
-
-/** The repair server's S1 socket, losing DATA by a seeded rule. */
-function lossyS1(lose: (sequence: number) => boolean) {
-  return (options: ReceiverSocketOptions, onDatagram: (datagram: Buffer, remote: never) => void) =>
-    openReceiverSocket(options, (datagram, remote) => {
-      const header = decodeHeader(datagram);
-      if (header.ok && header.value.type === PacketType.data && lose(header.value.sequence)) {
-        return;
-      }
-      onDatagram(datagram, remote as never);
-    });
-}
 
 async function repairRun(options: {
   lossPercent: number;
@@ -67,7 +53,7 @@ async function repairRun(options: {
       emit: s2,
       latencyMs: options.latencyMs,
     },
-    { openS1Socket: lossyS1(() => random.int(100) < options.lossPercent) },
+    { openS1Socket: lossyS1Socket(() => random.int(100) < options.lossPercent) },
   );
   const sink = memorySink();
   const receiver = createReceiver({ group: s2, iface: loopbackIface, timeoutMs: 10_000 }, { sink });
@@ -157,7 +143,7 @@ describe('four repair servers behind one lossy link', () => {
             latencyMs: undefined,
             nackDelayMsMax: 10,
           },
-          { openS1Socket: lossyS1((sequence) => lost.has(sequence)) },
+          { openS1Socket: lossyS1Socket((sequence) => lost.has(sequence)) },
         ),
       );
       receivers.push(
@@ -227,7 +213,7 @@ describe('announcements', () => {
         emit: s2,
         latencyMs: undefined,
       },
-      { openS1Socket: lossyS1((sequence) => sequence % 10 === 3) },
+      { openS1Socket: lossyS1Socket((sequence) => sequence % 10 === 3) },
     );
     const receiving = createReceiver(
       { group: s2, iface: loopbackIface, timeoutMs: 10_000 },

@@ -2,20 +2,15 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { openStore, type Store } from '../../src/store/database.js';
 import { createLedger, type LedgerError } from '../../src/store/ledger.js';
-import { type Postgres, postgresSkip, startPostgres } from '../helpers/postgres.js';
+import { onEveryStore } from '../helpers/postgres.js';
 
 /** The same suite on every dialect (house style: one store suite, SQLite always, PostgreSQL in CI). */
-function ledgerSuite(
-  name: string,
-  options: { skip?: string },
-  url: () => Promise<string>,
-  cleanup: () => void,
-) {
+function ledgerSuite(name: string, options: { skip?: string }, url: () => string, cleanup: () => void) {
   describe(`ledger on ${name}`, options, () => {
     let store: Store;
     let ledger: ReturnType<typeof createLedger>;
     before(async () => {
-      store = await openStore(await url());
+      store = await openStore(url());
       ledger = createLedger(store);
     });
     after(async () => {
@@ -128,20 +123,4 @@ function ledgerSuite(
   });
 }
 
-ledgerSuite(
-  'SQLite',
-  {},
-  async () => 'sqlite::memory:',
-  () => undefined,
-);
-
-let postgres: Postgres | undefined;
-ledgerSuite(
-  'PostgreSQL',
-  postgresSkip(),
-  async () => {
-    postgres = startPostgres();
-    return postgres.url;
-  },
-  () => postgres?.stop(),
-);
+onEveryStore(ledgerSuite);

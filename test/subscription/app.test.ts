@@ -3,7 +3,7 @@ import { after, before, describe, it } from 'node:test';
 import type { FastifyInstance } from 'fastify';
 import { openStore, type Store } from '../../src/store/database.js';
 import { buildSubscriptionApp } from '../../src/subscription/app.js';
-import { type Postgres, postgresSkip, startPostgres } from '../helpers/postgres.js';
+import { onEveryStore } from '../helpers/postgres.js';
 
 const operatorToken = 'operator-token-for-tests-0123456789';
 
@@ -273,20 +273,4 @@ function apiSuite(name: string, options: { skip?: string }, url: () => string, c
   });
 }
 
-apiSuite(
-  'SQLite',
-  {},
-  () => 'sqlite::memory:',
-  () => undefined,
-);
-
-let postgres: Postgres | undefined;
-apiSuite(
-  'PostgreSQL',
-  postgresSkip(),
-  () => {
-    postgres = startPostgres();
-    return postgres.url;
-  },
-  () => postgres?.stop(),
-);
+onEveryStore(apiSuite);

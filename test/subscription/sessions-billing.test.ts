@@ -5,7 +5,7 @@ import { openStore, type Store } from '../../src/store/database.js';
 import { createLedger } from '../../src/store/ledger.js';
 import { buildSubscriptionApp } from '../../src/subscription/app.js';
 import type { SetupSender } from '../../src/subscription/context.js';
-import { type Postgres, postgresSkip, startPostgres } from '../helpers/postgres.js';
+import { onEveryStore } from '../helpers/postgres.js';
 
 const operatorToken = 'operator-token-for-tests-0123456789';
 type Created = { id: string; token: string };
@@ -432,20 +432,4 @@ function suite(name: string, options: { skip?: string }, url: () => string, clea
   });
 }
 
-suite(
-  'SQLite',
-  {},
-  () => 'sqlite::memory:',
-  () => undefined,
-);
-
-let postgres: Postgres | undefined;
-suite(
-  'PostgreSQL',
-  postgresSkip(),
-  () => {
-    postgres = startPostgres();
-    return postgres.url;
-  },
-  () => postgres?.stop(),
-);
+onEveryStore(suite);
