@@ -11,6 +11,7 @@ import {
   createTestbed,
   repoRoot,
   retransmitAt,
+  sendFrom,
   sleep,
   startRepair,
   startRetransmit,
@@ -69,15 +70,7 @@ async function runGatecast(bed: Testbed, secret: string, lossPercent: number, po
     agent.waitFor(/local delivery/),
     reader.waitFor(/listening/),
   ]);
-  const relay = bed.gatecast('src', [
-    'send',
-    '--group',
-    s1,
-    '--iface',
-    'eth0',
-    '--relay',
-    `127.0.0.1:${port + 2}`,
-  ]);
+  const relay = sendFrom(bed, s1, ['--relay', `127.0.0.1:${port + 2}`]);
   await sleep(1500);
   bed.control('loss', 'rep', String(lossPercent), String(port));
   const sender = node(bed, 'src', [

@@ -21,8 +21,10 @@ import {
   createTestbed,
   fourRepairHosts,
   type HostProcess,
+  receiveOn,
   repoRoot,
   retransmitAt,
+  sendFrom,
   sha256,
   sleep,
   startFourRepairServers,
@@ -139,18 +141,7 @@ async function runGatecast(
     retransmit: retransmitList,
     mode: ['--reliable', '--status', '127.0.0.1:9100'],
   });
-  const receiver = bed.gatecast('rx1', [
-    'receive',
-    '--group',
-    s2,
-    '--iface',
-    'eth0',
-    '--out',
-    '/dev/null',
-    '--json',
-    '--timeout',
-    '30',
-  ]);
+  const receiver = receiveOn(bed, 'rx1', s2, ['--out', '/dev/null', '--json', '--timeout', '30']);
   await Promise.all([
     ...rts.map((r) => r.waitFor(/listening on/)),
     repair.waitFor(/listening on/),
@@ -158,18 +149,7 @@ async function runGatecast(
   ]);
   await sleep(300);
   const startedAtMs = performance.now();
-  const sender = bed.gatecast('src', [
-    'send',
-    '--group',
-    s1,
-    '--iface',
-    'eth0',
-    '--file',
-    file,
-    '--rate',
-    `${rateMbit}M`,
-    '--json',
-  ]);
+  const sender = sendFrom(bed, s1, ['--file', file, '--rate', `${rateMbit}M`, '--json']);
   let deliveredAtMs = 0;
   void receiver.finished.then(() => {
     deliveredAtMs = performance.now();
@@ -320,17 +300,7 @@ async function runFour(bed: Testbed, file: string, secret: string, lossPercent: 
   });
   const hosts = fourRepairHosts;
   bed.control('linkloss', String(lossPercent), String(port));
-  const sender = bed.gatecast('src', [
-    'send',
-    '--group',
-    s1,
-    '--iface',
-    'eth0',
-    '--file',
-    file,
-    '--rate',
-    `${rateMbit}M`,
-  ]);
+  const sender = sendFrom(bed, s1, ['--file', file, '--rate', `${rateMbit}M`]);
   await sender.finished;
   await sleep(1500);
   const lost = Number(bed.control('linkdropped') || 0);

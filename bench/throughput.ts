@@ -8,7 +8,13 @@
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, release } from 'node:os';
 import { join } from 'node:path';
-import { createTestbed, type HostProcess, repoRoot, testbedUnavailable } from '../test/helpers/testbed.js';
+import {
+  createTestbed,
+  type HostProcess,
+  receiveOn,
+  repoRoot,
+  testbedUnavailable,
+} from '../test/helpers/testbed.js';
 import { writeSection } from './report.js';
 
 const seconds = Number(process.env.BENCH_SECONDS ?? 10);
@@ -114,18 +120,7 @@ async function runRaw(bed: ReturnType<typeof createTestbed>): Promise<Row> {
 }
 
 async function runGatecast(bed: ReturnType<typeof createTestbed>, file: string, rate: string): Promise<Row> {
-  const receiver = bed.gatecast(receiverHost, [
-    'receive',
-    '--group',
-    group,
-    '--iface',
-    'eth0',
-    '--out',
-    '/dev/null',
-    '--timeout',
-    '5',
-    '--json',
-  ]);
+  const receiver = receiveOn(bed, receiverHost, group, ['--out', '/dev/null', '--timeout', '5', '--json']);
   await receiver.waitFor(/joined/);
   const receiverCpu = cpuMeter(receiver);
   const sender = bed.gatecast(senderHost, [

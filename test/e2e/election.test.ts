@@ -7,6 +7,7 @@ import {
   createTestbed,
   type HostProcess,
   retransmitAt,
+  sendFrom,
   sleep,
   startRetransmit,
   type Testbed,
@@ -84,18 +85,7 @@ describe('election of retransmit servers on the namespace test bed', testbedSkip
       ]),
     );
     await Promise.all(servers.map((server) => server.waitFor(/listening on/)));
-    const source = bed.gatecast('src', [
-      'send',
-      '--group',
-      s1,
-      '--iface',
-      'eth0',
-      '--ticker',
-      '--ticks-per-second',
-      '400',
-      '--duration',
-      '30',
-    ]);
+    const source = sendFrom(bed, s1, ['--ticker', '--ticks-per-second', '400', '--duration', '30']);
     const withdrawn = await until('rt3', (s) => s.state === 'withdrawn', 10_000);
     assert.ok(withdrawn.lossPercent > 5, `withdrew at ${withdrawn.lossPercent} % loss`);
     assert.equal(sessionOf('rt1')?.state, 'listening');

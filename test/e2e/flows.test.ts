@@ -8,10 +8,13 @@ import {
   createTestbed,
   type HostProcess,
   hostAddress,
+  receiveOn,
   retransmitAt,
+  sendFrom,
   sha256,
   sleep,
   startRepair,
+  startRetransmit,
   stop,
   type Testbed,
   testbedSkip,
@@ -91,17 +94,7 @@ describe('buying repair: flows A and B on the namespace test bed', testbedSkip([
   ] as const) {
     it(`flow B over ${family}: a source registers S1 and buys repair; SETUP makes the registered retransmit servers join; the end tears them down and charges the source`, async () => {
       const retransmits = ['rt1', 'rt2'].map((host, i) =>
-        bed.gatecast(host, [
-          'retransmit',
-          '--iface',
-          'eth0',
-          '--listen',
-          retransmitAt(host),
-          '--secret-file',
-          secret(),
-          '--status',
-          `127.0.0.1:${9110 + i}`,
-        ]),
+        startRetransmit(bed, host, undefined, secret(), ['--status', `127.0.0.1:${9110 + i}`]),
       );
       await Promise.all(retransmits.map((r) => r.waitFor(/listening on/)));
       for (const host of ['rt1', 'rt2']) {
@@ -117,27 +110,12 @@ describe('buying repair: flows A and B on the namespace test bed', testbedSkip([
         mode: ['--reliable', '--source', senderAddress, '--status', '127.0.0.1:9100'],
       });
       const output = join(directory, 'flow-b.bin');
-      const receiver = bed.gatecast('rx1', [
-        'receive',
-        '--group',
-        s2,
-        '--iface',
-        'eth0',
-        '--out',
-        output,
-        '--timeout',
-        '20',
-      ]);
+      const receiver = receiveOn(bed, 'rx1', s2, ['--out', output, '--timeout', '20']);
       await Promise.all([repair.waitFor(/listening on/), receiver.waitFor(/joined/)]);
       bed.control('loss', 'rep', '5', port);
       // The source registers S1 with the subscription server and buys repair as it starts sending;
       // the registered retransmit servers join on SETUP before the first packet.
-      const sender = bed.gatecast('src', [
-        'send',
-        '--group',
-        s1,
-        '--iface',
-        'eth0',
+      const sender = sendFrom(bed, s1, [
         '--file',
         file,
         '--rate',
@@ -225,17 +203,7 @@ describe('buying repair: flows A and B on the namespace test bed', testbedSkip([
       >;
       const bob = (await admin(operatorTokenFile(), ['subscriber', 'add', 'bob'])) as Record<string, unknown>;
       await admin(operatorTokenFile(), ['grant', String(alice.id), 'repair']);
-      const retransmit = bed.gatecast('rt1', [
-        'retransmit',
-        '--join',
-        s1,
-        '--iface',
-        'eth0',
-        '--listen',
-        retransmitAt('rt1'),
-        '--secret-file',
-        secret(),
-      ]);
+      const retransmit = startRetransmit(bed, 'rt1', s1, secret());
       const controller = bed.gatecast('rep', [
         'repair',
         '--controller',
@@ -292,17 +260,7 @@ describe('buying repair: flows A and B on the namespace test bed', testbedSkip([
       await agents[1].waitFor(/refused: 403 no repair entitlement; the application keeps the plain S1/);
       await sleep(300);
       bed.control('loss', 'rep', '5', port);
-      const sender = bed.gatecast('src', [
-        'send',
-        '--group',
-        s1,
-        '--iface',
-        'eth0',
-        '--file',
-        file,
-        '--rate',
-        '60M',
-      ]);
+      const sender = sendFrom(bed, s1, ['--file', file, '--rate', '60M']);
       assert.equal((await sender.finished).code, 0);
       const size = statSync(file).size;
       for (

@@ -4,7 +4,15 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { burstLoss, createTestbed, sha256, type Testbed, testbedSkip } from '../helpers/testbed.js';
+import {
+  burstLoss,
+  createTestbed,
+  receiveOn,
+  sendFrom,
+  sha256,
+  type Testbed,
+  testbedSkip,
+} from '../helpers/testbed.js';
 
 describe('the receiver tells the truth about loss injected with nftables', testbedSkip(), () => {
   let bed: Testbed;
@@ -28,37 +36,10 @@ describe('the receiver tells the truth about loss injected with nftables', testb
 
   /** Sends the file to rx1 (lossy) and rx2 (clean); returns rx1's result and nftables' count. */
   async function sendThroughLoss(group: string, lose: () => Promise<void>) {
-    const lossy = bed.gatecast('rx1', [
-      'receive',
-      '--group',
-      group,
-      '--iface',
-      'eth0',
-      '--out',
-      join(directory, 'rx1'),
-      '--json',
-    ]);
-    const clean = bed.gatecast('rx2', [
-      'receive',
-      '--group',
-      group,
-      '--iface',
-      'eth0',
-      '--out',
-      join(directory, 'rx2'),
-    ]);
+    const lossy = receiveOn(bed, 'rx1', group, ['--out', join(directory, 'rx1'), '--json']);
+    const clean = receiveOn(bed, 'rx2', group, ['--out', join(directory, 'rx2')]);
     await Promise.all([lossy.waitFor(/joined/), clean.waitFor(/joined/)]);
-    const sender = bed.gatecast('src', [
-      'send',
-      '--group',
-      group,
-      '--iface',
-      'eth0',
-      '--file',
-      file,
-      '--rate',
-      '20M',
-    ]);
+    const sender = sendFrom(bed, group, ['--file', file, '--rate', '20M']);
     await lose();
     assert.equal((await sender.finished).code, 0);
     const lossyResult = await lossy.finished;

@@ -4,7 +4,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { createTestbed, sha256, type Testbed, testbedSkip } from '../helpers/testbed.js';
+import { createTestbed, receiveOn, sendFrom, sha256, type Testbed, testbedSkip } from '../helpers/testbed.js';
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -38,30 +38,10 @@ describe(
       it(`delivers a 20 MB file to two receivers behind the router over ${family}, hashes equal`, async () => {
         const outputs = ['rx1', 'rx2'].map((host) => join(directory, `${family}-${host}.bin`));
         const receivers = ['rx1', 'rx2'].map((host, i) =>
-          bed.gatecast(host, [
-            'receive',
-            '--group',
-            group,
-            '--iface',
-            'eth0',
-            '--out',
-            outputs[i] as string,
-            '--timeout',
-            '15',
-          ]),
+          receiveOn(bed, host, group, ['--out', outputs[i] as string, '--timeout', '15']),
         );
         await Promise.all(receivers.map((receiver) => receiver.waitFor(/joined/)));
-        const sender = bed.gatecast('src', [
-          'send',
-          '--group',
-          group,
-          '--iface',
-          'eth0',
-          '--file',
-          file,
-          '--rate',
-          '200M',
-        ]);
+        const sender = sendFrom(bed, group, ['--file', file, '--rate', '200M']);
         const sent = await sender.finished;
         assert.equal(sent.code, 0, sent.stderr);
         assert.match(sent.stderr, /sent session "payload.bin" .*: 14286 packets, 20.0 MB/);
@@ -78,22 +58,9 @@ describe(
     }
 
     it('carries the ticker to a receiver, every quote in order', async () => {
-      const receiver = bed.gatecast('rx1', [
-        'receive',
-        '--group',
-        '239.10.0.2:5004',
-        '--iface',
-        'eth0',
-        '--timeout',
-        '10',
-      ]);
+      const receiver = receiveOn(bed, 'rx1', '239.10.0.2:5004', ['--timeout', '10']);
       await receiver.waitFor(/joined/);
-      const sender = bed.gatecast('src', [
-        'send',
-        '--group',
-        '239.10.0.2:5004',
-        '--iface',
-        'eth0',
+      const sender = sendFrom(bed, '239.10.0.2:5004', [
         '--ticker',
         '--ticks',
         '200',
@@ -119,25 +86,9 @@ describe(
       const bytes = randomBytes(1316 * 700 + 99);
       writeFileSync(input, bytes);
       const output = join(directory, 'socat-out.bin');
-      const receiver = bed.gatecast('rx2', [
-        'receive',
-        '--group',
-        '239.10.0.3:5006',
-        '--iface',
-        'eth0',
-        '--out',
-        output,
-      ]);
+      const receiver = receiveOn(bed, 'rx2', '239.10.0.3:5006', ['--out', output]);
       await receiver.waitFor(/joined/);
-      const relay = bed.gatecast('src', [
-        'send',
-        '--group',
-        '239.10.0.3:5006',
-        '--iface',
-        'eth0',
-        '--relay',
-        '127.0.0.1:6000',
-      ]);
+      const relay = sendFrom(bed, '239.10.0.3:5006', ['--relay', '127.0.0.1:6000']);
       await sleep(1500);
       const socat = bed.spawn('src', 'socat', [
         '-u',
@@ -159,25 +110,9 @@ describe(
 
     it('relays MPEG-TS from ffmpeg that ffprobe then decodes whole', async () => {
       const output = join(directory, 'ffmpeg-out.ts');
-      const receiver = bed.gatecast('rx1', [
-        'receive',
-        '--group',
-        '239.10.0.4:5008',
-        '--iface',
-        'eth0',
-        '--out',
-        output,
-      ]);
+      const receiver = receiveOn(bed, 'rx1', '239.10.0.4:5008', ['--out', output]);
       await receiver.waitFor(/joined/);
-      const relay = bed.gatecast('src', [
-        'send',
-        '--group',
-        '239.10.0.4:5008',
-        '--iface',
-        'eth0',
-        '--relay',
-        '127.0.0.1:6002',
-      ]);
+      const relay = sendFrom(bed, '239.10.0.4:5008', ['--relay', '127.0.0.1:6002']);
       await sleep(1500);
       const ffmpeg = bed.spawn('src', 'ffmpeg', [
         '-hide_banner',
@@ -233,41 +168,10 @@ describe('source-specific joins (SSM) across the router', testbedSkip(), () => {
     ['IPv6', '[ff3e::8000:1]:5022', 'fd00:200:1::10', 'fd00:200:1::99'],
   ] as const) {
     it(`${family}: a receiver joined to the sender gets the session; one joined to another source gets nothing`, async () => {
-      const right = bed.gatecast('rx1', [
-        'receive',
-        '--group',
-        group,
-        '--iface',
-        'eth0',
-        '--source',
-        source,
-        '--timeout',
-        '4',
-      ]);
-      const wrong = bed.gatecast('rx2', [
-        'receive',
-        '--group',
-        group,
-        '--iface',
-        'eth0',
-        '--source',
-        wrongSource,
-        '--timeout',
-        '4',
-      ]);
+      const right = receiveOn(bed, 'rx1', group, ['--source', source, '--timeout', '4']);
+      const wrong = receiveOn(bed, 'rx2', group, ['--source', wrongSource, '--timeout', '4']);
       await Promise.all([right.waitFor(/joined/), wrong.waitFor(/joined/)]);
-      const sender = bed.gatecast('src', [
-        'send',
-        '--group',
-        group,
-        '--iface',
-        'eth0',
-        '--ticker',
-        '--ticks',
-        '50',
-        '--ticks-per-second',
-        '100',
-      ]);
+      const sender = sendFrom(bed, group, ['--ticker', '--ticks', '50', '--ticks-per-second', '100']);
       assert.equal((await sender.finished).code, 0);
       const rightResult = await right.finished;
       assert.equal(rightResult.code, 0, rightResult.stderr);

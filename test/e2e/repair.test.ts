@@ -9,8 +9,10 @@ import {
   createTestbed,
   fourRepairHosts,
   type HostProcess,
+  receiveOn,
   repoRoot,
   retransmitAt,
+  sendFrom,
   sha256,
   sleep,
   startFourRepairServers,
@@ -65,17 +67,7 @@ describe('repair service on the namespace test bed', testbedSkip(['socat']), () 
       mode: ['--reliable', '--status', '127.0.0.1:9100'],
     });
     const output = join(directory, `s2-${port}.bin`);
-    const receiver = bed.gatecast('rx1', [
-      'receive',
-      '--group',
-      s2,
-      '--iface',
-      'eth0',
-      '--out',
-      output,
-      '--timeout',
-      '20',
-    ]);
+    const receiver = receiveOn(bed, 'rx1', s2, ['--out', output, '--timeout', '20']);
     const appOutput = join(directory, `app-${port}.bin`);
     bed.control('translate', 'rx2', String(port));
     // The agent watches rx2's group memberships: it starts when the application joins S1.
@@ -102,17 +94,7 @@ describe('repair service on the namespace test bed', testbedSkip(['socat']), () 
     ]);
     await agent.waitFor(/joined on eth0: delivering/);
     await sleep(300);
-    const sender = bed.gatecast('src', [
-      'send',
-      '--group',
-      s1,
-      '--iface',
-      'eth0',
-      '--file',
-      file,
-      '--rate',
-      '60M',
-    ]);
+    const sender = sendFrom(bed, s1, ['--file', file, '--rate', '60M']);
     if (options.killFirst) {
       await sleep(600);
       (retransmits[0] as HostProcess).child.kill('SIGKILL');
@@ -247,15 +229,7 @@ describe(
         'mpegts',
         captured,
       ]);
-      const relay = bed.gatecast('src', [
-        'send',
-        '--group',
-        s1,
-        '--iface',
-        'eth0',
-        '--relay',
-        '127.0.0.1:6100',
-      ]);
+      const relay = sendFrom(bed, s1, ['--relay', '127.0.0.1:6100']);
       await sleep(1500);
       bed.control('loss', 'rep', '5', '5400');
       const ffmpeg = bed.spawn('src', 'ffmpeg', [
@@ -340,17 +314,7 @@ describe('four repair servers behind one lossy link, one retransmit server upstr
     });
     const hosts = fourRepairHosts;
     bed.control('linkloss', '10', '5500');
-    const sender = bed.gatecast('src', [
-      'send',
-      '--group',
-      s1,
-      '--iface',
-      'eth0',
-      '--file',
-      join(directory, 'payload.bin'),
-      '--rate',
-      '40M',
-    ]);
+    const sender = sendFrom(bed, s1, ['--file', join(directory, 'payload.bin'), '--rate', '40M']);
     assert.equal((await sender.finished).code, 0);
     await sleep(1500);
     const lost = Number(bed.control('linkdropped') || 0);
@@ -396,12 +360,7 @@ describe('a retransmit server on the test bed answers only repair servers it kno
     const secret = join(directory, 'secret');
     const retransmit = startRetransmit(bed, 'rt1', s1, secret, ['--status', '127.0.0.1:9101']);
     await retransmit.waitFor(/listening on/);
-    const sender = bed.gatecast('src', [
-      'send',
-      '--group',
-      s1,
-      '--iface',
-      'eth0',
+    const sender = sendFrom(bed, s1, [
       '--ticker',
       '--ticks',
       '300',

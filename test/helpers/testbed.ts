@@ -196,6 +196,16 @@ export function stop(process: HostProcess): Promise<Finished> {
   return process.finished;
 }
 
+/** Starts `gatecast receive` on a host, joined to group on eth0, with more arguments. */
+export function receiveOn(bed: Testbed, host: string, group: string, args: string[] = []): HostProcess {
+  return bed.gatecast(host, ['receive', '--group', group, '--iface', 'eth0', ...args]);
+}
+
+/** Starts `gatecast send` on the source host, to group on eth0, with more arguments. */
+export function sendFrom(bed: Testbed, group: string, args: string[]): HostProcess {
+  return bed.gatecast('src', ['send', '--group', group, '--iface', 'eth0', ...args]);
+}
+
 /** Each host's address on its subnet (scripts/testbed.sh). */
 export const hostAddress: Record<string, string> = {
   src: '10.200.1.10',
@@ -211,18 +221,20 @@ export const hostAddress: Record<string, string> = {
 /** Where a retransmit server on a host takes NACKs. */
 export const retransmitAt = (host: string) => `${hostAddress[host]}:7000`;
 
-/** Starts `gatecast retransmit` on a host, joined to s1 on eth0, listening on retransmitAt(host). */
+/**
+ * Starts `gatecast retransmit` on a host, listening on retransmitAt(host), joined to s1 on eth0
+ * (or to nothing until a SETUP comes, when s1 is undefined).
+ */
 export function startRetransmit(
   bed: Testbed,
   host: string,
-  s1: string,
+  s1: string | undefined,
   secret: string,
   extra: string[] = [],
 ): HostProcess {
   return bed.gatecast(host, [
     'retransmit',
-    '--join',
-    s1,
+    ...(s1 === undefined ? [] : ['--join', s1]),
     '--iface',
     'eth0',
     '--listen',
