@@ -5,7 +5,7 @@
  */
 import { verifyAnswerTag } from '../crypto/answer-auth.js';
 import { type Endpoint, formatEndpoint, parseGroup } from '../net/address.js';
-import { fetchFailure } from '../net/http.js';
+import { type JsonAnswer, requestJson } from '../net/http.js';
 import { answerFields, type RepairGrant } from '../protocol/controller.js';
 
 /** The controller's answer as the agent uses it. */
@@ -22,24 +22,23 @@ export interface ControllerClient {
 /** Makes a client; the token is the subscriber's. */
 export function controllerClient(url: string, token: string): ControllerClient {
   const base = url.replace(/\/+$/, '');
-  const headers = { authorization: `Bearer ${token}`, 'content-type': 'application/json' };
   return {
     async resolve(s1, source) {
-      let response: Response;
+      let response: JsonAnswer;
       try {
-        response = await fetch(`${base}/v1/repair`, {
+        response = await requestJson(`${base}/v1/repair`, {
+          token,
           method: 'POST',
-          headers,
-          body: JSON.stringify({ group: formatEndpoint(s1), ...(source === undefined ? {} : { source }) }),
-          signal: AbortSignal.timeout(10_000),
+          body: { group: formatEndpoint(s1), ...(source === undefined ? {} : { source }) },
+          timeoutMs: 10_000,
         });
       } catch (error) {
         return {
           granted: false,
-          reason: `the repair controller at ${base} cannot be reached: ${fetchFailure(error)}`,
+          reason: `the repair controller at ${base} cannot be reached: ${(error as Error).message}`,
         };
       }
-      const body = (await response.json().catch(() => ({}))) as Partial<RepairGrant> & { message?: string };
+      const body = response.body as Partial<RepairGrant> & { message?: string };
       if (response.status !== 200) {
         return { granted: false, reason: `${response.status} ${body.message ?? 'refused'}` };
       }
@@ -62,11 +61,11 @@ export function controllerClient(url: string, token: string): ControllerClient {
       return { granted: true, s2, leaseMs: Math.max(1, grant.leaseSeconds) * 1000 };
     },
     async release(s1) {
-      await fetch(`${base}/v1/repair`, {
+      await requestJson(`${base}/v1/repair`, {
+        token,
         method: 'DELETE',
-        headers,
-        body: JSON.stringify({ group: formatEndpoint(s1) }),
-        signal: AbortSignal.timeout(5_000),
+        body: { group: formatEndpoint(s1) },
+        timeoutMs: 5_000,
       }).catch(() => undefined); // the lease lapses on its own
     },
   };

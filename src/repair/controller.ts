@@ -14,7 +14,7 @@ import Fastify, { type FastifyInstance } from 'fastify';
 import { answerTag } from '../crypto/answer-auth.js';
 import { type Endpoint, formatEndpoint, parseGroup } from '../net/address.js';
 import { InvalidArgumentError } from '../net/errors.js';
-import { bearerToken } from '../net/http.js';
+import { bearerToken, requestJson } from '../net/http.js';
 import type { TlsFiles } from '../net/tls.js';
 import { addToAddress } from '../protocol/address.js';
 import { answerFields, type RepairGrant } from '../protocol/controller.js';
@@ -138,21 +138,11 @@ export async function startRepairController(settings: ControllerSettings): Promi
   const base = settings.subscription.replace(/\/+$/, '');
 
   /** A call to the subscription server; undefined when it cannot be reached. */
-  const ask = async (path: string, token: string, init: RequestInit = {}) => {
-    try {
-      const response = await fetch(`${base}${path}`, {
-        ...init,
-        headers: { authorization: `Bearer ${token}`, ...(init.headers ?? {}) },
-        signal: AbortSignal.timeout(5_000),
-      });
-      return {
-        status: response.status,
-        body: (await response.json().catch(() => ({}))) as Record<string, unknown>,
-      };
-    } catch {
-      return undefined;
-    }
-  };
+  const ask = (
+    path: string,
+    token: string,
+    request: { method?: string; body?: unknown; headers?: Record<string, string> } = {},
+  ) => requestJson(`${base}${path}`, { ...request, token, timeoutMs: 5_000 }).catch(() => undefined);
 
   /** Pool indexes of modules being started (not yet in `modules`). */
   const reservedIndexes = new Set<number>();
@@ -208,8 +198,8 @@ export async function startRepairController(settings: ControllerSettings): Promi
       const report = pending[0] as PendingReport;
       const answer = await ask('/v1/usage', settings.token, {
         method: 'POST',
-        headers: { 'content-type': 'application/json', 'idempotency-key': report.key },
-        body: JSON.stringify(report.body),
+        headers: { 'idempotency-key': report.key },
+        body: report.body,
       });
       if (answer === undefined || answer.status >= 500) {
         return; // the server is away: the same report, same key, next time

@@ -4,7 +4,7 @@
  * retransmit servers); after END it ends the session, which tears the retransmit servers down and
  * charges the source. Plain HTTP+JSON with the source's bearer token.
  */
-import { fetchFailure } from '../net/http.js';
+import { type JsonAnswer, requestJson } from '../net/http.js';
 
 /** The subscription server refused or could not be reached; the message says which. */
 export class RegistrationError extends Error {
@@ -23,23 +23,15 @@ export interface EndedSession {
 }
 
 async function call(url: string, token: string, method: string, body?: unknown) {
-  let response: Response;
+  let response: JsonAnswer;
   try {
-    response = await fetch(url, {
-      method,
-      headers: {
-        authorization: `Bearer ${token}`,
-        ...(body === undefined ? {} : { 'content-type': 'application/json' }),
-      },
-      ...(body === undefined ? {} : { body: JSON.stringify(body) }),
-      signal: AbortSignal.timeout(10_000),
-    });
+    response = await requestJson(url, { token, method, body, timeoutMs: 10_000 });
   } catch (error) {
     throw new RegistrationError(
-      `the subscription server at ${new URL(url).origin} cannot be reached: ${fetchFailure(error)}`,
+      `the subscription server at ${new URL(url).origin} cannot be reached: ${(error as Error).message}`,
     );
   }
-  const answer = (await response.json().catch(() => ({}))) as Record<string, unknown>;
+  const answer = response.body;
   if (response.status >= 300) {
     throw new RegistrationError(
       `the subscription server refused: ${response.status} ${String(answer.error ?? '')}: ${String(answer.message ?? '')}`,

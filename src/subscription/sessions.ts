@@ -137,9 +137,7 @@ export function registerSessionRoutes(app: FastifyInstance, context: ApiContext,
 
   /** Loads a session the caller may see, or answers 403/404. */
   const visibleSession = async (caller: Party, id: string, reply: FastifyReply) => {
-    const row = (await db.selectFrom('sessions').selectAll().where('id', '=', id).executeTakeFirst()) as
-      | SessionRow
-      | undefined;
+    const row = await db.selectFrom('sessions').selectAll().where('id', '=', id).executeTakeFirst();
     if (row === undefined) {
       await notFound(reply, `no session ${id}`);
       return undefined;
@@ -258,7 +256,7 @@ export function registerSessionRoutes(app: FastifyInstance, context: ApiContext,
         }
         query = query.where('group_address', '=', group.address).where('port', '=', group.port);
       }
-      return ((await query.execute()) as SessionRow[]).map((row) => present(row));
+      return (await query.execute()).map((row) => present(row));
     },
   );
 
@@ -295,11 +293,11 @@ export function registerSessionRoutes(app: FastifyInstance, context: ApiContext,
           .where('state', '=', 'open')
           .execute();
       }
-      const row = (await db
+      const row = await db
         .selectFrom('sessions')
         .selectAll()
         .where('id', '=', found.id)
-        .executeTakeFirstOrThrow()) as SessionRow;
+        .executeTakeFirstOrThrow();
       if (row.repair !== 1) {
         return present(row);
       }
