@@ -21,6 +21,7 @@
 import { announceSessionsMax, nackRangePacketsMax, nackRangesMax } from '../limits.js';
 import { readAddress, writeAddress } from './address.js';
 import { type DecodeResult, invalid, valid } from './errors.js';
+import { authTrailerBytes } from './sizes.js';
 import {
   type DataPacket,
   decodeData,
@@ -34,7 +35,7 @@ import {
 } from './packet.js';
 
 /** Trailer layout. */
-export const authTrailerBytes = 32;
+export { authTrailerBytes };
 export const authOffsetKeyId = 0;
 export const authOffsetSenderId = 4;
 export const authOffsetCounter = 8;

@@ -1,13 +1,13 @@
 /**
- * Wire protocol v1: the fixed header and the bodies of DATA, HEARTBEAT, END and DESCRIPTOR.
+ * Wire protocol v2: the fixed header and the bodies of DATA, HEARTBEAT, END and DESCRIPTOR.
  * docs/protocol.md is the normative description; offsets here are named after it.
  *
- * Fixed header (28 bytes, network byte order):
+ * Fixed header (32 bytes, network byte order):
  *
  *   0                   1                   2                   3
  *   0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1
  *  +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
- *  |        magic 0x4743 "GC"      |  version = 1  |     type      |
+ *  |        magic 0x4743 "GC"      |  version = 2  |     type      |
  *  +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
  *  |     flags     |  reserved = 0 |           key epoch           |
  *  +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
@@ -20,14 +20,23 @@
  *  +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
  *  |         body length           |        reserved = 0           |
  *  +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+ *  |                          incarnation                          |
+ *  +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+ *
+ * A session run is named by (session id, incarnation): the source draws a fresh random
+ * incarnation every time it starts, so a restart under the same session id is a new run
+ * (docs/protocol.md, "Session identity").
  */
-import { datagramBytesMax, packetPayloadBytesMin, sessionNameBytesMax } from '../limits.js';
+import { packetPayloadBytesMin, sessionNameBytesMax } from '../limits.js';
 import { type DecodeError, type DecodeResult, invalid, ProtocolEncodeError, valid } from './errors.js';
+import { bodyBytesMax, dataPayloadBytesMax, headerBytes } from './sizes.js';
+
+export { bodyBytesMax, dataPayloadBytesMax, headerBytes };
 
 /** "GC" in ASCII. */
 export const magic = 0x4743;
-/** The only version this codec speaks. */
-export const protocolVersion = 1;
+/** The only version this codec speaks (2: the header grew the incarnation). */
+export const protocolVersion = 2;
 
 /** Header field offsets (docs/protocol.md, "Fixed header"). */
 export const offsetMagic = 0;
@@ -41,10 +50,7 @@ export const offsetSequence = 12;
 export const offsetTimestamp = 16;
 export const offsetBodyLength = 24;
 export const offsetReserved2 = 26;
-export const headerBytes = 28;
-
-/** Largest body that fits a UDP datagram. */
-export const bodyBytesMax = datagramBytesMax - headerBytes;
+export const offsetIncarnation = 28;
 
 /** Message types (docs/protocol.md, "Message types"). 5-11 are reserved for later messages. */
 export const PacketType = {
@@ -76,6 +82,8 @@ export interface Header {
   /** Microseconds since 1970-01-01T00:00:00Z, a safe integer. */
   readonly timestampUs: number;
   readonly bodyLength: number;
+  /** The session run: random per source start, not 0 on the data plane; 0 in messages that name no run. */
+  readonly incarnation: number;
 }
 
 /** A DATA packet: the body is a view into the datagram, not a copy. */
@@ -168,6 +176,8 @@ export interface HeaderFields {
   readonly sequence: number;
   readonly timestampUs: number;
   readonly keyEpoch?: number;
+  /** The session run (default 0: a control message that names no run). */
+  readonly incarnation?: number;
 }
 
 /**
@@ -188,6 +198,7 @@ export function writeHeader(
     fields.timestampUs,
     fields.keyEpoch ?? 0,
     bodyLength,
+    fields.incarnation ?? 0,
   );
 }
 
@@ -200,6 +211,7 @@ export function writeHeaderFields(
   timestampUs: number,
   keyEpoch: number,
   bodyLength: number,
+  incarnation: number,
 ): void {
   if (bodyLength < 0 || bodyLength > bodyBytesMax || out.length < headerBytes + bodyLength) {
     throw new ProtocolEncodeError(`body length ${bodyLength} does not fit`);
@@ -215,10 +227,14 @@ export function writeHeaderFields(
   writeSafeUint64(out, offsetTimestamp, timestampUs);
   out.writeUInt16BE(bodyLength, offsetBodyLength);
   out.writeUInt16BE(0, offsetReserved2);
+  out.writeUInt32BE(incarnation >>> 0, offsetIncarnation);
 }
 
 /** Encodes a DATA packet into a new buffer (the source's hot path writes in place instead). */
 export function encodeData(fields: HeaderFields, payload: Uint8Array): Buffer {
+  if (payload.length > dataPayloadBytesMax) {
+    throw new ProtocolEncodeError(`DATA payload of ${payload.length} bytes does not fit a REPAIR`);
+  }
   const out = Buffer.allocUnsafe(headerBytes + payload.length);
   writeHeader(out, PacketType.data, fields, payload.length);
   out.set(payload, headerBytes);
@@ -287,6 +303,7 @@ function readHeader(buf: Buffer): Header {
     sequence: buf.readUInt32BE(offsetSequence),
     timestampUs: readSafeUint64(buf, offsetTimestamp) ?? 0,
     bodyLength: buf.readUInt16BE(offsetBodyLength),
+    incarnation: buf.readUInt32BE(offsetIncarnation),
   };
 }
 
@@ -314,7 +331,7 @@ function checkHeader(buf: Buffer): DecodeError | undefined {
   }
   const flags = buf[offsetFlags] ?? 0;
   if (flags !== 0) {
-    return invalid('bad-flags', `flags 0x${flags.toString(16)} are not defined in version 1`);
+    return invalid('bad-flags', `flags 0x${flags.toString(16)} are not defined in version 2`);
   }
   const bodyLength = buf.readUInt16BE(offsetBodyLength);
   if (bodyLength !== buf.length - headerBytes) {
@@ -325,6 +342,9 @@ function checkHeader(buf: Buffer): DecodeError | undefined {
   }
   if (readSafeUint64(buf, offsetTimestamp) === undefined) {
     return invalid('bad-field', 'timestamp above 2^53 microseconds');
+  }
+  if (type <= PacketType.descriptor && buf.readUInt32BE(offsetIncarnation) === 0) {
+    return invalid('bad-field', 'a data-plane packet must name its incarnation (not 0)');
   }
   return undefined;
 }
@@ -338,6 +358,9 @@ export function decodeData(buf: Buffer): DecodeResult<DataPacket> {
   if (buf[offsetType] !== PacketType.data) {
     return invalid('bad-field', `type ${buf[offsetType]} is not DATA`);
   }
+  if (buf.length - headerBytes > dataPayloadBytesMax) {
+    return invalid('bad-field', `DATA payload above ${dataPayloadBytesMax} bytes would not fit a REPAIR`);
+  }
   // Built in one literal: this is the per-packet path of every receiver.
   return valid({
     type: PacketType.data,
@@ -347,6 +370,7 @@ export function decodeData(buf: Buffer): DecodeResult<DataPacket> {
     sequence: buf.readUInt32BE(offsetSequence),
     timestampUs: readSafeUint64(buf, offsetTimestamp) ?? 0,
     bodyLength: buf.length - headerBytes,
+    incarnation: buf.readUInt32BE(offsetIncarnation),
     payload: buf.subarray(headerBytes),
   });
 }
@@ -422,7 +446,7 @@ export function decodeDescriptor(buf: Buffer): DecodeResult<DescriptorPacket> {
     return invalid('bad-flags', `descriptor flags 0x${flags.toString(16)} are not defined`);
   }
   const packetPayloadBytes = b.readUInt16BE(descOffsetPacketPayloadBytes);
-  if (packetPayloadBytes < packetPayloadBytesMin || packetPayloadBytes > bodyBytesMax) {
+  if (packetPayloadBytes < packetPayloadBytesMin || packetPayloadBytes > dataPayloadBytesMax) {
     return invalid('bad-field', `packet payload size ${packetPayloadBytes} is out of range`);
   }
   const totalBytes = readSafeUint64(b, descOffsetTotalBytes);

@@ -40,6 +40,11 @@ export interface SourceSettings {
   readonly sessionId?: number | undefined;
   /** Chosen at random when absent (RFC 3550 practice), so wrap-around is exercised in the field. */
   readonly firstSequence?: number | undefined;
+  /**
+   * The run's incarnation; drawn at random (never 0) when absent, so a restart under the same
+   * session id is a different run (docs/protocol.md, "Session identity").
+   */
+  readonly incarnation?: number | undefined;
   /** Pause between the first DESCRIPTOR and the first DATA packet. */
   readonly startDelayMs?: number | undefined;
 }
@@ -53,6 +58,7 @@ export interface SourceComponents {
 /** Counters of a running or finished source. */
 export interface SourceStats {
   sessionId: number;
+  incarnation: number;
   firstSequence: number;
   packetsSent: number;
   payloadBytesSent: number;
@@ -81,10 +87,12 @@ export function createSource(settings: SourceSettings, components: SourceCompone
   const { input } = components;
   const sessionId = settings.sessionId ?? randomInt(1, 0xffff_ffff);
   const firstSequence = settings.firstSequence ?? randomInt(0, 0xffff_ffff);
+  const incarnation = settings.incarnation ?? randomInt(1, 0xffff_ffff);
   const slotBytes = headerBytes + settings.packetPayloadBytes;
   const ring = Array.from({ length: sendRingPacketsMax }, () => Buffer.allocUnsafe(slotBytes));
   const stats: SourceStats = {
     sessionId,
+    incarnation,
     firstSequence,
     packetsSent: 0,
     payloadBytesSent: 0,
@@ -101,7 +109,12 @@ export function createSource(settings: SourceSettings, components: SourceCompone
   let drained: (() => void) | undefined;
   let closed: Promise<void> | undefined;
 
-  const fields = (): HeaderFields => ({ sessionId, sequence: nextSequence, timestampUs: nowUs() });
+  const fields = (): HeaderFields => ({
+    sessionId,
+    incarnation,
+    sequence: nextSequence,
+    timestampUs: nowUs(),
+  });
   const onSent = (error: Error | null) => {
     inFlight--;
     if (error) {
@@ -207,7 +220,7 @@ export function createSource(settings: SourceSettings, components: SourceCompone
         batch = 0;
         continue;
       }
-      writeHeaderFields(buffer, PacketType.data, sessionId, nextSequence, nowUs(), 0, length);
+      writeHeaderFields(buffer, PacketType.data, sessionId, nextSequence, nowUs(), 0, length, incarnation);
       inFlight++;
       (socket as SenderSocket).send(buffer, headerBytes + length, onSent);
       slot = (slot + 1) % sendRingPacketsMax;

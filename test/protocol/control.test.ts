@@ -19,7 +19,7 @@ import {
 } from '../../src/protocol/control.js';
 import { encodeData, headerBytes } from '../../src/protocol/packet.js';
 
-const fields = { sessionId: 42, sequence: 0, timestampUs: 1_700_000_000_000_000 };
+const fields = { sessionId: 42, incarnation: 5, sequence: 0, timestampUs: 1_700_000_000_000_000 };
 
 describe('addresses in control messages', () => {
   it('round-trip IPv4 and IPv6 in canonical form', () => {

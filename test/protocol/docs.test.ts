@@ -8,6 +8,7 @@ import {
   descriptorFixedBytes,
   encodeData,
   headerBytes,
+  offsetIncarnation,
   offsetBodyLength,
   offsetFlags,
   offsetKeyEpoch,
@@ -58,6 +59,7 @@ describe('docs/protocol.md matches the codec', () => {
       sequence: [offsetSequence, 4],
       timestamp: [offsetTimestamp, 8],
       'body length': [offsetBodyLength, 2],
+      incarnation: [offsetIncarnation, 4],
     };
     const reserved = rows.filter((row) => row[2] === 'reserved').map((row) => Number(row[0]));
     assert.deepEqual(reserved, [offsetReserved1, offsetReserved2]);
@@ -96,7 +98,13 @@ describe('docs/protocol.md matches the codec', () => {
   it('the golden example', () => {
     const hex = /Example \(golden\)[\s\S]*?```\n([0-9a-f ]+)\n```/.exec(doc)?.[1]?.replaceAll(' ', '');
     const packet = encodeData(
-      { sessionId: 0xdeadbeef, sequence: 0xfffffffe, timestampUs: 1764000000123456, keyEpoch: 7 },
+      {
+        sessionId: 0xdeadbeef,
+        sequence: 0xfffffffe,
+        timestampUs: 1764000000123456,
+        keyEpoch: 7,
+        incarnation: 0x0badcafe,
+      },
       Buffer.from('hi'),
     );
     assert.equal(hex, packet.toString('hex'));

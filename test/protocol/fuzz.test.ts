@@ -34,7 +34,7 @@ const iterations = Number(process.env.GATECAST_FUZZ_ITERATIONS ?? 1_000_000);
 
 /** Valid packets of every type, the seeds that mutations start from. */
 function seeds(): Buffer[] {
-  const fields = { sessionId: 1, sequence: 0xffffffff, timestampUs: 1_700_000_000_000_000 };
+  const fields = { sessionId: 1, incarnation: 3, sequence: 0xffffffff, timestampUs: 1_700_000_000_000_000 };
   return [
     encodeData(fields, Buffer.from('0123456789abcdef0123456789')),
     encodeData(fields, Buffer.alloc(0)),

@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import {
   bodyBytesMax,
+  dataPayloadBytesMax,
   decodeData,
   decodeDescriptor,
   decodeEnd,
@@ -45,6 +46,7 @@ const fields = {
   sequence: 0xfffffffe,
   timestampUs: 1_764_000_000_123_456,
   keyEpoch: 7,
+  incarnation: 0x0badcafe,
 };
 
 describe('fixed header', () => {
@@ -52,7 +54,7 @@ describe('fixed header', () => {
     const packet = encodeData(fields, Buffer.from('hi'));
     assert.equal(
       packet.toString('hex'),
-      '4743010100000007deadbeeffffffffe' + '0006445941642240' + '00020000' + '6869',
+      '4743020100000007deadbeeffffffffe' + '0006445941642240' + '00020000' + '0badcafe' + '6869',
     );
     const header = decodeHeader(packet);
     assert.ok(header.ok);
@@ -65,9 +67,10 @@ describe('fixed header', () => {
       ['empty', () => Buffer.alloc(0), 'truncated'],
       ['short', (b) => b.subarray(0, headerBytes - 1), 'truncated'],
       ['magic', poke16(0, 0x1234), 'bad-magic'],
-      ['version', poke(2, 2), 'bad-version'],
+      ['version', poke(2, 1), 'bad-version'],
       ['type 0', poke(3, 0), 'unknown-type'],
       ['type 200', poke(3, 200), 'unknown-type'],
+      ['incarnation 0', poke32(28, 0), 'bad-field'],
       ['flags', poke(4, 0x80), 'bad-flags'],
       ['reserved 1', poke(5, 1), 'reserved-not-zero'],
       ['reserved 2', poke(27, 1), 'reserved-not-zero'],
@@ -103,8 +106,15 @@ describe('DATA', () => {
   });
 
   it('accepts the largest body and refuses to encode a larger one', () => {
-    assert.ok(decodeData(encodeData(fields, Buffer.alloc(bodyBytesMax))).ok);
-    assert.throws(() => encodeData(fields, Buffer.alloc(bodyBytesMax + 1)), /does not fit/);
+    assert.ok(decodeData(encodeData(fields, Buffer.alloc(dataPayloadBytesMax))).ok);
+    assert.throws(() => encodeData(fields, Buffer.alloc(dataPayloadBytesMax + 1)), /does not fit/);
+    // A DATA datagram written by another implementation past the budget is refused by the decoder.
+    const big = Buffer.alloc(headerBytes + dataPayloadBytesMax + 1);
+    encodeData(fields, Buffer.alloc(0)).copy(big);
+    big.writeUInt16BE(dataPayloadBytesMax + 1, 24);
+    const refused = decodeData(big);
+    assert.equal(!refused.ok && refused.reason, 'bad-field');
+    assert.ok(bodyBytesMax > dataPayloadBytesMax);
   });
 
   it('is not taken for another type', () => {

@@ -42,7 +42,7 @@ describe('the agent follows the host’s group memberships', () => {
     ];
     for (const [i, payload] of payloads.entries()) {
       repairer.send(
-        encodeData({ sessionId: 9, sequence: 100 + i, timestampUs: 1 }, payload),
+        encodeData({ sessionId: 9, incarnation: 1, sequence: 100 + i, timestampUs: 1 }, payload),
         s2.port,
         s2.address,
       );
