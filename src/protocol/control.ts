@@ -21,7 +21,6 @@
 import { announceSessionsMax, nackRangePacketsMax, nackRangesMax } from '../limits.js';
 import { readAddress, writeAddress } from './address.js';
 import { type DecodeResult, invalid, valid } from './errors.js';
-import { authTrailerBytes } from './sizes.js';
 import {
   type DataPacket,
   decodeData,
@@ -33,6 +32,7 @@ import {
   type PacketTypeCode,
   writeHeader,
 } from './packet.js';
+import { authTrailerBytes } from './sizes.js';
 
 /** Trailer layout. */
 export { authTrailerBytes };

@@ -107,7 +107,10 @@ describe('source to receiver over loopback multicast', () => {
     const garbage = [
       Buffer.from('not gatecast at all'),
       Buffer.alloc(3),
-      encodeData({ sessionId: 77, incarnation: 1, sequence: 1, timestampUs: 0 }, Buffer.from('other session')),
+      encodeData(
+        { sessionId: 77, incarnation: 1, sequence: 1, timestampUs: 0 },
+        Buffer.from('other session'),
+      ),
     ];
     for (let i = 0; i < 30; i++) {
       noise.send(garbage[i % garbage.length] as Buffer, group.port, group.address);
