@@ -178,6 +178,11 @@ export interface GroupContext {
   /** The interface (name or address) the group is joined or sent on; the kernel's choice when absent. */
   readonly iface: string | undefined;
   readonly ifaceField: string;
+  /**
+   * True when an absent interface is learned at run time (the watching agent takes it from the
+   * host's group memberships), so a scoped group needs no interface option.
+   */
+  readonly ifaceLearned?: boolean;
   /** The sender of a source-specific join. */
   readonly source?: string | undefined;
   readonly sourceField?: string;
@@ -202,7 +207,7 @@ export function parseGroupOn(text: string, field: string, context: GroupContext)
       `${iface} is an IPv${ifaceFamily} address but ${field} ${formatEndpoint(group)} is IPv${group.family} (give the interface's name or an IPv${group.family} address)`,
     );
   }
-  if (iface === undefined && isScopedGroup(group)) {
+  if (iface === undefined && context.ifaceLearned !== true && isScopedGroup(group)) {
     const scope = multicastScope(group.address) ?? 0;
     throw new InvalidArgumentError(
       field,
@@ -226,6 +231,16 @@ export function parseGroupOn(text: string, field: string, context: GroupContext)
     }
   }
   return group;
+}
+
+/**
+ * The interface a group is used on: the first of the named options that is given (e.g.
+ * ifaceOption(values, 'emit-iface', 'iface') for "--emit-iface, default --iface"), with the source
+ * option when one is named.
+ */
+export function ifaceOption(values: OptionValues, ...names: string[]): GroupContext {
+  const name = names.find((candidate) => optional(values, candidate) !== undefined) ?? names[0] ?? 'iface';
+  return { iface: optional(values, name), ifaceField: `--${name}` };
 }
 
 /**

@@ -294,7 +294,7 @@ function describe(error: Error): string {
 
 const errorHints: Record<string, string> = {
   ENETUNREACH: 'no route to the group: add a multicast route or name the interface with --iface',
-  EHOSTUNREACH: 'no route to the group',
+  EHOSTUNREACH: 'no route to the group: add a multicast route or name the interface with --iface',
   EACCES: 'a prohibit route or the firewall refuses the group',
   EPERM: 'a local firewall refuses the datagram',
   EADDRNOTAVAIL: 'the interface has no usable address',
