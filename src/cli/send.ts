@@ -183,6 +183,11 @@ export async function runSend(argv: string[], out: NodeJS.WriteStream): Promise<
   }
   const token = subscription === undefined ? undefined : readToken(optional(values, 'token-file'));
   const input = await openInput(values, packetPayloadBytes);
+  const relayText = optional(values, 'relay');
+  if (relayText !== undefined) {
+    // Also the readiness signal: datagrams sent to the relay from now on are queued.
+    out.write(`send: relaying ${relayText} to ${formatEndpoint(group)}\n`);
+  }
   // The source closes the input when it runs; until then (a refused registration) it is ours.
   try {
     let registered: RegisteredSession | undefined;
