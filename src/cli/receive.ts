@@ -202,6 +202,7 @@ export async function runReceive(argv: string[], err: NodeJS.WriteStream): Promi
   } finally {
     process.off('SIGINT', stop);
     process.off('SIGTERM', stop);
+    await receiver.close(); // idempotent; closes the output also when the join failed
   }
 }
 

@@ -287,6 +287,8 @@ export function createSource(settings: SourceSettings, components: SourceCompone
       stats.inputDropped = input.droppedCount;
       stats.inputDroppedTooLarge = input.droppedTooLargeCount ?? 0;
       await close();
+      // A socket that opened after close() was called (close() saw none) is closed here.
+      await socket?.close();
     }
     if (failure !== undefined) {
       throw failure;

@@ -169,6 +169,30 @@ describe('receive | head -c 100 (it died with an EPIPE stack)', () => {
   });
 });
 
+describe('receive into an output that fails (a full disk) stops with one line, not a stack', () => {
+  it('--out /dev/full: exit 2 naming --out and ENOSPC', {
+    skip: process.platform !== 'linux' ? 'needs /dev/full' : false,
+  }, async () => {
+    const group = testGroup();
+    const endpoint = `${group.address}:${group.port}`;
+    const receive = await startReceive([
+      '--group',
+      endpoint,
+      '--iface',
+      '127.0.0.1',
+      '--out',
+      '/dev/full',
+      '--timeout',
+      '10',
+    ]);
+    const sent = await run(['send', '--group', endpoint, '--iface', '127.0.0.1', '--ticker', '--ticks', '5']);
+    assert.equal(sent.code, 0, sent.stderr);
+    assert.equal(await receive.exited, 2, receive.stderr());
+    assert.match(receive.stderr(), /gatecast receive: --out: cannot write \/dev\/full: ENOSPC after 0 bytes/);
+    noStack(receive.stderr());
+  });
+});
+
 describe('a relay passes zero-length datagrams on (they vanished uncounted)', () => {
   it('relays them as empty packets and says so in the summary', async () => {
     const group = testGroup();
