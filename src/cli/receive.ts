@@ -38,7 +38,8 @@ export const receiveHelp = formatHelp(
   'gatecast receive --group ADDR:PORT [--out PATH|-] [options]',
   'Receive one session, write its payload in order, and report loss truthfully.\n' +
     'Exits 0 only when the session arrived whole (and, for a file, its SHA-256 matches);\n' +
-    'exits 1 and says how many packets are missing otherwise.',
+    'exits 1 and says how many packets are missing otherwise. A reader that closes standard\n' +
+    'output (| head) ends the receive quietly, exit 0: what was written is the session, in order.',
   receiveOptions,
 );
 

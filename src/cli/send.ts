@@ -90,7 +90,8 @@ export const sendOptions: OptionSpecs = {
 
 export const sendHelp = formatHelp(
   'gatecast send --group ADDR:PORT (--file PATH | --stdin | --ticker | --relay ADDR:PORT) [options]',
-  'Multicast a session: a file, standard input, a generated ticker, or a relayed UDP stream.',
+  'Multicast a session: a file, standard input, a generated ticker, or a relayed UDP stream.\n' +
+    'Exits 1 and counts them when datagrams did not leave (e.g. EPERM from a local firewall).',
   sendOptions,
 );
 
