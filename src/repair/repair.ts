@@ -5,7 +5,8 @@
  * source's own datagrams, so `gatecast receive` works unchanged there. Unrecoverable packets are
  * counted and reported, never skipped silently.
  */
-import { acceptControl, type ControlKey, ControlSealer, ControlVerifier } from '../crypto/control-auth.js';
+import type { RemoteInfo } from 'node:dgram';
+import { ControlChannel, type ControlKey } from '../crypto/control-auth.js';
 import {
   endRepeatCount,
   endRepeatIntervalMs,
@@ -166,8 +167,7 @@ export async function startRepairServer(
   settings: RepairSettings,
   components: RepairComponents = {},
 ): Promise<RepairServer> {
-  const sealer = new ControlSealer(settings.keys[0] as ControlKey);
-  const verifier = new ControlVerifier(settings.keys);
+  const channel = new ControlChannel(settings.keys);
   const wheel = new TimerWheel();
   const nackDelayMsMax = settings.nackDelayMsMax ?? nackDelayMsMaxDefault;
   const servers = new Map<string, Server>();
@@ -376,11 +376,13 @@ export async function startRepairServer(
     for (const [server, sequences] of byServer) {
       sequences.sort((a, b) => sequenceDistance(base, a) - sequenceDistance(base, b));
       for (const ranges of toRanges(sequences)) {
-        const nack = sealer.seal(
+        // Sealed for the server's id once learned; REPAIRs may come only to our own control socket.
+        const nack = channel.seal(
           encodeNack(
             { sessionId: sessionId ?? 0, sequence: ranges[0]?.start ?? 0, timestampUs: nowUs() },
-            { ranges },
+            { ranges, replyTo: control.local },
           ),
+          server.endpoint,
         );
         control.send(nack, server.endpoint.port, server.endpoint.address);
         counters.nacksSent++;
@@ -584,8 +586,8 @@ export async function startRepairServer(
     }
   };
 
-  const onRepair = (datagram: Buffer) => {
-    const repair = acceptControl(datagram, decodeRepair, verifier, 'repair', drop);
+  const onRepair = (datagram: Buffer, remote: RemoteInfo) => {
+    const repair = channel.accept(datagram, remote, decodeRepair, 'repair', drop);
     if (repair === undefined) {
       return;
     }
@@ -609,8 +611,8 @@ export async function startRepairServer(
     acceptData(original, repair.sequence, true);
   };
 
-  const onAnnounce = (datagram: Buffer) => {
-    const announce = acceptControl(datagram, decodeAnnounce, verifier, 'announce', drop);
+  const onAnnounce = (datagram: Buffer, remote: RemoteInfo) => {
+    const announce = channel.accept(datagram, remote, decodeAnnounce, 'announce', drop);
     if (announce === undefined) {
       return;
     }
@@ -630,12 +632,12 @@ export async function startRepairServer(
     }
   };
 
-  const onControl = (datagram: Buffer) => {
+  const onControl = (datagram: Buffer, remote: RemoteInfo) => {
     const type = datagram.length > offsetType ? datagram[offsetType] : undefined;
     if (type === PacketType.repair) {
-      onRepair(datagram);
+      onRepair(datagram, remote);
     } else if (type === PacketType.announce) {
-      onAnnounce(datagram);
+      onAnnounce(datagram, remote);
     } else {
       drop('unexpected-type');
     }
