@@ -88,7 +88,7 @@ export const announceSessionsMax = 64;
 /** Authenticated peers whose replay windows a server keeps; the least recent is forgotten first. */
 export const replayPeersMax = 1024;
 
-/** Counters a replay window remembers, and how far from our clock a counter may be (freshness). */
+/** Counters a replay window remembers, and how far from our wall clock a control message's timestamp may be. */
 export const replayWindowCountersMax = 64;
 export const replayFreshnessMs = 30_000;
 
