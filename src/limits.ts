@@ -92,6 +92,13 @@ export const replayPeersMax = 1024;
 export const replayWindowCountersMax = 64;
 export const replayFreshnessMs = 30_000;
 
+/**
+ * How long a peer's learned sender id is used as the target of what we send it without hearing
+ * from it; after that we write target 0, so a peer that restarted (a new id) still takes the
+ * message and teaches us its new id (docs/protocol.md, "Freshness, replay and binding").
+ */
+export const controlPeerSilenceMsMax = 3_000;
+
 /** Retransmit server: default buffer bounds per session. */
 export const retransmitBufferBytesDefault = 256 * 1024 * 1024;
 export const retransmitBufferAgeMsDefault = 60_000;

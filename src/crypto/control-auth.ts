@@ -14,7 +14,12 @@ import { createHash, createHmac, randomInt, timingSafeEqual } from 'node:crypto'
 import { readFileSync } from 'node:fs';
 import { isIPv4, isIPv6 } from 'node:net';
 import { networkInterfaces } from 'node:os';
-import { replayFreshnessMs, replayPeersMax, replayWindowCountersMax } from '../limits.js';
+import {
+  controlPeerSilenceMsMax,
+  replayFreshnessMs,
+  replayPeersMax,
+  replayWindowCountersMax,
+} from '../limits.js';
 import { systemTime, type TimeSource } from '../net/clock.js';
 import { writeAddress } from '../protocol/address.js';
 import {
@@ -349,10 +354,18 @@ export class ControlChannel {
     this.#self = options.self ?? (() => []);
   }
 
-  /** The sender id learned for a peer's endpoint; 0 when not known yet. */
+  /**
+   * The sender id learned for a peer's endpoint; 0 when not known, or when the peer has not been
+   * heard from for controlPeerSilenceMsMax (it may have restarted under a new id, which a message
+   * naming the old one would never reach).
+   */
   targetIdOf(peer: PeerEndpoint): number {
     const key = endpointKey(peer);
-    return key === undefined ? 0 : (this.#learned.get(key)?.senderId ?? 0);
+    const known = key === undefined ? undefined : this.#learned.get(key);
+    if (known === undefined || this.#clock.nowMs() - known.heardAtMs > controlPeerSilenceMsMax) {
+      return 0;
+    }
+    return known.senderId;
   }
 
   /**

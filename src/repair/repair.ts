@@ -625,6 +625,16 @@ export async function startRepairServer(
       Number.MAX_SAFE_INTEGER,
     );
     server.announcedAtMs = performance.now();
+    if (announce.sessions.length === 0 && announce.auth.targetId === channel.senderId) {
+      // An introduction: the server did not answer a NACK that did not name it (docs/protocol.md,
+      // "NACK"). Now that we know its id, ask it again at once rather than after the timeout.
+      for (const entry of missing.values()) {
+        if (entry.server === server && entry.timer !== undefined && !entry.unrecoverable) {
+          entry.timer.cancel();
+          markDue(entry);
+        }
+      }
+    }
     const session = announce.sessions.find((s) => s.sessionId === sessionId) ?? announce.sessions[0];
     if (session !== undefined) {
       server.lossPpm = session.lossPpm;

@@ -12,7 +12,7 @@ import {
   type Sealed,
   sameEndpoint,
 } from '../../src/crypto/control-auth.js';
-import { replayFreshnessMs, replayPeersMax } from '../../src/limits.js';
+import { controlPeerSilenceMsMax, replayFreshnessMs, replayPeersMax } from '../../src/limits.js';
 import type { TimeSource } from '../../src/net/clock.js';
 import {
   authTrailerBytes,
@@ -336,6 +336,23 @@ describe('control channel: bound to the target process', () => {
     );
     const toAnotherHost = subscription.seal(setup({ address: '192.0.2.99', port: 7000 }));
     assert.equal(offer(wildcard, toAnotherHost, from, decodeSetup), 'wrong-endpoint');
+  });
+});
+
+describe('control channel: a peer that restarted is reached again', () => {
+  it('a learned id is named only while the peer is heard from; then target 0 reaches its new life', () => {
+    const { repair, retransmit, clocks } = pair();
+    introduce(repair, retransmit);
+    advance(clocks, controlPeerSilenceMsMax - 10);
+    const restarted = new ControlChannel([key], { clock: clocks[1], self: () => [retransmitAt] });
+    advance(clocks, 1);
+    assert.equal(repair.targetIdOf(retransmitAt), retransmit.senderId, 'heard from recently enough');
+    assert.equal(offer(restarted, repair.seal(nack(), retransmitAt), repairAt, decodeNack), 'wrong-target');
+    advance(clocks, 10);
+    assert.equal(repair.targetIdOf(retransmitAt), 0, 'silent too long: target 0');
+    assert.equal(offer(restarted, repair.seal(nack(), retransmitAt), repairAt, decodeNack), 'ok');
+    assert.equal(offer(repair, restarted.introduction(repairAt), retransmitAt, decodeAnnounce), 'ok');
+    assert.equal(repair.targetIdOf(retransmitAt), restarted.senderId, 'the newer life wins');
   });
 });
 
