@@ -3,6 +3,7 @@ import { createSocket, type Socket } from 'node:dgram';
 import { after, before, describe, it } from 'node:test';
 import { ControlChannel, ControlSealer, controlKey } from '../../src/crypto/control-auth.js';
 import { type Endpoint, parseGroup } from '../../src/net/address.js';
+import type { TimeSource } from '../../src/net/clock.js';
 import {
   decodeAnnounce,
   encodeNack,
@@ -73,10 +74,10 @@ interface Peer {
   close(): void;
 }
 
-async function openPeer(): Promise<Peer> {
+async function openPeer(clock?: TimeSource): Promise<Peer> {
   const socket = createSocket('udp4');
   await new Promise<void>((resolve) => socket.bind(0, '127.0.0.1', resolve));
-  const channel = new ControlChannel([key]);
+  const channel = new ControlChannel([key], clock === undefined ? {} : { clock });
   const peer: Peer = {
     socket,
     at: { address: '127.0.0.1', port: socket.address().port },
@@ -327,5 +328,34 @@ describe('SETUP', () => {
     controller.close();
     await second.close();
     await restarted.close();
+  });
+});
+
+describe('issue 9, item 6: wall-clock corrections', () => {
+  it('a retransmit server started while its host clock was 120 s off, then corrected, answers NACKs', async (t) => {
+    const realNowMs = Date.now.bind(Date);
+    let stepMs = 120_000;
+    t.mock.method(Date, 'now', () => realNowMs() + stepMs);
+    const group = parseGroup(`239.255.80.5:${freshPort()}`, 'group');
+    const server = await retransmitServer(group);
+    const run = { sessionId: 0x5e55_1005, incarnation: 0x1ca7_0005 };
+    await sendRun(group, run);
+    await waitFor('the buffer', () => server.status().sessions[0]?.heldPackets === 50);
+    // The requester's host has the right time all along.
+    const requester = await openPeer({ nowMs: () => performance.now(), wallUs: () => realNowMs() * 1000 });
+    requester.send(nackFrom(requester, server.local, run), server.local);
+    await waitFor('the stale drop', () => server.status().dropped['nack-stale'] === 1);
+    stepMs = 0; // the server's clock is corrected
+    await learnId(requester, server, run);
+    requester.send(nackFrom(requester, server.local, run), server.local);
+    await waitFor('40 repairs', () => server.status().repairsSent === 40);
+    stepMs = -120_000; // and stepped the other way, then corrected again
+    requester.send(nackFrom(requester, server.local, run), server.local);
+    await waitFor('the second stale drop', () => server.status().dropped['nack-stale'] === 2);
+    stepMs = 0;
+    requester.send(nackFrom(requester, server.local, run), server.local);
+    await waitFor('40 more repairs', () => server.status().repairsSent === 80);
+    requester.close();
+    await server.close();
   });
 });
