@@ -261,17 +261,25 @@ export class ControlVerifier {
   }
 }
 
-/** An IP address as 17 comparable bytes in hex (family, address); IPv4-mapped IPv6 as IPv4. */
+/** An IP address as comparable text (family, 16 bytes in hex); an IPv4-mapped IPv6 one as IPv4. */
 function addressKey(address: string): string | undefined {
-  const plain = address.replace(/%.*$/, '');
-  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(plain)?.[1];
-  const text = mapped ?? plain;
+  const plain = address.replace(/%.*$/, ''); // an IPv6 zone names the interface, not the host
+  const text = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(plain)?.[1] ?? plain; // as a dual-stack socket reports it
   if (!isIPv4(text) && !isIPv6(text)) {
     return undefined;
   }
-  const bytes = Buffer.alloc(17);
-  bytes[0] = writeAddress(bytes, 1, text);
-  return bytes.toString('hex');
+  const bytes = Buffer.alloc(16);
+  let family = writeAddress(bytes, 0, text);
+  if (
+    family === 6 &&
+    bytes.subarray(0, 10).every((byte) => byte === 0) &&
+    bytes.readUInt16BE(10) === 0xffff
+  ) {
+    bytes.copy(bytes, 0, 12, 16); // ::ffff:102:304 is 1.2.3.4 too
+    bytes.fill(0, 4);
+    family = 4;
+  }
+  return `${family}/${bytes.toString('hex')}`;
 }
 
 /** True when two endpoints name the same address and port, however the addresses are written. */

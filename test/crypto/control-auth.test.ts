@@ -415,6 +415,8 @@ describe('control channel: answers go only to the authenticated address', () => 
 describe('endpoints', () => {
   it('compare however the address is written', () => {
     assert.ok(sameEndpoint({ address: '::ffff:10.0.0.1', port: 1 }, { address: '10.0.0.1', port: 1 }));
+    assert.ok(sameEndpoint({ address: '::ffff:a00:1', port: 1 }, { address: '10.0.0.1', port: 1 }));
+    assert.ok(!sameEndpoint({ address: '::a00:1', port: 1 }, { address: '10.0.0.1', port: 1 }));
     assert.ok(sameEndpoint({ address: 'fd00:0:0::1', port: 1 }, { address: 'FD00::1', port: 1 }));
     assert.ok(sameEndpoint({ address: 'fe80::1%eth0', port: 1 }, { address: 'fe80::1', port: 1 }));
     assert.ok(!sameEndpoint({ address: '10.0.0.1', port: 1 }, { address: '10.0.0.1', port: 2 }));
