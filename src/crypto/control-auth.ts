@@ -384,6 +384,11 @@ export class ControlChannel {
     return this.#sealer.seal(packet, to === undefined ? 0 : this.targetIdOf(to));
   }
 
+  /** Seals an answer to a message this channel accepted: for the process that sent it. */
+  sealReply(packet: Buffer, request: Sealed): Buffer {
+    return this.#sealer.seal(packet, request.auth.senderId);
+  }
+
   /**
    * Decodes and verifies a datagram that came from `remote`. On any failure the reason is counted
    * as `${label}-${reason}` and undefined comes back: nothing is kept and nothing is answered.
@@ -419,14 +424,14 @@ export class ControlChannel {
    * ANNOUNCE of no sessions, sealed for the requester, so it learns our sender id. At 92 bytes it
    * is smaller than any NACK (100 bytes at least): an unproven request is never amplified.
    */
-  introduction(requester: PeerEndpoint): Buffer {
+  introduction(request: Sealed): Buffer {
     const [announced] = this.#self();
     assert.ok(announced !== undefined, 'an introduction needs the announced endpoint');
     const packet = encodeAnnounce(
       { sessionId: 0, sequence: 0, timestampUs: 0 },
       { address: announced.address, port: announced.port, sessions: [] },
     );
-    return this.seal(packet, requester);
+    return this.sealReply(packet, request);
   }
 
   #checkBinding(message: Sealed, remote: PeerEndpoint): AuthFailure | undefined {

@@ -221,7 +221,7 @@ export async function startRetransmitServer(settings: RetransmitSettings): Promi
     if (nack.auth.targetId === 0) {
       // The requester does not know our id yet: tell it, in fewer bytes than it sent.
       drop('nack-no-target');
-      control.send(channel.introduction({ address, port }), port, address);
+      control.send(channel.introduction(nack), port, address);
       return;
     }
     counters.nacksReceived++;
@@ -239,9 +239,9 @@ export async function startRetransmitServer(settings: RetransmitSettings): Promi
       let notHeldCount = 0;
       const flushNotHeld = () => {
         if (notHeldStart !== undefined) {
-          const reply = channel.seal(
+          const reply = channel.sealReply(
             encodeRepairNotHeld(fields(nack.sessionId, notHeldStart), notHeldCount),
-            { address, port },
+            nack,
           );
           control?.send(reply, port, address);
           counters.notHeldSent++;
@@ -267,10 +267,9 @@ export async function startRetransmitServer(settings: RetransmitSettings): Promi
           counters.rateLimited++;
           continue;
         }
-        const reply = channel.seal(
-          encodeRepair(fields(nack.sessionId, sequence), original),
-          repairSender === undefined ? { address, port } : undefined,
-        );
+        // Unicast: for the requester; on the repair group: for every repair server (target 0).
+        const repair = encodeRepair(fields(nack.sessionId, sequence), original);
+        const reply = repairSender === undefined ? channel.sealReply(repair, nack) : channel.seal(repair);
         if (repairSender === undefined) {
           control?.send(reply, port, address);
         } else {

@@ -102,9 +102,17 @@ function pair(options: { repairOffsetUs?: number; retransmitOffsetUs?: number } 
   };
 }
 
-/** Teaches the repair server the retransmit server's id, as an ANNOUNCE does. */
+/** Accepts a NACK that must pass, returning it. */
+function acceptNack(channel: ControlChannel, datagram: Buffer, remote: PeerEndpoint) {
+  const accepted = channel.accept(datagram, remote, decodeNack, 'nack', assert.fail);
+  assert.ok(accepted !== undefined);
+  return accepted;
+}
+
+/** Teaches the repair server the retransmit server's id: a NACK naming no one, its introduction. */
 function introduce(repair: ControlChannel, retransmit: ControlChannel): void {
-  const hello = retransmit.introduction(repairAt);
+  const request = acceptNack(retransmit, repair.seal(nack(), retransmitAt), repairAt);
+  const hello = retransmit.introduction(request);
   assert.equal(offer(repair, hello, retransmitAt, decodeAnnounce), 'ok');
   assert.equal(repair.targetIdOf(retransmitAt), retransmit.senderId);
 }
@@ -350,8 +358,8 @@ describe('control channel: a peer that restarted is reached again', () => {
     assert.equal(offer(restarted, repair.seal(nack(), retransmitAt), repairAt, decodeNack), 'wrong-target');
     advance(clocks, 10);
     assert.equal(repair.targetIdOf(retransmitAt), 0, 'silent too long: target 0');
-    assert.equal(offer(restarted, repair.seal(nack(), retransmitAt), repairAt, decodeNack), 'ok');
-    assert.equal(offer(repair, restarted.introduction(repairAt), retransmitAt, decodeAnnounce), 'ok');
+    const request = acceptNack(restarted, repair.seal(nack(), retransmitAt), repairAt);
+    assert.equal(offer(repair, restarted.introduction(request), retransmitAt, decodeAnnounce), 'ok');
     assert.equal(repair.targetIdOf(retransmitAt), restarted.senderId, 'the newer life wins');
   });
 });
@@ -379,9 +387,9 @@ describe('control channel: answers go only to the authenticated address', () => 
     const first = repair.seal(nack(), retransmitAt);
     const decoded = decodeNack(first);
     assert.ok(decoded.ok && decoded.value.auth.targetId === 0);
-    assert.equal(offer(retransmit, first, repairAt, decodeNack), 'ok');
+    const request = acceptNack(retransmit, first, repairAt);
     const smallestNack = encodeNack(fields, { replyTo: repairAt, ranges: [{ start: 1, count: 1 }] });
-    const hello = retransmit.introduction(repairAt);
+    const hello = retransmit.introduction(request);
     assert.ok(hello.length < smallestNack.length, `${hello.length} < ${smallestNack.length}`);
     const announce = decodeAnnounce(hello);
     assert.ok(announce.ok);
