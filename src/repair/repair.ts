@@ -492,8 +492,10 @@ export async function startRepairServer(
   const finishSession = () => {
     if (endDatagram !== undefined) {
       const end = endDatagram;
+      // On the wheel, not plain timers: close() drops the repeats still pending, so none is sent
+      // on the closed emitter.
       for (let i = 0; i < endRepeatCount; i++) {
-        setTimeout(() => emitter.send(end, end.length), i * endRepeatIntervalMs).unref();
+        wheel.schedule(i * endRepeatIntervalMs, () => emitter.send(end, end.length));
       }
     }
     counters.sessionsCompleted++;
