@@ -13,3 +13,4 @@ node --import tsx bench/throughput.ts
 node --import tsx bench/repair.ts
 node --import tsx bench/live.ts
 node --import tsx bench/charges.ts
+node --import tsx bench/startup.ts
