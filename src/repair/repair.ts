@@ -641,25 +641,48 @@ export async function startRepairServer(
     }
   };
 
-  const control: ControlSocket = await openControlSocket(settings.listen, onControl);
-  const emitter: SenderSocket = await openSenderSocket({
-    group: settings.emit,
-    iface: settings.emitIface ?? settings.iface,
-    ttl: settings.ttl,
-  });
-  const s1: ReceiverSocket = await (components.openS1Socket ?? openReceiverSocket)(
-    { group: settings.group, iface: settings.iface, source: settings.source },
-    onS1,
-  );
-  const announceSocket: ReceiverSocket | undefined =
-    settings.announceGroup === undefined
-      ? undefined
-      : await openReceiverSocket({ group: settings.announceGroup, iface: settings.iface }, onControl);
-
-  const repairGroupSocket: ReceiverSocket | undefined =
-    settings.repairGroup === undefined
-      ? undefined
-      : await openReceiverSocket({ group: settings.repairGroup, iface: settings.iface }, onControl);
+  // A failed start closes every socket it opened before it throws.
+  const opened: Array<{ close(): unknown }> = [];
+  const open = async <T extends { close(): unknown }>(socket: Promise<T>): Promise<T> => {
+    const value = await socket;
+    opened.push(value);
+    return value;
+  };
+  let control: ControlSocket;
+  let emitter: SenderSocket;
+  let s1: ReceiverSocket;
+  let announceSocket: ReceiverSocket | undefined;
+  let repairGroupSocket: ReceiverSocket | undefined;
+  try {
+    control = await open(openControlSocket(settings.listen, onControl));
+    emitter = await open(
+      openSenderSocket({
+        group: settings.emit,
+        iface: settings.emitIface ?? settings.iface,
+        ttl: settings.ttl,
+      }),
+    );
+    s1 = await open(
+      (components.openS1Socket ?? openReceiverSocket)(
+        { group: settings.group, iface: settings.iface, source: settings.source },
+        onS1,
+      ),
+    );
+    announceSocket =
+      settings.announceGroup === undefined
+        ? undefined
+        : await open(openReceiverSocket({ group: settings.announceGroup, iface: settings.iface }, onControl));
+    repairGroupSocket =
+      settings.repairGroup === undefined
+        ? undefined
+        : await open(openReceiverSocket({ group: settings.repairGroup, iface: settings.iface }, onControl));
+  } catch (error) {
+    for (const socket of opened) {
+      await Promise.resolve(socket.close()).catch(() => undefined);
+    }
+    wheel.close();
+    throw error;
+  }
 
   const status = (): RepairStatus => ({
     role: 'repair',
