@@ -8,6 +8,7 @@ import { randomUUID } from 'node:crypto';
 import { isIPv4, isIPv6 } from 'node:net';
 import { type Static, Type } from '@sinclair/typebox';
 import type { FastifyInstance, FastifyReply } from 'fastify';
+import { sql } from 'kysely';
 import { formatEndpoint, isMulticast, parseEndpoint, parseGroup } from '../net/address.js';
 import { chargeUsage, type RateCard } from './billing.js';
 import {
@@ -135,6 +136,9 @@ export function registerSessionRoutes(app: FastifyInstance, context: ApiContext,
       (row) => row.address,
     );
 
+  const ownerOf = async (id: string) =>
+    (await db.selectFrom('sessions').select('owner').where('id', '=', id).executeTakeFirst())?.owner;
+
   /** Loads a session the caller may see, or answers 403/404. */
   const visibleSession = async (caller: Party, id: string, reply: FastifyReply) => {
     const row = await db.selectFrom('sessions').selectAll().where('id', '=', id).executeTakeFirst();
@@ -220,7 +224,32 @@ export function registerSessionRoutes(app: FastifyInstance, context: ApiContext,
           });
         }
       }
-      await db.insertInto('sessions').values(row).execute();
+      const holder = await context.store.writeTransaction(async (trx) => {
+        // S1 belongs to one open session at a time: two sources (or two registrations) cannot
+        // share a group, or one's end would make the retransmit servers leave the other's.
+        if (context.store.dialect === 'postgres') {
+          await sql`select pg_advisory_xact_lock(hashtext(${`s1/${group.address}/${group.port}`}))`.execute(
+            trx,
+          );
+        }
+        const open = await trx
+          .selectFrom('sessions')
+          .select('id')
+          .where('group_address', '=', group.address)
+          .where('port', '=', group.port)
+          .where('state', '=', 'open')
+          .executeTakeFirst();
+        if (open === undefined) {
+          await trx.insertInto('sessions').values(row).execute();
+        }
+        return open;
+      });
+      if (holder !== undefined) {
+        return reply.code(409).send({
+          error: 'conflict',
+          message: `body/group: ${body.group} is already the S1 of open session ${caller.kind === 'operator' || (await ownerOf(holder.id)) === caller.id ? holder.id : 'of another source'}; end it first`,
+        });
+      }
       if (row.repair === 1) {
         await context.setup?.send(
           'join',
@@ -302,7 +331,16 @@ export function registerSessionRoutes(app: FastifyInstance, context: ApiContext,
         return present(row);
       }
       const servers = await retransmitServers();
-      if (context.setup !== undefined && servers.length > 0) {
+      const stillOpen = await db
+        .selectFrom('sessions')
+        .select('id')
+        .where('group_address', '=', row.group_address)
+        .where('port', '=', row.port)
+        .where('state', '=', 'open')
+        .where('repair', '=', 1)
+        .executeTakeFirst();
+      // A store from before S1 was unique may hold another open session on this S1: it keeps its servers.
+      if (context.setup !== undefined && servers.length > 0 && stillOpen === undefined) {
         await context.setup.send(
           'leave',
           { group: row.group_address, port: row.port, source: row.source_address ?? undefined },

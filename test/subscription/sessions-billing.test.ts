@@ -109,6 +109,59 @@ function suite(name: string, options: { skip?: string }, url: () => string, clea
       assert.equal(await ledgerSum(), 0);
     });
 
+    it('S1 belongs to one open session: another source registering it is a 409, cannot end it, and the retransmit servers stay', async () => {
+      const owner = await party('sources', 'paid-owner');
+      const intruder = await party('sources', 'intruder');
+      const paid = await call('POST', '/v1/sessions', owner.token, {
+        name: 'paid',
+        group: '239.1.9.9:5000',
+        repair: true,
+      });
+      assert.equal(paid.statusCode, 201, paid.body);
+      const paidId = (paid.json() as { id: string }).id;
+      const before = setups.length;
+      const same = await call('POST', '/v1/sessions', intruder.token, {
+        name: 'mine now',
+        group: '239.1.9.9:5000',
+        repair: true,
+      });
+      assert.equal(same.statusCode, 409, same.body);
+      assert.deepEqual(same.json(), {
+        error: 'conflict',
+        message:
+          'body/group: 239.1.9.9:5000 is already the S1 of open session of another source; end it first',
+      });
+      const sameByOperator = await call('POST', '/v1/sessions', operatorToken, {
+        name: 'again',
+        group: '239.1.9.9:5000',
+        owner: owner.id,
+      });
+      assert.equal(sameByOperator.statusCode, 409, 'the operator cannot register it twice either');
+      const rows = await store.db
+        .selectFrom('sessions')
+        .select('id')
+        .where('group_address', '=', '239.1.9.9')
+        .execute();
+      assert.equal(rows.length, 1, 'nothing written');
+      const endByIntruder = await call('POST', `/v1/sessions/${paidId}/end`, intruder.token);
+      assert.equal(endByIntruder.statusCode, 403);
+      assert.equal(setups.length, before, 'no SETUP leave was sent for the paid session');
+      const state = (await call('GET', `/v1/sessions/${paidId}`, owner.token)).json() as { state: string };
+      assert.equal(state.state, 'open');
+      assert.equal((await call('POST', `/v1/sessions/${paidId}/end`, owner.token)).statusCode, 200);
+      assert.equal(setups.at(-1)?.action, 'leave');
+      const later = await call('POST', '/v1/sessions', intruder.token, {
+        name: 'later',
+        group: '239.1.9.9:5000',
+      });
+      assert.equal(later.statusCode, 201, 'once ended, S1 can be registered again');
+      assert.equal(
+        (await call('POST', `/v1/sessions/${(later.json() as { id: string }).id}/end`, intruder.token))
+          .statusCode,
+        200,
+      );
+    });
+
     it('a retransmit server registered later, or restarted, is sent SETUP for the sessions already buying repair', async () => {
       const source = await party('sources', 'late');
       const created = await call('POST', '/v1/sessions', source.token, {
