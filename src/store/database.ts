@@ -20,6 +20,9 @@ export interface Schema {
     kind: string;
     currency: string;
     created_at: string;
+    /** Total debits and total credits in minor units, each at most ledgerAccountTotalMax. */
+    debits: number | string | bigint;
+    credits: number | string | bigint;
   };
   parties: {
     id: string;

@@ -105,4 +105,23 @@ export const migrations: Record<string, Migration> = {
       await db.schema.alterTable('entitlements').addColumn('monthly', 'bigint').execute();
     },
   },
+  '0004-account-totals': {
+    async up(db: Kysely<unknown>) {
+      // Each account keeps its total debits and credits, so a balance is exact and bounded and a
+      // transfer past the bound is refused when it is written (not accepted, then unreadable).
+      await db.schema
+        .alterTable('accounts')
+        .addColumn('debits', 'bigint', (c) => c.notNull().defaultTo(0))
+        .execute();
+      await db.schema
+        .alterTable('accounts')
+        .addColumn('credits', 'bigint', (c) => c.notNull().defaultTo(0))
+        .execute();
+      await sql`update accounts set
+        debits = coalesce((select sum(amount) from transfers where debit_account = accounts.id), 0),
+        credits = coalesce((select sum(amount) from transfers where credit_account = accounts.id), 0)`.execute(
+        db,
+      );
+    },
+  },
 };

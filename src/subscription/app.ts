@@ -186,7 +186,15 @@ export async function buildSubscriptionApp(options: SubscriptionAppOptions): Pro
           .execute();
         await trx
           .insertInto('accounts')
-          .values({ id, name: request.body.name, kind, currency, created_at: new Date().toISOString() })
+          .values({
+            id,
+            name: request.body.name,
+            kind,
+            currency,
+            created_at: new Date().toISOString(),
+            debits: 0,
+            credits: 0,
+          })
           .execute();
       });
       return reply.code(201).send({ id, name: request.body.name, kind, token });

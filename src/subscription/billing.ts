@@ -58,7 +58,14 @@ export function rate(card: RateCard, kind: UsageKind, quantity: number): number 
           ? [card.payAsYouGoPerMinute, 60n]
           : [card.sourceRepairPerHour, 3600n];
   const total = BigInt(quantity) * BigInt(price);
-  return Number((total + unit - 1n) / unit);
+  const amount = (total + unit - 1n) / unit;
+  if (amount > BigInt(Number.MAX_SAFE_INTEGER)) {
+    throw new LedgerError(
+      'GATECAST_ERR_LEDGER_LIMIT',
+      `quantity: ${quantity} ${kind} rates to ${amount} minor units, past ${Number.MAX_SAFE_INTEGER}`,
+    );
+  }
+  return Number(amount);
 }
 
 const RatePrice = Type.Integer({ minimum: 1, maximum: 1_000_000_000_000 });
@@ -156,6 +163,7 @@ export async function chargeUsage(
   defaults: RateCard,
   key: string,
   usage: Static<typeof UsageBody>,
+  fingerprint?: unknown,
 ) {
   const credit = await revenueAccount(context);
   const amount = rate(await currentRates(context, defaults), usage.kind, usage.quantity);
@@ -163,6 +171,16 @@ export async function chargeUsage(
   return context.ledger.transfer(
     {
       idempotencyKey: key,
+      // The key covers the client's request, not the rated amount: a retry after the operator
+      // changed the rates gets the stored charge.
+      fingerprint: fingerprint ?? [
+        'usage',
+        usage.account,
+        usage.kind,
+        usage.quantity,
+        usage.packets ?? null,
+        usage.session ?? null,
+      ],
       debit: usage.account,
       credit,
       amount,
@@ -269,6 +287,9 @@ export function registerBillingRoutes(app: FastifyInstance, context: ApiContext,
         if (error instanceof LedgerError && error.code === 'GATECAST_ERR_UNKNOWN_ACCOUNT') {
           // The ledger checks both accounts inside its transaction: no separate look-up first.
           return notFound(reply, `body/account: no account ${request.body.account}`);
+        }
+        if (error instanceof LedgerError && error.code === 'GATECAST_ERR_LEDGER_LIMIT') {
+          return reply.code(422).send({ error: 'limit-exceeded', message: error.message });
         }
         if (error instanceof LedgerError) {
           return badRequest(reply, error.message);

@@ -53,6 +53,9 @@ export const errorReplies = {
   403: ErrorBody,
   404: ErrorBody,
   409: ErrorBody,
+  422: ErrorBody,
+  429: ErrorBody,
+  503: ErrorBody,
 } as const;
 
 /**

@@ -10,6 +10,7 @@ import { type Static, Type } from '@sinclair/typebox';
 import type { FastifyInstance, FastifyReply } from 'fastify';
 import { sql } from 'kysely';
 import { formatEndpoint, isMulticast, parseEndpoint, parseGroup } from '../net/address.js';
+import { LedgerError } from '../store/ledger.js';
 import { chargeUsage, type RateCard } from './billing.js';
 import {
   type ApiContext,
@@ -351,12 +352,24 @@ export function registerSessionRoutes(app: FastifyInstance, context: ApiContext,
         1,
         Math.ceil((Date.parse(row.ended_at ?? row.started_at) - Date.parse(row.started_at)) / 1000),
       );
-      const transfer = await chargeUsage(context, rates, `session-end/${row.id}`, {
-        account: row.owner,
-        kind: 'source-repair-seconds',
-        quantity: seconds,
-        session: row.id,
-      });
+      let transfer: Awaited<ReturnType<typeof chargeUsage>>;
+      try {
+        transfer = await chargeUsage(
+          context,
+          rates,
+          `session-end/${row.id}`,
+          { account: row.owner, kind: 'source-repair-seconds', quantity: seconds, session: row.id },
+          ['session-end', row.id],
+        );
+      } catch (error) {
+        if (error instanceof LedgerError) {
+          const limit = error.code === 'GATECAST_ERR_LEDGER_LIMIT';
+          return reply
+            .code(limit ? 422 : 409)
+            .send({ error: limit ? 'limit-exceeded' : 'conflict', message: error.message });
+        }
+        throw error;
+      }
       return {
         ...present(row, servers),
         charge: { transfer: transfer.id, amount: transfer.amount, replayed: transfer.replayed },

@@ -482,6 +482,102 @@ function suite(name: string, options: { skip?: string }, url: () => string, clea
       );
       assert.equal(await ledgerSum(), 0);
     });
+
+    it('an idempotency key covers the client request: after a rate change the same usage or session end returns the stored charge', async () => {
+      const subscriber = await party('subscribers', 'rerated');
+      const usage = (key: string, quantity: number) =>
+        app.inject({
+          method: 'POST',
+          url: '/v1/usage',
+          headers: { ...as(operatorToken), 'idempotency-key': key },
+          payload: { account: subscriber.id, kind: 'pay-as-you-go-bytes', quantity },
+        });
+      const first = await usage('rerate-1', 5_000_000);
+      assert.equal(first.statusCode, 201, first.body);
+      const owner = await party('sources', 'rerated-source');
+      const session = (
+        await call('POST', '/v1/sessions', owner.token, {
+          name: 'rerated',
+          group: '239.1.8.8:5000',
+          repair: true,
+        })
+      ).json() as { id: string };
+      const ended = (await call('POST', `/v1/sessions/${session.id}/end`, owner.token)).json() as {
+        charge: { transfer: string; amount: number };
+      };
+      const old = (await call('GET', '/v1/rates', operatorToken)).json() as Record<string, number>;
+      assert.equal(
+        (
+          await call('PUT', '/v1/rates', operatorToken, {
+            payAsYouGoPerMegabyte: 3,
+            sourceRepairPerHour: 900,
+          })
+        ).statusCode,
+        200,
+      );
+      const again = await usage('rerate-1', 5_000_000);
+      assert.equal(again.statusCode, 200, again.body);
+      assert.deepEqual(
+        again.json(),
+        { ...(first.json() as object), replayed: true },
+        'the stored charge, not a re-rated one',
+      );
+      assert.equal((again.json() as { amount: number }).amount, 5);
+      const other = await usage('rerate-1', 6_000_000);
+      assert.equal(other.statusCode, 409, 'another request under the key is still a conflict');
+      const endedAgain = await call('POST', `/v1/sessions/${session.id}/end`, owner.token);
+      assert.equal(endedAgain.statusCode, 200, endedAgain.body);
+      const charge = (
+        endedAgain.json() as { charge: { transfer: string; amount: number; replayed: boolean } }
+      ).charge;
+      assert.deepEqual(charge, { ...ended.charge, replayed: true });
+      assert.equal(
+        (await call('GET', `/v1/accounts/${subscriber.id}/balance`, subscriber.token)).json().balance,
+        -5,
+        'charged once',
+      );
+      await call('PUT', '/v1/rates', operatorToken, old);
+      assert.equal(await ledgerSum(), 0);
+    });
+
+    it('charges near 2^53 stay exact; one past an account total of 2^53 - 1 is a 422 limit-exceeded, written never', async () => {
+      const subscriber = await party('subscribers', 'huge');
+      const old = (await call('GET', '/v1/rates', operatorToken)).json() as Record<string, number>;
+      await call('PUT', '/v1/rates', operatorToken, { payAsYouGoPerMegabyte: 1_000_000 }); // 1 per byte
+      const charge = (key: string, quantity: number) =>
+        app.inject({
+          method: 'POST',
+          url: '/v1/usage',
+          headers: { ...as(operatorToken), 'idempotency-key': key },
+          payload: { account: subscriber.id, kind: 'pay-as-you-go-bytes', quantity },
+        });
+      try {
+        for (let n = 0; n < 3; n++) {
+          const answer = await charge(`huge-${n}`, 3_000_000_000_000_001);
+          assert.equal(answer.statusCode, 201, answer.body);
+        }
+        const balance = () => call('GET', `/v1/accounts/${subscriber.id}/balance`, subscriber.token);
+        assert.equal((await balance()).json().balance, -9_000_000_000_000_003);
+        const before = (await store.db.selectFrom('transfers').select('id').execute()).length;
+        const over = await charge('huge-3', 3_000_000_000_000_001);
+        assert.equal(over.statusCode, 422, over.body);
+        assert.equal((over.json() as { error: string }).error, 'limit-exceeded');
+        const rated = await charge('huge-4', Number.MAX_SAFE_INTEGER);
+        assert.equal(rated.statusCode, 422, 'past the bound already when rated');
+        assert.equal((await store.db.selectFrom('transfers').select('id').execute()).length, before);
+        assert.equal((await balance()).statusCode, 200, 'the account still reads');
+        assert.equal((await balance()).json().balance, -9_000_000_000_000_003);
+        const invoice = await call(
+          'GET',
+          `/v1/invoices?account=${subscriber.id}&period=${new Date().toISOString().slice(0, 7)}`,
+          subscriber.token,
+        );
+        assert.equal(invoice.json().total, 9_000_000_000_000_003);
+      } finally {
+        await call('PUT', '/v1/rates', operatorToken, old);
+      }
+      assert.equal(await ledgerSum(), 0);
+    });
   });
 }
 
