@@ -7,8 +7,10 @@
 import { randomUUID } from 'node:crypto';
 import swagger from '@fastify/swagger';
 import { type Static, Type } from '@sinclair/typebox';
-import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import { subscriptionBodyBytesMax } from '../limits.js';
 import { bearerToken } from '../net/http.js';
+import { createHttpApp, type HttpServerLimits } from '../net/http-server.js';
 import type { TlsFiles } from '../net/tls.js';
 import type { Store } from '../store/database.js';
 import { createLedger } from '../store/ledger.js';
@@ -105,6 +107,8 @@ export interface SubscriptionAppOptions {
   readonly setupRefreshMs?: number | undefined;
   /** Told of every internal error (a 500), e.g. to log it. */
   readonly onInternalError?: ((error: Error) => void) | undefined;
+  /** Bounds of the HTTP server (defaults from src/limits.ts). */
+  readonly httpLimits?: Partial<HttpServerLimits> | undefined;
 }
 
 /** Builds the app (not listening). */
@@ -118,28 +122,18 @@ export async function buildSubscriptionApp(options: SubscriptionAppOptions): Pro
     await ensureOperator(options);
   }
 
-  const app = Fastify({
-    logger: false,
-    bodyLimit: 16 * 1024,
-    ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: false } },
-    ...(options.tls === undefined ? {} : { https: options.tls }),
-  }) as unknown as FastifyInstance;
+  const app = createHttpApp({
+    tls: options.tls,
+    bodyBytesMax: subscriptionBodyBytesMax,
+    limits: options.httpLimits,
+    onInternalError: options.onInternalError,
+  });
   await app.register(swagger, {
     openapi: {
       info: { title: 'gatecast subscription server', version: '1' },
       components: { securitySchemes: { bearer: { type: 'http', scheme: 'bearer' } } },
       security: [{ bearer: [] }],
     },
-  });
-  app.setErrorHandler((error: Error & { validation?: unknown; statusCode?: number }, _request, reply) => {
-    if (error.validation !== undefined) {
-      return reply.code(400).send({ error: 'invalid-request', message: error.message });
-    }
-    const status = error.statusCode ?? 500;
-    if (status >= 500) {
-      options.onInternalError?.(error); // the operator sees what went wrong; the client sees a 500
-    }
-    return reply.code(status).send({ error: status === 500 ? 'internal' : 'error', message: error.message });
   });
 
   /** Resolves the bearer token to a party, or answers 401. */
