@@ -5,9 +5,9 @@
  * keys named by a 32-bit key id derived from the key itself.
  */
 import { createHash, createHmac, randomInt, timingSafeEqual } from 'node:crypto';
-import { readFileSync } from 'node:fs';
-import { replayFreshnessMs, replayPeersMax, replayWindowCountersMax } from '../limits.js';
+import { replayFreshnessMs, replayPeersMax, replayWindowCountersMax, secretFileBytesMax } from '../limits.js';
 import { nowMicroseconds } from '../net/clock.js';
+import { readBoundedFile } from '../net/files.js';
 import {
   type AuthTrailer,
   authOffsetCounter,
@@ -43,9 +43,9 @@ export function controlKey(key: Buffer): ControlKey {
 export function readSecretFile(path: string, field = '--secret-file'): ControlKey {
   let text: Buffer;
   try {
-    text = readFileSync(path);
+    text = readBoundedFile(path, secretFileBytesMax); // a regular file of bounded size, or refused
   } catch (error) {
-    throw new SecretError(`${field}: cannot read ${path}: ${(error as NodeJS.ErrnoException).code}`);
+    throw new SecretError(`${field}: ${(error as Error).message}`);
   }
   const key = Buffer.from(text.toString('utf8').trim(), 'utf8');
   if (key.length < secretBytesMin) {
