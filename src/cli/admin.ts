@@ -52,6 +52,8 @@ commands:
   invoice ACCOUNT YYYY-MM
   bill YYYY-MM                              charge the subscriptions of a month (idempotent)
   export [--out FILE]                       the ledger as CSV
+  tokens                                    every party's token: kind, name, created, revoked
+  token revoke PARTY                        revoke a party's token (it no longer authenticates)
   whoami
 
 exit codes: 0 ok, 2 bad usage or a refused request, 70 internal error
@@ -326,6 +328,18 @@ async function command(
       return send('GET', '/v1/ledger.csv');
     case 'whoami':
       return pretty(send('GET', '/v1/whoami'));
+    case 'tokens':
+      return pretty(send('GET', '/v1/tokens'));
+    case 'token': {
+      if (arg(0, 'revoke') !== 'revoke') {
+        throw new UsageError('token: only "revoke PARTY"');
+      }
+      const party = arg(1, 'PARTY');
+      const answer = await send('DELETE', `/v1/tokens/${encodeURIComponent(party)}`);
+      return answer.status === 204
+        ? { status: 200, body: `${JSON.stringify({ revoked: party })}\n` }
+        : answer;
+    }
     default:
       throw new UsageError(`unknown command "${verb}" (gatecast admin --help)`);
   }

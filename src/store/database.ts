@@ -30,6 +30,8 @@ export interface Schema {
     name: string;
     token_hash: string;
     created_at: string;
+    /** When the token was revoked; a revoked token no longer authenticates. */
+    revoked_at: string | null;
   };
   entitlements: {
     id: string;

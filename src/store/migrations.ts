@@ -124,4 +124,19 @@ export const migrations: Record<string, Migration> = {
       );
     },
   },
+  '0005-party-names-revocation': {
+    async up(db: Kysely<unknown>) {
+      // A revoked token no longer authenticates; the party, its account and its history stay.
+      await db.schema.alterTable('parties').addColumn('revoked_at', 'text').execute();
+      // Names are unique per kind (operators excepted: one per token). Older duplicates get their id.
+      await sql`update parties set name = name || ' (' || id || ')'
+        where kind <> 'operator' and exists (select 1 from parties other
+          where other.kind = parties.kind and other.name = parties.name and other.id < parties.id)`.execute(
+        db,
+      );
+      await sql`create unique index parties_kind_name on parties (kind, name) where kind <> 'operator'`.execute(
+        db,
+      );
+    },
+  },
 };

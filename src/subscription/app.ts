@@ -9,6 +9,7 @@ import swagger from '@fastify/swagger';
 import { type Static, Type } from '@sinclair/typebox';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { subscriptionBodyBytesMax } from '../limits.js';
+import { InvalidArgumentError } from '../net/errors.js';
 import { bearerToken } from '../net/http.js';
 import { createHttpApp, type HttpServerLimits } from '../net/http-server.js';
 import type { TlsFiles } from '../net/tls.js';
@@ -41,6 +42,13 @@ export type { PartyKind } from './context.js';
 const PartyBody = Type.Object({ name: Name }, { additionalProperties: false });
 const PartyCreated = Type.Object({ id: Id, name: Name, kind: Type.String(), token: Type.String() });
 const Whoami = Type.Object({ id: Id, name: Type.String(), kind: Type.String() });
+const TokenInfo = Type.Object({
+  party: Id,
+  kind: Type.String(),
+  name: Type.String(),
+  createdAt: Type.String(),
+  revokedAt: Type.Union([Type.String(), Type.Null()]),
+});
 /** The services a subscriber can be granted (a source buys repair on its session instead). */
 export const services = [
   { name: 'repair', description: 'repair of a session for this recipient (flow A), rated per GB repaired' },
@@ -150,6 +158,7 @@ export async function buildSubscriptionApp(options: SubscriptionAppOptions): Pro
       .selectFrom('parties')
       .select(['id', 'kind', 'name'])
       .where('token_hash', '=', hashToken(token))
+      .where('revoked_at', 'is', null)
       .executeTakeFirst();
     if (party === undefined) {
       await reply.code(401).send({ error: 'unauthorized', message: 'unknown token' });
@@ -167,39 +176,136 @@ export async function buildSubscriptionApp(options: SubscriptionAppOptions): Pro
       }
       const token = newToken();
       const id = randomUUID();
-      await store.writeTransaction(async (trx) => {
-        await trx
-          .insertInto('parties')
-          .values({
-            id,
-            kind,
-            name: request.body.name,
-            token_hash: hashToken(token),
-            created_at: new Date().toISOString(),
-          })
-          .execute();
-        await trx
-          .insertInto('accounts')
-          .values({
-            id,
-            name: request.body.name,
-            kind,
-            currency,
-            created_at: new Date().toISOString(),
-            debits: 0,
-            credits: 0,
-          })
-          .execute();
-      });
+      const taken = await db
+        .selectFrom('parties')
+        .select('id')
+        .where('kind', '=', kind)
+        .where('name', '=', request.body.name)
+        .executeTakeFirst();
+      if (taken !== undefined) {
+        return reply.code(409).send({
+          error: 'conflict',
+          message: `body/name: a ${kind} named "${request.body.name}" exists (${taken.id})`,
+        });
+      }
+      const created = await store
+        .writeTransaction(async (trx) => {
+          await trx
+            .insertInto('parties')
+            .values({
+              id,
+              kind,
+              name: request.body.name,
+              token_hash: hashToken(token),
+              created_at: new Date().toISOString(),
+            })
+            .execute();
+          await trx
+            .insertInto('accounts')
+            .values({
+              id,
+              name: request.body.name,
+              kind,
+              currency,
+              created_at: new Date().toISOString(),
+              debits: 0,
+              credits: 0,
+            })
+            .execute();
+          return true;
+        })
+        .catch((error: { code?: string }) => {
+          // Another server created the same name between the check and the insert.
+          if (error.code === '23505' || error.code === 'SQLITE_CONSTRAINT_UNIQUE') {
+            return false;
+          }
+          throw error;
+        });
+      if (!created) {
+        return reply
+          .code(409)
+          .send({ error: 'conflict', message: `body/name: a ${kind} named "${request.body.name}" exists` });
+      }
       return reply.code(201).send({ id, name: request.body.name, kind, token });
     };
   const partyRoute = {
     schema: {
       body: PartyBody,
-      response: { 201: PartyCreated, 400: ErrorBody, 401: ErrorBody, 403: ErrorBody },
+      response: { 201: PartyCreated, 400: ErrorBody, 401: ErrorBody, 403: ErrorBody, 409: ErrorBody },
     },
   };
   app.post('/v1/subscribers', partyRoute, createParty('subscriber'));
+  app.get(
+    '/v1/tokens',
+    { schema: { response: { 200: Type.Array(TokenInfo), ...errorReplies } } },
+    async (request, reply) => {
+      const operator = await operatorOnly(authenticate, request, reply, 'only the operator lists tokens');
+      if (operator === undefined) {
+        return reply;
+      }
+      const rows = await db
+        .selectFrom('parties')
+        .select(['id', 'kind', 'name', 'created_at', 'revoked_at'])
+        .orderBy('created_at')
+        .orderBy('id')
+        .execute();
+      return rows.map((row) => ({
+        party: row.id,
+        kind: row.kind,
+        name: row.name,
+        createdAt: row.created_at,
+        revokedAt: row.revoked_at,
+      }));
+    },
+  );
+  app.delete<{ Params: { id: string } }>(
+    '/v1/tokens/:id',
+    { schema: { params: Type.Object({ id: Id }), response: { 204: Type.Null(), ...errorReplies } } },
+    async (request, reply) => {
+      const operator = await operatorOnly(authenticate, request, reply, 'only the operator revokes tokens');
+      if (operator === undefined) {
+        return reply;
+      }
+      const outcome = await store.writeTransaction(async (trx) => {
+        const party = await trx
+          .selectFrom('parties')
+          .select(['id', 'kind', 'revoked_at'])
+          .where('id', '=', request.params.id)
+          .executeTakeFirst();
+        if (party === undefined) {
+          return 'unknown' as const;
+        }
+        if (party.kind === 'operator' && party.revoked_at === null) {
+          const others = await trx
+            .selectFrom('parties')
+            .select('id')
+            .where('kind', '=', 'operator')
+            .where('revoked_at', 'is', null)
+            .where('id', '<>', party.id)
+            .execute();
+          if (others.length === 0 && trusted === undefined) {
+            return 'last' as const;
+          }
+        }
+        await trx
+          .updateTable('parties')
+          .set({ revoked_at: party.revoked_at ?? new Date().toISOString() })
+          .where('id', '=', party.id)
+          .execute();
+        return 'revoked' as const;
+      });
+      if (outcome === 'unknown') {
+        return notFound(reply, `no party ${request.params.id}`);
+      }
+      if (outcome === 'last') {
+        return reply.code(409).send({
+          error: 'conflict',
+          message: 'this is the last operator token; set a new GATECAST_OPERATOR_TOKEN and restart instead',
+        });
+      }
+      return reply.code(204).send(null);
+    },
+  );
   app.post('/v1/sources', partyRoute, createParty('source'));
 
   app.post<{ Body: Static<typeof EntitlementBody> }>(
@@ -387,29 +493,48 @@ function presentEntitlement(row: Omit<Schema['entitlements'], 'created_at'>) {
   };
 }
 
-/** Makes sure an operator can log in: from the given token, or a new one shown once. */
+/**
+ * Makes sure an operator can log in: from the given token, or a new one shown once. A given token
+ * is the operator's only one: rotating GATECAST_OPERATOR_TOKEN revokes every other operator token.
+ */
 async function ensureOperator(options: SubscriptionAppOptions): Promise<void> {
-  const { db } = options.store;
+  const { store } = options;
   const now = new Date().toISOString();
   if (options.operatorToken !== undefined) {
     const hash = hashToken(options.operatorToken);
-    const known = await db
-      .selectFrom('parties')
-      .select('id')
-      .where('token_hash', '=', hash)
-      .executeTakeFirst();
-    if (known === undefined) {
-      await db
-        .insertInto('parties')
-        .values({ id: randomUUID(), kind: 'operator', name: 'operator', token_hash: hash, created_at: now })
+    await store.writeTransaction(async (trx) => {
+      const known = await trx
+        .selectFrom('parties')
+        .select(['id', 'kind'])
+        .where('token_hash', '=', hash)
+        .executeTakeFirst();
+      if (known !== undefined && known.kind !== 'operator') {
+        throw new InvalidArgumentError('GATECAST_OPERATOR_TOKEN', 'is the token of a subscriber or a source');
+      }
+      if (known === undefined) {
+        await trx
+          .insertInto('parties')
+          .values({ id: randomUUID(), kind: 'operator', name: 'operator', token_hash: hash, created_at: now })
+          .execute();
+      } else {
+        await trx.updateTable('parties').set({ revoked_at: null }).where('id', '=', known.id).execute();
+      }
+      await trx
+        .updateTable('parties')
+        .set({ revoked_at: now })
+        .where('kind', '=', 'operator')
+        .where('token_hash', '<>', hash)
+        .where('revoked_at', 'is', null)
         .execute();
-    }
+    });
     return;
   }
+  const { db } = store;
   const operator = await db
     .selectFrom('parties')
     .select('id')
     .where('kind', '=', 'operator')
+    .where('revoked_at', 'is', null)
     .executeTakeFirst();
   if (operator === undefined) {
     const token = newToken();

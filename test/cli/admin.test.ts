@@ -35,6 +35,20 @@ describe('gatecast admin', () => {
     const out = join(directory, 'ledger.csv');
     assert.equal((await admin([...db, 'export', '--out', out])).code, 0);
     assert.match(readFileSync(out, 'utf8'), /subscription repair/);
+    const twin = await admin([...db, 'subscriber', 'add', 'alice']);
+    assert.equal(twin.code, 2, 'a second subscriber named alice');
+    assert.match(twin.stderr, /409 conflict: body\/name: a subscriber named "alice" exists/);
+    const tokens = json(await admin([...db, 'tokens'])) as unknown as Array<{
+      party: string;
+      revokedAt: unknown;
+    }>;
+    assert.ok(tokens.some((token) => token.party === alice.id && token.revokedAt === null));
+    assert.deepEqual(json(await admin([...db, 'token', 'revoke', String(alice.id)])), { revoked: alice.id });
+    const after = json(await admin([...db, 'tokens'])) as unknown as Array<{
+      party: string;
+      revokedAt: unknown;
+    }>;
+    assert.notEqual(after.find((token) => token.party === alice.id)?.revokedAt, null);
   });
 
   it('against a running server with a token file; refusals are one line and exit 2', async () => {

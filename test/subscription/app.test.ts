@@ -270,6 +270,90 @@ function apiSuite(name: string, options: { skip?: string }, url: () => string, c
       await second.close();
       await fresh.close();
     });
+
+    it('rotating the operator token revokes the old one; the operator lists and revokes tokens', async () => {
+      const rotated = 'operator-token-rotated-0123456789abc';
+      const second = await buildSubscriptionApp({ store, operatorToken: rotated });
+      try {
+        const whoami = (token: string) =>
+          second.inject({ method: 'GET', url: '/v1/whoami', headers: as(token) });
+        assert.equal((await whoami(operatorToken)).statusCode, 401, 'the old operator token is revoked');
+        assert.equal((await whoami(rotated)).statusCode, 200);
+        const sub = (
+          await second.inject({
+            method: 'POST',
+            url: '/v1/subscribers',
+            headers: as(rotated),
+            payload: { name: 'revokable' },
+          })
+        ).json() as { id: string; token: string };
+        assert.equal((await whoami(sub.token)).statusCode, 200);
+        const listed = (
+          await second.inject({ method: 'GET', url: '/v1/tokens', headers: as(rotated) })
+        ).json() as Array<{
+          party: string;
+          kind: string;
+          revokedAt: string | null;
+        }>;
+        const operators = listed.filter((token) => token.kind === 'operator');
+        assert.equal(
+          operators.filter((token) => token.revokedAt === null).length,
+          1,
+          'one live operator token',
+        );
+        assert.ok(
+          operators.some((token) => token.revokedAt !== null),
+          'the old one is listed as revoked',
+        );
+        const revoke = await second.inject({
+          method: 'DELETE',
+          url: `/v1/tokens/${sub.id}`,
+          headers: as(rotated),
+        });
+        assert.equal(revoke.statusCode, 204, revoke.body);
+        assert.equal((await whoami(sub.token)).statusCode, 401, 'a revoked token no longer authenticates');
+        const live = operators.find((token) => token.revokedAt === null);
+        const last = await second.inject({
+          method: 'DELETE',
+          url: `/v1/tokens/${live?.party}`,
+          headers: as(rotated),
+        });
+        assert.equal(last.statusCode, 409, 'the last operator token is not revoked');
+        assert.equal(
+          (await second.inject({ method: 'DELETE', url: '/v1/tokens/nobody', headers: as(rotated) }))
+            .statusCode,
+          404,
+        );
+        assert.equal(
+          (await second.inject({ method: 'GET', url: '/v1/tokens', headers: as(sub.token) })).statusCode,
+          401,
+        );
+      } finally {
+        await second.close();
+      }
+      const back = await buildSubscriptionApp({ store, operatorToken });
+      await back.close(); // the suite's token is the operator's again, the rotated one revoked
+      assert.equal((await get('/v1/whoami', operatorToken)).statusCode, 200);
+      assert.equal((await get('/v1/whoami', rotated)).statusCode, 401);
+    });
+
+    it('names are unique per kind: a second subscriber with an existing name is a 409, nothing written', async () => {
+      assert.equal((await post('/v1/subscribers', operatorToken, { name: 'twin' })).statusCode, 201);
+      const before = await count('parties');
+      const again = await post('/v1/subscribers', operatorToken, { name: 'twin' });
+      assert.equal(again.statusCode, 409);
+      assert.equal((again.json() as { error: string }).error, 'conflict');
+      assert.match(
+        (again.json() as { message: string }).message,
+        /^body\/name: a subscriber named "twin" exists/,
+      );
+      assert.equal(await count('parties'), before);
+      assert.equal(
+        (await post('/v1/sources', operatorToken, { name: 'twin' })).statusCode,
+        201,
+        'another kind may',
+      );
+    });
   });
 }
 
