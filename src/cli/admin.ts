@@ -5,7 +5,7 @@
  * the answer is printed as JSON (CSV for export), a refusal as one line naming the reason.
  */
 import { randomBytes } from 'node:crypto';
-import { writeFileSync } from 'node:fs';
+import { chmodSync, writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { readSecretFile } from '../crypto/control-auth.js';
 import { fetchFailure } from '../net/http.js';
@@ -117,7 +117,8 @@ export async function runAdmin(argv: string[], out: NodeJS.WriteStream): Promise
       throw new RequestError(`${answer.status} ${message}`);
     }
     if (values.out !== undefined) {
-      writeFileSync(values.out, answer.body);
+      writeFileSync(values.out, answer.body, { mode: 0o600 }); // the ledger: money, for the operator only
+      chmodSync(values.out, 0o600);
     } else {
       out.write(answer.body.endsWith('\n') ? answer.body : `${answer.body}\n`);
     }

@@ -7,6 +7,7 @@
  */
 import { createServer as createHttpServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
+import { createServer as createTcpServer } from 'node:net';
 import Fastify, { type FastifyInstance, type FastifyReply } from 'fastify';
 import {
   httpConnectionsCheckIntervalMs,
@@ -15,6 +16,8 @@ import {
   httpRequestTimeoutMs,
 } from '../limits.js';
 import { type ApiErrorCode, apiErrorStatus, errorCodeForStatus } from '../protocol/api-errors.js';
+import { type Endpoint, formatEndpoint } from './address.js';
+import { SocketError } from './errors.js';
 import type { TlsFiles } from './tls.js';
 
 /** Bounds of one HTTP server. */
@@ -112,4 +115,23 @@ export function createHttpApp(options: HttpAppOptions): FastifyInstance {
 export function boundPort(app: FastifyInstance, fallback: number): number {
   const bound = app.server.address();
   return typeof bound === 'object' && bound !== null ? bound.port : fallback;
+}
+
+/**
+ * Checks that a server could listen at the endpoint, before a command creates anything (a store, a
+ * token): a port in use is one line and exit 2, not a half-made start. Throws SocketError.
+ */
+export async function checkListenable(endpoint: Endpoint, field: string): Promise<void> {
+  const probe = createTcpServer();
+  await new Promise<void>((resolve, reject) => {
+    probe.once('error', (error: NodeJS.ErrnoException) =>
+      reject(
+        new SocketError(
+          `${field}: cannot listen on ${formatEndpoint(endpoint)}: ${error.code ?? error.message}`,
+        ),
+      ),
+    );
+    probe.listen({ host: endpoint.address, port: endpoint.port, exclusive: true }, () => resolve());
+  });
+  await new Promise<void>((resolve) => probe.close(() => resolve()));
 }

@@ -348,6 +348,12 @@ export function registerBillingRoutes(app: FastifyInstance, context: ApiContext,
       }
       const { period } = request.body;
       const { from, to } = periodBounds(period);
+      if (Date.parse(from) > Date.now()) {
+        return badRequest(
+          reply,
+          `body/period: ${period} has not begun; a month is billed once it has started`,
+        );
+      }
       const rows = await db
         .selectFrom('entitlements')
         .select(['id', 'subscriber', 'service', 'monthly', 'valid_from', 'valid_to'])
