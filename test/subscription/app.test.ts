@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
-import type { FastifyInstance } from 'fastify';
+import type { FastifyInstance, InjectOptions } from 'fastify';
 import { apiErrorStatus } from '../../src/protocol/api-errors.js';
 import { openStore, type Store } from '../../src/store/database.js';
 import { buildSubscriptionApp } from '../../src/subscription/app.js';
@@ -370,7 +370,7 @@ function apiSuite(name: string, options: { skip?: string }, url: () => string, c
 
     it('every error body carries a code docs/api.md lists: empty JSON DELETE, malformed JSON, unknown route, wrong media type, too large', async () => {
       const documented = documentedErrorCodes();
-      const cases: Array<[Parameters<FastifyInstance['inject']>[0], number, string]> = [
+      const cases: Array<[InjectOptions, number, string]> = [
         [
           {
             method: 'DELETE',
