@@ -188,3 +188,9 @@ export const ledgerAccountTotalMax = Number.MAX_SAFE_INTEGER;
 
 /** Shutdown: how long a stopping command waits for its roles to close before it exits anyway. */
 export const shutdownGraceMs = 5_000;
+
+/** Subscription server: usage events in one batch (POST /v1/usage/batch) and in one group commit. */
+export const usageBatchEventsMax = 1000;
+
+/** Subscription server: largest body of POST /v1/usage/batch. */
+export const usageBatchBodyBytesMax = 512 * 1024;

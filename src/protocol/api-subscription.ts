@@ -78,3 +78,40 @@ export const Charge = Type.Object({
   replayed: Type.Boolean(),
 });
 export type Charge = Static<typeof Charge>;
+
+/** One event of a batch: a usage report with its own idempotency key. */
+export const UsageBatchEvent = Type.Object(
+  {
+    key: IdempotencyKey,
+    account: Id,
+    kind: Type.Union(usageKinds.map((kind) => Type.Literal(kind))),
+    quantity: Type.Integer({ minimum: 1, maximum: Number.MAX_SAFE_INTEGER }),
+    packets: Type.Optional(Type.Integer({ minimum: 0, maximum: Number.MAX_SAFE_INTEGER })),
+    session: Type.Optional(Id),
+  },
+  { additionalProperties: false },
+);
+
+/** POST /v1/usage/batch: usage events charged in one transaction, each under its own key. */
+export const UsageBatchBody = Type.Object(
+  { events: Type.Array(UsageBatchEvent, { minItems: 1, maxItems: 1000 }) },
+  { additionalProperties: false },
+);
+export type UsageBatchBody = Static<typeof UsageBatchBody>;
+
+/** The answer to a batch: one result per event, in order, as POST /v1/usage would have answered it. */
+export const UsageBatchResult = Type.Object({
+  results: Type.Array(
+    Type.Object({
+      key: IdempotencyKey,
+      status: Type.Integer(),
+      transfer: Type.Optional(Id),
+      amount: Type.Optional(Money),
+      currency: Type.Optional(Type.String()),
+      replayed: Type.Optional(Type.Boolean()),
+      error: Type.Optional(Type.String()),
+      message: Type.Optional(Type.String()),
+    }),
+  ),
+});
+export type UsageBatchResult = Static<typeof UsageBatchResult>;

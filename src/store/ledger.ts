@@ -50,10 +50,12 @@ export interface TransferRequest {
    * Default: the transfer itself.
    */
   readonly fingerprint?: unknown;
+  /** When set, a new key is refused with this (a replay of a known key is still answered). */
+  readonly refusal?: LedgerError | undefined;
 }
 
 /** A recorded transfer; replayed is true when the key had been used already with this request. */
-export interface Transfer extends Required<Omit<TransferRequest, 'fingerprint'>> {
+export interface Transfer extends Required<Omit<TransferRequest, 'fingerprint' | 'refusal'>> {
   readonly id: string;
   readonly createdAt: string;
   readonly replayed: boolean;
@@ -213,7 +215,7 @@ export function createLedger(store: Store) {
         }
         const debit = accounts.get(request.debit);
         const credit = accounts.get(request.credit);
-        const refusal = refuse(request, debit, credit, limit);
+        const refusal = request.refusal ?? refuse(request, debit, credit, limit);
         if (refusal !== undefined) {
           outcomes[index] = { ok: false, error: refusal };
           continue;

@@ -5,8 +5,17 @@
 import { randomUUID } from 'node:crypto';
 import { type Static, Type } from '@sinclair/typebox';
 import type { FastifyInstance } from 'fastify';
-import { rateCacheMs } from '../limits.js';
-import { LedgerError } from '../store/ledger.js';
+import { rateCacheMs, usageBatchBodyBytesMax, usageBatchEventsMax } from '../limits.js';
+import type { ApiErrorCode } from '../protocol/api-errors.js';
+import {
+  Charge,
+  IdempotencyKey,
+  UsageBatchBody,
+  UsageBatchResult,
+  UsageBody,
+  type UsageKind,
+} from '../protocol/api-subscription.js';
+import { LedgerError, type TransferRequest } from '../store/ledger.js';
 import {
   type ApiContext,
   badRequest,
@@ -39,13 +48,7 @@ export const rateCardDefault: RateCard = {
 };
 const rateNames = Object.keys(rateCardDefault) as Array<keyof RateCard>;
 
-export const usageKinds = [
-  'repair-bytes',
-  'pay-as-you-go-bytes',
-  'pay-as-you-go-seconds',
-  'source-repair-seconds',
-] as const;
-export type UsageKind = (typeof usageKinds)[number];
+export { type UsageKind, usageKinds } from '../protocol/api-subscription.js';
 
 /** Rates a usage event: quantity × price ÷ unit, rounded up to a whole minor unit. */
 export function rate(card: RateCard, kind: UsageKind, quantity: number): number {
@@ -74,26 +77,7 @@ const Rates = Type.Object(
   { additionalProperties: false },
 );
 const RatesUpdate = Type.Partial(Rates, { additionalProperties: false, minProperties: 1 });
-const UsageBody = Type.Object(
-  {
-    account: Id,
-    kind: Type.Union(usageKinds.map((kind) => Type.Literal(kind))),
-    quantity: Type.Integer({ minimum: 1, maximum: Number.MAX_SAFE_INTEGER }),
-    /** Packets repaired, for repair-bytes (reported, not rated). */
-    packets: Type.Optional(Type.Integer({ minimum: 0, maximum: Number.MAX_SAFE_INTEGER })),
-    session: Type.Optional(Id),
-  },
-  { additionalProperties: false },
-);
-const IdempotencyHeaders = Type.Object({
-  'idempotency-key': Type.String({ minLength: 1, maxLength: 200 }),
-});
-const Charge = Type.Object({
-  transfer: Id,
-  amount: Type.Integer(),
-  currency: Type.String(),
-  replayed: Type.Boolean(),
-});
+const IdempotencyHeaders = Type.Object({ 'idempotency-key': IdempotencyKey });
 const InvoiceQuery = Type.Object({ account: Id, period: Period }, { additionalProperties: false });
 const Invoice = Type.Object({
   account: Id,
@@ -157,22 +141,65 @@ async function readRates(context: ApiContext, defaults: RateCard): Promise<RateC
   return card as unknown as RateCard;
 }
 
-/** Charges an account for rated usage under an idempotency key, with the usage event beside it. */
-export async function chargeUsage(
+/** One usage event to charge: its idempotency key, the client's report, and what the key covers. */
+export interface UsageItem {
+  readonly key: string;
+  readonly usage: UsageBody;
+  /** What the key covers; default: the usage report itself. */
+  readonly fingerprint?: unknown;
+}
+
+/** The answer to one usage event, as POST /v1/usage gives it (status and body). */
+export type UsageResult =
+  | { readonly status: 200 | 201; readonly body: Charge }
+  | { readonly status: 400 | 404 | 409 | 422; readonly body: { error: ApiErrorCode; message: string } };
+
+const usageMemo = (usage: UsageBody) =>
+  `${usage.kind} ${usage.quantity}${usage.packets === undefined ? '' : ` packets ${usage.packets}`}${usage.session === undefined ? '' : ` session ${usage.session}`}`;
+
+/** Maps a ledger refusal to the answer the API gives for it. */
+function refusalResult(error: LedgerError, account: string): UsageResult {
+  switch (error.code) {
+    case 'GATECAST_ERR_IDEMPOTENCY_CONFLICT':
+      return { status: 409, body: { error: 'conflict', message: error.message } };
+    case 'GATECAST_ERR_UNKNOWN_ACCOUNT':
+      return { status: 404, body: { error: 'not-found', message: `account: no account ${account}` } };
+    case 'GATECAST_ERR_LEDGER_LIMIT':
+      return { status: 422, body: { error: 'limit-exceeded', message: error.message } };
+    default:
+      return { status: 400, body: { error: 'invalid-request', message: error.message } };
+  }
+}
+
+/**
+ * Charges usage events in one transaction (group commit): each is rated by the card in force,
+ * written once per idempotency key with its usage event beside it, and gets its own result. The
+ * key covers the client's report, not the rated amount: a retry after a rate change returns the
+ * stored charge.
+ */
+export async function chargeUsageMany(
   context: ApiContext,
   defaults: RateCard,
-  key: string,
-  usage: Static<typeof UsageBody>,
-  fingerprint?: unknown,
-) {
+  items: readonly UsageItem[],
+): Promise<UsageResult[]> {
+  if (items.length === 0) {
+    return [];
+  }
   const credit = await revenueAccount(context);
-  const amount = rate(await currentRates(context, defaults), usage.kind, usage.quantity);
-  const packets = usage.packets === undefined ? '' : ` packets ${usage.packets}`;
-  return context.ledger.transfer(
-    {
+  const card = await currentRates(context, defaults);
+  const requests: TransferRequest[] = items.map(({ key, usage, fingerprint }) => {
+    let amount = 1;
+    let refusal: LedgerError | undefined;
+    try {
+      amount = rate(card, usage.kind, usage.quantity);
+    } catch (error) {
+      if (!(error instanceof LedgerError)) {
+        throw error;
+      }
+      refusal = error; // refused unless the key is known: then its stored charge is the answer
+    }
+    return {
       idempotencyKey: key,
-      // The key covers the client's request, not the rated amount: a retry after the operator
-      // changed the rates gets the stored charge.
       fingerprint: fingerprint ?? [
         'usage',
         usage.account,
@@ -185,29 +212,127 @@ export async function chargeUsage(
       credit,
       amount,
       currency: context.currency,
-      memo: `${usage.kind} ${usage.quantity}${packets}${usage.session === undefined ? '' : ` session ${usage.session}`}`,
-    },
-    async (trx, transfer) => {
-      await trx
-        .insertInto('usage_events')
-        .values({
-          id: randomUUID(),
-          transfer,
-          account: usage.account,
-          kind: usage.kind,
-          quantity: usage.quantity,
-          packets: usage.packets ?? null,
-          session: usage.session ?? null,
-          created_at: new Date().toISOString(),
-        })
-        .execute();
-    },
-  );
+      memo: usageMemo(usage),
+      refusal,
+    };
+  });
+  const createdAt = new Date().toISOString();
+  const outcomes = await context.ledger.transferMany(requests, async (trx, written) => {
+    if (written.length === 0) {
+      return;
+    }
+    await trx
+      .insertInto('usage_events')
+      .values(
+        written.map(({ index, id }) => {
+          const usage = (items[index] as UsageItem).usage;
+          return {
+            id: randomUUID(),
+            transfer: id,
+            account: usage.account,
+            kind: usage.kind,
+            quantity: usage.quantity,
+            packets: usage.packets ?? null,
+            session: usage.session ?? null,
+            created_at: createdAt,
+          };
+        }),
+      )
+      .execute();
+  });
+  return outcomes.map((outcome, index): UsageResult => {
+    if (!outcome.ok) {
+      return refusalResult(outcome.error, (items[index] as UsageItem).usage.account);
+    }
+    const { transfer } = outcome;
+    return {
+      status: transfer.replayed ? 200 : 201,
+      body: {
+        transfer: transfer.id,
+        amount: transfer.amount,
+        currency: transfer.currency,
+        replayed: transfer.replayed,
+      },
+    };
+  });
+}
+
+/** Charges one usage event (through chargeUsageMany); throws the ledger's refusal. */
+export async function chargeUsage(
+  context: ApiContext,
+  defaults: RateCard,
+  key: string,
+  usage: UsageBody,
+  fingerprint?: unknown,
+): Promise<{ id: string; amount: number; replayed: boolean }> {
+  const [result] = await chargeUsageMany(context, defaults, [{ key, usage, fingerprint }]);
+  if (result === undefined || (result.status !== 200 && result.status !== 201)) {
+    const body = result?.body as { error: string; message: string } | undefined;
+    throw new LedgerError(
+      body?.error === 'limit-exceeded'
+        ? 'GATECAST_ERR_LEDGER_LIMIT'
+        : body?.error === 'conflict'
+          ? 'GATECAST_ERR_IDEMPOTENCY_CONFLICT'
+          : body?.error === 'not-found'
+            ? 'GATECAST_ERR_UNKNOWN_ACCOUNT'
+            : 'GATECAST_ERR_LEDGER_INVALID',
+      body?.message ?? 'refused',
+    );
+  }
+  const charge = result.body as Charge;
+  return { id: charge.transfer, amount: charge.amount, replayed: charge.replayed };
+}
+
+/**
+ * Group commit: usage events that arrive while a transaction is being written wait for the next
+ * one, which writes them all together; each caller gets its own result. One transaction (and one
+ * flush to disk) carries many charges, so a server under load writes far fewer of them.
+ */
+export function createGroupCommitter(
+  write: (items: readonly UsageItem[]) => Promise<UsageResult[]>,
+  batchMax: number,
+) {
+  let queue: Array<{
+    item: UsageItem;
+    resolve: (result: UsageResult) => void;
+    reject: (error: Error) => void;
+  }> = [];
+  let writing = false;
+  const drain = async () => {
+    writing = true;
+    while (queue.length > 0) {
+      const batch = queue.slice(0, batchMax);
+      queue = queue.slice(batch.length);
+      try {
+        const results = await write(batch.map((entry) => entry.item));
+        for (const [index, entry] of batch.entries()) {
+          entry.resolve(results[index] as UsageResult);
+        }
+      } catch (error) {
+        for (const entry of batch) {
+          entry.reject(error as Error);
+        }
+      }
+    }
+    writing = false;
+  };
+  return (item: UsageItem): Promise<UsageResult> =>
+    new Promise((resolve, reject) => {
+      queue.push({ item, resolve, reject });
+      if (!writing) {
+        writing = true;
+        setImmediate(() => void drain()); // gather what arrives in this turn of the event loop
+      }
+    });
 }
 
 /** Registers the billing routes. */
 export function registerBillingRoutes(app: FastifyInstance, context: ApiContext, defaults: RateCard): void {
   const { db } = context;
+  const commit = createGroupCommitter(
+    (items) => chargeUsageMany(context, defaults, items),
+    usageBatchEventsMax,
+  );
 
   app.get(
     '/v1/rates',
@@ -248,7 +373,7 @@ export function registerBillingRoutes(app: FastifyInstance, context: ApiContext,
     },
   );
 
-  app.post<{ Body: Static<typeof UsageBody>; Headers: Static<typeof IdempotencyHeaders> }>(
+  app.post<{ Body: UsageBody; Headers: Static<typeof IdempotencyHeaders> }>(
     '/v1/usage',
     {
       schema: {
@@ -267,35 +392,36 @@ export function registerBillingRoutes(app: FastifyInstance, context: ApiContext,
       if (operator === undefined) {
         return reply;
       }
-      try {
-        const transfer = await chargeUsage(
-          context,
-          defaults,
-          request.headers['idempotency-key'],
-          request.body,
-        );
-        return reply.code(transfer.replayed ? 200 : 201).send({
-          transfer: transfer.id,
-          amount: transfer.amount,
-          currency: transfer.currency,
-          replayed: transfer.replayed,
-        });
-      } catch (error) {
-        if (error instanceof LedgerError && error.code === 'GATECAST_ERR_IDEMPOTENCY_CONFLICT') {
-          return reply.code(409).send({ error: 'conflict', message: error.message });
-        }
-        if (error instanceof LedgerError && error.code === 'GATECAST_ERR_UNKNOWN_ACCOUNT') {
-          // The ledger checks both accounts inside its transaction: no separate look-up first.
-          return notFound(reply, `body/account: no account ${request.body.account}`);
-        }
-        if (error instanceof LedgerError && error.code === 'GATECAST_ERR_LEDGER_LIMIT') {
-          return reply.code(422).send({ error: 'limit-exceeded', message: error.message });
-        }
-        if (error instanceof LedgerError) {
-          return badRequest(reply, error.message);
-        }
-        throw error;
+      const result = await commit({ key: request.headers['idempotency-key'], usage: request.body });
+      return reply.code(result.status).send(result.body);
+    },
+  );
+
+  app.post<{ Body: Static<typeof UsageBatchBody> }>(
+    '/v1/usage/batch',
+    {
+      bodyLimit: usageBatchBodyBytesMax,
+      schema: { body: UsageBatchBody, response: { 200: UsageBatchResult, ...errorReplies } },
+    },
+    async (request, reply) => {
+      const operator = await operatorOnly(
+        context.authenticate,
+        request,
+        reply,
+        'usage is reported by the operator’s servers',
+      );
+      if (operator === undefined) {
+        return reply;
       }
+      const items = request.body.events.map(({ key, ...usage }) => ({ key, usage }));
+      const results = await chargeUsageMany(context, defaults, items);
+      return {
+        results: results.map((result, index) => ({
+          key: (items[index] as UsageItem).key,
+          status: result.status,
+          ...result.body,
+        })),
+      };
     },
   );
 

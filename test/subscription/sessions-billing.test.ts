@@ -540,6 +540,81 @@ function suite(name: string, options: { skip?: string }, url: () => string, clea
       assert.equal(await ledgerSum(), 0);
     });
 
+    it('a usage batch charges each event once under its own key, with its own result; concurrent single charges are group-committed exactly once', async () => {
+      const a = await party('subscribers', 'batch-a');
+      const b = await party('subscribers', 'batch-b');
+      const event = (key: string, account: string, megabytes: number) => ({
+        key,
+        account,
+        kind: 'pay-as-you-go-bytes',
+        quantity: megabytes * 1_000_000,
+      });
+      const batch = (events: object[]) =>
+        app.inject({
+          method: 'POST',
+          url: '/v1/usage/batch',
+          headers: as(operatorToken),
+          payload: { events },
+        });
+      const first = await batch([
+        event('batch/1', a.id, 3),
+        event('batch/2', b.id, 4),
+        event('batch/1', a.id, 3),
+        event('batch/3', 'nobody', 1),
+        event('batch/4', a.id, 5),
+      ]);
+      assert.equal(first.statusCode, 200, first.body);
+      const results = (
+        first.json() as { results: Array<{ key: string; status: number; amount?: number; error?: string }> }
+      ).results;
+      assert.deepEqual(
+        results.map((r) => [r.key, r.status, r.amount ?? r.error]),
+        [
+          ['batch/1', 201, 3],
+          ['batch/2', 201, 4],
+          ['batch/1', 200, 3],
+          ['batch/3', 404, 'not-found'],
+          ['batch/4', 201, 5],
+        ],
+      );
+      const again = (await batch([event('batch/2', b.id, 4), event('batch/4', a.id, 6)])).json() as {
+        results: Array<{ status: number; error?: string }>;
+      };
+      assert.deepEqual(
+        again.results.map((r) => r.status),
+        [200, 409],
+        'a replay and a conflict, nothing written',
+      );
+      const balance = async (id: string, token: string) =>
+        ((await call('GET', `/v1/accounts/${id}/balance`, token)).json() as { balance: number }).balance;
+      assert.equal(await balance(a.id, a.token), -8);
+      assert.equal(await balance(b.id, b.token), -4);
+      const events = await store.db
+        .selectFrom('usage_events')
+        .select('id')
+        .where('account', 'in', [a.id, b.id])
+        .execute();
+      assert.equal(events.length, 3, 'one usage event per charge');
+      const tooMany = await batch(Array.from({ length: 1001 }, (_, i) => event(`batch/x${i}`, a.id, 1)));
+      assert.equal(tooMany.statusCode, 400, 'more than usageBatchEventsMax events');
+
+      // 40 keys, each sent 3 times at once through POST /v1/usage: charged exactly once each.
+      const single = (key: string, megabytes: number) =>
+        app.inject({
+          method: 'POST',
+          url: '/v1/usage',
+          headers: { ...as(operatorToken), 'idempotency-key': key },
+          payload: { account: b.id, kind: 'pay-as-you-go-bytes', quantity: megabytes * 1_000_000 },
+        });
+      const answers = await Promise.all(
+        Array.from({ length: 120 }, (_, i) => single(`group/${i % 40}`, (i % 40) + 1)),
+      );
+      assert.ok(answers.every((answer) => answer.statusCode === 200 || answer.statusCode === 201));
+      assert.equal(answers.filter((answer) => answer.statusCode === 201).length, 40);
+      assert.equal(await balance(b.id, b.token), -4 - (40 * 41) / 2);
+      assert.equal(await ledgerSum(), 0);
+    });
+
     it('charges near 2^53 stay exact; one past an account total of 2^53 - 1 is a 422 limit-exceeded, written never', async () => {
       const subscriber = await party('subscribers', 'huge');
       const old = (await call('GET', '/v1/rates', operatorToken)).json() as Record<string, number>;
