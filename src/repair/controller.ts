@@ -12,7 +12,7 @@ import { randomUUID } from 'node:crypto';
 import { isIPv4 } from 'node:net';
 import { type Static, type TSchema, Type } from '@sinclair/typebox';
 import { answerTag } from '../crypto/answer-auth.js';
-import { controllerBodyBytesMax, controllerGrantsPerSubscriberMax } from '../limits.js';
+import { controllerBodyBytesMax, controllerGrantsPerSubscriberMax, usageBatchEventsMax } from '../limits.js';
 import { type Endpoint, formatEndpoint, isMulticast, parseGroup } from '../net/address.js';
 import { type ApiAnswer, requestApi } from '../net/api-client.js';
 import { InvalidArgumentError, SocketError } from '../net/errors.js';
@@ -22,7 +22,7 @@ import type { TlsFiles } from '../net/tls.js';
 import { addToAddress } from '../protocol/address.js';
 import { ErrorBody } from '../protocol/api-errors.js';
 import { RepairGrantBody, RepairReleaseBody, RepairRequestBody } from '../protocol/api-repair.js';
-import { Charge, CheckResult, SessionList, Whoami } from '../protocol/api-subscription.js';
+import { CheckResult, SessionList, UsageBatchResult, Whoami } from '../protocol/api-subscription.js';
 import { answerFields } from '../protocol/controller.js';
 import type { RepairServer, RepairSettings } from './repair.js';
 import { startRepairServer } from './repair.js';
@@ -184,22 +184,25 @@ export async function startRepairController(settings: ControllerSettings): Promi
     });
     await flushing;
   };
+  /** Sends what is pending in batches, each report under its own key, until none is left or the server is away. */
   const flushPending = async () => {
     while (pending.length > 0) {
-      const report = pending[0] as PendingReport;
-      const answer = await ask('/v1/usage', Charge, settings.token, {
+      const batch = pending.slice(0, usageBatchEventsMax);
+      const answer = await ask('/v1/usage/batch', UsageBatchResult, settings.token, {
         method: 'POST',
-        headers: { 'idempotency-key': report.key },
-        body: report.body,
+        body: { events: batch.map((report) => ({ key: report.key, ...report.body })) },
       });
-      if (answer === undefined || answer.status >= 500 || answer.status === 429) {
-        return; // the server is away or busy: the same report, same key, next time
+      if (answer === undefined || !answer.ok || answer.body.results.length !== batch.length) {
+        return; // the server is away, busy or answered nonsense: the same reports, same keys, next time
       }
-      pending.shift();
-      journal?.done(report.key);
-      if (answer.ok) {
-        counters.reportsSent++;
-        counters.usageBytesReported += report.body.quantity;
+      pending.splice(0, batch.length);
+      for (const [index, report] of batch.entries()) {
+        journal?.done(report.key);
+        const result = answer.body.results[index];
+        if (result !== undefined && result.status < 300) {
+          counters.reportsSent++;
+          counters.usageBytesReported += report.body.quantity;
+        }
       }
     }
   };
