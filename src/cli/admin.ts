@@ -10,10 +10,10 @@ import { parseArgs } from 'node:util';
 import { readSecretFile } from '../crypto/control-auth.js';
 import { fetchFailure } from '../net/http.js';
 import { openStore } from '../store/database.js';
-import { buildSubscriptionApp } from '../subscription/app.js';
 import { openSetupSender } from '../subscription/setup-sender.js';
 import { exitOk, UsageError } from './errors.js';
 import { parseServerUrl } from './options.js';
+import { buildServerApp as buildSubscriptionApp } from './server-app.js';
 import { readToken } from './token.js';
 
 /** The server refused a request or could not be reached. */

@@ -18,10 +18,10 @@ import { openFileInput, openTickerInput } from '../source/inputs.js';
 import { createSource } from '../source/source.js';
 import { openStore } from '../store/database.js';
 import { createLedger } from '../store/ledger.js';
-import { buildSubscriptionApp } from '../subscription/app.js';
 import { exitIncomplete, exitOk } from './errors.js';
 import { formatBytes, formatRate } from './format.js';
 import { formatHelp, type OptionSpecs, optional, parseInteger, parseOptions } from './options.js';
+import { buildServerApp as buildSubscriptionApp } from './server-app.js';
 
 const demoOptions: OptionSpecs = {
   'file-size': { type: 'string', value: 'BYTES', help: 'size of the generated file (default 4000000)' },

@@ -7,11 +7,11 @@ import { boundPort, checkListenable } from '../net/http-server.js';
 import { readTlsFiles } from '../net/tls.js';
 import { openStore } from '../store/database.js';
 import { StoreUrlError } from '../store/errors.js';
-import { buildSubscriptionApp } from '../subscription/app.js';
 import { openSetupSender } from '../subscription/setup-sender.js';
 import { closeWithin, endProcessSoon } from './daemon.js';
 import { exitOk, UsageError } from './errors.js';
 import { formatHelp, type OptionSpecs, optional, parseOptions } from './options.js';
+import { buildServerApp as buildSubscriptionApp } from './server-app.js';
 
 const serveOptions: OptionSpecs = {
   roles: {

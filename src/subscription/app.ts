@@ -8,6 +8,7 @@ import { randomUUID } from 'node:crypto';
 import swagger from '@fastify/swagger';
 import { type Static, Type } from '@sinclair/typebox';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import type { BillingFactory, RateCard } from '../api/billing.js';
 import { subscriptionBodyBytesMax } from '../limits.js';
 import { InvalidArgumentError } from '../net/errors.js';
 import { bearerToken } from '../net/http.js';
@@ -15,10 +16,11 @@ import { createHttpApp, type HttpServerLimits } from '../net/http-server.js';
 import type { TlsFiles } from '../net/tls.js';
 import type { Store } from '../store/database.js';
 import { createLedger } from '../store/ledger.js';
-import { type RateCard, rateCardDefault, registerBillingRoutes } from './billing.js';
 import {
   type ApiContext,
+  anyParty,
   badRequest,
+  callerOf,
   ErrorBody,
   errorReplies,
   forbid,
@@ -36,7 +38,6 @@ import {
 } from './context.js';
 import { refreshSetups, registerSessionRoutes } from './sessions.js';
 
-export { type RateCard, rate, rateCardDefault } from './billing.js';
 export type { PartyKind } from './context.js';
 
 const PartyBody = Type.Object({ name: Name }, { additionalProperties: false });
@@ -100,7 +101,9 @@ export interface SubscriptionAppOptions {
   readonly trustedOperatorToken?: string | undefined;
   readonly currency?: string;
   /** Default rates; the operator may override them with PUT /v1/rates. */
-  readonly rates?: RateCard;
+  readonly rates?: RateCard | undefined;
+  /** Builds the billing role (src/billing/), which this role calls through its interface. */
+  readonly billing: BillingFactory;
   /** Sends SETUP to retransmit servers (flow B); without it, sessions cannot buy repair. */
   readonly setup?: SetupSender | undefined;
   /**
@@ -167,13 +170,11 @@ export async function buildSubscriptionApp(options: SubscriptionAppOptions): Pro
     return party as Party;
   };
 
+  const authContext = { authenticate };
+
   const createParty =
     (kind: PartyKind) =>
     async (request: FastifyRequest<{ Body: Static<typeof PartyBody> }>, reply: FastifyReply) => {
-      const operator = await operatorOnly(authenticate, request, reply, 'only the operator creates parties');
-      if (operator === undefined) {
-        return reply;
-      }
       const token = newToken();
       const id = randomUUID();
       const taken = await db
@@ -229,20 +230,20 @@ export async function buildSubscriptionApp(options: SubscriptionAppOptions): Pro
       return reply.code(201).send({ id, name: request.body.name, kind, token });
     };
   const partyRoute = {
+    preHandler: operatorOnly(authContext, 'only the operator creates parties'),
     schema: {
       body: PartyBody,
       response: { 201: PartyCreated, 400: ErrorBody, 401: ErrorBody, 403: ErrorBody, 409: ErrorBody },
     },
   };
-  app.post('/v1/subscribers', partyRoute, createParty('subscriber'));
+  app.post<{ Body: Static<typeof PartyBody> }>('/v1/subscribers', partyRoute, createParty('subscriber'));
   app.get(
     '/v1/tokens',
-    { schema: { response: { 200: Type.Array(TokenInfo), ...errorReplies } } },
-    async (request, reply) => {
-      const operator = await operatorOnly(authenticate, request, reply, 'only the operator lists tokens');
-      if (operator === undefined) {
-        return reply;
-      }
+    {
+      preHandler: operatorOnly(authContext, 'only the operator lists tokens'),
+      schema: { response: { 200: Type.Array(TokenInfo), ...errorReplies } },
+    },
+    async () => {
       const rows = await db
         .selectFrom('parties')
         .select(['id', 'kind', 'name', 'created_at', 'revoked_at'])
@@ -260,12 +261,11 @@ export async function buildSubscriptionApp(options: SubscriptionAppOptions): Pro
   );
   app.delete<{ Params: { id: string } }>(
     '/v1/tokens/:id',
-    { schema: { params: Type.Object({ id: Id }), response: { 204: Type.Null(), ...errorReplies } } },
+    {
+      preHandler: operatorOnly(authContext, 'only the operator revokes tokens'),
+      schema: { params: Type.Object({ id: Id }), response: { 204: Type.Null(), ...errorReplies } },
+    },
     async (request, reply) => {
-      const operator = await operatorOnly(authenticate, request, reply, 'only the operator revokes tokens');
-      if (operator === undefined) {
-        return reply;
-      }
       const outcome = await store.writeTransaction(async (trx) => {
         const party = await trx
           .selectFrom('parties')
@@ -306,21 +306,18 @@ export async function buildSubscriptionApp(options: SubscriptionAppOptions): Pro
       return reply.code(204).send(null);
     },
   );
-  app.post('/v1/sources', partyRoute, createParty('source'));
+  app.post<{ Body: Static<typeof PartyBody> }>('/v1/sources', partyRoute, createParty('source'));
 
   app.post<{ Body: Static<typeof EntitlementBody> }>(
     '/v1/entitlements',
     {
+      preHandler: operatorOnly(authContext, 'only the operator grants services'),
       schema: {
         body: EntitlementBody,
         response: { 201: Entitlement, 400: ErrorBody, 401: ErrorBody, 403: ErrorBody, 404: ErrorBody },
       },
     },
     async (request, reply) => {
-      const operator = await operatorOnly(authenticate, request, reply, 'only the operator grants services');
-      if (operator === undefined) {
-        return reply;
-      }
       const body = request.body;
       if (body.from !== undefined && body.to !== undefined && Date.parse(body.from) >= Date.parse(body.to)) {
         return badRequest(reply, 'body/to must be after body/from');
@@ -351,13 +348,11 @@ export async function buildSubscriptionApp(options: SubscriptionAppOptions): Pro
   app.get<{ Querystring: Static<typeof EntitlementQuery> }>(
     '/v1/entitlements',
     {
+      preHandler: anyParty(authContext),
       schema: { querystring: EntitlementQuery, response: { 200: Type.Array(Entitlement), ...errorReplies } },
     },
     async (request, reply) => {
-      const caller = await authenticate(request, reply);
-      if (caller === undefined) {
-        return reply;
-      }
+      const caller = callerOf(request);
       if (caller.kind === 'source') {
         return forbid(reply, 'a source does not read entitlements');
       }
@@ -376,31 +371,27 @@ export async function buildSubscriptionApp(options: SubscriptionAppOptions): Pro
 
   app.get(
     '/v1/services',
-    { schema: { response: { 200: Type.Array(Service), 401: ErrorBody } } },
-    async (request, reply) => {
-      const caller = await authenticate(request, reply);
-      return caller === undefined ? reply : services;
-    },
+    { preHandler: anyParty(authContext), schema: { response: { 200: Type.Array(Service), 401: ErrorBody } } },
+    async () => services,
   );
 
-  app.get('/v1/whoami', { schema: { response: { 200: Whoami, 401: ErrorBody } } }, async (request, reply) => {
-    const caller = await authenticate(request, reply);
-    return caller === undefined ? reply : caller;
-  });
+  app.get(
+    '/v1/whoami',
+    { preHandler: anyParty(authContext), schema: { response: { 200: Whoami, 401: ErrorBody } } },
+    async (request) => callerOf(request),
+  );
 
   app.get<{ Querystring: Static<typeof CheckQuery> }>(
     '/v1/entitlements/check',
     {
+      preHandler: anyParty(authContext),
       schema: {
         querystring: CheckQuery,
         response: { 200: CheckResult, 400: ErrorBody, 401: ErrorBody, 403: ErrorBody },
       },
     },
     async (request, reply) => {
-      const caller = await authenticate(request, reply);
-      if (caller === undefined) {
-        return reply;
-      }
+      const caller = callerOf(request);
       const { subscriber, service, session } = request.query;
       if (caller.kind === 'subscriber' && caller.id !== subscriber) {
         return forbid(reply, 'a subscriber reads only its own entitlements');
@@ -433,16 +424,14 @@ export async function buildSubscriptionApp(options: SubscriptionAppOptions): Pro
   app.get<{ Params: { id: string } }>(
     '/v1/accounts/:id/balance',
     {
+      preHandler: anyParty(authContext),
       schema: {
         params: Type.Object({ id: Id }),
         response: { 200: Balance, 401: ErrorBody, 403: ErrorBody, 404: ErrorBody },
       },
     },
     async (request, reply) => {
-      const caller = await authenticate(request, reply);
-      if (caller === undefined) {
-        return reply;
-      }
+      const caller = callerOf(request);
       if (caller.kind !== 'operator' && caller.id !== request.params.id) {
         return forbid(reply, 'a party reads only its own account');
       }
@@ -458,8 +447,12 @@ export async function buildSubscriptionApp(options: SubscriptionAppOptions): Pro
     },
   );
 
-  const context: ApiContext = { store, db, ledger, currency, setup: options.setup, authenticate };
-  const rates = options.rates ?? rateCardDefault;
+  const shared = { store, db, ledger, currency, authenticate };
+  const context: ApiContext = {
+    ...shared,
+    setup: options.setup,
+    billing: options.billing(shared, options.rates),
+  };
   const roles = options.roles ?? ['subscription', 'billing'];
   if (options.setup !== undefined && options.setupRefreshMs !== undefined && roles.includes('subscription')) {
     // Retransmit servers that restarted (or missed every copy of a SETUP) join again.
@@ -469,10 +462,10 @@ export async function buildSubscriptionApp(options: SubscriptionAppOptions): Pro
     app.addHook('onClose', async () => clearInterval(timer));
   }
   if (roles.includes('billing')) {
-    registerBillingRoutes(app, context, rates);
+    context.billing.register(app);
   }
   if (roles.includes('subscription')) {
-    registerSessionRoutes(app, context, rates);
+    registerSessionRoutes(app, context);
   }
 
   app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());

@@ -11,10 +11,11 @@ import type { FastifyInstance, FastifyReply } from 'fastify';
 import { sql } from 'kysely';
 import { formatEndpoint, isMulticast, parseEndpoint, parseGroup } from '../net/address.js';
 import { LedgerError } from '../store/ledger.js';
-import { chargeUsage, type RateCard } from './billing.js';
 import {
   type ApiContext,
+  anyParty,
   badRequest,
+  callerOf,
   errorReplies,
   forbid,
   Id,
@@ -129,7 +130,7 @@ export async function refreshSetups(context: ApiContext, servers?: readonly stri
 }
 
 /** Registers the session and server-registry routes. */
-export function registerSessionRoutes(app: FastifyInstance, context: ApiContext, rates: RateCard): void {
+export function registerSessionRoutes(app: FastifyInstance, context: ApiContext): void {
   const { db } = context;
 
   const retransmitServers = async () =>
@@ -156,12 +157,12 @@ export function registerSessionRoutes(app: FastifyInstance, context: ApiContext,
 
   app.post<{ Body: Static<typeof SessionBody> }>(
     '/v1/sessions',
-    { schema: { body: SessionBody, response: { 201: Session, ...errorReplies } } },
+    {
+      preHandler: anyParty(context),
+      schema: { body: SessionBody, response: { 201: Session, ...errorReplies } },
+    },
     async (request, reply) => {
-      const caller = await context.authenticate(request, reply);
-      if (caller === undefined) {
-        return reply;
-      }
+      const caller = callerOf(request);
       if (caller.kind === 'subscriber') {
         return forbid(reply, 'only a source or the operator registers sessions');
       }
@@ -264,12 +265,12 @@ export function registerSessionRoutes(app: FastifyInstance, context: ApiContext,
 
   app.get<{ Querystring: Static<typeof SessionQuery> }>(
     '/v1/sessions',
-    { schema: { querystring: SessionQuery, response: { 200: Type.Array(Session), ...errorReplies } } },
+    {
+      preHandler: anyParty(context),
+      schema: { querystring: SessionQuery, response: { 200: Type.Array(Session), ...errorReplies } },
+    },
     async (request, reply) => {
-      const caller = await context.authenticate(request, reply);
-      if (caller === undefined) {
-        return reply;
-      }
+      const caller = callerOf(request);
       if (caller.kind === 'subscriber') {
         return forbid(reply, 'a subscriber does not list sessions');
       }
@@ -292,12 +293,12 @@ export function registerSessionRoutes(app: FastifyInstance, context: ApiContext,
 
   app.get<{ Params: Static<typeof IdParams> }>(
     '/v1/sessions/:id',
-    { schema: { params: IdParams, response: { 200: Session, ...errorReplies } } },
+    {
+      preHandler: anyParty(context),
+      schema: { params: IdParams, response: { 200: Session, ...errorReplies } },
+    },
     async (request, reply) => {
-      const caller = await context.authenticate(request, reply);
-      if (caller === undefined) {
-        return reply;
-      }
+      const caller = callerOf(request);
       const row = await visibleSession(caller, request.params.id, reply);
       return row === undefined ? reply : present(row);
     },
@@ -305,12 +306,12 @@ export function registerSessionRoutes(app: FastifyInstance, context: ApiContext,
 
   app.post<{ Params: Static<typeof IdParams> }>(
     '/v1/sessions/:id/end',
-    { schema: { params: IdParams, response: { 200: Session, ...errorReplies } } },
+    {
+      preHandler: anyParty(context),
+      schema: { params: IdParams, response: { 200: Session, ...errorReplies } },
+    },
     async (request, reply) => {
-      const caller = await context.authenticate(request, reply);
-      if (caller === undefined) {
-        return reply;
-      }
+      const caller = callerOf(request);
       const found = await visibleSession(caller, request.params.id, reply);
       if (found === undefined) {
         return reply;
@@ -352,11 +353,9 @@ export function registerSessionRoutes(app: FastifyInstance, context: ApiContext,
         1,
         Math.ceil((Date.parse(row.ended_at ?? row.started_at) - Date.parse(row.started_at)) / 1000),
       );
-      let transfer: Awaited<ReturnType<typeof chargeUsage>>;
+      let transfer: Awaited<ReturnType<ApiContext['billing']['chargeUsage']>>;
       try {
-        transfer = await chargeUsage(
-          context,
-          rates,
+        transfer = await context.billing.chargeUsage(
           `session-end/${row.id}`,
           { account: row.owner, kind: 'source-repair-seconds', quantity: seconds, session: row.id },
           ['session-end', row.id],
@@ -379,17 +378,11 @@ export function registerSessionRoutes(app: FastifyInstance, context: ApiContext,
 
   app.post<{ Body: Static<typeof ServerBody> }>(
     '/v1/servers',
-    { schema: { body: ServerBody, response: { 200: Server, 201: Server, ...errorReplies } } },
+    {
+      preHandler: operatorOnly(context, 'only the operator registers servers'),
+      schema: { body: ServerBody, response: { 200: Server, 201: Server, ...errorReplies } },
+    },
     async (request, reply) => {
-      const operator = await operatorOnly(
-        context.authenticate,
-        request,
-        reply,
-        'only the operator registers servers',
-      );
-      if (operator === undefined) {
-        return reply;
-      }
       const { kind, name } = request.body;
       let address: string;
       try {
@@ -421,17 +414,11 @@ export function registerSessionRoutes(app: FastifyInstance, context: ApiContext,
 
   app.get(
     '/v1/servers',
-    { schema: { response: { 200: Type.Array(Server), ...errorReplies } } },
-    async (request, reply) => {
-      const operator = await operatorOnly(
-        context.authenticate,
-        request,
-        reply,
-        'only the operator reads the server registry',
-      );
-      if (operator === undefined) {
-        return reply;
-      }
+    {
+      preHandler: operatorOnly(context, 'only the operator reads the server registry'),
+      schema: { response: { 200: Type.Array(Server), ...errorReplies } },
+    },
+    async () => {
       return db
         .selectFrom('servers')
         .select(['id', 'kind', 'name', 'address'])
@@ -442,17 +429,11 @@ export function registerSessionRoutes(app: FastifyInstance, context: ApiContext,
 
   app.delete<{ Params: Static<typeof IdParams> }>(
     '/v1/servers/:id',
-    { schema: { params: IdParams, response: { 204: Type.Null(), ...errorReplies } } },
+    {
+      preHandler: operatorOnly(context, 'only the operator changes the server registry'),
+      schema: { params: IdParams, response: { 204: Type.Null(), ...errorReplies } },
+    },
     async (request, reply) => {
-      const operator = await operatorOnly(
-        context.authenticate,
-        request,
-        reply,
-        'only the operator changes the server registry',
-      );
-      if (operator === undefined) {
-        return reply;
-      }
       const result = await db.deleteFrom('servers').where('id', '=', request.params.id).executeTakeFirst();
       if (Number(result.numDeletedRows) === 0) {
         return notFound(reply, `no server ${request.params.id}`);

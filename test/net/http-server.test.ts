@@ -2,9 +2,9 @@ import assert from 'node:assert/strict';
 import { connect, type Socket } from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import type { FastifyInstance } from 'fastify';
+import { buildServerApp as buildSubscriptionApp } from '../../src/cli/server-app.js';
 import { boundPort } from '../../src/net/http-server.js';
 import { openStore, type Store } from '../../src/store/database.js';
-import { buildSubscriptionApp } from '../../src/subscription/app.js';
 
 const operatorToken = 'operator-token-for-the-http-kit-test-01';
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));

@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import type { FastifyInstance } from 'fastify';
+import { buildServerApp as buildSubscriptionApp } from '../../src/cli/server-app.js';
 import { answerTag, verifyAnswerTag } from '../../src/crypto/answer-auth.js';
 import { controlKey } from '../../src/crypto/control-auth.js';
 import { parseGroup } from '../../src/net/address.js';
@@ -14,7 +15,6 @@ import { startRepairController } from '../../src/repair/controller.js';
 import type { RepairServer, RepairSettings, RepairStatus } from '../../src/repair/repair.js';
 import { startRepairServer } from '../../src/repair/repair.js';
 import { openStore, type Store } from '../../src/store/database.js';
-import { buildSubscriptionApp } from '../../src/subscription/app.js';
 import { freePort } from '../helpers/serve.js';
 
 const operatorToken = 'operator-token-for-controller-tests-01';

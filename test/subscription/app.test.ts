@@ -2,9 +2,9 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 import type { FastifyInstance, InjectOptions } from 'fastify';
+import { buildServerApp as buildSubscriptionApp } from '../../src/cli/server-app.js';
 import { apiErrorStatus } from '../../src/protocol/api-errors.js';
 import { openStore, type Store } from '../../src/store/database.js';
-import { buildSubscriptionApp } from '../../src/subscription/app.js';
 import { onEveryStore } from '../helpers/postgres.js';
 
 /** The error codes docs/api.md lists in its Errors paragraph. */

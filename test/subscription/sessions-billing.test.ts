@@ -1,9 +1,9 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify';
+import { buildServerApp as buildSubscriptionApp } from '../../src/cli/server-app.js';
 import { openStore, type Store } from '../../src/store/database.js';
 import { createLedger } from '../../src/store/ledger.js';
-import { buildSubscriptionApp } from '../../src/subscription/app.js';
 import type { SetupSender } from '../../src/subscription/context.js';
 import { onEveryStore } from '../helpers/postgres.js';
 

@@ -1,10 +1,27 @@
 /**
- * The billing routes: the rate card, usage events rated into the ledger, subscriptions charged per
- * period, invoices per account and period, and the ledger as CSV (docs/api.md, "Billing").
+ * The billing role (beside the ledger in store/ledger.ts): rating, usage events charged into the
+ * ledger (one at a time, in batches, and group-committed), the billing run that charges
+ * subscriptions per period, invoices per account and period, and the ledger as CSV (docs/api.md,
+ * "Billing"). The subscription role calls it through BillingService (src/api/billing.ts).
  */
 import { randomUUID } from 'node:crypto';
 import { type Static, Type } from '@sinclair/typebox';
 import type { FastifyInstance } from 'fastify';
+import type { BillingFactory, BillingService, RateCard } from '../api/billing.js';
+import {
+  type ApiContext,
+  anyParty,
+  badRequest,
+  callerOf,
+  errorReplies,
+  forbid,
+  Id,
+  notFound,
+  operatorOnly,
+  Period,
+  periodBounds,
+  revenueAccount,
+} from '../api/context.js';
 import { rateCacheMs, usageBatchBodyBytesMax, usageBatchEventsMax } from '../limits.js';
 import type { ApiErrorCode } from '../protocol/api-errors.js';
 import {
@@ -16,30 +33,10 @@ import {
   type UsageKind,
 } from '../protocol/api-subscription.js';
 import { LedgerError, type TransferRequest } from '../store/ledger.js';
-import {
-  type ApiContext,
-  badRequest,
-  errorReplies,
-  forbid,
-  Id,
-  notFound,
-  operatorOnly,
-  Period,
-  periodBounds,
-  revenueAccount,
-} from './context.js';
 
-/** Rating rules: minor units per unit of usage. */
-export interface RateCard {
-  /** Per 10^9 bytes repaired for a subscriber. */
-  readonly repairPerGigabyte: number;
-  /** Per 10^6 bytes of a pay-as-you-go stream. */
-  readonly payAsYouGoPerMegabyte: number;
-  /** Per minute of a pay-as-you-go stream. */
-  readonly payAsYouGoPerMinute: number;
-  /** Per hour of a source's repaired session. */
-  readonly sourceRepairPerHour: number;
-}
+export type { RateCard } from '../api/billing.js';
+
+/** The default rate card; the operator overrides it with PUT /v1/rates. */
 export const rateCardDefault: RateCard = {
   repairPerGigabyte: 50,
   payAsYouGoPerMegabyte: 1,
@@ -336,28 +333,19 @@ export function registerBillingRoutes(app: FastifyInstance, context: ApiContext,
 
   app.get(
     '/v1/rates',
-    { schema: { response: { 200: Rates, 401: errorReplies[401] } } },
-    async (request, reply) => {
-      if ((await context.authenticate(request, reply)) === undefined) {
-        return reply;
-      }
+    { preHandler: anyParty(context), schema: { response: { 200: Rates, 401: errorReplies[401] } } },
+    async () => {
       return currentRates(context, defaults);
     },
   );
 
   app.put<{ Body: Static<typeof RatesUpdate> }>(
     '/v1/rates',
-    { schema: { body: RatesUpdate, response: { 200: Rates, ...errorReplies } } },
-    async (request, reply) => {
-      const operator = await operatorOnly(
-        context.authenticate,
-        request,
-        reply,
-        'only the operator sets rates',
-      );
-      if (operator === undefined) {
-        return reply;
-      }
+    {
+      preHandler: operatorOnly(context, 'only the operator sets rates'),
+      schema: { body: RatesUpdate, response: { 200: Rates, ...errorReplies } },
+    },
+    async (request, _reply) => {
       const now = new Date().toISOString();
       await context.store.writeTransaction(async (trx) => {
         for (const [name, amount] of Object.entries(request.body)) {
@@ -376,6 +364,7 @@ export function registerBillingRoutes(app: FastifyInstance, context: ApiContext,
   app.post<{ Body: UsageBody; Headers: Static<typeof IdempotencyHeaders> }>(
     '/v1/usage',
     {
+      preHandler: operatorOnly(context, 'usage is reported by the operator’s servers'),
       schema: {
         body: UsageBody,
         headers: IdempotencyHeaders,
@@ -383,15 +372,6 @@ export function registerBillingRoutes(app: FastifyInstance, context: ApiContext,
       },
     },
     async (request, reply) => {
-      const operator = await operatorOnly(
-        context.authenticate,
-        request,
-        reply,
-        'usage is reported by the operator’s servers',
-      );
-      if (operator === undefined) {
-        return reply;
-      }
       const result = await commit({ key: request.headers['idempotency-key'], usage: request.body });
       return reply.code(result.status).send(result.body);
     },
@@ -400,19 +380,11 @@ export function registerBillingRoutes(app: FastifyInstance, context: ApiContext,
   app.post<{ Body: Static<typeof UsageBatchBody> }>(
     '/v1/usage/batch',
     {
+      preHandler: operatorOnly(context, 'usage is reported by the operator’s servers'),
       bodyLimit: usageBatchBodyBytesMax,
       schema: { body: UsageBatchBody, response: { 200: UsageBatchResult, ...errorReplies } },
     },
-    async (request, reply) => {
-      const operator = await operatorOnly(
-        context.authenticate,
-        request,
-        reply,
-        'usage is reported by the operator’s servers',
-      );
-      if (operator === undefined) {
-        return reply;
-      }
+    async (request, _reply) => {
       const items = request.body.events.map(({ key, ...usage }) => ({ key, usage }));
       const results = await chargeUsageMany(context, defaults, items);
       return {
@@ -427,12 +399,12 @@ export function registerBillingRoutes(app: FastifyInstance, context: ApiContext,
 
   app.get<{ Querystring: Static<typeof UsageQuery> }>(
     '/v1/usage',
-    { schema: { querystring: UsageQuery, response: { 200: Type.Array(UsageEvent), ...errorReplies } } },
+    {
+      preHandler: anyParty(context),
+      schema: { querystring: UsageQuery, response: { 200: Type.Array(UsageEvent), ...errorReplies } },
+    },
     async (request, reply) => {
-      const caller = await context.authenticate(request, reply);
-      if (caller === undefined) {
-        return reply;
-      }
+      const caller = callerOf(request);
       const { account, period } = request.query;
       if (caller.kind !== 'operator' && caller.id !== account) {
         return forbid(reply, 'a party reads only its own usage');
@@ -461,17 +433,11 @@ export function registerBillingRoutes(app: FastifyInstance, context: ApiContext,
 
   app.post<{ Body: Static<typeof RunBody> }>(
     '/v1/billing/run',
-    { schema: { body: RunBody, response: { 200: RunResult, ...errorReplies } } },
+    {
+      preHandler: operatorOnly(context, 'only the operator runs billing'),
+      schema: { body: RunBody, response: { 200: RunResult, ...errorReplies } },
+    },
     async (request, reply) => {
-      const operator = await operatorOnly(
-        context.authenticate,
-        request,
-        reply,
-        'only the operator runs billing',
-      );
-      if (operator === undefined) {
-        return reply;
-      }
       const { period } = request.body;
       const { from, to } = periodBounds(period);
       if (Date.parse(from) > Date.now()) {
@@ -517,12 +483,12 @@ export function registerBillingRoutes(app: FastifyInstance, context: ApiContext,
 
   app.get<{ Querystring: Static<typeof InvoiceQuery> }>(
     '/v1/invoices',
-    { schema: { querystring: InvoiceQuery, response: { 200: Invoice, ...errorReplies } } },
+    {
+      preHandler: anyParty(context),
+      schema: { querystring: InvoiceQuery, response: { 200: Invoice, ...errorReplies } },
+    },
     async (request, reply) => {
-      const caller = await context.authenticate(request, reply);
-      if (caller === undefined) {
-        return reply;
-      }
+      const caller = callerOf(request);
       const { account, period } = request.query;
       if (caller.kind !== 'operator' && caller.id !== account) {
         return forbid(reply, 'a party reads only its own invoices');
@@ -569,17 +535,11 @@ export function registerBillingRoutes(app: FastifyInstance, context: ApiContext,
 
   app.get(
     '/v1/ledger.csv',
-    { schema: { response: { 401: errorReplies[401], 403: errorReplies[403] } } },
-    async (request, reply) => {
-      const operator = await operatorOnly(
-        context.authenticate,
-        request,
-        reply,
-        'only the operator exports the ledger',
-      );
-      if (operator === undefined) {
-        return reply;
-      }
+    {
+      preHandler: operatorOnly(context, 'only the operator exports the ledger'),
+      schema: { response: { 401: errorReplies[401], 403: errorReplies[403] } },
+    },
+    async (_request, reply) => {
       const rows = await db.selectFrom('transfers').selectAll().orderBy('created_at').orderBy('id').execute();
       const quote = (value: string) => (/[",\n]/.test(value) ? `"${value.replaceAll('"', '""')}"` : value);
       const lines = ['id,created_at,idempotency_key,debit,credit,amount,currency,memo'];
@@ -603,3 +563,9 @@ export function registerBillingRoutes(app: FastifyInstance, context: ApiContext,
     },
   );
 }
+
+/** The billing role over the API context: what the subscription role calls, and the routes it serves. */
+export const createBilling: BillingFactory = (context, defaults = rateCardDefault): BillingService => ({
+  chargeUsage: (key, usage, fingerprint) => chargeUsage(context, defaults, key, usage, fingerprint),
+  register: (app) => registerBillingRoutes(app, context, defaults),
+});
