@@ -129,13 +129,13 @@ export async function currentRates(context: ApiContext, defaults: RateCard): Pro
 
 async function readRates(context: ApiContext, defaults: RateCard): Promise<RateCard> {
   const rows = await context.db.selectFrom('rates').select(['name', 'amount']).execute();
-  const card: Record<string, number> = { ...defaults };
+  const card: { -readonly [name in keyof RateCard]: number } = { ...defaults };
   for (const row of rows) {
-    if (row.name in card) {
-      card[row.name] = Number(row.amount);
+    if (rateNames.includes(row.name as keyof RateCard)) {
+      card[row.name as keyof RateCard] = Number(row.amount);
     }
   }
-  return card as unknown as RateCard;
+  return card;
 }
 
 /** One usage event to charge: its idempotency key, the client's report, and what the key covers. */
