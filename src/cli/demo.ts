@@ -158,6 +158,9 @@ async function repairDemo(options: {
     ).json() as Record<string, unknown>;
   const alice = await api('POST', '/v1/subscribers', { name: 'alice' });
   await api('POST', '/v1/entitlements', { subscriber: alice.id, service: 'repair' });
+  // The controller grants repair only for an S1 a source has registered.
+  const source = await api('POST', '/v1/sources', { name: 'demo source' });
+  await api('POST', '/v1/sessions', { name: 'demo file', group: formatEndpoint(s1), owner: source.id });
   const retransmit = await startRetransmitServer({
     joins: [{ group: s1 }],
     iface,
