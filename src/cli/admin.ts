@@ -7,8 +7,11 @@
 import { randomBytes } from 'node:crypto';
 import { chmodSync, writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
+import { type TSchema, Type } from '@sinclair/typebox';
 import { readSecretFile } from '../crypto/control-auth.js';
+import { checkAnswer } from '../net/api-client.js';
 import { fetchFailure } from '../net/http.js';
+import { Charge, CheckResult, Session, SessionList, Whoami } from '../protocol/api-subscription.js';
 import { openStore } from '../store/database.js';
 import { openSetupSender } from '../subscription/setup-sender.js';
 import { exitOk, UsageError } from './errors.js';
@@ -106,15 +109,14 @@ export async function runAdmin(argv: string[], out: NodeJS.WriteStream): Promise
   const target = await connect(values);
   try {
     const answer = await command(positionals, values, target.send);
-    if (answer.status >= 400) {
-      let message = answer.body;
-      try {
-        const parsed = JSON.parse(answer.body) as { error?: string; message?: string };
-        message = `${parsed.error ?? 'error'}: ${parsed.message ?? ''}`;
-      } catch {
-        // not JSON: shown as it is
-      }
-      throw new RequestError(`${answer.status} ${message}`);
+    // Every answer is checked against the contract the server answers with (src/protocol/api-*.ts).
+    const checked = checkAnswer(answer.status, parseJson(answer.body), answerSchema(positionals));
+    if (!checked.ok) {
+      throw new RequestError(
+        checked.error === 'invalid-answer' && answer.status >= 400
+          ? `${answer.status} ${answer.body.trim().slice(0, 200)}`
+          : `${answer.status} ${checked.error}: ${checked.message}`,
+      );
     }
     if (values.out !== undefined) {
       writeFileSync(values.out, answer.body, { mode: 0o600 }); // the ledger: money, for the operator only
@@ -343,5 +345,33 @@ async function command(
     }
     default:
       throw new UsageError(`unknown command "${verb}" (gatecast admin --help)`);
+  }
+}
+
+/** The body as JSON, or the text itself when it is not JSON (the CSV export). */
+function parseJson(text: string): unknown {
+  try {
+    return JSON.parse(text);
+  } catch {
+    return text;
+  }
+}
+
+/** The contract's schema of a command's answer; commands without one are checked for an error body only. */
+function answerSchema(words: readonly string[]): TSchema {
+  const [verb, action] = words;
+  switch (verb) {
+    case 'whoami':
+      return Whoami;
+    case 'check':
+      return CheckResult;
+    case 'session':
+      return action === 'add' || action === 'end' ? Session : Type.Unknown();
+    case 'sessions':
+      return SessionList;
+    case 'usage':
+      return Charge;
+    default:
+      return Type.Unknown();
   }
 }

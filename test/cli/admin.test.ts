@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
@@ -84,6 +85,33 @@ describe('gatecast admin', () => {
       assert.match(both.stderr, /one of --server URL .* or --db URL/);
     } finally {
       await server.stop();
+    }
+  });
+
+  it('an answer that does not fit the contract, or an undocumented error, is a refusal with the reason (exit 2)', async () => {
+    let answer = { status: 200, body: '{"id": 5}' };
+    const fake = createServer((request, response) => {
+      request.resume();
+      response.writeHead(answer.status, { 'content-type': 'application/json' });
+      response.end(answer.body);
+    });
+    await new Promise<void>((resolve) => fake.listen(0, '127.0.0.1', resolve));
+    const address = fake.address();
+    const url = `http://127.0.0.1:${typeof address === 'object' && address !== null ? address.port : 0}`;
+    try {
+      const env = { GATECAST_TOKEN: 'a-token-for-the-fake-server' };
+      const wrong = await admin(['--server', url, 'whoami'], env);
+      assert.equal(wrong.code, 2);
+      assert.match(
+        wrong.stderr,
+        /^gatecast admin: 200 invalid-answer: the answer does not fit the contract at "\/(id|name|kind)"/,
+      );
+      answer = { status: 500, body: 'null' };
+      const broken = await admin(['--server', url, 'whoami'], env);
+      assert.equal(broken.code, 2);
+      assert.match(broken.stderr, /^gatecast admin: 500 null\n$/);
+    } finally {
+      await new Promise<void>((resolve) => fake.close(() => resolve()));
     }
   });
 });
