@@ -115,7 +115,11 @@ describe('buying repair: flows A and B on the namespace test bed', testbedSkip([
       for (const host of ['rt1', 'rt2']) {
         await admin(operatorTokenFile(), ['server', 'add', 'retransmit', host, retransmitAt(host)]);
       }
-      const source = (await admin(operatorTokenFile(), ['source', 'add', 'news'])) as Record<string, unknown>;
+      // Names are unique per kind: one source per family.
+      const source = (await admin(operatorTokenFile(), ['source', 'add', `news ${family}`])) as Record<
+        string,
+        unknown
+      >;
       const sourceToken = tokenFileFor('source', source);
       const repair = startRepair(bed, 'rep', {
         s1,
@@ -218,12 +222,29 @@ describe('buying repair: flows A and B on the namespace test bed', testbedSkip([
     ],
   ] as const) {
     it(`flow A over ${family}: an entitled subscriber’s application gets the repaired session through the agent; an unentitled one is refused and keeps plain S1; repair usage is charged`, async () => {
-      const alice = (await admin(operatorTokenFile(), ['subscriber', 'add', 'alice'])) as Record<
+      // Names are unique per kind: one alice and one bob per family.
+      const alice = (await admin(operatorTokenFile(), ['subscriber', 'add', `alice ${family}`])) as Record<
         string,
         unknown
       >;
-      const bob = (await admin(operatorTokenFile(), ['subscriber', 'add', 'bob'])) as Record<string, unknown>;
+      const bob = (await admin(operatorTokenFile(), ['subscriber', 'add', `bob ${family}`])) as Record<
+        string,
+        unknown
+      >;
       await admin(operatorTokenFile(), ['grant', String(alice.id), 'repair']);
+      // The controller grants repair only for an S1 a source registered and has not ended.
+      const tv = (await admin(operatorTokenFile(), ['source', 'add', `tv ${family}`])) as Record<
+        string,
+        unknown
+      >;
+      const registered = (await admin(operatorTokenFile(), [
+        'session',
+        'add',
+        `flow A ${family}`,
+        s1,
+        '--owner',
+        String(tv.id),
+      ])) as Record<string, unknown>;
       const retransmit = startRetransmit(bed, 'rt1', s1, secret());
       const controller = bed.gatecast('rep', [
         'repair',
@@ -305,6 +326,7 @@ describe('buying repair: flows A and B on the namespace test bed', testbedSkip([
         agentLogs.push((await stop(agent)).stderr);
       }
       await stop(controller);
+      await admin(operatorTokenFile(), ['session', 'end', String(registered.id)]);
       await stop(retransmit);
 
       assert.equal(
