@@ -60,8 +60,14 @@ export const progressAheadPacketsMax = 8192;
 /** DATA packets beyond the window, in a row, that make a window jump to them (an outage longer than the window). */
 export const resyncPacketsMin = 32;
 
+/** How long DATA must keep arriving beyond the window, with none inside it, before the window jumps (a burst of forgeries does not). */
+export const resyncQuietMs = 1_000;
+
 /** A run with no DATA and no HEARTBEAT for this long has ended (its source died without END). */
 export const sessionIdleMs = 5_000;
+
+/** Repair server: runs remembered as ended, so a late or replayed DESCRIPTOR does not start one again. */
+export const endedRunsMax = 256;
 
 /** Repair server: how far back into a file it reaches when it joins late; earlier packets are reported as not reached. */
 export const repairReachBackPacketsMax = 16_384;

@@ -25,6 +25,8 @@ export interface WindowLimits {
   readonly progressAheadPacketsMax: number;
   /** Packets beyond the window, in a row, that make it jump to them. */
   readonly resyncPacketsMin: number;
+  /** ... and for at least this long (monotonic ms) with no DATA inside the window; default 0. */
+  readonly resyncQuietMs?: number | undefined;
 }
 
 /** What became of an offered DATA packet. */
@@ -58,6 +60,7 @@ export class SessionWindow {
   readonly #aside = new Map<number, Buffer>();
   #asideBytes = 0;
   #beyondInARow = 0;
+  #beyondSinceMs = 0;
 
   constructor(base: number, limits: WindowLimits) {
     assert.ok(limits.packetsMax > 0);
@@ -106,8 +109,8 @@ export class SessionWindow {
     return this.#highestData !== undefined && sequenceDistance(sequence, this.#highestData) > 0;
   }
 
-  /** Offers a DATA packet. */
-  offer(sequence: number, item: Buffer): OfferResult {
+  /** Offers a DATA packet; nowMs (monotonic) times a run of packets beyond the window. */
+  offer(sequence: number, item: Buffer, nowMs = 0): OfferResult {
     const distance = sequenceDistance(this.#base, sequence);
     if (distance < 0) {
       return 'old';
@@ -116,7 +119,7 @@ export class SessionWindow {
       return 'duplicate';
     }
     if (distance >= this.#limits.packetsMax) {
-      return this.#setAside(sequence, item);
+      return this.#setAside(sequence, item, nowMs);
     }
     if (this.heldBytes + item.length > this.#limits.bytesMax) {
       return 'over-bytes';
@@ -139,7 +142,10 @@ export class SessionWindow {
     return 'held';
   }
 
-  #setAside(sequence: number, item: Buffer): OfferResult {
+  #setAside(sequence: number, item: Buffer, nowMs: number): OfferResult {
+    if (this.#beyondInARow === 0) {
+      this.#beyondSinceMs = nowMs;
+    }
     this.#beyondInARow++;
     if (
       !this.#aside.has(sequence) &&
@@ -149,7 +155,8 @@ export class SessionWindow {
       this.#aside.set(sequence, item);
       this.#asideBytes += item.length;
     }
-    return this.#beyondInARow >= this.#limits.resyncPacketsMin ? 'resync' : 'beyond';
+    const long = nowMs - this.#beyondSinceMs >= (this.#limits.resyncQuietMs ?? 0);
+    return this.#beyondInARow >= this.#limits.resyncPacketsMin && long ? 'resync' : 'beyond';
   }
 
   /**
@@ -390,4 +397,38 @@ export class PendingRuns {
     this.#packets = 0;
     this.#bytes = 0;
   }
+}
+
+/** What a run's DESCRIPTOR says that an END must agree with. */
+export interface RunShape {
+  readonly kind: number;
+  readonly firstSequence: number;
+  readonly packetPayloadBytes: number;
+  readonly totalBytes: number | undefined;
+}
+
+/** The fields of an END checked against the run. */
+export interface EndClaim {
+  readonly sequence: number;
+  readonly packetCount: number;
+  readonly byteCount: number;
+}
+
+/**
+ * Why an END cannot be the run's real end, or undefined when it can (docs/protocol.md, "Windows").
+ * An honest source's END counts every DATA packet from the first sequence to its next sequence,
+ * and a file's END falls where the DESCRIPTOR's size puts it. Without signatures an END can still
+ * be forged by someone who reads the DESCRIPTOR, but not blindly, and never for a file.
+ */
+export function endContradiction(run: RunShape, end: EndClaim): string | undefined {
+  if (end.packetCount % 0x1_0000_0000 !== (end.sequence - run.firstSequence) >>> 0) {
+    return 'its packet count does not match its sequence';
+  }
+  if (run.kind === 1 && run.totalBytes !== undefined) {
+    const packets = Math.ceil(run.totalBytes / run.packetPayloadBytes);
+    if (end.sequence !== (run.firstSequence + packets) >>> 0 || end.byteCount !== run.totalBytes) {
+      return "it does not fall where the file's size puts the end";
+    }
+  }
+  return undefined;
 }

@@ -14,6 +14,7 @@ import {
   reorderBytesMax,
   reorderPacketsMax,
   resyncPacketsMin,
+  resyncQuietMs,
 } from '../limits.js';
 import type { Endpoint } from '../net/address.js';
 import { OwnedTimers, type Runtime, systemRuntime } from '../net/runtime.js';
@@ -28,7 +29,7 @@ import {
   SessionKind,
 } from '../protocol/packet.js';
 import { sequenceDistance } from '../protocol/serial.js';
-import { PendingRuns, SessionWindow } from '../protocol/session-window.js';
+import { endContradiction, PendingRuns, SessionWindow } from '../protocol/session-window.js';
 
 /** Where the payload goes, in order. */
 export interface PayloadSink {
@@ -85,6 +86,8 @@ export interface ReceiveSummary {
   /** DATA far beyond the window, set aside; and HEARTBEAT/END claims too far ahead, ignored. */
   beyondWindow: number;
   claimsTooFar: number;
+  /** ENDs not believed: contradicted by the DESCRIPTOR's counts or size, or by DATA after them. */
+  endsRevoked: number;
   malformed: Partial<Record<DecodeErrorReason, number>>;
   expectedPackets: number | undefined;
   sha256: string | undefined;
@@ -129,6 +132,7 @@ export function createReceiver(settings: ReceiverSettings, components: ReceiverC
     overLimit: 0,
     beyondWindow: 0,
     claimsTooFar: 0,
+    endsRevoked: 0,
     malformed: {},
     expectedPackets: undefined,
     sha256: undefined,
@@ -145,6 +149,7 @@ export function createReceiver(settings: ReceiverSettings, components: ReceiverC
   let descriptor: DescriptorPacket | undefined;
   let window: SessionWindow | undefined;
   let endSequence: number | undefined;
+  let endTimer: { cancel(): void } | undefined;
   let lastPacketAtMs = clock.nowMs();
   let socket: ReceiverSocket | undefined;
   let finish: ((outcome: ReceiveOutcome) => void) | undefined;
@@ -176,9 +181,6 @@ export function createReceiver(settings: ReceiverSettings, components: ReceiverC
     }
     for (let payload = window.take(); payload !== undefined; payload = window.take()) {
       deliver(payload);
-    }
-    if (endSequence !== undefined && window.base === endSequence) {
-      finish?.('complete');
     }
   };
 
@@ -213,14 +215,16 @@ export function createReceiver(settings: ReceiverSettings, components: ReceiverC
       return;
     }
     if (endSequence !== undefined && sequenceDistance(packet.sequence, endSequence) <= 0) {
-      summary.duplicates++;
-      return;
+      // DATA at or after END's sequence: the END was not the run's end (a forgery): take it back.
+      endSequence = undefined;
+      endTimer?.cancel();
+      summary.endsRevoked++;
     }
-    let result = window.offer(packet.sequence, packet.payload);
+    let result = window.offer(packet.sequence, packet.payload, clock.nowMs());
     // Bounded: each pass moves the delivery point on by one; the window holds at most its bytes.
     for (let passes = 0; result === 'over-bytes' && passes < reorderPacketsMax; passes++) {
       passOldestGap();
-      result = window.offer(packet.sequence, packet.payload);
+      result = window.offer(packet.sequence, packet.payload, clock.nowMs());
     }
     switch (result) {
       case 'held':
@@ -267,6 +271,7 @@ export function createReceiver(settings: ReceiverSettings, components: ReceiverC
       bytesMax: reorderBytesMax,
       progressAheadPacketsMax,
       resyncPacketsMin,
+      resyncQuietMs,
     });
     for (const [sequence, payload] of held) {
       acceptData({ ...packet, type: PacketType.data, sequence, payload });
@@ -282,7 +287,11 @@ export function createReceiver(settings: ReceiverSettings, components: ReceiverC
   };
 
   const acceptEnd = (packet: EndPacket) => {
-    if (endSequence !== undefined || window === undefined) {
+    if (endSequence !== undefined || window === undefined || descriptor === undefined) {
+      return;
+    }
+    if (endContradiction(descriptor, packet) !== undefined) {
+      summary.endsRevoked++;
       return;
     }
     if (!window.endAt(packet.sequence)) {
@@ -294,7 +303,8 @@ export function createReceiver(settings: ReceiverSettings, components: ReceiverC
       summary.expectedPackets = packet.packetCount;
     }
     drain();
-    timers.setTimeout(() => finish?.('incomplete'), endGraceMs);
+    // The run is over once the grace has passed with no DATA contradicting the END.
+    endTimer = timers.setTimeout(() => finish?.('incomplete'), endGraceMs);
   };
 
   const onDatagram = (datagram: Buffer) => {

@@ -8,6 +8,8 @@
 import type { RemoteInfo } from 'node:dgram';
 import { ControlChannel, type ControlKey } from '../crypto/control-auth.js';
 import {
+  endedRunsMax,
+  endGraceMsDefault,
   endRepeatCount,
   endRepeatIntervalMs,
   nackAttemptsMax,
@@ -26,11 +28,12 @@ import {
   repairHoldPacketsMax,
   repairReachBackPacketsMax,
   resyncPacketsMin,
+  resyncQuietMs,
   sessionIdleMs,
   timerWheelTickMs,
 } from '../limits.js';
 import { type Endpoint, formatEndpoint } from '../net/address.js';
-import { OwnedTimers, type Runtime, systemRuntime } from '../net/runtime.js';
+import { OwnedTimers, type Runtime, systemRuntime, type Timer } from '../net/runtime.js';
 import { type TimerHandle, TimerWheel } from '../net/timer-wheel.js';
 import {
   type ControlSocket,
@@ -50,6 +53,7 @@ import {
   type DataPacket,
   decodeData,
   decodeDescriptor,
+  decodeEnd,
   decodeHeader,
   type HeaderFields,
   headerBytes,
@@ -58,7 +62,14 @@ import {
   SessionKind,
 } from '../protocol/packet.js';
 import { sequenceAdd, sequenceDistance } from '../protocol/serial.js';
-import { type PendingRun, PendingRuns, SessionWindow } from '../protocol/session-window.js';
+import {
+  endContradiction,
+  type PendingRun,
+  PendingRuns,
+  type RunShape,
+  runKey,
+  SessionWindow,
+} from '../protocol/session-window.js';
 import { repairFixedBytes } from '../protocol/sizes.js';
 
 /** Settings of a repair server. */
@@ -184,7 +195,12 @@ interface Run {
   readonly missing: Map<number, Missing>;
   endSequence: number | undefined;
   endDatagram: Buffer | undefined;
+  /** Ends the run once the END's grace has passed with no DATA contradicting it. */
+  endTimer: Timer | undefined;
+  /** What the DESCRIPTOR said, that an END must agree with. */
+  readonly shape: RunShape;
   lastActivityMs: number;
+  lastDataMs: number;
 }
 
 /**
@@ -264,6 +280,8 @@ export async function startRepairServer(
     runsMax: pendingRunsMax,
   });
   const due = new Set<Missing>();
+  /** Runs that ended here, most recent last (bounded): never taken up again. */
+  const ended = new Set<string>();
   let flushScheduled = false;
 
   function addServer(endpoint: Endpoint, staticIndex: number): Server {
@@ -476,12 +494,20 @@ export async function startRepairServer(
   /** Accepts a DATA datagram of the current run, from S1 or from a REPAIR. */
   const acceptData = (current: Run, datagram: Buffer, packet: DataPacket, repaired: boolean) => {
     const { sequence } = packet;
+    if (current.endSequence !== undefined && sequenceDistance(current.endSequence, sequence) >= 0) {
+      // DATA at or after END's sequence: that END was not the run's end (a forgery): take it back.
+      current.endSequence = undefined;
+      current.endDatagram = undefined;
+      current.endTimer?.cancel();
+      current.endTimer = undefined;
+      drop('end-revoked');
+    }
     const before = current.window.end;
-    let result = current.window.offer(sequence, datagram);
+    let result = current.window.offer(sequence, datagram, clock.nowMs());
     // Over the byte bound: the oldest gap is given up so that what keeps arriving is not lost.
     for (let passes = 0; result === 'over-bytes' && passes < repairHoldPacketsMax; passes++) {
       forcePassOldest(current);
-      result = current.window.offer(sequence, datagram);
+      result = current.window.offer(sequence, datagram, clock.nowMs());
     }
     switch (result) {
       case 'old':
@@ -564,7 +590,11 @@ export async function startRepairServer(
     const now = clock.nowMs();
     for (;;) {
       if (current.endSequence !== undefined && window.base === current.endSequence) {
-        finishRun(current, 'complete');
+        current.endTimer ??= timers.setTimeout(() => {
+          if (current.endSequence !== undefined && current.window.base === current.endSequence) {
+            finishRun(current, 'complete');
+          }
+        }, endGraceMsDefault);
         return;
       }
       const datagram = window.take();
@@ -598,6 +628,7 @@ export async function startRepairServer(
     if (run !== current) {
       return;
     }
+    current.endTimer?.cancel();
     if (how === 'idle') {
       current.window.drainToEnd(send, passGap(current));
       counters.sessionsIncomplete++;
@@ -619,6 +650,11 @@ export async function startRepairServer(
     current.missing.clear();
     due.clear();
     run = undefined;
+    // A late or replayed DESCRIPTOR of a run that ended must not start it again.
+    ended.add(runKey(current.sessionId, current.incarnation));
+    if (ended.size > endedRunsMax) {
+      ended.delete(ended.values().next().value ?? '');
+    }
     // A run that came while this one was served is taken up now, with what was held for it.
     const next = pending.takeLatestDescribed();
     if (next?.descriptor !== undefined) {
@@ -634,6 +670,10 @@ export async function startRepairServer(
       return;
     }
     const d = decoded.value;
+    if (ended.has(runKey(d.sessionId, d.incarnation))) {
+      drop('ended-run');
+      return;
+    }
     const live = d.kind !== SessionKind.file;
     const heldRun = taken ?? pending.take(d.sessionId, d.incarnation);
     const held = heldRun?.data ?? new Map<number, Buffer>();
@@ -663,11 +703,15 @@ export async function startRepairServer(
         bytesMax: repairHoldBytesMax,
         progressAheadPacketsMax,
         resyncPacketsMin,
+        resyncQuietMs,
       }),
       missing: new Map(),
       endSequence: undefined,
       endDatagram: undefined,
+      endTimer: undefined,
+      shape: d,
       lastActivityMs: clock.nowMs(),
+      lastDataMs: clock.nowMs(),
     };
     run = current;
     for (const p of held.values()) {
@@ -709,12 +753,15 @@ export async function startRepairServer(
         if (run !== undefined) {
           drop('other-session');
         }
-        if (!pending.hold(sessionId, incarnation, sequence, datagram)) {
+        if (ended.has(runKey(sessionId, incarnation))) {
+          drop('ended-run'); // a late or replayed packet of a run that is over
+        } else if (!pending.hold(sessionId, incarnation, sequence, datagram)) {
           drop('pending-full');
         }
         return;
       }
       run.lastActivityMs = clock.nowMs();
+      run.lastDataMs = run.lastActivityMs;
       acceptData(run, datagram, decoded.value, false);
       return;
     }
@@ -748,6 +795,11 @@ export async function startRepairServer(
       emitter.send(datagram, datagram.length);
       emit();
     } else if (header.value.type === PacketType.end && current.endSequence === undefined) {
+      const end = decodeEnd(datagram);
+      if (!end.ok || endContradiction(current.shape, end.value) !== undefined) {
+        drop('end-not-believed'); // its counts or the file's size say it is not the run's end
+        return;
+      }
       const before = current.window.end;
       if (!current.window.endAt(header.value.sequence)) {
         drop('end-not-believed'); // further ahead than the limits allow, or behind DATA received
@@ -847,7 +899,16 @@ export async function startRepairServer(
   // A run whose source died without END is ended after sessionIdleMs, so the next run is served.
   timers.setInterval(
     () => {
-      if (run !== undefined && clock.nowMs() - run.lastActivityMs > sessionIdleMs) {
+      const now = clock.nowMs();
+      // Silent, or sending no DATA while another run's DATA arrives (HEARTBEATs alone, perhaps
+      // forged, must not hold the server on a run that sends nothing).
+      // A run whose END came ends by itself once everything before it is emitted or given up.
+      if (
+        run !== undefined &&
+        run.endSequence === undefined &&
+        (now - run.lastActivityMs > sessionIdleMs ||
+          (now - run.lastDataMs > sessionIdleMs && pending.packetCount > 0))
+      ) {
         finishRun(run, 'idle');
       }
     },

@@ -31,13 +31,19 @@ export function data(run: Run, sequence: number, payload: Buffer): Buffer {
 /** A DESCRIPTOR of a run: a file (with its SHA-256) or a live stream. */
 export function descriptor(
   run: Run,
-  options: { firstSequence: number; next: number; kind?: SessionKindCode; payload?: Buffer },
+  options: {
+    firstSequence: number;
+    next: number;
+    kind?: SessionKindCode;
+    payload?: Buffer;
+    packetBytes?: number;
+  },
 ): Buffer {
   const kind = options.kind ?? SessionKind.file;
   const file = kind === SessionKind.file && options.payload !== undefined;
   return encodeDescriptor(fields(run, options.next), {
     firstSequence: options.firstSequence,
-    packetPayloadBytes: 1400,
+    packetPayloadBytes: options.packetBytes ?? 100,
     kind,
     totalBytes: file ? options.payload?.length : undefined,
     rateBitsPerSecond: 0,
@@ -55,9 +61,9 @@ export function heartbeat(run: Run, next: number): Buffer {
   return encodeProgress(PacketType.heartbeat, fields(run, next), { packetCount: 0, byteCount: 0 });
 }
 
-/** An END at `next`. */
-export function end(run: Run, next: number, packetCount: number): Buffer {
-  return encodeProgress(PacketType.end, fields(run, next), { packetCount, byteCount: 0 });
+/** An END at `next`, with the totals an honest source would put in it. */
+export function end(run: Run, next: number, packetCount: number, byteCount = 0): Buffer {
+  return encodeProgress(PacketType.end, fields(run, next), { packetCount, byteCount });
 }
 
 /** A socket that sends crafted datagrams to a group over loopback. */

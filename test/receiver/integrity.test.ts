@@ -47,7 +47,7 @@ describe('a receiver writes only the run it locked on', () => {
       await pause();
       send(descriptor(a, { firstSequence: 0, next: 5, payload: expected }));
       await pause();
-      send(...[5, 6].map((s) => data(b, s, payloadOf('B', s))), end(a, 5, 5));
+      send(...[5, 6].map((s) => data(b, s, payloadOf('B', s))), end(a, 5, 5, expected.length));
     });
     assert.equal(summary.outcome, 'complete', JSON.stringify(summary));
     assert.deepEqual(output, expected);
@@ -67,7 +67,7 @@ describe('a receiver writes only the run it locked on', () => {
       send(...[3, 4, 5].map((s) => data(restarted, s, payloadOf('restarted', s))));
       send(...[3, 4, 5].map((s) => data(first, s, payloadOf('first', s))));
       await pause();
-      send(end(restarted, 6, 6), end(first, 6, 6));
+      send(end(restarted, 6, 6), end(first, 6, 6, expected.length));
     });
     assert.equal(summary.outcome, 'complete', JSON.stringify(summary));
     assert.deepEqual(output, expected);

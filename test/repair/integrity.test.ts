@@ -166,7 +166,7 @@ describe('repair keeps runs apart', () => {
     try {
       const out = await crafter(t.s1);
       const run = { sessionId: 12, incarnation: 12 };
-      out.send(descriptor(run, { firstSequence: 0, next: 100_000, payload: Buffer.alloc(1) }));
+      out.send(descriptor(run, { firstSequence: 0, next: 100_000 }));
       await waitUntil('the run taken up', () => t.repair.status().sessionId === 12);
       for (let s = 100_000; s < 100_200; s += 20) {
         out.send(...Array.from({ length: 20 }, (_, i) => data(run, s + i, Buffer.alloc(200, i))));
