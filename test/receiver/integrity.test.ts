@@ -140,4 +140,35 @@ describe('no single packet stalls a receiver', () => {
     assert.equal(summary.outcome, 'timeout', JSON.stringify(summary));
     assert.equal(summary.packetsDelivered, 4);
   });
+
+  it("a forged END (wrong counts, or contradicted by DATA that keeps coming) does not end a live stream; one before a file's end is ignored", async () => {
+    const run = { sessionId: 9, incarnation: 9 };
+    const expected = Buffer.concat([0, 1, 2, 3, 4, 5].map((s) => payloadOf('w', s)));
+    const { summary, output } = await receive(async (send) => {
+      send(descriptor(run, { firstSequence: 0, next: 0, kind: SessionKind.stream }));
+      await pause();
+      send(data(run, 0, payloadOf('w', 0)), data(run, 1, payloadOf('w', 1)));
+      send(end(run, 3, 0)); // counts that do not match its sequence
+      send(end(run, 3, 3)); // consistent, but DATA 3 and on keep coming
+      send(...[2, 3, 4, 5].map((s) => data(run, s, payloadOf('w', s))));
+      await pause();
+      send(end(run, 6, 6));
+    });
+    assert.equal(summary.outcome, 'complete', JSON.stringify(summary));
+    assert.deepEqual(output, expected);
+    assert.equal(summary.endsRevoked, 2);
+
+    const file = { sessionId: 10, incarnation: 10 };
+    const bytes = Buffer.concat([0, 1, 2, 3].map((s) => payloadOf('f', s)));
+    const whole = await receive(async (send) => {
+      send(descriptor(file, { firstSequence: 0, next: 0, payload: bytes }));
+      await pause();
+      send(data(file, 0, payloadOf('f', 0)), end(file, 2, 2, 200)); // before the file's end
+      send(...[1, 2, 3].map((s) => data(file, s, payloadOf('f', s))));
+      await pause();
+      send(end(file, 4, 4, bytes.length));
+    });
+    assert.equal(whole.summary.outcome, 'complete', JSON.stringify(whole.summary));
+    assert.deepEqual(whole.output, bytes);
+  });
 });
