@@ -16,6 +16,8 @@ import {
   SessionKind,
 } from '../../src/protocol/packet.js';
 import { sequenceAdd, sequenceDistance } from '../../src/protocol/serial.js';
+import { runKey } from './adversary.js';
+import type { RoleKit } from './scenario.js';
 
 /** What the fake source sends. */
 export interface FakeSourceSettings {
@@ -173,3 +175,30 @@ export async function runFakeReceiver(
   await socket.close();
   return { outcome: result, run };
 }
+
+/** The toy roles as a RoleKit: a source and receivers, no servers. */
+export const fakeKit: RoleKit = {
+  name: 'fake',
+  async runSource(spec, runtime) {
+    const source = await startFakeSource(
+      {
+        group: spec.group,
+        sessionId: spec.sessionId,
+        payload: spec.payload,
+        packetBytes: spec.packetBytes,
+        firstSequence: spec.firstSequence,
+        packetIntervalMs: ((spec.packetBytes + 32) * 8 * 1000) / spec.rateBitsPerSecond,
+      },
+      runtime,
+    );
+    await source.done;
+  },
+  runReceiver(group, timeoutMs, write, runtime) {
+    return {
+      result: runFakeReceiver(group, runtime, write, timeoutMs).then((receipt) => ({
+        outcome: receipt.outcome,
+        run: receipt.run === undefined ? undefined : runKey(receipt.run.sessionId, receipt.run.incarnation),
+      })),
+    };
+  },
+};

@@ -1,0 +1,479 @@
+/**
+ * What must hold at every step of a simulation, checked from the outside: the network's record of
+ * who really sent what (SendRecord) and what each receiver wrote. The first violation stops the
+ * run; it names the invariant, the virtual time and the details, so a failing seed explains itself.
+ *
+ * - prefix: a receiver's output is always a byte-prefix of the payload of one genuine run (the
+ *   run it locked); a run the adversary made up has an empty payload.
+ * - whole: a receiver says "complete" only when its output is identical to that payload.
+ * - limits: every role's counters stay within the bounds of src/limits.ts (checks the scenario adds).
+ * - held-not-unrecoverable: a repair server never gives up a packet that a live, reachable
+ *   retransmit server holds.
+ * - authenticated-destination: a server sends unicast only to addresses it was configured with or
+ *   that sent it a genuine (keyed) control message since it booted: never to a victim.
+ * - no-throw: no callback of a role throws, and no promise is rejected unhandled.
+ * - liveness: receivers the scenario expects to finish whole do so within a bound of virtual time.
+ */
+import { createHash } from 'node:crypto';
+import type { Endpoint } from '../../src/net/address.js';
+import {
+  headerBytes,
+  offsetIncarnation,
+  offsetSequence,
+  offsetSessionId,
+  offsetType,
+  PacketType,
+} from '../../src/protocol/packet.js';
+import { sequenceAdd, sequenceDistance } from '../../src/protocol/serial.js';
+import { runKey } from './adversary.js';
+import type { SendRecord, SimHost, SimNetwork } from './network.js';
+
+/** The first invariant that broke. */
+export interface Violation {
+  readonly atMs: number;
+  readonly invariant: string;
+  readonly details: string;
+}
+
+/** Thrown out of a check to stop the run at once. */
+export class InvariantViolated extends Error {
+  readonly violation: Violation;
+  constructor(violation: Violation) {
+    super(`${violation.invariant} ${violation.details}`);
+    this.violation = violation;
+  }
+}
+
+interface RunPayload {
+  readonly key: string;
+  readonly payload: Buffer;
+  readonly sha256: string;
+}
+
+/** What the checker knows of one watched receiver. */
+export interface WatchedReceiver {
+  readonly name: string;
+  /** Payloads written so far, as one stream. */
+  written: number;
+  readonly chunks: Buffer[];
+  /** Runs whose payload the output is still a prefix of. */
+  candidates: RunPayload[] | undefined;
+  finished: string | undefined;
+  /** The write() the role's sink calls. */
+  write(payload: Buffer): void;
+}
+
+interface HeldPacket {
+  readonly receivedAtMs: number;
+}
+
+interface WatchedRetransmit {
+  readonly host: SimHost;
+  readonly boot: number;
+  readonly bufferAgeMs: number;
+  /** (run, sequence) -> when this boot of the server received the DATA. */
+  readonly held: Map<string, HeldPacket>;
+}
+
+interface WatchedServer {
+  readonly name: string;
+  readonly host: SimHost;
+  readonly allowed: Set<string>;
+  /** Per boot: endpoints that sent this server a genuine control message. */
+  readonly proven: Map<number, Set<string>>;
+}
+
+interface EmitState {
+  run: string;
+  next: number | undefined;
+}
+
+const ep = (endpoint: Endpoint) => `${endpoint.address}:${endpoint.port}`;
+
+/** The invariant checker of one simulation. */
+export class Invariants {
+  readonly #network: SimNetwork;
+  readonly #runs = new Map<string, RunPayload>();
+  readonly #receivers: WatchedReceiver[] = [];
+  readonly #retransmits: WatchedRetransmit[] = [];
+  readonly #servers = new Map<SimHost, WatchedServer>();
+  readonly #repairEmitters = new Map<
+    SimHost,
+    { group: Endpoint; reliable: boolean; states: Map<string, EmitState> }
+  >();
+  readonly #statusChecks: Array<{ name: string; check: () => string | undefined }> = [];
+  readonly #deadlines: Array<{ name: string; byMs: number; met: () => boolean | undefined }> = [];
+  readonly #adversaryHosts = new Set<SimHost>();
+  #phantoms: ReadonlySet<string> = new Set();
+  #violation: Violation | undefined;
+  /** Checks run, for the report. */
+  checks = 0;
+
+  constructor(network: SimNetwork) {
+    this.#network = network;
+    network.onSend((record) => this.#guard(() => this.#onSend(record)));
+    network.onDeliver((record, target) =>
+      this.#guard(() => {
+        if (target.kind === 'control') {
+          this.#onControlDelivered(record, target.host, target.boot);
+        } else {
+          this.#onGroupDelivered(record, target.host, target.boot);
+        }
+      }),
+    );
+  }
+
+  /** The first violation, if any. */
+  get violation(): Violation | undefined {
+    return this.#violation;
+  }
+
+  /** Records a violation (the first one wins) without throwing: for callers outside a check. */
+  report(invariant: string, details: string): void {
+    this.#violation ??= { atMs: this.#network.scheduler.nowMs, invariant, details };
+  }
+
+  /** Records a violation (the first one wins) and throws to stop the current check. */
+  fail(invariant: string, details: string): never {
+    this.#violation ??= { atMs: this.#network.scheduler.nowMs, invariant, details };
+    throw new InvariantViolated(this.#violation);
+  }
+
+  /** Declares the payload a source host's boot sends: the run it starts is learned from the wire. */
+  watchSource(host: SimHost, payloadOfBoot: (boot: number) => Buffer | undefined): void {
+    this.#sources.set(host, payloadOfBoot);
+  }
+  readonly #sources = new Map<SimHost, (boot: number) => Buffer | undefined>();
+
+  /** The adversary's host (never genuine) and the runs it made up (empty payloads). */
+  watchAdversary(host: SimHost, phantoms: ReadonlySet<string>): void {
+    this.#adversaryHosts.add(host);
+    this.#phantoms = phantoms;
+  }
+
+  /** Payload of a genuine run, by key (session/incarnation). */
+  payloadOf(key: string): Buffer | undefined {
+    return this.#runs.get(key)?.payload;
+  }
+
+  /** Runs seen so far. */
+  get runKeys(): string[] {
+    return [...this.#runs.keys()];
+  }
+
+  /** A receiver to watch; hand its write() to the role's sink. */
+  watchReceiver(name: string): WatchedReceiver {
+    const checker = this;
+    const watched: WatchedReceiver = {
+      name,
+      written: 0,
+      chunks: [],
+      candidates: undefined,
+      finished: undefined,
+      write(payload: Buffer) {
+        checker.#guard(() => checker.#onWrite(watched, payload));
+      },
+    };
+    this.#receivers.push(watched);
+    return watched;
+  }
+
+  /** Checks a receiver's verdict: "complete" only with output identical to the locked run. */
+  receiverFinished(watched: WatchedReceiver, outcome: string, locked: string | undefined): void {
+    this.#guard(() => {
+      watched.finished = outcome;
+      const output = Buffer.concat(watched.chunks);
+      if (locked !== undefined && watched.written > 0) {
+        const run = this.#runs.get(locked);
+        if (run === undefined && !this.#phantoms.has(locked)) {
+          this.fail(
+            'prefix',
+            `${watched.name} locked ${locked}, a run no source sent, and wrote ${watched.written} bytes`,
+          );
+        }
+        if (run !== undefined && !(watched.candidates ?? [run]).includes(run)) {
+          this.fail(
+            'prefix',
+            `${watched.name} says it locked ${locked} but wrote bytes of ${describe(watched.candidates)}`,
+          );
+        }
+      }
+      if (outcome !== 'complete') {
+        return;
+      }
+      const digest = sha256(output);
+      const run = locked === undefined ? undefined : this.#runs.get(locked);
+      const matches =
+        run !== undefined ? run.sha256 === digest : [...this.#runs.values()].some((r) => r.sha256 === digest);
+      if (!matches) {
+        this.fail(
+          'whole',
+          `${watched.name} says complete for ${locked ?? '?'} with ${output.length} bytes (sha256 ${digest.slice(0, 16)}) ` +
+            `but the run's payload is ${run?.payload.length ?? '?'} bytes (sha256 ${run?.sha256.slice(0, 16) ?? '?'})`,
+        );
+      }
+    });
+  }
+
+  /** A retransmit server whose held packets the repair servers must not give up. */
+  watchRetransmit(host: SimHost, bufferAgeMs: number): void {
+    this.#retransmits.push({ host, boot: host.boot, bufferAgeMs, held: new Map() });
+  }
+
+  /** A server that may send unicast only to `allowed` and to what proved itself to it. */
+  watchServer(name: string, host: SimHost, allowed: readonly Endpoint[]): void {
+    this.#servers.set(host, { name, host, allowed: new Set(allowed.map(ep)), proven: new Map() });
+  }
+
+  /** A repair server whose S2 emissions show what it gave up (reliable: never what is held). */
+  watchRepairEmitter(host: SimHost, group: Endpoint, reliable: boolean): void {
+    this.#repairEmitters.set(host, { group, reliable, states: new Map() });
+  }
+
+  /** A check run at every step; returns a description of what is wrong, or undefined. */
+  addStatusCheck(name: string, check: () => string | undefined): void {
+    this.#statusChecks.push({ name, check });
+  }
+
+  /**
+   * A liveness expectation: met() must be true by virtual time byMs; false means it never will be
+   * (fails at once), undefined that it is not decided yet.
+   */
+  expectBy(name: string, byMs: number, met: () => boolean | undefined): void {
+    this.#deadlines.push({ name, byMs, met });
+  }
+
+  /** Runs the checks that look at state; called after every event. */
+  step(nowMs: number, errors: readonly unknown[]): void {
+    this.checks++;
+    this.#guard(() => {
+      if (errors.length > 0) {
+        const error = errors[0];
+        this.fail(
+          'no-throw',
+          `a callback threw: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}`,
+        );
+      }
+      for (const { name, check } of this.#statusChecks) {
+        const problem = check();
+        if (problem !== undefined) {
+          this.fail('limits', `${name}: ${problem}`);
+        }
+      }
+      for (const deadline of this.#deadlines) {
+        const met = deadline.met();
+        if (met === false) {
+          this.fail('liveness', `${deadline.name}: it did not (deadline t=${deadline.byMs} ms)`);
+        }
+        if (nowMs > deadline.byMs && met !== true) {
+          this.fail('liveness', `${deadline.name}: not by t=${deadline.byMs} ms`);
+        }
+      }
+    });
+  }
+
+  /** Final checks once the scenario's time is over. */
+  finish(nowMs: number, errors: readonly unknown[]): void {
+    this.step(nowMs, errors);
+    this.#guard(() => {
+      for (const deadline of this.#deadlines) {
+        if (deadline.met() !== true) {
+          this.fail(
+            'liveness',
+            `${deadline.name} not met by the end (t=${nowMs} ms, deadline ${deadline.byMs} ms)`,
+          );
+        }
+      }
+    });
+  }
+
+  #guard(check: () => void): void {
+    if (this.#violation !== undefined) {
+      return;
+    }
+    try {
+      check();
+    } catch (error) {
+      if (!(error instanceof InvariantViolated)) {
+        this.#violation = {
+          atMs: this.#network.scheduler.nowMs,
+          invariant: 'checker',
+          details: error instanceof Error ? (error.stack ?? error.message) : String(error),
+        };
+      }
+    }
+  }
+
+  #onWrite(watched: WatchedReceiver, payload: Buffer): void {
+    if (payload.length === 0) {
+      return;
+    }
+    if (watched.candidates === undefined) {
+      watched.candidates = [...this.#runs.values()];
+    }
+    const at = watched.written;
+    watched.candidates = watched.candidates.filter(
+      (run) =>
+        run.payload.length >= at + payload.length &&
+        run.payload.subarray(at, at + payload.length).equals(payload),
+    );
+    watched.chunks.push(Buffer.from(payload));
+    watched.written += payload.length;
+    if (watched.candidates.length === 0) {
+      this.fail(
+        'prefix',
+        `${watched.name} wrote ${payload.length} bytes at offset ${at} that are not the next bytes of any run ` +
+          `(runs: ${[...this.#runs.keys()].join(', ') || 'none'})`,
+      );
+    }
+  }
+
+  #onSend(record: SendRecord): void {
+    if (record.spoofed || record.datagram.length < headerBytes) {
+      return;
+    }
+    const type = record.datagram[offsetType];
+    const payloadOfBoot = this.#sources.get(record.host);
+    if (
+      payloadOfBoot !== undefined &&
+      record.multicast &&
+      type !== undefined &&
+      type <= PacketType.descriptor
+    ) {
+      const key = runOf(record.datagram);
+      if (!this.#runs.has(key)) {
+        const payload = payloadOfBoot(record.boot);
+        if (payload !== undefined) {
+          this.#runs.set(key, { key, payload, sha256: sha256(payload) });
+        }
+      }
+    }
+    const server = this.#servers.get(record.host);
+    if (server !== undefined && !record.multicast) {
+      const to = ep(record.to);
+      if (!server.allowed.has(to) && !(server.proven.get(record.boot)?.has(to) ?? false)) {
+        this.fail(
+          'authenticated-destination',
+          `${server.name} sent ${record.datagram.length} bytes (type ${type}) to ${to}, which never proved itself to it ` +
+            `(proven this boot: ${[...(server.proven.get(record.boot) ?? [])].join(', ') || 'none'})`,
+        );
+      }
+    }
+    const emitter = this.#repairEmitters.get(record.host);
+    if (
+      emitter !== undefined &&
+      record.multicast &&
+      ep(record.to) === ep(emitter.group) &&
+      (type === PacketType.data || type === PacketType.end)
+    ) {
+      this.#onRepairEmit(record, emitter);
+    }
+  }
+
+  #onControlDelivered(record: SendRecord, host: SimHost, boot: number): void {
+    const server = this.#servers.get(host);
+    if (server === undefined || record.spoofed || this.#adversaryHosts.has(record.host)) {
+      return;
+    }
+    // A genuine server's control message carries its key: the sender is proven to this boot.
+    let proven = server.proven.get(boot);
+    if (proven === undefined) {
+      proven = new Set();
+      server.proven.set(boot, proven);
+    }
+    proven.add(ep(record.from));
+  }
+
+  #onGroupDelivered(record: SendRecord, host: SimHost, boot: number): void {
+    if (
+      record.spoofed ||
+      record.datagram[offsetType] !== PacketType.data ||
+      !this.#sources.has(record.host)
+    ) {
+      return;
+    }
+    for (const watched of this.#retransmits) {
+      if (watched.host === host && watched.boot === boot) {
+        const key = `${runOf(record.datagram)}#${record.datagram.readUInt32BE(offsetSequence)}`;
+        if (!watched.held.has(key)) {
+          watched.held.set(key, { receivedAtMs: this.#network.scheduler.nowMs });
+        }
+      }
+    }
+  }
+
+  #onRepairEmit(record: SendRecord, emitter: { reliable: boolean; states: Map<string, EmitState> }): void {
+    const datagram = record.datagram;
+    const run = runOf(datagram);
+    const stateKey = `${record.boot}`;
+    let state = emitter.states.get(stateKey);
+    if (state === undefined || state.run !== run) {
+      state = { run, next: undefined };
+      emitter.states.set(stateKey, state);
+    }
+    const sequence = datagram.readUInt32BE(offsetSequence);
+    const isData = datagram[offsetType] === PacketType.data;
+    const reached = isData ? sequence : sequence;
+    if (state.next !== undefined && sequenceDistance(state.next, reached) > 0 && emitter.reliable) {
+      for (let missing = state.next; missing !== reached; missing = sequenceAdd(missing, 1)) {
+        this.#checkGivenUp(record.host, run, missing);
+      }
+    }
+    if (isData && (state.next === undefined || sequenceDistance(state.next, sequence) >= 0)) {
+      state.next = sequenceAdd(sequence, 1);
+    } else if (!isData) {
+      state.next = undefined;
+    }
+  }
+
+  /** A reliable repair server skipped (run, sequence): no live, reachable server may hold it. */
+  #checkGivenUp(repairHost: SimHost, run: string, sequence: number): void {
+    const now = this.#network.scheduler.nowMs;
+    for (const watched of this.#retransmits) {
+      const held = watched.held.get(`${run}#${sequence}`);
+      if (held === undefined || !watched.host.alive || watched.host.boot !== watched.boot) {
+        continue;
+      }
+      // Held for the whole buffer age (less a margin for the edge), and reachable from the repair
+      // server for as long as the repair server tried.
+      if (now - held.receivedAtMs > watched.bufferAgeMs - 2000) {
+        continue;
+      }
+      if (this.#unreachableSince(repairHost, watched.host, Math.max(held.receivedAtMs, now - 5000))) {
+        continue;
+      }
+      this.fail(
+        'held-not-unrecoverable',
+        `repair server on ${repairHost.name} gave up ${run} sequence ${sequence}, which ${watched.host.name} ` +
+          `(boot ${watched.boot}) has held since t=${held.receivedAtMs.toFixed(1)} ms and is reachable`,
+      );
+    }
+  }
+
+  /** Periods during which two hosts were cut off, as the scenario reports them. */
+  readonly #cuts: Array<{ a: SimHost; b: SimHost; fromMs: number; toMs: number }> = [];
+
+  /** Records that a and b could not reach each other during [fromMs, toMs] (toMs Infinity: still). */
+  noteCut(a: SimHost, b: SimHost, fromMs: number, toMs: number): void {
+    this.#cuts.push({ a, b, fromMs, toMs });
+  }
+
+  #unreachableSince(x: SimHost, y: SimHost, sinceMs: number): boolean {
+    return this.#cuts.some(
+      (cut) => ((cut.a === x && cut.b === y) || (cut.a === y && cut.b === x)) && cut.toMs >= sinceMs,
+    );
+  }
+}
+
+/** The run key of a data-plane datagram. */
+export function runOf(datagram: Buffer): string {
+  return runKey(datagram.readUInt32BE(offsetSessionId), datagram.readUInt32BE(offsetIncarnation));
+}
+
+function sha256(data: Buffer): string {
+  return createHash('sha256').update(data).digest('hex');
+}
+
+function describe(runs: RunPayload[] | undefined): string {
+  return runs === undefined ? 'nothing yet' : runs.map((r) => r.key).join(', ') || 'no run';
+}
