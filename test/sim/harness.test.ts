@@ -4,6 +4,7 @@
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
+import { Adversary, adversaryActions } from './adversary.js';
 import { runFakeReceiver, startFakeSource } from './fake-roles.js';
 import { cleanLink, SimNetwork } from './network.js';
 import { SimRandom } from './random.js';
@@ -128,5 +129,46 @@ describe('simulator harness', () => {
     await scheduler.run(50);
     assert.deepEqual(joined, [4]);
     await assert.rejects(b.transport().openReceiver({ group }, () => undefined));
+  });
+});
+
+describe('simulator adversary', () => {
+  it('sees the wire and injects every kind of attack from spoofed addresses', async () => {
+    const scheduler = new Scheduler();
+    const network = new SimNetwork(scheduler, 5);
+    const source = network.addHost('source', '10.9.0.1');
+    const server = network.addHost('server', '10.9.0.2');
+    const attacker = network.addHost('adversary', '10.9.0.66');
+    const adversary = new Adversary(network, attacker, 5, {
+      servers: [{ address: server.address, port: 7000, family: 4 }],
+      victims: [{ address: '10.9.0.99', port: 9, family: 4 }],
+    });
+    const seen: Array<{ spoofed: boolean; from: string }> = [];
+    network.onSend((record) => seen.push({ spoofed: record.spoofed, from: record.from.address }));
+    const control = await server
+      .transport()
+      .openControl({ address: server.address, port: 7000, family: 4 }, () => undefined);
+    control.send(Buffer.alloc(80, 5), 7000, server.address);
+    await startFakeSource(
+      {
+        group,
+        sessionId: 7,
+        payload: Buffer.alloc(3000, 1),
+        packetBytes: 500,
+        firstSequence: 0,
+        packetIntervalMs: 1,
+      },
+      source.runtime(SimRandom.fork(5, 's')),
+    );
+    await scheduler.run(1000);
+    seen.length = 0;
+    for (const action of adversaryActions) {
+      assert.match(adversary.act(action), new RegExp(action));
+    }
+    assert.ok(seen.length > adversaryActions.length);
+    assert.ok(seen.every((record) => record.spoofed));
+    assert.ok(seen.some((record) => record.from === '10.9.0.99'));
+    assert.ok(seen.some((record) => record.from === source.address));
+    assert.ok(adversary.phantomRuns.size > 0);
   });
 });

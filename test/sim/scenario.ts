@@ -111,6 +111,10 @@ export interface ScenarioPlan {
 const s1: Endpoint = { address: '239.1.2.3', port: 5000, family: 4 };
 const s2Of = (index: number): Endpoint => ({ address: `239.2.2.${index + 1}`, port: 6000, family: 4 });
 const sourceStartMs = 1000;
+/** Timers one host may have pending: roles use a timer wheel, not a timer per packet. */
+const hostTimersMax = 10_000;
+/** Sockets one host may have open. */
+const hostSocketsMax = 16;
 
 /** Draws a plan from a seed. */
 export function planScenario(seed: number): ScenarioPlan {
@@ -563,6 +567,20 @@ export async function runScenario(
       return undefined;
     });
   }
+
+  // Whatever the roles are, no host may pile up timers or sockets (a timer per packet that is
+  // never cleared, a socket per message).
+  invariants.addStatusCheck('hosts', () => {
+    for (const host of hosts.values()) {
+      if (host.clock.timerCount > hostTimersMax) {
+        return `${host.name} has ${host.clock.timerCount} timers pending, more than ${hostTimersMax}`;
+      }
+      if (host.socketCount > hostSocketsMax) {
+        return `${host.name} has ${host.socketCount} sockets open, more than ${hostSocketsMax}`;
+      }
+    }
+    return undefined;
+  });
 
   const onRejection = (reason: unknown) => {
     invariants.report(
