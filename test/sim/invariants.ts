@@ -450,12 +450,16 @@ export class Invariants {
     }
   }
 
-  /** Periods during which two hosts were cut off, as the scenario reports them. */
+  /** Periods during which two hosts could not talk (partitions, clocks too far apart). */
   readonly #cuts: Array<{ a: SimHost; b: SimHost; fromMs: number; toMs: number }> = [];
 
-  /** Records that a and b could not reach each other during [fromMs, toMs] (toMs Infinity: still). */
-  noteCut(a: SimHost, b: SimHost, fromMs: number, toMs: number): void {
-    this.#cuts.push({ a, b, fromMs, toMs });
+  /** Records that a and b cannot reach each other from now until the returned function is called. */
+  openCut(a: SimHost, b: SimHost): () => void {
+    const cut = { a, b, fromMs: this.#network.scheduler.nowMs, toMs: Number.POSITIVE_INFINITY };
+    this.#cuts.push(cut);
+    return () => {
+      cut.toMs = this.#network.scheduler.nowMs;
+    };
   }
 
   #unreachableSince(x: SimHost, y: SimHost, sinceMs: number): boolean {
