@@ -44,8 +44,27 @@ export const sendBatchPacketsMax = 64;
 /** Packets a receiver holds out of order before it declares the oldest gap lost. */
 export const reorderPacketsMax = 8192;
 
-/** Packets a receiver holds while it waits for the session's first sequence. */
+/** Bytes a receiver holds out of order (65 KB datagrams must not grow it without bound). */
+export const reorderBytesMax = 64 * 1024 * 1024;
+
+/** Packets and bytes a receiver or repair server holds, over every run, before a DESCRIPTOR says which run to take. */
 export const pendingPacketsMax = 32_768;
+export const pendingBytesMax = 64 * 1024 * 1024;
+
+/** Runs whose early DATA is held before their DESCRIPTOR; DATA of a further run is dropped. */
+export const pendingRunsMax = 8;
+
+/** How far beyond the highest DATA received a HEARTBEAT or END may move a run's known end. */
+export const progressAheadPacketsMax = 8192;
+
+/** DATA packets beyond the window, in a row, that make a window jump to them (an outage longer than the window). */
+export const resyncPacketsMin = 32;
+
+/** A run with no DATA and no HEARTBEAT for this long has ended (its source died without END). */
+export const sessionIdleMs = 5_000;
+
+/** Repair server: how far back into a file it reaches when it joins late; earlier packets are reported as not reached. */
+export const repairReachBackPacketsMax = 16_384;
 
 /** Default socket receive buffer. */
 export const receiveBufferBytesDefault = 4 * 1024 * 1024;
@@ -92,6 +111,12 @@ export const replayPeersMax = 1024;
 export const replayWindowCountersMax = 64;
 export const replayFreshnessMs = 30_000;
 
+/** Retransmit server: groups it joins (configured and by SETUP); a SETUP join beyond is refused and counted. */
+export const retransmitGroupsMax = 4096;
+
+/** Retransmit server: runs buffered per group (a restarted source is a new run); the idlest goes first. */
+export const retransmitRunsPerGroupMax = 4;
+
 /** Retransmit server: default buffer bounds per session. */
 export const retransmitBufferBytesDefault = 256 * 1024 * 1024;
 export const retransmitBufferAgeMsDefault = 60_000;
@@ -118,8 +143,9 @@ export const notHeldRetryMsInitial = 5;
 /** Repair server: NACKs per missing packet before it is declared unrecoverable. */
 export const nackAttemptsMax = 10;
 
-/** Repair server: packets held for in-order re-emission; past it the oldest gap is given up. */
+/** Repair server: packets and bytes held for in-order re-emission; past them the oldest gap is given up. */
 export const repairHoldPacketsMax = 65_536;
+export const repairHoldBytesMax = 128 * 1024 * 1024;
 
 /** Retransmit server with a repair group: a sequence repaired by multicast is not sent again
  * within this window (the other repair servers behind the same loss got it too). */

@@ -253,7 +253,7 @@ function summaryLine(stats: SourceStats, name: string): string {
   const dropped = stats.inputDropped > 0 ? `, ${stats.inputDropped} input datagrams dropped` : '';
   const errors = stats.sendErrors > 0 ? `, ${stats.sendErrors} send errors` : '';
   return (
-    `sent session "${name}" (id ${stats.sessionId}): ${stats.packetsSent} packets, ` +
+    `sent session "${name}" (id ${stats.sessionId}, run ${stats.incarnation}): ${stats.packetsSent} packets, ` +
     `${formatBytes(stats.payloadBytesSent)} in ${seconds.toFixed(2)} s at ${rate}${dropped}${errors}`
   );
 }

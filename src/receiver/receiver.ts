@@ -6,12 +6,18 @@
 import { createHash } from 'node:crypto';
 import {
   endGraceMsDefault,
+  pendingBytesMax,
   pendingPacketsMax,
+  pendingRunsMax,
+  progressAheadPacketsMax,
   receiveTimeoutMsDefault,
+  reorderBytesMax,
   reorderPacketsMax,
+  resyncPacketsMin,
 } from '../limits.js';
 import type { Endpoint } from '../net/address.js';
-import { openReceiverSocket, type ReceiverSocket, type ReceiverSocketOptions } from '../net/udp.js';
+import { OwnedTimers, type Runtime, systemRuntime } from '../net/runtime.js';
+import type { ReceiverSocket, ReceiverSocketOptions } from '../net/udp.js';
 import type { DecodeErrorReason } from '../protocol/errors.js';
 import {
   type DataPacket,
@@ -21,7 +27,8 @@ import {
   PacketType,
   SessionKind,
 } from '../protocol/packet.js';
-import { sequenceAdd, sequenceDistance } from '../protocol/serial.js';
+import { sequenceDistance } from '../protocol/serial.js';
+import { PendingRuns, SessionWindow } from '../protocol/session-window.js';
 
 /** Where the payload goes, in order. */
 export interface PayloadSink {
@@ -51,6 +58,8 @@ export interface ReceiverComponents {
     options: ReceiverSocketOptions,
     onDatagram: (datagram: Buffer) => void,
   ) => Promise<ReceiverSocket>;
+  /** Clock, transport and randomness (default: the system's). */
+  readonly runtime?: Runtime | undefined;
 }
 
 /** Why a receive ended. */
@@ -60,6 +69,8 @@ export type ReceiveOutcome = 'complete' | 'incomplete' | 'hash-mismatch' | 'time
 export interface ReceiveSummary {
   outcome: ReceiveOutcome;
   sessionId: number | undefined;
+  /** The run locked on: DATA of any other incarnation is counted in otherSession. */
+  incarnation: number | undefined;
   sessionName: string | undefined;
   kind: number | undefined;
   packetsReceived: number;
@@ -67,7 +78,13 @@ export interface ReceiveSummary {
   bytesDelivered: number;
   packetsMissing: number;
   duplicates: number;
+  /** Packets of other sessions or other runs of the locked session: never written. */
   otherSession: number;
+  /** DATA dropped because a bound (bytes, packets, runs) was reached. */
+  overLimit: number;
+  /** DATA far beyond the window, set aside; and HEARTBEAT/END claims too far ahead, ignored. */
+  beyondWindow: number;
+  claimsTooFar: number;
   malformed: Partial<Record<DecodeErrorReason, number>>;
   expectedPackets: number | undefined;
   sha256: string | undefined;
@@ -92,11 +109,15 @@ export interface Receiver extends AsyncDisposable {
 /** Builds a receiver. */
 export function createReceiver(settings: ReceiverSettings, components: ReceiverComponents): Receiver {
   const { sink } = components;
+  const runtime = components.runtime ?? systemRuntime;
+  const clock = runtime.clock;
+  const timers = new OwnedTimers(clock);
   const timeoutMs = settings.timeoutMs ?? receiveTimeoutMsDefault;
   const endGraceMs = settings.endGraceMs ?? endGraceMsDefault;
   const summary: ReceiveSummary = {
     outcome: 'incomplete',
     sessionId: undefined,
+    incarnation: undefined,
     sessionName: undefined,
     kind: undefined,
     packetsReceived: 0,
@@ -105,6 +126,9 @@ export function createReceiver(settings: ReceiverSettings, components: ReceiverC
     packetsMissing: 0,
     duplicates: 0,
     otherSession: 0,
+    overLimit: 0,
+    beyondWindow: 0,
+    claimsTooFar: 0,
     malformed: {},
     expectedPackets: undefined,
     sha256: undefined,
@@ -112,18 +136,18 @@ export function createReceiver(settings: ReceiverSettings, components: ReceiverC
     elapsedMs: 0,
   };
   const hash = createHash('sha256');
-  const reorder = new Map<number, Buffer>();
-  /** DATA that arrived before the descriptor told where the session starts. */
-  const pending = new Map<number, Buffer>();
+  /** DATA that arrived before the descriptor named the run, kept per run. */
+  const pending = new PendingRuns({
+    packetsMax: pendingPacketsMax,
+    bytesMax: pendingBytesMax,
+    runsMax: pendingRunsMax,
+  });
   let descriptor: DescriptorPacket | undefined;
-  let nextSequence: number | undefined;
+  let window: SessionWindow | undefined;
   let endSequence: number | undefined;
-  /** The next sequence the source had not yet sent, as its latest HEARTBEAT said. */
-  let heartbeatSequence: number | undefined;
-  let lastPacketAtMs = performance.now();
+  let lastPacketAtMs = clock.nowMs();
   let socket: ReceiverSocket | undefined;
   let finish: ((outcome: ReceiveOutcome) => void) | undefined;
-  let endTimer: NodeJS.Timeout | undefined;
   let closed: Promise<void> | undefined;
 
   let flushScheduled = false;
@@ -135,107 +159,142 @@ export function createReceiver(settings: ReceiverSettings, components: ReceiverC
     sink.write(payload);
     if (!flushScheduled && sink.flush !== undefined) {
       flushScheduled = true;
-      setImmediate(flush);
+      timers.defer(flush);
     }
     hash.update(payload);
     summary.packetsDelivered++;
     summary.bytesDelivered += payload.length;
   };
+  const missed = () => {
+    summary.packetsMissing++;
+  };
 
-  /** Delivers every packet in order from nextSequence on that is present. */
+  /** Delivers every packet in order from the delivery point on that is present. */
   const drain = () => {
-    if (nextSequence === undefined) {
+    if (window === undefined) {
       return;
     }
-    let payload = reorder.get(nextSequence);
-    while (payload !== undefined) {
-      reorder.delete(nextSequence);
+    for (let payload = window.take(); payload !== undefined; payload = window.take()) {
       deliver(payload);
-      nextSequence = sequenceAdd(nextSequence, 1);
-      payload = reorder.get(nextSequence);
     }
-    if (endSequence !== undefined && nextSequence === endSequence) {
+    if (endSequence !== undefined && window.base === endSequence) {
       finish?.('complete');
     }
   };
 
-  /** Declares the packet at nextSequence lost and moves past it. */
-  const skipOne = () => {
-    if (nextSequence !== undefined) {
-      summary.packetsMissing++;
-      nextSequence = sequenceAdd(nextSequence, 1);
+  /** The window is full (packets or bytes): the oldest gap will not be filled; count it and go on. */
+  const passOldestGap = () => {
+    if (window === undefined) {
+      return;
     }
+    if (!window.has(window.base)) {
+      missed();
+      window.skip();
+    }
+    drain();
   };
 
   const acceptData = (packet: DataPacket) => {
-    if (nextSequence === undefined) {
-      if (pending.size < pendingPacketsMax) {
-        pending.set(packet.sequence, Buffer.from(packet.payload));
+    if (window === undefined) {
+      if (!pending.hold(packet.sessionId, packet.incarnation, packet.sequence, Buffer.from(packet.payload))) {
+        summary.overLimit++;
       }
       return;
     }
     // Fast path: the next packet in order with nothing held back goes straight out.
-    if (packet.sequence === nextSequence && reorder.size === 0 && endSequence === undefined) {
-      deliver(packet.payload);
-      nextSequence = sequenceAdd(nextSequence, 1);
-      return;
-    }
-    const distance = sequenceDistance(nextSequence, packet.sequence);
-    if (distance < 0 || reorder.has(packet.sequence)) {
-      summary.duplicates++;
+    if (
+      packet.sequence === window.base &&
+      window.heldCount === 0 &&
+      endSequence === undefined &&
+      window.end === window.base
+    ) {
+      window.offer(packet.sequence, packet.payload);
+      drain();
       return;
     }
     if (endSequence !== undefined && sequenceDistance(packet.sequence, endSequence) <= 0) {
       summary.duplicates++;
       return;
     }
-    reorder.set(packet.sequence, packet.payload);
-    // A gap older than the reorder window will not be filled: count it and move on.
-    while (sequenceDistance(nextSequence, packet.sequence) >= reorderPacketsMax) {
-      if (!reorder.has(nextSequence)) {
-        skipOne();
-      }
-      drain();
+    let result = window.offer(packet.sequence, packet.payload);
+    // Bounded: each pass moves the delivery point on by one; the window holds at most its bytes.
+    for (let passes = 0; result === 'over-bytes' && passes < reorderPacketsMax; passes++) {
+      passOldestGap();
+      result = window.offer(packet.sequence, packet.payload);
     }
-    drain();
+    switch (result) {
+      case 'held':
+        drain();
+        return;
+      case 'old':
+      case 'duplicate':
+        summary.duplicates++;
+        return;
+      case 'beyond':
+        summary.beyondWindow++;
+        return;
+      case 'resync':
+        summary.beyondWindow++;
+        summary.packetsMissing += window.resync(deliver, missed);
+        drain();
+        return;
+      case 'over-bytes':
+        summary.overLimit++;
+        return;
+    }
   };
 
   const acceptDescriptor = (packet: DescriptorPacket) => {
-    if (descriptor !== undefined) {
-      return;
-    }
     descriptor = packet;
     summary.sessionId = packet.sessionId;
+    summary.incarnation = packet.incarnation;
     summary.sessionName = packet.name;
     summary.kind = packet.kind;
     summary.sha256Expected = packet.sha256?.toString('hex');
+    const held = pending.take(packet.sessionId, packet.incarnation);
     // A file counts from its first packet; a live stream from what this receiver can still get.
     let start = packet.kind === SessionKind.file ? packet.firstSequence : packet.sequence;
-    for (const sequence of pending.keys()) {
-      if (packet.kind !== SessionKind.file && sequenceDistance(start, sequence) < 0) {
-        start = sequence;
+    if (packet.kind !== SessionKind.file) {
+      for (const sequence of held.keys()) {
+        const distance = sequenceDistance(start, sequence);
+        if (distance < 0 && distance > -reorderPacketsMax) {
+          start = sequence;
+        }
       }
     }
-    nextSequence = start;
-    for (const [sequence, payload] of pending) {
-      if (sequenceDistance(start, sequence) >= 0) {
-        reorder.set(sequence, payload);
-      }
+    window = new SessionWindow(start, {
+      packetsMax: reorderPacketsMax,
+      bytesMax: reorderBytesMax,
+      progressAheadPacketsMax,
+      resyncPacketsMin,
+    });
+    for (const [sequence, payload] of held) {
+      acceptData({ ...packet, type: PacketType.data, sequence, payload });
     }
-    pending.clear();
+    window.claim(packet.sequence);
     drain();
   };
 
+  const claim = (next: number) => {
+    if (window?.claim(next) === 'too-far') {
+      summary.claimsTooFar++;
+    }
+  };
+
   const acceptEnd = (packet: EndPacket) => {
-    if (endSequence !== undefined) {
+    if (endSequence !== undefined || window === undefined) {
       return;
+    }
+    claim(packet.sequence);
+    if (window.end !== packet.sequence) {
+      return; // an END further ahead than the limits allow is not believed
     }
     endSequence = packet.sequence;
     if (descriptor?.kind === SessionKind.file) {
       summary.expectedPackets = packet.packetCount;
     }
     drain();
-    endTimer = setTimeout(() => finish?.('incomplete'), endGraceMs);
+    timers.setTimeout(() => finish?.('incomplete'), endGraceMs);
   };
 
   const onDatagram = (datagram: Buffer) => {
@@ -248,40 +307,36 @@ export function createReceiver(settings: ReceiverSettings, components: ReceiverC
     if (descriptor === undefined && packet.type === PacketType.descriptor) {
       acceptDescriptor(packet);
     }
-    if (summary.sessionId !== undefined && packet.sessionId !== summary.sessionId) {
+    if (
+      descriptor !== undefined &&
+      (packet.sessionId !== descriptor.sessionId || packet.incarnation !== descriptor.incarnation)
+    ) {
       summary.otherSession++;
       return;
     }
-    lastPacketAtMs = performance.now();
     if (packet.type === PacketType.data) {
       summary.packetsReceived++;
-      acceptData(packet);
-    } else if (packet.type === PacketType.end && descriptor !== undefined) {
-      acceptEnd(packet);
-    } else if (packet.type === PacketType.heartbeat) {
-      if (heartbeatSequence === undefined || sequenceDistance(heartbeatSequence, packet.sequence) > 0) {
-        heartbeatSequence = packet.sequence;
+      if (descriptor !== undefined) {
+        lastPacketAtMs = clock.nowMs();
       }
+      acceptData(packet);
+    } else if (packet.type === PacketType.end) {
+      acceptEnd(packet);
+    } else if (packet.type === PacketType.heartbeat && window !== undefined) {
+      lastPacketAtMs = clock.nowMs();
+      claim(packet.sequence);
     }
   };
 
   /** Settles the tail after END or a timeout: what is still missing is counted, the rest written. */
   const settle = () => {
-    const last = endSequence ?? heartbeatSequence;
-    if (nextSequence === undefined || last === undefined) {
-      return;
-    }
-    while (sequenceDistance(nextSequence, last) > 0) {
-      if (!reorder.has(nextSequence)) {
-        skipOne();
-      }
-      drain();
-    }
+    window?.drainToEnd(deliver, missed);
   };
 
   async function run(options: ReceiveRunOptions = {}): Promise<ReceiveSummary> {
-    const startedAtMs = performance.now();
-    socket = await (components.openSocket ?? openReceiverSocket)(
+    const startedAtMs = clock.nowMs();
+    const openSocket = components.openSocket ?? runtime.transport.openReceiver;
+    socket = await openSocket(
       {
         group: settings.group,
         iface: settings.iface,
@@ -290,14 +345,14 @@ export function createReceiver(settings: ReceiverSettings, components: ReceiverC
       },
       onDatagram,
     );
-    lastPacketAtMs = performance.now();
+    lastPacketAtMs = clock.nowMs();
     options.onJoined?.(socket);
-    let watchdog: NodeJS.Timeout | undefined;
+    let watchdog: { cancel(): void } | undefined;
     let outcome = await new Promise<ReceiveOutcome>((resolve) => {
       finish = resolve;
-      watchdog = setInterval(
+      watchdog = timers.setInterval(
         () => {
-          if (performance.now() - lastPacketAtMs > timeoutMs) {
+          if (clock.nowMs() - lastPacketAtMs > timeoutMs) {
             resolve('timeout');
           }
         },
@@ -305,9 +360,8 @@ export function createReceiver(settings: ReceiverSettings, components: ReceiverC
       );
       options.signal?.addEventListener('abort', () => resolve('aborted'), { once: true });
     });
-    clearInterval(watchdog);
+    watchdog?.cancel();
     finish = undefined;
-    clearTimeout(endTimer);
     await socket.close();
     settle();
     flush();
@@ -326,14 +380,14 @@ export function createReceiver(settings: ReceiverSettings, components: ReceiverC
       outcome = 'hash-mismatch';
     }
     summary.outcome = outcome;
-    summary.elapsedMs = performance.now() - startedAtMs;
+    summary.elapsedMs = clock.nowMs() - startedAtMs;
     await close();
     return { ...summary, malformed: { ...summary.malformed } };
   }
 
   async function close(): Promise<void> {
     closed ??= (async () => {
-      clearTimeout(endTimer);
+      timers.close();
       await socket?.close();
       await sink.close();
     })();

@@ -17,17 +17,23 @@ import {
   nackTimeoutMsMax,
   nackTimeoutMsMin,
   notHeldRetryMsInitial,
+  pendingBytesMax,
   pendingPacketsMax,
+  pendingRunsMax,
+  progressAheadPacketsMax,
+  repairHoldBytesMax,
   repairHoldPacketsMax,
+  repairReachBackPacketsMax,
+  resyncPacketsMin,
+  sessionIdleMs,
+  timerWheelTickMs,
 } from '../limits.js';
 import { type Endpoint, formatEndpoint } from '../net/address.js';
-import { nowMicroseconds as nowUs } from '../net/clock.js';
+import { OwnedTimers, type Runtime, systemRuntime } from '../net/runtime.js';
 import { type TimerHandle, TimerWheel } from '../net/timer-wheel.js';
 import {
   type ControlSocket,
-  openControlSocket,
   openReceiverSocket,
-  openSenderSocket,
   type ReceiverSocket,
   type SenderSocket,
 } from '../net/udp.js';
@@ -43,12 +49,16 @@ import {
   decodeData,
   decodeDescriptor,
   decodeHeader,
+  type HeaderFields,
   headerBytes,
+  offsetIncarnation,
+  offsetTimestamp,
   offsetType,
   PacketType,
   SessionKind,
 } from '../protocol/packet.js';
 import { sequenceAdd, sequenceDistance } from '../protocol/serial.js';
+import { PendingRuns, SessionWindow } from '../protocol/session-window.js';
 
 /** Settings of a repair server. */
 export interface RepairSettings {
@@ -101,15 +111,20 @@ export interface RepairStatus {
   emit: string;
   mode: string;
   sessionId: number | undefined;
+  /** The run being repaired (docs/protocol.md, "Session identity"). */
+  incarnation: number | undefined;
   packetsIn: number;
   gaps: number;
   nacksSent: number;
   nackedPackets: number;
   repairsReceived: number;
   notHeldReceived: number;
+  /** Packets a REPAIR brought that S1 had lost (only these are billed as repaired). */
   recovered: number;
   /** Bytes of the datagrams recovered (what a recipient's repair service is rated on). */
   recoveredBytes: number;
+  /** Missing packets that came late on S1 after all (reordered): not counted as recovered. */
+  lateDirect: number;
   unrecoverable: number;
   timeouts: number;
   duplicates: number;
@@ -123,7 +138,19 @@ export interface RepairStatus {
   repairExtraDelayMs: { p50: number; p99: number; max: number } | undefined;
   holding: number;
   missingNow: number;
+  /** Runs re-emitted to their END. */
   sessionsCompleted: number;
+  /** Runs ended because their source fell silent (no DATA, no HEARTBEAT for sessionIdleMs). */
+  sessionsIncomplete: number;
+  /** Packets before the point this server joined a file at, beyond its reach back: never repaired. */
+  notReached: number;
+  /** DATA far beyond the hold window (set aside; a run of them makes the window jump). */
+  beyondWindow: number;
+  /** HEARTBEAT/END claims further ahead than the limits allow: ignored. */
+  claimsTooFar: number;
+  /** DATA held for runs whose DESCRIPTOR has not been taken up yet. */
+  pendingPackets: number;
+  pendingBytes: number;
   dropped: Record<string, number>;
   servers: Array<{
     address: string;
@@ -144,6 +171,19 @@ export interface RepairServer extends AsyncDisposable {
 /** Parts a repair server is built from; tests can hand in a lossy S1 socket. */
 export interface RepairComponents {
   readonly openS1Socket?: typeof openReceiverSocket;
+  /** Clock, transport and randomness (default: the system's). */
+  readonly runtime?: Runtime | undefined;
+}
+
+/** One run being repaired: its window of held DATA and its gaps. */
+interface Run {
+  readonly sessionId: number;
+  readonly incarnation: number;
+  readonly window: SessionWindow;
+  readonly missing: Map<number, Missing>;
+  endSequence: number | undefined;
+  endDatagram: Buffer | undefined;
+  lastActivityMs: number;
 }
 
 /**
@@ -166,9 +206,13 @@ export async function startRepairServer(
   settings: RepairSettings,
   components: RepairComponents = {},
 ): Promise<RepairServer> {
-  const sealer = new ControlSealer(settings.keys[0] as ControlKey);
+  const runtime = components.runtime ?? systemRuntime;
+  const { clock, transport } = runtime;
+  const timers = new OwnedTimers(clock);
+  const sealer = new ControlSealer(settings.keys[0] as ControlKey, { senderId: runtime.randomId() });
   const verifier = new ControlVerifier(settings.keys);
-  const wheel = new TimerWheel();
+  const wheel = new TimerWheel({ clock: () => clock.nowMs(), autoStart: false });
+  timers.setInterval(() => wheel.advance(), timerWheelTickMs);
   const nackDelayMsMax = settings.nackDelayMsMax ?? nackDelayMsMaxDefault;
   const servers = new Map<string, Server>();
   for (const [staticIndex, endpoint] of settings.retransmit.entries()) {
@@ -183,11 +227,16 @@ export async function startRepairServer(
     notHeldReceived: 0,
     recovered: 0,
     recoveredBytes: 0,
+    lateDirect: 0,
     unrecoverable: 0,
     timeouts: 0,
     duplicates: 0,
     emitted: 0,
     sessionsCompleted: 0,
+    sessionsIncomplete: 0,
+    notReached: 0,
+    beyondWindow: 0,
+    claimsTooFar: 0,
   };
   const dropped: Record<string, number> = {};
   const drop = (reason: string) => {
@@ -199,25 +248,23 @@ export async function startRepairServer(
   const repairedDelays: number[] = [];
   const sampleMax = 200_000;
   let directSeen = 0;
-  const nowMsEpoch = () => performance.timeOrigin + performance.now();
   const recordDelay = (datagram: Buffer, repaired: boolean) => {
     const list = repaired ? repairedDelays : directDelays;
     if (list.length < sampleMax && datagram.length >= headerBytes) {
-      const sentUs = datagram.readUInt32BE(16) * 0x1_0000_0000 + datagram.readUInt32BE(20);
-      list.push(nowMsEpoch() - sentUs / 1000);
+      const sentUs =
+        datagram.readUInt32BE(offsetTimestamp) * 0x1_0000_0000 + datagram.readUInt32BE(offsetTimestamp + 4);
+      list.push((clock.wallUs() - sentUs) / 1000);
     }
   };
 
-  // Session state; reset after each session's END has been re-emitted.
-  let sessionId: number | undefined;
-  let live = false;
-  let base = 0;
-  let highest = 0;
-  let endDatagram: Buffer | undefined;
-  let endSequence: number | undefined;
-  const hold = new Map<number, Buffer>();
-  const missing = new Map<number, Missing>();
-  const pending: Buffer[] = [];
+  /** The run being repaired; undefined between runs. */
+  let run: Run | undefined;
+  /** DATA of runs not (yet) taken up, per run and bounded, for the run that comes next. */
+  const pending = new PendingRuns({
+    packetsMax: pendingPacketsMax,
+    bytesMax: pendingBytesMax,
+    runsMax: pendingRunsMax,
+  });
   const due = new Set<Missing>();
   let flushScheduled = false;
 
@@ -263,18 +310,18 @@ export async function startRepairServer(
     due.add(entry);
     if (!flushScheduled) {
       flushScheduled = true;
-      setImmediate(flushNacks);
+      timers.defer(flushNacks);
     }
   };
 
-  const addMissing = (sequence: number) => {
-    if (missing.has(sequence) || hold.has(sequence)) {
+  const addMissing = (current: Run, sequence: number) => {
+    if (current.missing.has(sequence) || current.window.has(sequence)) {
       return;
     }
     counters.gaps++;
     const entry: Missing = {
       sequence,
-      firstMs: performance.now(),
+      firstMs: clock.nowMs(),
       attempts: 0,
       tried: new Set(),
       server: undefined,
@@ -282,8 +329,8 @@ export async function startRepairServer(
       timer: undefined,
       unrecoverable: false,
     };
-    missing.set(sequence, entry);
-    entry.timer = wheel.schedule(Math.random() * nackDelayMsMax, () => markDue(entry));
+    current.missing.set(sequence, entry);
+    entry.timer = wheel.schedule(runtime.random() * nackDelayMsMax, () => markDue(entry));
     if (settings.latencyMs !== undefined) {
       wheel.schedule(settings.latencyMs, emit);
     }
@@ -346,14 +393,15 @@ export async function startRepairServer(
   /** Sends one NACK per server for every due gap, in ranges. */
   function flushNacks(): void {
     flushScheduled = false;
-    if (sessionId === undefined) {
+    const current = run;
+    if (current === undefined) {
       due.clear();
       return;
     }
     const order = ranked();
     const byServer = new Map<Server, number[]>();
     for (const entry of due) {
-      if (entry.unrecoverable || !missing.has(entry.sequence)) {
+      if (entry.unrecoverable || current.missing.get(entry.sequence) !== entry) {
         continue;
       }
       let server = order.find((candidate) => !entry.tried.has(candidate.key));
@@ -372,21 +420,23 @@ export async function startRepairServer(
       byServer.set(server, list);
     }
     due.clear();
-    const now = performance.now();
+    const now = clock.nowMs();
+    const base = current.window.base;
     for (const [server, sequences] of byServer) {
       sequences.sort((a, b) => sequenceDistance(base, a) - sequenceDistance(base, b));
       for (const ranges of toRanges(sequences)) {
-        const nack = sealer.seal(
-          encodeNack(
-            { sessionId: sessionId ?? 0, sequence: ranges[0]?.start ?? 0, timestampUs: nowUs() },
-            { ranges },
-          ),
-        );
+        const fields: HeaderFields = {
+          sessionId: current.sessionId,
+          incarnation: current.incarnation,
+          sequence: ranges[0]?.start ?? 0,
+          timestampUs: clock.wallUs(),
+        };
+        const nack = sealer.seal(encodeNack(fields, { ranges }));
         control.send(nack, server.endpoint.port, server.endpoint.address);
         counters.nacksSent++;
       }
       for (const sequence of sequences) {
-        const entry = missing.get(sequence);
+        const entry = current.missing.get(sequence);
         if (entry !== undefined) {
           counters.nackedPackets++;
           entry.sentAtMs = now;
@@ -396,142 +446,238 @@ export async function startRepairServer(
     }
   }
 
-  /** Accepts a DATA datagram of the locked session, from S1 or from a REPAIR. */
-  const acceptData = (datagram: Buffer, sequence: number, repaired: boolean) => {
-    const distance = sequenceDistance(base, sequence);
-    if (distance < 0 || hold.has(sequence)) {
-      counters.duplicates++;
-      return;
+  /** Every sequence that became known to exist (window end moved from `from`) and is not held is a gap. */
+  const gapsSince = (current: Run, from: number) => {
+    const { window } = current;
+    const start = sequenceDistance(window.base, from) < 0 ? window.base : from;
+    for (let sequence = start; sequence !== window.end; sequence = sequenceAdd(sequence, 1)) {
+      addMissing(current, sequence);
     }
-    if (distance >= repairHoldPacketsMax) {
-      drop('beyond-hold-window');
-      return;
+  };
+
+  /** A gap is passed (given up, or jumped over in a resync): it is unrecoverable, never silently. */
+  const passGap = (current: Run) => (sequence: number) => {
+    const entry = current.missing.get(sequence);
+    if (entry === undefined) {
+      counters.unrecoverable++;
+    } else {
+      giveUp(entry);
+      current.missing.delete(sequence);
     }
-    const entry = missing.get(sequence);
+  };
+
+  const send = (datagram: Buffer) => {
+    emitter.send(datagram, datagram.length);
+    counters.emitted++;
+  };
+
+  /** Accepts a DATA datagram of the current run, from S1 or from a REPAIR. */
+  const acceptData = (current: Run, datagram: Buffer, sequence: number, repaired: boolean) => {
+    const before = current.window.end;
+    let result = current.window.offer(sequence, datagram);
+    // Over the byte bound: the oldest gap is given up so that what keeps arriving is not lost.
+    for (let passes = 0; result === 'over-bytes' && passes < repairHoldPacketsMax; passes++) {
+      forcePassOldest(current);
+      result = current.window.offer(sequence, datagram);
+    }
+    switch (result) {
+      case 'old':
+      case 'duplicate':
+        counters.duplicates++;
+        return;
+      case 'over-bytes':
+        drop('over-hold-bytes');
+        return;
+      case 'beyond':
+        counters.beyondWindow++;
+        return;
+      case 'resync': {
+        counters.beyondWindow++;
+        const jumped = current.window.resync(send, passGap(current));
+        counters.unrecoverable += jumped;
+        for (const entry of current.missing.values()) {
+          entry.timer?.cancel();
+        }
+        current.missing.clear();
+        gapsSince(current, current.window.base);
+        emit();
+        return;
+      }
+      case 'held':
+        break;
+    }
+    const entry = current.missing.get(sequence);
     if (entry !== undefined) {
       entry.timer?.cancel();
       due.delete(entry);
-      missing.delete(sequence);
+      current.missing.delete(sequence);
       if (entry.unrecoverable) {
         counters.unrecoverable--; // it came after all
       }
-      counters.recovered++;
-      counters.recoveredBytes += datagram.length;
-      if (repaired && entry.server !== undefined) {
-        const server = entry.server;
-        server.consecutiveTimeouts = 0;
-        const sample = performance.now() - entry.sentAtMs;
-        if (server.srttMs === undefined) {
-          server.srttMs = sample;
-          server.rttvarMs = sample / 2;
-        } else {
-          server.rttvarMs = 0.75 * server.rttvarMs + 0.25 * Math.abs(server.srttMs - sample);
-          server.srttMs = 0.875 * server.srttMs + 0.125 * sample;
+      if (repaired) {
+        counters.recovered++;
+        counters.recoveredBytes += datagram.length;
+        if (entry.server !== undefined) {
+          const server = entry.server;
+          server.consecutiveTimeouts = 0;
+          const sample = clock.nowMs() - entry.sentAtMs;
+          if (server.srttMs === undefined) {
+            server.srttMs = sample;
+            server.rttvarMs = sample / 2;
+          } else {
+            server.rttvarMs = 0.75 * server.rttvarMs + 0.25 * Math.abs(server.srttMs - sample);
+            server.srttMs = 0.875 * server.srttMs + 0.125 * sample;
+          }
         }
+      } else {
+        counters.lateDirect++;
       }
     }
     // Every repaired packet, and one in 16 direct ones (their median is the reference).
     if (repaired || directSeen++ % 16 === 0) {
       recordDelay(datagram, repaired);
     }
-    hold.set(sequence, datagram);
-    extendTo(sequence, true);
+    gapsSince(current, before);
     emit();
   };
 
-  /**
-   * Everything up to sequence exists: what has not arrived is a gap. arrived says whether
-   * sequence itself is in hand (a DATA packet) or only known to exist (HEARTBEAT, END).
-   */
-  const extendTo = (sequence: number, arrived: boolean) => {
-    if (sequenceDistance(highest, sequence) > repairHoldPacketsMax) {
-      drop('beyond-hold-window');
-      return;
+  /** Gives up the gap at the delivery point (the hold is full) and emits what follows it. */
+  const forcePassOldest = (current: Run) => {
+    const { window } = current;
+    if (!window.has(window.base) && window.outstanding > 0) {
+      passGap(current)(window.base);
+      window.skip();
     }
-    while (sequenceDistance(highest, sequence) > 0) {
-      highest = sequenceAdd(highest, 1);
-      if (highest !== sequence || !arrived) {
-        addMissing(highest);
-      }
-    }
+    emit();
   };
 
   /** Re-emits in order on S2 what is there; passes gaps only when given up. */
   function emit(): void {
-    if (sessionId === undefined) {
+    const current = run;
+    if (current === undefined) {
       return;
     }
-    const now = performance.now();
+    const { window } = current;
+    const now = clock.nowMs();
     for (;;) {
-      if (endSequence !== undefined && base === endSequence) {
-        finishSession();
+      if (current.endSequence !== undefined && window.base === current.endSequence) {
+        finishRun(current, 'complete');
         return;
       }
-      const datagram = hold.get(base);
+      const datagram = window.take();
       if (datagram !== undefined) {
-        hold.delete(base);
-        emitter.send(datagram, datagram.length);
-        counters.emitted++;
-        base = sequenceAdd(base, 1);
+        send(datagram);
         continue;
       }
-      const entry = missing.get(base);
-      const overBudget =
-        entry !== undefined && settings.latencyMs !== undefined && now - entry.firstMs >= settings.latencyMs;
-      const overHold = entry !== undefined && hold.size >= repairHoldPacketsMax;
-      if (entry !== undefined && (entry.unrecoverable || overBudget || overHold)) {
-        giveUp(entry);
-        missing.delete(base);
-        base = sequenceAdd(base, 1);
+      if (window.outstanding === 0) {
+        return;
+      }
+      const entry = current.missing.get(window.base);
+      if (entry === undefined) {
+        addMissing(current, window.base); // known to exist and not here: ask for it
+        return;
+      }
+      // Sequences known only from a HEARTBEAT (no DATA after them yet, no END) are never given
+      // up while the run is live: a forged HEARTBEAT must not make genuine DATA look old.
+      const evidenced = window.hasDataAfter(window.base) || current.endSequence !== undefined;
+      const overBudget = settings.latencyMs !== undefined && now - entry.firstMs >= settings.latencyMs;
+      if (evidenced && (entry.unrecoverable || overBudget)) {
+        passGap(current)(window.base);
+        window.skip();
         continue;
       }
       return;
     }
   }
 
-  const finishSession = () => {
-    if (endDatagram !== undefined) {
-      const end = endDatagram;
-      for (let i = 0; i < endRepeatCount; i++) {
-        setTimeout(() => emitter.send(end, end.length), i * endRepeatIntervalMs).unref();
-      }
-    }
-    counters.sessionsCompleted++;
-    for (const entry of missing.values()) {
-      entry.timer?.cancel();
-    }
-    missing.clear();
-    hold.clear();
-    due.clear();
-    sessionId = undefined;
-    endDatagram = undefined;
-    endSequence = undefined;
-  };
-
-  const startSession = (datagram: Buffer) => {
-    const descriptor = decodeDescriptor(datagram);
-    if (!descriptor.ok) {
-      drop(`descriptor-${descriptor.reason}`);
+  /** Ends the current run: at its END (complete), or silent for sessionIdleMs (incomplete). */
+  const finishRun = (current: Run, how: 'complete' | 'idle') => {
+    if (run !== current) {
       return;
     }
-    const d = descriptor.value;
-    sessionId = d.sessionId;
-    live = d.kind !== SessionKind.file;
-    base = live ? d.sequence : d.firstSequence;
-    const held = pending.splice(0).filter((p) => p.readUInt32BE(8) === d.sessionId);
+    if (how === 'idle') {
+      current.window.drainToEnd(send, passGap(current));
+      counters.sessionsIncomplete++;
+    } else {
+      const end = current.endDatagram;
+      if (end !== undefined) {
+        for (let i = 0; i < endRepeatCount; i++) {
+          timers.setTimeout(() => emitter.send(end, end.length), i * endRepeatIntervalMs);
+        }
+      }
+      counters.sessionsCompleted++;
+    }
+    for (const entry of current.missing.values()) {
+      if (!entry.unrecoverable && how === 'idle') {
+        counters.unrecoverable++;
+      }
+      entry.timer?.cancel();
+    }
+    current.missing.clear();
+    due.clear();
+    run = undefined;
+  };
+
+  /** Takes up the run a DESCRIPTOR names, with the DATA held for it. */
+  const startRun = (datagram: Buffer) => {
+    const decoded = decodeDescriptor(datagram);
+    if (!decoded.ok) {
+      drop(`descriptor-${decoded.reason}`);
+      return;
+    }
+    const d = decoded.value;
+    const live = d.kind !== SessionKind.file;
+    const held = pending.take(d.sessionId, d.incarnation);
+    let base = d.sequence;
     if (live) {
-      for (const p of held) {
-        const sequence = p.readUInt32BE(12);
-        if (sequenceDistance(base, sequence) < 0) {
+      for (const sequence of held.keys()) {
+        const distance = sequenceDistance(base, sequence);
+        if (distance < 0 && distance > -repairHoldPacketsMax) {
           base = sequence;
         }
       }
+    } else {
+      // A file from its first packet, unless this server joined too far in to reach back.
+      const into = sequenceDistance(d.firstSequence, d.sequence);
+      if (into >= 0 && into <= repairReachBackPacketsMax) {
+        base = d.firstSequence;
+      } else if (into > 0) {
+        counters.notReached += into - Math.min(into, repairReachBackPacketsMax);
+        base = sequenceAdd(d.sequence, -Math.min(into, repairReachBackPacketsMax) >>> 0);
+      }
     }
-    highest = sequenceAdd(base, -1 >>> 0);
-    for (const p of held) {
-      acceptData(p, p.readUInt32BE(12), false);
+    const current: Run = {
+      sessionId: d.sessionId,
+      incarnation: d.incarnation,
+      window: new SessionWindow(base, {
+        packetsMax: repairHoldPacketsMax,
+        bytesMax: repairHoldBytesMax,
+        progressAheadPacketsMax,
+        resyncPacketsMin,
+      }),
+      missing: new Map(),
+      endSequence: undefined,
+      endDatagram: undefined,
+      lastActivityMs: clock.nowMs(),
+    };
+    run = current;
+    for (const [sequence, p] of held) {
+      acceptData(current, p, sequence, false);
     }
+    claim(current, d.sequence);
   };
+
+  const claim = (current: Run, next: number) => {
+    const before = current.window.end;
+    if (current.window.claim(next) === 'too-far') {
+      counters.claimsTooFar++;
+      return;
+    }
+    gapsSince(current, before);
+  };
+
+  const isCurrent = (current: Run | undefined, sessionId: number, incarnation: number): current is Run =>
+    current !== undefined && current.sessionId === sessionId && current.incarnation === incarnation;
 
   const onS1 = (datagram: Buffer) => {
     const type = datagram.length > offsetType ? datagram[offsetType] : undefined;
@@ -542,17 +688,18 @@ export async function startRepairServer(
         return;
       }
       counters.packetsIn++;
-      if (sessionId === undefined) {
-        if (pending.length < pendingPacketsMax) {
-          pending.push(datagram);
+      const { sessionId, incarnation, sequence } = decoded.value;
+      if (!isCurrent(run, sessionId, incarnation)) {
+        if (run !== undefined) {
+          drop('other-session');
+        }
+        if (!pending.hold(sessionId, incarnation, sequence, datagram)) {
+          drop('pending-full');
         }
         return;
       }
-      if (decoded.value.sessionId !== sessionId) {
-        drop('other-session');
-        return;
-      }
-      acceptData(datagram, decoded.value.sequence, false);
+      run.lastActivityMs = clock.nowMs();
+      acceptData(run, datagram, sequence, false);
       return;
     }
     const header = decodeHeader(datagram);
@@ -560,26 +707,34 @@ export async function startRepairServer(
       drop(`s1-${header.reason}`);
       return;
     }
+    const { sessionId, incarnation } = header.value;
     if (header.value.type === PacketType.descriptor) {
-      if (sessionId === undefined) {
-        startSession(datagram);
+      if (run === undefined) {
+        startRun(datagram);
       }
-      if (header.value.sessionId === sessionId) {
+      if (isCurrent(run, sessionId, incarnation)) {
+        run.lastActivityMs = clock.nowMs();
         emitter.send(datagram, datagram.length);
       }
       return;
     }
-    if (header.value.sessionId !== sessionId || sessionId === undefined) {
+    if (!isCurrent(run, sessionId, incarnation)) {
       return;
     }
+    const current = run;
     if (header.value.type === PacketType.heartbeat) {
-      extendTo(sequenceAdd(header.value.sequence, -1 >>> 0), false);
+      current.lastActivityMs = clock.nowMs();
+      claim(current, header.value.sequence);
       emitter.send(datagram, datagram.length);
       emit();
-    } else if (header.value.type === PacketType.end && endSequence === undefined) {
-      endSequence = header.value.sequence;
-      endDatagram = datagram;
-      extendTo(sequenceAdd(header.value.sequence, -1 >>> 0), false);
+    } else if (header.value.type === PacketType.end && current.endSequence === undefined) {
+      claim(current, header.value.sequence);
+      if (current.window.end !== header.value.sequence) {
+        drop('end-not-believed'); // further ahead than the limits allow
+        return;
+      }
+      current.endSequence = header.value.sequence;
+      current.endDatagram = datagram;
       emit();
     }
   };
@@ -589,14 +744,15 @@ export async function startRepairServer(
     if (repair === undefined) {
       return;
     }
-    if (repair.sessionId !== sessionId) {
+    const current = run;
+    if (!isCurrent(current, repair.sessionId, repair.incarnation)) {
       drop('repair-other-session');
       return;
     }
     if (repair.data === undefined) {
       counters.notHeldReceived++;
       for (let i = 0; i < repair.notHeldCount; i++) {
-        const entry = missing.get(sequenceAdd(repair.sequence, i));
+        const entry = current.missing.get(sequenceAdd(repair.sequence, i));
         if (entry?.server !== undefined && !entry.unrecoverable && entry.timer !== undefined) {
           notHeld(entry, entry.server);
         }
@@ -604,9 +760,13 @@ export async function startRepairServer(
       emit();
       return;
     }
-    counters.repairsReceived++;
     const original = datagram.subarray(headerBytes + 4, datagram.length - authTrailerBytes);
-    acceptData(original, repair.sequence, true);
+    if (original.readUInt32BE(offsetIncarnation) !== current.incarnation) {
+      drop('repair-other-incarnation'); // another run's packet is never written
+      return;
+    }
+    counters.repairsReceived++;
+    acceptData(current, original, repair.sequence, true);
   };
 
   const onAnnounce = (datagram: Buffer) => {
@@ -622,8 +782,8 @@ export async function startRepairServer(
       { address: announce.address, port: announce.port, family },
       Number.MAX_SAFE_INTEGER,
     );
-    server.announcedAtMs = performance.now();
-    const session = announce.sessions.find((s) => s.sessionId === sessionId) ?? announce.sessions[0];
+    server.announcedAtMs = clock.nowMs();
+    const session = announce.sessions.find((s) => s.sessionId === run?.sessionId) ?? announce.sessions[0];
     if (session !== undefined) {
       server.lossPpm = session.lossPpm;
       server.listening = session.state === ListenState.listening;
@@ -641,37 +801,73 @@ export async function startRepairServer(
     }
   };
 
-  const control: ControlSocket = await openControlSocket(settings.listen, onControl);
-  const emitter: SenderSocket = await openSenderSocket({
-    group: settings.emit,
-    iface: settings.emitIface ?? settings.iface,
-    ttl: settings.ttl,
-  });
-  const s1: ReceiverSocket = await (components.openS1Socket ?? openReceiverSocket)(
-    { group: settings.group, iface: settings.iface, source: settings.source },
-    onS1,
+  // A run whose source died without END is ended after sessionIdleMs, so the next run is served.
+  timers.setInterval(
+    () => {
+      if (run !== undefined && clock.nowMs() - run.lastActivityMs > sessionIdleMs) {
+        finishRun(run, 'idle');
+      }
+    },
+    Math.max(10, sessionIdleMs / 4),
   );
-  const announceSocket: ReceiverSocket | undefined =
-    settings.announceGroup === undefined
-      ? undefined
-      : await openReceiverSocket({ group: settings.announceGroup, iface: settings.iface }, onControl);
 
-  const repairGroupSocket: ReceiverSocket | undefined =
-    settings.repairGroup === undefined
-      ? undefined
-      : await openReceiverSocket({ group: settings.repairGroup, iface: settings.iface }, onControl);
+  const opened: Array<{ close(): Promise<void> }> = [];
+  const control: ControlSocket = await transport.openControl(settings.listen, onControl);
+  opened.push(control);
+  let emitter: SenderSocket;
+  let s1: ReceiverSocket;
+  let announceSocket: ReceiverSocket | undefined;
+  let repairGroupSocket: ReceiverSocket | undefined;
+  try {
+    emitter = await transport.openSender({
+      group: settings.emit,
+      iface: settings.emitIface ?? settings.iface,
+      ttl: settings.ttl,
+    });
+    opened.push(emitter);
+    s1 = await (components.openS1Socket ?? transport.openReceiver)(
+      { group: settings.group, iface: settings.iface, source: settings.source },
+      onS1,
+    );
+    opened.push(s1);
+    if (settings.announceGroup !== undefined) {
+      announceSocket = await transport.openReceiver(
+        { group: settings.announceGroup, iface: settings.iface },
+        onControl,
+      );
+      opened.push(announceSocket);
+    }
+    if (settings.repairGroup !== undefined) {
+      repairGroupSocket = await transport.openReceiver(
+        { group: settings.repairGroup, iface: settings.iface },
+        onControl,
+      );
+      opened.push(repairGroupSocket);
+    }
+  } catch (error) {
+    // A failed start closes everything it opened.
+    timers.close();
+    wheel.close();
+    for (const socket of opened.reverse()) {
+      await socket.close();
+    }
+    throw error;
+  }
 
   const status = (): RepairStatus => ({
     role: 'repair',
     listen: formatEndpoint(control.local),
     emit: formatEndpoint(settings.emit),
     mode: settings.latencyMs === undefined ? 'reliable' : `latency ${settings.latencyMs} ms`,
-    sessionId,
+    sessionId: run?.sessionId,
+    incarnation: run?.incarnation,
     ...counters,
     controlBytesSent: control.bytesSent,
     repairExtraDelayMs: extraDelay(),
-    holding: hold.size,
-    missingNow: missing.size,
+    holding: run?.window.heldCount ?? 0,
+    missingNow: run?.missing.size ?? 0,
+    pendingPackets: pending.packetCount,
+    pendingBytes: pending.byteCount,
     dropped: { ...dropped },
     servers: ranked().map((server) => ({
       address: server.key,
@@ -698,6 +894,7 @@ export async function startRepairServer(
   let closed: Promise<void> | undefined;
   const close = () => {
     closed ??= (async () => {
+      timers.close();
       wheel.close();
       await s1.close();
       await announceSocket?.close();

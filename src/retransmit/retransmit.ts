@@ -5,17 +5,16 @@
  * announces what it holds.
  */
 import { acceptControl, type ControlKey, ControlSealer, ControlVerifier } from '../crypto/control-auth.js';
-import { announceIntervalMsDefault, repairSuppressMs } from '../limits.js';
-import { type Endpoint, formatEndpoint } from '../net/address.js';
-import { nowMicroseconds as nowUs } from '../net/clock.js';
 import {
-  type ControlSocket,
-  openControlSocket,
-  openReceiverSocket,
-  openSenderSocket,
-  type ReceiverSocket,
-  type SenderSocket,
-} from '../net/udp.js';
+  announceIntervalMsDefault,
+  announceSessionsMax,
+  repairSuppressMs,
+  retransmitGroupsMax,
+  retransmitRunsPerGroupMax,
+} from '../limits.js';
+import { type Endpoint, formatEndpoint } from '../net/address.js';
+import { OwnedTimers, type Runtime, systemRuntime } from '../net/runtime.js';
+import type { ControlSocket, ReceiverSocket, SenderSocket } from '../net/udp.js';
 import {
   type AnnouncedSession,
   decodeNack,
@@ -27,11 +26,13 @@ import {
   encodeRepairNotHeld,
   ListenState,
   type ListenStateCode,
+  type SessionQuality,
   SetupAction,
 } from '../protocol/control.js';
-import { decodeData, headerBytes, offsetType, PacketType } from '../protocol/packet.js';
+import { decodeData, type HeaderFields, headerBytes, offsetType, PacketType } from '../protocol/packet.js';
 import { sequenceAdd } from '../protocol/serial.js';
-import { SessionBuffer } from './session-buffer.js';
+import { runKey } from '../protocol/session-window.js';
+import { type PeriodQuality, SessionBuffer } from './session-buffer.js';
 
 /** A group to join. */
 export interface JoinSpec {
@@ -102,9 +103,12 @@ export interface RetransmitStatus {
 interface Joined {
   readonly spec: JoinSpec;
   socket: ReceiverSocket | undefined;
+  /** One buffer per run (session id and incarnation) heard on the group, at most retransmitRunsPerGroupMax. */
+  readonly runs: Map<string, SessionBuffer>;
+  /** The run written most recently: the one announced and measured. */
   buffer: SessionBuffer | undefined;
   state: ListenStateCode;
-  lastQuality: { lossPpm: number; jitterUs: number };
+  lastQuality: PeriodQuality;
 }
 
 interface PeerReport {
@@ -125,9 +129,21 @@ export interface RetransmitServer extends AsyncDisposable {
   close(): Promise<void>;
 }
 
+/** Parts a retransmit server is built from. */
+export interface RetransmitComponents {
+  /** Clock, transport and randomness (default: the system's). */
+  readonly runtime?: Runtime | undefined;
+}
+
 /** Starts a retransmit server. */
-export async function startRetransmitServer(settings: RetransmitSettings): Promise<RetransmitServer> {
-  const sealer = new ControlSealer(settings.keys[0] as ControlKey);
+export async function startRetransmitServer(
+  settings: RetransmitSettings,
+  components: RetransmitComponents = {},
+): Promise<RetransmitServer> {
+  const runtime = components.runtime ?? systemRuntime;
+  const { clock, transport } = runtime;
+  const timers = new OwnedTimers(clock);
+  const sealer = new ControlSealer(settings.keys[0] as ControlKey, { senderId: runtime.randomId() });
   const verifier = new ControlVerifier(settings.keys);
   const joined: Joined[] = [];
   const peerReports = new Map<string, PeerReport>();
@@ -148,15 +164,49 @@ export async function startRetransmitServer(settings: RetransmitSettings): Promi
   const drop = (reason: string) => {
     dropped[reason] = (dropped[reason] ?? 0) + 1;
   };
-  const fields = (sessionId: number, sequence: number) => ({ sessionId, sequence, timestampUs: nowUs() });
+  const fields = (sessionId: number, incarnation: number, sequence: number): HeaderFields => ({
+    sessionId,
+    incarnation,
+    sequence,
+    timestampUs: clock.wallUs(),
+  });
 
-  const bufferFor = (sessionId: number): SessionBuffer | undefined => {
+  /** The buffer of one run: a NACK is answered only from the run it names. */
+  const bufferFor = (sessionId: number, incarnation: number): SessionBuffer | undefined => {
+    const key = runKey(sessionId, incarnation);
     for (const entry of joined) {
-      if (entry.buffer?.sessionId === sessionId) {
-        return entry.buffer;
+      const buffer = entry.runs.get(key);
+      if (buffer !== undefined) {
+        return buffer;
       }
     }
     return undefined;
+  };
+
+  /** The buffer for a run heard on a group; a new run evicts the run written least recently. */
+  const runBuffer = (entry: Joined, sessionId: number, incarnation: number): SessionBuffer => {
+    const key = runKey(sessionId, incarnation);
+    let buffer = entry.runs.get(key);
+    if (buffer === undefined) {
+      if (entry.runs.size >= retransmitRunsPerGroupMax) {
+        let idlest: [string, SessionBuffer] | undefined;
+        for (const candidate of entry.runs) {
+          if (idlest === undefined || candidate[1].lastAddedMs < idlest[1].lastAddedMs) {
+            idlest = candidate;
+          }
+        }
+        if (idlest !== undefined) {
+          entry.runs.delete(idlest[0]);
+          drop('run-evicted');
+        }
+      }
+      buffer = new SessionBuffer(sessionId, incarnation, {
+        bytesMax: settings.bufferBytesMax,
+        ageMs: settings.bufferAgeMs,
+      });
+      entry.runs.set(key, buffer);
+    }
+    return buffer;
   };
 
   const onData = (entry: Joined) => (datagram: Buffer) => {
@@ -170,18 +220,13 @@ export async function startRetransmitServer(settings: RetransmitSettings): Promi
     }
     counters.packetsIn++;
     const packet = decoded.value;
-    if (entry.buffer === undefined || entry.buffer.sessionId !== packet.sessionId) {
-      // A new session on the group replaces the old one.
-      entry.buffer = new SessionBuffer(packet.sessionId, {
-        bytesMax: settings.bufferBytesMax,
-        ageMs: settings.bufferAgeMs,
-      });
-    }
-    entry.buffer.add(packet.sequence, datagram, packet.timestampUs, performance.now());
+    const buffer = runBuffer(entry, packet.sessionId, packet.incarnation);
+    buffer.add(packet.sequence, datagram, packet.timestampUs, clock.nowMs(), clock.wallUs());
+    entry.buffer = buffer;
   };
 
   const join = async (entry: Joined) => {
-    entry.socket = await openReceiverSocket(
+    entry.socket = await transport.openReceiver(
       { group: entry.spec.group, iface: settings.iface, source: entry.spec.source },
       onData(entry),
     );
@@ -189,7 +234,7 @@ export async function startRetransmitServer(settings: RetransmitSettings): Promi
 
   /** Takes tokens for a repair to one repair server; false when over its rate. */
   const allow = (senderId: number, bytes: number): boolean => {
-    const now = performance.now();
+    const now = clock.nowMs();
     const bytesPerMs = settings.repairRateBitsPerSecond / 8000;
     const burst = Math.max(bytesPerMs * 50, 64 * 1500);
     let bucket = buckets.get(senderId);
@@ -213,21 +258,23 @@ export async function startRetransmitServer(settings: RetransmitSettings): Promi
       return;
     }
     counters.nacksReceived++;
-    const now = performance.now();
+    const now = clock.nowMs();
     for (const [key, atMs] of recentlyMulticast) {
       if (now - atMs <= repairSuppressMs) {
         break;
       }
       recentlyMulticast.delete(key);
     }
-    const buffer = bufferFor(nack.sessionId);
+    const buffer = bufferFor(nack.sessionId, nack.incarnation);
     let answered = false;
     for (const range of nack.ranges) {
       let notHeldStart: number | undefined;
       let notHeldCount = 0;
       const flushNotHeld = () => {
         if (notHeldStart !== undefined) {
-          const reply = sealer.seal(encodeRepairNotHeld(fields(nack.sessionId, notHeldStart), notHeldCount));
+          const reply = sealer.seal(
+            encodeRepairNotHeld(fields(nack.sessionId, nack.incarnation, notHeldStart), notHeldCount),
+          );
           control?.send(reply, port, address);
           counters.notHeldSent++;
           notHeldStart = undefined;
@@ -252,7 +299,7 @@ export async function startRetransmitServer(settings: RetransmitSettings): Promi
           counters.rateLimited++;
           continue;
         }
-        const reply = sealer.seal(encodeRepair(fields(nack.sessionId, sequence), original));
+        const reply = sealer.seal(encodeRepair(fields(nack.sessionId, nack.incarnation, sequence), original));
         if (repairSender === undefined) {
           control?.send(reply, port, address);
         } else {
@@ -281,7 +328,7 @@ export async function startRetransmitServer(settings: RetransmitSettings): Promi
           peerReports.set(`${quality?.auth.senderId}/${session.sessionId}`, {
             lossPpm: session.lossPpm,
             state: session.state,
-            atMs: performance.now(),
+            atMs: clock.nowMs(),
           });
         }
         return;
@@ -308,35 +355,41 @@ export async function startRetransmitServer(settings: RetransmitSettings): Promi
       return;
     }
     if (index < 0) {
+      if (joined.length >= retransmitGroupsMax) {
+        drop('setup-over-groups');
+        return;
+      }
       const family = setup.group.includes(':') ? 6 : 4;
       const entry: Joined = {
         spec: { group: { address: setup.group, port: setup.port, family }, source: setup.source },
         socket: undefined,
+        runs: new Map(),
         buffer: undefined,
         state: ListenState.listening,
-        lastQuality: { lossPpm: 0, jitterUs: 0 },
+        lastQuality: { received: 0, missing: 0, lossPpm: 0, jitterUs: 0 },
       };
       joined.push(entry);
       await join(entry).catch(() => drop('setup-join-failed'));
     }
   };
 
-  const control: ControlSocket = await openControlSocket(settings.listen, onControl);
+  const control: ControlSocket = await transport.openControl(settings.listen, onControl);
   const repairSender: SenderSocket | undefined =
     settings.repairGroup === undefined
       ? undefined
-      : await openSenderSocket({ group: settings.repairGroup, iface: settings.iface });
+      : await transport.openSender({ group: settings.repairGroup, iface: settings.iface });
   const announceSender: SenderSocket | undefined =
     settings.announceGroup === undefined
       ? undefined
-      : await openSenderSocket({ group: settings.announceGroup, iface: settings.iface });
+      : await transport.openSender({ group: settings.announceGroup, iface: settings.iface });
   for (const spec of settings.joins) {
     const entry: Joined = {
       spec,
       socket: undefined,
+      runs: new Map(),
       buffer: undefined,
       state: ListenState.listening,
-      lastQuality: { lossPpm: 0, jitterUs: 0 },
+      lastQuality: { received: 0, missing: 0, lossPpm: 0, jitterUs: 0 },
     };
     joined.push(entry);
     await join(entry);
@@ -345,7 +398,7 @@ export async function startRetransmitServer(settings: RetransmitSettings): Promi
   /** Members of a session's election that are fresh, with their loss; ourselves included. */
   const members = (sessionId: number, own: { lossPpm: number; state: ListenStateCode }) => {
     const periodMs = settings.election?.periodMs ?? announceIntervalMsDefault;
-    const now = performance.now();
+    const now = clock.nowMs();
     const list = [{ id: sealer.senderId, lossPpm: own.lossPpm, state: own.state }];
     for (const [key, report] of peerReports) {
       const [senderId, session] = key.split('/').map(Number);
@@ -384,13 +437,19 @@ export async function startRetransmitServer(settings: RetransmitSettings): Promi
 
   const tick = async () => {
     const announced: AnnouncedSession[] = [];
-    const qualities = [];
+    const qualities: SessionQuality[] = [];
+    const now = clock.nowMs();
     for (const entry of joined) {
+      for (const [key, run] of entry.runs) {
+        run.evict(now);
+        if (run !== entry.buffer && run.heldCount === 0) {
+          entry.runs.delete(key); // an old run whose packets have all aged out
+        }
+      }
       const buffer = entry.buffer;
       if (buffer === undefined) {
         continue;
       }
-      buffer.evict(performance.now());
       if (entry.state === ListenState.listening) {
         entry.lastQuality = buffer.takePeriod();
       }
@@ -406,31 +465,38 @@ export async function startRetransmitServer(settings: RetransmitSettings): Promi
       });
       qualities.push({
         sessionId: buffer.sessionId,
-        received: 0,
-        missing: 0,
+        received: Math.min(entry.lastQuality.received, 0xffff_ffff),
+        missing: Math.min(entry.lastQuality.missing, 0xffff_ffff),
         lossPpm: entry.lastQuality.lossPpm,
-        jitterUs: entry.lastQuality.jitterUs,
+        jitterUs: Math.min(Math.round(entry.lastQuality.jitterUs), 0xffff_ffff),
         state: entry.state,
       });
     }
-    const header = { sessionId: 0, sequence: 0, timestampUs: nowUs() };
-    const announce = sealer.seal(
-      encodeAnnounce(header, {
-        address: settings.announceAddress ?? control.local.address,
-        port: control.local.port,
-        sessions: announced,
-      }),
-    );
-    for (const target of settings.announceTo) {
-      control.send(announce, target.port, target.address);
+    const header = { sessionId: 0, sequence: 0, timestampUs: clock.wallUs() };
+    // A server holding more sessions than one message carries sends several (docs/protocol.md, "Size budgets").
+    for (let i = 0; i === 0 || i < announced.length; i += announceSessionsMax) {
+      const announce = sealer.seal(
+        encodeAnnounce(header, {
+          address: settings.announceAddress ?? control.local.address,
+          port: control.local.port,
+          sessions: announced.slice(i, i + announceSessionsMax),
+        }),
+      );
+      for (const target of settings.announceTo) {
+        control.send(announce, target.port, target.address);
+      }
+      announceSender?.send(announce, announce.length);
+      // Also on the repair group: routers install its forwarding state before the first repair needs it.
+      repairSender?.send(announce, announce.length);
     }
-    announceSender?.send(announce, announce.length);
-    // Also on the repair group: routers install its forwarding state before the first repair needs it.
-    repairSender?.send(announce, announce.length);
     if (settings.peers.length > 0) {
-      const quality = sealer.seal(encodeQuality(header, { sessions: qualities }));
-      for (const peer of settings.peers) {
-        control.send(quality, peer.port, peer.address);
+      for (let i = 0; i === 0 || i < qualities.length; i += announceSessionsMax) {
+        const quality = sealer.seal(
+          encodeQuality(header, { sessions: qualities.slice(i, i + announceSessionsMax) }),
+        );
+        for (const peer of settings.peers) {
+          control.send(quality, peer.port, peer.address);
+        }
       }
     }
   };
@@ -438,13 +504,15 @@ export async function startRetransmitServer(settings: RetransmitSettings): Promi
   const runTick = () => {
     if (!ticking) {
       ticking = true;
-      void tick().finally(() => {
-        ticking = false;
-      });
+      void tick()
+        .catch(() => drop('tick-failed')) // a daemon never dies of one period's work
+        .finally(() => {
+          ticking = false;
+        });
     }
   };
   runTick(); // announce at once: repair servers learn of us, routers install the groups' state
-  const timer = setInterval(runTick, settings.election?.periodMs ?? announceIntervalMsDefault);
+  timers.setInterval(runTick, settings.election?.periodMs ?? announceIntervalMsDefault);
 
   const status = (): RetransmitStatus => ({
     role: 'retransmit',
@@ -472,7 +540,7 @@ export async function startRetransmitServer(settings: RetransmitSettings): Promi
   let closed: Promise<void> | undefined;
   const close = () => {
     closed ??= (async () => {
-      clearInterval(timer);
+      timers.close();
       for (const entry of joined) {
         await entry.socket?.close();
       }

@@ -3,6 +3,7 @@
  * first when over a byte bound or an age bound (both counted), plus the server's own measure of
  * how well it receives the session (loss and RFC 3550 interarrival jitter).
  */
+import { progressAheadPacketsMax, resyncPacketsMin } from '../limits.js';
 import { sequenceAdd, sequenceDistance } from '../protocol/serial.js';
 
 interface Held {
@@ -27,6 +28,10 @@ export interface PeriodQuality {
 /** The buffer of one session. */
 export class SessionBuffer {
   readonly sessionId: number;
+  /** The run this buffer holds: packets of another incarnation are never stored or served here. */
+  readonly incarnation: number;
+  /** Monotonic time of the last packet stored (the idlest run is evicted first). */
+  lastAddedMs = 0;
   readonly #bounds: BufferBounds;
   /** Insertion order is arrival order: the first key is the oldest. */
   readonly #held = new Map<number, Held>();
@@ -38,9 +43,11 @@ export class SessionBuffer {
   #periodMissing = 0;
   #jitterUs = 0;
   #lastTransitUs: number | undefined;
+  #strayInARow = 0;
 
-  constructor(sessionId: number, bounds: BufferBounds) {
+  constructor(sessionId: number, incarnation: number, bounds: BufferBounds) {
     this.sessionId = sessionId;
+    this.incarnation = incarnation;
     this.#bounds = bounds;
   }
 
@@ -60,18 +67,29 @@ export class SessionBuffer {
     return { first, last: this.#highest };
   }
 
-  /** Stores a DATA datagram; measures loss and jitter from its sequence and timestamp. */
-  add(sequence: number, datagram: Buffer, sentUs: number, nowMs: number): void {
+  /**
+   * Stores a DATA datagram; measures loss and jitter from its sequence and its send timestamp
+   * against our wall clock (nowWallUs). nowMs is monotonic and ages the buffer.
+   */
+  add(sequence: number, datagram: Buffer, sentUs: number, nowMs: number, nowWallUs: number): void {
     if (this.#held.has(sequence)) {
       return;
     }
+    this.lastAddedMs = nowMs;
     this.receivedCount++;
     this.#periodReceived++;
     if (this.#highest === undefined) {
       this.#highest = sequence;
     } else {
       const gap = sequenceDistance(this.#highest, sequence);
-      if (gap > 0) {
+      if (gap > progressAheadPacketsMax && ++this.#strayInARow < resyncPacketsMin) {
+        // One stray packet far ahead must not count thousands of packets as lost; a run of
+        // them is a real jump (an outage): then the meter follows.
+      } else if (gap > progressAheadPacketsMax) {
+        this.#strayInARow = 0;
+        this.#highest = sequence;
+      } else if (gap > 0) {
+        this.#strayInARow = 0;
         this.#periodMissing += gap - 1;
         this.#highest = sequence;
       } else if (this.#periodMissing > 0) {
@@ -79,7 +97,7 @@ export class SessionBuffer {
       }
     }
     // RFC 3550 section 6.4.1: J += (|D| - J) / 16, with D the change in transit time.
-    const transitUs = nowMs * 1000 - sentUs;
+    const transitUs = nowWallUs - sentUs;
     if (this.#lastTransitUs !== undefined) {
       this.#jitterUs += (Math.abs(transitUs - this.#lastTransitUs) - this.#jitterUs) / 16;
     }

@@ -371,7 +371,10 @@ describe('a retransmit server on the test bed answers only repair servers it kno
       '--first-sequence',
       '1000',
     ]);
-    assert.equal((await sender.finished).code, 0);
+    const sent = await sender.finished;
+    assert.equal(sent.code, 0);
+    const run = /run (\d+)\)/.exec(sent.stdout + sent.stderr)?.[1];
+    assert.ok(run !== undefined, sent.stdout + sent.stderr);
     const attacker = bed.spawn('rx1', process.execPath, [
       '--import',
       'tsx',
@@ -380,6 +383,7 @@ describe('a retransmit server on the test bed answers only repair servers it kno
       secret,
       '4242',
       '1000',
+      run,
     ]);
     const result = await attacker.finished;
     assert.equal(result.code, 0, result.stderr);

@@ -50,7 +50,7 @@ describe('a retransmit server answers only repair servers it knows', () => {
     const send = (datagram: Buffer) => attacker.send(datagram, server.local.port, server.local.address);
     const nack = () =>
       encodeNack(
-        { sessionId: stats.sessionId, sequence: 100, timestampUs: 1 },
+        { sessionId: stats.sessionId, incarnation: stats.incarnation, sequence: 100, timestampUs: 1 },
         { ranges: [{ start: 100, count: 40 }] },
       );
 

@@ -1,0 +1,312 @@
+/**
+ * The in-order window of one session run, shared by the receiver and the repair server
+ * (docs/protocol.md, "Windows: what one packet may move"). It holds DATA between the delivery
+ * point (base) and base + packetsMax, bounded in packets and in bytes, and knows where the run
+ * ends as far as DATA, HEARTBEAT and END have shown. No single packet can move it far:
+ *
+ * - DATA further than packetsMax ahead is set aside; only resyncPacketsMin such packets in a row,
+ *   with no DATA inside the window between them, make the window jump (a real outage longer than
+ *   the window), and what is jumped over is counted in one subtraction, never walked;
+ * - a HEARTBEAT or END may move the known end at most progressAheadPacketsMax beyond the highest
+ *   DATA received.
+ *
+ * Pure logic over serial-number arithmetic (RFC 1982): no I/O, no clock.
+ */
+import assert from 'node:assert/strict';
+import { sequenceAdd, sequenceDistance } from './serial.js';
+
+/** Bounds of a window. */
+export interface WindowLimits {
+  /** Sequences at and after base that may be held. */
+  readonly packetsMax: number;
+  /** Bytes that may be held (window and set-aside together). */
+  readonly bytesMax: number;
+  /** How far beyond the highest DATA a HEARTBEAT or END may move the known end. */
+  readonly progressAheadPacketsMax: number;
+  /** Packets beyond the window, in a row, that make it jump to them. */
+  readonly resyncPacketsMin: number;
+}
+
+/** What became of an offered DATA packet. */
+export type OfferResult =
+  /** Held in the window. */
+  | 'held'
+  /** Before the delivery point. */
+  | 'old'
+  /** Already held. */
+  | 'duplicate'
+  /** Beyond the window; set aside (or dropped when the set-aside is full). */
+  | 'beyond'
+  /** Beyond the window, and the resyncPacketsMin-th in a row: call resync(). */
+  | 'resync'
+  /** The byte bound would be passed: move the delivery point on, then offer again. */
+  | 'over-bytes';
+
+/** What a claim (HEARTBEAT, END) did to the known end. */
+export type ClaimResult = 'extended' | 'unchanged' | 'too-far';
+
+/** The window of one run. */
+export class SessionWindow {
+  readonly #limits: WindowLimits;
+  #base: number;
+  /** Exclusive end of what is known to exist: sequences in [base, end) were sent. */
+  #end: number;
+  /** Highest DATA received, as a distance-comparable sequence; undefined before any. */
+  #highestData: number | undefined;
+  readonly #held = new Map<number, Buffer>();
+  #heldBytes = 0;
+  readonly #aside = new Map<number, Buffer>();
+  #asideBytes = 0;
+  #beyondInARow = 0;
+
+  constructor(base: number, limits: WindowLimits) {
+    assert.ok(limits.packetsMax > 0);
+    assert.ok(limits.resyncPacketsMin > 0);
+    this.#limits = limits;
+    this.#base = base >>> 0;
+    this.#end = this.#base;
+  }
+
+  /** The next sequence to deliver. */
+  get base(): number {
+    return this.#base;
+  }
+
+  /** Exclusive end of the sequences known to exist. */
+  get end(): number {
+    return this.#end;
+  }
+
+  /** Highest DATA sequence received, if any. */
+  get highestData(): number | undefined {
+    return this.#highestData;
+  }
+
+  get heldCount(): number {
+    return this.#held.size;
+  }
+
+  /** Bytes held in the window and set aside. */
+  get heldBytes(): number {
+    return this.#heldBytes + this.#asideBytes;
+  }
+
+  /** Sequences known to exist and not yet delivered or passed. */
+  get outstanding(): number {
+    return sequenceDistance(this.#base, this.#end);
+  }
+
+  /** Whether sequence is held. */
+  has(sequence: number): boolean {
+    return this.#held.has(sequence);
+  }
+
+  /** Whether DATA at a later sequence than this one has been received (so it was not the tail). */
+  hasDataAfter(sequence: number): boolean {
+    return this.#highestData !== undefined && sequenceDistance(sequence, this.#highestData) > 0;
+  }
+
+  /** Offers a DATA packet. */
+  offer(sequence: number, item: Buffer): OfferResult {
+    const distance = sequenceDistance(this.#base, sequence);
+    if (distance < 0) {
+      return 'old';
+    }
+    if (this.#held.has(sequence)) {
+      return 'duplicate';
+    }
+    if (distance >= this.#limits.packetsMax) {
+      return this.#setAside(sequence, item);
+    }
+    if (this.heldBytes + item.length > this.#limits.bytesMax) {
+      return 'over-bytes';
+    }
+    this.#held.set(sequence, item);
+    this.#heldBytes += item.length;
+    this.#beyondInARow = 0;
+    if (this.#highestData === undefined || sequenceDistance(this.#highestData, sequence) > 0) {
+      this.#highestData = sequence;
+    }
+    const next = sequenceAdd(sequence, 1);
+    if (sequenceDistance(this.#end, next) > 0) {
+      this.#end = next;
+    }
+    return 'held';
+  }
+
+  #setAside(sequence: number, item: Buffer): OfferResult {
+    this.#beyondInARow++;
+    if (
+      !this.#aside.has(sequence) &&
+      this.#aside.size < this.#limits.resyncPacketsMin &&
+      this.heldBytes + item.length <= this.#limits.bytesMax
+    ) {
+      this.#aside.set(sequence, item);
+      this.#asideBytes += item.length;
+    }
+    return this.#beyondInARow >= this.#limits.resyncPacketsMin ? 'resync' : 'beyond';
+  }
+
+  /**
+   * A HEARTBEAT or END says the source's next sequence is `next`: sequences before it exist. The
+   * known end moves at most progressAheadPacketsMax beyond the highest DATA received (or beyond
+   * base before any DATA), and never past the window.
+   */
+  claim(next: number): ClaimResult {
+    if (sequenceDistance(this.#end, next) <= 0) {
+      return 'unchanged';
+    }
+    const anchor = this.#highestData === undefined ? this.#base : sequenceAdd(this.#highestData, 1);
+    if (
+      sequenceDistance(anchor, next) > this.#limits.progressAheadPacketsMax ||
+      sequenceDistance(this.#base, next) > this.#limits.packetsMax
+    ) {
+      return 'too-far';
+    }
+    this.#end = next >>> 0;
+    return 'extended';
+  }
+
+  /** Removes and returns the packet at base, moving base on; undefined when base is a gap. */
+  take(): Buffer | undefined {
+    const item = this.#held.get(this.#base);
+    if (item === undefined) {
+      return undefined;
+    }
+    this.#held.delete(this.#base);
+    this.#heldBytes -= item.length;
+    this.#advance();
+    return item;
+  }
+
+  /** Passes the gap at base (the caller counts it lost). Only for a sequence not held. */
+  skip(): void {
+    assert.ok(!this.#held.has(this.#base), 'skip() over a held packet');
+    this.#advance();
+  }
+
+  #advance(): void {
+    this.#base = sequenceAdd(this.#base, 1);
+    if (sequenceDistance(this.#end, this.#base) > 0) {
+      this.#end = this.#base;
+    }
+  }
+
+  /**
+   * Delivers every held packet in order up to the known end, passing gaps: onItem for each packet,
+   * onGap for each sequence passed. At most packetsMax + progressAheadPacketsMax steps.
+   */
+  drainToEnd(onItem: (item: Buffer, sequence: number) => void, onGap: (sequence: number) => void): void {
+    while (sequenceDistance(this.#base, this.#end) > 0) {
+      const sequence = this.#base;
+      const item = this.take();
+      if (item === undefined) {
+        onGap(sequence);
+        this.skip();
+      } else {
+        onItem(item, sequence);
+      }
+    }
+  }
+
+  /**
+   * After 'resync': delivers what the window holds (as drainToEnd), then jumps to the earliest
+   * packet set aside and takes the set-aside packets in. Returns how many sequences were jumped
+   * over beyond the known end (to be counted lost, like onGap, but in one number).
+   */
+  resync(onItem: (item: Buffer, sequence: number) => void, onGap: (sequence: number) => void): number {
+    this.drainToEnd(onItem, onGap);
+    let first: number | undefined;
+    for (const sequence of this.#aside.keys()) {
+      if (first === undefined || sequenceDistance(first, sequence) < 0) {
+        first = sequence;
+      }
+    }
+    this.#beyondInARow = 0;
+    if (first === undefined) {
+      return 0;
+    }
+    const jumped = Math.max(0, sequenceDistance(this.#base, first));
+    this.#base = first;
+    this.#end = first;
+    const aside = [...this.#aside];
+    this.#aside.clear();
+    this.#asideBytes = 0;
+    for (const [sequence, item] of aside) {
+      this.offer(sequence, item);
+    }
+    return jumped;
+  }
+}
+
+/** Bounds of the DATA held before a DESCRIPTOR names the run to take. */
+export interface PendingLimits {
+  readonly packetsMax: number;
+  readonly bytesMax: number;
+  readonly runsMax: number;
+}
+
+/** The name of a run as a map key: session id and incarnation. */
+export function runKey(sessionId: number, incarnation: number): string {
+  return `${sessionId >>> 0}/${incarnation >>> 0}`;
+}
+
+/**
+ * DATA held per run before its DESCRIPTOR arrives, so that the run a receiver locks on starts with
+ * its own packets only — never another session's or another incarnation's.
+ */
+export class PendingRuns {
+  readonly #limits: PendingLimits;
+  readonly #runs = new Map<string, Map<number, Buffer>>();
+  #packets = 0;
+  #bytes = 0;
+
+  constructor(limits: PendingLimits) {
+    this.#limits = limits;
+  }
+
+  get packetCount(): number {
+    return this.#packets;
+  }
+
+  get byteCount(): number {
+    return this.#bytes;
+  }
+
+  /** Holds a packet of a run; false when a bound is reached (the caller counts the drop). */
+  hold(sessionId: number, incarnation: number, sequence: number, item: Buffer): boolean {
+    const key = runKey(sessionId, incarnation);
+    let run = this.#runs.get(key);
+    if (run?.has(sequence)) {
+      return true;
+    }
+    if (
+      this.#packets >= this.#limits.packetsMax ||
+      this.#bytes + item.length > this.#limits.bytesMax ||
+      (run === undefined && this.#runs.size >= this.#limits.runsMax)
+    ) {
+      return false;
+    }
+    if (run === undefined) {
+      run = new Map();
+      this.#runs.set(key, run);
+    }
+    run.set(sequence, item);
+    this.#packets++;
+    this.#bytes += item.length;
+    return true;
+  }
+
+  /** Takes the packets held for one run (sequence → packet) and forgets every other run. */
+  take(sessionId: number, incarnation: number): Map<number, Buffer> {
+    const run = this.#runs.get(runKey(sessionId, incarnation)) ?? new Map<number, Buffer>();
+    this.clear();
+    return run;
+  }
+
+  clear(): void {
+    this.#runs.clear();
+    this.#packets = 0;
+    this.#bytes = 0;
+  }
+}
