@@ -262,7 +262,8 @@ export class Adversary {
         if (old === undefined || old.data.length === 0) {
           return 'nothing captured';
         }
-        if (old.descriptor !== undefined && r.chance(0.5)) {
+        const withDescriptor = old.descriptor !== undefined && r.chance(0.5);
+        if (withDescriptor && old.descriptor !== undefined) {
           this.#send(old.source, old.group, old.descriptor);
         }
         const start = r.int(0, old.data.length - 1);
@@ -270,7 +271,7 @@ export class Adversary {
         for (let i = 0; i < count; i++) {
           this.#send(old.source, old.group, old.data[start + i] as Buffer);
         }
-        return `${count} DATA of run ${hex(old.sessionId)}/${hex(old.incarnation)} again`;
+        return `${withDescriptor ? 'its DESCRIPTOR and ' : ''}${count} DATA of run ${hex(old.sessionId)}/${hex(old.incarnation)} again`;
       }
       case 'replay-control-same-target':
       case 'replay-control-other-target':

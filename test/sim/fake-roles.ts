@@ -64,7 +64,10 @@ export async function startFakeSource(settings: FakeSourceSettings, runtime: Run
       name: 'fake',
     });
   const timers: Timer[] = [];
+  // Like the real source: three DESCRIPTORs during the 200 ms start delay, then one a second.
   send(descriptor());
+  clock.setTimeout(() => send(descriptor()), 66);
+  clock.setTimeout(() => send(descriptor()), 133);
   timers.push(clock.setInterval(() => send(descriptor()), 1000));
   timers.push(
     clock.setInterval(

@@ -20,7 +20,7 @@ function world() {
   const invariants = new Invariants(network);
   const source = network.addHost('source', '10.9.0.1');
   const payload = Buffer.from('0123456789abcdefghij');
-  invariants.watchSource(source, () => payload);
+  invariants.watchSource(source, () => ({ payload, packetBytes: 4 }));
   return { scheduler, network, invariants, source, payload };
 }
 
@@ -39,8 +39,22 @@ describe('simulator invariants', () => {
     const receiver = invariants.watchReceiver('r');
     receiver.write(payload.subarray(0, 4));
     assert.equal(invariants.violation, undefined);
+    receiver.write(payload.subarray(12, 16));
+    assert.equal(violationOf(invariants), undefined, 'a packet left out is not a violation in itself');
     receiver.write(Buffer.from('XXXX'));
     assert.equal(violationOf(invariants)?.invariant, 'prefix');
+  });
+
+  it('hidden-loss: packets left out must be counted missing', async () => {
+    const { scheduler, invariants, source, payload } = world();
+    const sender = await source.transport().openSender({ group: s1 });
+    sender.send(data(0, payload), 52);
+    await scheduler.run(5);
+    const receiver = invariants.watchReceiver('r');
+    receiver.write(payload.subarray(0, 4));
+    receiver.write(payload.subarray(8, 12));
+    invariants.receiverFinished(receiver, 'incomplete', runKey(5, 9), 0);
+    assert.equal(violationOf(invariants)?.invariant, 'hidden-loss');
   });
 
   it('whole: "complete" with a short output fails', async () => {
@@ -49,7 +63,8 @@ describe('simulator invariants', () => {
     sender.send(data(0, payload), 52);
     await scheduler.run(5);
     const receiver = invariants.watchReceiver('r');
-    receiver.write(payload.subarray(0, 10));
+    receiver.write(payload.subarray(0, 4));
+    receiver.write(payload.subarray(4, 8));
     invariants.receiverFinished(receiver, 'complete', runKey(5, 9));
     assert.equal(violationOf(invariants)?.invariant, 'whole');
   });

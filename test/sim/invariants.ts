@@ -47,7 +47,23 @@ export class InvariantViolated extends Error {
 interface RunPayload {
   readonly key: string;
   readonly payload: Buffer;
+  readonly packetBytes: number;
   readonly sha256: string;
+}
+
+/** What a source host's boot sends. */
+export interface BootPayload {
+  readonly payload: Buffer;
+  readonly packetBytes: number;
+}
+
+/** Where a receiver's output stands in one run it may be writing. */
+interface Candidate {
+  readonly run: RunPayload;
+  /** Index of the next packet of the run the output may continue with. */
+  nextPacket: number;
+  /** Packets passed over (lost and counted missing by the receiver, or a bug). */
+  skipped: number;
 }
 
 /** What the checker knows of one watched receiver. */
@@ -56,8 +72,8 @@ export interface WatchedReceiver {
   /** Payloads written so far, as one stream. */
   written: number;
   readonly chunks: Buffer[];
-  /** Runs whose payload the output is still a prefix of. */
-  candidates: RunPayload[] | undefined;
+  /** Runs whose packets, in order, the output still is (with some left out). */
+  candidates: Candidate[] | undefined;
   finished: string | undefined;
   /** The write() the role's sink calls. */
   write(payload: Buffer): void;
@@ -88,6 +104,9 @@ interface EmitState {
   next: number | undefined;
 }
 
+/** How often role counters are compared with their limits, in virtual milliseconds. */
+const statusCheckIntervalMs = 10;
+
 const ep = (endpoint: Endpoint) => `${endpoint.address}:${endpoint.port}`;
 
 /** The invariant checker of one simulation. */
@@ -106,6 +125,7 @@ export class Invariants {
   readonly #adversaryHosts = new Set<SimHost>();
   #phantoms: ReadonlySet<string> = new Set();
   #violation: Violation | undefined;
+  #statusCheckedAtMs = Number.NEGATIVE_INFINITY;
   /** Checks run, for the report. */
   checks = 0;
 
@@ -140,10 +160,10 @@ export class Invariants {
   }
 
   /** Declares the payload a source host's boot sends: the run it starts is learned from the wire. */
-  watchSource(host: SimHost, payloadOfBoot: (boot: number) => Buffer | undefined): void {
+  watchSource(host: SimHost, payloadOfBoot: (boot: number) => BootPayload | undefined): void {
     this.#sources.set(host, payloadOfBoot);
   }
-  readonly #sources = new Map<SimHost, (boot: number) => Buffer | undefined>();
+  readonly #sources = new Map<SimHost, (boot: number) => BootPayload | undefined>();
 
   /** The adversary's host (never genuine) and the runs it made up (empty payloads). */
   watchAdversary(host: SimHost, phantoms: ReadonlySet<string>): void {
@@ -179,7 +199,12 @@ export class Invariants {
   }
 
   /** Checks a receiver's verdict: "complete" only with output identical to the locked run. */
-  receiverFinished(watched: WatchedReceiver, outcome: string, locked: string | undefined): void {
+  receiverFinished(
+    watched: WatchedReceiver,
+    outcome: string,
+    locked: string | undefined,
+    missingReported?: number,
+  ): void {
     this.#guard(() => {
       watched.finished = outcome;
       const output = Buffer.concat(watched.chunks);
@@ -191,10 +216,17 @@ export class Invariants {
             `${watched.name} locked ${locked}, a run no source sent, and wrote ${watched.written} bytes`,
           );
         }
-        if (run !== undefined && !(watched.candidates ?? [run]).includes(run)) {
+        const candidate = watched.candidates?.find((c) => c.run === run);
+        if (run !== undefined && candidate === undefined) {
           this.fail(
             'prefix',
-            `${watched.name} says it locked ${locked} but wrote bytes of ${describe(watched.candidates)}`,
+            `${watched.name} says it locked ${locked} but wrote packets of ${describe(watched.candidates)}`,
+          );
+        }
+        if (candidate !== undefined && missingReported !== undefined && candidate.skipped > missingReported) {
+          this.fail(
+            'hidden-loss',
+            `${watched.name} left out ${candidate.skipped} packets of ${locked} but reports ${missingReported} missing`,
           );
         }
       }
@@ -244,7 +276,7 @@ export class Invariants {
   }
 
   /** Runs the checks that look at state; called after every event. */
-  step(nowMs: number, errors: readonly unknown[]): void {
+  step(nowMs: number, errors: readonly unknown[], force = false): void {
     this.checks++;
     this.#guard(() => {
       if (errors.length > 0) {
@@ -254,10 +286,15 @@ export class Invariants {
           `a callback threw: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}`,
         );
       }
-      for (const { name, check } of this.#statusChecks) {
-        const problem = check();
-        if (problem !== undefined) {
-          this.fail('limits', `${name}: ${problem}`);
+      // Role counters are state that stays over a bound once over it: sampled every
+      // statusCheckIntervalMs of virtual time (a status() may sort its samples), and at the end.
+      if (force || nowMs - this.#statusCheckedAtMs >= statusCheckIntervalMs) {
+        this.#statusCheckedAtMs = nowMs;
+        for (const { name, check } of this.#statusChecks) {
+          const problem = check();
+          if (problem !== undefined) {
+            this.fail('limits', `${name}: ${problem}`);
+          }
         }
       }
       for (const deadline of this.#deadlines) {
@@ -274,7 +311,7 @@ export class Invariants {
 
   /** Final checks once the scenario's time is over. */
   finish(nowMs: number, errors: readonly unknown[]): void {
-    this.step(nowMs, errors);
+    this.step(nowMs, errors, true);
     this.#guard(() => {
       for (const deadline of this.#deadlines) {
         if (deadline.met() !== true) {
@@ -305,24 +342,17 @@ export class Invariants {
   }
 
   #onWrite(watched: WatchedReceiver, payload: Buffer): void {
-    if (payload.length === 0) {
-      return;
-    }
     if (watched.candidates === undefined) {
-      watched.candidates = [...this.#runs.values()];
+      watched.candidates = [...this.#runs.values()].map((run) => ({ run, nextPacket: 0, skipped: 0 }));
     }
     const at = watched.written;
-    watched.candidates = watched.candidates.filter(
-      (run) =>
-        run.payload.length >= at + payload.length &&
-        run.payload.subarray(at, at + payload.length).equals(payload),
-    );
+    watched.candidates = watched.candidates.filter((candidate) => advance(candidate, payload));
     watched.chunks.push(Buffer.from(payload));
     watched.written += payload.length;
     if (watched.candidates.length === 0) {
       this.fail(
         'prefix',
-        `${watched.name} wrote ${payload.length} bytes at offset ${at} that are not the next bytes of any run ` +
+        `${watched.name} wrote ${payload.length} bytes at offset ${at} that are no later packet of any run ` +
           `(runs: ${[...this.#runs.keys()].join(', ') || 'none'})`,
       );
     }
@@ -342,9 +372,9 @@ export class Invariants {
     ) {
       const key = runOf(record.datagram);
       if (!this.#runs.has(key)) {
-        const payload = payloadOfBoot(record.boot);
-        if (payload !== undefined) {
-          this.#runs.set(key, { key, payload, sha256: sha256(payload) });
+        const boot = payloadOfBoot(record.boot);
+        if (boot !== undefined) {
+          this.#runs.set(key, { key, ...boot, sha256: sha256(boot.payload) });
         }
       }
     }
@@ -478,6 +508,26 @@ function sha256(data: Buffer): string {
   return createHash('sha256').update(data).digest('hex');
 }
 
-function describe(runs: RunPayload[] | undefined): string {
-  return runs === undefined ? 'nothing yet' : runs.map((r) => r.key).join(', ') || 'no run';
+function describe(candidates: Candidate[] | undefined): string {
+  return candidates === undefined ? 'nothing yet' : candidates.map((c) => c.run.key).join(', ') || 'no run';
+}
+
+/**
+ * Moves a candidate past the packet a write carries: the next packet of the run, or a later one
+ * (the ones between are left out, as a receiver does with what it counts missing). False when the
+ * write is no later packet of the run.
+ */
+function advance(candidate: Candidate, payload: Buffer): boolean {
+  const { payload: whole, packetBytes } = candidate.run;
+  const count = Math.ceil(whole.length / packetBytes);
+  for (let index = candidate.nextPacket; index < count; index++) {
+    const start = index * packetBytes;
+    const packet = whole.subarray(start, Math.min(whole.length, start + packetBytes));
+    if (packet.length === payload.length && packet.equals(payload)) {
+      candidate.skipped += index - candidate.nextPacket;
+      candidate.nextPacket = index + 1;
+      return true;
+    }
+  }
+  return false;
 }

@@ -1,6 +1,6 @@
 /**
  * The simulator's command line: `npm run sim -- --seeds N [--from S] [--seed S] [--verbose]
- * [--replay-check] [--kit real|fake]`. Runs each seed's scenario and stops at the first one that
+ * [--replay-check] [--keep-going] [--kit real|fake]`. Runs each seed's scenario and stops at the first one that
  * breaks an invariant, printing the seed, the virtual time, the invariant, what the adversary did
  * last and the command that replays it exactly. Exits 1 on a failure, 2 on bad arguments.
  */
@@ -41,6 +41,7 @@ async function main(): Promise<number> {
   }
   const startedAtMs = performance.now();
   let virtualMs = 0;
+  const failed: string[] = [];
   for (const seed of seeds) {
     const result = await runScenario(seed, kit, { verbose: values.verbose });
     virtualMs += result.virtualMs;
@@ -61,9 +62,20 @@ async function main(): Promise<number> {
       );
     }
     if (result.violation !== undefined) {
-      console.error(describeFailure(result, kit));
-      return 1;
+      if (!values['keep-going']) {
+        console.error(describeFailure(result, kit));
+        return 1;
+      }
+      const { violation } = result;
+      failed.push(`${seed}`);
+      console.error(
+        `sim: seed ${seed} failed at t=${violation.atMs.toFixed(1)} ms : ${violation.invariant} ${violation.details.split('\n')[0]}`,
+      );
     }
+  }
+  if (failed.length > 0) {
+    console.error(`sim: ${failed.length} of ${seeds.length} seeds failed: ${failed.join(' ')}`);
+    return 1;
   }
   const seconds = (performance.now() - startedAtMs) / 1000;
   console.log(
@@ -82,6 +94,7 @@ function parse() {
       kit: { type: 'string', default: 'real' },
       verbose: { type: 'boolean', default: false },
       'replay-check': { type: 'boolean', default: false },
+      'keep-going': { type: 'boolean', default: false },
     },
     strict: true,
   });

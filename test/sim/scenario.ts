@@ -23,10 +23,11 @@ export interface SourceSpec {
   readonly rateBitsPerSecond: number;
 }
 
-/** How a receiver ended, and the run it locked (session/incarnation key), if it says. */
+/** How a receiver ended, the run it locked (session/incarnation key) and the packets it counted missing. */
 export interface ReceiverResult {
   readonly outcome: string;
   readonly run: string | undefined;
+  readonly missing?: number;
 }
 
 /** A started role that has counters. */
@@ -341,7 +342,10 @@ export async function runScenario(
 
   // Payload of each source boot: a restart sends another payload unless the plan says the same.
   const payloads: Buffer[] = [randomOf('payload/0').bytes(plan.payloadBytes)];
-  invariants.watchSource(sourceHost, (boot) => payloads[boot]);
+  invariants.watchSource(sourceHost, (boot) => {
+    const payload = payloads[boot];
+    return payload === undefined ? undefined : { payload, packetBytes: plan.packetBytes };
+  });
   let sourceDone = false;
   const startSource = (boot: number) => {
     const payload = payloads[boot] as Buffer;
@@ -423,7 +427,7 @@ export async function runScenario(
       (result) => {
         outcomes[name] = `${result.outcome}${result.run === undefined ? '' : ` ${result.run}`}`;
         say(`${name} finished: ${outcomes[name]} after ${watch.written} bytes`);
-        invariants.receiverFinished(watch, result.outcome, result.run);
+        invariants.receiverFinished(watch, result.outcome, result.run, result.missing);
       },
       (error: unknown) => invariants.report('no-throw', `${name} failed: ${String(error)}`),
     );
