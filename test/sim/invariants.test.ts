@@ -5,6 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
+import { encodeRepair } from '../../src/protocol/control.js';
 import { encodeData, encodeProgress, PacketType } from '../../src/protocol/packet.js';
 import { runKey } from './adversary.js';
 import { Invariants } from './invariants.js';
@@ -130,5 +131,23 @@ describe('simulator invariants', () => {
     emitter.send(data(7, Buffer.from('b'), 10), 33);
     await scheduler.run(5);
     assert.equal(invariants.violation, undefined);
+  });
+
+  it('served-genuine: a REPAIR must carry the DATA the source sent for its run and sequence', async () => {
+    const { scheduler, network, invariants, source, payload } = world();
+    const server = network.addHost('retransmit0', '10.9.0.2');
+    invariants.watchRetransmit(server, 60_000);
+    const sender = await source.transport().openSender({ group: s1 });
+    const genuine = data(0, payload.subarray(0, 4));
+    sender.send(genuine, genuine.length);
+    await scheduler.run(5);
+    const control = await server
+      .transport()
+      .openControl({ address: server.address, port: 7000, family: 4 }, () => undefined);
+    const fields = { sessionId: 5, incarnation: 9, sequence: 0, timestampUs: 1 };
+    control.send(encodeRepair(fields, genuine), 7000, '10.9.0.3');
+    assert.equal(violationOf(invariants), undefined);
+    control.send(encodeRepair(fields, data(0, payload.subarray(0, 4), 10)), 7000, '10.9.0.3');
+    assert.equal(violationOf(invariants)?.invariant, 'served-genuine');
   });
 });

@@ -7,6 +7,9 @@
  *   run it locked); a run the adversary made up has an empty payload.
  * - whole: a receiver says "complete" only when its output is identical to that payload.
  * - limits: every role's counters stay within the bounds of src/limits.ts (checks the scenario adds).
+ * - served-genuine: a retransmit server's REPAIR carries exactly the DATA the source sent for
+ *   the run and sequence it names (never another incarnation's, never a forged one).
+ * - recovered: a repair server counts as recovered no more packets than REPAIRs brought it.
  * - held-not-unrecoverable: a repair server never gives up a packet that a live, reachable
  *   retransmit server holds.
  * - authenticated-destination: a server sends unicast only to addresses it was configured with or
@@ -104,6 +107,10 @@ interface EmitState {
   next: number | undefined;
 }
 
+/** REPAIR status "held" and the size of the authentication trailer (docs/protocol.md). */
+const repairHeld = 0;
+const authBytes = 32;
+
 /** How often role counters are compared with their limits, in virtual milliseconds. */
 const statusCheckIntervalMs = 10;
 
@@ -126,6 +133,10 @@ export class Invariants {
   #phantoms: ReadonlySet<string> = new Set();
   #violation: Violation | undefined;
   #statusCheckedAtMs = Number.NEGATIVE_INFINITY;
+  /** Every DATA datagram a source sent, by run and sequence: what a REPAIR may carry. */
+  readonly #genuineData = new Map<string, Buffer>();
+  /** Held REPAIRs delivered from a genuine server to each host (what "recovered" may count). */
+  readonly #repairsDelivered = new Map<SimHost, number>();
   /** Checks run, for the report. */
   checks = 0;
 
@@ -371,12 +382,18 @@ export class Invariants {
       type <= PacketType.descriptor
     ) {
       const key = runOf(record.datagram);
+      if (type === PacketType.data) {
+        this.#genuineData.set(`${key}#${record.datagram.readUInt32BE(offsetSequence)}`, record.datagram);
+      }
       if (!this.#runs.has(key)) {
         const boot = payloadOfBoot(record.boot);
         if (boot !== undefined) {
           this.#runs.set(key, { key, ...boot, sha256: sha256(boot.payload) });
         }
       }
+    }
+    if (type === PacketType.repair && this.#retransmits.some((r) => r.host === record.host)) {
+      this.#checkServed(record);
     }
     const server = this.#servers.get(record.host);
     if (server !== undefined && !record.multicast) {
@@ -400,7 +417,40 @@ export class Invariants {
     }
   }
 
+  /** Held REPAIRs a genuine server delivered to a host so far. */
+  repairsDeliveredTo(host: SimHost): number {
+    return this.#repairsDelivered.get(host) ?? 0;
+  }
+
+  /** A retransmit server's held REPAIR carries, byte for byte, the DATA the source sent for its run and sequence. */
+  #checkServed(record: SendRecord): void {
+    const datagram = record.datagram;
+    if (datagram.length < headerBytes + 4 + authBytes || datagram[headerBytes] !== repairHeld) {
+      return;
+    }
+    const run = runOf(datagram);
+    const sequence = datagram.readUInt32BE(offsetSequence);
+    const carried = datagram.subarray(headerBytes + 4, datagram.length - authBytes);
+    const genuine = this.#genuineData.get(`${run}#${sequence}`);
+    if (genuine === undefined || !genuine.equals(carried)) {
+      const carriedRun = carried.length >= headerBytes ? runOf(carried) : '?';
+      this.fail(
+        'served-genuine',
+        `${record.host.name} served, as ${run} sequence ${sequence}, ${carried.length} bytes of run ${carriedRun} ` +
+          `that ${genuine === undefined ? 'no source sent' : 'differ from what the source sent'}`,
+      );
+    }
+  }
+
   #onControlDelivered(record: SendRecord, host: SimHost, boot: number): void {
+    if (
+      !record.spoofed &&
+      record.datagram[offsetType] === PacketType.repair &&
+      record.datagram[headerBytes] === repairHeld &&
+      this.#retransmits.some((r) => r.host === record.host)
+    ) {
+      this.#repairsDelivered.set(host, (this.#repairsDelivered.get(host) ?? 0) + 1);
+    }
     const server = this.#servers.get(host);
     if (server === undefined || record.spoofed || this.#adversaryHosts.has(record.host)) {
       return;

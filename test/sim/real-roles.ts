@@ -90,6 +90,7 @@ export const realKit: RoleKit = {
       { runtime },
     );
   },
+  recoveredOf: (status) => (status as RepairStatus).recovered,
   checkLimits(role, status) {
     if (role === 'retransmit') {
       const s = status as RetransmitStatus;

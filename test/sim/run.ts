@@ -1,10 +1,11 @@
 /**
  * The simulator's command line: `npm run sim -- --seeds N [--from S] [--seed S] [--verbose]
- * [--replay-check] [--keep-going] [--kit real|fake]`. Runs each seed's scenario and stops at the first one that
+ * [--replay-check] [--keep-going] [--skip-actions A,B] [--kit real|fake]`. Runs each seed's scenario and stops at the first one that
  * breaks an invariant, printing the seed, the virtual time, the invariant, what the adversary did
  * last and the command that replays it exactly. Exits 1 on a failure, 2 on bad arguments.
  */
 import { parseArgs } from 'node:util';
+import { adversaryActions } from './adversary.js';
 import { fakeKit } from './fake-roles.js';
 import { realKit } from './real-roles.js';
 import { describeFailure, type RoleKit, runScenario } from './scenario.js';
@@ -39,14 +40,22 @@ async function main(): Promise<number> {
     seeds = Array.from({ length: count }, (_, i) => (from + i) >>> 0);
     console.log(`sim: seeds ${from}..${from + count - 1} (${kit.name} roles)`);
   }
+  const skipActions = new Set((values['skip-actions'] ?? '').split(',').filter((a) => a !== ''));
+  for (const action of skipActions) {
+    if (!(adversaryActions as readonly string[]).includes(action)) {
+      console.error(`sim: --skip-actions: no action ${action} (${adversaryActions.join(', ')})`);
+      return 2;
+    }
+  }
+  const options = { verbose: values.verbose, skipActions };
   const startedAtMs = performance.now();
   let virtualMs = 0;
   const failed: string[] = [];
   for (const seed of seeds) {
-    const result = await runScenario(seed, kit, { verbose: values.verbose });
+    const result = await runScenario(seed, kit, options);
     virtualMs += result.virtualMs;
     if (values['replay-check'] && result.violation === undefined) {
-      const again = await runScenario(seed, kit);
+      const again = await runScenario(seed, kit, { skipActions });
       if (again.traceDigest !== result.traceDigest) {
         console.error(
           `sim: seed ${seed} did not replay: trace ${result.traceDigest} then ${again.traceDigest}`,
@@ -63,7 +72,7 @@ async function main(): Promise<number> {
     }
     if (result.violation !== undefined) {
       if (!values['keep-going']) {
-        console.error(describeFailure(result, kit));
+        console.error(describeFailure(result, kit, options));
         return 1;
       }
       const { violation } = result;
@@ -95,6 +104,7 @@ function parse() {
       verbose: { type: 'boolean', default: false },
       'replay-check': { type: 'boolean', default: false },
       'keep-going': { type: 'boolean', default: false },
+      'skip-actions': { type: 'string' },
     },
     strict: true,
   });

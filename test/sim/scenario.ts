@@ -72,6 +72,8 @@ export interface RoleKit {
   ): { result: Promise<ReceiverResult>; status?: () => unknown };
   startRetransmit?(spec: RetransmitSpec, runtime: Runtime): Promise<RoleHandle>;
   startRepair?(spec: RepairSpec, runtime: Runtime): Promise<RoleHandle>;
+  /** Packets a repair server's status counts as recovered (only a REPAIR may bring one). */
+  recoveredOf?(status: unknown): number;
   /** Limits a role's status must respect: a description of what is over, or undefined. */
   checkLimits?(role: 'retransmit' | 'repair' | 'receiver', status: unknown): string | undefined;
 }
@@ -279,6 +281,8 @@ export interface ScenarioResult {
 /** Options of one run. */
 export interface ScenarioOptions {
   readonly verbose?: boolean;
+  /** Adversary actions left out (to look past a known fault); the replay command names them. */
+  readonly skipActions?: ReadonlySet<string>;
   readonly log?: (line: string) => void;
 }
 
@@ -494,6 +498,16 @@ export async function runScenario(
           const check = kit.checkLimits;
           invariants.addStatusCheck(`repair${i}`, () => check('repair', handle.status()));
         }
+        if (kit.recoveredOf !== undefined) {
+          const recoveredOf = kit.recoveredOf;
+          invariants.addStatusCheck(`repair${i}`, () => {
+            const recovered = recoveredOf(handle.status());
+            const brought = invariants.repairsDeliveredTo(host);
+            return recovered > brought
+              ? `counts ${recovered} recovered but REPAIRs brought ${brought}`
+              : undefined;
+          });
+        }
         say(`repair${i} up`);
       },
     });
@@ -563,6 +577,9 @@ export async function runScenario(
             return;
           }
           case 'adversary': {
+            if (options.skipActions?.has(event.action) === true) {
+              return;
+            }
             const line = adversary.act(event.action);
             if (options.verbose === true) {
               say(line.replace(/^t=\S+ /, 'adversary '));
@@ -658,12 +675,13 @@ export async function runScenario(
 }
 
 /** Prints a failure the way a person replays it. */
-export function describeFailure(result: ScenarioResult, kit: RoleKit): string {
+export function describeFailure(result: ScenarioResult, kit: RoleKit, options: ScenarioOptions = {}): string {
   const violation = result.violation;
   if (violation === undefined) {
     return '';
   }
-  const kitFlag = kit.name === 'real' ? '' : ` --kit ${kit.name}`;
+  const skip = [...(options.skipActions ?? [])];
+  const kitFlag = `${kit.name === 'real' ? '' : ` --kit ${kit.name}`}${skip.length > 0 ? ` --skip-actions ${skip.join(',')}` : ''}`;
   return [
     `sim: seed ${result.seed} failed at t=${violation.atMs.toFixed(1)} ms : ${violation.invariant} ${violation.details}`,
     `  plan: ${result.plan.calm ? 'calm' : 'chaos'}, ${result.plan.payloadBytes} bytes in packets of ${result.plan.packetBytes}, ` +
