@@ -41,6 +41,36 @@ function memorySink(): PayloadSink & { chunks: Buffer[] } {
   };
 }
 
+/** What the demo opened, closed in reverse order however the demo ends. */
+class Owned {
+  readonly #closers: Array<() => Promise<void>> = [];
+  add<T extends { close(): Promise<void> }>(resource: T): T {
+    this.#closers.push(() => resource.close());
+    return resource;
+  }
+  async close(): Promise<void> {
+    for (const close of this.#closers.splice(0).reverse()) {
+      await close();
+    }
+  }
+}
+
+/** Starts a receiver and resolves once it has joined its group (no fixed sleep). */
+async function startReceiving(
+  owned: Owned,
+  settings: Parameters<typeof createReceiver>[0],
+  sink: PayloadSink,
+): Promise<{ done: Promise<ReceiveSummary> }> {
+  const receiver = owned.add(createReceiver(settings, { sink }));
+  let joined: () => void = () => undefined;
+  const ready = new Promise<void>((resolve) => {
+    joined = resolve;
+  });
+  const done = receiver.run({ onJoined: () => joined() });
+  await Promise.race([ready, done]);
+  return { done };
+}
+
 /** Runs the demo; returns the exit code. */
 export async function runDemo(argv: string[], out: NodeJS.WritableStream): Promise<number> {
   const values = parseOptions(argv, demoOptions);
@@ -55,6 +85,7 @@ export async function runDemo(argv: string[], out: NodeJS.WritableStream): Promi
   const port = parseInteger(optional(values, 'port') ?? '47000', '--port', 1, 65532);
   const iface = '127.0.0.1';
   const directory = mkdtempSync(join(tmpdir(), 'gatecast-demo-'));
+  const owned = new Owned();
   try {
     const path = join(directory, 'update.bin');
     writeFileSync(path, randomBytes(fileSize));
@@ -72,29 +103,36 @@ export async function runDemo(argv: string[], out: NodeJS.WritableStream): Promi
     const tickerGroup = parseGroup(`239.255.77.2:${port + 1}`, '--port');
     const fileSink = memorySink();
     const tickerSink = memorySink();
-    const fileReceiver = createReceiver({ group: fileGroup, iface, timeoutMs: 10_000 }, { sink: fileSink });
-    const tickerReceiver = createReceiver(
+    const fileReceiving = await startReceiving(
+      owned,
+      { group: fileGroup, iface, timeoutMs: 10_000 },
+      fileSink,
+    );
+    const tickerReceiving = await startReceiving(
+      owned,
       { group: tickerGroup, iface, timeoutMs: 10_000 },
-      { sink: tickerSink },
+      tickerSink,
     );
-    const receiving = Promise.all([fileReceiver.run(), tickerReceiver.run()]);
-    await new Promise((resolve) => setTimeout(resolve, 100));
-    const fileSource = createSource(
-      {
-        group: fileGroup,
-        iface,
-        rateBitsPerSecond: 200_000_000,
-        packetPayloadBytes: 1400,
-        sessionName: 'update.bin',
-      },
-      { input: await openFileInput(path) },
+    const fileSource = owned.add(
+      createSource(
+        {
+          group: fileGroup,
+          iface,
+          rateBitsPerSecond: 200_000_000,
+          packetPayloadBytes: 1400,
+          sessionName: 'update.bin',
+        },
+        { input: owned.add(await openFileInput(path)) },
+      ),
     );
-    const tickerSource = createSource(
-      { group: tickerGroup, iface, rateBitsPerSecond: 0, packetPayloadBytes: 1400, sessionName: 'ticker' },
-      { input: openTickerInput({ ticksPerSecond: 20, tickCount: ticks }) },
+    const tickerSource = owned.add(
+      createSource(
+        { group: tickerGroup, iface, rateBitsPerSecond: 0, packetPayloadBytes: 1400, sessionName: 'ticker' },
+        { input: owned.add(openTickerInput({ ticksPerSecond: 20, tickCount: ticks })) },
+      ),
     );
     const [fileStats] = await Promise.all([fileSource.run(), tickerSource.run()]);
-    const [fileSummary, tickerSummary] = await receiving;
+    const [fileSummary, tickerSummary] = await Promise.all([fileReceiving.done, tickerReceiving.done]);
 
     const quotes = Buffer.concat(tickerSink.chunks).toString('latin1').trim().split('\n');
     out.write('  last quotes received:\n');
@@ -120,6 +158,7 @@ export async function runDemo(argv: string[], out: NodeJS.WritableStream): Promi
     );
     return ok ? exitOk : exitIncomplete;
   } finally {
+    await owned.close();
     rmSync(directory, { recursive: true, force: true });
   }
 }
@@ -139,64 +178,69 @@ async function repairDemo(options: {
   port: number;
 }): Promise<boolean> {
   const { out, iface } = options;
+  const owned = new Owned();
   const operatorToken = `gct_demo_${randomBytes(18).toString('base64url')}`;
   const key = controlKey(randomBytes(32));
   const s1 = parseGroup(`239.255.77.3:${options.port}`, '--port');
-  const store = await openStore(`sqlite:${join(options.directory, 'gatecast.db')}`);
-  const app = await buildSubscriptionApp({ store, trustedOperatorToken: operatorToken });
-  await app.listen({ host: '127.0.0.1', port: 0 });
-  const address = app.server.address();
-  const subscription = `http://127.0.0.1:${typeof address === 'object' && address !== null ? address.port : 0}`;
-  const api = async (method: 'POST' | 'GET', url: string, payload?: object) =>
-    (
-      await app.inject({
-        method,
-        url,
-        headers: { authorization: `Bearer ${operatorToken}` },
-        ...(payload ? { payload } : {}),
-      })
-    ).json() as Record<string, unknown>;
-  const alice = await api('POST', '/v1/subscribers', { name: 'alice' });
-  await api('POST', '/v1/entitlements', { subscriber: alice.id, service: 'repair' });
-  const retransmit = await startRetransmitServer({
-    joins: [{ group: s1 }],
-    iface,
-    listen: { address: '127.0.0.1', port: 0, family: 4 },
-    keys: [key],
-    bufferBytesMax: 64 * 1024 * 1024,
-    bufferAgeMs: 60_000,
-    repairRateBitsPerSecond: 500_000_000,
-    announceTo: [],
-    peers: [],
-  });
-  let dropped = 0;
-  const controller = await startRepairController({
-    listen: { address: '127.0.0.1', port: 0, family: 4 },
-    subscription,
-    token: operatorToken,
-    pool: parseGroup(`239.255.77.4:${options.port + 1}`, '--port'),
-    poolSize: 4,
-    leaseMs: 60_000,
-    reportIntervalMs: 60_000,
-    idleMs: 0,
-    module: {
-      iface,
-      listen: { address: '127.0.0.1', port: 0, family: 4 },
-      keys: [key],
-      retransmit: [retransmit.local],
-      latencyMs: undefined,
-    },
-    startModule: (settings) =>
-      startRepairServer(settings, {
-        openS1Socket: lossyS1Socket((sequence) => {
-          const lose = sequence % 20 === 7;
-          dropped += lose ? 1 : 0;
-          return lose;
-        }),
-      }),
-  });
-  const client = controllerClient(controller.url, String(alice.token));
   try {
+    const store = owned.add(await openStore(`sqlite:${join(options.directory, 'gatecast.db')}`));
+    const app = owned.add(await buildSubscriptionApp({ store, trustedOperatorToken: operatorToken }));
+    await app.listen({ host: '127.0.0.1', port: 0 });
+    const address = app.server.address();
+    const subscription = `http://127.0.0.1:${typeof address === 'object' && address !== null ? address.port : 0}`;
+    const api = async (method: 'POST' | 'GET', url: string, payload?: object) =>
+      (
+        await app.inject({
+          method,
+          url,
+          headers: { authorization: `Bearer ${operatorToken}` },
+          ...(payload ? { payload } : {}),
+        })
+      ).json() as Record<string, unknown>;
+    const alice = await api('POST', '/v1/subscribers', { name: 'alice' });
+    await api('POST', '/v1/entitlements', { subscriber: alice.id, service: 'repair' });
+    const retransmit = owned.add(
+      await startRetransmitServer({
+        joins: [{ group: s1 }],
+        iface,
+        listen: { address: '127.0.0.1', port: 0, family: 4 },
+        keys: [key],
+        bufferBytesMax: 64 * 1024 * 1024,
+        bufferAgeMs: 60_000,
+        repairRateBitsPerSecond: 500_000_000,
+        announceTo: [],
+        peers: [],
+      }),
+    );
+    let dropped = 0;
+    const controller = owned.add(
+      await startRepairController({
+        listen: { address: '127.0.0.1', port: 0, family: 4 },
+        subscription,
+        token: operatorToken,
+        pool: parseGroup(`239.255.77.4:${options.port + 1}`, '--port'),
+        poolSize: 4,
+        leaseMs: 60_000,
+        reportIntervalMs: 60_000,
+        idleMs: 0,
+        module: {
+          iface,
+          listen: { address: '127.0.0.1', port: 0, family: 4 },
+          keys: [key],
+          retransmit: [retransmit.local],
+          latencyMs: undefined,
+        },
+        startModule: (settings) =>
+          startRepairServer(settings, {
+            openS1Socket: lossyS1Socket((sequence) => {
+              const lose = sequence % 20 === 7;
+              dropped += lose ? 1 : 0;
+              return lose;
+            }),
+          }),
+      }),
+    );
+    const client = controllerClient(controller.url, String(alice.token));
     const grant = await client.resolve(s1);
     if (!grant.granted) {
       out.write(`  repair refused: ${grant.reason}\n`);
@@ -206,19 +250,22 @@ async function repairDemo(options: {
       `  repair alice's agent asked the controller for ${formatEndpoint(s1)}: granted S2 ${formatEndpoint(grant.s2)}\n`,
     );
     const sink = memorySink();
-    const receiving = createReceiver({ group: grant.s2, iface, timeoutMs: 10_000 }, { sink }).run();
-    await new Promise((resolve) => setTimeout(resolve, 100));
-    await createSource(
-      {
-        group: s1,
-        iface,
-        rateBitsPerSecond: 200_000_000,
-        packetPayloadBytes: 1400,
-        sessionName: 'update.bin',
-      },
-      { input: await openFileInput(options.path) },
-    ).run();
-    const summary = await receiving;
+    const receiving = await startReceiving(owned, { group: grant.s2, iface, timeoutMs: 10_000 }, sink);
+    await owned
+      .add(
+        createSource(
+          {
+            group: s1,
+            iface,
+            rateBitsPerSecond: 200_000_000,
+            packetPayloadBytes: 1400,
+            sessionName: 'update.bin',
+          },
+          { input: owned.add(await openFileInput(options.path)) },
+        ),
+      )
+      .run();
+    const summary = await receiving.done;
     const recovered = controller.status().modules[0]?.recovered ?? 0;
     await client.release(s1);
     await controller.flush();
@@ -239,10 +286,7 @@ async function repairDemo(options: {
       Number(balance.balance) < 0
     );
   } finally {
-    await controller.close();
-    await retransmit.close();
-    await app.close();
-    await store.close();
+    await owned.close();
   }
 }
 

@@ -27,7 +27,7 @@ commands:
   help       show this text (gatecast <command> --help for a command's options)
   version    print the version
 
-exit codes: 0 ok, 1 session incomplete, 2 bad usage or input, 70 internal error
+exit codes: 0 ok, 1 session incomplete (send: datagrams did not leave), 2 bad usage or input, 70 internal error
 `;
 
 function version(): string {

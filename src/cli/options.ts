@@ -3,9 +3,12 @@
  * files (JSON objects keyed by long option names), and the value parsers for rates and sizes.
  */
 import { readFileSync } from 'node:fs';
+import { isIP } from 'node:net';
 import { parseArgs } from 'node:util';
 import { rateBitsPerSecondMax } from '../limits.js';
+import { type Endpoint, formatEndpoint, isScopedGroup, multicastScope, parseGroup } from '../net/address.js';
 import { InvalidArgumentError } from '../net/errors.js';
+import { resolveInterface } from '../net/interfaces.js';
 import { UsageError } from './errors.js';
 
 /** One option of a command. */
@@ -88,7 +91,11 @@ export function readConfig(path: string, specs: OptionSpecs): OptionValues {
 
 const siMultipliers: Record<string, number> = { '': 1, k: 1e3, K: 1e3, m: 1e6, M: 1e6, g: 1e9, G: 1e9 };
 
-/** Parses a rate in bit/s: "20M", "500k", "1.5G", "100000", or "0"/"unlimited" for no pacing. */
+/**
+ * Parses a rate in bit/s: "20M", "500k", "1.5G", "100000", or "unlimited" for no pacing (returned
+ * as 0). A rate of 0 (or one that rounds to it) is refused: it would read as "send nothing", and
+ * the way to ask for no pacing is to say so.
+ */
 export function parseRate(text: string, field: string): number {
   if (text === 'unlimited') {
     return 0;
@@ -99,6 +106,9 @@ export function parseRate(text: string, field: string): number {
     throw new InvalidArgumentError(field, `"${text}" is not a rate in bit/s (e.g. 20M, 500k, 1G, unlimited)`);
   }
   const rate = Math.round(Number(match[1]) * multiplier);
+  if (rate < 1) {
+    throw new InvalidArgumentError(field, `${text} is not a rate; for no pacing write ${field} unlimited`);
+  }
   if (rate > rateBitsPerSecondMax) {
     throw new InvalidArgumentError(
       field,
@@ -161,4 +171,93 @@ export function required(values: OptionValues, name: string): string {
 export function optional(values: OptionValues, name: string): string | undefined {
   const value = values[name];
   return typeof value === 'string' ? value : undefined;
+}
+
+/** What a group is used with, and the options those values came from (for the messages). */
+export interface GroupContext {
+  /** The interface (name or address) the group is joined or sent on; the kernel's choice when absent. */
+  readonly iface: string | undefined;
+  readonly ifaceField: string;
+  /**
+   * True when an absent interface is learned at run time (the watching agent takes it from the
+   * host's group memberships), so a scoped group needs no interface option.
+   */
+  readonly ifaceLearned?: boolean;
+  /** The sender of a source-specific join. */
+  readonly source?: string | undefined;
+  readonly sourceField?: string;
+}
+
+const scopeNames: Record<number, string> = { 0: 'reserved-scope', 1: 'interface-local', 2: 'link-local' };
+
+/**
+ * Parses a group option and checks it together with its interface and source, the one check every
+ * command that takes a group uses (send, receive, retransmit, repair, agent): the group is
+ * multicast; an interface or source given as an address is of the group's family; a scoped IPv6
+ * group (ff02::/16 and any scope up to 2) has an interface to take its scope from; the interface
+ * exists and has an address of the family. Each error is one line naming the options.
+ */
+export function parseGroupOn(text: string, field: string, context: GroupContext): Endpoint {
+  const group = parseGroup(text, field);
+  const { iface, ifaceField } = context;
+  const ifaceFamily = iface === undefined ? 0 : isIP(iface);
+  if (ifaceFamily !== 0 && ifaceFamily !== group.family) {
+    throw new InvalidArgumentError(
+      ifaceField,
+      `${iface} is an IPv${ifaceFamily} address but ${field} ${formatEndpoint(group)} is IPv${group.family} (give the interface's name or an IPv${group.family} address)`,
+    );
+  }
+  if (iface === undefined && context.ifaceLearned !== true && isScopedGroup(group)) {
+    const scope = multicastScope(group.address) ?? 0;
+    throw new InvalidArgumentError(
+      field,
+      `${group.address} is a ${scopeNames[scope] ?? 'scoped'} group (scope ${scope}): name the link with ${ifaceField} NAME`,
+    );
+  }
+  if (iface !== undefined) {
+    resolveInterface(iface, group.family);
+  }
+  const { source, sourceField = '--source' } = context;
+  if (source !== undefined) {
+    const sourceFamily = isIP(source);
+    if (sourceFamily === 0) {
+      throw new InvalidArgumentError(sourceField, `"${source}" is not an IPv4 or IPv6 address`);
+    }
+    if (sourceFamily !== group.family) {
+      throw new InvalidArgumentError(
+        sourceField,
+        `${source} is an IPv${sourceFamily} address but ${field} ${formatEndpoint(group)} is IPv${group.family}`,
+      );
+    }
+  }
+  return group;
+}
+
+/**
+ * The interface a group is used on: the first of the named options that is given (e.g.
+ * ifaceOption(values, 'emit-iface', 'iface') for "--emit-iface, default --iface"), with the source
+ * option when one is named.
+ */
+export function ifaceOption(values: OptionValues, ...names: string[]): GroupContext {
+  const name = names.find((candidate) => optional(values, candidate) !== undefined) ?? names[0] ?? 'iface';
+  return { iface: optional(values, name), ifaceField: `--${name}` };
+}
+
+/**
+ * parseGroupOn for a required group option and its interface (and source) option by name, e.g.
+ * groupOption(values, 'group', 'iface', 'source').
+ */
+export function groupOption(
+  values: OptionValues,
+  name: string,
+  ifaceName: string,
+  sourceName?: string,
+): Endpoint {
+  return parseGroupOn(required(values, name), `--${name}`, {
+    iface: optional(values, ifaceName),
+    ifaceField: `--${ifaceName}`,
+    ...(sourceName === undefined
+      ? {}
+      : { source: optional(values, sourceName), sourceField: `--${sourceName}` }),
+  });
 }

@@ -1,15 +1,20 @@
 /** `gatecast receive`: the plain receiver on the command line. */
 
-import { once } from 'node:events';
 import { closeSync, openSync, writevSync } from 'node:fs';
 import { fileWriteBatchPayloadsMax, receiveTimeoutMsDefault } from '../limits.js';
-import { formatEndpoint, parseGroup } from '../net/address.js';
+import { formatEndpoint } from '../net/address.js';
 import { InvalidArgumentError } from '../net/errors.js';
-import { resolveInterface } from '../net/interfaces.js';
 import { createReceiver, type PayloadSink, type ReceiveSummary } from '../receiver/receiver.js';
 import { exitIncomplete, exitOk } from './errors.js';
 import { formatBytes } from './format.js';
-import { formatHelp, type OptionSpecs, optional, parseOptions, parseSeconds, required } from './options.js';
+import {
+  formatHelp,
+  groupOption,
+  type OptionSpecs,
+  optional,
+  parseOptions,
+  parseSeconds,
+} from './options.js';
 
 export const receiveOptions: OptionSpecs = {
   group: { type: 'string', value: 'ADDR:PORT', help: 'multicast group to join, IPv6 as [ff3e::1]:5000' },
@@ -33,15 +38,30 @@ export const receiveHelp = formatHelp(
   'gatecast receive --group ADDR:PORT [--out PATH|-] [options]',
   'Receive one session, write its payload in order, and report loss truthfully.\n' +
     'Exits 0 only when the session arrived whole (and, for a file, its SHA-256 matches);\n' +
-    'exits 1 and says how many packets are missing otherwise.',
+    'exits 1 and says how many packets are missing otherwise. A reader that closes standard\n' +
+    'output (| head) ends the receive quietly, exit 0: what was written is the session, in order.',
   receiveOptions,
 );
 
+/** A sink that can fail under the receiver: it stops the receive instead of throwing. */
+interface OutputSink extends PayloadSink {
+  /** Set when the output failed: the reader closed it (EPIPE), or a write error (ENOSPC, EIO). */
+  readonly failure: NodeJS.ErrnoException | undefined;
+  /** Bytes the output took. */
+  readonly bytesWritten: number;
+}
+
+/** The code of an output error ("EPIPE", "ENOSPC"), or its message. */
+function errorCode(error: NodeJS.ErrnoException): string {
+  return error.code ?? error.message;
+}
+
 /**
  * A sink writing to a file: payloads gathered during one turn of the event loop go out in one
- * synchronous writev (no unbounded buffering, few system calls).
+ * synchronous writev (no unbounded buffering, few system calls). A write error (a full disk)
+ * stops the receive through onFailed; nothing is thrown into the receiver's socket handler.
  */
-function fileSink(path: string): PayloadSink {
+function fileSink(path: string, onFailed: () => void): OutputSink {
   let fd: number;
   try {
     fd = openSync(path, 'w');
@@ -49,12 +69,13 @@ function fileSink(path: string): PayloadSink {
     throw new InvalidArgumentError('--out', `cannot write ${path}: ${(error as NodeJS.ErrnoException).code}`);
   }
   let closed = false;
+  let failure: NodeJS.ErrnoException | undefined;
+  let bytesWritten = 0;
   let pending: Buffer[] = [];
-  const flush = () => {
-    let pieces = pending;
-    pending = [];
+  const writeOut = (pieces: Buffer[]) => {
     while (pieces.length > 0) {
       let written = writevSync(fd, pieces);
+      bytesWritten += written;
       // A short write leaves the rest of the pieces (and maybe part of one) to write again.
       while (pieces.length > 0 && written >= (pieces[0] as Buffer).length) {
         written -= (pieces[0] as Buffer).length;
@@ -65,8 +86,30 @@ function fileSink(path: string): PayloadSink {
       }
     }
   };
+  const flush = () => {
+    const pieces = pending;
+    pending = [];
+    if (failure !== undefined || pieces.length === 0) {
+      return;
+    }
+    try {
+      writeOut(pieces);
+    } catch (error) {
+      failure = error as NodeJS.ErrnoException;
+      onFailed();
+    }
+  };
   return {
+    get failure() {
+      return failure;
+    },
+    get bytesWritten() {
+      return bytesWritten;
+    },
     write(payload) {
+      if (failure !== undefined) {
+        return;
+      }
       pending.push(payload);
       if (pending.length >= fileWriteBatchPayloadsMax) {
         flush();
@@ -83,15 +126,43 @@ function fileSink(path: string): PayloadSink {
   };
 }
 
-/** A sink writing to standard output, waiting for it to drain on close. */
-function stdoutSink(): PayloadSink {
+/**
+ * A sink writing to standard output. When the reader goes away (`receive | head -c 100`: EPIPE)
+ * or the output fails, it stops writing and calls onFailed, which ends the receive; close() waits
+ * for the output to drain, or to fail.
+ */
+function stdoutSink(onFailed: () => void): OutputSink {
+  const stdout = process.stdout;
+  let failure: NodeJS.ErrnoException | undefined;
+  let bytesWritten = 0;
+  // Kept for the life of the process: a late EPIPE must not become an uncaught 'error'.
+  stdout.on('error', (error: NodeJS.ErrnoException) => {
+    if (failure === undefined) {
+      failure = error;
+      onFailed();
+    }
+  });
   return {
+    get failure() {
+      return failure;
+    },
+    get bytesWritten() {
+      return bytesWritten;
+    },
     write(payload) {
-      process.stdout.write(Buffer.from(payload));
+      if (failure !== undefined || stdout.destroyed) {
+        return;
+      }
+      bytesWritten += payload.length;
+      stdout.write(Buffer.from(payload));
     },
     async close() {
-      if (process.stdout.writableNeedDrain) {
-        await once(process.stdout, 'drain');
+      if (failure === undefined && !stdout.destroyed && stdout.writableNeedDrain) {
+        await new Promise<void>((resolve) => {
+          stdout.once('drain', resolve);
+          stdout.once('close', resolve);
+          stdout.once('error', () => resolve());
+        });
       }
     },
   };
@@ -104,19 +175,16 @@ export async function runReceive(argv: string[], err: NodeJS.WriteStream): Promi
     process.stdout.write(receiveHelp);
     return exitOk;
   }
-  const group = parseGroup(required(values, 'group'), '--group');
+  const group = groupOption(values, 'group', 'iface', 'source');
   const iface = optional(values, 'iface');
-  if (iface !== undefined) {
-    resolveInterface(iface, group.family);
-  }
   const timeoutText = optional(values, 'timeout');
   const timeoutMs =
     timeoutText === undefined ? receiveTimeoutMsDefault : parseSeconds(timeoutText, '--timeout');
   const outPath = optional(values, 'out') ?? '-';
-  const sink = outPath === '-' ? stdoutSink() : fileSink(outPath);
-  const receiver = createReceiver({ group, iface, source: optional(values, 'source'), timeoutMs }, { sink });
   const controller = new AbortController();
   const stop = () => controller.abort();
+  const sink = outPath === '-' ? stdoutSink(stop) : fileSink(outPath, stop);
+  const receiver = createReceiver({ group, iface, source: optional(values, 'source'), timeoutMs }, { sink });
   process.once('SIGINT', stop);
   process.once('SIGTERM', stop);
   try {
@@ -127,12 +195,46 @@ export async function runReceive(argv: string[], err: NodeJS.WriteStream): Promi
           `joined ${formatEndpoint(group)}${socket.iface ? ` on ${socket.iface.name}` : ''}, waiting for a session\n`,
         ),
     });
+    if (sink.failure !== undefined) {
+      return outputFailed(sink, outPath, summary, values.json === true, err);
+    }
     err.write(`${values.json === true ? JSON.stringify(summary) : describeReceive(summary)}\n`);
     return summary.outcome === 'complete' ? exitOk : exitIncomplete;
   } finally {
     process.off('SIGINT', stop);
     process.off('SIGTERM', stop);
+    await receiver.close(); // idempotent; closes the output also when the join failed
   }
+}
+
+/**
+ * The output went away during the receive. A reader that closed it (EPIPE: `| head -c 100`) had
+ * what it wanted, and every byte written was the locked session's, in order: the receive ends
+ * quietly with exit 0. Any other write error (ENOSPC, EIO) means the output is not what was
+ * asked for: one line naming --out, exit 2.
+ */
+function outputFailed(
+  sink: OutputSink,
+  outPath: string,
+  summary: ReceiveSummary,
+  json: boolean,
+  err: NodeJS.WriteStream,
+): number {
+  const code = errorCode(sink.failure as NodeJS.ErrnoException);
+  const output = outPath === '-' ? 'standard output' : outPath;
+  if (code !== 'EPIPE') {
+    throw new InvalidArgumentError(
+      '--out',
+      `cannot write ${output}: ${code} after ${sink.bytesWritten} bytes`,
+    );
+  }
+  const name = summary.sessionName === undefined ? 'no session' : `session "${summary.sessionName}"`;
+  err.write(
+    json
+      ? `${JSON.stringify({ ...summary, outcome: 'output-closed', bytesWritten: sink.bytesWritten })}\n`
+      : `stopped: ${output} closed by its reader after ${formatBytes(sink.bytesWritten)} of ${name}, written in order\n`,
+  );
+  return exitOk;
 }
 
 /** One line that says what arrived and what did not. */

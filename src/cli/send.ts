@@ -5,10 +5,9 @@ import {
   rateBitsPerSecondDefault,
   setupSettleMs,
 } from '../limits.js';
-import { formatEndpoint, parseEndpoint, parseGroup } from '../net/address.js';
+import { formatEndpoint, parseEndpoint } from '../net/address.js';
 import { InvalidArgumentError } from '../net/errors.js';
-import { resolveInterface } from '../net/interfaces.js';
-import { bodyBytesMax } from '../protocol/packet.js';
+import { dataPayloadBytesMax } from '../protocol/sizes.js';
 import {
   openFileInput,
   openRelayInput,
@@ -17,11 +16,12 @@ import {
   type PayloadInput,
 } from '../source/inputs.js';
 import { endSession, type RegisteredSession, registerSession } from '../source/registration.js';
-import { createSource, type SourceStats } from '../source/source.js';
-import { exitOk, UsageError } from './errors.js';
+import { createSource, type Source, type SourceStats } from '../source/source.js';
+import { exitIncomplete, exitOk, UsageError } from './errors.js';
 import { formatBytes, formatRate, progressBar } from './format.js';
 import {
   formatHelp,
+  groupOption,
   type OptionSpecs,
   type OptionValues,
   optional,
@@ -48,7 +48,7 @@ export const sendOptions: OptionSpecs = {
   rate: {
     type: 'string',
     value: 'BITS',
-    help: `pacing rate in bit/s: 20M, 500k, unlimited (default 10M; relay/ticker: unlimited)`,
+    help: `pacing rate in bit/s: 20M, 500k, or unlimited for no pacing (default 10M; relay/ticker: unlimited)`,
   },
   session: {
     type: 'string',
@@ -58,7 +58,7 @@ export const sendOptions: OptionSpecs = {
   'packet-size': {
     type: 'string',
     value: 'BYTES',
-    help: `payload bytes per packet (default ${packetPayloadBytesDefault})`,
+    help: `payload bytes per packet, ${packetPayloadBytesMin}-${dataPayloadBytesMax} (default ${packetPayloadBytesDefault})`,
   },
   ttl: { type: 'string', value: 'N', help: 'multicast TTL / hop limit (default 16)' },
   'ticks-per-second': { type: 'string', value: 'N', help: 'ticker quotes per second (default 20)' },
@@ -90,7 +90,8 @@ export const sendOptions: OptionSpecs = {
 
 export const sendHelp = formatHelp(
   'gatecast send --group ADDR:PORT (--file PATH | --stdin | --ticker | --relay ADDR:PORT) [options]',
-  'Multicast a session: a file, standard input, a generated ticker, or a relayed UDP stream.',
+  'Multicast a session: a file, standard input, a generated ticker, or a relayed UDP stream.\n' +
+    'Exits 1 and counts them when datagrams did not leave (e.g. EPERM from a local firewall).',
   sendOptions,
 );
 
@@ -129,6 +130,21 @@ async function openInput(values: OptionValues, payloadBytesMax: number): Promise
   return openRelayInput(relay, { iface: optional(values, 'iface'), payloadBytesMax });
 }
 
+/** Parses --packet-size: the payload of a DATA packet, which must fit inside a REPAIR. */
+function parsePacketSize(text: string | undefined): number {
+  if (text === undefined) {
+    return packetPayloadBytesDefault;
+  }
+  const bytes = parseInteger(text, '--packet-size', packetPayloadBytesMin, Number.MAX_SAFE_INTEGER);
+  if (bytes > dataPayloadBytesMax) {
+    throw new InvalidArgumentError(
+      '--packet-size',
+      `${bytes} is above the maximum of ${dataPayloadBytesMax} bytes (a REPAIR must carry the whole DATA packet)`,
+    );
+  }
+  return bytes;
+}
+
 /** Runs `gatecast send`; returns the exit code. */
 export async function runSend(argv: string[], out: NodeJS.WriteStream): Promise<number> {
   const values = parseOptions(argv, sendOptions);
@@ -136,16 +152,9 @@ export async function runSend(argv: string[], out: NodeJS.WriteStream): Promise<
     process.stdout.write(sendHelp);
     return exitOk;
   }
-  const group = parseGroup(required(values, 'group'), '--group');
+  const group = groupOption(values, 'group', 'iface');
   const iface = optional(values, 'iface');
-  if (iface !== undefined) {
-    resolveInterface(iface, group.family);
-  }
-  const packetText = optional(values, 'packet-size');
-  const packetPayloadBytes =
-    packetText === undefined
-      ? packetPayloadBytesDefault
-      : parseInteger(packetText, '--packet-size', packetPayloadBytesMin, bodyBytesMax);
+  const packetPayloadBytes = parsePacketSize(optional(values, 'packet-size'));
   const rateText = optional(values, 'rate');
   const selfPaced = values.ticker === true || values.relay !== undefined;
   const rate =
@@ -155,7 +164,13 @@ export async function runSend(argv: string[], out: NodeJS.WriteStream): Promise<
   const durationText = optional(values, 'duration');
   const durationMs = durationText === undefined ? undefined : parseSeconds(durationText, '--duration');
   const sessionIdText = optional(values, 'session-id');
+  const sessionId =
+    sessionIdText === undefined ? undefined : parseInteger(sessionIdText, '--session-id', 1, 0xffffffff);
   const firstSequenceText = optional(values, 'first-sequence');
+  const firstSequence =
+    firstSequenceText === undefined
+      ? undefined
+      : parseInteger(firstSequenceText, '--first-sequence', 0, 0xffffffff);
   const file = optional(values, 'file');
   const sessionName = optional(values, 'session') ?? (file ? (file.split('/').pop() ?? file) : 'gatecast');
   if (Buffer.byteLength(sessionName) > 255) {
@@ -169,38 +184,72 @@ export async function runSend(argv: string[], out: NodeJS.WriteStream): Promise<
   }
   const token = subscription === undefined ? undefined : readToken(optional(values, 'token-file'));
   const input = await openInput(values, packetPayloadBytes);
-  let registered: RegisteredSession | undefined;
-  if (subscription !== undefined && token !== undefined) {
-    registered = await registerSession(subscription, token, {
-      name: sessionName,
-      group: formatEndpoint(group),
-      source: optional(values, 'source-address'),
-      repair: values['buy-repair'] === true,
-    });
-    process.stderr.write(
-      `send: session ${registered.id} registered${registered.setup.length > 0 ? `, repair bought: ${registered.setup.length} retransmit server(s) set up` : ''}\n`,
-    );
-    if (registered.setup.length > 0) {
-      await new Promise((resolve) => setTimeout(resolve, setupSettleMs)); // let them join first
-    }
+  const relayText = optional(values, 'relay');
+  if (relayText !== undefined) {
+    // Also the readiness signal: datagrams sent to the relay from now on are queued.
+    out.write(`send: relaying ${relayText} to ${formatEndpoint(group)}\n`);
   }
-  const source = createSource(
-    {
-      group,
-      iface,
-      ttl,
-      rateBitsPerSecond: rate,
-      packetPayloadBytes,
-      sessionName,
-      sessionId:
-        sessionIdText === undefined ? undefined : parseInteger(sessionIdText, '--session-id', 1, 0xffffffff),
-      firstSequence:
-        firstSequenceText === undefined
-          ? undefined
-          : parseInteger(firstSequenceText, '--first-sequence', 0, 0xffffffff),
-    },
-    { input },
-  );
+  // The source closes the input when it runs; until then (a refused registration) it is ours.
+  try {
+    let registered: RegisteredSession | undefined;
+    if (subscription !== undefined && token !== undefined) {
+      registered = await registerSession(subscription, token, {
+        name: sessionName,
+        group: formatEndpoint(group),
+        source: optional(values, 'source-address'),
+        repair: values['buy-repair'] === true,
+      });
+      process.stderr.write(
+        `send: session ${registered.id} registered${registered.setup.length > 0 ? `, repair bought: ${registered.setup.length} retransmit server(s) set up` : ''}\n`,
+      );
+      if (registered.setup.length > 0) {
+        await new Promise((resolve) => setTimeout(resolve, setupSettleMs)); // let them join first
+      }
+    }
+    let sendErrorTold = false;
+    const source = createSource(
+      {
+        group,
+        iface,
+        ttl,
+        rateBitsPerSecond: rate,
+        packetPayloadBytes,
+        sessionName,
+        sessionId,
+        firstSequence,
+      },
+      {
+        input,
+        onSendError: (error) => {
+          if (!sendErrorTold) {
+            sendErrorTold = true;
+            out.write(
+              `${out.isTTY ? '\n' : ''}send: datagrams are not leaving: ${describeSendError(error)}; counting them\n`,
+            );
+          }
+        },
+      },
+    );
+    const stats = await runSource(source, durationMs, out, () =>
+      endRegistered(subscription, token, registered),
+    );
+    out.write(
+      `${values.json === true ? JSON.stringify({ sessionName, ...stats }) : summaryLine(stats, sessionName)}\n`,
+    );
+    // A datagram that did not leave is a packet no receiver can have: the session is not whole.
+    return stats.sendErrors > 0 ? exitIncomplete : exitOk;
+  } finally {
+    await input.close();
+  }
+}
+
+/** Runs the source until its end, --duration, SIGINT or SIGTERM; draws progress on a terminal. */
+async function runSource(
+  source: Source,
+  durationMs: number | undefined,
+  out: NodeJS.WriteStream,
+  ended: () => Promise<void>,
+): Promise<SourceStats> {
   const controller = new AbortController();
   const stop = () => controller.abort();
   process.once('SIGINT', stop);
@@ -214,28 +263,49 @@ export async function runSend(argv: string[], out: NodeJS.WriteStream): Promise<
     if (out.isTTY) {
       out.write(`\r${progressLine(stats)}\n`);
     }
-    out.write(
-      `${values.json === true ? JSON.stringify({ sessionName, ...stats }) : summaryLine(stats, sessionName)}\n`,
-    );
+    return stats;
   } finally {
-    if (registered !== undefined && subscription !== undefined && token !== undefined) {
-      try {
-        const ended = await endSession(subscription, token, registered.id);
-        process.stderr.write(
-          `send: session ${registered.id} ended${ended.charge === undefined ? '' : `, repair charged ${ended.charge.amount} (minor units)`}\n`,
-        );
-      } catch (error) {
-        process.stderr.write(
-          `send: session ${registered.id} could not be ended (${(error as Error).message}); end it with: gatecast admin session end ${registered.id}\n`,
-        );
-      }
-    }
     clearInterval(progressTimer);
     clearTimeout(durationTimer);
     process.off('SIGINT', stop);
     process.off('SIGTERM', stop);
+    await ended();
   }
-  return exitOk;
+}
+
+/** Ends a session registered with the subscription server; says how to do it by hand if it fails. */
+async function endRegistered(
+  subscription: string | undefined,
+  token: string | undefined,
+  registered: RegisteredSession | undefined,
+): Promise<void> {
+  if (registered === undefined || subscription === undefined || token === undefined) {
+    return;
+  }
+  try {
+    const ended = await endSession(subscription, token, registered.id);
+    process.stderr.write(
+      `send: session ${registered.id} ended${ended.charge === undefined ? '' : `, repair charged ${ended.charge.amount} (minor units)`}\n`,
+    );
+  } catch (error) {
+    process.stderr.write(
+      `send: session ${registered.id} could not be ended (${(error as Error).message}); end it with: gatecast admin session end ${registered.id}\n`,
+    );
+  }
+}
+
+/** "EPERM (a local firewall refuses the datagram)", or the message of an error without a code. */
+function describeSendError(error: Error): string {
+  const code = (error as NodeJS.ErrnoException).code;
+  const hints: Record<string, string> = {
+    EPERM: 'a local firewall refuses the datagrams',
+    EACCES: 'a prohibit route or the firewall refuses the group',
+    ENETUNREACH: 'no route to the group',
+    EHOSTUNREACH: 'no route to the group',
+    ENOBUFS: 'the send queue is full',
+  };
+  const hint = code === undefined ? undefined : hints[code];
+  return code === undefined ? error.message : `${code}${hint === undefined ? '' : ` (${hint})`}`;
 }
 
 function progressLine(stats: Readonly<SourceStats>): string {
@@ -247,13 +317,29 @@ function progressLine(stats: Readonly<SourceStats>): string {
   return `${bar}${formatBytes(stats.payloadBytesSent)} ${stats.packetsSent} packets ${rate}   `;
 }
 
-function summaryLine(stats: SourceStats, name: string): string {
+/**
+ * One line that says what left and what did not: "sent" only when every datagram left,
+ * "INCOMPLETE" when some did not, "NOT SENT" when none did.
+ */
+export function summaryLine(stats: SourceStats, name: string): string {
   const seconds = stats.elapsedMs / 1000;
   const rate = formatRate((stats.datagramBytesSent * 8) / Math.max(0.001, seconds));
-  const dropped = stats.inputDropped > 0 ? `, ${stats.inputDropped} input datagrams dropped` : '';
-  const errors = stats.sendErrors > 0 ? `, ${stats.sendErrors} send errors` : '';
-  return (
-    `sent session "${name}" (id ${stats.sessionId}, run ${stats.incarnation}): ${stats.packetsSent} packets, ` +
-    `${formatBytes(stats.payloadBytesSent)} in ${seconds.toFixed(2)} s at ${rate}${dropped}${errors}`
-  );
+  const tooLarge =
+    stats.inputDroppedTooLarge > 0 ? ` (${stats.inputDroppedTooLarge} larger than the packet size)` : '';
+  const extras = [
+    stats.packetsEmpty > 0 ? `${stats.packetsEmpty} of them empty (relayed zero-length datagrams)` : '',
+    stats.inputDropped > 0 ? `${stats.inputDropped} input datagrams dropped${tooLarge}` : '',
+  ].filter(Boolean);
+  const figures =
+    `${stats.packetsSent} packets, ${formatBytes(stats.payloadBytesSent)} in ${seconds.toFixed(2)} s at ${rate}` +
+    (extras.length > 0 ? `, ${extras.join(', ')}` : '');
+  const session = `session "${name}" (id ${stats.sessionId}, run ${stats.incarnation})`;
+  if (stats.sendErrors === 0) {
+    return `sent ${session}: ${figures}`;
+  }
+  const codes = Object.entries(stats.sendErrorCodes)
+    .map(([code, count]) => `${code} x${count}`)
+    .join(', ');
+  const verdict = stats.sendErrors >= stats.datagramsAttempted ? 'NOT SENT' : 'INCOMPLETE';
+  return `${verdict} ${session}: ${stats.sendErrors} of ${stats.datagramsAttempted} datagrams did not leave (${codes}); handed to the socket: ${figures}`;
 }

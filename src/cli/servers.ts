@@ -12,8 +12,7 @@ import {
   retransmitBufferAgeMsDefault,
   retransmitBufferBytesDefault,
 } from '../limits.js';
-import { formatEndpoint, parseEndpoint, parseGroup } from '../net/address.js';
-import { resolveInterface } from '../net/interfaces.js';
+import { formatEndpoint, parseEndpoint } from '../net/address.js';
 import { readTlsFiles } from '../net/tls.js';
 import { type AgentMapping, startAgent, startWatchingAgent } from '../receiver/agent.js';
 import { type ControllerClient, controllerClient } from '../receiver/controller-client.js';
@@ -24,9 +23,13 @@ import { daemonOptions, keysFrom, parseEndpointList, runDaemon } from './daemon.
 import { exitOk, UsageError } from './errors.js';
 import {
   formatHelp,
+  type GroupContext,
+  groupOption,
+  ifaceOption,
   type OptionSpecs,
   type OptionValues,
   optional,
+  parseGroupOn,
   parseInteger,
   parseOptions,
   parseRate,
@@ -184,9 +187,9 @@ const agentOptions: OptionSpecs = {
   ...daemonOptions,
 };
 
-/** Parses an optional group option. */
-function optionalGroup(text: string | undefined, field: string) {
-  return text === undefined ? undefined : parseGroup(text, field);
+/** Parses an optional group option, checked with the interface it is used on. */
+function optionalGroup(text: string | undefined, field: string, on: GroupContext) {
+  return text === undefined ? undefined : parseGroupOn(text, field, on);
 }
 
 /**
@@ -203,8 +206,16 @@ function repairModuleOptions(values: OptionValues) {
     iface: optional(values, 'iface'),
     keys: keysFrom(values),
     retransmit: parseEndpointList(optional(values, 'retransmit'), '--retransmit'),
-    announceGroup: optionalGroup(optional(values, 'announce-group'), '--announce-group'),
-    repairGroup: optionalGroup(optional(values, 'repair-group'), '--repair-group'),
+    announceGroup: optionalGroup(
+      optional(values, 'announce-group'),
+      '--announce-group',
+      ifaceOption(values, 'iface'),
+    ),
+    repairGroup: optionalGroup(
+      optional(values, 'repair-group'),
+      '--repair-group',
+      ifaceOption(values, 'iface'),
+    ),
     emitIface: optional(values, 'emit-iface'),
     ttl: ttlText === undefined ? undefined : parseInteger(ttlText, '--ttl', 1, 255),
     latencyMs: latencyText === undefined ? undefined : parseInteger(latencyText, '--latency', 1, 600_000),
@@ -227,13 +238,14 @@ export async function runRetransmit(argv: string[], err: NodeJS.WriteStream): Pr
   const joins = (optional(values, 'join') ?? '')
     .split(',')
     .filter((part) => part.trim() !== '')
-    .map((part) => ({ group: parseGroup(part.trim(), '--join'), source: optional(values, 'source') }));
+    .map((part) => ({
+      group: parseGroupOn(part.trim(), '--join', {
+        ...ifaceOption(values, 'iface'),
+        source: optional(values, 'source'),
+      }),
+      source: optional(values, 'source'),
+    }));
   const iface = optional(values, 'iface');
-  for (const join of joins) {
-    if (iface !== undefined) {
-      resolveInterface(iface, join.group.family);
-    }
-  }
   const listen = parseEndpoint(required(values, 'listen'), '--listen');
   const keys = keysFrom(values);
   const peers = parseEndpointList(optional(values, 'peer'), '--peer');
@@ -262,10 +274,13 @@ export async function runRetransmit(argv: string[], err: NodeJS.WriteStream): Pr
       '--repair-rate',
     ),
     announceTo: parseEndpointList(optional(values, 'announce-to'), '--announce-to'),
-    announceGroup:
-      announceGroupText === undefined ? undefined : parseGroup(announceGroupText, '--announce-group'),
+    announceGroup: optionalGroup(announceGroupText, '--announce-group', ifaceOption(values, 'iface')),
     peers,
-    repairGroup: optionalGroup(optional(values, 'repair-group'), '--repair-group'),
+    repairGroup: optionalGroup(
+      optional(values, 'repair-group'),
+      '--repair-group',
+      ifaceOption(values, 'iface'),
+    ),
     election:
       peers.length === 0
         ? undefined
@@ -301,12 +316,8 @@ export async function runRepair(argv: string[], err: NodeJS.WriteStream): Promis
   if (optional(values, 'controller') !== undefined) {
     return runController(values, err);
   }
-  const group = parseGroup(required(values, 'join'), '--join');
-  const emit = parseGroup(required(values, 'emit'), '--emit');
-  const iface = optional(values, 'iface');
-  if (iface !== undefined) {
-    resolveInterface(iface, group.family);
-  }
+  const group = groupOption(values, 'join', 'iface', 'source');
+  const emit = parseGroupOn(required(values, 'emit'), '--emit', ifaceOption(values, 'emit-iface', 'iface'));
   const server = await startRepairServer({
     ...repairModuleOptions(values),
     group,
@@ -334,7 +345,7 @@ async function runController(values: OptionValues, err: NodeJS.WriteStream): Pro
   const subscription = parseServerUrl(required(values, 'subscription'), '--subscription');
   const poolText = required(values, 's2-pool');
   const [poolGroup = '', poolCount] = poolText.split('/');
-  const pool = parseGroup(poolGroup, '--s2-pool');
+  const pool = parseGroupOn(poolGroup, '--s2-pool', ifaceOption(values, 'emit-iface', 'iface'));
   const poolSize =
     poolCount === undefined ? controllerPoolSizeDefault : parseInteger(poolCount, '--s2-pool', 1, 65_536);
   const leaseText = optional(values, 'lease');
@@ -346,9 +357,6 @@ async function runController(values: OptionValues, err: NodeJS.WriteStream): Pro
     throw new UsageError(`--report-interval: ${reportText} is shorter than 0.1 second`);
   }
   const module = repairModuleOptions(values);
-  if (module.iface !== undefined) {
-    resolveInterface(module.iface, pool.family);
-  }
   const tls = readTlsFiles(optional(values, 'tls-cert'), optional(values, 'tls-key'));
   const journal = optional(values, 'journal') ?? join('data', `repair-controller-${listen.port}.journal`);
   try {
@@ -399,8 +407,8 @@ export async function runAgent(argv: string[], err: NodeJS.WriteStream): Promise
   if (values.watch === true) {
     return runWatchingAgent(values, err);
   }
-  const from = parseGroup(required(values, 'from'), '--from');
-  const deliver = parseGroup(required(values, 'deliver'), '--deliver');
+  const from = groupOption(values, 'from', 'from-iface');
+  const deliver = groupOption(values, 'deliver', 'deliver-iface');
   const agent = await startAgent({
     from,
     fromIface: optional(values, 'from-iface'),
@@ -432,13 +440,24 @@ async function runWatchingAgent(values: OptionValues, err: NodeJS.WriteStream): 
         if (s1 === undefined || s2 === undefined || extra !== undefined) {
           throw new UsageError(`--map: "${part}" is not S1GROUP:PORT=S2GROUP:PORT`);
         }
-        return { s1: parseGroup(s1.trim(), '--map'), s2: parseGroup(s2.trim(), '--map') };
+        return {
+          s1: parseGroupOn(s1.trim(), '--map', {
+            ...ifaceOption(values, 'deliver-iface'),
+            ifaceLearned: true,
+          }),
+          s2: parseGroupOn(s2.trim(), '--map', ifaceOption(values, 'from-iface')),
+        };
       });
   } else {
     mappings = required(values, 'sessions')
       .split(',')
       .filter((part) => part.trim() !== '')
-      .map((part) => ({ s1: parseGroup(part.trim(), '--sessions') }));
+      .map((part) => ({
+        s1: parseGroupOn(part.trim(), '--sessions', {
+          ...ifaceOption(values, 'deliver-iface'),
+          ifaceLearned: true,
+        }),
+      }));
     const url = parseServerUrl(String(controllerUrl), '--controller');
     controller = controllerClient(url, readToken(optional(values, 'token-file')));
   }

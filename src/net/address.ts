@@ -38,6 +38,12 @@ export function parseEndpoint(text: string, field: string): Endpoint {
   if (isIPv4(host)) {
     return { address: host, port, family: 4 };
   }
+  if (host.includes('%')) {
+    throw new InvalidArgumentError(
+      field,
+      `"${host}": give the interface with its own option (e.g. --iface eth0), not as a %zone`,
+    );
+  }
   if (isIPv6(host)) {
     return { address: host, port, family: 6 };
   }
@@ -56,13 +62,39 @@ export function parsePort(text: string, field: string): number {
   return port;
 }
 
+/** The first 16 bits of an IPv6 address ("ff02::1" -> 0xff02, "::1" -> 0). */
+function firstHextet(address: string): number {
+  const head = address.split(':')[0] ?? '';
+  return head === '' ? 0 : Number.parseInt(head, 16);
+}
+
 /** True for 224.0.0.0/4 and ff00::/8. */
 export function isMulticast(address: string): boolean {
   if (isIPv4(address)) {
     const first = Number(address.split('.')[0]);
     return first >= 224 && first <= 239;
   }
-  return isIPv6(address) && address.toLowerCase().startsWith('ff');
+  return isIPv6(address) && (firstHextet(address) & 0xff00) === 0xff00;
+}
+
+/**
+ * The scope of an IPv6 multicast address (RFC 4291 section 2.7): 1 interface-local, 2
+ * link-local, 5 site-local, 8 organization-local, 14 global. Undefined for IPv4.
+ */
+export function multicastScope(address: string): number | undefined {
+  return isIPv6(address) && isMulticast(address) ? firstHextet(address) & 0x000f : undefined;
+}
+
+/** The largest IPv6 multicast scope whose addresses are ambiguous without an interface. */
+export const scopedGroupScopeMax = 2;
+
+/**
+ * True for an IPv6 group that exists once per link (ff02::/16, ff12::/16, ..., any scope up to 2):
+ * it can only be bound, joined or sent to on a named interface (the zone, "ff02::1%eth0").
+ */
+export function isScopedGroup(endpoint: Endpoint): boolean {
+  const scope = multicastScope(endpoint.address);
+  return scope !== undefined && scope <= scopedGroupScopeMax;
 }
 
 /** Parses a group endpoint and checks that the address is multicast. */

@@ -25,10 +25,18 @@ export interface ResolvedInterface {
 export function resolveInterface(spec: string, family: Family): ResolvedInterface {
   const all = networkInterfaces();
   const wanted = family === 4 ? 'IPv4' : 'IPv6';
+  const specFamily = isIP(spec);
+  if (specFamily !== 0 && specFamily !== family) {
+    // An address picks the interface and its address of that family: an IPv4 address cannot
+    // say which IPv6 address (or scope) an IPv6 group is used with, nor the reverse.
+    throw new UnknownInterfaceError(
+      `interface address ${spec} is IPv${specFamily} but the group is IPv${family}: give the interface's name or one of its ${wanted} addresses`,
+    );
+  }
   for (const [name, addresses] of Object.entries(all)) {
     const list = addresses ?? [];
     const matchesName = name === spec;
-    const matchesAddress = isIP(spec) !== 0 && list.some((entry) => entry.address === spec);
+    const matchesAddress = specFamily !== 0 && list.some((entry) => entry.address === spec);
     if (!matchesName && !matchesAddress) {
       continue;
     }

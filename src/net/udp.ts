@@ -5,7 +5,7 @@
 import { createSocket, type RemoteInfo, type Socket } from 'node:dgram';
 import { once } from 'node:events';
 import { multicastTtlDefault, receiveBufferBytesDefault, sendBufferBytesDefault } from '../limits.js';
-import type { Endpoint } from './address.js';
+import { type Endpoint, isScopedGroup, multicastScope } from './address.js';
 import { SocketError } from './errors.js';
 import { type ResolvedInterface, resolveInterface } from './interfaces.js';
 
@@ -56,19 +56,82 @@ function apply(what: string, call: () => void): void {
   }
 }
 
-/** Closes a socket once; later calls are no-ops. */
-function closer(socket: Socket): () => Promise<void> {
+/** Closes a socket once; later calls are no-ops. isClosed() is true from the first call on. */
+function closer(socket: Socket): { close: () => Promise<void>; isClosed: () => boolean } {
   let closed: Promise<void> | undefined;
-  return () => {
-    closed ??= new Promise<void>((resolve) => {
-      try {
-        socket.close(() => resolve());
-      } catch {
-        resolve();
-      }
-    });
-    return closed;
+  return {
+    close: () => {
+      closed ??= new Promise<void>((resolve) => {
+        try {
+          socket.close(() => resolve());
+        } catch {
+          resolve();
+        }
+      });
+      return closed;
+    },
+    isClosed: () => closed !== undefined,
   };
+}
+
+/**
+ * What a sending socket could not send. A send never throws: a send after close() (a timer of an
+ * owner that is shutting down) is dropped and counted, and a send the kernel or node:dgram refuses
+ * (EPERM from a firewall, ENETUNREACH, ...) is counted and handed to the send's callback.
+ */
+export interface SendCounters {
+  /** Sends attempted after close(). */
+  afterClose: number;
+  /** Sends that failed; the error (its code: EPERM, ENETUNREACH, ...) went to the callback. */
+  failed: number;
+}
+
+/** A socket's send with the rules of SendCounters; done, when given, is always called once. */
+function guardedSend(
+  counters: SendCounters,
+  isClosed: () => boolean,
+  send: (callback: (error: Error | null) => void) => void,
+  done: ((error: Error | null) => void) | undefined,
+): void {
+  const fail = (error: Error) => {
+    counters.failed++;
+    if (done !== undefined) {
+      process.nextTick(done, error);
+    }
+  };
+  if (isClosed()) {
+    counters.afterClose++;
+    if (done !== undefined) {
+      process.nextTick(done, new SocketError('send after the socket was closed'));
+    }
+    return;
+  }
+  try {
+    send((error) => {
+      if (error) {
+        counters.failed++;
+      }
+      done?.(error);
+    });
+  } catch (error) {
+    fail(error instanceof Error ? error : new SocketError(String(error)));
+  }
+}
+
+/**
+ * The address to bind or connect to for a group: a scoped IPv6 group (link-local ff02::/16 and
+ * any scope up to 2, RFC 4291 section 2.7) names its interface as a zone, "ff02::1%eth0".
+ */
+function scopedAddress(group: Endpoint, iface: ResolvedInterface | undefined): string {
+  if (!isScopedGroup(group)) {
+    return group.address;
+  }
+  if (iface === undefined) {
+    throw new SocketError(
+      `${group.address} is a scoped group (scope ${multicastScope(group.address)}): it needs an interface`,
+    );
+  }
+  return `${group.address}%${iface.name}`;
 }
 
 /**
@@ -81,10 +144,11 @@ export async function openReceiverSocket(
 ): Promise<ReceiverSocket> {
   const { group } = options;
   const iface = options.iface === undefined ? undefined : resolveInterface(options.iface, group.family);
+  const bindAddress = scopedAddress(group, iface);
   const socket = createSocket({ type: socketType(group), reuseAddr: true });
   socket.on('message', onDatagram);
-  await bindSocket(socket, group.port, group.address);
-  const close = closer(socket);
+  await bindSocket(socket, group.port, bindAddress);
+  const { close } = closer(socket);
   try {
     apply('receive buffer', () =>
       socket.setRecvBufferSize(options.receiveBufferBytes ?? receiveBufferBytesDefault),
@@ -120,7 +184,7 @@ export async function openUnicastSocket(
   const socket = createSocket({ type: socketType(endpoint), reuseAddr: true });
   socket.on('message', onDatagram);
   await bindSocket(socket, endpoint.port, endpoint.address);
-  const close = closer(socket);
+  const { close } = closer(socket);
   try {
     apply('receive buffer', () => socket.setRecvBufferSize(receiveBufferBytesDefault));
   } catch (error) {
@@ -150,9 +214,12 @@ export interface SenderSocketOptions {
 /** A socket that sends to one group. */
 export interface SenderSocket extends AsyncDisposable {
   readonly iface: ResolvedInterface | undefined;
+  /** What could not be sent (absent on sockets that do not count, e.g. a test's fake). */
+  readonly sendCounters?: Readonly<SendCounters>;
   /**
-   * Sends the first length bytes of buffer as one datagram; done is called when the kernel has
-   * taken it (the buffer is free again).
+   * Sends the first length bytes of buffer as one datagram; done is called once, when the kernel
+   * has taken it (the buffer is free again) or with the error that kept it from leaving. Never
+   * throws, also after close().
    */
   send(buffer: Buffer, length: number, done?: (error: Error | null) => void): void;
   close(): Promise<void>;
@@ -162,10 +229,11 @@ export interface SenderSocket extends AsyncDisposable {
 export async function openSenderSocket(options: SenderSocketOptions): Promise<SenderSocket> {
   const { group } = options;
   const iface = options.iface === undefined ? undefined : resolveInterface(options.iface, group.family);
+  const destination = scopedAddress(group, iface);
   const socket = createSocket({ type: socketType(group) });
   const bindAddress = group.family === 4 ? (iface?.address ?? '0.0.0.0') : '::';
   await bindSocket(socket, 0, bindAddress);
-  const close = closer(socket);
+  const { close, isClosed } = closer(socket);
   try {
     apply('send buffer', () => socket.setSendBufferSize(options.sendBufferBytes ?? sendBufferBytesDefault));
     apply('ttl', () => socket.setMulticastTTL(options.ttl ?? multicastTtlDefault));
@@ -173,30 +241,65 @@ export async function openSenderSocket(options: SenderSocketOptions): Promise<Se
     if (iface !== undefined) {
       apply(`interface ${iface.name}`, () => socket.setMulticastInterface(iface.socketInterface));
     }
-    // A connected socket skips the per-send address lookup that node:dgram does otherwise.
-    await new Promise<void>((resolve, reject) => {
-      socket.once('error', reject);
-      socket.connect(group.port, group.address, () => {
-        socket.off('error', reject);
-        resolve();
-      });
-    });
+    await connectSocket(socket, group.port, destination);
   } catch (error) {
     await close();
-    throw error instanceof SocketError
-      ? error
-      : new SocketError(`connect ${group.address}: ${(error as Error).message}`);
+    throw error;
   }
   socket.on('error', () => undefined);
+  const sendCounters: SendCounters = { afterClose: 0, failed: 0 };
   return {
     iface,
+    sendCounters,
     send(buffer, length, done) {
-      socket.send(buffer, 0, length, done);
+      guardedSend(sendCounters, isClosed, (callback) => socket.send(buffer, 0, length, callback), done);
     },
     close,
     [Symbol.asyncDispose]: close,
   };
 }
+
+/**
+ * Connects a socket to the group, so that a send skips node:dgram's per-send address lookup. A
+ * group without a route fails here (ENETUNREACH, EACCES for a prohibit route), named.
+ */
+async function connectSocket(socket: Socket, port: number, address: string): Promise<void> {
+  await new Promise<void>((resolve, reject) => {
+    const failed = (error: Error) =>
+      reject(new SocketError(`connect ${address}:${port}: ${describe(error)}`));
+    socket.once('error', failed);
+    try {
+      // The callback gets the error when connect fails (node:dgram emits no 'error' then).
+      socket.connect(port, address, (error?: Error) => {
+        socket.off('error', failed);
+        if (error) {
+          failed(error);
+        } else {
+          resolve();
+        }
+      });
+    } catch (error) {
+      socket.off('error', failed);
+      failed(error as Error);
+    }
+  });
+}
+
+/** An error's code and message, e.g. "ENETUNREACH (no route to the group)". */
+function describe(error: Error): string {
+  const code = (error as NodeJS.ErrnoException).code;
+  const hint = code === undefined ? undefined : errorHints[code];
+  return `${code ?? error.message}${hint === undefined ? '' : ` (${hint})`}`;
+}
+
+const errorHints: Record<string, string> = {
+  ENETUNREACH: 'no route to the group: add a multicast route or name the interface with --iface',
+  EHOSTUNREACH: 'no route to the group: add a multicast route or name the interface with --iface',
+  EACCES: 'a prohibit route or the firewall refuses the group',
+  EPERM: 'a local firewall refuses the datagram',
+  EADDRNOTAVAIL: 'the interface has no usable address',
+  EINVAL: 'invalid address for this interface',
+};
 
 /** A unicast socket that both receives and sends: the control channel of a server. */
 export interface ControlSocket extends AsyncDisposable {
@@ -204,6 +307,9 @@ export interface ControlSocket extends AsyncDisposable {
   readonly local: Endpoint;
   /** Bytes handed to the kernel so far. */
   readonly bytesSent: number;
+  /** What could not be sent (absent on sockets that do not count, e.g. a test's fake). */
+  readonly sendCounters?: Readonly<SendCounters>;
+  /** Sends one datagram; never throws, also after close() (see SendCounters). */
   send(datagram: Buffer, port: number, address: string): void;
   close(): Promise<void>;
 }
@@ -216,7 +322,7 @@ export async function openControlSocket(
   const socket = createSocket({ type: socketType(endpoint), reuseAddr: false });
   socket.on('message', onDatagram);
   await bindSocket(socket, endpoint.port, endpoint.address);
-  const close = closer(socket);
+  const { close, isClosed } = closer(socket);
   try {
     apply('receive buffer', () => socket.setRecvBufferSize(receiveBufferBytesDefault));
     apply('send buffer', () => socket.setSendBufferSize(sendBufferBytesDefault));
@@ -227,14 +333,23 @@ export async function openControlSocket(
   socket.on('error', () => undefined);
   const bound = socket.address();
   let bytesSent = 0;
+  const sendCounters: SendCounters = { afterClose: 0, failed: 0 };
   return {
     local: { address: bound.address, port: bound.port, family: endpoint.family },
     get bytesSent() {
       return bytesSent;
     },
+    sendCounters,
     send(datagram, port, address) {
-      bytesSent += datagram.length;
-      socket.send(datagram, port, address);
+      guardedSend(
+        sendCounters,
+        isClosed,
+        (callback) => {
+          socket.send(datagram, port, address, callback);
+          bytesSent += datagram.length;
+        },
+        undefined,
+      );
     },
     close,
     [Symbol.asyncDispose]: close,

@@ -167,6 +167,26 @@ export class SessionWindow {
     return 'extended';
   }
 
+  /**
+   * An END says the run ends before `next`. The part of the known end that only HEARTBEATs claimed
+   * (no DATA there) is taken back to it, so a forged HEARTBEAT cannot keep a finished run open.
+   * Returns whether the known end now equals `next`; false when DATA at or after `next` was
+   * received (the END contradicts the data and is not believed) or `next` is too far ahead.
+   */
+  endAt(next: number): boolean {
+    if (this.#highestData !== undefined && sequenceDistance(this.#highestData, next) <= 0) {
+      return false;
+    }
+    if (sequenceDistance(this.#base, next) < 0) {
+      return false;
+    }
+    if (sequenceDistance(this.#end, next) < 0) {
+      this.#end = next >>> 0;
+      return true;
+    }
+    return this.claim(next) !== 'too-far' && this.#end === next >>> 0;
+  }
+
   /** Removes and returns the packet at base, moving base on; undefined when base is a gap. */
   take(): Buffer | undefined {
     const item = this.#held.get(this.#base);
@@ -251,15 +271,30 @@ export function runKey(sessionId: number, incarnation: number): string {
   return `${sessionId >>> 0}/${incarnation >>> 0}`;
 }
 
+/** What is held for one run that has not been taken up. */
+export interface PendingRun {
+  readonly sessionId: number;
+  readonly incarnation: number;
+  /** DATA by sequence. */
+  readonly data: Map<number, Buffer>;
+  /** The run's latest DESCRIPTOR and its END, when seen. */
+  descriptor: Buffer | undefined;
+  end: Buffer | undefined;
+  /** Order in which runs were last heard of. */
+  heardAt: number;
+}
+
 /**
- * DATA held per run before its DESCRIPTOR arrives, so that the run a receiver locks on starts with
- * its own packets only — never another session's or another incarnation's.
+ * DATA (and the DESCRIPTOR and END) held per run before the run is taken up, so that the run a
+ * receiver or repair server takes starts with its own packets only — never another session's or
+ * another incarnation's — and a run that arrived while another was being served is not lost.
  */
 export class PendingRuns {
   readonly #limits: PendingLimits;
-  readonly #runs = new Map<string, Map<number, Buffer>>();
+  readonly #runs = new Map<string, PendingRun>();
   #packets = 0;
   #bytes = 0;
+  #heard = 0;
 
   constructor(limits: PendingLimits) {
     this.#limits = limits;
@@ -273,35 +308,69 @@ export class PendingRuns {
     return this.#bytes;
   }
 
-  /** Holds a packet of a run; false when a bound is reached (the caller counts the drop). */
-  hold(sessionId: number, incarnation: number, sequence: number, item: Buffer): boolean {
+  #run(sessionId: number, incarnation: number, bytes: number): PendingRun | undefined {
     const key = runKey(sessionId, incarnation);
     let run = this.#runs.get(key);
-    if (run?.has(sequence)) {
-      return true;
-    }
-    if (
-      this.#packets >= this.#limits.packetsMax ||
-      this.#bytes + item.length > this.#limits.bytesMax ||
-      (run === undefined && this.#runs.size >= this.#limits.runsMax)
-    ) {
-      return false;
+    if (this.#bytes + bytes > this.#limits.bytesMax) {
+      return undefined;
     }
     if (run === undefined) {
-      run = new Map();
+      if (this.#runs.size >= this.#limits.runsMax) {
+        return undefined;
+      }
+      run = { sessionId, incarnation, data: new Map(), descriptor: undefined, end: undefined, heardAt: 0 };
       this.#runs.set(key, run);
     }
-    run.set(sequence, item);
+    run.heardAt = ++this.#heard;
+    return run;
+  }
+
+  /** Holds a DATA packet of a run; false when a bound is reached (the caller counts the drop). */
+  hold(sessionId: number, incarnation: number, sequence: number, item: Buffer): boolean {
+    const existing = this.#runs.get(runKey(sessionId, incarnation));
+    if (existing?.data.has(sequence)) {
+      return true;
+    }
+    if (this.#packets >= this.#limits.packetsMax) {
+      return false;
+    }
+    const run = this.#run(sessionId, incarnation, item.length);
+    if (run === undefined) {
+      return false;
+    }
+    run.data.set(sequence, item);
     this.#packets++;
     this.#bytes += item.length;
     return true;
   }
 
-  /** Takes the packets held for one run (sequence → packet) and forgets every other run. */
-  take(sessionId: number, incarnation: number): Map<number, Buffer> {
-    const run = this.#runs.get(runKey(sessionId, incarnation)) ?? new Map<number, Buffer>();
+  /** Remembers a run's latest DESCRIPTOR or its END (one of each per run). */
+  note(sessionId: number, incarnation: number, what: 'descriptor' | 'end', datagram: Buffer): void {
+    const run = this.#run(sessionId, incarnation, datagram.length);
+    if (run === undefined) {
+      return;
+    }
+    const previous = run[what];
+    this.#bytes += datagram.length - (previous?.length ?? 0);
+    run[what] = datagram;
+  }
+
+  /** Takes what is held for one run and forgets every other run. */
+  take(sessionId: number, incarnation: number): PendingRun | undefined {
+    const run = this.#runs.get(runKey(sessionId, incarnation));
     this.clear();
     return run;
+  }
+
+  /** Takes the run heard of most recently whose DESCRIPTOR is known, if any. */
+  takeLatestDescribed(): PendingRun | undefined {
+    let latest: PendingRun | undefined;
+    for (const run of this.#runs.values()) {
+      if (run.descriptor !== undefined && (latest === undefined || run.heardAt > latest.heardAt)) {
+        latest = run;
+      }
+    }
+    return latest === undefined ? undefined : this.take(latest.sessionId, latest.incarnation);
   }
 
   clear(): void {

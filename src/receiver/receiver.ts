@@ -251,7 +251,7 @@ export function createReceiver(settings: ReceiverSettings, components: ReceiverC
     summary.sessionName = packet.name;
     summary.kind = packet.kind;
     summary.sha256Expected = packet.sha256?.toString('hex');
-    const held = pending.take(packet.sessionId, packet.incarnation);
+    const held = pending.take(packet.sessionId, packet.incarnation)?.data ?? new Map<number, Buffer>();
     // A file counts from its first packet; a live stream from what this receiver can still get.
     let start = packet.kind === SessionKind.file ? packet.firstSequence : packet.sequence;
     if (packet.kind !== SessionKind.file) {
@@ -285,9 +285,9 @@ export function createReceiver(settings: ReceiverSettings, components: ReceiverC
     if (endSequence !== undefined || window === undefined) {
       return;
     }
-    claim(packet.sequence);
-    if (window.end !== packet.sequence) {
-      return; // an END further ahead than the limits allow is not believed
+    if (!window.endAt(packet.sequence)) {
+      summary.claimsTooFar++; // further ahead than the limits allow, or behind DATA received: not believed
+      return;
     }
     endSequence = packet.sequence;
     if (descriptor?.kind === SessionKind.file) {

@@ -58,7 +58,7 @@ import {
   SessionKind,
 } from '../protocol/packet.js';
 import { sequenceAdd, sequenceDistance } from '../protocol/serial.js';
-import { PendingRuns, SessionWindow } from '../protocol/session-window.js';
+import { type PendingRun, PendingRuns, SessionWindow } from '../protocol/session-window.js';
 
 /** Settings of a repair server. */
 export interface RepairSettings {
@@ -450,6 +450,9 @@ export async function startRepairServer(
   const gapsSince = (current: Run, from: number) => {
     const { window } = current;
     const start = sequenceDistance(window.base, from) < 0 ? window.base : from;
+    if (sequenceDistance(start, window.end) <= 0) {
+      return; // nothing new is known (an END may even have taken a claim back)
+    }
     for (let sequence = start; sequence !== window.end; sequence = sequenceAdd(sequence, 1)) {
       addMissing(current, sequence);
     }
@@ -616,10 +619,15 @@ export async function startRepairServer(
     current.missing.clear();
     due.clear();
     run = undefined;
+    // A run that came while this one was served is taken up now, with what was held for it.
+    const next = pending.takeLatestDescribed();
+    if (next?.descriptor !== undefined) {
+      startRun(next.descriptor, next);
+    }
   };
 
   /** Takes up the run a DESCRIPTOR names, with the DATA held for it. */
-  const startRun = (datagram: Buffer) => {
+  const startRun = (datagram: Buffer, taken?: PendingRun) => {
     const decoded = decodeDescriptor(datagram);
     if (!decoded.ok) {
       drop(`descriptor-${decoded.reason}`);
@@ -627,7 +635,8 @@ export async function startRepairServer(
     }
     const d = decoded.value;
     const live = d.kind !== SessionKind.file;
-    const held = pending.take(d.sessionId, d.incarnation);
+    const heldRun = taken ?? pending.take(d.sessionId, d.incarnation);
+    const held = heldRun?.data ?? new Map<number, Buffer>();
     let base = d.sequence;
     if (live) {
       for (const sequence of held.keys()) {
@@ -665,6 +674,10 @@ export async function startRepairServer(
       acceptData(current, p, sequence, false);
     }
     claim(current, d.sequence);
+    emitter.send(datagram, datagram.length); // receivers of S2 learn the run at once
+    if (heldRun?.end !== undefined) {
+      onS1(heldRun.end);
+    }
   };
 
   const claim = (current: Run, next: number) => {
@@ -711,14 +724,18 @@ export async function startRepairServer(
     if (header.value.type === PacketType.descriptor) {
       if (run === undefined) {
         startRun(datagram);
-      }
-      if (isCurrent(run, sessionId, incarnation)) {
+      } else if (!isCurrent(run, sessionId, incarnation)) {
+        pending.note(sessionId, incarnation, 'descriptor', datagram);
+      } else {
         run.lastActivityMs = clock.nowMs();
         emitter.send(datagram, datagram.length);
       }
       return;
     }
     if (!isCurrent(run, sessionId, incarnation)) {
+      if (header.value.type === PacketType.end) {
+        pending.note(sessionId, incarnation, 'end', datagram);
+      }
       return;
     }
     const current = run;
@@ -728,11 +745,24 @@ export async function startRepairServer(
       emitter.send(datagram, datagram.length);
       emit();
     } else if (header.value.type === PacketType.end && current.endSequence === undefined) {
-      claim(current, header.value.sequence);
-      if (current.window.end !== header.value.sequence) {
-        drop('end-not-believed'); // further ahead than the limits allow
+      const before = current.window.end;
+      if (!current.window.endAt(header.value.sequence)) {
+        drop('end-not-believed'); // further ahead than the limits allow, or behind DATA received
         return;
       }
+      // Gaps that only a HEARTBEAT claimed, beyond the END, never existed: forget them.
+      for (const [sequence, entry] of current.missing) {
+        if (sequenceDistance(header.value.sequence, sequence) >= 0) {
+          entry.timer?.cancel();
+          due.delete(entry);
+          current.missing.delete(sequence);
+          counters.gaps--;
+          if (entry.unrecoverable) {
+            counters.unrecoverable--;
+          }
+        }
+      }
+      gapsSince(current, before);
       current.endSequence = header.value.sequence;
       current.endDatagram = datagram;
       emit();

@@ -4,3 +4,8 @@
 export class SourceInputError extends Error {
   readonly code = 'GATECAST_ERR_SOURCE_INPUT';
 }
+
+/** A source's settings describe packets the wire cannot carry (a payload too large for a REPAIR). */
+export class SourceSettingsError extends Error {
+  readonly code = 'GATECAST_ERR_SOURCE_SETTINGS';
+}

@@ -10,10 +10,14 @@ import { fileReadBlockBytes, relayQueuePacketsMax } from '../limits.js';
 import { type Endpoint, isMulticast } from '../net/address.js';
 import { openReceiverSocket, openUnicastSocket, type ReceiverSocket } from '../net/udp.js';
 import { SessionKind, type SessionKindCode } from '../protocol/packet.js';
+import { dataPayloadBytesMax } from '../protocol/sizes.js';
 import { SourceInputError } from './errors.js';
 
-/** read() result when nothing is ready yet; call waitReadable(). */
-export const inputNotReady = 0;
+/**
+ * read() result when nothing is ready yet; call waitReadable(). Not 0: a zero-length payload (a
+ * relayed empty datagram) is legal and is sent as a DATA packet like any other.
+ */
+export const inputNotReady = -2;
 /** read() result at the end of the input. */
 export const inputEnded = -1;
 
@@ -24,7 +28,12 @@ export interface PayloadInput {
   readonly sha256: Buffer | undefined;
   /** Datagrams the input had to drop (relay queue full, datagram too large). */
   readonly droppedCount: number;
-  /** Copies the next payload into out; returns its length, inputNotReady or inputEnded. */
+  /** Of droppedCount, the datagrams larger than a packet's payload (absent: none can be). */
+  readonly droppedTooLargeCount?: number;
+  /**
+   * Copies the next payload into out; returns its length (0 for an empty payload, which is
+   * sent), inputNotReady or inputEnded.
+   */
   read(out: Buffer): number;
   /** Resolves when read() may return something new. */
   waitReadable(): Promise<void>;
@@ -193,6 +202,9 @@ export function openTickerInput(settings: TickerSettings): PayloadInput {
   const prices = tickerSymbols.map((_, i) => 10_000 + i * 2_500);
   let tick = 0;
   let seed = 0x2545f491;
+  // The ticker's own timers, cleared by close() so that none fires after it.
+  const waits = new Map<NodeJS.Timeout, () => void>();
+  let closed = false;
   return {
     kind: SessionKind.ticker,
     totalBytes: undefined,
@@ -220,27 +232,56 @@ export function openTickerInput(settings: TickerSettings): PayloadInput {
     },
     waitReadable() {
       const dueMs = startMs + tick * intervalMs - clock();
-      return new Promise((resolve) => setTimeout(resolve, Math.max(0, dueMs)));
+      return new Promise((resolve) => {
+        if (closed) {
+          resolve();
+          return;
+        }
+        const timer = setTimeout(
+          () => {
+            waits.delete(timer);
+            resolve();
+          },
+          Math.max(0, dueMs),
+        );
+        waits.set(timer, resolve);
+      });
     },
-    async close() {},
+    async close() {
+      closed = true;
+      for (const [timer, resolve] of waits) {
+        clearTimeout(timer);
+        resolve();
+      }
+      waits.clear();
+    },
   };
 }
 
 /**
  * A relay input: every datagram received on an address and port (joined when it is a group)
- * becomes one DATA payload, datagram for datagram.
+ * becomes one DATA payload, datagram for datagram; an empty datagram becomes an empty payload.
+ * A datagram larger than payloadBytesMax, which never exceeds dataPayloadBytesMax (the largest
+ * payload a REPAIR can carry, src/protocol/sizes.ts), is dropped and counted.
  */
 export async function openRelayInput(
   endpoint: Endpoint,
   options: { iface?: string | undefined; payloadBytesMax: number },
 ): Promise<PayloadInput> {
+  const payloadBytesMax = Math.min(options.payloadBytesMax, dataPayloadBytesMax);
   const queue: Buffer[] = [];
   let head = 0;
   let dropped = 0;
+  let droppedTooLarge = 0;
   let ended = false;
   const ready = new Readiness();
   const onDatagram = (datagram: Buffer) => {
-    if (datagram.length > options.payloadBytesMax || queue.length - head >= relayQueuePacketsMax) {
+    if (datagram.length > payloadBytesMax) {
+      dropped++;
+      droppedTooLarge++;
+      return;
+    }
+    if (queue.length - head >= relayQueuePacketsMax) {
       dropped++;
       return;
     }
@@ -254,6 +295,9 @@ export async function openRelayInput(
     sha256: undefined,
     get droppedCount() {
       return dropped;
+    },
+    get droppedTooLargeCount() {
+      return droppedTooLarge;
     },
     read(out) {
       if (head === queue.length) {

@@ -25,6 +25,8 @@ import {
   writeHeaderFields,
 } from '../protocol/packet.js';
 import { sequenceAdd } from '../protocol/serial.js';
+import { dataPayloadBytesMax } from '../protocol/sizes.js';
+import { SourceSettingsError } from './errors.js';
 import { inputEnded, inputNotReady, type PayloadInput } from './inputs.js';
 
 /** Settings of a source. */
@@ -34,6 +36,7 @@ export interface SourceSettings {
   readonly ttl?: number | undefined;
   /** Pacing rate counted on whole datagrams (header and payload); 0 sends as fast as possible. */
   readonly rateBitsPerSecond: number;
+  /** At most dataPayloadBytesMax (src/protocol/sizes.ts): every DATA packet must fit a REPAIR. */
   readonly packetPayloadBytes: number;
   readonly sessionName: string;
   /** Chosen at random when absent. */
@@ -53,6 +56,11 @@ export interface SourceSettings {
 export interface SourceComponents {
   readonly input: PayloadInput;
   readonly openSocket?: (options: SenderSocketOptions) => Promise<SenderSocket>;
+  /**
+   * Told about every datagram that did not leave (EPERM from a local firewall, ENETUNREACH, ...);
+   * the source counts them in its stats and goes on.
+   */
+  readonly onSendError?: (error: Error) => void;
 }
 
 /** Counters of a running or finished source. */
@@ -60,30 +68,111 @@ export interface SourceStats {
   sessionId: number;
   incarnation: number;
   firstSequence: number;
+  /** DATA packets handed to the socket (see sendErrors for those that did not leave). */
   packetsSent: number;
+  /** DATA packets with an empty payload (a relayed zero-length datagram; legal, and relayed). */
+  packetsEmpty: number;
   payloadBytesSent: number;
   datagramBytesSent: number;
+  /** Every datagram handed to the socket: DATA, DESCRIPTOR, HEARTBEAT and END. */
+  datagramsAttempted: number;
+  /** Datagrams that did not leave, of datagramsAttempted. */
   sendErrors: number;
+  /** sendErrors by error code, e.g. { EPERM: 108 }. */
+  sendErrorCodes: Record<string, number>;
   startedAtMs: number;
   /** From the first DATA packet to the last (start delay and END repeats not included). */
   elapsedMs: number;
   totalBytes: number | undefined;
+  /** Input datagrams the input dropped (relay: queue full or too large). */
   inputDropped: number;
+  /** Of inputDropped: datagrams larger than a packet's payload. */
+  inputDroppedTooLarge: number;
 }
 
 /** A built source; run() sends the whole session. */
 export interface Source extends AsyncDisposable {
   readonly stats: Readonly<SourceStats>;
-  /** Sends the session to its end (or until the signal aborts, which still sends END). */
+  /**
+   * Sends the session to its end (or until the signal aborts, which still sends END). Rejects
+   * with the error that stopped it (a socket that cannot be opened, a bug); the input and the
+   * socket are closed either way.
+   */
   run(options?: { signal?: AbortSignal }): Promise<SourceStats>;
+  /** Stops a run at once (no END), clears every timer, closes the input and the socket. */
   close(): Promise<void>;
 }
 
-const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
+/**
+ * The timers of one owner: close() clears every one of them, and a pending sleep then resolves at
+ * once, so that nothing fires after the owner closed.
+ */
+class OwnedTimers {
+  readonly #sleeps = new Map<NodeJS.Timeout, () => void>();
+  readonly #intervals = new Set<NodeJS.Timeout>();
+  #closed = false;
+
+  /** Resolves after ms, or at once when the owner closes. */
+  sleep(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      if (this.#closed) {
+        resolve();
+        return;
+      }
+      const timer = setTimeout(() => {
+        this.#sleeps.delete(timer);
+        resolve();
+      }, ms);
+      this.#sleeps.set(timer, resolve);
+    });
+  }
+
+  /** Calls callback every ms until cleared or closed. */
+  every(ms: number, callback: () => void): NodeJS.Timeout | undefined {
+    if (this.#closed) {
+      return undefined;
+    }
+    const timer = setInterval(callback, ms);
+    this.#intervals.add(timer);
+    return timer;
+  }
+
+  clear(timer: NodeJS.Timeout | undefined): void {
+    if (timer !== undefined) {
+      clearInterval(timer);
+      this.#intervals.delete(timer);
+    }
+  }
+
+  close(): void {
+    this.#closed = true;
+    for (const timer of this.#intervals) {
+      clearInterval(timer);
+    }
+    this.#intervals.clear();
+    for (const [timer, resolve] of this.#sleeps) {
+      clearTimeout(timer);
+      resolve();
+    }
+    this.#sleeps.clear();
+  }
+}
+
 const yieldToLoop = () => new Promise<void>((resolve) => setImmediate(resolve));
 
-/** Builds a source. */
+/** Checks what the wire cannot carry before anything is opened. */
+function checkSettings(settings: SourceSettings): void {
+  const bytes = settings.packetPayloadBytes;
+  if (!Number.isInteger(bytes) || bytes < 1 || bytes > dataPayloadBytesMax) {
+    throw new SourceSettingsError(
+      `packet payload of ${bytes} bytes: the maximum is ${dataPayloadBytesMax} (a REPAIR must carry the whole DATA packet)`,
+    );
+  }
+}
+
+/** Builds a source. Throws SourceSettingsError for settings no packet could carry. */
 export function createSource(settings: SourceSettings, components: SourceComponents): Source {
+  checkSettings(settings);
   const { input } = components;
   const sessionId = settings.sessionId ?? randomInt(1, 0xffff_ffff);
   const firstSequence = settings.firstSequence ?? randomInt(0, 0xffff_ffff);
@@ -95,14 +184,22 @@ export function createSource(settings: SourceSettings, components: SourceCompone
     incarnation,
     firstSequence,
     packetsSent: 0,
+    packetsEmpty: 0,
     payloadBytesSent: 0,
     datagramBytesSent: 0,
+    datagramsAttempted: 0,
     sendErrors: 0,
+    sendErrorCodes: {},
     startedAtMs: 0,
     elapsedMs: 0,
     totalBytes: input.totalBytes,
     inputDropped: 0,
+    inputDroppedTooLarge: 0,
   };
+  const timers = new OwnedTimers();
+  /** Aborted by close() or by a failure: the run stops where it is. */
+  const stopping = new AbortController();
+  let failure: Error | undefined;
   let socket: SenderSocket | undefined;
   let nextSequence = firstSequence;
   let inFlight = 0;
@@ -119,12 +216,35 @@ export function createSource(settings: SourceSettings, components: SourceCompone
     inFlight--;
     if (error) {
       stats.sendErrors++;
+      const code = (error as NodeJS.ErrnoException).code ?? 'error';
+      stats.sendErrorCodes[code] = (stats.sendErrorCodes[code] ?? 0) + 1;
+      components.onSendError?.(error);
     }
     drained?.();
   };
-  const sendControl = (datagram: Buffer) => {
+  const send = (datagram: Buffer, length: number) => {
     inFlight++;
-    socket?.send(datagram, datagram.length, onSent);
+    stats.datagramsAttempted++;
+    (socket as SenderSocket).send(datagram, length, onSent);
+  };
+  /** Stops the run with an error (it is thrown by run(), never left uncaught in a timer). */
+  const fail = (error: unknown) => {
+    failure ??= error instanceof Error ? error : new Error(String(error));
+    stopping.abort();
+  };
+  /** Encodes and sends a control message; an encode error stops the run instead of escaping. */
+  const sendControl = (encode: () => Buffer) => {
+    if (socket === undefined || stopping.signal.aborted) {
+      return;
+    }
+    let datagram: Buffer;
+    try {
+      datagram = encode();
+    } catch (error) {
+      fail(error);
+      return;
+    }
+    send(datagram, datagram.length);
   };
   const descriptor = () =>
     encodeDescriptor(fields(), {
@@ -136,10 +256,16 @@ export function createSource(settings: SourceSettings, components: SourceCompone
       sha256: input.sha256,
       name: settings.sessionName,
     });
-  const progress = (type: typeof PacketType.heartbeat | typeof PacketType.end) =>
+  const progress = (type: typeof PacketType.heartbeat | typeof PacketType.end) => () =>
     encodeProgress(type, fields(), { packetCount: stats.packetsSent, byteCount: stats.payloadBytesSent });
+  // A descriptor that cannot be encoded (a name too long) is the caller's to fix, before any I/O.
+  try {
+    descriptor();
+  } catch (error) {
+    throw new SourceSettingsError(`cannot describe the session: ${(error as Error).message}`);
+  }
   const waitForSlot = async () => {
-    while (inFlight >= sendRingPacketsMax - 8) {
+    while (inFlight >= sendRingPacketsMax - 8 && !stopping.signal.aborted) {
       await new Promise<void>((resolve) => {
         drained = resolve;
       });
@@ -148,16 +274,34 @@ export function createSource(settings: SourceSettings, components: SourceCompone
   };
 
   async function run(options: { signal?: AbortSignal } = {}): Promise<SourceStats> {
-    socket = await (components.openSocket ?? openSenderSocket)({
-      group: settings.group,
-      iface: settings.iface,
-      ttl: settings.ttl,
-    });
-    sendControl(descriptor());
-    const descriptorTimer = setInterval(() => sendControl(descriptor()), descriptorIntervalMs);
-    const heartbeatTimer = setInterval(
-      () => sendControl(progress(PacketType.heartbeat)),
-      heartbeatIntervalMs,
+    try {
+      socket = await (components.openSocket ?? openSenderSocket)({
+        group: settings.group,
+        iface: settings.iface,
+        ttl: settings.ttl,
+      });
+      await sendSession(options.signal);
+    } catch (error) {
+      fail(error);
+    } finally {
+      stats.inputDropped = input.droppedCount;
+      stats.inputDroppedTooLarge = input.droppedTooLargeCount ?? 0;
+      await close();
+      // A socket that opened after close() was called (close() saw none) is closed here.
+      await socket?.close();
+    }
+    if (failure !== undefined) {
+      throw failure;
+    }
+    return { ...stats, sendErrorCodes: { ...stats.sendErrorCodes } };
+  }
+
+  /** DESCRIPTORs through the start delay, DATA with HEARTBEATs, then END (repeated). */
+  async function sendSession(signal: AbortSignal | undefined): Promise<void> {
+    sendControl(descriptor);
+    const descriptorTimer = timers.every(descriptorIntervalMs, () => sendControl(descriptor));
+    const heartbeatTimer = timers.every(heartbeatIntervalMs, () =>
+      sendControl(progress(PacketType.heartbeat)),
     );
     try {
       // Routers install forwarding state when a group's first packet arrives, and drop what comes
@@ -166,27 +310,25 @@ export function createSource(settings: SourceSettings, components: SourceCompone
       // loses the first one must not wait a whole repeat interval to lock on the session.
       const startDelayMs = settings.startDelayMs ?? startDelayMsDefault;
       for (let i = 1; i < 3 && startDelayMs > 0; i++) {
-        await sleep(startDelayMs / 3);
-        sendControl(descriptor());
+        await timers.sleep(startDelayMs / 3);
+        sendControl(descriptor);
       }
-      await sleep(startDelayMs / 3);
+      await timers.sleep(startDelayMs / 3);
       stats.startedAtMs = performance.now();
-      await pump(options.signal);
+      await pump(signal);
       stats.elapsedMs = performance.now() - stats.startedAtMs;
     } finally {
-      clearInterval(descriptorTimer);
-      clearInterval(heartbeatTimer);
+      timers.clear(descriptorTimer);
+      timers.clear(heartbeatTimer);
     }
-    for (let i = 0; i < endRepeatCount; i++) {
+    for (let i = 0; i < endRepeatCount && !stopping.signal.aborted; i++) {
       sendControl(progress(PacketType.end));
-      await sleep(endRepeatIntervalMs);
+      await timers.sleep(endRepeatIntervalMs);
     }
-    while (inFlight > 0) {
-      await sleep(1);
+    // Every send calls back once (src/net/udp.ts), so this ends; close() ends it at once.
+    while (inFlight > 0 && !stopping.signal.aborted) {
+      await timers.sleep(1);
     }
-    stats.inputDropped = input.droppedCount;
-    await close();
-    return { ...stats };
   }
 
   /** The pacing loop: a token bucket in bytes, refilled from the clock, bursts of at most one batch. */
@@ -197,19 +339,23 @@ export function createSource(settings: SourceSettings, components: SourceCompone
     let refilledAtMs = performance.now();
     let slot = 0;
     let batch = 0;
-    const aborted = abortPromise(signal);
-    while (signal?.aborted !== true) {
+    const stopped = anySignal([signal, stopping.signal]);
+    const aborted = abortPromise(stopped);
+    while (!stopped.aborted) {
       if (bytesPerMs > 0 && creditBytes < slotBytes) {
         const now = performance.now();
         creditBytes = Math.min(burstBytes, creditBytes + (now - refilledAtMs) * bytesPerMs);
         refilledAtMs = now;
         if (creditBytes < slotBytes) {
-          await sleep(Math.max(1, Math.ceil((slotBytes - creditBytes) / bytesPerMs)));
+          await timers.sleep(Math.max(1, Math.ceil((slotBytes - creditBytes) / bytesPerMs)));
           batch = 0;
           continue;
         }
       }
       await waitForSlot();
+      if (stopped.aborted) {
+        return;
+      }
       const buffer = ring[slot] as Buffer;
       const length = input.read(buffer.subarray(headerBytes));
       if (length === inputEnded) {
@@ -221,11 +367,11 @@ export function createSource(settings: SourceSettings, components: SourceCompone
         continue;
       }
       writeHeaderFields(buffer, PacketType.data, sessionId, nextSequence, nowUs(), 0, length, incarnation);
-      inFlight++;
-      (socket as SenderSocket).send(buffer, headerBytes + length, onSent);
+      send(buffer, headerBytes + length);
       slot = (slot + 1) % sendRingPacketsMax;
       nextSequence = sequenceAdd(nextSequence, 1);
       stats.packetsSent++;
+      stats.packetsEmpty += length === 0 ? 1 : 0;
       stats.payloadBytesSent += length;
       stats.datagramBytesSent += headerBytes + length;
       creditBytes -= headerBytes + length;
@@ -238,6 +384,9 @@ export function createSource(settings: SourceSettings, components: SourceCompone
 
   async function close(): Promise<void> {
     closed ??= (async () => {
+      stopping.abort();
+      timers.close();
+      drained?.();
       await input.close();
       await socket?.close();
     })();
@@ -247,11 +396,13 @@ export function createSource(settings: SourceSettings, components: SourceCompone
   return { stats, run, close, [Symbol.asyncDispose]: close };
 }
 
-/** A promise that resolves when the signal aborts (never, without a signal). */
-function abortPromise(signal: AbortSignal | undefined): Promise<void> {
-  if (signal === undefined) {
-    return new Promise(() => undefined);
-  }
+/** A signal that aborts when any of the given ones does. */
+function anySignal(signals: ReadonlyArray<AbortSignal | undefined>): AbortSignal {
+  return AbortSignal.any(signals.filter((signal): signal is AbortSignal => signal !== undefined));
+}
+
+/** A promise that resolves when the signal aborts. */
+function abortPromise(signal: AbortSignal): Promise<void> {
   if (signal.aborted) {
     return Promise.resolve();
   }

@@ -133,6 +133,96 @@ describe('bad input: one clear line naming the value, exit code 2, no stack trac
       /--rate: "fast" is not a rate/,
     ],
     ['IPv6 without brackets', ['send', '--group', 'ff3e::1:5000', '--ticker'], /write IPv6 as \[ADDR\]:PORT/],
+    [
+      'a rate of 0 (it sent unpaced)',
+      ['send', '--group', '239.1.1.1:5000', '--ticker', '--rate', '0'],
+      /--rate: 0 is not a rate; for no pacing write --rate unlimited/,
+    ],
+    [
+      'a packet size whose REPAIR would not fit (65416 crashed every retransmit server)',
+      ['send', '--group', '239.1.1.1:5000', '--ticker', '--packet-size', '65416'],
+      /--packet-size: 65416 is above the maximum of \d+ bytes \(a REPAIR must carry the whole DATA packet\)/,
+    ],
+    [
+      'send: an IPv6 group with an IPv4 interface address',
+      ['send', '--group', '[ff3e::1]:5000', '--iface', '127.0.0.1', '--ticker'],
+      /--iface: 127\.0\.0\.1 is an IPv4 address but --group \[ff3e::1\]:5000 is IPv6/,
+    ],
+    [
+      'receive: an IPv4 group with an IPv6 interface address',
+      ['receive', '--group', '239.1.1.1:5000', '--iface', '::1'],
+      /--iface: ::1 is an IPv6 address but --group 239\.1\.1\.1:5000 is IPv4/,
+    ],
+    [
+      'receive: an IPv4 group with an IPv6 source',
+      ['receive', '--group', '239.1.1.1:5000', '--source', 'fd00::1'],
+      /--source: fd00::1 is an IPv6 address but --group 239\.1\.1\.1:5000 is IPv4/,
+    ],
+    [
+      'retransmit: an IPv6 group with an IPv4 interface address',
+      ['retransmit', '--join', '[ff3e::1]:5000', '--iface', '127.0.0.1', '--listen', '127.0.0.1:7000'],
+      /--iface: 127\.0\.0\.1 is an IPv4 address but --join \[ff3e::1\]:5000 is IPv6/,
+    ],
+    [
+      'repair: an IPv6 emit group with an IPv4 emit interface',
+      [
+        'repair',
+        '--join',
+        '239.1.1.1:5000',
+        '--emit',
+        '[ff3e::2]:5000',
+        '--emit-iface',
+        '127.0.0.1',
+        '--listen',
+        '127.0.0.1:7000',
+        '--reliable',
+      ],
+      /--emit-iface: 127\.0\.0\.1 is an IPv4 address but --emit \[ff3e::2\]:5000 is IPv6/,
+    ],
+    [
+      'agent: an IPv6 group with an IPv4 interface address',
+      ['agent', '--from', '[ff3e::1]:5000', '--from-iface', '127.0.0.1', '--deliver', '[ff3e::2]:5000'],
+      /--from-iface: 127\.0\.0\.1 is an IPv4 address but --from \[ff3e::1\]:5000 is IPv6/,
+    ],
+    [
+      'receive: a link-local group without an interface (bind EINVAL)',
+      ['receive', '--group', '[ff02::1234]:5000'],
+      /--group: ff02::1234 is a link-local group \(scope 2\): name the link with --iface NAME/,
+    ],
+    [
+      'send: a scoped group without an interface',
+      ['send', '--group', '[ff12::1]:5000', '--ticker'],
+      /--group: ff12::1 is a link-local group \(scope 2\): name the link with --iface NAME/,
+    ],
+    [
+      'retransmit: a link-local group without an interface',
+      ['retransmit', '--join', '[ff02::1]:5000', '--listen', '127.0.0.1:7000'],
+      /--join: ff02::1 is a link-local group \(scope 2\): name the link with --iface NAME/,
+    ],
+    [
+      'repair: a link-local group without an interface',
+      [
+        'repair',
+        '--join',
+        '[ff02::1]:5000',
+        '--emit',
+        '[ff3e::2]:5000',
+        '--listen',
+        '127.0.0.1:7000',
+        '--reliable',
+      ],
+      /--join: ff02::1 is a link-local group \(scope 2\): name the link with --iface NAME/,
+    ],
+    [
+      'agent: a link-local group without an interface',
+      ['agent', '--from', '[ff02::1]:5000', '--deliver', '[ff3e::2]:5000'],
+      /--from: ff02::1 is a link-local group \(scope 2\): name the link with --from-iface NAME/,
+    ],
+    [
+      'a zone written into the group',
+      ['receive', '--group', '[ff02::1%eth0]:5000'],
+      /--group: "ff02::1%eth0": give the interface with its own option/,
+    ],
   ];
   for (const [name, args, message] of cases) {
     it(name, async () => {

@@ -1,6 +1,13 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { formatEndpoint, isMulticast, parseEndpoint, parseGroup } from '../../src/net/address.js';
+import {
+  formatEndpoint,
+  isMulticast,
+  isScopedGroup,
+  multicastScope,
+  parseEndpoint,
+  parseGroup,
+} from '../../src/net/address.js';
 import { resolveInterface } from '../../src/net/interfaces.js';
 
 describe('endpoints', () => {
@@ -32,6 +39,30 @@ describe('endpoints', () => {
     assert.ok(!isMulticast('240.0.0.1'));
     assert.ok(isMulticast('FF02::1'));
     assert.ok(!isMulticast('fe80::1'));
+    assert.ok(!isMulticast('ff2::1'), 'ff2:: is 0ff2::, not ff00::/8');
+    assert.ok(!isMulticast('::ffff:239.1.1.1'));
+  });
+
+  it('reads the scope of IPv6 groups; scopes up to link-local need an interface', () => {
+    assert.equal(multicastScope('ff02::1234'), 2);
+    assert.equal(multicastScope('FF12::1'), 2);
+    assert.equal(multicastScope('ff01::1'), 1);
+    assert.equal(multicastScope('ff05::1'), 5);
+    assert.equal(multicastScope('ff3e::1'), 14);
+    assert.equal(multicastScope('239.1.1.1'), undefined);
+    assert.ok(isScopedGroup(parseGroup('[ff02::1234]:5000', 'g')));
+    assert.ok(isScopedGroup(parseGroup('[ff32::1]:5000', 'g')));
+    assert.ok(isScopedGroup(parseGroup('[ff00::1]:5000', 'g')));
+    assert.ok(!isScopedGroup(parseGroup('[ff05::1]:5000', 'g')));
+    assert.ok(!isScopedGroup(parseGroup('[ff3e::1]:5000', 'g')));
+    assert.ok(!isScopedGroup(parseGroup('224.0.0.251:5353', 'g')));
+  });
+
+  it('refuses a %zone in an endpoint, pointing at the interface option', () => {
+    assert.throws(
+      () => parseGroup('[ff02::1%eth0]:5000', '--group'),
+      /--group: "ff02::1%eth0": give the interface with its own option/,
+    );
   });
 });
 
@@ -39,6 +70,15 @@ describe('interfaces', () => {
   it('resolves loopback by name and by address', () => {
     assert.equal(resolveInterface('lo', 4).address, '127.0.0.1');
     assert.equal(resolveInterface('127.0.0.1', 4).name, 'lo');
+  });
+
+  it('refuses an interface address of the other family (an IPv6 group on 127.0.0.1 was accepted)', () => {
+    assert.throws(
+      () => resolveInterface('127.0.0.1', 6),
+      /interface address 127\.0\.0\.1 is IPv4 but the group is IPv6/,
+    );
+    assert.throws(() => resolveInterface('::1', 4), /interface address ::1 is IPv6 but the group is IPv4/);
+    assert.equal(resolveInterface('lo', 6).socketInterface, '::%lo');
   });
 
   it('names an unknown interface and lists the known ones', () => {

@@ -1,0 +1,232 @@
+/**
+ * The repair server never writes another run's bytes and never wedges (docs/protocol.md, "Session
+ * identity" and "Windows"): regressions of a repaired S2 that said "whole" while it held the
+ * wrong bytes, or that stayed stuck until restarted.
+ */
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Readable } from 'node:stream';
+import { after, describe, it } from 'node:test';
+import { controlKey } from '../../src/crypto/control-auth.js';
+import { parseGroup } from '../../src/net/address.js';
+import { SessionKind } from '../../src/protocol/packet.js';
+import { createReceiver } from '../../src/receiver/receiver.js';
+import { lossyS1Socket, type RepairServer, startRepairServer } from '../../src/repair/repair.js';
+import { type RetransmitServer, startRetransmitServer } from '../../src/retransmit/retransmit.js';
+import { openFileInput, openStreamInput, openTickerInput } from '../../src/source/inputs.js';
+import { createSource } from '../../src/source/source.js';
+import { crafter, data, descriptor, end, heartbeat } from '../helpers/craft.js';
+import { freshPort, loopbackIface, memorySink } from '../helpers/loopback.js';
+
+const key = controlKey(Buffer.from('integrity test secret, not for use'));
+const listen = { address: '127.0.0.1', port: 0, family: 4 as const };
+
+async function waitUntil(what: string, check: () => boolean, timeoutMs = 20_000): Promise<void> {
+  const deadline = performance.now() + timeoutMs;
+  while (!check()) {
+    if (performance.now() > deadline) {
+      throw new Error(`timed out waiting for ${what}`);
+    }
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}
+
+async function bed(options: {
+  lose?: (sequence: number) => boolean;
+  latencyMs?: number;
+  retransmit?: boolean;
+}) {
+  const s1 = parseGroup(`239.255.72.1:${freshPort()}`, 's1');
+  const s2 = parseGroup(`239.255.72.2:${freshPort()}`, 's2');
+  const retransmit: RetransmitServer | undefined =
+    options.retransmit === false
+      ? undefined
+      : await startRetransmitServer({
+          joins: [{ group: s1 }],
+          iface: loopbackIface,
+          listen,
+          keys: [key],
+          bufferBytesMax: 64 * 1024 * 1024,
+          bufferAgeMs: 60_000,
+          repairRateBitsPerSecond: 500_000_000,
+          announceTo: [],
+          peers: [],
+        });
+  const repair: RepairServer = await startRepairServer(
+    {
+      group: s1,
+      iface: loopbackIface,
+      listen,
+      keys: [key],
+      retransmit: retransmit === undefined ? [] : [retransmit.local],
+      emit: s2,
+      latencyMs: options.latencyMs,
+    },
+    options.lose === undefined ? {} : { openS1Socket: lossyS1Socket(options.lose) },
+  );
+  const close = async () => {
+    await repair.close();
+    await retransmit?.close();
+  };
+  return { s1, s2, retransmit, repair, close };
+}
+
+function receiverOf(group: ReturnType<typeof parseGroup>, timeoutMs = 10_000) {
+  const sink = memorySink();
+  const receiver = createReceiver({ group, iface: loopbackIface, timeoutMs }, { sink });
+  let joined: () => void = () => undefined;
+  const ready = new Promise<void>((resolve) => {
+    joined = resolve;
+  });
+  const done = receiver.run({ onJoined: () => joined() });
+  return { sink, ready, done };
+}
+
+const directory = mkdtempSync(join(tmpdir(), 'gatecast-integrity-'));
+after(() => rmSync(directory, { recursive: true, force: true }));
+let fileCount = 0;
+
+async function source(
+  group: ReturnType<typeof parseGroup>,
+  sessionId: number,
+  bytes: Buffer,
+  kind: 'file' | 'stream',
+) {
+  const path = join(directory, `input-${fileCount++}`);
+  writeFileSync(path, bytes);
+  const input = kind === 'file' ? await openFileInput(path) : openStreamInput(Readable.from([bytes]));
+  return createSource(
+    {
+      group,
+      iface: loopbackIface,
+      rateBitsPerSecond: 20_000_000,
+      packetPayloadBytes: 1000,
+      sessionName: kind,
+      sessionId,
+      firstSequence: 0,
+      startDelayMs: 50,
+    },
+    { input },
+  );
+}
+
+describe('repair keeps runs apart', () => {
+  it('a source restarted under the same session id: the S2 copy of the second run holds its own packet 5', async () => {
+    const t = await bed({ lose: (sequence) => sequence === 5 });
+    try {
+      const a = randomBytes(40_000);
+      const b = randomBytes(40_000);
+      await (await source(t.s1, 42, a, 'file')).run();
+      await waitUntil('the first run re-emitted', () => t.repair.status().sessionsCompleted === 1);
+      const rx = receiverOf(t.s2);
+      await rx.ready;
+      await (await source(t.s1, 42, b, 'stream')).run();
+      const summary = await rx.done;
+      assert.equal(summary.outcome, 'complete', JSON.stringify(t.repair.status()));
+      assert.deepEqual(rx.sink.bytes(), b);
+      const status = t.repair.status();
+      assert.equal(status.recovered, 2, JSON.stringify(status)); // packet 5 of each run, each from its own run
+      assert.equal(status.unrecoverable, 0);
+    } finally {
+      await t.close();
+    }
+  });
+
+  it('a source killed without END: the next session on the group is served once the dead run falls silent', async () => {
+    const t = await bed({});
+    try {
+      const out = await crafter(t.s1);
+      const dead = { sessionId: 9, incarnation: 9 };
+      out.send(descriptor(dead, { firstSequence: 0, next: 0, kind: SessionKind.stream }));
+      out.send(...[0, 1, 2].map((s) => data(dead, s, Buffer.alloc(100, s))), heartbeat(dead, 5));
+      await waitUntil('the dead run taken up', () => t.repair.status().sessionId === 9);
+      await out.close();
+      const rx = receiverOf(t.s2, 20_000);
+      await rx.ready;
+      const bytes = randomBytes(30_000);
+      // The new session starts while the dead one still looks alive; its DATA waits, bounded.
+      await (await source(t.s1, 10, bytes, 'file')).run();
+      const summary = await rx.done;
+      assert.equal(summary.outcome, 'complete', JSON.stringify(t.repair.status()));
+      assert.deepEqual(rx.sink.bytes(), bytes);
+      const status = t.repair.status();
+      assert.equal(status.sessionsIncomplete, 1, JSON.stringify(status));
+      assert.equal(status.unrecoverable, 2, "the dead run's tail (3 and 4) is counted, not hidden");
+      assert.equal(status.sessionsCompleted, 1);
+    } finally {
+      await t.close();
+    }
+  });
+
+  it('a repair server that joins a long file late repairs from there on and says what it cannot reach back for', async () => {
+    const t = await bed({ retransmit: false });
+    try {
+      const out = await crafter(t.s1);
+      const run = { sessionId: 12, incarnation: 12 };
+      out.send(descriptor(run, { firstSequence: 0, next: 100_000, payload: Buffer.alloc(1) }));
+      await waitUntil('the run taken up', () => t.repair.status().sessionId === 12);
+      for (let s = 100_000; s < 100_200; s += 20) {
+        out.send(...Array.from({ length: 20 }, (_, i) => data(run, s + i, Buffer.alloc(200, i))));
+        await new Promise((resolve) => setTimeout(resolve, 5));
+      }
+      out.send(end(run, 100_200, 100_200));
+      await waitUntil(
+        'the run re-emitted to its END',
+        () => t.repair.status().sessionsCompleted === 1,
+        30_000,
+      );
+      await out.close();
+      const status = t.repair.status();
+      assert.equal(status.notReached, 100_000 - 16_384);
+      assert.equal(status.unrecoverable, 16_384); // reached back for, and nobody held them
+      assert.ok(status.emitted >= 200, JSON.stringify(status));
+    } finally {
+      await t.close();
+    }
+  });
+});
+
+describe('one forged packet cannot stop a live repaired stream', () => {
+  it('forged HEARTBEATs (next + 65,000 and next + 5,000) into S1 of a --latency 100 repair: S2 stays whole, nothing counted as recovered', async () => {
+    const t = await bed({ latencyMs: 100 });
+    try {
+      const rx = receiverOf(t.s2);
+      const direct = receiverOf(t.s1);
+      await Promise.all([rx.ready, direct.ready]);
+      const run = { sessionId: 77, incarnation: 0x77 };
+      const ticker = createSource(
+        {
+          group: t.s1,
+          iface: loopbackIface,
+          rateBitsPerSecond: 0,
+          packetPayloadBytes: 64,
+          sessionName: 'ticker',
+          sessionId: run.sessionId,
+          incarnation: run.incarnation,
+          firstSequence: 1000,
+          startDelayMs: 50,
+        },
+        { input: openTickerInput({ ticksPerSecond: 500, tickCount: 600 }) },
+      );
+      const sending = ticker.run();
+      await waitUntil('the run under way', () => (t.repair.status().emitted ?? 0) > 50);
+      const out = await crafter(t.s1);
+      out.send(heartbeat(run, 1000 + 65_000), heartbeat(run, 1000 + 5_000));
+      await sending;
+      await out.close();
+      const [repaired, original] = await Promise.all([rx.done, direct.done]);
+      assert.equal(original.outcome, 'complete');
+      assert.equal(repaired.outcome, 'complete', JSON.stringify(t.repair.status()));
+      assert.deepEqual(rx.sink.bytes(), direct.sink.bytes());
+      const status = t.repair.status();
+      assert.equal(status.recovered, 0, JSON.stringify(status));
+      assert.equal(status.unrecoverable, 0, JSON.stringify(status));
+      assert.ok(status.claimsTooFar >= 1);
+    } finally {
+      await t.close();
+    }
+  });
+});
