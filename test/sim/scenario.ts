@@ -109,6 +109,8 @@ export interface ScenarioPlan {
   readonly events: readonly PlannedEvent[];
   readonly election: boolean;
   readonly endMs: number;
+  /** Calm plan with a source restart: repaired receivers started at the restart must finish whole. */
+  readonly restart: boolean;
 }
 
 const s1: Endpoint = { address: '239.1.2.3', port: 5000, family: 4 };
@@ -118,6 +120,8 @@ const sourceStartMs = 1000;
 const hostTimersMax = 10_000;
 /** Wall clocks further apart than this cannot pass each other's freshness check (30 s, less slack). */
 const clockApartMs = 20_000;
+/** A dead run is ended after sessionIdleMs (limits.ts); the bound the liveness check allows for it. */
+const sessionIdleMsBound = 10_000;
 /** Sockets one host may have open. */
 const hostSocketsMax = 16;
 
@@ -125,9 +129,13 @@ const hostSocketsMax = 16;
 export function planScenario(seed: number): ScenarioPlan {
   const r = SimRandom.fork(seed, 'plan');
   const calm = r.chance(0.4);
+  // A calm plan may kill its source mid-file and restart it under the same session id (a new
+  // run): repaired receivers started at the restart must get the new run whole (issue 9, inputs 2-3).
+  const restartDraw = SimRandom.fork(seed, 'plan/restart');
+  const restart = calm && restartDraw.chance(0.35);
   const payloadBytes = r.int(60_000, 400_000);
   const packetBytes = r.int(200, 1400);
-  const durationMs = r.int(1500, 6000);
+  const durationMs = restart ? restartDraw.int(6000, 9000) : r.int(1500, 6000);
   const rateBitsPerSecond = Math.ceil(
     ((payloadBytes + (payloadBytes / packetBytes) * 32) * 8 * 1000) / durationMs,
   );
@@ -230,8 +238,20 @@ export function planScenario(seed: number): ScenarioPlan {
       downMs: r.int(200, 3000),
     });
   }
+  if (restart) {
+    events.push({
+      atMs: sourceStartMs + Math.floor(durationMs * (0.2 + restartDraw.float() * 0.3)),
+      kind: 'crash-source',
+      downMs: restartDraw.int(100, 2000),
+      samePayload: false,
+    });
+  }
   const adversaryActionsCount = r.int(0, calm ? 30 : 80);
-  const calmActions = adversaryActions.filter((a) => a !== 'forge-descriptor-phantom');
+  // A calm plan leaves out what only signed sessions can refuse: a phantom run's DESCRIPTOR (and,
+  // around a restart, the dead run's DESCRIPTOR replayed) can lock a receiver that has not locked yet.
+  const calmActions = adversaryActions.filter(
+    (a) => a !== 'forge-descriptor-phantom' && (!restart || a !== 'replay-old-run'),
+  );
   for (let a = 0; a < adversaryActionsCount; a++) {
     events.push({
       atMs: calm
@@ -261,6 +281,7 @@ export function planScenario(seed: number): ScenarioPlan {
     events,
     election: r.chance(0.5),
     endMs: sessionEndMs + 40_000,
+    restart,
   };
 }
 
@@ -437,7 +458,7 @@ export async function runScenario(
     );
   };
 
-  if (plan.calm && kit.startRepair !== undefined) {
+  if (plan.calm && !plan.restart && kit.startRepair !== undefined) {
     // Liveness: loss at most 10 %, a live retransmit server holding everything, S2 clean: every
     // repaired receiver finishes whole, within the session's length plus a bound.
     for (let i = 0; i < plan.repairCount; i++) {
@@ -551,6 +572,9 @@ export async function runScenario(
               payloads[sourceHost.boot] = event.samePayload
                 ? (payloads[0] as Buffer)
                 : randomOf(`payload/${sourceHost.boot}`).bytes(plan.payloadBytes);
+              if (plan.restart && kit.startRepair !== undefined) {
+                startLateReceivers();
+              }
               startSource(sourceHost.boot);
             });
             return;
@@ -613,6 +637,23 @@ export async function runScenario(
     });
   }
 
+  /** At a calm restart: a receiver on each S2 that must get the new run whole. */
+  const startLateReceivers = () => {
+    const byMs = Math.ceil(
+      scheduler.nowMs + sessionIdleMsBound + (plan.payloadBytes * 8 * 1000) / plan.rateBitsPerSecond + 20_000,
+    );
+    for (let i = 0; i < plan.repairCount; i++) {
+      const name = `late${i}`;
+      const host = addHost(name);
+      network.setFaults(repairHosts[i] as SimHost, host, plan.s2Faults, 'multicast');
+      startReceiver(name, host, s2Of(i));
+      invariants.expectBy(`${name} finishes whole`, byMs, () => {
+        const outcome = outcomes[name];
+        return outcome === undefined ? undefined : outcome.startsWith('complete');
+      });
+    }
+  };
+
   // Whatever the roles are, no host may pile up timers or sockets (a timer per packet that is
   // never cleared, a socket per message).
   invariants.addStatusCheck('hosts', () => {
@@ -644,7 +685,7 @@ export async function runScenario(
     (sourceDone &&
       scheduler.nowMs > lastPlannedMs &&
       [...watched.keys()].every((name) => outcomes[name] !== undefined) &&
-      watched.size === Object.keys(plan.receiverStartMs).length);
+      watched.size >= Object.keys(plan.receiverStartMs).length);
   try {
     await scheduler.run(plan.endMs, allDone);
     // Let the roles' trailing timers (END repeats, grace periods) run a little after the verdicts.
