@@ -18,6 +18,7 @@
  * - liveness: receivers the scenario expects to finish whole do so within a bound of virtual time.
  */
 import { createHash } from 'node:crypto';
+import { retransmitRunsPerGroupMax } from '../../src/limits.js';
 import type { Endpoint } from '../../src/net/address.js';
 import {
   headerBytes,
@@ -90,8 +91,18 @@ interface WatchedRetransmit {
   readonly host: SimHost;
   readonly boot: number;
   readonly bufferAgeMs: number;
-  /** (run, sequence) -> when this boot of the server received the DATA. */
-  readonly held: Map<string, HeldPacket>;
+  /**
+   * The runs this boot of the server buffers, as the documented policy keeps them: at most
+   * retransmitRunsPerGroupMax, a new run evicting the one that stored a packet least recently
+   * (forged runs count too: evicting an idle run for them is within the rules).
+   */
+  readonly runs: Map<string, HeldRun>;
+}
+
+interface HeldRun {
+  lastAddedMs: number;
+  /** Sequence -> when it arrived, and whether the source sent it (not the adversary). */
+  readonly packets: Map<number, HeldPacket & { readonly genuine: boolean }>;
 }
 
 interface WatchedServer {
@@ -260,7 +271,7 @@ export class Invariants {
 
   /** A retransmit server whose held packets the repair servers must not give up. */
   watchRetransmit(host: SimHost, bufferAgeMs: number): void {
-    this.#retransmits.push({ host, boot: host.boot, bufferAgeMs, held: new Map() });
+    this.#retransmits.push({ host, boot: host.boot, bufferAgeMs, runs: new Map() });
   }
 
   /** A server that may send unicast only to `allowed` and to what proved itself to it. */
@@ -465,19 +476,32 @@ export class Invariants {
   }
 
   #onGroupDelivered(record: SendRecord, host: SimHost, boot: number): void {
-    if (
-      record.spoofed ||
-      record.datagram[offsetType] !== PacketType.data ||
-      !this.#sources.has(record.host)
-    ) {
+    const datagram = record.datagram;
+    if (datagram[offsetType] !== PacketType.data || datagram.length < headerBytes) {
       return;
     }
+    const now = this.#network.scheduler.nowMs;
     for (const watched of this.#retransmits) {
-      if (watched.host === host && watched.boot === boot) {
-        const key = `${runOf(record.datagram)}#${record.datagram.readUInt32BE(offsetSequence)}`;
-        if (!watched.held.has(key)) {
-          watched.held.set(key, { receivedAtMs: this.#network.scheduler.nowMs });
+      if (watched.host !== host || watched.boot !== boot) {
+        continue;
+      }
+      const key = runOf(datagram);
+      let run = watched.runs.get(key);
+      if (run === undefined) {
+        if (watched.runs.size >= retransmitRunsPerGroupMax) {
+          const idlest = [...watched.runs].reduce((a, b) => (b[1].lastAddedMs < a[1].lastAddedMs ? b : a));
+          watched.runs.delete(idlest[0]);
         }
+        run = { lastAddedMs: now, packets: new Map() };
+        watched.runs.set(key, run);
+      }
+      const sequence = datagram.readUInt32BE(offsetSequence);
+      if (!run.packets.has(sequence)) {
+        run.lastAddedMs = now;
+        run.packets.set(sequence, {
+          receivedAtMs: now,
+          genuine: !record.spoofed && this.#sources.has(record.host),
+        });
       }
     }
   }
@@ -510,8 +534,8 @@ export class Invariants {
   #checkGivenUp(repairHost: SimHost, run: string, sequence: number): void {
     const now = this.#network.scheduler.nowMs;
     for (const watched of this.#retransmits) {
-      const held = watched.held.get(`${run}#${sequence}`);
-      if (held === undefined || !watched.host.alive || watched.host.boot !== watched.boot) {
+      const held = watched.runs.get(run)?.packets.get(sequence);
+      if (held?.genuine !== true || !watched.host.alive || watched.host.boot !== watched.boot) {
         continue;
       }
       // Held for the whole buffer age (less a margin for the edge), and reachable from the repair

@@ -82,6 +82,7 @@ export interface RoleKit {
 export type PlannedEvent =
   | { atMs: number; kind: 'crash-retransmit'; index: number; downMs: number }
   | { atMs: number; kind: 'crash-source'; downMs: number; samePayload: boolean }
+  | { atMs: number; kind: 'crash-repair'; index: number; downMs: number }
   | { atMs: number; kind: 'clock-step'; host: string; deltaMs: number }
   | { atMs: number; kind: 'partition'; a: string[]; b: string[]; forMs: number }
   | { atMs: number; kind: 'adversary'; action: AdversaryAction };
@@ -208,6 +209,15 @@ export function planScenario(seed: number): ScenarioPlan {
         kind: 'crash-source',
         downMs: r.int(100, 4000),
         samePayload: r.chance(0.3),
+      });
+    }
+    const repairCrashes = SimRandom.fork(seed, 'plan/repair-crash');
+    if (repairCrashes.chance(0.3)) {
+      events.push({
+        atMs: repairCrashes.int(sourceStartMs, sessionEndMs + 2000),
+        kind: 'crash-repair',
+        index: repairCrashes.int(0, repairCount - 1),
+        downMs: repairCrashes.int(100, 3000),
       });
     }
     for (let s = r.int(0, 3); s > 0; s--) {
@@ -425,7 +435,41 @@ export async function runScenario(
       ...repairEndpoints,
     ]);
   }
-  const repairHandles: RoleHandle[] = [];
+  const repairHandles: Array<RoleHandle | undefined> = [];
+  const startRepair = async (i: number) => {
+    const host = repairHosts[i] as SimHost;
+    if (kit.startRepair === undefined) {
+      return;
+    }
+    const spec: RepairSpec = {
+      listen: control(host),
+      keys: [key],
+      group: s1,
+      emit: s2Of(i),
+      retransmit: retransmitEndpoints,
+      latencyMs: undefined,
+    };
+    const boot = host.boot;
+    const handle = await kit.startRepair(spec, host.runtime(randomOf(`repair${i}/${boot}`)));
+    repairHandles[i] = handle;
+    if (kit.checkLimits !== undefined) {
+      const check = kit.checkLimits;
+      invariants.addStatusCheck(`repair${i}`, () =>
+        host.boot === boot ? check('repair', handle.status()) : undefined,
+      );
+    }
+    if (kit.recoveredOf !== undefined) {
+      const recoveredOf = kit.recoveredOf;
+      invariants.addStatusCheck(`repair${i}`, () => {
+        const recovered = host.boot === boot ? recoveredOf(handle.status()) : 0;
+        const brought = invariants.repairsDeliveredTo(host);
+        return recovered > brought
+          ? `counts ${recovered} recovered but REPAIRs brought ${brought}`
+          : undefined;
+      });
+    }
+    say(`repair${i} boot ${boot} up`);
+  };
   for (const [index, host] of repairHosts.entries()) {
     invariants.watchServer(`repair${index}`, host, retransmitEndpoints);
     invariants.watchRepairEmitter(host, s2Of(index), true);
@@ -498,40 +542,7 @@ export async function runScenario(
     timeline.push({ atMs: 0, run: () => startRetransmit(i) });
   }
   for (let i = 0; i < plan.repairCount; i++) {
-    const host = repairHosts[i] as SimHost;
-    timeline.push({
-      atMs: 0,
-      run: async () => {
-        if (kit.startRepair === undefined) {
-          return;
-        }
-        const spec: RepairSpec = {
-          listen: control(host),
-          keys: [key],
-          group: s1,
-          emit: s2Of(i),
-          retransmit: retransmitEndpoints,
-          latencyMs: undefined,
-        };
-        const handle = await kit.startRepair(spec, host.runtime(randomOf(`repair${i}`)));
-        repairHandles.push(handle);
-        if (kit.checkLimits !== undefined) {
-          const check = kit.checkLimits;
-          invariants.addStatusCheck(`repair${i}`, () => check('repair', handle.status()));
-        }
-        if (kit.recoveredOf !== undefined) {
-          const recoveredOf = kit.recoveredOf;
-          invariants.addStatusCheck(`repair${i}`, () => {
-            const recovered = recoveredOf(handle.status());
-            const brought = invariants.repairsDeliveredTo(host);
-            return recovered > brought
-              ? `counts ${recovered} recovered but REPAIRs brought ${brought}`
-              : undefined;
-          });
-        }
-        say(`repair${i} up`);
-      },
-    });
+    timeline.push({ atMs: 0, run: () => startRepair(i) });
   }
   for (const [name, atMs] of Object.entries(plan.receiverStartMs)) {
     const host = hosts.get(name) as SimHost;
@@ -557,6 +568,22 @@ export async function runScenario(
               host.restart();
               void startRetransmit(event.index).catch((error: unknown) =>
                 invariants.report('no-throw', `retransmit${event.index} restart failed: ${String(error)}`),
+              );
+            });
+            return;
+          }
+          case 'crash-repair': {
+            const host = repairHosts[event.index] as SimHost;
+            if (!host.alive) {
+              return;
+            }
+            say(`crash repair${event.index} for ${event.downMs} ms`);
+            host.kill();
+            repairHandles[event.index] = undefined;
+            scheduler.schedule(event.downMs, 'restart', () => {
+              host.restart();
+              void startRepair(event.index).catch((error: unknown) =>
+                invariants.report('no-throw', `repair${event.index} restart failed: ${String(error)}`),
               );
             });
             return;
