@@ -107,7 +107,7 @@ export const announceSessionsMax = 64;
 /** Authenticated peers whose replay windows a server keeps; the least recent is forgotten first. */
 export const replayPeersMax = 1024;
 
-/** Counters a replay window remembers, and how far from our clock a counter may be (freshness). */
+/** Counters a replay window remembers, and how far from our wall clock a control message's timestamp may be. */
 export const replayWindowCountersMax = 64;
 export const replayFreshnessMs = 30_000;
 
@@ -116,6 +116,13 @@ export const retransmitGroupsMax = 4096;
 
 /** Retransmit server: runs buffered per group (a restarted source is a new run); the idlest goes first. */
 export const retransmitRunsPerGroupMax = 4;
+
+/**
+ * How long a peer's learned sender id is used as the target of what we send it without hearing
+ * from it; after that we write target 0, so a peer that restarted (a new id) still takes the
+ * message and teaches us its new id (docs/protocol.md, "Freshness, replay and binding").
+ */
+export const controlPeerSilenceMsMax = 3_000;
 
 /** Retransmit server: default buffer bounds per session. */
 export const retransmitBufferBytesDefault = 256 * 1024 * 1024;

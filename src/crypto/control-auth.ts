@@ -1,23 +1,41 @@
 /**
  * Authentication of control messages between an operator's servers (docs/protocol.md,
- * "Authentication"): HMAC-SHA-256 truncated to 128 bits over the whole packet before the tag, a
- * per-sender counter in microseconds that must be fresh and never repeat (replay window), and
- * keys named by a 32-bit key id derived from the key itself.
+ * "Authentication trailer" and "Freshness, replay and binding"): HMAC-SHA-256 truncated to 128
+ * bits over the whole packet before the tag; the header's timestamp, checked against our wall
+ * clock read afresh (freshness survives clock steps); a per-sender count checked against a replay
+ * window (a clock step never looks like a replay); a target id that binds a message to one process
+ * of one server (a capture replayed to another server, or to the same one after its restart, is
+ * refused); and, for a NACK, the requester's own address under the tag (answers go only there).
+ *
+ * The roles use ControlChannel; ControlSealer and ControlVerifier are its parts.
  */
+import assert from 'node:assert/strict';
 import { createHash, createHmac, randomInt, timingSafeEqual } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { replayFreshnessMs, replayPeersMax, replayWindowCountersMax } from '../limits.js';
-import { nowMicroseconds } from '../net/clock.js';
+import { isIPv4, isIPv6 } from 'node:net';
+import { networkInterfaces } from 'node:os';
+import {
+  controlPeerSilenceMsMax,
+  replayFreshnessMs,
+  replayPeersMax,
+  replayWindowCountersMax,
+} from '../limits.js';
+import { systemTime, type TimeSource } from '../net/clock.js';
+import { writeAddress } from '../protocol/address.js';
 import {
   type AuthTrailer,
   authOffsetCounter,
   authOffsetKeyId,
   authOffsetSenderId,
   authOffsetTag,
+  authOffsetTargetId,
   authTagBytes,
   authTrailerBytes,
+  encodeAnnounce,
+  type PeerEndpoint,
 } from '../protocol/control.js';
 import type { DecodeResult } from '../protocol/errors.js';
+import { type Header, headerBytes, offsetTimestamp, PacketType } from '../protocol/packet.js';
 
 /** Shortest secret accepted: 128 bits. */
 export const secretBytesMin = 16;
@@ -63,55 +81,118 @@ function tag(key: Buffer, packet: Buffer): Buffer {
     .subarray(0, authTagBytes);
 }
 
-/** Seals control packets as one sender: fills the trailer and computes the tag in place. */
+/** A random 32-bit id that is not 0 (0 means "not known" in a trailer's target id). */
+function randomSenderId(): number {
+  return randomInt(1, 0xffff_ffff);
+}
+
+/**
+ * Seals control packets as one sender: stamps the header's timestamp with the wall clock (read
+ * now), and fills the trailer — key id, sender id, target id, the next count — and the tag.
+ */
 export class ControlSealer {
   readonly senderId: number;
   readonly #key: ControlKey;
-  readonly #clockUs: () => number;
-  #lastCounter = 0;
+  readonly #clock: Pick<TimeSource, 'wallUs'>;
+  #counter = 0;
 
-  constructor(key: ControlKey, options: { senderId?: number; clockUs?: () => number } = {}) {
+  constructor(key: ControlKey, options: { senderId?: number; clock?: Pick<TimeSource, 'wallUs'> } = {}) {
     this.#key = key;
-    this.senderId = options.senderId ?? randomInt(1, 0xffff_ffff);
-    this.#clockUs = options.clockUs ?? nowMicroseconds;
+    this.senderId = options.senderId ?? randomSenderId();
+    assert.ok(this.senderId > 0 && this.senderId <= 0xffff_ffff);
+    this.#clock = options.clock ?? systemTime;
   }
 
-  /** Writes key id, sender id, a fresh counter and the tag into the packet's trailer. */
-  seal(packet: Buffer): Buffer {
+  /** Seals the packet in place for the process whose sender id is targetId (0: not known). */
+  seal(packet: Buffer, targetId = 0): Buffer {
+    assert.ok(packet.length >= headerBytes + authTrailerBytes);
+    const timestampUs = this.#clock.wallUs();
+    packet.writeUInt32BE(Math.floor(timestampUs / 0x1_0000_0000), offsetTimestamp);
+    packet.writeUInt32BE(timestampUs >>> 0, offsetTimestamp + 4);
+    // A count, not a time: a step of the sender's clock can never make it repeat (issue 9, item 6).
+    this.#counter++;
     const at = packet.length - authTrailerBytes;
-    const counter = Math.max(this.#clockUs(), this.#lastCounter + 1);
-    this.#lastCounter = counter;
     packet.writeUInt32BE(this.#key.keyId, at + authOffsetKeyId);
     packet.writeUInt32BE(this.senderId, at + authOffsetSenderId);
-    packet.writeUInt32BE(Math.floor(counter / 0x1_0000_0000), at + authOffsetCounter);
-    packet.writeUInt32BE(counter >>> 0, at + authOffsetCounter + 4);
+    packet.writeUInt32BE(targetId >>> 0, at + authOffsetTargetId);
+    packet.writeUInt32BE(Math.floor(this.#counter / 0x1_0000_0000), at + authOffsetCounter);
+    packet.writeUInt32BE(this.#counter >>> 0, at + authOffsetCounter + 4);
     tag(this.#key.key, packet).copy(packet, at + authOffsetTag);
     return packet;
   }
 }
 
-/** Why a control message was not accepted. */
-export type AuthFailure = 'unknown-key' | 'bad-tag' | 'stale' | 'replayed';
+/** Why a control message was not accepted; counted as `${label}-${reason}`. */
+export type AuthFailure =
+  | 'unknown-key'
+  | 'bad-tag'
+  | 'wrong-target'
+  | 'stale'
+  | 'before-start'
+  | 'replayed'
+  | 'reply-mismatch'
+  | 'wrong-endpoint';
 
-interface ReplayState {
-  highest: number;
-  recent: number[];
+const windowMask = (1n << BigInt(replayWindowCountersMax)) - 1n;
+
+/**
+ * The counters accepted from one sender: the highest, and a bitmap of the window below it
+ * (RFC 4303, section 3.4.3). Also the highest timestamp, for when the window is forgotten.
+ */
+class ReplayWindow {
+  highest = 0;
+  bitmap = 0n;
+  highestTimestampUs = 0;
+
+  seen(counter: number): boolean {
+    if (counter > this.highest) {
+      return false;
+    }
+    const offset = this.highest - counter;
+    return offset >= replayWindowCountersMax || ((this.bitmap >> BigInt(offset)) & 1n) === 1n;
+  }
+
+  accept(counter: number, timestampUs: number): void {
+    if (counter > this.highest) {
+      const shift = counter - this.highest;
+      this.bitmap =
+        shift >= replayWindowCountersMax ? 1n : ((this.bitmap << BigInt(shift)) | 1n) & windowMask;
+      this.highest = counter;
+    } else {
+      this.bitmap |= 1n << BigInt(this.highest - counter);
+    }
+    this.highestTimestampUs = Math.max(this.highestTimestampUs, timestampUs);
+  }
+}
+
+/** The message fields verification reads: the header's timestamp and the trailer. */
+export interface Stamped {
+  readonly timestampUs: number;
+  readonly auth: AuthTrailer;
 }
 
 /**
- * Verifies control packets: the tag first (no state is kept for a sender that fails it), then
- * freshness against our clock, then the per-sender replay window.
+ * Verifies control packets addressed to one process (docs/protocol.md, "Freshness, replay and
+ * binding"). check() keeps no state; commit() records an accepted message. In order: key, tag
+ * (nothing is learned from a packet that fails it), target id, freshness, start, replay window.
  */
 export class ControlVerifier {
+  /** This process's own sender id: the target id that peers who know us write. */
+  readonly ownId: number;
   readonly #keys = new Map<number, Buffer>();
-  readonly #peers = new Map<number, ReplayState>();
-  readonly #clockUs: () => number;
+  readonly #peers = new Map<number, ReplayWindow>();
+  readonly #clock: TimeSource;
+  readonly #startMs: number;
+  /** Highest timestamp of any sender whose window was forgotten (the table was full). */
+  #forgottenUpToUs = 0;
 
-  constructor(keys: readonly ControlKey[], options: { clockUs?: () => number } = {}) {
+  constructor(keys: readonly ControlKey[], options: { ownId: number; clock?: TimeSource }) {
     for (const key of keys) {
       this.#keys.set(key.keyId, key.key);
     }
-    this.#clockUs = options.clockUs ?? nowMicroseconds;
+    this.ownId = options.ownId;
+    this.#clock = options.clock ?? systemTime;
+    this.#startMs = this.#clock.nowMs();
   }
 
   /** Senders whose replay windows are kept. */
@@ -119,71 +200,299 @@ export class ControlVerifier {
     return this.#peers.size;
   }
 
-  /** Checks a packet whose trailer decoded as auth; undefined when accepted. */
-  verify(packet: Buffer, auth: AuthTrailer): AuthFailure | undefined {
+  /**
+   * When this process started, on the wall clock as it reads now: now minus the monotonic time
+   * since the start, so a correction of the clock moves both alike.
+   */
+  startWallUs(): number {
+    return this.#clock.wallUs() - Math.round((this.#clock.nowMs() - this.#startMs) * 1000);
+  }
+
+  /** Checks a packet whose header and trailer decoded as message; undefined when acceptable. */
+  check(packet: Buffer, message: Stamped): AuthFailure | undefined {
+    const { auth, timestampUs } = message;
     const key = this.#keys.get(auth.keyId);
     if (key === undefined) {
       return 'unknown-key';
     }
-    const expected = tag(key, packet);
     const actual = packet.subarray(packet.length - authTagBytes);
-    if (actual.length !== authTagBytes || !timingSafeEqual(expected, actual)) {
+    if (actual.length !== authTagBytes || !timingSafeEqual(tag(key, packet), actual)) {
       return 'bad-tag';
     }
-    if (Math.abs(auth.counter - this.#clockUs()) > replayFreshnessMs * 1000) {
+    if (auth.targetId !== 0 && auth.targetId !== this.ownId) {
+      return 'wrong-target'; // meant for another server, or for this one before a restart
+    }
+    const nowUs = this.#clock.wallUs();
+    if (Math.abs(timestampUs - nowUs) > replayFreshnessMs * 1000) {
       return 'stale';
     }
-    const state = this.#peers.get(auth.senderId);
-    if (state === undefined) {
-      this.#remember(auth.senderId, { highest: auth.counter, recent: [auth.counter] });
-      return undefined;
+    if (auth.targetId === 0 && timestampUs < this.startWallUs()) {
+      return 'before-start'; // sent before this process existed: a capture from an earlier life
     }
-    const floor = state.recent.length >= replayWindowCountersMax ? (state.recent[0] ?? 0) : 0;
-    if (auth.counter <= floor || state.recent.includes(auth.counter)) {
+    const window = this.#peers.get(auth.senderId);
+    if (window === undefined ? timestampUs <= this.#forgottenUpToUs : window.seen(auth.counter)) {
       return 'replayed';
     }
-    state.recent.push(auth.counter);
-    state.recent.sort((a, b) => a - b);
-    if (state.recent.length > replayWindowCountersMax) {
-      state.recent.shift();
-    }
-    state.highest = Math.max(state.highest, auth.counter);
-    this.#remember(auth.senderId, state);
     return undefined;
   }
 
-  #remember(senderId: number, state: ReplayState): void {
+  /** Records a message that check() accepted: its counter enters its sender's window. */
+  commit(message: Stamped): void {
+    const senderId = message.auth.senderId;
+    const window = this.#peers.get(senderId) ?? new ReplayWindow();
+    window.accept(message.auth.counter, message.timestampUs);
     this.#peers.delete(senderId);
-    this.#peers.set(senderId, state);
+    this.#peers.set(senderId, window);
     if (this.#peers.size > replayPeersMax) {
-      const oldest = this.#peers.keys().next().value;
-      if (oldest !== undefined) {
-        this.#peers.delete(oldest);
-      }
+      const [oldestId, oldest] = this.#peers.entries().next().value as [number, ReplayWindow];
+      this.#peers.delete(oldestId);
+      // Its messages up to here could be replayed to us now: refuse them from unknown senders.
+      this.#forgottenUpToUs = Math.max(this.#forgottenUpToUs, oldest.highestTimestampUs);
     }
+  }
+
+  /** check() and, when it passes, commit(). */
+  verify(packet: Buffer, message: Stamped): AuthFailure | undefined {
+    const failure = this.check(packet, message);
+    if (failure === undefined) {
+      this.commit(message);
+    }
+    return failure;
   }
 }
 
+/** An IP address as comparable text (family, 16 bytes in hex); an IPv4-mapped IPv6 one as IPv4. */
+function addressKey(address: string): string | undefined {
+  const plain = address.replace(/%.*$/, ''); // an IPv6 zone names the interface, not the host
+  const text = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(plain)?.[1] ?? plain; // as a dual-stack socket reports it
+  if (!isIPv4(text) && !isIPv6(text)) {
+    return undefined;
+  }
+  const bytes = Buffer.alloc(16);
+  let family = writeAddress(bytes, 0, text);
+  if (
+    family === 6 &&
+    bytes.subarray(0, 10).every((byte) => byte === 0) &&
+    bytes.readUInt16BE(10) === 0xffff
+  ) {
+    bytes.copy(bytes, 0, 12, 16); // ::ffff:102:304 is 1.2.3.4 too
+    bytes.fill(0, 4);
+    family = 4;
+  }
+  return `${family}/${bytes.toString('hex')}`;
+}
+
+/** True when two endpoints name the same address and port, however the addresses are written. */
+export function sameEndpoint(a: PeerEndpoint, b: PeerEndpoint): boolean {
+  const key = addressKey(a.address);
+  return a.port === b.port && key !== undefined && key === addressKey(b.address);
+}
+
+function endpointKey(endpoint: PeerEndpoint): string | undefined {
+  const key = addressKey(endpoint.address);
+  return key === undefined ? undefined : `${key}/${endpoint.port}`;
+}
+
+function isWildcard(address: string): boolean {
+  return address === '0.0.0.0' || address === '::';
+}
+
+/** Addresses of this host's interfaces, for a socket bound to a wildcard address. */
+function hostAddresses(): string[] {
+  return Object.values(networkInterfaces()).flatMap((list) => (list ?? []).map((entry) => entry.address));
+}
+
+/** A control message as the channel sees it: its header, its trailer, the fields it binds. */
+export type Sealed = Header & {
+  readonly auth: AuthTrailer;
+  /** NACK: where the requester takes REPAIRs. */
+  readonly replyTo?: PeerEndpoint;
+  /** SETUP: the server it is for. */
+  readonly target?: PeerEndpoint;
+  /** ANNOUNCE: where the announcing server takes NACKs (with port). */
+  readonly address?: string;
+  /** ANNOUNCE: the port it takes NACKs at; SETUP: the group's port. */
+  readonly port?: number;
+};
+
+interface LearnedPeer {
+  senderId: number;
+  timestampUs: number;
+  heardAtMs: number;
+}
+
+/** Settings of a control channel. */
+export interface ControlChannelOptions {
+  /** This process's sender id (random when not given; tests pin it). */
+  readonly senderId?: number;
+  readonly clock?: TimeSource;
+  /**
+   * The endpoints peers reach this process at: its control socket and the address it announces.
+   * A SETUP must name one of them; a wildcard address stands for any address of this host. The
+   * first is the one an introduction announces.
+   */
+  readonly self?: () => readonly PeerEndpoint[];
+}
+
 /**
- * Decodes a control message and verifies its trailer. On either failure the reason is counted as
- * `${label}-${reason}` and undefined comes back: nothing is kept and nothing is answered.
+ * One process's end of the authenticated control plane (docs/protocol.md, "Freshness, replay and
+ * binding"). It seals each message for the peer it goes to, naming that peer's sender id as the
+ * target once learned; it accepts a message only when it is authentic, fresh, not replayed, meant
+ * for this process, and — NACK — sent from the address it asks to be answered at, or — SETUP —
+ * naming this server. It learns peers' sender ids from the messages it accepts.
  */
-export function acceptControl<T extends { readonly auth: AuthTrailer }>(
-  datagram: Buffer,
-  decode: (datagram: Buffer) => DecodeResult<T>,
-  verifier: ControlVerifier,
-  label: string,
-  drop: (reason: string) => void,
-): T | undefined {
-  const decoded = decode(datagram);
-  if (!decoded.ok) {
-    drop(`${label}-${decoded.reason}`);
+export class ControlChannel {
+  readonly senderId: number;
+  readonly #sealer: ControlSealer;
+  readonly #verifier: ControlVerifier;
+  readonly #clock: TimeSource;
+  readonly #self: () => readonly PeerEndpoint[];
+  readonly #learned = new Map<string, LearnedPeer>();
+
+  constructor(keys: readonly ControlKey[], options: ControlChannelOptions = {}) {
+    const [sealingKey] = keys;
+    assert.ok(sealingKey !== undefined, 'a control channel needs a key');
+    this.#clock = options.clock ?? systemTime;
+    this.#sealer = new ControlSealer(sealingKey, {
+      clock: this.#clock,
+      ...(options.senderId === undefined ? {} : { senderId: options.senderId }),
+    });
+    this.senderId = this.#sealer.senderId;
+    this.#verifier = new ControlVerifier(keys, { ownId: this.senderId, clock: this.#clock });
+    this.#self = options.self ?? (() => []);
+  }
+
+  /**
+   * The sender id learned for a peer's endpoint; 0 when not known, or when the peer has not been
+   * heard from for controlPeerSilenceMsMax (it may have restarted under a new id, which a message
+   * naming the old one would never reach).
+   */
+  targetIdOf(peer: PeerEndpoint): number {
+    const key = endpointKey(peer);
+    const known = key === undefined ? undefined : this.#learned.get(key);
+    if (known === undefined || this.#clock.nowMs() - known.heardAtMs > controlPeerSilenceMsMax) {
+      return 0;
+    }
+    return known.senderId;
+  }
+
+  /**
+   * Seals a packet in place for the peer at `to` (its learned sender id as the target), or for
+   * no one in particular (target 0) when `to` is undefined: a multicast.
+   */
+  seal(packet: Buffer, to?: PeerEndpoint): Buffer {
+    return this.#sealer.seal(packet, to === undefined ? 0 : this.targetIdOf(to));
+  }
+
+  /** Seals an answer to a message this channel accepted: for the process that sent it. */
+  sealReply(packet: Buffer, request: Sealed): Buffer {
+    return this.#sealer.seal(packet, request.auth.senderId);
+  }
+
+  /**
+   * Decodes and verifies a datagram that came from `remote`. On any failure the reason is counted
+   * as `${label}-${reason}` and undefined comes back: nothing is kept and nothing is answered.
+   */
+  accept<T extends Sealed>(
+    datagram: Buffer,
+    remote: PeerEndpoint,
+    decode: (datagram: Buffer) => DecodeResult<T>,
+    label: string,
+    drop: (reason: string) => void,
+  ): T | undefined {
+    const decoded = decode(datagram);
+    if (!decoded.ok) {
+      drop(`${label}-${decoded.reason}`);
+      return undefined;
+    }
+    const message = decoded.value;
+    const failure = this.#verifier.check(datagram, message) ?? this.#checkBinding(message, remote);
+    if (failure !== undefined) {
+      drop(`${label}-${failure}`);
+      return undefined;
+    }
+    this.#verifier.commit(message);
+    this.#learn(remote, message);
+    if (message.type === PacketType.announce && message.address !== undefined && message.port !== undefined) {
+      this.#learn({ address: message.address, port: message.port }, message);
+    }
+    return message;
+  }
+
+  /**
+   * What a retransmit server sends a requester whose NACK did not name it (target id 0): an
+   * ANNOUNCE of no sessions, sealed for the requester, so it learns our sender id. At 92 bytes it
+   * is smaller than any NACK (100 bytes at least): an unproven request is never amplified.
+   */
+  introduction(request: Sealed): Buffer {
+    const [announced] = this.#self();
+    assert.ok(announced !== undefined, 'an introduction needs the announced endpoint');
+    const packet = encodeAnnounce(
+      { sessionId: 0, sequence: 0, timestampUs: 0 },
+      { address: announced.address, port: announced.port, sessions: [] },
+    );
+    return this.sealReply(packet, request);
+  }
+
+  #checkBinding(message: Sealed, remote: PeerEndpoint): AuthFailure | undefined {
+    if (
+      message.type === PacketType.nack &&
+      (message.replyTo === undefined || !sameEndpoint(message.replyTo, remote))
+    ) {
+      return 'reply-mismatch'; // answers go only to the address that signed the request
+    }
+    if (
+      message.type === PacketType.setup &&
+      (message.target === undefined || !this.#isSelf(message.target))
+    ) {
+      return 'wrong-endpoint';
+    }
     return undefined;
   }
-  const failure = verifier.verify(datagram, decoded.value.auth);
-  if (failure !== undefined) {
-    drop(`${label}-${failure}`);
-    return undefined;
+
+  #isSelf(target: PeerEndpoint): boolean {
+    return this.#self().some(
+      (own) =>
+        own.port === target.port &&
+        (sameEndpoint(own, target) ||
+          (isWildcard(own.address) &&
+            hostAddresses().some((address) => sameEndpoint({ address, port: own.port }, target)))),
+    );
   }
-  return decoded.value;
+
+  /**
+   * Remembers which sender id speaks for an endpoint. Another id replaces the one known only when
+   * its message is newer, or when the known one has been silent for the freshness window — so a
+   * replayed message of a server's earlier life cannot undo what its current one taught us.
+   */
+  #learn(endpoint: PeerEndpoint, message: Sealed): void {
+    const key = endpointKey(endpoint);
+    if (key === undefined || isWildcard(endpoint.address)) {
+      return;
+    }
+    const nowMs = this.#clock.nowMs();
+    const known = this.#learned.get(key);
+    const { senderId } = message.auth;
+    if (known !== undefined && known.senderId === senderId) {
+      known.timestampUs = Math.max(known.timestampUs, message.timestampUs);
+      known.heardAtMs = nowMs;
+    } else if (
+      known === undefined ||
+      message.timestampUs > known.timestampUs ||
+      nowMs - known.heardAtMs > replayFreshnessMs
+    ) {
+      this.#learned.set(key, { senderId, timestampUs: message.timestampUs, heardAtMs: nowMs });
+    }
+    const entry = this.#learned.get(key);
+    this.#learned.delete(key);
+    if (entry !== undefined) {
+      this.#learned.set(key, entry);
+    }
+    if (this.#learned.size > replayPeersMax) {
+      const oldest = this.#learned.keys().next().value;
+      if (oldest !== undefined) {
+        this.#learned.delete(oldest);
+      }
+    }
+  }
 }

@@ -1,6 +1,6 @@
 /**
  * Control messages of the repair service (docs/protocol.md, "Control messages"): NACK, REPAIR,
- * ANNOUNCE, QUALITY and SETUP. Each body ends with a 32-byte authentication trailer:
+ * ANNOUNCE, QUALITY and SETUP. Each body ends with a 36-byte authentication trailer:
  *
  *   0                   1                   2                   3
  *   0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1
@@ -9,14 +9,16 @@
  *  +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
  *  |                           sender id                           |
  *  +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
- *  |              counter (64 bits, microseconds, increasing)      |
+ *  |                target id (0: not known yet)                   |
+ *  +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+ *  |         counter (64 bits, a count per sender, from 1)         |
  *  |                                                               |
  *  +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
  *  |        HMAC-SHA-256 over everything before it, first 16 bytes |
  *  |                              ...                              |
  *  +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
  *
- * These codecs frame and parse; src/crypto/control-auth.ts computes and checks the tag.
+ * These codecs frame and parse; src/crypto/control-auth.ts stamps, seals and checks them.
  */
 import { announceSessionsMax, nackRangePacketsMax, nackRangesMax } from '../limits.js';
 import { readAddress, writeAddress } from './address.js';
@@ -38,15 +40,52 @@ import { authTrailerBytes } from './sizes.js';
 export { authTrailerBytes };
 export const authOffsetKeyId = 0;
 export const authOffsetSenderId = 4;
-export const authOffsetCounter = 8;
-export const authOffsetTag = 16;
+export const authOffsetTargetId = 8;
+export const authOffsetCounter = 12;
+export const authOffsetTag = 20;
 export const authTagBytes = 16;
 
 /** The trailer's fields as sent. */
 export interface AuthTrailer {
   readonly keyId: number;
+  /** Random per sending process (docs/protocol.md, "Authentication trailer"). */
   readonly senderId: number;
+  /** The receiving process's sender id, or 0 while the sender does not know it. */
+  readonly targetId: number;
+  /** Strictly increasing per sender id: a count, not a time. */
   readonly counter: number;
+}
+
+/** A unicast address and port inside a control message (a NACK's reply, a SETUP's target). */
+export interface PeerEndpoint {
+  readonly address: string;
+  readonly port: number;
+}
+
+/** Bytes of an endpoint in a body: family u8, reserved u8, port u16, address[16]. */
+const endpointBytes = 20;
+
+function writeEndpoint(out: Buffer, offset: number, endpoint: PeerEndpoint): void {
+  out[offset] = writeAddress(out, offset + 4, endpoint.address);
+  out[offset + 1] = 0;
+  out.writeUInt16BE(endpoint.port, offset + 2);
+}
+
+/**
+ * Reads an endpoint that must name one host: a port, and an address that is neither unspecified
+ * (all zero) nor multicast. Undefined when it does not. The caller checks the reserved byte.
+ */
+function readUnicastEndpoint(buf: Buffer, offset: number): PeerEndpoint | undefined {
+  const family = buf[offset] ?? 0;
+  const address = readAddress(buf, offset + 4, family);
+  const port = buf.readUInt16BE(offset + 2);
+  const first = buf[offset + 4] ?? 0;
+  const unspecified = buf.subarray(offset + 4, offset + 20).every((byte) => byte === 0);
+  const multicast = family === 4 ? first >= 224 && first < 240 : first === 0xff;
+  if (address === undefined || port === 0 || unspecified || multicast) {
+    return undefined;
+  }
+  return { address, port };
 }
 
 /** A decoded control message: header, its own fields, the trailer. */
@@ -85,13 +124,15 @@ function open(
     auth: {
       keyId: buf.readUInt32BE(trailerAt + authOffsetKeyId),
       senderId: buf.readUInt32BE(trailerAt + authOffsetSenderId),
+      targetId: buf.readUInt32BE(trailerAt + authOffsetTargetId),
       counter: high * 0x1_0000_0000 + buf.readUInt32BE(trailerAt + authOffsetCounter + 4),
     },
   });
 }
 
 // ---------------------------------------------------------------------------------------------
-// NACK: rangeCount u16, reserved u16, then per range: start u32, count u16, reserved u16.
+// NACK: reply endpoint (family u8, reserved u8, port u16, address[16]), rangeCount u16,
+// reserved u16, then per range: start u32, count u16, reserved u16.
 
 /** A run of consecutive sequences. */
 export interface SequenceRange {
@@ -99,48 +140,63 @@ export interface SequenceRange {
   readonly count: number;
 }
 export interface NackBody {
+  /**
+   * Where the requester takes REPAIRs: its own control address and port, under the tag. A
+   * retransmit server answers only when the datagram came from exactly there (docs/protocol.md,
+   * "NACK").
+   */
+  readonly replyTo: PeerEndpoint;
   readonly ranges: readonly SequenceRange[];
 }
+const nackFixedBytes = endpointBytes + 4;
 const nackRangeBytes = 8;
 
 /** Encodes a NACK (trailer to be sealed). */
 export function encodeNack(fields: HeaderFields, body: NackBody): Buffer {
-  const out = frame(PacketType.nack, fields, 4 + body.ranges.length * nackRangeBytes);
+  const out = frame(PacketType.nack, fields, nackFixedBytes + body.ranges.length * nackRangeBytes);
   const b = out.subarray(headerBytes);
-  b.writeUInt16BE(body.ranges.length, 0);
+  writeEndpoint(b, 0, body.replyTo);
+  b.writeUInt16BE(body.ranges.length, endpointBytes);
   body.ranges.forEach((range, i) => {
-    b.writeUInt32BE(range.start >>> 0, 4 + i * nackRangeBytes);
-    b.writeUInt16BE(range.count, 4 + i * nackRangeBytes + 4);
+    b.writeUInt32BE(range.start >>> 0, nackFixedBytes + i * nackRangeBytes);
+    b.writeUInt16BE(range.count, nackFixedBytes + i * nackRangeBytes + 4);
   });
   return out;
 }
 
-/** Decodes a NACK, checking range count and sizes against the limits. */
+/** Decodes a NACK, checking its reply endpoint, range count and sizes against the limits. */
 export function decodeNack(buf: Buffer): DecodeResult<Control<NackBody>> {
   const opened = open(buf, PacketType.nack);
   if (!opened.ok) {
     return opened;
   }
   const { body } = opened.value;
-  if (body.length < 4) {
-    return invalid('truncated', 'NACK body shorter than 4 bytes');
+  if (body.length < nackFixedBytes) {
+    return invalid('truncated', `NACK body shorter than ${nackFixedBytes} bytes`);
   }
-  const rangeCount = body.readUInt16BE(0);
-  if (body.readUInt16BE(2) !== 0) {
+  if (body[1] !== 0) {
+    return invalid('reserved-not-zero', 'NACK reply endpoint reserved field');
+  }
+  const replyTo = readUnicastEndpoint(body, 0);
+  if (replyTo === undefined) {
+    return invalid('bad-field', 'NACK reply endpoint is not one unicast address and port');
+  }
+  const rangeCount = body.readUInt16BE(endpointBytes);
+  if (body.readUInt16BE(endpointBytes + 2) !== 0) {
     return invalid('reserved-not-zero', 'NACK reserved field');
   }
   if (rangeCount === 0 || rangeCount > nackRangesMax) {
     return invalid('bad-field', `NACK range count ${rangeCount} is outside 1-${nackRangesMax}`);
   }
-  if (body.length !== 4 + rangeCount * nackRangeBytes) {
+  if (body.length !== nackFixedBytes + rangeCount * nackRangeBytes) {
     return invalid(
       'length-mismatch',
-      `NACK of ${rangeCount} ranges must have ${4 + rangeCount * nackRangeBytes} body bytes`,
+      `NACK of ${rangeCount} ranges must have ${nackFixedBytes + rangeCount * nackRangeBytes} body bytes`,
     );
   }
   const ranges: SequenceRange[] = [];
   for (let i = 0; i < rangeCount; i++) {
-    const at = 4 + i * nackRangeBytes;
+    const at = nackFixedBytes + i * nackRangeBytes;
     const count = body.readUInt16BE(at + 4);
     if (count === 0 || count > nackRangePacketsMax) {
       return invalid('bad-field', `NACK range of ${count} packets is outside 1-${nackRangePacketsMax}`);
@@ -150,7 +206,7 @@ export function decodeNack(buf: Buffer): DecodeResult<Control<NackBody>> {
     }
     ranges.push({ start: body.readUInt32BE(at), count });
   }
-  return valid({ ...opened.value.header, ranges, auth: opened.value.auth });
+  return valid({ ...opened.value.header, replyTo, ranges, auth: opened.value.auth });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -392,7 +448,8 @@ export function decodeQuality(buf: Buffer): DecodeResult<Control<QualityBody>> {
 
 // ---------------------------------------------------------------------------------------------
 // SETUP: action u8, family u8, port u16, group[16], source[16] (zero: any source),
-// buffer bytes u64 (0: default), buffer age ms u32 (0: default), reserved u32.
+// buffer bytes u64 (0: default), buffer age ms u32 (0: default), then the target endpoint:
+// family u8, reserved u8, port u16, address[16].
 
 export const SetupAction = { join: 1, leave: 2 } as const;
 export type SetupActionCode = (typeof SetupAction)[keyof typeof SetupAction];
@@ -403,8 +460,14 @@ export interface SetupBody {
   readonly source: string | undefined;
   readonly bufferBytes: number;
   readonly bufferAgeMs: number;
+  /**
+   * The retransmit server this SETUP is for: its control address and port as the subscription
+   * server registered it. A server refuses a SETUP naming another (docs/protocol.md, "SETUP").
+   */
+  readonly target: PeerEndpoint;
 }
-const setupBytes = 52;
+const setupTargetAt = 48;
+const setupBytes = setupTargetAt + endpointBytes;
 
 /** Encodes a SETUP. */
 export function encodeSetup(fields: HeaderFields, body: SetupBody): Buffer {
@@ -419,6 +482,7 @@ export function encodeSetup(fields: HeaderFields, body: SetupBody): Buffer {
   b.writeUInt32BE(Math.floor(body.bufferBytes / 0x1_0000_0000), 36);
   b.writeUInt32BE(body.bufferBytes >>> 0, 40);
   b.writeUInt32BE(body.bufferAgeMs, 44);
+  writeEndpoint(b, setupTargetAt, body.target);
   return out;
 }
 
@@ -445,8 +509,12 @@ export function decodeSetup(buf: Buffer): DecodeResult<Control<SetupBody>> {
   if (group === undefined || (!sourceIsAny && source === undefined) || port === 0 || high > 0x1f_ffff) {
     return invalid('bad-field', 'SETUP group, source, port or buffer size');
   }
-  if (body.readUInt32BE(48) !== 0) {
-    return invalid('reserved-not-zero', 'SETUP reserved field');
+  if (body[setupTargetAt + 1] !== 0) {
+    return invalid('reserved-not-zero', 'SETUP target reserved field');
+  }
+  const target = readUnicastEndpoint(body, setupTargetAt);
+  if (target === undefined) {
+    return invalid('bad-field', 'SETUP target is not one unicast address and port');
   }
   return valid({
     ...opened.value.header,
@@ -456,6 +524,7 @@ export function decodeSetup(buf: Buffer): DecodeResult<Control<SetupBody>> {
     source,
     bufferBytes: high * 0x1_0000_0000 + body.readUInt32BE(40),
     bufferAgeMs: body.readUInt32BE(44),
+    target,
     auth: opened.value.auth,
   });
 }

@@ -10,7 +10,7 @@ import { datagramBytesMax } from '../limits.js';
 export const headerBytes = 32;
 
 /** Authentication trailer at the end of every control message. */
-export const authTrailerBytes = 32;
+export const authTrailerBytes = 36;
 
 /** REPAIR body fields before the carried DATA datagram: status, reserved, count. */
 export const repairFixedBytes = 4;

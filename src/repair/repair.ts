@@ -5,7 +5,8 @@
  * source's own datagrams, so `gatecast receive` works unchanged there. Unrecoverable packets are
  * counted and reported, never skipped silently.
  */
-import { acceptControl, type ControlKey, ControlSealer, ControlVerifier } from '../crypto/control-auth.js';
+import type { RemoteInfo } from 'node:dgram';
+import { ControlChannel, type ControlKey } from '../crypto/control-auth.js';
 import {
   endRepeatCount,
   endRepeatIntervalMs,
@@ -209,8 +210,7 @@ export async function startRepairServer(
   const runtime = components.runtime ?? systemRuntime;
   const { clock, transport } = runtime;
   const timers = new OwnedTimers(clock);
-  const sealer = new ControlSealer(settings.keys[0] as ControlKey, { senderId: runtime.randomId() });
-  const verifier = new ControlVerifier(settings.keys);
+  const channel = new ControlChannel(settings.keys, { clock, senderId: runtime.randomId() });
   const wheel = new TimerWheel({ clock: () => clock.nowMs(), autoStart: false });
   timers.setInterval(() => wheel.advance(), timerWheelTickMs);
   const nackDelayMsMax = settings.nackDelayMsMax ?? nackDelayMsMaxDefault;
@@ -431,7 +431,8 @@ export async function startRepairServer(
           sequence: ranges[0]?.start ?? 0,
           timestampUs: clock.wallUs(),
         };
-        const nack = sealer.seal(encodeNack(fields, { ranges }));
+        // Sealed for the server's id once learned; REPAIRs may come only to our own control socket.
+        const nack = channel.seal(encodeNack(fields, { ranges, replyTo: control.local }), server.endpoint);
         control.send(nack, server.endpoint.port, server.endpoint.address);
         counters.nacksSent++;
       }
@@ -769,8 +770,8 @@ export async function startRepairServer(
     }
   };
 
-  const onRepair = (datagram: Buffer) => {
-    const repair = acceptControl(datagram, decodeRepair, verifier, 'repair', drop);
+  const onRepair = (datagram: Buffer, remote: RemoteInfo) => {
+    const repair = channel.accept(datagram, remote, decodeRepair, 'repair', drop);
     if (repair === undefined) {
       return;
     }
@@ -799,8 +800,8 @@ export async function startRepairServer(
     acceptData(current, original, repair.sequence, true);
   };
 
-  const onAnnounce = (datagram: Buffer) => {
-    const announce = acceptControl(datagram, decodeAnnounce, verifier, 'announce', drop);
+  const onAnnounce = (datagram: Buffer, remote: RemoteInfo) => {
+    const announce = channel.accept(datagram, remote, decodeAnnounce, 'announce', drop);
     if (announce === undefined) {
       return;
     }
@@ -813,6 +814,16 @@ export async function startRepairServer(
       Number.MAX_SAFE_INTEGER,
     );
     server.announcedAtMs = clock.nowMs();
+    if (announce.sessions.length === 0 && announce.auth.targetId === channel.senderId && run !== undefined) {
+      // An introduction: the server did not answer a NACK that did not name it (docs/protocol.md,
+      // "NACK"). Now that we know its id, ask it again at once rather than after the timeout.
+      for (const entry of run.missing.values()) {
+        if (entry.server === server && entry.timer !== undefined && !entry.unrecoverable) {
+          entry.timer.cancel();
+          markDue(entry);
+        }
+      }
+    }
     const session = announce.sessions.find((s) => s.sessionId === run?.sessionId) ?? announce.sessions[0];
     if (session !== undefined) {
       server.lossPpm = session.lossPpm;
@@ -820,12 +831,12 @@ export async function startRepairServer(
     }
   };
 
-  const onControl = (datagram: Buffer) => {
+  const onControl = (datagram: Buffer, remote: RemoteInfo) => {
     const type = datagram.length > offsetType ? datagram[offsetType] : undefined;
     if (type === PacketType.repair) {
-      onRepair(datagram);
+      onRepair(datagram, remote);
     } else if (type === PacketType.announce) {
-      onAnnounce(datagram);
+      onAnnounce(datagram, remote);
     } else {
       drop('unexpected-type');
     }

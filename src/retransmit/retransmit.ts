@@ -4,7 +4,7 @@
  * per repair server), measures its own reception, takes part in the election with its peers, and
  * announces what it holds.
  */
-import { acceptControl, type ControlKey, ControlSealer, ControlVerifier } from '../crypto/control-auth.js';
+import { ControlChannel, type ControlKey } from '../crypto/control-auth.js';
 import {
   announceIntervalMsDefault,
   announceSessionsMax,
@@ -143,8 +143,15 @@ export async function startRetransmitServer(
   const runtime = components.runtime ?? systemRuntime;
   const { clock, transport } = runtime;
   const timers = new OwnedTimers(clock);
-  const sealer = new ControlSealer(settings.keys[0] as ControlKey, { senderId: runtime.randomId() });
-  const verifier = new ControlVerifier(settings.keys);
+  // Peers reach us at the announced address and at the socket's own (docs/protocol.md, "SETUP").
+  const channel = new ControlChannel(settings.keys, {
+    clock,
+    senderId: runtime.randomId(),
+    self: () => [
+      { address: settings.announceAddress ?? control.local.address, port: control.local.port },
+      control.local,
+    ],
+  });
   const joined: Joined[] = [];
   const peerReports = new Map<string, PeerReport>();
   const buckets = new Map<number, Bucket>();
@@ -252,9 +259,16 @@ export async function startRetransmitServer(
   };
 
   const answerNack = (datagram: Buffer, port: number, address: string) => {
-    // Authenticate before anything else: an unproven sender gets no byte back.
-    const nack = acceptControl(datagram, decodeNack, verifier, 'nack', drop);
+    // Authenticate before anything else: an unproven sender gets no byte back, and answers go
+    // only to the address the NACK was signed for (docs/protocol.md, "NACK").
+    const nack = channel.accept(datagram, { address, port }, decodeNack, 'nack', drop);
     if (nack === undefined) {
+      return;
+    }
+    if (nack.auth.targetId === 0) {
+      // The requester does not know our id yet: tell it, in fewer bytes than it sent.
+      drop('nack-no-target');
+      control.send(channel.introduction(nack), port, address);
       return;
     }
     counters.nacksReceived++;
@@ -272,8 +286,9 @@ export async function startRetransmitServer(
       let notHeldCount = 0;
       const flushNotHeld = () => {
         if (notHeldStart !== undefined) {
-          const reply = sealer.seal(
+          const reply = channel.sealReply(
             encodeRepairNotHeld(fields(nack.sessionId, nack.incarnation, notHeldStart), notHeldCount),
+            nack,
           );
           control?.send(reply, port, address);
           counters.notHeldSent++;
@@ -299,7 +314,9 @@ export async function startRetransmitServer(
           counters.rateLimited++;
           continue;
         }
-        const reply = sealer.seal(encodeRepair(fields(nack.sessionId, nack.incarnation, sequence), original));
+        // Unicast: for the requester; on the repair group: for every repair server (target 0).
+        const repair = encodeRepair(fields(nack.sessionId, nack.incarnation, sequence), original);
+        const reply = repairSender === undefined ? channel.sealReply(repair, nack) : channel.seal(repair);
         if (repairSender === undefined) {
           control?.send(reply, port, address);
         } else {
@@ -323,7 +340,7 @@ export async function startRetransmitServer(
         answerNack(datagram, remote.port, remote.address);
         return;
       case PacketType.quality: {
-        const quality = acceptControl(datagram, decodeQuality, verifier, 'quality', drop);
+        const quality = channel.accept(datagram, remote, decodeQuality, 'quality', drop);
         for (const session of quality?.sessions ?? []) {
           peerReports.set(`${quality?.auth.senderId}/${session.sessionId}`, {
             lossPpm: session.lossPpm,
@@ -334,15 +351,15 @@ export async function startRetransmitServer(
         return;
       }
       case PacketType.setup:
-        void onSetup(datagram);
+        void onSetup(datagram, remote);
         return;
       default:
         drop('unexpected-type');
     }
   };
 
-  const onSetup = async (datagram: Buffer) => {
-    const setup = acceptControl(datagram, decodeSetup, verifier, 'setup', drop);
+  const onSetup = async (datagram: Buffer, remote: { address: string; port: number }) => {
+    const setup = channel.accept(datagram, remote, decodeSetup, 'setup', drop);
     if (setup === undefined) {
       return;
     }
@@ -399,7 +416,7 @@ export async function startRetransmitServer(
   const members = (sessionId: number, own: { lossPpm: number; state: ListenStateCode }) => {
     const periodMs = settings.election?.periodMs ?? announceIntervalMsDefault;
     const now = clock.nowMs();
-    const list = [{ id: sealer.senderId, lossPpm: own.lossPpm, state: own.state }];
+    const list = [{ id: channel.senderId, lossPpm: own.lossPpm, state: own.state }];
     for (const [key, report] of peerReports) {
       const [senderId, session] = key.split('/').map(Number);
       if (session === sessionId && now - report.atMs <= periodMs * 3) {
@@ -417,12 +434,12 @@ export async function startRetransmitServer(
       return;
     }
     const all = members(sessionId, { lossPpm: entry.lastQuality.lossPpm, state: entry.state });
-    const othersListening = all.filter((m) => m.id !== sealer.senderId && m.state === ListenState.listening);
+    const othersListening = all.filter((m) => m.id !== channel.senderId && m.state === ListenState.listening);
     if (entry.state === ListenState.listening) {
       const ranked = all
         .filter((m) => m.state === ListenState.listening)
         .sort((a, b) => a.lossPpm - b.lossPpm || a.id - b.id);
-      const rank = ranked.findIndex((m) => m.id === sealer.senderId);
+      const rank = ranked.findIndex((m) => m.id === channel.senderId);
       const tooLossy = entry.lastQuality.lossPpm > election.lossMax * 1_000_000 && othersListening.length > 0;
       if (tooLossy || rank >= election.bestCount) {
         entry.state = ListenState.withdrawn;
@@ -473,29 +490,28 @@ export async function startRetransmitServer(
       });
     }
     const header = { sessionId: 0, sequence: 0, timestampUs: clock.wallUs() };
-    // A server holding more sessions than one message carries sends several (docs/protocol.md, "Size budgets").
+    // A server holding more sessions than one message carries sends several (docs/protocol.md,
+    // "Size budgets"); each is sealed once per repair server, naming its id once known, and once
+    // for the groups (target 0).
     for (let i = 0; i === 0 || i < announced.length; i += announceSessionsMax) {
-      const announce = sealer.seal(
-        encodeAnnounce(header, {
-          address: settings.announceAddress ?? control.local.address,
-          port: control.local.port,
-          sessions: announced.slice(i, i + announceSessionsMax),
-        }),
-      );
+      const announceBody = {
+        address: settings.announceAddress ?? control.local.address,
+        port: control.local.port,
+        sessions: announced.slice(i, i + announceSessionsMax),
+      };
       for (const target of settings.announceTo) {
-        control.send(announce, target.port, target.address);
+        control.send(channel.seal(encodeAnnounce(header, announceBody), target), target.port, target.address);
       }
+      const announce = channel.seal(encodeAnnounce(header, announceBody));
       announceSender?.send(announce, announce.length);
       // Also on the repair group: routers install its forwarding state before the first repair needs it.
       repairSender?.send(announce, announce.length);
     }
     if (settings.peers.length > 0) {
       for (let i = 0; i === 0 || i < qualities.length; i += announceSessionsMax) {
-        const quality = sealer.seal(
-          encodeQuality(header, { sessions: qualities.slice(i, i + announceSessionsMax) }),
-        );
+        const sessions = qualities.slice(i, i + announceSessionsMax);
         for (const peer of settings.peers) {
-          control.send(quality, peer.port, peer.address);
+          control.send(channel.seal(encodeQuality(header, { sessions }), peer), peer.port, peer.address);
         }
       }
     }
@@ -517,7 +533,7 @@ export async function startRetransmitServer(
   const status = (): RetransmitStatus => ({
     role: 'retransmit',
     listen: formatEndpoint(control.local),
-    senderId: sealer.senderId,
+    senderId: channel.senderId,
     ...counters,
     bytesSent: control.bytesSent,
     dropped: { ...dropped },

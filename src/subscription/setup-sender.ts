@@ -41,6 +41,7 @@ export async function openSetupSender(key: ControlKey): Promise<SetupSender & As
                 source: session.source,
                 bufferBytes: 0,
                 bufferAgeMs: 0,
+                target, // the server it is for: another one refuses it (docs/protocol.md, "SETUP")
               },
             ),
           );

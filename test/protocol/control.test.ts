@@ -2,6 +2,12 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { addToAddress, readAddress, writeAddress } from '../../src/protocol/address.js';
 import {
+  authOffsetCounter,
+  authOffsetKeyId,
+  authOffsetSenderId,
+  authOffsetTag,
+  authOffsetTargetId,
+  authTagBytes,
   authTrailerBytes,
   decodeAnnounce,
   decodeNack,
@@ -20,6 +26,8 @@ import {
 import { encodeData, headerBytes } from '../../src/protocol/packet.js';
 
 const fields = { sessionId: 42, incarnation: 5, sequence: 0, timestampUs: 1_700_000_000_000_000 };
+const replyTo = { address: '10.200.3.30', port: 7100 };
+const target = { address: '10.200.2.21', port: 7000 };
 
 describe('addresses in control messages', () => {
   it('round-trip IPv4 and IPv6 in canonical form', () => {
@@ -43,33 +51,79 @@ describe('addresses in control messages', () => {
   });
 });
 
+describe('authentication trailer', () => {
+  it('is key id, sender id, target id, a 64-bit counter and a 16-byte tag: 36 bytes', () => {
+    assert.deepEqual(
+      [authOffsetKeyId, authOffsetSenderId, authOffsetTargetId, authOffsetCounter, authOffsetTag],
+      [0, 4, 8, 12, 20],
+    );
+    assert.equal(authOffsetTag + authTagBytes, authTrailerBytes);
+    assert.equal(authTrailerBytes, 36);
+  });
+
+  it('decodes every field and refuses a counter at or above 2^53', () => {
+    const packet = encodeQuality(fields, { sessions: [] });
+    const at = packet.length - authTrailerBytes;
+    packet.writeUInt32BE(7, at + authOffsetKeyId);
+    packet.writeUInt32BE(0xfeedf00d, at + authOffsetSenderId);
+    packet.writeUInt32BE(0xc0ffee, at + authOffsetTargetId);
+    packet.writeUInt32BE(0x1f_ffff, at + authOffsetCounter);
+    packet.writeUInt32BE(0xffff_ffff, at + authOffsetCounter + 4);
+    const decoded = decodeQuality(packet);
+    assert.ok(decoded.ok);
+    assert.deepEqual(decoded.value.auth, {
+      keyId: 7,
+      senderId: 0xfeedf00d,
+      targetId: 0xc0ffee,
+      counter: Number.MAX_SAFE_INTEGER,
+    });
+    packet.writeUInt32BE(0x20_0000, at + authOffsetCounter);
+    const result = decodeQuality(packet);
+    assert.equal(!result.ok && result.reason, 'bad-field');
+  });
+});
+
 describe('NACK', () => {
-  it('round-trips its ranges and trailer', () => {
+  it('round-trips its reply endpoint, ranges and trailer', () => {
     const packet = encodeNack(fields, {
+      replyTo,
       ranges: [
         { start: 0xfffffffe, count: 4 },
         { start: 10, count: 1 },
       ],
     });
+    assert.equal(packet.length, headerBytes + 24 + 2 * 8 + authTrailerBytes);
     packet.writeUInt32BE(7, packet.length - authTrailerBytes);
     const decoded = decodeNack(packet);
     assert.ok(decoded.ok);
+    assert.deepEqual(decoded.value.replyTo, replyTo);
     assert.deepEqual(decoded.value.ranges, [
       { start: 0xfffffffe, count: 4 },
       { start: 10, count: 1 },
     ]);
     assert.equal(decoded.value.auth.keyId, 7);
+    const six = decodeNack(
+      encodeNack(fields, {
+        replyTo: { address: 'fd00:200:3::30', port: 7100 },
+        ranges: [{ start: 1, count: 1 }],
+      }),
+    );
+    assert.ok(six.ok);
+    assert.deepEqual(six.value.replyTo, { address: 'fd00:200:3::30', port: 7100 });
   });
 
   it('rejects no ranges, too many, an empty range and a missing trailer', () => {
     const cases: Array<[Buffer, string]> = [
-      [encodeNack(fields, { ranges: [] }), 'bad-field'],
+      [encodeNack(fields, { replyTo, ranges: [] }), 'bad-field'],
       [
-        encodeNack(fields, { ranges: Array.from({ length: 129 }, (_, i) => ({ start: i, count: 1 })) }),
+        encodeNack(fields, {
+          replyTo,
+          ranges: Array.from({ length: 129 }, (_, i) => ({ start: i, count: 1 })),
+        }),
         'bad-field',
       ],
-      [encodeNack(fields, { ranges: [{ start: 1, count: 0 }] }), 'bad-field'],
-      [encodeNack(fields, { ranges: [{ start: 1, count: 5000 }] }), 'bad-field'],
+      [encodeNack(fields, { replyTo, ranges: [{ start: 1, count: 0 }] }), 'bad-field'],
+      [encodeNack(fields, { replyTo, ranges: [{ start: 1, count: 5000 }] }), 'bad-field'],
     ];
     for (const [packet, reason] of cases) {
       const result = decodeNack(packet);
@@ -79,6 +133,28 @@ describe('NACK', () => {
     noTrailer[3] = 5;
     const result = decodeNack(noTrailer);
     assert.equal(!result.ok && result.reason, 'truncated');
+  });
+
+  it('rejects a reply endpoint that is not one unicast address and port', () => {
+    const ranges = [{ start: 1, count: 1 }];
+    for (const bad of [
+      { address: '0.0.0.0', port: 7100 },
+      { address: '::', port: 7100 },
+      { address: '239.1.2.3', port: 7100 },
+      { address: 'ff3e::1', port: 7100 },
+      { address: '10.0.0.1', port: 0 },
+    ]) {
+      const result = decodeNack(encodeNack(fields, { replyTo: bad, ranges }));
+      assert.equal(!result.ok && result.reason, 'bad-field', JSON.stringify(bad));
+    }
+    const reserved = encodeNack(fields, { replyTo, ranges });
+    reserved[headerBytes + 1] = 1;
+    const result = decodeNack(reserved);
+    assert.equal(!result.ok && result.reason, 'reserved-not-zero');
+    const family = encodeNack(fields, { replyTo, ranges });
+    family[headerBytes] = 5;
+    const unknown = decodeNack(family);
+    assert.equal(!unknown.ok && unknown.reason, 'bad-field');
   });
 });
 
@@ -142,6 +218,7 @@ describe('ANNOUNCE, QUALITY, SETUP', () => {
       source: '10.200.1.10',
       bufferBytes: 2 ** 40,
       bufferAgeMs: 30_000,
+      target: { address: 'fd00:200:2::21', port: 7000 },
     };
     const decodedSetup = decodeSetup(encodeSetup(fields, setup));
     assert.ok(decodedSetup.ok);
@@ -154,6 +231,7 @@ describe('ANNOUNCE, QUALITY, SETUP', () => {
         source: decodedSetup.value.source,
         bufferBytes: decodedSetup.value.bufferBytes,
         bufferAgeMs: decodedSetup.value.bufferAgeMs,
+        target: decodedSetup.value.target,
       },
     );
   });
@@ -175,9 +253,29 @@ describe('ANNOUNCE, QUALITY, SETUP', () => {
       source: undefined,
       bufferBytes: 0,
       bufferAgeMs: 0,
+      target,
     });
+    assert.equal(setup.length, headerBytes + 68 + authTrailerBytes);
+    assert.ok(decodeSetup(setup).ok);
     setup[headerBytes] = 3;
     assert.equal(decodeSetup(setup).ok, false);
+    for (const bad of [
+      { address: '0.0.0.0', port: 7000 },
+      { address: '239.1.1.1', port: 7000 },
+      { address: '10.0.0.1', port: 0 },
+    ]) {
+      const packet = encodeSetup(fields, {
+        action: SetupAction.leave,
+        group: '239.1.1.1',
+        port: 1,
+        source: undefined,
+        bufferBytes: 0,
+        bufferAgeMs: 0,
+        target: bad,
+      });
+      const result = decodeSetup(packet);
+      assert.equal(!result.ok && result.reason, 'bad-field', JSON.stringify(bad));
+    }
     const quality = encodeQuality(fields, { sessions: [] });
     assert.ok(decodeQuality(quality).ok);
     const longer = Buffer.concat([quality, Buffer.alloc(1)]);

@@ -3,7 +3,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { announceSessionsMax, nackRangePacketsMax, nackRangesMax } from '../../src/limits.js';
-import { authTagBytes, authTrailerBytes } from '../../src/protocol/control.js';
+import { authOffsetTag, authTagBytes, authTrailerBytes } from '../../src/protocol/control.js';
 import {
   descriptorFixedBytes,
   encodeData,
@@ -89,7 +89,7 @@ describe('docs/protocol.md matches the codec', () => {
 
   it('control message sizes and limits', () => {
     assert.match(doc, new RegExp(`### Authentication trailer \\(${authTrailerBytes} bytes`));
-    assert.match(doc, new RegExp(`\\| 16 \\| ${authTagBytes} \\| tag:`));
+    assert.match(doc, new RegExp(`\\| ${authOffsetTag} \\| ${authTagBytes} \\| tag:`));
     assert.match(doc, new RegExp(`range count, 1-${nackRangesMax}`));
     assert.match(doc, new RegExp(`packet count, 1-${nackRangePacketsMax}`));
     assert.match(doc, new RegExp(`session count, 0-${announceSessionsMax}`));

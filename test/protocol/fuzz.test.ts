@@ -50,6 +50,7 @@ function seeds(): Buffer[] {
       name: 'fuzz',
     }),
     encodeNack(fields, {
+      replyTo: { address: '10.0.0.2', port: 7100 },
       ranges: [
         { start: 1, count: 3 },
         { start: 9, count: 1 },
@@ -75,6 +76,7 @@ function seeds(): Buffer[] {
       source: undefined,
       bufferBytes: 1,
       bufferAgeMs: 1,
+      target: { address: 'fd00::21', port: 7000 },
     }),
   ];
 }

@@ -1,150 +1,361 @@
 import assert from 'node:assert/strict';
-import { createSocket } from 'node:dgram';
-import { describe, it } from 'node:test';
-import { ControlSealer, controlKey } from '../../src/crypto/control-auth.js';
-import { parseGroup } from '../../src/net/address.js';
-import { encodeNack } from '../../src/protocol/control.js';
-import { startRetransmitServer } from '../../src/retransmit/retransmit.js';
+import { createSocket, type Socket } from 'node:dgram';
+import { after, before, describe, it } from 'node:test';
+import { ControlChannel, ControlSealer, controlKey } from '../../src/crypto/control-auth.js';
+import { type Endpoint, parseGroup } from '../../src/net/address.js';
+import type { TimeSource } from '../../src/net/clock.js';
+import {
+  decodeAnnounce,
+  encodeNack,
+  encodeSetup,
+  type PeerEndpoint,
+  SetupAction,
+} from '../../src/protocol/control.js';
+import { offsetType, PacketType } from '../../src/protocol/packet.js';
+import { type RetransmitServer, startRetransmitServer } from '../../src/retransmit/retransmit.js';
 import { openTickerInput } from '../../src/source/inputs.js';
 import { createSource } from '../../src/source/source.js';
+import { openSetupSender } from '../../src/subscription/setup-sender.js';
 import { freshPort, loopbackIface } from '../helpers/loopback.js';
 
 const key = controlKey(Buffer.from('the operator secret shared by servers'));
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
+/** Polls until condition holds (a readiness signal, not a fixed sleep); fails after timeoutMs. */
+async function waitFor(what: string, condition: () => boolean, timeoutMs = 5_000): Promise<void> {
+  const deadline = performance.now() + timeoutMs;
+  while (!condition()) {
+    if (performance.now() > deadline) {
+      assert.fail(`timed out waiting for ${what}`);
+    }
+    await sleep(10);
+  }
+}
+
+function retransmitServer(group: Endpoint | undefined, port = 0): Promise<RetransmitServer> {
+  return startRetransmitServer({
+    joins: group === undefined ? [] : [{ group }],
+    iface: loopbackIface,
+    listen: { address: '127.0.0.1', port, family: 4 },
+    keys: [key],
+    bufferBytesMax: 1 << 20,
+    bufferAgeMs: 60_000,
+    repairRateBitsPerSecond: 100_000_000,
+    announceTo: [],
+    peers: [],
+  });
+}
+
+/** One run of a ticker session: 50 packets of 100 bytes from sequence 100; the same run when repeated. */
+async function sendRun(group: Endpoint, run: { sessionId: number; incarnation: number }): Promise<void> {
+  const source = createSource(
+    {
+      group,
+      iface: loopbackIface,
+      rateBitsPerSecond: 0,
+      packetPayloadBytes: 100,
+      sessionName: 't',
+      firstSequence: 100,
+      startDelayMs: 0,
+      ...run,
+    },
+    { input: openTickerInput({ ticksPerSecond: 1000, tickCount: 50 }) },
+  );
+  await source.run();
+}
+
+/** A UDP socket on loopback that counts what comes back, and (for a requester) its control channel. */
+interface Peer {
+  readonly socket: Socket;
+  readonly at: PeerEndpoint;
+  readonly channel: ControlChannel;
+  bytesBack: number;
+  send(datagram: Buffer, to: PeerEndpoint): void;
+  close(): void;
+}
+
+async function openPeer(clock?: TimeSource): Promise<Peer> {
+  const socket = createSocket('udp4');
+  await new Promise<void>((resolve) => socket.bind(0, '127.0.0.1', resolve));
+  const channel = new ControlChannel([key], clock === undefined ? {} : { clock });
+  const peer: Peer = {
+    socket,
+    at: { address: '127.0.0.1', port: socket.address().port },
+    channel,
+    bytesBack: 0,
+    send: (datagram, to) => socket.send(datagram, to.port, to.address),
+    close: () => socket.close(),
+  };
+  socket.on('message', (message, remote) => {
+    peer.bytesBack += message.length;
+    if (message[offsetType] === PacketType.announce) {
+      channel.accept(message, remote, decodeAnnounce, 'announce', () => undefined); // learns the id
+    }
+  });
+  return peer;
+}
+
+/** A NACK for packets 100-139 of the run, asking for answers at the requester's own address. */
+function nackFrom(
+  requester: Peer,
+  to: PeerEndpoint,
+  run: { sessionId: number; incarnation: number },
+): Buffer {
+  return requester.channel.seal(
+    encodeNack(
+      { sessionId: run.sessionId, incarnation: run.incarnation, sequence: 100, timestampUs: 0 },
+      { replyTo: requester.at, ranges: [{ start: 100, count: 40 }] },
+    ),
+    to,
+  );
+}
+
+/** Sends a target-0 NACK and waits for the introduction that teaches the requester the server's id. */
+async function learnId(
+  requester: Peer,
+  server: RetransmitServer,
+  run: { sessionId: number; incarnation: number },
+) {
+  const before = requester.bytesBack;
+  const first = nackFrom(requester, server.local, run);
+  requester.send(first, server.local);
+  await waitFor('the introduction', () => requester.channel.targetIdOf(server.local) !== 0);
+  const introductionBytes = requester.bytesBack - before;
+  assert.ok(
+    introductionBytes <= first.length,
+    `${introductionBytes} bytes back for a ${first.length}-byte NACK`,
+  );
+  return first;
+}
+
 describe('a retransmit server answers only repair servers it knows', () => {
   it('forged, replayed, unknown-key and malformed NACKs are counted and dropped; no byte goes back', async () => {
     const group = parseGroup(`239.255.80.1:${freshPort()}`, 'group');
-    const server = await startRetransmitServer({
-      joins: [{ group }],
-      iface: loopbackIface,
-      listen: { address: '127.0.0.1', port: 0, family: 4 },
-      keys: [key],
-      bufferBytesMax: 1 << 20,
-      bufferAgeMs: 60_000,
-      repairRateBitsPerSecond: 100_000_000,
-      announceTo: [],
-      peers: [],
-    });
-    const source = createSource(
-      {
-        group,
-        iface: loopbackIface,
-        rateBitsPerSecond: 0,
-        packetPayloadBytes: 100,
-        sessionName: 't',
-        firstSequence: 100,
-        startDelayMs: 0,
-      },
-      { input: openTickerInput({ ticksPerSecond: 1000, tickCount: 50 }) },
-    );
-    const stats = await source.run();
-    await sleep(100);
-
-    const attacker = createSocket('udp4');
-    let bytesBack = 0;
-    attacker.on('message', (message) => {
-      bytesBack += message.length;
-    });
-    await new Promise<void>((resolve) => attacker.bind(0, '127.0.0.1', resolve));
-    const send = (datagram: Buffer) => attacker.send(datagram, server.local.port, server.local.address);
+    const server = await retransmitServer(group);
+    const run = { sessionId: 0x5e55_1001, incarnation: 0x1ca7_0001 };
+    await sendRun(group, run);
+    await waitFor('the buffer', () => server.status().sessions[0]?.heldPackets === 50);
+    const attacker = await openPeer();
     const nack = () =>
       encodeNack(
-        { sessionId: stats.sessionId, incarnation: stats.incarnation, sequence: 100, timestampUs: 1 },
-        { ranges: [{ start: 100, count: 40 }] },
+        { sessionId: run.sessionId, incarnation: run.incarnation, sequence: 100, timestampUs: 1 },
+        { replyTo: attacker.at, ranges: [{ start: 100, count: 40 }] },
       );
-
     const forged = new ControlSealer(key).seal(nack());
     forged[forged.length - 3] = (forged[forged.length - 3] ?? 0) ^ 0x10;
-    send(forged);
-    send(new ControlSealer(controlKey(Buffer.from('a guess at the secret, wrong'))).seal(nack()));
-    send(nack()); // no tag at all
-    send(Buffer.from('garbage that is not a packet'));
-    const truncated = new ControlSealer(key).seal(nack()).subarray(0, 40);
-    send(truncated);
-    await sleep(200);
-    assert.equal(bytesBack, 0, 'nothing is sent to an address that has not proven who it is');
+    attacker.send(forged, server.local);
+    attacker.send(
+      new ControlSealer(controlKey(Buffer.from('a guess at the secret, wrong'))).seal(nack()),
+      server.local,
+    );
+    attacker.send(nack(), server.local); // no tag at all
+    attacker.send(Buffer.from('garbage that is not a packet'), server.local);
+    attacker.send(new ControlSealer(key).seal(nack()).subarray(0, 40), server.local);
+    await waitFor(
+      'five drops',
+      () => Object.values(server.status().dropped).reduce((a, b) => a + b, 0) === 5,
+    );
+    assert.equal(attacker.bytesBack, 0, 'nothing is sent to an address that has not proven who it is');
     const dropped = server.status().dropped;
     assert.equal(dropped['nack-bad-tag'], 1, JSON.stringify(dropped));
     assert.equal(dropped['nack-unknown-key'], 2, JSON.stringify(dropped)); // a wrong secret, and no tag at all
     assert.equal(dropped['unexpected-type'], 1, JSON.stringify(dropped));
-    assert.ok(
-      (dropped['nack-length-mismatch'] ?? 0) + (dropped['nack-truncated'] ?? 0) >= 1,
-      JSON.stringify(dropped),
-    );
+    assert.equal((dropped['nack-length-mismatch'] ?? 0) + (dropped['nack-truncated'] ?? 0), 1);
     assert.equal(server.status().repairsSent, 0);
 
-    // A genuine NACK is answered; its replay is not.
-    const genuine = new ControlSealer(key).seal(nack());
-    send(genuine);
-    await sleep(200);
-    assert.equal(server.status().repairsSent, 40);
-    const afterGenuine = bytesBack;
-    assert.ok(afterGenuine > 40 * 100);
-    send(genuine);
-    await sleep(200);
-    assert.equal(bytesBack, afterGenuine, 'a replayed NACK gets nothing');
-    assert.equal(server.status().dropped['nack-replayed'], 1);
+    // A genuine NACK is answered once the requester names the server; its replay is not.
+    const requester = await openPeer();
+    await learnId(requester, server, run);
+    assert.equal(server.status().repairsSent, 0, 'a NACK naming no target gets no REPAIR');
+    const genuine = nackFrom(requester, server.local, run);
+    const beforeGenuine = requester.bytesBack;
+    requester.send(genuine, server.local);
+    await waitFor('40 repairs', () => server.status().repairsSent === 40);
+    const repairBytes = server.status().repairBytesSent;
+    assert.ok(repairBytes > 40 * 100);
+    await waitFor('every byte of them', () => requester.bytesBack - beforeGenuine === repairBytes);
+    const afterGenuine = requester.bytesBack;
+    requester.send(genuine, server.local);
+    await waitFor('the replay counted', () => server.status().dropped['nack-replayed'] === 1);
+    await sleep(50);
+    assert.equal(requester.bytesBack, afterGenuine, 'a replayed NACK gets nothing');
     attacker.close();
+    requester.close();
     await server.close();
   });
 });
 
-describe('SETUP', () => {
-  it('an authenticated SETUP makes a retransmit server join and buffer a session; a forged one does nothing', async () => {
-    const { encodeSetup, SetupAction } = await import('../../src/protocol/control.js');
-    const group = parseGroup(`239.255.80.2:${freshPort()}`, 'group');
-    const server = await startRetransmitServer({
-      joins: [],
-      iface: loopbackIface,
-      listen: { address: '127.0.0.1', port: 0, family: 4 },
-      keys: [key],
-      bufferBytesMax: 1 << 20,
-      bufferAgeMs: 60_000,
-      repairRateBitsPerSecond: 100_000_000,
-      announceTo: [],
-      peers: [],
-    });
-    const controller = createSocket('udp4');
-    await new Promise<void>((resolve) => controller.bind(0, '127.0.0.1', resolve));
-    const setup = (sealer: ControlSealer) =>
-      sealer.seal(
-        encodeSetup(
-          { sessionId: 0, sequence: 0, timestampUs: 1 },
-          {
-            action: SetupAction.join,
-            group: group.address,
-            port: group.port,
-            source: undefined,
-            bufferBytes: 0,
-            bufferAgeMs: 0,
-          },
-        ),
-      );
-    const forged = setup(new ControlSealer(controlKey(Buffer.from('not the operator at all, really'))));
-    controller.send(forged, server.local.port, '127.0.0.1');
-    await sleep(100);
-    assert.equal(server.status().sessions.length, 0);
-    controller.send(setup(new ControlSealer(key)), server.local.port, '127.0.0.1');
-    await sleep(200);
-    assert.equal(server.status().sessions.length, 1);
-    const source = createSource(
-      {
-        group,
-        iface: loopbackIface,
-        rateBitsPerSecond: 0,
-        packetPayloadBytes: 100,
-        sessionName: 's',
-        startDelayMs: 0,
-      },
-      { input: openTickerInput({ ticksPerSecond: 1000, tickCount: 30 }) },
+describe('issue 9, item 5: a captured control message cannot be turned on another server or a later life', () => {
+  const group = parseGroup(`239.255.80.3:${freshPort()}`, 'group');
+  const run = { sessionId: 0x5e55_1003, incarnation: 0x1ca7_0003 };
+  let first: RetransmitServer;
+  let second: RetransmitServer;
+  let requester: Peer;
+  let victim: Peer;
+  let targetZeroCapture: Buffer;
+  let capture: Buffer;
+
+  before(async () => {
+    first = await retransmitServer(group);
+    second = await retransmitServer(group);
+    await sendRun(group, run);
+    await waitFor('both buffers', () =>
+      [first, second].every((server) => server.status().sessions[0]?.heldPackets === 50),
     );
-    const stats = await source.run();
-    await sleep(100);
-    const session = server.status().sessions[0];
-    assert.equal(session?.sessionId, stats.sessionId);
-    assert.equal(session?.heldPackets, 30);
+    requester = await openPeer();
+    victim = await openPeer();
+    targetZeroCapture = await learnId(requester, first, run);
+    capture = nackFrom(requester, first.local, run);
+    requester.send(capture, first.local); // the genuine NACK, captured on the wire
+    await waitFor('the genuine answer', () => first.status().repairsSent === 40);
+  });
+  after(async () => {
+    requester.close();
+    victim.close();
+    await first.close();
+    await second.close();
+  });
+
+  it('a captured NACK replayed to a second retransmit server from another socket gets zero bytes', async () => {
+    victim.send(capture, second.local);
+    await waitFor('the wrong-target drop', () => second.status().dropped['nack-wrong-target'] === 1);
+    victim.send(targetZeroCapture, second.local);
+    await waitFor('the reply-mismatch drop', () => second.status().dropped['nack-reply-mismatch'] === 1);
+    const requesterBefore = requester.bytesBack;
+    requester.send(capture, second.local); // even from the address it names
+    await waitFor('the second wrong-target drop', () => second.status().dropped['nack-wrong-target'] === 2);
+    await sleep(50);
+    assert.equal(victim.bytesBack, 0, JSON.stringify(second.status().dropped));
+    assert.equal(requester.bytesBack, requesterBefore);
+    assert.equal(second.status().repairsSent, 0);
+    assert.equal(second.status().bytesSent, 0);
+  });
+
+  it('a captured NACK replayed to the first server after its restart is not answered', async () => {
+    const port = first.local.port;
+    await first.close();
+    first = await retransmitServer(group, port);
+    await sendRun(group, run); // the restarted server holds the very packets the capture asks for
+    await waitFor('the buffer', () => first.status().sessions[0]?.heldPackets === 50);
+    const before = requester.bytesBack;
+    requester.send(capture, first.local);
+    await waitFor('the wrong-target drop', () => first.status().dropped['nack-wrong-target'] === 1);
+    requester.send(targetZeroCapture, first.local);
+    await waitFor('the before-start drop', () => first.status().dropped['nack-before-start'] === 1);
+    await sleep(50);
+    assert.equal(requester.bytesBack, before);
+    assert.equal(first.status().repairsSent, 0);
+    // The same requester, once it has learned the new id, is answered as before.
+    const fresh = await openPeer();
+    await learnId(fresh, first, run);
+    fresh.send(nackFrom(fresh, first.local, run), first.local);
+    await waitFor('40 repairs', () => first.status().repairsSent === 40);
+    fresh.close();
+  });
+});
+
+describe('SETUP', () => {
+  /** A SETUP as the subscription server seals it: target 0, the server named by its endpoint. */
+  const setupFor = (target: PeerEndpoint, group: Endpoint, action: 1 | 2) =>
+    new ControlSealer(key).seal(
+      encodeSetup(
+        { sessionId: 0, sequence: 0, timestampUs: 0 },
+        {
+          action,
+          group: group.address,
+          port: group.port,
+          source: undefined,
+          bufferBytes: 0,
+          bufferAgeMs: 0,
+          target,
+        },
+      ),
+    );
+
+  it('an authenticated SETUP makes a retransmit server join and buffer a session; a forged one does nothing', async () => {
+    const group = parseGroup(`239.255.80.2:${freshPort()}`, 'group');
+    const server = await retransmitServer(undefined);
+    const controller = await openPeer();
+    const forged = new ControlSealer(controlKey(Buffer.from('not the operator at all, really'))).seal(
+      encodeSetup(
+        { sessionId: 0, sequence: 0, timestampUs: 0 },
+        {
+          action: SetupAction.join,
+          group: group.address,
+          port: group.port,
+          source: undefined,
+          bufferBytes: 0,
+          bufferAgeMs: 0,
+          target: server.local,
+        },
+      ),
+    );
+    controller.send(forged, server.local);
+    await waitFor('the drop', () => server.status().dropped['setup-unknown-key'] === 1);
+    assert.equal(server.status().sessions.length, 0);
+    await using setup = await openSetupSender(key);
+    await setup.send('join', { group: group.address, port: group.port, source: undefined }, [
+      `127.0.0.1:${server.local.port}`,
+    ]);
+    await waitFor('the join', () => server.status().sessions.length === 1);
+    const run = { sessionId: 0x5e55_1002, incarnation: 0x1ca7_0002 };
+    await sendRun(group, run);
+    await waitFor('the buffer', () => server.status().sessions[0]?.heldPackets === 50);
+    assert.equal(server.status().sessions[0]?.sessionId, run.sessionId);
     controller.close();
+    await server.close();
+  });
+
+  it('issue 9, item 5: a captured SETUP leave replayed to another server, or after a restart, changes nothing', async () => {
+    const group = parseGroup(`239.255.80.4:${freshPort()}`, 'group');
+    const first = await retransmitServer(group);
+    const second = await retransmitServer(group);
+    const controller = await openPeer();
+    const leave = setupFor(first.local, group, SetupAction.leave); // captured on its way to the first
+    controller.send(leave, second.local);
+    await waitFor('the drop', () => second.status().dropped['setup-wrong-endpoint'] === 1);
+    assert.equal(second.status().sessions.length, 1, 'the other server stays joined');
+
+    const port = first.local.port;
+    await first.close();
+    const restarted = await retransmitServer(group, port);
+    controller.send(leave, restarted.local);
+    await waitFor('the drop', () => restarted.status().dropped['setup-before-start'] === 1);
+    assert.equal(restarted.status().sessions.length, 1, 'the restarted server stays joined');
+
+    controller.send(setupFor(restarted.local, group, SetupAction.leave), restarted.local);
+    await waitFor('a genuine leave', () => restarted.status().sessions.length === 0);
+    controller.close();
+    await second.close();
+    await restarted.close();
+  });
+});
+
+describe('issue 9, item 6: wall-clock corrections', () => {
+  it('a retransmit server started while its host clock was 120 s off, then corrected, answers NACKs', async (t) => {
+    const realNowMs = Date.now.bind(Date);
+    let stepMs = 120_000;
+    t.mock.method(Date, 'now', () => realNowMs() + stepMs);
+    const group = parseGroup(`239.255.80.5:${freshPort()}`, 'group');
+    const server = await retransmitServer(group);
+    const run = { sessionId: 0x5e55_1005, incarnation: 0x1ca7_0005 };
+    await sendRun(group, run);
+    await waitFor('the buffer', () => server.status().sessions[0]?.heldPackets === 50);
+    // The requester's host has the right time all along.
+    const requester = await openPeer({ nowMs: () => performance.now(), wallUs: () => realNowMs() * 1000 });
+    requester.send(nackFrom(requester, server.local, run), server.local);
+    await waitFor('the stale drop', () => server.status().dropped['nack-stale'] === 1);
+    stepMs = 0; // the server's clock is corrected
+    await learnId(requester, server, run);
+    requester.send(nackFrom(requester, server.local, run), server.local);
+    await waitFor('40 repairs', () => server.status().repairsSent === 40);
+    stepMs = -120_000; // and stepped the other way, then corrected again
+    requester.send(nackFrom(requester, server.local, run), server.local);
+    await waitFor('the second stale drop', () => server.status().dropped['nack-stale'] === 2);
+    stepMs = 0;
+    requester.send(nackFrom(requester, server.local, run), server.local);
+    await waitFor('40 more repairs', () => server.status().repairsSent === 80);
+    requester.close();
     await server.close();
   });
 });
