@@ -28,6 +28,7 @@ import {
   SessionKind,
 } from '../../src/protocol/packet.js';
 import { sequenceAdd } from '../../src/protocol/serial.js';
+import { authTrailerBytes } from '../../src/protocol/sizes.js';
 import type { SendRecord, SimHost, SimNetwork } from './network.js';
 import { SimRandom } from './random.js';
 
@@ -315,9 +316,12 @@ export class Adversary {
             sequence: run?.next ?? 0,
             timestampUs: nowUs,
           },
-          { ranges: [{ start: sequenceAdd(run?.next ?? 0, -4000), count: 4000 }] },
+          {
+            replyTo: { address: from.address, port: from.port },
+            ranges: [{ start: sequenceAdd(run?.next ?? 0, -4000), count: 4000 }],
+          },
         );
-        r.bytes(32).copy(nack, nack.length - 32);
+        r.bytes(authTrailerBytes).copy(nack, nack.length - authTrailerBytes);
         this.#send(from, to, nack);
         return `NACK with a made-up trailer from ${ep(from)} to ${ep(to)}`;
       }

@@ -10,8 +10,8 @@
  * - served-genuine: a retransmit server's REPAIR carries exactly the DATA the source sent for
  *   the run and sequence it names (never another incarnation's, never a forged one).
  * - recovered: a repair server counts as recovered no more packets than REPAIRs brought it.
- * - held-not-unrecoverable: a repair server never gives up a packet that a live, reachable
- *   retransmit server holds.
+ * - held-not-unrecoverable: a repair server never gives up a packet a REPAIR brought it, nor
+ *   one that a live retransmit server holds over a link that loses (almost) nothing.
  * - authenticated-destination: a server sends unicast only to addresses it was configured with or
  *   that sent it a genuine (keyed) control message since it booted: never to a victim.
  * - no-throw: no callback of a role throws, and no promise is rejected unhandled.
@@ -29,6 +29,7 @@ import {
   PacketType,
 } from '../../src/protocol/packet.js';
 import { sequenceAdd, sequenceDistance } from '../../src/protocol/serial.js';
+import { authTrailerBytes } from '../../src/protocol/sizes.js';
 import { runKey } from './adversary.js';
 import type { SendRecord, SimHost, SimNetwork } from './network.js';
 
@@ -118,9 +119,12 @@ interface EmitState {
   next: number | undefined;
 }
 
-/** REPAIR status "held" and the size of the authentication trailer (docs/protocol.md). */
+/** REPAIR status "held" (docs/protocol.md). */
 const repairHeld = 0;
-const authBytes = 32;
+const authBytes = authTrailerBytes;
+
+/** Unicast loss under which nackAttemptsMax attempts all failing is too unlikely to happen by chance. */
+const reliableLinkLossMax = 0.01;
 
 /** How often role counters are compared with their limits, in virtual milliseconds. */
 const statusCheckIntervalMs = 10;
@@ -148,6 +152,8 @@ export class Invariants {
   readonly #genuineData = new Map<string, Buffer>();
   /** Held REPAIRs delivered from a genuine server to each host (what "recovered" may count). */
   readonly #repairsDelivered = new Map<SimHost, number>();
+  /** Per repair host: "boot|run#sequence" of every packet a held REPAIR brought it. */
+  readonly #repairedPackets = new Map<SimHost, Set<string>>();
   /** Checks run, for the report. */
   checks = 0;
 
@@ -461,6 +467,12 @@ export class Invariants {
       this.#retransmits.some((r) => r.host === record.host)
     ) {
       this.#repairsDelivered.set(host, (this.#repairsDelivered.get(host) ?? 0) + 1);
+      let brought = this.#repairedPackets.get(host);
+      if (brought === undefined) {
+        brought = new Set();
+        this.#repairedPackets.set(host, brought);
+      }
+      brought.add(`${boot}|${runOf(record.datagram)}#${record.datagram.readUInt32BE(offsetSequence)}`);
     }
     const server = this.#servers.get(host);
     if (server === undefined || record.spoofed || this.#adversaryHosts.has(record.host)) {
@@ -520,7 +532,7 @@ export class Invariants {
     const reached = isData ? sequence : sequence;
     if (state.next !== undefined && sequenceDistance(state.next, reached) > 0 && emitter.reliable) {
       for (let missing = state.next; missing !== reached; missing = sequenceAdd(missing, 1)) {
-        this.#checkGivenUp(record.host, run, missing);
+        this.#checkGivenUp(record.host, record.boot, run, missing);
       }
     }
     if (isData && (state.next === undefined || sequenceDistance(state.next, sequence) >= 0)) {
@@ -531,8 +543,14 @@ export class Invariants {
   }
 
   /** A reliable repair server skipped (run, sequence): no live, reachable server may hold it. */
-  #checkGivenUp(repairHost: SimHost, run: string, sequence: number): void {
+  #checkGivenUp(repairHost: SimHost, boot: number, run: string, sequence: number): void {
     const now = this.#network.scheduler.nowMs;
+    if (this.#repairedPackets.get(repairHost)?.has(`${boot}|${run}#${sequence}`) === true) {
+      this.fail(
+        'held-not-unrecoverable',
+        `repair server on ${repairHost.name} gave up ${run} sequence ${sequence}, which a REPAIR had brought it`,
+      );
+    }
     for (const watched of this.#retransmits) {
       const held = watched.runs.get(run)?.packets.get(sequence);
       if (held?.genuine !== true || !watched.host.alive || watched.host.boot !== watched.boot) {
@@ -544,6 +562,11 @@ export class Invariants {
         continue;
       }
       if (this.#unreachableSince(repairHost, watched.host, Math.max(held.receivedAtMs, now - 5000))) {
+        continue;
+      }
+      // Over a lossy link every attempt may be lost (the budget is nackAttemptsMax): only a link
+      // that loses almost nothing both ways makes giving up a held packet a fault by itself.
+      if (this.#lossy(repairHost, watched.host)) {
         continue;
       }
       this.fail(
@@ -564,6 +587,12 @@ export class Invariants {
     return () => {
       cut.toMs = this.#network.scheduler.nowMs;
     };
+  }
+
+  #lossy(x: SimHost, y: SimHost): boolean {
+    return [this.#network.faultsBetween(x, y, 'unicast'), this.#network.faultsBetween(y, x, 'unicast')].some(
+      (faults) => faults.lossRate > reliableLinkLossMax || faults.burstEnterRate > 0,
+    );
   }
 
   #unreachableSince(x: SimHost, y: SimHost, sinceMs: number): boolean {

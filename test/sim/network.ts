@@ -289,6 +289,11 @@ export class SimNetwork {
     });
   }
 
+  /** The faults of the link from one host to another for one kind of traffic. */
+  faultsBetween(from: SimHost, to: SimHost, kind: TrafficKind): LinkFaults {
+    return from === to ? cleanLink : this.#faultsOf(from.name, to.name, kind);
+  }
+
   #faultsOf(from: string, to: string, kind: TrafficKind): LinkFaults {
     return (
       this.#faults.get(`${from}>${to}>${kind}`) ??

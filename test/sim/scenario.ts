@@ -285,7 +285,7 @@ export function planScenario(seed: number): ScenarioPlan {
     plainReceiverCount,
     s1Faults,
     s2Faults: calm ? cleanLink : lossy(0.05, false),
-    unicastFaults: lossy(calm ? 0.03 : 0.08, false),
+    unicastFaults: lossy(calm ? 0.01 : 0.08, false),
     wallOffsetsMs,
     receiverStartMs,
     events,
