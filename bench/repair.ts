@@ -431,8 +431,8 @@ function report(gatecast: GatecastResult[], uftp: UftpResult[], failover: Gateca
   (\`-R ${rateMbit * 1000}\`) and the same loss injected on the uftpd host's input.
 - Goodput is the file's size over the time from starting the sender command to the receiver holding
   the whole file (gatecast: \`gatecast receive\` on S2 exits whole; uftp: the sender exits after
-  every receiver confirmed). Both include program start-up (about 0.5 s for gatecast's Node
-  process) and each protocol's session set-up, so small files favour neither.
+  every receiver confirmed). Both include program start-up (gatecast's: see "Start-up" below) and
+  each protocol's session set-up, so small files favour neither.
 - Round trip: measured by the repair server to its retransmit server, ${rtt ?? '?'} ms on the LAN. The
   rows marked "delay line" put bench/delay-line.ts (a user-space relay; no \`sch_netem\` here)
   between the repair server and its retransmit server, adding the stated round trip to the repair

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Runs the benchmarks (root: they build namespaces) and writes docs/benchmarks.md, one section each.
 # The repair benchmark needs uftp, the live one rist-tools (Debian packages), installed here when missing.
+# The benchmarks run bin/gatecast, which runs dist/: build first, so what is measured is the code here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+npm run --silent build
 mkdir -p docs
 if ! command -v uftp >/dev/null || ! command -v ristsender >/dev/null; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq uftp rist-tools >/dev/null
@@ -11,3 +13,4 @@ node --import tsx bench/throughput.ts
 node --import tsx bench/repair.ts
 node --import tsx bench/live.ts
 node --import tsx bench/charges.ts
+node --import tsx bench/startup.ts

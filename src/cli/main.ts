@@ -1,15 +1,13 @@
 /**
  * The gatecast command: parses the subcommand, runs it, and maps errors to exit codes. Operating
  * errors print one line naming the value and exit 2; a bug prints its stack and exits 70.
+ *
+ * Each command's module is imported only when that command runs: the subscription server and the
+ * repair controller load Fastify and the stores (about 0.3 s), which `--help`, `send` or
+ * `retransmit` should not pay for at start-up.
  */
 import { readFileSync } from 'node:fs';
-import { runAdmin } from './admin.js';
-import { runDemo } from './demo.js';
 import { exitInternal, exitOk, exitUsage, isOperatingError } from './errors.js';
-import { runReceive } from './receive.js';
-import { runSend } from './send.js';
-import { runServe } from './serve.js';
-import { runAgent, runRepair, runRetransmit } from './servers.js';
 
 const usage = `usage: gatecast <command> [options]
 
@@ -43,21 +41,21 @@ export async function main(argv: string[]): Promise<number> {
   try {
     switch (command) {
       case 'send':
-        return await runSend(rest, process.stderr);
+        return await (await import('./send.js')).runSend(rest, process.stderr);
       case 'receive':
-        return await runReceive(rest, process.stderr);
+        return await (await import('./receive.js')).runReceive(rest, process.stderr);
       case 'retransmit':
-        return await runRetransmit(rest, process.stderr);
+        return await (await import('./servers.js')).runRetransmit(rest, process.stderr);
       case 'repair':
-        return await runRepair(rest, process.stderr);
+        return await (await import('./servers.js')).runRepair(rest, process.stderr);
       case 'agent':
-        return await runAgent(rest, process.stderr);
+        return await (await import('./servers.js')).runAgent(rest, process.stderr);
       case 'serve':
-        return await runServe(rest, process.stderr);
+        return await (await import('./serve.js')).runServe(rest, process.stderr);
       case 'admin':
-        return await runAdmin(rest, process.stdout);
+        return await (await import('./admin.js')).runAdmin(rest, process.stdout);
       case 'demo':
-        return await runDemo(rest, process.stdout);
+        return await (await import('./demo.js')).runDemo(rest, process.stdout);
       case 'version':
       case '--version':
         process.stdout.write(`gatecast ${version()}\n`);

@@ -16,7 +16,6 @@ import { formatEndpoint, parseEndpoint } from '../net/address.js';
 import { readTlsFiles } from '../net/tls.js';
 import { type AgentMapping, startAgent, startWatchingAgent } from '../receiver/agent.js';
 import { type ControllerClient, controllerClient } from '../receiver/controller-client.js';
-import { startRepairController } from '../repair/controller.js';
 import { startRepairServer } from '../repair/repair.js';
 import { startRetransmitServer } from '../retransmit/retransmit.js';
 import { daemonOptions, keysFrom, parseEndpointList, runDaemon } from './daemon.js';
@@ -366,6 +365,9 @@ async function runController(values: OptionValues, err: NodeJS.WriteStream): Pro
       `--journal: cannot create the folder of ${journal}: ${(error as NodeJS.ErrnoException).code}`,
     );
   }
+  // Imported here, not at the top: the controller brings Fastify, which plain repair and
+  // retransmit servers do not need at start-up.
+  const { startRepairController } = await import('../repair/controller.js');
   const controller = await startRepairController({
     listen,
     tls,

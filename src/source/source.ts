@@ -3,7 +3,6 @@
  * the session DESCRIPTOR for late joiners, sends HEARTBEATs carrying the next sequence (so that
  * tail loss is visible) and ends with END (docs/protocol.md, "Source behaviour").
  */
-import { randomInt } from 'node:crypto';
 import {
   descriptorIntervalMs,
   endRepeatCount,
@@ -14,8 +13,8 @@ import {
   startDelayMsDefault,
 } from '../limits.js';
 import type { Endpoint } from '../net/address.js';
-import { nowMicroseconds as nowUs } from '../net/clock.js';
-import { openSenderSocket, type SenderSocket, type SenderSocketOptions } from '../net/udp.js';
+import { type RoleClock, type Runtime, systemRuntime, type Timer } from '../net/runtime.js';
+import type { SenderSocket, SenderSocketOptions } from '../net/udp.js';
 import {
   encodeDescriptor,
   encodeProgress,
@@ -56,6 +55,8 @@ export interface SourceSettings {
 export interface SourceComponents {
   readonly input: PayloadInput;
   readonly openSocket?: (options: SenderSocketOptions) => Promise<SenderSocket>;
+  /** Clock, transport and randomness (default: the system's). */
+  readonly runtime?: Runtime | undefined;
   /**
    * Told about every datagram that did not leave (EPERM from a local firewall, ENETUNREACH, ...);
    * the source counts them in its stats and goes on.
@@ -107,10 +108,15 @@ export interface Source extends AsyncDisposable {
  * The timers of one owner: close() clears every one of them, and a pending sleep then resolves at
  * once, so that nothing fires after the owner closed.
  */
-class OwnedTimers {
-  readonly #sleeps = new Map<NodeJS.Timeout, () => void>();
-  readonly #intervals = new Set<NodeJS.Timeout>();
+class SourceTimers {
+  readonly #clock: RoleClock;
+  readonly #sleeps = new Map<Timer, () => void>();
+  readonly #intervals = new Set<Timer>();
   #closed = false;
+
+  constructor(clock: RoleClock) {
+    this.#clock = clock;
+  }
 
   /** Resolves after ms, or at once when the owner closes. */
   sleep(ms: number): Promise<void> {
@@ -119,7 +125,7 @@ class OwnedTimers {
         resolve();
         return;
       }
-      const timer = setTimeout(() => {
+      const timer = this.#clock.setTimeout(() => {
         this.#sleeps.delete(timer);
         resolve();
       }, ms);
@@ -127,19 +133,26 @@ class OwnedTimers {
     });
   }
 
+  /** Resolves after the current turn of the event loop (I/O first). */
+  yield(): Promise<void> {
+    return new Promise((resolve) => {
+      this.#clock.defer(resolve);
+    });
+  }
+
   /** Calls callback every ms until cleared or closed. */
-  every(ms: number, callback: () => void): NodeJS.Timeout | undefined {
+  every(ms: number, callback: () => void): Timer | undefined {
     if (this.#closed) {
       return undefined;
     }
-    const timer = setInterval(callback, ms);
+    const timer = this.#clock.setInterval(callback, ms);
     this.#intervals.add(timer);
     return timer;
   }
 
-  clear(timer: NodeJS.Timeout | undefined): void {
+  clear(timer: Timer | undefined): void {
     if (timer !== undefined) {
-      clearInterval(timer);
+      timer.cancel();
       this.#intervals.delete(timer);
     }
   }
@@ -147,18 +160,16 @@ class OwnedTimers {
   close(): void {
     this.#closed = true;
     for (const timer of this.#intervals) {
-      clearInterval(timer);
+      timer.cancel();
     }
     this.#intervals.clear();
     for (const [timer, resolve] of this.#sleeps) {
-      clearTimeout(timer);
+      timer.cancel();
       resolve();
     }
     this.#sleeps.clear();
   }
 }
-
-const yieldToLoop = () => new Promise<void>((resolve) => setImmediate(resolve));
 
 /** Checks what the wire cannot carry before anything is opened. */
 function checkSettings(settings: SourceSettings): void {
@@ -174,9 +185,11 @@ function checkSettings(settings: SourceSettings): void {
 export function createSource(settings: SourceSettings, components: SourceComponents): Source {
   checkSettings(settings);
   const { input } = components;
-  const sessionId = settings.sessionId ?? randomInt(1, 0xffff_ffff);
-  const firstSequence = settings.firstSequence ?? randomInt(0, 0xffff_ffff);
-  const incarnation = settings.incarnation ?? randomInt(1, 0xffff_ffff);
+  const runtime = components.runtime ?? systemRuntime;
+  const { clock } = runtime;
+  const sessionId = settings.sessionId ?? runtime.randomId();
+  const firstSequence = settings.firstSequence ?? runtime.randomId();
+  const incarnation = settings.incarnation ?? runtime.randomId();
   const slotBytes = headerBytes + settings.packetPayloadBytes;
   const ring = Array.from({ length: sendRingPacketsMax }, () => Buffer.allocUnsafe(slotBytes));
   const stats: SourceStats = {
@@ -196,7 +209,7 @@ export function createSource(settings: SourceSettings, components: SourceCompone
     inputDropped: 0,
     inputDroppedTooLarge: 0,
   };
-  const timers = new OwnedTimers();
+  const timers = new SourceTimers(clock);
   /** Aborted by close() or by a failure: the run stops where it is. */
   const stopping = new AbortController();
   let failure: Error | undefined;
@@ -210,7 +223,7 @@ export function createSource(settings: SourceSettings, components: SourceCompone
     sessionId,
     incarnation,
     sequence: nextSequence,
-    timestampUs: nowUs(),
+    timestampUs: clock.wallUs(),
   });
   const onSent = (error: Error | null) => {
     inFlight--;
@@ -275,7 +288,7 @@ export function createSource(settings: SourceSettings, components: SourceCompone
 
   async function run(options: { signal?: AbortSignal } = {}): Promise<SourceStats> {
     try {
-      socket = await (components.openSocket ?? openSenderSocket)({
+      socket = await (components.openSocket ?? runtime.transport.openSender)({
         group: settings.group,
         iface: settings.iface,
         ttl: settings.ttl,
@@ -314,9 +327,9 @@ export function createSource(settings: SourceSettings, components: SourceCompone
         sendControl(descriptor);
       }
       await timers.sleep(startDelayMs / 3);
-      stats.startedAtMs = performance.now();
+      stats.startedAtMs = clock.nowMs();
       await pump(signal);
-      stats.elapsedMs = performance.now() - stats.startedAtMs;
+      stats.elapsedMs = clock.nowMs() - stats.startedAtMs;
     } finally {
       timers.clear(descriptorTimer);
       timers.clear(heartbeatTimer);
@@ -336,14 +349,14 @@ export function createSource(settings: SourceSettings, components: SourceCompone
     const bytesPerMs = settings.rateBitsPerSecond / 8000;
     const burstBytes = Math.max(slotBytes * 4, bytesPerMs * 5);
     let creditBytes = slotBytes;
-    let refilledAtMs = performance.now();
+    let refilledAtMs = clock.nowMs();
     let slot = 0;
     let batch = 0;
     const stopped = anySignal([signal, stopping.signal]);
     const aborted = abortPromise(stopped);
     while (!stopped.aborted) {
       if (bytesPerMs > 0 && creditBytes < slotBytes) {
-        const now = performance.now();
+        const now = clock.nowMs();
         creditBytes = Math.min(burstBytes, creditBytes + (now - refilledAtMs) * bytesPerMs);
         refilledAtMs = now;
         if (creditBytes < slotBytes) {
@@ -366,7 +379,16 @@ export function createSource(settings: SourceSettings, components: SourceCompone
         batch = 0;
         continue;
       }
-      writeHeaderFields(buffer, PacketType.data, sessionId, nextSequence, nowUs(), 0, length, incarnation);
+      writeHeaderFields(
+        buffer,
+        PacketType.data,
+        sessionId,
+        nextSequence,
+        clock.wallUs(),
+        0,
+        length,
+        incarnation,
+      );
       send(buffer, headerBytes + length);
       slot = (slot + 1) % sendRingPacketsMax;
       nextSequence = sequenceAdd(nextSequence, 1);
@@ -377,7 +399,7 @@ export function createSource(settings: SourceSettings, components: SourceCompone
       creditBytes -= headerBytes + length;
       if (++batch >= sendBatchPacketsMax) {
         batch = 0;
-        await yieldToLoop();
+        await timers.yield();
       }
     }
   }

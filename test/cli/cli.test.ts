@@ -260,7 +260,7 @@ describe('send --stdin to receive over loopback, through the command line', () =
     const group = `239.255.60.1:${41_000 + (process.pid % 1000) * 2}`;
     const output = join(directory, 'stdin-out.bin');
     const receiver = spawn(process.execPath, [
-      gatecastBin,
+      gatecastBin(),
       'receive',
       '--group',
       group,
@@ -282,7 +282,7 @@ describe('send --stdin to receive over loopback, through the command line', () =
     });
     const bytes = randomBytes(300_000);
     const sender = spawn(process.execPath, [
-      gatecastBin,
+      gatecastBin(),
       'send',
       '--group',
       group,

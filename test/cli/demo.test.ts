@@ -8,7 +8,7 @@ describe('gatecast demo (what npm start runs)', () => {
   it('multicasts the file and the ticker whole, then repairs the file for an entitled subscriber and bills it', async () => {
     const { stdout } = await promisify(execFile)(
       process.execPath,
-      [gatecastBin, 'demo', '--port', '47300', '--file-size', '700000', '--ticks', '10'],
+      [gatecastBin(), 'demo', '--port', '47300', '--file-size', '700000', '--ticks', '10'],
       { timeout: 60_000 },
     );
     assert.match(stdout, /file {3}complete: .* SHA-256 ok/);

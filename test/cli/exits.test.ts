@@ -35,7 +35,7 @@ function rootSkip(command: string): string | false {
 
 /** Starts `gatecast receive` and resolves once it has joined (its readiness line). */
 async function startReceive(args: string[]) {
-  const child = spawn(process.execPath, [gatecastBin, 'receive', ...args]);
+  const child = spawn(process.execPath, [gatecastBin(), 'receive', ...args]);
   let stderr = '';
   child.stderr.on('data', (chunk: Buffer) => {
     stderr += chunk.toString();
@@ -136,7 +136,7 @@ describe('receive | head -c 100 (it died with an EPIPE stack)', () => {
     const head = join(directory, 'head.out');
     const shell = spawn('bash', [
       '-c',
-      `set -o pipefail; "${process.execPath}" "${gatecastBin}" receive --group ${endpoint} --iface 127.0.0.1 --timeout 10 | head -c 100 > "${head}"`,
+      `set -o pipefail; "${process.execPath}" "${gatecastBin()}" receive --group ${endpoint} --iface 127.0.0.1 --timeout 10 | head -c 100 > "${head}"`,
     ]);
     let stderr = '';
     shell.stderr.on('data', (chunk: Buffer) => {
@@ -211,7 +211,7 @@ describe('a relay passes zero-length datagrams on (they vanished uncounted)', ()
       '--json',
     ]);
     const sender = spawn(process.execPath, [
-      gatecastBin,
+      gatecastBin(),
       'send',
       '--group',
       endpoint,

@@ -10,8 +10,9 @@ export interface CliResult {
 }
 
 export async function runGatecast(args: string[], env: Record<string, string> = {}): Promise<CliResult> {
+  const command = gatecastBin();
   try {
-    const { stdout, stderr } = await promisify(execFile)(process.execPath, [gatecastBin, ...args], {
+    const { stdout, stderr } = await promisify(execFile)(process.execPath, [command, ...args], {
       timeout: 30_000,
       env: { ...process.env, ...env },
     });

@@ -36,7 +36,7 @@ export async function startServe(
   const listenPort = port ?? (await freePort());
   const child = spawn(
     process.execPath,
-    [gatecastBin, 'serve', '--listen', `127.0.0.1:${listenPort}`, ...args],
+    [gatecastBin(), 'serve', '--listen', `127.0.0.1:${listenPort}`, ...args],
     { env: { ...process.env, ...env }, stdio: ['ignore', 'ignore', 'pipe'] },
   );
   let stderr = '';

@@ -6,13 +6,42 @@
  */
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { existsSync } from 'node:fs';
+import { existsSync, readdirSync, statSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 export const repoRoot = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const script = join(repoRoot, 'scripts', 'testbed.sh');
-export const gatecastBin = join(repoRoot, 'bin', 'gatecast');
+const gatecastPath = join(repoRoot, 'bin', 'gatecast');
+let buildChecked = false;
+
+/**
+ * bin/gatecast, once dist/ (what it runs) is known to be built from the sources as they are now.
+ * scripts/test.sh builds before the tests; a test file run on its own must not quietly test an
+ * older build, so this throws, naming a source newer than its output, until `npm run build` runs.
+ */
+export function gatecastBin(): string {
+  if (!buildChecked) {
+    const stale = staleSource();
+    if (stale !== undefined) {
+      throw new Error(`dist/ is not built from src/${stale} as it is now: run npm run build`);
+    }
+    buildChecked = true;
+  }
+  return gatecastPath;
+}
+
+/** A source (relative to src/) whose compiled file in dist/ is missing or older, if any. */
+function staleSource(): string | undefined {
+  const sources = readdirSync(join(repoRoot, 'src'), { recursive: true, encoding: 'utf8' });
+  for (const source of sources.filter((name) => name.endsWith('.ts')).sort()) {
+    const output = join(repoRoot, 'dist', source.replace(/\.ts$/, '.js'));
+    if (!existsSync(output) || statSync(output).mtimeMs < statSync(join(repoRoot, 'src', source)).mtimeMs) {
+      return source;
+    }
+  }
+  return undefined;
+}
 
 /** Why the test bed cannot run here, or undefined when it can. */
 export function testbedUnavailable(extraCommands: string[] = []): string | undefined {
@@ -159,7 +188,7 @@ export function createTestbed(): Testbed {
     prefix,
     namespace: (host) => `${prefix}-${host}`,
     spawn: run,
-    gatecast: (host, args) => run(host, process.execPath, [gatecastBin, ...args]),
+    gatecast: (host, args) => run(host, process.execPath, [gatecastBin(), ...args]),
     control: (...args) => {
       const [command, ...rest] = args;
       return execFileSync('bash', [script, command ?? '', prefix, ...rest], { encoding: 'utf8' });
