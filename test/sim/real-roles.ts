@@ -16,12 +16,12 @@ import { createReceiver, type PayloadSink } from '../../src/receiver/receiver.js
 import { type RepairStatus, startRepairServer } from '../../src/repair/repair.js';
 import { type RetransmitStatus, startRetransmitServer } from '../../src/retransmit/retransmit.js';
 import { inputEnded, type PayloadInput } from '../../src/source/inputs.js';
+import { createSource } from '../../src/source/source.js';
 import { runKey } from './adversary.js';
-import { fakeKit } from './fake-roles.js';
 import type { RoleKit } from './scenario.js';
 
 /** A file-like input over a buffer: the payload a seed made. */
-export function memoryInput(payload: Buffer): PayloadInput {
+function memoryInput(payload: Buffer): PayloadInput {
   let offset = 0;
   return {
     kind: SessionKind.file,
@@ -44,8 +44,20 @@ export function memoryInput(payload: Buffer): PayloadInput {
 /** The real roles. */
 export const realKit: RoleKit = {
   name: 'real',
-  // The real source does not take a runtime yet: the toy source, which speaks the same protocol.
-  runSource: fakeKit.runSource,
+  async runSource(spec, runtime) {
+    const source = createSource(
+      {
+        group: spec.group,
+        rateBitsPerSecond: spec.rateBitsPerSecond,
+        packetPayloadBytes: spec.packetBytes,
+        sessionName: 'sim',
+        sessionId: spec.sessionId,
+        firstSequence: spec.firstSequence,
+      },
+      { input: memoryInput(spec.payload), runtime },
+    );
+    await source.run();
+  },
   runReceiver(group, timeoutMs, write, runtime) {
     const sink: PayloadSink = { write, close: async () => undefined };
     const receiver = createReceiver({ group, timeoutMs }, { sink, runtime });
