@@ -280,7 +280,9 @@ export class Adversary {
         if (this.#control.length === 0) {
           return 'no control message captured';
         }
-        const capture = r.pick(this.#control);
+        // A captured SETUP (a leave, above all) is the prize: half the time, replay one of those.
+        const setups = this.#control.filter((c) => c.type === PacketType.setup);
+        const capture = setups.length > 0 && r.chance(0.5) ? r.pick(setups) : r.pick(this.#control);
         const { record } = capture;
         let to = record.to;
         let from = record.from;

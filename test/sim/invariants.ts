@@ -280,6 +280,15 @@ export class Invariants {
     this.#retransmits.push({ host, boot: host.boot, bufferAgeMs, runs: new Map() });
   }
 
+  /** A retransmit server was told (genuinely) to leave: what it buffered is no longer held. */
+  forgetHeld(host: SimHost): void {
+    for (const watched of this.#retransmits) {
+      if (watched.host === host) {
+        watched.runs.clear();
+      }
+    }
+  }
+
   /** A server that may send unicast only to `allowed` and to what proved itself to it. */
   watchServer(name: string, host: SimHost, allowed: readonly Endpoint[]): void {
     this.#servers.set(host, { name, host, allowed: new Set(allowed.map(ep)), proven: new Map() });

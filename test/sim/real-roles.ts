@@ -103,6 +103,7 @@ export const realKit: RoleKit = {
     );
   },
   recoveredOf: (status) => (status as RepairStatus).recovered,
+  joinedGroups: (status) => (status as RetransmitStatus).sessions.map((session) => session.group),
   checkLimits(role, status) {
     if (role === 'retransmit') {
       const s = status as RetransmitStatus;

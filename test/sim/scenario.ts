@@ -4,9 +4,12 @@
  * in-memory network with the invariants checked after every event. The roles come from a RoleKit,
  * so the same scenario drives the real roles (real-roles.ts) and the toy ones the harness tests.
  */
-import { controlKey } from '../../src/crypto/control-auth.js';
+import { ControlSealer, controlKey } from '../../src/crypto/control-auth.js';
+import { setupRepeatCount, setupRepeatIntervalMs } from '../../src/limits.js';
 import type { Endpoint } from '../../src/net/address.js';
 import type { Runtime } from '../../src/net/runtime.js';
+import type { ControlSocket } from '../../src/net/udp.js';
+import { encodeSetup, SetupAction, type SetupActionCode } from '../../src/protocol/control.js';
 import { Adversary, type AdversaryAction, adversaryActions } from './adversary.js';
 import { Invariants, type Violation, type WatchedReceiver } from './invariants.js';
 import { cleanLink, type LinkFaults, type SimHost, SimNetwork } from './network.js';
@@ -72,6 +75,8 @@ export interface RoleKit {
   ): { result: Promise<ReceiverResult>; status?: () => unknown };
   startRetransmit?(spec: RetransmitSpec, runtime: Runtime): Promise<RoleHandle>;
   startRepair?(spec: RepairSpec, runtime: Runtime): Promise<RoleHandle>;
+  /** Groups ("ADDR:PORT") a retransmit server's status says it has joined. */
+  joinedGroups?(status: unknown): readonly string[];
   /** Packets a repair server's status counts as recovered (only a REPAIR may bring one). */
   recoveredOf?(status: unknown): number;
   /** Limits a role's status must respect: a description of what is over, or undefined. */
@@ -112,6 +117,8 @@ export interface ScenarioPlan {
   readonly endMs: number;
   /** Calm plan with a source restart: repaired receivers started at the restart must finish whole. */
   readonly restart: boolean;
+  /** Flow B: retransmit servers join S1 by SETUP from a subscription host, and one leaves by SETUP. */
+  readonly setupFlow: boolean;
 }
 
 const s1: Endpoint = { address: '239.1.2.3', port: 5000, family: 4 };
@@ -292,6 +299,7 @@ export function planScenario(seed: number): ScenarioPlan {
     election: r.chance(0.5),
     endMs: sessionEndMs + 40_000,
     restart,
+    setupFlow: SimRandom.fork(seed, 'plan/setup').chance(0.5),
   };
 }
 
@@ -415,7 +423,7 @@ export async function runScenario(
     const spec: RetransmitSpec = {
       listen: control(host),
       keys: [key],
-      groups: [s1],
+      groups: plan.setupFlow ? [] : [s1],
       peers: retransmitEndpoints.filter((_, i) => i !== index),
       announceTo: repairEndpoints,
       bufferBytesMax: 64 * 1024 * 1024,
@@ -428,7 +436,87 @@ export async function runScenario(
       host.runtime(randomOf(`retransmit${index}/${host.boot}`)),
     );
     say(`retransmit${index} boot ${host.boot} up`);
+    if (plan.setupFlow && scheduler.nowMs > 0) {
+      // The subscription server sends SETUP join again to a server that came back (its refresh).
+      scheduler.schedule(300, 'setup', () => void sendSetup(SetupAction.join, index));
+    }
   };
+
+  // Flow B: a subscription host seals SETUP for each server (three copies, 50 ms apart).
+  const subscriptionHost = addHost('subscription');
+  const setupSealer = new ControlSealer(key, {
+    senderId: randomOf('subscription').nonZero(),
+    clock: { wallUs: () => subscriptionHost.clock.wallUs() },
+  });
+  let setupSocket: ControlSocket | undefined;
+  /** Boot of each server that was sent a genuine SETUP leave (it may leave S1). */
+  const leftInBoot = new Map<number, number>();
+  const sendSetup = async (action: SetupActionCode, index: number) => {
+    const target = retransmitEndpoints[index] as Endpoint;
+    setupSocket ??= await subscriptionHost
+      .transport()
+      .openControl({ address: subscriptionHost.address, port: 0, family: 4 }, () => undefined);
+    say(`subscription: SETUP ${action === SetupAction.join ? 'join' : 'leave'} to retransmit${index}`);
+    if (action === SetupAction.leave) {
+      leftInBoot.set(index, (retransmitHosts[index] as SimHost).boot);
+      invariants.forgetHeld(retransmitHosts[index] as SimHost);
+    }
+    for (let copy = 0; copy < setupRepeatCount; copy++) {
+      scheduler.schedule(copy * setupRepeatIntervalMs, 'setup', () => {
+        const datagram = setupSealer.seal(
+          encodeSetup(
+            { sessionId: 0, sequence: copy, timestampUs: subscriptionHost.clock.wallUs() },
+            {
+              action,
+              group: s1.address,
+              port: s1.port,
+              source: undefined,
+              bufferBytes: 0,
+              bufferAgeMs: 0,
+              target: { address: target.address, port: target.port },
+            },
+          ),
+        );
+        setupSocket?.send(datagram, target.port, target.address);
+      });
+    }
+  };
+  if (plan.setupFlow) {
+    for (let index = 0; index < plan.retransmitCount; index++) {
+      scheduler.schedule(300, 'setup', () => void sendSetup(SetupAction.join, index));
+    }
+    if (plan.retransmitCount > 1) {
+      // One server is told to leave after the session; a replay of that leave must move no other.
+      const sessionEndMs = sourceStartMs + (plan.payloadBytes * 8 * 1000) / plan.rateBitsPerSecond;
+      scheduler.schedule(
+        sessionEndMs + 2000,
+        'setup',
+        () => void sendSetup(SetupAction.leave, plan.retransmitCount - 1),
+      );
+    }
+  }
+  // A server that joined S1 stays joined unless a genuine SETUP leave went to it: a forged or
+  // replayed one (captured on its way to another server) must not make it leave.
+  if (kit.joinedGroups !== undefined) {
+    const joinedGroups = kit.joinedGroups;
+    const joinedInBoot = new Map<number, number>();
+    const s1Text = `${s1.address}:${s1.port}`;
+    invariants.addStatusCheck('setup', () => {
+      for (const [index, handle] of retransmitHandles.entries()) {
+        const host = retransmitHosts[index] as SimHost;
+        if (handle === undefined || !host.alive) {
+          continue;
+        }
+        const joined = joinedGroups(handle.status()).includes(s1Text);
+        if (joined) {
+          joinedInBoot.set(index, host.boot);
+        } else if (joinedInBoot.get(index) === host.boot && leftInBoot.get(index) !== host.boot) {
+          return `retransmit${index} left ${s1Text} though no genuine SETUP leave was sent to it`;
+        }
+      }
+      return undefined;
+    });
+  }
   for (const [index, host] of retransmitHosts.entries()) {
     invariants.watchServer(`retransmit${index}`, host, [
       ...retransmitEndpoints.filter((_, i) => i !== index),
