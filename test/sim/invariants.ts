@@ -142,7 +142,7 @@ export class Invariants {
     SimHost,
     { group: Endpoint; reliable: boolean; states: Map<string, EmitState> }
   >();
-  readonly #statusChecks: Array<{ name: string; check: () => string | undefined }> = [];
+  readonly #statusChecks: Array<{ name: string; invariant: string; check: () => string | undefined }> = [];
   readonly #deadlines: Array<{ name: string; byMs: number; met: () => boolean | undefined }> = [];
   readonly #adversaryHosts = new Set<SimHost>();
   #phantoms: ReadonlySet<string> = new Set();
@@ -300,8 +300,8 @@ export class Invariants {
   }
 
   /** A check run at every step; returns a description of what is wrong, or undefined. */
-  addStatusCheck(name: string, check: () => string | undefined): void {
-    this.#statusChecks.push({ name, check });
+  addStatusCheck(name: string, check: () => string | undefined, invariant = 'limits'): void {
+    this.#statusChecks.push({ name, invariant, check });
   }
 
   /**
@@ -327,10 +327,10 @@ export class Invariants {
       // statusCheckIntervalMs of virtual time (a status() may sort its samples), and at the end.
       if (force || nowMs - this.#statusCheckedAtMs >= statusCheckIntervalMs) {
         this.#statusCheckedAtMs = nowMs;
-        for (const { name, check } of this.#statusChecks) {
+        for (const { name, invariant, check } of this.#statusChecks) {
           const problem = check();
           if (problem !== undefined) {
-            this.fail('limits', `${name}: ${problem}`);
+            this.fail(invariant, `${name}: ${problem}`);
           }
         }
       }

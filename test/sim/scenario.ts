@@ -501,21 +501,25 @@ export async function runScenario(
     const joinedGroups = kit.joinedGroups;
     const joinedInBoot = new Map<number, number>();
     const s1Text = `${s1.address}:${s1.port}`;
-    invariants.addStatusCheck('setup', () => {
-      for (const [index, handle] of retransmitHandles.entries()) {
-        const host = retransmitHosts[index] as SimHost;
-        if (handle === undefined || !host.alive) {
-          continue;
+    invariants.addStatusCheck(
+      'setup',
+      () => {
+        for (const [index, handle] of retransmitHandles.entries()) {
+          const host = retransmitHosts[index] as SimHost;
+          if (handle === undefined || !host.alive) {
+            continue;
+          }
+          const joined = joinedGroups(handle.status()).includes(s1Text);
+          if (joined) {
+            joinedInBoot.set(index, host.boot);
+          } else if (joinedInBoot.get(index) === host.boot && leftInBoot.get(index) !== host.boot) {
+            return `retransmit${index} left ${s1Text} though no genuine SETUP leave was sent to it`;
+          }
         }
-        const joined = joinedGroups(handle.status()).includes(s1Text);
-        if (joined) {
-          joinedInBoot.set(index, host.boot);
-        } else if (joinedInBoot.get(index) === host.boot && leftInBoot.get(index) !== host.boot) {
-          return `retransmit${index} left ${s1Text} though no genuine SETUP leave was sent to it`;
-        }
-      }
-      return undefined;
-    });
+        return undefined;
+      },
+      'setup-bound',
+    );
   }
   for (const [index, host] of retransmitHosts.entries()) {
     invariants.watchServer(`retransmit${index}`, host, [
@@ -548,13 +552,17 @@ export async function runScenario(
     }
     if (kit.recoveredOf !== undefined) {
       const recoveredOf = kit.recoveredOf;
-      invariants.addStatusCheck(`repair${i}`, () => {
-        const recovered = host.boot === boot ? recoveredOf(handle.status()) : 0;
-        const brought = invariants.repairsDeliveredTo(host);
-        return recovered > brought
-          ? `counts ${recovered} recovered but REPAIRs brought ${brought}`
-          : undefined;
-      });
+      invariants.addStatusCheck(
+        `repair${i}`,
+        () => {
+          const recovered = host.boot === boot ? recoveredOf(handle.status()) : 0;
+          const brought = invariants.repairsDeliveredTo(host);
+          return recovered > brought
+            ? `counts ${recovered} recovered but REPAIRs brought ${brought}`
+            : undefined;
+        },
+        'recovered',
+      );
     }
     say(`repair${i} boot ${boot} up`);
   };
