@@ -15,6 +15,7 @@
  * - authenticated-destination: a server sends unicast only to addresses it was configured with or
  *   that sent it a genuine (keyed) control message since it booted: never to a victim.
  * - no-throw: no callback of a role throws, and no promise is rejected unhandled.
+ * - receiver-ends: every receiver ends (whole, incomplete or timed out) before the scenario does.
  * - liveness: receivers the scenario expects to finish whole do so within a bound of virtual time.
  */
 import { createHash } from 'node:crypto';
@@ -350,6 +351,14 @@ export class Invariants {
   finish(nowMs: number, errors: readonly unknown[]): void {
     this.step(nowMs, errors, true);
     this.#guard(() => {
+      for (const watched of this.#receivers) {
+        if (watched.finished === undefined) {
+          this.fail(
+            'receiver-ends',
+            `${watched.name} has not ended by t=${nowMs} ms (its timeout is 15 s of silence)`,
+          );
+        }
+      }
       for (const deadline of this.#deadlines) {
         if (deadline.met() !== true) {
           this.fail(
