@@ -130,6 +130,8 @@ const hostTimersMax = 10_000;
 const clockApartMs = 20_000;
 /** A dead run is ended after sessionIdleMs (limits.ts); the bound the liveness check allows for it. */
 const sessionIdleMsBound = 10_000;
+/** How often the simulated subscription server sends SETUP join again (30 s in production). */
+const setupRefreshMs = 1000;
 /** Sockets one host may have open. */
 const hostSocketsMax = 16;
 
@@ -456,7 +458,9 @@ export async function runScenario(
     setupSocket ??= await subscriptionHost
       .transport()
       .openControl({ address: subscriptionHost.address, port: 0, family: 4 }, () => undefined);
-    say(`subscription: SETUP ${action === SetupAction.join ? 'join' : 'leave'} to retransmit${index}`);
+    if (options.verbose === true || action === SetupAction.leave) {
+      say(`subscription: SETUP ${action === SetupAction.join ? 'join' : 'leave'} to retransmit${index}`);
+    }
     if (action === SetupAction.leave) {
       leftInBoot.set(index, (retransmitHosts[index] as SimHost).boot);
       invariants.forgetHeld(retransmitHosts[index] as SimHost);
@@ -482,8 +486,20 @@ export async function runScenario(
     }
   };
   if (plan.setupFlow) {
-    for (let index = 0; index < plan.retransmitCount; index++) {
-      scheduler.schedule(300, 'setup', () => void sendSetup(SetupAction.join, index));
+    // Joins from 300 ms on, and again every setupRefreshMs (the subscription server's refresh,
+    // scaled down): a server whose clock was off when the first came is joined at the next.
+    const refresh = () => {
+      for (let index = 0; index < plan.retransmitCount; index++) {
+        if (!leftInBoot.has(index)) {
+          void sendSetup(SetupAction.join, index);
+        }
+      }
+    };
+    scheduler.schedule(300, 'setup', refresh);
+    // Once more just before the session: calm plans correct every clock by then.
+    scheduler.schedule(sourceStartMs - 50, 'setup', refresh);
+    for (let atMs = sourceStartMs - 50 + setupRefreshMs; atMs < plan.endMs; atMs += setupRefreshMs) {
+      scheduler.schedule(atMs, 'setup', refresh);
     }
     if (plan.retransmitCount > 1) {
       // One server is told to leave after the session; a replay of that leave must move no other.
