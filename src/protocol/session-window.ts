@@ -123,7 +123,12 @@ export class SessionWindow {
     }
     this.#held.set(sequence, item);
     this.#heldBytes += item.length;
-    this.#beyondInARow = 0;
+    if (this.#beyondInARow > 0) {
+      // DATA inside the window: the flow has not moved on; what was set aside was stray.
+      this.#beyondInARow = 0;
+      this.#aside.clear();
+      this.#asideBytes = 0;
+    }
     if (this.#highestData === undefined || sequenceDistance(this.#highestData, sequence) > 0) {
       this.#highestData = sequence;
     }
@@ -236,8 +241,14 @@ export class SessionWindow {
    */
   resync(onItem: (item: Buffer, sequence: number) => void, onGap: (sequence: number) => void): number {
     this.drainToEnd(onItem, onGap);
+    // Jump to the cluster the latest packets form; a stray packet far from them is dropped.
+    const latest = [...this.#aside.keys()].at(-1);
     let first: number | undefined;
     for (const sequence of this.#aside.keys()) {
+      if (latest === undefined || Math.abs(sequenceDistance(latest, sequence)) >= this.#limits.packetsMax) {
+        this.#aside.delete(sequence);
+        continue;
+      }
       if (first === undefined || sequenceDistance(first, sequence) < 0) {
         first = sequence;
       }
@@ -249,6 +260,7 @@ export class SessionWindow {
     const jumped = Math.max(0, sequenceDistance(this.#base, first));
     this.#base = first;
     this.#end = first;
+    this.#highestData = undefined;
     const aside = [...this.#aside];
     this.#aside.clear();
     this.#asideBytes = 0;

@@ -47,19 +47,19 @@ import {
   type SequenceRange,
 } from '../protocol/control.js';
 import {
+  type DataPacket,
   decodeData,
   decodeDescriptor,
   decodeHeader,
   type HeaderFields,
   headerBytes,
-  offsetIncarnation,
-  offsetTimestamp,
   offsetType,
   PacketType,
   SessionKind,
 } from '../protocol/packet.js';
 import { sequenceAdd, sequenceDistance } from '../protocol/serial.js';
 import { type PendingRun, PendingRuns, SessionWindow } from '../protocol/session-window.js';
+import { repairFixedBytes } from '../protocol/sizes.js';
 
 /** Settings of a repair server. */
 export interface RepairSettings {
@@ -248,11 +248,9 @@ export async function startRepairServer(
   const repairedDelays: number[] = [];
   const sampleMax = 200_000;
   let directSeen = 0;
-  const recordDelay = (datagram: Buffer, repaired: boolean) => {
+  const recordDelay = (sentUs: number, repaired: boolean) => {
     const list = repaired ? repairedDelays : directDelays;
-    if (list.length < sampleMax && datagram.length >= headerBytes) {
-      const sentUs =
-        datagram.readUInt32BE(offsetTimestamp) * 0x1_0000_0000 + datagram.readUInt32BE(offsetTimestamp + 4);
+    if (list.length < sampleMax) {
       list.push((clock.wallUs() - sentUs) / 1000);
     }
   };
@@ -476,7 +474,8 @@ export async function startRepairServer(
   };
 
   /** Accepts a DATA datagram of the current run, from S1 or from a REPAIR. */
-  const acceptData = (current: Run, datagram: Buffer, sequence: number, repaired: boolean) => {
+  const acceptData = (current: Run, datagram: Buffer, packet: DataPacket, repaired: boolean) => {
+    const { sequence } = packet;
     const before = current.window.end;
     let result = current.window.offer(sequence, datagram);
     // Over the byte bound: the oldest gap is given up so that what keeps arriving is not lost.
@@ -539,7 +538,7 @@ export async function startRepairServer(
     }
     // Every repaired packet, and one in 16 direct ones (their median is the reference).
     if (repaired || directSeen++ % 16 === 0) {
-      recordDelay(datagram, repaired);
+      recordDelay(packet.timestampUs, repaired);
     }
     gapsSince(current, before);
     emit();
@@ -671,8 +670,11 @@ export async function startRepairServer(
       lastActivityMs: clock.nowMs(),
     };
     run = current;
-    for (const [sequence, p] of held) {
-      acceptData(current, p, sequence, false);
+    for (const p of held.values()) {
+      const decoded = decodeData(p); // held as it came, after it was checked
+      if (decoded.ok) {
+        acceptData(current, p, decoded.value, false);
+      }
     }
     claim(current, d.sequence);
     emitter.send(datagram, datagram.length); // receivers of S2 learn the run at once
@@ -713,7 +715,7 @@ export async function startRepairServer(
         return;
       }
       run.lastActivityMs = clock.nowMs();
-      acceptData(run, datagram, sequence, false);
+      acceptData(run, datagram, decoded.value, false);
       return;
     }
     const header = decodeHeader(datagram);
@@ -791,13 +793,13 @@ export async function startRepairServer(
       emit();
       return;
     }
-    const original = datagram.subarray(headerBytes + 4, datagram.length - authTrailerBytes);
-    if (original.readUInt32BE(offsetIncarnation) !== current.incarnation) {
+    const original = datagram.subarray(headerBytes + repairFixedBytes, datagram.length - authTrailerBytes);
+    if (repair.data.incarnation !== current.incarnation) {
       drop('repair-other-incarnation'); // another run's packet is never written
       return;
     }
     counters.repairsReceived++;
-    acceptData(current, original, repair.sequence, true);
+    acceptData(current, original, repair.data, true);
   };
 
   const onAnnounce = (datagram: Buffer, remote: RemoteInfo) => {
