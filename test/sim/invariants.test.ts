@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { encodeRepair } from '../../src/protocol/control.js';
+import { encodeNack, encodeRepair } from '../../src/protocol/control.js';
 import { encodeData, encodeProgress, PacketType } from '../../src/protocol/packet.js';
 import { runKey } from './adversary.js';
 import { Invariants } from './invariants.js';
@@ -149,5 +149,33 @@ describe('simulator invariants', () => {
     assert.equal(violationOf(invariants), undefined);
     control.send(encodeRepair(fields, data(0, payload.subarray(0, 4), 10)), 7000, '10.9.0.3');
     assert.equal(violationOf(invariants)?.invariant, 'served-genuine');
+  });
+
+  it('held-answered: a NACK for a held packet must be answered with it', async () => {
+    const { scheduler, network, invariants, source, payload } = world();
+    const server = network.addHost('retransmit0', '10.9.0.2');
+    const repair = network.addHost('repair0', '10.9.0.3');
+    invariants.watchRetransmit(server, 60_000);
+    invariants.watchRepairEmitter(repair, s2, true);
+    await server.transport().openReceiver({ group: s1 }, () => undefined);
+    await server.transport().openControl({ address: server.address, port: 7000, family: 4 }, () => undefined);
+    const repairSocket = await repair
+      .transport()
+      .openControl({ address: repair.address, port: 7000, family: 4 }, () => undefined);
+    const sender = await source.transport().openSender({ group: s1 });
+    const genuine = data(0, payload.subarray(0, 4));
+    sender.send(genuine, genuine.length);
+    await scheduler.run(4000);
+    const nack = encodeNack(
+      { sessionId: 5, incarnation: 9, sequence: 0, timestampUs: 1 },
+      { replyTo: { address: repair.address, port: 7000 }, ranges: [{ start: 0, count: 1 }] },
+    );
+    repairSocket.send(nack, 7000, server.address);
+    await scheduler.run(4050);
+    invariants.step(scheduler.nowMs, []);
+    assert.equal(violationOf(invariants), undefined);
+    await scheduler.run(4200);
+    invariants.step(scheduler.nowMs, []);
+    assert.equal(violationOf(invariants)?.invariant, 'held-answered');
   });
 });

@@ -10,6 +10,7 @@
  * - served-genuine: a retransmit server's REPAIR carries exactly the DATA the source sent for
  *   the run and sequence it names (never another incarnation's, never a forged one).
  * - recovered: a repair server counts as recovered no more packets than REPAIRs brought it.
+ * - held-answered: a retransmit server answers a genuine NACK for a packet it holds with it.
  * - held-not-unrecoverable: a repair server never gives up a packet a REPAIR brought it, nor
  *   one that a live retransmit server holds over a link that loses (almost) nothing.
  * - authenticated-destination: a server sends unicast only to addresses it was configured with or
@@ -21,6 +22,7 @@
 import { createHash } from 'node:crypto';
 import { retransmitRunsPerGroupMax } from '../../src/limits.js';
 import type { Endpoint } from '../../src/net/address.js';
+import { decodeNack } from '../../src/protocol/control.js';
 import {
   headerBytes,
   offsetIncarnation,
@@ -124,6 +126,13 @@ interface EmitState {
 const repairHeld = 0;
 const authBytes = authTrailerBytes;
 
+/** How soon a retransmit server must answer a NACK for a packet it holds, in virtual ms. */
+const nackAnswerMsMax = 100;
+/** A server booted or cut off more recently than this is not held to it. */
+const nackAnswerSettleMs = 3000;
+/** NACKs asking for more packets than this may be held back by the repair rate: not checked. */
+const nackAnswerPacketsMax = 500;
+
 /** Unicast loss under which nackAttemptsMax attempts all failing is too unlikely to happen by chance. */
 const reliableLinkLossMax = 0.01;
 
@@ -153,6 +162,10 @@ export class Invariants {
   readonly #genuineData = new Map<string, Buffer>();
   /** Held REPAIRs delivered from a genuine server to each host (what "recovered" may count). */
   readonly #repairsDelivered = new Map<SimHost, number>();
+  /** NACKed packets a retransmit server holds and must answer: key -> when it is due. */
+  readonly #nackDue = new Map<string, { dueMs: number; server: SimHost; boot: number; what: string }>();
+  /** NACKs (server, boot, sender id, counter) already delivered once: a duplicate is refused. */
+  readonly #nacksSeen = new Set<string>();
   /** Per repair host: "boot|run#sequence" of every packet a held REPAIR brought it. */
   readonly #repairedPackets = new Map<SimHost, Set<string>>();
   /** Checks run, for the report. */
@@ -324,6 +337,15 @@ export class Invariants {
           `a callback threw: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}`,
         );
       }
+      for (const [key, due] of this.#nackDue) {
+        if (due.dueMs > nowMs) {
+          continue;
+        }
+        this.#nackDue.delete(key);
+        if (due.server.alive && due.server.boot === due.boot) {
+          this.fail('held-answered', `${due.server.name} holds ${due.what} and did not send it back`);
+        }
+      }
       // Role counters are state that stays over a bound once over it: sampled every
       // statusCheckIntervalMs of virtual time (a status() may sort its samples), and at the end.
       if (force || nowMs - this.#statusCheckedAtMs >= statusCheckIntervalMs) {
@@ -429,6 +451,11 @@ export class Invariants {
     }
     if (type === PacketType.repair && this.#retransmits.some((r) => r.host === record.host)) {
       this.#checkServed(record);
+      if (record.datagram[headerBytes] === repairHeld) {
+        const run = runOf(record.datagram);
+        const sequence = record.datagram.readUInt32BE(offsetSequence);
+        this.#nackDue.delete(`${record.host.name}|${record.boot}|${run}#${sequence}|${ep(record.to)}`);
+      }
     }
     const server = this.#servers.get(record.host);
     if (server !== undefined && !record.multicast) {
@@ -457,6 +484,51 @@ export class Invariants {
     return this.#repairsDelivered.get(host) ?? 0;
   }
 
+  /**
+   * A genuine NACK reached a retransmit server that holds some of what it asks for: each held
+   * packet must go back to the requester within nackAnswerMsMax. Left out: a server booted
+   * lately (the requester may still name its former self), a requester cut off from it (clocks
+   * apart, partition), and NACKs so large that the server's rate limit may hold part back.
+   */
+  #expectAnswer(record: SendRecord, host: SimHost, boot: number): void {
+    const watched = this.#retransmits.find((w) => w.host === host && w.boot === boot);
+    const now = this.#network.scheduler.nowMs;
+    if (watched === undefined || now - host.bootedAtMs < nackAnswerSettleMs) {
+      return;
+    }
+    const nack = decodeNack(record.datagram);
+    if (!nack.ok) {
+      return;
+    }
+    const seen = `${host.name}|${boot}|${nack.value.auth.senderId}|${nack.value.auth.counter}`;
+    if (this.#nacksSeen.has(seen)) {
+      return; // a copy the network doubled: refused as a replay, rightly
+    }
+    this.#nacksSeen.add(seen);
+    const total = nack.value.ranges.reduce((sum, range) => sum + range.count, 0);
+    if (total > nackAnswerPacketsMax || this.#unreachableSince(record.host, host, now - nackAnswerSettleMs)) {
+      return;
+    }
+    const run = runOf(record.datagram);
+    const packets = watched.runs.get(run)?.packets;
+    for (const range of nack.value.ranges) {
+      for (let i = 0; i < range.count; i++) {
+        const sequence = sequenceAdd(range.start, i);
+        if (packets?.get(sequence)?.genuine === true) {
+          const key = `${host.name}|${boot}|${run}#${sequence}|${ep(record.from)}`;
+          if (!this.#nackDue.has(key)) {
+            this.#nackDue.set(key, {
+              dueMs: now + nackAnswerMsMax,
+              server: host,
+              boot,
+              what: `${run} sequence ${sequence} asked by ${record.host.name} at t=${now.toFixed(1)} ms`,
+            });
+          }
+        }
+      }
+    }
+  }
+
   /** A retransmit server's held REPAIR carries, byte for byte, the DATA the source sent for its run and sequence. */
   #checkServed(record: SendRecord): void {
     const datagram = record.datagram;
@@ -478,6 +550,13 @@ export class Invariants {
   }
 
   #onControlDelivered(record: SendRecord, host: SimHost, boot: number): void {
+    if (
+      record.datagram[offsetType] === PacketType.nack &&
+      !record.spoofed &&
+      this.#repairEmitters.has(record.host)
+    ) {
+      this.#expectAnswer(record, host, boot);
+    }
     if (
       !record.spoofed &&
       record.datagram[offsetType] === PacketType.repair &&

@@ -358,6 +358,7 @@ export class SimHost {
   #clock: HostClock;
   #boot = 0;
   #alive = true;
+  #bootedAtMs = 0;
   #nextPort = 49152;
   readonly #sockets = new Set<() => void>();
   readonly #noLoopbackPorts = new Set<number>();
@@ -381,6 +382,11 @@ export class SimHost {
 
   get alive(): boolean {
     return this.#alive;
+  }
+
+  /** Virtual time the current boot began. */
+  get bootedAtMs(): number {
+    return this.#bootedAtMs;
   }
 
   /** Sockets open now. */
@@ -407,6 +413,7 @@ export class SimHost {
     this.kill();
     this.#boot++;
     this.#alive = true;
+    this.#bootedAtMs = this.network.scheduler.nowMs;
     this.#clock = new HostClock(this.network.scheduler, this.name, {
       monotonicBaseMs: 1000,
       wallOffsetMs: this.#clock.wallOffsetMs,

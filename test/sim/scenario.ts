@@ -430,7 +430,11 @@ export async function runScenario(
       announceTo: repairEndpoints,
       bufferBytesMax: 64 * 1024 * 1024,
       bufferAgeMs,
-      election: plan.election ? { lossMax: 0.2, bestCount: 2, periodMs: 1000 } : undefined,
+      // A calm plan keeps every server in the election (best N = all of them): its premise is that
+      // the server that loses nothing listens throughout.
+      election: plan.election
+        ? { lossMax: 0.2, bestCount: plan.calm ? plan.retransmitCount : 2, periodMs: 1000 }
+        : undefined,
     };
     invariants.watchRetransmit(host, bufferAgeMs);
     retransmitHandles[index] = await kit.startRetransmit(
