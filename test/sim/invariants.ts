@@ -22,7 +22,7 @@
 import { createHash } from 'node:crypto';
 import { retransmitRunsPerGroupMax } from '../../src/limits.js';
 import type { Endpoint } from '../../src/net/address.js';
-import { decodeNack } from '../../src/protocol/control.js';
+import { decodeNack, SetupAction } from '../../src/protocol/control.js';
 import {
   headerBytes,
   offsetIncarnation,
@@ -486,14 +486,17 @@ export class Invariants {
 
   /**
    * A genuine NACK reached a retransmit server that holds some of what it asks for: each held
-   * packet must go back to the requester within nackAnswerMsMax. Left out: a server booted
-   * lately (the requester may still name its former self), a requester cut off from it (clocks
+   * packet must go back to the requester within nackAnswerMsMax. Left out: either end booted
+   * lately (the target ids are being learned), a requester cut off from it (clocks
    * apart, partition), and NACKs so large that the server's rate limit may hold part back.
    */
   #expectAnswer(record: SendRecord, host: SimHost, boot: number): void {
     const watched = this.#retransmits.find((w) => w.host === host && w.boot === boot);
     const now = this.#network.scheduler.nowMs;
-    if (watched === undefined || now - host.bootedAtMs < nackAnswerSettleMs) {
+    // Either end booted lately: the requester may not know the server's sender id yet (its NACK
+    // names no target, and is refused), or it may still name the server's former self.
+    const settling = Math.min(now - host.bootedAtMs, now - record.host.bootedAtMs) < nackAnswerSettleMs;
+    if (watched === undefined || settling) {
       return;
     }
     const nack = decodeNack(record.datagram);
@@ -550,6 +553,16 @@ export class Invariants {
   }
 
   #onControlDelivered(record: SendRecord, host: SimHost, boot: number): void {
+    if (
+      record.datagram[offsetType] === PacketType.setup &&
+      record.datagram[headerBytes] === SetupAction.leave &&
+      !record.spoofed &&
+      !this.#adversaryHosts.has(record.host)
+    ) {
+      // A genuine leave reached it: whatever it buffered for the group goes (it may refuse the
+      // SETUP, e.g. as stale; then it holds more than this model says, which checks less).
+      this.forgetHeld(host);
+    }
     if (
       record.datagram[offsetType] === PacketType.nack &&
       !record.spoofed &&

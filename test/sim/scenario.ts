@@ -467,7 +467,6 @@ export async function runScenario(
     }
     if (action === SetupAction.leave) {
       leftInBoot.set(index, (retransmitHosts[index] as SimHost).boot);
-      invariants.forgetHeld(retransmitHosts[index] as SimHost);
     }
     for (let copy = 0; copy < setupRepeatCount; copy++) {
       scheduler.schedule(copy * setupRepeatIntervalMs, 'setup', () => {
