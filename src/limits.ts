@@ -184,3 +184,46 @@ export const setupSettleMs = 500;
 
 /** Subscription server: how often SETUP join is sent again for open sessions that bought repair. */
 export const setupRefreshMsDefault = 30_000;
+
+/** HTTP servers: a request's headers and body must arrive within this (slow bodies are cut). */
+export const httpRequestTimeoutMs = 10_000;
+
+/** HTTP servers: how long an idle keep-alive connection stays open. */
+export const httpKeepAliveTimeoutMs = 5_000;
+
+/** HTTP servers: how often open connections are checked against the request timeout. */
+export const httpConnectionsCheckIntervalMs = 1_000;
+
+/** HTTP servers: open connections at once; more are closed as they arrive (kept below the fd limit). */
+export const httpConnectionsMax = 512;
+
+/** Subscription server: largest request body. */
+export const subscriptionBodyBytesMax = 16 * 1024;
+
+/** Repair controller: largest request body. */
+export const controllerBodyBytesMax = 4096;
+
+/** Repair controller: S1 sessions one subscriber may hold grants for at once. */
+export const controllerGrantsPerSubscriberMax = 8;
+
+/** Files gatecast reads (secrets, tokens): largest size accepted. */
+export const secretFileBytesMax = 64 * 1024;
+
+/** The repair controller's usage journal: largest size read on start. */
+export const journalBytesMax = 64 * 1024 * 1024;
+
+/**
+ * Ledger: an account's total debits and its total credits each stay at or below this (2^53 - 1
+ * minor units), so every balance, invoice and sum is exact as a JSON number. A transfer past it is
+ * refused when it is written.
+ */
+export const ledgerAccountTotalMax = Number.MAX_SAFE_INTEGER;
+
+/** Shutdown: how long a stopping command waits for its roles to close before it exits anyway. */
+export const shutdownGraceMs = 5_000;
+
+/** Subscription server: usage events in one batch (POST /v1/usage/batch) and in one group commit. */
+export const usageBatchEventsMax = 1000;
+
+/** Subscription server: largest body of POST /v1/usage/batch. */
+export const usageBatchBodyBytesMax = 512 * 1024;

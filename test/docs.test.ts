@@ -18,7 +18,7 @@ function sources(directory: string): string[] {
 describe('docs stay true to the code', () => {
   it('docs/api.md names every route of the OpenAPI document, with its methods', async () => {
     const { openStore } = await import('../src/store/database.js');
-    const { buildSubscriptionApp } = await import('../src/subscription/app.js');
+    const { buildServerApp: buildSubscriptionApp } = await import('../src/cli/server-app.js');
     const store = await openStore('sqlite::memory:');
     const app = await buildSubscriptionApp({ store, trustedOperatorToken: 'docs-test-token-000' });
     const paths = (app.swagger() as { paths: Record<string, Record<string, unknown>> }).paths;

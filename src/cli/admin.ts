@@ -5,15 +5,18 @@
  * the answer is printed as JSON (CSV for export), a refusal as one line naming the reason.
  */
 import { randomBytes } from 'node:crypto';
-import { writeFileSync } from 'node:fs';
+import { chmodSync, writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
+import { type TSchema, Type } from '@sinclair/typebox';
 import { readSecretFile } from '../crypto/control-auth.js';
+import { checkAnswer } from '../net/api-client.js';
 import { fetchFailure } from '../net/http.js';
+import { Charge, CheckResult, Session, SessionList, Whoami } from '../protocol/api-subscription.js';
 import { openStore } from '../store/database.js';
-import { buildSubscriptionApp } from '../subscription/app.js';
 import { openSetupSender } from '../subscription/setup-sender.js';
 import { exitOk, UsageError } from './errors.js';
 import { parseServerUrl } from './options.js';
+import { buildServerApp as buildSubscriptionApp } from './server-app.js';
 import { readToken } from './token.js';
 
 /** The server refused a request or could not be reached. */
@@ -52,6 +55,8 @@ commands:
   invoice ACCOUNT YYYY-MM
   bill YYYY-MM                              charge the subscriptions of a month (idempotent)
   export [--out FILE]                       the ledger as CSV
+  tokens                                    every party's token: kind, name, created, revoked
+  token revoke PARTY                        revoke a party's token (it no longer authenticates)
   whoami
 
 exit codes: 0 ok, 2 bad usage or a refused request, 70 internal error
@@ -104,18 +109,18 @@ export async function runAdmin(argv: string[], out: NodeJS.WriteStream): Promise
   const target = await connect(values);
   try {
     const answer = await command(positionals, values, target.send);
-    if (answer.status >= 400) {
-      let message = answer.body;
-      try {
-        const parsed = JSON.parse(answer.body) as { error?: string; message?: string };
-        message = `${parsed.error ?? 'error'}: ${parsed.message ?? ''}`;
-      } catch {
-        // not JSON: shown as it is
-      }
-      throw new RequestError(`${answer.status} ${message}`);
+    // Every answer is checked against the contract the server answers with (src/protocol/api-*.ts).
+    const checked = checkAnswer(answer.status, parseJson(answer.body), answerSchema(positionals));
+    if (!checked.ok) {
+      throw new RequestError(
+        checked.error === 'invalid-answer' && answer.status >= 400
+          ? `${answer.status} ${answer.body.trim().slice(0, 200)}`
+          : `${answer.status} ${checked.error}: ${checked.message}`,
+      );
     }
     if (values.out !== undefined) {
-      writeFileSync(values.out, answer.body);
+      writeFileSync(values.out, answer.body, { mode: 0o600 }); // the ledger: money, for the operator only
+      chmodSync(values.out, 0o600);
     } else {
       out.write(answer.body.endsWith('\n') ? answer.body : `${answer.body}\n`);
     }
@@ -326,7 +331,47 @@ async function command(
       return send('GET', '/v1/ledger.csv');
     case 'whoami':
       return pretty(send('GET', '/v1/whoami'));
+    case 'tokens':
+      return pretty(send('GET', '/v1/tokens'));
+    case 'token': {
+      if (arg(0, 'revoke') !== 'revoke') {
+        throw new UsageError('token: only "revoke PARTY"');
+      }
+      const party = arg(1, 'PARTY');
+      const answer = await send('DELETE', `/v1/tokens/${encodeURIComponent(party)}`);
+      return answer.status === 204
+        ? { status: 200, body: `${JSON.stringify({ revoked: party })}\n` }
+        : answer;
+    }
     default:
       throw new UsageError(`unknown command "${verb}" (gatecast admin --help)`);
+  }
+}
+
+/** The body as JSON, or the text itself when it is not JSON (the CSV export). */
+function parseJson(text: string): unknown {
+  try {
+    return JSON.parse(text);
+  } catch {
+    return text;
+  }
+}
+
+/** The contract's schema of a command's answer; commands without one are checked for an error body only. */
+function answerSchema(words: readonly string[]): TSchema {
+  const [verb, action] = words;
+  switch (verb) {
+    case 'whoami':
+      return Whoami;
+    case 'check':
+      return CheckResult;
+    case 'session':
+      return action === 'add' || action === 'end' ? Session : Type.Unknown();
+    case 'sessions':
+      return SessionList;
+    case 'usage':
+      return Charge;
+    default:
+      return Type.Unknown();
   }
 }

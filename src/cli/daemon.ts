@@ -3,6 +3,7 @@
  * line, the shared secret, lists of endpoints, and running until SIGINT or SIGTERM.
  */
 import { type ControlKey, readSecretFile } from '../crypto/control-auth.js';
+import { shutdownGraceMs } from '../limits.js';
 import { type Endpoint, parseEndpoint } from '../net/address.js';
 import { type StatusServer, serveStatus } from '../net/status-http.js';
 import { exitOk, UsageError } from './errors.js';
@@ -78,8 +79,29 @@ export async function runDaemon(
     process.once('SIGTERM', resolve);
   });
   clearInterval(timer);
+  endProcessSoon(exitOk);
   await server?.close();
-  await role.close();
+  await closeWithin(role.close(), shutdownGraceMs);
   err.write(`${line()}\nstopped\n`);
   return exitOk;
+}
+
+/** Waits for a close, but no longer than the grace period. */
+export async function closeWithin(closing: Promise<void>, ms: number): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  await Promise.race([
+    closing.catch(() => undefined),
+    new Promise<void>((resolve) => {
+      timer = setTimeout(resolve, ms);
+    }),
+  ]);
+  clearTimeout(timer);
+}
+
+/**
+ * Once a command stops, its process ends: if a handle (a socket, a timer) still holds the event
+ * loop after the grace period, the process exits anyway. The timer itself holds nothing.
+ */
+export function endProcessSoon(code: number): void {
+  setTimeout(() => process.exit(code), 2 * shutdownGraceMs).unref();
 }

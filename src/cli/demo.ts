@@ -18,10 +18,10 @@ import { openFileInput, openTickerInput } from '../source/inputs.js';
 import { createSource } from '../source/source.js';
 import { openStore } from '../store/database.js';
 import { createLedger } from '../store/ledger.js';
-import { buildSubscriptionApp } from '../subscription/app.js';
 import { exitIncomplete, exitOk } from './errors.js';
 import { formatBytes, formatRate } from './format.js';
 import { formatHelp, type OptionSpecs, optional, parseInteger, parseOptions } from './options.js';
+import { buildServerApp as buildSubscriptionApp } from './server-app.js';
 
 const demoOptions: OptionSpecs = {
   'file-size': { type: 'string', value: 'BYTES', help: 'size of the generated file (default 4000000)' },
@@ -199,6 +199,9 @@ async function repairDemo(options: {
       ).json() as Record<string, unknown>;
     const alice = await api('POST', '/v1/subscribers', { name: 'alice' });
     await api('POST', '/v1/entitlements', { subscriber: alice.id, service: 'repair' });
+    // The controller grants repair only for an S1 a source has registered.
+    const source = await api('POST', '/v1/sources', { name: 'demo source' });
+    await api('POST', '/v1/sessions', { name: 'demo file', group: formatEndpoint(s1), owner: source.id });
     const retransmit = owned.add(
       await startRetransmitServer({
         joins: [{ group: s1 }],

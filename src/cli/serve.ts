@@ -1,13 +1,17 @@
 /** `gatecast serve`: the subscription server (and the ledger behind billing) over HTTP. */
 import { readSecretFile } from '../crypto/control-auth.js';
-import { setupRefreshMsDefault } from '../limits.js';
-import { parseEndpoint } from '../net/address.js';
+import { setupRefreshMsDefault, shutdownGraceMs } from '../limits.js';
+import { formatEndpoint, parseEndpoint } from '../net/address.js';
+import { SocketError } from '../net/errors.js';
+import { boundPort, checkListenable } from '../net/http-server.js';
 import { readTlsFiles } from '../net/tls.js';
 import { openStore } from '../store/database.js';
-import { buildSubscriptionApp } from '../subscription/app.js';
+import { StoreUrlError } from '../store/errors.js';
 import { openSetupSender } from '../subscription/setup-sender.js';
+import { closeWithin, endProcessSoon } from './daemon.js';
 import { exitOk, UsageError } from './errors.js';
 import { formatHelp, type OptionSpecs, optional, parseOptions } from './options.js';
+import { buildServerApp as buildSubscriptionApp } from './server-app.js';
 
 const serveOptions: OptionSpecs = {
   roles: {
@@ -60,8 +64,15 @@ export async function runServe(argv: string[], err: NodeJS.WriteStream): Promise
   }
   const tls = readTlsFiles(optional(values, 'tls-cert'), optional(values, 'tls-key'));
   const secretFile = optional(values, 'secret-file');
-  const setup = secretFile === undefined ? undefined : await openSetupSender(readSecretFile(secretFile));
-  const store = await openStore(optional(values, 'db') ?? 'sqlite:./data/gatecast.db');
+  const secret = secretFile === undefined ? undefined : readSecretFile(secretFile);
+  const dbUrl = optional(values, 'db') ?? 'sqlite:./data/gatecast.db';
+  if (!/^(sqlite:.+|postgres(ql)?:\/\/.+)$/.test(dbUrl)) {
+    throw new StoreUrlError(`--db: "${dbUrl}" is neither sqlite:PATH nor postgres://…`);
+  }
+  // Everything is checked before anything is made: no store file, no token, for a port in use.
+  await checkListenable(listen, '--listen');
+  const setup = secret === undefined ? undefined : await openSetupSender(secret);
+  const store = await openStore(dbUrl);
   const app = await buildSubscriptionApp({
     store,
     currency,
@@ -73,17 +84,28 @@ export async function runServe(argv: string[], err: NodeJS.WriteStream): Promise
     operatorToken: process.env.GATECAST_OPERATOR_TOKEN,
     onOperatorTokenCreated: (token) => err.write(`serve: operator token (shown once, keep it): ${token}\n`),
   });
-  await app.listen({ host: listen.address, port: listen.port });
-  const bound = app.server.address();
-  const port = typeof bound === 'object' && bound !== null ? bound.port : listen.port;
-  err.write(
-    `serve: ${roles.join(',')} on ${tls === undefined ? 'http' : 'https'}://${listen.family === 6 ? `[${listen.address}]` : listen.address}:${port} (${store.dialect})\n`,
-  );
-  await new Promise<void>((resolve) => {
+  try {
+    await app.listen({ host: listen.address, port: listen.port });
+  } catch (error) {
+    await app.close();
+    await store.close();
+    await setup?.[Symbol.asyncDispose]();
+    throw new SocketError(
+      `--listen: cannot listen on ${formatEndpoint(listen)}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`,
+    );
+  }
+  const port = boundPort(app, listen.port);
+  // Listen for the stop before saying we are up: a stop sent on that line is not lost.
+  const stopped = new Promise<void>((resolve) => {
     process.once('SIGINT', resolve);
     process.once('SIGTERM', resolve);
   });
-  await app.close();
+  err.write(
+    `serve: ${roles.join(',')} on ${tls === undefined ? 'http' : 'https'}://${listen.family === 6 ? `[${listen.address}]` : listen.address}:${port} (${store.dialect})\n`,
+  );
+  await stopped;
+  endProcessSoon(exitOk);
+  await closeWithin(app.close(), shutdownGraceMs);
   await store.close();
   await setup?.[Symbol.asyncDispose]();
   err.write('stopped\n');

@@ -1,5 +1,6 @@
 /** The bearer token a command presents: from --token-file, or from GATECAST_TOKEN. */
-import { readFileSync } from 'node:fs';
+import { secretFileBytesMax } from '../limits.js';
+import { FileRefused, readBoundedFile } from '../net/files.js';
 import { UsageError } from './errors.js';
 
 /** Reads the token; a missing or unreadable one is a usage error naming where it was looked for. */
@@ -7,9 +8,12 @@ export function readToken(file: string | undefined): string {
   if (file !== undefined) {
     let text: string;
     try {
-      text = readFileSync(file, 'utf8').trim();
+      text = readBoundedFile(file, secretFileBytesMax).toString('utf8').trim();
     } catch (error) {
-      throw new UsageError(`--token-file: cannot read ${file}: ${(error as NodeJS.ErrnoException).code}`);
+      if (error instanceof FileRefused) {
+        throw new UsageError(`--token-file: ${error.message}`);
+      }
+      throw error;
     }
     if (text === '') {
       throw new UsageError(`--token-file: ${file} is empty`);

@@ -11,7 +11,6 @@
  */
 import assert from 'node:assert/strict';
 import { createHash, createHmac, randomInt, timingSafeEqual } from 'node:crypto';
-import { readFileSync } from 'node:fs';
 import { isIPv4, isIPv6 } from 'node:net';
 import { networkInterfaces } from 'node:os';
 import {
@@ -19,8 +18,10 @@ import {
   replayFreshnessMs,
   replayPeersMax,
   replayWindowCountersMax,
+  secretFileBytesMax,
 } from '../limits.js';
 import { systemTime, type TimeSource } from '../net/clock.js';
+import { readBoundedFile } from '../net/files.js';
 import { writeAddress } from '../protocol/address.js';
 import {
   type AuthTrailer,
@@ -61,9 +62,9 @@ export function controlKey(key: Buffer): ControlKey {
 export function readSecretFile(path: string, field = '--secret-file'): ControlKey {
   let text: Buffer;
   try {
-    text = readFileSync(path);
+    text = readBoundedFile(path, secretFileBytesMax); // a regular file of bounded size, or refused
   } catch (error) {
-    throw new SecretError(`${field}: cannot read ${path}: ${(error as NodeJS.ErrnoException).code}`);
+    throw new SecretError(`${field}: ${(error as Error).message}`);
   }
   const key = Buffer.from(text.toString('utf8').trim(), 'utf8');
   if (key.length < secretBytesMin) {

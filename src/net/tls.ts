@@ -4,8 +4,9 @@
  * CA named by NODE_EXTRA_CA_CERTS.
  */
 import { createPrivateKey, X509Certificate } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { secretFileBytesMax } from '../limits.js';
 import { InvalidArgumentError } from './errors.js';
+import { readBoundedFile } from './files.js';
 
 /** PEM certificate chain and key, ready for Fastify's `https` option. */
 export interface TlsFiles {
@@ -29,9 +30,9 @@ export function readTlsFiles(
   }
   const read = (path: string, field: string) => {
     try {
-      return readFileSync(path);
+      return readBoundedFile(path, secretFileBytesMax);
     } catch (error) {
-      throw new InvalidArgumentError(field, `cannot read ${path}: ${(error as NodeJS.ErrnoException).code}`);
+      throw new InvalidArgumentError(field, (error as Error).message);
     }
   };
   const cert = read(certPath, '--tls-cert');

@@ -140,6 +140,8 @@ export interface WatchingAgentSettings {
     | undefined;
   /** Called when the controller refuses (the application keeps its plain S1). */
   readonly onRefused?: ((mapping: AgentMapping, reason: string) => void) | undefined;
+  /** Told of a poll that failed (a socket that would not open); the next poll tries again. */
+  readonly onError?: ((error: Error) => void) | undefined;
   readonly readMemberships?: () => Membership[];
 }
 
@@ -261,7 +263,10 @@ export async function startWatchingAgent(
     }
   };
   await poll();
-  const timer = setInterval(() => void poll(), settings.pollMs ?? 500);
+  // A failed poll is reported, never an unhandled rejection that would end the agent.
+  const timer = setInterval(() => {
+    poll().catch((error: Error) => settings.onError?.(error));
+  }, settings.pollMs ?? 500);
   let closed: Promise<void> | undefined;
   const close = () => {
     closed ??= (async () => {

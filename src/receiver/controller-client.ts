@@ -1,12 +1,14 @@
 /**
  * The agent's side of flow A: asks the repair controller to repair S1 with the subscriber's bearer
- * token, checks the grant's tag (keyed from that token) and its fields, and releases the grant when
- * the application leaves.
+ * token, checks the answer against the contract (src/protocol/api-repair.ts), the grant's tag
+ * (keyed from that token) and its fields, and releases the grant when the application leaves. Any
+ * answer that fails a check is a refusal with the reason.
  */
 import { verifyAnswerTag } from '../crypto/answer-auth.js';
 import { type Endpoint, formatEndpoint, parseGroup } from '../net/address.js';
-import { type JsonAnswer, requestJson } from '../net/http.js';
-import { answerFields, type RepairGrant } from '../protocol/controller.js';
+import { type ApiAnswer, NoContent, requestApi } from '../net/api-client.js';
+import { RepairGrantBody } from '../protocol/api-repair.js';
+import { answerFields } from '../protocol/controller.js';
 
 /** The controller's answer as the agent uses it. */
 export type Resolution =
@@ -24,9 +26,9 @@ export function controllerClient(url: string, token: string): ControllerClient {
   const base = url.replace(/\/+$/, '');
   return {
     async resolve(s1, source) {
-      let response: JsonAnswer;
+      let answer: ApiAnswer<RepairGrantBody>;
       try {
-        response = await requestJson(`${base}/v1/repair`, {
+        answer = await requestApi(`${base}/v1/repair`, RepairGrantBody, {
           token,
           method: 'POST',
           body: { group: formatEndpoint(s1), ...(source === undefined ? {} : { source }) },
@@ -38,18 +40,17 @@ export function controllerClient(url: string, token: string): ControllerClient {
           reason: `the repair controller at ${base} cannot be reached: ${(error as Error).message}`,
         };
       }
-      const body = response.body as Partial<RepairGrant> & { message?: string };
-      if (response.status !== 200) {
-        return { granted: false, reason: `${response.status} ${body.message ?? 'refused'}` };
+      if (!answer.ok) {
+        return {
+          granted: false,
+          reason:
+            answer.error === 'invalid-answer'
+              ? `${answer.status} the controller’s answer is not a grant: ${answer.message}`
+              : `${answer.status} ${answer.message}`,
+        };
       }
-      const grant = body as RepairGrant;
-      if (
-        typeof grant.s2 !== 'string' ||
-        typeof grant.tag !== 'string' ||
-        typeof grant.leaseSeconds !== 'number' ||
-        grant.session !== formatEndpoint(s1) ||
-        !verifyAnswerTag(token, answerFields(grant), grant.tag)
-      ) {
+      const grant = answer.body;
+      if (grant.session !== formatEndpoint(s1) || !verifyAnswerTag(token, answerFields(grant), grant.tag)) {
         return { granted: false, reason: 'the controller’s answer failed its authenticity check' };
       }
       let s2: Endpoint;
@@ -58,10 +59,10 @@ export function controllerClient(url: string, token: string): ControllerClient {
       } catch {
         return { granted: false, reason: `the controller granted an unusable S2 "${grant.s2}"` };
       }
-      return { granted: true, s2, leaseMs: Math.max(1, grant.leaseSeconds) * 1000 };
+      return { granted: true, s2, leaseMs: grant.leaseSeconds * 1000 };
     },
     async release(s1) {
-      await requestJson(`${base}/v1/repair`, {
+      await requestApi(`${base}/v1/repair`, NoContent, {
         token,
         method: 'DELETE',
         body: { group: formatEndpoint(s1) },

@@ -9,15 +9,21 @@
  * until it is taken.
  */
 import { randomUUID } from 'node:crypto';
-import { type Static, Type } from '@sinclair/typebox';
-import Fastify, { type FastifyInstance } from 'fastify';
+import { isIPv4 } from 'node:net';
+import { type Static, type TSchema, Type } from '@sinclair/typebox';
 import { answerTag } from '../crypto/answer-auth.js';
-import { type Endpoint, formatEndpoint, parseGroup } from '../net/address.js';
-import { InvalidArgumentError } from '../net/errors.js';
-import { bearerToken, requestJson } from '../net/http.js';
+import { controllerBodyBytesMax, controllerGrantsPerSubscriberMax, usageBatchEventsMax } from '../limits.js';
+import { type Endpoint, formatEndpoint, isMulticast, parseGroup } from '../net/address.js';
+import { type ApiAnswer, requestApi } from '../net/api-client.js';
+import { InvalidArgumentError, SocketError } from '../net/errors.js';
+import { bearerToken } from '../net/http.js';
+import { boundPort, createHttpApp, type HttpServerLimits, sendError } from '../net/http-server.js';
 import type { TlsFiles } from '../net/tls.js';
 import { addToAddress } from '../protocol/address.js';
-import { answerFields, type RepairGrant } from '../protocol/controller.js';
+import { ErrorBody } from '../protocol/api-errors.js';
+import { RepairGrantBody, RepairReleaseBody, RepairRequestBody } from '../protocol/api-repair.js';
+import { CheckResult, SessionList, UsageBatchResult, Whoami } from '../protocol/api-subscription.js';
+import { answerFields } from '../protocol/controller.js';
 import type { RepairServer, RepairSettings } from './repair.js';
 import { startRepairServer } from './repair.js';
 import { openUsageJournal, type UsageReport } from './usage-journal.js';
@@ -55,6 +61,10 @@ export interface ControllerSettings {
   readonly journal?: string | undefined;
   /** Starts a repair module (tests may pass a fake). */
   readonly startModule?: (settings: RepairSettings) => Promise<RepairServer>;
+  /** Bounds of the HTTP server (defaults from src/limits.ts). */
+  readonly httpLimits?: Partial<HttpServerLimits> | undefined;
+  /** S1 sessions one subscriber may hold grants for at once. */
+  readonly grantsPerSubscriberMax?: number | undefined;
 }
 
 interface Attachment {
@@ -97,27 +107,6 @@ export interface RepairController extends AsyncDisposable {
   close(): Promise<void>;
 }
 
-const RequestBody = Type.Object(
-  {
-    group: Type.String({ minLength: 3, maxLength: 64 }),
-    source: Type.Optional(Type.String({ minLength: 2, maxLength: 46 })),
-  },
-  { additionalProperties: false },
-);
-const ReleaseBody = Type.Object(
-  { group: Type.String({ minLength: 3, maxLength: 64 }) },
-  { additionalProperties: false },
-);
-const Grant = Type.Object({
-  session: Type.String(),
-  s2: Type.String(),
-  subscriber: Type.String(),
-  leaseSeconds: Type.Integer(),
-  key: Type.Null(),
-  tag: Type.String(),
-});
-const ErrorBody = Type.Object({ error: Type.String(), message: Type.String() });
-
 /** Starts a controller. */
 export async function startRepairController(settings: ControllerSettings): Promise<RepairController> {
   const instance = randomUUID();
@@ -137,12 +126,14 @@ export async function startRepairController(settings: ControllerSettings): Promi
   let reportSequence = 0;
   const base = settings.subscription.replace(/\/+$/, '');
 
-  /** A call to the subscription server; undefined when it cannot be reached. */
-  const ask = (
+  /** A call to the subscription server, its answer checked by the contract; undefined when none came. */
+  const ask = <T extends TSchema>(
     path: string,
+    schema: T,
     token: string,
     request: { method?: string; body?: unknown; headers?: Record<string, string> } = {},
-  ) => requestJson(`${base}${path}`, { ...request, token, timeoutMs: 5_000 }).catch(() => undefined);
+  ): Promise<ApiAnswer<Static<T>> | undefined> =>
+    requestApi(`${base}${path}`, schema, { ...request, token, timeoutMs: 5_000 }).catch(() => undefined);
 
   /** Pool indexes of modules being started (not yet in `modules`). */
   const reservedIndexes = new Set<number>();
@@ -193,22 +184,25 @@ export async function startRepairController(settings: ControllerSettings): Promi
     });
     await flushing;
   };
+  /** Sends what is pending in batches, each report under its own key, until none is left or the server is away. */
   const flushPending = async () => {
     while (pending.length > 0) {
-      const report = pending[0] as PendingReport;
-      const answer = await ask('/v1/usage', settings.token, {
+      const batch = pending.slice(0, usageBatchEventsMax);
+      const answer = await ask('/v1/usage/batch', UsageBatchResult, settings.token, {
         method: 'POST',
-        headers: { 'idempotency-key': report.key },
-        body: report.body,
+        body: { events: batch.map((report) => ({ key: report.key, ...report.body })) },
       });
-      if (answer === undefined || answer.status >= 500) {
-        return; // the server is away: the same report, same key, next time
+      if (answer === undefined || !answer.ok || answer.body.results.length !== batch.length) {
+        return; // the server is away, busy or answered nonsense: the same reports, same keys, next time
       }
-      pending.shift();
-      journal?.done(report.key);
-      if (answer.status < 300) {
-        counters.reportsSent++;
-        counters.usageBytesReported += report.body.quantity;
+      pending.splice(0, batch.length);
+      for (const [index, report] of batch.entries()) {
+        journal?.done(report.key);
+        const result = answer.body.results[index];
+        if (result !== undefined && result.status < 300) {
+          counters.reportsSent++;
+          counters.usageBytesReported += report.body.quantity;
+        }
       }
     }
   };
@@ -242,17 +236,11 @@ export async function startRepairController(settings: ControllerSettings): Promi
     await flush();
   };
 
-  const app = Fastify({
-    logger: false,
-    bodyLimit: 4096,
-    ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: false } },
-    ...(settings.tls === undefined ? {} : { https: settings.tls }),
-  }) as unknown as FastifyInstance;
-  app.setErrorHandler((error: Error & { validation?: unknown; statusCode?: number }, _request, reply) =>
-    reply
-      .code(error.validation !== undefined ? 400 : (error.statusCode ?? 500))
-      .send({ error: error.validation !== undefined ? 'invalid-request' : 'error', message: error.message }),
-  );
+  const app = createHttpApp({
+    tls: settings.tls,
+    bodyBytesMax: controllerBodyBytesMax,
+    limits: settings.httpLimits,
+  });
 
   /**
    * The repair module for S1: the running one, or one started now with the next free S2. Requests
@@ -298,28 +286,58 @@ export async function startRepairController(settings: ControllerSettings): Promi
     return start;
   };
 
-  /** Who is asking: the subscriber behind the bearer token, or an answer already sent. */
+  /** Who is asking: the subscriber behind the bearer token, or the refusal to answer with. */
   const identify = async (authorization: string | undefined) => {
     const token = bearerToken(authorization);
     if (token === undefined) {
-      return { refusal: [401, 'unauthorized', 'a bearer token is required'] as const };
+      return { refusal: ['unauthorized', 'a bearer token is required'] as const };
     }
-    const who = await ask('/v1/whoami', token);
+    const who = await ask('/v1/whoami', Whoami, token);
     if (who === undefined || who.status >= 500) {
-      return { refusal: [503, 'unavailable', 'the subscription server cannot be reached'] as const };
+      return { refusal: ['unavailable', 'the subscription server cannot be reached'] as const };
     }
-    if (who.status !== 200 || who.body.kind !== 'subscriber') {
-      return { refusal: [401, 'unauthorized', 'the token is not a subscriber’s'] as const };
+    if (!who.ok || who.body.kind !== 'subscriber') {
+      return { refusal: ['unauthorized', 'the token is not a subscriber’s'] as const };
     }
-    return { token, subscriber: String(who.body.id) };
+    return { token, subscriber: who.body.id };
   };
 
-  app.post<{ Body: Static<typeof RequestBody> }>(
+  /** The open session registered for S1, or the refusal to answer with. */
+  const openSession = async (s1Text: string) => {
+    const sessions = await ask(
+      `/v1/sessions?group=${encodeURIComponent(s1Text)}`,
+      SessionList,
+      settings.token,
+    );
+    if (sessions === undefined || !sessions.ok) {
+      return { refusal: ['unavailable', 'the subscription server cannot be reached'] as const };
+    }
+    const session = sessions.body.find((candidate) => candidate.state === 'open');
+    if (session === undefined) {
+      return { refusal: ['not-found', `no open session is registered for ${s1Text}`] as const };
+    }
+    return { session };
+  };
+
+  /** S1 sessions the subscriber holds a grant for now. */
+  const grantsOf = (subscriber: string) =>
+    [...modules.values()].filter((module) => module.attachments.has(subscriber)).length;
+  const grantsMax = settings.grantsPerSubscriberMax ?? controllerGrantsPerSubscriberMax;
+
+  app.post<{ Body: RepairRequestBody }>(
     '/v1/repair',
     {
       schema: {
-        body: RequestBody,
-        response: { 200: Grant, 400: ErrorBody, 401: ErrorBody, 403: ErrorBody, 503: ErrorBody },
+        body: RepairRequestBody,
+        response: {
+          200: RepairGrantBody,
+          400: ErrorBody,
+          401: ErrorBody,
+          403: ErrorBody,
+          404: ErrorBody,
+          429: ErrorBody,
+          503: ErrorBody,
+        },
       },
     },
     async (request, reply) => {
@@ -327,45 +345,63 @@ export async function startRepairController(settings: ControllerSettings): Promi
       try {
         s1 = parseGroup(request.body.group, 'body/group');
       } catch (error) {
-        return reply.code(400).send({ error: 'invalid-request', message: (error as Error).message });
+        return sendError(reply, 'invalid-request', (error as Error).message);
+      }
+      const source = request.body.source;
+      if (source !== undefined && (isMulticast(source) || isIPv4(source) !== (s1.family === 4))) {
+        return sendError(
+          reply,
+          'invalid-request',
+          `body/source: "${source}" is not a unicast address of the group's family`,
+        );
       }
       const who = await identify(request.headers.authorization);
       if ('refusal' in who) {
-        const [code, error, message] = who.refusal as readonly [number, string, string];
-        return reply.code(code).send({ error, message });
+        return sendError(reply, who.refusal[0], who.refusal[1]);
       }
       const s1Text = formatEndpoint(s1);
-      const sessions = await ask(`/v1/sessions?group=${encodeURIComponent(s1Text)}`, settings.token);
-      const list =
-        sessions?.status === 200 ? (sessions.body as unknown as Array<{ id: string; state: string }>) : [];
-      const sessionId = Array.isArray(list) ? list.find((s) => s.state === 'open')?.id : undefined;
+      const registered = await openSession(s1Text);
+      if ('refusal' in registered) {
+        counters.refusals++;
+        return sendError(reply, registered.refusal[0], registered.refusal[1]);
+      }
+      const sessionId = registered.session.id;
       const check = await ask(
-        `/v1/entitlements/check?subscriber=${encodeURIComponent(who.subscriber)}&service=repair${sessionId === undefined ? '' : `&session=${encodeURIComponent(sessionId)}`}`,
+        `/v1/entitlements/check?subscriber=${encodeURIComponent(who.subscriber)}&service=repair&session=${encodeURIComponent(sessionId)}`,
+        CheckResult,
         settings.token,
       );
-      if (check === undefined || check.status >= 500) {
-        return reply
-          .code(503)
-          .send({ error: 'unavailable', message: 'the subscription server cannot be reached' });
+      if (check === undefined || check.status >= 500 || (!check.ok && check.error === 'invalid-answer')) {
+        return sendError(reply, 'unavailable', 'the subscription server cannot be reached');
       }
-      if (check.status !== 200 || check.body.allowed !== true) {
+      if (!check.ok || !check.body.allowed) {
         counters.refusals++;
         const moduleNow = modules.get(s1Text);
         if (moduleNow !== undefined) {
           detach(moduleNow, who.subscriber); // a lapsed entitlement ends a running grant
         }
-        return reply
-          .code(403)
-          .send({ error: 'not-entitled', message: String(check.body.reason ?? 'no repair entitlement') });
+        return sendError(reply, 'not-entitled', check.ok ? check.body.reason : check.message);
+      }
+      const held = modules.get(s1Text)?.attachments.has(who.subscriber) === true;
+      if (!held && grantsOf(who.subscriber) >= grantsMax) {
+        counters.refusals++;
+        return sendError(
+          reply,
+          'too-many-requests',
+          `a subscriber holds at most ${grantsMax} grants at once; release one first`,
+        );
       }
       let module: Module;
       try {
-        module = await moduleFor(s1, request.body.source);
+        module = await moduleFor(s1, source);
       } catch (error) {
-        if (error instanceof PoolExhausted) {
-          return reply.code(503).send({ error: 'unavailable', message: error.message });
-        }
-        throw error;
+        return sendError(
+          reply,
+          'unavailable',
+          error instanceof PoolExhausted
+            ? error.message
+            : `the repair module for ${s1Text} could not start: ${(error as Error).message}`,
+        );
       }
       module.idleSince = undefined;
       const status = module.server.status();
@@ -383,32 +419,31 @@ export async function startRepairController(settings: ControllerSettings): Promi
         session: s1Text,
         s2: formatEndpoint(module.s2),
         subscriber: who.subscriber,
-        leaseSeconds: Math.round(settings.leaseMs / 1000),
+        leaseSeconds: Math.max(1, Math.round(settings.leaseMs / 1000)),
         key: null,
       };
-      return { ...grant, tag: answerTag(who.token, answerFields(grant)) } satisfies RepairGrant;
+      return { ...grant, tag: answerTag(who.token, answerFields(grant)) } satisfies RepairGrantBody;
     },
   );
 
-  app.delete<{ Body: Static<typeof ReleaseBody> }>(
+  app.delete<{ Body: RepairReleaseBody }>(
     '/v1/repair',
     {
       schema: {
-        body: ReleaseBody,
+        body: RepairReleaseBody,
         response: { 204: Type.Null(), 400: ErrorBody, 401: ErrorBody, 503: ErrorBody },
       },
     },
     async (request, reply) => {
       const who = await identify(request.headers.authorization);
       if ('refusal' in who) {
-        const [code, error, message] = who.refusal as readonly [number, string, string];
-        return reply.code(code).send({ error, message });
+        return sendError(reply, who.refusal[0], who.refusal[1]);
       }
       let s1: Endpoint;
       try {
         s1 = parseGroup(request.body.group, 'body/group');
       } catch (error) {
-        return reply.code(400).send({ error: 'invalid-request', message: (error as Error).message });
+        return sendError(reply, 'invalid-request', (error as Error).message);
       }
       const module = modules.get(formatEndpoint(s1));
       if (module !== undefined) {
@@ -440,9 +475,17 @@ export async function startRepairController(settings: ControllerSettings): Promi
   });
   app.get('/status', async () => status());
 
-  await app.listen({ host: settings.listen.address, port: settings.listen.port });
-  const bound = app.server.address();
-  const port = typeof bound === 'object' && bound !== null ? bound.port : settings.listen.port;
+  try {
+    await app.listen({ host: settings.listen.address, port: settings.listen.port });
+  } catch (error) {
+    // A failed start closes what it opened: the app's socket and the journal.
+    await app.close().catch(() => undefined);
+    journal?.close();
+    throw new SocketError(
+      `--controller: cannot listen on ${formatEndpoint(settings.listen)}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`,
+    );
+  }
+  const port = boundPort(app, settings.listen.port);
   const timer = setInterval(() => void tick(), settings.reportIntervalMs);
   let closed: Promise<void> | undefined;
   const close = () => {

@@ -5,7 +5,9 @@
  * sends them with their original idempotency keys: a report is neither lost nor charged twice.
  * JSON lines: {"report": {key, body}} and {"done": key}; rewritten without the done ones on open.
  */
-import { closeSync, existsSync, fsyncSync, openSync, readFileSync, renameSync, writeSync } from 'node:fs';
+import { chmodSync, closeSync, fsyncSync, openSync, renameSync, writeSync } from 'node:fs';
+import { journalBytesMax } from '../limits.js';
+import { FileRefused, readBoundedFile } from '../net/files.js';
 
 /** One usage report as sent to POST /v1/usage. */
 export interface UsageReport {
@@ -28,29 +30,44 @@ export interface UsageJournal {
   close(): void;
 }
 
-/** Opens (or creates) the journal at path, keeping only the reports not yet done. */
+/** The journal's text: empty when it does not exist yet; a regular file of bounded size otherwise. */
+function readJournal(path: string): string {
+  try {
+    return readBoundedFile(path, journalBytesMax).toString('utf8');
+  } catch (error) {
+    if (error instanceof FileRefused && error.errno === 'ENOENT') {
+      return '';
+    }
+    throw error;
+  }
+}
+
+/**
+ * Opens (or creates) the journal at path, keeping only the reports not yet done. The file holds
+ * what subscribers owe: it is written 0600. Throws FileRefused for a FIFO, a device, a directory or
+ * a file past journalBytesMax.
+ */
 export function openUsageJournal(path: string): UsageJournal {
   const unsent = new Map<string, UsageReport>();
-  if (existsSync(path)) {
-    for (const line of readFileSync(path, 'utf8').split('\n')) {
-      if (line.trim() === '') {
-        continue;
-      }
-      let entry: { report?: UsageReport; done?: string };
-      try {
-        entry = JSON.parse(line) as typeof entry;
-      } catch {
-        continue; // a line torn by a crash mid-write: its report was never sent
-      }
-      if (entry.report !== undefined && typeof entry.report.key === 'string') {
-        unsent.set(entry.report.key, entry.report);
-      } else if (typeof entry.done === 'string') {
-        unsent.delete(entry.done);
-      }
+  for (const line of readJournal(path).split('\n')) {
+    if (line.trim() === '') {
+      continue;
+    }
+    let entry: { report?: UsageReport; done?: string };
+    try {
+      entry = JSON.parse(line) as typeof entry;
+    } catch {
+      continue; // a line torn by a crash mid-write: its report was never sent
+    }
+    if (entry.report !== undefined && typeof entry.report.key === 'string') {
+      unsent.set(entry.report.key, entry.report);
+    } else if (typeof entry.done === 'string') {
+      unsent.delete(entry.done);
     }
   }
   const temporary = `${path}.tmp`;
-  const compacted = openSync(temporary, 'w');
+  const compacted = openSync(temporary, 'w', 0o600);
+  chmodSync(temporary, 0o600); // a leftover temporary file keeps its old mode otherwise
   for (const report of unsent.values()) {
     writeSync(compacted, `${JSON.stringify({ report })}\n`);
   }

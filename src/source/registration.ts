@@ -4,7 +4,8 @@
  * retransmit servers); after END it ends the session, which tears the retransmit servers down and
  * charges the source. Plain HTTP+JSON with the source's bearer token.
  */
-import { type JsonAnswer, requestJson } from '../net/http.js';
+import { type ApiAnswer, requestApi } from '../net/api-client.js';
+import { Session } from '../protocol/api-subscription.js';
 
 /** The subscription server refused or could not be reached; the message says which. */
 export class RegistrationError extends Error {
@@ -22,22 +23,21 @@ export interface EndedSession {
   readonly charge: { readonly amount: number; readonly transfer: string } | undefined;
 }
 
-async function call(url: string, token: string, method: string, body?: unknown) {
-  let response: JsonAnswer;
+async function call(url: string, token: string, method: string, body?: unknown): Promise<Session> {
+  let answer: ApiAnswer<Session>;
   try {
-    response = await requestJson(url, { token, method, body, timeoutMs: 10_000 });
+    answer = await requestApi(url, Session, { token, method, body, timeoutMs: 10_000 });
   } catch (error) {
     throw new RegistrationError(
       `the subscription server at ${new URL(url).origin} cannot be reached: ${(error as Error).message}`,
     );
   }
-  const answer = response.body;
-  if (response.status >= 300) {
+  if (!answer.ok) {
     throw new RegistrationError(
-      `the subscription server refused: ${response.status} ${String(answer.error ?? '')}: ${String(answer.message ?? '')}`,
+      `the subscription server refused: ${answer.status} ${answer.error}: ${answer.message}`,
     );
   }
-  return answer;
+  return answer.body;
 }
 
 /** Registers S1 with the subscription server. */
@@ -52,7 +52,7 @@ export async function registerSession(
     ...(session.source === undefined ? {} : { source: session.source }),
     repair: session.repair,
   });
-  return { id: String(answer.id), setup: (answer.setup as string[] | undefined) ?? [] };
+  return { id: answer.id, setup: answer.setup };
 }
 
 /** Ends the session (idempotent on the server: ending twice charges once). */
@@ -62,6 +62,5 @@ export async function endSession(server: string, token: string, id: string): Pro
     token,
     'POST',
   );
-  const charge = answer.charge as { amount: number; transfer: string } | undefined;
-  return { charge };
+  return { charge: answer.charge };
 }

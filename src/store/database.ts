@@ -2,7 +2,7 @@
  * The store: Kysely over SQLite (better-sqlite3, the embedded default) or PostgreSQL (pg, when
  * several servers share state), with one set of migrations for both.
  */
-import { mkdirSync } from 'node:fs';
+import { chmodSync, closeSync, mkdirSync, openSync } from 'node:fs';
 import { dirname } from 'node:path';
 import SQLite from 'better-sqlite3';
 import { Kysely, PostgresDialect, SqliteDialect, sql } from 'kysely';
@@ -20,6 +20,9 @@ export interface Schema {
     kind: string;
     currency: string;
     created_at: string;
+    /** Total debits and total credits in minor units, each at most ledgerAccountTotalMax. */
+    debits: number | string | bigint;
+    credits: number | string | bigint;
   };
   parties: {
     id: string;
@@ -27,6 +30,8 @@ export interface Schema {
     name: string;
     token_hash: string;
     created_at: string;
+    /** When the token was revoked; a revoked token no longer authenticates. */
+    revoked_at: string | null;
   };
   entitlements: {
     id: string;
@@ -111,7 +116,15 @@ export async function openStore(url: string): Promise<Store> {
       throw new StoreUrlError(`--db: "${url}" names no file (sqlite:PATH or sqlite::memory:)`);
     }
     if (path !== ':memory:') {
-      mkdirSync(dirname(path), { recursive: true });
+      mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
+      // The file holds tokens' hashes and money: only its owner reads it. SQLite gives the -wal and
+      // -shm files the database file's mode.
+      closeSync(openSync(path, 'a', 0o600));
+      try {
+        chmodSync(path, 0o600); // an older, wider file is narrowed
+      } catch {
+        // not ours to change: SQLite still opens it
+      }
     }
     const database = new SQLite(path, { timeout: sqliteBusyTimeoutMs });
     database.pragma('journal_mode = WAL');

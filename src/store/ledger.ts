@@ -3,16 +3,22 @@
  * positive amount in integer minor units of one currency. Balances are derived from transfers, so
  * the sum over all accounts is zero by construction. Every transfer carries an idempotency key: the
  * same key with the same request returns the first result; with a different request it is refused
- * (a conflict), so a retried charge is never doubled and never lost.
+ * (a conflict), so a retried charge is never doubled and never lost. "The same request" is the
+ * client's request (its fingerprint), not the result: a retry after the rates changed gets the
+ * stored result. Each account keeps its total debits and credits beside it, bounded by
+ * ledgerAccountTotalMax, so every balance is exact and a transfer that would pass the bound is
+ * refused when it is written. Transfers are written in batches, one transaction each (group commit).
  */
 import { createHash, randomUUID } from 'node:crypto';
-import type { Kysely } from 'kysely';
+import { type Kysely, sql } from 'kysely';
+import { ledgerAccountTotalMax } from '../limits.js';
 import type { Schema, Store } from './database.js';
 
 /** A ledger request was refused; the code says why. */
 export class LedgerError extends Error {
   readonly code:
     | 'GATECAST_ERR_LEDGER_INVALID'
+    | 'GATECAST_ERR_LEDGER_LIMIT'
     | 'GATECAST_ERR_IDEMPOTENCY_CONFLICT'
     | 'GATECAST_ERR_UNKNOWN_ACCOUNT';
   constructor(code: LedgerError['code'], message: string) {
@@ -38,47 +44,93 @@ export interface TransferRequest {
   readonly amount: number;
   readonly currency: string;
   readonly memo?: string | undefined;
+  /**
+   * The client's request this transfer answers (JSON-serializable). The idempotency check compares
+   * it, not the transfer, so a retry is recognized even when the rated amount would differ now.
+   * Default: the transfer itself.
+   */
+  readonly fingerprint?: unknown;
+  /** When set, a new key is refused with this (a replay of a known key is still answered). */
+  readonly refusal?: LedgerError | undefined;
 }
 
 /** A recorded transfer; replayed is true when the key had been used already with this request. */
-export interface Transfer extends Required<TransferRequest> {
+export interface Transfer extends Required<Omit<TransferRequest, 'fingerprint' | 'refusal'>> {
   readonly id: string;
   readonly createdAt: string;
   readonly replayed: boolean;
 }
+
+/** The outcome of one request of a batch: its transfer, or why it was refused (nothing written). */
+export type TransferOutcome =
+  | { readonly ok: true; readonly transfer: Transfer }
+  | { readonly ok: false; readonly error: LedgerError };
+
+/** Writes what belongs with the new transfers of a batch (usage events) in the same transaction. */
+export type WithinBatch = (
+  trx: Kysely<Schema>,
+  written: ReadonlyArray<{ index: number; id: string }>,
+) => Promise<void>;
 
 const currencyPattern = /^[A-Z]{3}$/;
 const idempotencyKeyBytesMax = 200;
 
 /** The hash that tells "the same request" from "a different request under the same key". */
 function requestHash(request: TransferRequest): string {
-  const canonical = JSON.stringify([
-    request.debit,
-    request.credit,
-    request.amount,
-    request.currency,
-    request.memo ?? '',
-  ]);
+  const canonical = JSON.stringify(
+    request.fingerprint !== undefined
+      ? ['client-request-v1', request.fingerprint]
+      : [request.debit, request.credit, request.amount, request.currency, request.memo ?? ''],
+  );
   return createHash('sha256').update(canonical).digest('hex');
 }
 
-function validate(request: TransferRequest): void {
+function validate(request: TransferRequest): LedgerError | undefined {
   const invalid = (message: string) => new LedgerError('GATECAST_ERR_LEDGER_INVALID', message);
   if (
     request.idempotencyKey.length === 0 ||
     Buffer.byteLength(request.idempotencyKey) > idempotencyKeyBytesMax
   ) {
-    throw invalid(`idempotencyKey: must be 1-${idempotencyKeyBytesMax} bytes`);
+    return invalid(`idempotencyKey: must be 1-${idempotencyKeyBytesMax} bytes`);
   }
   if (!Number.isSafeInteger(request.amount) || request.amount <= 0) {
-    throw invalid(`amount: ${request.amount} is not a positive integer of minor units`);
+    return invalid(`amount: ${request.amount} is not a positive integer of minor units`);
   }
   if (!currencyPattern.test(request.currency)) {
-    throw invalid(`currency: "${request.currency}" is not an ISO 4217 code`);
+    return invalid(`currency: "${request.currency}" is not an ISO 4217 code`);
   }
   if (request.debit === request.credit) {
-    throw invalid('debit and credit name the same account');
+    return invalid('debit and credit name the same account');
   }
+  return undefined;
+}
+
+type TransferRow = Schema['transfers'];
+
+function fromRow(row: TransferRow, replayed: boolean): Transfer {
+  return {
+    id: row.id,
+    idempotencyKey: row.idempotency_key,
+    debit: row.debit_account,
+    credit: row.credit_account,
+    amount: Number(row.amount),
+    currency: row.currency,
+    memo: row.memo,
+    createdAt: row.created_at,
+    replayed,
+  };
+}
+
+const conflict = (key: string) =>
+  new LedgerError(
+    'GATECAST_ERR_IDEMPOTENCY_CONFLICT',
+    `idempotency key "${key}" was used for a different request`,
+  );
+
+/** True for a unique-constraint violation on either dialect (another writer took the key first). */
+function isUniqueViolation(error: unknown): boolean {
+  const code = (error as { code?: string }).code;
+  return code === '23505' || code === 'SQLITE_CONSTRAINT_UNIQUE' || code === 'SQLITE_CONSTRAINT_PRIMARYKEY';
 }
 
 /** The ledger over a store. */
@@ -100,37 +152,144 @@ export function createLedger(store: Store) {
     };
     await db
       .insertInto('accounts')
-      .values({ ...row, created_at: new Date().toISOString() })
+      .values({ ...row, created_at: new Date().toISOString(), debits: 0, credits: 0 })
       .execute();
     return row;
   }
 
-  async function existing(key: string, hash: string): Promise<Transfer | undefined> {
-    const row = await db
-      .selectFrom('transfers')
-      .selectAll()
-      .where('idempotency_key', '=', key)
-      .executeTakeFirst();
-    if (row === undefined) {
-      return undefined;
-    }
-    if (row.request_hash !== hash) {
-      throw new LedgerError(
-        'GATECAST_ERR_IDEMPOTENCY_CONFLICT',
-        `idempotency key "${key}" was used for a different request`,
+  /** One batch in one transaction: replays and refusals answered, the rest written together. */
+  async function writeBatch(
+    requests: readonly TransferRequest[],
+    hashes: readonly string[],
+    outcomes: Array<TransferOutcome | undefined>,
+    within: WithinBatch | undefined,
+  ): Promise<void> {
+    await store.writeTransaction(async (trx) => {
+      const pending = requests.map((_, index) => index).filter((index) => outcomes[index] === undefined);
+      const accountIds = [
+        ...new Set(pending.flatMap((i) => [requests[i]?.debit ?? '', requests[i]?.credit ?? ''])),
+      ].sort();
+      // Lock the accounts first (PostgreSQL; SQLite holds the write lock already), then look the keys
+      // up: a key another server wrote meanwhile is seen here as a replay, not as a violation.
+      let accountQuery = trx
+        .selectFrom('accounts')
+        .select(['id', 'currency', 'debits', 'credits'])
+        .where('id', 'in', accountIds.length === 0 ? [''] : accountIds)
+        .orderBy('id');
+      if (store.dialect === 'postgres') {
+        accountQuery = accountQuery.forUpdate();
+      }
+      const accounts = new Map(
+        (await accountQuery.execute()).map((row) => [
+          row.id,
+          {
+            currency: row.currency,
+            debits: BigInt(row.debits),
+            credits: BigInt(row.credits),
+            touched: false,
+          },
+        ]),
       );
+      const keys = [...new Set(pending.map((i) => requests[i]?.idempotencyKey ?? ''))];
+      const existing = new Map(
+        keys.length === 0
+          ? []
+          : (
+              await trx.selectFrom('transfers').selectAll().where('idempotency_key', 'in', keys).execute()
+            ).map((row) => [row.idempotency_key, row]),
+      );
+      const createdAt = new Date().toISOString();
+      const rows: TransferRow[] = [];
+      const written: Array<{ index: number; id: string }> = [];
+      const limit = BigInt(ledgerAccountTotalMax);
+      for (const index of pending) {
+        const request = requests[index] as TransferRequest;
+        const hash = hashes[index] as string;
+        const first = existing.get(request.idempotencyKey);
+        if (first !== undefined) {
+          outcomes[index] =
+            first.request_hash === hash
+              ? { ok: true, transfer: fromRow(first, true) }
+              : { ok: false, error: conflict(request.idempotencyKey) };
+          continue;
+        }
+        const debit = accounts.get(request.debit);
+        const credit = accounts.get(request.credit);
+        const refusal = request.refusal ?? refuse(request, debit, credit, limit);
+        if (refusal !== undefined) {
+          outcomes[index] = { ok: false, error: refusal };
+          continue;
+        }
+        const amount = BigInt(request.amount);
+        (debit as { debits: bigint; touched: boolean }).debits += amount;
+        (credit as { credits: bigint; touched: boolean }).credits += amount;
+        (debit as { touched: boolean }).touched = true;
+        (credit as { touched: boolean }).touched = true;
+        const row: TransferRow = {
+          id: randomUUID(),
+          idempotency_key: request.idempotencyKey,
+          request_hash: hash,
+          debit_account: request.debit,
+          credit_account: request.credit,
+          amount: request.amount,
+          currency: request.currency,
+          memo: request.memo ?? '',
+          created_at: createdAt,
+        };
+        existing.set(request.idempotencyKey, row); // the same key twice in one batch: a replay
+        rows.push(row);
+        written.push({ index, id: row.id });
+        outcomes[index] = { ok: true, transfer: fromRow(row, false) };
+      }
+      if (rows.length === 0) {
+        return;
+      }
+      await trx.insertInto('transfers').values(rows).execute();
+      const touched = [...accounts].filter(([, account]) => account.touched);
+      const totals = (column: 'debits' | 'credits') =>
+        sql<string>`case id ${sql.join(
+          touched.map(([id, account]) => sql`when ${id} then cast(${account[column].toString()} as bigint)`),
+          sql` `,
+        )} end`;
+      await trx
+        .updateTable('accounts')
+        .set({ debits: totals('debits'), credits: totals('credits') })
+        .where(
+          'id',
+          'in',
+          touched.map(([id]) => id),
+        )
+        .execute();
+      await within?.(trx, written);
+    });
+  }
+
+  /**
+   * Records a batch of transfers, each once per idempotency key, in one transaction (group commit);
+   * `within` writes what belongs with the new ones (usage events) in that same transaction. Each
+   * request gets its own outcome: the transfer (replayed or new), or the reason it was refused.
+   */
+  async function transferMany(
+    requests: readonly TransferRequest[],
+    within?: WithinBatch,
+  ): Promise<TransferOutcome[]> {
+    const hashes = requests.map(requestHash);
+    for (let attempt = 0; ; attempt++) {
+      const outcomes: Array<TransferOutcome | undefined> = requests.map((request) => {
+        const invalid = validate(request);
+        return invalid === undefined ? undefined : { ok: false, error: invalid };
+      });
+      try {
+        await writeBatch(requests, hashes, outcomes, within);
+        return outcomes as TransferOutcome[];
+      } catch (error) {
+        // Another writer took a key between our look-up and our insert: the batch is rolled back and
+        // tried again, and now finds that key's transfer (a replay or a conflict).
+        if (!isUniqueViolation(error) || attempt >= 3) {
+          throw error;
+        }
+      }
     }
-    return {
-      id: row.id,
-      idempotencyKey: row.idempotency_key,
-      debit: row.debit_account,
-      credit: row.credit_account,
-      amount: Number(row.amount),
-      currency: row.currency,
-      memo: row.memo,
-      createdAt: row.created_at,
-      replayed: true,
-    };
   }
 
   /**
@@ -141,85 +300,65 @@ export function createLedger(store: Store) {
     request: TransferRequest,
     within?: (trx: Kysely<Schema>, transferId: string) => Promise<void>,
   ): Promise<Transfer> {
-    validate(request);
-    const hash = requestHash(request);
-    const first = await existing(request.idempotencyKey, hash);
-    if (first !== undefined) {
-      return first;
+    const [outcome] = await transferMany(
+      [request],
+      within === undefined ? undefined : async (trx, written) => within(trx, written[0]?.id ?? ''),
+    );
+    if (outcome === undefined) {
+      throw new Error('a batch of one has one outcome');
     }
-    const id = randomUUID();
-    const createdAt = new Date().toISOString();
-    try {
-      await store.writeTransaction(async (trx) => {
-        const accounts = await trx
-          .selectFrom('accounts')
-          .select(['id', 'currency'])
-          .where('id', 'in', [request.debit, request.credit])
-          .execute();
-        for (const side of [request.debit, request.credit]) {
-          const account = accounts.find((a) => a.id === side);
-          if (account === undefined) {
-            throw new LedgerError('GATECAST_ERR_UNKNOWN_ACCOUNT', `account ${side} does not exist`);
-          }
-          if (account.currency !== request.currency) {
-            throw new LedgerError(
-              'GATECAST_ERR_LEDGER_INVALID',
-              `account ${side} is kept in ${account.currency}, not ${request.currency}`,
-            );
-          }
-        }
-        await trx
-          .insertInto('transfers')
-          .values({
-            id,
-            idempotency_key: request.idempotencyKey,
-            request_hash: hash,
-            debit_account: request.debit,
-            credit_account: request.credit,
-            amount: request.amount,
-            currency: request.currency,
-            memo: request.memo ?? '',
-            created_at: createdAt,
-          })
-          .execute();
-        await within?.(trx, id);
-      });
-    } catch (error) {
-      if (error instanceof LedgerError) {
-        throw error;
-      }
-      // Another writer won the race for this key: its transfer is the one (or a conflict).
-      const winner = await existing(request.idempotencyKey, hash);
-      if (winner !== undefined) {
-        return winner;
-      }
-      throw error;
+    if (!outcome.ok) {
+      throw outcome.error;
     }
-    return { ...request, memo: request.memo ?? '', id, createdAt, replayed: false };
+    return outcome.transfer;
   }
 
-  /** Credits minus debits, in minor units. */
+  /** Credits minus debits, in minor units (exact: both totals are bounded). */
   async function balance(accountId: string): Promise<number> {
-    const sum = async (column: 'debit_account' | 'credit_account') => {
-      const row = await db
-        .selectFrom('transfers')
-        .select((eb) => eb.fn.coalesce(eb.fn.sum<number | string>('amount'), eb.val(0)).as('total'))
-        .where(column, '=', accountId)
-        .executeTakeFirst();
-      return Number(row?.total ?? 0);
-    };
-    return (await sum('credit_account')) - (await sum('debit_account'));
+    const row = await db
+      .selectFrom('accounts')
+      .select(['debits', 'credits'])
+      .where('id', '=', accountId)
+      .executeTakeFirst();
+    return row === undefined ? 0 : Number(BigInt(row.credits) - BigInt(row.debits));
   }
 
   /** Every account's balance; they sum to zero. */
   async function balances(): Promise<Map<string, number>> {
-    const accounts = await db.selectFrom('accounts').select('id').execute();
-    const result = new Map<string, number>();
-    for (const account of accounts) {
-      result.set(account.id, await balance(account.id));
-    }
-    return result;
+    const rows = await db.selectFrom('accounts').select(['id', 'debits', 'credits']).execute();
+    return new Map(rows.map((row) => [row.id, Number(BigInt(row.credits) - BigInt(row.debits))]));
   }
 
-  return { createAccount, transfer, balance, balances };
+  return { createAccount, transfer, transferMany, balance, balances };
+}
+
+/** Why a transfer between these accounts cannot be written, or undefined. */
+function refuse(
+  request: TransferRequest,
+  debit: { currency: string; debits: bigint } | undefined,
+  credit: { currency: string; credits: bigint } | undefined,
+  limit: bigint,
+): LedgerError | undefined {
+  for (const [side, account] of [
+    [request.debit, debit],
+    [request.credit, credit],
+  ] as const) {
+    if (account === undefined) {
+      return new LedgerError('GATECAST_ERR_UNKNOWN_ACCOUNT', `account ${side} does not exist`);
+    }
+    if (account.currency !== request.currency) {
+      return new LedgerError(
+        'GATECAST_ERR_LEDGER_INVALID',
+        `account ${side} is kept in ${account.currency}, not ${request.currency}`,
+      );
+    }
+  }
+  const amount = BigInt(request.amount);
+  if ((debit?.debits ?? 0n) + amount > limit || (credit?.credits ?? 0n) + amount > limit) {
+    return new LedgerError(
+      'GATECAST_ERR_LEDGER_LIMIT',
+      `amount: ${request.amount} would take an account's total past ${limit} minor units (ledgerAccountTotalMax)`,
+    );
+  }
+  return undefined;
 }

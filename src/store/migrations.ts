@@ -105,4 +105,38 @@ export const migrations: Record<string, Migration> = {
       await db.schema.alterTable('entitlements').addColumn('monthly', 'bigint').execute();
     },
   },
+  '0004-account-totals': {
+    async up(db: Kysely<unknown>) {
+      // Each account keeps its total debits and credits, so a balance is exact and bounded and a
+      // transfer past the bound is refused when it is written (not accepted, then unreadable).
+      await db.schema
+        .alterTable('accounts')
+        .addColumn('debits', 'bigint', (c) => c.notNull().defaultTo(0))
+        .execute();
+      await db.schema
+        .alterTable('accounts')
+        .addColumn('credits', 'bigint', (c) => c.notNull().defaultTo(0))
+        .execute();
+      await sql`update accounts set
+        debits = coalesce((select sum(amount) from transfers where debit_account = accounts.id), 0),
+        credits = coalesce((select sum(amount) from transfers where credit_account = accounts.id), 0)`.execute(
+        db,
+      );
+    },
+  },
+  '0005-party-names-revocation': {
+    async up(db: Kysely<unknown>) {
+      // A revoked token no longer authenticates; the party, its account and its history stay.
+      await db.schema.alterTable('parties').addColumn('revoked_at', 'text').execute();
+      // Names are unique per kind (operators excepted: one per token). Older duplicates get their id.
+      await sql`update parties set name = name || ' (' || id || ')'
+        where kind <> 'operator' and exists (select 1 from parties other
+          where other.kind = parties.kind and other.name = parties.name and other.id < parties.id)`.execute(
+        db,
+      );
+      await sql`create unique index parties_kind_name on parties (kind, name) where kind <> 'operator'`.execute(
+        db,
+      );
+    },
+  },
 };

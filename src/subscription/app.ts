@@ -7,15 +7,20 @@
 import { randomUUID } from 'node:crypto';
 import swagger from '@fastify/swagger';
 import { type Static, Type } from '@sinclair/typebox';
-import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import type { BillingFactory, RateCard } from '../api/billing.js';
+import { subscriptionBodyBytesMax } from '../limits.js';
+import { InvalidArgumentError } from '../net/errors.js';
 import { bearerToken } from '../net/http.js';
+import { createHttpApp, type HttpServerLimits } from '../net/http-server.js';
 import type { TlsFiles } from '../net/tls.js';
 import type { Store } from '../store/database.js';
 import { createLedger } from '../store/ledger.js';
-import { type RateCard, rateCardDefault, registerBillingRoutes } from './billing.js';
 import {
   type ApiContext,
+  anyParty,
   badRequest,
+  callerOf,
   ErrorBody,
   errorReplies,
   forbid,
@@ -33,12 +38,18 @@ import {
 } from './context.js';
 import { refreshSetups, registerSessionRoutes } from './sessions.js';
 
-export { type RateCard, rate, rateCardDefault } from './billing.js';
 export type { PartyKind } from './context.js';
 
 const PartyBody = Type.Object({ name: Name }, { additionalProperties: false });
 const PartyCreated = Type.Object({ id: Id, name: Name, kind: Type.String(), token: Type.String() });
 const Whoami = Type.Object({ id: Id, name: Type.String(), kind: Type.String() });
+const TokenInfo = Type.Object({
+  party: Id,
+  kind: Type.String(),
+  name: Type.String(),
+  createdAt: Type.String(),
+  revokedAt: Type.Union([Type.String(), Type.Null()]),
+});
 /** The services a subscriber can be granted (a source buys repair on its session instead). */
 export const services = [
   { name: 'repair', description: 'repair of a session for this recipient (flow A), rated per GB repaired' },
@@ -90,7 +101,9 @@ export interface SubscriptionAppOptions {
   readonly trustedOperatorToken?: string | undefined;
   readonly currency?: string;
   /** Default rates; the operator may override them with PUT /v1/rates. */
-  readonly rates?: RateCard;
+  readonly rates?: RateCard | undefined;
+  /** Builds the billing role (src/billing/), which this role calls through its interface. */
+  readonly billing: BillingFactory;
   /** Sends SETUP to retransmit servers (flow B); without it, sessions cannot buy repair. */
   readonly setup?: SetupSender | undefined;
   /**
@@ -105,6 +118,8 @@ export interface SubscriptionAppOptions {
   readonly setupRefreshMs?: number | undefined;
   /** Told of every internal error (a 500), e.g. to log it. */
   readonly onInternalError?: ((error: Error) => void) | undefined;
+  /** Bounds of the HTTP server (defaults from src/limits.ts). */
+  readonly httpLimits?: Partial<HttpServerLimits> | undefined;
 }
 
 /** Builds the app (not listening). */
@@ -118,28 +133,18 @@ export async function buildSubscriptionApp(options: SubscriptionAppOptions): Pro
     await ensureOperator(options);
   }
 
-  const app = Fastify({
-    logger: false,
-    bodyLimit: 16 * 1024,
-    ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: false } },
-    ...(options.tls === undefined ? {} : { https: options.tls }),
-  }) as unknown as FastifyInstance;
+  const app = createHttpApp({
+    tls: options.tls,
+    bodyBytesMax: subscriptionBodyBytesMax,
+    limits: options.httpLimits,
+    onInternalError: options.onInternalError,
+  });
   await app.register(swagger, {
     openapi: {
       info: { title: 'gatecast subscription server', version: '1' },
       components: { securitySchemes: { bearer: { type: 'http', scheme: 'bearer' } } },
       security: [{ bearer: [] }],
     },
-  });
-  app.setErrorHandler((error: Error & { validation?: unknown; statusCode?: number }, _request, reply) => {
-    if (error.validation !== undefined) {
-      return reply.code(400).send({ error: 'invalid-request', message: error.message });
-    }
-    const status = error.statusCode ?? 500;
-    if (status >= 500) {
-      options.onInternalError?.(error); // the operator sees what went wrong; the client sees a 500
-    }
-    return reply.code(status).send({ error: status === 500 ? 'internal' : 'error', message: error.message });
   });
 
   /** Resolves the bearer token to a party, or answers 401. */
@@ -156,6 +161,7 @@ export async function buildSubscriptionApp(options: SubscriptionAppOptions): Pro
       .selectFrom('parties')
       .select(['id', 'kind', 'name'])
       .where('token_hash', '=', hashToken(token))
+      .where('revoked_at', 'is', null)
       .executeTakeFirst();
     if (party === undefined) {
       await reply.code(401).send({ error: 'unauthorized', message: 'unknown token' });
@@ -164,55 +170,154 @@ export async function buildSubscriptionApp(options: SubscriptionAppOptions): Pro
     return party as Party;
   };
 
+  const authContext = { authenticate };
+
   const createParty =
     (kind: PartyKind) =>
     async (request: FastifyRequest<{ Body: Static<typeof PartyBody> }>, reply: FastifyReply) => {
-      const operator = await operatorOnly(authenticate, request, reply, 'only the operator creates parties');
-      if (operator === undefined) {
-        return reply;
-      }
       const token = newToken();
       const id = randomUUID();
-      await store.writeTransaction(async (trx) => {
-        await trx
-          .insertInto('parties')
-          .values({
-            id,
-            kind,
-            name: request.body.name,
-            token_hash: hashToken(token),
-            created_at: new Date().toISOString(),
-          })
-          .execute();
-        await trx
-          .insertInto('accounts')
-          .values({ id, name: request.body.name, kind, currency, created_at: new Date().toISOString() })
-          .execute();
-      });
+      const taken = await db
+        .selectFrom('parties')
+        .select('id')
+        .where('kind', '=', kind)
+        .where('name', '=', request.body.name)
+        .executeTakeFirst();
+      if (taken !== undefined) {
+        return reply.code(409).send({
+          error: 'conflict',
+          message: `body/name: a ${kind} named "${request.body.name}" exists (${taken.id})`,
+        });
+      }
+      const created = await store
+        .writeTransaction(async (trx) => {
+          await trx
+            .insertInto('parties')
+            .values({
+              id,
+              kind,
+              name: request.body.name,
+              token_hash: hashToken(token),
+              created_at: new Date().toISOString(),
+            })
+            .execute();
+          await trx
+            .insertInto('accounts')
+            .values({
+              id,
+              name: request.body.name,
+              kind,
+              currency,
+              created_at: new Date().toISOString(),
+              debits: 0,
+              credits: 0,
+            })
+            .execute();
+          return true;
+        })
+        .catch((error: { code?: string }) => {
+          // Another server created the same name between the check and the insert.
+          if (error.code === '23505' || error.code === 'SQLITE_CONSTRAINT_UNIQUE') {
+            return false;
+          }
+          throw error;
+        });
+      if (!created) {
+        return reply
+          .code(409)
+          .send({ error: 'conflict', message: `body/name: a ${kind} named "${request.body.name}" exists` });
+      }
       return reply.code(201).send({ id, name: request.body.name, kind, token });
     };
   const partyRoute = {
+    preHandler: operatorOnly(authContext, 'only the operator creates parties'),
     schema: {
       body: PartyBody,
-      response: { 201: PartyCreated, 400: ErrorBody, 401: ErrorBody, 403: ErrorBody },
+      response: { 201: PartyCreated, 400: ErrorBody, 401: ErrorBody, 403: ErrorBody, 409: ErrorBody },
     },
   };
-  app.post('/v1/subscribers', partyRoute, createParty('subscriber'));
-  app.post('/v1/sources', partyRoute, createParty('source'));
+  app.post<{ Body: Static<typeof PartyBody> }>('/v1/subscribers', partyRoute, createParty('subscriber'));
+  app.get(
+    '/v1/tokens',
+    {
+      preHandler: operatorOnly(authContext, 'only the operator lists tokens'),
+      schema: { response: { 200: Type.Array(TokenInfo), ...errorReplies } },
+    },
+    async () => {
+      const rows = await db
+        .selectFrom('parties')
+        .select(['id', 'kind', 'name', 'created_at', 'revoked_at'])
+        .orderBy('created_at')
+        .orderBy('id')
+        .execute();
+      return rows.map((row) => ({
+        party: row.id,
+        kind: row.kind,
+        name: row.name,
+        createdAt: row.created_at,
+        revokedAt: row.revoked_at,
+      }));
+    },
+  );
+  app.delete<{ Params: { id: string } }>(
+    '/v1/tokens/:id',
+    {
+      preHandler: operatorOnly(authContext, 'only the operator revokes tokens'),
+      schema: { params: Type.Object({ id: Id }), response: { 204: Type.Null(), ...errorReplies } },
+    },
+    async (request, reply) => {
+      const outcome = await store.writeTransaction(async (trx) => {
+        const party = await trx
+          .selectFrom('parties')
+          .select(['id', 'kind', 'revoked_at'])
+          .where('id', '=', request.params.id)
+          .executeTakeFirst();
+        if (party === undefined) {
+          return 'unknown' as const;
+        }
+        if (party.kind === 'operator' && party.revoked_at === null) {
+          const others = await trx
+            .selectFrom('parties')
+            .select('id')
+            .where('kind', '=', 'operator')
+            .where('revoked_at', 'is', null)
+            .where('id', '<>', party.id)
+            .execute();
+          if (others.length === 0 && trusted === undefined) {
+            return 'last' as const;
+          }
+        }
+        await trx
+          .updateTable('parties')
+          .set({ revoked_at: party.revoked_at ?? new Date().toISOString() })
+          .where('id', '=', party.id)
+          .execute();
+        return 'revoked' as const;
+      });
+      if (outcome === 'unknown') {
+        return notFound(reply, `no party ${request.params.id}`);
+      }
+      if (outcome === 'last') {
+        return reply.code(409).send({
+          error: 'conflict',
+          message: 'this is the last operator token; set a new GATECAST_OPERATOR_TOKEN and restart instead',
+        });
+      }
+      return reply.code(204).send(null);
+    },
+  );
+  app.post<{ Body: Static<typeof PartyBody> }>('/v1/sources', partyRoute, createParty('source'));
 
   app.post<{ Body: Static<typeof EntitlementBody> }>(
     '/v1/entitlements',
     {
+      preHandler: operatorOnly(authContext, 'only the operator grants services'),
       schema: {
         body: EntitlementBody,
         response: { 201: Entitlement, 400: ErrorBody, 401: ErrorBody, 403: ErrorBody, 404: ErrorBody },
       },
     },
     async (request, reply) => {
-      const operator = await operatorOnly(authenticate, request, reply, 'only the operator grants services');
-      if (operator === undefined) {
-        return reply;
-      }
       const body = request.body;
       if (body.from !== undefined && body.to !== undefined && Date.parse(body.from) >= Date.parse(body.to)) {
         return badRequest(reply, 'body/to must be after body/from');
@@ -243,13 +348,11 @@ export async function buildSubscriptionApp(options: SubscriptionAppOptions): Pro
   app.get<{ Querystring: Static<typeof EntitlementQuery> }>(
     '/v1/entitlements',
     {
+      preHandler: anyParty(authContext),
       schema: { querystring: EntitlementQuery, response: { 200: Type.Array(Entitlement), ...errorReplies } },
     },
     async (request, reply) => {
-      const caller = await authenticate(request, reply);
-      if (caller === undefined) {
-        return reply;
-      }
+      const caller = callerOf(request);
       if (caller.kind === 'source') {
         return forbid(reply, 'a source does not read entitlements');
       }
@@ -268,31 +371,27 @@ export async function buildSubscriptionApp(options: SubscriptionAppOptions): Pro
 
   app.get(
     '/v1/services',
-    { schema: { response: { 200: Type.Array(Service), 401: ErrorBody } } },
-    async (request, reply) => {
-      const caller = await authenticate(request, reply);
-      return caller === undefined ? reply : services;
-    },
+    { preHandler: anyParty(authContext), schema: { response: { 200: Type.Array(Service), 401: ErrorBody } } },
+    async () => services,
   );
 
-  app.get('/v1/whoami', { schema: { response: { 200: Whoami, 401: ErrorBody } } }, async (request, reply) => {
-    const caller = await authenticate(request, reply);
-    return caller === undefined ? reply : caller;
-  });
+  app.get(
+    '/v1/whoami',
+    { preHandler: anyParty(authContext), schema: { response: { 200: Whoami, 401: ErrorBody } } },
+    async (request) => callerOf(request),
+  );
 
   app.get<{ Querystring: Static<typeof CheckQuery> }>(
     '/v1/entitlements/check',
     {
+      preHandler: anyParty(authContext),
       schema: {
         querystring: CheckQuery,
         response: { 200: CheckResult, 400: ErrorBody, 401: ErrorBody, 403: ErrorBody },
       },
     },
     async (request, reply) => {
-      const caller = await authenticate(request, reply);
-      if (caller === undefined) {
-        return reply;
-      }
+      const caller = callerOf(request);
       const { subscriber, service, session } = request.query;
       if (caller.kind === 'subscriber' && caller.id !== subscriber) {
         return forbid(reply, 'a subscriber reads only its own entitlements');
@@ -325,16 +424,14 @@ export async function buildSubscriptionApp(options: SubscriptionAppOptions): Pro
   app.get<{ Params: { id: string } }>(
     '/v1/accounts/:id/balance',
     {
+      preHandler: anyParty(authContext),
       schema: {
         params: Type.Object({ id: Id }),
         response: { 200: Balance, 401: ErrorBody, 403: ErrorBody, 404: ErrorBody },
       },
     },
     async (request, reply) => {
-      const caller = await authenticate(request, reply);
-      if (caller === undefined) {
-        return reply;
-      }
+      const caller = callerOf(request);
       if (caller.kind !== 'operator' && caller.id !== request.params.id) {
         return forbid(reply, 'a party reads only its own account');
       }
@@ -350,8 +447,12 @@ export async function buildSubscriptionApp(options: SubscriptionAppOptions): Pro
     },
   );
 
-  const context: ApiContext = { store, db, ledger, currency, setup: options.setup, authenticate };
-  const rates = options.rates ?? rateCardDefault;
+  const shared = { store, db, ledger, currency, authenticate };
+  const context: ApiContext = {
+    ...shared,
+    setup: options.setup,
+    billing: options.billing(shared, options.rates),
+  };
   const roles = options.roles ?? ['subscription', 'billing'];
   if (options.setup !== undefined && options.setupRefreshMs !== undefined && roles.includes('subscription')) {
     // Retransmit servers that restarted (or missed every copy of a SETUP) join again.
@@ -361,10 +462,10 @@ export async function buildSubscriptionApp(options: SubscriptionAppOptions): Pro
     app.addHook('onClose', async () => clearInterval(timer));
   }
   if (roles.includes('billing')) {
-    registerBillingRoutes(app, context, rates);
+    context.billing.register(app);
   }
   if (roles.includes('subscription')) {
-    registerSessionRoutes(app, context, rates);
+    registerSessionRoutes(app, context);
   }
 
   app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
@@ -385,29 +486,48 @@ function presentEntitlement(row: Omit<Schema['entitlements'], 'created_at'>) {
   };
 }
 
-/** Makes sure an operator can log in: from the given token, or a new one shown once. */
+/**
+ * Makes sure an operator can log in: from the given token, or a new one shown once. A given token
+ * is the operator's only one: rotating GATECAST_OPERATOR_TOKEN revokes every other operator token.
+ */
 async function ensureOperator(options: SubscriptionAppOptions): Promise<void> {
-  const { db } = options.store;
+  const { store } = options;
   const now = new Date().toISOString();
   if (options.operatorToken !== undefined) {
     const hash = hashToken(options.operatorToken);
-    const known = await db
-      .selectFrom('parties')
-      .select('id')
-      .where('token_hash', '=', hash)
-      .executeTakeFirst();
-    if (known === undefined) {
-      await db
-        .insertInto('parties')
-        .values({ id: randomUUID(), kind: 'operator', name: 'operator', token_hash: hash, created_at: now })
+    await store.writeTransaction(async (trx) => {
+      const known = await trx
+        .selectFrom('parties')
+        .select(['id', 'kind'])
+        .where('token_hash', '=', hash)
+        .executeTakeFirst();
+      if (known !== undefined && known.kind !== 'operator') {
+        throw new InvalidArgumentError('GATECAST_OPERATOR_TOKEN', 'is the token of a subscriber or a source');
+      }
+      if (known === undefined) {
+        await trx
+          .insertInto('parties')
+          .values({ id: randomUUID(), kind: 'operator', name: 'operator', token_hash: hash, created_at: now })
+          .execute();
+      } else {
+        await trx.updateTable('parties').set({ revoked_at: null }).where('id', '=', known.id).execute();
+      }
+      await trx
+        .updateTable('parties')
+        .set({ revoked_at: now })
+        .where('kind', '=', 'operator')
+        .where('token_hash', '<>', hash)
+        .where('revoked_at', 'is', null)
         .execute();
-    }
+    });
     return;
   }
+  const { db } = store;
   const operator = await db
     .selectFrom('parties')
     .select('id')
     .where('kind', '=', 'operator')
+    .where('revoked_at', 'is', null)
     .executeTakeFirst();
   if (operator === undefined) {
     const token = newToken();

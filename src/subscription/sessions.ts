@@ -8,11 +8,14 @@ import { randomUUID } from 'node:crypto';
 import { isIPv4, isIPv6 } from 'node:net';
 import { type Static, Type } from '@sinclair/typebox';
 import type { FastifyInstance, FastifyReply } from 'fastify';
+import { sql } from 'kysely';
 import { formatEndpoint, isMulticast, parseEndpoint, parseGroup } from '../net/address.js';
-import { chargeUsage, type RateCard } from './billing.js';
+import { LedgerError } from '../store/ledger.js';
 import {
   type ApiContext,
+  anyParty,
   badRequest,
+  callerOf,
   errorReplies,
   forbid,
   Id,
@@ -127,13 +130,16 @@ export async function refreshSetups(context: ApiContext, servers?: readonly stri
 }
 
 /** Registers the session and server-registry routes. */
-export function registerSessionRoutes(app: FastifyInstance, context: ApiContext, rates: RateCard): void {
+export function registerSessionRoutes(app: FastifyInstance, context: ApiContext): void {
   const { db } = context;
 
   const retransmitServers = async () =>
     (await db.selectFrom('servers').select('address').where('kind', '=', 'retransmit').execute()).map(
       (row) => row.address,
     );
+
+  const ownerOf = async (id: string) =>
+    (await db.selectFrom('sessions').select('owner').where('id', '=', id).executeTakeFirst())?.owner;
 
   /** Loads a session the caller may see, or answers 403/404. */
   const visibleSession = async (caller: Party, id: string, reply: FastifyReply) => {
@@ -151,12 +157,12 @@ export function registerSessionRoutes(app: FastifyInstance, context: ApiContext,
 
   app.post<{ Body: Static<typeof SessionBody> }>(
     '/v1/sessions',
-    { schema: { body: SessionBody, response: { 201: Session, ...errorReplies } } },
+    {
+      preHandler: anyParty(context),
+      schema: { body: SessionBody, response: { 201: Session, ...errorReplies } },
+    },
     async (request, reply) => {
-      const caller = await context.authenticate(request, reply);
-      if (caller === undefined) {
-        return reply;
-      }
+      const caller = callerOf(request);
       if (caller.kind === 'subscriber') {
         return forbid(reply, 'only a source or the operator registers sessions');
       }
@@ -220,7 +226,32 @@ export function registerSessionRoutes(app: FastifyInstance, context: ApiContext,
           });
         }
       }
-      await db.insertInto('sessions').values(row).execute();
+      const holder = await context.store.writeTransaction(async (trx) => {
+        // S1 belongs to one open session at a time: two sources (or two registrations) cannot
+        // share a group, or one's end would make the retransmit servers leave the other's.
+        if (context.store.dialect === 'postgres') {
+          await sql`select pg_advisory_xact_lock(hashtext(${`s1/${group.address}/${group.port}`}))`.execute(
+            trx,
+          );
+        }
+        const open = await trx
+          .selectFrom('sessions')
+          .select('id')
+          .where('group_address', '=', group.address)
+          .where('port', '=', group.port)
+          .where('state', '=', 'open')
+          .executeTakeFirst();
+        if (open === undefined) {
+          await trx.insertInto('sessions').values(row).execute();
+        }
+        return open;
+      });
+      if (holder !== undefined) {
+        return reply.code(409).send({
+          error: 'conflict',
+          message: `body/group: ${body.group} is already the S1 of open session ${caller.kind === 'operator' || (await ownerOf(holder.id)) === caller.id ? holder.id : 'of another source'}; end it first`,
+        });
+      }
       if (row.repair === 1) {
         await context.setup?.send(
           'join',
@@ -234,12 +265,12 @@ export function registerSessionRoutes(app: FastifyInstance, context: ApiContext,
 
   app.get<{ Querystring: Static<typeof SessionQuery> }>(
     '/v1/sessions',
-    { schema: { querystring: SessionQuery, response: { 200: Type.Array(Session), ...errorReplies } } },
+    {
+      preHandler: anyParty(context),
+      schema: { querystring: SessionQuery, response: { 200: Type.Array(Session), ...errorReplies } },
+    },
     async (request, reply) => {
-      const caller = await context.authenticate(request, reply);
-      if (caller === undefined) {
-        return reply;
-      }
+      const caller = callerOf(request);
       if (caller.kind === 'subscriber') {
         return forbid(reply, 'a subscriber does not list sessions');
       }
@@ -262,12 +293,12 @@ export function registerSessionRoutes(app: FastifyInstance, context: ApiContext,
 
   app.get<{ Params: Static<typeof IdParams> }>(
     '/v1/sessions/:id',
-    { schema: { params: IdParams, response: { 200: Session, ...errorReplies } } },
+    {
+      preHandler: anyParty(context),
+      schema: { params: IdParams, response: { 200: Session, ...errorReplies } },
+    },
     async (request, reply) => {
-      const caller = await context.authenticate(request, reply);
-      if (caller === undefined) {
-        return reply;
-      }
+      const caller = callerOf(request);
       const row = await visibleSession(caller, request.params.id, reply);
       return row === undefined ? reply : present(row);
     },
@@ -275,12 +306,12 @@ export function registerSessionRoutes(app: FastifyInstance, context: ApiContext,
 
   app.post<{ Params: Static<typeof IdParams> }>(
     '/v1/sessions/:id/end',
-    { schema: { params: IdParams, response: { 200: Session, ...errorReplies } } },
+    {
+      preHandler: anyParty(context),
+      schema: { params: IdParams, response: { 200: Session, ...errorReplies } },
+    },
     async (request, reply) => {
-      const caller = await context.authenticate(request, reply);
-      if (caller === undefined) {
-        return reply;
-      }
+      const caller = callerOf(request);
       const found = await visibleSession(caller, request.params.id, reply);
       if (found === undefined) {
         return reply;
@@ -302,7 +333,16 @@ export function registerSessionRoutes(app: FastifyInstance, context: ApiContext,
         return present(row);
       }
       const servers = await retransmitServers();
-      if (context.setup !== undefined && servers.length > 0) {
+      const stillOpen = await db
+        .selectFrom('sessions')
+        .select('id')
+        .where('group_address', '=', row.group_address)
+        .where('port', '=', row.port)
+        .where('state', '=', 'open')
+        .where('repair', '=', 1)
+        .executeTakeFirst();
+      // A store from before S1 was unique may hold another open session on this S1: it keeps its servers.
+      if (context.setup !== undefined && servers.length > 0 && stillOpen === undefined) {
         await context.setup.send(
           'leave',
           { group: row.group_address, port: row.port, source: row.source_address ?? undefined },
@@ -313,12 +353,22 @@ export function registerSessionRoutes(app: FastifyInstance, context: ApiContext,
         1,
         Math.ceil((Date.parse(row.ended_at ?? row.started_at) - Date.parse(row.started_at)) / 1000),
       );
-      const transfer = await chargeUsage(context, rates, `session-end/${row.id}`, {
-        account: row.owner,
-        kind: 'source-repair-seconds',
-        quantity: seconds,
-        session: row.id,
-      });
+      let transfer: Awaited<ReturnType<ApiContext['billing']['chargeUsage']>>;
+      try {
+        transfer = await context.billing.chargeUsage(
+          `session-end/${row.id}`,
+          { account: row.owner, kind: 'source-repair-seconds', quantity: seconds, session: row.id },
+          ['session-end', row.id],
+        );
+      } catch (error) {
+        if (error instanceof LedgerError) {
+          const limit = error.code === 'GATECAST_ERR_LEDGER_LIMIT';
+          return reply
+            .code(limit ? 422 : 409)
+            .send({ error: limit ? 'limit-exceeded' : 'conflict', message: error.message });
+        }
+        throw error;
+      }
       return {
         ...present(row, servers),
         charge: { transfer: transfer.id, amount: transfer.amount, replayed: transfer.replayed },
@@ -328,17 +378,11 @@ export function registerSessionRoutes(app: FastifyInstance, context: ApiContext,
 
   app.post<{ Body: Static<typeof ServerBody> }>(
     '/v1/servers',
-    { schema: { body: ServerBody, response: { 200: Server, 201: Server, ...errorReplies } } },
+    {
+      preHandler: operatorOnly(context, 'only the operator registers servers'),
+      schema: { body: ServerBody, response: { 200: Server, 201: Server, ...errorReplies } },
+    },
     async (request, reply) => {
-      const operator = await operatorOnly(
-        context.authenticate,
-        request,
-        reply,
-        'only the operator registers servers',
-      );
-      if (operator === undefined) {
-        return reply;
-      }
       const { kind, name } = request.body;
       let address: string;
       try {
@@ -370,17 +414,11 @@ export function registerSessionRoutes(app: FastifyInstance, context: ApiContext,
 
   app.get(
     '/v1/servers',
-    { schema: { response: { 200: Type.Array(Server), ...errorReplies } } },
-    async (request, reply) => {
-      const operator = await operatorOnly(
-        context.authenticate,
-        request,
-        reply,
-        'only the operator reads the server registry',
-      );
-      if (operator === undefined) {
-        return reply;
-      }
+    {
+      preHandler: operatorOnly(context, 'only the operator reads the server registry'),
+      schema: { response: { 200: Type.Array(Server), ...errorReplies } },
+    },
+    async () => {
       return db
         .selectFrom('servers')
         .select(['id', 'kind', 'name', 'address'])
@@ -391,17 +429,11 @@ export function registerSessionRoutes(app: FastifyInstance, context: ApiContext,
 
   app.delete<{ Params: Static<typeof IdParams> }>(
     '/v1/servers/:id',
-    { schema: { params: IdParams, response: { 204: Type.Null(), ...errorReplies } } },
+    {
+      preHandler: operatorOnly(context, 'only the operator changes the server registry'),
+      schema: { params: IdParams, response: { 204: Type.Null(), ...errorReplies } },
+    },
     async (request, reply) => {
-      const operator = await operatorOnly(
-        context.authenticate,
-        request,
-        reply,
-        'only the operator changes the server registry',
-      );
-      if (operator === undefined) {
-        return reply;
-      }
       const result = await db.deleteFrom('servers').where('id', '=', request.params.id).executeTakeFirst();
       if (Number(result.numDeletedRows) === 0) {
         return notFound(reply, `no server ${request.params.id}`);

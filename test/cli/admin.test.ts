@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
@@ -35,6 +36,20 @@ describe('gatecast admin', () => {
     const out = join(directory, 'ledger.csv');
     assert.equal((await admin([...db, 'export', '--out', out])).code, 0);
     assert.match(readFileSync(out, 'utf8'), /subscription repair/);
+    const twin = await admin([...db, 'subscriber', 'add', 'alice']);
+    assert.equal(twin.code, 2, 'a second subscriber named alice');
+    assert.match(twin.stderr, /409 conflict: body\/name: a subscriber named "alice" exists/);
+    const tokens = json(await admin([...db, 'tokens'])) as unknown as Array<{
+      party: string;
+      revokedAt: unknown;
+    }>;
+    assert.ok(tokens.some((token) => token.party === alice.id && token.revokedAt === null));
+    assert.deepEqual(json(await admin([...db, 'token', 'revoke', String(alice.id)])), { revoked: alice.id });
+    const after = json(await admin([...db, 'tokens'])) as unknown as Array<{
+      party: string;
+      revokedAt: unknown;
+    }>;
+    assert.notEqual(after.find((token) => token.party === alice.id)?.revokedAt, null);
   });
 
   it('against a running server with a token file; refusals are one line and exit 2', async () => {
@@ -70,6 +85,33 @@ describe('gatecast admin', () => {
       assert.match(both.stderr, /one of --server URL .* or --db URL/);
     } finally {
       await server.stop();
+    }
+  });
+
+  it('an answer that does not fit the contract, or an undocumented error, is a refusal with the reason (exit 2)', async () => {
+    let answer = { status: 200, body: '{"id": 5}' };
+    const fake = createServer((request, response) => {
+      request.resume();
+      response.writeHead(answer.status, { 'content-type': 'application/json' });
+      response.end(answer.body);
+    });
+    await new Promise<void>((resolve) => fake.listen(0, '127.0.0.1', resolve));
+    const address = fake.address();
+    const url = `http://127.0.0.1:${typeof address === 'object' && address !== null ? address.port : 0}`;
+    try {
+      const env = { GATECAST_TOKEN: 'a-token-for-the-fake-server' };
+      const wrong = await admin(['--server', url, 'whoami'], env);
+      assert.equal(wrong.code, 2);
+      assert.match(
+        wrong.stderr,
+        /^gatecast admin: 200 invalid-answer: the answer does not fit the contract at "\/(id|name|kind)"/,
+      );
+      answer = { status: 500, body: 'null' };
+      const broken = await admin(['--server', url, 'whoami'], env);
+      assert.equal(broken.code, 2);
+      assert.match(broken.stderr, /^gatecast admin: 500 null\n$/);
+    } finally {
+      await new Promise<void>((resolve) => fake.close(() => resolve()));
     }
   });
 });

@@ -3,7 +3,7 @@ import { randomBytes } from 'node:crypto';
 import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { after, before, describe, it } from 'node:test';
+import { after, afterEach, before, describe, it } from 'node:test';
 import {
   createTestbed,
   type HostProcess,
@@ -80,6 +80,21 @@ describe('buying repair: flows A and B on the namespace test bed', testbedSkip([
     writeFileSync(operatorTokenFile(), token);
   });
 
+  /** Polls check every 50 ms until it holds or timeoutMs passes (a loaded machine is slow, not wrong). */
+  async function eventually(check: () => boolean, timeoutMs = 10_000): Promise<boolean> {
+    const deadline = performance.now() + timeoutMs;
+    while (!check()) {
+      if (performance.now() > deadline) {
+        return false;
+      }
+      await sleep(50);
+    }
+    return true;
+  }
+
+  // A failed test must not leave its servers holding their ports for the next one; serve stays.
+  afterEach(() => bed?.stopAll(serve === undefined ? [] : [serve]));
+
   after(async () => {
     if (serve !== undefined) {
       await stop(serve);
@@ -100,7 +115,11 @@ describe('buying repair: flows A and B on the namespace test bed', testbedSkip([
       for (const host of ['rt1', 'rt2']) {
         await admin(operatorTokenFile(), ['server', 'add', 'retransmit', host, retransmitAt(host)]);
       }
-      const source = (await admin(operatorTokenFile(), ['source', 'add', 'news'])) as Record<string, unknown>;
+      // Names are unique per kind: one source per family.
+      const source = (await admin(operatorTokenFile(), ['source', 'add', `news ${family}`])) as Record<
+        string,
+        unknown
+      >;
       const sourceToken = tokenFileFor('source', source);
       const repair = startRepair(bed, 'rep', {
         s1,
@@ -129,15 +148,21 @@ describe('buying repair: flows A and B on the namespace test bed', testbedSkip([
         senderAddress,
       ]);
       await sender.waitFor(/repair bought: 2 retransmit server\(s\) set up/);
-      await sleep(200);
-      for (const [i, host] of ['rt1', 'rt2'].entries()) {
-        const sessions = status(host, 9110 + i).sessions as Array<{ group: string }>;
-        assert.deepEqual(
-          sessions.map((x) => x.group),
-          [s1],
-          `${host} joined S1 on SETUP`,
-        );
-      }
+      // SETUP is a datagram: wait until both servers show they joined S1 (bounded), not a fixed
+      // time. Joined means S1 in their sessions, or S1's packets already buffered (on a loaded
+      // machine the session may be over, and left, before the first look).
+      const joinedS1 = (i: number) => {
+        const s = status(['rt1', 'rt2'][i] ?? '', 9110 + i) as {
+          sessions: Array<{ group: string }>;
+          packetsIn: number;
+        };
+        return s.sessions.map((x) => x.group).join() === s1 || s.packetsIn > 0;
+      };
+      const joined = await eventually(() => joinedS1(0) && joinedS1(1));
+      assert.ok(
+        joined,
+        `rt1 and rt2 joined S1 on SETUP: ${JSON.stringify([status('rt1', 9110), status('rt2', 9111)])}`,
+      );
       const sent = await sender.finished;
       assert.equal(sent.code, 0, sent.stderr);
       const ended = /session (\S+) ended, repair charged (\d+)/.exec(sent.stderr);
@@ -153,9 +178,9 @@ describe('buying repair: flows A and B on the namespace test bed', testbedSkip([
         .reduce((a, b) => a + b, 0);
       assert.ok(served > 0, 'the retransmit servers that joined on SETUP answered the repairs');
       await stop(repair);
-      await sleep(300);
       for (const [i, host] of ['rt1', 'rt2'].entries()) {
-        assert.deepEqual(status(host, 9110 + i).sessions, [], `${host} left S1 at the session's end`);
+        const left = await eventually(() => (status(host, 9110 + i).sessions as unknown[]).length === 0);
+        assert.ok(left, `${host} left S1 at the session's end: ${JSON.stringify(status(host, 9110 + i))}`);
       }
       const charged = Number(ended[2]);
       assert.ok(charged >= 1);
@@ -197,12 +222,29 @@ describe('buying repair: flows A and B on the namespace test bed', testbedSkip([
     ],
   ] as const) {
     it(`flow A over ${family}: an entitled subscriber’s application gets the repaired session through the agent; an unentitled one is refused and keeps plain S1; repair usage is charged`, async () => {
-      const alice = (await admin(operatorTokenFile(), ['subscriber', 'add', 'alice'])) as Record<
+      // Names are unique per kind: one alice and one bob per family.
+      const alice = (await admin(operatorTokenFile(), ['subscriber', 'add', `alice ${family}`])) as Record<
         string,
         unknown
       >;
-      const bob = (await admin(operatorTokenFile(), ['subscriber', 'add', 'bob'])) as Record<string, unknown>;
+      const bob = (await admin(operatorTokenFile(), ['subscriber', 'add', `bob ${family}`])) as Record<
+        string,
+        unknown
+      >;
       await admin(operatorTokenFile(), ['grant', String(alice.id), 'repair']);
+      // The controller grants repair only for an S1 a source registered and has not ended.
+      const tv = (await admin(operatorTokenFile(), ['source', 'add', `tv ${family}`])) as Record<
+        string,
+        unknown
+      >;
+      const registered = (await admin(operatorTokenFile(), [
+        'session',
+        'add',
+        `flow A ${family}`,
+        s1,
+        '--owner',
+        String(tv.id),
+      ])) as Record<string, unknown>;
       const retransmit = startRetransmit(bed, 'rt1', s1, secret());
       const controller = bed.gatecast('rep', [
         'repair',
@@ -284,6 +326,7 @@ describe('buying repair: flows A and B on the namespace test bed', testbedSkip([
         agentLogs.push((await stop(agent)).stderr);
       }
       await stop(controller);
+      await admin(operatorTokenFile(), ['session', 'end', String(registered.id)]);
       await stop(retransmit);
 
       assert.equal(

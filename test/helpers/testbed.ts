@@ -100,6 +100,11 @@ export interface Testbed {
   gatecast(host: string, args: string[]): HostProcess;
   /** Runs a test-bed subcommand (loss, drop, clear, rate, route, routes). */
   control(...args: string[]): string;
+  /**
+   * Ends every process still running (SIGTERM, then SIGKILL after a grace) and waits for them: a
+   * failed test must not leave a server holding its port for the next one.
+   */
+  stopAll(keep?: readonly HostProcess[]): Promise<void>;
   down(): void;
 }
 
@@ -192,6 +197,25 @@ export function createTestbed(): Testbed {
     control: (...args) => {
       const [command, ...rest] = args;
       return execFileSync('bash', [script, command ?? '', prefix, ...rest], { encoding: 'utf8' });
+    },
+    stopAll: async (keep = []) => {
+      const kept = new Set(keep.map((p) => p.child));
+      const alive = [...children].filter(
+        (child) => !kept.has(child) && child.exitCode === null && child.signalCode === null,
+      );
+      await Promise.all(
+        alive.map(
+          (child) =>
+            new Promise<void>((resolve) => {
+              const force = setTimeout(() => child.kill('SIGKILL'), 3_000);
+              child.once('exit', () => {
+                clearTimeout(force);
+                resolve();
+              });
+              child.kill('SIGTERM');
+            }),
+        ),
+      );
     },
     down,
   };

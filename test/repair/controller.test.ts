@@ -4,15 +4,18 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import type { FastifyInstance } from 'fastify';
+import { buildServerApp as buildSubscriptionApp } from '../../src/cli/server-app.js';
 import { answerTag, verifyAnswerTag } from '../../src/crypto/answer-auth.js';
+import { controlKey } from '../../src/crypto/control-auth.js';
 import { parseGroup } from '../../src/net/address.js';
 import { answerFields } from '../../src/protocol/controller.js';
 import { controllerClient } from '../../src/receiver/controller-client.js';
 import type { RepairController } from '../../src/repair/controller.js';
 import { startRepairController } from '../../src/repair/controller.js';
 import type { RepairServer, RepairSettings, RepairStatus } from '../../src/repair/repair.js';
+import { startRepairServer } from '../../src/repair/repair.js';
 import { openStore, type Store } from '../../src/store/database.js';
-import { buildSubscriptionApp } from '../../src/subscription/app.js';
+import { freePort } from '../helpers/serve.js';
 
 const operatorToken = 'operator-token-for-controller-tests-01';
 
@@ -103,6 +106,23 @@ describe('repair controller (flow A) against a real subscription server on loopb
       headers: { authorization: `Bearer ${operatorToken}` },
       payload: { subscriber: tokens.alice?.id, service: 'repair' },
     });
+    // Grants are only for S1 sessions a source registered (and left open).
+    const source = (
+      await app.inject({
+        method: 'POST',
+        url: '/v1/sources',
+        headers: { authorization: `Bearer ${operatorToken}` },
+        payload: { name: 'radio' },
+      })
+    ).json() as { id: string };
+    for (const group of ['239.40.0.1:5000', '239.40.0.2:5000', '239.40.0.3:5000', '239.40.0.8:5000']) {
+      await app.inject({
+        method: 'POST',
+        url: '/v1/sessions',
+        headers: { authorization: `Bearer ${operatorToken}` },
+        payload: { name: group, group, owner: source.id },
+      });
+    }
     controller = await startController({ pool: parseGroup('239.41.0.1:6000', 'pool'), poolSize: 2 });
   });
   after(async () => {
@@ -327,6 +347,210 @@ describe('repair controller (flow A) against a real subscription server on loopb
       }
     } finally {
       rmSync(directory, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('repair controller under hostile input', () => {
+  let store: Store;
+  let app: FastifyInstance;
+  let port: number;
+  const auth = { authorization: `Bearer ${operatorToken}` };
+  let alice: { id: string; token: string };
+  const groups = ['239.50.0.1:5000', '239.50.0.2:5000', '239.50.0.3:5000'];
+
+  const controllerWith = (settings: Partial<Parameters<typeof startRepairController>[0]>) =>
+    startRepairController({
+      listen: { address: '127.0.0.1', port: 0, family: 4 },
+      subscription: `http://127.0.0.1:${port}`,
+      token: operatorToken,
+      pool: parseGroup('239.51.0.1:6000', 'pool'),
+      poolSize: 8,
+      leaseMs: 60_000,
+      reportIntervalMs: 3_600_000,
+      idleMs: 0,
+      startModule: fakeModules().start,
+      module: {
+        listen: { address: '127.0.0.1', port: 0, family: 4 },
+        keys: [],
+        retransmit: [],
+        latencyMs: undefined,
+      },
+      ...settings,
+    });
+  const post = (url: string, token: string, body: unknown) =>
+    fetch(`${url}/v1/repair`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+      body: JSON.stringify(body),
+    });
+
+  before(async () => {
+    store = await openStore('sqlite::memory:');
+    app = await buildSubscriptionApp({ store, operatorToken });
+    await app.listen({ host: '127.0.0.1', port: 0 });
+    const address = app.server.address();
+    port = typeof address === 'object' && address !== null ? address.port : 0;
+    alice = (
+      await app.inject({ method: 'POST', url: '/v1/subscribers', headers: auth, payload: { name: 'alice' } })
+    ).json() as { id: string; token: string };
+    await app.inject({
+      method: 'POST',
+      url: '/v1/entitlements',
+      headers: auth,
+      payload: { subscriber: alice.id, service: 'repair' },
+    });
+    const source = (
+      await app.inject({ method: 'POST', url: '/v1/sources', headers: auth, payload: { name: 'tv' } })
+    ).json() as { id: string };
+    for (const group of groups) {
+      await app.inject({
+        method: 'POST',
+        url: '/v1/sessions',
+        headers: auth,
+        payload: { name: group, group, owner: source.id },
+      });
+    }
+  });
+  after(async () => {
+    await app?.close();
+    await store?.close();
+  });
+
+  it('a source that is not an IP address is a 400 naming body/source; nothing starts and later grants work', async () => {
+    const fakes = fakeModules();
+    const controller = await controllerWith({ startModule: fakes.start });
+    try {
+      for (const source of ['example.com', '239.50.0.1', '::1', '10.0.0.1; rm -rf /']) {
+        const response = await post(controller.url, alice.token, { group: groups[0], source });
+        const body = (await response.json()) as { error: string; message: string };
+        assert.equal(response.status, 400, source);
+        assert.equal(body.error, 'invalid-request');
+        assert.match(body.message, /body\/source/);
+      }
+      assert.equal(fakes.started.filter((m) => m.settings.source === 'example.com').length, 0);
+      const granted = await controllerClient(controller.url, alice.token).resolve(
+        parseGroup(groups[1] ?? '', 's1'),
+      );
+      assert.equal(granted.granted, true, JSON.stringify(granted));
+    } finally {
+      await controller.close();
+    }
+  });
+
+  it('a module that fails to start is a 503 with the reason; its S2 and port are free for the next grant', async () => {
+    let failures = 1;
+    const fakes = fakeModules();
+    const controller = await controllerWith({
+      startModule: async (settings) => {
+        if (failures-- > 0) {
+          throw new Error('EINVAL');
+        }
+        return fakes.start(settings);
+      },
+    });
+    try {
+      const client = controllerClient(controller.url, alice.token);
+      const s1 = parseGroup(groups[0] ?? '', 's1');
+      const failed = await client.resolve(s1);
+      assert.deepEqual(failed, {
+        granted: false,
+        reason: '503 the repair module for 239.50.0.1:5000 could not start: EINVAL',
+      });
+      const next = await client.resolve(s1);
+      assert.equal(next.granted && next.s2.address, '239.51.0.1', 'the same S2 is handed out again');
+    } finally {
+      await controller.close();
+    }
+  });
+
+  it('a repair module whose S1 join fails closes the sockets it opened (its port can be bound again)', async () => {
+    const listenPort = await freePort();
+    const settings = {
+      group: parseGroup('239.50.9.1:5000', 's1'),
+      source: 'example.com',
+      iface: '127.0.0.1',
+      listen: { address: '127.0.0.1', port: listenPort, family: 4 as const },
+      keys: [controlKey(Buffer.alloc(32, 7))],
+      retransmit: [],
+      emit: parseGroup('239.50.9.2:6000', 's2'),
+      latencyMs: undefined,
+    } satisfies RepairSettings;
+    await assert.rejects(startRepairServer(settings));
+    const again = await startRepairServer({ ...settings, source: undefined });
+    await again.close();
+  });
+
+  it('refuses groups nobody registered (404) and caps the grants one subscriber holds (429); nothing starts for them', async () => {
+    const fakes = fakeModules();
+    const controller = await controllerWith({ startModule: fakes.start, grantsPerSubscriberMax: 2 });
+    try {
+      const client = controllerClient(controller.url, alice.token);
+      const unregistered = await client.resolve(parseGroup('239.50.0.99:5000', 's1'));
+      assert.deepEqual(unregistered, {
+        granted: false,
+        reason: '404 no open session is registered for 239.50.0.99:5000',
+      });
+      assert.equal(fakes.started.length, 0);
+      for (const group of groups.slice(0, 2)) {
+        assert.equal((await client.resolve(parseGroup(group, 's1'))).granted, true);
+      }
+      const renewal = await client.resolve(parseGroup(groups[0] ?? '', 's1'));
+      assert.equal(renewal.granted, true, 'renewing a held grant is not a new one');
+      const third = await client.resolve(parseGroup(groups[2] ?? '', 's1'));
+      assert.deepEqual(third, {
+        granted: false,
+        reason: '429 a subscriber holds at most 2 grants at once; release one first',
+      });
+      assert.equal(fakes.started.length, 2);
+      await client.release(parseGroup(groups[0] ?? '', 's1'));
+      assert.equal((await client.resolve(parseGroup(groups[2] ?? '', 's1'))).granted, true);
+    } finally {
+      await controller.close();
+    }
+  });
+
+  it('every error answer carries a documented code (empty JSON DELETE, malformed JSON, unknown route)', async () => {
+    const controller = await controllerWith({});
+    try {
+      const cases: Array<[string, RequestInit, number]> = [
+        ['/v1/repair', { method: 'DELETE', headers: { 'content-type': 'application/json' } }, 400],
+        [
+          '/v1/repair',
+          { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"group":' },
+          400,
+        ],
+        ['/v1/nothing', { method: 'GET' }, 404],
+        ['/v1/repair', { method: 'POST', headers: { 'content-type': 'application/xml' }, body: '<x/>' }, 415],
+      ];
+      for (const [path, init, status] of cases) {
+        const response = await fetch(`${controller.url}${path}`, {
+          ...init,
+          headers: { authorization: `Bearer ${alice.token}`, ...(init.headers as Record<string, string>) },
+        });
+        const body = (await response.json()) as { error: string };
+        assert.equal(response.status, status, path);
+        assert.equal(
+          body.error,
+          status === 404 ? 'not-found' : status === 415 ? 'unsupported-media-type' : 'invalid-request',
+        );
+      }
+    } finally {
+      await controller.close();
+    }
+  });
+
+  it('a controller that cannot listen fails with a coded error and leaves nothing open', async () => {
+    const taken = await controllerWith({});
+    try {
+      const at = Number(new URL(taken.url).port);
+      await assert.rejects(
+        controllerWith({ listen: { address: '127.0.0.1', port: at, family: 4 } }),
+        (error: Error & { code?: string }) =>
+          error.code === 'GATECAST_ERR_SOCKET' && /EADDRINUSE/.test(error.message),
+      );
+    } finally {
+      await taken.close();
     }
   });
 });

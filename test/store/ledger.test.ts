@@ -99,6 +99,103 @@ function ledgerSuite(name: string, options: { skip?: string }, url: () => string
       assert.equal(await transferCount(), before);
     });
 
+    it('charges near 2^53: balances stay exact, and a charge past an account total of 2^53 - 1 is refused when written', async () => {
+      const big = await ledger.createAccount({
+        id: `${name}-big`,
+        name: 'big',
+        kind: 'subscriber',
+        currency: 'EUR',
+      });
+      const sink = await ledger.createAccount({
+        id: `${name}-sink`,
+        name: 'sink',
+        kind: 'revenue',
+        currency: 'EUR',
+      });
+      const amount = 3_000_000_000_000_001;
+      for (let n = 0; n < 3; n++) {
+        await ledger.transfer({
+          idempotencyKey: `${name}-big-${n}`,
+          debit: big.id,
+          credit: sink.id,
+          amount,
+          currency: 'EUR',
+        });
+      }
+      assert.equal(await ledger.balance(big.id), -9_000_000_000_000_003, 'exact after 3 charges');
+      assert.equal(await ledger.balance(sink.id), 9_000_000_000_000_003);
+      const before = await transferCount();
+      await assert.rejects(
+        ledger.transfer({
+          idempotencyKey: `${name}-big-3`,
+          debit: big.id,
+          credit: sink.id,
+          amount,
+          currency: 'EUR',
+        }),
+        (error: LedgerError) =>
+          error.code === 'GATECAST_ERR_LEDGER_LIMIT' && /ledgerAccountTotalMax/.test(error.message),
+      );
+      assert.equal(await transferCount(), before, 'the refused charge wrote nothing');
+      const rest = Number.MAX_SAFE_INTEGER - 9_000_000_000_000_003;
+      await ledger.transfer({
+        idempotencyKey: `${name}-big-rest`,
+        debit: big.id,
+        credit: sink.id,
+        amount: rest,
+        currency: 'EUR',
+      });
+      assert.equal(await ledger.balance(big.id), -Number.MAX_SAFE_INTEGER, 'up to the bound exactly');
+      await assert.rejects(
+        ledger.transfer({
+          idempotencyKey: `${name}-big-one`,
+          debit: big.id,
+          credit: sink.id,
+          amount: 1,
+          currency: 'EUR',
+        }),
+        (error: LedgerError) => error.code === 'GATECAST_ERR_LEDGER_LIMIT',
+      );
+      const back = await ledger.transfer({
+        idempotencyKey: `${name}-big-back`,
+        debit: sink.id,
+        credit: big.id,
+        amount: 5,
+        currency: 'EUR',
+      });
+      assert.equal(back.replayed, false, 'the other direction is still open');
+      assert.equal(await ledger.balance(big.id), -Number.MAX_SAFE_INTEGER + 5);
+      assert.equal(await sumOfBalances(), 0, 'the ledger still reads and sums to zero');
+    });
+
+    it('a batch writes each request once in one transaction; each keeps its own key and outcome', async () => {
+      const before = await transferCount();
+      const base = { debit: `${name}-alice`, credit: `${name}-cash`, currency: 'EUR' };
+      const outcomes = await ledger.transferMany([
+        { ...base, idempotencyKey: `${name}-batch-1`, amount: 7 },
+        { ...base, idempotencyKey: `${name}-batch-2`, amount: 8 },
+        { ...base, idempotencyKey: `${name}-batch-1`, amount: 7 },
+        { ...base, idempotencyKey: `${name}-batch-2`, amount: 9 },
+        { ...base, idempotencyKey: `${name}-batch-3`, amount: 1, credit: 'nobody' },
+        { ...base, idempotencyKey: `${name}-k`, amount: 99 },
+      ]);
+      assert.deepEqual(
+        outcomes.map((outcome) =>
+          outcome.ok ? (outcome.transfer.replayed ? 'replayed' : 'new') : outcome.error.code,
+        ),
+        [
+          'new',
+          'new',
+          'replayed',
+          'GATECAST_ERR_IDEMPOTENCY_CONFLICT',
+          'GATECAST_ERR_UNKNOWN_ACCOUNT',
+          'replayed',
+        ],
+      );
+      assert.equal(await transferCount(), before + 2);
+      assert.equal(await sumOfBalances(), 0);
+    });
+
     it('a storm of concurrent retries charges each key exactly once and the ledger still sums to zero', async () => {
       const before = await transferCount();
       const requests = [];

@@ -1,9 +1,18 @@
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
-import type { FastifyInstance } from 'fastify';
+import type { FastifyInstance, InjectOptions } from 'fastify';
+import { buildServerApp as buildSubscriptionApp } from '../../src/cli/server-app.js';
+import { apiErrorStatus } from '../../src/protocol/api-errors.js';
 import { openStore, type Store } from '../../src/store/database.js';
-import { buildSubscriptionApp } from '../../src/subscription/app.js';
 import { onEveryStore } from '../helpers/postgres.js';
+
+/** The error codes docs/api.md lists in its Errors paragraph. */
+function documentedErrorCodes(): Set<string> {
+  const text = readFileSync(new URL('../../docs/api.md', import.meta.url), 'utf8');
+  const line = text.split('\n').find((candidate) => candidate.startsWith('- Errors:')) ?? '';
+  return new Set([...line.matchAll(/`([a-z-]+)`/g)].map((match) => match[1] as string));
+}
 
 const operatorToken = 'operator-token-for-tests-0123456789';
 
@@ -269,6 +278,176 @@ function apiSuite(name: string, options: { skip?: string }, url: () => string, c
       assert.equal(response.statusCode, 201);
       await second.close();
       await fresh.close();
+    });
+
+    it('rotating the operator token revokes the old one; the operator lists and revokes tokens', async () => {
+      const rotated = 'operator-token-rotated-0123456789abc';
+      const second = await buildSubscriptionApp({ store, operatorToken: rotated });
+      try {
+        const whoami = (token: string) =>
+          second.inject({ method: 'GET', url: '/v1/whoami', headers: as(token) });
+        assert.equal((await whoami(operatorToken)).statusCode, 401, 'the old operator token is revoked');
+        assert.equal((await whoami(rotated)).statusCode, 200);
+        const sub = (
+          await second.inject({
+            method: 'POST',
+            url: '/v1/subscribers',
+            headers: as(rotated),
+            payload: { name: 'revokable' },
+          })
+        ).json() as { id: string; token: string };
+        assert.equal((await whoami(sub.token)).statusCode, 200);
+        const listed = (
+          await second.inject({ method: 'GET', url: '/v1/tokens', headers: as(rotated) })
+        ).json() as Array<{
+          party: string;
+          kind: string;
+          revokedAt: string | null;
+        }>;
+        const operators = listed.filter((token) => token.kind === 'operator');
+        assert.equal(
+          operators.filter((token) => token.revokedAt === null).length,
+          1,
+          'one live operator token',
+        );
+        assert.ok(
+          operators.some((token) => token.revokedAt !== null),
+          'the old one is listed as revoked',
+        );
+        const revoke = await second.inject({
+          method: 'DELETE',
+          url: `/v1/tokens/${sub.id}`,
+          headers: as(rotated),
+        });
+        assert.equal(revoke.statusCode, 204, revoke.body);
+        assert.equal((await whoami(sub.token)).statusCode, 401, 'a revoked token no longer authenticates');
+        const live = operators.find((token) => token.revokedAt === null);
+        const last = await second.inject({
+          method: 'DELETE',
+          url: `/v1/tokens/${live?.party}`,
+          headers: as(rotated),
+        });
+        assert.equal(last.statusCode, 409, 'the last operator token is not revoked');
+        assert.equal(
+          (await second.inject({ method: 'DELETE', url: '/v1/tokens/nobody', headers: as(rotated) }))
+            .statusCode,
+          404,
+        );
+        assert.equal(
+          (await second.inject({ method: 'GET', url: '/v1/tokens', headers: as(sub.token) })).statusCode,
+          401,
+        );
+      } finally {
+        await second.close();
+      }
+      const back = await buildSubscriptionApp({ store, operatorToken });
+      await back.close(); // the suite's token is the operator's again, the rotated one revoked
+      assert.equal((await get('/v1/whoami', operatorToken)).statusCode, 200);
+      assert.equal((await get('/v1/whoami', rotated)).statusCode, 401);
+    });
+
+    it('names are unique per kind: a second subscriber with an existing name is a 409, nothing written', async () => {
+      assert.equal((await post('/v1/subscribers', operatorToken, { name: 'twin' })).statusCode, 201);
+      const before = await count('parties');
+      const again = await post('/v1/subscribers', operatorToken, { name: 'twin' });
+      assert.equal(again.statusCode, 409);
+      assert.equal((again.json() as { error: string }).error, 'conflict');
+      assert.match(
+        (again.json() as { message: string }).message,
+        /^body\/name: a subscriber named "twin" exists/,
+      );
+      assert.equal(await count('parties'), before);
+      assert.equal(
+        (await post('/v1/sources', operatorToken, { name: 'twin' })).statusCode,
+        201,
+        'another kind may',
+      );
+    });
+
+    it('docs/api.md lists exactly the error codes the servers answer with', () => {
+      assert.deepEqual([...documentedErrorCodes()].sort(), Object.keys(apiErrorStatus).sort());
+    });
+
+    it('every error body carries a code docs/api.md lists: empty JSON DELETE, malformed JSON, unknown route, wrong media type, too large', async () => {
+      const documented = documentedErrorCodes();
+      const cases: Array<[InjectOptions, number, string]> = [
+        [
+          {
+            method: 'DELETE',
+            url: '/v1/servers/x',
+            headers: { ...as(operatorToken), 'content-type': 'application/json' },
+          },
+          400,
+          'invalid-request',
+        ],
+        [
+          {
+            method: 'POST',
+            url: '/v1/subscribers',
+            headers: { ...as(operatorToken), 'content-type': 'application/json' },
+            payload: '{"name":',
+          },
+          400,
+          'invalid-request',
+        ],
+        [{ method: 'GET', url: '/v1/nothing-here', headers: as(operatorToken) }, 404, 'not-found'],
+        [
+          {
+            method: 'POST',
+            url: '/v1/subscribers',
+            headers: { ...as(operatorToken), 'content-type': 'application/xml' },
+            payload: '<a/>',
+          },
+          415,
+          'unsupported-media-type',
+        ],
+        [
+          {
+            method: 'POST',
+            url: '/v1/subscribers',
+            headers: { ...as(operatorToken), 'content-type': 'application/json' },
+            payload: JSON.stringify({ name: 'x'.repeat(20_000) }),
+          },
+          413,
+          'payload-too-large',
+        ],
+        [{ method: 'GET', url: '/v1/whoami' }, 401, 'unauthorized'],
+      ];
+      for (const [request, status, error] of cases) {
+        const response = await app.inject(request);
+        assert.equal(response.statusCode, status, `${request.method} ${request.url}: ${response.body}`);
+        const body = response.json() as { error: string; message: string };
+        assert.equal(body.error, error);
+        assert.ok(documented.has(body.error), `${body.error} is listed in docs/api.md`);
+        assert.equal(typeof body.message, 'string');
+      }
+    });
+
+    it('a billing run for a month that has not begun is a 400; nothing is charged', async () => {
+      const future = new Date();
+      future.setUTCMonth(future.getUTCMonth() + 1, 1);
+      const next = future.toISOString().slice(0, 7);
+      for (const period of ['2030-01', next]) {
+        const response = await post('/v1/billing/run', operatorToken, { period });
+        assert.equal(response.statusCode, 400, period);
+        assert.match(response.body, /body\/period: .* has not begun/);
+      }
+      assert.equal(
+        (
+          await store.db
+            .selectFrom('transfers')
+            .select('id')
+            .where('memo', 'like', 'subscription %')
+            .execute()
+        ).length,
+        0,
+      );
+      assert.equal(
+        (await post('/v1/billing/run', operatorToken, { period: new Date().toISOString().slice(0, 7) }))
+          .statusCode,
+        200,
+        'this month may be billed',
+      );
     });
   });
 }

@@ -66,6 +66,53 @@ async function charge(urls: () => string[], key: string, body: object, attempt: 
   }
 }
 
+/** A batch of charges (POST /v1/usage/batch), retried until a server answers it; each key's transfer id. */
+async function chargeBatch(
+  urls: () => string[],
+  events: Array<{ key: string; body: object }>,
+  attempt: { n: number },
+): Promise<string[]> {
+  const deadline = Date.now() + 60_000;
+  for (;;) {
+    const candidates = urls();
+    const url = candidates[attempt.n++ % candidates.length];
+    try {
+      const response = await fetch(`${url}/v1/usage/batch`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${operatorToken}`, 'content-type': 'application/json' },
+        body: JSON.stringify({ events: events.map(({ key, body }) => ({ key, ...body })) }),
+        signal: AbortSignal.timeout(5_000),
+      });
+      const answer = (await response.json()) as { results?: Array<{ status: number; transfer?: string }> };
+      if (response.status === 200) {
+        const results = answer.results ?? [];
+        for (const result of results) {
+          if (result.status >= 300) {
+            throw new Error(`batch: an event was refused: ${JSON.stringify(result)}`);
+          }
+        }
+        return results.map((result) => result.transfer as string);
+      }
+      if (response.status < 500) {
+        throw new Error(`batch: ${response.status} ${JSON.stringify(answer)}`);
+      }
+      serverErrors++;
+    } catch (error) {
+      if ((error as Error).message.startsWith('batch:')) {
+        throw error;
+      }
+      failedAttempts++;
+    }
+    if (Date.now() > deadline) {
+      throw new Error('batch: no server answered within 60 s');
+    }
+    await sleep(20);
+  }
+}
+
+/** Events per batch on the batch path. */
+const batchEvents = 10;
+
 /**
  * The storm: clients share the keys; every key is sent twice (a retry after success too); after
  * a third of the answers one server is killed with SIGKILL and restarted on the same port.
@@ -75,6 +122,8 @@ async function storm(options: {
   restart: (index: number) => Promise<ServeProcess>;
   accounts: string[];
   bothAtOnce: boolean;
+  /** Send the keys in batches (POST /v1/usage/batch) instead of one request each. */
+  batch?: boolean;
 }) {
   const servers = [...options.servers];
   const live = () => servers.map((server) => server.url);
@@ -83,20 +132,28 @@ async function storm(options: {
   let killed = false;
   let crash: Promise<void> | undefined;
   let next = 0;
+  const step = options.batch === true ? batchEvents : 1;
   const worker = async () => {
     for (;;) {
-      const i = next++;
+      const i = next;
+      next += step;
       if (i >= keys) {
         return;
       }
-      const key = `crash-${i}`;
-      const body = usageOf(options.accounts[i % options.accounts.length] as string, i);
-      const attempts = options.bothAtOnce
-        ? servers.map((_, s) => charge(live, key, body, { n: s + i }))
-        : [charge(live, key, body, { n: i })];
-      const ids = await Promise.all([...attempts, charge(live, key, body, { n: i + 1 })]);
-      transfers.set(key, new Set(ids));
-      answered++;
+      const group = Array.from({ length: Math.min(step, keys - i) }, (_, k) => ({
+        key: `crash-${i + k}`,
+        body: usageOf(options.accounts[(i + k) % options.accounts.length] as string, i + k),
+      }));
+      const send = (n: number): Promise<string[]> =>
+        options.batch === true
+          ? chargeBatch(live, group, { n })
+          : charge(live, group[0]?.key ?? '', group[0]?.body ?? {}, { n }).then((id) => [id]);
+      const attempts = options.bothAtOnce ? servers.map((_, s) => send(s + i)) : [send(i)];
+      const answers = await Promise.all([...attempts, send(i + 1)]);
+      for (const [k, { key }] of group.entries()) {
+        transfers.set(key, new Set(answers.map((ids) => ids[k] as string)));
+      }
+      answered += group.length;
       if (!killed && answered >= keys / 3) {
         killed = true;
         crash = (async () => {
@@ -196,8 +253,43 @@ describe('crash: a storm of retried charges, the server killed with SIGKILL mid-
     await twoServerStorm(`sqlite:${join(directory, 'shared.db')}`);
   });
 
+  it('SQLite, one server, the batch path: each idempotency key charged exactly once, the ledger sums to zero', async () => {
+    const db = `sqlite:${join(directory, 'crash-batch.db')}`;
+    let server = await startServe(['--db', db], env);
+    const port = Number(new URL(server.url).port);
+    try {
+      const accounts = await createAccounts(server.url);
+      const result = await storm({
+        servers: [server],
+        restart: async () => {
+          server = await startServe(['--db', db], env, port);
+          return server;
+        },
+        accounts,
+        bothAtOnce: false,
+        batch: true,
+      });
+      await server.stop();
+      await verify(db, accounts, result.transfers);
+    } finally {
+      await server.kill();
+    }
+  });
+
   let postgres: Postgres | undefined;
   after(() => postgres?.stop());
+  it(
+    'PostgreSQL, two servers sharing the store, both sent every batch: each key charged exactly once',
+    postgresSkip(),
+    async () => {
+      const batchPostgres = startPostgres();
+      try {
+        await twoServerStorm(batchPostgres.url, true);
+      } finally {
+        batchPostgres.stop();
+      }
+    },
+  );
   it(
     'PostgreSQL, two servers sharing the store and both sent every key: each charged exactly once',
     postgresSkip(),
@@ -209,7 +301,7 @@ describe('crash: a storm of retried charges, the server killed with SIGKILL mid-
 });
 
 /** Two servers on one store, both sent every key; the first is killed and restarted mid-storm. */
-async function twoServerStorm(db: string) {
+async function twoServerStorm(db: string, batch = false) {
   const servers = [await startServe(['--db', db], env), await startServe(['--db', db], env)];
   const port = Number(new URL((servers[0] as ServeProcess).url).port);
   try {
@@ -222,6 +314,7 @@ async function twoServerStorm(db: string) {
       },
       accounts,
       bothAtOnce: true,
+      batch,
     });
     for (const server of servers) {
       await server.stop();

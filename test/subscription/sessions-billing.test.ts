@@ -1,9 +1,9 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify';
+import { buildServerApp as buildSubscriptionApp } from '../../src/cli/server-app.js';
 import { openStore, type Store } from '../../src/store/database.js';
 import { createLedger } from '../../src/store/ledger.js';
-import { buildSubscriptionApp } from '../../src/subscription/app.js';
 import type { SetupSender } from '../../src/subscription/context.js';
 import { onEveryStore } from '../helpers/postgres.js';
 
@@ -107,6 +107,59 @@ function suite(name: string, options: { skip?: string }, url: () => string, clea
       };
       assert.equal(balance.balance, -1);
       assert.equal(await ledgerSum(), 0);
+    });
+
+    it('S1 belongs to one open session: another source registering it is a 409, cannot end it, and the retransmit servers stay', async () => {
+      const owner = await party('sources', 'paid-owner');
+      const intruder = await party('sources', 'intruder');
+      const paid = await call('POST', '/v1/sessions', owner.token, {
+        name: 'paid',
+        group: '239.1.9.9:5000',
+        repair: true,
+      });
+      assert.equal(paid.statusCode, 201, paid.body);
+      const paidId = (paid.json() as { id: string }).id;
+      const before = setups.length;
+      const same = await call('POST', '/v1/sessions', intruder.token, {
+        name: 'mine now',
+        group: '239.1.9.9:5000',
+        repair: true,
+      });
+      assert.equal(same.statusCode, 409, same.body);
+      assert.deepEqual(same.json(), {
+        error: 'conflict',
+        message:
+          'body/group: 239.1.9.9:5000 is already the S1 of open session of another source; end it first',
+      });
+      const sameByOperator = await call('POST', '/v1/sessions', operatorToken, {
+        name: 'again',
+        group: '239.1.9.9:5000',
+        owner: owner.id,
+      });
+      assert.equal(sameByOperator.statusCode, 409, 'the operator cannot register it twice either');
+      const rows = await store.db
+        .selectFrom('sessions')
+        .select('id')
+        .where('group_address', '=', '239.1.9.9')
+        .execute();
+      assert.equal(rows.length, 1, 'nothing written');
+      const endByIntruder = await call('POST', `/v1/sessions/${paidId}/end`, intruder.token);
+      assert.equal(endByIntruder.statusCode, 403);
+      assert.equal(setups.length, before, 'no SETUP leave was sent for the paid session');
+      const state = (await call('GET', `/v1/sessions/${paidId}`, owner.token)).json() as { state: string };
+      assert.equal(state.state, 'open');
+      assert.equal((await call('POST', `/v1/sessions/${paidId}/end`, owner.token)).statusCode, 200);
+      assert.equal(setups.at(-1)?.action, 'leave');
+      const later = await call('POST', '/v1/sessions', intruder.token, {
+        name: 'later',
+        group: '239.1.9.9:5000',
+      });
+      assert.equal(later.statusCode, 201, 'once ended, S1 can be registered again');
+      assert.equal(
+        (await call('POST', `/v1/sessions/${(later.json() as { id: string }).id}/end`, intruder.token))
+          .statusCode,
+        200,
+      );
     });
 
     it('a retransmit server registered later, or restarted, is sent SETUP for the sessions already buying repair', async () => {
@@ -427,6 +480,177 @@ function suite(name: string, options: { skip?: string }, url: () => string, clea
         (await call('GET', `/v1/entitlements?subscriber=${subscriber.id}`, other.token)).statusCode,
         403,
       );
+      assert.equal(await ledgerSum(), 0);
+    });
+
+    it('an idempotency key covers the client request: after a rate change the same usage or session end returns the stored charge', async () => {
+      const subscriber = await party('subscribers', 'rerated');
+      const usage = (key: string, quantity: number) =>
+        app.inject({
+          method: 'POST',
+          url: '/v1/usage',
+          headers: { ...as(operatorToken), 'idempotency-key': key },
+          payload: { account: subscriber.id, kind: 'pay-as-you-go-bytes', quantity },
+        });
+      const first = await usage('rerate-1', 5_000_000);
+      assert.equal(first.statusCode, 201, first.body);
+      const owner = await party('sources', 'rerated-source');
+      const session = (
+        await call('POST', '/v1/sessions', owner.token, {
+          name: 'rerated',
+          group: '239.1.8.8:5000',
+          repair: true,
+        })
+      ).json() as { id: string };
+      const ended = (await call('POST', `/v1/sessions/${session.id}/end`, owner.token)).json() as {
+        charge: { transfer: string; amount: number };
+      };
+      const old = (await call('GET', '/v1/rates', operatorToken)).json() as Record<string, number>;
+      assert.equal(
+        (
+          await call('PUT', '/v1/rates', operatorToken, {
+            payAsYouGoPerMegabyte: 3,
+            sourceRepairPerHour: 900,
+          })
+        ).statusCode,
+        200,
+      );
+      const again = await usage('rerate-1', 5_000_000);
+      assert.equal(again.statusCode, 200, again.body);
+      assert.deepEqual(
+        again.json(),
+        { ...(first.json() as object), replayed: true },
+        'the stored charge, not a re-rated one',
+      );
+      assert.equal((again.json() as { amount: number }).amount, 5);
+      const other = await usage('rerate-1', 6_000_000);
+      assert.equal(other.statusCode, 409, 'another request under the key is still a conflict');
+      const endedAgain = await call('POST', `/v1/sessions/${session.id}/end`, owner.token);
+      assert.equal(endedAgain.statusCode, 200, endedAgain.body);
+      const charge = (
+        endedAgain.json() as { charge: { transfer: string; amount: number; replayed: boolean } }
+      ).charge;
+      assert.deepEqual(charge, { ...ended.charge, replayed: true });
+      assert.equal(
+        (await call('GET', `/v1/accounts/${subscriber.id}/balance`, subscriber.token)).json().balance,
+        -5,
+        'charged once',
+      );
+      await call('PUT', '/v1/rates', operatorToken, old);
+      assert.equal(await ledgerSum(), 0);
+    });
+
+    it('a usage batch charges each event once under its own key, with its own result; concurrent single charges are group-committed exactly once', async () => {
+      const a = await party('subscribers', 'batch-a');
+      const b = await party('subscribers', 'batch-b');
+      const event = (key: string, account: string, megabytes: number) => ({
+        key,
+        account,
+        kind: 'pay-as-you-go-bytes',
+        quantity: megabytes * 1_000_000,
+      });
+      const batch = (events: object[]) =>
+        app.inject({
+          method: 'POST',
+          url: '/v1/usage/batch',
+          headers: as(operatorToken),
+          payload: { events },
+        });
+      const first = await batch([
+        event('batch/1', a.id, 3),
+        event('batch/2', b.id, 4),
+        event('batch/1', a.id, 3),
+        event('batch/3', 'nobody', 1),
+        event('batch/4', a.id, 5),
+      ]);
+      assert.equal(first.statusCode, 200, first.body);
+      const results = (
+        first.json() as { results: Array<{ key: string; status: number; amount?: number; error?: string }> }
+      ).results;
+      assert.deepEqual(
+        results.map((r) => [r.key, r.status, r.amount ?? r.error]),
+        [
+          ['batch/1', 201, 3],
+          ['batch/2', 201, 4],
+          ['batch/1', 200, 3],
+          ['batch/3', 404, 'not-found'],
+          ['batch/4', 201, 5],
+        ],
+      );
+      const again = (await batch([event('batch/2', b.id, 4), event('batch/4', a.id, 6)])).json() as {
+        results: Array<{ status: number; error?: string }>;
+      };
+      assert.deepEqual(
+        again.results.map((r) => r.status),
+        [200, 409],
+        'a replay and a conflict, nothing written',
+      );
+      const balance = async (id: string, token: string) =>
+        ((await call('GET', `/v1/accounts/${id}/balance`, token)).json() as { balance: number }).balance;
+      assert.equal(await balance(a.id, a.token), -8);
+      assert.equal(await balance(b.id, b.token), -4);
+      const events = await store.db
+        .selectFrom('usage_events')
+        .select('id')
+        .where('account', 'in', [a.id, b.id])
+        .execute();
+      assert.equal(events.length, 3, 'one usage event per charge');
+      const tooMany = await batch(Array.from({ length: 1001 }, (_, i) => event(`batch/x${i}`, a.id, 1)));
+      assert.equal(tooMany.statusCode, 400, 'more than usageBatchEventsMax events');
+
+      // 40 keys, each sent 3 times at once through POST /v1/usage: charged exactly once each.
+      const single = (key: string, megabytes: number) =>
+        app.inject({
+          method: 'POST',
+          url: '/v1/usage',
+          headers: { ...as(operatorToken), 'idempotency-key': key },
+          payload: { account: b.id, kind: 'pay-as-you-go-bytes', quantity: megabytes * 1_000_000 },
+        });
+      const answers = await Promise.all(
+        Array.from({ length: 120 }, (_, i) => single(`group/${i % 40}`, (i % 40) + 1)),
+      );
+      assert.ok(answers.every((answer) => answer.statusCode === 200 || answer.statusCode === 201));
+      assert.equal(answers.filter((answer) => answer.statusCode === 201).length, 40);
+      assert.equal(await balance(b.id, b.token), -4 - (40 * 41) / 2);
+      assert.equal(await ledgerSum(), 0);
+    });
+
+    it('charges near 2^53 stay exact; one past an account total of 2^53 - 1 is a 422 limit-exceeded, written never', async () => {
+      const subscriber = await party('subscribers', 'huge');
+      const old = (await call('GET', '/v1/rates', operatorToken)).json() as Record<string, number>;
+      await call('PUT', '/v1/rates', operatorToken, { payAsYouGoPerMegabyte: 1_000_000 }); // 1 per byte
+      const charge = (key: string, quantity: number) =>
+        app.inject({
+          method: 'POST',
+          url: '/v1/usage',
+          headers: { ...as(operatorToken), 'idempotency-key': key },
+          payload: { account: subscriber.id, kind: 'pay-as-you-go-bytes', quantity },
+        });
+      try {
+        for (let n = 0; n < 3; n++) {
+          const answer = await charge(`huge-${n}`, 3_000_000_000_000_001);
+          assert.equal(answer.statusCode, 201, answer.body);
+        }
+        const balance = () => call('GET', `/v1/accounts/${subscriber.id}/balance`, subscriber.token);
+        assert.equal((await balance()).json().balance, -9_000_000_000_000_003);
+        const before = (await store.db.selectFrom('transfers').select('id').execute()).length;
+        const over = await charge('huge-3', 3_000_000_000_000_001);
+        assert.equal(over.statusCode, 422, over.body);
+        assert.equal((over.json() as { error: string }).error, 'limit-exceeded');
+        const rated = await charge('huge-4', Number.MAX_SAFE_INTEGER);
+        assert.equal(rated.statusCode, 422, 'past the bound already when rated');
+        assert.equal((await store.db.selectFrom('transfers').select('id').execute()).length, before);
+        assert.equal((await balance()).statusCode, 200, 'the account still reads');
+        assert.equal((await balance()).json().balance, -9_000_000_000_000_003);
+        const invoice = await call(
+          'GET',
+          `/v1/invoices?account=${subscriber.id}&period=${new Date().toISOString().slice(0, 7)}`,
+          subscriber.token,
+        );
+        assert.equal(invoice.json().total, 9_000_000_000_000_003);
+      } finally {
+        await call('PUT', '/v1/rates', operatorToken, old);
+      }
       assert.equal(await ledgerSum(), 0);
     });
   });

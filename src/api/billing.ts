@@ -1,0 +1,41 @@
+/**
+ * The billing role's interface, as the subscription role sees it (it may not import the billing
+ * role): the rate card's shape, one usage charge, and the routes billing serves. The CLI builds the
+ * billing role and hands it to the subscription app.
+ */
+import type { FastifyInstance } from 'fastify';
+import type { UsageBody } from '../protocol/api-subscription.js';
+import type { ApiContext } from './context.js';
+
+/** Rating rules: minor units per unit of usage. */
+export interface RateCard {
+  /** Per 10^9 bytes repaired for a subscriber. */
+  readonly repairPerGigabyte: number;
+  /** Per 10^6 bytes of a pay-as-you-go stream. */
+  readonly payAsYouGoPerMegabyte: number;
+  /** Per minute of a pay-as-you-go stream. */
+  readonly payAsYouGoPerMinute: number;
+  /** Per hour of a source's repaired session. */
+  readonly sourceRepairPerHour: number;
+}
+
+/** One charge as the billing role answers it. */
+export interface ChargeOutcome {
+  readonly id: string;
+  readonly amount: number;
+  readonly replayed: boolean;
+}
+
+/** What the subscription role calls billing for. */
+export interface BillingService {
+  /**
+   * Rates and charges one usage event under an idempotency key that covers `fingerprint` (the
+   * client's request). Throws the ledger's refusal (LedgerError) when it is refused.
+   */
+  chargeUsage(key: string, usage: UsageBody, fingerprint?: unknown): Promise<ChargeOutcome>;
+  /** Serves the billing routes (rates, usage, billing runs, invoices, the export) on the app. */
+  register(app: FastifyInstance): void;
+}
+
+/** Builds the billing role over the API context, with the default rates. */
+export type BillingFactory = (context: ApiContext, defaults?: RateCard) => BillingService;

@@ -1,0 +1,124 @@
+/**
+ * What the roles that serve the subscription server's API share (the subscription role and the
+ * billing role): the store, the ledger, the caller's identity from its bearer token, authentication
+ * as a preHandler, the schemas every route reuses and the error answers. Roles import this; this
+ * imports no role.
+ */
+import { createHash, randomBytes } from 'node:crypto';
+import type { FastifyReply, FastifyRequest, preHandlerAsyncHookHandler } from 'fastify';
+import { sendError } from '../net/http-server.js';
+import { ErrorBody } from '../protocol/api-errors.js';
+import type { Store } from '../store/database.js';
+import type { createLedger } from '../store/ledger.js';
+
+export { ErrorBody } from '../protocol/api-errors.js';
+export { Id, Name, Period, Timestamp } from '../protocol/api-subscription.js';
+
+/** Roles a token can hold. */
+export type PartyKind = 'operator' | 'source' | 'subscriber';
+
+/** The authenticated caller. */
+export interface Party {
+  readonly id: string;
+  readonly kind: PartyKind;
+  readonly name: string;
+}
+
+/** Shared by every route module. */
+export interface ApiContext {
+  readonly store: Store;
+  readonly db: Store['db'];
+  readonly ledger: ReturnType<typeof createLedger>;
+  readonly currency: string;
+  /** Resolves the bearer token to a party, or answers 401 and returns undefined. */
+  authenticate(request: FastifyRequest, reply: FastifyReply): Promise<Party | undefined>;
+}
+
+export const hashToken = (token: string) => createHash('sha256').update(token).digest('hex');
+export const newToken = () => `gct_${randomBytes(24).toString('base64url')}`;
+
+/** The error answers most routes can give. */
+export const errorReplies = {
+  400: ErrorBody,
+  401: ErrorBody,
+  403: ErrorBody,
+  404: ErrorBody,
+  409: ErrorBody,
+  422: ErrorBody,
+  429: ErrorBody,
+  503: ErrorBody,
+} as const;
+
+const callers = new WeakMap<FastifyRequest, Party>();
+
+/**
+ * Authentication as a preHandler: the bearer token must name a party of one of these kinds
+ * (401 without a known token, 403 with the message otherwise). The handler reads the caller with
+ * callerOf(request).
+ */
+export function allow(
+  context: Pick<ApiContext, 'authenticate'>,
+  kinds: readonly PartyKind[],
+  message: string,
+): preHandlerAsyncHookHandler {
+  return async (request, reply) => {
+    const caller = await context.authenticate(request, reply);
+    if (caller === undefined) {
+      return reply;
+    }
+    if (!kinds.includes(caller.kind)) {
+      return sendError(reply, 'forbidden', message);
+    }
+    callers.set(request, caller);
+    return undefined;
+  };
+}
+
+/** Only the operator: the prologue of every operator route, as a preHandler. */
+export const operatorOnly = (context: Pick<ApiContext, 'authenticate'>, message: string) =>
+  allow(context, ['operator'], message);
+
+/** Any party with a known token. */
+export const anyParty = (context: Pick<ApiContext, 'authenticate'>) =>
+  allow(context, ['operator', 'source', 'subscriber'], 'unreachable');
+
+/** The caller a preHandler authenticated. */
+export function callerOf(request: FastifyRequest): Party {
+  const caller = callers.get(request);
+  if (caller === undefined) {
+    throw new Error('the route has no authentication preHandler');
+  }
+  return caller;
+}
+
+export const forbid = (reply: FastifyReply, message: string) => sendError(reply, 'forbidden', message);
+export const notFound = (reply: FastifyReply, message: string) => sendError(reply, 'not-found', message);
+export const badRequest = (reply: FastifyReply, message: string) =>
+  sendError(reply, 'invalid-request', message);
+
+const revenueKnown = new WeakSet<object>();
+
+/** Makes the revenue account the first time it is needed. */
+export async function revenueAccount(context: ApiContext): Promise<string> {
+  const id = 'operator-revenue';
+  if (revenueKnown.has(context.db)) {
+    return id;
+  }
+  const known = await context.db.selectFrom('accounts').select('id').where('id', '=', id).executeTakeFirst();
+  if (known === undefined) {
+    await context.ledger
+      .createAccount({ id, name: 'operator revenue', kind: 'revenue', currency: context.currency })
+      .catch(() => undefined); // another server made it first
+  }
+  revenueKnown.add(context.db);
+  return id;
+}
+
+/** The first day of a YYYY-MM period and of the next, as ISO timestamps (UTC). */
+export function periodBounds(period: string): { from: string; to: string } {
+  const [year, month] = period.split('-').map(Number) as [number, number];
+  return {
+    from: new Date(Date.UTC(year, month - 1, 1)).toISOString(),
+    to: new Date(Date.UTC(year, month, 1)).toISOString(),
+  };
+}

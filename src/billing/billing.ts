@@ -1,0 +1,571 @@
+/**
+ * The billing role (beside the ledger in store/ledger.ts): rating, usage events charged into the
+ * ledger (one at a time, in batches, and group-committed), the billing run that charges
+ * subscriptions per period, invoices per account and period, and the ledger as CSV (docs/api.md,
+ * "Billing"). The subscription role calls it through BillingService (src/api/billing.ts).
+ */
+import { randomUUID } from 'node:crypto';
+import { type Static, Type } from '@sinclair/typebox';
+import type { FastifyInstance } from 'fastify';
+import type { BillingFactory, BillingService, RateCard } from '../api/billing.js';
+import {
+  type ApiContext,
+  anyParty,
+  badRequest,
+  callerOf,
+  errorReplies,
+  forbid,
+  Id,
+  notFound,
+  operatorOnly,
+  Period,
+  periodBounds,
+  revenueAccount,
+} from '../api/context.js';
+import { rateCacheMs, usageBatchBodyBytesMax, usageBatchEventsMax } from '../limits.js';
+import type { ApiErrorCode } from '../protocol/api-errors.js';
+import {
+  Charge,
+  IdempotencyKey,
+  UsageBatchBody,
+  UsageBatchResult,
+  UsageBody,
+  type UsageKind,
+} from '../protocol/api-subscription.js';
+import { LedgerError, type TransferRequest } from '../store/ledger.js';
+
+export type { RateCard } from '../api/billing.js';
+
+/** The default rate card; the operator overrides it with PUT /v1/rates. */
+export const rateCardDefault: RateCard = {
+  repairPerGigabyte: 50,
+  payAsYouGoPerMegabyte: 1,
+  payAsYouGoPerMinute: 2,
+  sourceRepairPerHour: 100,
+};
+const rateNames = Object.keys(rateCardDefault) as Array<keyof RateCard>;
+
+export { type UsageKind, usageKinds } from '../protocol/api-subscription.js';
+
+/** Rates a usage event: quantity × price ÷ unit, rounded up to a whole minor unit. */
+export function rate(card: RateCard, kind: UsageKind, quantity: number): number {
+  const [price, unit]: [number, bigint] =
+    kind === 'repair-bytes'
+      ? [card.repairPerGigabyte, 1_000_000_000n]
+      : kind === 'pay-as-you-go-bytes'
+        ? [card.payAsYouGoPerMegabyte, 1_000_000n]
+        : kind === 'pay-as-you-go-seconds'
+          ? [card.payAsYouGoPerMinute, 60n]
+          : [card.sourceRepairPerHour, 3600n];
+  const total = BigInt(quantity) * BigInt(price);
+  const amount = (total + unit - 1n) / unit;
+  if (amount > BigInt(Number.MAX_SAFE_INTEGER)) {
+    throw new LedgerError(
+      'GATECAST_ERR_LEDGER_LIMIT',
+      `quantity: ${quantity} ${kind} rates to ${amount} minor units, past ${Number.MAX_SAFE_INTEGER}`,
+    );
+  }
+  return Number(amount);
+}
+
+const RatePrice = Type.Integer({ minimum: 1, maximum: 1_000_000_000_000 });
+const Rates = Type.Object(
+  Object.fromEntries(rateNames.map((name) => [name, RatePrice])) as Record<keyof RateCard, typeof RatePrice>,
+  { additionalProperties: false },
+);
+const RatesUpdate = Type.Partial(Rates, { additionalProperties: false, minProperties: 1 });
+const IdempotencyHeaders = Type.Object({ 'idempotency-key': IdempotencyKey });
+const InvoiceQuery = Type.Object({ account: Id, period: Period }, { additionalProperties: false });
+const Invoice = Type.Object({
+  account: Id,
+  period: Type.String(),
+  currency: Type.String(),
+  from: Type.String(),
+  to: Type.String(),
+  lines: Type.Array(
+    Type.Object({
+      transfer: Id,
+      at: Type.String(),
+      memo: Type.String(),
+      /** Positive: charged to the account; negative: credited to it. */
+      amount: Type.Integer(),
+    }),
+  ),
+  charges: Type.Integer(),
+  credits: Type.Integer(),
+  total: Type.Integer(),
+});
+const UsageQuery = Type.Object({ account: Id, period: Period }, { additionalProperties: false });
+const UsageEvent = Type.Object({
+  id: Id,
+  transfer: Id,
+  account: Id,
+  kind: Type.String(),
+  quantity: Type.Integer(),
+  packets: Type.Union([Type.Integer(), Type.Null()]),
+  session: Type.Union([Id, Type.Null()]),
+  at: Type.String(),
+});
+const RunBody = Type.Object({ period: Period }, { additionalProperties: false });
+const RunResult = Type.Object({
+  period: Type.String(),
+  charged: Type.Integer(),
+  replayed: Type.Integer(),
+  amount: Type.Integer(),
+});
+
+const rateCache = new WeakMap<object, { at: number; card: RateCard }>();
+
+/** The rate card in force: the defaults, overridden by what the operator stored. */
+export async function currentRates(context: ApiContext, defaults: RateCard): Promise<RateCard> {
+  const cached = rateCache.get(context.db);
+  if (cached !== undefined && Date.now() - cached.at < rateCacheMs) {
+    return cached.card;
+  }
+  const card = await readRates(context, defaults);
+  rateCache.set(context.db, { at: Date.now(), card });
+  return card;
+}
+
+async function readRates(context: ApiContext, defaults: RateCard): Promise<RateCard> {
+  const rows = await context.db.selectFrom('rates').select(['name', 'amount']).execute();
+  const card: { -readonly [name in keyof RateCard]: number } = { ...defaults };
+  for (const row of rows) {
+    if (rateNames.includes(row.name as keyof RateCard)) {
+      card[row.name as keyof RateCard] = Number(row.amount);
+    }
+  }
+  return card;
+}
+
+/** One usage event to charge: its idempotency key, the client's report, and what the key covers. */
+export interface UsageItem {
+  readonly key: string;
+  readonly usage: UsageBody;
+  /** What the key covers; default: the usage report itself. */
+  readonly fingerprint?: unknown;
+}
+
+/** The answer to one usage event, as POST /v1/usage gives it (status and body). */
+export type UsageResult =
+  | { readonly status: 200 | 201; readonly body: Charge }
+  | { readonly status: 400 | 404 | 409 | 422; readonly body: { error: ApiErrorCode; message: string } };
+
+const usageMemo = (usage: UsageBody) =>
+  `${usage.kind} ${usage.quantity}${usage.packets === undefined ? '' : ` packets ${usage.packets}`}${usage.session === undefined ? '' : ` session ${usage.session}`}`;
+
+/** Maps a ledger refusal to the answer the API gives for it. */
+function refusalResult(error: LedgerError, account: string): UsageResult {
+  switch (error.code) {
+    case 'GATECAST_ERR_IDEMPOTENCY_CONFLICT':
+      return { status: 409, body: { error: 'conflict', message: error.message } };
+    case 'GATECAST_ERR_UNKNOWN_ACCOUNT':
+      return { status: 404, body: { error: 'not-found', message: `account: no account ${account}` } };
+    case 'GATECAST_ERR_LEDGER_LIMIT':
+      return { status: 422, body: { error: 'limit-exceeded', message: error.message } };
+    default:
+      return { status: 400, body: { error: 'invalid-request', message: error.message } };
+  }
+}
+
+/**
+ * Charges usage events in one transaction (group commit): each is rated by the card in force,
+ * written once per idempotency key with its usage event beside it, and gets its own result. The
+ * key covers the client's report, not the rated amount: a retry after a rate change returns the
+ * stored charge.
+ */
+export async function chargeUsageMany(
+  context: ApiContext,
+  defaults: RateCard,
+  items: readonly UsageItem[],
+): Promise<UsageResult[]> {
+  if (items.length === 0) {
+    return [];
+  }
+  const credit = await revenueAccount(context);
+  const card = await currentRates(context, defaults);
+  const requests: TransferRequest[] = items.map(({ key, usage, fingerprint }) => {
+    let amount = 1;
+    let refusal: LedgerError | undefined;
+    try {
+      amount = rate(card, usage.kind, usage.quantity);
+    } catch (error) {
+      if (!(error instanceof LedgerError)) {
+        throw error;
+      }
+      refusal = error; // refused unless the key is known: then its stored charge is the answer
+    }
+    return {
+      idempotencyKey: key,
+      fingerprint: fingerprint ?? [
+        'usage',
+        usage.account,
+        usage.kind,
+        usage.quantity,
+        usage.packets ?? null,
+        usage.session ?? null,
+      ],
+      debit: usage.account,
+      credit,
+      amount,
+      currency: context.currency,
+      memo: usageMemo(usage),
+      refusal,
+    };
+  });
+  const createdAt = new Date().toISOString();
+  const outcomes = await context.ledger.transferMany(requests, async (trx, written) => {
+    if (written.length === 0) {
+      return;
+    }
+    await trx
+      .insertInto('usage_events')
+      .values(
+        written.map(({ index, id }) => {
+          const usage = (items[index] as UsageItem).usage;
+          return {
+            id: randomUUID(),
+            transfer: id,
+            account: usage.account,
+            kind: usage.kind,
+            quantity: usage.quantity,
+            packets: usage.packets ?? null,
+            session: usage.session ?? null,
+            created_at: createdAt,
+          };
+        }),
+      )
+      .execute();
+  });
+  return outcomes.map((outcome, index): UsageResult => {
+    if (!outcome.ok) {
+      return refusalResult(outcome.error, (items[index] as UsageItem).usage.account);
+    }
+    const { transfer } = outcome;
+    return {
+      status: transfer.replayed ? 200 : 201,
+      body: {
+        transfer: transfer.id,
+        amount: transfer.amount,
+        currency: transfer.currency,
+        replayed: transfer.replayed,
+      },
+    };
+  });
+}
+
+/** Charges one usage event (through chargeUsageMany); throws the ledger's refusal. */
+export async function chargeUsage(
+  context: ApiContext,
+  defaults: RateCard,
+  key: string,
+  usage: UsageBody,
+  fingerprint?: unknown,
+): Promise<{ id: string; amount: number; replayed: boolean }> {
+  const [result] = await chargeUsageMany(context, defaults, [{ key, usage, fingerprint }]);
+  if (result === undefined || (result.status !== 200 && result.status !== 201)) {
+    const body = result?.body as { error: string; message: string } | undefined;
+    throw new LedgerError(
+      body?.error === 'limit-exceeded'
+        ? 'GATECAST_ERR_LEDGER_LIMIT'
+        : body?.error === 'conflict'
+          ? 'GATECAST_ERR_IDEMPOTENCY_CONFLICT'
+          : body?.error === 'not-found'
+            ? 'GATECAST_ERR_UNKNOWN_ACCOUNT'
+            : 'GATECAST_ERR_LEDGER_INVALID',
+      body?.message ?? 'refused',
+    );
+  }
+  const charge = result.body as Charge;
+  return { id: charge.transfer, amount: charge.amount, replayed: charge.replayed };
+}
+
+/**
+ * Group commit: usage events that arrive while a transaction is being written wait for the next
+ * one, which writes them all together; each caller gets its own result. One transaction (and one
+ * flush to disk) carries many charges, so a server under load writes far fewer of them.
+ */
+export function createGroupCommitter(
+  write: (items: readonly UsageItem[]) => Promise<UsageResult[]>,
+  batchMax: number,
+) {
+  let queue: Array<{
+    item: UsageItem;
+    resolve: (result: UsageResult) => void;
+    reject: (error: Error) => void;
+  }> = [];
+  let writing = false;
+  const drain = async () => {
+    writing = true;
+    while (queue.length > 0) {
+      const batch = queue.slice(0, batchMax);
+      queue = queue.slice(batch.length);
+      try {
+        const results = await write(batch.map((entry) => entry.item));
+        for (const [index, entry] of batch.entries()) {
+          entry.resolve(results[index] as UsageResult);
+        }
+      } catch (error) {
+        for (const entry of batch) {
+          entry.reject(error as Error);
+        }
+      }
+    }
+    writing = false;
+  };
+  return (item: UsageItem): Promise<UsageResult> =>
+    new Promise((resolve, reject) => {
+      queue.push({ item, resolve, reject });
+      if (!writing) {
+        writing = true;
+        setImmediate(() => void drain()); // gather what arrives in this turn of the event loop
+      }
+    });
+}
+
+/** Registers the billing routes. */
+export function registerBillingRoutes(app: FastifyInstance, context: ApiContext, defaults: RateCard): void {
+  const { db } = context;
+  const commit = createGroupCommitter(
+    (items) => chargeUsageMany(context, defaults, items),
+    usageBatchEventsMax,
+  );
+
+  app.get(
+    '/v1/rates',
+    { preHandler: anyParty(context), schema: { response: { 200: Rates, 401: errorReplies[401] } } },
+    async () => {
+      return currentRates(context, defaults);
+    },
+  );
+
+  app.put<{ Body: Static<typeof RatesUpdate> }>(
+    '/v1/rates',
+    {
+      preHandler: operatorOnly(context, 'only the operator sets rates'),
+      schema: { body: RatesUpdate, response: { 200: Rates, ...errorReplies } },
+    },
+    async (request, _reply) => {
+      const now = new Date().toISOString();
+      await context.store.writeTransaction(async (trx) => {
+        for (const [name, amount] of Object.entries(request.body)) {
+          await trx
+            .insertInto('rates')
+            .values({ name, amount, updated_at: now })
+            .onConflict((oc) => oc.column('name').doUpdateSet({ amount, updated_at: now }))
+            .execute();
+        }
+      });
+      rateCache.delete(context.db);
+      return currentRates(context, defaults);
+    },
+  );
+
+  app.post<{ Body: UsageBody; Headers: Static<typeof IdempotencyHeaders> }>(
+    '/v1/usage',
+    {
+      preHandler: operatorOnly(context, 'usage is reported by the operator’s servers'),
+      schema: {
+        body: UsageBody,
+        headers: IdempotencyHeaders,
+        response: { 200: Charge, 201: Charge, ...errorReplies },
+      },
+    },
+    async (request, reply) => {
+      const result = await commit({ key: request.headers['idempotency-key'], usage: request.body });
+      return reply.code(result.status).send(result.body);
+    },
+  );
+
+  app.post<{ Body: Static<typeof UsageBatchBody> }>(
+    '/v1/usage/batch',
+    {
+      preHandler: operatorOnly(context, 'usage is reported by the operator’s servers'),
+      bodyLimit: usageBatchBodyBytesMax,
+      schema: { body: UsageBatchBody, response: { 200: UsageBatchResult, ...errorReplies } },
+    },
+    async (request, _reply) => {
+      const items = request.body.events.map(({ key, ...usage }) => ({ key, usage }));
+      const results = await chargeUsageMany(context, defaults, items);
+      return {
+        results: results.map((result, index) => ({
+          key: (items[index] as UsageItem).key,
+          status: result.status,
+          ...result.body,
+        })),
+      };
+    },
+  );
+
+  app.get<{ Querystring: Static<typeof UsageQuery> }>(
+    '/v1/usage',
+    {
+      preHandler: anyParty(context),
+      schema: { querystring: UsageQuery, response: { 200: Type.Array(UsageEvent), ...errorReplies } },
+    },
+    async (request, reply) => {
+      const caller = callerOf(request);
+      const { account, period } = request.query;
+      if (caller.kind !== 'operator' && caller.id !== account) {
+        return forbid(reply, 'a party reads only its own usage');
+      }
+      const { from, to } = periodBounds(period);
+      const rows = await db
+        .selectFrom('usage_events')
+        .selectAll()
+        .where('account', '=', account)
+        .where('created_at', '>=', from)
+        .where('created_at', '<', to)
+        .orderBy('created_at')
+        .execute();
+      return rows.map((row) => ({
+        id: row.id,
+        transfer: row.transfer,
+        account: row.account,
+        kind: row.kind,
+        quantity: Number(row.quantity),
+        packets: row.packets === null ? null : Number(row.packets),
+        session: row.session,
+        at: row.created_at,
+      }));
+    },
+  );
+
+  app.post<{ Body: Static<typeof RunBody> }>(
+    '/v1/billing/run',
+    {
+      preHandler: operatorOnly(context, 'only the operator runs billing'),
+      schema: { body: RunBody, response: { 200: RunResult, ...errorReplies } },
+    },
+    async (request, reply) => {
+      const { period } = request.body;
+      const { from, to } = periodBounds(period);
+      if (Date.parse(from) > Date.now()) {
+        return badRequest(
+          reply,
+          `body/period: ${period} has not begun; a month is billed once it has started`,
+        );
+      }
+      const rows = await db
+        .selectFrom('entitlements')
+        .select(['id', 'subscriber', 'service', 'monthly', 'valid_from', 'valid_to'])
+        .where('monthly', 'is not', null)
+        .execute();
+      const credit = await revenueAccount(context);
+      let charged = 0;
+      let replayed = 0;
+      let amount = 0;
+      for (const row of rows) {
+        const monthly = Number(row.monthly);
+        const overlaps =
+          (row.valid_from === null || row.valid_from < to) && (row.valid_to === null || row.valid_to > from);
+        if (monthly <= 0 || !overlaps) {
+          continue;
+        }
+        const transfer = await context.ledger.transfer({
+          idempotencyKey: `subscription/${row.id}/${period}`,
+          debit: row.subscriber,
+          credit,
+          amount: monthly,
+          currency: context.currency,
+          memo: `subscription ${row.service} ${period}`,
+        });
+        if (transfer.replayed) {
+          replayed++;
+        } else {
+          charged++;
+          amount += transfer.amount;
+        }
+      }
+      return { period, charged, replayed, amount };
+    },
+  );
+
+  app.get<{ Querystring: Static<typeof InvoiceQuery> }>(
+    '/v1/invoices',
+    {
+      preHandler: anyParty(context),
+      schema: { querystring: InvoiceQuery, response: { 200: Invoice, ...errorReplies } },
+    },
+    async (request, reply) => {
+      const caller = callerOf(request);
+      const { account, period } = request.query;
+      if (caller.kind !== 'operator' && caller.id !== account) {
+        return forbid(reply, 'a party reads only its own invoices');
+      }
+      const known = await db
+        .selectFrom('accounts')
+        .select(['id', 'currency'])
+        .where('id', '=', account)
+        .executeTakeFirst();
+      if (known === undefined) {
+        return notFound(reply, `querystring/account: no account ${account}`);
+      }
+      const { from, to } = periodBounds(period);
+      const rows = await db
+        .selectFrom('transfers')
+        .selectAll()
+        .where((eb) => eb.or([eb('debit_account', '=', account), eb('credit_account', '=', account)]))
+        .where('created_at', '>=', from)
+        .where('created_at', '<', to)
+        .orderBy('created_at')
+        .orderBy('id')
+        .execute();
+      const lines = rows.map((row) => ({
+        transfer: row.id,
+        at: row.created_at,
+        memo: row.memo,
+        amount: row.debit_account === account ? Number(row.amount) : -Number(row.amount),
+      }));
+      const charges = lines.filter((l) => l.amount > 0).reduce((sum, l) => sum + l.amount, 0);
+      const credits = -lines.filter((l) => l.amount < 0).reduce((sum, l) => sum + l.amount, 0);
+      return {
+        account,
+        period,
+        currency: known.currency,
+        from,
+        to,
+        lines,
+        charges,
+        credits,
+        total: charges - credits,
+      };
+    },
+  );
+
+  app.get(
+    '/v1/ledger.csv',
+    {
+      preHandler: operatorOnly(context, 'only the operator exports the ledger'),
+      schema: { response: { 401: errorReplies[401], 403: errorReplies[403] } },
+    },
+    async (_request, reply) => {
+      const rows = await db.selectFrom('transfers').selectAll().orderBy('created_at').orderBy('id').execute();
+      const quote = (value: string) => (/[",\n]/.test(value) ? `"${value.replaceAll('"', '""')}"` : value);
+      const lines = ['id,created_at,idempotency_key,debit,credit,amount,currency,memo'];
+      for (const row of rows) {
+        lines.push(
+          [
+            row.id,
+            row.created_at,
+            row.idempotency_key,
+            row.debit_account,
+            row.credit_account,
+            String(row.amount),
+            row.currency,
+            row.memo,
+          ]
+            .map(quote)
+            .join(','),
+        );
+      }
+      return reply.type('text/csv; charset=utf-8').send(`${lines.join('\n')}\n`);
+    },
+  );
+}
+
+/** The billing role over the API context: what the subscription role calls, and the routes it serves. */
+export const createBilling: BillingFactory = (context, defaults = rateCardDefault): BillingService => ({
+  chargeUsage: (key, usage, fingerprint) => chargeUsage(context, defaults, key, usage, fingerprint),
+  register: (app) => registerBillingRoutes(app, context, defaults),
+});

@@ -1,0 +1,102 @@
+/**
+ * The one typed client of gatecast's HTTP APIs: a JSON request under a bearer token, bounded in
+ * time, whose answer is checked against the same schema the server answers with. An answer that
+ * does not fit (null, a wrong type, a missing field, an undocumented error) is a refusal with the
+ * reason, never a crash further on.
+ */
+import { isIPv4, isIPv6 } from 'node:net';
+import { FormatRegistry, type Static, type TSchema, Type } from '@sinclair/typebox';
+import { Value } from '@sinclair/typebox/value';
+import { ErrorBody } from '../protocol/api-errors.js';
+import { FetchFailed, fetchFailure } from './http.js';
+
+if (!FormatRegistry.Has('ipv4')) {
+  FormatRegistry.Set('ipv4', (value) => isIPv4(value));
+  FormatRegistry.Set('ipv6', (value) => isIPv6(value));
+}
+if (!FormatRegistry.Has('date-time')) {
+  FormatRegistry.Set('date-time', (value) => !Number.isNaN(Date.parse(value)));
+}
+
+/** An answer: the body the schema promised, or a refusal with its documented code. */
+export type ApiAnswer<T> =
+  | { readonly ok: true; readonly status: number; readonly body: T }
+  | { readonly ok: false; readonly status: number; readonly error: string; readonly message: string };
+
+/** Options of one request. */
+export interface ApiRequest {
+  readonly token: string;
+  readonly method?: string;
+  readonly body?: unknown;
+  readonly headers?: Record<string, string>;
+  readonly timeoutMs: number;
+  readonly signal?: AbortSignal | undefined;
+}
+
+/** Largest answer a client reads. */
+const answerBytesMax = 16 * 1024 * 1024;
+
+/**
+ * Sends one request; a 2xx answer must match `schema`, any other one the error body. Throws
+ * FetchFailed when no answer came (refused, reset, timed out, a certificate error).
+ */
+export async function requestApi<T extends TSchema>(
+  url: string,
+  schema: T,
+  options: ApiRequest,
+): Promise<ApiAnswer<Static<T>>> {
+  let response: Response;
+  const timeout = AbortSignal.timeout(options.timeoutMs);
+  try {
+    response = await fetch(url, {
+      method: options.method ?? 'GET',
+      headers: {
+        authorization: `Bearer ${options.token}`,
+        ...(options.body === undefined ? {} : { 'content-type': 'application/json' }),
+        ...options.headers,
+      },
+      ...(options.body === undefined ? {} : { body: JSON.stringify(options.body) }),
+      signal: options.signal === undefined ? timeout : AbortSignal.any([timeout, options.signal]),
+    });
+  } catch (error) {
+    throw new FetchFailed(fetchFailure(error));
+  }
+  let body: unknown;
+  try {
+    const text = await response.text();
+    body = text.length > answerBytesMax ? undefined : text === '' ? null : JSON.parse(text);
+  } catch (error) {
+    if ((error as Error).name === 'TimeoutError' || (error as Error).name === 'AbortError') {
+      throw new FetchFailed(fetchFailure(error));
+    }
+    body = undefined;
+  }
+  return checkAnswer(response.status, body, schema);
+}
+
+/** Checks an answer already received (an in-process `inject`, say) against the contract. */
+export function checkAnswer<T extends TSchema>(
+  status: number,
+  body: unknown,
+  schema: T,
+): ApiAnswer<Static<T>> {
+  if (status >= 200 && status < 300) {
+    if (Value.Check(schema, body)) {
+      return { ok: true, status, body: body as Static<T> };
+    }
+    const first = Value.Errors(schema, body).First();
+    return {
+      ok: false,
+      status,
+      error: 'invalid-answer',
+      message: `the answer does not fit the contract${first === undefined ? '' : ` at "${first.path || '/'}": ${first.message}`}`,
+    };
+  }
+  if (Value.Check(ErrorBody, body)) {
+    return { ok: false, status, error: body.error, message: body.message };
+  }
+  return { ok: false, status, error: 'invalid-answer', message: `an undocumented ${status} answer` };
+}
+
+/** A 204 answer: no body. */
+export const NoContent = Type.Union([Type.Null(), Type.Unknown()]);

@@ -1,0 +1,117 @@
+/**
+ * The subscription server's API contract (docs/api.md): the request and answer schemas the server
+ * validates with and every client (the repair controller, the source's registration, `gatecast
+ * admin`) checks answers against. One definition for both sides; pure data, no I/O.
+ */
+import { type Static, Type } from '@sinclair/typebox';
+
+export const Name = Type.String({ minLength: 1, maxLength: 200 });
+export const Id = Type.String({ minLength: 1, maxLength: 100 });
+export const Timestamp = Type.String({ format: 'date-time', maxLength: 40 });
+export const Period = Type.String({ pattern: '^[0-9]{4}-(0[1-9]|1[0-2])$', maxLength: 7 });
+/** Integer minor units; every account total stays at or below 2^53 - 1 (docs/limits.md). */
+export const Money = Type.Integer({ minimum: -Number.MAX_SAFE_INTEGER, maximum: Number.MAX_SAFE_INTEGER });
+export const PartyKindName = Type.Union([
+  Type.Literal('operator'),
+  Type.Literal('source'),
+  Type.Literal('subscriber'),
+]);
+
+/** GET /v1/whoami. */
+export const Whoami = Type.Object({ id: Id, name: Type.String(), kind: PartyKindName });
+export type Whoami = Static<typeof Whoami>;
+
+/** GET /v1/entitlements/check. */
+export const CheckResult = Type.Object({ allowed: Type.Boolean(), reason: Type.String() });
+export type CheckResult = Static<typeof CheckResult>;
+
+/** A session as the server shows it. */
+export const Session = Type.Object({
+  id: Id,
+  owner: Id,
+  name: Type.String(),
+  group: Type.String(),
+  source: Type.Union([Type.String(), Type.Null()]),
+  price: Type.String(),
+  repair: Type.Boolean(),
+  state: Type.Union([Type.Literal('open'), Type.Literal('ended')]),
+  startedAt: Type.String(),
+  endedAt: Type.Union([Type.String(), Type.Null()]),
+  /** Retransmit servers sent SETUP by this call. */
+  setup: Type.Array(Type.String()),
+  /** The source's charge for repair, once the session ended. */
+  charge: Type.Optional(Type.Object({ transfer: Id, amount: Money, replayed: Type.Boolean() })),
+});
+export type Session = Static<typeof Session>;
+export const SessionList = Type.Array(Session);
+
+/** The usage kinds rated into charges. */
+export const usageKinds = [
+  'repair-bytes',
+  'pay-as-you-go-bytes',
+  'pay-as-you-go-seconds',
+  'source-repair-seconds',
+] as const;
+export type UsageKind = (typeof usageKinds)[number];
+
+/** One usage event as a client reports it (POST /v1/usage, or one item of a batch). */
+export const UsageBody = Type.Object(
+  {
+    account: Id,
+    kind: Type.Union(usageKinds.map((kind) => Type.Literal(kind))),
+    quantity: Type.Integer({ minimum: 1, maximum: Number.MAX_SAFE_INTEGER }),
+    /** Packets repaired, for repair-bytes (reported, not rated). */
+    packets: Type.Optional(Type.Integer({ minimum: 0, maximum: Number.MAX_SAFE_INTEGER })),
+    session: Type.Optional(Id),
+  },
+  { additionalProperties: false },
+);
+export type UsageBody = Static<typeof UsageBody>;
+
+export const IdempotencyKey = Type.String({ minLength: 1, maxLength: 200 });
+
+/** The answer to a usage event: its charge, or the first charge under its key. */
+export const Charge = Type.Object({
+  transfer: Id,
+  amount: Money,
+  currency: Type.String(),
+  replayed: Type.Boolean(),
+});
+export type Charge = Static<typeof Charge>;
+
+/** One event of a batch: a usage report with its own idempotency key. */
+export const UsageBatchEvent = Type.Object(
+  {
+    key: IdempotencyKey,
+    account: Id,
+    kind: Type.Union(usageKinds.map((kind) => Type.Literal(kind))),
+    quantity: Type.Integer({ minimum: 1, maximum: Number.MAX_SAFE_INTEGER }),
+    packets: Type.Optional(Type.Integer({ minimum: 0, maximum: Number.MAX_SAFE_INTEGER })),
+    session: Type.Optional(Id),
+  },
+  { additionalProperties: false },
+);
+
+/** POST /v1/usage/batch: usage events charged in one transaction, each under its own key. */
+export const UsageBatchBody = Type.Object(
+  { events: Type.Array(UsageBatchEvent, { minItems: 1, maxItems: 1000 }) },
+  { additionalProperties: false },
+);
+export type UsageBatchBody = Static<typeof UsageBatchBody>;
+
+/** The answer to a batch: one result per event, in order, as POST /v1/usage would have answered it. */
+export const UsageBatchResult = Type.Object({
+  results: Type.Array(
+    Type.Object({
+      key: IdempotencyKey,
+      status: Type.Integer(),
+      transfer: Type.Optional(Id),
+      amount: Type.Optional(Money),
+      currency: Type.Optional(Type.String()),
+      replayed: Type.Optional(Type.Boolean()),
+      error: Type.Optional(Type.String()),
+      message: Type.Optional(Type.String()),
+    }),
+  ),
+});
+export type UsageBatchResult = Static<typeof UsageBatchResult>;
