@@ -135,7 +135,13 @@ function parsePacketSize(text: string | undefined): number {
   if (text === undefined) {
     return packetPayloadBytesDefault;
   }
-  const bytes = parseInteger(text, '--packet-size', packetPayloadBytesMin, Number.MAX_SAFE_INTEGER);
+  const bytes = parseInteger(text, '--packet-size', 0, Number.MAX_SAFE_INTEGER);
+  if (bytes < packetPayloadBytesMin) {
+    throw new InvalidArgumentError(
+      '--packet-size',
+      `${bytes} is below the minimum of ${packetPayloadBytesMin} bytes (the range is ${packetPayloadBytesMin}-${dataPayloadBytesMax})`,
+    );
+  }
   if (bytes > dataPayloadBytesMax) {
     throw new InvalidArgumentError(
       '--packet-size',

@@ -144,6 +144,11 @@ describe('bad input: one clear line naming the value, exit code 2, no stack trac
       /--packet-size: 65416 is above the maximum of \d+ bytes \(a REPAIR must carry the whole DATA packet\)/,
     ],
     [
+      'a packet size below the minimum names the whole range (it named 2^53 as the maximum)',
+      ['send', '--group', '239.1.1.1:5000', '--ticker', '--packet-size', '15'],
+      /--packet-size: 15 is below the minimum of 16 bytes \(the range is 16-\d{5}\)/,
+    ],
+    [
       'send: an IPv6 group with an IPv4 interface address',
       ['send', '--group', '[ff3e::1]:5000', '--iface', '127.0.0.1', '--ticker'],
       /--iface: 127\.0\.0\.1 is an IPv4 address but --group \[ff3e::1\]:5000 is IPv6/,
