@@ -13,6 +13,7 @@
  * Pure logic over serial-number arithmetic (RFC 1982): no I/O, no clock.
  */
 import assert from 'node:assert/strict';
+import { progressAheadPacketsMax as progressAheadPacketsMaxDefault } from '../limits.js';
 import { sequenceAdd, sequenceDistance } from './serial.js';
 
 /** Bounds of a window. */
@@ -431,4 +432,17 @@ export function endContradiction(run: RunShape, end: EndClaim): string | undefin
     }
   }
   return undefined;
+}
+
+/**
+ * Whether DATA at `sequence` contradicts an END at `end`: it is at or after it, by less than a
+ * window (a stray sequence far away, e.g. 2^31 off, proves nothing).
+ */
+export function isJustAfter(
+  end: number,
+  sequence: number,
+  windowPackets = progressAheadPacketsMaxDefault,
+): boolean {
+  const distance = sequenceDistance(end, sequence);
+  return distance >= 0 && distance < windowPackets;
 }

@@ -29,7 +29,7 @@ import {
   SessionKind,
 } from '../protocol/packet.js';
 import { sequenceDistance } from '../protocol/serial.js';
-import { endContradiction, PendingRuns, SessionWindow } from '../protocol/session-window.js';
+import { endContradiction, isJustAfter, PendingRuns, SessionWindow } from '../protocol/session-window.js';
 
 /** Where the payload goes, in order. */
 export interface PayloadSink {
@@ -214,8 +214,9 @@ export function createReceiver(settings: ReceiverSettings, components: ReceiverC
       drain();
       return;
     }
-    if (endSequence !== undefined && sequenceDistance(packet.sequence, endSequence) <= 0) {
-      // DATA at or after END's sequence: the END was not the run's end (a forgery): take it back.
+    if (endSequence !== undefined && isJustAfter(endSequence, packet.sequence)) {
+      // DATA at or just after END's sequence: the END was not the run's end (a forgery): take it
+      // back. A stray packet far away proves nothing and is left to the window.
       endSequence = undefined;
       endTimer?.cancel();
       summary.endsRevoked++;

@@ -64,6 +64,7 @@ import {
 import { sequenceAdd, sequenceDistance } from '../protocol/serial.js';
 import {
   endContradiction,
+  isJustAfter,
   type PendingRun,
   PendingRuns,
   type RunShape,
@@ -494,7 +495,7 @@ export async function startRepairServer(
   /** Accepts a DATA datagram of the current run, from S1 or from a REPAIR. */
   const acceptData = (current: Run, datagram: Buffer, packet: DataPacket, repaired: boolean) => {
     const { sequence } = packet;
-    if (current.endSequence !== undefined && sequenceDistance(current.endSequence, sequence) >= 0) {
+    if (current.endSequence !== undefined && isJustAfter(current.endSequence, sequence)) {
       // DATA at or after END's sequence: that END was not the run's end (a forgery): take it back.
       current.endSequence = undefined;
       current.endDatagram = undefined;
