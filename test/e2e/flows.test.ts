@@ -19,6 +19,7 @@ import {
   type Testbed,
   testbedSkip,
 } from '../helpers/testbed.js';
+import { eventually } from '../helpers/wait.js';
 
 /**
  * Flows A and B on the namespace test bed, with the real subscription server (`gatecast serve` on
@@ -79,18 +80,6 @@ describe('buying repair: flows A and B on the namespace test bed', testbedSkip([
     assert.ok(token, 'a fresh store prints its operator token once');
     writeFileSync(operatorTokenFile(), token);
   });
-
-  /** Polls check every 50 ms until it holds or timeoutMs passes (a loaded machine is slow, not wrong). */
-  async function eventually(check: () => boolean, timeoutMs = 10_000): Promise<boolean> {
-    const deadline = performance.now() + timeoutMs;
-    while (!check()) {
-      if (performance.now() > deadline) {
-        return false;
-      }
-      await sleep(50);
-    }
-    return true;
-  }
 
   // A failed test must not leave its servers holding their ports for the next one; serve stays.
   afterEach(() => bed?.stopAll(serve === undefined ? [] : [serve]));
@@ -158,7 +147,7 @@ describe('buying repair: flows A and B on the namespace test bed', testbedSkip([
         };
         return s.sessions.map((x) => x.group).join() === s1 || s.packetsIn > 0;
       };
-      const joined = await eventually(() => joinedS1(0) && joinedS1(1));
+      const joined = await eventually(() => joinedS1(0) && joinedS1(1), 10_000, 50);
       assert.ok(
         joined,
         `rt1 and rt2 joined S1 on SETUP: ${JSON.stringify([status('rt1', 9110), status('rt2', 9111)])}`,
@@ -179,7 +168,11 @@ describe('buying repair: flows A and B on the namespace test bed', testbedSkip([
       assert.ok(served > 0, 'the retransmit servers that joined on SETUP answered the repairs');
       await stop(repair);
       for (const [i, host] of ['rt1', 'rt2'].entries()) {
-        const left = await eventually(() => (status(host, 9110 + i).sessions as unknown[]).length === 0);
+        const left = await eventually(
+          () => (status(host, 9110 + i).sessions as unknown[]).length === 0,
+          10_000,
+          50,
+        );
         assert.ok(left, `${host} left S1 at the session's end: ${JSON.stringify(status(host, 9110 + i))}`);
       }
       const charged = Number(ended[2]);

@@ -20,19 +20,12 @@ import { openFileInput, openStreamInput, openTickerInput } from '../../src/sourc
 import { createSource } from '../../src/source/source.js';
 import { crafter, data, descriptor, end, heartbeat } from '../helpers/craft.js';
 import { freshPort, loopbackIface, memorySink } from '../helpers/loopback.js';
+import { waitUntil as waitFor } from '../helpers/wait.js';
 
 const key = controlKey(Buffer.from('integrity test secret, not for use'));
 const listen = { address: '127.0.0.1', port: 0, family: 4 as const };
 
-async function waitUntil(what: string, check: () => boolean, timeoutMs = 20_000): Promise<void> {
-  const deadline = performance.now() + timeoutMs;
-  while (!check()) {
-    if (performance.now() > deadline) {
-      throw new Error(`timed out waiting for ${what}`);
-    }
-    await new Promise((resolve) => setTimeout(resolve, 20));
-  }
-}
+const waitUntil = (what: string, check: () => boolean, timeoutMs = 20_000) => waitFor(what, check, timeoutMs);
 
 async function bed(options: {
   lose?: (sequence: number) => boolean;

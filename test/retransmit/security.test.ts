@@ -17,20 +17,14 @@ import { openTickerInput } from '../../src/source/inputs.js';
 import { createSource } from '../../src/source/source.js';
 import { openSetupSender } from '../../src/subscription/setup-sender.js';
 import { freshPort, loopbackIface } from '../helpers/loopback.js';
+import { waitUntil } from '../helpers/wait.js';
 
 const key = controlKey(Buffer.from('the operator secret shared by servers'));
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /** Polls until condition holds (a readiness signal, not a fixed sleep); fails after timeoutMs. */
-async function waitFor(what: string, condition: () => boolean, timeoutMs = 5_000): Promise<void> {
-  const deadline = performance.now() + timeoutMs;
-  while (!condition()) {
-    if (performance.now() > deadline) {
-      assert.fail(`timed out waiting for ${what}`);
-    }
-    await sleep(10);
-  }
-}
+const waitFor = (what: string, condition: () => boolean, timeoutMs = 5_000) =>
+  waitUntil(what, condition, timeoutMs);
 
 function retransmitServer(group: Endpoint | undefined, port = 0): Promise<RetransmitServer> {
   return startRetransmitServer({
