@@ -337,7 +337,7 @@ describe('four repair servers behind one lossy link, one retransmit server upstr
     const perLost = (retransmitStatus.repairsSent ?? 0) / lost;
     assert.ok(
       perLost <= 1.5,
-      `${retransmitStatus.repairsSent} repairs for ${lost} lost packets: ${perLost.toFixed(2)} each`,
+      `${retransmitStatus.repairsSent} repairs for ${lost} lost packets: ${perLost.toFixed(2)} each; retransmit ${JSON.stringify(retransmitStatus)}; repair ${JSON.stringify(statuses.map((s) => [s.nacksSent, s.timeouts, s.repairsReceived, s.duplicates, (s as unknown as { dropped: unknown }).dropped]))}`,
     );
   });
 });
