@@ -2,8 +2,9 @@
  * The schema, as migrations that run unchanged on SQLite and PostgreSQL. Append new ones; never
  * edit one that has shipped.
  */
+
+import type { Migration } from 'kysely';
 import { type Kysely, sql } from 'kysely';
-import type { Migration } from 'kysely/migration';
 
 export const migrations: Record<string, Migration> = {
   '0001-ledger': {
