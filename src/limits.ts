@@ -228,6 +228,9 @@ export const ledgerAccountTotalMax = Number.MAX_SAFE_INTEGER;
 /** Shutdown: how long a stopping command waits for its roles to close before it exits anyway. */
 export const shutdownGraceMs = 5_000;
 
+/** Store (SQLite): prepared statements kept for reuse, by SQL text (the least recently used go). */
+export const sqliteStatementsKept = 256;
+
 /** Subscription server: usage events in one batch request (POST /v1/usage/batch). */
 export const usageBatchEventsMax = 1000;
 

@@ -7,7 +7,7 @@ import { dirname } from 'node:path';
 import SQLite from 'better-sqlite3';
 import { Kysely, type Migration, Migrator, PostgresDialect, SqliteDialect, sql } from 'kysely';
 import pg from 'pg';
-import { sqliteBusyTimeoutMs } from '../limits.js';
+import { sqliteBusyTimeoutMs, sqliteStatementsKept } from '../limits.js';
 import { StoreUrlError } from './errors.js';
 import { migrations } from './migrations.js';
 
@@ -105,6 +105,36 @@ export interface Store extends AsyncDisposable {
   close(): Promise<void>;
 }
 
+/**
+ * better-sqlite3 with its prepared statements kept, by SQL text, the least recently used dropped
+ * past `kept`: Kysely prepares every query anew, and on a busy server preparing the same few
+ * statements (the bearer-token look-up, the ledger's inserts) costs as much as running them. A
+ * statement still being iterated is never handed out twice.
+ */
+function keepingStatements(database: SQLite.Database, kept: number) {
+  const statements = new Map<string, SQLite.Statement>();
+  return {
+    close: () => database.close(),
+    prepare(text: string): SQLite.Statement {
+      const statement = statements.get(text);
+      if (statement !== undefined && !statement.busy) {
+        statements.delete(text);
+        statements.set(text, statement);
+        return statement;
+      }
+      const fresh = database.prepare(text);
+      statements.set(text, fresh);
+      if (statements.size > kept) {
+        const oldest = statements.keys().next().value;
+        if (oldest !== undefined) {
+          statements.delete(oldest);
+        }
+      }
+      return fresh;
+    },
+  };
+}
+
 /** Opens "sqlite:PATH", "sqlite::memory:" or "postgres://…" and brings the schema up to date. */
 export async function openStore(url: string): Promise<Store> {
   let db: Kysely<Schema>;
@@ -128,7 +158,9 @@ export async function openStore(url: string): Promise<Store> {
     const database = new SQLite(path, { timeout: sqliteBusyTimeoutMs });
     database.pragma('journal_mode = WAL');
     database.pragma('foreign_keys = ON');
-    db = new Kysely<Schema>({ dialect: new SqliteDialect({ database }) });
+    db = new Kysely<Schema>({
+      dialect: new SqliteDialect({ database: keepingStatements(database, sqliteStatementsKept) }),
+    });
     dialect = 'sqlite';
   } else if (url.startsWith('postgres://') || url.startsWith('postgresql://')) {
     db = new Kysely<Schema>({
