@@ -61,6 +61,7 @@ export interface OrderBook {
 /** A service a link carries. */
 export interface RouteWanted {
   readonly service: string;
+  /** The group address (no port). */
   readonly group: string;
   readonly port: number;
   readonly source: string | null;
