@@ -242,3 +242,27 @@ export const usageGroupCommitEventsMax = 4000;
 
 /** Subscription server: largest body of POST /v1/usage/batch. */
 export const usageBatchBodyBytesMax = 512 * 1024;
+
+/** Order server: how long an order lasts without a renewal (a box renews well before). */
+export const orderLeaseMsDefault = 60_000;
+
+/** Order server: how often leases that ran out are ended. */
+export const orderExpirySweepMs = 1_000;
+
+/** Order server: how often a router driver checks its link's version in the store. */
+export const orderDriverPollMs = 100;
+
+/** Order server: how often a router driver compares the router with the store even without a change. */
+export const orderDriftCheckMs = 1_000;
+
+/** Order server: how long a router driver's election lease lasts without a refresh. */
+export const orderDriverLeaseMs = 5_000;
+
+/** Order server: how often unbilled orders are charged (retrying what failed). */
+export const orderBillingSweepMs = 2_000;
+
+/** Order server: one smcroutectl command's time limit. */
+export const smcroutectlTimeoutMs = 5_000;
+
+/** Order server: largest request body. */
+export const orderBodyBytesMax = 8 * 1024;

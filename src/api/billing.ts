@@ -17,6 +17,10 @@ export interface RateCard {
   readonly payAsYouGoPerMinute: number;
   /** Per hour of a source's repaired session. */
   readonly sourceRepairPerHour: number;
+  /** Per channel order of a service priced per order (flow D). */
+  readonly channelOrderPerOrder: number;
+  /** Per hour a channel order of a service priced per hour was held (flow D). */
+  readonly channelOrderPerHour: number;
 }
 
 /** One charge as the billing role answers it. */

@@ -42,6 +42,8 @@ export const rateCardDefault: RateCard = {
   payAsYouGoPerMegabyte: 1,
   payAsYouGoPerMinute: 2,
   sourceRepairPerHour: 100,
+  channelOrderPerOrder: 50,
+  channelOrderPerHour: 20,
 };
 const rateNames = Object.keys(rateCardDefault) as Array<keyof RateCard>;
 
@@ -56,7 +58,11 @@ export function rate(card: RateCard, kind: UsageKind, quantity: number): number 
         ? [card.payAsYouGoPerMegabyte, 1_000_000n]
         : kind === 'pay-as-you-go-seconds'
           ? [card.payAsYouGoPerMinute, 60n]
-          : [card.sourceRepairPerHour, 3600n];
+          : kind === 'channel-orders'
+            ? [card.channelOrderPerOrder, 1n]
+            : kind === 'channel-order-seconds'
+              ? [card.channelOrderPerHour, 3600n]
+              : [card.sourceRepairPerHour, 3600n];
   const total = BigInt(quantity) * BigInt(price);
   const amount = (total + unit - 1n) / unit;
   if (amount > BigInt(Number.MAX_SAFE_INTEGER)) {

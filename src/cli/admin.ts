@@ -14,6 +14,7 @@ import { fetchFailure } from '../net/http.js';
 import { Charge, CheckResult, Session, SessionList, Whoami } from '../protocol/api-subscription.js';
 import { openStore } from '../store/database.js';
 import { openSetupSender } from '../subscription/setup-sender.js';
+import { orderAdminHelp, orderAdminOptions, ordersCommand } from './admin-orders.js';
 import { exitOk, UsageError } from './errors.js';
 import { parseServerUrl } from './options.js';
 import { buildServerApp as buildSubscriptionApp } from './server-app.js';
@@ -58,7 +59,7 @@ commands:
   tokens                                    every party's token: kind, name, created, revoked
   token revoke PARTY                        revoke a party's token (it no longer authenticates)
   whoami
-
+${orderAdminHelp}
 exit codes: 0 ok, 2 bad usage or a refused request, 70 internal error
 `;
 
@@ -96,6 +97,7 @@ export async function runAdmin(argv: string[], out: NodeJS.WriteStream): Promise
       key: { type: 'string' },
       packets: { type: 'string' },
       out: { type: 'string' },
+      ...orderAdminOptions,
       help: { type: 'boolean', short: 'h' },
     },
   });
@@ -161,7 +163,13 @@ async function connect(values: Record<string, string | boolean | undefined>) {
   const secretFile = values['secret-file'];
   const setup =
     typeof secretFile === 'string' ? await openSetupSender(readSecretFile(secretFile)) : undefined;
-  const app = await buildSubscriptionApp({ store, trustedOperatorToken: token, setup });
+  const app = await buildSubscriptionApp({
+    store,
+    trustedOperatorToken: token,
+    setup,
+    roles: ['subscription', 'billing', 'order'],
+    order: { background: false },
+  });
   const send: Send = async (method, path, body, headers = {}) => {
     const response = await app.inject({
       method: method as 'GET',
@@ -331,6 +339,8 @@ async function command(
       return send('GET', '/v1/ledger.csv');
     case 'whoami':
       return pretty(send('GET', '/v1/whoami'));
+    case 'orders':
+      return pretty(ordersCommand(args, values, send));
     case 'tokens':
       return pretty(send('GET', '/v1/tokens'));
     case 'token': {

@@ -20,7 +20,8 @@ commands:
   repair     repair a session near its receivers, re-emit it whole on a new group
   agent      hand a repaired session to local applications as if it came on S1
   serve      the subscription server and ledger (HTTP+JSON, SQLite or PostgreSQL)
-  admin      the operator's command line: parties, grants, sessions, rates, balances, invoices
+  admin      the operator's command line: parties, grants, sessions, rates, balances, invoices, orders
+  stb        a set-top box: order, renew, cancel or list channel orders over the return network
   demo       run a sender and receivers over loopback and print a summary
   help       show this text (gatecast <command> --help for a command's options)
   version    print the version
@@ -54,6 +55,8 @@ export async function main(argv: string[]): Promise<number> {
         return await (await import('./serve.js')).runServe(rest, process.stderr);
       case 'admin':
         return await (await import('./admin.js')).runAdmin(rest, process.stdout);
+      case 'stb':
+        return await (await import('./stb.js')).runStb(rest, process.stderr);
       case 'demo':
         return await (await import('./demo.js')).runDemo(rest, process.stdout);
       case 'version':

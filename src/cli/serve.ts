@@ -11,13 +11,18 @@ import { openSetupSender } from '../subscription/setup-sender.js';
 import { closeWithin, endProcessSoon } from './daemon.js';
 import { exitOk, UsageError } from './errors.js';
 import { formatHelp, type OptionSpecs, optional, parseOptions } from './options.js';
-import { buildServerApp as buildSubscriptionApp } from './server-app.js';
+import { buildServerApp as buildSubscriptionApp, type ServeRole } from './server-app.js';
 
 const serveOptions: OptionSpecs = {
   roles: {
     type: 'string',
     value: 'LIST',
-    help: 'subscription (sessions, servers), billing (rates, usage, invoices, export); default both',
+    help: 'subscription (sessions, servers), billing (rates, usage, invoices, export), order (channel orders over one-way links); default subscription,billing',
+  },
+  'order-lease': {
+    type: 'string',
+    value: 'SECONDS',
+    help: 'order role: how long an order lasts without a renewal (default 60)',
   },
   db: {
     type: 'string',
@@ -35,7 +40,7 @@ const serveOptions: OptionSpecs = {
   'tls-key': { type: 'string', value: 'FILE', help: 'serve HTTPS: PEM private key of --tls-cert' },
 };
 
-const knownRoles = new Set(['subscription', 'billing']);
+const knownRoles = new Set(['subscription', 'billing', 'order']);
 
 /** Runs `gatecast serve` until SIGINT or SIGTERM. */
 export async function runServe(argv: string[], err: NodeJS.WriteStream): Promise<number> {
@@ -43,7 +48,7 @@ export async function runServe(argv: string[], err: NodeJS.WriteStream): Promise
   if (values.help === true) {
     process.stdout.write(
       formatHelp(
-        'gatecast serve [--roles subscription,billing] [--db URL] [--listen ADDR:PORT] [--secret-file FILE]',
+        'gatecast serve [--roles subscription,billing,order] [--db URL] [--listen ADDR:PORT] [--secret-file FILE]',
         'The subscription server and ledger: HTTP+JSON, OpenAPI at GET /openapi.json.\n' +
           'The operator token comes from GATECAST_OPERATOR_TOKEN, or is made and printed once on a fresh store.',
         serveOptions,
@@ -56,6 +61,10 @@ export async function runServe(argv: string[], err: NodeJS.WriteStream): Promise
     if (!knownRoles.has(role)) {
       throw new UsageError(`--roles: "${role}" is not one of ${[...knownRoles].join(', ')}`);
     }
+  }
+  const leaseText = optional(values, 'order-lease');
+  if (leaseText !== undefined && !/^[1-9][0-9]{0,5}$/.test(leaseText)) {
+    throw new UsageError(`--order-lease: "${leaseText}" is not a whole number of seconds from 1 to 999999`);
   }
   const listen = parseEndpoint(optional(values, 'listen') ?? '127.0.0.1:8080', '--listen');
   const currency = optional(values, 'currency') ?? 'EUR';
@@ -77,7 +86,21 @@ export async function runServe(argv: string[], err: NodeJS.WriteStream): Promise
     store,
     currency,
     setup,
-    roles: roles as Array<'subscription' | 'billing'>,
+    roles: roles as ServeRole[],
+    order: {
+      leaseMs: leaseText === undefined ? undefined : Number(leaseText) * 1000,
+      onRouterReport: (link, report) => {
+        for (const route of report.added) {
+          err.write(`serve: order: link ${link}: routed ${route}\n`);
+        }
+        for (const route of report.removed) {
+          err.write(`serve: order: link ${link}: unrouted ${route}\n`);
+        }
+        for (const error of report.errors) {
+          err.write(`serve: order: link ${link}: ${error}\n`);
+        }
+      },
+    },
     setupRefreshMs: setupRefreshMsDefault,
     tls,
     onInternalError: (error) => err.write(`serve: internal error: ${error.stack ?? error.message}\n`),

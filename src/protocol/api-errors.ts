@@ -14,6 +14,7 @@ export const apiErrorStatus = {
   'not-found': 404,
   'request-timeout': 408,
   conflict: 409,
+  'capacity-full': 409,
   'payload-too-large': 413,
   'unsupported-media-type': 415,
   'limit-exceeded': 422,

@@ -51,6 +51,8 @@ export const usageKinds = [
   'pay-as-you-go-bytes',
   'pay-as-you-go-seconds',
   'source-repair-seconds',
+  'channel-orders',
+  'channel-order-seconds',
 ] as const;
 export type UsageKind = (typeof usageKinds)[number];
 

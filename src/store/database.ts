@@ -10,9 +10,10 @@ import pg from 'pg';
 import { sqliteBusyTimeoutMs, sqliteStatementsKept } from '../limits.js';
 import { StoreUrlError } from './errors.js';
 import { migrations } from './migrations.js';
+import type { OrderTables } from './order-tables.js';
 
 /** Tables as Kysely sees them. Money is integer minor units. */
-export interface Schema {
+export interface Schema extends OrderTables {
   accounts: {
     id: string;
     name: string;

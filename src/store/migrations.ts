@@ -5,6 +5,7 @@
 
 import type { Migration } from 'kysely';
 import { type Kysely, sql } from 'kysely';
+import { orderMigrations } from './order-migrations.js';
 
 export const migrations: Record<string, Migration> = {
   '0001-ledger': {
@@ -140,4 +141,5 @@ export const migrations: Record<string, Migration> = {
       );
     },
   },
+  ...orderMigrations,
 };

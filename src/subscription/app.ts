@@ -120,6 +120,11 @@ export interface SubscriptionAppOptions {
   readonly onInternalError?: ((error: Error) => void) | undefined;
   /** Bounds of the HTTP server (defaults from src/limits.ts). */
   readonly httpLimits?: Partial<HttpServerLimits> | undefined;
+  /**
+   * Other roles served on the same app and store (the order role): each registers its routes with
+   * the same context (store, authentication, billing). The CLI composes them.
+   */
+  readonly plugins?: readonly ((app: FastifyInstance, context: ApiContext) => void)[] | undefined;
 }
 
 /** Builds the app (not listening). */
@@ -466,6 +471,9 @@ export async function buildSubscriptionApp(options: SubscriptionAppOptions): Pro
   }
   if (roles.includes('subscription')) {
     registerSessionRoutes(app, context);
+  }
+  for (const plugin of options.plugins ?? []) {
+    plugin(app, context);
   }
 
   app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());

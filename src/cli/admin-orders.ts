@@ -1,0 +1,129 @@
+/**
+ * `gatecast admin orders …`: the operator's commands of the order role (flow D, docs/ordering.md),
+ * each one request to the order API: links, services, who ordered what, the report, and cancels.
+ */
+import { UsageError } from './errors.js';
+
+/** Options these commands read (declared in admin.ts's option table). */
+export const orderAdminOptions = {
+  box: { type: 'string' },
+  service: { type: 'string' },
+  state: { type: 'string' },
+  limit: { type: 'string' },
+  capacity: { type: 'string' },
+  router: { type: 'string' },
+  policy: { type: 'string' },
+  link: { type: 'string' },
+  group: { type: 'string' },
+  rate: { type: 'string' },
+  priority: { type: 'string' },
+  'relay-to': { type: 'string' },
+} as const;
+
+export const orderAdminHelp = `  orders [list] [--box ID] [--service NAME] [--state active|cancelled|expired|preempted|all]
+                                            who ordered what, since when (default: active)
+  orders report                             boxes per active service, links' capacity in use, totals
+  orders cancel ORDER                       end an order (its route goes when it was the last)
+  orders links                              the transmission links, their capacity, use and driver
+  orders link NAME --capacity BITS --router smcroute:SOCKET:IN:OUT|relay:INADDR:OUTADDR
+                   [--policy reject|preempt]  define (or change) a link
+  orders services                           the orderable services and how many boxes hold each
+  orders service NAME --link LINK --group GROUP:PORT --rate BITS [--source ADDR]
+                   [--priority N] [--price per-order|per-hour|subscription] [--relay-to GROUP:PORT]
+`;
+
+type Send = (method: string, path: string, body?: unknown) => Promise<{ status: number; body: string }>;
+
+/** Parses 10M, 500k, 1G or a plain number of bit/s. */
+export function parseBits(text: string, field: string): number {
+  const match = /^([0-9]+(?:\.[0-9]+)?)([kMG]?)$/.exec(text);
+  if (match === null) {
+    throw new UsageError(`${field}: "${text}" is not a bit rate such as 4M, 500k or 1G`);
+  }
+  const scale = { '': 1, k: 1e3, M: 1e6, G: 1e9 }[match[2] as '' | 'k' | 'M' | 'G'];
+  const value = Math.round(Number(match[1]) * scale);
+  if (value < 1) {
+    throw new UsageError(`${field}: "${text}" is below 1 bit/s`);
+  }
+  return value;
+}
+
+/** Parses --router. */
+function parseRouter(text: string) {
+  const [kind, ...rest] = text.split(':');
+  if (kind === 'smcroute' && rest.length === 3) {
+    return { kind, socket: rest[0], inbound: rest[1], outbound: rest[2] };
+  }
+  if (kind === 'relay' && rest.length === 2) {
+    return { kind, inbound: rest[0], outbound: rest[1] };
+  }
+  throw new UsageError(`--router: "${text}" is neither smcroute:SOCKET:IN:OUT nor relay:INADDR:OUTADDR`);
+}
+
+/** Maps `orders …` to one request. */
+export function ordersCommand(
+  args: readonly string[],
+  values: Record<string, string | boolean | undefined>,
+  send: Send,
+): Promise<{ status: number; body: string }> {
+  const text = (name: string) => (typeof values[name] === 'string' ? (values[name] as string) : undefined);
+  const need = (name: string) => {
+    const value = text(name);
+    if (value === undefined) {
+      throw new UsageError(`orders ${args[0]}: --${name} is required (gatecast admin --help)`);
+    }
+    return value;
+  };
+  const name = (index: number, what: string) => {
+    const value = args[index];
+    if (value === undefined) {
+      throw new UsageError(`orders ${args[0]}: ${what} is missing (gatecast admin --help)`);
+    }
+    return encodeURIComponent(value);
+  };
+  const [action = 'list'] = args;
+  switch (action) {
+    case 'list': {
+      const query = new URLSearchParams(
+        Object.entries({
+          box: text('box'),
+          service: text('service'),
+          state: text('state'),
+          limit: text('limit'),
+        }).filter((entry): entry is [string, string] => entry[1] !== undefined),
+      ).toString();
+      return send('GET', `/v1/order/orders${query === '' ? '' : `?${query}`}`);
+    }
+    case 'report':
+      return send('GET', '/v1/order/report');
+    case 'cancel':
+      return send('DELETE', `/v1/order/orders/${name(1, 'ORDER')}`);
+    case 'links':
+      return send('GET', '/v1/order/links');
+    case 'services':
+      return send('GET', '/v1/order/services');
+    case 'link':
+      return send('PUT', `/v1/order/links/${name(1, 'NAME')}`, {
+        capacity: parseBits(need('capacity'), '--capacity'),
+        router: parseRouter(need('router')),
+        policy: text('policy'),
+      });
+    case 'service': {
+      const priority = text('priority');
+      if (priority !== undefined && !/^[0-9]{1,4}$/.test(priority)) {
+        throw new UsageError(`--priority: "${priority}" is not a whole number`);
+      }
+      return send('PUT', `/v1/order/services/${name(1, 'NAME')}`, {
+        link: need('link'),
+        group: need('group'),
+        bitRate: parseBits(need('rate'), '--rate'),
+        source: text('source'),
+        priority: priority === undefined ? undefined : Number(priority),
+        price: text('price'),
+        relayTo: text('relay-to'),
+      });
+    }
+    default:
+      throw new UsageError(`orders: unknown action "${action}" (gatecast admin --help)`);
+  }
+}

@@ -1,0 +1,547 @@
+/**
+ * The order role (flow D, docs/api.md "Ordering", docs/ordering.md) on the subscription server's
+ * HTTP app: boxes (subscribers, authenticated by their own tokens) order, renew, cancel and list
+ * channels; the operator defines links and services and reads who ordered what. The role keeps the
+ * order book, the router drivers of the links it is elected for, the lease-expiry sweep and the
+ * billing of orders by the rate card (through the billing role's interface).
+ */
+import { randomUUID } from 'node:crypto';
+import { hostname } from 'node:os';
+import { type Static, Type } from '@sinclair/typebox';
+import type { FastifyInstance, FastifyReply } from 'fastify';
+import type { BillingService } from '../api/billing.js';
+import {
+  type ApiContext,
+  allow,
+  callerOf,
+  ErrorBody,
+  errorReplies,
+  forbid,
+  notFound,
+  operatorOnly,
+} from '../api/context.js';
+import { orderBillingSweepMs, orderExpirySweepMs, orderLeaseMsDefault } from '../limits.js';
+import { formatEndpoint, parseGroup } from '../net/address.js';
+import { sendError } from '../net/http-server.js';
+import {
+  CapacityFull,
+  Link,
+  LinkBody,
+  LinkList,
+  type LinkRouter,
+  Order,
+  OrderBody,
+  OrderList,
+  OrderName,
+  OrderQuery,
+  OrderReport,
+  OrderServiceList,
+  ServiceBody,
+} from '../protocol/api-order.js';
+import { createOrderBook, type OrderBook, presentOrder } from './book.js';
+import { type LinkDrivers, type ReconcileReport, type RouterDriver, startLinkDrivers } from './driver.js';
+import { createRelayDriver } from './relay.js';
+import { createSmcrouteDriver } from './smcroute.js';
+
+/** What the order role needs from the server it is part of. */
+export interface OrderContext extends ApiContext {
+  readonly billing: BillingService;
+}
+
+/** Settings of the order role. */
+export interface OrderRoleOptions {
+  /** How long an order lasts without a renewal. */
+  readonly leaseMs?: number | undefined;
+  /** This server's name in the driver election (default: host, pid and a random suffix). */
+  readonly holder?: string | undefined;
+  /** Builds a link's router driver (default: smcroute or relay, from the link's settings). */
+  readonly makeDriver?: ((router: LinkRouter) => RouterDriver) | undefined;
+  /** Told what each reconcile did (routes added or removed, errors). */
+  readonly onRouterReport?: ((link: string, report: ReconcileReport) => void) | undefined;
+  readonly onInternalError?: ((error: Error) => void) | undefined;
+  /**
+   * Drive routers, end expired leases and charge orders in the background (default true);
+   * `gatecast admin --db` serves the routes only.
+   */
+  readonly background?: boolean | undefined;
+  /** Overrides of the background periods (tests). */
+  readonly driverPollMs?: number | undefined;
+  readonly driftCheckMs?: number | undefined;
+  readonly expirySweepMs?: number | undefined;
+  readonly billingSweepMs?: number | undefined;
+}
+
+/** The running role, for tests and the CLI. */
+export interface OrderRole {
+  readonly book: OrderBook;
+  readonly drivers: LinkDrivers;
+  /** Charges the orders not charged yet; resolves to how many were charged. */
+  chargeOrders(): Promise<number>;
+}
+
+const defaultDriver = (router: LinkRouter): RouterDriver =>
+  router.kind === 'smcroute' ? createSmcrouteDriver(router) : createRelayDriver(router);
+
+/** Registers the order role's routes and starts its background work (stopped when the app closes). */
+export function registerOrderRole(
+  app: FastifyInstance,
+  context: OrderContext,
+  options: OrderRoleOptions = {},
+): OrderRole {
+  const { store } = context;
+  let drivers: LinkDrivers | undefined;
+  const book = createOrderBook(store, {
+    leaseMs: options.leaseMs ?? orderLeaseMsDefault,
+    onLinkChanged: (link) => drivers?.poke(link),
+  });
+  if (options.background === false) {
+    const idle: LinkDrivers = {
+      poke: () => undefined,
+      pass: async () => undefined,
+      held: () => [],
+      close: async () => undefined,
+      [Symbol.asyncDispose]: async () => undefined,
+    };
+    const chargeNothing = async () => 0;
+    registerBoxRoutes(app, context, book);
+    registerOperatorRoutes(app, context, idle);
+    return { book, drivers: idle, chargeOrders: chargeNothing };
+  }
+  drivers = startLinkDrivers({
+    store,
+    book,
+    holder: options.holder ?? `${hostname()}-${process.pid}-${randomUUID().slice(0, 8)}`,
+    makeDriver: options.makeDriver ?? defaultDriver,
+    onReport: options.onRouterReport,
+    pollMs: options.driverPollMs,
+    driftCheckMs: options.driftCheckMs,
+  });
+  const chargeOrders = createOrderCharger(context, options.onInternalError);
+  const timers = [
+    setInterval(() => {
+      book.expire().catch((error: Error) => options.onInternalError?.(error));
+    }, options.expirySweepMs ?? orderExpirySweepMs),
+    setInterval(() => {
+      chargeOrders().catch((error: Error) => options.onInternalError?.(error));
+    }, options.billingSweepMs ?? orderBillingSweepMs),
+  ];
+  for (const timer of timers) {
+    timer.unref();
+  }
+  app.addHook('onClose', async () => {
+    for (const timer of timers) {
+      clearInterval(timer);
+    }
+    await drivers?.close();
+  });
+  registerBoxRoutes(app, context, book);
+  registerOperatorRoutes(app, context, drivers);
+  return { book, drivers, chargeOrders };
+}
+
+const boxOnly = (context: OrderContext) => allow(context, ['subscriber'], 'only a box (a subscriber) orders');
+const boxOrOperator = (context: OrderContext) =>
+  allow(context, ['subscriber', 'operator'], 'only a box or the operator handles orders');
+const IdParams = Type.Object({ id: Type.String({ minLength: 1, maxLength: 100 }) });
+const NameParams = Type.Object({ name: OrderName });
+
+function registerBoxRoutes(app: FastifyInstance, context: OrderContext, book: OrderBook): void {
+  app.post<{ Body: Static<typeof OrderBody> }>(
+    '/v1/order/orders',
+    {
+      preHandler: boxOnly(context),
+      schema: {
+        body: OrderBody,
+        response: { 200: Order, 201: Order, ...errorReplies, 409: Type.Union([CapacityFull, ErrorBody]) },
+      },
+    },
+    async (request, reply) => {
+      const box = callerOf(request).id;
+      const outcome = await book.order(box, request.body.service);
+      switch (outcome.kind) {
+        case 'ordered':
+          return reply.code(outcome.created ? 201 : 200).send(outcome.order);
+        case 'unknown-service':
+          return notFound(reply, outcome.message);
+        case 'not-entitled':
+          return sendError(reply, 'not-entitled', outcome.message);
+        case 'capacity-full': {
+          const { kind: _kind, ...body } = outcome;
+          return reply.code(409).send({ error: 'capacity-full', ...body });
+        }
+      }
+    },
+  );
+  app.post<{ Params: Static<typeof IdParams> }>(
+    '/v1/order/orders/:id/renew',
+    { preHandler: boxOnly(context), schema: { params: IdParams, response: { 200: Order, ...errorReplies } } },
+    async (request, reply) => {
+      const renewed = await book.renew(callerOf(request).id, request.params.id);
+      if (renewed === undefined) {
+        return notFound(reply, `no order ${request.params.id} of this box`);
+      }
+      if (renewed === 'ended') {
+        return sendError(reply, 'conflict', `order ${request.params.id} has ended; order the service again`);
+      }
+      return renewed;
+    },
+  );
+  app.delete<{ Params: Static<typeof IdParams> }>(
+    '/v1/order/orders/:id',
+    {
+      preHandler: boxOrOperator(context),
+      schema: { params: IdParams, response: { 200: Order, ...errorReplies } },
+    },
+    async (request, reply) => {
+      const caller = callerOf(request);
+      const ended = await book.cancel(caller.kind === 'operator' ? undefined : caller.id, request.params.id);
+      return ended === undefined ? notFound(reply, `no order ${request.params.id} of this box`) : ended;
+    },
+  );
+  app.get<{ Querystring: Static<typeof OrderQuery> }>(
+    '/v1/order/orders',
+    {
+      preHandler: boxOrOperator(context),
+      schema: { querystring: OrderQuery, response: { 200: OrderList, ...errorReplies } },
+    },
+    async (request, reply) => {
+      const caller = callerOf(request);
+      const { box, service, state = 'active', limit } = request.query;
+      if (caller.kind === 'subscriber' && box !== undefined && box !== caller.id) {
+        return forbid(reply, 'a box reads only its own orders');
+      }
+      const rows = await context.db
+        .selectFrom('orders')
+        .selectAll()
+        .$if(caller.kind === 'subscriber' || box !== undefined, (query) =>
+          query.where('box', '=', caller.kind === 'subscriber' ? caller.id : (box as string)),
+        )
+        .$if(service !== undefined, (query) => query.where('service', '=', service as string))
+        .$if(state !== 'all', (query) => query.where('state', '=', state))
+        .orderBy('created_at')
+        .orderBy('id')
+        .limit(Math.min(Number(limit ?? 1000), 10_000))
+        .execute();
+      return rows.map((row) => presentOrder(row));
+    },
+  );
+  app.get(
+    '/v1/order/services',
+    { preHandler: boxOrOperator(context), schema: { response: { 200: OrderServiceList, ...errorReplies } } },
+    async () => {
+      const rows = await context.db
+        .selectFrom('order_services')
+        .leftJoin('order_active', 'order_active.service', 'order_services.name')
+        .select([
+          'order_services.name',
+          'order_services.link',
+          'order_services.group_address',
+          'order_services.port',
+          'order_services.source_address',
+          'order_services.bit_rate',
+          'order_services.priority',
+          'order_services.price',
+          'order_services.relay_to',
+          'order_active.refcount',
+          'order_active.activated_at',
+        ])
+        .orderBy('order_services.name')
+        .execute();
+      return rows.map((row) => ({
+        name: row.name,
+        link: row.link,
+        group: formatGroup(row.group_address, row.port),
+        source: row.source_address,
+        bitRate: Number(row.bit_rate),
+        priority: row.priority,
+        price: row.price,
+        relayTo: row.relay_to,
+        boxes: row.refcount === null ? 0 : Number(row.refcount),
+        activeSince: row.activated_at,
+      }));
+    },
+  );
+}
+
+const formatGroup = (address: string, port: number) =>
+  formatEndpoint({ address, port, family: address.includes(':') ? 6 : 4 });
+
+/** Parses a group field, answering 400 naming it. */
+function groupField(reply: FastifyReply, text: string, field: string) {
+  try {
+    return parseGroup(text, field);
+  } catch (error) {
+    void sendError(reply, 'invalid-request', (error as Error).message);
+    return undefined;
+  }
+}
+
+function registerOperatorRoutes(app: FastifyInstance, context: OrderContext, drivers: LinkDrivers): void {
+  const { db, store } = context;
+  const operator = operatorOnly(context, 'only the operator defines links and services and reads reports');
+  const presentLinks = async () => {
+    const rows = await db.selectFrom('order_links').selectAll().orderBy('name').execute();
+    const leases = await db.selectFrom('order_driver_leases').selectAll().execute();
+    const now = Date.now();
+    return rows.map((row) => {
+      const lease = leases.find(
+        (candidate) => candidate.link === row.name && Number(candidate.expires_at_ms) > now,
+      );
+      return {
+        name: row.name,
+        capacity: Number(row.capacity_bits),
+        used: Number(row.used_bits),
+        router: JSON.parse(row.router_config) as LinkRouter,
+        policy: row.policy,
+        driver:
+          lease === undefined
+            ? null
+            : { holder: lease.holder, until: new Date(Number(lease.expires_at_ms)).toISOString() },
+      };
+    });
+  };
+  app.put<{ Params: Static<typeof NameParams>; Body: Static<typeof LinkBody> }>(
+    '/v1/order/links/:name',
+    {
+      preHandler: operator,
+      schema: { params: NameParams, body: LinkBody, response: { 200: Link, ...errorReplies } },
+    },
+    async (request, reply) => {
+      const { name } = request.params;
+      const body = request.body;
+      const iso = new Date().toISOString();
+      const config = JSON.stringify(body.router);
+      const outcome = await store.writeTransaction(async (trx) => {
+        const existing = await trx
+          .selectFrom('order_links')
+          .select(['used_bits', 'router_config'])
+          .where('name', '=', name)
+          .$if(store.dialect === 'postgres', (query) => query.forUpdate())
+          .executeTakeFirst();
+        if (existing === undefined) {
+          await trx
+            .insertInto('order_links')
+            .values({
+              name,
+              capacity_bits: body.capacity,
+              used_bits: 0,
+              router: body.router.kind,
+              router_config: config,
+              policy: body.policy ?? 'reject',
+              version: 0,
+              created_at: iso,
+              updated_at: iso,
+            })
+            .execute();
+          return 'ok';
+        }
+        if (Number(existing.used_bits) > body.capacity) {
+          return `body/capacity: ${body.capacity} bit/s is below the ${existing.used_bits} bit/s in use on ${name}; cancel orders first`;
+        }
+        await trx
+          .updateTable('order_links')
+          .set((eb) => ({
+            capacity_bits: body.capacity,
+            router: body.router.kind,
+            router_config: config,
+            policy: body.policy ?? 'reject',
+            updated_at: iso,
+            version: eb('version', '+', 1),
+          }))
+          .where('name', '=', name)
+          .execute();
+        return 'ok';
+      });
+      if (outcome !== 'ok') {
+        return sendError(reply, 'conflict', outcome);
+      }
+      drivers.poke(name);
+      return (await presentLinks()).find((link) => link.name === name);
+    },
+  );
+  app.get(
+    '/v1/order/links',
+    { preHandler: operator, schema: { response: { 200: LinkList, ...errorReplies } } },
+    presentLinks,
+  );
+  app.put<{ Params: Static<typeof NameParams>; Body: Static<typeof ServiceBody> }>(
+    '/v1/order/services/:name',
+    {
+      preHandler: operator,
+      schema: {
+        params: NameParams,
+        body: ServiceBody,
+        response: { 200: Type.Object({ name: Type.String() }), ...errorReplies },
+      },
+    },
+    async (request, reply) => {
+      const { name } = request.params;
+      const body = request.body;
+      const group = groupField(reply, body.group, 'body/group');
+      if (group === undefined) {
+        return reply;
+      }
+      if (body.relayTo !== undefined && groupField(reply, body.relayTo, 'body/relayTo') === undefined) {
+        return reply;
+      }
+      const iso = new Date().toISOString();
+      const outcome = await store.writeTransaction(async (trx) => {
+        const link = await trx
+          .selectFrom('order_links')
+          .select('name')
+          .where('name', '=', body.link)
+          .$if(store.dialect === 'postgres', (query) => query.forUpdate())
+          .executeTakeFirst();
+        if (link === undefined) {
+          return { status: 'not-found' as const, message: `body/link: no link ${body.link}` };
+        }
+        const active = await trx
+          .selectFrom('order_active')
+          .select('link')
+          .where('service', '=', name)
+          .executeTakeFirst();
+        if (active !== undefined) {
+          return {
+            status: 'conflict' as const,
+            message: `service ${name} is on the air (ordered now); its orders must end before it changes`,
+          };
+        }
+        const values = {
+          link: body.link,
+          group_address: group.address,
+          port: group.port,
+          source_address: body.source ?? null,
+          bit_rate: body.bitRate,
+          priority: body.priority ?? 0,
+          price: body.price ?? 'per-order',
+          relay_to: body.relayTo ?? null,
+          updated_at: iso,
+        };
+        const known = await trx
+          .selectFrom('order_services')
+          .select('name')
+          .where('name', '=', name)
+          .executeTakeFirst();
+        if (known === undefined) {
+          await trx
+            .insertInto('order_services')
+            .values({ name, ...values, created_at: iso })
+            .execute();
+        } else {
+          await trx.updateTable('order_services').set(values).where('name', '=', name).execute();
+        }
+        return { status: 'ok' as const, message: '' };
+      });
+      if (outcome.status !== 'ok') {
+        return sendError(reply, outcome.status, outcome.message);
+      }
+      return { name };
+    },
+  );
+  app.get(
+    '/v1/order/report',
+    { preHandler: operator, schema: { response: { 200: OrderReport, ...errorReplies } } },
+    async () => {
+      const active = await db.selectFrom('order_active').selectAll().orderBy('service').execute();
+      const links = await db
+        .selectFrom('order_links')
+        .select(['name', 'capacity_bits', 'used_bits'])
+        .orderBy('name')
+        .execute();
+      const counts = await db
+        .selectFrom('orders')
+        .select(['state', (eb) => eb.fn.countAll<number | string>().as('count')])
+        .groupBy('state')
+        .execute();
+      const count = (state: string) => Number(counts.find((row) => row.state === state)?.count ?? 0);
+      return {
+        at: new Date().toISOString(),
+        services: active.map((row) => ({
+          service: row.service,
+          link: row.link,
+          boxes: Number(row.refcount),
+          activeSince: row.activated_at,
+          bitRate: Number(row.bit_rate),
+          priority: row.priority,
+        })),
+        links: links.map((row) => ({
+          link: row.name,
+          capacity: Number(row.capacity_bits),
+          used: Number(row.used_bits),
+        })),
+        orders: {
+          active: count('active'),
+          cancelled: count('cancelled'),
+          expired: count('expired'),
+          preempted: count('preempted'),
+        },
+      };
+    },
+  );
+}
+
+/**
+ * Charges orders by the rate card: a service priced per order is charged once per order
+ * (`channel-orders`, key `order/{id}`), one priced per hour when the order ends, for how long it was
+ * held (`channel-order-seconds`, key `order-end/{id}`); a subscription is the monthly billing run's.
+ * An order is marked charged only after the ledger took the charge, so a failure is retried and the
+ * idempotency key keeps a retry from charging twice.
+ */
+function createOrderCharger(context: OrderContext, onError?: (error: Error) => void) {
+  let running: Promise<number> | undefined;
+  const charge = async (): Promise<number> => {
+    const rows = await context.db
+      .selectFrom('orders')
+      .innerJoin('order_services', 'order_services.name', 'orders.service')
+      .select([
+        'orders.id',
+        'orders.box',
+        'orders.state',
+        'orders.created_at',
+        'orders.ended_at',
+        'order_services.price',
+      ])
+      .where('orders.charged', '=', 0)
+      .limit(500)
+      .execute();
+    let charged = 0;
+    for (const row of rows) {
+      let usage:
+        | { kind: 'channel-orders' | 'channel-order-seconds'; quantity: number; key: string }
+        | undefined;
+      if (row.price === 'per-order') {
+        usage = { kind: 'channel-orders', quantity: 1, key: `order/${row.id}` };
+      } else if (row.price === 'per-hour' && row.state !== 'active' && row.ended_at !== null) {
+        const seconds = Math.max(
+          1,
+          Math.ceil((Date.parse(row.ended_at) - Date.parse(row.created_at)) / 1000),
+        );
+        usage = { kind: 'channel-order-seconds', quantity: seconds, key: `order-end/${row.id}` };
+      } else if (row.price !== 'per-hour') {
+        usage = undefined; // nothing to charge per order
+      } else {
+        continue; // per hour, still held
+      }
+      try {
+        if (usage !== undefined) {
+          await context.billing.chargeUsage(usage.key, {
+            account: row.box,
+            kind: usage.kind,
+            quantity: usage.quantity,
+          });
+          charged += 1;
+        }
+        await context.db.updateTable('orders').set({ charged: 1 }).where('id', '=', row.id).execute();
+      } catch (error) {
+        onError?.(error as Error);
+      }
+    }
+    return charged;
+  };
+  return () => {
+    running ??= charge().finally(() => {
+      running = undefined;
+    });
+    return running;
+  };
+}

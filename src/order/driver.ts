@@ -1,0 +1,247 @@
+/**
+ * Router drivers and their election (docs/ordering.md). Each link has one driver at a time across
+ * every order server sharing the store: the server holding the link's lease row
+ * (order_driver_leases) drives it and refreshes the lease; when it stops, another takes over once
+ * the lease ran out. The driver reconciles the router with the store whenever the link's version
+ * changes (an activation or a deactivation), at once when this server made the change, and every
+ * orderDriftCheckMs regardless, so a router that restarted, reloaded or was changed behind our back
+ * is put back.
+ */
+import { Value } from '@sinclair/typebox/value';
+import {
+  orderDriftCheckMs as driftCheckMsDefault,
+  orderDriverLeaseMs as leaseMsDefault,
+  orderDriverPollMs as pollMsDefault,
+} from '../limits.js';
+import { LinkRouter } from '../protocol/api-order.js';
+import type { Store } from '../store/database.js';
+import type { OrderBook, RouteWanted } from './book.js';
+
+/** What one reconcile did. */
+export interface ReconcileReport {
+  readonly added: string[];
+  readonly removed: string[];
+  readonly errors: string[];
+}
+
+/** Keeps one router equal to what its link should carry. */
+export interface RouterDriver {
+  reconcile(wanted: readonly RouteWanted[]): Promise<ReconcileReport>;
+  close(): Promise<void>;
+}
+
+/** Settings of the drivers of one order server. */
+export interface LinkDriversOptions {
+  readonly store: Store;
+  readonly book: OrderBook;
+  /** This server's name in the lease rows (unique per server). */
+  readonly holder: string;
+  readonly makeDriver: (router: LinkRouter) => RouterDriver;
+  /** Told of every reconcile that changed something or failed. */
+  readonly onReport?: ((link: string, report: ReconcileReport) => void) | undefined;
+  readonly now?: (() => number) | undefined;
+  readonly pollMs?: number | undefined;
+  readonly driftCheckMs?: number | undefined;
+  readonly leaseMs?: number | undefined;
+}
+
+interface Driven {
+  config: string;
+  driver: RouterDriver;
+  version: number;
+  checkedAt: number;
+  failing: boolean;
+  leaseUntil: number;
+}
+
+/** The drivers of the links this server holds. */
+export interface LinkDrivers extends AsyncDisposable {
+  /** Reconcile this link now (this server changed it). */
+  poke(link: string): void;
+  /** Runs one pass over every link and resolves when it is done. */
+  pass(): Promise<void>;
+  /** The links this server drives now. */
+  held(): string[];
+  close(): Promise<void>;
+}
+
+/** Starts driving (polling in the background). */
+export function startLinkDrivers(options: LinkDriversOptions): LinkDrivers {
+  const { store } = options;
+  const now = options.now ?? Date.now;
+  const pollMs = options.pollMs ?? pollMsDefault;
+  const driftCheckMs = options.driftCheckMs ?? driftCheckMsDefault;
+  const leaseMs = options.leaseMs ?? leaseMsDefault;
+  const driven = new Map<string, Driven>();
+  let closed = false;
+  let running: Promise<void> | undefined;
+  let again = false;
+  const poked = new Set<string>();
+  let timer: NodeJS.Timeout | undefined;
+
+  /** Takes or keeps the link's lease; true when this server holds it. */
+  const holdLease = async (link: string, current: Driven | undefined): Promise<boolean> => {
+    const at = now();
+    if (current !== undefined && at < current.leaseUntil - leaseMs / 2) {
+      return true;
+    }
+    await store.db
+      .insertInto('order_driver_leases')
+      .values({ link, holder: options.holder, expires_at_ms: at + leaseMs })
+      .onConflict((conflict) => conflict.column('link').doNothing())
+      .execute();
+    const taken = await store.db
+      .updateTable('order_driver_leases')
+      .set({ holder: options.holder, expires_at_ms: at + leaseMs })
+      .where('link', '=', link)
+      .where((eb) => eb.or([eb('holder', '=', options.holder), eb('expires_at_ms', '<', at)]))
+      .executeTakeFirst();
+    const held = Number(taken.numUpdatedRows) === 1;
+    if (held && current !== undefined) {
+      current.leaseUntil = at + leaseMs;
+    }
+    return held;
+  };
+
+  const drive = async (link: { name: string; router_config: string; version: number }) => {
+    let current = driven.get(link.name);
+    if (!(await holdLease(link.name, current))) {
+      if (current !== undefined) {
+        driven.delete(link.name);
+        await current.driver.close();
+      }
+      return;
+    }
+    if (current !== undefined && current.config !== link.router_config) {
+      driven.delete(link.name);
+      await current.driver.close();
+      current = undefined;
+    }
+    if (current === undefined) {
+      const router = JSON.parse(link.router_config) as unknown;
+      if (!Value.Check(LinkRouter, router)) {
+        options.onReport?.(link.name, {
+          added: [],
+          removed: [],
+          errors: ['router_config does not fit the schema'],
+        });
+        return;
+      }
+      current = {
+        config: link.router_config,
+        driver: options.makeDriver(router),
+        version: -1,
+        checkedAt: 0,
+        failing: false,
+        leaseUntil: now() + leaseMs,
+      };
+      driven.set(link.name, current);
+    }
+    const at = now();
+    const due =
+      poked.delete(link.name) ||
+      current.version !== link.version ||
+      current.failing ||
+      at - current.checkedAt >= driftCheckMs;
+    if (!due) {
+      return;
+    }
+    const wanted = await options.book.desired(link.name);
+    const report = await current.driver.reconcile(wanted);
+    current.version = link.version;
+    current.checkedAt = at;
+    current.failing = report.errors.length > 0;
+    if (report.added.length > 0 || report.removed.length > 0 || report.errors.length > 0) {
+      options.onReport?.(link.name, report);
+    }
+  };
+
+  const pass = async (): Promise<void> => {
+    const links = await store.db
+      .selectFrom('order_links')
+      .select(['name', 'router_config', 'version'])
+      .execute();
+    const names = new Set(links.map((link) => link.name));
+    for (const [name, current] of driven) {
+      if (!names.has(name)) {
+        driven.delete(name);
+        await current.driver.close();
+      }
+    }
+    for (const link of links) {
+      if (closed) {
+        return;
+      }
+      try {
+        await drive({ ...link, version: Number(link.version) });
+      } catch (error) {
+        options.onReport?.(link.name, { added: [], removed: [], errors: [(error as Error).message] });
+      }
+    }
+  };
+
+  /** One pass at a time; a poke during a pass runs another right after. */
+  const run = (): Promise<void> => {
+    if (running !== undefined) {
+      again = true;
+      return running;
+    }
+    running = (async () => {
+      try {
+        do {
+          again = false;
+          await pass();
+        } while (again && !closed);
+      } finally {
+        running = undefined;
+      }
+    })();
+    return running;
+  };
+
+  const schedule = () => {
+    if (closed) {
+      return;
+    }
+    timer = setTimeout(() => {
+      run()
+        .catch(() => undefined)
+        .finally(schedule);
+    }, pollMs);
+    timer.unref();
+  };
+  schedule();
+
+  let closing: Promise<void> | undefined;
+  const close = () => {
+    closing ??= (async () => {
+      closed = true;
+      clearTimeout(timer);
+      await running?.catch(() => undefined);
+      for (const [link, current] of driven) {
+        await current.driver.close();
+        // Let another server take over at once.
+        await store.db
+          .updateTable('order_driver_leases')
+          .set({ expires_at_ms: 0 })
+          .where('link', '=', link)
+          .where('holder', '=', options.holder)
+          .execute()
+          .catch(() => undefined);
+      }
+      driven.clear();
+    })();
+    return closing;
+  };
+
+  return {
+    poke(link) {
+      poked.add(link);
+      run().catch(() => undefined);
+    },
+    pass: run,
+    held: () => [...driven.keys()],
+    close,
+    [Symbol.asyncDispose]: close,
+  };
+}

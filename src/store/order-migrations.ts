@@ -1,0 +1,79 @@
+/**
+ * The order server's tables (flow D), as migrations that run unchanged on SQLite and PostgreSQL.
+ * Append new ones; never edit one that has shipped.
+ */
+import { type Kysely, type Migration, sql } from 'kysely';
+
+export const orderMigrations: Record<string, Migration> = {
+  '0100-orders': {
+    async up(db: Kysely<unknown>) {
+      await db.schema
+        .createTable('order_links')
+        .addColumn('name', 'text', (c) => c.primaryKey())
+        .addColumn('capacity_bits', 'bigint', (c) => c.notNull().check(sql`capacity_bits >= 0`))
+        .addColumn('used_bits', 'bigint', (c) =>
+          c.notNull().defaultTo(0).check(sql`used_bits >= 0 and used_bits <= capacity_bits`),
+        )
+        .addColumn('router', 'text', (c) => c.notNull())
+        .addColumn('router_config', 'text', (c) => c.notNull())
+        .addColumn('policy', 'text', (c) => c.notNull())
+        .addColumn('version', 'bigint', (c) => c.notNull().defaultTo(0))
+        .addColumn('created_at', 'text', (c) => c.notNull())
+        .addColumn('updated_at', 'text', (c) => c.notNull())
+        .execute();
+      await db.schema
+        .createTable('order_services')
+        .addColumn('name', 'text', (c) => c.primaryKey())
+        .addColumn('link', 'text', (c) => c.notNull().references('order_links.name'))
+        .addColumn('group_address', 'text', (c) => c.notNull())
+        .addColumn('port', 'integer', (c) => c.notNull())
+        .addColumn('source_address', 'text')
+        .addColumn('bit_rate', 'bigint', (c) => c.notNull().check(sql`bit_rate > 0`))
+        .addColumn('priority', 'integer', (c) => c.notNull())
+        .addColumn('price', 'text', (c) => c.notNull())
+        .addColumn('relay_to', 'text')
+        .addColumn('created_at', 'text', (c) => c.notNull())
+        .addColumn('updated_at', 'text', (c) => c.notNull())
+        .execute();
+      await db.schema
+        .createTable('order_active')
+        .addColumn('service', 'text', (c) => c.primaryKey().references('order_services.name'))
+        .addColumn('link', 'text', (c) => c.notNull().references('order_links.name'))
+        .addColumn('refcount', 'bigint', (c) => c.notNull().check(sql`refcount > 0`))
+        .addColumn('bit_rate', 'bigint', (c) => c.notNull())
+        .addColumn('priority', 'integer', (c) => c.notNull())
+        .addColumn('activated_at', 'text', (c) => c.notNull())
+        .execute();
+      await db.schema.createIndex('order_active_link').on('order_active').column('link').execute();
+      await db.schema
+        .createTable('orders')
+        .addColumn('id', 'text', (c) => c.primaryKey())
+        .addColumn('box', 'text', (c) => c.notNull().references('parties.id'))
+        .addColumn('service', 'text', (c) => c.notNull().references('order_services.name'))
+        .addColumn('link', 'text', (c) => c.notNull())
+        .addColumn('state', 'text', (c) => c.notNull())
+        .addColumn('created_at', 'text', (c) => c.notNull())
+        .addColumn('renewed_at', 'text', (c) => c.notNull())
+        .addColumn('expires_at_ms', 'bigint', (c) => c.notNull())
+        .addColumn('ended_at', 'text')
+        .addColumn('charged', 'integer', (c) => c.notNull().defaultTo(0))
+        .execute();
+      // Ordering twice is one order: at most one active order per box and service.
+      await sql`create unique index orders_active_box_service on orders (box, service) where state = 'active'`.execute(
+        db,
+      );
+      await sql`create index orders_active_expiry on orders (expires_at_ms) where state = 'active'`.execute(
+        db,
+      );
+      await db.schema.createIndex('orders_service').on('orders').columns(['service', 'created_at']).execute();
+      await db.schema.createIndex('orders_box').on('orders').columns(['box', 'created_at']).execute();
+      await sql`create index orders_uncharged on orders (charged) where charged = 0`.execute(db);
+      await db.schema
+        .createTable('order_driver_leases')
+        .addColumn('link', 'text', (c) => c.primaryKey())
+        .addColumn('holder', 'text', (c) => c.notNull())
+        .addColumn('expires_at_ms', 'bigint', (c) => c.notNull())
+        .execute();
+    },
+  },
+};

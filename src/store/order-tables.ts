@@ -1,0 +1,67 @@
+/**
+ * The order server's tables (flow D) as Kysely sees them; the store's Schema includes them. The
+ * store holds the desired state: links with their capacity and the bandwidth in use, services,
+ * the active services with their refcount, every order (a lease a box renews) and the lease of the
+ * router driver of each link. Rates are bit/s; times are ISO-8601 (UTC) and, where compared at
+ * scale, milliseconds since the epoch.
+ */
+export interface OrderTables {
+  order_links: {
+    name: string;
+    capacity_bits: number | string | bigint;
+    /** Sum of the bit rates of the services active on the link; never above capacity_bits. */
+    used_bits: number | string | bigint;
+    /** 'smcroute' or 'relay'. */
+    router: string;
+    /** The driver's settings as JSON (docs/ordering.md). */
+    router_config: string;
+    /** 'reject' (the default) or 'preempt'. */
+    policy: string;
+    /** Bumped on every change of what should be routed, so a driver sees it cheaply. */
+    version: number | string | bigint;
+    created_at: string;
+    updated_at: string;
+  };
+  order_services: {
+    name: string;
+    link: string;
+    group_address: string;
+    port: number;
+    source_address: string | null;
+    bit_rate: number | string | bigint;
+    priority: number;
+    /** 'per-order', 'per-hour' or 'subscription'. */
+    price: string;
+    /** Relay links: the group:port the channel is sent on over the link (null: the same group). */
+    relay_to: string | null;
+    created_at: string;
+    updated_at: string;
+  };
+  order_active: {
+    service: string;
+    link: string;
+    refcount: number | string | bigint;
+    bit_rate: number | string | bigint;
+    priority: number;
+    activated_at: string;
+  };
+  orders: {
+    id: string;
+    box: string;
+    service: string;
+    link: string;
+    /** 'active', 'cancelled', 'expired' or 'preempted'. */
+    state: string;
+    created_at: string;
+    renewed_at: string;
+    expires_at_ms: number | string | bigint;
+    ended_at: string | null;
+    /** Billing: 1 once the order's charge (if its price has one) is in the ledger. */
+    charged: number;
+  };
+  order_driver_leases: {
+    link: string;
+    holder: string;
+    expires_at_ms: number | string | bigint;
+  };
+}

@@ -1,0 +1,302 @@
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import { createOrderBook, type OrderBook } from '../../src/order/book.js';
+import { openStore, type Store } from '../../src/store/database.js';
+import { onEveryStore, postgresSkip, startPostgres } from '../helpers/postgres.js';
+
+/** Makes a subscriber party with a channel entitlement (for all channels unless service given). */
+export async function makeBox(store: Store, name: string, service: string | null = null): Promise<string> {
+  const now = new Date().toISOString();
+  await store.db
+    .insertInto('parties')
+    .values({ id: name, kind: 'subscriber', name, token_hash: `hash-${name}`, created_at: now })
+    .execute();
+  await store.db
+    .insertInto('entitlements')
+    .values({
+      id: `ent-${name}`,
+      subscriber: name,
+      service: 'channel',
+      session: service,
+      valid_from: null,
+      valid_to: null,
+      monthly: null,
+      created_at: now,
+    })
+    .execute();
+  return name;
+}
+
+/** Makes a link and its services straight in the store. */
+export async function makeLink(
+  store: Store,
+  link: string,
+  capacity: number,
+  policy: 'reject' | 'preempt',
+  services: Array<{ name: string; rate: number; priority?: number; group?: string }>,
+): Promise<void> {
+  const now = new Date().toISOString();
+  await store.db
+    .insertInto('order_links')
+    .values({
+      name: link,
+      capacity_bits: capacity,
+      used_bits: 0,
+      router: 'relay',
+      router_config: JSON.stringify({ kind: 'relay', inbound: '127.0.0.1', outbound: '127.0.0.1' }),
+      policy,
+      version: 0,
+      created_at: now,
+      updated_at: now,
+    })
+    .execute();
+  for (const [i, service] of services.entries()) {
+    await store.db
+      .insertInto('order_services')
+      .values({
+        name: service.name,
+        link,
+        group_address: service.group ?? `239.77.0.${i + 1}`,
+        port: 5000,
+        source_address: null,
+        bit_rate: service.rate,
+        priority: service.priority ?? 0,
+        price: 'per-order',
+        relay_to: null,
+        created_at: now,
+        updated_at: now,
+      })
+      .execute();
+  }
+}
+
+/** What the store says, to compare with what it should say. */
+export async function linkState(store: Store, link: string) {
+  const row = await store.db
+    .selectFrom('order_links')
+    .selectAll()
+    .where('name', '=', link)
+    .executeTakeFirstOrThrow();
+  const active = await store.db.selectFrom('order_active').selectAll().where('link', '=', link).execute();
+  const orders = await store.db
+    .selectFrom('orders')
+    .select(['service'])
+    .where('link', '=', link)
+    .where('state', '=', 'active')
+    .execute();
+  const counted = new Map<string, number>();
+  for (const order of orders) {
+    counted.set(order.service, (counted.get(order.service) ?? 0) + 1);
+  }
+  const services = await store.db.selectFrom('order_services').selectAll().where('link', '=', link).execute();
+  const rate = new Map(services.map((service) => [service.name, Number(service.bit_rate)]));
+  const expectedUsed = [...counted.keys()].reduce((sum, name) => sum + (rate.get(name) ?? 0), 0);
+  return {
+    used: Number(row.used_bits),
+    capacity: Number(row.capacity_bits),
+    expectedUsed,
+    refcounts: Object.fromEntries(active.map((a) => [a.service, Number(a.refcount)]).sort()),
+    counted: Object.fromEntries([...counted.entries()].sort()),
+  };
+}
+
+function bookSuite(name: string, options: { skip?: string }, url: () => string, cleanup: () => void) {
+  describe(`order book on ${name}`, options, () => {
+    let store: Store;
+    let clock = Date.parse('2026-01-01T00:00:00Z');
+    let book: OrderBook;
+    const changed: string[] = [];
+    before(async () => {
+      store = await openStore(url());
+      book = createOrderBook(store, {
+        leaseMs: 60_000,
+        now: () => clock,
+        onLinkChanged: (l) => changed.push(l),
+      });
+      await makeLink(store, 'sat', 10_000_000, 'reject', [
+        { name: 'news', rate: 4_000_000 },
+        { name: 'sport', rate: 4_000_000 },
+        { name: 'film', rate: 4_000_000 },
+      ]);
+      await makeLink(store, 'cable', 10_000_000, 'preempt', [
+        { name: 'low', rate: 6_000_000, priority: 1 },
+        { name: 'mid', rate: 4_000_000, priority: 5 },
+        { name: 'high', rate: 6_000_000, priority: 9 },
+      ]);
+      for (const box of ['b1', 'b2', 'b3']) {
+        await makeBox(store, box);
+      }
+      await makeBox(store, 'only-news', 'news');
+    });
+    after(async () => {
+      await store?.close();
+      cleanup();
+    });
+
+    it('admits an order, counts boxes per service, and takes capacity only once per service', async () => {
+      const first = await book.order('b1', 'news');
+      assert.equal(first.kind, 'ordered');
+      const second = await book.order('b2', 'news');
+      assert.equal(second.kind, 'ordered');
+      const state = await linkState(store, 'sat');
+      assert.equal(state.used, 4_000_000);
+      assert.deepEqual(state.refcounts, { news: 2 });
+      assert.deepEqual(changed, ['sat']);
+    });
+
+    it('ordering twice is one order (the second renews its lease)', async () => {
+      const before = await book.order('b1', 'news');
+      clock += 1000;
+      const again = await book.order('b1', 'news');
+      assert.ok(before.kind === 'ordered' && again.kind === 'ordered');
+      assert.equal(again.order.id, before.order.id);
+      assert.equal(again.created, false);
+      assert.ok(Date.parse(again.order.expiresAt) > Date.parse(before.order.expiresAt));
+      assert.deepEqual((await linkState(store, 'sat')).refcounts, { news: 2 });
+    });
+
+    it('refuses a full link with capacity-full and what is in use, writing nothing', async () => {
+      assert.equal((await book.order('b1', 'sport')).kind, 'ordered');
+      const refused = await book.order('b3', 'film');
+      assert.equal(refused.kind, 'capacity-full');
+      assert.ok(refused.kind === 'capacity-full');
+      assert.equal(refused.used, 8_000_000);
+      assert.equal(refused.capacity, 10_000_000);
+      assert.deepEqual(
+        refused.inUse.map((row) => [row.service, row.boxes]),
+        [
+          ['news', 2],
+          ['sport', 1],
+        ],
+      );
+      const state = await linkState(store, 'sat');
+      assert.equal(state.used, 8_000_000);
+      assert.deepEqual(state.counted, { news: 2, sport: 1 });
+    });
+
+    it('refuses a box without a channel entitlement for the service', async () => {
+      const refused = await book.order('only-news', 'sport');
+      assert.equal(refused.kind, 'not-entitled');
+      assert.equal((await book.order('only-news', 'news')).kind, 'ordered');
+      assert.equal((await book.order('b1', 'nothing')).kind, 'unknown-service');
+    });
+
+    it('cancelling one of two orders keeps the service; the last one frees the link', async () => {
+      const orders = await store.db
+        .selectFrom('orders')
+        .select(['id', 'box'])
+        .where('service', '=', 'news')
+        .where('state', '=', 'active')
+        .execute();
+      assert.equal(orders.length, 3);
+      changed.length = 0;
+      for (const [i, order] of orders.entries()) {
+        const cancelled = await book.cancel(order.box, order.id);
+        assert.equal(cancelled?.state, 'cancelled');
+        const state = await linkState(store, 'sat');
+        assert.equal(state.used, i < 2 ? 8_000_000 : 4_000_000);
+      }
+      assert.deepEqual(changed, ['sat']);
+      // Cancelling again returns the ended order and changes nothing; another box's order is not found.
+      const again = await book.cancel(orders[0]?.box as string, orders[0]?.id as string);
+      assert.equal(again?.state, 'cancelled');
+      assert.equal(await book.cancel('b3', orders[1]?.id as string), undefined);
+      assert.equal((await linkState(store, 'sat')).used, 4_000_000);
+    });
+
+    it('pre-empts the lowest priority service on a preempt link, never a higher one', async () => {
+      assert.equal((await book.order('b1', 'low')).kind, 'ordered');
+      assert.equal((await book.order('b2', 'mid')).kind, 'ordered');
+      const high = await book.order('b3', 'high');
+      assert.ok(high.kind === 'ordered');
+      assert.deepEqual(high.preempted, ['low']);
+      const state = await linkState(store, 'cable');
+      assert.deepEqual(state.refcounts, { high: 1, mid: 1 });
+      assert.equal(state.used, 10_000_000);
+      const dropped = await store.db
+        .selectFrom('orders')
+        .select('state')
+        .where('service', '=', 'low')
+        .execute();
+      assert.deepEqual(
+        dropped.map((row) => row.state),
+        ['preempted'],
+      );
+      // A lower priority cannot push a higher one out.
+      assert.equal((await book.order('b1', 'low')).kind, 'capacity-full');
+    });
+
+    it('expires orders whose lease ran out, unless renewed, and frees the link', async () => {
+      const sport = await store.db
+        .selectFrom('orders')
+        .select(['id', 'box'])
+        .where('service', '=', 'sport')
+        .where('state', '=', 'active')
+        .executeTakeFirstOrThrow();
+      clock += 50_000;
+      const renewed = await book.renew(sport.box, sport.id);
+      assert.ok(renewed !== undefined && renewed !== 'ended');
+      clock += 30_000; // the others' leases (60 s) ran out; sport's runs until +110 s
+      const expired = await book.expire();
+      assert.ok(expired >= 2, `expired ${expired}`);
+      assert.deepEqual((await linkState(store, 'cable')).refcounts, {});
+      assert.equal((await linkState(store, 'cable')).used, 0);
+      const sat = await linkState(store, 'sat');
+      assert.deepEqual(sat.refcounts, { sport: 1 });
+      clock += 60_000;
+      assert.equal(await book.expire(), 1);
+      assert.equal(await book.renew(sport.box, sport.id), 'ended');
+      assert.equal((await linkState(store, 'sat')).used, 0);
+    });
+  });
+}
+
+onEveryStore(bookSuite);
+
+describe('two order servers on one PostgreSQL', postgresSkip(), () => {
+  it('never overbook and keep refcounts exact under 200 concurrent orders and cancels', async () => {
+    const postgres = startPostgres();
+    const a = await openStore(postgres.url);
+    const b = await openStore(postgres.url);
+    try {
+      await concurrentOrders(a, b);
+    } finally {
+      await a.close();
+      await b.close();
+      postgres.stop();
+    }
+  });
+});
+
+/** 200 orders and cancels from 40 boxes over two servers; then the store agrees with itself. */
+export async function concurrentOrders(a: Store, b: Store): Promise<void> {
+  const services = Array.from({ length: 8 }, (_, i) => ({ name: `ch${i}`, rate: 3_000_000 }));
+  await makeLink(a, 'busy', 10_000_000, 'reject', services);
+  const boxes = await Promise.all(Array.from({ length: 40 }, (_, i) => makeBox(a, `box${i}`)));
+  const books = [a, b].map((store) => createOrderBook(store, { leaseMs: 60_000 }));
+  let ordered = 0;
+  let refused = 0;
+  await Promise.all(
+    boxes.map(async (box, i) => {
+      const book = books[i % 2] as OrderBook;
+      for (let k = 0; k < 5; k++) {
+        const outcome = await book.order(box, `ch${(i + k) % 8}`);
+        if (outcome.kind === 'ordered') {
+          ordered += 1;
+          if ((i + k) % 3 === 0) {
+            await book.cancel(box, outcome.order.id);
+          }
+        } else {
+          assert.equal(outcome.kind, 'capacity-full');
+          refused += 1;
+        }
+      }
+    }),
+  );
+  assert.equal(ordered + refused, 200);
+  assert.ok(ordered > 0 && refused > 0, `ordered ${ordered}, refused ${refused}`);
+  const state = await linkState(a, 'busy');
+  assert.deepEqual(state.refcounts, state.counted);
+  assert.equal(state.used, state.expectedUsed);
+  assert.ok(state.used <= state.capacity);
+}
