@@ -233,3 +233,9 @@ export const usageBatchEventsMax = 1000;
 
 /** Subscription server: largest body of POST /v1/usage/batch. */
 export const usageBatchBodyBytesMax = 512 * 1024;
+
+/**
+ * Purse: how many revisions a token's purse state may be ahead of its monotonic counter (the state
+ * is saved before the counter moves; a crash between the two leaves it one ahead).
+ */
+export const purseRevisionAheadMax = 1;
