@@ -239,3 +239,9 @@ export const usageBatchBodyBytesMax = 512 * 1024;
  * is saved before the counter moves; a crash between the two leaves it one ahead).
  */
 export const purseRevisionAheadMax = 1;
+
+/** Every-n-th-packet mode: the largest group of packets one token call covers. */
+export const groupKeyPacketsMax = 1024;
+
+/** LKH: deepest member tree (2^22 slots, about 4 million members; the server keeps 4 bytes per node). */
+export const lkhDepthMax = 22;
