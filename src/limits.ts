@@ -245,3 +245,12 @@ export const groupKeyPacketsMax = 1024;
 
 /** LKH: deepest member tree (2^22 slots, about 4 million members; the server keeps 4 bytes per node). */
 export const lkhDepthMax = 22;
+
+/** Billing: receipts in one POST /v1/receipts/batch (charged in one transaction). */
+export const receiptBatchMax = 1000;
+
+/** Billing: largest body of POST /v1/receipts/batch (1000 receipts of at most 268 bytes, base64url). */
+export const receiptBatchBodyBytesMax = 512 * 1024;
+
+/** Billing: gaps listed by a purse's reconciliation (the count of missing receipts is always whole). */
+export const reconciliationGapsListedMax = 100;

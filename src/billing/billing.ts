@@ -33,6 +33,7 @@ import {
   type UsageKind,
 } from '../protocol/api-subscription.js';
 import { LedgerError, type TransferRequest } from '../store/ledger.js';
+import { registerReceiptRoutes } from './receipts-routes.js';
 
 export type { RateCard } from '../api/billing.js';
 
@@ -330,6 +331,7 @@ export function registerBillingRoutes(app: FastifyInstance, context: ApiContext,
     (items) => chargeUsageMany(context, defaults, items),
     usageBatchEventsMax,
   );
+  registerReceiptRoutes(app, context);
 
   app.get(
     '/v1/rates',
