@@ -233,7 +233,12 @@ describe('purse', () => {
           saved = parsePurseState(serializePurseState(state));
         },
       },
-      counter: { read: async () => counterValue, advance: async (to) => void (counterValue = to) },
+      counter: {
+        read: async () => counterValue,
+        advance: async (to) => {
+          counterValue = to;
+        },
+      },
       signer,
     });
     const receipts: Receipt[] = [];
