@@ -233,3 +233,15 @@ export const usageBatchEventsMax = 1000;
 
 /** Subscription server: largest body of POST /v1/usage/batch. */
 export const usageBatchBodyBytesMax = 512 * 1024;
+
+/**
+ * Token: how far a KEY message's authenticated time may fall behind the latest one the token
+ * accepted (KEY messages repeat and may be reordered); anything older is refused as a rollback.
+ */
+export const keyTimeRollbackToleranceMs = 5_000;
+
+/** Token: traffic keys remembered per (run, key epoch) so a repeated KEY message is not charged twice. */
+export const tokenReleasedKeysMax = 64;
+
+/** Software token: scrypt cost (N = 2^15, r = 8, p = 1; ~32 MiB and ~0.1 s per PIN check). */
+export const tokenScryptCost = 32_768;
