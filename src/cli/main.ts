@@ -21,6 +21,7 @@ commands:
   agent      hand a repaired session to local applications as if it came on S1
   serve      the subscription server and ledger (HTTP+JSON, SQLite or PostgreSQL)
   admin      the operator's command line: parties, grants, sessions, rates, balances, invoices
+  token      keys, tokens (software or PKCS#11) and grants for restricted sessions
   demo       run a sender and receivers over loopback and print a summary
   help       show this text (gatecast <command> --help for a command's options)
   version    print the version
@@ -54,6 +55,8 @@ export async function main(argv: string[]): Promise<number> {
         return await (await import('./serve.js')).runServe(rest, process.stderr);
       case 'admin':
         return await (await import('./admin.js')).runAdmin(rest, process.stdout);
+      case 'token':
+        return (await import('./token-command.js')).runToken(rest, process.stdout);
       case 'demo':
         return await (await import('./demo.js')).runDemo(rest, process.stdout);
       case 'version':
