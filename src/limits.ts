@@ -254,3 +254,24 @@ export const tokenScryptCost = 32_768;
 
 /** Restricted receiver: sealed DATA held while its epoch's key is on its way from the token. */
 export const restrictedHeldPacketsMax = 4096;
+
+/**
+ * Purse: how many revisions a token's purse state may be ahead of its monotonic counter (the state
+ * is saved before the counter moves; a crash between the two leaves it one ahead).
+ */
+export const purseRevisionAheadMax = 1;
+
+/** Every-n-th-packet mode: the largest group of packets one token call covers. */
+export const groupKeyPacketsMax = 1024;
+
+/** LKH: deepest member tree (2^22 slots, about 4 million members; the server keeps 4 bytes per node). */
+export const lkhDepthMax = 22;
+
+/** Billing: receipts in one POST /v1/receipts/batch (charged in one transaction). */
+export const receiptBatchMax = 1000;
+
+/** Billing: largest body of POST /v1/receipts/batch (1000 receipts of at most 268 bytes, base64url). */
+export const receiptBatchBodyBytesMax = 512 * 1024;
+
+/** Billing: gaps listed by a purse's reconciliation (the count of missing receipts is always whole). */
+export const reconciliationGapsListedMax = 100;

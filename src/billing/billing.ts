@@ -33,6 +33,7 @@ import {
 } from '../protocol/api-subscription.js';
 import { timeOrderedId } from '../store/ids.js';
 import { LedgerError, type TransferRequest } from '../store/ledger.js';
+import { registerReceiptRoutes } from './receipts-routes.js';
 
 export type { RateCard } from '../api/billing.js';
 
@@ -340,6 +341,7 @@ export function registerBillingRoutes(app: FastifyInstance, context: ApiContext,
     (items) => chargeUsageMany(context, defaults, items),
     usageGroupCommitEventsMax,
   );
+  registerReceiptRoutes(app, context);
 
   app.get(
     '/v1/rates',

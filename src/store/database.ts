@@ -79,6 +79,35 @@ export interface Schema {
     session: string | null;
     created_at: string;
   };
+  purse_tokens: {
+    token_id: string;
+    subscriber: string;
+    /** The ledger account top-ups credit and receipts debit. */
+    account: string;
+    /** The token's Ed25519 public key, raw 32 bytes in base64url. */
+    public_key: string;
+    /** The last top-up sequence credited. */
+    top_ups: number | string | bigint;
+    refused_signature: number | string | bigint;
+    refused_chain: number | string | bigint;
+    created_at: string;
+  };
+  receipts: {
+    /** SHA-256 of the signed bytes, hex: also the idempotency key of its transfer. */
+    hash: string;
+    token_id: string;
+    counter: number | string | bigint;
+    previous_hash: string;
+    /** The Ed25519 signature, hex: the same bytes sent again need no second verification. */
+    signature: string;
+    service: string;
+    unit: string;
+    quantity: number | string | bigint;
+    amount: number | string | bigint;
+    time_ms: number | string | bigint;
+    transfer: string;
+    created_at: string;
+  };
   transfers: {
     id: string;
     idempotency_key: string;

@@ -140,4 +140,40 @@ export const migrations: Record<string, Migration> = {
       );
     },
   },
+  '0006-purses-receipts': {
+    async up(db: Kysely<unknown>) {
+      // A token's purse as billing knows it: whose it is, the ledger account its top-ups are
+      // credited to and its receipts are charged from, the key its receipts are signed with, and
+      // how many of its receipts were refused (bad signature, broken chain).
+      await db.schema
+        .createTable('purse_tokens')
+        .addColumn('token_id', 'text', (c) => c.primaryKey())
+        .addColumn('subscriber', 'text', (c) => c.notNull().references('parties.id'))
+        .addColumn('account', 'text', (c) => c.notNull().unique().references('accounts.id'))
+        .addColumn('public_key', 'text', (c) => c.notNull())
+        .addColumn('top_ups', 'bigint', (c) => c.notNull().defaultTo(0))
+        .addColumn('refused_signature', 'bigint', (c) => c.notNull().defaultTo(0))
+        .addColumn('refused_chain', 'bigint', (c) => c.notNull().defaultTo(0))
+        .addColumn('created_at', 'text', (c) => c.notNull())
+        .execute();
+      // One row per charged receipt, written with its transfer; (token, counter) is unique, so two
+      // receipts claiming one place in a chain can never both be charged.
+      await db.schema
+        .createTable('receipts')
+        .addColumn('hash', 'text', (c) => c.primaryKey())
+        .addColumn('token_id', 'text', (c) => c.notNull().references('purse_tokens.token_id'))
+        .addColumn('counter', 'bigint', (c) => c.notNull())
+        .addColumn('previous_hash', 'text', (c) => c.notNull())
+        .addColumn('signature', 'text', (c) => c.notNull())
+        .addColumn('service', 'text', (c) => c.notNull())
+        .addColumn('unit', 'text', (c) => c.notNull())
+        .addColumn('quantity', 'bigint', (c) => c.notNull())
+        .addColumn('amount', 'bigint', (c) => c.notNull())
+        .addColumn('time_ms', 'bigint', (c) => c.notNull())
+        .addColumn('transfer', 'text', (c) => c.notNull().unique().references('transfers.id'))
+        .addColumn('created_at', 'text', (c) => c.notNull())
+        .addUniqueConstraint('receipts_token_counter', ['token_id', 'counter'])
+        .execute();
+    },
+  },
 };
