@@ -252,6 +252,9 @@ export const tokenReleasedKeysMax = 64;
 /** Software token: scrypt cost (N = 2^15, r = 8, p = 1; ~32 MiB and ~0.1 s per PIN check). */
 export const tokenScryptCost = 32_768;
 
+/** Restricted source: how often KEY messages and the signed offer repeat (a late joiner waits at most this). */
+export const keyRepeatIntervalMs = 100;
+
 /** Restricted receiver: sealed DATA held while its epoch's key is on its way from the token. */
 export const restrictedHeldPacketsMax = 4096;
 

@@ -50,6 +50,11 @@ export const restrictedSendOptions: OptionSpecs = {
     help: 'with --restricted: how long one traffic key is used (default 10)',
   },
   tier: { type: 'string', value: 'N', help: 'with --restricted: the tier a grant must reach (default 0)' },
+  'manifest-packets': {
+    type: 'string',
+    value: 'N',
+    help: 'with --restricted: sign a manifest over every N DATA packets, 32-64, or 0 for none (default 32)',
+  },
 };
 
 /** Options of `receive` (and `agent`) for a restricted session. */
@@ -158,7 +163,15 @@ export function openToken(location: TokenLocation, pin: string): Token {
 export function senderProtectionOptions(
   values: OptionValues,
 ): ((run: { sessionId: number; incarnation: number }) => SenderProtection) | undefined {
-  const restrictedOnly = ['service', 'service-key-file', 'service-epoch', 'suite', 'crypto-period', 'tier'];
+  const restrictedOnly = [
+    'service',
+    'service-key-file',
+    'service-epoch',
+    'suite',
+    'crypto-period',
+    'tier',
+    'manifest-packets',
+  ];
   if (values.restricted !== true) {
     const stray = restrictedOnly.filter((name) => values[name] !== undefined);
     if (stray.length > 0) {
@@ -188,6 +201,12 @@ export function senderProtectionOptions(
   }
   const tierText = optional(values, 'tier');
   const tier = tierText === undefined ? 0 : parseInteger(tierText, '--tier', 0, 255);
+  const manifestText = optional(values, 'manifest-packets');
+  const manifestPackets =
+    manifestText === undefined ? 32 : parseInteger(manifestText, '--manifest-packets', 0, 64);
+  if (manifestPackets > 0 && manifestPackets < 32) {
+    throw new UsageError('--manifest-packets: 32-64, or 0 for none');
+  }
   return (run) =>
     createSenderProtection(
       {
@@ -199,7 +218,7 @@ export function senderProtectionOptions(
         sourcePublicKey: source.publicKey,
         cryptoPeriodMs,
         tier,
-        manifestPackets: 32,
+        manifestPackets,
       },
       run,
     );

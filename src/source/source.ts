@@ -10,6 +10,7 @@ import {
   endRepeatCount,
   endRepeatIntervalMs,
   heartbeatIntervalMs,
+  keyRepeatIntervalMs,
   sendBatchPacketsMax,
   sendRingPacketsMax,
   startDelayMsDefault,
@@ -67,7 +68,7 @@ export interface SourceComponents {
   /**
    * A restricted or signed session: builds the run's protection once its identity is drawn
    * (src/crypto/restricted-session.ts). DATA is sealed before it is sent, and KEY messages and the
-   * signed offer go out with every DESCRIPTOR and HEARTBEAT.
+   * signed offer go out with every DESCRIPTOR and every 100 ms.
    */
   readonly protection?: (run: { sessionId: number; incarnation: number }) => SenderProtection;
 }
@@ -344,10 +345,10 @@ export function createSource(settings: SourceSettings, components: SourceCompone
   async function sendSession(signal: AbortSignal | undefined): Promise<void> {
     sendDescriptor();
     const descriptorTimer = timers.every(descriptorIntervalMs, sendDescriptor);
-    const heartbeatTimer = timers.every(heartbeatIntervalMs, () => {
-      sendProtection();
-      sendControl(progress(PacketType.heartbeat));
-    });
+    const heartbeatTimer = timers.every(heartbeatIntervalMs, () =>
+      sendControl(progress(PacketType.heartbeat)),
+    );
+    const keyTimer = protection === undefined ? undefined : timers.every(keyRepeatIntervalMs, sendProtection);
     try {
       // Routers install forwarding state when a group's first packet arrives, and drop what comes
       // while they do; the descriptor opens the path before the first DATA packet.
@@ -365,6 +366,7 @@ export function createSource(settings: SourceSettings, components: SourceCompone
     } finally {
       timers.clear(descriptorTimer);
       timers.clear(heartbeatTimer);
+      timers.clear(keyTimer);
     }
     if (protection !== undefined && socket !== undefined) {
       for (const datagram of protection.finish(clock.wallUs())) {
