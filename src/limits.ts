@@ -278,3 +278,6 @@ export const receiptBatchBodyBytesMax = 512 * 1024;
 
 /** Billing: gaps listed by a purse's reconciliation (the count of missing receipts is always whole). */
 export const reconciliationGapsListedMax = 100;
+
+/** Purse: ids of the last debits a purse remembers, so a repeated KEY message is not paid twice. */
+export const purseDebitIdsKept = 64;

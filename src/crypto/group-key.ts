@@ -1,5 +1,5 @@
 /**
- * Every-n-th-packet mode for weak tokens (docs/security.md, "Every-n-th-packet mode";
+ * Every-n-th-packet mode for weak tokens (docs/architecture.md, "Restricted channels";
  * docs/protocol.md, "Group keys"): the token is asked once per group of n packets, never per
  * packet. At the source, the token gives fresh entropy (a 16-byte group seed) for each group; the
  * group key is HKDF-SHA-256 over the traffic key with that seed, bound to the session, the key

@@ -15,7 +15,7 @@
 import {
   createCipheriv,
   createDecipheriv,
-  hkdfSync,
+  createHmac,
   type KeyObject,
   randomBytes,
   sign,
@@ -207,9 +207,10 @@ export function createLkhTree(settings: {
     if (known !== undefined) {
       return known;
     }
+    // HMAC-SHA-256 under the master secret as a PRF over the node number (cheaper than HKDF).
     const label = Buffer.alloc(4);
     label.writeUInt32BE(node);
-    return Buffer.from(hkdfSync('sha256', master, label, 'gatecast lkh node', lkhKeyBytes));
+    return createHmac('sha256', master).update(label).digest();
   };
 
   const pathKeys = (slot: number): Map<number, Buffer> =>

@@ -1,5 +1,5 @@
 /**
- * The purse inside a token (docs/security.md, "Purse"): subscription grants (a time window) and
+ * The purse inside a token (docs/protocol.md, "Purse receipt"): subscription grants (a time window) and
  * pay-as-you-go grants (per crypto-period, per MB or per minute, from the grant's rate card). The
  * token asks the purse before it unwraps a key; a pay-as-you-go debit lowers the balance and
  * writes a signed, hash-chained receipt (receipt.ts) that billing charges once.
@@ -10,7 +10,7 @@
  * follows it. A state whose revision is behind the counter is a restored copy (rolled back) and is
  * refused. createPurse ties the rules to a storage, a counter and a signer, one operation at a time.
  */
-import { purseRevisionAheadMax } from '../limits.js';
+import { purseDebitIdsKept, purseRevisionAheadMax } from '../limits.js';
 import {
   type Receipt,
   type ReceiptSigner,
@@ -60,6 +60,8 @@ export interface PurseUse {
   readonly unit: ReceiptUnit;
   readonly quantity: number;
   readonly timeMs: number;
+  /** Names the use (e.g. session, incarnation and key epoch): the same id is paid for once. */
+  readonly id?: string | undefined;
 }
 
 /** The purse's whole state; the token persists it (serializePurseState) and never shows it. */
@@ -76,6 +78,11 @@ export interface PurseState {
   readonly topUps: number;
   /** Raised by every change; the token's monotonic counter follows it. */
   readonly revision: number;
+  /**
+   * The ids of the last debits (at most purseDebitIdsKept): a use paid for once is not paid again
+   * (KEY messages repeat in-band). Empty when the caller gives no ids.
+   */
+  readonly paid: readonly string[];
 }
 
 /** A top-up the token verified (issued by the operator after the ledger transfer). */
@@ -92,7 +99,16 @@ export type PurseDecision =
 
 /** A new, empty purse. */
 export function createPurseState(tokenId: string, currency: string): PurseState {
-  return { tokenId, currency, balance: 0, counter: 0, head: receiptChainStart, topUps: 0, revision: 0 };
+  return {
+    tokenId,
+    currency,
+    balance: 0,
+    counter: 0,
+    head: receiptChainStart,
+    topUps: 0,
+    revision: 0,
+    paid: [],
+  };
 }
 
 const unitSize: Record<ReceiptUnit, bigint> = { 'crypto-period': 1n, bytes: 1_000_000n, seconds: 60n };
@@ -172,7 +188,7 @@ export async function authorize(
   if (outside !== undefined) {
     return refused(outside);
   }
-  if (grant.mode === 'subscription') {
+  if (grant.mode === 'subscription' || (use.id !== undefined && state.paid.includes(use.id))) {
     return { ok: true, state };
   }
   const invalid = (message: string) => refused(new PurseError('GATECAST_ERR_PURSE_INVALID', message));
@@ -221,6 +237,7 @@ export async function authorize(
       counter: body.counter,
       head: receipt.hash,
       revision: state.revision + 1,
+      paid: use.id === undefined ? state.paid : [...state.paid, use.id].slice(-purseDebitIdsKept),
     },
   };
 }
@@ -287,6 +304,10 @@ export function parsePurseState(bytes: Buffer): PurseState {
     }
     return field;
   };
+  const paid = value.paid ?? [];
+  if (!Array.isArray(paid) || paid.length > purseDebitIdsKept || paid.some((id) => typeof id !== 'string')) {
+    throw fail('paid is not a list of debit ids');
+  }
   const head = Buffer.from(text('head'), 'hex');
   if (head.length !== receiptHashBytes) {
     throw fail('head is not a 32-byte hash');
@@ -299,6 +320,7 @@ export function parsePurseState(bytes: Buffer): PurseState {
     head,
     topUps: integer('topUps'),
     revision: integer('revision'),
+    paid: paid as string[],
   };
 }
 
@@ -374,5 +396,70 @@ export function createPurse(parts: {
           currency: state.currency,
         };
       }),
+  };
+}
+
+/** A debit as a token asks for it before unwrapping a pay-as-you-go traffic key (src/crypto/token.ts). */
+export interface TokenPurseDebit {
+  readonly service: string;
+  readonly sessionId: number;
+  readonly incarnation: number;
+  readonly keyEpoch: number;
+  /** The KEY message's authenticated time, microseconds since 1970. */
+  readonly streamTimeUs: number;
+  readonly amountMinor: number;
+  readonly currency: string;
+}
+
+/** The answer the token expects: debited, or a typed refusal it shows to the user. */
+export type TokenPurseAnswer =
+  | { readonly ok: true }
+  | { readonly ok: false; readonly reason: 'purse-empty' | 'purse-unavailable'; readonly message: string };
+
+/**
+ * The purse as a token calls it: one crypto-period's price per (session, incarnation, key epoch),
+ * paid once however often the KEY message repeats; each debit's receipt goes to `onReceipt` (the
+ * receiver's outbox that reports to billing). The token has checked the grant's window already.
+ */
+export function tokenPurse(purse: Purse, onReceipt: (receipt: Receipt) => void) {
+  return {
+    async debit(debit: TokenPurseDebit): Promise<TokenPurseAnswer> {
+      const grant: PurseGrant = {
+        service: debit.service,
+        mode: 'pay-as-you-go',
+        validFromMs: 0,
+        validToMs: Number.MAX_SAFE_INTEGER,
+        rates: { perCryptoPeriod: debit.amountMinor },
+      };
+      try {
+        const status = await purse.status();
+        if (status.currency !== debit.currency) {
+          return {
+            ok: false,
+            reason: 'purse-unavailable',
+            message: `purse unavailable: ${debit.service} is priced in ${debit.currency}, the purse holds ${status.currency}`,
+          };
+        }
+        const { receipt } = await purse.authorize(grant, {
+          unit: 'crypto-period',
+          quantity: 1,
+          timeMs: Math.floor(debit.streamTimeUs / 1000),
+          id: `${debit.sessionId}/${debit.incarnation}/${debit.keyEpoch}`,
+        });
+        if (receipt !== undefined) {
+          onReceipt(receipt);
+        }
+        return { ok: true };
+      } catch (error) {
+        if (!(error instanceof PurseError)) {
+          throw error;
+        }
+        return {
+          ok: false,
+          reason: error.code === 'GATECAST_ERR_PURSE_EMPTY' ? 'purse-empty' : 'purse-unavailable',
+          message: error.message,
+        };
+      }
+    },
   };
 }

@@ -14,6 +14,7 @@ import {
   parsePurseState,
   priceOf,
   serializePurseState,
+  tokenPurse,
 } from '../../src/crypto/purse.js';
 import {
   decodeReceipt,
@@ -220,6 +221,53 @@ describe('purse', () => {
       purse.authorize(payAsYouGo, { unit: 'crypto-period', quantity: 1, timeMs: t0 }),
       (error: PurseError) => error.code === 'GATECAST_ERR_PURSE_ROLLBACK',
     );
+  });
+
+  it('as a token calls it: a repeated KEY message is paid once, an empty purse is refused in words', async () => {
+    let saved = createPurseState('token-3', 'EUR');
+    let counterValue = 0;
+    const purse = createPurse({
+      storage: {
+        load: async () => saved,
+        save: async (state) => {
+          saved = parsePurseState(serializePurseState(state));
+        },
+      },
+      counter: {
+        read: async () => counterValue,
+        advance: async (to) => {
+          counterValue = to;
+        },
+      },
+      signer,
+    });
+    const receipts: Receipt[] = [];
+    const token = tokenPurse(purse, (receipt) => receipts.push(receipt));
+    const debit = {
+      service: 'news',
+      sessionId: 5,
+      incarnation: 1,
+      keyEpoch: 1,
+      streamTimeUs: t0 * 1000,
+      amountMinor: 4,
+      currency: 'EUR',
+    };
+    assert.deepEqual(await token.debit(debit), {
+      ok: false,
+      reason: 'purse-empty',
+      message: 'purse empty: news costs 4 EUR minor units, the balance is 0',
+    });
+    await purse.topUp({ sequence: 1, amount: 10, currency: 'EUR' });
+    for (let repeat = 0; repeat < 5; repeat++) {
+      assert.deepEqual(await token.debit(debit), { ok: true });
+    }
+    assert.deepEqual(await token.debit({ ...debit, keyEpoch: 2 }), { ok: true });
+    assert.equal((await token.debit({ ...debit, keyEpoch: 3 })).ok, false);
+    assert.equal((await purse.status()).balance, 2);
+    assert.equal(receipts.length, 2, 'one receipt per crypto-period paid');
+    assertChain(receipts);
+    const other = await token.debit({ ...debit, keyEpoch: 4, currency: 'USD' });
+    assert.equal(other.ok, false);
   });
 
   it('refuses a persisted state that is not one', () => {

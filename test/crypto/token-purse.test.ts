@@ -6,10 +6,9 @@ import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { buildKeyMessage, ed25519Raw, generateSigningKey, issueGrant } from '../../src/crypto/authority.js';
 import { TokenRefused } from '../../src/crypto/errors.js';
-import { createPurse, createPurseState, type PurseState } from '../../src/crypto/purse.js';
+import { createPurse, createPurseState, type PurseState, tokenPurse } from '../../src/crypto/purse.js';
 import { ed25519Signer, type Receipt, verifyReceipt } from '../../src/crypto/receipt.js';
 import { initSoftwareToken, openSoftwareToken } from '../../src/crypto/software-token.js';
-import { tokenPurse } from '../../src/crypto/token-purse.js';
 import { decodeKey, PriceModel } from '../../src/protocol/restricted.js';
 
 const directory = mkdtempSync(join(tmpdir(), 'gatecast-token-purse-'));
