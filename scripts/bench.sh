@@ -14,4 +14,5 @@ node --import tsx bench/repair.ts
 node --import tsx bench/live.ts
 node --import tsx bench/charges.ts
 node --import tsx bench/startup.ts
+node --import tsx bench/restricted.ts
 node --import tsx bench/rekey-receipts.ts

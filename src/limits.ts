@@ -267,6 +267,24 @@ export const smcroutectlTimeoutMs = 5_000;
 /** Order server: largest request body. */
 export const orderBodyBytesMax = 8 * 1024;
 /**
+ * Token: how far a KEY message's authenticated time may fall behind the latest one the token
+ * accepted (KEY messages repeat and may be reordered); anything older is refused as a rollback.
+ */
+export const keyTimeRollbackToleranceMs = 5_000;
+
+/** Token: traffic keys remembered per (run, key epoch) so a repeated KEY message is not charged twice. */
+export const tokenReleasedKeysMax = 64;
+
+/** Software token: scrypt cost (N = 2^15, r = 8, p = 1; ~32 MiB and ~0.1 s per PIN check). */
+export const tokenScryptCost = 32_768;
+
+/** Restricted source: how often KEY messages and the signed offer repeat (a late joiner waits at most this). */
+export const keyRepeatIntervalMs = 100;
+
+/** Restricted receiver: sealed DATA held while its epoch's key is on its way from the token. */
+export const restrictedHeldPacketsMax = 4096;
+
+/**
  * Purse: how many revisions a token's purse state may be ahead of its monotonic counter (the state
  * is saved before the counter moves; a crash between the two leaves it one ahead).
  */

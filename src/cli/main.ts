@@ -22,6 +22,7 @@ commands:
   serve      the subscription server and ledger (HTTP+JSON, SQLite or PostgreSQL)
   admin      the operator's command line: parties, grants, sessions, rates, balances, invoices, orders
   stb        a set-top box: order, renew, cancel or list channel orders over the return network
+  token      keys, tokens (software or PKCS#11) and grants for restricted sessions
   demo       run a sender and receivers over loopback and print a summary
   help       show this text (gatecast <command> --help for a command's options)
   version    print the version
@@ -57,6 +58,8 @@ export async function main(argv: string[]): Promise<number> {
         return await (await import('./admin.js')).runAdmin(rest, process.stdout);
       case 'stb':
         return await (await import('./stb.js')).runStb(rest, process.stderr);
+      case 'token':
+        return (await import('./token-command.js')).runToken(rest, process.stdout);
       case 'demo':
         return await (await import('./demo.js')).runDemo(rest, process.stdout);
       case 'version':

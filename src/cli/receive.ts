@@ -1,6 +1,9 @@
 /** `gatecast receive`: the plain receiver on the command line. */
 
 import { closeSync, openSync, writevSync } from 'node:fs';
+import type { TokenRefused } from '../crypto/errors.js';
+import { createReceiverProtection, type ReceiverProtection } from '../crypto/restricted-session.js';
+import type { Token } from '../crypto/token.js';
 import { fileWriteBatchPayloadsMax, receiveTimeoutMsDefault } from '../limits.js';
 import { formatEndpoint } from '../net/address.js';
 import { InvalidArgumentError } from '../net/errors.js';
@@ -15,6 +18,7 @@ import {
   parseOptions,
   parseSeconds,
 } from './options.js';
+import { openToken, readPin, tokenLocation, tokenOptions } from './restricted.js';
 
 export const receiveOptions: OptionSpecs = {
   group: { type: 'string', value: 'ADDR:PORT', help: 'multicast group to join, IPv6 as [ff3e::1]:5000' },
@@ -32,6 +36,7 @@ export const receiveOptions: OptionSpecs = {
     value: 'SECONDS',
     help: `give up after this long without a packet (default ${receiveTimeoutMsDefault / 1000})`,
   },
+  ...tokenOptions,
 };
 
 export const receiveHelp = formatHelp(
@@ -183,8 +188,27 @@ export async function runReceive(argv: string[], err: NodeJS.WriteStream): Promi
   const outPath = optional(values, 'out') ?? '-';
   const controller = new AbortController();
   const stop = () => controller.abort();
-  const sink = outPath === '-' ? stdoutSink(stop) : fileSink(outPath, stop);
-  const receiver = createReceiver({ group, iface, source: optional(values, 'source'), timeoutMs }, { sink });
+  const location = tokenLocation(values);
+  const token: Token | undefined = location === undefined ? undefined : openToken(location, readPin(values));
+  let refusal: TokenRefused | undefined;
+  const protection: ReceiverProtection | undefined =
+    token === undefined
+      ? undefined
+      : createReceiverProtection(token, (refused) => {
+          refusal ??= refused;
+          stop();
+        });
+  let sink: OutputSink;
+  try {
+    sink = outPath === '-' ? stdoutSink(stop) : fileSink(outPath, stop);
+  } catch (error) {
+    token?.close();
+    throw error;
+  }
+  const receiver = createReceiver(
+    { group, iface, source: optional(values, 'source'), timeoutMs },
+    { sink, protection },
+  );
   process.once('SIGINT', stop);
   process.once('SIGTERM', stop);
   try {
@@ -195,15 +219,23 @@ export async function runReceive(argv: string[], err: NodeJS.WriteStream): Promi
           `joined ${formatEndpoint(group)}${socket.iface ? ` on ${socket.iface.name}` : ''}, waiting for a session\n`,
         ),
     });
+    if (refusal !== undefined) {
+      // The token will not release this session's keys: nothing was decoded, and the user is told why.
+      throw refusal;
+    }
     if (sink.failure !== undefined) {
       return outputFailed(sink, outPath, summary, values.json === true, err);
     }
-    err.write(`${values.json === true ? JSON.stringify(summary) : describeReceive(summary)}\n`);
+    const restricted = protection === undefined ? {} : { restricted: protection.stats };
+    err.write(
+      `${values.json === true ? JSON.stringify({ ...summary, ...restricted }) : describeReceive(summary, protection?.stats)}\n`,
+    );
     return summary.outcome === 'complete' ? exitOk : exitIncomplete;
   } finally {
     process.off('SIGINT', stop);
     process.off('SIGTERM', stop);
     await receiver.close(); // idempotent; closes the output also when the join failed
+    token?.close();
   }
 }
 
@@ -238,10 +270,20 @@ function outputFailed(
 }
 
 /** One line that says what arrived and what did not. */
-export function describeReceive(summary: ReceiveSummary): string {
+export function describeReceive(summary: ReceiveSummary, restricted?: ReceiverProtection['stats']): string {
   const name = summary.sessionName === undefined ? 'no session' : `session "${summary.sessionName}"`;
   const malformed = Object.values(summary.malformed).reduce((sum, count) => sum + (count ?? 0), 0);
+  const keysRejected = Object.values(restricted?.keysRejected ?? {}).reduce((sum, count) => sum + count, 0);
   const extras = [
+    summary.encryptedDropped > 0
+      ? `${summary.encryptedDropped} encrypted packets not decoded: the session is restricted, receive it with --token`
+      : '',
+    keysRejected > 0
+      ? `${keysRejected} KEY messages rejected (${JSON.stringify(restricted?.keysRejected)})`
+      : '',
+    (restricted?.packetsBadTag ?? 0) > 0
+      ? `${restricted?.packetsBadTag} forged or altered packets dropped`
+      : '',
     summary.duplicates > 0 ? `${summary.duplicates} duplicates` : '',
     malformed > 0 ? `${malformed} malformed dropped` : '',
     summary.otherSession > 0 ? `${summary.otherSession} from other sessions` : '',

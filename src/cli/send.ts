@@ -32,6 +32,7 @@ import {
   parseServerUrl,
   required,
 } from './options.js';
+import { restrictedSendOptions, senderProtectionOptions } from './restricted.js';
 import { readToken } from './token.js';
 
 export const sendOptions: OptionSpecs = {
@@ -86,6 +87,7 @@ export const sendOptions: OptionSpecs = {
     value: 'ADDR',
     help: 'with --subscription: this sender’s address, for source-specific joins',
   },
+  ...restrictedSendOptions,
 };
 
 export const sendHelp = formatHelp(
@@ -189,6 +191,7 @@ export async function runSend(argv: string[], out: NodeJS.WriteStream): Promise<
     throw new UsageError('--buy-repair and --source-address need --subscription URL');
   }
   const token = subscription === undefined ? undefined : readToken(optional(values, 'token-file'));
+  const protection = senderProtectionOptions(values);
   const input = await openInput(values, packetPayloadBytes);
   const relayText = optional(values, 'relay');
   if (relayText !== undefined) {
@@ -226,6 +229,7 @@ export async function runSend(argv: string[], out: NodeJS.WriteStream): Promise<
       },
       {
         input,
+        ...(protection === undefined ? {} : { protection }),
         onSendError: (error) => {
           if (!sendErrorTold) {
             sendErrorTold = true;

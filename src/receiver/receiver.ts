@@ -4,6 +4,7 @@
  * checks the file's SHA-256 (docs/protocol.md, "Receiver behaviour").
  */
 import { createHash } from 'node:crypto';
+import type { ReceiverProtection } from '../crypto/restricted-session.js';
 import {
   endGraceMsDefault,
   pendingBytesMax,
@@ -61,6 +62,11 @@ export interface ReceiverComponents {
   ) => Promise<ReceiverSocket>;
   /** Clock, transport and randomness (default: the system's). */
   readonly runtime?: Runtime | undefined;
+  /**
+   * A restricted session: every datagram goes through it first (src/crypto/restricted-session.ts);
+   * only DATA it opened, and the plain control messages, reach the receiver.
+   */
+  readonly protection?: ReceiverProtection | undefined;
 }
 
 /** Why a receive ended. */
@@ -88,6 +94,8 @@ export interface ReceiveSummary {
   claimsTooFar: number;
   /** ENDs not believed: contradicted by the DESCRIPTOR's counts or size, or by DATA after them. */
   endsRevoked: number;
+  /** Encrypted DATA (key epoch not 0) received without the means to open it: never written. */
+  encryptedDropped: number;
   malformed: Partial<Record<DecodeErrorReason, number>>;
   expectedPackets: number | undefined;
   sha256: string | undefined;
@@ -133,6 +141,7 @@ export function createReceiver(settings: ReceiverSettings, components: ReceiverC
     beyondWindow: 0,
     claimsTooFar: 0,
     endsRevoked: 0,
+    encryptedDropped: 0,
     malformed: {},
     expectedPackets: undefined,
     sha256: undefined,
@@ -309,12 +318,24 @@ export function createReceiver(settings: ReceiverSettings, components: ReceiverC
   };
 
   const onDatagram = (datagram: Buffer) => {
+    if (components.protection !== undefined) {
+      components.protection.filter(datagram, onPlainDatagram);
+      return;
+    }
+    onPlainDatagram(datagram);
+  };
+
+  const onPlainDatagram = (datagram: Buffer) => {
     const decoded = decodePacket(datagram);
     if (!decoded.ok) {
       summary.malformed[decoded.reason] = (summary.malformed[decoded.reason] ?? 0) + 1;
       return;
     }
     const packet = decoded.value;
+    if (packet.type === PacketType.data && packet.keyEpoch !== 0 && components.protection === undefined) {
+      summary.encryptedDropped++; // a restricted session: ciphertext is never written as payload
+      return;
+    }
     if (descriptor === undefined && packet.type === PacketType.descriptor) {
       acceptDescriptor(packet);
     }

@@ -3,11 +3,14 @@
  * the session DESCRIPTOR for late joiners, sends HEARTBEATs carrying the next sequence (so that
  * tail loss is visible) and ends with END (docs/protocol.md, "Source behaviour").
  */
+
+import type { SenderProtection } from '../crypto/restricted-session.js';
 import {
   descriptorIntervalMs,
   endRepeatCount,
   endRepeatIntervalMs,
   heartbeatIntervalMs,
+  keyRepeatIntervalMs,
   sendBatchPacketsMax,
   sendRingPacketsMax,
   startDelayMsDefault,
@@ -62,6 +65,12 @@ export interface SourceComponents {
    * the source counts them in its stats and goes on.
    */
   readonly onSendError?: (error: Error) => void;
+  /**
+   * A restricted or signed session: builds the run's protection once its identity is drawn
+   * (src/crypto/restricted-session.ts). DATA is sealed before it is sent, and KEY messages and the
+   * signed offer go out with every DESCRIPTOR and every 100 ms.
+   */
+  readonly protection?: (run: { sessionId: number; incarnation: number }) => SenderProtection;
 }
 
 /** Counters of a running or finished source. */
@@ -172,24 +181,26 @@ class SourceTimers {
 }
 
 /** Checks what the wire cannot carry before anything is opened. */
-function checkSettings(settings: SourceSettings): void {
+function checkSettings(settings: SourceSettings, overheadBytes = 0): void {
   const bytes = settings.packetPayloadBytes;
-  if (!Number.isInteger(bytes) || bytes < 1 || bytes > dataPayloadBytesMax) {
+  const maxBytes = dataPayloadBytesMax - overheadBytes;
+  if (!Number.isInteger(bytes) || bytes < 1 || bytes > maxBytes) {
     throw new SourceSettingsError(
-      `packet payload of ${bytes} bytes: the maximum is ${dataPayloadBytesMax} (a REPAIR must carry the whole DATA packet)`,
+      `packet payload of ${bytes} bytes: the maximum is ${maxBytes} (a REPAIR must carry the whole DATA packet${overheadBytes > 0 ? ', with its tag' : ''})`,
     );
   }
 }
 
 /** Builds a source. Throws SourceSettingsError for settings no packet could carry. */
 export function createSource(settings: SourceSettings, components: SourceComponents): Source {
-  checkSettings(settings);
   const { input } = components;
   const runtime = components.runtime ?? systemRuntime;
   const { clock } = runtime;
   const sessionId = settings.sessionId ?? runtime.randomId();
   const firstSequence = settings.firstSequence ?? runtime.randomId();
   const incarnation = settings.incarnation ?? runtime.randomId();
+  const protection = components.protection?.({ sessionId, incarnation });
+  checkSettings(settings, protection?.overheadBytes);
   const slotBytes = headerBytes + settings.packetPayloadBytes;
   const ring = Array.from({ length: sendRingPacketsMax }, () => Buffer.allocUnsafe(slotBytes));
   const stats: SourceStats = {
@@ -271,6 +282,27 @@ export function createSource(settings: SourceSettings, components: SourceCompone
     });
   const progress = (type: typeof PacketType.heartbeat | typeof PacketType.end) => () =>
     encodeProgress(type, fields(), { packetCount: stats.packetsSent, byteCount: stats.payloadBytesSent });
+  /** A restricted run's in-band KEY messages and signed offer, repeated with the DESCRIPTOR and HEARTBEAT. */
+  const sendProtection = () => {
+    if (protection === undefined || socket === undefined || stopping.signal.aborted) {
+      return;
+    }
+    try {
+      for (const datagram of protection.control(
+        { sessionId, incarnation, sequence: nextSequence },
+        clock.nowMs(),
+        clock.wallUs(),
+      )) {
+        send(datagram, datagram.length);
+      }
+    } catch (error) {
+      fail(error);
+    }
+  };
+  const sendDescriptor = () => {
+    sendProtection();
+    sendControl(descriptor);
+  };
   // A descriptor that cannot be encoded (a name too long) is the caller's to fix, before any I/O.
   try {
     descriptor();
@@ -311,11 +343,12 @@ export function createSource(settings: SourceSettings, components: SourceCompone
 
   /** DESCRIPTORs through the start delay, DATA with HEARTBEATs, then END (repeated). */
   async function sendSession(signal: AbortSignal | undefined): Promise<void> {
-    sendControl(descriptor);
-    const descriptorTimer = timers.every(descriptorIntervalMs, () => sendControl(descriptor));
+    sendDescriptor();
+    const descriptorTimer = timers.every(descriptorIntervalMs, sendDescriptor);
     const heartbeatTimer = timers.every(heartbeatIntervalMs, () =>
       sendControl(progress(PacketType.heartbeat)),
     );
+    const keyTimer = protection === undefined ? undefined : timers.every(keyRepeatIntervalMs, sendProtection);
     try {
       // Routers install forwarding state when a group's first packet arrives, and drop what comes
       // while they do; the descriptor opens the path before the first DATA packet.
@@ -324,7 +357,7 @@ export function createSource(settings: SourceSettings, components: SourceCompone
       const startDelayMs = settings.startDelayMs ?? startDelayMsDefault;
       for (let i = 1; i < 3 && startDelayMs > 0; i++) {
         await timers.sleep(startDelayMs / 3);
-        sendControl(descriptor);
+        sendDescriptor();
       }
       await timers.sleep(startDelayMs / 3);
       stats.startedAtMs = clock.nowMs();
@@ -333,6 +366,12 @@ export function createSource(settings: SourceSettings, components: SourceCompone
     } finally {
       timers.clear(descriptorTimer);
       timers.clear(heartbeatTimer);
+      timers.clear(keyTimer);
+    }
+    if (protection !== undefined && socket !== undefined) {
+      for (const datagram of protection.finish(clock.wallUs())) {
+        send(datagram, datagram.length);
+      }
     }
     for (let i = 0; i < endRepeatCount && !stopping.signal.aborted; i++) {
       sendControl(progress(PacketType.end));
@@ -389,7 +428,17 @@ export function createSource(settings: SourceSettings, components: SourceCompone
         length,
         incarnation,
       );
-      send(buffer, headerBytes + length);
+      if (protection === undefined) {
+        send(buffer, headerBytes + length);
+      } else {
+        for (const datagram of protection.seal(
+          buffer.subarray(0, headerBytes + length),
+          clock.nowMs(),
+          clock.wallUs(),
+        )) {
+          send(datagram, datagram.length);
+        }
+      }
       slot = (slot + 1) % sendRingPacketsMax;
       nextSequence = sequenceAdd(nextSequence, 1);
       stats.packetsSent++;

@@ -1,0 +1,339 @@
+/**
+ * Restricted channels benchmark (docs/benchmarks.md, "Restricted channels"), in one run:
+ *  1. plain vs AEAD vs AEAD + manifests: one file across two namespaces at one paced rate, packets
+ *     per CPU-second (per core) at the sender and the receiver, ratios against plain;
+ *  2. join to first decoded packet, p50/p99, a restricted ticker against a plain one;
+ *  3. token operations per second (a KEY message checked and its traffic key unwrapped), software
+ *     token and PKCS#11 through SoftHSM2.
+ * Needs root (namespaces) and Debian's softhsm2.
+ */
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { cpus, release } from 'node:os';
+import { join } from 'node:path';
+import { buildKeyMessage, ed25519Raw, generateSigningKey, issueGrant } from '../src/crypto/authority.js';
+import { initPkcs11Token, openPkcs11Token } from '../src/crypto/pkcs11-token.js';
+import { initSoftwareToken, openSoftwareToken } from '../src/crypto/software-token.js';
+import type { Token } from '../src/crypto/token.js';
+import { decodeKey, PriceModel } from '../src/protocol/restricted.js';
+import { runGatecast } from '../test/helpers/cli.js';
+import { createSoftHsm, softhsmMissing, softhsmModulePath } from '../test/helpers/softhsm.js';
+import { createTestbed, type HostProcess, receiveOn, testbedUnavailable } from '../test/helpers/testbed.js';
+import { writeSection } from './report.js';
+
+const packets = Number(process.env.BENCH_PACKETS ?? 20_000);
+const rate = process.env.BENCH_RATE ?? '200M';
+const joins = Number(process.env.BENCH_JOINS ?? 20);
+const group = '234.5.6.8:7002';
+
+/** CPU seconds (user + system) of a process, read from /proc now. */
+function cpuNow(process: HostProcess): number {
+  try {
+    const fields = readFileSync(`/proc/${process.child.pid}/stat`, 'utf8').split(') ')[1]?.split(' ') ?? [];
+    return (Number(fields[11]) + Number(fields[12])) / 100;
+  } catch {
+    return Number.NaN;
+  }
+}
+
+/** Samples CPU until the process exits; returns the last reading. */
+function cpuMeter(process: HostProcess): () => number {
+  let last = 0;
+  const timer = setInterval(() => {
+    const now = cpuNow(process);
+    if (Number.isFinite(now)) {
+      last = now;
+    }
+  }, 100);
+  void process.finished.then(() => clearInterval(timer));
+  return () => last;
+}
+
+const percentile = (values: number[], p: number) => {
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] ?? Number.NaN;
+};
+
+interface Mode {
+  label: string;
+  send: string[];
+  receive: string[];
+}
+
+async function main(): Promise<void> {
+  const unavailable = testbedUnavailable() ?? softhsmMissing('the restricted benchmark');
+  if (unavailable !== undefined) {
+    console.error(`bench: cannot run: ${unavailable}`);
+    process.exit(2);
+  }
+  const directory = mkdtempSync('/dev/shm/gatecast-bench-restricted-');
+  const hsm = createSoftHsm();
+  hsm.initToken('bench', '24682468');
+  process.env.GATECAST_TOKEN_PIN = '24682468';
+  const bed = createTestbed();
+  try {
+    const keys = join(directory, 'keys');
+    await runGatecast(['token', 'keys', '--out', keys, '--service', 'news']);
+    const tokenFile = join(directory, 'rx.token');
+    const init = await runGatecast([
+      'token',
+      'init',
+      '--token',
+      tokenFile,
+      '--root-public',
+      join(keys, 'root.pub'),
+    ]);
+    writeFileSync(join(directory, 'rx.device'), init.stdout.trim());
+    await runGatecast([
+      'token',
+      'grant',
+      '--root-key',
+      join(keys, 'root.pem'),
+      '--device',
+      join(directory, 'rx.device'),
+      '--service',
+      'news',
+      '--service-key-file',
+      join(keys, 'news.key'),
+      '--source-public',
+      join(keys, 'source.pub'),
+      '--until',
+      new Date(Date.now() + 3_600_000).toISOString(),
+      '--out',
+      join(directory, 'rx.grant'),
+    ]);
+    await runGatecast(['token', 'install', '--token', tokenFile, '--grant', join(directory, 'rx.grant')]);
+    const restricted = [
+      '--restricted',
+      '--service',
+      'news',
+      '--service-key-file',
+      join(keys, 'news.key'),
+      '--source-key',
+      join(keys, 'source.pem'),
+    ];
+    const file = join(directory, 'payload.bin');
+    writeFileSync(file, randomBytes(packets * 1400));
+    const modes: Mode[] = [
+      { label: 'plain', send: [], receive: [] },
+      {
+        label: 'AEAD (AES-256-GCM)',
+        send: [...restricted, '--manifest-packets', '0'],
+        receive: ['--token', tokenFile],
+      },
+      { label: 'AEAD + manifests (1 Ed25519 per 32)', send: restricted, receive: ['--token', tokenFile] },
+    ];
+    const rows: { label: string; sent: number; delivered: number; senderPps: number; receiverPps: number }[] =
+      [];
+    for (const mode of modes) {
+      const receiver = receiveOn(bed, 'rtr', group, [
+        '--out',
+        '/dev/null',
+        '--timeout',
+        '5',
+        '--json',
+        ...mode.receive,
+      ]);
+      await receiver.waitFor(/joined/);
+      const receiverStart = cpuNow(receiver); // after the token was opened
+      const receiverCpu = cpuMeter(receiver);
+      const sender = bed.gatecast('src', [
+        'send',
+        '--group',
+        group,
+        '--iface',
+        'eth0',
+        '--file',
+        file,
+        '--rate',
+        rate,
+        '--json',
+        ...mode.send,
+      ]);
+      const senderCpu = cpuMeter(sender);
+      const sent = JSON.parse((await sender.finished).stderr.trim().split('\n').pop() ?? '{}') as {
+        packetsSent: number;
+      };
+      const senderSeconds = senderCpu();
+      const received = JSON.parse((await receiver.finished).stderr.trim().split('\n').pop() ?? '{}') as {
+        packetsDelivered: number;
+      };
+      const receiverSeconds = receiverCpu() - receiverStart;
+      rows.push({
+        label: mode.label,
+        sent: sent.packetsSent,
+        delivered: received.packetsDelivered,
+        senderPps: sent.packetsSent / senderSeconds,
+        receiverPps: received.packetsDelivered / receiverSeconds,
+      });
+      console.error(`${mode.label}: ${JSON.stringify(rows.at(-1))}`);
+    }
+    const joinTimes: Record<string, number[]> = {};
+    for (const [label, extra, receive] of [
+      ['plain ticker', [], []],
+      ['restricted ticker', restricted, ['--token', tokenFile]],
+    ] as const) {
+      const source = bed.gatecast('src', [
+        'send',
+        '--group',
+        group,
+        '--iface',
+        'eth0',
+        '--ticker',
+        '--ticks-per-second',
+        '200',
+        '--duration',
+        '600',
+        ...extra,
+      ]);
+      await new Promise((resolve) => setTimeout(resolve, 500));
+      const samples: number[] = [];
+      for (let index = 0; index < joins; index += 1) {
+        const receiver = receiveOn(bed, 'rtr', group, ['--timeout', '5', ...receive]);
+        await receiver.waitFor(/joined/);
+        const joinedAt = performance.now();
+        await receiver.waitFor(/^\d+ /m, 5000);
+        samples.push(performance.now() - joinedAt);
+        receiver.child.kill('SIGTERM');
+        await receiver.finished;
+        await new Promise((resolve) => setTimeout(resolve, Math.floor(Math.random() * 300)));
+      }
+      joinTimes[label] = samples;
+      source.child.kill('SIGTERM');
+      await source.finished;
+      console.error(
+        `${label}: join to first packet p50 ${percentile(samples, 50).toFixed(0)} ms p99 ${percentile(samples, 99).toFixed(0)} ms`,
+      );
+    }
+    const tokenRates = await tokenOperations(directory);
+    writeReport(rows, joinTimes, tokenRates);
+  } finally {
+    bed.down();
+    hsm.remove();
+    rmSync(directory, { recursive: true, force: true });
+  }
+}
+
+/** KEY messages checked and unwrapped per second, each a new epoch (no cache hit). */
+async function tokenOperations(directory: string): Promise<Record<string, number>> {
+  const root = generateSigningKey();
+  const source = generateSigningKey();
+  const serviceKey = randomBytes(32);
+  const softwarePath = join(directory, 'ops.token');
+  initSoftwareToken({ path: softwarePath, pin: '2468', rootPublicKey: ed25519Raw(root.publicKey) });
+  const location = { modulePath: softhsmModulePath, tokenLabel: 'bench', pin: '24682468' };
+  initPkcs11Token(location, ed25519Raw(root.publicKey));
+  const result: Record<string, number> = {};
+  for (const [label, open] of [
+    ['software token', () => openSoftwareToken(softwarePath, '2468')],
+    ['PKCS#11 token (SoftHSM2)', () => openPkcs11Token(location)],
+  ] as [string, () => Token][]) {
+    const token = open();
+    token.installGrant(
+      issueGrant(
+        {
+          devicePoint: token.devicePoint(),
+          serviceKey,
+          tier: 0,
+          service: 'news',
+          serviceEpoch: 1,
+          notBeforeMs: 0,
+          notAfterMs: Date.now() + 3_600_000,
+          priceModel: PriceModel.subscription,
+          currency: 'EUR',
+          priceMinor: 0,
+          sourcePublicKey: ed25519Raw(source.publicKey),
+        },
+        root.privateKey,
+      ),
+    );
+    const messages = Array.from({ length: 2000 }, (_, index) => {
+      const decoded = decodeKey(
+        buildKeyMessage(
+          {
+            sessionId: 1,
+            incarnation: 1,
+            sequence: 0,
+            timestampUs: Date.now() * 1000,
+            keyEpoch: 1 + (index % 65535),
+          },
+          { suite: 2, tier: 0, serviceEpoch: 1, cryptoPeriodMs: 10_000, service: 'news' },
+          serviceKey,
+          randomBytes(32),
+          source.privateKey,
+        ),
+      );
+      if (!decoded.ok) {
+        throw new Error('bench: KEY message does not decode');
+      }
+      return decoded.value;
+    });
+    const started = performance.now();
+    for (const message of messages) {
+      await token.releaseTrafficKey(message);
+    }
+    result[label] = messages.length / ((performance.now() - started) / 1000);
+    token.close();
+    console.error(`${label}: ${result[label]?.toFixed(0)} releases/s`);
+  }
+  return result;
+}
+
+function writeReport(
+  rows: { label: string; sent: number; delivered: number; senderPps: number; receiverPps: number }[],
+  joinTimes: Record<string, number[]>,
+  tokenRates: Record<string, number>,
+): void {
+  const plain = rows[0];
+  if (plain === undefined) {
+    return;
+  }
+  const table = rows.map(
+    (row) =>
+      `| ${row.label} | ${row.sent} | ${row.delivered} | ${row.senderPps.toFixed(0)} | ${(row.senderPps / plain.senderPps).toFixed(2)} | ${row.receiverPps.toFixed(0)} | ${(row.receiverPps / plain.receiverPps).toFixed(2)} |`,
+  );
+  const joinsTable = Object.entries(joinTimes).map(
+    ([label, samples]) =>
+      `| ${label} | ${samples.length} | ${percentile(samples, 50).toFixed(0)} | ${percentile(samples, 99).toFixed(0)} |`,
+  );
+  const tokens = Object.entries(tokenRates).map(
+    ([label, perSecond]) => `| ${label} | ${perSecond.toFixed(0)} |`,
+  );
+  const aead = rows[2];
+  writeSection(
+    'restricted',
+    `## Restricted channels
+
+- Machine: ${cpus().length} × ${cpus()[0]?.model ?? 'unknown'}, Linux ${release()}, Node ${process.version}; ${new Date().toISOString().slice(0, 10)}.
+- Set-up: the test bed of \`scripts/testbed.sh\`; \`gatecast send --file\` in \`src\` to \`gatecast receive
+  --out /dev/null\` in \`rtr\`, ${packets} packets of 1400 bytes paced at ${rate}, one row per mode in the
+  same run. Packets per CPU-second is packets handled per second of one core (user + system time of
+  the process; the receiver's counted from its join, after the token opened; the sender's includes
+  hashing the file before the session, the same in every row).
+
+| mode | sent | delivered | sender packets per CPU-second | × plain | receiver packets per CPU-second | × plain |
+|---|---|---|---|---|---|---|
+${table.join('\n')}
+
+Targets: sender ≥ 0.85×, receiver ≥ 0.75× of plain. Measured with AEAD + manifests: sender
+${aead === undefined ? '?' : (aead.senderPps / plain.senderPps).toFixed(2)}×, receiver ${aead === undefined ? '?' : (aead.receiverPps / plain.receiverPps).toFixed(2)}×.
+
+Join to first decoded packet (a receiver started on \`rtr\` while a 200-quote/s ticker runs; from its
+"joined" line to its first quote on standard output; the plain ticker needs a DESCRIPTOR, repeated
+every second, the restricted one also a KEY message, repeated every 100 ms):
+
+| session | joins | p50 ms | p99 ms |
+|---|---|---|---|
+${joinsTable.join('\n')}
+
+Token operations (a KEY message's signature, window, rollback counter and tier checked, its traffic
+key unwrapped; a new epoch each time, so no cache hit; the counter is written each time):
+
+| token | releases per second |
+|---|---|
+${tokens.join('\n')}
+`,
+  );
+}
+
+await main();

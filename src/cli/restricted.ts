@@ -1,0 +1,225 @@
+/**
+ * Restricted channels on the command line: the options `send` and `receive` share, the key files
+ * they read, and the token a receiver opens (docs/security.md; README, "Restricted channels").
+ *
+ * Key files: an Ed25519 private key is PEM (PKCS#8); a public key is its 32 raw bytes in hex; a
+ * service key is 32 bytes in hex. Secrets are read as bounded regular files.
+ */
+import { createPrivateKey, createPublicKey, type KeyObject } from 'node:crypto';
+import { TokenError } from '../crypto/errors.js';
+import { openPkcs11Token } from '../crypto/pkcs11-token.js';
+import { createSenderProtection, type SenderProtection } from '../crypto/restricted-session.js';
+import { openSoftwareToken } from '../crypto/software-token.js';
+import { suiteByName } from '../crypto/suites.js';
+import type { Token } from '../crypto/token.js';
+import { secretFileBytesMax } from '../limits.js';
+import { readBoundedFile } from '../net/files.js';
+import { UsageError } from './errors.js';
+import { type OptionSpecs, type OptionValues, optional, parseInteger, parseSeconds } from './options.js';
+
+/** Default module for `--token pkcs11:LABEL`: Debian's SoftHSM2. */
+export const pkcs11ModuleDefault = '/usr/lib/softhsm/libsofthsm2.so';
+
+/** Options of `send` for a restricted session. */
+export const restrictedSendOptions: OptionSpecs = {
+  restricted: { type: 'boolean', help: 'encrypt the session: only tokens entitled to --service decode it' },
+  service: { type: 'string', value: 'NAME', help: 'with --restricted: the product the session belongs to' },
+  'service-key-file': {
+    type: 'string',
+    value: 'FILE',
+    help: 'with --restricted: the service key of this product and epoch (64 hex digits)',
+  },
+  'service-epoch': {
+    type: 'string',
+    value: 'N',
+    help: 'with --restricted: the service key epoch (default 1)',
+  },
+  'source-key': {
+    type: 'string',
+    value: 'PEM',
+    help: 'with --restricted or --signed: the Ed25519 key that signs KEY messages and manifests',
+  },
+  suite: {
+    type: 'string',
+    value: 'NAME',
+    help: 'with --restricted: aes-256-gcm (default), aes-128-gcm or chacha20-poly1305',
+  },
+  'crypto-period': {
+    type: 'string',
+    value: 'SECONDS',
+    help: 'with --restricted: how long one traffic key is used (default 10)',
+  },
+  tier: { type: 'string', value: 'N', help: 'with --restricted: the tier a grant must reach (default 0)' },
+  'manifest-packets': {
+    type: 'string',
+    value: 'N',
+    help: 'with --restricted: sign a manifest over every N DATA packets, 32-64, or 0 for none (default 32)',
+  },
+};
+
+/** Options of `receive` (and `agent`) for a restricted session. */
+export const tokenOptions: OptionSpecs = {
+  token: {
+    type: 'string',
+    value: 'FILE|pkcs11:LABEL',
+    help: 'decode a restricted session with this token: a software token file, or a PKCS#11 token label',
+  },
+  'pkcs11-module': {
+    type: 'string',
+    value: 'PATH',
+    help: `with --token pkcs11:LABEL: the PKCS#11 module (default ${pkcs11ModuleDefault})`,
+  },
+  'pin-file': { type: 'string', value: 'FILE', help: "the token's PIN (default: $GATECAST_TOKEN_PIN)" },
+};
+
+function readSecret(path: string, field: string): string {
+  try {
+    return readBoundedFile(path, secretFileBytesMax).toString('utf8').trim();
+  } catch (error) {
+    throw new UsageError(`${field}: ${(error as Error).message}`);
+  }
+}
+
+/** Reads an Ed25519 private key (PEM). */
+export function readSigningKey(path: string, field: string): { privateKey: KeyObject; publicKey: KeyObject } {
+  let privateKey: KeyObject;
+  try {
+    privateKey = createPrivateKey(readSecret(path, field));
+  } catch (error) {
+    throw new UsageError(`${field}: ${path} is not a PEM private key: ${(error as Error).message}`);
+  }
+  if (privateKey.asymmetricKeyType !== 'ed25519') {
+    throw new UsageError(
+      `${field}: ${path} holds a ${privateKey.asymmetricKeyType} key; Ed25519 is required`,
+    );
+  }
+  return { privateKey, publicKey: createPublicKey(privateKey) };
+}
+
+/** Reads a file of hex digits of an exact byte length. */
+export function readHexFile(path: string, field: string, bytes: number): Buffer {
+  const text = readSecret(path, field);
+  if (!new RegExp(`^[0-9a-fA-F]{${bytes * 2}}$`).test(text)) {
+    throw new UsageError(`${field}: ${path} must hold ${bytes * 2} hex digits`);
+  }
+  return Buffer.from(text, 'hex');
+}
+
+/** The token PIN: --pin-file, else $GATECAST_TOKEN_PIN. */
+export function readPin(values: OptionValues): string {
+  const file = optional(values, 'pin-file');
+  if (file !== undefined) {
+    return readSecret(file, '--pin-file');
+  }
+  const pin = process.env.GATECAST_TOKEN_PIN;
+  if (pin === undefined || pin === '') {
+    throw new UsageError('--pin-file FILE or GATECAST_TOKEN_PIN is required to open a token');
+  }
+  return pin;
+}
+
+/** Where a --token points. */
+export type TokenLocation =
+  | { readonly kind: 'software'; readonly path: string }
+  | { readonly kind: 'pkcs11'; readonly label: string; readonly modulePath: string };
+
+/** Parses --token (and --pkcs11-module). */
+export function tokenLocation(values: OptionValues): TokenLocation | undefined {
+  const text = optional(values, 'token');
+  if (text === undefined) {
+    if (optional(values, 'pkcs11-module') !== undefined) {
+      throw new UsageError('--pkcs11-module needs --token pkcs11:LABEL');
+    }
+    return undefined;
+  }
+  if (text.startsWith('pkcs11:')) {
+    const label = text.slice('pkcs11:'.length);
+    if (label === '') {
+      throw new UsageError('--token pkcs11:LABEL needs the token label');
+    }
+    return { kind: 'pkcs11', label, modulePath: optional(values, 'pkcs11-module') ?? pkcs11ModuleDefault };
+  }
+  return { kind: 'software', path: text };
+}
+
+/** Opens the token a --token names. */
+export function openToken(location: TokenLocation, pin: string): Token {
+  try {
+    return location.kind === 'software'
+      ? openSoftwareToken(location.path, pin)
+      : openPkcs11Token({ modulePath: location.modulePath, tokenLabel: location.label, pin });
+  } catch (error) {
+    if (error instanceof TokenError) {
+      throw new TokenError(`--token: ${error.message}`);
+    }
+    throw error;
+  }
+}
+
+/**
+ * The source's protection from `send`'s options, or undefined for a plain session. Refused
+ * suites and missing keys are errors naming the option, before anything is sent.
+ */
+export function senderProtectionOptions(
+  values: OptionValues,
+): ((run: { sessionId: number; incarnation: number }) => SenderProtection) | undefined {
+  const restrictedOnly = [
+    'service',
+    'service-key-file',
+    'service-epoch',
+    'suite',
+    'crypto-period',
+    'tier',
+    'manifest-packets',
+  ];
+  if (values.restricted !== true) {
+    const stray = restrictedOnly.filter((name) => values[name] !== undefined);
+    if (stray.length > 0) {
+      throw new UsageError(`${stray.map((name) => `--${name}`).join(', ')} need --restricted`);
+    }
+    return undefined;
+  }
+  const service = optional(values, 'service');
+  const serviceKeyFile = optional(values, 'service-key-file');
+  const sourceKeyFile = optional(values, 'source-key');
+  if (service === undefined || serviceKeyFile === undefined || sourceKeyFile === undefined) {
+    throw new UsageError('--restricted needs --service NAME, --service-key-file FILE and --source-key PEM');
+  }
+  if (Buffer.byteLength(service) < 1 || Buffer.byteLength(service) > 64) {
+    throw new UsageError('--service: a service name is 1-64 bytes');
+  }
+  const suite = suiteByName(optional(values, 'suite') ?? 'aes-256-gcm', '--suite');
+  const serviceKey = readHexFile(serviceKeyFile, '--service-key-file', 32);
+  const source = readSigningKey(sourceKeyFile, '--source-key');
+  const epochText = optional(values, 'service-epoch');
+  const serviceEpoch =
+    epochText === undefined ? 1 : parseInteger(epochText, '--service-epoch', 0, 0xffffffff);
+  const periodText = optional(values, 'crypto-period');
+  const cryptoPeriodMs = periodText === undefined ? 10_000 : parseSeconds(periodText, '--crypto-period');
+  if (cryptoPeriodMs < 1000 || cryptoPeriodMs > 86_400_000) {
+    throw new UsageError('--crypto-period: between 1 second and 1 day');
+  }
+  const tierText = optional(values, 'tier');
+  const tier = tierText === undefined ? 0 : parseInteger(tierText, '--tier', 0, 255);
+  const manifestText = optional(values, 'manifest-packets');
+  const manifestPackets =
+    manifestText === undefined ? 32 : parseInteger(manifestText, '--manifest-packets', 0, 64);
+  if (manifestPackets > 0 && manifestPackets < 32) {
+    throw new UsageError('--manifest-packets: 32-64, or 0 for none');
+  }
+  return (run) =>
+    createSenderProtection(
+      {
+        suite,
+        service,
+        serviceEpoch,
+        serviceKey,
+        sourcePrivateKey: source.privateKey,
+        sourcePublicKey: source.publicKey,
+        cryptoPeriodMs,
+        tier,
+        manifestPackets,
+      },
+      run,
+    );
+}

@@ -1,0 +1,281 @@
+/**
+ * `gatecast token`: make keys, initialize a token (software or PKCS#11), issue and install grants,
+ * and show what a token is entitled to (docs/security.md, "Key hierarchy").
+ */
+import { randomBytes } from 'node:crypto';
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { ed25519Raw, generateSigningKey, issueGrant } from '../crypto/authority.js';
+import { initPkcs11Token } from '../crypto/pkcs11-token.js';
+import { initSoftwareToken } from '../crypto/software-token.js';
+import { secretFileBytesMax } from '../limits.js';
+import { readBoundedFile } from '../net/files.js';
+import { PriceModel, p256PointBytes } from '../protocol/restricted.js';
+import { exitOk, exitUsage, UsageError } from './errors.js';
+import { formatHelp, type OptionSpecs, optional, parseInteger, parseOptions, required } from './options.js';
+import {
+  openToken,
+  readHexFile,
+  readPin,
+  readSigningKey,
+  tokenLocation,
+  tokenOptions,
+} from './restricted.js';
+
+const keysOptions: OptionSpecs = {
+  out: {
+    type: 'string',
+    value: 'DIR',
+    help: 'directory for the new keys (created; existing files are never overwritten)',
+  },
+  service: { type: 'string', value: 'NAME', help: 'also make a service key for this product' },
+};
+
+const initOptions: OptionSpecs = {
+  ...tokenOptions,
+  'root-public': {
+    type: 'string',
+    value: 'FILE',
+    help: 'the operator root public key (64 hex digits) grants are checked against',
+  },
+};
+
+const grantOptions: OptionSpecs = {
+  'root-key': { type: 'string', value: 'PEM', help: 'the operator root private key that signs the grant' },
+  device: {
+    type: 'string',
+    value: 'FILE',
+    help: "the token's device public key (from token init, 130 hex digits)",
+  },
+  service: { type: 'string', value: 'NAME', help: 'the product' },
+  'service-key-file': { type: 'string', value: 'FILE', help: 'the service key of this product and epoch' },
+  'service-epoch': { type: 'string', value: 'N', help: 'the service key epoch (default 1)' },
+  'source-public': {
+    type: 'string',
+    value: 'FILE',
+    help: 'the source public key whose KEY messages the service trusts',
+  },
+  from: { type: 'string', value: 'ISO-TIME', help: 'start of the window (default now)' },
+  until: { type: 'string', value: 'ISO-TIME', help: 'end of the window (exclusive)' },
+  tier: { type: 'string', value: 'N', help: 'tier granted (default 0)' },
+  'price-per-period': {
+    type: 'string',
+    value: 'MINOR',
+    help: 'pay-as-you-go: minor units debited from the purse per crypto-period (default: a subscription)',
+  },
+  currency: { type: 'string', value: 'ISO-4217', help: 'currency of the rate card (default EUR)' },
+  out: { type: 'string', value: 'FILE', help: 'where the grant goes' },
+};
+
+const installOptions: OptionSpecs = {
+  ...tokenOptions,
+  grant: { type: 'string', value: 'FILE', help: 'a grant issued by gatecast token grant' },
+};
+
+const usage = `usage: gatecast token <keys|init|grant|install|show> [options]
+
+  keys     make an operator root key and a source key (and a service key) in a directory
+  init     initialize a token: --token FILE (software, encrypted under the PIN) or --token pkcs11:LABEL
+  grant    issue a grant (the service key wrapped to one token, with its window and rate card)
+  install  install a grant into a token
+  show     list a token's entitlements and its device public key
+`;
+
+function writeNew(path: string, text: string, mode = 0o600): void {
+  if (existsSync(path)) {
+    throw new UsageError(`--out: ${path} exists; it is never overwritten`);
+  }
+  writeFileSync(path, text, { mode, flag: 'wx' });
+}
+
+function parseTime(text: string, field: string): number {
+  const ms = Date.parse(text);
+  if (!Number.isFinite(ms) || ms < 0) {
+    throw new UsageError(`${field}: "${text}" is not an ISO date and time`);
+  }
+  return ms;
+}
+
+function runKeys(argv: string[], out: NodeJS.WriteStream): number {
+  const values = parseOptions(argv, keysOptions);
+  const directory = required(values, 'out');
+  mkdirSync(directory, { recursive: true, mode: 0o700 });
+  for (const name of ['root', 'source']) {
+    const pair = generateSigningKey();
+    writeNew(
+      join(directory, `${name}.pem`),
+      pair.privateKey.export({ format: 'pem', type: 'pkcs8' }).toString(),
+    );
+    writeNew(join(directory, `${name}.pub`), `${ed25519Raw(pair.publicKey).toString('hex')}\n`, 0o644);
+  }
+  const service = optional(values, 'service');
+  if (service !== undefined) {
+    writeNew(join(directory, `${service}.key`), `${randomBytes(32).toString('hex')}\n`);
+  }
+  out.write(
+    `keys written to ${directory}: root.pem, root.pub, source.pem, source.pub${service === undefined ? '' : `, ${service}.key`}\n`,
+  );
+  return exitOk;
+}
+
+function runInit(argv: string[], out: NodeJS.WriteStream): number {
+  const values = parseOptions(argv, initOptions);
+  const location = tokenLocation(values);
+  if (location === undefined) {
+    throw new UsageError('--token FILE or --token pkcs11:LABEL is required');
+  }
+  const rootPublicKey = readHexFile(required(values, 'root-public'), '--root-public', 32);
+  const pin = readPin(values);
+  if (location.kind === 'software') {
+    initSoftwareToken({ path: location.path, pin, rootPublicKey });
+  } else {
+    initPkcs11Token({ modulePath: location.modulePath, tokenLabel: location.label, pin }, rootPublicKey);
+  }
+  const token = openToken(location, pin);
+  try {
+    out.write(`${token.devicePoint().toString('hex')}\n`);
+  } finally {
+    token.close();
+  }
+  process.stderr.write(
+    `token initialized (${location.kind}); its device public key is above: give it to the operator for grants\n`,
+  );
+  return exitOk;
+}
+
+function runGrant(argv: string[], out: NodeJS.WriteStream): number {
+  const values = parseOptions(argv, grantOptions);
+  const root = readSigningKey(required(values, 'root-key'), '--root-key');
+  const devicePoint = readHexFile(required(values, 'device'), '--device', p256PointBytes);
+  const service = required(values, 'service');
+  const serviceKey = readHexFile(required(values, 'service-key-file'), '--service-key-file', 32);
+  const sourcePublicKey = readHexFile(required(values, 'source-public'), '--source-public', 32);
+  const fromText = optional(values, 'from');
+  const notBeforeMs = fromText === undefined ? Date.now() : parseTime(fromText, '--from');
+  const notAfterMs = parseTime(required(values, 'until'), '--until');
+  if (notAfterMs <= notBeforeMs) {
+    throw new UsageError('--until must be after --from');
+  }
+  const priceText = optional(values, 'price-per-period');
+  const priceMinor =
+    priceText === undefined ? 0 : parseInteger(priceText, '--price-per-period', 0, Number.MAX_SAFE_INTEGER);
+  const currency = optional(values, 'currency') ?? 'EUR';
+  if (!/^[A-Z]{3}$/.test(currency)) {
+    throw new UsageError('--currency: three capital letters (ISO 4217)');
+  }
+  const epochText = optional(values, 'service-epoch');
+  const grant = issueGrant(
+    {
+      devicePoint,
+      serviceKey,
+      tier: parseInteger(optional(values, 'tier') ?? '0', '--tier', 0, 255),
+      service,
+      serviceEpoch: epochText === undefined ? 1 : parseInteger(epochText, '--service-epoch', 0, 0xffffffff),
+      notBeforeMs,
+      notAfterMs,
+      priceModel: priceText === undefined ? PriceModel.subscription : PriceModel.perCryptoPeriod,
+      currency,
+      priceMinor,
+      sourcePublicKey,
+    },
+    root.privateKey,
+  );
+  const path = required(values, 'out');
+  writeNew(path, grant.toString('base64'), 0o644);
+  out.write(
+    `grant for ${service} written to ${path}: ${new Date(notBeforeMs).toISOString()} to ${new Date(notAfterMs).toISOString()}\n`,
+  );
+  return exitOk;
+}
+
+function runInstall(argv: string[], out: NodeJS.WriteStream): number {
+  const values = parseOptions(argv, installOptions);
+  const location = tokenLocation(values);
+  if (location === undefined) {
+    throw new UsageError('--token FILE or --token pkcs11:LABEL is required');
+  }
+  const grantFile = required(values, 'grant');
+  let grant: Buffer;
+  try {
+    grant = Buffer.from(readBoundedFile(grantFile, secretFileBytesMax).toString('utf8').trim(), 'base64');
+  } catch (error) {
+    throw new UsageError(`--grant: ${(error as Error).message}`);
+  }
+  const token = openToken(location, readPin(values));
+  try {
+    const entitlement = token.installGrant(grant);
+    out.write(
+      `installed: ${entitlement.service} (epoch ${entitlement.serviceEpoch}, tier ${entitlement.tier}) from ${new Date(entitlement.notBeforeMs).toISOString()} until ${new Date(entitlement.notAfterMs).toISOString()}\n`,
+    );
+  } finally {
+    token.close();
+  }
+  return exitOk;
+}
+
+function runShow(argv: string[], out: NodeJS.WriteStream): number {
+  const values = parseOptions(argv, { ...tokenOptions, json: { type: 'boolean', help: 'print JSON' } });
+  const location = tokenLocation(values);
+  if (location === undefined) {
+    throw new UsageError('--token FILE or --token pkcs11:LABEL is required');
+  }
+  const token = openToken(location, readPin(values));
+  try {
+    const shown = {
+      kind: token.kind,
+      device: token.devicePoint().toString('hex'),
+      entitlements: token.entitlements(),
+      highestStreamTimeUs: token.highestStreamTimeUs,
+    };
+    out.write(`${JSON.stringify(shown, null, values.json === true ? 0 : 2)}\n`);
+  } finally {
+    token.close();
+  }
+  return exitOk;
+}
+
+/** Runs `gatecast token SUBCOMMAND`; returns the exit code. */
+export function runToken(argv: string[], out: NodeJS.WriteStream): number {
+  const [subcommand, ...rest] = argv;
+  const helps: Record<string, OptionSpecs> = {
+    keys: keysOptions,
+    init: initOptions,
+    grant: grantOptions,
+    install: installOptions,
+    show: tokenOptions,
+  };
+  if (
+    subcommand !== undefined &&
+    helps[subcommand] !== undefined &&
+    (rest.includes('--help') || rest.includes('-h'))
+  ) {
+    process.stdout.write(
+      formatHelp(
+        `gatecast token ${subcommand} [options]`,
+        usage.split('\n')[0] ?? '',
+        helps[subcommand] ?? {},
+      ),
+    );
+    return exitOk;
+  }
+  switch (subcommand) {
+    case 'keys':
+      return runKeys(rest, out);
+    case 'init':
+      return runInit(rest, out);
+    case 'grant':
+      return runGrant(rest, out);
+    case 'install':
+      return runInstall(rest, out);
+    case 'show':
+      return runShow(rest, out);
+    case undefined:
+    case 'help':
+    case '--help':
+      process.stdout.write(usage);
+      return subcommand === undefined ? exitUsage : exitOk;
+    default:
+      process.stderr.write(`gatecast token: unknown subcommand "${subcommand}"\n\n${usage}`);
+      return exitUsage;
+  }
+}

@@ -1,0 +1,238 @@
+/**
+ * The key hierarchy's signing and wrapping (docs/security.md, "Key hierarchy"):
+ *
+ *   operator root key (Ed25519)  signs grants
+ *   device key (P-256, in a token, never leaves it)  receives service keys by ECDH + AES key wrap
+ *   service key (AES-256, per product and epoch)  arrives in a grant (EMM role)
+ *   traffic key (per crypto-period)  arrives in KEY messages (ECM role), AES key wrap under the
+ *                                    service key, signed by the source key the grant names
+ *
+ * AES key wrap is RFC 3394 (`id-aes256-wrap` in node:crypto, byte-identical to PKCS#11
+ * CKM_AES_KEY_WRAP). Every signed layout ends with a 64-byte Ed25519 signature over every byte
+ * before it (src/protocol/restricted.ts).
+ */
+import {
+  createCipheriv,
+  createDecipheriv,
+  createHash,
+  createPublicKey,
+  diffieHellman,
+  generateKeyPairSync,
+  type KeyObject,
+  sign,
+  verify,
+} from 'node:crypto';
+import type { HeaderFields } from '../protocol/packet.js';
+import {
+  encodeGrantUnsigned,
+  encodeKeyUnsigned,
+  encodeManifestUnsigned,
+  encodeSessionOfferUnsigned,
+  type GrantBody,
+  type KeyBody,
+  manifestHashBytes,
+  manifestPacketsMax,
+  p256PointBytes,
+  type SessionOfferBody,
+  signatureBytes,
+} from '../protocol/restricted.js';
+import { CipherError } from './errors.js';
+
+/** RFC 3394 default initial value. */
+const keyWrapIv = Buffer.from('a6a6a6a6a6a6a6a6', 'hex');
+
+/** Wraps a 16- or 32-byte key under a 32-byte key-encryption key (RFC 3394). */
+export function wrapKey(kek: Buffer, key: Buffer): Buffer {
+  if (kek.length !== 32 || (key.length !== 16 && key.length !== 32)) {
+    throw new CipherError('AES key wrap takes a 32-byte KEK and a 16- or 32-byte key');
+  }
+  const cipher = createCipheriv('id-aes256-wrap', kek, keyWrapIv);
+  return Buffer.concat([cipher.update(key), cipher.final()]);
+}
+
+/** Unwraps (RFC 3394); undefined when the integrity check fails (wrong KEK or altered bytes). */
+export function unwrapKey(kek: Buffer, wrapped: Buffer): Buffer | undefined {
+  try {
+    const decipher = createDecipheriv('id-aes256-wrap', kek, keyWrapIv);
+    return Buffer.concat([decipher.update(wrapped), decipher.final()]);
+  } catch {
+    return undefined;
+  }
+}
+
+/** A fresh Ed25519 key pair (operator root or source key). */
+export function generateSigningKey(): { privateKey: KeyObject; publicKey: KeyObject } {
+  return generateKeyPairSync('ed25519');
+}
+
+/** The raw 32-byte form of an Ed25519 public key. */
+export function ed25519Raw(publicKey: KeyObject): Buffer {
+  const jwk = publicKey.export({ format: 'jwk' });
+  if (jwk.crv !== 'Ed25519' || jwk.x === undefined) {
+    throw new CipherError('not an Ed25519 public key');
+  }
+  return Buffer.from(jwk.x, 'base64url');
+}
+
+/** An Ed25519 public key from its raw 32 bytes. */
+export function ed25519FromRaw(raw: Buffer): KeyObject {
+  return createPublicKey({
+    key: { kty: 'OKP', crv: 'Ed25519', x: raw.toString('base64url') },
+    format: 'jwk',
+  });
+}
+
+/** The uncompressed point (0x04 || X || Y) of a P-256 public key. */
+export function p256Point(publicKey: KeyObject): Buffer {
+  const jwk = publicKey.export({ format: 'jwk' });
+  if (jwk.crv !== 'P-256' || jwk.x === undefined || jwk.y === undefined) {
+    throw new CipherError('not a P-256 public key');
+  }
+  return Buffer.concat([Buffer.from([4]), Buffer.from(jwk.x, 'base64url'), Buffer.from(jwk.y, 'base64url')]);
+}
+
+/** A P-256 public key from its uncompressed point. */
+export function p256FromPoint(point: Buffer): KeyObject {
+  if (point.length !== p256PointBytes || point[0] !== 4) {
+    throw new CipherError('not an uncompressed P-256 point');
+  }
+  return createPublicKey({
+    key: {
+      kty: 'EC',
+      crv: 'P-256',
+      x: point.subarray(1, 33).toString('base64url'),
+      y: point.subarray(33, 65).toString('base64url'),
+    },
+    format: 'jwk',
+  });
+}
+
+/** The id a grant names a token by: SHA-256 of the device public key's uncompressed point. */
+export function deviceKeyId(devicePoint: Buffer): Buffer {
+  return createHash('sha256').update('gatecast-device').update(devicePoint).digest();
+}
+
+/** Signs a buffer encoded with a zeroed 64-byte signature slot at its end, in place. */
+export function signInPlace(unsigned: Buffer, privateKey: KeyObject): Buffer {
+  const at = unsigned.length - signatureBytes;
+  sign(null, unsigned.subarray(0, at), privateKey).copy(unsigned, at);
+  return unsigned;
+}
+
+/** Checks an Ed25519 signature; false for any failure, never throws. */
+export function verifySignature(signed: Buffer, signature: Buffer, publicKey: KeyObject): boolean {
+  try {
+    return verify(null, signed, publicKey, signature);
+  } catch {
+    return false;
+  }
+}
+
+/** What the operator needs to issue a grant to one token. */
+export interface GrantRequest
+  extends Omit<GrantBody, 'deviceKeyId' | 'ephemeralPublicKey' | 'wrappedServiceKey'> {
+  /** The token's device public key, as its uncompressed P-256 point. */
+  readonly devicePoint: Buffer;
+  /** The 32-byte service key of this product and epoch. */
+  readonly serviceKey: Buffer;
+}
+
+/**
+ * Issues a grant (EMM): the service key wrapped to one token — ECDH of a fresh ephemeral P-256
+ * key with the device key, the shared X coordinate as the key-encryption key (the derivation
+ * SoftHSM performs inside the token with CKM_ECDH1_DERIVE and the null KDF) — signed by the root.
+ */
+export function issueGrant(request: GrantRequest, rootPrivateKey: KeyObject): Buffer {
+  const ephemeral = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+  const kek = diffieHellman({
+    privateKey: ephemeral.privateKey,
+    publicKey: p256FromPoint(request.devicePoint),
+  });
+  const unsigned = encodeGrantUnsigned({
+    tier: request.tier,
+    deviceKeyId: deviceKeyId(request.devicePoint),
+    service: request.service,
+    serviceEpoch: request.serviceEpoch,
+    notBeforeMs: request.notBeforeMs,
+    notAfterMs: request.notAfterMs,
+    priceModel: request.priceModel,
+    currency: request.currency,
+    priceMinor: request.priceMinor,
+    sourcePublicKey: request.sourcePublicKey,
+    ephemeralPublicKey: p256Point(ephemeral.publicKey),
+    wrappedServiceKey: wrapKey(kek, request.serviceKey),
+  });
+  kek.fill(0);
+  return signInPlace(unsigned, rootPrivateKey);
+}
+
+/** Builds a signed KEY message (ECM): the traffic key wrapped under the service key. */
+export function buildKeyMessage(
+  fields: HeaderFields,
+  body: Omit<KeyBody, 'wrappedKey'>,
+  serviceKey: Buffer,
+  trafficKey: Buffer,
+  sourcePrivateKey: KeyObject,
+): Buffer {
+  const unsigned = encodeKeyUnsigned(fields, { ...body, wrappedKey: wrapKey(serviceKey, trafficKey) });
+  return signInPlace(unsigned, sourcePrivateKey);
+}
+
+/** Builds the signed session offer of a run. */
+export function buildSessionOffer(
+  fields: HeaderFields,
+  body: SessionOfferBody,
+  sourcePrivateKey: KeyObject,
+): Buffer {
+  return signInPlace(encodeSessionOfferUnsigned(fields, body), sourcePrivateKey);
+}
+
+/** The manifest hash of a datagram as it travels: the first 16 bytes of its SHA-256. */
+export function manifestHash(datagram: Buffer): Buffer {
+  return createHash('sha256').update(datagram).digest().subarray(0, manifestHashBytes);
+}
+
+/**
+ * Collects the hashes of consecutive DATA datagrams at the source and signs one manifest per
+ * `packetsPerManifest` of them (32-64), so receivers verify every packet for one signature.
+ */
+export class ManifestBuilder {
+  readonly #hashes: Buffer[] = [];
+  #firstSequence = 0;
+  #fields: Omit<HeaderFields, 'sequence' | 'timestampUs'>;
+
+  constructor(
+    fields: Omit<HeaderFields, 'sequence' | 'timestampUs'>,
+    private readonly sourcePrivateKey: KeyObject,
+    private readonly packetsPerManifest = 32,
+  ) {
+    if (packetsPerManifest < 1 || packetsPerManifest > manifestPacketsMax) {
+      throw new CipherError(`a manifest covers 1-${manifestPacketsMax} packets`);
+    }
+    this.#fields = fields;
+  }
+
+  /** Adds a sent DATA datagram; returns a signed manifest when one is full, else undefined. */
+  add(datagram: Buffer, sequence: number, timestampUs: number): Buffer | undefined {
+    if (this.#hashes.length === 0) {
+      this.#firstSequence = sequence;
+    } else if ((this.#firstSequence + this.#hashes.length) >>> 0 !== sequence >>> 0) {
+      throw new CipherError('manifest packets must be consecutive');
+    }
+    this.#hashes.push(manifestHash(datagram));
+    return this.#hashes.length >= this.packetsPerManifest ? this.flush(timestampUs) : undefined;
+  }
+
+  /** Signs what is collected (at END, or before a pause); undefined when nothing is. */
+  flush(timestampUs: number): Buffer | undefined {
+    if (this.#hashes.length === 0) {
+      return undefined;
+    }
+    const unsigned = encodeManifestUnsigned(
+      { ...this.#fields, sequence: this.#firstSequence, timestampUs },
+      this.#hashes,
+    );
+    this.#hashes.length = 0;
+    return signInPlace(unsigned, this.sourcePrivateKey);
+  }
+}

@@ -1,0 +1,46 @@
+/**
+ * Typed failures of the crypto layer: suites refused at configuration load, and the reasons a
+ * token refuses to unwrap a key (docs/security.md, "What is refused and why").
+ */
+
+/** An algorithm or suite that gatecast refuses; the message names the algorithm and why. */
+export class SuiteRefused extends Error {
+  readonly code = 'GATECAST_ERR_SUITE_REFUSED';
+}
+
+/** Why a token refused to unwrap a service or traffic key. Stable strings: counted and documented. */
+export type TokenRefusalReason =
+  | 'not-entitled'
+  | 'not-yet-valid'
+  | 'expired'
+  | 'rollback'
+  | 'tier'
+  | 'purse-empty'
+  | 'purse-unavailable'
+  | 'bad-signature'
+  | 'bad-grant'
+  | 'bad-key-message';
+
+/**
+ * A token refused to release a key. `reason` is what a caller matches on; the message is what a
+ * user reads ("not entitled to news until 2026-12-01T00:00:00.000Z", "purse empty").
+ */
+export class TokenRefused extends Error {
+  readonly code = 'GATECAST_ERR_TOKEN_REFUSED';
+  constructor(
+    readonly reason: TokenRefusalReason,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+/** A token cannot be opened or written: wrong PIN, unreadable file, missing PKCS#11 module or slot. */
+export class TokenError extends Error {
+  readonly code = 'GATECAST_ERR_TOKEN';
+}
+
+/** A packet's key material is not usable: a sealer asked to reuse a nonce, a key of the wrong size. */
+export class CipherError extends Error {
+  readonly code = 'GATECAST_ERR_CIPHER';
+}

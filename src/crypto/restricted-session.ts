@@ -1,0 +1,300 @@
+/**
+ * A restricted session on the wire (docs/protocol.md, "Restricted sessions"): the source side
+ * seals DATA under a traffic key that changes every crypto-period and repeats signed KEY
+ * messages (the ECM role) and the signed session offer in-band; the receiver side hands KEY
+ * messages to its token, opens DATA with the keys the token released, and counts everything it
+ * drops. Neither side ever holds the service key in the clear except the source, which issues it.
+ */
+import { type KeyObject, randomBytes } from 'node:crypto';
+import { restrictedHeldPacketsMax } from '../limits.js';
+import { headerBytes, offsetKeyEpoch, offsetType, PacketType } from '../protocol/packet.js';
+import { decodeKey, OfferFlag } from '../protocol/restricted.js';
+import { buildKeyMessage, buildSessionOffer, ed25519Raw, ManifestBuilder } from './authority.js';
+import { TokenRefused } from './errors.js';
+import { aeadTagBytes, negotiateSuite, PacketOpener, PacketSealer, type Suite, suites } from './suites.js';
+import type { Token } from './token.js';
+
+/** What a restricted source needs. */
+export interface RestrictedSenderSettings {
+  readonly suite: Suite;
+  readonly service: string;
+  readonly serviceEpoch: number;
+  /** The 32-byte service key of this product and epoch (the operator's, never sent in clear). */
+  readonly serviceKey: Buffer;
+  /** The source key that signs KEY messages, offers and manifests (the grant names it). */
+  readonly sourcePrivateKey: KeyObject;
+  readonly sourcePublicKey: KeyObject;
+  readonly cryptoPeriodMs: number;
+  readonly tier: number;
+  /** Sign a manifest over every this many DATA packets (32-64); 0 sends no manifests. */
+  readonly manifestPackets: number;
+}
+
+/** The source side: what the source role calls (src/source/source.ts). */
+export interface SenderProtection {
+  /** Bytes a sealed DATA packet adds to its payload. */
+  readonly overheadBytes: number;
+  /** Seals a plain DATA datagram; returns what to send: the sealed DATA, then a manifest when one is full. */
+  seal(plain: Buffer, nowMs: number, wallUs: number): Buffer[];
+  /** The in-band messages to repeat (KEY for the current and next crypto-period, the signed offer). */
+  control(
+    run: { sessionId: number; incarnation: number; sequence: number },
+    nowMs: number,
+    wallUs: number,
+  ): Buffer[];
+  /** What is left to send at END: the last manifest. */
+  finish(wallUs: number): Buffer[];
+}
+
+/**
+ * Builds the source side for one run. Traffic keys are fresh random keys, one per crypto-period
+ * (key epochs 1, 2, …); the epoch changes at the first packet after a period ends, and the next
+ * period's KEY message is repeated ahead of it, so receivers hold the key before it is used.
+ */
+export function createSenderProtection(
+  settings: RestrictedSenderSettings,
+  run: { sessionId: number; incarnation: number },
+): SenderProtection {
+  const sealer = new PacketSealer(settings.suite, run.incarnation);
+  const keys = new Map<number, Buffer>();
+  const keyFor = (epoch: number): Buffer => {
+    let key = keys.get(epoch);
+    if (key === undefined) {
+      key = randomBytes(settings.suite.keyBytes);
+      keys.set(epoch, key);
+      sealer.setKey(epoch, key);
+      keys.delete(epoch - 2);
+      sealer.dropKey(epoch - 2);
+    }
+    return key;
+  };
+  let epoch = 1;
+  let periodStartMs: number | undefined;
+  const manifests =
+    settings.manifestPackets > 0
+      ? new ManifestBuilder(
+          { sessionId: run.sessionId, incarnation: run.incarnation },
+          settings.sourcePrivateKey,
+          settings.manifestPackets,
+        )
+      : undefined;
+  const currentEpoch = (nowMs: number): number => {
+    periodStartMs ??= nowMs;
+    if (nowMs - periodStartMs >= settings.cryptoPeriodMs) {
+      epoch += 1;
+      periodStartMs = nowMs;
+    }
+    return epoch;
+  };
+  const sourcePublicKey = ed25519Raw(settings.sourcePublicKey);
+  return {
+    overheadBytes: aeadTagBytes,
+    seal(plain, nowMs, wallUs) {
+      const keyEpoch = currentEpoch(nowMs);
+      keyFor(keyEpoch);
+      plain.writeUInt16BE(keyEpoch, offsetKeyEpoch);
+      const sealed = sealer.seal(plain);
+      const manifest = manifests?.add(sealed, sealed.readUInt32BE(12), wallUs);
+      return manifest === undefined ? [sealed] : [sealed, manifest];
+    },
+    control(header, nowMs, wallUs) {
+      const keyEpoch = currentEpoch(nowMs);
+      const out: Buffer[] = [];
+      out.push(
+        buildSessionOffer(
+          { ...header, timestampUs: wallUs },
+          {
+            flags: OfferFlag.signed | OfferFlag.encrypted,
+            tier: settings.tier,
+            suites: [settings.suite.id],
+            cryptoPeriodMs: settings.cryptoPeriodMs,
+            service: settings.service,
+            sourcePublicKey,
+            descriptorSha256: Buffer.alloc(32),
+          },
+          settings.sourcePrivateKey,
+        ),
+      );
+      for (const announced of [keyEpoch, keyEpoch + 1]) {
+        if (announced > 0xffff) {
+          continue;
+        }
+        out.push(
+          buildKeyMessage(
+            { ...header, keyEpoch: announced, timestampUs: wallUs },
+            {
+              suite: settings.suite.id,
+              tier: settings.tier,
+              serviceEpoch: settings.serviceEpoch,
+              cryptoPeriodMs: settings.cryptoPeriodMs,
+              service: settings.service,
+            },
+            settings.serviceKey,
+            keyFor(announced),
+            settings.sourcePrivateKey,
+          ),
+        );
+      }
+      return out;
+    },
+    finish(wallUs) {
+      const manifest = manifests?.flush(wallUs);
+      return manifest === undefined ? [] : [manifest];
+    },
+  };
+}
+
+/** Counters of the receiving side (shown by `gatecast receive` and checked by tests). */
+export interface ReceiverProtectionStats {
+  keysAccepted: number;
+  /** KEY messages repeated for an epoch already held (normal: they repeat in-band). */
+  keysRepeated: number;
+  /** KEY messages refused, by the token's reason or `malformed` / `other-run`. */
+  keysRejected: Record<string, number>;
+  packetsOpened: number;
+  /** Sealed DATA whose tag failed: forged or altered; nothing of it is delivered. */
+  packetsBadTag: number;
+  /** Sealed DATA held until its epoch's key arrived. */
+  packetsHeld: number;
+  /** Sealed DATA dropped: no key came for it within the bound, or plain DATA in a restricted run. */
+  packetsDropped: number;
+}
+
+/** The receiver side: what the receiver role calls (src/receiver/receiver.ts). */
+export interface ReceiverProtection {
+  readonly stats: Readonly<ReceiverProtectionStats>;
+  /** Takes every datagram; passes on what the receiver may process (opened DATA, plain control). */
+  filter(datagram: Buffer, pass: (datagram: Buffer) => void): void;
+}
+
+/**
+ * Builds the receiver side over a token. `onRefused` is told when the token refuses the run's
+ * keys for a reason no later KEY message will change (not entitled, purse empty, …), so the
+ * caller can stop and say why.
+ */
+export function createReceiverProtection(
+  token: Token,
+  onRefused: (refusal: TokenRefused) => void,
+  supported: readonly Suite[] = suites,
+): ReceiverProtection {
+  const stats: ReceiverProtectionStats = {
+    keysAccepted: 0,
+    keysRepeated: 0,
+    keysRejected: {},
+    packetsOpened: 0,
+    packetsBadTag: 0,
+    packetsHeld: 0,
+    packetsDropped: 0,
+  };
+  let run: { sessionId: number; incarnation: number; opener: PacketOpener } | undefined;
+  /** Sealed DATA waiting for its key, in arrival order, bounded. */
+  const held: Buffer[] = [];
+  let pass: ((datagram: Buffer) => void) | undefined;
+  const reject = (reason: string) => {
+    stats.keysRejected[reason] = (stats.keysRejected[reason] ?? 0) + 1;
+  };
+
+  const openAndPass = (sealed: Buffer) => {
+    const opened = run?.opener.open(sealed);
+    if (opened === undefined || opened === 'no-key') {
+      if (held.length >= restrictedHeldPacketsMax) {
+        held.shift();
+        stats.packetsDropped++;
+      }
+      held.push(sealed);
+      stats.packetsHeld++;
+      return;
+    }
+    if (opened === 'bad-tag' || opened === 'truncated') {
+      stats.packetsBadTag++;
+      return;
+    }
+    stats.packetsOpened++;
+    pass?.(opened);
+  };
+
+  const releaseHeld = () => {
+    const waiting = held.splice(0);
+    for (const sealed of waiting) {
+      if (run?.opener.hasKey(sealed.readUInt16BE(offsetKeyEpoch))) {
+        openAndPass(sealed);
+      } else {
+        held.push(sealed);
+      }
+    }
+  };
+
+  const onKey = (datagram: Buffer) => {
+    const decoded = decodeKey(datagram);
+    if (!decoded.ok) {
+      reject('malformed');
+      return;
+    }
+    const key = decoded.value;
+    if (run !== undefined && (key.sessionId !== run.sessionId || key.incarnation !== run.incarnation)) {
+      reject('other-run');
+      return;
+    }
+    token.releaseTrafficKey(key).then(
+      (traffic) => {
+        if (run === undefined) {
+          const suite = negotiateSuite([key.suite], supported);
+          if (suite === undefined || suite.keyBytes !== traffic.length) {
+            reject('suite');
+            return;
+          }
+          run = { sessionId: key.sessionId, incarnation: key.incarnation, opener: new PacketOpener(suite) };
+        }
+        if (key.sessionId !== run.sessionId || key.incarnation !== run.incarnation) {
+          reject('other-run');
+          return;
+        }
+        if (run.opener.hasKey(key.keyEpoch)) {
+          stats.keysRepeated++;
+          return;
+        }
+        run.opener.setKey(key.keyEpoch, traffic);
+        traffic.fill(0);
+        stats.keysAccepted++;
+        run.opener.dropKey(key.keyEpoch - 3);
+        releaseHeld();
+      },
+      (error: unknown) => {
+        if (!(error instanceof TokenRefused)) {
+          reject('token-error');
+          return;
+        }
+        reject(error.reason);
+        // A forged, replayed or altered KEY message is only counted; a refusal about this
+        // token's entitlement ends the run for it.
+        if (!['bad-signature', 'rollback', 'bad-key-message'].includes(error.reason)) {
+          onRefused(error);
+        }
+      },
+    );
+  };
+
+  return {
+    stats,
+    filter(datagram, onPass) {
+      pass = onPass;
+      const type = datagram.length > offsetType ? datagram[offsetType] : undefined;
+      if (type === PacketType.key) {
+        onKey(datagram);
+        return;
+      }
+      if (type === PacketType.signature) {
+        return; // offers and manifests: checked by signed sessions, not needed to decrypt
+      }
+      if (type === PacketType.data && datagram.length >= headerBytes) {
+        if (datagram.readUInt16BE(offsetKeyEpoch) === 0) {
+          stats.packetsDropped++; // plain DATA in a restricted session is never written
+          return;
+        }
+        openAndPass(datagram);
+        return;
+      }
+      onPass(datagram);
+    },
+  };
+}

@@ -1,0 +1,210 @@
+/**
+ * The software token: a file holding the device key and the token state, encrypted at rest
+ * under a PIN (docs/security.md, "Tokens").
+ *
+ * File (JSON): { format, version, salt, data } where salt (16 bytes) feeds scrypt(PIN) into a
+ * 32-byte master key, and data is one AES-256-GCM box: a fresh 16-byte write salt, the ciphertext
+ * and the 16-byte tag. Each write derives its own key with HKDF-SHA-256(master, write salt), so
+ * the fixed all-zero nonce is never used twice under one key; the associated data is the format
+ * name and version. A wrong PIN, or any altered byte, fails the tag and opens nothing.
+ */
+import {
+  createCipheriv,
+  createDecipheriv,
+  createPrivateKey,
+  createPublicKey,
+  diffieHellman,
+  generateKeyPairSync,
+  hkdfSync,
+  type KeyObject,
+  randomBytes,
+  scryptSync,
+} from 'node:crypto';
+import { renameSync, writeFileSync } from 'node:fs';
+import { secretFileBytesMax, tokenScryptCost } from '../limits.js';
+import { readBoundedFile } from '../net/files.js';
+import type { Grant } from '../protocol/restricted.js';
+import { p256FromPoint, p256Point, unwrapKey } from './authority.js';
+import { TokenError } from './errors.js';
+import { type Purse, Token, type TokenBackend, type TokenState } from './token.js';
+
+const format = 'gatecast-software-token';
+const version = 1;
+const aad = Buffer.from(`${format} v${version}`);
+const zeroNonce = Buffer.alloc(12);
+
+interface Secrets {
+  devicePrivateKey: string;
+  state: TokenState;
+}
+
+function masterKey(pin: string, salt: Buffer): Buffer {
+  return scryptSync(pin, salt, 32, { N: tokenScryptCost, r: 8, p: 1, maxmem: 64 * 1024 * 1024 });
+}
+
+function seal(master: Buffer, plain: Buffer): string {
+  const writeSalt = randomBytes(16);
+  const key = Buffer.from(hkdfSync('sha256', master, writeSalt, aad, 32));
+  const cipher = createCipheriv('aes-256-gcm', key, zeroNonce, { authTagLength: 16 });
+  cipher.setAAD(aad);
+  const body = Buffer.concat([cipher.update(plain), cipher.final()]);
+  return Buffer.concat([writeSalt, body, cipher.getAuthTag()]).toString('base64');
+}
+
+function open(master: Buffer, data: Buffer): Buffer | undefined {
+  if (data.length < 32) {
+    return undefined;
+  }
+  const key = Buffer.from(hkdfSync('sha256', master, data.subarray(0, 16), aad, 32));
+  const decipher = createDecipheriv('aes-256-gcm', key, zeroNonce, { authTagLength: 16 });
+  decipher.setAAD(aad);
+  decipher.setAuthTag(data.subarray(data.length - 16));
+  try {
+    return Buffer.concat([decipher.update(data.subarray(16, data.length - 16)), decipher.final()]);
+  } catch {
+    return undefined;
+  }
+}
+
+function checkPin(pin: string): void {
+  if (pin.length < 4) {
+    throw new TokenError('a token PIN has at least 4 characters');
+  }
+}
+
+function writeAtomically(path: string, text: string): void {
+  const temporary = `${path}.${process.pid}.tmp`;
+  writeFileSync(temporary, text, { mode: 0o600 });
+  renameSync(temporary, path);
+}
+
+class SoftwareBackend implements TokenBackend {
+  readonly kind = 'software' as const;
+  readonly #path: string;
+  readonly #salt: Buffer;
+  readonly #master: Buffer;
+  readonly #device: KeyObject;
+  readonly #point: Buffer;
+  #state: TokenState;
+
+  constructor(path: string, salt: Buffer, master: Buffer, secrets: Secrets) {
+    this.#path = path;
+    this.#salt = salt;
+    this.#master = master;
+    this.#device = createPrivateKey({
+      key: Buffer.from(secrets.devicePrivateKey, 'base64'),
+      format: 'der',
+      type: 'pkcs8',
+    });
+    this.#point = p256Point(createPublicKey(this.#device));
+    this.#state = secrets.state;
+  }
+
+  devicePoint(): Buffer {
+    return Buffer.from(this.#point);
+  }
+
+  loadState(): TokenState {
+    return structuredClone(this.#state);
+  }
+
+  saveState(state: TokenState): void {
+    this.#state = structuredClone(state);
+    const devicePrivateKey = this.#device.export({ format: 'der', type: 'pkcs8' }).toString('base64');
+    writeTokenFile(this.#path, this.#salt, this.#master, { devicePrivateKey, state });
+  }
+
+  unwrapServiceKey(grant: Grant): Buffer | undefined {
+    const kek = diffieHellman({
+      privateKey: this.#device,
+      publicKey: p256FromPoint(grant.ephemeralPublicKey),
+    });
+    const key = unwrapKey(kek, grant.wrappedServiceKey);
+    kek.fill(0);
+    return key;
+  }
+
+  unwrapTrafficKey(serviceKey: unknown, wrapped: Buffer): Buffer | undefined {
+    return unwrapKey(serviceKey as Buffer, wrapped);
+  }
+
+  close(): void {
+    this.#master.fill(0);
+  }
+}
+
+function writeTokenFile(path: string, salt: Buffer, master: Buffer, secrets: Secrets): void {
+  const data = seal(master, Buffer.from(JSON.stringify(secrets)));
+  writeAtomically(path, `${JSON.stringify({ format, version, salt: salt.toString('base64'), data })}\n`);
+}
+
+/** Options of a new software token. */
+export interface SoftwareTokenInit {
+  readonly path: string;
+  readonly pin: string;
+  /** The operator root key (raw Ed25519, 32 bytes) grants must be signed by. */
+  readonly rootPublicKey: Buffer;
+}
+
+/** Creates a software token file with a fresh device key; refuses to overwrite one. */
+export function initSoftwareToken(init: SoftwareTokenInit): void {
+  checkPin(init.pin);
+  if (init.rootPublicKey.length !== 32) {
+    throw new TokenError('the operator root public key is 32 bytes (raw Ed25519)');
+  }
+  const salt = randomBytes(16);
+  const master = masterKey(init.pin, salt);
+  const device = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+  const secrets: Secrets = {
+    devicePrivateKey: device.privateKey.export({ format: 'der', type: 'pkcs8' }).toString('base64'),
+    state: { rootPublicKey: init.rootPublicKey.toString('hex'), grants: [], highestStreamTimeUs: 0 },
+  };
+  const data = seal(master, Buffer.from(JSON.stringify(secrets)));
+  try {
+    writeFileSync(
+      init.path,
+      `${JSON.stringify({ format, version, salt: salt.toString('base64'), data })}\n`,
+      {
+        mode: 0o600,
+        flag: 'wx',
+      },
+    );
+  } catch (error) {
+    throw new TokenError(`token file ${init.path}: ${(error as Error).message}`);
+  }
+  master.fill(0);
+}
+
+/** Opens a software token file with its PIN. A wrong PIN or an altered file is a TokenError. */
+export function openSoftwareToken(path: string, pin: string, purse?: Purse): Token {
+  let text: string;
+  try {
+    text = readBoundedFile(path, secretFileBytesMax).toString('utf8');
+  } catch (error) {
+    throw new TokenError(`token file ${path}: ${(error as Error).message}`);
+  }
+  let file: { format?: unknown; version?: unknown; salt?: unknown; data?: unknown };
+  try {
+    file = JSON.parse(text) as typeof file;
+  } catch {
+    throw new TokenError(`token file ${path}: not JSON`);
+  }
+  if (
+    file.format !== format ||
+    file.version !== version ||
+    typeof file.salt !== 'string' ||
+    typeof file.data !== 'string'
+  ) {
+    throw new TokenError(`token file ${path}: not a ${format} version ${version} file`);
+  }
+  const salt = Buffer.from(file.salt, 'base64');
+  const master = masterKey(pin, salt);
+  const plain = open(master, Buffer.from(file.data, 'base64'));
+  if (plain === undefined) {
+    master.fill(0);
+    throw new TokenError(`token file ${path}: wrong PIN, or the file was altered`);
+  }
+  const secrets = JSON.parse(plain.toString('utf8')) as Secrets;
+  plain.fill(0);
+  return new Token(new SoftwareBackend(path, salt, master, secrets), purse);
+}

@@ -1,0 +1,341 @@
+/**
+ * Packet protection suites (docs/protocol.md, "Restricted sessions"; docs/security.md).
+ *
+ * A restricted DATA packet is sealed with an AEAD from node:crypto — AES-128-GCM, AES-256-GCM or
+ * ChaCha20-Poly1305 — with the tag pinned to 16 bytes (Node accepts truncated GCM tags unless told
+ * the length), the 32-byte gatecast header as associated data, and a 96-bit nonce that is never
+ * random and never reused:
+ *
+ *   nonce = sender id (the run's incarnation, 32 bits) || packet counter (64 bits)
+ *   packet counter = key epoch (16 bits) || 0 (16 bits) || sequence (32 bits)
+ *
+ * A source draws a fresh incarnation and fresh traffic keys every time it starts, so a restart
+ * uses a new key and nonce space; within a run a sealer refuses to seal a sequence that is not
+ * ahead of the last one it sealed under the same epoch, so no (key, nonce) pair is used twice.
+ */
+import { type CipherGCMTypes, createCipheriv, createDecipheriv } from 'node:crypto';
+import {
+  headerBytes,
+  offsetBodyLength,
+  offsetIncarnation,
+  offsetKeyEpoch,
+  offsetSequence,
+  offsetType,
+  PacketType,
+} from '../protocol/packet.js';
+import { CipherError, SuiteRefused } from './errors.js';
+
+/** AEAD tag length, pinned: shorter tags are refused (docs/security.md). */
+export const aeadTagBytes = 16;
+/** AEAD nonce length (96 bits, as RFC 5116 recommends for GCM and RFC 8439 requires). */
+export const aeadNonceBytes = 12;
+
+/** Suite numbers as they travel in a session descriptor's offer. */
+export const SuiteId = { aes128Gcm: 1, aes256Gcm: 2, chacha20Poly1305: 3 } as const;
+export type SuiteIdCode = (typeof SuiteId)[keyof typeof SuiteId];
+
+/** One AEAD suite. */
+export interface Suite {
+  readonly id: SuiteIdCode;
+  /** The name used on the command line and in docs. */
+  readonly name: 'aes-128-gcm' | 'aes-256-gcm' | 'chacha20-poly1305';
+  readonly keyBytes: 16 | 32;
+}
+
+/** Every suite gatecast speaks, in its default order of preference. */
+export const suites: readonly Suite[] = [
+  { id: SuiteId.aes256Gcm, name: 'aes-256-gcm', keyBytes: 32 },
+  { id: SuiteId.aes128Gcm, name: 'aes-128-gcm', keyBytes: 16 },
+  { id: SuiteId.chacha20Poly1305, name: 'chacha20-poly1305', keyBytes: 32 },
+];
+
+/** The only signature scheme accepted for manifests, descriptors, grants and KEY messages. */
+export const signatureSchemeName = 'ed25519';
+
+/**
+ * Algorithms refused at configuration load, each with the reason a user reads. Matched against
+ * the lower-cased name with '_' and ' ' read as '-'.
+ */
+const refusals: readonly { readonly pattern: RegExp; readonly why: string }[] = [
+  { pattern: /md5/, why: 'MD5 collisions are practical; it authenticates nothing' },
+  {
+    pattern: /(^|-)sha-?1($|-)|hmac-sha-?1|ecdsa-with-sha1/,
+    why: 'SHA-1 collisions are practical; it is refused for signatures and MACs',
+  },
+  { pattern: /rc4|arcfour/, why: 'RC4 keystream biases leak plaintext' },
+  {
+    pattern: /3des|des-ede|tripledes|triple-des/,
+    why: '3DES has a 64-bit block (Sweet32) and no authentication',
+  },
+  { pattern: /(^|-)des($|-)/, why: 'DES has a 56-bit key and a 64-bit block' },
+  { pattern: /-ecb$|(^|-)ecb($|-)/, why: 'ECB leaks equal plaintext blocks and authenticates nothing' },
+  {
+    pattern: /-cbc($|-)|(^|-)cbc($|-)/,
+    why: 'CBC without authentication lets anyone flip plaintext bits and opens padding oracles',
+  },
+  { pattern: /-ctr($|-)|(^|-)ctr($|-)/, why: 'CTR without authentication lets anyone flip plaintext bits' },
+  {
+    pattern: /-ofb($|-)|-cfb\d*($|-)/,
+    why: 'OFB and CFB without authentication let anyone flip plaintext bits',
+  },
+];
+
+/** Why an algorithm name is refused, or undefined when gatecast does not refuse it outright. */
+export function refusalReason(name: string): string | undefined {
+  const normal = name
+    .trim()
+    .toLowerCase()
+    .replace(/[_\s]+/g, '-');
+  for (const refusal of refusals) {
+    if (refusal.pattern.test(normal)) {
+      return refusal.why;
+    }
+  }
+  const tag = /^(aes-(?:128|192|256)-gcm|chacha20-poly1305)[-/](\d+)$/.exec(normal);
+  if (tag !== null) {
+    const bits = Number(tag[2]);
+    if (bits !== aeadTagBytes * 8 && bits !== aeadTagBytes) {
+      return `a ${bits}-bit tag is too short to stop forgeries; the tag is pinned to ${aeadTagBytes * 8} bits`;
+    }
+  }
+  return undefined;
+}
+
+/**
+ * Looks a suite up by name for a configuration field. A refused algorithm raises SuiteRefused
+ * naming the field, the algorithm and why; an unknown one names the suites that exist.
+ */
+export function suiteByName(name: string, field: string): Suite {
+  const why = refusalReason(name);
+  if (why !== undefined) {
+    throw new SuiteRefused(`${field}: ${name} is refused: ${why}`);
+  }
+  const normal = name
+    .trim()
+    .toLowerCase()
+    .replace(/[_\s]+/g, '-');
+  const bare = normal.replace(/[-/](128|16)$/, '');
+  const suite = suites.find((candidate) => candidate.name === bare);
+  if (suite === undefined) {
+    throw new SuiteRefused(
+      `${field}: ${name} is not a suite gatecast speaks (${suites.map((s) => s.name).join(', ')})`,
+    );
+  }
+  return suite;
+}
+
+/** Checks a signature scheme named in configuration: only Ed25519 is accepted. */
+export function checkSignatureScheme(name: string, field: string): void {
+  const why = refusalReason(name);
+  if (why !== undefined) {
+    throw new SuiteRefused(`${field}: ${name} is refused: ${why}`);
+  }
+  if (name.trim().toLowerCase() !== signatureSchemeName) {
+    throw new SuiteRefused(`${field}: ${name} is not a signature scheme gatecast speaks (ed25519)`);
+  }
+}
+
+/** The suite with this wire number, or undefined. */
+export function suiteById(id: number): Suite | undefined {
+  return suites.find((suite) => suite.id === id);
+}
+
+/**
+ * The seed's negotiation: the receiver takes the first suite of the source's offer that it
+ * supports. Undefined when none fits (the receiver then says so and decodes nothing).
+ */
+export function negotiateSuite(
+  offered: readonly number[],
+  supported: readonly Suite[] = suites,
+): Suite | undefined {
+  for (const id of offered) {
+    const suite = supported.find((candidate) => candidate.id === id);
+    if (suite !== undefined) {
+      return suite;
+    }
+  }
+  return undefined;
+}
+
+function cipherName(suite: Suite): CipherGCMTypes | 'chacha20-poly1305' {
+  return suite.name;
+}
+
+/** Writes the nonce of a packet (module comment) into `out` (12 bytes). */
+export function writePacketNonce(
+  out: Buffer,
+  incarnation: number,
+  keyEpoch: number,
+  sequence: number,
+): Buffer {
+  out.writeUInt32BE(incarnation >>> 0, 0);
+  out.writeUInt16BE(keyEpoch, 4);
+  out.writeUInt16BE(0, 6);
+  out.writeUInt32BE(sequence >>> 0, 8);
+  return out;
+}
+
+function checkKey(suite: Suite, key: Buffer): void {
+  if (key.length !== suite.keyBytes) {
+    throw new CipherError(`${suite.name} takes a ${suite.keyBytes}-byte key, not ${key.length} bytes`);
+  }
+}
+
+/**
+ * Seals DATA datagrams of one run under one traffic key per key epoch. Refuses (CipherError) to
+ * seal a sequence that is not ahead of the last one sealed under the same epoch: a nonce is
+ * never reused, even by a caller that resends.
+ */
+export class PacketSealer {
+  readonly #suite: Suite;
+  readonly #incarnation: number;
+  readonly #keys = new Map<number, { key: Buffer; lastSequence: number | undefined; count: number }>();
+  readonly #nonce = Buffer.alloc(aeadNonceBytes);
+
+  constructor(suite: Suite, incarnation: number) {
+    if (incarnation === 0) {
+      throw new CipherError('a sealer needs the run incarnation (not 0) for its nonces');
+    }
+    this.#suite = suite;
+    this.#incarnation = incarnation >>> 0;
+  }
+
+  /** Installs the traffic key of an epoch (1-65535); a key epoch is never given a second key. */
+  setKey(keyEpoch: number, key: Buffer): void {
+    checkKey(this.#suite, key);
+    if (keyEpoch < 1 || keyEpoch > 0xffff || !Number.isInteger(keyEpoch)) {
+      throw new CipherError(`key epoch ${keyEpoch} is not 1-65535`);
+    }
+    if (this.#keys.has(keyEpoch)) {
+      throw new CipherError(`key epoch ${keyEpoch} already has a key; a new key needs a new epoch`);
+    }
+    this.#keys.set(keyEpoch, { key: Buffer.from(key), lastSequence: undefined, count: 0 });
+  }
+
+  /** Forgets an epoch's key (after its crypto-period and grace); its epoch is never reused. */
+  dropKey(keyEpoch: number): void {
+    const entry = this.#keys.get(keyEpoch);
+    if (entry !== undefined) {
+      entry.key.fill(0);
+      entry.key = Buffer.alloc(0);
+    }
+  }
+
+  /**
+   * Seals a plain DATA datagram whose header names this run and an epoch with a key. Returns a
+   * new datagram: the same header with the body length grown by the tag, then ciphertext and tag.
+   */
+  seal(plain: Buffer): Buffer {
+    if (plain.length < headerBytes || plain[offsetType] !== PacketType.data) {
+      throw new CipherError('only DATA datagrams are sealed');
+    }
+    const incarnation = plain.readUInt32BE(offsetIncarnation);
+    if (incarnation !== this.#incarnation) {
+      throw new CipherError(`datagram of incarnation ${incarnation}, sealer of ${this.#incarnation}`);
+    }
+    const keyEpoch = plain.readUInt16BE(offsetKeyEpoch);
+    const entry = this.#keys.get(keyEpoch);
+    if (entry === undefined || entry.key.length === 0) {
+      throw new CipherError(`no traffic key for key epoch ${keyEpoch}`);
+    }
+    const sequence = plain.readUInt32BE(offsetSequence);
+    if (entry.lastSequence !== undefined) {
+      const ahead = (sequence - entry.lastSequence) >>> 0;
+      if (ahead === 0 || ahead >= 0x8000_0000) {
+        throw new CipherError(
+          `sequence ${sequence} is not ahead of ${entry.lastSequence} in key epoch ${keyEpoch}: its nonce was used`,
+        );
+      }
+    }
+    if (entry.count >= 0x7fff_ffff) {
+      throw new CipherError(`key epoch ${keyEpoch} has sealed 2^31 - 1 packets; start a new epoch`);
+    }
+    entry.lastSequence = sequence;
+    entry.count += 1;
+    const payloadLength = plain.length - headerBytes;
+    const out = Buffer.allocUnsafe(plain.length + aeadTagBytes);
+    plain.copy(out, 0, 0, headerBytes);
+    out.writeUInt16BE(payloadLength + aeadTagBytes, offsetBodyLength);
+    writePacketNonce(this.#nonce, this.#incarnation, keyEpoch, sequence);
+    const cipher = createCipheriv(cipherName(this.#suite) as CipherGCMTypes, entry.key, this.#nonce, {
+      authTagLength: aeadTagBytes,
+    });
+    cipher.setAAD(out.subarray(0, headerBytes));
+    const written = cipher.update(plain.subarray(headerBytes)).copy(out, headerBytes);
+    const final = cipher.final();
+    final.copy(out, headerBytes + written);
+    cipher.getAuthTag().copy(out, plain.length);
+    return out;
+  }
+}
+
+/** Why a sealed packet was not opened; counted per reason by the receiver. */
+export type OpenFailure = 'no-key' | 'bad-tag' | 'truncated';
+
+/** Opens sealed DATA datagrams under the traffic keys a token released. */
+export class PacketOpener {
+  readonly #suite: Suite;
+  readonly #keys = new Map<number, Buffer>();
+  readonly #nonce = Buffer.alloc(aeadNonceBytes);
+
+  constructor(suite: Suite) {
+    this.#suite = suite;
+  }
+
+  /** The suite in use. */
+  get suite(): Suite {
+    return this.#suite;
+  }
+
+  /** Installs the traffic key of an epoch. */
+  setKey(keyEpoch: number, key: Buffer): void {
+    checkKey(this.#suite, key);
+    this.#keys.set(keyEpoch, Buffer.from(key));
+  }
+
+  /** True when the epoch's key is held. */
+  hasKey(keyEpoch: number): boolean {
+    return this.#keys.has(keyEpoch);
+  }
+
+  /** Forgets an epoch's key. */
+  dropKey(keyEpoch: number): void {
+    this.#keys.get(keyEpoch)?.fill(0);
+    this.#keys.delete(keyEpoch);
+  }
+
+  /**
+   * Opens a sealed DATA datagram: on success a plain DATA datagram (header with the body length
+   * of the plaintext, key epoch kept), else the reason. Nothing of a packet that fails is returned.
+   */
+  open(sealed: Buffer): Buffer | OpenFailure {
+    if (sealed.length < headerBytes + aeadTagBytes) {
+      return 'truncated';
+    }
+    const keyEpoch = sealed.readUInt16BE(offsetKeyEpoch);
+    const key = this.#keys.get(keyEpoch);
+    if (key === undefined) {
+      return 'no-key';
+    }
+    const incarnation = sealed.readUInt32BE(offsetIncarnation);
+    const sequence = sealed.readUInt32BE(offsetSequence);
+    writePacketNonce(this.#nonce, incarnation, keyEpoch, sequence);
+    const decipher = createDecipheriv(cipherName(this.#suite) as CipherGCMTypes, key, this.#nonce, {
+      authTagLength: aeadTagBytes,
+    });
+    decipher.setAAD(sealed.subarray(0, headerBytes));
+    decipher.setAuthTag(sealed.subarray(sealed.length - aeadTagBytes));
+    const out = Buffer.allocUnsafe(sealed.length - aeadTagBytes);
+    sealed.copy(out, 0, 0, headerBytes);
+    try {
+      const body = decipher.update(sealed.subarray(headerBytes, sealed.length - aeadTagBytes));
+      decipher.final();
+      body.copy(out, headerBytes);
+    } catch {
+      out.fill(0);
+      return 'bad-tag';
+    }
+    out.writeUInt16BE(sealed.length - aeadTagBytes - headerBytes, offsetBodyLength);
+    return out;
+  }
+}

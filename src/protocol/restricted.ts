@@ -1,0 +1,439 @@
+/**
+ * Wire formats of restricted and signed sessions (docs/protocol.md, "Restricted sessions"):
+ * the KEY message (type 10, the ECM role), the SIGNATURE message (type 11: a manifest over the
+ * hashes of up to 64 DATA packets, or the signed session offer), and the grant (the EMM role),
+ * which travels over HTTP, not UDP. Pure codecs: signing and verifying are in src/crypto/.
+ *
+ * Every signed layout ends with a 64-byte Ed25519 signature over every byte before it (for the
+ * UDP messages: the 32-byte header, then the body up to the signature).
+ */
+import { type DecodeResult, invalid, ProtocolEncodeError, valid } from './errors.js';
+import { decodeHeader, type Header, type HeaderFields, PacketType, writeHeader } from './packet.js';
+import { headerBytes } from './sizes.js';
+
+/** Ed25519 signature length. */
+export const signatureBytes = 64;
+/** Ed25519 public key length (raw). */
+export const ed25519PublicKeyBytes = 32;
+/** Bytes of each packet hash in a manifest: the first 16 bytes of SHA-256 of the datagram. */
+export const manifestHashBytes = 16;
+/** Most packets one manifest covers. */
+export const manifestPacketsMax = 64;
+/** Longest service name, in UTF-8 bytes. */
+export const serviceNameBytesMax = 64;
+/** Most suites a session offer lists. */
+export const offerSuitesMax = 8;
+/** Wrapped key lengths AES key wrap (RFC 3394) yields for 16- and 32-byte keys. */
+const wrappedKeyLengths = new Set([24, 40]);
+
+/** SIGNATURE kinds (first body byte). */
+export const SignatureKind = { manifest: 1, session: 2 } as const;
+
+/** Session offer flags. */
+export const OfferFlag = { signed: 1, encrypted: 2 } as const;
+
+/** A manifest: hashes of the DATA datagrams with sequences first .. first + count - 1. */
+export interface ManifestMessage extends Header {
+  readonly kind: typeof SignatureKind.manifest;
+  /** The header's sequence: the first DATA sequence covered. */
+  readonly hashes: readonly Buffer[];
+  readonly signature: Buffer;
+  /** Every byte the signature covers. */
+  readonly signed: Buffer;
+}
+
+/** The signed session offer: what a restricted or signed run is and which suites it offers. */
+export interface SessionOfferBody {
+  readonly flags: number;
+  /** Tier a grant must reach to decode (0 = any). */
+  readonly tier: number;
+  /** Suites offered, in the source's order of preference (docs/protocol.md: the receiver takes the first it supports). */
+  readonly suites: readonly number[];
+  readonly cryptoPeriodMs: number;
+  readonly service: string;
+  /** The source's Ed25519 public key (raw, 32 bytes) that signs manifests and KEY messages. */
+  readonly sourcePublicKey: Buffer;
+  /** SHA-256 of the run's DESCRIPTOR datagram: the offer vouches for it. */
+  readonly descriptorSha256: Buffer;
+}
+export interface SessionOfferMessage extends Header, SessionOfferBody {
+  readonly kind: typeof SignatureKind.session;
+  readonly signature: Buffer;
+  readonly signed: Buffer;
+}
+
+export type SignatureMessage = ManifestMessage | SessionOfferMessage;
+
+/** KEY body: a traffic key for the header's key epoch, wrapped under the service key. */
+export interface KeyBody {
+  readonly suite: number;
+  readonly tier: number;
+  readonly serviceEpoch: number;
+  readonly cryptoPeriodMs: number;
+  readonly service: string;
+  /** AES key wrap (RFC 3394) of the traffic key under the service key: 24 or 40 bytes. */
+  readonly wrappedKey: Buffer;
+}
+export interface KeyMessage extends Header, KeyBody {
+  readonly type: typeof PacketType.key;
+  readonly signature: Buffer;
+  readonly signed: Buffer;
+}
+
+function nameBytes(name: string): Buffer {
+  const bytes = Buffer.from(name, 'utf8');
+  if (bytes.length === 0 || bytes.length > serviceNameBytesMax) {
+    throw new ProtocolEncodeError(`service name must be 1-${serviceNameBytesMax} bytes`);
+  }
+  return bytes;
+}
+
+/**
+ * Encodes a manifest without its signature: the returned buffer's last 64 bytes are zero and
+ * are filled by the signer (src/crypto/authority.ts) over every byte before them.
+ *
+ * Body: kind u8 = 1 @0, count u8 @1, hash bytes u8 = 16 @2, reserved u8 @3, hashes @4, signature.
+ */
+export function encodeManifestUnsigned(fields: HeaderFields, hashes: readonly Buffer[]): Buffer {
+  if (hashes.length < 1 || hashes.length > manifestPacketsMax) {
+    throw new ProtocolEncodeError(`a manifest covers 1-${manifestPacketsMax} packets`);
+  }
+  const bodyLength = 4 + hashes.length * manifestHashBytes + signatureBytes;
+  const out = Buffer.alloc(headerBytes + bodyLength);
+  writeHeader(out, PacketType.signature, fields, bodyLength);
+  out[headerBytes] = SignatureKind.manifest;
+  out[headerBytes + 1] = hashes.length;
+  out[headerBytes + 2] = manifestHashBytes;
+  hashes.forEach((hash, index) => {
+    if (hash.length < manifestHashBytes) {
+      throw new ProtocolEncodeError('manifest hash shorter than 16 bytes');
+    }
+    hash.copy(out, headerBytes + 4 + index * manifestHashBytes, 0, manifestHashBytes);
+  });
+  return out;
+}
+
+/**
+ * Encodes a session offer without its signature (see encodeManifestUnsigned).
+ *
+ * Body: kind u8 = 2 @0, flags u8 @1, tier u8 @2, suite count u8 @3, crypto-period ms u32 @4,
+ * source public key [32] @8, descriptor SHA-256 [32] @40, service length u8 @72, reserved u8 @73,
+ * suites [count] @74, service name, signature [64].
+ */
+export function encodeSessionOfferUnsigned(fields: HeaderFields, body: SessionOfferBody): Buffer {
+  const service = nameBytes(body.service);
+  if (body.suites.length < 1 || body.suites.length > offerSuitesMax) {
+    throw new ProtocolEncodeError(`an offer lists 1-${offerSuitesMax} suites`);
+  }
+  if (body.sourcePublicKey.length !== ed25519PublicKeyBytes || body.descriptorSha256.length !== 32) {
+    throw new ProtocolEncodeError('offer keys and hashes must be 32 bytes');
+  }
+  const bodyLength = 74 + body.suites.length + service.length + signatureBytes;
+  const out = Buffer.alloc(headerBytes + bodyLength);
+  writeHeader(out, PacketType.signature, fields, bodyLength);
+  const b = out.subarray(headerBytes);
+  b[0] = SignatureKind.session;
+  b[1] = body.flags;
+  b[2] = body.tier;
+  b[3] = body.suites.length;
+  b.writeUInt32BE(body.cryptoPeriodMs >>> 0, 4);
+  body.sourcePublicKey.copy(b, 8);
+  body.descriptorSha256.copy(b, 40);
+  b[72] = service.length;
+  body.suites.forEach((suite, index) => {
+    b[74 + index] = suite;
+  });
+  service.copy(b, 74 + body.suites.length);
+  return out;
+}
+
+/** Decodes a SIGNATURE message (manifest or session offer); the signature is not checked here. */
+export function decodeSignature(buf: Buffer): DecodeResult<SignatureMessage> {
+  const header = decodeHeader(buf);
+  if (!header.ok) {
+    return header;
+  }
+  if (header.value.type !== PacketType.signature) {
+    return invalid('bad-field', `type ${header.value.type} is not SIGNATURE`);
+  }
+  if (header.value.incarnation === 0) {
+    return invalid('bad-field', 'a SIGNATURE names a run (incarnation not 0)');
+  }
+  const body = buf.subarray(headerBytes);
+  if (body.length < 4 + signatureBytes) {
+    return invalid('truncated', 'SIGNATURE body too short');
+  }
+  const signatureAt = buf.length - signatureBytes;
+  const signature = buf.subarray(signatureAt);
+  const signed = buf.subarray(0, signatureAt);
+  if (body[0] === SignatureKind.manifest) {
+    const count = body[1] ?? 0;
+    if (count < 1 || count > manifestPacketsMax || body[2] !== manifestHashBytes || body[3] !== 0) {
+      return invalid('bad-field', 'manifest count, hash size or reserved byte');
+    }
+    if (body.length !== 4 + count * manifestHashBytes + signatureBytes) {
+      return invalid('length-mismatch', `manifest of ${count} hashes has ${body.length} body bytes`);
+    }
+    const hashes: Buffer[] = [];
+    for (let index = 0; index < count; index += 1) {
+      const at = 4 + index * manifestHashBytes;
+      hashes.push(body.subarray(at, at + manifestHashBytes));
+    }
+    return valid({ ...header.value, kind: SignatureKind.manifest, hashes, signature, signed });
+  }
+  if (body[0] === SignatureKind.session) {
+    return decodeOffer(header.value, body, signature, signed);
+  }
+  return invalid('bad-field', `SIGNATURE kind ${body[0]} is unknown`);
+}
+
+function decodeOffer(
+  header: Header,
+  body: Buffer,
+  signature: Buffer,
+  signed: Buffer,
+): DecodeResult<SessionOfferMessage> {
+  if (body.length < 74 + signatureBytes) {
+    return invalid('truncated', 'session offer too short');
+  }
+  const flags = body[1] ?? 0;
+  const count = body[3] ?? 0;
+  const serviceLength = body[72] ?? 0;
+  if ((flags & ~(OfferFlag.signed | OfferFlag.encrypted)) !== 0 || (flags & OfferFlag.signed) === 0) {
+    return invalid('bad-flags', `offer flags ${flags}: a session offer is always signed`);
+  }
+  if (count < 1 || count > offerSuitesMax || body[73] !== 0) {
+    return invalid('bad-field', 'offer suite count or reserved byte');
+  }
+  if (serviceLength < 1 || serviceLength > serviceNameBytesMax) {
+    return invalid('bad-field', 'offer service name length');
+  }
+  if (body.length !== 74 + count + serviceLength + signatureBytes) {
+    return invalid('length-mismatch', 'offer body length does not match its counts');
+  }
+  const suites = [...body.subarray(74, 74 + count)];
+  const service = body.subarray(74 + count, 74 + count + serviceLength).toString('utf8');
+  return valid({
+    ...header,
+    kind: SignatureKind.session,
+    flags,
+    tier: body[2] ?? 0,
+    suites,
+    cryptoPeriodMs: body.readUInt32BE(4),
+    sourcePublicKey: body.subarray(8, 40),
+    descriptorSha256: body.subarray(40, 72),
+    service,
+    signature,
+    signed,
+  });
+}
+
+/**
+ * Encodes a KEY message without its signature (see encodeManifestUnsigned). The header's key
+ * epoch is the traffic key's epoch; its timestamp is the stream's authenticated time.
+ *
+ * Body: suite u8 @0, tier u8 @1, service length u8 @2, wrapped length u8 @3, service epoch u32 @4,
+ * crypto-period ms u32 @8, service name @12, wrapped key, signature [64].
+ */
+export function encodeKeyUnsigned(fields: HeaderFields, body: KeyBody): Buffer {
+  const service = nameBytes(body.service);
+  if (!wrappedKeyLengths.has(body.wrappedKey.length)) {
+    throw new ProtocolEncodeError('a wrapped traffic key is 24 or 40 bytes');
+  }
+  if ((fields.keyEpoch ?? 0) === 0) {
+    throw new ProtocolEncodeError('a KEY names a key epoch other than 0');
+  }
+  const bodyLength = 12 + service.length + body.wrappedKey.length + signatureBytes;
+  const out = Buffer.alloc(headerBytes + bodyLength);
+  writeHeader(out, PacketType.key, fields, bodyLength);
+  const b = out.subarray(headerBytes);
+  b[0] = body.suite;
+  b[1] = body.tier;
+  b[2] = service.length;
+  b[3] = body.wrappedKey.length;
+  b.writeUInt32BE(body.serviceEpoch >>> 0, 4);
+  b.writeUInt32BE(body.cryptoPeriodMs >>> 0, 8);
+  service.copy(b, 12);
+  body.wrappedKey.copy(b, 12 + service.length);
+  return out;
+}
+
+/** Decodes a KEY message; the signature is not checked here. */
+export function decodeKey(buf: Buffer): DecodeResult<KeyMessage> {
+  const header = decodeHeader(buf);
+  if (!header.ok) {
+    return header;
+  }
+  if (header.value.type !== PacketType.key) {
+    return invalid('bad-field', `type ${header.value.type} is not KEY`);
+  }
+  if (header.value.incarnation === 0 || header.value.keyEpoch === 0) {
+    return invalid('bad-field', 'a KEY names a run and a key epoch (neither 0)');
+  }
+  const b = buf.subarray(headerBytes);
+  if (b.length < 12 + 1 + 24 + signatureBytes) {
+    return invalid('truncated', 'KEY body too short');
+  }
+  const serviceLength = b[2] ?? 0;
+  const wrappedLength = b[3] ?? 0;
+  if (serviceLength < 1 || serviceLength > serviceNameBytesMax || !wrappedKeyLengths.has(wrappedLength)) {
+    return invalid('bad-field', 'KEY service name or wrapped key length');
+  }
+  if (b.length !== 12 + serviceLength + wrappedLength + signatureBytes) {
+    return invalid('length-mismatch', 'KEY body length does not match its lengths');
+  }
+  const signatureAt = buf.length - signatureBytes;
+  return valid({
+    ...header.value,
+    type: PacketType.key,
+    suite: b[0] ?? 0,
+    tier: b[1] ?? 0,
+    serviceEpoch: b.readUInt32BE(4),
+    cryptoPeriodMs: b.readUInt32BE(8),
+    service: b.subarray(12, 12 + serviceLength).toString('utf8'),
+    wrappedKey: b.subarray(12 + serviceLength, 12 + serviceLength + wrappedLength),
+    signature: buf.subarray(signatureAt),
+    signed: buf.subarray(0, signatureAt),
+  });
+}
+
+/** Grant magic "GCGR" and version. */
+const grantMagic = 0x47434752;
+const grantVersion = 1;
+/** P-256 uncompressed point length (0x04 || X || Y). */
+export const p256PointBytes = 65;
+
+/** Price models of a rate card (docs/protocol.md, "Grant"). */
+export const PriceModel = { subscription: 0, perCryptoPeriod: 1 } as const;
+
+/** The grant (EMM role): a service key for one token, with the window and the rate card. */
+export interface GrantBody {
+  readonly tier: number;
+  /** SHA-256 of the token's device public key (SPKI DER): the grant is for that token only. */
+  readonly deviceKeyId: Buffer;
+  readonly service: string;
+  readonly serviceEpoch: number;
+  /** Validity window, milliseconds since 1970: notBeforeMs <= stream time < notAfterMs. */
+  readonly notBeforeMs: number;
+  readonly notAfterMs: number;
+  readonly priceModel: number;
+  /** ISO 4217 code, three ASCII letters. */
+  readonly currency: string;
+  /** Price per unit of the model, integer minor units. */
+  readonly priceMinor: number;
+  /** The source key whose KEY messages, offers and manifests this service trusts. */
+  readonly sourcePublicKey: Buffer;
+  /** Ephemeral P-256 public key (uncompressed) of the ECDH with the device key. */
+  readonly ephemeralPublicKey: Buffer;
+  /** AES key wrap of the 32-byte service key under the ECDH secret: 40 bytes. */
+  readonly wrappedServiceKey: Buffer;
+}
+export interface Grant extends GrantBody {
+  readonly signature: Buffer;
+  readonly signed: Buffer;
+}
+
+/**
+ * Encodes a grant without its signature. Layout: magic u32 "GCGR" @0, version u8 @4, tier u8 @5,
+ * price model u8 @6, service length u8 @7, service epoch u32 @8, not before ms u64 @12,
+ * not after ms u64 @20, price minor u64 @28, currency [3] @36, reserved u8 @39,
+ * device key id [32] @40, source public key [32] @72, ephemeral public key [65] @104,
+ * wrapped service key [40] @169, service name @209, signature [64].
+ */
+export function encodeGrantUnsigned(body: GrantBody): Buffer {
+  const service = nameBytes(body.service);
+  if (
+    body.deviceKeyId.length !== 32 ||
+    body.sourcePublicKey.length !== ed25519PublicKeyBytes ||
+    body.ephemeralPublicKey.length !== p256PointBytes ||
+    body.wrappedServiceKey.length !== 40 ||
+    !/^[A-Z]{3}$/.test(body.currency)
+  ) {
+    throw new ProtocolEncodeError('grant field of the wrong size or currency not three capitals');
+  }
+  for (const value of [body.notBeforeMs, body.notAfterMs, body.priceMinor]) {
+    if (!Number.isSafeInteger(value) || value < 0) {
+      throw new ProtocolEncodeError('grant times and prices are non-negative safe integers');
+    }
+  }
+  const out = Buffer.alloc(grantFixedBytes + service.length + signatureBytes);
+  out.writeUInt32BE(grantMagic, 0);
+  out[4] = grantVersion;
+  out[5] = body.tier;
+  out[6] = body.priceModel;
+  out[7] = service.length;
+  out.writeUInt32BE(body.serviceEpoch >>> 0, 8);
+  out.writeBigUInt64BE(BigInt(body.notBeforeMs), 12);
+  out.writeBigUInt64BE(BigInt(body.notAfterMs), 20);
+  out.writeBigUInt64BE(BigInt(body.priceMinor), 28);
+  out.write(body.currency, 36, 'ascii');
+  body.deviceKeyId.copy(out, 40);
+  body.sourcePublicKey.copy(out, 72);
+  body.ephemeralPublicKey.copy(out, 104);
+  body.wrappedServiceKey.copy(out, 169);
+  service.copy(out, grantFixedBytes);
+  return out;
+}
+
+const grantFixedBytes = 209;
+
+function readSafe(buf: Buffer, offset: number): number | undefined {
+  const value = buf.readBigUInt64BE(offset);
+  return value <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(value) : undefined;
+}
+
+/** Decodes a grant; the signature is not checked here. */
+export function decodeGrant(buf: Buffer): DecodeResult<Grant> {
+  if (buf.length < grantFixedBytes + 1 + signatureBytes) {
+    return invalid('truncated', 'grant too short');
+  }
+  if (buf.readUInt32BE(0) !== grantMagic) {
+    return invalid('bad-magic', 'not a grant');
+  }
+  if (buf[4] !== grantVersion) {
+    return invalid('bad-version', `grant version ${buf[4]}`);
+  }
+  const serviceLength = buf[7] ?? 0;
+  if (serviceLength < 1 || serviceLength > serviceNameBytesMax || buf[39] !== 0) {
+    return invalid('bad-field', 'grant service length or reserved byte');
+  }
+  if (buf.length !== grantFixedBytes + serviceLength + signatureBytes) {
+    return invalid('length-mismatch', 'grant length does not match its service name');
+  }
+  const priceModel = buf[6] ?? 0;
+  if (priceModel !== PriceModel.subscription && priceModel !== PriceModel.perCryptoPeriod) {
+    return invalid('bad-field', `grant price model ${priceModel}`);
+  }
+  const notBeforeMs = readSafe(buf, 12);
+  const notAfterMs = readSafe(buf, 20);
+  const priceMinor = readSafe(buf, 28);
+  const currency = buf.subarray(36, 39).toString('latin1');
+  if (
+    notBeforeMs === undefined ||
+    notAfterMs === undefined ||
+    priceMinor === undefined ||
+    !/^[A-Z]{3}$/.test(currency)
+  ) {
+    return invalid('bad-field', 'grant time, price or currency out of range');
+  }
+  if (buf[104] !== 0x04) {
+    return invalid('bad-field', 'grant ephemeral key is not an uncompressed P-256 point');
+  }
+  const signatureAt = buf.length - signatureBytes;
+  return valid({
+    tier: buf[5] ?? 0,
+    priceModel,
+    serviceEpoch: buf.readUInt32BE(8),
+    notBeforeMs,
+    notAfterMs,
+    priceMinor,
+    currency,
+    deviceKeyId: buf.subarray(40, 72),
+    sourcePublicKey: buf.subarray(72, 104),
+    ephemeralPublicKey: buf.subarray(104, 169),
+    wrappedServiceKey: buf.subarray(169, 209),
+    service: buf.subarray(grantFixedBytes, grantFixedBytes + serviceLength).toString('utf8'),
+    signature: buf.subarray(signatureAt),
+    signed: buf.subarray(0, signatureAt),
+  });
+}

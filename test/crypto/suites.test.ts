@@ -1,0 +1,303 @@
+import assert from 'node:assert/strict';
+import { createHash, generateKeyPairSync, randomBytes } from 'node:crypto';
+import { describe, it } from 'node:test';
+import {
+  buildKeyMessage,
+  buildSessionOffer,
+  ed25519FromRaw,
+  ed25519Raw,
+  generateSigningKey,
+  issueGrant,
+  ManifestBuilder,
+  manifestHash,
+  p256Point,
+  unwrapKey,
+  verifySignature,
+  wrapKey,
+} from '../../src/crypto/authority.js';
+import { CipherError, SuiteRefused } from '../../src/crypto/errors.js';
+import {
+  aeadTagBytes,
+  checkSignatureScheme,
+  negotiateSuite,
+  PacketOpener,
+  PacketSealer,
+  SuiteId,
+  suiteByName,
+  suites,
+  writePacketNonce,
+} from '../../src/crypto/suites.js';
+import { decodeData, encodeData, headerBytes, offsetKeyEpoch } from '../../src/protocol/packet.js';
+import {
+  decodeGrant,
+  decodeKey,
+  decodeSignature,
+  OfferFlag,
+  PriceModel,
+  SignatureKind,
+} from '../../src/protocol/restricted.js';
+import { createRandom } from '../helpers/random.js';
+
+function data(incarnation: number, sequence: number, keyEpoch: number, payload: Buffer): Buffer {
+  return encodeData(
+    { sessionId: 42, incarnation, sequence, keyEpoch, timestampUs: 1_764_000_000_000_000 },
+    payload,
+  );
+}
+
+describe('suites: what is refused at configuration load', () => {
+  const refused: [string, RegExp][] = [
+    ['md5', /MD5/],
+    ['hmac-md5', /MD5/],
+    ['sha1', /SHA-1/],
+    ['HMAC-SHA1', /SHA-1/],
+    ['ecdsa-with-SHA1', /SHA-1/],
+    ['rc4', /RC4/],
+    ['des-cbc', /DES/],
+    ['des', /DES/],
+    ['3des', /3DES/],
+    ['des-ede3-cbc', /3DES/],
+    ['aes-128-ecb', /ECB/],
+    ['aes-256-cbc', /CBC/],
+    ['aes-128-ctr', /CTR/],
+    ['aes-128-gcm/64', /64-bit tag/],
+    ['aes-256-gcm-96', /96-bit tag/],
+  ];
+  for (const [name, why] of refused) {
+    it(`refuses ${name}, naming the field, the algorithm and why`, () => {
+      assert.throws(
+        () => suiteByName(name, '--suite'),
+        (error) =>
+          error instanceof SuiteRefused &&
+          error.message.startsWith(`--suite: ${name} is refused: `) &&
+          why.test(error.message),
+      );
+    });
+  }
+  it('refuses SHA-1 and RSA as signature schemes; takes Ed25519', () => {
+    assert.throws(() => checkSignatureScheme('rsa-sha1', 'signature'), /SHA-1/);
+    assert.throws(() => checkSignatureScheme('rsa-pss', 'signature'), /not a signature scheme/);
+    checkSignatureScheme('Ed25519', 'signature');
+  });
+  it('takes the three AEADs, with a 128-bit tag written or not', () => {
+    assert.equal(suiteByName('AES-128-GCM', '--suite').id, SuiteId.aes128Gcm);
+    assert.equal(suiteByName('aes-256-gcm/128', '--suite').id, SuiteId.aes256Gcm);
+    assert.equal(suiteByName('chacha20_poly1305', '--suite').id, SuiteId.chacha20Poly1305);
+    assert.throws(() => suiteByName('aes-512-gcm', '--suite'), /not a suite gatecast speaks/);
+  });
+  it('negotiation: the receiver takes the first offered suite it supports', () => {
+    const only = suites.filter((suite) => suite.id !== SuiteId.chacha20Poly1305);
+    assert.equal(
+      negotiateSuite([SuiteId.chacha20Poly1305, SuiteId.aes128Gcm, SuiteId.aes256Gcm], only)?.id,
+      SuiteId.aes128Gcm,
+    );
+    assert.equal(negotiateSuite([SuiteId.chacha20Poly1305], only), undefined);
+    assert.equal(negotiateSuite([9, SuiteId.chacha20Poly1305])?.id, SuiteId.chacha20Poly1305);
+  });
+});
+
+describe('suites: sealing DATA', () => {
+  for (const suite of suites) {
+    it(`${suite.name}: a sealed packet opens to the same DATA; no payload byte travels in clear`, () => {
+      const key = randomBytes(suite.keyBytes);
+      const sealer = new PacketSealer(suite, 0x0badcafe);
+      sealer.setKey(3, key);
+      const opener = new PacketOpener(suite);
+      opener.setKey(3, key);
+      const payload = Buffer.alloc(1400, 'plaintext!');
+      const plain = data(0x0badcafe, 10, 3, payload);
+      const sealed = sealer.seal(plain);
+      assert.equal(sealed.length, plain.length + aeadTagBytes);
+      assert.ok(decodeData(sealed).ok, 'a sealed DATA is still a well-formed DATA');
+      assert.equal(sealed.indexOf('plaintext'), -1);
+      const opened = opener.open(sealed);
+      assert.ok(Buffer.isBuffer(opened));
+      assert.deepEqual(opened, plain);
+    });
+  }
+
+  it('every flipped bit — header, ciphertext or tag — fails the tag and yields nothing', () => {
+    const suite = suiteByName('aes-128-gcm', 'test');
+    const key = randomBytes(16);
+    const sealer = new PacketSealer(suite, 5);
+    sealer.setKey(1, key);
+    const opener = new PacketOpener(suite);
+    opener.setKey(1, key);
+    const sealed = sealer.seal(data(5, 1, 1, Buffer.from('forty-two bytes of a secret payload, here.')));
+    for (let bit = 0; bit < sealed.length * 8; bit += 1) {
+      if (bit >= offsetKeyEpoch * 8 && bit < (offsetKeyEpoch + 2) * 8) {
+        continue; // another epoch: no key, counted as such
+      }
+      const forged = Buffer.from(sealed);
+      forged[bit >> 3] = (forged[bit >> 3] ?? 0) ^ (1 << (bit & 7));
+      const result = opener.open(forged);
+      assert.ok(result === 'bad-tag' || result === 'truncated', `bit ${bit}: ${String(result)}`);
+    }
+    const otherEpoch = Buffer.from(sealed);
+    otherEpoch.writeUInt16BE(2, offsetKeyEpoch);
+    assert.equal(opener.open(otherEpoch), 'no-key');
+  });
+
+  it('a sealer never seals a sequence twice under one key epoch (no nonce reuse)', () => {
+    const suite = suiteByName('aes-256-gcm', 'test');
+    const sealer = new PacketSealer(suite, 9);
+    sealer.setKey(1, randomBytes(32));
+    sealer.seal(data(9, 100, 1, Buffer.from('a')));
+    assert.throws(() => sealer.seal(data(9, 100, 1, Buffer.from('b'))), CipherError);
+    assert.throws(() => sealer.seal(data(9, 99, 1, Buffer.from('b'))), CipherError);
+    assert.throws(() => sealer.setKey(1, randomBytes(32)), /already has a key/);
+    assert.throws(() => sealer.seal(data(10, 101, 1, Buffer.from('b'))), /incarnation/);
+    assert.throws(() => new PacketSealer(suite, 0), CipherError);
+  });
+
+  it('a restart (a new incarnation) uses a new nonce space even under the same session id, sequences and epochs', () => {
+    const suite = suiteByName('aes-256-gcm', 'test');
+    const nonces = (incarnation: number) => {
+      const seen = new Set<string>();
+      for (let epoch = 1; epoch <= 3; epoch += 1) {
+        for (let sequence = 0; sequence < 500; sequence += 1) {
+          seen.add(writePacketNonce(Buffer.alloc(12), incarnation, epoch, sequence).toString('hex'));
+        }
+      }
+      return seen;
+    };
+    const first = nonces(0x11111111);
+    const second = nonces(0x22222222);
+    assert.equal(first.size, 1500, 'no nonce repeats within a run');
+    for (const nonce of second) {
+      assert.ok(!first.has(nonce), `nonce ${nonce} reused across a restart`);
+    }
+    // And what a restarted source actually emits: the same header fields but the new incarnation
+    // give different ciphertexts of the same plaintext.
+    const key = randomBytes(32);
+    const before = new PacketSealer(suite, 0x11111111);
+    const afterRestart = new PacketSealer(suite, 0x22222222);
+    before.setKey(1, key);
+    afterRestart.setKey(1, key);
+    const payload = Buffer.alloc(64, 7);
+    const a = before.seal(data(0x11111111, 0, 1, payload)).subarray(headerBytes);
+    const b = afterRestart.seal(data(0x22222222, 0, 1, payload)).subarray(headerBytes);
+    assert.notDeepEqual(a, b);
+  });
+});
+
+describe('manifests, offers, KEY messages and grants', () => {
+  const source = generateSigningKey();
+
+  it('a manifest signs the hashes of 32 consecutive datagrams; a receiver checks each against it', () => {
+    const builder = new ManifestBuilder({ sessionId: 42, incarnation: 7 }, source.privateKey, 32);
+    const datagrams: Buffer[] = [];
+    let manifest: Buffer | undefined;
+    for (let sequence = 0xfffffff0; datagrams.length < 32; sequence = (sequence + 1) >>> 0) {
+      const datagram = data(7, sequence, 0, randomBytes(100));
+      datagrams.push(datagram);
+      manifest = builder.add(datagram, sequence, 1);
+    }
+    assert.ok(manifest !== undefined);
+    const decoded = decodeSignature(manifest);
+    assert.ok(decoded.ok && decoded.value.kind === SignatureKind.manifest);
+    assert.equal(decoded.value.sequence, 0xfffffff0);
+    assert.ok(verifySignature(decoded.value.signed, decoded.value.signature, source.publicKey));
+    datagrams.forEach((datagram, index) => {
+      assert.deepEqual(
+        decoded.value.kind === SignatureKind.manifest && decoded.value.hashes[index],
+        manifestHash(datagram),
+      );
+    });
+    assert.ok((manifest.length - headerBytes) / 32 < 19, 'about 17 bytes a packet');
+    const forged = Buffer.from(manifest);
+    forged[headerBytes + 10] = (forged[headerBytes + 10] ?? 0) ^ 1;
+    const forgedDecoded = decodeSignature(forged);
+    assert.ok(forgedDecoded.ok);
+    assert.ok(!verifySignature(forgedDecoded.value.signed, forgedDecoded.value.signature, source.publicKey));
+  });
+
+  it('a session offer round-trips and is signed by the source', () => {
+    const offer = buildSessionOffer(
+      { sessionId: 42, incarnation: 7, sequence: 0, timestampUs: 5 },
+      {
+        flags: OfferFlag.signed | OfferFlag.encrypted,
+        tier: 2,
+        suites: [SuiteId.aes256Gcm, SuiteId.chacha20Poly1305],
+        cryptoPeriodMs: 10_000,
+        service: 'news',
+        sourcePublicKey: ed25519Raw(source.publicKey),
+        descriptorSha256: createHash('sha256').update('descriptor').digest(),
+      },
+      source.privateKey,
+    );
+    const decoded = decodeSignature(offer);
+    assert.ok(decoded.ok && decoded.value.kind === SignatureKind.session);
+    assert.deepEqual(decoded.value.suites, [SuiteId.aes256Gcm, SuiteId.chacha20Poly1305]);
+    assert.equal(decoded.value.service, 'news');
+    assert.ok(
+      verifySignature(
+        decoded.value.signed,
+        decoded.value.signature,
+        ed25519FromRaw(decoded.value.sourcePublicKey),
+      ),
+    );
+  });
+
+  it('AES key wrap round-trips; a wrong KEK or a flipped bit unwraps nothing', () => {
+    const kek = randomBytes(32);
+    const key = randomBytes(16);
+    const wrapped = wrapKey(kek, key);
+    assert.equal(wrapped.length, 24);
+    assert.deepEqual(unwrapKey(kek, wrapped), key);
+    assert.equal(unwrapKey(randomBytes(32), wrapped), undefined);
+    wrapped[3] = (wrapped[3] ?? 0) ^ 1;
+    assert.equal(unwrapKey(kek, wrapped), undefined);
+  });
+
+  it('property: KEY, SIGNATURE and grant decoders never throw on random or mutated input, and reject truncation', () => {
+    const random = createRandom(1212);
+    const key = buildKeyMessage(
+      { sessionId: 1, incarnation: 2, sequence: 3, timestampUs: 4, keyEpoch: 5 },
+      { suite: 2, tier: 0, serviceEpoch: 1, cryptoPeriodMs: 1000, service: 'news' },
+      randomBytes(32),
+      randomBytes(32),
+      source.privateKey,
+    );
+    const grant = issueGrant(
+      {
+        devicePoint: p256Point(generateKeyPairSync('ec', { namedCurve: 'P-256' }).publicKey),
+        serviceKey: randomBytes(32),
+        tier: 0,
+        service: 'news',
+        serviceEpoch: 1,
+        notBeforeMs: 0,
+        notAfterMs: 1,
+        priceModel: PriceModel.subscription,
+        currency: 'EUR',
+        priceMinor: 0,
+        sourcePublicKey: ed25519Raw(source.publicKey),
+      },
+      source.privateKey,
+    );
+    assert.ok(decodeKey(key).ok);
+    assert.ok(decodeGrant(grant).ok);
+    for (let cut = 0; cut < key.length; cut += 1) {
+      assert.equal(decodeKey(key.subarray(0, cut)).ok, false);
+    }
+    for (let cut = 0; cut < grant.length; cut += 1) {
+      assert.equal(decodeGrant(grant.subarray(0, cut)).ok, false);
+    }
+    for (let round = 0; round < 3000; round += 1) {
+      for (const original of [key, grant]) {
+        const mutated = Buffer.from(original);
+        for (let flips = 1 + random.int(4); flips > 0; flips -= 1) {
+          const at = random.int(mutated.length);
+          mutated[at] = random.int(256);
+        }
+        decodeKey(mutated);
+        decodeGrant(mutated);
+        decodeSignature(mutated);
+      }
+      const noise = random.bytes(random.int(400));
+      decodeKey(noise);
+      decodeGrant(noise);
+      decodeSignature(noise);
+    }
+  });
+});

@@ -1,0 +1,336 @@
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { buildKeyMessage, ed25519Raw, generateSigningKey, issueGrant } from '../../src/crypto/authority.js';
+import { TokenError, TokenRefused } from '../../src/crypto/errors.js';
+import {
+  devicePrivateKeyAttributes,
+  initPkcs11Token,
+  openPkcs11Token,
+} from '../../src/crypto/pkcs11-token.js';
+import { initSoftwareToken, openSoftwareToken } from '../../src/crypto/software-token.js';
+import { SuiteId } from '../../src/crypto/suites.js';
+import type { Purse, PurseDebit, Token } from '../../src/crypto/token.js';
+import { decodeKey, PriceModel } from '../../src/protocol/restricted.js';
+import { createRandom } from '../helpers/random.js';
+import { createSoftHsm, type SoftHsm, softhsmMissing, softhsmModulePath } from '../helpers/softhsm.js';
+
+const hour = 3_600_000;
+const start = Date.UTC(2026, 11, 1);
+const root = generateSigningKey();
+const source = generateSigningKey();
+const serviceKey = randomBytes(32);
+
+/** A purse with a balance, recording what it debited. */
+function balancePurse(balanceMinor: number): Purse & { debits: PurseDebit[]; balance: () => number } {
+  let balance = balanceMinor;
+  const debits: PurseDebit[] = [];
+  return {
+    debits,
+    balance: () => balance,
+    debit(debit) {
+      if (balance < debit.amountMinor) {
+        return Promise.resolve({ ok: false, reason: 'purse-empty', message: `purse empty: ${balance} left` });
+      }
+      balance -= debit.amountMinor;
+      debits.push(debit);
+      return Promise.resolve({ ok: true });
+    },
+  };
+}
+
+function grantFor(
+  token: Token,
+  overrides: Partial<Parameters<typeof issueGrant>[0]> = {},
+  signer = root.privateKey,
+): Buffer {
+  return issueGrant(
+    {
+      devicePoint: token.devicePoint(),
+      serviceKey,
+      tier: 1,
+      service: 'news',
+      serviceEpoch: 1,
+      notBeforeMs: start,
+      notAfterMs: start + hour,
+      priceModel: PriceModel.subscription,
+      currency: 'EUR',
+      priceMinor: 0,
+      sourcePublicKey: ed25519Raw(source.publicKey),
+      ...overrides,
+    },
+    signer,
+  );
+}
+
+function keyMessage(options: {
+  timeMs: number;
+  keyEpoch?: number;
+  tier?: number;
+  signer?: typeof source.privateKey;
+  trafficKey?: Buffer;
+  service?: string;
+}) {
+  const trafficKey = options.trafficKey ?? randomBytes(32);
+  const bytes = buildKeyMessage(
+    {
+      sessionId: 7,
+      incarnation: 99,
+      sequence: 0,
+      timestampUs: options.timeMs * 1000,
+      keyEpoch: options.keyEpoch ?? 1,
+    },
+    {
+      suite: SuiteId.aes256Gcm,
+      tier: options.tier ?? 1,
+      serviceEpoch: 1,
+      cryptoPeriodMs: 10_000,
+      service: options.service ?? 'news',
+    },
+    serviceKey,
+    trafficKey,
+    options.signer ?? source.privateKey,
+  );
+  const decoded = decodeKey(bytes);
+  assert.ok(decoded.ok);
+  return { message: decoded.value, trafficKey, bytes };
+}
+
+async function refusal(promise: Promise<unknown>): Promise<TokenRefused> {
+  try {
+    await promise;
+  } catch (error) {
+    assert.ok(error instanceof TokenRefused, String(error));
+    return error;
+  }
+  assert.fail('the token released a key it should have refused');
+}
+
+/** The same behaviour for both back ends. */
+function behaviour(name: string, make: (purse?: Purse) => { open: () => Token }) {
+  describe(`${name} token`, () => {
+    it('an entitled token releases the traffic key of a KEY message inside the window', async () => {
+      const { open } = make();
+      const token = open();
+      token.installGrant(grantFor(token));
+      const { message, trafficKey } = keyMessage({ timeMs: start + 1000 });
+      assert.deepEqual(await token.releaseTrafficKey(message), trafficKey);
+      token.close();
+    });
+
+    it('refuses without a grant, before and after the window, with the dates a user reads', async () => {
+      const { open } = make();
+      const token = open();
+      const none = await refusal(token.releaseTrafficKey(keyMessage({ timeMs: start + 1 }).message));
+      assert.equal(none.reason, 'not-entitled');
+      assert.match(none.message, /not entitled to news/);
+      token.installGrant(grantFor(token));
+      const early = await refusal(token.releaseTrafficKey(keyMessage({ timeMs: start - 1 }).message));
+      assert.equal(early.reason, 'not-yet-valid');
+      assert.match(early.message, /not entitled to news until 2026-12-01T00:00:00.000Z/);
+      const late = await refusal(token.releaseTrafficKey(keyMessage({ timeMs: start + hour }).message));
+      assert.equal(late.reason, 'expired');
+      assert.equal(token.refusalFor('news', start + 5)?.reason, undefined);
+      assert.equal(token.refusalFor('sport', start + 5)?.reason, 'not-entitled');
+      token.close();
+    });
+
+    it('refuses a forged KEY message, a grant from another root and a grant for another token', async () => {
+      const { open } = make();
+      const token = open();
+      const other = generateSigningKey();
+      assert.throws(
+        () => token.installGrant(grantFor(token, {}, other.privateKey)),
+        (error) => error instanceof TokenRefused && error.reason === 'bad-signature',
+      );
+      const stranger = generateSigningKey();
+      void stranger;
+      token.installGrant(grantFor(token));
+      const forged = await refusal(
+        token.releaseTrafficKey(keyMessage({ timeMs: start + 1, signer: other.privateKey }).message),
+      );
+      assert.equal(forged.reason, 'bad-signature');
+      const flipped = keyMessage({ timeMs: start + 2 });
+      const bytes = Buffer.from(flipped.bytes);
+      bytes[bytes.length - 70] = (bytes[bytes.length - 70] ?? 0) ^ 1; // a bit of the wrapped key
+      const decoded = decodeKey(bytes);
+      assert.ok(decoded.ok);
+      assert.equal((await refusal(token.releaseTrafficKey(decoded.value))).reason, 'bad-signature');
+      token.close();
+    });
+
+    it('refuses a KEY message older than the latest it accepted (replay or clock rollback), across a reopen', async () => {
+      const { open } = make();
+      let token = open();
+      token.installGrant(grantFor(token));
+      await token.releaseTrafficKey(keyMessage({ timeMs: start + 60_000, keyEpoch: 2 }).message);
+      const replay = await refusal(
+        token.releaseTrafficKey(keyMessage({ timeMs: start + 30_000, keyEpoch: 1 }).message),
+      );
+      assert.equal(replay.reason, 'rollback');
+      token.close();
+      token = open();
+      assert.equal(token.highestStreamTimeUs, (start + 60_000) * 1000);
+      assert.equal(
+        (await refusal(token.releaseTrafficKey(keyMessage({ timeMs: start + 30_000 }).message))).reason,
+        'rollback',
+      );
+      // Within the tolerance (KEY messages repeat and reorder) is accepted.
+      await token.releaseTrafficKey(keyMessage({ timeMs: start + 57_000, keyEpoch: 3 }).message);
+      token.close();
+    });
+
+    it('refuses a tier the grant does not reach', async () => {
+      const { open } = make();
+      const token = open();
+      token.installGrant(grantFor(token, { tier: 1 }));
+      assert.equal(
+        (await refusal(token.releaseTrafficKey(keyMessage({ timeMs: start + 1, tier: 2 }).message))).reason,
+        'tier',
+      );
+      token.close();
+    });
+
+    it('pay-as-you-go: no purse and an empty purse release nothing; a repeated KEY is charged once', async () => {
+      const payg = { priceModel: PriceModel.perCryptoPeriod, priceMinor: 5 };
+      {
+        const { open } = make();
+        const token = open();
+        token.installGrant(grantFor(token, payg));
+        assert.equal(
+          (await refusal(token.releaseTrafficKey(keyMessage({ timeMs: start + 1 }).message))).reason,
+          'purse-unavailable',
+        );
+        token.close();
+      }
+      const empty = balancePurse(4);
+      {
+        const { open } = make(empty);
+        const token = open();
+        token.installGrant(grantFor(token, payg));
+        const refused = await refusal(token.releaseTrafficKey(keyMessage({ timeMs: start + 1 }).message));
+        assert.equal(refused.reason, 'purse-empty');
+        assert.match(refused.message, /purse empty/);
+        token.close();
+      }
+      const purse = balancePurse(12);
+      const { open } = make(purse);
+      const token = open();
+      token.installGrant(grantFor(token, payg));
+      const first = keyMessage({ timeMs: start + 1, keyEpoch: 1 });
+      await token.releaseTrafficKey(first.message);
+      await token.releaseTrafficKey(first.message);
+      await token.releaseTrafficKey(keyMessage({ timeMs: start + 2, keyEpoch: 2 }).message);
+      assert.equal(purse.debits.length, 2);
+      assert.equal(purse.balance(), 2);
+      assert.equal(
+        (await refusal(token.releaseTrafficKey(keyMessage({ timeMs: start + 3, keyEpoch: 3 }).message)))
+          .reason,
+        'purse-empty',
+      );
+      token.close();
+    });
+
+    it('property: no key is released outside the window or after the counter moved past it', async () => {
+      const random = createRandom(0x5eed12);
+      const { open } = make();
+      const token = open();
+      token.installGrant(grantFor(token));
+      let highestMs = 0;
+      for (let step = 0; step < 60; step += 1) {
+        const timeMs = start - hour / 2 + random.int(2 * hour);
+        const inWindow = timeMs >= start && timeMs < start + hour;
+        const rolledBack = timeMs < highestMs - 5000;
+        const { message, trafficKey } = keyMessage({ timeMs, keyEpoch: 1 + (step % 60000) });
+        try {
+          assert.deepEqual(await token.releaseTrafficKey(message), trafficKey);
+          assert.ok(inWindow && !rolledBack, `released at ${timeMs} (highest ${highestMs})`);
+          highestMs = Math.max(highestMs, timeMs);
+        } catch (error) {
+          assert.ok(error instanceof TokenRefused);
+          assert.ok(!inWindow || rolledBack, `refused at ${timeMs}: ${error.message}`);
+        }
+      }
+      token.close();
+    });
+  });
+}
+
+describe('tokens', () => {
+  const directory = mkdtempSync(join(tmpdir(), 'gatecast-token-'));
+  after(() => rmSync(directory, { recursive: true, force: true }));
+  let files = 0;
+
+  behaviour('software', (purse) => {
+    files += 1;
+    const path = join(directory, `token-${files}.json`);
+    initSoftwareToken({ path, pin: '2468', rootPublicKey: ed25519Raw(root.publicKey) });
+    return { open: () => openSoftwareToken(path, '2468', purse) };
+  });
+
+  describe('software token file', () => {
+    it('a wrong PIN or an altered file opens nothing; the file holds no key in clear', () => {
+      const path = join(directory, 'pin.json');
+      initSoftwareToken({ path, pin: '2468', rootPublicKey: ed25519Raw(root.publicKey) });
+      assert.throws(
+        () => openSoftwareToken(path, '1357'),
+        (error) => error instanceof TokenError && /wrong PIN/.test(error.message),
+      );
+      const token = openSoftwareToken(path, '2468');
+      token.installGrant(grantFor(token));
+      token.close();
+      const text = readFileSync(path, 'utf8');
+      assert.ok(!text.includes('news'), 'the grant is not readable in the file');
+      assert.ok(!text.includes(ed25519Raw(root.publicKey).toString('hex')));
+      const file = JSON.parse(text) as { data: string };
+      const data = Buffer.from(file.data, 'base64');
+      data[20] = (data[20] ?? 0) ^ 1;
+      writeFileSync(path, JSON.stringify({ ...file, data: data.toString('base64') }));
+      assert.throws(() => openSoftwareToken(path, '2468'), TokenError);
+      assert.throws(
+        () => initSoftwareToken({ path, pin: '2468', rootPublicKey: ed25519Raw(root.publicKey) }),
+        TokenError,
+      );
+    });
+  });
+});
+
+describe('PKCS#11 tokens (SoftHSM2)', { skip: softhsmMissing('the PKCS#11 token test') }, () => {
+  let hsm: SoftHsm;
+  let tokens = 0;
+  // SoftHSM lists its tokens when the module is initialized: make them all before the first use.
+  before(() => {
+    hsm = createSoftHsm();
+    for (let index = 1; index <= 10; index += 1) {
+      hsm.initToken(`gatecast-${index}`, '2468');
+    }
+    hsm.initToken('gatecast-attributes', '2468');
+  });
+  after(() => hsm.remove());
+
+  behaviour('PKCS#11', (purse) => {
+    tokens += 1;
+    const location = { modulePath: softhsmModulePath, tokenLabel: `gatecast-${tokens}`, pin: '2468' };
+    initPkcs11Token(location, ed25519Raw(root.publicKey));
+    return { open: () => openPkcs11Token(location, purse) };
+  });
+
+  it('the device key is sensitive and not extractable; a wrong PIN or a second init is refused', () => {
+    const location = { modulePath: softhsmModulePath, tokenLabel: 'gatecast-attributes', pin: '2468' };
+    initPkcs11Token(location, ed25519Raw(root.publicKey));
+    assert.deepEqual(devicePrivateKeyAttributes(location), {
+      sensitive: true,
+      extractable: false,
+      valueReadable: false,
+    });
+    assert.throws(
+      () => openPkcs11Token({ ...location, pin: '1357' }),
+      (error) => error instanceof TokenError && /wrong PIN/.test(error.message),
+    );
+    assert.throws(() => initPkcs11Token(location, ed25519Raw(root.publicKey)), /already holds/);
+    assert.throws(() => openPkcs11Token({ ...location, tokenLabel: 'no-such-token' }), /no token labelled/);
+  });
+});

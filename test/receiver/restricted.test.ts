@@ -1,0 +1,234 @@
+import assert from 'node:assert/strict';
+import { createHash, randomBytes } from 'node:crypto';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, describe, it } from 'node:test';
+import { buildKeyMessage, ed25519Raw, generateSigningKey, issueGrant } from '../../src/crypto/authority.js';
+import type { TokenRefused } from '../../src/crypto/errors.js';
+import { createReceiverProtection, createSenderProtection } from '../../src/crypto/restricted-session.js';
+import { initSoftwareToken, openSoftwareToken } from '../../src/crypto/software-token.js';
+import { suiteByName } from '../../src/crypto/suites.js';
+import type { Token } from '../../src/crypto/token.js';
+import { parseGroup } from '../../src/net/address.js';
+import { openReceiverSocket, type ReceiverSocketOptions } from '../../src/net/udp.js';
+import { decodeHeader, headerBytes, PacketType } from '../../src/protocol/packet.js';
+import { PriceModel } from '../../src/protocol/restricted.js';
+import { createReceiver } from '../../src/receiver/receiver.js';
+import { openFileInput } from '../../src/source/inputs.js';
+import { createSource } from '../../src/source/source.js';
+import { freshPort, loopbackIface, memorySink } from '../helpers/loopback.js';
+
+const directory = mkdtempSync(join(tmpdir(), 'gatecast-restricted-'));
+after(() => rmSync(directory, { recursive: true, force: true }));
+
+const root = generateSigningKey();
+const source = generateSigningKey();
+const serviceKey = randomBytes(32);
+const fileBytes = randomBytes(700_000);
+const filePath = join(directory, 'secret.bin');
+writeFileSync(filePath, fileBytes);
+const fileSha = createHash('sha256').update(fileBytes).digest('hex');
+
+let tokens = 0;
+function makeToken(grant: 'entitled' | 'none' | 'pay-as-you-go'): Token {
+  tokens += 1;
+  const path = join(directory, `token-${tokens}.json`);
+  initSoftwareToken({ path, pin: '2468', rootPublicKey: ed25519Raw(root.publicKey) });
+  const token = openSoftwareToken(path, '2468');
+  if (grant !== 'none') {
+    token.installGrant(
+      issueGrant(
+        {
+          devicePoint: token.devicePoint(),
+          serviceKey,
+          tier: 0,
+          service: 'news',
+          serviceEpoch: 1,
+          notBeforeMs: Date.now() - 60_000,
+          notAfterMs: Date.now() + 3_600_000,
+          priceModel: grant === 'pay-as-you-go' ? PriceModel.perCryptoPeriod : PriceModel.subscription,
+          currency: 'EUR',
+          priceMinor: grant === 'pay-as-you-go' ? 10 : 0,
+          sourcePublicKey: ed25519Raw(source.publicKey),
+        },
+        root.privateKey,
+      ),
+    );
+  }
+  return token;
+}
+
+/** Samples of the plaintext: none may appear in what travelled. */
+function plaintextSamples(): Buffer[] {
+  const samples: Buffer[] = [];
+  for (let at = 0; at + 12 <= fileBytes.length; at += 7_001) {
+    samples.push(fileBytes.subarray(at, at + 12));
+  }
+  return samples;
+}
+
+/** A socket that records every datagram (the capture) and lets tamper() add or alter some. */
+function capturingSocket(
+  captured: Buffer[],
+  tamper?: (datagram: Buffer, deliver: (d: Buffer) => void) => void,
+) {
+  return (options: ReceiverSocketOptions, onDatagram: (d: Buffer) => void) =>
+    openReceiverSocket(options, (datagram) => {
+      captured.push(Buffer.from(datagram));
+      if (tamper === undefined) {
+        onDatagram(datagram);
+      } else {
+        tamper(datagram, onDatagram);
+      }
+    });
+}
+
+async function sendAndReceive(options: {
+  token?: Token;
+  tamper?: (datagram: Buffer, deliver: (d: Buffer) => void) => void;
+}) {
+  const group = parseGroup(`239.255.51.1:${freshPort()}`, 'group');
+  const sink = memorySink();
+  const captured: Buffer[] = [];
+  let refusal: TokenRefused | undefined;
+  const controller = new AbortController();
+  const protection =
+    options.token === undefined
+      ? undefined
+      : createReceiverProtection(options.token, (refused) => {
+          refusal = refused;
+          controller.abort();
+        });
+  const receiver = createReceiver(
+    { group, iface: loopbackIface, timeoutMs: 3000, endGraceMs: 300 },
+    { sink, protection, openSocket: capturingSocket(captured, options.tamper) },
+  );
+  let joined: () => void = () => {};
+  const ready = new Promise<void>((resolve) => {
+    joined = resolve;
+  });
+  const receiving = receiver.run({ signal: controller.signal, onJoined: () => joined() });
+  await ready;
+  const sent = createSource(
+    {
+      group,
+      iface: loopbackIface,
+      rateBitsPerSecond: 100_000_000,
+      packetPayloadBytes: 1400,
+      sessionName: 'secret.bin',
+    },
+    {
+      input: await openFileInput(filePath),
+      protection: (run) =>
+        createSenderProtection(
+          {
+            suite: suiteByName('aes-256-gcm', 'test'),
+            service: 'news',
+            serviceEpoch: 1,
+            serviceKey,
+            sourcePrivateKey: source.privateKey,
+            sourcePublicKey: source.publicKey,
+            cryptoPeriodMs: 10_000,
+            tier: 0,
+            manifestPackets: 32,
+          },
+          run,
+        ),
+    },
+  );
+  const stats = await sent.run();
+  const summary = await receiving;
+  return { summary, stats, sink, captured, protection, refusal };
+}
+
+describe('restricted sessions over loopback multicast', () => {
+  it('an entitled token decodes the file intact; the wire holds no plaintext', async () => {
+    const token = makeToken('entitled');
+    const { summary, sink, captured, protection } = await sendAndReceive({ token });
+    token.close();
+    assert.equal(summary.outcome, 'complete', JSON.stringify(summary));
+    assert.equal(createHash('sha256').update(sink.bytes()).digest('hex'), fileSha);
+    assert.ok((protection?.stats.keysAccepted ?? 0) >= 1);
+    assert.equal(protection?.stats.packetsBadTag, 0);
+    const wire = Buffer.concat(captured);
+    assert.ok(captured.length > 500);
+    for (const sample of plaintextSamples()) {
+      assert.equal(wire.indexOf(sample), -1, 'a plaintext sample travelled in clear');
+    }
+  });
+
+  it('a token without a grant decodes nothing and says it is not entitled', async () => {
+    const token = makeToken('none');
+    const { summary, sink, refusal } = await sendAndReceive({ token });
+    token.close();
+    assert.equal(sink.bytes().length, 0);
+    assert.notEqual(summary.outcome, 'complete');
+    assert.equal(refusal?.reason, 'not-entitled');
+    assert.match(refusal?.message ?? '', /not entitled to news/);
+  });
+
+  it('a pay-as-you-go grant on a token without a purse decodes nothing', async () => {
+    const token = makeToken('pay-as-you-go');
+    const { sink, refusal } = await sendAndReceive({ token });
+    token.close();
+    assert.equal(sink.bytes().length, 0);
+    assert.equal(refusal?.reason, 'purse-unavailable');
+  });
+
+  it('a receiver without a token writes no ciphertext and counts the encrypted packets', async () => {
+    const { summary, sink, stats } = await sendAndReceive({});
+    assert.equal(sink.bytes().length, 0);
+    assert.equal(summary.encryptedDropped, stats.packetsSent);
+    assert.notEqual(summary.outcome, 'complete');
+  });
+
+  it('forged and replayed KEY messages and bit-flipped packets are rejected and counted; the file still arrives whole', async () => {
+    const token = makeToken('entitled');
+    const forger = generateSigningKey();
+    let dataSeen = 0;
+    const forgedKey = (
+      timestampUs: number,
+      signer: typeof forger.privateKey,
+      sessionId: number,
+      incarnation: number,
+    ) =>
+      buildKeyMessage(
+        { sessionId, incarnation, sequence: 0, timestampUs, keyEpoch: 1 },
+        { suite: 2, tier: 0, serviceEpoch: 1, cryptoPeriodMs: 10_000, service: 'news' },
+        serviceKey,
+        randomBytes(32),
+        signer,
+      );
+    let injectedKeys = false;
+    const { summary, sink, protection } = await sendAndReceive({
+      token,
+      tamper: (datagram, deliver) => {
+        const header = decodeHeader(datagram);
+        if (header.ok && header.value.type === PacketType.data) {
+          dataSeen += 1;
+          if (dataSeen % 50 === 0) {
+            const flipped = Buffer.from(datagram);
+            const at = headerBytes + (dataSeen % (datagram.length - headerBytes));
+            flipped[at] = (flipped[at] ?? 0) ^ 0x10;
+            deliver(flipped); // the altered copy first: it must not take the genuine one's place
+          }
+          if (!injectedKeys && dataSeen === 100) {
+            injectedKeys = true;
+            const { sessionId, incarnation } = header.value;
+            deliver(forgedKey(Date.now() * 1000, forger.privateKey, sessionId, incarnation));
+            // A genuine KEY message a minute old: a replay from the past.
+            deliver(forgedKey((Date.now() - 60_000) * 1000, source.privateKey, sessionId, incarnation));
+          }
+        }
+        deliver(datagram);
+      },
+    });
+    token.close();
+    assert.equal(summary.outcome, 'complete', JSON.stringify({ summary, stats: protection?.stats }));
+    assert.equal(createHash('sha256').update(sink.bytes()).digest('hex'), fileSha);
+    assert.equal(protection?.stats.packetsBadTag, Math.floor(dataSeen / 50));
+    assert.equal(protection?.stats.keysRejected['bad-signature'], 1);
+    assert.equal(protection?.stats.keysRejected.rollback, 1);
+  });
+});
