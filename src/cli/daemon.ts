@@ -5,9 +5,11 @@
 import { type ControlKey, readSecretFile } from '../crypto/control-auth.js';
 import { shutdownGraceMs } from '../limits.js';
 import { type Endpoint, parseEndpoint } from '../net/address.js';
+import type { RoleSampler } from '../net/metrics.js';
 import { type StatusServer, serveStatus } from '../net/status-http.js';
 import { exitOk, UsageError } from './errors.js';
 import { type OptionSpecs, type OptionValues, optional, parseSeconds } from './options.js';
+import { metricsFor } from './role-metrics.js';
 
 export const daemonOptions: OptionSpecs = {
   'secret-file': {
@@ -18,7 +20,7 @@ export const daemonOptions: OptionSpecs = {
   status: {
     type: 'string',
     value: 'ADDR:PORT',
-    help: 'serve GET /status as JSON here (e.g. 127.0.0.1:9100)',
+    help: 'serve GET /status (JSON), /metrics (Prometheus), /health and /ready here (e.g. 127.0.0.1:9100)',
   },
   'status-interval': {
     type: 'string',
@@ -50,20 +52,33 @@ export interface DaemonRole {
   close(): Promise<void>;
 }
 
-/** Runs a role until SIGINT or SIGTERM, with its status endpoint and line; returns the exit code. */
+/**
+ * Runs a role until SIGINT or SIGTERM, with its status endpoint and line; returns the exit code.
+ * The role has opened its sockets when it is handed in, so it is ready until the stop begins.
+ */
 export async function runDaemon(
   role: DaemonRole,
   values: OptionValues,
   err: NodeJS.WritableStream,
   line: () => string,
+  metrics: { command: string; sampler: RoleSampler },
 ): Promise<number> {
   const statusText = optional(values, 'status');
   let server: StatusServer | undefined;
+  let stopping = false;
   try {
     server =
       statusText === undefined
         ? undefined
-        : await serveStatus(parseEndpoint(statusText, '--status'), () => role.status());
+        : await serveStatus(parseEndpoint(statusText, '--status'), () => role.status(), {
+            metrics: metricsFor(metrics.command, metrics.sampler),
+            ready: () => ({
+              ready: !stopping,
+              checks: {
+                sockets: stopping ? { ok: false, detail: 'stopping: leaving the groups' } : { ok: true },
+              },
+            }),
+          });
   } catch (error) {
     await role.close();
     throw error;
@@ -78,6 +93,7 @@ export async function runDaemon(
     process.once('SIGINT', resolve);
     process.once('SIGTERM', resolve);
   });
+  stopping = true;
   clearInterval(timer);
   endProcessSoon(exitOk);
   await server?.close();
