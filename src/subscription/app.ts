@@ -7,7 +7,7 @@
 import { randomUUID } from 'node:crypto';
 import swagger from '@fastify/swagger';
 import { type Static, Type } from '@sinclair/typebox';
-import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import type { FastifyInstance, FastifyReply, FastifyRequest, preHandlerAsyncHookHandler } from 'fastify';
 import type { BillingFactory, RateCard } from '../api/billing.js';
 import { subscriptionBodyBytesMax } from '../limits.js';
 import { InvalidArgumentError } from '../net/errors.js';
@@ -120,6 +120,13 @@ export interface SubscriptionAppOptions {
   readonly onInternalError?: ((error: Error) => void) | undefined;
   /** Bounds of the HTTP server (defaults from src/limits.ts). */
   readonly httpLimits?: Partial<HttpServerLimits> | undefined;
+  /**
+   * Adds routes of other roles composed into the same server (the console), before the app is
+   * ready; they get this role's operator check as a preHandler.
+   */
+  readonly extend?:
+    | ((app: FastifyInstance, auth: { operatorOnly: preHandlerAsyncHookHandler }) => void | Promise<void>)
+    | undefined;
 }
 
 /** Builds the app (not listening). */
@@ -469,6 +476,9 @@ export async function buildSubscriptionApp(options: SubscriptionAppOptions): Pro
   }
 
   app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
+  await options.extend?.(app, {
+    operatorOnly: operatorOnly(authContext, 'only the operator sees the console'),
+  });
   await app.ready();
   return app;
 }
