@@ -257,3 +257,6 @@ export const consoleStreamsMax = 32;
 
 /** Rows of each table (sessions, parties, entitlements, accounts, transfers) the console sends. */
 export const consoleTableRowsMax = 200;
+
+/** With `--log-format json`, how often a daemon compares its status with the last one to log what changed. */
+export const logEventPollIntervalMs = 250;

@@ -3,13 +3,31 @@
  * line, the shared secret, lists of endpoints, and running until SIGINT or SIGTERM.
  */
 import { type ControlKey, readSecretFile } from '../crypto/control-auth.js';
-import { shutdownGraceMs } from '../limits.js';
+import { logEventPollIntervalMs, shutdownGraceMs } from '../limits.js';
 import { type Endpoint, parseEndpoint } from '../net/address.js';
+import { type EventLog, jsonEventLog, type LogFormat, silentEventLog } from '../net/log.js';
 import type { RoleSampler } from '../net/metrics.js';
 import { type StatusServer, serveStatus } from '../net/status-http.js';
 import { exitOk, UsageError } from './errors.js';
+import { eventWatcher } from './events.js';
 import { type OptionSpecs, type OptionValues, optional, parseSeconds } from './options.js';
 import { metricsFor } from './role-metrics.js';
+
+/** The --log-format option of every daemon. */
+export const logFormatOption = {
+  type: 'string',
+  value: 'text|json',
+  help: 'json: also one JSON line per significant event on standard error (default text)',
+} as const;
+
+/** Parses --log-format and makes the event log for a command. */
+export function eventLogFrom(values: OptionValues, command: string): EventLog {
+  const format = (optional(values, 'log-format') ?? 'text') as LogFormat;
+  if (format !== 'text' && format !== 'json') {
+    throw new UsageError(`--log-format: "${format}" is not text or json`);
+  }
+  return format === 'json' ? jsonEventLog(command) : silentEventLog;
+}
 
 export const daemonOptions: OptionSpecs = {
   'secret-file': {
@@ -27,6 +45,7 @@ export const daemonOptions: OptionSpecs = {
     value: 'SECONDS',
     help: 'print one status line on standard error this often',
   },
+  'log-format': logFormatOption,
 };
 
 /** Parses a comma-separated list of ADDR:PORT. */
@@ -64,6 +83,7 @@ export async function runDaemon(
   metrics: { command: string; sampler: RoleSampler },
 ): Promise<number> {
   const statusText = optional(values, 'status');
+  const log = eventLogFrom(values, metrics.command);
   let server: StatusServer | undefined;
   let stopping = false;
   try {
@@ -89,12 +109,20 @@ export async function runDaemon(
     intervalMs === undefined
       ? undefined
       : setInterval(() => err.write(`${line()}\n`), Math.max(100, intervalMs));
-  await new Promise<void>((resolve) => {
-    process.once('SIGINT', resolve);
-    process.once('SIGTERM', resolve);
+  const watch = log === silentEventLog ? undefined : eventWatcher(log);
+  watch?.(role.status());
+  log.event('start', { status: statusText });
+  const eventTimer =
+    watch === undefined ? undefined : setInterval(() => watch(role.status()), logEventPollIntervalMs);
+  const signal = await new Promise<string>((resolve) => {
+    process.once('SIGINT', () => resolve('SIGINT'));
+    process.once('SIGTERM', () => resolve('SIGTERM'));
   });
   stopping = true;
   clearInterval(timer);
+  clearInterval(eventTimer);
+  watch?.(role.status());
+  log.event('stop', { signal });
   endProcessSoon(exitOk);
   await server?.close();
   await closeWithin(role.close(), shutdownGraceMs);

@@ -121,6 +121,8 @@ describe('daemons: health, readiness, metrics and SIGTERM', () => {
       s2,
       '--latency',
       '300',
+      '--log-format',
+      'json',
       '--retransmit',
       retransmitControl,
       ...daemonArgs,
@@ -142,7 +144,7 @@ describe('daemons: health, readiness, metrics and SIGTERM', () => {
     ]);
     const serve = start(
       'serve',
-      ['serve', '--listen', status.serve, '--db', `sqlite:${join(directory, 'db')}`],
+      ['serve', '--listen', status.serve, '--db', `sqlite:${join(directory, 'db')}`, '--log-format', 'json'],
       {
         GATECAST_OPERATOR_TOKEN: 'operator-token-of-the-lifecycle-test',
       },
@@ -188,6 +190,46 @@ describe('daemons: health, readiness, metrics and SIGTERM', () => {
       seriesValue(retransmitMetrics, 'gatecast_sessions', { role: 'retransmit', state: 'listening' }),
       1,
     );
+
+    // Structured logs: the repair server's session start, the subscription server's charge.
+    const events = (entry: Running) =>
+      entry
+        .stderr()
+        .split('\n')
+        .filter((line) => line.startsWith('{'))
+        .map((line) => JSON.parse(line) as Record<string, unknown>);
+    await waitUntil(
+      'the repair server logs the session start',
+      () => events(repair).some((e) => e.event === 'session-start'),
+      10_000,
+    );
+    const operatorHeaders = {
+      authorization: 'Bearer operator-token-of-the-lifecycle-test',
+      'content-type': 'application/json',
+    };
+    const subscriber = (await (
+      await fetch(`http://${status.serve}/v1/subscribers`, {
+        method: 'POST',
+        headers: operatorHeaders,
+        body: JSON.stringify({ name: 'carol' }),
+      })
+    ).json()) as { id: string };
+    const usage = await fetch(`http://${status.serve}/v1/usage`, {
+      method: 'POST',
+      headers: { ...operatorHeaders, 'idempotency-key': 'lifecycle-charge-1' },
+      body: JSON.stringify({ account: subscriber.id, kind: 'repair-bytes', quantity: 2_000_000_000 }),
+    });
+    const charge = (await usage.json()) as { amount: number; transfer: string };
+    assert.equal(usage.status, 201);
+    await waitUntil(
+      'the subscription server logs the charge',
+      () => events(serve).some((e) => e.event === 'charge'),
+      10_000,
+    );
+    const logged = events(serve).find((e) => e.event === 'charge');
+    assert.equal(logged?.amount, charge.amount);
+    assert.equal(logged?.transfer, charge.transfer);
+    assert.equal(logged?.debit, subscriber.id);
 
     // receive is stopped mid-session: it stops within the bound and, the session not being
     // whole, says so and exits 1 (never 0 for a cut session).
