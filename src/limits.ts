@@ -307,3 +307,23 @@ export const reconciliationGapsListedMax = 100;
 
 /** Purse: ids of the last debits a purse remembers, so a repeated KEY message is not paid twice. */
 export const purseDebitIdsKept = 64;
+/** How often the console reads the status endpoints of the roles it watches, and pushes to browsers. */
+export const consolePollIntervalMs = 1000;
+
+/** How long the console waits for one status endpoint before showing it as unreachable. */
+export const consoleStatusTimeoutMs = 900;
+
+/** Points of history the console keeps per watched endpoint (at one a second: five minutes). */
+export const consoleHistoryPointsMax = 300;
+
+/** Status endpoints one console watches. */
+export const consoleStatusSourcesMax = 64;
+
+/** Live streams (server-sent events) open at once on one console; more are refused with 503. */
+export const consoleStreamsMax = 32;
+
+/** Rows of each table (sessions, parties, entitlements, accounts, transfers) the console sends. */
+export const consoleTableRowsMax = 200;
+
+/** With `--log-format json`, how often a daemon compares its status with the last one to log what changed. */
+export const logEventPollIntervalMs = 250;

@@ -3,11 +3,31 @@
  * line, the shared secret, lists of endpoints, and running until SIGINT or SIGTERM.
  */
 import { type ControlKey, readSecretFile } from '../crypto/control-auth.js';
-import { shutdownGraceMs } from '../limits.js';
+import { logEventPollIntervalMs, shutdownGraceMs } from '../limits.js';
 import { type Endpoint, parseEndpoint } from '../net/address.js';
+import { type EventLog, jsonEventLog, type LogFormat, silentEventLog } from '../net/log.js';
+import type { RoleSampler } from '../net/metrics.js';
 import { type StatusServer, serveStatus } from '../net/status-http.js';
 import { exitOk, UsageError } from './errors.js';
+import { eventWatcher } from './events.js';
 import { type OptionSpecs, type OptionValues, optional, parseSeconds } from './options.js';
+import { metricsFor } from './role-metrics.js';
+
+/** The --log-format option of every daemon. */
+export const logFormatOption = {
+  type: 'string',
+  value: 'text|json',
+  help: 'json: also one JSON line per significant event on standard error (default text)',
+} as const;
+
+/** Parses --log-format and makes the event log for a command. */
+export function eventLogFrom(values: OptionValues, command: string): EventLog {
+  const format = (optional(values, 'log-format') ?? 'text') as LogFormat;
+  if (format !== 'text' && format !== 'json') {
+    throw new UsageError(`--log-format: "${format}" is not text or json`);
+  }
+  return format === 'json' ? jsonEventLog(command) : silentEventLog;
+}
 
 export const daemonOptions: OptionSpecs = {
   'secret-file': {
@@ -18,13 +38,14 @@ export const daemonOptions: OptionSpecs = {
   status: {
     type: 'string',
     value: 'ADDR:PORT',
-    help: 'serve GET /status as JSON here (e.g. 127.0.0.1:9100)',
+    help: 'serve GET /status (JSON), /metrics (Prometheus), /health and /ready here (e.g. 127.0.0.1:9100)',
   },
   'status-interval': {
     type: 'string',
     value: 'SECONDS',
     help: 'print one status line on standard error this often',
   },
+  'log-format': logFormatOption,
 };
 
 /** Parses a comma-separated list of ADDR:PORT. */
@@ -50,20 +71,34 @@ export interface DaemonRole {
   close(): Promise<void>;
 }
 
-/** Runs a role until SIGINT or SIGTERM, with its status endpoint and line; returns the exit code. */
+/**
+ * Runs a role until SIGINT or SIGTERM, with its status endpoint and line; returns the exit code.
+ * The role has opened its sockets when it is handed in, so it is ready until the stop begins.
+ */
 export async function runDaemon(
   role: DaemonRole,
   values: OptionValues,
   err: NodeJS.WritableStream,
   line: () => string,
+  metrics: { command: string; sampler: RoleSampler },
 ): Promise<number> {
   const statusText = optional(values, 'status');
+  const log = eventLogFrom(values, metrics.command);
   let server: StatusServer | undefined;
+  let stopping = false;
   try {
     server =
       statusText === undefined
         ? undefined
-        : await serveStatus(parseEndpoint(statusText, '--status'), () => role.status());
+        : await serveStatus(parseEndpoint(statusText, '--status'), () => role.status(), {
+            metrics: metricsFor(metrics.command, metrics.sampler),
+            ready: () => ({
+              ready: !stopping,
+              checks: {
+                sockets: stopping ? { ok: false, detail: 'stopping: leaving the groups' } : { ok: true },
+              },
+            }),
+          });
   } catch (error) {
     await role.close();
     throw error;
@@ -74,11 +109,20 @@ export async function runDaemon(
     intervalMs === undefined
       ? undefined
       : setInterval(() => err.write(`${line()}\n`), Math.max(100, intervalMs));
-  await new Promise<void>((resolve) => {
-    process.once('SIGINT', resolve);
-    process.once('SIGTERM', resolve);
+  const watch = log === silentEventLog ? undefined : eventWatcher(log);
+  watch?.(role.status());
+  log.event('start', { status: statusText });
+  const eventTimer =
+    watch === undefined ? undefined : setInterval(() => watch(role.status()), logEventPollIntervalMs);
+  const signal = await new Promise<string>((resolve) => {
+    process.once('SIGINT', () => resolve('SIGINT'));
+    process.once('SIGTERM', () => resolve('SIGTERM'));
   });
+  stopping = true;
   clearInterval(timer);
+  clearInterval(eventTimer);
+  watch?.(role.status());
+  log.event('stop', { signal });
   endProcessSoon(exitOk);
   await server?.close();
   await closeWithin(role.close(), shutdownGraceMs);

@@ -1,16 +1,28 @@
 /** `gatecast serve`: the subscription server (and the ledger behind billing) over HTTP. */
+
+import { registerConsole } from '../console/console.js';
+import type { WatchedEndpoint } from '../console/live.js';
 import { readSecretFile } from '../crypto/control-auth.js';
-import { setupRefreshMsDefault, shutdownGraceMs } from '../limits.js';
+import {
+  consoleStatusSourcesMax,
+  consoleTableRowsMax,
+  logEventPollIntervalMs,
+  setupRefreshMsDefault,
+  shutdownGraceMs,
+} from '../limits.js';
 import { formatEndpoint, parseEndpoint } from '../net/address.js';
 import { SocketError } from '../net/errors.js';
 import { boundPort, checkListenable } from '../net/http-server.js';
+import type { EventLog } from '../net/log.js';
 import { readTlsFiles } from '../net/tls.js';
+import type { Store } from '../store/database.js';
 import { openStore } from '../store/database.js';
 import { StoreUrlError } from '../store/errors.js';
 import { openSetupSender } from '../subscription/setup-sender.js';
-import { closeWithin, endProcessSoon } from './daemon.js';
+import { closeWithin, endProcessSoon, eventLogFrom, logFormatOption } from './daemon.js';
 import { exitOk, UsageError } from './errors.js';
 import { formatHelp, type OptionSpecs, optional, parseOptions } from './options.js';
+import { metricsFor } from './role-metrics.js';
 import { buildServerApp as buildSubscriptionApp, type ServeRole } from './server-app.js';
 
 const serveOptions: OptionSpecs = {
@@ -38,9 +50,92 @@ const serveOptions: OptionSpecs = {
   currency: { type: 'string', value: 'CODE', help: 'ISO 4217 currency of new accounts (default EUR)' },
   'tls-cert': { type: 'string', value: 'FILE', help: 'serve HTTPS: PEM certificate chain (with --tls-key)' },
   'tls-key': { type: 'string', value: 'FILE', help: 'serve HTTPS: PEM private key of --tls-cert' },
+  'log-format': logFormatOption,
+  watch: {
+    type: 'string',
+    value: 'NAME=URL[,...]',
+    help: 'status endpoints of roles to show live in the console, e.g. repair1=http://127.0.0.1:9100/status',
+  },
 };
 
 const knownRoles = new Set(['subscription', 'billing', 'order']);
+/**
+ * Logs each transfer posted to the ledger after the start (by this server or another on the same
+ * store) as one `charge` event; returns the stop function.
+ */
+function logCharges(store: Store, log: EventLog): () => void {
+  let after = new Date().toISOString();
+  let seenAtAfter = new Set<string>();
+  let reading = false;
+  const read = async () => {
+    const rows = await store.db
+      .selectFrom('transfers')
+      .selectAll()
+      .where('created_at', '>=', after)
+      .orderBy('created_at')
+      .orderBy('id')
+      .limit(consoleTableRowsMax)
+      .execute();
+    for (const row of rows) {
+      if (seenAtAfter.has(row.id)) {
+        continue;
+      }
+      log.event('charge', {
+        transfer: row.id,
+        key: row.idempotency_key,
+        debit: row.debit_account,
+        credit: row.credit_account,
+        amount: Number(row.amount),
+        currency: row.currency,
+        memo: row.memo,
+      });
+      if (row.created_at !== after) {
+        after = row.created_at;
+        seenAtAfter = new Set();
+      }
+      seenAtAfter.add(row.id);
+    }
+  };
+  const timer = setInterval(() => {
+    if (!reading) {
+      reading = true;
+      read()
+        .catch(() => undefined)
+        .finally(() => {
+          reading = false;
+        });
+    }
+  }, logEventPollIntervalMs);
+  return () => clearInterval(timer);
+}
+
+/** Parses --watch: NAME=URL pairs of http(s) status endpoints. */
+export function parseWatch(text: string | undefined): WatchedEndpoint[] {
+  if (text === undefined || text.trim() === '') {
+    return [];
+  }
+  const parts = text.split(',').map((part) => part.trim());
+  if (parts.length > consoleStatusSourcesMax) {
+    throw new UsageError(`--watch: ${parts.length} endpoints, more than ${consoleStatusSourcesMax}`);
+  }
+  const names = new Set<string>();
+  return parts.map((part) => {
+    const at = part.indexOf('=');
+    const name = part.slice(0, at);
+    const url = part.slice(at + 1);
+    if (at < 1 || !/^[A-Za-z0-9._-]{1,64}$/.test(name)) {
+      throw new UsageError(`--watch: "${part}" is not NAME=URL (a name of letters, digits, . _ -)`);
+    }
+    if (!/^https?:\/\/[^/]+/.test(url) || !URL.canParse(url)) {
+      throw new UsageError(`--watch: ${name}: "${url}" is not an http:// or https:// URL`);
+    }
+    if (names.has(name)) {
+      throw new UsageError(`--watch: the name ${name} is given twice`);
+    }
+    names.add(name);
+    return { name, url };
+  });
+}
 
 /** Runs `gatecast serve` until SIGINT or SIGTERM. */
 export async function runServe(argv: string[], err: NodeJS.WriteStream): Promise<number> {
@@ -72,6 +167,8 @@ export async function runServe(argv: string[], err: NodeJS.WriteStream): Promise
     throw new UsageError(`--currency: "${currency}" is not an ISO 4217 code such as EUR`);
   }
   const tls = readTlsFiles(optional(values, 'tls-cert'), optional(values, 'tls-key'));
+  const watch = parseWatch(optional(values, 'watch'));
+  const log = eventLogFrom(values, 'serve');
   const secretFile = optional(values, 'secret-file');
   const secret = secretFile === undefined ? undefined : readSecretFile(secretFile);
   const dbUrl = optional(values, 'db') ?? 'sqlite:./data/gatecast.db';
@@ -106,6 +203,13 @@ export async function runServe(argv: string[], err: NodeJS.WriteStream): Promise
     onInternalError: (error) => err.write(`serve: internal error: ${error.stack ?? error.message}\n`),
     operatorToken: process.env.GATECAST_OPERATOR_TOKEN,
     onOperatorTokenCreated: (token) => err.write(`serve: operator token (shown once, keep it): ${token}\n`),
+    extend: (app, auth) =>
+      registerConsole(app, {
+        store,
+        operatorOnly: auth.operatorOnly,
+        watch,
+        metrics: metricsFor('serve'),
+      }),
   });
   try {
     await app.listen({ host: listen.address, port: listen.port });
@@ -126,7 +230,17 @@ export async function runServe(argv: string[], err: NodeJS.WriteStream): Promise
   err.write(
     `serve: ${roles.join(',')} on ${tls === undefined ? 'http' : 'https'}://${listen.family === 6 ? `[${listen.address}]` : listen.address}:${port} (${store.dialect})\n`,
   );
+  err.write(
+    `serve: console at ${tls === undefined ? 'http' : 'https'}://${listen.family === 6 ? `[${listen.address}]` : listen.address}:${port}/console/ (metrics at /metrics)\n`,
+  );
+  log.event('start', {
+    url: `${tls === undefined ? 'http' : 'https'}://${formatEndpoint({ ...listen, port })}`,
+    roles,
+  });
+  const stopCharges = optional(values, 'log-format') === 'json' ? logCharges(store, log) : undefined;
   await stopped;
+  stopCharges?.();
+  log.event('stop', {});
   endProcessSoon(exitOk);
   await closeWithin(app.close(), shutdownGraceMs);
   await store.close();

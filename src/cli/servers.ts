@@ -36,6 +36,7 @@ import {
   parseServerUrl,
   required,
 } from './options.js';
+import { agentSample, controllerSample, repairSampler, retransmitSample } from './role-metrics.js';
 import { readToken } from './token.js';
 
 const retransmitOptions: OptionSpecs = {
@@ -290,13 +291,19 @@ export async function runRetransmit(argv: string[], err: NodeJS.WriteStream): Pr
           },
   });
   err.write(`retransmit: listening on ${formatEndpoint(server.local)}, ${joins.length} session(s) joined\n`);
-  return runDaemon(server, values, err, () => {
-    const s = server.status();
-    const sessions = s.sessions
-      .map((x) => `${x.group} ${x.state} held ${x.heldPackets} loss ${x.lossPercent.toFixed(2)}%`)
-      .join('; ');
-    return `retransmit: in ${s.packetsIn} nacks ${s.nacksReceived} repairs ${s.repairsSent} not-held ${s.notHeldSent} rate-limited ${s.rateLimited} | ${sessions}`;
-  });
+  return runDaemon(
+    server,
+    values,
+    err,
+    () => {
+      const s = server.status();
+      const sessions = s.sessions
+        .map((x) => `${x.group} ${x.state} held ${x.heldPackets} loss ${x.lossPercent.toFixed(2)}%`)
+        .join('; ');
+      return `retransmit: in ${s.packetsIn} nacks ${s.nacksReceived} repairs ${s.repairsSent} not-held ${s.notHeldSent} rate-limited ${s.rateLimited} | ${sessions}`;
+    },
+    { command: 'retransmit', sampler: () => retransmitSample(server.status()) },
+  );
 }
 
 /** Runs `gatecast repair`. */
@@ -327,10 +334,16 @@ export async function runRepair(argv: string[], err: NodeJS.WriteStream): Promis
   err.write(
     `repair: ${formatEndpoint(group)} -> ${formatEndpoint(emit)}, listening on ${formatEndpoint(server.local)}\n`,
   );
-  return runDaemon(server, values, err, () => {
-    const s = server.status();
-    return `repair: in ${s.packetsIn} gaps ${s.gaps} nacks ${s.nacksSent} repairs ${s.repairsReceived} recovered ${s.recovered} unrecoverable ${s.unrecoverable} timeouts ${s.timeouts} emitted ${s.emitted} holding ${s.holding}`;
-  });
+  return runDaemon(
+    server,
+    values,
+    err,
+    () => {
+      const s = server.status();
+      return `repair: in ${s.packetsIn} gaps ${s.gaps} nacks ${s.nacksSent} repairs ${s.repairsReceived} recovered ${s.recovered} unrecoverable ${s.unrecoverable} timeouts ${s.timeouts} emitted ${s.emitted} holding ${s.holding}`;
+    },
+    { command: 'repair', sampler: repairSampler(server) },
+  );
 }
 
 /** `gatecast repair --controller ADDR:PORT`: flow A's repair controller. */
@@ -387,10 +400,16 @@ async function runController(values: OptionValues, err: NodeJS.WriteStream): Pro
   err.write(
     `repair: controller on ${controller.url}, S2 from ${formatEndpoint(pool)} (${poolSize} groups)\n`,
   );
-  return runDaemon(controller, values, err, () => {
-    const s = controller.status();
-    return `repair: controller grants ${s.grants} refusals ${s.refusals} modules ${s.modules.length} usage reported ${s.usageBytesReported} bytes (${s.reportsPending} pending)`;
-  });
+  return runDaemon(
+    controller,
+    values,
+    err,
+    () => {
+      const s = controller.status();
+      return `repair: controller grants ${s.grants} refusals ${s.refusals} modules ${s.modules.length} usage reported ${s.usageBytesReported} bytes (${s.reportsPending} pending)`;
+    },
+    { command: 'repair', sampler: () => controllerSample(controller.status()) },
+  );
 }
 
 /** Runs `gatecast agent`. */
@@ -418,10 +437,16 @@ export async function runAgent(argv: string[], err: NodeJS.WriteStream): Promise
     deliverIface: optional(values, 'deliver-iface'),
   });
   err.write(`agent: ${formatEndpoint(from)} -> ${formatEndpoint(deliver)} (local delivery)\n`);
-  return runDaemon(agent, values, err, () => {
-    const s = agent.status();
-    return `agent: delivered ${s.delivered} (${s.deliveredBytes} bytes) duplicates ${s.duplicates} gaps ${s.gapsSeen}`;
-  });
+  return runDaemon(
+    agent,
+    values,
+    err,
+    () => {
+      const s = agent.status();
+      return `agent: delivered ${s.delivered} (${s.deliveredBytes} bytes) duplicates ${s.duplicates} gaps ${s.gapsSeen}`;
+    },
+    { command: 'agent', sampler: () => agentSample(agent.status()) },
+  );
 }
 
 /** `gatecast agent --watch (--map S1=S2,... | --controller URL --sessions S1,...)`. */
@@ -480,8 +505,14 @@ async function runWatchingAgent(values: OptionValues, err: NodeJS.WriteStream): 
       ),
   });
   err.write(`agent: watching group memberships for ${mappings.length} session(s)\n`);
-  return runDaemon(agent, values, err, () => {
-    const s = agent.status();
-    return `agent: ${s.sessions.map((x) => `${x.s1} ${x.active ? `delivering (${x.delivery?.delivered ?? 0})` : x.refused === undefined ? 'idle' : 'refused'}`).join('; ')}`;
-  });
+  return runDaemon(
+    agent,
+    values,
+    err,
+    () => {
+      const s = agent.status();
+      return `agent: ${s.sessions.map((x) => `${x.s1} ${x.active ? `delivering (${x.delivery?.delivered ?? 0})` : x.refused === undefined ? 'idle' : 'refused'}`).join('; ')}`;
+    },
+    { command: 'agent', sampler: () => agentSample(agent.status()) },
+  );
 }

@@ -1,9 +1,11 @@
 /**
- * A role's local status endpoint: GET /status answers the role's state as JSON. Bound to the
+ * A role's local status endpoint: GET /status answers the role's state as JSON, GET /metrics its
+ * Prometheus metrics, GET /health whether the process answers (liveness) and GET /ready whether
+ * the role can do its work (readiness: 200, or 503 with the checks that failed). Bound to the
  * address given (loopback by default in the CLI), so it is not reachable from the network unless
  * asked for.
  */
-import { createServer, type Server } from 'node:http';
+import { createServer, type Server, type ServerResponse } from 'node:http';
 import type { Endpoint } from './address.js';
 import { SocketError } from './errors.js';
 
@@ -13,16 +15,71 @@ export interface StatusServer extends AsyncDisposable {
   close(): Promise<void>;
 }
 
-/** Serves status() as JSON on GET /status (and GET /). */
-export async function serveStatus(endpoint: Endpoint, status: () => unknown): Promise<StatusServer> {
-  const server: Server = createServer((request, response) => {
-    if (request.method !== 'GET' || (request.url !== '/status' && request.url !== '/')) {
-      response.writeHead(404, { 'content-type': 'application/json' });
-      response.end('{"error":"not found: use GET /status"}\n');
+/** What GET /ready answers: ready only when every check holds; each failed check says why. */
+export interface Readiness {
+  readonly ready: boolean;
+  readonly checks: Readonly<Record<string, { ok: boolean; detail?: string | undefined }>>;
+}
+
+/** What the endpoint serves besides /status. */
+export interface StatusEndpoints {
+  /** Renders the Prometheus text format (GET /metrics); without it, /metrics is a 404. */
+  readonly metrics?: { readonly contentType: string; text(): Promise<string> } | undefined;
+  /** Readiness (GET /ready); without it, ready while the endpoint serves. */
+  readonly ready?: (() => Readiness | Promise<Readiness>) | undefined;
+}
+
+const paths = 'GET /status, /metrics, /health or /ready';
+
+function json(response: ServerResponse, code: number, body: unknown): void {
+  response.writeHead(code, { 'content-type': 'application/json' });
+  response.end(`${JSON.stringify(body, null, 2)}\n`);
+}
+
+/** Serves status() as JSON on GET /status (and GET /), with /metrics, /health and /ready. */
+export async function serveStatus(
+  endpoint: Endpoint,
+  status: () => unknown,
+  endpoints: StatusEndpoints = {},
+): Promise<StatusServer> {
+  const handle = async (method: string | undefined, path: string, response: ServerResponse) => {
+    if (method !== 'GET') {
+      json(response, 405, { error: `method not allowed: use ${paths}` });
       return;
     }
-    response.writeHead(200, { 'content-type': 'application/json' });
-    response.end(`${JSON.stringify(status(), null, 2)}\n`);
+    switch (path) {
+      case '/':
+      case '/status':
+        json(response, 200, status());
+        return;
+      case '/health':
+        json(response, 200, { status: 'ok' });
+        return;
+      case '/ready': {
+        const readiness = (await endpoints.ready?.()) ?? { ready: true, checks: {} };
+        json(response, readiness.ready ? 200 : 503, readiness);
+        return;
+      }
+      case '/metrics':
+        if (endpoints.metrics !== undefined) {
+          const text = await endpoints.metrics.text();
+          response.writeHead(200, { 'content-type': endpoints.metrics.contentType });
+          response.end(text);
+          return;
+        }
+        break;
+    }
+    json(response, 404, { error: `not found: use ${paths}` });
+  };
+  const server: Server = createServer((request, response) => {
+    const path = (request.url ?? '/').split('?')[0] ?? '/';
+    handle(request.method, path, response).catch((error: Error) => {
+      if (!response.headersSent) {
+        json(response, 500, { error: `internal error: ${error.message}` });
+      } else {
+        response.destroy();
+      }
+    });
   });
   await new Promise<void>((resolve, reject) => {
     server.once('error', (error) =>

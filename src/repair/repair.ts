@@ -178,6 +178,11 @@ export interface RepairStatus {
 export interface RepairServer extends AsyncDisposable {
   readonly local: Endpoint;
   status(): RepairStatus;
+  /**
+   * One-way delays in ms of packets that came directly and of repaired ones, as kept for
+   * repairExtraDelayMs (bounded, append-only): the metrics read what was added since their last look.
+   */
+  delaySamples?(): { readonly directMs: readonly number[]; readonly repairedMs: readonly number[] };
   close(): Promise<void>;
 }
 
@@ -1009,7 +1014,8 @@ export async function startRepairServer(
     })();
     return closed;
   };
-  return { local: control.local, status, close, [Symbol.asyncDispose]: close };
+  const delaySamples = () => ({ directMs: directDelays, repairedMs: repairedDelays });
+  return { local: control.local, status, delaySamples, close, [Symbol.asyncDispose]: close };
 }
 
 /** The q-quantile (0-1) of samples, nearest rank. */

@@ -84,6 +84,8 @@ export interface RetransmitStatus {
   repairBytesSent: number;
   rateLimited: number;
   suppressed: number;
+  /** Election state changes (listening <-> withdrawn) of this server's sessions. */
+  electionChanges: number;
   /** Bytes sent on the control socket (unicast repairs included; multicast ones are in repairBytesSent). */
   bytesSent: number;
   dropped: Record<string, number>;
@@ -164,6 +166,8 @@ export async function startRetransmitServer(
     repairBytesSent: 0,
     rateLimited: 0,
     suppressed: 0,
+    /** Election state changes (listening <-> withdrawn), for the metrics. */
+    electionChanges: 0,
   };
   /** (session, sequence) repaired by multicast recently, oldest first. */
   const recentlyMulticast = new Map<string, number>();
@@ -443,11 +447,13 @@ export async function startRetransmitServer(
       const tooLossy = entry.lastQuality.lossPpm > election.lossMax * 1_000_000 && othersListening.length > 0;
       if (tooLossy || rank >= election.bestCount) {
         entry.state = ListenState.withdrawn;
+        counters.electionChanges++;
         await entry.socket?.close();
         entry.socket = undefined;
       }
     } else if (othersListening.length < election.bestCount) {
       entry.state = ListenState.listening;
+      counters.electionChanges++;
       await join(entry).catch(() => drop('rejoin-failed'));
     }
   };

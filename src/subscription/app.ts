@@ -7,7 +7,7 @@
 import { randomUUID } from 'node:crypto';
 import swagger from '@fastify/swagger';
 import { type Static, Type } from '@sinclair/typebox';
-import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import type { FastifyInstance, FastifyReply, FastifyRequest, preHandlerAsyncHookHandler } from 'fastify';
 import type { BillingFactory, RateCard } from '../api/billing.js';
 import { subscriptionBodyBytesMax } from '../limits.js';
 import { InvalidArgumentError } from '../net/errors.js';
@@ -125,6 +125,13 @@ export interface SubscriptionAppOptions {
    * the same context (store, authentication, billing). The CLI composes them.
    */
   readonly plugins?: readonly ((app: FastifyInstance, context: ApiContext) => void)[] | undefined;
+  /**
+   * Adds routes of other roles composed into the same server (the console), before the app is
+   * ready; they get this role's operator check as a preHandler.
+   */
+  readonly extend?:
+    | ((app: FastifyInstance, auth: { operatorOnly: preHandlerAsyncHookHandler }) => void | Promise<void>)
+    | undefined;
 }
 
 /** Builds the app (not listening). */
@@ -477,6 +484,9 @@ export async function buildSubscriptionApp(options: SubscriptionAppOptions): Pro
   }
 
   app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
+  await options.extend?.(app, {
+    operatorOnly: operatorOnly(authContext, 'only the operator sees the console'),
+  });
   await app.ready();
   return app;
 }

@@ -1,0 +1,147 @@
+/**
+ * What the console knows of the running roles: it reads their status endpoints (GET /status, see
+ * src/net/status-http.ts) every consolePollIntervalMs and keeps a bounded history per endpoint,
+ * with the loss figures derived from each role's own counters. Nothing here trusts a figure it
+ * cannot derive: an endpoint that does not answer is shown as unreachable, not as zero loss.
+ */
+import { consoleHistoryPointsMax, consoleStatusTimeoutMs } from '../limits.js';
+
+/** One watched status endpoint, as the operator named it (`--watch NAME=URL`). */
+export interface WatchedEndpoint {
+  readonly name: string;
+  readonly url: string;
+}
+
+/** One point of an endpoint's history. Loss figures are percentages over the interval since the last point. */
+export interface LivePoint {
+  /** Milliseconds since 1970. */
+  readonly at: number;
+  /** Repair servers: S1 packets lost before repair, percent of the packets due in the interval. */
+  readonly lossBeforePercent?: number | undefined;
+  /** Repair servers: packets still missing after repair (given up), percent of the same. */
+  readonly lossAfterPercent?: number | undefined;
+  /** Retransmit servers: their own measured loss per session group. */
+  readonly sessionLossPercent?: Readonly<Record<string, number>> | undefined;
+  /** Agents: datagrams delivered in the interval, per second. */
+  readonly deliveredPerSecond?: number | undefined;
+}
+
+/** The live view of one endpoint. */
+export interface LiveEndpoint {
+  readonly name: string;
+  readonly url: string;
+  /** The role its status names (retransmit, repair, repair-controller, agent), once it answered. */
+  role: string | undefined;
+  reachable: boolean;
+  /** Why it is not reachable. */
+  error: string | undefined;
+  /** Its last status, as it answered. */
+  status: Record<string, unknown> | undefined;
+  /** When the last status came. */
+  updatedAt: number | undefined;
+  readonly history: LivePoint[];
+}
+
+type Counters = Record<string, unknown>;
+
+const numberOf = (status: Counters | undefined, key: string): number => {
+  const value = status?.[key];
+  return typeof value === 'number' && Number.isFinite(value) ? value : 0;
+};
+
+const percent = (part: number, whole: number) =>
+  whole <= 0 ? 0 : Math.round((part / whole) * 100_000) / 1000;
+
+/** The point between two statuses of one role (previous undefined: cumulative since start). */
+export function livePoint(
+  role: string | undefined,
+  previous: Counters | undefined,
+  current: Counters,
+  at: number,
+  intervalMs: number,
+): LivePoint {
+  const delta = (key: string) => Math.max(0, numberOf(current, key) - numberOf(previous, key));
+  if (role === 'repair') {
+    // Every packet due on S2 in the interval was either emitted or given up; of those, S1 lost
+    // the recovered and the given-up ones.
+    const unrecoverable = delta('unrecoverable');
+    const due = delta('emitted') + unrecoverable;
+    return {
+      at,
+      lossBeforePercent: percent(delta('recovered') + unrecoverable, due),
+      lossAfterPercent: percent(unrecoverable, due),
+    };
+  }
+  if (role === 'retransmit') {
+    const sessions = Array.isArray(current.sessions) ? (current.sessions as Counters[]) : [];
+    return {
+      at,
+      sessionLossPercent: Object.fromEntries(
+        sessions.map((session) => [String(session.group), numberOf(session, 'lossPercent')]),
+      ),
+    };
+  }
+  if (role === 'agent') {
+    return { at, deliveredPerSecond: (delta('delivered') * 1000) / Math.max(1, intervalMs) };
+  }
+  return { at };
+}
+
+/** Reads the endpoints, one poll at a time; each poll updates every endpoint's view. */
+export class LiveView {
+  readonly endpoints: LiveEndpoint[];
+
+  constructor(watched: readonly WatchedEndpoint[]) {
+    this.endpoints = watched.map((endpoint) => ({
+      name: endpoint.name,
+      url: endpoint.url,
+      role: undefined,
+      reachable: false,
+      error: 'not read yet',
+      status: undefined,
+      updatedAt: undefined,
+      history: [],
+    }));
+  }
+
+  /** Reads every endpoint once (in parallel, each bounded by consoleStatusTimeoutMs). */
+  async poll(signal?: AbortSignal): Promise<void> {
+    await Promise.all(this.endpoints.map((endpoint) => this.#read(endpoint, signal)));
+  }
+
+  async #read(endpoint: LiveEndpoint, signal?: AbortSignal): Promise<void> {
+    const timeout = AbortSignal.timeout(consoleStatusTimeoutMs);
+    const at = Date.now();
+    let status: Counters;
+    try {
+      const response = await fetch(endpoint.url, {
+        signal: signal === undefined ? timeout : AbortSignal.any([signal, timeout]),
+      });
+      if (!response.ok) {
+        throw new Error(`HTTP ${response.status}`);
+      }
+      const body = (await response.json()) as unknown;
+      if (typeof body !== 'object' || body === null || Array.isArray(body)) {
+        throw new Error('the answer is not a status object');
+      }
+      status = body as Counters;
+    } catch (error) {
+      endpoint.reachable = false;
+      endpoint.error =
+        (error as Error).name === 'TimeoutError' ? 'no answer in time' : (error as Error).message;
+      return;
+    }
+    const role = typeof status.role === 'string' ? status.role : undefined;
+    const previous = endpoint.role === role ? endpoint.status : undefined;
+    const intervalMs = endpoint.updatedAt === undefined ? 1000 : at - endpoint.updatedAt;
+    endpoint.history.push(livePoint(role, previous, status, at, intervalMs));
+    if (endpoint.history.length > consoleHistoryPointsMax) {
+      endpoint.history.splice(0, endpoint.history.length - consoleHistoryPointsMax);
+    }
+    endpoint.role = role;
+    endpoint.reachable = true;
+    endpoint.error = undefined;
+    endpoint.status = status;
+    endpoint.updatedAt = at;
+  }
+}
