@@ -113,8 +113,11 @@ export const announceSessionsMax = 64;
 /** Authenticated peers whose replay windows a server keeps; the least recent is forgotten first. */
 export const replayPeersMax = 1024;
 
-/** Counters a replay window remembers, and how far from our wall clock a control message's timestamp may be. */
-export const replayWindowCountersMax = 64;
+/**
+ * Counters a replay window remembers (a multiple of 32; one window per sender and path), and how
+ * far from our wall clock a control message's timestamp may be.
+ */
+export const replayWindowCountersMax = 1024;
 export const replayFreshnessMs = 30_000;
 
 /** Retransmit server: groups it joins (configured and by SETUP); a SETUP join beyond is refused and counted. */
@@ -148,10 +151,17 @@ export const nackTimeoutMsInitial = 50;
 
 /** Repair server: bounds of the adaptive NACK timeout. */
 export const nackTimeoutMsMin = 20;
-export const nackTimeoutMsMax = 1000;
+export const nackTimeoutMsMax = 4000;
 
 /** Repair server: first wait before asking again when every server said "not held". */
 export const notHeldRetryMsInitial = 5;
+
+/**
+ * Repair server: how long a missing packet may wait on servers that are alive but slow before their
+ * silence, or "not held" from one not shown to be past the packet (it may be behind in reading its
+ * sessions), counts toward giving up (nackAttemptsMax).
+ */
+export const liveServerWaitMsMax = 30_000;
 
 /** Repair server: NACKs per missing packet before it is declared unrecoverable. */
 export const nackAttemptsMax = 10;

@@ -134,35 +134,65 @@ export type AuthFailure =
   | 'reply-mismatch'
   | 'wrong-endpoint';
 
-const windowMask = (1n << BigInt(replayWindowCountersMax)) - 1n;
-
 /**
- * The counters accepted from one sender: the highest, and a bitmap of the window below it
- * (RFC 4303, section 3.4.3). Also the highest timestamp, for when the window is forgotten.
+ * The counters accepted from one sender on one path: the highest, and a bitmap of the window below
+ * it kept as a ring of 32-bit words (RFC 4303, section 3.4.3; RFC 6479). Bounded: a counter more
+ * than replayWindowCountersMax below the highest is refused.
  */
 class ReplayWindow {
   highest = 0;
-  bitmap = 0n;
-  highestTimestampUs = 0;
+  readonly #bits = new Uint32Array(replayWindowCountersMax / 32);
 
   seen(counter: number): boolean {
     if (counter > this.highest) {
       return false;
     }
-    const offset = this.highest - counter;
-    return offset >= replayWindowCountersMax || ((this.bitmap >> BigInt(offset)) & 1n) === 1n;
+    return this.highest - counter >= replayWindowCountersMax || this.#bit(counter);
   }
 
-  accept(counter: number, timestampUs: number): void {
+  accept(counter: number): void {
     if (counter > this.highest) {
-      const shift = counter - this.highest;
-      this.bitmap =
-        shift >= replayWindowCountersMax ? 1n : ((this.bitmap << BigInt(shift)) | 1n) & windowMask;
+      const advance = counter - this.highest;
+      if (advance >= replayWindowCountersMax) {
+        this.#bits.fill(0);
+      } else {
+        for (let entering = this.highest + 1; entering < counter; entering++) {
+          this.#set(entering, false); // counters skipped over enter the window unseen
+        }
+      }
       this.highest = counter;
-    } else {
-      this.bitmap |= 1n << BigInt(this.highest - counter);
     }
-    this.highestTimestampUs = Math.max(this.highestTimestampUs, timestampUs);
+    this.#set(counter, true);
+  }
+
+  #bit(counter: number): boolean {
+    const index = counter % replayWindowCountersMax;
+    return (((this.#bits[index >>> 5] ?? 0) >>> (index & 31)) & 1) === 1;
+  }
+
+  #set(counter: number, on: boolean): void {
+    const index = counter % replayWindowCountersMax;
+    const word = index >>> 5;
+    const mask = 1 << (index & 31);
+    this.#bits[word] = on ? (this.#bits[word] ?? 0) | mask : (this.#bits[word] ?? 0) & ~mask;
+  }
+}
+
+/**
+ * What is kept of one sender: a replay window per path — messages sealed for no one in particular
+ * (target 0: multicast, or before the sender knew us) and messages sealed for this process — and
+ * the highest timestamp, for when the sender is forgotten. One counter runs through everything a
+ * sender seals, for every peer and group; a path is read in order, but two paths (a group socket
+ * and the control socket) interleave at the reader however the event loop takes them, so each
+ * path is judged on its own (docs/protocol.md, "Freshness, replay and binding").
+ */
+class PeerWindows {
+  readonly open = new ReplayWindow();
+  readonly direct = new ReplayWindow();
+  highestTimestampUs = 0;
+
+  of(auth: AuthTrailer): ReplayWindow {
+    return auth.targetId === 0 ? this.open : this.direct;
   }
 }
 
@@ -181,7 +211,7 @@ export class ControlVerifier {
   /** This process's own sender id: the target id that peers who know us write. */
   readonly ownId: number;
   readonly #keys = new Map<number, Buffer>();
-  readonly #peers = new Map<number, ReplayWindow>();
+  readonly #peers = new Map<number, PeerWindows>();
   readonly #clock: TimeSource;
   readonly #startMs: number;
   /** Highest timestamp of any sender whose window was forgotten (the table was full). */
@@ -230,8 +260,8 @@ export class ControlVerifier {
     if (auth.targetId === 0 && timestampUs < this.startWallUs()) {
       return 'before-start'; // sent before this process existed: a capture from an earlier life
     }
-    const window = this.#peers.get(auth.senderId);
-    if (window === undefined ? timestampUs <= this.#forgottenUpToUs : window.seen(auth.counter)) {
+    const peer = this.#peers.get(auth.senderId);
+    if (peer === undefined ? timestampUs <= this.#forgottenUpToUs : peer.of(auth).seen(auth.counter)) {
       return 'replayed';
     }
     return undefined;
@@ -240,12 +270,13 @@ export class ControlVerifier {
   /** Records a message that check() accepted: its counter enters its sender's window. */
   commit(message: Stamped): void {
     const senderId = message.auth.senderId;
-    const window = this.#peers.get(senderId) ?? new ReplayWindow();
-    window.accept(message.auth.counter, message.timestampUs);
+    const peer = this.#peers.get(senderId) ?? new PeerWindows();
+    peer.of(message.auth).accept(message.auth.counter);
+    peer.highestTimestampUs = Math.max(peer.highestTimestampUs, message.timestampUs);
     this.#peers.delete(senderId);
-    this.#peers.set(senderId, window);
+    this.#peers.set(senderId, peer);
     if (this.#peers.size > replayPeersMax) {
-      const [oldestId, oldest] = this.#peers.entries().next().value as [number, ReplayWindow];
+      const [oldestId, oldest] = this.#peers.entries().next().value as [number, PeerWindows];
       this.#peers.delete(oldestId);
       // Its messages up to here could be replayed to us now: refuse them from unknown senders.
       this.#forgottenUpToUs = Math.max(this.#forgottenUpToUs, oldest.highestTimestampUs);

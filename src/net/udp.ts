@@ -153,13 +153,14 @@ export async function openReceiverSocket(
     apply('receive buffer', () =>
       socket.setRecvBufferSize(options.receiveBufferBytes ?? receiveBufferBytesDefault),
     );
-    if (options.source === undefined) {
-      apply(`join ${group.address}`, () => socket.addMembership(group.address, iface?.socketInterface));
-    } else {
-      const source = options.source;
-      apply(`join ${source} -> ${group.address}`, () =>
-        socket.addSourceSpecificMembership(source, group.address, iface?.socketInterface),
-      );
+    try {
+      if (options.source === undefined) {
+        socket.addMembership(group.address, iface?.socketInterface);
+      } else {
+        socket.addSourceSpecificMembership(options.source, group.address, iface?.socketInterface);
+      }
+    } catch (error) {
+      throw joinFailure(group, options.source, iface, error as Error);
     }
   } catch (error) {
     await close();
@@ -283,6 +284,34 @@ async function connectSocket(socket: Socket, port: number, address: string): Pro
       failed(error as Error);
     }
   });
+}
+
+/**
+ * A join that failed, named by the options that chose it: the group (--group), the source, and the
+ * interface (--iface, or none: then the kernel picks one from the routes, and ENODEV means no route
+ * picked any).
+ */
+function joinFailure(
+  group: Endpoint,
+  source: string | undefined,
+  iface: ResolvedInterface | undefined,
+  error: Error,
+): SocketError {
+  const code = (error as NodeJS.ErrnoException).code ?? error.message;
+  const what = `${source === undefined ? '' : `${source} -> `}${group.address}`;
+  const where =
+    iface === undefined
+      ? 'with no --iface'
+      : `on --iface ${iface.name} (${iface.socketInterface === iface.name ? iface.address : iface.socketInterface})`;
+  const hint =
+    code === 'ENODEV'
+      ? iface === undefined
+        ? 'no multicast route picks an interface for the group: name one with --iface'
+        : `${iface.name} cannot join the group: name another with --iface`
+      : errorHints[code];
+  return new SocketError(
+    `--group ${what}: cannot join ${where}: ${code}${hint === undefined ? '' : ` (${hint})`}`,
+  );
 }
 
 /** An error's code and message, e.g. "ENETUNREACH (no route to the group)". */

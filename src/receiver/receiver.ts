@@ -265,7 +265,10 @@ export function createReceiver(settings: ReceiverSettings, components: ReceiverC
     summary.sessionName = packet.name;
     summary.kind = packet.kind;
     summary.sha256Expected = packet.sha256?.toString('hex');
+    const heldBefore = pending.packetCount;
     const held = pending.take(packet.sessionId, packet.incarnation)?.data ?? new Map<number, Buffer>();
+    // DATA of other sessions or runs held while no DESCRIPTOR had come: never written, but counted.
+    summary.otherSession += heldBefore - held.size;
     // A file counts from its first packet; a live stream from what this receiver can still get.
     let start = packet.kind === SessionKind.file ? packet.firstSequence : packet.sequence;
     if (packet.kind !== SessionKind.file) {

@@ -12,13 +12,12 @@ import {
   endGraceMsDefault,
   endRepeatCount,
   endRepeatIntervalMs,
+  liveServerWaitMsMax,
   nackAttemptsMax,
   nackDelayMsMaxDefault,
   nackRangePacketsMax,
   nackRangesMax,
   nackTimeoutMsInitial,
-  nackTimeoutMsMax,
-  nackTimeoutMsMin,
   notHeldRetryMsInitial,
   pendingBytesMax,
   pendingPacketsMax,
@@ -27,6 +26,7 @@ import {
   repairHoldBytesMax,
   repairHoldPacketsMax,
   repairReachBackPacketsMax,
+  replayPeersMax,
   resyncPacketsMin,
   resyncQuietMs,
   sessionIdleMs,
@@ -72,6 +72,7 @@ import {
   SessionWindow,
 } from '../protocol/session-window.js';
 import { repairFixedBytes } from '../protocol/sizes.js';
+import { type RankedServer as Server, ServerRanking } from './server-ranking.js';
 
 /** Settings of a repair server. */
 export interface RepairSettings {
@@ -94,22 +95,13 @@ export interface RepairSettings {
   readonly repairGroup?: Endpoint | undefined;
 }
 
-interface Server {
-  readonly endpoint: Endpoint;
-  readonly key: string;
-  readonly staticIndex: number;
-  lossPpm: number;
-  listening: boolean;
-  announcedAtMs: number | undefined;
-  consecutiveTimeouts: number;
-  srttMs: number | undefined;
-  rttvarMs: number;
-}
-
 interface Missing {
   readonly sequence: number;
   readonly firstMs: number;
+  /** NACKs that went unanswered, or that a server answered "not held" when it had passed the packet. */
   attempts: number;
+  /** "Not held" answers from servers not yet shown to have passed the packet (they may still get it). */
+  notYet: number;
   tried: Set<string>;
   server: Server | undefined;
   sentAtMs: number;
@@ -207,6 +199,13 @@ interface Run {
   readonly shape: RunShape;
   lastActivityMs: number;
   lastDataMs: number;
+  /**
+   * Per retransmit server (its sender id): the furthest sequence of this run it has shown it holds
+   * (a REPAIR carrying it, an ANNOUNCE's last held), and the count of the message that showed it.
+   */
+  readonly passed: Map<number, { sequence: number; counter: number }>;
+  /** Every sequence before it is known from S1 to exist (docs/architecture.md, "Repair server"). */
+  frontier: number;
 }
 
 /**
@@ -236,9 +235,9 @@ export async function startRepairServer(
   const wheel = new TimerWheel({ clock: () => clock.nowMs(), autoStart: false });
   timers.setInterval(() => wheel.advance(), timerWheelTickMs);
   const nackDelayMsMax = settings.nackDelayMsMax ?? nackDelayMsMaxDefault;
-  const servers = new Map<string, Server>();
+  const servers = new ServerRanking();
   for (const [staticIndex, endpoint] of settings.retransmit.entries()) {
-    addServer(endpoint, staticIndex);
+    servers.add(endpoint, staticIndex);
   }
   const counters = {
     packetsIn: 0,
@@ -290,42 +289,7 @@ export async function startRepairServer(
   const ended = new Set<string>();
   let flushScheduled = false;
 
-  function addServer(endpoint: Endpoint, staticIndex: number): Server {
-    const key = formatEndpoint(endpoint);
-    let server = servers.get(key);
-    if (server === undefined) {
-      server = {
-        endpoint,
-        key,
-        staticIndex,
-        lossPpm: 0,
-        listening: true,
-        announcedAtMs: undefined,
-        consecutiveTimeouts: 0,
-        srttMs: undefined,
-        rttvarMs: 0,
-      };
-      servers.set(key, server);
-    }
-    return server;
-  }
-
-  /** Servers best first: answering ones, then listening, then lowest loss, then configuration order. */
-  const ranked = (): Server[] =>
-    [...servers.values()].sort(
-      (a, b) =>
-        Math.min(a.consecutiveTimeouts, 3) - Math.min(b.consecutiveTimeouts, 3) ||
-        Number(b.listening) - Number(a.listening) ||
-        a.lossPpm - b.lossPpm ||
-        a.staticIndex - b.staticIndex,
-    );
-
-  /** RFC 6298-style timeout from the measured round trip. */
-  const timeoutFor = (server: Server, attempts: number): number => {
-    const base = server.srttMs === undefined ? nackTimeoutMsInitial : 2 * server.srttMs + 4 * server.rttvarMs;
-    const backoff = 2 ** Math.min(Math.floor(attempts / Math.max(1, servers.size)), 4);
-    return Math.min(nackTimeoutMsMax, Math.max(nackTimeoutMsMin, base) * backoff);
-  };
+  const timeoutFor = (server: Server, attempts: number): number => servers.timeoutFor(server, attempts);
 
   const markDue = (entry: Missing) => {
     entry.timer = undefined;
@@ -345,6 +309,7 @@ export async function startRepairServer(
       sequence,
       firstMs: clock.nowMs(),
       attempts: 0,
+      notYet: 0,
       tried: new Set(),
       server: undefined,
       sentAtMs: 0,
@@ -369,14 +334,21 @@ export async function startRepairServer(
 
   /**
    * A server answered that it does not hold a packet: ask the next one now. When every server has
-   * said so, wait a backoff and start another round (a server may still be receiving it); give up
-   * after nackAttemptsMax attempts.
+   * said so, wait a backoff and start another round (a server may still be receiving it). An answer
+   * counts toward giving up (nackAttemptsMax) only when the server had shown, in a message sealed
+   * before it, that it was past the packet: a server that is merely behind (busy, its data socket
+   * not read yet) has not lost it (docs/protocol.md, "REPAIR"). Unproven answers are bounded in
+   * time (liveServerWaitMsMax), so a server that never moves on cannot hold a gap forever.
    */
-  const notHeld = (entry: Missing, server: Server) => {
+  const notHeld = (entry: Missing, server: Server, proven: boolean) => {
     entry.timer?.cancel();
     entry.timer = undefined;
     entry.tried.add(server.key);
-    entry.attempts++;
+    if (proven || clock.nowMs() - entry.firstMs > liveServerWaitMsMax) {
+      entry.attempts++;
+    } else {
+      entry.notYet++;
+    }
     if (entry.attempts >= nackAttemptsMax) {
       giveUp(entry);
       return;
@@ -386,10 +358,8 @@ export async function startRepairServer(
       // race): ask again soon, then back off — 5 ms, 10 ms, 20 ms … up to the timeout.
       entry.tried.clear();
       entry.server = undefined;
-      const retryMs = Math.min(
-        timeoutFor(server, entry.attempts),
-        notHeldRetryMsInitial * 2 ** (entry.attempts - 1),
-      );
+      const rounds = entry.attempts + entry.notYet;
+      const retryMs = Math.min(timeoutFor(server, rounds), notHeldRetryMsInitial * 2 ** (rounds - 1));
       entry.timer = wheel.schedule(retryMs, () => markDue(entry));
       return;
     }
@@ -399,9 +369,18 @@ export async function startRepairServer(
   const onTimeout = (entry: Missing) => {
     entry.timer = undefined;
     counters.timeouts++;
+    // A server heard from lately (it announces, it answers) is slow, not gone: on a busy host its
+    // answer may take longer than any timeout. Its silence counts toward giving up only after
+    // liveServerWaitMsMax; a silent one's at once.
+    const alive = entry.server !== undefined && channel.targetIdOf(entry.server.endpoint) !== 0;
     if (entry.server !== undefined) {
       entry.server.consecutiveTimeouts++;
       entry.tried.add(entry.server.key);
+    }
+    if (alive && clock.nowMs() - entry.firstMs <= liveServerWaitMsMax) {
+      entry.notYet++;
+      markDue(entry);
+      return;
     }
     entry.attempts++;
     if (entry.attempts >= nackAttemptsMax) {
@@ -420,7 +399,7 @@ export async function startRepairServer(
       due.clear();
       return;
     }
-    const order = ranked();
+    const order = servers.ranked();
     const byServer = new Map<Server, number[]>();
     for (const entry of due) {
       if (entry.unrecoverable || current.missing.get(entry.sequence) !== entry) {
@@ -463,20 +442,29 @@ export async function startRepairServer(
         if (entry !== undefined) {
           counters.nackedPackets++;
           entry.sentAtMs = now;
-          entry.timer = wheel.schedule(timeoutFor(server, entry.attempts), () => onTimeout(entry));
+          entry.timer = wheel.schedule(timeoutFor(server, entry.attempts + entry.notYet), () =>
+            onTimeout(entry),
+          );
         }
       }
     }
   }
 
-  /** Every sequence that became known to exist (window end moved from `from`) and is not held is a gap. */
-  const gapsSince = (current: Run, from: number) => {
+  /**
+   * S1 showed that every sequence before `to` exists (its DATA, or a claim of a HEARTBEAT, the
+   * DESCRIPTOR or the END that the window took): those not held are gaps. A REPAIR never moves
+   * this frontier: with a repair group, REPAIRs for other servers' gaps reach a server that is
+   * behind in reading S1, and the packets still waiting in its socket must not look lost.
+   */
+  const reachFrontier = (current: Run, to: number) => {
     const { window } = current;
-    const start = sequenceDistance(window.base, from) < 0 ? window.base : from;
-    if (sequenceDistance(start, window.end) <= 0) {
-      return; // nothing new is known (an END may even have taken a claim back)
+    const limit = sequenceDistance(window.end, to) > 0 ? window.end : to; // never past what is known
+    if (sequenceDistance(current.frontier, limit) <= 0) {
+      return; // nothing new is known
     }
-    for (let sequence = start; sequence !== window.end; sequence = sequenceAdd(sequence, 1)) {
+    const start = sequenceDistance(window.base, current.frontier) < 0 ? window.base : current.frontier;
+    current.frontier = limit;
+    for (let sequence = start; sequenceDistance(sequence, limit) > 0; sequence = sequenceAdd(sequence, 1)) {
       addMissing(current, sequence);
     }
   };
@@ -508,7 +496,6 @@ export async function startRepairServer(
       current.endTimer = undefined;
       drop('end-revoked');
     }
-    const before = current.window.end;
     let result = current.window.offer(sequence, datagram, clock.nowMs());
     // Over the byte bound: the oldest gap is given up so that what keeps arriving is not lost.
     for (let passes = 0; result === 'over-bytes' && passes < repairHoldPacketsMax; passes++) {
@@ -534,7 +521,8 @@ export async function startRepairServer(
           entry.timer?.cancel();
         }
         current.missing.clear();
-        gapsSince(current, current.window.base);
+        current.frontier = current.window.base;
+        reachFrontier(current, current.window.end);
         emit();
         return;
       }
@@ -553,15 +541,10 @@ export async function startRepairServer(
         counters.recovered++;
         counters.recoveredBytes += datagram.length;
         if (entry.server !== undefined) {
-          const server = entry.server;
-          server.consecutiveTimeouts = 0;
-          const sample = clock.nowMs() - entry.sentAtMs;
-          if (server.srttMs === undefined) {
-            server.srttMs = sample;
-            server.rttvarMs = sample / 2;
-          } else {
-            server.rttvarMs = 0.75 * server.rttvarMs + 0.25 * Math.abs(server.srttMs - sample);
-            server.srttMs = 0.875 * server.srttMs + 0.125 * sample;
+          servers.answered(entry.server);
+          // Karn's rule: only an answer to a packet's first NACK measures the round trip.
+          if (entry.attempts + entry.notYet === 0) {
+            servers.sampleRoundTrip(entry.server, clock.nowMs() - entry.sentAtMs);
           }
         }
       } else {
@@ -572,7 +555,9 @@ export async function startRepairServer(
     if (repaired || directSeen++ % 16 === 0) {
       recordDelay(packet.timestampUs, repaired);
     }
-    gapsSince(current, before);
+    if (!repaired) {
+      reachFrontier(current, sequenceAdd(sequence, 1));
+    }
     emit();
   };
 
@@ -613,7 +598,11 @@ export async function startRepairServer(
       }
       const entry = current.missing.get(window.base);
       if (entry === undefined) {
-        addMissing(current, window.base); // known to exist and not here: ask for it
+        // Known from S1 to exist and not here: ask for it. Only REPAIRs beyond it (for other
+        // servers' gaps): it may still be waiting in our S1 socket, so wait for S1 to tell.
+        if (sequenceDistance(window.base, current.frontier) > 0) {
+          addMissing(current, window.base);
+        }
         return;
       }
       // Sequences known only from a HEARTBEAT (no DATA after them yet, no END) are never given
@@ -662,9 +651,18 @@ export async function startRepairServer(
       ended.delete(ended.values().next().value ?? '');
     }
     // A run that came while this one was served is taken up now, with what was held for it.
+    const heldBefore = pending.packetCount;
     const next = pending.takeLatestDescribed();
+    countDiscarded(heldBefore - (next?.data.size ?? 0));
     if (next?.descriptor !== undefined) {
       startRun(next.descriptor, next);
+    }
+  };
+
+  /** DATA held for runs that were not taken up: never re-emitted, but counted. */
+  const countDiscarded = (packets: number) => {
+    if (packets > 0) {
+      dropped['pending-other-run'] = (dropped['pending-other-run'] ?? 0) + packets;
     }
   };
 
@@ -681,7 +679,11 @@ export async function startRepairServer(
       return;
     }
     const live = d.kind !== SessionKind.file;
+    const heldBefore = pending.packetCount;
     const heldRun = taken ?? pending.take(d.sessionId, d.incarnation);
+    if (taken === undefined) {
+      countDiscarded(heldBefore - (heldRun?.data.size ?? 0));
+    }
     const held = heldRun?.data ?? new Map<number, Buffer>();
     let base = d.sequence;
     if (live) {
@@ -718,6 +720,8 @@ export async function startRepairServer(
       shape: d,
       lastActivityMs: clock.nowMs(),
       lastDataMs: clock.nowMs(),
+      passed: new Map(),
+      frontier: base,
     };
     run = current;
     for (const p of held.values()) {
@@ -734,12 +738,11 @@ export async function startRepairServer(
   };
 
   const claim = (current: Run, next: number) => {
-    const before = current.window.end;
     if (current.window.claim(next) === 'too-far') {
       counters.claimsTooFar++;
       return;
     }
-    gapsSince(current, before);
+    reachFrontier(current, next);
   };
 
   const isCurrent = (current: Run | undefined, sessionId: number, incarnation: number): current is Run =>
@@ -806,7 +809,6 @@ export async function startRepairServer(
         drop('end-not-believed'); // its counts or the file's size say it is not the run's end
         return;
       }
-      const before = current.window.end;
       if (!current.window.endAt(header.value.sequence)) {
         drop('end-not-believed'); // further ahead than the limits allow, or behind DATA received
         return;
@@ -823,7 +825,10 @@ export async function startRepairServer(
           }
         }
       }
-      gapsSince(current, before);
+      if (sequenceDistance(header.value.sequence, current.frontier) > 0) {
+        current.frontier = header.value.sequence; // what a HEARTBEAT claimed beyond the END is taken back
+      }
+      reachFrontier(current, header.value.sequence);
       current.endSequence = header.value.sequence;
       current.endDatagram = datagram;
       emit();
@@ -842,10 +847,16 @@ export async function startRepairServer(
     }
     if (repair.data === undefined) {
       counters.notHeldReceived++;
+      const passed = current.passed.get(repair.auth.senderId);
       for (let i = 0; i < repair.notHeldCount; i++) {
-        const entry = current.missing.get(sequenceAdd(repair.sequence, i));
+        const sequence = sequenceAdd(repair.sequence, i);
+        const entry = current.missing.get(sequence);
         if (entry?.server !== undefined && !entry.unrecoverable && entry.timer !== undefined) {
-          notHeld(entry, entry.server);
+          const proven =
+            passed !== undefined &&
+            passed.counter < repair.auth.counter &&
+            sequenceDistance(sequence, passed.sequence) >= 0;
+          notHeld(entry, entry.server, proven);
         }
       }
       emit();
@@ -857,7 +868,21 @@ export async function startRepairServer(
       return;
     }
     counters.repairsReceived++;
+    notePassed(current, repair.auth.senderId, repair.data.sequence, repair.auth.counter);
     acceptData(current, original, repair.data, true);
+  };
+
+  /** A retransmit server showed it holds `sequence` of the run, in the message it sealed as `counter`. */
+  const notePassed = (current: Run, senderId: number, sequence: number, counter: number) => {
+    const known = current.passed.get(senderId);
+    if (known !== undefined && sequenceDistance(known.sequence, sequence) <= 0) {
+      return;
+    }
+    current.passed.delete(senderId);
+    current.passed.set(senderId, { sequence, counter });
+    if (current.passed.size > replayPeersMax) {
+      current.passed.delete(current.passed.keys().next().value ?? 0);
+    }
   };
 
   const onAnnounce = (datagram: Buffer, remote: RemoteInfo) => {
@@ -869,10 +894,7 @@ export async function startRepairServer(
     if (family !== settings.listen.family) {
       return;
     }
-    const server = addServer(
-      { address: announce.address, port: announce.port, family },
-      Number.MAX_SAFE_INTEGER,
-    );
+    const server = servers.add({ address: announce.address, port: announce.port, family });
     server.announcedAtMs = clock.nowMs();
     if (announce.sessions.length === 0 && announce.auth.targetId === channel.senderId && run !== undefined) {
       // An introduction: the server did not answer a NACK that did not name it (docs/protocol.md,
@@ -885,6 +907,9 @@ export async function startRepairServer(
       }
     }
     const session = announce.sessions.find((s) => s.sessionId === run?.sessionId) ?? announce.sessions[0];
+    if (run !== undefined && session?.sessionId === run.sessionId && session.heldCount > 0) {
+      notePassed(run, announce.auth.senderId, session.lastHeld, announce.auth.counter);
+    }
     if (session !== undefined) {
       server.lossPpm = session.lossPpm;
       server.listening = session.state === ListenState.listening;
@@ -979,7 +1004,7 @@ export async function startRepairServer(
     pendingPackets: pending.packetCount,
     pendingBytes: pending.byteCount,
     dropped: { ...dropped },
-    servers: ranked().map((server) => ({
+    servers: servers.ranked().map((server) => ({
       address: server.key,
       lossPercent: server.lossPpm / 10_000,
       listening: server.listening,

@@ -103,6 +103,34 @@ describe('send exits non-zero when datagrams did not leave (it exited 0 with "10
   });
 });
 
+describe('receive with no interface to join on (it failed with a bare "addMembership ENODEV")', () => {
+  it('one line naming --group, --iface and the code, exit 2', { skip: rootSkip('unshare') }, async () => {
+    // A network namespace of its own has no routes at all: no multicast route picks an interface.
+    const child = spawn('unshare', [
+      '--net',
+      process.execPath,
+      gatecastBin(),
+      'receive',
+      '--group',
+      '239.255.62.1:5000',
+      '--timeout',
+      '5',
+    ]);
+    let stderr = '';
+    child.stderr.on('data', (chunk: Buffer) => {
+      stderr += chunk.toString();
+    });
+    const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
+    assert.equal(code, 2, stderr);
+    assert.match(
+      stderr,
+      /^gatecast receive: --group 239\.255\.62\.1: cannot join with no --iface: ENODEV \(.*name one with --iface\)/,
+    );
+    assert.equal(stderr.trim().split('\n').length, 1, stderr);
+    noStack(stderr);
+  });
+});
+
 describe('send with no route to the group (it printed an internal-error stack, then hung)', () => {
   it('one line naming the error, exit 2, no hang', { skip: rootSkip('ip') }, async () => {
     const group = testGroup();

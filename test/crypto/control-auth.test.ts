@@ -12,7 +12,12 @@ import {
   type Sealed,
   sameEndpoint,
 } from '../../src/crypto/control-auth.js';
-import { controlPeerSilenceMsMax, replayFreshnessMs, replayPeersMax } from '../../src/limits.js';
+import {
+  controlPeerSilenceMsMax,
+  replayFreshnessMs,
+  replayPeersMax,
+  replayWindowCountersMax,
+} from '../../src/limits.js';
 import type { TimeSource } from '../../src/net/clock.js';
 import {
   authTrailerBytes,
@@ -173,19 +178,42 @@ describe('verifying', () => {
     assert.equal(verifier.peerCount, 0);
   });
 
-  it('accepts reordering within the window of 64 counters and refuses what fell out of it', () => {
+  it('accepts reordering within the window of replayWindowCountersMax counters and refuses what fell out of it', () => {
     const clock = new FakeClock();
     const sealer = new ControlSealer(key, { clock });
     const verifier = new ControlVerifier([key], { ownId: 5, clock });
-    const packets = Array.from({ length: 70 }, () => sealer.seal(nack(), 5));
+    const size = replayWindowCountersMax;
+    const packets = Array.from({ length: size + 6 }, () => sealer.seal(nack(), 5));
     assert.equal(verify(verifier, packets[1] as Buffer), undefined);
     assert.equal(verify(verifier, packets[0] as Buffer), undefined, 'one reordered message');
-    for (const packet of packets.slice(3, 69)) {
+    for (const packet of packets.slice(3, size + 5)) {
       assert.equal(verify(verifier, packet), undefined);
     }
     assert.equal(verify(verifier, packets[1] as Buffer), 'replayed');
     assert.equal(verify(verifier, packets[2] as Buffer), 'replayed', 'older than the window');
-    assert.equal(verify(verifier, packets[69] as Buffer), undefined);
+    assert.equal(verify(verifier, packets[size + 5] as Buffer), undefined);
+    for (const packet of packets) {
+      assert.equal(verify(verifier, packet), 'replayed', 'every one of them, once accepted or too old');
+    }
+  });
+
+  it('messages for everyone and for us, read in any interleaving of the two paths, are each accepted once', () => {
+    // One sender seals ANNOUNCE chunks and REPAIRs for a group (target 0) and for us (our id),
+    // from one counter; a reader takes one socket's queue before the other's.
+    const clock = new FakeClock();
+    const sealer = new ControlSealer(key, { clock });
+    const verifier = new ControlVerifier([key], { ownId: 5, clock });
+    const group: Buffer[] = [];
+    const direct: Buffer[] = [];
+    for (let i = 0; i < 3 * replayWindowCountersMax; i++) {
+      (i % 3 === 0 ? direct : group).push(sealer.seal(nack(), i % 3 === 0 ? 5 : 0));
+    }
+    for (const packet of [...group, ...direct]) {
+      assert.equal(verify(verifier, packet), undefined);
+    }
+    for (const packet of [...direct, ...group]) {
+      assert.equal(verify(verifier, packet), 'replayed');
+    }
   });
 
   it('a sender whose clock steps back is not taken for a replay', () => {

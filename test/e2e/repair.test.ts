@@ -22,6 +22,7 @@ import {
   type Testbed,
   testbedSkip,
 } from '../helpers/testbed.js';
+import { eventually } from '../helpers/wait.js';
 
 /**
  * Source -> router (smcrouted) -> edge subnet with two retransmit servers (rt1, rt2; no loss), the
@@ -316,15 +317,32 @@ describe('four repair servers behind one lossy link, one retransmit server upstr
     bed.control('linkloss', '10', '5500');
     const sender = sendFrom(bed, s1, ['--file', join(directory, 'payload.bin'), '--rate', '40M']);
     assert.equal((await sender.finished).code, 0);
-    await sleep(1500);
+    const readStatuses = () =>
+      hosts.map(
+        (host) =>
+          JSON.parse(bed.control('status', host, 'http://127.0.0.1:9100/status')) as Record<string, number>,
+      );
+    // Done when every repair server has ended the run (its END's grace passed), bounded in time.
+    let statuses = readStatuses();
+    await eventually(
+      () => {
+        statuses = readStatuses();
+        return statuses.every((status) => status.sessionsCompleted === 1);
+      },
+      90_000, // a loaded host can take long; the wait ends as soon as all four are done
+      250,
+    );
     const lost = Number(bed.control('linkdropped') || 0);
     const retransmitStatus = JSON.parse(
       bed.control('status', 'rta', 'http://127.0.0.1:9101/status'),
     ) as Record<string, number>;
-    const statuses = hosts.map(
-      (host) =>
-        JSON.parse(bed.control('status', host, 'http://127.0.0.1:9100/status')) as Record<string, number>,
-    );
+    // GATECAST_E2E_TRACE=FILE keeps every server's counters for a look at what happened.
+    if (process.env.GATECAST_E2E_TRACE !== undefined) {
+      writeFileSync(
+        process.env.GATECAST_E2E_TRACE,
+        JSON.stringify({ lost, retransmitStatus, statuses }, null, 1),
+      );
+    }
     for (const process of [...repairs, retransmit]) {
       await stop(process);
     }

@@ -582,7 +582,12 @@ export class Invariants {
         brought = new Set();
         this.#repairedPackets.set(host, brought);
       }
-      brought.add(`${boot}|${runOf(record.datagram)}#${record.datagram.readUInt32BE(offsetSequence)}`);
+      // Only a REPAIR the repair server could take counts: while the two cannot authenticate to
+      // each other (clocks further apart than the freshness window), it is refused as stale, by the
+      // rule (docs/protocol.md, "Freshness, replay and binding"; found.md #5).
+      if (!this.#unreachableSince(host, record.host, this.#network.scheduler.nowMs)) {
+        brought.add(`${boot}|${runOf(record.datagram)}#${record.datagram.readUInt32BE(offsetSequence)}`);
+      }
     }
     const server = this.#servers.get(host);
     if (server === undefined || record.spoofed || this.#adversaryHosts.has(record.host)) {
