@@ -5,14 +5,9 @@
  * announces what it holds.
  */
 import { ControlChannel, type ControlKey } from '../crypto/control-auth.js';
-import {
-  announceIntervalMsDefault,
-  announceSessionsMax,
-  repairSuppressMs,
-  retransmitGroupsMax,
-  retransmitRunsPerGroupMax,
-} from '../limits.js';
+import { announceIntervalMsDefault, retransmitGroupsMax, retransmitRunsPerGroupMax } from '../limits.js';
 import { type Endpoint, formatEndpoint } from '../net/address.js';
+import { NackAnswerer } from '../net/nack-answerer.js';
 import { OwnedTimers, type Runtime, systemRuntime } from '../net/runtime.js';
 import type { ControlSocket, ReceiverSocket, SenderSocket } from '../net/udp.js';
 import {
@@ -20,18 +15,15 @@ import {
   decodeNack,
   decodeQuality,
   decodeSetup,
-  encodeAnnounce,
-  encodeQuality,
-  encodeRepair,
-  encodeRepairNotHeld,
   ListenState,
   type ListenStateCode,
   type SessionQuality,
   SetupAction,
 } from '../protocol/control.js';
-import { decodeData, type HeaderFields, headerBytes, offsetType, PacketType } from '../protocol/packet.js';
-import { sequenceAdd } from '../protocol/serial.js';
+import { decodeData, offsetType, PacketType } from '../protocol/packet.js';
 import { runKey } from '../protocol/session-window.js';
+import { Announcer } from './announcer.js';
+import { Election, type ElectionSettings } from './election.js';
 import { type PeriodQuality, SessionBuffer } from './session-buffer.js';
 
 /** A group to join. */
@@ -40,15 +32,7 @@ export interface JoinSpec {
   readonly source?: string | undefined;
 }
 
-/** Election settings (docs/architecture.md, "Election"). */
-export interface ElectionSettings {
-  /** Withdraw when own loss is above this share (0-1) and another member listens. */
-  readonly lossMax: number;
-  /** Listen only when among the best N members. */
-  readonly bestCount: number;
-  /** Quality period; a peer silent for three periods is no longer a member. */
-  readonly periodMs: number;
-}
+export type { ElectionSettings };
 
 /** Settings of a retransmit server. */
 export interface RetransmitSettings {
@@ -111,17 +95,6 @@ interface Joined {
   lastQuality: PeriodQuality;
 }
 
-interface PeerReport {
-  lossPpm: number;
-  state: ListenStateCode;
-  atMs: number;
-}
-
-interface Bucket {
-  creditBytes: number;
-  refilledAtMs: number;
-}
-
 /** A running retransmit server. */
 export interface RetransmitServer extends AsyncDisposable {
   readonly local: Endpoint;
@@ -153,29 +126,50 @@ export async function startRetransmitServer(
     ],
   });
   const joined: Joined[] = [];
-  const peerReports = new Map<string, PeerReport>();
-  const buckets = new Map<number, Bucket>();
-  const counters = {
-    packetsIn: 0,
-    nacksReceived: 0,
-    nacksAnswered: 0,
-    repairsSent: 0,
-    notHeldSent: 0,
-    repairBytesSent: 0,
-    rateLimited: 0,
-    suppressed: 0,
-  };
-  /** (session, sequence) repaired by multicast recently, oldest first. */
-  const recentlyMulticast = new Map<string, number>();
   const dropped: Record<string, number> = {};
   const drop = (reason: string) => {
     dropped[reason] = (dropped[reason] ?? 0) + 1;
   };
-  const fields = (sessionId: number, incarnation: number, sequence: number): HeaderFields => ({
-    sessionId,
-    incarnation,
-    sequence,
-    timestampUs: clock.wallUs(),
+  let packetsIn = 0;
+  const periodMs = settings.election?.periodMs ?? announceIntervalMsDefault;
+  const election = new Election({ ownId: channel.senderId, clock, periodMs });
+  let repairSender: SenderSocket | undefined;
+  let announceSender: SenderSocket | undefined;
+  const sendTo = (datagram: Buffer, to: { address: string; port: number }) =>
+    control.send(datagram, to.port, to.address);
+  const answerer = new NackAnswerer({
+    clock,
+    channel,
+    sockets: {
+      sendTo,
+      multicast:
+        settings.repairGroup === undefined
+          ? undefined
+          : (datagram) => repairSender?.send(datagram, datagram.length),
+    },
+    repairRateBitsPerSecond: settings.repairRateBitsPerSecond,
+    lookup: (sessionId, incarnation, sequence) => bufferFor(sessionId, incarnation)?.get(sequence),
+    drop,
+  });
+  const ownAddress = () => ({
+    address: settings.announceAddress ?? control.local.address,
+    port: control.local.port,
+  });
+  const announcer = new Announcer({
+    clock,
+    channel,
+    sendTo,
+    // Also on the repair group: routers install its forwarding state before the first repair needs it.
+    multicasts: [
+      ...(settings.announceGroup === undefined
+        ? []
+        : [(datagram: Buffer) => announceSender?.send(datagram, datagram.length)]),
+      ...(settings.repairGroup === undefined
+        ? []
+        : [(datagram: Buffer) => repairSender?.send(datagram, datagram.length)]),
+    ],
+    announceTo: settings.announceTo,
+    address: ownAddress,
   });
 
   /** The buffer of one run: a NACK is answered only from the run it names. */
@@ -225,7 +219,7 @@ export async function startRetransmitServer(
       drop(`data-${decoded.reason}`);
       return;
     }
-    counters.packetsIn++;
+    packetsIn++;
     const packet = decoded.value;
     const buffer = runBuffer(entry, packet.sessionId, packet.incarnation);
     buffer.add(packet.sequence, datagram, packet.timestampUs, clock.nowMs(), clock.wallUs());
@@ -239,114 +233,24 @@ export async function startRetransmitServer(
     );
   };
 
-  /** Takes tokens for a repair to one repair server; false when over its rate. */
-  const allow = (senderId: number, bytes: number): boolean => {
-    const now = clock.nowMs();
-    const bytesPerMs = settings.repairRateBitsPerSecond / 8000;
-    const burst = Math.max(bytesPerMs * 50, 64 * 1500);
-    let bucket = buckets.get(senderId);
-    if (bucket === undefined) {
-      bucket = { creditBytes: burst, refilledAtMs: now };
-      buckets.set(senderId, bucket);
-    }
-    bucket.creditBytes = Math.min(burst, bucket.creditBytes + (now - bucket.refilledAtMs) * bytesPerMs);
-    bucket.refilledAtMs = now;
-    if (bucket.creditBytes < bytes) {
-      return false;
-    }
-    bucket.creditBytes -= bytes;
-    return true;
-  };
-
-  const answerNack = (datagram: Buffer, port: number, address: string) => {
+  const answerNack = (datagram: Buffer, remote: { address: string; port: number }) => {
     // Authenticate before anything else: an unproven sender gets no byte back, and answers go
     // only to the address the NACK was signed for (docs/protocol.md, "NACK").
-    const nack = channel.accept(datagram, { address, port }, decodeNack, 'nack', drop);
-    if (nack === undefined) {
-      return;
-    }
-    if (nack.auth.targetId === 0) {
-      // The requester does not know our id yet: tell it, in fewer bytes than it sent.
-      drop('nack-no-target');
-      control.send(channel.introduction(nack), port, address);
-      return;
-    }
-    counters.nacksReceived++;
-    const now = clock.nowMs();
-    for (const [key, atMs] of recentlyMulticast) {
-      if (now - atMs <= repairSuppressMs) {
-        break;
-      }
-      recentlyMulticast.delete(key);
-    }
-    const buffer = bufferFor(nack.sessionId, nack.incarnation);
-    let answered = false;
-    for (const range of nack.ranges) {
-      let notHeldStart: number | undefined;
-      let notHeldCount = 0;
-      const flushNotHeld = () => {
-        if (notHeldStart !== undefined) {
-          const reply = channel.sealReply(
-            encodeRepairNotHeld(fields(nack.sessionId, nack.incarnation, notHeldStart), notHeldCount),
-            nack,
-          );
-          control?.send(reply, port, address);
-          counters.notHeldSent++;
-          notHeldStart = undefined;
-          notHeldCount = 0;
-        }
-      };
-      for (let i = 0; i < range.count; i++) {
-        const sequence = sequenceAdd(range.start, i);
-        const original = buffer?.get(sequence);
-        if (original === undefined) {
-          notHeldStart ??= sequence;
-          notHeldCount++;
-          continue;
-        }
-        flushNotHeld();
-        const suppressKey = `${nack.sessionId}/${sequence}`;
-        if (repairSender !== undefined && recentlyMulticast.has(suppressKey)) {
-          counters.suppressed++; // already multicast to every repair server behind the group
-          continue;
-        }
-        if (!allow(nack.auth.senderId, original.length + headerBytes + 36)) {
-          counters.rateLimited++;
-          continue;
-        }
-        // Unicast: for the requester; on the repair group: for every repair server (target 0).
-        const repair = encodeRepair(fields(nack.sessionId, nack.incarnation, sequence), original);
-        const reply = repairSender === undefined ? channel.sealReply(repair, nack) : channel.seal(repair);
-        if (repairSender === undefined) {
-          control?.send(reply, port, address);
-        } else {
-          repairSender.send(reply, reply.length);
-          recentlyMulticast.set(suppressKey, now);
-        }
-        counters.repairsSent++;
-        counters.repairBytesSent += reply.length;
-        answered = true;
-      }
-      flushNotHeld();
-    }
-    if (answered) {
-      counters.nacksAnswered++;
+    const nack = channel.accept(datagram, remote, decodeNack, 'nack', drop);
+    if (nack !== undefined) {
+      answerer.answer(nack, remote);
     }
   };
 
   const onControl = (datagram: Buffer, remote: { address: string; port: number }) => {
     switch (datagram.length > offsetType ? datagram[offsetType] : undefined) {
       case PacketType.nack:
-        answerNack(datagram, remote.port, remote.address);
+        answerNack(datagram, remote);
         return;
       case PacketType.quality: {
         const quality = channel.accept(datagram, remote, decodeQuality, 'quality', drop);
         for (const session of quality?.sessions ?? []) {
-          peerReports.set(`${quality?.auth.senderId}/${session.sessionId}`, {
-            lossPpm: session.lossPpm,
-            state: session.state,
-            atMs: clock.nowMs(),
-          });
+          election.report(quality?.auth.senderId ?? 0, session.sessionId, session);
         }
         return;
       }
@@ -391,11 +295,11 @@ export async function startRetransmitServer(
   };
 
   const control: ControlSocket = await transport.openControl(settings.listen, onControl);
-  const repairSender: SenderSocket | undefined =
+  repairSender =
     settings.repairGroup === undefined
       ? undefined
       : await transport.openSender({ group: settings.repairGroup, iface: settings.iface });
-  const announceSender: SenderSocket | undefined =
+  announceSender =
     settings.announceGroup === undefined
       ? undefined
       : await transport.openSender({ group: settings.announceGroup, iface: settings.iface });
@@ -412,41 +316,23 @@ export async function startRetransmitServer(
     await join(entry);
   }
 
-  /** Members of a session's election that are fresh, with their loss; ourselves included. */
-  const members = (sessionId: number, own: { lossPpm: number; state: ListenStateCode }) => {
-    const periodMs = settings.election?.periodMs ?? announceIntervalMsDefault;
-    const now = clock.nowMs();
-    const list = [{ id: channel.senderId, lossPpm: own.lossPpm, state: own.state }];
-    for (const [key, report] of peerReports) {
-      const [senderId, session] = key.split('/').map(Number);
-      if (session === sessionId && now - report.atMs <= periodMs * 3) {
-        list.push({ id: senderId ?? 0, lossPpm: report.lossPpm, state: report.state });
-      }
-    }
-    return list;
-  };
-
   /** One election round for a session (docs/architecture.md, "Election"). */
   const elect = async (entry: Joined) => {
-    const election = settings.election;
     const sessionId = entry.buffer?.sessionId;
-    if (election === undefined || sessionId === undefined) {
+    if (settings.election === undefined || sessionId === undefined) {
       return;
     }
-    const all = members(sessionId, { lossPpm: entry.lastQuality.lossPpm, state: entry.state });
-    const othersListening = all.filter((m) => m.id !== channel.senderId && m.state === ListenState.listening);
-    if (entry.state === ListenState.listening) {
-      const ranked = all
-        .filter((m) => m.state === ListenState.listening)
-        .sort((a, b) => a.lossPpm - b.lossPpm || a.id - b.id);
-      const rank = ranked.findIndex((m) => m.id === channel.senderId);
-      const tooLossy = entry.lastQuality.lossPpm > election.lossMax * 1_000_000 && othersListening.length > 0;
-      if (tooLossy || rank >= election.bestCount) {
-        entry.state = ListenState.withdrawn;
-        await entry.socket?.close();
-        entry.socket = undefined;
-      }
-    } else if (othersListening.length < election.bestCount) {
+    const own = {
+      lossPpm: entry.lastQuality.lossPpm,
+      missing: entry.lastQuality.missing,
+      state: entry.state,
+    };
+    const decision = election.decide(sessionId, own, settings.election);
+    if (decision === 'withdraw') {
+      entry.state = ListenState.withdrawn;
+      await entry.socket?.close();
+      entry.socket = undefined;
+    } else if (decision === 'rejoin') {
       entry.state = ListenState.listening;
       await join(entry).catch(() => drop('rejoin-failed'));
     }
@@ -489,32 +375,8 @@ export async function startRetransmitServer(
         state: entry.state,
       });
     }
-    const header = { sessionId: 0, sequence: 0, timestampUs: clock.wallUs() };
-    // A server holding more sessions than one message carries sends several (docs/protocol.md,
-    // "Size budgets"); each is sealed once per repair server, naming its id once known, and once
-    // for the groups (target 0).
-    for (let i = 0; i === 0 || i < announced.length; i += announceSessionsMax) {
-      const announceBody = {
-        address: settings.announceAddress ?? control.local.address,
-        port: control.local.port,
-        sessions: announced.slice(i, i + announceSessionsMax),
-      };
-      for (const target of settings.announceTo) {
-        control.send(channel.seal(encodeAnnounce(header, announceBody), target), target.port, target.address);
-      }
-      const announce = channel.seal(encodeAnnounce(header, announceBody));
-      announceSender?.send(announce, announce.length);
-      // Also on the repair group: routers install its forwarding state before the first repair needs it.
-      repairSender?.send(announce, announce.length);
-    }
-    if (settings.peers.length > 0) {
-      for (let i = 0; i === 0 || i < qualities.length; i += announceSessionsMax) {
-        const sessions = qualities.slice(i, i + announceSessionsMax);
-        for (const peer of settings.peers) {
-          control.send(channel.seal(encodeQuality(header, { sessions }), peer), peer.port, peer.address);
-        }
-      }
-    }
+    announcer.announce(announced);
+    announcer.report(qualities, settings.peers);
   };
   let ticking = false;
   const runTick = () => {
@@ -528,13 +390,14 @@ export async function startRetransmitServer(
     }
   };
   runTick(); // announce at once: repair servers learn of us, routers install the groups' state
-  timers.setInterval(runTick, settings.election?.periodMs ?? announceIntervalMsDefault);
+  timers.setInterval(runTick, periodMs);
 
   const status = (): RetransmitStatus => ({
     role: 'retransmit',
     listen: formatEndpoint(control.local),
     senderId: channel.senderId,
-    ...counters,
+    packetsIn,
+    ...answerer.counters,
     bytesSent: control.bytesSent,
     dropped: { ...dropped },
     sessions: joined.map((entry) => ({
@@ -549,7 +412,7 @@ export async function startRetransmitServer(
       members:
         entry.buffer === undefined
           ? 1
-          : members(entry.buffer.sessionId, { lossPpm: 0, state: entry.state }).length,
+          : election.members(entry.buffer.sessionId, { lossPpm: 0, missing: 0, state: entry.state }).length,
     })),
   });
 
