@@ -137,6 +137,19 @@ export const retransmitBufferAgeMsDefault = 60_000;
 /** Retransmit server: default repair rate per authenticated repair server. */
 export const repairRateBitsPerSecondDefault = 200_000_000;
 
+/**
+ * Retransmit server, peer fetch (docs/protocol.md, "Peer fetch"): how long it waits for one peer
+ * before asking the next, fetches in flight at once (past them a NACK is answered at once), peers
+ * asked per fetch, how long a sequence no peer held is not asked for again, how many such
+ * sequences it remembers, and peers it learns from QUALITY and ANNOUNCE besides those configured.
+ */
+export const peerFetchTimeoutMs = 50;
+export const peerFetchesMax = 64;
+export const peerFetchPeersMax = 4;
+export const peerFetchMissMs = 100;
+export const peerFetchMissesMax = 65_536;
+export const retransmitPeersLearnedMax = 16;
+
 /** How often retransmit servers announce themselves and report their quality. */
 export const announceIntervalMsDefault = 1000;
 

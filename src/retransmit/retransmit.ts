@@ -4,26 +4,39 @@
  * per repair server), measures its own reception, takes part in the election with its peers, and
  * announces what it holds.
  */
-import { ControlChannel, type ControlKey } from '../crypto/control-auth.js';
-import { announceIntervalMsDefault, retransmitGroupsMax, retransmitRunsPerGroupMax } from '../limits.js';
+import { ControlChannel, type ControlKey, sameEndpoint } from '../crypto/control-auth.js';
+import {
+  announceIntervalMsDefault,
+  retransmitGroupsMax,
+  retransmitPeersLearnedMax,
+  retransmitRunsPerGroupMax,
+} from '../limits.js';
 import { type Endpoint, formatEndpoint } from '../net/address.js';
 import { NackAnswerer } from '../net/nack-answerer.js';
 import { OwnedTimers, type Runtime, systemRuntime } from '../net/runtime.js';
 import type { ControlSocket, ReceiverSocket, SenderSocket } from '../net/udp.js';
 import {
   type AnnouncedSession,
+  type Control,
+  decodeAnnounce,
   decodeNack,
   decodeQuality,
+  decodeRepair,
   decodeSetup,
   ListenState,
   type ListenStateCode,
+  type NackBody,
+  type PeerEndpoint,
   type SessionQuality,
   SetupAction,
 } from '../protocol/control.js';
-import { decodeData, offsetType, PacketType } from '../protocol/packet.js';
+import { decodeData, headerBytes, offsetType, PacketType } from '../protocol/packet.js';
+import { sequenceAdd } from '../protocol/serial.js';
 import { runKey } from '../protocol/session-window.js';
+import { authTrailerBytes, repairFixedBytes } from '../protocol/sizes.js';
 import { Announcer } from './announcer.js';
 import { Election, type ElectionSettings } from './election.js';
+import { type PeerFetchCounters, PeerFetcher } from './peer-fetch.js';
 import { type PeriodQuality, SessionBuffer } from './session-buffer.js';
 
 /** A group to join. */
@@ -53,6 +66,11 @@ export interface RetransmitSettings {
   readonly election?: ElectionSettings | undefined;
   /** Answer held sequences once, by multicast on this group, for every repair server behind it. */
   readonly repairGroup?: Endpoint | undefined;
+  /**
+   * Fetch what this server missed from its peers before answering not-held (docs/protocol.md,
+   * "Peer fetch"); default true.
+   */
+  readonly peerFetch?: boolean | undefined;
 }
 
 /** Counters and state a status endpoint shows. */
@@ -68,6 +86,10 @@ export interface RetransmitStatus {
   repairBytesSent: number;
   rateLimited: number;
   suppressed: number;
+  /** Peer fetch: holes this server filled from its peers before answering. */
+  peerFetch: PeerFetchCounters;
+  /** Peers known for peer fetch: configured, and heard in QUALITY or ANNOUNCE. */
+  peersKnown: number;
   /** Bytes sent on the control socket (unicast repairs included; multicast ones are in repairBytesSent). */
   bytesSent: number;
   dropped: Record<string, number>;
@@ -78,9 +100,18 @@ export interface RetransmitStatus {
     heldPackets: number;
     bufferBytes: number;
     evicted: number;
+    /** Loss measured over the last period: gaps in sequence and the kernel's drops, whichever is more. */
     lossPercent: number;
     jitterUs: number;
     members: number;
+    /** Since the server joined: DATA packets received. */
+    receivedPackets: number;
+    /** Since the server joined: packets it missed (per period, the larger of gaps and kernel drops). */
+    missingPackets: number;
+    /** Since the server joined: datagrams the kernel dropped for its socket (undefined: not told). */
+    kernelDrops: number | undefined;
+    /** Packets fetched from peers to fill holes. */
+    fetchedPackets: number;
   }>;
 }
 
@@ -93,6 +124,49 @@ interface Joined {
   buffer: SessionBuffer | undefined;
   state: ListenStateCode;
   lastQuality: PeriodQuality;
+  /** The meter since the server joined (docs/architecture.md, "Quality meter"). */
+  readonly totals: { received: number; missing: number; kernelDrops: number | undefined };
+  /** The kernel's drop count for the socket at the last period (a new socket starts again at 0). */
+  kernelDropsSeen: number;
+}
+
+const emptyFetchCounters: PeerFetchCounters = {
+  fetches: 0,
+  fetchNacksSent: 0,
+  fetchedPackets: 0,
+  fetchMissedPackets: 0,
+  fetchesRefused: 0,
+};
+
+/** A Joined entry before its first packet. */
+function newJoined(spec: JoinSpec): Joined {
+  return {
+    spec,
+    socket: undefined,
+    runs: new Map(),
+    buffer: undefined,
+    state: ListenState.listening,
+    lastQuality: { received: 0, missing: 0, lossPpm: 0, jitterUs: 0 },
+    totals: { received: 0, missing: 0, kernelDrops: undefined },
+    kernelDropsSeen: 0,
+  };
+}
+
+/**
+ * One period of the quality meter: what the buffer saw (gaps in sequence) and what the kernel
+ * dropped for the socket. Drops and gaps mostly count the same packets, so a period's missing is
+ * the larger of the two, never their sum; drops alone show the loss that leaves no gap (a tail, or
+ * a stretch with no packet after it).
+ */
+export function meterPeriod(fromBuffer: PeriodQuality, kernelDropsInPeriod: number): PeriodQuality {
+  const missing = Math.max(fromBuffer.missing, kernelDropsInPeriod);
+  const expected = fromBuffer.received + missing;
+  return {
+    received: fromBuffer.received,
+    missing,
+    lossPpm: expected === 0 ? 0 : Math.round((missing / expected) * 1_000_000),
+    jitterUs: fromBuffer.jitterUs,
+  };
 }
 
 /** A running retransmit server. */
@@ -151,6 +225,49 @@ export async function startRetransmitServer(
     lookup: (sessionId, incarnation, sequence) => bufferFor(sessionId, incarnation)?.get(sequence),
     drop,
   });
+  /** Peers heard in authenticated QUALITY or ANNOUNCE (endpoint key → when), most recent last. */
+  const learnedPeers = new Map<string, { endpoint: PeerEndpoint; atMs: number }>();
+  const learnPeer = (endpoint: PeerEndpoint) => {
+    const key = `${endpoint.address}/${endpoint.port}`;
+    learnedPeers.delete(key);
+    learnedPeers.set(key, {
+      endpoint: { address: endpoint.address, port: endpoint.port },
+      atMs: clock.nowMs(),
+    });
+    while (learnedPeers.size > retransmitPeersLearnedMax) {
+      const oldest = learnedPeers.keys().next().value;
+      if (oldest === undefined) {
+        break;
+      }
+      learnedPeers.delete(oldest);
+    }
+  };
+  /** Peers to fetch from: configured ones first, then those heard lately (most recent first), never ourselves. */
+  const fetchPeers = (): PeerEndpoint[] => {
+    const now = clock.nowMs();
+    const own = [control.local, ownAddress()];
+    const list: PeerEndpoint[] = [...settings.peers];
+    for (const { endpoint, atMs } of [...learnedPeers.values()].reverse()) {
+      if (now - atMs <= periodMs * 3 && !list.some((known) => sameEndpoint(known, endpoint))) {
+        list.push(endpoint);
+      }
+    }
+    return list.filter((peer) => !own.some((self) => sameEndpoint(self, peer)));
+  };
+  const fetcher =
+    settings.peerFetch === false
+      ? undefined
+      : new PeerFetcher({
+          clock,
+          setTimeout: (fn, delayMs) => timers.setTimeout(fn, delayMs),
+          channel,
+          sendTo,
+          replyTo: () => control.local,
+          peers: fetchPeers,
+          store: (sessionId, incarnation, sequence, datagram) =>
+            bufferFor(sessionId, incarnation)?.fill(sequence, datagram, clock.nowMs()) ?? false,
+          drop,
+        });
   const ownAddress = () => ({
     address: settings.announceAddress ?? control.local.address,
     port: control.local.port,
@@ -231,15 +348,90 @@ export async function startRetransmitServer(
       { group: entry.spec.group, iface: settings.iface, source: entry.spec.source },
       onData(entry),
     );
+    entry.kernelDropsSeen = 0;
+  };
+
+  /** Takes one period of the meter for a listening entry (gaps and the kernel's drops). */
+  const measure = (entry: Joined, buffer: SessionBuffer) => {
+    const drops = entry.socket?.kernelDrops?.();
+    const dropsInPeriod = drops === undefined ? 0 : Math.max(0, drops - entry.kernelDropsSeen);
+    if (drops !== undefined) {
+      entry.kernelDropsSeen = drops;
+      entry.totals.kernelDrops = (entry.totals.kernelDrops ?? 0) + dropsInPeriod;
+    }
+    entry.lastQuality = meterPeriod(buffer.takePeriod(), dropsInPeriod);
+    entry.totals.received += entry.lastQuality.received;
+    entry.totals.missing += entry.lastQuality.missing;
   };
 
   const answerNack = (datagram: Buffer, remote: { address: string; port: number }) => {
     // Authenticate before anything else: an unproven sender gets no byte back, and answers go
     // only to the address the NACK was signed for (docs/protocol.md, "NACK").
     const nack = channel.accept(datagram, remote, decodeNack, 'nack', drop);
-    if (nack !== undefined) {
-      answerer.answer(nack, remote);
+    if (nack === undefined) {
+      return;
     }
+    const missed = fetcher === undefined ? [] : missedOf(nack);
+    if (missed.length === 0) {
+      answerer.answer(nack, remote);
+      return;
+    }
+    // Fill our holes from the peers first, then answer (docs/protocol.md, "Peer fetch").
+    void fetcher?.fetch(nack.sessionId, nack.incarnation, missed).then(() => answerer.answer(nack, remote));
+  };
+
+  /**
+   * Sequences a repair server's NACK names that we do not hold, of a run we buffer: what a peer
+   * may fill. None for a peer's own fetch (never forwarded), a NACK that does not name us yet, or
+   * a run we never heard (no state is made for it).
+   */
+  const missedOf = (nack: Control<NackBody>): number[] => {
+    const buffer = bufferFor(nack.sessionId, nack.incarnation);
+    if (nack.peerFetch === true || nack.auth.targetId === 0 || buffer === undefined) {
+      return [];
+    }
+    const missed: number[] = [];
+    for (const range of nack.ranges) {
+      for (let i = 0; i < range.count; i++) {
+        const sequence = sequenceAdd(range.start, i);
+        if (buffer.get(sequence) === undefined) {
+          missed.push(sequence);
+        }
+      }
+    }
+    return missed;
+  };
+
+  /** A REPAIR from a peer we fetched from. */
+  const onRepair = (datagram: Buffer, remote: PeerEndpoint) => {
+    const repair = channel.accept(datagram, remote, decodeRepair, 'repair', drop);
+    if (repair === undefined) {
+      return;
+    }
+    if (repair.data !== undefined && repair.data.incarnation !== repair.incarnation) {
+      drop('repair-other-incarnation'); // another run's packet is never stored
+      return;
+    }
+    const original =
+      repair.data === undefined
+        ? undefined
+        : datagram.subarray(headerBytes + repairFixedBytes, datagram.length - authTrailerBytes);
+    if (fetcher?.onRepair(repair, original, remote) !== true) {
+      drop('repair-unasked');
+    }
+  };
+
+  /** An ANNOUNCE: a peer (another retransmit server, or a source of last resort) to fetch from. */
+  const onAnnounce = (datagram: Buffer, remote: PeerEndpoint) => {
+    const announce = channel.accept(datagram, remote, decodeAnnounce, 'announce', drop);
+    if (announce === undefined) {
+      return;
+    }
+    if (announce.sessions.length === 0 && announce.auth.targetId === channel.senderId) {
+      fetcher?.onIntroduction(remote); // it did not know our id; now it does
+      return;
+    }
+    learnPeer({ address: announce.address, port: announce.port });
   };
 
   const onControl = (datagram: Buffer, remote: { address: string; port: number }) => {
@@ -249,11 +441,20 @@ export async function startRetransmitServer(
         return;
       case PacketType.quality: {
         const quality = channel.accept(datagram, remote, decodeQuality, 'quality', drop);
+        if (quality !== undefined) {
+          learnPeer(remote); // its control socket: where it takes NACKs
+        }
         for (const session of quality?.sessions ?? []) {
           election.report(quality?.auth.senderId ?? 0, session.sessionId, session);
         }
         return;
       }
+      case PacketType.repair:
+        onRepair(datagram, remote);
+        return;
+      case PacketType.announce:
+        onAnnounce(datagram, remote);
+        return;
       case PacketType.setup:
         void onSetup(datagram, remote);
         return;
@@ -281,14 +482,10 @@ export async function startRetransmitServer(
         return;
       }
       const family = setup.group.includes(':') ? 6 : 4;
-      const entry: Joined = {
-        spec: { group: { address: setup.group, port: setup.port, family }, source: setup.source },
-        socket: undefined,
-        runs: new Map(),
-        buffer: undefined,
-        state: ListenState.listening,
-        lastQuality: { received: 0, missing: 0, lossPpm: 0, jitterUs: 0 },
-      };
+      const entry = newJoined({
+        group: { address: setup.group, port: setup.port, family },
+        source: setup.source,
+      });
       joined.push(entry);
       await join(entry).catch(() => drop('setup-join-failed'));
     }
@@ -304,14 +501,7 @@ export async function startRetransmitServer(
       ? undefined
       : await transport.openSender({ group: settings.announceGroup, iface: settings.iface });
   for (const spec of settings.joins) {
-    const entry: Joined = {
-      spec,
-      socket: undefined,
-      runs: new Map(),
-      buffer: undefined,
-      state: ListenState.listening,
-      lastQuality: { received: 0, missing: 0, lossPpm: 0, jitterUs: 0 },
-    };
+    const entry = newJoined(spec);
     joined.push(entry);
     await join(entry);
   }
@@ -354,7 +544,7 @@ export async function startRetransmitServer(
         continue;
       }
       if (entry.state === ListenState.listening) {
-        entry.lastQuality = buffer.takePeriod();
+        measure(entry, buffer);
       }
       await elect(entry);
       const range = buffer.range;
@@ -398,6 +588,8 @@ export async function startRetransmitServer(
     senderId: channel.senderId,
     packetsIn,
     ...answerer.counters,
+    peerFetch: { ...(fetcher?.counters ?? emptyFetchCounters) },
+    peersKnown: fetchPeers().length,
     bytesSent: control.bytesSent,
     dropped: { ...dropped },
     sessions: joined.map((entry) => ({
@@ -409,6 +601,10 @@ export async function startRetransmitServer(
       evicted: entry.buffer?.evictedCount ?? 0,
       lossPercent: entry.lastQuality.lossPpm / 10_000,
       jitterUs: Math.round(entry.lastQuality.jitterUs),
+      receivedPackets: entry.totals.received,
+      missingPackets: entry.totals.missing,
+      kernelDrops: entry.totals.kernelDrops,
+      fetchedPackets: entry.buffer?.filledCount ?? 0,
       members:
         entry.buffer === undefined
           ? 1
@@ -420,6 +616,7 @@ export async function startRetransmitServer(
   const close = () => {
     closed ??= (async () => {
       timers.close();
+      fetcher?.close();
       for (const entry of joined) {
         await entry.socket?.close();
       }
