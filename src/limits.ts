@@ -150,6 +150,15 @@ export const peerFetchMissMs = 100;
 export const peerFetchMissesMax = 65_536;
 export const retransmitPeersLearnedMax = 16;
 
+/**
+ * A source of last resort (`send --retransmit-listen`): after END it stays until no NACK has come
+ * for lastResortQuietMs, and at most lastResortLingerMsMaxDefault (`--linger`); it keeps at most
+ * lastResortBufferBytesDefault of the session unless told otherwise (`--buffer-bytes`).
+ */
+export const lastResortQuietMs = 2_000;
+export const lastResortLingerMsMaxDefault = 60_000;
+export const lastResortBufferBytesDefault = 256 * 1024 * 1024;
+
 /** How often retransmit servers announce themselves and report their quality. */
 export const announceIntervalMsDefault = 1000;
 
