@@ -146,7 +146,7 @@ export const repairRateBitsPerSecondDefault = 200_000_000;
 export const peerFetchTimeoutMs = 50;
 export const peerFetchesMax = 64;
 export const peerFetchPeersMax = 4;
-export const peerFetchMissMs = 100;
+export const peerFetchMissMs = 500;
 export const peerFetchMissesMax = 65_536;
 export const retransmitPeersLearnedMax = 16;
 

@@ -32,6 +32,19 @@ export interface Member extends MemberQuality {
 
 interface PeerReport extends MemberQuality {
   readonly atMs: number;
+  /** Sums over every report heard: what the peer received and missed since we first heard it. */
+  readonly receivedSum: number;
+  readonly missingSum: number;
+}
+
+/** A peer's reports of one session, as a status shows them. */
+export interface PeerSummary {
+  readonly id: number;
+  readonly lossPpm: number;
+  readonly state: ListenStateCode;
+  /** Sums of the peer's QUALITY reports: DATA received and sequences missed. */
+  readonly received: number;
+  readonly missing: number;
 }
 
 /** What a round decided for this server. */
@@ -51,14 +64,36 @@ export class Election {
     this.#periodMs = options.periodMs;
   }
 
-  /** Records an authenticated peer's report for one session. */
-  report(senderId: number, sessionId: number, quality: MemberQuality): void {
-    this.#reports.set(`${senderId}/${sessionId}`, {
+  /** Records an authenticated peer's report for one session (received: DATA in its period). */
+  report(senderId: number, sessionId: number, quality: MemberQuality & { readonly received?: number }): void {
+    const key = `${senderId}/${sessionId}`;
+    const before = this.#reports.get(key);
+    this.#reports.set(key, {
       lossPpm: quality.lossPpm,
       missing: quality.missing,
       state: quality.state,
       atMs: this.#clock.nowMs(),
+      receivedSum: (before?.receivedSum ?? 0) + (quality.received ?? 0),
+      missingSum: (before?.missingSum ?? 0) + quality.missing,
     });
+  }
+
+  /** The peers' reports of a session, fresh or not, for a status. */
+  peers(sessionId: number): PeerSummary[] {
+    const list: PeerSummary[] = [];
+    for (const [key, report] of this.#reports) {
+      const [senderId, session] = key.split('/').map(Number);
+      if (session === sessionId) {
+        list.push({
+          id: senderId ?? 0,
+          lossPpm: report.lossPpm,
+          state: report.state,
+          received: report.receivedSum,
+          missing: report.missingSum,
+        });
+      }
+    }
+    return list;
   }
 
   /** Members of a session's election that are fresh, with their quality; ourselves first. */

@@ -9,7 +9,8 @@
  * - it asks one peer at a time, with a NACK no larger than the one it answers, and only peers
  *   it knows (configured, or heard in authenticated QUALITY or ANNOUNCE): never amplifying;
  * - a sequence already being fetched is not asked for again, a sequence no peer held is not
- *   asked for again for peerFetchMissMs, and at most peerFetchesMax fetches are in flight;
+ *   asked for again for peerFetchMissMs (an answer that comes in that time is still kept), and at
+ *   most peerFetchesMax fetches are in flight;
  * - each peer gets peerFetchTimeoutMs; the caller answers once the fetch settles, in any case.
  */
 import { sameEndpoint } from '../crypto/control-auth.js';
@@ -48,6 +49,8 @@ export interface PeerFetchCounters {
   fetchedPackets: number;
   /** Sequences no peer sent back in time. */
   fetchMissedPackets: number;
+  /** Of fetchedPackets: sent back after their fetch had given up, and kept. */
+  fetchedLatePackets: number;
   /** NACKs answered at once because peerFetchesMax fetches were in flight. */
   fetchesRefused: number;
 }
@@ -90,6 +93,7 @@ export class PeerFetcher {
     fetchNacksSent: 0,
     fetchedPackets: 0,
     fetchMissedPackets: 0,
+    fetchedLatePackets: 0,
     fetchesRefused: 0,
   };
   readonly #options: PeerFetcherOptions;
@@ -184,6 +188,16 @@ export class PeerFetcher {
         fetch.remaining.delete(sequence);
         fetch.asked.delete(sequence);
         this.#progress(fetch);
+      }
+      // An answer that came after its fetch gave up (a slow or busy peer) is still what we asked
+      // for: kept, so the repair server's next NACK finds it here.
+      const late = `${runKey(repair.sessionId, repair.incarnation)}/${sequence}`;
+      if (!wanted && this.#misses.delete(late)) {
+        wanted = true;
+        if (this.#options.store(repair.sessionId, repair.incarnation, sequence, original)) {
+          this.counters.fetchedPackets++;
+          this.counters.fetchedLatePackets++;
+        }
       }
       return wanted;
     }

@@ -112,6 +112,8 @@ export interface RetransmitStatus {
     kernelDrops: number | undefined;
     /** Packets fetched from peers to fill holes. */
     fetchedPackets: number;
+    /** What the peers reported of this session in QUALITY (sums since first heard). */
+    peers: Array<{ id: number; lossPercent: number; received: number; missing: number; state: string }>;
   }>;
 }
 
@@ -135,6 +137,7 @@ const emptyFetchCounters: PeerFetchCounters = {
   fetchNacksSent: 0,
   fetchedPackets: 0,
   fetchMissedPackets: 0,
+  fetchedLatePackets: 0,
   fetchesRefused: 0,
 };
 
@@ -605,6 +608,16 @@ export async function startRetransmitServer(
       missingPackets: entry.totals.missing,
       kernelDrops: entry.totals.kernelDrops,
       fetchedPackets: entry.buffer?.filledCount ?? 0,
+      peers:
+        entry.buffer === undefined
+          ? []
+          : election.peers(entry.buffer.sessionId).map((peer) => ({
+              id: peer.id,
+              lossPercent: peer.lossPpm / 10_000,
+              received: peer.received,
+              missing: peer.missing,
+              state: peer.state === ListenState.listening ? 'listening' : 'withdrawn',
+            })),
       members:
         entry.buffer === undefined
           ? 1
