@@ -140,6 +140,28 @@ export const retransmitBufferAgeMsDefault = 60_000;
 /** Retransmit server: default repair rate per authenticated repair server. */
 export const repairRateBitsPerSecondDefault = 200_000_000;
 
+/**
+ * Retransmit server, peer fetch (docs/protocol.md, "Peer fetch"): how long it waits for one peer
+ * before asking the next, fetches in flight at once (past them a NACK is answered at once), peers
+ * asked per fetch, how long a sequence no peer held is not asked for again, how many such
+ * sequences it remembers, and peers it learns from QUALITY and ANNOUNCE besides those configured.
+ */
+export const peerFetchTimeoutMs = 50;
+export const peerFetchesMax = 64;
+export const peerFetchPeersMax = 4;
+export const peerFetchMissMs = 500;
+export const peerFetchMissesMax = 65_536;
+export const retransmitPeersLearnedMax = 16;
+
+/**
+ * A source of last resort (`send --retransmit-listen`): after END it stays until no NACK has come
+ * for lastResortQuietMs, and at most lastResortLingerMsMaxDefault (`--linger`); it keeps at most
+ * lastResortBufferBytesDefault of the session unless told otherwise (`--buffer-bytes`).
+ */
+export const lastResortQuietMs = 2_000;
+export const lastResortLingerMsMaxDefault = 60_000;
+export const lastResortBufferBytesDefault = 256 * 1024 * 1024;
+
 /** How often retransmit servers announce themselves and report their quality. */
 export const announceIntervalMsDefault = 1000;
 

@@ -1,8 +1,12 @@
 /** `gatecast send`: the source role on the command line. */
 import {
+  lastResortBufferBytesDefault,
+  lastResortLingerMsMaxDefault,
+  lastResortQuietMs,
   packetPayloadBytesDefault,
   packetPayloadBytesMin,
   rateBitsPerSecondDefault,
+  repairRateBitsPerSecondDefault,
   setupSettleMs,
 } from '../limits.js';
 import { formatEndpoint, parseEndpoint } from '../net/address.js';
@@ -15,8 +19,10 @@ import {
   openTickerInput,
   type PayloadInput,
 } from '../source/inputs.js';
+import type { LastResortSettings } from '../source/last-resort.js';
 import { endSession, type RegisteredSession, registerSession } from '../source/registration.js';
-import { createSource, type Source, type SourceStats } from '../source/source.js';
+import { createSource, type Source, type SourceSettings, type SourceStats } from '../source/source.js';
+import { keysFrom, parseEndpointList } from './daemon.js';
 import { exitIncomplete, exitOk, UsageError } from './errors.js';
 import { formatBytes, formatRate, progressBar } from './format.js';
 import {
@@ -88,6 +94,41 @@ export const sendOptions: OptionSpecs = {
     help: 'with --subscription: this sender’s address, for source-specific joins',
   },
   ...restrictedSendOptions,
+  'retransmit-listen': {
+    type: 'string',
+    value: 'ADDR:PORT',
+    help: 'keep the session and answer NACKs here as the retransmit server of last resort (needs --secret-file)',
+  },
+  'secret-file': {
+    type: 'string',
+    value: 'FILE',
+    help: "with --retransmit-listen: the operator's shared secret for control messages",
+  },
+  'announce-to': {
+    type: 'string',
+    value: 'ADDR:PORT[,...]',
+    help: 'with --retransmit-listen: repair (and retransmit) servers to announce to by unicast',
+  },
+  'announce-group': {
+    type: 'string',
+    value: 'GROUP:PORT',
+    help: 'with --retransmit-listen: announce by multicast on this group',
+  },
+  'announce-address': {
+    type: 'string',
+    value: 'ADDR',
+    help: 'with --retransmit-listen: the address announced for NACKs (default: its address)',
+  },
+  'buffer-bytes': {
+    type: 'string',
+    value: 'BYTES',
+    help: `with --retransmit-listen: session bytes kept (default ${lastResortBufferBytesDefault})`,
+  },
+  linger: {
+    type: 'string',
+    value: 'SECONDS',
+    help: `with --retransmit-listen: after END, stay while NACKs come, at most this long (default ${lastResortLingerMsMaxDefault / 1000})`,
+  },
 };
 
 export const sendHelp = formatHelp(
@@ -153,6 +194,59 @@ function parsePacketSize(text: string | undefined): number {
   return bytes;
 }
 
+/** The last-resort settings from --retransmit-listen and its options, or undefined without it. */
+function lastResortOptions(values: OptionValues): SourceSettings['lastResort'] {
+  const listenText = optional(values, 'retransmit-listen');
+  const dependent = [
+    'secret-file',
+    'announce-to',
+    'announce-group',
+    'announce-address',
+    'buffer-bytes',
+    'linger',
+  ];
+  if (listenText === undefined) {
+    const stray = dependent.filter((name) => optional(values, name) !== undefined);
+    if (stray.length > 0) {
+      throw new UsageError(
+        `${stray.map((name) => `--${name}`).join(' and ')} need --retransmit-listen ADDR:PORT`,
+      );
+    }
+    return undefined;
+  }
+  const listen = parseEndpoint(listenText, '--retransmit-listen');
+  const announceAddress = optional(values, 'announce-address');
+  if ((listen.address === '0.0.0.0' || listen.address === '::') && announceAddress === undefined) {
+    throw new InvalidArgumentError(
+      '--retransmit-listen',
+      `${listenText} is a wildcard address: name the address to announce with --announce-address`,
+    );
+  }
+  const bufferText = optional(values, 'buffer-bytes');
+  const lingerText = optional(values, 'linger');
+  const announceGroupText = optional(values, 'announce-group');
+  const settings: LastResortSettings = {
+    listen,
+    announceAddress,
+    keys: keysFrom(values),
+    bufferBytesMax:
+      bufferText === undefined
+        ? lastResortBufferBytesDefault
+        : parseInteger(bufferText, '--buffer-bytes', 65_536, 2 ** 40),
+    repairRateBitsPerSecond: repairRateBitsPerSecondDefault,
+    announceTo: parseEndpointList(optional(values, 'announce-to'), '--announce-to'),
+    announceGroup:
+      announceGroupText === undefined ? undefined : groupOption(values, 'announce-group', 'iface'),
+    iface: optional(values, 'iface'),
+  };
+  return {
+    ...settings,
+    quietMs: lastResortQuietMs,
+    lingerMsMax:
+      lingerText === undefined ? lastResortLingerMsMaxDefault : parseSeconds(lingerText, '--linger'),
+  };
+}
+
 /** Runs `gatecast send`; returns the exit code. */
 export async function runSend(argv: string[], out: NodeJS.WriteStream): Promise<number> {
   const values = parseOptions(argv, sendOptions);
@@ -192,6 +286,7 @@ export async function runSend(argv: string[], out: NodeJS.WriteStream): Promise<
   }
   const token = subscription === undefined ? undefined : readToken(optional(values, 'token-file'));
   const protection = senderProtectionOptions(values);
+  const lastResort = lastResortOptions(values);
   const input = await openInput(values, packetPayloadBytes);
   const relayText = optional(values, 'relay');
   if (relayText !== undefined) {
@@ -226,6 +321,7 @@ export async function runSend(argv: string[], out: NodeJS.WriteStream): Promise<
         sessionName,
         sessionId,
         firstSequence,
+        lastResort,
       },
       {
         input,
@@ -340,9 +436,15 @@ export function summaryLine(stats: SourceStats, name: string): string {
     stats.packetsEmpty > 0 ? `${stats.packetsEmpty} of them empty (relayed zero-length datagrams)` : '',
     stats.inputDropped > 0 ? `${stats.inputDropped} input datagrams dropped${tooLarge}` : '',
   ].filter(Boolean);
+  const last = stats.lastResort;
+  const lastResort =
+    last === undefined
+      ? ''
+      : `; as retransmit server of last resort: ${last.nacksReceived} NACKs, ${last.repairsSent} repairs, ${last.notHeldSent} not-held`;
   const figures =
     `${stats.packetsSent} packets, ${formatBytes(stats.payloadBytesSent)} in ${seconds.toFixed(2)} s at ${rate}` +
-    (extras.length > 0 ? `, ${extras.join(', ')}` : '');
+    (extras.length > 0 ? `, ${extras.join(', ')}` : '') +
+    lastResort;
   const session = `session "${name}" (id ${stats.sessionId}, run ${stats.incarnation})`;
   if (stats.sendErrors === 0) {
     return `sent ${session}: ${figures}`;

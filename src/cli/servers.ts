@@ -298,7 +298,10 @@ export async function runRetransmit(argv: string[], err: NodeJS.WriteStream): Pr
     () => {
       const s = server.status();
       const sessions = s.sessions
-        .map((x) => `${x.group} ${x.state} held ${x.heldPackets} loss ${x.lossPercent.toFixed(2)}%`)
+        .map(
+          (x) =>
+            `${x.group} ${x.state} held ${x.heldPackets} loss ${x.lossPercent.toFixed(2)}% missed ${x.missingPackets} fetched ${x.fetchedPackets}`,
+        )
         .join('; ');
       return `retransmit: in ${s.packetsIn} nacks ${s.nacksReceived} repairs ${s.repairsSent} not-held ${s.notHeldSent} rate-limited ${s.rateLimited} | ${sessions}`;
     },

@@ -8,6 +8,7 @@ import { multicastTtlDefault, receiveBufferBytesDefault, sendBufferBytesDefault 
 import { type Endpoint, isScopedGroup, multicastScope } from './address.js';
 import { SocketError } from './errors.js';
 import { type ResolvedInterface, resolveInterface } from './interfaces.js';
+import { kernelDrops, socketFd, socketInode } from './socket-drops.js';
 
 /** Called for each datagram; must not throw (the handler counts and drops what it cannot use). */
 export type DatagramHandler = (datagram: Buffer, remote: RemoteInfo) => void;
@@ -28,6 +29,11 @@ export interface ReceiverSocket extends AsyncDisposable {
   readonly iface: ResolvedInterface | undefined;
   /** The receive buffer the kernel granted. */
   readonly receiveBufferBytes: number;
+  /**
+   * Datagrams the kernel dropped for this socket since it opened (src/net/socket-drops.ts);
+   * undefined where the system does not tell, or on a transport without a kernel.
+   */
+  kernelDrops?(): number | undefined;
   close(): Promise<void>;
 }
 
@@ -169,9 +175,12 @@ export async function openReceiverSocket(
   // Errors after setup (e.g. ICMP-induced) must not crash the process; they are not per-packet.
   socket.on('error', () => undefined);
   options.signal?.addEventListener('abort', () => void close(), { once: true });
+  const fd = socketFd(socket);
+  const inode = fd === undefined ? undefined : socketInode(fd);
   return {
     iface,
     receiveBufferBytes: socket.getRecvBufferSize(),
+    kernelDrops: () => (inode === undefined ? undefined : kernelDrops(inode)),
     close,
     [Symbol.asyncDispose]: close,
   };

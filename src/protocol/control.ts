@@ -132,7 +132,11 @@ function open(
 
 // ---------------------------------------------------------------------------------------------
 // NACK: reply endpoint (family u8, reserved u8, port u16, address[16]), rangeCount u16,
-// reserved u16, then per range: start u32, count u16, reserved u16.
+// flags u16 (bit 0: peer fetch; the others reserved, zero), then per range: start u32, count u16,
+// reserved u16.
+
+/** NACK flag: sent by a retransmit server filling its own holes from a peer; never forwarded. */
+export const nackFlagPeerFetch = 0x0001;
 
 /** A run of consecutive sequences. */
 export interface SequenceRange {
@@ -147,6 +151,11 @@ export interface NackBody {
    */
   readonly replyTo: PeerEndpoint;
   readonly ranges: readonly SequenceRange[];
+  /**
+   * A retransmit server asks a peer for packets it missed (docs/protocol.md, "Peer fetch"): the
+   * peer answers from its own buffer only and never fetches in turn. Absent: false.
+   */
+  readonly peerFetch?: boolean | undefined;
 }
 const nackFixedBytes = endpointBytes + 4;
 const nackRangeBytes = 8;
@@ -157,6 +166,7 @@ export function encodeNack(fields: HeaderFields, body: NackBody): Buffer {
   const b = out.subarray(headerBytes);
   writeEndpoint(b, 0, body.replyTo);
   b.writeUInt16BE(body.ranges.length, endpointBytes);
+  b.writeUInt16BE(body.peerFetch === true ? nackFlagPeerFetch : 0, endpointBytes + 2);
   body.ranges.forEach((range, i) => {
     b.writeUInt32BE(range.start >>> 0, nackFixedBytes + i * nackRangeBytes);
     b.writeUInt16BE(range.count, nackFixedBytes + i * nackRangeBytes + 4);
@@ -182,8 +192,9 @@ export function decodeNack(buf: Buffer): DecodeResult<Control<NackBody>> {
     return invalid('bad-field', 'NACK reply endpoint is not one unicast address and port');
   }
   const rangeCount = body.readUInt16BE(endpointBytes);
-  if (body.readUInt16BE(endpointBytes + 2) !== 0) {
-    return invalid('reserved-not-zero', 'NACK reserved field');
+  const flags = body.readUInt16BE(endpointBytes + 2);
+  if ((flags & ~nackFlagPeerFetch) !== 0) {
+    return invalid('reserved-not-zero', `NACK flags 0x${flags.toString(16)} are not defined`);
   }
   if (rangeCount === 0 || rangeCount > nackRangesMax) {
     return invalid('bad-field', `NACK range count ${rangeCount} is outside 1-${nackRangesMax}`);
@@ -206,7 +217,8 @@ export function decodeNack(buf: Buffer): DecodeResult<Control<NackBody>> {
     }
     ranges.push({ start: body.readUInt32BE(at), count });
   }
-  return valid({ ...opened.value.header, replyTo, ranges, auth: opened.value.auth });
+  const peerFetch = (flags & nackFlagPeerFetch) !== 0;
+  return valid({ ...opened.value.header, replyTo, ranges, peerFetch, auth: opened.value.auth });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -276,8 +288,12 @@ export function decodeRepair(buf: Buffer): DecodeResult<Control<RepairBody>> {
 // then per session (24 bytes): session id u32, first held u32, last held u32, held count u32,
 // loss ppm u32, state u8, reserved[3].
 
-/** Election state of a retransmit server for one session. */
-export const ListenState = { listening: 1, withdrawn: 2 } as const;
+/**
+ * Election state of a retransmit server for one session. A source that keeps its own session
+ * (`send --retransmit-listen`) announces lastResort: repair servers ask it after every listening
+ * retransmit server (docs/protocol.md, "ANNOUNCE"); it takes no part in the election.
+ */
+export const ListenState = { listening: 1, withdrawn: 2, lastResort: 3 } as const;
 export type ListenStateCode = (typeof ListenState)[keyof typeof ListenState];
 
 export interface AnnouncedSession {
@@ -348,7 +364,9 @@ export function decodeAnnounce(buf: Buffer): DecodeResult<Control<AnnounceBody>>
     const at = announceFixedBytes + i * announceSessionBytes;
     const state = body[at + 20] ?? 0;
     const lossPpm = body.readUInt32BE(at + 16);
-    if ((state !== ListenState.listening && state !== ListenState.withdrawn) || lossPpm > 1_000_000) {
+    const known =
+      state === ListenState.listening || state === ListenState.withdrawn || state === ListenState.lastResort;
+    if (!known || lossPpm > 1_000_000) {
       return invalid('bad-field', `ANNOUNCE session state ${state} or loss ${lossPpm} ppm`);
     }
     if (body[at + 21] !== 0 || body[at + 22] !== 0 || body[at + 23] !== 0) {

@@ -4,34 +4,39 @@
  * per repair server), measures its own reception, takes part in the election with its peers, and
  * announces what it holds.
  */
-import { ControlChannel, type ControlKey } from '../crypto/control-auth.js';
+import { ControlChannel, type ControlKey, sameEndpoint } from '../crypto/control-auth.js';
 import {
   announceIntervalMsDefault,
-  announceSessionsMax,
-  repairSuppressMs,
   retransmitGroupsMax,
+  retransmitPeersLearnedMax,
   retransmitRunsPerGroupMax,
 } from '../limits.js';
 import { type Endpoint, formatEndpoint } from '../net/address.js';
+import { NackAnswerer } from '../net/nack-answerer.js';
 import { OwnedTimers, type Runtime, systemRuntime } from '../net/runtime.js';
 import type { ControlSocket, ReceiverSocket, SenderSocket } from '../net/udp.js';
 import {
   type AnnouncedSession,
+  type Control,
+  decodeAnnounce,
   decodeNack,
   decodeQuality,
+  decodeRepair,
   decodeSetup,
-  encodeAnnounce,
-  encodeQuality,
-  encodeRepair,
-  encodeRepairNotHeld,
   ListenState,
   type ListenStateCode,
+  type NackBody,
+  type PeerEndpoint,
   type SessionQuality,
   SetupAction,
 } from '../protocol/control.js';
-import { decodeData, type HeaderFields, headerBytes, offsetType, PacketType } from '../protocol/packet.js';
+import { decodeData, headerBytes, offsetType, PacketType } from '../protocol/packet.js';
 import { sequenceAdd } from '../protocol/serial.js';
 import { runKey } from '../protocol/session-window.js';
+import { authTrailerBytes, repairFixedBytes } from '../protocol/sizes.js';
+import { Announcer } from './announcer.js';
+import { Election, type ElectionSettings } from './election.js';
+import { type PeerFetchCounters, PeerFetcher } from './peer-fetch.js';
 import { type PeriodQuality, SessionBuffer } from './session-buffer.js';
 
 /** A group to join. */
@@ -40,15 +45,7 @@ export interface JoinSpec {
   readonly source?: string | undefined;
 }
 
-/** Election settings (docs/architecture.md, "Election"). */
-export interface ElectionSettings {
-  /** Withdraw when own loss is above this share (0-1) and another member listens. */
-  readonly lossMax: number;
-  /** Listen only when among the best N members. */
-  readonly bestCount: number;
-  /** Quality period; a peer silent for three periods is no longer a member. */
-  readonly periodMs: number;
-}
+export type { ElectionSettings };
 
 /** Settings of a retransmit server. */
 export interface RetransmitSettings {
@@ -69,6 +66,11 @@ export interface RetransmitSettings {
   readonly election?: ElectionSettings | undefined;
   /** Answer held sequences once, by multicast on this group, for every repair server behind it. */
   readonly repairGroup?: Endpoint | undefined;
+  /**
+   * Fetch what this server missed from its peers before answering not-held (docs/protocol.md,
+   * "Peer fetch"); default true.
+   */
+  readonly peerFetch?: boolean | undefined;
 }
 
 /** Counters and state a status endpoint shows. */
@@ -86,6 +88,10 @@ export interface RetransmitStatus {
   suppressed: number;
   /** Election state changes (listening <-> withdrawn) of this server's sessions. */
   electionChanges: number;
+  /** Peer fetch: holes this server filled from its peers before answering. */
+  peerFetch: PeerFetchCounters;
+  /** Peers known for peer fetch: configured, and heard in QUALITY or ANNOUNCE. */
+  peersKnown: number;
   /** Bytes sent on the control socket (unicast repairs included; multicast ones are in repairBytesSent). */
   bytesSent: number;
   dropped: Record<string, number>;
@@ -96,9 +102,20 @@ export interface RetransmitStatus {
     heldPackets: number;
     bufferBytes: number;
     evicted: number;
+    /** Loss measured over the last period: gaps in sequence and the kernel's drops, whichever is more. */
     lossPercent: number;
     jitterUs: number;
     members: number;
+    /** Since the server joined: DATA packets received. */
+    receivedPackets: number;
+    /** Since the server joined: packets it missed (per period, the larger of gaps and kernel drops). */
+    missingPackets: number;
+    /** Since the server joined: datagrams the kernel dropped for its socket (undefined: not told). */
+    kernelDrops: number | undefined;
+    /** Packets fetched from peers to fill holes. */
+    fetchedPackets: number;
+    /** What the peers reported of this session in QUALITY (sums since first heard). */
+    peers: Array<{ id: number; lossPercent: number; received: number; missing: number; state: string }>;
   }>;
 }
 
@@ -111,17 +128,50 @@ interface Joined {
   buffer: SessionBuffer | undefined;
   state: ListenStateCode;
   lastQuality: PeriodQuality;
+  /** The meter since the server joined (docs/architecture.md, "Quality meter"). */
+  readonly totals: { received: number; missing: number; kernelDrops: number | undefined };
+  /** The kernel's drop count for the socket at the last period (a new socket starts again at 0). */
+  kernelDropsSeen: number;
 }
 
-interface PeerReport {
-  lossPpm: number;
-  state: ListenStateCode;
-  atMs: number;
+const emptyFetchCounters: PeerFetchCounters = {
+  fetches: 0,
+  fetchNacksSent: 0,
+  fetchedPackets: 0,
+  fetchMissedPackets: 0,
+  fetchedLatePackets: 0,
+  fetchesRefused: 0,
+};
+
+/** A Joined entry before its first packet. */
+function newJoined(spec: JoinSpec): Joined {
+  return {
+    spec,
+    socket: undefined,
+    runs: new Map(),
+    buffer: undefined,
+    state: ListenState.listening,
+    lastQuality: { received: 0, missing: 0, lossPpm: 0, jitterUs: 0 },
+    totals: { received: 0, missing: 0, kernelDrops: undefined },
+    kernelDropsSeen: 0,
+  };
 }
 
-interface Bucket {
-  creditBytes: number;
-  refilledAtMs: number;
+/**
+ * One period of the quality meter: what the buffer saw (gaps in sequence) and what the kernel
+ * dropped for the socket. Drops and gaps mostly count the same packets, so a period's missing is
+ * the larger of the two, never their sum; drops alone show the loss that leaves no gap (a tail, or
+ * a stretch with no packet after it).
+ */
+export function meterPeriod(fromBuffer: PeriodQuality, kernelDropsInPeriod: number): PeriodQuality {
+  const missing = Math.max(fromBuffer.missing, kernelDropsInPeriod);
+  const expected = fromBuffer.received + missing;
+  return {
+    received: fromBuffer.received,
+    missing,
+    lossPpm: expected === 0 ? 0 : Math.round((missing / expected) * 1_000_000),
+    jitterUs: fromBuffer.jitterUs,
+  };
 }
 
 /** A running retransmit server. */
@@ -155,31 +205,95 @@ export async function startRetransmitServer(
     ],
   });
   const joined: Joined[] = [];
-  const peerReports = new Map<string, PeerReport>();
-  const buckets = new Map<number, Bucket>();
-  const counters = {
-    packetsIn: 0,
-    nacksReceived: 0,
-    nacksAnswered: 0,
-    repairsSent: 0,
-    notHeldSent: 0,
-    repairBytesSent: 0,
-    rateLimited: 0,
-    suppressed: 0,
-    /** Election state changes (listening <-> withdrawn), for the metrics. */
-    electionChanges: 0,
-  };
-  /** (session, sequence) repaired by multicast recently, oldest first. */
-  const recentlyMulticast = new Map<string, number>();
+  /** Election state changes (listening <-> withdrawn), for the metrics. */
+  let electionChanges = 0;
   const dropped: Record<string, number> = {};
   const drop = (reason: string) => {
     dropped[reason] = (dropped[reason] ?? 0) + 1;
   };
-  const fields = (sessionId: number, incarnation: number, sequence: number): HeaderFields => ({
-    sessionId,
-    incarnation,
-    sequence,
-    timestampUs: clock.wallUs(),
+  let packetsIn = 0;
+  const periodMs = settings.election?.periodMs ?? announceIntervalMsDefault;
+  const election = new Election({ ownId: channel.senderId, clock, periodMs });
+  let repairSender: SenderSocket | undefined;
+  let announceSender: SenderSocket | undefined;
+  const sendTo = (datagram: Buffer, to: { address: string; port: number }) =>
+    control.send(datagram, to.port, to.address);
+  const answerer = new NackAnswerer({
+    clock,
+    channel,
+    sockets: {
+      sendTo,
+      multicast:
+        settings.repairGroup === undefined
+          ? undefined
+          : (datagram) => repairSender?.send(datagram, datagram.length),
+    },
+    repairRateBitsPerSecond: settings.repairRateBitsPerSecond,
+    lookup: (sessionId, incarnation, sequence) => bufferFor(sessionId, incarnation)?.get(sequence),
+    drop,
+  });
+  /** Peers heard in authenticated QUALITY or ANNOUNCE (endpoint key → when), most recent last. */
+  const learnedPeers = new Map<string, { endpoint: PeerEndpoint; atMs: number }>();
+  const learnPeer = (endpoint: PeerEndpoint) => {
+    const key = `${endpoint.address}/${endpoint.port}`;
+    learnedPeers.delete(key);
+    learnedPeers.set(key, {
+      endpoint: { address: endpoint.address, port: endpoint.port },
+      atMs: clock.nowMs(),
+    });
+    while (learnedPeers.size > retransmitPeersLearnedMax) {
+      const oldest = learnedPeers.keys().next().value;
+      if (oldest === undefined) {
+        break;
+      }
+      learnedPeers.delete(oldest);
+    }
+  };
+  /** Peers to fetch from: configured ones first, then those heard lately (most recent first), never ourselves. */
+  const fetchPeers = (): PeerEndpoint[] => {
+    const now = clock.nowMs();
+    const own = [control.local, ownAddress()];
+    const list: PeerEndpoint[] = [...settings.peers];
+    for (const { endpoint, atMs } of [...learnedPeers.values()].reverse()) {
+      if (now - atMs <= periodMs * 3 && !list.some((known) => sameEndpoint(known, endpoint))) {
+        list.push(endpoint);
+      }
+    }
+    return list.filter((peer) => !own.some((self) => sameEndpoint(self, peer)));
+  };
+  const fetcher =
+    settings.peerFetch === false
+      ? undefined
+      : new PeerFetcher({
+          clock,
+          setTimeout: (fn, delayMs) => timers.setTimeout(fn, delayMs),
+          channel,
+          sendTo,
+          replyTo: () => control.local,
+          peers: fetchPeers,
+          store: (sessionId, incarnation, sequence, datagram) =>
+            bufferFor(sessionId, incarnation)?.fill(sequence, datagram, clock.nowMs()) ?? false,
+          drop,
+        });
+  const ownAddress = () => ({
+    address: settings.announceAddress ?? control.local.address,
+    port: control.local.port,
+  });
+  const announcer = new Announcer({
+    clock,
+    channel,
+    sendTo,
+    // Also on the repair group: routers install its forwarding state before the first repair needs it.
+    multicasts: [
+      ...(settings.announceGroup === undefined
+        ? []
+        : [(datagram: Buffer) => announceSender?.send(datagram, datagram.length)]),
+      ...(settings.repairGroup === undefined
+        ? []
+        : [(datagram: Buffer) => repairSender?.send(datagram, datagram.length)]),
+    ],
+    announceTo: settings.announceTo,
+    address: ownAddress,
   });
 
   /** The buffer of one run: a NACK is answered only from the run it names. */
@@ -229,7 +343,7 @@ export async function startRetransmitServer(
       drop(`data-${decoded.reason}`);
       return;
     }
-    counters.packetsIn++;
+    packetsIn++;
     const packet = decoded.value;
     const buffer = runBuffer(entry, packet.sessionId, packet.incarnation);
     buffer.add(packet.sequence, datagram, packet.timestampUs, clock.nowMs(), clock.wallUs());
@@ -241,119 +355,113 @@ export async function startRetransmitServer(
       { group: entry.spec.group, iface: settings.iface, source: entry.spec.source },
       onData(entry),
     );
+    entry.kernelDropsSeen = 0;
   };
 
-  /** Takes tokens for a repair to one repair server; false when over its rate. */
-  const allow = (senderId: number, bytes: number): boolean => {
-    const now = clock.nowMs();
-    const bytesPerMs = settings.repairRateBitsPerSecond / 8000;
-    const burst = Math.max(bytesPerMs * 50, 64 * 1500);
-    let bucket = buckets.get(senderId);
-    if (bucket === undefined) {
-      bucket = { creditBytes: burst, refilledAtMs: now };
-      buckets.set(senderId, bucket);
+  /** Takes one period of the meter for a listening entry (gaps and the kernel's drops). */
+  const measure = (entry: Joined, buffer: SessionBuffer) => {
+    const drops = entry.socket?.kernelDrops?.();
+    const dropsInPeriod = drops === undefined ? 0 : Math.max(0, drops - entry.kernelDropsSeen);
+    if (drops !== undefined) {
+      entry.kernelDropsSeen = drops;
+      entry.totals.kernelDrops = (entry.totals.kernelDrops ?? 0) + dropsInPeriod;
     }
-    bucket.creditBytes = Math.min(burst, bucket.creditBytes + (now - bucket.refilledAtMs) * bytesPerMs);
-    bucket.refilledAtMs = now;
-    if (bucket.creditBytes < bytes) {
-      return false;
-    }
-    bucket.creditBytes -= bytes;
-    return true;
+    entry.lastQuality = meterPeriod(buffer.takePeriod(), dropsInPeriod);
+    entry.totals.received += entry.lastQuality.received;
+    entry.totals.missing += entry.lastQuality.missing;
   };
 
-  const answerNack = (datagram: Buffer, port: number, address: string) => {
+  const answerNack = (datagram: Buffer, remote: { address: string; port: number }) => {
     // Authenticate before anything else: an unproven sender gets no byte back, and answers go
     // only to the address the NACK was signed for (docs/protocol.md, "NACK").
-    const nack = channel.accept(datagram, { address, port }, decodeNack, 'nack', drop);
+    const nack = channel.accept(datagram, remote, decodeNack, 'nack', drop);
     if (nack === undefined) {
       return;
     }
-    if (nack.auth.targetId === 0) {
-      // The requester does not know our id yet: tell it, in fewer bytes than it sent.
-      drop('nack-no-target');
-      control.send(channel.introduction(nack), port, address);
+    const missed = fetcher === undefined ? [] : missedOf(nack);
+    if (missed.length === 0) {
+      answerer.answer(nack, remote);
       return;
     }
-    counters.nacksReceived++;
-    const now = clock.nowMs();
-    for (const [key, atMs] of recentlyMulticast) {
-      if (now - atMs <= repairSuppressMs) {
-        break;
-      }
-      recentlyMulticast.delete(key);
-    }
+    // Fill our holes from the peers first, then answer (docs/protocol.md, "Peer fetch").
+    void fetcher?.fetch(nack.sessionId, nack.incarnation, missed).then(() => answerer.answer(nack, remote));
+  };
+
+  /**
+   * Sequences a repair server's NACK names that we do not hold, of a run we buffer: what a peer
+   * may fill. None for a peer's own fetch (never forwarded), a NACK that does not name us yet, or
+   * a run we never heard (no state is made for it).
+   */
+  const missedOf = (nack: Control<NackBody>): number[] => {
     const buffer = bufferFor(nack.sessionId, nack.incarnation);
-    let answered = false;
+    if (nack.peerFetch === true || nack.auth.targetId === 0 || buffer === undefined) {
+      return [];
+    }
+    const missed: number[] = [];
     for (const range of nack.ranges) {
-      let notHeldStart: number | undefined;
-      let notHeldCount = 0;
-      const flushNotHeld = () => {
-        if (notHeldStart !== undefined) {
-          const reply = channel.sealReply(
-            encodeRepairNotHeld(fields(nack.sessionId, nack.incarnation, notHeldStart), notHeldCount),
-            nack,
-          );
-          control?.send(reply, port, address);
-          counters.notHeldSent++;
-          notHeldStart = undefined;
-          notHeldCount = 0;
-        }
-      };
       for (let i = 0; i < range.count; i++) {
         const sequence = sequenceAdd(range.start, i);
-        const original = buffer?.get(sequence);
-        if (original === undefined) {
-          notHeldStart ??= sequence;
-          notHeldCount++;
-          continue;
+        if (buffer.get(sequence) === undefined) {
+          missed.push(sequence);
         }
-        flushNotHeld();
-        const suppressKey = `${nack.sessionId}/${sequence}`;
-        if (repairSender !== undefined && recentlyMulticast.has(suppressKey)) {
-          counters.suppressed++; // already multicast to every repair server behind the group
-          continue;
-        }
-        if (!allow(nack.auth.senderId, original.length + headerBytes + 36)) {
-          counters.rateLimited++;
-          continue;
-        }
-        // Unicast: for the requester; on the repair group: for every repair server (target 0).
-        const repair = encodeRepair(fields(nack.sessionId, nack.incarnation, sequence), original);
-        const reply = repairSender === undefined ? channel.sealReply(repair, nack) : channel.seal(repair);
-        if (repairSender === undefined) {
-          control?.send(reply, port, address);
-        } else {
-          repairSender.send(reply, reply.length);
-          recentlyMulticast.set(suppressKey, now);
-        }
-        counters.repairsSent++;
-        counters.repairBytesSent += reply.length;
-        answered = true;
       }
-      flushNotHeld();
     }
-    if (answered) {
-      counters.nacksAnswered++;
+    return missed;
+  };
+
+  /** A REPAIR from a peer we fetched from. */
+  const onRepair = (datagram: Buffer, remote: PeerEndpoint) => {
+    const repair = channel.accept(datagram, remote, decodeRepair, 'repair', drop);
+    if (repair === undefined) {
+      return;
     }
+    if (repair.data !== undefined && repair.data.incarnation !== repair.incarnation) {
+      drop('repair-other-incarnation'); // another run's packet is never stored
+      return;
+    }
+    const original =
+      repair.data === undefined
+        ? undefined
+        : datagram.subarray(headerBytes + repairFixedBytes, datagram.length - authTrailerBytes);
+    if (fetcher?.onRepair(repair, original, remote) !== true) {
+      drop('repair-unasked');
+    }
+  };
+
+  /** An ANNOUNCE: a peer (another retransmit server, or a source of last resort) to fetch from. */
+  const onAnnounce = (datagram: Buffer, remote: PeerEndpoint) => {
+    const announce = channel.accept(datagram, remote, decodeAnnounce, 'announce', drop);
+    if (announce === undefined) {
+      return;
+    }
+    if (announce.sessions.length === 0 && announce.auth.targetId === channel.senderId) {
+      fetcher?.onIntroduction(remote); // it did not know our id; now it does
+      return;
+    }
+    learnPeer({ address: announce.address, port: announce.port });
   };
 
   const onControl = (datagram: Buffer, remote: { address: string; port: number }) => {
     switch (datagram.length > offsetType ? datagram[offsetType] : undefined) {
       case PacketType.nack:
-        answerNack(datagram, remote.port, remote.address);
+        answerNack(datagram, remote);
         return;
       case PacketType.quality: {
         const quality = channel.accept(datagram, remote, decodeQuality, 'quality', drop);
+        if (quality !== undefined) {
+          learnPeer(remote); // its control socket: where it takes NACKs
+        }
         for (const session of quality?.sessions ?? []) {
-          peerReports.set(`${quality?.auth.senderId}/${session.sessionId}`, {
-            lossPpm: session.lossPpm,
-            state: session.state,
-            atMs: clock.nowMs(),
-          });
+          election.report(quality?.auth.senderId ?? 0, session.sessionId, session);
         }
         return;
       }
+      case PacketType.repair:
+        onRepair(datagram, remote);
+        return;
+      case PacketType.announce:
+        onAnnounce(datagram, remote);
+        return;
       case PacketType.setup:
         void onSetup(datagram, remote);
         return;
@@ -381,79 +489,50 @@ export async function startRetransmitServer(
         return;
       }
       const family = setup.group.includes(':') ? 6 : 4;
-      const entry: Joined = {
-        spec: { group: { address: setup.group, port: setup.port, family }, source: setup.source },
-        socket: undefined,
-        runs: new Map(),
-        buffer: undefined,
-        state: ListenState.listening,
-        lastQuality: { received: 0, missing: 0, lossPpm: 0, jitterUs: 0 },
-      };
+      const entry = newJoined({
+        group: { address: setup.group, port: setup.port, family },
+        source: setup.source,
+      });
       joined.push(entry);
       await join(entry).catch(() => drop('setup-join-failed'));
     }
   };
 
   const control: ControlSocket = await transport.openControl(settings.listen, onControl);
-  const repairSender: SenderSocket | undefined =
+  repairSender =
     settings.repairGroup === undefined
       ? undefined
       : await transport.openSender({ group: settings.repairGroup, iface: settings.iface });
-  const announceSender: SenderSocket | undefined =
+  announceSender =
     settings.announceGroup === undefined
       ? undefined
       : await transport.openSender({ group: settings.announceGroup, iface: settings.iface });
   for (const spec of settings.joins) {
-    const entry: Joined = {
-      spec,
-      socket: undefined,
-      runs: new Map(),
-      buffer: undefined,
-      state: ListenState.listening,
-      lastQuality: { received: 0, missing: 0, lossPpm: 0, jitterUs: 0 },
-    };
+    const entry = newJoined(spec);
     joined.push(entry);
     await join(entry);
   }
 
-  /** Members of a session's election that are fresh, with their loss; ourselves included. */
-  const members = (sessionId: number, own: { lossPpm: number; state: ListenStateCode }) => {
-    const periodMs = settings.election?.periodMs ?? announceIntervalMsDefault;
-    const now = clock.nowMs();
-    const list = [{ id: channel.senderId, lossPpm: own.lossPpm, state: own.state }];
-    for (const [key, report] of peerReports) {
-      const [senderId, session] = key.split('/').map(Number);
-      if (session === sessionId && now - report.atMs <= periodMs * 3) {
-        list.push({ id: senderId ?? 0, lossPpm: report.lossPpm, state: report.state });
-      }
-    }
-    return list;
-  };
-
   /** One election round for a session (docs/architecture.md, "Election"). */
   const elect = async (entry: Joined) => {
-    const election = settings.election;
     const sessionId = entry.buffer?.sessionId;
-    if (election === undefined || sessionId === undefined) {
+    if (settings.election === undefined || sessionId === undefined) {
       return;
     }
-    const all = members(sessionId, { lossPpm: entry.lastQuality.lossPpm, state: entry.state });
-    const othersListening = all.filter((m) => m.id !== channel.senderId && m.state === ListenState.listening);
-    if (entry.state === ListenState.listening) {
-      const ranked = all
-        .filter((m) => m.state === ListenState.listening)
-        .sort((a, b) => a.lossPpm - b.lossPpm || a.id - b.id);
-      const rank = ranked.findIndex((m) => m.id === channel.senderId);
-      const tooLossy = entry.lastQuality.lossPpm > election.lossMax * 1_000_000 && othersListening.length > 0;
-      if (tooLossy || rank >= election.bestCount) {
-        entry.state = ListenState.withdrawn;
-        counters.electionChanges++;
-        await entry.socket?.close();
-        entry.socket = undefined;
-      }
-    } else if (othersListening.length < election.bestCount) {
+    const own = {
+      lossPpm: entry.lastQuality.lossPpm,
+      missing: entry.lastQuality.missing,
+      state: entry.state,
+    };
+    const decision = election.decide(sessionId, own, settings.election);
+    if (decision === 'withdraw') {
+      entry.state = ListenState.withdrawn;
+      electionChanges++;
+      await entry.socket?.close();
+      entry.socket = undefined;
+    } else if (decision === 'rejoin') {
       entry.state = ListenState.listening;
-      counters.electionChanges++;
+      electionChanges++;
       await join(entry).catch(() => drop('rejoin-failed'));
     }
   };
@@ -474,7 +553,7 @@ export async function startRetransmitServer(
         continue;
       }
       if (entry.state === ListenState.listening) {
-        entry.lastQuality = buffer.takePeriod();
+        measure(entry, buffer);
       }
       await elect(entry);
       const range = buffer.range;
@@ -495,32 +574,8 @@ export async function startRetransmitServer(
         state: entry.state,
       });
     }
-    const header = { sessionId: 0, sequence: 0, timestampUs: clock.wallUs() };
-    // A server holding more sessions than one message carries sends several (docs/protocol.md,
-    // "Size budgets"); each is sealed once per repair server, naming its id once known, and once
-    // for the groups (target 0).
-    for (let i = 0; i === 0 || i < announced.length; i += announceSessionsMax) {
-      const announceBody = {
-        address: settings.announceAddress ?? control.local.address,
-        port: control.local.port,
-        sessions: announced.slice(i, i + announceSessionsMax),
-      };
-      for (const target of settings.announceTo) {
-        control.send(channel.seal(encodeAnnounce(header, announceBody), target), target.port, target.address);
-      }
-      const announce = channel.seal(encodeAnnounce(header, announceBody));
-      announceSender?.send(announce, announce.length);
-      // Also on the repair group: routers install its forwarding state before the first repair needs it.
-      repairSender?.send(announce, announce.length);
-    }
-    if (settings.peers.length > 0) {
-      for (let i = 0; i === 0 || i < qualities.length; i += announceSessionsMax) {
-        const sessions = qualities.slice(i, i + announceSessionsMax);
-        for (const peer of settings.peers) {
-          control.send(channel.seal(encodeQuality(header, { sessions }), peer), peer.port, peer.address);
-        }
-      }
-    }
+    announcer.announce(announced);
+    announcer.report(qualities, settings.peers);
   };
   let ticking = false;
   const runTick = () => {
@@ -534,13 +589,17 @@ export async function startRetransmitServer(
     }
   };
   runTick(); // announce at once: repair servers learn of us, routers install the groups' state
-  timers.setInterval(runTick, settings.election?.periodMs ?? announceIntervalMsDefault);
+  timers.setInterval(runTick, periodMs);
 
   const status = (): RetransmitStatus => ({
     role: 'retransmit',
     listen: formatEndpoint(control.local),
     senderId: channel.senderId,
-    ...counters,
+    packetsIn,
+    ...answerer.counters,
+    electionChanges,
+    peerFetch: { ...(fetcher?.counters ?? emptyFetchCounters) },
+    peersKnown: fetchPeers().length,
     bytesSent: control.bytesSent,
     dropped: { ...dropped },
     sessions: joined.map((entry) => ({
@@ -552,10 +611,24 @@ export async function startRetransmitServer(
       evicted: entry.buffer?.evictedCount ?? 0,
       lossPercent: entry.lastQuality.lossPpm / 10_000,
       jitterUs: Math.round(entry.lastQuality.jitterUs),
+      receivedPackets: entry.totals.received,
+      missingPackets: entry.totals.missing,
+      kernelDrops: entry.totals.kernelDrops,
+      fetchedPackets: entry.buffer?.filledCount ?? 0,
+      peers:
+        entry.buffer === undefined
+          ? []
+          : election.peers(entry.buffer.sessionId).map((peer) => ({
+              id: peer.id,
+              lossPercent: peer.lossPpm / 10_000,
+              received: peer.received,
+              missing: peer.missing,
+              state: peer.state === ListenState.listening ? 'listening' : 'withdrawn',
+            })),
       members:
         entry.buffer === undefined
           ? 1
-          : members(entry.buffer.sessionId, { lossPpm: 0, state: entry.state }).length,
+          : election.members(entry.buffer.sessionId, { lossPpm: 0, missing: 0, state: entry.state }).length,
     })),
   });
 
@@ -563,6 +636,7 @@ export async function startRetransmitServer(
   const close = () => {
     closed ??= (async () => {
       timers.close();
+      fetcher?.close();
       for (const entry of joined) {
         await entry.socket?.close();
       }

@@ -38,6 +38,8 @@ export class SessionBuffer {
   #bytes = 0;
   evictedCount = 0;
   receivedCount = 0;
+  /** Sequences fetched from peers (fill), not heard. */
+  filledCount = 0;
   #highest: number | undefined;
   #periodReceived = 0;
   #periodMissing = 0;
@@ -105,6 +107,22 @@ export class SessionBuffer {
     this.#held.set(sequence, { datagram, atMs: nowMs });
     this.#bytes += datagram.length;
     this.evict(nowMs);
+  }
+
+  /**
+   * Stores a DATA datagram fetched from a peer to fill a hole (docs/protocol.md, "Peer fetch").
+   * It is not counted as received: the meter measures what this server heard itself. False when
+   * the sequence is already held.
+   */
+  fill(sequence: number, datagram: Buffer, nowMs: number): boolean {
+    if (this.#held.has(sequence)) {
+      return false;
+    }
+    this.#held.set(sequence, { datagram, atMs: nowMs });
+    this.#bytes += datagram.length;
+    this.filledCount++;
+    this.evict(nowMs);
+    return true;
   }
 
   /** Drops the oldest datagrams while over the byte bound or older than the age bound. */

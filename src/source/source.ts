@@ -30,6 +30,12 @@ import { sequenceAdd } from '../protocol/serial.js';
 import { dataPayloadBytesMax } from '../protocol/sizes.js';
 import { SourceSettingsError } from './errors.js';
 import { inputEnded, inputNotReady, type PayloadInput } from './inputs.js';
+import {
+  type LastResort,
+  type LastResortSettings,
+  type LastResortStats,
+  startLastResort,
+} from './last-resort.js';
 
 /** Settings of a source. */
 export interface SourceSettings {
@@ -52,6 +58,14 @@ export interface SourceSettings {
   readonly incarnation?: number | undefined;
   /** Pause between the first DESCRIPTOR and the first DATA packet. */
   readonly startDelayMs?: number | undefined;
+  /**
+   * Keep the run in a bounded buffer and answer authenticated NACKs as the retransmit server of
+   * last resort (`send --retransmit-listen`); after END the source stays until no NACK has come
+   * for quietMs, at most lingerMsMax.
+   */
+  readonly lastResort?:
+    | (LastResortSettings & { readonly quietMs: number; readonly lingerMsMax: number })
+    | undefined;
 }
 
 /** Parts a source is built from; tests can hand in their own. */
@@ -98,6 +112,8 @@ export interface SourceStats {
   inputDropped: number;
   /** Of inputDropped: datagrams larger than a packet's payload. */
   inputDroppedTooLarge: number;
+  /** The retransmit server of last resort, when the source is one. */
+  lastResort?: LastResortStats | undefined;
 }
 
 /** A built source; run() sends the whole session. */
@@ -225,6 +241,7 @@ export function createSource(settings: SourceSettings, components: SourceCompone
   const stopping = new AbortController();
   let failure: Error | undefined;
   let socket: SenderSocket | undefined;
+  let lastResort: LastResort | undefined;
   let nextSequence = firstSequence;
   let inFlight = 0;
   let drained: (() => void) | undefined;
@@ -325,15 +342,21 @@ export function createSource(settings: SourceSettings, components: SourceCompone
         iface: settings.iface,
         ttl: settings.ttl,
       });
+      if (settings.lastResort !== undefined) {
+        lastResort = await startLastResort(settings.lastResort, { sessionId, incarnation }, runtime);
+      }
       await sendSession(options.signal);
+      await linger(options.signal);
     } catch (error) {
       fail(error);
     } finally {
       stats.inputDropped = input.droppedCount;
       stats.inputDroppedTooLarge = input.droppedTooLargeCount ?? 0;
+      stats.lastResort = lastResort?.stats();
       await close();
       // A socket that opened after close() was called (close() saw none) is closed here.
       await socket?.close();
+      await lastResort?.close();
     }
     if (failure !== undefined) {
       throw failure;
@@ -380,6 +403,29 @@ export function createSource(settings: SourceSettings, components: SourceCompone
     // Every send calls back once (src/net/udp.ts), so this ends; close() ends it at once.
     while (inFlight > 0 && !stopping.signal.aborted) {
       await timers.sleep(1);
+    }
+  }
+
+  /**
+   * As the retransmit server of last resort, stays after END while repair servers still ask: until
+   * no NACK has come for quietMs, at most lingerMsMax (docs/architecture.md, "Retransmit server of
+   * last resort"). An abort ends it at once.
+   */
+  async function linger(signal: AbortSignal | undefined): Promise<void> {
+    const options = settings.lastResort;
+    if (lastResort === undefined || options === undefined) {
+      return;
+    }
+    const startedMs = clock.nowMs();
+    const stopped = anySignal([signal, stopping.signal]);
+    while (!stopped.aborted) {
+      const now = clock.nowMs();
+      const quietUntil = Math.max(lastResort.lastNackAtMs, startedMs) + options.quietMs;
+      const until = Math.min(quietUntil, startedMs + options.lingerMsMax);
+      if (now >= until) {
+        return;
+      }
+      await timers.sleep(Math.min(until - now, 100));
     }
   }
 
@@ -430,13 +476,19 @@ export function createSource(settings: SourceSettings, components: SourceCompone
       );
       if (protection === undefined) {
         send(buffer, headerBytes + length);
+        lastResort?.keep(nextSequence, buffer.subarray(0, headerBytes + length));
       } else {
-        for (const datagram of protection.seal(
+        const datagrams = protection.seal(
           buffer.subarray(0, headerBytes + length),
           clock.nowMs(),
           clock.wallUs(),
-        )) {
+        );
+        for (const datagram of datagrams) {
           send(datagram, datagram.length);
+        }
+        const sealed = datagrams[0]; // the DATA as it went on the wire (a manifest may follow it)
+        if (sealed !== undefined) {
+          lastResort?.keep(nextSequence, sealed);
         }
       }
       slot = (slot + 1) % sendRingPacketsMax;
@@ -460,6 +512,7 @@ export function createSource(settings: SourceSettings, components: SourceCompone
       drained?.();
       await input.close();
       await socket?.close();
+      await lastResort?.close();
     })();
     return closed;
   }

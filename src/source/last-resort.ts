@@ -1,0 +1,189 @@
+/**
+ * The source as the retransmit server of last resort (`send --retransmit-listen`, docs/architecture.md,
+ * "Retransmit server of last resort"): the source keeps what it sent in a bounded buffer, announces
+ * itself to repair servers (and retransmit servers, which fetch from it) with the state lastResort,
+ * so they ask it after every listening retransmit server, and answers authenticated NACKs by the
+ * same rules as a retransmit server (src/net/nack-answerer.ts). A file's delivery then never
+ * depends on one server having heard everything.
+ */
+import { ControlChannel, type ControlKey } from '../crypto/control-auth.js';
+import { announceIntervalMsDefault, announceSessionsMax } from '../limits.js';
+import { type Endpoint, formatEndpoint } from '../net/address.js';
+import { type NackAnswerCounters, NackAnswerer } from '../net/nack-answerer.js';
+import { OwnedTimers, type Runtime } from '../net/runtime.js';
+import type { ControlSocket, SenderSocket } from '../net/udp.js';
+import { decodeNack, encodeAnnounce, ListenState, type PeerEndpoint } from '../protocol/control.js';
+import { offsetType, PacketType } from '../protocol/packet.js';
+import { sequenceAdd } from '../protocol/serial.js';
+
+/** Settings of the last-resort answerer. */
+export interface LastResortSettings {
+  /** Where NACKs arrive. */
+  readonly listen: Endpoint;
+  /** The address announced for NACKs (default: the listen address, which must then not be a wildcard). */
+  readonly announceAddress?: string | undefined;
+  readonly keys: readonly ControlKey[];
+  /** Bytes of DATA kept; the oldest go first. */
+  readonly bufferBytesMax: number;
+  readonly repairRateBitsPerSecond: number;
+  /** Repair (and retransmit) servers to announce to by unicast. */
+  readonly announceTo: readonly Endpoint[];
+  /** Announce by multicast on this group too. */
+  readonly announceGroup?: Endpoint | undefined;
+  readonly iface?: string | undefined;
+  readonly periodMs?: number | undefined;
+}
+
+/** Counters of the last-resort answerer. */
+export interface LastResortStats extends NackAnswerCounters {
+  listen: string;
+  heldPackets: number;
+  heldBytes: number;
+  evicted: number;
+  dropped: Record<string, number>;
+}
+
+/** A running last-resort answerer of one session run. */
+export interface LastResort {
+  /** Keeps a copy of a DATA datagram just sent (the source reuses its buffers). */
+  keep(sequence: number, datagram: Buffer): void;
+  /** Monotonic time of the last NACK accepted (or of the start). */
+  readonly lastNackAtMs: number;
+  stats(): LastResortStats;
+  close(): Promise<void>;
+}
+
+/** Starts answering NACKs for one run of a source. */
+export async function startLastResort(
+  settings: LastResortSettings,
+  run: { sessionId: number; incarnation: number },
+  runtime: Runtime,
+): Promise<LastResort> {
+  const { clock, transport } = runtime;
+  const timers = new OwnedTimers(clock);
+  const held = new Map<number, Buffer>();
+  let heldBytes = 0;
+  let evicted = 0;
+  let first: number | undefined;
+  let last: number | undefined;
+  let lastNackAtMs = clock.nowMs();
+  const dropped: Record<string, number> = {};
+  const drop = (reason: string) => {
+    dropped[reason] = (dropped[reason] ?? 0) + 1;
+  };
+  const announced = (): PeerEndpoint => ({
+    address: settings.announceAddress ?? control.local.address,
+    port: control.local.port,
+  });
+  const channel = new ControlChannel(settings.keys, {
+    clock,
+    senderId: runtime.randomId(),
+    self: () => [announced(), control.local],
+  });
+  const sendTo = (datagram: Buffer, to: PeerEndpoint) => control.send(datagram, to.port, to.address);
+  const answerer = new NackAnswerer({
+    clock,
+    channel,
+    sockets: { sendTo },
+    repairRateBitsPerSecond: settings.repairRateBitsPerSecond,
+    lookup: (sessionId, incarnation, sequence) =>
+      sessionId === run.sessionId && incarnation === run.incarnation ? held.get(sequence) : undefined,
+    drop,
+  });
+  const onControl = (datagram: Buffer, remote: PeerEndpoint) => {
+    if (datagram.length <= offsetType || datagram[offsetType] !== PacketType.nack) {
+      drop('unexpected-type'); // REPAIR, ANNOUNCE, QUALITY and SETUP are not for a source
+      return;
+    }
+    const nack = channel.accept(datagram, remote, decodeNack, 'nack', drop);
+    if (nack !== undefined) {
+      lastNackAtMs = clock.nowMs();
+      answerer.answer(nack, remote);
+    }
+  };
+  const control: ControlSocket = await transport.openControl(settings.listen, onControl);
+  let announceSender: SenderSocket | undefined;
+  try {
+    announceSender =
+      settings.announceGroup === undefined
+        ? undefined
+        : await transport.openSender({ group: settings.announceGroup, iface: settings.iface });
+  } catch (error) {
+    await control.close();
+    throw error;
+  }
+
+  /** ANNOUNCE of the run, state lastResort (docs/protocol.md, "ANNOUNCE"). */
+  const announce = () => {
+    const own = announced();
+    const body = {
+      address: own.address,
+      port: own.port,
+      sessions: [
+        {
+          sessionId: run.sessionId,
+          firstHeld: first ?? 0,
+          lastHeld: last ?? 0,
+          heldCount: held.size,
+          lossPpm: 0,
+          state: ListenState.lastResort,
+        },
+      ].slice(0, announceSessionsMax),
+    };
+    const header = () => ({ sessionId: 0, sequence: 0, timestampUs: clock.wallUs() });
+    for (const target of settings.announceTo) {
+      sendTo(channel.seal(encodeAnnounce(header(), body), target), target);
+    }
+    if (announceSender !== undefined) {
+      const datagram = channel.seal(encodeAnnounce(header(), body));
+      announceSender.send(datagram, datagram.length);
+    }
+  };
+  announce();
+  timers.setInterval(announce, settings.periodMs ?? announceIntervalMsDefault);
+
+  const keep = (sequence: number, datagram: Buffer) => {
+    if (held.has(sequence)) {
+      return;
+    }
+    const copy = Buffer.from(datagram);
+    held.set(sequence, copy);
+    heldBytes += copy.length;
+    first ??= sequence;
+    last = sequence;
+    for (const [oldest, buffer] of held) {
+      if (heldBytes <= settings.bufferBytesMax) {
+        break;
+      }
+      held.delete(oldest);
+      heldBytes -= buffer.length;
+      evicted++;
+      first = sequenceAdd(oldest, 1);
+    }
+  };
+
+  let closed: Promise<void> | undefined;
+  const close = () => {
+    closed ??= (async () => {
+      timers.close();
+      await control.close();
+      await announceSender?.close();
+    })();
+    return closed;
+  };
+  return {
+    keep,
+    get lastNackAtMs() {
+      return lastNackAtMs;
+    },
+    stats: () => ({
+      listen: formatEndpoint(control.local),
+      ...answerer.counters,
+      heldPackets: held.size,
+      heldBytes,
+      evicted,
+      dropped: { ...dropped },
+    }),
+    close,
+  };
+}

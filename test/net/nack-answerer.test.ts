@@ -1,0 +1,137 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { ControlChannel, controlKey } from '../../src/crypto/control-auth.js';
+import { NackAnswerer } from '../../src/net/nack-answerer.js';
+import {
+  decodeAnnounce,
+  decodeNack,
+  decodeRepair,
+  encodeNack,
+  type PeerEndpoint,
+  type SequenceRange,
+} from '../../src/protocol/control.js';
+import { encodeData, offsetType, PacketType } from '../../src/protocol/packet.js';
+import { ManualClock } from '../helpers/manual-clock.js';
+
+const key = controlKey(Buffer.from('the operator secret shared by servers'));
+const requesterAt: PeerEndpoint = { address: '10.0.0.2', port: 7000 };
+const serverAt: PeerEndpoint = { address: '10.0.0.1', port: 6000 };
+
+/** A server's answerer over a buffer of sequences 100..149 of session 7, run 3, and a requester. */
+function setup(options: { rateBitsPerSecond?: number; multicast?: boolean } = {}) {
+  const clock = new ManualClock();
+  const server = new ControlChannel([key], { clock, self: () => [serverAt] });
+  const requester = new ControlChannel([key], { clock });
+  const held = new Map<number, Buffer>();
+  for (let sequence = 100; sequence < 150; sequence++) {
+    held.set(
+      sequence,
+      encodeData(
+        { sessionId: 7, incarnation: 3, sequence, timestampUs: clock.wallUs() },
+        Buffer.alloc(1000, sequence),
+      ),
+    );
+  }
+  const sent: Array<{ datagram: Buffer; to: PeerEndpoint | 'group' }> = [];
+  const dropped: string[] = [];
+  const answerer = new NackAnswerer({
+    clock,
+    channel: server,
+    sockets: {
+      sendTo: (datagram, to) => sent.push({ datagram, to }),
+      multicast: options.multicast === true ? (datagram) => sent.push({ datagram, to: 'group' }) : undefined,
+    },
+    repairRateBitsPerSecond: options.rateBitsPerSecond ?? 1_000_000_000,
+    lookup: (sessionId, incarnation, sequence) =>
+      sessionId === 7 && incarnation === 3 ? held.get(sequence) : undefined,
+    drop: (reason) => dropped.push(reason),
+  });
+  /** Seals a NACK as the requester and has the server accept it, as the role does. */
+  const nack = (ranges: SequenceRange[], incarnation = 3) => {
+    const datagram = requester.seal(
+      encodeNack(
+        { sessionId: 7, incarnation, sequence: ranges[0]?.start ?? 0, timestampUs: clock.wallUs() },
+        { replyTo: requesterAt, ranges },
+      ),
+      serverAt,
+    );
+    const accepted = server.accept(datagram, requesterAt, decodeNack, 'nack', (reason) =>
+      dropped.push(reason),
+    );
+    assert.ok(accepted !== undefined, `the NACK was refused: ${dropped.join(', ')}`);
+    return accepted;
+  };
+  /** Makes the requester know the server's id (as an introduction would). */
+  const introduce = () => {
+    answerer.answer(nack([{ start: 100, count: 1 }]), requesterAt);
+    const intro = sent.pop();
+    assert.ok(intro !== undefined);
+    assert.ok(requester.accept(intro.datagram, serverAt, decodeAnnounce, 'announce', () => undefined));
+  };
+  return { clock, answerer, sent, dropped, nack, introduce };
+}
+
+describe('NACK answerer', () => {
+  it('answers a NACK that does not name it with an introduction smaller than the NACK, and nothing else', () => {
+    const { answerer, sent, nack } = setup();
+    const request = nack([{ start: 100, count: 10 }]);
+    answerer.answer(request, requesterAt);
+    assert.equal(sent.length, 1);
+    assert.equal(sent[0]?.datagram[offsetType], PacketType.announce);
+    assert.equal(answerer.counters.repairsSent, 0);
+  });
+
+  it('answers held sequences with REPAIRs of the original bytes and the rest with one not-held run', () => {
+    const { answerer, sent, nack, introduce } = setup();
+    introduce();
+    answerer.answer(nack([{ start: 145, count: 10 }]), requesterAt);
+    const repairs = sent.map((s) => decodeRepair(s.datagram));
+    const held = repairs.filter((r) => r.ok && r.value.data !== undefined);
+    const notHeld = repairs.filter((r) => r.ok && r.value.data === undefined);
+    assert.equal(held.length, 5);
+    assert.equal(notHeld.length, 1);
+    const first = notHeld[0];
+    assert.ok(first?.ok);
+    assert.equal(first.value.sequence, 150);
+    assert.equal(first.value.notHeldCount, 5);
+    for (const repair of held) {
+      assert.ok(repair.ok && repair.value.data !== undefined);
+      assert.equal(repair.value.data.payload[0], repair.value.sequence & 0xff);
+    }
+    assert.ok(sent.every((s) => s.to === requesterAt));
+    assert.equal(answerer.counters.nacksAnswered, 1);
+  });
+
+  it('never serves a sequence of another incarnation', () => {
+    const { answerer, sent, nack, introduce } = setup();
+    introduce();
+    answerer.answer(nack([{ start: 100, count: 3 }], 4), requesterAt);
+    assert.equal(answerer.counters.repairsSent, 0);
+    assert.equal(answerer.counters.notHeldSent, 1);
+    assert.equal(sent.length, 1);
+  });
+
+  it('limits the repair rate per requester and refills with time', () => {
+    const { answerer, nack, introduce, clock } = setup({ rateBitsPerSecond: 8_000_000 });
+    introduce();
+    answerer.answer(nack([{ start: 100, count: 50 }]), requesterAt);
+    answerer.answer(nack([{ start: 100, count: 50 }]), requesterAt);
+    const first = answerer.counters.repairsSent;
+    assert.ok(answerer.counters.rateLimited > 0, 'a second burst is over the rate');
+    clock.advance(1_000);
+    answerer.answer(nack([{ start: 100, count: 50 }]), requesterAt);
+    assert.ok(answerer.counters.repairsSent > first, 'credit comes back with time');
+  });
+
+  it('on a repair group sends each sequence once for everyone and suppresses a repeat within the window', () => {
+    const { answerer, sent, nack, introduce, clock } = setup({ multicast: true });
+    introduce();
+    answerer.answer(nack([{ start: 100, count: 4 }]), requesterAt);
+    answerer.answer(nack([{ start: 100, count: 4 }]), requesterAt);
+    assert.equal(sent.filter((s) => s.to === 'group').length, 4);
+    assert.equal(answerer.counters.suppressed, 4);
+    clock.advance(1_000);
+    answerer.answer(nack([{ start: 100, count: 4 }]), requesterAt);
+    assert.equal(sent.filter((s) => s.to === 'group').length, 8);
+  });
+});

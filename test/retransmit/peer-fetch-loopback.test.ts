@@ -1,0 +1,131 @@
+import assert from 'node:assert/strict';
+import { createSocket } from 'node:dgram';
+import { describe, it } from 'node:test';
+import { ControlChannel, controlKey } from '../../src/crypto/control-auth.js';
+import { type Endpoint, parseGroup } from '../../src/net/address.js';
+import { decodeAnnounce, decodeRepair, encodeNack, type PeerEndpoint } from '../../src/protocol/control.js';
+import { offsetType, PacketType } from '../../src/protocol/packet.js';
+import { type RetransmitServer, startRetransmitServer } from '../../src/retransmit/retransmit.js';
+import { openTickerInput } from '../../src/source/inputs.js';
+import { createSource } from '../../src/source/source.js';
+import { freshPort, loopbackIface } from '../helpers/loopback.js';
+import { waitUntil } from '../helpers/wait.js';
+
+const key = controlKey(Buffer.from('the operator secret shared by servers'));
+const run = { sessionId: 0x0fe7_c401, incarnation: 0x1ca7_0401 };
+
+function retransmitServer(
+  group: Endpoint,
+  peers: PeerEndpoint[],
+  peerFetch = true,
+): Promise<RetransmitServer> {
+  return startRetransmitServer({
+    joins: [{ group }],
+    iface: loopbackIface,
+    listen: { address: '127.0.0.1', port: 0, family: 4 },
+    keys: [key],
+    bufferBytesMax: 1 << 20,
+    bufferAgeMs: 60_000,
+    repairRateBitsPerSecond: 100_000_000,
+    announceTo: [],
+    peers: peers.map((peer) => ({ ...peer, family: 4 as const })),
+    peerFetch,
+  });
+}
+
+/** Sends 50 packets of the run from firstSequence (the same run when called twice). */
+async function sendPart(group: Endpoint, firstSequence: number): Promise<void> {
+  const source = createSource(
+    {
+      group,
+      iface: loopbackIface,
+      rateBitsPerSecond: 0,
+      packetPayloadBytes: 100,
+      sessionName: 't',
+      firstSequence,
+      startDelayMs: 0,
+      ...run,
+    },
+    { input: openTickerInput({ ticksPerSecond: 1000, tickCount: 50 }) },
+  );
+  await source.run();
+}
+
+/** A repair server's stand-in: NACKs sequences 100-109 and collects the REPAIRs that come back. */
+async function askFor(server: RetransmitServer) {
+  const socket = createSocket('udp4');
+  await new Promise<void>((resolve) => socket.bind(0, '127.0.0.1', resolve));
+  const at = { address: '127.0.0.1', port: socket.address().port };
+  const channel = new ControlChannel([key]);
+  const held = new Map<number, Buffer>();
+  let notHeld = 0;
+  socket.on('message', (message, remote) => {
+    if (message[offsetType] === PacketType.announce) {
+      channel.accept(message, remote, decodeAnnounce, 'announce', () => undefined);
+      return;
+    }
+    const repair = channel.accept(message, remote, decodeRepair, 'repair', () => undefined);
+    if (repair?.data !== undefined) {
+      held.set(repair.sequence, Buffer.from(repair.data.payload));
+    } else if (repair !== undefined) {
+      notHeld += repair.notHeldCount;
+    }
+  });
+  const nack = () =>
+    channel.seal(
+      encodeNack(
+        { ...run, sequence: 100, timestampUs: 0 },
+        { replyTo: at, ranges: [{ start: 100, count: 10 }] },
+      ),
+      server.local,
+    );
+  socket.send(nack(), server.local.port, server.local.address);
+  await waitUntil('the introduction', () => channel.targetIdOf(server.local) !== 0, 5_000);
+  socket.send(nack(), server.local.port, server.local.address);
+  await waitUntil('ten answers', () => held.size + notHeld >= 10, 5_000);
+  socket.close();
+  return { held, notHeld };
+}
+
+describe('peer fetch between retransmit servers (loopback)', () => {
+  it('a server that missed the first packets fills them from its peer before it answers', async () => {
+    const group = parseGroup(`239.255.81.1:${freshPort()}`, 'group');
+    const holder = await retransmitServer(group, []);
+    await sendPart(group, 100);
+    await waitUntil(
+      'the holder buffers 100-149',
+      () => holder.status().sessions[0]?.heldPackets === 50,
+      5_000,
+    );
+    const late = await retransmitServer(group, [holder.local]);
+    const lateNoFetch = await retransmitServer(group, [holder.local], false);
+    try {
+      await sendPart(group, 150);
+      await waitUntil(
+        'the late servers buffer 150-199',
+        () =>
+          late.status().sessions[0]?.heldPackets === 50 &&
+          lateNoFetch.status().sessions[0]?.heldPackets === 50,
+        5_000,
+      );
+      const without = await askFor(lateNoFetch);
+      assert.equal(without.held.size, 0, 'without peer fetch the late server holds none of 100-109');
+      assert.equal(without.notHeld, 10);
+      const answers = await askFor(late);
+      assert.equal(answers.notHeld, 0);
+      assert.deepEqual(
+        [...answers.held.keys()].sort((a, b) => a - b),
+        Array.from({ length: 10 }, (_, i) => 100 + i),
+      );
+      const status = late.status();
+      assert.equal(status.peerFetch.fetchedPackets, 10);
+      assert.equal(status.sessions[0]?.fetchedPackets, 10);
+      assert.ok(status.peerFetch.fetchNacksSent >= 1);
+      assert.equal(holder.status().peerFetch.fetches, 0, 'a peer fetch is never forwarded');
+    } finally {
+      await late.close();
+      await lateNoFetch.close();
+      await holder.close();
+    }
+  });
+});

@@ -1,0 +1,110 @@
+import assert from 'node:assert/strict';
+import { createSocket } from 'node:dgram';
+import { describe, it } from 'node:test';
+import { ControlChannel, controlKey } from '../../src/crypto/control-auth.js';
+import { parseGroup } from '../../src/net/address.js';
+import {
+  decodeAnnounce,
+  decodeRepair,
+  encodeNack,
+  ListenState,
+  type PeerEndpoint,
+} from '../../src/protocol/control.js';
+import { offsetType, PacketType } from '../../src/protocol/packet.js';
+import { openTickerInput } from '../../src/source/inputs.js';
+import { createSource } from '../../src/source/source.js';
+import { freshPort, loopbackIface } from '../helpers/loopback.js';
+import { waitUntil } from '../helpers/wait.js';
+
+const key = controlKey(Buffer.from('the operator secret shared by servers'));
+
+describe('a source as the retransmit server of last resort', () => {
+  it('announces itself as last resort, answers NACKs from what it sent, and stays after END while NACKs come', async () => {
+    const socket = createSocket('udp4');
+    await new Promise<void>((resolve) => socket.bind(0, '127.0.0.1', resolve));
+    const at: PeerEndpoint = { address: '127.0.0.1', port: socket.address().port };
+    const channel = new ControlChannel([key]);
+    let announcedAt: PeerEndpoint | undefined;
+    let announcedState: number | undefined;
+    const held = new Map<number, Buffer>();
+    socket.on('message', (message, remote) => {
+      if (message[offsetType] === PacketType.announce) {
+        const announce = channel.accept(message, remote, decodeAnnounce, 'announce', () => undefined);
+        if (announce !== undefined && announce.sessions.length > 0) {
+          announcedAt = { address: announce.address, port: announce.port };
+          announcedState = announce.sessions[0]?.state;
+        }
+        return;
+      }
+      const repair = channel.accept(message, remote, decodeRepair, 'repair', () => undefined);
+      if (repair?.data !== undefined) {
+        held.set(repair.sequence, Buffer.from(repair.data.payload));
+      }
+    });
+    const source = createSource(
+      {
+        group: parseGroup(`239.255.82.1:${freshPort()}`, 'group'),
+        iface: loopbackIface,
+        rateBitsPerSecond: 0,
+        packetPayloadBytes: 100,
+        sessionName: 't',
+        firstSequence: 100,
+        startDelayMs: 0,
+        lastResort: {
+          listen: { address: '127.0.0.1', port: 0, family: 4 },
+          keys: [key],
+          bufferBytesMax: 1 << 20,
+          repairRateBitsPerSecond: 100_000_000,
+          announceTo: [{ ...at, family: 4 }],
+          iface: loopbackIface,
+          periodMs: 100,
+          quietMs: 500,
+          lingerMsMax: 30_000,
+        },
+      },
+      { input: openTickerInput({ ticksPerSecond: 1000, tickCount: 50 }) },
+    );
+    let finished = false;
+    const running = source.run().then((stats) => {
+      finished = true;
+      return stats;
+    });
+    try {
+      await waitUntil('the announcement', () => announcedAt !== undefined, 5_000);
+      assert.equal(announcedState, ListenState.lastResort);
+      await waitUntil('all 50 packets sent', () => source.stats.packetsSent === 50, 10_000);
+      const server = announcedAt as PeerEndpoint;
+      // Keep asking (every 200 ms, under the quiet time) until the answers come: the source stays.
+      for (let round = 0; round < 100 && held.size < 50; round++) {
+        socket.send(
+          channel.seal(
+            encodeNack(
+              {
+                sessionId: source.stats.sessionId,
+                incarnation: source.stats.incarnation,
+                sequence: 100,
+                timestampUs: 0,
+              },
+              { replyTo: at, ranges: [{ start: 100, count: 50 }] },
+            ),
+            server,
+          ),
+          server.port,
+          server.address,
+        );
+        await waitUntil('the answers', () => held.size === 50, 200).catch(() => undefined);
+        assert.equal(finished, false, 'the source stays while NACKs come');
+      }
+      assert.equal(held.size, 50);
+      const stats = await running; // ends once no NACK came for the quiet time
+      assert.equal(stats.lastResort?.heldPackets, 50);
+      assert.ok((stats.lastResort?.repairsSent ?? 0) >= 50);
+      for (const [sequence, payload] of held) {
+        assert.ok(payload.length > 0, `sequence ${sequence} carries its payload`);
+      }
+    } finally {
+      await source.close();
+      socket.close();
+    }
+  });
+});
