@@ -6,8 +6,10 @@ import { type ControlKey, readSecretFile } from '../crypto/control-auth.js';
 import { shutdownGraceMs } from '../limits.js';
 import { type Endpoint, parseEndpoint } from '../net/address.js';
 import { type StatusServer, serveStatus } from '../net/status-http.js';
+import { socketBufferReport } from '../net/udp.js';
 import { exitOk, UsageError } from './errors.js';
 import { type OptionSpecs, type OptionValues, optional, parseSeconds } from './options.js';
+import { describeSocketBuffers, socketBufferOptions } from './socket-buffer.js';
 
 export const daemonOptions: OptionSpecs = {
   'secret-file': {
@@ -25,6 +27,7 @@ export const daemonOptions: OptionSpecs = {
     value: 'SECONDS',
     help: 'print one status line on standard error this often',
   },
+  ...socketBufferOptions,
 };
 
 /** Parses a comma-separated list of ADDR:PORT. */
@@ -57,13 +60,18 @@ export async function runDaemon(
   err: NodeJS.WritableStream,
   line: () => string,
 ): Promise<number> {
+  // The role has opened its sockets: say what the kernel granted (the status endpoint says it too).
+  err.write(`${/^[a-z]+/.exec(line())?.[0] ?? 'gatecast'}: ${describeSocketBuffers()}\n`);
   const statusText = optional(values, 'status');
   let server: StatusServer | undefined;
   try {
     server =
       statusText === undefined
         ? undefined
-        : await serveStatus(parseEndpoint(statusText, '--status'), () => role.status());
+        : await serveStatus(parseEndpoint(statusText, '--status'), () => ({
+            ...(role.status() as object),
+            socketBuffers: socketBufferReport(),
+          }));
   } catch (error) {
     await role.close();
     throw error;

@@ -4,6 +4,7 @@ import { closeSync, openSync, writevSync } from 'node:fs';
 import { fileWriteBatchPayloadsMax, receiveTimeoutMsDefault } from '../limits.js';
 import { formatEndpoint } from '../net/address.js';
 import { InvalidArgumentError } from '../net/errors.js';
+import { socketBufferReport } from '../net/udp.js';
 import { createReceiver, type PayloadSink, type ReceiveSummary } from '../receiver/receiver.js';
 import { exitIncomplete, exitOk } from './errors.js';
 import { formatBytes } from './format.js';
@@ -15,6 +16,7 @@ import {
   parseOptions,
   parseSeconds,
 } from './options.js';
+import { applySocketBuffer, describeSocketBuffers, socketBufferOptions } from './socket-buffer.js';
 
 export const receiveOptions: OptionSpecs = {
   group: { type: 'string', value: 'ADDR:PORT', help: 'multicast group to join, IPv6 as [ff3e::1]:5000' },
@@ -32,6 +34,7 @@ export const receiveOptions: OptionSpecs = {
     value: 'SECONDS',
     help: `give up after this long without a packet (default ${receiveTimeoutMsDefault / 1000})`,
   },
+  ...socketBufferOptions,
 };
 
 export const receiveHelp = formatHelp(
@@ -175,6 +178,7 @@ export async function runReceive(argv: string[], err: NodeJS.WriteStream): Promi
     process.stdout.write(receiveHelp);
     return exitOk;
   }
+  applySocketBuffer(values);
   const group = groupOption(values, 'group', 'iface', 'source');
   const iface = optional(values, 'iface');
   const timeoutText = optional(values, 'timeout');
@@ -192,13 +196,15 @@ export async function runReceive(argv: string[], err: NodeJS.WriteStream): Promi
       signal: controller.signal,
       onJoined: (socket) =>
         err.write(
-          `joined ${formatEndpoint(group)}${socket.iface ? ` on ${socket.iface.name}` : ''}, waiting for a session\n`,
+          `joined ${formatEndpoint(group)}${socket.iface ? ` on ${socket.iface.name}` : ''}, waiting for a session\nreceive: ${describeSocketBuffers()}\n`,
         ),
     });
     if (sink.failure !== undefined) {
       return outputFailed(sink, outPath, summary, values.json === true, err);
     }
-    err.write(`${values.json === true ? JSON.stringify(summary) : describeReceive(summary)}\n`);
+    err.write(
+      `${values.json === true ? JSON.stringify({ ...summary, socketBuffers: socketBufferReport() }) : describeReceive(summary)}\n`,
+    );
     return summary.outcome === 'complete' ? exitOk : exitIncomplete;
   } finally {
     process.off('SIGINT', stop);

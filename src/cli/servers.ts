@@ -36,6 +36,7 @@ import {
   parseServerUrl,
   required,
 } from './options.js';
+import { applySocketBuffer } from './socket-buffer.js';
 import { readToken } from './token.js';
 
 const retransmitOptions: OptionSpecs = {
@@ -234,6 +235,7 @@ export async function runRetransmit(argv: string[], err: NodeJS.WriteStream): Pr
     );
     return exitOk;
   }
+  applySocketBuffer(values);
   const joins = (optional(values, 'join') ?? '')
     .split(',')
     .filter((part) => part.trim() !== '')
@@ -312,6 +314,7 @@ export async function runRepair(argv: string[], err: NodeJS.WriteStream): Promis
     );
     return exitOk;
   }
+  applySocketBuffer(values);
   if (optional(values, 'controller') !== undefined) {
     return runController(values, err);
   }
@@ -406,6 +409,7 @@ export async function runAgent(argv: string[], err: NodeJS.WriteStream): Promise
     );
     return exitOk;
   }
+  applySocketBuffer(values);
   if (values.watch === true) {
     return runWatchingAgent(values, err);
   }
