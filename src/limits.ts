@@ -237,8 +237,14 @@ export const ledgerAccountTotalMax = Number.MAX_SAFE_INTEGER;
 /** Shutdown: how long a stopping command waits for its roles to close before it exits anyway. */
 export const shutdownGraceMs = 5_000;
 
-/** Subscription server: usage events in one batch (POST /v1/usage/batch) and in one group commit. */
+/** Subscription server: usage events in one batch request (POST /v1/usage/batch). */
 export const usageBatchEventsMax = 1000;
+
+/**
+ * Subscription server: usage events in one group commit, the transaction that concurrent
+ * POST /v1/usage and POST /v1/usage/batch requests share (a batch is never split over two).
+ */
+export const usageGroupCommitEventsMax = 4000;
 
 /** Subscription server: largest body of POST /v1/usage/batch. */
 export const usageBatchBodyBytesMax = 512 * 1024;

@@ -4,7 +4,6 @@
  * subscriptions per period, invoices per account and period, and the ledger as CSV (docs/api.md,
  * "Billing"). The subscription role calls it through BillingService (src/api/billing.ts).
  */
-import { randomUUID } from 'node:crypto';
 import { type Static, Type } from '@sinclair/typebox';
 import type { FastifyInstance } from 'fastify';
 import type { BillingFactory, BillingService, RateCard } from '../api/billing.js';
@@ -22,7 +21,7 @@ import {
   periodBounds,
   revenueAccount,
 } from '../api/context.js';
-import { rateCacheMs, usageBatchBodyBytesMax, usageBatchEventsMax } from '../limits.js';
+import { rateCacheMs, usageBatchBodyBytesMax, usageGroupCommitEventsMax } from '../limits.js';
 import type { ApiErrorCode } from '../protocol/api-errors.js';
 import {
   Charge,
@@ -32,6 +31,7 @@ import {
   UsageBody,
   type UsageKind,
 } from '../protocol/api-subscription.js';
+import { timeOrderedId } from '../store/ids.js';
 import { LedgerError, type TransferRequest } from '../store/ledger.js';
 
 export type { RateCard } from '../api/billing.js';
@@ -224,7 +224,7 @@ export async function chargeUsageMany(
         written.map(({ index, id }) => {
           const usage = (items[index] as UsageItem).usage;
           return {
-            id: randomUUID(),
+            id: timeOrderedId(),
             transfer: id,
             account: usage.account,
             kind: usage.kind,
@@ -281,41 +281,51 @@ export async function chargeUsage(
 }
 
 /**
- * Group commit: usage events that arrive while a transaction is being written wait for the next
- * one, which writes them all together; each caller gets its own result. One transaction (and one
- * flush to disk) carries many charges, so a server under load writes far fewer of them.
+ * Group commit: usage that arrives while a transaction is being written waits for the next one,
+ * which writes it all together; each caller gets its own results. A caller's items (one event, or
+ * one batch request) are never split over two transactions; several callers' items share one, up
+ * to `eventsMax` events. One transaction (and one flush to disk) carries many charges, so a server
+ * under load writes far fewer of them.
  */
 export function createGroupCommitter(
   write: (items: readonly UsageItem[]) => Promise<UsageResult[]>,
-  batchMax: number,
+  eventsMax: number,
 ) {
   let queue: Array<{
-    item: UsageItem;
-    resolve: (result: UsageResult) => void;
+    items: readonly UsageItem[];
+    resolve: (results: UsageResult[]) => void;
     reject: (error: Error) => void;
   }> = [];
   let writing = false;
   const drain = async () => {
     writing = true;
     while (queue.length > 0) {
-      const batch = queue.slice(0, batchMax);
-      queue = queue.slice(batch.length);
+      let taken = 1;
+      let events = queue[0]?.items.length ?? 0;
+      while (taken < queue.length && events + (queue[taken]?.items.length ?? 0) <= eventsMax) {
+        events += queue[taken]?.items.length ?? 0;
+        taken++;
+      }
+      const group = queue.slice(0, taken);
+      queue = queue.slice(taken);
       try {
-        const results = await write(batch.map((entry) => entry.item));
-        for (const [index, entry] of batch.entries()) {
-          entry.resolve(results[index] as UsageResult);
+        const results = await write(group.flatMap((entry) => entry.items));
+        let at = 0;
+        for (const entry of group) {
+          entry.resolve(results.slice(at, at + entry.items.length));
+          at += entry.items.length;
         }
       } catch (error) {
-        for (const entry of batch) {
+        for (const entry of group) {
           entry.reject(error as Error);
         }
       }
     }
     writing = false;
   };
-  return (item: UsageItem): Promise<UsageResult> =>
+  return (items: readonly UsageItem[]): Promise<UsageResult[]> =>
     new Promise((resolve, reject) => {
-      queue.push({ item, resolve, reject });
+      queue.push({ items, resolve, reject });
       if (!writing) {
         writing = true;
         setImmediate(() => void drain()); // gather what arrives in this turn of the event loop
@@ -328,7 +338,7 @@ export function registerBillingRoutes(app: FastifyInstance, context: ApiContext,
   const { db } = context;
   const commit = createGroupCommitter(
     (items) => chargeUsageMany(context, defaults, items),
-    usageBatchEventsMax,
+    usageGroupCommitEventsMax,
   );
 
   app.get(
@@ -372,7 +382,10 @@ export function registerBillingRoutes(app: FastifyInstance, context: ApiContext,
       },
     },
     async (request, reply) => {
-      const result = await commit({ key: request.headers['idempotency-key'], usage: request.body });
+      const [result] = await commit([{ key: request.headers['idempotency-key'], usage: request.body }]);
+      if (result === undefined) {
+        throw new Error('a charge of one has one result');
+      }
       return reply.code(result.status).send(result.body);
     },
   );
@@ -386,7 +399,7 @@ export function registerBillingRoutes(app: FastifyInstance, context: ApiContext,
     },
     async (request, _reply) => {
       const items = request.body.events.map(({ key, ...usage }) => ({ key, usage }));
-      const results = await chargeUsageMany(context, defaults, items);
+      const results = await commit(items); // one transaction, maybe shared with concurrent reports
       return {
         results: results.map((result, index) => ({
           key: (items[index] as UsageItem).key,

@@ -13,6 +13,7 @@ import { createHash, randomUUID } from 'node:crypto';
 import { type Kysely, sql } from 'kysely';
 import { ledgerAccountTotalMax } from '../limits.js';
 import type { Schema, Store } from './database.js';
+import { timeOrderedId } from './ids.js';
 
 /** A ledger request was refused; the code says why. */
 export class LedgerError extends Error {
@@ -226,7 +227,7 @@ export function createLedger(store: Store) {
         (debit as { touched: boolean }).touched = true;
         (credit as { touched: boolean }).touched = true;
         const row: TransferRow = {
-          id: randomUUID(),
+          id: timeOrderedId(),
           idempotency_key: request.idempotencyKey,
           request_hash: hash,
           debit_account: request.debit,
