@@ -45,6 +45,8 @@ const serverCounts = list(process.env.BENCH_EDGE_SERVERS, [1, 2]);
 const payloadBytes = 1400;
 const packets = Math.ceil(fileBytes / payloadBytes);
 const edgeHosts = ['rx1', 'rx2'] as const;
+/** How long a process may take to say it is ready: start-up is slow on a loaded machine. */
+const readyMs = 60_000;
 const clockTicksPerSecond = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim());
 
 /** CPU seconds (user + system) a process has used so far, or undefined once it is gone. */
@@ -185,9 +187,9 @@ async function runGatecast(
     ]),
   );
   await Promise.all([
-    ...retransmits.map((r) => r.waitFor(/listening on/)),
-    ...repairs.map((r) => r.waitFor(/listening on/)),
-    ...receivers.map((r) => r.waitFor(/joined/)),
+    ...retransmits.map((r) => r.waitFor(/listening on/, readyMs)),
+    ...repairs.map((r) => r.waitFor(/listening on/, readyMs)),
+    ...receivers.map((r) => r.waitFor(/joined/, readyMs)),
   ]);
   const serverCpuAtStart = [...retransmits, ...repairs].map((server) => cpuSeconds(server.child.pid));
   for (const host of edgeHosts) {
@@ -234,6 +236,16 @@ async function runGatecast(
       return {};
     }
   });
+  const retransmitStatuses = retransmitHosts.map((host) => {
+    try {
+      return JSON.parse(bed.control('status', host, 'http://127.0.0.1:9101/status')) as Record<
+        string,
+        unknown
+      >;
+    } catch {
+      return {};
+    }
+  });
   for (const host of edgeHosts) {
     edgeClear(bed, host);
   }
@@ -251,7 +263,14 @@ async function runGatecast(
   const sum = (values: Array<number | undefined>) =>
     values.some((v) => v === undefined) ? undefined : values.reduce<number>((a, b) => a + (b ?? 0), 0);
   const receiveCpu = results.map((r) => (typeof r === 'string' ? undefined : childCpuSeconds(r.stderr)));
-  const unrecoverable = statuses.map((s) => s.unrecoverable ?? '?').join(' + ');
+  const each = (list: Array<Record<string, unknown>>, field: string) =>
+    list.map((s) => String(s[field] ?? '?')).join(' + ');
+  const notes = [
+    `unrecoverable ${each(statuses, 'unrecoverable')}`,
+    `not-held answers ${each(statuses, 'notHeldReceived')}`,
+    `repair servers' S1 in ${each(statuses, 'packetsIn')}`,
+    `retransmit S1 in ${each(retransmitStatuses, 'packetsIn')} of ${packets}`,
+  ].join('; ');
   return {
     tool: 'gatecast',
     capMbit,
@@ -269,7 +288,7 @@ async function runGatecast(
       repair: sum(serverCpu.slice(retransmits.length)),
       receive: sum(receiveCpu),
     },
-    notes: `unrecoverable ${unrecoverable}`,
+    notes,
   };
 }
 
@@ -442,6 +461,30 @@ function verdicts(rows: Row[]): string[] {
   return lines;
 }
 
+/** Runs one row; a row that fails to run is reported as such (with why), and the run goes on. */
+async function measured(
+  bed: Testbed,
+  row: Pick<Row, 'tool' | 'capMbit' | 'lossPercent' | 'servers'>,
+  run: () => Promise<Row>,
+): Promise<Row> {
+  try {
+    return await run();
+  } catch (error) {
+    await bed.stopAll();
+    for (const host of edgeHosts) {
+      edgeClear(bed, host);
+    }
+    return {
+      ...row,
+      intact: 0,
+      seconds: undefined,
+      dropped: 0,
+      cpu: {},
+      notes: `NOT RUN: ${(error as Error).message.split('\n')[0]?.slice(0, 120)}`,
+    };
+  }
+}
+
 async function main(): Promise<void> {
   const unavailable = testbedUnavailable(['uftp', 'uftpd', 'ss']);
   if (unavailable !== undefined) {
@@ -461,11 +504,19 @@ async function main(): Promise<void> {
     for (const cap of caps) {
       for (const loss of losses) {
         for (const servers of serverCounts) {
-          rows.push(await runGatecast(bed, directory, file, secret, cap, loss, servers));
+          rows.push(
+            await measured(bed, { tool: 'gatecast', capMbit: cap, lossPercent: loss, servers }, () =>
+              runGatecast(bed, directory, file, secret, cap, loss, servers),
+            ),
+          );
           console.error(formatRow(rows.at(-1) as Row));
         }
         if (process.env.BENCH_EDGE_SKIP_UFTP !== '1') {
-          rows.push(await runUftp(bed, directory, file, cap, loss));
+          rows.push(
+            await measured(bed, { tool: 'uftp', capMbit: cap, lossPercent: loss, servers: 0 }, () =>
+              runUftp(bed, directory, file, cap, loss),
+            ),
+          );
           console.error(formatRow(rows.at(-1) as Row));
         }
       }
