@@ -78,6 +78,15 @@ export const receiveBufferBytesDefault = 4 * 1024 * 1024;
 /** Default socket send buffer. */
 export const sendBufferBytesDefault = 4 * 1024 * 1024;
 
+/** Smallest socket buffer `--socket-buffer` accepts: below it a burst of 64 datagrams overflows. */
+export const socketBufferBytesMin = 64 * 1024;
+
+/** Largest socket buffer `--socket-buffer` accepts. */
+export const socketBufferBytesMax = 1024 * 1024 * 1024;
+
+/** Socket buffer grants a process remembers for its report (the most recent ones). */
+export const socketBufferGrantsMax = 64;
+
 /** How long a receiver waits after END for reordered packets before counting the rest missing. */
 export const endGraceMsDefault = 300;
 

@@ -8,6 +8,7 @@ import { type Endpoint, parseEndpoint } from '../net/address.js';
 import { type EventLog, jsonEventLog, type LogFormat, silentEventLog } from '../net/log.js';
 import type { RoleSampler } from '../net/metrics.js';
 import { type StatusServer, serveStatus } from '../net/status-http.js';
+import { socketBufferReport } from '../net/udp.js';
 import { exitOk, UsageError } from './errors.js';
 import { eventWatcher } from './events.js';
 import { type OptionSpecs, type OptionValues, optional, parseSeconds } from './options.js';
@@ -29,6 +30,8 @@ export function eventLogFrom(values: OptionValues, command: string): EventLog {
   return format === 'json' ? jsonEventLog(command) : silentEventLog;
 }
 
+import { describeSocketBuffers, socketBufferOptions } from './socket-buffer.js';
+
 export const daemonOptions: OptionSpecs = {
   'secret-file': {
     type: 'string',
@@ -46,6 +49,7 @@ export const daemonOptions: OptionSpecs = {
     help: 'print one status line on standard error this often',
   },
   'log-format': logFormatOption,
+  ...socketBufferOptions,
 };
 
 /** Parses a comma-separated list of ADDR:PORT. */
@@ -82,6 +86,8 @@ export async function runDaemon(
   line: () => string,
   metrics: { command: string; sampler: RoleSampler },
 ): Promise<number> {
+  // The role has opened its sockets: say what the kernel granted (the status endpoint says it too).
+  err.write(`${/^[a-z]+/.exec(line())?.[0] ?? 'gatecast'}: ${describeSocketBuffers()}\n`);
   const statusText = optional(values, 'status');
   const log = eventLogFrom(values, metrics.command);
   let server: StatusServer | undefined;
@@ -90,15 +96,19 @@ export async function runDaemon(
     server =
       statusText === undefined
         ? undefined
-        : await serveStatus(parseEndpoint(statusText, '--status'), () => role.status(), {
-            metrics: metricsFor(metrics.command, metrics.sampler),
-            ready: () => ({
-              ready: !stopping,
-              checks: {
-                sockets: stopping ? { ok: false, detail: 'stopping: leaving the groups' } : { ok: true },
-              },
-            }),
-          });
+        : await serveStatus(
+            parseEndpoint(statusText, '--status'),
+            () => ({ ...(role.status() as object), socketBuffers: socketBufferReport() }),
+            {
+              metrics: metricsFor(metrics.command, metrics.sampler),
+              ready: () => ({
+                ready: !stopping,
+                checks: {
+                  sockets: stopping ? { ok: false, detail: 'stopping: leaving the groups' } : { ok: true },
+                },
+              }),
+            },
+          );
   } catch (error) {
     await role.close();
     throw error;

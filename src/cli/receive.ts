@@ -7,6 +7,7 @@ import type { Token } from '../crypto/token.js';
 import { fileWriteBatchPayloadsMax, receiveTimeoutMsDefault } from '../limits.js';
 import { formatEndpoint } from '../net/address.js';
 import { InvalidArgumentError } from '../net/errors.js';
+import { socketBufferReport } from '../net/udp.js';
 import { createReceiver, type PayloadSink, type ReceiveSummary } from '../receiver/receiver.js';
 import { exitIncomplete, exitOk } from './errors.js';
 import { formatBytes } from './format.js';
@@ -19,6 +20,7 @@ import {
   parseSeconds,
 } from './options.js';
 import { openToken, readPin, tokenLocation, tokenOptions } from './restricted.js';
+import { applySocketBuffer, describeSocketBuffers, socketBufferOptions } from './socket-buffer.js';
 
 export const receiveOptions: OptionSpecs = {
   group: { type: 'string', value: 'ADDR:PORT', help: 'multicast group to join, IPv6 as [ff3e::1]:5000' },
@@ -37,6 +39,7 @@ export const receiveOptions: OptionSpecs = {
     help: `give up after this long without a packet (default ${receiveTimeoutMsDefault / 1000})`,
   },
   ...tokenOptions,
+  ...socketBufferOptions,
 };
 
 export const receiveHelp = formatHelp(
@@ -180,6 +183,7 @@ export async function runReceive(argv: string[], err: NodeJS.WriteStream): Promi
     process.stdout.write(receiveHelp);
     return exitOk;
   }
+  applySocketBuffer(values);
   const group = groupOption(values, 'group', 'iface', 'source');
   const iface = optional(values, 'iface');
   const timeoutText = optional(values, 'timeout');
@@ -216,7 +220,7 @@ export async function runReceive(argv: string[], err: NodeJS.WriteStream): Promi
       signal: controller.signal,
       onJoined: (socket) =>
         err.write(
-          `joined ${formatEndpoint(group)}${socket.iface ? ` on ${socket.iface.name}` : ''}, waiting for a session\n`,
+          `joined ${formatEndpoint(group)}${socket.iface ? ` on ${socket.iface.name}` : ''}, waiting for a session\nreceive: ${describeSocketBuffers()}\n`,
         ),
     });
     if (refusal !== undefined) {
@@ -228,7 +232,7 @@ export async function runReceive(argv: string[], err: NodeJS.WriteStream): Promi
     }
     const restricted = protection === undefined ? {} : { restricted: protection.stats };
     err.write(
-      `${values.json === true ? JSON.stringify({ ...summary, ...restricted }) : describeReceive(summary, protection?.stats)}\n`,
+      `${values.json === true ? JSON.stringify({ ...summary, ...restricted, socketBuffers: socketBufferReport() }) : describeReceive(summary, protection?.stats)}\n`,
     );
     return summary.outcome === 'complete' ? exitOk : exitIncomplete;
   } finally {

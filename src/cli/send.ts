@@ -11,6 +11,7 @@ import {
 } from '../limits.js';
 import { formatEndpoint, parseEndpoint } from '../net/address.js';
 import { InvalidArgumentError } from '../net/errors.js';
+import { socketBufferReport } from '../net/udp.js';
 import { dataPayloadBytesMax } from '../protocol/sizes.js';
 import {
   openFileInput,
@@ -39,6 +40,7 @@ import {
   required,
 } from './options.js';
 import { restrictedSendOptions, senderProtectionOptions } from './restricted.js';
+import { applySocketBuffer, describeSocketBuffers, socketBufferOptions } from './socket-buffer.js';
 import { readToken } from './token.js';
 
 export const sendOptions: OptionSpecs = {
@@ -73,6 +75,7 @@ export const sendOptions: OptionSpecs = {
   duration: { type: 'string', value: 'SECONDS', help: 'stop (and send END) after this long' },
   'session-id': { type: 'string', value: 'N', help: 'fix the 32-bit session id (default random)' },
   json: { type: 'boolean', help: 'print the summary as one JSON object instead of a line' },
+  ...socketBufferOptions,
   'first-sequence': { type: 'string', value: 'N', help: 'fix the first sequence number (default random)' },
   subscription: {
     type: 'string',
@@ -254,6 +257,7 @@ export async function runSend(argv: string[], out: NodeJS.WriteStream): Promise<
     process.stdout.write(sendHelp);
     return exitOk;
   }
+  applySocketBuffer(values);
   const group = groupOption(values, 'group', 'iface');
   const iface = optional(values, 'iface');
   const packetPayloadBytes = parsePacketSize(optional(values, 'packet-size'));
@@ -339,8 +343,9 @@ export async function runSend(argv: string[], out: NodeJS.WriteStream): Promise<
     const stats = await runSource(source, durationMs, out, () =>
       endRegistered(subscription, token, registered),
     );
+    out.write(`send: ${describeSocketBuffers()}\n`);
     out.write(
-      `${values.json === true ? JSON.stringify({ sessionName, ...stats }) : summaryLine(stats, sessionName)}\n`,
+      `${values.json === true ? JSON.stringify({ sessionName, ...stats, socketBuffers: socketBufferReport() }) : summaryLine(stats, sessionName)}\n`,
     );
     // A datagram that did not leave is a packet no receiver can have: the session is not whole.
     return stats.sendErrors > 0 ? exitIncomplete : exitOk;

@@ -37,6 +37,7 @@ import {
   required,
 } from './options.js';
 import { agentSample, controllerSample, repairSampler, retransmitSample } from './role-metrics.js';
+import { applySocketBuffer } from './socket-buffer.js';
 import { readToken } from './token.js';
 
 const retransmitOptions: OptionSpecs = {
@@ -235,6 +236,7 @@ export async function runRetransmit(argv: string[], err: NodeJS.WriteStream): Pr
     );
     return exitOk;
   }
+  applySocketBuffer(values);
   const joins = (optional(values, 'join') ?? '')
     .split(',')
     .filter((part) => part.trim() !== '')
@@ -322,6 +324,7 @@ export async function runRepair(argv: string[], err: NodeJS.WriteStream): Promis
     );
     return exitOk;
   }
+  applySocketBuffer(values);
   if (optional(values, 'controller') !== undefined) {
     return runController(values, err);
   }
@@ -428,6 +431,7 @@ export async function runAgent(argv: string[], err: NodeJS.WriteStream): Promise
     );
     return exitOk;
   }
+  applySocketBuffer(values);
   if (values.watch === true) {
     return runWatchingAgent(values, err);
   }

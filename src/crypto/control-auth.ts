@@ -293,8 +293,30 @@ export class ControlVerifier {
   }
 }
 
+/**
+ * addressKey() of the addresses seen lately: every NACK, REPAIR and seal looks its peer up, and
+ * the peers are few, so the parse runs once per address instead of once per packet. Bounded by
+ * replayPeersMax (the oldest entry goes first), like the peers it serves.
+ */
+const addressKeys = new Map<string, string | undefined>();
+
 /** An IP address as comparable text (family, 16 bytes in hex); an IPv4-mapped IPv6 one as IPv4. */
 function addressKey(address: string): string | undefined {
+  if (addressKeys.has(address)) {
+    return addressKeys.get(address);
+  }
+  const key = parseAddressKey(address);
+  addressKeys.set(address, key);
+  if (addressKeys.size > replayPeersMax) {
+    const oldest = addressKeys.keys().next().value;
+    if (oldest !== undefined) {
+      addressKeys.delete(oldest);
+    }
+  }
+  return key;
+}
+
+function parseAddressKey(address: string): string | undefined {
   const plain = address.replace(/%.*$/, ''); // an IPv6 zone names the interface, not the host
   const text = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(plain)?.[1] ?? plain; // as a dual-stack socket reports it
   if (!isIPv4(text) && !isIPv6(text)) {

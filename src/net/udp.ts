@@ -4,11 +4,101 @@
  */
 import { createSocket, type RemoteInfo, type Socket } from 'node:dgram';
 import { once } from 'node:events';
-import { multicastTtlDefault, receiveBufferBytesDefault, sendBufferBytesDefault } from '../limits.js';
+import { readFileSync } from 'node:fs';
+import {
+  multicastTtlDefault,
+  receiveBufferBytesDefault,
+  sendBufferBytesDefault,
+  socketBufferBytesMax,
+  socketBufferBytesMin,
+  socketBufferGrantsMax,
+} from '../limits.js';
 import { type Endpoint, isScopedGroup, multicastScope } from './address.js';
 import { SocketError } from './errors.js';
 import { type ResolvedInterface, resolveInterface } from './interfaces.js';
 import { kernelDrops, socketFd, socketInode } from './socket-drops.js';
+
+/** Which buffer of a socket. */
+export type SocketBufferKind = 'receive' | 'send';
+
+/**
+ * What the kernel granted for one socket buffer. Linux caps a request at net.core.rmem_max or
+ * wmem_max and then doubles it for its own bookkeeping (socket(7), SO_RCVBUF): grantedBytes is
+ * the doubled figure the kernel reports, so it is twice askedBytes when nothing capped it.
+ */
+export interface SocketBufferGrant {
+  readonly kind: SocketBufferKind;
+  /** The socket's purpose and address, e.g. "receive 239.1.2.3:5000". */
+  readonly socket: string;
+  readonly askedBytes: number;
+  readonly grantedBytes: number;
+  /** The sysctl cap in force when it was asked (undefined where /proc does not say). */
+  readonly capBytes: number | undefined;
+  /** True when the cap made the kernel grant less than was asked. */
+  readonly capped: boolean;
+}
+
+/** The buffer sizes asked for sockets whose opener names none (set from --socket-buffer). */
+const socketBufferAsked: Record<SocketBufferKind, number> = {
+  receive: receiveBufferBytesDefault,
+  send: sendBufferBytesDefault,
+};
+const socketBufferGrants: SocketBufferGrant[] = [];
+
+/**
+ * Sets the receive and send buffer every socket opened from now on asks for, unless its opener
+ * names its own. Throws SocketError outside socketBufferBytesMin..socketBufferBytesMax.
+ */
+export function setSocketBufferBytes(bytes: number): void {
+  if (!Number.isInteger(bytes) || bytes < socketBufferBytesMin || bytes > socketBufferBytesMax) {
+    throw new SocketError(
+      `socket buffer of ${bytes} bytes is out of range (${socketBufferBytesMin}-${socketBufferBytesMax})`,
+    );
+  }
+  socketBufferAsked.receive = bytes;
+  socketBufferAsked.send = bytes;
+}
+
+/** The sizes sockets ask for now. */
+export function socketBufferBytes(): Readonly<Record<SocketBufferKind, number>> {
+  return { ...socketBufferAsked };
+}
+
+/** What the kernel granted to the sockets this process opened (the most recent ones, bounded). */
+export function socketBufferReport(): readonly SocketBufferGrant[] {
+  return [...socketBufferGrants];
+}
+
+/** net.core.rmem_max or wmem_max, or undefined where it cannot be read. */
+function socketBufferCap(kind: SocketBufferKind): number | undefined {
+  try {
+    const text = readFileSync(`/proc/sys/net/core/${kind === 'receive' ? 'rmem_max' : 'wmem_max'}`, 'utf8');
+    const value = Number(text.trim());
+    return Number.isSafeInteger(value) ? value : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Asks for a buffer size, reads back what the kernel granted, and records it. */
+function sizeBuffer(socket: Socket, kind: SocketBufferKind, asked: number, purpose: string): void {
+  apply(`${kind} buffer`, () =>
+    kind === 'receive' ? socket.setRecvBufferSize(asked) : socket.setSendBufferSize(asked),
+  );
+  const grantedBytes = kind === 'receive' ? socket.getRecvBufferSize() : socket.getSendBufferSize();
+  const capBytes = socketBufferCap(kind);
+  socketBufferGrants.push({
+    kind,
+    socket: purpose,
+    askedBytes: asked,
+    grantedBytes,
+    capBytes,
+    capped: capBytes !== undefined && asked > capBytes,
+  });
+  if (socketBufferGrants.length > socketBufferGrantsMax) {
+    socketBufferGrants.shift();
+  }
+}
 
 /** Called for each datagram; must not throw (the handler counts and drops what it cannot use). */
 export type DatagramHandler = (datagram: Buffer, remote: RemoteInfo) => void;
@@ -156,8 +246,11 @@ export async function openReceiverSocket(
   await bindSocket(socket, group.port, bindAddress);
   const { close } = closer(socket);
   try {
-    apply('receive buffer', () =>
-      socket.setRecvBufferSize(options.receiveBufferBytes ?? receiveBufferBytesDefault),
+    sizeBuffer(
+      socket,
+      'receive',
+      options.receiveBufferBytes ?? socketBufferAsked.receive,
+      `receive ${group.address}:${group.port}`,
     );
     try {
       if (options.source === undefined) {
@@ -196,7 +289,7 @@ export async function openUnicastSocket(
   await bindSocket(socket, endpoint.port, endpoint.address);
   const { close } = closer(socket);
   try {
-    apply('receive buffer', () => socket.setRecvBufferSize(receiveBufferBytesDefault));
+    sizeBuffer(socket, 'receive', socketBufferAsked.receive, `relay ${endpoint.address}:${endpoint.port}`);
   } catch (error) {
     await close();
     throw error;
@@ -245,7 +338,12 @@ export async function openSenderSocket(options: SenderSocketOptions): Promise<Se
   await bindSocket(socket, 0, bindAddress);
   const { close, isClosed } = closer(socket);
   try {
-    apply('send buffer', () => socket.setSendBufferSize(options.sendBufferBytes ?? sendBufferBytesDefault));
+    sizeBuffer(
+      socket,
+      'send',
+      options.sendBufferBytes ?? socketBufferAsked.send,
+      `send ${group.address}:${group.port}`,
+    );
     apply('ttl', () => socket.setMulticastTTL(options.ttl ?? multicastTtlDefault));
     apply('loopback', () => socket.setMulticastLoopback(options.loopback ?? true));
     if (iface !== undefined) {
@@ -362,8 +460,9 @@ export async function openControlSocket(
   await bindSocket(socket, endpoint.port, endpoint.address);
   const { close, isClosed } = closer(socket);
   try {
-    apply('receive buffer', () => socket.setRecvBufferSize(receiveBufferBytesDefault));
-    apply('send buffer', () => socket.setSendBufferSize(sendBufferBytesDefault));
+    const purpose = `control ${endpoint.address}:${endpoint.port}`;
+    sizeBuffer(socket, 'receive', socketBufferAsked.receive, purpose);
+    sizeBuffer(socket, 'send', socketBufferAsked.send, purpose);
   } catch (error) {
     await close();
     throw error;

@@ -4,8 +4,32 @@
  */
 import { isIPv4, isIPv6 } from 'node:net';
 
+/** Addresses written lately, as their 16 bytes and family: a NACK names the same few addresses. */
+const written = new Map<string, { bytes: Buffer; family: 4 | 6 }>();
+/** Bound of that memory; the oldest entry goes first. */
+const writtenAddressesMax = 256;
+
 /** Writes an address as 16 bytes at offset; returns its family (4 or 6). */
 export function writeAddress(out: Buffer, offset: number, address: string): 4 | 6 {
+  let known = written.get(address);
+  if (known === undefined) {
+    const bytes = Buffer.alloc(16);
+    known = { bytes, family: parseAddressInto(bytes, address) };
+    written.set(address, known);
+    if (written.size > writtenAddressesMax) {
+      const oldest = written.keys().next().value;
+      if (oldest !== undefined) {
+        written.delete(oldest);
+      }
+    }
+  }
+  known.bytes.copy(out, offset);
+  return known.family;
+}
+
+/** Parses an address into 16 bytes at offset 0 of out; throws TypeError when it is not one. */
+function parseAddressInto(out: Buffer, address: string): 4 | 6 {
+  const offset = 0;
   out.fill(0, offset, offset + 16);
   if (isIPv4(address)) {
     const parts = address.split('.').map(Number);

@@ -1,0 +1,181 @@
+/**
+ * Where each role's CPU goes: one run of the lossy-edge set-up (bench/edge.ts: source, one
+ * retransmit server, a repair server and a receiver on an edge host losing BENCH_PROFILE_LOSS % of
+ * what arrives) with `node --cpu-prof` on every gatecast process, then the functions with the most
+ * self time per role, from the profiles. Prints a table per role; the .cpuprofile files stay in
+ * BENCH_PROFILE_DIR when it is set (open them in Chrome DevTools), else they are removed.
+ *
+ *   node --import tsx bench/profile.ts        (root; BENCH_PROFILE_MB, default 20; rate 100 Mbit/s)
+ */
+import { execFileSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import {
+  createTestbed,
+  gatecastBin,
+  type HostProcess,
+  hostAddress,
+  retransmitAt,
+  testbedUnavailable,
+} from '../test/helpers/testbed.js';
+
+const megabytes = Number(process.env.BENCH_PROFILE_MB ?? 20);
+const lossPercent = Number(process.env.BENCH_PROFILE_LOSS ?? 10);
+const rateMbit = Number(process.env.BENCH_PROFILE_MBIT ?? 100);
+
+interface ProfileNode {
+  id: number;
+  callFrame: { functionName: string; url: string; lineNumber: number };
+  children?: number[];
+}
+interface Profile {
+  nodes: ProfileNode[];
+  samples: number[];
+  timeDeltas: number[];
+}
+
+/** Self time per function (ms), largest first. */
+function selfTimes(profile: Profile): Array<{ name: string; ms: number; share: number }> {
+  const byId = new Map(profile.nodes.map((node) => [node.id, node]));
+  const totals = new Map<string, number>();
+  let all = 0;
+  for (const [i, id] of profile.samples.entries()) {
+    const node = byId.get(id);
+    const delta = (profile.timeDeltas[i] ?? 0) / 1000;
+    if (node === undefined) {
+      continue;
+    }
+    const frame = node.callFrame;
+    const file = frame.url.replace(/^.*\/(dist|node_modules)\//, '$1/').replace(/^node:/, 'node:');
+    const name = `${frame.functionName || '(anonymous)'} ${file}${file ? `:${frame.lineNumber + 1}` : ''}`;
+    totals.set(name, (totals.get(name) ?? 0) + delta);
+    all += delta;
+  }
+  return [...totals.entries()]
+    .map(([name, ms]) => ({ name, ms, share: (100 * ms) / Math.max(all, 1) }))
+    .sort((a, b) => b.ms - a.ms);
+}
+
+async function main(): Promise<void> {
+  const unavailable = testbedUnavailable();
+  if (unavailable !== undefined) {
+    console.error(`bench profile: cannot run: ${unavailable}`);
+    process.exit(2);
+  }
+  const bed = createTestbed();
+  const directory = mkdtempSync('/dev/shm/gatecast-bench-profile-');
+  const kept = process.env.BENCH_PROFILE_DIR;
+  const profiles = kept ?? join(directory, 'profiles');
+  try {
+    const file = join(directory, 'payload.bin');
+    writeFileSync(file, randomBytes(megabytes * 1_000_000));
+    const secret = join(directory, 'secret');
+    writeFileSync(secret, 'benchmark operator secret, local only\n');
+    const profiled = (role: string, host: string, args: string[]): HostProcess => {
+      mkdirSync(join(profiles, role), { recursive: true });
+      return bed.spawn(host, process.execPath, [
+        '--cpu-prof',
+        '--cpu-prof-dir',
+        join(profiles, role),
+        gatecastBin(),
+        ...args,
+      ]);
+    };
+    const s1 = '239.72.0.1:7600';
+    const s2 = '239.72.1.1:7601';
+    const retransmit = profiled('retransmit', 'rt1', [
+      'retransmit',
+      '--join',
+      s1,
+      '--iface',
+      'eth0',
+      '--listen',
+      retransmitAt('rt1'),
+      '--secret-file',
+      secret,
+    ]);
+    const repair = profiled('repair', 'rx1', [
+      'repair',
+      '--join',
+      s1,
+      '--iface',
+      'eth0',
+      '--listen',
+      `${hostAddress.rx1}:7100`,
+      '--secret-file',
+      secret,
+      '--retransmit',
+      retransmitAt('rt1'),
+      '--emit',
+      s2,
+      '--emit-iface',
+      '127.0.0.1',
+      '--reliable',
+    ]);
+    const receiver = profiled('receive', 'rx1', [
+      'receive',
+      '--group',
+      s2,
+      '--iface',
+      '127.0.0.1',
+      '--out',
+      '/dev/null',
+      '--timeout',
+      '20',
+    ]);
+    await Promise.all([
+      retransmit.waitFor(/listening on/),
+      repair.waitFor(/listening on/),
+      receiver.waitFor(/joined/),
+    ]);
+    if (lossPercent > 0) {
+      const ns = bed.namespace('rx1');
+      const nft = (...args: string[]) => execFileSync('ip', ['netns', 'exec', ns, 'nft', ...args]);
+      nft('add', 'table', 'inet', 'gcprofile');
+      nft('add', 'chain', 'inet', 'gcprofile', 'input', '{ type filter hook input priority 0; }');
+      nft(
+        'add',
+        'rule',
+        'inet',
+        'gcprofile',
+        'input',
+        ...`meta l4proto udp fib saddr type != local numgen random mod 100 < ${lossPercent} drop`.split(' '),
+      );
+    }
+    const sender = profiled('send', 'src', [
+      'send',
+      '--group',
+      s1,
+      '--iface',
+      'eth0',
+      '--file',
+      file,
+      '--rate',
+      `${rateMbit}M`,
+    ]);
+    const received = await receiver.finished;
+    await sender.finished;
+    console.error(`receive: exit ${received.code}: ${received.stderr.trim().split('\n').pop()}`);
+    for (const server of [retransmit, repair]) {
+      server.child.kill('SIGTERM');
+      await server.finished;
+    }
+    for (const role of ['send', 'retransmit', 'repair', 'receive']) {
+      const files = readdirSync(join(profiles, role)).filter((name) => name.endsWith('.cpuprofile'));
+      for (const name of files) {
+        const profile = JSON.parse(readFileSync(join(profiles, role, name), 'utf8')) as Profile;
+        const top = selfTimes(profile).slice(0, Number(process.env.BENCH_PROFILE_TOP ?? 15));
+        console.log(`\n### ${role} (${name})\n\n| self ms | share | function |\n|---|---|---|`);
+        for (const entry of top) {
+          console.log(`| ${entry.ms.toFixed(0)} | ${entry.share.toFixed(1)} % | \`${entry.name}\` |`);
+        }
+      }
+    }
+  } finally {
+    bed.down();
+    rmSync(directory, { recursive: true, force: true });
+  }
+}
+
+await main();
