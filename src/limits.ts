@@ -348,6 +348,18 @@ export const reconciliationGapsListedMax = 100;
 
 /** Purse: ids of the last debits a purse remembers, so a repeated KEY message is not paid twice. */
 export const purseDebitIdsKept = 64;
+
+/**
+ * Token: receipts written and not yet reported to billing. At this many the token refuses the next
+ * debit ("purse unavailable: … run gatecast token receipts") rather than lose a receipt.
+ */
+export const tokenReceiptsUnreportedMax = 10_000;
+
+/** Token: reported receipts kept after billing took them, for `gatecast token receipts --resend`. */
+export const tokenReceiptsReportedKept = 1000;
+
+/** Token enrollment: the longest grant issued for an entitlement without an end (re-enroll to renew). */
+export const enrollGrantMsMax = 31 * 24 * 3600 * 1000;
 /** How often the console reads the status endpoints of the roles it watches, and pushes to browsers. */
 export const consolePollIntervalMs = 1000;
 

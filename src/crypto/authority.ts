@@ -112,6 +112,14 @@ export function deviceKeyId(devicePoint: Buffer): Buffer {
   return createHash('sha256').update('gatecast-device').update(devicePoint).digest();
 }
 
+/**
+ * The name of a token in receipts, purses and the ledger: "gc-" and the first 16 bytes of its
+ * device key id in hex. The token and the subscription server derive it alike from the device key.
+ */
+export function tokenIdOf(devicePoint: Buffer): string {
+  return `gc-${deviceKeyId(devicePoint).subarray(0, 16).toString('hex')}`;
+}
+
 /** Signs a buffer encoded with a zeroed 64-byte signature slot at its end, in place. */
 export function signInPlace(unsigned: Buffer, privateKey: KeyObject): Buffer {
   const at = unsigned.length - signatureBytes;

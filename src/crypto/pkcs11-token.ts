@@ -22,6 +22,12 @@ type Handle = Buffer;
 /** DER of the P-256 curve OID (1.2.840.10045.3.1.7), for CKA_EC_PARAMS. */
 const p256Params = Buffer.from('06082a8648ce3d030107', 'hex');
 const deviceLabel = 'gatecast-device';
+const receiptLabel = 'gatecast-receipt';
+/** DER of the Ed25519 curve OID (1.3.101.112), for CKA_EC_PARAMS. */
+const ed25519Params = Buffer.from('06032b6570', 'hex');
+/** PKCS#11 3.0 mechanisms (numeric in pkcs11js): CKM_EC_EDWARDS_KEY_PAIR_GEN and CKM_EDDSA. */
+const mechanismEdwardsKeyPairGen = 0x1055;
+const mechanismEddsa = 0x1057;
 const stateLabel = 'gatecast-state';
 
 /** The bytes of an attribute read back from the token; a token that returns none is broken. */
@@ -206,6 +212,61 @@ class Pkcs11Backend implements TokenBackend {
       this.#library.C_DestroyObject(this.#session, handle);
     }
     this.#library.C_SetAttributeValue(this.#session, next, [{ type: pkcs11.CKA_LABEL, value: stateLabel }]);
+  }
+
+  #receiptObject(kind: 'private' | 'public'): Handle | undefined {
+    const pkcs11 = pkcs11Module();
+    return findOne(this.#library, this.#session, [
+      { type: pkcs11.CKA_CLASS, value: kind === 'private' ? pkcs11.CKO_PRIVATE_KEY : pkcs11.CKO_PUBLIC_KEY },
+      { type: pkcs11.CKA_LABEL, value: receiptLabel },
+    ]);
+  }
+
+  receiptPublicKey(create: boolean): Buffer | undefined {
+    const pkcs11 = pkcs11Module();
+    let publicKey = this.#receiptObject('public');
+    if (publicKey === undefined) {
+      if (!create) {
+        return undefined;
+      }
+      // The receipt key is made inside the token and never leaves it (CKA_EXTRACTABLE false).
+      const pair = this.#library.C_GenerateKeyPair(
+        this.#session,
+        { mechanism: mechanismEdwardsKeyPairGen },
+        [
+          { type: pkcs11.CKA_TOKEN, value: true },
+          { type: pkcs11.CKA_EC_PARAMS, value: ed25519Params },
+          { type: pkcs11.CKA_VERIFY, value: true },
+          { type: pkcs11.CKA_LABEL, value: receiptLabel },
+        ],
+        [
+          { type: pkcs11.CKA_TOKEN, value: true },
+          { type: pkcs11.CKA_PRIVATE, value: true },
+          { type: pkcs11.CKA_SENSITIVE, value: true },
+          { type: pkcs11.CKA_EXTRACTABLE, value: false },
+          { type: pkcs11.CKA_SIGN, value: true },
+          { type: pkcs11.CKA_LABEL, value: receiptLabel },
+        ],
+      );
+      publicKey = pair.publicKey;
+    }
+    const [point] = this.#library.C_GetAttributeValue(this.#session, publicKey, [
+      { type: pkcs11.CKA_EC_POINT },
+    ]);
+    const value = attributeValue(point);
+    // CKA_EC_POINT is the raw 32 bytes or their DER OCTET STRING (04 20 ...), by module.
+    return Buffer.from(
+      value.length === 34 && value[0] === 0x04 && value[1] === 0x20 ? value.subarray(2) : value,
+    );
+  }
+
+  signReceipt(signed: Buffer): Buffer {
+    const key = this.#receiptObject('private');
+    if (key === undefined) {
+      throw new TokenError('the token has no receipt key: enroll it with gatecast token enroll');
+    }
+    this.#library.C_SignInit(this.#session, { mechanism: mechanismEddsa }, key);
+    return Buffer.from(this.#library.C_Sign(this.#session, signed, Buffer.alloc(64)));
   }
 
   unwrapServiceKey(grant: Grant): Handle | undefined {

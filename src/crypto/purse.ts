@@ -327,7 +327,8 @@ export function parsePurseState(bytes: Buffer): PurseState {
 /** Where a token keeps the purse state (encrypted file, PKCS#11 data object). */
 export interface PurseStorage {
   load(): Promise<PurseState>;
-  save(state: PurseState): Promise<void>;
+  /** Saves the state and, for a debit, its receipt with it (one write, so neither is lost alone). */
+  save(state: PurseState, receipt?: Receipt): Promise<void>;
 }
 
 /** A counter that only goes up (a PKCS#11 counter, a file the token guards). */
@@ -369,7 +370,7 @@ export function createPurse(parts: {
       throw decision.error;
     }
     if (decision.state !== state) {
-      await parts.storage.save(decision.state);
+      await parts.storage.save(decision.state, decision.receipt);
       await parts.counter.advance(decision.state.revision);
     }
     return decision;

@@ -19,12 +19,13 @@ import {
   type KeyObject,
   randomBytes,
   scryptSync,
+  sign,
 } from 'node:crypto';
 import { renameSync, writeFileSync } from 'node:fs';
 import { secretFileBytesMax, tokenScryptCost } from '../limits.js';
 import { readBoundedFile } from '../net/files.js';
 import type { Grant } from '../protocol/restricted.js';
-import { p256FromPoint, p256Point, unwrapKey } from './authority.js';
+import { ed25519Raw, generateSigningKey, p256FromPoint, p256Point, unwrapKey } from './authority.js';
 import { TokenError } from './errors.js';
 import { type Purse, Token, type TokenBackend, type TokenState } from './token.js';
 
@@ -35,6 +36,8 @@ const zeroNonce = Buffer.alloc(12);
 
 interface Secrets {
   devicePrivateKey: string;
+  /** The Ed25519 key that signs purse receipts (PKCS#8 DER, base64), made at enrollment. */
+  receiptPrivateKey?: string | undefined;
   state: TokenState;
 }
 
@@ -85,6 +88,7 @@ class SoftwareBackend implements TokenBackend {
   readonly #master: Buffer;
   readonly #device: KeyObject;
   readonly #point: Buffer;
+  #receiptKey: KeyObject | undefined;
   #state: TokenState;
 
   constructor(path: string, salt: Buffer, master: Buffer, secrets: Secrets) {
@@ -97,7 +101,30 @@ class SoftwareBackend implements TokenBackend {
       type: 'pkcs8',
     });
     this.#point = p256Point(createPublicKey(this.#device));
+    this.#receiptKey =
+      secrets.receiptPrivateKey === undefined
+        ? undefined
+        : createPrivateKey({
+            key: Buffer.from(secrets.receiptPrivateKey, 'base64'),
+            format: 'der',
+            type: 'pkcs8',
+          });
     this.#state = secrets.state;
+  }
+
+  receiptPublicKey(create: boolean): Buffer | undefined {
+    if (this.#receiptKey === undefined && create) {
+      this.#receiptKey = generateSigningKey().privateKey;
+      this.saveState(this.#state);
+    }
+    return this.#receiptKey === undefined ? undefined : ed25519Raw(createPublicKey(this.#receiptKey));
+  }
+
+  signReceipt(signed: Buffer): Buffer {
+    if (this.#receiptKey === undefined) {
+      throw new TokenError('the token has no receipt key: enroll it with gatecast token enroll');
+    }
+    return sign(null, signed, this.#receiptKey);
   }
 
   devicePoint(): Buffer {
@@ -111,7 +138,8 @@ class SoftwareBackend implements TokenBackend {
   saveState(state: TokenState): void {
     this.#state = structuredClone(state);
     const devicePrivateKey = this.#device.export({ format: 'der', type: 'pkcs8' }).toString('base64');
-    writeTokenFile(this.#path, this.#salt, this.#master, { devicePrivateKey, state });
+    const receiptPrivateKey = this.#receiptKey?.export({ format: 'der', type: 'pkcs8' }).toString('base64');
+    writeTokenFile(this.#path, this.#salt, this.#master, { devicePrivateKey, receiptPrivateKey, state });
   }
 
   unwrapServiceKey(grant: Grant): Buffer | undefined {

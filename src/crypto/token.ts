@@ -17,10 +17,26 @@
  *  5. a pay-as-you-go grant debits the purse through the Purse interface before anything is
  *     unwrapped; no purse, or an empty one, is a refusal.
  */
-import { keyTimeRollbackToleranceMs, tokenReleasedKeysMax } from '../limits.js';
+import {
+  keyTimeRollbackToleranceMs,
+  tokenReceiptsReportedKept,
+  tokenReceiptsUnreportedMax,
+  tokenReleasedKeysMax,
+} from '../limits.js';
 import { decodeGrant, type Grant, type KeyMessage, PriceModel } from '../protocol/restricted.js';
-import { deviceKeyId, ed25519FromRaw, verifySignature } from './authority.js';
+import { deviceKeyId, ed25519FromRaw, tokenIdOf, verifySignature } from './authority.js';
 import { TokenError, TokenRefused } from './errors.js';
+import {
+  createPurse,
+  createPurseState,
+  PurseError,
+  type Purse as PurseModule,
+  parsePurseState,
+  serializePurseState,
+  tokenPurse,
+} from './purse.js';
+import type { Receipt } from './receipt.js';
+import { decodeTopUp, verifyTopUp } from './top-up.js';
 
 /** What a pay-as-you-go token asks its purse to debit, once per run and crypto-period. */
 export interface PurseDebit {
@@ -67,6 +83,30 @@ export interface TokenState {
   grants: string[];
   /** Highest authenticated stream time ever accepted, microseconds: the rollback counter. */
   highestStreamTimeUs: number;
+  /** The purse, once the token is enrolled (src/crypto/purse.ts). */
+  purse?: TokenPurseRecord | undefined;
+}
+
+/** The purse as a token keeps it: the state, its monotonic counter and the receipts to report. */
+export interface TokenPurseRecord {
+  /** serializePurseState, as text. */
+  state: string;
+  /** The purse's monotonic counter (src/crypto/purse.ts, MonotonicCounter). */
+  counter: number;
+  /** Receipts billing has not taken yet, base64, oldest first. */
+  unreported: string[];
+  /** The last receipts billing took, base64, oldest first (at most tokenReceiptsReportedKept). */
+  reported: string[];
+}
+
+/** A purse as `gatecast token show` shows it. */
+export interface PurseView {
+  readonly tokenId: string;
+  readonly currency: string;
+  readonly balance: number;
+  readonly topUps: number;
+  readonly receipts: number;
+  readonly unreported: number;
 }
 
 /** A service key inside the token, usable only to unwrap traffic keys. */
@@ -83,6 +123,13 @@ export interface TokenBackend {
   unwrapServiceKey(grant: Grant): ServiceKeyHandle | undefined;
   /** Unwraps a traffic key under a service key and releases it; undefined if it fails. */
   unwrapTrafficKey(serviceKey: ServiceKeyHandle, wrapped: Buffer): Buffer | undefined;
+  /**
+   * The raw Ed25519 public key of the token's receipt key, made inside the token when `create`
+   * and there is none yet; undefined when there is none.
+   */
+  receiptPublicKey(create: boolean): Buffer | undefined;
+  /** Signs a receipt's signed bytes with the receipt key, inside the token. */
+  signReceipt(signed: Buffer): Buffer;
   close(): void;
 }
 
@@ -105,16 +152,120 @@ function iso(ms: number): string {
 /** A token: the checks above over one back end. Close it when done. */
 export class Token {
   readonly #backend: TokenBackend;
-  readonly #purse: Purse;
+  #purse: Purse | undefined;
+  #purseModule: PurseModule | undefined;
   #state: TokenState;
   readonly #serviceKeys = new Map<string, ServiceKeyHandle>();
   readonly #released = new Map<string, Buffer>();
   #closed = false;
 
-  constructor(backend: TokenBackend, purse: Purse = noPurse) {
+  /** Without `purse`, the token uses its own (once enrolled), or none. */
+  constructor(backend: TokenBackend, purse?: Purse) {
     this.#backend = backend;
     this.#purse = purse;
     this.#state = backend.loadState();
+  }
+
+  /** The token's name in receipts, purses and the ledger (derived from the device key). */
+  get tokenId(): string {
+    return tokenIdOf(this.#backend.devicePoint());
+  }
+
+  /**
+   * Readies the token for enrollment: makes its receipt key (inside the token) and an empty purse
+   * in `currency` if it has none. Returns what the subscription server registers.
+   */
+  prepareEnrollment(currency: string): { tokenId: string; device: Buffer; receiptPublicKey: Buffer } {
+    this.#assertOpen();
+    const receiptPublicKey = this.#backend.receiptPublicKey(true);
+    if (receiptPublicKey === undefined) {
+      throw new TokenError('the token could not make its receipt key');
+    }
+    const record = this.#state.purse;
+    if (record === undefined) {
+      this.#savePurse({
+        state: serializePurseState(createPurseState(this.tokenId, currency)).toString('utf8'),
+        counter: 0,
+        unreported: [],
+        reported: [],
+      });
+    } else if (parsePurseState(Buffer.from(record.state)).currency !== currency) {
+      throw new TokenError(
+        `the token's purse holds ${parsePurseState(Buffer.from(record.state)).currency}; the subscription server bills in ${currency}`,
+      );
+    }
+    return { tokenId: this.tokenId, device: this.devicePoint(), receiptPublicKey };
+  }
+
+  /**
+   * Credits a top-up signed by the operator root key (src/crypto/top-up.ts) once: a top-up whose
+   * sequence was credited already is answered `credited: false` and changes nothing. Throws
+   * TokenRefused for a top-up not signed by the root or made for another token, and PurseError
+   * for one out of sequence or in another currency.
+   */
+  async creditTopUp(bytes: Buffer): Promise<{ credited: boolean; sequence: number; amount: number }> {
+    this.#assertOpen();
+    const decoded = decodeTopUp(bytes);
+    if (!decoded.ok) {
+      throw new TokenRefused('bad-grant', `not a top-up: ${decoded.detail}`);
+    }
+    const topUp = decoded.value;
+    if (!verifyTopUp(topUp, ed25519FromRaw(Buffer.from(this.#state.rootPublicKey, 'hex')))) {
+      throw new TokenRefused('bad-signature', 'the top-up is not signed by the operator root key');
+    }
+    if (topUp.tokenId !== this.tokenId) {
+      throw new TokenRefused('bad-grant', `the top-up is for token ${topUp.tokenId}, not ${this.tokenId}`);
+    }
+    const purse = this.#ownPurse();
+    const status = await purse.status();
+    if (topUp.sequence <= status.topUps) {
+      return { credited: false, sequence: topUp.sequence, amount: topUp.amount };
+    }
+    await purse.topUp({ sequence: topUp.sequence, amount: topUp.amount, currency: topUp.currency });
+    return { credited: true, sequence: topUp.sequence, amount: topUp.amount };
+  }
+
+  /** The purse, or undefined when the token was never enrolled. */
+  purseView(): PurseView | undefined {
+    const record = this.#state.purse;
+    if (record === undefined) {
+      return undefined;
+    }
+    const state = parsePurseState(Buffer.from(record.state));
+    return {
+      tokenId: state.tokenId,
+      currency: state.currency,
+      balance: state.balance,
+      topUps: state.topUps,
+      receipts: state.counter,
+      unreported: record.unreported.length,
+    };
+  }
+
+  /** Receipts to report to billing, oldest first: those not taken yet, or with `resend` the kept ones too. */
+  receiptsToReport(resend = false): Buffer[] {
+    const record = this.#state.purse;
+    if (record === undefined) {
+      return [];
+    }
+    return [...(resend ? record.reported : []), ...record.unreported].map((text) =>
+      Buffer.from(text, 'base64'),
+    );
+  }
+
+  /** Marks receipts billing took (charged now or before) as reported. */
+  receiptsReported(taken: readonly Buffer[]): void {
+    const record = this.#state.purse;
+    if (record === undefined || taken.length === 0) {
+      return;
+    }
+    const done = new Set(taken.map((bytes) => bytes.toString('base64')));
+    const moved = record.unreported.filter((text) => done.has(text));
+    this.#savePurse({
+      ...record,
+      unreported: record.unreported.filter((text) => !done.has(text)),
+      reported: [...record.reported, ...moved].slice(-tokenReceiptsReportedKept),
+    });
   }
 
   /** software or pkcs11. */
@@ -223,7 +374,7 @@ export class Token {
       return Buffer.from(cached);
     }
     if (grant.priceModel === PriceModel.perCryptoPeriod && grant.priceMinor > 0) {
-      const answer = await this.#purse.debit({
+      const answer = await (this.#purse ?? this.#tokenPurse()).debit({
         service: key.service,
         serviceEpoch: key.serviceEpoch,
         sessionId: key.sessionId,
@@ -272,6 +423,77 @@ export class Token {
 
   [Symbol.dispose](): void {
     this.close();
+  }
+
+  #savePurse(record: TokenPurseRecord): void {
+    this.#state = { ...this.#state, purse: record };
+    this.#backend.saveState(this.#state);
+  }
+
+  /** The purse module over the token's own storage, counter and receipt key. */
+  #ownPurse(): PurseModule {
+    if (this.#state.purse === undefined) {
+      throw new PurseError(
+        'GATECAST_ERR_PURSE_INVALID',
+        'purse unavailable: this token has no purse; enroll it with gatecast token enroll',
+      );
+    }
+    this.#purseModule ??= createPurse({
+      storage: {
+        load: async () => parsePurseState(Buffer.from(this.#record().state)),
+        save: async (state, receipt?: Receipt) => {
+          const record = this.#record();
+          this.#savePurse({
+            ...record,
+            state: serializePurseState(state).toString('utf8'),
+            unreported:
+              receipt === undefined
+                ? record.unreported
+                : [...record.unreported, receipt.bytes.toString('base64')],
+          });
+        },
+      },
+      counter: {
+        read: async () => this.#record().counter,
+        advance: async (to) => {
+          const record = this.#record();
+          if (to > record.counter) {
+            this.#savePurse({ ...record, counter: to });
+          }
+        },
+      },
+      signer: (signed) => this.#backend.signReceipt(signed),
+    });
+    return this.#purseModule;
+  }
+
+  #record(): TokenPurseRecord {
+    const record = this.#state.purse;
+    if (record === undefined) {
+      throw new PurseError('GATECAST_ERR_PURSE_INVALID', 'purse unavailable: this token has no purse');
+    }
+    return record;
+  }
+
+  /** The Purse a pay-as-you-go key debits: the token's own, or none before enrollment. */
+  #tokenPurse(): Purse {
+    if (this.#state.purse === undefined) {
+      return noPurse;
+    }
+    const debit = tokenPurse(this.#ownPurse(), () => undefined).debit;
+    return {
+      debit: async (request) => {
+        const waiting = this.#record().unreported.length;
+        if (waiting >= tokenReceiptsUnreportedMax) {
+          return {
+            ok: false,
+            reason: 'purse-unavailable',
+            message: `purse unavailable: ${waiting} receipts not yet reported to billing; run gatecast token receipts`,
+          };
+        }
+        return debit(request);
+      },
+    };
   }
 
   #assertOpen(): void {
