@@ -37,6 +37,17 @@ export interface BillingService {
    * client's request). Throws the ledger's refusal (LedgerError) when it is refused.
    */
   chargeUsage(key: string, usage: UsageBody, fingerprint?: unknown): Promise<ChargeOutcome>;
+  /**
+   * Registers a token's purse (its owner, its receipt key, its ledger account); idempotent for the
+   * same owner and key, a conflict for another.
+   */
+  registerPurse(
+    tokenId: string,
+    registration: { subscriber: string; publicKey: string },
+  ): Promise<
+    | { readonly ok: true; readonly account: string; readonly created: boolean }
+    | { readonly ok: false; readonly status: 400 | 404 | 409; readonly message: string }
+  >;
   /** Serves the billing routes (rates, usage, billing runs, invoices, the export) on the app. */
   register(app: FastifyInstance): void;
 }

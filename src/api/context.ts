@@ -4,7 +4,7 @@
  * as a preHandler, the schemas every route reuses and the error answers. Roles import this; this
  * imports no role.
  */
-import { createHash, randomBytes } from 'node:crypto';
+import { createHash, type KeyObject, randomBytes } from 'node:crypto';
 import type { FastifyReply, FastifyRequest, preHandlerAsyncHookHandler } from 'fastify';
 import { sendError } from '../net/http-server.js';
 import { ErrorBody } from '../protocol/api-errors.js';
@@ -24,12 +24,33 @@ export interface Party {
   readonly name: string;
 }
 
+/** A restricted product the server grants to entitled tokens (flow C). */
+export interface RestrictedProduct {
+  readonly name: string;
+  /** The 32-byte service key of this product and epoch. */
+  readonly serviceKey: Buffer;
+  readonly serviceEpoch: number;
+  /** Raw Ed25519 key of the source whose KEY messages the product trusts. */
+  readonly sourcePublicKey: Buffer;
+  readonly tier: number;
+  /** Minor units per crypto-period for pay-as-you-go entitlements; 0: pay-as-you-go is not sold. */
+  readonly pricePerPeriod: number;
+}
+
+/** The operator's keys, when the server issues grants and signs top-ups (`serve --root-key`). */
+export interface OperatorAuthority {
+  readonly rootPrivateKey: KeyObject;
+  readonly products: readonly RestrictedProduct[];
+}
+
 /** Shared by every route module. */
 export interface ApiContext {
   readonly store: Store;
   readonly db: Store['db'];
   readonly ledger: ReturnType<typeof createLedger>;
   readonly currency: string;
+  /** The operator root key and the restricted products; absent when the server holds no root key. */
+  readonly authority?: OperatorAuthority | undefined;
   /** Resolves the bearer token to a party, or answers 401 and returns undefined. */
   authenticate(request: FastifyRequest, reply: FastifyReply): Promise<Party | undefined>;
 }

@@ -33,6 +33,7 @@ import {
 } from '../protocol/api-subscription.js';
 import { timeOrderedId } from '../store/ids.js';
 import { LedgerError, type TransferRequest } from '../store/ledger.js';
+import { registerPurse } from './receipts.js';
 import { registerReceiptRoutes } from './receipts-routes.js';
 
 export type { RateCard } from '../api/billing.js';
@@ -588,5 +589,15 @@ export function registerBillingRoutes(app: FastifyInstance, context: ApiContext,
 /** The billing role over the API context: what the subscription role calls, and the routes it serves. */
 export const createBilling: BillingFactory = (context, defaults = rateCardDefault): BillingService => ({
   chargeUsage: (key, usage, fingerprint) => chargeUsage(context, defaults, key, usage, fingerprint),
+  registerPurse: async (tokenId, registration) => {
+    const answer = await registerPurse(context, tokenId, registration);
+    return 'body' in answer
+      ? { ok: true, account: answer.body.account, created: answer.body.created }
+      : {
+          ok: false,
+          status: answer.status === 409 ? 409 : answer.status === 404 ? 404 : 400,
+          message: answer.message,
+        };
+  },
   register: (app) => registerBillingRoutes(app, context, defaults),
 });

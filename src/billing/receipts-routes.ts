@@ -62,14 +62,15 @@ export function registerReceiptRoutes(app: FastifyInstance, context: ApiContext)
   app.post<{ Params: Static<typeof TokenParams>; Body: TopUpBody }>(
     '/v1/purses/:token/top-ups',
     {
-      preHandler: operatorOnly(context, 'only the operator tops purses up'),
+      preHandler: ownerOrOperator,
       schema: {
         params: TokenParams,
         body: TopUpBody,
         response: { 200: TopUpResult, 201: TopUpResult, ...errorReplies },
       },
     },
-    async (request, reply) => send(reply, await topUpPurse(context, request.params.token, request.body)),
+    async (request, reply) =>
+      send(reply, await topUpPurse(context, request.params.token, request.body, callerOf(request))),
   );
 
   app.get<{ Params: Static<typeof TokenParams> }>(

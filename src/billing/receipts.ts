@@ -13,6 +13,7 @@ import { createPublicKey, type KeyObject } from 'node:crypto';
 import type { ApiContext, Party } from '../api/context.js';
 import { revenueAccount } from '../api/context.js';
 import { decodeReceipt, type Receipt, receiptChainStart, verifyReceipt } from '../crypto/receipt.js';
+import { signTopUp } from '../crypto/top-up.js';
 import { reconciliationGapsListedMax } from '../limits.js';
 import type {
   PurseRegistration,
@@ -160,10 +161,14 @@ export async function topUpPurse(
   context: ApiContext,
   tokenId: string,
   body: TopUpBody,
+  caller: Party,
 ): Promise<Answer<TopUpResult>> {
   const purse = (await loadPurses(context, [tokenId])).get(tokenId);
   if (purse === undefined) {
     return { status: 404, error: 'not-found', message: `no purse for token ${tokenId}` };
+  }
+  if (caller.kind !== 'operator' && caller.id !== purse.subscriber) {
+    return { status: 403, error: 'forbidden', message: 'a subscriber tops up only its own purses' };
   }
   const row = await context.db
     .selectFrom('purse_tokens')
@@ -211,6 +216,14 @@ export async function topUpPurse(
     };
   }
   const { transfer } = outcome;
+  // Signed only after the transfer is written: a token credits nothing the ledger does not hold.
+  const signed =
+    context.authority === undefined
+      ? undefined
+      : signTopUp(
+          { tokenId, sequence: body.sequence, amount: transfer.amount, currency: transfer.currency },
+          context.authority.rootPrivateKey,
+        ).toString('base64url');
   return {
     status: transfer.replayed ? 200 : 201,
     body: {
@@ -220,6 +233,7 @@ export async function topUpPurse(
       amount: transfer.amount,
       currency: transfer.currency,
       replayed: transfer.replayed,
+      ...(signed === undefined ? {} : { topUp: signed }),
     },
   };
 }

@@ -59,7 +59,7 @@ export async function main(argv: string[]): Promise<number> {
       case 'stb':
         return await (await import('./stb.js')).runStb(rest, process.stderr);
       case 'token':
-        return (await import('./token-command.js')).runToken(rest, process.stdout);
+        return await (await import('./token-command.js')).runToken(rest, process.stdout);
       case 'demo':
         return await (await import('./demo.js')).runDemo(rest, process.stdout);
       case 'version':

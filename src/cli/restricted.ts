@@ -6,6 +6,8 @@
  * service key is 32 bytes in hex. Secrets are read as bounded regular files.
  */
 import { createPrivateKey, createPublicKey, type KeyObject } from 'node:crypto';
+import { dirname, resolve } from 'node:path';
+import type { OperatorAuthority, RestrictedProduct } from '../api/context.js';
 import { TokenError } from '../crypto/errors.js';
 import { openPkcs11Token } from '../crypto/pkcs11-token.js';
 import { createSenderProtection, type SenderProtection } from '../crypto/restricted-session.js';
@@ -222,4 +224,79 @@ export function senderProtectionOptions(
       },
       run,
     );
+}
+
+/**
+ * The operator authority of `serve --root-key PEM --products FILE`: the root key that signs grants
+ * and top-ups, and the restricted products, a JSON array of
+ * `{ "name", "serviceKeyFile", "sourcePublic", "serviceEpoch"?, "tier"?, "pricePerPeriod"? }`
+ * (key paths relative to the file). Every problem names the option and the field.
+ */
+export function readOperatorAuthority(
+  rootKeyPath: string | undefined,
+  productsPath: string | undefined,
+): OperatorAuthority | undefined {
+  if (rootKeyPath === undefined) {
+    if (productsPath !== undefined) {
+      throw new UsageError('--products needs --root-key PEM (the operator root key that signs the grants)');
+    }
+    return undefined;
+  }
+  const root = readSigningKey(rootKeyPath, '--root-key');
+  if (productsPath === undefined) {
+    return { rootPrivateKey: root.privateKey, products: [] };
+  }
+  let list: unknown;
+  try {
+    list = JSON.parse(readSecret(productsPath, '--products'));
+  } catch (error) {
+    throw error instanceof UsageError ? error : new UsageError(`--products: ${productsPath} is not JSON`);
+  }
+  if (!Array.isArray(list)) {
+    throw new UsageError('--products: a JSON array of products');
+  }
+  const base = dirname(productsPath);
+  const names = new Set<string>();
+  const products = list.map((entry: unknown, index): RestrictedProduct => {
+    const field = (name: string) => `--products: [${index}].${name}`;
+    if (entry === null || typeof entry !== 'object') {
+      throw new UsageError(`--products: [${index}] is not an object`);
+    }
+    const item = entry as Record<string, unknown>;
+    for (const key of Object.keys(item)) {
+      if (
+        !['name', 'serviceKeyFile', 'sourcePublic', 'serviceEpoch', 'tier', 'pricePerPeriod'].includes(key)
+      ) {
+        throw new UsageError(`${field(key)}: unknown field`);
+      }
+    }
+    const text = (name: string) => {
+      const value = item[name];
+      if (typeof value !== 'string' || value === '') {
+        throw new UsageError(`${field(name)}: a non-empty string is required`);
+      }
+      return value;
+    };
+    const integer = (name: string, fallback: number, max: number) => {
+      const value = item[name] ?? fallback;
+      if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 0 || value > max) {
+        throw new UsageError(`${field(name)}: an integer from 0 to ${max}`);
+      }
+      return value;
+    };
+    const name = text('name');
+    if (!/^[A-Za-z0-9._:@-]{1,64}$/.test(name) || names.has(name)) {
+      throw new UsageError(`${field('name')}: "${name}" is not a new name of 1-64 of A-Z a-z 0-9 . _ : @ -`);
+    }
+    names.add(name);
+    return {
+      name,
+      serviceKey: readHexFile(resolve(base, text('serviceKeyFile')), field('serviceKeyFile'), 32),
+      sourcePublicKey: readHexFile(resolve(base, text('sourcePublic')), field('sourcePublic'), 32),
+      serviceEpoch: integer('serviceEpoch', 1, 0xffffffff),
+      tier: integer('tier', 0, 255),
+      pricePerPeriod: integer('pricePerPeriod', 0, Number.MAX_SAFE_INTEGER),
+    };
+  });
+  return { rootPrivateKey: root.privateKey, products };
 }

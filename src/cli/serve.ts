@@ -22,6 +22,7 @@ import { openSetupSender } from '../subscription/setup-sender.js';
 import { closeWithin, endProcessSoon, eventLogFrom, logFormatOption } from './daemon.js';
 import { exitOk, UsageError } from './errors.js';
 import { formatHelp, type OptionSpecs, optional, parseOptions } from './options.js';
+import { readOperatorAuthority } from './restricted.js';
 import { metricsFor } from './role-metrics.js';
 import { buildServerApp as buildSubscriptionApp, type ServeRole } from './server-app.js';
 
@@ -50,6 +51,16 @@ const serveOptions: OptionSpecs = {
   currency: { type: 'string', value: 'CODE', help: 'ISO 4217 currency of new accounts (default EUR)' },
   'tls-cert': { type: 'string', value: 'FILE', help: 'serve HTTPS: PEM certificate chain (with --tls-key)' },
   'tls-key': { type: 'string', value: 'FILE', help: 'serve HTTPS: PEM private key of --tls-cert' },
+  'root-key': {
+    type: 'string',
+    value: 'PEM',
+    help: 'the operator root key (Ed25519): signs the grants of token enrollment and purse top-ups',
+  },
+  products: {
+    type: 'string',
+    value: 'FILE',
+    help: 'with --root-key: the restricted products, a JSON array of {name, serviceKeyFile, sourcePublic, serviceEpoch?, tier?, pricePerPeriod?}',
+  },
   'log-format': logFormatOption,
   watch: {
     type: 'string',
@@ -168,6 +179,7 @@ export async function runServe(argv: string[], err: NodeJS.WriteStream): Promise
   }
   const tls = readTlsFiles(optional(values, 'tls-cert'), optional(values, 'tls-key'));
   const watch = parseWatch(optional(values, 'watch'));
+  const authority = readOperatorAuthority(optional(values, 'root-key'), optional(values, 'products'));
   const log = eventLogFrom(values, 'serve');
   const secretFile = optional(values, 'secret-file');
   const secret = secretFile === undefined ? undefined : readSecretFile(secretFile);
@@ -199,6 +211,7 @@ export async function runServe(argv: string[], err: NodeJS.WriteStream): Promise
       },
     },
     setupRefreshMs: setupRefreshMsDefault,
+    authority,
     tls,
     onInternalError: (error) => err.write(`serve: internal error: ${error.stack ?? error.message}\n`),
     operatorToken: process.env.GATECAST_OPERATOR_TOKEN,

@@ -5,14 +5,29 @@
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import type { Static, TSchema } from '@sinclair/typebox';
 import { ed25519Raw, generateSigningKey, issueGrant } from '../crypto/authority.js';
 import { initPkcs11Token } from '../crypto/pkcs11-token.js';
 import { initSoftwareToken } from '../crypto/software-token.js';
-import { secretFileBytesMax } from '../limits.js';
+import type { Token } from '../crypto/token.js';
+import { receiptBatchMax, secretFileBytesMax } from '../limits.js';
+import { type ApiAnswer, requestApi } from '../net/api-client.js';
 import { readBoundedFile } from '../net/files.js';
+import { FetchFailed } from '../net/http.js';
+import { ReceiptBatchResult, TopUpResult } from '../protocol/api-receipts.js';
+import { EnrollResult } from '../protocol/api-tokens.js';
 import { PriceModel, p256PointBytes } from '../protocol/restricted.js';
-import { exitOk, exitUsage, UsageError } from './errors.js';
-import { formatHelp, type OptionSpecs, optional, parseInteger, parseOptions, required } from './options.js';
+import { exitIncomplete, exitOk, exitUsage, UsageError } from './errors.js';
+import {
+  formatHelp,
+  type OptionSpecs,
+  type OptionValues,
+  optional,
+  parseInteger,
+  parseOptions,
+  parseServerUrl,
+  required,
+} from './options.js';
 import {
   openToken,
   readHexFile,
@@ -21,6 +36,7 @@ import {
   tokenLocation,
   tokenOptions,
 } from './restricted.js';
+import { readToken } from './token.js';
 
 const keysOptions: OptionSpecs = {
   out: {
@@ -72,13 +88,44 @@ const installOptions: OptionSpecs = {
   grant: { type: 'string', value: 'FILE', help: 'a grant issued by gatecast token grant' },
 };
 
-const usage = `usage: gatecast token <keys|init|grant|install|show> [options]
+const serverOptions: OptionSpecs = {
+  ...tokenOptions,
+  subscription: { type: 'string', value: 'URL', help: 'the subscription server' },
+  'token-file': {
+    type: 'string',
+    value: 'FILE',
+    help: "the subscriber's API token (default: $GATECAST_TOKEN)",
+  },
+};
 
-  keys     make an operator root key and a source key (and a service key) in a directory
-  init     initialize a token: --token FILE (software, encrypted under the PIN) or --token pkcs11:LABEL
-  grant    issue a grant (the service key wrapped to one token, with its window and rate card)
-  install  install a grant into a token
-  show     list a token's entitlements and its device public key
+const enrollOptions: OptionSpecs = {
+  ...serverOptions,
+  subscriber: { type: 'string', value: 'ID', help: 'with the operator token: the subscriber to enroll for' },
+};
+
+const topUpOptions: OptionSpecs = {
+  ...serverOptions,
+  amount: { type: 'string', value: 'MINOR', help: 'minor units to move from the subscriber to the purse' },
+};
+
+const receiptsOptions: OptionSpecs = {
+  ...serverOptions,
+  resend: {
+    type: 'boolean',
+    help: 'also send again the receipts billing took before (charged once however often sent)',
+  },
+};
+
+const usage = `usage: gatecast token <keys|init|grant|install|enroll|topup|receipts|show> [options]
+
+  keys      make an operator root key and a source key (and a service key) in a directory
+  init      initialize a token: --token FILE (software, encrypted under the PIN) or --token pkcs11:LABEL
+  grant     issue a grant (the service key wrapped to one token, with its window and rate card)
+  install   install a grant into a token
+  enroll    register the token with the subscription server and install the grants it issues
+  topup     move money from the subscriber's account to the token's purse, and credit it
+  receipts  report the purse's receipts to billing
+  show      list a token's entitlements, its purse and its device public key
 `;
 
 function writeNew(path: string, text: string, mode = 0o600): void {
@@ -213,6 +260,157 @@ function runInstall(argv: string[], out: NodeJS.WriteStream): number {
   return exitOk;
 }
 
+const requestTimeoutMs = 10_000;
+
+/** Opens the token of --token (required). */
+function tokenOf(values: OptionValues): Token {
+  const location = tokenLocation(values);
+  if (location === undefined) {
+    throw new UsageError('--token FILE or --token pkcs11:LABEL is required');
+  }
+  return openToken(location, readPin(values));
+}
+
+/** One request to the subscription server of --subscription, checked against the contract. */
+function serverCall(values: OptionValues) {
+  const server = parseServerUrl(required(values, 'subscription'), '--subscription');
+  const bearer = readToken(optional(values, 'token-file'));
+  return async <T extends TSchema>(schema: T, method: string, path: string, body?: unknown) => {
+    let answer: ApiAnswer<Static<T>>;
+    try {
+      answer = await requestApi(`${server}${path}`, schema, {
+        token: bearer,
+        method,
+        body,
+        timeoutMs: requestTimeoutMs,
+      });
+    } catch (error) {
+      if (error instanceof FetchFailed) {
+        throw new UsageError(`--subscription: cannot reach ${server}: ${error.message}`);
+      }
+      throw error;
+    }
+    if (!answer.ok) {
+      throw new UsageError(
+        `the subscription server refused: ${answer.status} ${answer.error}: ${answer.message}`,
+      );
+    }
+    return answer.body;
+  };
+}
+
+async function runEnroll(argv: string[], out: NodeJS.WriteStream): Promise<number> {
+  const values = parseOptions(argv, enrollOptions);
+  const call = serverCall(values);
+  const token = tokenOf(values);
+  try {
+    const enrollment = token.prepareEnrollment();
+    const subscriber = optional(values, 'subscriber');
+    const result = await call(EnrollResult, 'POST', '/v1/tokens', {
+      device: enrollment.device.toString('hex'),
+      receiptKey: enrollment.receiptPublicKey.toString('base64url'),
+      ...(subscriber === undefined ? {} : { subscriber }),
+    });
+    if (result.token !== token.tokenId) {
+      throw new UsageError(`the subscription server enrolled token ${result.token}, not ${token.tokenId}`);
+    }
+    token.ensurePurse(result.currency);
+    out.write(
+      `enrolled token ${result.token} for subscriber ${result.subscriber} (purse account ${result.account}, ${result.currency})\n`,
+    );
+    for (const granted of result.grants) {
+      const entitlement = token.installGrant(Buffer.from(granted.grant, 'base64'));
+      const price =
+        entitlement.priceModel === 'subscription'
+          ? 'subscription'
+          : `pay-as-you-go, ${entitlement.priceMinor} ${entitlement.currency} minor units per crypto-period`;
+      out.write(
+        `installed: ${entitlement.service} (epoch ${entitlement.serviceEpoch}, tier ${entitlement.tier}, ${price}) from ${new Date(entitlement.notBeforeMs).toISOString()} until ${new Date(entitlement.notAfterMs).toISOString()}\n`,
+      );
+    }
+    if (result.grants.length === 0) {
+      out.write('no grants: the subscriber holds no entitlement to a restricted product\n');
+    }
+  } finally {
+    token.close();
+  }
+  return exitOk;
+}
+
+async function runTopUp(argv: string[], out: NodeJS.WriteStream): Promise<number> {
+  const values = parseOptions(argv, topUpOptions);
+  const amount = parseInteger(required(values, 'amount'), '--amount', 1, Number.MAX_SAFE_INTEGER);
+  const call = serverCall(values);
+  const token = tokenOf(values);
+  try {
+    const purse = token.purseView();
+    if (purse === undefined) {
+      throw new UsageError('the token has no purse: enroll it first (gatecast token enroll)');
+    }
+    const sequence = purse.topUps + 1;
+    const result = await call(
+      TopUpResult,
+      'POST',
+      `/v1/purses/${encodeURIComponent(token.tokenId)}/top-ups`,
+      {
+        sequence,
+        amount,
+      },
+    );
+    if (result.topUp === undefined) {
+      throw new UsageError(
+        `the ledger moved ${result.amount} to the purse (top-up ${sequence}), but the server holds no root key to sign it: the token cannot credit it`,
+      );
+    }
+    const credited = await token.creditTopUp(Buffer.from(result.topUp, 'base64url'));
+    const after = token.purseView();
+    out.write(
+      `${credited.credited ? 'credited' : 'already credited'}: top-up ${credited.sequence} of ${credited.amount} ${result.currency} minor units (ledger transfer ${result.transfer}); balance ${after?.balance ?? 0}\n`,
+    );
+  } finally {
+    token.close();
+  }
+  return exitOk;
+}
+
+async function runReceipts(argv: string[], out: NodeJS.WriteStream): Promise<number> {
+  const values = parseOptions(argv, receiptsOptions);
+  const call = serverCall(values);
+  const token = tokenOf(values);
+  let charged = 0;
+  let replayed = 0;
+  let refused = 0;
+  const problems: string[] = [];
+  try {
+    const receipts = token.receiptsToReport(values.resend === true);
+    for (let at = 0; at < receipts.length; at += receiptBatchMax) {
+      const batch = receipts.slice(at, at + receiptBatchMax);
+      const result = await call(ReceiptBatchResult, 'POST', '/v1/receipts/batch', {
+        receipts: batch.map((bytes) => bytes.toString('base64url')),
+      });
+      charged += result.charged;
+      replayed += result.replayed;
+      refused += result.refused;
+      const taken = batch.filter((_, index) => {
+        const status = result.results[index]?.status;
+        if (status !== 200 && status !== 201) {
+          problems.push(result.results[index]?.message ?? `receipt ${at + index + 1}: status ${status}`);
+          return false;
+        }
+        return true;
+      });
+      token.receiptsReported(taken);
+    }
+  } finally {
+    token.close();
+  }
+  out.write(`receipts: ${charged} charged, ${replayed} charged before, ${refused} refused\n`);
+  for (const problem of problems.slice(0, 10)) {
+    process.stderr.write(`refused: ${problem}\n`);
+  }
+  return refused > 0 ? exitIncomplete : exitOk;
+}
+
 function runShow(argv: string[], out: NodeJS.WriteStream): number {
   const values = parseOptions(argv, { ...tokenOptions, json: { type: 'boolean', help: 'print JSON' } });
   const location = tokenLocation(values);
@@ -224,7 +422,9 @@ function runShow(argv: string[], out: NodeJS.WriteStream): number {
     const shown = {
       kind: token.kind,
       device: token.devicePoint().toString('hex'),
+      token: token.tokenId,
       entitlements: token.entitlements(),
+      purse: token.purseView() ?? null,
       highestStreamTimeUs: token.highestStreamTimeUs,
     };
     out.write(`${JSON.stringify(shown, null, values.json === true ? 0 : 2)}\n`);
@@ -235,13 +435,16 @@ function runShow(argv: string[], out: NodeJS.WriteStream): number {
 }
 
 /** Runs `gatecast token SUBCOMMAND`; returns the exit code. */
-export function runToken(argv: string[], out: NodeJS.WriteStream): number {
+export async function runToken(argv: string[], out: NodeJS.WriteStream): Promise<number> {
   const [subcommand, ...rest] = argv;
   const helps: Record<string, OptionSpecs> = {
     keys: keysOptions,
     init: initOptions,
     grant: grantOptions,
     install: installOptions,
+    enroll: enrollOptions,
+    topup: topUpOptions,
+    receipts: receiptsOptions,
     show: tokenOptions,
   };
   if (
@@ -267,6 +470,12 @@ export function runToken(argv: string[], out: NodeJS.WriteStream): number {
       return runGrant(rest, out);
     case 'install':
       return runInstall(rest, out);
+    case 'enroll':
+      return await runEnroll(rest, out);
+    case 'topup':
+      return await runTopUp(rest, out);
+    case 'receipts':
+      return await runReceipts(rest, out);
     case 'show':
       return runShow(rest, out);
     case undefined:

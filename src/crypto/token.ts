@@ -172,15 +172,21 @@ export class Token {
   }
 
   /**
-   * Readies the token for enrollment: makes its receipt key (inside the token) and an empty purse
-   * in `currency` if it has none. Returns what the subscription server registers.
+   * Readies the token for enrollment: makes its receipt key inside the token if it has none.
+   * Returns what the subscription server registers.
    */
-  prepareEnrollment(currency: string): { tokenId: string; device: Buffer; receiptPublicKey: Buffer } {
+  prepareEnrollment(): { tokenId: string; device: Buffer; receiptPublicKey: Buffer } {
     this.#assertOpen();
     const receiptPublicKey = this.#backend.receiptPublicKey(true);
     if (receiptPublicKey === undefined) {
       throw new TokenError('the token could not make its receipt key');
     }
+    return { tokenId: this.tokenId, device: this.devicePoint(), receiptPublicKey };
+  }
+
+  /** Opens an empty purse in `currency` (the server's) if the token has none; refuses another currency. */
+  ensurePurse(currency: string): void {
+    this.#assertOpen();
     const record = this.#state.purse;
     if (record === undefined) {
       this.#savePurse({
@@ -189,12 +195,12 @@ export class Token {
         unreported: [],
         reported: [],
       });
-    } else if (parsePurseState(Buffer.from(record.state)).currency !== currency) {
-      throw new TokenError(
-        `the token's purse holds ${parsePurseState(Buffer.from(record.state)).currency}; the subscription server bills in ${currency}`,
-      );
+      return;
     }
-    return { tokenId: this.tokenId, device: this.devicePoint(), receiptPublicKey };
+    const held = parsePurseState(Buffer.from(record.state)).currency;
+    if (held !== currency) {
+      throw new TokenError(`the token's purse holds ${held}; the subscription server bills in ${currency}`);
+    }
   }
 
   /**
@@ -319,7 +325,7 @@ export class Token {
       return new TokenRefused('not-yet-valid', `not entitled to ${service} until ${iso(next.notBeforeMs)}`);
     }
     const last = Math.max(...grants.map((grant) => grant.notAfterMs));
-    return new TokenRefused('expired', `not entitled to ${service}: the entitlement ended at ${iso(last)}`);
+    return new TokenRefused('expired', `not entitled to ${service} since ${iso(last)}, when the entitlement ended`);
   }
 
   /**

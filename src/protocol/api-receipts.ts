@@ -39,6 +39,11 @@ export const TopUpResult = Type.Object({
   amount: Money,
   currency: Type.String(),
   replayed: Type.Boolean(),
+  /**
+   * The top-up signed with the operator root key (docs/protocol.md, "Purse top-up"), base64url,
+   * for the token to credit; absent when the server holds no root key (`serve --root-key`).
+   */
+  topUp: Type.Optional(Type.String()),
 });
 export type TopUpResult = Static<typeof TopUpResult>;
 

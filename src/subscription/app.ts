@@ -29,6 +29,7 @@ import {
   Name,
   newToken,
   notFound,
+  type OperatorAuthority,
   operatorOnly,
   type Party,
   type PartyKind,
@@ -37,6 +38,7 @@ import {
   Timestamp,
 } from './context.js';
 import { refreshSetups, registerSessionRoutes } from './sessions.js';
+import { registerTokenRoutes } from './tokens.js';
 
 export type { PartyKind } from './context.js';
 
@@ -112,6 +114,8 @@ export interface SubscriptionAppOptions {
    * `billing`. Default: both.
    */
   readonly roles?: readonly ('subscription' | 'billing')[] | undefined;
+  /** The operator root key and restricted products: enrollment grants and signed top-ups. */
+  readonly authority?: OperatorAuthority | undefined;
   /** Serve HTTPS with this certificate and key. */
   readonly tls?: TlsFiles | undefined;
   /** Re-send SETUP join for the open sessions that bought repair this often (off when absent). */
@@ -459,7 +463,7 @@ export async function buildSubscriptionApp(options: SubscriptionAppOptions): Pro
     },
   );
 
-  const shared = { store, db, ledger, currency, authenticate };
+  const shared = { store, db, ledger, currency, authenticate, authority: options.authority };
   const context: ApiContext = {
     ...shared,
     setup: options.setup,
@@ -478,6 +482,7 @@ export async function buildSubscriptionApp(options: SubscriptionAppOptions): Pro
   }
   if (roles.includes('subscription')) {
     registerSessionRoutes(app, context);
+    registerTokenRoutes(app, context);
   }
   for (const plugin of options.plugins ?? []) {
     plugin(app, context);

@@ -6,6 +6,7 @@ import type { BillingService } from '../api/billing.js';
 import type { ApiContext as SharedContext } from '../api/context.js';
 
 export {
+  allow,
   anyParty,
   badRequest,
   callerOf,
@@ -17,6 +18,7 @@ export {
   Name,
   newToken,
   notFound,
+  type OperatorAuthority,
   operatorOnly,
   type Party,
   type PartyKind,

@@ -115,7 +115,8 @@ describe('a pay-as-you-go token over the purse module', () => {
 
 describe("a token's own purse (enrolled): top-ups credited once, receipts kept until billing takes them", () => {
   async function enrolledToken(token: ReturnType<typeof openSoftwareToken>) {
-    const { tokenId, receiptPublicKey } = token.prepareEnrollment('EUR');
+    const { tokenId, receiptPublicKey } = token.prepareEnrollment();
+    token.ensurePurse('EUR');
     token.installGrant(
       issueGrant(
         {

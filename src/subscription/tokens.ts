@@ -1,0 +1,168 @@
+/**
+ * Token enrollment (docs/api.md, "Tokens"; docs/security.md, "Enrollment"): a subscriber registers
+ * its token — the device key the grants are wrapped to, and the receipt key billing checks its
+ * receipts against — and gets one grant per restricted product it is entitled to, signed with the
+ * operator root key. A product is granted for an entitlement to `channel` (a subscription) or to
+ * `pay-as-you-go` (debited per crypto-period from the token's purse, at the product's price) whose
+ * session names the product, or names none (every product).
+ */
+import type { FastifyInstance } from 'fastify';
+import type { RestrictedProduct } from '../api/context.js';
+import { issueGrant, p256FromPoint, tokenIdOf } from '../crypto/authority.js';
+import { enrollGrantMsMax } from '../limits.js';
+import { sendError } from '../net/http-server.js';
+import { EnrollBody, type EnrolledGrant, EnrollResult } from '../protocol/api-tokens.js';
+import { PriceModel } from '../protocol/restricted.js';
+import {
+  type ApiContext,
+  allow,
+  badRequest,
+  callerOf,
+  errorReplies,
+  forbid,
+  type Schema,
+} from './context.js';
+
+type EntitlementRow = Schema['entitlements'];
+
+/** The window of an entitlement as a grant carries it; an open end is capped at enrollGrantMsMax. */
+function windowOf(row: EntitlementRow, nowMs: number): { fromMs: number; untilMs: number } {
+  const fromMs = row.valid_from === null ? nowMs : Date.parse(row.valid_from);
+  const untilMs =
+    row.valid_to === null ? Math.max(nowMs, fromMs) + enrollGrantMsMax : Date.parse(row.valid_to);
+  return { fromMs, untilMs };
+}
+
+/**
+ * The entitlement a product is granted under: the one valid now, else the next to start (the
+ * token says "not entitled until …"), else the last that ended ("… since …").
+ */
+function chosenEntitlement(rows: readonly EntitlementRow[], nowMs: number): EntitlementRow | undefined {
+  const windows = rows.map((row) => ({ row, ...windowOf(row, nowMs) }));
+  const current = windows.find((entry) => entry.fromMs <= nowMs && nowMs < entry.untilMs);
+  const next = windows.filter((entry) => entry.fromMs > nowMs).sort((a, b) => a.fromMs - b.fromMs)[0];
+  const last = windows.filter((entry) => entry.untilMs <= nowMs).sort((a, b) => b.untilMs - a.untilMs)[0];
+  return (current ?? next ?? last)?.row;
+}
+
+function grantFor(
+  context: ApiContext,
+  product: RestrictedProduct,
+  row: EntitlementRow,
+  device: Buffer,
+  nowMs: number,
+): EnrolledGrant {
+  const authority = context.authority;
+  if (authority === undefined) {
+    throw new Error('grantFor needs the operator authority');
+  }
+  const { fromMs, untilMs } = windowOf(row, nowMs);
+  const payAsYouGo = row.service === 'pay-as-you-go';
+  const grant = issueGrant(
+    {
+      devicePoint: device,
+      serviceKey: product.serviceKey,
+      tier: product.tier,
+      service: product.name,
+      serviceEpoch: product.serviceEpoch,
+      notBeforeMs: fromMs,
+      notAfterMs: untilMs,
+      priceModel: payAsYouGo ? PriceModel.perCryptoPeriod : PriceModel.subscription,
+      currency: context.currency,
+      priceMinor: payAsYouGo ? product.pricePerPeriod : 0,
+      sourcePublicKey: product.sourcePublicKey,
+    },
+    authority.rootPrivateKey,
+  );
+  return {
+    service: product.name,
+    serviceEpoch: product.serviceEpoch,
+    tier: product.tier,
+    from: new Date(fromMs).toISOString(),
+    until: new Date(untilMs).toISOString(),
+    priceModel: payAsYouGo ? 'per-crypto-period' : 'subscription',
+    price: payAsYouGo ? product.pricePerPeriod : 0,
+    currency: context.currency,
+    grant: grant.toString('base64'),
+  };
+}
+
+/** Registers POST /v1/tokens. */
+export function registerTokenRoutes(app: FastifyInstance, context: ApiContext): void {
+  app.post<{ Body: EnrollBody }>(
+    '/v1/tokens',
+    {
+      preHandler: allow(context, ['operator', 'subscriber'], 'a source enrolls no token'),
+      schema: { body: EnrollBody, response: { 200: EnrollResult, 201: EnrollResult, ...errorReplies } },
+    },
+    async (request, reply) => {
+      const authority = context.authority;
+      if (authority === undefined) {
+        return sendError(
+          reply,
+          'unavailable',
+          'this server holds no operator root key (serve --root-key): it issues no grants',
+        );
+      }
+      const caller = callerOf(request);
+      const subscriber = caller.kind === 'subscriber' ? caller.id : request.body.subscriber;
+      if (subscriber === undefined) {
+        return badRequest(reply, 'body/subscriber: the operator names the subscriber it enrolls a token for');
+      }
+      if (
+        caller.kind === 'subscriber' &&
+        request.body.subscriber !== undefined &&
+        request.body.subscriber !== caller.id
+      ) {
+        return forbid(reply, 'a subscriber enrolls tokens only for itself');
+      }
+      const device = Buffer.from(request.body.device, 'hex');
+      try {
+        p256FromPoint(device);
+      } catch {
+        return badRequest(reply, 'body/device: not a point on P-256');
+      }
+      const tokenId = tokenIdOf(device);
+      const registered = await context.billing.registerPurse(tokenId, {
+        subscriber,
+        publicKey: request.body.receiptKey,
+      });
+      if (!registered.ok) {
+        return sendError(
+          reply,
+          registered.status === 409
+            ? 'conflict'
+            : registered.status === 404
+              ? 'not-found'
+              : 'invalid-request',
+          registered.message,
+        );
+      }
+      const rows = await context.db
+        .selectFrom('entitlements')
+        .selectAll()
+        .where('subscriber', '=', subscriber)
+        .where('service', 'in', ['channel', 'pay-as-you-go'])
+        .execute();
+      const nowMs = Date.now();
+      const grants: EnrolledGrant[] = [];
+      for (const product of authority.products) {
+        const row = chosenEntitlement(
+          rows.filter((entry) => entry.session === null || entry.session === product.name),
+          nowMs,
+        );
+        if (row !== undefined && !(row.service === 'pay-as-you-go' && product.pricePerPeriod === 0)) {
+          grants.push(grantFor(context, product, row, device, nowMs));
+        }
+      }
+      return reply.code(registered.created ? 201 : 200).send({
+        token: tokenId,
+        subscriber,
+        account: registered.account,
+        currency: context.currency,
+        created: registered.created,
+        grants,
+      });
+    },
+  );
+}
