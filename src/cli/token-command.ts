@@ -306,7 +306,7 @@ async function runEnroll(argv: string[], out: NodeJS.WriteStream): Promise<numbe
   try {
     const enrollment = token.prepareEnrollment();
     const subscriber = optional(values, 'subscriber');
-    const result = await call(EnrollResult, 'POST', '/v1/tokens', {
+    const result = await call(EnrollResult, 'POST', '/v1/enrollments', {
       device: enrollment.device.toString('hex'),
       receiptKey: enrollment.receiptPublicKey.toString('base64url'),
       ...(subscriber === undefined ? {} : { subscriber }),

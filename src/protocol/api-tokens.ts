@@ -8,7 +8,7 @@ import { type Static, Type } from '@sinclair/typebox';
 import { TokenId } from './api-receipts.js';
 import { Id, Money } from './api-subscription.js';
 
-/** POST /v1/tokens. */
+/** POST /v1/enrollments. */
 export const EnrollBody = Type.Object(
   {
     /** The token's device public key: the uncompressed P-256 point, 130 hex digits. */
@@ -38,7 +38,7 @@ export const EnrolledGrant = Type.Object({
 });
 export type EnrolledGrant = Static<typeof EnrolledGrant>;
 
-/** The answer to POST /v1/tokens. */
+/** The answer to POST /v1/enrollments. */
 export const EnrollResult = Type.Object({
   token: TokenId,
   subscriber: Id,

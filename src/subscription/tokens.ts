@@ -87,10 +87,10 @@ function grantFor(
   };
 }
 
-/** Registers POST /v1/tokens. */
+/** Registers POST /v1/enrollments. */
 export function registerTokenRoutes(app: FastifyInstance, context: ApiContext): void {
   app.post<{ Body: EnrollBody }>(
-    '/v1/tokens',
+    '/v1/enrollments',
     {
       preHandler: allow(context, ['operator', 'subscriber'], 'a source enrolls no token'),
       schema: { body: EnrollBody, response: { 200: EnrollResult, 201: EnrollResult, ...errorReplies } },
