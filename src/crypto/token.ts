@@ -325,7 +325,10 @@ export class Token {
       return new TokenRefused('not-yet-valid', `not entitled to ${service} until ${iso(next.notBeforeMs)}`);
     }
     const last = Math.max(...grants.map((grant) => grant.notAfterMs));
-    return new TokenRefused('expired', `not entitled to ${service} since ${iso(last)}, when the entitlement ended`);
+    return new TokenRefused(
+      'expired',
+      `not entitled to ${service} since ${iso(last)}, when the entitlement ended`,
+    );
   }
 
   /**
