@@ -147,11 +147,16 @@ export function registerTokenRoutes(app: FastifyInstance, context: ApiContext): 
       const nowMs = Date.now();
       const grants: EnrolledGrant[] = [];
       for (const product of authority.products) {
+        // Pay-as-you-go is not sold for a product without a price: such an entitlement grants nothing.
         const row = chosenEntitlement(
-          rows.filter((entry) => entry.session === null || entry.session === product.name),
+          rows.filter(
+            (entry) =>
+              (entry.session === null || entry.session === product.name) &&
+              !(entry.service === 'pay-as-you-go' && product.pricePerPeriod === 0),
+          ),
           nowMs,
         );
-        if (row !== undefined && !(row.service === 'pay-as-you-go' && product.pricePerPeriod === 0)) {
+        if (row !== undefined) {
           grants.push(grantFor(context, product, row, device, nowMs));
         }
       }
