@@ -131,7 +131,30 @@ class SoftwareBackend implements TokenBackend {
     return Buffer.from(this.#point);
   }
 
+  /** Reads the file again, so a purse change another process wrote is not overwritten. */
   loadState(): TokenState {
+    try {
+      const file = JSON.parse(readBoundedFile(this.#path, secretFileBytesMax).toString('utf8')) as {
+        data?: unknown;
+      };
+      const plain =
+        typeof file.data === 'string' ? open(this.#master, Buffer.from(file.data, 'base64')) : undefined;
+      if (plain !== undefined) {
+        const secrets = JSON.parse(plain.toString('utf8')) as Secrets;
+        plain.fill(0);
+        this.#state = secrets.state;
+        // A receipt key another process made is kept: every write carries it on.
+        if (this.#receiptKey === undefined && secrets.receiptPrivateKey !== undefined) {
+          this.#receiptKey = createPrivateKey({
+            key: Buffer.from(secrets.receiptPrivateKey, 'base64'),
+            format: 'der',
+            type: 'pkcs8',
+          });
+        }
+      }
+    } catch {
+      // The file went away or was replaced by another token's: keep what this process holds.
+    }
     return structuredClone(this.#state);
   }
 

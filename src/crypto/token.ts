@@ -187,6 +187,7 @@ export class Token {
   /** Opens an empty purse in `currency` (the server's) if the token has none; refuses another currency. */
   ensurePurse(currency: string): void {
     this.#assertOpen();
+    this.#refresh();
     const record = this.#state.purse;
     if (record === undefined) {
       this.#savePurse({
@@ -216,6 +217,7 @@ export class Token {
       throw new TokenRefused('bad-grant', `not a top-up: ${decoded.detail}`);
     }
     const topUp = decoded.value;
+    this.#refresh();
     if (!verifyTopUp(topUp, ed25519FromRaw(Buffer.from(this.#state.rootPublicKey, 'hex')))) {
       throw new TokenRefused('bad-signature', 'the top-up is not signed by the operator root key');
     }
@@ -233,6 +235,7 @@ export class Token {
 
   /** The purse, or undefined when the token was never enrolled. */
   purseView(): PurseView | undefined {
+    this.#refresh();
     const record = this.#state.purse;
     if (record === undefined) {
       return undefined;
@@ -250,6 +253,7 @@ export class Token {
 
   /** Receipts to report to billing, oldest first: those not taken yet, or with `resend` the kept ones too. */
   receiptsToReport(resend = false): Buffer[] {
+    this.#refresh();
     const record = this.#state.purse;
     if (record === undefined) {
       return [];
@@ -261,6 +265,7 @@ export class Token {
 
   /** Marks receipts billing took (charged now or before) as reported. */
   receiptsReported(taken: readonly Buffer[]): void {
+    this.#refresh();
     const record = this.#state.purse;
     if (record === undefined || taken.length === 0) {
       return;
@@ -292,6 +297,7 @@ export class Token {
   /** Installs a grant after checking the root's signature and that it names this token. */
   installGrant(bytes: Buffer): Entitlement {
     const grant = this.#checkGrant(bytes);
+    this.#refresh();
     const others = this.#state.grants.filter((stored) => {
       const old = decodeGrant(Buffer.from(stored, 'base64'));
       return !old.ok || old.value.service !== grant.service || old.value.serviceEpoch !== grant.serviceEpoch;
@@ -434,6 +440,18 @@ export class Token {
     this.close();
   }
 
+  /**
+   * Reads the token's state again before a change (another command may have changed the purse
+   * since, e.g. a top-up during a receive); the rollback counter never moves back.
+   */
+  #refresh(): void {
+    const fresh = this.#backend.loadState();
+    this.#state = {
+      ...fresh,
+      highestStreamTimeUs: Math.max(fresh.highestStreamTimeUs, this.#state.highestStreamTimeUs),
+    };
+  }
+
   #savePurse(record: TokenPurseRecord): void {
     this.#state = { ...this.#state, purse: record };
     this.#backend.saveState(this.#state);
@@ -449,7 +467,10 @@ export class Token {
     }
     this.#purseModule ??= createPurse({
       storage: {
-        load: async () => parsePurseState(Buffer.from(this.#record().state)),
+        load: async () => {
+          this.#refresh();
+          return parsePurseState(Buffer.from(this.#record().state));
+        },
         save: async (state, receipt?: Receipt) => {
           const record = this.#record();
           this.#savePurse({
@@ -487,6 +508,9 @@ export class Token {
   /** The Purse a pay-as-you-go key debits: the token's own, or none before enrollment. */
   #tokenPurse(): Purse {
     if (this.#state.purse === undefined) {
+      this.#refresh();
+    }
+    if (this.#state.purse === undefined) {
       return noPurse;
     }
     const debit = tokenPurse(this.#ownPurse(), () => undefined).debit;
@@ -513,7 +537,11 @@ export class Token {
 
   #advance(timestampUs: number): void {
     if (timestampUs > this.#state.highestStreamTimeUs) {
-      this.#state = { ...this.#state, highestStreamTimeUs: timestampUs };
+      this.#refresh();
+      this.#state = {
+        ...this.#state,
+        highestStreamTimeUs: Math.max(timestampUs, this.#state.highestStreamTimeUs),
+      };
       this.#backend.saveState(this.#state);
     }
   }

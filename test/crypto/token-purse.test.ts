@@ -216,3 +216,50 @@ describe("a token's own purse (enrolled): top-ups credited once, receipts kept u
     });
   }
 });
+
+describe('two commands on one software token', () => {
+  it('a top-up written by one process while another holds the token open is kept by the next debit', async () => {
+    const path = join(directory, 'shared.token');
+    initSoftwareToken({ path, pin: '2468', rootPublicKey: ed25519Raw(root.publicKey) });
+    const receiving = openSoftwareToken(path, '2468');
+    const topping = openSoftwareToken(path, '2468');
+    try {
+      const { tokenId } = receiving.prepareEnrollment();
+      receiving.ensurePurse('EUR');
+      receiving.installGrant(
+        issueGrant(
+          {
+            devicePoint: receiving.devicePoint(),
+            serviceKey,
+            tier: 0,
+            service: 'news',
+            serviceEpoch: 1,
+            notBeforeMs: start,
+            notAfterMs: start + 3_600_000,
+            priceModel: PriceModel.perCryptoPeriod,
+            currency: 'EUR',
+            priceMinor: 7,
+            sourcePublicKey: ed25519Raw(source.publicKey),
+          },
+          root.privateKey,
+        ),
+      );
+      await topping.creditTopUp(
+        signTopUp({ tokenId, sequence: 1, amount: 30, currency: 'EUR' }, root.privateKey),
+      );
+      await receiving.releaseTrafficKey(keyAt(start + 1000, 1));
+      assert.equal(topping.purseView()?.balance, 23, 'the top-up and the debit both hold');
+      assert.equal(receiving.purseView()?.topUps, 1);
+      const [receipt] = topping.receiptsToReport();
+      const decoded = decodeReceipt(receipt ?? Buffer.alloc(0));
+      assert.ok(decoded.ok);
+      assert.ok(
+        verifyReceipt(decoded.value, ed25519FromRaw(topping.prepareEnrollment().receiptPublicKey)),
+        'the receipt key made by one process is the one the other signs with',
+      );
+    } finally {
+      receiving.close();
+      topping.close();
+    }
+  });
+});
