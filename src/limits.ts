@@ -326,6 +326,12 @@ export const keyRepeatIntervalMs = 100;
 export const restrictedHeldPacketsMax = 4096;
 
 /**
+ * Restricted receiver: KEY messages of crypto-periods no DATA has reached yet, kept (newest) until
+ * one does, so the token is asked for (and a purse pays for) only the periods read.
+ */
+export const restrictedPendingKeysMax = 4;
+
+/**
  * Purse: how many revisions a token's purse state may be ahead of its monotonic counter (the state
  * is saved before the counter moves; a crash between the two leaves it one ahead).
  */

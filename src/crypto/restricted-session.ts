@@ -6,9 +6,9 @@
  * drops. Neither side ever holds the service key in the clear except the source, which issues it.
  */
 import { type KeyObject, randomBytes } from 'node:crypto';
-import { restrictedHeldPacketsMax } from '../limits.js';
+import { restrictedHeldPacketsMax, restrictedPendingKeysMax } from '../limits.js';
 import { headerBytes, offsetKeyEpoch, offsetType, PacketType } from '../protocol/packet.js';
-import { decodeKey, OfferFlag } from '../protocol/restricted.js';
+import { decodeKey, type KeyMessage, OfferFlag } from '../protocol/restricted.js';
 import { buildKeyMessage, buildSessionOffer, ed25519Raw, ManifestBuilder } from './authority.js';
 import { TokenRefused } from './errors.js';
 import { aeadTagBytes, negotiateSuite, PacketOpener, PacketSealer, type Suite, suites } from './suites.js';
@@ -224,6 +224,15 @@ export function createReceiverProtection(
     }
   };
 
+  /**
+   * The source repeats the next crypto-period's KEY ahead of its first packet. A key is asked of
+   * the token only once DATA of its epoch (or a later one) arrived, so a pay-as-you-go purse pays
+   * for the periods this receiver read, not for one announced after the session's last packet.
+   */
+  let highestDataEpoch = 0;
+  const pending = new Map<number, KeyMessage>();
+  const askedEpochs = new Set<number>();
+
   const onKey = (datagram: Buffer) => {
     const decoded = decodeKey(datagram);
     if (!decoded.ok) {
@@ -235,6 +244,37 @@ export function createReceiverProtection(
       reject('other-run');
       return;
     }
+    if (key.keyEpoch > highestDataEpoch && !askedEpochs.has(key.keyEpoch)) {
+      pending.set(key.keyEpoch, key);
+      for (const epoch of pending.keys()) {
+        if (pending.size <= restrictedPendingKeysMax) {
+          break;
+        }
+        pending.delete(epoch); // the oldest first: a later one is what the next DATA needs
+      }
+      return;
+    }
+    release(key);
+  };
+
+  const onDataEpoch = (epoch: number) => {
+    if (epoch <= highestDataEpoch) {
+      return;
+    }
+    highestDataEpoch = epoch;
+    for (const [pendingEpoch, key] of pending) {
+      if (pendingEpoch <= epoch) {
+        pending.delete(pendingEpoch);
+        release(key);
+      }
+    }
+  };
+
+  const release = (key: KeyMessage) => {
+    if (askedEpochs.size >= restrictedPendingKeysMax * 4) {
+      askedEpochs.clear();
+    }
+    askedEpochs.add(key.keyEpoch);
     token.releaseTrafficKey(key).then(
       (traffic) => {
         if (run === undefined) {
@@ -287,11 +327,13 @@ export function createReceiverProtection(
         return; // offers and manifests: checked by signed sessions, not needed to decrypt
       }
       if (type === PacketType.data && datagram.length >= headerBytes) {
-        if (datagram.readUInt16BE(offsetKeyEpoch) === 0) {
+        const epoch = datagram.readUInt16BE(offsetKeyEpoch);
+        if (epoch === 0) {
           stats.packetsDropped++; // plain DATA in a restricted session is never written
           return;
         }
         openAndPass(datagram);
+        onDataEpoch(epoch);
         return;
       }
       onPass(datagram);
