@@ -52,6 +52,8 @@ export interface RunningRole {
   readonly sampler?: RoleSampler | undefined;
   /** A readiness check besides "its sockets are open" (the store answers). */
   ready?(): Promise<{ ok: boolean; detail?: string }>;
+  /** True when the role logs its own events (--log-format json), so no watcher compares its status. */
+  readonly logsItsOwnEvents?: boolean;
   /** Leaves its groups, flushes what it holds, closes its sockets; idempotent. */
   close(): Promise<void>;
 }
@@ -100,18 +102,22 @@ export async function serveRoleStatus(
   );
 }
 
+/** A role's status endpoint, status line and event log while it runs. */
+export interface Supervision {
+  /** Stops the line and the events (logging the stop) and closes the status endpoint. */
+  stop(signal: string): Promise<void>;
+}
+
 /**
- * Runs a role until SIGINT or SIGTERM, with its status endpoint and line; returns the exit code.
- * The role has opened its sockets when it is handed in, so it is ready until the stop begins.
+ * Starts what watches a running role: its own status endpoint (--status), its status line
+ * (--status-interval) and its JSON events (--log-format json). A failure closes the role.
  */
-export async function runDaemon(
+export async function supervise(
   role: RunningRole,
   values: OptionValues,
   err: NodeJS.WritableStream,
-): Promise<number> {
-  // The role has opened its sockets: say what the kernel granted (the status endpoint says it too).
-  err.write(`${role.command}: ${describeSocketBuffers()}\n`);
-  const log = eventLogFrom(values, role.command);
+): Promise<Supervision> {
+  const log = role.logsItsOwnEvents === true ? silentEventLog : eventLogFrom(values, role.command);
   let stopping = false;
   let server: StatusServer | undefined;
   try {
@@ -131,17 +137,36 @@ export async function runDaemon(
   log.event('start', { status: optional(values, 'status') });
   const eventTimer =
     watch === undefined ? undefined : setInterval(() => watch(role.status()), logEventPollIntervalMs);
+  return {
+    async stop(signal) {
+      stopping = true;
+      clearInterval(timer);
+      clearInterval(eventTimer);
+      watch?.(role.status());
+      log.event('stop', { signal });
+      await server?.close();
+    },
+  };
+}
+
+/**
+ * Runs a role until SIGINT or SIGTERM, with its status endpoint and line; returns the exit code.
+ * The role has opened its sockets when it is handed in, so it is ready until the stop begins.
+ */
+export async function runDaemon(
+  role: RunningRole,
+  values: OptionValues,
+  err: NodeJS.WritableStream,
+): Promise<number> {
+  // The role has opened its sockets: say what the kernel granted (the status endpoint says it too).
+  err.write(`${role.command}: ${describeSocketBuffers()}\n`);
+  const supervision = await supervise(role, values, err);
   const signal = await new Promise<string>((resolve) => {
     process.once('SIGINT', () => resolve('SIGINT'));
     process.once('SIGTERM', () => resolve('SIGTERM'));
   });
-  stopping = true;
-  clearInterval(timer);
-  clearInterval(eventTimer);
-  watch?.(role.status());
-  log.event('stop', { signal });
   endProcessSoon(exitOk);
-  await server?.close();
+  await supervision.stop(signal);
   await closeWithin(role.close(), shutdownGraceMs);
   err.write(`${role.line()}\nstopped\n`);
   return exitOk;
@@ -163,6 +188,6 @@ export async function closeWithin(closing: Promise<void>, ms: number): Promise<v
  * Once a command stops, its process ends: if a handle (a socket, a timer) still holds the event
  * loop after the grace period, the process exits anyway. The timer itself holds nothing.
  */
-export function endProcessSoon(code: number): void {
-  setTimeout(() => process.exit(code), 2 * shutdownGraceMs).unref();
+export function endProcessSoon(code: number, afterMs = 2 * shutdownGraceMs): void {
+  setTimeout(() => process.exit(code), afterMs).unref();
 }

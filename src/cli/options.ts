@@ -108,12 +108,14 @@ export function readYamlFile(path: string): { document: YamlDocument.Parsed; lin
     }
   }
   const lines = new LineCounter();
-  const document = parseDocument(source, { lineCounter: lines, uniqueKeys: true, prettyErrors: false });
+  const document = parseDocument(source, { lineCounter: lines, uniqueKeys: true, prettyErrors: true });
   const first = document.errors[0];
   if (first !== undefined) {
     const position = first.linePos?.[0];
     const where = position === undefined ? path : `${path}:${position.line}:${position.col}`;
-    throw new ConfigError(`config ${where}: not valid YAML: ${first.message.split('\n')[0]}`);
+    throw new ConfigError(
+      `config ${where}: not valid YAML: ${first.message.split('\n')[0]?.replace(/ at line \d+, column \d+:?$/, '')}`,
+    );
   }
   return { document, lines };
 }

@@ -227,6 +227,7 @@ export async function prepareServe(values: OptionValues): Promise<RoleStarter> {
     let closing: Promise<void> | undefined;
     return {
       command: 'serve',
+      logsItsOwnEvents: true,
       status: () => ({ url, roles, store: opened.dialect }),
       line: () => `serve: ${roles.join(',')} on ${url} (${opened.dialect})`,
       ready: async () => {
