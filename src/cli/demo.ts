@@ -4,7 +4,8 @@
  * ticker and a file are multicast and received; the file again through the repair service bought
  * by a subscriber (flow A: the repair controller, two retransmit servers, a repair module whose S1
  * loses packets in-process) and billed in the ledger; a restricted channel decoded by a software
- * token that pays as it goes from its purse, the receipts charged by billing. It prints the
+ * token that pays as it goes from its purse, the receipts charged by billing; a channel a set-top
+ * box orders, relayed by the order server onto a link group, and cancelled. It prints the
  * console's address and a summary table, then keeps the console up until --duration or Ctrl-C.
  */
 import { createHash, randomBytes } from 'node:crypto';
@@ -26,6 +27,8 @@ import { initSoftwareToken, openSoftwareToken } from '../crypto/software-token.j
 import { suiteByName } from '../crypto/suites.js';
 import { type Endpoint, formatEndpoint, parseEndpoint, parseGroup } from '../net/address.js';
 import { serveStatus } from '../net/status-http.js';
+import type { OrderRole } from '../order/app.js';
+import type { ReconcileReport } from '../order/driver.js';
 import { PriceModel } from '../protocol/restricted.js';
 import { controllerClient } from '../receiver/controller-client.js';
 import { createReceiver, type PayloadSink, type ReceiveSummary } from '../receiver/receiver.js';
@@ -47,7 +50,7 @@ import { settings, text } from './settings.js';
 const demoSettings = settings({
   'file-size': text('BYTES', 'size of the generated file', { default: 4_000_000 }),
   ticks: text('N', 'ticker quotes to send', { default: 40 }),
-  port: text('N', 'first UDP port to use, 5 in a row', { default: 47000 }),
+  port: text('N', 'first UDP port to use, 7 in a row', { default: 47000 }),
   listen: text('ADDR:PORT', 'where the subscription server and the console listen (port 0: any free port)', {
     default: '127.0.0.1:0',
   }),
@@ -110,10 +113,13 @@ interface DemoContext {
   readonly store: Store;
   readonly subscription: string;
   readonly operatorToken: string;
+  readonly routes: ReturnType<typeof routeReports>;
+  readonly orderRole: () => OrderRole | undefined;
   readonly api: (
-    method: 'POST' | 'GET' | 'PUT',
+    method: 'POST' | 'GET' | 'PUT' | 'DELETE',
     url: string,
     payload?: object,
+    token?: string,
   ) => Promise<Record<string, unknown>>;
   /** The roles the console watches, set as they start. */
   readonly watched: Map<string, () => unknown>;
@@ -145,7 +151,7 @@ export async function runDemo(argv: string[], out: NodeJS.WritableStream): Promi
   const startedAt = performance.now();
   const fileSize = parseInteger(required(values, 'file-size'), '--file-size', 1, 1_000_000_000);
   const ticks = parseInteger(required(values, 'ticks'), '--ticks', 1, 100_000);
-  const port = parseInteger(required(values, 'port'), '--port', 1, 65531);
+  const port = parseInteger(required(values, 'port'), '--port', 1, 65529);
   const listenText = required(values, 'listen');
   const anyPort = /^(.+):0$/.exec(listenText);
   const listen: Endpoint =
@@ -176,7 +182,7 @@ export async function runDemo(argv: string[], out: NodeJS.WritableStream): Promi
     out.write(`\n${formatTable(rows)}\n`);
     out.write(
       ok
-        ? '\ndemo ok: every session arrived whole, the repair was bought, delivered and billed, the restricted channel paid for\n'
+        ? '\ndemo ok: every session arrived whole, the repair was bought, delivered and billed, the restricted channel paid for, the ordered channel relayed\n'
         : '\ndemo FAILED: a session is incomplete or the ledger does not balance\n',
     );
     const leftMs = durationMs - (performance.now() - startedAt);
@@ -216,6 +222,8 @@ async function startServer(options: {
   const operatorToken = `gct_demo_${randomBytes(18).toString('base64url')}`;
   const store = owned.add(await openStore(`sqlite:${join(options.directory, 'gatecast.db')}`));
   const watched = new Map<string, () => unknown>();
+  const routes = routeReports();
+  let orderRole: OrderRole | undefined;
   const watch: WatchedEndpoint[] = [];
   for (const name of ['repair1', 'retransmit1', 'retransmit2']) {
     const server = owned.add(
@@ -228,6 +236,12 @@ async function startServer(options: {
       store,
       trustedOperatorToken: operatorToken,
       roles: ['subscription', 'billing', 'order'],
+      order: {
+        onStarted: (role) => {
+          orderRole = role;
+        },
+        onRouterReport: (_link, report) => routes.report(report),
+      },
       extend: (app, auth) =>
         registerConsole(app, { store, operatorOnly: auth.operatorOnly, watch, metrics: metricsFor('demo') }),
     }),
@@ -235,18 +249,18 @@ async function startServer(options: {
   await app.listen({ host: options.listen.address, port: options.listen.port });
   const address = app.server.address();
   const subscription = `http://127.0.0.1:${typeof address === 'object' && address !== null ? address.port : 0}`;
-  const api = async (method: 'POST' | 'GET' | 'PUT', url: string, payload?: object) =>
+  const api: DemoContext['api'] = async (method, url, payload, token = operatorToken) =>
     (
       await app.inject({
         method,
         url,
-        headers: { authorization: `Bearer ${operatorToken}` },
+        headers: { authorization: `Bearer ${token}` },
         ...(payload ? { payload } : {}),
       })
     ).json() as Record<string, unknown>;
   out.write(`gatecast demo: loopback multicast on ${options.iface}, no root needed\n`);
   out.write(`  console ${subscription}/console/  (operator token ${operatorToken})\n`);
-  return { ...options, store, subscription, operatorToken, api, watched };
+  return { ...options, store, subscription, operatorToken, api, watched, routes, orderRole: () => orderRole };
 }
 
 /** The parts in order; the rows of the summary and whether every part held. */
@@ -265,7 +279,10 @@ async function runParts(
     `  repair the file again to 239.255.77.3:${port + 2}, bought by a subscriber (1 packet in 20 of S1 dropped on purpose), billed in SQLite\n`,
   );
   out.write(
-    `  news   a restricted channel to 239.255.77.5:${port + 4}, decoded by a software token paying 5 EUR cents a crypto-period from its purse\n\n`,
+    `  news   a restricted channel to 239.255.77.5:${port + 4}, decoded by a software token paying 5 EUR cents a crypto-period from its purse\n`,
+  );
+  out.write(
+    `  sports a channel a set-top box orders: 239.255.77.6:${port + 5}, relayed by the order server to 239.255.77.7:${port + 6}\n\n`,
   );
 
   const fileGroup = parseGroup(`239.255.77.1:${port}`, '--port');
@@ -313,6 +330,8 @@ async function runParts(
   const repaired = await repairDemo(context, { path, fileSha, port: port + 2 });
   out.write('\n');
   const restricted = await restrictedDemo(context, { path, fileSha, port: port + 4 });
+  out.write('\n');
+  const ordered = await orderDemo(context, { ticks, port: port + 5 });
   const plainRow = (session: string, summary: ReceiveSummary): SummaryRow => ({
     session,
     lossBefore: '-',
@@ -325,13 +344,15 @@ async function runParts(
     tickerSummary.outcome === 'complete' &&
     quotes.length === ticks &&
     repaired.ok &&
-    restricted.ok;
+    restricted.ok &&
+    ordered.ok;
   return {
     rows: [
       plainRow('file (plain)', fileSummary),
       plainRow('ticker (plain)', tickerSummary),
       repaired.row,
       restricted.row,
+      ordered.row,
     ],
     ok,
   };
@@ -622,6 +643,117 @@ async function restrictedDemo(
       lossAfter: `${bobSummary.packetsMissing} missing`,
       decoded: `${formatBytes(bobSummary.bytesDelivered)} (stranger ${formatBytes(strangerSummary.bytesDelivered)})`,
       charges: `bob's purse ${debited} (EUR, ${receipts.length} receipts)`,
+    },
+  };
+}
+
+/**
+ * Flow D on loopback: the order server drives a relay link (gatecast forwards the channel itself,
+ * group to group). Carol's set-top box orders the channel "sports"; the relay starts, the ticker on
+ * the channel's group arrives on the link's group; her cancel removes the route.
+ */
+async function orderDemo(
+  context: DemoContext,
+  options: { ticks: number; port: number },
+): Promise<{ ok: boolean; row: SummaryRow }> {
+  const { out, iface, owned, api } = context;
+  const channel = `239.255.77.6:${options.port}`;
+  const onLink = parseGroup(`239.255.77.7:${options.port + 1}`, '--port');
+  await api('PUT', '/v1/order/links/demo-link', {
+    capacity: 10_000_000,
+    router: { kind: 'relay', inbound: iface, outbound: iface },
+  });
+  await api('PUT', '/v1/order/services/sports', {
+    link: 'demo-link',
+    group: channel,
+    bitRate: 1_000_000,
+    price: 'per-order',
+    relayTo: formatEndpoint(onLink),
+  });
+  const carol = await api('POST', '/v1/subscribers', { name: 'carol' });
+  await api('POST', '/v1/entitlements', { subscriber: carol.id, service: 'channel' });
+  const routed = context.routes.next((report) => report.added.length > 0);
+  const order = await api('POST', '/v1/order/orders', { service: 'sports' }, String(carol.token));
+  if (order.state !== 'active') {
+    out.write(`  order  carol's box was refused: ${JSON.stringify(order)}\n`);
+    return {
+      ok: false,
+      row: { session: 'sports (ordered)', lossBefore: '-', lossAfter: 'refused', decoded: '-', charges: '-' },
+    };
+  }
+  const added = await routed;
+  out.write(`  order  carol's box ordered sports: the order server relays ${added.added.join(', ')}\n`);
+  const sink = memorySink();
+  const receiving = await startReceiving(owned, { group: onLink, iface, timeoutMs: 10_000 }, sink);
+  await owned
+    .add(
+      createSource(
+        {
+          group: parseGroup(channel, '--port'),
+          iface,
+          rateBitsPerSecond: 0,
+          packetPayloadBytes: 1400,
+          sessionName: 'sports',
+        },
+        { input: owned.add(openTickerInput({ ticksPerSecond: 50, tickCount: options.ticks })) },
+      ),
+    )
+    .run();
+  const summary = await receiving.done;
+  const charged = (await context.orderRole()?.chargeOrders()) ?? 0;
+  const balance = await api('GET', `/v1/accounts/${String(carol.id)}/balance`);
+  const unrouted = context.routes.next((report) => report.removed.length > 0);
+  await api('DELETE', `/v1/order/orders/${String(order.id)}`, undefined, String(carol.token));
+  const removed = await unrouted;
+  out.write(`${line('sports', summary)} (through the relay link)\n`);
+  out.write(
+    `  order  carol cancelled: route ${removed.removed.join(', ')} removed; ${charged} order charged, carol's balance ${String(balance.balance)} ${String(balance.currency)}\n`,
+  );
+  return {
+    ok:
+      summary.outcome === 'complete' &&
+      summary.packetsDelivered === options.ticks &&
+      removed.removed.length > 0,
+    row: {
+      session: 'sports (ordered)',
+      lossBefore: '-',
+      lossAfter: `${summary.packetsMissing} missing`,
+      decoded: formatBytes(summary.bytesDelivered),
+      charges: `carol ${-Number(balance.balance)} (${String(balance.currency)}, order)`,
+    },
+  };
+}
+
+/** The router reports of the order role, awaited one condition at a time (bounded). */
+function routeReports() {
+  const waiting: Array<{
+    match: (report: ReconcileReport) => boolean;
+    resolve: (report: ReconcileReport) => void;
+  }> = [];
+  return {
+    report(report: ReconcileReport): void {
+      for (const waiter of [...waiting]) {
+        if (waiter.match(report)) {
+          waiting.splice(waiting.indexOf(waiter), 1);
+          waiter.resolve(report);
+        }
+      }
+    },
+    /** The next report that matches; rejects after demoRouteWaitMs. */
+    next(match: (report: ReconcileReport) => boolean): Promise<ReconcileReport> {
+      return new Promise((resolve, reject) => {
+        const timer = setTimeout(
+          () => reject(new Error('the order server did not change the route in time')),
+          10_000,
+        );
+        waiting.push({
+          match,
+          resolve: (report) => {
+            clearTimeout(timer);
+            resolve(report);
+          },
+        });
+      });
     },
   };
 }
