@@ -76,7 +76,7 @@ describe('gatecast demo (what npm start runs)', () => {
       assert.equal((await fetch(`${url}/health`)).status, 200, 'the console answers during --duration');
       child.kill('SIGINT');
       assert.equal(await exited, 0, stdout);
-      assert.match(stdout, /demo ok[^]*demo stopped\n$/);
+      assert.match(stdout, /demo ok[\s\S]*demo stopped\n$/);
     } finally {
       child.kill('SIGKILL');
     }
