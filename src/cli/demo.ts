@@ -43,6 +43,7 @@ import { exitIncomplete, exitOk } from './errors.js';
 import { formatBytes, formatRate } from './format.js';
 import { formatHelp, parseInteger, parseOptions, parseSeconds, required } from './options.js';
 import { metricsFor } from './role-metrics.js';
+import { roleSettingsByName } from './role-settings.js';
 import { buildServerApp as buildSubscriptionApp } from './server-app.js';
 import { settings, text } from './settings.js';
 
@@ -243,7 +244,13 @@ async function startServer(options: {
         onRouterReport: (_link, report) => routes.report(report),
       },
       extend: (app, auth) =>
-        registerConsole(app, { store, operatorOnly: auth.operatorOnly, watch, metrics: metricsFor('demo') }),
+        registerConsole(app, {
+          store,
+          operatorOnly: auth.operatorOnly,
+          watch,
+          metrics: metricsFor('demo'),
+          settingsSchemas: roleSettingsByName,
+        }),
     }),
   );
   await app.listen({ host: options.listen.address, port: options.listen.port });

@@ -9,6 +9,7 @@ import {
   controllerLeaseMsDefault,
   controllerReportIntervalMsDefault,
   multicastTtlDefault,
+  orderLeaseMsDefault,
   receiveBufferBytesDefault,
   repairRateBitsPerSecondDefault,
   retransmitBufferAgeMsDefault,
@@ -131,7 +132,9 @@ export const serveSettings: TObject = settings({
     'subscription (sessions, servers), billing (rates, usage, invoices, export), order (channel orders over one-way links)',
     { default: 'subscription,billing' },
   ),
-  'order-lease': text('SECONDS', 'order role: how long an order lasts without a renewal', { default: 60 }),
+  'order-lease': text('SECONDS', 'order role: how long an order lasts without a renewal', {
+    default: orderLeaseMsDefault / 1000,
+  }),
   db: text('URL', 'sqlite:PATH or postgres://…', { default: 'sqlite:./data/gatecast.db' }),
   listen: text('ADDR:PORT', 'HTTP address', { default: '127.0.0.1:8080' }),
   'secret-file': text(

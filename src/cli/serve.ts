@@ -23,7 +23,7 @@ import { closeWithin, endProcessSoon, eventLogFrom, type RoleStarter } from './d
 import { exitOk, UsageError } from './errors.js';
 import { formatHelp, type OptionValues, optional, parseOptions, required } from './options.js';
 import { metricsFor } from './role-metrics.js';
-import { serveSettings } from './role-settings.js';
+import { roleSettingsByName, serveSettings } from './role-settings.js';
 import { buildServerApp as buildSubscriptionApp, type ServeRole } from './server-app.js';
 
 const knownRoles = new Set(['subscription', 'billing', 'order']);
@@ -206,6 +206,7 @@ export async function prepareServe(values: OptionValues): Promise<RoleStarter> {
           operatorOnly: auth.operatorOnly,
           watch,
           metrics: metricsFor('serve'),
+          settingsSchemas: roleSettingsByName,
         }),
     });
     try {
