@@ -4,7 +4,7 @@
 // Operator actions call the subscription server's own API (docs/api.md).
 
 const tokenKey = 'gatecast-operator-token';
-const pages = ['sessions', 'retransmit', 'repair', 'subscribers', 'ledger'];
+const pages = ['sessions', 'retransmit', 'repair', 'subscribers', 'ledger', 'settings'];
 const $ = (id) => document.getElementById(id);
 
 let snapshot;
@@ -506,6 +506,50 @@ function renderLedger() {
   );
 }
 
+let settingsSchemas;
+
+/** The Settings page: the roles' settings schemas, read once (they do not change while serving). */
+function renderSettings() {
+  if (settingsSchemas === undefined) {
+    settingsSchemas = null;
+    api('GET', '/console/api/settings')
+      .then((body) => {
+        settingsSchemas = body.roles;
+        renderSettings();
+      })
+      .catch(() => {
+        settingsSchemas = undefined;
+      });
+    return;
+  }
+  if (settingsSchemas === null || $('settings-tables').childElementCount > 0) {
+    return;
+  }
+  $('settings-tables').replaceChildren(
+    ...Object.entries(settingsSchemas).flatMap(([role, schema]) => {
+      const table = h('table', { 'data-role': role });
+      fillTable(
+        table,
+        [
+          { title: 'setting', value: (r) => h('code', {}, r.name) },
+          { title: 'value', value: (r) => r.value },
+          { title: 'default', value: (r) => r.default },
+          { title: 'meaning', value: (r) => r.help },
+        ],
+        Object.entries(schema.properties ?? {}).map(([name, s]) => ({
+          id: name,
+          name,
+          value: s['x-value'] ?? (s.type === 'boolean' ? 'true|false' : ''),
+          default: s.default === undefined ? '–' : String(s.default),
+          help: s.description ?? '',
+        })),
+        'No settings.',
+      );
+      return [h('h3', {}, role), table];
+    }),
+  );
+}
+
 function render() {
   if (!snapshot) {
     return;
@@ -515,6 +559,7 @@ function render() {
   renderRepair();
   renderSubscribers();
   renderLedger();
+  renderSettings();
   const state = $('live-state');
   state.textContent = `live · ${new Date(snapshot.at).toLocaleTimeString()}`;
   state.className = 'state live';

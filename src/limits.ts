@@ -269,6 +269,12 @@ export const ledgerAccountTotalMax = Number.MAX_SAFE_INTEGER;
 /** Shutdown: how long a stopping command waits for its roles to close before it exits anyway. */
 export const shutdownGraceMs = 5_000;
 
+/**
+ * Shutdown of `gatecast daemon`: the budget from SIGTERM to exit for all its roles together (the
+ * roles close within it; the process exits 0 at its end whatever still holds the event loop).
+ */
+export const daemonStopMs = 1_900;
+
 /** Store (SQLite): prepared statements kept for reuse, by SQL text (the least recently used go). */
 export const sqliteStatementsKept = 256;
 

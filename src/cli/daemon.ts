@@ -11,15 +11,9 @@ import { type StatusServer, serveStatus } from '../net/status-http.js';
 import { socketBufferReport } from '../net/udp.js';
 import { exitOk, UsageError } from './errors.js';
 import { eventWatcher } from './events.js';
-import { type OptionSpecs, type OptionValues, optional, parseSeconds } from './options.js';
+import { type OptionValues, optional, parseSeconds } from './options.js';
 import { metricsFor } from './role-metrics.js';
-
-/** The --log-format option of every daemon. */
-export const logFormatOption = {
-  type: 'string',
-  value: 'text|json',
-  help: 'json: also one JSON line per significant event on standard error (default text)',
-} as const;
+import { describeSocketBuffers } from './socket-buffer.js';
 
 /** Parses --log-format and makes the event log for a command. */
 export function eventLogFrom(values: OptionValues, command: string): EventLog {
@@ -29,28 +23,6 @@ export function eventLogFrom(values: OptionValues, command: string): EventLog {
   }
   return format === 'json' ? jsonEventLog(command) : silentEventLog;
 }
-
-import { describeSocketBuffers, socketBufferOptions } from './socket-buffer.js';
-
-export const daemonOptions: OptionSpecs = {
-  'secret-file': {
-    type: 'string',
-    value: 'FILE',
-    help: "the operator's shared secret (>= 16 bytes) for control messages",
-  },
-  status: {
-    type: 'string',
-    value: 'ADDR:PORT',
-    help: 'serve GET /status (JSON), /metrics (Prometheus), /health and /ready here (e.g. 127.0.0.1:9100)',
-  },
-  'status-interval': {
-    type: 'string',
-    value: 'SECONDS',
-    help: 'print one status line on standard error this often',
-  },
-  'log-format': logFormatOption,
-  ...socketBufferOptions,
-};
 
 /** Parses a comma-separated list of ADDR:PORT. */
 export function parseEndpointList(text: string | undefined, field: string): Endpoint[] {
@@ -69,46 +41,87 @@ export function keysFrom(values: OptionValues): ControlKey[] {
   return [readSecretFile(path)];
 }
 
-/** A running role as the daemon runner sees it. */
-export interface DaemonRole {
+/** A running role as the runner and `gatecast daemon` see it. */
+export interface RunningRole {
+  /** The command that runs it: retransmit, repair, agent, serve. */
+  readonly command: string;
   status(): unknown;
+  /** The one-line status (--status-interval). */
+  line(): string;
+  /** Its counters for /metrics, if it has any. */
+  readonly sampler?: RoleSampler | undefined;
+  /** A readiness check besides "its sockets are open" (the store answers). */
+  ready?(): Promise<{ ok: boolean; detail?: string }>;
+  /** True when the role logs its own events (--log-format json), so no watcher compares its status. */
+  readonly logsItsOwnEvents?: boolean;
+  /** Leaves its groups, flushes what it holds, closes its sockets; idempotent. */
   close(): Promise<void>;
 }
 
 /**
- * Runs a role until SIGINT or SIGTERM, with its status endpoint and line; returns the exit code.
- * The role has opened its sockets when it is handed in, so it is ready until the stop begins.
+ * A role whose settings have all been checked: calling it opens the role's sockets (and prints
+ * what it listens on). A start that fails has closed what it opened.
  */
-export async function runDaemon(
-  role: DaemonRole,
+export type RoleStarter = (err: NodeJS.WritableStream) => Promise<RunningRole>;
+
+/** A RunningRole over a role object with status() and close(). */
+export function runningRole(
+  command: string,
+  role: { status(): unknown; close(): Promise<void> },
+  sampler: RoleSampler,
+  line: () => string,
+): RunningRole {
+  return { command, status: () => role.status(), close: () => role.close(), sampler, line };
+}
+
+/**
+ * Serves a role's own status endpoint when --status is given: /status, /metrics, /health, /ready
+ * (not ready while stopping).
+ */
+export async function serveRoleStatus(
+  role: RunningRole,
+  values: OptionValues,
+  stopping: () => boolean,
+): Promise<StatusServer | undefined> {
+  const statusText = optional(values, 'status');
+  if (statusText === undefined) {
+    return undefined;
+  }
+  return serveStatus(
+    parseEndpoint(statusText, '--status'),
+    () => ({ ...(role.status() as object), socketBuffers: socketBufferReport() }),
+    {
+      metrics: metricsFor(role.command, ...(role.sampler === undefined ? [] : [role.sampler])),
+      ready: () => ({
+        ready: !stopping(),
+        checks: {
+          sockets: stopping() ? { ok: false, detail: 'stopping: leaving the groups' } : { ok: true },
+        },
+      }),
+    },
+  );
+}
+
+/** A role's status endpoint, status line and event log while it runs. */
+export interface Supervision {
+  /** Stops the line and the events (logging the stop) and closes the status endpoint. */
+  stop(signal: string): Promise<void>;
+}
+
+/**
+ * Starts what watches a running role: its own status endpoint (--status), its status line
+ * (--status-interval) and its JSON events (--log-format json). A failure closes the role.
+ */
+export async function supervise(
+  role: RunningRole,
   values: OptionValues,
   err: NodeJS.WritableStream,
-  line: () => string,
-  metrics: { command: string; sampler: RoleSampler },
-): Promise<number> {
-  // The role has opened its sockets: say what the kernel granted (the status endpoint says it too).
-  err.write(`${/^[a-z]+/.exec(line())?.[0] ?? 'gatecast'}: ${describeSocketBuffers()}\n`);
-  const statusText = optional(values, 'status');
-  const log = eventLogFrom(values, metrics.command);
-  let server: StatusServer | undefined;
+): Promise<Supervision> {
+  const log = role.logsItsOwnEvents === true ? silentEventLog : eventLogFrom(values, role.command);
   let stopping = false;
+  let server: StatusServer | undefined;
   try {
-    server =
-      statusText === undefined
-        ? undefined
-        : await serveStatus(
-            parseEndpoint(statusText, '--status'),
-            () => ({ ...(role.status() as object), socketBuffers: socketBufferReport() }),
-            {
-              metrics: metricsFor(metrics.command, metrics.sampler),
-              ready: () => ({
-                ready: !stopping,
-                checks: {
-                  sockets: stopping ? { ok: false, detail: 'stopping: leaving the groups' } : { ok: true },
-                },
-              }),
-            },
-          );
+    server = await serveRoleStatus(role, values, () => stopping);
   } catch (error) {
     await role.close();
     throw error;
@@ -118,25 +131,44 @@ export async function runDaemon(
   const timer =
     intervalMs === undefined
       ? undefined
-      : setInterval(() => err.write(`${line()}\n`), Math.max(100, intervalMs));
+      : setInterval(() => err.write(`${role.line()}\n`), Math.max(100, intervalMs));
   const watch = log === silentEventLog ? undefined : eventWatcher(log);
   watch?.(role.status());
-  log.event('start', { status: statusText });
+  log.event('start', { status: optional(values, 'status') });
   const eventTimer =
     watch === undefined ? undefined : setInterval(() => watch(role.status()), logEventPollIntervalMs);
+  return {
+    async stop(signal) {
+      stopping = true;
+      clearInterval(timer);
+      clearInterval(eventTimer);
+      watch?.(role.status());
+      log.event('stop', { signal });
+      await server?.close();
+    },
+  };
+}
+
+/**
+ * Runs a role until SIGINT or SIGTERM, with its status endpoint and line; returns the exit code.
+ * The role has opened its sockets when it is handed in, so it is ready until the stop begins.
+ */
+export async function runDaemon(
+  role: RunningRole,
+  values: OptionValues,
+  err: NodeJS.WritableStream,
+): Promise<number> {
+  // The role has opened its sockets: say what the kernel granted (the status endpoint says it too).
+  err.write(`${role.command}: ${describeSocketBuffers()}\n`);
+  const supervision = await supervise(role, values, err);
   const signal = await new Promise<string>((resolve) => {
     process.once('SIGINT', () => resolve('SIGINT'));
     process.once('SIGTERM', () => resolve('SIGTERM'));
   });
-  stopping = true;
-  clearInterval(timer);
-  clearInterval(eventTimer);
-  watch?.(role.status());
-  log.event('stop', { signal });
   endProcessSoon(exitOk);
-  await server?.close();
+  await supervision.stop(signal);
   await closeWithin(role.close(), shutdownGraceMs);
-  err.write(`${line()}\nstopped\n`);
+  err.write(`${role.line()}\nstopped\n`);
   return exitOk;
 }
 
@@ -156,6 +188,6 @@ export async function closeWithin(closing: Promise<void>, ms: number): Promise<v
  * Once a command stops, its process ends: if a handle (a socket, a timer) still holds the event
  * loop after the grace period, the process exits anyway. The timer itself holds nothing.
  */
-export function endProcessSoon(code: number): void {
-  setTimeout(() => process.exit(code), 2 * shutdownGraceMs).unref();
+export function endProcessSoon(code: number, afterMs = 2 * shutdownGraceMs): void {
+  setTimeout(() => process.exit(code), afterMs).unref();
 }

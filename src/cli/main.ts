@@ -23,6 +23,7 @@ commands:
   admin      the operator's command line: parties, grants, sessions, rates, balances, invoices, orders
   stb        a set-top box: order, renew, cancel or list channel orders over the return network
   token      keys, tokens (software or PKCS#11) and grants for restricted sessions
+  daemon     run any mix of roles in one process from a YAML file (gatecast daemon --config gatecast.yaml)
   demo       run a sender and receivers over loopback and print a summary
   help       show this text (gatecast <command> --help for a command's options)
   version    print the version
@@ -60,6 +61,8 @@ export async function main(argv: string[]): Promise<number> {
         return await (await import('./stb.js')).runStb(rest, process.stderr);
       case 'token':
         return await (await import('./token-command.js')).runToken(rest, process.stdout);
+      case 'daemon':
+        return await (await import('./daemon-command.js')).runDaemonCommand(rest, process.stderr);
       case 'demo':
         return await (await import('./demo.js')).runDemo(rest, process.stdout);
       case 'version':

@@ -1,17 +1,32 @@
 /**
- * Command-line and configuration-file parsing shared by the commands: option specs, --config
- * files (JSON objects keyed by long option names), and the value parsers for rates and sizes.
+ * Command-line and configuration-file parsing shared by the commands: settings (src/cli/settings.ts)
+ * on the command line and in --config files (YAML or JSON, keyed by long option names), and the
+ * value parsers for rates and sizes.
  */
 import { readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { parseArgs } from 'node:util';
+import { type TObject, TypeGuard } from '@sinclair/typebox';
+import { LineCounter, parseDocument, type Document as YamlDocument } from 'yaml';
 import { rateBitsPerSecondMax } from '../limits.js';
 import { type Endpoint, formatEndpoint, isScopedGroup, multicastScope, parseGroup } from '../net/address.js';
 import { InvalidArgumentError } from '../net/errors.js';
 import { resolveInterface } from '../net/interfaces.js';
 import { UsageError } from './errors.js';
+import {
+  checkCommandLine,
+  checkSettings,
+  flag,
+  isFlag,
+  locateIn,
+  type SettingValues,
+  settingHelp,
+  settings,
+  text,
+  withDefaults,
+} from './settings.js';
 
-/** One option of a command. */
+/** One option of a command, for the commands whose options are not a role's settings schema. */
 export interface OptionSpec {
   readonly type: 'string' | 'boolean';
   readonly short?: string;
@@ -20,26 +35,46 @@ export interface OptionSpec {
 }
 
 export type OptionSpecs = Record<string, OptionSpec>;
-export type OptionValues = Record<string, string | boolean | undefined>;
+export type OptionValues = SettingValues;
 
 /** A configuration file could not be read or holds a bad field; names the file and the field. */
 export class ConfigError extends Error {
   readonly code = 'GATECAST_ERR_CONFIG';
 }
 
+/** The settings schema of a command: its own, or one made from its option specs. */
+export function schemaOf(specs: OptionSpecs | TObject): TObject {
+  if (TypeGuard.IsObject(specs)) {
+    return specs;
+  }
+  return settings(
+    Object.fromEntries(
+      Object.entries(specs).map(([name, spec]) => [
+        name,
+        spec.type === 'boolean'
+          ? flag(spec.help, spec.short === undefined ? {} : { short: spec.short })
+          : text(spec.value ?? 'VALUE', spec.help, spec.short === undefined ? {} : { short: spec.short }),
+      ]),
+    ),
+  );
+}
+
 /**
- * Parses argv against the specs, merged over the --config file's values (the command line wins).
- * Unknown options and unknown config keys are errors that name them.
+ * Parses argv against the command's settings, merged over the --config file's values (the command
+ * line wins), with the schema's defaults filled in. Unknown options and unknown config keys are
+ * errors that name them.
  */
-export function parseOptions(argv: string[], specs: OptionSpecs): OptionValues {
+export function parseOptions(argv: string[], specs: OptionSpecs | TObject): OptionValues {
+  const schema = schemaOf(specs);
   const parsed = parseArgs({
     args: argv,
     options: {
       ...Object.fromEntries(
-        Object.entries(specs).map(([name, spec]) => [
-          name,
-          spec.short === undefined ? { type: spec.type } : { type: spec.type, short: spec.short },
-        ]),
+        Object.entries(schema.properties).map(([name, setting]) => {
+          const type = isFlag(setting) ? ('boolean' as const) : ('string' as const);
+          const short = setting['x-short'] as string | undefined;
+          return [name, short === undefined ? { type } : { type, short }];
+        }),
       ),
       config: { type: 'string' },
       help: { type: 'boolean', short: 'h' },
@@ -48,45 +83,57 @@ export function parseOptions(argv: string[], specs: OptionSpecs): OptionValues {
     strict: true,
   });
   const values = parsed.values as OptionValues;
+  checkCommandLine(schema, values, (message) => new UsageError(message));
   const configPath = values.config;
-  if (typeof configPath !== 'string') {
-    return values;
-  }
-  return { ...readConfig(configPath, specs), ...values };
+  const merged = typeof configPath === 'string' ? { ...readConfig(configPath, schema), ...values } : values;
+  return withDefaults(schema, merged);
 }
 
-/** Reads a JSON config file whose keys are long option names. */
-export function readConfig(path: string, specs: OptionSpecs): OptionValues {
-  let text: string;
+/**
+ * Reads a parsed YAML document (JSON is YAML too) from a file, with its line counter, or throws a
+ * ConfigError naming the file and the line of the first syntax error.
+ */
+export function readYamlFile(path: string): { document: YamlDocument.Parsed; lines: LineCounter } {
+  let source: string;
   try {
-    text = readFileSync(path, 'utf8');
+    source = readFileSync(path, 'utf8');
   } catch (error) {
     throw new ConfigError(`config ${path}: cannot read: ${(error as NodeJS.ErrnoException).code ?? 'error'}`);
   }
-  let data: unknown;
-  try {
-    data = JSON.parse(text);
-  } catch (error) {
-    throw new ConfigError(`config ${path}: not valid JSON: ${(error as Error).message}`);
+  if (path.endsWith('.json')) {
+    try {
+      JSON.parse(source);
+    } catch (error) {
+      throw new ConfigError(`config ${path}: not valid JSON: ${(error as Error).message}`);
+    }
   }
+  const lines = new LineCounter();
+  const document = parseDocument(source, { lineCounter: lines, uniqueKeys: true, prettyErrors: true });
+  const first = document.errors[0];
+  if (first !== undefined) {
+    const position = first.linePos?.[0];
+    const where = position === undefined ? path : `${path}:${position.line}:${position.col}`;
+    throw new ConfigError(
+      `config ${where}: not valid YAML: ${first.message.split('\n')[0]?.replace(/ at line \d+, column \d+:?$/, '')}`,
+    );
+  }
+  return { document, lines };
+}
+
+/** Reads a config file (YAML or JSON) whose keys are long option names, checked by the schema. */
+export function readConfig(path: string, specs: OptionSpecs | TObject): OptionValues {
+  const { document, lines } = readYamlFile(path);
+  const data: unknown = document.toJS();
   if (typeof data !== 'object' || data === null || Array.isArray(data)) {
-    throw new ConfigError(`config ${path}: must be a JSON object of option names to values`);
+    throw new ConfigError(`config ${path}: must be a mapping (JSON object) of option names to values`);
   }
-  const values: OptionValues = {};
-  for (const [key, value] of Object.entries(data)) {
-    const spec = specs[key];
-    if (spec === undefined) {
-      throw new ConfigError(`config ${path}: field "${key}" is not an option of this command`);
-    }
-    if (spec.type === 'boolean' && typeof value !== 'boolean') {
-      throw new ConfigError(`config ${path}: field "${key}" must be true or false`);
-    }
-    if (spec.type === 'string' && typeof value !== 'string' && typeof value !== 'number') {
-      throw new ConfigError(`config ${path}: field "${key}" must be a string or a number`);
-    }
-    values[key] = typeof value === 'number' ? String(value) : value;
-  }
-  return values;
+  const locate = locateIn(path, document, lines, []);
+  return checkSettings(
+    schemaOf(specs),
+    data as Record<string, unknown>,
+    (name) => `config ${locate(name)}`,
+    (message) => new ConfigError(message),
+  );
 }
 
 const siMultipliers: Record<string, number> = { '': 1, k: 1e3, K: 1e3, m: 1e6, M: 1e6, g: 1e9, G: 1e9 };
@@ -147,13 +194,17 @@ export function parseServerUrl(text: string, field: string): string {
   return base;
 }
 
-/** Formats the help text of a command. */
-export function formatHelp(usage: string, summary: string, specs: OptionSpecs): string {
-  const rows = Object.entries(specs).map(([name, spec]) => {
-    const left = `${spec.short === undefined ? '    ' : `-${spec.short}, `}--${name}${spec.value ? ` ${spec.value}` : ''}`;
-    return `  ${left.padEnd(30)} ${spec.help}`;
+/** Formats the help text of a command from its settings (help and defaults). */
+export function formatHelp(usage: string, summary: string, specs: OptionSpecs | TObject): string {
+  const rows = Object.entries(schemaOf(specs).properties).map(([name, setting]) => {
+    const short = setting['x-short'] as string | undefined;
+    const value = setting['x-value'] as string | undefined;
+    const left = `${short === undefined ? '    ' : `-${short}, `}--${name}${value ? ` ${value}` : ''}`;
+    return `  ${left.padEnd(30)} ${settingHelp(setting)}`;
   });
-  rows.push(`  ${'    --config FILE'.padEnd(30)} read options from a JSON file (keys are option names)`);
+  rows.push(
+    `  ${'    --config FILE'.padEnd(30)} read options from a YAML or JSON file (keys are option names)`,
+  );
   rows.push(`  ${'-h, --help'.padEnd(30)} show this help`);
   return `usage: ${usage}\n\n${summary}\n\noptions:\n${rows.join('\n')}\n`;
 }

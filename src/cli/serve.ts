@@ -19,55 +19,13 @@ import type { Store } from '../store/database.js';
 import { openStore } from '../store/database.js';
 import { StoreUrlError } from '../store/errors.js';
 import { openSetupSender } from '../subscription/setup-sender.js';
-import { closeWithin, endProcessSoon, eventLogFrom, logFormatOption } from './daemon.js';
+import { closeWithin, endProcessSoon, eventLogFrom, type RoleStarter } from './daemon.js';
 import { exitOk, UsageError } from './errors.js';
-import { formatHelp, type OptionSpecs, optional, parseOptions } from './options.js';
+import { formatHelp, type OptionValues, optional, parseOptions, required } from './options.js';
 import { readOperatorAuthority } from './restricted.js';
 import { metricsFor } from './role-metrics.js';
+import { roleSettingsByName, serveSettings } from './role-settings.js';
 import { buildServerApp as buildSubscriptionApp, type ServeRole } from './server-app.js';
-
-const serveOptions: OptionSpecs = {
-  roles: {
-    type: 'string',
-    value: 'LIST',
-    help: 'subscription (sessions, servers), billing (rates, usage, invoices, export), order (channel orders over one-way links); default subscription,billing',
-  },
-  'order-lease': {
-    type: 'string',
-    value: 'SECONDS',
-    help: 'order role: how long an order lasts without a renewal (default 60)',
-  },
-  db: {
-    type: 'string',
-    value: 'URL',
-    help: 'sqlite:PATH (default sqlite:./data/gatecast.db) or postgres://…',
-  },
-  listen: { type: 'string', value: 'ADDR:PORT', help: 'HTTP address (default 127.0.0.1:8080)' },
-  'secret-file': {
-    type: 'string',
-    value: 'FILE',
-    help: 'control secret to send SETUP to retransmit servers with (needed for sources to buy repair)',
-  },
-  currency: { type: 'string', value: 'CODE', help: 'ISO 4217 currency of new accounts (default EUR)' },
-  'tls-cert': { type: 'string', value: 'FILE', help: 'serve HTTPS: PEM certificate chain (with --tls-key)' },
-  'tls-key': { type: 'string', value: 'FILE', help: 'serve HTTPS: PEM private key of --tls-cert' },
-  'root-key': {
-    type: 'string',
-    value: 'PEM',
-    help: 'the operator root key (Ed25519): signs the grants of token enrollment and purse top-ups',
-  },
-  products: {
-    type: 'string',
-    value: 'FILE',
-    help: 'with --root-key: the restricted products, a JSON array of {name, serviceKeyFile, sourcePublic, serviceEpoch?, tier?, pricePerPeriod?}',
-  },
-  'log-format': logFormatOption,
-  watch: {
-    type: 'string',
-    value: 'NAME=URL[,...]',
-    help: 'status endpoints of roles to show live in the console, e.g. repair1=http://127.0.0.1:9100/status',
-  },
-};
 
 const knownRoles = new Set(['subscription', 'billing', 'order']);
 /**
@@ -150,30 +108,51 @@ export function parseWatch(text: string | undefined): WatchedEndpoint[] {
 
 /** Runs `gatecast serve` until SIGINT or SIGTERM. */
 export async function runServe(argv: string[], err: NodeJS.WriteStream): Promise<number> {
-  const values = parseOptions(argv, serveOptions);
+  const values = parseOptions(argv, serveSettings);
   if (values.help === true) {
     process.stdout.write(
       formatHelp(
         'gatecast serve [--roles subscription,billing,order] [--db URL] [--listen ADDR:PORT] [--secret-file FILE]',
         'The subscription server and ledger: HTTP+JSON, OpenAPI at GET /openapi.json.\n' +
           'The operator token comes from GATECAST_OPERATOR_TOKEN, or is made and printed once on a fresh store.',
-        serveOptions,
+        serveSettings,
       ),
     );
     return exitOk;
   }
-  const roles = (optional(values, 'roles') ?? 'subscription,billing').split(',').map((role) => role.trim());
+  const start = await prepareServe(values);
+  // Listen for the stop before saying we are up: a stop sent on that line is not lost.
+  const stopped = new Promise<void>((resolve) => {
+    process.once('SIGINT', resolve);
+    process.once('SIGTERM', resolve);
+  });
+  const role = await start(err);
+  await stopped;
+  endProcessSoon(exitOk);
+  await role.close();
+  err.write('stopped\n');
+  return exitOk;
+}
+
+/**
+ * Checks the subscription server's settings (and that its address is free); the starter opens
+ * the store and listens. Its close stops taking requests, then closes the store.
+ */
+export async function prepareServe(values: OptionValues): Promise<RoleStarter> {
+  const roles = required(values, 'roles')
+    .split(',')
+    .map((role) => role.trim());
   for (const role of roles) {
     if (!knownRoles.has(role)) {
       throw new UsageError(`--roles: "${role}" is not one of ${[...knownRoles].join(', ')}`);
     }
   }
-  const leaseText = optional(values, 'order-lease');
-  if (leaseText !== undefined && !/^[1-9][0-9]{0,5}$/.test(leaseText)) {
+  const leaseText = required(values, 'order-lease');
+  if (!/^[1-9][0-9]{0,5}$/.test(leaseText)) {
     throw new UsageError(`--order-lease: "${leaseText}" is not a whole number of seconds from 1 to 999999`);
   }
-  const listen = parseEndpoint(optional(values, 'listen') ?? '127.0.0.1:8080', '--listen');
-  const currency = optional(values, 'currency') ?? 'EUR';
+  const listen = parseEndpoint(required(values, 'listen'), '--listen');
+  const currency = required(values, 'currency');
   if (!/^[A-Z]{3}$/.test(currency)) {
     throw new UsageError(`--currency: "${currency}" is not an ISO 4217 code such as EUR`);
   }
@@ -183,81 +162,96 @@ export async function runServe(argv: string[], err: NodeJS.WriteStream): Promise
   const log = eventLogFrom(values, 'serve');
   const secretFile = optional(values, 'secret-file');
   const secret = secretFile === undefined ? undefined : readSecretFile(secretFile);
-  const dbUrl = optional(values, 'db') ?? 'sqlite:./data/gatecast.db';
+  const dbUrl = required(values, 'db');
   if (!/^(sqlite:.+|postgres(ql)?:\/\/.+)$/.test(dbUrl)) {
     throw new StoreUrlError(`--db: "${dbUrl}" is neither sqlite:PATH nor postgres://…`);
   }
   // Everything is checked before anything is made: no store file, no token, for a port in use.
   await checkListenable(listen, '--listen');
-  const setup = secret === undefined ? undefined : await openSetupSender(secret);
-  const store = await openStore(dbUrl);
-  const app = await buildSubscriptionApp({
-    store,
-    currency,
-    setup,
-    roles: roles as ServeRole[],
-    order: {
-      leaseMs: leaseText === undefined ? undefined : Number(leaseText) * 1000,
-      onRouterReport: (link, report) => {
-        for (const route of report.added) {
-          err.write(`serve: order: link ${link}: routed ${route}\n`);
-        }
-        for (const route of report.removed) {
-          err.write(`serve: order: link ${link}: unrouted ${route}\n`);
-        }
-        for (const error of report.errors) {
-          err.write(`serve: order: link ${link}: ${error}\n`);
+  return async (err) => {
+    const setup = secret === undefined ? undefined : await openSetupSender(secret);
+    let store: Store | undefined;
+    try {
+      store = await openStore(dbUrl);
+    } catch (error) {
+      await setup?.[Symbol.asyncDispose]();
+      throw error;
+    }
+    const opened = store;
+    const app = await buildSubscriptionApp({
+      store: opened,
+      currency,
+      setup,
+      roles: roles as ServeRole[],
+      order: {
+        leaseMs: Number(leaseText) * 1000,
+        onRouterReport: (link, report) => {
+          for (const route of report.added) {
+            err.write(`serve: order: link ${link}: routed ${route}\n`);
+          }
+          for (const route of report.removed) {
+            err.write(`serve: order: link ${link}: unrouted ${route}\n`);
+          }
+          for (const error of report.errors) {
+            err.write(`serve: order: link ${link}: ${error}\n`);
+          }
+        },
+      },
+      setupRefreshMs: setupRefreshMsDefault,
+      authority,
+      tls,
+      onInternalError: (error) => err.write(`serve: internal error: ${error.stack ?? error.message}\n`),
+      operatorToken: process.env.GATECAST_OPERATOR_TOKEN,
+      onOperatorTokenCreated: (token) => err.write(`serve: operator token (shown once, keep it): ${token}\n`),
+      extend: (app, auth) =>
+        registerConsole(app, {
+          store: opened,
+          operatorOnly: auth.operatorOnly,
+          watch,
+          metrics: metricsFor('serve'),
+          settingsSchemas: roleSettingsByName,
+        }),
+    });
+    try {
+      await app.listen({ host: listen.address, port: listen.port });
+    } catch (error) {
+      await app.close();
+      await opened.close();
+      await setup?.[Symbol.asyncDispose]();
+      throw new SocketError(
+        `--listen: cannot listen on ${formatEndpoint(listen)}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`,
+      );
+    }
+    const port = boundPort(app, listen.port);
+    const url = `${tls === undefined ? 'http' : 'https'}://${listen.family === 6 ? `[${listen.address}]` : listen.address}:${port}`;
+    err.write(`serve: ${roles.join(',')} on ${url} (${opened.dialect})\n`);
+    err.write(`serve: console at ${url}/console/ (metrics at /metrics)\n`);
+    log.event('start', { url, roles });
+    const stopCharges = optional(values, 'log-format') === 'json' ? logCharges(opened, log) : undefined;
+    let closing: Promise<void> | undefined;
+    return {
+      command: 'serve',
+      logsItsOwnEvents: true,
+      status: () => ({ url, roles, store: opened.dialect }),
+      line: () => `serve: ${roles.join(',')} on ${url} (${opened.dialect})`,
+      ready: async () => {
+        try {
+          await opened.db.selectFrom('rates').select('name').limit(1).execute();
+          return { ok: true };
+        } catch (error) {
+          return { ok: false, detail: `the store does not answer: ${(error as Error).message}` };
         }
       },
-    },
-    setupRefreshMs: setupRefreshMsDefault,
-    authority,
-    tls,
-    onInternalError: (error) => err.write(`serve: internal error: ${error.stack ?? error.message}\n`),
-    operatorToken: process.env.GATECAST_OPERATOR_TOKEN,
-    onOperatorTokenCreated: (token) => err.write(`serve: operator token (shown once, keep it): ${token}\n`),
-    extend: (app, auth) =>
-      registerConsole(app, {
-        store,
-        operatorOnly: auth.operatorOnly,
-        watch,
-        metrics: metricsFor('serve'),
-      }),
-  });
-  try {
-    await app.listen({ host: listen.address, port: listen.port });
-  } catch (error) {
-    await app.close();
-    await store.close();
-    await setup?.[Symbol.asyncDispose]();
-    throw new SocketError(
-      `--listen: cannot listen on ${formatEndpoint(listen)}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`,
-    );
-  }
-  const port = boundPort(app, listen.port);
-  // Listen for the stop before saying we are up: a stop sent on that line is not lost.
-  const stopped = new Promise<void>((resolve) => {
-    process.once('SIGINT', resolve);
-    process.once('SIGTERM', resolve);
-  });
-  err.write(
-    `serve: ${roles.join(',')} on ${tls === undefined ? 'http' : 'https'}://${listen.family === 6 ? `[${listen.address}]` : listen.address}:${port} (${store.dialect})\n`,
-  );
-  err.write(
-    `serve: console at ${tls === undefined ? 'http' : 'https'}://${listen.family === 6 ? `[${listen.address}]` : listen.address}:${port}/console/ (metrics at /metrics)\n`,
-  );
-  log.event('start', {
-    url: `${tls === undefined ? 'http' : 'https'}://${formatEndpoint({ ...listen, port })}`,
-    roles,
-  });
-  const stopCharges = optional(values, 'log-format') === 'json' ? logCharges(store, log) : undefined;
-  await stopped;
-  stopCharges?.();
-  log.event('stop', {});
-  endProcessSoon(exitOk);
-  await closeWithin(app.close(), shutdownGraceMs);
-  await store.close();
-  await setup?.[Symbol.asyncDispose]();
-  err.write('stopped\n');
-  return exitOk;
+      close: () => {
+        closing ??= (async () => {
+          stopCharges?.();
+          log.event('stop', {});
+          await closeWithin(app.close(), shutdownGraceMs);
+          await opened.close();
+          await setup?.[Symbol.asyncDispose]();
+        })();
+        return closing;
+      },
+    };
+  };
 }

@@ -1,8 +1,9 @@
 /**
  * The operator's web console, served by `gatecast serve` under /console/: plain HTML, CSS and
  * JavaScript files (the package's console/ folder, no build step) and two operator-only routes the
- * page reads: GET /console/api/snapshot (one snapshot as JSON) and GET /console/api/events (a
- * snapshot every consolePollIntervalMs as server-sent events). A snapshot holds the store's
+ * page reads: GET /console/api/snapshot (one snapshot as JSON), GET /console/api/events (a
+ * snapshot every consolePollIntervalMs as server-sent events) and GET /console/api/settings (the
+ * roles' settings schemas). A snapshot holds the store's
  * sessions, server registry, parties, entitlements, balances and latest transfers, and the live
  * view of the watched status endpoints (src/console/live.ts). Operator actions (grant, revoke)
  * go through the subscription server's own API (docs/api.md) with the same operator token.
@@ -28,6 +29,11 @@ export interface ConsoleSettings {
   readonly assetsDirectory?: URL | undefined;
   /** The process's metrics, served on GET /metrics. */
   readonly metrics: Metrics;
+  /**
+   * The roles' settings schemas (JSON Schema, by role: type, default and help of each setting),
+   * shown on the console's Settings page; the same schemas the command line and gatecast.yaml use.
+   */
+  readonly settingsSchemas?: Readonly<Record<string, unknown>> | undefined;
 }
 
 const contentTypes: Record<string, string> = {
@@ -189,6 +195,7 @@ export function registerConsole(app: FastifyInstance, settings: ConsoleSettings)
     }
     return snapshot();
   });
+  app.get('/console/api/settings', operator, async () => ({ roles: settings.settingsSchemas ?? {} }));
   app.get('/console/api/events', operator, async (request, reply) => {
     if (streams.size >= consoleStreamsMax) {
       return sendError(reply, 'unavailable', `${consoleStreamsMax} live streams are open; try again later`);

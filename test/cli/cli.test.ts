@@ -41,7 +41,7 @@ describe('bad input: one clear line naming the value, exit code 2, no stack trac
     [
       'a config with an unknown field',
       ['send', '--config', badConfig],
-      /config .*bad\.json: field "colour" is not an option/,
+      /config .*bad\.json:1:29: field "colour" is not an option/,
     ],
     [
       'a config that is not JSON',

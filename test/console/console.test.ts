@@ -273,5 +273,15 @@ describe('the console in Chromium', { skip: chromiumSkip() }, () => {
     await page.waitForSelector('#ledger:not([hidden]) #transfer-table tbody tr[data-id]');
     assert.match((await page.textContent('#account-table')) ?? '', /alice/);
     await shoot('ledger');
+
+    // The settings page shows each role's schema: the defaults the command line and gatecast.yaml use.
+    await page.click('nav a[href="#settings"]');
+    await page.waitForSelector(
+      '#settings:not([hidden]) table[data-role="retransmit"] tr[data-id="buffer-age"]',
+    );
+    const bufferAge = await page.textContent('table[data-role="retransmit"] tr[data-id="buffer-age"]');
+    assert.match(bufferAge ?? '', /SECONDS\s*60\s*oldest packet kept/);
+    assert.match((await page.textContent('table[data-role="serve"]')) ?? '', /sqlite:\.\/data\/gatecast\.db/);
+    await shoot('settings');
   });
 });
