@@ -2,6 +2,7 @@
 
 import { mkdirSync } from 'node:fs';
 import { dirname, join, resolve as resolvePath } from 'node:path';
+import { readS2KeyFile } from '../crypto/s2-seal.js';
 import {
   announceIntervalMsDefault,
   controllerIdleMs,
@@ -149,6 +150,11 @@ const repairOptions: OptionSpecs = {
     help: 'with --controller: report repaired bytes as usage this often (default 60)',
   },
   latency: { type: 'string', value: 'MS', help: 'live streams: give a packet up after this budget' },
+  's2-key-file': {
+    type: 'string',
+    value: 'FILE',
+    help: 'without --controller: seal S2 under this key (EPOCH:64 hex digits); S2 is plain without it',
+  },
   ...daemonOptions,
 };
 
@@ -185,8 +191,26 @@ const agentOptions: OptionSpecs = {
     help: "S1's group and port, where the application listens",
   },
   'deliver-iface': { type: 'string', value: 'NAME|ADDR', help: 'interface the application joined S1 on' },
+  's2-key-file': {
+    type: 'string',
+    value: 'FILE',
+    help: 'with --from or --map: S2 is sealed under this key (the repair server’s --s2-key-file)',
+  },
   ...daemonOptions,
 };
+
+/** The S2 key of --s2-key-file, or undefined (S2 plain); a usage error names the option. */
+function s2KeyOption(values: OptionValues) {
+  const path = optional(values, 's2-key-file');
+  if (path === undefined) {
+    return undefined;
+  }
+  try {
+    return readS2KeyFile(path, '--s2-key-file');
+  } catch (error) {
+    throw new UsageError((error as Error).message);
+  }
+}
 
 /** Parses an optional group option, checked with the interface it is used on. */
 function optionalGroup(text: string | undefined, field: string, on: GroupContext) {
@@ -330,15 +354,17 @@ export async function runRepair(argv: string[], err: NodeJS.WriteStream): Promis
   }
   const group = groupOption(values, 'join', 'iface', 'source');
   const emit = parseGroupOn(required(values, 'emit'), '--emit', ifaceOption(values, 'emit-iface', 'iface'));
+  const s2Key = s2KeyOption(values);
   const server = await startRepairServer({
     ...repairModuleOptions(values),
     group,
     source: optional(values, 'source'),
     listen: parseEndpoint(required(values, 'listen'), '--listen'),
     emit,
+    s2Key,
   });
   err.write(
-    `repair: ${formatEndpoint(group)} -> ${formatEndpoint(emit)}, listening on ${formatEndpoint(server.local)}\n`,
+    `repair: ${formatEndpoint(group)} -> ${formatEndpoint(emit)} (${s2Key === undefined ? 'plain' : `sealed, key epoch ${s2Key.epoch}`}), listening on ${formatEndpoint(server.local)}\n`,
   );
   return runDaemon(
     server,
@@ -358,6 +384,9 @@ async function runController(values: OptionValues, err: NodeJS.WriteStream): Pro
     if (optional(values, name) !== undefined) {
       throw new UsageError(`--${name}: not with --controller (S1 comes from the agents, S2 from --s2-pool)`);
     }
+  }
+  if (optional(values, 's2-key-file') !== undefined) {
+    throw new UsageError('--s2-key-file: not with --controller (it makes and rotates every S2 key itself)');
   }
   const listen = parseEndpoint(required(values, 'controller'), '--controller');
   const subscription = parseServerUrl(required(values, 'subscription'), '--subscription');
@@ -437,20 +466,25 @@ export async function runAgent(argv: string[], err: NodeJS.WriteStream): Promise
   }
   const from = groupOption(values, 'from', 'from-iface');
   const deliver = groupOption(values, 'deliver', 'deliver-iface');
+  const s2Key = s2KeyOption(values);
   const agent = await startAgent({
     from,
     fromIface: optional(values, 'from-iface'),
     deliver,
     deliverIface: optional(values, 'deliver-iface'),
+    s2Key,
   });
-  err.write(`agent: ${formatEndpoint(from)} -> ${formatEndpoint(deliver)} (local delivery)\n`);
+  err.write(
+    `agent: ${formatEndpoint(from)} -> ${formatEndpoint(deliver)} (local delivery${s2Key === undefined ? '' : `, S2 sealed, key epoch ${s2Key.epoch}`})\n`,
+  );
   return runDaemon(
     agent,
     values,
     err,
     () => {
       const s = agent.status();
-      return `agent: delivered ${s.delivered} (${s.deliveredBytes} bytes) duplicates ${s.duplicates} gaps ${s.gapsSeen}`;
+      const sealed = s.sealed ? ` opened ${s.opened} bad-tag ${s.badTag} unsealed ${s.unsealed}` : '';
+      return `agent: delivered ${s.delivered} (${s.deliveredBytes} bytes) duplicates ${s.duplicates} gaps ${s.gapsSeen}${sealed}`;
     },
     { command: 'agent', sampler: () => agentSample(agent.status()) },
   );
@@ -465,6 +499,10 @@ async function runWatchingAgent(values: OptionValues, err: NodeJS.WriteStream): 
   }
   let mappings: AgentMapping[];
   let controller: ControllerClient | undefined;
+  const s2Key = s2KeyOption(values);
+  if (s2Key !== undefined && mapText === undefined) {
+    throw new UsageError('--s2-key-file: with --map only (the controller’s grant carries the key)');
+  }
   if (mapText !== undefined) {
     mappings = mapText
       .split(',')
@@ -480,6 +518,7 @@ async function runWatchingAgent(values: OptionValues, err: NodeJS.WriteStream): 
             ifaceLearned: true,
           }),
           s2: parseGroupOn(s2.trim(), '--map', ifaceOption(values, 'from-iface')),
+          s2Key,
         };
       });
   } else {

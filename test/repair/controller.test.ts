@@ -7,6 +7,7 @@ import type { FastifyInstance } from 'fastify';
 import { buildServerApp as buildSubscriptionApp } from '../../src/cli/server-app.js';
 import { answerTag, verifyAnswerTag } from '../../src/crypto/answer-auth.js';
 import { controlKey } from '../../src/crypto/control-auth.js';
+import type { S2Key } from '../../src/crypto/s2-seal.js';
 import { parseGroup } from '../../src/net/address.js';
 import { answerFields } from '../../src/protocol/controller.js';
 import { controllerClient } from '../../src/receiver/controller-client.js';
@@ -25,9 +26,15 @@ function fakeModules() {
     settings: RepairSettings;
     counters: { recovered: number; recoveredBytes: number };
     closed: boolean;
+    keys: S2Key[];
   }> = [];
   const start = async (settings: RepairSettings): Promise<RepairServer> => {
-    const entry = { settings, counters: { recovered: 0, recoveredBytes: 0 }, closed: false };
+    const entry = {
+      settings,
+      counters: { recovered: 0, recoveredBytes: 0 },
+      closed: false,
+      keys: settings.s2Key === undefined ? [] : [settings.s2Key],
+    };
     started.push(entry);
     const close = async () => {
       entry.closed = true;
@@ -35,6 +42,7 @@ function fakeModules() {
     return {
       local: settings.listen,
       status: () => ({ ...entry.counters }) as unknown as RepairStatus,
+      rotateS2Key: (key) => entry.keys.push({ epoch: key.epoch, key: Buffer.from(key.key) }),
       close,
       [Symbol.asyncDispose]: close,
     };
@@ -134,7 +142,15 @@ describe('repair controller (flow A) against a real subscription server on loopb
   it('grants an entitled subscriber a fresh S2 from the pool, tagged under its token; the same S1 reuses the module', async () => {
     const alice = controllerClient(controller.url, tokens.alice?.token ?? '');
     const first = await alice.resolve(s1);
-    assert.deepEqual(first, { granted: true, s2: parseGroup('239.41.0.1:6000', 's2'), leaseMs: 60_000 });
+    const moduleKey = modules.started[0]?.settings.s2Key;
+    assert.ok(moduleKey !== undefined, 'the module seals S2 under a key the controller made');
+    assert.equal(moduleKey.epoch, 1);
+    assert.deepEqual(first, {
+      granted: true,
+      s2: parseGroup('239.41.0.1:6000', 's2'),
+      leaseMs: 60_000,
+      key: { epoch: 1, key: moduleKey.key },
+    });
     const again = await alice.resolve(s1);
     assert.deepEqual(again, first, 'a renewal returns the same S2');
     assert.equal(modules.started.length, 1);
