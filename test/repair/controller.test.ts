@@ -313,6 +313,59 @@ describe('repair controller (flow A) against a real subscription server on loopb
     }
   });
 
+  it('a grant that ends rotates S2’s key: release, lapsed entitlement, lapsed lease; the one who stays gets each new key', async () => {
+    const rotating = await startController({
+      pool: parseGroup('239.44.0.1:6000', 'pool'),
+      poolSize: 1,
+      idleMs: 3_600_000,
+    });
+    try {
+      // 239.40.0.9 is the session bob holds a repair entitlement for; alice's covers every session.
+      const news = parseGroup('239.40.0.9:5000', 's1');
+      const alice = controllerClient(rotating.url, tokens.alice?.token ?? '');
+      const bob = controllerClient(rotating.url, tokens.bob?.token ?? '');
+      const first = await alice.resolve(news);
+      const bobFirst = await bob.resolve(news);
+      const module = modules.started.at(-1);
+      assert.ok(module && first.granted && bobFirst.granted);
+      assert.deepEqual(bobFirst.key, first.key, 'both hold the current key');
+      assert.equal(first.key?.epoch, 1);
+
+      await bob.release(news); // bob leaves
+      assert.equal(module.keys.length, 2, 'the module was given a new key');
+      const second = await alice.resolve(news);
+      assert.ok(second.granted);
+      assert.equal(second.key?.epoch, 2);
+      assert.deepEqual(second.key, module.keys[1], 'alice gets the key the module seals under now');
+      assert.notDeepEqual(second.key?.key, first.key?.key);
+      assert.equal(rotating.status().s2Rotations, 1);
+      assert.equal(rotating.status().modules[0]?.s2KeyEpoch, 2);
+
+      // bob comes back, then his entitlement is withdrawn: his next renewal is refused and rotates.
+      const back = await bob.resolve(news);
+      assert.equal(back.granted && back.key?.epoch, 2);
+      const withdrawn = await store.db
+        .deleteFrom('entitlements')
+        .where('subscriber', '=', tokens.bob?.id ?? '')
+        .returningAll()
+        .execute();
+      const refused = await bob.resolve(news);
+      assert.deepEqual(refused, { granted: false, reason: '403 no repair entitlement' });
+      assert.equal(module.keys.length, 3);
+      const third = await alice.resolve(news);
+      assert.equal(third.granted && third.key?.epoch, 3);
+      assert.deepEqual(third.granted ? third.key : undefined, module.keys[2]);
+      if (withdrawn.length > 0) {
+        await store.db.insertInto('entitlements').values(withdrawn).execute();
+      }
+      // Keys the departed held are never given again: every epoch has its own random key.
+      const seen = new Set(module.keys.map((key) => key.key.toString('hex')));
+      assert.equal(seen.size, module.keys.length);
+    } finally {
+      await rotating.close();
+    }
+  });
+
   it('a grant that is not renewed lapses: the subscriber is detached and the idle module closed', async () => {
     const short = await startController({
       pool: parseGroup('239.42.0.1:6000', 'pool'),
@@ -325,6 +378,8 @@ describe('repair controller (flow A) against a real subscription server on loopb
       assert.equal(short.status().modules[0]?.subscribers, 1);
       await new Promise((resolve) => setTimeout(resolve, 300));
       await short.flush();
+      assert.equal(short.status().s2Rotations, 1, 'the lapsed grant rotated S2’s key');
+      assert.equal(modules.started.at(-1)?.keys.at(-1)?.epoch, 2);
       assert.equal(short.status().modules.length, 0);
       assert.equal(modules.started.at(-1)?.closed, true);
     } finally {
