@@ -101,6 +101,9 @@ export async function startAgent(settings: AgentSettings): Promise<Agent> {
   if (settings.s2Key !== undefined) {
     opener?.setKey(settings.s2Key);
   }
+  /** When each missing epoch was last told of (bounded: forged envelopes may name any epoch). */
+  const told = new Map<number, number>();
+  const toldEpochsMax = 64;
   /** Envelopes waiting for their epoch's key, oldest first, and their bytes. */
   let waiting: Buffer[] = [];
   let waitingBytes = 0;
@@ -121,7 +124,14 @@ export async function startAgent(settings: AgentSettings): Promise<Agent> {
       waitingBytes -= oldest?.length ?? 0;
       counters.keyWaitDropped++;
     }
-    if (tell) {
+    // Told once per epoch, again only after agentKeyAskMsMin (a lost answer is asked for again).
+    const now = Date.now();
+    if (tell && now - (told.get(epoch) ?? Number.NEGATIVE_INFINITY) >= agentKeyAskMsMin) {
+      told.delete(epoch);
+      told.set(epoch, now);
+      if (told.size > toldEpochsMax) {
+        told.delete(told.keys().next().value ?? epoch);
+      }
       settings.onMissingKey?.(epoch);
     }
   };

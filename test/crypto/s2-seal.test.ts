@@ -152,7 +152,11 @@ describe('sealed S2 envelopes (docs/protocol.md, "SEALED")', () => {
     const sealer = new S2Sealer(13, key);
     const first = sealer.seal(data(1, Buffer.alloc(20)), 1);
     const again = sealer.seal(data(1, Buffer.alloc(20)), 1);
-    assert.notDeepEqual(first.subarray(headerBytes), again.subarray(headerBytes), 'a resend is sealed afresh');
+    assert.notDeepEqual(
+      first.subarray(headerBytes),
+      again.subarray(headerBytes),
+      'a resend is sealed afresh',
+    );
     assert.throws(() => new S2Sealer(0, key), CipherError);
     assert.throws(() => sealer.seal(Buffer.alloc(sealedCarriedBytesMax + 1), 1), CipherError);
   });
