@@ -278,7 +278,7 @@ describe(
       assert.equal(aliceStatus.sessions[0]?.delivery?.keyWaitDropped, 0, 'and lost nothing waiting for it');
       // bob read only what was sealed before he left: nothing after, though S2 kept coming.
       assert.ok(bobFinal.delivered > 0, 'bob’s key worked while he held the grant');
-      assert.ok(bobFinal.deliveredBytes < bytes.length / 2, detail);
+      assert.ok(bobFinal.deliveredBytes <= bytes.length - 1_000 * 1_400, detail);
       assert.ok(
         bobFinal.keyWaiting + bobFinal.keyWaitDropped > 1_000,
         `bob could open none after: ${detail}`,
