@@ -149,7 +149,10 @@ describe(
         '--status',
         '127.0.0.1:9102',
       ]);
-      await Promise.all([retransmit.waitFor(/listening on/), controller.waitFor(/controller on/)]);
+      await Promise.all([
+        retransmit.waitFor(/listening on/, 30_000),
+        controller.waitFor(/controller on/, 30_000),
+      ]);
 
       // alice: her agent and her unmodified application on rx2, which keeps the raw S1 away.
       const aliceToken = join(directory, 'alice.token');
@@ -171,7 +174,7 @@ describe(
         '--status',
         '127.0.0.1:9121',
       ]);
-      await aliceAgent.waitFor(/watching group memberships/);
+      await aliceAgent.waitFor(/watching group memberships/, 30_000);
       const aliceOut = join(directory, 'alice.bin');
       bed.spawn('rx2', 'socat', [
         '-u',
@@ -213,7 +216,7 @@ describe(
         '--status',
         '127.0.0.1:9120',
       ]);
-      await bobAgent.waitFor(/S2 sealed, key epoch 1/);
+      await bobAgent.waitFor(/S2 sealed, key epoch 1/, 30_000);
       // Hosts without a grant: a raw capture of S2 on rx1, and a plain receiver on rt2.
       const capture = join(directory, 'capture.bin');
       bed.spawn('rx1', 'socat', [
