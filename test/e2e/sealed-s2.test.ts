@@ -229,9 +229,10 @@ describe(
         () => joined('rx1', rogueGroup) && joined('rx1', s2),
         10_000,
       );
-      // Its timeout runs from the join (no datagram it cannot read counts as life): long enough for the file.
+      // Its timeout runs from the join (no datagram it cannot read counts as life): it is stopped
+      // once the file is over, and says what it got.
       const plainOut = join(directory, 'plain.bin');
-      const plain = receiveOn(bed, 'rt2', s2, ['--out', plainOut, '--timeout', '20', '--json']);
+      const plain = receiveOn(bed, 'rt2', s2, ['--out', plainOut, '--timeout', '600', '--json']);
       await waitUntil('the plain receiver joined', () => joined('rt2', s2), 10_000);
 
       bed.control('loss', 'rep', '5', '5600');
@@ -263,7 +264,7 @@ describe(
       const controllerStatus = status('rep', 9102) as {
         modules: Array<{ recovered: number; s2KeyEpoch: number }>;
       };
-      const plainResult = await plain.finished;
+      const plainResult = await stop(plain);
       await stop(aliceAgent);
       await stop(bobAgent);
       await bed.stopAll([serve]);
