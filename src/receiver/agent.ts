@@ -15,6 +15,7 @@
  * the controller again; the new grant's key opens what was held, in order, so nothing is lost.
  */
 
+import assert from 'node:assert/strict';
 import { type S2Key, S2Opener } from '../crypto/s2-seal.js';
 import {
   agentKeyAskMsMin,
@@ -159,9 +160,7 @@ export async function startAgent(settings: AgentSettings): Promise<Agent> {
     }
   };
   const addKey = (key: S2Key) => {
-    if (opener === undefined) {
-      throw new Error('S2 is plain: an agent started without an S2 key takes no other');
-    }
+    assert.ok(opener !== undefined, 'S2 is plain: an agent started without an S2 key takes no other');
     if (opener.hasKey(key.epoch)) {
       return;
     }

@@ -5,6 +5,7 @@
  * source's own datagrams, so `gatecast receive` works unchanged there. Unrecoverable packets are
  * counted and reported, never skipped silently.
  */
+import assert from 'node:assert/strict';
 import type { RemoteInfo } from 'node:dgram';
 import { ControlChannel, type ControlKey } from '../crypto/control-auth.js';
 import { type S2Key, S2Sealer } from '../crypto/s2-seal.js';
@@ -1080,9 +1081,7 @@ export async function startRepairServer(
   };
   const delaySamples = () => ({ directMs: directDelays, repairedMs: repairedDelays });
   const rotateS2Key = (key: S2Key) => {
-    if (sealer === undefined) {
-      throw new Error('S2 is plain: a server started without an S2 key has none to rotate');
-    }
+    assert.ok(sealer !== undefined, 'S2 is plain: a server started without an S2 key has none to rotate');
     sealer.rotate(key);
     counters.s2Rotations++;
   };
