@@ -97,7 +97,7 @@ describe(
         '--secret-file',
         join(directory, 'secret'),
       ]);
-      await serve.waitFor(/serve: .* on http/, 20_000);
+      await serve.waitFor(/serve: .* on http/, 60_000);
       const token = /operator token \(shown once, keep it\): (gct_\S+)/.exec(serve.output())?.[1];
       assert.ok(token, 'a fresh store prints its operator token once');
       writeFileSync(join(directory, 'operator.token'), token);
