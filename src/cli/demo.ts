@@ -8,6 +8,8 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { controlKey } from '../crypto/control-auth.js';
+import type { ReceiverProtection } from '../crypto/restricted-session.js';
+import { s2ReceiverProtection } from '../crypto/s2-seal.js';
 import { formatEndpoint, parseGroup } from '../net/address.js';
 import { controllerClient } from '../receiver/controller-client.js';
 import { createReceiver, type PayloadSink, type ReceiveSummary } from '../receiver/receiver.js';
@@ -60,8 +62,9 @@ async function startReceiving(
   owned: Owned,
   settings: Parameters<typeof createReceiver>[0],
   sink: PayloadSink,
+  protection?: ReceiverProtection,
 ): Promise<{ done: Promise<ReceiveSummary> }> {
-  const receiver = owned.add(createReceiver(settings, { sink }));
+  const receiver = owned.add(createReceiver(settings, { sink, protection }));
   let joined: () => void = () => undefined;
   const ready = new Promise<void>((resolve) => {
     joined = resolve;
@@ -250,10 +253,20 @@ async function repairDemo(options: {
       return false;
     }
     out.write(
-      `  repair alice's agent asked the controller for ${formatEndpoint(s1)}: granted S2 ${formatEndpoint(grant.s2)}\n`,
+      `  repair alice's agent asked the controller for ${formatEndpoint(s1)}: granted S2 ${formatEndpoint(grant.s2)}${grant.key === undefined ? '' : ` (sealed, key epoch ${grant.key.epoch})`}\n`,
     );
     const sink = memorySink();
-    const receiving = await startReceiving(owned, { group: grant.s2, iface, timeoutMs: 10_000 }, sink);
+    if (grant.key === undefined) {
+      out.write('  repair the controller granted no S2 key\n');
+      return false;
+    }
+    // The repaired copy is sealed: only the grant's key opens it (an agent does the same).
+    const receiving = await startReceiving(
+      owned,
+      { group: grant.s2, iface, timeoutMs: 10_000 },
+      sink,
+      s2ReceiverProtection(grant.key),
+    );
     await owned
       .add(
         createSource(

@@ -28,6 +28,7 @@ import {
 } from '../protocol/packet.js';
 import { sealedCarriedBytesMax, sealedTagBytes } from '../protocol/sizes.js';
 import { CipherError } from './errors.js';
+import type { ReceiverProtection, ReceiverProtectionStats } from './restricted-session.js';
 import { aeadNonceBytes, aeadTagBytes, writePacketNonce } from './suites.js';
 
 /** The suite of S2: one, so an agent never negotiates. */
@@ -247,4 +248,36 @@ export class S2Opener {
       return 'bad-tag';
     }
   }
+}
+
+/**
+ * A receiver's filter for a sealed S2 (the demo's receiver of the repaired copy): opens each
+ * envelope under the key and passes on what it carries; anything else is dropped and counted.
+ */
+export function s2ReceiverProtection(key: S2Key): ReceiverProtection {
+  const opener = new S2Opener();
+  opener.setKey(key);
+  const stats: ReceiverProtectionStats = {
+    keysAccepted: 1,
+    keysRepeated: 0,
+    keysRejected: {},
+    packetsOpened: 0,
+    packetsBadTag: 0,
+    packetsHeld: 0,
+    packetsDropped: 0,
+  };
+  return {
+    stats,
+    filter(datagram, pass) {
+      const opened = opener.open(datagram);
+      if (Buffer.isBuffer(opened)) {
+        stats.packetsOpened++;
+        pass(opened);
+      } else if (opened === 'bad-tag') {
+        stats.packetsBadTag++;
+      } else {
+        stats.packetsDropped++;
+      }
+    },
+  };
 }

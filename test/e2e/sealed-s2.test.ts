@@ -217,16 +217,16 @@ describe(
         '127.0.0.1:9120',
       ]);
       await bobAgent.waitFor(/S2 sealed, key epoch 1/, 30_000);
-      // Hosts without a grant: a raw capture of S2 on rx1, and a plain receiver on rt2.
+      // Hosts without a grant: a raw capture of S2 on rt3, and a plain receiver on rt2.
       const capture = join(directory, 'capture.bin');
-      bed.spawn('rx1', 'socat', [
+      bed.spawn('rt3', 'socat', [
         '-u',
         'UDP4-RECV:5601,ip-add-membership=239.57.0.1:eth0',
         `CREATE:${capture}`,
       ]);
       await waitUntil(
         'bob’s application and the capture joined',
-        () => joined('rx1', rogueGroup) && joined('rx1', s2),
+        () => joined('rx1', rogueGroup) && joined('rt3', s2),
         10_000,
       );
       // Its timeout runs from the join (no datagram it cannot read counts as life): it is stopped
