@@ -220,6 +220,19 @@ export const controllerPoolSizeDefault = 256;
 /** Agent: after the controller refuses, how long before it asks again (a re-join asks at once). */
 export const agentRefusalRetryMs = 30_000;
 
+/**
+ * Agent on a sealed S2: envelopes of an epoch whose key it lacks yet, held (in packets and bytes)
+ * while it asks the controller for the new key; past them the oldest is dropped and counted.
+ */
+export const agentKeyWaitPacketsMax = 32_768;
+export const agentKeyWaitBytesMax = 64 * 1024 * 1024;
+
+/** Agent on a sealed S2: asks the controller for a missing epoch's key at most this often. */
+export const agentKeyAskMsMin = 250;
+
+/** Agent on a sealed S2: S2 key epochs held at once (the current one and those just before it). */
+export const agentS2KeysMax = 4;
+
 /** Subscription server: how long a server keeps the rate card before reading it again. */
 export const rateCacheMs = 1_000;
 

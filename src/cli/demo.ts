@@ -23,6 +23,7 @@ import {
   createSenderProtection,
   type ReceiverProtection,
 } from '../crypto/restricted-session.js';
+import { s2ReceiverProtection } from '../crypto/s2-seal.js';
 import { initSoftwareToken, openSoftwareToken } from '../crypto/software-token.js';
 import { suiteByName } from '../crypto/suites.js';
 import { type Endpoint, formatEndpoint, parseEndpoint, parseGroup } from '../net/address.js';
@@ -445,10 +446,20 @@ async function repairDemo(
     return failed('refused');
   }
   out.write(
-    `  repair alice's agent asked the controller for ${formatEndpoint(s1)}: granted S2 ${formatEndpoint(grant.s2)}\n`,
+    `  repair alice's agent asked the controller for ${formatEndpoint(s1)}: granted S2 ${formatEndpoint(grant.s2)}${grant.key === undefined ? '' : ` (sealed, key epoch ${grant.key.epoch})`}\n`,
   );
   const sink = memorySink();
-  const receiving = await startReceiving(owned, { group: grant.s2, iface, timeoutMs: 10_000 }, sink);
+  if (grant.key === undefined) {
+    out.write('  repair the controller granted no S2 key\n');
+    return failed('no S2 key');
+  }
+  // The repaired copy is sealed: only the grant's key opens it (an agent does the same).
+  const receiving = await startReceiving(
+    owned,
+    { group: grant.s2, iface, timeoutMs: 10_000 },
+    sink,
+    s2ReceiverProtection(grant.key),
+  );
   const sent = await owned
     .add(
       createSource(

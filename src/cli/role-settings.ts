@@ -102,6 +102,10 @@ export const repairSettings: TObject = settings({
     default: controllerReportIntervalMsDefault / 1000,
   }),
   latency: text('MS', 'live streams: give a packet up after this budget'),
+  's2-key-file': text(
+    'FILE',
+    'without --controller: seal S2 under this key (EPOCH:64 hex digits); S2 is plain without it',
+  ),
   ...serverCommon,
 });
 
@@ -122,6 +126,10 @@ export const agentSettings: TObject = settings({
   'from-iface': text('NAME|ADDR', 'interface to join S2 on'),
   deliver: text('GROUP:PORT', "S1's group and port, where the application listens"),
   'deliver-iface': text('NAME|ADDR', 'interface the application joined S1 on'),
+  's2-key-file': text(
+    'FILE',
+    'with --from or --map: S2 is sealed under this key (the repair server’s --s2-key-file)',
+  ),
   ...serverCommon,
 });
 

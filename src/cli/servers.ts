@@ -2,6 +2,7 @@
 
 import { mkdirSync } from 'node:fs';
 import { dirname, join, resolve as resolvePath } from 'node:path';
+import { readS2KeyFile } from '../crypto/s2-seal.js';
 import { controllerIdleMs, controllerPoolSizeDefault } from '../limits.js';
 import { formatEndpoint, parseEndpoint } from '../net/address.js';
 import { readTlsFiles } from '../net/tls.js';
@@ -30,6 +31,19 @@ import { agentSample, controllerSample, repairSampler, retransmitSample } from '
 import { agentSettings, repairSettings, retransmitSettings } from './role-settings.js';
 import { applySocketBuffer } from './socket-buffer.js';
 import { readToken } from './token.js';
+
+/** The S2 key of --s2-key-file, or undefined (S2 plain); a usage error names the option. */
+function s2KeyOption(values: OptionValues) {
+  const path = optional(values, 's2-key-file');
+  if (path === undefined) {
+    return undefined;
+  }
+  try {
+    return readS2KeyFile(path, '--s2-key-file');
+  } catch (error) {
+    throw new UsageError((error as Error).message);
+  }
+}
 
 /** Parses an optional group option, checked with the interface it is used on. */
 function optionalGroup(text: string | undefined, field: string, on: GroupContext) {
@@ -174,17 +188,19 @@ export function prepareRepair(values: OptionValues): RoleStarter {
   }
   const group = groupOption(values, 'join', 'iface', 'source');
   const emit = parseGroupOn(required(values, 'emit'), '--emit', ifaceOption(values, 'emit-iface', 'iface'));
+  const s2Key = s2KeyOption(values);
   const settings = {
     ...repairModuleOptions(values),
     group,
     source: optional(values, 'source'),
     listen: parseEndpoint(required(values, 'listen'), '--listen'),
     emit,
+    s2Key,
   };
   return async (err) => {
     const server = await startRepairServer(settings);
     err.write(
-      `repair: ${formatEndpoint(group)} -> ${formatEndpoint(emit)}, listening on ${formatEndpoint(server.local)}\n`,
+      `repair: ${formatEndpoint(group)} -> ${formatEndpoint(emit)} (${s2Key === undefined ? 'plain' : `sealed, key epoch ${s2Key.epoch}`}), listening on ${formatEndpoint(server.local)}\n`,
     );
     return runningRole('repair', server, repairSampler(server), () => {
       const s = server.status();
@@ -199,6 +215,9 @@ function prepareController(values: OptionValues): RoleStarter {
     if (optional(values, name) !== undefined) {
       throw new UsageError(`--${name}: not with --controller (S1 comes from the agents, S2 from --s2-pool)`);
     }
+  }
+  if (optional(values, 's2-key-file') !== undefined) {
+    throw new UsageError('--s2-key-file: not with --controller (it makes and rotates every S2 key itself)');
   }
   const listen = parseEndpoint(required(values, 'controller'), '--controller');
   const subscription = parseServerUrl(required(values, 'subscription'), '--subscription');
@@ -282,21 +301,26 @@ export function prepareAgent(values: OptionValues): RoleStarter {
   }
   const from = groupOption(values, 'from', 'from-iface');
   const deliver = groupOption(values, 'deliver', 'deliver-iface');
+  const s2Key = s2KeyOption(values);
   return async (err) => {
     const agent = await startAgent({
       from,
       fromIface: optional(values, 'from-iface'),
       deliver,
       deliverIface: optional(values, 'deliver-iface'),
+      s2Key,
     });
-    err.write(`agent: ${formatEndpoint(from)} -> ${formatEndpoint(deliver)} (local delivery)\n`);
+    err.write(
+      `agent: ${formatEndpoint(from)} -> ${formatEndpoint(deliver)} (local delivery${s2Key === undefined ? '' : `, S2 sealed, key epoch ${s2Key.epoch}`})\n`,
+    );
     return runningRole(
       'agent',
       agent,
       () => agentSample(agent.status()),
       () => {
         const s = agent.status();
-        return `agent: delivered ${s.delivered} (${s.deliveredBytes} bytes) duplicates ${s.duplicates} gaps ${s.gapsSeen}`;
+        const sealed = s.sealed ? ` opened ${s.opened} bad-tag ${s.badTag} unsealed ${s.unsealed}` : '';
+        return `agent: delivered ${s.delivered} (${s.deliveredBytes} bytes) duplicates ${s.duplicates} gaps ${s.gapsSeen}${sealed}`;
       },
     );
   };
@@ -311,6 +335,10 @@ function prepareWatchingAgent(values: OptionValues): RoleStarter {
   }
   let mappings: AgentMapping[];
   let controller: ControllerClient | undefined;
+  const s2Key = s2KeyOption(values);
+  if (s2Key !== undefined && mapText === undefined) {
+    throw new UsageError('--s2-key-file: with --map only (the controller’s grant carries the key)');
+  }
   if (mapText !== undefined) {
     mappings = mapText
       .split(',')
@@ -326,6 +354,7 @@ function prepareWatchingAgent(values: OptionValues): RoleStarter {
             ifaceLearned: true,
           }),
           s2: parseGroupOn(s2.trim(), '--map', ifaceOption(values, 'from-iface')),
+          s2Key,
         };
       });
   } else {

@@ -22,6 +22,21 @@ export type RepairRequestBody = Static<typeof RepairRequestBody>;
 export const RepairReleaseBody = Type.Object({ group: GroupText }, { additionalProperties: false });
 export type RepairReleaseBody = Static<typeof RepairReleaseBody>;
 
+/**
+ * S2's key in a grant: the repaired group is sealed (docs/protocol.md, "SEALED") under this key
+ * of this epoch; a later epoch's key comes in a later grant (renewal, or a re-ask when an
+ * envelope of an epoch the agent lacks arrives).
+ */
+export const S2KeyBody = Type.Object(
+  {
+    suite: Type.Literal('aes-256-gcm'),
+    epoch: Type.Integer({ minimum: 1, maximum: 65_535 }),
+    secret: Type.String({ minLength: 43, maxLength: 43, pattern: '^[A-Za-z0-9_-]{43}$' }),
+  },
+  { additionalProperties: false },
+);
+export type S2KeyBody = Static<typeof S2KeyBody>;
+
 /** The controller's grant (docs/protocol.md, "Repair grant"). */
 export const RepairGrantBody = Type.Object(
   {
@@ -29,7 +44,7 @@ export const RepairGrantBody = Type.Object(
     s2: GroupText,
     subscriber: Type.String({ minLength: 1, maxLength: 100 }),
     leaseSeconds: Type.Integer({ minimum: 1, maximum: 86_400 }),
-    key: Type.Null(),
+    key: Type.Union([S2KeyBody, Type.Null()]),
     tag: Type.String({ minLength: 1, maxLength: 100 }),
   },
   { additionalProperties: false },

@@ -21,8 +21,8 @@ export interface RepairGrant {
   readonly subscriber: string;
   /** Renew (ask again) before this many seconds pass, or the grant lapses. */
   readonly leaseSeconds: number;
-  /** S2's key: null until restricted streams carry one (the seam for key handling). */
-  readonly key: string | null;
+  /** S2's key (S2 is sealed), or null when the controller's S2 is plain. */
+  readonly key: { readonly suite: string; readonly epoch: number; readonly secret: string } | null;
   /** HMAC-SHA-256 over answerFields(), keyed from the subscriber's token (base64url). */
   readonly tag: string;
 }
@@ -35,6 +35,6 @@ export function answerFields(grant: Omit<RepairGrant, 'tag'>): string[] {
     grant.s2,
     grant.subscriber,
     String(grant.leaseSeconds),
-    grant.key ?? '',
+    grant.key === null ? '' : `${grant.key.suite}:${grant.key.epoch}:${grant.key.secret}`,
   ];
 }

@@ -30,3 +30,12 @@ export const dataPayloadBytesMax = repairCarriedBytesMax - headerBytes;
 
 /** Control body bytes left for a message's own fields after its trailer. */
 export const controlFieldsBytesMax = bodyBytesMax - authTrailerBytes;
+
+/** AEAD tag of a SEALED envelope (docs/protocol.md, "SEALED"): pinned to 16 bytes. */
+export const sealedTagBytes = 16;
+
+/**
+ * Largest datagram a SEALED envelope can carry: header and tag around it still fit a UDP
+ * datagram. Every datagram a repair server re-emits (a DATA datagram fits a REPAIR) is smaller.
+ */
+export const sealedCarriedBytesMax = datagramBytesMax - headerBytes - sealedTagBytes;

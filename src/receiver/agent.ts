@@ -7,9 +7,23 @@
  * so the kernel loops it back to the host's own members of S1 on that interface and puts nothing
  * on the wire. The raw, lossy S1 from the network is kept away from the application by a firewall
  * rule that drops S1 datagrams whose source is not this host (docs/architecture.md, "Agent").
+ *
+ * When S2 is sealed (the repair controller's S2 always is; docs/protocol.md, "SEALED"), the agent
+ * opens each envelope with the S2 key its grant carried and drops anything else on S2 — a plain
+ * datagram there is not the repair server's. An envelope of an epoch it has no key for yet (the
+ * controller rotated the key because someone left) is held, within bounds, while the agent asks
+ * the controller again; the new grant's key opens what was held, in order, so nothing is lost.
  */
 
-import { agentRefusalRetryMs } from '../limits.js';
+import assert from 'node:assert/strict';
+import { type S2Key, S2Opener } from '../crypto/s2-seal.js';
+import {
+  agentKeyAskMsMin,
+  agentKeyWaitBytesMax,
+  agentKeyWaitPacketsMax,
+  agentRefusalRetryMs,
+  agentS2KeysMax,
+} from '../limits.js';
 import { type Endpoint, formatEndpoint } from '../net/address.js';
 import { resolveInterface } from '../net/interfaces.js';
 import { type Membership, readMemberships } from '../net/memberships.js';
@@ -27,6 +41,10 @@ export interface AgentSettings {
   readonly deliver: Endpoint;
   /** The interface the application joined S1 on. */
   readonly deliverIface?: string | undefined;
+  /** S2 is sealed: open its envelopes with this key (later epochs come by addKey). */
+  readonly s2Key?: S2Key | undefined;
+  /** Told when an envelope of an epoch without a key arrives: ask the controller for it. */
+  readonly onMissingKey?: ((epoch: number) => void) | undefined;
 }
 
 /** What the agent did. */
@@ -41,17 +59,55 @@ export interface AgentStatus {
   gapsSeen: number;
   ignored: number;
   malformed: number;
+  /** True when S2 is sealed and opened with a grant's key. */
+  sealed: boolean;
+  /** The newest S2 key epoch held. */
+  s2KeyEpoch: number | undefined;
+  /** Envelopes opened. */
+  opened: number;
+  /** Envelopes whose tag did not verify (forged, altered, or under a key not ours): dropped. */
+  badTag: number;
+  /** Plain datagrams on a sealed S2: dropped (only the repair server's envelopes are believed). */
+  unsealed: number;
+  /** Envelopes held now for a key epoch not yet known. */
+  keyWaiting: number;
+  /** Envelopes dropped from that hold when it was full. */
+  keyWaitDropped: number;
 }
 
 /** A running agent. */
 export interface Agent extends AsyncDisposable {
   status(): AgentStatus;
+  /** Adds an S2 key epoch (from a renewed grant) and opens what was held for it. */
+  addKey(key: S2Key): void;
   close(): Promise<void>;
 }
 
 /** Starts an agent. */
 export async function startAgent(settings: AgentSettings): Promise<Agent> {
-  const counters = { delivered: 0, deliveredBytes: 0, duplicates: 0, gapsSeen: 0, ignored: 0, malformed: 0 };
+  const counters = {
+    delivered: 0,
+    deliveredBytes: 0,
+    duplicates: 0,
+    gapsSeen: 0,
+    ignored: 0,
+    malformed: 0,
+    opened: 0,
+    badTag: 0,
+    unsealed: 0,
+    keyWaitDropped: 0,
+  };
+  const opener = settings.s2Key === undefined ? undefined : new S2Opener(agentS2KeysMax);
+  let s2KeyEpoch = settings.s2Key?.epoch;
+  if (settings.s2Key !== undefined) {
+    opener?.setKey(settings.s2Key);
+  }
+  /** When each missing epoch was last told of (bounded: forged envelopes may name any epoch). */
+  const told = new Map<number, number>();
+  const toldEpochsMax = 64;
+  /** Envelopes waiting for their epoch's key, oldest first, and their bytes. */
+  let waiting: Buffer[] = [];
+  let waitingBytes = 0;
   let sessionId: number | undefined;
   let lastSequence: number | undefined;
   const out: SenderSocket = await openSenderSocket({
@@ -60,7 +116,64 @@ export async function startAgent(settings: AgentSettings): Promise<Agent> {
     ttl: 0,
     loopback: true,
   });
+  /** Holds an envelope until its epoch's key comes; the oldest go when the hold is full. */
+  const hold = (envelope: Buffer, epoch: number, tell: boolean) => {
+    waiting.push(envelope);
+    waitingBytes += envelope.length;
+    while (waiting.length > agentKeyWaitPacketsMax || waitingBytes > agentKeyWaitBytesMax) {
+      const oldest = waiting.shift();
+      waitingBytes -= oldest?.length ?? 0;
+      counters.keyWaitDropped++;
+    }
+    // Told once per epoch, again only after agentKeyAskMsMin (a lost answer is asked for again).
+    const now = Date.now();
+    if (tell && now - (told.get(epoch) ?? Number.NEGATIVE_INFINITY) >= agentKeyAskMsMin) {
+      told.delete(epoch);
+      told.set(epoch, now);
+      if (told.size > toldEpochsMax) {
+        told.delete(told.keys().next().value ?? epoch);
+      }
+      settings.onMissingKey?.(epoch);
+    }
+  };
+  /** Opens an envelope and delivers what it carries; holds it when its key is not here yet. */
+  const openEnvelope = (envelope: Buffer, tell: boolean) => {
+    const inner = opener?.open(envelope) ?? 'no-key';
+    if (inner === 'malformed') {
+      counters.malformed++;
+    } else if (inner === 'bad-tag') {
+      counters.badTag++;
+    } else if (inner === 'no-key') {
+      hold(envelope, S2Opener.epochOf(envelope) ?? 0, tell);
+    } else {
+      counters.opened++;
+      deliverDatagram(inner);
+    }
+  };
   const onDatagram = (datagram: Buffer) => {
+    if (opener === undefined) {
+      deliverDatagram(datagram);
+    } else if (datagram.length > offsetType && datagram[offsetType] === PacketType.sealed) {
+      openEnvelope(datagram, true);
+    } else {
+      counters.unsealed++;
+    }
+  };
+  const addKey = (key: S2Key) => {
+    assert.ok(opener !== undefined, 'S2 is plain: an agent started without an S2 key takes no other');
+    if (opener.hasKey(key.epoch)) {
+      return;
+    }
+    opener.setKey(key);
+    s2KeyEpoch = key.epoch;
+    const held = waiting;
+    waiting = [];
+    waitingBytes = 0;
+    for (const envelope of held) {
+      openEnvelope(envelope, false);
+    }
+  };
+  const deliverDatagram = (datagram: Buffer) => {
     if (datagram.length <= offsetType || datagram[offsetType] !== PacketType.data) {
       counters.ignored++;
       return;
@@ -110,7 +223,11 @@ export async function startAgent(settings: AgentSettings): Promise<Agent> {
       deliver: `${settings.deliver.address}:${settings.deliver.port}`,
       sessionId,
       ...counters,
+      sealed: opener !== undefined,
+      s2KeyEpoch,
+      keyWaiting: waiting.length,
     }),
+    addKey,
     close,
     [Symbol.asyncDispose]: close,
   };
@@ -121,6 +238,8 @@ export interface AgentMapping {
   readonly s1: Endpoint;
   /** Fixed by configuration; when absent, asked of the repair controller when S1 is joined. */
   readonly s2?: Endpoint | undefined;
+  /** With a configured S2: the key it is sealed under (`--s2-key-file`); plain when absent. */
+  readonly s2Key?: S2Key | undefined;
 }
 
 /** Settings of an agent that follows the host's group memberships. */
@@ -164,6 +283,8 @@ interface Delivery {
   s2: Endpoint;
   /** When to renew the controller's lease; undefined for a configured S2. */
   renewAt: number | undefined;
+  /** When the agent last asked early for a missing S2 key epoch. */
+  keyAskedAt: number;
 }
 
 /**
@@ -182,20 +303,44 @@ export async function startWatchingAgent(
   const ifaceName = (family: 4 | 6) =>
     settings.deliverIface === undefined ? undefined : resolveInterface(settings.deliverIface, family).name;
 
-  const deliver = async (mapping: AgentMapping, s2: Endpoint, iface: string, renewAt: number | undefined) => {
+  const deliver = async (
+    mapping: AgentMapping,
+    s2: Endpoint,
+    iface: string,
+    renewAt: number | undefined,
+    s2Key?: S2Key | undefined,
+  ) => {
     const agent = await startAgent({
       from: s2,
       fromIface: settings.fromIface,
       deliver: mapping.s1,
       deliverIface: settings.deliverIface ?? iface,
+      s2Key,
+      onMissingKey: () => askKey(mapping),
     });
-    active.set(mapping, { agent, iface, s2, renewAt });
+    active.set(mapping, { agent, iface, s2, renewAt, keyAskedAt: 0 });
     settings.onChange?.(mapping, true, iface, s2);
   };
   const stopDelivery = async (mapping: AgentMapping, current: Delivery) => {
     active.delete(mapping);
     await current.agent.close();
     settings.onChange?.(mapping, false, current.iface, current.s2);
+  };
+  /**
+   * An envelope of an S2 key epoch without a key came: renew the grant now (at the next poll,
+   * which comes at once when none is running), at most every agentKeyAskMsMin.
+   */
+  const askKey = (mapping: AgentMapping) => {
+    const current = active.get(mapping);
+    const now = Date.now();
+    if (current?.renewAt === undefined || now - current.keyAskedAt < agentKeyAskMsMin) {
+      return;
+    }
+    current.keyAskedAt = now;
+    current.renewAt = 0;
+    setImmediate(() => {
+      poll().catch((error: Error) => settings.onError?.(error));
+    });
   };
   const refuse = (mapping: AgentMapping, reason: string) => {
     refused.set(mapping, { until: Date.now() + retryMs, reason });
@@ -229,7 +374,7 @@ export async function startWatchingAgent(
         }
         if (current === undefined) {
           if (mapping.s2 !== undefined) {
-            await deliver(mapping, mapping.s2, member.iface, undefined);
+            await deliver(mapping, mapping.s2, member.iface, undefined, mapping.s2Key);
             continue;
           }
           const refusal = refused.get(mapping);
@@ -242,7 +387,7 @@ export async function startWatchingAgent(
             continue;
           }
           refused.delete(mapping);
-          await deliver(mapping, resolution.s2, member.iface, now + resolution.leaseMs / 3);
+          await deliver(mapping, resolution.s2, member.iface, now + resolution.leaseMs / 3, resolution.key);
           continue;
         }
         if (current.renewAt !== undefined && now >= current.renewAt && settings.controller !== undefined) {
@@ -250,10 +395,16 @@ export async function startWatchingAgent(
           if (!resolution.granted) {
             await stopDelivery(mapping, current);
             refuse(mapping, resolution.reason);
-          } else if (formatEndpoint(resolution.s2) !== formatEndpoint(current.s2)) {
+          } else if (
+            formatEndpoint(resolution.s2) !== formatEndpoint(current.s2) ||
+            current.agent.status().sealed !== (resolution.key !== undefined)
+          ) {
             await stopDelivery(mapping, current);
-            await deliver(mapping, resolution.s2, member.iface, now + resolution.leaseMs / 3);
+            await deliver(mapping, resolution.s2, member.iface, now + resolution.leaseMs / 3, resolution.key);
           } else {
+            if (resolution.key !== undefined) {
+              current.agent.addKey(resolution.key); // the controller rotated S2's key
+            }
             current.renewAt = now + resolution.leaseMs / 3;
           }
         }

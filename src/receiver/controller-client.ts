@@ -5,6 +5,7 @@
  * answer that fails a check is a refusal with the reason.
  */
 import { verifyAnswerTag } from '../crypto/answer-auth.js';
+import { parseS2Key, type S2Key } from '../crypto/s2-seal.js';
 import { type Endpoint, formatEndpoint, parseGroup } from '../net/address.js';
 import { type ApiAnswer, NoContent, requestApi } from '../net/api-client.js';
 import { RepairGrantBody } from '../protocol/api-repair.js';
@@ -12,7 +13,13 @@ import { answerFields } from '../protocol/controller.js';
 
 /** The controller's answer as the agent uses it. */
 export type Resolution =
-  | { readonly granted: true; readonly s2: Endpoint; readonly leaseMs: number }
+  | {
+      readonly granted: true;
+      readonly s2: Endpoint;
+      readonly leaseMs: number;
+      /** S2's key when S2 is sealed; undefined when the controller's S2 is plain. */
+      readonly key?: S2Key | undefined;
+    }
   | { readonly granted: false; readonly reason: string };
 
 /** A client of one controller for one subscriber. */
@@ -59,7 +66,16 @@ export function controllerClient(url: string, token: string): ControllerClient {
       } catch {
         return { granted: false, reason: `the controller granted an unusable S2 "${grant.s2}"` };
       }
-      return { granted: true, s2, leaseMs: grant.leaseSeconds * 1000 };
+      let key: S2Key | undefined;
+      try {
+        key = grant.key === null ? undefined : parseS2Key(grant.key.epoch, grant.key.secret, 'key');
+      } catch (error) {
+        return {
+          granted: false,
+          reason: `the controller granted an unusable S2 key: ${(error as Error).message}`,
+        };
+      }
+      return { granted: true, s2, leaseMs: grant.leaseSeconds * 1000, ...(key === undefined ? {} : { key }) };
     },
     async release(s1) {
       await requestApi(`${base}/v1/repair`, NoContent, {

@@ -3,8 +3,10 @@
  * hosts ask it, over HTTP with their bearer token, to repair a session S1. It asks the subscription
  * server who the token belongs to and whether that subscriber has the `repair` service; if so it
  * creates (or reuses) a repair module for S1, gives it a fresh S2 from its pool, and answers with a
- * grant tagged under the subscriber's token. Without the entitlement the agent gets a clear
- * refusal. Grants are leases the agent renews; repaired bytes are reported per subscriber and
+ * grant tagged under the subscriber's token. S2 is sealed: the controller makes every module's S2
+ * key, hands it (and its epoch) to entitled agents in the grant, and rotates it whenever a grant
+ * ends — lease expiry, release, a lapsed entitlement — so a departed agent reads nothing sealed
+ * after that. Without the entitlement the agent gets a clear refusal. Grants are leases the agent renews; repaired bytes are reported per subscriber and
  * session to the subscription server as usage, each report under its own idempotency key, retried
  * until it is taken.
  */
@@ -12,6 +14,7 @@ import { randomUUID } from 'node:crypto';
 import { isIPv4 } from 'node:net';
 import { type Static, type TSchema, Type } from '@sinclair/typebox';
 import { answerTag } from '../crypto/answer-auth.js';
+import { formatS2Secret, newS2Key, nextS2Epoch, type S2Key, s2SuiteName } from '../crypto/s2-seal.js';
 import { controllerBodyBytesMax, controllerGrantsPerSubscriberMax, usageBatchEventsMax } from '../limits.js';
 import { type Endpoint, formatEndpoint, isMulticast, parseGroup } from '../net/address.js';
 import { type ApiAnswer, requestApi } from '../net/api-client.js';
@@ -42,8 +45,8 @@ export interface ControllerSettings {
   /** S2 pool: the first group and the port; `poolSize` groups from it. */
   readonly pool: Endpoint;
   readonly poolSize: number;
-  /** How every repair module is set up; group, emit and the control port are filled in per S1. */
-  readonly module: Omit<RepairSettings, 'group' | 'source' | 'emit' | 'listen'> & {
+  /** How every repair module is set up; group, emit, S2 key and the control port are filled in per S1. */
+  readonly module: Omit<RepairSettings, 'group' | 'source' | 'emit' | 'listen' | 's2Key'> & {
     /** Module i (the i-th S2 of the pool) takes its control socket at this port + i (0: any). */
     readonly listen: Endpoint;
   };
@@ -82,6 +85,8 @@ interface Module {
   readonly server: RepairServer;
   readonly attachments: Map<string, Attachment>;
   idleSince: number | undefined;
+  /** The key S2 is sealed under now; replaced (new epoch, new key) when a grant ends. */
+  s2Key: S2Key;
 }
 
 type PendingReport = UsageReport;
@@ -92,7 +97,16 @@ export interface ControllerStatus {
   listen: string;
   grants: number;
   refusals: number;
-  modules: Array<{ s1: string; s2: string; subscribers: number; recovered: number; recoveredBytes: number }>;
+  modules: Array<{
+    s1: string;
+    s2: string;
+    subscribers: number;
+    recovered: number;
+    recoveredBytes: number;
+    s2KeyEpoch: number;
+  }>;
+  /** S2 keys replaced because a grant ended. */
+  s2Rotations: number;
   reportsPending: number;
   reportsSent: number;
   usageBytesReported: number;
@@ -122,7 +136,7 @@ export async function startRepairController(settings: ControllerSettings): Promi
     );
   }
   const pending: PendingReport[] = [...(journal?.unsent ?? [])];
-  const counters = { grants: 0, refusals: 0, reportsSent: 0, usageBytesReported: 0 };
+  const counters = { grants: 0, refusals: 0, reportsSent: 0, usageBytesReported: 0, s2Rotations: 0 };
   let reportSequence = 0;
   const base = settings.subscription.replace(/\/+$/, '');
 
@@ -207,11 +221,24 @@ export async function startRepairController(settings: ControllerSettings): Promi
     }
   };
 
+  /**
+   * A new S2 key for the module: what it seals from now on. The departed agent's key opens
+   * nothing sealed after this; the others learn the new key from their next grant.
+   */
+  const rotate = (module: Module) => {
+    const key = newS2Key(nextS2Epoch(module.s2Key.epoch));
+    module.server.rotateS2Key?.(key);
+    module.s2Key.key.fill(0);
+    module.s2Key = key;
+    counters.s2Rotations++;
+  };
+
   const detach = (module: Module, subscriber: string) => {
     const attachment = module.attachments.get(subscriber);
     if (attachment !== undefined) {
       account(module, attachment);
       module.attachments.delete(subscriber);
+      rotate(module);
     }
     if (module.attachments.size === 0) {
       module.idleSince ??= Date.now();
@@ -263,18 +290,29 @@ export async function startRepairController(settings: ControllerSettings): Promi
         }
         const s2: Endpoint = { ...settings.pool, address };
         reservedIndexes.add(poolIndex);
+        // Every module starts with a fresh key: a restarted module never seals under an old one.
+        const s2Key = newS2Key(1);
         try {
           const server = await startModule({
             ...settings.module,
             group: s1,
             source,
             emit: s2,
+            s2Key,
             listen: {
               ...settings.module.listen,
               port: settings.module.listen.port === 0 ? 0 : settings.module.listen.port + poolIndex,
             },
           });
-          const module: Module = { s1, s2, poolIndex, server, attachments: new Map(), idleSince: undefined };
+          const module: Module = {
+            s1,
+            s2,
+            poolIndex,
+            server,
+            attachments: new Map(),
+            idleSince: undefined,
+            s2Key,
+          };
           modules.set(key, module);
           return module;
         } finally {
@@ -420,7 +458,7 @@ export async function startRepairController(settings: ControllerSettings): Promi
         s2: formatEndpoint(module.s2),
         subscriber: who.subscriber,
         leaseSeconds: Math.max(1, Math.round(settings.leaseMs / 1000)),
-        key: null,
+        key: { suite: s2SuiteName, epoch: module.s2Key.epoch, secret: formatS2Secret(module.s2Key) },
       };
       return { ...grant, tag: answerTag(who.token, answerFields(grant)) } satisfies RepairGrantBody;
     },
@@ -467,8 +505,10 @@ export async function startRepairController(settings: ControllerSettings): Promi
         subscribers: module.attachments.size,
         recovered: s.recovered,
         recoveredBytes: s.recoveredBytes,
+        s2KeyEpoch: module.s2Key.epoch,
       };
     }),
+    s2Rotations: counters.s2Rotations,
     reportsPending: pending.length,
     reportsSent: counters.reportsSent,
     usageBytesReported: counters.usageBytesReported,

@@ -5,8 +5,10 @@
  * source's own datagrams, so `gatecast receive` works unchanged there. Unrecoverable packets are
  * counted and reported, never skipped silently.
  */
+import assert from 'node:assert/strict';
 import type { RemoteInfo } from 'node:dgram';
 import { ControlChannel, type ControlKey } from '../crypto/control-auth.js';
+import { type S2Key, S2Sealer } from '../crypto/s2-seal.js';
 import {
   endedRunsMax,
   endGraceMsDefault,
@@ -93,6 +95,11 @@ export interface RepairSettings {
   readonly nackDelayMsMax?: number | undefined;
   /** Group on which retransmit servers multicast their repairs (joined when given). */
   readonly repairGroup?: Endpoint | undefined;
+  /**
+   * Seal everything emitted on S2 under this key (docs/protocol.md, "SEALED"); S2 stays plain
+   * when absent. The repair controller always gives one and rotates it (`rotateS2Key`).
+   */
+  readonly s2Key?: S2Key | undefined;
 }
 
 interface Missing {
@@ -134,6 +141,12 @@ export interface RepairStatus {
   timeouts: number;
   duplicates: number;
   emitted: number;
+  /** The S2 key epoch envelopes are sealed under; undefined when S2 is plain. */
+  s2KeyEpoch: number | undefined;
+  /** SEALED envelopes sent on S2. */
+  sealed: number;
+  /** S2 key rotations since start. */
+  s2Rotations: number;
   /** Bytes this server sent on its control socket (NACKs). */
   controlBytesSent: number;
   /**
@@ -175,6 +188,11 @@ export interface RepairServer extends AsyncDisposable {
    * repairExtraDelayMs (bounded, append-only): the metrics read what was added since their last look.
    */
   delaySamples?(): { readonly directMs: readonly number[]; readonly repairedMs: readonly number[] };
+  /**
+   * Seals everything emitted on S2 from now on under this key, whose epoch must be new (the
+   * controller's rotation on leave). Only a server started with an S2 key rotates.
+   */
+  rotateS2Key?(key: S2Key): void;
   close(): Promise<void>;
 }
 
@@ -258,6 +276,8 @@ export async function startRepairServer(
     notReached: 0,
     beyondWindow: 0,
     claimsTooFar: 0,
+    sealed: 0,
+    s2Rotations: 0,
   };
   const dropped: Record<string, number> = {};
   const drop = (reason: string) => {
@@ -480,8 +500,27 @@ export async function startRepairServer(
     }
   };
 
+  /** Sealed S2 when the server holds an S2 key (module comment of src/crypto/s2-seal.ts). */
+  const sealer = settings.s2Key === undefined ? undefined : new S2Sealer(channel.senderId, settings.s2Key);
+  /** Puts one datagram on S2: as it is, or sealed in its own envelope when S2 is sealed. */
+  const emitS2 = (datagram: Buffer) => {
+    if (sealer === undefined) {
+      emitter.send(datagram, datagram.length);
+      return;
+    }
+    let envelope: Buffer;
+    try {
+      envelope = sealer.seal(datagram, clock.wallUs());
+    } catch {
+      drop('s2-seal-refused'); // the key sealed 2^32 - 1 envelopes: nothing leaves in clear
+      return;
+    }
+    counters.sealed++;
+    emitter.send(envelope, envelope.length);
+  };
+
   const send = (datagram: Buffer) => {
-    emitter.send(datagram, datagram.length);
+    emitS2(datagram);
     counters.emitted++;
   };
 
@@ -631,7 +670,7 @@ export async function startRepairServer(
       const end = current.endDatagram;
       if (end !== undefined) {
         for (let i = 0; i < endRepeatCount; i++) {
-          timers.setTimeout(() => emitter.send(end, end.length), i * endRepeatIntervalMs);
+          timers.setTimeout(() => emitS2(end), i * endRepeatIntervalMs);
         }
       }
       counters.sessionsCompleted++;
@@ -731,7 +770,7 @@ export async function startRepairServer(
       }
     }
     claim(current, d.sequence);
-    emitter.send(datagram, datagram.length); // receivers of S2 learn the run at once
+    emitS2(datagram); // receivers of S2 learn the run at once
     if (heldRun?.end !== undefined) {
       onS1(heldRun.end);
     }
@@ -787,7 +826,7 @@ export async function startRepairServer(
         pending.note(sessionId, incarnation, 'descriptor', datagram);
       } else {
         run.lastActivityMs = clock.nowMs();
-        emitter.send(datagram, datagram.length);
+        emitS2(datagram);
       }
       return;
     }
@@ -801,7 +840,7 @@ export async function startRepairServer(
     if (header.value.type === PacketType.heartbeat) {
       current.lastActivityMs = clock.nowMs();
       claim(current, header.value.sequence);
-      emitter.send(datagram, datagram.length);
+      emitS2(datagram);
       emit();
     } else if (header.value.type === PacketType.end && current.endSequence === undefined) {
       const end = decodeEnd(datagram);
@@ -997,6 +1036,7 @@ export async function startRepairServer(
     sessionId: run?.sessionId,
     incarnation: run?.incarnation,
     ...counters,
+    s2KeyEpoch: sealer?.epoch,
     controlBytesSent: control.bytesSent,
     repairExtraDelayMs: extraDelay(),
     holding: run?.window.heldCount ?? 0,
@@ -1040,7 +1080,19 @@ export async function startRepairServer(
     return closed;
   };
   const delaySamples = () => ({ directMs: directDelays, repairedMs: repairedDelays });
-  return { local: control.local, status, delaySamples, close, [Symbol.asyncDispose]: close };
+  const rotateS2Key = (key: S2Key) => {
+    assert.ok(sealer !== undefined, 'S2 is plain: a server started without an S2 key has none to rotate');
+    sealer.rotate(key);
+    counters.s2Rotations++;
+  };
+  return {
+    local: control.local,
+    status,
+    delaySamples,
+    rotateS2Key,
+    close,
+    [Symbol.asyncDispose]: close,
+  };
 }
 
 /** The q-quantile (0-1) of samples, nearest rank. */

@@ -1,10 +1,12 @@
 import assert from 'node:assert/strict';
 import { createSocket } from 'node:dgram';
 import { describe, it } from 'node:test';
+import { newS2Key, S2Sealer } from '../../src/crypto/s2-seal.js';
 import { parseGroup } from '../../src/net/address.js';
 import { encodeData } from '../../src/protocol/packet.js';
 import { startWatchingAgent } from '../../src/receiver/agent.js';
 import { freshPort, loopbackIface } from '../helpers/loopback.js';
+import { waitUntil } from '../helpers/wait.js';
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -119,5 +121,60 @@ describe('the agent asks the repair controller (flow A)', () => {
       'refused 403 no repair entitlement',
     ]);
     await agent.close();
+  });
+});
+
+describe('the agent on a sealed S2 (flow A)', () => {
+  it('opens S2 with the grant’s key; on an envelope of a new epoch it asks the controller at once and loses nothing', async () => {
+    const s1 = parseGroup(`239.255.94.1:${freshPort()}`, 's1');
+    const s2 = parseGroup(`239.255.94.2:${freshPort()}`, 's2');
+    const keys = [newS2Key(1), newS2Key(2)];
+    let current = keys[0];
+    let resolves = 0;
+    const agent = await startWatchingAgent({
+      mappings: [{ s1 }],
+      fromIface: loopbackIface,
+      deliverIface: loopbackIface,
+      pollMs: 20,
+      readMemberships: () => [{ group: s1.address, iface: 'lo', users: 1 }],
+      controller: {
+        resolve: async () => {
+          resolves++;
+          return { granted: true, s2, leaseMs: 600_000, key: current };
+        },
+        release: async () => undefined,
+      },
+    });
+    const app = createSocket({ type: 'udp4', reuseAddr: true });
+    const got: Buffer[] = [];
+    app.on('message', (message) => got.push(message));
+    await new Promise<void>((resolve) => app.bind(s1.port, s1.address, resolve));
+    app.addMembership(s1.address, loopbackIface);
+    await waitUntil('delivery', () => agent.status().sessions[0]?.active === true, 5_000);
+    const repairer = createSocket('udp4');
+    await new Promise<void>((resolve) => repairer.bind(0, loopbackIface, resolve));
+    repairer.setMulticastInterface(loopbackIface);
+    const sealer = new S2Sealer(0x5eed, keys[0] ?? newS2Key(1));
+    const payloads = Array.from({ length: 40 }, (_, i) => Buffer.alloc(200, i));
+    for (const [i, payload] of payloads.entries()) {
+      if (i === 20) {
+        current = keys[1]; // someone left: the controller rotated S2's key
+        sealer.rotate(keys[1] ?? newS2Key(2));
+      }
+      const datagram = encodeData(
+        { sessionId: 9, incarnation: 1, sequence: 100 + i, timestampUs: 1 },
+        payload,
+      );
+      repairer.send(sealer.seal(datagram, 1), s2.port, s2.address);
+    }
+    await waitUntil('every payload', () => got.length >= payloads.length, 5_000);
+    const delivery = agent.status().sessions[0]?.delivery;
+    repairer.close();
+    app.close();
+    await agent.close();
+    assert.deepEqual(got, payloads, 'in order, none lost across the rotation');
+    assert.equal(resolves, 2, 'the grant, and one early renewal for the new epoch');
+    assert.equal(delivery?.s2KeyEpoch, 2);
+    assert.equal(delivery?.keyWaitDropped, 0);
   });
 });

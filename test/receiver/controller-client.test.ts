@@ -73,6 +73,38 @@ describe('the agent’s controller client treats every answer that breaks the co
       granted: false,
       reason: 'the controller’s answer failed its authenticity check',
     });
+    // A sealed S2: the key comes in the grant, under the tag; an altered key fails the check.
+    const secret = Buffer.alloc(32, 9).toString('base64url');
+    const sealed = { ...grant, key: { suite: 'aes-256-gcm' as const, epoch: 3, secret } };
+    const sealedTagged = { ...sealed, tag: answerTag(token, answerFields(sealed)) };
+    answer = { status: 200, body: JSON.stringify(sealedTagged) };
+    assert.deepEqual(await client.resolve(s1), {
+      granted: true,
+      s2: parseGroup('239.61.0.1:6000', 's2'),
+      leaseMs: 60_000,
+      key: { epoch: 3, key: Buffer.alloc(32, 9) },
+    });
+    const otherSecret = Buffer.alloc(32, 8).toString('base64url');
+    for (const key of [
+      { ...sealed.key, epoch: 4 },
+      { ...sealed.key, secret: otherSecret },
+    ]) {
+      answer = { status: 200, body: JSON.stringify({ ...sealedTagged, key }) };
+      assert.deepEqual(await client.resolve(s1), {
+        granted: false,
+        reason: 'the controller’s answer failed its authenticity check',
+      });
+    }
+    for (const key of [
+      { ...sealed.key, secret: 'short' },
+      { ...sealed.key, suite: 'aes-128-cbc' },
+      { ...sealed.key, epoch: 0 },
+    ]) {
+      answer = { status: 200, body: JSON.stringify({ ...sealedTagged, key }) };
+      const refused = await client.resolve(s1);
+      assert.equal(refused.granted, false, JSON.stringify(key));
+      assert.match(refused.granted ? '' : refused.reason, /not a grant.*key/, JSON.stringify(key));
+    }
     answer = {
       status: 403,
       body: JSON.stringify({ error: 'not-entitled', message: 'no repair entitlement' }),

@@ -7,6 +7,7 @@ import type { FastifyInstance } from 'fastify';
 import { buildServerApp as buildSubscriptionApp } from '../../src/cli/server-app.js';
 import { answerTag, verifyAnswerTag } from '../../src/crypto/answer-auth.js';
 import { controlKey } from '../../src/crypto/control-auth.js';
+import type { S2Key } from '../../src/crypto/s2-seal.js';
 import { parseGroup } from '../../src/net/address.js';
 import { answerFields } from '../../src/protocol/controller.js';
 import { controllerClient } from '../../src/receiver/controller-client.js';
@@ -25,9 +26,15 @@ function fakeModules() {
     settings: RepairSettings;
     counters: { recovered: number; recoveredBytes: number };
     closed: boolean;
+    keys: S2Key[];
   }> = [];
   const start = async (settings: RepairSettings): Promise<RepairServer> => {
-    const entry = { settings, counters: { recovered: 0, recoveredBytes: 0 }, closed: false };
+    const entry = {
+      settings,
+      counters: { recovered: 0, recoveredBytes: 0 },
+      closed: false,
+      keys: settings.s2Key === undefined ? [] : [settings.s2Key],
+    };
     started.push(entry);
     const close = async () => {
       entry.closed = true;
@@ -35,6 +42,7 @@ function fakeModules() {
     return {
       local: settings.listen,
       status: () => ({ ...entry.counters }) as unknown as RepairStatus,
+      rotateS2Key: (key) => entry.keys.push({ epoch: key.epoch, key: Buffer.from(key.key) }),
       close,
       [Symbol.asyncDispose]: close,
     };
@@ -134,7 +142,15 @@ describe('repair controller (flow A) against a real subscription server on loopb
   it('grants an entitled subscriber a fresh S2 from the pool, tagged under its token; the same S1 reuses the module', async () => {
     const alice = controllerClient(controller.url, tokens.alice?.token ?? '');
     const first = await alice.resolve(s1);
-    assert.deepEqual(first, { granted: true, s2: parseGroup('239.41.0.1:6000', 's2'), leaseMs: 60_000 });
+    const moduleKey = modules.started[0]?.settings.s2Key;
+    assert.ok(moduleKey !== undefined, 'the module seals S2 under a key the controller made');
+    assert.equal(moduleKey.epoch, 1);
+    assert.deepEqual(first, {
+      granted: true,
+      s2: parseGroup('239.41.0.1:6000', 's2'),
+      leaseMs: 60_000,
+      key: { epoch: 1, key: moduleKey.key },
+    });
     const again = await alice.resolve(s1);
     assert.deepEqual(again, first, 'a renewal returns the same S2');
     assert.equal(modules.started.length, 1);
@@ -297,6 +313,59 @@ describe('repair controller (flow A) against a real subscription server on loopb
     }
   });
 
+  it('a grant that ends rotates S2’s key: release, lapsed entitlement, lapsed lease; the one who stays gets each new key', async () => {
+    const rotating = await startController({
+      pool: parseGroup('239.44.0.1:6000', 'pool'),
+      poolSize: 1,
+      idleMs: 3_600_000,
+    });
+    try {
+      // 239.40.0.9 is the session bob holds a repair entitlement for; alice's covers every session.
+      const news = parseGroup('239.40.0.9:5000', 's1');
+      const alice = controllerClient(rotating.url, tokens.alice?.token ?? '');
+      const bob = controllerClient(rotating.url, tokens.bob?.token ?? '');
+      const first = await alice.resolve(news);
+      const bobFirst = await bob.resolve(news);
+      const module = modules.started.at(-1);
+      assert.ok(module && first.granted && bobFirst.granted);
+      assert.deepEqual(bobFirst.key, first.key, 'both hold the current key');
+      assert.equal(first.key?.epoch, 1);
+
+      await bob.release(news); // bob leaves
+      assert.equal(module.keys.length, 2, 'the module was given a new key');
+      const second = await alice.resolve(news);
+      assert.ok(second.granted);
+      assert.equal(second.key?.epoch, 2);
+      assert.deepEqual(second.key, module.keys[1], 'alice gets the key the module seals under now');
+      assert.notDeepEqual(second.key?.key, first.key?.key);
+      assert.equal(rotating.status().s2Rotations, 1);
+      assert.equal(rotating.status().modules[0]?.s2KeyEpoch, 2);
+
+      // bob comes back, then his entitlement is withdrawn: his next renewal is refused and rotates.
+      const back = await bob.resolve(news);
+      assert.equal(back.granted && back.key?.epoch, 2);
+      const withdrawn = await store.db
+        .deleteFrom('entitlements')
+        .where('subscriber', '=', tokens.bob?.id ?? '')
+        .returningAll()
+        .execute();
+      const refused = await bob.resolve(news);
+      assert.deepEqual(refused, { granted: false, reason: '403 no repair entitlement' });
+      assert.equal(module.keys.length, 3);
+      const third = await alice.resolve(news);
+      assert.equal(third.granted && third.key?.epoch, 3);
+      assert.deepEqual(third.granted ? third.key : undefined, module.keys[2]);
+      if (withdrawn.length > 0) {
+        await store.db.insertInto('entitlements').values(withdrawn).execute();
+      }
+      // Keys the departed held are never given again: every epoch has its own random key.
+      const seen = new Set(module.keys.map((key) => key.key.toString('hex')));
+      assert.equal(seen.size, module.keys.length);
+    } finally {
+      await rotating.close();
+    }
+  });
+
   it('a grant that is not renewed lapses: the subscriber is detached and the idle module closed', async () => {
     const short = await startController({
       pool: parseGroup('239.42.0.1:6000', 'pool'),
@@ -309,6 +378,8 @@ describe('repair controller (flow A) against a real subscription server on loopb
       assert.equal(short.status().modules[0]?.subscribers, 1);
       await new Promise((resolve) => setTimeout(resolve, 300));
       await short.flush();
+      assert.equal(short.status().s2Rotations, 1, 'the lapsed grant rotated S2’s key');
+      assert.equal(modules.started.at(-1)?.keys.at(-1)?.epoch, 2);
       assert.equal(short.status().modules.length, 0);
       assert.equal(modules.started.at(-1)?.closed, true);
     } finally {

@@ -1,0 +1,283 @@
+/**
+ * The sealed repaired group S2 (flow A; docs/protocol.md, "SEALED"; docs/security.md, "S2").
+ *
+ * A repair server that holds an S2 key puts every datagram it re-emits on S2 — DATA, and the
+ * DESCRIPTOR, HEARTBEAT and END it relays — whole inside a SEALED envelope: a fresh 32-byte header
+ * (type 12, the S2 key epoch, the envelope counter as its sequence, the server's sender id as its
+ * incarnation) as associated data, then the datagram encrypted with AES-256-GCM and a 16-byte tag.
+ * The nonce is never random and never reused:
+ *
+ *   nonce = sender id (32 bits) || S2 key epoch (16 bits) || 0 (16 bits) || envelope counter (32 bits)
+ *
+ * The sender id is drawn afresh every time a repair server starts, and the repair controller hands
+ * every module it starts a fresh random key, so a restart uses a new key and nonce space; within
+ * one key the counter only goes up and a sealer refuses to pass 2^32 - 1.
+ */
+import assert from 'node:assert/strict';
+import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import {
+  decodeHeader,
+  headerBytes,
+  offsetIncarnation,
+  offsetKeyEpoch,
+  offsetSequence,
+  offsetSessionId,
+  PacketType,
+  writeHeaderFields,
+} from '../protocol/packet.js';
+import { sealedCarriedBytesMax, sealedTagBytes } from '../protocol/sizes.js';
+import { CipherError } from './errors.js';
+import type { ReceiverProtection, ReceiverProtectionStats } from './restricted-session.js';
+import { aeadNonceBytes, aeadTagBytes, writePacketNonce } from './suites.js';
+
+/** The suite of S2: one, so an agent never negotiates. */
+export const s2SuiteName = 'aes-256-gcm' as const;
+/** Bytes of an S2 key. */
+export const s2KeyBytes = 32;
+/** Envelopes one key seals at most (the counter is 32 bits and never wraps). */
+const envelopeCounterMax = 0xffff_ffff;
+
+/** One generation of S2's key. */
+export interface S2Key {
+  /** 1-65535; the key of a later generation has another epoch. */
+  readonly epoch: number;
+  /** 32 bytes. */
+  readonly key: Buffer;
+}
+
+/** A fresh random S2 key for an epoch. */
+export function newS2Key(epoch: number): S2Key {
+  return { epoch: checkEpoch(epoch), key: randomBytes(s2KeyBytes) };
+}
+
+/** The epoch after this one: 1-65535, then 1 again (the key is new each time). */
+export function nextS2Epoch(epoch: number): number {
+  return epoch >= 0xffff ? 1 : epoch + 1;
+}
+
+/** The key as the grant carries it: base64url of the 32 bytes. */
+export function formatS2Secret(key: S2Key): string {
+  return key.key.toString('base64url');
+}
+
+/** A key from a grant's fields; CipherError naming what is wrong. */
+export function parseS2Key(epoch: number, secret: string, field: string): S2Key {
+  const key = Buffer.from(secret, 'base64url');
+  if (key.length !== s2KeyBytes || key.toString('base64url') !== secret) {
+    throw new CipherError(`${field}: the S2 key is not ${s2KeyBytes} bytes of base64url`);
+  }
+  return { epoch: checkEpoch(epoch, field), key };
+}
+
+/**
+ * Reads an S2 key file (`gatecast repair --s2-key-file`, `gatecast agent --s2-key-file`): one line,
+ * `EPOCH:KEY` with KEY 64 hex digits, or KEY alone for epoch 1. CipherError names the file.
+ */
+export function readS2KeyFile(path: string, field: string): S2Key {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8').trim();
+  } catch (error) {
+    throw new CipherError(`${field}: cannot read ${path}: ${(error as NodeJS.ErrnoException).code ?? error}`);
+  }
+  const match = /^(?:(\d{1,5}):)?([0-9a-fA-F]{64})$/.exec(text);
+  if (match === null) {
+    throw new CipherError(`${field}: ${path} does not hold EPOCH:KEY with KEY 64 hex digits (32 bytes)`);
+  }
+  return { epoch: checkEpoch(Number(match[1] ?? '1'), field), key: Buffer.from(match[2] ?? '', 'hex') };
+}
+
+function checkEpoch(epoch: number, field = 'S2 key epoch'): number {
+  if (!Number.isInteger(epoch) || epoch < 1 || epoch > 0xffff) {
+    throw new CipherError(`${field}: key epoch ${epoch} is not 1-65535`);
+  }
+  return epoch;
+}
+
+function checkKey(key: S2Key): void {
+  if (key.key.length !== s2KeyBytes) {
+    throw new CipherError(`an S2 key is ${s2KeyBytes} bytes, not ${key.key.length}`);
+  }
+  checkEpoch(key.epoch);
+}
+
+// The envelope's tag is the suites' pinned tag.
+assert.equal(sealedTagBytes, aeadTagBytes);
+
+/**
+ * Seals datagrams for S2 under the current key. `rotate` installs the next key: every envelope
+ * sealed after it is under the new epoch only.
+ */
+export class S2Sealer {
+  readonly #senderId: number;
+  #key: S2Key;
+  #counter = 0;
+  readonly #nonce = Buffer.alloc(aeadNonceBytes);
+
+  constructor(senderId: number, key: S2Key) {
+    if (senderId === 0) {
+      throw new CipherError('an S2 sealer needs a sender id (not 0) for its nonces');
+    }
+    checkKey(key);
+    this.#senderId = senderId >>> 0;
+    this.#key = { epoch: key.epoch, key: Buffer.from(key.key) };
+  }
+
+  /** The epoch envelopes are sealed under now. */
+  get epoch(): number {
+    return this.#key.epoch;
+  }
+
+  /** Installs a new key under another epoch; the old key is wiped. */
+  rotate(key: S2Key): void {
+    checkKey(key);
+    if (key.epoch === this.#key.epoch) {
+      throw new CipherError(`S2 key epoch ${key.epoch} is in use; a new key needs a new epoch`);
+    }
+    this.#key.key.fill(0);
+    this.#key = { epoch: key.epoch, key: Buffer.from(key.key) };
+    this.#counter = 0;
+  }
+
+  /**
+   * Seals one datagram into a new SEALED envelope stamped with nowUs. Throws CipherError when the
+   * datagram is too large or the key has sealed 2^32 - 1 envelopes (a new epoch is needed).
+   */
+  seal(datagram: Buffer, nowUs: number): Buffer {
+    if (datagram.length > sealedCarriedBytesMax) {
+      throw new CipherError(`a datagram of ${datagram.length} bytes does not fit a SEALED envelope`);
+    }
+    if (this.#counter >= envelopeCounterMax) {
+      throw new CipherError(`S2 key epoch ${this.#key.epoch} has sealed 2^32 - 1 envelopes`);
+    }
+    this.#counter++;
+    const sessionId = datagram.length >= headerBytes ? datagram.readUInt32BE(offsetSessionId) : 0;
+    const bodyLength = datagram.length + sealedTagBytes;
+    const out = Buffer.allocUnsafe(headerBytes + bodyLength);
+    writeHeaderFields(
+      out,
+      PacketType.sealed,
+      sessionId,
+      this.#counter,
+      nowUs,
+      this.#key.epoch,
+      bodyLength,
+      this.#senderId,
+    );
+    writePacketNonce(this.#nonce, this.#senderId, this.#key.epoch, this.#counter);
+    const cipher = createCipheriv('aes-256-gcm', this.#key.key, this.#nonce, { authTagLength: aeadTagBytes });
+    cipher.setAAD(out.subarray(0, headerBytes));
+    const written = cipher.update(datagram).copy(out, headerBytes);
+    cipher.final().copy(out, headerBytes + written);
+    cipher.getAuthTag().copy(out, headerBytes + datagram.length);
+    return out;
+  }
+}
+
+/** Why an envelope was not opened; counted per reason by the agent. */
+export type S2OpenFailure = 'malformed' | 'no-key' | 'bad-tag';
+
+/** Opens SEALED envelopes under the S2 keys a grant gave; keeps the latest few epochs. */
+export class S2Opener {
+  readonly #keys = new Map<number, Buffer>();
+  readonly #keysMax: number;
+  readonly #nonce = Buffer.alloc(aeadNonceBytes);
+
+  /** keysMax: epochs held at once (the oldest is wiped when a newer one comes). */
+  constructor(keysMax = 4) {
+    this.#keysMax = keysMax;
+  }
+
+  /** Installs an epoch's key (again: no change). */
+  setKey(key: S2Key): void {
+    checkKey(key);
+    this.#keys.delete(key.epoch);
+    this.#keys.set(key.epoch, Buffer.from(key.key));
+    while (this.#keys.size > this.#keysMax) {
+      const oldest = this.#keys.keys().next().value;
+      if (oldest === undefined) {
+        break;
+      }
+      this.#keys.get(oldest)?.fill(0);
+      this.#keys.delete(oldest);
+    }
+  }
+
+  /** True when the epoch's key is held. */
+  hasKey(epoch: number): boolean {
+    return this.#keys.has(epoch);
+  }
+
+  /** The epoch an envelope is sealed under, or undefined when it is not a well-formed envelope. */
+  static epochOf(envelope: Buffer): number | undefined {
+    const header = decodeHeader(envelope);
+    if (!header.ok || header.value.type !== PacketType.sealed) {
+      return undefined;
+    }
+    return envelope.length < headerBytes + sealedTagBytes + headerBytes
+      ? undefined
+      : envelope.readUInt16BE(offsetKeyEpoch);
+  }
+
+  /** Opens an envelope: the datagram it carries (a copy), or why not. Nothing of a failure is returned. */
+  open(envelope: Buffer): Buffer | S2OpenFailure {
+    const epoch = S2Opener.epochOf(envelope);
+    if (epoch === undefined) {
+      return 'malformed';
+    }
+    const key = this.#keys.get(epoch);
+    if (key === undefined) {
+      return 'no-key';
+    }
+    const header = envelope.subarray(0, headerBytes);
+    writePacketNonce(
+      this.#nonce,
+      header.readUInt32BE(offsetIncarnation),
+      epoch,
+      header.readUInt32BE(offsetSequence),
+    );
+    const decipher = createDecipheriv('aes-256-gcm', key, this.#nonce, { authTagLength: aeadTagBytes });
+    decipher.setAAD(header);
+    decipher.setAuthTag(envelope.subarray(envelope.length - sealedTagBytes));
+    try {
+      const body = decipher.update(envelope.subarray(headerBytes, envelope.length - sealedTagBytes));
+      decipher.final();
+      return body;
+    } catch {
+      return 'bad-tag';
+    }
+  }
+}
+
+/**
+ * A receiver's filter for a sealed S2 (the demo's receiver of the repaired copy): opens each
+ * envelope under the key and passes on what it carries; anything else is dropped and counted.
+ */
+export function s2ReceiverProtection(key: S2Key): ReceiverProtection {
+  const opener = new S2Opener();
+  opener.setKey(key);
+  const stats: ReceiverProtectionStats = {
+    keysAccepted: 1,
+    keysRepeated: 0,
+    keysRejected: {},
+    packetsOpened: 0,
+    packetsBadTag: 0,
+    packetsHeld: 0,
+    packetsDropped: 0,
+  };
+  return {
+    stats,
+    filter(datagram, pass) {
+      const opened = opener.open(datagram);
+      if (Buffer.isBuffer(opened)) {
+        stats.packetsOpened++;
+        pass(opened);
+      } else if (opened === 'bad-tag') {
+        stats.packetsBadTag++;
+      } else {
+        stats.packetsDropped++;
+      }
+    },
+  };
+}
