@@ -36,11 +36,13 @@ import {
   parseServerUrl,
   required,
 } from './options.js';
+import { sourcePublicKeyOption, sourcePublicOptions } from './restricted.js';
 import { agentSample, controllerSample, repairSampler, retransmitSample } from './role-metrics.js';
 import { applySocketBuffer } from './socket-buffer.js';
 import { readToken } from './token.js';
 
 const retransmitOptions: OptionSpecs = {
+  ...sourcePublicOptions,
   join: { type: 'string', value: 'GROUP:PORT[,...]', help: 'sessions to buffer (more may come by SETUP)' },
   source: { type: 'string', value: 'ADDR', help: 'join source-specific (SSM) to this sender' },
   iface: { type: 'string', value: 'NAME|ADDR', help: 'interface to join on' },
@@ -88,6 +90,7 @@ const retransmitOptions: OptionSpecs = {
 };
 
 const repairOptions: OptionSpecs = {
+  ...sourcePublicOptions,
   join: { type: 'string', value: 'GROUP:PORT', help: 'the session S1 to repair' },
   source: { type: 'string', value: 'ADDR', help: 'join S1 source-specific (SSM)' },
   iface: { type: 'string', value: 'NAME|ADDR', help: 'interface to join S1 on (and emit on)' },
@@ -258,6 +261,7 @@ export async function runRetransmit(argv: string[], err: NodeJS.WriteStream): Pr
   const bufferBytesText = optional(values, 'buffer-bytes');
   const bufferAgeText = optional(values, 'buffer-age');
   const server = await startRetransmitServer({
+    sourcePublicKey: sourcePublicKeyOption(values),
     joins,
     iface,
     listen,
@@ -332,6 +336,7 @@ export async function runRepair(argv: string[], err: NodeJS.WriteStream): Promis
   const emit = parseGroupOn(required(values, 'emit'), '--emit', ifaceOption(values, 'emit-iface', 'iface'));
   const server = await startRepairServer({
     ...repairModuleOptions(values),
+    sourcePublicKey: sourcePublicKeyOption(values),
     group,
     source: optional(values, 'source'),
     listen: parseEndpoint(required(values, 'listen'), '--listen'),
