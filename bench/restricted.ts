@@ -9,7 +9,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { cpus, release } from 'node:os';
+import { cpus, loadavg, release } from 'node:os';
 import { join } from 'node:path';
 import { buildKeyMessage, ed25519Raw, generateSigningKey, issueGrant } from '../src/crypto/authority.js';
 import { initPkcs11Token, openPkcs11Token } from '../src/crypto/pkcs11-token.js';
@@ -204,7 +204,9 @@ async function main(): Promise<void> {
         const receiver = receiveOn(bed, 'rtr', group, ['--timeout', '5', ...receive]);
         await receiver.waitFor(/joined/);
         const joinedAt = performance.now();
-        await receiver.waitFor(/^\d+ /m, 5000);
+        await receiver.waitFor(/^\d+ /m, 5000).catch((error: unknown) => {
+          throw new Error(`${label}: ${(error as Error).message}\nsource: ${source.output().slice(-2000)}`);
+        });
         samples.push(performance.now() - joinedAt);
         receiver.child.kill('SIGTERM');
         await receiver.finished;
@@ -316,7 +318,8 @@ function writeReport(
     'restricted',
     `## Restricted channels
 
-- Machine: ${cpus().length} × ${cpus()[0]?.model ?? 'unknown'}, Linux ${release()}, Node ${process.version}; ${new Date().toISOString().slice(0, 10)}.
+- Machine: ${cpus().length} × ${cpus()[0]?.model ?? 'unknown'}, Linux ${release()}, Node ${process.version}; ${new Date().toISOString().slice(0, 10)};
+  load average ${loadavg()[0]?.toFixed(1)} (1 min) when the report was written.
 - Set-up: the test bed of \`scripts/testbed.sh\`; \`gatecast send --file\` in \`src\` to \`gatecast receive
   --out /dev/null\` in \`rtr\`, ${packets} packets of 1400 bytes paced at ${rate}, one row per mode in the
   same run. Packets per CPU-second is packets handled per second of one core (user + system time of
