@@ -61,6 +61,11 @@ export interface SignedSessionGate {
    * types (NACK, REPAIR, …: not the source's) go to `pass` unchanged.
    */
   filter(datagram: Buffer, pass: (datagram: Buffer) => void): void;
+  /**
+   * Checks a DATA datagram against the manifests verified so far, keeping nothing: `authentic`,
+   * `forged` (a manifest holds another hash for its sequence; counted) or `unknown`.
+   */
+  check(datagram: Buffer): 'authentic' | 'forged' | 'unknown';
 }
 
 /** Options of a gate. */
@@ -286,6 +291,26 @@ export function createSignedSessionGate(
 
   return {
     stats,
+    check(datagram) {
+      if (datagram.length < headerBytes || datagram[offsetType] !== PacketType.data) {
+        return 'unknown';
+      }
+      const expected = hashes.get(
+        dataKey(
+          datagram.readUInt32BE(offsetSessionId),
+          datagram.readUInt32BE(offsetIncarnation),
+          datagram.readUInt32BE(offsetSequence),
+        ),
+      );
+      if (expected === undefined) {
+        return 'unknown';
+      }
+      if (!manifestHash(datagram).equals(expected)) {
+        forged('hash-mismatch');
+        return 'forged';
+      }
+      return 'authentic';
+    },
     filter(datagram, pass) {
       const type = datagram.length > offsetType ? datagram[offsetType] : undefined;
       if (type === PacketType.data) {

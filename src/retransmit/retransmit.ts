@@ -283,8 +283,14 @@ export async function startRetransmitServer(
           sendTo,
           replyTo: () => control.local,
           peers: fetchPeers,
-          store: (sessionId, incarnation, sequence, datagram) =>
-            bufferFor(sessionId, incarnation)?.fill(sequence, datagram, clock.nowMs()) ?? false,
+          store: (sessionId, incarnation, sequence, datagram) => {
+            // A signed session: a peer's copy is kept only when a manifest already vouches for it.
+            if (gate !== undefined && gate.check(datagram) !== 'authentic') {
+              drop('peer-fetch-unauthenticated');
+              return false;
+            }
+            return bufferFor(sessionId, incarnation)?.fill(sequence, datagram, clock.nowMs()) ?? false;
+          },
           drop,
         });
   const ownAddress = () => ({

@@ -98,3 +98,21 @@ describe('signed-session gate', () => {
     assert.equal(t.passed.length, 0);
   });
 });
+
+describe("signed-session gate: a check that keeps nothing (a retransmit server's peer-fetched copies)", () => {
+  it('authentic once a manifest vouches, forged against it, unknown before', () => {
+    const protection = sender();
+    const t = gate();
+    const wire: Buffer[] = [];
+    for (let sequence = 0; sequence < 32; sequence++) {
+      wire.push(...protection.seal(data(run, sequence, Buffer.from(`genuine ${sequence}`)), 0, 0));
+    }
+    const manifest = wire.pop() as Buffer;
+    assert.equal(t.g.check(wire[0] as Buffer), 'unknown');
+    t.take(manifest);
+    assert.equal(t.g.check(wire[0] as Buffer), 'authentic');
+    assert.equal(t.g.check(data(run, 0, Buffer.from('forged'))), 'forged');
+    assert.equal(t.g.stats.holding, 0);
+    assert.equal(t.passed.length, 0, 'check passes nothing on');
+  });
+});
