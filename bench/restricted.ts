@@ -198,7 +198,12 @@ async function main(): Promise<void> {
         '600',
         ...extra,
       ]);
-      await new Promise((resolve) => setTimeout(resolve, 500));
+      // A warm-up receiver, not counted: the samples start once the source is sending (its start-up
+      // on a loaded machine is not a join's latency).
+      const warmUp = receiveOn(bed, 'rtr', group, ['--timeout', '15', ...receive]);
+      await warmUp.waitFor(/^\d+ /m, 15_000);
+      warmUp.child.kill('SIGTERM');
+      await warmUp.finished;
       const samples: number[] = [];
       for (let index = 0; index < joins; index += 1) {
         const receiver = receiveOn(bed, 'rtr', group, ['--timeout', '5', ...receive]);
