@@ -338,9 +338,6 @@ export const tokenReleasedKeysMax = 64;
 /** Software token: scrypt cost (N = 2^15, r = 8, p = 1; ~32 MiB and ~0.1 s per PIN check). */
 export const tokenScryptCost = 32_768;
 
-/** Restricted source: how often KEY messages and the signed offer repeat (a late joiner waits at most this). */
-export const keyRepeatIntervalMs = 100;
-
 /** Restricted receiver: sealed DATA held while its epoch's key is on its way from the token. */
 export const restrictedHeldPacketsMax = 4096;
 
@@ -349,6 +346,31 @@ export const restrictedHeldPacketsMax = 4096;
  * one does, so the token is asked for (and a purse pays for) only the periods read.
  */
 export const restrictedPendingKeysMax = 4;
+
+/**
+ * Restricted or signed source: how often the DESCRIPTOR, the KEY messages, the signed offer and the
+ * pending manifest go out, so a late joiner locks on, holds a key and authenticates its first DATA
+ * within one interval (docs/benchmarks.md, "Restricted channels": join p99 target 250 ms).
+ */
+export const protectedControlIntervalMs = 50;
+
+/** Signed source: each manifest is sent this many times in all (once at once, then at the next control ticks). */
+export const manifestSendCount = 3;
+
+/** Signed source: manifests kept for their repeats. */
+export const manifestRepeatsMax = 512;
+
+/** Signed session gate: DATA held until a manifest vouches for it (oldest dropped first, counted). */
+export const signedHeldPacketsMax = 8192;
+
+/** Signed session gate: HEARTBEAT, END and DESCRIPTOR datagrams held until their signature arrives. */
+export const signedHeldControlMax = 64;
+
+/** Signed session gate: packet hashes remembered from verified manifests (oldest forgotten first). */
+export const signedManifestHashesMax = 65_536;
+
+/** Signed session gate: hashes of control datagrams remembered from verified control signatures. */
+export const signedVouchedControlMax = 256;
 
 /**
  * Purse: how many revisions a token's purse state may be ahead of its monotonic counter (the state

@@ -3,6 +3,7 @@
 import { closeSync, openSync, writevSync } from 'node:fs';
 import type { TokenRefused } from '../crypto/errors.js';
 import { createReceiverProtection, type ReceiverProtection } from '../crypto/restricted-session.js';
+import { createSignedSessionGate, type SignedSessionGate } from '../crypto/signed-session.js';
 import type { Token } from '../crypto/token.js';
 import { fileWriteBatchPayloadsMax, receiveTimeoutMsDefault } from '../limits.js';
 import { formatEndpoint } from '../net/address.js';
@@ -19,7 +20,14 @@ import {
   parseOptions,
   parseSeconds,
 } from './options.js';
-import { openToken, readPin, tokenLocation, tokenOptions } from './restricted.js';
+import {
+  openToken,
+  readPin,
+  sourcePublicKeyOption,
+  sourcePublicOptions,
+  tokenLocation,
+  tokenOptions,
+} from './restricted.js';
 import { applySocketBuffer, describeSocketBuffers, socketBufferOptions } from './socket-buffer.js';
 
 export const receiveOptions: OptionSpecs = {
@@ -39,6 +47,7 @@ export const receiveOptions: OptionSpecs = {
     help: `give up after this long without a packet (default ${receiveTimeoutMsDefault / 1000})`,
   },
   ...tokenOptions,
+  ...sourcePublicOptions,
   ...socketBufferOptions,
 };
 
@@ -192,6 +201,8 @@ export async function runReceive(argv: string[], err: NodeJS.WriteStream): Promi
   const outPath = optional(values, 'out') ?? '-';
   const controller = new AbortController();
   const stop = () => controller.abort();
+  const sourcePublicKey = sourcePublicKeyOption(values);
+  const signed = sourcePublicKey === undefined ? undefined : createSignedSessionGate(sourcePublicKey);
   const location = tokenLocation(values);
   const token: Token | undefined = location === undefined ? undefined : openToken(location, readPin(values));
   let refusal: TokenRefused | undefined;
@@ -211,7 +222,7 @@ export async function runReceive(argv: string[], err: NodeJS.WriteStream): Promi
   }
   const receiver = createReceiver(
     { group, iface, source: optional(values, 'source'), timeoutMs },
-    { sink, protection },
+    { sink, protection, signed },
   );
   process.once('SIGINT', stop);
   process.once('SIGTERM', stop);
@@ -230,9 +241,12 @@ export async function runReceive(argv: string[], err: NodeJS.WriteStream): Promi
     if (sink.failure !== undefined) {
       return outputFailed(sink, outPath, summary, values.json === true, err);
     }
-    const restricted = protection === undefined ? {} : { restricted: protection.stats };
+    const restricted = {
+      ...(protection === undefined ? {} : { restricted: protection.stats }),
+      ...(signed === undefined ? {} : { signed: signed.stats }),
+    };
     err.write(
-      `${values.json === true ? JSON.stringify({ ...summary, ...restricted, socketBuffers: socketBufferReport() }) : describeReceive(summary, protection?.stats)}\n`,
+      `${values.json === true ? JSON.stringify({ ...summary, ...restricted, socketBuffers: socketBufferReport() }) : describeReceive(summary, protection?.stats, signed?.stats)}\n`,
     );
     return summary.outcome === 'complete' ? exitOk : exitIncomplete;
   } finally {
@@ -274,11 +288,19 @@ function outputFailed(
 }
 
 /** One line that says what arrived and what did not. */
-export function describeReceive(summary: ReceiveSummary, restricted?: ReceiverProtection['stats']): string {
+export function describeReceive(
+  summary: ReceiveSummary,
+  restricted?: ReceiverProtection['stats'],
+  signed?: SignedSessionGate['stats'],
+): string {
   const name = summary.sessionName === undefined ? 'no session' : `session "${summary.sessionName}"`;
   const malformed = Object.values(summary.malformed).reduce((sum, count) => sum + (count ?? 0), 0);
   const keysRejected = Object.values(restricted?.keysRejected ?? {}).reduce((sum, count) => sum + count, 0);
+  const forged = Object.values(signed?.forged ?? {}).reduce((sum, count) => sum + count, 0);
+  const unauthenticated = (signed?.unauthenticated ?? 0) + (signed?.holding ?? 0);
   const extras = [
+    forged > 0 ? `${forged} forged datagrams refused (${JSON.stringify(signed?.forged)})` : '',
+    unauthenticated > 0 ? `${unauthenticated} datagrams not authenticated by the source key, not used` : '',
     summary.encryptedDropped > 0
       ? `${summary.encryptedDropped} encrypted packets not decoded: the session is restricted, receive it with --token`
       : '',

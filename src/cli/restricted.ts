@@ -8,9 +8,14 @@
 import { createPrivateKey, createPublicKey, type KeyObject } from 'node:crypto';
 import { dirname, resolve } from 'node:path';
 import type { OperatorAuthority, RestrictedProduct } from '../api/context.js';
+import { ed25519FromRaw } from '../crypto/authority.js';
 import { TokenError } from '../crypto/errors.js';
 import { openPkcs11Token } from '../crypto/pkcs11-token.js';
-import { createSenderProtection, type SenderProtection } from '../crypto/restricted-session.js';
+import {
+  createSenderProtection,
+  createSignedSenderProtection,
+  type SenderProtection,
+} from '../crypto/restricted-session.js';
 import { openSoftwareToken } from '../crypto/software-token.js';
 import { suiteByName } from '../crypto/suites.js';
 import type { Token } from '../crypto/token.js';
@@ -24,7 +29,14 @@ export const pkcs11ModuleDefault = '/usr/lib/softhsm/libsofthsm2.so';
 
 /** Options of `send` for a restricted session. */
 export const restrictedSendOptions: OptionSpecs = {
-  restricted: { type: 'boolean', help: 'encrypt the session: only tokens entitled to --service decode it' },
+  restricted: {
+    type: 'boolean',
+    help: 'encrypt and sign the session: only tokens entitled to --service decode it',
+  },
+  signed: {
+    type: 'boolean',
+    help: 'sign the session (readable, authentic): receivers and servers given --source-public take only what --source-key signed',
+  },
   service: { type: 'string', value: 'NAME', help: 'with --restricted: the product the session belongs to' },
   'service-key-file': {
     type: 'string',
@@ -58,6 +70,31 @@ export const restrictedSendOptions: OptionSpecs = {
     help: 'with --restricted: sign a manifest over every N DATA packets, 32-64, or 0 for none (default 32)',
   },
 };
+
+/** Option of `receive`, `repair` and `retransmit` for a signed (or restricted) session. */
+export const sourcePublicOptions: OptionSpecs = {
+  'source-public': {
+    type: 'string',
+    value: 'FILE',
+    help: "a signed session: take only DATA, HEARTBEAT, END and DESCRIPTOR authenticated against this source key (64 hex digits, `token keys`' source.pub)",
+  },
+};
+
+/** The source key `--source-public` names, or undefined. */
+export function sourcePublicKeyOption(values: OptionValues): KeyObject | undefined {
+  const path = optional(values, 'source-public');
+  if (path === undefined) {
+    return undefined;
+  }
+  const raw = readHexFile(path, '--source-public', 32);
+  try {
+    return ed25519FromRaw(raw);
+  } catch (error) {
+    throw new UsageError(
+      `--source-public: ${path} is not an Ed25519 public key: ${(error as Error).message}`,
+    );
+  }
+}
 
 /** Options of `receive` (and `agent`) for a restricted session. */
 export const tokenOptions: OptionSpecs = {
@@ -175,11 +212,13 @@ export function senderProtectionOptions(
     'manifest-packets',
   ];
   if (values.restricted !== true) {
-    const stray = restrictedOnly.filter((name) => values[name] !== undefined);
+    const stray = restrictedOnly.filter(
+      (name) => values[name] !== undefined && !(name === 'manifest-packets' && values.signed === true),
+    );
     if (stray.length > 0) {
       throw new UsageError(`${stray.map((name) => `--${name}`).join(', ')} need --restricted`);
     }
-    return undefined;
+    return values.signed === true ? signedProtectionOptions(values) : undefined;
   }
   const service = optional(values, 'service');
   const serviceKeyFile = optional(values, 'service-key-file');
@@ -203,12 +242,7 @@ export function senderProtectionOptions(
   }
   const tierText = optional(values, 'tier');
   const tier = tierText === undefined ? 0 : parseInteger(tierText, '--tier', 0, 255);
-  const manifestText = optional(values, 'manifest-packets');
-  const manifestPackets =
-    manifestText === undefined ? 32 : parseInteger(manifestText, '--manifest-packets', 0, 64);
-  if (manifestPackets > 0 && manifestPackets < 32) {
-    throw new UsageError('--manifest-packets: 32-64, or 0 for none');
-  }
+  const manifestPackets = manifestPacketsOption(values, 0);
   return (run) =>
     createSenderProtection(
       {
@@ -299,4 +333,38 @@ export function readOperatorAuthority(
     };
   });
   return { rootPrivateKey: root.privateKey, products };
+}
+
+/** --manifest-packets: 32-64, or (when `none` is 0) 0 for none. */
+function manifestPacketsOption(values: OptionValues, none: number | undefined): number {
+  const text = optional(values, 'manifest-packets');
+  const packets = text === undefined ? 32 : parseInteger(text, '--manifest-packets', 0, 64);
+  if (packets === 0 && none === 0) {
+    return 0;
+  }
+  if (packets < 32) {
+    throw new UsageError(
+      none === 0
+        ? '--manifest-packets: 32-64, or 0 for none'
+        : '--manifest-packets: 32-64 for a signed session',
+    );
+  }
+  return packets;
+}
+
+/** `send --signed`: a readable session whose every datagram the source key vouches for. */
+function signedProtectionOptions(
+  values: OptionValues,
+): (run: { sessionId: number; incarnation: number }) => SenderProtection {
+  const sourceKeyFile = optional(values, 'source-key');
+  if (sourceKeyFile === undefined) {
+    throw new UsageError('--signed needs --source-key PEM');
+  }
+  const source = readSigningKey(sourceKeyFile, '--source-key');
+  const manifestPackets = manifestPacketsOption(values, undefined);
+  return (run) =>
+    createSignedSenderProtection(
+      { sourcePrivateKey: source.privateKey, sourcePublicKey: source.publicKey, manifestPackets },
+      run,
+    );
 }

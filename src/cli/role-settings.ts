@@ -44,7 +44,14 @@ const serverCommon = {
 };
 
 /** `gatecast retransmit`. */
+/** `--source-public`: a signed session's source key (retransmit and repair servers). */
+const sourcePublicSetting = text(
+  'FILE',
+  "a signed session: take only DATA, HEARTBEAT, END and DESCRIPTOR authenticated against this source key (64 hex digits, `token keys`' source.pub)",
+);
+
 export const retransmitSettings: TObject = settings({
+  'source-public': sourcePublicSetting,
   join: text('GROUP:PORT[,...]', 'sessions to buffer (more may come by SETUP)'),
   source: text('ADDR', 'join source-specific (SSM) to this sender'),
   iface: text('NAME|ADDR', 'interface to join on'),
@@ -67,6 +74,7 @@ export const retransmitSettings: TObject = settings({
 
 /** `gatecast repair`, and with `controller` the repair controller of flow A. */
 export const repairSettings: TObject = settings({
+  'source-public': sourcePublicSetting,
   join: text('GROUP:PORT', 'the session S1 to repair'),
   source: text('ADDR', 'join S1 source-specific (SSM)'),
   iface: text('NAME|ADDR', 'interface to join S1 on (and emit on)'),

@@ -27,6 +27,7 @@ import {
   parseServerUrl,
   required,
 } from './options.js';
+import { sourcePublicKeyOption } from './restricted.js';
 import { agentSample, controllerSample, repairSampler, retransmitSample } from './role-metrics.js';
 import { agentSettings, repairSettings, retransmitSettings } from './role-settings.js';
 import { applySocketBuffer } from './socket-buffer.js';
@@ -116,6 +117,7 @@ export function prepareRetransmit(values: OptionValues): RoleStarter {
   const announceGroupText = optional(values, 'announce-group');
   const periodMs = parseSeconds(required(values, 'period'), '--period');
   const settings = {
+    sourcePublicKey: sourcePublicKeyOption(values),
     joins,
     iface,
     listen,
@@ -191,6 +193,7 @@ export function prepareRepair(values: OptionValues): RoleStarter {
   const s2Key = s2KeyOption(values);
   const settings = {
     ...repairModuleOptions(values),
+    sourcePublicKey: sourcePublicKeyOption(values),
     group,
     source: optional(values, 'source'),
     listen: parseEndpoint(required(values, 'listen'), '--listen'),

@@ -22,8 +22,9 @@ import {
   sign,
   verify,
 } from 'node:crypto';
-import type { HeaderFields } from '../protocol/packet.js';
+import { decodeHeader, type HeaderFields } from '../protocol/packet.js';
 import {
+  encodeControlSignatureUnsigned,
   encodeGrantUnsigned,
   encodeKeyUnsigned,
   encodeManifestUnsigned,
@@ -193,6 +194,25 @@ export function buildSessionOffer(
   sourcePrivateKey: KeyObject,
 ): Buffer {
   return signInPlace(encodeSessionOfferUnsigned(fields, body), sourcePrivateKey);
+}
+
+/**
+ * Builds the signed control signature that vouches for one HEARTBEAT, END or DESCRIPTOR datagram
+ * of a signed run (docs/protocol.md, "Signed sessions"): the header repeats the datagram's run and
+ * sequence, the body carries its type and SHA-256.
+ */
+export function buildControlSignature(control: Buffer, sourcePrivateKey: KeyObject): Buffer {
+  const header = decodeHeader(control);
+  if (!header.ok) {
+    throw new CipherError(`cannot sign a malformed control datagram: ${header.detail}`);
+  }
+  const { sessionId, incarnation, sequence, timestampUs, type } = header.value;
+  const unsigned = encodeControlSignatureUnsigned(
+    { sessionId, incarnation, sequence, timestampUs },
+    type,
+    createHash('sha256').update(control).digest(),
+  );
+  return signInPlace(unsigned, sourcePrivateKey);
 }
 
 /** The manifest hash of a datagram as it travels: the first 16 bytes of its SHA-256. */

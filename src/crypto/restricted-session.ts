@@ -6,10 +6,21 @@
  * drops. Neither side ever holds the service key in the clear except the source, which issues it.
  */
 import { type KeyObject, randomBytes } from 'node:crypto';
-import { restrictedHeldPacketsMax, restrictedPendingKeysMax } from '../limits.js';
+import {
+  manifestRepeatsMax,
+  manifestSendCount,
+  restrictedHeldPacketsMax,
+  restrictedPendingKeysMax,
+} from '../limits.js';
 import { headerBytes, offsetKeyEpoch, offsetType, PacketType } from '../protocol/packet.js';
 import { decodeKey, type KeyMessage, OfferFlag } from '../protocol/restricted.js';
-import { buildKeyMessage, buildSessionOffer, ed25519Raw, ManifestBuilder } from './authority.js';
+import {
+  buildControlSignature,
+  buildKeyMessage,
+  buildSessionOffer,
+  ed25519Raw,
+  ManifestBuilder,
+} from './authority.js';
 import { TokenRefused } from './errors.js';
 import { aeadTagBytes, negotiateSuite, PacketOpener, PacketSealer, type Suite, suites } from './suites.js';
 import type { Token } from './token.js';
@@ -44,6 +55,114 @@ export interface SenderProtection {
   ): Buffer[];
   /** What is left to send at END: the last manifest. */
   finish(wallUs: number): Buffer[];
+  /**
+   * The manifest over the DATA sent since the last one, if any: sent before a HEARTBEAT, so that
+   * no HEARTBEAT claims a sequence no manifest vouches for yet.
+   */
+  flush(wallUs: number): Buffer[];
+  /**
+   * The control signature (SIGNATURE kind 3) that vouches for a HEARTBEAT, END or DESCRIPTOR
+   * datagram, sent just before it (docs/protocol.md, "Signed sessions").
+   */
+  signControl(control: Buffer): Buffer;
+}
+
+/**
+ * The manifests of a run and their repeats: each is sent at once, then again at the next control
+ * ticks (manifestSendCount in all), so one lost on the way costs no DATA its authentication.
+ */
+class ManifestRepeats {
+  readonly #recent: Array<{ datagram: Buffer; sends: number }> = [];
+
+  /** Notes a manifest just sent once. */
+  sent(manifest: Buffer): void {
+    this.#recent.push({ datagram: manifest, sends: 1 });
+    if (this.#recent.length > manifestRepeatsMax) {
+      this.#recent.shift();
+    }
+  }
+
+  /** The manifests to send again at this tick. */
+  due(): Buffer[] {
+    const out: Buffer[] = [];
+    for (const entry of this.#recent) {
+      out.push(entry.datagram);
+      entry.sends++;
+    }
+    while ((this.#recent[0]?.sends ?? 0) >= manifestSendCount) {
+      this.#recent.shift();
+    }
+    return out;
+  }
+}
+
+/** What a signed-only source needs (readable, authentic: `gatecast send --signed`). */
+export interface SignedSenderSettings {
+  readonly sourcePrivateKey: KeyObject;
+  readonly sourcePublicKey: KeyObject;
+  /** Sign a manifest over every this many DATA packets (32-64). */
+  readonly manifestPackets: number;
+}
+
+/**
+ * Builds the source side of a signed-only run: DATA stays readable, every DATA is covered by a
+ * manifest, every HEARTBEAT, END and DESCRIPTOR by a control signature, and the signed offer
+ * (flags: signed) names the source key.
+ */
+export function createSignedSenderProtection(
+  settings: SignedSenderSettings,
+  run: { sessionId: number; incarnation: number },
+): SenderProtection {
+  const manifests = new ManifestBuilder(run, settings.sourcePrivateKey, settings.manifestPackets);
+  const repeats = new ManifestRepeats();
+  const sourcePublicKey = ed25519Raw(settings.sourcePublicKey);
+  return {
+    overheadBytes: 0,
+    seal(plain, _nowMs, wallUs) {
+      const manifest = manifests.add(plain, plain.readUInt32BE(12), wallUs);
+      if (manifest === undefined) {
+        return [plain];
+      }
+      repeats.sent(manifest);
+      return [plain, manifest];
+    },
+    control(header, _nowMs, wallUs) {
+      const pending = manifests.flush(wallUs);
+      const again = repeats.due();
+      if (pending !== undefined) {
+        repeats.sent(pending);
+      }
+      const offer = buildSessionOffer(
+        { ...header, timestampUs: wallUs },
+        {
+          flags: OfferFlag.signed,
+          tier: 0,
+          suites: [suites[0]?.id ?? 1],
+          cryptoPeriodMs: 0,
+          service: 'signed',
+          sourcePublicKey,
+          descriptorSha256: Buffer.alloc(32),
+        },
+        settings.sourcePrivateKey,
+      );
+      return [offer, ...again, ...(pending === undefined ? [] : [pending])];
+    },
+    finish(wallUs) {
+      const manifest = manifests.flush(wallUs);
+      return [...repeats.due(), ...(manifest === undefined ? [] : [manifest, manifest])];
+    },
+    flush(wallUs) {
+      const manifest = manifests.flush(wallUs);
+      if (manifest === undefined) {
+        return [];
+      }
+      repeats.sent(manifest);
+      return [manifest];
+    },
+    signControl(control) {
+      return buildControlSignature(control, settings.sourcePrivateKey);
+    },
+  };
 }
 
 /**
@@ -87,6 +206,7 @@ export function createSenderProtection(
     return epoch;
   };
   const sourcePublicKey = ed25519Raw(settings.sourcePublicKey);
+  const repeats = new ManifestRepeats();
   return {
     overheadBytes: aeadTagBytes,
     seal(plain, nowMs, wallUs) {
@@ -95,11 +215,20 @@ export function createSenderProtection(
       plain.writeUInt16BE(keyEpoch, offsetKeyEpoch);
       const sealed = sealer.seal(plain);
       const manifest = manifests?.add(sealed, sealed.readUInt32BE(12), wallUs);
-      return manifest === undefined ? [sealed] : [sealed, manifest];
+      if (manifest === undefined) {
+        return [sealed];
+      }
+      repeats.sent(manifest);
+      return [sealed, manifest];
     },
     control(header, nowMs, wallUs) {
       const keyEpoch = currentEpoch(nowMs);
-      const out: Buffer[] = [];
+      const out: Buffer[] = [...repeats.due()];
+      const pending = manifests?.flush(wallUs);
+      if (pending !== undefined) {
+        repeats.sent(pending);
+        out.push(pending);
+      }
       out.push(
         buildSessionOffer(
           { ...header, timestampUs: wallUs },
@@ -139,7 +268,18 @@ export function createSenderProtection(
     },
     finish(wallUs) {
       const manifest = manifests?.flush(wallUs);
-      return manifest === undefined ? [] : [manifest];
+      return [...repeats.due(), ...(manifest === undefined ? [] : [manifest, manifest])];
+    },
+    flush(wallUs) {
+      const manifest = manifests?.flush(wallUs);
+      if (manifest === undefined) {
+        return [];
+      }
+      repeats.sent(manifest);
+      return [manifest];
+    },
+    signControl(control) {
+      return buildControlSignature(control, settings.sourcePrivateKey);
     },
   };
 }

@@ -27,7 +27,10 @@ export const offerSuitesMax = 8;
 const wrappedKeyLengths = new Set([24, 40]);
 
 /** SIGNATURE kinds (first body byte). */
-export const SignatureKind = { manifest: 1, session: 2 } as const;
+export const SignatureKind = { manifest: 1, session: 2, control: 3 } as const;
+
+/** Bytes of the hash a control signature carries: the whole SHA-256 of the control datagram. */
+export const controlHashBytes = 32;
 
 /** Session offer flags. */
 export const OfferFlag = { signed: 1, encrypted: 2 } as const;
@@ -62,7 +65,75 @@ export interface SessionOfferMessage extends Header, SessionOfferBody {
   readonly signed: Buffer;
 }
 
-export type SignatureMessage = ManifestMessage | SessionOfferMessage;
+/**
+ * A control signature: the source's signature over the SHA-256 of one HEARTBEAT, END or DESCRIPTOR
+ * datagram of a signed run (docs/protocol.md, "Signed sessions"). It travels just before the
+ * datagram it vouches for; the header names the same run and sequence.
+ */
+export interface ControlSignatureMessage extends Header {
+  readonly kind: typeof SignatureKind.control;
+  /** The vouched datagram's type: HEARTBEAT, END or DESCRIPTOR. */
+  readonly controlType: number;
+  readonly controlSha256: Buffer;
+  readonly signature: Buffer;
+  readonly signed: Buffer;
+}
+
+export type SignatureMessage = ManifestMessage | SessionOfferMessage | ControlSignatureMessage;
+
+/** Types a control signature may vouch for. */
+const signableControlTypes = new Set<number>([PacketType.heartbeat, PacketType.end, PacketType.descriptor]);
+
+/** Body length of a control signature: kind, type, reserved u16, hash, signature. */
+const controlSignatureBodyBytes = 4 + controlHashBytes + signatureBytes;
+
+/**
+ * Encodes a control signature without its signature (see encodeManifestUnsigned).
+ *
+ * Body: kind u8 = 3 @0, control type u8 @1, reserved u16 = 0 @2, SHA-256 of the datagram [32] @4,
+ * signature [64] @36.
+ */
+export function encodeControlSignatureUnsigned(
+  fields: HeaderFields,
+  controlType: number,
+  controlSha256: Buffer,
+): Buffer {
+  if (!signableControlTypes.has(controlType)) {
+    throw new ProtocolEncodeError(`type ${controlType} is not HEARTBEAT, END or DESCRIPTOR`);
+  }
+  if (controlSha256.length !== controlHashBytes) {
+    throw new ProtocolEncodeError('a control signature carries a 32-byte SHA-256');
+  }
+  const out = Buffer.alloc(headerBytes + controlSignatureBodyBytes);
+  writeHeader(out, PacketType.signature, fields, controlSignatureBodyBytes);
+  out[headerBytes] = SignatureKind.control;
+  out[headerBytes + 1] = controlType;
+  controlSha256.copy(out, headerBytes + 4);
+  return out;
+}
+
+function decodeControlSignature(
+  header: Header,
+  body: Buffer,
+  signature: Buffer,
+  signed: Buffer,
+): DecodeResult<ControlSignatureMessage> {
+  if (body.length !== controlSignatureBodyBytes) {
+    return invalid('length-mismatch', `control signature of ${body.length} body bytes`);
+  }
+  const controlType = body[1] ?? 0;
+  if (!signableControlTypes.has(controlType) || body.readUInt16BE(2) !== 0) {
+    return invalid('bad-field', 'control signature type or reserved bytes');
+  }
+  return valid({
+    ...header,
+    kind: SignatureKind.control,
+    controlType,
+    controlSha256: body.subarray(4, 4 + controlHashBytes),
+    signature,
+    signed,
+  });
+}
 
 /** KEY body: a traffic key for the header's key epoch, wrapped under the service key. */
 export interface KeyBody {
@@ -183,6 +254,9 @@ export function decodeSignature(buf: Buffer): DecodeResult<SignatureMessage> {
   }
   if (body[0] === SignatureKind.session) {
     return decodeOffer(header.value, body, signature, signed);
+  }
+  if (body[0] === SignatureKind.control) {
+    return decodeControlSignature(header.value, body, signature, signed);
   }
   return invalid('bad-field', `SIGNATURE kind ${body[0]} is unknown`);
 }

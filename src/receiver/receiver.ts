@@ -5,6 +5,7 @@
  */
 import { createHash } from 'node:crypto';
 import type { ReceiverProtection } from '../crypto/restricted-session.js';
+import type { SignedSessionGate } from '../crypto/signed-session.js';
 import {
   endGraceMsDefault,
   pendingBytesMax,
@@ -26,6 +27,7 @@ import {
   type DescriptorPacket,
   decodePacket,
   type EndPacket,
+  offsetType,
   PacketType,
   SessionKind,
 } from '../protocol/packet.js';
@@ -67,6 +69,11 @@ export interface ReceiverComponents {
    * only DATA it opened, and the plain control messages, reach the receiver.
    */
   readonly protection?: ReceiverProtection | undefined;
+  /**
+   * A signed session: every datagram is authenticated against the source key first
+   * (src/crypto/signed-session.ts); only what it vouches for reaches the protection and the receiver.
+   */
+  readonly signed?: SignedSessionGate | undefined;
 }
 
 /** Why a receive ended. */
@@ -321,6 +328,14 @@ export function createReceiver(settings: ReceiverSettings, components: ReceiverC
   };
 
   const onDatagram = (datagram: Buffer) => {
+    if (components.signed !== undefined) {
+      components.signed.filter(datagram, onAuthenticated);
+      return;
+    }
+    onAuthenticated(datagram);
+  };
+
+  const onAuthenticated = (datagram: Buffer) => {
     if (components.protection !== undefined) {
       components.protection.filter(datagram, onPlainDatagram);
       return;
@@ -329,6 +344,9 @@ export function createReceiver(settings: ReceiverSettings, components: ReceiverC
   };
 
   const onPlainDatagram = (datagram: Buffer) => {
+    if (datagram[offsetType] === PacketType.signature || datagram[offsetType] === PacketType.key) {
+      return; // a signed or restricted run's own messages: for the gate and the token, not the payload
+    }
     const decoded = decodePacket(datagram);
     if (!decoded.ok) {
       summary.malformed[decoded.reason] = (summary.malformed[decoded.reason] ?? 0) + 1;

@@ -6,9 +6,11 @@
  * counted and reported, never skipped silently.
  */
 import assert from 'node:assert/strict';
+import type { KeyObject } from 'node:crypto';
 import type { RemoteInfo } from 'node:dgram';
 import { ControlChannel, type ControlKey } from '../crypto/control-auth.js';
 import { type S2Key, S2Sealer } from '../crypto/s2-seal.js';
+import { createSignedSessionGate, type SignedSessionStats } from '../crypto/signed-session.js';
 import {
   endedRunsMax,
   endGraceMsDefault,
@@ -100,6 +102,12 @@ export interface RepairSettings {
    * when absent. The repair controller always gives one and rotates it (`rotateS2Key`).
    */
   readonly s2Key?: S2Key | undefined;
+  /**
+   * A signed session's source key: DATA, HEARTBEAT, END and DESCRIPTOR (from S1 and in REPAIRs)
+   * are taken only when authenticated against it, and verified manifests, control signatures,
+   * offers and KEY messages are forwarded on S2 (docs/protocol.md, "Signed sessions").
+   */
+  readonly sourcePublicKey?: KeyObject | undefined;
 }
 
 interface Missing {
@@ -170,6 +178,8 @@ export interface RepairStatus {
   pendingPackets: number;
   pendingBytes: number;
   dropped: Record<string, number>;
+  /** A signed session: what the gate authenticated and refused. */
+  signed?: SignedSessionStats | undefined;
   servers: Array<{
     address: string;
     lossPercent: number;
@@ -254,6 +264,16 @@ export async function startRepairServer(
   timers.setInterval(() => wheel.advance(), timerWheelTickMs);
   const nackDelayMsMax = settings.nackDelayMsMax ?? nackDelayMsMaxDefault;
   const servers = new ServerRanking();
+  /** A signed session's gate; what it verified goes on to S2 at once, ahead of what it vouches for. */
+  let forwardTo: SenderSocket | undefined;
+  const gate =
+    settings.sourcePublicKey === undefined
+      ? undefined
+      : createSignedSessionGate(settings.sourcePublicKey, {
+          onAuthenticated: (datagram) => {
+            forwardTo?.send(datagram, datagram.length);
+          },
+        });
   for (const [staticIndex, endpoint] of settings.retransmit.entries()) {
     servers.add(endpoint, staticIndex);
   }
@@ -908,7 +928,17 @@ export async function startRepairServer(
     }
     counters.repairsReceived++;
     notePassed(current, repair.auth.senderId, repair.data.sequence, repair.auth.counter);
-    acceptData(current, original, repair.data, true);
+    const packet = repair.data;
+    if (gate === undefined) {
+      acceptData(current, original, packet, true);
+      return;
+    }
+    // A signed session: the retransmit server's copy is taken only when a manifest vouches for it.
+    gate.filter(original, (authenticated) => {
+      if (isCurrent(run, packet.sessionId, packet.incarnation)) {
+        acceptData(run, authenticated, packet, true);
+      }
+    });
   };
 
   /** A retransmit server showed it holds `sequence` of the run, in the message it sealed as `counter`. */
@@ -987,6 +1017,7 @@ export async function startRepairServer(
 
   const opened: Array<{ close(): Promise<void> }> = [];
   const control: ControlSocket = await transport.openControl(settings.listen, onControl);
+  const onS1Datagram = gate === undefined ? onS1 : (datagram: Buffer) => gate.filter(datagram, onS1);
   opened.push(control);
   let emitter: SenderSocket;
   let s1: ReceiverSocket;
@@ -999,9 +1030,10 @@ export async function startRepairServer(
       ttl: settings.ttl,
     });
     opened.push(emitter);
+    forwardTo = emitter;
     s1 = await (components.openS1Socket ?? transport.openReceiver)(
       { group: settings.group, iface: settings.iface, source: settings.source },
-      onS1,
+      onS1Datagram,
     );
     opened.push(s1);
     if (settings.announceGroup !== undefined) {
@@ -1044,6 +1076,7 @@ export async function startRepairServer(
     pendingPackets: pending.packetCount,
     pendingBytes: pending.byteCount,
     dropped: { ...dropped },
+    ...(gate === undefined ? {} : { signed: { ...gate.stats, forged: { ...gate.stats.forged } } }),
     servers: servers.ranked().map((server) => ({
       address: server.key,
       lossPercent: server.lossPpm / 10_000,

@@ -4,7 +4,9 @@
  * per repair server), measures its own reception, takes part in the election with its peers, and
  * announces what it holds.
  */
+import type { KeyObject } from 'node:crypto';
 import { ControlChannel, type ControlKey, sameEndpoint } from '../crypto/control-auth.js';
+import { createSignedSessionGate, type SignedSessionStats } from '../crypto/signed-session.js';
 import {
   announceIntervalMsDefault,
   retransmitGroupsMax,
@@ -71,6 +73,11 @@ export interface RetransmitSettings {
    * "Peer fetch"); default true.
    */
   readonly peerFetch?: boolean | undefined;
+  /**
+   * A signed session's source key: only DATA a verified manifest vouches for is buffered and served
+   * (docs/protocol.md, "Signed sessions"). The server never holds a content key.
+   */
+  readonly sourcePublicKey?: KeyObject | undefined;
 }
 
 /** Counters and state a status endpoint shows. */
@@ -95,6 +102,8 @@ export interface RetransmitStatus {
   /** Bytes sent on the control socket (unicast repairs included; multicast ones are in repairBytesSent). */
   bytesSent: number;
   dropped: Record<string, number>;
+  /** A signed session: what the gate authenticated and refused. */
+  signed?: SignedSessionStats | undefined;
   sessions: Array<{
     group: string;
     sessionId: number | undefined;
@@ -195,6 +204,9 @@ export async function startRetransmitServer(
   const runtime = components.runtime ?? systemRuntime;
   const { clock, transport } = runtime;
   const timers = new OwnedTimers(clock);
+  /** A signed session: DATA is buffered only once a manifest vouches for it. */
+  const gate =
+    settings.sourcePublicKey === undefined ? undefined : createSignedSessionGate(settings.sourcePublicKey);
   // Peers reach us at the announced address and at the socket's own (docs/protocol.md, "SETUP").
   const channel = new ControlChannel(settings.keys, {
     clock,
@@ -271,8 +283,14 @@ export async function startRetransmitServer(
           sendTo,
           replyTo: () => control.local,
           peers: fetchPeers,
-          store: (sessionId, incarnation, sequence, datagram) =>
-            bufferFor(sessionId, incarnation)?.fill(sequence, datagram, clock.nowMs()) ?? false,
+          store: (sessionId, incarnation, sequence, datagram) => {
+            // A signed session: a peer's copy is kept only when a manifest already vouches for it.
+            if (gate !== undefined && gate.check(datagram) !== 'authentic') {
+              drop('peer-fetch-unauthenticated');
+              return false;
+            }
+            return bufferFor(sessionId, incarnation)?.fill(sequence, datagram, clock.nowMs()) ?? false;
+          },
           drop,
         });
   const ownAddress = () => ({
@@ -351,9 +369,10 @@ export async function startRetransmitServer(
   };
 
   const join = async (entry: Joined) => {
+    const take = onData(entry);
     entry.socket = await transport.openReceiver(
       { group: entry.spec.group, iface: settings.iface, source: entry.spec.source },
-      onData(entry),
+      gate === undefined ? take : (datagram) => gate.filter(datagram, take),
     );
     entry.kernelDropsSeen = 0;
   };
@@ -602,6 +621,7 @@ export async function startRetransmitServer(
     peersKnown: fetchPeers().length,
     bytesSent: control.bytesSent,
     dropped: { ...dropped },
+    ...(gate === undefined ? {} : { signed: { ...gate.stats, forged: { ...gate.stats.forged } } }),
     sessions: joined.map((entry) => ({
       group: formatEndpoint(entry.spec.group),
       sessionId: entry.buffer?.sessionId,

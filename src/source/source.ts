@@ -10,7 +10,7 @@ import {
   endRepeatCount,
   endRepeatIntervalMs,
   heartbeatIntervalMs,
-  keyRepeatIntervalMs,
+  protectedControlIntervalMs,
   sendBatchPacketsMax,
   sendRingPacketsMax,
   startDelayMsDefault,
@@ -82,7 +82,8 @@ export interface SourceComponents {
   /**
    * A restricted or signed session: builds the run's protection once its identity is drawn
    * (src/crypto/restricted-session.ts). DATA is sealed before it is sent, and KEY messages and the
-   * signed offer go out with every DESCRIPTOR and every 100 ms.
+   * signed offer go out with every DESCRIPTOR, every protectedControlIntervalMs; a signed run's
+   * HEARTBEAT, END and DESCRIPTOR each follow their control signature.
    */
   readonly protection?: (run: { sessionId: number; incarnation: number }) => SenderProtection;
 }
@@ -279,11 +280,17 @@ export function createSource(settings: SourceSettings, components: SourceCompone
       return;
     }
     let datagram: Buffer;
+    let signature: Buffer | undefined;
     try {
       datagram = encode();
+      // A signed run vouches for each control datagram just before it (docs/protocol.md, "Signed sessions").
+      signature = protection?.signControl(datagram);
     } catch (error) {
       fail(error);
       return;
+    }
+    if (signature !== undefined) {
+      send(signature, signature.length);
     }
     send(datagram, datagram.length);
   };
@@ -367,11 +374,20 @@ export function createSource(settings: SourceSettings, components: SourceCompone
   /** DESCRIPTORs through the start delay, DATA with HEARTBEATs, then END (repeated). */
   async function sendSession(signal: AbortSignal | undefined): Promise<void> {
     sendDescriptor();
-    const descriptorTimer = timers.every(descriptorIntervalMs, sendDescriptor);
-    const heartbeatTimer = timers.every(heartbeatIntervalMs, () =>
-      sendControl(progress(PacketType.heartbeat)),
+    // A protected run repeats its DESCRIPTOR with its KEY messages, offer and pending manifest, more
+    // often: a late joiner needs all of them before its first packet (docs/benchmarks.md, join).
+    const descriptorTimer = timers.every(
+      protection === undefined ? descriptorIntervalMs : protectedControlIntervalMs,
+      sendDescriptor,
     );
-    const keyTimer = protection === undefined ? undefined : timers.every(keyRepeatIntervalMs, sendProtection);
+    const heartbeatTimer = timers.every(heartbeatIntervalMs, () => {
+      // A manifest over what was sent since the last one goes first: a HEARTBEAT of a signed run
+      // claims no sequence that no manifest vouches for.
+      for (const manifest of protection?.flush(clock.wallUs()) ?? []) {
+        send(manifest, manifest.length);
+      }
+      sendControl(progress(PacketType.heartbeat));
+    });
     try {
       // Routers install forwarding state when a group's first packet arrives, and drop what comes
       // while they do; the descriptor opens the path before the first DATA packet.
@@ -389,7 +405,6 @@ export function createSource(settings: SourceSettings, components: SourceCompone
     } finally {
       timers.clear(descriptorTimer);
       timers.clear(heartbeatTimer);
-      timers.clear(keyTimer);
     }
     if (protection !== undefined && socket !== undefined) {
       for (const datagram of protection.finish(clock.wallUs())) {

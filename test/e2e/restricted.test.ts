@@ -6,7 +6,65 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { runGatecast as run } from '../helpers/cli.js';
 import { createSoftHsm, type SoftHsm, softhsmMissing } from '../helpers/softhsm.js';
-import { createTestbed, receiveOn, sendFrom, sha256, type Testbed, testbedSkip } from '../helpers/testbed.js';
+import {
+  createTestbed,
+  hostAddress,
+  receiveOn,
+  repoRoot,
+  retransmitAt,
+  sendFrom,
+  sha256,
+  startRepair,
+  startRetransmit,
+  type Testbed,
+  testbedSkip,
+} from '../helpers/testbed.js';
+
+/**
+ * A forger on subnet B (run with node in its namespace): joins S1, learns the run from its DATA, and
+ * after 300 packets sends a HEARTBEAT claiming next + 65,000, an END ten packets on, a DESCRIPTOR of
+ * another session and five DATA packets ahead of the source, all for the live run.
+ */
+const forgerScript = `
+import dgram from 'node:dgram';
+const packet = await import(process.argv[1] + '/dist/protocol/packet.js');
+const [group, port] = [process.argv[2], Number(process.argv[3])];
+const local = process.argv[4];
+const socket = dgram.createSocket({ type: 'udp4', reuseAddr: true });
+let seen = 0;
+socket.on('message', (datagram) => {
+  if (datagram[3] !== packet.PacketType.data || ++seen !== 300) return;
+  const run = { sessionId: datagram.readUInt32BE(8), incarnation: datagram.readUInt32BE(28) };
+  const next = datagram.readUInt32BE(12) + 1;
+  const fields = (sequence) => ({ ...run, sequence, timestampUs: Date.now() * 1000 });
+  const forged = [
+    packet.encodeProgress(packet.PacketType.heartbeat, fields(next + 65000), { packetCount: 0, byteCount: 0 }),
+    packet.encodeProgress(packet.PacketType.end, fields(next + 10), { packetCount: 10, byteCount: 10000 }),
+    packet.encodeDescriptor({ sessionId: 99, incarnation: 99, sequence: 0, timestampUs: Date.now() * 1000 }, {
+      firstSequence: 0, packetPayloadBytes: 1000, kind: packet.SessionKind.stream, totalBytes: undefined,
+      rateBitsPerSecond: 0, sha256: undefined, name: 'forged' }),
+    ...[5, 6, 7, 8, 9].map((ahead) => packet.encodeData(fields(next + ahead), Buffer.alloc(1000, 0xee))),
+  ];
+  const out = dgram.createSocket('udp4');
+  out.bind(0, local, () => {
+    out.setMulticastInterface(local);
+    let left = forged.length;
+    for (const datagram of forged) {
+      out.send(datagram, port, group, () => {
+        if (--left === 0) {
+          console.log('forged ' + forged.length);
+          out.close();
+          socket.close();
+        }
+      });
+    }
+  });
+});
+socket.bind(port, () => {
+  socket.addMembership(group, local);
+  console.log('forger listening');
+});
+`;
 
 function skip(): { skip?: string } {
   const bed = testbedSkip(['socat']);
@@ -165,5 +223,86 @@ describe('restricted channel across the routed test bed (software and SoftHSM2 t
         `plaintext at ${at} travelled in clear`,
       );
     }
+  });
+
+  it('a signed session: forged HEARTBEAT (next + 65,000), END, DESCRIPTOR and DATA into S1 of a live --latency 100 repair move nothing; S2 and S1 receivers get the file whole', async () => {
+    const s1 = '239.10.0.12:5020';
+    const s2 = '239.10.0.13:5022';
+    const secret = join(directory, 'secret');
+    writeFileSync(secret, 'e2e operator secret for the signed-session test\n');
+    const sourcePublic = ['--source-public', join(keys(), 'source.pub')];
+    const retransmit = startRetransmit(bed, 'rt1', s1, secret, sourcePublic);
+    const repair = startRepair(bed, 'rep', {
+      s1,
+      emit: s2,
+      secret,
+      retransmit: [retransmitAt('rt1')],
+      mode: ['--latency', '100', '--status', '127.0.0.1:9101'],
+      extra: sourcePublic,
+    });
+    await Promise.all([retransmit.waitFor(/listening on/), repair.waitFor(/listening on/)]);
+    const outputs = { s2: join(directory, 'signed-s2.out'), s1: join(directory, 'signed-s1.out') };
+    const viaRepair = receiveOn(bed, 'rx1', s2, ['--out', outputs.s2, '--timeout', '15', ...sourcePublic]);
+    const direct = receiveOn(bed, 'rx2', s1, ['--out', outputs.s1, '--timeout', '15', ...sourcePublic]);
+    const forger = bed.spawn('rt3', process.execPath, [
+      '--input-type=module',
+      '-e',
+      forgerScript,
+      repoRoot,
+      '239.10.0.12',
+      '5020',
+      hostAddress.rt3 as string,
+    ]);
+    await Promise.all([
+      viaRepair.waitFor(/joined/),
+      direct.waitFor(/joined/),
+      forger.waitFor(/forger listening/),
+    ]);
+    const signedFile = join(directory, 'signed.bin');
+    const signedBytes = randomBytes(2 * 1000 * 1000);
+    writeFileSync(signedFile, signedBytes);
+    const sender = sendFrom(bed, s1, [
+      '--file',
+      signedFile,
+      '--rate',
+      '8M',
+      '--signed',
+      '--source-key',
+      join(keys(), 'source.pem'),
+    ]);
+    const sent = await sender.finished;
+    assert.equal(sent.code, 0, sent.stderr);
+    const forged = await forger.finished;
+    assert.match(forged.stdout, /forged 8/, forged.stderr);
+    for (const [name, receiver] of [
+      ['s2', viaRepair],
+      ['s1', direct],
+    ] as const) {
+      const result = await receiver.finished;
+      assert.equal(result.code, 0, `${name}: ${result.stderr}`);
+      assert.match(result.stderr, /received session "signed.bin" whole: 1429 packets, 2.0 MB .*SHA-256 ok/);
+      assert.equal(sha256(readFileSync(outputs[name])), sha256(signedBytes));
+    }
+    // The direct receiver saw the forgeries and refused them; the repair server never let them in.
+    const directResult = await direct.finished;
+    assert.match(directResult.stderr, /forged datagrams refused|not authenticated by the source key/);
+    const status = JSON.parse(bed.control('status', 'rep', 'http://127.0.0.1:9101/status')) as {
+      claimsTooFar: number;
+      nacksSent: number;
+      gaps: number;
+      dropped: Record<string, number>;
+      signed: { forged: Record<string, number>; unauthenticated: number; holding: number };
+    };
+    assert.equal(status.claimsTooFar, 0, JSON.stringify(status));
+    assert.equal(status.dropped['end-revoked'] ?? 0, 0, JSON.stringify(status));
+    assert.equal(status.dropped['end-not-believed'] ?? 0, 0, JSON.stringify(status));
+    assert.ok(
+      (status.signed.forged['hash-mismatch'] ?? 0) + status.signed.unauthenticated + status.signed.holding >=
+        8,
+      JSON.stringify(status.signed),
+    );
+    // Gaps only for genuine packets lost on the way, if any: never the 65,000 a forgery claimed.
+    assert.ok(status.gaps < 100, JSON.stringify(status));
+    await bed.stopAll();
   });
 });

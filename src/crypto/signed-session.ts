@@ -1,0 +1,329 @@
+/**
+ * Signed sessions (docs/protocol.md, "Signed sessions"): every datagram of a signed run is
+ * authenticated against the source's Ed25519 key before a role keeps any state for it.
+ *
+ * - DATA: through the manifests (SIGNATURE kind 1); a DATA datagram passes once a verified manifest
+ *   holds its hash, and is held (bounded) until then.
+ * - HEARTBEAT, END, DESCRIPTOR: each through its own control signature (SIGNATURE kind 3) over the
+ *   datagram's SHA-256; held (bounded) until the signature comes.
+ * - KEY: its own signature.
+ *
+ * The gate holds no content key: retransmit and repair servers authenticate sealed datagrams
+ * exactly as a receiver does.
+ */
+import { createHash, type KeyObject } from 'node:crypto';
+import {
+  signedHeldControlMax,
+  signedHeldPacketsMax,
+  signedManifestHashesMax,
+  signedVouchedControlMax,
+} from '../limits.js';
+import {
+  headerBytes,
+  offsetIncarnation,
+  offsetSequence,
+  offsetSessionId,
+  offsetType,
+  PacketType,
+} from '../protocol/packet.js';
+import { decodeKey, decodeSignature, SignatureKind } from '../protocol/restricted.js';
+import { sequenceAdd } from '../protocol/serial.js';
+import { manifestHash, verifySignature } from './authority.js';
+
+/** Counters of a gate: what it let through and what it refused. */
+export interface SignedSessionStats {
+  /** DATA datagrams a manifest vouched for, passed on. */
+  dataAuthenticated: number;
+  /** HEARTBEAT, END and DESCRIPTOR datagrams a control signature vouched for, passed on. */
+  controlAuthenticated: number;
+  /** Manifests, offers, control signatures and KEY messages whose signature verified. */
+  signaturesVerified: number;
+  /** Manifests received again (the source repeats them) and not verified twice. */
+  manifestsRepeated: number;
+  /**
+   * Refused as forged, by reason: `bad-signature` (a SIGNATURE or KEY that does not verify),
+   * `hash-mismatch` (DATA whose hash differs from the one a manifest holds for its sequence),
+   * `malformed` (a SIGNATURE or KEY that does not decode).
+   */
+  forged: Record<string, number>;
+  /** Datagrams dropped unauthenticated: held until the bound and nothing vouched for them. */
+  unauthenticated: number;
+  /** Datagrams held now, waiting for a manifest or a control signature. */
+  holding: number;
+}
+
+/** A gate in front of a role's handler. */
+export interface SignedSessionGate {
+  readonly stats: Readonly<SignedSessionStats>;
+  /**
+   * Takes every datagram. Authenticated DATA, HEARTBEAT, END, DESCRIPTOR and KEY go to `pass`
+   * (now, or later when what vouches for them arrives); SIGNATURE messages are consumed; other
+   * types (NACK, REPAIR, …: not the source's) go to `pass` unchanged.
+   */
+  filter(datagram: Buffer, pass: (datagram: Buffer) => void): void;
+  /**
+   * Checks a DATA datagram against the manifests verified so far, keeping nothing: `authentic`,
+   * `forged` (a manifest holds another hash for its sequence; counted) or `unknown`.
+   */
+  check(datagram: Buffer): 'authentic' | 'forged' | 'unknown';
+}
+
+/** Options of a gate. */
+export interface SignedSessionGateOptions {
+  /**
+   * Told of every SIGNATURE and KEY datagram whose signature verified, when it first arrives (a
+   * repair server forwards them on S2 so its receivers can authenticate what it re-emits).
+   */
+  readonly onAuthenticated?: (datagram: Buffer) => void;
+}
+
+interface Held {
+  readonly datagram: Buffer;
+  readonly pass: (datagram: Buffer) => void;
+}
+
+const vouchedTypes = new Set<number>([PacketType.heartbeat, PacketType.end, PacketType.descriptor]);
+
+function dataKey(sessionId: number, incarnation: number, sequence: number): string {
+  return `${sessionId}:${incarnation}:${sequence}`;
+}
+
+/** Builds a gate that authenticates against one source key. */
+export function createSignedSessionGate(
+  sourcePublicKey: KeyObject,
+  options: SignedSessionGateOptions = {},
+): SignedSessionGate {
+  const stats: SignedSessionStats = {
+    dataAuthenticated: 0,
+    controlAuthenticated: 0,
+    signaturesVerified: 0,
+    manifestsRepeated: 0,
+    forged: {},
+    unauthenticated: 0,
+    holding: 0,
+  };
+  /** Packet hashes from verified manifests, by run and sequence; insertion order is age. */
+  const hashes = new Map<string, Buffer>();
+  /** DATA waiting for its manifest, by run and sequence (a forgery may share a sequence). */
+  const heldData = new Map<string, Held[]>();
+  let heldDataCount = 0;
+  /** SHA-256 (hex) of control datagrams vouched for by verified control signatures. */
+  const vouched = new Set<string>();
+  const heldControl: Array<Held & { readonly sha256: string }> = [];
+
+  const forged = (reason: string) => {
+    stats.forged[reason] = (stats.forged[reason] ?? 0) + 1;
+  };
+  const updateHolding = () => {
+    stats.holding = heldDataCount + heldControl.length;
+  };
+
+  const passData = (key: string, held: Held) => {
+    const expected = hashes.get(key);
+    if (expected === undefined) {
+      return false;
+    }
+    if (!manifestHash(held.datagram).equals(expected)) {
+      forged('hash-mismatch');
+      return true;
+    }
+    stats.dataAuthenticated++;
+    held.pass(held.datagram);
+    return true;
+  };
+
+  const holdData = (key: string, held: Held) => {
+    while (heldDataCount >= signedHeldPacketsMax) {
+      const oldest = heldData.keys().next();
+      if (oldest.done === true) {
+        break;
+      }
+      const dropped = heldData.get(oldest.value)?.length ?? 0;
+      heldData.delete(oldest.value);
+      heldDataCount -= dropped;
+      stats.unauthenticated += dropped;
+    }
+    const list = heldData.get(key);
+    if (list === undefined) {
+      heldData.set(key, [held]);
+    } else {
+      list.push(held);
+    }
+    heldDataCount++;
+    updateHolding();
+  };
+
+  const onData = (datagram: Buffer, pass: (datagram: Buffer) => void) => {
+    if (datagram.length < headerBytes) {
+      pass(datagram); // malformed: the role counts it, and keeps nothing
+      return;
+    }
+    const key = dataKey(
+      datagram.readUInt32BE(offsetSessionId),
+      datagram.readUInt32BE(offsetIncarnation),
+      datagram.readUInt32BE(offsetSequence),
+    );
+    const held = { datagram, pass };
+    if (!passData(key, held)) {
+      holdData(key, held);
+    }
+  };
+
+  const remember = (key: string, hash: Buffer) => {
+    if (hashes.has(key)) {
+      return;
+    }
+    hashes.set(key, Buffer.from(hash));
+    if (hashes.size > signedManifestHashesMax) {
+      hashes.delete(hashes.keys().next().value ?? '');
+    }
+  };
+
+  const onManifest = (
+    datagram: Buffer,
+    run: { sessionId: number; incarnation: number; sequence: number },
+    manifest: readonly Buffer[],
+    verify: () => boolean,
+  ) => {
+    const keys = manifest.map((_, index) =>
+      dataKey(run.sessionId, run.incarnation, sequenceAdd(run.sequence, index)),
+    );
+    if (keys.every((key, index) => hashes.get(key)?.equals(manifest[index] as Buffer) === true)) {
+      stats.manifestsRepeated++; // a repeat of one already verified: nothing new in it
+      return;
+    }
+    if (!verify()) {
+      forged('bad-signature');
+      return;
+    }
+    stats.signaturesVerified++;
+    options.onAuthenticated?.(datagram);
+    keys.forEach((key, index) => {
+      remember(key, manifest[index] as Buffer);
+      const waiting = heldData.get(key);
+      if (waiting !== undefined) {
+        heldData.delete(key);
+        heldDataCount -= waiting.length;
+        for (const held of waiting) {
+          passData(key, held);
+        }
+      }
+    });
+    updateHolding();
+  };
+
+  const onControlSignature = (datagram: Buffer, sha256: Buffer) => {
+    const hex = sha256.toString('hex');
+    const known = vouched.has(hex);
+    if (!known) {
+      vouched.add(hex);
+      if (vouched.size > signedVouchedControlMax) {
+        vouched.delete(vouched.values().next().value ?? '');
+      }
+    }
+    options.onAuthenticated?.(datagram);
+    for (let index = 0; index < heldControl.length; ) {
+      const held = heldControl[index] as (typeof heldControl)[number];
+      if (held.sha256 === hex) {
+        heldControl.splice(index, 1);
+        stats.controlAuthenticated++;
+        held.pass(held.datagram);
+      } else {
+        index++;
+      }
+    }
+    updateHolding();
+  };
+
+  const onSignature = (datagram: Buffer) => {
+    const decoded = decodeSignature(datagram);
+    if (!decoded.ok) {
+      forged('malformed');
+      return;
+    }
+    const message = decoded.value;
+    const verify = () => verifySignature(message.signed, message.signature, sourcePublicKey);
+    if (message.kind === SignatureKind.manifest) {
+      onManifest(datagram, message, message.hashes, verify);
+      return;
+    }
+    if (!verify()) {
+      forged('bad-signature');
+      return;
+    }
+    stats.signaturesVerified++;
+    if (message.kind === SignatureKind.control) {
+      onControlSignature(datagram, message.controlSha256);
+    } else {
+      options.onAuthenticated?.(datagram);
+    }
+  };
+
+  const onControl = (datagram: Buffer, pass: (datagram: Buffer) => void) => {
+    const sha256 = createHash('sha256').update(datagram).digest('hex');
+    if (vouched.has(sha256)) {
+      stats.controlAuthenticated++;
+      pass(datagram);
+      return;
+    }
+    if (heldControl.length >= signedHeldControlMax) {
+      heldControl.shift();
+      stats.unauthenticated++;
+    }
+    heldControl.push({ datagram, pass, sha256 });
+    updateHolding();
+  };
+
+  const onKey = (datagram: Buffer, pass: (datagram: Buffer) => void) => {
+    const decoded = decodeKey(datagram);
+    if (!decoded.ok) {
+      forged('malformed');
+      return;
+    }
+    if (!verifySignature(decoded.value.signed, decoded.value.signature, sourcePublicKey)) {
+      forged('bad-signature');
+      return;
+    }
+    stats.signaturesVerified++;
+    options.onAuthenticated?.(datagram);
+    pass(datagram);
+  };
+
+  return {
+    stats,
+    check(datagram) {
+      if (datagram.length < headerBytes || datagram[offsetType] !== PacketType.data) {
+        return 'unknown';
+      }
+      const expected = hashes.get(
+        dataKey(
+          datagram.readUInt32BE(offsetSessionId),
+          datagram.readUInt32BE(offsetIncarnation),
+          datagram.readUInt32BE(offsetSequence),
+        ),
+      );
+      if (expected === undefined) {
+        return 'unknown';
+      }
+      if (!manifestHash(datagram).equals(expected)) {
+        forged('hash-mismatch');
+        return 'forged';
+      }
+      return 'authentic';
+    },
+    filter(datagram, pass) {
+      const type = datagram.length > offsetType ? datagram[offsetType] : undefined;
+      if (type === PacketType.data) {
+        onData(datagram, pass);
+      } else if (type === PacketType.signature) {
+        onSignature(datagram);
+      } else if (type === PacketType.key) {
+        onKey(datagram, pass);
+      } else if (type !== undefined && vouchedTypes.has(type)) {
+        onControl(datagram, pass);
+      } else {
+        pass(datagram);
+      }
+    },
+  };
+}

@@ -1,0 +1,118 @@
+/**
+ * The signed-session gate (docs/protocol.md, "Signed sessions"), with a source's protection as the
+ * only honest sender: nothing reaches the role before the source key vouches for it.
+ */
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { buildControlSignature, generateSigningKey } from '../../src/crypto/authority.js';
+import { createSignedSenderProtection } from '../../src/crypto/restricted-session.js';
+import { createSignedSessionGate } from '../../src/crypto/signed-session.js';
+import { signedHeldPacketsMax } from '../../src/limits.js';
+import { decodeSignature, SignatureKind } from '../../src/protocol/restricted.js';
+import { data, end, heartbeat } from '../helpers/craft.js';
+
+const source = generateSigningKey();
+const forger = generateSigningKey();
+const run = { sessionId: 5, incarnation: 0x55 };
+
+function sender() {
+  return createSignedSenderProtection(
+    { sourcePrivateKey: source.privateKey, sourcePublicKey: source.publicKey, manifestPackets: 32 },
+    run,
+  );
+}
+
+function gate() {
+  const passed: Buffer[] = [];
+  const authenticated: Buffer[] = [];
+  const g = createSignedSessionGate(source.publicKey, { onAuthenticated: (d) => authenticated.push(d) });
+  return { g, passed, authenticated, take: (d: Buffer) => g.filter(d, (p) => passed.push(p)) };
+}
+
+describe('signed-session gate', () => {
+  it('holds DATA until its manifest, then passes it; a forged DATA at the same sequence is refused', () => {
+    const protection = sender();
+    const t = gate();
+    const wire: Buffer[] = [];
+    for (let sequence = 100; sequence < 132; sequence++) {
+      wire.push(...protection.seal(data(run, sequence, Buffer.from(`genuine ${sequence}`)), 0, 0));
+    }
+    const manifest = wire.pop() as Buffer;
+    assert.equal(decodeSignature(manifest).ok, true);
+    t.take(data(run, 110, Buffer.from('forged 110')));
+    for (const datagram of wire) {
+      t.take(datagram);
+    }
+    assert.equal(t.passed.length, 0, 'nothing passes before the manifest');
+    assert.equal(t.g.stats.holding, 33);
+    t.take(manifest);
+    assert.equal(t.passed.length, 32);
+    assert.deepEqual(t.passed, wire);
+    assert.equal(t.g.stats.forged['hash-mismatch'], 1);
+    assert.deepEqual(t.authenticated, [manifest]);
+    // After the manifest: a genuine repeat passes at once, a forgery is refused at once.
+    t.take(wire[3] as Buffer);
+    t.take(data(run, 103, Buffer.from('forged 103')));
+    assert.equal(t.passed.length, 33);
+    assert.equal(t.g.stats.forged['hash-mismatch'], 2);
+    // A repeated manifest is recognised without a second verification; one with a flipped bit is not.
+    t.take(manifest);
+    assert.equal(t.g.stats.manifestsRepeated, 1);
+    const flipped = Buffer.from(manifest);
+    flipped[40] = (flipped[40] ?? 0) ^ 1;
+    t.take(flipped);
+    assert.equal(t.g.stats.forged['bad-signature'], 1);
+  });
+
+  it("a HEARTBEAT or END passes only after the source signed it; a forger's signature moves nothing", () => {
+    const protection = sender();
+    const t = gate();
+    const genuine = heartbeat(run, 200);
+    const forgedHeartbeat = heartbeat(run, 200 + 65_000);
+    const forgedEnd = end(run, 210, 10);
+    t.take(forgedHeartbeat);
+    t.take(buildControlSignature(forgedEnd, forger.privateKey));
+    t.take(forgedEnd);
+    t.take(genuine);
+    assert.equal(t.passed.length, 0);
+    t.take(protection.signControl(genuine));
+    assert.deepEqual(t.passed, [genuine]);
+    assert.equal(t.g.stats.forged['bad-signature'], 1);
+    assert.equal(t.g.stats.holding, 2, 'the forged HEARTBEAT and END wait for a signature that never comes');
+    // Signature first, then the datagram (the order the source sends them): it passes at once.
+    const next = heartbeat(run, 300);
+    t.take(protection.signControl(next));
+    t.take(next);
+    assert.deepEqual(t.passed, [genuine, next]);
+    const signature = decodeSignature(protection.signControl(next));
+    assert.ok(signature.ok && signature.value.kind === SignatureKind.control);
+  });
+
+  it('a flood of unauthenticated DATA is bounded and counted', () => {
+    const t = gate();
+    for (let sequence = 0; sequence < signedHeldPacketsMax + 10; sequence++) {
+      t.take(data(run, sequence, Buffer.alloc(8)));
+    }
+    assert.equal(t.g.stats.holding, signedHeldPacketsMax);
+    assert.equal(t.g.stats.unauthenticated, 10);
+    assert.equal(t.passed.length, 0);
+  });
+});
+
+describe("signed-session gate: a check that keeps nothing (a retransmit server's peer-fetched copies)", () => {
+  it('authentic once a manifest vouches, forged against it, unknown before', () => {
+    const protection = sender();
+    const t = gate();
+    const wire: Buffer[] = [];
+    for (let sequence = 0; sequence < 32; sequence++) {
+      wire.push(...protection.seal(data(run, sequence, Buffer.from(`genuine ${sequence}`)), 0, 0));
+    }
+    const manifest = wire.pop() as Buffer;
+    assert.equal(t.g.check(wire[0] as Buffer), 'unknown');
+    t.take(manifest);
+    assert.equal(t.g.check(wire[0] as Buffer), 'authentic');
+    assert.equal(t.g.check(data(run, 0, Buffer.from('forged'))), 'forged');
+    assert.equal(t.g.stats.holding, 0);
+    assert.equal(t.passed.length, 0, 'check passes nothing on');
+  });
+});

@@ -1,0 +1,153 @@
+/**
+ * Signed sessions close the forged-packet kind (docs/protocol.md, "Signed sessions"): against a
+ * signed run, forged HEARTBEAT, END, DESCRIPTOR and DATA moved into S1 of a live `--latency 100`
+ * repair move no state in the repair server, the retransmit server or a receiver; they are counted.
+ */
+import assert from 'node:assert/strict';
+import { after, describe, it } from 'node:test';
+import { buildControlSignature, generateSigningKey } from '../../src/crypto/authority.js';
+import { controlKey } from '../../src/crypto/control-auth.js';
+import { createSignedSenderProtection } from '../../src/crypto/restricted-session.js';
+import { createSignedSessionGate, type SignedSessionGate } from '../../src/crypto/signed-session.js';
+import { parseGroup } from '../../src/net/address.js';
+import { SessionKind } from '../../src/protocol/packet.js';
+import { createReceiver } from '../../src/receiver/receiver.js';
+import { startRepairServer } from '../../src/repair/repair.js';
+import { startRetransmitServer } from '../../src/retransmit/retransmit.js';
+import { openTickerInput } from '../../src/source/inputs.js';
+import { createSource } from '../../src/source/source.js';
+import { crafter, data, descriptor, end, heartbeat } from '../helpers/craft.js';
+import { freshPort, loopbackIface, memorySink } from '../helpers/loopback.js';
+import { waitUntil } from '../helpers/wait.js';
+
+const key = controlKey(Buffer.from('signed session test secret, not for use'));
+const listen = { address: '127.0.0.1', port: 0, family: 4 as const };
+const source = generateSigningKey();
+const forger = generateSigningKey();
+
+function receiverOf(group: ReturnType<typeof parseGroup>, signed: SignedSessionGate | undefined) {
+  const sink = memorySink();
+  const receiver = createReceiver({ group, iface: loopbackIface, timeoutMs: 10_000 }, { sink, signed });
+  let joined: () => void = () => undefined;
+  const ready = new Promise<void>((resolve) => {
+    joined = resolve;
+  });
+  const done = receiver.run({ onJoined: () => joined() });
+  return { sink, ready, done };
+}
+
+const closers: Array<() => Promise<void>> = [];
+after(async () => {
+  for (const close of closers.reverse()) {
+    await close();
+  }
+});
+
+describe('a signed session: one forged packet moves nothing anywhere', () => {
+  it('forged HEARTBEAT (next + 65,000), END, DESCRIPTOR and DATA into S1 of a --latency 100 repair: S2 whole, byte for byte, no NACK for a forged gap, every forgery counted', async () => {
+    const s1 = parseGroup(`239.255.73.1:${freshPort()}`, 's1');
+    const s2 = parseGroup(`239.255.73.2:${freshPort()}`, 's2');
+    const retransmit = await startRetransmitServer({
+      joins: [{ group: s1 }],
+      iface: loopbackIface,
+      listen,
+      keys: [key],
+      bufferBytesMax: 64 * 1024 * 1024,
+      bufferAgeMs: 60_000,
+      repairRateBitsPerSecond: 500_000_000,
+      announceTo: [],
+      peers: [],
+      sourcePublicKey: source.publicKey,
+    });
+    closers.push(() => retransmit.close());
+    const repair = await startRepairServer({
+      group: s1,
+      iface: loopbackIface,
+      listen,
+      keys: [key],
+      retransmit: [retransmit.local],
+      emit: s2,
+      latencyMs: 100,
+      sourcePublicKey: source.publicKey,
+    });
+    closers.push(() => repair.close());
+    const receiverGate = createSignedSessionGate(source.publicKey);
+    const rx = receiverOf(s2, receiverGate);
+    const direct = receiverOf(s1, createSignedSessionGate(source.publicKey));
+    await Promise.all([rx.ready, direct.ready]);
+    const run = { sessionId: 78, incarnation: 0x78 };
+    const ticker = createSource(
+      {
+        group: s1,
+        iface: loopbackIface,
+        rateBitsPerSecond: 0,
+        packetPayloadBytes: 64,
+        sessionName: 'ticker',
+        sessionId: run.sessionId,
+        incarnation: run.incarnation,
+        firstSequence: 1000,
+        startDelayMs: 50,
+      },
+      {
+        input: openTickerInput({ ticksPerSecond: 500, tickCount: 600 }),
+        protection: (identity) =>
+          createSignedSenderProtection(
+            { sourcePrivateKey: source.privateKey, sourcePublicKey: source.publicKey, manifestPackets: 32 },
+            identity,
+          ),
+      },
+    );
+    const sending = ticker.run();
+    await waitUntil('the run under way', () => repair.status().emitted > 50, 20_000);
+    const out = await crafter(s1);
+    const forgedHeartbeat = heartbeat(run, 1000 + 65_000);
+    const forgedEnd = end(run, 1000 + 120, 120);
+    const forgedDescriptor = descriptor(
+      { sessionId: 79, incarnation: 0x79 },
+      { firstSequence: 0, next: 0, kind: SessionKind.stream },
+    );
+    // Forged DATA: at sequences the source has not sent yet (ahead of the run) and one it will never
+    // send; and a forged control signature, signed by a key that is not the source's.
+    const forgedData = [1500, 1501, 1599, 9000].map((sequence) =>
+      data(run, sequence, Buffer.alloc(64, 0xee)),
+    );
+    const badlySigned = heartbeat(run, 1000 + 30_000);
+    out.send(
+      forgedHeartbeat,
+      forgedEnd,
+      forgedDescriptor,
+      ...forgedData,
+      buildControlSignature(badlySigned, forger.privateKey),
+      badlySigned,
+    );
+    await sending;
+    await out.close();
+    const [repaired, original] = await Promise.all([rx.done, direct.done]);
+    assert.equal(original.outcome, 'complete', JSON.stringify(original));
+    assert.equal(repaired.outcome, 'complete', JSON.stringify(repair.status()));
+    assert.equal(original.packetsDelivered, 600);
+    assert.equal(repaired.packetsDelivered, 600);
+    assert.deepEqual(rx.sink.bytes(), direct.sink.bytes());
+    assert.equal(rx.sink.bytes().includes(Buffer.alloc(64, 0xee)), false, 'forged bytes were written');
+    const status = repair.status();
+    const signed = status.signed;
+    assert.ok(signed !== undefined);
+    // Nothing forged reached the window: no claim was too far, no END was revoked, no gap was opened
+    // and no NACK sent for a sequence only a forgery named.
+    assert.equal(status.claimsTooFar, 0, JSON.stringify(status));
+    assert.equal(status.dropped['end-revoked'] ?? 0, 0, JSON.stringify(status));
+    assert.equal(status.gaps, 0, JSON.stringify(status));
+    assert.equal(status.nacksSent, 0, JSON.stringify(status));
+    assert.equal(status.recovered, 0, JSON.stringify(status));
+    assert.equal(status.unrecoverable, 0, JSON.stringify(status));
+    assert.equal(status.sessionsCompleted, 1);
+    // Forged DATA at 1500, 1501 and 1599 was refused against the manifest once it came; 9000 and the
+    // control datagrams were never vouched for and still wait, or were dropped unauthenticated.
+    assert.ok((signed.forged['hash-mismatch'] ?? 0) >= 3, JSON.stringify(signed));
+    assert.ok((signed.forged['bad-signature'] ?? 0) >= 1, JSON.stringify(signed));
+    assert.ok(signed.holding + signed.unauthenticated >= 5, JSON.stringify(signed));
+    assert.ok((receiverGate.stats.forged['bad-signature'] ?? 0) === 0, 'S2 carried only what verified');
+    const held = retransmit.status().signed;
+    assert.ok(held !== undefined && (held.forged['hash-mismatch'] ?? 0) >= 3, JSON.stringify(held));
+  });
+});
