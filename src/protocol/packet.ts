@@ -52,7 +52,7 @@ export const offsetBodyLength = 24;
 export const offsetReserved2 = 26;
 export const offsetIncarnation = 28;
 
-/** Message types (docs/protocol.md, "Message types"). 5-11 are reserved for later messages. */
+/** Message types (docs/protocol.md, "Messages"). Types above 12 are unassigned. */
 export const PacketType = {
   data: 1,
   heartbeat: 2,
@@ -65,11 +65,12 @@ export const PacketType = {
   setup: 9,
   key: 10,
   signature: 11,
+  feedback: 12,
 } as const;
 export type PacketTypeCode = (typeof PacketType)[keyof typeof PacketType];
 
 /** Types this version decodes; the other assigned codes are reserved and rejected as unsupported. */
-const reservedTypeMax = PacketType.signature;
+const reservedTypeMax = PacketType.feedback;
 
 /** Fields every packet carries in its fixed header. */
 export interface Header {
