@@ -178,7 +178,8 @@ export const lastResortBufferBytesDefault = 256 * 1024 * 1024;
  * adaptRateDecreaseHoldMs), and while no trouble was reported for that long climbs back by
  * adaptRateIncreaseStepFraction of the ceiling every adaptRateIncreaseIntervalMs. Trouble: a packet
  * given up, a kernel drop on the server's S1 socket, at least adaptBacklogPacketsHigh gaps being
- * repaired or adaptHoldingPacketsHigh packets held behind a gap; a climb waits while a server heard
+ * repaired, more than adaptBacklogPacketsLow and adaptBacklogGrowthPacketsMin more than the
+ * server's previous report, or adaptHoldingPacketsHigh packets held behind a gap; a climb waits while a server heard
  * within adaptReportStaleMs has more than adaptBacklogPacketsLow gaps. The floor defaults to
  * adaptRateFloorFractionDefault of the ceiling; at most adaptReportersMax servers are remembered.
  */
@@ -189,6 +190,7 @@ export const adaptRateIncreaseIntervalMs = 100;
 export const adaptRateIncreaseStepFraction = 0.025;
 export const adaptBacklogPacketsHigh = 2048;
 export const adaptBacklogPacketsLow = 512;
+export const adaptBacklogGrowthPacketsMin = 128;
 export const adaptHoldingPacketsHigh = 16_384;
 export const adaptReportStaleMs = 2_000;
 export const adaptReportersMax = 64;

@@ -3,13 +3,15 @@
  * pacing rate of a file session is capped by what the repair path reports, so a session slows
  * down rather than losing data when the edge cannot keep up. AIMD, as TCP does (RFC 5681 §3.1,
  * with the gentler decrease of RFC 8312 §4.5): a repair server whose FEEDBACK shows trouble (a
- * packet given up, datagrams its kernel dropped, a repair backlog or a hold above its bound) cuts
+ * packet given up, datagrams its kernel dropped, a repair backlog above its bound or growing, a
+ * hold above its bound) cuts
  * the rate by a factor, at most once per hold time, never below the floor; while every fresh
  * report is clear the rate climbs back by a fixed step per interval, never above the ceiling
  * (`--rate`). Pure: the caller hands in the time and the reports, already authenticated.
  */
 import assert from 'node:assert/strict';
 import {
+  adaptBacklogGrowthPacketsMin,
   adaptBacklogPacketsHigh,
   adaptBacklogPacketsLow,
   adaptHoldingPacketsHigh,
@@ -51,7 +53,7 @@ export interface AdaptiveRateStats {
   reporters: number;
   decreases: number;
   increases: number;
-  /** Why the rate went down, by reason: unrecoverable, socket-drops, backlog, holding. */
+  /** Why the rate went down, by reason: unrecoverable, socket-drops, backlog, backlog-growing, holding. */
   decreaseReasons: Record<string, number>;
 }
 
@@ -67,6 +69,15 @@ function trouble(reporter: Reporter | undefined, report: FeedbackBody): string |
   }
   if (report.missing >= adaptBacklogPacketsHigh) {
     return 'backlog';
+  }
+  // A backlog that keeps growing: repairs do not keep up with the gaps (random loss alone keeps
+  // it steady, at the loss rate times the repair round trip).
+  if (
+    reporter !== undefined &&
+    report.missing > adaptBacklogPacketsLow &&
+    report.missing >= reporter.missing + adaptBacklogGrowthPacketsMin
+  ) {
+    return 'backlog-growing';
   }
   if (report.holding >= adaptHoldingPacketsHigh) {
     return 'holding';
