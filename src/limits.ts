@@ -179,7 +179,8 @@ export const lastResortBufferBytesDefault = 256 * 1024 * 1024;
  * adaptRateIncreaseStepFraction of the ceiling every adaptRateIncreaseIntervalMs. Trouble: a packet
  * given up, a kernel drop on the server's S1 socket, at least adaptBacklogPacketsHigh gaps being
  * repaired, more than adaptBacklogPacketsLow and adaptBacklogGrowthPacketsMin more than the
- * server's previous report, or adaptHoldingPacketsHigh packets held behind a gap; a climb waits while a server heard
+ * server's previous report, adaptHoldingPacketsHigh packets held behind a gap, or at least
+ * adaptNackedPacketsMin packets NACKed since its previous report and more than it received; a climb waits while a server heard
  * within adaptReportStaleMs has more than adaptBacklogPacketsLow gaps. The floor defaults to
  * adaptRateFloorFractionDefault of the ceiling; at most adaptReportersMax servers are remembered.
  */
@@ -191,6 +192,7 @@ export const adaptRateIncreaseStepFraction = 0.025;
 export const adaptBacklogPacketsHigh = 2048;
 export const adaptBacklogPacketsLow = 512;
 export const adaptBacklogGrowthPacketsMin = 128;
+export const adaptNackedPacketsMin = 64;
 export const adaptHoldingPacketsHigh = 16_384;
 export const adaptReportStaleMs = 2_000;
 export const adaptReportersMax = 64;

@@ -4,7 +4,7 @@
  * down rather than losing data when the edge cannot keep up. AIMD, as TCP does (RFC 5681 §3.1,
  * with the gentler decrease of RFC 8312 §4.5): a repair server whose FEEDBACK shows trouble (a
  * packet given up, datagrams its kernel dropped, a repair backlog above its bound or growing, a
- * hold above its bound) cuts
+ * hold above its bound, more packets NACKed than received) cuts
  * the rate by a factor, at most once per hold time, never below the floor; while every fresh
  * report is clear the rate climbs back by a fixed step per interval, never above the ceiling
  * (`--rate`). Pure: the caller hands in the time and the reports, already authenticated.
@@ -15,6 +15,7 @@ import {
   adaptBacklogPacketsHigh,
   adaptBacklogPacketsLow,
   adaptHoldingPacketsHigh,
+  adaptNackedPacketsMin,
   adaptRateDecreaseFactor,
   adaptRateDecreaseHoldMs,
   adaptRateIncreaseIntervalMs,
@@ -37,6 +38,8 @@ interface Reporter {
   holding: number;
   unrecoverableMax: number;
   socketDropsMax: number;
+  received: number;
+  nacked: number;
 }
 
 /** Counters of an adaptive rate, for the source's stats. */
@@ -53,7 +56,10 @@ export interface AdaptiveRateStats {
   reporters: number;
   decreases: number;
   increases: number;
-  /** Why the rate went down, by reason: unrecoverable, socket-drops, backlog, backlog-growing, holding. */
+  /**
+   * Why the rate went down, by reason: unrecoverable, socket-drops, backlog, backlog-growing,
+   * holding, nacks-exceed-data.
+   */
   decreaseReasons: Record<string, number>;
 }
 
@@ -81,6 +87,15 @@ function trouble(reporter: Reporter | undefined, report: FeedbackBody): string |
   }
   if (report.holding >= adaptHoldingPacketsHigh) {
     return 'holding';
+  }
+  // The edge asks for more packets than it receives: its repairs do not get through (random
+  // loss of a fraction p asks for about p / (1 - p) of what arrives, under 1 below 50 %).
+  if (reporter !== undefined) {
+    const nacked = report.nacked - reporter.nacked;
+    const received = report.received - reporter.received;
+    if (nacked >= adaptNackedPacketsMin && nacked > received) {
+      return 'nacks-exceed-data';
+    }
   }
   return undefined;
 }
@@ -129,6 +144,8 @@ export class AdaptiveRate {
       holding: report.holding,
       unrecoverableMax: Math.max(known?.unrecoverableMax ?? 0, report.unrecoverable),
       socketDropsMax: Math.max(known?.socketDropsMax ?? 0, report.socketDrops),
+      received: report.received,
+      nacked: report.nacked,
     };
     this.#reporters.delete(reporterId); // most recently heard last: the oldest goes first
     this.#reporters.set(reporterId, reporter);

@@ -95,6 +95,19 @@ describe('adaptive rate (AIMD on repair servers’ FEEDBACK)', () => {
     assert.deepEqual(rate.stats().decreaseReasons, { 'socket-drops': 1 });
   });
 
+  it('goes down when a server NACKs more than it receives (its repairs do not get through), not at plain loss', () => {
+    const rate = fresh();
+    rate.report(7, { ...clear, received: 10_000, nacked: 2_000 }, 1_000);
+    // 20 % loss: about a quarter as many NACKed as received, for a while: no cut.
+    rate.report(7, { ...clear, received: 11_400, nacked: 2_360 }, 1_200);
+    rate.report(7, { ...clear, received: 12_800, nacked: 2_720 }, 1_400);
+    assert.equal(rate.bitsPerSecond, ceiling);
+    // A narrow edge: 60 packets in, 500 asked for again.
+    rate.report(7, { ...clear, received: 12_860, nacked: 3_220 }, 1_600);
+    assert.equal(rate.bitsPerSecond, ceiling * 0.7);
+    assert.deepEqual(rate.stats().decreaseReasons, { 'nacks-exceed-data': 1 });
+  });
+
   it('holds the rate while a server heard lately still has a backlog, and not for one gone silent', () => {
     const rate = fresh();
     rate.report(7, clear, 1_000);
