@@ -181,6 +181,9 @@ export async function startLastResort(
     heldBytes += copy.length;
     first ??= sequence;
     last = sequence;
+    if (heldBytes <= settings.bufferBytesMax) {
+      return; // no iterator per packet while the buffer has room
+    }
     for (const [oldest, buffer] of held) {
       if (heldBytes <= settings.bufferBytesMax) {
         break;

