@@ -18,6 +18,7 @@
 #   testbed.sh loss PREFIX HOST PCT [PORT]   drop PCT % of UDP arriving at HOST (port optional)
 #   testbed.sh drop PREFIX HOST on|off [PORT] drop all UDP arriving at HOST (bursts: switch it)
 #       PORT may be written PORT/data: then only gatecast DATA packets (type byte 1) are dropped
+#   testbed.sh limit PREFIX HOST PPS   drop UDP arriving at HOST on eth0 beyond PPS a second (a slow edge)
 #   testbed.sh dropped PREFIX HOST     packets dropped at HOST so far by loss and drop rules
 #   testbed.sh linkloss PREFIX PCT PORT  drop PCT % of UDP to PORT that the router forwards to
 #                                      subnet B: every host there loses the same packets
@@ -183,6 +184,16 @@ case $command in
       handle=$(in_ns "$ns" nft -a list chain inet gcloss input | sed -n 's/.*comment "burst" # handle \([0-9]*\).*/\1/p' | head -1)
       [[ -z $handle ]] || in_ns "$ns" nft delete rule inet gcloss input handle "$handle"
     fi
+    ;;
+  limit)
+    # A slow edge: UDP datagrams arriving on eth0 beyond PPS a second (bursts of a tenth of a
+    # second) are dropped, DATA and REPAIR alike, as at a link or host that cannot keep up.
+    [[ $# -ge 2 ]] || die "usage: testbed.sh limit PREFIX HOST PPS"
+    ns=$prefix-$1
+    [[ $2 =~ ^[0-9]+$ && $2 -ge 10 ]] || die "PPS must be a whole number of at least 10: $2"
+    ensure_loss_table "$ns"
+    in_ns "$ns" nft add rule inet gcloss input iifname eth0 meta l4proto udp \
+      limit rate over "$2"/second burst "$(($2 / 10))" packets counter name dropped drop
     ;;
   dropped)
     in_ns "$prefix-$1" nft list counter inet gcloss dropped 2>/dev/null | sed -n 's/.*packets \([0-9]*\).*/\1/p' | head -1

@@ -171,6 +171,35 @@ export const lastResortQuietMs = 2_000;
 export const lastResortLingerMsMaxDefault = 60_000;
 export const lastResortBufferBytesDefault = 256 * 1024 * 1024;
 
+/**
+ * Adaptive rate (`send --adapt-rate`, src/source/adaptive-rate.ts): a repair server sends FEEDBACK
+ * on its run every adaptFeedbackIntervalMs to the sources of last resort it knows. The source cuts
+ * its rate by adaptRateDecreaseFactor on a report of trouble (at most once per
+ * adaptRateDecreaseHoldMs), and while no trouble was reported for that long climbs back by
+ * adaptRateIncreaseStepFraction of the ceiling every adaptRateIncreaseIntervalMs. Trouble: a packet
+ * given up, a kernel drop on the server's S1 socket, at least adaptBacklogPacketsHigh gaps being
+ * repaired, more than adaptBacklogPacketsLow and adaptBacklogGrowthPacketsMin more than the
+ * server's previous report, adaptHoldingPacketsHigh packets held behind a gap, or at least
+ * adaptNackedPacketsMin packets NACKed since its previous report and more than it received; a climb waits while a server heard
+ * within adaptReportStaleMs has more than adaptBacklogPacketsLow gaps. The floor defaults to
+ * adaptRateFloorFractionDefault of the ceiling; at most adaptReportersMax servers are remembered.
+ */
+export const adaptFeedbackIntervalMs = 200;
+export const adaptRateDecreaseFactor = 0.7;
+export const adaptRateDecreaseHoldMs = 400;
+export const adaptRateIncreaseIntervalMs = 100;
+export const adaptRateIncreaseStepFraction = 0.025;
+export const adaptBacklogPacketsHigh = 2048;
+export const adaptBacklogPacketsLow = 512;
+export const adaptBacklogGrowthPacketsMin = 128;
+export const adaptNackedPacketsMin = 64;
+export const adaptHoldingPacketsHigh = 16_384;
+export const adaptReportStaleMs = 2_000;
+export const adaptReportersMax = 64;
+export const adaptRateFloorFractionDefault = 0.05;
+/** Repair server: sources of last resort it sends FEEDBACK to, at most. */
+export const feedbackTargetsMax = 8;
+
 /** How often retransmit servers announce themselves and report their quality. */
 export const announceIntervalMsDefault = 1000;
 

@@ -1,5 +1,6 @@
 /** `gatecast send`: the source role on the command line. */
 import {
+  adaptRateFloorFractionDefault,
   lastResortBufferBytesDefault,
   lastResortLingerMsMaxDefault,
   lastResortQuietMs,
@@ -132,6 +133,16 @@ export const sendOptions: OptionSpecs = {
     value: 'SECONDS',
     help: `with --retransmit-listen: after END, stay while NACKs come, at most this long (default ${lastResortLingerMsMaxDefault / 1000})`,
   },
+  'adapt-rate': {
+    type: 'boolean',
+    help: 'pace below --rate while repair servers report that the edge does not keep up (FEEDBACK to --retransmit-listen); default for --file with --retransmit-listen',
+  },
+  'no-adapt-rate': { type: 'boolean', help: 'keep the pacing rate fixed at --rate' },
+  'rate-floor': {
+    type: 'string',
+    value: 'BITS',
+    help: `with an adaptive rate: never pace below this (default ${adaptRateFloorFractionDefault * 100} % of --rate)`,
+  },
 };
 
 export const sendHelp = formatHelp(
@@ -250,6 +261,49 @@ function lastResortOptions(values: OptionValues): SourceSettings['lastResort'] {
   };
 }
 
+/**
+ * The adaptive rate from --adapt-rate, --no-adapt-rate and --rate-floor: on by default for a file
+ * sent with --retransmit-listen (where repair servers' FEEDBACK arrives) and a rate; off for live
+ * streams unless asked for. Asked for without what it needs, it is a usage error.
+ */
+function adaptRateOptions(
+  values: OptionValues,
+  rate: number,
+  lastResort: SourceSettings['lastResort'],
+): SourceSettings['adaptRate'] {
+  const asked = values['adapt-rate'] === true;
+  const refused = values['no-adapt-rate'] === true;
+  const floorText = optional(values, 'rate-floor');
+  if (asked && refused) {
+    throw new UsageError('--adapt-rate and --no-adapt-rate exclude each other');
+  }
+  if (asked && lastResort === undefined) {
+    throw new UsageError(
+      '--adapt-rate needs --retransmit-listen ADDR:PORT: repair servers send their FEEDBACK there',
+    );
+  }
+  if (asked && rate === 0) {
+    throw new UsageError('--adapt-rate needs --rate BITS: the ceiling it adapts below');
+  }
+  const on = asked || (!refused && values.file !== undefined && lastResort !== undefined && rate > 0);
+  if (!on) {
+    if (floorText !== undefined) {
+      throw new UsageError(
+        '--rate-floor needs an adaptive rate (--adapt-rate, or --file with --retransmit-listen)',
+      );
+    }
+    return undefined;
+  }
+  const floorBitsPerSecond =
+    floorText === undefined
+      ? Math.max(1, Math.round(rate * adaptRateFloorFractionDefault))
+      : parseRate(floorText, '--rate-floor');
+  if (floorBitsPerSecond === 0 || floorBitsPerSecond > rate) {
+    throw new InvalidArgumentError('--rate-floor', `${floorText} must be a rate no higher than --rate`);
+  }
+  return { floorBitsPerSecond };
+}
+
 /** Runs `gatecast send`; returns the exit code. */
 export async function runSend(argv: string[], out: NodeJS.WriteStream): Promise<number> {
   const values = parseOptions(argv, sendOptions);
@@ -291,6 +345,7 @@ export async function runSend(argv: string[], out: NodeJS.WriteStream): Promise<
   const token = subscription === undefined ? undefined : readToken(optional(values, 'token-file'));
   const protection = senderProtectionOptions(values);
   const lastResort = lastResortOptions(values);
+  const adaptRate = adaptRateOptions(values, rate, lastResort);
   const input = await openInput(values, packetPayloadBytes);
   const relayText = optional(values, 'relay');
   if (relayText !== undefined) {
@@ -326,6 +381,7 @@ export async function runSend(argv: string[], out: NodeJS.WriteStream): Promise<
         sessionId,
         firstSequence,
         lastResort,
+        adaptRate,
       },
       {
         input,
@@ -446,10 +502,16 @@ export function summaryLine(stats: SourceStats, name: string): string {
     last === undefined
       ? ''
       : `; as retransmit server of last resort: ${last.nacksReceived} NACKs, ${last.repairsSent} repairs, ${last.notHeldSent} not-held`;
+  const adaptive = stats.adaptiveRate;
+  const adapted =
+    adaptive === undefined
+      ? ''
+      : `; adaptive rate: ${adaptive.reports} reports, ${adaptive.decreases} cuts, lowest ${formatRate(adaptive.lowestBitsPerSecond)}, at the end ${formatRate(adaptive.bitsPerSecond)}`;
   const figures =
     `${stats.packetsSent} packets, ${formatBytes(stats.payloadBytesSent)} in ${seconds.toFixed(2)} s at ${rate}` +
     (extras.length > 0 ? `, ${extras.join(', ')}` : '') +
-    lastResort;
+    lastResort +
+    adapted;
   const session = `session "${name}" (id ${stats.sessionId}, run ${stats.incarnation})`;
   if (stats.sendErrors === 0) {
     return `sent ${session}: ${figures}`;

@@ -182,35 +182,59 @@ export interface SendCounters {
   failed: number;
 }
 
-/** A socket's send with the rules of SendCounters; done, when given, is always called once. */
-function guardedSend(
-  counters: SendCounters,
-  isClosed: () => boolean,
-  send: (callback: (error: Error | null) => void) => void,
-  done: ((error: Error | null) => void) | undefined,
-): void {
-  const fail = (error: Error) => {
-    counters.failed++;
-    if (done !== undefined) {
-      process.nextTick(done, error);
-    }
-  };
-  if (isClosed()) {
-    counters.afterClose++;
-    if (done !== undefined) {
-      process.nextTick(done, new SocketError('send after the socket was closed'));
-    }
-    return;
-  }
-  try {
-    send((error) => {
+type SendDone = (error: Error | null) => void;
+
+/**
+ * A socket's send with the rules of SendCounters; done, when given, is always called once. The
+ * callback handed to node:dgram is made once per done, not once per datagram: a sender hands the
+ * same done with every send, and a closure per datagram was garbage at line rate.
+ */
+class GuardedSender {
+  readonly counters: SendCounters = { afterClose: 0, failed: 0 };
+  readonly #isClosed: () => boolean;
+  readonly #countOnly: SendDone;
+  #lastDone: SendDone | undefined;
+  #lastCallback: SendDone | undefined;
+
+  constructor(isClosed: () => boolean) {
+    this.#isClosed = isClosed;
+    this.#countOnly = (error) => {
       if (error) {
-        counters.failed++;
+        this.counters.failed++;
       }
-      done?.(error);
-    });
-  } catch (error) {
-    fail(error instanceof Error ? error : new SocketError(String(error)));
+    };
+  }
+
+  /** The callback for node:dgram, or undefined when the socket is closed (counted, done told). */
+  callback(done: SendDone | undefined): SendDone | undefined {
+    if (this.#isClosed()) {
+      this.counters.afterClose++;
+      if (done !== undefined) {
+        process.nextTick(done, new SocketError('send after the socket was closed'));
+      }
+      return undefined;
+    }
+    if (done === undefined) {
+      return this.#countOnly;
+    }
+    if (done !== this.#lastDone) {
+      this.#lastDone = done;
+      this.#lastCallback = (error) => {
+        if (error) {
+          this.counters.failed++;
+        }
+        done(error);
+      };
+    }
+    return this.#lastCallback;
+  }
+
+  /** A send that threw: counted, and done told on the next tick. */
+  failed(error: unknown, done: SendDone | undefined): void {
+    this.counters.failed++;
+    if (done !== undefined) {
+      process.nextTick(done, error instanceof Error ? error : new SocketError(String(error)));
+    }
   }
 }
 
@@ -355,12 +379,20 @@ export async function openSenderSocket(options: SenderSocketOptions): Promise<Se
     throw error;
   }
   socket.on('error', () => undefined);
-  const sendCounters: SendCounters = { afterClose: 0, failed: 0 };
+  const guard = new GuardedSender(isClosed);
   return {
     iface,
-    sendCounters,
+    sendCounters: guard.counters,
     send(buffer, length, done) {
-      guardedSend(sendCounters, isClosed, (callback) => socket.send(buffer, 0, length, callback), done);
+      const callback = guard.callback(done);
+      if (callback === undefined) {
+        return;
+      }
+      try {
+        socket.send(buffer, 0, length, callback);
+      } catch (error) {
+        guard.failed(error, done);
+      }
     },
     close,
     [Symbol.asyncDispose]: close,
@@ -470,23 +502,24 @@ export async function openControlSocket(
   socket.on('error', () => undefined);
   const bound = socket.address();
   let bytesSent = 0;
-  const sendCounters: SendCounters = { afterClose: 0, failed: 0 };
+  const guard = new GuardedSender(isClosed);
   return {
     local: { address: bound.address, port: bound.port, family: endpoint.family },
     get bytesSent() {
       return bytesSent;
     },
-    sendCounters,
+    sendCounters: guard.counters,
     send(datagram, port, address) {
-      guardedSend(
-        sendCounters,
-        isClosed,
-        (callback) => {
-          socket.send(datagram, port, address, callback);
-          bytesSent += datagram.length;
-        },
-        undefined,
-      );
+      const callback = guard.callback(undefined);
+      if (callback === undefined) {
+        return;
+      }
+      try {
+        socket.send(datagram, port, address, callback);
+        bytesSent += datagram.length;
+      } catch (error) {
+        guard.failed(error, undefined);
+      }
     },
     close,
     [Symbol.asyncDispose]: close,

@@ -546,3 +546,61 @@ export function decodeSetup(buf: Buffer): DecodeResult<Control<SetupBody>> {
     auth: opened.value.auth,
   });
 }
+
+// ---------------------------------------------------------------------------------------------
+// FEEDBACK: what a repair server's edge shows of one run (docs/protocol.md, "FEEDBACK"), six
+// u32 fields: missing now, holding, unrecoverable, socket drops, received, NACKed packets.
+
+/** What a repair server reports of the run it repairs, for the source's adaptive rate. */
+export interface FeedbackBody {
+  /** Gaps it is repairing now: its backlog of NACKs. */
+  readonly missing: number;
+  /** Packets held behind the oldest gap, not yet re-emitted. */
+  readonly holding: number;
+  /** Packets given up since it started (a count that grows when the edge loses data). */
+  readonly unrecoverable: number;
+  /** Datagrams the kernel dropped for its S1 socket since it started (0 where Linux does not tell). */
+  readonly socketDrops: number;
+  /** DATA it received on S1 since it started. */
+  readonly received: number;
+  /** Packets it NACKed since it started. */
+  readonly nacked: number;
+}
+/** Bytes of a FEEDBACK body before the trailer. */
+export const feedbackBodyBytes = 24;
+const feedbackFields = ['missing', 'holding', 'unrecoverable', 'socketDrops', 'received', 'nacked'] as const;
+
+/** Encodes a FEEDBACK (trailer to be sealed); counts above 2^32 - 1 are sent as 2^32 - 1. */
+export function encodeFeedback(fields: HeaderFields, body: FeedbackBody): Buffer {
+  const out = frame(PacketType.feedback, fields, feedbackBodyBytes);
+  const b = out.subarray(headerBytes);
+  feedbackFields.forEach((name, i) => {
+    b.writeUInt32BE(Math.min(0xffffffff, Math.max(0, Math.floor(body[name]))), i * 4);
+  });
+  return out;
+}
+
+/** Decodes a FEEDBACK: a run named by session id and incarnation, and exactly six counts. */
+export function decodeFeedback(buf: Buffer): DecodeResult<Control<FeedbackBody>> {
+  const opened = open(buf, PacketType.feedback);
+  if (!opened.ok) {
+    return opened;
+  }
+  const { header, body } = opened.value;
+  if (body.length !== feedbackBodyBytes) {
+    return invalid('length-mismatch', `FEEDBACK body must be ${feedbackBodyBytes} bytes, not ${body.length}`);
+  }
+  if (header.incarnation === 0) {
+    return invalid('bad-field', 'FEEDBACK must name the run it reports on (incarnation 0)');
+  }
+  return valid({
+    ...header,
+    missing: body.readUInt32BE(0),
+    holding: body.readUInt32BE(4),
+    unrecoverable: body.readUInt32BE(8),
+    socketDrops: body.readUInt32BE(12),
+    received: body.readUInt32BE(16),
+    nacked: body.readUInt32BE(20),
+    auth: opened.value.auth,
+  });
+}

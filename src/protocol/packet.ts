@@ -52,7 +52,7 @@ export const offsetBodyLength = 24;
 export const offsetReserved2 = 26;
 export const offsetIncarnation = 28;
 
-/** Message types (docs/protocol.md, "Messages"). */
+/** Message types (docs/protocol.md, "Messages"). Types above 13 are unassigned. */
 export const PacketType = {
   data: 1,
   heartbeat: 2,
@@ -67,11 +67,13 @@ export const PacketType = {
   signature: 11,
   /** A sealed S2 envelope: a whole datagram of the repaired copy, AEAD-encrypted (flow A). */
   sealed: 12,
+  /** FEEDBACK: what a repair server's edge shows of one run, to an adapting source. */
+  feedback: 13,
 } as const;
 export type PacketTypeCode = (typeof PacketType)[keyof typeof PacketType];
 
 /** Types this version decodes; the other assigned codes are reserved and rejected as unsupported. */
-const reservedTypeMax = PacketType.sealed;
+const reservedTypeMax = PacketType.feedback;
 
 /** Fields every packet carries in its fixed header. */
 export interface Header {

@@ -12,10 +12,13 @@ import { ControlChannel, type ControlKey } from '../crypto/control-auth.js';
 import { type S2Key, S2Sealer } from '../crypto/s2-seal.js';
 import { createSignedSessionGate, type SignedSessionStats } from '../crypto/signed-session.js';
 import {
+  adaptFeedbackIntervalMs,
+  announceIntervalMsDefault,
   endedRunsMax,
   endGraceMsDefault,
   endRepeatCount,
   endRepeatIntervalMs,
+  feedbackTargetsMax,
   liveServerWaitMsMax,
   nackAttemptsMax,
   nackDelayMsMaxDefault,
@@ -49,6 +52,7 @@ import {
   authTrailerBytes,
   decodeAnnounce,
   decodeRepair,
+  encodeFeedback,
   encodeNack,
   ListenState,
   type SequenceRange,
@@ -174,6 +178,8 @@ export interface RepairStatus {
   beyondWindow: number;
   /** HEARTBEAT/END claims further ahead than the limits allow: ignored. */
   claimsTooFar: number;
+  /** FEEDBACK messages sent to sources of last resort (for their adaptive rate). */
+  feedbackSent: number;
   /** DATA held for runs whose DESCRIPTOR has not been taken up yet. */
   pendingPackets: number;
   pendingBytes: number;
@@ -298,6 +304,7 @@ export async function startRepairServer(
     claimsTooFar: 0,
     sealed: 0,
     s2Rotations: 0,
+    feedbackSent: 0,
   };
   const dropped: Record<string, number> = {};
   const drop = (reason: string) => {
@@ -975,6 +982,11 @@ export async function startRepairServer(
         }
       }
     }
+    for (const announced of announce.sessions) {
+      if (announced.state === ListenState.lastResort) {
+        noteFeedbackTarget(server, announced.sessionId);
+      }
+    }
     const session = announce.sessions.find((s) => s.sessionId === run?.sessionId) ?? announce.sessions[0];
     if (run !== undefined && session?.sessionId === run.sessionId && session.heldCount > 0) {
       notePassed(run, announce.auth.senderId, session.lastHeld, announce.auth.counter);
@@ -985,6 +997,53 @@ export async function startRepairServer(
     }
   };
 
+  /**
+   * Sources of last resort by endpoint: the session each announced and when (bounded). They take
+   * FEEDBACK on the run for their adaptive rate (docs/protocol.md, "FEEDBACK").
+   */
+  const feedbackTargets = new Map<string, { server: Server; sessionId: number; heardAtMs: number }>();
+  const noteFeedbackTarget = (server: Server, sessionId: number) => {
+    feedbackTargets.delete(server.key);
+    feedbackTargets.set(server.key, { server, sessionId, heardAtMs: clock.nowMs() });
+    if (feedbackTargets.size > feedbackTargetsMax) {
+      feedbackTargets.delete(feedbackTargets.keys().next().value ?? '');
+    }
+  };
+
+  /** FEEDBACK on the current run to each source of last resort of its session heard lately. */
+  const sendFeedback = () => {
+    const current = run;
+    if (current === undefined || feedbackTargets.size === 0) {
+      return;
+    }
+    const now = clock.nowMs();
+    let datagram: Buffer | undefined;
+    for (const target of feedbackTargets.values()) {
+      if (target.sessionId !== current.sessionId || now - target.heardAtMs > 3 * announceIntervalMsDefault) {
+        continue;
+      }
+      datagram ??= encodeFeedback(
+        {
+          sessionId: current.sessionId,
+          incarnation: current.incarnation,
+          sequence: current.window.base,
+          timestampUs: clock.wallUs(),
+        },
+        {
+          missing: current.missing.size,
+          holding: current.window.heldCount,
+          unrecoverable: counters.unrecoverable,
+          socketDrops: s1.kernelDrops?.() ?? 0,
+          received: counters.packetsIn,
+          nacked: counters.nackedPackets,
+        },
+      );
+      // Each copy is sealed for its own target: one counter per message (docs/protocol.md).
+      const sealed = channel.seal(Buffer.from(datagram), target.server.endpoint);
+      control.send(sealed, target.server.endpoint.port, target.server.endpoint.address);
+      counters.feedbackSent++;
+    }
+  };
   const onControl = (datagram: Buffer, remote: RemoteInfo) => {
     const type = datagram.length > offsetType ? datagram[offsetType] : undefined;
     if (type === PacketType.repair) {
@@ -1059,6 +1118,8 @@ export async function startRepairServer(
     }
     throw error;
   }
+
+  timers.setInterval(sendFeedback, adaptFeedbackIntervalMs);
 
   const status = (): RepairStatus => ({
     role: 'repair',

@@ -12,7 +12,14 @@ import { type Endpoint, formatEndpoint } from '../net/address.js';
 import { type NackAnswerCounters, NackAnswerer } from '../net/nack-answerer.js';
 import { OwnedTimers, type Runtime } from '../net/runtime.js';
 import type { ControlSocket, SenderSocket } from '../net/udp.js';
-import { decodeNack, encodeAnnounce, ListenState, type PeerEndpoint } from '../protocol/control.js';
+import {
+  decodeFeedback,
+  decodeNack,
+  encodeAnnounce,
+  type FeedbackBody,
+  ListenState,
+  type PeerEndpoint,
+} from '../protocol/control.js';
 import { offsetType, PacketType } from '../protocol/packet.js';
 import { sequenceAdd } from '../protocol/serial.js';
 
@@ -40,6 +47,8 @@ export interface LastResortStats extends NackAnswerCounters {
   heldPackets: number;
   heldBytes: number;
   evicted: number;
+  /** FEEDBACK of this run taken from repair servers (authenticated), for the adaptive rate. */
+  feedbackReceived: number;
   dropped: Record<string, number>;
 }
 
@@ -53,17 +62,25 @@ export interface LastResort {
   close(): Promise<void>;
 }
 
-/** Starts answering NACKs for one run of a source. */
+/**
+ * Told of every authenticated FEEDBACK of the run (docs/protocol.md, "FEEDBACK"): the repair
+ * server's sender id and what it reported.
+ */
+export type FeedbackListener = (reporterId: number, report: FeedbackBody) => void;
+
+/** Starts answering NACKs for one run of a source (and taking its repair servers' FEEDBACK). */
 export async function startLastResort(
   settings: LastResortSettings,
   run: { sessionId: number; incarnation: number },
   runtime: Runtime,
+  onFeedback?: FeedbackListener,
 ): Promise<LastResort> {
   const { clock, transport } = runtime;
   const timers = new OwnedTimers(clock);
   const held = new Map<number, Buffer>();
   let heldBytes = 0;
   let evicted = 0;
+  let feedbackReceived = 0;
   let first: number | undefined;
   let last: number | undefined;
   let lastNackAtMs = clock.nowMs();
@@ -91,6 +108,19 @@ export async function startLastResort(
     drop,
   });
   const onControl = (datagram: Buffer, remote: PeerEndpoint) => {
+    if (datagram.length > offsetType && datagram[offsetType] === PacketType.feedback) {
+      const feedback = channel.accept(datagram, remote, decodeFeedback, 'feedback', drop);
+      if (feedback === undefined) {
+        return;
+      }
+      if (feedback.sessionId !== run.sessionId || feedback.incarnation !== run.incarnation) {
+        drop('feedback-other-run'); // another run's edge says nothing of this one
+        return;
+      }
+      feedbackReceived++;
+      onFeedback?.(feedback.auth.senderId, feedback);
+      return;
+    }
     if (datagram.length <= offsetType || datagram[offsetType] !== PacketType.nack) {
       drop('unexpected-type'); // REPAIR, ANNOUNCE, QUALITY and SETUP are not for a source
       return;
@@ -151,6 +181,9 @@ export async function startLastResort(
     heldBytes += copy.length;
     first ??= sequence;
     last = sequence;
+    if (heldBytes <= settings.bufferBytesMax) {
+      return; // no iterator per packet while the buffer has room
+    }
     for (const [oldest, buffer] of held) {
       if (heldBytes <= settings.bufferBytesMax) {
         break;
@@ -182,6 +215,7 @@ export async function startLastResort(
       heldPackets: held.size,
       heldBytes,
       evicted,
+      feedbackReceived,
       dropped: { ...dropped },
     }),
     close,

@@ -28,6 +28,7 @@ import {
 } from '../protocol/packet.js';
 import { sequenceAdd } from '../protocol/serial.js';
 import { dataPayloadBytesMax } from '../protocol/sizes.js';
+import { AdaptiveRate, type AdaptiveRateStats } from './adaptive-rate.js';
 import { SourceSettingsError } from './errors.js';
 import { inputEnded, inputNotReady, type PayloadInput } from './inputs.js';
 import {
@@ -66,6 +67,12 @@ export interface SourceSettings {
   readonly lastResort?:
     | (LastResortSettings & { readonly quietMs: number; readonly lingerMsMax: number })
     | undefined;
+  /**
+   * Pace below rateBitsPerSecond (the ceiling) when the repair servers' FEEDBACK, which arrives at
+   * the last-resort endpoint, says the edge does not keep up; never below the floor
+   * (`send --adapt-rate`, src/source/adaptive-rate.ts). Needs lastResort and a rate.
+   */
+  readonly adaptRate?: { readonly floorBitsPerSecond: number } | undefined;
 }
 
 /** Parts a source is built from; tests can hand in their own. */
@@ -115,6 +122,8 @@ export interface SourceStats {
   inputDroppedTooLarge: number;
   /** The retransmit server of last resort, when the source is one. */
   lastResort?: LastResortStats | undefined;
+  /** The adaptive rate, when the source paces by its repair servers' FEEDBACK. */
+  adaptiveRate?: AdaptiveRateStats | undefined;
 }
 
 /** A built source; run() sends the whole session. */
@@ -206,6 +215,23 @@ function checkSettings(settings: SourceSettings, overheadBytes = 0): void {
       `packet payload of ${bytes} bytes: the maximum is ${maxBytes} (a REPAIR must carry the whole DATA packet${overheadBytes > 0 ? ', with its tag' : ''})`,
     );
   }
+  const adapt = settings.adaptRate;
+  if (adapt !== undefined) {
+    if (settings.lastResort === undefined) {
+      throw new SourceSettingsError(
+        'an adaptive rate needs the last-resort endpoint, where repair servers send FEEDBACK',
+      );
+    }
+    if (settings.rateBitsPerSecond <= 0) {
+      throw new SourceSettingsError('an adaptive rate needs a rate to adapt below (the ceiling)');
+    }
+    const floor = adapt.floorBitsPerSecond;
+    if (!Number.isFinite(floor) || floor <= 0 || floor > settings.rateBitsPerSecond) {
+      throw new SourceSettingsError(
+        `rate floor of ${floor} bit/s: it must be above 0 and at most the rate (${settings.rateBitsPerSecond} bit/s)`,
+      );
+    }
+  }
 }
 
 /** Builds a source. Throws SourceSettingsError for settings no packet could carry. */
@@ -243,6 +269,16 @@ export function createSource(settings: SourceSettings, components: SourceCompone
   let failure: Error | undefined;
   let socket: SenderSocket | undefined;
   let lastResort: LastResort | undefined;
+  const adaptive =
+    settings.adaptRate === undefined
+      ? undefined
+      : new AdaptiveRate(
+          {
+            ceilingBitsPerSecond: settings.rateBitsPerSecond,
+            floorBitsPerSecond: settings.adaptRate.floorBitsPerSecond,
+          },
+          clock.nowMs(),
+        );
   let nextSequence = firstSequence;
   let inFlight = 0;
   let drained: (() => void) | undefined;
@@ -350,7 +386,12 @@ export function createSource(settings: SourceSettings, components: SourceCompone
         ttl: settings.ttl,
       });
       if (settings.lastResort !== undefined) {
-        lastResort = await startLastResort(settings.lastResort, { sessionId, incarnation }, runtime);
+        lastResort = await startLastResort(
+          settings.lastResort,
+          { sessionId, incarnation },
+          runtime,
+          adaptive === undefined ? undefined : (id, report) => adaptive.report(id, report, clock.nowMs()),
+        );
       }
       await sendSession(options.signal);
       await linger(options.signal);
@@ -360,6 +401,7 @@ export function createSource(settings: SourceSettings, components: SourceCompone
       stats.inputDropped = input.droppedCount;
       stats.inputDroppedTooLarge = input.droppedTooLargeCount ?? 0;
       stats.lastResort = lastResort?.stats();
+      stats.adaptiveRate = adaptive?.stats();
       await close();
       // A socket that opened after close() was called (close() saw none) is closed here.
       await socket?.close();
@@ -444,10 +486,13 @@ export function createSource(settings: SourceSettings, components: SourceCompone
     }
   }
 
-  /** The pacing loop: a token bucket in bytes, refilled from the clock, bursts of at most one batch. */
+  /**
+   * The pacing loop: a token bucket in bytes, refilled from the clock, bursts of at most one batch.
+   * With an adaptive rate, the bucket fills at the rate it allows at each refill.
+   */
   async function pump(signal: AbortSignal | undefined): Promise<void> {
-    const bytesPerMs = settings.rateBitsPerSecond / 8000;
-    const burstBytes = Math.max(slotBytes * 4, bytesPerMs * 5);
+    let bytesPerMs = settings.rateBitsPerSecond / 8000;
+    let burstBytes = Math.max(slotBytes * 4, bytesPerMs * 5);
     let creditBytes = slotBytes;
     let refilledAtMs = clock.nowMs();
     let slot = 0;
@@ -457,6 +502,11 @@ export function createSource(settings: SourceSettings, components: SourceCompone
     while (!stopped.aborted) {
       if (bytesPerMs > 0 && creditBytes < slotBytes) {
         const now = clock.nowMs();
+        if (adaptive !== undefined) {
+          adaptive.update(now);
+          bytesPerMs = adaptive.bitsPerSecond / 8000;
+          burstBytes = Math.max(slotBytes * 4, bytesPerMs * 5);
+        }
         creditBytes = Math.min(burstBytes, creditBytes + (now - refilledAtMs) * bytesPerMs);
         refilledAtMs = now;
         if (creditBytes < slotBytes) {

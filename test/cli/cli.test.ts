@@ -228,6 +228,16 @@ describe('bad input: one clear line naming the value, exit code 2, no stack trac
       ['receive', '--group', '[ff02::1%eth0]:5000'],
       /--group: "ff02::1%eth0": give the interface with its own option/,
     ],
+    [
+      'send: --adapt-rate without the endpoint where FEEDBACK arrives',
+      ['send', '--group', '239.1.1.1:5000', '--file', 'README.md', '--adapt-rate'],
+      /--adapt-rate needs --retransmit-listen ADDR:PORT: repair servers send their FEEDBACK there/,
+    ],
+    [
+      'send: --rate-floor with a fixed rate',
+      ['send', '--group', '239.1.1.1:5000', '--ticker', '--rate-floor', '1M'],
+      /--rate-floor needs an adaptive rate/,
+    ],
   ];
   for (const [name, args, message] of cases) {
     it(name, async () => {

@@ -10,16 +10,19 @@ import {
   authTagBytes,
   authTrailerBytes,
   decodeAnnounce,
+  decodeFeedback,
   decodeNack,
   decodeQuality,
   decodeRepair,
   decodeSetup,
   encodeAnnounce,
+  encodeFeedback,
   encodeNack,
   encodeQuality,
   encodeRepair,
   encodeRepairNotHeld,
   encodeSetup,
+  feedbackBodyBytes,
   ListenState,
   SetupAction,
 } from '../../src/protocol/control.js';
@@ -280,6 +283,62 @@ describe('ANNOUNCE, QUALITY, SETUP', () => {
     assert.ok(decodeQuality(quality).ok);
     const longer = Buffer.concat([quality, Buffer.alloc(1)]);
     assert.equal(decodeQuality(longer).ok, false);
+  });
+});
+
+describe('FEEDBACK', () => {
+  const report = {
+    missing: 17,
+    holding: 2048,
+    unrecoverable: 3,
+    socketDrops: 0xfffffffe,
+    received: 35_715,
+    nacked: 4_000,
+  };
+
+  it('round-trips the run it names and its six counts, 24 body bytes before the trailer', () => {
+    const packet = encodeFeedback(fields, report);
+    assert.equal(packet.length, headerBytes + feedbackBodyBytes + authTrailerBytes);
+    const decoded = decodeFeedback(packet);
+    assert.ok(decoded.ok);
+    assert.equal(decoded.value.sessionId, fields.sessionId);
+    assert.equal(decoded.value.incarnation, fields.incarnation);
+    const { missing, holding, unrecoverable, socketDrops, received, nacked } = decoded.value;
+    assert.deepEqual({ missing, holding, unrecoverable, socketDrops, received, nacked }, report);
+  });
+
+  it('sends counts beyond 32 bits as 2^32 - 1, never wrapped', () => {
+    const decoded = decodeFeedback(encodeFeedback(fields, { ...report, received: 2 ** 40 }));
+    assert.ok(decoded.ok);
+    assert.equal(decoded.value.received, 0xffffffff);
+  });
+
+  it('rejects a truncated or oversized body, another type and a run of incarnation 0', () => {
+    const good = encodeFeedback(fields, report);
+    const cases: Array<[string, Buffer, string]> = [
+      ['shorter than a header', good.subarray(0, headerBytes - 1), 'truncated'],
+      ['header only', good.subarray(0, headerBytes), 'length-mismatch'],
+      ['no trailer', good.subarray(0, good.length - 1), 'length-mismatch'],
+      ['incarnation 0', encodeFeedback({ ...fields, incarnation: 0 }, report), 'bad-field'],
+    ];
+    const longer = Buffer.concat([
+      good.subarray(0, headerBytes),
+      Buffer.alloc(4),
+      good.subarray(headerBytes),
+    ]);
+    longer.writeUInt16BE(feedbackBodyBytes + 4 + authTrailerBytes, 24);
+    cases.push(['four bytes more', longer, 'length-mismatch']);
+    const shorter = Buffer.concat([good.subarray(0, headerBytes), good.subarray(headerBytes + 4)]);
+    shorter.writeUInt16BE(feedbackBodyBytes - 4 + authTrailerBytes, 24);
+    cases.push(['four bytes fewer', shorter, 'length-mismatch']);
+    const other = Buffer.from(good);
+    other[3] = 8;
+    cases.push(['a QUALITY type byte', other, 'bad-field']);
+    for (const [name, packet, reason] of cases) {
+      const result = decodeFeedback(packet);
+      assert.equal(result.ok, false, name);
+      assert.equal(!result.ok && result.reason, reason, name);
+    }
   });
 });
 

@@ -2,11 +2,13 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import {
   decodeAnnounce,
+  decodeFeedback,
   decodeNack,
   decodeQuality,
   decodeRepair,
   decodeSetup,
   encodeAnnounce,
+  encodeFeedback,
   encodeNack,
   encodeQuality,
   encodeRepair,
@@ -78,6 +80,14 @@ function seeds(): Buffer[] {
       bufferAgeMs: 1,
       target: { address: 'fd00::21', port: 7000 },
     }),
+    encodeFeedback(fields, {
+      missing: 3,
+      holding: 40,
+      unrecoverable: 0,
+      socketDrops: 7,
+      received: 1000,
+      nacked: 12,
+    }),
   ];
 }
 
@@ -93,6 +103,7 @@ const decoders: Array<[string, (b: Buffer) => DecodeResult<unknown>]> = [
   ['announce', decodeAnnounce],
   ['quality', decodeQuality],
   ['setup', decodeSetup],
+  ['feedback', decodeFeedback],
 ];
 
 describe(`every decoder on ${iterations} random and mutated datagrams`, () => {
