@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify';
 import { buildServerApp as buildSubscriptionApp } from '../../src/cli/server-app.js';
@@ -537,6 +538,86 @@ function suite(name: string, options: { skip?: string }, url: () => string, clea
         'charged once',
       );
       await call('PUT', '/v1/rates', operatorToken, old);
+      assert.equal(await ledgerSum(), 0);
+    });
+
+    it('an idempotency key stored before keys covered the client request (its hash is the rated transfer) replays its stored charge after a rate change', async () => {
+      const subscriber = await party('subscribers', 'legacy-keyed');
+      const usage = (key: string, quantity: number) =>
+        app.inject({
+          method: 'POST',
+          url: '/v1/usage',
+          headers: { ...as(operatorToken), 'idempotency-key': key },
+          payload: { account: subscriber.id, kind: 'pay-as-you-go-bytes', quantity },
+        });
+      const owner = await party('sources', 'legacy-keyed-source');
+      const session = (
+        await call('POST', '/v1/sessions', owner.token, {
+          name: 'legacy',
+          group: '239.1.8.9:5000',
+          repair: true,
+        })
+      ).json() as { id: string };
+      const first = await usage('legacy-1', 5_000_000);
+      assert.equal(first.statusCode, 201, first.body);
+      const ended = (await call('POST', `/v1/sessions/${session.id}/end`, owner.token)).json() as {
+        charge: { transfer: string; amount: number };
+      };
+      // Write both rows back the way the ledger stored them before: the hash of the rated transfer
+      // itself, JSON [debit, credit, amount, currency, memo].
+      const legacyHash = (row: {
+        debit_account: string;
+        credit_account: string;
+        amount: number | string;
+        currency: string;
+        memo: string;
+      }) =>
+        createHash('sha256')
+          .update(
+            JSON.stringify([
+              row.debit_account,
+              row.credit_account,
+              Number(row.amount),
+              row.currency,
+              row.memo,
+            ]),
+          )
+          .digest('hex');
+      for (const key of ['legacy-1', `session-end/${session.id}`]) {
+        const row = await store.db
+          .selectFrom('transfers')
+          .selectAll()
+          .where('idempotency_key', '=', key)
+          .executeTakeFirstOrThrow();
+        await store.db
+          .updateTable('transfers')
+          .set({ request_hash: legacyHash(row) })
+          .where('id', '=', row.id)
+          .execute();
+      }
+      const old = (await call('GET', '/v1/rates', operatorToken)).json() as Record<string, number>;
+      await call('PUT', '/v1/rates', operatorToken, { payAsYouGoPerMegabyte: 4, sourceRepairPerHour: 700 });
+      try {
+        const again = await usage('legacy-1', 5_000_000);
+        assert.equal(again.statusCode, 200, again.body);
+        assert.deepEqual(again.json(), { ...(first.json() as object), replayed: true }, 'the stored charge');
+        const other = await usage('legacy-1', 6_000_000);
+        assert.equal(other.statusCode, 409, 'another request under an old key is still a conflict');
+        assert.equal((other.json() as { error: string }).error, 'conflict');
+        const endedAgain = await call('POST', `/v1/sessions/${session.id}/end`, owner.token);
+        assert.equal(endedAgain.statusCode, 200, endedAgain.body);
+        assert.deepEqual((endedAgain.json() as { charge: object }).charge, {
+          ...ended.charge,
+          replayed: true,
+        });
+        assert.equal(
+          (await call('GET', `/v1/accounts/${subscriber.id}/balance`, subscriber.token)).json().balance,
+          -(first.json() as { amount: number }).amount,
+          'charged once',
+        );
+      } finally {
+        await call('PUT', '/v1/rates', operatorToken, old);
+      }
       assert.equal(await ledgerSum(), 0);
     });
 
