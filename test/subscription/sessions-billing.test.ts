@@ -568,7 +568,7 @@ function suite(name: string, options: { skip?: string }, url: () => string, clea
       const legacyHash = (row: {
         debit_account: string;
         credit_account: string;
-        amount: number | string;
+        amount: number | string | bigint;
         currency: string;
         memo: string;
       }) =>
