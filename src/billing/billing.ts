@@ -11,12 +11,11 @@ import {
   type ApiContext,
   anyParty,
   badRequest,
-  callerOf,
   errorReplies,
-  forbid,
   Id,
   notFound,
   operatorOnly,
+  operatorOrSelf,
   Period,
   periodBounds,
   revenueAccount,
@@ -421,15 +420,15 @@ export function registerBillingRoutes(app: FastifyInstance, context: ApiContext,
   app.get<{ Querystring: Static<typeof UsageQuery> }>(
     '/v1/usage',
     {
-      preHandler: anyParty(context),
+      preHandler: operatorOrSelf<{ Querystring: Static<typeof UsageQuery> }>(
+        context,
+        (request) => request.query.account,
+        'a party reads only its own usage',
+      ),
       schema: { querystring: UsageQuery, response: { 200: Type.Array(UsageEvent), ...errorReplies } },
     },
-    async (request, reply) => {
-      const caller = callerOf(request);
+    async (request) => {
       const { account, period } = request.query;
-      if (caller.kind !== 'operator' && caller.id !== account) {
-        return forbid(reply, 'a party reads only its own usage');
-      }
       const { from, to } = periodBounds(period);
       const rows = await db
         .selectFrom('usage_events')
@@ -505,15 +504,15 @@ export function registerBillingRoutes(app: FastifyInstance, context: ApiContext,
   app.get<{ Querystring: Static<typeof InvoiceQuery> }>(
     '/v1/invoices',
     {
-      preHandler: anyParty(context),
+      preHandler: operatorOrSelf<{ Querystring: Static<typeof InvoiceQuery> }>(
+        context,
+        (request) => request.query.account,
+        'a party reads only its own invoices',
+      ),
       schema: { querystring: InvoiceQuery, response: { 200: Invoice, ...errorReplies } },
     },
     async (request, reply) => {
-      const caller = callerOf(request);
       const { account, period } = request.query;
-      if (caller.kind !== 'operator' && caller.id !== account) {
-        return forbid(reply, 'a party reads only its own invoices');
-      }
       const known = await db
         .selectFrom('accounts')
         .select(['id', 'currency'])

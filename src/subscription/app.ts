@@ -23,13 +23,13 @@ import {
   callerOf,
   ErrorBody,
   errorReplies,
-  forbid,
   hashToken,
   Id,
   Name,
   newToken,
   notFound,
   operatorOnly,
+  operatorOrSelf,
   type Party,
   type PartyKind,
   type Schema,
@@ -360,17 +360,15 @@ export async function buildSubscriptionApp(options: SubscriptionAppOptions): Pro
   app.get<{ Querystring: Static<typeof EntitlementQuery> }>(
     '/v1/entitlements',
     {
-      preHandler: anyParty(authContext),
+      preHandler: operatorOrSelf<{ Querystring: Static<typeof EntitlementQuery> }>(
+        authContext,
+        (request) => request.query.subscriber,
+        'a subscriber reads only its own entitlements',
+        ['operator', 'subscriber'],
+      ),
       schema: { querystring: EntitlementQuery, response: { 200: Type.Array(Entitlement), ...errorReplies } },
     },
-    async (request, reply) => {
-      const caller = callerOf(request);
-      if (caller.kind === 'source') {
-        return forbid(reply, 'a source does not read entitlements');
-      }
-      if (caller.kind === 'subscriber' && caller.id !== request.query.subscriber) {
-        return forbid(reply, 'a subscriber reads only its own entitlements');
-      }
+    async (request) => {
       const rows = await db
         .selectFrom('entitlements')
         .selectAll()
@@ -396,21 +394,19 @@ export async function buildSubscriptionApp(options: SubscriptionAppOptions): Pro
   app.get<{ Querystring: Static<typeof CheckQuery> }>(
     '/v1/entitlements/check',
     {
-      preHandler: anyParty(authContext),
+      preHandler: operatorOrSelf<{ Querystring: Static<typeof CheckQuery> }>(
+        authContext,
+        (request) => request.query.subscriber,
+        'a subscriber reads only its own entitlements',
+        ['operator', 'subscriber'],
+      ),
       schema: {
         querystring: CheckQuery,
         response: { 200: CheckResult, 400: ErrorBody, 401: ErrorBody, 403: ErrorBody },
       },
     },
-    async (request, reply) => {
-      const caller = callerOf(request);
+    async (request) => {
       const { subscriber, service, session } = request.query;
-      if (caller.kind === 'subscriber' && caller.id !== subscriber) {
-        return forbid(reply, 'a subscriber reads only its own entitlements');
-      }
-      if (caller.kind === 'source') {
-        return forbid(reply, 'a source does not read entitlements');
-      }
       const rows = await db
         .selectFrom('entitlements')
         .selectAll()
@@ -436,17 +432,17 @@ export async function buildSubscriptionApp(options: SubscriptionAppOptions): Pro
   app.get<{ Params: { id: string } }>(
     '/v1/accounts/:id/balance',
     {
-      preHandler: anyParty(authContext),
+      preHandler: operatorOrSelf<{ Params: { id: string } }>(
+        authContext,
+        (request) => request.params.id,
+        'a party reads only its own account',
+      ),
       schema: {
         params: Type.Object({ id: Id }),
         response: { 200: Balance, 401: ErrorBody, 403: ErrorBody, 404: ErrorBody },
       },
     },
     async (request, reply) => {
-      const caller = callerOf(request);
-      if (caller.kind !== 'operator' && caller.id !== request.params.id) {
-        return forbid(reply, 'a party reads only its own account');
-      }
       const account = await db
         .selectFrom('accounts')
         .select(['id', 'currency'])

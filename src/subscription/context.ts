@@ -6,6 +6,7 @@ import type { BillingService } from '../api/billing.js';
 import type { ApiContext as SharedContext } from '../api/context.js';
 
 export {
+  allow,
   anyParty,
   badRequest,
   callerOf,
@@ -18,6 +19,7 @@ export {
   newToken,
   notFound,
   operatorOnly,
+  operatorOrSelf,
   type Party,
   type PartyKind,
   Period,
