@@ -94,20 +94,22 @@ export const anyParty = (context: Pick<ApiContext, 'authenticate'>) =>
  * The operator, or the party a request is about ("own records only"), as one preHandler: a caller of
  * one of `kinds` passes when it is the operator or when `subject` (the account, subscriber or owner the
  * request names, looked up if need be) is the caller itself; otherwise 403 with the message. A
- * subject of undefined (no such record) passes, and the handler answers 404.
+ * subject of undefined (no such record) passes, and the handler answers 404. A caller of another
+ * kind is refused with `kindRefused`.
  */
 export function operatorOrSelf<Route extends RouteGenericInterface>(
   context: Pick<ApiContext, 'authenticate'>,
   subject: (request: FastifyRequest<Route>) => string | undefined | Promise<string | undefined>,
   message: string,
   kinds: readonly PartyKind[] = ['operator', 'source', 'subscriber'],
+  kindRefused: string = message,
 ): preHandlerAsyncHookHandler<
   RawServerDefault,
   RawRequestDefaultExpression,
   RawReplyDefaultExpression,
   Route
 > {
-  const authenticated = allow(context, kinds, message);
+  const authenticated = allow(context, kinds, kindRefused);
   return async function (request, reply) {
     if ((await authenticated.call(this, request as FastifyRequest, reply as FastifyReply)) !== undefined) {
       return reply; // refused: answered already

@@ -365,6 +365,7 @@ export async function buildSubscriptionApp(options: SubscriptionAppOptions): Pro
         (request) => request.query.subscriber,
         'a subscriber reads only its own entitlements',
         ['operator', 'subscriber'],
+        'a source does not read entitlements',
       ),
       schema: { querystring: EntitlementQuery, response: { 200: Type.Array(Entitlement), ...errorReplies } },
     },
@@ -399,6 +400,7 @@ export async function buildSubscriptionApp(options: SubscriptionAppOptions): Pro
         (request) => request.query.subscriber,
         'a subscriber reads only its own entitlements',
         ['operator', 'subscriber'],
+        'a source does not read entitlements',
       ),
       schema: {
         querystring: CheckQuery,
