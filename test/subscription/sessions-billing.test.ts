@@ -163,6 +163,51 @@ function suite(name: string, options: { skip?: string }, url: () => string, clea
       );
     });
 
+    it('an IPv6 S1 spelled another way (upper case, zeros written out) is the same S1: a 409, nothing written, and the answer names it in one form', async () => {
+      const owner = await party('sources', 'v6-owner');
+      const intruder = await party('sources', 'v6-intruder');
+      const paid = await call('POST', '/v1/sessions', owner.token, {
+        name: 'paid6',
+        group: '[ff3e::4242]:5000',
+        repair: true,
+      });
+      assert.equal(paid.statusCode, 201, paid.body);
+      const before = setups.length;
+      for (const spelling of ['[FF3E::4242]:5000', '[ff3e:0::4242]:5000', '[ff3e:0:0:0:0:0:0:4242]:5000']) {
+        const same = await call('POST', '/v1/sessions', intruder.token, {
+          name: 'mine now',
+          group: spelling,
+          repair: true,
+        });
+        assert.equal(same.statusCode, 409, `${spelling}: ${same.body}`);
+      }
+      assert.equal(setups.length, before, 'no SETUP was sent for another spelling');
+      const listed = (
+        await call('GET', '/v1/sessions?group=%5BFF3E%3A0%3A%3A4242%5D%3A5000', owner.token)
+      ).json() as Array<{
+        group: string;
+      }>;
+      assert.deepEqual(
+        listed.map((session) => session.group),
+        ['[ff3e::4242]:5000'],
+        'the filter finds it under any spelling',
+      );
+      const paidId = (paid.json() as { id: string }).id;
+      assert.equal((await call('POST', `/v1/sessions/${paidId}/end`, owner.token)).statusCode, 200);
+      const upper = await call('POST', '/v1/sessions', owner.token, {
+        name: 'up',
+        group: '[FF3E::4243]:5000',
+      });
+      assert.equal(upper.statusCode, 201, upper.body);
+      assert.equal(
+        (upper.json() as { group: string }).group,
+        '[ff3e::4243]:5000',
+        'stored in its canonical form',
+      );
+      const upperId = (upper.json() as { id: string }).id;
+      assert.equal((await call('POST', `/v1/sessions/${upperId}/end`, owner.token)).statusCode, 200);
+    });
+
     it('a retransmit server registered later, or restarted, is sent SETUP for the sessions already buying repair', async () => {
       const source = await party('sources', 'late');
       const created = await call('POST', '/v1/sessions', source.token, {
