@@ -2,12 +2,12 @@
  * Command-line and configuration-file parsing shared by the commands: option specs, --config
  * files (JSON objects keyed by long option names), and the value parsers for rates and sizes.
  */
-import { readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { parseArgs } from 'node:util';
-import { rateBitsPerSecondMax } from '../limits.js';
+import { configFileBytesMax, rateBitsPerSecondMax } from '../limits.js';
 import { type Endpoint, formatEndpoint, isScopedGroup, multicastScope, parseGroup } from '../net/address.js';
 import { InvalidArgumentError } from '../net/errors.js';
+import { FileRefused, readBoundedFile } from '../net/files.js';
 import { resolveInterface } from '../net/interfaces.js';
 import { UsageError } from './errors.js';
 
@@ -59,9 +59,15 @@ export function parseOptions(argv: string[], specs: OptionSpecs): OptionValues {
 export function readConfig(path: string, specs: OptionSpecs): OptionValues {
   let text: string;
   try {
-    text = readFileSync(path, 'utf8');
+    // A regular file of bounded size, checked before a byte is read: a FIFO or a device would
+    // block the command or fill its memory.
+    text = readBoundedFile(path, configFileBytesMax).toString('utf8');
   } catch (error) {
-    throw new ConfigError(`config ${path}: cannot read: ${(error as NodeJS.ErrnoException).code ?? 'error'}`);
+    if (!(error instanceof FileRefused)) {
+      throw error;
+    }
+    const reason = error.errno === undefined ? error.message : `cannot read: ${error.errno}`;
+    throw new ConfigError(`config ${path}: ${reason}`);
   }
   let data: unknown;
   try {
