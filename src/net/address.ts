@@ -50,6 +50,11 @@ export function parseEndpoint(text: string, field: string): Endpoint {
   throw new InvalidArgumentError(field, `"${host}" is not an IPv4 or IPv6 address`);
 }
 
+/** An IP address in its one text form: IPv4 as written (node:net refuses leading zeros), IPv6 per RFC 5952. */
+export function canonicalAddress(address: string): string {
+  return isIPv6(address) ? canonicalIpv6(address) : address;
+}
+
 /**
  * The one text form of an IPv6 address (RFC 5952: lower case, no leading zeros, the longest run
  * of zero groups as "::"), so that "[FF3E:0::1]" and "[ff3e::1]" are one group wherever endpoints

@@ -9,7 +9,7 @@ import { isIPv4, isIPv6 } from 'node:net';
 import { type Static, Type } from '@sinclair/typebox';
 import type { FastifyInstance, FastifyReply } from 'fastify';
 import { sql } from 'kysely';
-import { formatEndpoint, isMulticast, parseEndpoint, parseGroup } from '../net/address.js';
+import { canonicalAddress, formatEndpoint, isMulticast, parseEndpoint, parseGroup } from '../net/address.js';
 import { LedgerError } from '../store/ledger.js';
 import {
   type ApiContext,
@@ -202,7 +202,7 @@ export function registerSessionRoutes(app: FastifyInstance, context: ApiContext)
         name: body.name,
         group_address: group.address,
         port: group.port,
-        source_address: body.source ?? null,
+        source_address: body.source === undefined ? null : canonicalAddress(body.source),
         price_model: body.price ?? 'free',
         repair: body.repair === true ? 1 : 0,
         state: 'open',
