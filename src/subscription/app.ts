@@ -342,6 +342,18 @@ export async function buildSubscriptionApp(options: SubscriptionAppOptions): Pro
       if (subscriber?.kind !== 'subscriber') {
         return notFound(reply, `body/subscriber: no subscriber ${body.subscriber}`);
       }
+      // A repair grant for one session names a registered session: a mistyped id would make a
+      // grant that never matches, accepted as if it sold something.
+      if (body.service === 'repair' && body.session !== undefined) {
+        const session = await db
+          .selectFrom('sessions')
+          .select('id')
+          .where('id', '=', body.session)
+          .executeTakeFirst();
+        if (session === undefined) {
+          return notFound(reply, `body/session: no session ${body.session}`);
+        }
+      }
       const row = {
         id: randomUUID(),
         subscriber: body.subscriber,

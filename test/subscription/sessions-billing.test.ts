@@ -208,6 +208,39 @@ function suite(name: string, options: { skip?: string }, url: () => string, clea
       assert.equal((await call('POST', `/v1/sessions/${upperId}/end`, owner.token)).statusCode, 200);
     });
 
+    it('a repair grant naming a session that does not exist is a 404 naming body/session, nothing written (it was a 201 that never matched)', async () => {
+      const subscriber = await party('subscribers', 'typo-grant');
+      const missing = await call('POST', '/v1/entitlements', operatorToken, {
+        subscriber: subscriber.id,
+        service: 'repair',
+        session: 'no-such-session',
+      });
+      assert.equal(missing.statusCode, 404, missing.body);
+      assert.deepEqual(missing.json(), {
+        error: 'not-found',
+        message: 'body/session: no session no-such-session',
+      });
+      const rows = await store.db
+        .selectFrom('entitlements')
+        .select('id')
+        .where('subscriber', '=', subscriber.id)
+        .execute();
+      assert.equal(rows.length, 0, 'nothing written');
+      const source = await party('sources', 'typo-grant-source');
+      const session = await call('POST', '/v1/sessions', source.token, {
+        name: 'g',
+        group: '239.1.77.1:5000',
+      });
+      const sessionId = (session.json() as { id: string }).id;
+      const granted = await call('POST', '/v1/entitlements', operatorToken, {
+        subscriber: subscriber.id,
+        service: 'repair',
+        session: sessionId,
+      });
+      assert.equal(granted.statusCode, 201, granted.body);
+      assert.equal((await call('POST', `/v1/sessions/${sessionId}/end`, source.token)).statusCode, 200);
+    });
+
     it('a retransmit server registered later, or restarted, is sent SETUP for the sessions already buying repair', async () => {
       const source = await party('sources', 'late');
       const created = await call('POST', '/v1/sessions', source.token, {
