@@ -50,6 +50,28 @@ const rateNames = Object.keys(rateCardDefault) as Array<keyof RateCard>;
 export { type UsageKind, usageKinds } from '../protocol/api-subscription.js';
 
 /** Rates a usage event: quantity × price ÷ unit, rounded up to a whole minor unit. */
+/**
+ * Idempotency keys the server writes itself (a session's end, the billing run, purse top-ups and
+ * receipts, channel orders). A reported usage event under one of them would take that charge's
+ * place: the real charge would then be a conflict, or the answer of another account's charge.
+ */
+export const reservedKeyPrefixes = [
+  'session-end/',
+  'subscription/',
+  'top-up/',
+  'receipt/',
+  'order/',
+  'order-end/',
+] as const;
+
+/** The message refusing a client's key in a reserved namespace, or undefined when it is free. */
+function reservedKeyRefusal(key: string, field: string): string | undefined {
+  const prefix = reservedKeyPrefixes.find((reserved) => key.startsWith(reserved));
+  return prefix === undefined
+    ? undefined
+    : `${field}: keys starting with "${prefix}" are the server's own; report usage under another key`;
+}
+
 export function rate(card: RateCard, kind: UsageKind, quantity: number): number {
   const [price, unit]: [number, bigint] =
     kind === 'repair-bytes'
@@ -389,6 +411,10 @@ export function registerBillingRoutes(app: FastifyInstance, context: ApiContext,
       },
     },
     async (request, reply) => {
+      const reserved = reservedKeyRefusal(request.headers['idempotency-key'], 'headers/idempotency-key');
+      if (reserved !== undefined) {
+        return badRequest(reply, reserved);
+      }
       const [result] = await commit([{ key: request.headers['idempotency-key'], usage: request.body }]);
       if (result === undefined) {
         throw new Error('a charge of one has one result');
@@ -404,7 +430,13 @@ export function registerBillingRoutes(app: FastifyInstance, context: ApiContext,
       bodyLimit: usageBatchBodyBytesMax,
       schema: { body: UsageBatchBody, response: { 200: UsageBatchResult, ...errorReplies } },
     },
-    async (request, _reply) => {
+    async (request, reply) => {
+      for (const [index, event] of request.body.events.entries()) {
+        const reserved = reservedKeyRefusal(event.key, `body/events/${index}/key`);
+        if (reserved !== undefined) {
+          return badRequest(reply, reserved);
+        }
+      }
       const items = request.body.events.map(({ key, ...usage }) => ({ key, usage }));
       const results = await commit(items); // one transaction, maybe shared with concurrent reports
       return {

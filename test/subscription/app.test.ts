@@ -429,7 +429,7 @@ function apiSuite(name: string, options: { skip?: string }, url: () => string, c
         [string, () => Promise<{ statusCode: number; json(): unknown; body: string }>, string]
       > = [
         ['body/name', () => post('/v1/subscribers', operatorToken, { name: 'a\u0000b' }), 'body/name'],
-        ['a key', () => post('/v1/sources', operatorToken, { ['n\u0000']: 'x' }), 'body/n\\u0000'],
+        ['a key', () => post('/v1/sources', operatorToken, { 'n\u0000': 'x' }), 'body/n\\u0000'],
         [
           'a nested value',
           () => post('/v1/usage/batch', operatorToken, { events: [{ key: 'k', account: '\u0000' }] }),

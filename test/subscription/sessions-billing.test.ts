@@ -241,6 +241,56 @@ function suite(name: string, options: { skip?: string }, url: () => string, clea
       assert.equal((await call('POST', `/v1/sessions/${sessionId}/end`, source.token)).statusCode, 200);
     });
 
+    it("a usage report under one of the server's own keys (session-end/ID, ...) is a 400 naming the key; the session's end is still charged to its source", async () => {
+      const source = await party('sources', 'reserved-keys');
+      const other = await party('subscribers', 'reserved-keys-other');
+      await call('POST', '/v1/servers', operatorToken, {
+        kind: 'retransmit',
+        name: 'rk',
+        address: '10.0.0.21:7000',
+      });
+      const created = await call('POST', '/v1/sessions', source.token, {
+        name: 'k',
+        group: '239.1.78.1:5000',
+        repair: true,
+      });
+      assert.equal(created.statusCode, 201, created.body);
+      const sessionId = (created.json() as { id: string }).id;
+      const squat = await app.inject({
+        method: 'POST',
+        url: '/v1/usage',
+        headers: { ...as(operatorToken), 'idempotency-key': `session-end/${sessionId}` },
+        payload: { account: other.id, kind: 'source-repair-seconds', quantity: 1 },
+      });
+      assert.equal(squat.statusCode, 400, squat.body);
+      assert.match(
+        (squat.json() as { message: string }).message,
+        /^headers\/idempotency-key: keys starting with "session-end\/"/,
+      );
+      for (const key of [`subscription/x/2026-01`, 'receipt/ab', 'top-up/t/1', 'order/1', 'order-end/1']) {
+        const batch = await call('POST', '/v1/usage/batch', operatorToken, {
+          events: [
+            { key: 'free-key-1', account: other.id, kind: 'channel-orders', quantity: 1 },
+            { key, account: other.id, kind: 'channel-orders', quantity: 1 },
+          ],
+        });
+        assert.equal(batch.statusCode, 400, `${key}: ${batch.body}`);
+        assert.match((batch.json() as { message: string }).message, /^body\/events\/1\/key: /);
+      }
+      const otherBalance = (await call('GET', `/v1/accounts/${other.id}/balance`, operatorToken)).json() as {
+        balance: number;
+      };
+      assert.equal(otherBalance.balance, 0, "nothing charged, not even the batch's free key");
+      const ended = await call('POST', `/v1/sessions/${sessionId}/end`, source.token);
+      assert.equal(ended.statusCode, 200, ended.body);
+      const charge = (ended.json() as { charge: { amount: number; replayed: boolean } }).charge;
+      assert.equal(charge.replayed, false, 'the end is charged now, to the source');
+      const sourceBalance = (await call('GET', `/v1/accounts/${source.id}/balance`, source.token)).json() as {
+        balance: number;
+      };
+      assert.equal(sourceBalance.balance, -charge.amount);
+    });
+
     it('a retransmit server registered later, or restarted, is sent SETUP for the sessions already buying repair', async () => {
       const source = await party('sources', 'late');
       const created = await call('POST', '/v1/sessions', source.token, {
