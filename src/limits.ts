@@ -298,6 +298,9 @@ export const controllerGrantsPerSubscriberMax = 8;
 /** Files gatecast reads (secrets, tokens): largest size accepted. */
 export const secretFileBytesMax = 64 * 1024;
 
+/** A --config file: largest size read; it must be a regular file. */
+export const configFileBytesMax = 1024 * 1024;
+
 /** The repair controller's usage journal: largest size read on start. */
 export const journalBytesMax = 64 * 1024 * 1024;
 

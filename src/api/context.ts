@@ -5,7 +5,15 @@
  * imports no role.
  */
 import { createHash, type KeyObject, randomBytes } from 'node:crypto';
-import type { FastifyReply, FastifyRequest, preHandlerAsyncHookHandler } from 'fastify';
+import type {
+  FastifyReply,
+  FastifyRequest,
+  preHandlerAsyncHookHandler,
+  RawReplyDefaultExpression,
+  RawRequestDefaultExpression,
+  RawServerDefault,
+  RouteGenericInterface,
+} from 'fastify';
 import { sendError } from '../net/http-server.js';
 import { ErrorBody } from '../protocol/api-errors.js';
 import type { Store } from '../store/database.js';
@@ -102,6 +110,42 @@ export const operatorOnly = (context: Pick<ApiContext, 'authenticate'>, message:
 /** Any party with a known token. */
 export const anyParty = (context: Pick<ApiContext, 'authenticate'>) =>
   allow(context, ['operator', 'source', 'subscriber'], 'unreachable');
+
+/**
+ * The operator, or the party a request is about ("own records only"), as one preHandler: a caller of
+ * one of `kinds` passes when it is the operator or when `subject` (the account, subscriber or owner the
+ * request names, looked up if need be) is the caller itself; otherwise 403 with the message. A
+ * subject of undefined (no such record) passes, and the handler answers 404. A caller of another
+ * kind is refused with `kindRefused`.
+ */
+export function operatorOrSelf<Route extends RouteGenericInterface>(
+  context: Pick<ApiContext, 'authenticate'>,
+  subject: (request: FastifyRequest<Route>) => string | undefined | Promise<string | undefined>,
+  message: string,
+  kinds: readonly PartyKind[] = ['operator', 'source', 'subscriber'],
+  kindRefused: string = message,
+): preHandlerAsyncHookHandler<
+  RawServerDefault,
+  RawRequestDefaultExpression,
+  RawReplyDefaultExpression,
+  Route
+> {
+  const authenticated = allow(context, kinds, kindRefused);
+  return async function (request, reply) {
+    if ((await authenticated.call(this, request as FastifyRequest, reply as FastifyReply)) !== undefined) {
+      return reply; // refused: answered already
+    }
+    const caller = callerOf(request as FastifyRequest);
+    if (caller.kind === 'operator') {
+      return undefined;
+    }
+    const about = await subject(request);
+    if (about !== undefined && about !== caller.id) {
+      return sendError(reply as FastifyReply, 'forbidden', message);
+    }
+    return undefined;
+  };
+}
 
 /** The caller a preHandler authenticated. */
 export function callerOf(request: FastifyRequest): Party {

@@ -11,12 +11,11 @@ import {
   type ApiContext,
   anyParty,
   badRequest,
-  callerOf,
   errorReplies,
-  forbid,
   Id,
   notFound,
   operatorOnly,
+  operatorOrSelf,
   Period,
   periodBounds,
   revenueAccount,
@@ -52,6 +51,28 @@ const rateNames = Object.keys(rateCardDefault) as Array<keyof RateCard>;
 export { type UsageKind, usageKinds } from '../protocol/api-subscription.js';
 
 /** Rates a usage event: quantity × price ÷ unit, rounded up to a whole minor unit. */
+/**
+ * Idempotency keys the server writes itself (a session's end, the billing run, purse top-ups and
+ * receipts, channel orders). A reported usage event under one of them would take that charge's
+ * place: the real charge would then be a conflict, or the answer of another account's charge.
+ */
+export const reservedKeyPrefixes = [
+  'session-end/',
+  'subscription/',
+  'top-up/',
+  'receipt/',
+  'order/',
+  'order-end/',
+] as const;
+
+/** The message refusing a client's key in a reserved namespace, or undefined when it is free. */
+function reservedKeyRefusal(key: string, field: string): string | undefined {
+  const prefix = reservedKeyPrefixes.find((reserved) => key.startsWith(reserved));
+  return prefix === undefined
+    ? undefined
+    : `${field}: keys starting with "${prefix}" are the server's own; report usage under another key`;
+}
+
 export function rate(card: RateCard, kind: UsageKind, quantity: number): number {
   const [price, unit]: [number, bigint] =
     kind === 'repair-bytes'
@@ -391,6 +412,10 @@ export function registerBillingRoutes(app: FastifyInstance, context: ApiContext,
       },
     },
     async (request, reply) => {
+      const reserved = reservedKeyRefusal(request.headers['idempotency-key'], 'headers/idempotency-key');
+      if (reserved !== undefined) {
+        return badRequest(reply, reserved);
+      }
       const [result] = await commit([{ key: request.headers['idempotency-key'], usage: request.body }]);
       if (result === undefined) {
         throw new Error('a charge of one has one result');
@@ -406,7 +431,13 @@ export function registerBillingRoutes(app: FastifyInstance, context: ApiContext,
       bodyLimit: usageBatchBodyBytesMax,
       schema: { body: UsageBatchBody, response: { 200: UsageBatchResult, ...errorReplies } },
     },
-    async (request, _reply) => {
+    async (request, reply) => {
+      for (const [index, event] of request.body.events.entries()) {
+        const reserved = reservedKeyRefusal(event.key, `body/events/${index}/key`);
+        if (reserved !== undefined) {
+          return badRequest(reply, reserved);
+        }
+      }
       const items = request.body.events.map(({ key, ...usage }) => ({ key, usage }));
       const results = await commit(items); // one transaction, maybe shared with concurrent reports
       return {
@@ -422,15 +453,15 @@ export function registerBillingRoutes(app: FastifyInstance, context: ApiContext,
   app.get<{ Querystring: Static<typeof UsageQuery> }>(
     '/v1/usage',
     {
-      preHandler: anyParty(context),
+      preHandler: operatorOrSelf<{ Querystring: Static<typeof UsageQuery> }>(
+        context,
+        (request) => request.query.account,
+        'a party reads only its own usage',
+      ),
       schema: { querystring: UsageQuery, response: { 200: Type.Array(UsageEvent), ...errorReplies } },
     },
-    async (request, reply) => {
-      const caller = callerOf(request);
+    async (request) => {
       const { account, period } = request.query;
-      if (caller.kind !== 'operator' && caller.id !== account) {
-        return forbid(reply, 'a party reads only its own usage');
-      }
       const { from, to } = periodBounds(period);
       const rows = await db
         .selectFrom('usage_events')
@@ -506,15 +537,15 @@ export function registerBillingRoutes(app: FastifyInstance, context: ApiContext,
   app.get<{ Querystring: Static<typeof InvoiceQuery> }>(
     '/v1/invoices',
     {
-      preHandler: anyParty(context),
+      preHandler: operatorOrSelf<{ Querystring: Static<typeof InvoiceQuery> }>(
+        context,
+        (request) => request.query.account,
+        'a party reads only its own invoices',
+      ),
       schema: { querystring: InvoiceQuery, response: { 200: Invoice, ...errorReplies } },
     },
     async (request, reply) => {
-      const caller = callerOf(request);
       const { account, period } = request.query;
-      if (caller.kind !== 'operator' && caller.id !== account) {
-        return forbid(reply, 'a party reads only its own invoices');
-      }
       const known = await db
         .selectFrom('accounts')
         .select(['id', 'currency'])

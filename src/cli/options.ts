@@ -3,14 +3,14 @@
  * on the command line and in --config files (YAML or JSON, keyed by long option names), and the
  * value parsers for rates and sizes.
  */
-import { readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { parseArgs } from 'node:util';
 import { type TObject, TypeGuard } from '@sinclair/typebox';
 import { LineCounter, parseDocument, type Document as YamlDocument } from 'yaml';
-import { rateBitsPerSecondMax } from '../limits.js';
+import { configFileBytesMax, rateBitsPerSecondMax } from '../limits.js';
 import { type Endpoint, formatEndpoint, isScopedGroup, multicastScope, parseGroup } from '../net/address.js';
 import { InvalidArgumentError } from '../net/errors.js';
+import { FileRefused, readBoundedFile } from '../net/files.js';
 import { resolveInterface } from '../net/interfaces.js';
 import { UsageError } from './errors.js';
 import {
@@ -96,9 +96,15 @@ export function parseOptions(argv: string[], specs: OptionSpecs | TObject): Opti
 export function readYamlFile(path: string): { document: YamlDocument.Parsed; lines: LineCounter } {
   let source: string;
   try {
-    source = readFileSync(path, 'utf8');
+    // A regular file of bounded size, checked before a byte is read: a FIFO or a device would
+    // block the command or fill its memory.
+    source = readBoundedFile(path, configFileBytesMax).toString('utf8');
   } catch (error) {
-    throw new ConfigError(`config ${path}: cannot read: ${(error as NodeJS.ErrnoException).code ?? 'error'}`);
+    if (!(error instanceof FileRefused)) {
+      throw error;
+    }
+    const reason = error.errno === undefined ? error.message : `cannot read: ${error.errno}`;
+    throw new ConfigError(`config ${path}: ${reason}`);
   }
   if (path.endsWith('.json')) {
     try {

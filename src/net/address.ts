@@ -45,9 +45,24 @@ export function parseEndpoint(text: string, field: string): Endpoint {
     );
   }
   if (isIPv6(host)) {
-    return { address: host, port, family: 6 };
+    return { address: canonicalIpv6(host), port, family: 6 };
   }
   throw new InvalidArgumentError(field, `"${host}" is not an IPv4 or IPv6 address`);
+}
+
+/** An IP address in its one text form: IPv4 as written (node:net refuses leading zeros), IPv6 per RFC 5952. */
+export function canonicalAddress(address: string): string {
+  return isIPv6(address) ? canonicalIpv6(address) : address;
+}
+
+/**
+ * The one text form of an IPv6 address (RFC 5952: lower case, no leading zeros, the longest run
+ * of zero groups as "::"), so that "[FF3E:0::1]" and "[ff3e::1]" are one group wherever endpoints
+ * are compared or stored: the S1 of a session, the key of a repair module.
+ */
+function canonicalIpv6(address: string): string {
+  // The WHATWG URL serializer writes IPv6 hosts in exactly this form.
+  return new URL(`http://[${address}]/`).hostname.slice(1, -1);
 }
 
 /** Parses a UDP port, 1-65535. */

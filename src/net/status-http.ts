@@ -6,8 +6,15 @@
  * asked for.
  */
 import { createServer, type Server, type ServerResponse } from 'node:http';
+import {
+  httpConnectionsCheckIntervalMs,
+  httpConnectionsMax,
+  httpKeepAliveTimeoutMs,
+  httpRequestTimeoutMs,
+} from '../limits.js';
 import type { Endpoint } from './address.js';
 import { SocketError } from './errors.js';
+import type { HttpServerLimits } from './http-server.js';
 
 /** A running status endpoint. */
 export interface StatusServer extends AsyncDisposable {
@@ -27,6 +34,8 @@ export interface StatusEndpoints {
   readonly metrics?: { readonly contentType: string; text(): Promise<string> } | undefined;
   /** Readiness (GET /ready); without it, ready while the endpoint serves. */
   readonly ready?: (() => Readiness | Promise<Readiness>) | undefined;
+  /** Timeouts and the connection cap (default: the limits every HTTP server has, limits.ts). */
+  readonly limits?: Partial<Omit<HttpServerLimits, 'bodyBytesMax'>> | undefined;
 }
 
 const paths = 'GET /status, /metrics, /health or /ready';
@@ -71,7 +80,22 @@ export async function serveStatus(
     }
     json(response, 404, { error: `not found: use ${paths}` });
   };
-  const server: Server = createServer((request, response) => {
+  const limits = {
+    requestTimeoutMs: httpRequestTimeoutMs,
+    keepAliveTimeoutMs: httpKeepAliveTimeoutMs,
+    connectionsCheckIntervalMs: httpConnectionsCheckIntervalMs,
+    connectionsMax: httpConnectionsMax,
+    ...endpoints.limits,
+  };
+  // Bounded like every HTTP server (docs/limits.md): a slow or idle client is cut after the request
+  // timeout, and past the cap new connections are closed, so no client can hold the process's fds.
+  const serverOptions = {
+    requestTimeout: limits.requestTimeoutMs,
+    headersTimeout: Math.min(limits.requestTimeoutMs, 60_000),
+    connectionsCheckingInterval: limits.connectionsCheckIntervalMs,
+    keepAliveTimeout: limits.keepAliveTimeoutMs,
+  };
+  const server: Server = createServer(serverOptions, (request, response) => {
     const path = (request.url ?? '/').split('?')[0] ?? '/';
     handle(request.method, path, response).catch((error: Error) => {
       if (!response.headersSent) {
@@ -81,6 +105,8 @@ export async function serveStatus(
       }
     });
   });
+  server.maxConnections = limits.connectionsMax;
+  server.setTimeout(limits.requestTimeoutMs, (socket) => socket.destroy());
   await new Promise<void>((resolve, reject) => {
     server.once('error', (error) =>
       reject(new SocketError(`status endpoint ${endpoint.address}:${endpoint.port}: ${error.message}`)),

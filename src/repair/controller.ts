@@ -16,7 +16,7 @@ import { type Static, type TSchema, Type } from '@sinclair/typebox';
 import { answerTag } from '../crypto/answer-auth.js';
 import { formatS2Secret, newS2Key, nextS2Epoch, type S2Key, s2SuiteName } from '../crypto/s2-seal.js';
 import { controllerBodyBytesMax, controllerGrantsPerSubscriberMax, usageBatchEventsMax } from '../limits.js';
-import { type Endpoint, formatEndpoint, isMulticast, parseGroup } from '../net/address.js';
+import { canonicalAddress, type Endpoint, formatEndpoint, isMulticast, parseGroup } from '../net/address.js';
 import { type ApiAnswer, requestApi } from '../net/api-client.js';
 import { InvalidArgumentError, SocketError } from '../net/errors.js';
 import { bearerToken } from '../net/http.js';
@@ -81,6 +81,8 @@ interface Attachment {
 interface Module {
   readonly s1: Endpoint;
   readonly s2: Endpoint;
+  /** The sender of a source-specific join, or undefined for any source. */
+  readonly source: string | undefined;
   readonly poolIndex: number;
   readonly server: RepairServer;
   readonly attachments: Map<string, Attachment>;
@@ -307,6 +309,7 @@ export async function startRepairController(settings: ControllerSettings): Promi
           const module: Module = {
             s1,
             s2,
+            source,
             poolIndex,
             server,
             attachments: new Map(),
@@ -373,6 +376,7 @@ export async function startRepairController(settings: ControllerSettings): Promi
           401: ErrorBody,
           403: ErrorBody,
           404: ErrorBody,
+          409: ErrorBody,
           429: ErrorBody,
           503: ErrorBody,
         },
@@ -404,6 +408,29 @@ export async function startRepairController(settings: ControllerSettings): Promi
         return sendError(reply, registered.refusal[0], registered.refusal[1]);
       }
       const sessionId = registered.session.id;
+      // S1's sender is the registered session's, not the asker's: a module is shared by every
+      // subscriber of S1, so one subscriber naming another source would starve all the others.
+      const registeredSource =
+        registered.session.source === null ? undefined : canonicalAddress(registered.session.source);
+      const asked = source === undefined ? undefined : canonicalAddress(source);
+      const moduleSource = registeredSource ?? asked ?? modules.get(s1Text)?.source;
+      const runningSource = modules.get(s1Text)?.source;
+      if (asked !== undefined && asked !== moduleSource) {
+        counters.refusals++;
+        return sendError(
+          reply,
+          'conflict',
+          `body/source: ${s1Text} is registered with source ${moduleSource ?? 'any'}, not ${asked}`,
+        );
+      }
+      if (modules.has(s1Text) && runningSource !== moduleSource) {
+        counters.refusals++;
+        return sendError(
+          reply,
+          'conflict',
+          `body/source: the repair module for ${s1Text} joins source ${runningSource ?? 'any'}, not ${moduleSource ?? 'any'}`,
+        );
+      }
       const check = await ask(
         `/v1/entitlements/check?subscriber=${encodeURIComponent(who.subscriber)}&service=repair&session=${encodeURIComponent(sessionId)}`,
         CheckResult,
@@ -431,7 +458,7 @@ export async function startRepairController(settings: ControllerSettings): Promi
       }
       let module: Module;
       try {
-        module = await moduleFor(s1, source);
+        module = await moduleFor(s1, moduleSource);
       } catch (error) {
         return sendError(
           reply,

@@ -78,12 +78,39 @@ const idempotencyKeyBytesMax = 200;
 
 /** The hash that tells "the same request" from "a different request under the same key". */
 function requestHash(request: TransferRequest): string {
-  const canonical = JSON.stringify(
-    request.fingerprint !== undefined
-      ? ['client-request-v1', request.fingerprint]
-      : [request.debit, request.credit, request.amount, request.currency, request.memo ?? ''],
+  return request.fingerprint !== undefined
+    ? sha256(JSON.stringify(['client-request-v1', request.fingerprint]))
+    : transferHash(request.debit, request.credit, request.amount, request.currency, request.memo ?? '');
+}
+
+const sha256 = (text: string) => createHash('sha256').update(text).digest('hex');
+
+/** The hash of a transfer itself: what every key covered before keys covered the client's request. */
+function transferHash(debit: string, credit: string, amount: number, currency: string, memo: string) {
+  return sha256(JSON.stringify([debit, credit, amount, currency, memo]));
+}
+
+/**
+ * True when a stored transfer answers this request. Rows written before keys covered the client's
+ * request hold the hash of the rated transfer; such a row (its hash is the hash of its own fields)
+ * answers a request for the same accounts, currency and memo (the memo names the usage kind,
+ * quantity, packets and session), whatever amount the rates in force now give.
+ */
+function answers(row: TransferRow, request: TransferRequest, hash: string): boolean {
+  if (row.request_hash === hash) {
+    return true;
+  }
+  const legacy =
+    row.request_hash ===
+    transferHash(row.debit_account, row.credit_account, Number(row.amount), row.currency, row.memo);
+  return (
+    legacy &&
+    request.fingerprint !== undefined &&
+    row.debit_account === request.debit &&
+    row.credit_account === request.credit &&
+    row.currency === request.currency &&
+    row.memo === (request.memo ?? '')
   );
-  return createHash('sha256').update(canonical).digest('hex');
 }
 
 function validate(request: TransferRequest): LedgerError | undefined {
@@ -208,10 +235,9 @@ export function createLedger(store: Store) {
         const hash = hashes[index] as string;
         const first = existing.get(request.idempotencyKey);
         if (first !== undefined) {
-          outcomes[index] =
-            first.request_hash === hash
-              ? { ok: true, transfer: fromRow(first, true) }
-              : { ok: false, error: conflict(request.idempotencyKey) };
+          outcomes[index] = answers(first, request, hash)
+            ? { ok: true, transfer: fromRow(first, true) }
+            : { ok: false, error: conflict(request.idempotencyKey) };
           continue;
         }
         const debit = accounts.get(request.debit);

@@ -20,6 +20,7 @@ export {
   notFound,
   type OperatorAuthority,
   operatorOnly,
+  operatorOrSelf,
   type Party,
   type PartyKind,
   Period,

@@ -9,11 +9,11 @@ import { isIPv4, isIPv6 } from 'node:net';
 import { type Static, Type } from '@sinclair/typebox';
 import type { FastifyInstance, FastifyReply } from 'fastify';
 import { sql } from 'kysely';
-import { formatEndpoint, isMulticast, parseEndpoint, parseGroup } from '../net/address.js';
+import { canonicalAddress, formatEndpoint, isMulticast, parseEndpoint, parseGroup } from '../net/address.js';
 import { LedgerError } from '../store/ledger.js';
 import {
   type ApiContext,
-  anyParty,
+  allow,
   badRequest,
   callerOf,
   errorReplies,
@@ -22,7 +22,7 @@ import {
   Name,
   notFound,
   operatorOnly,
-  type Party,
+  operatorOrSelf,
   type Schema,
 } from './context.js';
 
@@ -141,16 +141,18 @@ export function registerSessionRoutes(app: FastifyInstance, context: ApiContext)
   const ownerOf = async (id: string) =>
     (await db.selectFrom('sessions').select('owner').where('id', '=', id).executeTakeFirst())?.owner;
 
-  /** Loads a session the caller may see, or answers 403/404. */
-  const visibleSession = async (caller: Party, id: string, reply: FastifyReply) => {
+  /** The operator or the session's owner (authentication and ownership as one preHandler). */
+  const operatorOrOwner = operatorOrSelf<{ Params: Static<typeof IdParams> }>(
+    context,
+    (request) => ownerOf(request.params.id),
+    'a source reads only its own sessions',
+  );
+
+  /** Loads a session (the preHandler checked who may see it), or answers 404. */
+  const visibleSession = async (id: string, reply: FastifyReply) => {
     const row = await db.selectFrom('sessions').selectAll().where('id', '=', id).executeTakeFirst();
     if (row === undefined) {
       await notFound(reply, `no session ${id}`);
-      return undefined;
-    }
-    if (caller.kind !== 'operator' && caller.id !== row.owner) {
-      await forbid(reply, 'a source reads only its own sessions');
-      return undefined;
     }
     return row;
   };
@@ -158,14 +160,11 @@ export function registerSessionRoutes(app: FastifyInstance, context: ApiContext)
   app.post<{ Body: Static<typeof SessionBody> }>(
     '/v1/sessions',
     {
-      preHandler: anyParty(context),
+      preHandler: allow(context, ['operator', 'source'], 'only a source or the operator registers sessions'),
       schema: { body: SessionBody, response: { 201: Session, ...errorReplies } },
     },
     async (request, reply) => {
       const caller = callerOf(request);
-      if (caller.kind === 'subscriber') {
-        return forbid(reply, 'only a source or the operator registers sessions');
-      }
       const body = request.body;
       if (caller.kind === 'source' && body.owner !== undefined && body.owner !== caller.id) {
         return forbid(reply, 'a source registers only its own sessions');
@@ -203,7 +202,7 @@ export function registerSessionRoutes(app: FastifyInstance, context: ApiContext)
         name: body.name,
         group_address: group.address,
         port: group.port,
-        source_address: body.source ?? null,
+        source_address: body.source === undefined ? null : canonicalAddress(body.source),
         price_model: body.price ?? 'free',
         repair: body.repair === true ? 1 : 0,
         state: 'open',
@@ -266,14 +265,11 @@ export function registerSessionRoutes(app: FastifyInstance, context: ApiContext)
   app.get<{ Querystring: Static<typeof SessionQuery> }>(
     '/v1/sessions',
     {
-      preHandler: anyParty(context),
+      preHandler: allow(context, ['operator', 'source'], 'a subscriber does not list sessions'),
       schema: { querystring: SessionQuery, response: { 200: Type.Array(Session), ...errorReplies } },
     },
     async (request, reply) => {
       const caller = callerOf(request);
-      if (caller.kind === 'subscriber') {
-        return forbid(reply, 'a subscriber does not list sessions');
-      }
       let query = db.selectFrom('sessions').selectAll().orderBy('started_at');
       if (caller.kind === 'source') {
         query = query.where('owner', '=', caller.id);
@@ -294,12 +290,11 @@ export function registerSessionRoutes(app: FastifyInstance, context: ApiContext)
   app.get<{ Params: Static<typeof IdParams> }>(
     '/v1/sessions/:id',
     {
-      preHandler: anyParty(context),
+      preHandler: operatorOrOwner,
       schema: { params: IdParams, response: { 200: Session, ...errorReplies } },
     },
     async (request, reply) => {
-      const caller = callerOf(request);
-      const row = await visibleSession(caller, request.params.id, reply);
+      const row = await visibleSession(request.params.id, reply);
       return row === undefined ? reply : present(row);
     },
   );
@@ -307,12 +302,11 @@ export function registerSessionRoutes(app: FastifyInstance, context: ApiContext)
   app.post<{ Params: Static<typeof IdParams> }>(
     '/v1/sessions/:id/end',
     {
-      preHandler: anyParty(context),
+      preHandler: operatorOrOwner,
       schema: { params: IdParams, response: { 200: Session, ...errorReplies } },
     },
     async (request, reply) => {
-      const caller = callerOf(request);
-      const found = await visibleSession(caller, request.params.id, reply);
+      const found = await visibleSession(request.params.id, reply);
       if (found === undefined) {
         return reply;
       }

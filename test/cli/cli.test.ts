@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -14,6 +15,10 @@ describe('bad input: one clear line naming the value, exit code 2, no stack trac
   writeFileSync(badConfig, '{"group": "239.1.1.1:5000", "colour": "blue"}');
   const brokenConfig = join(directory, 'broken.json');
   writeFileSync(brokenConfig, '{"group": ');
+  const fifoConfig = join(directory, 'config.fifo');
+  execFileSync('mkfifo', [fifoConfig]);
+  const hugeConfig = join(directory, 'huge.json');
+  writeFileSync(hugeConfig, `{"session": "${'x'.repeat(2 * 1024 * 1024)}"}`);
   const tokenFile = join(directory, 'source.token');
   writeFileSync(tokenFile, 'gct_a_source_token_for_the_cli_test\n');
   const cases: Array<[string, string[], RegExp]> = [
@@ -47,6 +52,30 @@ describe('bad input: one clear line naming the value, exit code 2, no stack trac
       'a config that is not JSON',
       ['send', '--config', brokenConfig],
       /config .*broken\.json: not valid JSON/,
+    ],
+    // A --config that is not a regular file of bounded size hung the command (a FIFO waits for a
+    // writer, /dev/zero never ends): it is refused before a byte is read, like the secret files.
+    [
+      'a config on a FIFO',
+      ['serve', '--config', fifoConfig],
+      /config .*config\.fifo: .* is not a regular file/,
+    ],
+    [
+      'a config on /dev/zero',
+      ['send', '--config', '/dev/zero'],
+      /config \/dev\/zero: \/dev\/zero is not a regular file/,
+    ],
+    [
+      'a config on /dev/stdin',
+      ['receive', '--config', '/dev/stdin'],
+      // Standard input here is a socket, which the system will not open by path (ENXIO).
+      /config \/dev\/stdin: (.* is not a regular file|cannot read: ENXIO)$/m,
+    ],
+    ['a config that is a directory', ['send', '--config', directory], /config .*: .* is not a regular file/],
+    [
+      'a config larger than configFileBytesMax',
+      ['send', '--config', hugeConfig],
+      /config .*huge\.json: .* more than the 1048576 allowed/,
     ],
     ['an unknown option', ['send', '--colour'], /Unknown option '--colour'/],
     [

@@ -45,7 +45,7 @@ export async function startServe(
   });
   const exited = new Promise<void>((resolve) => child.once('close', () => resolve()));
   await new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`serve did not start within 20 s: ${stderr}`)), 20_000);
+    const timer = setTimeout(() => reject(new Error(`serve did not start within 60 s: ${stderr}`)), 60_000);
     const check = () => {
       if (/serve: .* on https?:\/\//.test(stderr)) {
         clearTimeout(timer);

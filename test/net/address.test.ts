@@ -21,6 +21,24 @@ describe('endpoints', () => {
     assert.equal(formatEndpoint(parseGroup('[ff3e::1]:5000', 'g')), '[ff3e::1]:5000');
   });
 
+  it('writes an IPv6 address in one form (RFC 5952): two spellings of one group were two S1 sessions', () => {
+    for (const spelling of [
+      '[FF3E::1]:5000',
+      '[ff3e:0::1]:5000',
+      '[ff3e:0:0:0:0:0:0:1]:5000',
+      '[fF3e::0001]:5000',
+    ]) {
+      assert.deepEqual(
+        parseGroup(spelling, '--group'),
+        { address: 'ff3e::1', port: 5000, family: 6 },
+        spelling,
+      );
+    }
+    assert.equal(parseEndpoint('[2001:DB8:0:0:1:0:0:1]:7000', 'a').address, '2001:db8::1:0:0:1');
+    assert.equal(parseEndpoint('[::1]:7000', 'a').address, '::1');
+    assert.equal(parseEndpoint('239.1.2.3:05000', 'a').port, 5000);
+  });
+
   it('names the option and the value in every error', () => {
     assert.throws(
       () => parseGroup('10.0.0.1:5000', '--group'),

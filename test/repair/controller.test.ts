@@ -509,6 +509,60 @@ describe('repair controller under hostile input', () => {
     }
   });
 
+  it("S1's sender is the registered session's: a subscriber naming another source is a 409 and the module joins the registered one", async () => {
+    const group = '239.50.0.7:5000';
+    const source = (
+      await app.inject({ method: 'POST', url: '/v1/sources', headers: auth, payload: { name: 'ssm' } })
+    ).json() as { id: string };
+    const registered = await app.inject({
+      method: 'POST',
+      url: '/v1/sessions',
+      headers: auth,
+      payload: { name: group, group, owner: source.id, source: '10.0.0.1' },
+    });
+    assert.equal(registered.statusCode, 201, registered.body);
+    const fakes = fakeModules();
+    const controller = await controllerWith({ startModule: fakes.start });
+    try {
+      const hijack = await post(controller.url, alice.token, { group, source: '10.6.6.6' });
+      const body = (await hijack.json()) as { error: string; message: string };
+      assert.equal(hijack.status, 409, JSON.stringify(body));
+      assert.equal(body.error, 'conflict');
+      assert.match(
+        body.message,
+        /body\/source: 239\.50\.0\.7:5000 is registered with source 10\.0\.0\.1, not 10\.6\.6\.6/,
+      );
+      assert.equal(fakes.started.length, 0, 'no module joined the other source');
+      const granted = await post(controller.url, alice.token, { group });
+      assert.equal(granted.status, 200, await granted.clone().text());
+      assert.deepEqual(
+        fakes.started.map((module) => module.settings.source),
+        ['10.0.0.1'],
+        'the module joins the registered source, named or not by the asker',
+      );
+      const same = await post(controller.url, alice.token, { group, source: '10.0.0.1' });
+      assert.equal(same.status, 200, 'naming the registered source is a renewal');
+    } finally {
+      await controller.close();
+    }
+  });
+
+  it("without a registered source, the running module's source holds: another one is a 409, not a grant of a different stream", async () => {
+    const fakes = fakeModules();
+    const controller = await controllerWith({ startModule: fakes.start });
+    try {
+      const first = await post(controller.url, alice.token, { group: groups[2], source: '10.0.0.5' });
+      assert.equal(first.status, 200, await first.clone().text());
+      const other = await post(controller.url, alice.token, { group: groups[2], source: '10.0.0.6' });
+      assert.equal(other.status, 409, await other.clone().text());
+      assert.equal(fakes.started.length, 1);
+      const any = await post(controller.url, alice.token, { group: groups[2] });
+      assert.equal(any.status, 200, 'asking without a source takes the running module');
+    } finally {
+      await controller.close();
+    }
+  });
+
   it('a module that fails to start is a 503 with the reason; its S2 and port are free for the next grant', async () => {
     let failures = 1;
     const fakes = fakeModules();

@@ -423,6 +423,42 @@ function apiSuite(name: string, options: { skip?: string }, url: () => string, c
       }
     });
 
+    it('a NUL character (U+0000) in a path, query or body field is a 400 naming it, nothing written (it was a 500 on PostgreSQL)', async () => {
+      const parties = await count('parties');
+      const cases: Array<
+        [string, () => Promise<{ statusCode: number; json(): unknown; body: string }>, string]
+      > = [
+        ['body/name', () => post('/v1/subscribers', operatorToken, { name: 'a\u0000b' }), 'body/name'],
+        ['a key', () => post('/v1/sources', operatorToken, { 'n\u0000': 'x' }), 'body/n\\u0000'],
+        [
+          'a nested value',
+          () => post('/v1/usage/batch', operatorToken, { events: [{ key: 'k', account: '\u0000' }] }),
+          'body/events/0/account',
+        ],
+        [
+          'a query value',
+          () => get('/v1/entitlements?subscriber=%00', operatorToken),
+          'querystring/subscriber',
+        ],
+        ['a path parameter', () => get('/v1/sessions/%00', operatorToken), 'params/id'],
+        ['a path parameter', () => get('/v1/accounts/a%00/balance', operatorToken), 'params/id'],
+        [
+          'a DELETE path parameter',
+          () => app.inject({ method: 'DELETE', url: '/v1/tokens/%00', headers: as(operatorToken) }),
+          'params/id',
+        ],
+      ];
+      for (const [what, send, field] of cases) {
+        const response = await send();
+        assert.equal(response.statusCode, 400, `${what}: ${response.body}`);
+        assert.deepEqual(response.json(), {
+          error: 'invalid-request',
+          message: `${field}: a NUL character (U+0000) is not accepted`,
+        });
+      }
+      assert.equal(await count('parties'), parties, 'nothing written');
+    });
+
     it('a billing run for a month that has not begun is a 400; nothing is charged', async () => {
       const future = new Date();
       future.setUTCMonth(future.getUTCMonth() + 1, 1);

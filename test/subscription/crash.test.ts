@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { openStore } from '../../src/store/database.js';
 import { createLedger } from '../../src/store/ledger.js';
-import { type Postgres, postgresSkip, startPostgres } from '../helpers/postgres.js';
+import { postgresSkip, startPostgres } from '../helpers/postgres.js';
 import { type ServeProcess, startServe } from '../helpers/serve.js';
 
 const operatorToken = 'operator-token-for-the-crash-test-0123';
@@ -161,6 +161,7 @@ async function storm(options: {
           await sleep(300);
           servers[0] = await options.restart(0);
         })();
+        crash.catch(() => undefined); // awaited (and so thrown) after the storm
       }
     }
   };
@@ -227,77 +228,52 @@ describe('crash: a storm of retried charges, the server killed with SIGKILL mid-
   const directory = mkdtempSync(join(tmpdir(), 'gatecast-crash-'));
   after(() => rmSync(directory, { recursive: true, force: true }));
 
-  it('SQLite, one server: each idempotency key charged exactly once, the ledger sums to zero', async () => {
-    const db = `sqlite:${join(directory, 'crash.db')}`;
-    let server = await startServe(['--db', db], env);
-    const port = Number(new URL(server.url).port);
-    try {
-      const accounts = await createAccounts(server.url);
-      const result = await storm({
-        servers: [server],
-        restart: async () => {
-          server = await startServe(['--db', db], env, port);
-          return server;
-        },
-        accounts,
-        bothAtOnce: false,
-      });
-      await server.stop();
-      await verify(db, accounts, result.transfers);
-    } finally {
-      await server.kill();
-    }
-  });
-
-  it('SQLite, two servers on one file, both sent every key: each charged exactly once, no request fails for a lock', async () => {
-    await twoServerStorm(`sqlite:${join(directory, 'shared.db')}`);
-  });
-
-  it('SQLite, one server, the batch path: each idempotency key charged exactly once, the ledger sums to zero', async () => {
-    const db = `sqlite:${join(directory, 'crash-batch.db')}`;
-    let server = await startServe(['--db', db], env);
-    const port = Number(new URL(server.url).port);
-    try {
-      const accounts = await createAccounts(server.url);
-      const result = await storm({
-        servers: [server],
-        restart: async () => {
-          server = await startServe(['--db', db], env, port);
-          return server;
-        },
-        accounts,
-        bothAtOnce: false,
-        batch: true,
-      });
-      await server.stop();
-      await verify(db, accounts, result.transfers);
-    } finally {
-      await server.kill();
-    }
-  });
-
-  let postgres: Postgres | undefined;
-  after(() => postgres?.stop());
-  it(
-    'PostgreSQL, two servers sharing the store, both sent every batch: each key charged exactly once',
-    postgresSkip(),
-    async () => {
-      const batchPostgres = startPostgres();
+  for (const batch of [false, true]) {
+    const path = batch ? ', the batch path' : '';
+    it(`SQLite, one server${path}: each idempotency key charged exactly once, the ledger sums to zero`, async () => {
+      const db = `sqlite:${join(directory, batch ? 'crash-batch.db' : 'crash.db')}`;
+      let server = await startServe(['--db', db], env);
+      const port = Number(new URL(server.url).port);
       try {
-        await twoServerStorm(batchPostgres.url, true);
+        const accounts = await createAccounts(server.url);
+        const result = await storm({
+          servers: [server],
+          restart: async () => {
+            server = await startServe(['--db', db], env, port);
+            return server;
+          },
+          accounts,
+          bothAtOnce: false,
+          batch,
+        });
+        await server.stop();
+        await verify(db, accounts, result.transfers);
       } finally {
-        batchPostgres.stop();
+        await server.kill();
       }
-    },
-  );
-  it(
-    'PostgreSQL, two servers sharing the store and both sent every key: each charged exactly once',
-    postgresSkip(),
-    async () => {
-      postgres = startPostgres();
-      await twoServerStorm(postgres.url);
-    },
-  );
+    });
+  }
+
+  for (const batch of [false, true]) {
+    it(`SQLite, two servers on one file, both sent every ${batch ? 'batch' : 'key'}: each key charged exactly once, no request fails for a lock`, async () => {
+      await twoServerStorm(`sqlite:${join(directory, batch ? 'shared-batch.db' : 'shared.db')}`, batch);
+    });
+  }
+
+  for (const batch of [false, true]) {
+    it(
+      `PostgreSQL, two servers sharing the store, both sent every ${batch ? 'batch' : 'key'}: each key charged exactly once`,
+      postgresSkip(),
+      async () => {
+        const postgres = startPostgres();
+        try {
+          await twoServerStorm(postgres.url, batch);
+        } finally {
+          postgres.stop();
+        }
+      },
+    );
+  }
 });
 
 /** Two servers on one store, both sent every key; the first is killed and restarted mid-storm. */

@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify';
 import { buildServerApp as buildSubscriptionApp } from '../../src/cli/server-app.js';
@@ -160,6 +161,134 @@ function suite(name: string, options: { skip?: string }, url: () => string, clea
           .statusCode,
         200,
       );
+    });
+
+    it('an IPv6 S1 spelled another way (upper case, zeros written out) is the same S1: a 409, nothing written, and the answer names it in one form', async () => {
+      const owner = await party('sources', 'v6-owner');
+      const intruder = await party('sources', 'v6-intruder');
+      const paid = await call('POST', '/v1/sessions', owner.token, {
+        name: 'paid6',
+        group: '[ff3e::4242]:5000',
+        repair: true,
+      });
+      assert.equal(paid.statusCode, 201, paid.body);
+      const before = setups.length;
+      for (const spelling of ['[FF3E::4242]:5000', '[ff3e:0::4242]:5000', '[ff3e:0:0:0:0:0:0:4242]:5000']) {
+        const same = await call('POST', '/v1/sessions', intruder.token, {
+          name: 'mine now',
+          group: spelling,
+          repair: true,
+        });
+        assert.equal(same.statusCode, 409, `${spelling}: ${same.body}`);
+      }
+      assert.equal(setups.length, before, 'no SETUP was sent for another spelling');
+      const listed = (
+        await call('GET', '/v1/sessions?group=%5BFF3E%3A0%3A%3A4242%5D%3A5000', owner.token)
+      ).json() as Array<{
+        group: string;
+      }>;
+      assert.deepEqual(
+        listed.map((session) => session.group),
+        ['[ff3e::4242]:5000'],
+        'the filter finds it under any spelling',
+      );
+      const paidId = (paid.json() as { id: string }).id;
+      assert.equal((await call('POST', `/v1/sessions/${paidId}/end`, owner.token)).statusCode, 200);
+      const upper = await call('POST', '/v1/sessions', owner.token, {
+        name: 'up',
+        group: '[FF3E::4243]:5000',
+      });
+      assert.equal(upper.statusCode, 201, upper.body);
+      assert.equal(
+        (upper.json() as { group: string }).group,
+        '[ff3e::4243]:5000',
+        'stored in its canonical form',
+      );
+      const upperId = (upper.json() as { id: string }).id;
+      assert.equal((await call('POST', `/v1/sessions/${upperId}/end`, owner.token)).statusCode, 200);
+    });
+
+    it('a repair grant naming a session that does not exist is a 404 naming body/session, nothing written (it was a 201 that never matched)', async () => {
+      const subscriber = await party('subscribers', 'typo-grant');
+      const missing = await call('POST', '/v1/entitlements', operatorToken, {
+        subscriber: subscriber.id,
+        service: 'repair',
+        session: 'no-such-session',
+      });
+      assert.equal(missing.statusCode, 404, missing.body);
+      assert.deepEqual(missing.json(), {
+        error: 'not-found',
+        message: 'body/session: no session no-such-session',
+      });
+      const rows = await store.db
+        .selectFrom('entitlements')
+        .select('id')
+        .where('subscriber', '=', subscriber.id)
+        .execute();
+      assert.equal(rows.length, 0, 'nothing written');
+      const source = await party('sources', 'typo-grant-source');
+      const session = await call('POST', '/v1/sessions', source.token, {
+        name: 'g',
+        group: '239.1.77.1:5000',
+      });
+      const sessionId = (session.json() as { id: string }).id;
+      const granted = await call('POST', '/v1/entitlements', operatorToken, {
+        subscriber: subscriber.id,
+        service: 'repair',
+        session: sessionId,
+      });
+      assert.equal(granted.statusCode, 201, granted.body);
+      assert.equal((await call('POST', `/v1/sessions/${sessionId}/end`, source.token)).statusCode, 200);
+    });
+
+    it("a usage report under one of the server's own keys (session-end/ID, ...) is a 400 naming the key; the session's end is still charged to its source", async () => {
+      const source = await party('sources', 'reserved-keys');
+      const other = await party('subscribers', 'reserved-keys-other');
+      await call('POST', '/v1/servers', operatorToken, {
+        kind: 'retransmit',
+        name: 'rk',
+        address: '10.0.0.21:7000',
+      });
+      const created = await call('POST', '/v1/sessions', source.token, {
+        name: 'k',
+        group: '239.1.78.1:5000',
+        repair: true,
+      });
+      assert.equal(created.statusCode, 201, created.body);
+      const sessionId = (created.json() as { id: string }).id;
+      const squat = await app.inject({
+        method: 'POST',
+        url: '/v1/usage',
+        headers: { ...as(operatorToken), 'idempotency-key': `session-end/${sessionId}` },
+        payload: { account: other.id, kind: 'source-repair-seconds', quantity: 1 },
+      });
+      assert.equal(squat.statusCode, 400, squat.body);
+      assert.match(
+        (squat.json() as { message: string }).message,
+        /^headers\/idempotency-key: keys starting with "session-end\/"/,
+      );
+      for (const key of [`subscription/x/2026-01`, 'receipt/ab', 'top-up/t/1', 'order/1', 'order-end/1']) {
+        const batch = await call('POST', '/v1/usage/batch', operatorToken, {
+          events: [
+            { key: 'free-key-1', account: other.id, kind: 'channel-orders', quantity: 1 },
+            { key, account: other.id, kind: 'channel-orders', quantity: 1 },
+          ],
+        });
+        assert.equal(batch.statusCode, 400, `${key}: ${batch.body}`);
+        assert.match((batch.json() as { message: string }).message, /^body\/events\/1\/key: /);
+      }
+      const otherBalance = (await call('GET', `/v1/accounts/${other.id}/balance`, operatorToken)).json() as {
+        balance: number;
+      };
+      assert.equal(otherBalance.balance, 0, "nothing charged, not even the batch's free key");
+      const ended = await call('POST', `/v1/sessions/${sessionId}/end`, source.token);
+      assert.equal(ended.statusCode, 200, ended.body);
+      const charge = (ended.json() as { charge: { amount: number; replayed: boolean } }).charge;
+      assert.equal(charge.replayed, false, 'the end is charged now, to the source');
+      const sourceBalance = (await call('GET', `/v1/accounts/${source.id}/balance`, source.token)).json() as {
+        balance: number;
+      };
+      assert.equal(sourceBalance.balance, -charge.amount);
     });
 
     it('a retransmit server registered later, or restarted, is sent SETUP for the sessions already buying repair', async () => {
@@ -537,6 +666,86 @@ function suite(name: string, options: { skip?: string }, url: () => string, clea
         'charged once',
       );
       await call('PUT', '/v1/rates', operatorToken, old);
+      assert.equal(await ledgerSum(), 0);
+    });
+
+    it('an idempotency key stored before keys covered the client request (its hash is the rated transfer) replays its stored charge after a rate change', async () => {
+      const subscriber = await party('subscribers', 'legacy-keyed');
+      const usage = (key: string, quantity: number) =>
+        app.inject({
+          method: 'POST',
+          url: '/v1/usage',
+          headers: { ...as(operatorToken), 'idempotency-key': key },
+          payload: { account: subscriber.id, kind: 'pay-as-you-go-bytes', quantity },
+        });
+      const owner = await party('sources', 'legacy-keyed-source');
+      const session = (
+        await call('POST', '/v1/sessions', owner.token, {
+          name: 'legacy',
+          group: '239.1.8.9:5000',
+          repair: true,
+        })
+      ).json() as { id: string };
+      const first = await usage('legacy-1', 5_000_000);
+      assert.equal(first.statusCode, 201, first.body);
+      const ended = (await call('POST', `/v1/sessions/${session.id}/end`, owner.token)).json() as {
+        charge: { transfer: string; amount: number };
+      };
+      // Write both rows back the way the ledger stored them before: the hash of the rated transfer
+      // itself, JSON [debit, credit, amount, currency, memo].
+      const legacyHash = (row: {
+        debit_account: string;
+        credit_account: string;
+        amount: number | string | bigint;
+        currency: string;
+        memo: string;
+      }) =>
+        createHash('sha256')
+          .update(
+            JSON.stringify([
+              row.debit_account,
+              row.credit_account,
+              Number(row.amount),
+              row.currency,
+              row.memo,
+            ]),
+          )
+          .digest('hex');
+      for (const key of ['legacy-1', `session-end/${session.id}`]) {
+        const row = await store.db
+          .selectFrom('transfers')
+          .selectAll()
+          .where('idempotency_key', '=', key)
+          .executeTakeFirstOrThrow();
+        await store.db
+          .updateTable('transfers')
+          .set({ request_hash: legacyHash(row) })
+          .where('id', '=', row.id)
+          .execute();
+      }
+      const old = (await call('GET', '/v1/rates', operatorToken)).json() as Record<string, number>;
+      await call('PUT', '/v1/rates', operatorToken, { payAsYouGoPerMegabyte: 4, sourceRepairPerHour: 700 });
+      try {
+        const again = await usage('legacy-1', 5_000_000);
+        assert.equal(again.statusCode, 200, again.body);
+        assert.deepEqual(again.json(), { ...(first.json() as object), replayed: true }, 'the stored charge');
+        const other = await usage('legacy-1', 6_000_000);
+        assert.equal(other.statusCode, 409, 'another request under an old key is still a conflict');
+        assert.equal((other.json() as { error: string }).error, 'conflict');
+        const endedAgain = await call('POST', `/v1/sessions/${session.id}/end`, owner.token);
+        assert.equal(endedAgain.statusCode, 200, endedAgain.body);
+        assert.deepEqual((endedAgain.json() as { charge: object }).charge, {
+          ...ended.charge,
+          replayed: true,
+        });
+        assert.equal(
+          (await call('GET', `/v1/accounts/${subscriber.id}/balance`, subscriber.token)).json().balance,
+          -(first.json() as { amount: number }).amount,
+          'charged once',
+        );
+      } finally {
+        await call('PUT', '/v1/rates', operatorToken, old);
+      }
       assert.equal(await ledgerSum(), 0);
     });
 
