@@ -302,6 +302,12 @@ export const orderDriverLeaseMs = 5_000;
 /** Order server: how often unbilled orders are charged (retrying what failed). */
 export const orderBillingSweepMs = 2_000;
 
+/**
+ * Order server: orders, cancels and expiries in one group commit, the transaction that the
+ * admissions arriving together share (one flush to disk, one hold of each link's lock).
+ */
+export const orderGroupCommitMax = 256;
+
 /** Order server: one smcroutectl command's time limit. */
 export const smcroutectlTimeoutMs = 5_000;
 

@@ -5,9 +5,16 @@
  * Every change of what a link should carry happens with the link's row locked (PostgreSQL: SELECT …
  * FOR UPDATE; SQLite: BEGIN IMMEDIATE takes the one write lock), so two order servers sharing one
  * store can never overbook a link, and the refcount always equals the active orders.
+ *
+ * Admissions, cancels and expiries that arrive together share one transaction (group commit, as
+ * usage does in billing): each runs in it one after another, exactly as it would alone, and gets
+ * its own outcome; the link's lock is taken once and the commit flushes to disk once for all of
+ * them. If that transaction fails, each of its steps is run again in a transaction of its own, so
+ * one failing step (a deadlock between two servers' batches, a constraint) fails only itself.
  */
 import { randomUUID } from 'node:crypto';
 import type { Kysely } from 'kysely';
+import { orderGroupCommitMax } from '../limits.js';
 import type { CapacityFull, LinkPolicy, Order, OrderPrice, OrderState } from '../protocol/api-order.js';
 import type { Schema, Store } from '../store/database.js';
 
@@ -42,6 +49,8 @@ export interface OrderBookOptions {
   readonly now?: () => number;
   /** Told the link whose routed set changed (a driver reconciles it at once). */
   readonly onLinkChanged?: (link: string) => void;
+  /** Steps in one group commit (default orderGroupCommitMax; 1 writes each in its own transaction). */
+  readonly groupCommitMax?: number;
 }
 
 /** The order book over a store. */
@@ -86,9 +95,69 @@ export function presentOrder(row: OrderRow, created?: boolean): Order {
   };
 }
 
+/** One step of a group commit and its caller's settlement. */
+interface Step {
+  readonly run: (trx: Kysely<Schema>) => Promise<unknown>;
+  readonly resolve: (value: unknown) => void;
+  readonly reject: (error: Error) => void;
+}
+
+/**
+ * Group commit over store.writeTransaction: steps that arrive while a transaction is being written
+ * wait for the next one, which runs them all, in arrival order, up to stepsMax.
+ */
+export function createStepCommitter(store: Store, stepsMax: number) {
+  let queue: Step[] = [];
+  let writing = false;
+  const alone = async (step: Step) => {
+    try {
+      step.resolve(await store.writeTransaction(step.run));
+    } catch (error) {
+      step.reject(error as Error);
+    }
+  };
+  const drain = async () => {
+    while (queue.length > 0) {
+      const group = queue.slice(0, stepsMax);
+      queue = queue.slice(group.length);
+      if (group.length === 1) {
+        await alone(group[0] as Step);
+        continue;
+      }
+      try {
+        const results = await store.writeTransaction(async (trx) => {
+          const out: unknown[] = [];
+          for (const step of group) {
+            out.push(await step.run(trx));
+          }
+          return out;
+        });
+        for (const [i, step] of group.entries()) {
+          step.resolve(results[i]);
+        }
+      } catch {
+        // Rolled back as a whole: nothing of it was written. Each step alone, so only a failing one fails.
+        for (const step of group) {
+          await alone(step);
+        }
+      }
+    }
+    writing = false;
+  };
+  return <T>(run: (trx: Kysely<Schema>) => Promise<T>): Promise<T> =>
+    new Promise<T>((resolve, reject) => {
+      queue.push({ run, resolve: resolve as (value: unknown) => void, reject });
+      if (!writing) {
+        writing = true;
+        setImmediate(() => void drain()); // gather what arrives in this turn of the event loop
+      }
+    });
+}
+
 /** Builds the book. */
 export function createOrderBook(store: Store, options: OrderBookOptions): OrderBook {
   const now = options.now ?? Date.now;
+  const inTransaction = createStepCommitter(store, options.groupCommitMax ?? orderGroupCommitMax);
   const changed = (links: Iterable<string>) => {
     for (const link of links) {
       options.onLinkChanged?.(link);
@@ -178,7 +247,7 @@ export function createOrderBook(store: Store, options: OrderBookOptions): OrderB
   };
 
   const admit = (box: string, service: ServiceRow): Promise<AdmitOutcome> =>
-    store.writeTransaction(async (trx) => {
+    inTransaction(async (trx): Promise<AdmitOutcome> => {
       const link = await lockLink(trx, service.link);
       const at = now();
       const iso = new Date(at).toISOString();
@@ -287,7 +356,7 @@ export function createOrderBook(store: Store, options: OrderBookOptions): OrderB
 
   /** Ends one active order (cancel or expiry) with its link locked; the ended row, or the row as it is. */
   const end = (id: string, box: string | undefined, state: OrderState, endedAtMs?: number) =>
-    store.writeTransaction(async (trx) => {
+    inTransaction(async (trx) => {
       const first = await trx.selectFrom('orders').selectAll().where('id', '=', id).executeTakeFirst();
       if (first === undefined || (box !== undefined && first.box !== box)) {
         return { row: undefined, changedLink: undefined };
@@ -393,9 +462,12 @@ export function createOrderBook(store: Store, options: OrderBookOptions): OrderB
         .execute();
       const links = new Set<string>();
       let count = 0;
-      for (const order of due) {
-        // A renewal may have come in meanwhile: end checks the lease again under the lock.
-        const { row, changedLink } = await end(order.id, undefined, 'expired', Number(order.expires_at_ms));
+      // All at once: they share group commits. A renewal may have come in meanwhile: end checks
+      // the lease again under the lock.
+      const ended = await Promise.all(
+        due.map((order) => end(order.id, undefined, 'expired', Number(order.expires_at_ms))),
+      );
+      for (const { row, changedLink } of ended) {
         if (row?.state === 'expired') {
           count += 1;
         }

@@ -1,7 +1,8 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { createOrderBook, type OrderBook } from '../../src/order/book.js';
-import { openStore, type Store } from '../../src/store/database.js';
+import type { Kysely } from 'kysely';
+import { createOrderBook, createStepCommitter, type OrderBook } from '../../src/order/book.js';
+import { openStore, type Schema, type Store } from '../../src/store/database.js';
 import { onEveryStore, postgresSkip, startPostgres } from '../helpers/postgres.js';
 
 /** Makes a subscriber party with a channel entitlement (for all channels unless service given). */
@@ -247,6 +248,74 @@ function bookSuite(name: string, options: { skip?: string }, url: () => string, 
       assert.equal(await book.expire(), 1);
       assert.equal(await book.renew(sport.box, sport.id), 'ended');
       assert.equal((await linkState(store, 'sat')).used, 0);
+    });
+
+    it('group commit: 60 boxes ordering and cancelling at once are each admitted exactly once', async () => {
+      const boxes = Array.from({ length: 60 }, (_, i) => `gc${i}`);
+      for (const box of boxes) {
+        await makeBox(store, box);
+      }
+      // Everyone orders news twice and sport once, all at once: one order per box and service.
+      const outcomes = await Promise.all(
+        boxes.flatMap((box) => [book.order(box, 'news'), book.order(box, 'news'), book.order(box, 'sport')]),
+      );
+      assert.ok(outcomes.every((outcome) => outcome.kind === 'ordered'));
+      const created = outcomes.filter((outcome) => outcome.kind === 'ordered' && outcome.created);
+      assert.equal(created.length, 120);
+      let state = await linkState(store, 'sat');
+      assert.deepEqual(state.refcounts, { news: 60, sport: 60 });
+      assert.equal(state.used, 8_000_000);
+      // Half the boxes cancel everything at once.
+      await Promise.all(
+        created
+          .filter((_, i) => i % 2 === 0)
+          .map((outcome) =>
+            outcome.kind === 'ordered' ? book.cancel(outcome.order.box, outcome.order.id) : null,
+          ),
+      );
+      state = await linkState(store, 'sat');
+      assert.deepEqual(state.refcounts, state.counted);
+      assert.equal(
+        Object.values(state.counted).reduce((sum, n) => sum + n, 0),
+        60,
+      );
+      assert.equal(state.used, state.expectedUsed);
+      clock += 120_000;
+      assert.equal(await book.expire(), 60);
+      assert.deepEqual((await linkState(store, 'sat')).refcounts, {});
+      assert.equal((await linkState(store, 'sat')).used, 0);
+    });
+
+    it('group commit: a step that fails fails alone; the others in its transaction are written', async () => {
+      const commit = createStepCommitter(store, 16);
+      const insert = (name: string) => (trx: Kysely<Schema>) =>
+        trx
+          .insertInto('parties')
+          .values({ id: name, kind: 'subscriber', name, token_hash: `hash-${name}`, created_at: 'now' })
+          .execute();
+      const results = await Promise.allSettled([
+        commit(insert('step-a')),
+        commit(insert('step-a')), // the same id again: a constraint fails this step only
+        commit(insert('step-b')),
+        commit(async () => {
+          throw new Error('a failing step');
+        }),
+        commit(insert('step-c')),
+      ]);
+      assert.deepEqual(
+        results.map((result) => result.status),
+        ['fulfilled', 'rejected', 'fulfilled', 'rejected', 'fulfilled'],
+      );
+      const written = await store.db
+        .selectFrom('parties')
+        .select('id')
+        .where('id', 'like', 'step-%')
+        .orderBy('id')
+        .execute();
+      assert.deepEqual(
+        written.map((row) => row.id),
+        ['step-a', 'step-b', 'step-c'],
+      );
     });
   });
 }
