@@ -77,7 +77,7 @@ const orderAnsweredMs: number[] = [];
 await quiet(300, 10_000);
 for (let trial = 0; trial < job.trials; trial++) {
   const orderedAt = performance.now();
-  const arrived = nextArrival(5_000);
+  const arrived = nextArrival(15_000);
   const order = await call('POST', '/v1/order/orders', { service: job.service });
   orderAnsweredMs.push(performance.now() - orderedAt);
   await arrived;

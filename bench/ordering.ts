@@ -135,7 +135,7 @@ async function bedRuns(): Promise<BedFigures> {
       ],
       { GATECAST_OPERATOR_TOKEN: operatorToken },
     );
-    await serve.waitFor(/serve: .* on http:/);
+    await serve.waitFor(/serve: .* on http:/, 60_000);
     process.env.GATECAST_TOKEN = operatorToken;
     const admin = (...args: string[]) =>
       bed.run('or', node, [gatecastBin(), 'admin', '--server', server, ...args]);
@@ -394,31 +394,40 @@ ${relayRows.join('\n')}
 Highest relayed rate with zero loss in this run: ${best > 0 ? `${best.toFixed(0)} datagrams/s` : 'none of the rates tried'}.`;
 }
 
+/** BENCH_ORDER_ONLY=store or =bed runs (and rewrites) one half; the other keeps its figures. */
 async function main() {
-  const rows = await storeRuns();
-  const bedReason = testbedUnavailable(['smcrouted', 'smcroutectl', 'nft']);
-  let figures: BedFigures | string = bedReason ?? '';
-  if (bedReason === undefined) {
-    try {
-      figures = await bedRuns();
-    } catch (error) {
-      figures = `the run failed: ${(error as Error).message.slice(0, 300)}`;
-    }
-  }
-  writeSection(
-    'ordering',
-    `## Ordering channels over a one-way link
+  const only = process.env.BENCH_ORDER_ONLY;
+  if (only !== 'bed') {
+    const rows = await storeRuns();
+    writeSection(
+      'ordering',
+      `## Ordering channels over a one-way link
 
 - Command: \`npm run bench\` (this part: \`node --import tsx bench/ordering.ts\`, as root for the bed;
-  BENCH_SECONDS=${seconds} per store run).
+  BENCH_SECONDS=${seconds} per store run; \`BENCH_ORDER_ONLY=store\` or \`=bed\` runs one half).
 - Machine: ${cpus().length} × ${cpus()[0]?.model ?? 'unknown'}, Linux ${release()}, Node ${process.version}; ${new Date().toISOString().slice(0, 10)};
-  load average ${loadAtStart} when the run began (a shared machine: compare within the section).
+  load average ${loadAtStart} when the run began (a shared machine: compare within a table).
 
-${storeSection(rows)}
-
-${bedSection(figures)}`,
-  );
-  process.stderr.write(`ordering: written to docs/benchmarks.md\n`);
+${storeSection(rows)}`,
+    );
+  }
+  if (only !== 'store') {
+    const bedReason = testbedUnavailable(['smcrouted', 'smcroutectl', 'nft']);
+    let figures: BedFigures | string = bedReason ?? '';
+    const bedLoad = loadavg()[0]?.toFixed(1) ?? 'unknown';
+    if (bedReason === undefined) {
+      try {
+        figures = await bedRuns();
+      } catch (error) {
+        figures = `the run failed: ${(error as Error).message.slice(0, 300)}`;
+      }
+    }
+    writeSection(
+      'ordering-bed',
+      `${bedSection(figures)}\n\nLoad average ${bedLoad} when this part began; ${new Date().toISOString().slice(0, 10)}.`,
+    );
+  }
+  process.stderr.write('ordering: written to docs/benchmarks.md\n');
 }
 
 await main();

@@ -79,7 +79,7 @@ describe(
         ],
         { GATECAST_OPERATOR_TOKEN: operatorToken },
       );
-      await serve.waitFor(/serve: .* on http:/);
+      await serve.waitFor(/serve: .* on http:/, 60_000); // a loaded machine starts it slowly
       process.env.GATECAST_TOKEN = operatorToken; // admin in the router's namespace inherits it
       // No router: the order server joins on eth0 (10.231.1.1) and sends on the link's eth1 (10.231.2.1).
       admin('orders', 'link', 'sat', '--capacity', '10M', '--router', 'relay:10.231.1.1:10.231.2.1');

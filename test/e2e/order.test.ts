@@ -111,7 +111,7 @@ describe(
         ],
         { GATECAST_OPERATOR_TOKEN: operatorToken, GATECAST_TOKEN: operatorToken },
       );
-      await serve.waitFor(/serve: .* on http:/);
+      await serve.waitFor(/serve: .* on http:/, 60_000); // a loaded machine starts it slowly
       process.env.GATECAST_TOKEN = operatorToken; // admin in the router's namespace inherits it
       admin(
         'orders',
