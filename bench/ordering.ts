@@ -299,13 +299,22 @@ async function bedRuns(): Promise<BedFigures> {
       if (code !== 0) {
         throw new Error(`send at ${rateBits}: ${sender.output()}`);
       }
+      // Drained when the box's count holds still for half a second (bounded: a loaded machine
+      // empties the relay's 4 MiB buffer slowly).
       let last = -1;
-      await until('the relay to drain', () => {
-        const now = bed.arrived('b1', filmOnLink);
-        const settled = now === last;
-        last = now;
-        return settled;
-      });
+      let stillSince = performance.now();
+      await until(
+        'the relay to drain',
+        () => {
+          const now = bed.arrived('b1', filmOnLink);
+          if (now !== last) {
+            last = now;
+            stillSince = performance.now();
+          }
+          return performance.now() - stillSince >= 500;
+        },
+        120_000,
+      );
       relay.push({
         rateBits,
         atRouter: bed.arrived('or', film) - atRouter,
