@@ -17,7 +17,7 @@
  */
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
-import type { Kysely } from 'kysely';
+import { type Kysely, sql } from 'kysely';
 import { orderGroupCommitMax } from '../limits.js';
 import type { CapacityFull, LinkPolicy, Order, OrderPrice, OrderState } from '../protocol/api-order.js';
 import type { Schema, Store } from '../store/database.js';
@@ -218,6 +218,20 @@ interface Wanted {
   readonly service: string;
 }
 
+/** An order to end: a box's cancel (box set, its own orders only), an operator's cancel or an expiry. */
+interface Ending {
+  readonly id: string;
+  readonly box: string | undefined;
+  readonly state: OrderState;
+  readonly endedAtMs?: number;
+}
+
+/** An ended order (or the row as it is), and the link whose routed set changed, if it did. */
+interface Ended {
+  readonly row: Schema['orders'] | undefined;
+  readonly changedLink: string | undefined;
+}
+
 /** A service a link carries, as a capacity-full refusal lists it. */
 type InUse = CapacityFull['inUse'][number];
 
@@ -225,21 +239,11 @@ type InUse = CapacityFull['inUse'][number];
 export function createOrderBook(store: Store, options: OrderBookOptions): OrderBook {
   const now = options.now ?? Date.now;
   const groupCommitMax = options.groupCommitMax ?? orderGroupCommitMax;
-  const inTransaction = createStepCommitter(store, groupCommitMax);
   const changed = (links: Iterable<string>) => {
     for (const link of links) {
       options.onLinkChanged?.(link);
     }
   };
-
-  /** Locks the link's row until the transaction ends (PostgreSQL; SQLite holds the write lock). */
-  const lockLink = (trx: Kysely<Schema>, link: string) =>
-    trx
-      .selectFrom('order_links')
-      .select(['name', 'capacity_bits', 'used_bits', 'policy'])
-      .where('name', '=', link)
-      .$if(store.dialect === 'postgres', (query) => query.forUpdate())
-      .executeTakeFirstOrThrow();
 
   /** Why each box may not order its service (undefined: entitled), for a batch in one query. */
   const entitlementRefusals = async (
@@ -613,47 +617,145 @@ export function createOrderBook(store: Store, options: OrderBookOptions): OrderB
 
   const admit = createBatchCommitter(store, groupCommitMax, admitBatch);
 
-  /** Ends one active order (cancel or expiry) with its link locked; the ended row, or the row as it is. */
-  const end = (id: string, box: string | undefined, state: OrderState, endedAtMs?: number) =>
-    inTransaction(async (trx) => {
-      const first = await trx.selectFrom('orders').selectAll().where('id', '=', id).executeTakeFirst();
-      if (first === undefined || (box !== undefined && first.box !== box)) {
+  /**
+   * Ends a batch of active orders (cancels, expiries) in one transaction with a few set-based
+   * statements: read the orders, lock their links (in name order), read them again under the locks,
+   * decide each in arrival order, then write the ended orders, the refcounts that fall, the services
+   * that end and one capacity update per link. Each result is the ended row, or the row as it is.
+   */
+  const endBatch = async (trx: Kysely<Schema>, items: readonly Ending[]): Promise<Ended[]> => {
+    const ids = [...new Set(items.map((item) => item.id))];
+    const first = await trx.selectFrom('orders').select(['id', 'link']).where('id', 'in', ids).execute();
+    const linkNames = [...new Set(first.map((row) => row.link))].sort();
+    if (linkNames.length === 0) {
+      return items.map(() => ({ row: undefined, changedLink: undefined }));
+    }
+    const links = new Map(
+      (
+        await trx
+          .selectFrom('order_links')
+          .select(['name', 'used_bits'])
+          .where('name', 'in', linkNames)
+          .orderBy('name')
+          .$if(store.dialect === 'postgres', (query) => query.forUpdate())
+          .execute()
+      ).map((row) => [row.name, { freed: 0 }]),
+    );
+    // Read again under the locks: another server may have ended some meanwhile.
+    const rows = new Map(
+      (await trx.selectFrom('orders').selectAll().where('id', 'in', ids).execute()).map((row) => [
+        row.id,
+        row,
+      ]),
+    );
+    const services = [...new Set([...rows.values()].map((row) => row.service))];
+    const active = new Map(
+      (
+        await trx
+          .selectFrom('order_active')
+          .select(['service', 'refcount', 'bit_rate'])
+          .where('service', 'in', services)
+          .execute()
+      ).map((row) => [
+        row.service,
+        { boxes: Number(row.refcount), removed: 0, bitRate: Number(row.bit_rate) },
+      ]),
+    );
+    const ended = new Map<string, OrderRow[]>(); // by state and end time: one update each
+    const results = items.map(({ id, box, state, endedAtMs }): Ended => {
+      const row = rows.get(id);
+      if (row === undefined || (box !== undefined && row.box !== box)) {
         return { row: undefined, changedLink: undefined };
       }
-      await lockLink(trx, first.link);
-      // Read again under the lock: another server may have ended it meanwhile.
-      const row = await trx.selectFrom('orders').selectAll().where('id', '=', id).executeTakeFirstOrThrow();
       if (row.state !== 'active' || (state === 'expired' && Number(row.expires_at_ms) >= now())) {
-        return { row, changedLink: undefined };
+        return { row: { ...row }, changedLink: undefined };
       }
-      const endedAt = new Date(endedAtMs ?? now()).toISOString();
-      await trx.updateTable('orders').set({ state, ended_at: endedAt }).where('id', '=', id).execute();
-      const active = await trx
-        .selectFrom('order_active')
-        .select(['refcount', 'bit_rate'])
-        .where('service', '=', row.service)
-        .executeTakeFirstOrThrow();
-      let changedLink: string | undefined;
-      if (Number(active.refcount) > 1) {
-        await trx
-          .updateTable('order_active')
-          .set((eb) => ({ refcount: eb('refcount', '-', 1) }))
-          .where('service', '=', row.service)
-          .execute();
-      } else {
-        await trx.deleteFrom('order_active').where('service', '=', row.service).execute();
+      row.state = state;
+      row.ended_at = new Date(endedAtMs ?? now()).toISOString();
+      const key = `${state}\n${row.ended_at}`;
+      ended.set(key, [...(ended.get(key) ?? []), row]);
+      const service = active.get(row.service);
+      assert(service !== undefined, `active order ${row.id} without its active service`);
+      service.boxes -= 1;
+      service.removed += 1;
+      if (service.boxes > 0) {
+        return { row: { ...row }, changedLink: undefined };
+      }
+      const link = links.get(row.link);
+      assert(link !== undefined);
+      link.freed += service.bitRate;
+      return { row: { ...row }, changedLink: row.link };
+    });
+    await writeEndings(trx, ended, active, links);
+    return results;
+  };
+
+  /** Writes what endBatch decided. */
+  const writeEndings = async (
+    trx: Kysely<Schema>,
+    ended: Map<string, OrderRow[]>,
+    active: Map<string, { boxes: number; removed: number }>,
+    links: Map<string, { freed: number }>,
+  ) => {
+    for (const group of ended.values()) {
+      const { state, ended_at } = group[0] as OrderRow;
+      await trx
+        .updateTable('orders')
+        .set({ state, ended_at })
+        .where(
+          'id',
+          'in',
+          group.map((row) => row.id),
+        )
+        .execute();
+    }
+    const gone = [...active].filter(([, service]) => service.removed > 0 && service.boxes === 0);
+    const fewer = [...active].filter(([, service]) => service.removed > 0 && service.boxes > 0);
+    if (gone.length > 0) {
+      await trx
+        .deleteFrom('order_active')
+        .where(
+          'service',
+          'in',
+          gone.map(([name]) => name),
+        )
+        .execute();
+    }
+    if (fewer.length > 0) {
+      await trx
+        .updateTable('order_active')
+        // Each service loses the boxes that left it: one statement with a CASE over the services.
+        .set((eb) => ({
+          refcount: eb(
+            'refcount',
+            '-',
+            sql<number>`case ${sql.join(
+              fewer.map(([name, service]) => sql`when service = ${name} then ${sql.lit(service.removed)}`),
+              sql` `,
+            )} else 0 end`,
+          ),
+        }))
+        .where(
+          'service',
+          'in',
+          fewer.map(([name]) => name),
+        )
+        .execute();
+    }
+    for (const [name, link] of links) {
+      if (link.freed > 0) {
         await trx
           .updateTable('order_links')
-          .set((eb) => ({
-            used_bits: eb('used_bits', '-', Number(active.bit_rate)),
-            version: eb('version', '+', 1),
-          }))
-          .where('name', '=', row.link)
+          .set((eb) => ({ used_bits: eb('used_bits', '-', link.freed), version: eb('version', '+', 1) }))
+          .where('name', '=', name)
           .execute();
-        changedLink = row.link;
       }
-      return { row: { ...row, state, ended_at: endedAt }, changedLink };
-    });
+    }
+  };
+
+  const endInBatch = createBatchCommitter(store, groupCommitMax, endBatch);
+  const end = (id: string, box: string | undefined, state: OrderState, endedAtMs?: number) =>
+    endInBatch({ id, box, state, ...(endedAtMs === undefined ? {} : { endedAtMs }) });
 
   return {
     async order(box, service) {
