@@ -303,8 +303,8 @@ export const orderDriverLeaseMs = 5_000;
 export const orderBillingSweepMs = 2_000;
 
 /**
- * Order server: orders, cancels and expiries in one group commit, the transaction that the
- * admissions arriving together share (one flush to disk, one hold of each link's lock).
+ * Order server: orders (or cancels and expiries) in one group commit, the batch that requests
+ * arriving together are decided in (one transaction, a few statements, one hold of each link's lock).
  */
 export const orderGroupCommitMax = 256;
 
