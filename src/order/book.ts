@@ -99,65 +99,6 @@ export function presentOrder(row: OrderRow, created?: boolean): Order {
   };
 }
 
-/** One step of a group commit and its caller's settlement. */
-interface Step {
-  readonly run: (trx: Kysely<Schema>) => Promise<unknown>;
-  readonly resolve: (value: unknown) => void;
-  readonly reject: (error: Error) => void;
-}
-
-/**
- * Group commit over store.writeTransaction: steps that arrive while a transaction is being written
- * wait for the next one, which runs them all, in arrival order, up to stepsMax.
- */
-export function createStepCommitter(store: Store, stepsMax: number) {
-  let queue: Step[] = [];
-  let writing = false;
-  const alone = async (step: Step) => {
-    try {
-      step.resolve(await store.writeTransaction(step.run));
-    } catch (error) {
-      step.reject(error as Error);
-    }
-  };
-  const drain = async () => {
-    while (queue.length > 0) {
-      const group = queue.slice(0, stepsMax);
-      queue = queue.slice(group.length);
-      if (group.length === 1) {
-        await alone(group[0] as Step);
-        continue;
-      }
-      try {
-        const results = await store.writeTransaction(async (trx) => {
-          const out: unknown[] = [];
-          for (const step of group) {
-            out.push(await step.run(trx));
-          }
-          return out;
-        });
-        for (const [i, step] of group.entries()) {
-          step.resolve(results[i]);
-        }
-      } catch {
-        // Rolled back as a whole: nothing of it was written. Each step alone, so only a failing one fails.
-        for (const step of group) {
-          await alone(step);
-        }
-      }
-    }
-    writing = false;
-  };
-  return <T>(run: (trx: Kysely<Schema>) => Promise<T>): Promise<T> =>
-    new Promise<T>((resolve, reject) => {
-      queue.push({ run, resolve: resolve as (value: unknown) => void, reject });
-      if (!writing) {
-        writing = true;
-        setImmediate(() => void drain()); // gather what arrives in this turn of the event loop
-      }
-    });
-}
-
 /**
  * Group commit of one kind of request, decided together: requests that arrive while a batch is being
  * written wait for the next one, which runs them all (up to itemsMax, in arrival order) through
