@@ -18,3 +18,4 @@ node --import tsx bench/charges.ts
 node --import tsx bench/startup.ts
 node --import tsx bench/restricted.ts
 node --import tsx bench/rekey-receipts.ts
+node --import tsx bench/ordering.ts

@@ -353,6 +353,12 @@ export const orderDriverLeaseMs = 5_000;
 /** Order server: how often unbilled orders are charged (retrying what failed). */
 export const orderBillingSweepMs = 2_000;
 
+/**
+ * Order server: orders (or cancels and expiries) in one group commit, the batch that requests
+ * arriving together are decided in (one transaction, a few statements, one hold of each link's lock).
+ */
+export const orderGroupCommitMax = 256;
+
 /** Order server: one smcroutectl command's time limit. */
 export const smcroutectlTimeoutMs = 5_000;
 

@@ -5,9 +5,20 @@
  * Every change of what a link should carry happens with the link's row locked (PostgreSQL: SELECT …
  * FOR UPDATE; SQLite: BEGIN IMMEDIATE takes the one write lock), so two order servers sharing one
  * store can never overbook a link, and the refcount always equals the active orders.
+ *
+ * Admissions that arrive together are decided as one batch in one transaction (group commit, as
+ * usage does in billing) with a few set-based statements, not a few per order: the entitlements of
+ * all its boxes in one query, its links locked once, each order decided in memory in arrival order
+ * exactly as it would be alone, then one refcount upsert, one capacity update per link and one
+ * multi-row insert. Cancels and expiries that arrive together share one transaction too, each run
+ * in it one after another. If a batch's transaction fails, each of its requests is run again in a
+ * transaction of its own, so one failing request (a deadlock between two servers, a constraint)
+ * fails only itself.
  */
+import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
-import type { Kysely } from 'kysely';
+import { type Kysely, sql } from 'kysely';
+import { orderGroupCommitMax } from '../limits.js';
 import type { CapacityFull, LinkPolicy, Order, OrderPrice, OrderState } from '../protocol/api-order.js';
 import type { Schema, Store } from '../store/database.js';
 
@@ -42,6 +53,8 @@ export interface OrderBookOptions {
   readonly now?: () => number;
   /** Told the link whose routed set changed (a driver reconciles it at once). */
   readonly onLinkChanged?: (link: string) => void;
+  /** Steps in one group commit (default orderGroupCommitMax; 1 writes each in its own transaction). */
+  readonly groupCommitMax?: number;
 }
 
 /** The order book over a store. */
@@ -86,86 +99,134 @@ export function presentOrder(row: OrderRow, created?: boolean): Order {
   };
 }
 
+/**
+ * Group commit of one kind of request, decided together: requests that arrive while a batch is being
+ * written wait for the next one, which runs them all (up to itemsMax, in arrival order) through
+ * runBatch in one transaction. If that transaction fails, each request runs again as a batch of its
+ * own, so one failing request fails only itself.
+ */
+export function createBatchCommitter<In, Out>(
+  store: Store,
+  itemsMax: number,
+  runBatch: (trx: Kysely<Schema>, items: readonly In[]) => Promise<Out[]>,
+) {
+  let queue: Array<{ item: In; resolve: (value: Out) => void; reject: (error: Error) => void }> = [];
+  let writing = false;
+  const write = async (group: typeof queue) => {
+    const results = await store.writeTransaction((trx) =>
+      runBatch(
+        trx,
+        group.map((one) => one.item),
+      ),
+    );
+    assert.equal(results.length, group.length);
+    for (const [i, one] of group.entries()) {
+      one.resolve(results[i] as Out);
+    }
+  };
+  const drain = async () => {
+    while (queue.length > 0) {
+      const group = queue.slice(0, itemsMax);
+      queue = queue.slice(group.length);
+      try {
+        await write(group);
+      } catch (error) {
+        if (group.length === 1) {
+          group[0]?.reject(error as Error);
+          continue;
+        }
+        // Rolled back as a whole: nothing of it was written. Each alone, so only a failing one fails.
+        for (const one of group) {
+          await write([one]).catch((alone: unknown) => one.reject(alone as Error));
+        }
+      }
+    }
+    writing = false;
+  };
+  return (item: In): Promise<Out> =>
+    new Promise<Out>((resolve, reject) => {
+      queue.push({ item, resolve, reject });
+      if (!writing) {
+        writing = true;
+        setImmediate(() => void drain()); // gather what arrives in this turn of the event loop
+      }
+    });
+}
+
+/** An order as a batch takes it. */
+interface Wanted {
+  readonly box: string;
+  readonly service: string;
+}
+
+/** An order to end: a box's cancel (box set, its own orders only), an operator's cancel or an expiry. */
+interface Ending {
+  readonly id: string;
+  readonly box: string | undefined;
+  readonly state: OrderState;
+  readonly endedAtMs?: number;
+}
+
+/** An ended order (or the row as it is), and the link whose routed set changed, if it did. */
+interface Ended {
+  readonly row: Schema['orders'] | undefined;
+  readonly changedLink: string | undefined;
+}
+
+/** A service a link carries, as a capacity-full refusal lists it. */
+type InUse = CapacityFull['inUse'][number];
+
 /** Builds the book. */
 export function createOrderBook(store: Store, options: OrderBookOptions): OrderBook {
   const now = options.now ?? Date.now;
+  const groupCommitMax = options.groupCommitMax ?? orderGroupCommitMax;
   const changed = (links: Iterable<string>) => {
     for (const link of links) {
       options.onLinkChanged?.(link);
     }
   };
 
-  /** Locks the link's row until the transaction ends (PostgreSQL; SQLite holds the write lock). */
-  const lockLink = (trx: Kysely<Schema>, link: string) =>
-    trx
-      .selectFrom('order_links')
-      .select(['name', 'capacity_bits', 'used_bits', 'policy'])
-      .where('name', '=', link)
-      .$if(store.dialect === 'postgres', (query) => query.forUpdate())
-      .executeTakeFirstOrThrow();
-
-  const entitled = async (box: string, service: string): Promise<string | undefined> => {
-    const rows = await store.db
-      .selectFrom('entitlements')
-      .select(['session', 'valid_from', 'valid_to'])
-      .where('subscriber', '=', box)
-      .where('service', '=', 'channel')
-      .execute();
-    const matching = rows.filter((row) => row.session === null || row.session === service);
-    if (matching.length === 0) {
-      return `no channel entitlement for ${service}`;
-    }
+  /** Why each box may not order its service (undefined: entitled), for a batch in one query. */
+  const entitlementRefusals = async (
+    trx: Kysely<Schema>,
+    wanted: ReadonlyArray<{ box: string; service: string }>,
+  ): Promise<Array<string | undefined>> => {
+    const boxes = [...new Set(wanted.map((one) => one.box))];
+    const rows =
+      boxes.length === 0
+        ? []
+        : await trx
+            .selectFrom('entitlements')
+            .select(['subscriber', 'session', 'valid_from', 'valid_to'])
+            .where('subscriber', 'in', boxes)
+            .where('service', '=', 'channel')
+            .execute();
     const at = now();
-    const current = matching.some(
-      (row) =>
-        (row.valid_from === null || Date.parse(row.valid_from) <= at) &&
-        (row.valid_to === null || at < Date.parse(row.valid_to)),
-    );
-    return current ? undefined : `the channel entitlement for ${service} is outside its validity window`;
+    return wanted.map(({ box, service }) => {
+      const matching = rows.filter(
+        (row) => row.subscriber === box && (row.session === null || row.session === service),
+      );
+      if (matching.length === 0) {
+        return `no channel entitlement for ${service}`;
+      }
+      const current = matching.some(
+        (row) =>
+          (row.valid_from === null || Date.parse(row.valid_from) <= at) &&
+          (row.valid_to === null || at < Date.parse(row.valid_to)),
+      );
+      return current ? undefined : `the channel entitlement for ${service} is outside its validity window`;
+    });
   };
-
-  /** Ends every active order of a service and takes it off its link (pre-emption). */
-  const dropService = async (trx: Kysely<Schema>, service: string, link: string, rate: number) => {
-    const ended = new Date(now()).toISOString();
-    await trx
-      .updateTable('orders')
-      .set({ state: 'preempted', ended_at: ended })
-      .where('service', '=', service)
-      .where('state', '=', 'active')
-      .execute();
-    await trx.deleteFrom('order_active').where('service', '=', service).execute();
-    await trx
-      .updateTable('order_links')
-      .set((eb) => ({ used_bits: eb('used_bits', '-', rate), version: eb('version', '+', 1) }))
-      .where('name', '=', link)
-      .execute();
-  };
-
-  const inUse = async (trx: Kysely<Schema>, link: string) =>
-    (
-      await trx
-        .selectFrom('order_active')
-        .select(['service', 'bit_rate', 'priority', 'refcount'])
-        .where('link', '=', link)
-        .orderBy('priority')
-        .orderBy('service')
-        .execute()
-    ).map((row) => ({
-      service: row.service,
-      bitRate: Number(row.bit_rate),
-      priority: row.priority,
-      boxes: Number(row.refcount),
-    }));
 
   /** Makes room for a service on a full link; the services to drop, or undefined if none suffice. */
   const chooseVictims = (
-    active: Awaited<ReturnType<typeof inUse>>,
+    active: readonly InUse[],
     service: ServiceRow,
     free: number,
-  ): typeof active | undefined => {
-    // Lowest priority first (inUse is ordered by priority, then name, so the choice is stable).
+  ): InUse[] | undefined => {
+    // Lowest priority first (active is ordered by priority, then name, so the choice is stable).
     const lower = active.filter((row) => row.priority < service.priority);
-    const victims: typeof active = [];
+    const victims: InUse[] = [];
     let room = free;
     for (const row of lower) {
       if (room >= service.bit_rate) {
@@ -177,95 +238,193 @@ export function createOrderBook(store: Store, options: OrderBookOptions): OrderB
     return room >= service.bit_rate ? victims : undefined;
   };
 
-  const admit = (box: string, service: ServiceRow): Promise<AdmitOutcome> =>
-    store.writeTransaction(async (trx) => {
-      const link = await lockLink(trx, service.link);
-      const at = now();
-      const iso = new Date(at).toISOString();
-      const existing = await trx
-        .selectFrom('orders')
-        .selectAll()
-        .where('box', '=', box)
-        .where('service', '=', service.name)
-        .where('state', '=', 'active')
-        .executeTakeFirst();
+  /**
+   * Admits a batch of orders in one transaction with a few set-based statements, whatever its size:
+   * read the services, the entitlements of all its boxes, lock its links (in name order, so two
+   * servers' batches never wait on each other in a cycle), read the boxes' active orders and the
+   * links' active services; decide every order in memory, in arrival order, exactly as one after
+   * another would; then write: renewals, pre-emptions, one refcount upsert for all services, one
+   * capacity update per link whose use changed, one multi-row insert of the new orders.
+   */
+  const admitBatch = async (trx: Kysely<Schema>, wanted: readonly Wanted[]): Promise<AdmitOutcome[]> => {
+    const names = [...new Set(wanted.map((one) => one.service))];
+    const services = new Map(
+      (
+        await trx
+          .selectFrom('order_services')
+          .select(['name', 'link', 'bit_rate', 'priority', 'price'])
+          .where('name', 'in', names)
+          .execute()
+      ).map((row) => [
+        row.name,
+        { ...row, bit_rate: Number(row.bit_rate), price: row.price as OrderPrice } satisfies ServiceRow,
+      ]),
+    );
+    const outcomes: Array<AdmitOutcome | undefined> = wanted.map((one) =>
+      services.has(one.service)
+        ? undefined
+        : { kind: 'unknown-service', message: `body/service: no service ${one.service}` },
+    );
+    const known = wanted.flatMap((one, index) => (outcomes[index] === undefined ? [{ ...one, index }] : []));
+    const refusals = await entitlementRefusals(trx, known);
+    for (const [i, one] of known.entries()) {
+      const refusal = refusals[i];
+      if (refusal !== undefined) {
+        outcomes[one.index] = { kind: 'not-entitled', message: refusal };
+      }
+    }
+    const admissible = known.filter((one) => outcomes[one.index] === undefined);
+    if (admissible.length > 0) {
+      await decideAndWrite(trx, admissible, services, outcomes);
+    }
+    return outcomes.map((outcome) => {
+      assert(outcome !== undefined);
+      return outcome;
+    });
+  };
+
+  const decideAndWrite = async (
+    trx: Kysely<Schema>,
+    admissible: ReadonlyArray<Wanted & { index: number }>,
+    services: ReadonlyMap<string, ServiceRow>,
+    outcomes: Array<AdmitOutcome | undefined>,
+  ) => {
+    const serviceOf = (name: string) => services.get(name) as ServiceRow;
+    const linkNames = [...new Set(admissible.map((one) => serviceOf(one.service).link))].sort();
+    const linkRows = await trx
+      .selectFrom('order_links')
+      .select(['name', 'capacity_bits', 'used_bits', 'policy'])
+      .where('name', 'in', linkNames)
+      .orderBy('name')
+      .$if(store.dialect === 'postgres', (query) => query.forUpdate())
+      .execute();
+    const links = new Map(
+      linkRows.map((row) => [
+        row.name,
+        {
+          capacity: Number(row.capacity_bits),
+          used: Number(row.used_bits),
+          usedBefore: Number(row.used_bits),
+          policy: row.policy as LinkPolicy,
+        },
+      ]),
+    );
+    for (const name of linkNames) {
+      assert(links.has(name), `order link ${name} of a service is missing`);
+    }
+    // Read under the locks: every change to these links' orders holds the same locks.
+    const boxes = [...new Set(admissible.map((one) => one.box))];
+    const existingRows = await trx
+      .selectFrom('orders')
+      .selectAll()
+      .where('state', '=', 'active')
+      .where('box', 'in', boxes)
+      .where('service', 'in', [...new Set(admissible.map((one) => one.service))])
+      .execute();
+    const held = new Map(existingRows.map((row) => [`${row.box}\n${row.service}`, row]));
+    const active = new Map(
+      (
+        await trx
+          .selectFrom('order_active')
+          .select(['service', 'link', 'bit_rate', 'priority', 'refcount'])
+          .where('link', 'in', linkNames)
+          .execute()
+      ).map((row) => [
+        row.service,
+        {
+          service: row.service,
+          link: row.link,
+          bitRate: Number(row.bit_rate),
+          priority: row.priority,
+          boxes: Number(row.refcount),
+          added: 0,
+          activatedHere: false,
+        },
+      ]),
+    );
+    const at = now();
+    const iso = new Date(at).toISOString();
+    const renewals = new Set<string>();
+    const inserts: OrderRow[] = [];
+    const dropped = new Set<string>();
+    const inUseOf = (link: string): InUse[] =>
+      [...active.values()]
+        .filter((row) => row.link === link)
+        .sort(
+          (a, b) => a.priority - b.priority || (a.service < b.service ? -1 : a.service > b.service ? 1 : 0),
+        )
+        .map(({ service, bitRate, priority, boxes: count }) => ({
+          service,
+          bitRate,
+          priority,
+          boxes: count,
+        }));
+
+    for (const { box, service: name, index } of admissible) {
+      const service = serviceOf(name);
+      const pair = `${box}\n${name}`;
+      const existing = held.get(pair);
       if (existing !== undefined) {
         // Ordering twice is one order; the second order renews its lease.
-        const renewed = { ...existing, renewed_at: iso, expires_at_ms: at + options.leaseMs };
-        await trx
-          .updateTable('orders')
-          .set({ renewed_at: iso, expires_at_ms: at + options.leaseMs })
-          .where('id', '=', existing.id)
-          .execute();
-        return {
+        existing.renewed_at = iso;
+        existing.expires_at_ms = at + options.leaseMs;
+        if (!inserts.includes(existing)) {
+          renewals.add(existing.id);
+        }
+        outcomes[index] = {
           kind: 'ordered',
-          order: presentOrder(renewed, false),
+          order: presentOrder(existing, false),
           created: false,
           activated: false,
           preempted: [],
         };
+        continue;
       }
-      const active = await trx
-        .selectFrom('order_active')
-        .select('refcount')
-        .where('service', '=', service.name)
-        .executeTakeFirst();
+      const link = links.get(service.link);
+      assert(link !== undefined);
+      const current = active.get(name);
       const preempted: string[] = [];
-      if (active !== undefined) {
-        await trx
-          .updateTable('order_active')
-          .set((eb) => ({ refcount: eb('refcount', '+', 1) }))
-          .where('service', '=', service.name)
-          .execute();
+      if (current !== undefined) {
+        current.boxes += 1;
+        current.added += 1;
       } else {
-        const capacity = Number(link.capacity_bits);
-        const used = Number(link.used_bits);
-        if (used + service.bit_rate > capacity) {
-          const current = await inUse(trx, service.link);
+        if (link.used + service.bit_rate > link.capacity) {
+          const inUse = inUseOf(service.link);
           const victims =
-            (link.policy as LinkPolicy) === 'preempt'
-              ? chooseVictims(current, service, capacity - used)
-              : undefined;
+            link.policy === 'preempt' ? chooseVictims(inUse, service, link.capacity - link.used) : undefined;
           if (victims === undefined) {
-            return {
+            outcomes[index] = {
               kind: 'capacity-full',
-              message: `link ${service.link} cannot carry ${service.name} (${service.bit_rate} bit/s): ${used} of ${capacity} bit/s in use`,
+              message: `link ${service.link} cannot carry ${name} (${service.bit_rate} bit/s): ${link.used} of ${link.capacity} bit/s in use`,
               link: service.link,
-              capacity,
-              used,
+              capacity: link.capacity,
+              used: link.used,
               requested: service.bit_rate,
-              inUse: current,
+              inUse,
             };
+            continue;
           }
           for (const victim of victims) {
-            await dropService(trx, victim.service, service.link, victim.bitRate);
+            dropService(victim.service, iso, { active, held, inserts, dropped });
+            link.used -= victim.bitRate;
             preempted.push(victim.service);
           }
         }
-        await trx
-          .insertInto('order_active')
-          .values({
-            service: service.name,
-            link: service.link,
-            refcount: 1,
-            bit_rate: service.bit_rate,
-            priority: service.priority,
-            activated_at: iso,
-          })
-          .execute();
-        await trx
-          .updateTable('order_links')
-          .set((eb) => ({
-            used_bits: eb('used_bits', '+', service.bit_rate),
-            version: eb('version', '+', 1),
-          }))
-          .where('name', '=', service.link)
-          .execute();
+        active.set(name, {
+          service: name,
+          link: service.link,
+          bitRate: service.bit_rate,
+          priority: service.priority,
+          boxes: 1,
+          added: 1,
+          activatedHere: true,
+        });
+        link.used += service.bit_rate;
       }
       const row: OrderRow = {
         id: randomUUID(),
         box,
-        service: service.name,
+        service: name,
         link: service.link,
         state: 'active',
         created_at: iso,
@@ -275,79 +434,275 @@ export function createOrderBook(store: Store, options: OrderBookOptions): OrderB
         // A subscription is charged per month by the billing run, not per order.
         charged: service.price === 'subscription' ? 1 : 0,
       };
-      await trx.insertInto('orders').values(row).execute();
-      return {
+      inserts.push(row);
+      held.set(pair, row);
+      outcomes[index] = {
         kind: 'ordered',
         order: presentOrder(row, true),
         created: true,
-        activated: active === undefined,
+        activated: current === undefined,
         preempted,
       };
-    });
+    }
+    await writeDecisions(trx, { at, iso, renewals, dropped, active, links, inserts });
+  };
 
-  /** Ends one active order (cancel or expiry) with its link locked; the ended row, or the row as it is. */
-  const end = (id: string, box: string | undefined, state: OrderState, endedAtMs?: number) =>
-    store.writeTransaction(async (trx) => {
-      const first = await trx.selectFrom('orders').selectAll().where('id', '=', id).executeTakeFirst();
-      if (first === undefined || (box !== undefined && first.box !== box)) {
-        return { row: undefined, changedLink: undefined };
+  /** Takes a pre-empted service off the in-memory state: its orders (held or new) end as preempted. */
+  const dropService = (
+    service: string,
+    iso: string,
+    state: {
+      active: Map<string, { activatedHere: boolean }>;
+      held: Map<string, OrderRow>;
+      inserts: OrderRow[];
+      dropped: Set<string>;
+    },
+  ) => {
+    const was = state.active.get(service);
+    state.active.delete(service);
+    if (was !== undefined && !was.activatedHere) {
+      state.dropped.add(service); // active before this batch: its stored orders and refcount go
+    }
+    for (const [pair, row] of state.held) {
+      if (row.service === service) {
+        state.held.delete(pair);
       }
-      await lockLink(trx, first.link);
-      // Read again under the lock: another server may have ended it meanwhile.
-      const row = await trx.selectFrom('orders').selectAll().where('id', '=', id).executeTakeFirstOrThrow();
-      if (row.state !== 'active' || (state === 'expired' && Number(row.expires_at_ms) >= now())) {
-        return { row, changedLink: undefined };
+    }
+    for (const row of state.inserts) {
+      if (row.service === service && row.state === 'active') {
+        row.state = 'preempted';
+        row.ended_at = iso;
       }
-      const endedAt = new Date(endedAtMs ?? now()).toISOString();
-      await trx.updateTable('orders').set({ state, ended_at: endedAt }).where('id', '=', id).execute();
-      const active = await trx
-        .selectFrom('order_active')
-        .select(['refcount', 'bit_rate'])
-        .where('service', '=', row.service)
-        .executeTakeFirstOrThrow();
-      let changedLink: string | undefined;
-      if (Number(active.refcount) > 1) {
-        await trx
-          .updateTable('order_active')
-          .set((eb) => ({ refcount: eb('refcount', '-', 1) }))
-          .where('service', '=', row.service)
-          .execute();
-      } else {
-        await trx.deleteFrom('order_active').where('service', '=', row.service).execute();
+    }
+  };
+
+  /** Writes what a batch decided: a handful of statements, whatever the batch's size. */
+  const writeDecisions = async (
+    trx: Kysely<Schema>,
+    decided: {
+      at: number;
+      iso: string;
+      renewals: Set<string>;
+      dropped: Set<string>;
+      active: Map<
+        string,
+        {
+          service: string;
+          link: string;
+          bitRate: number;
+          priority: number;
+          added: number;
+          activatedHere: boolean;
+        }
+      >;
+      links: Map<string, { used: number; usedBefore: number }>;
+      inserts: OrderRow[];
+    },
+  ) => {
+    const { at, iso } = decided;
+    if (decided.renewals.size > 0) {
+      await trx
+        .updateTable('orders')
+        .set({ renewed_at: iso, expires_at_ms: at + options.leaseMs })
+        .where('id', 'in', [...decided.renewals])
+        .execute();
+    }
+    if (decided.dropped.size > 0) {
+      const services = [...decided.dropped];
+      await trx
+        .updateTable('orders')
+        .set({ state: 'preempted', ended_at: iso })
+        .where('service', 'in', services)
+        .where('state', '=', 'active')
+        .execute();
+      await trx.deleteFrom('order_active').where('service', 'in', services).execute();
+    }
+    const refcounts = [...decided.active.values()].filter((row) => row.added > 0);
+    if (refcounts.length > 0) {
+      // New services are inserted with their count; active ones gain theirs (the conflict).
+      await trx
+        .insertInto('order_active')
+        .values(
+          refcounts.map((row) => ({
+            service: row.service,
+            link: row.link,
+            refcount: row.added,
+            bit_rate: row.bitRate,
+            priority: row.priority,
+            activated_at: iso,
+          })),
+        )
+        .onConflict((conflict) =>
+          conflict.column('service').doUpdateSet((eb) => ({
+            refcount: eb('order_active.refcount', '+', eb.ref('excluded.refcount')),
+          })),
+        )
+        .execute();
+    }
+    for (const [name, link] of decided.links) {
+      if (link.used !== link.usedBefore) {
         await trx
           .updateTable('order_links')
           .set((eb) => ({
-            used_bits: eb('used_bits', '-', Number(active.bit_rate)),
+            used_bits: eb('used_bits', '+', link.used - link.usedBefore),
             version: eb('version', '+', 1),
           }))
-          .where('name', '=', row.link)
+          .where('name', '=', name)
           .execute();
-        changedLink = row.link;
       }
-      return { row: { ...row, state, ended_at: endedAt }, changedLink };
+    }
+    if (decided.inserts.length > 0) {
+      await trx.insertInto('orders').values(decided.inserts).execute();
+    }
+  };
+
+  const admit = createBatchCommitter(store, groupCommitMax, admitBatch);
+
+  /**
+   * Ends a batch of active orders (cancels, expiries) in one transaction with a few set-based
+   * statements: read the orders, lock their links (in name order), read them again under the locks,
+   * decide each in arrival order, then write the ended orders, the refcounts that fall, the services
+   * that end and one capacity update per link. Each result is the ended row, or the row as it is.
+   */
+  const endBatch = async (trx: Kysely<Schema>, items: readonly Ending[]): Promise<Ended[]> => {
+    const ids = [...new Set(items.map((item) => item.id))];
+    const first = await trx.selectFrom('orders').select(['id', 'link']).where('id', 'in', ids).execute();
+    const linkNames = [...new Set(first.map((row) => row.link))].sort();
+    if (linkNames.length === 0) {
+      return items.map(() => ({ row: undefined, changedLink: undefined }));
+    }
+    const links = new Map(
+      (
+        await trx
+          .selectFrom('order_links')
+          .select(['name', 'used_bits'])
+          .where('name', 'in', linkNames)
+          .orderBy('name')
+          .$if(store.dialect === 'postgres', (query) => query.forUpdate())
+          .execute()
+      ).map((row) => [row.name, { freed: 0 }]),
+    );
+    // Read again under the locks: another server may have ended some meanwhile.
+    const rows = new Map(
+      (await trx.selectFrom('orders').selectAll().where('id', 'in', ids).execute()).map((row) => [
+        row.id,
+        row,
+      ]),
+    );
+    const services = [...new Set([...rows.values()].map((row) => row.service))];
+    const active = new Map(
+      (
+        await trx
+          .selectFrom('order_active')
+          .select(['service', 'refcount', 'bit_rate'])
+          .where('service', 'in', services)
+          .execute()
+      ).map((row) => [
+        row.service,
+        { boxes: Number(row.refcount), removed: 0, bitRate: Number(row.bit_rate) },
+      ]),
+    );
+    const ended = new Map<string, OrderRow[]>(); // by state and end time: one update each
+    const results = items.map(({ id, box, state, endedAtMs }): Ended => {
+      const row = rows.get(id);
+      if (row === undefined || (box !== undefined && row.box !== box)) {
+        return { row: undefined, changedLink: undefined };
+      }
+      if (row.state !== 'active' || (state === 'expired' && Number(row.expires_at_ms) >= now())) {
+        return { row: { ...row }, changedLink: undefined };
+      }
+      row.state = state;
+      row.ended_at = new Date(endedAtMs ?? now()).toISOString();
+      const key = `${state}\n${row.ended_at}`;
+      ended.set(key, [...(ended.get(key) ?? []), row]);
+      const service = active.get(row.service);
+      assert(service !== undefined, `active order ${row.id} without its active service`);
+      service.boxes -= 1;
+      service.removed += 1;
+      if (service.boxes > 0) {
+        return { row: { ...row }, changedLink: undefined };
+      }
+      const link = links.get(row.link);
+      assert(link !== undefined);
+      link.freed += service.bitRate;
+      return { row: { ...row }, changedLink: row.link };
     });
+    await writeEndings(trx, ended, active, links);
+    return results;
+  };
+
+  /** Writes what endBatch decided. */
+  const writeEndings = async (
+    trx: Kysely<Schema>,
+    ended: Map<string, OrderRow[]>,
+    active: Map<string, { boxes: number; removed: number }>,
+    links: Map<string, { freed: number }>,
+  ) => {
+    for (const group of ended.values()) {
+      const { state, ended_at } = group[0] as OrderRow;
+      await trx
+        .updateTable('orders')
+        .set({ state, ended_at })
+        .where(
+          'id',
+          'in',
+          group.map((row) => row.id),
+        )
+        .execute();
+    }
+    const gone = [...active].filter(([, service]) => service.removed > 0 && service.boxes === 0);
+    const fewer = [...active].filter(([, service]) => service.removed > 0 && service.boxes > 0);
+    if (gone.length > 0) {
+      await trx
+        .deleteFrom('order_active')
+        .where(
+          'service',
+          'in',
+          gone.map(([name]) => name),
+        )
+        .execute();
+    }
+    if (fewer.length > 0) {
+      await trx
+        .updateTable('order_active')
+        // Each service loses the boxes that left it: one statement with a CASE over the services.
+        .set((eb) => ({
+          refcount: eb(
+            'refcount',
+            '-',
+            sql<number>`case ${sql.join(
+              fewer.map(([name, service]) => sql`when service = ${name} then ${sql.lit(service.removed)}`),
+              sql` `,
+            )} else 0 end`,
+          ),
+        }))
+        .where(
+          'service',
+          'in',
+          fewer.map(([name]) => name),
+        )
+        .execute();
+    }
+    for (const [name, link] of links) {
+      if (link.freed > 0) {
+        await trx
+          .updateTable('order_links')
+          .set((eb) => ({ used_bits: eb('used_bits', '-', link.freed), version: eb('version', '+', 1) }))
+          .where('name', '=', name)
+          .execute();
+      }
+    }
+  };
+
+  const endInBatch = createBatchCommitter(store, groupCommitMax, endBatch);
+  const end = (id: string, box: string | undefined, state: OrderState, endedAtMs?: number) =>
+    endInBatch({ id, box, state, ...(endedAtMs === undefined ? {} : { endedAtMs }) });
 
   return {
-    async order(box, serviceName) {
-      const service = await store.db
-        .selectFrom('order_services')
-        .select(['name', 'link', 'bit_rate', 'priority', 'price'])
-        .where('name', '=', serviceName)
-        .executeTakeFirst();
-      if (service === undefined) {
-        return { kind: 'unknown-service', message: `body/service: no service ${serviceName}` };
-      }
-      const refusal = await entitled(box, serviceName);
-      if (refusal !== undefined) {
-        return { kind: 'not-entitled', message: refusal };
-      }
-      const outcome = await admit(box, {
-        ...service,
-        bit_rate: Number(service.bit_rate),
-        price: service.price as OrderPrice,
-      });
+    async order(box, service) {
+      const outcome = await admit({ box, service });
       if (outcome.kind === 'ordered' && outcome.activated) {
-        changed([service.link]);
+        changed([outcome.order.link]);
       }
       return outcome;
     },
@@ -393,9 +748,12 @@ export function createOrderBook(store: Store, options: OrderBookOptions): OrderB
         .execute();
       const links = new Set<string>();
       let count = 0;
-      for (const order of due) {
-        // A renewal may have come in meanwhile: end checks the lease again under the lock.
-        const { row, changedLink } = await end(order.id, undefined, 'expired', Number(order.expires_at_ms));
+      // All at once: they share group commits. A renewal may have come in meanwhile: end checks
+      // the lease again under the lock.
+      const ended = await Promise.all(
+        due.map((order) => end(order.id, undefined, 'expired', Number(order.expires_at_ms))),
+      );
+      for (const { row, changedLink } of ended) {
         if (row?.state === 'expired') {
           count += 1;
         }

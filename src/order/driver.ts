@@ -24,9 +24,19 @@ export interface ReconcileReport {
   readonly errors: string[];
 }
 
+/** How a reconcile may learn what the router carries. */
+export interface ReconcileOptions {
+  /**
+   * Ask the router first (a drift check, the first reconcile, or after an error). When false, a
+   * driver may start from what it saw and did itself since it last asked: what changed is the
+   * store, not the router, and the next drift check asks again.
+   */
+  readonly fresh: boolean;
+}
+
 /** Keeps one router equal to what its link should carry. */
 export interface RouterDriver {
-  reconcile(wanted: readonly RouteWanted[]): Promise<ReconcileReport>;
+  reconcile(wanted: readonly RouteWanted[], options?: ReconcileOptions): Promise<ReconcileReport>;
   close(): Promise<void>;
 }
 
@@ -138,18 +148,17 @@ export function startLinkDrivers(options: LinkDriversOptions): LinkDrivers {
       driven.set(link.name, current);
     }
     const at = now();
-    const due =
-      poked.delete(link.name) ||
-      current.version !== link.version ||
-      current.failing ||
-      at - current.checkedAt >= driftCheckMs;
+    const fresh = current.failing || at - current.checkedAt >= driftCheckMs;
+    const due = poked.delete(link.name) || current.version !== link.version || fresh;
     if (!due) {
       return;
     }
     const wanted = await options.book.desired(link.name);
-    const report = await current.driver.reconcile(wanted);
+    const report = await current.driver.reconcile(wanted, { fresh });
     current.version = link.version;
-    current.checkedAt = at;
+    if (fresh) {
+      current.checkedAt = at; // the drift check's clock runs from the last time the router was asked
+    }
     current.failing = report.errors.length > 0;
     if (report.added.length > 0 || report.removed.length > 0 || report.errors.length > 0) {
       options.onReport?.(link.name, report);

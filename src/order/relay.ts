@@ -6,6 +6,7 @@
  */
 import { createSocket, type Socket } from 'node:dgram';
 import { isIPv6 } from 'node:net';
+import { receiveBufferBytesDefault, sendBufferBytesDefault } from '../limits.js';
 import type { RouteWanted } from './book.js';
 import type { ReconcileReport, RouterDriver } from './driver.js';
 import { groupAddress } from './smcroute.js';
@@ -45,8 +46,10 @@ export function createRelayDriver(settings: RelaySettings): RouterDriver & { cou
     const family = isIPv6(group) ? 'udp6' : 'udp4';
     const toGroup = route.relayTo === null ? group : groupAddress(route.relayTo);
     const toPort = route.relayTo === null ? route.port : portOf(route.relayTo);
-    const input = createSocket({ type: family, reuseAddr: true });
-    const output = createSocket({ type: family });
+    // Large buffers: a relay is one event loop shared with the order API, and a burst of datagrams
+    // that arrives while it answers a request must wait in the kernel, not be dropped there.
+    const input = createSocket({ type: family, reuseAddr: true, recvBufferSize: receiveBufferBytesDefault });
+    const output = createSocket({ type: family, sendBufferSize: sendBufferBytesDefault });
     await new Promise<void>((resolve, reject) => {
       input.once('error', reject);
       input.bind(route.port, family === 'udp4' ? '0.0.0.0' : '::', () => {

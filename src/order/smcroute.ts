@@ -9,7 +9,7 @@
 import { execFile } from 'node:child_process';
 import { smcroutectlTimeoutMs } from '../limits.js';
 import type { RouteWanted } from './book.js';
-import type { ReconcileReport, RouterDriver } from './driver.js';
+import type { ReconcileOptions, ReconcileReport, RouterDriver } from './driver.js';
 
 /** Settings of one smcrouted. */
 export interface SmcrouteSettings {
@@ -82,6 +82,8 @@ const routeKey = (source: string | null, group: string) => `${source ?? '*'},${g
 export function createSmcrouteDriver(settings: SmcrouteSettings): RouterDriver {
   let queue: Promise<unknown> = Promise.resolve();
   let closed = false;
+  /** What the router carries, as far as this driver knows: its last `show routes` and its own changes since. */
+  let seen: Map<string, ShownRoute> | undefined;
   /** Runs smcroutectl; one command at a time. */
   const control = (args: string[]): Promise<{ ok: boolean; output: string }> => {
     const run = () =>
@@ -111,7 +113,7 @@ export function createSmcrouteDriver(settings: SmcrouteSettings): RouterDriver {
     );
 
   return {
-    async reconcile(wanted: readonly RouteWanted[]): Promise<ReconcileReport> {
+    async reconcile(wanted: readonly RouteWanted[], options?: ReconcileOptions): Promise<ReconcileReport> {
       const report: { added: string[]; removed: string[]; errors: string[] } = {
         added: [],
         removed: [],
@@ -120,12 +122,19 @@ export function createSmcrouteDriver(settings: SmcrouteSettings): RouterDriver {
       if (closed) {
         return report;
       }
-      const shown = await show();
-      if (typeof shown === 'string') {
-        report.errors.push(shown);
-        return report;
+      // Between drift checks, start from what the last `show routes` said and this driver did since:
+      // one smcroutectl round trip less between an order and its route.
+      let actual = options?.fresh === false ? seen : undefined;
+      if (actual === undefined) {
+        const shown = await show();
+        if (typeof shown === 'string') {
+          seen = undefined;
+          report.errors.push(shown);
+          return report;
+        }
+        actual = carried(shown);
       }
-      const actual = carried(shown);
+      seen = new Map(actual);
       const desired = new Map(
         wanted.map((route) => [
           routeKey(route.source, route.group),
@@ -145,6 +154,7 @@ export function createSmcrouteDriver(settings: SmcrouteSettings): RouterDriver {
           route.group,
         ]);
         if (removed.ok) {
+          seen.delete(key);
           report.removed.push(key);
         } else {
           report.errors.push(`remove ${key}: ${removed.output}`);
@@ -168,7 +178,8 @@ export function createSmcrouteDriver(settings: SmcrouteSettings): RouterDriver {
         }
         // Exit 0 is not proof: check that the route is there with the link's interface.
         const check = await show();
-        const installed = typeof check === 'string' ? undefined : carried(check).get(key);
+        seen = typeof check === 'string' ? undefined : carried(check);
+        const installed = seen?.get(key);
         if (installed?.outbound.includes(settings.outbound) === true) {
           report.added.push(key);
         } else {

@@ -5,7 +5,7 @@ import { createOrderBed, type OrderBed, type Started } from '../helpers/order-be
 import { gatecastBin, testbedSkip } from '../helpers/testbed.js';
 
 /** Polls until check holds (bounded), naming what was awaited when it does not. */
-async function until(what: string, check: () => boolean, timeoutMs = 15_000): Promise<void> {
+async function until(what: string, check: () => boolean, timeoutMs = 60_000): Promise<void> {
   const deadline = performance.now() + timeoutMs;
   while (!check()) {
     if (performance.now() > deadline) {
@@ -111,7 +111,7 @@ describe(
         ],
         { GATECAST_OPERATOR_TOKEN: operatorToken, GATECAST_TOKEN: operatorToken },
       );
-      await serve.waitFor(/serve: .* on http:/);
+      await serve.waitFor(/serve: .* on http:/, 60_000); // a loaded machine starts it slowly
       process.env.GATECAST_TOKEN = operatorToken; // admin in the router's namespace inherits it
       admin(
         'orders',

@@ -199,7 +199,7 @@ export function createOrderBed(groups: readonly string[]): OrderBed {
         }
       }),
     );
-    const waitFor = (pattern: RegExp, timeoutMs = 15_000) =>
+    const waitFor = (pattern: RegExp, timeoutMs = 60_000) =>
       new Promise<void>((resolve, reject) => {
         const check = () => {
           if (pattern.test(text)) {

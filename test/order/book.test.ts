@@ -1,7 +1,8 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { createOrderBook, type OrderBook } from '../../src/order/book.js';
-import { openStore, type Store } from '../../src/store/database.js';
+import type { Kysely } from 'kysely';
+import { createBatchCommitter, createOrderBook, type OrderBook } from '../../src/order/book.js';
+import { openStore, type Schema, type Store } from '../../src/store/database.js';
 import { onEveryStore, postgresSkip, startPostgres } from '../helpers/postgres.js';
 
 /** Makes a subscriber party with a channel entitlement (for all channels unless service given). */
@@ -247,6 +248,151 @@ function bookSuite(name: string, options: { skip?: string }, url: () => string, 
       assert.equal(await book.expire(), 1);
       assert.equal(await book.renew(sport.box, sport.id), 'ended');
       assert.equal((await linkState(store, 'sat')).used, 0);
+    });
+
+    it('group commit: 60 boxes ordering and cancelling at once are each admitted exactly once', async () => {
+      const boxes = Array.from({ length: 60 }, (_, i) => `gc${i}`);
+      for (const box of boxes) {
+        await makeBox(store, box);
+      }
+      // Everyone orders news twice and sport once, all at once: one order per box and service.
+      const outcomes = await Promise.all(
+        boxes.flatMap((box) => [book.order(box, 'news'), book.order(box, 'news'), book.order(box, 'sport')]),
+      );
+      assert.ok(outcomes.every((outcome) => outcome.kind === 'ordered'));
+      const created = outcomes.filter((outcome) => outcome.kind === 'ordered' && outcome.created);
+      assert.equal(created.length, 120);
+      let state = await linkState(store, 'sat');
+      assert.deepEqual(state.refcounts, { news: 60, sport: 60 });
+      assert.equal(state.used, 8_000_000);
+      // Half the boxes cancel everything at once.
+      await Promise.all(
+        created
+          .filter((_, i) => i % 2 === 0)
+          .map((outcome) =>
+            outcome.kind === 'ordered' ? book.cancel(outcome.order.box, outcome.order.id) : null,
+          ),
+      );
+      state = await linkState(store, 'sat');
+      assert.deepEqual(state.refcounts, state.counted);
+      assert.equal(
+        Object.values(state.counted).reduce((sum, n) => sum + n, 0),
+        60,
+      );
+      assert.equal(state.used, state.expectedUsed);
+      clock += 120_000;
+      assert.equal(await book.expire(), 60);
+      assert.deepEqual((await linkState(store, 'sat')).refcounts, {});
+      assert.equal((await linkState(store, 'sat')).used, 0);
+    });
+
+    it('a batch of orders arriving at once gets each its own answer, as one after another would', async () => {
+      await makeLink(store, 'batch-sat', 10_000_000, 'reject', [
+        { name: 'bnews', rate: 4_000_000, group: '239.77.1.1' },
+        { name: 'bsport', rate: 4_000_000, group: '239.77.1.2' },
+        { name: 'bfilm', rate: 4_000_000, group: '239.77.1.3' },
+      ]);
+      const outcomes = await Promise.all([
+        book.order('b1', 'bnews'),
+        book.order('b1', 'bnews'), // the same box and service again: the same order
+        book.order('b2', 'no-such-service'),
+        book.order('only-news', 'bsport'), // entitled to news only
+        book.order('b2', 'bsport'),
+        book.order('b3', 'bfilm'), // the link is full by now
+      ]);
+      assert.deepEqual(
+        outcomes.map((outcome) => outcome.kind),
+        ['ordered', 'ordered', 'unknown-service', 'not-entitled', 'ordered', 'capacity-full'],
+      );
+      const [first, again, , , , full] = outcomes;
+      assert.ok(first?.kind === 'ordered' && again?.kind === 'ordered');
+      assert.equal(first.created, true);
+      assert.equal(again.created, false);
+      assert.equal(again.order.id, first.order.id);
+      assert.ok(full?.kind === 'capacity-full');
+      assert.equal(full.used, 8_000_000);
+      assert.deepEqual(
+        full.inUse.map((row) => [row.service, row.boxes]),
+        [
+          ['bnews', 1],
+          ['bsport', 1],
+        ],
+      );
+      const state = await linkState(store, 'batch-sat');
+      assert.deepEqual(state.refcounts, { bnews: 1, bsport: 1 });
+      assert.deepEqual(state.counted, state.refcounts);
+      assert.equal(state.used, 8_000_000);
+    });
+
+    it('a batch that activates a low priority service and then needs its room pre-empts it', async () => {
+      await makeLink(store, 'batch-cable', 10_000_000, 'preempt', [
+        { name: 'blow', rate: 6_000_000, priority: 1, group: '239.77.2.1' },
+        { name: 'bmid', rate: 4_000_000, priority: 5, group: '239.77.2.2' },
+        { name: 'bhigh', rate: 6_000_000, priority: 9, group: '239.77.2.3' },
+      ]);
+      const [low, mid, high] = await Promise.all([
+        book.order('b1', 'blow'),
+        book.order('b2', 'bmid'),
+        book.order('b3', 'bhigh'),
+      ]);
+      assert.ok(low?.kind === 'ordered' && mid?.kind === 'ordered' && high?.kind === 'ordered');
+      assert.deepEqual(high.preempted, ['blow']);
+      const stored = await store.db
+        .selectFrom('orders')
+        .select('state')
+        .where('id', '=', low.order.id)
+        .executeTakeFirstOrThrow();
+      assert.equal(stored.state, 'preempted');
+      const state = await linkState(store, 'batch-cable');
+      assert.deepEqual(state.refcounts, { bhigh: 1, bmid: 1 });
+      assert.deepEqual(state.counted, state.refcounts);
+      assert.equal(state.used, 10_000_000);
+    });
+
+    it('group commit: a request that fails fails alone; the others in its batch are written', async () => {
+      const commit = createBatchCommitter(
+        store,
+        16,
+        async (trx: Kysely<Schema>, names: readonly string[]) => {
+          if (names.includes('step-fail')) {
+            throw new Error('a failing request');
+          }
+          await trx
+            .insertInto('parties')
+            .values(
+              names.map((name) => ({
+                id: name,
+                kind: 'subscriber',
+                name,
+                token_hash: `hash-${name}`,
+                created_at: 'now',
+              })),
+            )
+            .execute();
+          return names.map((name) => name);
+        },
+      );
+      const results = await Promise.allSettled([
+        commit('step-a'),
+        commit('step-a'), // the same id again: a constraint fails this request only
+        commit('step-b'),
+        commit('step-fail'),
+        commit('step-c'),
+      ]);
+      assert.deepEqual(
+        results.map((result) => result.status),
+        ['fulfilled', 'rejected', 'fulfilled', 'rejected', 'fulfilled'],
+      );
+      const written = await store.db
+        .selectFrom('parties')
+        .select('id')
+        .where('id', 'like', 'step-%')
+        .orderBy('id')
+        .execute();
+      assert.deepEqual(
+        written.map((row) => row.id),
+        ['step-a', 'step-b', 'step-c'],
+      );
     });
   });
 }
