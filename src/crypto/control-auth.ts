@@ -132,7 +132,8 @@ export type AuthFailure =
   | 'before-start'
   | 'replayed'
   | 'reply-mismatch'
-  | 'wrong-endpoint';
+  | 'wrong-endpoint'
+  | 'own-message';
 
 /**
  * The counters accepted from one sender on one path: the highest, and a bitmap of the window below
@@ -252,6 +253,9 @@ export class ControlVerifier {
     }
     if (auth.targetId !== 0 && auth.targetId !== this.ownId) {
       return 'wrong-target'; // meant for another server, or for this one before a restart
+    }
+    if (auth.senderId === this.ownId) {
+      return 'own-message'; // our own message sent back to us (looped, or replayed): never answered
     }
     const nowUs = this.#clock.wallUs();
     if (Math.abs(timestampUs - nowUs) > replayFreshnessMs * 1000) {

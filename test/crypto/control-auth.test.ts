@@ -410,6 +410,13 @@ describe('control channel: answers go only to the authenticated address', () => 
     );
   });
 
+  it('our own message sent back to us (a fetch replayed from our own address) is refused: no answer to ourselves', () => {
+    const { repair } = pair();
+    const packet = repair.seal(nack(), retransmitAt);
+    assert.equal(offer(repair, packet, repairAt, decodeNack), 'own-message');
+    assert.equal(repair.targetIdOf(repairAt), 0, 'nothing learned');
+  });
+
   it('a NACK naming no target gets an introduction smaller than itself, which teaches the id', () => {
     const { repair, retransmit } = pair();
     const first = repair.seal(nack(), retransmitAt);
