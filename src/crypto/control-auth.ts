@@ -521,7 +521,10 @@ export class ControlChannel {
   /**
    * Remembers which sender id speaks for an endpoint. Another id replaces the one known only when
    * its message is newer, or when the known one has been silent for the freshness window — so a
-   * replayed message of a server's earlier life cannot undo what its current one taught us.
+   * replayed message of a server's earlier life cannot undo what its current one taught us — or
+   * when the known one is silent past controlPeerSilenceMsMax (we name no target and ask for an
+   * introduction) and the message is sealed for us: it comes from the peer's present life, even if
+   * the old one stamped later times (its clock was ahead before a restart; test/sim/found.md #7).
    */
   #learn(endpoint: PeerEndpoint, message: Sealed): void {
     const key = endpointKey(endpoint);
@@ -537,7 +540,8 @@ export class ControlChannel {
     } else if (
       known === undefined ||
       message.timestampUs > known.timestampUs ||
-      nowMs - known.heardAtMs > replayFreshnessMs
+      nowMs - known.heardAtMs > replayFreshnessMs ||
+      (message.auth.targetId === this.senderId && nowMs - known.heardAtMs > controlPeerSilenceMsMax)
     ) {
       this.#learned.set(key, { senderId, timestampUs: message.timestampUs, heardAtMs: nowMs });
     }

@@ -15,6 +15,9 @@ export const ciSeeds: readonly number[] = [
   1077,
   1131,
   1157,
+  3061,
+  3124,
+  3261,
 ];
 
 /** The found.md entry a failure belongs to, or undefined for a new one. */
