@@ -40,8 +40,5 @@ export function knownFault(result: ScenarioResult): string | undefined {
   if (violation.invariant === 'held-not-unrecoverable' && descriptorReplayed) {
     return 'found.md 2: an ended run is taken up again from a replayed DESCRIPTOR';
   }
-  if (violation.invariant === 'liveness' && /^late\d/.test(violation.details)) {
-    return 'found.md 9: a receiver started at a restart of the source misses the end of the new run';
-  }
   return undefined;
 }
