@@ -66,6 +66,7 @@ import {
 } from '../protocol/session-window.js';
 import { repairFixedBytes } from '../protocol/sizes.js';
 import { type NackEvent, NackScheduler } from './nack-scheduler.js';
+import { createReorderEmitter, type EmitterEvent } from './reorder-emitter.js';
 import { ServerRanking } from './server-ranking.js';
 
 /** Settings of a repair server. */
@@ -355,10 +356,33 @@ export async function startRepairServer(
     }
   };
 
-  const send = (datagram: Buffer) => {
-    emitter.send(datagram, datagram.length);
-    counters.emitted++;
+  /** What the reorder/emitter did: counted, and its gaps passed or asked for. */
+  const onEmitterEvent = (event: EmitterEvent<Run>) => {
+    switch (event.type) {
+      case 'emitted':
+        counters.emitted++;
+        return;
+      case 'ask':
+        addMissing(event.run, event.sequence);
+        return;
+      case 'passed':
+        passGap(event.run)(event.sequence);
+        return;
+      case 'complete':
+        finishRun(event.run, 'complete');
+        return;
+    }
   };
+  const reorder = createReorderEmitter<Run>({
+    clock,
+    transport: { send: (datagram) => emitter.send(datagram, datagram.length) },
+    setTimeout: (fn, delayMs) => timers.setTimeout(fn, delayMs),
+    latencyMs: settings.latencyMs,
+    endGraceMs: endGraceMsDefault,
+    events: onEmitterEvent,
+  });
+  /** Sends a DATA datagram of the run on S2, in order. */
+  const send = (current: Run) => (datagram: Buffer) => reorder.send(current, datagram);
 
   /** Accepts a DATA datagram of the current run, from S1 or from a REPAIR. */
   const acceptData = (current: Run, datagram: Buffer, packet: DataPacket, repaired: boolean) => {
@@ -390,7 +414,7 @@ export async function startRepairServer(
         return;
       case 'resync': {
         counters.beyondWindow++;
-        const jumped = current.window.resync(send, passGap(current));
+        const jumped = current.window.resync(send(current), passGap(current));
         counters.unrecoverable += jumped;
         current.nacks.clear(false);
         current.frontier = current.window.base;
@@ -428,59 +452,12 @@ export async function startRepairServer(
   };
 
   /** Gives up the gap at the delivery point (the hold is full) and emits what follows it. */
-  const forcePassOldest = (current: Run) => {
-    const { window } = current;
-    if (!window.has(window.base) && window.outstanding > 0) {
-      passGap(current)(window.base);
-      window.skip();
-    }
-    emit();
-  };
+  const forcePassOldest = (current: Run) => reorder.forcePassOldest(current);
 
-  /** Re-emits in order on S2 what is there; passes gaps only when given up. */
+  /** Re-emits the current run in order on S2 (src/repair/reorder-emitter.ts). */
   function emit(): void {
-    const current = run;
-    if (current === undefined) {
-      return;
-    }
-    const { window } = current;
-    const now = clock.nowMs();
-    for (;;) {
-      if (current.endSequence !== undefined && window.base === current.endSequence) {
-        current.endTimer ??= timers.setTimeout(() => {
-          if (current.endSequence !== undefined && current.window.base === current.endSequence) {
-            finishRun(current, 'complete');
-          }
-        }, endGraceMsDefault);
-        return;
-      }
-      const datagram = window.take();
-      if (datagram !== undefined) {
-        send(datagram);
-        continue;
-      }
-      if (window.outstanding === 0) {
-        return;
-      }
-      const entry = current.nacks.state(window.base);
-      if (entry === undefined) {
-        // Known from S1 to exist and not here: ask for it. Only REPAIRs beyond it (for other
-        // servers' gaps): it may still be waiting in our S1 socket, so wait for S1 to tell.
-        if (sequenceDistance(window.base, current.frontier) > 0) {
-          addMissing(current, window.base);
-        }
-        return;
-      }
-      // Sequences known only from a HEARTBEAT (no DATA after them yet, no END) are never given
-      // up while the run is live: a forged HEARTBEAT must not make genuine DATA look old.
-      const evidenced = window.hasDataAfter(window.base) || current.endSequence !== undefined;
-      const overBudget = settings.latencyMs !== undefined && now - entry.firstMs >= settings.latencyMs;
-      if (evidenced && (entry.unrecoverable || overBudget)) {
-        passGap(current)(window.base);
-        window.skip();
-        continue;
-      }
-      return;
+    if (run !== undefined) {
+      reorder.emit(run);
     }
   }
 
@@ -491,7 +468,7 @@ export async function startRepairServer(
     }
     current.endTimer?.cancel();
     if (how === 'idle') {
-      current.window.drainToEnd(send, passGap(current));
+      current.window.drainToEnd(send(current), passGap(current));
       counters.sessionsIncomplete++;
     } else {
       const end = current.endDatagram;
