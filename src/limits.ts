@@ -234,6 +234,16 @@ export const repairHoldBytesMax = 128 * 1024 * 1024;
  * within this window (the other repair servers behind the same loss got it too). */
 export const repairSuppressMs = 50;
 
+/**
+ * Retransmit server with a repair group: how long a sequence repaired by multicast is remembered,
+ * and a first request for it (a NACK without the again flag) taken as crossed with that multicast:
+ * a repair server behind in reading S1 asked before it read the REPAIR already in its socket.
+ */
+export const repairMulticastRecentMs = 3000;
+
+/** Retransmit server with a repair group: sequences remembered as multicast lately (oldest forgotten first). */
+export const repairMulticastRememberedMax = 65_536;
+
 /** Repair controller: how long a grant lasts unless the agent renews it (`--lease`). */
 export const controllerLeaseMsDefault = 60_000;
 

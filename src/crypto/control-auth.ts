@@ -132,7 +132,8 @@ export type AuthFailure =
   | 'before-start'
   | 'replayed'
   | 'reply-mismatch'
-  | 'wrong-endpoint';
+  | 'wrong-endpoint'
+  | 'own-message';
 
 /**
  * The counters accepted from one sender on one path: the highest, and a bitmap of the window below
@@ -252,6 +253,9 @@ export class ControlVerifier {
     }
     if (auth.targetId !== 0 && auth.targetId !== this.ownId) {
       return 'wrong-target'; // meant for another server, or for this one before a restart
+    }
+    if (auth.senderId === this.ownId) {
+      return 'own-message'; // our own message sent back to us (looped, or replayed): never answered
     }
     const nowUs = this.#clock.wallUs();
     if (Math.abs(timestampUs - nowUs) > replayFreshnessMs * 1000) {
@@ -517,7 +521,10 @@ export class ControlChannel {
   /**
    * Remembers which sender id speaks for an endpoint. Another id replaces the one known only when
    * its message is newer, or when the known one has been silent for the freshness window — so a
-   * replayed message of a server's earlier life cannot undo what its current one taught us.
+   * replayed message of a server's earlier life cannot undo what its current one taught us — or
+   * when the known one is silent past controlPeerSilenceMsMax (we name no target and ask for an
+   * introduction) and the message is sealed for us: it comes from the peer's present life, even if
+   * the old one stamped later times (its clock was ahead before a restart; test/sim/found.md #7).
    */
   #learn(endpoint: PeerEndpoint, message: Sealed): void {
     const key = endpointKey(endpoint);
@@ -533,7 +540,8 @@ export class ControlChannel {
     } else if (
       known === undefined ||
       message.timestampUs > known.timestampUs ||
-      nowMs - known.heardAtMs > replayFreshnessMs
+      nowMs - known.heardAtMs > replayFreshnessMs ||
+      (message.auth.targetId === this.senderId && nowMs - known.heardAtMs > controlPeerSilenceMsMax)
     ) {
       this.#learned.set(key, { senderId, timestampUs: message.timestampUs, heardAtMs: nowMs });
     }

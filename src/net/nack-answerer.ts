@@ -9,7 +9,7 @@
  * It takes its clock, the channel that seals answers, the sockets it answers on and an event sink;
  * it keeps no state for a requester it has not authenticated (the caller accepts the NACK first).
  */
-import { repairSuppressMs } from '../limits.js';
+import { repairMulticastRecentMs, repairMulticastRememberedMax, repairSuppressMs } from '../limits.js';
 import {
   type Control,
   encodeRepair,
@@ -107,7 +107,10 @@ export class NackAnswerer {
     this.counters.nacksReceived++;
     const now = clock.nowMs();
     for (const [key, atMs] of this.#recentlyMulticast) {
-      if (now - atMs <= repairSuppressMs) {
+      if (
+        now - atMs <= repairMulticastRecentMs &&
+        this.#recentlyMulticast.size <= repairMulticastRememberedMax
+      ) {
         break;
       }
       this.#recentlyMulticast.delete(key);
@@ -163,8 +166,8 @@ export class NackAnswerer {
     fields: HeaderFields,
   ): boolean {
     const { channel, sockets } = this.#options;
-    const suppressKey = `${nack.sessionId}/${sequence}`;
-    if (sockets.multicast !== undefined && this.#recentlyMulticast.has(suppressKey)) {
+    const suppressKey = `${nack.sessionId}/${nack.incarnation}/${sequence}`;
+    if (sockets.multicast !== undefined && this.#crossed(nack, suppressKey, now)) {
       this.counters.suppressed++; // already multicast to every repair server behind the group
       return false;
     }
@@ -172,20 +175,36 @@ export class NackAnswerer {
       this.counters.rateLimited++;
       return false;
     }
-    // Unicast: for the requester; on the repair group: for every repair server (target 0).
+    // Unicast: for the requester (and always for a peer's fetch); on the repair group: for every
+    // repair server (target 0).
     const repair = encodeRepair(fields, original);
-    if (sockets.multicast === undefined) {
+    if (sockets.multicast === undefined || nack.peerFetch === true) {
       const reply = channel.sealReply(repair, nack);
       sockets.sendTo(reply, remote);
       this.counters.repairBytesSent += reply.length;
     } else {
       const reply = channel.seal(repair);
       sockets.multicast(reply);
+      this.#recentlyMulticast.delete(suppressKey); // most recent last
       this.#recentlyMulticast.set(suppressKey, now);
       this.counters.repairBytesSent += reply.length;
     }
     this.counters.repairsSent++;
     return true;
+  }
+
+  /**
+   * Whether a request for a sequence multicast lately is answered by that multicast (docs/protocol.md,
+   * "Repair group: one multicast per lost packet"): a first request within repairMulticastRecentMs
+   * crossed it (the requester will read it, or ask again with the again flag if it lost it); a
+   * request again within repairSuppressMs crossed it too. A peer's fetch is never suppressed.
+   */
+  #crossed(nack: Control<NackBody>, key: string, now: number): boolean {
+    const atMs = this.#recentlyMulticast.get(key);
+    if (atMs === undefined || nack.peerFetch === true) {
+      return false;
+    }
+    return now - atMs <= (nack.again === true ? repairSuppressMs : repairMulticastRecentMs);
   }
 
   /** Takes tokens for a repair to one requester; false when over its rate. */

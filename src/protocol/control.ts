@@ -132,11 +132,19 @@ function open(
 
 // ---------------------------------------------------------------------------------------------
 // NACK: reply endpoint (family u8, reserved u8, port u16, address[16]), rangeCount u16,
-// flags u16 (bit 0: peer fetch; the others reserved, zero), then per range: start u32, count u16,
+// flags u16 (bit 0: peer fetch; bit 1: again; the others reserved, zero), then per range: start u32, count u16,
 // reserved u16.
 
 /** NACK flag: sent by a retransmit server filling its own holes from a peer; never forwarded. */
 export const nackFlagPeerFetch = 0x0001;
+
+/**
+ * NACK flag: every sequence named was asked for before by this requester (its NACK timed out or was
+ * answered not held). Without it a NACK is a first request, which a retransmit server in
+ * repair-group mode does not answer for a sequence it multicast lately (docs/protocol.md, "Repair
+ * group: one multicast per lost packet").
+ */
+export const nackFlagAgain = 0x0002;
 
 /** A run of consecutive sequences. */
 export interface SequenceRange {
@@ -156,6 +164,8 @@ export interface NackBody {
    * peer answers from its own buffer only and never fetches in turn. Absent: false.
    */
   readonly peerFetch?: boolean | undefined;
+  /** Every sequence named was asked for before by this requester (nackFlagAgain). Absent: false. */
+  readonly again?: boolean | undefined;
 }
 const nackFixedBytes = endpointBytes + 4;
 const nackRangeBytes = 8;
@@ -166,7 +176,8 @@ export function encodeNack(fields: HeaderFields, body: NackBody): Buffer {
   const b = out.subarray(headerBytes);
   writeEndpoint(b, 0, body.replyTo);
   b.writeUInt16BE(body.ranges.length, endpointBytes);
-  b.writeUInt16BE(body.peerFetch === true ? nackFlagPeerFetch : 0, endpointBytes + 2);
+  const flags = (body.peerFetch === true ? nackFlagPeerFetch : 0) | (body.again === true ? nackFlagAgain : 0);
+  b.writeUInt16BE(flags, endpointBytes + 2);
   body.ranges.forEach((range, i) => {
     b.writeUInt32BE(range.start >>> 0, nackFixedBytes + i * nackRangeBytes);
     b.writeUInt16BE(range.count, nackFixedBytes + i * nackRangeBytes + 4);
@@ -193,7 +204,7 @@ export function decodeNack(buf: Buffer): DecodeResult<Control<NackBody>> {
   }
   const rangeCount = body.readUInt16BE(endpointBytes);
   const flags = body.readUInt16BE(endpointBytes + 2);
-  if ((flags & ~nackFlagPeerFetch) !== 0) {
+  if ((flags & ~(nackFlagPeerFetch | nackFlagAgain)) !== 0) {
     return invalid('reserved-not-zero', `NACK flags 0x${flags.toString(16)} are not defined`);
   }
   if (rangeCount === 0 || rangeCount > nackRangesMax) {
@@ -218,7 +229,8 @@ export function decodeNack(buf: Buffer): DecodeResult<Control<NackBody>> {
     ranges.push({ start: body.readUInt32BE(at), count });
   }
   const peerFetch = (flags & nackFlagPeerFetch) !== 0;
-  return valid({ ...opened.value.header, replyTo, ranges, peerFetch, auth: opened.value.auth });
+  const again = (flags & nackFlagAgain) !== 0;
+  return valid({ ...opened.value.header, replyTo, ranges, peerFetch, again, auth: opened.value.auth });
 }
 
 // ---------------------------------------------------------------------------------------------

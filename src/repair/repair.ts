@@ -19,13 +19,7 @@ import {
   endRepeatCount,
   endRepeatIntervalMs,
   feedbackTargetsMax,
-  liveServerWaitMsMax,
-  nackAttemptsMax,
   nackDelayMsMaxDefault,
-  nackRangePacketsMax,
-  nackRangesMax,
-  nackTimeoutMsInitial,
-  notHeldRetryMsInitial,
   pendingBytesMax,
   pendingPacketsMax,
   pendingRunsMax,
@@ -41,7 +35,7 @@ import {
 } from '../limits.js';
 import { type Endpoint, formatEndpoint } from '../net/address.js';
 import { OwnedTimers, type Runtime, systemRuntime, type Timer } from '../net/runtime.js';
-import { type TimerHandle, TimerWheel } from '../net/timer-wheel.js';
+import { TimerWheel } from '../net/timer-wheel.js';
 import {
   type ControlSocket,
   openReceiverSocket,
@@ -55,7 +49,6 @@ import {
   encodeFeedback,
   encodeNack,
   ListenState,
-  type SequenceRange,
 } from '../protocol/control.js';
 import {
   type DataPacket,
@@ -80,7 +73,9 @@ import {
   SessionWindow,
 } from '../protocol/session-window.js';
 import { repairFixedBytes } from '../protocol/sizes.js';
-import { type RankedServer as Server, ServerRanking } from './server-ranking.js';
+import { type NackEvent, NackScheduler } from './nack-scheduler.js';
+import { createReorderEmitter, type EmitterEvent } from './reorder-emitter.js';
+import { type RankedServer, ServerRanking } from './server-ranking.js';
 
 /** Settings of a repair server. */
 export interface RepairSettings {
@@ -112,20 +107,6 @@ export interface RepairSettings {
    * offers and KEY messages are forwarded on S2 (docs/protocol.md, "Signed sessions").
    */
   readonly sourcePublicKey?: KeyObject | undefined;
-}
-
-interface Missing {
-  readonly sequence: number;
-  readonly firstMs: number;
-  /** NACKs that went unanswered, or that a server answered "not held" when it had passed the packet. */
-  attempts: number;
-  /** "Not held" answers from servers not yet shown to have passed the packet (they may still get it). */
-  notYet: number;
-  tried: Set<string>;
-  server: Server | undefined;
-  sentAtMs: number;
-  timer: TimerHandle | undefined;
-  unrecoverable: boolean;
 }
 
 /** What the status endpoint shows. */
@@ -224,7 +205,8 @@ interface Run {
   readonly sessionId: number;
   readonly incarnation: number;
   readonly window: SessionWindow;
-  readonly missing: Map<number, Missing>;
+  /** Its gaps and their NACKs. */
+  readonly nacks: NackScheduler;
   endSequence: number | undefined;
   endDatagram: Buffer | undefined;
   /** Ends the run once the END's grace has passed with no DATA contradicting it. */
@@ -331,171 +313,69 @@ export async function startRepairServer(
     bytesMax: pendingBytesMax,
     runsMax: pendingRunsMax,
   });
-  const due = new Set<Missing>();
   /** Runs that ended here, most recent last (bounded): never taken up again. */
   const ended = new Set<string>();
-  let flushScheduled = false;
-
-  const timeoutFor = (server: Server, attempts: number): number => servers.timeoutFor(server, attempts);
-
-  const markDue = (entry: Missing) => {
-    entry.timer = undefined;
-    due.add(entry);
-    if (!flushScheduled) {
-      flushScheduled = true;
-      timers.defer(flushNacks);
+  /** What a run's NACK scheduler reports, in the counters and to the emitter. */
+  const onNackEvent = (event: NackEvent) => {
+    switch (event.type) {
+      case 'gap':
+        counters.gaps++;
+        if (settings.latencyMs !== undefined) {
+          wheel.schedule(settings.latencyMs, emit);
+        }
+        return;
+      case 'gap-withdrawn':
+        counters.gaps--;
+        return;
+      case 'nack-sent':
+        counters.nacksSent++;
+        counters.nackedPackets += event.packets;
+        return;
+      case 'timeout':
+        counters.timeouts++;
+        return;
+      case 'unrecoverable':
+        counters.unrecoverable += event.delta;
+        return;
+      case 'gave-up':
+        emit();
+        return;
     }
   };
 
-  const addMissing = (current: Run, sequence: number) => {
-    if (current.missing.has(sequence) || current.window.has(sequence)) {
-      return;
-    }
-    counters.gaps++;
-    const entry: Missing = {
-      sequence,
-      firstMs: clock.nowMs(),
-      attempts: 0,
-      notYet: 0,
-      tried: new Set(),
-      server: undefined,
-      sentAtMs: 0,
-      timer: undefined,
-      unrecoverable: false,
-    };
-    current.missing.set(sequence, entry);
-    entry.timer = wheel.schedule(runtime.random() * nackDelayMsMax, () => markDue(entry));
-    if (settings.latencyMs !== undefined) {
-      wheel.schedule(settings.latencyMs, emit);
-    }
-  };
-
-  const giveUp = (entry: Missing) => {
-    if (!entry.unrecoverable) {
-      entry.unrecoverable = true;
-      entry.timer?.cancel();
-      due.delete(entry);
-      counters.unrecoverable++;
-    }
-  };
-
-  /**
-   * A server answered that it does not hold a packet: ask the next one now. When every server has
-   * said so, wait a backoff and start another round (a server may still be receiving it). An answer
-   * counts toward giving up (nackAttemptsMax) only when the server had shown, in a message sealed
-   * before it, that it was past the packet: a server that is merely behind (busy, its data socket
-   * not read yet) has not lost it (docs/protocol.md, "REPAIR"). Unproven answers are bounded in
-   * time (liveServerWaitMsMax), so a server that never moves on cannot hold a gap forever.
-   */
-  const notHeld = (entry: Missing, server: Server, proven: boolean) => {
-    entry.timer?.cancel();
-    entry.timer = undefined;
-    entry.tried.add(server.key);
-    if (proven || clock.nowMs() - entry.firstMs > liveServerWaitMsMax) {
-      entry.attempts++;
-    } else {
-      entry.notYet++;
-    }
-    if (entry.attempts >= nackAttemptsMax) {
-      giveUp(entry);
-      return;
-    }
-    if (entry.tried.size >= servers.size) {
-      // Often the servers have simply not read the packet yet (their data and control sockets
-      // race): ask again soon, then back off — 5 ms, 10 ms, 20 ms … up to the timeout.
-      entry.tried.clear();
-      entry.server = undefined;
-      const rounds = entry.attempts + entry.notYet;
-      const retryMs = Math.min(timeoutFor(server, rounds), notHeldRetryMsInitial * 2 ** (rounds - 1));
-      entry.timer = wheel.schedule(retryMs, () => markDue(entry));
-      return;
-    }
-    markDue(entry);
-  };
-
-  const onTimeout = (entry: Missing) => {
-    entry.timer = undefined;
-    counters.timeouts++;
-    // A server heard from lately (it announces, it answers) is slow, not gone: on a busy host its
-    // answer may take longer than any timeout. Its silence counts toward giving up only after
-    // liveServerWaitMsMax; a silent one's at once.
-    const alive = entry.server !== undefined && channel.targetIdOf(entry.server.endpoint) !== 0;
-    if (entry.server !== undefined) {
-      entry.server.consecutiveTimeouts++;
-      entry.tried.add(entry.server.key);
-    }
-    if (alive && clock.nowMs() - entry.firstMs <= liveServerWaitMsMax) {
-      entry.notYet++;
-      markDue(entry);
-      return;
-    }
-    entry.attempts++;
-    if (entry.attempts >= nackAttemptsMax) {
-      giveUp(entry);
-      emit();
-      return;
-    }
-    markDue(entry);
-  };
-
-  /** Sends one NACK per server for every due gap, in ranges. */
-  function flushNacks(): void {
-    flushScheduled = false;
-    const current = run;
-    if (current === undefined) {
-      due.clear();
-      return;
-    }
-    const order = servers.ranked();
-    const byServer = new Map<Server, number[]>();
-    for (const entry of due) {
-      if (entry.unrecoverable || current.missing.get(entry.sequence) !== entry) {
-        continue;
-      }
-      let server = order.find((candidate) => !entry.tried.has(candidate.key));
-      if (server === undefined && order.length > 0) {
-        entry.tried.clear(); // every server was asked: start another round, with backoff
-        server = order[0];
-      }
-      if (server === undefined) {
-        entry.server = undefined;
-        entry.timer = wheel.schedule(nackTimeoutMsInitial, () => onTimeout(entry));
-        continue;
-      }
-      entry.server = server;
-      const list = byServer.get(server) ?? [];
-      list.push(entry.sequence);
-      byServer.set(server, list);
-    }
-    due.clear();
-    const now = clock.nowMs();
-    const base = current.window.base;
-    for (const [server, sequences] of byServer) {
-      sequences.sort((a, b) => sequenceDistance(base, a) - sequenceDistance(base, b));
-      for (const ranges of toRanges(sequences)) {
+  /** The NACK scheduler of a run: NACKs name the run and go sealed from our control socket. */
+  const nackSchedulerFor = (sessionId: number, incarnation: number, window: SessionWindow) =>
+    new NackScheduler({
+      nowMs: () => clock.nowMs(),
+      random: runtime.random,
+      schedule: (delayMs, fn) => wheel.schedule(delayMs, fn),
+      defer: (fn) => timers.defer(fn),
+      servers,
+      isAlive: (server) => channel.targetIdOf(server.endpoint) !== 0,
+      base: () => window.base,
+      nackDelayMsMax,
+      events: onNackEvent,
+      sendNack: (server, ranges, again) => {
         const fields: HeaderFields = {
-          sessionId: current.sessionId,
-          incarnation: current.incarnation,
+          sessionId,
+          incarnation,
           sequence: ranges[0]?.start ?? 0,
           timestampUs: clock.wallUs(),
         };
         // Sealed for the server's id once learned; REPAIRs may come only to our own control socket.
-        const nack = channel.seal(encodeNack(fields, { ranges, replyTo: control.local }), server.endpoint);
+        const nack = channel.seal(
+          encodeNack(fields, { ranges, replyTo: control.local, again }),
+          server.endpoint,
+        );
         control.send(nack, server.endpoint.port, server.endpoint.address);
-        counters.nacksSent++;
-      }
-      for (const sequence of sequences) {
-        const entry = current.missing.get(sequence);
-        if (entry !== undefined) {
-          counters.nackedPackets++;
-          entry.sentAtMs = now;
-          entry.timer = wheel.schedule(timeoutFor(server, entry.attempts + entry.notYet), () =>
-            onTimeout(entry),
-          );
-        }
-      }
+      },
+    });
+
+  const addMissing = (current: Run, sequence: number) => {
+    if (!current.window.has(sequence)) {
+      current.nacks.add(sequence);
     }
-  }
+  };
 
   /**
    * S1 showed that every sequence before `to` exists (its DATA, or a claim of a HEARTBEAT, the
@@ -518,12 +398,8 @@ export async function startRepairServer(
 
   /** A gap is passed (given up, or jumped over in a resync): it is unrecoverable, never silently. */
   const passGap = (current: Run) => (sequence: number) => {
-    const entry = current.missing.get(sequence);
-    if (entry === undefined) {
+    if (!current.nacks.pass(sequence)) {
       counters.unrecoverable++;
-    } else {
-      giveUp(entry);
-      current.missing.delete(sequence);
     }
   };
 
@@ -546,10 +422,33 @@ export async function startRepairServer(
     emitter.send(envelope, envelope.length);
   };
 
-  const send = (datagram: Buffer) => {
-    emitS2(datagram);
-    counters.emitted++;
+  /** What the reorder/emitter did: counted, and its gaps passed or asked for. */
+  const onEmitterEvent = (event: EmitterEvent<Run>) => {
+    switch (event.type) {
+      case 'emitted':
+        counters.emitted++;
+        return;
+      case 'ask':
+        addMissing(event.run, event.sequence);
+        return;
+      case 'passed':
+        passGap(event.run)(event.sequence);
+        return;
+      case 'complete':
+        finishRun(event.run, 'complete');
+        return;
+    }
   };
+  const reorder = createReorderEmitter<Run>({
+    clock,
+    transport: { send: (datagram) => emitS2(datagram) },
+    setTimeout: (fn, delayMs) => timers.setTimeout(fn, delayMs),
+    latencyMs: settings.latencyMs,
+    endGraceMs: endGraceMsDefault,
+    events: onEmitterEvent,
+  });
+  /** Sends a DATA datagram of the run on S2, in order. */
+  const send = (current: Run) => (datagram: Buffer) => reorder.send(current, datagram);
 
   /** Accepts a DATA datagram of the current run, from S1 or from a REPAIR. */
   const acceptData = (current: Run, datagram: Buffer, packet: DataPacket, repaired: boolean) => {
@@ -581,12 +480,9 @@ export async function startRepairServer(
         return;
       case 'resync': {
         counters.beyondWindow++;
-        const jumped = current.window.resync(send, passGap(current));
+        const jumped = current.window.resync(send(current), passGap(current));
         counters.unrecoverable += jumped;
-        for (const entry of current.missing.values()) {
-          entry.timer?.cancel();
-        }
-        current.missing.clear();
+        current.nacks.clear(false);
         current.frontier = current.window.base;
         reachFrontier(current, current.window.end);
         emit();
@@ -595,22 +491,16 @@ export async function startRepairServer(
       case 'held':
         break;
     }
-    const entry = current.missing.get(sequence);
-    if (entry !== undefined) {
-      entry.timer?.cancel();
-      due.delete(entry);
-      current.missing.delete(sequence);
-      if (entry.unrecoverable) {
-        counters.unrecoverable--; // it came after all
-      }
+    const filled = current.nacks.filled(sequence); // a given-up one that came after all is counted back
+    if (filled !== undefined) {
       if (repaired) {
         counters.recovered++;
         counters.recoveredBytes += datagram.length;
-        if (entry.server !== undefined) {
-          servers.answered(entry.server);
+        if (filled.server !== undefined) {
+          servers.answered(filled.server);
           // Karn's rule: only an answer to a packet's first NACK measures the round trip.
-          if (entry.attempts + entry.notYet === 0) {
-            servers.sampleRoundTrip(entry.server, clock.nowMs() - entry.sentAtMs);
+          if (filled.firstNack) {
+            servers.sampleRoundTrip(filled.server, clock.nowMs() - filled.sentAtMs);
           }
         }
       } else {
@@ -628,59 +518,12 @@ export async function startRepairServer(
   };
 
   /** Gives up the gap at the delivery point (the hold is full) and emits what follows it. */
-  const forcePassOldest = (current: Run) => {
-    const { window } = current;
-    if (!window.has(window.base) && window.outstanding > 0) {
-      passGap(current)(window.base);
-      window.skip();
-    }
-    emit();
-  };
+  const forcePassOldest = (current: Run) => reorder.forcePassOldest(current);
 
-  /** Re-emits in order on S2 what is there; passes gaps only when given up. */
+  /** Re-emits the current run in order on S2 (src/repair/reorder-emitter.ts). */
   function emit(): void {
-    const current = run;
-    if (current === undefined) {
-      return;
-    }
-    const { window } = current;
-    const now = clock.nowMs();
-    for (;;) {
-      if (current.endSequence !== undefined && window.base === current.endSequence) {
-        current.endTimer ??= timers.setTimeout(() => {
-          if (current.endSequence !== undefined && current.window.base === current.endSequence) {
-            finishRun(current, 'complete');
-          }
-        }, endGraceMsDefault);
-        return;
-      }
-      const datagram = window.take();
-      if (datagram !== undefined) {
-        send(datagram);
-        continue;
-      }
-      if (window.outstanding === 0) {
-        return;
-      }
-      const entry = current.missing.get(window.base);
-      if (entry === undefined) {
-        // Known from S1 to exist and not here: ask for it. Only REPAIRs beyond it (for other
-        // servers' gaps): it may still be waiting in our S1 socket, so wait for S1 to tell.
-        if (sequenceDistance(window.base, current.frontier) > 0) {
-          addMissing(current, window.base);
-        }
-        return;
-      }
-      // Sequences known only from a HEARTBEAT (no DATA after them yet, no END) are never given
-      // up while the run is live: a forged HEARTBEAT must not make genuine DATA look old.
-      const evidenced = window.hasDataAfter(window.base) || current.endSequence !== undefined;
-      const overBudget = settings.latencyMs !== undefined && now - entry.firstMs >= settings.latencyMs;
-      if (evidenced && (entry.unrecoverable || overBudget)) {
-        passGap(current)(window.base);
-        window.skip();
-        continue;
-      }
-      return;
+    if (run !== undefined) {
+      reorder.emit(run);
     }
   }
 
@@ -691,7 +534,7 @@ export async function startRepairServer(
     }
     current.endTimer?.cancel();
     if (how === 'idle') {
-      current.window.drainToEnd(send, passGap(current));
+      current.window.drainToEnd(send(current), passGap(current));
       counters.sessionsIncomplete++;
     } else {
       const end = current.endDatagram;
@@ -702,14 +545,8 @@ export async function startRepairServer(
       }
       counters.sessionsCompleted++;
     }
-    for (const entry of current.missing.values()) {
-      if (!entry.unrecoverable && how === 'idle') {
-        counters.unrecoverable++;
-      }
-      entry.timer?.cancel();
-    }
-    current.missing.clear();
-    due.clear();
+    current.nacks.clear(how === 'idle'); // gaps left of a run that fell silent are unrecoverable
+    current.nacks.close();
     run = undefined;
     // A late or replayed DESCRIPTOR of a run that ended must not start it again.
     ended.add(runKey(current.sessionId, current.incarnation));
@@ -769,17 +606,18 @@ export async function startRepairServer(
         base = sequenceAdd(d.sequence, -Math.min(into, repairReachBackPacketsMax) >>> 0);
       }
     }
+    const window = new SessionWindow(base, {
+      packetsMax: repairHoldPacketsMax,
+      bytesMax: repairHoldBytesMax,
+      progressAheadPacketsMax,
+      resyncPacketsMin,
+      resyncQuietMs,
+    });
     const current: Run = {
       sessionId: d.sessionId,
       incarnation: d.incarnation,
-      window: new SessionWindow(base, {
-        packetsMax: repairHoldPacketsMax,
-        bytesMax: repairHoldBytesMax,
-        progressAheadPacketsMax,
-        resyncPacketsMin,
-        resyncQuietMs,
-      }),
-      missing: new Map(),
+      window,
+      nacks: nackSchedulerFor(d.sessionId, d.incarnation, window),
       endSequence: undefined,
       endDatagram: undefined,
       endTimer: undefined,
@@ -880,17 +718,7 @@ export async function startRepairServer(
         return;
       }
       // Gaps that only a HEARTBEAT claimed, beyond the END, never existed: forget them.
-      for (const [sequence, entry] of current.missing) {
-        if (sequenceDistance(header.value.sequence, sequence) >= 0) {
-          entry.timer?.cancel();
-          due.delete(entry);
-          current.missing.delete(sequence);
-          counters.gaps--;
-          if (entry.unrecoverable) {
-            counters.unrecoverable--;
-          }
-        }
-      }
+      current.nacks.withdrawFrom(header.value.sequence);
       if (sequenceDistance(header.value.sequence, current.frontier) > 0) {
         current.frontier = header.value.sequence; // what a HEARTBEAT claimed beyond the END is taken back
       }
@@ -916,14 +744,11 @@ export async function startRepairServer(
       const passed = current.passed.get(repair.auth.senderId);
       for (let i = 0; i < repair.notHeldCount; i++) {
         const sequence = sequenceAdd(repair.sequence, i);
-        const entry = current.missing.get(sequence);
-        if (entry?.server !== undefined && !entry.unrecoverable && entry.timer !== undefined) {
-          const proven =
-            passed !== undefined &&
-            passed.counter < repair.auth.counter &&
-            sequenceDistance(sequence, passed.sequence) >= 0;
-          notHeld(entry, entry.server, proven);
-        }
+        const proven =
+          passed !== undefined &&
+          passed.counter < repair.auth.counter &&
+          sequenceDistance(sequence, passed.sequence) >= 0;
+        current.nacks.notHeld(sequence, proven);
       }
       emit();
       return;
@@ -975,12 +800,7 @@ export async function startRepairServer(
     if (announce.sessions.length === 0 && announce.auth.targetId === channel.senderId && run !== undefined) {
       // An introduction: the server did not answer a NACK that did not name it (docs/protocol.md,
       // "NACK"). Now that we know its id, ask it again at once rather than after the timeout.
-      for (const entry of run.missing.values()) {
-        if (entry.server === server && entry.timer !== undefined && !entry.unrecoverable) {
-          entry.timer.cancel();
-          markDue(entry);
-        }
-      }
+      run.nacks.reask(server);
     }
     for (const announced of announce.sessions) {
       if (announced.state === ListenState.lastResort) {
@@ -1001,8 +821,8 @@ export async function startRepairServer(
    * Sources of last resort by endpoint: the session each announced and when (bounded). They take
    * FEEDBACK on the run for their adaptive rate (docs/protocol.md, "FEEDBACK").
    */
-  const feedbackTargets = new Map<string, { server: Server; sessionId: number; heardAtMs: number }>();
-  const noteFeedbackTarget = (server: Server, sessionId: number) => {
+  const feedbackTargets = new Map<string, { server: RankedServer; sessionId: number; heardAtMs: number }>();
+  const noteFeedbackTarget = (server: RankedServer, sessionId: number) => {
     feedbackTargets.delete(server.key);
     feedbackTargets.set(server.key, { server, sessionId, heardAtMs: clock.nowMs() });
     if (feedbackTargets.size > feedbackTargetsMax) {
@@ -1030,7 +850,7 @@ export async function startRepairServer(
           timestampUs: clock.wallUs(),
         },
         {
-          missing: current.missing.size,
+          missing: current.nacks.size,
           holding: current.window.heldCount,
           unrecoverable: counters.unrecoverable,
           socketDrops: s1.kernelDrops?.() ?? 0,
@@ -1133,7 +953,7 @@ export async function startRepairServer(
     controlBytesSent: control.bytesSent,
     repairExtraDelayMs: extraDelay(),
     holding: run?.window.heldCount ?? 0,
-    missingNow: run?.missing.size ?? 0,
+    missingNow: run?.nacks.size ?? 0,
     pendingPackets: pending.packetCount,
     pendingBytes: pending.byteCount,
     dropped: { ...dropped },
@@ -1193,30 +1013,4 @@ export async function startRepairServer(
 function percentile(samples: readonly number[], q: number): number {
   const sorted = [...samples].sort((a, b) => a - b);
   return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil(q * sorted.length) - 1))] ?? 0;
-}
-
-/** Sorted sequences into NACK-sized lists of ranges. */
-function toRanges(sequences: readonly number[]): SequenceRange[][] {
-  const all: SequenceRange[] = [];
-  let start: number | undefined;
-  let count = 0;
-  for (const sequence of sequences) {
-    if (start !== undefined && sequence === sequenceAdd(start, count) && count < nackRangePacketsMax) {
-      count++;
-      continue;
-    }
-    if (start !== undefined) {
-      all.push({ start, count });
-    }
-    start = sequence;
-    count = 1;
-  }
-  if (start !== undefined) {
-    all.push({ start, count });
-  }
-  const lists: SequenceRange[][] = [];
-  for (let i = 0; i < all.length; i += nackRangesMax) {
-    lists.push(all.slice(i, i + nackRangesMax));
-  }
-  return lists;
 }

@@ -467,8 +467,11 @@ export async function startRetransmitServer(
         return;
       case PacketType.quality: {
         const quality = channel.accept(datagram, remote, decodeQuality, 'quality', drop);
-        if (quality !== undefined) {
-          learnPeer(remote); // its control socket: where it takes NACKs
+        if (quality !== undefined && learnedPeers.has(`${remote.address}/${remote.port}`)) {
+          // Refreshes a peer learned from its ANNOUNCE (the address sealed in it), never adds one:
+          // a QUALITY's source address is not sealed, and a captured copy replayed from a victim's
+          // address must not make us send fetches there (test/sim/found.md #6).
+          learnPeer(remote);
         }
         for (const session of quality?.sessions ?? []) {
           election.report(quality?.auth.senderId ?? 0, session.sessionId, session);

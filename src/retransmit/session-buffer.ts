@@ -84,18 +84,25 @@ export class SessionBuffer {
       this.#highest = sequence;
     } else {
       const gap = sequenceDistance(this.#highest, sequence);
-      if (gap > progressAheadPacketsMax && ++this.#strayInARow < resyncPacketsMin) {
-        // One stray packet far ahead must not count thousands of packets as lost; a run of
-        // them is a real jump (an outage): then the meter follows.
-      } else if (gap > progressAheadPacketsMax) {
+      const far = Math.abs(gap) > progressAheadPacketsMax;
+      if (far && ++this.#strayInARow < resyncPacketsMin) {
+        // One stray packet far away must not count thousands of packets as lost; a run of them
+        // is a real jump (an outage): then the meter follows. Far behind counts too: when the
+        // first packet of a run was a stray (forged, unauthenticated DATA), the genuine packets
+        // that follow are far behind it, and the meter must come back to them rather than count
+        // the next stray near the first as loss (test/sim/found.md #9).
+      } else if (far) {
         this.#strayInARow = 0;
         this.#highest = sequence;
       } else if (gap > 0) {
         this.#strayInARow = 0;
         this.#periodMissing += gap - 1;
         this.#highest = sequence;
-      } else if (this.#periodMissing > 0) {
-        this.#periodMissing--; // a late packet fills a gap counted before
+      } else {
+        this.#strayInARow = 0;
+        if (this.#periodMissing > 0) {
+          this.#periodMissing--; // a late packet fills a gap counted before
+        }
       }
     }
     // RFC 3550 section 6.4.1: J += (|D| - J) / 16, with D the change in transit time.

@@ -390,6 +390,32 @@ describe('control channel: a peer that restarted is reached again', () => {
     assert.equal(offer(repair, restarted.introduction(request), retransmitAt, decodeAnnounce), 'ok');
     assert.equal(repair.targetIdOf(retransmitAt), restarted.senderId, 'the newer life wins');
   });
+
+  it('a restarted server whose earlier life stamped later times is learned again by a message sealed for us', () => {
+    // Its clock ran 10 s ahead before the crash and was corrected for the restart: its new life's
+    // times are earlier than the ones it taught, and its old id falls silent (test/sim/found.md #7).
+    const { repair, repairClock, retransmitClock } = pair({ retransmitOffsetUs: 10 * secondUs });
+    const ahead = new ControlChannel([key], { clock: retransmitClock, self: () => [retransmitAt] });
+    const announced = ahead.seal(encodeAnnounce(fields, { ...retransmitAt, sessions: [] }));
+    assert.equal(offer(repair, announced, retransmitAt, decodeAnnounce), 'ok');
+    assert.equal(repair.targetIdOf(retransmitAt), ahead.senderId);
+    const correctedClock = new FakeClock();
+    correctedClock.monotonicMs = retransmitClock.monotonicMs;
+    advance([repairClock, correctedClock], controlPeerSilenceMsMax + 1);
+    assert.ok(controlPeerSilenceMsMax + 1 < replayFreshnessMs, 'silent, but not for the freshness window');
+    const restarted = new ControlChannel([key], { clock: correctedClock, self: () => [retransmitAt] });
+    advance([repairClock, correctedClock], 1);
+    assert.equal(repair.targetIdOf(retransmitAt), 0, 'silent too long: target 0');
+    // Sealed for everyone and older than what the old id taught: it does not replace the id.
+    const forEveryone = restarted.seal(encodeAnnounce(fields, { ...retransmitAt, sessions: [] }));
+    assert.equal(offer(repair, forEveryone, retransmitAt, decodeAnnounce), 'ok');
+    assert.equal(repair.targetIdOf(retransmitAt), 0, 'a message for everyone could be an old capture');
+    // Its introduction answers our NACK and is sealed for our id: only its present life can seal it.
+    const request = acceptNack(restarted, repair.seal(nack(), retransmitAt), repairAt);
+    assert.equal(offer(repair, restarted.introduction(request), retransmitAt, decodeAnnounce), 'ok');
+    assert.equal(repair.targetIdOf(retransmitAt), restarted.senderId, 'the restarted life is named again');
+    assert.equal(offer(restarted, repair.seal(nack(), retransmitAt), repairAt, decodeNack), 'ok');
+  });
 });
 
 describe('control channel: answers go only to the authenticated address', () => {
@@ -408,6 +434,13 @@ describe('control channel: answers go only to the authenticated address', () => 
       offer(retransmit, packet, { address: `::ffff:${repairAt.address}`, port: 7100 }, decodeNack),
       'ok',
     );
+  });
+
+  it('our own message sent back to us (a fetch replayed from our own address) is refused: no answer to ourselves', () => {
+    const { repair } = pair();
+    const packet = repair.seal(nack(), retransmitAt);
+    assert.equal(offer(repair, packet, repairAt, decodeNack), 'own-message');
+    assert.equal(repair.targetIdOf(repairAt), 0, 'nothing learned');
   });
 
   it('a NACK naming no target gets an introduction smaller than itself, which teaches the id', () => {

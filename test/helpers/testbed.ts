@@ -161,7 +161,9 @@ export function createTestbed(): Testbed {
         resolve({ code, signal, stdout, stderr });
       });
     });
-    const waitFor = (pattern: RegExp, timeoutMs = 10_000) =>
+    // Readiness, not a sleep: resolves at the line. A daemon's start (node loading dist/) took over
+    // 10 s at load 25 on 2 cores, so the bound is a minute.
+    const waitFor = (pattern: RegExp, timeoutMs = 60_000) =>
       new Promise<void>((resolve, reject) => {
         const check = () => {
           if (pattern.test(stderr) || pattern.test(stdout)) {

@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { ControlChannel, controlKey } from '../../src/crypto/control-auth.js';
+import { repairMulticastRecentMs } from '../../src/limits.js';
 import { NackAnswerer } from '../../src/net/nack-answerer.js';
 import {
   decodeAnnounce,
@@ -47,11 +48,11 @@ function setup(options: { rateBitsPerSecond?: number; multicast?: boolean } = {}
     drop: (reason) => dropped.push(reason),
   });
   /** Seals a NACK as the requester and has the server accept it, as the role does. */
-  const nack = (ranges: SequenceRange[], incarnation = 3) => {
+  const nack = (ranges: SequenceRange[], incarnation = 3, again = false) => {
     const datagram = requester.seal(
       encodeNack(
         { sessionId: 7, incarnation, sequence: ranges[0]?.start ?? 0, timestampUs: clock.wallUs() },
-        { replyTo: requesterAt, ranges },
+        { replyTo: requesterAt, ranges, again },
       ),
       serverAt,
     );
@@ -127,11 +128,30 @@ describe('NACK answerer', () => {
     const { answerer, sent, nack, introduce, clock } = setup({ multicast: true });
     introduce();
     answerer.answer(nack([{ start: 100, count: 4 }]), requesterAt);
-    answerer.answer(nack([{ start: 100, count: 4 }]), requesterAt);
+    answerer.answer(nack([{ start: 100, count: 4 }], 3, true), requesterAt);
     assert.equal(sent.filter((s) => s.to === 'group').length, 4);
     assert.equal(answerer.counters.suppressed, 4);
     clock.advance(1_000);
+    answerer.answer(nack([{ start: 100, count: 4 }], 3, true), requesterAt);
+    assert.equal(sent.filter((s) => s.to === 'group').length, 8, 'asked again after the window: sent again');
+  });
+
+  it('on a repair group a first request for a sequence multicast lately crossed it: not sent again (a late repair server)', () => {
+    const { answerer, sent, nack, introduce, clock } = setup({ multicast: true });
+    introduce();
     answerer.answer(nack([{ start: 100, count: 4 }]), requesterAt);
+    // Another repair server, seconds behind in reading S1, asks for the same packets the first time.
+    clock.advance(repairMulticastRecentMs - 1);
+    answerer.answer(nack([{ start: 100, count: 4 }]), requesterAt);
+    assert.equal(sent.filter((s) => s.to === 'group').length, 4, 'one multicast per lost packet');
+    assert.equal(answerer.counters.suppressed, 4);
+    // Had it lost the multicast, it asks again (the flag) after its timeout, and gets it.
+    answerer.answer(nack([{ start: 102, count: 2 }], 3, true), requesterAt);
+    assert.equal(sent.filter((s) => s.to === 'group').length, 6);
+    // Long after, a first request is answered again.
+    clock.advance(2);
+    introduce(); // the requester heard nothing from us for seconds: it names us again after an introduction
+    answerer.answer(nack([{ start: 100, count: 2 }]), requesterAt);
     assert.equal(sent.filter((s) => s.to === 'group').length, 8);
   });
 });

@@ -87,6 +87,26 @@ describe('authentication trailer', () => {
 });
 
 describe('NACK', () => {
+  it('round-trips the again and peer-fetch flags at body offset 22; an undefined flag bit is refused', () => {
+    const again = encodeNack(fields, { replyTo, ranges: [{ start: 5, count: 2 }], again: true });
+    assert.equal(again.readUInt16BE(headerBytes + 22), 0x0002);
+    const decoded = decodeNack(again);
+    assert.ok(decoded.ok);
+    assert.equal(decoded.value.again, true);
+    assert.equal(decoded.value.peerFetch, false);
+    const both = decodeNack(
+      encodeNack(fields, { replyTo, ranges: [{ start: 5, count: 2 }], again: true, peerFetch: true }),
+    );
+    assert.ok(both.ok && both.value.again && both.value.peerFetch);
+    const first = decodeNack(encodeNack(fields, { replyTo, ranges: [{ start: 5, count: 2 }] }));
+    assert.ok(first.ok);
+    assert.equal(first.value.again, false);
+    again.writeUInt16BE(0x0004, headerBytes + 22);
+    const unknown = decodeNack(again);
+    assert.ok(!unknown.ok);
+    assert.equal(unknown.reason, 'reserved-not-zero');
+  });
+
   it('round-trips its reply endpoint, ranges and trailer', () => {
     const packet = encodeNack(fields, {
       replyTo,

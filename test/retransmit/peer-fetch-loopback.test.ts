@@ -3,7 +3,14 @@ import { createSocket } from 'node:dgram';
 import { describe, it } from 'node:test';
 import { ControlChannel, controlKey } from '../../src/crypto/control-auth.js';
 import { type Endpoint, parseGroup } from '../../src/net/address.js';
-import { decodeAnnounce, decodeRepair, encodeNack, type PeerEndpoint } from '../../src/protocol/control.js';
+import {
+  decodeAnnounce,
+  decodeRepair,
+  encodeNack,
+  encodeQuality,
+  ListenState,
+  type PeerEndpoint,
+} from '../../src/protocol/control.js';
 import { offsetType, PacketType } from '../../src/protocol/packet.js';
 import { type RetransmitServer, startRetransmitServer } from '../../src/retransmit/retransmit.js';
 import { openTickerInput } from '../../src/source/inputs.js';
@@ -126,6 +133,58 @@ describe('peer fetch between retransmit servers (loopback)', () => {
       await late.close();
       await lateNoFetch.close();
       await holder.close();
+    }
+  });
+
+  it('a QUALITY never adds a peer: a sealed QUALITY sent from a third address gets no fetch there', async () => {
+    // A QUALITY's source address is not sealed: a captured one replayed from a victim's address
+    // must not make a server send peer fetches to the victim (test/sim/found.md #6).
+    const group = parseGroup(`239.255.81.2:${freshPort()}`, 'group');
+    const late = await retransmitServer(group, []);
+    const victim = createSocket('udp4');
+    await new Promise<void>((resolve) => victim.bind(0, '127.0.0.1', resolve));
+    let victimBytes = 0;
+    victim.on('message', (message) => {
+      victimBytes += message.length;
+    });
+    try {
+      await sendPart(group, 150);
+      await waitUntil(
+        'the server buffers 150-199',
+        () => late.status().sessions[0]?.heldPackets === 50,
+        5_000,
+      );
+      const quality = new ControlChannel([key]).seal(
+        encodeQuality(
+          { sessionId: 0, sequence: 0, timestampUs: 0 },
+          {
+            sessions: [
+              {
+                sessionId: run.sessionId,
+                received: 50,
+                missing: 0,
+                lossPpm: 0,
+                jitterUs: 0,
+                state: ListenState.listening,
+              },
+            ],
+          },
+        ),
+      );
+      victim.send(quality, late.local.port, late.local.address);
+      // A second datagram behind the QUALITY on the same path: once its drop is counted, the
+      // QUALITY (sent first) has been handled.
+      victim.send(Buffer.alloc(3), late.local.port, late.local.address);
+      await waitUntil('the QUALITY handled', () => late.status().dropped['unexpected-type'] === 1, 5_000);
+      assert.deepEqual(late.status().dropped, { 'unexpected-type': 1 }, 'the QUALITY itself was accepted');
+      const answers = await askFor(late);
+      assert.equal(answers.held.size, 0, 'nothing to fetch from: no peer is configured or announced');
+      assert.equal(answers.notHeld, 10);
+      assert.equal(late.status().peerFetch.fetchNacksSent, 0, 'no fetch sent anywhere');
+      assert.equal(victimBytes, 0, 'no byte to the address the QUALITY came from');
+    } finally {
+      victim.close();
+      await late.close();
     }
   });
 });

@@ -3,62 +3,83 @@
  * the real roles, each checked against every invariant after every event; and replay — a seed
  * gives the same event trace twice. `npm run sim -- --seeds N` runs as many more as wanted.
  *
- * A seed that fails on a fault recorded in test/sim/found.md (recognised by what broke, not by
- * the seed's number) is marked TODO with the entry's number: reported in the summary, not hidden,
- * and it passes on its own once the role is fixed. Any other failure fails the test.
+ * The seeds run in a few child processes at once (shard.ts), so that a loaded 2-core machine
+ * still gets through them in about a minute; each seed is still its own test. A seed that fails
+ * on a fault recorded in test/sim/found.md (recognised by what broke, not by the seed's number) is
+ * marked TODO with the entry's number: reported in the summary, not hidden, and it passes on its
+ * own once the role is fixed. Any other failure fails the test.
  */
 import assert from 'node:assert/strict';
+import { fork } from 'node:child_process';
 import { describe, it } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import { ciSeeds } from './ci-seeds.js';
 import { realKit } from './real-roles.js';
-import { describeFailure, runScenario, type ScenarioResult } from './scenario.js';
+import { runScenario } from './scenario.js';
+import type { ShardResult } from './shard.js';
 
-/**
- * Sized to finish in a minute or two on a loaded 2-core machine: seeds 1-50, and the seeds that
- * found a fault outside them (test/sim/found.md #4 and #5), so the kind stays fixed.
- */
-const ciSeeds = [...Array.from({ length: 50 }, (_, i) => i + 1), 1014, 1077, 1131, 1157];
+/** Child processes the seeds are spread over. */
+const shardCount = 4;
+/** A shard that has not reported every seed by then has hung: its seeds fail. */
+const shardTimeoutMs = 600_000;
 
-/** The found.md entry a failure belongs to, or undefined for a new one. */
-function knownFault(result: ScenarioResult): string | undefined {
-  const violation = result.violation;
-  if (violation === undefined) {
-    return undefined;
+/** Runs every CI seed over shardCount processes; one promise per seed. */
+function runShards(): Map<number, Promise<ShardResult>> {
+  const waiting = new Map<
+    number,
+    { resolve: (result: ShardResult) => void; reject: (error: Error) => void }
+  >();
+  const results = new Map<number, Promise<ShardResult>>();
+  for (const seed of ciSeeds) {
+    results.set(
+      seed,
+      new Promise<ShardResult>((resolve, reject) => {
+        waiting.set(seed, { resolve, reject });
+      }),
+    );
   }
-  const replayedControl = result.adversaryLog.some((line) =>
-    /replay-control-(victim|other-target): type 5/.test(line),
-  );
-  if (violation.invariant === 'authenticated-destination' && replayedControl) {
-    return 'found.md 1: a replayed NACK is answered to the address it claims';
+  const shardPath = fileURLToPath(new URL('./shard.ts', import.meta.url));
+  for (let shard = 0; shard < shardCount; shard++) {
+    const seeds = ciSeeds.filter((_, i) => i % shardCount === shard);
+    const child = fork(shardPath, seeds.map(String), {
+      execArgv: ['--import', 'tsx'],
+      stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+      timeout: shardTimeoutMs,
+    });
+    child.on('message', (message: ShardResult) => {
+      waiting.get(message.seed)?.resolve(message);
+      waiting.delete(message.seed);
+    });
+    child.on('exit', (code, signal) => {
+      for (const seed of seeds) {
+        waiting
+          .get(seed)
+          ?.reject(new Error(`the process running seed ${seed} ended (${code ?? signal}) before it`));
+        waiting.delete(seed);
+      }
+    });
   }
-  const run = /gave up (\S+) sequence/.exec(violation.details)?.[1];
-  const descriptorReplayed = result.adversaryLog.some(
-    (line) => line.includes(`replay-old-run: its DESCRIPTOR and`) && run !== undefined && line.includes(run),
-  );
-  if (violation.invariant === 'held-not-unrecoverable' && descriptorReplayed) {
-    return 'found.md 2: an ended run is taken up again from a replayed DESCRIPTOR';
-  }
-  return undefined;
+  return results;
 }
 
 describe('deterministic simulator', () => {
-  it('replays a seed exactly (same event trace twice)', async (t) => {
+  const results = runShards();
+
+  it('replays a seed exactly (same event trace twice)', async () => {
     const first = await runScenario(1, realKit);
     const second = await runScenario(1, realKit);
     assert.equal(first.events, second.events);
-    if (first.traceDigest !== second.traceDigest) {
-      t.todo('found.md 3: control-message counters read the process clock, not the runtime');
-    }
     assert.equal(first.traceDigest, second.traceDigest);
   });
 
   for (const seed of ciSeeds) {
     it(`seed ${seed} holds every invariant`, async (t) => {
-      const result = await runScenario(seed, realKit);
-      const known = knownFault(result);
-      if (known !== undefined) {
-        t.todo(known);
+      const result = await results.get(seed);
+      assert.ok(result !== undefined);
+      if (result.known !== undefined) {
+        t.todo(result.known);
       }
-      assert.equal(result.violation, undefined, describeFailure(result, realKit));
+      assert.equal(result.failure, undefined, result.failure);
     });
   }
 });

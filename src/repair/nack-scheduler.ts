@@ -1,0 +1,399 @@
+/**
+ * The repair server's NACK scheduler (docs/architecture.md, "Repair server", the NACK scheduler
+ * part): the gaps of one run, when each is NACKed and to which retransmit server, the timeouts and
+ * "not held" answers that move a gap on to the next server or to another round, and when a gap is
+ * given up (docs/protocol.md, "NACK" and "REPAIR"). It keeps no socket and no clock of its own:
+ * time, randomness, timers and the sending of a NACK are injected, and what happens is told to an
+ * event sink, so a test drives it with a fake clock.
+ */
+import {
+  liveServerWaitMsMax,
+  nackAttemptsMax,
+  nackRangePacketsMax,
+  nackRangesMax,
+  nackTimeoutMsInitial,
+  notHeldRetryMsInitial,
+} from '../limits.js';
+import type { Timer } from '../net/runtime.js';
+import type { TimerHandle } from '../net/timer-wheel.js';
+import type { SequenceRange } from '../protocol/control.js';
+import { sequenceAdd, sequenceDistance } from '../protocol/serial.js';
+import type { RankedServer, ServerRanking } from './server-ranking.js';
+
+/** What the scheduler tells its owner (counters, and when the emitter should look again). */
+export type NackEvent =
+  /** A new gap (to be NACKed after a random delay). */
+  | { readonly type: 'gap'; readonly sequence: number }
+  /** A gap withdrawn: an END showed the sequence never existed. */
+  | { readonly type: 'gap-withdrawn'; readonly sequence: number }
+  /** One NACK datagram sent, naming `packets` sequences. */
+  | { readonly type: 'nack-sent'; readonly packets: number }
+  /** A NACK went unanswered within its timeout. */
+  | { readonly type: 'timeout'; readonly sequence: number }
+  /** A gap was given up (delta 1), or one given up arrived or was withdrawn after all (delta -1). */
+  | { readonly type: 'unrecoverable'; readonly sequence: number; readonly delta: 1 | -1 }
+  /** A gap was given up by a timeout: the emitter may pass it now. */
+  | { readonly type: 'gave-up'; readonly sequence: number };
+
+/** What the owner learns when a gap's packet arrives. */
+export interface GapFilled {
+  /** The server last asked for it, if any. */
+  readonly server: RankedServer | undefined;
+  /** Whether it was asked only once (Karn's rule: only then does the answer measure a round trip). */
+  readonly firstNack: boolean;
+  /** Monotonic time the last NACK for it was sent. */
+  readonly sentAtMs: number;
+  /** Whether it had been given up (it came after all). */
+  readonly wasUnrecoverable: boolean;
+}
+
+/** Components of a NACK scheduler. */
+export interface NackSchedulerOptions {
+  /** Monotonic milliseconds. */
+  readonly nowMs: () => number;
+  /** A float in [0, 1): the NACK delay's jitter. */
+  readonly random: () => number;
+  /** Schedules on the owner's timer wheel. */
+  readonly schedule: (delayMs: number, fn: () => void) => TimerHandle;
+  /** Runs fn after the current turn (the owner's timers: cleared in its close()). */
+  readonly defer: (fn: () => void) => Timer;
+  /** The retransmit servers, best first. */
+  readonly servers: ServerRanking;
+  /** Whether a server has been heard from (its id is known): a slow one, not a gone one. */
+  readonly isAlive: (server: RankedServer) => boolean;
+  /**
+   * Sends one NACK for `ranges` (at most nackRangesMax, each at most nackRangePacketsMax) to a
+   * server; `again` when every sequence in it was NACKed before (the NACK's again flag).
+   */
+  readonly sendNack: (server: RankedServer, ranges: readonly SequenceRange[], again: boolean) => void;
+  /** Where the run's delivery point is: NACKs name the oldest gaps first. */
+  readonly base: () => number;
+  /** Largest random delay before a new gap is NACKed. */
+  readonly nackDelayMsMax: number;
+  readonly events: (event: NackEvent) => void;
+}
+
+interface Gap {
+  readonly sequence: number;
+  readonly firstMs: number;
+  /** NACKs that went unanswered, or that a server answered "not held" when it had passed the packet. */
+  attempts: number;
+  /** "Not held" answers from servers not yet shown to have passed the packet (they may still get it). */
+  notYet: number;
+  readonly tried: Set<string>;
+  server: RankedServer | undefined;
+  /** NACKs sent for it so far. */
+  nacks: number;
+  sentAtMs: number;
+  timer: TimerHandle | undefined;
+  unrecoverable: boolean;
+}
+
+/** The gaps of one run and their NACKs. close() cancels every timer it made. */
+export class NackScheduler {
+  readonly #options: NackSchedulerOptions;
+  readonly #gaps = new Map<number, Gap>();
+  readonly #due = new Set<Gap>();
+  #flush: Timer | undefined;
+  #closed = false;
+
+  constructor(options: NackSchedulerOptions) {
+    this.#options = options;
+  }
+
+  /** Gaps open (given up ones included until they are passed). */
+  get size(): number {
+    return this.#gaps.size;
+  }
+
+  /** Whether `sequence` is a gap. */
+  has(sequence: number): boolean {
+    return this.#gaps.has(sequence);
+  }
+
+  /** A gap's state for the emitter: when it was found and whether it was given up. */
+  state(sequence: number): { readonly firstMs: number; readonly unrecoverable: boolean } | undefined {
+    return this.#gaps.get(sequence);
+  }
+
+  /** A new gap: NACKed after a random delay of at most nackDelayMsMax. No-op if known. */
+  add(sequence: number): void {
+    if (this.#closed || this.#gaps.has(sequence)) {
+      return;
+    }
+    const gap: Gap = {
+      sequence,
+      firstMs: this.#options.nowMs(),
+      attempts: 0,
+      notYet: 0,
+      tried: new Set(),
+      server: undefined,
+      nacks: 0,
+      sentAtMs: 0,
+      timer: undefined,
+      unrecoverable: false,
+    };
+    this.#gaps.set(sequence, gap);
+    gap.timer = this.#options.schedule(this.#options.random() * this.#options.nackDelayMsMax, () =>
+      this.#markDue(gap),
+    );
+    this.#options.events({ type: 'gap', sequence });
+  }
+
+  /** The gap's packet arrived (from S1 or a REPAIR): it is no longer a gap. */
+  filled(sequence: number): GapFilled | undefined {
+    const gap = this.#remove(sequence);
+    if (gap === undefined) {
+      return undefined;
+    }
+    if (gap.unrecoverable) {
+      this.#options.events({ type: 'unrecoverable', sequence, delta: -1 });
+    }
+    return {
+      server: gap.server,
+      firstNack: gap.attempts + gap.notYet === 0,
+      sentAtMs: gap.sentAtMs,
+      wasUnrecoverable: gap.unrecoverable,
+    };
+  }
+
+  /**
+   * The emitter passes `sequence` (given up, or jumped over): it is unrecoverable, never silently.
+   * False when it was not a gap here (the caller counts it).
+   */
+  pass(sequence: number): boolean {
+    const gap = this.#gaps.get(sequence);
+    if (gap === undefined) {
+      return false;
+    }
+    this.#giveUp(gap);
+    this.#gaps.delete(sequence);
+    return true;
+  }
+
+  /** An END at `end` was believed: gaps at or after it never existed (only a HEARTBEAT claimed them). */
+  withdrawFrom(end: number): void {
+    for (const [sequence, gap] of this.#gaps) {
+      if (sequenceDistance(end, sequence) >= 0) {
+        this.#remove(sequence);
+        this.#options.events({ type: 'gap-withdrawn', sequence });
+        if (gap.unrecoverable) {
+          this.#options.events({ type: 'unrecoverable', sequence, delta: -1 });
+        }
+      }
+    }
+  }
+
+  /**
+   * A server answered that it does not hold `sequence`: ask the next one now. When every server has
+   * said so, wait a backoff and start another round (a server may still be receiving it). An answer
+   * counts toward giving up (nackAttemptsMax) only when `proven`: the server had shown, in a message
+   * sealed before it, that it was past the packet; a server that is merely behind has not lost it
+   * (docs/protocol.md, "REPAIR"). Unproven answers are bounded in time (liveServerWaitMsMax).
+   * Ignored for a gap not waiting on an answer.
+   */
+  notHeld(sequence: number, proven: boolean): void {
+    const gap = this.#gaps.get(sequence);
+    const server = gap?.server;
+    if (gap === undefined || server === undefined || gap.unrecoverable || gap.timer === undefined) {
+      return;
+    }
+    gap.timer.cancel();
+    gap.timer = undefined;
+    gap.tried.add(server.key);
+    if (proven || this.#options.nowMs() - gap.firstMs > liveServerWaitMsMax) {
+      gap.attempts++;
+    } else {
+      gap.notYet++;
+    }
+    if (gap.attempts >= nackAttemptsMax) {
+      this.#giveUp(gap);
+      return;
+    }
+    const { servers } = this.#options;
+    if (gap.tried.size >= servers.size) {
+      // Often the servers have simply not read the packet yet (their data and control sockets
+      // race): ask again soon, then back off — 5 ms, 10 ms, 20 ms … up to the timeout.
+      gap.tried.clear();
+      gap.server = undefined;
+      const rounds = gap.attempts + gap.notYet;
+      const retryMs = Math.min(servers.timeoutFor(server, rounds), notHeldRetryMsInitial * 2 ** (rounds - 1));
+      gap.timer = this.#options.schedule(retryMs, () => this.#markDue(gap));
+      return;
+    }
+    this.#markDue(gap);
+  }
+
+  /** A server just introduced itself: gaps waiting on it are asked again at once, not after the timeout. */
+  reask(server: RankedServer): void {
+    for (const gap of this.#gaps.values()) {
+      if (gap.server === server && gap.timer !== undefined && !gap.unrecoverable) {
+        gap.timer.cancel();
+        this.#markDue(gap);
+      }
+    }
+  }
+
+  /**
+   * Forgets every gap and cancels its timers; with `countUnrecoverable`, the gaps not given up yet
+   * are counted as unrecoverable (a run that ended without its END). The scheduler can be used again.
+   */
+  clear(countUnrecoverable: boolean): void {
+    for (const gap of this.#gaps.values()) {
+      if (countUnrecoverable && !gap.unrecoverable) {
+        this.#options.events({ type: 'unrecoverable', sequence: gap.sequence, delta: 1 });
+      }
+      gap.timer?.cancel();
+    }
+    this.#gaps.clear();
+    this.#due.clear();
+  }
+
+  /** Cancels every timer; later calls schedule nothing. Idempotent. */
+  close(): void {
+    this.#closed = true;
+    this.clear(false);
+    this.#flush?.cancel();
+    this.#flush = undefined;
+  }
+
+  #remove(sequence: number): Gap | undefined {
+    const gap = this.#gaps.get(sequence);
+    if (gap !== undefined) {
+      gap.timer?.cancel();
+      gap.timer = undefined;
+      this.#due.delete(gap);
+      this.#gaps.delete(sequence);
+    }
+    return gap;
+  }
+
+  #giveUp(gap: Gap): void {
+    if (!gap.unrecoverable) {
+      gap.unrecoverable = true;
+      gap.timer?.cancel();
+      gap.timer = undefined;
+      this.#due.delete(gap);
+      this.#options.events({ type: 'unrecoverable', sequence: gap.sequence, delta: 1 });
+    }
+  }
+
+  #markDue(gap: Gap): void {
+    gap.timer = undefined;
+    if (this.#closed) {
+      return;
+    }
+    this.#due.add(gap);
+    this.#flush ??= this.#options.defer(() => {
+      this.#flush = undefined;
+      this.#flushNacks();
+    });
+  }
+
+  #onTimeout(gap: Gap): void {
+    gap.timer = undefined;
+    this.#options.events({ type: 'timeout', sequence: gap.sequence });
+    // A server heard from lately (it announces, it answers) is slow, not gone: on a busy host its
+    // answer may take longer than any timeout. Its silence counts toward giving up only after
+    // liveServerWaitMsMax; a silent one's at once.
+    const alive = gap.server !== undefined && this.#options.isAlive(gap.server);
+    if (gap.server !== undefined) {
+      gap.server.consecutiveTimeouts++;
+      gap.tried.add(gap.server.key);
+    }
+    if (alive && this.#options.nowMs() - gap.firstMs <= liveServerWaitMsMax) {
+      gap.notYet++;
+      this.#markDue(gap);
+      return;
+    }
+    gap.attempts++;
+    if (gap.attempts >= nackAttemptsMax) {
+      this.#giveUp(gap);
+      this.#options.events({ type: 'gave-up', sequence: gap.sequence });
+      return;
+    }
+    this.#markDue(gap);
+  }
+
+  /** Sends one NACK per server for every due gap, in ranges, oldest first. */
+  #flushNacks(): void {
+    const { servers, schedule } = this.#options;
+    const order = servers.ranked();
+    // Per server, first requests apart from requests again (docs/protocol.md, "Repair group").
+    const byServer = new Map<RankedServer, { first: number[]; again: number[] }>();
+    for (const gap of this.#due) {
+      if (gap.unrecoverable || this.#gaps.get(gap.sequence) !== gap) {
+        continue;
+      }
+      let server = order.find((candidate) => !gap.tried.has(candidate.key));
+      if (server === undefined && order.length > 0) {
+        gap.tried.clear(); // every server was asked: start another round, with backoff
+        server = order[0];
+      }
+      if (server === undefined) {
+        gap.server = undefined;
+        gap.timer = schedule(nackTimeoutMsInitial, () => this.#onTimeout(gap));
+        continue;
+      }
+      gap.server = server;
+      const lists = byServer.get(server) ?? { first: [], again: [] };
+      (gap.nacks === 0 ? lists.first : lists.again).push(gap.sequence);
+      byServer.set(server, lists);
+    }
+    this.#due.clear();
+    const now = this.#options.nowMs();
+    const base = this.#options.base();
+    const oldestFirst = (a: number, b: number) => sequenceDistance(base, a) - sequenceDistance(base, b);
+    for (const [server, lists] of byServer) {
+      for (const [sequences, again] of [
+        [lists.again, true],
+        [lists.first, false],
+      ] as const) {
+        sequences.sort(oldestFirst);
+        for (const ranges of toRanges(sequences)) {
+          this.#options.sendNack(server, ranges, again);
+          this.#options.events({
+            type: 'nack-sent',
+            packets: ranges.reduce((sum, range) => sum + range.count, 0),
+          });
+        }
+      }
+      for (const sequence of [...lists.again, ...lists.first]) {
+        const gap = this.#gaps.get(sequence);
+        if (gap !== undefined) {
+          gap.nacks++;
+          gap.sentAtMs = now;
+          gap.timer = schedule(servers.timeoutFor(server, gap.attempts + gap.notYet), () =>
+            this.#onTimeout(gap),
+          );
+        }
+      }
+    }
+  }
+}
+
+/** Sorted sequences into NACK-sized lists of ranges. */
+export function toRanges(sequences: readonly number[]): SequenceRange[][] {
+  const all: SequenceRange[] = [];
+  let start: number | undefined;
+  let count = 0;
+  for (const sequence of sequences) {
+    if (start !== undefined && sequence === sequenceAdd(start, count) && count < nackRangePacketsMax) {
+      count++;
+      continue;
+    }
+    if (start !== undefined) {
+      all.push({ start, count });
+    }
+    start = sequence;
+    count = 1;
+  }
+  if (start !== undefined) {
+    all.push({ start, count });
+  }
+  const lists: SequenceRange[][] = [];
+  for (let i = 0; i < all.length; i += nackRangesMax) {
+    lists.push(all.slice(i, i + nackRangesMax));
+  }
+  return lists;
+}

@@ -1,0 +1,44 @@
+/**
+ * The seeds CI runs (test/sim/sim.test.ts) and how a failure is matched to a fault recorded in
+ * test/sim/found.md. Shared by the test and the processes it runs the seeds in (shard.ts).
+ */
+import type { ScenarioResult } from './scenario.js';
+
+/**
+ * Seeds 1-20, and the seeds that found a fault outside them (test/sim/found.md), so each kind stays
+ * fixed: about 30 s of CPU, run over four processes (sim.test.ts) so that a 2-core machine at load 20
+ * still gets through them in a minute and a half. `npm run sim -- --seeds N` runs as many more.
+ */
+export const ciSeeds: readonly number[] = [
+  ...Array.from({ length: 20 }, (_, i) => i + 1),
+  1014,
+  1077,
+  1131,
+  1157,
+  3061,
+  3124,
+  3261,
+  3387,
+];
+
+/** The found.md entry a failure belongs to, or undefined for a new one. */
+export function knownFault(result: ScenarioResult): string | undefined {
+  const violation = result.violation;
+  if (violation === undefined) {
+    return undefined;
+  }
+  const replayedControl = result.adversaryLog.some((line) =>
+    /replay-control-(victim|other-target): type 5/.test(line),
+  );
+  if (violation.invariant === 'authenticated-destination' && replayedControl) {
+    return 'found.md 1: a replayed NACK is answered to the address it claims';
+  }
+  const run = /gave up (\S+) sequence/.exec(violation.details)?.[1];
+  const descriptorReplayed = result.adversaryLog.some(
+    (line) => line.includes(`replay-old-run: its DESCRIPTOR and`) && run !== undefined && line.includes(run),
+  );
+  if (violation.invariant === 'held-not-unrecoverable' && descriptorReplayed) {
+    return 'found.md 2: an ended run is taken up again from a replayed DESCRIPTOR';
+  }
+  return undefined;
+}
