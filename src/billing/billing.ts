@@ -197,6 +197,22 @@ function refusalResult(error: LedgerError, account: string): UsageResult {
   }
 }
 
+/** The first month a billing run accepts: nothing in the ledger can be older (docs/api.md). */
+export const billingPeriodFirst = '2000-01';
+
+/** The sessions that usage events name and the store does not hold. */
+async function unknownSessions(context: ApiContext, items: readonly UsageItem[]): Promise<Set<string>> {
+  const named = [
+    ...new Set(items.flatMap((item) => (item.usage.session === undefined ? [] : [item.usage.session]))),
+  ];
+  if (named.length === 0) {
+    return new Set();
+  }
+  const rows = await context.db.selectFrom('sessions').select('id').where('id', 'in', named).execute();
+  const found = new Set(rows.map((row) => row.id));
+  return new Set(named.filter((id) => !found.has(id)));
+}
+
 /**
  * Charges usage events in one transaction (group commit): each is rated by the card in force,
  * written once per idempotency key with its usage event beside it, and gets its own result. The
@@ -210,6 +226,27 @@ export async function chargeUsageMany(
 ): Promise<UsageResult[]> {
   if (items.length === 0) {
     return [];
+  }
+  // A usage event names a session the server registered, or none: an unknown session is refused
+  // before anything is written (sessions are ended, never deleted, so the check cannot go stale).
+  const missing = await unknownSessions(context, items);
+  if (missing.size > 0) {
+    const known = items.flatMap((item, index) =>
+      item.usage.session !== undefined && missing.has(item.usage.session) ? [] : [index],
+    );
+    const charged = await chargeUsageMany(
+      context,
+      defaults,
+      known.map((index) => items[index] as UsageItem),
+    );
+    const results: UsageResult[] = items.map((item) => ({
+      status: 404,
+      body: { error: 'not-found', message: `body/session: no session ${item.usage.session ?? ''}` },
+    }));
+    known.forEach((index, at) => {
+      results[index] = charged[at] as UsageResult;
+    });
+    return results;
   }
   const credit = await revenueAccount(context);
   const card = await currentRates(context, defaults);
@@ -497,6 +534,12 @@ export function registerBillingRoutes(app: FastifyInstance, context: ApiContext,
         return badRequest(
           reply,
           `body/period: ${period} has not begun; a month is billed once it has started`,
+        );
+      }
+      if (period < billingPeriodFirst) {
+        return badRequest(
+          reply,
+          `body/period: ${period} is before ${billingPeriodFirst}, the first month the ledger can hold`,
         );
       }
       const rows = await db

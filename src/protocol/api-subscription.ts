@@ -5,7 +5,15 @@
  */
 import { type Static, Type } from '@sinclair/typebox';
 
-export const Name = Type.String({ minLength: 1, maxLength: 200 });
+/**
+ * A party, session or server name: no leading or trailing white space and no control characters,
+ * so two names a person reads alike are stored alike (docs/api.md).
+ */
+export const Name = Type.String({
+  minLength: 1,
+  maxLength: 200,
+  pattern: '^(?![\\s])(?!.*[\\s]$)[^\\u0000-\\u001f\\u007f-\\u009f]+$',
+});
 export const Id = Type.String({ minLength: 1, maxLength: 100 });
 export const Timestamp = Type.String({ format: 'date-time', maxLength: 40 });
 export const Period = Type.String({ pattern: '^[0-9]{4}-(0[1-9]|1[0-2])$', maxLength: 7 });

@@ -177,5 +177,18 @@ export const migrations: Record<string, Migration> = {
         .execute();
     },
   },
+  '0007-party-names-case': {
+    async up(db: Kysely<unknown>) {
+      // Names are unique per kind whatever their case: "alice" and "ALICE" are one subscriber to
+      // whoever reads them. Older names that differ only in case (or in surrounding white space)
+      // get their id, as in 0005, so the index can be built over existing data.
+      await sql`update parties set name = trim(name) || ' (' || id || ')'
+        where kind <> 'operator' and exists (select 1 from parties other
+          where other.kind = parties.kind and lower(trim(other.name)) = lower(trim(parties.name))
+            and other.id < parties.id)`.execute(db);
+      await sql`create unique index parties_kind_name_folded on parties (kind, lower(name))
+        where kind <> 'operator'`.execute(db);
+    },
+  },
   ...orderMigrations,
 };

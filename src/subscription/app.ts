@@ -8,6 +8,7 @@ import { randomUUID } from 'node:crypto';
 import swagger from '@fastify/swagger';
 import { type Static, Type } from '@sinclair/typebox';
 import type { FastifyInstance, FastifyReply, FastifyRequest, preHandlerAsyncHookHandler } from 'fastify';
+import { sql } from 'kysely';
 import type { BillingFactory, RateCard } from '../api/billing.js';
 import { subscriptionBodyBytesMax } from '../limits.js';
 import { InvalidArgumentError } from '../net/errors.js';
@@ -197,7 +198,7 @@ export async function buildSubscriptionApp(options: SubscriptionAppOptions): Pro
         .selectFrom('parties')
         .select('id')
         .where('kind', '=', kind)
-        .where('name', '=', request.body.name)
+        .where(sql`lower(name)`, '=', sql<string>`lower(${request.body.name})`)
         .executeTakeFirst();
       if (taken !== undefined) {
         return reply.code(409).send({
