@@ -1,8 +1,12 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
+import SQLite from 'better-sqlite3';
 import type { FastifyInstance } from 'fastify';
+import { Kysely, Migrator, PostgresDialect, SqliteDialect } from 'kysely';
+import pg from 'pg';
 import { buildServerApp as buildSubscriptionApp } from '../../src/cli/server-app.js';
-import { openStore, type Store } from '../../src/store/database.js';
+import { openStore, type Schema, type Store } from '../../src/store/database.js';
+import { migrations } from '../../src/store/migrations.js';
 import { onEveryStore } from '../helpers/postgres.js';
 
 const operatorToken = 'operator-token-for-names-tests-0123456789';
@@ -184,4 +188,54 @@ function suite(name: string, options: { skip?: string }, url: () => string, clea
   });
 }
 
+/**
+ * A store made before names were folded may hold "dora" and "DORA": the migration keeps the first,
+ * gives the later one its id (as 0005 did for exact duplicates), and then builds the index.
+ */
+function migrationSuite(name: string, options: { skip?: string }, url: () => string, cleanup: () => void) {
+  describe(`migration 0007 over names differing only in case (${name})`, options, () => {
+    let db: Kysely<Schema>;
+    before(() => {
+      const address = url();
+      db = new Kysely<Schema>({
+        dialect: address.startsWith('sqlite:')
+          ? new SqliteDialect({ database: new SQLite(':memory:') })
+          : new PostgresDialect({ pool: new pg.Pool({ connectionString: address, max: 2 }) }),
+      });
+    });
+    after(async () => {
+      await db?.destroy();
+      cleanup();
+    });
+
+    it('renames the later of two names differing in case, then refuses a third', async () => {
+      const migrator = new Migrator({ db, provider: { getMigrations: async () => migrations } });
+      const partial = await migrator.migrateTo('0006-purses-receipts');
+      assert.equal(partial.error, undefined);
+      const party = (id: string, partyName: string, kind = 'subscriber') => ({
+        id,
+        kind,
+        name: partyName,
+        token_hash: `hash-${id}`,
+        created_at: '2026-01-01T00:00:00Z',
+      });
+      await db
+        .insertInto('parties')
+        .values([party('a1', 'dora'), party('a2', 'DORA'), party('a3', 'dora', 'source'), party('a4', 'eve')])
+        .execute();
+      const latest = await migrator.migrateToLatest();
+      assert.equal(latest.error, undefined, String(latest.error));
+      const rows = await db.selectFrom('parties').select(['id', 'name']).orderBy('id').execute();
+      assert.deepEqual(rows, [
+        { id: 'a1', name: 'dora' },
+        { id: 'a2', name: 'DORA (a2)' },
+        { id: 'a3', name: 'dora' },
+        { id: 'a4', name: 'eve' },
+      ]);
+      await assert.rejects(db.insertInto('parties').values(party('a5', 'Eve')).execute());
+    });
+  });
+}
+
 onEveryStore(suite);
+onEveryStore(migrationSuite);
