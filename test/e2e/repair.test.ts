@@ -53,7 +53,12 @@ describe('repair service on the namespace test bed', testbedSkip(['socat']), () 
   });
 
   /** Runs one repaired transfer; lose() injects loss on the repair server's S1 path meanwhile. */
-  async function transfer(options: { lose: (s1Port: number) => Promise<void>; killFirst?: boolean }) {
+  async function transfer(options: {
+    lose: (s1Port: number) => Promise<void>;
+    killFirst?: boolean;
+    /** How long the receiver of S2 waits (seconds); repairing a heavy burst takes longer. */
+    timeoutSeconds?: number;
+  }) {
     port += 10;
     const s1 = `239.30.0.1:${port}`;
     const s2 = `239.30.0.2:${port + 1}`;
@@ -68,7 +73,12 @@ describe('repair service on the namespace test bed', testbedSkip(['socat']), () 
       mode: ['--reliable', '--status', '127.0.0.1:9100'],
     });
     const output = join(directory, `s2-${port}.bin`);
-    const receiver = receiveOn(bed, 'rx1', s2, ['--out', output, '--timeout', '20']);
+    const receiver = receiveOn(bed, 'rx1', s2, [
+      '--out',
+      output,
+      '--timeout',
+      String(options.timeoutSeconds ?? 20),
+    ]);
     const appOutput = join(directory, `app-${port}.bin`);
     bed.control('translate', 'rx2', String(port));
     // The agent watches rx2's group memberships: it starts when the application joins S1.
@@ -154,6 +164,9 @@ describe('repair service on the namespace test bed', testbedSkip(['socat']), () 
   it('burst loss (a drop rule switched on and off): whole', async () => {
     const result = await transfer({
       lose: (s1Port) => burstLoss(bed, 'rep', String(s1Port), { onMs: 15, offMs: 120, count: 8 }),
+      // Each switch of the drop rule is an nft command: the bursts can cover half the session,
+      // whose thousands of gaps the repair server fetches back in more than 20 s.
+      timeoutSeconds: 60,
     });
     check(result);
     assert.ok(result.dropped >= 40, `bursts dropped only ${result.dropped}`);
