@@ -369,8 +369,11 @@ export const orderBillingSweepMs = 2_000;
  */
 export const orderGroupCommitMax = 256;
 
-/** Order server: one smcroutectl command's time limit. */
-export const smcroutectlTimeoutMs = 5_000;
+/** Order server: how long one command to smcrouted (over its control socket) may take. */
+export const smcrouteCommandTimeoutMs = 5_000;
+
+/** Order server: the longest answer read from smcrouted (its route table, for `show routes`). */
+export const smcrouteReplyBytesMax = 4 * 1024 * 1024;
 
 /** Order server: largest request body. */
 export const orderBodyBytesMax = 8 * 1024;

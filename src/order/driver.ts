@@ -37,6 +37,12 @@ export interface ReconcileOptions {
 /** Keeps one router equal to what its link should carry. */
 export interface RouterDriver {
   reconcile(wanted: readonly RouteWanted[], options?: ReconcileOptions): Promise<ReconcileReport>;
+  /**
+   * True when the router may have lost what it was told since it was last asked (smcrouted started
+   * again): the next reconcile asks it at once instead of waiting for the drift check. Cheap: it is
+   * called on every poll.
+   */
+  stale?(): boolean;
   close(): Promise<void>;
 }
 
@@ -148,7 +154,8 @@ export function startLinkDrivers(options: LinkDriversOptions): LinkDrivers {
       driven.set(link.name, current);
     }
     const at = now();
-    const fresh = current.failing || at - current.checkedAt >= driftCheckMs;
+    const fresh =
+      current.failing || at - current.checkedAt >= driftCheckMs || current.driver.stale?.() === true;
     const due = poked.delete(link.name) || current.version !== link.version || fresh;
     if (!due) {
       return;
