@@ -10,10 +10,11 @@
  * usage does in billing) with a few set-based statements, not a few per order: the entitlements of
  * all its boxes in one query, its links locked once, each order decided in memory in arrival order
  * exactly as it would be alone, then one refcount upsert, one capacity update per link and one
- * multi-row insert. Cancels and expiries that arrive together share one transaction too, each run
- * in it one after another. If a batch's transaction fails, each of its requests is run again in a
- * transaction of its own, so one failing request (a deadlock between two servers, a constraint)
- * fails only itself.
+ * multi-row insert. Cancels and expiries are ended as a batch the same way, and orders and endings
+ * that arrive together share one transaction (the endings first, then the orders): one commit, one
+ * flush to disk and one hold of the link's lock for both. If a batch's transaction fails, each of
+ * its requests is run again in a transaction of its own, so one failing request (a deadlock between
+ * two servers, a constraint) fails only itself.
  */
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
@@ -172,6 +173,15 @@ interface Ended {
   readonly row: Schema['orders'] | undefined;
   readonly changedLink: string | undefined;
 }
+
+/** One request of a group commit: an order, or the end of one. */
+type Step =
+  | { readonly kind: 'order'; readonly wanted: Wanted }
+  | { readonly kind: 'end'; readonly ending: Ending };
+/** What a step came to. */
+type StepResult =
+  | { readonly kind: 'order'; readonly outcome: AdmitOutcome }
+  | { readonly kind: 'end'; readonly ended: Ended };
 
 /** A service a link carries, as a capacity-full refusal lists it. */
 type InUse = CapacityFull['inUse'][number];
@@ -556,8 +566,6 @@ export function createOrderBook(store: Store, options: OrderBookOptions): OrderB
     }
   };
 
-  const admit = createBatchCommitter(store, groupCommitMax, admitBatch);
-
   /**
    * Ends a batch of active orders (cancels, expiries) in one transaction with a few set-based
    * statements: read the orders, lock their links (in name order), read them again under the locks,
@@ -694,9 +702,85 @@ export function createOrderBook(store: Store, options: OrderBookOptions): OrderB
     }
   };
 
-  const endInBatch = createBatchCommitter(store, groupCommitMax, endBatch);
-  const end = (id: string, box: string | undefined, state: OrderState, endedAtMs?: number) =>
-    endInBatch({ id, box, state, ...(endedAtMs === undefined ? {} : { endedAtMs }) });
+  /**
+   * Locks, in name order, every link a mixed batch touches (PostgreSQL), before its endings lock
+   * theirs and its orders theirs: each part alone locks in name order, but the two parts one after
+   * another would not, and two servers could then wait on each other in a cycle.
+   */
+  const lockLinksOf = async (trx: Kysely<Schema>, ids: readonly string[], services: readonly string[]) => {
+    await trx
+      .selectFrom('order_links')
+      .select('name')
+      .where((eb) =>
+        eb.or([
+          eb(
+            'name',
+            'in',
+            eb
+              .selectFrom('orders')
+              .select('link')
+              .where('id', 'in', [...ids]),
+          ),
+          eb(
+            'name',
+            'in',
+            eb
+              .selectFrom('order_services')
+              .select('link')
+              .where('name', 'in', [...services]),
+          ),
+        ]),
+      )
+      .orderBy('name')
+      .forUpdate()
+      .execute();
+  };
+
+  /**
+   * Orders and endings that arrive together share one transaction (one commit, one flush to disk,
+   * one hold of each link's lock): the endings first, so the capacity they free is there for the
+   * orders, then the orders, each part decided as a batch.
+   */
+  const mixedBatch = async (trx: Kysely<Schema>, steps: readonly Step[]): Promise<StepResult[]> => {
+    const endings = steps.flatMap((step) => (step.kind === 'end' ? [step.ending] : []));
+    const orders = steps.flatMap((step) => (step.kind === 'order' ? [step.wanted] : []));
+    if (store.dialect === 'postgres' && endings.length > 0 && orders.length > 0) {
+      await lockLinksOf(
+        trx,
+        endings.map((ending) => ending.id),
+        orders.map((one) => one.service),
+      );
+    }
+    const ended = endings.length === 0 ? [] : await endBatch(trx, endings);
+    const admitted = orders.length === 0 ? [] : await admitBatch(trx, orders);
+    let nextEnded = 0;
+    let nextAdmitted = 0;
+    return steps.map((step): StepResult => {
+      if (step.kind === 'end') {
+        const result = ended[nextEnded++];
+        assert(result !== undefined);
+        return { kind: 'end', ended: result };
+      }
+      const result = admitted[nextAdmitted++];
+      assert(result !== undefined);
+      return { kind: 'order', outcome: result };
+    });
+  };
+
+  const commit = createBatchCommitter(store, groupCommitMax, mixedBatch);
+  const admit = async (wanted: Wanted): Promise<AdmitOutcome> => {
+    const result = await commit({ kind: 'order', wanted });
+    assert(result.kind === 'order');
+    return result.outcome;
+  };
+  const end = async (id: string, box: string | undefined, state: OrderState, endedAtMs?: number) => {
+    const result = await commit({
+      kind: 'end',
+      ending: { id, box, state, ...(endedAtMs === undefined ? {} : { endedAtMs }) },
+    });
+    assert(result.kind === 'end');
+    return result.ended;
+  };
 
   return {
     async order(box, service) {
