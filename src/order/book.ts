@@ -18,7 +18,7 @@
  */
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
-import { type Kysely, sql } from 'kysely';
+import { type Kysely, type OperationNodeSource, sql } from 'kysely';
 import { orderGroupCommitMax } from '../limits.js';
 import type { CapacityFull, LinkPolicy, Order, OrderPrice, OrderState } from '../protocol/api-order.js';
 import type { Schema, Store } from '../store/database.js';
@@ -185,6 +185,32 @@ type StepResult =
 
 /** A service a link carries, as a capacity-full refusal lists it. */
 type InUse = CapacityFull['inUse'][number];
+
+/** A write statement of a batch. */
+type Statement = OperationNodeSource & { execute(): Promise<unknown> };
+
+/**
+ * Runs a batch's write statements, which must each touch rows none of the others touch: on
+ * PostgreSQL as one statement (data-modifying WITH clauses, one round trip instead of one each); on
+ * SQLite, in process, one after another.
+ */
+async function writeTogether(
+  trx: Kysely<Schema>,
+  dialect: Store['dialect'],
+  statements: readonly Statement[],
+): Promise<void> {
+  if (statements.length === 0) {
+    return;
+  }
+  if (statements.length === 1 || dialect !== 'postgres') {
+    for (const statement of statements) {
+      await statement.execute();
+    }
+    return;
+  }
+  const clauses = statements.map((statement, i) => sql`${sql.raw(`w${i}`)} as (${statement})`);
+  await sql`with ${sql.join(clauses)} select 1 as written`.execute(trx);
+}
 
 /** Builds the book. */
 export function createOrderBook(store: Store, options: OrderBookOptions): OrderBook {
@@ -527,43 +553,48 @@ export function createOrderBook(store: Store, options: OrderBookOptions): OrderB
         .execute();
       await trx.deleteFrom('order_active').where('service', 'in', services).execute();
     }
+    const statements: Statement[] = [];
     const refcounts = [...decided.active.values()].filter((row) => row.added > 0);
     if (refcounts.length > 0) {
       // New services are inserted with their count; active ones gain theirs (the conflict).
-      await trx
-        .insertInto('order_active')
-        .values(
-          refcounts.map((row) => ({
-            service: row.service,
-            link: row.link,
-            refcount: row.added,
-            bit_rate: row.bitRate,
-            priority: row.priority,
-            activated_at: iso,
-          })),
-        )
-        .onConflict((conflict) =>
-          conflict.column('service').doUpdateSet((eb) => ({
-            refcount: eb('order_active.refcount', '+', eb.ref('excluded.refcount')),
-          })),
-        )
-        .execute();
+      statements.push(
+        trx
+          .insertInto('order_active')
+          .values(
+            refcounts.map((row) => ({
+              service: row.service,
+              link: row.link,
+              refcount: row.added,
+              bit_rate: row.bitRate,
+              priority: row.priority,
+              activated_at: iso,
+            })),
+          )
+          .onConflict((conflict) =>
+            conflict.column('service').doUpdateSet((eb) => ({
+              refcount: eb('order_active.refcount', '+', eb.ref('excluded.refcount')),
+            })),
+          ),
+      );
     }
     for (const [name, link] of decided.links) {
       if (link.used !== link.usedBefore) {
-        await trx
-          .updateTable('order_links')
-          .set((eb) => ({
-            used_bits: eb('used_bits', '+', link.used - link.usedBefore),
-            version: eb('version', '+', 1),
-          }))
-          .where('name', '=', name)
-          .execute();
+        statements.push(
+          trx
+            .updateTable('order_links')
+            .set((eb) => ({
+              used_bits: eb('used_bits', '+', link.used - link.usedBefore),
+              version: eb('version', '+', 1),
+            }))
+            .where('name', '=', name),
+        );
       }
     }
     if (decided.inserts.length > 0) {
-      await trx.insertInto('orders').values(decided.inserts).execute();
+      statements.push(trx.insertInto('orders').values(decided.inserts));
     }
+    // Different rows each (the renewals and pre-emptions above may share rows with these).
+    await writeTogether(trx, store.dialect, statements);
   };
 
   /**
@@ -572,24 +603,27 @@ export function createOrderBook(store: Store, options: OrderBookOptions): OrderB
    * decide each in arrival order, then write the ended orders, the refcounts that fall, the services
    * that end and one capacity update per link. Each result is the ended row, or the row as it is.
    */
-  const endBatch = async (trx: Kysely<Schema>, items: readonly Ending[]): Promise<Ended[]> => {
+  const endBatch = async (
+    trx: Kysely<Schema>,
+    items: readonly Ending[],
+    linksLocked = false,
+  ): Promise<Ended[]> => {
     const ids = [...new Set(items.map((item) => item.id))];
-    const first = await trx.selectFrom('orders').select(['id', 'link']).where('id', 'in', ids).execute();
-    const linkNames = [...new Set(first.map((row) => row.link))].sort();
-    if (linkNames.length === 0) {
-      return items.map(() => ({ row: undefined, changedLink: undefined }));
+    // SQLite: BEGIN IMMEDIATE holds the one write lock already.
+    if (!linksLocked && store.dialect === 'postgres') {
+      const first = await trx.selectFrom('orders').select(['id', 'link']).where('id', 'in', ids).execute();
+      const linkNames = [...new Set(first.map((row) => row.link))].sort();
+      if (linkNames.length === 0) {
+        return items.map(() => ({ row: undefined, changedLink: undefined }));
+      }
+      await trx
+        .selectFrom('order_links')
+        .select(['name'])
+        .where('name', 'in', linkNames)
+        .orderBy('name')
+        .forUpdate()
+        .execute();
     }
-    const links = new Map(
-      (
-        await trx
-          .selectFrom('order_links')
-          .select(['name', 'used_bits'])
-          .where('name', 'in', linkNames)
-          .orderBy('name')
-          .$if(store.dialect === 'postgres', (query) => query.forUpdate())
-          .execute()
-      ).map((row) => [row.name, { freed: 0 }]),
-    );
     // Read again under the locks: another server may have ended some meanwhile.
     const rows = new Map(
       (await trx.selectFrom('orders').selectAll().where('id', 'in', ids).execute()).map((row) => [
@@ -597,6 +631,8 @@ export function createOrderBook(store: Store, options: OrderBookOptions): OrderB
         row,
       ]),
     );
+    // An order's link never changes: these are the links locked above (or by the caller).
+    const links = new Map([...rows.values()].map((row) => [row.link, { freed: 0 }]));
     const services = [...new Set([...rows.values()].map((row) => row.service))];
     const active = new Map(
       (
@@ -646,60 +682,65 @@ export function createOrderBook(store: Store, options: OrderBookOptions): OrderB
     active: Map<string, { boxes: number; removed: number }>,
     links: Map<string, { freed: number }>,
   ) => {
+    const statements: Statement[] = [];
     for (const group of ended.values()) {
       const { state, ended_at } = group[0] as OrderRow;
-      await trx
-        .updateTable('orders')
-        .set({ state, ended_at })
-        .where(
-          'id',
-          'in',
-          group.map((row) => row.id),
-        )
-        .execute();
+      statements.push(
+        trx
+          .updateTable('orders')
+          .set({ state, ended_at })
+          .where(
+            'id',
+            'in',
+            group.map((row) => row.id),
+          ),
+      );
     }
     const gone = [...active].filter(([, service]) => service.removed > 0 && service.boxes === 0);
     const fewer = [...active].filter(([, service]) => service.removed > 0 && service.boxes > 0);
     if (gone.length > 0) {
-      await trx
-        .deleteFrom('order_active')
-        .where(
+      statements.push(
+        trx.deleteFrom('order_active').where(
           'service',
           'in',
           gone.map(([name]) => name),
-        )
-        .execute();
+        ),
+      );
     }
     if (fewer.length > 0) {
-      await trx
-        .updateTable('order_active')
-        // Each service loses the boxes that left it: one statement with a CASE over the services.
-        .set((eb) => ({
-          refcount: eb(
-            'refcount',
-            '-',
-            sql<number>`case ${sql.join(
-              fewer.map(([name, service]) => sql`when service = ${name} then ${sql.lit(service.removed)}`),
-              sql` `,
-            )} else 0 end`,
+      statements.push(
+        trx
+          .updateTable('order_active')
+          // Each service loses the boxes that left it: one statement with a CASE over the services.
+          .set((eb) => ({
+            refcount: eb(
+              'refcount',
+              '-',
+              sql<number>`case ${sql.join(
+                fewer.map(([name, service]) => sql`when service = ${name} then ${sql.lit(service.removed)}`),
+                sql` `,
+              )} else 0 end`,
+            ),
+          }))
+          .where(
+            'service',
+            'in',
+            fewer.map(([name]) => name),
           ),
-        }))
-        .where(
-          'service',
-          'in',
-          fewer.map(([name]) => name),
-        )
-        .execute();
+      );
     }
     for (const [name, link] of links) {
       if (link.freed > 0) {
-        await trx
-          .updateTable('order_links')
-          .set((eb) => ({ used_bits: eb('used_bits', '-', link.freed), version: eb('version', '+', 1) }))
-          .where('name', '=', name)
-          .execute();
+        statements.push(
+          trx
+            .updateTable('order_links')
+            .set((eb) => ({ used_bits: eb('used_bits', '-', link.freed), version: eb('version', '+', 1) }))
+            .where('name', '=', name),
+        );
       }
     }
+    // Each touches rows none of the others do (the ended orders, the services gone or fewer, the links).
+    await writeTogether(trx, store.dialect, statements);
   };
 
   /**
@@ -751,7 +792,8 @@ export function createOrderBook(store: Store, options: OrderBookOptions): OrderB
         orders.map((one) => one.service),
       );
     }
-    const ended = endings.length === 0 ? [] : await endBatch(trx, endings);
+    const locked = store.dialect === 'postgres' && endings.length > 0 && orders.length > 0;
+    const ended = endings.length === 0 ? [] : await endBatch(trx, endings, locked);
     const admitted = orders.length === 0 ? [] : await admitBatch(trx, orders);
     let nextEnded = 0;
     let nextAdmitted = 0;

@@ -349,6 +349,34 @@ function bookSuite(name: string, options: { skip?: string }, url: () => string, 
       assert.equal(state.used, 10_000_000);
     });
 
+    it('orders and cancels arriving together share a batch: the cancels free their room first', async () => {
+      await makeLink(store, 'mixed-sat', 8_000_000, 'reject', [
+        { name: 'mone', rate: 4_000_000, group: '239.77.3.1' },
+        { name: 'mtwo', rate: 4_000_000, group: '239.77.3.2' },
+        { name: 'mthree', rate: 4_000_000, group: '239.77.3.3' },
+      ]);
+      const one = await book.order('b1', 'mone');
+      const two = await book.order('b2', 'mtwo');
+      const kept = await book.order('b3', 'mtwo');
+      assert.ok(one.kind === 'ordered' && two.kind === 'ordered' && kept.kind === 'ordered');
+      assert.equal((await linkState(store, 'mixed-sat')).used, 8_000_000);
+      // The link is full; in one turn of the event loop: b1 cancels mone, b2 cancels mtwo (b3 still
+      // holds it), b1 orders mthree.
+      const [cancelledOne, cancelledTwo, three] = await Promise.all([
+        book.cancel('b1', one.order.id),
+        book.cancel('b2', two.order.id),
+        book.order('b1', 'mthree'),
+      ]);
+      assert.equal(cancelledOne?.state, 'cancelled');
+      assert.equal(cancelledTwo?.state, 'cancelled');
+      assert.ok(three.kind === 'ordered' && three.activated);
+      const state = await linkState(store, 'mixed-sat');
+      assert.deepEqual(state.refcounts, { mthree: 1, mtwo: 1 });
+      assert.deepEqual(state.counted, state.refcounts);
+      assert.equal(state.used, 8_000_000);
+      assert.equal(state.expectedUsed, 8_000_000);
+    });
+
     it('group commit: a request that fails fails alone; the others in its batch are written', async () => {
       const commit = createBatchCommitter(
         store,
