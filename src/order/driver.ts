@@ -119,6 +119,29 @@ export function startLinkDrivers(options: LinkDriversOptions): LinkDrivers {
     return held;
   };
 
+  /** Reconciles a link this server drives; version: the link row's, when the pass read it. */
+  const reconcileDriven = async (name: string, current: Driven, version: number | undefined) => {
+    const at = now();
+    const fresh =
+      current.failing || at - current.checkedAt >= driftCheckMs || current.driver.stale?.() === true;
+    const due = poked.delete(name) || (version !== undefined && current.version !== version) || fresh;
+    if (!due) {
+      return;
+    }
+    const wanted = await options.book.desired(name);
+    const report = await current.driver.reconcile(wanted, { fresh });
+    if (version !== undefined) {
+      current.version = version;
+    }
+    if (fresh) {
+      current.checkedAt = at; // the drift check's clock runs from the last time the router was asked
+    }
+    current.failing = report.errors.length > 0;
+    if (report.added.length > 0 || report.removed.length > 0 || report.errors.length > 0) {
+      options.onReport?.(name, report);
+    }
+  };
+
   const drive = async (link: { name: string; router_config: string; version: number }) => {
     let current = driven.get(link.name);
     if (!(await holdLease(link.name, current))) {
@@ -153,23 +176,40 @@ export function startLinkDrivers(options: LinkDriversOptions): LinkDrivers {
       };
       driven.set(link.name, current);
     }
+    await reconcileDriven(link.name, current, link.version);
+  };
+
+  /**
+   * Only the poked links, when this server drives each of them with a lease well within its time:
+   * an order's route goes out without reading every link first. Anything else takes a full pass.
+   */
+  const pokedPass = async (): Promise<boolean> => {
     const at = now();
-    const fresh =
-      current.failing || at - current.checkedAt >= driftCheckMs || current.driver.stale?.() === true;
-    const due = poked.delete(link.name) || current.version !== link.version || fresh;
-    if (!due) {
-      return;
+    const links = [...poked];
+    const ready = links.every((name) => {
+      const current = driven.get(name);
+      return current !== undefined && at < current.leaseUntil - leaseMs / 2;
+    });
+    if (!ready) {
+      return false;
     }
-    const wanted = await options.book.desired(link.name);
-    const report = await current.driver.reconcile(wanted, { fresh });
-    current.version = link.version;
-    if (fresh) {
-      current.checkedAt = at; // the drift check's clock runs from the last time the router was asked
+    for (const name of links) {
+      if (closed) {
+        break;
+      }
+      const current = driven.get(name);
+      if (current === undefined) {
+        continue;
+      }
+      try {
+        // The link row's version is not read here: the next full pass sees it changed and
+        // reconciles again, starting from what this one did (no router command when nothing changed).
+        await reconcileDriven(name, current, undefined);
+      } catch (error) {
+        options.onReport?.(name, { added: [], removed: [], errors: [(error as Error).message] });
+      }
     }
-    current.failing = report.errors.length > 0;
-    if (report.added.length > 0 || report.removed.length > 0 || report.errors.length > 0) {
-      options.onReport?.(link.name, report);
-    }
+    return true;
   };
 
   const pass = async (): Promise<void> => {
@@ -197,7 +237,9 @@ export function startLinkDrivers(options: LinkDriversOptions): LinkDrivers {
   };
 
   /** One pass at a time; a poke during a pass runs another right after. */
-  const run = (): Promise<void> => {
+  let fullWanted = false;
+  const run = (full: boolean): Promise<void> => {
+    fullWanted ||= full;
     if (running !== undefined) {
       again = true;
       return running;
@@ -206,7 +248,11 @@ export function startLinkDrivers(options: LinkDriversOptions): LinkDrivers {
       try {
         do {
           again = false;
-          await pass();
+          const full = fullWanted;
+          fullWanted = false;
+          if (full || !(await pokedPass())) {
+            await pass();
+          }
         } while (again && !closed);
       } finally {
         running = undefined;
@@ -220,7 +266,7 @@ export function startLinkDrivers(options: LinkDriversOptions): LinkDrivers {
       return;
     }
     timer = setTimeout(() => {
-      run()
+      run(true)
         .catch(() => undefined)
         .finally(schedule);
     }, pollMs);
@@ -253,9 +299,9 @@ export function startLinkDrivers(options: LinkDriversOptions): LinkDrivers {
   return {
     poke(link) {
       poked.add(link);
-      run().catch(() => undefined);
+      run(false).catch(() => undefined);
     },
-    pass: run,
+    pass: () => run(true),
     held: () => [...driven.keys()],
     close,
     [Symbol.asyncDispose]: close,
