@@ -359,15 +359,20 @@ orders in all with ${concurrency} in flight, on a link with room for 30 of its 1
 |---|---|---|---|---|---|---|
 ${zapRows.join('\n')}
 ${rows.skipped.map((reason) => `\nNot run: ${reason}.`).join('')}
-Where the time goes: orders that arrive together are decided as one batch, and cancels as another,
-each in one transaction of a few set-based statements whatever the batch's size (read the services
-and the boxes' entitlements, lock the links, read the active orders and services, then one refcount
-upsert, one capacity update per link, one multi-row insert), so a batch costs about ten round trips
-and one flush to disk instead of six statements per order. "Alone" is a batch of one: every order
-and cancel its own transaction and flush, which is what the disk allows. Before this (each order's
-statements run one after another inside the group commit; the same benchmark earlier the same day,
-load average 25): SQLite 358, PostgreSQL 22 operations/s with group commit; the zapping burst took
-12.3 s on SQLite and 357.9 s on PostgreSQL.`;
+Where the time goes: orders and cancels that arrive together are decided in one transaction, the
+cancels as one batch and then the orders as another, each with a few set-based statements whatever
+its size (read the services and the boxes' entitlements, lock the links, read the active orders and
+services, then the writes: on PostgreSQL one statement of data-modifying \`WITH\` clauses for the
+refcounts, the capacity and the new or ended orders), so a batch costs about a dozen round trips and
+one flush to disk instead of six statements per order. "Alone" is a batch of one: every order and
+cancel its own transaction and flush, which is what the disk allows. With 64 boxes in step, a batch
+holds 64 operations; a CPU profile of the PostgreSQL run shows the benchmark's process mostly idle,
+waiting on the server: what limits it is the time PostgreSQL takes per batch (about 38 ms at load
+18: statements with 64-value lists and the commit's flush, all while the link's row is locked), not
+the order book's JavaScript. Earlier figures, the same benchmark the same day: each order's
+statements run one after another (load 25): SQLite 358, PostgreSQL 22 operations/s, zapping 12.3 s
+and 357.9 s; batched orders and batched cancels in separate transactions, each write its own
+statement (load 21.9): SQLite 1527, PostgreSQL 1220 operations/s, zapping 7.4 s and 15.8 s.`;
 }
 
 function bedSection(figures: BedFigures | string): string {
@@ -395,7 +400,8 @@ between datagrams, so the figures are within 0.5 ms). ${figures.toFirstPacketMs.
 
 smcrouted killed (SIGKILL) and started again, 5 times, one channel ordered: time from the start of the
 new daemon until its routes show the channel again, and until the channel's datagrams reach the box
-again (target ≤ 2 s). The driver notices at its next drift check (every 1 s, \`orderDriftCheckMs\`).
+again (target ≤ 2 s). The driver notices the daemon's new control socket at its next poll
+(\`orderDriverPollMs\`, 100 ms) and reads and repairs its routes then.
 
 | restore | p50 ms | max ms |
 |---|---|---|
