@@ -382,8 +382,8 @@ server's backend as much as in Node. PostgreSQL's own statement statistics (\`pg
 cancel and its next order), statement execution 0.75–1.1 s of the 5 s, most of it the one write
 statement that inserts 64 orders (five indexes) and upserts the refcounts (11–14 ms each); the
 rest is the commit's flush and the wait for the server's backend to be scheduled again between
-about a dozen round trips, while the benchmark's process sits idle (its CPU profile: 41 % idle of
-the run, the order book's own functions under 1 %).`;
+about a dozen round trips, while the benchmark's process sits idle (its CPU profile: idle 5.9 s of
+its 14.2 s, most of the rest starting PostgreSQL; the order book's own functions under 1 %).`;
 }
 
 function bedSection(figures: BedFigures | string): string {
