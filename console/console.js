@@ -216,6 +216,9 @@ function renderSessions() {
   for (const e of snapshot.live.filter((x) => x.role === 'agent' && x.status)) {
     const s = e.status;
     const sessions = s.sessions ?? [{ s1: s.deliver, active: true, delivery: s }];
+    const delivered = sessions.reduce((sum, x) => sum + (x.delivery?.delivered ?? 0), 0);
+    const gaps = sessions.reduce((sum, x) => sum + (x.delivery?.gapsSeen ?? 0), 0);
+    const canvas = h('canvas', { class: 'loss-graph', 'data-endpoint': e.name });
     cards.push(
       h(
         'div',
@@ -225,9 +228,41 @@ function renderSessions() {
           h(
             'div',
             { class: 'sub' },
-            `${x.s1}: ${x.active ? `delivering, ${x.delivery?.delivered ?? 0} datagrams, ${x.delivery?.gapsSeen ?? 0} gaps` : x.refused ? `refused: ${x.refused}` : 'idle'}`,
+            `${x.s1}${x.delivery ? ` → ${x.delivery.deliver}` : ''}: ${x.active ? `delivering from S2 ${x.s2 ?? x.delivery?.from ?? ''}` : x.refused ? `refused: ${x.refused}` : 'idle'}`,
           ),
         ),
+        h(
+          'div',
+          { class: 'figures' },
+          figure(
+            percent(delivered + gaps === 0 ? 0 : (gaps / (delivered + gaps)) * 100),
+            'loss after repair',
+            'after',
+          ),
+          figure(delivered, 'datagrams delivered'),
+          figure(gaps, 'gaps seen'),
+        ),
+        canvas,
+        h(
+          'div',
+          { class: 'legend' },
+          h('span', { class: 'after' }, '— loss after repair at this receiver'),
+          ' (% per second)',
+        ),
+      ),
+    );
+    requestAnimationFrame(() =>
+      drawGraph(
+        canvas,
+        [
+          {
+            color: '#1b8a4b',
+            values: e.history
+              .filter((p) => p.lossAfterPercent !== undefined)
+              .map((p) => ({ at: p.at, value: p.lossAfterPercent })),
+          },
+        ],
+        1,
       ),
     );
   }
@@ -537,7 +572,11 @@ function renderOrders() {
             'div',
             { class: 'card link', 'data-id': link.name },
             h('h4', {}, `${link.name} `, h('span', { class: 'badge' }, link.router)),
-            h('div', { class: 'sub' }, `policy ${link.policy}, ${services.length} services`),
+            h(
+              'div',
+              { class: 'sub' },
+              `policy ${link.policy}, ${services.length} service${services.length === 1 ? '' : 's'}`,
+            ),
             h(
               'div',
               { class: 'figures' },
