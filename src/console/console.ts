@@ -3,12 +3,11 @@
  * JavaScript files (the package's console/ folder, no build step) and two operator-only routes the
  * page reads: GET /console/api/snapshot (one snapshot as JSON), GET /console/api/events (a
  * snapshot every consolePollIntervalMs as server-sent events) and GET /console/api/settings (the
- * roles' settings schemas). A snapshot holds the store's
- * sessions, server registry, parties, entitlements, balances and latest transfers, the order
- * server's links, services and active orders, and the live
- * view of the watched status endpoints (src/console/live.ts). Operator actions (grant, revoke,
- * cancel an order)
- * go through the subscription server's own API (docs/api.md) with the same operator token.
+ * roles' settings schemas). A snapshot holds the store's sessions, server registry, parties,
+ * entitlements, balances and latest transfers, the order role's links, services and active
+ * orders, and the live view of the watched status endpoints (src/console/live.ts). Operator
+ * actions (grant, revoke, cancel an order) go through the server's own API (docs/api.md) with the
+ * same operator token.
  *
  * Plus the operations routes of the process: GET /metrics, /health and /ready.
  */
