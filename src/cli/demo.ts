@@ -462,12 +462,14 @@ async function repairDemo(
     token: String(alice.token),
   });
   if (!started.ok) {
-    out.write(`  repair alice's agent was refused: ${started.reason}\n`);
+    out.write(`  repair alice's agent did not deliver: ${started.reason}\n`);
     return failed(started.reason);
   }
   const { agent } = started;
+  // The controller's S2 is sealed: only the key in alice's grant opens it.
+  const sealedWith = agent.status().sessions[0]?.delivery?.s2KeyEpoch;
   out.write(
-    `  agent  alice's agent saw the application join ${formatEndpoint(application.group)}, asked the controller for ${formatEndpoint(s1)}: granted S2 ${started.s2}\n`,
+    `  agent  alice's agent saw the application join ${formatEndpoint(application.group)}, asked the controller for ${formatEndpoint(s1)}: granted S2 ${started.s2}${sealedWith === undefined ? ' (NOT sealed)' : ` (sealed, key epoch ${sealedWith})`}\n`,
   );
   const sent = await owned
     .add(
@@ -504,7 +506,7 @@ async function repairDemo(
     `  ledger alice charged ${-Number(balance.balance)} ${String(balance.currency)} (minor units) for ${formatBytes(controller.status().usageBytesReported)} repaired; the ledger sums to ${sum}\n`,
   );
   return {
-    ok: whole && recovered > 0 && sum === 0 && Number(balance.balance) < 0,
+    ok: whole && sealedWith !== undefined && recovered > 0 && sum === 0 && Number(balance.balance) < 0,
     row: {
       session: 'file via repair+agent',
       lossBefore: `${((100 * dropped) / packets).toFixed(2)} % (${dropped})`,

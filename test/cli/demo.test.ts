@@ -19,7 +19,7 @@ describe('gatecast demo (what npm start runs)', () => {
     // The repaired copy reaches the application through alice's agent, whole, each lost packet fetched back.
     assert.match(
       stdout,
-      /alice's agent saw the application join 239\.255\.77\.8:47307, asked the controller/,
+      /alice's agent saw the application join 239\.255\.77\.8:47307, asked the controller for 239\.255\.77\.3:47302: granted S2 239\.255\.77\.4:47303 \(sealed, key epoch \d+\)/,
     );
     assert.match(
       stdout,
