@@ -4,7 +4,7 @@
 // Operator actions call the subscription server's own API (docs/api.md).
 
 const tokenKey = 'gatecast-operator-token';
-const pages = ['sessions', 'retransmit', 'repair', 'subscribers', 'ledger', 'settings'];
+const pages = ['sessions', 'retransmit', 'repair', 'subscribers', 'ledger', 'orders', 'settings'];
 const $ = (id) => document.getElementById(id);
 
 let snapshot;
@@ -216,6 +216,9 @@ function renderSessions() {
   for (const e of snapshot.live.filter((x) => x.role === 'agent' && x.status)) {
     const s = e.status;
     const sessions = s.sessions ?? [{ s1: s.deliver, active: true, delivery: s }];
+    const delivered = sessions.reduce((sum, x) => sum + (x.delivery?.delivered ?? 0), 0);
+    const gaps = sessions.reduce((sum, x) => sum + (x.delivery?.gapsSeen ?? 0), 0);
+    const canvas = h('canvas', { class: 'loss-graph', 'data-endpoint': e.name });
     cards.push(
       h(
         'div',
@@ -225,9 +228,41 @@ function renderSessions() {
           h(
             'div',
             { class: 'sub' },
-            `${x.s1}: ${x.active ? `delivering, ${x.delivery?.delivered ?? 0} datagrams, ${x.delivery?.gapsSeen ?? 0} gaps` : x.refused ? `refused: ${x.refused}` : 'idle'}`,
+            `${x.s1}${x.delivery ? ` → ${x.delivery.deliver}` : ''}: ${x.active ? `delivering from S2 ${x.s2 ?? x.delivery?.from ?? ''}` : x.refused ? `refused: ${x.refused}` : 'idle'}`,
           ),
         ),
+        h(
+          'div',
+          { class: 'figures' },
+          figure(
+            percent(delivered + gaps === 0 ? 0 : (gaps / (delivered + gaps)) * 100),
+            'loss after repair',
+            'after',
+          ),
+          figure(delivered, 'datagrams delivered'),
+          figure(gaps, 'gaps seen'),
+        ),
+        canvas,
+        h(
+          'div',
+          { class: 'legend' },
+          h('span', { class: 'after' }, '— loss after repair at this receiver'),
+          ' (% per second)',
+        ),
+      ),
+    );
+    requestAnimationFrame(() =>
+      drawGraph(
+        canvas,
+        [
+          {
+            color: '#1b8a4b',
+            values: e.history
+              .filter((p) => p.lossAfterPercent !== undefined)
+              .map((p) => ({ at: p.at, value: p.lossAfterPercent })),
+          },
+        ],
+        1,
       ),
     );
   }
@@ -506,6 +541,105 @@ function renderLedger() {
   );
 }
 
+const bits = (rate) =>
+  rate >= 1e9
+    ? `${(rate / 1e9).toFixed(2)} Gbit/s`
+    : rate >= 1e6
+      ? `${(rate / 1e6).toFixed(1)} Mbit/s`
+      : `${(rate / 1e3).toFixed(0)} kbit/s`;
+
+/** The orders page: links with their capacity in use, services with their refcount, active orders. */
+function renderOrders() {
+  const orders = snapshot.orders ?? { links: [], services: [], active: [], counts: {} };
+  $('order-totals').replaceChildren(
+    ...['active', 'cancelled', 'expired', 'preempted'].map((state) =>
+      figure(orders.counts[state] ?? 0, `${state} orders`),
+    ),
+  );
+  $('link-cards').replaceChildren(
+    ...(orders.links.length === 0
+      ? [
+          h(
+            'p',
+            { class: 'empty' },
+            'No link defined (gatecast admin orders link, or PUT /v1/order/links/NAME).',
+          ),
+        ]
+      : orders.links.map((link) => {
+          const share = link.capacity === 0 ? 0 : Math.min(100, (link.used / link.capacity) * 100);
+          const services = orders.services.filter((s) => s.link === link.name);
+          return h(
+            'div',
+            { class: 'card link', 'data-id': link.name },
+            h('h4', {}, `${link.name} `, h('span', { class: 'badge' }, link.router)),
+            h(
+              'div',
+              { class: 'sub' },
+              `policy ${link.policy}, ${services.length} service${services.length === 1 ? '' : 's'}`,
+            ),
+            h(
+              'div',
+              { class: 'figures' },
+              figure(bits(link.used), 'in use'),
+              figure(bits(link.capacity), 'capacity'),
+              figure(`${share.toFixed(0)} %`, 'used'),
+              figure(services.filter((s) => s.boxes > 0).length, 'services on'),
+            ),
+            h(
+              'div',
+              {
+                class: 'meter',
+                role: 'meter',
+                'aria-valuenow': share.toFixed(0),
+                'aria-valuemin': 0,
+                'aria-valuemax': 100,
+              },
+              h('span', { class: share >= 90 ? 'full' : undefined, style: `width: ${share.toFixed(1)}%` }),
+            ),
+          );
+        })),
+  );
+  fillTable(
+    $('order-service-table'),
+    [
+      { title: 'Service', value: (r) => r.name },
+      { title: 'Link', value: (r) => r.link },
+      { title: 'Group', value: (r) => (r.relayTo ? `${r.group} → ${r.relayTo}` : r.group) },
+      { title: 'Rate', value: (r) => bits(r.bitRate), number: true },
+      { title: 'Priority', value: (r) => r.priority, number: true },
+      { title: 'Price', value: (r) => r.price },
+      { title: 'Boxes (refcount)', value: (r) => r.boxes, number: true },
+      {
+        title: 'State',
+        value: (r) =>
+          r.boxes > 0
+            ? h('span', { class: 'badge good' }, `routed since ${time(r.activeSince)}`)
+            : h('span', { class: 'badge' }, 'off'),
+      },
+    ],
+    orders.services,
+    'No service defined.',
+  );
+  fillTable(
+    $('order-table'),
+    [
+      { title: 'Order', value: (r) => h('code', {}, r.id.slice(0, 12)) },
+      { title: 'Box', value: (r) => nameOf(r.box) },
+      { title: 'Service', value: (r) => r.service },
+      { title: 'Link', value: (r) => r.link },
+      { title: 'Ordered', value: (r) => time(r.createdAt) },
+      { title: 'Lease until', value: (r) => time(r.expiresAt) },
+      {
+        title: '',
+        value: (r) =>
+          h('button', { class: 'secondary cancel', type: 'button', 'data-order': r.id }, 'Cancel'),
+      },
+    ],
+    orders.active,
+    'No active order.',
+  );
+}
+
 let settingsSchemas;
 
 /** The Settings page: the roles' settings schemas, read once (they do not change while serving). */
@@ -559,6 +693,7 @@ function render() {
   renderRepair();
   renderSubscribers();
   renderLedger();
+  renderOrders();
   renderSettings();
   const state = $('live-state');
   state.textContent = `live · ${new Date(snapshot.at).toLocaleTimeString()}`;
@@ -704,6 +839,21 @@ $('subscriber-table').addEventListener('click', async (event) => {
     say(`Revoked the token of ${nameOf(party)}.`);
   } catch (error) {
     say(`Not revoked: ${error.message}`, true);
+  }
+});
+$('order-table').addEventListener('click', async (event) => {
+  const order = event.target.closest('button.cancel')?.dataset.order;
+  if (order === undefined) {
+    return;
+  }
+  const result = $('order-result');
+  try {
+    const ended = await api('DELETE', `/v1/order/orders/${encodeURIComponent(order)}`);
+    result.textContent = `Cancelled order ${order.slice(0, 12)} of ${nameOf(ended.box)} (${ended.service}).`;
+    result.className = 'hint';
+  } catch (error) {
+    result.textContent = `Not cancelled: ${error.message}`;
+    result.className = 'error';
   }
 });
 $('invoice-form').addEventListener('submit', async (event) => {

@@ -4,22 +4,6 @@
  */
 import { UsageError } from './errors.js';
 
-/** Options these commands read (declared in admin.ts's option table). */
-export const orderAdminOptions = {
-  box: { type: 'string' },
-  service: { type: 'string' },
-  state: { type: 'string' },
-  limit: { type: 'string' },
-  capacity: { type: 'string' },
-  router: { type: 'string' },
-  policy: { type: 'string' },
-  link: { type: 'string' },
-  group: { type: 'string' },
-  rate: { type: 'string' },
-  priority: { type: 'string' },
-  'relay-to': { type: 'string' },
-} as const;
-
 export const orderAdminHelp = `  orders [list] [--box ID] [--service NAME] [--state active|cancelled|expired|preempted|all]
                                             who ordered what, since when (default: active)
   orders report                             boxes per active service, links' capacity in use, totals

@@ -6,7 +6,6 @@
  */
 import { randomBytes } from 'node:crypto';
 import { chmodSync, writeFileSync } from 'node:fs';
-import { parseArgs } from 'node:util';
 import { type TSchema, Type } from '@sinclair/typebox';
 import { readSecretFile } from '../crypto/control-auth.js';
 import { checkAnswer } from '../net/api-client.js';
@@ -14,9 +13,10 @@ import { fetchFailure } from '../net/http.js';
 import { Charge, CheckResult, Session, SessionList, Whoami } from '../protocol/api-subscription.js';
 import { openStore } from '../store/database.js';
 import { openSetupSender } from '../subscription/setup-sender.js';
-import { orderAdminHelp, orderAdminOptions, ordersCommand } from './admin-orders.js';
+import { orderAdminHelp, ordersCommand } from './admin-orders.js';
+import { adminSettings } from './command-settings.js';
 import { exitOk, UsageError } from './errors.js';
-import { parseServerUrl } from './options.js';
+import { formatHelp, parseCommand, parseServerUrl } from './options.js';
 import { buildServerApp as buildSubscriptionApp } from './server-app.js';
 import { readToken } from './token.js';
 
@@ -25,15 +25,9 @@ export class RequestError extends Error {
   readonly code = 'GATECAST_ERR_REQUEST';
 }
 
-const help = `usage: gatecast admin (--server URL [--token-file FILE] | --db URL) COMMAND [ARGS] [options]
-
-The operator's command line for the subscription server and the ledger. Prints JSON.
-
-target:
-  --server URL            a running server (gatecast serve), e.g. http://127.0.0.1:8080
-  --token-file FILE       the bearer token (default: $GATECAST_TOKEN)
-  --db URL                the store itself (sqlite:PATH or postgres://…), acting as the operator
-  --secret-file FILE      with --db: control secret for SETUP (sessions that buy repair)
+const help = `${formatHelp(
+  'gatecast admin (--server URL [--token-file FILE] | --db URL) COMMAND [ARGS] [options]',
+  `The operator's command line for the subscription server and the ledger. Prints JSON.
 
 commands:
   subscriber add NAME                       create a subscriber; prints its token once
@@ -59,7 +53,9 @@ commands:
   tokens                                    every party's token: kind, name, created, revoked
   token revoke PARTY                        revoke a party's token (it no longer authenticates)
   whoami
-${orderAdminHelp}
+${orderAdminHelp.trimEnd()}`,
+  adminSettings,
+)}
 exit codes: 0 ok, 2 bad usage or a refused request, 70 internal error
 `;
 
@@ -76,31 +72,7 @@ type Send = (
 
 /** Runs `gatecast admin`. */
 export async function runAdmin(argv: string[], out: NodeJS.WriteStream): Promise<number> {
-  const { values, positionals } = parseArgs({
-    args: argv,
-    allowPositionals: true,
-    strict: true,
-    options: {
-      server: { type: 'string' },
-      'token-file': { type: 'string' },
-      db: { type: 'string' },
-      'secret-file': { type: 'string' },
-      session: { type: 'string' },
-      from: { type: 'string' },
-      to: { type: 'string' },
-      monthly: { type: 'string' },
-      source: { type: 'string' },
-      price: { type: 'string' },
-      repair: { type: 'boolean' },
-      owner: { type: 'string' },
-      set: { type: 'string' },
-      key: { type: 'string' },
-      packets: { type: 'string' },
-      out: { type: 'string' },
-      ...orderAdminOptions,
-      help: { type: 'boolean', short: 'h' },
-    },
-  });
+  const { values, positionals } = parseCommand(argv, adminSettings);
   if (values.help === true || positionals.length === 0) {
     process.stdout.write(help);
     return values.help === true ? exitOk : 2;
@@ -120,7 +92,7 @@ export async function runAdmin(argv: string[], out: NodeJS.WriteStream): Promise
           : `${answer.status} ${checked.error}: ${checked.message}`,
       );
     }
-    if (values.out !== undefined) {
+    if (typeof values.out === 'string') {
       writeFileSync(values.out, answer.body, { mode: 0o600 }); // the ledger: money, for the operator only
       chmodSync(values.out, 0o600);
     } else {

@@ -3,7 +3,8 @@
  * loopback, with the subscription server, billing and the console on a SQLite file: a generated
  * ticker and a file are multicast and received; the file again through the repair service bought
  * by a subscriber (flow A: the repair controller, two retransmit servers, a repair module whose S1
- * loses packets in-process) and billed in the ledger; a restricted channel decoded by a software
+ * loses packets in-process), handed by her agent to an application on a local port, and billed in
+ * the ledger; a restricted channel decoded by a software
  * token that pays as it goes from its purse, the receipts charged by billing; a channel a set-top
  * box orders, relayed by the order server onto a link group, and cancelled. It prints the
  * console's address and a summary table, then keeps the console up until --duration or Ctrl-C.
@@ -23,14 +24,15 @@ import {
   createSenderProtection,
   type ReceiverProtection,
 } from '../crypto/restricted-session.js';
-import { s2ReceiverProtection } from '../crypto/s2-seal.js';
 import { initSoftwareToken, openSoftwareToken } from '../crypto/software-token.js';
 import { suiteByName } from '../crypto/suites.js';
 import { type Endpoint, formatEndpoint, parseEndpoint, parseGroup } from '../net/address.js';
 import { serveStatus } from '../net/status-http.js';
+import { openReceiverSocket } from '../net/udp.js';
 import type { OrderRole } from '../order/app.js';
 import type { ReconcileReport } from '../order/driver.js';
 import { PriceModel } from '../protocol/restricted.js';
+import { startWatchingAgent } from '../receiver/agent.js';
 import { controllerClient } from '../receiver/controller-client.js';
 import { createReceiver, type PayloadSink, type ReceiveSummary } from '../receiver/receiver.js';
 import { startRepairController } from '../repair/controller.js';
@@ -52,7 +54,7 @@ import { settings, text } from './settings.js';
 const demoSettings = settings({
   'file-size': text('BYTES', 'size of the generated file', { default: 4_000_000 }),
   ticks: text('N', 'ticker quotes to send', { default: 40 }),
-  port: text('N', 'first UDP port to use, 7 in a row', { default: 47000 }),
+  port: text('N', 'first UDP port to use, 8 in a row', { default: 47000 }),
   listen: text('ADDR:PORT', 'where the subscription server and the console listen (port 0: any free port)', {
     default: '127.0.0.1:0',
   }),
@@ -62,6 +64,11 @@ const demoSettings = settings({
     { default: 0 },
   ),
 });
+
+/** The application's receive buffer: the whole demo file fits (the kernel caps it at rmem_max). */
+const applicationReceiveBufferBytes = 8 * 1024 * 1024;
+/** How long the agent may take from its start to delivering (a poll, a grant, a join). */
+const demoAgentStartMs = 30_000;
 
 /** A sink that keeps what it is given, for the demo's checks. */
 function memorySink(): PayloadSink & { chunks: Buffer[] } {
@@ -184,7 +191,7 @@ export async function runDemo(argv: string[], out: NodeJS.WritableStream): Promi
     out.write(`\n${formatTable(rows)}\n`);
     out.write(
       ok
-        ? '\ndemo ok: every session arrived whole, the repair was bought, delivered and billed, the restricted channel paid for, the ordered channel relayed\n'
+        ? '\ndemo ok: every session arrived whole, the repair was bought, handed to the application by the agent and billed, the restricted channel paid for, the ordered channel relayed\n'
         : '\ndemo FAILED: a session is incomplete or the ledger does not balance\n',
     );
     const leftMs = durationMs - (performance.now() - startedAt);
@@ -227,7 +234,7 @@ async function startServer(options: {
   const routes = routeReports();
   let orderRole: OrderRole | undefined;
   const watch: WatchedEndpoint[] = [];
-  for (const name of ['repair1', 'retransmit1', 'retransmit2']) {
+  for (const name of ['repair1', 'retransmit1', 'retransmit2', 'agent1']) {
     const server = owned.add(
       await serveStatus({ address: '127.0.0.1', port: 0, family: 4 }, () => watched.get(name)?.() ?? {}),
     );
@@ -284,7 +291,8 @@ async function runParts(
   out.write(`  file   ${formatBytes(fileSize)} (sha256 ${fileSha.slice(0, 16)}…) to 239.255.77.1:${port}\n`);
   out.write(`  ticker ${ticks} quotes to 239.255.77.2:${port + 1}\n`);
   out.write(
-    `  repair the file again to 239.255.77.3:${port + 2}, bought by a subscriber (1 packet in 20 of S1 dropped on purpose), billed in SQLite\n`,
+    `  repair the file again to 239.255.77.3:${port + 2}, bought by a subscriber (1 packet in 20 of S1 dropped on purpose), billed in SQLite;\n` +
+      `         her agent hands the repaired copy to an application on 239.255.77.8:${port + 7}\n`,
   );
   out.write(
     `  news   a restricted channel to 239.255.77.5:${port + 4}, decoded by a software token paying 5 EUR cents a crypto-period from its purse\n`,
@@ -367,10 +375,11 @@ async function runParts(
 }
 
 /**
- * Flow A on loopback: a subscriber with the repair service asks the repair controller; the module
- * it starts loses 5 % of S1 on purpose (simulated at its socket: loopback loses nothing), fetches
- * the gaps from two retransmit servers and re-emits the file whole on S2; the repaired bytes are
- * charged to the subscriber in the SQLite ledger.
+ * Flow A on loopback: a subscriber's agent sees her application join its local group and asks
+ * the repair controller for S1; the module it starts loses 5 % of S1 on purpose (simulated at its
+ * socket: loopback loses nothing), fetches the gaps from two retransmit servers and re-emits the
+ * file whole on the sealed S2, which the agent opens and hands to the application; the repaired
+ * bytes are charged to the subscriber in the SQLite ledger.
  */
 async function repairDemo(
   context: DemoContext,
@@ -439,26 +448,28 @@ async function repairDemo(
       },
     }),
   );
-  const client = controllerClient(controller.url, String(alice.token));
-  const grant = await client.resolve(s1);
-  if (!grant.granted) {
-    out.write(`  repair refused: ${grant.reason}\n`);
-    return failed('refused');
-  }
-  out.write(
-    `  repair alice's agent asked the controller for ${formatEndpoint(s1)}: granted S2 ${formatEndpoint(grant.s2)}${grant.key === undefined ? '' : ` (sealed, key epoch ${grant.key.epoch})`}\n`,
-  );
-  const sink = memorySink();
-  if (grant.key === undefined) {
-    out.write('  repair the controller granted no S2 key\n');
-    return failed('no S2 key');
-  }
-  // The repaired copy is sealed: only the grant's key opens it (an agent does the same).
-  const receiving = await startReceiving(
+  // The application: a plain UDP socket on a local group and port of its own, kept apart from the
+  // network's S1, that reads the file as the agent hands it over, payload by payload.
+  const application = await startApplication(
     owned,
-    { group: grant.s2, iface, timeoutMs: 10_000 },
-    sink,
-    s2ReceiverProtection(grant.key),
+    parseGroup(`239.255.77.8:${options.port + 5}`, '--port'),
+    iface,
+  );
+  const started = await startDemoAgent(context, {
+    s1,
+    application: application.group,
+    controllerUrl: controller.url,
+    token: String(alice.token),
+  });
+  if (!started.ok) {
+    out.write(`  repair alice's agent did not deliver: ${started.reason}\n`);
+    return failed(started.reason);
+  }
+  const { agent } = started;
+  // The controller's S2 is sealed: only the key in alice's grant opens it.
+  const sealedWith = agent.status().sessions[0]?.delivery?.s2KeyEpoch;
+  out.write(
+    `  agent  alice's agent saw the application join ${formatEndpoint(application.group)}, asked the controller for ${formatEndpoint(s1)}: granted S2 ${started.s2}${sealedWith === undefined ? ' (NOT sealed)' : ` (sealed, key epoch ${sealedWith})`}\n`,
   );
   const sent = await owned
     .add(
@@ -474,34 +485,131 @@ async function repairDemo(
       ),
     )
     .run();
-  const summary = await receiving.done;
+  const fileBytes = statSync(options.path).size;
+  await application.settled(fileBytes, 10_000);
   const recovered = controller.status().modules[0]?.recovered ?? 0;
   const unrecoverable = module?.status().unrecoverable ?? 0;
-  await client.release(s1);
+  const delivery = agent.status().sessions[0]?.delivery;
+  // The agent leaves: it releases the grant, and the controller reports the repaired bytes.
+  await agent.close();
   await controller.flush();
   const balance = await api('GET', `/v1/accounts/${String(alice.id)}/balance`);
   const sum = await ledgerSum(store);
-  out.write(`${line('S2', summary)}; ${dropped} S1 packets lost on purpose, ${recovered} fetched back\n`);
+  const received = application.received();
+  const packets = Math.max(1, sent.packetsSent);
+  const whole = received.bytes === fileBytes && received.sha256 === options.fileSha;
+  const missing = Math.max(0, Math.ceil(fileBytes / 1400) - received.datagrams);
+  out.write(
+    `  app    ${whole ? 'complete' : 'INCOMPLETE'}: ${received.datagrams} datagrams, ${formatBytes(received.bytes)} from the agent on ${formatEndpoint(application.group)}, ${received.sha256 === options.fileSha ? 'SHA-256 ok' : 'SHA-256 MISMATCH'}; ${dropped} S1 packets lost on purpose, ${recovered} fetched back; the agent delivered ${delivery?.delivered ?? 0}, ${delivery?.gapsSeen ?? 0} gaps\n`,
+  );
   out.write(
     `  ledger alice charged ${-Number(balance.balance)} ${String(balance.currency)} (minor units) for ${formatBytes(controller.status().usageBytesReported)} repaired; the ledger sums to ${sum}\n`,
   );
-  const packets = Math.max(1, sent.packetsSent);
   return {
-    ok:
-      summary.outcome === 'complete' &&
-      summary.sha256 === options.fileSha &&
-      recovered > 0 &&
-      sum === 0 &&
-      Number(balance.balance) < 0,
+    ok: whole && sealedWith !== undefined && recovered > 0 && sum === 0 && Number(balance.balance) < 0,
     row: {
-      session: 'file via repair',
+      session: 'file via repair+agent',
       lossBefore: `${((100 * dropped) / packets).toFixed(2)} % (${dropped})`,
-      lossAfter: `${summary.packetsMissing} missing, ${unrecoverable} given up`,
-      decoded: formatBytes(summary.bytesDelivered),
+      lossAfter: `${missing} missing, ${unrecoverable} given up`,
+      decoded: `${formatBytes(received.bytes)} (app)`,
       charges: `alice ${-Number(balance.balance)} (${String(balance.currency)}, repair)`,
     },
   };
 }
+
+/**
+ * The demo's application: a plain UDP socket joined to its own local group, as an unmodified
+ * application would be, reading what the agent hands it; keeps the count, the bytes and their hash.
+ */
+async function startApplication(owned: Owned, group: Endpoint, iface: string) {
+  const hash = createHash('sha256');
+  let datagrams = 0;
+  let bytes = 0;
+  let lastAt = performance.now();
+  let wake: () => void = () => undefined;
+  owned.add(
+    await openReceiverSocket(
+      { group, iface, receiveBufferBytes: applicationReceiveBufferBytes },
+      (payload) => {
+        hash.update(payload);
+        datagrams++;
+        bytes += payload.length;
+        lastAt = performance.now();
+        wake();
+      },
+    ),
+  );
+  let digest: string | undefined;
+  return {
+    group,
+    /** Resolves once `expectedBytes` arrived, or nothing arrived for `quietMs` (bounded either way). */
+    async settled(expectedBytes: number, quietMs: number): Promise<void> {
+      lastAt = performance.now();
+      while (bytes < expectedBytes && performance.now() - lastAt < quietMs) {
+        await new Promise<void>((resolve) => {
+          const timer = setTimeout(resolve, 250);
+          wake = () => {
+            clearTimeout(timer);
+            resolve();
+          };
+        });
+      }
+      wake = () => undefined;
+    },
+    received() {
+      digest ??= hash.digest('hex');
+      return { datagrams, bytes, sha256: digest };
+    },
+  };
+}
+
+/**
+ * Alice's agent (`gatecast agent --watch --controller`): it follows the host's group memberships,
+ * and when the application joins its group it asks the repair controller for S1 with alice's
+ * token and hands the repaired, sealed S2 to the application's group. Resolves once it delivers
+ * (or was refused), within demoAgentStartMs.
+ */
+async function startDemoAgent(
+  context: DemoContext,
+  options: { s1: Endpoint; application: Endpoint; controllerUrl: string; token: string },
+): Promise<
+  | { ok: true; s2: string; agent: Awaited<ReturnType<typeof startWatchingAgent>> }
+  | { ok: false; reason: string }
+> {
+  let settle: (outcome: { ok: true; s2: string } | { ok: false; reason: string }) => void = () => undefined;
+  const outcome = new Promise<{ ok: true; s2: string } | { ok: false; reason: string }>((resolve) => {
+    settle = resolve;
+  });
+  const agent = context.owned.add(
+    await startWatchingAgent({
+      mappings: [{ s1: options.s1, deliver: options.application }],
+      controller: controllerClient(options.controllerUrl, options.token),
+      fromIface: context.iface,
+      deliverIface: context.iface,
+      pollMs: 100,
+      onChange: (_mapping, active, _iface, s2) => {
+        if (active) {
+          settle({ ok: true, s2: formatEndpoint(s2) });
+        }
+      },
+      onRefused: (_mapping, reason) => settle({ ok: false, reason }),
+    }),
+  );
+  context.watched.set('agent1', () => agent.status());
+  let timer: NodeJS.Timeout | undefined;
+  const result = await Promise.race([
+    outcome,
+    new Promise<{ ok: false; reason: string }>((resolve) => {
+      timer = setTimeout(
+        () => resolve({ ok: false, reason: 'the agent did not start delivering in time' }),
+        demoAgentStartMs,
+      );
+    }),
+  ]);
+  clearTimeout(timer);
+  return result.ok ? { ...result, agent } : result;
+}
+
 /** The sum of every account's balance: zero in a double-entry ledger. */
 async function ledgerSum(store: Store): Promise<number> {
   let sum = 0;

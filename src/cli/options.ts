@@ -65,6 +65,18 @@ export function schemaOf(specs: OptionSpecs | TObject): TObject {
  * errors that name them.
  */
 export function parseOptions(argv: string[], specs: OptionSpecs | TObject): OptionValues {
+  return parseCommand(argv, specs, false).values;
+}
+
+/**
+ * parseOptions for a command that also takes words (`gatecast admin grant alice repair`): the
+ * values and the words in order.
+ */
+export function parseCommand(
+  argv: string[],
+  specs: OptionSpecs | TObject,
+  allowPositionals = true,
+): { values: OptionValues; positionals: string[] } {
   const schema = schemaOf(specs);
   const parsed = parseArgs({
     args: argv,
@@ -79,14 +91,14 @@ export function parseOptions(argv: string[], specs: OptionSpecs | TObject): Opti
       config: { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
-    allowPositionals: false,
+    allowPositionals,
     strict: true,
   });
   const values = parsed.values as OptionValues;
   checkCommandLine(schema, values, (message) => new UsageError(message));
   const configPath = values.config;
   const merged = typeof configPath === 'string' ? { ...readConfig(configPath, schema), ...values } : values;
-  return withDefaults(schema, merged);
+  return { values: withDefaults(schema, merged), positionals: parsed.positionals };
 }
 
 /**

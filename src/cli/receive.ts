@@ -5,51 +5,17 @@ import type { TokenRefused } from '../crypto/errors.js';
 import { createReceiverProtection, type ReceiverProtection } from '../crypto/restricted-session.js';
 import { createSignedSessionGate, type SignedSessionGate } from '../crypto/signed-session.js';
 import type { Token } from '../crypto/token.js';
-import { fileWriteBatchPayloadsMax, receiveTimeoutMsDefault } from '../limits.js';
+import { fileWriteBatchPayloadsMax } from '../limits.js';
 import { formatEndpoint } from '../net/address.js';
 import { InvalidArgumentError } from '../net/errors.js';
 import { socketBufferReport } from '../net/udp.js';
 import { createReceiver, type PayloadSink, type ReceiveSummary } from '../receiver/receiver.js';
+import { receiveSettings } from './command-settings.js';
 import { exitIncomplete, exitOk } from './errors.js';
 import { formatBytes } from './format.js';
-import {
-  formatHelp,
-  groupOption,
-  type OptionSpecs,
-  optional,
-  parseOptions,
-  parseSeconds,
-} from './options.js';
-import {
-  openToken,
-  readPin,
-  sourcePublicKeyOption,
-  sourcePublicOptions,
-  tokenLocation,
-  tokenOptions,
-} from './restricted.js';
-import { applySocketBuffer, describeSocketBuffers, socketBufferOptions } from './socket-buffer.js';
-
-export const receiveOptions: OptionSpecs = {
-  group: { type: 'string', value: 'ADDR:PORT', help: 'multicast group to join, IPv6 as [ff3e::1]:5000' },
-  iface: { type: 'string', value: 'NAME|ADDR', help: 'interface to join on (default: the routing table)' },
-  source: { type: 'string', value: 'ADDR', help: 'join source-specific (SSM) to this sender only' },
-  out: {
-    type: 'string',
-    short: 'o',
-    value: 'PATH|-',
-    help: 'where the payload goes (default -, standard output)',
-  },
-  json: { type: 'boolean', help: 'print the summary as one JSON object (on standard error)' },
-  timeout: {
-    type: 'string',
-    value: 'SECONDS',
-    help: `give up after this long without a packet (default ${receiveTimeoutMsDefault / 1000})`,
-  },
-  ...tokenOptions,
-  ...sourcePublicOptions,
-  ...socketBufferOptions,
-};
+import { formatHelp, groupOption, optional, parseOptions, parseSeconds, required } from './options.js';
+import { openToken, readPin, sourcePublicKeyOption, tokenLocation } from './restricted.js';
+import { applySocketBuffer, describeSocketBuffers } from './socket-buffer.js';
 
 export const receiveHelp = formatHelp(
   'gatecast receive --group ADDR:PORT [--out PATH|-] [options]',
@@ -57,7 +23,7 @@ export const receiveHelp = formatHelp(
     'Exits 0 only when the session arrived whole (and, for a file, its SHA-256 matches);\n' +
     'exits 1 and says how many packets are missing otherwise. A reader that closes standard\n' +
     'output (| head) ends the receive quietly, exit 0: what was written is the session, in order.',
-  receiveOptions,
+  receiveSettings,
 );
 
 /** A sink that can fail under the receiver: it stops the receive instead of throwing. */
@@ -187,7 +153,7 @@ function stdoutSink(onFailed: () => void): OutputSink {
 
 /** Runs `gatecast receive`; returns the exit code. */
 export async function runReceive(argv: string[], err: NodeJS.WriteStream): Promise<number> {
-  const values = parseOptions(argv, receiveOptions);
+  const values = parseOptions(argv, receiveSettings);
   if (values.help === true) {
     process.stdout.write(receiveHelp);
     return exitOk;
@@ -195,10 +161,8 @@ export async function runReceive(argv: string[], err: NodeJS.WriteStream): Promi
   applySocketBuffer(values);
   const group = groupOption(values, 'group', 'iface', 'source');
   const iface = optional(values, 'iface');
-  const timeoutText = optional(values, 'timeout');
-  const timeoutMs =
-    timeoutText === undefined ? receiveTimeoutMsDefault : parseSeconds(timeoutText, '--timeout');
-  const outPath = optional(values, 'out') ?? '-';
+  const timeoutMs = parseSeconds(required(values, 'timeout'), '--timeout');
+  const outPath = required(values, 'out');
   const controller = new AbortController();
   const stop = () => controller.abort();
   const sourcePublicKey = sourcePublicKeyOption(values);

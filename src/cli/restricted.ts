@@ -21,64 +21,10 @@ import { suiteByName } from '../crypto/suites.js';
 import type { Token } from '../crypto/token.js';
 import { secretFileBytesMax } from '../limits.js';
 import { readBoundedFile } from '../net/files.js';
+import { pkcs11ModuleDefault, sendSettings } from './command-settings.js';
 import { UsageError } from './errors.js';
-import { type OptionSpecs, type OptionValues, optional, parseInteger, parseSeconds } from './options.js';
-
-/** Default module for `--token pkcs11:LABEL`: Debian's SoftHSM2. */
-export const pkcs11ModuleDefault = '/usr/lib/softhsm/libsofthsm2.so';
-
-/** Options of `send` for a restricted session. */
-export const restrictedSendOptions: OptionSpecs = {
-  restricted: {
-    type: 'boolean',
-    help: 'encrypt and sign the session: only tokens entitled to --service decode it',
-  },
-  signed: {
-    type: 'boolean',
-    help: 'sign the session (readable, authentic): receivers and servers given --source-public take only what --source-key signed',
-  },
-  service: { type: 'string', value: 'NAME', help: 'with --restricted: the product the session belongs to' },
-  'service-key-file': {
-    type: 'string',
-    value: 'FILE',
-    help: 'with --restricted: the service key of this product and epoch (64 hex digits)',
-  },
-  'service-epoch': {
-    type: 'string',
-    value: 'N',
-    help: 'with --restricted: the service key epoch (default 1)',
-  },
-  'source-key': {
-    type: 'string',
-    value: 'PEM',
-    help: 'with --restricted or --signed: the Ed25519 key that signs KEY messages and manifests',
-  },
-  suite: {
-    type: 'string',
-    value: 'NAME',
-    help: 'with --restricted: aes-256-gcm (default), aes-128-gcm or chacha20-poly1305',
-  },
-  'crypto-period': {
-    type: 'string',
-    value: 'SECONDS',
-    help: 'with --restricted: how long one traffic key is used (default 10)',
-  },
-  tier: { type: 'string', value: 'N', help: 'with --restricted: the tier a grant must reach (default 0)' },
-  'manifest-packets': {
-    type: 'string',
-    value: 'N',
-    help: 'with --restricted: sign a manifest over every N DATA packets, 32-64, or 0 for none (default 32)',
-  },
-};
-
-/** Option of `receive`, `repair` and `retransmit` for a signed (or restricted) session. */
-export const sourcePublicOptions: OptionSpecs = {
-  'source-public': {
-    type: 'string',
-    value: 'FILE',
-    help: "a signed session: take only DATA, HEARTBEAT, END and DESCRIPTOR authenticated against this source key (64 hex digits, `token keys`' source.pub)",
-  },
-};
+import { type OptionValues, optional, parseInteger, parseSeconds, required } from './options.js';
+import { defaultOf } from './settings.js';
 
 /** The source key `--source-public` names, or undefined. */
 export function sourcePublicKeyOption(values: OptionValues): KeyObject | undefined {
@@ -95,21 +41,6 @@ export function sourcePublicKeyOption(values: OptionValues): KeyObject | undefin
     );
   }
 }
-
-/** Options of `receive` (and `agent`) for a restricted session. */
-export const tokenOptions: OptionSpecs = {
-  token: {
-    type: 'string',
-    value: 'FILE|pkcs11:LABEL',
-    help: 'decode a restricted session with this token: a software token file, or a PKCS#11 token label',
-  },
-  'pkcs11-module': {
-    type: 'string',
-    value: 'PATH',
-    help: `with --token pkcs11:LABEL: the PKCS#11 module (default ${pkcs11ModuleDefault})`,
-  },
-  'pin-file': { type: 'string', value: 'FILE', help: "the token's PIN (default: $GATECAST_TOKEN_PIN)" },
-};
 
 function readSecret(path: string, field: string): string {
   try {
@@ -229,19 +160,15 @@ export function senderProtectionOptions(
   if (Buffer.byteLength(service) < 1 || Buffer.byteLength(service) > 64) {
     throw new UsageError('--service: a service name is 1-64 bytes');
   }
-  const suite = suiteByName(optional(values, 'suite') ?? 'aes-256-gcm', '--suite');
+  const suite = suiteByName(required(values, 'suite'), '--suite');
   const serviceKey = readHexFile(serviceKeyFile, '--service-key-file', 32);
   const source = readSigningKey(sourceKeyFile, '--source-key');
-  const epochText = optional(values, 'service-epoch');
-  const serviceEpoch =
-    epochText === undefined ? 1 : parseInteger(epochText, '--service-epoch', 0, 0xffffffff);
-  const periodText = optional(values, 'crypto-period');
-  const cryptoPeriodMs = periodText === undefined ? 10_000 : parseSeconds(periodText, '--crypto-period');
+  const serviceEpoch = parseInteger(required(values, 'service-epoch'), '--service-epoch', 0, 0xffffffff);
+  const cryptoPeriodMs = parseSeconds(required(values, 'crypto-period'), '--crypto-period');
   if (cryptoPeriodMs < 1000 || cryptoPeriodMs > 86_400_000) {
     throw new UsageError('--crypto-period: between 1 second and 1 day');
   }
-  const tierText = optional(values, 'tier');
-  const tier = tierText === undefined ? 0 : parseInteger(tierText, '--tier', 0, 255);
+  const tier = parseInteger(required(values, 'tier'), '--tier', 0, 255);
   const manifestPackets = manifestPacketsOption(values, 0);
   return (run) =>
     createSenderProtection(
@@ -337,8 +264,9 @@ export function readOperatorAuthority(
 
 /** --manifest-packets: 32-64, or (when `none` is 0) 0 for none. */
 function manifestPacketsOption(values: OptionValues, none: number | undefined): number {
-  const text = optional(values, 'manifest-packets');
-  const packets = text === undefined ? 32 : parseInteger(text, '--manifest-packets', 0, 64);
+  // --signed without --restricted: the schema's default, which goes with --restricted, applies too.
+  const text = optional(values, 'manifest-packets') ?? defaultOf(sendSettings, 'manifest-packets');
+  const packets = parseInteger(text, '--manifest-packets', 0, 64);
   if (packets === 0 && none === 0) {
     return 0;
   }

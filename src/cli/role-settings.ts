@@ -43,13 +43,13 @@ const serverCommon = {
   'socket-buffer': socketBufferSetting,
 };
 
-/** `gatecast retransmit`. */
-/** `--source-public`: a signed session's source key (retransmit and repair servers). */
-const sourcePublicSetting = text(
+/** `--source-public`: a signed session's source key (retransmit and repair servers, receive). */
+export const sourcePublicSetting = text(
   'FILE',
   "a signed session: take only DATA, HEARTBEAT, END and DESCRIPTOR authenticated against this source key (64 hex digits, `token keys`' source.pub)",
 );
 
+/** `gatecast retransmit`. */
 export const retransmitSettings: TObject = settings({
   'source-public': sourcePublicSetting,
   join: text('GROUP:PORT[,...]', 'sessions to buffer (more may come by SETUP)'),

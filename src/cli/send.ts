@@ -1,10 +1,7 @@
 /** `gatecast send`: the source role on the command line. */
 import {
   adaptRateFloorFractionDefault,
-  lastResortBufferBytesDefault,
-  lastResortLingerMsMaxDefault,
   lastResortQuietMs,
-  packetPayloadBytesDefault,
   packetPayloadBytesMin,
   rateBitsPerSecondDefault,
   repairRateBitsPerSecondDefault,
@@ -24,13 +21,13 @@ import {
 import type { LastResortSettings } from '../source/last-resort.js';
 import { endSession, type RegisteredSession, registerSession } from '../source/registration.js';
 import { createSource, type Source, type SourceSettings, type SourceStats } from '../source/source.js';
+import { sendSettings } from './command-settings.js';
 import { keysFrom, parseEndpointList } from './daemon.js';
 import { exitIncomplete, exitOk, UsageError } from './errors.js';
 import { formatBytes, formatRate, progressBar } from './format.js';
 import {
   formatHelp,
   groupOption,
-  type OptionSpecs,
   type OptionValues,
   optional,
   parseInteger,
@@ -40,116 +37,15 @@ import {
   parseServerUrl,
   required,
 } from './options.js';
-import { restrictedSendOptions, senderProtectionOptions } from './restricted.js';
-import { applySocketBuffer, describeSocketBuffers, socketBufferOptions } from './socket-buffer.js';
+import { senderProtectionOptions } from './restricted.js';
+import { applySocketBuffer, describeSocketBuffers } from './socket-buffer.js';
 import { readToken } from './token.js';
-
-export const sendOptions: OptionSpecs = {
-  group: { type: 'string', value: 'ADDR:PORT', help: 'multicast group to send to, IPv6 as [ff3e::1]:5000' },
-  iface: { type: 'string', value: 'NAME|ADDR', help: 'interface to send on (default: the routing table)' },
-  file: { type: 'string', value: 'PATH', help: 'send a file (its size and SHA-256 go in the descriptor)' },
-  stdin: { type: 'boolean', help: 'send standard input until it ends' },
-  ticker: { type: 'boolean', help: 'send a generated stock ticker, one quote per packet' },
-  relay: {
-    type: 'string',
-    value: 'ADDR:PORT',
-    help: 'relay an existing UDP/RTP stream, datagram for datagram',
-  },
-  rate: {
-    type: 'string',
-    value: 'BITS',
-    help: `pacing rate in bit/s: 20M, 500k, or unlimited for no pacing (default 10M; relay/ticker: unlimited)`,
-  },
-  session: {
-    type: 'string',
-    value: 'NAME',
-    help: 'session name carried in the descriptor (default: the file name)',
-  },
-  'packet-size': {
-    type: 'string',
-    value: 'BYTES',
-    help: `payload bytes per packet, ${packetPayloadBytesMin}-${dataPayloadBytesMax} (default ${packetPayloadBytesDefault})`,
-  },
-  ttl: { type: 'string', value: 'N', help: 'multicast TTL / hop limit (default 16)' },
-  'ticks-per-second': { type: 'string', value: 'N', help: 'ticker quotes per second (default 20)' },
-  ticks: { type: 'string', value: 'N', help: 'ticker: stop after N quotes' },
-  duration: { type: 'string', value: 'SECONDS', help: 'stop (and send END) after this long' },
-  'session-id': { type: 'string', value: 'N', help: 'fix the 32-bit session id (default random)' },
-  json: { type: 'boolean', help: 'print the summary as one JSON object instead of a line' },
-  ...socketBufferOptions,
-  'first-sequence': { type: 'string', value: 'N', help: 'fix the first sequence number (default random)' },
-  subscription: {
-    type: 'string',
-    value: 'URL',
-    help: 'register the session with this subscription server first, end it after END',
-  },
-  'token-file': {
-    type: 'string',
-    value: 'FILE',
-    help: "with --subscription: the source's bearer token (default: $GATECAST_TOKEN)",
-  },
-  'buy-repair': {
-    type: 'boolean',
-    help: 'with --subscription: buy repair for the session (retransmit servers are set up, flow B)',
-  },
-  'source-address': {
-    type: 'string',
-    value: 'ADDR',
-    help: 'with --subscription: this sender’s address, for source-specific joins',
-  },
-  ...restrictedSendOptions,
-  'retransmit-listen': {
-    type: 'string',
-    value: 'ADDR:PORT',
-    help: 'keep the session and answer NACKs here as the retransmit server of last resort (needs --secret-file)',
-  },
-  'secret-file': {
-    type: 'string',
-    value: 'FILE',
-    help: "with --retransmit-listen: the operator's shared secret for control messages",
-  },
-  'announce-to': {
-    type: 'string',
-    value: 'ADDR:PORT[,...]',
-    help: 'with --retransmit-listen: repair (and retransmit) servers to announce to by unicast',
-  },
-  'announce-group': {
-    type: 'string',
-    value: 'GROUP:PORT',
-    help: 'with --retransmit-listen: announce by multicast on this group',
-  },
-  'announce-address': {
-    type: 'string',
-    value: 'ADDR',
-    help: 'with --retransmit-listen: the address announced for NACKs (default: its address)',
-  },
-  'buffer-bytes': {
-    type: 'string',
-    value: 'BYTES',
-    help: `with --retransmit-listen: session bytes kept (default ${lastResortBufferBytesDefault})`,
-  },
-  linger: {
-    type: 'string',
-    value: 'SECONDS',
-    help: `with --retransmit-listen: after END, stay while NACKs come, at most this long (default ${lastResortLingerMsMaxDefault / 1000})`,
-  },
-  'adapt-rate': {
-    type: 'boolean',
-    help: 'pace below --rate while repair servers report that the edge does not keep up (FEEDBACK to --retransmit-listen); default for --file with --retransmit-listen',
-  },
-  'no-adapt-rate': { type: 'boolean', help: 'keep the pacing rate fixed at --rate' },
-  'rate-floor': {
-    type: 'string',
-    value: 'BITS',
-    help: `with an adaptive rate: never pace below this (default ${adaptRateFloorFractionDefault * 100} % of --rate)`,
-  },
-};
 
 export const sendHelp = formatHelp(
   'gatecast send --group ADDR:PORT (--file PATH | --stdin | --ticker | --relay ADDR:PORT) [options]',
   'Multicast a session: a file, standard input, a generated ticker, or a relayed UDP stream.\n' +
     'Exits 1 and counts them when datagrams did not leave (e.g. EPERM from a local firewall).',
-  sendOptions,
+  sendSettings,
 );
 
 /** Builds the input named by exactly one of --file, --stdin, --ticker, --relay. */
@@ -174,12 +70,7 @@ async function openInput(values: OptionValues, payloadBytesMax: number): Promise
   if (values.ticker === true) {
     const ticks = optional(values, 'ticks');
     return openTickerInput({
-      ticksPerSecond: parseInteger(
-        optional(values, 'ticks-per-second') ?? '20',
-        '--ticks-per-second',
-        1,
-        100_000,
-      ),
+      ticksPerSecond: parseInteger(required(values, 'ticks-per-second'), '--ticks-per-second', 1, 100_000),
       tickCount: ticks === undefined ? undefined : parseInteger(ticks, '--ticks', 1, 2 ** 40),
     });
   }
@@ -188,10 +79,7 @@ async function openInput(values: OptionValues, payloadBytesMax: number): Promise
 }
 
 /** Parses --packet-size: the payload of a DATA packet, which must fit inside a REPAIR. */
-function parsePacketSize(text: string | undefined): number {
-  if (text === undefined) {
-    return packetPayloadBytesDefault;
-  }
+function parsePacketSize(text: string): number {
   const bytes = parseInteger(text, '--packet-size', 0, Number.MAX_SAFE_INTEGER);
   if (bytes < packetPayloadBytesMin) {
     throw new InvalidArgumentError(
@@ -236,17 +124,12 @@ function lastResortOptions(values: OptionValues): SourceSettings['lastResort'] {
       `${listenText} is a wildcard address: name the address to announce with --announce-address`,
     );
   }
-  const bufferText = optional(values, 'buffer-bytes');
-  const lingerText = optional(values, 'linger');
   const announceGroupText = optional(values, 'announce-group');
   const settings: LastResortSettings = {
     listen,
     announceAddress,
     keys: keysFrom(values),
-    bufferBytesMax:
-      bufferText === undefined
-        ? lastResortBufferBytesDefault
-        : parseInteger(bufferText, '--buffer-bytes', 65_536, 2 ** 40),
+    bufferBytesMax: parseInteger(required(values, 'buffer-bytes'), '--buffer-bytes', 65_536, 2 ** 40),
     repairRateBitsPerSecond: repairRateBitsPerSecondDefault,
     announceTo: parseEndpointList(optional(values, 'announce-to'), '--announce-to'),
     announceGroup:
@@ -256,8 +139,7 @@ function lastResortOptions(values: OptionValues): SourceSettings['lastResort'] {
   return {
     ...settings,
     quietMs: lastResortQuietMs,
-    lingerMsMax:
-      lingerText === undefined ? lastResortLingerMsMaxDefault : parseSeconds(lingerText, '--linger'),
+    lingerMsMax: parseSeconds(required(values, 'linger'), '--linger'),
   };
 }
 
@@ -306,7 +188,7 @@ function adaptRateOptions(
 
 /** Runs `gatecast send`; returns the exit code. */
 export async function runSend(argv: string[], out: NodeJS.WriteStream): Promise<number> {
-  const values = parseOptions(argv, sendOptions);
+  const values = parseOptions(argv, sendSettings);
   if (values.help === true) {
     process.stdout.write(sendHelp);
     return exitOk;
@@ -314,13 +196,12 @@ export async function runSend(argv: string[], out: NodeJS.WriteStream): Promise<
   applySocketBuffer(values);
   const group = groupOption(values, 'group', 'iface');
   const iface = optional(values, 'iface');
-  const packetPayloadBytes = parsePacketSize(optional(values, 'packet-size'));
+  const packetPayloadBytes = parsePacketSize(required(values, 'packet-size'));
   const rateText = optional(values, 'rate');
   const selfPaced = values.ticker === true || values.relay !== undefined;
   const rate =
     rateText === undefined ? (selfPaced ? 0 : rateBitsPerSecondDefault) : parseRate(rateText, '--rate');
-  const ttlText = optional(values, 'ttl');
-  const ttl = ttlText === undefined ? undefined : parseInteger(ttlText, '--ttl', 1, 255);
+  const ttl = parseInteger(required(values, 'ttl'), '--ttl', 1, 255);
   const durationText = optional(values, 'duration');
   const durationMs = durationText === undefined ? undefined : parseSeconds(durationText, '--duration');
   const sessionIdText = optional(values, 'session-id');

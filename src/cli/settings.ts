@@ -8,6 +8,7 @@
  * (`buffer-age: 60`); the role's own parser then checks the value (an address, a rate) and names
  * the field when it is wrong.
  */
+import assert from 'node:assert/strict';
 import { Kind, type TObject, type TSchema, Type } from '@sinclair/typebox';
 import { Value } from '@sinclair/typebox/value';
 import { isMap, type LineCounter, type Document as YamlDocument } from 'yaml';
@@ -18,6 +19,11 @@ export interface SettingExtras {
   readonly default?: string | number | boolean;
   /** A one-letter alias on the command line. */
   readonly short?: string;
+  /**
+   * The setting the default belongs with (e.g. `restricted` for --suite): the default is filled
+   * in only when that one is given, so a setting that needs it is never given by default.
+   */
+  readonly when?: string;
 }
 
 /** The schema keywords gatecast adds to a setting: its value placeholder and short flag. */
@@ -25,6 +31,7 @@ interface SettingKeywords {
   readonly description: string;
   readonly 'x-value'?: string;
   readonly 'x-short'?: string;
+  readonly 'x-when'?: string;
   readonly default?: string | number | boolean;
 }
 
@@ -33,6 +40,7 @@ function keywords(help: string, value: string | undefined, extras: SettingExtras
     description: help,
     ...(value === undefined ? {} : { 'x-value': value }),
     ...(extras.short === undefined ? {} : { 'x-short': extras.short }),
+    ...(extras.when === undefined ? {} : { 'x-when': extras.when }),
     ...(extras.default === undefined ? {} : { default: extras.default }),
   };
 }
@@ -81,14 +89,26 @@ export function settingHelp(schema: TSchema): string {
     : `${help} (default ${String(schema.default)})`;
 }
 
+/** The default of a setting in a schema, as text (for a parser that also takes it from elsewhere). */
+export function defaultOf(schema: TObject, name: string): string {
+  const value = schema.properties[name]?.default as string | number | undefined;
+  assert.ok(value !== undefined, `setting ${name} has a default`);
+  return String(value);
+}
+
 /** The values of a role as its parsers read them: strings, and true for flags that are set. */
 export type SettingValues = Record<string, string | boolean | undefined>;
 
-/** Fills in each setting's default where no value was given. */
+/**
+ * Fills in each setting's default where no value was given (a default that goes with another
+ * setting only when that one is given).
+ */
 export function withDefaults(schema: TObject, values: SettingValues): SettingValues {
   const filled: SettingValues = { ...values };
   for (const [name, setting] of Object.entries(schema.properties)) {
-    if (filled[name] === undefined && setting.default !== undefined && !isFlag(setting)) {
+    const when = setting['x-when'] as string | undefined;
+    const applies = when === undefined || (values[when] !== undefined && values[when] !== false);
+    if (filled[name] === undefined && setting.default !== undefined && !isFlag(setting) && applies) {
       filled[name] = String(setting.default);
     }
   }

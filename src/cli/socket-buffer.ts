@@ -5,16 +5,8 @@
 import { socketBufferBytesMax, socketBufferBytesMin } from '../limits.js';
 import { InvalidArgumentError } from '../net/errors.js';
 import { type SocketBufferGrant, setSocketBufferBytes, socketBufferReport } from '../net/udp.js';
-import type { OptionSpecs, OptionValues } from './options.js';
+import type { OptionValues } from './options.js';
 import { optional } from './options.js';
-
-export const socketBufferOptions: OptionSpecs = {
-  'socket-buffer': {
-    type: 'string',
-    value: 'BYTES',
-    help: 'receive and send buffer of each socket, e.g. 8M (default 4M; the kernel caps it at net.core.rmem_max / wmem_max)',
-  },
-};
 
 const binaryMultipliers: Record<string, number> = { '': 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3 };
 
@@ -35,7 +27,7 @@ export function parseSocketBufferBytes(text: string, field = '--socket-buffer'):
   return bytes;
 }
 
-/** Applies --socket-buffer when given; call before the command opens its sockets. */
+/** Applies --socket-buffer when given (or by its default); call before the command opens its sockets. */
 export function applySocketBuffer(values: OptionValues): void {
   const text = optional(values, 'socket-buffer');
   if (text !== undefined) {

@@ -6,31 +6,10 @@
 import { type ApiAnswer, requestApi } from '../net/api-client.js';
 import { FetchFailed } from '../net/http.js';
 import { Order, OrderList } from '../protocol/api-order.js';
+import { stbSettings } from './command-settings.js';
 import { exitOk, exitUsage, UsageError } from './errors.js';
-import { formatHelp, type OptionSpecs, optional, parseOptions, parseServerUrl } from './options.js';
+import { formatHelp, optional, parseOptions, parseServerUrl } from './options.js';
 import { readToken } from './token.js';
-
-const stbOptions: OptionSpecs = {
-  server: { type: 'string', value: 'URL', help: 'the order server, e.g. http://10.0.3.1:8080' },
-  token: {
-    type: 'string',
-    value: 'TOKEN',
-    help: "the box's token (or --token-file FILE, or GATECAST_TOKEN)",
-  },
-  'token-file': { type: 'string', value: 'FILE', help: "a file holding the box's token" },
-  service: { type: 'string', value: 'NAME', help: 'the service to order or cancel' },
-  order: {
-    type: 'string',
-    value: 'ID',
-    help: 'renew or cancel: the order (default: the active order of --service)',
-  },
-  once: { type: 'boolean', help: 'order: order (or renew) once and exit instead of renewing while running' },
-  'renew-every': {
-    type: 'string',
-    value: 'SECONDS',
-    help: "order: renew this often (default: a third of the order's lease)",
-  },
-};
 
 const usage =
   'gatecast stb order|renew|cancel|list --server URL (--token TOKEN | --token-file FILE) [--service NAME]';
@@ -45,12 +24,12 @@ export async function runStb(argv: string[], err: NodeJS.WriteStream): Promise<n
         usage,
         'A set-top box: orders a channel over the return network and renews it while it runs;\n' +
           'on SIGINT or SIGTERM it cancels the order (a box that is cut off simply stops renewing).',
-        stbOptions,
+        stbSettings,
       ),
     );
     return action === undefined ? exitUsage : exitOk;
   }
-  const values = parseOptions(rest, stbOptions);
+  const values = parseOptions(rest, stbSettings);
   const serverText = optional(values, 'server');
   if (serverText === undefined) {
     throw new UsageError('--server URL is required');

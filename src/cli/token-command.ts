@@ -5,7 +5,7 @@
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import type { Static, TSchema } from '@sinclair/typebox';
+import type { Static, TObject, TSchema } from '@sinclair/typebox';
 import { ed25519Raw, generateSigningKey, issueGrant } from '../crypto/authority.js';
 import { initPkcs11Token } from '../crypto/pkcs11-token.js';
 import { initSoftwareToken } from '../crypto/software-token.js';
@@ -17,10 +17,10 @@ import { FetchFailed } from '../net/http.js';
 import { ReceiptBatchResult, TopUpResult } from '../protocol/api-receipts.js';
 import { EnrollResult } from '../protocol/api-tokens.js';
 import { PriceModel, p256PointBytes } from '../protocol/restricted.js';
+import { tokenCommandSettings } from './command-settings.js';
 import { exitIncomplete, exitOk, exitUsage, UsageError } from './errors.js';
 import {
   formatHelp,
-  type OptionSpecs,
   type OptionValues,
   optional,
   parseInteger,
@@ -28,93 +28,8 @@ import {
   parseServerUrl,
   required,
 } from './options.js';
-import {
-  openToken,
-  readHexFile,
-  readPin,
-  readSigningKey,
-  tokenLocation,
-  tokenOptions,
-} from './restricted.js';
+import { openToken, readHexFile, readPin, readSigningKey, tokenLocation } from './restricted.js';
 import { readToken } from './token.js';
-
-const keysOptions: OptionSpecs = {
-  out: {
-    type: 'string',
-    value: 'DIR',
-    help: 'directory for the new keys (created; existing files are never overwritten)',
-  },
-  service: { type: 'string', value: 'NAME', help: 'also make a service key for this product' },
-};
-
-const initOptions: OptionSpecs = {
-  ...tokenOptions,
-  'root-public': {
-    type: 'string',
-    value: 'FILE',
-    help: 'the operator root public key (64 hex digits) grants are checked against',
-  },
-};
-
-const grantOptions: OptionSpecs = {
-  'root-key': { type: 'string', value: 'PEM', help: 'the operator root private key that signs the grant' },
-  device: {
-    type: 'string',
-    value: 'FILE',
-    help: "the token's device public key (from token init, 130 hex digits)",
-  },
-  service: { type: 'string', value: 'NAME', help: 'the product' },
-  'service-key-file': { type: 'string', value: 'FILE', help: 'the service key of this product and epoch' },
-  'service-epoch': { type: 'string', value: 'N', help: 'the service key epoch (default 1)' },
-  'source-public': {
-    type: 'string',
-    value: 'FILE',
-    help: 'the source public key whose KEY messages the service trusts',
-  },
-  from: { type: 'string', value: 'ISO-TIME', help: 'start of the window (default now)' },
-  until: { type: 'string', value: 'ISO-TIME', help: 'end of the window (exclusive)' },
-  tier: { type: 'string', value: 'N', help: 'tier granted (default 0)' },
-  'price-per-period': {
-    type: 'string',
-    value: 'MINOR',
-    help: 'pay-as-you-go: minor units debited from the purse per crypto-period (default: a subscription)',
-  },
-  currency: { type: 'string', value: 'ISO-4217', help: 'currency of the rate card (default EUR)' },
-  out: { type: 'string', value: 'FILE', help: 'where the grant goes' },
-};
-
-const installOptions: OptionSpecs = {
-  ...tokenOptions,
-  grant: { type: 'string', value: 'FILE', help: 'a grant issued by gatecast token grant' },
-};
-
-const serverOptions: OptionSpecs = {
-  ...tokenOptions,
-  subscription: { type: 'string', value: 'URL', help: 'the subscription server' },
-  'token-file': {
-    type: 'string',
-    value: 'FILE',
-    help: "the subscriber's API token (default: $GATECAST_TOKEN)",
-  },
-};
-
-const enrollOptions: OptionSpecs = {
-  ...serverOptions,
-  subscriber: { type: 'string', value: 'ID', help: 'with the operator token: the subscriber to enroll for' },
-};
-
-const topUpOptions: OptionSpecs = {
-  ...serverOptions,
-  amount: { type: 'string', value: 'MINOR', help: 'minor units to move from the subscriber to the purse' },
-};
-
-const receiptsOptions: OptionSpecs = {
-  ...serverOptions,
-  resend: {
-    type: 'boolean',
-    help: 'also send again the receipts billing took before (charged once however often sent)',
-  },
-};
 
 const usage = `usage: gatecast token <keys|init|grant|install|enroll|topup|receipts|show> [options]
 
@@ -144,7 +59,7 @@ function parseTime(text: string, field: string): number {
 }
 
 function runKeys(argv: string[], out: NodeJS.WriteStream): number {
-  const values = parseOptions(argv, keysOptions);
+  const values = parseOptions(argv, tokenCommandSettings.keys);
   const directory = required(values, 'out');
   mkdirSync(directory, { recursive: true, mode: 0o700 });
   for (const name of ['root', 'source']) {
@@ -166,7 +81,7 @@ function runKeys(argv: string[], out: NodeJS.WriteStream): number {
 }
 
 function runInit(argv: string[], out: NodeJS.WriteStream): number {
-  const values = parseOptions(argv, initOptions);
+  const values = parseOptions(argv, tokenCommandSettings.init);
   const location = tokenLocation(values);
   if (location === undefined) {
     throw new UsageError('--token FILE or --token pkcs11:LABEL is required');
@@ -191,7 +106,7 @@ function runInit(argv: string[], out: NodeJS.WriteStream): number {
 }
 
 function runGrant(argv: string[], out: NodeJS.WriteStream): number {
-  const values = parseOptions(argv, grantOptions);
+  const values = parseOptions(argv, tokenCommandSettings.grant);
   const root = readSigningKey(required(values, 'root-key'), '--root-key');
   const devicePoint = readHexFile(required(values, 'device'), '--device', p256PointBytes);
   const service = required(values, 'service');
@@ -206,18 +121,17 @@ function runGrant(argv: string[], out: NodeJS.WriteStream): number {
   const priceText = optional(values, 'price-per-period');
   const priceMinor =
     priceText === undefined ? 0 : parseInteger(priceText, '--price-per-period', 0, Number.MAX_SAFE_INTEGER);
-  const currency = optional(values, 'currency') ?? 'EUR';
+  const currency = required(values, 'currency');
   if (!/^[A-Z]{3}$/.test(currency)) {
     throw new UsageError('--currency: three capital letters (ISO 4217)');
   }
-  const epochText = optional(values, 'service-epoch');
   const grant = issueGrant(
     {
       devicePoint,
       serviceKey,
-      tier: parseInteger(optional(values, 'tier') ?? '0', '--tier', 0, 255),
+      tier: parseInteger(required(values, 'tier'), '--tier', 0, 255),
       service,
-      serviceEpoch: epochText === undefined ? 1 : parseInteger(epochText, '--service-epoch', 0, 0xffffffff),
+      serviceEpoch: parseInteger(required(values, 'service-epoch'), '--service-epoch', 0, 0xffffffff),
       notBeforeMs,
       notAfterMs,
       priceModel: priceText === undefined ? PriceModel.subscription : PriceModel.perCryptoPeriod,
@@ -236,7 +150,7 @@ function runGrant(argv: string[], out: NodeJS.WriteStream): number {
 }
 
 function runInstall(argv: string[], out: NodeJS.WriteStream): number {
-  const values = parseOptions(argv, installOptions);
+  const values = parseOptions(argv, tokenCommandSettings.install);
   const location = tokenLocation(values);
   if (location === undefined) {
     throw new UsageError('--token FILE or --token pkcs11:LABEL is required');
@@ -300,7 +214,7 @@ function serverCall(values: OptionValues) {
 }
 
 async function runEnroll(argv: string[], out: NodeJS.WriteStream): Promise<number> {
-  const values = parseOptions(argv, enrollOptions);
+  const values = parseOptions(argv, tokenCommandSettings.enroll);
   const call = serverCall(values);
   const token = tokenOf(values);
   try {
@@ -338,7 +252,7 @@ async function runEnroll(argv: string[], out: NodeJS.WriteStream): Promise<numbe
 }
 
 async function runTopUp(argv: string[], out: NodeJS.WriteStream): Promise<number> {
-  const values = parseOptions(argv, topUpOptions);
+  const values = parseOptions(argv, tokenCommandSettings.topup);
   const amount = parseInteger(required(values, 'amount'), '--amount', 1, Number.MAX_SAFE_INTEGER);
   const call = serverCall(values);
   const token = tokenOf(values);
@@ -374,7 +288,7 @@ async function runTopUp(argv: string[], out: NodeJS.WriteStream): Promise<number
 }
 
 async function runReceipts(argv: string[], out: NodeJS.WriteStream): Promise<number> {
-  const values = parseOptions(argv, receiptsOptions);
+  const values = parseOptions(argv, tokenCommandSettings.receipts);
   const call = serverCall(values);
   const token = tokenOf(values);
   let charged = 0;
@@ -412,7 +326,7 @@ async function runReceipts(argv: string[], out: NodeJS.WriteStream): Promise<num
 }
 
 function runShow(argv: string[], out: NodeJS.WriteStream): number {
-  const values = parseOptions(argv, { ...tokenOptions, json: { type: 'boolean', help: 'print JSON' } });
+  const values = parseOptions(argv, tokenCommandSettings.show);
   const location = tokenLocation(values);
   if (location === undefined) {
     throw new UsageError('--token FILE or --token pkcs11:LABEL is required');
@@ -437,27 +351,11 @@ function runShow(argv: string[], out: NodeJS.WriteStream): number {
 /** Runs `gatecast token SUBCOMMAND`; returns the exit code. */
 export async function runToken(argv: string[], out: NodeJS.WriteStream): Promise<number> {
   const [subcommand, ...rest] = argv;
-  const helps: Record<string, OptionSpecs> = {
-    keys: keysOptions,
-    init: initOptions,
-    grant: grantOptions,
-    install: installOptions,
-    enroll: enrollOptions,
-    topup: topUpOptions,
-    receipts: receiptsOptions,
-    show: tokenOptions,
-  };
-  if (
-    subcommand !== undefined &&
-    helps[subcommand] !== undefined &&
-    (rest.includes('--help') || rest.includes('-h'))
-  ) {
+  const schemas: Readonly<Record<string, TObject | undefined>> = tokenCommandSettings;
+  const schema = subcommand === undefined ? undefined : schemas[subcommand];
+  if (schema !== undefined && (rest.includes('--help') || rest.includes('-h'))) {
     process.stdout.write(
-      formatHelp(
-        `gatecast token ${subcommand} [options]`,
-        usage.split('\n')[0] ?? '',
-        helps[subcommand] ?? {},
-      ),
+      formatHelp(`gatecast token ${subcommand} [options]`, usage.split('\n')[0] ?? '', schema),
     );
     return exitOk;
   }

@@ -3,10 +3,11 @@
  * JavaScript files (the package's console/ folder, no build step) and two operator-only routes the
  * page reads: GET /console/api/snapshot (one snapshot as JSON), GET /console/api/events (a
  * snapshot every consolePollIntervalMs as server-sent events) and GET /console/api/settings (the
- * roles' settings schemas). A snapshot holds the store's
- * sessions, server registry, parties, entitlements, balances and latest transfers, and the live
- * view of the watched status endpoints (src/console/live.ts). Operator actions (grant, revoke)
- * go through the subscription server's own API (docs/api.md) with the same operator token.
+ * roles' settings schemas). A snapshot holds the store's sessions, server registry, parties,
+ * entitlements, balances and latest transfers, the order role's links, services and active
+ * orders, and the live view of the watched status endpoints (src/console/live.ts). Operator
+ * actions (grant, revoke, cancel an order) go through the server's own API (docs/api.md) with the
+ * same operator token.
  *
  * Plus the operations routes of the process: GET /metrics, /health and /ready.
  */
@@ -56,11 +57,86 @@ function readAssets(directory: URL): Map<string, { type: string; body: Buffer }>
   return assets;
 }
 
+/**
+ * The order server's state (flow D): each link with its capacity in use, each service with the
+ * boxes holding it (its refcount), the active orders (oldest first, bounded) and how many orders
+ * are in each state. Read from the store, so it shows whichever process runs the order role.
+ */
+async function orderSnapshot(store: Store) {
+  const { db } = store;
+  const [links, services, active, counts] = await Promise.all([
+    db.selectFrom('order_links').selectAll().orderBy('name').limit(consoleTableRowsMax).execute(),
+    db
+      .selectFrom('order_services')
+      .leftJoin('order_active', 'order_active.service', 'order_services.name')
+      .select([
+        'order_services.name',
+        'order_services.link',
+        'order_services.group_address',
+        'order_services.port',
+        'order_services.bit_rate',
+        'order_services.priority',
+        'order_services.price',
+        'order_services.relay_to',
+        'order_active.refcount',
+        'order_active.activated_at',
+      ])
+      .orderBy('order_services.name')
+      .limit(consoleTableRowsMax)
+      .execute(),
+    db
+      .selectFrom('orders')
+      .selectAll()
+      .where('state', '=', 'active')
+      .orderBy('created_at')
+      .orderBy('id')
+      .limit(consoleTableRowsMax)
+      .execute(),
+    db
+      .selectFrom('orders')
+      .select(['state', (eb) => eb.fn.countAll<number | string>().as('count')])
+      .groupBy('state')
+      .execute(),
+  ]);
+  return {
+    links: links.map((row) => ({
+      id: row.name,
+      name: row.name,
+      router: row.router,
+      policy: row.policy,
+      capacity: Number(row.capacity_bits),
+      used: Number(row.used_bits),
+    })),
+    services: services.map((row) => ({
+      id: row.name,
+      name: row.name,
+      link: row.link,
+      group: `${row.group_address.includes(':') ? `[${row.group_address}]` : row.group_address}:${row.port}`,
+      bitRate: Number(row.bit_rate),
+      priority: row.priority,
+      price: row.price,
+      relayTo: row.relay_to,
+      boxes: row.refcount === null ? 0 : Number(row.refcount),
+      activeSince: row.activated_at,
+    })),
+    active: active.map((row) => ({
+      id: row.id,
+      box: row.box,
+      service: row.service,
+      link: row.link,
+      createdAt: row.created_at,
+      renewedAt: row.renewed_at,
+      expiresAt: new Date(Number(row.expires_at_ms)).toISOString(),
+    })),
+    counts: Object.fromEntries(counts.map((row) => [row.state, Number(row.count)])),
+  };
+}
+
 /** Rows of the store the console shows, newest first, each table bounded. */
 async function storeSnapshot(store: Store) {
   const { db } = store;
   const limit = consoleTableRowsMax;
-  const [sessions, servers, parties, entitlements, accounts, transfers, totals] = await Promise.all([
+  const [sessions, servers, parties, entitlements, accounts, transfers, totals, orders] = await Promise.all([
     db.selectFrom('sessions').selectAll().orderBy('started_at', 'desc').limit(limit).execute(),
     db.selectFrom('servers').selectAll().orderBy('created_at', 'desc').limit(limit).execute(),
     db
@@ -81,6 +157,7 @@ async function storeSnapshot(store: Store) {
       ])
       .groupBy('currency')
       .execute(),
+    orderSnapshot(store),
   ]);
   return {
     sessions: sessions.map((row) => ({
@@ -133,6 +210,7 @@ async function storeSnapshot(store: Store) {
     charges: Object.fromEntries(
       totals.map((row) => [row.currency, { count: Number(row.count), amountMinor: Number(row.amount ?? 0) }]),
     ),
+    orders,
   };
 }
 

@@ -18,7 +18,10 @@ export interface LivePoint {
   readonly at: number;
   /** Repair servers: S1 packets lost before repair, percent of the packets due in the interval. */
   readonly lossBeforePercent?: number | undefined;
-  /** Repair servers: packets still missing after repair (given up), percent of the same. */
+  /**
+   * Repair servers: packets still missing after repair (given up), percent of the same. Agents:
+   * the gaps they saw on S2, percent of the datagrams due to the application.
+   */
   readonly lossAfterPercent?: number | undefined;
   /** Retransmit servers: their own measured loss per session group. */
   readonly sessionLossPercent?: Readonly<Record<string, number>> | undefined;
@@ -52,6 +55,18 @@ const numberOf = (status: Counters | undefined, key: string): number => {
 const percent = (part: number, whole: number) =>
   whole <= 0 ? 0 : Math.round((part / whole) * 100_000) / 1000;
 
+/** An agent's counter: its own, or the sum over a watching agent's sessions' deliveries. */
+function agentCount(status: Counters | undefined, key: string): number {
+  const sessions = status?.sessions;
+  if (!Array.isArray(sessions)) {
+    return numberOf(status, key);
+  }
+  return sessions.reduce(
+    (sum: number, session: Counters) => sum + numberOf(session.delivery as Counters | undefined, key),
+    0,
+  );
+}
+
 /** The point between two statuses of one role (previous undefined: cumulative since start). */
 export function livePoint(
   role: string | undefined,
@@ -82,7 +97,15 @@ export function livePoint(
     };
   }
   if (role === 'agent') {
-    return { at, deliveredPerSecond: (delta('delivered') * 1000) / Math.max(1, intervalMs) };
+    // A watching agent reports per session; a single agent at the top. Gaps it saw on S2 are
+    // what the repair did not fill: the loss after repair at this receiver.
+    const delivered = Math.max(0, agentCount(current, 'delivered') - agentCount(previous, 'delivered'));
+    const gaps = Math.max(0, agentCount(current, 'gapsSeen') - agentCount(previous, 'gapsSeen'));
+    return {
+      at,
+      deliveredPerSecond: (delivered * 1000) / Math.max(1, intervalMs),
+      lossAfterPercent: percent(gaps, delivered + gaps),
+    };
   }
   return { at };
 }

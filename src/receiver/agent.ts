@@ -240,6 +240,12 @@ export interface AgentMapping {
   readonly s2?: Endpoint | undefined;
   /** With a configured S2: the key it is sealed under (`--s2-key-file`); plain when absent. */
   readonly s2Key?: S2Key | undefined;
+  /**
+   * Where the application listens when it does not join S1 itself (a local group and port kept
+   * apart from the network's S1): the agent follows this group's memberships and delivers to it.
+   * Absent: S1.
+   */
+  readonly deliver?: Endpoint | undefined;
 }
 
 /** Settings of an agent that follows the host's group memberships. */
@@ -313,7 +319,7 @@ export async function startWatchingAgent(
     const agent = await startAgent({
       from: s2,
       fromIface: settings.fromIface,
-      deliver: mapping.s1,
+      deliver: mapping.deliver ?? mapping.s1,
       deliverIface: settings.deliverIface ?? iface,
       s2Key,
       onMissingKey: () => askKey(mapping),
@@ -356,9 +362,10 @@ export async function startWatchingAgent(
     try {
       const memberships = read();
       for (const mapping of settings.mappings) {
-        const wanted = ifaceName(mapping.s1.family);
+        const application = mapping.deliver ?? mapping.s1;
+        const wanted = ifaceName(application.family);
         const member = memberships.find(
-          (m) => m.group === mapping.s1.address && (wanted === undefined || m.iface === wanted),
+          (m) => m.group === application.address && (wanted === undefined || m.iface === wanted),
         );
         const current = active.get(mapping);
         const now = Date.now();

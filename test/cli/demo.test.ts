@@ -6,7 +6,7 @@ import { gatecastBin } from '../helpers/testbed.js';
 import { waitUntil } from '../helpers/wait.js';
 
 describe('gatecast demo (what npm start runs)', () => {
-  it('multicasts the file and the ticker whole, repairs the file for an entitled subscriber and bills it, decodes a restricted channel paid from a purse, relays an ordered channel', async () => {
+  it('multicasts the file and the ticker whole, repairs the file for an entitled subscriber, hands it to her application through her agent and bills it, decodes a restricted channel paid from a purse, relays an ordered channel', async () => {
     const { stdout } = await promisify(execFile)(
       process.execPath,
       [gatecastBin(), 'demo', '--port', '47300', '--file-size', '700000', '--ticks', '10'],
@@ -16,7 +16,15 @@ describe('gatecast demo (what npm start runs)', () => {
     assert.match(stdout, /file {3}complete: .* SHA-256 ok/);
     assert.match(stdout, /ticker complete: 10 packets/);
     assert.match(stdout, /granted S2 239\.255\.77\.4:47303/);
-    assert.match(stdout, /S2 {5}complete: .* SHA-256 ok; (\d+) S1 packets lost on purpose, \1 fetched back/);
+    // The repaired copy reaches the application through alice's agent, whole, each lost packet fetched back.
+    assert.match(
+      stdout,
+      /alice's agent saw the application join 239\.255\.77\.8:47307, asked the controller for 239\.255\.77\.3:47302: granted S2 239\.255\.77\.4:47303 \(sealed, key epoch \d+\)/,
+    );
+    assert.match(
+      stdout,
+      /app {4}complete: 500 datagrams, 700\.0 kB from the agent on 239\.255\.77\.8:47307, SHA-256 ok; (\d+) S1 packets lost on purpose, \1 fetched back; the agent delivered 500, 0 gaps/,
+    );
     assert.match(stdout, /ledger alice charged [1-9]\d* EUR .* the ledger sums to 0/);
     // The restricted channel: decoded whole by the token, nothing by a stranger, every debit charged.
     assert.match(stdout, /news {3}complete: .* SHA-256 ok \(bob's token decoded it\)/);
@@ -41,7 +49,10 @@ describe('gatecast demo (what npm start runs)', () => {
     assert.match(stdout, /carol cancelled: route \*,239\.255\.77\.6>239\.255\.77\.7:47306 removed/);
     // The summary table.
     assert.match(stdout, /summary\n +session +loss before repair +after +bytes decoded +charged/);
-    assert.match(stdout, /file via repair +5\.00 % \(\d+\) +0 missing, 0 given up +700\.0 kB +alice [1-9]/);
+    assert.match(
+      stdout,
+      /file via repair\+agent +5\.00 % \(\d+\) +0 missing, 0 given up +700\.0 kB \(app\) +alice [1-9]/,
+    );
     assert.match(stdout, /news \(restricted\) +- +0 missing +700\.0 kB \(stranger 0 B\)/);
     assert.match(stdout, /sports \(ordered\) +- +0 missing/);
     assert.match(stdout, /demo ok/);

@@ -55,7 +55,7 @@ describe('the console in Chromium', { skip: chromiumSkip() }, () => {
     rmSync(directory, { recursive: true, force: true });
   });
 
-  it('shows the live session and its loss graph; a grant and a revoke take effect', async () => {
+  it('shows the live session and its loss graph; a grant, a revoke and an order cancelled on the page take effect', async () => {
     const key = controlKey(Buffer.alloc(32, 7));
     const octet = 1 + (process.pid % 250);
     const s1 = parseGroup(`239.79.${octet}.1:${freshPort()}`, 's1');
@@ -95,6 +95,8 @@ describe('the console in Chromium', { skip: chromiumSkip() }, () => {
       [
         '--db',
         `sqlite:${join(directory, 'console.db')}`,
+        '--roles',
+        'subscription,billing,order',
         '--watch',
         `rt1=http://127.0.0.1:${retransmitStatus.port}/status,repair1=http://127.0.0.1:${repairStatus.port}/status`,
       ],
@@ -273,6 +275,77 @@ describe('the console in Chromium', { skip: chromiumSkip() }, () => {
     await page.waitForSelector('#ledger:not([hidden]) #transfer-table tbody tr[data-id]');
     assert.match((await page.textContent('#account-table')) ?? '', /alice/);
     await shoot('ledger');
+
+    // The orders page: a relay link with two channels, ordered by two boxes (one channel by both);
+    // the operator cancels one order on the page and it goes, the channel's refcount drops.
+    const link = `link-${octet}`;
+    const linkPut = await call('PUT', `/v1/order/links/${link}`, {
+      capacity: 20_000_000,
+      router: { kind: 'relay', inbound: loopbackIface, outbound: loopbackIface },
+    });
+    assert.equal(linkPut.status, 200, JSON.stringify(linkPut.body));
+    for (const [name, index, bitRate] of [
+      ['sports', 3, 6_000_000],
+      ['movies', 5, 4_000_000],
+    ] as const) {
+      const put = await call('PUT', `/v1/order/services/${name}`, {
+        link,
+        group: `239.79.${octet}.${index}:${freshPort()}`,
+        bitRate,
+        price: 'per-order',
+        relayTo: `239.79.${octet}.${index + 1}:${freshPort()}`,
+      });
+      assert.equal(put.status, 200, JSON.stringify(put.body));
+    }
+    const carol = (await call('POST', '/v1/subscribers', { name: 'carol' })).body;
+    const dave = (await call('POST', '/v1/subscribers', { name: 'dave' })).body;
+    const ordered: Record<string, string> = {};
+    for (const [box, service] of [
+      [carol, 'sports'],
+      [dave, 'sports'],
+      [dave, 'movies'],
+    ] as const) {
+      await call('POST', '/v1/entitlements', { subscriber: box.id, service: 'channel' });
+      const order = await call('POST', '/v1/order/orders', { service }, box.token);
+      assert.equal(order.status, 201, JSON.stringify(order.body));
+      ordered[`${box.name}/${service}`] = order.body.id ?? '';
+    }
+    const carolSports = ordered['carol/sports'] ?? '';
+    await page.click('nav a[href="#orders"]');
+    await page.waitForSelector(`#orders:not([hidden]) #order-table tr[data-id="${carolSports}"]`, {
+      timeout: 15_000,
+    });
+    assert.match(
+      (await page.textContent(`#link-cards .card[data-id="${link}"]`)) ?? '',
+      /10\.0 Mbit\/s\s*in use\s*20\.0 Mbit\/s\s*capacity\s*50 %/,
+    );
+    assert.match(
+      (await page.textContent('#order-service-table tr[data-id="sports"]')) ?? '',
+      /6\.0 Mbit\/s.*2\s*routed since/,
+    );
+    assert.match((await page.textContent('#order-table')) ?? '', /carol[\s\S]*dave[\s\S]*dave/);
+    await shoot('orders');
+    await page.click(`#order-table tr[data-id="${carolSports}"] button.cancel`);
+    await page.waitForFunction(
+      (id) => document.querySelector(`#order-table tr[data-id="${id}"]`) === null,
+      carolSports,
+      { timeout: 15_000 },
+    );
+    assert.match((await page.textContent('#order-result')) ?? '', /Cancelled order .* of carol \(sports\)/);
+    assert.match(
+      (await page.textContent('#order-service-table tr[data-id="sports"]')) ?? '',
+      /6\.0 Mbit\/s.*1\s*routed since/,
+    );
+    const cancelled = (await call<Array<{ id: string; state: string }>>('GET', '/v1/order/orders?state=all'))
+      .body;
+    assert.deepEqual(
+      cancelled.map((order) => [order.id, order.state]).sort(),
+      [
+        [carolSports, 'cancelled'],
+        [ordered['dave/sports'], 'active'],
+        [ordered['dave/movies'], 'active'],
+      ].sort(),
+    );
 
     // The settings page shows each role's schema: the defaults the command line and gatecast.yaml use.
     await page.click('nav a[href="#settings"]');

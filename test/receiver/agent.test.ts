@@ -63,6 +63,62 @@ describe('the agent follows the host’s group memberships', () => {
   });
 });
 
+describe('the agent delivers to an application on a group of its own', () => {
+  it('follows that group’s memberships, asks the controller for S1 and hands S2 to that group, never to S1', async () => {
+    const s1 = parseGroup(`239.255.95.1:${freshPort()}`, 's1');
+    const s2 = parseGroup(`239.255.95.2:${freshPort()}`, 's2');
+    const local = parseGroup(`239.255.95.3:${freshPort()}`, 'application');
+    const asked: string[] = [];
+    const agent = await startWatchingAgent({
+      mappings: [{ s1, deliver: local }],
+      fromIface: loopbackIface,
+      deliverIface: loopbackIface,
+      pollMs: 20,
+      controller: {
+        resolve: async (group) => {
+          asked.push(`${group.address}:${group.port}`);
+          return { granted: true, s2, leaseMs: 60_000 };
+        },
+        release: async () => undefined,
+      },
+    });
+    // A member of S1 itself (here: someone else on the host) does not start the delivery.
+    const onS1 = createSocket({ type: 'udp4', reuseAddr: true });
+    const gotOnS1: Buffer[] = [];
+    onS1.on('message', (message) => gotOnS1.push(message));
+    await new Promise<void>((resolve) => onS1.bind(s1.port, s1.address, resolve));
+    onS1.addMembership(s1.address, loopbackIface);
+    // The application joins its own group and port.
+    const app = createSocket({ type: 'udp4', reuseAddr: true });
+    const got: Buffer[] = [];
+    app.on('message', (message) => got.push(message));
+    await new Promise<void>((resolve) => app.bind(local.port, local.address, resolve));
+    app.addMembership(local.address, loopbackIface);
+    await waitUntil('the agent delivering', () => agent.status().sessions[0]?.active === true, 10_000);
+    assert.deepEqual(asked, [`${s1.address}:${s1.port}`], 'the controller is asked for S1');
+
+    const repairer = createSocket('udp4');
+    await new Promise<void>((resolve) => repairer.bind(0, loopbackIface, resolve));
+    repairer.setMulticastInterface(loopbackIface);
+    const payloads = [Buffer.from('one'), Buffer.from('two'), Buffer.alloc(1316, 3)];
+    for (const [i, payload] of payloads.entries()) {
+      repairer.send(
+        encodeData({ sessionId: 11, incarnation: 1, sequence: 500 + i, timestampUs: 1 }, payload),
+        s2.port,
+        s2.address,
+      );
+    }
+    await waitUntil('three datagrams at the application', () => got.length >= 3, 10_000);
+    assert.deepEqual(got, payloads);
+    assert.deepEqual(gotOnS1, [], 'nothing is handed to S1');
+    app.close();
+    await waitUntil('the delivery stopping', () => agent.status().sessions[0]?.active === false, 10_000);
+    onS1.close();
+    repairer.close();
+    await agent.close();
+  });
+});
+
 describe('the agent asks the repair controller (flow A)', () => {
   it('asks when S1 is joined, delivers the granted S2, renews, stops on a refused renewal, releases on leave', async () => {
     const s1 = parseGroup(`239.255.93.1:${freshPort()}`, 's1');
