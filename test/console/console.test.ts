@@ -81,7 +81,7 @@ describe('the console in Chromium', { skip: chromiumSkip() }, () => {
         keys: [key],
         retransmit: [retransmit.local],
         emit: s2,
-        latencyMs: 500,
+        // reliable: on a loaded host a latency budget may rightly give packets up, and the page must show 0 after repair
       },
       { openS1Socket: lossyS1Socket((sequence) => sequence % 20 === 7) },
     );
