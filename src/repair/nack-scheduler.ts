@@ -12,6 +12,7 @@ import {
   nackRangePacketsMax,
   nackRangesMax,
   nackTimeoutMsInitial,
+  nackTimeoutMsMax,
   nackWindowPacketsInitial,
   nackWindowPacketsMax,
   nackWindowPacketsMin,
@@ -131,6 +132,8 @@ interface NackWindow {
   decreasedAtMs: number;
   /** Past it (the size at the last halving) the window opens by one per window of answers, not per answer. */
   threshold: number;
+  /** Monotonic time of the server's last answer with a packet (or of the window's start). */
+  answeredAtMs: number;
 }
 
 /** The gaps of one run and their NACKs. close() cancels every timer it made. */
@@ -364,6 +367,7 @@ export class NackScheduler {
         inFlight: 0,
         decreasedAtMs: Number.NEGATIVE_INFINITY,
         threshold: nackWindowPacketsMax,
+        answeredAtMs: this.#options.nowMs(),
       };
       this.#windows.set(server, window);
     }
@@ -387,6 +391,7 @@ export class NackScheduler {
   /** The server answered with the packet: its window opens by one (doubles per round trip). */
   #open(server: RankedServer): void {
     const window = this.#window(server);
+    window.answeredAtMs = this.#options.nowMs();
     const step = window.packets < window.threshold ? 1 : 1 / window.packets;
     window.packets = Math.min(nackWindowPacketsMax, window.packets + step);
   }
@@ -477,9 +482,13 @@ export class NackScheduler {
     const base = this.#options.base();
     const oldestFirst = (a: number, b: number) => sequenceDistance(base, a) - sequenceDistance(base, b);
     const due = [...this.#due].sort((a, b) => oldestFirst(a.sequence, b.sequence));
+    // A server that answered nothing for nackTimeoutMsMax is not serving this run (gone, or
+    // refusing our NACKs): its window no longer holds gaps back, so that they move on to another
+    // server, or are given up, at the pace of timeouts rather than a window at a time.
+    const now = this.#options.nowMs();
     const hasRoom = (server: RankedServer) => {
       const window = this.#window(server);
-      return window.inFlight < window.packets;
+      return window.inFlight < window.packets || now - window.answeredAtMs > nackTimeoutMsMax;
     };
     if (order.length > 0 && !order.some(hasRoom)) {
       return; // every window is full: answers (or timeouts) free places and flush again
@@ -514,7 +523,6 @@ export class NackScheduler {
       (gap.nacks === 0 ? lists.first : lists.again).push(gap.sequence);
       byServer.set(server, lists);
     }
-    const now = this.#options.nowMs();
     for (const [server, lists] of byServer) {
       for (const [sequences, again] of [
         [lists.again, true],

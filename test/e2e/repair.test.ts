@@ -166,7 +166,14 @@ describe('repair service on the namespace test bed', testbedSkip(['socat']), () 
     );
     assert.equal(result.status.unrecoverable, 0);
     assert.ok(result.rawDropped >= 14286, `raw S1 kept from the application: ${result.rawDropped}`);
-    assert.equal(result.status.recovered, result.status.gaps, JSON.stringify(result.status));
+    // Every gap is accounted for once: brought by a REPAIR (billed), or late on S1 after all (not
+    // billed) — a run quiet on S1 while its packets still wait in a busy host's socket has its tail
+    // asked for, and some of those come directly in the end.
+    assert.equal(
+      (result.status.recovered ?? 0) + (result.status.lateDirect ?? 0),
+      result.status.gaps,
+      JSON.stringify(result.status),
+    );
   };
 
   for (const percent of [1, 5, 10]) {

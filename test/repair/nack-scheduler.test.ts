@@ -182,10 +182,13 @@ describe('the repair server NACK scheduler', () => {
               credit.set(nack.port, bucket);
               if (bucket.packets >= 1) {
                 bucket.packets--;
-                // As the repair server does: an answer to a first NACK measures the round trip.
+                // As the repair server does: an answer resets the server's timeouts; one to a first NACK measures the round trip.
                 const filled = scheduler.filled(sequence);
-                if (filled?.server !== undefined && filled.firstNack) {
-                  servers.sampleRoundTrip(filled.server, clock.nowMs() - filled.sentAtMs);
+                if (filled?.server !== undefined) {
+                  servers.answered(filled.server);
+                  if (filled.firstNack) {
+                    servers.sampleRoundTrip(filled.server, clock.nowMs() - filled.sentAtMs);
+                  }
                 }
               }
             }, 5);
