@@ -213,6 +213,28 @@ export const nackTimeoutMsInitial = 50;
 export const nackTimeoutMsMin = 20;
 export const nackTimeoutMsMax = 4000;
 
+/**
+ * Repair server: packets a run may have NACKed to one retransmit server and not yet had answered
+ * (its NACK window, src/repair/nack-scheduler.ts): it starts at the initial size, opens by one per
+ * answer and halves on a timeout, within the bounds. A retransmit server answers at most a burst
+ * of its repair rate at once and drops the rest, so asking for thousands of packets in one round
+ * trip only makes them time out.
+ */
+export const nackWindowPacketsInitial = 64;
+export const nackWindowPacketsMin = 8;
+export const nackWindowPacketsMax = 1024;
+
+/**
+ * Repair server: when a run it has no END for has sent nothing on S1 for tailQuietMs, it asks a
+ * retransmit server, every tailProbeIntervalMs (at most once per NACK timeout), whether the run
+ * goes on after its S1 frontier: the sequences 0, 1, 3, 7 … 2^k - 1 after it up to
+ * tailProbePacketsMax, and around the last one an ANNOUNCE said is held — since the tail of the
+ * run and its END may all have been lost on S1 while the retransmit servers hold them.
+ */
+export const tailQuietMs = 500;
+export const tailProbeIntervalMs = 250;
+export const tailProbePacketsMax = 4096;
+
 /** Repair server: first wait before asking again when every server said "not held". */
 export const notHeldRetryMsInitial = 5;
 

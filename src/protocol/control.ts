@@ -26,10 +26,13 @@ import { type DecodeResult, invalid, valid } from './errors.js';
 import {
   type DataPacket,
   decodeData,
+  decodeEnd,
   decodeHeader,
+  type EndPacket,
   type Header,
   type HeaderFields,
   headerBytes,
+  offsetType,
   PacketType,
   type PacketTypeCode,
   writeHeader,
@@ -234,12 +237,18 @@ export function decodeNack(buf: Buffer): DecodeResult<Control<NackBody>> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// REPAIR: status u8, reserved u8, count u16, then (status held) the original DATA datagram.
+// REPAIR: status u8, reserved u8, count u16, then (status held) the original DATA datagram, or
+// the run's END datagram when the NACK named the END's sequence.
 
 export const RepairStatus = { held: 0, notHeld: 1 } as const;
 export interface RepairBody {
-  /** Held: the original DATA packet; not held: undefined. */
+  /** Held: the original DATA packet; not held, or an END: undefined. */
   readonly data: DataPacket | undefined;
+  /**
+   * Held END: the run's END datagram, asked for by its sequence (one past the run's last DATA) by a
+   * repair server that lost it on S1 (docs/protocol.md, "REPAIR"); otherwise undefined.
+   */
+  readonly end?: EndPacket | undefined;
   /** Not held: how many consecutive sequences from the header's sequence are not held. */
   readonly notHeldCount: number;
 }
@@ -284,6 +293,16 @@ export function decodeRepair(buf: Buffer): DecodeResult<Control<RepairBody>> {
   }
   if (status !== RepairStatus.held || count !== 1) {
     return invalid('bad-field', `REPAIR status ${status} with count ${count}`);
+  }
+  if (body.length > headerBytes && body[4 + offsetType] === PacketType.end) {
+    const end = decodeEnd(body.subarray(4));
+    if (!end.ok) {
+      return invalid(end.reason, `REPAIR carries a bad END packet: ${end.detail}`);
+    }
+    if (end.value.sessionId !== header.sessionId || end.value.sequence !== header.sequence) {
+      return invalid('bad-field', 'REPAIR header and carried END disagree on session or sequence');
+    }
+    return valid({ ...header, data: undefined, end: end.value, notHeldCount: 0, auth });
   }
   const data = decodeData(body.subarray(4));
   if (!data.ok) {

@@ -12,6 +12,10 @@ import {
   nackRangePacketsMax,
   nackRangesMax,
   nackTimeoutMsInitial,
+  nackTimeoutMsMax,
+  nackWindowPacketsInitial,
+  nackWindowPacketsMax,
+  nackWindowPacketsMin,
   notHeldRetryMsInitial,
 } from '../limits.js';
 import type { Timer } from '../net/runtime.js';
@@ -30,10 +34,27 @@ export type NackEvent =
   | { readonly type: 'nack-sent'; readonly packets: number }
   /** A NACK went unanswered within its timeout. */
   | { readonly type: 'timeout'; readonly sequence: number }
-  /** A gap was given up (delta 1), or one given up arrived or was withdrawn after all (delta -1). */
-  | { readonly type: 'unrecoverable'; readonly sequence: number; readonly delta: 1 | -1 }
+  /**
+   * A gap was given up (delta 1, with the reason), or one given up arrived or was withdrawn after
+   * all (delta -1, with the reason it had been given up for).
+   */
+  | {
+      readonly type: 'unrecoverable';
+      readonly sequence: number;
+      readonly delta: 1 | -1;
+      readonly reason: UnrecoverableReason;
+    }
   /** A gap was given up by a timeout: the emitter may pass it now. */
   | { readonly type: 'gave-up'; readonly sequence: number };
+
+/**
+ * Why a gap was given up (the repair server's status counts each): `not-held`, every server showed
+ * it had passed the packet and answered "not held"; `no-live-server`, no server that asked was
+ * heard from; `live-server-wait`, servers heard from stayed silent past liveServerWaitMsMax (only
+ * with a latency budget: a reliable server keeps asking a live server); `passed`, the emitter went
+ * past it (the latency budget, or the hold was full); `idle`, the run fell silent before it came.
+ */
+export type UnrecoverableReason = 'not-held' | 'no-live-server' | 'live-server-wait' | 'passed' | 'idle';
 
 /** What the owner learns when a gap's packet arrives. */
 export interface GapFilled {
@@ -70,6 +91,11 @@ export interface NackSchedulerOptions {
   readonly base: () => number;
   /** Largest random delay before a new gap is NACKed. */
   readonly nackDelayMsMax: number;
+  /**
+   * Reliable mode (no latency budget): a gap is given up only when no live server can serve it —
+   * every server proved it does not hold it, or none is alive — never because a live one is slow.
+   */
+  readonly reliable?: boolean | undefined;
   readonly events: (event: NackEvent) => void;
 }
 
@@ -86,7 +112,28 @@ interface Gap {
   nacks: number;
   sentAtMs: number;
   timer: TimerHandle | undefined;
+  /** The server whose answer it waits on (it takes one place of that server's NACK window). */
+  inFlight: RankedServer | undefined;
   unrecoverable: boolean;
+  reason: UnrecoverableReason | undefined;
+}
+
+/**
+ * Per server, the packets a run may have NACKed and not yet answered: it opens by one per answer
+ * (doubling per round trip) up to the size at its last halving, by one per round trip past it, and
+ * halves on a timeout (at most once per timeout period; RFC 5681's slow start and congestion
+ * avoidance), so that a burst of thousands of gaps
+ * is asked for in what the server answers within its timeout — a retransmit server rate-limits its
+ * answers and drops what is over, and a busy host reads its answers late — not all at once.
+ */
+interface NackWindow {
+  packets: number;
+  inFlight: number;
+  decreasedAtMs: number;
+  /** Past it (the size at the last halving) the window opens by one per window of answers, not per answer. */
+  threshold: number;
+  /** Monotonic time of the server's last answer with a packet (or of the window's start). */
+  answeredAtMs: number;
 }
 
 /** The gaps of one run and their NACKs. close() cancels every timer it made. */
@@ -94,6 +141,9 @@ export class NackScheduler {
   readonly #options: NackSchedulerOptions;
   readonly #gaps = new Map<number, Gap>();
   readonly #due = new Set<Gap>();
+  /** Gaps whose NACK timed out: decided after the owner's sockets were read (answers may be waiting there). */
+  readonly #expired = new Set<Gap>();
+  readonly #windows = new Map<RankedServer, NackWindow>();
   #flush: Timer | undefined;
   #closed = false;
 
@@ -109,6 +159,15 @@ export class NackScheduler {
   /** Whether `sequence` is a gap. */
   has(sequence: number): boolean {
     return this.#gaps.has(sequence);
+  }
+
+  /** Per server: its NACK window and the packets NACKed to it and not answered yet (for the status). */
+  windows(): Array<{ readonly server: RankedServer; readonly packets: number; readonly inFlight: number }> {
+    return [...this.#windows].map(([server, window]) => ({
+      server,
+      packets: Math.floor(window.packets),
+      inFlight: window.inFlight,
+    }));
   }
 
   /** A gap's state for the emitter: when it was found and whether it was given up. */
@@ -131,7 +190,9 @@ export class NackScheduler {
       nacks: 0,
       sentAtMs: 0,
       timer: undefined,
+      inFlight: undefined,
       unrecoverable: false,
+      reason: undefined,
     };
     this.#gaps.set(sequence, gap);
     gap.timer = this.#options.schedule(this.#options.random() * this.#options.nackDelayMsMax, () =>
@@ -142,12 +203,16 @@ export class NackScheduler {
 
   /** The gap's packet arrived (from S1 or a REPAIR): it is no longer a gap. */
   filled(sequence: number): GapFilled | undefined {
+    const answeredBy = this.#gaps.get(sequence)?.inFlight;
     const gap = this.#remove(sequence);
     if (gap === undefined) {
       return undefined;
     }
+    if (answeredBy !== undefined) {
+      this.#open(answeredBy);
+    }
     if (gap.unrecoverable) {
-      this.#options.events({ type: 'unrecoverable', sequence, delta: -1 });
+      this.#options.events({ type: 'unrecoverable', sequence, delta: -1, reason: gap.reason ?? 'passed' });
     }
     return {
       server: gap.server,
@@ -161,13 +226,13 @@ export class NackScheduler {
    * The emitter passes `sequence` (given up, or jumped over): it is unrecoverable, never silently.
    * False when it was not a gap here (the caller counts it).
    */
-  pass(sequence: number): boolean {
+  pass(sequence: number, reason: UnrecoverableReason = 'passed'): boolean {
     const gap = this.#gaps.get(sequence);
     if (gap === undefined) {
       return false;
     }
-    this.#giveUp(gap);
-    this.#gaps.delete(sequence);
+    this.#giveUp(gap, reason);
+    this.#remove(sequence);
     return true;
   }
 
@@ -178,7 +243,12 @@ export class NackScheduler {
         this.#remove(sequence);
         this.#options.events({ type: 'gap-withdrawn', sequence });
         if (gap.unrecoverable) {
-          this.#options.events({ type: 'unrecoverable', sequence, delta: -1 });
+          this.#options.events({
+            type: 'unrecoverable',
+            sequence,
+            delta: -1,
+            reason: gap.reason ?? 'passed',
+          });
         }
       }
     }
@@ -200,14 +270,17 @@ export class NackScheduler {
     }
     gap.timer.cancel();
     gap.timer = undefined;
+    this.#release(gap);
     gap.tried.add(server.key);
-    if (proven || this.#options.nowMs() - gap.firstMs > liveServerWaitMsMax) {
+    const waitedTooLong =
+      !this.#options.reliable && this.#options.nowMs() - gap.firstMs > liveServerWaitMsMax;
+    if (proven || waitedTooLong) {
       gap.attempts++;
     } else {
       gap.notYet++;
     }
     if (gap.attempts >= nackAttemptsMax) {
-      this.#giveUp(gap);
+      this.#giveUp(gap, 'not-held');
       return;
     }
     const { servers } = this.#options;
@@ -229,6 +302,7 @@ export class NackScheduler {
     for (const gap of this.#gaps.values()) {
       if (gap.server === server && gap.timer !== undefined && !gap.unrecoverable) {
         gap.timer.cancel();
+        this.#release(gap);
         this.#markDue(gap);
       }
     }
@@ -241,12 +315,14 @@ export class NackScheduler {
   clear(countUnrecoverable: boolean): void {
     for (const gap of this.#gaps.values()) {
       if (countUnrecoverable && !gap.unrecoverable) {
-        this.#options.events({ type: 'unrecoverable', sequence: gap.sequence, delta: 1 });
+        this.#options.events({ type: 'unrecoverable', sequence: gap.sequence, delta: 1, reason: 'idle' });
       }
       gap.timer?.cancel();
     }
     this.#gaps.clear();
     this.#due.clear();
+    this.#expired.clear();
+    this.#windows.clear();
   }
 
   /** Cancels every timer; later calls schedule nothing. Idempotent. */
@@ -262,19 +338,72 @@ export class NackScheduler {
     if (gap !== undefined) {
       gap.timer?.cancel();
       gap.timer = undefined;
+      this.#release(gap);
       this.#due.delete(gap);
+      this.#expired.delete(gap);
       this.#gaps.delete(sequence);
     }
     return gap;
   }
 
-  #giveUp(gap: Gap): void {
+  #giveUp(gap: Gap, reason: UnrecoverableReason): void {
     if (!gap.unrecoverable) {
       gap.unrecoverable = true;
+      gap.reason = reason;
       gap.timer?.cancel();
       gap.timer = undefined;
+      this.#release(gap);
       this.#due.delete(gap);
-      this.#options.events({ type: 'unrecoverable', sequence: gap.sequence, delta: 1 });
+      this.#expired.delete(gap);
+      this.#options.events({ type: 'unrecoverable', sequence: gap.sequence, delta: 1, reason });
+    }
+  }
+
+  #window(server: RankedServer): NackWindow {
+    let window = this.#windows.get(server);
+    if (window === undefined) {
+      window = {
+        packets: nackWindowPacketsInitial,
+        inFlight: 0,
+        decreasedAtMs: Number.NEGATIVE_INFINITY,
+        threshold: nackWindowPacketsMax,
+        answeredAtMs: this.#options.nowMs(),
+      };
+      this.#windows.set(server, window);
+    }
+    return window;
+  }
+
+  /** The gap no longer waits on its server: its place in that server's window is free. */
+  #release(gap: Gap): void {
+    const server = gap.inFlight;
+    if (server === undefined) {
+      return;
+    }
+    gap.inFlight = undefined;
+    const window = this.#window(server);
+    window.inFlight = Math.max(0, window.inFlight - 1);
+    if (this.#due.size > 0) {
+      this.#scheduleFlush();
+    }
+  }
+
+  /** The server answered with the packet: its window opens by one (doubles per round trip). */
+  #open(server: RankedServer): void {
+    const window = this.#window(server);
+    window.answeredAtMs = this.#options.nowMs();
+    const step = window.packets < window.threshold ? 1 : 1 / window.packets;
+    window.packets = Math.min(nackWindowPacketsMax, window.packets + step);
+  }
+
+  /** The server left a NACK unanswered: its window halves, once per timeout period. */
+  #narrow(server: RankedServer): void {
+    const window = this.#window(server);
+    const now = this.#options.nowMs();
+    if (now - window.decreasedAtMs >= this.#options.servers.timeoutFor(server, 0)) {
+      window.packets = Math.max(nackWindowPacketsMin, Math.floor(window.packets / 2));
+      window.threshold = window.packets;
+      window.decreasedAtMs = now;
     }
   }
 
@@ -284,14 +413,42 @@ export class NackScheduler {
       return;
     }
     this.#due.add(gap);
+    this.#scheduleFlush();
+  }
+
+  #scheduleFlush(): void {
+    if (this.#closed) {
+      return;
+    }
     this.#flush ??= this.#options.defer(() => {
       this.#flush = undefined;
+      for (const gap of this.#expired) {
+        this.#expired.delete(gap);
+        this.#onTimeout(gap);
+      }
       this.#flushNacks();
     });
   }
 
-  #onTimeout(gap: Gap): void {
+  /**
+   * A NACK's timer ran out. The decision waits until the owner's pending input was read: on a busy
+   * host the answer is often already in the socket, and deciding first would ask again for it.
+   */
+  #expire(gap: Gap): void {
     gap.timer = undefined;
+    this.#expired.add(gap);
+    this.#scheduleFlush();
+  }
+
+  #onTimeout(gap: Gap): void {
+    if (this.#gaps.get(gap.sequence) !== gap || gap.unrecoverable) {
+      return; // it came, or was given up, while the decision waited
+    }
+    const waitedOn = gap.inFlight;
+    this.#release(gap);
+    if (waitedOn !== undefined) {
+      this.#narrow(waitedOn);
+    }
     this.#options.events({ type: 'timeout', sequence: gap.sequence });
     // A server heard from lately (it announces, it answers) is slow, not gone: on a busy host its
     // answer may take longer than any timeout. Its silence counts toward giving up only after
@@ -301,49 +458,71 @@ export class NackScheduler {
       gap.server.consecutiveTimeouts++;
       gap.tried.add(gap.server.key);
     }
-    if (alive && this.#options.nowMs() - gap.firstMs <= liveServerWaitMsMax) {
+    if (alive && (this.#options.reliable || this.#options.nowMs() - gap.firstMs <= liveServerWaitMsMax)) {
       gap.notYet++;
       this.#markDue(gap);
       return;
     }
     gap.attempts++;
     if (gap.attempts >= nackAttemptsMax) {
-      this.#giveUp(gap);
+      this.#giveUp(gap, alive ? 'live-server-wait' : 'no-live-server');
       this.#options.events({ type: 'gave-up', sequence: gap.sequence });
       return;
     }
     this.#markDue(gap);
   }
 
-  /** Sends one NACK per server for every due gap, in ranges, oldest first. */
+  /**
+   * Sends one NACK per server for the due gaps, in ranges, oldest first, as far as each server's
+   * NACK window allows; the rest stay due until answers free places.
+   */
   #flushNacks(): void {
     const { servers, schedule } = this.#options;
     const order = servers.ranked();
+    const base = this.#options.base();
+    const oldestFirst = (a: number, b: number) => sequenceDistance(base, a) - sequenceDistance(base, b);
+    const due = [...this.#due].sort((a, b) => oldestFirst(a.sequence, b.sequence));
+    // A server that answered nothing for nackTimeoutMsMax is not serving this run (gone, or
+    // refusing our NACKs): its window no longer holds gaps back, so that they move on to another
+    // server, or are given up, at the pace of timeouts rather than a window at a time.
+    const now = this.#options.nowMs();
+    const hasRoom = (server: RankedServer) => {
+      const window = this.#window(server);
+      return window.inFlight < window.packets || now - window.answeredAtMs > nackTimeoutMsMax;
+    };
+    if (order.length > 0 && !order.some(hasRoom)) {
+      return; // every window is full: answers (or timeouts) free places and flush again
+    }
     // Per server, first requests apart from requests again (docs/protocol.md, "Repair group").
     const byServer = new Map<RankedServer, { first: number[]; again: number[] }>();
-    for (const gap of this.#due) {
+    for (const gap of due) {
       if (gap.unrecoverable || this.#gaps.get(gap.sequence) !== gap) {
+        this.#due.delete(gap);
         continue;
       }
-      let server = order.find((candidate) => !gap.tried.has(candidate.key));
-      if (server === undefined && order.length > 0) {
+      let untried = order.filter((candidate) => !gap.tried.has(candidate.key));
+      if (untried.length === 0 && order.length > 0) {
         gap.tried.clear(); // every server was asked: start another round, with backoff
-        server = order[0];
+        untried = order;
       }
-      if (server === undefined) {
+      if (untried.length === 0) {
+        this.#due.delete(gap);
         gap.server = undefined;
-        gap.timer = schedule(nackTimeoutMsInitial, () => this.#onTimeout(gap));
+        gap.timer = schedule(nackTimeoutMsInitial, () => this.#expire(gap));
         continue;
       }
+      const server = untried.find(hasRoom);
+      if (server === undefined) {
+        continue; // every server it may ask is busy with older gaps: it waits, still due
+      }
+      this.#due.delete(gap);
       gap.server = server;
+      gap.inFlight = server;
+      this.#window(server).inFlight++;
       const lists = byServer.get(server) ?? { first: [], again: [] };
       (gap.nacks === 0 ? lists.first : lists.again).push(gap.sequence);
       byServer.set(server, lists);
     }
-    this.#due.clear();
-    const now = this.#options.nowMs();
-    const base = this.#options.base();
-    const oldestFirst = (a: number, b: number) => sequenceDistance(base, a) - sequenceDistance(base, b);
     for (const [server, lists] of byServer) {
       for (const [sequences, again] of [
         [lists.again, true],
@@ -364,7 +543,7 @@ export class NackScheduler {
           gap.nacks++;
           gap.sentAtMs = now;
           gap.timer = schedule(servers.timeoutFor(server, gap.attempts + gap.notYet), () =>
-            this.#onTimeout(gap),
+            this.#expire(gap),
           );
         }
       }

@@ -31,6 +31,9 @@ import {
   resyncPacketsMin,
   resyncQuietMs,
   sessionIdleMs,
+  tailProbeIntervalMs,
+  tailProbePacketsMax,
+  tailQuietMs,
   timerWheelTickMs,
 } from '../limits.js';
 import { type Endpoint, formatEndpoint } from '../net/address.js';
@@ -49,6 +52,7 @@ import {
   encodeFeedback,
   encodeNack,
   ListenState,
+  type SequenceRange,
 } from '../protocol/control.js';
 import {
   type DataPacket,
@@ -56,6 +60,7 @@ import {
   decodeDescriptor,
   decodeEnd,
   decodeHeader,
+  type EndPacket,
   type HeaderFields,
   headerBytes,
   offsetType,
@@ -73,7 +78,7 @@ import {
   SessionWindow,
 } from '../protocol/session-window.js';
 import { repairFixedBytes } from '../protocol/sizes.js';
-import { type NackEvent, NackScheduler } from './nack-scheduler.js';
+import { type NackEvent, NackScheduler, type UnrecoverableReason } from './nack-scheduler.js';
 import { createReorderEmitter, type EmitterEvent } from './reorder-emitter.js';
 import { type RankedServer, ServerRanking } from './server-ranking.js';
 
@@ -131,6 +136,14 @@ export interface RepairStatus {
   /** Missing packets that came late on S1 after all (reordered): not counted as recovered. */
   lateDirect: number;
   unrecoverable: number;
+  /**
+   * Unrecoverable packets by why they were given up: `not-held` (every retransmit server showed it
+   * had passed the packet and does not hold it), `no-live-server` (no server asked was heard from),
+   * `live-server-wait` (with a latency budget: servers heard from stayed silent too long), `passed`
+   * (the emitter went past it: the latency budget, or the hold was full), `idle` (the run fell
+   * silent first), `resync` (the window jumped to far-ahead DATA).
+   */
+  unrecoverableReasons: Record<string, number>;
   timeouts: number;
   duplicates: number;
   emitted: number;
@@ -161,6 +174,10 @@ export interface RepairStatus {
   claimsTooFar: number;
   /** FEEDBACK messages sent to sources of last resort (for their adaptive rate). */
   feedbackSent: number;
+  /** NACKs for the tail of a run quiet on S1 with no END (what follows its S1 frontier). */
+  tailProbes: number;
+  /** ENDs a REPAIR brought (lost on S1). */
+  endsRepaired: number;
   /** DATA held for runs whose DESCRIPTOR has not been taken up yet. */
   pendingPackets: number;
   pendingBytes: number;
@@ -173,6 +190,9 @@ export interface RepairStatus {
     listening: boolean;
     timeouts: number;
     rttMs: number | undefined;
+    /** The current run's NACK window at this server and the packets asked and not answered yet. */
+    nackWindow?: number;
+    nacksInFlight?: number;
   }>;
 }
 
@@ -222,6 +242,12 @@ interface Run {
   readonly passed: Map<number, { sequence: number; counter: number }>;
   /** Every sequence before it is known from S1 to exist (docs/architecture.md, "Repair server"). */
   frontier: number;
+  /** The furthest sequence of the run's session a retransmit server's ANNOUNCE said it holds. */
+  announcedLast: number | undefined;
+  /** Monotonic time of the run's last HEARTBEAT on S1 (its claim tells where the run is). */
+  lastHeartbeatMs: number;
+  /** Monotonic time of the last tail probe (probeTail). */
+  lastProbeMs: number;
 }
 
 /**
@@ -287,10 +313,23 @@ export async function startRepairServer(
     sealed: 0,
     s2Rotations: 0,
     feedbackSent: 0,
+    tailProbes: 0,
+    endsRepaired: 0,
   };
   const dropped: Record<string, number> = {};
   const drop = (reason: string) => {
     dropped[reason] = (dropped[reason] ?? 0) + 1;
+  };
+  /** Unrecoverable packets by why they were given up (RepairStatus.unrecoverableReasons). */
+  const unrecoverableReasons: Record<string, number> = {};
+  const countUnrecoverable = (reason: UnrecoverableReason | 'resync', delta: number) => {
+    counters.unrecoverable += delta;
+    const count = (unrecoverableReasons[reason] ?? 0) + delta;
+    if (count === 0) {
+      delete unrecoverableReasons[reason];
+    } else {
+      unrecoverableReasons[reason] = count;
+    }
   };
 
   /** One-way delays in ms, bounded samples: packets that came directly and repaired ones. */
@@ -335,7 +374,7 @@ export async function startRepairServer(
         counters.timeouts++;
         return;
       case 'unrecoverable':
-        counters.unrecoverable += event.delta;
+        countUnrecoverable(event.reason, event.delta);
         return;
       case 'gave-up':
         emit();
@@ -354,22 +393,82 @@ export async function startRepairServer(
       isAlive: (server) => channel.targetIdOf(server.endpoint) !== 0,
       base: () => window.base,
       nackDelayMsMax,
+      reliable: settings.latencyMs === undefined,
       events: onNackEvent,
-      sendNack: (server, ranges, again) => {
-        const fields: HeaderFields = {
-          sessionId,
-          incarnation,
-          sequence: ranges[0]?.start ?? 0,
-          timestampUs: clock.wallUs(),
-        };
-        // Sealed for the server's id once learned; REPAIRs may come only to our own control socket.
-        const nack = channel.seal(
-          encodeNack(fields, { ranges, replyTo: control.local, again }),
-          server.endpoint,
-        );
-        control.send(nack, server.endpoint.port, server.endpoint.address);
-      },
+      sendNack: (server, ranges, again) => sendNack(sessionId, incarnation, server, ranges, again),
     });
+
+  /** Sends one NACK of a run to a retransmit server. */
+  const sendNack = (
+    sessionId: number,
+    incarnation: number,
+    server: RankedServer,
+    ranges: readonly SequenceRange[],
+    again: boolean,
+  ) => {
+    const fields: HeaderFields = {
+      sessionId,
+      incarnation,
+      sequence: ranges[0]?.start ?? 0,
+      timestampUs: clock.wallUs(),
+    };
+    // Sealed for the server's id once learned; REPAIRs may come only to our own control socket.
+    const nack = channel.seal(encodeNack(fields, { ranges, replyTo: control.local, again }), server.endpoint);
+    control.send(nack, server.endpoint.port, server.endpoint.address);
+  };
+
+  /**
+   * A run with no END that sent nothing on S1 for tailQuietMs (nor a HEARTBEAT, whose claim tells
+   * where it is): its tail and its END may all have been lost on S1 (docs/protocol.md, "Repair
+   * server behaviour").
+   */
+  const tailQuiet = (current: Run) => {
+    const now = clock.nowMs();
+    return (
+      current.endSequence === undefined &&
+      now - current.lastDataMs >= tailQuietMs &&
+      now - current.lastHeartbeatMs >= tailQuietMs
+    );
+  };
+
+  /**
+   * Asks the best retransmit server heard from whether the run goes on after its S1 frontier, while
+   * it is quiet: one NACK naming single sequences at the frontier and 1, 3, 7 … 2^k - 1 after it
+   * (within the claim limit), and the last sequence a server's ANNOUNCE said it holds and the one
+   * after it. The frontier itself is the END's place once every DATA is known. The furthest DATA
+   * that comes back moves the frontier (no S1 packet is still on its way), so everything before it
+   * is NACKed as gaps, within each server's NACK window. At most one probe per timeout.
+   */
+  const probeTail = () => {
+    const current = run;
+    if (current === undefined || !tailQuiet(current)) {
+      return;
+    }
+    const ranked = servers.ranked();
+    const server = ranked.find((candidate) => channel.targetIdOf(candidate.endpoint) !== 0) ?? ranked[0];
+    const now = clock.nowMs();
+    if (server === undefined || now - current.lastProbeMs < servers.timeoutFor(server, 0)) {
+      return;
+    }
+    current.lastProbeMs = now;
+    const offsets = new Set<number>();
+    for (let ahead = 1; ahead - 1 <= tailProbePacketsMax; ahead *= 2) {
+      offsets.add(ahead - 1);
+    }
+    if (current.announcedLast !== undefined) {
+      const last = sequenceDistance(current.frontier, current.announcedLast);
+      if (last >= 0 && last < progressAheadPacketsMax) {
+        offsets.add(last);
+        offsets.add(last + 1);
+      }
+    }
+    const ranges = [...offsets]
+      .sort((a, b) => a - b)
+      .map((offset) => ({ start: sequenceAdd(current.frontier, offset), count: 1 }));
+    // With the again flag: a repair group's recent multicast of these does not hold the answer back.
+    sendNack(current.sessionId, current.incarnation, server, ranges, true);
+    counters.tailProbes++;
+  };
 
   const addMissing = (current: Run, sequence: number) => {
     if (!current.window.has(sequence)) {
@@ -397,11 +496,13 @@ export async function startRepairServer(
   };
 
   /** A gap is passed (given up, or jumped over in a resync): it is unrecoverable, never silently. */
-  const passGap = (current: Run) => (sequence: number) => {
-    if (!current.nacks.pass(sequence)) {
-      counters.unrecoverable++;
-    }
-  };
+  const passGap =
+    (current: Run, reason: UnrecoverableReason = 'passed') =>
+    (sequence: number) => {
+      if (!current.nacks.pass(sequence, reason)) {
+        countUnrecoverable(reason, 1);
+      }
+    };
 
   /** Sealed S2 when the server holds an S2 key (module comment of src/crypto/s2-seal.ts). */
   const sealer = settings.s2Key === undefined ? undefined : new S2Sealer(channel.senderId, settings.s2Key);
@@ -481,7 +582,7 @@ export async function startRepairServer(
       case 'resync': {
         counters.beyondWindow++;
         const jumped = current.window.resync(send(current), passGap(current));
-        counters.unrecoverable += jumped;
+        countUnrecoverable('resync', jumped);
         current.nacks.clear(false);
         current.frontier = current.window.base;
         reachFrontier(current, current.window.end);
@@ -534,7 +635,7 @@ export async function startRepairServer(
     }
     current.endTimer?.cancel();
     if (how === 'idle') {
-      current.window.drainToEnd(send(current), passGap(current));
+      current.window.drainToEnd(send(current), passGap(current, 'idle'));
       counters.sessionsIncomplete++;
     } else {
       const end = current.endDatagram;
@@ -626,6 +727,9 @@ export async function startRepairServer(
       lastDataMs: clock.nowMs(),
       passed: new Map(),
       frontier: base,
+      announcedLast: undefined,
+      lastHeartbeatMs: Number.NEGATIVE_INFINITY,
+      lastProbeMs: Number.NEGATIVE_INFINITY,
     };
     run = current;
     for (const p of held.values()) {
@@ -704,6 +808,7 @@ export async function startRepairServer(
     const current = run;
     if (header.value.type === PacketType.heartbeat) {
       current.lastActivityMs = clock.nowMs();
+      current.lastHeartbeatMs = current.lastActivityMs;
       claim(current, header.value.sequence);
       emitS2(datagram);
       emit();
@@ -739,6 +844,10 @@ export async function startRepairServer(
       drop('repair-other-session');
       return;
     }
+    if (repair.end !== undefined) {
+      onRepairedEnd(current, datagram, repair.end);
+      return;
+    }
     if (repair.data === undefined) {
       counters.notHeldReceived++;
       const passed = current.passed.get(repair.auth.senderId);
@@ -759,18 +868,61 @@ export async function startRepairServer(
       return;
     }
     counters.repairsReceived++;
+    // The run is alive while REPAIRs still bring its packets (its source may be gone, its tail not).
+    current.lastActivityMs = clock.nowMs();
     notePassed(current, repair.auth.senderId, repair.data.sequence, repair.auth.counter);
     const packet = repair.data;
     if (gate === undefined) {
-      acceptData(current, original, packet, true);
+      acceptRepaired(current, original, packet);
       return;
     }
     // A signed session: the retransmit server's copy is taken only when a manifest vouches for it.
     gate.filter(original, (authenticated) => {
       if (isCurrent(run, packet.sessionId, packet.incarnation)) {
-        acceptData(run, authenticated, packet, true);
+        acceptRepaired(run, authenticated, packet);
       }
     });
+  };
+
+  /**
+   * A repaired DATA packet. While the run is quiet on S1 (tailQuiet), no S1 packet is still on its
+   * way: the packet shows that every sequence before it exists, so the frontier moves past it
+   * (docs/protocol.md, "REPAIR"), and what lies between is asked for as gaps.
+   */
+  const acceptRepaired = (current: Run, datagram: Buffer, packet: DataPacket) => {
+    if (tailQuiet(current) && sequenceDistance(current.frontier, packet.sequence) >= 0) {
+      claim(current, sequenceAdd(packet.sequence, 1));
+    }
+    acceptData(current, datagram, packet, true);
+  };
+
+  /** A REPAIR carrying the run's END (asked for by its sequence): taken as if it came on S1. */
+  const onRepairedEnd = (current: Run, datagram: Buffer, end: EndPacket) => {
+    if (end.incarnation !== current.incarnation) {
+      drop('repair-other-incarnation');
+      return;
+    }
+    counters.endsRepaired++;
+    const original = datagram.subarray(headerBytes + repairFixedBytes, datagram.length - authTrailerBytes);
+    if (gate === undefined) {
+      onS1(original);
+    } else {
+      gate.filter(original, onS1); // a signed session's END is taken only when authenticated
+    }
+  };
+
+  /**
+   * An ANNOUNCE said a server holds the run's session up to `lastHeld`: how far a tail probe asks.
+   * Only a hint (an ANNOUNCE names no incarnation): what comes back is checked like any REPAIR.
+   */
+  const noteAnnouncedLast = (current: Run, lastHeld: number) => {
+    const ahead = sequenceDistance(current.frontier, lastHeld);
+    if (ahead < -1 || ahead > progressAheadPacketsMax) {
+      return; // behind what S1 showed, or too far to be this run
+    }
+    if (current.announcedLast === undefined || sequenceDistance(current.announcedLast, lastHeld) > 0) {
+      current.announcedLast = lastHeld;
+    }
   };
 
   /** A retransmit server showed it holds `sequence` of the run, in the message it sealed as `counter`. */
@@ -810,6 +962,7 @@ export async function startRepairServer(
     const session = announce.sessions.find((s) => s.sessionId === run?.sessionId) ?? announce.sessions[0];
     if (run !== undefined && session?.sessionId === run.sessionId && session.heldCount > 0) {
       notePassed(run, announce.auth.senderId, session.lastHeld, announce.auth.counter);
+      noteAnnouncedLast(run, session.lastHeld);
     }
     if (session !== undefined) {
       server.lossPpm = session.lossPpm;
@@ -940,6 +1093,7 @@ export async function startRepairServer(
   }
 
   timers.setInterval(sendFeedback, adaptFeedbackIntervalMs);
+  timers.setInterval(probeTail, tailProbeIntervalMs);
 
   const status = (): RepairStatus => ({
     role: 'repair',
@@ -956,6 +1110,7 @@ export async function startRepairServer(
     missingNow: run?.nacks.size ?? 0,
     pendingPackets: pending.packetCount,
     pendingBytes: pending.byteCount,
+    unrecoverableReasons: { ...unrecoverableReasons },
     dropped: { ...dropped },
     ...(gate === undefined ? {} : { signed: { ...gate.stats, forged: { ...gate.stats.forged } } }),
     servers: servers.ranked().map((server) => ({
@@ -964,8 +1119,15 @@ export async function startRepairServer(
       listening: server.listening,
       timeouts: server.consecutiveTimeouts,
       rttMs: server.srttMs === undefined ? undefined : Math.round(server.srttMs * 100) / 100,
+      ...nackWindowOf(server),
     })),
   });
+
+  /** The current run's NACK window at a server (src/repair/nack-scheduler.ts), when it has one. */
+  function nackWindowOf(server: RankedServer): { nackWindow?: number; nacksInFlight?: number } {
+    const window = run?.nacks.windows().find((entry) => entry.server === server);
+    return window === undefined ? {} : { nackWindow: window.packets, nacksInFlight: window.inFlight };
+  }
 
   function extraDelay(): RepairStatus['repairExtraDelayMs'] {
     if (repairedDelays.length === 0 || directDelays.length === 0) {

@@ -32,7 +32,7 @@ import {
   type SessionQuality,
   SetupAction,
 } from '../protocol/control.js';
-import { decodeData, headerBytes, offsetType, PacketType } from '../protocol/packet.js';
+import { decodeData, decodeEnd, headerBytes, offsetType, PacketType } from '../protocol/packet.js';
 import { sequenceAdd } from '../protocol/serial.js';
 import { runKey } from '../protocol/session-window.js';
 import { authTrailerBytes, repairFixedBytes } from '../protocol/sizes.js';
@@ -353,6 +353,10 @@ export async function startRetransmitServer(
   };
 
   const onData = (entry: Joined) => (datagram: Buffer) => {
+    if (datagram[offsetType] === PacketType.end) {
+      keepEnd(entry, datagram);
+      return;
+    }
     if (datagram[offsetType] !== PacketType.data) {
       return;
     }
@@ -366,6 +370,24 @@ export async function startRetransmitServer(
     const buffer = runBuffer(entry, packet.sessionId, packet.incarnation);
     buffer.add(packet.sequence, datagram, packet.timestampUs, clock.nowMs(), clock.wallUs());
     entry.buffer = buffer;
+  };
+
+  /**
+   * An END on S1: kept in its run's buffer under its sequence, served like a packet to a repair
+   * server that lost it (docs/protocol.md, "REPAIR"). Only for a run whose DATA we buffer.
+   */
+  const keepEnd = (entry: Joined, datagram: Buffer) => {
+    const end = decodeEnd(datagram);
+    if (!end.ok) {
+      drop(`end-${end.reason}`);
+      return;
+    }
+    const buffer = entry.runs.get(runKey(end.value.sessionId, end.value.incarnation));
+    if (buffer === undefined) {
+      drop('end-unknown-run'); // no state is made for a run we never heard DATA of
+      return;
+    }
+    buffer.keepEnd(end.value.sequence, datagram, clock.nowMs());
   };
 
   const join = async (entry: Joined) => {

@@ -41,6 +41,8 @@ export class SessionBuffer {
   /** Sequences fetched from peers (fill), not heard. */
   filledCount = 0;
   #highest: number | undefined;
+  /** Where the END kept (keepEnd) is, if one is. */
+  #endSequence: number | undefined;
   #periodReceived = 0;
   #periodMissing = 0;
   #jitterUs = 0;
@@ -56,8 +58,9 @@ export class SessionBuffer {
   get bytes(): number {
     return this.#bytes;
   }
+  /** DATA datagrams held (a kept END is not one). */
   get heldCount(): number {
-    return this.#held.size;
+    return this.#held.size - (this.#endSequence === undefined ? 0 : 1);
   }
 
   /** Oldest and newest sequence held (arrival order), or undefined when empty. */
@@ -74,6 +77,9 @@ export class SessionBuffer {
    * against our wall clock (nowWallUs). nowMs is monotonic and ages the buffer.
    */
   add(sequence: number, datagram: Buffer, sentUs: number, nowMs: number, nowWallUs: number): void {
+    if (sequence === this.#endSequence) {
+      this.#forgetEnd(); // DATA where an END was: that END was not the run's end
+    }
     if (this.#held.has(sequence)) {
       return;
     }
@@ -122,6 +128,9 @@ export class SessionBuffer {
    * the sequence is already held.
    */
   fill(sequence: number, datagram: Buffer, nowMs: number): boolean {
+    if (sequence === this.#endSequence) {
+      this.#forgetEnd();
+    }
     if (this.#held.has(sequence)) {
       return false;
     }
@@ -130,6 +139,34 @@ export class SessionBuffer {
     this.filledCount++;
     this.evict(nowMs);
     return true;
+  }
+
+  /**
+   * Keeps the run's END datagram under its sequence, so that a repair server that lost it on S1
+   * can ask for it like a packet (docs/protocol.md, "REPAIR"). Only one just after the newest DATA
+   * heard (an END elsewhere is not this run's end), only one, and DATA that comes at its sequence
+   * after all takes its place. Not counted as received; aged and evicted like a packet. False when
+   * not kept.
+   */
+  keepEnd(sequence: number, datagram: Buffer, nowMs: number): boolean {
+    if (this.next !== sequence || this.#endSequence !== undefined || this.#held.has(sequence)) {
+      return false;
+    }
+    this.#endSequence = sequence;
+    this.#held.set(sequence, { datagram, atMs: nowMs });
+    this.#bytes += datagram.length;
+    this.evict(nowMs);
+    return true;
+  }
+
+  #forgetEnd(): void {
+    const sequence = this.#endSequence;
+    const held = sequence === undefined ? undefined : this.#held.get(sequence);
+    if (sequence !== undefined && held !== undefined) {
+      this.#held.delete(sequence);
+      this.#bytes -= held.datagram.length;
+    }
+    this.#endSequence = undefined;
   }
 
   /** Drops the oldest datagrams while over the byte bound or older than the age bound. */
@@ -141,6 +178,9 @@ export class SessionBuffer {
       this.#held.delete(sequence);
       this.#bytes -= held.datagram.length;
       this.evictedCount++;
+      if (sequence === this.#endSequence) {
+        this.#endSequence = undefined;
+      }
     }
   }
 

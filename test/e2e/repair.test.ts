@@ -63,7 +63,12 @@ describe('repair service on the namespace test bed', testbedSkip(['socat']), () 
     const s1 = `239.30.0.1:${port}`;
     const s2 = `239.30.0.2:${port + 1}`;
     const retransmits = ['rt1', 'rt2'].map((host) =>
-      startRetransmit(bed, host, s1, secret(), ['--announce-to', '10.200.2.31:7100']),
+      startRetransmit(bed, host, s1, secret(), [
+        '--announce-to',
+        '10.200.2.31:7100',
+        '--status',
+        '127.0.0.1:9101',
+      ]),
     );
     const repair = startRepair(bed, 'rep', {
       s1,
@@ -118,6 +123,21 @@ describe('repair service on the namespace test bed', testbedSkip(['socat']), () 
       string,
       number
     >;
+    // What the retransmit servers answered (shown when the transfer is not whole).
+    const retransmitStatus = ['rt1', 'rt2']
+      .map((host) => {
+        try {
+          const all = JSON.parse(bed.control('status', host, 'http://127.0.0.1:9101/status')) as Record<
+            string,
+            unknown
+          >;
+          const { sessions: _sessions, socketBuffers: _buffers, ...rest } = all;
+          return `${host}: ${JSON.stringify(rest)}`;
+        } catch {
+          return `${host}: no status (killed)`;
+        }
+      })
+      .join('\n');
     await sleep(300);
     const dropped = Number(bed.control('dropped', 'rep') || 0);
     bed.control('clear', 'rep');
@@ -128,11 +148,15 @@ describe('repair service on the namespace test bed', testbedSkip(['socat']), () 
     for (const retransmit of retransmits) {
       await stop(retransmit);
     }
-    return { received, output, appOutput, status, dropped, agentLog, rawDropped };
+    return { received, output, appOutput, status, dropped, agentLog, rawDropped, retransmitStatus };
   }
 
   const check = (result: Awaited<ReturnType<typeof transfer>>) => {
-    assert.equal(result.received.code, 0, `${result.received.stderr}\n${JSON.stringify(result.status)}`);
+    assert.equal(
+      result.received.code,
+      0,
+      `${result.received.stderr}\n${JSON.stringify(result.status)}\n${result.retransmitStatus}`,
+    );
     assert.equal(sha256(readFileSync(result.output)), fileSha);
     const app = readFileSync(result.appOutput);
     assert.equal(
@@ -142,7 +166,14 @@ describe('repair service on the namespace test bed', testbedSkip(['socat']), () 
     );
     assert.equal(result.status.unrecoverable, 0);
     assert.ok(result.rawDropped >= 14286, `raw S1 kept from the application: ${result.rawDropped}`);
-    assert.equal(result.status.recovered, result.status.gaps, JSON.stringify(result.status));
+    // Every gap is accounted for once: brought by a REPAIR (billed), or late on S1 after all (not
+    // billed) — a run quiet on S1 while its packets still wait in a busy host's socket has its tail
+    // asked for, and some of those come directly in the end.
+    assert.equal(
+      (result.status.recovered ?? 0) + (result.status.lateDirect ?? 0),
+      result.status.gaps,
+      JSON.stringify(result.status),
+    );
   };
 
   for (const percent of [1, 5, 10]) {

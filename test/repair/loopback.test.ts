@@ -6,6 +6,9 @@ import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { controlKey } from '../../src/crypto/control-auth.js';
 import { parseEndpoint, parseGroup } from '../../src/net/address.js';
+import { openReceiverSocket } from '../../src/net/udp.js';
+import { decodeHeader, PacketType } from '../../src/protocol/packet.js';
+import { sequenceDistance } from '../../src/protocol/serial.js';
 import { createReceiver } from '../../src/receiver/receiver.js';
 import { lossyS1Socket, startRepairServer } from '../../src/repair/repair.js';
 import { startRetransmitServer } from '../../src/retransmit/retransmit.js';
@@ -23,6 +26,8 @@ async function repairRun(options: {
   firstSequence: number;
   failFirst?: boolean;
   latencyMs?: number;
+  /** Lose, besides, every DATA from this many packets into the file on, and every END: the tail. */
+  loseTailFrom?: number;
 }) {
   const bytes = randomBytes(1_500_000);
   const path = join(directory, `file-${options.firstSequence}.bin`);
@@ -53,7 +58,16 @@ async function repairRun(options: {
       emit: s2,
       latencyMs: options.latencyMs,
     },
-    { openS1Socket: lossyS1Socket(() => random.int(100) < options.lossPercent) },
+    {
+      openS1Socket:
+        options.loseTailFrom === undefined
+          ? lossyS1Socket(() => random.int(100) < options.lossPercent)
+          : tailLosingS1Socket(
+              options.firstSequence,
+              options.loseTailFrom,
+              () => random.int(100) < options.lossPercent,
+            ),
+    },
   );
   const sink = memorySink();
   const receiver = createReceiver({ group: s2, iface: loopbackIface, timeoutMs: 10_000 }, { sink });
@@ -77,7 +91,46 @@ async function repairRun(options: {
   return { summary, status, sha: createHash('sha256').update(bytes).digest('hex'), got: sink.bytes() };
 }
 
+/** An S1 socket that loses DATA at random, every DATA from `from` packets into the run on, and every END. */
+function tailLosingS1Socket(
+  firstSequence: number,
+  from: number,
+  lose: () => boolean,
+): typeof openReceiverSocket {
+  return (options, onDatagram) =>
+    openReceiverSocket(options, (datagram, remote) => {
+      const header = decodeHeader(datagram);
+      if (header.ok && header.value.type === PacketType.end) {
+        return;
+      }
+      if (
+        header.ok &&
+        header.value.type === PacketType.data &&
+        (sequenceDistance(firstSequence, header.value.sequence) >= from || lose())
+      ) {
+        return;
+      }
+      onDatagram(datagram, remote);
+    });
+}
+
 describe('repair over loopback: source -> lossy S1 -> repair server (+ retransmit server) -> S2 -> receive', () => {
+  it('the tail of the file and every END lost on S1: the retransmit server holds them, S2 is whole', async () => {
+    const { summary, status, sha, got } = await repairRun({
+      lossPercent: 5,
+      firstSequence: 0xffff_ff00,
+      loseTailFrom: 700,
+    });
+    assert.equal(summary.outcome, 'complete', JSON.stringify(status));
+    assert.equal(createHash('sha256').update(got).digest('hex'), sha);
+    assert.ok(status.repair.gaps >= 1072 - 700, `only ${status.repair.gaps} gaps`);
+    assert.equal(status.repair.recovered, status.repair.gaps);
+    assert.equal(status.repair.unrecoverable, 0);
+    assert.ok(status.repair.tailProbes >= 1);
+    assert.ok(status.repair.endsRepaired >= 1, 'the END came in a REPAIR');
+    assert.equal(status.repair.sessionsCompleted, 1);
+  });
+
   it('10 % loss across the sequence wrap: S2 is whole, every gap recovered', async () => {
     const { summary, status, sha, got } = await repairRun({ lossPercent: 10, firstSequence: 0xffff_fe00 });
     assert.equal(summary.outcome, 'complete', JSON.stringify(status));

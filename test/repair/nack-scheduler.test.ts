@@ -15,7 +15,7 @@ import { ManualClock } from '../helpers/manual-clock.js';
 const at = (port: number) => ({ address: '10.0.0.1', port, family: 4 as const });
 
 /** A scheduler on a manual clock with two servers; every NACK and event is recorded. */
-function setup(options: { alive?: boolean; servers?: number } = {}) {
+function setup(options: { alive?: boolean; servers?: number; reliable?: boolean } = {}) {
   const clock = new ManualClock();
   const servers = new ServerRanking();
   for (let i = 0; i < (options.servers ?? 2); i++) {
@@ -37,6 +37,7 @@ function setup(options: { alive?: boolean; servers?: number } = {}) {
       nacks.push({ port: server.endpoint.port, ranges, atMs: clock.nowMs() }),
     base: () => 0,
     nackDelayMsMax: 2,
+    reliable: options.reliable ?? false,
     events: (event) => events.push(event),
   });
   const count = (type: NackEvent['type']) => events.filter((event) => event.type === type).length;
@@ -117,6 +118,118 @@ describe('the repair server NACK scheduler', () => {
     assert.equal(count('gave-up'), 0, 'still asked, not given up');
     clock.advance(120_000);
     assert.equal(count('gave-up'), 1, 'given up once the wait is over');
+  });
+
+  it("reliable: a live server's silence never gives a packet up; with no live server it is, saying why", () => {
+    const live = setup({ alive: true, reliable: true });
+    live.scheduler.add(5);
+    live.clock.advance(liveServerWaitMsMax * 4);
+    assert.equal(live.count('gave-up') + live.unrecoverable(), 0, 'still asked');
+    assert.ok(live.nacks.length > nackAttemptsMax);
+    assert.equal(live.scheduler.filled(5)?.wasUnrecoverable, false);
+    const gone = setup({ alive: false, reliable: true });
+    gone.scheduler.add(5);
+    gone.clock.advance(60_000);
+    assert.equal(gone.unrecoverable(), 1);
+    const event = gone.events.find((e) => e.type === 'unrecoverable');
+    assert.equal(event?.type === 'unrecoverable' ? event.reason : undefined, 'no-live-server');
+  });
+
+  it('reliable: unproven "not held" never gives a packet up; proven ones from every server do (not-held)', () => {
+    const { clock, scheduler, events, unrecoverable } = setup({ alive: true, reliable: true, servers: 1 });
+    scheduler.add(5);
+    clock.advance(2);
+    for (let i = 0; i < nackAttemptsMax * 3; i++) {
+      scheduler.notHeld(5, false);
+      clock.advance(liveServerWaitMsMax);
+    }
+    assert.equal(unrecoverable(), 0);
+    for (let i = 0; i < nackAttemptsMax; i++) {
+      scheduler.notHeld(5, true);
+      clock.advance(10_000);
+    }
+    assert.equal(unrecoverable(), 1);
+    const event = events.find((e) => e.type === 'unrecoverable');
+    assert.equal(event?.type === 'unrecoverable' ? event.reason : undefined, 'not-held');
+  });
+
+  it("a burst of 3,000 gaps is asked for within each server's NACK window, which opens as answers come", () => {
+    const { clock, scheduler, servers, nacks, count, unrecoverable } = setup({ alive: true, reliable: true });
+    // Each server answers 5 ms after a NACK, at most 256 packets per 20 ms (a rate limit that drops
+    // what is over, as a retransmit server's does); what it drops is never answered.
+    const credit = new Map<number, { packets: number; atMs: number }>();
+    const inFlightMax = new Map<number, number>();
+    let sent = 0;
+    const outstanding = new Map<number, number>();
+    const originalPush = nacks.push.bind(nacks);
+    nacks.push = (...items) => {
+      for (const nack of items) {
+        const packets = nack.ranges.reduce((sum, range) => sum + range.count, 0);
+        sent += packets;
+        outstanding.set(nack.port, (outstanding.get(nack.port) ?? 0) + packets);
+        inFlightMax.set(
+          nack.port,
+          Math.max(inFlightMax.get(nack.port) ?? 0, outstanding.get(nack.port) ?? 0),
+        );
+        for (const range of nack.ranges) {
+          for (let i = 0; i < range.count; i++) {
+            const sequence = range.start + i;
+            clock.setTimeout(() => {
+              outstanding.set(nack.port, (outstanding.get(nack.port) ?? 0) - 1);
+              const bucket = credit.get(nack.port) ?? { packets: 256, atMs: clock.nowMs() };
+              bucket.packets = Math.min(256, bucket.packets + ((clock.nowMs() - bucket.atMs) * 256) / 20);
+              bucket.atMs = clock.nowMs();
+              credit.set(nack.port, bucket);
+              if (bucket.packets >= 1) {
+                bucket.packets--;
+                // As the repair server does: an answer resets the server's timeouts; one to a first NACK measures the round trip.
+                const filled = scheduler.filled(sequence);
+                if (filled?.server !== undefined) {
+                  servers.answered(filled.server);
+                  if (filled.firstNack) {
+                    servers.sampleRoundTrip(filled.server, clock.nowMs() - filled.sentAtMs);
+                  }
+                }
+              }
+            }, 5);
+          }
+        }
+      }
+      return originalPush(...items);
+    };
+    const gaps = 3000;
+    for (let sequence = 0; sequence < gaps; sequence++) {
+      scheduler.add(sequence);
+    }
+    clock.advance(3);
+    const firstRound = nacks.reduce((sum, nack) => sum + nack.ranges.reduce((n, r) => n + r.count, 0), 0);
+    assert.ok(firstRound <= 2 * 64, `first round asked for ${firstRound} packets, not every gap at once`);
+    let elapsedMs = 0;
+    while (scheduler.size > 0 && elapsedMs < 10_000) {
+      clock.advance(10);
+      elapsedMs += 10;
+    }
+    assert.equal(scheduler.size, 0, `${scheduler.size} gaps left after ${elapsedMs} ms`);
+    assert.equal(unrecoverable(), 0);
+    assert.ok(elapsedMs <= 2_000, `repaired in ${elapsedMs} ms`);
+    assert.ok(sent <= gaps * 2, `${sent} packets NACKed for ${gaps} gaps (${count('timeout')} timeouts)`);
+    for (const [port, max] of inFlightMax) {
+      assert.ok(max <= 1024, `server ${port}: ${max} packets asked at once`);
+    }
+  });
+
+  it("a timeout halves the server's NACK window, once per timeout period", () => {
+    const { clock, scheduler } = setup({ alive: true, reliable: true, servers: 1 });
+    for (let sequence = 0; sequence < 200; sequence++) {
+      scheduler.add(sequence);
+    }
+    clock.advance(3);
+    assert.deepEqual(
+      scheduler.windows().map((w) => [w.packets, w.inFlight]),
+      [[64, 64]],
+    );
+    clock.advance(nackTimeoutMsInitial);
+    assert.equal(scheduler.windows()[0]?.packets, 32, 'halved once for 64 timeouts at one moment');
   });
 
   it('"not held" asks the next server at once; from every server, another round after a short backoff', () => {

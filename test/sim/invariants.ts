@@ -7,7 +7,7 @@
  *   run it locked); a run the adversary made up has an empty payload.
  * - whole: a receiver says "complete" only when its output is identical to that payload.
  * - limits: every role's counters stay within the bounds of src/limits.ts (checks the scenario adds).
- * - served-genuine: a retransmit server's REPAIR carries exactly the DATA the source sent for
+ * - served-genuine: a retransmit server's REPAIR carries exactly the DATA (or END) the source sent for
  *   the run and sequence it names (never another incarnation's, never a forged one).
  * - recovered: a repair server counts as recovered no more packets than REPAIRs brought it.
  * - held-answered: a retransmit server answers a genuine NACK for a packet it holds with it.
@@ -160,6 +160,8 @@ export class Invariants {
   #statusCheckedAtMs = Number.NEGATIVE_INFINITY;
   /** Every DATA datagram a source sent, by run and sequence: what a REPAIR may carry. */
   readonly #genuineData = new Map<string, Buffer>();
+  /** The END datagrams each run's source sent (a retransmit server may serve one: docs/protocol.md, "REPAIR"). */
+  readonly #genuineEnds = new Map<string, Buffer[]>();
   /** Held REPAIRs delivered from a genuine server to each host (what "recovered" may count). */
   readonly #repairsDelivered = new Map<SimHost, number>();
   /** NACKed packets a retransmit server holds and must answer: key -> when it is due. */
@@ -441,6 +443,13 @@ export class Invariants {
       const key = runOf(record.datagram);
       if (type === PacketType.data) {
         this.#genuineData.set(`${key}#${record.datagram.readUInt32BE(offsetSequence)}`, record.datagram);
+      } else if (type === PacketType.end) {
+        const endKey = `${key}#${record.datagram.readUInt32BE(offsetSequence)}`;
+        const copies = this.#genuineEnds.get(endKey) ?? [];
+        if (copies.length < 16) {
+          copies.push(record.datagram); // its repeats may differ (their timestamps)
+        }
+        this.#genuineEnds.set(endKey, copies);
       }
       if (!this.#runs.has(key)) {
         const boot = payloadOfBoot(record.boot);
@@ -541,6 +550,16 @@ export class Invariants {
     const run = runOf(datagram);
     const sequence = datagram.readUInt32BE(offsetSequence);
     const carried = datagram.subarray(headerBytes + 4, datagram.length - authBytes);
+    if (carried.length >= headerBytes && carried[offsetType] === PacketType.end) {
+      const ends = this.#genuineEnds.get(`${run}#${sequence}`) ?? [];
+      if (!ends.some((end) => end.equals(carried))) {
+        this.fail(
+          'served-genuine',
+          `${record.host.name} served, as ${run} END at ${sequence}, an END no source sent`,
+        );
+      }
+      return;
+    }
     const genuine = this.#genuineData.get(`${run}#${sequence}`);
     if (genuine === undefined || !genuine.equals(carried)) {
       const carriedRun = carried.length >= headerBytes ? runOf(carried) : '?';

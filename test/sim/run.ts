@@ -8,7 +8,7 @@ import { parseArgs } from 'node:util';
 import { adversaryActions } from './adversary.js';
 import { fakeKit } from './fake-roles.js';
 import { realKit } from './real-roles.js';
-import { describeFailure, type RoleKit, runScenario } from './scenario.js';
+import { describeFailure, planKind, type RoleKit, runScenario } from './scenario.js';
 
 /** The kits by name. */
 const kits: Record<string, RoleKit> = { real: realKit, fake: fakeKit };
@@ -65,7 +65,7 @@ async function main(): Promise<number> {
     }
     if (values.verbose || seeds.length === 1) {
       console.log(
-        `sim: seed ${seed} ${result.violation === undefined ? 'ok' : 'FAILED'}: ${result.plan.calm ? 'calm' : 'chaos'}, ` +
+        `sim: seed ${seed} ${result.violation === undefined ? 'ok' : 'FAILED'}: ${planKind(result.plan)}, ` +
           `${result.events} events, ${(result.virtualMs / 1000).toFixed(1)} s virtual, trace ${result.traceDigest.slice(0, 16)}, ` +
           `outcomes ${JSON.stringify(result.outcomes)}`,
       );

@@ -119,7 +119,20 @@ export interface ScenarioPlan {
   readonly restart: boolean;
   /** Flow B: retransmit servers join S1 by SETUP from a subscription host, and one leaves by SETUP. */
   readonly setupFlow: boolean;
+  /**
+   * A calm plan with burst loss (the e2e test's drop rule switched on and off): S1 at each repair
+   * server lost in bursts, about half the session, the tail and every END copy often with it; two
+   * retransmit servers that lose nothing. Repaired receivers must still finish whole, and nothing
+   * a retransmit server holds may be given up (issue 9: reliable repair gave up held packets).
+   */
+  readonly burst: boolean;
 }
+
+/**
+ * S1 at a repair server in a burst plan: Gilbert-Elliott with equal chances to enter and leave a
+ * burst, so about half of the datagrams are lost, in bursts of 50 on average.
+ */
+export const burstS1Faults: LinkFaults = { ...cleanLink, burstEnterRate: 0.02, burstExitRate: 0.02 };
 
 const s1: Endpoint = { address: '239.1.2.3', port: 5000, family: 4 };
 const s2Of = (index: number): Endpoint => ({ address: `239.2.2.${index + 1}`, port: 6000, family: 4 });
@@ -281,7 +294,9 @@ export function planScenario(seed: number): ScenarioPlan {
     });
   }
   events.sort((x, y) => x.atMs - y.atMs);
-  return {
+  // Drawn from its own stream, so that the other plans of every seed stay as they were.
+  const burst = calm && !restart && SimRandom.fork(seed, 'plan/burst').chance(0.25);
+  const planned = {
     seed,
     calm,
     payloadBytes,
@@ -302,7 +317,20 @@ export function planScenario(seed: number): ScenarioPlan {
     endMs: sessionEndMs + 40_000,
     restart,
     setupFlow: SimRandom.fork(seed, 'plan/setup').chance(0.5),
+    burst,
   };
+  if (!burst) {
+    return planned;
+  }
+  const burstFaults: Record<string, LinkFaults> = {
+    ...s1Faults,
+    retransmit0: cleanLink,
+    retransmit1: cleanLink,
+  };
+  for (let i = 0; i < repairCount; i++) {
+    burstFaults[`repair${i}`] = burstS1Faults;
+  }
+  return { ...planned, retransmitCount: Math.max(2, retransmitCount), s1Faults: burstFaults };
 }
 
 /** What a scenario run found. */
@@ -857,6 +885,11 @@ export async function runScenario(
   };
 }
 
+/** What kind of plan a seed drew: calm, calm with burst loss, or chaos. */
+export function planKind(plan: ScenarioPlan): string {
+  return plan.burst ? 'burst' : plan.calm ? 'calm' : 'chaos';
+}
+
 /** Prints a failure the way a person replays it. */
 export function describeFailure(result: ScenarioResult, kit: RoleKit, options: ScenarioOptions = {}): string {
   const violation = result.violation;
@@ -867,7 +900,7 @@ export function describeFailure(result: ScenarioResult, kit: RoleKit, options: S
   const kitFlag = `${kit.name === 'real' ? '' : ` --kit ${kit.name}`}${skip.length > 0 ? ` --skip-actions ${skip.join(',')}` : ''}`;
   return [
     `sim: seed ${result.seed} failed at t=${violation.atMs.toFixed(1)} ms : ${violation.invariant} ${violation.details}`,
-    `  plan: ${result.plan.calm ? 'calm' : 'chaos'}, ${result.plan.payloadBytes} bytes in packets of ${result.plan.packetBytes}, ` +
+    `  plan: ${planKind(result.plan)}, ${result.plan.payloadBytes} bytes in packets of ${result.plan.packetBytes}, ` +
       `${result.plan.retransmitCount} retransmit, ${result.plan.repairCount} repair, ${result.plan.plainReceiverCount} plain receivers`,
     '  last steps:',
     ...result.log.slice(-12).map((line) => `    ${line}`),
