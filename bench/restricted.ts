@@ -25,6 +25,11 @@ import { writeSection } from './report.js';
 const packets = Number(process.env.BENCH_PACKETS ?? 20_000);
 const rate = process.env.BENCH_RATE ?? '200M';
 const joins = Number(process.env.BENCH_JOINS ?? 20);
+/**
+ * BENCH_RESTRICTED_PART=throughput runs the throughput rows only, =joins the join rows only (for
+ * looking at one part again); neither writes the report, which needs the whole run.
+ */
+const part = process.env.BENCH_RESTRICTED_PART;
 const group = '234.5.6.8:7002';
 
 /** CPU seconds (user + system) of a process, read from /proc now. */
@@ -123,15 +128,21 @@ async function main(): Promise<void> {
         receive: ['--token', tokenFile],
       },
       { label: 'AEAD + manifests (1 Ed25519 per 32)', send: restricted, receive: ['--token', tokenFile] },
+      {
+        label: 'AEAD + manifests, receiver verifying them (--source-public)',
+        send: restricted,
+        receive: ['--token', tokenFile, '--source-public', join(keys, 'source.pub')],
+      },
     ];
-    const rows: { label: string; sent: number; delivered: number; senderPps: number; receiverPps: number }[] =
-      [];
-    for (const mode of modes) {
+    const rows: Row[] = [];
+    for (const mode of part === 'joins' ? [] : modes) {
+      // A generous timeout: on a loaded machine the sender's start (node, hashing the file) can
+      // take seconds, and a receiver that gave up first would measure nothing.
       const receiver = receiveOn(bed, 'rtr', group, [
         '--out',
         '/dev/null',
         '--timeout',
-        '5',
+        '30',
         '--json',
         ...mode.receive,
       ]);
@@ -166,10 +177,14 @@ async function main(): Promise<void> {
         delivered: received.packetsDelivered,
         senderPps: sent.packetsSent / senderSeconds,
         receiverPps: received.packetsDelivered / receiverSeconds,
+        load: loadavg()[0] ?? Number.NaN,
       });
       console.error(`${mode.label}: ${JSON.stringify(rows.at(-1))}`);
     }
-    const joinTimes: Record<string, number[]> = {};
+    if (part === 'throughput') {
+      return; // BENCH_RESTRICTED_PART=throughput: the rows above only, no report written
+    }
+    const joinTimes: Record<string, { samples: number[]; load: number }> = {};
     const signedReceive = ['--source-public', join(keys, 'source.pub')];
     for (const [label, extra, receive] of [
       ['plain ticker', [], []],
@@ -217,12 +232,15 @@ async function main(): Promise<void> {
         await receiver.finished;
         await new Promise((resolve) => setTimeout(resolve, Math.floor(Math.random() * 300)));
       }
-      joinTimes[label] = samples;
+      joinTimes[label] = { samples, load: loadavg()[0] ?? Number.NaN };
       source.child.kill('SIGTERM');
       await source.finished;
       console.error(
         `${label}: join to first packet p50 ${percentile(samples, 50).toFixed(0)} ms p99 ${percentile(samples, 99).toFixed(0)} ms`,
       );
+    }
+    if (part === 'joins') {
+      return;
     }
     const tokenRates = await tokenOperations(directory);
     writeReport(rows, joinTimes, tokenRates);
@@ -290,6 +308,9 @@ async function tokenOperations(directory: string): Promise<Record<string, number
     const started = performance.now();
     for (const message of messages) {
       await token.releaseTrafficKey(message);
+      // The token writes its rollback counter just after a release (setImmediate): let it, as a
+      // receiver's event loop does between two KEY messages, so every release pays its write.
+      await new Promise((resolve) => setImmediate(resolve));
     }
     result[label] = messages.length / ((performance.now() - started) / 1000);
     token.close();
@@ -298,9 +319,19 @@ async function tokenOperations(directory: string): Promise<Record<string, number
   return result;
 }
 
+interface Row {
+  label: string;
+  sent: number;
+  delivered: number;
+  senderPps: number;
+  receiverPps: number;
+  /** Load average (1 min) when the row was measured. */
+  load: number;
+}
+
 function writeReport(
-  rows: { label: string; sent: number; delivered: number; senderPps: number; receiverPps: number }[],
-  joinTimes: Record<string, number[]>,
+  rows: Row[],
+  joinTimes: Record<string, { samples: number[]; load: number }>,
   tokenRates: Record<string, number>,
 ): void {
   const plain = rows[0];
@@ -309,16 +340,17 @@ function writeReport(
   }
   const table = rows.map(
     (row) =>
-      `| ${row.label} | ${row.sent} | ${row.delivered} | ${row.senderPps.toFixed(0)} | ${(row.senderPps / plain.senderPps).toFixed(2)} | ${row.receiverPps.toFixed(0)} | ${(row.receiverPps / plain.receiverPps).toFixed(2)} |`,
+      `| ${row.label} | ${row.sent} | ${row.delivered} | ${row.senderPps.toFixed(0)} | ${(row.senderPps / plain.senderPps).toFixed(2)} | ${row.receiverPps.toFixed(0)} | ${(row.receiverPps / plain.receiverPps).toFixed(2)} | ${row.load.toFixed(1)} |`,
   );
   const joinsTable = Object.entries(joinTimes).map(
-    ([label, samples]) =>
-      `| ${label} | ${samples.length} | ${percentile(samples, 50).toFixed(0)} | ${percentile(samples, 99).toFixed(0)} |`,
+    ([label, { samples, load }]) =>
+      `| ${label} | ${samples.length} | ${percentile(samples, 50).toFixed(0)} | ${percentile(samples, 99).toFixed(0)} | ${load.toFixed(1)} |`,
   );
   const tokens = Object.entries(tokenRates).map(
     ([label, perSecond]) => `| ${label} | ${perSecond.toFixed(0)} |`,
   );
   const aead = rows[2];
+  const verifying = rows[3];
   writeSection(
     'restricted',
     `## Restricted channels
@@ -331,12 +363,13 @@ function writeReport(
   the process; the receiver's counted from its join, after the token opened; the sender's includes
   hashing the file before the session, the same in every row).
 
-| mode | sent | delivered | sender packets per CPU-second | × plain | receiver packets per CPU-second | × plain |
-|---|---|---|---|---|---|---|
+| mode | sent | delivered | sender packets per CPU-second | × plain | receiver packets per CPU-second | × plain | load average |
+|---|---|---|---|---|---|---|---|
 ${table.join('\n')}
 
 Targets: sender ≥ 0.85×, receiver ≥ 0.75× of plain. Measured with AEAD + manifests: sender
-${aead === undefined ? '?' : (aead.senderPps / plain.senderPps).toFixed(2)}×, receiver ${aead === undefined ? '?' : (aead.receiverPps / plain.receiverPps).toFixed(2)}×.
+${aead === undefined ? '?' : (aead.senderPps / plain.senderPps).toFixed(2)}×, receiver ${aead === undefined ? '?' : (aead.receiverPps / plain.receiverPps).toFixed(2)}×
+(${verifying === undefined ? '?' : (verifying.receiverPps / plain.receiverPps).toFixed(2)}× when it also verifies every packet against the manifests).
 
 Join to first decoded packet (a receiver started on \`rtr\` while a 200-quote/s ticker runs; from its
 "joined" line to its first quote on standard output; the plain ticker needs a DESCRIPTOR, repeated
@@ -344,8 +377,8 @@ every second; a signed or restricted one repeats its DESCRIPTOR, signed offer, K
 manifest every ${protectedControlIntervalMs} ms; a receiver given --source-public writes a quote only once its manifest
 has come; target p99 ≤ 250 ms):
 
-| session | joins | p50 ms | p99 ms |
-|---|---|---|---|
+| session | joins | p50 ms | p99 ms | load average |
+|---|---|---|---|---|
 ${joinsTable.join('\n')}
 
 Each row starts after a warm-up receiver (not counted) has decoded a quote, so the source's own
