@@ -40,6 +40,11 @@ export interface RestrictedSenderSettings {
   readonly tier: number;
   /** Sign a manifest over every this many DATA packets (32-64); 0 sends no manifests. */
   readonly manifestPackets: number;
+  /**
+   * Where fresh traffic keys come from (default: node:crypto randomBytes). The deterministic
+   * simulator (test/sim/) gives a seeded source so that a seed replays byte for byte.
+   */
+  readonly randomBytes?: (bytes: number) => Buffer;
 }
 
 /** The source side: what the source role calls (src/source/source.ts). */
@@ -180,7 +185,7 @@ export function createSenderProtection(
   const keyFor = (epoch: number): Buffer => {
     let key = keys.get(epoch);
     if (key === undefined) {
-      key = randomBytes(settings.suite.keyBytes);
+      key = (settings.randomBytes ?? randomBytes)(settings.suite.keyBytes);
       keys.set(epoch, key);
       sealer.setKey(epoch, key);
       keys.delete(epoch - 2);
