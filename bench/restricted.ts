@@ -127,7 +127,7 @@ async function main(): Promise<void> {
         send: [...restricted, '--manifest-packets', '0'],
         receive: ['--token', tokenFile],
       },
-      { label: 'AEAD + manifests (1 Ed25519 per 32)', send: restricted, receive: ['--token', tokenFile] },
+      { label: 'AEAD + manifests (1 Ed25519 per 64)', send: restricted, receive: ['--token', tokenFile] },
       {
         label: 'AEAD + manifests, receiver verifying them (--source-public)',
         send: restricted,

@@ -67,7 +67,7 @@ export const restrictedSendOptions: OptionSpecs = {
   'manifest-packets': {
     type: 'string',
     value: 'N',
-    help: 'with --restricted: sign a manifest over every N DATA packets, 32-64, or 0 for none (default 32)',
+    help: 'with --restricted: sign a manifest over every N DATA packets, 32-64, or 0 for none (default 64)',
   },
 };
 
@@ -338,7 +338,9 @@ export function readOperatorAuthority(
 /** --manifest-packets: 32-64, or (when `none` is 0) 0 for none. */
 function manifestPacketsOption(values: OptionValues, none: number | undefined): number {
   const text = optional(values, 'manifest-packets');
-  const packets = text === undefined ? 32 : parseInteger(text, '--manifest-packets', 0, 64);
+  // 64 by default: half the signatures and manifest datagrams of 32, for the same bytes a packet
+  // (docs/benchmarks.md, "Restricted channels").
+  const packets = text === undefined ? 64 : parseInteger(text, '--manifest-packets', 0, 64);
   if (packets === 0 && none === 0) {
     return 0;
   }
