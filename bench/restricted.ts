@@ -371,6 +371,29 @@ Targets: sender ≥ 0.85×, receiver ≥ 0.75× of plain. Measured with AEAD + m
 ${aead === undefined ? '?' : (aead.senderPps / plain.senderPps).toFixed(2)}×, receiver ${aead === undefined ? '?' : (aead.receiverPps / plain.receiverPps).toFixed(2)}×
 (${verifying === undefined ? '?' : (verifying.receiverPps / plain.receiverPps).toFixed(2)}× when it also verifies every packet against the manifests).
 
+Where the time went, and what was cut (profiles with \`node --cpu-prof\` of \`send\` and \`receive\`; the
+report before these changes measured sender 0.55× and receiver 0.39× at load average 20.3):
+
+- The receiver asked its token for every repeat of a KEY message (two every 50 ms), and each ask
+  wrote the token's state (a software token re-reads, re-encrypts and renames its file): in the
+  profile of a 20,000-packet receive, 680 ms of a receiver's CPU, more than its AES-GCM. Now a
+  repeat of a held epoch's wrapped key is asked at most once a second (\`restrictedKeyRecheckMs\`),
+  the counter is written after the key is released, not before, and the source keys of the grants
+  are imported once.
+- Manifests cover 64 packets by default (was 32): half the Ed25519 signatures and verifications,
+  and half the manifest datagrams (each is sent three times).
+- Packet ciphers take the traffic key as a KeyObject made once per epoch; the signed gate keys its
+  maps by sequence instead of building a string per packet.
+- Not cut: a cipher object per packet (node:crypto in Node 20 cannot re-key or re-nonce a GCM
+  object, and has no one-shot AEAD call), and one SHA-256 per packet for the manifest. A manifest
+  over the AEAD tags instead of whole-packet hashes was considered and refused: every entitled
+  receiver holds the traffic key, and with it GHASH lets anyone make another ciphertext with the
+  same tag, so tags vouch for nothing between receivers (source authenticity would be lost).
+- The sender's CPU includes starting node and hashing the file (about a second here, the same in
+  every row), so its ratios understate the per-packet cost of sealing; the receiver's counts from
+  its join. The verifying receiver can fall behind at this rate on a loaded machine (delivered
+  below sent): its packets per CPU-second are per packet delivered.
+
 Join to first decoded packet (a receiver started on \`rtr\` while a 200-quote/s ticker runs; from its
 "joined" line to its first quote on standard output; the plain ticker needs a DESCRIPTOR, repeated
 every second; a signed or restricted one repeats its DESCRIPTOR, signed offer, KEY messages and pending
@@ -383,7 +406,14 @@ ${joinsTable.join('\n')}
 
 Each row starts after a warm-up receiver (not counted) has decoded a quote, so the source's own
 start-up is not counted as a join. Before the 50 ms repeat (DESCRIPTOR every second, KEY every
-100 ms) this benchmark measured the restricted ticker at p99 1,034 ms.
+100 ms) this benchmark measured the restricted ticker at p99 1,034 ms; with it, p99 601 ms at load
+20. That tail was the token on the join path: the joiner's first KEY unwrapped the service key (a
+P-256 ECDH) and read and wrote the token file twice, and every later repeat wrote it again, about
+40 times a second, on the same event loop that decodes the first packet. Now \`receive\` prepares
+the token before it joins (service keys unwrapped, source keys imported), the first KEY costs a
+signature check and an unwrap, its counter write comes after the key is released, and repeats
+cost nothing. What is left of the tail is the wait for the next 50 ms repeat and CPU starvation
+on a machine at this load (the plain ticker's own p99 shows how much).
 
 Token operations (a KEY message's signature, window, rollback counter and tier checked, its traffic
 key unwrapped; a new epoch each time, so no cache hit; the counter is written each time):
