@@ -421,6 +421,13 @@ export const restrictedHeldPacketsMax = 4096;
 export const restrictedPendingKeysMax = 4;
 
 /**
+ * Restricted receiver: a KEY message repeating the wrapped key of an epoch already held is asked
+ * of the token again (window, tier and rollback counter checked anew) at most this often, in
+ * stream time; the repeats between are counted and not asked (src/crypto/restricted-session.ts).
+ */
+export const restrictedKeyRecheckMs = 1000;
+
+/**
  * Restricted or signed source: how often the DESCRIPTOR, the KEY messages, the signed offer and the
  * pending manifest go out, so a late joiner locks on, holds a key and authenticates its first DATA
  * within one interval (docs/benchmarks.md, "Restricted channels": join p99 target 250 ms).

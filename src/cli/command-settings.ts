@@ -52,7 +52,7 @@ const restrictedSend = {
   'manifest-packets': text(
     'N',
     'with --restricted or --signed: sign a manifest over every N DATA packets, 32-64 (with --restricted also 0 for none)',
-    { default: 32, when: 'restricted' },
+    { default: 64, when: 'restricted' },
   ),
 };
 

@@ -169,6 +169,8 @@ export async function runReceive(argv: string[], err: NodeJS.WriteStream): Promi
   const signed = sourcePublicKey === undefined ? undefined : createSignedSessionGate(sourcePublicKey);
   const location = tokenLocation(values);
   const token: Token | undefined = location === undefined ? undefined : openToken(location, readPin(values));
+  // The service keys unwrapped and the source keys imported before the join, not at the first KEY.
+  token?.prepare(Date.now());
   let refusal: TokenRefused | undefined;
   const protection: ReceiverProtection | undefined =
     token === undefined

@@ -10,6 +10,7 @@ import {
   manifestRepeatsMax,
   manifestSendCount,
   restrictedHeldPacketsMax,
+  restrictedKeyRecheckMs,
   restrictedPendingKeysMax,
 } from '../limits.js';
 import { headerBytes, offsetKeyEpoch, offsetType, PacketType } from '../protocol/packet.js';
@@ -39,6 +40,11 @@ export interface RestrictedSenderSettings {
   readonly tier: number;
   /** Sign a manifest over every this many DATA packets (32-64); 0 sends no manifests. */
   readonly manifestPackets: number;
+  /**
+   * Where fresh traffic keys come from (default: node:crypto randomBytes). The deterministic
+   * simulator (test/sim/) gives a seeded source so that a seed replays byte for byte.
+   */
+  readonly randomBytes?: (bytes: number) => Buffer;
 }
 
 /** The source side: what the source role calls (src/source/source.ts). */
@@ -179,7 +185,7 @@ export function createSenderProtection(
   const keyFor = (epoch: number): Buffer => {
     let key = keys.get(epoch);
     if (key === undefined) {
-      key = randomBytes(settings.suite.keyBytes);
+      key = (settings.randomBytes ?? randomBytes)(settings.suite.keyBytes);
       keys.set(epoch, key);
       sealer.setKey(epoch, key);
       keys.delete(epoch - 2);
@@ -372,6 +378,15 @@ export function createReceiverProtection(
   let highestDataEpoch = 0;
   const pending = new Map<number, KeyMessage>();
   const askedEpochs = new Set<number>();
+  /**
+   * Per key epoch held: the wrapped key the token released it from, and the stream time of the
+   * last KEY message asked of the token. The source repeats each KEY every control tick; a repeat
+   * carrying the same wrapped key for the same run and epoch can only yield the key already held,
+   * so it is asked of the token again only once restrictedKeyRecheckMs of stream time has passed
+   * (the token then checks the window, the tier and its rollback counter again). Asking it at
+   * every repeat cost a token operation and a write of its state 40 times a second.
+   */
+  const heldKeys = new Map<number, { wrappedKey: Buffer; askedAtUs: number }>();
 
   const onKey = (datagram: Buffer) => {
     const decoded = decodeKey(datagram);
@@ -382,6 +397,16 @@ export function createReceiverProtection(
     const key = decoded.value;
     if (run !== undefined && (key.sessionId !== run.sessionId || key.incarnation !== run.incarnation)) {
       reject('other-run');
+      return;
+    }
+    const held = heldKeys.get(key.keyEpoch);
+    if (
+      held !== undefined &&
+      run?.opener.hasKey(key.keyEpoch) === true &&
+      held.wrappedKey.equals(key.wrappedKey) &&
+      key.timestampUs - held.askedAtUs < restrictedKeyRecheckMs * 1000
+    ) {
+      stats.keysRepeated++;
       return;
     }
     if (key.keyEpoch > highestDataEpoch && !askedEpochs.has(key.keyEpoch)) {
@@ -431,12 +456,19 @@ export function createReceiverProtection(
         }
         if (run.opener.hasKey(key.keyEpoch)) {
           stats.keysRepeated++;
+          const held = heldKeys.get(key.keyEpoch);
+          if (held?.wrappedKey.equals(key.wrappedKey) === true) {
+            // The token vouched for this time (signature, window, counter): the next ask is due later.
+            held.askedAtUs = Math.max(held.askedAtUs, key.timestampUs);
+          }
           return;
         }
         run.opener.setKey(key.keyEpoch, traffic);
         traffic.fill(0);
         stats.keysAccepted++;
+        heldKeys.set(key.keyEpoch, { wrappedKey: Buffer.from(key.wrappedKey), askedAtUs: key.timestampUs });
         run.opener.dropKey(key.keyEpoch - 3);
+        heldKeys.delete(key.keyEpoch - 3);
         releaseHeld();
       },
       (error: unknown) => {

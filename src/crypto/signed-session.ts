@@ -80,12 +80,42 @@ export interface SignedSessionGateOptions {
 interface Held {
   readonly datagram: Buffer;
   readonly pass: (datagram: Buffer) => void;
+  readonly sessionId: number;
+  readonly incarnation: number;
+}
+
+/** A packet hash a verified manifest holds for one run and sequence. */
+interface VouchedHash {
+  readonly sessionId: number;
+  readonly incarnation: number;
+  readonly hash: Buffer;
 }
 
 const vouchedTypes = new Set<number>([PacketType.heartbeat, PacketType.end, PacketType.descriptor]);
 
-function dataKey(sessionId: number, incarnation: number, sequence: number): string {
-  return `${sessionId}:${incarnation}:${sequence}`;
+/**
+ * The entry of a run in a list kept under one sequence. Maps are keyed by the 32-bit sequence and
+ * hold the (rarely more than one) runs that share it, so the per-packet path builds no string key.
+ */
+function ofRun<T extends { sessionId: number; incarnation: number }>(
+  list: readonly T[] | undefined,
+  sessionId: number,
+  incarnation: number,
+): T | undefined {
+  if (list === undefined) {
+    return undefined;
+  }
+  for (const item of list) {
+    if (item.sessionId === sessionId && item.incarnation === incarnation) {
+      return item;
+    }
+  }
+  return undefined;
+}
+
+/** True when the first manifestHashBytes of the datagram's SHA-256 are `expected`. */
+function hashMatches(datagram: Buffer, expected: Buffer): boolean {
+  return manifestHash(datagram).equals(expected);
 }
 
 /** Builds a gate that authenticates against one source key. */
@@ -102,14 +132,22 @@ export function createSignedSessionGate(
     unauthenticated: 0,
     holding: 0,
   };
-  /** Packet hashes from verified manifests, by run and sequence; insertion order is age. */
-  const hashes = new Map<string, Buffer>();
-  /** DATA waiting for its manifest, by run and sequence (a forgery may share a sequence). */
-  const heldData = new Map<string, Held[]>();
+  /**
+   * Packet hashes from verified manifests, by sequence (each with its run); insertion order is age.
+   * `hashCount` counts the entries, the bound signedManifestHashesMax applies to.
+   */
+  const hashes = new Map<number, VouchedHash[]>();
+  let hashCount = 0;
+  /** DATA waiting for its manifest, by sequence (a forgery may share a sequence, or be of another run). */
+  const heldData = new Map<number, Held[]>();
   let heldDataCount = 0;
   /** SHA-256 (hex) of control datagrams vouched for by verified control signatures. */
   const vouched = new Set<string>();
-  const heldControl: Array<Held & { readonly sha256: string }> = [];
+  const heldControl: Array<{
+    readonly datagram: Buffer;
+    readonly pass: (datagram: Buffer) => void;
+    readonly sha256: string;
+  }> = [];
 
   const forged = (reason: string) => {
     stats.forged[reason] = (stats.forged[reason] ?? 0) + 1;
@@ -118,12 +156,13 @@ export function createSignedSessionGate(
     stats.holding = heldDataCount + heldControl.length;
   };
 
-  const passData = (key: string, held: Held) => {
-    const expected = hashes.get(key);
+  /** Passes held DATA whose manifest is known; false when no manifest vouches for its sequence yet. */
+  const passData = (sequence: number, held: Held) => {
+    const expected = ofRun(hashes.get(sequence), held.sessionId, held.incarnation);
     if (expected === undefined) {
       return false;
     }
-    if (!manifestHash(held.datagram).equals(expected)) {
+    if (!hashMatches(held.datagram, expected.hash)) {
       forged('hash-mismatch');
       return true;
     }
@@ -132,7 +171,7 @@ export function createSignedSessionGate(
     return true;
   };
 
-  const holdData = (key: string, held: Held) => {
+  const holdData = (sequence: number, held: Held) => {
     while (heldDataCount >= signedHeldPacketsMax) {
       const oldest = heldData.keys().next();
       if (oldest.done === true) {
@@ -143,9 +182,9 @@ export function createSignedSessionGate(
       heldDataCount -= dropped;
       stats.unauthenticated += dropped;
     }
-    const list = heldData.get(key);
+    const list = heldData.get(sequence);
     if (list === undefined) {
-      heldData.set(key, [held]);
+      heldData.set(sequence, [held]);
     } else {
       list.push(held);
     }
@@ -158,24 +197,37 @@ export function createSignedSessionGate(
       pass(datagram); // malformed: the role counts it, and keeps nothing
       return;
     }
-    const key = dataKey(
-      datagram.readUInt32BE(offsetSessionId),
-      datagram.readUInt32BE(offsetIncarnation),
-      datagram.readUInt32BE(offsetSequence),
-    );
-    const held = { datagram, pass };
-    if (!passData(key, held)) {
-      holdData(key, held);
+    const sequence = datagram.readUInt32BE(offsetSequence);
+    const held: Held = {
+      datagram,
+      pass,
+      sessionId: datagram.readUInt32BE(offsetSessionId),
+      incarnation: datagram.readUInt32BE(offsetIncarnation),
+    };
+    if (!passData(sequence, held)) {
+      holdData(sequence, held);
     }
   };
 
-  const remember = (key: string, hash: Buffer) => {
-    if (hashes.has(key)) {
+  const remember = (sessionId: number, incarnation: number, sequence: number, hash: Buffer) => {
+    const list = hashes.get(sequence);
+    if (ofRun(list, sessionId, incarnation) !== undefined) {
       return;
     }
-    hashes.set(key, Buffer.from(hash));
-    if (hashes.size > signedManifestHashesMax) {
-      hashes.delete(hashes.keys().next().value ?? '');
+    const entry = { sessionId, incarnation, hash: Buffer.from(hash) };
+    if (list === undefined) {
+      hashes.set(sequence, [entry]);
+    } else {
+      list.push(entry);
+    }
+    hashCount++;
+    while (hashCount > signedManifestHashesMax) {
+      const oldest = hashes.keys().next();
+      if (oldest.done === true) {
+        break;
+      }
+      hashCount -= hashes.get(oldest.value)?.length ?? 0;
+      hashes.delete(oldest.value);
     }
   };
 
@@ -185,10 +237,10 @@ export function createSignedSessionGate(
     manifest: readonly Buffer[],
     verify: () => boolean,
   ) => {
-    const keys = manifest.map((_, index) =>
-      dataKey(run.sessionId, run.incarnation, sequenceAdd(run.sequence, index)),
-    );
-    if (keys.every((key, index) => hashes.get(key)?.equals(manifest[index] as Buffer) === true)) {
+    const { sessionId, incarnation } = run;
+    const known = (hash: Buffer, index: number) =>
+      ofRun(hashes.get(sequenceAdd(run.sequence, index)), sessionId, incarnation)?.hash.equals(hash) === true;
+    if (manifest.every(known)) {
       stats.manifestsRepeated++; // a repeat of one already verified: nothing new in it
       return;
     }
@@ -198,15 +250,25 @@ export function createSignedSessionGate(
     }
     stats.signaturesVerified++;
     options.onAuthenticated?.(datagram);
-    keys.forEach((key, index) => {
-      remember(key, manifest[index] as Buffer);
-      const waiting = heldData.get(key);
-      if (waiting !== undefined) {
-        heldData.delete(key);
-        heldDataCount -= waiting.length;
-        for (const held of waiting) {
-          passData(key, held);
-        }
+    manifest.forEach((hash, index) => {
+      const sequence = sequenceAdd(run.sequence, index);
+      remember(sessionId, incarnation, sequence, hash);
+      const waiting = heldData.get(sequence);
+      if (waiting === undefined) {
+        return;
+      }
+      const mine = waiting.filter((held) => held.sessionId === sessionId && held.incarnation === incarnation);
+      if (mine.length === waiting.length) {
+        heldData.delete(sequence);
+      } else {
+        heldData.set(
+          sequence,
+          waiting.filter((held) => held.sessionId !== sessionId || held.incarnation !== incarnation),
+        );
+      }
+      heldDataCount -= mine.length;
+      for (const held of mine) {
+        passData(sequence, held);
       }
     });
     updateHolding();
@@ -295,17 +357,15 @@ export function createSignedSessionGate(
       if (datagram.length < headerBytes || datagram[offsetType] !== PacketType.data) {
         return 'unknown';
       }
-      const expected = hashes.get(
-        dataKey(
-          datagram.readUInt32BE(offsetSessionId),
-          datagram.readUInt32BE(offsetIncarnation),
-          datagram.readUInt32BE(offsetSequence),
-        ),
+      const expected = ofRun(
+        hashes.get(datagram.readUInt32BE(offsetSequence)),
+        datagram.readUInt32BE(offsetSessionId),
+        datagram.readUInt32BE(offsetIncarnation),
       );
       if (expected === undefined) {
         return 'unknown';
       }
-      if (!manifestHash(datagram).equals(expected)) {
+      if (!hashMatches(datagram, expected.hash)) {
         forged('hash-mismatch');
         return 'forged';
       }

@@ -13,7 +13,13 @@
  * uses a new key and nonce space; within a run a sealer refuses to seal a sequence that is not
  * ahead of the last one it sealed under the same epoch, so no (key, nonce) pair is used twice.
  */
-import { type CipherGCMTypes, createCipheriv, createDecipheriv } from 'node:crypto';
+import {
+  type CipherGCMTypes,
+  createCipheriv,
+  createDecipheriv,
+  createSecretKey,
+  type KeyObject,
+} from 'node:crypto';
 import {
   headerBytes,
   offsetBodyLength,
@@ -157,8 +163,12 @@ export function negotiateSuite(
   return undefined;
 }
 
-function cipherName(suite: Suite): CipherGCMTypes | 'chacha20-poly1305' {
-  return suite.name;
+/**
+ * The node:crypto name of a suite's cipher. ChaCha20-Poly1305 is typed as a GCM-like AEAD here:
+ * node:crypto takes the same options (authTagLength) and calls (setAAD, getAuthTag) for both.
+ */
+function cipherName(suite: Suite): CipherGCMTypes {
+  return suite.name as CipherGCMTypes;
 }
 
 /** Writes the nonce of a packet (module comment) into `out` (12 bytes). */
@@ -175,6 +185,17 @@ export function writePacketNonce(
   return out;
 }
 
+/** The options every packet cipher is made with: the tag pinned (module comment). */
+const aeadOptions = { authTagLength: aeadTagBytes } as const;
+
+/**
+ * A traffic key as node:crypto takes it fastest: a KeyObject made once per epoch, so no packet
+ * copies and checks the raw key again when its cipher is made.
+ */
+function secretKey(key: Buffer): KeyObject {
+  return createSecretKey(Buffer.from(key));
+}
+
 function checkKey(suite: Suite, key: Buffer): void {
   if (key.length !== suite.keyBytes) {
     throw new CipherError(`${suite.name} takes a ${suite.keyBytes}-byte key, not ${key.length} bytes`);
@@ -188,8 +209,12 @@ function checkKey(suite: Suite, key: Buffer): void {
  */
 export class PacketSealer {
   readonly #suite: Suite;
+  readonly #cipherName: CipherGCMTypes;
   readonly #incarnation: number;
-  readonly #keys = new Map<number, { key: Buffer; lastSequence: number | undefined; count: number }>();
+  readonly #keys = new Map<
+    number,
+    { key: KeyObject | undefined; lastSequence: number | undefined; count: number }
+  >();
   readonly #nonce = Buffer.alloc(aeadNonceBytes);
 
   constructor(suite: Suite, incarnation: number) {
@@ -197,6 +222,7 @@ export class PacketSealer {
       throw new CipherError('a sealer needs the run incarnation (not 0) for its nonces');
     }
     this.#suite = suite;
+    this.#cipherName = cipherName(suite);
     this.#incarnation = incarnation >>> 0;
   }
 
@@ -209,15 +235,14 @@ export class PacketSealer {
     if (this.#keys.has(keyEpoch)) {
       throw new CipherError(`key epoch ${keyEpoch} already has a key; a new key needs a new epoch`);
     }
-    this.#keys.set(keyEpoch, { key: Buffer.from(key), lastSequence: undefined, count: 0 });
+    this.#keys.set(keyEpoch, { key: secretKey(key), lastSequence: undefined, count: 0 });
   }
 
   /** Forgets an epoch's key (after its crypto-period and grace); its epoch is never reused. */
   dropKey(keyEpoch: number): void {
     const entry = this.#keys.get(keyEpoch);
     if (entry !== undefined) {
-      entry.key.fill(0);
-      entry.key = Buffer.alloc(0);
+      entry.key = undefined; // a KeyObject cannot be zeroed; it is dropped here and collected
     }
   }
 
@@ -235,7 +260,7 @@ export class PacketSealer {
     }
     const keyEpoch = plain.readUInt16BE(offsetKeyEpoch);
     const entry = this.#keys.get(keyEpoch);
-    if (entry === undefined || entry.key.length === 0) {
+    if (entry?.key === undefined) {
       throw new CipherError(`no traffic key for key epoch ${keyEpoch}`);
     }
     const sequence = plain.readUInt32BE(offsetSequence);
@@ -257,9 +282,7 @@ export class PacketSealer {
     plain.copy(out, 0, 0, headerBytes);
     out.writeUInt16BE(payloadLength + aeadTagBytes, offsetBodyLength);
     writePacketNonce(this.#nonce, this.#incarnation, keyEpoch, sequence);
-    const cipher = createCipheriv(cipherName(this.#suite) as CipherGCMTypes, entry.key, this.#nonce, {
-      authTagLength: aeadTagBytes,
-    });
+    const cipher = createCipheriv(this.#cipherName, entry.key, this.#nonce, aeadOptions);
     cipher.setAAD(out.subarray(0, headerBytes));
     const written = cipher.update(plain.subarray(headerBytes)).copy(out, headerBytes);
     const final = cipher.final();
@@ -275,11 +298,13 @@ export type OpenFailure = 'no-key' | 'bad-tag' | 'truncated';
 /** Opens sealed DATA datagrams under the traffic keys a token released. */
 export class PacketOpener {
   readonly #suite: Suite;
-  readonly #keys = new Map<number, Buffer>();
+  readonly #cipherName: CipherGCMTypes;
+  readonly #keys = new Map<number, KeyObject>();
   readonly #nonce = Buffer.alloc(aeadNonceBytes);
 
   constructor(suite: Suite) {
     this.#suite = suite;
+    this.#cipherName = cipherName(suite);
   }
 
   /** The suite in use. */
@@ -290,7 +315,7 @@ export class PacketOpener {
   /** Installs the traffic key of an epoch. */
   setKey(keyEpoch: number, key: Buffer): void {
     checkKey(this.#suite, key);
-    this.#keys.set(keyEpoch, Buffer.from(key));
+    this.#keys.set(keyEpoch, secretKey(key));
   }
 
   /** True when the epoch's key is held. */
@@ -300,8 +325,7 @@ export class PacketOpener {
 
   /** Forgets an epoch's key. */
   dropKey(keyEpoch: number): void {
-    this.#keys.get(keyEpoch)?.fill(0);
-    this.#keys.delete(keyEpoch);
+    this.#keys.delete(keyEpoch); // a KeyObject cannot be zeroed; it is dropped here and collected
   }
 
   /**
@@ -320,9 +344,7 @@ export class PacketOpener {
     const incarnation = sealed.readUInt32BE(offsetIncarnation);
     const sequence = sealed.readUInt32BE(offsetSequence);
     writePacketNonce(this.#nonce, incarnation, keyEpoch, sequence);
-    const decipher = createDecipheriv(cipherName(this.#suite) as CipherGCMTypes, key, this.#nonce, {
-      authTagLength: aeadTagBytes,
-    });
+    const decipher = createDecipheriv(this.#cipherName, key, this.#nonce, aeadOptions);
     decipher.setAAD(sealed.subarray(0, headerBytes));
     decipher.setAuthTag(sealed.subarray(sealed.length - aeadTagBytes));
     const out = Buffer.allocUnsafe(sealed.length - aeadTagBytes);

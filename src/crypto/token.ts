@@ -17,6 +17,7 @@
  *  5. a pay-as-you-go grant debits the purse through the Purse interface before anything is
  *     unwrapped; no purse, or an empty one, is a refusal.
  */
+import type { KeyObject } from 'node:crypto';
 import {
   keyTimeRollbackToleranceMs,
   tokenReceiptsReportedKept,
@@ -157,6 +158,10 @@ export class Token {
   #state: TokenState;
   readonly #serviceKeys = new Map<string, ServiceKeyHandle>();
   readonly #released = new Map<string, Buffer>();
+  /** Source public keys of the grants, as KeyObjects, by their raw hex (imported once, not per KEY). */
+  readonly #sourceKeys = new Map<string, KeyObject>();
+  /** The rollback counter moved in memory and is not written yet (#advance). */
+  #counterUnsaved = false;
   #closed = false;
 
   /** Without `purse`, the token uses its own (once enrolled), or none. */
@@ -355,7 +360,7 @@ export class Token {
       );
     }
     const signed = grants.filter((grant) =>
-      verifySignature(key.signed, key.signature, ed25519FromRaw(grant.sourcePublicKey)),
+      verifySignature(key.signed, key.signature, this.#sourceKey(grant.sourcePublicKey)),
     );
     if (signed.length === 0) {
       throw new TokenRefused(
@@ -422,17 +427,38 @@ export class Token {
     return traffic;
   }
 
-  /** Closes the back end; idempotent. */
+  /**
+   * Does ahead of a session what the first KEY message would otherwise wait for: unwraps the
+   * service key of every grant in its window at `nowMs` inside the token and imports the source
+   * keys the grants name. Grants that do not unwrap are left for releaseTrafficKey to refuse.
+   */
+  prepare(nowMs: number): void {
+    this.#assertOpen();
+    for (const grant of this.#grants()) {
+      if (grant.notBeforeMs <= nowMs && nowMs < grant.notAfterMs) {
+        try {
+          this.#sourceKey(grant.sourcePublicKey);
+          this.#serviceKey(grant);
+        } catch {
+          // refused with its reason when a KEY message needs it
+        }
+      }
+    }
+  }
+
+  /** Closes the back end, after writing the rollback counter if it moved; idempotent. */
   close(): void {
     if (this.#closed) {
       return;
     }
+    this.#saveCounter();
     this.#closed = true;
     for (const key of this.#released.values()) {
       key.fill(0);
     }
     this.#released.clear();
     this.#serviceKeys.clear();
+    this.#sourceKeys.clear();
     this.#backend.close();
   }
 
@@ -535,15 +561,40 @@ export class Token {
     }
   }
 
+  /**
+   * Moves the rollback counter at once in memory (every check reads it there) and writes it to the
+   * token's storage just after the caller got its key (setImmediate), not before: a join does not
+   * wait for a file or token write. close() writes what is still unwritten.
+   */
   #advance(timestampUs: number): void {
     if (timestampUs > this.#state.highestStreamTimeUs) {
-      this.#refresh();
-      this.#state = {
-        ...this.#state,
-        highestStreamTimeUs: Math.max(timestampUs, this.#state.highestStreamTimeUs),
-      };
-      this.#backend.saveState(this.#state);
+      this.#state = { ...this.#state, highestStreamTimeUs: timestampUs };
+      if (!this.#counterUnsaved) {
+        this.#counterUnsaved = true;
+        setImmediate(() => this.#saveCounter()).unref();
+      }
     }
+  }
+
+  /** Writes the rollback counter if it moved since the last write (reading the storage first). */
+  #saveCounter(): void {
+    if (!this.#counterUnsaved || this.#closed) {
+      return;
+    }
+    this.#counterUnsaved = false;
+    this.#refresh();
+    this.#backend.saveState(this.#state);
+  }
+
+  /** The KeyObject of a raw Ed25519 source key, imported once. */
+  #sourceKey(raw: Buffer): KeyObject {
+    const id = raw.toString('hex');
+    let key = this.#sourceKeys.get(id);
+    if (key === undefined) {
+      key = ed25519FromRaw(raw);
+      this.#sourceKeys.set(id, key);
+    }
+    return key;
   }
 
   #serviceKey(grant: Grant): ServiceKeyHandle {

@@ -12,7 +12,13 @@ import { suiteByName } from '../../src/crypto/suites.js';
 import type { Token } from '../../src/crypto/token.js';
 import { parseGroup } from '../../src/net/address.js';
 import { openReceiverSocket, type ReceiverSocketOptions } from '../../src/net/udp.js';
-import { decodeHeader, headerBytes, PacketType } from '../../src/protocol/packet.js';
+import {
+  decodeHeader,
+  headerBytes,
+  offsetType,
+  PacketType,
+  writeHeaderFields,
+} from '../../src/protocol/packet.js';
 import { PriceModel } from '../../src/protocol/restricted.js';
 import { createReceiver } from '../../src/receiver/receiver.js';
 import { openFileInput } from '../../src/source/inputs.js';
@@ -230,5 +236,86 @@ describe('restricted sessions over loopback multicast', () => {
     assert.equal(protection?.stats.packetsBadTag, Math.floor(dataSeen / 50));
     assert.equal(protection?.stats.keysRejected['bad-signature'], 1);
     assert.equal(protection?.stats.keysRejected.rollback, 1);
+  });
+});
+
+describe('restricted receiver: KEY repeats', () => {
+  it('asks the token once for an epoch repeated in-band, again after restrictedKeyRecheckMs; a forgery for a held epoch still reaches the token and is counted', async () => {
+    const token = makeToken('entitled');
+    let asked = 0;
+    const counting = new Proxy(token, {
+      get(target, property) {
+        if (property === 'releaseTrafficKey') {
+          return (key: Parameters<Token['releaseTrafficKey']>[0]) => {
+            asked += 1;
+            return target.releaseTrafficKey(key);
+          };
+        }
+        const value = Reflect.get(target, property, target) as unknown;
+        return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(target) : value;
+      },
+    });
+    const refusals: TokenRefused[] = [];
+    const protection = createReceiverProtection(counting, (refused) => refusals.push(refused));
+    const sender = createSenderProtection(
+      {
+        suite: suiteByName('aes-256-gcm', 'suite'),
+        service: 'news',
+        serviceEpoch: 1,
+        serviceKey,
+        sourcePrivateKey: source.privateKey,
+        sourcePublicKey: source.publicKey,
+        cryptoPeriodMs: 60_000,
+        tier: 0,
+        manifestPackets: 0,
+      },
+      { sessionId: 5, incarnation: 6 },
+    );
+    const startUs = Date.now() * 1000;
+    const settle = () => new Promise((resolve) => setImmediate(resolve));
+    const delivered: Buffer[] = [];
+    const feed = (datagrams: Buffer[]) => {
+      for (const datagram of datagrams) {
+        protection.filter(datagram, (plain) => delivered.push(plain));
+      }
+    };
+    const keysOf = (atUs: number) =>
+      sender
+        .control({ sessionId: 5, incarnation: 6, sequence: 1 }, 0, atUs)
+        .filter((datagram) => datagram[offsetType] === PacketType.key);
+    const data = Buffer.alloc(headerBytes + 100);
+
+    writeHeaderFields(data, PacketType.data, 5, 1, startUs, 0, 100, 6);
+    feed(keysOf(startUs));
+    feed(sender.seal(data, 0, startUs));
+    await settle();
+    assert.equal(delivered.length, 1, JSON.stringify(protection.stats));
+    const askedFirst = asked;
+    // Twenty repeats 50 ms apart (one second of a source's control ticks): no token operation.
+    for (let repeat = 1; repeat < 20; repeat += 1) {
+      feed(keysOf(startUs + repeat * 45_000).slice(0, 1));
+      await settle();
+    }
+    assert.equal(asked, askedFirst, 'repeats of a held epoch are not asked of the token');
+    assert.ok(protection.stats.keysRepeated >= 19);
+    // Past the recheck interval the token is asked again (window, tier and counter anew).
+    feed(keysOf(startUs + 1_100_000).slice(0, 1));
+    await settle();
+    assert.equal(asked, askedFirst + 1);
+    // A KEY for the held epoch with another wrapped key and a forged signature reaches the token.
+    const forger = generateSigningKey();
+    feed([
+      buildKeyMessage(
+        { sessionId: 5, incarnation: 6, sequence: 1, timestampUs: startUs + 1_200_000, keyEpoch: 1 },
+        { suite: 2, tier: 0, serviceEpoch: 1, cryptoPeriodMs: 60_000, service: 'news' },
+        serviceKey,
+        randomBytes(32),
+        forger.privateKey,
+      ),
+    ]);
+    await settle();
+    assert.equal(protection.stats.keysRejected['bad-signature'], 1);
+    assert.equal(refusals.length, 0);
+    token.close();
   });
 });

@@ -11,8 +11,12 @@
  * It holds no key, so nothing it sends can be authenticated: anything that moves a role's state
  * beyond what one unauthenticated packet may move is a bug the invariants catch. Forged DATA inside
  * a genuine run's window and forged runs that have both a DESCRIPTOR and DATA are left out: only
- * signed sessions can refuse those (the restricted-channels issue).
+ * signed sessions can refuse those. Signed and restricted plans add them (protectedAdversaryActions):
+ * DATA inside the window, HEARTBEAT/END/DESCRIPTOR vouched for by a control signature of its own
+ * key, KEY messages replayed (an earlier epoch's, or the current one again) or altered.
  */
+import type { KeyObject } from 'node:crypto';
+import { buildControlSignature } from '../../src/crypto/authority.js';
 import type { Endpoint } from '../../src/net/address.js';
 import { encodeNack } from '../../src/protocol/control.js';
 import {
@@ -21,6 +25,7 @@ import {
   encodeProgress,
   headerBytes,
   offsetIncarnation,
+  offsetKeyEpoch,
   offsetSequence,
   offsetSessionId,
   offsetType,
@@ -30,6 +35,7 @@ import {
 import { sequenceAdd } from '../../src/protocol/serial.js';
 import { authTrailerBytes } from '../../src/protocol/sizes.js';
 import type { SendRecord, SimHost, SimNetwork } from './network.js';
+import { ed25519FromSeed } from './protection.js';
 import { SimRandom } from './random.js';
 
 /** The runs the adversary has seen on one group, newest last. */
@@ -67,7 +73,15 @@ export const adversaryActions = [
   'oversize',
   'garbage',
 ] as const;
-export type AdversaryAction = (typeof adversaryActions)[number];
+
+/** What only signed sessions refuse: drawn in signed and restricted plans only (protection.ts). */
+export const protectedAdversaryActions = [
+  'forge-data-in-window',
+  'forge-signed-control',
+  'replay-key',
+  'forge-key',
+] as const;
+export type AdversaryAction = (typeof adversaryActions)[number] | (typeof protectedAdversaryActions)[number];
 
 /** Where the adversary aims. */
 export interface AdversaryTargets {
@@ -94,11 +108,16 @@ export class Adversary {
   readonly phantomRuns = new Set<string>();
   /** Stray DATA sent per run; bounded below the resync threshold of any window rule. */
   readonly #straysSent = new Map<string, number>();
+  /** KEY messages seen on groups (restricted plans), newest last, with where they went. */
+  readonly #keys: Array<{ readonly record: SendRecord }> = [];
+  /** The adversary's own signing key: what it signs verifies, but not against the source's key. */
+  readonly #ownKey: KeyObject;
 
   constructor(network: SimNetwork, host: SimHost, seed: number, targets: AdversaryTargets) {
     this.host = host;
     this.#network = network;
     this.#random = SimRandom.fork(seed, 'adversary');
+    this.#ownKey = ed25519FromSeed(SimRandom.fork(seed, 'adversary/key').bytes(32)).privateKey;
     this.#targets = targets;
     network.onSend((record) => this.#capture(record));
   }
@@ -120,6 +139,13 @@ export class Adversary {
       return;
     }
     const type = record.datagram[offsetType] ?? 0;
+    if (type === PacketType.key && record.multicast) {
+      this.#keys.push({ record });
+      if (this.#keys.length > capturesMax) {
+        this.#keys.splice(0, 1);
+      }
+      return;
+    }
     if (type >= PacketType.nack) {
       this.#control.push({ record, type });
       if (this.#control.length > capturesMax) {
@@ -326,6 +352,56 @@ export class Adversary {
         r.bytes(authTrailerBytes).copy(nack, nack.length - authTrailerBytes);
         this.#send(from, to, nack);
         return `NACK with a made-up trailer from ${ep(from)} to ${ep(to)}`;
+      }
+      case 'forge-data-in-window': {
+        if (run === undefined || run.data.length === 0) {
+          return 'no run seen yet';
+        }
+        // A genuine DATA's header (its key epoch too) with other bytes: sequence near the next.
+        const model = run.data[run.data.length - 1] as Buffer;
+        const count = r.int(1, 10);
+        for (let i = 0; i < count; i++) {
+          const forged = Buffer.from(model);
+          forged.writeUInt32BE(sequenceAdd(run.next, r.int(-40, 40)), offsetSequence);
+          r.bytes(forged.length - headerBytes).copy(forged, headerBytes);
+          this.#send(run.source, run.group, forged);
+        }
+        return `${count} DATA of run ${hex(run.sessionId)}/${hex(run.incarnation)} near ${run.next}`;
+      }
+      case 'forge-signed-control': {
+        if (run === undefined) {
+          return 'no run seen yet';
+        }
+        const ahead = r.pick([65_000, r.int(100, 9000)]);
+        const fields = {
+          sessionId: run.sessionId,
+          incarnation: run.incarnation,
+          sequence: sequenceAdd(run.next, ahead),
+          timestampUs: nowUs,
+        };
+        const type = r.pick([PacketType.heartbeat, PacketType.end]);
+        const control = encodeProgress(type, fields, { packetCount: ahead, byteCount: ahead * 100 });
+        this.#send(run.source, run.group, buildControlSignature(control, this.#ownKey));
+        this.#send(run.source, run.group, control);
+        return `type ${type} of run ${hex(run.sessionId)}/${hex(run.incarnation)} at next + ${ahead}, signed by another key`;
+      }
+      case 'replay-key':
+      case 'forge-key': {
+        if (this.#keys.length === 0) {
+          return 'no KEY message seen';
+        }
+        // An older one half the time: an earlier epoch's, or an earlier run's.
+        const { record } = r.chance(0.5) ? (this.#keys[0] as { record: SendRecord }) : r.pick(this.#keys);
+        const datagram = Buffer.from(record.datagram);
+        if (action === 'forge-key') {
+          const at = r.int(headerBytes, datagram.length - 1);
+          datagram[at] = (datagram[at] as number) ^ (1 << r.int(0, 7));
+        }
+        const copies = r.int(1, 3);
+        for (let i = 0; i < copies; i++) {
+          this.#send(record.from, record.to, datagram);
+        }
+        return `KEY of epoch ${datagram.readUInt16BE(offsetKeyEpoch)} run ${hex(datagram.readUInt32BE(offsetSessionId))}/${hex(datagram.readUInt32BE(offsetIncarnation))} captured at t=${record.atMs.toFixed(1)}, sent ${copies}x${action === 'forge-key' ? ' with a bit flipped' : ''}`;
       }
       case 'oversize': {
         const to =

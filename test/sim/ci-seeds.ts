@@ -24,6 +24,17 @@ export const ciSeeds: readonly number[] = [
   78,
 ];
 
+/**
+ * Signed and restricted sessions (`npm run sim -- --protection signed|restricted`): the same plans
+ * with a signed or a restricted source, every role authenticating against its key, and an
+ * adversary that forges DATA inside the window, control signatures by another key, and replays or
+ * alters KEY messages (test/sim/protection.ts). Named "signed:N" / "restricted:N" in shard.ts.
+ */
+export const ciProtectedSeeds: readonly string[] = [
+  ...Array.from({ length: 6 }, (_, i) => `signed:${i + 1}`),
+  ...Array.from({ length: 6 }, (_, i) => `restricted:${i + 1}`),
+];
+
 /** The found.md entry a failure belongs to, or undefined for a new one. */
 export function knownFault(result: ScenarioResult): string | undefined {
   const violation = result.violation;
@@ -42,6 +53,13 @@ export function knownFault(result: ScenarioResult): string | undefined {
   );
   if (violation.invariant === 'held-not-unrecoverable' && descriptorReplayed) {
     return 'found.md 2: an ended run is taken up again from a replayed DESCRIPTOR';
+  }
+  if (
+    result.protection !== undefined &&
+    (violation.details.includes('no manifest covering it reached it') ||
+      (violation.invariant === 'liveness' && result.unauthenticatedGaps.length > 0))
+  ) {
+    return 'found.md 11: a signed session packet whose every manifest copy a repair server lost is never authenticated';
   }
   return undefined;
 }

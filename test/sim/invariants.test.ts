@@ -179,3 +179,70 @@ describe('simulator invariants', () => {
     assert.equal(violationOf(invariants)?.invariant, 'held-answered');
   });
 });
+
+describe('simulator invariants of signed and restricted plans', () => {
+  it('forged-moved-state: a gate passing on a datagram the source never sent fails at once', async () => {
+    const { scheduler, invariants, source, payload } = world();
+    invariants.watchProtection(0);
+    const sender = await source.transport().openSender({ group: s1 });
+    const genuine = data(0, payload.subarray(0, 10));
+    sender.send(genuine, genuine.length);
+    await scheduler.run(5);
+    invariants.passedOn('r', genuine);
+    assert.equal(invariants.violation, undefined);
+    invariants.passedOn(
+      'r',
+      encodeProgress(
+        PacketType.heartbeat,
+        { sessionId: 5, incarnation: 9, sequence: 65_000, timestampUs: 1 },
+        { packetCount: 1, byteCount: 1 },
+      ),
+    );
+    assert.equal(violationOf(invariants)?.invariant, 'forged-moved-state');
+  });
+
+  it('key-epochs: a restricted source going back to an earlier key epoch, or reusing a nonce, fails', async () => {
+    for (const second of [
+      { epoch: 1, sequence: 1, payload: 'b' }, // (epoch 1, sequence 1) again with other bytes
+      { epoch: 1, sequence: 3, payload: 'c' }, // back from epoch 2 to 1
+    ]) {
+      const { scheduler, invariants, source } = world();
+      invariants.watchProtection(1000);
+      const sender = await source.transport().openSender({ group: s1 });
+      const sealed = (epoch: number, sequence: number, text: string) =>
+        encodeData(
+          { sessionId: 5, incarnation: 9, sequence, timestampUs: 1, keyEpoch: epoch },
+          Buffer.from(text),
+        );
+      const first = sealed(1, 1, 'a');
+      sender.send(first, first.length);
+      const next = sealed(2, 2, 'x');
+      sender.send(next, next.length);
+      await scheduler.run(5);
+      assert.equal(invariants.violation, undefined);
+      const bad = sealed(second.epoch, second.sequence, second.payload);
+      sender.send(bad, bad.length);
+      await scheduler.run(10);
+      assert.equal(violationOf(invariants)?.invariant, 'key-epochs', JSON.stringify(second));
+    }
+  });
+
+  it('key-epochs: one epoch used longer than the crypto-period fails', async () => {
+    const { scheduler, invariants, source } = world();
+    invariants.watchProtection(1000);
+    const sender = await source.transport().openSender({ group: s1 });
+    const sealed = (sequence: number) =>
+      encodeData({ sessionId: 5, incarnation: 9, sequence, timestampUs: 1, keyEpoch: 1 }, Buffer.from('p'));
+    for (const [atMs, sequence] of [
+      [0, 1],
+      [1000, 2],
+      [1300, 3],
+    ] as const) {
+      scheduler.schedule(atMs, 'send', () => sender.send(sealed(sequence), sealed(sequence).length));
+    }
+    await scheduler.run(1050);
+    assert.equal(invariants.violation, undefined, 'within the period and its slack');
+    await scheduler.run(1400);
+    assert.equal(violationOf(invariants)?.invariant, 'key-epochs');
+  });
+});

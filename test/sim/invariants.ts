@@ -18,6 +18,14 @@
  * - no-throw: no callback of a role throws, and no promise is rejected unhandled.
  * - receiver-ends: every receiver ends (whole, incomplete or timed out) before the scenario does.
  * - liveness: receivers the scenario expects to finish whole do so within a bound of virtual time.
+ *
+ * In signed and restricted plans (docs/protocol.md, "Signed sessions"), also:
+ * - forged-moved-state: what a receiver's gate passes on (DATA, HEARTBEAT, END, DESCRIPTOR, KEY),
+ *   and what a repair server re-emits on S2, is byte for byte a datagram the source sent: no
+ *   forged or altered packet reaches any role's state.
+ * - key-epochs: the source's DATA of one run never goes back to an earlier key epoch, never uses
+ *   one epoch longer than the crypto-period (plus a tick), and never seals two different
+ *   datagrams under one (epoch, sequence): one key and nonce, one packet.
  */
 import { createHash } from 'node:crypto';
 import { retransmitRunsPerGroupMax } from '../../src/limits.js';
@@ -26,11 +34,13 @@ import { decodeNack, SetupAction } from '../../src/protocol/control.js';
 import {
   headerBytes,
   offsetIncarnation,
+  offsetKeyEpoch,
   offsetSequence,
   offsetSessionId,
   offsetType,
   PacketType,
 } from '../../src/protocol/packet.js';
+import { decodeSignature, SignatureKind } from '../../src/protocol/restricted.js';
 import { sequenceAdd, sequenceDistance } from '../../src/protocol/serial.js';
 import { authTrailerBytes } from '../../src/protocol/sizes.js';
 import { runKey } from './adversary.js';
@@ -105,8 +115,12 @@ interface WatchedRetransmit {
 
 interface HeldRun {
   lastAddedMs: number;
-  /** Sequence -> when it arrived, and whether the source sent it (not the adversary). */
-  readonly packets: Map<number, HeldPacket & { readonly genuine: boolean }>;
+  /**
+   * Sequence -> when it arrived (or, in a protected plan, when its manifest did), whether the
+   * server holds it as the source's (sent by the source and, when protected, vouched for by a
+   * manifest), and whether the source sent it.
+   */
+  readonly packets: Map<number, HeldPacket & { readonly genuine: boolean; readonly sourceSent: boolean }>;
 }
 
 interface WatchedServer {
@@ -135,6 +149,9 @@ const nackAnswerPacketsMax = 500;
 
 /** Unicast loss under which nackAttemptsMax attempts all failing is too unlikely to happen by chance. */
 const reliableLinkLossMax = 0.01;
+
+/** Key epochs: slack past the crypto-period before an epoch must have changed, in virtual ms. */
+const keyEpochSlackMs = 100;
 
 /** How often role counters are compared with their limits, in virtual milliseconds. */
 const statusCheckIntervalMs = 10;
@@ -172,6 +189,16 @@ export class Invariants {
   readonly #repairedPackets = new Map<SimHost, Set<string>>();
   /** Checks run, for the report. */
   checks = 0;
+  /** SHA-256 (hex) of every datagram a watched source sent (signed and restricted plans). */
+  readonly #sourceSent = new Set<string>();
+  /** Signed or restricted plan: the source's crypto-period (restricted), or 0 (signed only). */
+  #protection: { cryptoPeriodMs: number } | undefined;
+  /** Per run: the key epoch of its latest DATA and when that epoch was first seen. */
+  readonly #epochs = new Map<string, { epoch: number; sinceMs: number }>();
+  /** Per run, epoch and sequence: the SHA-256 of the DATA sealed under it. */
+  readonly #sealed = new Map<string, string>();
+  /** Protected plans: "boot|run#sequence" a genuine manifest delivered to each host covers. */
+  readonly #vouched = new Map<SimHost, Set<string>>();
 
   constructor(network: SimNetwork) {
     this.#network = network;
@@ -208,6 +235,71 @@ export class Invariants {
     this.#sources.set(host, payloadOfBoot);
   }
   readonly #sources = new Map<SimHost, (boot: number) => BootPayload | undefined>();
+
+  /**
+   * A signed (cryptoPeriodMs 0) or restricted plan: the source's datagrams are recorded, and what
+   * roles pass on is checked against them (module comment: forged-moved-state, key-epochs).
+   */
+  watchProtection(cryptoPeriodMs: number): void {
+    this.#protection = { cryptoPeriodMs };
+  }
+
+  /**
+   * Called with every datagram a receiver's gate passes on to its role: DATA, HEARTBEAT, END,
+   * DESCRIPTOR and KEY must be ones the source sent, byte for byte.
+   */
+  passedOn(role: string, datagram: Buffer): void {
+    this.#guard(() => {
+      const type = datagram.length >= headerBytes ? datagram[offsetType] : undefined;
+      if (type === undefined || !(type <= PacketType.descriptor || type === PacketType.key)) {
+        return; // not the source's kind of datagram: the role counts it as malformed or foreign
+      }
+      if (!this.#sourceSent.has(sha256(datagram))) {
+        this.fail(
+          'forged-moved-state',
+          `${role}'s gate passed on a type ${type} datagram of run ${runOf(datagram)} sequence ${datagram.readUInt32BE(offsetSequence)} that the source never sent`,
+        );
+      }
+    });
+  }
+
+  /** Key epochs of a restricted source's DATA (module comment: key-epochs). */
+  #checkEpochs(record: SendRecord): void {
+    const datagram = record.datagram;
+    const cryptoPeriodMs = this.#protection?.cryptoPeriodMs ?? 0;
+    if (cryptoPeriodMs === 0 || datagram[offsetType] !== PacketType.data) {
+      return;
+    }
+    const run = runOf(datagram);
+    const epoch = datagram.readUInt16BE(offsetKeyEpoch);
+    const sequence = datagram.readUInt32BE(offsetSequence);
+    const now = this.#network.scheduler.nowMs;
+    if (epoch === 0) {
+      this.fail('key-epochs', `the restricted source sent plain DATA (${run} sequence ${sequence})`);
+    }
+    const nonce = `${run}/${epoch}/${sequence}`;
+    const digest = sha256(datagram);
+    const before = this.#sealed.get(nonce);
+    if (before !== undefined && before !== digest) {
+      this.fail('key-epochs', `two different DATA sealed under ${run} epoch ${epoch} sequence ${sequence}`);
+    }
+    this.#sealed.set(nonce, digest);
+    const last = this.#epochs.get(run);
+    if (last === undefined || epoch > last.epoch) {
+      this.#epochs.set(run, { epoch, sinceMs: now });
+      return;
+    }
+    if (epoch < last.epoch) {
+      this.fail('key-epochs', `${run} went back from key epoch ${last.epoch} to ${epoch}`);
+    }
+    // The epoch changes at the first packet after a period ends; allow one control tick of slack.
+    if (now - last.sinceMs > cryptoPeriodMs + keyEpochSlackMs) {
+      this.fail(
+        'key-epochs',
+        `${run} still seals under key epoch ${epoch} ${(now - last.sinceMs).toFixed(0)} ms after it began (crypto-period ${cryptoPeriodMs} ms)`,
+      );
+    }
+  }
 
   /** The adversary's host (never genuine) and the runs it made up (empty payloads). */
   watchAdversary(host: SimHost, phantoms: ReadonlySet<string>): void {
@@ -434,6 +526,10 @@ export class Invariants {
     }
     const type = record.datagram[offsetType];
     const payloadOfBoot = this.#sources.get(record.host);
+    if (this.#protection !== undefined && payloadOfBoot !== undefined && record.multicast) {
+      this.#sourceSent.add(sha256(record.datagram));
+      this.#checkEpochs(record);
+    }
     if (
       payloadOfBoot !== undefined &&
       record.multicast &&
@@ -478,6 +574,20 @@ export class Invariants {
       }
     }
     const emitter = this.#repairEmitters.get(record.host);
+    if (
+      this.#protection !== undefined &&
+      emitter !== undefined &&
+      record.multicast &&
+      ep(record.to) === ep(emitter.group) &&
+      type !== undefined &&
+      (type <= PacketType.descriptor || type === PacketType.key) &&
+      !this.#sourceSent.has(sha256(record.datagram))
+    ) {
+      this.fail(
+        'forged-moved-state',
+        `${record.host.name} re-emitted on S2 a type ${type} datagram of run ${runOf(record.datagram)} that the source never sent`,
+      );
+    }
     if (
       emitter !== undefined &&
       record.multicast &&
@@ -621,8 +731,51 @@ export class Invariants {
     proven.add(ep(record.from));
   }
 
+  /** True when a genuine manifest covering (run, sequence) reached this boot of the host. */
+  #hasManifest(host: SimHost, boot: number, run: string, sequence: number): boolean {
+    return this.#vouched.get(host)?.has(`${boot}|${run}#${sequence}`) === true;
+  }
+
+  /**
+   * A genuine manifest reached a host (protected plans): the DATA it covers may now be held by a
+   * retransmit server there (a signed session's server buffers DATA only once a manifest vouches).
+   */
+  #onManifestDelivered(record: SendRecord, host: SimHost, boot: number): void {
+    const decoded = decodeSignature(record.datagram);
+    if (!decoded.ok || decoded.value.kind !== SignatureKind.manifest) {
+      return;
+    }
+    const run = runOf(record.datagram);
+    let vouched = this.#vouched.get(host);
+    if (vouched === undefined) {
+      vouched = new Set();
+      this.#vouched.set(host, vouched);
+    }
+    const now = this.#network.scheduler.nowMs;
+    for (let index = 0; index < decoded.value.hashes.length; index++) {
+      const sequence = sequenceAdd(decoded.value.sequence, index);
+      vouched.add(`${boot}|${run}#${sequence}`);
+      for (const watched of this.#retransmits) {
+        const held = watched.host === host && watched.boot === boot ? watched.runs.get(run) : undefined;
+        const packet = held?.packets.get(sequence);
+        if (held !== undefined && packet !== undefined && !packet.genuine && packet.sourceSent) {
+          held.packets.set(sequence, { receivedAtMs: now, genuine: true, sourceSent: true });
+        }
+      }
+    }
+  }
+
   #onGroupDelivered(record: SendRecord, host: SimHost, boot: number): void {
     const datagram = record.datagram;
+    if (
+      this.#protection !== undefined &&
+      datagram[offsetType] === PacketType.signature &&
+      !record.spoofed &&
+      this.#sources.has(record.host)
+    ) {
+      this.#onManifestDelivered(record, host, boot);
+      return;
+    }
     if (datagram[offsetType] !== PacketType.data || datagram.length < headerBytes) {
       return;
     }
@@ -644,9 +797,13 @@ export class Invariants {
       const sequence = datagram.readUInt32BE(offsetSequence);
       if (!run.packets.has(sequence)) {
         run.lastAddedMs = now;
+        const sourceSent = !record.spoofed && this.#sources.has(record.host);
         run.packets.set(sequence, {
           receivedAtMs: now,
-          genuine: !record.spoofed && this.#sources.has(record.host),
+          // A signed session's server holds a packet only once a manifest vouches for it.
+          genuine:
+            sourceSent && (this.#protection === undefined || this.#hasManifest(host, boot, key, sequence)),
+          sourceSent,
         });
       }
     }
@@ -680,9 +837,13 @@ export class Invariants {
   #checkGivenUp(repairHost: SimHost, boot: number, run: string, sequence: number): void {
     const now = this.#network.scheduler.nowMs;
     if (this.#repairedPackets.get(repairHost)?.has(`${boot}|${run}#${sequence}`) === true) {
+      const unvouched =
+        this.#protection !== undefined && !this.#hasManifest(repairHost, boot, run, sequence)
+          ? ', though no manifest covering it reached it (found.md 10)'
+          : '';
       this.fail(
         'held-not-unrecoverable',
-        `repair server on ${repairHost.name} gave up ${run} sequence ${sequence}, which a REPAIR had brought it`,
+        `repair server on ${repairHost.name} gave up ${run} sequence ${sequence}, which a REPAIR had brought it${unvouched}`,
       );
     }
     for (const watched of this.#retransmits) {

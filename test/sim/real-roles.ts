@@ -54,13 +54,20 @@ export const realKit: RoleKit = {
         sessionId: spec.sessionId,
         firstSequence: spec.firstSequence,
       },
-      { input: memoryInput(spec.payload), runtime },
+      {
+        input: memoryInput(spec.payload),
+        runtime,
+        ...(spec.protection === undefined ? {} : { protection: spec.protection }),
+      },
     );
     await source.run();
   },
-  runReceiver(group, timeoutMs, write, runtime) {
+  runReceiver(group, timeoutMs, write, runtime, guard) {
     const sink: PayloadSink = { write, close: async () => undefined };
-    const receiver = createReceiver({ group, timeoutMs }, { sink, runtime });
+    const receiver = createReceiver(
+      { group, timeoutMs },
+      { sink, runtime, signed: guard?.signed, protection: guard?.protection },
+    );
     return {
       result: receiver.run().then((summary) => ({
         outcome: summary.outcome,
@@ -85,6 +92,7 @@ export const realKit: RoleKit = {
         announceTo: spec.announceTo,
         peers: spec.peers,
         election: spec.election,
+        sourcePublicKey: spec.sourcePublicKey,
       },
       { runtime },
     );
@@ -98,6 +106,7 @@ export const realKit: RoleKit = {
         retransmit: spec.retransmit,
         emit: spec.emit,
         latencyMs: spec.latencyMs,
+        sourcePublicKey: spec.sourcePublicKey,
       },
       { runtime },
     );

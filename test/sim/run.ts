@@ -1,12 +1,13 @@
 /**
  * The simulator's command line: `npm run sim -- --seeds N [--from S] [--seed S] [--verbose]
- * [--replay-check] [--keep-going] [--skip-actions A,B] [--kit real|fake]`. Runs each seed's scenario and stops at the first one that
+ * [--replay-check] [--keep-going] [--skip-actions A,B] [--kit real|fake] [--protection signed|restricted]`. Runs each seed's scenario and stops at the first one that
  * breaks an invariant, printing the seed, the virtual time, the invariant, what the adversary did
  * last and the command that replays it exactly. Exits 1 on a failure, 2 on bad arguments.
  */
 import { parseArgs } from 'node:util';
-import { adversaryActions } from './adversary.js';
+import { adversaryActions, protectedAdversaryActions } from './adversary.js';
 import { fakeKit } from './fake-roles.js';
+import type { ProtectionKind } from './protection.js';
 import { realKit } from './real-roles.js';
 import { describeFailure, planKind, type RoleKit, runScenario } from './scenario.js';
 
@@ -38,16 +39,28 @@ async function main(): Promise<number> {
       return 2;
     }
     seeds = Array.from({ length: count }, (_, i) => (from + i) >>> 0);
-    console.log(`sim: seeds ${from}..${from + count - 1} (${kit.name} roles)`);
+    console.log(
+      `sim: seeds ${from}..${from + count - 1} (${kit.name} roles${values.protection === undefined ? '' : `, ${values.protection} sessions`})`,
+    );
   }
   const skipActions = new Set((values['skip-actions'] ?? '').split(',').filter((a) => a !== ''));
+  const actions: readonly string[] = [...adversaryActions, ...protectedAdversaryActions];
   for (const action of skipActions) {
-    if (!(adversaryActions as readonly string[]).includes(action)) {
-      console.error(`sim: --skip-actions: no action ${action} (${adversaryActions.join(', ')})`);
+    if (!actions.includes(action)) {
+      console.error(`sim: --skip-actions: no action ${action} (${actions.join(', ')})`);
       return 2;
     }
   }
-  const options = { verbose: values.verbose, skipActions };
+  const protection = values.protection;
+  if (protection !== undefined && protection !== 'signed' && protection !== 'restricted') {
+    console.error('sim: --protection must be signed or restricted');
+    return 2;
+  }
+  const options = {
+    verbose: values.verbose,
+    skipActions,
+    ...(protection === undefined ? {} : { protection: protection as ProtectionKind }),
+  };
   const startedAtMs = performance.now();
   let virtualMs = 0;
   const failed: string[] = [];
@@ -55,7 +68,7 @@ async function main(): Promise<number> {
     const result = await runScenario(seed, kit, options);
     virtualMs += result.virtualMs;
     if (values['replay-check'] && result.violation === undefined) {
-      const again = await runScenario(seed, kit, { skipActions });
+      const again = await runScenario(seed, kit, { ...options, verbose: false });
       if (again.traceDigest !== result.traceDigest) {
         console.error(
           `sim: seed ${seed} did not replay: trace ${result.traceDigest} then ${again.traceDigest}`,
@@ -105,6 +118,7 @@ function parse() {
       'replay-check': { type: 'boolean', default: false },
       'keep-going': { type: 'boolean', default: false },
       'skip-actions': { type: 'string' },
+      protection: { type: 'string' },
     },
     strict: true,
   });

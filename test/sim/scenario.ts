@@ -4,15 +4,27 @@
  * in-memory network with the invariants checked after every event. The roles come from a RoleKit,
  * so the same scenario drives the real roles (real-roles.ts) and the toy ones the harness tests.
  */
+
+import type { KeyObject } from 'node:crypto';
 import { ControlSealer, controlKey } from '../../src/crypto/control-auth.js';
+import type { SenderProtection } from '../../src/crypto/restricted-session.js';
 import { setupRepeatCount, setupRepeatIntervalMs } from '../../src/limits.js';
 import type { Endpoint } from '../../src/net/address.js';
 import type { Runtime } from '../../src/net/runtime.js';
 import type { ControlSocket } from '../../src/net/udp.js';
 import { encodeSetup, SetupAction, type SetupActionCode } from '../../src/protocol/control.js';
-import { Adversary, type AdversaryAction, adversaryActions } from './adversary.js';
+import { Adversary, type AdversaryAction, adversaryActions, protectedAdversaryActions } from './adversary.js';
 import { Invariants, type Violation, type WatchedReceiver } from './invariants.js';
 import { cleanLink, type LinkFaults, type SimHost, SimNetwork } from './network.js';
+import {
+  type PlanKeys,
+  type ProtectionKind,
+  planKeys,
+  type ReceiverGuard,
+  receiverGuard,
+  simCryptoPeriodMs,
+  sourceProtection,
+} from './protection.js';
 import { SimRandom } from './random.js';
 import { Scheduler, SimulationStalled } from './virtual-clock.js';
 
@@ -24,6 +36,8 @@ export interface SourceSpec {
   readonly payload: Buffer;
   readonly packetBytes: number;
   readonly rateBitsPerSecond: number;
+  /** A signed or restricted plan: the run's protection (src/crypto/restricted-session.ts). */
+  readonly protection?: (run: { sessionId: number; incarnation: number }) => SenderProtection;
 }
 
 /** How a receiver ended, the run it locked (session/incarnation key) and the packets it counted missing. */
@@ -42,6 +56,8 @@ export interface RoleHandle {
 export interface ServerSpec {
   readonly listen: Endpoint;
   readonly keys: readonly ReturnType<typeof controlKey>[];
+  /** A signed or restricted plan: the source key the server authenticates S1 against. */
+  readonly sourcePublicKey?: KeyObject | undefined;
 }
 
 /** A retransmit server's part of the plan. */
@@ -72,6 +88,7 @@ export interface RoleKit {
     timeoutMs: number,
     write: (payload: Buffer) => void,
     runtime: Runtime,
+    guard?: ReceiverGuard,
   ): { result: Promise<ReceiverResult>; status?: () => unknown };
   startRetransmit?(spec: RetransmitSpec, runtime: Runtime): Promise<RoleHandle>;
   startRepair?(spec: RepairSpec, runtime: Runtime): Promise<RoleHandle>;
@@ -148,8 +165,13 @@ const setupRefreshMs = 1000;
 /** Sockets one host may have open. */
 const hostSocketsMax = 16;
 
-/** Draws a plan from a seed. */
-export function planScenario(seed: number): ScenarioPlan {
+/**
+ * Draws a plan from a seed. A signed or restricted plan (`protection`) is the same plan, except
+ * that its adversary may act from the session's start in calm plans too, with what only signed
+ * sessions refuse: forged DATA inside the window, phantom DESCRIPTORs before a receiver locks,
+ * forged and replayed KEY messages, control signatures by another key.
+ */
+export function planScenario(seed: number, protection?: ProtectionKind): ScenarioPlan {
   const r = SimRandom.fork(seed, 'plan');
   const calm = r.chance(0.4);
   // A calm plan may kill its source mid-file and restart it under the same session id (a new
@@ -284,13 +306,20 @@ export function planScenario(seed: number): ScenarioPlan {
   const calmActions = adversaryActions.filter(
     (a) => a !== 'forge-descriptor-phantom' && (!restart || a !== 'replay-old-run'),
   );
+  // A protected calm plan keeps out only the replayed DESCRIPTOR of a dead run around a restart:
+  // it is the source's own, authentic datagram (a replay, not a forgery: found.md 2).
+  const protectedActions: readonly AdversaryAction[] = [
+    ...adversaryActions.filter((a) => !calm || !restart || a !== 'replay-old-run'),
+    ...protectedAdversaryActions,
+  ];
   for (let a = 0; a < adversaryActionsCount; a++) {
     events.push({
-      atMs: calm
-        ? r.int(sourceStartMs + 1500, sessionEndMs + 3000)
-        : r.int(sourceStartMs, sessionEndMs + 5000),
+      atMs:
+        calm && protection === undefined
+          ? r.int(sourceStartMs + 1500, sessionEndMs + 3000)
+          : r.int(sourceStartMs, sessionEndMs + (calm ? 3000 : 5000)),
       kind: 'adversary',
-      action: r.pick(calm ? calmActions : adversaryActions),
+      action: r.pick(protection !== undefined ? protectedActions : calm ? calmActions : adversaryActions),
     });
   }
   events.sort((x, y) => x.atMs - y.atMs);
@@ -345,6 +374,10 @@ export interface ScenarioResult {
   readonly outcomes: Record<string, string>;
   readonly adversaryLog: readonly string[];
   readonly log: readonly string[];
+  /** The plan's protection, if it was a signed or restricted one. */
+  readonly protection: ProtectionKind | undefined;
+  /** Signed plans: repair servers left with gaps while their gate held unauthenticated REPAIRs. */
+  readonly unauthenticatedGaps: readonly string[];
 }
 
 /** Options of one run. */
@@ -353,6 +386,8 @@ export interface ScenarioOptions {
   /** Adversary actions left out (to look past a known fault); the replay command names them. */
   readonly skipActions?: ReadonlySet<string>;
   readonly log?: (line: string) => void;
+  /** Runs the seed's plan as a signed or a restricted session (protection.ts). */
+  readonly protection?: ProtectionKind;
 }
 
 /** Runs the plan of a seed with a kit of roles. */
@@ -361,10 +396,16 @@ export async function runScenario(
   kit: RoleKit,
   options: ScenarioOptions = {},
 ): Promise<ScenarioResult> {
-  const plan = planScenario(seed);
+  const plan = planScenario(seed, options.protection);
   const scheduler = new Scheduler();
   const network = new SimNetwork(scheduler, seed);
   const invariants = new Invariants(network);
+  const keys: PlanKeys | undefined =
+    options.protection === undefined ? undefined : planKeys(seed, options.protection);
+  if (keys !== undefined) {
+    invariants.watchProtection(keys.kind === 'restricted' ? simCryptoPeriodMs : 0);
+  }
+  const sourcePublicKey = keys?.source.publicKey;
   const log: string[] = [];
   const say = (line: string) => {
     const stamped = `t=${scheduler.nowMs.toFixed(1)} ${line}`;
@@ -429,6 +470,7 @@ export async function runScenario(
       payload,
       packetBytes: plan.packetBytes,
       rateBitsPerSecond: plan.rateBitsPerSecond,
+      ...(keys === undefined ? {} : { protection: sourceProtection(keys, boot) }),
     };
     say(`source boot ${boot}: ${payload.length} bytes in packets of ${plan.packetBytes}`);
     kit.runSource(spec, sourceHost.runtime(randomOf(`source/${boot}`))).then(
@@ -453,6 +495,7 @@ export async function runScenario(
     const spec: RetransmitSpec = {
       listen: control(host),
       keys: [key],
+      sourcePublicKey,
       groups: plan.setupFlow ? [] : [s1],
       peers: retransmitEndpoints.filter((_, i) => i !== index),
       announceTo: repairEndpoints,
@@ -583,6 +626,7 @@ export async function runScenario(
     const spec: RepairSpec = {
       listen: control(host),
       keys: [key],
+      sourcePublicKey,
       group: s1,
       emit: s2Of(i),
       retransmit: retransmitEndpoints,
@@ -629,6 +673,7 @@ export async function runScenario(
       15_000,
       (payload) => watch.write(payload),
       host.runtime(randomOf(name)),
+      keys === undefined ? undefined : receiverGuard(keys, (datagram) => invariants.passedOn(name, datagram)),
     );
     if (started.status !== undefined && kit.checkLimits !== undefined) {
       const status = started.status;
@@ -871,6 +916,19 @@ export async function runScenario(
   } finally {
     process.off('unhandledRejection', onRejection);
   }
+  // A signed session's repair server still missing packets while its gate holds REPAIRs that no
+  // manifest vouches for (found.md 10).
+  const unauthenticatedGaps: string[] = [];
+  if (keys !== undefined) {
+    for (const [i, handle] of repairHandles.entries()) {
+      const status = handle?.status() as { missingNow?: number; signed?: { holding?: number } } | undefined;
+      if ((status?.missingNow ?? 0) > 0 && (status?.signed?.holding ?? 0) > 0) {
+        unauthenticatedGaps.push(
+          `repair${i}: ${status?.missingNow} missing, ${status?.signed?.holding} held unauthenticated`,
+        );
+      }
+    }
+  }
   return {
     seed,
     plan,
@@ -882,6 +940,8 @@ export async function runScenario(
     outcomes,
     adversaryLog: adversary.log,
     log,
+    protection: options.protection,
+    unauthenticatedGaps,
   };
 }
 
@@ -906,6 +966,6 @@ export function describeFailure(result: ScenarioResult, kit: RoleKit, options: S
     ...result.log.slice(-12).map((line) => `    ${line}`),
     '  adversary, last actions:',
     ...result.adversaryLog.slice(-8).map((line) => `    ${line}`),
-    `  replay: npm run sim -- --seed ${result.seed}${kitFlag} --verbose`,
+    `  replay: npm run sim -- --seed ${result.seed}${kitFlag}${options.protection === undefined ? '' : ` --protection ${options.protection}`} --verbose`,
   ].join('\n');
 }

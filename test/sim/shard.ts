@@ -3,12 +3,14 @@
  * its parent over IPC (or prints it): how sim.test.ts spreads the CI seeds over a few processes.
  */
 import { knownFault } from './ci-seeds.js';
+import type { ProtectionKind } from './protection.js';
 import { realKit } from './real-roles.js';
 import { describeFailure, runScenario } from './scenario.js';
 
 /** One seed's outcome, as sent to the parent. */
 export interface ShardResult {
-  readonly seed: number;
+  /** The seed as named on the command line: "N", or "signed:N" / "restricted:N". */
+  readonly seed: string;
   /** Undefined when every invariant held. */
   readonly failure: string | undefined;
   /** The found.md entry the failure belongs to, if any. */
@@ -16,11 +18,15 @@ export interface ShardResult {
 }
 
 for (const argument of process.argv.slice(2)) {
-  const seed = Number(argument);
-  const result = await runScenario(seed, realKit);
+  // "N", or "signed:N" / "restricted:N" for a protected plan (ci-seeds.ts).
+  const [first, second] = argument.split(':');
+  const protection = second === undefined ? undefined : (first as ProtectionKind);
+  const seed = Number(second ?? first);
+  const options = protection === undefined ? {} : { protection };
+  const result = await runScenario(seed, realKit, options);
   const message: ShardResult = {
-    seed,
-    failure: result.violation === undefined ? undefined : describeFailure(result, realKit),
+    seed: argument,
+    failure: result.violation === undefined ? undefined : describeFailure(result, realKit, options),
     known: knownFault(result),
   };
   if (process.send === undefined) {

@@ -13,7 +13,7 @@ import assert from 'node:assert/strict';
 import { fork } from 'node:child_process';
 import { describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { ciSeeds } from './ci-seeds.js';
+import { ciProtectedSeeds, ciSeeds } from './ci-seeds.js';
 import { realKit } from './real-roles.js';
 import { runScenario } from './scenario.js';
 import type { ShardResult } from './shard.js';
@@ -24,13 +24,16 @@ const shardCount = 4;
 const shardTimeoutMs = 600_000;
 
 /** Runs every CI seed over shardCount processes; one promise per seed. */
-function runShards(): Map<number, Promise<ShardResult>> {
+/** Every CI case as shard.ts names it: "N", or "signed:N" / "restricted:N". */
+const ciCases: readonly string[] = [...ciSeeds.map(String), ...ciProtectedSeeds];
+
+function runShards(): Map<string, Promise<ShardResult>> {
   const waiting = new Map<
-    number,
+    string,
     { resolve: (result: ShardResult) => void; reject: (error: Error) => void }
   >();
-  const results = new Map<number, Promise<ShardResult>>();
-  for (const seed of ciSeeds) {
+  const results = new Map<string, Promise<ShardResult>>();
+  for (const seed of ciCases) {
     results.set(
       seed,
       new Promise<ShardResult>((resolve, reject) => {
@@ -40,8 +43,8 @@ function runShards(): Map<number, Promise<ShardResult>> {
   }
   const shardPath = fileURLToPath(new URL('./shard.ts', import.meta.url));
   for (let shard = 0; shard < shardCount; shard++) {
-    const seeds = ciSeeds.filter((_, i) => i % shardCount === shard);
-    const child = fork(shardPath, seeds.map(String), {
+    const seeds = ciCases.filter((_, i) => i % shardCount === shard);
+    const child = fork(shardPath, [...seeds], {
       execArgv: ['--import', 'tsx'],
       stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
       timeout: shardTimeoutMs,
@@ -72,7 +75,14 @@ describe('deterministic simulator', () => {
     assert.equal(first.traceDigest, second.traceDigest);
   });
 
-  for (const seed of ciSeeds) {
+  it('replays a restricted seed exactly (same event trace twice)', async () => {
+    const first = await runScenario(1, realKit, { protection: 'restricted' });
+    const second = await runScenario(1, realKit, { protection: 'restricted' });
+    assert.equal(first.events, second.events);
+    assert.equal(first.traceDigest, second.traceDigest);
+  });
+
+  for (const seed of ciCases) {
     it(`seed ${seed} holds every invariant`, async (t) => {
       const result = await results.get(seed);
       assert.ok(result !== undefined);
