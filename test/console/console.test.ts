@@ -82,6 +82,7 @@ describe('the console in Chromium', { skip: chromiumSkip() }, () => {
         retransmit: [retransmit.local],
         emit: s2,
         // reliable: on a loaded host a latency budget may rightly give packets up, and the page must show 0 after repair
+        latencyMs: undefined,
       },
       { openS1Socket: lossyS1Socket((sequence) => sequence % 20 === 7) },
     );
