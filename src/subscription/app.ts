@@ -8,7 +8,6 @@ import { randomUUID } from 'node:crypto';
 import swagger from '@fastify/swagger';
 import { type Static, Type } from '@sinclair/typebox';
 import type { FastifyInstance, FastifyReply, FastifyRequest, preHandlerAsyncHookHandler } from 'fastify';
-import { sql } from 'kysely';
 import type { BillingFactory, RateCard } from '../api/billing.js';
 import { subscriptionBodyBytesMax } from '../limits.js';
 import { InvalidArgumentError } from '../net/errors.js';
@@ -17,6 +16,7 @@ import { createHttpApp, type HttpServerLimits } from '../net/http-server.js';
 import type { TlsFiles } from '../net/tls.js';
 import type { Store } from '../store/database.js';
 import { createLedger } from '../store/ledger.js';
+import { nameKey } from '../store/names.js';
 import {
   type ApiContext,
   anyParty,
@@ -198,7 +198,7 @@ export async function buildSubscriptionApp(options: SubscriptionAppOptions): Pro
         .selectFrom('parties')
         .select('id')
         .where('kind', '=', kind)
-        .where(sql`lower(name)`, '=', sql<string>`lower(${request.body.name})`)
+        .where('name_key', '=', nameKey(request.body.name))
         .executeTakeFirst();
       if (taken !== undefined) {
         return reply.code(409).send({
@@ -214,6 +214,7 @@ export async function buildSubscriptionApp(options: SubscriptionAppOptions): Pro
               id,
               kind,
               name: request.body.name,
+              name_key: nameKey(request.body.name),
               token_hash: hashToken(token),
               created_at: new Date().toISOString(),
             })
@@ -541,7 +542,14 @@ async function ensureOperator(options: SubscriptionAppOptions): Promise<void> {
       if (known === undefined) {
         await trx
           .insertInto('parties')
-          .values({ id: randomUUID(), kind: 'operator', name: 'operator', token_hash: hash, created_at: now })
+          .values({
+            id: randomUUID(),
+            kind: 'operator',
+            name: 'operator',
+            name_key: nameKey('operator'),
+            token_hash: hash,
+            created_at: now,
+          })
           .execute();
       } else {
         await trx.updateTable('parties').set({ revoked_at: null }).where('id', '=', known.id).execute();
@@ -571,6 +579,7 @@ async function ensureOperator(options: SubscriptionAppOptions): Promise<void> {
         id: randomUUID(),
         kind: 'operator',
         name: 'operator',
+        name_key: nameKey('operator'),
         token_hash: hashToken(token),
         created_at: now,
       })
