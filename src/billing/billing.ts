@@ -30,6 +30,7 @@ import {
   UsageBody,
   type UsageKind,
 } from '../protocol/api-subscription.js';
+import { type BulkColumn, insertRows } from '../store/bulk.js';
 import { timeOrderedId } from '../store/ids.js';
 import { LedgerError, type TransferRequest } from '../store/ledger.js';
 import { registerPurse } from './receipts.js';
@@ -284,24 +285,25 @@ export async function chargeUsageMany(
     if (written.length === 0) {
       return;
     }
-    await trx
-      .insertInto('usage_events')
-      .values(
-        written.map(({ index, id }) => {
-          const usage = (items[index] as UsageItem).usage;
-          return {
-            id: timeOrderedId(),
-            transfer: id,
-            account: usage.account,
-            kind: usage.kind,
-            quantity: usage.quantity,
-            packets: usage.packets ?? null,
-            session: usage.session ?? null,
-            created_at: createdAt,
-          };
-        }),
-      )
-      .execute();
+    await insertRows(
+      trx,
+      context.store.dialect,
+      'usage_events',
+      usageEventColumns,
+      written.map(({ index, id }) => {
+        const usage = (items[index] as UsageItem).usage;
+        return [
+          timeOrderedId(),
+          id,
+          usage.account,
+          usage.kind,
+          usage.quantity,
+          usage.packets ?? null,
+          usage.session ?? null,
+          createdAt,
+        ];
+      }),
+    );
   });
   return outcomes.map((outcome, index): UsageResult => {
     if (!outcome.ok) {
@@ -319,6 +321,18 @@ export async function chargeUsageMany(
     };
   });
 }
+
+/** The columns of a usage event, as a bulk insert writes them. */
+const usageEventColumns: readonly BulkColumn[] = [
+  { name: 'id', type: 'text' },
+  { name: 'transfer', type: 'text' },
+  { name: 'account', type: 'text' },
+  { name: 'kind', type: 'text' },
+  { name: 'quantity', type: 'bigint' },
+  { name: 'packets', type: 'bigint' },
+  { name: 'session', type: 'text' },
+  { name: 'created_at', type: 'text' },
+];
 
 /** Charges one usage event (through chargeUsageMany); throws the ledger's refusal. */
 export async function chargeUsage(
