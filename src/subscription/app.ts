@@ -14,6 +14,16 @@ import { InvalidArgumentError } from '../net/errors.js';
 import { bearerToken } from '../net/http.js';
 import { createHttpApp, type HttpServerLimits } from '../net/http-server.js';
 import type { TlsFiles } from '../net/tls.js';
+import {
+  Balance,
+  CheckResult,
+  Entitlement,
+  EntitlementList,
+  PartyCreated,
+  ServiceList,
+  TokenList,
+  Whoami,
+} from '../protocol/api-subscription.js';
 import type { Store } from '../store/database.js';
 import { createLedger } from '../store/ledger.js';
 import { nameKey } from '../store/names.js';
@@ -44,15 +54,6 @@ import { registerTokenRoutes } from './tokens.js';
 export type { PartyKind } from './context.js';
 
 const PartyBody = Type.Object({ name: Name }, { additionalProperties: false });
-const PartyCreated = Type.Object({ id: Id, name: Name, kind: Type.String(), token: Type.String() });
-const Whoami = Type.Object({ id: Id, name: Type.String(), kind: Type.String() });
-const TokenInfo = Type.Object({
-  party: Id,
-  kind: Type.String(),
-  name: Type.String(),
-  createdAt: Type.String(),
-  revokedAt: Type.Union([Type.String(), Type.Null()]),
-});
 /** The services a subscriber can be granted (a source buys repair on its session instead). */
 export const services = [
   { name: 'repair', description: 'repair of a session for this recipient (flow A), rated per GB repaired' },
@@ -60,7 +61,6 @@ export const services = [
   { name: 'pay-as-you-go', description: 'a stream charged per MB or per minute received' },
 ] as const;
 const ServiceName = Type.Union(services.map((service) => Type.Literal(service.name)));
-const Service = Type.Object({ name: Type.String(), description: Type.String() });
 const EntitlementBody = Type.Object(
   {
     subscriber: Id,
@@ -73,22 +73,11 @@ const EntitlementBody = Type.Object(
   },
   { additionalProperties: false },
 );
-const Entitlement = Type.Object({
-  id: Id,
-  subscriber: Id,
-  service: Type.String(),
-  session: Type.Union([Id, Type.Null()]),
-  from: Type.Union([Type.String(), Type.Null()]),
-  to: Type.Union([Type.String(), Type.Null()]),
-  monthly: Type.Union([Type.Integer(), Type.Null()]),
-});
 const EntitlementQuery = Type.Object({ subscriber: Id }, { additionalProperties: false });
 const CheckQuery = Type.Object(
   { subscriber: Id, service: Type.String({ minLength: 1, maxLength: 64 }), session: Type.Optional(Id) },
   { additionalProperties: false },
 );
-const CheckResult = Type.Object({ allowed: Type.Boolean(), reason: Type.String() });
-const Balance = Type.Object({ account: Id, balance: Type.Integer(), currency: Type.String() });
 
 /** Options of the app. */
 export interface SubscriptionAppOptions {
@@ -259,7 +248,7 @@ export async function buildSubscriptionApp(options: SubscriptionAppOptions): Pro
     '/v1/tokens',
     {
       preHandler: operatorOnly(authContext, 'only the operator lists tokens'),
-      schema: { response: { 200: Type.Array(TokenInfo), ...errorReplies } },
+      schema: { response: { 200: TokenList, ...errorReplies } },
     },
     async () => {
       const rows = await db
@@ -385,7 +374,7 @@ export async function buildSubscriptionApp(options: SubscriptionAppOptions): Pro
         ['operator', 'subscriber'],
         'a source does not read entitlements',
       ),
-      schema: { querystring: EntitlementQuery, response: { 200: Type.Array(Entitlement), ...errorReplies } },
+      schema: { querystring: EntitlementQuery, response: { 200: EntitlementList, ...errorReplies } },
     },
     async (request) => {
       const rows = await db
@@ -400,7 +389,7 @@ export async function buildSubscriptionApp(options: SubscriptionAppOptions): Pro
 
   app.get(
     '/v1/services',
-    { preHandler: anyParty(authContext), schema: { response: { 200: Type.Array(Service), 401: ErrorBody } } },
+    { preHandler: anyParty(authContext), schema: { response: { 200: ServiceList, 401: ErrorBody } } },
     async () => services,
   );
 
