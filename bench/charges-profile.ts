@@ -5,6 +5,8 @@
  * self time grouped by where the code lives and the functions with the most self time.
  *
  *   node --import tsx bench/charges-profile.ts [sqlite|postgres]   (after npm run build)
+ *
+ * BENCH_BIN runs another build's bin/gatecast (an older commit's, to compare in one sitting).
  */
 import { execFileSync, spawn } from 'node:child_process';
 import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
