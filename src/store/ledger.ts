@@ -76,6 +76,8 @@ export type WithinBatch = (
 
 const currencyPattern = /^[A-Z]{3}$/;
 const idempotencyKeyBytesMax = 200;
+/** A UTF-16 surrogate without its other half: text no store can hold as it is. */
+const loneSurrogate = /[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/;
 
 /** The hash that tells "the same request" from "a different request under the same key". */
 function requestHash(request: TransferRequest): string {
@@ -121,6 +123,10 @@ function validate(request: TransferRequest): LedgerError | undefined {
     Buffer.byteLength(request.idempotencyKey) > idempotencyKeyBytesMax
   ) {
     return invalid(`idempotencyKey: must be 1-${idempotencyKeyBytesMax} bytes`);
+  }
+  if (loneSurrogate.test(request.idempotencyKey)) {
+    // The store would keep it as U+FFFD, so a retry's look-up would not find the key it wrote.
+    return invalid('idempotencyKey: is not well-formed Unicode (it holds a lone surrogate)');
   }
   if (!Number.isSafeInteger(request.amount) || request.amount <= 0) {
     return invalid(`amount: ${request.amount} is not a positive integer of minor units`);
