@@ -23,13 +23,18 @@ import {
 import { rateCacheMs, usageBatchBodyBytesMax, usageGroupCommitEventsMax } from '../limits.js';
 import type { ApiErrorCode } from '../protocol/api-errors.js';
 import {
+  BillingRunResult,
   Charge,
   IdempotencyKey,
+  Invoice,
+  Rates,
   UsageBatchBody,
   UsageBatchResult,
   UsageBody,
+  UsageEventList,
   type UsageKind,
 } from '../protocol/api-subscription.js';
+import { type BulkColumn, insertRows } from '../store/bulk.js';
 import { timeOrderedId } from '../store/ids.js';
 import { LedgerError, type TransferRequest } from '../store/ledger.js';
 import { registerPurse } from './receipts.js';
@@ -97,51 +102,11 @@ export function rate(card: RateCard, kind: UsageKind, quantity: number): number 
   return Number(amount);
 }
 
-const RatePrice = Type.Integer({ minimum: 1, maximum: 1_000_000_000_000 });
-const Rates = Type.Object(
-  Object.fromEntries(rateNames.map((name) => [name, RatePrice])) as Record<keyof RateCard, typeof RatePrice>,
-  { additionalProperties: false },
-);
 const RatesUpdate = Type.Partial(Rates, { additionalProperties: false, minProperties: 1 });
 const IdempotencyHeaders = Type.Object({ 'idempotency-key': IdempotencyKey });
 const InvoiceQuery = Type.Object({ account: Id, period: Period }, { additionalProperties: false });
-const Invoice = Type.Object({
-  account: Id,
-  period: Type.String(),
-  currency: Type.String(),
-  from: Type.String(),
-  to: Type.String(),
-  lines: Type.Array(
-    Type.Object({
-      transfer: Id,
-      at: Type.String(),
-      memo: Type.String(),
-      /** Positive: charged to the account; negative: credited to it. */
-      amount: Type.Integer(),
-    }),
-  ),
-  charges: Type.Integer(),
-  credits: Type.Integer(),
-  total: Type.Integer(),
-});
 const UsageQuery = Type.Object({ account: Id, period: Period }, { additionalProperties: false });
-const UsageEvent = Type.Object({
-  id: Id,
-  transfer: Id,
-  account: Id,
-  kind: Type.String(),
-  quantity: Type.Integer(),
-  packets: Type.Union([Type.Integer(), Type.Null()]),
-  session: Type.Union([Id, Type.Null()]),
-  at: Type.String(),
-});
 const RunBody = Type.Object({ period: Period }, { additionalProperties: false });
-const RunResult = Type.Object({
-  period: Type.String(),
-  charged: Type.Integer(),
-  replayed: Type.Integer(),
-  amount: Type.Integer(),
-});
 
 const rateCache = new WeakMap<object, { at: number; card: RateCard }>();
 
@@ -284,24 +249,25 @@ export async function chargeUsageMany(
     if (written.length === 0) {
       return;
     }
-    await trx
-      .insertInto('usage_events')
-      .values(
-        written.map(({ index, id }) => {
-          const usage = (items[index] as UsageItem).usage;
-          return {
-            id: timeOrderedId(),
-            transfer: id,
-            account: usage.account,
-            kind: usage.kind,
-            quantity: usage.quantity,
-            packets: usage.packets ?? null,
-            session: usage.session ?? null,
-            created_at: createdAt,
-          };
-        }),
-      )
-      .execute();
+    await insertRows(
+      trx,
+      context.store.dialect,
+      'usage_events',
+      usageEventColumns,
+      written.map(({ index, id }) => {
+        const usage = (items[index] as UsageItem).usage;
+        return [
+          timeOrderedId(),
+          id,
+          usage.account,
+          usage.kind,
+          usage.quantity,
+          usage.packets ?? null,
+          usage.session ?? null,
+          createdAt,
+        ];
+      }),
+    );
   });
   return outcomes.map((outcome, index): UsageResult => {
     if (!outcome.ok) {
@@ -319,6 +285,18 @@ export async function chargeUsageMany(
     };
   });
 }
+
+/** The columns of a usage event, as a bulk insert writes them. */
+const usageEventColumns: readonly BulkColumn[] = [
+  { name: 'id', type: 'text' },
+  { name: 'transfer', type: 'text' },
+  { name: 'account', type: 'text' },
+  { name: 'kind', type: 'text' },
+  { name: 'quantity', type: 'bigint' },
+  { name: 'packets', type: 'bigint' },
+  { name: 'session', type: 'text' },
+  { name: 'created_at', type: 'text' },
+];
 
 /** Charges one usage event (through chargeUsageMany); throws the ledger's refusal. */
 export async function chargeUsage(
@@ -495,7 +473,7 @@ export function registerBillingRoutes(app: FastifyInstance, context: ApiContext,
         (request) => request.query.account,
         'a party reads only its own usage',
       ),
-      schema: { querystring: UsageQuery, response: { 200: Type.Array(UsageEvent), ...errorReplies } },
+      schema: { querystring: UsageQuery, response: { 200: UsageEventList, ...errorReplies } },
     },
     async (request) => {
       const { account, period } = request.query;
@@ -525,7 +503,7 @@ export function registerBillingRoutes(app: FastifyInstance, context: ApiContext,
     '/v1/billing/run',
     {
       preHandler: operatorOnly(context, 'only the operator runs billing'),
-      schema: { body: RunBody, response: { 200: RunResult, ...errorReplies } },
+      schema: { body: RunBody, response: { 200: BillingRunResult, ...errorReplies } },
     },
     async (request, reply) => {
       const { period } = request.body;

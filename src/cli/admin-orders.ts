@@ -2,6 +2,16 @@
  * `gatecast admin orders …`: the operator's commands of the order role (flow D, docs/ordering.md),
  * each one request to the order API: links, services, who ordered what, the report, and cancels.
  */
+import type { TSchema } from '@sinclair/typebox';
+import {
+  Link,
+  LinkList,
+  Order,
+  OrderList,
+  OrderReport,
+  OrderServiceList,
+  OrderServiceSaved,
+} from '../protocol/api-order.js';
 import { UsageError } from './errors.js';
 
 export const orderAdminHelp = `  orders [list] [--box ID] [--service NAME] [--state active|cancelled|expired|preempted|all]
@@ -107,6 +117,28 @@ export function ordersCommand(
         relayTo: text('relay-to'),
       });
     }
+    default:
+      throw new UsageError(`orders: unknown action "${action}" (gatecast admin --help)`);
+  }
+}
+
+/** The contract's schema of an `orders` action's answer (src/protocol/api-order.ts). */
+export function orderAnswerSchema(action: string): TSchema {
+  switch (action) {
+    case 'list':
+      return OrderList;
+    case 'report':
+      return OrderReport;
+    case 'cancel':
+      return Order;
+    case 'links':
+      return LinkList;
+    case 'services':
+      return OrderServiceList;
+    case 'link':
+      return Link;
+    case 'service':
+      return OrderServiceSaved;
     default:
       throw new UsageError(`orders: unknown action "${action}" (gatecast admin --help)`);
   }

@@ -8,12 +8,31 @@ import { randomBytes } from 'node:crypto';
 import { chmodSync, writeFileSync } from 'node:fs';
 import { type TSchema, Type } from '@sinclair/typebox';
 import { readSecretFile } from '../crypto/control-auth.js';
-import { checkAnswer } from '../net/api-client.js';
-import { fetchFailure } from '../net/http.js';
-import { Charge, CheckResult, Session, SessionList, Whoami } from '../protocol/api-subscription.js';
+import { checkText, sendApi } from '../net/api-client.js';
+import { FetchFailed } from '../net/http.js';
+import {
+  Balance,
+  BillingRunResult,
+  Charge,
+  CheckResult,
+  Entitlement,
+  EntitlementList,
+  Invoice,
+  LedgerCsv,
+  PartyCreated,
+  Rates,
+  Server,
+  ServerList,
+  ServiceList,
+  Session,
+  SessionList,
+  TokenList,
+  UsageEventList,
+  Whoami,
+} from '../protocol/api-subscription.js';
 import { openStore } from '../store/database.js';
 import { openSetupSender } from '../subscription/setup-sender.js';
-import { orderAdminHelp, ordersCommand } from './admin-orders.js';
+import { orderAdminHelp, orderAnswerSchema, ordersCommand } from './admin-orders.js';
 import { adminSettings } from './command-settings.js';
 import { exitOk, UsageError } from './errors.js';
 import { formatHelp, parseCommand, parseServerUrl } from './options.js';
@@ -84,7 +103,7 @@ export async function runAdmin(argv: string[], out: NodeJS.WriteStream): Promise
   try {
     const answer = await command(positionals, values, target.send);
     // Every answer is checked against the contract the server answers with (src/protocol/api-*.ts).
-    const checked = checkAnswer(answer.status, parseJson(answer.body), answerSchema(positionals));
+    const checked = checkText(answer.status, answer.body, answerSchema(positionals));
     if (!checked.ok) {
       throw new RequestError(
         checked.error === 'invalid-answer' && answer.status >= 400
@@ -92,11 +111,17 @@ export async function runAdmin(argv: string[], out: NodeJS.WriteStream): Promise
           : `${answer.status} ${checked.error}: ${checked.message}`,
       );
     }
+    const text =
+      positionals[0] === 'export'
+        ? answer.body
+        : positionals[0] === 'token'
+          ? `${JSON.stringify({ revoked: positionals[2] })}\n` // 204: revoked, nothing to show
+          : `${JSON.stringify(checked.body, null, 2)}\n`;
     if (typeof values.out === 'string') {
-      writeFileSync(values.out, answer.body, { mode: 0o600 }); // the ledger: money, for the operator only
+      writeFileSync(values.out, text, { mode: 0o600 }); // the ledger: money, for the operator only
       chmodSync(values.out, 0o600);
     } else {
-      out.write(answer.body.endsWith('\n') ? answer.body : `${answer.body}\n`);
+      out.write(text.endsWith('\n') ? text : `${text}\n`);
     }
     return exitOk;
   } finally {
@@ -110,23 +135,21 @@ async function connect(values: Record<string, string | boolean | undefined>) {
     const base = parseServerUrl(values.server, '--server');
     const tokenFile = values['token-file'];
     const token = readToken(typeof tokenFile === 'string' ? tokenFile : undefined);
+    // The one typed client of the API contract (src/net/api-client.ts): its transport here, its
+    // check of the answer in runAdmin, against the schema of the command's route.
     const send: Send = async (method, path, body, headers = {}) => {
-      let response: Response;
       try {
-        response = await fetch(`${base}${path}`, {
-          method,
-          headers: {
-            authorization: `Bearer ${token}`,
-            ...(body === undefined ? {} : { 'content-type': 'application/json' }),
-            ...headers,
-          },
-          ...(body === undefined ? {} : { body: JSON.stringify(body) }),
-          signal: AbortSignal.timeout(30_000),
-        });
+        const answer = await sendApi(`${base}${path}`, { token, method, body, headers, timeoutMs: 30_000 });
+        if (answer.text === undefined) {
+          throw new RequestError(`${answer.status}: the answer is larger than a client reads`);
+        }
+        return { status: answer.status, body: answer.text };
       } catch (error) {
-        throw new RequestError(`cannot reach ${base}: ${fetchFailure(error)}`);
+        if (error instanceof FetchFailed) {
+          throw new RequestError(`cannot reach ${base}: ${error.message}`);
+        }
+        throw error;
       }
-      return { status: response.status, body: await response.text() };
     };
     return { send, close: async () => undefined };
   }
@@ -185,14 +208,6 @@ async function command(
     }
     return Number(value);
   };
-  const pretty = async (answer: Promise<Answer>) => {
-    const result = await answer;
-    try {
-      return { ...result, body: `${JSON.stringify(JSON.parse(result.body), null, 2)}\n` };
-    } catch {
-      return result;
-    }
-  };
   const query = (entries: Record<string, string | undefined>) =>
     new URLSearchParams(
       Object.entries(entries).filter((entry): entry is [string, string] => entry[1] !== undefined),
@@ -203,65 +218,60 @@ async function command(
       if (arg(0, 'add') !== 'add') {
         throw new UsageError(`${verb}: only "add NAME"`);
       }
-      return pretty(send('POST', `/v1/${verb}s`, { name: arg(1, 'NAME') }));
+      return send('POST', `/v1/${verb}s`, { name: arg(1, 'NAME') });
     case 'grant':
-      return pretty(
-        send('POST', '/v1/entitlements', {
-          subscriber: arg(0, 'SUBSCRIBER'),
-          service: arg(1, 'SERVICE'),
-          session: text('session'),
-          from: text('from'),
-          to: text('to'),
-          monthly: integer('monthly', text('monthly')),
-        }),
-      );
+      return send('POST', '/v1/entitlements', {
+        subscriber: arg(0, 'SUBSCRIBER'),
+        service: arg(1, 'SERVICE'),
+        session: text('session'),
+        from: text('from'),
+        to: text('to'),
+        monthly: integer('monthly', text('monthly')),
+      });
+
     case 'entitlements':
-      return pretty(send('GET', `/v1/entitlements?${query({ subscriber: arg(0, 'SUBSCRIBER') })}`));
+      return send('GET', `/v1/entitlements?${query({ subscriber: arg(0, 'SUBSCRIBER') })}`);
     case 'check':
-      return pretty(
-        send(
-          'GET',
-          `/v1/entitlements/check?${query({ subscriber: arg(0, 'SUBSCRIBER'), service: arg(1, 'SERVICE'), session: text('session') })}`,
-        ),
+      return send(
+        'GET',
+        `/v1/entitlements/check?${query({ subscriber: arg(0, 'SUBSCRIBER'), service: arg(1, 'SERVICE'), session: text('session') })}`,
       );
+
     case 'server':
       if (arg(0, 'add') !== 'add') {
         throw new UsageError('server: only "add KIND NAME ADDR:PORT"');
       }
-      return pretty(
-        send('POST', '/v1/servers', {
-          kind: arg(1, 'KIND'),
-          name: arg(2, 'NAME'),
-          address: arg(3, 'ADDR:PORT'),
-        }),
-      );
+      return send('POST', '/v1/servers', {
+        kind: arg(1, 'KIND'),
+        name: arg(2, 'NAME'),
+        address: arg(3, 'ADDR:PORT'),
+      });
+
     case 'servers':
-      return pretty(send('GET', '/v1/servers'));
+      return send('GET', '/v1/servers');
     case 'session': {
       const action = arg(0, 'add or end');
       if (action === 'end') {
-        return pretty(send('POST', `/v1/sessions/${encodeURIComponent(arg(1, 'ID'))}/end`));
+        return send('POST', `/v1/sessions/${encodeURIComponent(arg(1, 'ID'))}/end`);
       }
       if (action !== 'add') {
         throw new UsageError('session: "add NAME GROUP:PORT" or "end ID"');
       }
-      return pretty(
-        send('POST', '/v1/sessions', {
-          name: arg(1, 'NAME'),
-          group: arg(2, 'GROUP:PORT'),
-          source: text('source'),
-          price: text('price'),
-          repair: values.repair === true ? true : undefined,
-          owner: text('owner'),
-        }),
-      );
+      return send('POST', '/v1/sessions', {
+        name: arg(1, 'NAME'),
+        group: arg(2, 'GROUP:PORT'),
+        source: text('source'),
+        price: text('price'),
+        repair: values.repair === true ? true : undefined,
+        owner: text('owner'),
+      });
     }
     case 'sessions':
-      return pretty(send('GET', '/v1/sessions'));
+      return send('GET', '/v1/sessions');
     case 'rates': {
       const set = text('set');
       if (set === undefined) {
-        return pretty(send('GET', '/v1/rates'));
+        return send('GET', '/v1/rates');
       }
       const update: Record<string, number> = {};
       for (const pair of set.split(',')) {
@@ -271,89 +281,103 @@ async function command(
         }
         update[name.trim()] = integer('set', value.trim()) as number;
       }
-      return pretty(send('PUT', '/v1/rates', update));
+      return send('PUT', '/v1/rates', update);
     }
     case 'usage': {
       const key = text('key');
       if (key === undefined) {
         throw new UsageError('usage: --key KEY is required (the idempotency key)');
       }
-      return pretty(
-        send(
-          'POST',
-          '/v1/usage',
-          {
-            account: arg(0, 'ACCOUNT'),
-            kind: arg(1, 'KIND'),
-            quantity: integer('quantity', arg(2, 'QUANTITY')),
-            session: text('session'),
-            packets: integer('packets', text('packets')),
-          },
-          { 'idempotency-key': key },
-        ),
+      return send(
+        'POST',
+        '/v1/usage',
+        {
+          account: arg(0, 'ACCOUNT'),
+          kind: arg(1, 'KIND'),
+          quantity: integer('quantity', arg(2, 'QUANTITY')),
+          session: text('session'),
+          packets: integer('packets', text('packets')),
+        },
+        { 'idempotency-key': key },
       );
     }
     case 'events':
-      return pretty(
-        send('GET', `/v1/usage?${query({ account: arg(0, 'ACCOUNT'), period: arg(1, 'YYYY-MM') })}`),
-      );
+      return send('GET', `/v1/usage?${query({ account: arg(0, 'ACCOUNT'), period: arg(1, 'YYYY-MM') })}`);
+
     case 'services':
-      return pretty(send('GET', '/v1/services'));
+      return send('GET', '/v1/services');
     case 'balance':
-      return pretty(send('GET', `/v1/accounts/${encodeURIComponent(arg(0, 'ACCOUNT'))}/balance`));
+      return send('GET', `/v1/accounts/${encodeURIComponent(arg(0, 'ACCOUNT'))}/balance`);
     case 'invoice':
-      return pretty(
-        send('GET', `/v1/invoices?${query({ account: arg(0, 'ACCOUNT'), period: arg(1, 'YYYY-MM') })}`),
-      );
+      return send('GET', `/v1/invoices?${query({ account: arg(0, 'ACCOUNT'), period: arg(1, 'YYYY-MM') })}`);
+
     case 'bill':
-      return pretty(send('POST', '/v1/billing/run', { period: arg(0, 'YYYY-MM') }));
+      return send('POST', '/v1/billing/run', { period: arg(0, 'YYYY-MM') });
     case 'export':
       return send('GET', '/v1/ledger.csv');
     case 'whoami':
-      return pretty(send('GET', '/v1/whoami'));
+      return send('GET', '/v1/whoami');
     case 'orders':
-      return pretty(ordersCommand(args, values, send));
+      return ordersCommand(args, values, send);
     case 'tokens':
-      return pretty(send('GET', '/v1/tokens'));
+      return send('GET', '/v1/tokens');
     case 'token': {
       if (arg(0, 'revoke') !== 'revoke') {
         throw new UsageError('token: only "revoke PARTY"');
       }
-      const party = arg(1, 'PARTY');
-      const answer = await send('DELETE', `/v1/tokens/${encodeURIComponent(party)}`);
-      return answer.status === 204
-        ? { status: 200, body: `${JSON.stringify({ revoked: party })}\n` }
-        : answer;
+      return send('DELETE', `/v1/tokens/${encodeURIComponent(arg(1, 'PARTY'))}`);
     }
     default:
       throw new UsageError(`unknown command "${verb}" (gatecast admin --help)`);
   }
 }
 
-/** The body as JSON, or the text itself when it is not JSON (the CSV export). */
-function parseJson(text: string): unknown {
-  try {
-    return JSON.parse(text);
-  } catch {
-    return text;
-  }
-}
-
-/** The contract's schema of a command's answer; commands without one are checked for an error body only. */
+/** The contract's schema of a command's answer (src/protocol/api-*.ts): the one its route answers with. */
 function answerSchema(words: readonly string[]): TSchema {
   const [verb, action] = words;
   switch (verb) {
-    case 'whoami':
-      return Whoami;
+    case 'subscriber':
+    case 'source':
+      return PartyCreated;
+    case 'grant':
+      return Entitlement;
+    case 'entitlements':
+      return EntitlementList;
     case 'check':
       return CheckResult;
+    case 'server':
+      return Server;
+    case 'servers':
+      return ServerList;
     case 'session':
-      return action === 'add' || action === 'end' ? Session : Type.Unknown();
+      return Session;
     case 'sessions':
       return SessionList;
+    case 'rates':
+      return Rates;
     case 'usage':
       return Charge;
+    case 'events':
+      return UsageEventList;
+    case 'services':
+      return ServiceList;
+    case 'balance':
+      return Balance;
+    case 'invoice':
+      return Invoice;
+    case 'bill':
+      return BillingRunResult;
+    case 'export':
+      return LedgerCsv;
+    case 'whoami':
+      return Whoami;
+    case 'tokens':
+      return TokenList;
+    case 'token':
+      return Type.Null(); // 204, no body
+    case 'orders':
+      return orderAnswerSchema(action ?? 'list');
     default:
-      return Type.Unknown();
+      throw new UsageError(`unknown command "${verb}" (gatecast admin --help)`);
   }
 }

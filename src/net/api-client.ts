@@ -36,19 +36,21 @@ export interface ApiRequest {
 /** Largest answer a client reads. */
 const answerBytesMax = 16 * 1024 * 1024;
 
+/** An answer as it came: its status and its body's text (undefined: past answerBytesMax). */
+export interface RawAnswer {
+  readonly status: number;
+  readonly text: string | undefined;
+}
+
 /**
- * Sends one request; a 2xx answer must match `schema`, any other one the error body. Throws
- * FetchFailed when no answer came (refused, reset, timed out, a certificate error).
+ * Sends one request and reads its answer as text, for a caller that checks it itself with
+ * checkText (an answer that is not JSON, say). Throws FetchFailed when no answer came (refused,
+ * reset, timed out, a certificate error).
  */
-export async function requestApi<T extends TSchema>(
-  url: string,
-  schema: T,
-  options: ApiRequest,
-): Promise<ApiAnswer<Static<T>>> {
-  let response: Response;
+export async function sendApi(url: string, options: ApiRequest): Promise<RawAnswer> {
   const timeout = AbortSignal.timeout(options.timeoutMs);
   try {
-    response = await fetch(url, {
+    const response = await fetch(url, {
       method: options.method ?? 'GET',
       headers: {
         authorization: `Bearer ${options.token}`,
@@ -58,20 +60,42 @@ export async function requestApi<T extends TSchema>(
       ...(options.body === undefined ? {} : { body: JSON.stringify(options.body) }),
       signal: options.signal === undefined ? timeout : AbortSignal.any([timeout, options.signal]),
     });
+    const text = await response.text();
+    return { status: response.status, text: text.length > answerBytesMax ? undefined : text };
   } catch (error) {
     throw new FetchFailed(fetchFailure(error));
   }
+}
+
+/**
+ * Sends one request; a 2xx answer must match `schema`, any other one the error body. Throws
+ * FetchFailed when no answer came (refused, reset, timed out, a certificate error).
+ */
+export async function requestApi<T extends TSchema>(
+  url: string,
+  schema: T,
+  options: ApiRequest,
+): Promise<ApiAnswer<Static<T>>> {
+  const { status, text } = await sendApi(url, options);
+  return checkText(status, text, schema);
+}
+
+/**
+ * Checks an answer's text against the contract: JSON that fits `schema` (or, where the schema is a
+ * string, the text itself: the CSV export), or a documented error body.
+ */
+export function checkText<T extends TSchema>(
+  status: number,
+  text: string | undefined,
+  schema: T,
+): ApiAnswer<Static<T>> {
   let body: unknown;
   try {
-    const text = await response.text();
-    body = text.length > answerBytesMax ? undefined : text === '' ? null : JSON.parse(text);
-  } catch (error) {
-    if ((error as Error).name === 'TimeoutError' || (error as Error).name === 'AbortError') {
-      throw new FetchFailed(fetchFailure(error));
-    }
-    body = undefined;
+    body = text === undefined ? undefined : text === '' ? null : JSON.parse(text);
+  } catch {
+    body = status >= 200 && status < 300 && schema.type === 'string' ? text : undefined;
   }
-  return checkAnswer(response.status, body, schema);
+  return checkAnswer(status, body, schema);
 }
 
 /** Checks an answer already received (an in-process `inject`, say) against the contract. */

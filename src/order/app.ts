@@ -36,6 +36,7 @@ import {
   OrderQuery,
   OrderReport,
   OrderServiceList,
+  OrderServiceSaved,
   ServiceBody,
 } from '../protocol/api-order.js';
 import { createOrderBook, type OrderBook, presentOrder } from './book.js';
@@ -371,7 +372,7 @@ function registerOperatorRoutes(app: FastifyInstance, context: OrderContext, dri
       schema: {
         params: NameParams,
         body: ServiceBody,
-        response: { 200: Type.Object({ name: Type.String() }), ...errorReplies },
+        response: { 200: OrderServiceSaved, ...errorReplies },
       },
     },
     async (request, reply) => {

@@ -105,6 +105,8 @@ export const OrderService = Type.Object({
 });
 export type OrderService = Static<typeof OrderService>;
 export const OrderServiceList = Type.Array(OrderService);
+/** PUT /v1/order/services/{name}: the service saved. */
+export const OrderServiceSaved = Type.Object({ name: Type.String() });
 export const LinkList = Type.Array(Link);
 
 /** POST /v1/order/orders. */

@@ -125,3 +125,107 @@ export const UsageBatchResult = Type.Object({
   ),
 });
 export type UsageBatchResult = Static<typeof UsageBatchResult>;
+
+/** POST /v1/subscribers and POST /v1/sources: the new party and its token (shown once). */
+export const PartyCreated = Type.Object({ id: Id, name: Name, kind: Type.String(), token: Type.String() });
+
+/** GET /v1/tokens: every party's token, live or revoked (never the token itself). */
+export const TokenInfo = Type.Object({
+  party: Id,
+  kind: Type.String(),
+  name: Type.String(),
+  createdAt: Type.String(),
+  revokedAt: Type.Union([Type.String(), Type.Null()]),
+});
+export const TokenList = Type.Array(TokenInfo);
+
+/** GET /v1/services: what a subscriber can be granted. */
+export const Service = Type.Object({ name: Type.String(), description: Type.String() });
+export const ServiceList = Type.Array(Service);
+
+/** POST /v1/entitlements and GET /v1/entitlements. */
+export const Entitlement = Type.Object({
+  id: Id,
+  subscriber: Id,
+  service: Type.String(),
+  session: Type.Union([Id, Type.Null()]),
+  from: Type.Union([Type.String(), Type.Null()]),
+  to: Type.Union([Type.String(), Type.Null()]),
+  monthly: Type.Union([Type.Integer(), Type.Null()]),
+});
+export const EntitlementList = Type.Array(Entitlement);
+
+/** GET /v1/accounts/{id}/balance. */
+export const Balance = Type.Object({ account: Id, balance: Type.Integer(), currency: Type.String() });
+
+/** POST /v1/servers and GET /v1/servers. */
+export const Server = Type.Object({
+  id: Id,
+  kind: Type.String(),
+  name: Type.String(),
+  address: Type.String(),
+});
+export const ServerList = Type.Array(Server);
+
+/** GET /v1/rates and PUT /v1/rates: the rate card in force, minor units per unit of each rate. */
+export const rateNames = [
+  'repairPerGigabyte',
+  'payAsYouGoPerMegabyte',
+  'payAsYouGoPerMinute',
+  'sourceRepairPerHour',
+  'channelOrderPerOrder',
+  'channelOrderPerHour',
+] as const;
+export const RatePrice = Type.Integer({ minimum: 1, maximum: 1_000_000_000_000 });
+export const Rates = Type.Object(
+  Object.fromEntries(rateNames.map((name) => [name, RatePrice])) as Record<
+    (typeof rateNames)[number],
+    typeof RatePrice
+  >,
+  { additionalProperties: false },
+);
+
+/** GET /v1/invoices: one account's charges and credits in one period. */
+export const Invoice = Type.Object({
+  account: Id,
+  period: Type.String(),
+  currency: Type.String(),
+  from: Type.String(),
+  to: Type.String(),
+  lines: Type.Array(
+    Type.Object({
+      transfer: Id,
+      at: Type.String(),
+      memo: Type.String(),
+      /** Positive: charged to the account; negative: credited to it. */
+      amount: Type.Integer(),
+    }),
+  ),
+  charges: Type.Integer(),
+  credits: Type.Integer(),
+  total: Type.Integer(),
+});
+
+/** GET /v1/usage: one account's usage events in one period. */
+export const UsageEvent = Type.Object({
+  id: Id,
+  transfer: Id,
+  account: Id,
+  kind: Type.String(),
+  quantity: Type.Integer(),
+  packets: Type.Union([Type.Integer(), Type.Null()]),
+  session: Type.Union([Id, Type.Null()]),
+  at: Type.String(),
+});
+export const UsageEventList = Type.Array(UsageEvent);
+
+/** POST /v1/billing/run: what the run charged. */
+export const BillingRunResult = Type.Object({
+  period: Type.String(),
+  charged: Type.Integer(),
+  replayed: Type.Integer(),
+  amount: Type.Integer(),
+});
+
+/** GET /v1/ledger.csv: the ledger as CSV text. */
+export const LedgerCsv = Type.String();

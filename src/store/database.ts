@@ -28,6 +28,11 @@ export interface Schema extends OrderTables {
     id: string;
     kind: string;
     name: string;
+    /**
+     * The name folded as src/store/names.ts does (nameKey): unique per kind, operators excepted.
+     * Written by every insert of the application; rows without one (null) escape the check.
+     */
+    name_key: string | null;
     token_hash: string;
     created_at: string;
     /** When the token was revoked; a revoked token no longer authenticates. */

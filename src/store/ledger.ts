@@ -10,8 +10,9 @@
  * refused when it is written. Transfers are written in batches, one transaction each (group commit).
  */
 import { createHash, randomUUID } from 'node:crypto';
-import { type Kysely, sql } from 'kysely';
+import { CompiledQuery, type Kysely, sql } from 'kysely';
 import { ledgerAccountTotalMax } from '../limits.js';
+import { type BulkColumn, insertRows, oneOf } from './bulk.js';
 import type { Schema, Store } from './database.js';
 import { timeOrderedId } from './ids.js';
 
@@ -75,6 +76,8 @@ export type WithinBatch = (
 
 const currencyPattern = /^[A-Z]{3}$/;
 const idempotencyKeyBytesMax = 200;
+/** A UTF-16 surrogate without its other half: text no store can hold as it is. */
+const loneSurrogate = /[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/;
 
 /** The hash that tells "the same request" from "a different request under the same key". */
 function requestHash(request: TransferRequest): string {
@@ -121,6 +124,10 @@ function validate(request: TransferRequest): LedgerError | undefined {
   ) {
     return invalid(`idempotencyKey: must be 1-${idempotencyKeyBytesMax} bytes`);
   }
+  if (loneSurrogate.test(request.idempotencyKey)) {
+    // The store would keep it as U+FFFD, so a retry's look-up would not find the key it wrote.
+    return invalid('idempotencyKey: is not well-formed Unicode (it holds a lone surrogate)');
+  }
   if (!Number.isSafeInteger(request.amount) || request.amount <= 0) {
     return invalid(`amount: ${request.amount} is not a positive integer of minor units`);
   }
@@ -134,6 +141,19 @@ function validate(request: TransferRequest): LedgerError | undefined {
 }
 
 type TransferRow = Schema['transfers'];
+
+/** The columns of a transfer, as a bulk insert writes them. */
+const transferColumns: readonly BulkColumn[] = [
+  { name: 'id', type: 'text' },
+  { name: 'idempotency_key', type: 'text' },
+  { name: 'request_hash', type: 'text' },
+  { name: 'debit_account', type: 'text' },
+  { name: 'credit_account', type: 'text' },
+  { name: 'amount', type: 'bigint' },
+  { name: 'currency', type: 'text' },
+  { name: 'memo', type: 'text' },
+  { name: 'created_at', type: 'text' },
+];
 
 function fromRow(row: TransferRow, replayed: boolean): Transfer {
   return {
@@ -198,33 +218,38 @@ export function createLedger(store: Store) {
         ...new Set(pending.flatMap((i) => [requests[i]?.debit ?? '', requests[i]?.credit ?? ''])),
       ].sort();
       // Lock the accounts first (PostgreSQL; SQLite holds the write lock already), then look the keys
-      // up: a key another server wrote meanwhile is seen here as a replay, not as a violation.
-      let accountQuery = trx
-        .selectFrom('accounts')
-        .select(['id', 'currency', 'debits', 'credits'])
-        .where('id', 'in', accountIds.length === 0 ? [''] : accountIds)
-        .orderBy('id');
-      if (store.dialect === 'postgres') {
-        accountQuery = accountQuery.forUpdate();
-      }
+      // up: a key another server wrote meanwhile is seen here as a replay, not as a violation. Both
+      // statements have one text whatever the batch's size (src/store/bulk.ts).
+      const [accountsWhere, accountsParameter] = oneOf(store.dialect, 'id', accountIds);
+      const accountRows = (
+        await trx.executeQuery<{ id: string; currency: string; debits: unknown; credits: unknown }>(
+          CompiledQuery.raw(
+            `select id, currency, debits, credits from accounts where ${accountsWhere} order by id${store.dialect === 'postgres' ? ' for update' : ''}`,
+            [accountsParameter],
+          ),
+        )
+      ).rows;
       const accounts = new Map(
-        (await accountQuery.execute()).map((row) => [
+        accountRows.map((row) => [
           row.id,
           {
             currency: row.currency,
-            debits: BigInt(row.debits),
-            credits: BigInt(row.credits),
+            debits: BigInt(row.debits as string),
+            credits: BigInt(row.credits as string),
             touched: false,
           },
         ]),
       );
       const keys = [...new Set(pending.map((i) => requests[i]?.idempotencyKey ?? ''))];
+      const [keysWhere, keysParameter] = oneOf(store.dialect, 'idempotency_key', keys);
       const existing = new Map(
         keys.length === 0
           ? []
           : (
-              await trx.selectFrom('transfers').selectAll().where('idempotency_key', 'in', keys).execute()
-            ).map((row) => [row.idempotency_key, row]),
+              await trx.executeQuery<TransferRow>(
+                CompiledQuery.raw(`select * from transfers where ${keysWhere}`, [keysParameter]),
+              )
+            ).rows.map((row) => [row.idempotency_key, row]),
       );
       const createdAt = new Date().toISOString();
       const rows: TransferRow[] = [];
@@ -271,7 +296,13 @@ export function createLedger(store: Store) {
       if (rows.length === 0) {
         return;
       }
-      await trx.insertInto('transfers').values(rows).execute();
+      await insertRows(
+        trx,
+        store.dialect,
+        'transfers',
+        transferColumns,
+        rows.map((row) => transferColumns.map((column) => row[column.name as keyof TransferRow])),
+      );
       const touched = [...accounts].filter(([, account]) => account.touched);
       const totals = (column: 'debits' | 'credits') =>
         sql<string>`case id ${sql.join(

@@ -5,6 +5,7 @@
 
 import type { Migration } from 'kysely';
 import { type Kysely, sql } from 'kysely';
+import { nameKey } from './names.js';
 import { orderMigrations } from './order-migrations.js';
 
 export const migrations: Record<string, Migration> = {
@@ -187,6 +188,36 @@ export const migrations: Record<string, Migration> = {
           where other.kind = parties.kind and lower(trim(other.name)) = lower(trim(parties.name))
             and other.id < parties.id)`.execute(db);
       await sql`create unique index parties_kind_name_folded on parties (kind, lower(name))
+        where kind <> 'operator'`.execute(db);
+    },
+  },
+  '0008-party-name-keys': {
+    async up(db: Kysely<unknown>) {
+      // Names are unique per kind by their key (src/store/names.ts: NFKC and case folded in every
+      // script), computed by the application so that SQLite and PostgreSQL fold alike; 0007's index
+      // folded ASCII only on SQLite. Older names whose keys collide keep the first (by id); the
+      // later ones get their id, as in 0005 and 0007, so the index can be built over existing data.
+      await db.schema.alterTable('parties').addColumn('name_key', 'text').execute();
+      const rows = (
+        await sql<{
+          id: string;
+          kind: string;
+          name: string;
+        }>`select id, kind, name from parties order by id`.execute(db)
+      ).rows;
+      const seen = new Set<string>();
+      for (const row of rows) {
+        let name = row.name;
+        if (row.kind !== 'operator' && seen.has(`${row.kind}\n${nameKey(name)}`)) {
+          name = `${name.trim()} (${row.id})`;
+        }
+        seen.add(`${row.kind}\n${nameKey(name)}`);
+        await sql`update parties set name = ${name}, name_key = ${nameKey(name)} where id = ${row.id}`.execute(
+          db,
+        );
+      }
+      await sql`drop index parties_kind_name_folded`.execute(db);
+      await sql`create unique index parties_kind_name_key on parties (kind, name_key)
         where kind <> 'operator'`.execute(db);
     },
   },

@@ -8,15 +8,25 @@ import { randomUUID } from 'node:crypto';
 import swagger from '@fastify/swagger';
 import { type Static, Type } from '@sinclair/typebox';
 import type { FastifyInstance, FastifyReply, FastifyRequest, preHandlerAsyncHookHandler } from 'fastify';
-import { sql } from 'kysely';
 import type { BillingFactory, RateCard } from '../api/billing.js';
 import { subscriptionBodyBytesMax } from '../limits.js';
 import { InvalidArgumentError } from '../net/errors.js';
 import { bearerToken } from '../net/http.js';
 import { createHttpApp, type HttpServerLimits } from '../net/http-server.js';
 import type { TlsFiles } from '../net/tls.js';
+import {
+  Balance,
+  CheckResult,
+  Entitlement,
+  EntitlementList,
+  PartyCreated,
+  ServiceList,
+  TokenList,
+  Whoami,
+} from '../protocol/api-subscription.js';
 import type { Store } from '../store/database.js';
 import { createLedger } from '../store/ledger.js';
+import { nameKey } from '../store/names.js';
 import {
   type ApiContext,
   anyParty,
@@ -44,15 +54,6 @@ import { registerTokenRoutes } from './tokens.js';
 export type { PartyKind } from './context.js';
 
 const PartyBody = Type.Object({ name: Name }, { additionalProperties: false });
-const PartyCreated = Type.Object({ id: Id, name: Name, kind: Type.String(), token: Type.String() });
-const Whoami = Type.Object({ id: Id, name: Type.String(), kind: Type.String() });
-const TokenInfo = Type.Object({
-  party: Id,
-  kind: Type.String(),
-  name: Type.String(),
-  createdAt: Type.String(),
-  revokedAt: Type.Union([Type.String(), Type.Null()]),
-});
 /** The services a subscriber can be granted (a source buys repair on its session instead). */
 export const services = [
   { name: 'repair', description: 'repair of a session for this recipient (flow A), rated per GB repaired' },
@@ -60,7 +61,6 @@ export const services = [
   { name: 'pay-as-you-go', description: 'a stream charged per MB or per minute received' },
 ] as const;
 const ServiceName = Type.Union(services.map((service) => Type.Literal(service.name)));
-const Service = Type.Object({ name: Type.String(), description: Type.String() });
 const EntitlementBody = Type.Object(
   {
     subscriber: Id,
@@ -73,22 +73,11 @@ const EntitlementBody = Type.Object(
   },
   { additionalProperties: false },
 );
-const Entitlement = Type.Object({
-  id: Id,
-  subscriber: Id,
-  service: Type.String(),
-  session: Type.Union([Id, Type.Null()]),
-  from: Type.Union([Type.String(), Type.Null()]),
-  to: Type.Union([Type.String(), Type.Null()]),
-  monthly: Type.Union([Type.Integer(), Type.Null()]),
-});
 const EntitlementQuery = Type.Object({ subscriber: Id }, { additionalProperties: false });
 const CheckQuery = Type.Object(
   { subscriber: Id, service: Type.String({ minLength: 1, maxLength: 64 }), session: Type.Optional(Id) },
   { additionalProperties: false },
 );
-const CheckResult = Type.Object({ allowed: Type.Boolean(), reason: Type.String() });
-const Balance = Type.Object({ account: Id, balance: Type.Integer(), currency: Type.String() });
 
 /** Options of the app. */
 export interface SubscriptionAppOptions {
@@ -198,7 +187,7 @@ export async function buildSubscriptionApp(options: SubscriptionAppOptions): Pro
         .selectFrom('parties')
         .select('id')
         .where('kind', '=', kind)
-        .where(sql`lower(name)`, '=', sql<string>`lower(${request.body.name})`)
+        .where('name_key', '=', nameKey(request.body.name))
         .executeTakeFirst();
       if (taken !== undefined) {
         return reply.code(409).send({
@@ -214,6 +203,7 @@ export async function buildSubscriptionApp(options: SubscriptionAppOptions): Pro
               id,
               kind,
               name: request.body.name,
+              name_key: nameKey(request.body.name),
               token_hash: hashToken(token),
               created_at: new Date().toISOString(),
             })
@@ -258,7 +248,7 @@ export async function buildSubscriptionApp(options: SubscriptionAppOptions): Pro
     '/v1/tokens',
     {
       preHandler: operatorOnly(authContext, 'only the operator lists tokens'),
-      schema: { response: { 200: Type.Array(TokenInfo), ...errorReplies } },
+      schema: { response: { 200: TokenList, ...errorReplies } },
     },
     async () => {
       const rows = await db
@@ -384,7 +374,7 @@ export async function buildSubscriptionApp(options: SubscriptionAppOptions): Pro
         ['operator', 'subscriber'],
         'a source does not read entitlements',
       ),
-      schema: { querystring: EntitlementQuery, response: { 200: Type.Array(Entitlement), ...errorReplies } },
+      schema: { querystring: EntitlementQuery, response: { 200: EntitlementList, ...errorReplies } },
     },
     async (request) => {
       const rows = await db
@@ -399,7 +389,7 @@ export async function buildSubscriptionApp(options: SubscriptionAppOptions): Pro
 
   app.get(
     '/v1/services',
-    { preHandler: anyParty(authContext), schema: { response: { 200: Type.Array(Service), 401: ErrorBody } } },
+    { preHandler: anyParty(authContext), schema: { response: { 200: ServiceList, 401: ErrorBody } } },
     async () => services,
   );
 
@@ -541,7 +531,14 @@ async function ensureOperator(options: SubscriptionAppOptions): Promise<void> {
       if (known === undefined) {
         await trx
           .insertInto('parties')
-          .values({ id: randomUUID(), kind: 'operator', name: 'operator', token_hash: hash, created_at: now })
+          .values({
+            id: randomUUID(),
+            kind: 'operator',
+            name: 'operator',
+            name_key: nameKey('operator'),
+            token_hash: hash,
+            created_at: now,
+          })
           .execute();
       } else {
         await trx.updateTable('parties').set({ revoked_at: null }).where('id', '=', known.id).execute();
@@ -571,6 +568,7 @@ async function ensureOperator(options: SubscriptionAppOptions): Promise<void> {
         id: randomUUID(),
         kind: 'operator',
         name: 'operator',
+        name_key: nameKey('operator'),
         token_hash: hashToken(token),
         created_at: now,
       })

@@ -10,6 +10,7 @@ import { type Static, Type } from '@sinclair/typebox';
 import type { FastifyInstance, FastifyReply } from 'fastify';
 import { sql } from 'kysely';
 import { canonicalAddress, formatEndpoint, isMulticast, parseEndpoint, parseGroup } from '../net/address.js';
+import { Server, ServerList } from '../protocol/api-subscription.js';
 import { LedgerError } from '../store/ledger.js';
 import {
   type ApiContext,
@@ -69,7 +70,6 @@ const ServerBody = Type.Object(
   { kind: ServerKind, name: Name, address: Endpoint },
   { additionalProperties: false },
 );
-const Server = Type.Object({ id: Id, kind: Type.String(), name: Type.String(), address: Type.String() });
 const IdParams = Type.Object({ id: Id });
 const SessionQuery = Type.Object({ group: Type.Optional(Endpoint) }, { additionalProperties: false });
 
@@ -410,7 +410,7 @@ export function registerSessionRoutes(app: FastifyInstance, context: ApiContext)
     '/v1/servers',
     {
       preHandler: operatorOnly(context, 'only the operator reads the server registry'),
-      schema: { response: { 200: Type.Array(Server), ...errorReplies } },
+      schema: { response: { 200: ServerList, ...errorReplies } },
     },
     async () => {
       return db

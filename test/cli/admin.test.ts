@@ -106,6 +106,25 @@ describe('gatecast admin', () => {
         wrong.stderr,
         /^gatecast admin: 200 invalid-answer: the answer does not fit the contract at "\/(id|name|kind)"/,
       );
+      // Every command's answer is checked by its route's schema, not only a few.
+      const wrongAnswers: Array<[string[], string, RegExp]> = [
+        [['balance', 'acct-1'], '{"account":"acct-1","balance":"lots","currency":"EUR"}', /at "\/balance"/],
+        [['tokens'], 'null', /does not fit the contract/],
+        [['bill', '2026-01'], '{}', /does not fit the contract/],
+        [['rates'], '{"repairPerGigabyte":-1}', /does not fit the contract/],
+        [['subscriber', 'add', 'zoe'], '{"id":"x","name":"zoe","kind":"subscriber"}', /at "\/token"/],
+        [['export'], '{"not":"csv"}', /does not fit the contract/],
+        [['orders', 'links'], '[{"name":1}]', /does not fit the contract/],
+        [['token', 'revoke', 'x'], '{"revoked":true}', /does not fit the contract/],
+      ];
+      for (const [words, body, reason] of wrongAnswers) {
+        answer = { status: 200, body };
+        const refused = await admin(['--server', url, ...words], env);
+        assert.equal(refused.code, 2, `${words.join(' ')}: ${refused.stdout}`);
+        assert.match(refused.stderr, /^gatecast admin: 200 invalid-answer: /, words.join(' '));
+        assert.match(refused.stderr, reason, words.join(' '));
+        assert.equal(refused.stdout, '', `${words.join(' ')}: nothing printed`);
+      }
       answer = { status: 500, body: 'null' };
       const broken = await admin(['--server', url, 'whoami'], env);
       assert.equal(broken.code, 2);

@@ -196,6 +196,36 @@ function ledgerSuite(name: string, options: { skip?: string }, url: () => string
       assert.equal(await sumOfBalances(), 0);
     });
 
+    it('keys with quotes, braces, backslashes or non-ASCII letters are found again when retried; a lone surrogate is refused', async () => {
+      for (const id of [`${name}-keys-from`, `${name}-keys-to`]) {
+        await ledger.createAccount({ id, name: id, kind: 'subscriber', currency: 'EUR' });
+      }
+      const base = { debit: `${name}-keys-from`, credit: `${name}-keys-to`, currency: 'EUR', amount: 3 };
+      // The store keeps a lone surrogate as U+FFFD, so the key read back would not be the key asked
+      // for: such a key is refused before anything is looked up or written.
+      const keys = [
+        `${name}-"quoted", {braced}`,
+        `${name}-back\\slash\\"`,
+        `${name}-Ärger-ΟΔΥΣΣΕΥΣ-日本`,
+        `${name}-lone-\ud800-surrogate`,
+        `${name}-NULL`,
+      ];
+      const outcome = (result: Awaited<ReturnType<typeof ledger.transferMany>>[number]) =>
+        result.ok ? (result.transfer.replayed ? 'replayed' : 'new') : result.error.code;
+      const before = await transferCount();
+      const first = await ledger.transferMany(keys.map((idempotencyKey) => ({ ...base, idempotencyKey })));
+      assert.deepEqual(first.map(outcome), ['new', 'new', 'new', 'GATECAST_ERR_LEDGER_INVALID', 'new']);
+      assert.match((first[3] as { error: Error }).error.message, /^idempotencyKey: /);
+      const again = await ledger.transferMany(keys.map((idempotencyKey) => ({ ...base, idempotencyKey })));
+      assert.deepEqual(
+        again.map(outcome),
+        ['replayed', 'replayed', 'replayed', 'GATECAST_ERR_LEDGER_INVALID', 'replayed'],
+        'every key answered from the ledger, none written twice',
+      );
+      assert.equal(await transferCount(), before + 4);
+      assert.equal(await sumOfBalances(), 0);
+    });
+
     it('a storm of concurrent retries charges each key exactly once and the ledger still sums to zero', async () => {
       const before = await transferCount();
       const requests = [];

@@ -7,6 +7,7 @@ import pg from 'pg';
 import { buildServerApp as buildSubscriptionApp } from '../../src/cli/server-app.js';
 import { openStore, type Schema, type Store } from '../../src/store/database.js';
 import { migrations } from '../../src/store/migrations.js';
+import { nameKey } from '../../src/store/names.js';
 import { onEveryStore } from '../helpers/postgres.js';
 
 const operatorToken = 'operator-token-for-names-tests-0123456789';
@@ -69,7 +70,39 @@ function suite(name: string, options: { skip?: string }, url: () => string, clea
             id: 'direct-bob',
             kind: 'subscriber',
             name: 'BOB',
+            name_key: nameKey('BOB'),
             token_hash: 'direct-bob-hash',
+            created_at: new Date().toISOString(),
+          })
+          .execute(),
+      );
+    });
+
+    it('names differing in case beyond ASCII, or in compatibility forms, are one name: "Ärger" and "äRGER"', async () => {
+      const first = await call('POST', '/v1/subscribers', { name: 'Ärger' });
+      assert.equal(first.statusCode, 201, first.body);
+      const before = await partyCount();
+      // Upper and lower case outside ASCII; the decomposed "A" + combining diaeresis; full-width
+      // letters.
+      for (const again of ['äRGER', 'ÄRGER', 'A\u0308rger', 'Ａ\u0308ＲＧＥＲ']) {
+        const reply = await call('POST', '/v1/subscribers', { name: again });
+        assert.equal(reply.statusCode, 409, `${again}: ${reply.body}`);
+        assert.equal((reply.json() as { error: string }).error, 'conflict');
+        assert.match((reply.json() as { message: string }).message, /^body\/name: /);
+      }
+      assert.equal(await partyCount(), before, 'no second Ärger');
+      const other = await call('POST', '/v1/subscribers', { name: 'Arger' });
+      assert.equal(other.statusCode, 201, `a name without the umlaut is another name: ${other.body}`);
+      // The store refuses it too, whoever writes the row (the unique index on the name key).
+      await assert.rejects(
+        store.db
+          .insertInto('parties')
+          .values({
+            id: 'direct-aerger',
+            kind: 'subscriber',
+            name: 'ÄRGER',
+            name_key: nameKey('ÄRGER'),
+            token_hash: 'direct-aerger-hash',
             created_at: new Date().toISOString(),
           })
           .execute(),
@@ -193,7 +226,7 @@ function suite(name: string, options: { skip?: string }, url: () => string, clea
  * gives the later one its id (as 0005 did for exact duplicates), and then builds the index.
  */
 function migrationSuite(name: string, options: { skip?: string }, url: () => string, cleanup: () => void) {
-  describe(`migration 0007 over names differing only in case (${name})`, options, () => {
+  describe(`migrations 0007 and 0008 over names differing only in case (${name})`, options, () => {
     let db: Kysely<Schema>;
     before(() => {
       const address = url();
@@ -208,7 +241,7 @@ function migrationSuite(name: string, options: { skip?: string }, url: () => str
       cleanup();
     });
 
-    it('renames the later of two names differing in case, then refuses a third', async () => {
+    it('renames the later of two names differing in case (ASCII or not), then refuses a third', async () => {
       const migrator = new Migrator({ db, provider: { getMigrations: async () => migrations } });
       const partial = await migrator.migrateTo('0006-purses-receipts');
       assert.equal(partial.error, undefined);
@@ -221,7 +254,15 @@ function migrationSuite(name: string, options: { skip?: string }, url: () => str
       });
       await db
         .insertInto('parties')
-        .values([party('a1', 'dora'), party('a2', 'DORA'), party('a3', 'dora', 'source'), party('a4', 'eve')])
+        .values([
+          party('a1', 'dora'),
+          party('a2', 'DORA'),
+          party('a3', 'dora', 'source'),
+          party('a4', 'eve'),
+          party('a5', 'ärger'),
+          party('a6', 'ÄRGER'),
+          party('a7', 'ÄRGER', 'source'),
+        ])
         .execute();
       const latest = await migrator.migrateToLatest();
       assert.equal(latest.error, undefined, String(latest.error));
@@ -231,8 +272,28 @@ function migrationSuite(name: string, options: { skip?: string }, url: () => str
         { id: 'a2', name: 'DORA (a2)' },
         { id: 'a3', name: 'dora' },
         { id: 'a4', name: 'eve' },
+        { id: 'a5', name: 'ärger' },
+        { id: 'a6', name: 'ÄRGER (a6)' },
+        { id: 'a7', name: 'ÄRGER' },
       ]);
-      await assert.rejects(db.insertInto('parties').values(party('a5', 'Eve')).execute());
+      const keys = await db.selectFrom('parties').select(['id', 'name_key']).orderBy('id').execute();
+      assert.deepEqual(
+        keys.map((row) => row.name_key),
+        ['dora', 'dora (a2)', 'dora', 'eve', 'ärger', 'ärger (a6)', 'ärger'],
+        'every row has its key',
+      );
+      await assert.rejects(
+        db
+          .insertInto('parties')
+          .values({ ...party('a8', 'Eve'), name_key: nameKey('Eve') })
+          .execute(),
+      );
+      await assert.rejects(
+        db
+          .insertInto('parties')
+          .values({ ...party('a9', 'ÄrGeR'), name_key: nameKey('ÄrGeR') })
+          .execute(),
+      );
     });
   });
 }
