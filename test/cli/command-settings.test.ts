@@ -87,7 +87,7 @@ describe('the settings of send, receive, stb, admin and token', () => {
     assert.equal(restricted['service-epoch'], '1');
     assert.equal(restricted['crypto-period'], '10');
     assert.equal(restricted.tier, '0');
-    assert.equal(restricted['manifest-packets'], '32');
+    assert.equal(restricted['manifest-packets'], '64');
     assert.equal(restricted['ticks-per-second'], '20');
     const lastResort = parseOptions(['--retransmit-listen', '127.0.0.1:7000'], sendSettings);
     assert.equal(lastResort.linger, '60');
