@@ -106,6 +106,8 @@ interface Gap {
   /** "Not held" answers from servers not yet shown to have passed the packet (they may still get it). */
   notYet: number;
   readonly tried: Set<string>;
+  /** Servers that answered "not held" when they had shown they were past the packet. */
+  readonly provenBy: Set<string>;
   server: RankedServer | undefined;
   /** NACKs sent for it so far. */
   nacks: number;
@@ -183,6 +185,7 @@ export class NackScheduler {
       attempts: 0,
       notYet: 0,
       tried: new Set(),
+      provenBy: new Set(),
       server: undefined,
       nacks: 0,
       sentAtMs: 0,
@@ -271,12 +274,15 @@ export class NackScheduler {
     gap.tried.add(server.key);
     const waitedTooLong =
       !this.#options.reliable && this.#options.nowMs() - gap.firstMs > liveServerWaitMsMax;
+    if (proven) {
+      gap.provenBy.add(server.key);
+    }
     if (proven || waitedTooLong) {
       gap.attempts++;
     } else {
       gap.notYet++;
     }
-    if (gap.attempts >= nackAttemptsMax) {
+    if (gap.attempts >= nackAttemptsMax && !this.#liveServerMayHold(gap)) {
       this.#giveUp(gap, 'not-held');
       return;
     }
@@ -354,6 +360,19 @@ export class NackScheduler {
       this.#expired.delete(gap);
       this.#options.events({ type: 'unrecoverable', sequence: gap.sequence, delta: 1, reason });
     }
+  }
+
+  /**
+   * Reliable mode: some live server has not proven it lacks the gap's packet (it may hold it, only
+   * slow or asked less often), so the gap is not given up however many answers other servers gave.
+   */
+  #liveServerMayHold(gap: Gap): boolean {
+    if (!this.#options.reliable) {
+      return false;
+    }
+    return this.#options.servers
+      .ranked()
+      .some((server) => this.#options.isAlive(server) && !gap.provenBy.has(server.key));
   }
 
   #window(server: RankedServer): NackWindow {
@@ -459,7 +478,7 @@ export class NackScheduler {
       return;
     }
     gap.attempts++;
-    if (gap.attempts >= nackAttemptsMax) {
+    if (gap.attempts >= nackAttemptsMax && !this.#liveServerMayHold(gap)) {
       this.#giveUp(gap, alive ? 'live-server-wait' : 'no-live-server');
       this.#options.events({ type: 'gave-up', sequence: gap.sequence });
       return;

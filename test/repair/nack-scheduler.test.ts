@@ -15,7 +15,9 @@ import { ManualClock } from '../helpers/manual-clock.js';
 const at = (port: number) => ({ address: '10.0.0.1', port, family: 4 as const });
 
 /** A scheduler on a manual clock with two servers; every NACK and event is recorded. */
-function setup(options: { alive?: boolean; servers?: number; reliable?: boolean } = {}) {
+function setup(
+  options: { alive?: boolean | ((port: number) => boolean); servers?: number; reliable?: boolean } = {},
+) {
   const clock = new ManualClock();
   const servers = new ServerRanking();
   for (let i = 0; i < (options.servers ?? 2); i++) {
@@ -32,7 +34,8 @@ function setup(options: { alive?: boolean; servers?: number; reliable?: boolean 
     },
     defer: (fn) => clock.defer(fn),
     servers,
-    isAlive: () => options.alive ?? false,
+    isAlive: (server: RankedServer) =>
+      typeof options.alive === 'function' ? options.alive(server.endpoint.port) : (options.alive ?? false),
     sendNack: (server: RankedServer, ranges) =>
       nacks.push({ port: server.endpoint.port, ranges, atMs: clock.nowMs() }),
     base: () => 0,
@@ -151,6 +154,60 @@ describe('the repair server NACK scheduler', () => {
     assert.equal(unrecoverable(), 1);
     const event = events.find((e) => e.type === 'unrecoverable');
     assert.equal(event?.type === 'unrecoverable' ? event.reason : undefined, 'not-held');
+  });
+
+  it('reliable: "not held" proven by one server never gives up a packet a live server may hold', () => {
+    // Server 6000 is live but slow (its answers are late), server 6001 lost the packet itself and
+    // proves it each round: only 6001's answers are proof, and 6000 may still hold the packet.
+    const { clock, scheduler, nacks, unrecoverable } = setup({ alive: true, reliable: true });
+    scheduler.add(5);
+    let answered = 0;
+    for (let step = 0; step < 20_000 && clock.nowMs() < 1_000 + liveServerWaitMsMax * 3; step++) {
+      clock.advance(5);
+      for (; answered < nacks.length; answered++) {
+        if (nacks[answered]?.port === 6001) {
+          scheduler.notHeld(5, true);
+        }
+      }
+    }
+    assert.ok(
+      nacks.filter((nack) => nack.port === 6001).length > nackAttemptsMax,
+      'the server without it was asked more than nackAttemptsMax times',
+    );
+    assert.equal(unrecoverable(), 0, 'a live server that never said "not held" may still hold it');
+    assert.equal(scheduler.filled(5)?.wasUnrecoverable, false);
+  });
+
+  it('reliable: a server gone never gives up a packet a live, slow server may hold', () => {
+    // 6000 is gone (its timeouts count), 6001 is live and slow: the packet is still asked for.
+    const { clock, scheduler, nacks, unrecoverable } = setup({
+      alive: (port) => port === 6001,
+      reliable: true,
+    });
+    scheduler.add(5);
+    clock.advance(liveServerWaitMsMax * 3);
+    assert.ok(nacks.filter((nack) => nack.port === 6000).length > nackAttemptsMax);
+    assert.equal(unrecoverable(), 0, 'the live server was never shown to lack it');
+  });
+
+  it('reliable: proven "not held" from every live server gives it up, whatever a gone server did', () => {
+    const { clock, scheduler, nacks, events, unrecoverable } = setup({
+      alive: (port) => port === 6001,
+      reliable: true,
+    });
+    scheduler.add(5);
+    let answered = 0;
+    for (let step = 0; step < 20_000 && unrecoverable() === 0; step++) {
+      clock.advance(5);
+      for (; answered < nacks.length; answered++) {
+        if (nacks[answered]?.port === 6001) {
+          scheduler.notHeld(5, true);
+        }
+      }
+    }
+    assert.equal(unrecoverable(), 1, 'given up within the bounded steps');
+    const event = events.find((e) => e.type === 'unrecoverable');
+    assert.ok(event?.type === 'unrecoverable' && ['not-held', 'no-live-server'].includes(event.reason));
   });
 
   it("a burst of 3,000 gaps is asked for within each server's NACK window, which opens as answers come", () => {
