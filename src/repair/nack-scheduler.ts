@@ -108,6 +108,8 @@ interface Gap {
   readonly tried: Set<string>;
   /** Servers that answered "not held" when they had shown they were past the packet. */
   readonly provenBy: Set<string>;
+  /** Servers that answered "not held" at all (proven or not). */
+  readonly notHeldBy: Set<string>;
   server: RankedServer | undefined;
   /** NACKs sent for it so far. */
   nacks: number;
@@ -186,6 +188,7 @@ export class NackScheduler {
       notYet: 0,
       tried: new Set(),
       provenBy: new Set(),
+      notHeldBy: new Set(),
       server: undefined,
       nacks: 0,
       sentAtMs: 0,
@@ -274,6 +277,7 @@ export class NackScheduler {
     gap.tried.add(server.key);
     const waitedTooLong =
       !this.#options.reliable && this.#options.nowMs() - gap.firstMs > liveServerWaitMsMax;
+    gap.notHeldBy.add(server.key);
     if (proven) {
       gap.provenBy.add(server.key);
     }
@@ -365,6 +369,8 @@ export class NackScheduler {
   /**
    * Reliable mode: some live server has not proven it lacks the gap's packet (it may hold it, only
    * slow or asked less often), so the gap is not given up however many answers other servers gave.
+   * A server the election withdrew (it no longer reads S1, and fetches from its peers before it
+   * answers) that said "not held" will not get it: it holds nothing back.
    */
   #liveServerMayHold(gap: Gap): boolean {
     if (!this.#options.reliable) {
@@ -372,7 +378,12 @@ export class NackScheduler {
     }
     return this.#options.servers
       .ranked()
-      .some((server) => this.#options.isAlive(server) && !gap.provenBy.has(server.key));
+      .some(
+        (server) =>
+          this.#options.isAlive(server) &&
+          !gap.provenBy.has(server.key) &&
+          !(!server.listening && gap.notHeldBy.has(server.key)),
+      );
   }
 
   #window(server: RankedServer): NackWindow {

@@ -210,6 +210,27 @@ describe('the repair server NACK scheduler', () => {
     assert.ok(event?.type === 'unrecoverable' && ['not-held', 'no-live-server'].includes(event.reason));
   });
 
+  it('reliable: a withdrawn server\'s "not held" does not hold back a gap every listening server proved lost', () => {
+    const { clock, scheduler, servers, nacks, events, unrecoverable } = setup({
+      alive: true,
+      reliable: true,
+    });
+    const withdrawn = servers.ranked().find((server) => server.endpoint.port === 6000);
+    assert.ok(withdrawn !== undefined);
+    withdrawn.listening = false; // its ANNOUNCE said the election withdrew it: it reads no S1
+    scheduler.add(5);
+    let answered = 0;
+    for (let step = 0; step < 20_000 && unrecoverable() === 0; step++) {
+      clock.advance(5);
+      for (; answered < nacks.length; answered++) {
+        scheduler.notHeld(5, nacks[answered]?.port === 6001); // only the listening one had passed it
+      }
+    }
+    assert.equal(unrecoverable(), 1, 'given up within the bounded steps');
+    const event = events.find((e) => e.type === 'unrecoverable');
+    assert.equal(event?.type === 'unrecoverable' ? event.reason : undefined, 'not-held');
+  });
+
   it("a burst of 3,000 gaps is asked for within each server's NACK window, which opens as answers come", () => {
     const { clock, scheduler, servers, nacks, count, unrecoverable } = setup({ alive: true, reliable: true });
     // Each server answers 5 ms after a NACK, at most 256 packets per 20 ms (a rate limit that drops
