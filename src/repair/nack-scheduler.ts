@@ -507,9 +507,12 @@ export class NackScheduler {
     const base = this.#options.base();
     const oldestFirst = (a: number, b: number) => sequenceDistance(base, a) - sequenceDistance(base, b);
     const due = [...this.#due].sort((a, b) => oldestFirst(a.sequence, b.sequence));
+    // A window measures what a live server answers in time. One not heard from lately has none to
+    // measure: its gaps are asked for at once, so that what no live server can serve is given up in
+    // the time of one gap's attempts, not thousands of gaps a window at a time (a wedge on S2).
     const hasRoom = (server: RankedServer) => {
       const window = this.#window(server);
-      return window.inFlight < window.packets;
+      return window.inFlight < window.packets || !this.#options.isAlive(server);
     };
     if (order.length > 0 && !order.some(hasRoom)) {
       return; // every window is full: answers (or timeouts) free places and flush again

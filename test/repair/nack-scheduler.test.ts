@@ -231,6 +231,21 @@ describe('the repair server NACK scheduler', () => {
     assert.equal(event?.type === 'unrecoverable' ? event.reason : undefined, 'not-held');
   });
 
+  it('a burst of 2,000 gaps with no live server is given up in the time of one gap, not 2,000 / window of them', () => {
+    const { clock, scheduler, unrecoverable, events } = setup({ alive: false, reliable: true, servers: 1 });
+    for (let sequence = 0; sequence < 2_000; sequence++) {
+      scheduler.add(sequence);
+    }
+    for (let step = 0; step < 600 && unrecoverable() < 2_000; step++) {
+      clock.advance(100);
+    }
+    assert.equal(unrecoverable(), 2_000, 'every gap given up within 60 s: no one can serve them');
+    assert.ok(
+      events.every((e) => e.type !== 'unrecoverable' || e.reason === 'no-live-server'),
+      'each for the reason that no live server was heard from',
+    );
+  });
+
   it("a burst of 3,000 gaps is asked for within each server's NACK window, which opens as answers come", () => {
     const { clock, scheduler, servers, nacks, count, unrecoverable } = setup({ alive: true, reliable: true });
     // Each server answers 5 ms after a NACK, at most 256 packets per 20 ms (a rate limit that drops
