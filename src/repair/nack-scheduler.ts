@@ -16,6 +16,7 @@ import {
   nackWindowPacketsMax,
   nackWindowPacketsMin,
   notHeldRetryMsInitial,
+  reliableNotHeldWaitMsMax,
 } from '../limits.js';
 import type { Timer } from '../net/runtime.js';
 import type { TimerHandle } from '../net/timer-wheel.js';
@@ -275,10 +276,12 @@ export class NackScheduler {
     gap.timer = undefined;
     this.#release(gap);
     gap.tried.add(server.key);
-    const waitedTooLong =
-      !this.#options.reliable && this.#options.nowMs() - gap.firstMs > liveServerWaitMsMax;
+    const waitedMs = this.#options.nowMs() - gap.firstMs;
+    const waitedTooLong = this.#options.reliable
+      ? waitedMs > reliableNotHeldWaitMsMax
+      : waitedMs > liveServerWaitMsMax;
     gap.notHeldBy.add(server.key);
-    if (proven) {
+    if (proven || (this.#options.reliable && waitedTooLong)) {
       gap.provenBy.add(server.key);
     }
     if (proven || waitedTooLong) {

@@ -6,6 +6,7 @@ import {
   nackRangePacketsMax,
   nackRangesMax,
   nackTimeoutMsInitial,
+  reliableNotHeldWaitMsMax,
 } from '../../src/limits.js';
 import type { SequenceRange } from '../../src/protocol/control.js';
 import { type NackEvent, NackScheduler, toRanges } from '../../src/repair/nack-scheduler.js';
@@ -138,15 +139,27 @@ describe('the repair server NACK scheduler', () => {
     assert.equal(event?.type === 'unrecoverable' ? event.reason : undefined, 'no-live-server');
   });
 
-  it('reliable: unproven "not held" never gives a packet up; proven ones from every server do (not-held)', () => {
+  it('reliable: unproven "not held" gives a packet up only after reliableNotHeldWaitMsMax; proven ones do (not-held)', () => {
     const { clock, scheduler, events, unrecoverable } = setup({ alive: true, reliable: true, servers: 1 });
     scheduler.add(5);
     clock.advance(2);
     for (let i = 0; i < nackAttemptsMax * 3; i++) {
       scheduler.notHeld(5, false);
-      clock.advance(liveServerWaitMsMax);
+      clock.advance((reliableNotHeldWaitMsMax - 1_000) / (nackAttemptsMax * 3));
     }
-    assert.equal(unrecoverable(), 0);
+    assert.equal(unrecoverable(), 0, 'a server behind has not lost it yet');
+    const waited = setup({ alive: true, reliable: true, servers: 1 });
+    waited.scheduler.add(5);
+    for (let i = 0; i < 1_000 && waited.unrecoverable() === 0; i++) {
+      waited.clock.advance(1_000);
+      waited.scheduler.notHeld(5, false);
+    }
+    assert.equal(
+      waited.unrecoverable(),
+      1,
+      'a packet no server read in minutes is given up: the run can end',
+    );
+    assert.ok(waited.clock.nowMs() > reliableNotHeldWaitMsMax);
     for (let i = 0; i < nackAttemptsMax; i++) {
       scheduler.notHeld(5, true);
       clock.advance(10_000);
