@@ -245,6 +245,14 @@ export const notHeldRetryMsInitial = 5;
  */
 export const liveServerWaitMsMax = 30_000;
 
+/**
+ * Reliable repair server: how long "not held" from a live server not shown to be past the packet
+ * is taken as "not yet". A server that has not read a packet this long after the gap was found has
+ * lost it (no socket buffer holds S1 that long): past it, the answer counts like a proven one, so
+ * a run whose END came is not held open for ever by a packet no server will get.
+ */
+export const reliableNotHeldWaitMsMax = 120_000;
+
 /** Repair server: NACKs per missing packet before it is declared unrecoverable. */
 export const nackAttemptsMax = 10;
 

@@ -17,6 +17,7 @@ import {
   nackWindowPacketsMax,
   nackWindowPacketsMin,
   notHeldRetryMsInitial,
+  reliableNotHeldWaitMsMax,
 } from '../limits.js';
 import type { Timer } from '../net/runtime.js';
 import type { TimerHandle } from '../net/timer-wheel.js';
@@ -107,6 +108,10 @@ interface Gap {
   /** "Not held" answers from servers not yet shown to have passed the packet (they may still get it). */
   notYet: number;
   readonly tried: Set<string>;
+  /** Servers that answered "not held" when they had shown they were past the packet. */
+  readonly provenBy: Set<string>;
+  /** Servers that answered "not held" at all (proven or not). */
+  readonly notHeldBy: Set<string>;
   server: RankedServer | undefined;
   /** NACKs sent for it so far. */
   nacks: number;
@@ -186,6 +191,8 @@ export class NackScheduler {
       attempts: 0,
       notYet: 0,
       tried: new Set(),
+      provenBy: new Set(),
+      notHeldBy: new Set(),
       server: undefined,
       nacks: 0,
       sentAtMs: 0,
@@ -272,14 +279,20 @@ export class NackScheduler {
     gap.timer = undefined;
     this.#release(gap);
     gap.tried.add(server.key);
-    const waitedTooLong =
-      !this.#options.reliable && this.#options.nowMs() - gap.firstMs > liveServerWaitMsMax;
+    const waitedMs = this.#options.nowMs() - gap.firstMs;
+    const waitedTooLong = this.#options.reliable
+      ? waitedMs > reliableNotHeldWaitMsMax
+      : waitedMs > liveServerWaitMsMax;
+    gap.notHeldBy.add(server.key);
+    if (proven || (this.#options.reliable && waitedTooLong)) {
+      gap.provenBy.add(server.key);
+    }
     if (proven || waitedTooLong) {
       gap.attempts++;
     } else {
       gap.notYet++;
     }
-    if (gap.attempts >= nackAttemptsMax) {
+    if (gap.attempts >= nackAttemptsMax && !this.#liveServerMayHold(gap)) {
       this.#giveUp(gap, 'not-held');
       return;
     }
@@ -357,6 +370,26 @@ export class NackScheduler {
       this.#expired.delete(gap);
       this.#options.events({ type: 'unrecoverable', sequence: gap.sequence, delta: 1, reason });
     }
+  }
+
+  /**
+   * Reliable mode: some live server has not proven it lacks the gap's packet (it may hold it, only
+   * slow or asked less often), so the gap is not given up however many answers other servers gave.
+   * A server the election withdrew (it no longer reads S1, and fetches from its peers before it
+   * answers) that said "not held" will not get it: it holds nothing back.
+   */
+  #liveServerMayHold(gap: Gap): boolean {
+    if (!this.#options.reliable) {
+      return false;
+    }
+    return this.#options.servers
+      .ranked()
+      .some(
+        (server) =>
+          this.#options.isAlive(server) &&
+          !gap.provenBy.has(server.key) &&
+          !(!server.listening && gap.notHeldBy.has(server.key)),
+      );
   }
 
   #window(server: RankedServer): NackWindow {
@@ -464,7 +497,7 @@ export class NackScheduler {
       return;
     }
     gap.attempts++;
-    if (gap.attempts >= nackAttemptsMax) {
+    if (gap.attempts >= nackAttemptsMax && !this.#liveServerMayHold(gap)) {
       this.#giveUp(gap, alive ? 'live-server-wait' : 'no-live-server');
       this.#options.events({ type: 'gave-up', sequence: gap.sequence });
       return;
@@ -482,13 +515,18 @@ export class NackScheduler {
     const base = this.#options.base();
     const oldestFirst = (a: number, b: number) => sequenceDistance(base, a) - sequenceDistance(base, b);
     const due = [...this.#due].sort((a, b) => oldestFirst(a.sequence, b.sequence));
-    // A server that answered nothing for nackTimeoutMsMax is not serving this run (gone, or
-    // refusing our NACKs): its window no longer holds gaps back, so that they move on to another
-    // server, or are given up, at the pace of timeouts rather than a window at a time.
+    // A window measures what a live server answers in time. One not heard from lately (not alive, or
+    // silent for nackTimeoutMsMax: gone, or refusing our NACKs) has none to measure: its gaps are
+    // asked for at once, so that what no live server can serve moves on to another server or is
+    // given up in the time of one gap's attempts, not a window at a time (a wedge on S2).
     const now = this.#options.nowMs();
     const hasRoom = (server: RankedServer) => {
       const window = this.#window(server);
-      return window.inFlight < window.packets || now - window.answeredAtMs > nackTimeoutMsMax;
+      return (
+        window.inFlight < window.packets ||
+        !this.#options.isAlive(server) ||
+        now - window.answeredAtMs > nackTimeoutMsMax
+      );
     };
     if (order.length > 0 && !order.some(hasRoom)) {
       return; // every window is full: answers (or timeouts) free places and flush again

@@ -6,6 +6,7 @@ import {
   nackRangePacketsMax,
   nackRangesMax,
   nackTimeoutMsInitial,
+  reliableNotHeldWaitMsMax,
 } from '../../src/limits.js';
 import type { SequenceRange } from '../../src/protocol/control.js';
 import { type NackEvent, NackScheduler, toRanges } from '../../src/repair/nack-scheduler.js';
@@ -15,7 +16,9 @@ import { ManualClock } from '../helpers/manual-clock.js';
 const at = (port: number) => ({ address: '10.0.0.1', port, family: 4 as const });
 
 /** A scheduler on a manual clock with two servers; every NACK and event is recorded. */
-function setup(options: { alive?: boolean; servers?: number; reliable?: boolean } = {}) {
+function setup(
+  options: { alive?: boolean | ((port: number) => boolean); servers?: number; reliable?: boolean } = {},
+) {
   const clock = new ManualClock();
   const servers = new ServerRanking();
   for (let i = 0; i < (options.servers ?? 2); i++) {
@@ -32,7 +35,8 @@ function setup(options: { alive?: boolean; servers?: number; reliable?: boolean 
     },
     defer: (fn) => clock.defer(fn),
     servers,
-    isAlive: () => options.alive ?? false,
+    isAlive: (server: RankedServer) =>
+      typeof options.alive === 'function' ? options.alive(server.endpoint.port) : (options.alive ?? false),
     sendNack: (server: RankedServer, ranges) =>
       nacks.push({ port: server.endpoint.port, ranges, atMs: clock.nowMs() }),
     base: () => 0,
@@ -135,15 +139,27 @@ describe('the repair server NACK scheduler', () => {
     assert.equal(event?.type === 'unrecoverable' ? event.reason : undefined, 'no-live-server');
   });
 
-  it('reliable: unproven "not held" never gives a packet up; proven ones from every server do (not-held)', () => {
+  it('reliable: unproven "not held" gives a packet up only after reliableNotHeldWaitMsMax; proven ones do (not-held)', () => {
     const { clock, scheduler, events, unrecoverable } = setup({ alive: true, reliable: true, servers: 1 });
     scheduler.add(5);
     clock.advance(2);
     for (let i = 0; i < nackAttemptsMax * 3; i++) {
       scheduler.notHeld(5, false);
-      clock.advance(liveServerWaitMsMax);
+      clock.advance((reliableNotHeldWaitMsMax - 1_000) / (nackAttemptsMax * 3));
     }
-    assert.equal(unrecoverable(), 0);
+    assert.equal(unrecoverable(), 0, 'a server behind has not lost it yet');
+    const waited = setup({ alive: true, reliable: true, servers: 1 });
+    waited.scheduler.add(5);
+    for (let i = 0; i < 1_000 && waited.unrecoverable() === 0; i++) {
+      waited.clock.advance(1_000);
+      waited.scheduler.notHeld(5, false);
+    }
+    assert.equal(
+      waited.unrecoverable(),
+      1,
+      'a packet no server read in minutes is given up: the run can end',
+    );
+    assert.ok(waited.clock.nowMs() > reliableNotHeldWaitMsMax);
     for (let i = 0; i < nackAttemptsMax; i++) {
       scheduler.notHeld(5, true);
       clock.advance(10_000);
@@ -151,6 +167,96 @@ describe('the repair server NACK scheduler', () => {
     assert.equal(unrecoverable(), 1);
     const event = events.find((e) => e.type === 'unrecoverable');
     assert.equal(event?.type === 'unrecoverable' ? event.reason : undefined, 'not-held');
+  });
+
+  it('reliable: "not held" proven by one server never gives up a packet a live server may hold', () => {
+    // Server 6000 is live but slow (its answers are late), server 6001 lost the packet itself and
+    // proves it each round: only 6001's answers are proof, and 6000 may still hold the packet.
+    const { clock, scheduler, nacks, unrecoverable } = setup({ alive: true, reliable: true });
+    scheduler.add(5);
+    let answered = 0;
+    for (let step = 0; step < 20_000 && clock.nowMs() < 1_000 + liveServerWaitMsMax * 3; step++) {
+      clock.advance(5);
+      for (; answered < nacks.length; answered++) {
+        if (nacks[answered]?.port === 6001) {
+          scheduler.notHeld(5, true);
+        }
+      }
+    }
+    assert.ok(
+      nacks.filter((nack) => nack.port === 6001).length > nackAttemptsMax,
+      'the server without it was asked more than nackAttemptsMax times',
+    );
+    assert.equal(unrecoverable(), 0, 'a live server that never said "not held" may still hold it');
+    assert.equal(scheduler.filled(5)?.wasUnrecoverable, false);
+  });
+
+  it('reliable: a server gone never gives up a packet a live, slow server may hold', () => {
+    // 6000 is gone (its timeouts count), 6001 is live and slow: the packet is still asked for.
+    const { clock, scheduler, nacks, unrecoverable } = setup({
+      alive: (port) => port === 6001,
+      reliable: true,
+    });
+    scheduler.add(5);
+    clock.advance(liveServerWaitMsMax * 3);
+    assert.ok(nacks.filter((nack) => nack.port === 6000).length > nackAttemptsMax);
+    assert.equal(unrecoverable(), 0, 'the live server was never shown to lack it');
+  });
+
+  it('reliable: proven "not held" from every live server gives it up, whatever a gone server did', () => {
+    const { clock, scheduler, nacks, events, unrecoverable } = setup({
+      alive: (port) => port === 6001,
+      reliable: true,
+    });
+    scheduler.add(5);
+    let answered = 0;
+    for (let step = 0; step < 20_000 && unrecoverable() === 0; step++) {
+      clock.advance(5);
+      for (; answered < nacks.length; answered++) {
+        if (nacks[answered]?.port === 6001) {
+          scheduler.notHeld(5, true);
+        }
+      }
+    }
+    assert.equal(unrecoverable(), 1, 'given up within the bounded steps');
+    const event = events.find((e) => e.type === 'unrecoverable');
+    assert.ok(event?.type === 'unrecoverable' && ['not-held', 'no-live-server'].includes(event.reason));
+  });
+
+  it('reliable: a withdrawn server\'s "not held" does not hold back a gap every listening server proved lost', () => {
+    const { clock, scheduler, servers, nacks, events, unrecoverable } = setup({
+      alive: true,
+      reliable: true,
+    });
+    const withdrawn = servers.ranked().find((server) => server.endpoint.port === 6000);
+    assert.ok(withdrawn !== undefined);
+    withdrawn.listening = false; // its ANNOUNCE said the election withdrew it: it reads no S1
+    scheduler.add(5);
+    let answered = 0;
+    for (let step = 0; step < 20_000 && unrecoverable() === 0; step++) {
+      clock.advance(5);
+      for (; answered < nacks.length; answered++) {
+        scheduler.notHeld(5, nacks[answered]?.port === 6001); // only the listening one had passed it
+      }
+    }
+    assert.equal(unrecoverable(), 1, 'given up within the bounded steps');
+    const event = events.find((e) => e.type === 'unrecoverable');
+    assert.equal(event?.type === 'unrecoverable' ? event.reason : undefined, 'not-held');
+  });
+
+  it('a burst of 2,000 gaps with no live server is given up in the time of one gap, not 2,000 / window of them', () => {
+    const { clock, scheduler, unrecoverable, events } = setup({ alive: false, reliable: true, servers: 1 });
+    for (let sequence = 0; sequence < 2_000; sequence++) {
+      scheduler.add(sequence);
+    }
+    for (let step = 0; step < 600 && unrecoverable() < 2_000; step++) {
+      clock.advance(100);
+    }
+    assert.equal(unrecoverable(), 2_000, 'every gap given up within 60 s: no one can serve them');
+    assert.ok(
+      events.every((e) => e.type !== 'unrecoverable' || e.reason === 'no-live-server'),
+      'each for the reason that no live server was heard from',
+    );
   });
 
   it("a burst of 3,000 gaps is asked for within each server's NACK window, which opens as answers come", () => {
