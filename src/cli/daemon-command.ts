@@ -99,8 +99,8 @@ export async function planDaemon(path: string): Promise<DaemonPlan> {
     if (key === 'daemon') {
       continue;
     }
-    const schema = roleSettingsByName[key];
-    const prepare = preparers[key];
+    const schema = Object.hasOwn(roleSettingsByName, key) ? roleSettingsByName[key] : undefined;
+    const prepare = Object.hasOwn(preparers, key) ? preparers[key] : undefined;
     if (schema === undefined || prepare === undefined) {
       throw fail(
         `config ${rootAt(key)}"${key}" is not a role (roles: ${Object.keys(roleSettingsByName).join(', ')}; and daemon: for the process)`,
