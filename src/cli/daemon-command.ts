@@ -20,7 +20,14 @@ import {
   supervise,
 } from './daemon.js';
 import { exitOk, isOperatingError, UsageError } from './errors.js';
-import { ConfigError, type OptionValues, optional, parseSeconds, readYamlFile } from './options.js';
+import {
+  ConfigError,
+  type OptionValues,
+  optional,
+  parseSeconds,
+  readYamlFile,
+  yamlValues,
+} from './options.js';
 import { metricsFor } from './role-metrics.js';
 import { daemonSettings, roleSettingsByName } from './role-settings.js';
 import { prepareServe } from './serve.js';
@@ -82,7 +89,7 @@ export async function planDaemon(path: string): Promise<DaemonPlan> {
       `config ${path}: must be a mapping of role names to their settings (see gatecast daemon --help)`,
     );
   }
-  const data = document.toJS() as Record<string, unknown>;
+  const data = yamlValues(path, document) as Record<string, unknown>;
   const rootAt = locateIn(path, document, lines, []);
   const daemonSection = data.daemon ?? {};
   if (!isPlainObject(daemonSection)) {

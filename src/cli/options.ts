@@ -138,10 +138,23 @@ export function readYamlFile(path: string): { document: YamlDocument.Parsed; lin
   return { document, lines };
 }
 
+/**
+ * The values of a parsed config file. Turning a document into values can still fail (aliases that
+ * expand beyond the YAML library's bound, the "billion laughs"): that is the file's mistake, named
+ * with it, not an internal error.
+ */
+export function yamlValues(path: string, document: YamlDocument.Parsed): unknown {
+  try {
+    return document.toJS();
+  } catch (error) {
+    throw new ConfigError(`config ${path}: not valid YAML: ${(error as Error).message}`);
+  }
+}
+
 /** Reads a config file (YAML or JSON) whose keys are long option names, checked by the schema. */
 export function readConfig(path: string, specs: OptionSpecs | TObject): OptionValues {
   const { document, lines } = readYamlFile(path);
-  const data: unknown = document.toJS();
+  const data = yamlValues(path, document);
   if (typeof data !== 'object' || data === null || Array.isArray(data)) {
     throw new ConfigError(`config ${path}: must be a mapping (JSON object) of option names to values`);
   }
