@@ -7,7 +7,7 @@ import { isIP } from 'node:net';
 import { parseArgs } from 'node:util';
 import { type TObject, TypeGuard } from '@sinclair/typebox';
 import { LineCounter, parseDocument, type Document as YamlDocument } from 'yaml';
-import { configFileBytesMax, rateBitsPerSecondMax } from '../limits.js';
+import { configFileBytesMax, rateBitsPerSecondMax, settingDurationMsMax } from '../limits.js';
 import { type Endpoint, formatEndpoint, isScopedGroup, multicastScope, parseGroup } from '../net/address.js';
 import { InvalidArgumentError } from '../net/errors.js';
 import { FileRefused, readBoundedFile } from '../net/files.js';
@@ -213,7 +213,15 @@ export function parseSeconds(text: string, field: string): number {
   if (!/^\d+(\.\d+)?$/.test(text)) {
     throw new InvalidArgumentError(field, `"${text}" is not a number of seconds`);
   }
-  return Math.round(Number(text) * 1000);
+  const ms = Math.round(Number(text) * 1000);
+  if (ms > settingDurationMsMax) {
+    // Node's timers fire at once past this: a longer wait would end at once.
+    throw new InvalidArgumentError(
+      field,
+      `${text} s is more than the ${Math.floor(settingDurationMsMax / 1000)} s a timer can wait`,
+    );
+  }
+  return ms;
 }
 
 /** Parses the base URL of an HTTP server (http://HOST:PORT or https://…), without trailing slashes. */
