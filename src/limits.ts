@@ -515,3 +515,9 @@ export const consoleTableRowsMax = 200;
 
 /** With `--log-format json`, how often a daemon compares its status with the last one to log what changed. */
 export const logEventPollIntervalMs = 250;
+
+/**
+ * The longest duration a setting in seconds may take (--duration, --timeout, --status-interval, …):
+ * Node's timers hold at most 2^31 − 1 ms (about 24.8 days) and fire at once beyond it.
+ */
+export const settingDurationMsMax = 2_147_483_647;

@@ -20,7 +20,14 @@ import {
   supervise,
 } from './daemon.js';
 import { exitOk, isOperatingError, UsageError } from './errors.js';
-import { ConfigError, type OptionValues, optional, parseSeconds, readYamlFile } from './options.js';
+import {
+  ConfigError,
+  type OptionValues,
+  optional,
+  parseSeconds,
+  readYamlFile,
+  yamlValues,
+} from './options.js';
 import { metricsFor } from './role-metrics.js';
 import { daemonSettings, roleSettingsByName } from './role-settings.js';
 import { prepareServe } from './serve.js';
@@ -53,7 +60,7 @@ const preparers: Readonly<Record<string, (values: OptionValues) => RoleStarter |
 };
 
 /** One role of the file, checked and ready to start. */
-interface PlannedRole {
+export interface PlannedRole {
   /** Its place in the file: "repair", or "retransmit[1]" in a list. */
   readonly name: string;
   readonly values: OptionValues;
@@ -82,7 +89,7 @@ export async function planDaemon(path: string): Promise<DaemonPlan> {
       `config ${path}: must be a mapping of role names to their settings (see gatecast daemon --help)`,
     );
   }
-  const data = document.toJS() as Record<string, unknown>;
+  const data = yamlValues(path, document) as Record<string, unknown>;
   const rootAt = locateIn(path, document, lines, []);
   const daemonSection = data.daemon ?? {};
   if (!isPlainObject(daemonSection)) {
@@ -99,8 +106,8 @@ export async function planDaemon(path: string): Promise<DaemonPlan> {
     if (key === 'daemon') {
       continue;
     }
-    const schema = roleSettingsByName[key];
-    const prepare = preparers[key];
+    const schema = Object.hasOwn(roleSettingsByName, key) ? roleSettingsByName[key] : undefined;
+    const prepare = Object.hasOwn(preparers, key) ? preparers[key] : undefined;
     if (schema === undefined || prepare === undefined) {
       throw fail(
         `config ${rootAt(key)}"${key}" is not a role (roles: ${Object.keys(roleSettingsByName).join(', ')}; and daemon: for the process)`,
@@ -182,7 +189,7 @@ function checkDaemonValues(daemon: OptionValues, at: (name: string) => string): 
 }
 
 /** A started role with what watches it. */
-interface Started {
+export interface Started {
   readonly name: string;
   readonly role: RunningRole;
   readonly supervision: Supervision;
@@ -196,10 +203,20 @@ async function closeAll(started: readonly Started[], signal: string): Promise<vo
   }
 }
 
-/** Starts the roles in order; when one fails, closes those started and rethrows, naming the role. */
-async function startAll(plan: DaemonPlan, err: NodeJS.WritableStream): Promise<Started[]> {
+/**
+ * Starts the roles in order; when one fails, closes those started and rethrows, naming the role.
+ * A stop asked for meanwhile starts no further role: the roles started are returned for closing.
+ */
+export async function startAll(
+  plan: Pick<DaemonPlan, 'roles'>,
+  err: NodeJS.WritableStream,
+  stopAsked: () => boolean,
+): Promise<Started[]> {
   const started: Started[] = [];
   for (const { name, values, start } of plan.roles) {
+    if (stopAsked()) {
+      break;
+    }
     try {
       const role = await start(err);
       started.push({ name, role, supervision: await supervise(role, values, err) });
@@ -264,23 +281,30 @@ export async function runDaemonCommand(argv: string[], err: NodeJS.WritableStrea
   const plan = await planDaemon(values.config);
   applySocketBuffer(plan.daemon);
   // Listen for the stop before starting: a stop sent while the roles start is not lost.
+  let stopSignal: string | undefined;
   const stopped = new Promise<string>((resolve) => {
-    process.once('SIGINT', () => resolve('SIGINT'));
-    process.once('SIGTERM', () => resolve('SIGTERM'));
+    const stop = (signal: string) => {
+      stopSignal = signal;
+      resolve(signal);
+    };
+    process.once('SIGINT', () => stop('SIGINT'));
+    process.once('SIGTERM', () => stop('SIGTERM'));
   });
-  const started = await startAll(plan, err);
+  const started = await startAll(plan, err, () => stopSignal !== undefined);
   let stopping = false;
   let status: StatusServer | undefined;
-  try {
-    status = await serveDaemonStatus(plan, started, () => stopping);
-  } catch (error) {
-    await closeAll(started, 'start failed');
-    throw error;
+  if (stopSignal === undefined) {
+    try {
+      status = await serveDaemonStatus(plan, started, () => stopping);
+    } catch (error) {
+      await closeAll(started, 'start failed');
+      throw error;
+    }
+    err.write(`daemon: ${describeSocketBuffers()}\n`);
+    err.write(
+      `daemon: running ${started.map(({ name }) => name).join(', ')}${status === undefined ? '' : `; status on ${optional(plan.daemon, 'status')}`}\n`,
+    );
   }
-  err.write(`daemon: ${describeSocketBuffers()}\n`);
-  err.write(
-    `daemon: running ${started.map(({ name }) => name).join(', ')}${status === undefined ? '' : `; status on ${optional(plan.daemon, 'status')}`}\n`,
-  );
   const signal = await stopped;
   stopping = true;
   // Whatever still holds the event loop after the stop budget does not keep the process alive.

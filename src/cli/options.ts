@@ -7,7 +7,7 @@ import { isIP } from 'node:net';
 import { parseArgs } from 'node:util';
 import { type TObject, TypeGuard } from '@sinclair/typebox';
 import { LineCounter, parseDocument, type Document as YamlDocument } from 'yaml';
-import { configFileBytesMax, rateBitsPerSecondMax } from '../limits.js';
+import { configFileBytesMax, rateBitsPerSecondMax, settingDurationMsMax } from '../limits.js';
 import { type Endpoint, formatEndpoint, isScopedGroup, multicastScope, parseGroup } from '../net/address.js';
 import { InvalidArgumentError } from '../net/errors.js';
 import { FileRefused, readBoundedFile } from '../net/files.js';
@@ -138,10 +138,23 @@ export function readYamlFile(path: string): { document: YamlDocument.Parsed; lin
   return { document, lines };
 }
 
+/**
+ * The values of a parsed config file. Turning a document into values can still fail (aliases that
+ * expand beyond the YAML library's bound, the "billion laughs"): that is the file's mistake, named
+ * with it, not an internal error.
+ */
+export function yamlValues(path: string, document: YamlDocument.Parsed): unknown {
+  try {
+    return document.toJS();
+  } catch (error) {
+    throw new ConfigError(`config ${path}: not valid YAML: ${(error as Error).message}`);
+  }
+}
+
 /** Reads a config file (YAML or JSON) whose keys are long option names, checked by the schema. */
 export function readConfig(path: string, specs: OptionSpecs | TObject): OptionValues {
   const { document, lines } = readYamlFile(path);
-  const data: unknown = document.toJS();
+  const data = yamlValues(path, document);
   if (typeof data !== 'object' || data === null || Array.isArray(data)) {
     throw new ConfigError(`config ${path}: must be a mapping (JSON object) of option names to values`);
   }
@@ -200,7 +213,15 @@ export function parseSeconds(text: string, field: string): number {
   if (!/^\d+(\.\d+)?$/.test(text)) {
     throw new InvalidArgumentError(field, `"${text}" is not a number of seconds`);
   }
-  return Math.round(Number(text) * 1000);
+  const ms = Math.round(Number(text) * 1000);
+  if (ms > settingDurationMsMax) {
+    // Node's timers fire at once past this: a longer wait would end at once.
+    throw new InvalidArgumentError(
+      field,
+      `${text} s is more than the ${Math.floor(settingDurationMsMax / 1000)} s a timer can wait`,
+    );
+  }
+  return ms;
 }
 
 /** Parses the base URL of an HTTP server (http://HOST:PORT or https://…), without trailing slashes. */

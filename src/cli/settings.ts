@@ -71,6 +71,14 @@ export function settings(properties: Record<string, TSchema>): TObject {
   );
 }
 
+/**
+ * The setting of this name in a schema, or undefined: only the schema's own settings, so a key
+ * such as `constructor` or `__proto__` in a file is an unknown setting, not Object's.
+ */
+export function settingOf(schema: TObject, name: string): TSchema | undefined {
+  return Object.hasOwn(schema.properties, name) ? schema.properties[name] : undefined;
+}
+
 /** The long names of a role's settings. */
 export function settingNames(schema: TObject): string[] {
   return Object.keys(schema.properties);
@@ -91,7 +99,7 @@ export function settingHelp(schema: TSchema): string {
 
 /** The default of a setting in a schema, as text (for a parser that also takes it from elsewhere). */
 export function defaultOf(schema: TObject, name: string): string {
-  const value = schema.properties[name]?.default as string | number | undefined;
+  const value = settingOf(schema, name)?.default as string | number | undefined;
   assert.ok(value !== undefined, `setting ${name} has a default`);
   return String(value);
 }
@@ -146,7 +154,7 @@ export function checkSettings(
 ): SettingValues {
   const values: SettingValues = {};
   for (const [name, value] of Object.entries(data)) {
-    const setting = schema.properties[name];
+    const setting = settingOf(schema, name);
     if (setting === undefined) {
       throw fail(`${locate(name)}field "${name}" is not an option of this command`);
     }
@@ -168,7 +176,7 @@ export function checkCommandLine(
   fail: (message: string) => Error,
 ): void {
   for (const [name, value] of Object.entries(values)) {
-    const setting = schema.properties[name];
+    const setting = settingOf(schema, name);
     if (setting !== undefined && value !== undefined && !isFlag(setting) && !Value.Check(setting, value)) {
       throw fail(`--${name}: "${String(value)}" ${expected(setting).replace('must be', 'is not')}`);
     }

@@ -55,16 +55,33 @@ const numberOf = (status: Counters | undefined, key: string): number => {
 const percent = (part: number, whole: number) =>
   whole <= 0 ? 0 : Math.round((part / whole) * 100_000) / 1000;
 
-/** An agent's counter: its own, or the sum over a watching agent's sessions' deliveries. */
-function agentCount(status: Counters | undefined, key: string): number {
+/** The value as counters when it is a JSON object, otherwise undefined (it then counts nothing). */
+function countersOf(value: unknown): Counters | undefined {
+  return typeof value === 'object' && value !== null && !Array.isArray(value)
+    ? (value as Counters)
+    : undefined;
+}
+
+/**
+ * The objects of a status's `sessions` list, or undefined when it has no list. A watched endpoint
+ * is another process (another version, or not a gatecast role at all): an entry that is not an
+ * object is skipped rather than stopping the console.
+ */
+function sessionsOf(status: Counters | undefined): Counters[] | undefined {
   const sessions = status?.sessions;
   if (!Array.isArray(sessions)) {
+    return undefined;
+  }
+  return sessions.map(countersOf).filter((session) => session !== undefined);
+}
+
+/** An agent's counter: its own, or the sum over a watching agent's sessions' deliveries. */
+function agentCount(status: Counters | undefined, key: string): number {
+  const sessions = sessionsOf(status);
+  if (sessions === undefined) {
     return numberOf(status, key);
   }
-  return sessions.reduce(
-    (sum: number, session: Counters) => sum + numberOf(session.delivery as Counters | undefined, key),
-    0,
-  );
+  return sessions.reduce((sum, session) => sum + numberOf(countersOf(session.delivery), key), 0);
 }
 
 /** The point between two statuses of one role (previous undefined: cumulative since start). */
@@ -88,11 +105,13 @@ export function livePoint(
     };
   }
   if (role === 'retransmit') {
-    const sessions = Array.isArray(current.sessions) ? (current.sessions as Counters[]) : [];
+    const sessions = sessionsOf(current) ?? [];
     return {
       at,
       sessionLossPercent: Object.fromEntries(
-        sessions.map((session) => [String(session.group), numberOf(session, 'lossPercent')]),
+        sessions
+          .filter((session) => typeof session.group === 'string')
+          .map((session) => [String(session.group), numberOf(session, 'lossPercent')]),
       ),
     };
   }

@@ -66,6 +66,31 @@ describe('the settings of send, receive, stb, admin and token', () => {
       const wrong = configError(schema, `# ${command}\n${wrongType}\n`);
       assert.ok(wrong.message.startsWith(`config ${wrong.path}:2:1: `), wrong.message);
       assert.match(wrong.message, says);
+      // Aliases that expand without bound are the file's mistake, not an internal error.
+      const aliases = ['a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]']
+        .concat(
+          Array.from(
+            { length: 8 },
+            (_, i) =>
+              `b${i}: &a${i} [${Array(10)
+                .fill(i === 0 ? '*a' : `*a${i - 1}`)
+                .join(', ')}]`,
+          ),
+        )
+        .join('\n');
+      const bomb = configError(schema, `${aliases}\n`);
+      assert.match(
+        bomb.message,
+        new RegExp(`^config ${bomb.path.replaceAll('.', '\\.')}: not valid YAML: Excessive alias count`),
+      );
+      // A key every JavaScript object carries is an unknown key, not a crash.
+      for (const key of ['constructor', '__proto__', 'toString']) {
+        const inherited = configError(schema, `${valid}\n${key}: 1\n`);
+        assert.equal(
+          inherited.message,
+          `config ${inherited.path}:2:1: field "${key}" is not an option of this command`,
+        );
+      }
       // The valid key alone is taken, numbers as text.
       const [key, value] = valid.split(': ') as [string, string];
       assert.equal(parseCommand(['--config', config(`${valid}\n`)], schema).values[key], value);

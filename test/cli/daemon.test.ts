@@ -95,6 +95,36 @@ describe('gatecast daemon refuses a bad gatecast.yaml before starting anything',
       /:7:5: retransmit\[1\]: --listen: /,
     ],
     ['no role at all', 'daemon:\n  status: 127.0.0.1:9\n', /no role to run/],
+    [
+      'aliases that expand without bound',
+      `${serve}x: &a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]\n${Array.from(
+        { length: 8 },
+        (_, i) =>
+          `x${i}: &a${i} [${Array(10)
+            .fill(i === 0 ? '*a' : `*a${i - 1}`)
+            .join(', ')}]\n`,
+      ).join('')}`,
+      /: not valid YAML: Excessive alias count/,
+    ],
+    // Names that every JavaScript object carries are keys like any other: unknown, not a crash.
+    ['a role named __proto__', `${serve}__proto__:\n  listen: x\n`, /:4:1: "__proto__" is not a role/],
+    ['a role named constructor', `constructor:\n  x: 1\n${serve}`, /:1:1: "constructor" is not a role/],
+    ['a role named toString', `${serve}toString: {}\n`, /:4:1: "toString" is not a role/],
+    [
+      'a setting named constructor',
+      `${serve}  constructor: 1\n`,
+      /:4:3: serve: field "constructor" is not an option/,
+    ],
+    [
+      'a setting named __proto__',
+      `${retransmit('  __proto__: {a: 1}\n')}`,
+      /:6:3: retransmit: field "__proto__" is not an option/,
+    ],
+    [
+      'a daemon setting named hasOwnProperty',
+      `daemon:\n  hasOwnProperty: x\n${serve}`,
+      /:2:3: daemon: field "hasOwnProperty" is not an option/,
+    ],
   ];
   for (const [what, yaml, message] of cases) {
     it(`${what}: exit 2, one line naming the file, the line and the field`, async () => {

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { groupOption, ifaceOption, parseGroupOn, parseRate } from '../../src/cli/options.js';
+import { groupOption, ifaceOption, parseGroupOn, parseRate, parseSeconds } from '../../src/cli/options.js';
 
 describe('rates', () => {
   it('refuses 0 (it sent unpaced); no pacing is asked for by name', () => {
@@ -87,5 +87,18 @@ describe('one check of a group with its interface and source, for every command'
     });
     assert.equal(groupOption({ join: '239.1.1.1:5000', iface: 'lo' }, 'join', 'iface').address, '239.1.1.1');
     assert.throws(() => groupOption({}, 'join', 'iface'), /--join is required/);
+  });
+});
+
+describe('durations in seconds', () => {
+  it('a duration longer than a timer can wait is refused naming the field (regression: the timer fired at once)', () => {
+    assert.equal(parseSeconds('2147483.647', '--duration'), 2_147_483_647);
+    assert.equal(parseSeconds('0.5', '--timeout'), 500);
+    for (const text of ['2147484', '3000000', '99999999999']) {
+      assert.throws(
+        () => parseSeconds(text, '--duration'),
+        /--duration: .* s is more than the 2147483 s a timer can wait/,
+      );
+    }
   });
 });

@@ -1,7 +1,9 @@
 /** The console's live figures, derived from the roles' own counters (src/console/live.ts). */
 import assert from 'node:assert/strict';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { describe, it } from 'node:test';
-import { livePoint } from '../../src/console/live.js';
+import { LiveView, livePoint } from '../../src/console/live.js';
 
 describe('live points', () => {
   it('a repair server: loss before repair counts the recovered and the given-up, after only the given-up', () => {
@@ -38,5 +40,50 @@ describe('live points', () => {
     assert.equal(summed.lossAfterPercent, 1.961);
     // A delivery that restarted (its counters from zero) counts nothing negative.
     assert.equal(livePoint('agent', watching(500, 0, 9), watching(20, 0, 0), 0, 1000).deliveredPerSecond, 0);
+  });
+});
+
+describe('a watched endpoint whose status is malformed', () => {
+  // A status from another version, or from a process that is not a gatecast role, must not stop
+  // the console: entries that are not objects count nothing, the others count as usual.
+  const hostileSessions: unknown[] = [null, 7, 'x', [], { delivery: null }, { delivery: 5 }];
+
+  it('an agent with sessions that are not objects: the valid ones are summed, the others count nothing', () => {
+    const status = (delivered: number) => ({
+      sessions: [...hostileSessions, { s1: '239.1.1.1:5000', delivery: { delivered, gapsSeen: 0 } }],
+    });
+    const point = livePoint('agent', status(10), status(110), 0, 1000);
+    assert.equal(point.deliveredPerSecond, 100);
+    assert.equal(point.lossAfterPercent, 0);
+  });
+
+  it('a retransmit server with sessions that are not objects: only the valid ones are graphed', () => {
+    const point = livePoint(
+      'retransmit',
+      undefined,
+      { sessions: [...hostileSessions, { group: '239.1.1.1:5000', lossPercent: 2.5 }] },
+      0,
+      1000,
+    );
+    assert.deepEqual(point.sessionLossPercent, { '239.1.1.1:5000': 2.5 });
+  });
+
+  it('the LiveView reads such an endpoint without failing the poll', async () => {
+    const server = createServer((_request, response) => {
+      response.writeHead(200, { 'content-type': 'application/json' });
+      response.end(JSON.stringify({ role: 'retransmit', sessions: [null] }));
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    try {
+      const { port } = server.address() as AddressInfo;
+      const view = new LiveView([{ name: 'odd', url: `http://127.0.0.1:${port}/status` }]);
+      await view.poll();
+      await view.poll();
+      const [endpoint] = view.endpoints;
+      assert.equal(endpoint?.reachable, true);
+      assert.equal(endpoint?.history.length, 2);
+    } finally {
+      await new Promise((resolve) => server.close(resolve));
+    }
   });
 });
