@@ -510,6 +510,12 @@ export const consoleStatusSourcesMax = 64;
 /** Live streams (server-sent events) open at once on one console; more are refused with 503. */
 export const consoleStreamsMax = 32;
 
+/** Bytes queued for one live stream that its client has not read; past it the stream is closed. */
+export const consoleStreamQueuedBytesMax = 4 * 1024 * 1024;
+
+/** Bytes of one watched status answer the console reads; a longer one shows the endpoint as failing. */
+export const consoleStatusBytesMax = 1024 * 1024;
+
 /** Rows of each table (sessions, parties, entitlements, accounts, transfers) the console sends. */
 export const consoleTableRowsMax = 200;
 

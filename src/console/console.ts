@@ -13,7 +13,12 @@
  */
 import { readdirSync, readFileSync } from 'node:fs';
 import type { FastifyInstance, FastifyReply, preHandlerAsyncHookHandler } from 'fastify';
-import { consolePollIntervalMs, consoleStreamsMax, consoleTableRowsMax } from '../limits.js';
+import {
+  consolePollIntervalMs,
+  consoleStreamQueuedBytesMax,
+  consoleStreamsMax,
+  consoleTableRowsMax,
+} from '../limits.js';
 import { sendError } from '../net/http-server.js';
 import type { Metrics } from '../net/metrics.js';
 import type { Store } from '../store/database.js';
@@ -243,6 +248,13 @@ export function registerConsole(app: FastifyInstance, settings: ConsoleSettings)
       if (streams.size > 0) {
         const text = `event: snapshot\ndata: ${JSON.stringify(await snapshot())}\n\n`;
         for (const stream of streams) {
+          if (stream.raw.writableLength > consoleStreamQueuedBytesMax) {
+            // A client that stopped reading: its queue would grow without end. Closing it frees the
+            // memory; a browser's EventSource reconnects and starts from a fresh snapshot.
+            streams.delete(stream);
+            stream.raw.destroy();
+            continue;
+          }
           stream.raw.write(text);
         }
       }

@@ -4,6 +4,7 @@ import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { describe, it } from 'node:test';
 import { LiveView, livePoint } from '../../src/console/live.js';
+import { consoleStatusBytesMax } from '../../src/limits.js';
 
 describe('live points', () => {
   it('a repair server: loss before repair counts the recovered and the given-up, after only the given-up', () => {
@@ -86,4 +87,45 @@ describe('a watched endpoint whose status is malformed', () => {
       await new Promise((resolve) => server.close(resolve));
     }
   });
+});
+
+describe('a watched endpoint whose answer is too long', () => {
+  for (const chunked of [false, true]) {
+    it(`is shown as failing, read no further than consoleStatusBytesMax (${chunked ? 'no length given' : 'length declared'})`, async () => {
+      let written = 0;
+      const server = createServer((_request, response) => {
+        const chunk = Buffer.alloc(64 * 1024, 0x20);
+        const total = consoleStatusBytesMax * 4;
+        response.writeHead(200, {
+          'content-type': 'application/json',
+          ...(chunked ? {} : { 'content-length': String(total) }),
+        });
+        const more = () => {
+          while (written < total && !response.destroyed) {
+            written += chunk.length;
+            if (!response.write(chunk)) {
+              response.once('drain', more);
+              return;
+            }
+          }
+          response.end();
+        };
+        response.on('error', () => undefined);
+        more();
+      });
+      await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+      try {
+        const { port } = server.address() as AddressInfo;
+        const view = new LiveView([{ name: 'long', url: `http://127.0.0.1:${port}/status` }]);
+        await view.poll();
+        const [endpoint] = view.endpoints;
+        assert.equal(endpoint?.reachable, false);
+        assert.match(endpoint?.error ?? '', /longer than \d+ bytes/);
+        assert.equal(endpoint?.history.length, 0);
+      } finally {
+        server.closeAllConnections();
+        await new Promise((resolve) => server.close(resolve));
+      }
+    });
+  }
 });
