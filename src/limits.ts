@@ -150,6 +150,31 @@ export const retransmitBufferAgeMsDefault = 60_000;
 export const repairRateBitsPerSecondDefault = 200_000_000;
 
 /**
+ * Answering NACKs (retransmit server and source of last resort, docs/architecture.md, "Pacing
+ * repairs"): answers to one requester leave paced, in bursts of at most repairAnswerBurstMs of its
+ * rate (at least repairAnswerBurstPacketsMin datagrams), from a queue of at most
+ * repairAnswerQueuePacketsMax; a sequence queued or answered to that requester within
+ * repairAnswerRecentMs is not answered again (its answer is on the way). A request again after
+ * that window says the answer was lost: when more than repairAnswerLostFractionMax of the answers
+ * of a repairAnswerIntervalMs interval were lost (at least repairAnswerLostMin of them), the
+ * requester's rate drops to what got through (at most half), never below
+ * repairAnswerRateBitsPerSecondMin; an interval whose answers had to wait and lost few raises it by
+ * repairAnswerRateIncreaseFactor, up to the configured repair rate. At most
+ * repairAnswerRequestersMax requesters and repairAnswerRememberedMax answers each are remembered.
+ */
+export const repairAnswerBurstMs = 10;
+export const repairAnswerBurstPacketsMin = 2;
+export const repairAnswerQueuePacketsMax = 8192;
+export const repairAnswerRecentMs = 100;
+export const repairAnswerIntervalMs = 200;
+export const repairAnswerLostFractionMax = 0.3;
+export const repairAnswerLostMin = 8;
+export const repairAnswerRateBitsPerSecondMin = 200_000;
+export const repairAnswerRateIncreaseFactor = 1.25;
+export const repairAnswerRequestersMax = 1024;
+export const repairAnswerRememberedMax = 65_536;
+
+/**
  * Retransmit server, peer fetch (docs/protocol.md, "Peer fetch"): how long it waits for one peer
  * before asking the next, fetches in flight at once (past them a NACK is answered at once), peers
  * asked per fetch, how long a sequence no peer held is not asked for again, how many such
@@ -222,6 +247,16 @@ export const notHeldRetryMsInitial = 5;
  * sessions), counts toward giving up (nackAttemptsMax).
  */
 export const liveServerWaitMsMax = 30_000;
+
+/**
+ * Repair server: packets NACKed per second are bounded by what arrives (docs/architecture.md,
+ * "Pacing repairs"): at most nackPacketsPerArrival for each datagram (DATA or REPAIR) that arrived
+ * over the last second, plus nackPacketsPerSecondMin, in bursts of at most nackBudgetBurstMs of it;
+ * a due gap past the budget waits its turn, oldest first.
+ */
+export const nackPacketsPerArrival = 1;
+export const nackPacketsPerSecondMin = 100;
+export const nackBudgetBurstMs = 250;
 
 /** Repair server: NACKs per missing packet before it is declared unrecoverable. */
 export const nackAttemptsMax = 10;

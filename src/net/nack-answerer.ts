@@ -1,15 +1,31 @@
 /**
  * The NACK answerer (docs/architecture.md, "Retransmit server"): given an authenticated NACK,
  * answers each sequence it names from a buffer — a REPAIR carrying the original DATA datagram,
- * or a not-held REPAIR for a run of sequences it does not hold — rate limited per requester, and,
- * when answers go once by multicast on a repair group, suppressing a sequence multicast moments
- * ago. Shared by the retransmit server and a source that keeps its own session
+ * or a not-held REPAIR for a run of sequences it does not hold — paced per requester at a rate
+ * that follows what gets through to it, never answering a sequence twice while the first answer is
+ * on its way, and, when answers go once by multicast on a repair group, suppressing a sequence
+ * multicast moments ago (docs/architecture.md, "Pacing repairs"). Shared by the retransmit server and a source that keeps its own session
  * (`send --retransmit-listen`): both answer by the same rules (docs/protocol.md, "NACK").
  *
  * It takes its clock, the channel that seals answers, the sockets it answers on and an event sink;
  * it keeps no state for a requester it has not authenticated (the caller accepts the NACK first).
  */
-import { repairMulticastRecentMs, repairMulticastRememberedMax, repairSuppressMs } from '../limits.js';
+import {
+  repairAnswerBurstMs,
+  repairAnswerBurstPacketsMin,
+  repairAnswerIntervalMs,
+  repairAnswerLostFractionMax,
+  repairAnswerLostMin,
+  repairAnswerQueuePacketsMax,
+  repairAnswerRateBitsPerSecondMin,
+  repairAnswerRateIncreaseFactor,
+  repairAnswerRecentMs,
+  repairAnswerRememberedMax,
+  repairAnswerRequestersMax,
+  repairMulticastRecentMs,
+  repairMulticastRememberedMax,
+  repairSuppressMs,
+} from '../limits.js';
 import {
   type Control,
   encodeRepair,
@@ -20,7 +36,7 @@ import {
 import { type HeaderFields, headerBytes } from '../protocol/packet.js';
 import { sequenceAdd } from '../protocol/serial.js';
 import { authTrailerBytes } from '../protocol/sizes.js';
-import type { RoleClock } from './runtime.js';
+import type { RoleClock, Timer } from './runtime.js';
 
 /** What the answerer needs of a control channel: sealing answers (src/crypto/control-auth.ts). */
 export interface AnswerSealer {
@@ -46,16 +62,24 @@ export interface NackAnswerCounters {
   repairsSent: number;
   notHeldSent: number;
   repairBytesSent: number;
+  /** Answers dropped: the requester's queue was full. */
   rateLimited: number;
+  /** Requests not answered again: queued, answered moments ago, or crossed with a multicast. */
   suppressed: number;
+  /** Requests again for answers sent before repairAnswerRecentMs: answers that did not get through. */
+  answersLost: number;
+  /** Times a requester's repair rate was cut for lost answers. */
+  rateDecreases: number;
 }
 
 /** The answerer's parts and settings. */
 export interface NackAnswererOptions {
   readonly clock: RoleClock;
+  /** The owner's timers (paced answers wait on them; the owner's close() clears them). */
+  readonly timers: Pick<RoleClock, 'setTimeout'>;
   readonly channel: AnswerSealer;
   readonly sockets: AnswerSockets;
-  /** Repair bytes per second allowed to one requester (token bucket). */
+  /** Repair rate allowed to one requester, bit/s: its paced rate never goes above it. */
   readonly repairRateBitsPerSecond: number;
   /** The original DATA datagram of a run's sequence, if held. */
   readonly lookup: (sessionId: number, incarnation: number, sequence: number) => Buffer | undefined;
@@ -63,9 +87,32 @@ export interface NackAnswererOptions {
   readonly drop: (reason: string) => void;
 }
 
-interface Bucket {
+/** An answer waiting for its requester's credit. */
+interface Queued {
+  readonly nack: Control<NackBody>;
+  readonly remote: PeerEndpoint;
+  readonly sequence: number;
+  readonly key: string;
+}
+
+/** What the answerer keeps of one authenticated requester (its sender id). */
+interface Requester {
   creditBytes: number;
   refilledAtMs: number;
+  /** Its repair rate now, bytes per ms: between the floor and the configured rate. */
+  bytesPerMs: number;
+  /** Answers waiting for credit, oldest first, by (session, incarnation, sequence). */
+  readonly queue: Map<string, Queued>;
+  /** (session, incarnation, sequence) answered lately → when, oldest first. */
+  readonly answered: Map<string, number>;
+  timer: Timer | undefined;
+  intervalStartMs: number;
+  /** Answers sent, bytes sent, and requests again for answers sent, in this interval. */
+  sent: number;
+  sentBytes: number;
+  lost: number;
+  /** Whether an answer had to wait for credit in this interval. */
+  waited: boolean;
 }
 
 /** Answers authenticated NACKs from a buffer. */
@@ -78,27 +125,50 @@ export class NackAnswerer {
     repairBytesSent: 0,
     rateLimited: 0,
     suppressed: 0,
+    answersLost: 0,
+    rateDecreases: 0,
   };
   readonly #options: NackAnswererOptions;
-  readonly #buckets = new Map<number, Bucket>();
+  readonly #requesters = new Map<number, Requester>();
   /** (session, sequence) repaired by multicast recently, oldest first. */
   readonly #recentlyMulticast = new Map<string, number>();
+  #closed = false;
 
   constructor(options: NackAnswererOptions) {
     this.#options = options;
   }
 
-  /** Requesters with a rate bucket. */
+  /** Requesters remembered (each with its rate and queue). */
   get requesterCount(): number {
-    return this.#buckets.size;
+    return this.#requesters.size;
+  }
+
+  /** Answers waiting for credit, over every requester. */
+  get queuedCount(): number {
+    let queued = 0;
+    for (const requester of this.#requesters.values()) {
+      queued += requester.queue.size;
+    }
+    return queued;
+  }
+
+  /** The repair rate of one requester now, bit/s (undefined for one not remembered). */
+  rateOf(senderId: number): number | undefined {
+    const requester = this.#requesters.get(senderId);
+    return requester === undefined ? undefined : requester.bytesPerMs * 8000;
   }
 
   /**
    * Answers a NACK the channel has accepted from `remote` (its reply address). A NACK that does
    * not name us yet gets an introduction, in fewer bytes than it sent (docs/protocol.md, "NACK").
+   * Held sequences are queued for the requester and leave paced at its rate (docs/architecture.md,
+   * "Pacing repairs"); not-held runs leave at once.
    */
   answer(nack: Control<NackBody>, remote: PeerEndpoint): void {
     const { channel, sockets, clock, lookup } = this.#options;
+    if (this.#closed) {
+      return;
+    }
     if (nack.auth.targetId === 0) {
       this.#options.drop('nack-no-target');
       sockets.sendTo(channel.introduction(nack), remote);
@@ -106,6 +176,64 @@ export class NackAnswerer {
     }
     this.counters.nacksReceived++;
     const now = clock.nowMs();
+    this.#forgetMulticast(now);
+    const requester = this.#requester(nack.auth.senderId, now);
+    this.#adapt(requester, now);
+    const runKey = `${nack.sessionId}/${nack.incarnation}/`;
+    let queued = false;
+    for (const range of nack.ranges) {
+      let notHeldStart: number | undefined;
+      let notHeldCount = 0;
+      const flushNotHeld = () => {
+        if (notHeldStart !== undefined) {
+          const fields = this.#fields(nack, notHeldStart);
+          sockets.sendTo(channel.sealReply(encodeRepairNotHeld(fields, notHeldCount), nack), remote);
+          this.counters.notHeldSent++;
+          notHeldStart = undefined;
+          notHeldCount = 0;
+        }
+      };
+      for (let i = 0; i < range.count; i++) {
+        const sequence = sequenceAdd(range.start, i);
+        if (lookup(nack.sessionId, nack.incarnation, sequence) === undefined) {
+          notHeldStart ??= sequence;
+          notHeldCount++;
+          continue;
+        }
+        flushNotHeld();
+        if (this.#enqueue(requester, { nack, remote, sequence, key: runKey + sequence }, now)) {
+          queued = true;
+        }
+      }
+      flushNotHeld();
+    }
+    if (queued) {
+      this.counters.nacksAnswered++;
+      this.#drain(requester);
+    }
+  }
+
+  /** Cancels every paced answer and its timer; later NACKs are ignored. Idempotent. */
+  close(): void {
+    this.#closed = true;
+    for (const requester of this.#requesters.values()) {
+      requester.timer?.cancel();
+      requester.timer = undefined;
+      requester.queue.clear();
+    }
+    this.#requesters.clear();
+  }
+
+  #fields(nack: Control<NackBody>, sequence: number): HeaderFields {
+    return {
+      sessionId: nack.sessionId,
+      incarnation: nack.incarnation,
+      sequence,
+      timestampUs: this.#options.clock.wallUs(),
+    };
+  }
+
+  #forgetMulticast(now: number): void {
     for (const [key, atMs] of this.#recentlyMulticast) {
       if (
         now - atMs <= repairMulticastRecentMs &&
@@ -115,69 +243,160 @@ export class NackAnswerer {
       }
       this.#recentlyMulticast.delete(key);
     }
-    const fields = (sequence: number): HeaderFields => ({
-      sessionId: nack.sessionId,
-      incarnation: nack.incarnation,
-      sequence,
-      timestampUs: clock.wallUs(),
-    });
-    let answered = false;
-    for (const range of nack.ranges) {
-      let notHeldStart: number | undefined;
-      let notHeldCount = 0;
-      const flushNotHeld = () => {
-        if (notHeldStart !== undefined) {
-          sockets.sendTo(
-            channel.sealReply(encodeRepairNotHeld(fields(notHeldStart), notHeldCount), nack),
-            remote,
-          );
-          this.counters.notHeldSent++;
-          notHeldStart = undefined;
-          notHeldCount = 0;
-        }
-      };
-      for (let i = 0; i < range.count; i++) {
-        const sequence = sequenceAdd(range.start, i);
-        const original = lookup(nack.sessionId, nack.incarnation, sequence);
-        if (original === undefined) {
-          notHeldStart ??= sequence;
-          notHeldCount++;
-          continue;
-        }
-        flushNotHeld();
-        if (this.#send(nack, remote, sequence, original, now, fields(sequence))) {
-          answered = true;
-        }
-      }
-      flushNotHeld();
-    }
-    if (answered) {
-      this.counters.nacksAnswered++;
-    }
   }
 
-  /** Sends one held sequence, unless suppressed or over the requester's rate; true when sent. */
-  #send(
-    nack: Control<NackBody>,
-    remote: PeerEndpoint,
-    sequence: number,
-    original: Buffer,
-    now: number,
-    fields: HeaderFields,
-  ): boolean {
-    const { channel, sockets } = this.#options;
-    const suppressKey = `${nack.sessionId}/${nack.incarnation}/${sequence}`;
-    if (sockets.multicast !== undefined && this.#crossed(nack, suppressKey, now)) {
+  /** The requester's state, made on its first NACK (most recent last; the oldest forgotten). */
+  #requester(senderId: number, now: number): Requester {
+    let requester = this.#requesters.get(senderId);
+    if (requester !== undefined) {
+      this.#requesters.delete(senderId);
+      this.#requesters.set(senderId, requester);
+      return requester;
+    }
+    const bytesPerMs = this.#options.repairRateBitsPerSecond / 8000;
+    requester = {
+      creditBytes: this.#burstBytes(bytesPerMs),
+      refilledAtMs: now,
+      bytesPerMs,
+      queue: new Map(),
+      answered: new Map(),
+      timer: undefined,
+      intervalStartMs: now,
+      sent: 0,
+      sentBytes: 0,
+      lost: 0,
+      waited: false,
+    };
+    this.#requesters.set(senderId, requester);
+    if (this.#requesters.size > repairAnswerRequestersMax) {
+      const [oldestId, oldest] = this.#requesters.entries().next().value ?? [];
+      if (oldestId !== undefined && oldest !== undefined) {
+        oldest.timer?.cancel();
+        this.counters.rateLimited += oldest.queue.size;
+        this.#requesters.delete(oldestId);
+      }
+    }
+    return requester;
+  }
+
+  #burstBytes(bytesPerMs: number): number {
+    return Math.max(bytesPerMs * repairAnswerBurstMs, repairAnswerBurstPacketsMin * 1500);
+  }
+
+  /**
+   * Queues one held sequence for the requester; false when it is not answered now: suppressed
+   * (queued already, answered within repairAnswerRecentMs, or crossed with a multicast) or over
+   * the queue's bound. A request for one answered before that window counts as a lost answer.
+   */
+  #enqueue(requester: Requester, item: Queued, now: number): boolean {
+    if (requester.queue.has(item.key)) {
+      this.counters.suppressed++; // its answer is waiting for credit
+      return false;
+    }
+    if (this.#options.sockets.multicast !== undefined && this.#crossed(item.nack, item.key, now)) {
       this.counters.suppressed++; // already multicast to every repair server behind the group
       return false;
     }
-    if (!this.#allow(nack.auth.senderId, original.length + headerBytes + authTrailerBytes, now)) {
+    const answeredAtMs = requester.answered.get(item.key);
+    if (answeredAtMs !== undefined) {
+      if (now - answeredAtMs < repairAnswerRecentMs && item.nack.peerFetch !== true) {
+        this.counters.suppressed++; // answered moments ago: the answer is on its way
+        return false;
+      }
+      requester.lost++;
+      this.counters.answersLost++;
+    }
+    if (requester.queue.size >= repairAnswerQueuePacketsMax) {
       this.counters.rateLimited++;
+      this.#options.drop('repair-queue-full');
       return false;
     }
+    requester.queue.set(item.key, item);
+    return true;
+  }
+
+  /** Sends queued answers while the requester has credit; else waits for it on a timer. */
+  #drain(requester: Requester): void {
+    const { clock, lookup } = this.#options;
+    if (requester.timer !== undefined || this.#closed) {
+      return; // a timer drains it when credit is there
+    }
+    const now = clock.nowMs();
+    const burst = this.#burstBytes(requester.bytesPerMs);
+    requester.creditBytes = Math.min(
+      burst,
+      requester.creditBytes + (now - requester.refilledAtMs) * requester.bytesPerMs,
+    );
+    requester.refilledAtMs = now;
+    for (const [key, item] of requester.queue) {
+      const original = lookup(item.nack.sessionId, item.nack.incarnation, item.sequence);
+      if (original === undefined) {
+        requester.queue.delete(key); // evicted while it waited: the requester asks elsewhere
+        this.#options.drop('repair-evicted-while-queued');
+        continue;
+      }
+      const bytes = original.length + headerBytes + authTrailerBytes;
+      if (requester.creditBytes < bytes) {
+        requester.waited = true;
+        const waitMs = Math.max(1, (bytes - requester.creditBytes) / requester.bytesPerMs);
+        requester.timer = this.#options.timers.setTimeout(() => {
+          requester.timer = undefined;
+          this.#adapt(requester, clock.nowMs());
+          this.#drain(requester);
+        }, waitMs);
+        return;
+      }
+      requester.creditBytes -= bytes;
+      requester.queue.delete(key);
+      this.#send(item, original, now);
+      requester.answered.delete(key); // most recent last
+      requester.answered.set(key, now);
+      if (requester.answered.size > repairAnswerRememberedMax) {
+        requester.answered.delete(requester.answered.keys().next().value ?? '');
+      }
+      requester.sent++;
+      requester.sentBytes += bytes;
+    }
+  }
+
+  /**
+   * Once per repairAnswerIntervalMs: an interval that lost more than repairAnswerLostFractionMax of
+   * its answers cuts the requester's rate to what got through (at most half of it), never below
+   * repairAnswerRateBitsPerSecondMin; one whose answers waited for credit and lost few raises it.
+   */
+  #adapt(requester: Requester, now: number): void {
+    const elapsedMs = now - requester.intervalStartMs;
+    if (elapsedMs < repairAnswerIntervalMs) {
+      return;
+    }
+    const ceiling = this.#options.repairRateBitsPerSecond / 8000;
+    const floor = Math.min(ceiling, repairAnswerRateBitsPerSecondMin / 8000);
+    if (
+      requester.lost >= repairAnswerLostMin &&
+      requester.lost > requester.sent * repairAnswerLostFractionMax
+    ) {
+      const delivered =
+        (Math.max(0, requester.sent - requester.lost) / Math.max(1, requester.sent)) * requester.sentBytes;
+      const throughBytesPerMs = delivered / elapsedMs;
+      requester.bytesPerMs = Math.max(floor, Math.min(requester.bytesPerMs / 2, throughBytesPerMs));
+      this.counters.rateDecreases++;
+    } else if (requester.waited) {
+      requester.bytesPerMs = Math.min(ceiling, requester.bytesPerMs * repairAnswerRateIncreaseFactor);
+    }
+    requester.intervalStartMs = now;
+    requester.sent = 0;
+    requester.sentBytes = 0;
+    requester.lost = 0;
+    requester.waited = false;
+  }
+
+  /** Sends one answer: unicast to the requester, or once on the repair group. */
+  #send(item: Queued, original: Buffer, now: number): void {
+    const { channel, sockets } = this.#options;
+    const { nack, remote } = item;
     // Unicast: for the requester (and always for a peer's fetch); on the repair group: for every
     // repair server (target 0).
-    const repair = encodeRepair(fields, original);
+    const repair = encodeRepair(this.#fields(nack, item.sequence), original);
     if (sockets.multicast === undefined || nack.peerFetch === true) {
       const reply = channel.sealReply(repair, nack);
       sockets.sendTo(reply, remote);
@@ -185,12 +404,11 @@ export class NackAnswerer {
     } else {
       const reply = channel.seal(repair);
       sockets.multicast(reply);
-      this.#recentlyMulticast.delete(suppressKey); // most recent last
-      this.#recentlyMulticast.set(suppressKey, now);
+      this.#recentlyMulticast.delete(item.key); // most recent last
+      this.#recentlyMulticast.set(item.key, now);
       this.counters.repairBytesSent += reply.length;
     }
     this.counters.repairsSent++;
-    return true;
   }
 
   /**
@@ -205,23 +423,5 @@ export class NackAnswerer {
       return false;
     }
     return now - atMs <= (nack.again === true ? repairSuppressMs : repairMulticastRecentMs);
-  }
-
-  /** Takes tokens for a repair to one requester; false when over its rate. */
-  #allow(senderId: number, bytes: number, now: number): boolean {
-    const bytesPerMs = this.#options.repairRateBitsPerSecond / 8000;
-    const burst = Math.max(bytesPerMs * 50, 64 * 1500);
-    let bucket = this.#buckets.get(senderId);
-    if (bucket === undefined) {
-      bucket = { creditBytes: burst, refilledAtMs: now };
-      this.#buckets.set(senderId, bucket);
-    }
-    bucket.creditBytes = Math.min(burst, bucket.creditBytes + (now - bucket.refilledAtMs) * bytesPerMs);
-    bucket.refilledAtMs = now;
-    if (bucket.creditBytes < bytes) {
-      return false;
-    }
-    bucket.creditBytes -= bytes;
-    return true;
   }
 }

@@ -9,6 +9,9 @@
 import {
   liveServerWaitMsMax,
   nackAttemptsMax,
+  nackBudgetBurstMs,
+  nackPacketsPerArrival,
+  nackPacketsPerSecondMin,
   nackRangePacketsMax,
   nackRangesMax,
   nackTimeoutMsInitial,
@@ -70,7 +73,71 @@ export interface NackSchedulerOptions {
   readonly base: () => number;
   /** Largest random delay before a new gap is NACKed. */
   readonly nackDelayMsMax: number;
+  /**
+   * Datagrams (DATA and REPAIR) that arrived for the run so far, a count that only grows: NACKs
+   * are bounded by what arrives (docs/architecture.md, "Pacing repairs"). Without it, unbounded.
+   */
+  readonly arrivals?: (() => number) | undefined;
   readonly events: (event: NackEvent) => void;
+}
+
+/**
+ * The NACK budget of a run: packets it may NACK, refilled at nackPacketsPerArrival per datagram
+ * that arrived over about the last second plus nackPacketsPerSecondMin, capped at nackBudgetBurstMs
+ * of that rate. A storm of repeated NACKs into an edge that drops the answers thus slows to what
+ * the edge passes, and the answers it would have caused are never sent.
+ */
+class NackBudget {
+  readonly #arrivals: () => number;
+  /** (time, arrivals) samples, about every 100 ms, over the last second. */
+  readonly #samples: Array<{ atMs: number; count: number }> = [];
+  #creditPackets: number;
+  #refilledAtMs: number;
+
+  constructor(arrivals: () => number, nowMs: number) {
+    this.#arrivals = arrivals;
+    this.#refilledAtMs = nowMs;
+    this.#creditPackets = (nackPacketsPerSecondMin * nackBudgetBurstMs) / 1000;
+    this.#samples.push({ atMs: nowMs, count: arrivals() });
+  }
+
+  /** Packets allowed per second now. */
+  perSecond(nowMs: number): number {
+    const count = this.#arrivals();
+    const last = this.#samples[this.#samples.length - 1];
+    if (last === undefined || nowMs - last.atMs >= 100) {
+      this.#samples.push({ atMs: nowMs, count });
+    }
+    while (this.#samples.length > 2 && nowMs - (this.#samples[1]?.atMs ?? nowMs) >= 1000) {
+      this.#samples.shift();
+    }
+    const oldest = this.#samples[0];
+    const spanMs = oldest === undefined ? 0 : Math.max(nowMs - oldest.atMs, 100);
+    const arrivedPerSecond = oldest === undefined ? 0 : ((count - oldest.count) * 1000) / spanMs;
+    return nackPacketsPerSecondMin + nackPacketsPerArrival * arrivedPerSecond;
+  }
+
+  /** Credit in packets now (refilled). */
+  credit(nowMs: number): number {
+    const perMs = this.perSecond(nowMs) / 1000;
+    this.#creditPackets = Math.min(
+      Math.max(perMs * nackBudgetBurstMs, 1),
+      this.#creditPackets + (nowMs - this.#refilledAtMs) * perMs,
+    );
+    this.#refilledAtMs = nowMs;
+    return this.#creditPackets;
+  }
+
+  /** Takes `packets` of credit. */
+  take(packets: number): void {
+    this.#creditPackets -= packets;
+  }
+
+  /** Milliseconds until one packet of credit is there. */
+  waitMs(nowMs: number): number {
+    const perMs = this.perSecond(nowMs) / 1000;
+    return Math.max(1, Math.ceil((1 - this.#creditPackets) / perMs));
+  }
 }
 
 interface Gap {
@@ -95,10 +162,20 @@ export class NackScheduler {
   readonly #gaps = new Map<number, Gap>();
   readonly #due = new Set<Gap>();
   #flush: Timer | undefined;
+  /** A flush waiting for NACK budget. */
+  #budgetWait: TimerHandle | undefined;
+  readonly #budget: NackBudget | undefined;
   #closed = false;
 
   constructor(options: NackSchedulerOptions) {
     this.#options = options;
+    this.#budget =
+      options.arrivals === undefined ? undefined : new NackBudget(options.arrivals, options.nowMs());
+  }
+
+  /** Due gaps waiting for NACK budget (or for the current turn to end). */
+  get dueCount(): number {
+    return this.#due.size;
   }
 
   /** Gaps open (given up ones included until they are passed). */
@@ -255,6 +332,8 @@ export class NackScheduler {
     this.clear(false);
     this.#flush?.cancel();
     this.#flush = undefined;
+    this.#budgetWait?.cancel();
+    this.#budgetWait = undefined;
   }
 
   #remove(sequence: number): Gap | undefined {
@@ -284,6 +363,9 @@ export class NackScheduler {
       return;
     }
     this.#due.add(gap);
+    if (this.#budgetWait !== undefined) {
+      return; // a flush is waiting for budget: it takes this one too, oldest first
+    }
     this.#flush ??= this.#options.defer(() => {
       this.#flush = undefined;
       this.#flushNacks();
@@ -315,13 +397,48 @@ export class NackScheduler {
     this.#markDue(gap);
   }
 
+  /**
+   * The due gaps to NACK now, taken out of the due set: all of them without a budget; else the
+   * oldest the budget allows, the rest left due for a flush when credit is back.
+   */
+  #withinBudget(now: number, oldestFirst: (a: number, b: number) => number): Gap[] {
+    const budget = this.#budget;
+    const all = [...this.#due];
+    if (budget === undefined) {
+      this.#due.clear();
+      return all;
+    }
+    const allowed = Math.floor(budget.credit(now));
+    if (all.length > allowed) {
+      all.sort((a, b) => oldestFirst(a.sequence, b.sequence));
+    }
+    const takenNow = all.slice(0, Math.max(0, allowed));
+    for (const gap of takenNow) {
+      this.#due.delete(gap);
+    }
+    budget.take(takenNow.length);
+    if (this.#due.size > 0 && this.#budgetWait === undefined) {
+      this.#budgetWait = this.#options.schedule(budget.waitMs(now), () => {
+        this.#budgetWait = undefined;
+        if (!this.#closed) {
+          this.#flushNacks();
+        }
+      });
+    }
+    return takenNow;
+  }
+
   /** Sends one NACK per server for every due gap, in ranges, oldest first. */
   #flushNacks(): void {
     const { servers, schedule } = this.#options;
     const order = servers.ranked();
     // Per server, first requests apart from requests again (docs/protocol.md, "Repair group").
     const byServer = new Map<RankedServer, { first: number[]; again: number[] }>();
-    for (const gap of this.#due) {
+    const now = this.#options.nowMs();
+    const base = this.#options.base();
+    const oldestFirst = (a: number, b: number) => sequenceDistance(base, a) - sequenceDistance(base, b);
+    const due = this.#withinBudget(now, oldestFirst);
+    for (const gap of due) {
       if (gap.unrecoverable || this.#gaps.get(gap.sequence) !== gap) {
         continue;
       }
@@ -340,10 +457,6 @@ export class NackScheduler {
       (gap.nacks === 0 ? lists.first : lists.again).push(gap.sequence);
       byServer.set(server, lists);
     }
-    this.#due.clear();
-    const now = this.#options.nowMs();
-    const base = this.#options.base();
-    const oldestFirst = (a: number, b: number) => sequenceDistance(base, a) - sequenceDistance(base, b);
     for (const [server, lists] of byServer) {
       for (const [sequences, again] of [
         [lists.again, true],

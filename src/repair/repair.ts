@@ -354,6 +354,8 @@ export async function startRepairServer(
       isAlive: (server) => channel.targetIdOf(server.endpoint) !== 0,
       base: () => window.base,
       nackDelayMsMax,
+      // What arrives bounds what is NACKed (docs/architecture.md, "Pacing repairs").
+      arrivals: () => counters.packetsIn + counters.repairsReceived,
       events: onNackEvent,
       sendNack: (server, ranges, again) => {
         const fields: HeaderFields = {

@@ -100,6 +100,7 @@ export async function startLastResort(
   const sendTo = (datagram: Buffer, to: PeerEndpoint) => control.send(datagram, to.port, to.address);
   const answerer = new NackAnswerer({
     clock,
+    timers,
     channel,
     sockets: { sendTo },
     repairRateBitsPerSecond: settings.repairRateBitsPerSecond,
@@ -199,6 +200,7 @@ export async function startLastResort(
   const close = () => {
     closed ??= (async () => {
       timers.close();
+      answerer.close();
       await control.close();
       await announceSender?.close();
     })();

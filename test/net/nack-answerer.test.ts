@@ -1,7 +1,12 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { ControlChannel, controlKey } from '../../src/crypto/control-auth.js';
-import { repairMulticastRecentMs } from '../../src/limits.js';
+import {
+  repairAnswerIntervalMs,
+  repairAnswerRateBitsPerSecondMin,
+  repairAnswerRecentMs,
+  repairMulticastRecentMs,
+} from '../../src/limits.js';
 import { NackAnswerer } from '../../src/net/nack-answerer.js';
 import {
   decodeAnnounce,
@@ -37,6 +42,7 @@ function setup(options: { rateBitsPerSecond?: number; multicast?: boolean } = {}
   const dropped: string[] = [];
   const answerer = new NackAnswerer({
     clock,
+    timers: clock,
     channel: server,
     sockets: {
       sendTo: (datagram, to) => sent.push({ datagram, to }),
@@ -69,7 +75,7 @@ function setup(options: { rateBitsPerSecond?: number; multicast?: boolean } = {}
     assert.ok(intro !== undefined);
     assert.ok(requester.accept(intro.datagram, serverAt, decodeAnnounce, 'announce', () => undefined));
   };
-  return { clock, answerer, sent, dropped, nack, introduce };
+  return { clock, answerer, sent, dropped, nack, introduce, requesterId: requester.senderId };
 }
 
 describe('NACK answerer', () => {
@@ -112,16 +118,71 @@ describe('NACK answerer', () => {
     assert.equal(sent.length, 1);
   });
 
-  it('limits the repair rate per requester and refills with time', () => {
-    const { answerer, nack, introduce, clock } = setup({ rateBitsPerSecond: 8_000_000 });
+  it('paces answers to a requester at its rate: a burst waits for credit and leaves as time passes', () => {
+    // 8 Mbit/s is 1,000 bytes a ms: a burst of 10 ms holds about 9 answers of 1,000-byte packets.
+    const { answerer, sent, nack, introduce, clock } = setup({ rateBitsPerSecond: 8_000_000 });
     introduce();
     answerer.answer(nack([{ start: 100, count: 50 }]), requesterAt);
-    answerer.answer(nack([{ start: 100, count: 50 }]), requesterAt);
     const first = answerer.counters.repairsSent;
-    assert.ok(answerer.counters.rateLimited > 0, 'a second burst is over the rate');
-    clock.advance(1_000);
-    answerer.answer(nack([{ start: 100, count: 50 }]), requesterAt);
+    assert.ok(first > 0 && first < 50, `a burst leaves at once, the rest waits: ${first}`);
+    assert.equal(answerer.queuedCount, 50 - first);
+    assert.equal(answerer.counters.rateLimited, 0, 'nothing is dropped: it waits');
+    clock.advance(20);
     assert.ok(answerer.counters.repairsSent > first, 'credit comes back with time');
+    clock.advance(100);
+    assert.equal(answerer.counters.repairsSent, 50);
+    assert.equal(answerer.queuedCount, 0);
+    const sequences = sent.map((s) => decodeRepair(s.datagram)).map((r) => (r.ok ? r.value.sequence : -1));
+    assert.deepEqual(
+      sequences,
+      Array.from({ length: 50 }, (_, i) => 100 + i),
+      'in the order asked',
+    );
+  });
+
+  it('does not answer a sequence again while its answer waits or was sent moments ago', () => {
+    const { answerer, nack, introduce, clock } = setup({ rateBitsPerSecond: 8_000_000 });
+    introduce();
+    answerer.answer(nack([{ start: 100, count: 30 }]), requesterAt);
+    // The requester timed out and asks for all of it again: queued ones and just-sent ones alike.
+    clock.advance(repairAnswerRecentMs / 2);
+    answerer.answer(nack([{ start: 100, count: 30 }], 3, true), requesterAt);
+    clock.advance(repairAnswerRecentMs / 2 - 1);
+    assert.equal(answerer.counters.repairsSent, 30, 'each once');
+    assert.equal(answerer.counters.suppressed, 30);
+    assert.equal(answerer.counters.answersLost, 0);
+    // Long after, a request again means the answer was lost: it is answered again.
+    clock.advance(repairAnswerRecentMs * 2);
+    answerer.answer(nack([{ start: 100, count: 2 }], 3, true), requesterAt);
+    clock.advance(10);
+    assert.equal(answerer.counters.repairsSent, 32);
+    assert.equal(answerer.counters.answersLost, 2);
+  });
+
+  it('cuts a requester’s rate to what gets through when most answers are lost, and climbs back when they arrive', () => {
+    const { answerer, nack, introduce, clock, requesterId } = setup({ rateBitsPerSecond: 100_000_000 });
+    introduce();
+    // A narrow edge: every answer is lost, the requester asks for everything again and again.
+    for (let round = 0; round < 10; round++) {
+      answerer.answer(nack([{ start: 100, count: 50 }], 3, round > 0), requesterAt);
+      if (round === 0) {
+        assert.equal(answerer.rateOf(requesterId), 100_000_000, 'it starts at the configured rate');
+      }
+      clock.advance(repairAnswerIntervalMs);
+    }
+    const cut = answerer.rateOf(requesterId) ?? 0;
+    assert.ok(answerer.counters.rateDecreases > 0);
+    assert.ok(cut < 100_000_000 / 8, `rate after lost answers: ${cut}`);
+    assert.ok(cut >= repairAnswerRateBitsPerSecondMin, 'never below the floor');
+    // The edge clears: answers arrive, the requester asks for new sequences, which wait for credit.
+    for (let round = 0; round < 40; round++) {
+      answerer.answer(nack([{ start: 100 + (round % 50), count: 1 }]), requesterAt);
+      answerer.answer(nack([{ start: 100, count: 50 }]), requesterAt);
+      clock.advance(repairAnswerIntervalMs);
+    }
+    const climbed = answerer.rateOf(requesterId) ?? 0;
+    assert.ok(climbed > cut, `climbs back: ${cut} -> ${climbed}`);
+    assert.ok(climbed <= 100_000_000);
   });
 
   it('on a repair group sends each sequence once for everyone and suppresses a repeat within the window', () => {
