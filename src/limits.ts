@@ -151,26 +151,16 @@ export const repairRateBitsPerSecondDefault = 200_000_000;
 
 /**
  * Answering NACKs (retransmit server and source of last resort, docs/architecture.md, "Pacing
- * repairs"): answers to one requester leave paced, in bursts of at most repairAnswerBurstMs of its
+ * repairs"): answers to one requester leave paced, in bursts of at most repairAnswerBurstMs of the
  * rate (at least repairAnswerBurstPacketsMin datagrams), from a queue of at most
  * repairAnswerQueuePacketsMax; a sequence queued or answered to that requester within
- * repairAnswerRecentMs is not answered again (its answer is on the way). A request again after
- * that window says the answer was lost: when more than repairAnswerLostFractionMax of the answers
- * of a repairAnswerIntervalMs interval were lost (at least repairAnswerLostMin of them), the
- * requester's rate drops to what got through (at most half), never below
- * repairAnswerRateBitsPerSecondMin; an interval whose answers had to wait and lost few raises it by
- * repairAnswerRateIncreaseFactor, up to the configured repair rate. At most
+ * repairAnswerRecentMs is not answered again (its answer is on the way). At most
  * repairAnswerRequestersMax requesters and repairAnswerRememberedMax answers each are remembered.
  */
 export const repairAnswerBurstMs = 10;
 export const repairAnswerBurstPacketsMin = 2;
 export const repairAnswerQueuePacketsMax = 8192;
-export const repairAnswerRecentMs = 100;
-export const repairAnswerIntervalMs = 200;
-export const repairAnswerLostFractionMax = 0.3;
-export const repairAnswerLostMin = 8;
-export const repairAnswerRateBitsPerSecondMin = 200_000;
-export const repairAnswerRateIncreaseFactor = 1.25;
+export const repairAnswerRecentMs = 200;
 export const repairAnswerRequestersMax = 1024;
 export const repairAnswerRememberedMax = 65_536;
 

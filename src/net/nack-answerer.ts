@@ -1,9 +1,9 @@
 /**
  * The NACK answerer (docs/architecture.md, "Retransmit server"): given an authenticated NACK,
  * answers each sequence it names from a buffer — a REPAIR carrying the original DATA datagram,
- * or a not-held REPAIR for a run of sequences it does not hold — paced per requester at a rate
- * that follows what gets through to it, never answering a sequence twice while the first answer is
- * on its way, and, when answers go once by multicast on a repair group, suppressing a sequence
+ * or a not-held REPAIR for a run of sequences it does not hold — paced per requester (at the
+ * configured repair rate, or below it at a ceiling that follows the edge), never answering a
+ * sequence twice while the first answer is on its way, and, when answers go once by multicast on a repair group, suppressing a sequence
  * multicast moments ago (docs/architecture.md, "Pacing repairs"). Shared by the retransmit server and a source that keeps its own session
  * (`send --retransmit-listen`): both answer by the same rules (docs/protocol.md, "NACK").
  *
@@ -13,12 +13,7 @@
 import {
   repairAnswerBurstMs,
   repairAnswerBurstPacketsMin,
-  repairAnswerIntervalMs,
-  repairAnswerLostFractionMax,
-  repairAnswerLostMin,
   repairAnswerQueuePacketsMax,
-  repairAnswerRateBitsPerSecondMin,
-  repairAnswerRateIncreaseFactor,
   repairAnswerRecentMs,
   repairAnswerRememberedMax,
   repairAnswerRequestersMax,
@@ -68,8 +63,6 @@ export interface NackAnswerCounters {
   suppressed: number;
   /** Requests again for answers sent before repairAnswerRecentMs: answers that did not get through. */
   answersLost: number;
-  /** Times a requester's repair rate was cut for lost answers. */
-  rateDecreases: number;
 }
 
 /** The answerer's parts and settings. */
@@ -79,8 +72,13 @@ export interface NackAnswererOptions {
   readonly timers: Pick<RoleClock, 'setTimeout'>;
   readonly channel: AnswerSealer;
   readonly sockets: AnswerSockets;
-  /** Repair rate allowed to one requester, bit/s: its paced rate never goes above it. */
+  /** Repair rate allowed to one requester, bit/s: answers to it leave paced at this rate. */
   readonly repairRateBitsPerSecond: number;
+  /**
+   * A lower ceiling that follows the edge, read at each refill (the source of last resort hands its
+   * adaptive rate, which its repair servers' FEEDBACK sets): answers never leave faster.
+   */
+  readonly repairRateCapBitsPerSecond?: (() => number) | undefined;
   /** The original DATA datagram of a run's sequence, if held. */
   readonly lookup: (sessionId: number, incarnation: number, sequence: number) => Buffer | undefined;
   /** Event sink: a reason counted when something is dropped or refused. */
@@ -99,20 +97,11 @@ interface Queued {
 interface Requester {
   creditBytes: number;
   refilledAtMs: number;
-  /** Its repair rate now, bytes per ms: between the floor and the configured rate. */
-  bytesPerMs: number;
   /** Answers waiting for credit, oldest first, by (session, incarnation, sequence). */
   readonly queue: Map<string, Queued>;
   /** (session, incarnation, sequence) answered lately → when, oldest first. */
   readonly answered: Map<string, number>;
   timer: Timer | undefined;
-  intervalStartMs: number;
-  /** Answers sent, bytes sent, and requests again for answers sent, in this interval. */
-  sent: number;
-  sentBytes: number;
-  lost: number;
-  /** Whether an answer had to wait for credit in this interval. */
-  waited: boolean;
 }
 
 /** Answers authenticated NACKs from a buffer. */
@@ -126,7 +115,6 @@ export class NackAnswerer {
     rateLimited: 0,
     suppressed: 0,
     answersLost: 0,
-    rateDecreases: 0,
   };
   readonly #options: NackAnswererOptions;
   readonly #requesters = new Map<number, Requester>();
@@ -152,10 +140,15 @@ export class NackAnswerer {
     return queued;
   }
 
-  /** The repair rate of one requester now, bit/s (undefined for one not remembered). */
-  rateOf(senderId: number): number | undefined {
-    const requester = this.#requesters.get(senderId);
-    return requester === undefined ? undefined : requester.bytesPerMs * 8000;
+  /** The rate answers leave at now, per requester, bit/s. */
+  get rateBitsPerSecond(): number {
+    return this.#bytesPerMs() * 8000;
+  }
+
+  #bytesPerMs(): number {
+    const { repairRateBitsPerSecond, repairRateCapBitsPerSecond } = this.#options;
+    const cap = repairRateCapBitsPerSecond?.() ?? repairRateBitsPerSecond;
+    return Math.max(1, Math.min(repairRateBitsPerSecond, cap)) / 8000;
   }
 
   /**
@@ -178,7 +171,6 @@ export class NackAnswerer {
     const now = clock.nowMs();
     this.#forgetMulticast(now);
     const requester = this.#requester(nack.auth.senderId, now);
-    this.#adapt(requester, now);
     const runKey = `${nack.sessionId}/${nack.incarnation}/`;
     let queued = false;
     for (const range of nack.ranges) {
@@ -253,19 +245,12 @@ export class NackAnswerer {
       this.#requesters.set(senderId, requester);
       return requester;
     }
-    const bytesPerMs = this.#options.repairRateBitsPerSecond / 8000;
     requester = {
-      creditBytes: this.#burstBytes(bytesPerMs),
+      creditBytes: this.#burstBytes(this.#bytesPerMs()),
       refilledAtMs: now,
-      bytesPerMs,
       queue: new Map(),
       answered: new Map(),
       timer: undefined,
-      intervalStartMs: now,
-      sent: 0,
-      sentBytes: 0,
-      lost: 0,
-      waited: false,
     };
     this.#requesters.set(senderId, requester);
     if (this.#requesters.size > repairAnswerRequestersMax) {
@@ -303,7 +288,6 @@ export class NackAnswerer {
         this.counters.suppressed++; // answered moments ago: the answer is on its way
         return false;
       }
-      requester.lost++;
       this.counters.answersLost++;
     }
     if (requester.queue.size >= repairAnswerQueuePacketsMax) {
@@ -322,10 +306,10 @@ export class NackAnswerer {
       return; // a timer drains it when credit is there
     }
     const now = clock.nowMs();
-    const burst = this.#burstBytes(requester.bytesPerMs);
+    const bytesPerMs = this.#bytesPerMs();
     requester.creditBytes = Math.min(
-      burst,
-      requester.creditBytes + (now - requester.refilledAtMs) * requester.bytesPerMs,
+      this.#burstBytes(bytesPerMs),
+      requester.creditBytes + (now - requester.refilledAtMs) * bytesPerMs,
     );
     requester.refilledAtMs = now;
     for (const [key, item] of requester.queue) {
@@ -337,11 +321,9 @@ export class NackAnswerer {
       }
       const bytes = original.length + headerBytes + authTrailerBytes;
       if (requester.creditBytes < bytes) {
-        requester.waited = true;
-        const waitMs = Math.max(1, (bytes - requester.creditBytes) / requester.bytesPerMs);
+        const waitMs = Math.max(1, (bytes - requester.creditBytes) / bytesPerMs);
         requester.timer = this.#options.timers.setTimeout(() => {
           requester.timer = undefined;
-          this.#adapt(requester, clock.nowMs());
           this.#drain(requester);
         }, waitMs);
         return;
@@ -354,40 +336,7 @@ export class NackAnswerer {
       if (requester.answered.size > repairAnswerRememberedMax) {
         requester.answered.delete(requester.answered.keys().next().value ?? '');
       }
-      requester.sent++;
-      requester.sentBytes += bytes;
     }
-  }
-
-  /**
-   * Once per repairAnswerIntervalMs: an interval that lost more than repairAnswerLostFractionMax of
-   * its answers cuts the requester's rate to what got through (at most half of it), never below
-   * repairAnswerRateBitsPerSecondMin; one whose answers waited for credit and lost few raises it.
-   */
-  #adapt(requester: Requester, now: number): void {
-    const elapsedMs = now - requester.intervalStartMs;
-    if (elapsedMs < repairAnswerIntervalMs) {
-      return;
-    }
-    const ceiling = this.#options.repairRateBitsPerSecond / 8000;
-    const floor = Math.min(ceiling, repairAnswerRateBitsPerSecondMin / 8000);
-    if (
-      requester.lost >= repairAnswerLostMin &&
-      requester.lost > requester.sent * repairAnswerLostFractionMax
-    ) {
-      const delivered =
-        (Math.max(0, requester.sent - requester.lost) / Math.max(1, requester.sent)) * requester.sentBytes;
-      const throughBytesPerMs = delivered / elapsedMs;
-      requester.bytesPerMs = Math.max(floor, Math.min(requester.bytesPerMs / 2, throughBytesPerMs));
-      this.counters.rateDecreases++;
-    } else if (requester.waited) {
-      requester.bytesPerMs = Math.min(ceiling, requester.bytesPerMs * repairAnswerRateIncreaseFactor);
-    }
-    requester.intervalStartMs = now;
-    requester.sent = 0;
-    requester.sentBytes = 0;
-    requester.lost = 0;
-    requester.waited = false;
   }
 
   /** Sends one answer: unicast to the requester, or once on the repair group. */

@@ -761,6 +761,9 @@ export async function startRepairServer(
       return;
     }
     counters.repairsReceived++;
+    // Repairs of the run still arriving: it is being repaired, not silent (a run whose END was
+    // lost at the edge must not end while paced repairs fill its last gaps).
+    current.lastActivityMs = clock.nowMs();
     notePassed(current, repair.auth.senderId, repair.data.sequence, repair.auth.counter);
     const packet = repair.data;
     if (gate === undefined) {

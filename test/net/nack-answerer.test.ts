@@ -1,12 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { ControlChannel, controlKey } from '../../src/crypto/control-auth.js';
-import {
-  repairAnswerIntervalMs,
-  repairAnswerRateBitsPerSecondMin,
-  repairAnswerRecentMs,
-  repairMulticastRecentMs,
-} from '../../src/limits.js';
+import { repairAnswerRecentMs, repairMulticastRecentMs } from '../../src/limits.js';
 import { NackAnswerer } from '../../src/net/nack-answerer.js';
 import {
   decodeAnnounce,
@@ -24,7 +19,7 @@ const requesterAt: PeerEndpoint = { address: '10.0.0.2', port: 7000 };
 const serverAt: PeerEndpoint = { address: '10.0.0.1', port: 6000 };
 
 /** A server's answerer over a buffer of sequences 100..149 of session 7, run 3, and a requester. */
-function setup(options: { rateBitsPerSecond?: number; multicast?: boolean } = {}) {
+function setup(options: { rateBitsPerSecond?: number; multicast?: boolean; cap?: () => number } = {}) {
   const clock = new ManualClock();
   const server = new ControlChannel([key], { clock, self: () => [serverAt] });
   const requester = new ControlChannel([key], { clock });
@@ -49,6 +44,7 @@ function setup(options: { rateBitsPerSecond?: number; multicast?: boolean } = {}
       multicast: options.multicast === true ? (datagram) => sent.push({ datagram, to: 'group' }) : undefined,
     },
     repairRateBitsPerSecond: options.rateBitsPerSecond ?? 1_000_000_000,
+    repairRateCapBitsPerSecond: options.cap,
     lookup: (sessionId, incarnation, sequence) =>
       sessionId === 7 && incarnation === 3 ? held.get(sequence) : undefined,
     drop: (reason) => dropped.push(reason),
@@ -75,7 +71,7 @@ function setup(options: { rateBitsPerSecond?: number; multicast?: boolean } = {}
     assert.ok(intro !== undefined);
     assert.ok(requester.accept(intro.datagram, serverAt, decodeAnnounce, 'announce', () => undefined));
   };
-  return { clock, answerer, sent, dropped, nack, introduce, requesterId: requester.senderId };
+  return { clock, answerer, sent, dropped, nack, introduce };
 }
 
 describe('NACK answerer', () => {
@@ -159,30 +155,23 @@ describe('NACK answerer', () => {
     assert.equal(answerer.counters.answersLost, 2);
   });
 
-  it('cuts a requester’s rate to what gets through when most answers are lost, and climbs back when they arrive', () => {
-    const { answerer, nack, introduce, clock, requesterId } = setup({ rateBitsPerSecond: 100_000_000 });
+  it('paces no faster than a ceiling that follows the edge (the adaptive rate of a source), read at each refill', () => {
+    let capBitsPerSecond = 800_000; // 100 bytes a ms: one 1,000-byte answer per 10 ms, after the burst
+    const { answerer, nack, introduce, clock } = setup({
+      rateBitsPerSecond: 100_000_000,
+      cap: () => capBitsPerSecond,
+    });
     introduce();
-    // A narrow edge: every answer is lost, the requester asks for everything again and again.
-    for (let round = 0; round < 10; round++) {
-      answerer.answer(nack([{ start: 100, count: 50 }], 3, round > 0), requesterAt);
-      if (round === 0) {
-        assert.equal(answerer.rateOf(requesterId), 100_000_000, 'it starts at the configured rate');
-      }
-      clock.advance(repairAnswerIntervalMs);
-    }
-    const cut = answerer.rateOf(requesterId) ?? 0;
-    assert.ok(answerer.counters.rateDecreases > 0);
-    assert.ok(cut < 100_000_000 / 8, `rate after lost answers: ${cut}`);
-    assert.ok(cut >= repairAnswerRateBitsPerSecondMin, 'never below the floor');
-    // The edge clears: answers arrive, the requester asks for new sequences, which wait for credit.
-    for (let round = 0; round < 40; round++) {
-      answerer.answer(nack([{ start: 100 + (round % 50), count: 1 }]), requesterAt);
-      answerer.answer(nack([{ start: 100, count: 50 }]), requesterAt);
-      clock.advance(repairAnswerIntervalMs);
-    }
-    const climbed = answerer.rateOf(requesterId) ?? 0;
-    assert.ok(climbed > cut, `climbs back: ${cut} -> ${climbed}`);
-    assert.ok(climbed <= 100_000_000);
+    assert.equal(answerer.rateBitsPerSecond, capBitsPerSecond);
+    answerer.answer(nack([{ start: 100, count: 50 }]), requesterAt);
+    const burst = answerer.counters.repairsSent;
+    clock.advance(100);
+    const slow = answerer.counters.repairsSent - burst;
+    assert.ok(slow >= 8 && slow <= 11, `about 10 in 100 ms at the ceiling: ${slow}`);
+    capBitsPerSecond = 8_000_000; // the edge keeps up again: ten times faster
+    clock.advance(100);
+    assert.equal(answerer.counters.repairsSent, 50, 'the rest within 100 ms at the new ceiling');
+    assert.equal(answerer.rateBitsPerSecond, capBitsPerSecond);
   });
 
   it('on a repair group sends each sequence once for everyone and suppresses a repeat within the window', () => {
