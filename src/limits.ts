@@ -242,11 +242,13 @@ export const liveServerWaitMsMax = 30_000;
  * Repair server: packets NACKed per second are bounded by what arrives (docs/architecture.md,
  * "Pacing repairs"): at most nackPacketsPerArrival for each datagram (DATA or REPAIR) that arrived
  * over the last second, plus nackPacketsPerSecondMin, in bursts of at most nackBudgetBurstMs of it;
- * a due gap past the budget waits its turn, oldest first.
+ * a due gap past the budget waits its turn, in the order gaps fell due, for a flush at least
+ * nackBudgetRetryMs later.
  */
-export const nackPacketsPerArrival = 1;
+export const nackPacketsPerArrival = 2;
 export const nackPacketsPerSecondMin = 100;
 export const nackBudgetBurstMs = 250;
+export const nackBudgetRetryMs = 10;
 
 /** Repair server: NACKs per missing packet before it is declared unrecoverable. */
 export const nackAttemptsMax = 10;

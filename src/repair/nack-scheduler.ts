@@ -10,6 +10,7 @@ import {
   liveServerWaitMsMax,
   nackAttemptsMax,
   nackBudgetBurstMs,
+  nackBudgetRetryMs,
   nackPacketsPerArrival,
   nackPacketsPerSecondMin,
   nackRangePacketsMax,
@@ -364,7 +365,7 @@ export class NackScheduler {
     }
     this.#due.add(gap);
     if (this.#budgetWait !== undefined) {
-      return; // a flush is waiting for budget: it takes this one too, oldest first
+      return; // a flush is waiting for budget: it takes this one too, in its turn
     }
     this.#flush ??= this.#options.defer(() => {
       this.#flush = undefined;
@@ -398,34 +399,35 @@ export class NackScheduler {
   }
 
   /**
-   * The due gaps to NACK now, taken out of the due set: all of them without a budget; else the
-   * oldest the budget allows, the rest left due for a flush when credit is back.
+   * The due gaps to NACK now, taken out of the due set in the order they fell due: all of them
+   * without a budget; else as many as the budget allows, the rest left due for a flush when a batch
+   * of credit is back (at least nackBudgetRetryMs later: a flush costs the same for one gap as for
+   * many). Never more work than the gaps it takes.
    */
-  #withinBudget(now: number, oldestFirst: (a: number, b: number) => number): Gap[] {
+  #withinBudget(now: number): Gap[] {
     const budget = this.#budget;
-    const all = [...this.#due];
-    if (budget === undefined) {
-      this.#due.clear();
-      return all;
-    }
-    const allowed = Math.floor(budget.credit(now));
-    if (all.length > allowed) {
-      all.sort((a, b) => oldestFirst(a.sequence, b.sequence));
-    }
-    const takenNow = all.slice(0, Math.max(0, allowed));
-    for (const gap of takenNow) {
+    const allowed = budget === undefined ? Number.POSITIVE_INFINITY : Math.floor(budget.credit(now));
+    const taken: Gap[] = [];
+    for (const gap of this.#due) {
+      if (taken.length >= allowed) {
+        break;
+      }
+      taken.push(gap);
       this.#due.delete(gap);
     }
-    budget.take(takenNow.length);
+    if (budget === undefined) {
+      return taken;
+    }
+    budget.take(taken.length);
     if (this.#due.size > 0 && this.#budgetWait === undefined) {
-      this.#budgetWait = this.#options.schedule(budget.waitMs(now), () => {
+      this.#budgetWait = this.#options.schedule(Math.max(nackBudgetRetryMs, budget.waitMs(now)), () => {
         this.#budgetWait = undefined;
         if (!this.#closed) {
           this.#flushNacks();
         }
       });
     }
-    return takenNow;
+    return taken;
   }
 
   /** Sends one NACK per server for every due gap, in ranges, oldest first. */
@@ -437,7 +439,7 @@ export class NackScheduler {
     const now = this.#options.nowMs();
     const base = this.#options.base();
     const oldestFirst = (a: number, b: number) => sequenceDistance(base, a) - sequenceDistance(base, b);
-    const due = this.#withinBudget(now, oldestFirst);
+    const due = this.#withinBudget(now);
     for (const gap of due) {
       if (gap.unrecoverable || this.#gaps.get(gap.sequence) !== gap) {
         continue;
