@@ -552,7 +552,7 @@ async function main(): Promise<void> {
   load average ${load.toFixed(1)} when the run began, ${loadAfter.toFixed(1)} when it ended (a shared machine).
 - Command: \`npm run bench:edge\` (bench/edge.ts; also part of \`npm run bench\`). Quick run:
   \`BENCH_EDGE_QUICK=1 npm run bench:edge\` (10 MB). Other knobs: BENCH_EDGE_CAPS, BENCH_EDGE_LOSS,
-  BENCH_EDGE_SERVERS, BENCH_EDGE_SKIP_UFTP.
+  BENCH_EDGE_SERVERS, BENCH_EDGE_SKIP_UFTP, BENCH_EDGE_LAST_RESORT.
 - Test bed: the source in subnet A, the router (smcrouted), one or two retransmit servers (rt1, rt2) in
   subnet B, and two edge hosts (rx1, rx2) each running \`gatecast repair --reliable\` and
   \`gatecast receive\` on the S2 it emits on the host's loopback. Every UDP datagram arriving at an edge
