@@ -14,7 +14,8 @@
  * Environment: BENCH_EDGE_MB (default 50; BENCH_EDGE_QUICK=1 makes it 10), BENCH_EDGE_CAPS
  * (Mbit/s, default "100,200"), BENCH_EDGE_LOSS (percent, default "0,10,20"), BENCH_EDGE_SERVERS
  * (retransmit servers, default "1,2"), BENCH_EDGE_SKIP_UFTP=1, BENCH_EDGE_LABEL (a name for the
- * CPU table, e.g. "before"), BENCH_EDGE_NO_WRITE=1 (print only).
+ * CPU table, e.g. "before"), BENCH_EDGE_NO_WRITE=1 (print only), BENCH_EDGE_LAST_RESORT=1 (the source
+ * also answers NACKs: `send --retransmit-listen`, announced to both repair servers).
  */
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -25,6 +26,7 @@ import {
   createTestbed,
   gatecastBin,
   type HostProcess,
+  hostAddress,
   retransmitAt,
   sha256,
   sleep,
@@ -42,6 +44,8 @@ const list = (text: string | undefined, fallback: number[]) =>
 const caps = list(process.env.BENCH_EDGE_CAPS, [100, 200]);
 const losses = list(process.env.BENCH_EDGE_LOSS, [0, 10, 20]);
 const serverCounts = list(process.env.BENCH_EDGE_SERVERS, [1, 2]);
+/** BENCH_EDGE_LAST_RESORT=1: the source keeps its session too (`send --retransmit-listen`). */
+const lastResort = process.env.BENCH_EDGE_LAST_RESORT === '1';
 const payloadBytes = 1400;
 const packets = Math.ceil(fileBytes / payloadBytes);
 const edgeHosts = ['rx1', 'rx2'] as const;
@@ -210,6 +214,18 @@ async function runGatecast(
     '--rate',
     `${capMbit}M`,
     '--json',
+    ...(lastResort
+      ? [
+          '--retransmit-listen',
+          `${hostAddress.src}:${port + 2}`,
+          '--secret-file',
+          secret,
+          '--announce-to',
+          edgeHosts.map((host) => `${hostAddress[host]}:7100`).join(','),
+          '--linger',
+          '30',
+        ]
+      : []),
   ]);
   const finishedAtMs: number[] = [];
   const bound = sleep(((fileBytes * 8) / (capMbit * 1e6)) * 1000 * 6 + 30_000).then(() => 'timeout');
@@ -410,7 +426,10 @@ const perThousand = (seconds: number | undefined, copies: number) =>
 
 function formatRow(row: Row): string {
   const cpu = (role: string) => fixed(row.cpu[role], 2);
-  const tool = row.tool === 'gatecast' ? `gatecast, ${row.servers} retransmit` : 'uftp';
+  const tool =
+    row.tool === 'gatecast'
+      ? `gatecast, ${row.servers} retransmit${lastResort ? ' + source of last resort' : ''}`
+      : 'uftp';
   return `| ${row.capMbit} | ${row.lossPercent} % | ${tool} | ${row.intact} of 2 | ${fixed(row.seconds, 2)} | ${fixed(goodput(row))} | ${row.dropped} | ${cpu('send')} | ${cpu('retransmit')} | ${cpu('repair')} | ${cpu('receive')} | ${row.notes} |`;
 }
 
@@ -533,7 +552,7 @@ async function main(): Promise<void> {
   load average ${load.toFixed(1)} when the run began, ${loadAfter.toFixed(1)} when it ended (a shared machine).
 - Command: \`npm run bench:edge\` (bench/edge.ts; also part of \`npm run bench\`). Quick run:
   \`BENCH_EDGE_QUICK=1 npm run bench:edge\` (10 MB). Other knobs: BENCH_EDGE_CAPS, BENCH_EDGE_LOSS,
-  BENCH_EDGE_SERVERS, BENCH_EDGE_SKIP_UFTP.
+  BENCH_EDGE_SERVERS, BENCH_EDGE_SKIP_UFTP, BENCH_EDGE_LAST_RESORT.
 - Test bed: the source in subnet A, the router (smcrouted), one or two retransmit servers (rt1, rt2) in
   subnet B, and two edge hosts (rx1, rx2) each running \`gatecast repair --reliable\` and
   \`gatecast receive\` on the S2 it emits on the host's loopback. Every UDP datagram arriving at an edge

@@ -150,6 +150,21 @@ export const retransmitBufferAgeMsDefault = 60_000;
 export const repairRateBitsPerSecondDefault = 200_000_000;
 
 /**
+ * Answering NACKs (retransmit server and source of last resort, docs/architecture.md, "Pacing
+ * repairs"): answers to one requester leave paced, in bursts of at most repairAnswerBurstMs of the
+ * rate (at least repairAnswerBurstPacketsMin datagrams), from a queue of at most
+ * repairAnswerQueuePacketsMax; a sequence queued or answered to that requester within
+ * repairAnswerRecentMs is not answered again (its answer is on the way). At most
+ * repairAnswerRequestersMax requesters and repairAnswerRememberedMax answers each are remembered.
+ */
+export const repairAnswerBurstMs = 10;
+export const repairAnswerBurstPacketsMin = 2;
+export const repairAnswerQueuePacketsMax = 8192;
+export const repairAnswerRecentMs = 200;
+export const repairAnswerRequestersMax = 1024;
+export const repairAnswerRememberedMax = 65_536;
+
+/**
  * Retransmit server, peer fetch (docs/protocol.md, "Peer fetch"): how long it waits for one peer
  * before asking the next, fetches in flight at once (past them a NACK is answered at once), peers
  * asked per fetch, how long a sequence no peer held is not asked for again, how many such
@@ -252,6 +267,18 @@ export const liveServerWaitMsMax = 30_000;
  * a run whose END came is not held open for ever by a packet no server will get.
  */
 export const reliableNotHeldWaitMsMax = 120_000;
+
+/**
+ * Repair server: packets NACKed per second are bounded by what arrives (docs/architecture.md,
+ * "Pacing repairs"): at most nackPacketsPerArrival for each datagram (DATA or REPAIR) that arrived
+ * over the last second, plus nackPacketsPerSecondMin, in bursts of at most nackBudgetBurstMs of it;
+ * a due gap past the budget waits its turn, in the order gaps fell due, for a flush at least
+ * nackBudgetRetryMs later.
+ */
+export const nackPacketsPerArrival = 2;
+export const nackPacketsPerSecondMin = 100;
+export const nackBudgetBurstMs = 250;
+export const nackBudgetRetryMs = 10;
 
 /** Repair server: NACKs per missing packet before it is declared unrecoverable. */
 export const nackAttemptsMax = 10;

@@ -2,9 +2,8 @@
  * What the long-running commands share: options for the status endpoint and the periodic status
  * line, the shared secret, lists of endpoints, and running until SIGINT or SIGTERM.
  */
-import { type ControlKey, readSecretFile } from '../crypto/control-auth.js';
 import { logEventPollIntervalMs, shutdownGraceMs } from '../limits.js';
-import { type Endpoint, parseEndpoint } from '../net/address.js';
+import { parseEndpoint } from '../net/address.js';
 import { type EventLog, jsonEventLog, type LogFormat, silentEventLog } from '../net/log.js';
 import type { RoleSampler } from '../net/metrics.js';
 import { type StatusServer, serveStatus } from '../net/status-http.js';
@@ -15,6 +14,9 @@ import { type OptionValues, optional, parseSeconds } from './options.js';
 import { metricsFor } from './role-metrics.js';
 import { describeSocketBuffers } from './socket-buffer.js';
 
+// Kept apart so that `gatecast send` does not load the daemons' metrics and logging (start-up CPU).
+export { keysFrom, parseEndpointList } from './control-keys.js';
+
 /** Parses --log-format and makes the event log for a command. */
 export function eventLogFrom(values: OptionValues, command: string): EventLog {
   const format = (optional(values, 'log-format') ?? 'text') as LogFormat;
@@ -22,23 +24,6 @@ export function eventLogFrom(values: OptionValues, command: string): EventLog {
     throw new UsageError(`--log-format: "${format}" is not text or json`);
   }
   return format === 'json' ? jsonEventLog(command) : silentEventLog;
-}
-
-/** Parses a comma-separated list of ADDR:PORT. */
-export function parseEndpointList(text: string | undefined, field: string): Endpoint[] {
-  if (text === undefined || text.trim() === '') {
-    return [];
-  }
-  return text.split(',').map((part) => parseEndpoint(part.trim(), field));
-}
-
-/** The control keys from --secret-file (required). */
-export function keysFrom(values: OptionValues): ControlKey[] {
-  const path = optional(values, 'secret-file');
-  if (path === undefined) {
-    throw new UsageError('--secret-file is required: control messages between servers are authenticated');
-  }
-  return [readSecretFile(path)];
 }
 
 /** A running role as the runner and `gatecast daemon` see it. */

@@ -22,7 +22,7 @@ import type { LastResortSettings } from '../source/last-resort.js';
 import { endSession, type RegisteredSession, registerSession } from '../source/registration.js';
 import { createSource, type Source, type SourceSettings, type SourceStats } from '../source/source.js';
 import { sendSettings } from './command-settings.js';
-import { keysFrom, parseEndpointList } from './daemon.js';
+import { keysFrom, parseEndpointList } from './control-keys.js';
 import { exitIncomplete, exitOk, UsageError } from './errors.js';
 import { formatBytes, formatRate, progressBar } from './format.js';
 import {

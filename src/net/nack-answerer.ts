@@ -1,15 +1,26 @@
 /**
  * The NACK answerer (docs/architecture.md, "Retransmit server"): given an authenticated NACK,
  * answers each sequence it names from a buffer — a REPAIR carrying the original DATA datagram,
- * or a not-held REPAIR for a run of sequences it does not hold — rate limited per requester, and,
- * when answers go once by multicast on a repair group, suppressing a sequence multicast moments
- * ago. Shared by the retransmit server and a source that keeps its own session
+ * or a not-held REPAIR for a run of sequences it does not hold — paced per requester (at the
+ * configured repair rate, or below it at a ceiling that follows the edge), never answering a
+ * sequence twice while the first answer is on its way, and, when answers go once by multicast on a repair group, suppressing a sequence
+ * multicast moments ago (docs/architecture.md, "Pacing repairs"). Shared by the retransmit server and a source that keeps its own session
  * (`send --retransmit-listen`): both answer by the same rules (docs/protocol.md, "NACK").
  *
  * It takes its clock, the channel that seals answers, the sockets it answers on and an event sink;
  * it keeps no state for a requester it has not authenticated (the caller accepts the NACK first).
  */
-import { repairMulticastRecentMs, repairMulticastRememberedMax, repairSuppressMs } from '../limits.js';
+import {
+  repairAnswerBurstMs,
+  repairAnswerBurstPacketsMin,
+  repairAnswerQueuePacketsMax,
+  repairAnswerRecentMs,
+  repairAnswerRememberedMax,
+  repairAnswerRequestersMax,
+  repairMulticastRecentMs,
+  repairMulticastRememberedMax,
+  repairSuppressMs,
+} from '../limits.js';
 import {
   type Control,
   encodeRepair,
@@ -20,7 +31,7 @@ import {
 import { type HeaderFields, headerBytes } from '../protocol/packet.js';
 import { sequenceAdd } from '../protocol/serial.js';
 import { authTrailerBytes } from '../protocol/sizes.js';
-import type { RoleClock } from './runtime.js';
+import type { RoleClock, Timer } from './runtime.js';
 
 /** What the answerer needs of a control channel: sealing answers (src/crypto/control-auth.ts). */
 export interface AnswerSealer {
@@ -46,26 +57,51 @@ export interface NackAnswerCounters {
   repairsSent: number;
   notHeldSent: number;
   repairBytesSent: number;
+  /** Answers dropped: the requester's queue was full. */
   rateLimited: number;
+  /** Requests not answered again: queued, answered moments ago, or crossed with a multicast. */
   suppressed: number;
+  /** Requests again for answers sent before repairAnswerRecentMs: answers that did not get through. */
+  answersLost: number;
 }
 
 /** The answerer's parts and settings. */
 export interface NackAnswererOptions {
   readonly clock: RoleClock;
+  /** The owner's timers (paced answers wait on them; the owner's close() clears them). */
+  readonly timers: Pick<RoleClock, 'setTimeout'>;
   readonly channel: AnswerSealer;
   readonly sockets: AnswerSockets;
-  /** Repair bytes per second allowed to one requester (token bucket). */
+  /** Repair rate allowed to one requester, bit/s: answers to it leave paced at this rate. */
   readonly repairRateBitsPerSecond: number;
+  /**
+   * A lower ceiling that follows the edge, read at each refill (the source of last resort hands its
+   * adaptive rate, which its repair servers' FEEDBACK sets): answers never leave faster.
+   */
+  readonly repairRateCapBitsPerSecond?: (() => number) | undefined;
   /** The original DATA datagram of a run's sequence, if held. */
   readonly lookup: (sessionId: number, incarnation: number, sequence: number) => Buffer | undefined;
   /** Event sink: a reason counted when something is dropped or refused. */
   readonly drop: (reason: string) => void;
 }
 
-interface Bucket {
+/** An answer waiting for its requester's credit. */
+interface Queued {
+  readonly nack: Control<NackBody>;
+  readonly remote: PeerEndpoint;
+  readonly sequence: number;
+  readonly key: string;
+}
+
+/** What the answerer keeps of one authenticated requester (its sender id). */
+interface Requester {
   creditBytes: number;
   refilledAtMs: number;
+  /** Answers waiting for credit, oldest first, by (session, incarnation, sequence). */
+  readonly queue: Map<string, Queued>;
+  /** (session, incarnation, sequence) answered lately → when, oldest first. */
+  readonly answered: Map<string, number>;
+  timer: Timer | undefined;
 }
 
 /** Answers authenticated NACKs from a buffer. */
@@ -78,27 +114,54 @@ export class NackAnswerer {
     repairBytesSent: 0,
     rateLimited: 0,
     suppressed: 0,
+    answersLost: 0,
   };
   readonly #options: NackAnswererOptions;
-  readonly #buckets = new Map<number, Bucket>();
+  readonly #requesters = new Map<number, Requester>();
   /** (session, sequence) repaired by multicast recently, oldest first. */
   readonly #recentlyMulticast = new Map<string, number>();
+  #closed = false;
 
   constructor(options: NackAnswererOptions) {
     this.#options = options;
   }
 
-  /** Requesters with a rate bucket. */
+  /** Requesters remembered (each with its rate and queue). */
   get requesterCount(): number {
-    return this.#buckets.size;
+    return this.#requesters.size;
+  }
+
+  /** Answers waiting for credit, over every requester. */
+  get queuedCount(): number {
+    let queued = 0;
+    for (const requester of this.#requesters.values()) {
+      queued += requester.queue.size;
+    }
+    return queued;
+  }
+
+  /** The rate answers leave at now, per requester, bit/s. */
+  get rateBitsPerSecond(): number {
+    return this.#bytesPerMs() * 8000;
+  }
+
+  #bytesPerMs(): number {
+    const { repairRateBitsPerSecond, repairRateCapBitsPerSecond } = this.#options;
+    const cap = repairRateCapBitsPerSecond?.() ?? repairRateBitsPerSecond;
+    return Math.max(1, Math.min(repairRateBitsPerSecond, cap)) / 8000;
   }
 
   /**
    * Answers a NACK the channel has accepted from `remote` (its reply address). A NACK that does
    * not name us yet gets an introduction, in fewer bytes than it sent (docs/protocol.md, "NACK").
+   * Held sequences are queued for the requester and leave paced at its rate (docs/architecture.md,
+   * "Pacing repairs"); not-held runs leave at once.
    */
   answer(nack: Control<NackBody>, remote: PeerEndpoint): void {
     const { channel, sockets, clock, lookup } = this.#options;
+    if (this.#closed) {
+      return;
+    }
     if (nack.auth.targetId === 0) {
       this.#options.drop('nack-no-target');
       sockets.sendTo(channel.introduction(nack), remote);
@@ -106,6 +169,63 @@ export class NackAnswerer {
     }
     this.counters.nacksReceived++;
     const now = clock.nowMs();
+    this.#forgetMulticast(now);
+    const requester = this.#requester(nack.auth.senderId, now);
+    const runKey = `${nack.sessionId}/${nack.incarnation}/`;
+    let queued = false;
+    for (const range of nack.ranges) {
+      let notHeldStart: number | undefined;
+      let notHeldCount = 0;
+      const flushNotHeld = () => {
+        if (notHeldStart !== undefined) {
+          const fields = this.#fields(nack, notHeldStart);
+          sockets.sendTo(channel.sealReply(encodeRepairNotHeld(fields, notHeldCount), nack), remote);
+          this.counters.notHeldSent++;
+          notHeldStart = undefined;
+          notHeldCount = 0;
+        }
+      };
+      for (let i = 0; i < range.count; i++) {
+        const sequence = sequenceAdd(range.start, i);
+        if (lookup(nack.sessionId, nack.incarnation, sequence) === undefined) {
+          notHeldStart ??= sequence;
+          notHeldCount++;
+          continue;
+        }
+        flushNotHeld();
+        if (this.#enqueue(requester, { nack, remote, sequence, key: runKey + sequence }, now)) {
+          queued = true;
+        }
+      }
+      flushNotHeld();
+    }
+    if (queued) {
+      this.counters.nacksAnswered++;
+      this.#drain(requester);
+    }
+  }
+
+  /** Cancels every paced answer and its timer; later NACKs are ignored. Idempotent. */
+  close(): void {
+    this.#closed = true;
+    for (const requester of this.#requesters.values()) {
+      requester.timer?.cancel();
+      requester.timer = undefined;
+      requester.queue.clear();
+    }
+    this.#requesters.clear();
+  }
+
+  #fields(nack: Control<NackBody>, sequence: number): HeaderFields {
+    return {
+      sessionId: nack.sessionId,
+      incarnation: nack.incarnation,
+      sequence,
+      timestampUs: this.#options.clock.wallUs(),
+    };
+  }
+
+  #forgetMulticast(now: number): void {
     for (const [key, atMs] of this.#recentlyMulticast) {
       if (
         now - atMs <= repairMulticastRecentMs &&
@@ -115,69 +235,117 @@ export class NackAnswerer {
       }
       this.#recentlyMulticast.delete(key);
     }
-    const fields = (sequence: number): HeaderFields => ({
-      sessionId: nack.sessionId,
-      incarnation: nack.incarnation,
-      sequence,
-      timestampUs: clock.wallUs(),
-    });
-    let answered = false;
-    for (const range of nack.ranges) {
-      let notHeldStart: number | undefined;
-      let notHeldCount = 0;
-      const flushNotHeld = () => {
-        if (notHeldStart !== undefined) {
-          sockets.sendTo(
-            channel.sealReply(encodeRepairNotHeld(fields(notHeldStart), notHeldCount), nack),
-            remote,
-          );
-          this.counters.notHeldSent++;
-          notHeldStart = undefined;
-          notHeldCount = 0;
-        }
-      };
-      for (let i = 0; i < range.count; i++) {
-        const sequence = sequenceAdd(range.start, i);
-        const original = lookup(nack.sessionId, nack.incarnation, sequence);
-        if (original === undefined) {
-          notHeldStart ??= sequence;
-          notHeldCount++;
-          continue;
-        }
-        flushNotHeld();
-        if (this.#send(nack, remote, sequence, original, now, fields(sequence))) {
-          answered = true;
-        }
-      }
-      flushNotHeld();
-    }
-    if (answered) {
-      this.counters.nacksAnswered++;
-    }
   }
 
-  /** Sends one held sequence, unless suppressed or over the requester's rate; true when sent. */
-  #send(
-    nack: Control<NackBody>,
-    remote: PeerEndpoint,
-    sequence: number,
-    original: Buffer,
-    now: number,
-    fields: HeaderFields,
-  ): boolean {
-    const { channel, sockets } = this.#options;
-    const suppressKey = `${nack.sessionId}/${nack.incarnation}/${sequence}`;
-    if (sockets.multicast !== undefined && this.#crossed(nack, suppressKey, now)) {
+  /** The requester's state, made on its first NACK (most recent last; the oldest forgotten). */
+  #requester(senderId: number, now: number): Requester {
+    let requester = this.#requesters.get(senderId);
+    if (requester !== undefined) {
+      this.#requesters.delete(senderId);
+      this.#requesters.set(senderId, requester);
+      return requester;
+    }
+    requester = {
+      creditBytes: this.#burstBytes(this.#bytesPerMs()),
+      refilledAtMs: now,
+      queue: new Map(),
+      answered: new Map(),
+      timer: undefined,
+    };
+    this.#requesters.set(senderId, requester);
+    if (this.#requesters.size > repairAnswerRequestersMax) {
+      const [oldestId, oldest] = this.#requesters.entries().next().value ?? [];
+      if (oldestId !== undefined && oldest !== undefined) {
+        oldest.timer?.cancel();
+        this.counters.rateLimited += oldest.queue.size;
+        this.#requesters.delete(oldestId);
+      }
+    }
+    return requester;
+  }
+
+  #burstBytes(bytesPerMs: number): number {
+    return Math.max(bytesPerMs * repairAnswerBurstMs, repairAnswerBurstPacketsMin * 1500);
+  }
+
+  /**
+   * Queues one held sequence for the requester; false when it is not answered now: suppressed
+   * (queued already, answered within repairAnswerRecentMs, or crossed with a multicast) or over
+   * the queue's bound. A request for one answered before that window counts as a lost answer.
+   */
+  #enqueue(requester: Requester, item: Queued, now: number): boolean {
+    if (requester.queue.has(item.key)) {
+      this.counters.suppressed++; // its answer is waiting for credit
+      return false;
+    }
+    if (this.#options.sockets.multicast !== undefined && this.#crossed(item.nack, item.key, now)) {
       this.counters.suppressed++; // already multicast to every repair server behind the group
       return false;
     }
-    if (!this.#allow(nack.auth.senderId, original.length + headerBytes + authTrailerBytes, now)) {
+    const answeredAtMs = requester.answered.get(item.key);
+    if (answeredAtMs !== undefined) {
+      if (now - answeredAtMs < repairAnswerRecentMs && item.nack.peerFetch !== true) {
+        this.counters.suppressed++; // answered moments ago: the answer is on its way
+        return false;
+      }
+      this.counters.answersLost++;
+    }
+    if (requester.queue.size >= repairAnswerQueuePacketsMax) {
       this.counters.rateLimited++;
+      this.#options.drop('repair-queue-full');
       return false;
     }
+    requester.queue.set(item.key, item);
+    return true;
+  }
+
+  /** Sends queued answers while the requester has credit; else waits for it on a timer. */
+  #drain(requester: Requester): void {
+    const { clock, lookup } = this.#options;
+    if (requester.timer !== undefined || this.#closed) {
+      return; // a timer drains it when credit is there
+    }
+    const now = clock.nowMs();
+    const bytesPerMs = this.#bytesPerMs();
+    requester.creditBytes = Math.min(
+      this.#burstBytes(bytesPerMs),
+      requester.creditBytes + (now - requester.refilledAtMs) * bytesPerMs,
+    );
+    requester.refilledAtMs = now;
+    for (const [key, item] of requester.queue) {
+      const original = lookup(item.nack.sessionId, item.nack.incarnation, item.sequence);
+      if (original === undefined) {
+        requester.queue.delete(key); // evicted while it waited: the requester asks elsewhere
+        this.#options.drop('repair-evicted-while-queued');
+        continue;
+      }
+      const bytes = original.length + headerBytes + authTrailerBytes;
+      if (requester.creditBytes < bytes) {
+        const waitMs = Math.max(1, (bytes - requester.creditBytes) / bytesPerMs);
+        requester.timer = this.#options.timers.setTimeout(() => {
+          requester.timer = undefined;
+          this.#drain(requester);
+        }, waitMs);
+        return;
+      }
+      requester.creditBytes -= bytes;
+      requester.queue.delete(key);
+      this.#send(item, original, now);
+      requester.answered.delete(key); // most recent last
+      requester.answered.set(key, now);
+      if (requester.answered.size > repairAnswerRememberedMax) {
+        requester.answered.delete(requester.answered.keys().next().value ?? '');
+      }
+    }
+  }
+
+  /** Sends one answer: unicast to the requester, or once on the repair group. */
+  #send(item: Queued, original: Buffer, now: number): void {
+    const { channel, sockets } = this.#options;
+    const { nack, remote } = item;
     // Unicast: for the requester (and always for a peer's fetch); on the repair group: for every
     // repair server (target 0).
-    const repair = encodeRepair(fields, original);
+    const repair = encodeRepair(this.#fields(nack, item.sequence), original);
     if (sockets.multicast === undefined || nack.peerFetch === true) {
       const reply = channel.sealReply(repair, nack);
       sockets.sendTo(reply, remote);
@@ -185,12 +353,11 @@ export class NackAnswerer {
     } else {
       const reply = channel.seal(repair);
       sockets.multicast(reply);
-      this.#recentlyMulticast.delete(suppressKey); // most recent last
-      this.#recentlyMulticast.set(suppressKey, now);
+      this.#recentlyMulticast.delete(item.key); // most recent last
+      this.#recentlyMulticast.set(item.key, now);
       this.counters.repairBytesSent += reply.length;
     }
     this.counters.repairsSent++;
-    return true;
   }
 
   /**
@@ -205,23 +372,5 @@ export class NackAnswerer {
       return false;
     }
     return now - atMs <= (nack.again === true ? repairSuppressMs : repairMulticastRecentMs);
-  }
-
-  /** Takes tokens for a repair to one requester; false when over its rate. */
-  #allow(senderId: number, bytes: number, now: number): boolean {
-    const bytesPerMs = this.#options.repairRateBitsPerSecond / 8000;
-    const burst = Math.max(bytesPerMs * 50, 64 * 1500);
-    let bucket = this.#buckets.get(senderId);
-    if (bucket === undefined) {
-      bucket = { creditBytes: burst, refilledAtMs: now };
-      this.#buckets.set(senderId, bucket);
-    }
-    bucket.creditBytes = Math.min(burst, bucket.creditBytes + (now - bucket.refilledAtMs) * bytesPerMs);
-    bucket.refilledAtMs = now;
-    if (bucket.creditBytes < bytes) {
-      return false;
-    }
-    bucket.creditBytes -= bytes;
-    return true;
   }
 }

@@ -9,6 +9,10 @@
 import {
   liveServerWaitMsMax,
   nackAttemptsMax,
+  nackBudgetBurstMs,
+  nackBudgetRetryMs,
+  nackPacketsPerArrival,
+  nackPacketsPerSecondMin,
   nackRangePacketsMax,
   nackRangesMax,
   nackTimeoutMsInitial,
@@ -97,7 +101,71 @@ export interface NackSchedulerOptions {
    * every server proved it does not hold it, or none is alive — never because a live one is slow.
    */
   readonly reliable?: boolean | undefined;
+  /**
+   * Datagrams (DATA and REPAIR) that arrived for the run so far, a count that only grows: NACKs
+   * are bounded by what arrives (docs/architecture.md, "Pacing repairs"). Without it, unbounded.
+   */
+  readonly arrivals?: (() => number) | undefined;
   readonly events: (event: NackEvent) => void;
+}
+
+/**
+ * The NACK budget of a run: packets it may NACK, refilled at nackPacketsPerArrival per datagram
+ * that arrived over about the last second plus nackPacketsPerSecondMin, capped at nackBudgetBurstMs
+ * of that rate. A storm of repeated NACKs into an edge that drops the answers thus slows to what
+ * the edge passes, and the answers it would have caused are never sent.
+ */
+class NackBudget {
+  readonly #arrivals: () => number;
+  /** (time, arrivals) samples, about every 100 ms, over the last second. */
+  readonly #samples: Array<{ atMs: number; count: number }> = [];
+  #creditPackets: number;
+  #refilledAtMs: number;
+
+  constructor(arrivals: () => number, nowMs: number) {
+    this.#arrivals = arrivals;
+    this.#refilledAtMs = nowMs;
+    this.#creditPackets = (nackPacketsPerSecondMin * nackBudgetBurstMs) / 1000;
+    this.#samples.push({ atMs: nowMs, count: arrivals() });
+  }
+
+  /** Packets allowed per second now. */
+  perSecond(nowMs: number): number {
+    const count = this.#arrivals();
+    const last = this.#samples[this.#samples.length - 1];
+    if (last === undefined || nowMs - last.atMs >= 100) {
+      this.#samples.push({ atMs: nowMs, count });
+    }
+    while (this.#samples.length > 2 && nowMs - (this.#samples[1]?.atMs ?? nowMs) >= 1000) {
+      this.#samples.shift();
+    }
+    const oldest = this.#samples[0];
+    const spanMs = oldest === undefined ? 0 : Math.max(nowMs - oldest.atMs, 100);
+    const arrivedPerSecond = oldest === undefined ? 0 : ((count - oldest.count) * 1000) / spanMs;
+    return nackPacketsPerSecondMin + nackPacketsPerArrival * arrivedPerSecond;
+  }
+
+  /** Credit in packets now (refilled). */
+  credit(nowMs: number): number {
+    const perMs = this.perSecond(nowMs) / 1000;
+    this.#creditPackets = Math.min(
+      Math.max(perMs * nackBudgetBurstMs, 1),
+      this.#creditPackets + (nowMs - this.#refilledAtMs) * perMs,
+    );
+    this.#refilledAtMs = nowMs;
+    return this.#creditPackets;
+  }
+
+  /** Takes `packets` of credit. */
+  take(packets: number): void {
+    this.#creditPackets -= packets;
+  }
+
+  /** Milliseconds until one packet of credit is there. */
+  waitMs(nowMs: number): number {
+    const perMs = this.perSecond(nowMs) / 1000;
+    return Math.max(1, Math.ceil((1 - this.#creditPackets) / perMs));
+  }
 }
 
 interface Gap {
@@ -150,10 +218,20 @@ export class NackScheduler {
   readonly #expired = new Set<Gap>();
   readonly #windows = new Map<RankedServer, NackWindow>();
   #flush: Timer | undefined;
+  /** A flush waiting for NACK budget. */
+  #budgetWait: TimerHandle | undefined;
+  readonly #budget: NackBudget | undefined;
   #closed = false;
 
   constructor(options: NackSchedulerOptions) {
     this.#options = options;
+    this.#budget =
+      options.arrivals === undefined ? undefined : new NackBudget(options.arrivals, options.nowMs());
+  }
+
+  /** Due gaps waiting for NACK budget (or for the current turn to end). */
+  get dueCount(): number {
+    return this.#due.size;
   }
 
   /** Gaps open (given up ones included until they are passed). */
@@ -344,6 +422,8 @@ export class NackScheduler {
     this.clear(false);
     this.#flush?.cancel();
     this.#flush = undefined;
+    this.#budgetWait?.cancel();
+    this.#budgetWait = undefined;
   }
 
   #remove(sequence: number): Gap | undefined {
@@ -446,6 +526,9 @@ export class NackScheduler {
       return;
     }
     this.#due.add(gap);
+    if (this.#budgetWait !== undefined) {
+      return; // a flush is waiting for budget: it takes this one too, in its turn
+    }
     this.#scheduleFlush();
   }
 
@@ -507,7 +590,9 @@ export class NackScheduler {
 
   /**
    * Sends one NACK per server for the due gaps, in ranges, oldest first, as far as each server's
-   * NACK window allows; the rest stay due until answers free places.
+   * NACK window and the NACK budget (docs/architecture.md, "Pacing repairs") allow; the rest stay
+   * due until answers free places or credit is back (a flush at least nackBudgetRetryMs later: a
+   * flush costs the same for one gap as for many).
    */
   #flushNacks(): void {
     const { servers, schedule } = this.#options;
@@ -533,6 +618,10 @@ export class NackScheduler {
     }
     // Per server, first requests apart from requests again (docs/protocol.md, "Repair group").
     const byServer = new Map<RankedServer, { first: number[]; again: number[] }>();
+    const budget = this.#budget;
+    const allowed = budget === undefined ? Number.POSITIVE_INFINITY : Math.floor(budget.credit(now));
+    let taken = 0;
+    let budgetShort = false;
     for (const gap of due) {
       if (gap.unrecoverable || this.#gaps.get(gap.sequence) !== gap) {
         this.#due.delete(gap);
@@ -553,6 +642,11 @@ export class NackScheduler {
       if (server === undefined) {
         continue; // every server it may ask is busy with older gaps: it waits, still due
       }
+      if (taken >= allowed) {
+        budgetShort = true; // the rest wait for credit, still due
+        break;
+      }
+      taken++;
       this.#due.delete(gap);
       gap.server = server;
       gap.inFlight = server;
@@ -560,6 +654,15 @@ export class NackScheduler {
       const lists = byServer.get(server) ?? { first: [], again: [] };
       (gap.nacks === 0 ? lists.first : lists.again).push(gap.sequence);
       byServer.set(server, lists);
+    }
+    if (budget !== undefined) {
+      budget.take(taken);
+      if (budgetShort && this.#budgetWait === undefined) {
+        this.#budgetWait = this.#options.schedule(Math.max(nackBudgetRetryMs, budget.waitMs(now)), () => {
+          this.#budgetWait = undefined;
+          this.#scheduleFlush();
+        });
+      }
     }
     for (const [server, lists] of byServer) {
       for (const [sequences, again] of [

@@ -394,6 +394,8 @@ export async function startRepairServer(
       base: () => window.base,
       nackDelayMsMax,
       reliable: settings.latencyMs === undefined,
+      // What arrives bounds what is NACKed (docs/architecture.md, "Pacing repairs").
+      arrivals: () => counters.packetsIn + counters.repairsReceived,
       events: onNackEvent,
       sendNack: (server, ranges, again) => sendNack(sessionId, incarnation, server, ranges, again),
     });
@@ -868,7 +870,8 @@ export async function startRepairServer(
       return;
     }
     counters.repairsReceived++;
-    // The run is alive while REPAIRs still bring its packets (its source may be gone, its tail not).
+    // Repairs of the run still arriving: it is being repaired, not silent (a run whose END was
+    // lost at the edge must not end while paced repairs fill its last gaps).
     current.lastActivityMs = clock.nowMs();
     notePassed(current, repair.auth.senderId, repair.data.sequence, repair.auth.counter);
     const packet = repair.data;

@@ -232,6 +232,7 @@ export async function startRetransmitServer(
     control.send(datagram, to.port, to.address);
   const answerer = new NackAnswerer({
     clock,
+    timers,
     channel,
     sockets: {
       sendTo,
@@ -681,6 +682,7 @@ export async function startRetransmitServer(
   const close = () => {
     closed ??= (async () => {
       timers.close();
+      answerer.close();
       fetcher?.close();
       for (const entry of joined) {
         await entry.socket?.close();

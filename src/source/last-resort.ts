@@ -33,6 +33,11 @@ export interface LastResortSettings {
   /** Bytes of DATA kept; the oldest go first. */
   readonly bufferBytesMax: number;
   readonly repairRateBitsPerSecond: number;
+  /**
+   * A ceiling on the repair rate that follows the edge: the adaptive rate, which the repair
+   * servers' FEEDBACK sets (docs/architecture.md, "Pacing repairs").
+   */
+  readonly repairRateCapBitsPerSecond?: (() => number) | undefined;
   /** Repair (and retransmit) servers to announce to by unicast. */
   readonly announceTo: readonly Endpoint[];
   /** Announce by multicast on this group too. */
@@ -100,9 +105,11 @@ export async function startLastResort(
   const sendTo = (datagram: Buffer, to: PeerEndpoint) => control.send(datagram, to.port, to.address);
   const answerer = new NackAnswerer({
     clock,
+    timers,
     channel,
     sockets: { sendTo },
     repairRateBitsPerSecond: settings.repairRateBitsPerSecond,
+    repairRateCapBitsPerSecond: settings.repairRateCapBitsPerSecond,
     lookup: (sessionId, incarnation, sequence) =>
       sessionId === run.sessionId && incarnation === run.incarnation ? held.get(sequence) : undefined,
     drop,
@@ -199,6 +206,7 @@ export async function startLastResort(
   const close = () => {
     closed ??= (async () => {
       timers.close();
+      answerer.close();
       await control.close();
       await announceSender?.close();
     })();

@@ -387,7 +387,10 @@ export function createSource(settings: SourceSettings, components: SourceCompone
       });
       if (settings.lastResort !== undefined) {
         lastResort = await startLastResort(
-          settings.lastResort,
+          adaptive === undefined
+            ? settings.lastResort
+            : // Repairs cross the same edge as DATA: they leave no faster than its FEEDBACK allows.
+              { ...settings.lastResort, repairRateCapBitsPerSecond: () => adaptive.bitsPerSecond },
           { sessionId, incarnation },
           runtime,
           adaptive === undefined ? undefined : (id, report) => adaptive.report(id, report, clock.nowMs()),

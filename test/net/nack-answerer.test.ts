@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { ControlChannel, controlKey } from '../../src/crypto/control-auth.js';
-import { repairMulticastRecentMs } from '../../src/limits.js';
+import { repairAnswerRecentMs, repairMulticastRecentMs } from '../../src/limits.js';
 import { NackAnswerer } from '../../src/net/nack-answerer.js';
 import {
   decodeAnnounce,
@@ -19,7 +19,7 @@ const requesterAt: PeerEndpoint = { address: '10.0.0.2', port: 7000 };
 const serverAt: PeerEndpoint = { address: '10.0.0.1', port: 6000 };
 
 /** A server's answerer over a buffer of sequences 100..149 of session 7, run 3, and a requester. */
-function setup(options: { rateBitsPerSecond?: number; multicast?: boolean } = {}) {
+function setup(options: { rateBitsPerSecond?: number; multicast?: boolean; cap?: () => number } = {}) {
   const clock = new ManualClock();
   const server = new ControlChannel([key], { clock, self: () => [serverAt] });
   const requester = new ControlChannel([key], { clock });
@@ -37,12 +37,14 @@ function setup(options: { rateBitsPerSecond?: number; multicast?: boolean } = {}
   const dropped: string[] = [];
   const answerer = new NackAnswerer({
     clock,
+    timers: clock,
     channel: server,
     sockets: {
       sendTo: (datagram, to) => sent.push({ datagram, to }),
       multicast: options.multicast === true ? (datagram) => sent.push({ datagram, to: 'group' }) : undefined,
     },
     repairRateBitsPerSecond: options.rateBitsPerSecond ?? 1_000_000_000,
+    repairRateCapBitsPerSecond: options.cap,
     lookup: (sessionId, incarnation, sequence) =>
       sessionId === 7 && incarnation === 3 ? held.get(sequence) : undefined,
     drop: (reason) => dropped.push(reason),
@@ -112,16 +114,64 @@ describe('NACK answerer', () => {
     assert.equal(sent.length, 1);
   });
 
-  it('limits the repair rate per requester and refills with time', () => {
-    const { answerer, nack, introduce, clock } = setup({ rateBitsPerSecond: 8_000_000 });
+  it('paces answers to a requester at its rate: a burst waits for credit and leaves as time passes', () => {
+    // 8 Mbit/s is 1,000 bytes a ms: a burst of 10 ms holds about 9 answers of 1,000-byte packets.
+    const { answerer, sent, nack, introduce, clock } = setup({ rateBitsPerSecond: 8_000_000 });
     introduce();
     answerer.answer(nack([{ start: 100, count: 50 }]), requesterAt);
-    answerer.answer(nack([{ start: 100, count: 50 }]), requesterAt);
     const first = answerer.counters.repairsSent;
-    assert.ok(answerer.counters.rateLimited > 0, 'a second burst is over the rate');
-    clock.advance(1_000);
-    answerer.answer(nack([{ start: 100, count: 50 }]), requesterAt);
+    assert.ok(first > 0 && first < 50, `a burst leaves at once, the rest waits: ${first}`);
+    assert.equal(answerer.queuedCount, 50 - first);
+    assert.equal(answerer.counters.rateLimited, 0, 'nothing is dropped: it waits');
+    clock.advance(20);
     assert.ok(answerer.counters.repairsSent > first, 'credit comes back with time');
+    clock.advance(100);
+    assert.equal(answerer.counters.repairsSent, 50);
+    assert.equal(answerer.queuedCount, 0);
+    const sequences = sent.map((s) => decodeRepair(s.datagram)).map((r) => (r.ok ? r.value.sequence : -1));
+    assert.deepEqual(
+      sequences,
+      Array.from({ length: 50 }, (_, i) => 100 + i),
+      'in the order asked',
+    );
+  });
+
+  it('does not answer a sequence again while its answer waits or was sent moments ago', () => {
+    const { answerer, nack, introduce, clock } = setup({ rateBitsPerSecond: 8_000_000 });
+    introduce();
+    answerer.answer(nack([{ start: 100, count: 30 }]), requesterAt);
+    // The requester timed out and asks for all of it again: queued ones and just-sent ones alike.
+    clock.advance(repairAnswerRecentMs / 2);
+    answerer.answer(nack([{ start: 100, count: 30 }], 3, true), requesterAt);
+    clock.advance(repairAnswerRecentMs / 2 - 1);
+    assert.equal(answerer.counters.repairsSent, 30, 'each once');
+    assert.equal(answerer.counters.suppressed, 30);
+    assert.equal(answerer.counters.answersLost, 0);
+    // Long after, a request again means the answer was lost: it is answered again.
+    clock.advance(repairAnswerRecentMs * 2);
+    answerer.answer(nack([{ start: 100, count: 2 }], 3, true), requesterAt);
+    clock.advance(10);
+    assert.equal(answerer.counters.repairsSent, 32);
+    assert.equal(answerer.counters.answersLost, 2);
+  });
+
+  it('paces no faster than a ceiling that follows the edge (the adaptive rate of a source), read at each refill', () => {
+    let capBitsPerSecond = 800_000; // 100 bytes a ms: one 1,000-byte answer per 10 ms, after the burst
+    const { answerer, nack, introduce, clock } = setup({
+      rateBitsPerSecond: 100_000_000,
+      cap: () => capBitsPerSecond,
+    });
+    introduce();
+    assert.equal(answerer.rateBitsPerSecond, capBitsPerSecond);
+    answerer.answer(nack([{ start: 100, count: 50 }]), requesterAt);
+    const burst = answerer.counters.repairsSent;
+    clock.advance(100);
+    const slow = answerer.counters.repairsSent - burst;
+    assert.ok(slow >= 8 && slow <= 11, `about 10 in 100 ms at the ceiling: ${slow}`);
+    capBitsPerSecond = 8_000_000; // the edge keeps up again: ten times faster
+    clock.advance(100);
+    assert.equal(answerer.counters.repairsSent, 50, 'the rest within 100 ms at the new ceiling');
+    assert.equal(answerer.rateBitsPerSecond, capBitsPerSecond);
   });
 
   it('on a repair group sends each sequence once for everyone and suppresses a repeat within the window', () => {

@@ -10,7 +10,9 @@
  * - served-genuine: a retransmit server's REPAIR carries exactly the DATA (or END) the source sent for
  *   the run and sequence it names (never another incarnation's, never a forged one).
  * - recovered: a repair server counts as recovered no more packets than REPAIRs brought it.
- * - held-answered: a retransmit server answers a genuine NACK for a packet it holds with it.
+ * - held-answered: a retransmit server answers a genuine NACK for a packet it holds with it,
+ *   unless it sent that packet to the same requester within repairAnswerRecentMs (the answer is on
+ *   its way: docs/architecture.md, "Pacing repairs").
  * - held-not-unrecoverable: a repair server never gives up a packet a REPAIR brought it, nor
  *   one that a live retransmit server holds over a link that loses (almost) nothing.
  * - authenticated-destination: a server sends unicast only to addresses it was configured with or
@@ -28,7 +30,7 @@
  *   datagrams under one (epoch, sequence): one key and nonce, one packet.
  */
 import { createHash } from 'node:crypto';
-import { retransmitRunsPerGroupMax } from '../../src/limits.js';
+import { repairAnswerRecentMs, retransmitRunsPerGroupMax } from '../../src/limits.js';
 import type { Endpoint } from '../../src/net/address.js';
 import { decodeNack, SetupAction } from '../../src/protocol/control.js';
 import {
@@ -183,6 +185,8 @@ export class Invariants {
   readonly #repairsDelivered = new Map<SimHost, number>();
   /** NACKed packets a retransmit server holds and must answer: key -> when it is due. */
   readonly #nackDue = new Map<string, { dueMs: number; server: SimHost; boot: number; what: string }>();
+  /** When a server last sent a held REPAIR of a packet to a requester (same key as #nackDue). */
+  readonly #answeredAt = new Map<string, number>();
   /** NACKs (server, boot, sender id, counter) already delivered once: a duplicate is refused. */
   readonly #nacksSeen = new Set<string>();
   /** Per repair host: "boot|run#sequence" of every packet a held REPAIR brought it. */
@@ -559,7 +563,9 @@ export class Invariants {
       if (record.datagram[headerBytes] === repairHeld) {
         const run = runOf(record.datagram);
         const sequence = record.datagram.readUInt32BE(offsetSequence);
-        this.#nackDue.delete(`${record.host.name}|${record.boot}|${run}#${sequence}|${ep(record.to)}`);
+        const key = `${record.host.name}|${record.boot}|${run}#${sequence}|${ep(record.to)}`;
+        this.#nackDue.delete(key);
+        this.#answeredAt.set(key, this.#network.scheduler.nowMs);
       }
     }
     const server = this.#servers.get(record.host);
@@ -638,6 +644,10 @@ export class Invariants {
         const sequence = sequenceAdd(range.start, i);
         if (packets?.get(sequence)?.genuine === true) {
           const key = `${host.name}|${boot}|${run}#${sequence}|${ep(record.from)}`;
+          const answeredAtMs = this.#answeredAt.get(key);
+          if (answeredAtMs !== undefined && now - answeredAtMs < repairAnswerRecentMs) {
+            continue; // sent to this requester moments ago: its answer is on the way (not sent again)
+          }
           if (!this.#nackDue.has(key)) {
             this.#nackDue.set(key, {
               dueMs: now + nackAnswerMsMax,
