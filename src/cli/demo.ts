@@ -527,10 +527,14 @@ async function startApplication(owned: Owned, group: Endpoint, iface: string) {
   let bytes = 0;
   let lastAt = performance.now();
   let wake: () => void = () => undefined;
+  let digest: string | undefined;
   owned.add(
     await openReceiverSocket(
       { group, iface, receiveBufferBytes: applicationReceiveBufferBytes },
       (payload) => {
+        if (digest !== undefined) {
+          return; // reported already: what the agent hands on later is not part of the file
+        }
         hash.update(payload);
         datagrams++;
         bytes += payload.length;
@@ -539,7 +543,6 @@ async function startApplication(owned: Owned, group: Endpoint, iface: string) {
       },
     ),
   );
-  let digest: string | undefined;
   return {
     group,
     /** Resolves once `expectedBytes` arrived, or nothing arrived for `quietMs` (bounded either way). */
