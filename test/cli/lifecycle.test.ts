@@ -6,7 +6,7 @@
  */
 import assert from 'node:assert/strict';
 import { type ChildProcess, spawn } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
@@ -232,7 +232,10 @@ describe('daemons: health, readiness, metrics and SIGTERM', () => {
     assert.equal(logged?.debit, subscriber.id);
 
     // receive is stopped mid-session: it stops within the bound and, the session not being
-    // whole, says so and exits 1 (never 0 for a cut session).
+    // whole, says so and exits 1 (never 0 for a cut session). On a loaded host it may not have
+    // locked the session yet: wait until it wrote some of it.
+    const out = join(directory, 'out');
+    await waitUntil('receive writes the session', () => existsSync(out) && statSync(out).size > 0, 20_000);
     const received = await terminate(receive);
     assert.ok(received.ms < stopWithinMs, `receive took ${received.ms.toFixed(0)} ms to stop`);
     assert.equal(received.code, 1, receive.stderr());
