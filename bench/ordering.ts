@@ -10,7 +10,7 @@
  */
 
 import { randomBytes } from 'node:crypto';
-import { writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg, release } from 'node:os';
 import { join } from 'node:path';
 import { parseShowRoutes } from '../src/order/smcroute.js';
@@ -97,13 +97,221 @@ const source = '10.231.1.10';
 const server = 'http://10.231.3.1:8080';
 const operatorToken = 'gct_order_bench_operator_token_0123456789';
 
+/** A stage's time in each trial, and the order server's main thread in it (when both ends are its). */
+interface StageTimes {
+  readonly label: string;
+  readonly elapsedMs: number[];
+  /** Per trial: the server thread's time on a core and waiting for one within the stage (NaN: not the server's). */
+  readonly cpuMs: number[];
+  readonly waitMs: number[];
+}
+
 interface BedFigures {
   toFirstPacketMs: number[];
   toStopMs: number[];
   orderAnsweredMs: number[];
+  cancelAnsweredMs: number[];
+  firstTrial: { toFirstPacketMs: number; toStopMs: number; orderAnsweredMs: number };
+  orderStages: StageTimes[];
+  cancelStages: StageTimes[];
+  /** Garbage collections and event-loop turns late by more than 5 ms in the server during the trials. */
+  serverGcMs: number[];
+  serverLateMs: number[];
+  probeWaitMs: number[];
   restoreRoutesMs: number[];
   restorePacketsMs: number[];
   relay: Array<{ rateBits: string; atRouter: number; atBox: number; seconds: number }>;
+}
+
+/** One trial as the probe timed it (bench/ordering-probe.ts). */
+interface ProbeTrial {
+  orderSentNs: string;
+  orderAnsweredNs: string;
+  firstPacketNs: string;
+  cancelSentNs: string;
+  cancelAnsweredNs: string;
+  lastPacketNs: string;
+  probeWaitNs: string;
+}
+interface ProbeResult {
+  first: ProbeTrial;
+  trials: ProbeTrial[];
+}
+/** A line of the order server's trace (bench/ordering-trace.ts). */
+interface TraceLine {
+  stage: string;
+  at: bigint;
+  cpu: bigint;
+  wait: bigint;
+  detail?: string;
+}
+/** A point on a trial's path: in the probe (no thread times) or a line of the server's trace. */
+type Point = { at: bigint; cpu?: bigint; wait?: bigint };
+
+const spanMs = (from: bigint, to: bigint) => Number(to - from) / 1e6;
+
+/**
+ * Lines up the probe's trials with the server's trace (one order at a time, so a trial's server
+ * stages are the first of each kind after the request was sent) and cuts each path into stages.
+ */
+function stagesOf(
+  probe: ProbeResult,
+  traceText: string,
+): Pick<
+  BedFigures,
+  | 'toFirstPacketMs'
+  | 'toStopMs'
+  | 'orderAnsweredMs'
+  | 'cancelAnsweredMs'
+  | 'firstTrial'
+  | 'orderStages'
+  | 'cancelStages'
+  | 'serverGcMs'
+  | 'serverLateMs'
+  | 'probeWaitMs'
+> {
+  const trace: TraceLine[] = traceText
+    .split('\n')
+    .filter(Boolean)
+    .map((line) => {
+      const raw = JSON.parse(line) as {
+        stage: string;
+        atNs: string;
+        cpuNs: string;
+        waitNs: string;
+        detail?: string;
+      };
+      return {
+        stage: raw.stage,
+        at: BigInt(raw.atNs),
+        cpu: BigInt(raw.cpuNs),
+        wait: BigInt(raw.waitNs),
+        ...(raw.detail === undefined ? {} : { detail: raw.detail }),
+      };
+    })
+    .sort((a, b) => (a.at < b.at ? -1 : a.at > b.at ? 1 : 0));
+  /** The first line of stage at or after from (and before until), whose detail starts with prefix. */
+  const next = (stage: string, from: bigint, until: bigint, prefix = ''): TraceLine => {
+    const line = trace.find(
+      (candidate) =>
+        candidate.stage === stage &&
+        candidate.at >= from &&
+        candidate.at < until &&
+        (candidate.detail ?? '').startsWith(prefix),
+    );
+    if (line === undefined) {
+      throw new Error(`the server's trace has no ${stage} ${prefix} in a trial`);
+    }
+    return line;
+  };
+  /** The last line of stage before until. */
+  const last = (stage: string, from: bigint, until: bigint): TraceLine => {
+    const found = trace.filter((line) => line.stage === stage && line.at >= from && line.at <= until).pop();
+    if (found === undefined) {
+      throw new Error(`the server's trace has no ${stage} in a trial`);
+    }
+    return found;
+  };
+  const orderLabels = [
+    'request sent → received by the server (return network, accept)',
+    'received → handler calls the book (parse, token checked)',
+    'handler → batch holds the store (group commit queue)',
+    'batch holds the store → committed (SQLite flush)',
+    'committed → driver starts on the link (poke)',
+    'driver starts → add sent (routes read, show routes on a drift check)',
+    'add sent → smcrouted answered (route and kernel MFC in)',
+    'add answered → first datagram at the box',
+    'committed → answer received by the box',
+  ];
+  const cancelLabels = [
+    'request sent → received by the server',
+    'received → handler calls the book',
+    'handler → batch holds the store',
+    'batch holds the store → committed',
+    'committed → driver starts on the link',
+    'driver starts → remove sent',
+    'remove sent → smcrouted answered',
+    'remove answered → last datagram at the box',
+    'committed → answer received by the box',
+  ];
+  const make = (labels: string[]): StageTimes[] =>
+    labels.map((label) => ({ label, elapsedMs: [], cpuMs: [], waitMs: [] }));
+  const orderStages = make(orderLabels);
+  const cancelStages = make(cancelLabels);
+  const record = (stages: StageTimes[], points: Point[], answered: bigint) => {
+    const committed = points[4] as Point;
+    const all: Array<[Point, Point]> = points.slice(0, -1).map((point, i) => [point, points[i + 1] as Point]);
+    all.push([committed, { at: answered }]);
+    for (const [i, [from, to]] of all.entries()) {
+      const stage = stages[i] as StageTimes;
+      stage.elapsedMs.push(spanMs(from.at, to.at));
+      const server = from.cpu !== undefined && to.cpu !== undefined;
+      stage.cpuMs.push(server ? spanMs(from.cpu as bigint, to.cpu as bigint) : Number.NaN);
+      stage.waitMs.push(server ? spanMs(from.wait as bigint, to.wait as bigint) : Number.NaN);
+    }
+  };
+  for (const trial of probe.trials) {
+    const t = Object.fromEntries(Object.entries(trial).map(([key, value]) => [key, BigInt(value)])) as Record<
+      keyof ProbeTrial,
+      bigint
+    >;
+    const orderPath = (sent: bigint, until: bigint, request: string, command: string) => {
+      const received = next('http-received', sent, until, request);
+      const handled = next(
+        request.startsWith('POST') ? 'order-requested' : 'cancel-requested',
+        received.at,
+        until,
+      );
+      const begun = next('batch-begun', handled.at, until);
+      const committed = next('batch-committed', begun.at, until);
+      const commandSent = next('router-sent', committed.at, until, command);
+      const driverStarted = last('reconcile-begun', committed.at, commandSent.at);
+      const answered = next('router-answered', commandSent.at, until, command.split(' ')[0]);
+      return [{ at: sent }, received, handled, begun, committed, driverStarted, commandSent, answered];
+    };
+    record(
+      orderStages,
+      [...orderPath(t.orderSentNs, t.cancelSentNs, 'POST /v1/order/orders', 'add'), { at: t.firstPacketNs }],
+      t.orderAnsweredNs,
+    );
+    const cancelUntil = t.lastPacketNs + 1_000_000_000n;
+    record(
+      cancelStages,
+      [
+        ...orderPath(t.cancelSentNs, cancelUntil, 'DELETE /v1/order/orders/', 'remove'),
+        { at: t.lastPacketNs },
+      ],
+      t.cancelAnsweredNs,
+    );
+  }
+  const trials = probe.trials;
+  const begin = BigInt(trials[0]?.orderSentNs ?? '0');
+  const end = BigInt(trials[trials.length - 1]?.lastPacketNs ?? '0');
+  const during = trace.filter((line) => line.at >= begin && line.at <= end);
+  const figuresOf = (trial: ProbeTrial) => ({
+    toFirstPacketMs: spanMs(BigInt(trial.orderSentNs), BigInt(trial.firstPacketNs)),
+    toStopMs: Math.max(0, spanMs(BigInt(trial.cancelSentNs), BigInt(trial.lastPacketNs))),
+    orderAnsweredMs: spanMs(BigInt(trial.orderSentNs), BigInt(trial.orderAnsweredNs)),
+  });
+  const each = trials.map(figuresOf);
+  return {
+    toFirstPacketMs: each.map((one) => one.toFirstPacketMs),
+    toStopMs: each.map((one) => one.toStopMs),
+    orderAnsweredMs: each.map((one) => one.orderAnsweredMs),
+    cancelAnsweredMs: trials.map((trial) =>
+      spanMs(BigInt(trial.cancelSentNs), BigInt(trial.cancelAnsweredNs)),
+    ),
+    firstTrial: figuresOf(probe.first),
+    orderStages,
+    cancelStages,
+    serverGcMs: during
+      .filter((line) => line.stage === 'gc')
+      .map((line) => Number.parseFloat(line.detail ?? '0')),
+    serverLateMs: during
+      .filter((line) => line.stage === 'loop-late')
+      .map((line) => Number.parseFloat(line.detail ?? '0')),
+    probeWaitMs: trials.map((trial) => Number(trial.probeWaitNs) / 1e6),
+  };
 }
 
 async function bedRuns(): Promise<BedFigures> {
@@ -120,10 +328,15 @@ async function bedRuns(): Promise<BedFigures> {
       }
     };
     await until('smcrouted', answers);
+    const traceFile = join(bed.directory, 'order-trace.jsonl');
     const serve = bed.start(
       'or',
       node,
       [
+        '--import',
+        'tsx',
+        '--import',
+        join(repoRoot, 'bench', 'ordering-trace.ts'),
         gatecastBin(),
         'serve',
         '--roles',
@@ -133,7 +346,7 @@ async function bedRuns(): Promise<BedFigures> {
         '--listen',
         '10.231.3.1:8080',
       ],
-      { GATECAST_OPERATOR_TOKEN: operatorToken },
+      { GATECAST_OPERATOR_TOKEN: operatorToken, GATECAST_BENCH_TRACE: traceFile },
     );
     await serve.waitFor(/serve: .* on http:/, 60_000);
     process.env.GATECAST_TOKEN = operatorToken;
@@ -215,10 +428,26 @@ async function bedRuns(): Promise<BedFigures> {
     if (probeCode !== 0) {
       throw new Error(`the probe failed: ${probe.output()}`);
     }
-    const timed = JSON.parse(probe.output().trim().split('\n').pop() as string) as Pick<
-      BedFigures,
-      'toFirstPacketMs' | 'toStopMs' | 'orderAnsweredMs'
-    >;
+    // The server writes its trace every 100 ms: wait for the last trial's last stage.
+    const lastSentNs = BigInt(
+      (JSON.parse(probe.output().trim().split('\n').pop() as string) as ProbeResult).trials.at(-1)
+        ?.cancelSentNs ?? '0',
+    );
+    await until("the server's trace of the last trial", () => {
+      const lines = readFileSync(traceFile, 'utf8').trim().split('\n');
+      return lines.some(
+        (line) =>
+          line.includes('"reconcile-done"') && BigInt(/"atNs":"(\d+)"/.exec(line)?.[1] ?? '0') > lastSentNs,
+      );
+    });
+    // BENCH_ORDER_TRACE=FILE keeps the server's trace and the probe's trials for a closer look.
+    if (process.env.BENCH_ORDER_TRACE !== undefined) {
+      writeFileSync(process.env.BENCH_ORDER_TRACE, `${readFileSync(traceFile, 'utf8')}${probe.output()}`);
+    }
+    const timed = stagesOf(
+      JSON.parse(probe.output().trim().split('\n').pop() as string) as ProbeResult,
+      readFileSync(traceFile, 'utf8'),
+    );
 
     // Restore after smcrouted restarts: a box holds news; smcrouted is killed and started again.
     const watcher = bed.start('b1', node, [
@@ -386,6 +615,9 @@ about a dozen round trips, while the benchmark's process sits idle (its CPU prof
 its 14.2 s, most of the rest starting PostgreSQL; the order book's own functions under 1 %).`;
 }
 
+/** What the stage figures of the last run show (kept with the run that showed it). */
+const bedAnalysis = `Where the tail came from: see the run described below the tables.`;
+
 function bedSection(figures: BedFigures | string): string {
   if (typeof figures === 'string') {
     return `### The one-way link bed\n\nNot run: ${figures}.`;
@@ -396,40 +628,52 @@ function bedSection(figures: BedFigures | string): string {
   );
   const lossless = figures.relay.filter((row) => row.atRouter === row.atBox && row.atRouter > 0);
   const best = lossless.reduce((top, row) => Math.max(top, row.atBox / row.seconds), 0);
+  const stageRows = (stages: readonly StageTimes[]) =>
+    stages.map((stage) => {
+      const slowest = stage.elapsedMs.indexOf(Math.max(...stage.elapsedMs));
+      const cpu = stage.cpuMs[slowest] ?? Number.NaN;
+      const wait = stage.waitMs[slowest] ?? Number.NaN;
+      const split = Number.isNaN(cpu) ? '' : `${ms(cpu)} / ${ms(wait)}`;
+      return `| ${stage.label} | ${ms(percentile(stage.elapsedMs, 50))} | ${ms(percentile(stage.elapsedMs, 99))} | ${ms(Math.max(...stage.elapsedMs))} | ${split} |`;
+    });
+  const sum = (values: readonly number[]) => values.reduce((total, value) => total + value, 0);
   return `### On the one-way link bed (namespaces, real smcrouted, nftables)
 
 The box in its own namespace joins the channel's group on the link, orders over the return network
-(HTTP to the order server) and times the first datagram that arrives; 50 ms later it cancels and
-times the last one that still came. The source sends 2,000 datagrams a second all along (0.5 ms
-between datagrams, so the figures are within 0.5 ms). ${figures.toFirstPacketMs.length} trials.
+(HTTP to the order server) and takes the arrival time of the first datagram in the socket's handler;
+50 ms later it cancels and times the last datagram that still came. The source sends 2,000 datagrams
+a second all along (0.5 ms between datagrams, so the figures are within 0.5 ms). ${figures.toFirstPacketMs.length}
+trials after a first one that runs cold (the box's HTTP client loads and connects, the server's
+order path runs for the first time: order to first packet ${ms(figures.firstTrial.toFirstPacketMs)} ms, answered in
+${ms(figures.firstTrial.orderAnsweredMs)} ms, cancel to stop ${ms(figures.firstTrial.toStopMs)} ms), reported alone.
 
 | measure | p50 ms | p99 ms | max ms | target p99 |
 |---|---|---|---|---|
 | order answered (HTTP round trip) | ${ms(percentile(figures.orderAnsweredMs, 50))} | ${ms(percentile(figures.orderAnsweredMs, 99))} | ${ms(Math.max(...figures.orderAnsweredMs))} | |
 | order to first packet | ${ms(percentile(figures.toFirstPacketMs, 50))} | ${ms(percentile(figures.toFirstPacketMs, 99))} | ${ms(Math.max(...figures.toFirstPacketMs))} | ≤ 25 |
+| cancel answered (HTTP round trip) | ${ms(percentile(figures.cancelAnsweredMs, 50))} | ${ms(percentile(figures.cancelAnsweredMs, 99))} | ${ms(Math.max(...figures.cancelAnsweredMs))} | |
 | cancel to stop (last packet after the cancel was sent) | ${ms(percentile(figures.toStopMs, 50))} | ${ms(percentile(figures.toStopMs, 99))} | ${ms(Math.max(...figures.toStopMs))} | ≤ 25 |
 
-Where the time goes: a second run the same afternoon (load average 17–19, the same 60 trials) with a
-timestamp at each stage, in the probe and in the order server (one clock: the namespaces share the
-host's), stage to stage:
+Stage by stage, from timestamps on the host's monotonic clock (the same in every namespace) taken
+by the box and by the order server (the \`gatecast:order:stage\` diagnostics channel,
+src/order/trace.ts, written out by bench/ordering-trace.ts preloaded into \`gatecast serve\`). The
+last column splits the slowest trial of a stage that starts and ends in the server: the server's
+main thread on a core / waiting for one (run queue, /proc/thread-self/schedstat); the rest of the
+stage it was blocked or idle (a flush, smcrouted's answer, the network).
 
-| stage | order p50 ms | order p99 ms | stage | cancel p50 ms | cancel p99 ms |
-|---|---|---|---|---|---|
-| request sent → handler runs (HTTP, token checked) | 7.6 | 288.4 | request sent → handler runs | 2.2 | 265.5 |
-| handler → admission committed (group commit, SQLite flush) | 4.1 | 33.4 | handler → end committed | 1.3 | 157.7 |
-| committed → the link's wanted routes read (driver poked, no poll) | 4.0 | 38.4 | committed → route removed (smcrouted answered) | 5.2 | 288.3 |
-| routes read → route added (smcrouted answered over its socket) | 6.3 | 343.0 | route removed → last datagram | 1.2 | 8.0 |
-| route added → first datagram at the box | 1.1 | 82.7 | | | |
+| order stage | p50 ms | p99 ms | max ms | slowest: on a core / waiting for one, ms |
+|---|---|---|---|---|
+${stageRows(figures.orderStages).join('\n')}
 
-Each stage takes a few milliseconds at the median; the p99 of every stage is one to three hundred
-milliseconds, and the slow trials are not the same stage each time: a process that is ready to run
-waits for one of the two cores shared with the other work on the machine (load average 17–19). Before
-the control socket, an \`smcroutectl\` process started per command (measured here at load
-average 6: 41 ms p50 each, against 0.3 ms for the same command over the socket) and \`show routes\` ran before the next
-command could go; the figures then, load average 7.6: order to first packet p50 89.8 ms, p99
-498.1 ms; cancel to stop p50 65.4 ms, p99 233.1 ms; restore 909.7 ms (p50). The 25 ms p99 target is
-not met in these runs: what is left in the path is one HTTP request, one commit and one command to
-smcrouted, each a few milliseconds, and the machine's scheduling delays on top.
+| cancel stage | p50 ms | p99 ms | max ms | slowest: on a core / waiting for one, ms |
+|---|---|---|---|---|
+${stageRows(figures.cancelStages).join('\n')}
+
+During the trials the server collected garbage ${figures.serverGcMs.length} times (${ms(sum(figures.serverGcMs))} ms in all, longest
+${ms(Math.max(0, ...figures.serverGcMs))} ms); its event loop came more than 5 ms late ${figures.serverLateMs.length} times (longest ${ms(Math.max(0, ...figures.serverLateMs))} ms).
+The box's probe waited for a core ${ms(percentile(figures.probeWaitMs, 50))} ms per trial at the median, ${ms(Math.max(...figures.probeWaitMs))} ms at most.
+
+${bedAnalysis}
 
 smcrouted killed (SIGKILL) and started again, 5 times, one channel ordered: time from the start of the
 new daemon until its routes show the channel again, and until the channel's datagrams reach the box

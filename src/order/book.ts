@@ -22,6 +22,7 @@ import { type Kysely, type OperationNodeSource, sql } from 'kysely';
 import { orderGroupCommitMax } from '../limits.js';
 import type { CapacityFull, LinkPolicy, Order, OrderPrice, OrderState } from '../protocol/api-order.js';
 import type { Schema, Store } from '../store/database.js';
+import { traceOrderStage } from './trace.js';
 
 /** A service as admission reads it. */
 interface ServiceRow {
@@ -114,12 +115,15 @@ export function createBatchCommitter<In, Out>(
   let queue: Array<{ item: In; resolve: (value: Out) => void; reject: (error: Error) => void }> = [];
   let writing = false;
   const write = async (group: typeof queue) => {
-    const results = await store.writeTransaction((trx) =>
-      runBatch(
+    traceOrderStage('batch-queued', undefined, () => String(group.length));
+    const results = await store.writeTransaction((trx) => {
+      traceOrderStage('batch-begun');
+      return runBatch(
         trx,
         group.map((one) => one.item),
-      ),
-    );
+      );
+    });
+    traceOrderStage('batch-committed');
     assert.equal(results.length, group.length);
     for (const [i, one] of group.entries()) {
       one.resolve(results[i] as Out);
@@ -826,6 +830,7 @@ export function createOrderBook(store: Store, options: OrderBookOptions): OrderB
 
   return {
     async order(box, service) {
+      traceOrderStage('order-requested');
       const outcome = await admit({ box, service });
       if (outcome.kind === 'ordered' && outcome.activated) {
         changed([outcome.order.link]);
@@ -856,6 +861,7 @@ export function createOrderBook(store: Store, options: OrderBookOptions): OrderB
     },
 
     async cancel(box, id) {
+      traceOrderStage('cancel-requested');
       const { row, changedLink } = await end(id, box, 'cancelled');
       if (changedLink !== undefined) {
         changed([changedLink]);

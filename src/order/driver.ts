@@ -16,6 +16,7 @@ import {
 import { LinkRouter } from '../protocol/api-order.js';
 import type { Store } from '../store/database.js';
 import type { OrderBook, RouteWanted } from './book.js';
+import { traceOrderStage } from './trace.js';
 
 /** What one reconcile did. */
 export interface ReconcileReport {
@@ -128,8 +129,11 @@ export function startLinkDrivers(options: LinkDriversOptions): LinkDrivers {
     if (!due) {
       return;
     }
+    traceOrderStage('reconcile-begun', name, () => (fresh ? 'fresh' : 'from what it saw'));
     const wanted = await options.book.desired(name);
+    traceOrderStage('routes-read', name);
     const report = await current.driver.reconcile(wanted, { fresh });
+    traceOrderStage('reconcile-done', name);
     if (version !== undefined) {
       current.version = version;
     }
@@ -298,6 +302,7 @@ export function startLinkDrivers(options: LinkDriversOptions): LinkDrivers {
 
   return {
     poke(link) {
+      traceOrderStage('link-poked', link, () => (running === undefined ? 'at once' : 'queued behind a pass'));
       poked.add(link);
       run(false).catch(() => undefined);
     },

@@ -18,6 +18,7 @@ import {
 } from '../protocol/smcroute-ipc.js';
 import type { RouteWanted } from './book.js';
 import type { ReconcileOptions, ReconcileReport, RouterDriver } from './driver.js';
+import { traceOrderStage } from './trace.js';
 
 /** Settings of one smcrouted. */
 export interface SmcrouteSettings {
@@ -176,7 +177,12 @@ export function createSmcrouteDriver(settings: SmcrouteSettings): RouterDriver {
   let seenSocket: string | undefined;
   /** Sends one command; one at a time. */
   const control = (command: SmcrouteCommand, args: string[]): Promise<SmcrouteAnswer> => {
-    const run = () => smcrouteRequest(settings.socket, command, args, { signal: abort.signal });
+    const run = async () => {
+      traceOrderStage('router-sent', undefined, () => `${command} ${args.join(' ')}`);
+      const answer = await smcrouteRequest(settings.socket, command, args, { signal: abort.signal });
+      traceOrderStage('router-answered', undefined, () => `${command} ${answer.ok ? 'ok' : 'failed'}`);
+      return answer;
+    };
     const next = queue.then(run, run);
     queue = next;
     return next;
