@@ -22,6 +22,7 @@ import {
 import { sendError } from '../net/http-server.js';
 import type { Metrics } from '../net/metrics.js';
 import type { Store } from '../store/database.js';
+import { orderServiceColumns } from '../store/order-tables.js';
 import { LiveView, type WatchedEndpoint } from './live.js';
 
 /** What the console is built from. */
@@ -74,18 +75,7 @@ async function orderSnapshot(store: Store) {
     db
       .selectFrom('order_services')
       .leftJoin('order_active', 'order_active.service', 'order_services.name')
-      .select([
-        'order_services.name',
-        'order_services.link',
-        'order_services.group_address',
-        'order_services.port',
-        'order_services.bit_rate',
-        'order_services.priority',
-        'order_services.price',
-        'order_services.relay_to',
-        'order_active.refcount',
-        'order_active.activated_at',
-      ])
+      .select(orderServiceColumns)
       .orderBy('order_services.name')
       .limit(consoleTableRowsMax)
       .execute(),

@@ -39,6 +39,7 @@ import {
   OrderServiceSaved,
   ServiceBody,
 } from '../protocol/api-order.js';
+import { orderServiceColumns } from '../store/order-tables.js';
 import { createOrderBook, type OrderBook, presentOrder } from './book.js';
 import { type LinkDrivers, type ReconcileReport, type RouterDriver, startLinkDrivers } from './driver.js';
 import { createRelayDriver } from './relay.js';
@@ -233,19 +234,7 @@ function registerBoxRoutes(app: FastifyInstance, context: OrderContext, book: Or
       const rows = await context.db
         .selectFrom('order_services')
         .leftJoin('order_active', 'order_active.service', 'order_services.name')
-        .select([
-          'order_services.name',
-          'order_services.link',
-          'order_services.group_address',
-          'order_services.port',
-          'order_services.source_address',
-          'order_services.bit_rate',
-          'order_services.priority',
-          'order_services.price',
-          'order_services.relay_to',
-          'order_active.refcount',
-          'order_active.activated_at',
-        ])
+        .select(orderServiceColumns)
         .orderBy('order_services.name')
         .execute();
       return rows.map((row) => ({

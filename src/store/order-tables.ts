@@ -65,3 +65,22 @@ export interface OrderTables {
     expires_at_ms: number | string | bigint;
   };
 }
+
+/**
+ * What the order API (GET /v1/order/services) and the operator console read of each service,
+ * from order_services left-joined with order_active (its refcount and since when it is active):
+ * one list, so the two show the same columns.
+ */
+export const orderServiceColumns = [
+  'order_services.name',
+  'order_services.link',
+  'order_services.group_address',
+  'order_services.port',
+  'order_services.source_address',
+  'order_services.bit_rate',
+  'order_services.priority',
+  'order_services.price',
+  'order_services.relay_to',
+  'order_active.refcount',
+  'order_active.activated_at',
+] as const;
