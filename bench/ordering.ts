@@ -120,6 +120,8 @@ interface BedFigures {
   /** Garbage collections and event-loop turns late by more than 5 ms in the server during the trials. */
   serverGcMs: number[];
   serverLateMs: number[];
+  /** The server's event loop late by more than 10 ms: by how much, and what of its own timers' work ran then. */
+  serverStalls: Array<{ lateMs: number; during: string[] }>;
   probeWaitMs: number[];
   /** The same trials with the server, smcrouted and the box at real-time priority (aheadPolicy). */
   ahead: Omit<BedFigures, 'ahead' | 'restoreRoutesMs' | 'restorePacketsMs' | 'relay'>;
@@ -150,6 +152,37 @@ interface TraceLine {
   wait: bigint;
   detail?: string;
 }
+/** Each turn of the server's loop late by more than 10 ms, with the background work that ran in it. */
+function stallsOf(trace: readonly TraceLine[], during: readonly TraceLine[]) {
+  return during
+    .filter((line) => line.stage === 'loop-late' && Number.parseFloat(line.detail ?? '0') > 10)
+    .map((line) => {
+      const lateMs = Number.parseFloat(line.detail ?? '0');
+      const from = line.at - BigInt(Math.round(lateMs * 1e6));
+      const open = new Map<string, bigint>();
+      const ran = new Set<string>();
+      for (const other of trace) {
+        if (other.at > line.at) {
+          break;
+        }
+        const what = other.detail ?? '';
+        if (other.stage === 'background-begun') {
+          open.set(what, other.at);
+        } else if (other.stage === 'background-done') {
+          const begun = open.get(what);
+          open.delete(what);
+          if (begun !== undefined && other.at >= from) {
+            ran.add(what);
+          }
+        }
+      }
+      for (const what of open.keys()) {
+        ran.add(what);
+      }
+      return { lateMs, during: [...ran] };
+    });
+}
+
 /** A point on a trial's path: in the probe (no thread times) or a line of the server's trace. */
 type Point = { at: bigint; cpu?: bigint; wait?: bigint };
 
@@ -173,6 +206,7 @@ function stagesOf(
   | 'cancelStages'
   | 'serverGcMs'
   | 'serverLateMs'
+  | 'serverStalls'
   | 'probeWaitMs'
 > {
   const trace: TraceLine[] = traceText
@@ -315,6 +349,7 @@ function stagesOf(
     serverLateMs: during
       .filter((line) => line.stage === 'loop-late')
       .map((line) => Number.parseFloat(line.detail ?? '0')),
+    serverStalls: stallsOf(trace, during),
     probeWaitMs: trials.map((trial) => Number(trial.probeWaitNs) / 1e6),
   };
 }
@@ -642,6 +677,15 @@ about a dozen round trips, while the benchmark's process sits idle (its CPU prof
 its 14.2 s, most of the rest starting PostgreSQL; the order book's own functions under 1 %).`;
 }
 
+const stallText = (stalls: BedFigures['serverStalls']) =>
+  stalls.length === 0
+    ? 'none'
+    : [...stalls]
+        .sort((a, b) => b.lateMs - a.lateMs)
+        .slice(0, 8)
+        .map((stall) => `${ms(stall.lateMs)} ms (${stall.during.join(', ') || 'no background work'})`)
+        .join(', ') + (stalls.length > 8 ? `, and ${stalls.length - 8} more` : '');
+
 /** What the stage figures of the last run show (kept with the run that showed it). */
 const bedAnalysis = `Where the tail came from: see the run described below the tables.`;
 
@@ -715,6 +759,8 @@ During the trials the server collected garbage ${figures.serverGcMs.length} time
 ${ms(Math.max(0, ...figures.serverGcMs))} ms); its event loop came more than 5 ms late ${figures.serverLateMs.length} times (longest ${ms(Math.max(0, ...figures.serverLateMs))} ms).
 The box's probe waited for a core ${ms(percentile(figures.probeWaitMs, 50))} ms per trial at the median, ${ms(Math.max(...figures.probeWaitMs))} ms at most
 (at real-time priority: ${ms(percentile(ahead.probeWaitMs, 50))} and ${ms(Math.max(...ahead.probeWaitMs))} ms; the server ${ahead.serverLateMs.length} times late, longest ${ms(Math.max(0, ...ahead.serverLateMs))} ms).
+The server's loop late by more than 10 ms during the trials, and what of its own timers' work ran in
+that time: ${stallText(figures.serverStalls)}; at real-time priority: ${stallText(ahead.serverStalls)}.
 Tracing costs the server about 60 µs per stage (a read of /proc/thread-self/schedstat and a line of
 JSON, measured at load 12): under 1 ms of the order path's ten stages.
 

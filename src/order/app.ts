@@ -44,6 +44,7 @@ import { createOrderBook, type OrderBook, presentOrder } from './book.js';
 import { type LinkDrivers, type ReconcileReport, type RouterDriver, startLinkDrivers } from './driver.js';
 import { createRelayDriver } from './relay.js';
 import { createSmcrouteDriver } from './smcroute.js';
+import { traceOrderStage } from './trace.js';
 
 /** What the order role needs from the server it is part of. */
 export interface OrderContext extends ApiContext {
@@ -121,10 +122,17 @@ export function registerOrderRole(
   const chargeOrders = createOrderCharger(context, options.onInternalError);
   const timers = [
     setInterval(() => {
-      book.expire().catch((error: Error) => options.onInternalError?.(error));
+      traceOrderStage('background-begun', undefined, () => 'expiry sweep');
+      book
+        .expire()
+        .catch((error: Error) => options.onInternalError?.(error))
+        .finally(() => traceOrderStage('background-done', undefined, () => 'expiry sweep'));
     }, options.expirySweepMs ?? orderExpirySweepMs),
     setInterval(() => {
-      chargeOrders().catch((error: Error) => options.onInternalError?.(error));
+      traceOrderStage('background-begun', undefined, () => 'billing of orders');
+      chargeOrders()
+        .catch((error: Error) => options.onInternalError?.(error))
+        .finally(() => traceOrderStage('background-done', undefined, () => 'billing of orders'));
     }, options.billingSweepMs ?? orderBillingSweepMs),
   ];
   for (const timer of timers) {

@@ -270,9 +270,13 @@ export function startLinkDrivers(options: LinkDriversOptions): LinkDrivers {
       return;
     }
     timer = setTimeout(() => {
+      traceOrderStage('background-begun', undefined, () => 'driver poll');
       run(true)
         .catch(() => undefined)
-        .finally(schedule);
+        .finally(() => {
+          traceOrderStage('background-done', undefined, () => 'driver poll');
+          schedule();
+        });
     }, pollMs);
     timer.unref();
   };

@@ -21,7 +21,9 @@ export const orderTraceChannelName = 'gatecast:order:stage';
  * - `link-poked`: the book told the drivers a link's routed set changed (`queued` when a pass was running);
  * - `reconcile-begun`, `routes-read`: a driver starts on a link and has read what it should carry;
  * - `router-sent`, `router-answered`: one command to the router (`detail`: the command) and its answer;
- * - `reconcile-done`.
+ * - `reconcile-done`;
+ * - `background-begun`, `background-done`: work of the role's own timers on the same thread
+ *   (`detail`: the driver's poll, the expiry sweep or the billing of orders).
  */
 export type OrderStage =
   | 'order-requested'
@@ -34,7 +36,9 @@ export type OrderStage =
   | 'routes-read'
   | 'router-sent'
   | 'router-answered'
-  | 'reconcile-done';
+  | 'reconcile-done'
+  | 'background-begun'
+  | 'background-done';
 
 /** What the channel carries. */
 export interface OrderStageMessage {

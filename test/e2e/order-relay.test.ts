@@ -3,19 +3,18 @@ import { createHash, randomBytes } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { createOrderBed, type OrderBed } from '../helpers/order-bed.js';
+import {
+  createOrderBed,
+  type OrderBed,
+  orderAdmin,
+  startOrderServer,
+  watchOrder,
+} from '../helpers/order-bed.js';
 import { gatecastBin, testbedSkip } from '../helpers/testbed.js';
+import { waitUntil } from '../helpers/wait.js';
 
 /** Polls until check holds (bounded), naming what was awaited when it does not. */
-async function until(what: string, check: () => boolean, timeoutMs = 60_000): Promise<void> {
-  const deadline = performance.now() + timeoutMs;
-  while (!check()) {
-    if (performance.now() > deadline) {
-      throw new Error(`timed out waiting for ${what}`);
-    }
-    await new Promise((resolve) => setTimeout(resolve, 25));
-  }
-}
+const until = (what: string, check: () => boolean, timeoutMs = 60_000) => waitUntil(what, check, timeoutMs);
 
 const sha256 = (bytes: Buffer) => createHash('sha256').update(bytes).digest('hex');
 
@@ -25,7 +24,6 @@ const film = '239.231.0.3';
 const newsOnLink = '239.231.1.1';
 const filmOnLink = '239.231.1.3';
 const source = '10.231.1.10';
-const server = 'http://10.231.3.1:8080';
 const operatorToken = 'gct_order_relay_e2e_operator_token_0123';
 
 describe(
@@ -37,23 +35,9 @@ describe(
     const node = process.execPath;
     const gatecast = (host: 'os' | 'or' | 'b1' | 'b2', args: string[]) =>
       bed.start(host, node, [gatecastBin(), ...args]);
-    const admin = (...args: string[]) =>
-      bed.run('or', node, [gatecastBin(), 'admin', '--server', server, ...args]);
+    const admin = (...args: string[]) => orderAdmin(bed)(...args);
     /** Starts the box ordering a service and renewing, and waits until it has ordered. */
-    const watch = async (service: string) => {
-      const started = gatecast('b1', [
-        'stb',
-        'order',
-        '--service',
-        service,
-        '--server',
-        server,
-        '--token',
-        boxToken,
-      ]);
-      await started.waitFor(/renewing every/);
-      return started;
-    };
+    const watch = (service: string) => watchOrder(bed, 'b1', boxToken, service);
     /** Checks that the router keeps receiving group while nothing of relayed reaches the box. */
     const silent = async (group: string, relayed: string) => {
       const atBox = bed.arrived('b1', relayed);
@@ -64,23 +48,7 @@ describe(
 
     before(async () => {
       bed = createOrderBed([news, film, newsOnLink, filmOnLink]);
-      const serve = bed.start(
-        'or',
-        node,
-        [
-          gatecastBin(),
-          'serve',
-          '--roles',
-          'subscription,billing,order',
-          '--db',
-          `sqlite:${bed.directory}/gatecast.db`,
-          '--listen',
-          '10.231.3.1:8080',
-        ],
-        { GATECAST_OPERATOR_TOKEN: operatorToken },
-      );
-      await serve.waitFor(/serve: .* on http:/, 60_000); // a loaded machine starts it slowly
-      process.env.GATECAST_TOKEN = operatorToken; // admin in the router's namespace inherits it
+      await startOrderServer(bed, { operatorToken });
       // No router: the order server joins on eth0 (10.231.1.1) and sends on the link's eth1 (10.231.2.1).
       admin('orders', 'link', 'sat', '--capacity', '10M', '--router', 'relay:10.231.1.1:10.231.2.1');
       for (const [name, group, relayTo] of [

@@ -1,25 +1,26 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { parseShowRoutes } from '../../src/order/smcroute.js';
-import { createOrderBed, type OrderBed, type Started } from '../helpers/order-bed.js';
+import {
+  createOrderBed,
+  type OrderBed,
+  orderAdmin,
+  orderServerUrl,
+  type Started,
+  startOrderServer,
+  watchOrder,
+} from '../helpers/order-bed.js';
 import { gatecastBin, testbedSkip } from '../helpers/testbed.js';
+import { waitUntil } from '../helpers/wait.js';
 
 /** Polls until check holds (bounded), naming what was awaited when it does not. */
-async function until(what: string, check: () => boolean, timeoutMs = 60_000): Promise<void> {
-  const deadline = performance.now() + timeoutMs;
-  while (!check()) {
-    if (performance.now() > deadline) {
-      throw new Error(`timed out waiting for ${what}`);
-    }
-    await new Promise((resolve) => setTimeout(resolve, 25));
-  }
-}
+const until = (what: string, check: () => boolean, timeoutMs = 60_000) => waitUntil(what, check, timeoutMs);
 
 const news = '239.231.0.1';
 const sport = '239.231.0.2';
 const film = '239.231.0.3';
 const source = '10.231.1.10';
-const server = 'http://10.231.3.1:8080';
+const server = orderServerUrl;
 const operatorToken = 'gct_order_e2e_operator_token_0123456789';
 const leaseSeconds = 4;
 
@@ -29,12 +30,10 @@ describe(
   () => {
     let bed: OrderBed;
     let smcrouted: Started;
-    let serve: Started;
     const tokens: Record<string, string> = {};
     const node = process.execPath;
 
-    const admin = (...args: string[]) =>
-      bed.run('or', node, [gatecastBin(), 'admin', '--server', server, ...args]);
+    const admin = (...args: string[]) => orderAdmin(bed)(...args);
     /** Runs `gatecast stb` in a box's namespace to its end. */
     const stbOnce = async (box: 'b1' | 'b2', token: string, args: string[]) => {
       const started = bed.start(box, node, [
@@ -50,21 +49,7 @@ describe(
       return { code, output: started.output() };
     };
     /** Starts a box ordering a service and renewing, and waits until it has ordered. */
-    const watch = async (box: 'b1' | 'b2', token: string, service: string) => {
-      const started = bed.start(box, node, [
-        gatecastBin(),
-        'stb',
-        'order',
-        '--service',
-        service,
-        '--server',
-        server,
-        '--token',
-        token,
-      ]);
-      await started.waitFor(/renewing every/);
-      return started;
-    };
+    const watch = (box: 'b1' | 'b2', token: string, service: string) => watchOrder(bed, box, token, service);
     /** smcrouted forwards (S,G) onto the link (its rules, not the kernel's unresolved entries). */
     const routed = (group: string) =>
       parseShowRoutes(bed.routes()).some(
@@ -94,25 +79,11 @@ describe(
           return false;
         }
       });
-      serve = bed.start(
-        'or',
-        node,
-        [
-          gatecastBin(),
-          'serve',
-          '--roles',
-          'subscription,billing,order',
-          '--db',
-          `sqlite:${bed.directory}/gatecast.db`,
-          '--listen',
-          '10.231.3.1:8080',
-          '--order-lease',
-          String(leaseSeconds),
-        ],
-        { GATECAST_OPERATOR_TOKEN: operatorToken, GATECAST_TOKEN: operatorToken },
-      );
-      await serve.waitFor(/serve: .* on http:/, 60_000); // a loaded machine starts it slowly
-      process.env.GATECAST_TOKEN = operatorToken; // admin in the router's namespace inherits it
+      await startOrderServer(bed, {
+        operatorToken,
+        serveArgs: ['--order-lease', String(leaseSeconds)],
+        env: { GATECAST_TOKEN: operatorToken },
+      });
       admin(
         'orders',
         'link',

@@ -16,6 +16,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { gatecastBin } from './testbed.js';
 
 /** A built bed. */
 export interface OrderBed {
@@ -271,4 +272,76 @@ export function createOrderBed(groups: readonly string[]): OrderBed {
     routes: () => sh('smcroutectl', ['-u', smcrouteSocket, '-p', 'show', 'routes']),
     down,
   };
+}
+
+/** The order server's address on the return network (it runs in the router's namespace). */
+export const orderServerListen = '10.231.3.1:8080';
+/** The order server's URL, as the boxes and the operator reach it. */
+export const orderServerUrl = `http://${orderServerListen}`;
+
+/** How the order server of a bed is started. */
+export interface OrderServerOptions {
+  /** The operator token the server accepts; `gatecast admin` in the bed's namespaces uses it too. */
+  readonly operatorToken: string;
+  /** More arguments of `gatecast serve` (for instance --order-lease). */
+  readonly serveArgs?: readonly string[];
+  /** Arguments of node before the program (for instance --import of a preloaded module). */
+  readonly nodeArgs?: readonly string[];
+  readonly env?: Record<string, string>;
+}
+
+/**
+ * Starts `gatecast serve` with the subscription, billing and order roles in the router's namespace,
+ * on a SQLite store in the bed's directory, and waits (bounded) until it listens. Sets
+ * GATECAST_TOKEN to the operator token for the `gatecast admin` commands run in the bed.
+ */
+export async function startOrderServer(bed: OrderBed, options: OrderServerOptions): Promise<Started> {
+  const serve = bed.start(
+    'or',
+    process.execPath,
+    [
+      ...(options.nodeArgs ?? []),
+      gatecastBin(),
+      'serve',
+      '--roles',
+      'subscription,billing,order',
+      '--db',
+      `sqlite:${bed.directory}/gatecast.db`,
+      '--listen',
+      orderServerListen,
+      ...(options.serveArgs ?? []),
+    ],
+    { GATECAST_OPERATOR_TOKEN: options.operatorToken, ...options.env },
+  );
+  await serve.waitFor(/serve: .* on http:/, 60_000); // a loaded machine starts it slowly
+  process.env.GATECAST_TOKEN = options.operatorToken; // admin in the router's namespace inherits it
+  return serve;
+}
+
+/** Runs `gatecast admin --server URL …` in the router's namespace and returns what it printed. */
+export const orderAdmin =
+  (bed: OrderBed) =>
+  (...args: string[]): string =>
+    bed.run('or', process.execPath, [gatecastBin(), 'admin', '--server', orderServerUrl, ...args]);
+
+/** Starts a box ordering a service with `gatecast stb order` (it renews), and waits until it has ordered. */
+export async function watchOrder(
+  bed: OrderBed,
+  box: 'b1' | 'b2',
+  token: string,
+  service: string,
+): Promise<Started> {
+  const started = bed.start(box, process.execPath, [
+    gatecastBin(),
+    'stb',
+    'order',
+    '--service',
+    service,
+    '--server',
+    orderServerUrl,
+    '--token',
+    token,
+  ]);
+  await started.waitFor(/renewing every/);
+  return started;
 }
