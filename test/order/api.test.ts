@@ -1,10 +1,12 @@
 import assert from 'node:assert/strict';
+import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import { after, before, describe, it } from 'node:test';
 import type { FastifyInstance, InjectOptions } from 'fastify';
 import { buildServerApp } from '../../src/cli/server-app.js';
 import type { OrderRole } from '../../src/order/app.js';
 import type { RouteWanted } from '../../src/order/book.js';
 import type { RouterDriver } from '../../src/order/driver.js';
+import { type OrderStageMessage, orderTraceChannelName } from '../../src/order/trace.js';
 import { openStore, type Store } from '../../src/store/database.js';
 import { onEveryStore } from '../helpers/postgres.js';
 
@@ -262,6 +264,70 @@ function apiSuite(name: string, options: { skip?: string }, url: () => string, c
         '/v1/order/report',
       ]) {
         assert.ok(document.paths[path] !== undefined, path);
+      }
+    });
+
+    it('publishes each stage of an order and of its cancel on the trace channel, in the order they happen', async () => {
+      const link = await call('PUT', '/v1/order/links/traced', operatorToken, {
+        capacity: 10_000_000,
+        router: { kind: 'relay', inbound: '127.0.0.1', outbound: '127.0.0.1' },
+      });
+      assert.equal(link.status, 200, JSON.stringify(link.body));
+      const service = await call('PUT', '/v1/order/services/traced-news', operatorToken, {
+        link: 'traced',
+        group: '239.5.9.1:5000',
+        bitRate: 1_000_000,
+      });
+      assert.equal(service.status, 200, JSON.stringify(service.body));
+      const seen: OrderStageMessage[] = [];
+      const listener = (message: unknown) => seen.push(message as OrderStageMessage);
+      subscribe(orderTraceChannelName, listener);
+      try {
+        /**
+         * The first message of each stage of a request's path (a driver's on the traced link), each
+         * after the one before it, from index from; undefined while the path is not complete.
+         */
+        const pathOf = (first: string, from: number): OrderStageMessage[] | undefined => {
+          const linked = ['link-poked', 'reconcile-begun', 'routes-read', 'reconcile-done'];
+          const found: OrderStageMessage[] = [];
+          let at = from;
+          for (const stage of [first, 'batch-queued', 'batch-begun', 'batch-committed', ...linked]) {
+            const index = seen.findIndex(
+              (message, i) =>
+                i >= at && message.stage === stage && (!linked.includes(stage) || message.link === 'traced'),
+            );
+            if (index < 0) {
+              return undefined;
+            }
+            found.push(seen[index] as OrderStageMessage);
+            at = index + 1;
+          }
+          return found;
+        };
+        const inTimeOrder = (path: readonly OrderStageMessage[]) => {
+          for (const [i, message] of path.entries()) {
+            const before = path[i - 1];
+            assert.ok(
+              before === undefined || message.atNs >= before.atNs,
+              `${message.stage} timed too early`,
+            );
+          }
+        };
+        const box = boxes.box2?.token as string;
+        const ordered = await call('POST', '/v1/order/orders', box, { service: 'traced-news' });
+        assert.equal(ordered.status, 201, JSON.stringify(ordered.body));
+        await until('every stage of the order', () => pathOf('order-requested', 0) !== undefined);
+        inTimeOrder(pathOf('order-requested', 0) as OrderStageMessage[]);
+        const cancelledFrom = seen.length;
+        const cancelled = await call('DELETE', `/v1/order/orders/${ordered.body.id}`, box);
+        assert.equal(cancelled.status, 200, JSON.stringify(cancelled.body));
+        await until(
+          'every stage of the cancel',
+          () => pathOf('cancel-requested', cancelledFrom) !== undefined,
+        );
+        inTimeOrder(pathOf('cancel-requested', cancelledFrom) as OrderStageMessage[]);
+      } finally {
+        unsubscribe(orderTraceChannelName, listener);
       }
     });
   });
