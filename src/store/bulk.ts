@@ -3,8 +3,8 @@
  * they carry. Kysely builds (and on SQLite, prepares) a new statement for every row count, and a
  * batch of a thousand rows is a thousand-row tree to build and some ten thousand parameters to bind.
  * Here PostgreSQL gets one array parameter per column (INSERT … SELECT FROM unnest, `= any($1)`),
- * and SQLite gets a few multi-row statements of fixed sizes, prepared once and kept
- * (src/store/database.ts), and `json_each` for a list of keys.
+ * and SQLite one JSON parameter read by `json_each` (the rows as an array of arrays, or a list of
+ * keys), so each statement is prepared once and kept (src/store/database.ts) and binds one value.
  */
 import { CompiledQuery, type Kysely } from 'kysely';
 
@@ -17,10 +17,7 @@ export interface BulkColumn {
 /** The dialects a store speaks (Store['dialect']). */
 export type Dialect = 'sqlite' | 'postgres';
 
-/** Rows per multi-row INSERT on SQLite: 64, 32, …, 1, so every size is one of 7 prepared texts. */
-const sqliteChunkRowsMax = 64;
-
-/** Inserts rows (values in `columns` order) into `table`: one statement on PostgreSQL. */
+/** Inserts rows (values in `columns` order; numbers, strings or null) into `table` in one statement. */
 export async function insertRows<DB>(
   trx: Kysely<DB>,
   dialect: Dialect,
@@ -40,22 +37,14 @@ export async function insertRows<DB>(
     );
     return;
   }
-  const placeholders = `(${columns.map(() => '?').join(', ')})`;
-  let at = 0;
-  while (at < rows.length) {
-    let size = sqliteChunkRowsMax;
-    while (size > rows.length - at) {
-      size /= 2;
-    }
-    const chunk = rows.slice(at, at + size);
-    await trx.executeQuery(
-      CompiledQuery.raw(
-        `insert into ${table} (${names}) values ${Array.from({ length: size }, () => placeholders).join(', ')}`,
-        chunk.flat().map((value) => value ?? null),
-      ),
-    );
-    at += size;
-  }
+  // SQLite: one JSON array of rows, read by json_each: one prepared text whatever the count, and
+  // one parameter to bind instead of one per value.
+  const values = columns.map((_, at) => `value ->> ${at}`).join(', ');
+  await trx.executeQuery(
+    CompiledQuery.raw(`insert into ${table} (${names}) select ${values} from json_each(?)`, [
+      JSON.stringify(rows),
+    ]),
+  );
 }
 
 /**
