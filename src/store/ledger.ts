@@ -12,7 +12,7 @@
 import { createHash, randomUUID } from 'node:crypto';
 import { CompiledQuery, type Kysely } from 'kysely';
 import { ledgerAccountTotalMax, ledgerBatchAttemptsMax } from '../limits.js';
-import { type BulkColumn, type Dialect, insertRows, oneOf } from './bulk.js';
+import { type Dialect, insertRows, oneOf } from './bulk.js';
 import type { Schema, Store } from './database.js';
 import { timeOrderedId } from './ids.js';
 
@@ -141,19 +141,6 @@ function validate(request: TransferRequest): LedgerError | undefined {
 }
 
 type TransferRow = Schema['transfers'];
-
-/** The columns of a transfer, as a bulk insert writes them. */
-const transferColumns: readonly BulkColumn[] = [
-  { name: 'id', type: 'text' },
-  { name: 'idempotency_key', type: 'text' },
-  { name: 'request_hash', type: 'text' },
-  { name: 'debit_account', type: 'text' },
-  { name: 'credit_account', type: 'text' },
-  { name: 'amount', type: 'bigint' },
-  { name: 'currency', type: 'text' },
-  { name: 'memo', type: 'text' },
-  { name: 'created_at', type: 'text' },
-];
 
 function fromRow(row: TransferRow, replayed: boolean): Transfer {
   return {
@@ -348,13 +335,7 @@ export function createLedger(store: Store) {
       if (rows.length === 0) {
         return;
       }
-      await insertRows(
-        trx,
-        store.dialect,
-        'transfers',
-        transferColumns,
-        rows.map((row) => transferColumns.map((column) => row[column.name as keyof TransferRow])),
-      );
+      await insertRows(trx, store.dialect, 'transfers', rows);
       await within?.(trx, written);
       const touched = [...accounts].filter(([, account]) => account.debited > 0n || account.credited > 0n);
       const totals = await addToTotals(
