@@ -8,28 +8,18 @@
  *
  * BENCH_BIN runs another build's bin/gatecast (an older commit's, to compare in one sitting).
  */
-import { execFileSync, spawn } from 'node:child_process';
-import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { postgresUnavailable, startPostgres } from '../test/helpers/postgres.js';
-import { freePort } from '../test/helpers/serve.js';
-import { gatecastBin, repoRoot } from '../test/helpers/testbed.js';
-import { waitUntil } from '../test/helpers/wait.js';
+import { startServe } from '../test/helpers/serve.js';
+import { repoRoot } from '../test/helpers/testbed.js';
+import { cpuProfileArguments, frameName, type Profile, readProfiles, selfTimes } from './cpu-profile.js';
 
 const seconds = Number(process.env.BENCH_SECONDS ?? 8);
 const batchSize = Number(process.env.BENCH_BATCH ?? 100);
 const operatorToken = 'operator-token-for-the-charges-profile';
-
-interface ProfileNode {
-  id: number;
-  callFrame: { functionName: string; url: string; lineNumber: number };
-}
-interface Profile {
-  nodes: ProfileNode[];
-  samples: number[];
-  timeDeltas: number[];
-}
 
 /** The part of the program a frame belongs to. */
 function part(url: string, name: string): string {
@@ -47,23 +37,9 @@ function part(url: string, name: string): string {
 }
 
 function summarize(profile: Profile): void {
-  const byId = new Map(profile.nodes.map((node) => [node.id, node]));
-  const parts = new Map<string, number>();
-  const functions = new Map<string, number>();
-  let all = 0;
-  for (const [i, id] of profile.samples.entries()) {
-    const node = byId.get(id);
-    const ms = (profile.timeDeltas[i] ?? 0) / 1000;
-    if (node === undefined) {
-      continue;
-    }
-    const { functionName, url, lineNumber } = node.callFrame;
-    const where = part(url, functionName);
-    parts.set(where, (parts.get(where) ?? 0) + ms);
-    const name = `${functionName || '(anonymous)'} ${url.replace(/^.*\/(dist|node_modules)\//, '$1/')}:${lineNumber + 1}`;
-    functions.set(name, (functions.get(name) ?? 0) + ms);
-    all += ms;
-  }
+  const parts = selfTimes(profile, (frame) => part(frame.url, frame.functionName));
+  const functions = selfTimes(profile, frameName);
+  const all = parts.allMs;
   const top = (map: Map<string, number>, count: number) =>
     [...map.entries()]
       .sort((a, b) => b[1] - a[1])
@@ -71,7 +47,7 @@ function summarize(profile: Profile): void {
       .map(([name, ms]) => `${((100 * ms) / all).toFixed(1).padStart(5)} %  ${name}`)
       .join('\n');
   console.log(
-    `profile: ${(all / 1000).toFixed(1)} s sampled\n\nby part:\n${top(parts, 25)}\n\nby function:\n${top(functions, 40)}`,
+    `profile: ${(all / 1000).toFixed(1)} s sampled\n\nby part:\n${top(parts.byKey, 25)}\n\nby function:\n${top(functions.byKey, 40)}`,
   );
 }
 
@@ -86,38 +62,12 @@ async function main(): Promise<void> {
   }
   try {
     const db = postgres?.url ?? `sqlite:${join(directory, 'bench.db')}`;
-    const port = await freePort();
-    const child = spawn(
-      process.execPath,
-      [
-        '--cpu-prof',
-        '--cpu-prof-dir',
-        profiles,
-        gatecastBin(),
-        'serve',
-        '--listen',
-        `127.0.0.1:${port}`,
-        '--db',
-        db,
-      ],
-      {
-        env: { ...process.env, GATECAST_OPERATOR_TOKEN: operatorToken },
-        stdio: ['ignore', 'ignore', 'pipe'],
-      },
+    const serve = await startServe(
+      ['--db', db],
+      { GATECAST_OPERATOR_TOKEN: operatorToken },
+      undefined,
+      cpuProfileArguments(profiles),
     );
-    let stderr = '';
-    child.stderr?.on('data', (chunk: Buffer) => {
-      stderr += chunk.toString();
-    });
-    const exited = new Promise<void>((resolve) => child.once('close', () => resolve()));
-    await waitUntil('serve to listen', () => /serve: .* on http/.test(stderr), 60_000);
-    const serve = {
-      url: `http://127.0.0.1:${port}`,
-      stop: async () => {
-        child.kill('SIGTERM');
-        await exited;
-      },
-    };
     const accounts: string[] = [];
     for (let i = 0; i < 50; i++) {
       const response = await fetch(`${serve.url}/v1/subscribers`, {
@@ -141,11 +91,11 @@ async function main(): Promise<void> {
     );
     await serve.stop();
     console.log(`${kind}, load average ${load}: ${out.trim()}`);
-    const file = readdirSync(profiles).find((name) => name.endsWith('.cpuprofile'));
-    if (file === undefined) {
+    const [written] = readProfiles(profiles);
+    if (written === undefined) {
       throw new Error('the server wrote no profile');
     }
-    summarize(JSON.parse(readFileSync(join(profiles, file), 'utf8')) as Profile);
+    summarize(written.profile);
   } finally {
     postgres?.stop();
     rmSync(directory, { recursive: true, force: true });

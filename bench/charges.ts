@@ -218,6 +218,27 @@ ${analysis(rows)}`,
   console.log(table);
 }
 
+/** Which rows of this run met the target on the batch path, and which did not. */
+function verdict(rows: Row[]): string {
+  const met = rows.filter((r) => r.batch.chargesPerSecond >= targetChargesPerSecond).map((r) => r.label);
+  const missed = rows.filter((r) => r.batch.chargesPerSecond < targetChargesPerSecond).map((r) => r.label);
+  return `Met (≥ ${targetChargesPerSecond}/s) by ${met.length === 0 ? 'no row' : met.join(', ')}; missed by ${missed.length === 0 ? 'no row' : missed.join(', ')}.`;
+}
+
+/** What limited the rows that missed the target in absolute terms, from this run's CPU columns. */
+function misses(rows: Row[]): string {
+  const busy = rows.map(
+    (r) => r.serverCpuPercent.reduce((a, b) => a + b, 0) + (r.postgresCpuPercent ?? 0) + r.loadCpuPercent,
+  );
+  const ratios = rows.map((r) => r.batch.chargesPerSecond / r.baseline.requestsPerSecond);
+  const baselines = rows.map((r) => Math.round(r.baseline.requestsPerSecond));
+  const range = (values: number[], digits = 0) =>
+    `${Math.min(...values).toFixed(digits)}–${Math.max(...values).toFixed(digits)}`;
+  return rows.length === 0
+    ? 'No row ran.'
+    : `In this run the servers, PostgreSQL and the load generator together got ${range(busy)} % of the ${cpus().length * 100} % this machine has, and the read baseline ran at ${range(baselines)} reads/s: the rows that missed ${targetChargesPerSecond}/s were limited first by their share of the two cores, not by a lock on PostgreSQL (its lock waits are in the sampling above). As a ratio to the read baseline every row is at ${range(ratios, 1)} ×.`;
+}
+
 /** The bottleneck, from the CPU columns of this run. */
 function analysis(rows: Row[]): string {
   const busy = (r: Row) =>
@@ -227,20 +248,22 @@ function analysis(rows: Row[]): string {
 
 Where the time goes:
 - A charge costs a bearer-token look-up (as the baseline does) plus its share of one transaction:
-  lock the accounts, look the keys up, insert the transfers, update the account totals, insert the
-  usage events, commit. Group commit shares that transaction among the requests that arrive
-  together; a batch shares it among its ${batchSize} events, so the per-charge cost is mostly parsing,
-  validating and rating JSON.
+  read the accounts, look the keys up, insert the transfers and the usage events, add the batch's
+  debits and credits to the account totals (one UPDATE that locks the rows and returns the new
+  totals), commit. Group commit shares that transaction among the requests that arrive together; a
+  batch shares it among its ${batchSize} events, so the per-charge cost is mostly parsing, validating and
+  rating JSON and the rows' own inserts.
 - On SQLite one server process is a single JavaScript thread that also runs every statement
   (better-sqlite3 is synchronous); a second process on the same file waits for the write lock.
-- On PostgreSQL every transaction updates the revenue account's row, so transactions are serialized
-  on that row: batching is what keeps that lock from being the limit.
-- Target: at least ${targetChargesPerSecond} charges/s exactly-once on the batch path. In this run: ${rows.map((r) => `${r.label} ${Math.round(r.batch.chargesPerSecond)} (${(r.batch.chargesPerSecond / r.baseline.requestsPerSecond).toFixed(2)} × its read baseline)`).join('; ')}. The target, as a ratio, is ${targetChargesPerSecond} charges/s over the read baseline of a run on an idle machine (1,568–2,239 reads/s here at load average 6.5): about 2.2–3.2 × baseline.
-- A group commit carries every event waiting when it begins (up to 4,000: all ${connections} connections' batches) in seven statements whose SQL text does not depend on how many events they carry (src/store/bulk.ts): begin, lock the accounts, look the keys up (\`= any($1)\` on PostgreSQL, \`json_each\` on SQLite), insert the transfers (PostgreSQL: one INSERT … SELECT FROM unnest with one array parameter per column; SQLite: multi-row inserts of 64, 32, …, 1 rows, prepared once and kept), update the account totals, insert the usage events (the same way), commit. Round trips are not what limits the batch path; what does is in "Profile" below.
-- Profile (\`node --import tsx bench/charges-profile.ts sqlite|postgres\`: \`node --cpu-prof\` on one server, 16 connections, 100 events per batch, 8 s; 2026-12-01). SQLite at load average 23.1, 3,862 charges/s: of the server's samples, SQLite running the statements 24.8 % (better-sqlite3 runs them on the server's one thread: each transfer goes into its table and four indexes, each usage event into its table and two, then the flush at commit), idle 19.8 % (waiting for a CPU on the shared machine), garbage collection 8.9 %, building the statements' parameters 3.4 %, the ledger's own code 3.3 %, compiling the schemas at start 3.3 %, serializing answers 2.5 %. Before the statements were set-based (load 12.1) Kysely built a statement of a thousand rows and some ten thousand parameters per transaction, and better-sqlite3 prepared each anew: Kysely 25.1 %, garbage collection 15.2 %.
-- PostgreSQL at load average 24.2: the server is idle for 54.8 % of its samples, waiting for PostgreSQL. Timed in one process (1,600 transfers per transaction, fsync on, load about 24): the transfers' INSERT takes 106–326 ms of a 175–540 ms transaction (key look-up 1–98 ms, totals' UPDATE 2–18 ms, COMMIT 4–35 ms); EXPLAIN ANALYZE of that INSERT: 117 ms, of which 46 ms are the foreign-key triggers of the debit and credit accounts (1,600 calls each) and 23 ms reading the arrays. The transaction holds the revenue account's row from its lock to its commit, so that INSERT and the flush bound the rate; the PostgreSQL backend shares two cores with some 25 runnable processes here.
-- The code before and after the set-based statements in one sitting (\`BENCH_BIN=<build of 8990d38>/bin/gatecast\` alternating with this build, same script, load average 24–31): SQLite 3,250 and 3,200 → 4,775 and 7,313 charges/s (1.5–2.3 ×); PostgreSQL 2,813 and 3,975 → 2,813 and 4,413 charges/s (1.0–1.1 ×).
-- Not met on 2026-12-01: 5,000 charges/s was reached by one server on SQLite at load average 26 (7,313/s in the sitting above) but no row of that day's bench run, at load average 13–26, reached it; PostgreSQL is limited by the transfers' INSERT and its foreign-key checks inside the revenue row's lock, not by round trips or the server's CPU. PostgreSQL with two servers and fsync on fell below one server in that run and the one before it (570 and 660 charges/s); the two servers' transactions take turns on the revenue row, each with its own flush. Not explained yet.
+- On PostgreSQL every transaction adds to the revenue account's row, and in this benchmark to all
+  50 subscribers' rows too. A transaction locks them only in its last statement, the totals' UPDATE,
+  and holds them through the commit's flush; everything before it overlaps with the other server's
+  transactions.
+- Target: at least ${targetChargesPerSecond} charges/s exactly-once on the batch path. In this run: ${rows.map((r) => `${r.label} ${Math.round(r.batch.chargesPerSecond)} (${(r.batch.chargesPerSecond / r.baseline.requestsPerSecond).toFixed(2)} × its read baseline)`).join('; ')}. ${verdict(rows)} The target, as a ratio, is ${targetChargesPerSecond} charges/s over the read baseline of a run on an idle machine (1,568–2,239 reads/s here at load average 6.5): about 2.2–3.2 × baseline.
+- A group commit carries every event waiting when it begins (up to 4,000: all ${connections} connections' batches) in seven statements whose SQL text does not depend on how many events they carry (src/store/bulk.ts): begin, read the accounts, look the keys up (\`= any($1)\` on PostgreSQL, \`json_each\` on SQLite), insert the transfers and the usage events (each one statement with one JSON parameter: \`json_populate_recordset\` on PostgreSQL, \`json_each\` on SQLite), add to the account totals (\`unnest\` / \`json_each\`, rows locked in id order), commit.
+- Two PostgreSQL servers slower than one (570 against 2,900 charges/s on 2026-12-01 before 01f352f): sampling \`pg_stat_activity\` and \`pg_locks\` every 100 ms during a batch run (load average 10, 8 s) found one of the two servers' backends waiting on \`Lock:transactionid\` in \`select … from accounts … for update\` in 50 of 92 samples: each transaction locked every account it touched (the revenue row and, here, all 50 subscribers) in its first statement and held them through all seven round trips and the flush, so the two servers' group commits ran one after the other, each with half the events a single server's carries, and on a loaded machine every round trip waits for a Node process to be scheduled while the rows stay locked. Now the rows are locked by the last statement only (FOR NO KEY UPDATE, in id order, totals added to rather than overwritten; totals that another transaction moved past the bound after they were read roll the batch back to be decided again): in the same sampling 2 of 86 samples waited for a lock, and two servers did 4,012 charges/s against one server's 2,612 (load average 13). PostgreSQL also no longer runs a foreign-key trigger per inserted transfer and usage event (migration 0009; 46 ms of a 117 ms INSERT of 1,600 transfers in EXPLAIN ANALYZE before): the ledger's UPDATE of both accounts, under lock in the same transaction, fails unless they exist, and nothing deletes accounts or transfers. \`synchronous_commit\` stays on.
+- Profile of SQLite (\`node --import tsx bench/charges-profile.ts sqlite\`: \`node --cpu-prof\` on one server, 16 connections, 100 events per batch, 8 s; 2026-12-01, load average 21.0, 3,075 charges/s): of the server's samples, better-sqlite3 running the statements 25.0 % (synchronously, on the server's one thread), idle 23.0 % (waiting for requests from a load generator that shares the two cores with some 20 runnable processes), garbage collection 7.9 %, validating the requests (ajv) 5.2 %, serializing the answers 4.8 %, the ledger's and billing's own code 5.1 %, hashing the requests 1.8 %. In one process (1,600 transfers per transaction, 20 transactions, load about 13): 1.0–1.2 s of CPU for 32,000 transfers; inserting the transfers 1.3–1.7 s of wall time as multi-row inserts of 64 rows and 0.9–1.1 s as one statement over a JSON parameter (now), the commits (WAL, synchronous=FULL) 0.3–0.5 s; turning SQLite's foreign-key checks off changed nothing measurable, so SQLite keeps them.
+- ${misses(rows)} The same code at load average 13–14 (2026-12-01): one SQLite server 8,100 charges/s (bench/charges-profile.ts sqlite), two PostgreSQL servers (fsync on) 4,012 and one 2,612 (the sampling run above). Two SQLite servers on one file stay below one server: the second process waits for the write lock in SQLite's busy handler, which sleeps between tries (up to 100 ms a try) instead of being woken when the lock is free; not profiled yet.
 - ${rows.every((r) => r.transfers >= r.charges.ok + r.batch.ok && r.transfers - r.charges.ok - r.batch.ok <= connections * (batchSize + 1)) ? 'Every run wrote one transfer per charge answered 2xx (the difference between the two figures is the charges still in flight when a run stopped, at most one request per connection in each mode)' : 'A run wrote a number of transfers that does not match its answered requests: see the table'}; ${rows.every((r) => r.charges.errors === 0) ? 'no request failed' : `${rows.reduce((sum, r) => sum + r.charges.errors, 0)} requests failed`}.`;
 }
 

@@ -9,51 +9,26 @@
  */
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import {
   createTestbed,
-  gatecastBin,
   type HostProcess,
   hostAddress,
   retransmitAt,
   testbedUnavailable,
 } from '../test/helpers/testbed.js';
+import { frameName, type Profile, profiledArguments, readProfiles, selfTimes } from './cpu-profile.js';
 
 const megabytes = Number(process.env.BENCH_PROFILE_MB ?? 20);
 const lossPercent = Number(process.env.BENCH_PROFILE_LOSS ?? 10);
 const rateMbit = Number(process.env.BENCH_PROFILE_MBIT ?? 100);
 
-interface ProfileNode {
-  id: number;
-  callFrame: { functionName: string; url: string; lineNumber: number };
-  children?: number[];
-}
-interface Profile {
-  nodes: ProfileNode[];
-  samples: number[];
-  timeDeltas: number[];
-}
-
 /** Self time per function (ms), largest first. */
-function selfTimes(profile: Profile): Array<{ name: string; ms: number; share: number }> {
-  const byId = new Map(profile.nodes.map((node) => [node.id, node]));
-  const totals = new Map<string, number>();
-  let all = 0;
-  for (const [i, id] of profile.samples.entries()) {
-    const node = byId.get(id);
-    const delta = (profile.timeDeltas[i] ?? 0) / 1000;
-    if (node === undefined) {
-      continue;
-    }
-    const frame = node.callFrame;
-    const file = frame.url.replace(/^.*\/(dist|node_modules)\//, '$1/').replace(/^node:/, 'node:');
-    const name = `${frame.functionName || '(anonymous)'} ${file}${file ? `:${frame.lineNumber + 1}` : ''}`;
-    totals.set(name, (totals.get(name) ?? 0) + delta);
-    all += delta;
-  }
-  return [...totals.entries()]
-    .map(([name, ms]) => ({ name, ms, share: (100 * ms) / Math.max(all, 1) }))
+function functionTimes(profile: Profile): Array<{ name: string; ms: number; share: number }> {
+  const { byKey, allMs } = selfTimes(profile, frameName);
+  return [...byKey.entries()]
+    .map(([name, ms]) => ({ name, ms, share: (100 * ms) / Math.max(allMs, 1) }))
     .sort((a, b) => b.ms - a.ms);
 }
 
@@ -74,13 +49,7 @@ async function main(): Promise<void> {
     writeFileSync(secret, 'benchmark operator secret, local only\n');
     const profiled = (role: string, host: string, args: string[]): HostProcess => {
       mkdirSync(join(profiles, role), { recursive: true });
-      return bed.spawn(host, process.execPath, [
-        '--cpu-prof',
-        '--cpu-prof-dir',
-        join(profiles, role),
-        gatecastBin(),
-        ...args,
-      ]);
+      return bed.spawn(host, process.execPath, profiledArguments(join(profiles, role), args));
     };
     const s1 = '239.72.0.1:7600';
     const s2 = '239.72.1.1:7601';
@@ -162,10 +131,8 @@ async function main(): Promise<void> {
       await server.finished;
     }
     for (const role of ['send', 'retransmit', 'repair', 'receive']) {
-      const files = readdirSync(join(profiles, role)).filter((name) => name.endsWith('.cpuprofile'));
-      for (const name of files) {
-        const profile = JSON.parse(readFileSync(join(profiles, role, name), 'utf8')) as Profile;
-        const times = selfTimes(profile);
+      for (const { name, profile } of readProfiles(join(profiles, role))) {
+        const times = functionTimes(profile);
         const top = times.slice(0, Number(process.env.BENCH_PROFILE_TOP ?? 15));
         // Busy: every sample but the idle ones (waiting in the event loop); per 1,000 packets of
         // the file, the CPU a process of the role spent on it.

@@ -378,6 +378,13 @@ export const journalBytesMax = 64 * 1024 * 1024;
  */
 export const ledgerAccountTotalMax = Number.MAX_SAFE_INTEGER;
 
+/**
+ * Ledger: attempts at writing one batch of transfers, each in its own transaction, when another
+ * writer took one of its keys, moved an account's totals after they were read, or deadlocked
+ * with it; the last failure is then the batch's error.
+ */
+export const ledgerBatchAttemptsMax = 8;
+
 /** Shutdown: how long a stopping command waits for its roles to close before it exits anyway. */
 export const shutdownGraceMs = 5_000;
 

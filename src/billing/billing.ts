@@ -34,7 +34,7 @@ import {
   UsageEventList,
   type UsageKind,
 } from '../protocol/api-subscription.js';
-import { type BulkColumn, insertRows } from '../store/bulk.js';
+import { insertRows } from '../store/bulk.js';
 import { timeOrderedId } from '../store/ids.js';
 import { LedgerError, type TransferRequest } from '../store/ledger.js';
 import { registerPurse } from './receipts.js';
@@ -253,19 +253,18 @@ export async function chargeUsageMany(
       trx,
       context.store.dialect,
       'usage_events',
-      usageEventColumns,
       written.map(({ index, id }) => {
         const usage = (items[index] as UsageItem).usage;
-        return [
-          timeOrderedId(),
-          id,
-          usage.account,
-          usage.kind,
-          usage.quantity,
-          usage.packets ?? null,
-          usage.session ?? null,
-          createdAt,
-        ];
+        return {
+          id: timeOrderedId(),
+          transfer: id,
+          account: usage.account,
+          kind: usage.kind,
+          quantity: usage.quantity,
+          packets: usage.packets ?? null,
+          session: usage.session ?? null,
+          created_at: createdAt,
+        };
       }),
     );
   });
@@ -285,18 +284,6 @@ export async function chargeUsageMany(
     };
   });
 }
-
-/** The columns of a usage event, as a bulk insert writes them. */
-const usageEventColumns: readonly BulkColumn[] = [
-  { name: 'id', type: 'text' },
-  { name: 'transfer', type: 'text' },
-  { name: 'account', type: 'text' },
-  { name: 'kind', type: 'text' },
-  { name: 'quantity', type: 'bigint' },
-  { name: 'packets', type: 'bigint' },
-  { name: 'session', type: 'text' },
-  { name: 'created_at', type: 'text' },
-];
 
 /** Charges one usage event (through chargeUsageMany); throws the ledger's refusal. */
 export async function chargeUsage(

@@ -2,60 +2,38 @@
  * Set-based statements for the ledger's hot path, whose SQL text does not depend on how many rows
  * they carry. Kysely builds (and on SQLite, prepares) a new statement for every row count, and a
  * batch of a thousand rows is a thousand-row tree to build and some ten thousand parameters to bind.
- * Here PostgreSQL gets one array parameter per column (INSERT … SELECT FROM unnest, `= any($1)`),
- * and SQLite gets a few multi-row statements of fixed sizes, prepared once and kept
- * (src/store/database.ts), and `json_each` for a list of keys.
+ * Here rows travel as one JSON parameter (PostgreSQL: json_populate_recordset; SQLite: json_each)
+ * and a list of keys as one array (PostgreSQL: `= any($1)`; SQLite: json_each), so each statement
+ * is prepared once (SQLite keeps it: src/store/database.ts) and binds one value.
  */
 import { CompiledQuery, type Kysely } from 'kysely';
-
-/** A column of a bulk insert, with its PostgreSQL type (for the array it is sent as). */
-export interface BulkColumn {
-  readonly name: string;
-  readonly type: 'text' | 'bigint';
-}
 
 /** The dialects a store speaks (Store['dialect']). */
 export type Dialect = 'sqlite' | 'postgres';
 
-/** Rows per multi-row INSERT on SQLite: 64, 32, …, 1, so every size is one of 7 prepared texts. */
-const sqliteChunkRowsMax = 64;
-
-/** Inserts rows (values in `columns` order) into `table`: one statement on PostgreSQL. */
-export async function insertRows<DB>(
+/**
+ * Inserts rows into `table` in one statement, from one JSON parameter: PostgreSQL reads it with
+ * json_populate_recordset, which takes each column's type from the table itself, and SQLite with
+ * json_each. The columns are the keys of the first row (every row has the same; values are
+ * numbers, strings or null).
+ */
+export async function insertRows<DB, Row extends object>(
   trx: Kysely<DB>,
   dialect: Dialect,
   table: string,
-  columns: readonly BulkColumn[],
-  rows: ReadonlyArray<readonly unknown[]>,
+  rows: readonly Row[],
 ): Promise<void> {
-  if (rows.length === 0) {
+  const first = rows[0];
+  if (first === undefined) {
     return;
   }
-  const names = columns.map((column) => column.name).join(', ');
-  if (dialect === 'postgres') {
-    const arrays = columns.map((_, at) => rows.map((row) => row[at] ?? null));
-    const unnest = columns.map((column, at) => `$${at + 1}::${column.type}[]`).join(', ');
-    await trx.executeQuery(
-      CompiledQuery.raw(`insert into ${table} (${names}) select * from unnest(${unnest})`, arrays),
-    );
-    return;
-  }
-  const placeholders = `(${columns.map(() => '?').join(', ')})`;
-  let at = 0;
-  while (at < rows.length) {
-    let size = sqliteChunkRowsMax;
-    while (size > rows.length - at) {
-      size /= 2;
-    }
-    const chunk = rows.slice(at, at + size);
-    await trx.executeQuery(
-      CompiledQuery.raw(
-        `insert into ${table} (${names}) values ${Array.from({ length: size }, () => placeholders).join(', ')}`,
-        chunk.flat().map((value) => value ?? null),
-      ),
-    );
-    at += size;
-  }
+  const columns = Object.keys(first).map((name) => `"${name}"`);
+  const names = columns.join(', ');
+  const text =
+    dialect === 'postgres'
+      ? `insert into ${table} (${names}) select ${names} from json_populate_recordset(null::${table}, $1::json)`
+      : `insert into ${table} (${names}) select ${columns.map((name) => `value ->> '$.${name.slice(1, -1)}'`).join(', ')} from json_each(?)`;
+  await trx.executeQuery(CompiledQuery.raw(text, [JSON.stringify(rows)]));
 }
 
 /**

@@ -10,9 +10,9 @@
  * refused when it is written. Transfers are written in batches, one transaction each (group commit).
  */
 import { createHash, randomUUID } from 'node:crypto';
-import { CompiledQuery, type Kysely, sql } from 'kysely';
-import { ledgerAccountTotalMax } from '../limits.js';
-import { type BulkColumn, insertRows, oneOf } from './bulk.js';
+import { CompiledQuery, type Kysely } from 'kysely';
+import { ledgerAccountTotalMax, ledgerBatchAttemptsMax } from '../limits.js';
+import { type Dialect, insertRows, oneOf } from './bulk.js';
 import type { Schema, Store } from './database.js';
 import { timeOrderedId } from './ids.js';
 
@@ -142,19 +142,6 @@ function validate(request: TransferRequest): LedgerError | undefined {
 
 type TransferRow = Schema['transfers'];
 
-/** The columns of a transfer, as a bulk insert writes them. */
-const transferColumns: readonly BulkColumn[] = [
-  { name: 'id', type: 'text' },
-  { name: 'idempotency_key', type: 'text' },
-  { name: 'request_hash', type: 'text' },
-  { name: 'debit_account', type: 'text' },
-  { name: 'credit_account', type: 'text' },
-  { name: 'amount', type: 'bigint' },
-  { name: 'currency', type: 'text' },
-  { name: 'memo', type: 'text' },
-  { name: 'created_at', type: 'text' },
-];
-
 function fromRow(row: TransferRow, replayed: boolean): Transfer {
   return {
     id: row.id,
@@ -175,10 +162,63 @@ const conflict = (key: string) =>
     `idempotency key "${key}" was used for a different request`,
   );
 
-/** True for a unique-constraint violation on either dialect (another writer took the key first). */
-function isUniqueViolation(error: unknown): boolean {
+/** A batch's totals passed the bound only because another transaction wrote after they were read. */
+class TotalsMoved extends Error {}
+
+/**
+ * True when the batch is worth trying again: a unique-constraint violation on either dialect
+ * (another writer took the key first), a deadlock PostgreSQL broke by aborting this transaction,
+ * or totals that moved after they were read.
+ */
+function isRetryable(error: unknown): boolean {
   const code = (error as { code?: string }).code;
-  return code === '23505' || code === 'SQLITE_CONSTRAINT_UNIQUE' || code === 'SQLITE_CONSTRAINT_PRIMARYKEY';
+  return (
+    error instanceof TotalsMoved ||
+    code === '23505' ||
+    code === '40P01' ||
+    code === 'SQLITE_CONSTRAINT_UNIQUE' ||
+    code === 'SQLITE_CONSTRAINT_PRIMARYKEY'
+  );
+}
+
+/**
+ * Adds each account's debits and credits of a batch to its totals in one statement whose text
+ * does not depend on the batch's size, and returns the new totals. On PostgreSQL the rows are
+ * locked in the order of their ids (FOR NO KEY UPDATE, which the foreign-key checks of other
+ * transactions' inserts do not wait for), so two batches never deadlock on them; each total is
+ * added to, not overwritten, so batches that read the same totals both count.
+ */
+async function addToTotals(
+  trx: Kysely<Schema>,
+  dialect: Dialect,
+  deltas: ReadonlyArray<readonly [id: string, debited: bigint, credited: bigint]>,
+): Promise<Array<{ debits: bigint; credits: bigint }>> {
+  if (deltas.length === 0) {
+    return [];
+  }
+  const query =
+    dialect === 'postgres'
+      ? CompiledQuery.raw(
+          `update accounts as a set debits = a.debits + d.debited, credits = a.credits + d.credited
+           from (select u.id, u.debited, u.credited
+                 from accounts as x join unnest($1::text[], $2::bigint[], $3::bigint[]) as u(id, debited, credited)
+                   on x.id = u.id
+                 order by x.id for no key update of x) as d
+           where a.id = d.id returning a.debits, a.credits`,
+          [deltas.map((d) => d[0]), deltas.map((d) => d[1].toString()), deltas.map((d) => d[2].toString())],
+        )
+      : CompiledQuery.raw(
+          `update accounts set debits = debits + d.debited, credits = credits + d.credited
+           from (select value ->> 0 as id, cast(value ->> 1 as integer) as debited,
+                   cast(value ->> 2 as integer) as credited from json_each(?)) as d
+           where accounts.id = d.id returning debits, credits`,
+          [JSON.stringify(deltas.map((d) => [d[0], d[1].toString(), d[2].toString()]))],
+        );
+  const rows = (await trx.executeQuery<{ debits: unknown; credits: unknown }>(query)).rows;
+  if (rows.length !== deltas.length) {
+    throw new Error(`the totals of ${deltas.length} accounts were to change, ${rows.length} did`);
+  }
+  return rows.map((row) => ({ debits: BigInt(String(row.debits)), credits: BigInt(String(row.credits)) }));
 }
 
 /** The ledger over a store. */
@@ -217,16 +257,16 @@ export function createLedger(store: Store) {
       const accountIds = [
         ...new Set(pending.flatMap((i) => [requests[i]?.debit ?? '', requests[i]?.credit ?? ''])),
       ].sort();
-      // Lock the accounts first (PostgreSQL; SQLite holds the write lock already), then look the keys
-      // up: a key another server wrote meanwhile is seen here as a replay, not as a violation. Both
-      // statements have one text whatever the batch's size (src/store/bulk.ts).
+      // Read the accounts without locking them: their rows are locked only by the totals' UPDATE,
+      // the last statement before COMMIT, so a transaction holds them for that statement and the
+      // commit, not while it inserts its transfers. Both statements have one text whatever the
+      // batch's size (src/store/bulk.ts).
       const [accountsWhere, accountsParameter] = oneOf(store.dialect, 'id', accountIds);
       const accountRows = (
         await trx.executeQuery<{ id: string; currency: string; debits: unknown; credits: unknown }>(
-          CompiledQuery.raw(
-            `select id, currency, debits, credits from accounts where ${accountsWhere} order by id${store.dialect === 'postgres' ? ' for update' : ''}`,
-            [accountsParameter],
-          ),
+          CompiledQuery.raw(`select id, currency, debits, credits from accounts where ${accountsWhere}`, [
+            accountsParameter,
+          ]),
         )
       ).rows;
       const accounts = new Map(
@@ -236,7 +276,8 @@ export function createLedger(store: Store) {
             currency: row.currency,
             debits: BigInt(row.debits as string),
             credits: BigInt(row.credits as string),
-            touched: false,
+            debited: 0n,
+            credited: 0n,
           },
         ]),
       );
@@ -273,10 +314,8 @@ export function createLedger(store: Store) {
           continue;
         }
         const amount = BigInt(request.amount);
-        (debit as { debits: bigint; touched: boolean }).debits += amount;
-        (credit as { credits: bigint; touched: boolean }).credits += amount;
-        (debit as { touched: boolean }).touched = true;
-        (credit as { touched: boolean }).touched = true;
+        (debit as { debited: bigint }).debited += amount;
+        (credit as { credited: bigint }).credited += amount;
         const row: TransferRow = {
           id: timeOrderedId(),
           idempotency_key: request.idempotencyKey,
@@ -296,29 +335,18 @@ export function createLedger(store: Store) {
       if (rows.length === 0) {
         return;
       }
-      await insertRows(
+      await insertRows(trx, store.dialect, 'transfers', rows);
+      await within?.(trx, written);
+      const touched = [...accounts].filter(([, account]) => account.debited > 0n || account.credited > 0n);
+      const totals = await addToTotals(
         trx,
         store.dialect,
-        'transfers',
-        transferColumns,
-        rows.map((row) => transferColumns.map((column) => row[column.name as keyof TransferRow])),
+        touched.map(([id, account]) => [id, account.debited, account.credited]),
       );
-      const touched = [...accounts].filter(([, account]) => account.touched);
-      const totals = (column: 'debits' | 'credits') =>
-        sql<string>`case id ${sql.join(
-          touched.map(([id, account]) => sql`when ${id} then cast(${account[column].toString()} as bigint)`),
-          sql` `,
-        )} end`;
-      await trx
-        .updateTable('accounts')
-        .set({ debits: totals('debits'), credits: totals('credits') })
-        .where(
-          'id',
-          'in',
-          touched.map(([id]) => id),
-        )
-        .execute();
-      await within?.(trx, written);
+      if (totals.some((total) => total.debits > limit || total.credits > limit)) {
+        // Another transaction moved an account's totals since they were read: decide again.
+        throw new TotalsMoved();
+      }
     });
   }
 
@@ -332,7 +360,7 @@ export function createLedger(store: Store) {
     within?: WithinBatch,
   ): Promise<TransferOutcome[]> {
     const hashes = requests.map(requestHash);
-    for (let attempt = 0; ; attempt++) {
+    for (let attempt = 1; ; attempt++) {
       const outcomes: Array<TransferOutcome | undefined> = requests.map((request) => {
         const invalid = validate(request);
         return invalid === undefined ? undefined : { ok: false, error: invalid };
@@ -341,9 +369,10 @@ export function createLedger(store: Store) {
         await writeBatch(requests, hashes, outcomes, within);
         return outcomes as TransferOutcome[];
       } catch (error) {
-        // Another writer took a key between our look-up and our insert: the batch is rolled back and
-        // tried again, and now finds that key's transfer (a replay or a conflict).
-        if (!isUniqueViolation(error) || attempt >= 3) {
+        // Rolled back, and tried again: another writer took a key between our look-up and our
+        // insert (now found: a replay or a conflict), or moved an account's totals after we read
+        // them (now read again), or the two met in a deadlock (PostgreSQL chose this one).
+        if (!isRetryable(error) || attempt >= ledgerBatchAttemptsMax) {
           throw error;
         }
       }
@@ -393,8 +422,8 @@ export function createLedger(store: Store) {
 /** Why a transfer between these accounts cannot be written, or undefined. */
 function refuse(
   request: TransferRequest,
-  debit: { currency: string; debits: bigint } | undefined,
-  credit: { currency: string; credits: bigint } | undefined,
+  debit: { currency: string; debits: bigint; debited: bigint } | undefined,
+  credit: { currency: string; credits: bigint; credited: bigint } | undefined,
   limit: bigint,
 ): LedgerError | undefined {
   for (const [side, account] of [
@@ -412,7 +441,9 @@ function refuse(
     }
   }
   const amount = BigInt(request.amount);
-  if ((debit?.debits ?? 0n) + amount > limit || (credit?.credits ?? 0n) + amount > limit) {
+  const debits = (debit?.debits ?? 0n) + (debit?.debited ?? 0n);
+  const credits = (credit?.credits ?? 0n) + (credit?.credited ?? 0n);
+  if (debits + amount > limit || credits + amount > limit) {
     return new LedgerError(
       'GATECAST_ERR_LEDGER_LIMIT',
       `amount: ${request.amount} would take an account's total past ${limit} minor units (ledgerAccountTotalMax)`,

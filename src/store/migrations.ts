@@ -221,5 +221,41 @@ export const migrations: Record<string, Migration> = {
         where kind <> 'operator'`.execute(db);
     },
   },
+  '0009-ledger-checks-by-the-ledger': {
+    async up(db: Kysely<unknown>) {
+      // PostgreSQL: the ledger's inserts no longer run a foreign-key trigger per row (they were 40 %
+      // of the transfers' INSERT). The ledger already guarantees what they checked: every transfer
+      // it writes names accounts it read in the same transaction, and the same transaction's last
+      // statement adds to both accounts' totals under their row locks and fails unless every one of
+      // them is still there (src/store/ledger.ts); a usage event or receipt names the transfer
+      // written beside it in that transaction; and nothing deletes an account or a transfer.
+      // SQLite keeps its checks (dropping one means rebuilding the table): they cost it little.
+      if (!(await isPostgres(db))) {
+        return;
+      }
+      for (const [table, constraint] of [
+        ['transfers', 'transfers_debit_account_fkey'],
+        ['transfers', 'transfers_credit_account_fkey'],
+        ['usage_events', 'usage_events_transfer_fkey'],
+        ['receipts', 'receipts_transfer_fkey'],
+      ]) {
+        await sql`alter table ${sql.table(table as string)} drop constraint if exists ${sql.ref(constraint as string)}`.execute(
+          db,
+        );
+      }
+    },
+  },
   ...orderMigrations,
 };
+
+/**
+ * True on PostgreSQL, false on SQLite: only PostgreSQL has pg_catalog. (The probe fails on SQLite,
+ * where a failed statement leaves the migration's transaction as it was; on PostgreSQL, where a
+ * failure would abort it, it succeeds.)
+ */
+async function isPostgres(db: Kysely<unknown>): Promise<boolean> {
+  return sql`select 1 from pg_catalog.pg_class where false`.execute(db).then(
+    () => true,
+    () => false,
+  );
+}

@@ -27,16 +27,20 @@ export function freePort(): Promise<number> {
   });
 }
 
-/** Starts the server with these extra arguments and waits until it listens (bounded). */
+/**
+ * Starts the server with these extra arguments (and Node's own before them: a benchmark's
+ * `--cpu-prof`) and waits until it listens (bounded).
+ */
 export async function startServe(
   args: string[],
   env: Record<string, string> = {},
   port?: number,
+  nodeArguments: readonly string[] = [],
 ): Promise<ServeProcess> {
   const listenPort = port ?? (await freePort());
   const child = spawn(
     process.execPath,
-    [gatecastBin(), 'serve', '--listen', `127.0.0.1:${listenPort}`, ...args],
+    [...nodeArguments, gatecastBin(), 'serve', '--listen', `127.0.0.1:${listenPort}`, ...args],
     { env: { ...process.env, ...env }, stdio: ['ignore', 'ignore', 'pipe'] },
   );
   let stderr = '';

@@ -168,6 +168,35 @@ function ledgerSuite(name: string, options: { skip?: string }, url: () => string
       assert.equal(await sumOfBalances(), 0, 'the ledger still reads and sums to zero');
     });
 
+    it('concurrent charges near the bound: as many are written as fit, the rest refused, though each read the totals before the others wrote', async () => {
+      const edge = await ledger.createAccount({ name: 'edge', kind: 'subscriber', currency: 'EUR' });
+      const sink = await ledger.createAccount({ name: 'edge sink', kind: 'revenue', currency: 'EUR' });
+      const base = { debit: edge.id, credit: sink.id, currency: 'EUR' };
+      await ledger.transfer({
+        ...base,
+        idempotencyKey: `${name}-edge-0`,
+        amount: Number.MAX_SAFE_INTEGER - 10,
+      });
+      const before = await transferCount();
+      // On PostgreSQL these run on several connections at once, each reading the totals before the
+      // others add to them; only the totals' UPDATE, under lock, tells which still fit.
+      const outcomes = await Promise.all(
+        Array.from({ length: 20 }, (_, i) =>
+          ledger.transferMany([{ ...base, idempotencyKey: `${name}-edge-${i + 1}`, amount: 1 }]),
+        ),
+      );
+      const results = outcomes.map(([outcome]) => outcome);
+      assert.equal(results.filter((outcome) => outcome?.ok === true).length, 10, 'the 10 that fit');
+      assert.deepEqual(
+        [...new Set(results.flatMap((outcome) => (outcome?.ok === false ? [outcome.error.code] : [])))],
+        ['GATECAST_ERR_LEDGER_LIMIT'],
+      );
+      assert.equal(await transferCount(), before + 10, 'a refused charge wrote nothing');
+      assert.equal(await ledger.balance(edge.id), -Number.MAX_SAFE_INTEGER, 'up to the bound exactly');
+      assert.equal(await ledger.balance(sink.id), Number.MAX_SAFE_INTEGER);
+      assert.equal(await sumOfBalances(), 0);
+    });
+
     it('a batch writes each request once in one transaction; each keeps its own key and outcome', async () => {
       const before = await transferCount();
       const base = { debit: `${name}-alice`, credit: `${name}-cash`, currency: 'EUR' };
