@@ -290,8 +290,10 @@ export function createSmcrouteDriver(settings: SmcrouteSettings): RouterDriver {
     },
     async close() {
       closed = true;
-      await queue.catch(() => undefined);
+      // Abort first: a daemon that took the connection and never answers would otherwise hold
+      // close() for the whole command timeout (the next start reconciles from the store anyway).
       abort.abort();
+      await queue.catch(() => undefined);
     },
   };
 }

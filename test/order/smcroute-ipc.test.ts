@@ -8,11 +8,12 @@ import assert from 'node:assert/strict';
 import { type ChildProcess, execFile, execFileSync, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer, type Server } from 'node:net';
+import { createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { parseShowRoutes, smcrouteRequest } from '../../src/order/smcroute.js';
+import { smcrouteCommandTimeoutMs } from '../../src/limits.js';
+import { createSmcrouteDriver, parseShowRoutes, smcrouteRequest } from '../../src/order/smcroute.js';
 import { ProtocolEncodeError } from '../../src/protocol/errors.js';
 import {
   decodeSmcrouteReply,
@@ -143,6 +144,40 @@ describe(
     }
   },
 );
+
+describe('smcroute driver: close', () => {
+  it('ends at once when smcrouted took the connection and never answers (not after the command timeout)', async () => {
+    const directory = mkdtempSync(join(tmpdir(), 'gatecast-smcmute-'));
+    const socket = join(directory, 'mute.sock');
+    let connected!: () => void;
+    const connectedOnce = new Promise<void>((resolve) => {
+      connected = resolve;
+    });
+    const held: Socket[] = [];
+    const mute = createServer((connection) => {
+      held.push(connection);
+      connected();
+    });
+    await new Promise<void>((resolve) => mute.listen(socket, resolve));
+    try {
+      const driver = createSmcrouteDriver({ socket, inbound: 'eth0', outbound: 'eth1' });
+      const report = driver.reconcile([]);
+      await connectedOnce;
+      const started = performance.now();
+      await driver.close();
+      const tookMs = performance.now() - started;
+      assert.ok(tookMs < smcrouteCommandTimeoutMs / 2, `close took ${tookMs.toFixed(0)} ms`);
+      const settled = await report;
+      assert.ok(settled.errors.length > 0, 'the aborted reconcile reports an error, not a success');
+    } finally {
+      for (const connection of held) {
+        connection.destroy();
+      }
+      await new Promise((resolve) => mute.close(resolve));
+      rmSync(directory, { recursive: true, force: true });
+    }
+  });
+});
 
 describe('smcroute control protocol: a real smcrouted', testbedSkip(), () => {
   const prefix = `gi${randomBytes(2).toString('hex')}`;
