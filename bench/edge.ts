@@ -46,6 +46,8 @@ const losses = list(process.env.BENCH_EDGE_LOSS, [0, 10, 20]);
 const serverCounts = list(process.env.BENCH_EDGE_SERVERS, [1, 2]);
 /** BENCH_EDGE_LAST_RESORT=1: the source keeps its session too (`send --retransmit-listen`). */
 const lastResort = process.env.BENCH_EDGE_LAST_RESORT === '1';
+/** BENCH_EDGE_VERBOSE=1: prints what send and receive said, and when each receiver was whole. */
+const verbose = process.env.BENCH_EDGE_VERBOSE === '1';
 const payloadBytes = 1400;
 const packets = Math.ceil(fileBytes / payloadBytes);
 const edgeHosts = ['rx1', 'rx2'] as const;
@@ -241,6 +243,14 @@ async function runGatecast(
     ),
   );
   const sent = await Promise.race([sender.finished, bound]);
+  if (verbose) {
+    const at = (ms: number | undefined) => (ms === undefined ? '-' : ((ms - startedAtMs) / 1000).toFixed(2));
+    process.stderr.write(`receivers whole at ${finishedAtMs.map(at).join(', ')} s\n`);
+    process.stderr.write(`send: ${sender.output()}\n`);
+    for (const [i, receiver] of receivers.entries()) {
+      process.stderr.write(`receive ${edgeHosts[i]}: ${receiver.output()}\n`);
+    }
+  }
   const dropped = edgeHosts.reduce((sum, host) => sum + edgeDropped(bed, host), 0);
   const statuses = edgeHosts.map((host) => {
     try {
@@ -262,6 +272,11 @@ async function runGatecast(
       return {};
     }
   });
+  if (verbose) {
+    process.stderr.write(
+      `repair status: ${JSON.stringify(statuses)}\nretransmit status: ${JSON.stringify(retransmitStatuses)}\n`,
+    );
+  }
   for (const host of edgeHosts) {
     edgeClear(bed, host);
   }
