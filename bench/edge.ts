@@ -148,12 +148,14 @@ let port = 7400;
  * What the source's summary says of its pacing: how long sending the file took, and with an
  * adaptive rate, the lowest rate and the cuts. Empty when the sender did not end within the bound.
  */
-function sourcePacing(sent: { stdout: string } | string): string[] {
+function sourcePacing(sent: { stdout: string; stderr: string } | string): string[] {
   if (typeof sent === 'string') {
     return [];
   }
   try {
-    const summary = JSON.parse(sent.stdout.trim().split('\n').pop() ?? '') as {
+    // The summary is the JSON line (on stderr, before bash's `times`).
+    const line = `${sent.stdout}\n${sent.stderr}`.split('\n').find((text) => text.startsWith('{'));
+    const summary = JSON.parse(line ?? '') as {
       elapsedMs?: number;
       adaptiveRate?: {
         lowestBitsPerSecond: number;
