@@ -25,9 +25,12 @@ export function cpuProfileArguments(directory: string): string[] {
   return ['--cpu-prof', '--cpu-prof-dir', directory];
 }
 
-/** Node's arguments that run `gatecast ...args` writing its CPU profile into `directory`. */
+/**
+ * Node's arguments that run `gatecast ...args` writing its CPU profile into `directory`
+ * (BENCH_PROFILE_BIN names another build's bin/gatecast to profile instead of this one).
+ */
 export function profiledArguments(directory: string, args: readonly string[]): string[] {
-  return [...cpuProfileArguments(directory), gatecastBin(), ...args];
+  return [...cpuProfileArguments(directory), process.env.BENCH_PROFILE_BIN ?? gatecastBin(), ...args];
 }
 
 /** The profiles a profiled process wrote into `directory` (one per process that exited). */

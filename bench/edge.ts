@@ -46,6 +46,8 @@ const losses = list(process.env.BENCH_EDGE_LOSS, [0, 10, 20]);
 const serverCounts = list(process.env.BENCH_EDGE_SERVERS, [1, 2]);
 /** BENCH_EDGE_LAST_RESORT=1: the source keeps its session too (`send --retransmit-listen`). */
 const lastResort = process.env.BENCH_EDGE_LAST_RESORT === '1';
+/** BENCH_EDGE_VERBOSE=1: prints what send and receive said, and when each receiver was whole. */
+const verbose = process.env.BENCH_EDGE_VERBOSE === '1';
 const payloadBytes = 1400;
 const packets = Math.ceil(fileBytes / payloadBytes);
 const edgeHosts = ['rx1', 'rx2'] as const;
@@ -141,6 +143,41 @@ interface Row {
 }
 
 let port = 7400;
+
+/**
+ * What the source's summary says of its pacing: how long sending the file took, and with an
+ * adaptive rate, the lowest rate and the cuts. Empty when the sender did not end within the bound.
+ */
+function sourcePacing(sent: { stdout: string; stderr: string } | string): string[] {
+  if (typeof sent === 'string') {
+    return [];
+  }
+  try {
+    // The summary is the JSON line (on stderr, before bash's `times`).
+    const line = `${sent.stdout}\n${sent.stderr}`.split('\n').find((text) => text.startsWith('{'));
+    const summary = JSON.parse(line ?? '') as {
+      elapsedMs?: number;
+      adaptiveRate?: {
+        lowestBitsPerSecond: number;
+        decreases: number;
+        decreaseReasons: Record<string, number>;
+      };
+    };
+    const adaptive = summary.adaptiveRate;
+    return [
+      `source paced the file in ${((summary.elapsedMs ?? 0) / 1000).toFixed(1)} s`,
+      ...(adaptive === undefined
+        ? []
+        : [
+            `rate cut ${adaptive.decreases} times, lowest ${(adaptive.lowestBitsPerSecond / 1e6).toFixed(1)} Mbit/s${
+              adaptive.decreases > 0 ? ` (${JSON.stringify(adaptive.decreaseReasons).replace(/"/g, '')})` : ''
+            }`,
+          ]),
+    ];
+  } catch {
+    return [];
+  }
+}
 
 /** Ends a server with SIGTERM, after reading its CPU; returns the CPU since `from`. */
 async function stopServer(server: HostProcess, from: number | undefined): Promise<number | undefined> {
@@ -241,6 +278,14 @@ async function runGatecast(
     ),
   );
   const sent = await Promise.race([sender.finished, bound]);
+  if (verbose) {
+    const at = (ms: number | undefined) => (ms === undefined ? '-' : ((ms - startedAtMs) / 1000).toFixed(2));
+    process.stderr.write(`receivers whole at ${finishedAtMs.map(at).join(', ')} s\n`);
+    process.stderr.write(`send: ${sender.output()}\n`);
+    for (const [i, receiver] of receivers.entries()) {
+      process.stderr.write(`receive ${edgeHosts[i]}: ${receiver.output()}\n`);
+    }
+  }
   const dropped = edgeHosts.reduce((sum, host) => sum + edgeDropped(bed, host), 0);
   const statuses = edgeHosts.map((host) => {
     try {
@@ -262,6 +307,11 @@ async function runGatecast(
       return {};
     }
   });
+  if (verbose) {
+    process.stderr.write(
+      `repair status: ${JSON.stringify(statuses)}\nretransmit status: ${JSON.stringify(retransmitStatuses)}\n`,
+    );
+  }
   for (const host of edgeHosts) {
     edgeClear(bed, host);
   }
@@ -286,6 +336,7 @@ async function runGatecast(
     `not-held answers ${each(statuses, 'notHeldReceived')}`,
     `repair servers' S1 in ${each(statuses, 'packetsIn')}`,
     `retransmit S1 in ${each(retransmitStatuses, 'packetsIn')} of ${packets}`,
+    ...sourcePacing(sent),
   ].join('; ');
   return {
     tool: 'gatecast',
@@ -552,7 +603,14 @@ async function main(): Promise<void> {
   load average ${load.toFixed(1)} when the run began, ${loadAfter.toFixed(1)} when it ended (a shared machine).
 - Command: \`npm run bench:edge\` (bench/edge.ts; also part of \`npm run bench\`). Quick run:
   \`BENCH_EDGE_QUICK=1 npm run bench:edge\` (10 MB). Other knobs: BENCH_EDGE_CAPS, BENCH_EDGE_LOSS,
-  BENCH_EDGE_SERVERS, BENCH_EDGE_SKIP_UFTP, BENCH_EDGE_LAST_RESORT.
+  BENCH_EDGE_SERVERS, BENCH_EDGE_SKIP_UFTP, BENCH_EDGE_LAST_RESORT, BENCH_EDGE_VERBOSE.${
+    lastResort
+      ? `
+- This run: BENCH_EDGE_LAST_RESORT=1, the source is also the retransmit server of last resort
+  (\`send … --retransmit-listen SRC:PORT --secret-file … --announce-to rx1:7100,rx2:7100 --linger 30\`),
+  and with it a file's rate adapts to the repair servers' FEEDBACK (on by default).`
+      : ''
+  }
 - Test bed: the source in subnet A, the router (smcrouted), one or two retransmit servers (rt1, rt2) in
   subnet B, and two edge hosts (rx1, rx2) each running \`gatecast repair --reliable\` and
   \`gatecast receive\` on the S2 it emits on the host's loopback. Every UDP datagram arriving at an edge

@@ -6,10 +6,14 @@
  * BENCH_PROFILE_DIR when it is set (open them in Chrome DevTools), else they are removed.
  *
  *   node --import tsx bench/profile.ts        (root; BENCH_PROFILE_MB, default 20; rate 100 Mbit/s)
+ *
+ * BENCH_PROFILE_BIN: another build's bin/gatecast (e.g. the code before a change), to compare the
+ * two in one sitting. The summary line per role gives CPU (user + system, from the process) per
+ * 1,000 packets besides the profile's busy time.
  */
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import {
   createTestbed,
@@ -23,6 +27,22 @@ import { frameName, type Profile, profiledArguments, readProfiles, selfTimes } f
 const megabytes = Number(process.env.BENCH_PROFILE_MB ?? 20);
 const lossPercent = Number(process.env.BENCH_PROFILE_LOSS ?? 10);
 const rateMbit = Number(process.env.BENCH_PROFILE_MBIT ?? 100);
+
+const clockTicksPerSecond = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim());
+
+/** CPU seconds (user + system) a process has used so far, or undefined once it is gone. */
+function cpuSeconds(pid: number | undefined): number | undefined {
+  if (pid === undefined) {
+    return undefined;
+  }
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return (Number(fields[11]) + Number(fields[12])) / clockTicksPerSecond;
+  } catch {
+    return undefined;
+  }
+}
 
 /** Self time per function (ms), largest first. */
 function functionTimes(profile: Profile): Array<{ name: string; ms: number; share: number }> {
@@ -123,8 +143,22 @@ async function main(): Promise<void> {
       '--rate',
       `${rateMbit}M`,
     ]);
+    // CPU per process: the last reading while it ran (every 20 ms; servers: just before SIGTERM).
+    const processes = { send: sender, retransmit, repair, receive: receiver };
+    const cpu = new Map<string, number>();
+    const sample = () => {
+      for (const [role, process_] of Object.entries(processes)) {
+        const seconds = cpuSeconds(process_.child.pid);
+        if (seconds !== undefined) {
+          cpu.set(role, seconds);
+        }
+      }
+    };
+    const sampler = setInterval(sample, 20);
     const received = await receiver.finished;
     await sender.finished;
+    sample();
+    clearInterval(sampler);
     console.error(`receive: exit ${received.code}: ${received.stderr.trim().split('\n').pop()}`);
     for (const server of [retransmit, repair]) {
       server.child.kill('SIGTERM');
@@ -140,8 +174,9 @@ async function main(): Promise<void> {
           .filter((entry) => !entry.name.startsWith('(idle)'))
           .reduce((sum, entry) => sum + entry.ms, 0);
         const packets = Math.ceil((megabytes * 1_000_000) / 1400);
+        const cpuMs = 1000 * (cpu.get(role) ?? Number.NaN);
         console.log(
-          `\n### ${role} (${name}): busy ${busyMs.toFixed(0)} ms, ${((1000 * busyMs) / packets).toFixed(2)} ms per 1,000 packets`,
+          `\n### ${role} (${name}): busy ${busyMs.toFixed(0)} ms, ${((1000 * busyMs) / packets).toFixed(2)} ms per 1,000 packets; CPU ${cpuMs.toFixed(0)} ms, ${((1000 * cpuMs) / packets).toFixed(2)} ms per 1,000 packets`,
         );
         console.log('\n| self ms | share | function |\n|---|---|---|');
         for (const entry of top) {

@@ -240,6 +240,17 @@ export const nackWindowPacketsMin = 8;
 export const nackWindowPacketsMax = 1024;
 
 /**
+ * Repair server: a NACK window halves on a timeout only while the share of its recent NACKed
+ * packets that timed out is above nackWindowTimeoutShareMax. The share is a moving average over
+ * answers and timeouts, each weighing nackWindowOutcomeWeight. Random loss of answers at a lossy
+ * edge (10–20 %) stays below it, so the window is not held at its minimum by loss that asking for
+ * fewer packets does not cut; a server that drops what it is asked (over its rate) or is gone
+ * passes it within a window of timeouts.
+ */
+export const nackWindowTimeoutShareMax = 0.5;
+export const nackWindowOutcomeWeight = 1 / 32;
+
+/**
  * Repair server: when a run it has no END for has sent nothing on S1 for tailQuietMs, it asks a
  * retransmit server, every tailProbeIntervalMs (at most once per NACK timeout), whether the run
  * goes on after its S1 frontier: the sequences 0, 1, 3, 7 … 2^k - 1 after it up to

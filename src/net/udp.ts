@@ -389,7 +389,13 @@ export async function openSenderSocket(options: SenderSocketOptions): Promise<Se
         return;
       }
       try {
-        socket.send(buffer, 0, length, callback);
+        // A whole buffer goes as it is: with an offset and a length node:dgram makes a new view of
+        // it per datagram (garbage on every packet of a source or a repair server's S2).
+        if (length === buffer.length) {
+          socket.send(buffer, callback);
+        } else {
+          socket.send(buffer, 0, length, callback);
+        }
       } catch (error) {
         guard.failed(error, done);
       }

@@ -17,9 +17,11 @@ import {
   nackRangesMax,
   nackTimeoutMsInitial,
   nackTimeoutMsMax,
+  nackWindowOutcomeWeight,
   nackWindowPacketsInitial,
   nackWindowPacketsMax,
   nackWindowPacketsMin,
+  nackWindowTimeoutShareMax,
   notHeldRetryMsInitial,
   reliableNotHeldWaitMsMax,
 } from '../limits.js';
@@ -195,7 +197,8 @@ interface Gap {
  * Per server, the packets a run may have NACKed and not yet answered: it opens by one per answer
  * (doubling per round trip) up to the size at its last halving, by one per round trip past it, and
  * halves on a timeout (at most once per timeout period; RFC 5681's slow start and congestion
- * avoidance), so that a burst of thousands of gaps
+ * avoidance) while more than nackWindowTimeoutShareMax of the recent NACKed packets timed out (an
+ * answer lost at random on a lossy edge is not the server falling behind), so that a burst of thousands of gaps
  * is asked for in what the server answers within its timeout — a retransmit server rate-limits its
  * answers and drops what is over, and a busy host reads its answers late — not all at once.
  */
@@ -207,6 +210,8 @@ interface NackWindow {
   threshold: number;
   /** Monotonic time of the server's last answer with a packet (or of the window's start). */
   answeredAtMs: number;
+  /** Moving average of the share of NACKed packets that timed out (0: all answered). */
+  timeoutShare: number;
 }
 
 /** The gaps of one run and their NACKs. close() cancels every timer it made. */
@@ -481,6 +486,7 @@ export class NackScheduler {
         decreasedAtMs: Number.NEGATIVE_INFINITY,
         threshold: nackWindowPacketsMax,
         answeredAtMs: this.#options.nowMs(),
+        timeoutShare: 0,
       };
       this.#windows.set(server, window);
     }
@@ -505,15 +511,23 @@ export class NackScheduler {
   #open(server: RankedServer): void {
     const window = this.#window(server);
     window.answeredAtMs = this.#options.nowMs();
+    window.timeoutShare -= window.timeoutShare * nackWindowOutcomeWeight;
     const step = window.packets < window.threshold ? 1 : 1 / window.packets;
     window.packets = Math.min(nackWindowPacketsMax, window.packets + step);
   }
 
-  /** The server left a NACK unanswered: its window halves, once per timeout period. */
+  /**
+   * The server left a NACK unanswered: its window halves, once per timeout period, while most of
+   * what it was asked lately timed out.
+   */
   #narrow(server: RankedServer): void {
     const window = this.#window(server);
     const now = this.#options.nowMs();
-    if (now - window.decreasedAtMs >= this.#options.servers.timeoutFor(server, 0)) {
+    window.timeoutShare += (1 - window.timeoutShare) * nackWindowOutcomeWeight;
+    if (
+      window.timeoutShare > nackWindowTimeoutShareMax &&
+      now - window.decreasedAtMs >= this.#options.servers.timeoutFor(server, 0)
+    ) {
       window.packets = Math.max(nackWindowPacketsMin, Math.floor(window.packets / 2));
       window.threshold = window.packets;
       window.decreasedAtMs = now;

@@ -341,6 +341,9 @@ export async function startRetransmitServer(
         }
         if (idlest !== undefined) {
           entry.runs.delete(idlest[0]);
+          if (entry.buffer === idlest[1]) {
+            entry.buffer = undefined;
+          }
           drop('run-evicted');
         }
       }
@@ -368,7 +371,12 @@ export async function startRetransmitServer(
     }
     packetsIn++;
     const packet = decoded.value;
-    const buffer = runBuffer(entry, packet.sessionId, packet.incarnation);
+    // The run of the last packet, most often: its key (a string) is built only when the run changes.
+    const last = entry.buffer;
+    const buffer =
+      last !== undefined && last.sessionId === packet.sessionId && last.incarnation === packet.incarnation
+        ? last
+        : runBuffer(entry, packet.sessionId, packet.incarnation);
     buffer.add(packet.sequence, datagram, packet.timestampUs, clock.nowMs(), clock.wallUs());
     entry.buffer = buffer;
   };

@@ -4,7 +4,7 @@
  * down rather than losing data when the edge cannot keep up. AIMD, as TCP does (RFC 5681 §3.1,
  * with the gentler decrease of RFC 8312 §4.5): a repair server whose FEEDBACK shows trouble (a
  * packet given up, datagrams its kernel dropped, a repair backlog above its bound or growing, a
- * hold above its bound, more packets NACKed than received) cuts
+ * hold above its bound, more packets NACKed than received while the backlog does not shrink) cuts
  * the rate by a factor, at most once per hold time, never below the floor; while every fresh
  * report is clear the rate climbs back by a fixed step per interval, never above the ceiling
  * (`--rate`). Pure: the caller hands in the time and the reports, already authenticated.
@@ -88,12 +88,15 @@ function trouble(reporter: Reporter | undefined, report: FeedbackBody): string |
   if (report.holding >= adaptHoldingPacketsHigh) {
     return 'holding';
   }
-  // The edge asks for more packets than it receives: its repairs do not get through (random
-  // loss of a fraction p asks for about p / (1 - p) of what arrives, under 1 below 50 %).
+  // The edge asks for more packets than it receives while its backlog does not shrink: its
+  // repairs do not get through (random loss of a fraction p asks for about p / (1 - p) of what
+  // arrives, under 1 below 50 %). One whose backlog shrinks is getting its repairs: after a cut,
+  // fewer packets arrive while it asks for the gaps it found before, and cutting again for that
+  // would only slow the run further.
   if (reporter !== undefined) {
     const nacked = report.nacked - reporter.nacked;
     const received = report.received - reporter.received;
-    if (nacked >= adaptNackedPacketsMin && nacked > received) {
+    if (nacked >= adaptNackedPacketsMin && nacked > received && report.missing >= reporter.missing) {
       return 'nacks-exceed-data';
     }
   }

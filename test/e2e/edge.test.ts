@@ -18,7 +18,7 @@ import {
   type Testbed,
   testbedSkip,
 } from '../helpers/testbed.js';
-import { waitUntil } from '../helpers/wait.js';
+import { eventually, waitUntil } from '../helpers/wait.js';
 
 interface RetransmitStatusJson {
   peerFetch: { fetchedPackets: number; fetches: number };
@@ -128,10 +128,10 @@ describe('retransmit servers that fill their own holes, on the namespace test be
       const repairStatus = status<{ unrecoverable: number; notHeldReceived: number }>('rep', 9100);
       assert.equal(repairStatus.unrecoverable, 0, JSON.stringify(repairStatus));
       // rt1's meter: at least what nftables dropped (its own socket's drops may add to it).
-      await waitUntil(
-        "rt1's status counts the stretch it missed",
-        () => (status<RetransmitStatusJson>('rt1', 9101).sessions[0]?.missingPackets ?? 0) >= droppedAtRt1,
-        10_000,
+      const rt1Missing = () => status<RetransmitStatusJson>('rt1', 9101).sessions[0]?.missingPackets ?? 0;
+      assert.ok(
+        await eventually(() => rt1Missing() >= droppedAtRt1, 10_000),
+        `rt1's status counts ${rt1Missing()} missing of the ${droppedAtRt1} nftables dropped: ${JSON.stringify(status<RetransmitStatusJson>('rt1', 9101).sessions[0])}`,
       );
       const rt1Status = status<RetransmitStatusJson>('rt1', 9101);
       assert.ok(rt1Status.peerFetch.fetchedPackets > 0, JSON.stringify(rt1Status.peerFetch));

@@ -347,6 +347,59 @@ describe('the repair server NACK scheduler', () => {
     assert.equal(scheduler.windows()[0]?.packets, 32, 'halved once for 64 timeouts at one moment');
   });
 
+  /**
+   * One server that answers each NACKed packet 10 ms later unless `lost` says its answer is lost;
+   * 40 new gaps every 10 ms (4,000 packets/s of gaps) for 2 s. Returns the window at the end.
+   */
+  function windowUnder(lost: (index: number) => boolean): { packets: number; repaired: number } {
+    const { clock, scheduler, servers, nacks } = setup({ alive: true, reliable: true, servers: 1 });
+    let answers = 0;
+    let repaired = 0;
+    const originalPush = nacks.push.bind(nacks);
+    nacks.push = (...items) => {
+      for (const nack of items) {
+        for (const range of nack.ranges) {
+          for (let i = 0; i < range.count; i++) {
+            const sequence = range.start + i;
+            if (lost(answers++)) {
+              continue;
+            }
+            clock.setTimeout(() => {
+              const filled = scheduler.filled(sequence);
+              if (filled?.server !== undefined) {
+                repaired++;
+                servers.answered(filled.server);
+                if (filled.firstNack) {
+                  servers.sampleRoundTrip(filled.server, clock.nowMs() - filled.sentAtMs);
+                }
+              }
+            }, 10);
+          }
+        }
+      }
+      return originalPush(...items);
+    };
+    let next = 0;
+    for (let step = 0; step < 200; step++) {
+      for (let i = 0; i < 40; i++) {
+        scheduler.add(next++);
+      }
+      clock.advance(10);
+    }
+    return { packets: scheduler.windows()[0]?.packets ?? 0, repaired };
+  }
+
+  it('answers lost at random on a lossy edge (one in five) do not hold the NACK window down', () => {
+    const { packets, repaired } = windowUnder((index) => index % 5 === 4);
+    assert.ok(packets >= 256, `the window opened to ${packets} packets`);
+    assert.ok(repaired >= 7_000, `${repaired} of 8,000 gaps repaired in 2 s`);
+  });
+
+  it('a server that leaves most NACKs unanswered (over its rate) still halves the window', () => {
+    const { packets } = windowUnder((index) => index % 4 !== 0);
+    assert.ok(packets <= 32, `the window stayed at ${packets} packets`);
+  });
+
   it('"not held" asks the next server at once; from every server, another round after a short backoff', () => {
     const { clock, scheduler, nacks } = setup();
     scheduler.add(5);

@@ -108,6 +108,21 @@ describe('adaptive rate (AIMD on repair servers’ FEEDBACK)', () => {
     assert.deepEqual(rate.stats().decreaseReasons, { 'nacks-exceed-data': 1 });
   });
 
+  it('does not go down for NACKs above data while the backlog shrinks (repairs get through after a cut)', () => {
+    const rate = fresh();
+    rate.report(7, { ...clear, missing: 400, received: 10_000, nacked: 2_000 }, 1_000);
+    // Fewer packets arrive after a cut while the gaps found before are asked for: 300 in, 450
+    // asked for, and the backlog falls from 400 to 200, then to 20.
+    rate.report(7, { ...clear, missing: 200, received: 10_300, nacked: 2_450 }, 1_200);
+    rate.report(7, { ...clear, missing: 20, received: 10_600, nacked: 2_900 }, 1_400);
+    assert.equal(rate.bitsPerSecond, ceiling);
+    assert.deepEqual(rate.stats().decreaseReasons, {});
+    // The same NACKs with a backlog that stays: the repairs do not get through.
+    rate.report(7, { ...clear, missing: 20, received: 10_900, nacked: 3_350 }, 1_600);
+    assert.equal(rate.bitsPerSecond, ceiling * 0.7);
+    assert.deepEqual(rate.stats().decreaseReasons, { 'nacks-exceed-data': 1 });
+  });
+
   it('holds the rate while a server heard lately still has a backlog, and not for one gone silent', () => {
     const rate = fresh();
     rate.report(7, clear, 1_000);
