@@ -178,6 +178,8 @@ export interface RepairStatus {
   tailProbes: number;
   /** ENDs a REPAIR brought (lost on S1). */
   endsRepaired: number;
+  /** Manifests and END signatures a REPAIR brought (lost on S1; asked for with the NACK signatures flag). */
+  signaturesRepaired: number;
   /** DATA held for runs whose DESCRIPTOR has not been taken up yet. */
   pendingPackets: number;
   pendingBytes: number;
@@ -315,6 +317,7 @@ export async function startRepairServer(
     feedbackSent: 0,
     tailProbes: 0,
     endsRepaired: 0,
+    signaturesRepaired: 0,
   };
   const dropped: Record<string, number> = {};
   const drop = (reason: string) => {
@@ -400,6 +403,18 @@ export async function startRepairServer(
       sendNack: (server, ranges, again) => sendNack(sessionId, incarnation, server, ranges, again),
     });
 
+  /** True when the gate holds no verified manifest hash for some sequence the ranges name. */
+  const lacksManifest = (sessionId: number, incarnation: number, ranges: readonly SequenceRange[]) => {
+    for (const range of ranges) {
+      for (let i = 0; i < range.count; i++) {
+        if (gate?.vouches(sessionId, incarnation, sequenceAdd(range.start, i)) === false) {
+          return true;
+        }
+      }
+    }
+    return false;
+  };
+
   /** Sends one NACK of a run to a retransmit server. */
   const sendNack = (
     sessionId: number,
@@ -414,8 +429,14 @@ export async function startRepairServer(
       sequence: ranges[0]?.start ?? 0,
       timestampUs: clock.wallUs(),
     };
+    // A signed session: a sequence no verified manifest vouches for (or the END's, which none
+    // does) asks for what vouches for it too.
+    const signatures = gate !== undefined && lacksManifest(sessionId, incarnation, ranges);
     // Sealed for the server's id once learned; REPAIRs may come only to our own control socket.
-    const nack = channel.seal(encodeNack(fields, { ranges, replyTo: control.local, again }), server.endpoint);
+    const nack = channel.seal(
+      encodeNack(fields, { ranges, replyTo: control.local, again, signatures }),
+      server.endpoint,
+    );
     control.send(nack, server.endpoint.port, server.endpoint.address);
   };
 
@@ -846,6 +867,10 @@ export async function startRepairServer(
       drop('repair-other-session');
       return;
     }
+    if (repair.signature !== undefined) {
+      onRepairedSignature(current, repair.signature);
+      return;
+    }
     if (repair.end !== undefined) {
       onRepairedEnd(current, datagram, repair.end);
       return;
@@ -897,6 +922,22 @@ export async function startRepairServer(
       claim(current, sequenceAdd(packet.sequence, 1));
     }
     acceptData(current, datagram, packet, true);
+  };
+
+  /**
+   * A REPAIR carrying a manifest or an END's control signature, asked for by a NACK with the
+   * signatures flag because every copy was lost on S1: verified by the gate as if it came on S1,
+   * which releases what it held for it (from S1 or from REPAIRs) and forwards it on S2 ahead of
+   * them (docs/protocol.md, "REPAIR").
+   */
+  const onRepairedSignature = (current: Run, signature: Buffer) => {
+    if (gate === undefined) {
+      drop('repair-signature-unsigned'); // an unsigned session has no use for one
+      return;
+    }
+    counters.signaturesRepaired++;
+    current.lastActivityMs = clock.nowMs();
+    gate.filter(signature, () => undefined); // a SIGNATURE is consumed by the gate
   };
 
   /** A REPAIR carrying the run's END (asked for by its sequence): taken as if it came on S1. */
