@@ -93,6 +93,8 @@ export interface RetransmitStatus {
   repairBytesSent: number;
   rateLimited: number;
   suppressed: number;
+  /** Signed sessions: manifests and END signatures sent ahead of REPAIRs (NACK signatures flag). */
+  signaturesSent: number;
   /** Election state changes (listening <-> withdrawn) of this server's sessions. */
   electionChanges: number;
   /** Peer fetch: holes this server filled from its peers before answering. */

@@ -54,12 +54,5 @@ export function knownFault(result: ScenarioResult): string | undefined {
   if (violation.invariant === 'held-not-unrecoverable' && descriptorReplayed) {
     return 'found.md 2: an ended run is taken up again from a replayed DESCRIPTOR';
   }
-  if (
-    result.protection !== undefined &&
-    (violation.details.includes('no manifest covering it reached it') ||
-      (violation.invariant === 'liveness' && result.unauthenticatedGaps.length > 0))
-  ) {
-    return 'found.md 11: a signed session packet whose every manifest copy a repair server lost is never authenticated';
-  }
   return undefined;
 }
