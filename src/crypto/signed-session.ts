@@ -11,7 +11,7 @@
  * The gate holds no content key: retransmit and repair servers authenticate sealed datagrams
  * exactly as a receiver does.
  */
-import { createHash, type KeyObject } from 'node:crypto';
+import type { KeyObject } from 'node:crypto';
 import {
   signedHeldControlMax,
   signedHeldPacketsMax,
@@ -28,7 +28,7 @@ import {
 } from '../protocol/packet.js';
 import { decodeKey, decodeSignature, SignatureKind } from '../protocol/restricted.js';
 import { sequenceAdd } from '../protocol/serial.js';
-import { manifestHash, verifySignature } from './authority.js';
+import { manifestHash, sha256 as sha256Of, verifySignature } from './authority.js';
 
 /** Counters of a gate: what it let through and what it refused. */
 export interface SignedSessionStats {
@@ -342,7 +342,7 @@ export function createSignedSessionGate(
   };
 
   const onControl = (datagram: Buffer, pass: (datagram: Buffer) => void) => {
-    const sha256 = createHash('sha256').update(datagram).digest('hex');
+    const sha256 = sha256Of(datagram).toString('hex');
     if (vouched.has(sha256)) {
       stats.controlAuthenticated++;
       pass(datagram);
@@ -387,7 +387,7 @@ export function createSignedSessionGate(
           datagram.readUInt32BE(offsetIncarnation),
         )?.manifest;
       }
-      return vouched.get(createHash('sha256').update(datagram).digest('hex'));
+      return vouched.get(sha256Of(datagram).toString('hex'));
     },
     check(datagram) {
       if (datagram.length < headerBytes || datagram[offsetType] !== PacketType.data) {
