@@ -26,6 +26,7 @@ import {
   progressAheadPacketsMax,
   repairHoldBytesMax,
   repairHoldPacketsMax,
+  repairKeysKeptMax,
   repairReachBackPacketsMax,
   replayPeersMax,
   resyncPacketsMin,
@@ -63,6 +64,8 @@ import {
   type EndPacket,
   type HeaderFields,
   headerBytes,
+  offsetIncarnation,
+  offsetKeyEpoch,
   offsetType,
   PacketType,
   SessionKind,
@@ -180,6 +183,8 @@ export interface RepairStatus {
   endsRepaired: number;
   /** Manifests and END signatures a REPAIR brought (lost on S1; asked for with the NACK signatures flag). */
   signaturesRepaired: number;
+  /** A restricted run: KEY messages sent on S2 again just before the first DATA of their epoch. */
+  keysAhead: number;
   /** DATA held for runs whose DESCRIPTOR has not been taken up yet. */
   pendingPackets: number;
   pendingBytes: number;
@@ -282,14 +287,52 @@ export async function startRepairServer(
   const servers = new ServerRanking();
   /** A signed session's gate; what it verified goes on to S2 at once, ahead of what it vouches for. */
   let forwardTo: SenderSocket | undefined;
+  /**
+   * A restricted run's verified KEY messages, by key epoch (the latest copy, the newest epochs):
+   * each goes on S2 again just before the first DATA of its epoch that this server re-emits, so a
+   * receiver whose S2 lags the KEY stream by several crypto-periods (a reliable server waiting for
+   * repairs) holds the key when the DATA comes (docs/protocol.md, "KEY").
+   */
+  const keysByEpoch = new Map<number, Buffer>();
+  let lastEmittedEpoch = 0;
   const gate =
     settings.sourcePublicKey === undefined
       ? undefined
       : createSignedSessionGate(settings.sourcePublicKey, {
           onAuthenticated: (datagram) => {
             forwardTo?.send(datagram, datagram.length);
+            if (datagram[offsetType] === PacketType.key) {
+              keepKey(datagram);
+            }
           },
         });
+  const keepKey = (datagram: Buffer) => {
+    const epoch = datagram.readUInt16BE(offsetKeyEpoch);
+    keysByEpoch.delete(epoch); // most recent last
+    keysByEpoch.set(epoch, Buffer.from(datagram));
+    while (keysByEpoch.size > repairKeysKeptMax) {
+      keysByEpoch.delete(keysByEpoch.keys().next().value ?? 0);
+    }
+  };
+  /** Before the first re-emitted DATA of a key epoch: that epoch's KEY again, when held. */
+  const keyAhead = (datagram: Buffer) => {
+    if (datagram[offsetType] !== PacketType.data || datagram.length < headerBytes) {
+      return;
+    }
+    const epoch = datagram.readUInt16BE(offsetKeyEpoch);
+    if (epoch === 0 || epoch === lastEmittedEpoch) {
+      return;
+    }
+    lastEmittedEpoch = epoch;
+    const key = keysByEpoch.get(epoch);
+    if (
+      key !== undefined &&
+      key.readUInt32BE(offsetIncarnation) === datagram.readUInt32BE(offsetIncarnation)
+    ) {
+      forwardTo?.send(key, key.length);
+      counters.keysAhead++;
+    }
+  };
   for (const [staticIndex, endpoint] of settings.retransmit.entries()) {
     servers.add(endpoint, staticIndex);
   }
@@ -318,6 +361,7 @@ export async function startRepairServer(
     tailProbes: 0,
     endsRepaired: 0,
     signaturesRepaired: 0,
+    keysAhead: 0,
   };
   const dropped: Record<string, number> = {};
   const drop = (reason: string) => {
@@ -565,7 +609,12 @@ export async function startRepairServer(
   };
   const reorder = createReorderEmitter<Run>({
     clock,
-    transport: { send: (datagram) => emitS2(datagram) },
+    transport: {
+      send: (datagram) => {
+        keyAhead(datagram);
+        emitS2(datagram);
+      },
+    },
     setTimeout: (fn, delayMs) => timers.setTimeout(fn, delayMs),
     latencyMs: settings.latencyMs,
     endGraceMs: endGraceMsDefault,
