@@ -474,6 +474,12 @@ export const restrictedHeldPacketsMax = 4096;
 export const restrictedPendingKeysMax = 4;
 
 /**
+ * Repair server of a restricted run: verified KEY messages kept (the newest epochs), each sent on
+ * S2 again just before the first DATA of its epoch it re-emits.
+ */
+export const repairKeysKeptMax = 16;
+
+/**
  * Restricted receiver: a KEY message repeating the wrapped key of an epoch already held is asked
  * of the token again (window, tier and rollback counter checked anew) at most this often, in
  * stream time; the repeats between are counted and not asked (src/crypto/restricted-session.ts).

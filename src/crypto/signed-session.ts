@@ -11,7 +11,7 @@
  * The gate holds no content key: retransmit and repair servers authenticate sealed datagrams
  * exactly as a receiver does.
  */
-import { createHash, type KeyObject } from 'node:crypto';
+import type { KeyObject } from 'node:crypto';
 import {
   signedHeldControlMax,
   signedHeldPacketsMax,
@@ -28,7 +28,7 @@ import {
 } from '../protocol/packet.js';
 import { decodeKey, decodeSignature, SignatureKind } from '../protocol/restricted.js';
 import { sequenceAdd } from '../protocol/serial.js';
-import { manifestHash, verifySignature } from './authority.js';
+import { manifestHash, sha256 as sha256Of, verifySignature } from './authority.js';
 
 /** Counters of a gate: what it let through and what it refused. */
 export interface SignedSessionStats {
@@ -66,6 +66,15 @@ export interface SignedSessionGate {
    * `forged` (a manifest holds another hash for its sequence; counted) or `unknown`.
    */
   check(datagram: Buffer): 'authentic' | 'forged' | 'unknown';
+  /** True when a verified manifest holds a hash for the run's sequence. */
+  vouches(sessionId: number, incarnation: number, sequence: number): boolean;
+  /**
+   * The verified SIGNATURE datagram (as the source sent it) that vouches for a datagram this gate
+   * passed: the manifest covering a DATA sequence, the control signature of a HEARTBEAT, END or
+   * DESCRIPTOR — while it is remembered. What a retransmit server sends ahead of a REPAIR to a
+   * requester that lost every copy of it (docs/protocol.md, "REPAIR").
+   */
+  signatureFor(datagram: Buffer): Buffer | undefined;
 }
 
 /** Options of a gate. */
@@ -89,6 +98,8 @@ interface VouchedHash {
   readonly sessionId: number;
   readonly incarnation: number;
   readonly hash: Buffer;
+  /** The verified manifest datagram the hash came from (one copy shared by all its hashes). */
+  readonly manifest: Buffer;
 }
 
 const vouchedTypes = new Set<number>([PacketType.heartbeat, PacketType.end, PacketType.descriptor]);
@@ -141,8 +152,8 @@ export function createSignedSessionGate(
   /** DATA waiting for its manifest, by sequence (a forgery may share a sequence, or be of another run). */
   const heldData = new Map<number, Held[]>();
   let heldDataCount = 0;
-  /** SHA-256 (hex) of control datagrams vouched for by verified control signatures. */
-  const vouched = new Set<string>();
+  /** SHA-256 (hex) of control datagrams vouched for by verified control signatures → that signature. */
+  const vouched = new Map<string, Buffer>();
   const heldControl: Array<{
     readonly datagram: Buffer;
     readonly pass: (datagram: Buffer) => void;
@@ -209,12 +220,18 @@ export function createSignedSessionGate(
     }
   };
 
-  const remember = (sessionId: number, incarnation: number, sequence: number, hash: Buffer) => {
+  const remember = (
+    sessionId: number,
+    incarnation: number,
+    sequence: number,
+    hash: Buffer,
+    manifest: Buffer,
+  ) => {
     const list = hashes.get(sequence);
     if (ofRun(list, sessionId, incarnation) !== undefined) {
       return;
     }
-    const entry = { sessionId, incarnation, hash: Buffer.from(hash) };
+    const entry = { sessionId, incarnation, hash, manifest };
     if (list === undefined) {
       hashes.set(sequence, [entry]);
     } else {
@@ -250,9 +267,12 @@ export function createSignedSessionGate(
     }
     stats.signaturesVerified++;
     options.onAuthenticated?.(datagram);
+    // One copy of the datagram, kept whole (it may be served ahead of a REPAIR); its hashes are views.
+    const kept = Buffer.from(datagram);
     manifest.forEach((hash, index) => {
       const sequence = sequenceAdd(run.sequence, index);
-      remember(sessionId, incarnation, sequence, hash);
+      const at = hash.byteOffset - datagram.byteOffset; // the decoder's hashes are views of the datagram
+      remember(sessionId, incarnation, sequence, kept.subarray(at, at + hash.length), kept);
       const waiting = heldData.get(sequence);
       if (waiting === undefined) {
         return;
@@ -278,9 +298,9 @@ export function createSignedSessionGate(
     const hex = sha256.toString('hex');
     const known = vouched.has(hex);
     if (!known) {
-      vouched.add(hex);
+      vouched.set(hex, Buffer.from(datagram));
       if (vouched.size > signedVouchedControlMax) {
-        vouched.delete(vouched.values().next().value ?? '');
+        vouched.delete(vouched.keys().next().value ?? '');
       }
     }
     options.onAuthenticated?.(datagram);
@@ -322,7 +342,7 @@ export function createSignedSessionGate(
   };
 
   const onControl = (datagram: Buffer, pass: (datagram: Buffer) => void) => {
-    const sha256 = createHash('sha256').update(datagram).digest('hex');
+    const sha256 = sha256Of(datagram).toString('hex');
     if (vouched.has(sha256)) {
       stats.controlAuthenticated++;
       pass(datagram);
@@ -353,6 +373,22 @@ export function createSignedSessionGate(
 
   return {
     stats,
+    vouches(sessionId, incarnation, sequence) {
+      return ofRun(hashes.get(sequence), sessionId, incarnation) !== undefined;
+    },
+    signatureFor(datagram) {
+      if (datagram.length < headerBytes) {
+        return undefined;
+      }
+      if (datagram[offsetType] === PacketType.data) {
+        return ofRun(
+          hashes.get(datagram.readUInt32BE(offsetSequence)),
+          datagram.readUInt32BE(offsetSessionId),
+          datagram.readUInt32BE(offsetIncarnation),
+        )?.manifest;
+      }
+      return vouched.get(sha256Of(datagram).toString('hex'));
+    },
     check(datagram) {
       if (datagram.length < headerBytes || datagram[offsetType] !== PacketType.data) {
         return 'unknown';

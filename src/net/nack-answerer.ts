@@ -28,7 +28,7 @@ import {
   type NackBody,
   type PeerEndpoint,
 } from '../protocol/control.js';
-import { type HeaderFields, headerBytes } from '../protocol/packet.js';
+import { type HeaderFields, headerBytes, offsetSequence } from '../protocol/packet.js';
 import { sequenceAdd } from '../protocol/serial.js';
 import { authTrailerBytes } from '../protocol/sizes.js';
 import type { RoleClock, Timer } from './runtime.js';
@@ -63,6 +63,8 @@ export interface NackAnswerCounters {
   suppressed: number;
   /** Requests again for answers sent before repairAnswerRecentMs: answers that did not get through. */
   answersLost: number;
+  /** Signatures (manifests, END control signatures) sent ahead of REPAIRs (NACK signatures flag). */
+  signaturesSent: number;
 }
 
 /** The answerer's parts and settings. */
@@ -81,6 +83,12 @@ export interface NackAnswererOptions {
   readonly repairRateCapBitsPerSecond?: (() => number) | undefined;
   /** The original DATA datagram of a run's sequence, if held. */
   readonly lookup: (sessionId: number, incarnation: number, sequence: number) => Buffer | undefined;
+  /**
+   * A signed session: the verified SIGNATURE datagram vouching for a held datagram (its manifest, or
+   * an END's control signature), sent ahead of it to a NACK with the signatures flag
+   * (docs/protocol.md, "REPAIR").
+   */
+  readonly signatureFor?: ((original: Buffer) => Buffer | undefined) | undefined;
   /** Event sink: a reason counted when something is dropped or refused. */
   readonly drop: (reason: string) => void;
 }
@@ -115,6 +123,7 @@ export class NackAnswerer {
     rateLimited: 0,
     suppressed: 0,
     answersLost: 0,
+    signaturesSent: 0,
   };
   readonly #options: NackAnswererOptions;
   readonly #requesters = new Map<number, Requester>();
@@ -172,6 +181,9 @@ export class NackAnswerer {
     this.#forgetMulticast(now);
     const requester = this.#requester(nack.auth.senderId, now);
     const runKey = `${nack.sessionId}/${nack.incarnation}/`;
+    if (nack.signatures === true) {
+      this.#sendSignatures(requester, nack, remote, runKey, now);
+    }
     let queued = false;
     for (const range of nack.ranges) {
       let notHeldStart: number | undefined;
@@ -331,21 +343,78 @@ export class NackAnswerer {
       requester.creditBytes -= bytes;
       requester.queue.delete(key);
       this.#send(item, original, now);
-      requester.answered.delete(key); // most recent last
-      requester.answered.set(key, now);
-      if (requester.answered.size > repairAnswerRememberedMax) {
-        requester.answered.delete(requester.answered.keys().next().value ?? '');
+      this.#remember(requester, key, now);
+    }
+  }
+
+  /**
+   * Sends, ahead of the REPAIRs, what vouches for each held datagram the NACK names (its manifest,
+   * or the END's control signature) — once per signature however many of its sequences are named,
+   * and not again to the requester within repairAnswerRecentMs (its copy is on the way). Charged to
+   * the requester's credit like a REPAIR.
+   */
+  #sendSignatures(
+    requester: Requester,
+    nack: Control<NackBody>,
+    remote: PeerEndpoint,
+    runKey: string,
+    now: number,
+  ): void {
+    const { signatureFor, lookup } = this.#options;
+    if (signatureFor === undefined) {
+      return;
+    }
+    const seen = new Set<Buffer>();
+    for (const range of nack.ranges) {
+      for (let i = 0; i < range.count; i++) {
+        const original = lookup(nack.sessionId, nack.incarnation, sequenceAdd(range.start, i));
+        const signature = original === undefined ? undefined : signatureFor(original);
+        if (signature === undefined || seen.has(signature)) {
+          continue;
+        }
+        seen.add(signature);
+        const sequence = signature.readUInt32BE(offsetSequence);
+        const key = `${runKey}s${sequence}/${signature[headerBytes]}`;
+        const sentAtMs = requester.answered.get(key);
+        if (sentAtMs !== undefined && now - sentAtMs < repairAnswerRecentMs) {
+          this.counters.suppressed++;
+          continue;
+        }
+        requester.creditBytes -= signature.length + headerBytes + authTrailerBytes;
+        this.#sendRepair(nack, remote, sequence, signature, key, now);
+        this.counters.signaturesSent++;
+        this.#remember(requester, key, now);
       }
+    }
+  }
+
+  #remember(requester: Requester, key: string, now: number): void {
+    requester.answered.delete(key); // most recent last
+    requester.answered.set(key, now);
+    if (requester.answered.size > repairAnswerRememberedMax) {
+      requester.answered.delete(requester.answered.keys().next().value ?? '');
     }
   }
 
   /** Sends one answer: unicast to the requester, or once on the repair group. */
   #send(item: Queued, original: Buffer, now: number): void {
+    this.#sendRepair(item.nack, item.remote, item.sequence, original, item.key, now);
+    this.counters.repairsSent++;
+  }
+
+  /** Sends one held REPAIR carrying `original` under `sequence`, by the answer's way (below). */
+  #sendRepair(
+    nack: Control<NackBody>,
+    remote: PeerEndpoint,
+    sequence: number,
+    original: Buffer,
+    key: string,
+    now: number,
+  ): void {
     const { channel, sockets } = this.#options;
-    const { nack, remote } = item;
     // Unicast: for the requester (and always for a peer's fetch); on the repair group: for every
     // repair server (target 0).
-    const repair = encodeRepair(this.#fields(nack, item.sequence), original);
+    const repair = encodeRepair(this.#fields(nack, sequence), original);
     if (sockets.multicast === undefined || nack.peerFetch === true) {
       const reply = channel.sealReply(repair, nack);
       sockets.sendTo(reply, remote);
@@ -353,11 +422,10 @@ export class NackAnswerer {
     } else {
       const reply = channel.seal(repair);
       sockets.multicast(reply);
-      this.#recentlyMulticast.delete(item.key); // most recent last
-      this.#recentlyMulticast.set(item.key, now);
+      this.#recentlyMulticast.delete(key); // most recent last
+      this.#recentlyMulticast.set(key, now);
       this.counters.repairBytesSent += reply.length;
     }
-    this.counters.repairsSent++;
   }
 
   /**

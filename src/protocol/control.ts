@@ -37,6 +37,7 @@ import {
   type PacketTypeCode,
   writeHeader,
 } from './packet.js';
+import { decodeSignature, SignatureKind } from './restricted.js';
 import { authTrailerBytes } from './sizes.js';
 
 /** Trailer layout. */
@@ -135,8 +136,8 @@ function open(
 
 // ---------------------------------------------------------------------------------------------
 // NACK: reply endpoint (family u8, reserved u8, port u16, address[16]), rangeCount u16,
-// flags u16 (bit 0: peer fetch; bit 1: again; the others reserved, zero), then per range: start u32, count u16,
-// reserved u16.
+// flags u16 (bit 0: peer fetch; bit 1: again; bit 2: signatures; the others reserved, zero), then per
+// range: start u32, count u16, reserved u16.
 
 /** NACK flag: sent by a retransmit server filling its own holes from a peer; never forwarded. */
 export const nackFlagPeerFetch = 0x0001;
@@ -148,6 +149,14 @@ export const nackFlagPeerFetch = 0x0001;
  * group: one multicast per lost packet").
  */
 export const nackFlagAgain = 0x0002;
+
+/**
+ * NACK flag: a signed session's requester holds no verified manifest for some sequence it names, so
+ * the answer sends what vouches for each held datagram ahead of its REPAIR — the manifest covering
+ * a DATA sequence, the control signature of the run's END (docs/protocol.md, "REPAIR"). Without it
+ * the answer carries the datagrams only.
+ */
+export const nackFlagSignatures = 0x0004;
 
 /** A run of consecutive sequences. */
 export interface SequenceRange {
@@ -169,6 +178,8 @@ export interface NackBody {
   readonly peerFetch?: boolean | undefined;
   /** Every sequence named was asked for before by this requester (nackFlagAgain). Absent: false. */
   readonly again?: boolean | undefined;
+  /** The requester lacks what vouches for some sequences named (nackFlagSignatures). Absent: false. */
+  readonly signatures?: boolean | undefined;
 }
 const nackFixedBytes = endpointBytes + 4;
 const nackRangeBytes = 8;
@@ -179,7 +190,10 @@ export function encodeNack(fields: HeaderFields, body: NackBody): Buffer {
   const b = out.subarray(headerBytes);
   writeEndpoint(b, 0, body.replyTo);
   b.writeUInt16BE(body.ranges.length, endpointBytes);
-  const flags = (body.peerFetch === true ? nackFlagPeerFetch : 0) | (body.again === true ? nackFlagAgain : 0);
+  const flags =
+    (body.peerFetch === true ? nackFlagPeerFetch : 0) |
+    (body.again === true ? nackFlagAgain : 0) |
+    (body.signatures === true ? nackFlagSignatures : 0);
   b.writeUInt16BE(flags, endpointBytes + 2);
   body.ranges.forEach((range, i) => {
     b.writeUInt32BE(range.start >>> 0, nackFixedBytes + i * nackRangeBytes);
@@ -207,7 +221,7 @@ export function decodeNack(buf: Buffer): DecodeResult<Control<NackBody>> {
   }
   const rangeCount = body.readUInt16BE(endpointBytes);
   const flags = body.readUInt16BE(endpointBytes + 2);
-  if ((flags & ~(nackFlagPeerFetch | nackFlagAgain)) !== 0) {
+  if ((flags & ~(nackFlagPeerFetch | nackFlagAgain | nackFlagSignatures)) !== 0) {
     return invalid('reserved-not-zero', `NACK flags 0x${flags.toString(16)} are not defined`);
   }
   if (rangeCount === 0 || rangeCount > nackRangesMax) {
@@ -233,12 +247,23 @@ export function decodeNack(buf: Buffer): DecodeResult<Control<NackBody>> {
   }
   const peerFetch = (flags & nackFlagPeerFetch) !== 0;
   const again = (flags & nackFlagAgain) !== 0;
-  return valid({ ...opened.value.header, replyTo, ranges, peerFetch, again, auth: opened.value.auth });
+  const signatures = (flags & nackFlagSignatures) !== 0;
+  return valid({
+    ...opened.value.header,
+    replyTo,
+    ranges,
+    peerFetch,
+    again,
+    signatures,
+    auth: opened.value.auth,
+  });
 }
 
 // ---------------------------------------------------------------------------------------------
-// REPAIR: status u8, reserved u8, count u16, then (status held) the original DATA datagram, or
-// the run's END datagram when the NACK named the END's sequence.
+// REPAIR: status u8, reserved u8, count u16, then (status held) the original DATA datagram, the
+// run's END datagram when the NACK named the END's sequence, or, for a NACK with the signatures
+// flag, a signed run's SIGNATURE datagram vouching for one of those: a manifest (kind 1) or the
+// END's control signature (kind 3).
 
 export const RepairStatus = { held: 0, notHeld: 1 } as const;
 export interface RepairBody {
@@ -249,6 +274,13 @@ export interface RepairBody {
    * repair server that lost it on S1 (docs/protocol.md, "REPAIR"); otherwise undefined.
    */
   readonly end?: EndPacket | undefined;
+  /**
+   * Held SIGNATURE: the source's datagram vouching for what a NACK with the signatures flag named
+   * (docs/protocol.md, "REPAIR"): a manifest (kind 1) whose first sequence is the header's, or an
+   * END's control signature (kind 3) under the END's sequence. Its signature is for the gate to
+   * verify. Otherwise undefined.
+   */
+  readonly signature?: Buffer | undefined;
   /** Not held: how many consecutive sequences from the header's sequence are not held. */
   readonly notHeldCount: number;
 }
@@ -294,6 +326,9 @@ export function decodeRepair(buf: Buffer): DecodeResult<Control<RepairBody>> {
   if (status !== RepairStatus.held || count !== 1) {
     return invalid('bad-field', `REPAIR status ${status} with count ${count}`);
   }
+  if (body.length > 4 + offsetType && body[4 + offsetType] === PacketType.signature) {
+    return decodeRepairedSignature(header, body.subarray(4), auth);
+  }
   if (body.length > headerBytes && body[4 + offsetType] === PacketType.end) {
     const end = decodeEnd(body.subarray(4));
     if (!end.ok) {
@@ -312,6 +347,32 @@ export function decodeRepair(buf: Buffer): DecodeResult<Control<RepairBody>> {
     return invalid('bad-field', 'REPAIR header and carried DATA disagree on session or sequence');
   }
   return valid({ ...header, data: data.value, notHeldCount: 0, auth });
+}
+
+/**
+ * A held REPAIR carrying a SIGNATURE datagram (checked as on S1: counts, sizes, reserved bytes): a
+ * manifest, or the control signature of an END, whose session, incarnation and sequence are the
+ * header's. The signature itself is the gate's to verify (src/crypto/signed-session.ts).
+ */
+function decodeRepairedSignature(
+  header: Header,
+  carried: Buffer,
+  auth: AuthTrailer,
+): DecodeResult<Control<RepairBody>> {
+  const decoded = decodeSignature(carried);
+  if (!decoded.ok) {
+    return invalid(decoded.reason, `REPAIR carries a bad SIGNATURE: ${decoded.detail}`);
+  }
+  const message = decoded.value;
+  const vouchesEnd = message.kind === SignatureKind.control && message.controlType === PacketType.end;
+  if (message.kind !== SignatureKind.manifest && !vouchesEnd) {
+    return invalid('bad-field', "a REPAIR carries only a manifest or an END's control signature");
+  }
+  const { sessionId, incarnation, sequence } = message;
+  if (sessionId !== header.sessionId || incarnation !== header.incarnation || sequence !== header.sequence) {
+    return invalid('bad-field', 'REPAIR header and carried SIGNATURE disagree on run or sequence');
+  }
+  return valid({ ...header, data: undefined, signature: carried, notHeldCount: 0, auth });
 }
 
 // ---------------------------------------------------------------------------------------------

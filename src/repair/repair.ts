@@ -26,6 +26,7 @@ import {
   progressAheadPacketsMax,
   repairHoldBytesMax,
   repairHoldPacketsMax,
+  repairKeysKeptMax,
   repairReachBackPacketsMax,
   replayPeersMax,
   resyncPacketsMin,
@@ -63,6 +64,8 @@ import {
   type EndPacket,
   type HeaderFields,
   headerBytes,
+  offsetIncarnation,
+  offsetKeyEpoch,
   offsetType,
   PacketType,
   SessionKind,
@@ -178,6 +181,10 @@ export interface RepairStatus {
   tailProbes: number;
   /** ENDs a REPAIR brought (lost on S1). */
   endsRepaired: number;
+  /** Manifests and END signatures a REPAIR brought (lost on S1; asked for with the NACK signatures flag). */
+  signaturesRepaired: number;
+  /** A restricted run: KEY messages sent on S2 again just before the first DATA of their epoch. */
+  keysAhead: number;
   /** DATA held for runs whose DESCRIPTOR has not been taken up yet. */
   pendingPackets: number;
   pendingBytes: number;
@@ -280,14 +287,52 @@ export async function startRepairServer(
   const servers = new ServerRanking();
   /** A signed session's gate; what it verified goes on to S2 at once, ahead of what it vouches for. */
   let forwardTo: SenderSocket | undefined;
+  /**
+   * A restricted run's verified KEY messages, by key epoch (the latest copy, the newest epochs):
+   * each goes on S2 again just before the first DATA of its epoch that this server re-emits, so a
+   * receiver whose S2 lags the KEY stream by several crypto-periods (a reliable server waiting for
+   * repairs) holds the key when the DATA comes (docs/protocol.md, "KEY").
+   */
+  const keysByEpoch = new Map<number, Buffer>();
+  let lastEmittedEpoch = 0;
   const gate =
     settings.sourcePublicKey === undefined
       ? undefined
       : createSignedSessionGate(settings.sourcePublicKey, {
           onAuthenticated: (datagram) => {
             forwardTo?.send(datagram, datagram.length);
+            if (datagram[offsetType] === PacketType.key) {
+              keepKey(datagram);
+            }
           },
         });
+  const keepKey = (datagram: Buffer) => {
+    const epoch = datagram.readUInt16BE(offsetKeyEpoch);
+    keysByEpoch.delete(epoch); // most recent last
+    keysByEpoch.set(epoch, Buffer.from(datagram));
+    while (keysByEpoch.size > repairKeysKeptMax) {
+      keysByEpoch.delete(keysByEpoch.keys().next().value ?? 0);
+    }
+  };
+  /** Before the first re-emitted DATA of a key epoch: that epoch's KEY again, when held. */
+  const keyAhead = (datagram: Buffer) => {
+    if (datagram[offsetType] !== PacketType.data || datagram.length < headerBytes) {
+      return;
+    }
+    const epoch = datagram.readUInt16BE(offsetKeyEpoch);
+    if (epoch === 0 || epoch === lastEmittedEpoch) {
+      return;
+    }
+    lastEmittedEpoch = epoch;
+    const key = keysByEpoch.get(epoch);
+    if (
+      key !== undefined &&
+      key.readUInt32BE(offsetIncarnation) === datagram.readUInt32BE(offsetIncarnation)
+    ) {
+      forwardTo?.send(key, key.length);
+      counters.keysAhead++;
+    }
+  };
   for (const [staticIndex, endpoint] of settings.retransmit.entries()) {
     servers.add(endpoint, staticIndex);
   }
@@ -315,6 +360,8 @@ export async function startRepairServer(
     feedbackSent: 0,
     tailProbes: 0,
     endsRepaired: 0,
+    signaturesRepaired: 0,
+    keysAhead: 0,
   };
   const dropped: Record<string, number> = {};
   const drop = (reason: string) => {
@@ -400,6 +447,18 @@ export async function startRepairServer(
       sendNack: (server, ranges, again) => sendNack(sessionId, incarnation, server, ranges, again),
     });
 
+  /** True when the gate holds no verified manifest hash for some sequence the ranges name. */
+  const lacksManifest = (sessionId: number, incarnation: number, ranges: readonly SequenceRange[]) => {
+    for (const range of ranges) {
+      for (let i = 0; i < range.count; i++) {
+        if (gate?.vouches(sessionId, incarnation, sequenceAdd(range.start, i)) === false) {
+          return true;
+        }
+      }
+    }
+    return false;
+  };
+
   /** Sends one NACK of a run to a retransmit server. */
   const sendNack = (
     sessionId: number,
@@ -414,8 +473,14 @@ export async function startRepairServer(
       sequence: ranges[0]?.start ?? 0,
       timestampUs: clock.wallUs(),
     };
+    // A signed session: a sequence no verified manifest vouches for (or the END's, which none
+    // does) asks for what vouches for it too.
+    const signatures = gate !== undefined && lacksManifest(sessionId, incarnation, ranges);
     // Sealed for the server's id once learned; REPAIRs may come only to our own control socket.
-    const nack = channel.seal(encodeNack(fields, { ranges, replyTo: control.local, again }), server.endpoint);
+    const nack = channel.seal(
+      encodeNack(fields, { ranges, replyTo: control.local, again, signatures }),
+      server.endpoint,
+    );
     control.send(nack, server.endpoint.port, server.endpoint.address);
   };
 
@@ -544,7 +609,12 @@ export async function startRepairServer(
   };
   const reorder = createReorderEmitter<Run>({
     clock,
-    transport: { send: (datagram) => emitS2(datagram) },
+    transport: {
+      send: (datagram) => {
+        keyAhead(datagram);
+        emitS2(datagram);
+      },
+    },
     setTimeout: (fn, delayMs) => timers.setTimeout(fn, delayMs),
     latencyMs: settings.latencyMs,
     endGraceMs: endGraceMsDefault,
@@ -846,6 +916,10 @@ export async function startRepairServer(
       drop('repair-other-session');
       return;
     }
+    if (repair.signature !== undefined) {
+      onRepairedSignature(current, repair.signature);
+      return;
+    }
     if (repair.end !== undefined) {
       onRepairedEnd(current, datagram, repair.end);
       return;
@@ -897,6 +971,22 @@ export async function startRepairServer(
       claim(current, sequenceAdd(packet.sequence, 1));
     }
     acceptData(current, datagram, packet, true);
+  };
+
+  /**
+   * A REPAIR carrying a manifest or an END's control signature, asked for by a NACK with the
+   * signatures flag because every copy was lost on S1: verified by the gate as if it came on S1,
+   * which releases what it held for it (from S1 or from REPAIRs) and forwards it on S2 ahead of
+   * them (docs/protocol.md, "REPAIR").
+   */
+  const onRepairedSignature = (current: Run, signature: Buffer) => {
+    if (gate === undefined) {
+      drop('repair-signature-unsigned'); // an unsigned session has no use for one
+      return;
+    }
+    counters.signaturesRepaired++;
+    current.lastActivityMs = clock.nowMs();
+    gate.filter(signature, () => undefined); // a SIGNATURE is consumed by the gate
   };
 
   /** A REPAIR carrying the run's END (asked for by its sequence): taken as if it came on S1. */

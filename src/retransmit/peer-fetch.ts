@@ -68,6 +68,13 @@ export interface PeerFetcherOptions {
   readonly peers: () => readonly PeerEndpoint[];
   /** Stores a fetched DATA datagram in the run's buffer; false when the run is not buffered here. */
   readonly store: (sessionId: number, incarnation: number, sequence: number, datagram: Buffer) => boolean;
+  /**
+   * A signed session: true when no verified manifest vouches for the run's sequence yet, so the
+   * fetch NACK asks for signatures too (docs/protocol.md, "Peer fetch"). Absent: never.
+   */
+  readonly lacksSignature?:
+    | ((sessionId: number, incarnation: number, sequence: number) => boolean)
+    | undefined;
   readonly drop: (reason: string) => void;
 }
 
@@ -271,6 +278,10 @@ export class PeerFetcher {
       return;
     }
     const ranges = toRanges(sequences);
+    const lacksSignature = this.#options.lacksSignature;
+    const signatures =
+      lacksSignature !== undefined &&
+      sequences.some((sequence) => lacksSignature(fetch.sessionId, fetch.incarnation, sequence));
     for (let i = 0; i < ranges.length; i += nackRangesMax) {
       const slice = ranges.slice(i, i + nackRangesMax);
       const nack = encodeNack(
@@ -280,7 +291,7 @@ export class PeerFetcher {
           sequence: slice[0]?.start ?? 0,
           timestampUs: this.#options.clock.wallUs(),
         },
-        { replyTo: this.#options.replyTo(), ranges: slice, peerFetch: true },
+        { replyTo: this.#options.replyTo(), ranges: slice, peerFetch: true, signatures },
       );
       this.#options.sendTo(this.#options.channel.seal(nack, peer), peer);
       this.counters.fetchNacksSent++;

@@ -93,6 +93,8 @@ export interface RetransmitStatus {
   repairBytesSent: number;
   rateLimited: number;
   suppressed: number;
+  /** Signed sessions: manifests and END signatures sent ahead of REPAIRs (NACK signatures flag). */
+  signaturesSent: number;
   /** Election state changes (listening <-> withdrawn) of this server's sessions. */
   electionChanges: number;
   /** Peer fetch: holes this server filled from its peers before answering. */
@@ -243,6 +245,8 @@ export async function startRetransmitServer(
     },
     repairRateBitsPerSecond: settings.repairRateBitsPerSecond,
     lookup: (sessionId, incarnation, sequence) => bufferFor(sessionId, incarnation)?.get(sequence),
+    // A signed session: what vouches for a packet goes ahead of it to a requester that lost it.
+    signatureFor: gate === undefined ? undefined : (original) => gate.signatureFor(original),
     drop,
   });
   /** Peers heard in authenticated QUALITY or ANNOUNCE (endpoint key → when), most recent last. */
@@ -292,6 +296,10 @@ export async function startRetransmitServer(
             }
             return bufferFor(sessionId, incarnation)?.fill(sequence, datagram, clock.nowMs()) ?? false;
           },
+          lacksSignature:
+            gate === undefined
+              ? undefined
+              : (sessionId, incarnation, sequence) => !gate.vouches(sessionId, incarnation, sequence),
           drop,
         });
   const ownAddress = () => ({
@@ -463,6 +471,16 @@ export async function startRetransmitServer(
   const onRepair = (datagram: Buffer, remote: PeerEndpoint) => {
     const repair = channel.accept(datagram, remote, decodeRepair, 'repair', drop);
     if (repair === undefined) {
+      return;
+    }
+    if (repair.signature !== undefined) {
+      // A peer's copy of a manifest (or END signature), sent ahead of what it vouches for: the gate
+      // verifies it like one from S1, and releases what it held for it into the buffer.
+      if (gate === undefined) {
+        drop('repair-signature-unsigned');
+      } else {
+        gate.filter(repair.signature, () => undefined);
+      }
       return;
     }
     if (repair.data !== undefined && repair.data.incarnation !== repair.incarnation) {

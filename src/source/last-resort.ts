@@ -20,7 +20,7 @@ import {
   ListenState,
   type PeerEndpoint,
 } from '../protocol/control.js';
-import { offsetType, PacketType } from '../protocol/packet.js';
+import { headerBytes, offsetSequence, offsetType, PacketType } from '../protocol/packet.js';
 import { sequenceAdd } from '../protocol/serial.js';
 
 /** Settings of the last-resort answerer. */
@@ -61,6 +61,11 @@ export interface LastResortStats extends NackAnswerCounters {
 export interface LastResort {
   /** Keeps a copy of a DATA datagram just sent (the source reuses its buffers). */
   keep(sequence: number, datagram: Buffer): void;
+  /**
+   * A signed run: keeps a manifest just sent (repeats are ignored), sent ahead of the REPAIRs of
+   * the packets it covers to a NACK with the signatures flag (docs/protocol.md, "REPAIR").
+   */
+  keepManifest(manifest: Buffer): void;
   /** Monotonic time of the last NACK accepted (or of the start). */
   readonly lastNackAtMs: number;
   stats(): LastResortStats;
@@ -83,6 +88,8 @@ export async function startLastResort(
   const { clock, transport } = runtime;
   const timers = new OwnedTimers(clock);
   const held = new Map<number, Buffer>();
+  /** A signed run: the manifest covering each held sequence (one copy shared by its sequences). */
+  const manifestOf = new Map<number, Buffer>();
   let heldBytes = 0;
   let evicted = 0;
   let feedbackReceived = 0;
@@ -112,6 +119,7 @@ export async function startLastResort(
     repairRateCapBitsPerSecond: settings.repairRateCapBitsPerSecond,
     lookup: (sessionId, incarnation, sequence) =>
       sessionId === run.sessionId && incarnation === run.incarnation ? held.get(sequence) : undefined,
+    signatureFor: (original) => manifestOf.get(original.readUInt32BE(offsetSequence)),
     drop,
   });
   const onControl = (datagram: Buffer, remote: PeerEndpoint) => {
@@ -179,6 +187,20 @@ export async function startLastResort(
   announce();
   timers.setInterval(announce, settings.periodMs ?? announceIntervalMsDefault);
 
+  const keepManifest = (manifest: Buffer) => {
+    const firstSequence = manifest.readUInt32BE(offsetSequence);
+    const count = manifest[headerBytes + 1] ?? 0;
+    if (manifestOf.get(firstSequence)?.equals(manifest) === true) {
+      return; // a repeat
+    }
+    const copy = Buffer.from(manifest);
+    // Every sequence it covers was sent and is kept (the last one just after this call), and leaves
+    // manifestOf when it leaves the buffer.
+    for (let index = 0; index < count; index++) {
+      manifestOf.set(sequenceAdd(firstSequence, index), copy);
+    }
+  };
+
   const keep = (sequence: number, datagram: Buffer) => {
     if (held.has(sequence)) {
       return;
@@ -196,6 +218,7 @@ export async function startLastResort(
         break;
       }
       held.delete(oldest);
+      manifestOf.delete(oldest);
       heldBytes -= buffer.length;
       evicted++;
       first = sequenceAdd(oldest, 1);
@@ -214,6 +237,7 @@ export async function startLastResort(
   };
   return {
     keep,
+    keepManifest,
     get lastNackAtMs() {
       return lastNackAtMs;
     },

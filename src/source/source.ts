@@ -23,9 +23,11 @@ import {
   encodeProgress,
   type HeaderFields,
   headerBytes,
+  offsetType,
   PacketType,
   writeHeaderFields,
 } from '../protocol/packet.js';
+import { SignatureKind } from '../protocol/restricted.js';
 import { sequenceAdd } from '../protocol/serial.js';
 import { dataPayloadBytesMax } from '../protocol/sizes.js';
 import { AdaptiveRate, type AdaptiveRateStats } from './adaptive-rate.js';
@@ -301,6 +303,13 @@ export function createSource(settings: SourceSettings, components: SourceCompone
     drained?.();
   };
   const send = (datagram: Buffer, length: number) => {
+    if (
+      lastResort !== undefined &&
+      datagram[offsetType] === PacketType.signature &&
+      datagram[headerBytes] === SignatureKind.manifest
+    ) {
+      lastResort.keepManifest(datagram); // sent ahead of its packets to a requester that lost it
+    }
     inFlight++;
     stats.datagramsAttempted++;
     (socket as SenderSocket).send(datagram, length, onSent);

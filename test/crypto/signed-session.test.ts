@@ -30,6 +30,34 @@ function gate() {
 }
 
 describe('signed-session gate', () => {
+  it('keeps what vouches for what it passed: the manifest of a DATA, the control signature of an END', () => {
+    const protection = sender();
+    const t = gate();
+    const wire: Buffer[] = [];
+    for (let sequence = 100; sequence < 132; sequence++) {
+      wire.push(...protection.seal(data(run, sequence, Buffer.from(`genuine ${sequence}`)), 0, 0));
+    }
+    const manifest = wire.pop() as Buffer;
+    const first = wire[0] as Buffer;
+    assert.equal(t.g.vouches(run.sessionId, run.incarnation, 100), false);
+    assert.equal(t.g.signatureFor(first), undefined, 'nothing before the manifest verified');
+    t.take(manifest);
+    assert.equal(t.g.vouches(run.sessionId, run.incarnation, 100), true);
+    assert.equal(t.g.vouches(run.sessionId, run.incarnation, 132), false);
+    assert.equal(t.g.vouches(run.sessionId, run.incarnation + 1, 100), false, 'another run');
+    assert.deepEqual(t.g.signatureFor(first), manifest);
+    assert.deepEqual(t.g.signatureFor(wire[31] as Buffer), manifest);
+    const ending = end(run, 132, 32);
+    const signature = buildControlSignature(ending, source.privateKey);
+    assert.equal(t.g.signatureFor(ending), undefined);
+    t.take(signature);
+    assert.deepEqual(t.g.signatureFor(ending), signature);
+    // A forger's signature over the same END is never kept, so never served.
+    const other = gate();
+    other.take(buildControlSignature(ending, forger.privateKey));
+    assert.equal(other.g.signatureFor(ending), undefined);
+  });
+
   it('holds DATA until its manifest, then passes it; a forged DATA at the same sequence is refused', () => {
     const protection = sender();
     const t = gate();

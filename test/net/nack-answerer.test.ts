@@ -11,7 +11,8 @@ import {
   type PeerEndpoint,
   type SequenceRange,
 } from '../../src/protocol/control.js';
-import { encodeData, offsetType, PacketType } from '../../src/protocol/packet.js';
+import { encodeData, offsetSequence, offsetType, PacketType } from '../../src/protocol/packet.js';
+import { encodeManifestUnsigned } from '../../src/protocol/restricted.js';
 import { ManualClock } from '../helpers/manual-clock.js';
 
 const key = controlKey(Buffer.from('the operator secret shared by servers'));
@@ -19,7 +20,9 @@ const requesterAt: PeerEndpoint = { address: '10.0.0.2', port: 7000 };
 const serverAt: PeerEndpoint = { address: '10.0.0.1', port: 6000 };
 
 /** A server's answerer over a buffer of sequences 100..149 of session 7, run 3, and a requester. */
-function setup(options: { rateBitsPerSecond?: number; multicast?: boolean; cap?: () => number } = {}) {
+function setup(
+  options: { rateBitsPerSecond?: number; multicast?: boolean; cap?: () => number; signed?: boolean } = {},
+) {
   const clock = new ManualClock();
   const server = new ControlChannel([key], { clock, self: () => [serverAt] });
   const requester = new ControlChannel([key], { clock });
@@ -33,6 +36,13 @@ function setup(options: { rateBitsPerSecond?: number; multicast?: boolean; cap?:
       ),
     );
   }
+  // A signed session: manifests over 100..131 and 132..163 (the gate's verified datagrams).
+  const manifests = [100, 132].map((first) =>
+    encodeManifestUnsigned(
+      { sessionId: 7, incarnation: 3, sequence: first, timestampUs: clock.wallUs() },
+      Array.from({ length: 32 }, () => Buffer.alloc(16)),
+    ),
+  );
   const sent: Array<{ datagram: Buffer; to: PeerEndpoint | 'group' }> = [];
   const dropped: string[] = [];
   const answerer = new NackAnswerer({
@@ -47,14 +57,18 @@ function setup(options: { rateBitsPerSecond?: number; multicast?: boolean; cap?:
     repairRateCapBitsPerSecond: options.cap,
     lookup: (sessionId, incarnation, sequence) =>
       sessionId === 7 && incarnation === 3 ? held.get(sequence) : undefined,
+    signatureFor:
+      options.signed === true
+        ? (original) => manifests[original.readUInt32BE(offsetSequence) < 132 ? 0 : 1]
+        : undefined,
     drop: (reason) => dropped.push(reason),
   });
   /** Seals a NACK as the requester and has the server accept it, as the role does. */
-  const nack = (ranges: SequenceRange[], incarnation = 3, again = false) => {
+  const nack = (ranges: SequenceRange[], incarnation = 3, again = false, signatures = false) => {
     const datagram = requester.seal(
       encodeNack(
         { sessionId: 7, incarnation, sequence: ranges[0]?.start ?? 0, timestampUs: clock.wallUs() },
-        { replyTo: requesterAt, ranges, again },
+        { replyTo: requesterAt, ranges, again, signatures },
       ),
       serverAt,
     );
@@ -71,10 +85,53 @@ function setup(options: { rateBitsPerSecond?: number; multicast?: boolean; cap?:
     assert.ok(intro !== undefined);
     assert.ok(requester.accept(intro.datagram, serverAt, decodeAnnounce, 'announce', () => undefined));
   };
-  return { clock, answerer, sent, dropped, nack, introduce };
+  return { clock, answerer, sent, dropped, nack, introduce, manifests };
 }
 
 describe('NACK answerer', () => {
+  it('with the signatures flag, sends each covering manifest once, ahead of the REPAIRs, and not again within repairAnswerRecentMs', () => {
+    const { answerer, sent, nack, introduce, manifests, clock } = setup({ signed: true });
+    introduce();
+    answerer.answer(nack([{ start: 120, count: 20 }], 3, false, true), requesterAt);
+    const carried = sent.map((s) => decodeRepair(s.datagram)).map((r) => (r.ok ? r.value : undefined));
+    // Two manifests (120..131 and 132..139 are under different ones), then twenty REPAIRs of DATA.
+    assert.equal(carried.length, 22);
+    assert.deepEqual(carried[0]?.signature, manifests[0]);
+    assert.equal(carried[0]?.sequence, 100);
+    assert.deepEqual(carried[1]?.signature, manifests[1]);
+    assert.equal(carried[1]?.sequence, 132);
+    assert.ok(
+      carried.slice(2).every((repair) => repair?.data !== undefined && repair.signature === undefined),
+    );
+    assert.equal(answerer.counters.signaturesSent, 2);
+    assert.equal(answerer.counters.repairsSent, 20);
+    // Asked again at once: the manifests are on their way, and so are the REPAIRs.
+    sent.length = 0;
+    answerer.answer(nack([{ start: 120, count: 20 }], 3, true, true), requesterAt);
+    assert.equal(sent.length, 0);
+    // After the window: both go again (their copies were lost).
+    clock.advance(repairAnswerRecentMs);
+    answerer.answer(nack([{ start: 125, count: 1 }], 3, true, true), requesterAt);
+    const again = sent.map((s) => decodeRepair(s.datagram)).map((r) => (r.ok ? r.value : undefined));
+    assert.deepEqual(again[0]?.signature, manifests[0]);
+    assert.equal(again[1]?.data?.sequence, 125);
+    assert.equal(again.length, 2);
+  });
+
+  it('without the signatures flag, or for sequences not held, sends no manifest', () => {
+    const { answerer, sent, nack, introduce } = setup({ signed: true });
+    introduce();
+    answerer.answer(nack([{ start: 120, count: 5 }]), requesterAt);
+    answerer.answer(nack([{ start: 150, count: 5 }], 3, false, true), requesterAt);
+    const carried = sent.map((s) => decodeRepair(s.datagram)).map((r) => (r.ok ? r.value : undefined));
+    assert.equal(
+      carried.filter((repair) => repair?.signature !== undefined).length,
+      0,
+      JSON.stringify(carried.map((repair) => repair?.sequence)),
+    );
+    assert.equal(answerer.counters.signaturesSent, 0);
+  });
+
   it('answers a NACK that does not name it with an introduction smaller than the NACK, and nothing else', () => {
     const { answerer, sent, nack } = setup();
     const request = nack([{ start: 100, count: 10 }]);

@@ -26,7 +26,8 @@ import {
   ListenState,
   SetupAction,
 } from '../../src/protocol/control.js';
-import { encodeData, headerBytes } from '../../src/protocol/packet.js';
+import { encodeData, headerBytes, PacketType } from '../../src/protocol/packet.js';
+import { encodeControlSignatureUnsigned, encodeManifestUnsigned } from '../../src/protocol/restricted.js';
 
 const fields = { sessionId: 42, incarnation: 5, sequence: 0, timestampUs: 1_700_000_000_000_000 };
 const replyTo = { address: '10.200.3.30', port: 7100 };
@@ -101,10 +102,31 @@ describe('NACK', () => {
     const first = decodeNack(encodeNack(fields, { replyTo, ranges: [{ start: 5, count: 2 }] }));
     assert.ok(first.ok);
     assert.equal(first.value.again, false);
-    again.writeUInt16BE(0x0004, headerBytes + 22);
+    again.writeUInt16BE(0x0008, headerBytes + 22);
     const unknown = decodeNack(again);
     assert.ok(!unknown.ok);
     assert.equal(unknown.reason, 'reserved-not-zero');
+  });
+
+  it('round-trips the signatures flag (bit 2, 0x0004) alone and with the others', () => {
+    const signatures = encodeNack(fields, { replyTo, ranges: [{ start: 5, count: 2 }], signatures: true });
+    assert.equal(signatures.readUInt16BE(headerBytes + 22), 0x0004);
+    const decoded = decodeNack(signatures);
+    assert.ok(decoded.ok);
+    assert.equal(decoded.value.signatures, true);
+    assert.equal(decoded.value.again, false);
+    assert.equal(decoded.value.peerFetch, false);
+    const all = encodeNack(fields, {
+      replyTo,
+      ranges: [{ start: 5, count: 2 }],
+      signatures: true,
+      again: true,
+      peerFetch: true,
+    });
+    assert.equal(all.readUInt16BE(headerBytes + 22), 0x0007);
+    const none = decodeNack(encodeNack(fields, { replyTo, ranges: [{ start: 5, count: 2 }] }));
+    assert.ok(none.ok);
+    assert.equal(none.value.signatures, false);
   });
 
   it('round-trips its reply endpoint, ranges and trailer', () => {
@@ -204,6 +226,86 @@ describe('REPAIR', () => {
     corrupt[0] = 0;
     const bad = decodeRepair(encodeRepair({ ...fields, sequence: 99 }, corrupt));
     assert.equal(!bad.ok && bad.reason, 'bad-magic');
+  });
+});
+
+describe('REPAIR carrying a manifest', () => {
+  const run = { ...fields, sequence: 128 };
+  const hashes = Array.from({ length: 64 }, (_, index) => Buffer.alloc(16, index));
+  const manifest = encodeManifestUnsigned(run, hashes);
+  manifest.fill(0xab, manifest.length - 64); // a signature's place: the gate verifies it, not the codec
+
+  it('carries the SIGNATURE datagram byte for byte under its first sequence', () => {
+    const repair = encodeRepair(run, manifest);
+    assert.equal(repair.length, headerBytes + 4 + manifest.length + authTrailerBytes);
+    const decoded = decodeRepair(repair);
+    assert.ok(decoded.ok);
+    assert.equal(decoded.value.data, undefined);
+    assert.equal(decoded.value.end, undefined);
+    assert.equal(decoded.value.notHeldCount, 0);
+    assert.deepEqual(decoded.value.signature, manifest);
+  });
+
+  it('refuses one of another sequence, session or incarnation', () => {
+    for (const other of [
+      { ...run, sequence: 129 },
+      { ...run, sessionId: 43 },
+      { ...run, incarnation: 6 },
+    ]) {
+      const decoded = decodeRepair(encodeRepair(other, manifest));
+      assert.equal(!decoded.ok && decoded.reason, 'bad-field', JSON.stringify(other));
+    }
+  });
+
+  it('refuses a truncated, oversized or miscounted manifest, and a SIGNATURE of another kind', () => {
+    const truncated = decodeRepair(encodeRepair(run, manifest.subarray(0, manifest.length - 1)));
+    assert.equal(!truncated.ok && truncated.reason, 'length-mismatch');
+    const oversized = decodeRepair(encodeRepair(run, Buffer.concat([manifest, Buffer.alloc(16)])));
+    assert.ok(!oversized.ok);
+    const miscounted = Buffer.from(manifest);
+    miscounted[headerBytes + 1] = 63;
+    const count = decodeRepair(encodeRepair(run, miscounted));
+    assert.equal(!count.ok && count.reason, 'length-mismatch');
+    const tooMany = Buffer.from(manifest);
+    tooMany[headerBytes + 1] = 65;
+    assert.ok(!decodeRepair(encodeRepair(run, tooMany)).ok);
+    const otherKind = Buffer.from(manifest);
+    otherKind[headerBytes] = 2;
+    assert.ok(!decodeRepair(encodeRepair(run, otherKind)).ok);
+    const header = decodeRepair(encodeRepair(run, manifest.subarray(0, headerBytes - 1)));
+    assert.ok(!header.ok);
+  });
+
+  it("carries an END's control signature under the END's sequence, and no other control signature", () => {
+    const end = encodeControlSignatureUnsigned(
+      { ...fields, sequence: 700 },
+      PacketType.end,
+      Buffer.alloc(32, 7),
+    );
+    const decoded = decodeRepair(encodeRepair({ ...fields, sequence: 700 }, end));
+    assert.ok(decoded.ok);
+    assert.deepEqual(decoded.value.signature, end);
+    const elsewhere = decodeRepair(encodeRepair({ ...fields, sequence: 701 }, end));
+    assert.equal(!elsewhere.ok && elsewhere.reason, 'bad-field');
+    const heartbeat = encodeControlSignatureUnsigned(
+      { ...fields, sequence: 700 },
+      PacketType.heartbeat,
+      Buffer.alloc(32, 7),
+    );
+    const refused = decodeRepair(encodeRepair({ ...fields, sequence: 700 }, heartbeat));
+    assert.equal(!refused.ok && refused.reason, 'bad-field');
+  });
+
+  it('never reads past the buffer, whatever byte of the carried manifest flips', () => {
+    const repair = encodeRepair(run, manifest);
+    for (let at = headerBytes; at < headerBytes + 4 + headerBytes + 4; at++) {
+      for (const bit of [0x01, 0x80]) {
+        const flipped = Buffer.from(repair);
+        flipped[at] = (flipped[at] ?? 0) ^ bit;
+        const decoded = decodeRepair(flipped); // typed result, no throw
+        assert.equal(typeof decoded.ok, 'boolean');
+      }
+    }
   });
 });
 

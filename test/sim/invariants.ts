@@ -670,6 +670,16 @@ export class Invariants {
     const run = runOf(datagram);
     const sequence = datagram.readUInt32BE(offsetSequence);
     const carried = datagram.subarray(headerBytes + 4, datagram.length - authBytes);
+    if (carried.length >= headerBytes && carried[offsetType] === PacketType.signature) {
+      // A manifest sent ahead of the REPAIRs it covers (NACK signatures flag): the source's own.
+      if (!this.#sourceSent.has(sha256(carried))) {
+        this.fail(
+          'served-genuine',
+          `${record.host.name} served, as ${run} signature at ${sequence}, one no source sent`,
+        );
+      }
+      return;
+    }
     if (carried.length >= headerBytes && carried[offsetType] === PacketType.end) {
       const ends = this.#genuineEnds.get(`${run}#${sequence}`) ?? [];
       if (!ends.some((end) => end.equals(carried))) {
@@ -688,6 +698,31 @@ export class Invariants {
         `${record.host.name} served, as ${run} sequence ${sequence}, ${carried.length} bytes of run ${carriedRun} ` +
           `that ${genuine === undefined ? 'no source sent' : 'differ from what the source sent'}`,
       );
+    }
+  }
+
+  /** A retransmit server's held REPAIR reached a host: the packet (or manifest) it brought. */
+  #onRepairDelivered(record: SendRecord, host: SimHost, boot: number): void {
+    const reachable = !this.#unreachableSince(host, record.host, this.#network.scheduler.nowMs);
+    const carried = record.datagram.subarray(headerBytes + 4, record.datagram.length - authBytes);
+    if (carried.length >= headerBytes && carried[offsetType] === PacketType.signature) {
+      // A manifest sent ahead of a REPAIR: it vouches for its packets there as one from S1 would.
+      if (reachable && this.#protection !== undefined && this.#sourceSent.has(sha256(carried))) {
+        this.#onManifestDelivered(carried, host, boot);
+      }
+      return;
+    }
+    this.#repairsDelivered.set(host, (this.#repairsDelivered.get(host) ?? 0) + 1);
+    let brought = this.#repairedPackets.get(host);
+    if (brought === undefined) {
+      brought = new Set();
+      this.#repairedPackets.set(host, brought);
+    }
+    // Only a REPAIR the repair server could take counts: while the two cannot authenticate to
+    // each other (clocks further apart than the freshness window), it is refused as stale, by the
+    // rule (docs/protocol.md, "Freshness, replay and binding"; found.md #5).
+    if (reachable) {
+      brought.add(`${boot}|${runOf(record.datagram)}#${record.datagram.readUInt32BE(offsetSequence)}`);
     }
   }
 
@@ -715,18 +750,7 @@ export class Invariants {
       record.datagram[headerBytes] === repairHeld &&
       this.#retransmits.some((r) => r.host === record.host)
     ) {
-      this.#repairsDelivered.set(host, (this.#repairsDelivered.get(host) ?? 0) + 1);
-      let brought = this.#repairedPackets.get(host);
-      if (brought === undefined) {
-        brought = new Set();
-        this.#repairedPackets.set(host, brought);
-      }
-      // Only a REPAIR the repair server could take counts: while the two cannot authenticate to
-      // each other (clocks further apart than the freshness window), it is refused as stale, by the
-      // rule (docs/protocol.md, "Freshness, replay and binding"; found.md #5).
-      if (!this.#unreachableSince(host, record.host, this.#network.scheduler.nowMs)) {
-        brought.add(`${boot}|${runOf(record.datagram)}#${record.datagram.readUInt32BE(offsetSequence)}`);
-      }
+      this.#onRepairDelivered(record, host, boot);
     }
     const server = this.#servers.get(host);
     if (server === undefined || record.spoofed || this.#adversaryHosts.has(record.host)) {
@@ -750,12 +774,12 @@ export class Invariants {
    * A genuine manifest reached a host (protected plans): the DATA it covers may now be held by a
    * retransmit server there (a signed session's server buffers DATA only once a manifest vouches).
    */
-  #onManifestDelivered(record: SendRecord, host: SimHost, boot: number): void {
-    const decoded = decodeSignature(record.datagram);
+  #onManifestDelivered(datagram: Buffer, host: SimHost, boot: number): void {
+    const decoded = decodeSignature(datagram);
     if (!decoded.ok || decoded.value.kind !== SignatureKind.manifest) {
       return;
     }
-    const run = runOf(record.datagram);
+    const run = runOf(datagram);
     let vouched = this.#vouched.get(host);
     if (vouched === undefined) {
       vouched = new Set();
@@ -783,7 +807,7 @@ export class Invariants {
       !record.spoofed &&
       this.#sources.has(record.host)
     ) {
-      this.#onManifestDelivered(record, host, boot);
+      this.#onManifestDelivered(datagram, host, boot);
       return;
     }
     if (datagram[offsetType] !== PacketType.data || datagram.length < headerBytes) {

@@ -164,6 +164,8 @@ export function receiverGuard(keys: PlanKeys, passedOn: (datagram: Buffer) => vo
   const signed: SignedSessionGate = {
     stats: gate.stats,
     check: (datagram) => gate.check(datagram),
+    vouches: (sessionId, incarnation, sequence) => gate.vouches(sessionId, incarnation, sequence),
+    signatureFor: (datagram) => gate.signatureFor(datagram),
     filter: (datagram, pass) =>
       gate.filter(datagram, (authenticated) => {
         passedOn(authenticated);

@@ -1,7 +1,10 @@
 import assert from 'node:assert/strict';
 import { createSocket } from 'node:dgram';
 import { describe, it } from 'node:test';
+import { generateSigningKey } from '../../src/crypto/authority.js';
 import { ControlChannel, controlKey } from '../../src/crypto/control-auth.js';
+import { createSignedSenderProtection } from '../../src/crypto/restricted-session.js';
+import { createSignedSessionGate } from '../../src/crypto/signed-session.js';
 import { parseGroup } from '../../src/net/address.js';
 import {
   decodeAnnounce,
@@ -102,6 +105,108 @@ describe('a source as the retransmit server of last resort', () => {
       for (const [sequence, payload] of held) {
         assert.ok(payload.length > 0, `sequence ${sequence} carries its payload`);
       }
+    } finally {
+      await source.close();
+      socket.close();
+    }
+  });
+
+  it('a signed run: a NACK with the signatures flag gets each covering manifest, verified against the source key, ahead of the REPAIRs', async () => {
+    const socket = createSocket('udp4');
+    await new Promise<void>((resolve) => socket.bind(0, '127.0.0.1', resolve));
+    const at: PeerEndpoint = { address: '127.0.0.1', port: socket.address().port };
+    const channel = new ControlChannel([key]);
+    const signing = generateSigningKey();
+    const gate = createSignedSessionGate(signing.publicKey);
+    let announcedAt: PeerEndpoint | undefined;
+    const order: string[] = [];
+    socket.on('message', (message, remote) => {
+      if (message[offsetType] === PacketType.announce) {
+        const announce = channel.accept(message, remote, decodeAnnounce, 'announce', () => undefined);
+        if (announce !== undefined && announce.sessions.length > 0) {
+          announcedAt = { address: announce.address, port: announce.port };
+        }
+        return;
+      }
+      const repair = channel.accept(message, remote, decodeRepair, 'repair', () => undefined);
+      if (repair?.signature !== undefined) {
+        gate.filter(repair.signature, () => undefined);
+        order.push(`manifest ${repair.sequence}`);
+      } else if (repair?.data !== undefined) {
+        order.push(`data ${repair.sequence}`);
+      }
+    });
+    const source = createSource(
+      {
+        group: parseGroup(`239.255.82.2:${freshPort()}`, 'group'),
+        iface: loopbackIface,
+        rateBitsPerSecond: 0,
+        packetPayloadBytes: 100,
+        sessionName: 't',
+        firstSequence: 100,
+        startDelayMs: 0,
+        lastResort: {
+          listen: { address: '127.0.0.1', port: 0, family: 4 },
+          keys: [key],
+          bufferBytesMax: 1 << 20,
+          repairRateBitsPerSecond: 100_000_000,
+          announceTo: [{ ...at, family: 4 }],
+          iface: loopbackIface,
+          periodMs: 100,
+          quietMs: 500,
+          lingerMsMax: 30_000,
+        },
+      },
+      {
+        input: openTickerInput({ ticksPerSecond: 1000, tickCount: 64 }),
+        protection: (identity) =>
+          createSignedSenderProtection(
+            { sourcePrivateKey: signing.privateKey, sourcePublicKey: signing.publicKey, manifestPackets: 32 },
+            identity,
+          ),
+      },
+    );
+    const running = source.run();
+    try {
+      await waitUntil('the announcement', () => announcedAt !== undefined, 5_000);
+      await waitUntil('all 64 packets sent', () => source.stats.packetsSent === 64, 10_000);
+      const server = announcedAt as PeerEndpoint;
+      const ask = () =>
+        socket.send(
+          channel.seal(
+            encodeNack(
+              {
+                sessionId: source.stats.sessionId,
+                incarnation: source.stats.incarnation,
+                sequence: 100,
+                timestampUs: 0,
+              },
+              { replyTo: at, ranges: [{ start: 100, count: 64 }], signatures: true },
+            ),
+            server,
+          ),
+          server.port,
+          server.address,
+        );
+      // The first NACK may only introduce us (target 0); ask until the answers come, every 300 ms.
+      for (let round = 0; round < 50 && order.filter((o) => o.startsWith('data')).length < 64; round++) {
+        ask();
+        await waitUntil('the answers', () => order.length >= 66, 300).catch(() => undefined);
+      }
+      assert.deepEqual(order.slice(0, 2), ['manifest 100', 'manifest 132'], order.slice(0, 4).join(', '));
+      // Once per manifest, not once per packet (a round asked again after a lost answer sends both again).
+      const manifests = order.filter((o) => o.startsWith('manifest')).length;
+      const data = order.filter((o) => o.startsWith('data')).length;
+      assert.ok(data >= 64 && manifests * 32 <= data, order.join(', '));
+      // Both manifests verified against the source key and vouch for every packet asked for.
+      assert.equal(gate.stats.signaturesVerified, 2, JSON.stringify(gate.stats)); // repeats are not verified again
+      for (let sequence = 100; sequence < 164; sequence++) {
+        assert.ok(
+          gate.vouches(source.stats.sessionId, source.stats.incarnation, sequence),
+          `sequence ${sequence}`,
+        );
+      }
+      await running;
     } finally {
       await source.close();
       socket.close();
