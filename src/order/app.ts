@@ -185,6 +185,9 @@ function registerBoxRoutes(app: FastifyInstance, context: OrderContext, book: Or
       if (renewed === 'ended') {
         return sendError(reply, 'conflict', `order ${request.params.id} has ended; order the service again`);
       }
+      if ('kind' in renewed) {
+        return sendError(reply, 'not-entitled', renewed.message);
+      }
       return renewed;
     },
   );
