@@ -871,6 +871,8 @@ export function createOrderBook(store: Store, options: OrderBookOptions): OrderB
         .where('id', '=', id)
         .where('box', '=', box)
         .where('state', '=', 'active')
+        // A lease that ran out has ended, whether or not the sweep has marked it yet.
+        .where('expires_at_ms', '>=', at)
         .executeTakeFirst();
       const row = await store.db
         .selectFrom('orders')

@@ -103,6 +103,15 @@ function renewSuite(name: string, options: { skip?: string }, url: () => string,
       assert.equal(await book.expire(), 1);
       assert.deepEqual(await refcounts(store), {});
     });
+
+    it('a renewal after the lease ran out (before the sweep ended it) does not bring the order back', async () => {
+      const ordered = await book.order('b2', 'sport');
+      assert.ok(ordered.kind === 'ordered');
+      clock += 60_001;
+      assert.equal(await book.renew('b2', ordered.order.id), 'ended');
+      assert.equal(await book.expire(), 1);
+      assert.deepEqual(await refcounts(store), {});
+    });
   });
 }
 
