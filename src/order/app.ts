@@ -6,6 +6,7 @@
  * billing of orders by the rate card (through the billing role's interface).
  */
 import { randomUUID } from 'node:crypto';
+import { isIPv4, isIPv6 } from 'node:net';
 import { hostname } from 'node:os';
 import { type Static, Type } from '@sinclair/typebox';
 import type { FastifyInstance, FastifyReply } from 'fastify';
@@ -21,7 +22,7 @@ import {
   operatorOnly,
 } from '../api/context.js';
 import { orderBillingSweepMs, orderExpirySweepMs, orderLeaseMsDefault } from '../limits.js';
-import { formatEndpoint, parseGroup } from '../net/address.js';
+import { canonicalAddress, formatEndpoint, isMulticast, parseGroup } from '../net/address.js';
 import { sendError } from '../net/http-server.js';
 import {
   CapacityFull,
@@ -269,6 +270,17 @@ function groupField(reply: FastifyReply, text: string, field: string) {
   }
 }
 
+/** A unicast address (of the family given, when given); its message names the field, else undefined. */
+function unicastRefusal(text: string, field: string, family?: 4 | 6): string | undefined {
+  const of = isIPv4(text) ? 4 : isIPv6(text) ? 6 : undefined;
+  if (of === undefined || isMulticast(text)) {
+    return `${field}: "${text}" is not a unicast IP address`;
+  }
+  return family === undefined || of === family
+    ? undefined
+    : `${field}: "${text}" is not an address of the group's family (IPv${family})`;
+}
+
 function registerOperatorRoutes(app: FastifyInstance, context: OrderContext, drivers: LinkDrivers): void {
   const { db, store } = context;
   const operator = operatorOnly(context, 'only the operator defines links and services and reads reports');
@@ -302,6 +314,14 @@ function registerOperatorRoutes(app: FastifyInstance, context: OrderContext, dri
     async (request, reply) => {
       const { name } = request.params;
       const body = request.body;
+      if (body.router.kind === 'relay') {
+        const { inbound, outbound } = body.router;
+        const refusal =
+          unicastRefusal(inbound, 'body/router/inbound') ?? unicastRefusal(outbound, 'body/router/outbound');
+        if (refusal !== undefined) {
+          return sendError(reply, 'invalid-request', refusal);
+        }
+      }
       const iso = new Date().toISOString();
       const config = JSON.stringify(body.router);
       const outcome = await store.writeTransaction(async (trx) => {
@@ -377,6 +397,13 @@ function registerOperatorRoutes(app: FastifyInstance, context: OrderContext, dri
       if (body.relayTo !== undefined && groupField(reply, body.relayTo, 'body/relayTo') === undefined) {
         return reply;
       }
+      // The router is asked for (S,G) as stored: an address it cannot route, or written otherwise
+      // than it shows routes, would be tried again (or removed and added again) on every check.
+      const sourceRefusal =
+        body.source === undefined ? undefined : unicastRefusal(body.source, 'body/source', group.family);
+      if (sourceRefusal !== undefined) {
+        return sendError(reply, 'invalid-request', sourceRefusal);
+      }
       const iso = new Date().toISOString();
       const outcome = await store.writeTransaction(async (trx) => {
         const link = await trx
@@ -403,7 +430,7 @@ function registerOperatorRoutes(app: FastifyInstance, context: OrderContext, dri
           link: body.link,
           group_address: group.address,
           port: group.port,
-          source_address: body.source ?? null,
+          source_address: body.source === undefined ? null : canonicalAddress(body.source),
           bit_rate: body.bitRate,
           priority: body.priority ?? 0,
           price: body.price ?? 'per-order',
