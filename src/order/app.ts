@@ -522,6 +522,10 @@ function createOrderCharger(context: OrderContext, onError?: (error: Error) => v
         'order_services.price',
       ])
       .where('orders.charged', '=', 0)
+      // A per-hour order is charged when it ends: those still held would fill every batch.
+      .where((eb) =>
+        eb.or([eb('order_services.price', '<>', 'per-hour'), eb('orders.state', '<>', 'active')]),
+      )
       .limit(500)
       .execute();
     let charged = 0;
