@@ -134,6 +134,14 @@ function renewEvery(text: string | undefined): number | undefined {
   return ms;
 }
 
+/**
+ * How often a box renews: as asked, or a third of the lease, so that two renewals may be lost before
+ * it lapses (at least every 100 ms: a lease of a second is renewed well within it).
+ */
+export function renewPeriodMs(leaseMs: number, renewEveryMs: number | undefined): number {
+  return renewEveryMs ?? Math.max(100, Math.floor(leaseMs / 3));
+}
+
 /** Orders, then renews until stopped; cancels on SIGINT or SIGTERM. */
 async function runOrder(
   service: string,
@@ -149,7 +157,12 @@ async function runOrder(
   let order = ordered.body;
   process.stdout.write(`${JSON.stringify(order)}\n`);
   const leaseMs = Date.parse(order.expiresAt) - Date.parse(order.renewedAt);
-  const everyMs = renewEveryMs ?? Math.max(1000, Math.floor(leaseMs / 3));
+  const everyMs = renewPeriodMs(leaseMs, renewEveryMs);
+  if (everyMs >= leaseMs) {
+    err.write(
+      `stb: renewing every ${everyMs / 1000} s, not within the order's lease of ${leaseMs / 1000} s: the order lapses between renewals\n`,
+    );
+  }
   err.write(
     `stb: ordered ${service} (order ${order.id}${ordered.status === 200 ? ', already held' : ''}), lease until ${order.expiresAt}\n`,
   );
