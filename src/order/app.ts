@@ -408,12 +408,28 @@ function registerOperatorRoutes(app: FastifyInstance, context: OrderContext, dri
       const outcome = await store.writeTransaction(async (trx) => {
         const link = await trx
           .selectFrom('order_links')
-          .select('name')
+          .select(['name', 'router'])
           .where('name', '=', body.link)
           .$if(store.dialect === 'postgres', (query) => query.forUpdate())
           .executeTakeFirst();
         if (link === undefined) {
           return { status: 'not-found' as const, message: `body/link: no link ${body.link}` };
+        }
+        // A router forwards a group whatever its port (a relay joins each group on its port): a
+        // second service there would be carried with the first, unordered and uncounted.
+        const sharing = await trx
+          .selectFrom('order_services')
+          .select(['name', 'port'])
+          .where('link', '=', body.link)
+          .where('group_address', '=', group.address)
+          .where('name', '<>', name)
+          .$if(link.router === 'relay', (query) => query.where('port', '=', group.port))
+          .executeTakeFirst();
+        if (sharing !== undefined) {
+          return {
+            status: 'conflict' as const,
+            message: `body/group: ${body.group} is on the group of service ${sharing.name} (port ${sharing.port}) on link ${body.link}, which carries a group as one`,
+          };
         }
         const active = await trx
           .selectFrom('order_active')

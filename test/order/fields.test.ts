@@ -71,6 +71,35 @@ describe('order API: addresses of services and links are checked naming the fiel
     assert.deepEqual([v6?.group, v6?.source], ['[ff3e::1]:5000', 'fd00::1']);
   });
 
+  // smcrouted forwards a group (S,G or *,G), whatever the port: a second service on the group of
+  // another (another port) was routed with it, unordered and outside the link's capacity; the same
+  // group and port under two names was one stream sold as two.
+  it('refuses a service on a group another service of the link has (409 body/group)', async () => {
+    assert.equal(
+      (await call('PUT', '/v1/order/services/one', service('239.9.0.1:5000', '10.0.0.1'))).status,
+      200,
+    );
+    assert.equal(
+      (await call('PUT', '/v1/order/services/one', service('239.9.0.1:5000', '10.0.0.1'))).status,
+      200,
+    );
+    for (const group of ['239.9.0.1:5000', '239.9.0.1:6000']) {
+      const other = await call('PUT', '/v1/order/services/two', service(group, '10.0.0.1'));
+      assert.equal(other.status, 409, JSON.stringify(other.body));
+      assert.match(String(other.body.message), /^body\/group: .*service one/);
+    }
+    const relay = await call('PUT', '/v1/order/links/air2', {
+      capacity: 1_000_000,
+      router: { kind: 'relay', inbound: '127.0.0.1', outbound: '127.0.0.1' },
+    });
+    assert.equal(relay.status, 200);
+    // A relay joins each group on its own port: another port of a group is another channel there.
+    const onRelay = (group: string) => ({ link: 'air2', group, bitRate: 1_000 });
+    assert.equal((await call('PUT', '/v1/order/services/r1', onRelay('239.9.0.2:5000'))).status, 200);
+    assert.equal((await call('PUT', '/v1/order/services/r2', onRelay('239.9.0.2:6000'))).status, 200);
+    assert.equal((await call('PUT', '/v1/order/services/r3', onRelay('239.9.0.2:5000'))).status, 409);
+  });
+
   for (const [name, router, field] of [
     ['an inbound that is no address', { inbound: '999.0.0.1', outbound: '127.0.0.1' }, 'inbound'],
     ['a multicast outbound', { inbound: '127.0.0.1', outbound: '239.0.0.1' }, 'outbound'],
