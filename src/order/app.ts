@@ -416,7 +416,8 @@ function registerOperatorRoutes(app: FastifyInstance, context: OrderContext, dri
           return { status: 'not-found' as const, message: `body/link: no link ${body.link}` };
         }
         // A router forwards a group whatever its port (a relay joins each group on its port): a
-        // second service there would be carried with the first, unordered and uncounted.
+        // second service there, from the same source or any, would be carried with the first,
+        // unordered and uncounted.
         const sharing = await trx
           .selectFrom('order_services')
           .select(['name', 'port'])
@@ -424,6 +425,15 @@ function registerOperatorRoutes(app: FastifyInstance, context: OrderContext, dri
           .where('group_address', '=', group.address)
           .where('name', '<>', name)
           .$if(link.router === 'relay', (query) => query.where('port', '=', group.port))
+          // (S,G) routes of two sources are two channels; a (*,G) route carries every source.
+          .$if(body.source !== undefined, (query) =>
+            query.where((eb) =>
+              eb.or([
+                eb('source_address', 'is', null),
+                eb('source_address', '=', canonicalAddress(body.source as string)),
+              ]),
+            ),
+          )
           .executeTakeFirst();
         if (sharing !== undefined) {
           return {

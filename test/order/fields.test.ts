@@ -88,6 +88,15 @@ describe('order API: addresses of services and links are checked naming the fiel
       assert.equal(other.status, 409, JSON.stringify(other.body));
       assert.match(String(other.body.message), /^body\/group: .*service one/);
     }
+    const anySource = await call('PUT', '/v1/order/services/two', {
+      link: 'sat',
+      group: '239.9.0.1:6000',
+      bitRate: 1,
+    });
+    assert.equal(anySource.status, 409, JSON.stringify(anySource.body));
+    // Another source on the group is another (S,G) route: another channel.
+    const ssm = await call('PUT', '/v1/order/services/two', service('239.9.0.1:5000', '10.0.0.2'));
+    assert.equal(ssm.status, 200, JSON.stringify(ssm.body));
     const relay = await call('PUT', '/v1/order/links/air2', {
       capacity: 1_000_000,
       router: { kind: 'relay', inbound: '127.0.0.1', outbound: '127.0.0.1' },
