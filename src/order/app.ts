@@ -10,6 +10,7 @@ import { isIPv4, isIPv6 } from 'node:net';
 import { hostname } from 'node:os';
 import { type Static, Type } from '@sinclair/typebox';
 import type { FastifyInstance, FastifyReply } from 'fastify';
+import type { Kysely } from 'kysely';
 import type { BillingService } from '../api/billing.js';
 import {
   type ApiContext,
@@ -40,6 +41,7 @@ import {
   OrderServiceSaved,
   ServiceBody,
 } from '../protocol/api-order.js';
+import type { Schema } from '../store/database.js';
 import { orderServiceColumns } from '../store/order-tables.js';
 import { createOrderBook, type OrderBook, presentOrder } from './book.js';
 import { type LinkDrivers, type ReconcileReport, type RouterDriver, startLinkDrivers } from './driver.js';
@@ -270,6 +272,30 @@ function groupField(reply: FastifyReply, text: string, field: string) {
   }
 }
 
+/**
+ * Why a link may not have this router: the smcroute driver keeps every route of its inbound
+ * interface equal to its link's services, so another link on that daemon and inbound interface
+ * would have its routes removed on every check. Undefined when the router is free.
+ */
+async function routerShared(trx: Kysely<Schema>, name: string, router: LinkRouter) {
+  if (router.kind !== 'smcroute') {
+    return undefined;
+  }
+  const others = await trx
+    .selectFrom('order_links')
+    .select(['name', 'router_config'])
+    .where('router', '=', 'smcroute')
+    .where('name', '<>', name)
+    .execute();
+  const other = others.find((row) => {
+    const config = JSON.parse(row.router_config) as Partial<Record<string, unknown>>;
+    return config.socket === router.socket && config.inbound === router.inbound;
+  });
+  return other === undefined
+    ? undefined
+    : `body/router: link ${other.name} has smcrouted ${router.socket} with inbound ${router.inbound}; a link needs its own (another daemon or inbound interface)`;
+}
+
 /** A unicast address (of the family given, when given); its message names the field, else undefined. */
 function unicastRefusal(text: string, field: string, family?: 4 | 6): string | undefined {
   const of = isIPv4(text) ? 4 : isIPv6(text) ? 6 : undefined;
@@ -331,6 +357,10 @@ function registerOperatorRoutes(app: FastifyInstance, context: OrderContext, dri
           .where('name', '=', name)
           .$if(store.dialect === 'postgres', (query) => query.forUpdate())
           .executeTakeFirst();
+        const shared = await routerShared(trx, name, body.router);
+        if (shared !== undefined) {
+          return shared;
+        }
         if (existing === undefined) {
           await trx
             .insertInto('order_links')

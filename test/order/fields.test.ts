@@ -109,6 +109,31 @@ describe('order API: addresses of services and links are checked naming the fiel
     assert.equal((await call('PUT', '/v1/order/services/r3', onRelay('239.9.0.2:5000'))).status, 409);
   });
 
+  // The smcroute driver keeps every route of its inbound interface equal to its link's services:
+  // two links on one smcrouted and inbound interface removed each other's routes on every check.
+  it('refuses a second link on the smcrouted and inbound interface of another (409 body/router)', async () => {
+    const router = (socket: string, inbound: string, outbound: string) => ({
+      capacity: 1_000_000,
+      router: { kind: 'smcroute', socket, inbound, outbound },
+    });
+    const same = await call('PUT', '/v1/order/links/sat2', router('/run/x.sock', 'eth0', 'eth2'));
+    assert.equal(same.status, 409, JSON.stringify(same.body));
+    assert.match(String(same.body.message), /^body\/router: .*link sat/);
+    // The link itself may change; another inbound interface or another daemon is another router.
+    assert.equal(
+      (await call('PUT', '/v1/order/links/sat', router('/run/x.sock', 'eth0', 'eth3'))).status,
+      200,
+    );
+    assert.equal(
+      (await call('PUT', '/v1/order/links/sat3', router('/run/x.sock', 'eth4', 'eth2'))).status,
+      200,
+    );
+    assert.equal(
+      (await call('PUT', '/v1/order/links/sat4', router('/run/y.sock', 'eth0', 'eth2'))).status,
+      200,
+    );
+  });
+
   for (const [name, router, field] of [
     ['an inbound that is no address', { inbound: '999.0.0.1', outbound: '127.0.0.1' }, 'inbound'],
     ['a multicast outbound', { inbound: '127.0.0.1', outbound: '239.0.0.1' }, 'outbound'],
