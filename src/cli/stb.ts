@@ -8,7 +8,7 @@ import { FetchFailed } from '../net/http.js';
 import { Order, OrderList } from '../protocol/api-order.js';
 import { stbSettings } from './command-settings.js';
 import { exitOk, exitUsage, UsageError } from './errors.js';
-import { formatHelp, optional, parseOptions, parseServerUrl } from './options.js';
+import { formatHelp, optional, parseOptions, parseSeconds, parseServerUrl } from './options.js';
 import { readToken } from './token.js';
 
 const usage =
@@ -50,6 +50,7 @@ export async function runStb(argv: string[], err: NodeJS.WriteStream): Promise<n
         throw error;
       },
     );
+  const renewEveryMs = renewEvery(optional(values, 'renew-every'));
   const service = optional(values, 'service');
   const needService = () => {
     if (service === undefined) {
@@ -100,7 +101,7 @@ export async function runStb(argv: string[], err: NodeJS.WriteStream): Promise<n
       return exitOk;
     }
     case 'order':
-      return runOrder(needService(), values, call, err);
+      return runOrder(needService(), values, renewEveryMs, call, err);
     default:
       throw new UsageError(`unknown action "${action}" (${usage})`);
   }
@@ -118,10 +119,34 @@ function refused(answer: { status: number; error: string; message: string }): Us
   return new UsageError(`the order server refused: ${answer.status} ${answer.error}: ${answer.message}`);
 }
 
+/**
+ * --renew-every in ms (undefined: a third of the lease), checked before any request: 0 would renew
+ * in a loop without pause, and past what a timer can wait Node fires at once.
+ */
+function renewEvery(text: string | undefined): number | undefined {
+  if (text === undefined) {
+    return undefined;
+  }
+  const ms = parseSeconds(text, '--renew-every');
+  if (ms < 1000) {
+    throw new UsageError(`--renew-every: ${text} is shorter than 1 second`);
+  }
+  return ms;
+}
+
+/**
+ * How often a box renews: as asked, or a third of the lease, so that two renewals may be lost before
+ * it lapses (at least every 100 ms: a lease of a second is renewed well within it).
+ */
+export function renewPeriodMs(leaseMs: number, renewEveryMs: number | undefined): number {
+  return renewEveryMs ?? Math.max(100, Math.floor(leaseMs / 3));
+}
+
 /** Orders, then renews until stopped; cancels on SIGINT or SIGTERM. */
 async function runOrder(
   service: string,
   values: Record<string, string | boolean | undefined>,
+  renewEveryMs: number | undefined,
   call: Call,
   err: NodeJS.WriteStream,
 ): Promise<number> {
@@ -132,12 +157,12 @@ async function runOrder(
   let order = ordered.body;
   process.stdout.write(`${JSON.stringify(order)}\n`);
   const leaseMs = Date.parse(order.expiresAt) - Date.parse(order.renewedAt);
-  const everyText = optional(values, 'renew-every');
-  if (everyText !== undefined && !/^[0-9]+(\.[0-9]+)?$/.test(everyText)) {
-    throw new UsageError(`--renew-every: "${everyText}" is not a number of seconds`);
+  const everyMs = renewPeriodMs(leaseMs, renewEveryMs);
+  if (everyMs >= leaseMs) {
+    err.write(
+      `stb: renewing every ${everyMs / 1000} s, not within the order's lease of ${leaseMs / 1000} s: the order lapses between renewals\n`,
+    );
   }
-  const everyMs =
-    everyText === undefined ? Math.max(1000, Math.floor(leaseMs / 3)) : Number(everyText) * 1000;
   err.write(
     `stb: ordered ${service} (order ${order.id}${ordered.status === 200 ? ', already held' : ''}), lease until ${order.expiresAt}\n`,
   );

@@ -6,9 +6,11 @@
  * billing of orders by the rate card (through the billing role's interface).
  */
 import { randomUUID } from 'node:crypto';
+import { isIPv4, isIPv6 } from 'node:net';
 import { hostname } from 'node:os';
 import { type Static, Type } from '@sinclair/typebox';
 import type { FastifyInstance, FastifyReply } from 'fastify';
+import type { Kysely } from 'kysely';
 import type { BillingService } from '../api/billing.js';
 import {
   type ApiContext,
@@ -21,7 +23,7 @@ import {
   operatorOnly,
 } from '../api/context.js';
 import { orderBillingSweepMs, orderExpirySweepMs, orderLeaseMsDefault } from '../limits.js';
-import { formatEndpoint, parseGroup } from '../net/address.js';
+import { canonicalAddress, formatEndpoint, isMulticast, parseGroup } from '../net/address.js';
 import { sendError } from '../net/http-server.js';
 import {
   CapacityFull,
@@ -39,6 +41,7 @@ import {
   OrderServiceSaved,
   ServiceBody,
 } from '../protocol/api-order.js';
+import type { Schema } from '../store/database.js';
 import { orderServiceColumns } from '../store/order-tables.js';
 import { createOrderBook, type OrderBook, presentOrder } from './book.js';
 import { type LinkDrivers, type ReconcileReport, type RouterDriver, startLinkDrivers } from './driver.js';
@@ -193,6 +196,9 @@ function registerBoxRoutes(app: FastifyInstance, context: OrderContext, book: Or
       if (renewed === 'ended') {
         return sendError(reply, 'conflict', `order ${request.params.id} has ended; order the service again`);
       }
+      if ('kind' in renewed) {
+        return sendError(reply, 'not-entitled', renewed.message);
+      }
       return renewed;
     },
   );
@@ -274,6 +280,41 @@ function groupField(reply: FastifyReply, text: string, field: string) {
   }
 }
 
+/**
+ * Why a link may not have this router: the smcroute driver keeps every route of its inbound
+ * interface equal to its link's services, so another link on that daemon and inbound interface
+ * would have its routes removed on every check. Undefined when the router is free.
+ */
+async function routerShared(trx: Kysely<Schema>, name: string, router: LinkRouter) {
+  if (router.kind !== 'smcroute') {
+    return undefined;
+  }
+  const others = await trx
+    .selectFrom('order_links')
+    .select(['name', 'router_config'])
+    .where('router', '=', 'smcroute')
+    .where('name', '<>', name)
+    .execute();
+  const other = others.find((row) => {
+    const config = JSON.parse(row.router_config) as Partial<Record<string, unknown>>;
+    return config.socket === router.socket && config.inbound === router.inbound;
+  });
+  return other === undefined
+    ? undefined
+    : `body/router: link ${other.name} has smcrouted ${router.socket} with inbound ${router.inbound}; a link needs its own (another daemon or inbound interface)`;
+}
+
+/** A unicast address (of the family given, when given); its message names the field, else undefined. */
+function unicastRefusal(text: string, field: string, family?: 4 | 6): string | undefined {
+  const of = isIPv4(text) ? 4 : isIPv6(text) ? 6 : undefined;
+  if (of === undefined || isMulticast(text)) {
+    return `${field}: "${text}" is not a unicast IP address`;
+  }
+  return family === undefined || of === family
+    ? undefined
+    : `${field}: "${text}" is not an address of the group's family (IPv${family})`;
+}
+
 function registerOperatorRoutes(app: FastifyInstance, context: OrderContext, drivers: LinkDrivers): void {
   const { db, store } = context;
   const operator = operatorOnly(context, 'only the operator defines links and services and reads reports');
@@ -307,6 +348,14 @@ function registerOperatorRoutes(app: FastifyInstance, context: OrderContext, dri
     async (request, reply) => {
       const { name } = request.params;
       const body = request.body;
+      if (body.router.kind === 'relay') {
+        const { inbound, outbound } = body.router;
+        const refusal =
+          unicastRefusal(inbound, 'body/router/inbound') ?? unicastRefusal(outbound, 'body/router/outbound');
+        if (refusal !== undefined) {
+          return sendError(reply, 'invalid-request', refusal);
+        }
+      }
       const iso = new Date().toISOString();
       const config = JSON.stringify(body.router);
       const outcome = await store.writeTransaction(async (trx) => {
@@ -316,6 +365,10 @@ function registerOperatorRoutes(app: FastifyInstance, context: OrderContext, dri
           .where('name', '=', name)
           .$if(store.dialect === 'postgres', (query) => query.forUpdate())
           .executeTakeFirst();
+        const shared = await routerShared(trx, name, body.router);
+        if (shared !== undefined) {
+          return shared;
+        }
         if (existing === undefined) {
           await trx
             .insertInto('order_links')
@@ -382,16 +435,49 @@ function registerOperatorRoutes(app: FastifyInstance, context: OrderContext, dri
       if (body.relayTo !== undefined && groupField(reply, body.relayTo, 'body/relayTo') === undefined) {
         return reply;
       }
+      // The router is asked for (S,G) as stored: an address it cannot route, or written otherwise
+      // than it shows routes, would be tried again (or removed and added again) on every check.
+      const sourceRefusal =
+        body.source === undefined ? undefined : unicastRefusal(body.source, 'body/source', group.family);
+      if (sourceRefusal !== undefined) {
+        return sendError(reply, 'invalid-request', sourceRefusal);
+      }
       const iso = new Date().toISOString();
       const outcome = await store.writeTransaction(async (trx) => {
         const link = await trx
           .selectFrom('order_links')
-          .select('name')
+          .select(['name', 'router'])
           .where('name', '=', body.link)
           .$if(store.dialect === 'postgres', (query) => query.forUpdate())
           .executeTakeFirst();
         if (link === undefined) {
           return { status: 'not-found' as const, message: `body/link: no link ${body.link}` };
+        }
+        // A router forwards a group whatever its port (a relay joins each group on its port): a
+        // second service there, from the same source or any, would be carried with the first,
+        // unordered and uncounted.
+        const sharing = await trx
+          .selectFrom('order_services')
+          .select(['name', 'port'])
+          .where('link', '=', body.link)
+          .where('group_address', '=', group.address)
+          .where('name', '<>', name)
+          .$if(link.router === 'relay', (query) => query.where('port', '=', group.port))
+          // (S,G) routes of two sources are two channels; a (*,G) route carries every source.
+          .$if(body.source !== undefined, (query) =>
+            query.where((eb) =>
+              eb.or([
+                eb('source_address', 'is', null),
+                eb('source_address', '=', canonicalAddress(body.source as string)),
+              ]),
+            ),
+          )
+          .executeTakeFirst();
+        if (sharing !== undefined) {
+          return {
+            status: 'conflict' as const,
+            message: `body/group: ${body.group} is on the group of service ${sharing.name} (port ${sharing.port}) on link ${body.link}, which carries a group as one`,
+          };
         }
         const active = await trx
           .selectFrom('order_active')
@@ -408,7 +494,7 @@ function registerOperatorRoutes(app: FastifyInstance, context: OrderContext, dri
           link: body.link,
           group_address: group.address,
           port: group.port,
-          source_address: body.source ?? null,
+          source_address: body.source === undefined ? null : canonicalAddress(body.source),
           bit_rate: body.bitRate,
           priority: body.priority ?? 0,
           price: body.price ?? 'per-order',
@@ -500,6 +586,10 @@ function createOrderCharger(context: OrderContext, onError?: (error: Error) => v
         'order_services.price',
       ])
       .where('orders.charged', '=', 0)
+      // A per-hour order is charged when it ends: those still held would fill every batch.
+      .where((eb) =>
+        eb.or([eb('order_services.price', '<>', 'per-hour'), eb('orders.state', '<>', 'active')]),
+      )
       .limit(500)
       .execute();
     let charged = 0;

@@ -63,14 +63,23 @@ export interface OrderBookOptions {
 export interface OrderBook {
   /** Admits (or finds) the box's order for the service. */
   order(box: string, service: string): Promise<AdmitOutcome>;
-  /** Extends the lease of an active order of this box; undefined when there is none to renew. */
-  renew(box: string, id: string): Promise<Order | 'ended' | undefined>;
+  /**
+   * Extends the lease of an active order of this box whose lease has not run out, while the box is
+   * still entitled to the service; undefined when there is no such order of this box.
+   */
+  renew(box: string, id: string): Promise<Order | 'ended' | RenewRefused | undefined>;
   /** Ends an order (a box's own, or any for the operator); ending an ended order returns it. */
   cancel(box: string | undefined, id: string): Promise<Order | undefined>;
   /** Ends the orders whose lease ran out; returns how many. */
   expire(): Promise<number>;
   /** The services a link should carry now. */
   desired(link: string): Promise<RouteWanted[]>;
+}
+
+/** A renewal refused: the box's entitlement to the service has ended (the order runs out with its lease). */
+export interface RenewRefused {
+  readonly kind: 'not-entitled';
+  readonly message: string;
 }
 
 /** A service a link carries. */
@@ -841,12 +850,29 @@ export function createOrderBook(store: Store, options: OrderBookOptions): OrderB
     async renew(box, id) {
       const at = now();
       const iso = new Date(at).toISOString();
+      const held = await store.db
+        .selectFrom('orders')
+        .select('service')
+        .where('id', '=', id)
+        .where('box', '=', box)
+        .executeTakeFirst();
+      if (held === undefined) {
+        return undefined;
+      }
+      // A renewal is an order again: a box whose entitlement ended keeps the channel no longer
+      // than the lease it holds.
+      const [refusal] = await entitlementRefusals(store.db, [{ box, service: held.service }]);
+      if (refusal !== undefined) {
+        return { kind: 'not-entitled', message: refusal };
+      }
       const result = await store.db
         .updateTable('orders')
         .set({ renewed_at: iso, expires_at_ms: at + options.leaseMs })
         .where('id', '=', id)
         .where('box', '=', box)
         .where('state', '=', 'active')
+        // A lease that ran out has ended, whether or not the sweep has marked it yet.
+        .where('expires_at_ms', '>=', at)
         .executeTakeFirst();
       const row = await store.db
         .selectFrom('orders')

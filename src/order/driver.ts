@@ -157,6 +157,15 @@ export function startLinkDrivers(options: LinkDriversOptions): LinkDrivers {
     }
     if (current !== undefined && current.config !== link.router_config) {
       driven.delete(link.name);
+      // The link moved to another router (or interface): the old one must stop forwarding its
+      // channels, or a cancel would never stop them there. (A lost lease or a stop keeps them: the
+      // next holder takes the same router over.)
+      const report = await current.driver
+        .reconcile([], { fresh: true })
+        .catch((error: Error) => ({ added: [], removed: [], errors: [error.message] }));
+      if (report.removed.length > 0 || report.errors.length > 0) {
+        options.onReport?.(link.name, report);
+      }
       await current.driver.close();
       current = undefined;
     }

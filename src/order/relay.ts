@@ -52,7 +52,9 @@ export function createRelayDriver(settings: RelaySettings): RouterDriver & { cou
     const output = createSocket({ type: family, sendBufferSize: sendBufferBytesDefault });
     await new Promise<void>((resolve, reject) => {
       input.once('error', reject);
-      input.bind(route.port, family === 'udp4' ? '0.0.0.0' : '::', () => {
+      // On the group address, not the wildcard: a wildcard socket gets every group joined on the
+      // host on this port, and would relay another channel's datagrams onto this one's group.
+      input.bind(route.port, group, () => {
         input.off('error', reject);
         resolve();
       });

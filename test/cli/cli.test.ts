@@ -10,6 +10,20 @@ import { gatecastBin } from '../helpers/testbed.js';
 const directory = mkdtempSync(join(tmpdir(), 'gatecast-cli-'));
 after(() => rmSync(directory, { recursive: true, force: true }));
 
+/** `stb order` against a server nobody runs: only a refusal before any request exits 2 naming the option. */
+const stbOrder = (every: string) => [
+  'stb',
+  'order',
+  '--service',
+  'news',
+  '--server',
+  'http://127.0.0.1:59998',
+  '--token',
+  'a-box-token',
+  '--renew-every',
+  every,
+];
+
 describe('bad input: one clear line naming the value, exit code 2, no stack trace', () => {
   const badConfig = join(directory, 'bad.json');
   writeFileSync(badConfig, '{"group": "239.1.1.1:5000", "colour": "blue"}');
@@ -267,6 +281,19 @@ describe('bad input: one clear line naming the value, exit code 2, no stack trac
       ['send', '--group', '239.1.1.1:5000', '--ticker', '--rate-floor', '1M'],
       /--rate-floor needs an adaptive rate/,
     ],
+    // A box renewing every 0 s asked the order server in a loop without pause, and a bad
+    // --renew-every was noticed only after the order was placed: refused before any request.
+    [
+      'stb: renewing every 0 seconds',
+      stbOrder('0'),
+      /^gatecast stb: --renew-every: 0 is shorter than 1 second$/m,
+    ],
+    [
+      'stb: renewing less often than a timer can wait',
+      stbOrder('99999999999'),
+      /--renew-every: 99999999999 s is more than the 2147483 s a timer can wait/,
+    ],
+    ['stb: renewing every "soon"', stbOrder('soon'), /--renew-every: "soon" is not a number of seconds/],
   ];
   for (const [name, args, message] of cases) {
     it(name, async () => {

@@ -1,0 +1,150 @@
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import type { FastifyInstance } from 'fastify';
+import { buildServerApp } from '../../src/cli/server-app.js';
+import type { RouteWanted } from '../../src/order/book.js';
+import type { RouterDriver } from '../../src/order/driver.js';
+import { openStore, type Store } from '../../src/store/database.js';
+
+const operatorToken = 'operator-token-for-order-field-tests-0123';
+
+// A service's source and a relay link's addresses were checked only for their characters: "999.1.1.1",
+// a multicast "source" or an IPv4 source of an IPv6 group were saved, and the router was asked for
+// a route it can never install, on every drift check; an IPv6 source written in another form than
+// smcrouted shows it never matched the route shown, so the route was removed and added again on each.
+describe('order API: addresses of services and links are checked naming the field', () => {
+  let store: Store;
+  let app: FastifyInstance;
+  const call = async (method: 'PUT' | 'GET', url: string, payload?: object) => {
+    const response = await app.inject({
+      method,
+      url,
+      headers: { authorization: `Bearer ${operatorToken}` },
+      ...(payload === undefined ? {} : { payload }),
+    });
+    return { status: response.statusCode, body: response.json() as Record<string, unknown> };
+  };
+  before(async () => {
+    store = await openStore('sqlite::memory:');
+    const makeDriver = (): RouterDriver => ({
+      reconcile: async (_wanted: readonly RouteWanted[]) => ({ added: [], removed: [], errors: [] }),
+      close: async () => undefined,
+    });
+    app = await buildServerApp({
+      store,
+      operatorToken,
+      roles: ['subscription', 'billing', 'order'],
+      order: { makeDriver, background: false },
+    });
+    const link = await call('PUT', '/v1/order/links/sat', {
+      capacity: 10_000_000,
+      router: { kind: 'smcroute', socket: '/run/x.sock', inbound: 'eth0', outbound: 'eth1' },
+    });
+    assert.equal(link.status, 200, JSON.stringify(link.body));
+  });
+  after(async () => {
+    await app?.close();
+    await store?.close();
+  });
+
+  const service = (group: string, source: string) => ({ link: 'sat', group, source, bitRate: 1_000 });
+  for (const [name, body] of [
+    ['a source that is no address', service('239.1.1.1:5000', '999.1.1.1')],
+    ['a multicast source', service('239.1.1.1:5000', '239.2.2.2')],
+    ['an IPv4 source of an IPv6 group', service('[ff3e::1]:5000', '10.0.0.1')],
+    ['an IPv6 source of an IPv4 group', service('239.1.1.1:5000', 'fd00::1')],
+  ] as const) {
+    it(`refuses ${name} (400 body/source)`, async () => {
+      const answer = await call('PUT', '/v1/order/services/bad', body);
+      assert.equal(answer.status, 400, JSON.stringify(answer.body));
+      assert.match(String(answer.body.message), /^body\/source: /);
+    });
+  }
+
+  it('keeps an IPv6 source in its one text form, as the router shows it', async () => {
+    const saved = await call('PUT', '/v1/order/services/v6', service('[FF3E:0::1]:5000', 'FD00:0:0::0001'));
+    assert.equal(saved.status, 200, JSON.stringify(saved.body));
+    const services = await call('GET', '/v1/order/services');
+    const v6 = (services.body as unknown as Array<{ name: string; source: string; group: string }>).find(
+      (one) => one.name === 'v6',
+    );
+    assert.deepEqual([v6?.group, v6?.source], ['[ff3e::1]:5000', 'fd00::1']);
+  });
+
+  // smcrouted forwards a group (S,G or *,G), whatever the port: a second service on the group of
+  // another (another port) was routed with it, unordered and outside the link's capacity; the same
+  // group and port under two names was one stream sold as two.
+  it('refuses a service on a group another service of the link has (409 body/group)', async () => {
+    assert.equal(
+      (await call('PUT', '/v1/order/services/one', service('239.9.0.1:5000', '10.0.0.1'))).status,
+      200,
+    );
+    assert.equal(
+      (await call('PUT', '/v1/order/services/one', service('239.9.0.1:5000', '10.0.0.1'))).status,
+      200,
+    );
+    for (const group of ['239.9.0.1:5000', '239.9.0.1:6000']) {
+      const other = await call('PUT', '/v1/order/services/two', service(group, '10.0.0.1'));
+      assert.equal(other.status, 409, JSON.stringify(other.body));
+      assert.match(String(other.body.message), /^body\/group: .*service one/);
+    }
+    const anySource = await call('PUT', '/v1/order/services/two', {
+      link: 'sat',
+      group: '239.9.0.1:6000',
+      bitRate: 1,
+    });
+    assert.equal(anySource.status, 409, JSON.stringify(anySource.body));
+    // Another source on the group is another (S,G) route: another channel.
+    const ssm = await call('PUT', '/v1/order/services/two', service('239.9.0.1:5000', '10.0.0.2'));
+    assert.equal(ssm.status, 200, JSON.stringify(ssm.body));
+    const relay = await call('PUT', '/v1/order/links/air2', {
+      capacity: 1_000_000,
+      router: { kind: 'relay', inbound: '127.0.0.1', outbound: '127.0.0.1' },
+    });
+    assert.equal(relay.status, 200);
+    // A relay joins each group on its own port: another port of a group is another channel there.
+    const onRelay = (group: string) => ({ link: 'air2', group, bitRate: 1_000 });
+    assert.equal((await call('PUT', '/v1/order/services/r1', onRelay('239.9.0.2:5000'))).status, 200);
+    assert.equal((await call('PUT', '/v1/order/services/r2', onRelay('239.9.0.2:6000'))).status, 200);
+    assert.equal((await call('PUT', '/v1/order/services/r3', onRelay('239.9.0.2:5000'))).status, 409);
+  });
+
+  // The smcroute driver keeps every route of its inbound interface equal to its link's services:
+  // two links on one smcrouted and inbound interface removed each other's routes on every check.
+  it('refuses a second link on the smcrouted and inbound interface of another (409 body/router)', async () => {
+    const router = (socket: string, inbound: string, outbound: string) => ({
+      capacity: 1_000_000,
+      router: { kind: 'smcroute', socket, inbound, outbound },
+    });
+    const same = await call('PUT', '/v1/order/links/sat2', router('/run/x.sock', 'eth0', 'eth2'));
+    assert.equal(same.status, 409, JSON.stringify(same.body));
+    assert.match(String(same.body.message), /^body\/router: .*link sat/);
+    // The link itself may change; another inbound interface or another daemon is another router.
+    assert.equal(
+      (await call('PUT', '/v1/order/links/sat', router('/run/x.sock', 'eth0', 'eth3'))).status,
+      200,
+    );
+    assert.equal(
+      (await call('PUT', '/v1/order/links/sat3', router('/run/x.sock', 'eth4', 'eth2'))).status,
+      200,
+    );
+    assert.equal(
+      (await call('PUT', '/v1/order/links/sat4', router('/run/y.sock', 'eth0', 'eth2'))).status,
+      200,
+    );
+  });
+
+  for (const [name, router, field] of [
+    ['an inbound that is no address', { inbound: '999.0.0.1', outbound: '127.0.0.1' }, 'inbound'],
+    ['a multicast outbound', { inbound: '127.0.0.1', outbound: '239.0.0.1' }, 'outbound'],
+  ] as const) {
+    it(`refuses a relay link with ${name} (400 body/router/${field})`, async () => {
+      const answer = await call('PUT', '/v1/order/links/air', {
+        capacity: 1_000_000,
+        router: { kind: 'relay', ...router },
+      });
+      assert.equal(answer.status, 400, JSON.stringify(answer.body));
+      assert.match(String(answer.body.message), new RegExp(`^body/router/${field}: `));
+    });
+  }
+});

@@ -1,0 +1,118 @@
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import { createOrderBook, type OrderBook, type RouteWanted } from '../../src/order/book.js';
+import { type LinkDrivers, type RouterDriver, startLinkDrivers } from '../../src/order/driver.js';
+import type { LinkRouter } from '../../src/protocol/api-order.js';
+import { openStore, type Store } from '../../src/store/database.js';
+
+const smcroute = (outbound: string): LinkRouter => ({
+  kind: 'smcroute',
+  socket: '/run/gatecast-test.sock',
+  inbound: 'eth0',
+  outbound,
+});
+
+// A link moved to another router (another smcrouted, inbound or outbound interface): the old
+// router's driver was closed with its routes in place, so the old router went on forwarding the
+// link's channels for ever, and a cancel no longer stopped them there.
+describe('a link whose router changes', () => {
+  let store: Store;
+  let book: OrderBook;
+  let drivers: LinkDrivers;
+  /** What each router (by its outbound interface) carries. */
+  const carried = new Map<string, string[]>();
+  const makeDriver = (router: LinkRouter): RouterDriver => {
+    assert.equal(router.kind, 'smcroute');
+    const name = router.outbound;
+    return {
+      async reconcile(wanted: readonly RouteWanted[]) {
+        const before = carried.get(name) ?? [];
+        const now = wanted.map((route) => route.group);
+        carried.set(name, now);
+        return {
+          added: now.filter((group) => !before.includes(group)),
+          removed: before.filter((group) => !now.includes(group)),
+          errors: [],
+        };
+      },
+      async close() {},
+    };
+  };
+  const setRouter = async (router: LinkRouter) => {
+    await store.db
+      .updateTable('order_links')
+      .set((eb) => ({ router_config: JSON.stringify(router), version: eb('version', '+', 1) }))
+      .where('name', '=', 'sat')
+      .execute();
+  };
+
+  before(async () => {
+    store = await openStore('sqlite::memory:');
+    const iso = new Date().toISOString();
+    await store.db
+      .insertInto('order_links')
+      .values({
+        name: 'sat',
+        capacity_bits: 10_000_000,
+        used_bits: 0,
+        router: 'smcroute',
+        router_config: JSON.stringify(smcroute('eth1')),
+        policy: 'reject',
+        version: 0,
+        created_at: iso,
+        updated_at: iso,
+      })
+      .execute();
+    await store.db
+      .insertInto('order_services')
+      .values({
+        name: 'news',
+        link: 'sat',
+        group_address: '239.79.0.1',
+        port: 5000,
+        source_address: null,
+        bit_rate: 1_000_000,
+        priority: 0,
+        price: 'per-order',
+        relay_to: null,
+        created_at: iso,
+        updated_at: iso,
+      })
+      .execute();
+    await store.db
+      .insertInto('parties')
+      .values({ id: 'b1', kind: 'subscriber', name: 'b1', token_hash: 'hash-b1', created_at: iso })
+      .execute();
+    await store.db
+      .insertInto('entitlements')
+      .values({
+        id: 'ent-b1',
+        subscriber: 'b1',
+        service: 'channel',
+        session: null,
+        valid_from: null,
+        valid_to: null,
+        monthly: null,
+        created_at: iso,
+      })
+      .execute();
+    book = createOrderBook(store, { leaseMs: 60_000 });
+    // Passes only when the test asks for one.
+    drivers = startLinkDrivers({ store, book, holder: 'server-a', makeDriver, pollMs: 3_600_000 });
+  });
+  after(async () => {
+    await drivers?.close();
+    await store?.close();
+  });
+
+  it('takes the routes off the old router and puts them on the new one', async () => {
+    const ordered = await book.order('b1', 'news');
+    assert.equal(ordered.kind, 'ordered');
+    await drivers.pass();
+    assert.deepEqual(carried.get('eth1'), ['239.79.0.1']);
+    await setRouter(smcroute('eth2'));
+    await drivers.pass();
+    assert.deepEqual(carried.get('eth2'), ['239.79.0.1']);
+    assert.deepEqual(carried.get('eth1'), [], 'the old router still forwards the channel');
+  });
+});
