@@ -302,7 +302,10 @@ export function encodeRepairNotHeld(fields: HeaderFields, count: number): Buffer
   return out;
 }
 
-/** Decodes a REPAIR; a held one must carry a valid DATA packet of the same session and sequence. */
+/**
+ * Decodes a REPAIR; a held one must carry a valid DATA or END packet (or a SIGNATURE) of the same
+ * run (session id and incarnation) and sequence.
+ */
 export function decodeRepair(buf: Buffer): DecodeResult<Control<RepairBody>> {
   const opened = open(buf, PacketType.repair);
   if (!opened.ok) {
@@ -329,13 +332,17 @@ export function decodeRepair(buf: Buffer): DecodeResult<Control<RepairBody>> {
   if (body.length > 4 + offsetType && body[4 + offsetType] === PacketType.signature) {
     return decodeRepairedSignature(header, body.subarray(4), auth);
   }
-  if (body.length > headerBytes && body[4 + offsetType] === PacketType.end) {
+  if (body.length > 4 + offsetType && body[4 + offsetType] === PacketType.end) {
     const end = decodeEnd(body.subarray(4));
     if (!end.ok) {
       return invalid(end.reason, `REPAIR carries a bad END packet: ${end.detail}`);
     }
-    if (end.value.sessionId !== header.sessionId || end.value.sequence !== header.sequence) {
-      return invalid('bad-field', 'REPAIR header and carried END disagree on session or sequence');
+    if (
+      end.value.sessionId !== header.sessionId ||
+      end.value.incarnation !== header.incarnation ||
+      end.value.sequence !== header.sequence
+    ) {
+      return invalid('bad-field', 'REPAIR header and carried END disagree on run or sequence');
     }
     return valid({ ...header, data: undefined, end: end.value, notHeldCount: 0, auth });
   }
@@ -343,8 +350,12 @@ export function decodeRepair(buf: Buffer): DecodeResult<Control<RepairBody>> {
   if (!data.ok) {
     return invalid(data.reason, `REPAIR carries a bad DATA packet: ${data.detail}`);
   }
-  if (data.value.sessionId !== header.sessionId || data.value.sequence !== header.sequence) {
-    return invalid('bad-field', 'REPAIR header and carried DATA disagree on session or sequence');
+  if (
+    data.value.sessionId !== header.sessionId ||
+    data.value.incarnation !== header.incarnation ||
+    data.value.sequence !== header.sequence
+  ) {
+    return invalid('bad-field', 'REPAIR header and carried DATA disagree on run or sequence');
   }
   return valid({ ...header, data: data.value, notHeldCount: 0, auth });
 }

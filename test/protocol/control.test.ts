@@ -26,7 +26,7 @@ import {
   ListenState,
   SetupAction,
 } from '../../src/protocol/control.js';
-import { encodeData, headerBytes, PacketType } from '../../src/protocol/packet.js';
+import { encodeData, encodeProgress, headerBytes, PacketType } from '../../src/protocol/packet.js';
 import { encodeControlSignatureUnsigned, encodeManifestUnsigned } from '../../src/protocol/restricted.js';
 
 const fields = { sessionId: 42, incarnation: 5, sequence: 0, timestampUs: 1_700_000_000_000_000 };
@@ -226,6 +226,24 @@ describe('REPAIR', () => {
     corrupt[0] = 0;
     const bad = decodeRepair(encodeRepair({ ...fields, sequence: 99 }, corrupt));
     assert.equal(!bad.ok && bad.reason, 'bad-magic');
+  });
+
+  it('rejects a carried DATA or END of another run (incarnation) or session', () => {
+    const run = { ...fields, sequence: 7 };
+    for (const other of [
+      { ...run, incarnation: run.incarnation + 1 },
+      { ...run, sessionId: run.sessionId + 1 },
+    ]) {
+      const data = decodeRepair(encodeRepair(run, encodeData(other, Buffer.from('x'))));
+      assert.equal(!data.ok && data.reason, 'bad-field');
+      const end = encodeProgress(PacketType.end, other, { packetCount: 8, byteCount: 8 });
+      const carried = decodeRepair(encodeRepair(run, end));
+      assert.equal(!carried.ok && carried.reason, 'bad-field');
+    }
+    const same = decodeRepair(
+      encodeRepair(run, encodeProgress(PacketType.end, run, { packetCount: 8, byteCount: 8 })),
+    );
+    assert.ok(same.ok && same.value.end !== undefined);
   });
 });
 
