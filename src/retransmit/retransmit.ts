@@ -497,7 +497,11 @@ export async function startRetransmitServer(
           learnPeer(remote);
         }
         for (const session of quality?.sessions ?? []) {
-          election.report(quality?.auth.senderId ?? 0, session.sessionId, session);
+          election.report(
+            quality?.auth.senderId ?? 0,
+            runKey(session.sessionId, session.incarnation),
+            session,
+          );
         }
         return;
       }
@@ -560,8 +564,8 @@ export async function startRetransmitServer(
 
   /** One election round for a session (docs/architecture.md, "Election"). */
   const elect = async (entry: Joined) => {
-    const sessionId = entry.buffer?.sessionId;
-    if (settings.election === undefined || sessionId === undefined) {
+    const buffer = entry.buffer;
+    if (settings.election === undefined || buffer === undefined) {
       return;
     }
     const own = {
@@ -569,7 +573,7 @@ export async function startRetransmitServer(
       missing: entry.lastQuality.missing,
       state: entry.state,
     };
-    const decision = election.decide(sessionId, own, settings.election);
+    const decision = election.decide(runKey(buffer.sessionId, buffer.incarnation), own, settings.election);
     if (decision === 'withdraw') {
       entry.state = ListenState.withdrawn;
       electionChanges++;
@@ -604,6 +608,7 @@ export async function startRetransmitServer(
       const range = buffer.range;
       announced.push({
         sessionId: buffer.sessionId,
+        incarnation: buffer.incarnation,
         firstHeld: range?.first ?? 0,
         lastHeld: range?.last ?? 0,
         heldCount: buffer.heldCount,
@@ -612,6 +617,7 @@ export async function startRetransmitServer(
       });
       qualities.push({
         sessionId: buffer.sessionId,
+        incarnation: buffer.incarnation,
         received: Math.min(entry.lastQuality.received, 0xffff_ffff),
         missing: Math.min(entry.lastQuality.missing, 0xffff_ffff),
         lossPpm: entry.lastQuality.lossPpm,
@@ -664,7 +670,7 @@ export async function startRetransmitServer(
       peers:
         entry.buffer === undefined
           ? []
-          : election.peers(entry.buffer.sessionId).map((peer) => ({
+          : election.peers(runKey(entry.buffer.sessionId, entry.buffer.incarnation)).map((peer) => ({
               id: peer.id,
               lossPercent: peer.lossPpm / 10_000,
               received: peer.received,
@@ -674,7 +680,11 @@ export async function startRetransmitServer(
       members:
         entry.buffer === undefined
           ? 1
-          : election.members(entry.buffer.sessionId, { lossPpm: 0, missing: 0, state: entry.state }).length,
+          : election.members(runKey(entry.buffer.sessionId, entry.buffer.incarnation), {
+              lossPpm: 0,
+              missing: 0,
+              state: entry.state,
+            }).length,
     })),
   });
 

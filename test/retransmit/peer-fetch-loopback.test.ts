@@ -161,6 +161,7 @@ describe('peer fetch between retransmit servers (loopback)', () => {
             sessions: [
               {
                 sessionId: run.sessionId,
+                incarnation: run.incarnation,
                 received: 50,
                 missing: 0,
                 lossPpm: 0,
