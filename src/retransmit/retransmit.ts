@@ -32,7 +32,14 @@ import {
   type SessionQuality,
   SetupAction,
 } from '../protocol/control.js';
-import { decodeData, decodeEnd, headerBytes, offsetType, PacketType } from '../protocol/packet.js';
+import {
+  decodeData,
+  decodeEnd,
+  decodeHeartbeat,
+  headerBytes,
+  offsetType,
+  PacketType,
+} from '../protocol/packet.js';
 import { sequenceAdd } from '../protocol/serial.js';
 import { runKey } from '../protocol/session-window.js';
 import { authTrailerBytes, repairFixedBytes } from '../protocol/sizes.js';
@@ -358,6 +365,10 @@ export async function startRetransmitServer(
       keepEnd(entry, datagram);
       return;
     }
+    if (datagram[offsetType] === PacketType.heartbeat) {
+      noteHeartbeat(entry, datagram);
+      return;
+    }
     if (datagram[offsetType] !== PacketType.data) {
       return;
     }
@@ -388,7 +399,20 @@ export async function startRetransmitServer(
       drop('end-unknown-run'); // no state is made for a run we never heard DATA of
       return;
     }
+    buffer.noteProgress(end.value.sequence);
     buffer.keepEnd(end.value.sequence, datagram, clock.nowMs());
+  };
+
+  /** A HEARTBEAT on S1: how far a run we buffer has reached, for peer fetch (no state for others). */
+  const noteHeartbeat = (entry: Joined, datagram: Buffer) => {
+    const heartbeat = decodeHeartbeat(datagram);
+    if (!heartbeat.ok) {
+      drop(`heartbeat-${heartbeat.reason}`);
+      return;
+    }
+    entry.runs
+      .get(runKey(heartbeat.value.sessionId, heartbeat.value.incarnation))
+      ?.noteProgress(heartbeat.value.sequence);
   };
 
   const join = async (entry: Joined) => {
@@ -430,9 +454,11 @@ export async function startRetransmitServer(
   };
 
   /**
-   * Sequences a repair server's NACK names that we do not hold, of a run we buffer: what a peer
-   * may fill. None for a peer's own fetch (never forwarded), a NACK that does not name us yet, or
-   * a run we never heard (no state is made for it).
+   * Sequences a repair server's NACK names that we do not hold, of a run we buffer, at or below
+   * what the run is known to have reached: what a peer may fill. None for a peer's own fetch
+   * (never forwarded), a NACK that does not name us yet, or a run we never heard (no state is
+   * made for it); nor a sequence the run may not have sent yet (a tail probe of a paused ticker),
+   * which no peer can hold.
    */
   const missedOf = (nack: Control<NackBody>): number[] => {
     const buffer = bufferFor(nack.sessionId, nack.incarnation);
@@ -443,7 +469,7 @@ export async function startRetransmitServer(
     for (const range of nack.ranges) {
       for (let i = 0; i < range.count; i++) {
         const sequence = sequenceAdd(range.start, i);
-        if (buffer.get(sequence) === undefined) {
+        if (buffer.get(sequence) === undefined && buffer.reached(sequence)) {
           missed.push(sequence);
         }
       }
