@@ -32,21 +32,15 @@ import {
   type SessionQuality,
   SetupAction,
 } from '../protocol/control.js';
-import {
-  decodeData,
-  decodeEnd,
-  decodeHeartbeat,
-  headerBytes,
-  offsetType,
-  PacketType,
-} from '../protocol/packet.js';
+import { headerBytes, offsetType, PacketType } from '../protocol/packet.js';
 import { sequenceAdd } from '../protocol/serial.js';
 import { runKey } from '../protocol/session-window.js';
 import { authTrailerBytes, repairFixedBytes } from '../protocol/sizes.js';
 import { Announcer } from './announcer.js';
 import { Election, type ElectionSettings } from './election.js';
+import { GroupRuns } from './group-runs.js';
 import { type PeerFetchCounters, PeerFetcher } from './peer-fetch.js';
-import { type PeriodQuality, SessionBuffer } from './session-buffer.js';
+import type { PeriodQuality, SessionBuffer } from './session-buffer.js';
 
 /** A group to join. */
 export interface JoinSpec {
@@ -138,10 +132,8 @@ export interface RetransmitStatus {
 interface Joined {
   readonly spec: JoinSpec;
   socket: ReceiverSocket | undefined;
-  /** One buffer per run (session id and incarnation) heard on the group, at most retransmitRunsPerGroupMax. */
-  readonly runs: Map<string, SessionBuffer>;
-  /** The run written most recently: the one announced and measured. */
-  buffer: SessionBuffer | undefined;
+  /** One buffer per run (session id and incarnation) heard on the group; the current one is announced. */
+  readonly runs: GroupRuns;
   state: ListenStateCode;
   lastQuality: PeriodQuality;
   /** The meter since the server joined (docs/architecture.md, "Quality meter"). */
@@ -160,12 +152,11 @@ const emptyFetchCounters: PeerFetchCounters = {
 };
 
 /** A Joined entry before its first packet. */
-function newJoined(spec: JoinSpec): Joined {
+function newJoined(spec: JoinSpec, runs: GroupRuns): Joined {
   return {
     spec,
     socket: undefined,
-    runs: new Map(),
-    buffer: undefined,
+    runs,
     state: ListenState.listening,
     lastQuality: { received: 0, missing: 0, lossPpm: 0, jitterUs: 0 },
     totals: { received: 0, missing: 0, kernelDrops: undefined },
@@ -324,9 +315,8 @@ export async function startRetransmitServer(
 
   /** The buffer of one run: a NACK is answered only from the run it names. */
   const bufferFor = (sessionId: number, incarnation: number): SessionBuffer | undefined => {
-    const key = runKey(sessionId, incarnation);
     for (const entry of joined) {
-      const buffer = entry.runs.get(key);
+      const buffer = entry.runs.get(sessionId, incarnation);
       if (buffer !== undefined) {
         return buffer;
       }
@@ -334,85 +324,19 @@ export async function startRetransmitServer(
     return undefined;
   };
 
-  /** The buffer for a run heard on a group; a new run evicts the run written least recently. */
-  const runBuffer = (entry: Joined, sessionId: number, incarnation: number): SessionBuffer => {
-    const key = runKey(sessionId, incarnation);
-    let buffer = entry.runs.get(key);
-    if (buffer === undefined) {
-      if (entry.runs.size >= retransmitRunsPerGroupMax) {
-        let idlest: [string, SessionBuffer] | undefined;
-        for (const candidate of entry.runs) {
-          if (idlest === undefined || candidate[1].lastAddedMs < idlest[1].lastAddedMs) {
-            idlest = candidate;
-          }
-        }
-        if (idlest !== undefined) {
-          entry.runs.delete(idlest[0]);
-          drop('run-evicted');
-        }
-      }
-      buffer = new SessionBuffer(sessionId, incarnation, {
-        bytesMax: settings.bufferBytesMax,
-        ageMs: settings.bufferAgeMs,
-      });
-      entry.runs.set(key, buffer);
-    }
-    return buffer;
-  };
+  /** A group's runs, bounded (docs/protocol.md, "Session identity"). */
+  const groupRuns = () =>
+    new GroupRuns({
+      clock,
+      bounds: { bytesMax: settings.bufferBytesMax, ageMs: settings.bufferAgeMs },
+      runsMax: retransmitRunsPerGroupMax,
+      drop,
+    });
 
   const onData = (entry: Joined) => (datagram: Buffer) => {
-    if (datagram[offsetType] === PacketType.end) {
-      keepEnd(entry, datagram);
-      return;
+    if (entry.runs.take(datagram)) {
+      packetsIn++;
     }
-    if (datagram[offsetType] === PacketType.heartbeat) {
-      noteHeartbeat(entry, datagram);
-      return;
-    }
-    if (datagram[offsetType] !== PacketType.data) {
-      return;
-    }
-    const decoded = decodeData(datagram);
-    if (!decoded.ok) {
-      drop(`data-${decoded.reason}`);
-      return;
-    }
-    packetsIn++;
-    const packet = decoded.value;
-    const buffer = runBuffer(entry, packet.sessionId, packet.incarnation);
-    buffer.add(packet.sequence, datagram, packet.timestampUs, clock.nowMs(), clock.wallUs());
-    entry.buffer = buffer;
-  };
-
-  /**
-   * An END on S1: kept in its run's buffer under its sequence, served like a packet to a repair
-   * server that lost it (docs/protocol.md, "REPAIR"). Only for a run whose DATA we buffer.
-   */
-  const keepEnd = (entry: Joined, datagram: Buffer) => {
-    const end = decodeEnd(datagram);
-    if (!end.ok) {
-      drop(`end-${end.reason}`);
-      return;
-    }
-    const buffer = entry.runs.get(runKey(end.value.sessionId, end.value.incarnation));
-    if (buffer === undefined) {
-      drop('end-unknown-run'); // no state is made for a run we never heard DATA of
-      return;
-    }
-    buffer.noteProgress(end.value.sequence);
-    buffer.keepEnd(end.value.sequence, datagram, clock.nowMs());
-  };
-
-  /** A HEARTBEAT on S1: how far a run we buffer has reached, for peer fetch (no state for others). */
-  const noteHeartbeat = (entry: Joined, datagram: Buffer) => {
-    const heartbeat = decodeHeartbeat(datagram);
-    if (!heartbeat.ok) {
-      drop(`heartbeat-${heartbeat.reason}`);
-      return;
-    }
-    entry.runs
-      .get(runKey(heartbeat.value.sessionId, heartbeat.value.incarnation))
-      ?.noteProgress(heartbeat.value.sequence);
   };
 
   const join = async (entry: Joined) => {
@@ -564,10 +488,13 @@ export async function startRetransmitServer(
         return;
       }
       const family = setup.group.includes(':') ? 6 : 4;
-      const entry = newJoined({
-        group: { address: setup.group, port: setup.port, family },
-        source: setup.source,
-      });
+      const entry = newJoined(
+        {
+          group: { address: setup.group, port: setup.port, family },
+          source: setup.source,
+        },
+        groupRuns(),
+      );
       joined.push(entry);
       await join(entry).catch(() => drop('setup-join-failed'));
     }
@@ -583,14 +510,14 @@ export async function startRetransmitServer(
       ? undefined
       : await transport.openSender({ group: settings.announceGroup, iface: settings.iface });
   for (const spec of settings.joins) {
-    const entry = newJoined(spec);
+    const entry = newJoined(spec, groupRuns());
     joined.push(entry);
     await join(entry);
   }
 
   /** One election round for a session (docs/architecture.md, "Election"). */
   const elect = async (entry: Joined) => {
-    const buffer = entry.buffer;
+    const buffer = entry.runs.current;
     if (settings.election === undefined || buffer === undefined) {
       return;
     }
@@ -617,13 +544,8 @@ export async function startRetransmitServer(
     const qualities: SessionQuality[] = [];
     const now = clock.nowMs();
     for (const entry of joined) {
-      for (const [key, run] of entry.runs) {
-        run.evict(now);
-        if (run !== entry.buffer && run.heldCount === 0) {
-          entry.runs.delete(key); // an old run whose packets have all aged out
-        }
-      }
-      const buffer = entry.buffer;
+      entry.runs.sweep(now); // an old run whose packets have all aged out is forgotten
+      const buffer = entry.runs.current;
       if (buffer === undefined) {
         continue;
       }
@@ -680,38 +602,43 @@ export async function startRetransmitServer(
     bytesSent: control.bytesSent,
     dropped: { ...dropped },
     ...(gate === undefined ? {} : { signed: { ...gate.stats, forged: { ...gate.stats.forged } } }),
-    sessions: joined.map((entry) => ({
-      group: formatEndpoint(entry.spec.group),
-      sessionId: entry.buffer?.sessionId,
-      state: entry.state === ListenState.listening ? 'listening' : 'withdrawn',
-      heldPackets: entry.buffer?.heldCount ?? 0,
-      bufferBytes: entry.buffer?.bytes ?? 0,
-      evicted: entry.buffer?.evictedCount ?? 0,
-      lossPercent: entry.lastQuality.lossPpm / 10_000,
-      jitterUs: Math.round(entry.lastQuality.jitterUs),
-      receivedPackets: entry.totals.received,
-      missingPackets: entry.totals.missing,
-      kernelDrops: entry.totals.kernelDrops,
-      fetchedPackets: entry.buffer?.filledCount ?? 0,
-      peers:
-        entry.buffer === undefined
-          ? []
-          : election.peers(runKey(entry.buffer.sessionId, entry.buffer.incarnation)).map((peer) => ({
-              id: peer.id,
-              lossPercent: peer.lossPpm / 10_000,
-              received: peer.received,
-              missing: peer.missing,
-              state: peer.state === ListenState.listening ? 'listening' : 'withdrawn',
-            })),
-      members:
-        entry.buffer === undefined
-          ? 1
-          : election.members(runKey(entry.buffer.sessionId, entry.buffer.incarnation), {
-              lossPpm: 0,
-              missing: 0,
-              state: entry.state,
-            }).length,
-    })),
+    sessions: joined.map((entry) => statusOf(entry, entry.runs.current)),
+  });
+
+  const statusOf = (
+    entry: Joined,
+    buffer: SessionBuffer | undefined,
+  ): RetransmitStatus['sessions'][number] => ({
+    group: formatEndpoint(entry.spec.group),
+    sessionId: buffer?.sessionId,
+    state: entry.state === ListenState.listening ? 'listening' : 'withdrawn',
+    heldPackets: buffer?.heldCount ?? 0,
+    bufferBytes: buffer?.bytes ?? 0,
+    evicted: buffer?.evictedCount ?? 0,
+    lossPercent: entry.lastQuality.lossPpm / 10_000,
+    jitterUs: Math.round(entry.lastQuality.jitterUs),
+    receivedPackets: entry.totals.received,
+    missingPackets: entry.totals.missing,
+    kernelDrops: entry.totals.kernelDrops,
+    fetchedPackets: buffer?.filledCount ?? 0,
+    peers:
+      buffer === undefined
+        ? []
+        : election.peers(runKey(buffer.sessionId, buffer.incarnation)).map((peer) => ({
+            id: peer.id,
+            lossPercent: peer.lossPpm / 10_000,
+            received: peer.received,
+            missing: peer.missing,
+            state: peer.state === ListenState.listening ? 'listening' : 'withdrawn',
+          })),
+    members:
+      buffer === undefined
+        ? 1
+        : election.members(runKey(buffer.sessionId, buffer.incarnation), {
+            lossPpm: 0,
+            missing: 0,
+            state: entry.state,
+          }).length,
   });
 
   let closed: Promise<void> | undefined;
