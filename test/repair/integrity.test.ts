@@ -307,20 +307,22 @@ describe('an ANNOUNCE speaks of one run', () => {
     const server = await slowServer(run, packets);
     const s1 = parseGroup(`239.255.72.1:${freshPort()}`, 's1');
     const s2 = parseGroup(`239.255.72.2:${freshPort()}`, 's2');
-    const repair = await startRepairServer(
-      {
-        group: s1,
-        iface: loopbackIface,
-        listen,
-        keys: [key],
-        retransmit: [server.at],
-        emit: s2,
-        latencyMs: undefined, // reliable: a packet is given up only when no live server can serve it
-      },
-      { openS1Socket: lossyS1Socket((sequence) => sequence === 5) },
-    );
-    const out = await crafter(s1);
+    let repair: RepairServer | undefined;
+    let out: Awaited<ReturnType<typeof crafter>> | undefined;
     try {
+      repair = await startRepairServer(
+        {
+          group: s1,
+          iface: loopbackIface,
+          listen,
+          keys: [key],
+          retransmit: [server.at],
+          emit: s2,
+          latencyMs: undefined, // reliable: a packet is given up only when no live server can serve it
+        },
+        { openS1Socket: lossyS1Socket((sequence) => sequence === 5) },
+      );
+      out = await crafter(s1);
       const rx = receiverOf(s2, 30_000);
       await rx.ready;
       out.send(descriptor(run, { firstSequence: 0, next: 0, payload }));
@@ -333,8 +335,8 @@ describe('an ANNOUNCE speaks of one run', () => {
       assert.equal(status.unrecoverable, 0, JSON.stringify(status));
       assert.equal(status.recovered, 1);
     } finally {
-      await out.close();
-      await repair.close();
+      await out?.close();
+      await repair?.close();
       await server.close();
     }
   });
