@@ -5,7 +5,7 @@
  * announces what it holds.
  */
 import type { KeyObject } from 'node:crypto';
-import { ControlChannel, type ControlKey, sameEndpoint } from '../crypto/control-auth.js';
+import { ControlChannel, type ControlKey } from '../crypto/control-auth.js';
 import { createSignedSessionGate, type SignedSessionStats } from '../crypto/signed-session.js';
 import {
   announceIntervalMsDefault,
@@ -39,6 +39,7 @@ import { authTrailerBytes, repairFixedBytes } from '../protocol/sizes.js';
 import { Announcer } from './announcer.js';
 import { Election, type ElectionSettings } from './election.js';
 import { GroupRuns } from './group-runs.js';
+import { PeerBook } from './peer-book.js';
 import { type PeerFetchCounters, PeerFetcher } from './peer-fetch.js';
 import type { PeriodQuality, SessionBuffer } from './session-buffer.js';
 
@@ -243,35 +244,15 @@ export async function startRetransmitServer(
     lookup: (sessionId, incarnation, sequence) => bufferFor(sessionId, incarnation)?.get(sequence),
     drop,
   });
-  /** Peers heard in authenticated QUALITY or ANNOUNCE (endpoint key → when), most recent last. */
-  const learnedPeers = new Map<string, { endpoint: PeerEndpoint; atMs: number }>();
-  const learnPeer = (endpoint: PeerEndpoint) => {
-    const key = `${endpoint.address}/${endpoint.port}`;
-    learnedPeers.delete(key);
-    learnedPeers.set(key, {
-      endpoint: { address: endpoint.address, port: endpoint.port },
-      atMs: clock.nowMs(),
-    });
-    while (learnedPeers.size > retransmitPeersLearnedMax) {
-      const oldest = learnedPeers.keys().next().value;
-      if (oldest === undefined) {
-        break;
-      }
-      learnedPeers.delete(oldest);
-    }
-  };
-  /** Peers to fetch from: configured ones first, then those heard lately (most recent first), never ourselves. */
-  const fetchPeers = (): PeerEndpoint[] => {
-    const now = clock.nowMs();
-    const own = [control.local, ownAddress()];
-    const list: PeerEndpoint[] = [...settings.peers];
-    for (const { endpoint, atMs } of [...learnedPeers.values()].reverse()) {
-      if (now - atMs <= periodMs * 3 && !list.some((known) => sameEndpoint(known, endpoint))) {
-        list.push(endpoint);
-      }
-    }
-    return list.filter((peer) => !own.some((self) => sameEndpoint(self, peer)));
-  };
+  /** Peers for peer fetch: configured, and announced lately (docs/protocol.md, "Peer fetch"). */
+  const peerBook = new PeerBook({
+    clock,
+    configured: settings.peers,
+    learnedMax: retransmitPeersLearnedMax,
+    freshMs: periodMs * 3,
+    own: () => [control.local, ownAddress()],
+  });
+  const fetchPeers = () => peerBook.peers();
   const fetcher =
     settings.peerFetch === false
       ? undefined
@@ -430,7 +411,7 @@ export async function startRetransmitServer(
       fetcher?.onIntroduction(remote); // it did not know our id; now it does
       return;
     }
-    learnPeer({ address: announce.address, port: announce.port });
+    peerBook.learn({ address: announce.address, port: announce.port });
   };
 
   const onControl = (datagram: Buffer, remote: { address: string; port: number }) => {
@@ -440,11 +421,11 @@ export async function startRetransmitServer(
         return;
       case PacketType.quality: {
         const quality = channel.accept(datagram, remote, decodeQuality, 'quality', drop);
-        if (quality !== undefined && learnedPeers.has(`${remote.address}/${remote.port}`)) {
+        if (quality !== undefined) {
           // Refreshes a peer learned from its ANNOUNCE (the address sealed in it), never adds one:
           // a QUALITY's source address is not sealed, and a captured copy replayed from a victim's
           // address must not make us send fetches there (test/sim/found.md #6).
-          learnPeer(remote);
+          peerBook.refresh(remote);
         }
         for (const session of quality?.sessions ?? []) {
           election.report(
