@@ -145,18 +145,22 @@ ensure_loss_table() {
   in_ns "$ns" nft add chain inet gcloss input '{ type filter hook input priority 0; }'
 }
 
-# Match for a port argument: empty (all UDP), PORT, or PORT/data (gatecast DATA packets only:
-# the type byte is the fourth byte of the UDP payload, docs/protocol.md).
+# Match for a port argument: empty (all UDP), PORT, PORT/data (gatecast DATA packets only:
+# the type byte is the fourth byte of the UDP payload, docs/protocol.md), or PORT/data/FIRST-LAST
+# (DATA packets whose sequence, the 32 bits at payload byte 12, is in FIRST-LAST: a stretch of a
+# session lost by its sequences, whatever the pace at which a loaded host reads them).
 port_match() {
   local spec=${1:-}
   if [[ -z $spec ]]; then
     echo "meta l4proto udp"
+  elif [[ $spec =~ ^([0-9]+)/data/([0-9]+)-([0-9]+)$ ]]; then
+    echo "udp dport ${BASH_REMATCH[1]} @ih,24,8 1 @ih,96,32 ${BASH_REMATCH[2]}-${BASH_REMATCH[3]}"
   elif [[ $spec =~ ^([0-9]+)/data$ ]]; then
     echo "udp dport ${BASH_REMATCH[1]} @ih,24,8 1"
   elif [[ $spec =~ ^[0-9]+$ ]]; then
     echo "udp dport $spec"
   else
-    die "PORT must be a number or NUMBER/data: $spec"
+    die "PORT must be a number, NUMBER/data or NUMBER/data/FIRST-LAST: $spec"
   fi
 }
 

@@ -388,8 +388,8 @@ function decodeRepairedSignature(
 
 // ---------------------------------------------------------------------------------------------
 // ANNOUNCE: family u8, reserved u8, port u16, address[16], session count u16, reserved u16,
-// then per session (24 bytes): session id u32, first held u32, last held u32, held count u32,
-// loss ppm u32, state u8, reserved[3].
+// then per run (28 bytes): session id u32, incarnation u32, first held u32, last held u32,
+// held count u32, loss ppm u32, state u8, reserved[3].
 
 /**
  * Election state of a retransmit server for one session. A source that keeps its own session
@@ -399,8 +399,14 @@ function decodeRepairedSignature(
 export const ListenState = { listening: 1, withdrawn: 2, lastResort: 3 } as const;
 export type ListenStateCode = (typeof ListenState)[keyof typeof ListenState];
 
+/** What a server holds of one run (docs/protocol.md, "ANNOUNCE"). */
 export interface AnnouncedSession {
   readonly sessionId: number;
+  /**
+   * The run the entry speaks of, not 0: what a server held of another run of the same session id
+   * (a source restarted under it) is no fact about this one (docs/protocol.md, "Session identity").
+   */
+  readonly incarnation: number;
   readonly firstHeld: number;
   readonly lastHeld: number;
   readonly heldCount: number;
@@ -415,7 +421,8 @@ export interface AnnounceBody {
   readonly sessions: readonly AnnouncedSession[];
 }
 const announceFixedBytes = 24;
-const announceSessionBytes = 24;
+/** Bytes of one run in an ANNOUNCE. */
+export const announceSessionBytes = 28;
 
 /** Encodes an ANNOUNCE. */
 export function encodeAnnounce(fields: HeaderFields, body: AnnounceBody): Buffer {
@@ -431,11 +438,12 @@ export function encodeAnnounce(fields: HeaderFields, body: AnnounceBody): Buffer
   body.sessions.forEach((session, i) => {
     const at = announceFixedBytes + i * announceSessionBytes;
     b.writeUInt32BE(session.sessionId >>> 0, at);
-    b.writeUInt32BE(session.firstHeld >>> 0, at + 4);
-    b.writeUInt32BE(session.lastHeld >>> 0, at + 8);
-    b.writeUInt32BE(session.heldCount >>> 0, at + 12);
-    b.writeUInt32BE(Math.min(1_000_000, Math.round(session.lossPpm)), at + 16);
-    b[at + 20] = session.state;
+    b.writeUInt32BE(session.incarnation >>> 0, at + 4);
+    b.writeUInt32BE(session.firstHeld >>> 0, at + 8);
+    b.writeUInt32BE(session.lastHeld >>> 0, at + 12);
+    b.writeUInt32BE(session.heldCount >>> 0, at + 16);
+    b.writeUInt32BE(Math.min(1_000_000, Math.round(session.lossPpm)), at + 20);
+    b[at + 24] = session.state;
   });
   return out;
 }
@@ -465,21 +473,26 @@ export function decodeAnnounce(buf: Buffer): DecodeResult<Control<AnnounceBody>>
   const sessions: AnnouncedSession[] = [];
   for (let i = 0; i < count; i++) {
     const at = announceFixedBytes + i * announceSessionBytes;
-    const state = body[at + 20] ?? 0;
-    const lossPpm = body.readUInt32BE(at + 16);
+    const state = body[at + 24] ?? 0;
+    const lossPpm = body.readUInt32BE(at + 20);
+    const incarnation = body.readUInt32BE(at + 4);
     const known =
       state === ListenState.listening || state === ListenState.withdrawn || state === ListenState.lastResort;
     if (!known || lossPpm > 1_000_000) {
       return invalid('bad-field', `ANNOUNCE session state ${state} or loss ${lossPpm} ppm`);
     }
-    if (body[at + 21] !== 0 || body[at + 22] !== 0 || body[at + 23] !== 0) {
+    if (incarnation === 0) {
+      return invalid('bad-field', 'ANNOUNCE session entry names no run (incarnation 0)');
+    }
+    if (body[at + 25] !== 0 || body[at + 26] !== 0 || body[at + 27] !== 0) {
       return invalid('reserved-not-zero', 'ANNOUNCE session reserved field');
     }
     sessions.push({
       sessionId: body.readUInt32BE(at),
-      firstHeld: body.readUInt32BE(at + 4),
-      lastHeld: body.readUInt32BE(at + 8),
-      heldCount: body.readUInt32BE(at + 12),
+      incarnation,
+      firstHeld: body.readUInt32BE(at + 8),
+      lastHeld: body.readUInt32BE(at + 12),
+      heldCount: body.readUInt32BE(at + 16),
       lossPpm,
       state: state as ListenStateCode,
     });
@@ -488,11 +501,14 @@ export function decodeAnnounce(buf: Buffer): DecodeResult<Control<AnnounceBody>>
 }
 
 // ---------------------------------------------------------------------------------------------
-// QUALITY: session count u16, reserved u16, then per session (24 bytes): session id u32,
-// received u32, missing u32, loss ppm u32, jitter us u32, state u8, reserved[3].
+// QUALITY: session count u16, reserved u16, then per run (28 bytes): session id u32,
+// incarnation u32, received u32, missing u32, loss ppm u32, jitter us u32, state u8, reserved[3].
 
+/** What a server measured of one run in its last period (docs/protocol.md, "QUALITY"). */
 export interface SessionQuality {
   readonly sessionId: number;
+  /** The run measured, not 0: peers compare only reports of the same run. */
+  readonly incarnation: number;
   /** DATA packets received in the measuring period. */
   readonly received: number;
   /** Sequences in the period that did not arrive. */
@@ -505,7 +521,8 @@ export interface SessionQuality {
 export interface QualityBody {
   readonly sessions: readonly SessionQuality[];
 }
-const qualitySessionBytes = 24;
+/** Bytes of one run in a QUALITY. */
+export const qualitySessionBytes = 28;
 
 /** Encodes a QUALITY report. */
 export function encodeQuality(fields: HeaderFields, body: QualityBody): Buffer {
@@ -515,11 +532,12 @@ export function encodeQuality(fields: HeaderFields, body: QualityBody): Buffer {
   body.sessions.forEach((session, i) => {
     const at = 4 + i * qualitySessionBytes;
     b.writeUInt32BE(session.sessionId >>> 0, at);
-    b.writeUInt32BE(Math.min(0xffffffff, session.received), at + 4);
-    b.writeUInt32BE(Math.min(0xffffffff, session.missing), at + 8);
-    b.writeUInt32BE(Math.min(1_000_000, Math.round(session.lossPpm)), at + 12);
-    b.writeUInt32BE(Math.min(0xffffffff, Math.round(session.jitterUs)), at + 16);
-    b[at + 20] = session.state;
+    b.writeUInt32BE(session.incarnation >>> 0, at + 4);
+    b.writeUInt32BE(Math.min(0xffffffff, session.received), at + 8);
+    b.writeUInt32BE(Math.min(0xffffffff, session.missing), at + 12);
+    b.writeUInt32BE(Math.min(1_000_000, Math.round(session.lossPpm)), at + 16);
+    b.writeUInt32BE(Math.min(0xffffffff, Math.round(session.jitterUs)), at + 20);
+    b[at + 24] = session.state;
   });
   return out;
 }
@@ -547,20 +565,25 @@ export function decodeQuality(buf: Buffer): DecodeResult<Control<QualityBody>> {
   const sessions: SessionQuality[] = [];
   for (let i = 0; i < count; i++) {
     const at = 4 + i * qualitySessionBytes;
-    const state = body[at + 20] ?? 0;
-    const lossPpm = body.readUInt32BE(at + 12);
+    const state = body[at + 24] ?? 0;
+    const lossPpm = body.readUInt32BE(at + 16);
+    const incarnation = body.readUInt32BE(at + 4);
     if ((state !== ListenState.listening && state !== ListenState.withdrawn) || lossPpm > 1_000_000) {
       return invalid('bad-field', `QUALITY session state ${state} or loss ${lossPpm} ppm`);
     }
-    if (body[at + 21] !== 0 || body[at + 22] !== 0 || body[at + 23] !== 0) {
+    if (incarnation === 0) {
+      return invalid('bad-field', 'QUALITY session entry names no run (incarnation 0)');
+    }
+    if (body[at + 25] !== 0 || body[at + 26] !== 0 || body[at + 27] !== 0) {
       return invalid('reserved-not-zero', 'QUALITY session reserved field');
     }
     sessions.push({
       sessionId: body.readUInt32BE(at),
-      received: body.readUInt32BE(at + 4),
-      missing: body.readUInt32BE(at + 8),
+      incarnation,
+      received: body.readUInt32BE(at + 8),
+      missing: body.readUInt32BE(at + 12),
       lossPpm,
-      jitterUs: body.readUInt32BE(at + 16),
+      jitterUs: body.readUInt32BE(at + 20),
       state: state as ListenStateCode,
     });
   }

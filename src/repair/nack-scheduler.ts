@@ -29,6 +29,7 @@ import type { Timer } from '../net/runtime.js';
 import type { TimerHandle } from '../net/timer-wheel.js';
 import type { SequenceRange } from '../protocol/control.js';
 import { sequenceAdd, sequenceDistance } from '../protocol/serial.js';
+import { DueQueue } from './due-queue.js';
 import type { RankedServer, ServerRanking } from './server-ranking.js';
 
 /** What the scheduler tells its owner (counters, and when the emitter should look again). */
@@ -218,7 +219,8 @@ interface NackWindow {
 export class NackScheduler {
   readonly #options: NackSchedulerOptions;
   readonly #gaps = new Map<number, Gap>();
-  readonly #due = new Set<Gap>();
+  /** Gaps due for a NACK, oldest first: a flush walks them in order without sorting them again. */
+  readonly #due = new DueQueue<Gap>((gap) => gap.sequence);
   /** Gaps whose NACK timed out: decided after the owner's sockets were read (answers may be waiting there). */
   readonly #expired = new Set<Gap>();
   readonly #windows = new Map<RankedServer, NackWindow>();
@@ -613,7 +615,6 @@ export class NackScheduler {
     const order = servers.ranked();
     const base = this.#options.base();
     const oldestFirst = (a: number, b: number) => sequenceDistance(base, a) - sequenceDistance(base, b);
-    const due = [...this.#due].sort((a, b) => oldestFirst(a.sequence, b.sequence));
     // A window measures what a live server answers in time. One not heard from lately (not alive, or
     // silent for nackTimeoutMsMax: gone, or refusing our NACKs) has none to measure: its gaps are
     // asked for at once, so that what no live server can serve moves on to another server or is
@@ -636,10 +637,9 @@ export class NackScheduler {
     const allowed = budget === undefined ? Number.POSITIVE_INFINITY : Math.floor(budget.credit(now));
     let taken = 0;
     let budgetShort = false;
-    for (const gap of due) {
+    this.#due.walk((gap) => {
       if (gap.unrecoverable || this.#gaps.get(gap.sequence) !== gap) {
-        this.#due.delete(gap);
-        continue;
+        return 'take';
       }
       let untried = order.filter((candidate) => !gap.tried.has(candidate.key));
       if (untried.length === 0 && order.length > 0) {
@@ -647,28 +647,27 @@ export class NackScheduler {
         untried = order;
       }
       if (untried.length === 0) {
-        this.#due.delete(gap);
         gap.server = undefined;
         gap.timer = schedule(nackTimeoutMsInitial, () => this.#expire(gap));
-        continue;
+        return 'take';
       }
       const server = untried.find(hasRoom);
       if (server === undefined) {
-        continue; // every server it may ask is busy with older gaps: it waits, still due
+        return 'keep'; // every server it may ask is busy with older gaps: it waits, still due
       }
       if (taken >= allowed) {
         budgetShort = true; // the rest wait for credit, still due
-        break;
+        return 'stop';
       }
       taken++;
-      this.#due.delete(gap);
       gap.server = server;
       gap.inFlight = server;
       this.#window(server).inFlight++;
       const lists = byServer.get(server) ?? { first: [], again: [] };
       (gap.nacks === 0 ? lists.first : lists.again).push(gap.sequence);
       byServer.set(server, lists);
-    }
+      return 'take';
+    });
     if (budget !== undefined) {
       budget.take(taken);
       if (budgetShort && this.#budgetWait === undefined) {

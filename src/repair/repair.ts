@@ -1005,8 +1005,8 @@ export async function startRepairServer(
   };
 
   /**
-   * An ANNOUNCE said a server holds the run's session up to `lastHeld`: how far a tail probe asks.
-   * Only a hint (an ANNOUNCE names no incarnation): what comes back is checked like any REPAIR.
+   * An ANNOUNCE said a server holds the run up to `lastHeld`: how far a tail probe asks. Only a
+   * hint within the window limits: what comes back is checked like any REPAIR.
    */
   const noteAnnouncedLast = (current: Run, lastHeld: number) => {
     const ahead = sequenceDistance(current.frontier, lastHeld);
@@ -1049,28 +1049,39 @@ export async function startRepairServer(
     }
     for (const announced of announce.sessions) {
       if (announced.state === ListenState.lastResort) {
-        noteFeedbackTarget(server, announced.sessionId);
+        noteFeedbackTarget(server, announced.sessionId, announced.incarnation);
       }
     }
-    const session = announce.sessions.find((s) => s.sessionId === run?.sessionId) ?? announce.sessions[0];
-    if (run !== undefined && session?.sessionId === run.sessionId && session.heldCount > 0) {
-      notePassed(run, announce.auth.senderId, session.lastHeld, announce.auth.counter);
-      noteAnnouncedLast(run, session.lastHeld);
+    // Only what the server says of the current run counts: what it held of another run of the
+    // same session id (a source restarted under it) proves nothing of this one, neither how far it
+    // got nor whether it listens (docs/protocol.md, "ANNOUNCE").
+    const current = run;
+    const session =
+      current === undefined
+        ? undefined
+        : announce.sessions.find((s) => isCurrent(current, s.sessionId, s.incarnation));
+    if (current === undefined || session === undefined) {
+      return;
     }
-    if (session !== undefined) {
-      server.lossPpm = session.lossPpm;
-      server.listening = session.state === ListenState.listening;
+    if (session.heldCount > 0) {
+      notePassed(current, announce.auth.senderId, session.lastHeld, announce.auth.counter);
+      noteAnnouncedLast(current, session.lastHeld);
     }
+    server.lossPpm = session.lossPpm;
+    server.listening = session.state === ListenState.listening;
   };
 
   /**
    * Sources of last resort by endpoint: the session each announced and when (bounded). They take
    * FEEDBACK on the run for their adaptive rate (docs/protocol.md, "FEEDBACK").
    */
-  const feedbackTargets = new Map<string, { server: RankedServer; sessionId: number; heardAtMs: number }>();
-  const noteFeedbackTarget = (server: RankedServer, sessionId: number) => {
+  const feedbackTargets = new Map<
+    string,
+    { server: RankedServer; sessionId: number; incarnation: number; heardAtMs: number }
+  >();
+  const noteFeedbackTarget = (server: RankedServer, sessionId: number, incarnation: number) => {
     feedbackTargets.delete(server.key);
-    feedbackTargets.set(server.key, { server, sessionId, heardAtMs: clock.nowMs() });
+    feedbackTargets.set(server.key, { server, sessionId, incarnation, heardAtMs: clock.nowMs() });
     if (feedbackTargets.size > feedbackTargetsMax) {
       feedbackTargets.delete(feedbackTargets.keys().next().value ?? '');
     }
@@ -1085,7 +1096,10 @@ export async function startRepairServer(
     const now = clock.nowMs();
     let datagram: Buffer | undefined;
     for (const target of feedbackTargets.values()) {
-      if (target.sessionId !== current.sessionId || now - target.heardAtMs > 3 * announceIntervalMsDefault) {
+      if (
+        !isCurrent(current, target.sessionId, target.incarnation) ||
+        now - target.heardAtMs > 3 * announceIntervalMsDefault
+      ) {
         continue;
       }
       datagram ??= encodeFeedback(

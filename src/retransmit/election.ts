@@ -31,6 +31,8 @@ export interface Member extends MemberQuality {
 }
 
 interface PeerReport extends MemberQuality {
+  readonly senderId: number;
+  readonly run: string;
   readonly atMs: number;
   /** Sums over every report heard: what the peer received and missed since we first heard it. */
   readonly receivedSum: number;
@@ -55,7 +57,11 @@ export class Election {
   readonly #ownId: number;
   readonly #clock: RoleClock;
   readonly #periodMs: number;
-  /** Reports by `${senderId}/${sessionId}`. */
+  /**
+   * Reports by sender id and run (`runKey`): members are compared only on the same run, so a
+   * report of a session's earlier run (a source restarted under its id) never counts for the new
+   * one (docs/protocol.md, "QUALITY").
+   */
   readonly #reports = new Map<string, PeerReport>();
 
   constructor(options: { ownId: number; clock: RoleClock; periodMs: number }) {
@@ -64,11 +70,13 @@ export class Election {
     this.#periodMs = options.periodMs;
   }
 
-  /** Records an authenticated peer's report for one session (received: DATA in its period). */
-  report(senderId: number, sessionId: number, quality: MemberQuality & { readonly received?: number }): void {
-    const key = `${senderId}/${sessionId}`;
+  /** Records an authenticated peer's report for one run (received: DATA in its period). */
+  report(senderId: number, run: string, quality: MemberQuality & { readonly received?: number }): void {
+    const key = `${senderId} ${run}`;
     const before = this.#reports.get(key);
     this.#reports.set(key, {
+      senderId,
+      run,
       lossPpm: quality.lossPpm,
       missing: quality.missing,
       state: quality.state,
@@ -78,14 +86,13 @@ export class Election {
     });
   }
 
-  /** The peers' reports of a session, fresh or not, for a status. */
-  peers(sessionId: number): PeerSummary[] {
+  /** The peers' reports of a run, fresh or not, for a status. */
+  peers(run: string): PeerSummary[] {
     const list: PeerSummary[] = [];
-    for (const [key, report] of this.#reports) {
-      const [senderId, session] = key.split('/').map(Number);
-      if (session === sessionId) {
+    for (const report of this.#reports.values()) {
+      if (report.run === run) {
         list.push({
-          id: senderId ?? 0,
+          id: report.senderId,
           lossPpm: report.lossPpm,
           state: report.state,
           received: report.receivedSum,
@@ -96,15 +103,14 @@ export class Election {
     return list;
   }
 
-  /** Members of a session's election that are fresh, with their quality; ourselves first. */
-  members(sessionId: number, own: MemberQuality): Member[] {
+  /** Members of a run's election that are fresh, with their quality; ourselves first. */
+  members(run: string, own: MemberQuality): Member[] {
     const now = this.#clock.nowMs();
     const list: Member[] = [{ id: this.#ownId, ...own }];
-    for (const [key, report] of this.#reports) {
-      const [senderId, session] = key.split('/').map(Number);
-      if (session === sessionId && now - report.atMs <= this.#periodMs * 3) {
+    for (const report of this.#reports.values()) {
+      if (report.run === run && now - report.atMs <= this.#periodMs * 3) {
         list.push({
-          id: senderId ?? 0,
+          id: report.senderId,
           lossPpm: report.lossPpm,
           missing: report.missing,
           state: report.state,
@@ -115,13 +121,13 @@ export class Election {
   }
 
   /**
-   * One round for a session. A listening server withdraws when its loss is above lossMax while
+   * One round for a run (`runKey`). A listening server withdraws when its loss is above lossMax while
    * another listens, or when it is not among the best bestCount listening members (ranked by loss,
    * then by how many packets they missed, then by id); a withdrawn one comes back when fewer than
    * bestCount others listen.
    */
-  decide(sessionId: number, own: MemberQuality, settings: ElectionSettings): ElectionDecision {
-    const all = this.members(sessionId, own);
+  decide(run: string, own: MemberQuality, settings: ElectionSettings): ElectionDecision {
+    const all = this.members(run, own);
     const othersListening = all.filter((m) => m.id !== this.#ownId && m.state === ListenState.listening);
     if (own.state === ListenState.listening) {
       const ranked = all.filter((m) => m.state === ListenState.listening).sort(compareMembers);

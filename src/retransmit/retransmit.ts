@@ -5,7 +5,7 @@
  * announces what it holds.
  */
 import type { KeyObject } from 'node:crypto';
-import { ControlChannel, type ControlKey, sameEndpoint } from '../crypto/control-auth.js';
+import { ControlChannel, type ControlKey } from '../crypto/control-auth.js';
 import { createSignedSessionGate, type SignedSessionStats } from '../crypto/signed-session.js';
 import {
   announceIntervalMsDefault,
@@ -32,14 +32,16 @@ import {
   type SessionQuality,
   SetupAction,
 } from '../protocol/control.js';
-import { decodeData, decodeEnd, headerBytes, offsetType, PacketType } from '../protocol/packet.js';
+import { headerBytes, offsetType, PacketType } from '../protocol/packet.js';
 import { sequenceAdd } from '../protocol/serial.js';
 import { runKey } from '../protocol/session-window.js';
 import { authTrailerBytes, repairFixedBytes } from '../protocol/sizes.js';
 import { Announcer } from './announcer.js';
 import { Election, type ElectionSettings } from './election.js';
+import { GroupRuns } from './group-runs.js';
+import { PeerBook } from './peer-book.js';
 import { type PeerFetchCounters, PeerFetcher } from './peer-fetch.js';
-import { type PeriodQuality, SessionBuffer } from './session-buffer.js';
+import type { PeriodQuality, SessionBuffer } from './session-buffer.js';
 
 /** A group to join. */
 export interface JoinSpec {
@@ -133,10 +135,8 @@ export interface RetransmitStatus {
 interface Joined {
   readonly spec: JoinSpec;
   socket: ReceiverSocket | undefined;
-  /** One buffer per run (session id and incarnation) heard on the group, at most retransmitRunsPerGroupMax. */
-  readonly runs: Map<string, SessionBuffer>;
-  /** The run written most recently: the one announced and measured. */
-  buffer: SessionBuffer | undefined;
+  /** One buffer per run (session id and incarnation) heard on the group; the current one is announced. */
+  readonly runs: GroupRuns;
   state: ListenStateCode;
   lastQuality: PeriodQuality;
   /** The meter since the server joined (docs/architecture.md, "Quality meter"). */
@@ -155,12 +155,11 @@ const emptyFetchCounters: PeerFetchCounters = {
 };
 
 /** A Joined entry before its first packet. */
-function newJoined(spec: JoinSpec): Joined {
+function newJoined(spec: JoinSpec, runs: GroupRuns): Joined {
   return {
     spec,
     socket: undefined,
-    runs: new Map(),
-    buffer: undefined,
+    runs,
     state: ListenState.listening,
     lastQuality: { received: 0, missing: 0, lossPpm: 0, jitterUs: 0 },
     totals: { received: 0, missing: 0, kernelDrops: undefined },
@@ -249,35 +248,15 @@ export async function startRetransmitServer(
     signatureFor: gate === undefined ? undefined : (original) => gate.signatureFor(original),
     drop,
   });
-  /** Peers heard in authenticated QUALITY or ANNOUNCE (endpoint key → when), most recent last. */
-  const learnedPeers = new Map<string, { endpoint: PeerEndpoint; atMs: number }>();
-  const learnPeer = (endpoint: PeerEndpoint) => {
-    const key = `${endpoint.address}/${endpoint.port}`;
-    learnedPeers.delete(key);
-    learnedPeers.set(key, {
-      endpoint: { address: endpoint.address, port: endpoint.port },
-      atMs: clock.nowMs(),
-    });
-    while (learnedPeers.size > retransmitPeersLearnedMax) {
-      const oldest = learnedPeers.keys().next().value;
-      if (oldest === undefined) {
-        break;
-      }
-      learnedPeers.delete(oldest);
-    }
-  };
-  /** Peers to fetch from: configured ones first, then those heard lately (most recent first), never ourselves. */
-  const fetchPeers = (): PeerEndpoint[] => {
-    const now = clock.nowMs();
-    const own = [control.local, ownAddress()];
-    const list: PeerEndpoint[] = [...settings.peers];
-    for (const { endpoint, atMs } of [...learnedPeers.values()].reverse()) {
-      if (now - atMs <= periodMs * 3 && !list.some((known) => sameEndpoint(known, endpoint))) {
-        list.push(endpoint);
-      }
-    }
-    return list.filter((peer) => !own.some((self) => sameEndpoint(self, peer)));
-  };
+  /** Peers for peer fetch: configured, and announced lately (docs/protocol.md, "Peer fetch"). */
+  const peerBook = new PeerBook({
+    clock,
+    configured: settings.peers,
+    learnedMax: retransmitPeersLearnedMax,
+    freshMs: periodMs * 3,
+    own: () => [control.local, ownAddress()],
+  });
+  const fetchPeers = () => peerBook.peers();
   const fetcher =
     settings.peerFetch === false
       ? undefined
@@ -325,9 +304,8 @@ export async function startRetransmitServer(
 
   /** The buffer of one run: a NACK is answered only from the run it names. */
   const bufferFor = (sessionId: number, incarnation: number): SessionBuffer | undefined => {
-    const key = runKey(sessionId, incarnation);
     for (const entry of joined) {
-      const buffer = entry.runs.get(key);
+      const buffer = entry.runs.get(sessionId, incarnation);
       if (buffer !== undefined) {
         return buffer;
       }
@@ -335,76 +313,19 @@ export async function startRetransmitServer(
     return undefined;
   };
 
-  /** The buffer for a run heard on a group; a new run evicts the run written least recently. */
-  const runBuffer = (entry: Joined, sessionId: number, incarnation: number): SessionBuffer => {
-    const key = runKey(sessionId, incarnation);
-    let buffer = entry.runs.get(key);
-    if (buffer === undefined) {
-      if (entry.runs.size >= retransmitRunsPerGroupMax) {
-        let idlest: [string, SessionBuffer] | undefined;
-        for (const candidate of entry.runs) {
-          if (idlest === undefined || candidate[1].lastAddedMs < idlest[1].lastAddedMs) {
-            idlest = candidate;
-          }
-        }
-        if (idlest !== undefined) {
-          entry.runs.delete(idlest[0]);
-          if (entry.buffer === idlest[1]) {
-            entry.buffer = undefined;
-          }
-          drop('run-evicted');
-        }
-      }
-      buffer = new SessionBuffer(sessionId, incarnation, {
-        bytesMax: settings.bufferBytesMax,
-        ageMs: settings.bufferAgeMs,
-      });
-      entry.runs.set(key, buffer);
-    }
-    return buffer;
-  };
+  /** A group's runs, bounded (docs/protocol.md, "Session identity"). */
+  const groupRuns = () =>
+    new GroupRuns({
+      clock,
+      bounds: { bytesMax: settings.bufferBytesMax, ageMs: settings.bufferAgeMs },
+      runsMax: retransmitRunsPerGroupMax,
+      drop,
+    });
 
   const onData = (entry: Joined) => (datagram: Buffer) => {
-    if (datagram[offsetType] === PacketType.end) {
-      keepEnd(entry, datagram);
-      return;
+    if (entry.runs.take(datagram)) {
+      packetsIn++;
     }
-    if (datagram[offsetType] !== PacketType.data) {
-      return;
-    }
-    const decoded = decodeData(datagram);
-    if (!decoded.ok) {
-      drop(`data-${decoded.reason}`);
-      return;
-    }
-    packetsIn++;
-    const packet = decoded.value;
-    // The run of the last packet, most often: its key (a string) is built only when the run changes.
-    const last = entry.buffer;
-    const buffer =
-      last !== undefined && last.sessionId === packet.sessionId && last.incarnation === packet.incarnation
-        ? last
-        : runBuffer(entry, packet.sessionId, packet.incarnation);
-    buffer.add(packet.sequence, datagram, packet.timestampUs, clock.nowMs(), clock.wallUs());
-    entry.buffer = buffer;
-  };
-
-  /**
-   * An END on S1: kept in its run's buffer under its sequence, served like a packet to a repair
-   * server that lost it (docs/protocol.md, "REPAIR"). Only for a run whose DATA we buffer.
-   */
-  const keepEnd = (entry: Joined, datagram: Buffer) => {
-    const end = decodeEnd(datagram);
-    if (!end.ok) {
-      drop(`end-${end.reason}`);
-      return;
-    }
-    const buffer = entry.runs.get(runKey(end.value.sessionId, end.value.incarnation));
-    if (buffer === undefined) {
-      drop('end-unknown-run'); // no state is made for a run we never heard DATA of
-      return;
-    }
-    buffer.keepEnd(end.value.sequence, datagram, clock.nowMs());
   };
 
   const join = async (entry: Joined) => {
@@ -446,9 +367,11 @@ export async function startRetransmitServer(
   };
 
   /**
-   * Sequences a repair server's NACK names that we do not hold, of a run we buffer: what a peer
-   * may fill. None for a peer's own fetch (never forwarded), a NACK that does not name us yet, or
-   * a run we never heard (no state is made for it).
+   * Sequences a repair server's NACK names that we do not hold, of a run we buffer, at or below
+   * what the run is known to have reached: what a peer may fill. None for a peer's own fetch
+   * (never forwarded), a NACK that does not name us yet, or a run we never heard (no state is
+   * made for it); nor a sequence the run may not have sent yet (a tail probe of a paused ticker),
+   * which no peer can hold.
    */
   const missedOf = (nack: Control<NackBody>): number[] => {
     const buffer = bufferFor(nack.sessionId, nack.incarnation);
@@ -459,7 +382,7 @@ export async function startRetransmitServer(
     for (const range of nack.ranges) {
       for (let i = 0; i < range.count; i++) {
         const sequence = sequenceAdd(range.start, i);
-        if (buffer.get(sequence) === undefined) {
+        if (buffer.get(sequence) === undefined && buffer.reached(sequence)) {
           missed.push(sequence);
         }
       }
@@ -506,7 +429,7 @@ export async function startRetransmitServer(
       fetcher?.onIntroduction(remote); // it did not know our id; now it does
       return;
     }
-    learnPeer({ address: announce.address, port: announce.port });
+    peerBook.learn({ address: announce.address, port: announce.port });
   };
 
   const onControl = (datagram: Buffer, remote: { address: string; port: number }) => {
@@ -516,14 +439,18 @@ export async function startRetransmitServer(
         return;
       case PacketType.quality: {
         const quality = channel.accept(datagram, remote, decodeQuality, 'quality', drop);
-        if (quality !== undefined && learnedPeers.has(`${remote.address}/${remote.port}`)) {
+        if (quality !== undefined) {
           // Refreshes a peer learned from its ANNOUNCE (the address sealed in it), never adds one:
           // a QUALITY's source address is not sealed, and a captured copy replayed from a victim's
           // address must not make us send fetches there (test/sim/found.md #6).
-          learnPeer(remote);
+          peerBook.refresh(remote);
         }
         for (const session of quality?.sessions ?? []) {
-          election.report(quality?.auth.senderId ?? 0, session.sessionId, session);
+          election.report(
+            quality?.auth.senderId ?? 0,
+            runKey(session.sessionId, session.incarnation),
+            session,
+          );
         }
         return;
       }
@@ -560,10 +487,13 @@ export async function startRetransmitServer(
         return;
       }
       const family = setup.group.includes(':') ? 6 : 4;
-      const entry = newJoined({
-        group: { address: setup.group, port: setup.port, family },
-        source: setup.source,
-      });
+      const entry = newJoined(
+        {
+          group: { address: setup.group, port: setup.port, family },
+          source: setup.source,
+        },
+        groupRuns(),
+      );
       joined.push(entry);
       await join(entry).catch(() => drop('setup-join-failed'));
     }
@@ -579,15 +509,15 @@ export async function startRetransmitServer(
       ? undefined
       : await transport.openSender({ group: settings.announceGroup, iface: settings.iface });
   for (const spec of settings.joins) {
-    const entry = newJoined(spec);
+    const entry = newJoined(spec, groupRuns());
     joined.push(entry);
     await join(entry);
   }
 
   /** One election round for a session (docs/architecture.md, "Election"). */
   const elect = async (entry: Joined) => {
-    const sessionId = entry.buffer?.sessionId;
-    if (settings.election === undefined || sessionId === undefined) {
+    const buffer = entry.runs.current;
+    if (settings.election === undefined || buffer === undefined) {
       return;
     }
     const own = {
@@ -595,7 +525,7 @@ export async function startRetransmitServer(
       missing: entry.lastQuality.missing,
       state: entry.state,
     };
-    const decision = election.decide(sessionId, own, settings.election);
+    const decision = election.decide(runKey(buffer.sessionId, buffer.incarnation), own, settings.election);
     if (decision === 'withdraw') {
       entry.state = ListenState.withdrawn;
       electionChanges++;
@@ -613,13 +543,8 @@ export async function startRetransmitServer(
     const qualities: SessionQuality[] = [];
     const now = clock.nowMs();
     for (const entry of joined) {
-      for (const [key, run] of entry.runs) {
-        run.evict(now);
-        if (run !== entry.buffer && run.heldCount === 0) {
-          entry.runs.delete(key); // an old run whose packets have all aged out
-        }
-      }
-      const buffer = entry.buffer;
+      entry.runs.sweep(now); // an old run whose packets have all aged out is forgotten
+      const buffer = entry.runs.current;
       if (buffer === undefined) {
         continue;
       }
@@ -630,6 +555,7 @@ export async function startRetransmitServer(
       const range = buffer.range;
       announced.push({
         sessionId: buffer.sessionId,
+        incarnation: buffer.incarnation,
         firstHeld: range?.first ?? 0,
         lastHeld: range?.last ?? 0,
         heldCount: buffer.heldCount,
@@ -638,6 +564,7 @@ export async function startRetransmitServer(
       });
       qualities.push({
         sessionId: buffer.sessionId,
+        incarnation: buffer.incarnation,
         received: Math.min(entry.lastQuality.received, 0xffff_ffff),
         missing: Math.min(entry.lastQuality.missing, 0xffff_ffff),
         lossPpm: entry.lastQuality.lossPpm,
@@ -674,34 +601,43 @@ export async function startRetransmitServer(
     bytesSent: control.bytesSent,
     dropped: { ...dropped },
     ...(gate === undefined ? {} : { signed: { ...gate.stats, forged: { ...gate.stats.forged } } }),
-    sessions: joined.map((entry) => ({
-      group: formatEndpoint(entry.spec.group),
-      sessionId: entry.buffer?.sessionId,
-      state: entry.state === ListenState.listening ? 'listening' : 'withdrawn',
-      heldPackets: entry.buffer?.heldCount ?? 0,
-      bufferBytes: entry.buffer?.bytes ?? 0,
-      evicted: entry.buffer?.evictedCount ?? 0,
-      lossPercent: entry.lastQuality.lossPpm / 10_000,
-      jitterUs: Math.round(entry.lastQuality.jitterUs),
-      receivedPackets: entry.totals.received,
-      missingPackets: entry.totals.missing,
-      kernelDrops: entry.totals.kernelDrops,
-      fetchedPackets: entry.buffer?.filledCount ?? 0,
-      peers:
-        entry.buffer === undefined
-          ? []
-          : election.peers(entry.buffer.sessionId).map((peer) => ({
-              id: peer.id,
-              lossPercent: peer.lossPpm / 10_000,
-              received: peer.received,
-              missing: peer.missing,
-              state: peer.state === ListenState.listening ? 'listening' : 'withdrawn',
-            })),
-      members:
-        entry.buffer === undefined
-          ? 1
-          : election.members(entry.buffer.sessionId, { lossPpm: 0, missing: 0, state: entry.state }).length,
-    })),
+    sessions: joined.map((entry) => statusOf(entry, entry.runs.current)),
+  });
+
+  const statusOf = (
+    entry: Joined,
+    buffer: SessionBuffer | undefined,
+  ): RetransmitStatus['sessions'][number] => ({
+    group: formatEndpoint(entry.spec.group),
+    sessionId: buffer?.sessionId,
+    state: entry.state === ListenState.listening ? 'listening' : 'withdrawn',
+    heldPackets: buffer?.heldCount ?? 0,
+    bufferBytes: buffer?.bytes ?? 0,
+    evicted: buffer?.evictedCount ?? 0,
+    lossPercent: entry.lastQuality.lossPpm / 10_000,
+    jitterUs: Math.round(entry.lastQuality.jitterUs),
+    receivedPackets: entry.totals.received,
+    missingPackets: entry.totals.missing,
+    kernelDrops: entry.totals.kernelDrops,
+    fetchedPackets: buffer?.filledCount ?? 0,
+    peers:
+      buffer === undefined
+        ? []
+        : election.peers(runKey(buffer.sessionId, buffer.incarnation)).map((peer) => ({
+            id: peer.id,
+            lossPercent: peer.lossPpm / 10_000,
+            received: peer.received,
+            missing: peer.missing,
+            state: peer.state === ListenState.listening ? 'listening' : 'withdrawn',
+          })),
+    members:
+      buffer === undefined
+        ? 1
+        : election.members(runKey(buffer.sessionId, buffer.incarnation), {
+            lossPpm: 0,
+            missing: 0,
+            state: entry.state,
+          }).length,
   });
 
   let closed: Promise<void> | undefined;

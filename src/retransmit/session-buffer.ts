@@ -43,6 +43,12 @@ export class SessionBuffer {
   #highest: number | undefined;
   /** Where the END kept (keepEnd) is, if one is. */
   #endSequence: number | undefined;
+  /**
+   * The next sequence a HEARTBEAT or END of the run claimed, at most progressAheadPacketsMax past
+   * the newest DATA heard (a claim further ahead is not believed): how far the run has reached
+   * beyond what this server heard itself.
+   */
+  #claimedNext: number | undefined;
   #periodReceived = 0;
   #periodMissing = 0;
   #jitterUs = 0;
@@ -201,6 +207,40 @@ export class SessionBuffer {
     this.#periodReceived = 0;
     this.#periodMissing = 0;
     return quality;
+  }
+
+  /**
+   * A HEARTBEAT or END of the run said its next sequence is `next`: the packets before it exist.
+   * Believed only within progressAheadPacketsMax of the newest DATA heard (docs/protocol.md,
+   * "Windows: what one packet may move").
+   */
+  noteProgress(next: number): void {
+    if (this.#highest === undefined) {
+      return;
+    }
+    const ahead = sequenceDistance(this.#highest, next);
+    if (ahead <= 0 || ahead > progressAheadPacketsMax + 1) {
+      return;
+    }
+    if (this.#claimedNext === undefined || sequenceDistance(this.#claimedNext, next) > 0) {
+      this.#claimedNext = next;
+    }
+  }
+
+  /**
+   * Whether the run is known to have reached `sequence`: a DATA at or after it was heard, or a
+   * HEARTBEAT or END (within bounds) put the run's next sequence after it. A sequence beyond that
+   * may not exist yet (a paused live source): no peer can hold it, so none is asked for it
+   * (docs/protocol.md, "Peer fetch").
+   */
+  reached(sequence: number): boolean {
+    if (this.#highest === undefined) {
+      return false;
+    }
+    if (sequenceDistance(sequence, this.#highest) >= 0) {
+      return true;
+    }
+    return this.#claimedNext !== undefined && sequenceDistance(sequence, this.#claimedNext) > 0;
   }
 
   /** Next sequence after the newest held, for diagnostics. */

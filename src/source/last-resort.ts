@@ -167,6 +167,7 @@ export async function startLastResort(
       sessions: [
         {
           sessionId: run.sessionId,
+          incarnation: run.incarnation,
           firstHeld: first ?? 0,
           lastHeld: last ?? 0,
           heldCount: held.size,

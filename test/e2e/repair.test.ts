@@ -5,7 +5,6 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import {
-  burstLoss,
   createTestbed,
   fourRepairHosts,
   type HostProcess,
@@ -58,6 +57,10 @@ describe('repair service on the namespace test bed', testbedSkip(['socat']), () 
     killFirst?: boolean;
     /** How long the receiver of S2 waits (seconds); repairing a heavy burst takes longer. */
     timeoutSeconds?: number;
+    /** More arguments for send (e.g. --first-sequence, so that loss can be set by sequence). */
+    sendArgs?: string[];
+    /** Injects the loss before the source starts (rules by sequence), not while it sends. */
+    loseBeforeSend?: boolean;
   }) {
     port += 10;
     const s1 = `239.30.0.1:${port}`;
@@ -110,12 +113,17 @@ describe('repair service on the namespace test bed', testbedSkip(['socat']), () 
     ]);
     await agent.waitFor(/joined on eth0: delivering/);
     await sleep(300);
-    const sender = sendFrom(bed, s1, ['--file', file, '--rate', '60M']);
+    if (options.loseBeforeSend === true) {
+      await options.lose(port);
+    }
+    const sender = sendFrom(bed, s1, ['--file', file, '--rate', '60M', ...(options.sendArgs ?? [])]);
     if (options.killFirst) {
       await sleep(600);
       (retransmits[0] as HostProcess).child.kill('SIGKILL');
     }
-    await options.lose(port);
+    if (options.loseBeforeSend !== true) {
+      await options.lose(port);
+    }
     const sent = await sender.finished;
     assert.equal(sent.code, 0, sent.stderr);
     const received = await receiver.finished;
@@ -192,15 +200,26 @@ describe('repair service on the namespace test bed', testbedSkip(['socat']), () 
     });
   }
 
-  it('burst loss (a drop rule switched on and off): whole', async () => {
+  it('burst loss (eight stretches of the session dropped on S1): whole', async () => {
+    // Bursts by sequence, not by time: a drop rule switched on and off on a timer dropped nothing
+    // on a loaded host (the source could finish before the first switch), or half the session.
+    const bursts = Array.from({ length: 8 }, (_, i) => [1000 + i * 1500, 1000 + i * 1500 + 20 * (i + 1) - 1]);
     const result = await transfer({
-      lose: (s1Port) => burstLoss(bed, 'rep', String(s1Port), { onMs: 15, offMs: 120, count: 8 }),
-      // Each switch of the drop rule is an nft command: the bursts can cover half the session,
-      // whose thousands of gaps the repair server fetches back in more than 20 s.
+      lose: async (s1Port) => {
+        for (const [first, last] of bursts) {
+          bed.control('drop', 'rep', 'on', `${s1Port}/data/${first}-${last}`);
+        }
+      },
+      sendArgs: ['--first-sequence', '0'],
+      loseBeforeSend: true,
       timeoutSeconds: 60,
     });
     check(result);
-    assert.ok(result.dropped >= 40, `bursts dropped only ${result.dropped}`);
+    assert.equal(
+      result.dropped,
+      bursts.reduce((sum, [first = 0, last = 0]) => sum + last - first + 1, 0),
+      'nftables dropped every packet of the eight bursts',
+    );
   });
 
   it('the preferred retransmit server is killed mid-session: still whole', async () => {

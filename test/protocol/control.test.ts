@@ -1,7 +1,9 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
+import { announceSessionsMax } from '../../src/limits.js';
 import { addToAddress, readAddress, writeAddress } from '../../src/protocol/address.js';
 import {
+  announceSessionBytes,
   authOffsetCounter,
   authOffsetKeyId,
   authOffsetSenderId,
@@ -24,9 +26,16 @@ import {
   encodeSetup,
   feedbackBodyBytes,
   ListenState,
+  qualitySessionBytes,
   SetupAction,
 } from '../../src/protocol/control.js';
-import { encodeData, encodeProgress, headerBytes, PacketType } from '../../src/protocol/packet.js';
+import {
+  encodeData,
+  encodeProgress,
+  headerBytes,
+  offsetBodyLength,
+  PacketType,
+} from '../../src/protocol/packet.js';
 import { encodeControlSignatureUnsigned, encodeManifestUnsigned } from '../../src/protocol/restricted.js';
 
 const fields = { sessionId: 42, incarnation: 5, sequence: 0, timestampUs: 1_700_000_000_000_000 };
@@ -331,6 +340,7 @@ describe('ANNOUNCE, QUALITY, SETUP', () => {
   it('round-trip', () => {
     const session = {
       sessionId: 1,
+      incarnation: 0xfeedbeef,
       firstHeld: 0xfffffff0,
       lastHeld: 5,
       heldCount: 22,
@@ -345,6 +355,7 @@ describe('ANNOUNCE, QUALITY, SETUP', () => {
     assert.deepEqual(announce.value.sessions, [session]);
     const quality = {
       sessionId: 1,
+      incarnation: 0xfeedbeef,
       received: 1000,
       missing: 3,
       lossPpm: 2991,
@@ -384,10 +395,18 @@ describe('ANNOUNCE, QUALITY, SETUP', () => {
       address: '10.0.0.1',
       port: 7000,
       sessions: [
-        { sessionId: 1, firstHeld: 0, lastHeld: 0, heldCount: 0, lossPpm: 0, state: ListenState.listening },
+        {
+          sessionId: 1,
+          incarnation: 2,
+          firstHeld: 0,
+          lastHeld: 0,
+          heldCount: 0,
+          lossPpm: 0,
+          state: ListenState.listening,
+        },
       ],
     });
-    announce[headerBytes + 24 + 20] = 9;
+    announce[headerBytes + 24 + 24] = 9;
     assert.equal(decodeAnnounce(announce).ok, false);
     const setup = encodeSetup(fields, {
       action: SetupAction.leave,
@@ -425,6 +444,114 @@ describe('ANNOUNCE, QUALITY, SETUP', () => {
     assert.equal(decodeQuality(longer).ok, false);
   });
 });
+
+describe('ANNOUNCE and QUALITY name the run of every entry', () => {
+  const announced = (i: number) => ({
+    sessionId: 42,
+    incarnation: 1000 + i,
+    firstHeld: i,
+    lastHeld: 100 + i,
+    heldCount: 101,
+    lossPpm: i,
+    state: ListenState.listening,
+  });
+  const measured = (i: number) => ({
+    sessionId: 42,
+    incarnation: 1000 + i,
+    received: 10 + i,
+    missing: i,
+    lossPpm: i,
+    jitterUs: i,
+    state: ListenState.listening,
+  });
+  const body = (count: number) => ({
+    address: '10.0.0.1',
+    port: 7000,
+    sessions: Array.from({ length: count }, (_, i) => announced(i)),
+  });
+
+  it('a 28-byte entry per run: session id, then incarnation, then the held range, at fixed offsets', () => {
+    assert.equal(announceSessionBytes, 28);
+    assert.equal(qualitySessionBytes, 28);
+    const packet = encodeAnnounce(fields, body(1));
+    const at = headerBytes + 24;
+    assert.equal(packet.readUInt32BE(at), 42);
+    assert.equal(packet.readUInt32BE(at + 4), 1000);
+    assert.equal(packet.readUInt32BE(at + 12), 100);
+    const quality = encodeQuality(fields, { sessions: [measured(0)] });
+    assert.equal(quality.readUInt32BE(headerBytes + 4 + 4), 1000);
+  });
+
+  it('two runs of one session id decode apart, each with its own last held', () => {
+    const decoded = decodeAnnounce(encodeAnnounce(fields, body(2)));
+    assert.ok(decoded.ok);
+    assert.deepEqual(
+      decoded.value.sessions.map((s) => [s.sessionId, s.incarnation, s.lastHeld]),
+      [
+        [42, 1000, 100],
+        [42, 1001, 101],
+      ],
+    );
+  });
+
+  it('an entry naming no run (incarnation 0) is refused', () => {
+    const announce = encodeAnnounce(fields, { ...body(1), sessions: [{ ...announced(0), incarnation: 0 }] });
+    const result = decodeAnnounce(announce);
+    assert.equal(!result.ok && result.reason, 'bad-field');
+    const quality = decodeQuality(encodeQuality(fields, { sessions: [{ ...measured(0), incarnation: 0 }] }));
+    assert.equal(!quality.ok && quality.reason, 'bad-field');
+  });
+
+  it('every length: 0 to 64 entries decode; one byte more or less, or 65 entries, is refused', () => {
+    for (let count = 0; count <= announceSessionsMax; count++) {
+      const announce = encodeAnnounce(fields, body(count));
+      assert.equal(announce.length, headerBytes + 24 + count * 28 + authTrailerBytes);
+      const decoded = decodeAnnounce(announce);
+      assert.ok(decoded.ok, `ANNOUNCE of ${count}`);
+      assert.equal(decoded.value.sessions.length, count);
+      const quality = encodeQuality(fields, {
+        sessions: Array.from({ length: count }, (_, i) => measured(i)),
+      });
+      assert.equal(quality.length, headerBytes + 4 + count * 28 + authTrailerBytes);
+      assert.equal(decodeQuality(quality).ok, true, `QUALITY of ${count}`);
+      for (const decode of [decodeAnnounce, decodeQuality] as const) {
+        const packet = decode === decodeAnnounce ? announce : quality;
+        for (const delta of [-1, 1, -28, 28]) {
+          const resized = resize(packet, delta);
+          if (resized === undefined) {
+            continue;
+          }
+          assert.equal(decode(resized).ok, false, `${count} entries, ${delta} bytes`);
+        }
+      }
+    }
+    const tooMany = encodeAnnounce(fields, body(announceSessionsMax + 1));
+    const result = decodeAnnounce(tooMany);
+    assert.equal(!result.ok && result.reason, 'bad-field');
+    const tooManyQuality = encodeQuality(fields, {
+      sessions: Array.from({ length: announceSessionsMax + 1 }, (_, i) => measured(i)),
+    });
+    assert.equal(decodeQuality(tooManyQuality).ok, false);
+  });
+});
+
+/**
+ * The packet with its body (before the trailer) grown or cut by `delta` bytes and the header's
+ * body length matching, so only the count-against-length check can refuse it.
+ */
+function resize(packet: Buffer, delta: number): Buffer | undefined {
+  const bodyEnd = packet.length - authTrailerBytes;
+  if (bodyEnd + delta < headerBytes) {
+    return undefined;
+  }
+  const body =
+    delta < 0
+      ? packet.subarray(0, bodyEnd + delta)
+      : Buffer.concat([packet.subarray(0, bodyEnd), Buffer.alloc(delta)]);
+  const out = Buffer.concat([body, packet.subarray(bodyEnd)]);
+  out.writeUInt16BE(out.length - headerBytes, offsetBodyLength);
+  return out;
+}
 
 describe('FEEDBACK', () => {
   const report = {

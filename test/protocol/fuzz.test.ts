@@ -63,12 +63,28 @@ function seeds(): Buffer[] {
       address: 'fd00::1',
       port: 7000,
       sessions: [
-        { sessionId: 1, firstHeld: 1, lastHeld: 2, heldCount: 2, lossPpm: 3, state: ListenState.listening },
+        {
+          sessionId: 1,
+          incarnation: 7,
+          firstHeld: 1,
+          lastHeld: 2,
+          heldCount: 2,
+          lossPpm: 3,
+          state: ListenState.listening,
+        },
       ],
     }),
     encodeQuality(fields, {
       sessions: [
-        { sessionId: 1, received: 1, missing: 0, lossPpm: 0, jitterUs: 5, state: ListenState.withdrawn },
+        {
+          sessionId: 1,
+          incarnation: 7,
+          received: 1,
+          missing: 0,
+          lossPpm: 0,
+          jitterUs: 5,
+          state: ListenState.withdrawn,
+        },
       ],
     }),
     encodeSetup(fields, {

@@ -5,13 +5,21 @@
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
+import { createSocket } from 'node:dgram';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { after, describe, it } from 'node:test';
-import { controlKey } from '../../src/crypto/control-auth.js';
+import { ControlChannel, controlKey } from '../../src/crypto/control-auth.js';
 import { parseGroup } from '../../src/net/address.js';
+import {
+  decodeNack,
+  encodeAnnounce,
+  encodeRepair,
+  encodeRepairNotHeld,
+  ListenState,
+} from '../../src/protocol/control.js';
 import { SessionKind } from '../../src/protocol/packet.js';
 import { createReceiver } from '../../src/receiver/receiver.js';
 import { lossyS1Socket, type RepairServer, startRepairServer } from '../../src/repair/repair.js';
@@ -220,6 +228,116 @@ describe('one forged packet cannot stop a live repaired stream', () => {
       assert.ok(status.claimsTooFar >= 1);
     } finally {
       await t.close();
+    }
+  });
+});
+
+/**
+ * A retransmit server on a loopback socket that this test drives by hand: it says it held a
+ * session's *earlier* run up to sequence 50 (a true ANNOUNCE entry, of another incarnation), then
+ * answers "not held" for the new run's packet 5 a dozen times, as a slow server that has not read
+ * it yet would, and only then serves it.
+ */
+async function slowServer(run: { sessionId: number; incarnation: number }, held: Map<number, Buffer>) {
+  const socket = createSocket('udp4');
+  await new Promise<void>((resolve) => socket.bind(0, '127.0.0.1', resolve));
+  const at = { address: '127.0.0.1', port: socket.address().port };
+  const channel = new ControlChannel([key], { self: () => [at] });
+  const slowAnswers = 12;
+  let notHeldSent = 0;
+  let announced = false;
+  const send = (datagram: Buffer, to: { address: string; port: number }) =>
+    socket.send(datagram, to.port, to.address);
+  socket.on('message', (message, rinfo) => {
+    const remote = { address: rinfo.address, port: rinfo.port };
+    const nack = channel.accept(message, remote, decodeNack, 'nack', () => undefined);
+    if (nack === undefined) {
+      return;
+    }
+    if (nack.auth.targetId === 0) {
+      send(channel.introduction(nack), remote);
+      return;
+    }
+    const fields = (sequence: number) => ({ ...run, sequence, timestampUs: Date.now() * 1000 });
+    for (const range of nack.ranges) {
+      for (let i = 0; i < range.count; i++) {
+        const sequence = range.start + i;
+        const original = held.get(sequence);
+        if (sequence === 5 && notHeldSent < slowAnswers) {
+          if (!announced) {
+            // The earlier run of session 42 went past 50: true of that run, nothing of this one.
+            const earlier = {
+              sessionId: run.sessionId,
+              incarnation: run.incarnation ^ 0xffff,
+              firstHeld: 0,
+              lastHeld: 50,
+              heldCount: 51,
+              lossPpm: 0,
+              state: ListenState.listening,
+            };
+            const body = { ...at, sessions: [earlier] };
+            send(channel.seal(encodeAnnounce(fields(0), body), remote), remote);
+            announced = true;
+          }
+          notHeldSent++;
+          send(channel.sealReply(encodeRepairNotHeld(fields(5), 1), nack), remote);
+        } else if (original !== undefined) {
+          send(channel.sealReply(encodeRepair(fields(sequence), original), nack), remote);
+        } else {
+          send(channel.sealReply(encodeRepairNotHeld(fields(sequence), 1), nack), remote);
+        }
+      }
+    }
+  });
+  return {
+    at: { ...at, family: 4 as const },
+    notHeldSent: () => notHeldSent,
+    close: () => new Promise<void>((resolve) => socket.close(() => resolve())),
+  };
+}
+
+describe('an ANNOUNCE speaks of one run', () => {
+  it('a stale ANNOUNCE of the earlier run under the same session id does not make a slow server\'s "not held" final: packet 5 of the new run arrives whole', async () => {
+    const run = { sessionId: 42, incarnation: 0x4242 };
+    const payload = randomBytes(20 * 100);
+    const packets = new Map<number, Buffer>();
+    for (let s = 0; s < 20; s++) {
+      packets.set(s, data(run, s, payload.subarray(s * 100, (s + 1) * 100)));
+    }
+    const server = await slowServer(run, packets);
+    const s1 = parseGroup(`239.255.72.1:${freshPort()}`, 's1');
+    const s2 = parseGroup(`239.255.72.2:${freshPort()}`, 's2');
+    let repair: RepairServer | undefined;
+    let out: Awaited<ReturnType<typeof crafter>> | undefined;
+    try {
+      repair = await startRepairServer(
+        {
+          group: s1,
+          iface: loopbackIface,
+          listen,
+          keys: [key],
+          retransmit: [server.at],
+          emit: s2,
+          latencyMs: undefined, // reliable: a packet is given up only when no live server can serve it
+        },
+        { openS1Socket: lossyS1Socket((sequence) => sequence === 5) },
+      );
+      out = await crafter(s1);
+      const rx = receiverOf(s2, 30_000);
+      await rx.ready;
+      out.send(descriptor(run, { firstSequence: 0, next: 0, payload }));
+      out.send(...packets.values(), end(run, 20, 20, payload.length));
+      const summary = await rx.done;
+      const status = repair.status();
+      assert.equal(server.notHeldSent(), 12, 'the server said "not held" a dozen times first');
+      assert.equal(summary.outcome, 'complete', JSON.stringify(status));
+      assert.deepEqual(rx.sink.bytes(), payload);
+      assert.equal(status.unrecoverable, 0, JSON.stringify(status));
+      assert.equal(status.recovered, 1);
+    } finally {
+      await out?.close();
+      await repair?.close();
+      await server.close();
     }
   });
 });

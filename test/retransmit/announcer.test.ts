@@ -15,7 +15,15 @@ import { ManualClock } from '../helpers/manual-clock.js';
 const key = controlKey(Buffer.from('the operator secret shared by servers'));
 
 function session(sessionId: number): AnnouncedSession {
-  return { sessionId, firstHeld: 1, lastHeld: 9, heldCount: 9, lossPpm: 100, state: ListenState.listening };
+  return {
+    sessionId,
+    incarnation: 7,
+    firstHeld: 1,
+    lastHeld: 9,
+    heldCount: 9,
+    lossPpm: 100,
+    state: ListenState.listening,
+  };
 }
 
 describe('announcer', () => {
@@ -47,6 +55,7 @@ describe('announcer', () => {
     announcer.report(
       sessions.map((s) => ({
         sessionId: s.sessionId,
+        incarnation: s.incarnation,
         received: 90,
         missing: 10,
         lossPpm: 100_000,

@@ -1,21 +1,24 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { ListenState } from '../../src/protocol/control.js';
+import { runKey } from '../../src/protocol/session-window.js';
 import { compareMembers, Election } from '../../src/retransmit/election.js';
 import { ManualClock } from '../helpers/manual-clock.js';
 
 const settings = { lossMax: 0.05, bestCount: 1, periodMs: 1_000 };
 const listening = ListenState.listening;
+const runOne = runKey(1, 0xaaaa);
+const runTwo = runKey(2, 0xbbbb);
 
 describe('election', () => {
   it('a server that missed more loses to one that missed less, at the same loss ppm', () => {
     const clock = new ManualClock();
     const election = new Election({ ownId: 5, clock, periodMs: 1_000 });
-    election.report(9, 1, { lossPpm: 0, missing: 0, state: listening });
-    assert.equal(election.decide(1, { lossPpm: 0, missing: 3, state: listening }, settings), 'withdraw');
+    election.report(9, runOne, { lossPpm: 0, missing: 0, state: listening });
+    assert.equal(election.decide(runOne, { lossPpm: 0, missing: 3, state: listening }, settings), 'withdraw');
     const other = new Election({ ownId: 9, clock, periodMs: 1_000 });
-    other.report(5, 1, { lossPpm: 0, missing: 3, state: listening });
-    assert.equal(other.decide(1, { lossPpm: 0, missing: 0, state: listening }, settings), 'stay');
+    other.report(5, runOne, { lossPpm: 0, missing: 3, state: listening });
+    assert.equal(other.decide(runOne, { lossPpm: 0, missing: 0, state: listening }, settings), 'stay');
   });
 
   it('withdraws above the loss bound only while another listens, and comes back when it falls silent', () => {
@@ -23,17 +26,17 @@ describe('election', () => {
     const election = new Election({ ownId: 5, clock, periodMs: 1_000 });
     const lossy = { lossPpm: 200_000, missing: 200, state: listening };
     assert.equal(
-      election.decide(1, lossy, { ...settings, bestCount: 2 }),
+      election.decide(runOne, lossy, { ...settings, bestCount: 2 }),
       'stay',
       'alone, it keeps listening',
     );
-    election.report(9, 1, { lossPpm: 0, missing: 0, state: listening });
-    assert.equal(election.decide(1, lossy, { ...settings, bestCount: 2 }), 'withdraw');
+    election.report(9, runOne, { lossPpm: 0, missing: 0, state: listening });
+    assert.equal(election.decide(runOne, lossy, { ...settings, bestCount: 2 }), 'withdraw');
     const withdrawn = { ...lossy, state: ListenState.withdrawn };
-    assert.equal(election.decide(1, withdrawn, settings), 'stay', 'the other listens');
+    assert.equal(election.decide(runOne, withdrawn, settings), 'stay', 'the other listens');
     clock.advance(3_001);
     assert.equal(
-      election.decide(1, withdrawn, settings),
+      election.decide(runOne, withdrawn, settings),
       'rejoin',
       'the other fell silent for three periods',
     );
@@ -42,9 +45,20 @@ describe('election', () => {
   it('reports of another session do not count', () => {
     const clock = new ManualClock();
     const election = new Election({ ownId: 5, clock, periodMs: 1_000 });
-    election.report(9, 2, { lossPpm: 0, missing: 0, state: listening });
-    assert.equal(election.members(1, { lossPpm: 0, missing: 0, state: listening }).length, 1);
-    assert.equal(election.members(2, { lossPpm: 0, missing: 0, state: listening }).length, 2);
+    election.report(9, runTwo, { lossPpm: 0, missing: 0, state: listening });
+    assert.equal(election.members(runOne, { lossPpm: 0, missing: 0, state: listening }).length, 1);
+    assert.equal(election.members(runTwo, { lossPpm: 0, missing: 0, state: listening }).length, 2);
+  });
+
+  it('reports of an earlier run of the same session id do not count for the new run', () => {
+    const clock = new ManualClock();
+    const election = new Election({ ownId: 5, clock, periodMs: 1_000 });
+    const restarted = runKey(1, 0xcccc);
+    election.report(9, runOne, { lossPpm: 0, missing: 0, state: listening });
+    const own = { lossPpm: 0, missing: 3, state: listening };
+    assert.equal(election.decide(runOne, own, settings), 'withdraw', 'the peer did better on that run');
+    assert.equal(election.decide(restarted, own, settings), 'stay', 'the peer said nothing of this run');
+    assert.deepEqual(election.peers(restarted), []);
   });
 
   it('ranks by loss, then missing, then id', () => {

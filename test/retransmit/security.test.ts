@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { createSocket, type Socket } from 'node:dgram';
-import { after, before, describe, it } from 'node:test';
+import { after, afterEach, before, describe, it } from 'node:test';
 import { ControlChannel, ControlSealer, controlKey } from '../../src/crypto/control-auth.js';
 import { type Endpoint, parseGroup } from '../../src/net/address.js';
 import type { TimeSource } from '../../src/net/clock.js';
@@ -26,8 +26,19 @@ const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 const waitFor = (what: string, condition: () => boolean, timeoutMs = 5_000) =>
   waitUntil(what, condition, timeoutMs);
 
-function retransmitServer(group: Endpoint | undefined, port = 0): Promise<RetransmitServer> {
-  return startRetransmitServer({
+/**
+ * Everything a test opened, closed after it whether it passed or failed: a server or socket left
+ * open when an assertion fails keeps the process alive, and the run hangs instead of failing.
+ */
+const opened: Array<{ close(): Promise<void> | void }> = [];
+afterEach(async () => {
+  for (const resource of opened.splice(0).reverse()) {
+    await resource.close();
+  }
+});
+
+async function retransmitServer(group: Endpoint | undefined, port = 0): Promise<RetransmitServer> {
+  const server = await startRetransmitServer({
     joins: group === undefined ? [] : [{ group }],
     iface: loopbackIface,
     listen: { address: '127.0.0.1', port, family: 4 },
@@ -38,6 +49,8 @@ function retransmitServer(group: Endpoint | undefined, port = 0): Promise<Retran
     announceTo: [],
     peers: [],
   });
+  opened.push(server);
+  return server;
 }
 
 /** One run of a ticker session: 50 packets of 100 bytes from sequence 100; the same run when repeated. */
@@ -72,14 +85,21 @@ async function openPeer(clock?: TimeSource): Promise<Peer> {
   const socket = createSocket('udp4');
   await new Promise<void>((resolve) => socket.bind(0, '127.0.0.1', resolve));
   const channel = new ControlChannel([key], clock === undefined ? {} : { clock });
+  let closed = false;
   const peer: Peer = {
     socket,
     at: { address: '127.0.0.1', port: socket.address().port },
     channel,
     bytesBack: 0,
     send: (datagram, to) => socket.send(datagram, to.port, to.address),
-    close: () => socket.close(),
+    close: () => {
+      if (!closed) {
+        closed = true; // idempotent: the test closes it, and so does afterEach when it failed first
+        socket.close();
+      }
+    },
   };
+  opened.push(peer);
   socket.on('message', (message, remote) => {
     peer.bytesBack += message.length;
     if (message[offsetType] === PacketType.announce) {
@@ -189,25 +209,31 @@ describe('issue 9, item 5: a captured control message cannot be turned on anothe
   let targetZeroCapture: Buffer;
   let capture: Buffer;
 
+  /** What `before` opened: shared by the tests below, closed once after them (not after each). */
+  let shared: Array<{ close(): Promise<void> | void }> = [];
   before(async () => {
-    first = await retransmitServer(group);
-    second = await retransmitServer(group);
-    await sendRun(group, run);
-    await waitFor('both buffers', () =>
-      [first, second].every((server) => server.status().sessions[0]?.heldPackets === 50),
-    );
-    requester = await openPeer();
-    victim = await openPeer();
-    targetZeroCapture = await learnId(requester, first, run);
-    capture = nackFrom(requester, first.local, run);
-    requester.send(capture, first.local); // the genuine NACK, captured on the wire
-    await waitFor('the genuine answer', () => first.status().repairsSent === 40);
+    try {
+      first = await retransmitServer(group);
+      second = await retransmitServer(group);
+      await sendRun(group, run);
+      await waitFor('both buffers', () =>
+        [first, second].every((server) => server.status().sessions[0]?.heldPackets === 50),
+      );
+      requester = await openPeer();
+      victim = await openPeer();
+      targetZeroCapture = await learnId(requester, first, run);
+      capture = nackFrom(requester, first.local, run);
+      requester.send(capture, first.local); // the genuine NACK, captured on the wire
+      await waitFor('the genuine answer', () => first.status().repairsSent === 40);
+    } finally {
+      shared = opened.splice(0);
+    }
   });
   after(async () => {
-    requester.close();
-    victim.close();
-    await first.close();
-    await second.close();
+    for (const resource of shared.reverse()) {
+      await resource.close();
+    }
+    await first?.close(); // the restarted one, when a test restarted it
   });
 
   it('a captured NACK replayed to a second retransmit server from another socket gets zero bytes', async () => {
@@ -229,6 +255,7 @@ describe('issue 9, item 5: a captured control message cannot be turned on anothe
     const port = first.local.port;
     await first.close();
     first = await retransmitServer(group, port);
+    opened.pop(); // shared with the tests after this one: closed in after()
     await sendRun(group, run); // the restarted server holds the very packets the capture asks for
     await waitFor('the buffer', () => first.status().sessions[0]?.heldPackets === 50);
     const before = requester.bytesBack;

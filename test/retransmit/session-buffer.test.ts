@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { resyncPacketsMin } from '../../src/limits.js';
+import { progressAheadPacketsMax, resyncPacketsMin } from '../../src/limits.js';
 import { sequenceAdd } from '../../src/protocol/serial.js';
 import { SessionBuffer } from '../../src/retransmit/session-buffer.js';
 
@@ -45,5 +45,23 @@ describe('a retransmit server measures its own reception', () => {
     hear(buffer, [stray, ...from(genuine, 40), sequenceAdd(stray, 301), ...from(genuine + 40, 20)]);
     const period = buffer.takePeriod();
     assert.deepEqual([period.received, period.missing, period.lossPpm], [62, 0, 0]);
+  });
+});
+
+describe('how far a run is known to have reached (peer fetch asks no further)', () => {
+  it('up to the newest DATA heard, and a HEARTBEAT or END within progressAheadPacketsMax beyond it', () => {
+    const buffer = new SessionBuffer(1, 1, bounds);
+    assert.equal(buffer.reached(0), false, 'nothing heard: nothing known');
+    hear(buffer, [0xffff_fffe, 0xffff_ffff, 0, 1]);
+    assert.equal(buffer.reached(0xffff_fff0), true, 'before what was heard (across the wrap)');
+    assert.equal(buffer.reached(1), true);
+    assert.equal(buffer.reached(2), false, 'a paused ticker: 2 may not exist yet');
+    buffer.noteProgress(5); // a HEARTBEAT: the next DATA will be 5, so 2-4 exist
+    assert.equal(buffer.reached(4), true);
+    assert.equal(buffer.reached(5), false);
+    buffer.noteProgress(3); // an older claim takes nothing back
+    assert.equal(buffer.reached(4), true);
+    buffer.noteProgress(sequenceAdd(1, progressAheadPacketsMax + 100)); // too far to believe
+    assert.equal(buffer.reached(10), false);
   });
 });
