@@ -5,6 +5,7 @@
  * cannot derive: an endpoint that does not answer is shown as unreachable, not as zero loss.
  */
 import { consoleHistoryPointsMax, consoleStatusBytesMax, consoleStatusTimeoutMs } from '../limits.js';
+import { readBodyBounded } from '../net/http.js';
 
 /** One watched status endpoint, as the operator named it (`--watch NAME=URL`). */
 export interface WatchedEndpoint {
@@ -162,7 +163,11 @@ export class LiveView {
       if (!response.ok) {
         throw new Error(`HTTP ${response.status}`);
       }
-      const body = JSON.parse(await readBounded(response, consoleStatusBytesMax)) as unknown;
+      const text = await readBodyBounded(response, consoleStatusBytesMax);
+      if (text === undefined) {
+        throw new Error(`the answer is longer than ${consoleStatusBytesMax} bytes`);
+      }
+      const body = JSON.parse(text) as unknown;
       if (typeof body !== 'object' || body === null || Array.isArray(body)) {
         throw new Error('the answer is not a status object');
       }
@@ -186,32 +191,4 @@ export class LiveView {
     endpoint.status = status;
     endpoint.updatedAt = at;
   }
-}
-
-/** The body of a status answer as text, refused past `bytesMax` (read no further than that). */
-async function readBounded(response: Response, bytesMax: number): Promise<string> {
-  const declared = Number(response.headers.get('content-length'));
-  if (Number.isFinite(declared) && declared > bytesMax) {
-    await response.body?.cancel();
-    throw new Error(`the answer is longer than ${bytesMax} bytes`);
-  }
-  if (response.body === null) {
-    return '';
-  }
-  const reader = response.body.getReader();
-  const chunks: Uint8Array[] = [];
-  let bytes = 0;
-  for (;;) {
-    const { done, value } = await reader.read();
-    if (done) {
-      break;
-    }
-    bytes += value.byteLength;
-    if (bytes > bytesMax) {
-      await reader.cancel();
-      throw new Error(`the answer is longer than ${bytesMax} bytes`);
-    }
-    chunks.push(value);
-  }
-  return Buffer.concat(chunks).toString('utf8');
 }
