@@ -307,6 +307,27 @@ describe('bad input: one clear line naming the value, exit code 2, no stack trac
     assert.equal(result.stderr.trim().split('\n').length, 1, result.stderr);
   });
 
+  it('a name of Object’s (constructor, __proto__, toString) is an unknown command, subcommand or action', async () => {
+    for (const name of ['constructor', '__proto__', 'toString']) {
+      const token = await run(['token', name, '--help']);
+      assert.equal(token.code, 2, `token ${name} --help: ${token.stdout}`);
+      assert.match(token.stderr, new RegExp(`unknown subcommand "${name}"`));
+      const command = await run([name, '--help']);
+      assert.equal(command.code, 2, `${name} --help: ${command.stdout}`);
+      assert.match(command.stderr, new RegExp(`unknown command "${name}"`));
+    }
+    const stb = await run([
+      'stb',
+      'constructor',
+      '--server',
+      'http://127.0.0.1:1',
+      '--token',
+      'gct_a_box_token',
+    ]);
+    assert.equal(stb.code, 2);
+    assert.match(stb.stderr, /unknown action "constructor"/);
+  });
+
   it('an unknown command lists the commands', async () => {
     const result = await run(['sned']);
     assert.equal(result.code, 2);
