@@ -211,6 +211,11 @@ export async function prepareServe(values: OptionValues): Promise<RoleStarter> {
           metrics: metricsFor('serve'),
           settingsSchemas: roleSettingsByName,
         }),
+    }).catch(async (error: unknown) => {
+      // What was opened is closed, in reverse order, or the store's pool keeps the process alive.
+      await opened.close();
+      await setup?.[Symbol.asyncDispose]();
+      throw error;
     });
     try {
       await app.listen({ host: listen.address, port: listen.port });
