@@ -370,6 +370,12 @@ export const subscriptionBodyBytesMax = 16 * 1024;
 /** Repair controller: largest request body. */
 export const controllerBodyBytesMax = 4096;
 
+/**
+ * HTTP clients of gatecast's APIs: largest answer read; past it the stream is cancelled and the
+ * answer refused as `invalid-answer` (a server that streams without end is not held in memory).
+ */
+export const apiAnswerBytesMax = 16 * 1024 * 1024;
+
 /** Repair controller: S1 sessions one subscriber may hold grants for at once. */
 export const controllerGrantsPerSubscriberMax = 8;
 

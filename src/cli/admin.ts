@@ -154,17 +154,27 @@ async function connect(values: Record<string, string | boolean | undefined>) {
     return { send, close: async () => undefined };
   }
   const token = `gct_admin_${randomBytes(24).toString('base64url')}`;
-  const store = await openStore(String(values.db));
+  // The secret is read before anything opens: a missing or short --secret-file leaves nothing open.
   const secretFile = values['secret-file'];
-  const setup =
-    typeof secretFile === 'string' ? await openSetupSender(readSecretFile(secretFile)) : undefined;
-  const app = await buildSubscriptionApp({
-    store,
-    trustedOperatorToken: token,
-    setup,
-    roles: ['subscription', 'billing', 'order'],
-    order: { background: false },
-  });
+  const secret = typeof secretFile === 'string' ? readSecretFile(secretFile) : undefined;
+  const store = await openStore(String(values.db));
+  let setup: Awaited<ReturnType<typeof openSetupSender>> | undefined;
+  let app: Awaited<ReturnType<typeof buildSubscriptionApp>>;
+  try {
+    setup = secret === undefined ? undefined : await openSetupSender(secret);
+    app = await buildSubscriptionApp({
+      store,
+      trustedOperatorToken: token,
+      setup,
+      roles: ['subscription', 'billing', 'order'],
+      order: { background: false },
+    });
+  } catch (error) {
+    // What was opened is closed, in reverse order, or the store's pool keeps the process alive.
+    await setup?.[Symbol.asyncDispose]();
+    await store.close();
+    throw error;
+  }
   const send: Send = async (method, path, body, headers = {}) => {
     const response = await app.inject({
       method: method as 'GET',
@@ -178,8 +188,8 @@ async function connect(values: Record<string, string | boolean | undefined>) {
     send,
     close: async () => {
       await app.close();
-      await store.close();
       await setup?.[Symbol.asyncDispose]();
+      await store.close();
     },
   };
 }

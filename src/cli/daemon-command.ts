@@ -19,7 +19,7 @@ import {
   type Supervision,
   supervise,
 } from './daemon.js';
-import { exitOk, isOperatingError, UsageError } from './errors.js';
+import { exitIncomplete, exitOk, isOperatingError, UsageError } from './errors.js';
 import {
   ConfigError,
   type OptionValues,
@@ -196,11 +196,19 @@ export interface Started {
 }
 
 /** Closes started roles in reverse order, each after its watchers. */
-async function closeAll(started: readonly Started[], signal: string): Promise<void> {
-  for (const { role, supervision } of [...started].reverse()) {
+async function closeAll(
+  started: readonly Started[],
+  signal: string,
+  progress: { closing?: string | undefined; failed: string[] } = { failed: [] },
+): Promise<void> {
+  for (const { name, role, supervision } of [...started].reverse()) {
+    progress.closing = name;
     await supervision.stop(signal).catch(() => undefined);
-    await role.close().catch(() => undefined);
+    await role.close().catch((error: unknown) => {
+      progress.failed.push(`${name}: ${(error as Error)?.message}`);
+    });
   }
+  progress.closing = undefined;
 }
 
 /**
@@ -309,13 +317,26 @@ export async function runDaemonCommand(argv: string[], err: NodeJS.WritableStrea
   stopping = true;
   // Whatever still holds the event loop after the stop budget does not keep the process alive.
   endProcessSoon(exitOk, daemonStopMs);
-  await closeWithin(
+  const progress: { closing?: string | undefined; failed: string[] } = {
+    closing: 'the status endpoint',
+    failed: [],
+  };
+  const closed = await closeWithin(
     (async () => {
       await status?.close();
-      await closeAll(started, signal);
+      await closeAll(started, signal, progress);
     })(),
     daemonStopMs - 200,
   );
+  // Which role did not close: the one still closing when the budget ran out, and any that failed.
+  const problems = [
+    ...progress.failed,
+    ...(closed.ok ? [] : [`${progress.closing ?? 'a role'}: ${closed.reason}`]),
+  ];
+  if (problems.length > 0) {
+    err.write(`daemon: did not stop cleanly (${signal}): ${problems.join('; ')}\n`);
+    return exitIncomplete;
+  }
   err.write(`daemon: stopped (${signal})\n`);
   return exitOk;
 }

@@ -8,7 +8,7 @@ import { type EventLog, jsonEventLog, type LogFormat, silentEventLog } from '../
 import type { RoleSampler } from '../net/metrics.js';
 import { type StatusServer, serveStatus } from '../net/status-http.js';
 import { socketBufferReport } from '../net/udp.js';
-import { exitOk, UsageError } from './errors.js';
+import { exitIncomplete, exitOk, UsageError } from './errors.js';
 import { eventWatcher } from './events.js';
 import { type OptionValues, optional, parseSeconds } from './options.js';
 import { metricsFor } from './role-metrics.js';
@@ -152,27 +152,45 @@ export async function runDaemon(
   });
   endProcessSoon(exitOk);
   await supervision.stop(signal);
-  await closeWithin(role.close(), shutdownGraceMs);
+  const closed = await closeWithin(role.close(), shutdownGraceMs);
+  if (!closed.ok) {
+    err.write(`${role.line()}\n${role.command}: did not stop cleanly: ${closed.reason}\n`);
+    return exitIncomplete;
+  }
   err.write(`${role.line()}\nstopped\n`);
   return exitOk;
 }
 
-/** Waits for a close, but no longer than the grace period. */
-export async function closeWithin(closing: Promise<void>, ms: number): Promise<void> {
+/** How a close ended: in time, or not (it ran out of time, or failed), with the reason. */
+export type CloseOutcome = { readonly ok: true } | { readonly ok: false; readonly reason: string };
+
+/** Waits for a close, but no longer than `ms`; says whether it finished in time and without error. */
+export async function closeWithin(closing: Promise<void>, ms: number): Promise<CloseOutcome> {
   let timer: NodeJS.Timeout | undefined;
-  await Promise.race([
-    closing.catch(() => undefined),
-    new Promise<void>((resolve) => {
-      timer = setTimeout(resolve, ms);
+  const outcome = await Promise.race([
+    closing.then(
+      (): CloseOutcome => ({ ok: true }),
+      (error: unknown): CloseOutcome => ({
+        ok: false,
+        reason: `closing failed: ${(error as Error)?.message}`,
+      }),
+    ),
+    new Promise<CloseOutcome>((resolve) => {
+      timer = setTimeout(() => resolve({ ok: false, reason: `still closing after ${ms} ms` }), ms);
     }),
   ]);
   clearTimeout(timer);
+  return outcome;
 }
 
 /**
  * Once a command stops, its process ends: if a handle (a socket, a timer) still holds the event
- * loop after the grace period, the process exits anyway. The timer itself holds nothing.
+ * loop after the grace period, the process exits anyway, with the code the command returned when
+ * it did (a stop that did not finish is not turned into 0), else `code`. The timer holds nothing.
  */
 export function endProcessSoon(code: number, afterMs = 2 * shutdownGraceMs): void {
-  setTimeout(() => process.exit(code), afterMs).unref();
+  setTimeout(
+    () => process.exit(typeof process.exitCode === 'number' ? process.exitCode : code),
+    afterMs,
+  ).unref();
 }

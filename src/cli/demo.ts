@@ -50,11 +50,20 @@ import { roleSettingsByName } from './role-settings.js';
 import { buildServerApp as buildSubscriptionApp } from './server-app.js';
 import { settings, text } from './settings.js';
 
+/** UDP ports the demo uses, in a row from --port (the file, ticker, repair S1 and S2, news, sports, its relay, the application). */
+const demoPortsUsed = 8;
+/** The highest --port: the last port the demo uses is --port + demoPortsUsed - 1. */
+const demoPortMax = 65_535 - (demoPortsUsed - 1);
+/** Payload bytes of every DATA packet the demo's sources send. */
+const demoPacketPayloadBytes = 1400;
+
 /** The demo's settings: type, default and help of each. */
 const demoSettings = settings({
   'file-size': text('BYTES', 'size of the generated file', { default: 4_000_000 }),
   ticks: text('N', 'ticker quotes to send', { default: 40 }),
-  port: text('N', 'first UDP port to use, 8 in a row', { default: 47000 }),
+  port: text('N', `first UDP port to use, ${demoPortsUsed} in a row (at most ${demoPortMax})`, {
+    default: 47000,
+  }),
   listen: text('ADDR:PORT', 'where the subscription server and the console listen (port 0: any free port)', {
     default: '127.0.0.1:0',
   }),
@@ -160,7 +169,7 @@ export async function runDemo(argv: string[], out: NodeJS.WritableStream): Promi
   const startedAt = performance.now();
   const fileSize = parseInteger(required(values, 'file-size'), '--file-size', 1, 1_000_000_000);
   const ticks = parseInteger(required(values, 'ticks'), '--ticks', 1, 100_000);
-  const port = parseInteger(required(values, 'port'), '--port', 1, 65529);
+  const port = parseInteger(required(values, 'port'), '--port', 1, demoPortMax);
   const listenText = required(values, 'listen');
   const anyPort = /^(.+):0$/.exec(listenText);
   const listen: Endpoint =
@@ -317,7 +326,7 @@ async function runParts(
         group: fileGroup,
         iface,
         rateBitsPerSecond: 200_000_000,
-        packetPayloadBytes: 1400,
+        packetPayloadBytes: demoPacketPayloadBytes,
         sessionName: 'update.bin',
       },
       { input: owned.add(await openFileInput(path)) },
@@ -325,7 +334,13 @@ async function runParts(
   );
   const tickerSource = owned.add(
     createSource(
-      { group: tickerGroup, iface, rateBitsPerSecond: 0, packetPayloadBytes: 1400, sessionName: 'ticker' },
+      {
+        group: tickerGroup,
+        iface,
+        rateBitsPerSecond: 0,
+        packetPayloadBytes: demoPacketPayloadBytes,
+        sessionName: 'ticker',
+      },
       { input: owned.add(openTickerInput({ ticksPerSecond: 20, tickCount: ticks })) },
     ),
   );
@@ -478,7 +493,7 @@ async function repairDemo(
           group: s1,
           iface,
           rateBitsPerSecond: 200_000_000,
-          packetPayloadBytes: 1400,
+          packetPayloadBytes: demoPacketPayloadBytes,
           sessionName: 'update.bin',
         },
         { input: owned.add(await openFileInput(options.path)) },
@@ -498,7 +513,7 @@ async function repairDemo(
   const received = application.received();
   const packets = Math.max(1, sent.packetsSent);
   const whole = received.bytes === fileBytes && received.sha256 === options.fileSha;
-  const missing = Math.max(0, Math.ceil(fileBytes / 1400) - received.datagrams);
+  const missing = Math.max(0, Math.ceil(fileBytes / demoPacketPayloadBytes) - received.datagrams);
   out.write(
     `  app    ${whole ? 'complete' : 'INCOMPLETE'}: ${received.datagrams} datagrams, ${formatBytes(received.bytes)} from the agent on ${formatEndpoint(application.group)}, ${received.sha256 === options.fileSha ? 'SHA-256 ok' : 'SHA-256 MISMATCH'}; ${dropped} S1 packets lost on purpose, ${recovered} fetched back; the agent delivered ${delivery?.delivered ?? 0}, ${delivery?.gapsSeen ?? 0} gaps\n`,
   );
@@ -821,7 +836,7 @@ async function orderDemo(
           group: parseGroup(channel, '--port'),
           iface,
           rateBitsPerSecond: 0,
-          packetPayloadBytes: 1400,
+          packetPayloadBytes: demoPacketPayloadBytes,
           sessionName: 'sports',
         },
         { input: owned.add(openTickerInput({ ticksPerSecond: 50, tickCount: options.ticks })) },

@@ -20,7 +20,7 @@ import { openStore } from '../store/database.js';
 import { StoreUrlError } from '../store/errors.js';
 import { openSetupSender } from '../subscription/setup-sender.js';
 import { closeWithin, endProcessSoon, eventLogFrom, type RoleStarter } from './daemon.js';
-import { exitOk, UsageError } from './errors.js';
+import { exitIncomplete, exitOk, UsageError } from './errors.js';
 import { formatHelp, type OptionValues, optional, parseOptions, required } from './options.js';
 import { readOperatorAuthority } from './restricted.js';
 import { metricsFor } from './role-metrics.js';
@@ -129,7 +129,12 @@ export async function runServe(argv: string[], err: NodeJS.WriteStream): Promise
   const role = await start(err);
   await stopped;
   endProcessSoon(exitOk);
-  await role.close();
+  // Bounded below endProcessSoon's deadline, so a stop that did not finish is said and not exit 0.
+  const closed = await closeWithin(role.close(), 2 * shutdownGraceMs - 1_000);
+  if (!closed.ok) {
+    err.write(`serve: did not stop cleanly: ${closed.reason}\n`);
+    return exitIncomplete;
+  }
   err.write('stopped\n');
   return exitOk;
 }
@@ -211,6 +216,11 @@ export async function prepareServe(values: OptionValues): Promise<RoleStarter> {
           metrics: metricsFor('serve'),
           settingsSchemas: roleSettingsByName,
         }),
+    }).catch(async (error: unknown) => {
+      // What was opened is closed, in reverse order, or the store's pool keeps the process alive.
+      await opened.close();
+      await setup?.[Symbol.asyncDispose]();
+      throw error;
     });
     try {
       await app.listen({ host: listen.address, port: listen.port });
@@ -246,9 +256,12 @@ export async function prepareServe(values: OptionValues): Promise<RoleStarter> {
         closing ??= (async () => {
           stopCharges?.();
           log.event('stop', {});
-          await closeWithin(app.close(), shutdownGraceMs);
+          const appClosed = await closeWithin(app.close(), shutdownGraceMs);
           await opened.close();
           await setup?.[Symbol.asyncDispose]();
+          if (!appClosed.ok) {
+            throw new Error(`its HTTP server: ${appClosed.reason}`);
+          }
         })();
         return closing;
       },

@@ -238,6 +238,13 @@ function prepareController(values: OptionValues): RoleStarter {
     throw new UsageError(`--report-interval: ${reportText} is shorter than 0.1 second`);
   }
   const module = repairModuleOptions(values);
+  const moduleListen = parseEndpoint(required(values, 'listen'), '--listen');
+  // Module i of the pool listens on --listen's port + i: the last one must be a port too.
+  if (moduleListen.port !== 0 && moduleListen.port + poolSize - 1 > 65_535) {
+    throw new UsageError(
+      `--listen: port ${moduleListen.port} leaves no room for ${poolSize} S2 modules of --s2-pool (one port each, up to ${moduleListen.port + poolSize - 1}); use a port up to ${65_536 - poolSize}, or 0`,
+    );
+  }
   const tls = readTlsFiles(optional(values, 'tls-cert'), optional(values, 'tls-key'));
   const journal = optional(values, 'journal') ?? join('data', `repair-controller-${listen.port}.journal`);
   const settings = {
@@ -251,7 +258,7 @@ function prepareController(values: OptionValues): RoleStarter {
     leaseMs: parseSeconds(leaseText, '--lease'),
     reportIntervalMs: parseSeconds(reportText, '--report-interval'),
     idleMs: controllerIdleMs,
-    module: { ...module, listen: parseEndpoint(required(values, 'listen'), '--listen') },
+    module: { ...module, listen: moduleListen },
   };
   return async (err) => {
     try {

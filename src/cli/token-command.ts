@@ -352,7 +352,9 @@ function runShow(argv: string[], out: NodeJS.WriteStream): number {
 export async function runToken(argv: string[], out: NodeJS.WriteStream): Promise<number> {
   const [subcommand, ...rest] = argv;
   const schemas: Readonly<Record<string, TObject | undefined>> = tokenCommandSettings;
-  const schema = subcommand === undefined ? undefined : schemas[subcommand];
+  // Only the table's own subcommands: `constructor` or `__proto__` is an unknown one, not Object's.
+  const schema =
+    subcommand !== undefined && Object.hasOwn(schemas, subcommand) ? schemas[subcommand] : undefined;
   if (schema !== undefined && (rest.includes('--help') || rest.includes('-h'))) {
     process.stdout.write(
       formatHelp(`gatecast token ${subcommand} [options]`, usage.split('\n')[0] ?? '', schema),

@@ -5,6 +5,7 @@
  * cannot derive: an endpoint that does not answer is shown as unreachable, not as zero loss.
  */
 import { consoleHistoryPointsMax, consoleStatusBytesMax, consoleStatusTimeoutMs } from '../limits.js';
+import { readBodyBounded } from '../net/http.js';
 
 /** One watched status endpoint, as the operator named it (`--watch NAME=URL`). */
 export interface WatchedEndpoint {
@@ -75,13 +76,64 @@ function sessionsOf(status: Counters | undefined): Counters[] | undefined {
   return sessions.map(countersOf).filter((session) => session !== undefined);
 }
 
-/** An agent's counter: its own, or the sum over a watching agent's sessions' deliveries. */
-function agentCount(status: Counters | undefined, key: string): number {
-  const sessions = sessionsOf(status);
-  if (sessions === undefined) {
-    return numberOf(status, key);
+/**
+ * How much each counter grew between two readings of one status (or one delivery). When any of
+ * them went down, the counters were reset (the role or the delivery restarted, from zero): all of
+ * their current values are new. No earlier reading: all of them too.
+ */
+function growth<K extends string>(
+  previous: Counters | undefined,
+  current: Counters,
+  keys: readonly K[],
+): Record<K, number> {
+  const reset =
+    previous === undefined || keys.some((key) => numberOf(current, key) < numberOf(previous, key));
+  return Object.fromEntries(
+    keys.map((key) => [key, numberOf(current, key) - (reset ? 0 : numberOf(previous, key))]),
+  ) as Record<K, number>;
+}
+
+/**
+ * The deliveries of a watching agent's sessions, keyed by S1 and the S2 delivered from (a delivery
+ * moved to another S2 is a new one; the same S1 listed twice keeps its order); sessions without a
+ * delivery or an S1 count nothing.
+ */
+function deliveriesOf(sessions: Counters[]): Map<string, Counters> {
+  const deliveries = new Map<string, Counters>();
+  const seen = new Map<string, number>();
+  for (const session of sessions) {
+    const delivery = countersOf(session.delivery);
+    if (typeof session.s1 !== 'string' || delivery === undefined) {
+      continue;
+    }
+    const key = `${session.s1} ${typeof delivery.from === 'string' ? delivery.from : ''}`;
+    const occurrence = seen.get(key) ?? 0;
+    seen.set(key, occurrence + 1);
+    deliveries.set(`${key} #${occurrence}`, delivery);
   }
-  return sessions.reduce((sum, session) => sum + numberOf(countersOf(session.delivery), key), 0);
+  return deliveries;
+}
+
+const agentKeys = ['delivered', 'gapsSeen'] as const;
+
+/**
+ * How much an agent's counters grew: its own, or the sum over a watching agent's sessions of each
+ * session's own growth, so a delivery that stopped (gone from the list) or restarted (from zero)
+ * takes nothing away from the others.
+ */
+function agentGrowth(previous: Counters | undefined, current: Counters) {
+  const sessions = sessionsOf(current);
+  if (sessions === undefined) {
+    return growth(previous, current, agentKeys);
+  }
+  const before = deliveriesOf(sessionsOf(previous) ?? []);
+  const sum = { delivered: 0, gapsSeen: 0 };
+  for (const [s1, delivery] of deliveriesOf(sessions)) {
+    const grown = growth(before.get(s1), delivery, agentKeys);
+    sum.delivered += grown.delivered;
+    sum.gapsSeen += grown.gapsSeen;
+  }
+  return sum;
 }
 
 /** The point between two statuses of one role (previous undefined: cumulative since start). */
@@ -92,15 +144,18 @@ export function livePoint(
   at: number,
   intervalMs: number,
 ): LivePoint {
-  const delta = (key: string) => Math.max(0, numberOf(current, key) - numberOf(previous, key));
   if (role === 'repair') {
     // Every packet due on S2 in the interval was either emitted or given up; of those, S1 lost
     // the recovered and the given-up ones.
-    const unrecoverable = delta('unrecoverable');
-    const due = delta('emitted') + unrecoverable;
+    const { emitted, recovered, unrecoverable } = growth(previous, current, [
+      'emitted',
+      'recovered',
+      'unrecoverable',
+    ]);
+    const due = emitted + unrecoverable;
     return {
       at,
-      lossBeforePercent: percent(delta('recovered') + unrecoverable, due),
+      lossBeforePercent: percent(recovered + unrecoverable, due),
       lossAfterPercent: percent(unrecoverable, due),
     };
   }
@@ -118,8 +173,7 @@ export function livePoint(
   if (role === 'agent') {
     // A watching agent reports per session; a single agent at the top. Gaps it saw on S2 are
     // what the repair did not fill: the loss after repair at this receiver.
-    const delivered = Math.max(0, agentCount(current, 'delivered') - agentCount(previous, 'delivered'));
-    const gaps = Math.max(0, agentCount(current, 'gapsSeen') - agentCount(previous, 'gapsSeen'));
+    const { delivered, gapsSeen: gaps } = agentGrowth(previous, current);
     return {
       at,
       deliveredPerSecond: (delivered * 1000) / Math.max(1, intervalMs),
@@ -162,7 +216,11 @@ export class LiveView {
       if (!response.ok) {
         throw new Error(`HTTP ${response.status}`);
       }
-      const body = JSON.parse(await readBounded(response, consoleStatusBytesMax)) as unknown;
+      const text = await readBodyBounded(response, consoleStatusBytesMax);
+      if (text === undefined) {
+        throw new Error(`the answer is longer than ${consoleStatusBytesMax} bytes`);
+      }
+      const body = JSON.parse(text) as unknown;
       if (typeof body !== 'object' || body === null || Array.isArray(body)) {
         throw new Error('the answer is not a status object');
       }
@@ -186,32 +244,4 @@ export class LiveView {
     endpoint.status = status;
     endpoint.updatedAt = at;
   }
-}
-
-/** The body of a status answer as text, refused past `bytesMax` (read no further than that). */
-async function readBounded(response: Response, bytesMax: number): Promise<string> {
-  const declared = Number(response.headers.get('content-length'));
-  if (Number.isFinite(declared) && declared > bytesMax) {
-    await response.body?.cancel();
-    throw new Error(`the answer is longer than ${bytesMax} bytes`);
-  }
-  if (response.body === null) {
-    return '';
-  }
-  const reader = response.body.getReader();
-  const chunks: Uint8Array[] = [];
-  let bytes = 0;
-  for (;;) {
-    const { done, value } = await reader.read();
-    if (done) {
-      break;
-    }
-    bytes += value.byteLength;
-    if (bytes > bytesMax) {
-      await reader.cancel();
-      throw new Error(`the answer is longer than ${bytesMax} bytes`);
-    }
-    chunks.push(value);
-  }
-  return Buffer.concat(chunks).toString('utf8');
 }

@@ -7,8 +7,9 @@
 import { isIPv4, isIPv6 } from 'node:net';
 import { FormatRegistry, type Static, type TSchema, Type } from '@sinclair/typebox';
 import { Value } from '@sinclair/typebox/value';
+import { apiAnswerBytesMax } from '../limits.js';
 import { ErrorBody } from '../protocol/api-errors.js';
-import { FetchFailed, fetchFailure } from './http.js';
+import { FetchFailed, fetchFailure, readBodyBounded } from './http.js';
 
 if (!FormatRegistry.Has('ipv4')) {
   FormatRegistry.Set('ipv4', (value) => isIPv4(value));
@@ -33,10 +34,7 @@ export interface ApiRequest {
   readonly signal?: AbortSignal | undefined;
 }
 
-/** Largest answer a client reads. */
-const answerBytesMax = 16 * 1024 * 1024;
-
-/** An answer as it came: its status and its body's text (undefined: past answerBytesMax). */
+/** An answer as it came: its status and its body's text (undefined: past apiAnswerBytesMax). */
 export interface RawAnswer {
   readonly status: number;
   readonly text: string | undefined;
@@ -44,8 +42,9 @@ export interface RawAnswer {
 
 /**
  * Sends one request and reads its answer as text, for a caller that checks it itself with
- * checkText (an answer that is not JSON, say). Throws FetchFailed when no answer came (refused,
- * reset, timed out, a certificate error).
+ * checkText (an answer that is not JSON, say). An answer longer than apiAnswerBytesMax is cancelled
+ * as soon as it is past it and comes back with text undefined. Throws FetchFailed when no answer
+ * came (refused, reset, timed out, a certificate error).
  */
 export async function sendApi(url: string, options: ApiRequest): Promise<RawAnswer> {
   const timeout = AbortSignal.timeout(options.timeoutMs);
@@ -60,8 +59,7 @@ export async function sendApi(url: string, options: ApiRequest): Promise<RawAnsw
       ...(options.body === undefined ? {} : { body: JSON.stringify(options.body) }),
       signal: options.signal === undefined ? timeout : AbortSignal.any([timeout, options.signal]),
     });
-    const text = await response.text();
-    return { status: response.status, text: text.length > answerBytesMax ? undefined : text };
+    return { status: response.status, text: await readBodyBounded(response, apiAnswerBytesMax) };
   } catch (error) {
     throw new FetchFailed(fetchFailure(error));
   }
@@ -89,9 +87,17 @@ export function checkText<T extends TSchema>(
   text: string | undefined,
   schema: T,
 ): ApiAnswer<Static<T>> {
+  if (text === undefined) {
+    return {
+      ok: false,
+      status,
+      error: 'invalid-answer',
+      message: 'the answer is larger than a client reads',
+    };
+  }
   let body: unknown;
   try {
-    body = text === undefined ? undefined : text === '' ? null : JSON.parse(text);
+    body = text === '' ? null : JSON.parse(text);
   } catch {
     body = status >= 200 && status < 300 && schema.type === 'string' ? text : undefined;
   }

@@ -18,3 +18,35 @@ export function fetchFailure(error: unknown): string {
 
 /** No answer came (refused, reset, timed out, a certificate error); the message says why. */
 export class FetchFailed extends Error {}
+
+/**
+ * The body of an answer as text, or undefined when it is longer than `bytesMax`: a declared
+ * Content-Length past it is refused before a byte is read, and a body that streams past it is
+ * cancelled there, so a server that sends without end is never held in memory.
+ */
+export async function readBodyBounded(response: Response, bytesMax: number): Promise<string | undefined> {
+  const declared = Number(response.headers.get('content-length') ?? Number.NaN);
+  if (Number.isFinite(declared) && declared > bytesMax) {
+    await response.body?.cancel();
+    return undefined;
+  }
+  if (response.body === null) {
+    return '';
+  }
+  const reader = response.body.getReader();
+  const chunks: Uint8Array[] = [];
+  let bytes = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) {
+      break;
+    }
+    bytes += value.byteLength;
+    if (bytes > bytesMax) {
+      await reader.cancel();
+      return undefined;
+    }
+    chunks.push(value);
+  }
+  return Buffer.concat(chunks).toString('utf8');
+}

@@ -324,6 +324,14 @@ export async function startWatchingAgent(
       s2Key,
       onMissingKey: () => askKey(mapping),
     });
+    if (closing) {
+      // close() came while the sockets opened: this delivery never starts, its grant is given back.
+      await agent.close();
+      if (mapping.s2 === undefined) {
+        await settings.controller?.release(mapping.s1);
+      }
+      return;
+    }
     active.set(mapping, { agent, iface, s2, renewAt, keyAskedAt: 0 });
     settings.onChange?.(mapping, true, iface, s2);
   };
@@ -353,82 +361,111 @@ export async function startWatchingAgent(
     settings.onRefused?.(mapping, reason);
   };
 
-  let busy = false;
-  const poll = async () => {
-    if (busy) {
-      return;
+  /** Set by close(): a poll stops at its next step and starts nothing more. */
+  let closing = false;
+  /** Aborts a controller request in flight when the agent closes. */
+  const closeController = new AbortController();
+  /** The poll running now, which close() waits for (it may be adding a delivery). */
+  let polling: Promise<void> | undefined;
+  const poll = () => {
+    if (closing || polling !== undefined) {
+      return Promise.resolve();
     }
-    busy = true;
-    try {
-      const memberships = read();
-      for (const mapping of settings.mappings) {
-        const application = mapping.deliver ?? mapping.s1;
-        const wanted = ifaceName(application.family);
-        const member = memberships.find(
-          (m) => m.group === application.address && (wanted === undefined || m.iface === wanted),
-        );
-        const current = active.get(mapping);
-        const now = Date.now();
-        if (member === undefined) {
-          refused.delete(mapping); // a later join asks again at once
-          if (current !== undefined) {
-            await stopDelivery(mapping, current);
-            if (mapping.s2 === undefined) {
-              await settings.controller?.release(mapping.s1);
-            }
+    polling = pollOnce().finally(() => {
+      polling = undefined;
+    });
+    return polling;
+  };
+  /**
+   * Asks the controller for S1's S2; undefined when the agent closed meanwhile (what it may have
+   * granted is released: nothing would deliver it).
+   */
+  const resolve = async (mapping: AgentMapping, controller: ControllerClient) => {
+    const resolution = await controller.resolve(mapping.s1, undefined, { signal: closeController.signal });
+    if (closing) {
+      await controller.release(mapping.s1);
+      return undefined;
+    }
+    return resolution;
+  };
+  const pollOnce = async () => {
+    const memberships = read();
+    for (const mapping of settings.mappings) {
+      if (closing) {
+        return; // close() stops what is in `active`
+      }
+      const application = mapping.deliver ?? mapping.s1;
+      const wanted = ifaceName(application.family);
+      const member = memberships.find(
+        (m) => m.group === application.address && (wanted === undefined || m.iface === wanted),
+      );
+      const current = active.get(mapping);
+      const now = Date.now();
+      if (member === undefined) {
+        refused.delete(mapping); // a later join asks again at once
+        if (current !== undefined) {
+          await stopDelivery(mapping, current);
+          if (mapping.s2 === undefined) {
+            await settings.controller?.release(mapping.s1);
           }
+        }
+        continue;
+      }
+      if (current === undefined) {
+        if (mapping.s2 !== undefined) {
+          await deliver(mapping, mapping.s2, member.iface, undefined, mapping.s2Key);
           continue;
         }
-        if (current === undefined) {
-          if (mapping.s2 !== undefined) {
-            await deliver(mapping, mapping.s2, member.iface, undefined, mapping.s2Key);
-            continue;
-          }
-          const refusal = refused.get(mapping);
-          if (settings.controller === undefined || (refusal !== undefined && now < refusal.until)) {
-            continue;
-          }
-          const resolution = await settings.controller.resolve(mapping.s1);
-          if (!resolution.granted) {
-            refuse(mapping, resolution.reason);
-            continue;
-          }
-          refused.delete(mapping);
+        const refusal = refused.get(mapping);
+        if (settings.controller === undefined || (refusal !== undefined && now < refusal.until)) {
+          continue;
+        }
+        const resolution = await resolve(mapping, settings.controller);
+        if (resolution === undefined) {
+          return;
+        }
+        if (!resolution.granted) {
+          refuse(mapping, resolution.reason);
+          continue;
+        }
+        refused.delete(mapping);
+        await deliver(mapping, resolution.s2, member.iface, now + resolution.leaseMs / 3, resolution.key);
+        continue;
+      }
+      if (current.renewAt !== undefined && now >= current.renewAt && settings.controller !== undefined) {
+        const resolution = await settings.controller.resolve(mapping.s1, undefined, {
+          signal: closeController.signal,
+        });
+        if (closing) {
+          return; // close() stops this delivery and releases its grant
+        }
+        if (!resolution.granted) {
+          await stopDelivery(mapping, current);
+          refuse(mapping, resolution.reason);
+        } else if (
+          formatEndpoint(resolution.s2) !== formatEndpoint(current.s2) ||
+          current.agent.status().sealed !== (resolution.key !== undefined)
+        ) {
+          await stopDelivery(mapping, current);
           await deliver(mapping, resolution.s2, member.iface, now + resolution.leaseMs / 3, resolution.key);
-          continue;
-        }
-        if (current.renewAt !== undefined && now >= current.renewAt && settings.controller !== undefined) {
-          const resolution = await settings.controller.resolve(mapping.s1);
-          if (!resolution.granted) {
-            await stopDelivery(mapping, current);
-            refuse(mapping, resolution.reason);
-          } else if (
-            formatEndpoint(resolution.s2) !== formatEndpoint(current.s2) ||
-            current.agent.status().sealed !== (resolution.key !== undefined)
-          ) {
-            await stopDelivery(mapping, current);
-            await deliver(mapping, resolution.s2, member.iface, now + resolution.leaseMs / 3, resolution.key);
-          } else {
-            if (resolution.key !== undefined) {
-              current.agent.addKey(resolution.key); // the controller rotated S2's key
-            }
-            current.renewAt = now + resolution.leaseMs / 3;
+        } else {
+          if (resolution.key !== undefined) {
+            current.agent.addKey(resolution.key); // the controller rotated S2's key
           }
+          current.renewAt = now + resolution.leaseMs / 3;
         }
       }
-    } finally {
-      busy = false;
     }
   };
-  await poll();
-  // A failed poll is reported, never an unhandled rejection that would end the agent.
-  const timer = setInterval(() => {
-    poll().catch((error: Error) => settings.onError?.(error));
-  }, settings.pollMs ?? 500);
+  let timer: NodeJS.Timeout | undefined;
   let closed: Promise<void> | undefined;
   const close = () => {
     closed ??= (async () => {
+      closing = true;
       clearInterval(timer);
+      closeController.abort();
+      // The poll in flight may be opening a delivery: wait for it, then close all there is.
+      await polling?.catch(() => undefined);
       for (const [mapping, { agent }] of active) {
         await agent.close();
         if (mapping.s2 === undefined) {
@@ -439,6 +476,16 @@ export async function startWatchingAgent(
     })();
     return closed;
   };
+  try {
+    await poll();
+  } catch (error) {
+    await close(); // what the first poll started before it failed
+    throw error;
+  }
+  // A failed poll is reported, never an unhandled rejection that would end the agent.
+  timer = setInterval(() => {
+    poll().catch((error: Error) => settings.onError?.(error));
+  }, settings.pollMs ?? 500);
   return {
     status: () => ({
       role: 'agent',

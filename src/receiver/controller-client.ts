@@ -24,7 +24,8 @@ export type Resolution =
 
 /** A client of one controller for one subscriber. */
 export interface ControllerClient {
-  resolve(s1: Endpoint, source?: string): Promise<Resolution>;
+  /** Asks for S2; an aborted request is a refusal that says so (the grant, if any, lapses). */
+  resolve(s1: Endpoint, source?: string, options?: { signal?: AbortSignal | undefined }): Promise<Resolution>;
   release(s1: Endpoint): Promise<void>;
 }
 
@@ -32,7 +33,7 @@ export interface ControllerClient {
 export function controllerClient(url: string, token: string): ControllerClient {
   const base = url.replace(/\/+$/, '');
   return {
-    async resolve(s1, source) {
+    async resolve(s1, source, options) {
       let answer: ApiAnswer<RepairGrantBody>;
       try {
         answer = await requestApi(`${base}/v1/repair`, RepairGrantBody, {
@@ -40,6 +41,7 @@ export function controllerClient(url: string, token: string): ControllerClient {
           method: 'POST',
           body: { group: formatEndpoint(s1), ...(source === undefined ? {} : { source }) },
           timeoutMs: 10_000,
+          signal: options?.signal,
         });
       } catch (error) {
         return {

@@ -1,9 +1,10 @@
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
+import { runAdmin } from '../../src/cli/admin.js';
 import { runGatecast } from '../helpers/cli.js';
 import { startServe } from '../helpers/serve.js';
 
@@ -133,4 +134,39 @@ describe('gatecast admin', () => {
       await new Promise<void>((resolve) => fake.close(() => resolve()));
     }
   });
+});
+
+describe('gatecast admin --db that fails to start leaves nothing open', () => {
+  const directory = mkdtempSync(join(tmpdir(), 'gatecast-admin-open-'));
+  after(() => rmSync(directory, { recursive: true, force: true }));
+  /** Descriptors of this process open on a path (the store's file and its journal). */
+  const openOn = (path: string) =>
+    readdirSync('/proc/self/fd').filter((fd) => {
+      try {
+        return readlinkSync(`/proc/self/fd/${fd}`).startsWith(path);
+      } catch {
+        return false; // closed meanwhile
+      }
+    }).length;
+
+  for (const [name, secret] of [
+    ['a missing --secret-file', undefined],
+    ['a --secret-file shorter than 16 bytes', 'short'],
+  ] as const) {
+    it(`${name}: refused, and the store is not left open`, async () => {
+      const db = join(directory, `${secret ?? 'missing'}.db`);
+      const secretFile = join(directory, `${secret ?? 'missing'}.secret`);
+      if (secret !== undefined) {
+        writeFileSync(secretFile, secret);
+      }
+      await assert.rejects(
+        runAdmin(
+          ['--db', `sqlite:${db}`, '--secret-file', secretFile, 'subscriber', 'add', 'alice'],
+          process.stdout,
+        ),
+        (error: Error & { code?: string }) => error.code === 'GATECAST_ERR_SECRET',
+      );
+      assert.equal(openOn(db), 0, 'no descriptor left open on the store');
+    });
+  }
 });

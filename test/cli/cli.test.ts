@@ -305,6 +305,56 @@ describe('bad input: one clear line naming the value, exit code 2, no stack trac
     });
   }
 
+  it('demo: a --port whose 8 ports go past 65535 is refused before anything starts', async () => {
+    const result = await run(['demo', '--port', '65529', '--file-size', '1000', '--ticks', '1']);
+    assert.equal(result.code, 2, result.stderr);
+    assert.match(result.stderr, /--port: 65529 is out of range \(1-65528\)/);
+    assert.equal(result.stdout, '', 'no part of the demo ran');
+  });
+
+  it('repair --controller: a --listen port that leaves no port for the last module of the pool', async () => {
+    const result = await run([
+      'repair',
+      '--controller',
+      '127.0.0.1:8090',
+      '--subscription',
+      'http://127.0.0.1:8080',
+      '--s2-pool',
+      '239.1.1.1:5000/4',
+      '--listen',
+      '127.0.0.1:65533',
+      '--reliable',
+      '--token-file',
+      tokenFile,
+      '--secret-file',
+      tokenFile,
+    ]);
+    assert.equal(result.code, 2, result.stderr);
+    assert.match(result.stderr, /--listen: port 65533 leaves no room for 4 S2 modules .* up to 65532, or 0/);
+    assert.equal(result.stderr.trim().split('\n').length, 1, result.stderr);
+  });
+
+  it('a name of Object’s (constructor, __proto__, toString) is an unknown command, subcommand or action', async () => {
+    for (const name of ['constructor', '__proto__', 'toString']) {
+      const token = await run(['token', name, '--help']);
+      assert.equal(token.code, 2, `token ${name} --help: ${token.stdout}`);
+      assert.match(token.stderr, new RegExp(`unknown subcommand "${name}"`));
+      const command = await run([name, '--help']);
+      assert.equal(command.code, 2, `${name} --help: ${command.stdout}`);
+      assert.match(command.stderr, new RegExp(`unknown command "${name}"`));
+    }
+    const stb = await run([
+      'stb',
+      'constructor',
+      '--server',
+      'http://127.0.0.1:1',
+      '--token',
+      'gct_a_box_token',
+    ]);
+    assert.equal(stb.code, 2);
+    assert.match(stb.stderr, /unknown action "constructor"/);
+  });
+
   it('an unknown command lists the commands', async () => {
     const result = await run(['sned']);
     assert.equal(result.code, 2);

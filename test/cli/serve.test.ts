@@ -1,11 +1,12 @@
 import assert from 'node:assert/strict';
 import { existsSync, mkdtempSync, rmSync, statSync } from 'node:fs';
-import { createServer } from 'node:net';
+import { connect, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { runGatecast } from '../helpers/cli.js';
 import { freePort, startServe } from '../helpers/serve.js';
+import { waitUntil } from '../helpers/wait.js';
 
 describe('gatecast serve starts whole or not at all, and keeps its files to its owner', () => {
   const directory = mkdtempSync(join(tmpdir(), 'gatecast-serve-'));
@@ -42,5 +43,36 @@ describe('gatecast serve starts whole or not at all, and keeps its files to its 
     }
     assert.equal(server.child.exitCode, 0, `${server.child.signalCode} ${server.stderr()}`);
     assert.match(server.stderr(), /stopped\n$/);
+  });
+});
+
+describe('gatecast serve says when its stop did not finish', () => {
+  const directory = mkdtempSync(join(tmpdir(), 'gatecast-serve-stop-'));
+  after(() => rmSync(directory, { recursive: true, force: true }));
+
+  it('a request still arriving holds the HTTP server past the grace period: not "stopped", exit 1', async () => {
+    const serve = await startServe(['--db', `sqlite:${join(directory, 'stop.db')}`]);
+    const { port } = new URL(serve.url);
+    // A client that sends its headers and never its body: the server has a request in flight.
+    const client = connect(Number(port), '127.0.0.1');
+    client.on('error', () => undefined);
+    let answered = '';
+    client.on('data', (chunk: Buffer) => {
+      answered += chunk.toString();
+    });
+    try {
+      client.write(
+        'POST /v1/subscribers HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n' +
+          'content-length: 100\r\nexpect: 100-continue\r\n\r\n{',
+      );
+      await waitUntil('the server to read the request', () => answered.includes('100 Continue'), 10_000);
+      await serve.stop();
+      assert.equal(serve.child.exitCode, 1, serve.stderr());
+      assert.match(serve.stderr(), /serve: did not stop cleanly: .*HTTP server: still closing after \d+ ms/);
+      assert.doesNotMatch(serve.stderr(), /^stopped$/m);
+    } finally {
+      client.destroy();
+      await serve.kill();
+    }
   });
 });

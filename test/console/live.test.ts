@@ -39,8 +39,70 @@ describe('live points', () => {
     const summed = livePoint('agent', watching(10, 10, 0), watching(60, 110, 3), 0, 1000);
     assert.equal(summed.deliveredPerSecond, 150);
     assert.equal(summed.lossAfterPercent, 1.961);
-    // A delivery that restarted (its counters from zero) counts nothing negative.
-    assert.equal(livePoint('agent', watching(500, 0, 9), watching(20, 0, 0), 0, 1000).deliveredPerSecond, 0);
+    // A delivery that restarted (its counters from zero) counts what it delivered since, nothing negative.
+    assert.equal(livePoint('agent', watching(500, 0, 9), watching(20, 0, 0), 0, 1000).deliveredPerSecond, 20);
+  });
+
+  it('a watching agent whose delivery stopped or restarted: the others’ figures still count, each per session', () => {
+    const a = '239.1.1.1:5000';
+    const b = '239.1.1.2:5000';
+    const session = (s1: string, delivered: number, gapsSeen = 0) => ({
+      s1,
+      delivery: { delivered, gapsSeen },
+    });
+    // A delivered 1000 then stopped (its delivery gone); B went 10 → 20 in one second.
+    const stopped = livePoint(
+      'agent',
+      { sessions: [session(a, 1000), session(b, 10)] },
+      { sessions: [{ s1: a, delivery: undefined }, session(b, 20)] },
+      0,
+      1000,
+    );
+    assert.equal(stopped.deliveredPerSecond, 10);
+    // A restarted on renewal (1000 → 5, 1 gap since), B 20 → 70: 5 + 50 delivered, 1 gap.
+    const restarted = livePoint(
+      'agent',
+      { sessions: [session(a, 1000, 7), session(b, 20)] },
+      { sessions: [session(a, 5, 1), session(b, 70)] },
+      0,
+      1000,
+    );
+    assert.equal(restarted.deliveredPerSecond, 55);
+    assert.equal(restarted.lossAfterPercent, 1.786);
+    // A session that started in the interval counts all it delivered; the order in the list does not matter.
+    const started = livePoint(
+      'agent',
+      { sessions: [session(b, 70)] },
+      { sessions: [session(b, 80), session(a, 30)] },
+      0,
+      1000,
+    );
+    assert.equal(started.deliveredPerSecond, 40);
+    // A renewal that moved A to another S2 is a new delivery: all it delivered since counts.
+    const from = (s2: string, delivered: number) => ({
+      s1: a,
+      delivery: { from: s2, delivered, gapsSeen: 0 },
+    });
+    const moved = livePoint(
+      'agent',
+      { sessions: [from('239.2.2.1:6000', 100)] },
+      { sessions: [from('239.2.2.2:6000', 300)] },
+      0,
+      1000,
+    );
+    assert.equal(moved.deliveredPerSecond, 300);
+  });
+
+  it('a repair server that restarted (its counters from zero) shows the loss since the restart', () => {
+    const point = livePoint(
+      'repair',
+      { emitted: 5000, recovered: 50, unrecoverable: 5 },
+      { emitted: 190, recovered: 10, unrecoverable: 10 },
+      0,
+      1000,
+    );
+    assert.equal(point.lossBeforePercent, 10);
+    assert.equal(point.lossAfterPercent, 5);
   });
 });
 

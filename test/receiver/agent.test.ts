@@ -2,11 +2,12 @@ import assert from 'node:assert/strict';
 import { createSocket } from 'node:dgram';
 import { describe, it } from 'node:test';
 import { newS2Key, S2Sealer } from '../../src/crypto/s2-seal.js';
-import { parseGroup } from '../../src/net/address.js';
+import { type Endpoint, parseGroup } from '../../src/net/address.js';
 import { encodeData } from '../../src/protocol/packet.js';
 import { startWatchingAgent } from '../../src/receiver/agent.js';
+import type { Resolution } from '../../src/receiver/controller-client.js';
 import { freshPort, loopbackIface } from '../helpers/loopback.js';
-import { waitUntil } from '../helpers/wait.js';
+import { eventually, waitUntil } from '../helpers/wait.js';
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -232,5 +233,126 @@ describe('the agent on a sealed S2 (flow A)', () => {
     assert.equal(resolves, 2, 'the grant, and one early renewal for the new epoch');
     assert.equal(delivery?.s2KeyEpoch, 2);
     assert.equal(delivery?.keyWaitDropped, 0);
+  });
+});
+
+/** An application on S1 that counts what reaches it, and a sender of DATA on S2. */
+async function applicationAndRepairer(s1: Endpoint, s2: Endpoint) {
+  const app = createSocket({ type: 'udp4', reuseAddr: true });
+  const got: Buffer[] = [];
+  app.on('message', (message) => got.push(message));
+  await new Promise<void>((resolve) => app.bind(s1.port, s1.address, resolve));
+  app.addMembership(s1.address, loopbackIface);
+  const repairer = createSocket('udp4');
+  await new Promise<void>((resolve) => repairer.bind(0, loopbackIface, resolve));
+  repairer.setMulticastInterface(loopbackIface);
+  let sequence = 100;
+  return {
+    got,
+    /** Sends DATA on S2 every 50 ms for windowMs; true when the application got any of it. */
+    async delivers(windowMs: number): Promise<boolean> {
+      const timer = setInterval(() => {
+        const datagram = encodeData(
+          { sessionId: 9, incarnation: 1, sequence: sequence++, timestampUs: 1 },
+          Buffer.from('x'),
+        );
+        repairer.send(datagram, s2.port, s2.address);
+      }, 50);
+      try {
+        return await eventually(() => got.length > 0, windowMs);
+      } finally {
+        clearInterval(timer);
+      }
+    },
+    close() {
+      app.close();
+      repairer.close();
+    },
+  };
+}
+
+describe('the agent starts nothing after close()', () => {
+  it('a grant that comes back while close() runs opens no delivery and is released', async () => {
+    const s1 = parseGroup(`239.255.95.1:${freshPort()}`, 's1');
+    const s2 = parseGroup(`239.255.95.2:${freshPort()}`, 's2');
+    let joined = false;
+    let asked: () => void = () => undefined;
+    const askedOnce = new Promise<void>((resolve) => {
+      asked = resolve;
+    });
+    let answer: (resolution: Resolution) => void = () => undefined;
+    const answered = new Promise<Resolution>((resolve) => {
+      answer = resolve;
+    });
+    let granted = 0;
+    let released = 0;
+    const changes: string[] = [];
+    const agent = await startWatchingAgent({
+      mappings: [{ s1 }],
+      fromIface: loopbackIface,
+      deliverIface: loopbackIface,
+      pollMs: 20,
+      readMemberships: () => (joined ? [{ group: s1.address, iface: 'lo', users: 1 }] : []),
+      controller: {
+        // A controller that grants, slowly: the grant is made whatever the agent does meanwhile.
+        resolve: async () => {
+          asked();
+          const resolution = await answered;
+          granted++;
+          return resolution;
+        },
+        release: async () => {
+          released++;
+        },
+      },
+      onChange: (_, active) => changes.push(active ? 'start' : 'stop'),
+    });
+    const bed = await applicationAndRepairer(s1, s2);
+    try {
+      joined = true;
+      await askedOnce;
+      const closing = agent.close();
+      answer({ granted: true, s2, leaseMs: 60_000 });
+      await closing;
+      assert.equal(await bed.delivers(1_000), false, 'nothing from S2 reaches the application after close()');
+      assert.deepEqual(changes, [], 'no delivery started');
+      assert.equal(granted, 1);
+      assert.equal(released, granted, 'the grant that came back is released');
+      assert.equal(agent.status().sessions[0]?.active, false);
+    } finally {
+      bed.close();
+      await agent.close();
+    }
+  });
+
+  it('a start whose first poll fails closes the deliveries that poll had opened', async () => {
+    const s1 = parseGroup(`239.255.96.1:${freshPort()}`, 's1');
+    const s2 = parseGroup(`239.255.96.2:${freshPort()}`, 's2');
+    const other = parseGroup(`239.255.96.3:${freshPort()}`, 's1');
+    const bed = await applicationAndRepairer(s1, s2);
+    try {
+      await assert.rejects(
+        startWatchingAgent({
+          // The first mapping starts (a configured S2); the second's controller fails.
+          mappings: [{ s1, s2 }, { s1: other }],
+          fromIface: loopbackIface,
+          deliverIface: loopbackIface,
+          readMemberships: () => [
+            { group: s1.address, iface: 'lo', users: 1 },
+            { group: other.address, iface: 'lo', users: 1 },
+          ],
+          controller: {
+            resolve: async () => {
+              throw new Error('controller exploded');
+            },
+            release: async () => undefined,
+          },
+        }),
+        /controller exploded/,
+      );
+      assert.equal(await bed.delivers(1_000), false, 'the first mapping’s delivery was closed');
+    } finally {
+      bed.close();
+    }
   });
 });
