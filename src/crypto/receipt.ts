@@ -116,7 +116,7 @@ export function receiptBodyProblem(body: ReceiptBody): string | undefined {
   if (!currencyPattern.test(body.currency)) {
     return `currency: "${body.currency}" is not an ISO 4217 code`;
   }
-  if (!(body.unit in receiptUnits)) {
+  if (!Object.hasOwn(receiptUnits, body.unit)) {
     return `unit: "${body.unit}" is not one of ${Object.keys(receiptUnits).join(', ')}`;
   }
   if (body.previousHash.length !== receiptHashBytes) {

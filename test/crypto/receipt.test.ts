@@ -5,6 +5,7 @@ import {
   decodeReceipt,
   ed25519Signer,
   type ReceiptBody,
+  receiptBodyProblem,
   receiptChainStart,
   signReceipt,
   verifyReceipt,
@@ -34,6 +35,14 @@ const body: ReceiptBody = {
 };
 
 describe('receipt codec', () => {
+  it("refuses a unit that is only a name on every object's prototype (toString, constructor, __proto__)", () => {
+    for (const unit of ['toString', 'constructor', '__proto__', 'hasOwnProperty']) {
+      const problem = receiptBodyProblem({ ...body, unit: unit as ReceiptBody['unit'] });
+      assert.match(problem ?? '', /^unit: /, unit);
+    }
+    assert.equal(receiptBodyProblem(body), undefined);
+  });
+
   it('golden: the layout of docs/protocol.md, signed, round trip', async () => {
     const receipt = await signReceipt(body, ed25519Signer(privateKey));
     const signed = receipt.bytes.subarray(0, receipt.bytes.length - 64).toString('hex');
