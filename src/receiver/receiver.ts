@@ -103,6 +103,8 @@ export interface ReceiveSummary {
   endsRevoked: number;
   /** Encrypted DATA (key epoch not 0) received without the means to open it: never written. */
   encryptedDropped: number;
+  /** DATA of a file at or after the end its DESCRIPTOR's size puts: cannot exist, never written. */
+  beyondFileEnd: number;
   malformed: Partial<Record<DecodeErrorReason, number>>;
   expectedPackets: number | undefined;
   sha256: string | undefined;
@@ -149,6 +151,7 @@ export function createReceiver(settings: ReceiverSettings, components: ReceiverC
     claimsTooFar: 0,
     endsRevoked: 0,
     encryptedDropped: 0,
+    beyondFileEnd: 0,
     malformed: {},
     expectedPackets: undefined,
     sha256: undefined,
@@ -212,11 +215,28 @@ export function createReceiver(settings: ReceiverSettings, components: ReceiverC
     drain();
   };
 
+  /**
+   * Whether DATA at `sequence` lies at or after the end a file's DESCRIPTOR puts by its size: an
+   * honest source never sends it, so it is a forgery, and taking it would write bytes after the
+   * file and make the genuine END look contradicted (docs/protocol.md, "Windows").
+   */
+  const pastFileEnd = (sequence: number): boolean => {
+    if (descriptor?.kind !== SessionKind.file || descriptor.totalBytes === undefined) {
+      return false;
+    }
+    const packets = Math.ceil(descriptor.totalBytes / descriptor.packetPayloadBytes);
+    return sequenceDistance(descriptor.firstSequence, sequence) >= packets;
+  };
+
   const acceptData = (packet: DataPacket) => {
     if (window === undefined) {
       if (!pending.hold(packet.sessionId, packet.incarnation, packet.sequence, Buffer.from(packet.payload))) {
         summary.overLimit++;
       }
+      return;
+    }
+    if (pastFileEnd(packet.sequence)) {
+      summary.beyondFileEnd++;
       return;
     }
     // Fast path: the next packet in order with nothing held back goes straight out.

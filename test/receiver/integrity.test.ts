@@ -173,4 +173,20 @@ describe('no single packet stalls a receiver', () => {
     assert.equal(whole.summary.outcome, 'complete', JSON.stringify(whole.summary));
     assert.deepEqual(whole.output, bytes);
   });
+
+  it("one forged DATA past a file's end (by its DESCRIPTOR's size) does not stop the whole file from completing", async () => {
+    const file = { sessionId: 11, incarnation: 11 };
+    const bytes = Buffer.concat([0, 1, 2, 3].map((s) => payloadOf('g', s)));
+    const { summary, output } = await receive(async (send) => {
+      send(descriptor(file, { firstSequence: 0, next: 0, payload: bytes }));
+      await pause();
+      send(...[0, 1, 2, 3].map((s) => data(file, s, payloadOf('g', s))));
+      send(data(file, 4, payloadOf('forged', 4))); // the file has 4 packets: sequence 4 cannot exist
+      await pause();
+      send(end(file, 4, 4, bytes.length));
+    }, 3_000);
+    assert.equal(summary.outcome, 'complete', JSON.stringify(summary));
+    assert.deepEqual(output, bytes);
+    assert.equal(summary.beyondFileEnd, 1);
+  });
 });
