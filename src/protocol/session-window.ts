@@ -435,6 +435,20 @@ export function endContradiction(run: RunShape, end: EndClaim): string | undefin
 }
 
 /**
+ * Whether DATA at `sequence` lies at or after the end a file's DESCRIPTOR puts by its size (first
+ * sequence + packets of the file): an honest source never sends it, so it is a forgery, and taking
+ * it would emit or write bytes after the file and make the genuine END look contradicted
+ * (docs/protocol.md, "Windows"). False for a run whose size is not known.
+ */
+export function isPastFileEnd(run: RunShape, sequence: number): boolean {
+  if (run.kind !== 1 || run.totalBytes === undefined) {
+    return false;
+  }
+  const packets = Math.ceil(run.totalBytes / run.packetPayloadBytes);
+  return sequenceDistance(run.firstSequence, sequence) >= packets;
+}
+
+/**
  * Whether DATA at `sequence` contradicts an END at `end`: it is at or after it, by less than a
  * window (a stray sequence far away, e.g. 2^31 off, proves nothing).
  */

@@ -32,7 +32,13 @@ import {
   SessionKind,
 } from '../protocol/packet.js';
 import { sequenceDistance } from '../protocol/serial.js';
-import { endContradiction, isJustAfter, PendingRuns, SessionWindow } from '../protocol/session-window.js';
+import {
+  endContradiction,
+  isJustAfter,
+  isPastFileEnd,
+  PendingRuns,
+  SessionWindow,
+} from '../protocol/session-window.js';
 
 /** Where the payload goes, in order. */
 export interface PayloadSink {
@@ -215,19 +221,6 @@ export function createReceiver(settings: ReceiverSettings, components: ReceiverC
     drain();
   };
 
-  /**
-   * Whether DATA at `sequence` lies at or after the end a file's DESCRIPTOR puts by its size: an
-   * honest source never sends it, so it is a forgery, and taking it would write bytes after the
-   * file and make the genuine END look contradicted (docs/protocol.md, "Windows").
-   */
-  const pastFileEnd = (sequence: number): boolean => {
-    if (descriptor?.kind !== SessionKind.file || descriptor.totalBytes === undefined) {
-      return false;
-    }
-    const packets = Math.ceil(descriptor.totalBytes / descriptor.packetPayloadBytes);
-    return sequenceDistance(descriptor.firstSequence, sequence) >= packets;
-  };
-
   const acceptData = (packet: DataPacket) => {
     if (window === undefined) {
       if (!pending.hold(packet.sessionId, packet.incarnation, packet.sequence, Buffer.from(packet.payload))) {
@@ -235,7 +228,7 @@ export function createReceiver(settings: ReceiverSettings, components: ReceiverC
       }
       return;
     }
-    if (pastFileEnd(packet.sequence)) {
+    if (descriptor !== undefined && isPastFileEnd(descriptor, packet.sequence)) {
       summary.beyondFileEnd++;
       return;
     }

@@ -71,6 +71,7 @@ import { sequenceAdd, sequenceDistance } from '../protocol/serial.js';
 import {
   endContradiction,
   isJustAfter,
+  isPastFileEnd,
   type PendingRun,
   PendingRuns,
   type RunShape,
@@ -556,6 +557,10 @@ export async function startRepairServer(
   /** Accepts a DATA datagram of the current run, from S1 or from a REPAIR. */
   const acceptData = (current: Run, datagram: Buffer, packet: DataPacket, repaired: boolean) => {
     const { sequence } = packet;
+    if (isPastFileEnd(current.shape, sequence)) {
+      drop('beyond-file-end'); // a file's DESCRIPTOR puts its end: nothing after it exists
+      return;
+    }
     if (current.endSequence !== undefined && isJustAfter(current.endSequence, sequence)) {
       // DATA at or after END's sequence: that END was not the run's end (a forgery): take it back.
       current.endSequence = undefined;
