@@ -441,11 +441,26 @@ export function endContradiction(run: RunShape, end: EndClaim): string | undefin
  * (docs/protocol.md, "Windows"). False for a run whose size is not known.
  */
 export function isPastFileEnd(run: RunShape, sequence: number): boolean {
+  const packets = filePackets(run);
+  return packets !== undefined && sequenceDistance(run.firstSequence, sequence) >= packets;
+}
+
+/**
+ * Whether a HEARTBEAT or END claiming `next` as the next sequence claims packets past the end a
+ * file's DESCRIPTOR puts by its size: not believed, so that one forged claim draws no NACKs for
+ * packets that cannot exist. False for a run whose size is not known.
+ */
+export function isClaimPastFileEnd(run: RunShape, next: number): boolean {
+  const packets = filePackets(run);
+  return packets !== undefined && sequenceDistance(run.firstSequence, next) > packets;
+}
+
+/** Packets of a file whose size its DESCRIPTOR gives; undefined for any other run. */
+function filePackets(run: RunShape): number | undefined {
   if (run.kind !== 1 || run.totalBytes === undefined) {
-    return false;
+    return undefined;
   }
-  const packets = Math.ceil(run.totalBytes / run.packetPayloadBytes);
-  return sequenceDistance(run.firstSequence, sequence) >= packets;
+  return Math.ceil(run.totalBytes / run.packetPayloadBytes);
 }
 
 /**

@@ -34,6 +34,7 @@ import {
 import { sequenceDistance } from '../protocol/serial.js';
 import {
   endContradiction,
+  isClaimPastFileEnd,
   isJustAfter,
   isPastFileEnd,
   PendingRuns,
@@ -314,6 +315,10 @@ export function createReceiver(settings: ReceiverSettings, components: ReceiverC
   };
 
   const claim = (next: number) => {
+    if (descriptor !== undefined && isClaimPastFileEnd(descriptor, next)) {
+      summary.claimsTooFar++;
+      return;
+    }
     if (window?.claim(next) === 'too-far') {
       summary.claimsTooFar++;
     }

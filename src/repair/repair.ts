@@ -70,6 +70,7 @@ import {
 import { sequenceAdd, sequenceDistance } from '../protocol/serial.js';
 import {
   endContradiction,
+  isClaimPastFileEnd,
   isJustAfter,
   isPastFileEnd,
   type PendingRun,
@@ -753,7 +754,7 @@ export async function startRepairServer(
   };
 
   const claim = (current: Run, next: number) => {
-    if (current.window.claim(next) === 'too-far') {
+    if (isClaimPastFileEnd(current.shape, next) || current.window.claim(next) === 'too-far') {
       counters.claimsTooFar++;
       return;
     }

@@ -182,11 +182,13 @@ describe('no single packet stalls a receiver', () => {
       await pause();
       send(...[0, 1, 2, 3].map((s) => data(file, s, payloadOf('g', s))));
       send(data(file, 4, payloadOf('forged', 4))); // the file has 4 packets: sequence 4 cannot exist
+      send(heartbeat(file, 4 + 20)); // nor 4 to 23: a claim past the file's end is not believed
       await pause();
       send(end(file, 4, 4, bytes.length));
     }, 3_000);
     assert.equal(summary.outcome, 'complete', JSON.stringify(summary));
     assert.deepEqual(output, bytes);
     assert.equal(summary.beyondFileEnd, 1);
+    assert.equal(summary.claimsTooFar, 1);
   });
 });
