@@ -22,7 +22,7 @@ import type { LastResortSettings } from '../source/last-resort.js';
 import { endSession, type RegisteredSession, registerSession } from '../source/registration.js';
 import { createSource, type Source, type SourceSettings, type SourceStats } from '../source/source.js';
 import { sendSettings } from './command-settings.js';
-import { keysFrom, parseEndpointList } from './control-keys.js';
+import { keysFrom, parseEndpointList, parseUnicastEndpoint } from './control-keys.js';
 import { exitIncomplete, exitOk, UsageError } from './errors.js';
 import { formatBytes, formatRate, progressBar } from './format.js';
 import {
@@ -116,7 +116,7 @@ function lastResortOptions(values: OptionValues): SourceSettings['lastResort'] {
     }
     return undefined;
   }
-  const listen = parseEndpoint(listenText, '--retransmit-listen');
+  const listen = parseUnicastEndpoint(listenText, '--retransmit-listen');
   const announceAddress = optional(values, 'announce-address');
   if ((listen.address === '0.0.0.0' || listen.address === '::') && announceAddress === undefined) {
     throw new InvalidArgumentError(
