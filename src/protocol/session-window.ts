@@ -455,6 +455,25 @@ export function isClaimPastFileEnd(run: RunShape, next: number): boolean {
   return packets !== undefined && sequenceDistance(run.firstSequence, next) > packets;
 }
 
+/**
+ * Whether DATA at `sequence` (within the file) has a payload length other than the one a file's
+ * DESCRIPTOR puts there: every packet but the last carries the packet payload bytes, the last one
+ * the rest of the file. An honest source never sends another length, so one forged packet of the
+ * wrong length is not taken in place of the genuine one. False for a run whose size is not known.
+ */
+export function isWrongFileLength(run: RunShape, sequence: number, payloadBytes: number): boolean {
+  const packets = filePackets(run);
+  if (packets === undefined || run.totalBytes === undefined) {
+    return false;
+  }
+  const index = sequenceDistance(run.firstSequence, sequence);
+  if (index < 0 || index >= packets) {
+    return false; // not within the file: isPastFileEnd and the window judge it
+  }
+  const last = run.totalBytes - (packets - 1) * run.packetPayloadBytes;
+  return payloadBytes !== (index === packets - 1 ? last : run.packetPayloadBytes);
+}
+
 /** Packets of a file whose size its DESCRIPTOR gives; undefined for any other run. */
 function filePackets(run: RunShape): number | undefined {
   if (run.kind !== 1 || run.totalBytes === undefined) {

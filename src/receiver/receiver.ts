@@ -37,6 +37,7 @@ import {
   isClaimPastFileEnd,
   isJustAfter,
   isPastFileEnd,
+  isWrongFileLength,
   PendingRuns,
   SessionWindow,
 } from '../protocol/session-window.js';
@@ -112,6 +113,8 @@ export interface ReceiveSummary {
   encryptedDropped: number;
   /** DATA of a file at or after the end its DESCRIPTOR's size puts: cannot exist, never written. */
   beyondFileEnd: number;
+  /** DATA of a file whose length is not the one its DESCRIPTOR's size puts there: never written. */
+  wrongFileLength: number;
   malformed: Partial<Record<DecodeErrorReason, number>>;
   expectedPackets: number | undefined;
   sha256: string | undefined;
@@ -159,6 +162,7 @@ export function createReceiver(settings: ReceiverSettings, components: ReceiverC
     endsRevoked: 0,
     encryptedDropped: 0,
     beyondFileEnd: 0,
+    wrongFileLength: 0,
     malformed: {},
     expectedPackets: undefined,
     sha256: undefined,
@@ -231,6 +235,10 @@ export function createReceiver(settings: ReceiverSettings, components: ReceiverC
     }
     if (descriptor !== undefined && isPastFileEnd(descriptor, packet.sequence)) {
       summary.beyondFileEnd++;
+      return;
+    }
+    if (descriptor !== undefined && isWrongFileLength(descriptor, packet.sequence, packet.payload.length)) {
+      summary.wrongFileLength++;
       return;
     }
     // Fast path: the next packet in order with nothing held back goes straight out.
