@@ -8,7 +8,14 @@ import { parseArgs } from 'node:util';
 import { type TObject, TypeGuard } from '@sinclair/typebox';
 import { LineCounter, parseDocument, type Document as YamlDocument } from 'yaml';
 import { configFileBytesMax, rateBitsPerSecondMax, settingDurationMsMax } from '../limits.js';
-import { type Endpoint, formatEndpoint, isScopedGroup, multicastScope, parseGroup } from '../net/address.js';
+import {
+  type Endpoint,
+  formatEndpoint,
+  isMulticast,
+  isScopedGroup,
+  multicastScope,
+  parseGroup,
+} from '../net/address.js';
 import { InvalidArgumentError } from '../net/errors.js';
 import { FileRefused, readBoundedFile } from '../net/files.js';
 import { resolveInterface } from '../net/interfaces.js';
@@ -319,8 +326,21 @@ export function parseGroupOn(text: string, field: string, context: GroupContext)
         `${source} is an IPv${sourceFamily} address but ${field} ${formatEndpoint(group)} is IPv${group.family}`,
       );
     }
+    // A source-specific join names the sender's own (unicast) address; the kernel takes any
+    // address and the join then matches nothing, so the wait would only end at --timeout.
+    if (isMulticast(source) || isUnspecified(source)) {
+      throw new InvalidArgumentError(
+        sourceField,
+        `${source} is ${isMulticast(source) ? 'a multicast group' : 'the unspecified address'}, not a sender's address`,
+      );
+    }
   }
   return group;
+}
+
+/** Whether an address is 0.0.0.0 or :: (any spelling). */
+function isUnspecified(address: string): boolean {
+  return address === '0.0.0.0' || (isIP(address) === 6 && address.replace(/[:0]/g, '') === '');
 }
 
 /**

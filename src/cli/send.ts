@@ -22,7 +22,7 @@ import type { LastResortSettings } from '../source/last-resort.js';
 import { endSession, type RegisteredSession, registerSession } from '../source/registration.js';
 import { createSource, type Source, type SourceSettings, type SourceStats } from '../source/source.js';
 import { sendSettings } from './command-settings.js';
-import { keysFrom, parseEndpointList } from './control-keys.js';
+import { keysFrom, parseEndpointList, parseUnicastEndpoint } from './control-keys.js';
 import { exitIncomplete, exitOk, UsageError } from './errors.js';
 import { formatBytes, formatRate, progressBar } from './format.js';
 import {
@@ -116,7 +116,7 @@ function lastResortOptions(values: OptionValues): SourceSettings['lastResort'] {
     }
     return undefined;
   }
-  const listen = parseEndpoint(listenText, '--retransmit-listen');
+  const listen = parseUnicastEndpoint(listenText, '--retransmit-listen');
   const announceAddress = optional(values, 'announce-address');
   if ((listen.address === '0.0.0.0' || listen.address === '::') && announceAddress === undefined) {
     throw new InvalidArgumentError(
@@ -284,8 +284,9 @@ export async function runSend(argv: string[], out: NodeJS.WriteStream): Promise<
     out.write(
       `${values.json === true ? JSON.stringify({ sessionName, ...stats, socketBuffers: socketBufferReport() }) : summaryLine(stats, sessionName)}\n`,
     );
-    // A datagram that did not leave is a packet no receiver can have: the session is not whole.
-    return stats.sendErrors > 0 ? exitIncomplete : exitOk;
+    // A datagram that did not leave is a packet no receiver can have, and a file stopped before
+    // its end (--duration) cannot arrive whole: either way the session is not whole.
+    return stats.sendErrors > 0 || fileCutShort(stats) ? exitIncomplete : exitOk;
   } finally {
     await input.close();
   }
@@ -365,9 +366,15 @@ function progressLine(stats: Readonly<SourceStats>): string {
   return `${bar}${formatBytes(stats.payloadBytesSent)} ${stats.packetsSent} packets ${rate}   `;
 }
 
+/** Whether a file's payload was not sent to its end (stopped by --duration or a signal). */
+export function fileCutShort(stats: Pick<SourceStats, 'totalBytes' | 'payloadBytesSent'>): boolean {
+  return stats.totalBytes !== undefined && stats.payloadBytesSent < stats.totalBytes;
+}
+
 /**
- * One line that says what left and what did not: "sent" only when every datagram left,
- * "INCOMPLETE" when some did not, "NOT SENT" when none did.
+ * One line that says what left and what did not: "sent" only when every datagram left and a file
+ * was sent to its end, "INCOMPLETE" when some did not or the file was stopped before its end,
+ * "NOT SENT" when none did.
  */
 export function summaryLine(stats: SourceStats, name: string): string {
   const seconds = stats.elapsedMs / 1000;
@@ -394,6 +401,9 @@ export function summaryLine(stats: SourceStats, name: string): string {
     lastResort +
     adapted;
   const session = `session "${name}" (id ${stats.sessionId}, run ${stats.incarnation})`;
+  if (stats.sendErrors === 0 && fileCutShort(stats)) {
+    return `INCOMPLETE ${session}: stopped after ${formatBytes(stats.payloadBytesSent)} of the file's ${formatBytes(stats.totalBytes ?? 0)}; sent: ${figures}`;
+  }
   if (stats.sendErrors === 0) {
     return `sent ${session}: ${figures}`;
   }

@@ -4,12 +4,14 @@ import { mkdirSync } from 'node:fs';
 import { dirname, join, resolve as resolvePath } from 'node:path';
 import { readS2KeyFile } from '../crypto/s2-seal.js';
 import { controllerIdleMs, controllerPoolSizeDefault } from '../limits.js';
-import { formatEndpoint, parseEndpoint } from '../net/address.js';
+import { canonicalAddress, formatEndpoint } from '../net/address.js';
+import { InvalidArgumentError } from '../net/errors.js';
 import { readTlsFiles } from '../net/tls.js';
 import { type AgentMapping, startAgent, startWatchingAgent } from '../receiver/agent.js';
 import { type ControllerClient, controllerClient } from '../receiver/controller-client.js';
 import { startRepairServer } from '../repair/repair.js';
 import { startRetransmitServer } from '../retransmit/retransmit.js';
+import { parseUnicastEndpoint } from './control-keys.js';
 import { keysFrom, parseEndpointList, type RoleStarter, runDaemon, runningRole } from './daemon.js';
 import { exitOk, UsageError } from './errors.js';
 import {
@@ -111,7 +113,7 @@ export function prepareRetransmit(values: OptionValues): RoleStarter {
       source: optional(values, 'source'),
     }));
   const iface = optional(values, 'iface');
-  const listen = parseEndpoint(required(values, 'listen'), '--listen');
+  const listen = parseUnicastEndpoint(required(values, 'listen'), '--listen');
   const keys = keysFrom(values);
   const peers = parseEndpointList(optional(values, 'peer'), '--peer');
   const announceGroupText = optional(values, 'announce-group');
@@ -189,14 +191,26 @@ export function prepareRepair(values: OptionValues): RoleStarter {
     return prepareController(values);
   }
   const group = groupOption(values, 'join', 'iface', 'source');
-  const emit = parseGroupOn(required(values, 'emit'), '--emit', ifaceOption(values, 'emit-iface', 'iface'));
+  const emitOn = ifaceOption(values, 'emit-iface', 'iface');
+  const emit = parseGroupOn(required(values, 'emit'), '--emit', emitOn);
+  if (
+    canonicalAddress(emit.address) === canonicalAddress(group.address) &&
+    emit.port === group.port &&
+    emitOn.iface === optional(values, 'iface')
+  ) {
+    // On the link it joins, S2 would loop back into S1: every packet heard again as a duplicate.
+    throw new InvalidArgumentError(
+      '--emit',
+      `${formatEndpoint(emit)} is the group it joins (--join) on the same link: give S2 another group or port, or another link with --emit-iface`,
+    );
+  }
   const s2Key = s2KeyOption(values);
   const settings = {
     ...repairModuleOptions(values),
     sourcePublicKey: sourcePublicKeyOption(values),
     group,
     source: optional(values, 'source'),
-    listen: parseEndpoint(required(values, 'listen'), '--listen'),
+    listen: parseUnicastEndpoint(required(values, 'listen'), '--listen'),
     emit,
     s2Key,
   };
@@ -222,7 +236,7 @@ function prepareController(values: OptionValues): RoleStarter {
   if (optional(values, 's2-key-file') !== undefined) {
     throw new UsageError('--s2-key-file: not with --controller (it makes and rotates every S2 key itself)');
   }
-  const listen = parseEndpoint(required(values, 'controller'), '--controller');
+  const listen = parseUnicastEndpoint(required(values, 'controller'), '--controller');
   const subscription = parseServerUrl(required(values, 'subscription'), '--subscription');
   const poolText = required(values, 's2-pool');
   const [poolGroup = '', poolCount] = poolText.split('/');
@@ -238,7 +252,7 @@ function prepareController(values: OptionValues): RoleStarter {
     throw new UsageError(`--report-interval: ${reportText} is shorter than 0.1 second`);
   }
   const module = repairModuleOptions(values);
-  const moduleListen = parseEndpoint(required(values, 'listen'), '--listen');
+  const moduleListen = parseUnicastEndpoint(required(values, 'listen'), '--listen');
   // Module i of the pool listens on --listen's port + i: the last one must be a port too.
   if (moduleListen.port !== 0 && moduleListen.port + poolSize - 1 > 65_535) {
     throw new UsageError(

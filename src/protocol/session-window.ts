@@ -435,6 +435,54 @@ export function endContradiction(run: RunShape, end: EndClaim): string | undefin
 }
 
 /**
+ * Whether DATA at `sequence` lies at or after the end a file's DESCRIPTOR puts by its size (first
+ * sequence + packets of the file): an honest source never sends it, so it is a forgery, and taking
+ * it would emit or write bytes after the file and make the genuine END look contradicted
+ * (docs/protocol.md, "Windows"). False for a run whose size is not known.
+ */
+export function isPastFileEnd(run: RunShape, sequence: number): boolean {
+  const packets = filePackets(run);
+  return packets !== undefined && sequenceDistance(run.firstSequence, sequence) >= packets;
+}
+
+/**
+ * Whether a HEARTBEAT or END claiming `next` as the next sequence claims packets past the end a
+ * file's DESCRIPTOR puts by its size: not believed, so that one forged claim draws no NACKs for
+ * packets that cannot exist. False for a run whose size is not known.
+ */
+export function isClaimPastFileEnd(run: RunShape, next: number): boolean {
+  const packets = filePackets(run);
+  return packets !== undefined && sequenceDistance(run.firstSequence, next) > packets;
+}
+
+/**
+ * Whether DATA at `sequence` (within the file) has a payload length other than the one a file's
+ * DESCRIPTOR puts there: every packet but the last carries the packet payload bytes, the last one
+ * the rest of the file. An honest source never sends another length, so one forged packet of the
+ * wrong length is not taken in place of the genuine one. False for a run whose size is not known.
+ */
+export function isWrongFileLength(run: RunShape, sequence: number, payloadBytes: number): boolean {
+  const packets = filePackets(run);
+  if (packets === undefined || run.totalBytes === undefined) {
+    return false;
+  }
+  const index = sequenceDistance(run.firstSequence, sequence);
+  if (index < 0 || index >= packets) {
+    return false; // not within the file: isPastFileEnd and the window judge it
+  }
+  const last = run.totalBytes - (packets - 1) * run.packetPayloadBytes;
+  return payloadBytes !== (index === packets - 1 ? last : run.packetPayloadBytes);
+}
+
+/** Packets of a file whose size its DESCRIPTOR gives; undefined for any other run. */
+function filePackets(run: RunShape): number | undefined {
+  if (run.kind !== 1 || run.totalBytes === undefined) {
+    return undefined;
+  }
+  return Math.ceil(run.totalBytes / run.packetPayloadBytes);
+}
+
+/**
  * Whether DATA at `sequence` contradicts an END at `end`: it is at or after it, by less than a
  * window (a stray sequence far away, e.g. 2^31 off, proves nothing).
  */

@@ -32,7 +32,15 @@ import {
   SessionKind,
 } from '../protocol/packet.js';
 import { sequenceDistance } from '../protocol/serial.js';
-import { endContradiction, isJustAfter, PendingRuns, SessionWindow } from '../protocol/session-window.js';
+import {
+  endContradiction,
+  isClaimPastFileEnd,
+  isJustAfter,
+  isPastFileEnd,
+  isWrongFileLength,
+  PendingRuns,
+  SessionWindow,
+} from '../protocol/session-window.js';
 
 /** Where the payload goes, in order. */
 export interface PayloadSink {
@@ -103,6 +111,10 @@ export interface ReceiveSummary {
   endsRevoked: number;
   /** Encrypted DATA (key epoch not 0) received without the means to open it: never written. */
   encryptedDropped: number;
+  /** DATA of a file at or after the end its DESCRIPTOR's size puts: cannot exist, never written. */
+  beyondFileEnd: number;
+  /** DATA of a file whose length is not the one its DESCRIPTOR's size puts there: never written. */
+  wrongFileLength: number;
   malformed: Partial<Record<DecodeErrorReason, number>>;
   expectedPackets: number | undefined;
   sha256: string | undefined;
@@ -149,6 +161,8 @@ export function createReceiver(settings: ReceiverSettings, components: ReceiverC
     claimsTooFar: 0,
     endsRevoked: 0,
     encryptedDropped: 0,
+    beyondFileEnd: 0,
+    wrongFileLength: 0,
     malformed: {},
     expectedPackets: undefined,
     sha256: undefined,
@@ -217,6 +231,14 @@ export function createReceiver(settings: ReceiverSettings, components: ReceiverC
       if (!pending.hold(packet.sessionId, packet.incarnation, packet.sequence, Buffer.from(packet.payload))) {
         summary.overLimit++;
       }
+      return;
+    }
+    if (descriptor !== undefined && isPastFileEnd(descriptor, packet.sequence)) {
+      summary.beyondFileEnd++;
+      return;
+    }
+    if (descriptor !== undefined && isWrongFileLength(descriptor, packet.sequence, packet.payload.length)) {
+      summary.wrongFileLength++;
       return;
     }
     // Fast path: the next packet in order with nothing held back goes straight out.
@@ -301,6 +323,10 @@ export function createReceiver(settings: ReceiverSettings, components: ReceiverC
   };
 
   const claim = (next: number) => {
+    if (descriptor !== undefined && isClaimPastFileEnd(descriptor, next)) {
+      summary.claimsTooFar++;
+      return;
+    }
     if (window?.claim(next) === 'too-far') {
       summary.claimsTooFar++;
     }

@@ -73,7 +73,9 @@ import {
 import { sequenceAdd, sequenceDistance } from '../protocol/serial.js';
 import {
   endContradiction,
+  isClaimPastFileEnd,
   isJustAfter,
+  isPastFileEnd,
   type PendingRun,
   PendingRuns,
   type RunShape,
@@ -626,6 +628,10 @@ export async function startRepairServer(
   /** Accepts a DATA datagram of the current run, from S1 or from a REPAIR. */
   const acceptData = (current: Run, datagram: Buffer, packet: DataPacket, repaired: boolean) => {
     const { sequence } = packet;
+    if (isPastFileEnd(current.shape, sequence)) {
+      drop('beyond-file-end'); // a file's DESCRIPTOR puts its end: nothing after it exists
+      return;
+    }
     if (current.endSequence !== undefined && isJustAfter(current.endSequence, sequence)) {
       // DATA at or after END's sequence: that END was not the run's end (a forgery): take it back.
       current.endSequence = undefined;
@@ -818,7 +824,7 @@ export async function startRepairServer(
   };
 
   const claim = (current: Run, next: number) => {
-    if (current.window.claim(next) === 'too-far') {
+    if (isClaimPastFileEnd(current.shape, next) || current.window.claim(next) === 'too-far') {
       counters.claimsTooFar++;
       return;
     }

@@ -428,6 +428,8 @@ describe('send --stdin to receive over loopback, through the command line', () =
 describe('the servers refuse bad configuration with one line', () => {
   const secret = join(directory, 'short-secret');
   writeFileSync(secret, 'short\n');
+  const strongSecret = join(directory, 'strong-secret');
+  writeFileSync(strongSecret, 'a secret of the cli tests, long enough\n');
   const cases: Array<[string, string[], RegExp]> = [
     [
       'no secret',
@@ -477,6 +479,60 @@ describe('the servers refuse bad configuration with one line', () => {
         '--reliable',
       ],
       /--emit: 10\.0\.0\.1 is not a multicast group/,
+    ],
+    [
+      'a repair server emitting S2 on the group it joins, on the same link (a loop)',
+      [
+        'repair',
+        '--join',
+        '239.1.1.1:5000',
+        '--emit',
+        '239.1.1.1:5000',
+        '--listen',
+        '127.0.0.1:7000',
+        '--reliable',
+        '--secret-file',
+        strongSecret,
+      ],
+      /--emit: 239\.1\.1\.1:5000 is the group it joins \(--join\) on the same link/,
+    ],
+    [
+      'a retransmit server listening on a multicast group',
+      ['retransmit', '--join', '239.1.1.1:5000', '--listen', '239.1.1.9:7000', '--secret-file', strongSecret],
+      /--listen: 239\.1\.1\.9 is a multicast group; this option takes a unicast address/,
+    ],
+    [
+      'a repair server asking a multicast group as its retransmit server',
+      [
+        'repair',
+        '--join',
+        '239.1.1.1:5000',
+        '--emit',
+        '239.1.1.2:5000',
+        '--listen',
+        '127.0.0.1:7000',
+        '--reliable',
+        '--secret-file',
+        strongSecret,
+        '--retransmit',
+        '127.0.0.1:7100,239.1.1.9:7000',
+      ],
+      /--retransmit: 239\.1\.1\.9 is a multicast group; this option takes a unicast address/,
+    ],
+    [
+      'a retransmit server announcing to a multicast group with --announce-to',
+      [
+        'retransmit',
+        '--join',
+        '239.1.1.1:5000',
+        '--listen',
+        '127.0.0.1:7000',
+        '--secret-file',
+        strongSecret,
+        '--announce-to',
+        '[ff3e::9]:7000',
+      ],
+      /--announce-to: ff3e::9 is a multicast group; this option takes a unicast address/,
     ],
     [
       'a bad map',

@@ -328,3 +328,51 @@ describe('a link-local group takes its scope from --iface (receive [ff02::1234]:
     assert.equal(readFileSync(output, 'latin1').trim().split('\n').length, 5);
   });
 });
+
+describe('send --file stopped by --duration before its end (it exited 0 "sent session")', () => {
+  it('exit 1, INCOMPLETE with the bytes sent of the file', async () => {
+    const group = testGroup();
+    const file = join(directory, 'cut.bin');
+    writeFileSync(file, randomBytes(2_000_000));
+    // 2 MB at 1 Mbit/s takes 16 s: a 1 s duration stops it a long way before its end.
+    const result = await run([
+      'send',
+      '--group',
+      `${group.address}:${group.port}`,
+      '--iface',
+      '127.0.0.1',
+      '--file',
+      file,
+      '--rate',
+      '1M',
+      '--duration',
+      '1',
+    ]);
+    assert.equal(result.code, 1, result.stderr);
+    assert.match(
+      result.stderr,
+      /INCOMPLETE session "cut\.bin" .*: stopped after [\d.]+ kB of the file's 2\.0 MB/,
+    );
+    assert.doesNotMatch(result.stderr, /^sent session/m);
+    noStack(result.stderr);
+  });
+
+  it('a file sent to its end within --duration exits 0 "sent session"', async () => {
+    const group = testGroup();
+    const file = join(directory, 'small.bin');
+    writeFileSync(file, randomBytes(10_000));
+    const result = await run([
+      'send',
+      '--group',
+      `${group.address}:${group.port}`,
+      '--iface',
+      '127.0.0.1',
+      '--file',
+      file,
+      '--duration',
+      '20',
+    ]);
+    assert.equal(result.code, 0, result.stderr);
+    assert.match(result.stderr, /sent session "small\.bin" .*: 8 packets, 10\.0 kB/);
+  });
+});

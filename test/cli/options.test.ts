@@ -72,6 +72,28 @@ describe('one check of a group with its interface and source, for every command'
     );
   });
 
+  it('refuses a multicast or unspecified source (receive --source 239.1.1.1 joined and waited for --timeout)', () => {
+    for (const [group, source, what] of [
+      ['239.1.1.1:5000', '239.1.1.2', 'a multicast group'],
+      ['[ff3e::1]:5000', 'ff3e::2', 'a multicast group'],
+      ['239.1.1.1:5000', '0.0.0.0', 'the unspecified address'],
+      ['[ff3e::1]:5000', '::', 'the unspecified address'],
+    ] as const) {
+      assert.throws(
+        () => parseGroupOn(group, '--group', on(undefined, { source, sourceField: '--source' })),
+        new RegExp(`--source: ${source.replace(/\./g, '\\.')} is ${what}, not a sender's address`),
+      );
+    }
+    assert.equal(
+      parseGroupOn(
+        '239.1.1.1:5000',
+        '--group',
+        on(undefined, { source: '10.0.0.1', sourceField: '--source' }),
+      ).port,
+      5000,
+    );
+  });
+
   it('resolves the interface option, and falls back from one option to another', () => {
     assert.throws(
       () => parseGroupOn('239.1.1.1:5000', '--group', on('nosuch7')),

@@ -173,4 +173,40 @@ describe('no single packet stalls a receiver', () => {
     assert.equal(whole.summary.outcome, 'complete', JSON.stringify(whole.summary));
     assert.deepEqual(whole.output, bytes);
   });
+
+  it("one forged DATA past a file's end (by its DESCRIPTOR's size) does not stop the whole file from completing", async () => {
+    const file = { sessionId: 11, incarnation: 11 };
+    const bytes = Buffer.concat([0, 1, 2, 3].map((s) => payloadOf('g', s)));
+    const { summary, output } = await receive(async (send) => {
+      send(descriptor(file, { firstSequence: 0, next: 0, payload: bytes }));
+      await pause();
+      send(...[0, 1, 2, 3].map((s) => data(file, s, payloadOf('g', s))));
+      send(data(file, 4, payloadOf('forged', 4))); // the file has 4 packets: sequence 4 cannot exist
+      send(heartbeat(file, 4 + 20)); // nor 4 to 23: a claim past the file's end is not believed
+      await pause();
+      send(end(file, 4, 4, bytes.length));
+    }, 3_000);
+    assert.equal(summary.outcome, 'complete', JSON.stringify(summary));
+    assert.deepEqual(output, bytes);
+    assert.equal(summary.beyondFileEnd, 1);
+    assert.equal(summary.claimsTooFar, 1);
+  });
+
+  it("a forged DATA of a file's length other than its DESCRIPTOR puts there is not taken in place of the genuine one", async () => {
+    const file = { sessionId: 12, incarnation: 12 };
+    const last = Buffer.from('the last, shorter');
+    const bytes = Buffer.concat([payloadOf('h', 0), payloadOf('h', 1), last]);
+    const { summary, output } = await receive(async (send) => {
+      send(descriptor(file, { firstSequence: 0, next: 0, payload: bytes }));
+      await pause();
+      // Before the genuine ones: packet 1 one byte short, the last one padded to a full packet.
+      send(data(file, 1, payloadOf('h', 1).subarray(1)), data(file, 2, payloadOf('forged', 2)));
+      send(data(file, 0, payloadOf('h', 0)), data(file, 1, payloadOf('h', 1)), data(file, 2, last));
+      await pause();
+      send(end(file, 3, 3, bytes.length));
+    }, 3_000);
+    assert.equal(summary.outcome, 'complete', JSON.stringify(summary));
+    assert.deepEqual(output, bytes);
+    assert.equal(summary.wrongFileLength, 2);
+  });
 });
