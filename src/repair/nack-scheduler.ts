@@ -621,10 +621,10 @@ export class NackScheduler {
   }
 
   /**
-   * Sends one NACK per server for the due gaps, in ranges, oldest first, as far as each server's
-   * NACK window and the NACK budget (docs/architecture.md, "Pacing repairs") allow; the rest stay
-   * due until answers free places or credit is back (a flush at least nackBudgetRetryMs later: a
-   * flush costs the same for one gap as for many).
+   * Sends one NACK per server for the due gaps, in ranges, by round and oldest first, as far as
+   * each server's NACK window and the NACK budget (docs/architecture.md, "Pacing repairs") allow;
+   * the rest stay due until answers free places or credit is back (a flush at least
+   * nackBudgetRetryMs later: a flush costs the same for one gap as for many).
    */
   #flushNacks(): void {
     const { servers, schedule } = this.#options;
