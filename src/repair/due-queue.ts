@@ -1,9 +1,15 @@
 /**
- * The gaps due for a NACK, kept oldest first (serial-number order, RFC 1982) in a binary heap, so
- * that a flush walks them in order without sorting every due gap on every call: a flush that
- * takes k gaps of n costs O(k log n), not O(n log n). Removal is lazy: an entry whose item left
- * the queue (or left and came back) is skipped when it comes to the top, and the heap is rebuilt
- * when such entries outnumber the live ones.
+ * The gaps due for a NACK, kept in a binary heap ordered by round, then oldest first (serial-number
+ * order, RFC 1982), so that a flush walks them in order without sorting every due gap on every
+ * call: a flush that takes k gaps of n costs O(k log n), not O(n log n). Removal is lazy: an entry
+ * whose item left the queue (or left and came back) is skipped when it comes to the top, and the
+ * heap is rebuilt when such entries outnumber the live ones.
+ *
+ * The round comes first so that an item asked for again never goes ahead of one that has not had
+ * its turn yet (RFC 6675, NextSeg: a hole not yet retransmitted before any retransmitted again):
+ * with a budget that takes a few items per walk, items that come back due again and again (what no
+ * server holds, asked round after round) would otherwise take every walk's budget, and an item
+ * behind them in sequence would wait for ever.
  */
 import { sequenceDistance } from '../protocol/serial.js';
 
@@ -13,20 +19,31 @@ export type DueVisit = 'take' | 'keep' | 'stop';
 interface Entry<T> {
   readonly item: T;
   readonly sequence: number;
+  /** The item's round when the entry was pushed (read again when a walk keeps it). */
+  readonly round: number;
   /** The item's admission this entry stands for: stale once the item left the queue. */
   readonly token: number;
 }
 
-/** Items with a sequence, due in serial order (all within 2^31 of each other). */
+/**
+ * Items with a sequence, due by round (lowest first), then in serial order (all within 2^31 of each
+ * other).
+ */
 export class DueQueue<T> {
   readonly #sequenceOf: (item: T) => number;
+  readonly #roundOf: (item: T) => number;
   /** Items due → the token of their current admission. */
   readonly #tokens = new Map<T, number>();
   #heap: Entry<T>[] = [];
   #nextToken = 1;
 
-  constructor(sequenceOf: (item: T) => number) {
+  /**
+   * `roundOf`: how many times the item was asked of every server (an integer that only grows while
+   * the item is due or away); without it, every item is in round 0 and the order is serial only.
+   */
+  constructor(sequenceOf: (item: T) => number, roundOf: (item: T) => number = () => 0) {
     this.#sequenceOf = sequenceOf;
+    this.#roundOf = roundOf;
   }
 
   /** Items due. */
@@ -45,7 +62,7 @@ export class DueQueue<T> {
     }
     const token = this.#nextToken++;
     this.#tokens.set(item, token);
-    this.#push({ item, sequence: this.#sequenceOf(item), token });
+    this.#push({ item, sequence: this.#sequenceOf(item), round: this.#roundOf(item), token });
   }
 
   /** The item is no longer due. */
@@ -61,7 +78,7 @@ export class DueQueue<T> {
   }
 
   /**
-   * Visits the due items oldest first. `take` removes the item; `keep` leaves it due and goes on;
+   * Visits the due items by round, oldest first within a round. `take` removes the item; `keep` leaves it due and goes on;
    * `stop` leaves it due and ends the walk. The visitor may add or delete other items: an item
    * added during the walk is not visited by it.
    */
@@ -88,12 +105,17 @@ export class DueQueue<T> {
       }
     }
     for (const entry of kept) {
-      this.#push(entry);
+      // The visitor may have begun the item's next round (it asked every server): kept, it waits
+      // in that round's place.
+      this.#push({ ...entry, round: this.#roundOf(entry.item) });
     }
   }
 
-  /** True when a is due before b. */
+  /** True when a is due before b: an earlier round, or the same round and an older sequence. */
   static #before(a: Entry<unknown>, b: Entry<unknown>): boolean {
+    if (a.round !== b.round) {
+      return a.round < b.round;
+    }
     return sequenceDistance(a.sequence, b.sequence) > 0;
   }
 

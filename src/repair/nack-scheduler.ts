@@ -179,6 +179,11 @@ interface Gap {
   /** "Not held" answers from servers not yet shown to have passed the packet (they may still get it). */
   notYet: number;
   readonly tried: Set<string>;
+  /**
+   * Rounds begun again: how many times every server had been asked (tried was cleared). Due gaps
+   * are NACKed by round first, so a gap asked round after round never holds back one not yet asked.
+   */
+  rounds: number;
   /** Servers that answered "not held" when they had shown they were past the packet. */
   readonly provenBy: Set<string>;
   /** Servers that answered "not held" at all (proven or not). */
@@ -219,8 +224,17 @@ interface NackWindow {
 export class NackScheduler {
   readonly #options: NackSchedulerOptions;
   readonly #gaps = new Map<number, Gap>();
-  /** Gaps due for a NACK, oldest first: a flush walks them in order without sorting them again. */
-  readonly #due = new DueQueue<Gap>((gap) => gap.sequence);
+  /**
+   * Gaps due for a NACK, by round, then oldest first: a flush walks them in order without sorting
+   * them again, and a gap no server holds, asked again and again, never takes the budget of the
+   * gaps that have not had their turn (a held packet behind it would otherwise wait until the run
+   * ended and be given up).
+   */
+  readonly #due = new DueQueue<Gap>(
+    (gap) => gap.sequence,
+    // A gap every server was asked for (its last answer a timeout) waits in the round it begins next.
+    (gap) => gap.rounds + (gap.tried.size >= this.#options.servers.size ? 1 : 0),
+  );
   /** Gaps whose NACK timed out: decided after the owner's sockets were read (answers may be waiting there). */
   readonly #expired = new Set<Gap>();
   readonly #windows = new Map<RankedServer, NackWindow>();
@@ -276,6 +290,7 @@ export class NackScheduler {
       attempts: 0,
       notYet: 0,
       tried: new Set(),
+      rounds: 0,
       provenBy: new Set(),
       notHeldBy: new Set(),
       server: undefined,
@@ -386,6 +401,7 @@ export class NackScheduler {
       // Often the servers have simply not read the packet yet (their data and control sockets
       // race): ask again soon, then back off — 5 ms, 10 ms, 20 ms … up to the timeout.
       gap.tried.clear();
+      gap.rounds++;
       gap.server = undefined;
       const rounds = gap.attempts + gap.notYet;
       const retryMs = Math.min(servers.timeoutFor(server, rounds), notHeldRetryMsInitial * 2 ** (rounds - 1));
@@ -605,10 +621,10 @@ export class NackScheduler {
   }
 
   /**
-   * Sends one NACK per server for the due gaps, in ranges, oldest first, as far as each server's
-   * NACK window and the NACK budget (docs/architecture.md, "Pacing repairs") allow; the rest stay
-   * due until answers free places or credit is back (a flush at least nackBudgetRetryMs later: a
-   * flush costs the same for one gap as for many).
+   * Sends one NACK per server for the due gaps, in ranges, by round and oldest first, as far as
+   * each server's NACK window and the NACK budget (docs/architecture.md, "Pacing repairs") allow;
+   * the rest stay due until answers free places or credit is back (a flush at least
+   * nackBudgetRetryMs later: a flush costs the same for one gap as for many).
    */
   #flushNacks(): void {
     const { servers, schedule } = this.#options;
@@ -644,6 +660,7 @@ export class NackScheduler {
       let untried = order.filter((candidate) => !gap.tried.has(candidate.key));
       if (untried.length === 0 && order.length > 0) {
         gap.tried.clear(); // every server was asked: start another round, with backoff
+        gap.rounds++;
         untried = order;
       }
       if (untried.length === 0) {

@@ -36,6 +36,39 @@ describe('due queue', () => {
     assert.equal(queue.size, 0);
   });
 
+  it('walks an earlier round first, oldest first within a round; a kept item waits in the round it is in now', () => {
+    const rounds = new Map<number, number>();
+    const queue = new DueQueue<Item>(
+      (item) => item.sequence,
+      (item) => rounds.get(item.sequence) ?? 0,
+    );
+    const start = 0xffff_fffe;
+    const items = Array.from({ length: 6 }, (_, i) => ({ sequence: sequenceAdd(start, i) }));
+    // The two oldest were asked round after round; the newest, past the wrap, not yet.
+    rounds.set(sequenceAdd(start, 0), 3);
+    rounds.set(sequenceAdd(start, 1), 1);
+    for (const item of items) {
+      queue.add(item);
+    }
+    const visited: number[] = [];
+    queue.walk((item) => {
+      visited.push(item.sequence);
+      if (item.sequence === sequenceAdd(start, 2)) {
+        rounds.set(item.sequence, 2); // it began its next rounds while visited, and stays due
+        return 'keep';
+      }
+      return item.sequence === sequenceAdd(start, 4) ? 'stop' : 'take';
+    });
+    assert.deepEqual(
+      visited,
+      [2, 3, 4].map((i) => sequenceAdd(start, i)),
+    );
+    assert.deepEqual(
+      drain(queue),
+      [4, 5, 1, 2, 0].map((i) => sequenceAdd(start, i)),
+    );
+  });
+
   it('keeps what the walk keeps, stops where it stops, and forgets what was deleted', () => {
     const queue = new DueQueue<Item>((item) => item.sequence);
     const items = Array.from({ length: 10 }, (_, i) => ({ sequence: 100 + i }));

@@ -12,6 +12,7 @@ import {
   reliableNotHeldWaitMsMax,
 } from '../../src/limits.js';
 import type { SequenceRange } from '../../src/protocol/control.js';
+import { sequenceAdd } from '../../src/protocol/serial.js';
 import { type NackEvent, NackScheduler, toRanges } from '../../src/repair/nack-scheduler.js';
 import { type RankedServer, ServerRanking } from '../../src/repair/server-ranking.js';
 import { ManualClock } from '../helpers/manual-clock.js';
@@ -501,6 +502,66 @@ describe('the repair server NACK scheduler', () => {
       withArrivals <= (nackPacketsPerSecondMin + nackPacketsPerArrival * 2_000) * 2 + burst,
       `still bounded: ${withArrivals}`,
     );
+  });
+
+  it('reliable: gaps no server holds, asked round after round, never starve a held gap behind them of the budget (sim seed 26)', () => {
+    // Nothing arrives (the budget is its floor) and three live servers answer 5 ms after each NACK.
+    // Forty gaps just before the wrap are held by none: each is answered "not held", unproven, and
+    // asked again round after round (reliable: none of them may be given up). A gap found later,
+    // past the wrap, is held by 6001 alone. It must be asked of 6001 and filled well within
+    // sessionIdleMs, or the run falls silent and it is given up although a live server holds it.
+    const { clock, scheduler, nacks, unrecoverable } = setup({
+      alive: true,
+      reliable: true,
+      servers: 3,
+      arrivals: () => 0,
+    });
+    const first = 0xffff_ff60;
+    for (let i = 0; i < 40; i++) {
+      scheduler.add(sequenceAdd(first, i));
+    }
+    const held = sequenceAdd(first, 175); // 15, past the wrap
+    let filledAtMs: number | undefined;
+    const originalPush = nacks.push.bind(nacks);
+    nacks.push = (...items) => {
+      for (const nack of items) {
+        for (const range of nack.ranges) {
+          for (let i = 0; i < range.count; i++) {
+            const sequence = sequenceAdd(range.start, i);
+            clock.setTimeout(() => {
+              if (sequence === held && nack.port === 6001) {
+                scheduler.filled(sequence);
+                filledAtMs ??= clock.nowMs();
+              } else {
+                scheduler.notHeld(sequence, false);
+              }
+            }, 5);
+          }
+        }
+      }
+      return originalPush(...items);
+    };
+    clock.advance(2_000); // the forty are well into their rounds
+    const foundAtMs = clock.nowMs();
+    scheduler.add(held);
+    for (let step = 0; step < 100 && filledAtMs === undefined; step++) {
+      clock.advance(10);
+    }
+    const filledAfterMs = filledAtMs;
+    assert.ok(filledAfterMs !== undefined, 'the held gap was asked of the server that holds it');
+    assert.ok(filledAfterMs - foundAtMs < 1_000, `filled ${filledAfterMs - foundAtMs} ms after it was found`);
+    clock.advance(3_000);
+    assert.equal(unrecoverable(), 0, 'nothing given up: every gap may still be held by a live server');
+    const askedAfter = new Set(
+      nacks
+        .filter((nack) => nack.atMs > filledAfterMs)
+        .flatMap((nack) =>
+          nack.ranges.flatMap((range) =>
+            Array.from({ length: range.count }, (_, i) => sequenceAdd(range.start, i)),
+          ),
+        ),
+    );
+    assert.equal(askedAfter.size, 40, 'the forty are still asked for, in their turn (the budget paces them)');
   });
 
   it('toRanges splits at range and NACK limits', () => {

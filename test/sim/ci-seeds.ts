@@ -22,6 +22,8 @@ export const ciSeeds: readonly number[] = [
   // Burst plans whose tail and END were lost at a repair server (found.md 10).
   28,
   78,
+  // A held packet starved of NACK budget by gaps no server holds, asked round after round (found.md 13).
+  26,
 ];
 
 /**
