@@ -149,7 +149,10 @@ const usageMemo = (usage: UsageBody) =>
   `${usage.kind} ${usage.quantity}${usage.packets === undefined ? '' : ` packets ${usage.packets}`}${usage.session === undefined ? '' : ` session ${usage.session}`}`;
 
 /** Maps a ledger refusal to the answer the API gives for it. */
-function refusalResult(error: LedgerError, account: string): UsageResult {
+function refusalResult(
+  error: LedgerError,
+  account: string,
+): Extract<UsageResult, { status: 400 | 404 | 409 | 422 }> {
   switch (error.code) {
     case 'GATECAST_ERR_IDEMPOTENCY_CONFLICT':
       return { status: 409, body: { error: 'conflict', message: error.message } };
@@ -516,6 +519,9 @@ export function registerBillingRoutes(app: FastifyInstance, context: ApiContext,
       let charged = 0;
       let replayed = 0;
       let amount = 0;
+      // An entitlement the ledger refuses (its subscriber's total would pass the bound) is named in
+      // the answer and the run goes on: it must not keep every other subscriber from being billed.
+      const refused: Array<{ entitlement: string; error: ApiErrorCode; message: string }> = [];
       for (const row of rows) {
         const monthly = Number(row.monthly);
         const overlaps =
@@ -523,22 +529,30 @@ export function registerBillingRoutes(app: FastifyInstance, context: ApiContext,
         if (monthly <= 0 || !overlaps) {
           continue;
         }
-        const transfer = await context.ledger.transfer({
-          idempotencyKey: `subscription/${row.id}/${period}`,
-          debit: row.subscriber,
-          credit,
-          amount: monthly,
-          currency: context.currency,
-          memo: `subscription ${row.service} ${period}`,
-        });
-        if (transfer.replayed) {
+        const [outcome] = await context.ledger.transferMany([
+          {
+            idempotencyKey: `subscription/${row.id}/${period}`,
+            debit: row.subscriber,
+            credit,
+            amount: monthly,
+            currency: context.currency,
+            memo: `subscription ${row.service} ${period}`,
+          },
+        ]);
+        if (outcome === undefined) {
+          throw new Error('a batch of one has one outcome');
+        }
+        if (!outcome.ok) {
+          const { body } = refusalResult(outcome.error, row.subscriber);
+          refused.push({ entitlement: row.id, error: body.error, message: body.message });
+        } else if (outcome.transfer.replayed) {
           replayed++;
         } else {
           charged++;
-          amount += transfer.amount;
+          amount += outcome.transfer.amount;
         }
       }
-      return { period, charged, replayed, amount };
+      return { period, charged, replayed, amount, refused };
     },
   );
 

@@ -10,6 +10,7 @@
  * pay-as-you-go usage no receipt paid for.
  */
 import { createPublicKey, type KeyObject } from 'node:crypto';
+import { sql } from 'kysely';
 import type { ApiContext, Party } from '../api/context.js';
 import { revenueAccount } from '../api/context.js';
 import { decodeReceipt, type Receipt, receiptChainStart, verifyReceipt } from '../crypto/receipt.js';
@@ -561,32 +562,46 @@ export async function reconcilePurse(
     }
     expected = value + 1;
   }
+  // Each quantity is below 2^53, but their sum is not bounded: summed whole it overflows SQLite's
+  // 64-bit sum (an error) and rounds past 2^53 as a number. Summed as high and low 32-bit halves,
+  // each half's sum fits, and the total is exact as a bigint.
+  const halves = sql<string>`sum(quantity / 4294967296)`.as('high');
+  const lows = sql<string>`sum(quantity % 4294967296)`.as('low');
   const receipted = await context.db
-    .selectFrom('receipts')
-    .innerJoin('purse_tokens', 'purse_tokens.token_id', 'receipts.token_id')
-    .select(['receipts.unit', (eb) => eb.fn.sum<string | number>('receipts.quantity').as('quantity')])
-    .where('purse_tokens.subscriber', '=', status.subscriber)
-    .groupBy('receipts.unit')
+    .selectFrom((eb) =>
+      eb
+        .selectFrom('receipts')
+        .innerJoin('purse_tokens', 'purse_tokens.token_id', 'receipts.token_id')
+        .select(['receipts.unit as unit', 'receipts.quantity as quantity'])
+        .where('purse_tokens.subscriber', '=', status.subscriber)
+        .as('r'),
+    )
+    .select(['unit', halves, lows])
+    .groupBy('unit')
     .execute();
   const used = await context.db
     .selectFrom('usage_events')
-    .select(['kind', (eb) => eb.fn.sum<string | number>('quantity').as('quantity')])
+    .select(['kind', halves, lows])
     .where('account', '=', status.subscriber)
     .where('kind', 'in', ['pay-as-you-go-bytes', 'pay-as-you-go-seconds'])
     .groupBy('kind')
     .execute();
-  const sumOf = (rows: ReadonlyArray<{ quantity: string | number }>, match: (row: never) => boolean) =>
-    rows.filter((row) => match(row as never)).reduce((sum, row) => sum + Number(row.quantity), 0);
+  const sumOf = (rows: ReadonlyArray<{ high: unknown; low: unknown }>) =>
+    rows.reduce((sum, row) => sum + (BigInt(String(row.high)) << 32n) + BigInt(String(row.low)), 0n);
+  /** Usage beyond receipts, shown up to reconciliationUnreceiptedMax (2^53 - 1; docs/api.md). */
+  const beyond = (usedTotal: bigint, receiptedTotal: bigint) => {
+    const difference = usedTotal - receiptedTotal;
+    const max = BigInt(Number.MAX_SAFE_INTEGER);
+    return Number(difference < 0n ? 0n : difference > max ? max : difference);
+  };
   const unreceipted = {
-    bytes: Math.max(
-      0,
-      sumOf(used, (r: { kind: string }) => r.kind === 'pay-as-you-go-bytes') -
-        sumOf(receipted, (r: { unit: string }) => r.unit === 'bytes'),
+    bytes: beyond(
+      sumOf(used.filter((r) => r.kind === 'pay-as-you-go-bytes')),
+      sumOf(receipted.filter((r) => r.unit === 'bytes')),
     ),
-    seconds: Math.max(
-      0,
-      sumOf(used, (r: { kind: string }) => r.kind === 'pay-as-you-go-seconds') -
-        sumOf(receipted, (r: { unit: string }) => r.unit === 'seconds'),
+    seconds: beyond(
+      sumOf(used.filter((r) => r.kind === 'pay-as-you-go-seconds')),
+      sumOf(receipted.filter((r) => r.unit === 'seconds')),
     ),
   };
   const overdrawn = status.balance < 0;

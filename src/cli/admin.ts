@@ -34,7 +34,7 @@ import { openStore } from '../store/database.js';
 import { openSetupSender } from '../subscription/setup-sender.js';
 import { orderAdminHelp, orderAnswerSchema, ordersCommand } from './admin-orders.js';
 import { adminSettings } from './command-settings.js';
-import { exitOk, UsageError } from './errors.js';
+import { exitIncomplete, exitOk, UsageError } from './errors.js';
 import { formatHelp, parseCommand, parseServerUrl } from './options.js';
 import { buildServerApp as buildSubscriptionApp } from './server-app.js';
 import { readToken } from './token.js';
@@ -75,7 +75,8 @@ commands:
 ${orderAdminHelp.trimEnd()}`,
   adminSettings,
 )}
-exit codes: 0 ok, 2 bad usage or a refused request, 70 internal error
+exit codes: 0 ok, 1 a billing run that refused an entitlement (named on standard error),
+2 bad usage or a refused request, 70 internal error
 `;
 
 interface Answer {
@@ -123,10 +124,25 @@ export async function runAdmin(argv: string[], out: NodeJS.WriteStream): Promise
     } else {
       out.write(text.endsWith('\n') ? text : `${text}\n`);
     }
-    return exitOk;
+    return billRefusals(positionals, checked.body);
   } finally {
     await target.close();
   }
+}
+
+/**
+ * A billing run that refused an entitlement did not bill the month whole: each refusal is one line
+ * on standard error and the exit is 1 (as `token receipts` when billing refuses a receipt).
+ */
+function billRefusals(positionals: readonly string[], body: unknown): number {
+  const refused = positionals[0] === 'bill' ? (body as { refused?: unknown }).refused : undefined;
+  if (!Array.isArray(refused) || refused.length === 0) {
+    return exitOk;
+  }
+  for (const { entitlement, error, message } of refused as Array<Record<string, string>>) {
+    process.stderr.write(`gatecast admin: bill: entitlement ${entitlement} refused: ${error}: ${message}\n`);
+  }
+  return exitIncomplete;
 }
 
 /** Opens the target: HTTP to a server, or the API in-process over the store. */

@@ -295,7 +295,7 @@ function prepareController(values: OptionValues): RoleStarter {
       () => controllerSample(controller.status()),
       () => {
         const s = controller.status();
-        return `repair: controller grants ${s.grants} refusals ${s.refusals} modules ${s.modules.length} usage reported ${s.usageBytesReported} bytes (${s.reportsPending} pending)`;
+        return `repair: controller grants ${s.grants} refusals ${s.refusals} modules ${s.modules.length} usage reported ${s.usageBytesReported} bytes (${s.reportsPending} pending, ${s.reportsRefused} refused)`;
       },
     );
   };

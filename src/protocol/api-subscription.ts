@@ -225,6 +225,8 @@ export const BillingRunResult = Type.Object({
   charged: Type.Integer(),
   replayed: Type.Integer(),
   amount: Type.Integer(),
+  /** The entitlements the ledger refused to charge (nothing written for them); the run went on. */
+  refused: Type.Array(Type.Object({ entitlement: Id, error: Type.String(), message: Type.String() })),
 });
 
 /** GET /v1/ledger.csv: the ledger as CSV text. */

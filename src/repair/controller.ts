@@ -111,6 +111,8 @@ export interface ControllerStatus {
   s2Rotations: number;
   reportsPending: number;
   reportsSent: number;
+  /** Reports the subscription server answered with a refusal (a 4xx for that event): not charged. */
+  reportsRefused: number;
   usageBytesReported: number;
 }
 
@@ -138,7 +140,14 @@ export async function startRepairController(settings: ControllerSettings): Promi
     );
   }
   const pending: PendingReport[] = [...(journal?.unsent ?? [])];
-  const counters = { grants: 0, refusals: 0, reportsSent: 0, usageBytesReported: 0, s2Rotations: 0 };
+  const counters = {
+    grants: 0,
+    refusals: 0,
+    reportsSent: 0,
+    reportsRefused: 0,
+    usageBytesReported: 0,
+    s2Rotations: 0,
+  };
   let reportSequence = 0;
   const base = settings.subscription.replace(/\/+$/, '');
 
@@ -218,6 +227,8 @@ export async function startRepairController(settings: ControllerSettings): Promi
         if (result !== undefined && result.status < 300) {
           counters.reportsSent++;
           counters.usageBytesReported += report.body.quantity;
+        } else {
+          counters.reportsRefused++; // answered, so not sent again; counted, never taken for charged
         }
       }
     }
@@ -538,6 +549,7 @@ export async function startRepairController(settings: ControllerSettings): Promi
     s2Rotations: counters.s2Rotations,
     reportsPending: pending.length,
     reportsSent: counters.reportsSent,
+    reportsRefused: counters.reportsRefused,
     usageBytesReported: counters.usageBytesReported,
   });
   app.get('/status', async () => status());

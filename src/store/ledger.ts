@@ -124,9 +124,21 @@ function validate(request: TransferRequest): LedgerError | undefined {
   ) {
     return invalid(`idempotencyKey: must be 1-${idempotencyKeyBytesMax} bytes`);
   }
-  if (loneSurrogate.test(request.idempotencyKey)) {
-    // The store would keep it as U+FFFD, so a retry's look-up would not find the key it wrote.
-    return invalid('idempotencyKey: is not well-formed Unicode (it holds a lone surrogate)');
+  // A store keeps a lone surrogate as U+FFFD (a retry's look-up would not find the key it wrote),
+  // and PostgreSQL text holds no NUL and its JSON no lone surrogate: such a value would fail the
+  // whole batch's statement (every other request of the group commit with it), so it is refused alone.
+  for (const [field, text] of [
+    ['idempotencyKey', request.idempotencyKey],
+    ['debit', request.debit],
+    ['credit', request.credit],
+    ['memo', request.memo ?? ''],
+  ] as const) {
+    if (text.includes('\u0000')) {
+      return invalid(`${field}: holds a NUL character, which no store can keep`);
+    }
+    if (loneSurrogate.test(text)) {
+      return invalid(`${field}: is not well-formed Unicode (it holds a lone surrogate)`);
+    }
   }
   if (!Number.isSafeInteger(request.amount) || request.amount <= 0) {
     return invalid(`amount: ${request.amount} is not a positive integer of minor units`);

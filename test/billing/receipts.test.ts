@@ -316,6 +316,39 @@ function suite(name: string, options: { skip?: string }, url: () => string, clea
       assert.equal(refused.results[0]?.refused, 'unknown-token');
     });
 
+    it("reconciliation of 2,000 accepted charges of 2^53 - 1 bytes each is a 200 (SQLite's sum overflowed: a 500), the usage beyond receipts shown up to 2^53 - 1", async () => {
+      const owner = (await call('POST', '/v1/subscribers', { name: 'huge-usage' })).json() as { id: string };
+      const token = newToken('tok-huge-usage');
+      const registered = await retried('PUT', `/v1/purses/${token.id}`, {
+        subscriber: owner.id,
+        publicKey: rawPublicKey(token.publicKey),
+      });
+      assert.ok([200, 201].includes(registered.statusCode), registered.body);
+      for (let batch = 0; batch < 2; batch++) {
+        const events = Array.from({ length: 1000 }, (_, i) => ({
+          key: `huge-usage-${batch}-${i}`,
+          account: owner.id,
+          kind: 'pay-as-you-go-bytes',
+          quantity: Number.MAX_SAFE_INTEGER,
+        }));
+        const response = await retried('POST', '/v1/usage/batch', { events });
+        assert.equal(response.statusCode, 200, response.body);
+        const results = (response.json() as { results: Array<{ status: number }> }).results;
+        assert.ok(
+          results.every((result) => result.status === 200 || result.status === 201),
+          'every charge accepted',
+        );
+      }
+      const reconciliation = await call('GET', `/v1/purses/${token.id}/reconciliation`);
+      assert.equal(reconciliation.statusCode, 200, reconciliation.body);
+      const body = reconciliation.json() as {
+        unreceipted: { bytes: number; seconds: number };
+        clean: boolean;
+      };
+      assert.deepEqual(body.unreceipted, { bytes: Number.MAX_SAFE_INTEGER, seconds: 0 });
+      assert.equal(body.clean, false);
+    });
+
     it('a top-up is credited once per sequence; a skipped sequence is refused', async () => {
       const token = newToken(`tok-${name.toLowerCase()}-top`);
       await register(token);

@@ -34,6 +34,31 @@ describe('gatecast admin', () => {
     const invoice = json(await admin([...db, 'invoice', String(alice.id), period]));
     assert.equal(invoice.total, 250);
     assert.equal(json(await admin([...db, 'balance', String(alice.id)])).balance, -250);
+    // A subscriber whose debits are next to the bound: the run bills the month, refuses the charge
+    // that would pass it, names it, and exits 1.
+    json(await admin([...db, 'rates', '--set', 'channelOrderPerOrder=1']));
+    const bob = json(await admin([...db, 'subscriber', 'add', 'bob']));
+    json(
+      await admin([
+        ...db,
+        'usage',
+        String(bob.id),
+        'channel-orders',
+        String(Number.MAX_SAFE_INTEGER - 100_000),
+        '--key',
+        'bob-near-the-bound',
+      ]),
+    );
+    const grant = json(await admin([...db, 'grant', String(bob.id), 'channel', '--monthly', '200000']));
+    const partial = await admin([...db, 'bill', period]);
+    assert.equal(partial.code, 1, partial.stderr);
+    assert.deepEqual(
+      (JSON.parse(partial.stdout) as { refused: Array<{ entitlement: string; error: string }> }).refused.map(
+        (refusal) => [refusal.entitlement, refusal.error],
+      ),
+      [[grant.id, 'limit-exceeded']],
+    );
+    assert.match(partial.stderr, new RegExp(`bill: entitlement ${String(grant.id)} refused: limit-exceeded`));
     const out = join(directory, 'ledger.csv');
     assert.equal((await admin([...db, 'export', '--out', out])).code, 0);
     assert.match(readFileSync(out, 'utf8'), /subscription repair/);

@@ -16,6 +16,7 @@ import { startRepairController } from '../../src/repair/controller.js';
 import type { RepairServer, RepairSettings, RepairStatus } from '../../src/repair/repair.js';
 import { startRepairServer } from '../../src/repair/repair.js';
 import { openStore, type Store } from '../../src/store/database.js';
+import { createLedger } from '../../src/store/ledger.js';
 import { freePort } from '../helpers/serve.js';
 
 const operatorToken = 'operator-token-for-controller-tests-01';
@@ -238,6 +239,36 @@ describe('repair controller (flow A) against a real subscription server on loopb
       ],
     );
     assert.equal(Number(events[0]?.packets), 1_000, 'packets repaired are recorded beside the bytes');
+  });
+
+  it('a report the server refuses is counted (reportsRefused) and dropped, not taken for sent', async () => {
+    const aliceId = tokens.alice?.id ?? '';
+    const module = modules.started[0];
+    assert.ok(module);
+    // Alice's debits are taken next to the bound, so the next repair charge would pass it: a 422.
+    const ledger = createLedger(store);
+    await ledger.createAccount({
+      id: 'refusal-sink',
+      name: 'refusal-sink',
+      kind: 'external',
+      currency: 'EUR',
+    });
+    await ledger.transfer({
+      idempotencyKey: 'refusal-fill',
+      debit: aliceId,
+      credit: 'refusal-sink',
+      amount: Number.MAX_SAFE_INTEGER - 10_000,
+      currency: 'EUR',
+    });
+    const sent = controller.status().reportsSent;
+    const reported = controller.status().usageBytesReported;
+    module.counters.recoveredBytes += 1_000_000_000_000; // 50,000 at 50 per GB
+    await controller.flush();
+    const status = controller.status();
+    assert.equal(status.reportsPending, 0, 'a refusal is an answer: not sent again');
+    assert.equal(status.reportsRefused, 1);
+    assert.equal(status.reportsSent, sent, 'not counted as sent');
+    assert.equal(status.usageBytesReported, reported);
   });
 
   it('a release detaches the subscriber; an idle module is closed', async () => {

@@ -255,6 +255,38 @@ function ledgerSuite(name: string, options: { skip?: string }, url: () => string
       assert.equal(await sumOfBalances(), 0);
     });
 
+    it('a NUL or a lone surrogate in a key, an account or a memo is refused alone, naming the field; the rest of its batch is written', async () => {
+      for (const id of [`${name}-nul-from`, `${name}-nul-to`]) {
+        await ledger.createAccount({ id, name: id, kind: 'subscriber', currency: 'EUR' });
+      }
+      const base = { debit: `${name}-nul-from`, credit: `${name}-nul-to`, currency: 'EUR', amount: 5 };
+      const before = await transferCount();
+      const results = await ledger.transferMany([
+        { ...base, idempotencyKey: `${name}-nul-good-1` },
+        { ...base, idempotencyKey: `${name}-nul-\u0000-key` },
+        { ...base, idempotencyKey: `${name}-nul-debit`, debit: `${name}-nul-from\u0000` },
+        { ...base, idempotencyKey: `${name}-nul-credit`, credit: `${name}-nul-to\udc00` },
+        { ...base, idempotencyKey: `${name}-nul-memo`, memo: 'usage a\u0000b' },
+        { ...base, idempotencyKey: `${name}-surrogate-memo`, memo: 'usage \ud800' },
+        { ...base, idempotencyKey: `${name}-nul-good-2` },
+      ]);
+      const fields = results.map((result) =>
+        result.ok ? 'new' : `${result.error.code} ${result.error.message.split(':')[0]}`,
+      );
+      assert.deepEqual(fields, [
+        'new',
+        'GATECAST_ERR_LEDGER_INVALID idempotencyKey',
+        'GATECAST_ERR_LEDGER_INVALID debit',
+        'GATECAST_ERR_LEDGER_INVALID credit',
+        'GATECAST_ERR_LEDGER_INVALID memo',
+        'GATECAST_ERR_LEDGER_INVALID memo',
+        'new',
+      ]);
+      assert.equal(await transferCount(), before + 2);
+      assert.equal(await ledger.balance(`${name}-nul-to`), 10);
+      assert.equal(await sumOfBalances(), 0);
+    });
+
     it('a storm of concurrent retries charges each key exactly once and the ledger still sums to zero', async () => {
       const before = await transferCount();
       const requests = [];

@@ -36,11 +36,11 @@ function suite(name: string, options: { skip?: string }, url: () => string, clea
     const party = async (kind: 'subscribers' | 'sources', name: string) =>
       (await call('POST', `/v1/${kind}`, operatorToken, { name })).json() as Created;
     const ledgerSum = async () => {
-      let sum = 0;
+      let sum = 0n; // exact: balances near 2^53 would round in a sum of numbers
       for (const balance of (await createLedger(store).balances()).values()) {
-        sum += balance;
+        sum += BigInt(balance);
       }
-      return sum;
+      return Number(sum);
     };
 
     before(async () => {
@@ -609,6 +609,54 @@ function suite(name: string, options: { skip?: string }, url: () => string, clea
         (await call('GET', `/v1/entitlements?subscriber=${subscriber.id}`, other.token)).statusCode,
         403,
       );
+      assert.equal(await ledgerSum(), 0);
+    });
+
+    it('a billing run goes on past an entitlement the ledger refuses: the others are charged, the refused one is named', async () => {
+      const full = await party('subscribers', 'billing-full');
+      const next = await party('subscribers', 'billing-next');
+      const ledger = createLedger(store);
+      // The first subscriber's debits are taken next to the bound, so its monthly charge would pass it.
+      await ledger.createAccount({
+        id: 'billing-sink',
+        name: 'billing-sink',
+        kind: 'external',
+        currency: 'EUR',
+      });
+      await ledger.transfer({
+        idempotencyKey: 'billing-fill',
+        debit: full.id,
+        credit: 'billing-sink',
+        amount: Number.MAX_SAFE_INTEGER - 50,
+        currency: 'EUR',
+      });
+      const grants = [];
+      for (const subscriber of [full, next]) {
+        const grant = await call('POST', '/v1/entitlements', operatorToken, {
+          subscriber: subscriber.id,
+          service: 'channel',
+          monthly: 100,
+          from: '2024-01-01T00:00:00Z',
+          to: '2024-02-01T00:00:00Z',
+        });
+        assert.equal(grant.statusCode, 201, grant.body);
+        grants.push((grant.json() as { id: string }).id);
+      }
+      const run = await call('POST', '/v1/billing/run', operatorToken, { period: '2024-01' });
+      assert.equal(run.statusCode, 200, run.body);
+      const body = run.json() as {
+        charged: number;
+        amount: number;
+        refused: Array<{ entitlement: string; error: string; message: string }>;
+      };
+      assert.equal(body.charged, 1, run.body);
+      assert.equal(body.amount, 100);
+      assert.deepEqual(
+        body.refused.map((refusal) => [refusal.entitlement, refusal.error]),
+        [[grants[0], 'limit-exceeded']],
+      );
+      assert.equal(await ledger.balance(next.id), -100, 'the next subscriber is charged');
+      assert.equal(await ledger.balance(full.id), -(Number.MAX_SAFE_INTEGER - 50), 'the refused one is not');
       assert.equal(await ledgerSum(), 0);
     });
 
