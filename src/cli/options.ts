@@ -216,11 +216,15 @@ export function parseInteger(text: string, field: string, min: number, max: numb
 }
 
 /** Parses a duration in seconds (fractions allowed) into milliseconds. */
-export function parseSeconds(text: string, field: string): number {
+export function parseSeconds(text: string, field: string, minMs = 0): number {
   if (!/^\d+(\.\d+)?$/.test(text)) {
     throw new InvalidArgumentError(field, `"${text}" is not a number of seconds`);
   }
   const ms = Math.round(Number(text) * 1000);
+  if (ms < minMs) {
+    // 0 (or a value that rounds to under the minimum) would end at once or spin a timer.
+    throw new InvalidArgumentError(field, `${text} s is less than the ${minMs / 1000} s it takes at least`);
+  }
   if (ms > settingDurationMsMax) {
     // Node's timers fire at once past this: a longer wait would end at once.
     throw new InvalidArgumentError(

@@ -161,7 +161,7 @@ export async function runReceive(argv: string[], err: NodeJS.WriteStream): Promi
   applySocketBuffer(values);
   const group = groupOption(values, 'group', 'iface', 'source');
   const iface = optional(values, 'iface');
-  const timeoutMs = parseSeconds(required(values, 'timeout'), '--timeout');
+  const timeoutMs = parseSeconds(required(values, 'timeout'), '--timeout', 1);
   const outPath = required(values, 'out');
   const controller = new AbortController();
   const stop = () => controller.abort();

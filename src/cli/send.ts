@@ -203,7 +203,7 @@ export async function runSend(argv: string[], out: NodeJS.WriteStream): Promise<
     rateText === undefined ? (selfPaced ? 0 : rateBitsPerSecondDefault) : parseRate(rateText, '--rate');
   const ttl = parseInteger(required(values, 'ttl'), '--ttl', 1, 255);
   const durationText = optional(values, 'duration');
-  const durationMs = durationText === undefined ? undefined : parseSeconds(durationText, '--duration');
+  const durationMs = durationText === undefined ? undefined : parseSeconds(durationText, '--duration', 1);
   const sessionIdText = optional(values, 'session-id');
   const sessionId =
     sessionIdText === undefined ? undefined : parseInteger(sessionIdText, '--session-id', 1, 0xffffffff);

@@ -114,10 +114,15 @@ export function prepareRetransmit(values: OptionValues): RoleStarter {
     }));
   const iface = optional(values, 'iface');
   const listen = parseUnicastEndpoint(required(values, 'listen'), '--listen');
-  const keys = keysFrom(values);
   const peers = parseEndpointList(optional(values, 'peer'), '--peer');
   const announceGroupText = optional(values, 'announce-group');
-  const periodMs = parseSeconds(required(values, 'period'), '--period');
+  const periodMs = parseSeconds(required(values, 'period'), '--period', 10);
+  const bufferAgeMs = parseSeconds(required(values, 'buffer-age'), '--buffer-age', 100);
+  // Checked with or without --peer: a value that is wrong is wrong whether or not it is used yet.
+  const electionLossMax = parseInteger(required(values, 'election-loss'), '--election-loss', 0, 100) / 100;
+  const electionBest = parseInteger(required(values, 'election-best'), '--election-best', 1, 64);
+  // The secret file is read after the values are checked, so a wrong value is named first.
+  const keys = keysFrom(values);
   const settings = {
     sourcePublicKey: sourcePublicKeyOption(values),
     joins,
@@ -126,7 +131,7 @@ export function prepareRetransmit(values: OptionValues): RoleStarter {
     announceAddress: optional(values, 'announce-address'),
     keys,
     bufferBytesMax: parseInteger(required(values, 'buffer-bytes'), '--buffer-bytes', 65_536, 2 ** 40),
-    bufferAgeMs: parseSeconds(required(values, 'buffer-age'), '--buffer-age'),
+    bufferAgeMs,
     repairRateBitsPerSecond: parseRate(required(values, 'repair-rate'), '--repair-rate'),
     announceTo: parseEndpointList(optional(values, 'announce-to'), '--announce-to'),
     announceGroup: optionalGroup(announceGroupText, '--announce-group', ifaceOption(values, 'iface')),
@@ -140,8 +145,8 @@ export function prepareRetransmit(values: OptionValues): RoleStarter {
       peers.length === 0
         ? undefined
         : {
-            lossMax: parseInteger(required(values, 'election-loss'), '--election-loss', 0, 100) / 100,
-            bestCount: parseInteger(required(values, 'election-best'), '--election-best', 1, 64),
+            lossMax: electionLossMax,
+            bestCount: electionBest,
             periodMs,
           },
   };

@@ -177,6 +177,31 @@ describe('bad input: one clear line naming the value, exit code 2, no stack trac
     ],
     ['IPv6 without brackets', ['send', '--group', 'ff3e::1:5000', '--ticker'], /write IPv6 as \[ADDR\]:PORT/],
     [
+      'send --duration 0 (it sent nothing and exited 0)',
+      ['send', '--group', '239.1.1.1:5000', '--ticker', '--duration', '0'],
+      /--duration: 0 s is less than the 0\.001 s it takes at least/,
+    ],
+    [
+      'receive --timeout 0 (it timed out at once)',
+      ['receive', '--group', '239.1.1.1:5000', '--timeout', '0'],
+      /--timeout: 0 s is less than the 0\.001 s it takes at least/,
+    ],
+    [
+      'retransmit --buffer-age 0 (it kept nothing to serve)',
+      ['retransmit', '--join', '239.1.1.1:5000', '--listen', '127.0.0.1:7000', '--buffer-age', '0'],
+      /--buffer-age: 0 s is less than the 0\.1 s it takes at least/,
+    ],
+    [
+      'retransmit --period 0 (a timer that spins)',
+      ['retransmit', '--join', '239.1.1.1:5000', '--listen', '127.0.0.1:7000', '--period', '0'],
+      /--period: 0 s is less than the 0\.01 s it takes at least/,
+    ],
+    [
+      'retransmit --election-loss 101 without --peer (it was checked only with one)',
+      ['retransmit', '--join', '239.1.1.1:5000', '--listen', '127.0.0.1:7000', '--election-loss', '101'],
+      /--election-loss: 101 is out of range \(0-100\)/,
+    ],
+    [
       'a rate of 0 (it sent unpaced)',
       ['send', '--group', '239.1.1.1:5000', '--ticker', '--rate', '0'],
       /--rate: 0 is not a rate; for no pacing write --rate unlimited/,
