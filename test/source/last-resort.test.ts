@@ -193,13 +193,27 @@ describe('a source as the retransmit server of last resort', () => {
         ask();
         await waitUntil('the answers', () => order.length >= 66, 300).catch(() => undefined);
       }
-      assert.deepEqual(order.slice(0, 2), ['manifest 100', 'manifest 132'], order.slice(0, 4).join(', '));
-      // Once per manifest, not once per packet (a round asked again after a lost answer sends both again).
+      // Each DATA comes after a manifest that covers it (the newest one at or below its sequence).
+      // A manifest covers up to 32 packets; a sender slowed down flushes a shorter one, so how many
+      // there are depends on the host's pace.
+      const manifestAt = (entry: string) => Number(entry.slice('manifest '.length));
+      const distinct = [...new Set(order.filter((o) => o.startsWith('manifest')).map(manifestAt))];
+      assert.equal(distinct[0], 100, order.slice(0, 4).join(', '));
+      for (const [index, entry] of order.entries()) {
+        if (entry.startsWith('data')) {
+          const sequence = Number(entry.slice('data '.length));
+          const covering = Math.max(...distinct.filter((start) => start <= sequence));
+          assert.ok(order.slice(0, index).includes(`manifest ${covering}`), `${entry} before its manifest`);
+        }
+      }
+      // Once per manifest for each NACK answered, not once per packet.
       const manifests = order.filter((o) => o.startsWith('manifest')).length;
       const data = order.filter((o) => o.startsWith('data')).length;
-      assert.ok(data >= 64 && manifests * 32 <= data, order.join(', '));
-      // Both manifests verified against the source key and vouch for every packet asked for.
-      assert.equal(gate.stats.signaturesVerified, 2, JSON.stringify(gate.stats)); // repeats are not verified again
+      const rounds = order.filter((o) => o === 'data 100').length;
+      assert.ok(data >= 64 && manifests <= distinct.length * rounds, order.join(', '));
+      // Every manifest verified against the source key (once: repeats are not verified again), and
+      // together they vouch for every packet asked for.
+      assert.equal(gate.stats.signaturesVerified, distinct.length, JSON.stringify(gate.stats));
       for (let sequence = 100; sequence < 164; sequence++) {
         assert.ok(
           gate.vouches(source.stats.sessionId, source.stats.incarnation, sequence),
