@@ -176,7 +176,7 @@ export async function runDemo(argv: string[], out: NodeJS.WritableStream): Promi
     anyPort === null
       ? parseEndpoint(listenText, '--listen')
       : { ...parseEndpoint(`${anyPort[1]}:1`, '--listen'), port: 0 };
-  const durationMs = parseSeconds(required(values, 'duration'), '--duration', 1);
+  const durationMs = parseSeconds(required(values, 'duration'), '--duration');
   const iface = '127.0.0.1';
   const directory = mkdtempSync(join(tmpdir(), 'gatecast-demo-'));
   const owned = new Owned();
