@@ -218,6 +218,12 @@ export async function startRetransmitServer(
     ],
   });
   const joined: Joined[] = [];
+  /**
+   * Runs of groups left on a SETUP leave (a source's session ended): no longer received, still
+   * served to NACKs until their packets age out, so the end of a session does not take the packets
+   * away from repair servers still repairing it. Oldest first, at most retransmitGroupsMax.
+   */
+  const left: GroupRuns[] = [];
   /** Election state changes (listening <-> withdrawn), for the metrics. */
   let electionChanges = 0;
   const dropped: Record<string, number> = {};
@@ -306,6 +312,12 @@ export async function startRetransmitServer(
   const bufferFor = (sessionId: number, incarnation: number): SessionBuffer | undefined => {
     for (const entry of joined) {
       const buffer = entry.runs.get(sessionId, incarnation);
+      if (buffer !== undefined) {
+        return buffer;
+      }
+    }
+    for (const runs of left) {
+      const buffer = runs.get(sessionId, incarnation);
       if (buffer !== undefined) {
         return buffer;
       }
@@ -478,6 +490,12 @@ export async function startRetransmitServer(
     );
     if (setup.action === SetupAction.leave) {
       const [entry] = index >= 0 ? joined.splice(index, 1) : [];
+      if (entry !== undefined && entry.runs.size > 0) {
+        left.push(entry.runs);
+        if (left.length > retransmitGroupsMax) {
+          left.shift();
+        }
+      }
       await entry?.socket?.close();
       return;
     }
@@ -542,6 +560,12 @@ export async function startRetransmitServer(
     const announced: AnnouncedSession[] = [];
     const qualities: SessionQuality[] = [];
     const now = clock.nowMs();
+    for (const [i, runs] of [...left.entries()].reverse()) {
+      runs.sweep(now);
+      if (runs.current === undefined || runs.current.heldCount === 0) {
+        left.splice(i, 1); // a left group's packets have all aged out
+      }
+    }
     for (const entry of joined) {
       entry.runs.sweep(now); // an old run whose packets have all aged out is forgotten
       const buffer = entry.runs.current;

@@ -327,6 +327,24 @@ describe('SETUP', () => {
     await server.close();
   });
 
+  it("a genuine SETUP leave stops receiving but still serves what is buffered (a session's end took the packets from a repair server still repairing it)", async () => {
+    const group = parseGroup(`239.255.80.7:${freshPort()}`, 'group');
+    const server = await retransmitServer(group);
+    const run = { sessionId: 0x5e55_1007, incarnation: 0x1ca7_0007 };
+    await sendRun(group, run);
+    await waitFor('the buffer', () => server.status().sessions[0]?.heldPackets === 50);
+    const controller = await openPeer();
+    controller.send(setupFor(server.local, group, SetupAction.leave), server.local);
+    await waitFor('the leave', () => server.status().sessions.length === 0);
+    const requester = await openPeer();
+    await learnId(requester, server, run);
+    requester.send(nackFrom(requester, server.local, run), server.local);
+    await waitFor('the answers', () => server.status().repairsSent === 40);
+    controller.close();
+    requester.close();
+    await server.close();
+  });
+
   it('issue 9, item 5: a captured SETUP leave replayed to another server, or after a restart, changes nothing', async () => {
     const group = parseGroup(`239.255.80.4:${freshPort()}`, 'group');
     const first = await retransmitServer(group);
