@@ -294,6 +294,17 @@ export const nackBudgetRetryMs = 10;
 /** Repair server: NACKs per missing packet before it is declared unrecoverable. */
 export const nackAttemptsMax = 10;
 
+/**
+ * Repair server: re-emission on S2 is paced (src/repair/reorder-emitter.ts), so that packets held
+ * behind a gap, released together when it fills, do not overrun the receivers' sockets: at most
+ * s2PaceArrivalFactor times the highest rate datagrams arrived at for the run (over a second; the
+ * receivers took S1 at that rate), and at least s2PacePacketsPerSecondMin, in bursts of at most
+ * s2PaceBurstPackets.
+ */
+export const s2PaceArrivalFactor = 1.5;
+export const s2PacePacketsPerSecondMin = 2000;
+export const s2PaceBurstPackets = 64;
+
 /** Repair server: packets and bytes held for in-order re-emission; past them the oldest gap is given up. */
 export const repairHoldPacketsMax = 65_536;
 export const repairHoldBytesMax = 128 * 1024 * 1024;

@@ -29,6 +29,7 @@ import type { Timer } from '../net/runtime.js';
 import type { TimerHandle } from '../net/timer-wheel.js';
 import type { SequenceRange } from '../protocol/control.js';
 import { sequenceAdd, sequenceDistance } from '../protocol/serial.js';
+import { ArrivalRate } from './arrival-rate.js';
 import { DueQueue } from './due-queue.js';
 import type { RankedServer, ServerRanking } from './server-ranking.js';
 
@@ -119,33 +120,19 @@ export interface NackSchedulerOptions {
  * the edge passes, and the answers it would have caused are never sent.
  */
 class NackBudget {
-  readonly #arrivals: () => number;
-  /** (time, arrivals) samples, about every 100 ms, over the last second. */
-  readonly #samples: Array<{ atMs: number; count: number }> = [];
+  readonly #arrivals: ArrivalRate;
   #creditPackets: number;
   #refilledAtMs: number;
 
   constructor(arrivals: () => number, nowMs: number) {
-    this.#arrivals = arrivals;
+    this.#arrivals = new ArrivalRate(arrivals, nowMs);
     this.#refilledAtMs = nowMs;
     this.#creditPackets = (nackPacketsPerSecondMin * nackBudgetBurstMs) / 1000;
-    this.#samples.push({ atMs: nowMs, count: arrivals() });
   }
 
   /** Packets allowed per second now. */
   perSecond(nowMs: number): number {
-    const count = this.#arrivals();
-    const last = this.#samples[this.#samples.length - 1];
-    if (last === undefined || nowMs - last.atMs >= 100) {
-      this.#samples.push({ atMs: nowMs, count });
-    }
-    while (this.#samples.length > 2 && nowMs - (this.#samples[1]?.atMs ?? nowMs) >= 1000) {
-      this.#samples.shift();
-    }
-    const oldest = this.#samples[0];
-    const spanMs = oldest === undefined ? 0 : Math.max(nowMs - oldest.atMs, 100);
-    const arrivedPerSecond = oldest === undefined ? 0 : ((count - oldest.count) * 1000) / spanMs;
-    return nackPacketsPerSecondMin + nackPacketsPerArrival * arrivedPerSecond;
+    return nackPacketsPerSecondMin + nackPacketsPerArrival * this.#arrivals.perSecond(nowMs);
   }
 
   /** Credit in packets now (refilled). */

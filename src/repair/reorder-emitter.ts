@@ -21,6 +21,8 @@ export interface EmitterRun {
   readonly endSequence: number | undefined;
   /** Ends the run once the END's grace has passed (set by the emitter, cancelled by the owner). */
   endTimer: Timer | undefined;
+  /** Resumes a paced re-emission (set by the emitter, cancelled by the owner when the run ends). */
+  paceTimer: Timer | undefined;
   /** Every sequence before it is known from S1 to exist. */
   readonly frontier: number;
 }
@@ -48,6 +50,11 @@ export interface ReorderEmitterOptions<R extends EmitterRun> {
   readonly latencyMs: number | undefined;
   /** How long an END must stand, with nothing contradicting it, before the run is complete. */
   readonly endGraceMs: number;
+  /**
+   * Paces the in-order re-emission of DATA: datagrams per second allowed now, taken in bursts of at
+   * most `burstPackets` (src/limits.ts, s2PaceArrivalFactor). Undefined: unpaced.
+   */
+  readonly pace?: { perSecond(nowMs: number): number; readonly burstPackets: number } | undefined;
   readonly events: (event: EmitterEvent<R>) => void;
 }
 
@@ -61,10 +68,48 @@ export function createReorderEmitter<R extends EmitterRun>(
 /** Re-emits runs in order (one emitter serves every run of a repair server, one at a time). */
 export class ReorderEmitter<R extends EmitterRun> {
   readonly #options: ReorderEmitterOptions<R>;
+  /** Paced re-emission: datagrams that may leave now, and when it was last refilled. */
+  #creditPackets: number;
+  #refilledAtMs: number;
 
   constructor(options: ReorderEmitterOptions<R>) {
     assert.ok(options.endGraceMs >= 0);
+    assert.ok(
+      options.pace === undefined || options.pace.burstPackets >= 1,
+      'a pace needs a burst of at least 1',
+    );
     this.#options = options;
+    this.#creditPackets = options.pace?.burstPackets ?? 0;
+    this.#refilledAtMs = options.clock.nowMs();
+  }
+
+  /**
+   * Paced: true when one more datagram may leave now; otherwise schedules the run's re-emission
+   * for when it may (once) and returns false.
+   */
+  #mayEmit(run: R, nowMs: number): boolean {
+    const { pace } = this.#options;
+    if (pace === undefined) {
+      return true;
+    }
+    const perMs = Math.max(pace.perSecond(nowMs), 1) / 1000;
+    this.#creditPackets = Math.min(
+      pace.burstPackets,
+      this.#creditPackets + Math.max(0, nowMs - this.#refilledAtMs) * perMs,
+    );
+    this.#refilledAtMs = nowMs;
+    if (this.#creditPackets >= 1) {
+      this.#creditPackets -= 1;
+      return true;
+    }
+    run.paceTimer ??= this.#options.setTimeout(
+      () => {
+        run.paceTimer = undefined;
+        this.emit(run);
+      },
+      Math.max(1, Math.ceil((1 - this.#creditPackets) / perMs)),
+    );
+    return false;
   }
 
   /** Sends one datagram of the run on S2 (DATA, in order, or one the run re-emits as it came). */
@@ -85,6 +130,9 @@ export class ReorderEmitter<R extends EmitterRun> {
           }
         }, this.#options.endGraceMs);
         return;
+      }
+      if (window.has(window.base) && !this.#mayEmit(run, now)) {
+        return; // paced: the rest leaves when the run's pace timer fires
       }
       const datagram = window.take();
       if (datagram !== undefined) {

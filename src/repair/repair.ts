@@ -19,6 +19,9 @@ import {
   nackDelayMsMaxDefault,
   progressAheadPacketsMax,
   repairKeysKeptMax,
+  s2PaceArrivalFactor,
+  s2PaceBurstPackets,
+  s2PacePacketsPerSecondMin,
   sessionIdleMs,
   tailProbeIntervalMs,
   tailProbePacketsMax,
@@ -52,6 +55,7 @@ import {
 } from '../protocol/packet.js';
 import { sequenceAdd, sequenceDistance } from '../protocol/serial.js';
 import type { SessionWindow } from '../protocol/session-window.js';
+import { ArrivalRate } from './arrival-rate.js';
 import { type NackEvent, NackScheduler, type UnrecoverableReason } from './nack-scheduler.js';
 import { createReorderEmitter } from './reorder-emitter.js';
 import { createRunTracker, isCurrent, type Run } from './run-tracker.js';
@@ -480,8 +484,15 @@ export async function startRepairServer(
     emitter.send(envelope, envelope.length);
   };
 
+  /** Datagrams that arrived (DATA and REPAIR): S2's re-emission is paced by their rate. */
+  const arrivals = new ArrivalRate(() => counters.packetsIn + counters.repairsReceived, clock.nowMs());
   const reorder = createReorderEmitter<Run>({
     clock,
+    pace: {
+      perSecond: (nowMs) =>
+        Math.max(s2PacePacketsPerSecondMin, s2PaceArrivalFactor * arrivals.peakPerSecond(nowMs)),
+      burstPackets: s2PaceBurstPackets,
+    },
     transport: {
       send: (datagram) => {
         keyAhead(datagram);

@@ -69,6 +69,8 @@ export interface Run {
   endDatagram: Buffer | undefined;
   /** Ends the run once the END's grace has passed with no DATA contradicting it. */
   endTimer: Timer | undefined;
+  /** Resumes the run's paced re-emission on S2 (src/repair/reorder-emitter.ts). */
+  paceTimer: Timer | undefined;
   /** What the DESCRIPTOR said, that an END must agree with. */
   readonly shape: RunShape;
   lastActivityMs: number;
@@ -328,6 +330,8 @@ export function createRunTracker(options: RunTrackerOptions): RunTracker {
       return;
     }
     current.endTimer?.cancel();
+    current.paceTimer?.cancel();
+    current.paceTimer = undefined;
     if (how === 'idle') {
       current.window.drainToEnd(send(current), passGap(current, 'idle'));
       counters.sessionsIncomplete++;
@@ -416,6 +420,7 @@ export function createRunTracker(options: RunTrackerOptions): RunTracker {
       endSequence: undefined,
       endDatagram: undefined,
       endTimer: undefined,
+      paceTimer: undefined,
       shape: d,
       lastActivityMs: clock.nowMs(),
       lastDataMs: clock.nowMs(),

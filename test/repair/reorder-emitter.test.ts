@@ -27,6 +27,7 @@ function testRun(base: number): TestRun {
     nacks: { state: (sequence) => gaps.get(sequence) },
     endSequence: undefined,
     endTimer: undefined,
+    paceTimer: undefined,
     frontier: base,
     gaps,
   };
@@ -35,7 +36,7 @@ function testRun(base: number): TestRun {
 const packet = (sequence: number) => Buffer.from(`packet ${sequence}`);
 
 /** An emitter on a manual clock and manual timers, recording what it sent and reported. */
-function harness(latencyMs: number | undefined) {
+function harness(latencyMs: number | undefined, pace?: { perSecond: number; burstPackets: number }) {
   let nowMs = 0;
   const timers: Array<{ atMs: number; fn: () => void; cancelled: boolean }> = [];
   const sent: string[] = [];
@@ -52,6 +53,8 @@ function harness(latencyMs: number | undefined) {
     },
     latencyMs,
     endGraceMs: 100,
+    pace:
+      pace === undefined ? undefined : { perSecond: () => pace.perSecond, burstPackets: pace.burstPackets },
     events: (event) => {
       if (event.type === 'passed') {
         passed.push(event.sequence);
@@ -175,5 +178,47 @@ describe('repair server: the reorder/emitter', () => {
     assert.deepEqual(sent, ['packet 6', 'packet 7']);
     emitter.forcePassOldest(run);
     assert.deepEqual(passed, [5], 'nothing outstanding: nothing passed');
+  });
+
+  it('paced: a hold released when its gap fills leaves in bursts at the pace, in order, all of it', () => {
+    // 4 datagrams per ms, bursts of 8: 40 packets held behind a gap must not leave at once (a
+    // receiver's socket would overflow), nor be lost or reordered.
+    const { emitter, sent, advance } = harness(undefined, { perSecond: 4000, burstPackets: 8 });
+    const run = testRun(0);
+    const behind = Array.from({ length: 40 }, (_, i) => i + 1);
+    hold(run, behind);
+    run.frontier = 41;
+    run.gaps.set(0, { firstMs: 0, unrecoverable: false });
+    emitter.emit(run);
+    assert.deepEqual(sent, [], 'waits at the gap');
+    hold(run, [0]);
+    run.gaps.delete(0);
+    emitter.emit(run);
+    assert.equal(sent.length, 8, 'one burst leaves at once');
+    assert.ok(run.paceTimer !== undefined, 'the rest is scheduled');
+    const steps: number[] = [];
+    for (let ms = 0; ms < 100 && sent.length < 41; ms++) {
+      const before = sent.length;
+      advance(1);
+      steps.push(sent.length - before);
+    }
+    assert.deepEqual(
+      sent,
+      Array.from({ length: 41 }, (_, i) => `packet ${i}`),
+      'every held packet leaves, in order',
+    );
+    assert.ok(Math.max(...steps) <= 4, `at most the pace per ms after the burst: ${steps.join(',')}`);
+    assert.ok(steps.length >= 8, `33 packets at 4 per ms take at least 8 ms: ${steps.length}`);
+    assert.equal(run.paceTimer, undefined, 'nothing left to pace');
+  });
+
+  it('paced: an arrival while the pace timer waits emits only what the credit allows', () => {
+    const { emitter, sent } = harness(undefined, { perSecond: 1000, burstPackets: 2 });
+    const run = testRun(0);
+    hold(run, [0, 1, 2, 3]);
+    run.frontier = 4;
+    emitter.emit(run);
+    emitter.emit(run);
+    assert.deepEqual(sent, ['packet 0', 'packet 1'], 'the burst, then nothing more at the same instant');
   });
 });
