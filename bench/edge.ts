@@ -280,7 +280,7 @@ async function runGatecast(
   const sent = await Promise.race([sender.finished, bound]);
   if (verbose) {
     const at = (ms: number | undefined) => (ms === undefined ? '-' : ((ms - startedAtMs) / 1000).toFixed(2));
-    process.stderr.write(`receivers whole at ${finishedAtMs.map(at).join(', ')} s\n`);
+    process.stderr.write(`receivers ended at ${finishedAtMs.map(at).join(', ')} s\n`);
     process.stderr.write(`send: ${sender.output()}\n`);
     for (const [i, receiver] of receivers.entries()) {
       process.stderr.write(`receive ${edgeHosts[i]}: ${receiver.output()}\n`);
