@@ -178,6 +178,9 @@ function registerBoxRoutes(app: FastifyInstance, context: OrderContext, book: Or
           return notFound(reply, outcome.message);
         case 'not-entitled':
           return sendError(reply, 'not-entitled', outcome.message);
+        case 'preempted':
+          // As a renewal of a pre-empted order is answered: it has ended.
+          return sendError(reply, 'conflict', outcome.message);
         case 'capacity-full': {
           const { kind: _kind, ...body } = outcome;
           return reply.code(409).send({ error: 'capacity-full', ...body });

@@ -43,6 +43,15 @@ export type AdmitOutcome =
       readonly activated: boolean;
       readonly preempted: string[];
     }
+  | {
+      /**
+       * Admitted and pre-empted in the same batch by a higher-priority order: the order has ended
+       * (state preempted), as a renewal of it would say.
+       */
+      readonly kind: 'preempted';
+      readonly order: Order;
+      readonly message: string;
+    }
   | ({ readonly kind: 'capacity-full' } & Omit<CapacityFull, 'error'>)
   | { readonly kind: 'unknown-service'; readonly message: string }
   | { readonly kind: 'not-entitled'; readonly message: string };
@@ -396,6 +405,16 @@ export function createOrderBook(store: Store, options: OrderBookOptions): OrderB
     const renewals = new Set<string>();
     const inserts: OrderRow[] = [];
     const dropped = new Set<string>();
+    /** The services dropped in this batch, and by which service. */
+    const droppedBy = new Map<string, string>();
+    /** The orders' answers, made once the batch is decided: a later order may pre-empt an earlier one. */
+    const answers: Array<{
+      index: number;
+      row: OrderRow;
+      created: boolean;
+      activated: boolean;
+      preempted: string[];
+    }> = [];
     const inUseOf = (link: string): InUse[] =>
       [...active.values()]
         .filter((row) => row.link === link)
@@ -420,13 +439,7 @@ export function createOrderBook(store: Store, options: OrderBookOptions): OrderB
         if (!inserts.includes(existing)) {
           renewals.add(existing.id);
         }
-        outcomes[index] = {
-          kind: 'ordered',
-          order: presentOrder(existing, false),
-          created: false,
-          activated: false,
-          preempted: [],
-        };
+        answers.push({ index, row: existing, created: false, activated: false, preempted: [] });
         continue;
       }
       const link = links.get(service.link);
@@ -455,6 +468,7 @@ export function createOrderBook(store: Store, options: OrderBookOptions): OrderB
           }
           for (const victim of victims) {
             dropService(victim.service, iso, { active, held, inserts, dropped });
+            droppedBy.set(victim.service, name);
             link.used -= victim.bitRate;
             preempted.push(victim.service);
           }
@@ -485,13 +499,18 @@ export function createOrderBook(store: Store, options: OrderBookOptions): OrderB
       };
       inserts.push(row);
       held.set(pair, row);
-      outcomes[index] = {
-        kind: 'ordered',
-        order: presentOrder(row, true),
-        created: true,
-        activated: current === undefined,
-        preempted,
-      };
+      answers.push({ index, row, created: true, activated: current === undefined, preempted });
+    }
+    // Each order is answered as the batch leaves it.
+    for (const { index, row, created, activated, preempted } of answers) {
+      outcomes[index] =
+        row.state === 'active'
+          ? { kind: 'ordered', order: presentOrder(row, created), created, activated, preempted }
+          : {
+              kind: 'preempted',
+              order: presentOrder(row, created),
+              message: `order ${row.id} of ${row.service} was pre-empted by ${droppedBy.get(row.service) ?? 'a higher priority'} on link ${row.link} as it was admitted; order again`,
+            };
     }
     await writeDecisions(trx, { at, iso, renewals, dropped, active, links, inserts });
   };
@@ -515,6 +534,9 @@ export function createOrderBook(store: Store, options: OrderBookOptions): OrderB
     for (const [pair, row] of state.held) {
       if (row.service === service) {
         state.held.delete(pair);
+        // Its answer (if this batch renewed it) says it ended; the stored row is ended by `dropped`.
+        row.state = 'preempted';
+        row.ended_at = iso;
       }
     }
     for (const row of state.inserts) {
