@@ -659,12 +659,19 @@ export function createOrderBook(store: Store, options: OrderBookOptions): OrderB
         .forUpdate()
         .execute();
     }
-    // Read again under the locks: another server may have ended some meanwhile.
+    // Read again under the locks: another server may have ended some meanwhile. On PostgreSQL the
+    // orders' rows are locked too (FOR UPDATE): a renewal is one conditional UPDATE of its row, so it
+    // either comes first (and this reads the lease it extended) or waits for this transaction and
+    // finds the order ended; it can never extend an order this batch is ending.
     const rows = new Map(
-      (await trx.selectFrom('orders').selectAll().where('id', 'in', ids).execute()).map((row) => [
-        row.id,
-        row,
-      ]),
+      (
+        await trx
+          .selectFrom('orders')
+          .selectAll()
+          .where('id', 'in', ids)
+          .$if(store.dialect === 'postgres', (query) => query.forUpdate())
+          .execute()
+      ).map((row) => [row.id, row]),
     );
     // An order's link never changes: these are the links locked above (or by the caller).
     const links = new Map([...rows.values()].map((row) => [row.link, { freed: 0 }]));
@@ -887,7 +894,10 @@ export function createOrderBook(store: Store, options: OrderBookOptions): OrderB
       if (refusal !== undefined) {
         return { kind: 'not-entitled', message: refusal };
       }
-      const result = await store.db
+      // One statement decides and answers: its condition is checked on the row as it is when the
+      // row is written (PostgreSQL re-checks it after waiting for a batch that holds the row; on
+      // SQLite the write lock orders the two), and the answer is the row it wrote.
+      const renewed = await store.db
         .updateTable('orders')
         .set({ renewed_at: iso, expires_at_ms: at + options.leaseMs })
         .where('id', '=', id)
@@ -895,17 +905,9 @@ export function createOrderBook(store: Store, options: OrderBookOptions): OrderB
         .where('state', '=', 'active')
         // A lease that ran out has ended, whether or not the sweep has marked it yet.
         .where('expires_at_ms', '>=', at)
+        .returningAll()
         .executeTakeFirst();
-      const row = await store.db
-        .selectFrom('orders')
-        .selectAll()
-        .where('id', '=', id)
-        .where('box', '=', box)
-        .executeTakeFirst();
-      if (row === undefined) {
-        return undefined;
-      }
-      return Number(result.numUpdatedRows) === 1 && row.state === 'active' ? presentOrder(row) : 'ended';
+      return renewed === undefined ? 'ended' : presentOrder(renewed);
     },
 
     async cancel(box, id) {
