@@ -76,4 +76,20 @@ export const orderMigrations: Record<string, Migration> = {
         .execute();
     },
   },
+  '0101-order-link-routers': {
+    async up(db: Kysely<unknown>) {
+      // The routers a link's routes were put on: a router the link left while no server drove it
+      // (changed while the order servers were down) is emptied on the next start.
+      await db.schema
+        .createTable('order_link_routers')
+        .addColumn('link', 'text', (c) => c.notNull().references('order_links.name'))
+        .addColumn('router_config', 'text', (c) => c.notNull())
+        .addPrimaryKeyConstraint('order_link_routers_pkey', ['link', 'router_config'])
+        .execute();
+      // The routes in place when this ships are on each link's router of now.
+      await sql`insert into order_link_routers (link, router_config) select name, router_config from order_links`.execute(
+        db,
+      );
+    },
+  },
 };

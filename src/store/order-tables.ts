@@ -59,6 +59,14 @@ export interface OrderTables {
     /** Billing: 1 once the order's charge (if its price has one) is in the ledger. */
     charged: number;
   };
+  /**
+   * The routers (router_config as in order_links) each link's routes may be on: recorded before a
+   * driver first routes on one, deleted once the driver emptied a router the link no longer uses.
+   */
+  order_link_routers: {
+    link: string;
+    router_config: string;
+  };
   order_driver_leases: {
     link: string;
     holder: string;
