@@ -56,6 +56,12 @@ export type AdmitOutcome =
   | { readonly kind: 'unknown-service'; readonly message: string }
   | { readonly kind: 'not-entitled'; readonly message: string };
 
+/** The rate card's prices of orders (minor units), kept with each order when it is admitted. */
+export interface OrderPrices {
+  readonly perOrder: number;
+  readonly perHour: number;
+}
+
 /** Settings of the book. */
 export interface OrderBookOptions {
   /** How long an order lasts without a renewal. */
@@ -66,6 +72,8 @@ export interface OrderBookOptions {
   readonly onLinkChanged?: (link: string) => void;
   /** Steps in one group commit (default orderGroupCommitMax; 1 writes each in its own transaction). */
   readonly groupCommitMax?: number;
+  /** The rate card's prices in force (read when an order is requested); none kept when absent. */
+  readonly prices?: () => Promise<OrderPrices>;
 }
 
 /** The order book over a store. */
@@ -180,6 +188,8 @@ export function createBatchCommitter<In, Out>(
 interface Wanted {
   readonly box: string;
   readonly service: string;
+  /** The rate card's prices when it was requested. */
+  readonly prices?: OrderPrices | undefined;
 }
 
 /** An order to end: a box's cancel (box set, its own orders only), an operator's cancel or an expiry. */
@@ -428,7 +438,7 @@ export function createOrderBook(store: Store, options: OrderBookOptions): OrderB
           boxes: count,
         }));
 
-    for (const { box, service: name, index } of admissible) {
+    for (const { box, service: name, index, prices } of admissible) {
       const service = serviceOf(name);
       const pair = `${box}\n${name}`;
       const existing = held.get(pair);
@@ -496,6 +506,13 @@ export function createOrderBook(store: Store, options: OrderBookOptions): OrderB
         ended_at: null,
         // A subscription is charged per month by the billing run, not per order.
         charged: service.price === 'subscription' ? 1 : 0,
+        // Charged at the card's price of now, whenever the charge is made (per hour: when it ends).
+        unit_price:
+          prices === undefined || service.price === 'subscription'
+            ? null
+            : service.price === 'per-hour'
+              ? prices.perHour
+              : prices.perOrder,
       };
       inserts.push(row);
       held.set(pair, row);
@@ -869,7 +886,8 @@ export function createOrderBook(store: Store, options: OrderBookOptions): OrderB
   return {
     async order(box, service) {
       traceOrderStage('order-requested');
-      const outcome = await admit({ box, service });
+      const prices = await options.prices?.();
+      const outcome = await admit({ box, service, prices });
       if (outcome.kind === 'ordered' && outcome.activated) {
         changed([outcome.order.link]);
       }

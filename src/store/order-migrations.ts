@@ -92,4 +92,12 @@ export const orderMigrations: Record<string, Migration> = {
       );
     },
   },
+  '0102-order-prices': {
+    async up(db: Kysely<unknown>) {
+      // The rate card's price (minor units per order, or per hour) when the order was admitted:
+      // the order is charged at it, whatever the card says when the charge is made. Null for a
+      // subscription, and for orders admitted before this shipped (charged at the card then).
+      await db.schema.alterTable('orders').addColumn('unit_price', 'bigint').execute();
+    },
+  },
 };
