@@ -157,7 +157,11 @@ describe('a link whose router changes', () => {
       driftCheckMs: 0,
     });
     await drivers.pass();
-    assert.deepEqual(carried.get('eth4'), ['239.79.0.1'], 'the new router is routed while the old one cannot be reached');
+    assert.deepEqual(
+      carried.get('eth4'),
+      ['239.79.0.1'],
+      'the new router is routed while the old one cannot be reached',
+    );
     assert.deepEqual(carried.get('eth3'), ['239.79.0.1']);
     failing.delete('eth3');
     await drivers.pass();
