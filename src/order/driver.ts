@@ -44,6 +44,11 @@ export interface RouterDriver {
    * called on every poll.
    */
   stale?(): boolean;
+  /**
+   * Calls onStale as soon as the router may have lost what it was told (smcrouted started again:
+   * a new control socket), instead of leaving it to the next poll. Stops with close().
+   */
+  watch?(onStale: () => void): void;
   close(): Promise<void>;
 }
 
@@ -242,6 +247,12 @@ export function startLinkDrivers(options: LinkDriversOptions): LinkDrivers {
         leaseUntil: now() + leaseMs,
       };
       driven.set(link.name, current);
+      const watched = current;
+      watched.driver.watch?.(() => {
+        if (!closed && driven.get(link.name) === watched) {
+          poke(link.name);
+        }
+      });
     }
     await reconcileDriven(link.name, current, link.version);
   };
@@ -374,12 +385,14 @@ export function startLinkDrivers(options: LinkDriversOptions): LinkDrivers {
     return closing;
   };
 
+  const poke = (link: string) => {
+    traceOrderStage('link-poked', link, () => (running === undefined ? 'at once' : 'queued behind a pass'));
+    poked.add(link);
+    run(false).catch(() => undefined);
+  };
+
   return {
-    poke(link) {
-      traceOrderStage('link-poked', link, () => (running === undefined ? 'at once' : 'queued behind a pass'));
-      poked.add(link);
-      run(false).catch(() => undefined);
-    },
+    poke,
     pass: () => run(true),
     held: () => [...driven.keys()],
     close,
