@@ -30,13 +30,29 @@ export interface ChargeOutcome {
   readonly replayed: boolean;
 }
 
+/** How one charge is rated. */
+export interface ChargeOptions {
+  /**
+   * The price per unit of the usage's kind, in minor units, instead of the rate card's now: the
+   * price a charge was agreed at (a channel order keeps its rate card's price from its admission).
+   */
+  readonly price?: number | undefined;
+}
+
 /** What the subscription role calls billing for. */
 export interface BillingService {
   /**
    * Rates and charges one usage event under an idempotency key that covers `fingerprint` (the
    * client's request). Throws the ledger's refusal (LedgerError) when it is refused.
    */
-  chargeUsage(key: string, usage: UsageBody, fingerprint?: unknown): Promise<ChargeOutcome>;
+  chargeUsage(
+    key: string,
+    usage: UsageBody,
+    fingerprint?: unknown,
+    options?: ChargeOptions,
+  ): Promise<ChargeOutcome>;
+  /** The rate card in force (the defaults, overridden by what the operator stored). */
+  currentRates(): Promise<RateCard>;
   /**
    * Registers a token's purse (its owner, its receipt key, its ledger account); idempotent for the
    * same owner and key, a conflict for another.

@@ -6,7 +6,7 @@
  */
 import { type Static, Type } from '@sinclair/typebox';
 import type { FastifyInstance } from 'fastify';
-import type { BillingFactory, BillingService, RateCard } from '../api/billing.js';
+import type { BillingFactory, BillingService, ChargeOptions, RateCard } from '../api/billing.js';
 import {
   type ApiContext,
   anyParty,
@@ -55,7 +55,21 @@ const rateNames = Object.keys(rateCardDefault) as Array<keyof RateCard>;
 
 export { type UsageKind, usageKinds } from '../protocol/api-subscription.js';
 
-/** Rates a usage event: quantity × price ÷ unit, rounded up to a whole minor unit. */
+/** The rate card's price of a kind of usage, and the units of usage it is the price of. */
+export function rateOf(kind: UsageKind): [keyof RateCard, bigint] {
+  return kind === 'repair-bytes'
+    ? ['repairPerGigabyte', 1_000_000_000n]
+    : kind === 'pay-as-you-go-bytes'
+      ? ['payAsYouGoPerMegabyte', 1_000_000n]
+      : kind === 'pay-as-you-go-seconds'
+        ? ['payAsYouGoPerMinute', 60n]
+        : kind === 'channel-orders'
+          ? ['channelOrderPerOrder', 1n]
+          : kind === 'channel-order-seconds'
+            ? ['channelOrderPerHour', 3600n]
+            : ['sourceRepairPerHour', 3600n];
+}
+
 /**
  * Idempotency keys the server writes itself (a session's end, the billing run, purse top-ups and
  * receipts, channel orders). A reported usage event under one of them would take that charge's
@@ -78,19 +92,9 @@ function reservedKeyRefusal(key: string, field: string): string | undefined {
     : `${field}: keys starting with "${prefix}" are the server's own; report usage under another key`;
 }
 
-export function rate(card: RateCard, kind: UsageKind, quantity: number): number {
-  const [price, unit]: [number, bigint] =
-    kind === 'repair-bytes'
-      ? [card.repairPerGigabyte, 1_000_000_000n]
-      : kind === 'pay-as-you-go-bytes'
-        ? [card.payAsYouGoPerMegabyte, 1_000_000n]
-        : kind === 'pay-as-you-go-seconds'
-          ? [card.payAsYouGoPerMinute, 60n]
-          : kind === 'channel-orders'
-            ? [card.channelOrderPerOrder, 1n]
-            : kind === 'channel-order-seconds'
-              ? [card.channelOrderPerHour, 3600n]
-              : [card.sourceRepairPerHour, 3600n];
+export function rate(card: RateCard, kind: UsageKind, quantity: number, priceAgreed?: number): number {
+  const [name, unit] = rateOf(kind);
+  const price = priceAgreed ?? card[name];
   const total = BigInt(quantity) * BigInt(price);
   const amount = (total + unit - 1n) / unit;
   if (amount > BigInt(Number.MAX_SAFE_INTEGER)) {
@@ -138,6 +142,8 @@ export interface UsageItem {
   readonly usage: UsageBody;
   /** What the key covers; default: the usage report itself. */
   readonly fingerprint?: unknown;
+  /** The price agreed (minor units per unit of its kind); default: the rate card's now. */
+  readonly price?: number | undefined;
 }
 
 /** The answer to one usage event, as POST /v1/usage gives it (status and body). */
@@ -218,11 +224,11 @@ export async function chargeUsageMany(
   }
   const credit = await revenueAccount(context);
   const card = await currentRates(context, defaults);
-  const requests: TransferRequest[] = items.map(({ key, usage, fingerprint }) => {
+  const requests: TransferRequest[] = items.map(({ key, usage, fingerprint, price }) => {
     let amount = 1;
     let refusal: LedgerError | undefined;
     try {
-      amount = rate(card, usage.kind, usage.quantity);
+      amount = rate(card, usage.kind, usage.quantity, price);
     } catch (error) {
       if (!(error instanceof LedgerError)) {
         throw error;
@@ -295,8 +301,11 @@ export async function chargeUsage(
   key: string,
   usage: UsageBody,
   fingerprint?: unknown,
+  options: ChargeOptions = {},
 ): Promise<{ id: string; amount: number; replayed: boolean }> {
-  const [result] = await chargeUsageMany(context, defaults, [{ key, usage, fingerprint }]);
+  const [result] = await chargeUsageMany(context, defaults, [
+    { key, usage, fingerprint, price: options.price },
+  ]);
   if (result === undefined || (result.status !== 200 && result.status !== 201)) {
     const body = result?.body as { error: string; message: string } | undefined;
     throw new LedgerError(
@@ -641,7 +650,9 @@ export function registerBillingRoutes(app: FastifyInstance, context: ApiContext,
 
 /** The billing role over the API context: what the subscription role calls, and the routes it serves. */
 export const createBilling: BillingFactory = (context, defaults = rateCardDefault): BillingService => ({
-  chargeUsage: (key, usage, fingerprint) => chargeUsage(context, defaults, key, usage, fingerprint),
+  chargeUsage: (key, usage, fingerprint, options) =>
+    chargeUsage(context, defaults, key, usage, fingerprint, options),
+  currentRates: () => currentRates(context, defaults),
   registerPurse: async (tokenId, registration) => {
     const answer = await registerPurse(context, tokenId, registration);
     return 'body' in answer

@@ -2,7 +2,9 @@
  * `gatecast admin orders …`: the operator's commands of the order role (flow D, docs/ordering.md),
  * each one request to the order API: links, services, who ordered what, the report, and cancels.
  */
+import { isIPv4, isIPv6 } from 'node:net';
 import type { TSchema } from '@sinclair/typebox';
+import { canonicalAddress } from '../net/address.js';
 import {
   Link,
   LinkList,
@@ -20,6 +22,7 @@ export const orderAdminHelp = `  orders [list] [--box ID] [--service NAME] [--st
   orders cancel ORDER                       end an order (its route goes when it was the last)
   orders links                              the transmission links, their capacity, use and driver
   orders link NAME --capacity BITS --router smcroute:SOCKET:IN:OUT|relay:INADDR:OUTADDR
+                   (IPv6 in brackets: relay:[fd00::1]:[fd00:1::1])
                    [--policy reject|preempt]  define (or change) a link
   orders services                           the orderable services and how many boxes hold each
   orders service NAME --link LINK --group GROUP:PORT --rate BITS [--source ADDR]
@@ -42,16 +45,49 @@ export function parseBits(text: string, field: string): number {
   return value;
 }
 
-/** Parses --router. */
-function parseRouter(text: string) {
-  const [kind, ...rest] = text.split(':');
-  if (kind === 'smcroute' && rest.length === 3) {
-    return { kind, socket: rest[0], inbound: rest[1], outbound: rest[2] };
+const routerForms =
+  'smcroute:SOCKET:IN:OUT or relay:INADDR:OUTADDR (IPv6 as [ADDR], e.g. relay:[fd00::1]:[fd00:1::1])';
+
+/** One relay address of --router: IPv4 as it is, IPv6 in brackets (as in [ADDR]:PORT elsewhere). */
+function relayAddress(token: string, text: string, which: string): string {
+  const bracketed = /^\[([^\]]*)\]$/.exec(token);
+  const address = bracketed === null ? token : (bracketed[1] as string);
+  if (bracketed !== null ? isIPv6(address) && !address.includes('%') : isIPv4(address)) {
+    return canonicalAddress(address);
   }
-  if (kind === 'relay' && rest.length === 2) {
-    return { kind, inbound: rest[0], outbound: rest[1] };
+  throw new UsageError(
+    `--router: ${which} "${token}" in "${text}" is not an IPv4 address or an IPv6 address in brackets; write ${routerForms}`,
+  );
+}
+
+/**
+ * Parses --router. A socket path may hold colons (an interface name cannot: the last two fields
+ * are the interfaces); a relay's IPv6 addresses are written in brackets, so the colons between the
+ * fields stay unambiguous.
+ */
+export function parseRouter(text: string) {
+  const colon = text.indexOf(':');
+  const kind = colon < 0 ? text : text.slice(0, colon);
+  const rest = colon < 0 ? '' : text.slice(colon + 1);
+  if (kind === 'smcroute') {
+    const fields = rest.split(':');
+    const [inbound, outbound] = fields.slice(-2);
+    const socket = fields.slice(0, -2).join(':');
+    if (fields.length >= 3 && socket !== '' && inbound !== '' && outbound !== '') {
+      return { kind, socket, inbound, outbound };
+    }
   }
-  throw new UsageError(`--router: "${text}" is neither smcroute:SOCKET:IN:OUT nor relay:INADDR:OUTADDR`);
+  if (kind === 'relay') {
+    const match = /^(\[[^\]]*\]|[^:[\]]*):(\[[^\]]*\]|[^:[\]]*)$/.exec(rest);
+    if (match !== null) {
+      return {
+        kind,
+        inbound: relayAddress(match[1] as string, text, 'INADDR'),
+        outbound: relayAddress(match[2] as string, text, 'OUTADDR'),
+      };
+    }
+  }
+  throw new UsageError(`--router: "${text}" is not ${routerForms}`);
 }
 
 /** Maps `orders …` to one request. */

@@ -99,6 +99,10 @@ export function registerOrderRole(
   const book = createOrderBook(store, {
     leaseMs: options.leaseMs ?? orderLeaseMsDefault,
     onLinkChanged: (link) => drivers?.poke(link),
+    prices: async () => {
+      const card = await context.billing.currentRates();
+      return { perOrder: card.channelOrderPerOrder, perHour: card.channelOrderPerHour };
+    },
   });
   if (options.background === false) {
     const idle: LinkDrivers = {
@@ -178,6 +182,9 @@ function registerBoxRoutes(app: FastifyInstance, context: OrderContext, book: Or
           return notFound(reply, outcome.message);
         case 'not-entitled':
           return sendError(reply, 'not-entitled', outcome.message);
+        case 'preempted':
+          // As a renewal of a pre-empted order is answered: it has ended.
+          return sendError(reply, 'conflict', outcome.message);
         case 'capacity-full': {
           const { kind: _kind, ...body } = outcome;
           return reply.code(409).send({ error: 'capacity-full', ...body });
@@ -565,7 +572,8 @@ function registerOperatorRoutes(app: FastifyInstance, context: OrderContext, dri
 }
 
 /**
- * Charges orders by the rate card: a service priced per order is charged once per order
+ * Charges orders by the rate card, at the prices it had when each order was admitted (kept with
+ * the order): a service priced per order is charged once per order
  * (`channel-orders`, key `order/{id}`), one priced per hour when the order ends, for how long it was
  * held (`channel-order-seconds`, key `order-end/{id}`); a subscription is the monthly billing run's.
  * An order is marked charged only after the ledger took the charge, so a failure is retried and the
@@ -583,6 +591,7 @@ function createOrderCharger(context: OrderContext, onError?: (error: Error) => v
         'orders.state',
         'orders.created_at',
         'orders.ended_at',
+        'orders.unit_price',
         'order_services.price',
       ])
       .where('orders.charged', '=', 0)
@@ -612,11 +621,14 @@ function createOrderCharger(context: OrderContext, onError?: (error: Error) => v
       }
       try {
         if (usage !== undefined) {
-          await context.billing.chargeUsage(usage.key, {
-            account: row.box,
-            kind: usage.kind,
-            quantity: usage.quantity,
-          });
+          // At the price of the rate card when the order was admitted (orders from before prices
+          // were kept: the card's of now).
+          await context.billing.chargeUsage(
+            usage.key,
+            { account: row.box, kind: usage.kind, quantity: usage.quantity },
+            undefined,
+            { price: row.unit_price === null ? undefined : Number(row.unit_price) },
+          );
           charged += 1;
         }
         await context.db.updateTable('orders').set({ charged: 1 }).where('id', '=', row.id).execute();

@@ -43,9 +43,24 @@ export type AdmitOutcome =
       readonly activated: boolean;
       readonly preempted: string[];
     }
+  | {
+      /**
+       * Admitted and pre-empted in the same batch by a higher-priority order: the order has ended
+       * (state preempted), as a renewal of it would say.
+       */
+      readonly kind: 'preempted';
+      readonly order: Order;
+      readonly message: string;
+    }
   | ({ readonly kind: 'capacity-full' } & Omit<CapacityFull, 'error'>)
   | { readonly kind: 'unknown-service'; readonly message: string }
   | { readonly kind: 'not-entitled'; readonly message: string };
+
+/** The rate card's prices of orders (minor units), kept with each order when it is admitted. */
+export interface OrderPrices {
+  readonly perOrder: number;
+  readonly perHour: number;
+}
 
 /** Settings of the book. */
 export interface OrderBookOptions {
@@ -57,6 +72,8 @@ export interface OrderBookOptions {
   readonly onLinkChanged?: (link: string) => void;
   /** Steps in one group commit (default orderGroupCommitMax; 1 writes each in its own transaction). */
   readonly groupCommitMax?: number;
+  /** The rate card's prices in force (read when an order is requested); none kept when absent. */
+  readonly prices?: () => Promise<OrderPrices>;
 }
 
 /** The order book over a store. */
@@ -171,6 +188,8 @@ export function createBatchCommitter<In, Out>(
 interface Wanted {
   readonly box: string;
   readonly service: string;
+  /** The rate card's prices when it was requested. */
+  readonly prices?: OrderPrices | undefined;
 }
 
 /** An order to end: a box's cancel (box set, its own orders only), an operator's cancel or an expiry. */
@@ -396,6 +415,16 @@ export function createOrderBook(store: Store, options: OrderBookOptions): OrderB
     const renewals = new Set<string>();
     const inserts: OrderRow[] = [];
     const dropped = new Set<string>();
+    /** The services dropped in this batch, and by which service. */
+    const droppedBy = new Map<string, string>();
+    /** The orders' answers, made once the batch is decided: a later order may pre-empt an earlier one. */
+    const answers: Array<{
+      index: number;
+      row: OrderRow;
+      created: boolean;
+      activated: boolean;
+      preempted: string[];
+    }> = [];
     const inUseOf = (link: string): InUse[] =>
       [...active.values()]
         .filter((row) => row.link === link)
@@ -409,7 +438,7 @@ export function createOrderBook(store: Store, options: OrderBookOptions): OrderB
           boxes: count,
         }));
 
-    for (const { box, service: name, index } of admissible) {
+    for (const { box, service: name, index, prices } of admissible) {
       const service = serviceOf(name);
       const pair = `${box}\n${name}`;
       const existing = held.get(pair);
@@ -420,13 +449,7 @@ export function createOrderBook(store: Store, options: OrderBookOptions): OrderB
         if (!inserts.includes(existing)) {
           renewals.add(existing.id);
         }
-        outcomes[index] = {
-          kind: 'ordered',
-          order: presentOrder(existing, false),
-          created: false,
-          activated: false,
-          preempted: [],
-        };
+        answers.push({ index, row: existing, created: false, activated: false, preempted: [] });
         continue;
       }
       const link = links.get(service.link);
@@ -455,6 +478,7 @@ export function createOrderBook(store: Store, options: OrderBookOptions): OrderB
           }
           for (const victim of victims) {
             dropService(victim.service, iso, { active, held, inserts, dropped });
+            droppedBy.set(victim.service, name);
             link.used -= victim.bitRate;
             preempted.push(victim.service);
           }
@@ -482,16 +506,28 @@ export function createOrderBook(store: Store, options: OrderBookOptions): OrderB
         ended_at: null,
         // A subscription is charged per month by the billing run, not per order.
         charged: service.price === 'subscription' ? 1 : 0,
+        // Charged at the card's price of now, whenever the charge is made (per hour: when it ends).
+        unit_price:
+          prices === undefined || service.price === 'subscription'
+            ? null
+            : service.price === 'per-hour'
+              ? prices.perHour
+              : prices.perOrder,
       };
       inserts.push(row);
       held.set(pair, row);
-      outcomes[index] = {
-        kind: 'ordered',
-        order: presentOrder(row, true),
-        created: true,
-        activated: current === undefined,
-        preempted,
-      };
+      answers.push({ index, row, created: true, activated: current === undefined, preempted });
+    }
+    // Each order is answered as the batch leaves it.
+    for (const { index, row, created, activated, preempted } of answers) {
+      outcomes[index] =
+        row.state === 'active'
+          ? { kind: 'ordered', order: presentOrder(row, created), created, activated, preempted }
+          : {
+              kind: 'preempted',
+              order: presentOrder(row, created),
+              message: `order ${row.id} of ${row.service} was pre-empted by ${droppedBy.get(row.service) ?? 'a higher priority'} on link ${row.link} as it was admitted; order again`,
+            };
     }
     await writeDecisions(trx, { at, iso, renewals, dropped, active, links, inserts });
   };
@@ -515,6 +551,9 @@ export function createOrderBook(store: Store, options: OrderBookOptions): OrderB
     for (const [pair, row] of state.held) {
       if (row.service === service) {
         state.held.delete(pair);
+        // Its answer (if this batch renewed it) says it ended; the stored row is ended by `dropped`.
+        row.state = 'preempted';
+        row.ended_at = iso;
       }
     }
     for (const row of state.inserts) {
@@ -637,12 +676,19 @@ export function createOrderBook(store: Store, options: OrderBookOptions): OrderB
         .forUpdate()
         .execute();
     }
-    // Read again under the locks: another server may have ended some meanwhile.
+    // Read again under the locks: another server may have ended some meanwhile. On PostgreSQL the
+    // orders' rows are locked too (FOR UPDATE): a renewal is one conditional UPDATE of its row, so it
+    // either comes first (and this reads the lease it extended) or waits for this transaction and
+    // finds the order ended; it can never extend an order this batch is ending.
     const rows = new Map(
-      (await trx.selectFrom('orders').selectAll().where('id', 'in', ids).execute()).map((row) => [
-        row.id,
-        row,
-      ]),
+      (
+        await trx
+          .selectFrom('orders')
+          .selectAll()
+          .where('id', 'in', ids)
+          .$if(store.dialect === 'postgres', (query) => query.forUpdate())
+          .execute()
+      ).map((row) => [row.id, row]),
     );
     // An order's link never changes: these are the links locked above (or by the caller).
     const links = new Map([...rows.values()].map((row) => [row.link, { freed: 0 }]));
@@ -840,7 +886,8 @@ export function createOrderBook(store: Store, options: OrderBookOptions): OrderB
   return {
     async order(box, service) {
       traceOrderStage('order-requested');
-      const outcome = await admit({ box, service });
+      const prices = await options.prices?.();
+      const outcome = await admit({ box, service, prices });
       if (outcome.kind === 'ordered' && outcome.activated) {
         changed([outcome.order.link]);
       }
@@ -865,7 +912,10 @@ export function createOrderBook(store: Store, options: OrderBookOptions): OrderB
       if (refusal !== undefined) {
         return { kind: 'not-entitled', message: refusal };
       }
-      const result = await store.db
+      // One statement decides and answers: its condition is checked on the row as it is when the
+      // row is written (PostgreSQL re-checks it after waiting for a batch that holds the row; on
+      // SQLite the write lock orders the two), and the answer is the row it wrote.
+      const renewed = await store.db
         .updateTable('orders')
         .set({ renewed_at: iso, expires_at_ms: at + options.leaseMs })
         .where('id', '=', id)
@@ -873,17 +923,9 @@ export function createOrderBook(store: Store, options: OrderBookOptions): OrderB
         .where('state', '=', 'active')
         // A lease that ran out has ended, whether or not the sweep has marked it yet.
         .where('expires_at_ms', '>=', at)
+        .returningAll()
         .executeTakeFirst();
-      const row = await store.db
-        .selectFrom('orders')
-        .selectAll()
-        .where('id', '=', id)
-        .where('box', '=', box)
-        .executeTakeFirst();
-      if (row === undefined) {
-        return undefined;
-      }
-      return Number(result.numUpdatedRows) === 1 && row.state === 'active' ? presentOrder(row) : 'ended';
+      return renewed === undefined ? 'ended' : presentOrder(renewed);
     },
 
     async cancel(box, id) {

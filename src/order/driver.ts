@@ -44,6 +44,11 @@ export interface RouterDriver {
    * called on every poll.
    */
   stale?(): boolean;
+  /**
+   * Calls onStale as soon as the router may have lost what it was told (smcrouted started again:
+   * a new control socket), instead of leaving it to the next poll. Stops with close().
+   */
+  watch?(onStale: () => void): void;
   close(): Promise<void>;
 }
 
@@ -146,7 +151,53 @@ export function startLinkDrivers(options: LinkDriversOptions): LinkDrivers {
     }
   };
 
-  const drive = async (link: { name: string; router_config: string; version: number }) => {
+  /** When a router a link left may be tried again after its emptying failed (by link and config). */
+  const retireRetryAt = new Map<string, number>();
+
+  /**
+   * Empties a router the link no longer uses (with the driver that drove it, or a new one), then
+   * forgets it; a failure keeps it remembered and is tried again after a drift check's interval.
+   */
+  const retire = async (link: string, config: string, driver?: RouterDriver): Promise<void> => {
+    const key = `${link}\n${config}`;
+    if (driver === undefined && now() < (retireRetryAt.get(key) ?? 0)) {
+      return;
+    }
+    const router = JSON.parse(config) as unknown;
+    let report: ReconcileReport;
+    if (driver === undefined && !Value.Check(LinkRouter, router)) {
+      report = { added: [], removed: [], errors: ['a former router_config does not fit the schema'] };
+    } else {
+      const using = driver ?? options.makeDriver(router as LinkRouter);
+      report = await using
+        .reconcile([], { fresh: true })
+        .catch((error: Error) => ({ added: [], removed: [], errors: [error.message] }));
+      await using.close();
+    }
+    if (report.removed.length > 0 || report.errors.length > 0) {
+      options.onReport?.(link, report);
+    }
+    if (report.errors.length > 0) {
+      retireRetryAt.set(key, now() + driftCheckMs);
+      return;
+    }
+    retireRetryAt.delete(key);
+    await store.db
+      .deleteFrom('order_link_routers')
+      .where('link', '=', link)
+      .where('router_config', '=', config)
+      .execute();
+  };
+
+  /**
+   * routers: the routers the store says the link's routes may be on. Each but the link's router of
+   * now is emptied (the link moved while this server drove it, or while no server ran); the router
+   * of now is recorded before anything is routed on it.
+   */
+  const drive = async (
+    link: { name: string; router_config: string; version: number },
+    routers: readonly string[],
+  ) => {
     let current = driven.get(link.name);
     if (!(await holdLease(link.name, current))) {
       if (current !== undefined) {
@@ -155,19 +206,20 @@ export function startLinkDrivers(options: LinkDriversOptions): LinkDrivers {
       }
       return;
     }
+    // The link moved to another router (or interface): the old one must stop forwarding its
+    // channels, or a cancel would never stop them there. (A lost lease or a stop keeps them: the
+    // next holder takes the same router over, or empties it if the link left it meanwhile.)
+    const retired = new Set<string>();
     if (current !== undefined && current.config !== link.router_config) {
       driven.delete(link.name);
-      // The link moved to another router (or interface): the old one must stop forwarding its
-      // channels, or a cancel would never stop them there. (A lost lease or a stop keeps them: the
-      // next holder takes the same router over.)
-      const report = await current.driver
-        .reconcile([], { fresh: true })
-        .catch((error: Error) => ({ added: [], removed: [], errors: [error.message] }));
-      if (report.removed.length > 0 || report.errors.length > 0) {
-        options.onReport?.(link.name, report);
-      }
-      await current.driver.close();
+      retired.add(current.config);
+      await retire(link.name, current.config, current.driver);
       current = undefined;
+    }
+    for (const config of routers) {
+      if (config !== link.router_config && !retired.has(config)) {
+        await retire(link.name, config);
+      }
     }
     if (current === undefined) {
       const router = JSON.parse(link.router_config) as unknown;
@@ -179,6 +231,13 @@ export function startLinkDrivers(options: LinkDriversOptions): LinkDrivers {
         });
         return;
       }
+      if (!routers.includes(link.router_config)) {
+        await store.db
+          .insertInto('order_link_routers')
+          .values({ link: link.name, router_config: link.router_config })
+          .onConflict((conflict) => conflict.columns(['link', 'router_config']).doNothing())
+          .execute();
+      }
       current = {
         config: link.router_config,
         driver: options.makeDriver(router),
@@ -188,6 +247,12 @@ export function startLinkDrivers(options: LinkDriversOptions): LinkDrivers {
         leaseUntil: now() + leaseMs,
       };
       driven.set(link.name, current);
+      const watched = current;
+      watched.driver.watch?.(() => {
+        if (!closed && driven.get(link.name) === watched) {
+          poke(link.name);
+        }
+      });
     }
     await reconcileDriven(link.name, current, link.version);
   };
@@ -230,6 +295,10 @@ export function startLinkDrivers(options: LinkDriversOptions): LinkDrivers {
       .selectFrom('order_links')
       .select(['name', 'router_config', 'version'])
       .execute();
+    const routers = await store.db
+      .selectFrom('order_link_routers')
+      .select(['link', 'router_config'])
+      .execute();
     const names = new Set(links.map((link) => link.name));
     for (const [name, current] of driven) {
       if (!names.has(name)) {
@@ -242,7 +311,10 @@ export function startLinkDrivers(options: LinkDriversOptions): LinkDrivers {
         return;
       }
       try {
-        await drive({ ...link, version: Number(link.version) });
+        await drive(
+          { ...link, version: Number(link.version) },
+          routers.filter((row) => row.link === link.name).map((row) => row.router_config),
+        );
       } catch (error) {
         options.onReport?.(link.name, { added: [], removed: [], errors: [(error as Error).message] });
       }
@@ -313,12 +385,14 @@ export function startLinkDrivers(options: LinkDriversOptions): LinkDrivers {
     return closing;
   };
 
+  const poke = (link: string) => {
+    traceOrderStage('link-poked', link, () => (running === undefined ? 'at once' : 'queued behind a pass'));
+    poked.add(link);
+    run(false).catch(() => undefined);
+  };
+
   return {
-    poke(link) {
-      traceOrderStage('link-poked', link, () => (running === undefined ? 'at once' : 'queued behind a pass'));
-      poked.add(link);
-      run(false).catch(() => undefined);
-    },
+    poke,
     pass: () => run(true),
     held: () => [...driven.keys()],
     close,

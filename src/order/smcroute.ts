@@ -8,8 +8,9 @@
  * back, are put back. A new control socket (the daemon started again) makes the next reconcile ask
  * the daemon at once. (S,G) routes are used whenever the service names its source.
  */
-import { statSync } from 'node:fs';
+import { type FSWatcher, statSync, watch } from 'node:fs';
 import { createConnection } from 'node:net';
+import { dirname } from 'node:path';
 import { smcrouteCommandTimeoutMs, smcrouteReplyBytesMax } from '../limits.js';
 import {
   decodeSmcrouteReply,
@@ -175,6 +176,7 @@ export function createSmcrouteDriver(settings: SmcrouteSettings): RouterDriver {
   let seen: Map<string, ShownRoute> | undefined;
   /** The control socket as it was when the daemon was last asked what it carries. */
   let seenSocket: string | undefined;
+  let watcher: FSWatcher | undefined;
   /** Sends one command; one at a time. */
   const control = (command: SmcrouteCommand, args: string[]): Promise<SmcrouteAnswer> => {
     const run = async () => {
@@ -212,6 +214,27 @@ export function createSmcrouteDriver(settings: SmcrouteSettings): RouterDriver {
 
   return {
     stale: () => seen === undefined || socketIdentity(settings.socket) !== seenSocket,
+    watch(onStale) {
+      if (closed || watcher !== undefined) {
+        return;
+      }
+      // A restarted smcrouted binds a new control socket, then writes its pid file (by default in
+      // the same directory) once it is ready: any change in the directory that leaves the socket
+      // other than the one last asked is told at once, and again at the next change until the
+      // daemon answered. A poll would notice it only at the next poll (orderDriverPollMs).
+      try {
+        watcher = watch(dirname(settings.socket), { persistent: false }, () => {
+          if (!closed && seenSocket !== undefined && socketIdentity(settings.socket) !== seenSocket) {
+            onStale();
+          }
+        });
+        watcher.on('error', () => {
+          watcher?.close(); // the directory went: the poll remains
+        });
+      } catch {
+        watcher = undefined; // no directory to watch (yet): the poll remains
+      }
+    },
     async reconcile(wanted: readonly RouteWanted[], options?: ReconcileOptions): Promise<ReconcileReport> {
       const report: { added: string[]; removed: string[]; errors: string[] } = {
         added: [],
@@ -290,6 +313,7 @@ export function createSmcrouteDriver(settings: SmcrouteSettings): RouterDriver {
     },
     async close() {
       closed = true;
+      watcher?.close();
       // Abort first: a daemon that took the connection and never answers would otherwise hold
       // close() for the whole command timeout (the next start reconciles from the store anyway).
       abort.abort();

@@ -76,4 +76,28 @@ export const orderMigrations: Record<string, Migration> = {
         .execute();
     },
   },
+  '0101-order-link-routers': {
+    async up(db: Kysely<unknown>) {
+      // The routers a link's routes were put on: a router the link left while no server drove it
+      // (changed while the order servers were down) is emptied on the next start.
+      await db.schema
+        .createTable('order_link_routers')
+        .addColumn('link', 'text', (c) => c.notNull().references('order_links.name'))
+        .addColumn('router_config', 'text', (c) => c.notNull())
+        .addPrimaryKeyConstraint('order_link_routers_pkey', ['link', 'router_config'])
+        .execute();
+      // The routes in place when this ships are on each link's router of now.
+      await sql`insert into order_link_routers (link, router_config) select name, router_config from order_links`.execute(
+        db,
+      );
+    },
+  },
+  '0102-order-prices': {
+    async up(db: Kysely<unknown>) {
+      // The rate card's price (minor units per order, or per hour) when the order was admitted:
+      // the order is charged at it, whatever the card says when the charge is made. Null for a
+      // subscription, and for orders admitted before this shipped (charged at the card then).
+      await db.schema.alterTable('orders').addColumn('unit_price', 'bigint').execute();
+    },
+  },
 };

@@ -58,6 +58,19 @@ export interface OrderTables {
     ended_at: string | null;
     /** Billing: 1 once the order's charge (if its price has one) is in the ledger. */
     charged: number;
+    /**
+     * The rate card's price when the order was admitted, in minor units (per order, or per hour of
+     * a per-hour service); null for a subscription. The order is charged at it.
+     */
+    unit_price: number | string | bigint | null;
+  };
+  /**
+   * The routers (router_config as in order_links) each link's routes may be on: recorded before a
+   * driver first routes on one, deleted once the driver emptied a router the link no longer uses.
+   */
+  order_link_routers: {
+    link: string;
+    router_config: string;
   };
   order_driver_leases: {
     link: string;

@@ -335,8 +335,12 @@ function bookSuite(name: string, options: { skip?: string }, url: () => string, 
         book.order('b2', 'bmid'),
         book.order('b3', 'bhigh'),
       ]);
-      assert.ok(low?.kind === 'ordered' && mid?.kind === 'ordered' && high?.kind === 'ordered');
+      assert.ok(mid?.kind === 'ordered' && high?.kind === 'ordered');
       assert.deepEqual(high.preempted, ['blow']);
+      // Answered as the batch left it: pre-empted, not active.
+      assert.ok(low?.kind === 'preempted', `the pre-empted order was answered ${low?.kind}`);
+      assert.equal(low.order.state, 'preempted');
+      assert.match(low.message, /pre-empted by bhigh/);
       const stored = await store.db
         .selectFrom('orders')
         .select('state')
@@ -347,6 +351,27 @@ function bookSuite(name: string, options: { skip?: string }, url: () => string, 
       assert.deepEqual(state.refcounts, { bhigh: 1, bmid: 1 });
       assert.deepEqual(state.counted, state.refcounts);
       assert.equal(state.used, 10_000_000);
+    });
+
+    it('an order held before, ordered again and pre-empted in the same batch, is answered pre-empted', async () => {
+      await makeLink(store, 'again-cable', 10_000_000, 'preempt', [
+        { name: 'alow', rate: 6_000_000, priority: 1, group: '239.77.4.1' },
+        { name: 'ahigh', rate: 6_000_000, priority: 9, group: '239.77.4.2' },
+      ]);
+      const held = await book.order('b1', 'alow');
+      assert.ok(held.kind === 'ordered');
+      const [again, high] = await Promise.all([book.order('b1', 'alow'), book.order('b2', 'ahigh')]);
+      assert.ok(high?.kind === 'ordered');
+      assert.deepEqual(high.preempted, ['alow']);
+      assert.ok(again?.kind === 'preempted', `the pre-empted order was answered ${again?.kind}`);
+      assert.equal(again.order.id, held.order.id);
+      assert.equal(again.order.state, 'preempted');
+      const stored = await store.db
+        .selectFrom('orders')
+        .select('state')
+        .where('id', '=', held.order.id)
+        .executeTakeFirstOrThrow();
+      assert.equal(stored.state, 'preempted');
     });
 
     it('orders and cancels arriving together share a batch: the cancels free their room first', async () => {

@@ -21,11 +21,16 @@ describe('a link whose router changes', () => {
   let drivers: LinkDrivers;
   /** What each router (by its outbound interface) carries. */
   const carried = new Map<string, string[]>();
+  /** Routers (by outbound interface) that cannot be reached. */
+  const failing = new Set<string>();
   const makeDriver = (router: LinkRouter): RouterDriver => {
     assert.equal(router.kind, 'smcroute');
     const name = router.outbound;
     return {
       async reconcile(wanted: readonly RouteWanted[]) {
+        if (failing.has(name)) {
+          return { added: [], removed: [], errors: [`${name}: unreachable`] };
+        }
         const before = carried.get(name) ?? [];
         const now = wanted.map((route) => route.group);
         carried.set(name, now);
@@ -114,5 +119,57 @@ describe('a link whose router changes', () => {
     await drivers.pass();
     assert.deepEqual(carried.get('eth2'), ['239.79.0.1']);
     assert.deepEqual(carried.get('eth1'), [], 'the old router still forwards the channel');
+  });
+
+  // The same change made while no order server ran: the next start drove the new router only, and
+  // the old one forwarded the channel for ever. The store remembers which routers a link's routes
+  // were put on.
+  it('takes the routes off a router the link left while the order server was down', async () => {
+    await drivers.pass();
+    assert.deepEqual(carried.get('eth2'), ['239.79.0.1']);
+    await drivers.close(); // the server stops: eth2 keeps its routes
+    await setRouter(smcroute('eth3'));
+    drivers = startLinkDrivers({ store, book, holder: 'server-b', makeDriver, pollMs: 3_600_000 });
+    await drivers.pass();
+    assert.deepEqual(carried.get('eth3'), ['239.79.0.1']);
+    assert.deepEqual(
+      carried.get('eth2'),
+      [],
+      'the router the link left while down still forwards the channel',
+    );
+    const remembered = await store.db.selectFrom('order_link_routers').select('router_config').execute();
+    assert.deepEqual(
+      remembered.map((row) => JSON.parse(row.router_config).outbound),
+      ['eth3'],
+    );
+  });
+
+  it('keeps a router it could not empty and empties it on a later pass', async () => {
+    failing.add('eth3');
+    await drivers.close();
+    await setRouter(smcroute('eth4'));
+    drivers = startLinkDrivers({
+      store,
+      book,
+      holder: 'server-c',
+      makeDriver,
+      pollMs: 3_600_000,
+      driftCheckMs: 0,
+    });
+    await drivers.pass();
+    assert.deepEqual(
+      carried.get('eth4'),
+      ['239.79.0.1'],
+      'the new router is routed while the old one cannot be reached',
+    );
+    assert.deepEqual(carried.get('eth3'), ['239.79.0.1']);
+    failing.delete('eth3');
+    await drivers.pass();
+    assert.deepEqual(carried.get('eth3'), []);
+    const remembered = await store.db.selectFrom('order_link_routers').select('router_config').execute();
+    assert.deepEqual(
+      remembered.map((row) => JSON.parse(row.router_config).outbound),
+      ['eth4'],
+    );
   });
 });

@@ -1,0 +1,55 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { parseRouter } from '../../src/cli/admin-orders.js';
+import { UsageError } from '../../src/cli/errors.js';
+
+// `--router relay:INADDR:OUTADDR` was split on every colon, so a relay on IPv6 addresses could not
+// be written at all; IPv6 is written in brackets, as endpoints are everywhere else in the CLI.
+describe('gatecast admin orders link --router', () => {
+  it('takes IPv6 relay addresses in brackets, canonical, and IPv4 as it is', () => {
+    assert.deepEqual(parseRouter('relay:[FD00:1:0::1]:[fd00:2::1]'), {
+      kind: 'relay',
+      inbound: 'fd00:1::1',
+      outbound: 'fd00:2::1',
+    });
+    assert.deepEqual(parseRouter('relay:10.0.1.1:10.0.2.1'), {
+      kind: 'relay',
+      inbound: '10.0.1.1',
+      outbound: '10.0.2.1',
+    });
+    assert.deepEqual(parseRouter('relay:10.0.1.1:[fd00:2::1]'), {
+      kind: 'relay',
+      inbound: '10.0.1.1',
+      outbound: 'fd00:2::1',
+    });
+  });
+
+  it('takes a socket path with colons (an interface name has none)', () => {
+    assert.deepEqual(parseRouter('smcroute:/run/a:b.sock:eth0:eth1'), {
+      kind: 'smcroute',
+      socket: '/run/a:b.sock',
+      inbound: 'eth0',
+      outbound: 'eth1',
+    });
+  });
+
+  it('refuses what it cannot read, naming --router', () => {
+    for (const text of [
+      'relay:fd00:1::1:fd00:2::1', // IPv6 without brackets
+      'relay:[fd00:1::1]', // one address
+      'relay:[10.0.1.1]:10.0.2.1', // IPv4 in brackets
+      'relay:[ff3e::1]x:[fd00::2]',
+      'relay:999.1.1.1:10.0.2.1',
+      'relay:[fe80::1%eth0]:[fd00::2]',
+      'smcroute:/run/s.sock:eth0',
+      'smcroute::eth0:eth1',
+      'ospf:1:2',
+    ]) {
+      assert.throws(
+        () => parseRouter(text),
+        (error: unknown) => error instanceof UsageError && error.message.startsWith('--router: '),
+        text,
+      );
+    }
+  });
+});
