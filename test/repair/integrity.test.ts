@@ -21,13 +21,12 @@ import {
   ListenState,
 } from '../../src/protocol/control.js';
 import { SessionKind } from '../../src/protocol/packet.js';
-import { createReceiver } from '../../src/receiver/receiver.js';
 import { lossyS1Socket, type RepairServer, startRepairServer } from '../../src/repair/repair.js';
 import { type RetransmitServer, startRetransmitServer } from '../../src/retransmit/retransmit.js';
 import { openFileInput, openStreamInput, openTickerInput } from '../../src/source/inputs.js';
 import { createSource } from '../../src/source/source.js';
 import { crafter, data, descriptor, end, heartbeat } from '../helpers/craft.js';
-import { freshPort, loopbackIface, memorySink } from '../helpers/loopback.js';
+import { freshPort, loopbackIface, loopbackReceiver } from '../helpers/loopback.js';
 import { waitUntil as waitFor } from '../helpers/wait.js';
 
 const key = controlKey(Buffer.from('integrity test secret, not for use'));
@@ -76,14 +75,7 @@ async function bed(options: {
 }
 
 function receiverOf(group: ReturnType<typeof parseGroup>, timeoutMs = 10_000) {
-  const sink = memorySink();
-  const receiver = createReceiver({ group, iface: loopbackIface, timeoutMs }, { sink });
-  let joined: () => void = () => undefined;
-  const ready = new Promise<void>((resolve) => {
-    joined = resolve;
-  });
-  const done = receiver.run({ onJoined: () => joined() });
-  return { sink, ready, done };
+  return loopbackReceiver(group, { timeoutMs });
 }
 
 const directory = mkdtempSync(join(tmpdir(), 'gatecast-integrity-'));
