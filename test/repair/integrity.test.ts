@@ -334,30 +334,52 @@ describe('an ANNOUNCE speaks of one run', () => {
   });
 });
 
+/**
+ * Sends a four-packet file run into S1 of `t`: its DESCRIPTOR, its DATA, then `forged` (made for
+ * the run), and once S2 has the file, after `settleMs`, its END. Returns S2's summary and the file.
+ */
+async function fileRunWithForgery(
+  t: Awaited<ReturnType<typeof bed>>,
+  run: { sessionId: number; incarnation: number },
+  forged: Buffer,
+  settleMs = 0,
+) {
+  const rx = receiverOf(t.s2);
+  await rx.ready;
+  const payloadOf = (sequence: number) => Buffer.from(`file-${sequence}`.padEnd(100, '.'));
+  const bytes = Buffer.concat([0, 1, 2, 3].map(payloadOf));
+  const out = await crafter(t.s1);
+  try {
+    out.send(descriptor(run, { firstSequence: 0, next: 0, payload: bytes }));
+    await waitUntil('the run taken up', () => t.repair.status().sessionId === run.sessionId);
+    out.send(...[0, 1, 2, 3].map((sequence) => data(run, sequence, payloadOf(sequence))));
+    out.send(forged);
+    await waitUntil('the file re-emitted', () => (t.repair.status().emitted ?? 0) >= 4);
+    if (settleMs > 0) {
+      await new Promise((resolve) => setTimeout(resolve, settleMs));
+    }
+    out.send(end(run, 4, 4, bytes.length));
+    await waitUntil('the run completed', () => t.repair.status().sessionsCompleted === 1, 5_000);
+  } finally {
+    await out.close();
+  }
+  const summary = await rx.done;
+  return { summary, bytes, written: rx.sink.bytes() };
+}
+
 describe("repair and a file's end", () => {
   it("one forged DATA past a file's end (by its DESCRIPTOR's size) into S1: the run completes and S2 holds the file whole", async () => {
     const t = await bed({ retransmit: false });
     try {
-      const rx = receiverOf(t.s2);
-      await rx.ready;
       const run = { sessionId: 91, incarnation: 0x91 };
-      const payloadOf = (sequence: number) => Buffer.from(`file-${sequence}`.padEnd(100, '.'));
-      const bytes = Buffer.concat([0, 1, 2, 3].map(payloadOf));
-      const out = await crafter(t.s1);
-      try {
-        out.send(descriptor(run, { firstSequence: 0, next: 0, payload: bytes }));
-        await waitUntil('the run taken up', () => t.repair.status().sessionId === run.sessionId);
-        out.send(...[0, 1, 2, 3].map((sequence) => data(run, sequence, payloadOf(sequence))));
-        out.send(data(run, 4, Buffer.from('forged'))); // the file has 4 packets: sequence 4 cannot exist
-        await waitUntil('the file re-emitted', () => (t.repair.status().emitted ?? 0) >= 4);
-        out.send(end(run, 4, 4, bytes.length));
-        await waitUntil('the run completed', () => t.repair.status().sessionsCompleted === 1, 5_000);
-      } finally {
-        await out.close();
-      }
-      const summary = await rx.done;
+      // The file has 4 packets: sequence 4 cannot exist.
+      const { summary, bytes, written } = await fileRunWithForgery(
+        t,
+        run,
+        data(run, 4, Buffer.from('forged')),
+      );
       assert.equal(summary.outcome, 'complete', JSON.stringify(t.repair.status()));
-      assert.deepEqual(rx.sink.bytes(), bytes);
+      assert.deepEqual(written, bytes);
     } finally {
       await t.close();
     }
@@ -366,28 +388,12 @@ describe("repair and a file's end", () => {
   it("a forged HEARTBEAT past a file's end into S1: nothing past the end is asked for or counted unrecoverable", async () => {
     const t = await bed({});
     try {
-      const rx = receiverOf(t.s2);
-      await rx.ready;
       const run = { sessionId: 92, incarnation: 0x92 };
-      const payloadOf = (sequence: number) => Buffer.from(`file-${sequence}`.padEnd(100, '.'));
-      const bytes = Buffer.concat([0, 1, 2, 3].map(payloadOf));
-      const out = await crafter(t.s1);
-      try {
-        out.send(descriptor(run, { firstSequence: 0, next: 0, payload: bytes }));
-        await waitUntil('the run taken up', () => t.repair.status().sessionId === run.sessionId);
-        out.send(...[0, 1, 2, 3].map((sequence) => data(run, sequence, payloadOf(sequence))));
-        out.send(heartbeat(run, 4 + 20)); // the file has 4 packets: 4 to 23 cannot exist
-        await waitUntil('the file re-emitted', () => (t.repair.status().emitted ?? 0) >= 4);
-        // Time for NACKs of what the HEARTBEAT claimed, and the retransmit server's not-held answers.
-        await new Promise((resolve) => setTimeout(resolve, 1_000));
-        out.send(end(run, 4, 4, bytes.length));
-        await waitUntil('the run completed', () => t.repair.status().sessionsCompleted === 1, 5_000);
-      } finally {
-        await out.close();
-      }
-      const summary = await rx.done;
+      // The file has 4 packets: 4 to 23 cannot exist. The second wait gives time for NACKs of what
+      // the HEARTBEAT claimed, and the retransmit server's not-held answers.
+      const { summary, bytes, written } = await fileRunWithForgery(t, run, heartbeat(run, 4 + 20), 1_000);
       assert.equal(summary.outcome, 'complete', JSON.stringify(t.repair.status()));
-      assert.deepEqual(rx.sink.bytes(), bytes);
+      assert.deepEqual(written, bytes);
       const status = t.repair.status();
       assert.equal(status.unrecoverable, 0, JSON.stringify(status));
       assert.equal(status.nacksSent, 0, JSON.stringify(status));
