@@ -402,6 +402,35 @@ export function createPurse(parts: {
 }
 
 /**
+ * A purse kept in memory, its state and counter living only as long as this process (the demo's
+ * purse, and the tests'); `balance()` reads its balance now.
+ */
+export function createMemoryPurse(
+  tokenId: string,
+  currency: string,
+  signer: ReceiptSigner,
+): { purse: Purse; balance: () => number } {
+  let state = createPurseState(tokenId, currency);
+  let counter = 0;
+  const purse = createPurse({
+    storage: {
+      load: async () => state,
+      save: async (next) => {
+        state = next;
+      },
+    },
+    counter: {
+      read: async () => counter,
+      advance: async (to) => {
+        counter = Math.max(counter, to);
+      },
+    },
+    signer,
+  });
+  return { purse, balance: () => state.balance };
+}
+
+/**
  * A debit as a token asks for it before unwrapping a pay-as-you-go traffic key (src/crypto/token.ts);
  * the price is the crypto-period's, whatever the service epoch.
  */

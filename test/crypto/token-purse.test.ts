@@ -13,7 +13,7 @@ import {
 } from '../../src/crypto/authority.js';
 import { TokenRefused } from '../../src/crypto/errors.js';
 import { initPkcs11Token, openPkcs11Token } from '../../src/crypto/pkcs11-token.js';
-import { createPurse, createPurseState, type PurseState, tokenPurse } from '../../src/crypto/purse.js';
+import { createMemoryPurse, tokenPurse } from '../../src/crypto/purse.js';
 import { decodeReceipt, ed25519Signer, type Receipt, verifyReceipt } from '../../src/crypto/receipt.js';
 import { initSoftwareToken, openSoftwareToken } from '../../src/crypto/software-token.js';
 import { signTopUp } from '../../src/crypto/top-up.js';
@@ -29,24 +29,7 @@ const serviceKey = randomBytes(32);
 const start = Date.UTC(2026, 11, 1);
 
 function memoryPurse() {
-  let state: PurseState = createPurseState('token-1', 'EUR');
-  let counter = 0;
-  const purse = createPurse({
-    storage: {
-      load: async () => state,
-      save: async (next) => {
-        state = next;
-      },
-    },
-    counter: {
-      read: async () => counter,
-      advance: async (to) => {
-        counter = Math.max(counter, to);
-      },
-    },
-    signer: ed25519Signer(receiptKey.privateKey),
-  });
-  return { purse, balance: () => state.balance };
+  return createMemoryPurse('token-1', 'EUR', ed25519Signer(receiptKey.privateKey));
 }
 
 function keyAt(timeMs: number, keyEpoch: number) {
