@@ -46,6 +46,28 @@ function keyAt(timeMs: number, keyEpoch: number) {
   return decoded.value;
 }
 
+/** Installs in `token` a pay-as-you-go grant of "news" at 7 cents per crypto-period, for an hour from `start`. */
+function installNewsGrant(token: ReturnType<typeof openSoftwareToken>): void {
+  token.installGrant(
+    issueGrant(
+      {
+        devicePoint: token.devicePoint(),
+        serviceKey,
+        tier: 0,
+        service: 'news',
+        serviceEpoch: 1,
+        notBeforeMs: start,
+        notAfterMs: start + 3_600_000,
+        priceModel: PriceModel.perCryptoPeriod,
+        currency: 'EUR',
+        priceMinor: 7,
+        sourcePublicKey: ed25519Raw(source.publicKey),
+      },
+      root.privateKey,
+    ),
+  );
+}
+
 describe('a pay-as-you-go token over the purse module', () => {
   it('an empty purse releases nothing; a topped-up one debits once per crypto-period and writes chained receipts', async () => {
     const { purse, balance } = memoryPurse();
@@ -57,24 +79,7 @@ describe('a pay-as-you-go token over the purse module', () => {
       '2468',
       tokenPurse(purse, (receipt) => receipts.push(receipt)),
     );
-    token.installGrant(
-      issueGrant(
-        {
-          devicePoint: token.devicePoint(),
-          serviceKey,
-          tier: 0,
-          service: 'news',
-          serviceEpoch: 1,
-          notBeforeMs: start,
-          notAfterMs: start + 3_600_000,
-          priceModel: PriceModel.perCryptoPeriod,
-          currency: 'EUR',
-          priceMinor: 7,
-          sourcePublicKey: ed25519Raw(source.publicKey),
-        },
-        root.privateKey,
-      ),
-    );
+    installNewsGrant(token);
     await assert.rejects(
       token.releaseTrafficKey(keyAt(start + 1000, 1)),
       (error) =>
@@ -100,24 +105,7 @@ describe("a token's own purse (enrolled): top-ups credited once, receipts kept u
   async function enrolledToken(token: ReturnType<typeof openSoftwareToken>) {
     const { tokenId, receiptPublicKey } = token.prepareEnrollment();
     token.ensurePurse('EUR');
-    token.installGrant(
-      issueGrant(
-        {
-          devicePoint: token.devicePoint(),
-          serviceKey,
-          tier: 0,
-          service: 'news',
-          serviceEpoch: 1,
-          notBeforeMs: start,
-          notAfterMs: start + 3_600_000,
-          priceModel: PriceModel.perCryptoPeriod,
-          currency: 'EUR',
-          priceMinor: 7,
-          sourcePublicKey: ed25519Raw(source.publicKey),
-        },
-        root.privateKey,
-      ),
-    );
+    installNewsGrant(token);
     return { tokenId, receiptKey: ed25519FromRaw(receiptPublicKey) };
   }
 
