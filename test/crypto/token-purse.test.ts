@@ -197,24 +197,7 @@ describe('two commands on one software token', () => {
     try {
       const { tokenId } = receiving.prepareEnrollment();
       receiving.ensurePurse('EUR');
-      receiving.installGrant(
-        issueGrant(
-          {
-            devicePoint: receiving.devicePoint(),
-            serviceKey,
-            tier: 0,
-            service: 'news',
-            serviceEpoch: 1,
-            notBeforeMs: start,
-            notAfterMs: start + 3_600_000,
-            priceModel: PriceModel.perCryptoPeriod,
-            currency: 'EUR',
-            priceMinor: 7,
-            sourcePublicKey: ed25519Raw(source.publicKey),
-          },
-          root.privateKey,
-        ),
-      );
+      installNewsGrant(receiving);
       await topping.creditTopUp(
         signTopUp({ tokenId, sequence: 1, amount: 30, currency: 'EUR' }, root.privateKey),
       );

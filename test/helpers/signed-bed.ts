@@ -1,7 +1,8 @@
 /**
  * The signed-session test bed on loopback (docs/protocol.md, "Signed sessions"): a retransmit server
  * and a repair server that both hold the source's public key, a receiver of S2 and one of S1 that
- * each verify through their own gate, and a signed ticker source.
+ * each verify through their own gate, and a signed ticker source (on the loopback ticker that
+ * unsigned tests use as it is).
  */
 import type { KeyObject } from 'node:crypto';
 import type { ControlKey } from '../../src/crypto/control-auth.js';
@@ -11,7 +12,7 @@ import type { Endpoint } from '../../src/net/address.js';
 import { type RepairServer, startRepairServer } from '../../src/repair/repair.js';
 import { type RetransmitServer, startRetransmitServer } from '../../src/retransmit/retransmit.js';
 import { openTickerInput } from '../../src/source/inputs.js';
-import { createSource, type Source } from '../../src/source/source.js';
+import { createSource, type Source, type SourceComponents } from '../../src/source/source.js';
 import type { Run } from './craft.js';
 import { type LoopbackReceiver, loopbackIface, loopbackReceiver } from './loopback.js';
 
@@ -84,8 +85,11 @@ export async function signedReceivers(
   return { rx, direct, receiverGate };
 }
 
-/** A signed ticker on `s1`: 600 ticks of 64 bytes at 500 a second from sequence 1000, a manifest per 32. */
-export function signedTicker(s1: Endpoint, source: SourceKeys, run: Run): Source {
+/**
+ * A ticker on `s1`: 600 ticks of 64 bytes at 500 a second from sequence 1000, protected by
+ * `protection` when given.
+ */
+export function loopbackTicker(s1: Endpoint, run: Run, protection?: SourceComponents['protection']): Source {
   return createSource(
     {
       group: s1,
@@ -100,11 +104,17 @@ export function signedTicker(s1: Endpoint, source: SourceKeys, run: Run): Source
     },
     {
       input: openTickerInput({ ticksPerSecond: 500, tickCount: 600 }),
-      protection: (identity) =>
-        createSignedSenderProtection(
-          { sourcePrivateKey: source.privateKey, sourcePublicKey: source.publicKey, manifestPackets: 32 },
-          identity,
-        ),
+      ...(protection === undefined ? {} : { protection }),
     },
+  );
+}
+
+/** A signed ticker on `s1` (loopbackTicker), a manifest over every 32 packets. */
+export function signedTicker(s1: Endpoint, source: SourceKeys, run: Run): Source {
+  return loopbackTicker(s1, run, (identity) =>
+    createSignedSenderProtection(
+      { sourcePrivateKey: source.privateKey, sourcePublicKey: source.publicKey, manifestPackets: 32 },
+      identity,
+    ),
   );
 }

@@ -23,10 +23,11 @@ import {
 import { SessionKind } from '../../src/protocol/packet.js';
 import { lossyS1Socket, type RepairServer, startRepairServer } from '../../src/repair/repair.js';
 import { type RetransmitServer, startRetransmitServer } from '../../src/retransmit/retransmit.js';
-import { openFileInput, openStreamInput, openTickerInput } from '../../src/source/inputs.js';
+import { openFileInput, openStreamInput } from '../../src/source/inputs.js';
 import { createSource } from '../../src/source/source.js';
 import { crafter, data, descriptor, end, heartbeat } from '../helpers/craft.js';
 import { freshPort, loopbackIface, loopbackReceiver } from '../helpers/loopback.js';
+import { loopbackTicker } from '../helpers/signed-bed.js';
 import { waitUntil as waitFor } from '../helpers/wait.js';
 
 const key = controlKey(Buffer.from('integrity test secret, not for use'));
@@ -190,20 +191,7 @@ describe('one forged packet cannot stop a live repaired stream', () => {
       const direct = receiverOf(t.s1);
       await Promise.all([rx.ready, direct.ready]);
       const run = { sessionId: 77, incarnation: 0x77 };
-      const ticker = createSource(
-        {
-          group: t.s1,
-          iface: loopbackIface,
-          rateBitsPerSecond: 0,
-          packetPayloadBytes: 64,
-          sessionName: 'ticker',
-          sessionId: run.sessionId,
-          incarnation: run.incarnation,
-          firstSequence: 1000,
-          startDelayMs: 50,
-        },
-        { input: openTickerInput({ ticksPerSecond: 500, tickCount: 600 }) },
-      );
+      const ticker = loopbackTicker(t.s1, run);
       const sending = ticker.run();
       await waitUntil('the run under way', () => (t.repair.status().emitted ?? 0) > 50);
       const out = await crafter(t.s1);
