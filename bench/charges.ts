@@ -14,6 +14,7 @@ import { openStore } from '../src/store/database.js';
 import { postgresUnavailable, startPostgres } from '../test/helpers/postgres.js';
 import { type ServeProcess, startServe } from '../test/helpers/serve.js';
 import { repoRoot } from '../test/helpers/testbed.js';
+import { cpuSeconds as processCpuSeconds } from './cpu-profile.js';
 import { writeSection } from './report.js';
 
 const seconds = Number(process.env.BENCH_SECONDS ?? 10);
@@ -50,14 +51,8 @@ interface Row {
   loadAverage: [string, string];
 }
 
-const cpuSeconds = (pid: number | undefined) => {
-  try {
-    const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]?.split(' ') ?? [];
-    return (Number(fields[11]) + Number(fields[12])) / 100;
-  } catch {
-    return 0;
-  }
-};
+/** CPU seconds a process has used so far; 0 once it is gone. */
+const cpuSeconds = (pid: number | undefined) => processCpuSeconds(pid) ?? 0;
 
 /** CPU seconds of every postgres process (the benchmark's cluster is the only one it runs). */
 const postgresCpuSeconds = () => {

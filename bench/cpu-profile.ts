@@ -1,10 +1,28 @@
 /**
  * What the profiling benchmarks share: a gatecast command run under `node --cpu-prof`, the
- * profiles it writes, and self time per sampled frame.
+ * profiles it writes, self time per sampled frame, and the CPU time a process has used so far.
  */
+import { execFileSync } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { gatecastBin } from '../test/helpers/testbed.js';
+
+const clockTicksPerSecond = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim());
+
+/** CPU seconds (user + system) a process has used so far (/proc/PID/stat), or undefined once it is gone. */
+export function cpuSeconds(pid: number | undefined): number | undefined {
+  if (pid === undefined) {
+    return undefined;
+  }
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // The command name (field 2) may hold spaces: count fields after its closing parenthesis.
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return (Number(fields[11]) + Number(fields[12])) / clockTicksPerSecond;
+  } catch {
+    return undefined;
+  }
+}
 
 /** A call frame as V8's CPU profile names it. */
 export interface CallFrame {

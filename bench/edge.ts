@@ -35,6 +35,7 @@ import {
   type Testbed,
   testbedUnavailable,
 } from '../test/helpers/testbed.js';
+import { cpuSeconds } from './cpu-profile.js';
 import { writeSection } from './report.js';
 
 const megabytes = Number(process.env.BENCH_EDGE_MB ?? (process.env.BENCH_EDGE_QUICK === '1' ? 10 : 50));
@@ -53,23 +54,6 @@ const packets = Math.ceil(fileBytes / payloadBytes);
 const edgeHosts = ['rx1', 'rx2'] as const;
 /** How long a process may take to say it is ready: start-up is slow on a loaded machine. */
 const readyMs = 60_000;
-const clockTicksPerSecond = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim());
-
-/** CPU seconds (user + system) a process has used so far, or undefined once it is gone. */
-function cpuSeconds(pid: number | undefined): number | undefined {
-  if (pid === undefined) {
-    return undefined;
-  }
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    // The command name (field 2) may hold spaces: count fields after its closing parenthesis.
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return (Number(fields[11]) + Number(fields[12])) / clockTicksPerSecond;
-  } catch {
-    return undefined;
-  }
-}
-
 /** Children's CPU from bash's `times` (its second line: children's user and system time). */
 function childCpuSeconds(stderr: string): number | undefined {
   const match = /(\d+)m([\d.]+)s (\d+)m([\d.]+)s\s*$/.exec(stderr.trim());

@@ -9,97 +9,20 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createOrderBook, type OrderBook } from '../src/order/book.js';
 import { openStore, type Store } from '../src/store/database.js';
+import { activeOrders, type LinkService, makeBoxes, makeLink } from '../test/helpers/order-store.js';
 
-/** Makes a subscriber with a channel entitlement for every channel. */
-async function makeBoxes(store: Store, names: readonly string[]): Promise<void> {
-  const now = new Date().toISOString();
-  for (let from = 0; from < names.length; from += 200) {
-    const chunk = names.slice(from, from + 200);
-    await store.db
-      .insertInto('parties')
-      .values(
-        chunk.map((name) => ({
-          id: name,
-          kind: 'subscriber',
-          name,
-          token_hash: `hash-${name}`,
-          created_at: now,
-        })),
-      )
-      .execute();
-    await store.db
-      .insertInto('entitlements')
-      .values(
-        chunk.map((name) => ({
-          id: `ent-${name}`,
-          subscriber: name,
-          service: 'channel',
-          session: null,
-          valid_from: null,
-          valid_to: null,
-          monthly: null,
-          created_at: now,
-        })),
-      )
-      .execute();
-  }
-}
-
-/** Makes a relay link and its services (the driver is not started: this measures the store). */
-async function makeLink(store: Store, link: string, capacity: number, services: number, rate: number) {
-  const now = new Date().toISOString();
-  await store.db
-    .insertInto('order_links')
-    .values({
-      name: link,
-      capacity_bits: capacity,
-      used_bits: 0,
-      router: 'relay',
-      router_config: JSON.stringify({ kind: 'relay', inbound: '127.0.0.1', outbound: '127.0.0.1' }),
-      policy: 'reject',
-      version: 0,
-      created_at: now,
-      updated_at: now,
-    })
-    .execute();
-  await store.db
-    .insertInto('order_services')
-    .values(
-      Array.from({ length: services }, (_, i) => ({
-        name: `${link}-ch${i}`,
-        link,
-        group_address: `239.78.${i >> 8}.${i & 255}`,
-        port: 5000,
-        source_address: null,
-        bit_rate: rate,
-        priority: 0,
-        price: 'per-order',
-        relay_to: null,
-        created_at: now,
-        updated_at: now,
-      })),
-    )
-    .execute();
+/** `count` services of `rate` bit/s for `link`, named LINK-chN, on groups 239.78.X.Y. */
+function channels(link: string, count: number, rate: number): LinkService[] {
+  return Array.from({ length: count }, (_, i) => ({
+    name: `${link}-ch${i}`,
+    rate,
+    group: `239.78.${i >> 8}.${i & 255}`,
+  }));
 }
 
 /** Whether the store agrees with itself on a link. */
 export async function linkAgrees(store: Store, link: string): Promise<{ ok: boolean; detail: string }> {
-  const row = await store.db
-    .selectFrom('order_links')
-    .selectAll()
-    .where('name', '=', link)
-    .executeTakeFirstOrThrow();
-  const active = await store.db.selectFrom('order_active').selectAll().where('link', '=', link).execute();
-  const orders = await store.db
-    .selectFrom('orders')
-    .select(['service'])
-    .where('link', '=', link)
-    .where('state', '=', 'active')
-    .execute();
-  const counted = new Map<string, number>();
-  for (const order of orders) {
-    counted.set(order.service, (counted.get(order.service) ?? 0) + 1);
-  }
+  const { row, active, orderCount, counted } = await activeOrders(store, link);
   const rates = new Map(active.map((a) => [a.service, Number(a.bit_rate)]));
   const refcountsAgree =
     active.length === counted.size && active.every((a) => counted.get(a.service) === Number(a.refcount));
@@ -108,7 +31,7 @@ export async function linkAgrees(store: Store, link: string): Promise<{ ok: bool
   const ok = refcountsAgree && used === expectedUsed && used <= Number(row.capacity_bits);
   return {
     ok,
-    detail: `${orders.length} active orders on ${active.length} services, refcounts ${refcountsAgree ? 'agree' : 'DISAGREE'}, used ${used} (expected ${expectedUsed}) of ${Number(row.capacity_bits)} bit/s`,
+    detail: `${orderCount} active orders on ${active.length} services, refcounts ${refcountsAgree ? 'agree' : 'DISAGREE'}, used ${used} (expected ${expectedUsed}) of ${Number(row.capacity_bits)} bit/s`,
   };
 }
 
@@ -135,7 +58,7 @@ export async function sustained(
 ): Promise<StoreRun> {
   const store = await openStore(url);
   try {
-    await makeLink(store, 'bulk', 1e15, 100, 1_000_000);
+    await makeLink(store, 'bulk', 1e15, 'reject', channels('bulk', 100, 1_000_000));
     const boxes = Array.from({ length: concurrency }, (_, i) => `sbox${i}`);
     await makeBoxes(store, boxes);
     const book = createOrderBook(store, {
@@ -189,7 +112,7 @@ export async function zapping(
 ): Promise<StoreRun> {
   const store = await openStore(url);
   try {
-    await makeLink(store, 'zap', 30 * 4_000_000, 100, 4_000_000);
+    await makeLink(store, 'zap', 30 * 4_000_000, 'reject', channels('zap', 100, 4_000_000));
     const boxes = Array.from({ length: 2000 }, (_, i) => `zbox${i}`);
     await makeBoxes(store, boxes);
     const book: OrderBook = createOrderBook(store, {

@@ -13,7 +13,7 @@
  */
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import {
   createTestbed,
@@ -22,27 +22,18 @@ import {
   retransmitAt,
   testbedUnavailable,
 } from '../test/helpers/testbed.js';
-import { frameName, type Profile, profiledArguments, readProfiles, selfTimes } from './cpu-profile.js';
+import {
+  cpuSeconds,
+  frameName,
+  type Profile,
+  profiledArguments,
+  readProfiles,
+  selfTimes,
+} from './cpu-profile.js';
 
 const megabytes = Number(process.env.BENCH_PROFILE_MB ?? 20);
 const lossPercent = Number(process.env.BENCH_PROFILE_LOSS ?? 10);
 const rateMbit = Number(process.env.BENCH_PROFILE_MBIT ?? 100);
-
-const clockTicksPerSecond = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim());
-
-/** CPU seconds (user + system) a process has used so far, or undefined once it is gone. */
-function cpuSeconds(pid: number | undefined): number | undefined {
-  if (pid === undefined) {
-    return undefined;
-  }
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return (Number(fields[11]) + Number(fields[12])) / clockTicksPerSecond;
-  } catch {
-    return undefined;
-  }
-}
 
 /** Self time per function (ms), largest first. */
 function functionTimes(profile: Profile): Array<{ name: string; ms: number; share: number }> {

@@ -16,7 +16,7 @@ import type {
 } from 'fastify';
 import { sendError } from '../net/http-server.js';
 import { ErrorBody } from '../protocol/api-errors.js';
-import type { Store } from '../store/database.js';
+import type { Schema, Store } from '../store/database.js';
 import type { createLedger } from '../store/ledger.js';
 
 export { ErrorBody } from '../protocol/api-errors.js';
@@ -185,5 +185,18 @@ export function periodBounds(period: string): { from: string; to: string } {
   return {
     from: new Date(Date.UTC(year, month - 1, 1)).toISOString(),
     to: new Date(Date.UTC(year, month, 1)).toISOString(),
+  };
+}
+
+/** An entitlement row as the API shows it. */
+export function presentEntitlement(row: Omit<Schema['entitlements'], 'created_at'>) {
+  return {
+    id: row.id,
+    subscriber: row.subscriber,
+    service: row.service,
+    session: row.session,
+    from: row.valid_from,
+    to: row.valid_to,
+    monthly: row.monthly === null ? null : Number(row.monthly),
   };
 }

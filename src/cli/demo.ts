@@ -17,7 +17,7 @@ import { registerConsole } from '../console/console.js';
 import type { WatchedEndpoint } from '../console/live.js';
 import { ed25519Raw, generateSigningKey, issueGrant } from '../crypto/authority.js';
 import { controlKey } from '../crypto/control-auth.js';
-import { createPurse, createPurseState, type PurseState, tokenPurse } from '../crypto/purse.js';
+import { createMemoryPurse, tokenPurse } from '../crypto/purse.js';
 import { ed25519Signer, type Receipt } from '../crypto/receipt.js';
 import {
   createReceiverProtection,
@@ -640,24 +640,8 @@ async function ledgerSum(store: Store): Promise<number> {
 /** A purse kept in memory, its receipts signed with a fresh key (billing holds the public half). */
 function memoryPurse(tokenId: string) {
   const receiptKey = generateSigningKey();
-  let state: PurseState = createPurseState(tokenId, 'EUR');
-  let counter = 0;
-  const purse = createPurse({
-    storage: {
-      load: async () => state,
-      save: async (next) => {
-        state = next;
-      },
-    },
-    counter: {
-      read: async () => counter,
-      advance: async (to) => {
-        counter = Math.max(counter, to);
-      },
-    },
-    signer: ed25519Signer(receiptKey.privateKey),
-  });
-  return { purse, publicKey: receiptKey.publicKey, balance: () => state.balance };
+  const { purse, balance } = createMemoryPurse(tokenId, 'EUR', ed25519Signer(receiptKey.privateKey));
+  return { purse, publicKey: receiptKey.publicKey, balance };
 }
 
 /**

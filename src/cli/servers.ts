@@ -2,6 +2,7 @@
 
 import { mkdirSync } from 'node:fs';
 import { dirname, join, resolve as resolvePath } from 'node:path';
+import type { TObject } from '@sinclair/typebox';
 import { readS2KeyFile } from '../crypto/s2-seal.js';
 import { controllerIdleMs, controllerPoolSizeDefault } from '../limits.js';
 import { canonicalAddress, formatEndpoint } from '../net/address.js';
@@ -83,21 +84,37 @@ function repairModuleOptions(values: OptionValues) {
   };
 }
 
-/** Runs `gatecast retransmit`. */
-export async function runRetransmit(argv: string[], err: NodeJS.WriteStream): Promise<number> {
-  const values = parseOptions(argv, retransmitSettings);
+/**
+ * Runs a server command: parses its options (or prints its help for --help), sizes the socket
+ * buffers, checks its settings with `prepare`, then runs the role until it is told to stop.
+ */
+async function runServerCommand(
+  argv: string[],
+  err: NodeJS.WriteStream,
+  command: {
+    settings: TObject;
+    usage: string;
+    summary: string;
+    prepare: (values: OptionValues) => RoleStarter;
+  },
+): Promise<number> {
+  const values = parseOptions(argv, command.settings);
   if (values.help === true) {
-    process.stdout.write(
-      formatHelp(
-        'gatecast retransmit --join GROUP:PORT --listen ADDR:PORT --secret-file FILE [options]',
-        'Buffer sessions inside the network and answer repair servers’ NACKs.',
-        retransmitSettings,
-      ),
-    );
+    process.stdout.write(formatHelp(command.usage, command.summary, command.settings));
     return exitOk;
   }
   applySocketBuffer(values);
-  return runDaemon(await prepareRetransmit(values)(err), values, err);
+  return runDaemon(await command.prepare(values)(err), values, err);
+}
+
+/** Runs `gatecast retransmit`. */
+export function runRetransmit(argv: string[], err: NodeJS.WriteStream): Promise<number> {
+  return runServerCommand(argv, err, {
+    settings: retransmitSettings,
+    usage: 'gatecast retransmit --join GROUP:PORT --listen ADDR:PORT --secret-file FILE [options]',
+    summary: 'Buffer sessions inside the network and answer repair servers’ NACKs.',
+    prepare: prepareRetransmit,
+  });
 }
 
 /** Checks a retransmit server's settings; the starter it returns opens its sockets. */
@@ -174,20 +191,14 @@ export function prepareRetransmit(values: OptionValues): RoleStarter {
 }
 
 /** Runs `gatecast repair`. */
-export async function runRepair(argv: string[], err: NodeJS.WriteStream): Promise<number> {
-  const values = parseOptions(argv, repairSettings);
-  if (values.help === true) {
-    process.stdout.write(
-      formatHelp(
-        'gatecast repair --join GROUP:PORT --listen ADDR:PORT --secret-file FILE --emit GROUP:PORT (--reliable | --latency MS) [options]',
-        'Repair a session near its receivers and re-emit it whole, in order, on a new group.',
-        repairSettings,
-      ),
-    );
-    return exitOk;
-  }
-  applySocketBuffer(values);
-  return runDaemon(await prepareRepair(values)(err), values, err);
+export function runRepair(argv: string[], err: NodeJS.WriteStream): Promise<number> {
+  return runServerCommand(argv, err, {
+    settings: repairSettings,
+    usage:
+      'gatecast repair --join GROUP:PORT --listen ADDR:PORT --secret-file FILE --emit GROUP:PORT (--reliable | --latency MS) [options]',
+    summary: 'Repair a session near its receivers and re-emit it whole, in order, on a new group.',
+    prepare: prepareRepair,
+  });
 }
 
 /** Checks a repair server's (or the repair controller's) settings; the starter opens its sockets. */
@@ -307,20 +318,13 @@ function prepareController(values: OptionValues): RoleStarter {
 }
 
 /** Runs `gatecast agent`. */
-export async function runAgent(argv: string[], err: NodeJS.WriteStream): Promise<number> {
-  const values = parseOptions(argv, agentSettings);
-  if (values.help === true) {
-    process.stdout.write(
-      formatHelp(
-        'gatecast agent --from GROUP:PORT --deliver GROUP:PORT [--deliver-iface IF] [options]',
-        "Hand the repaired session S2 to the host's application as if it came on S1.",
-        agentSettings,
-      ),
-    );
-    return exitOk;
-  }
-  applySocketBuffer(values);
-  return runDaemon(await prepareAgent(values)(err), values, err);
+export function runAgent(argv: string[], err: NodeJS.WriteStream): Promise<number> {
+  return runServerCommand(argv, err, {
+    settings: agentSettings,
+    usage: 'gatecast agent --from GROUP:PORT --deliver GROUP:PORT [--deliver-iface IF] [options]',
+    summary: "Hand the repaired session S2 to the host's application as if it came on S1.",
+    prepare: prepareAgent,
+  });
 }
 
 /** Checks an agent's settings; the starter it returns opens its sockets. */

@@ -13,6 +13,7 @@
  */
 import { readdirSync, readFileSync } from 'node:fs';
 import type { FastifyInstance, FastifyReply, preHandlerAsyncHookHandler } from 'fastify';
+import { presentEntitlement } from '../api/context.js';
 import {
   consolePollIntervalMs,
   consoleStreamQueuedBytesMax,
@@ -175,16 +176,7 @@ async function storeSnapshot(store: Store) {
       createdAt: row.created_at,
       revokedAt: row.revoked_at,
     })),
-    entitlements: entitlements.map((row) => ({
-      id: row.id,
-      subscriber: row.subscriber,
-      service: row.service,
-      session: row.session,
-      from: row.valid_from,
-      to: row.valid_to,
-      monthly: row.monthly === null ? null : Number(row.monthly),
-      createdAt: row.created_at,
-    })),
+    entitlements: entitlements.map((row) => ({ ...presentEntitlement(row), createdAt: row.created_at })),
     accounts: accounts.map((row) => ({
       id: row.id,
       name: row.name,

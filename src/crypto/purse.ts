@@ -20,6 +20,7 @@ import {
   receiptHashBytes,
   signReceipt,
 } from './receipt.js';
+import type { PurseAnswer, PurseDebit } from './token.js';
 
 /** A purse refused an operation; the code says why and the message says it to a person. */
 export class PurseError extends Error {
@@ -400,22 +401,40 @@ export function createPurse(parts: {
   };
 }
 
-/** A debit as a token asks for it before unwrapping a pay-as-you-go traffic key (src/crypto/token.ts). */
-export interface TokenPurseDebit {
-  readonly service: string;
-  readonly sessionId: number;
-  readonly incarnation: number;
-  readonly keyEpoch: number;
-  /** The KEY message's authenticated time, microseconds since 1970. */
-  readonly streamTimeUs: number;
-  readonly amountMinor: number;
-  readonly currency: string;
+/**
+ * A purse kept in memory, its state and counter living only as long as this process (the demo's
+ * purse, and the tests'); `balance()` reads its balance now.
+ */
+export function createMemoryPurse(
+  tokenId: string,
+  currency: string,
+  signer: ReceiptSigner,
+): { purse: Purse; balance: () => number } {
+  let state = createPurseState(tokenId, currency);
+  let counter = 0;
+  const purse = createPurse({
+    storage: {
+      load: async () => state,
+      save: async (next) => {
+        state = next;
+      },
+    },
+    counter: {
+      read: async () => counter,
+      advance: async (to) => {
+        counter = Math.max(counter, to);
+      },
+    },
+    signer,
+  });
+  return { purse, balance: () => state.balance };
 }
 
-/** The answer the token expects: debited, or a typed refusal it shows to the user. */
-export type TokenPurseAnswer =
-  | { readonly ok: true }
-  | { readonly ok: false; readonly reason: 'purse-empty' | 'purse-unavailable'; readonly message: string };
+/**
+ * A debit as a token asks for it before unwrapping a pay-as-you-go traffic key (src/crypto/token.ts);
+ * the price is the crypto-period's, whatever the service epoch.
+ */
+export type TokenPurseDebit = Omit<PurseDebit, 'serviceEpoch'>;
 
 /**
  * The purse as a token calls it: one crypto-period's price per (session, incarnation, key epoch),
@@ -424,7 +443,7 @@ export type TokenPurseAnswer =
  */
 export function tokenPurse(purse: Purse, onReceipt: (receipt: Receipt) => void) {
   return {
-    async debit(debit: TokenPurseDebit): Promise<TokenPurseAnswer> {
+    async debit(debit: TokenPurseDebit): Promise<PurseAnswer> {
       const grant: PurseGrant = {
         service: debit.service,
         mode: 'pay-as-you-go',

@@ -102,6 +102,50 @@ class ManifestRepeats {
   }
 }
 
+/**
+ * A run's manifests as its source sends them (none when `builder` is undefined): each one after
+ * the DATA that completes it, again at the next control ticks (ManifestRepeats), and the last one
+ * twice when the run ends.
+ */
+class ManifestSender {
+  readonly #builder: ManifestBuilder | undefined;
+  readonly #repeats = new ManifestRepeats();
+
+  constructor(builder: ManifestBuilder | undefined) {
+    this.#builder = builder;
+  }
+
+  /** The DATA packet as it goes out, followed by the manifest it completes, if it completes one. */
+  afterData(packet: Buffer, wallUs: number): Buffer[] {
+    const manifest = this.#builder?.add(packet, packet.readUInt32BE(12), wallUs);
+    if (manifest === undefined) {
+      return [packet];
+    }
+    this.#repeats.sent(manifest);
+    return [packet, manifest];
+  }
+
+  /** The manifests to send again at this control tick. */
+  due(): Buffer[] {
+    return this.#repeats.due();
+  }
+
+  /** The manifest over the DATA no manifest covers yet, if there is any, noted as sent. */
+  flush(wallUs: number): Buffer | undefined {
+    const manifest = this.#builder?.flush(wallUs);
+    if (manifest !== undefined) {
+      this.#repeats.sent(manifest);
+    }
+    return manifest;
+  }
+
+  /** What the end of the run sends: the repeats due, and the last manifest twice. */
+  finish(wallUs: number): Buffer[] {
+    const manifest = this.#builder?.flush(wallUs);
+    return [...this.#repeats.due(), ...(manifest === undefined ? [] : [manifest, manifest])];
+  }
+}
+
 /** What a signed-only source needs (readable, authentic: `gatecast send --signed`). */
 export interface SignedSenderSettings {
   readonly sourcePrivateKey: KeyObject;
@@ -119,25 +163,18 @@ export function createSignedSenderProtection(
   settings: SignedSenderSettings,
   run: { sessionId: number; incarnation: number },
 ): SenderProtection {
-  const manifests = new ManifestBuilder(run, settings.sourcePrivateKey, settings.manifestPackets);
-  const repeats = new ManifestRepeats();
+  const manifests = new ManifestSender(
+    new ManifestBuilder(run, settings.sourcePrivateKey, settings.manifestPackets),
+  );
   const sourcePublicKey = ed25519Raw(settings.sourcePublicKey);
   return {
     overheadBytes: 0,
     seal(plain, _nowMs, wallUs) {
-      const manifest = manifests.add(plain, plain.readUInt32BE(12), wallUs);
-      if (manifest === undefined) {
-        return [plain];
-      }
-      repeats.sent(manifest);
-      return [plain, manifest];
+      return manifests.afterData(plain, wallUs);
     },
     control(header, _nowMs, wallUs) {
+      const again = manifests.due();
       const pending = manifests.flush(wallUs);
-      const again = repeats.due();
-      if (pending !== undefined) {
-        repeats.sent(pending);
-      }
       const offer = buildSessionOffer(
         { ...header, timestampUs: wallUs },
         {
@@ -154,16 +191,11 @@ export function createSignedSenderProtection(
       return [offer, ...again, ...(pending === undefined ? [] : [pending])];
     },
     finish(wallUs) {
-      const manifest = manifests.flush(wallUs);
-      return [...repeats.due(), ...(manifest === undefined ? [] : [manifest, manifest])];
+      return manifests.finish(wallUs);
     },
     flush(wallUs) {
       const manifest = manifests.flush(wallUs);
-      if (manifest === undefined) {
-        return [];
-      }
-      repeats.sent(manifest);
-      return [manifest];
+      return manifest === undefined ? [] : [manifest];
     },
     signControl(control) {
       return buildControlSignature(control, settings.sourcePrivateKey);
@@ -195,14 +227,15 @@ export function createSenderProtection(
   };
   let epoch = 1;
   let periodStartMs: number | undefined;
-  const manifests =
+  const manifests = new ManifestSender(
     settings.manifestPackets > 0
       ? new ManifestBuilder(
           { sessionId: run.sessionId, incarnation: run.incarnation },
           settings.sourcePrivateKey,
           settings.manifestPackets,
         )
-      : undefined;
+      : undefined,
+  );
   const currentEpoch = (nowMs: number): number => {
     periodStartMs ??= nowMs;
     if (nowMs - periodStartMs >= settings.cryptoPeriodMs) {
@@ -212,27 +245,19 @@ export function createSenderProtection(
     return epoch;
   };
   const sourcePublicKey = ed25519Raw(settings.sourcePublicKey);
-  const repeats = new ManifestRepeats();
   return {
     overheadBytes: aeadTagBytes,
     seal(plain, nowMs, wallUs) {
       const keyEpoch = currentEpoch(nowMs);
       keyFor(keyEpoch);
       plain.writeUInt16BE(keyEpoch, offsetKeyEpoch);
-      const sealed = sealer.seal(plain);
-      const manifest = manifests?.add(sealed, sealed.readUInt32BE(12), wallUs);
-      if (manifest === undefined) {
-        return [sealed];
-      }
-      repeats.sent(manifest);
-      return [sealed, manifest];
+      return manifests.afterData(sealer.seal(plain), wallUs);
     },
     control(header, nowMs, wallUs) {
       const keyEpoch = currentEpoch(nowMs);
-      const out: Buffer[] = [...repeats.due()];
-      const pending = manifests?.flush(wallUs);
+      const out: Buffer[] = [...manifests.due()];
+      const pending = manifests.flush(wallUs);
       if (pending !== undefined) {
-        repeats.sent(pending);
         out.push(pending);
       }
       out.push(
@@ -273,16 +298,11 @@ export function createSenderProtection(
       return out;
     },
     finish(wallUs) {
-      const manifest = manifests?.flush(wallUs);
-      return [...repeats.due(), ...(manifest === undefined ? [] : [manifest, manifest])];
+      return manifests.finish(wallUs);
     },
     flush(wallUs) {
-      const manifest = manifests?.flush(wallUs);
-      if (manifest === undefined) {
-        return [];
-      }
-      repeats.sent(manifest);
-      return [manifest];
+      const manifest = manifests.flush(wallUs);
+      return manifest === undefined ? [] : [manifest];
     },
     signControl(control) {
       return buildControlSignature(control, settings.sourcePrivateKey);

@@ -27,7 +27,7 @@ import {
   type DataPacket,
   decodeData,
   decodeEnd,
-  decodeHeader,
+  decodeHeaderOf,
   type EndPacket,
   type Header,
   type HeaderFields,
@@ -107,12 +107,9 @@ function open(
   buf: Buffer,
   type: PacketTypeCode,
 ): DecodeResult<{ header: Header; body: Buffer; auth: AuthTrailer }> {
-  const header = decodeHeader(buf);
+  const header = decodeHeaderOf(buf, type, String(type));
   if (!header.ok) {
     return header;
-  }
-  if (header.value.type !== type) {
-    return invalid('bad-field', `type ${header.value.type} is not ${type}`);
   }
   if (header.value.bodyLength < authTrailerBytes) {
     return invalid('truncated', 'control message without its authentication trailer');

@@ -297,6 +297,15 @@ export function decodeHeader(buf: Buffer): DecodeResult<Header> {
   return valid(readHeader(buf));
 }
 
+/** Decodes the header of a message that must be of `type` (named `name` in the error). */
+export function decodeHeaderOf(buf: Buffer, type: PacketTypeCode, name: string): DecodeResult<Header> {
+  const header = decodeHeader(buf);
+  if (header.ok && header.value.type !== type) {
+    return invalid('bad-field', `type ${header.value.type} is not ${name}`);
+  }
+  return header;
+}
+
 /** Reads the header fields of a buffer checkHeader() accepted. */
 function readHeader(buf: Buffer): Header {
   return {
@@ -397,12 +406,9 @@ function decodeProgressBody(buf: Buffer, header: Header): DecodeResult<ProgressB
 
 /** Decodes a HEARTBEAT packet. */
 export function decodeHeartbeat(buf: Buffer): DecodeResult<HeartbeatPacket> {
-  const header = decodeHeader(buf);
+  const header = decodeHeaderOf(buf, PacketType.heartbeat, 'HEARTBEAT');
   if (!header.ok) {
     return header;
-  }
-  if (header.value.type !== PacketType.heartbeat) {
-    return invalid('bad-field', `type ${header.value.type} is not HEARTBEAT`);
   }
   const body = decodeProgressBody(buf, header.value);
   return body.ok ? valid({ ...header.value, ...body.value, type: PacketType.heartbeat }) : body;
@@ -410,12 +416,9 @@ export function decodeHeartbeat(buf: Buffer): DecodeResult<HeartbeatPacket> {
 
 /** Decodes an END packet. */
 export function decodeEnd(buf: Buffer): DecodeResult<EndPacket> {
-  const header = decodeHeader(buf);
+  const header = decodeHeaderOf(buf, PacketType.end, 'END');
   if (!header.ok) {
     return header;
-  }
-  if (header.value.type !== PacketType.end) {
-    return invalid('bad-field', `type ${header.value.type} is not END`);
   }
   const body = decodeProgressBody(buf, header.value);
   return body.ok ? valid({ ...header.value, ...body.value, type: PacketType.end }) : body;
@@ -423,12 +426,9 @@ export function decodeEnd(buf: Buffer): DecodeResult<EndPacket> {
 
 /** Decodes a DESCRIPTOR packet, checking every field and the name's length and encoding. */
 export function decodeDescriptor(buf: Buffer): DecodeResult<DescriptorPacket> {
-  const header = decodeHeader(buf);
+  const header = decodeHeaderOf(buf, PacketType.descriptor, 'DESCRIPTOR');
   if (!header.ok) {
     return header;
-  }
-  if (header.value.type !== PacketType.descriptor) {
-    return invalid('bad-field', `type ${header.value.type} is not DESCRIPTOR`);
   }
   const b = buf.subarray(headerBytes);
   if (b.length < descriptorFixedBytes) {

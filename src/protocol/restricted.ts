@@ -8,7 +8,7 @@
  * UDP messages: the 32-byte header, then the body up to the signature).
  */
 import { type DecodeResult, invalid, ProtocolEncodeError, valid } from './errors.js';
-import { decodeHeader, type Header, type HeaderFields, PacketType, writeHeader } from './packet.js';
+import { decodeHeaderOf, type Header, type HeaderFields, PacketType, writeHeader } from './packet.js';
 import { headerBytes } from './sizes.js';
 
 /** Ed25519 signature length. */
@@ -220,12 +220,9 @@ export function encodeSessionOfferUnsigned(fields: HeaderFields, body: SessionOf
 
 /** Decodes a SIGNATURE message (manifest or session offer); the signature is not checked here. */
 export function decodeSignature(buf: Buffer): DecodeResult<SignatureMessage> {
-  const header = decodeHeader(buf);
+  const header = decodeHeaderOf(buf, PacketType.signature, 'SIGNATURE');
   if (!header.ok) {
     return header;
-  }
-  if (header.value.type !== PacketType.signature) {
-    return invalid('bad-field', `type ${header.value.type} is not SIGNATURE`);
   }
   if (header.value.incarnation === 0) {
     return invalid('bad-field', 'a SIGNATURE names a run (incarnation not 0)');
@@ -334,12 +331,9 @@ export function encodeKeyUnsigned(fields: HeaderFields, body: KeyBody): Buffer {
 
 /** Decodes a KEY message; the signature is not checked here. */
 export function decodeKey(buf: Buffer): DecodeResult<KeyMessage> {
-  const header = decodeHeader(buf);
+  const header = decodeHeaderOf(buf, PacketType.key, 'KEY');
   if (!header.ok) {
     return header;
-  }
-  if (header.value.type !== PacketType.key) {
-    return invalid('bad-field', `type ${header.value.type} is not KEY`);
   }
   if (header.value.incarnation === 0 || header.value.keyEpoch === 0) {
     return invalid('bad-field', 'a KEY names a run and a key epoch (neither 0)');

@@ -93,9 +93,9 @@ interface Fetch {
   settled: Promise<void>;
 }
 
-/** Fetches missed sequences from peers. */
-export class PeerFetcher {
-  readonly counters: PeerFetchCounters = {
+/** Counters of a fetcher that has fetched nothing yet (or of a server that fetches nothing). */
+export function emptyPeerFetchCounters(): PeerFetchCounters {
+  return {
     fetches: 0,
     fetchNacksSent: 0,
     fetchedPackets: 0,
@@ -103,6 +103,11 @@ export class PeerFetcher {
     fetchedLatePackets: 0,
     fetchesRefused: 0,
   };
+}
+
+/** Fetches missed sequences from peers. */
+export class PeerFetcher {
+  readonly counters: PeerFetchCounters = emptyPeerFetchCounters();
   readonly #options: PeerFetcherOptions;
   readonly #active = new Set<Fetch>();
   /** `${run}/${sequence}` → when no peer held it (oldest first). */

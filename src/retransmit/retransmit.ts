@@ -40,7 +40,7 @@ import { Announcer } from './announcer.js';
 import { Election, type ElectionSettings } from './election.js';
 import { GroupRuns } from './group-runs.js';
 import { PeerBook } from './peer-book.js';
-import { type PeerFetchCounters, PeerFetcher } from './peer-fetch.js';
+import { emptyPeerFetchCounters, type PeerFetchCounters, PeerFetcher } from './peer-fetch.js';
 import type { PeriodQuality, SessionBuffer } from './session-buffer.js';
 
 /** A group to join. */
@@ -144,15 +144,6 @@ interface Joined {
   /** The kernel's drop count for the socket at the last period (a new socket starts again at 0). */
   kernelDropsSeen: number;
 }
-
-const emptyFetchCounters: PeerFetchCounters = {
-  fetches: 0,
-  fetchNacksSent: 0,
-  fetchedPackets: 0,
-  fetchMissedPackets: 0,
-  fetchedLatePackets: 0,
-  fetchesRefused: 0,
-};
 
 /** A Joined entry before its first packet. */
 function newJoined(spec: JoinSpec, runs: GroupRuns): Joined {
@@ -620,7 +611,7 @@ export async function startRetransmitServer(
     packetsIn,
     ...answerer.counters,
     electionChanges,
-    peerFetch: { ...(fetcher?.counters ?? emptyFetchCounters) },
+    peerFetch: { ...(fetcher?.counters ?? emptyPeerFetchCounters()) },
     peersKnown: fetchPeers().length,
     bytesSent: control.bytesSent,
     dropped: { ...dropped },

@@ -44,7 +44,7 @@ import {
   operatorOrSelf,
   type Party,
   type PartyKind,
-  type Schema,
+  presentEntitlement,
   type SetupSender,
   Timestamp,
 } from './context.js';
@@ -495,19 +495,6 @@ export async function buildSubscriptionApp(options: SubscriptionAppOptions): Pro
   });
   await app.ready();
   return app;
-}
-
-/** An entitlement row as the API shows it. */
-function presentEntitlement(row: Omit<Schema['entitlements'], 'created_at'>) {
-  return {
-    id: row.id,
-    subscriber: row.subscriber,
-    service: row.service,
-    session: row.session,
-    from: row.valid_from,
-    to: row.valid_to,
-    monthly: row.monthly === null ? null : Number(row.monthly),
-  };
 }
 
 /**

@@ -25,6 +25,7 @@ export {
   type PartyKind,
   Period,
   periodBounds,
+  presentEntitlement,
   revenueAccount,
   Timestamp,
 } from '../api/context.js';

@@ -4,7 +4,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
-import { runGatecast as run } from '../helpers/cli.js';
+import { runGatecast as run, startReceive } from '../helpers/cli.js';
 import { gatecastBin } from '../helpers/testbed.js';
 
 const directory = mkdtempSync(join(tmpdir(), 'gatecast-cli-'));
@@ -22,6 +22,34 @@ const stbOrder = (every: string) => [
   'a-box-token',
   '--renew-every',
   every,
+];
+
+/** `repair` of `join` emitting on `emit`, listening on 127.0.0.1:7000, reliable, then `extra`. */
+const repairArgs = (join: string, emit: string, ...extra: string[]) => [
+  'repair',
+  '--join',
+  join,
+  '--emit',
+  emit,
+  '--listen',
+  '127.0.0.1:7000',
+  '--reliable',
+  ...extra,
+];
+
+/** `repair --controller` selling from the S2 `pool`, listening on `listen`, reliable, then `extra`. */
+const controllerArgs = (pool: string, listen: string, ...extra: string[]) => [
+  'repair',
+  '--controller',
+  '127.0.0.1:8090',
+  '--subscription',
+  'http://127.0.0.1:8080',
+  '--s2-pool',
+  pool,
+  '--listen',
+  listen,
+  '--reliable',
+  ...extra,
 ];
 
 describe('bad input: one clear line naming the value, exit code 2, no stack trace', () => {
@@ -115,44 +143,21 @@ describe('bad input: one clear line naming the value, exit code 2, no stack trac
     ],
     [
       'a repair controller with a zero lease',
-      [
-        'repair',
-        '--controller',
-        '127.0.0.1:8090',
-        '--subscription',
-        'http://127.0.0.1:8080',
-        '--s2-pool',
-        '239.1.1.1:5000',
-        '--listen',
-        '127.0.0.1:7000',
-        '--reliable',
-        '--lease',
-        '0',
-        '--token-file',
-        tokenFile,
-      ],
+      controllerArgs('239.1.1.1:5000', '127.0.0.1:7000', '--lease', '0', '--token-file', tokenFile),
       /--lease: 0 is shorter than 1 second/,
     ],
     [
       'a controller journal that cannot be written',
-      [
-        'repair',
-        '--controller',
-        '127.0.0.1:8090',
-        '--subscription',
-        'http://127.0.0.1:8080',
-        '--s2-pool',
+      controllerArgs(
         '239.1.1.1:5000',
-        '--listen',
         '127.0.0.1:7000',
-        '--reliable',
         '--token-file',
         tokenFile,
         '--secret-file',
         tokenFile,
         '--journal',
         `${tokenFile}/usage.journal`,
-      ],
+      ),
       /--journal: cannot create the folder of .*source\.token\/usage\.journal: (EEXIST|ENOTDIR)/,
     ],
     [
@@ -238,18 +243,7 @@ describe('bad input: one clear line naming the value, exit code 2, no stack trac
     ],
     [
       'repair: an IPv6 emit group with an IPv4 emit interface',
-      [
-        'repair',
-        '--join',
-        '239.1.1.1:5000',
-        '--emit',
-        '[ff3e::2]:5000',
-        '--emit-iface',
-        '127.0.0.1',
-        '--listen',
-        '127.0.0.1:7000',
-        '--reliable',
-      ],
+      repairArgs('239.1.1.1:5000', '[ff3e::2]:5000', '--emit-iface', '127.0.0.1'),
       /--emit-iface: 127\.0\.0\.1 is an IPv4 address but --emit \[ff3e::2\]:5000 is IPv6/,
     ],
     [
@@ -274,16 +268,7 @@ describe('bad input: one clear line naming the value, exit code 2, no stack trac
     ],
     [
       'repair: a link-local group without an interface',
-      [
-        'repair',
-        '--join',
-        '[ff02::1]:5000',
-        '--emit',
-        '[ff3e::2]:5000',
-        '--listen',
-        '127.0.0.1:7000',
-        '--reliable',
-      ],
+      repairArgs('[ff02::1]:5000', '[ff3e::2]:5000'),
       /--join: ff02::1 is a link-local group \(scope 2\): name the link with --iface NAME/,
     ],
     [
@@ -338,22 +323,16 @@ describe('bad input: one clear line naming the value, exit code 2, no stack trac
   });
 
   it('repair --controller: a --listen port that leaves no port for the last module of the pool', async () => {
-    const result = await run([
-      'repair',
-      '--controller',
-      '127.0.0.1:8090',
-      '--subscription',
-      'http://127.0.0.1:8080',
-      '--s2-pool',
-      '239.1.1.1:5000/4',
-      '--listen',
-      '127.0.0.1:65533',
-      '--reliable',
-      '--token-file',
-      tokenFile,
-      '--secret-file',
-      tokenFile,
-    ]);
+    const result = await run(
+      controllerArgs(
+        '239.1.1.1:5000/4',
+        '127.0.0.1:65533',
+        '--token-file',
+        tokenFile,
+        '--secret-file',
+        tokenFile,
+      ),
+    );
     assert.equal(result.code, 2, result.stderr);
     assert.match(result.stderr, /--listen: port 65533 leaves no room for 4 S2 modules .* up to 65532, or 0/);
     assert.equal(result.stderr.trim().split('\n').length, 1, result.stderr);
@@ -405,9 +384,7 @@ describe('send --stdin to receive over loopback, through the command line', () =
     const { randomBytes, createHash } = await import('node:crypto');
     const group = `239.255.60.1:${41_000 + (process.pid % 1000) * 2}`;
     const output = join(directory, 'stdin-out.bin');
-    const receiver = spawn(process.execPath, [
-      gatecastBin(),
-      'receive',
+    const receiver = await startReceive([
       '--group',
       group,
       '--iface',
@@ -417,15 +394,6 @@ describe('send --stdin to receive over loopback, through the command line', () =
       '--timeout',
       '10',
     ]);
-    const receiverClosed = new Promise((resolve) => receiver.on('close', resolve));
-    let receiverErr = '';
-    receiver.stderr.on('data', (chunk: Buffer) => {
-      receiverErr += chunk.toString();
-    });
-    await new Promise<void>((resolve) => {
-      const check = () => (/joined/.test(receiverErr) ? resolve() : setTimeout(check, 20));
-      check();
-    });
     const bytes = randomBytes(300_000);
     const sender = spawn(process.execPath, [
       gatecastBin(),
@@ -440,13 +408,13 @@ describe('send --stdin to receive over loopback, through the command line', () =
     ]);
     sender.stdin.end(bytes);
     const senderCode = await new Promise((resolve) => sender.on('close', resolve));
-    const receiverCode = await receiverClosed;
+    const receiverCode = await receiver.exited;
     assert.equal(senderCode, 0);
-    assert.equal(receiverCode, 0, receiverErr);
+    assert.equal(receiverCode, 0, receiver.stderr());
     const { readFileSync } = await import('node:fs');
     const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
     assert.equal(sha(readFileSync(output)), sha(bytes));
-    assert.match(receiverErr, /received session "gatecast" whole/);
+    assert.match(receiver.stderr(), /received session "gatecast" whole/);
   });
 });
 
@@ -456,20 +424,7 @@ describe('the servers refuse bad configuration with one line', () => {
   const strongSecret = join(directory, 'strong-secret');
   writeFileSync(strongSecret, 'a secret of the cli tests, long enough\n');
   const cases: Array<[string, string[], RegExp]> = [
-    [
-      'no secret',
-      [
-        'repair',
-        '--join',
-        '239.1.1.1:5000',
-        '--emit',
-        '239.1.1.2:5000',
-        '--listen',
-        '127.0.0.1:7000',
-        '--reliable',
-      ],
-      /--secret-file is required/,
-    ],
+    ['no secret', repairArgs('239.1.1.1:5000', '239.1.1.2:5000'), /--secret-file is required/],
     [
       'a weak secret',
       ['retransmit', '--join', '239.1.1.1:5000', '--listen', '127.0.0.1:7000', '--secret-file', secret],
@@ -477,48 +432,17 @@ describe('the servers refuse bad configuration with one line', () => {
     ],
     [
       'both modes',
-      [
-        'repair',
-        '--join',
-        '239.1.1.1:5000',
-        '--emit',
-        '239.1.1.2:5000',
-        '--listen',
-        '127.0.0.1:7000',
-        '--reliable',
-        '--latency',
-        '100',
-      ],
+      repairArgs('239.1.1.1:5000', '239.1.1.2:5000', '--latency', '100'),
       /choose one of --reliable/,
     ],
     [
       'a unicast emit group',
-      [
-        'repair',
-        '--join',
-        '239.1.1.1:5000',
-        '--emit',
-        '10.0.0.1:5000',
-        '--listen',
-        '127.0.0.1:7000',
-        '--reliable',
-      ],
+      repairArgs('239.1.1.1:5000', '10.0.0.1:5000'),
       /--emit: 10\.0\.0\.1 is not a multicast group/,
     ],
     [
       'a repair server emitting S2 on the group it joins, on the same link (a loop)',
-      [
-        'repair',
-        '--join',
-        '239.1.1.1:5000',
-        '--emit',
-        '239.1.1.1:5000',
-        '--listen',
-        '127.0.0.1:7000',
-        '--reliable',
-        '--secret-file',
-        strongSecret,
-      ],
+      repairArgs('239.1.1.1:5000', '239.1.1.1:5000', '--secret-file', strongSecret),
       /--emit: 239\.1\.1\.1:5000 is the group it joins \(--join\) on the same link/,
     ],
     [
@@ -528,20 +452,14 @@ describe('the servers refuse bad configuration with one line', () => {
     ],
     [
       'a repair server asking a multicast group as its retransmit server',
-      [
-        'repair',
-        '--join',
+      repairArgs(
         '239.1.1.1:5000',
-        '--emit',
         '239.1.1.2:5000',
-        '--listen',
-        '127.0.0.1:7000',
-        '--reliable',
         '--secret-file',
         strongSecret,
         '--retransmit',
         '127.0.0.1:7100,239.1.1.9:7000',
-      ],
+      ),
       /--retransmit: 239\.1\.1\.9 is a multicast group; this option takes a unicast address/,
     ],
     [

@@ -10,7 +10,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { networkInterfaces, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
-import { runGatecast as run } from '../helpers/cli.js';
+import { runGatecast as run, spawnUntilReady, startReceive } from '../helpers/cli.js';
 import { freshPort } from '../helpers/loopback.js';
 import { gatecastBin } from '../helpers/testbed.js';
 
@@ -31,22 +31,6 @@ function rootSkip(command: string): string | false {
   } catch {
     return `needs ${command}`;
   }
-}
-
-/** Starts `gatecast receive` and resolves once it has joined (its readiness line). */
-async function startReceive(args: string[]) {
-  const child = spawn(process.execPath, [gatecastBin(), 'receive', ...args]);
-  let stderr = '';
-  child.stderr.on('data', (chunk: Buffer) => {
-    stderr += chunk.toString();
-  });
-  const exited = new Promise<number | null>((resolve) => child.on('close', resolve));
-  await new Promise<void>((resolve, reject) => {
-    const check = () => (/joined/.test(stderr) ? resolve() : setTimeout(check, 20));
-    check();
-    void exited.then(() => reject(new Error(`receive exited before joining: ${stderr}`)));
-  });
-  return { exited, stderr: () => stderr };
 }
 
 const noStack = (text: string) => assert.doesNotMatch(text, /\n\s+at .*:\d+/);
@@ -162,19 +146,15 @@ describe('receive | head -c 100 (it died with an EPIPE stack)', () => {
     const bytes = randomBytes(300_000);
     writeFileSync(file, bytes);
     const head = join(directory, 'head.out');
-    const shell = spawn('bash', [
-      '-c',
-      `set -o pipefail; "${process.execPath}" "${gatecastBin()}" receive --group ${endpoint} --iface 127.0.0.1 --timeout 10 | head -c 100 > "${head}"`,
-    ]);
-    let stderr = '';
-    shell.stderr.on('data', (chunk: Buffer) => {
-      stderr += chunk.toString();
-    });
-    const exited = new Promise<number | null>((resolve) => shell.on('close', resolve));
-    await new Promise<void>((resolve) => {
-      const check = () => (/joined/.test(stderr) ? resolve() : setTimeout(check, 20));
-      check();
-    });
+    const shell = await spawnUntilReady(
+      'bash',
+      [
+        '-c',
+        `set -o pipefail; "${process.execPath}" "${gatecastBin()}" receive --group ${endpoint} --iface 127.0.0.1 --timeout 10 | head -c 100 > "${head}"`,
+      ],
+      /joined/,
+      'receive joined',
+    );
     const sent = await run([
       'send',
       '--group',
@@ -187,12 +167,12 @@ describe('receive | head -c 100 (it died with an EPIPE stack)', () => {
       '50M',
     ]);
     assert.equal(sent.code, 0, sent.stderr);
-    assert.equal(await exited, 0, stderr);
+    assert.equal(await shell.exited, 0, shell.stderr());
     assert.match(
-      stderr,
+      shell.stderr(),
       /stopped: standard output closed by its reader after .* of session "epipe\.bin", written in order/,
     );
-    noStack(stderr);
+    noStack(shell.stderr());
     assert.deepEqual(readFileSync(head), bytes.subarray(0, 100));
   });
 });
@@ -238,35 +218,31 @@ describe('a relay passes zero-length datagrams on (they vanished uncounted)', ()
       '10',
       '--json',
     ]);
-    const sender = spawn(process.execPath, [
-      gatecastBin(),
-      'send',
-      '--group',
-      endpoint,
-      '--iface',
-      '127.0.0.1',
-      '--relay',
-      `127.0.0.1:${relayPort}`,
-      '--duration',
-      '1',
-    ]);
-    let senderErr = '';
-    sender.stderr.on('data', (chunk: Buffer) => {
-      senderErr += chunk.toString();
-    });
-    const senderExited = new Promise<number | null>((resolve) => sender.on('close', resolve));
-    await new Promise<void>((resolve) => {
-      const check = () => (/send: relaying/.test(senderErr) ? resolve() : setTimeout(check, 20));
-      check();
-    });
+    const sender = await spawnUntilReady(
+      process.execPath,
+      [
+        gatecastBin(),
+        'send',
+        '--group',
+        endpoint,
+        '--iface',
+        '127.0.0.1',
+        '--relay',
+        `127.0.0.1:${relayPort}`,
+        '--duration',
+        '1',
+      ],
+      /send: relaying/,
+      'send relaying',
+    );
     const client = createSocket('udp4');
     for (const datagram of [Buffer.from('one'), Buffer.alloc(0), Buffer.from('two'), Buffer.alloc(0)]) {
       await new Promise((resolve) => client.send(datagram, relayPort, '127.0.0.1', resolve));
     }
     client.close();
-    assert.equal(await senderExited, 0, senderErr);
+    assert.equal(await sender.exited, 0, sender.stderr());
     assert.match(
-      senderErr,
+      sender.stderr(),
       /sent session "gatecast" .*: 4 packets, 6 B .*, 2 of them empty \(relayed zero-length datagrams\)/,
     );
     assert.equal(await receive.exited, 0, receive.stderr());
@@ -329,25 +305,27 @@ describe('a link-local group takes its scope from --iface (receive [ff02::1234]:
   });
 });
 
+/** Sends a file of `size` random bytes named `name` to a fresh group over loopback, with `options`. */
+function sendFile(name: string, size: number, options: string[]) {
+  const group = testGroup();
+  const file = join(directory, name);
+  writeFileSync(file, randomBytes(size));
+  return run([
+    'send',
+    '--group',
+    `${group.address}:${group.port}`,
+    '--iface',
+    '127.0.0.1',
+    '--file',
+    file,
+    ...options,
+  ]);
+}
+
 describe('send --file stopped by --duration before its end (it exited 0 "sent session")', () => {
   it('exit 1, INCOMPLETE with the bytes sent of the file', async () => {
-    const group = testGroup();
-    const file = join(directory, 'cut.bin');
-    writeFileSync(file, randomBytes(2_000_000));
     // 2 MB at 1 Mbit/s takes 16 s: a 1 s duration stops it a long way before its end.
-    const result = await run([
-      'send',
-      '--group',
-      `${group.address}:${group.port}`,
-      '--iface',
-      '127.0.0.1',
-      '--file',
-      file,
-      '--rate',
-      '1M',
-      '--duration',
-      '1',
-    ]);
+    const result = await sendFile('cut.bin', 2_000_000, ['--rate', '1M', '--duration', '1']);
     assert.equal(result.code, 1, result.stderr);
     assert.match(
       result.stderr,
@@ -358,20 +336,7 @@ describe('send --file stopped by --duration before its end (it exited 0 "sent se
   });
 
   it('a file sent to its end within --duration exits 0 "sent session"', async () => {
-    const group = testGroup();
-    const file = join(directory, 'small.bin');
-    writeFileSync(file, randomBytes(10_000));
-    const result = await run([
-      'send',
-      '--group',
-      `${group.address}:${group.port}`,
-      '--iface',
-      '127.0.0.1',
-      '--file',
-      file,
-      '--duration',
-      '20',
-    ]);
+    const result = await sendFile('small.bin', 10_000, ['--duration', '20']);
     assert.equal(result.code, 0, result.stderr);
     assert.match(result.stderr, /sent session "small\.bin" .*: 8 packets, 10\.0 kB/);
   });

@@ -3,34 +3,13 @@
  * receiver given another source's key writes nothing of a signed session and says why.
  */
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { runGatecast as run } from '../helpers/cli.js';
+import { runGatecast as run, startReceive } from '../helpers/cli.js';
 import { freshPort } from '../helpers/loopback.js';
-import { gatecastBin } from '../helpers/testbed.js';
-import { waitUntil } from '../helpers/wait.js';
-
-/** Starts `gatecast receive` and resolves once it has joined (its readiness line), within 15 s. */
-async function startReceive(args: string[]) {
-  const child = spawn(process.execPath, [gatecastBin(), 'receive', ...args]);
-  let stderr = '';
-  let code: number | null | undefined;
-  child.stderr.on('data', (chunk: Buffer) => {
-    stderr += chunk.toString();
-  });
-  const exited = new Promise<number | null>((resolve) =>
-    child.on('close', (exitCode) => {
-      code = exitCode;
-      resolve(exitCode);
-    }),
-  );
-  await waitUntil('receive joined', () => /joined/.test(stderr) || code !== undefined, 15_000);
-  return { exited, stderr: () => stderr };
-}
 
 const directory = mkdtempSync(join(tmpdir(), 'gatecast-signed-cli-'));
 after(() => rmSync(directory, { recursive: true, force: true }));

@@ -13,7 +13,7 @@ import {
 } from '../../src/crypto/authority.js';
 import { TokenRefused } from '../../src/crypto/errors.js';
 import { initPkcs11Token, openPkcs11Token } from '../../src/crypto/pkcs11-token.js';
-import { createPurse, createPurseState, type PurseState, tokenPurse } from '../../src/crypto/purse.js';
+import { createMemoryPurse, tokenPurse } from '../../src/crypto/purse.js';
 import { decodeReceipt, ed25519Signer, type Receipt, verifyReceipt } from '../../src/crypto/receipt.js';
 import { initSoftwareToken, openSoftwareToken } from '../../src/crypto/software-token.js';
 import { signTopUp } from '../../src/crypto/top-up.js';
@@ -29,24 +29,7 @@ const serviceKey = randomBytes(32);
 const start = Date.UTC(2026, 11, 1);
 
 function memoryPurse() {
-  let state: PurseState = createPurseState('token-1', 'EUR');
-  let counter = 0;
-  const purse = createPurse({
-    storage: {
-      load: async () => state,
-      save: async (next) => {
-        state = next;
-      },
-    },
-    counter: {
-      read: async () => counter,
-      advance: async (to) => {
-        counter = Math.max(counter, to);
-      },
-    },
-    signer: ed25519Signer(receiptKey.privateKey),
-  });
-  return { purse, balance: () => state.balance };
+  return createMemoryPurse('token-1', 'EUR', ed25519Signer(receiptKey.privateKey));
 }
 
 function keyAt(timeMs: number, keyEpoch: number) {
@@ -63,6 +46,28 @@ function keyAt(timeMs: number, keyEpoch: number) {
   return decoded.value;
 }
 
+/** Installs in `token` a pay-as-you-go grant of "news" at 7 cents per crypto-period, for an hour from `start`. */
+function installNewsGrant(token: ReturnType<typeof openSoftwareToken>): void {
+  token.installGrant(
+    issueGrant(
+      {
+        devicePoint: token.devicePoint(),
+        serviceKey,
+        tier: 0,
+        service: 'news',
+        serviceEpoch: 1,
+        notBeforeMs: start,
+        notAfterMs: start + 3_600_000,
+        priceModel: PriceModel.perCryptoPeriod,
+        currency: 'EUR',
+        priceMinor: 7,
+        sourcePublicKey: ed25519Raw(source.publicKey),
+      },
+      root.privateKey,
+    ),
+  );
+}
+
 describe('a pay-as-you-go token over the purse module', () => {
   it('an empty purse releases nothing; a topped-up one debits once per crypto-period and writes chained receipts', async () => {
     const { purse, balance } = memoryPurse();
@@ -74,24 +79,7 @@ describe('a pay-as-you-go token over the purse module', () => {
       '2468',
       tokenPurse(purse, (receipt) => receipts.push(receipt)),
     );
-    token.installGrant(
-      issueGrant(
-        {
-          devicePoint: token.devicePoint(),
-          serviceKey,
-          tier: 0,
-          service: 'news',
-          serviceEpoch: 1,
-          notBeforeMs: start,
-          notAfterMs: start + 3_600_000,
-          priceModel: PriceModel.perCryptoPeriod,
-          currency: 'EUR',
-          priceMinor: 7,
-          sourcePublicKey: ed25519Raw(source.publicKey),
-        },
-        root.privateKey,
-      ),
-    );
+    installNewsGrant(token);
     await assert.rejects(
       token.releaseTrafficKey(keyAt(start + 1000, 1)),
       (error) =>
@@ -117,24 +105,7 @@ describe("a token's own purse (enrolled): top-ups credited once, receipts kept u
   async function enrolledToken(token: ReturnType<typeof openSoftwareToken>) {
     const { tokenId, receiptPublicKey } = token.prepareEnrollment();
     token.ensurePurse('EUR');
-    token.installGrant(
-      issueGrant(
-        {
-          devicePoint: token.devicePoint(),
-          serviceKey,
-          tier: 0,
-          service: 'news',
-          serviceEpoch: 1,
-          notBeforeMs: start,
-          notAfterMs: start + 3_600_000,
-          priceModel: PriceModel.perCryptoPeriod,
-          currency: 'EUR',
-          priceMinor: 7,
-          sourcePublicKey: ed25519Raw(source.publicKey),
-        },
-        root.privateKey,
-      ),
-    );
+    installNewsGrant(token);
     return { tokenId, receiptKey: ed25519FromRaw(receiptPublicKey) };
   }
 
@@ -226,24 +197,7 @@ describe('two commands on one software token', () => {
     try {
       const { tokenId } = receiving.prepareEnrollment();
       receiving.ensurePurse('EUR');
-      receiving.installGrant(
-        issueGrant(
-          {
-            devicePoint: receiving.devicePoint(),
-            serviceKey,
-            tier: 0,
-            service: 'news',
-            serviceEpoch: 1,
-            notBeforeMs: start,
-            notAfterMs: start + 3_600_000,
-            priceModel: PriceModel.perCryptoPeriod,
-            currency: 'EUR',
-            priceMinor: 7,
-            sourcePublicKey: ed25519Raw(source.publicKey),
-          },
-          root.privateKey,
-        ),
-      );
+      installNewsGrant(receiving);
       await topping.creditTopUp(
         signTopUp({ tokenId, sequence: 1, amount: 30, currency: 'EUR' }, root.privateKey),
       );

@@ -3,92 +3,12 @@ import { after, before, describe, it } from 'node:test';
 import type { Kysely } from 'kysely';
 import { createBatchCommitter, createOrderBook, type OrderBook } from '../../src/order/book.js';
 import { openStore, type Schema, type Store } from '../../src/store/database.js';
+import { activeOrders, makeBox, makeLink } from '../helpers/order-store.js';
 import { onEveryStore, postgresSkip, startPostgres } from '../helpers/postgres.js';
-
-/** Makes a subscriber party with a channel entitlement (for all channels unless service given). */
-export async function makeBox(store: Store, name: string, service: string | null = null): Promise<string> {
-  const now = new Date().toISOString();
-  await store.db
-    .insertInto('parties')
-    .values({ id: name, kind: 'subscriber', name, token_hash: `hash-${name}`, created_at: now })
-    .execute();
-  await store.db
-    .insertInto('entitlements')
-    .values({
-      id: `ent-${name}`,
-      subscriber: name,
-      service: 'channel',
-      session: service,
-      valid_from: null,
-      valid_to: null,
-      monthly: null,
-      created_at: now,
-    })
-    .execute();
-  return name;
-}
-
-/** Makes a link and its services straight in the store. */
-export async function makeLink(
-  store: Store,
-  link: string,
-  capacity: number,
-  policy: 'reject' | 'preempt',
-  services: Array<{ name: string; rate: number; priority?: number; group?: string }>,
-): Promise<void> {
-  const now = new Date().toISOString();
-  await store.db
-    .insertInto('order_links')
-    .values({
-      name: link,
-      capacity_bits: capacity,
-      used_bits: 0,
-      router: 'relay',
-      router_config: JSON.stringify({ kind: 'relay', inbound: '127.0.0.1', outbound: '127.0.0.1' }),
-      policy,
-      version: 0,
-      created_at: now,
-      updated_at: now,
-    })
-    .execute();
-  for (const [i, service] of services.entries()) {
-    await store.db
-      .insertInto('order_services')
-      .values({
-        name: service.name,
-        link,
-        group_address: service.group ?? `239.77.0.${i + 1}`,
-        port: 5000,
-        source_address: null,
-        bit_rate: service.rate,
-        priority: service.priority ?? 0,
-        price: 'per-order',
-        relay_to: null,
-        created_at: now,
-        updated_at: now,
-      })
-      .execute();
-  }
-}
 
 /** What the store says, to compare with what it should say. */
 export async function linkState(store: Store, link: string) {
-  const row = await store.db
-    .selectFrom('order_links')
-    .selectAll()
-    .where('name', '=', link)
-    .executeTakeFirstOrThrow();
-  const active = await store.db.selectFrom('order_active').selectAll().where('link', '=', link).execute();
-  const orders = await store.db
-    .selectFrom('orders')
-    .select(['service'])
-    .where('link', '=', link)
-    .where('state', '=', 'active')
-    .execute();
-  const counted = new Map<string, number>();
-  for (const order of orders) {
-    counted.set(order.service, (counted.get(order.service) ?? 0) + 1);
-  }
+  const { row, active, counted } = await activeOrders(store, link);
   const services = await store.db.selectFrom('order_services').selectAll().where('link', '=', link).execute();
   const rate = new Map(services.map((service) => [service.name, Number(service.bit_rate)]));
   const expectedUsed = [...counted.keys()].reduce((sum, name) => sum + (rate.get(name) ?? 0), 0);

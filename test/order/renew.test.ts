@@ -2,66 +2,8 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { createOrderBook, type OrderBook } from '../../src/order/book.js';
 import { openStore, type Store } from '../../src/store/database.js';
+import { makeBox, makeLink } from '../helpers/order-store.js';
 import { onEveryStore } from '../helpers/postgres.js';
-
-/** A box with a channel entitlement for every channel. */
-async function makeBox(store: Store, name: string): Promise<void> {
-  const now = new Date().toISOString();
-  await store.db
-    .insertInto('parties')
-    .values({ id: name, kind: 'subscriber', name, token_hash: `hash-${name}`, created_at: now })
-    .execute();
-  await store.db
-    .insertInto('entitlements')
-    .values({
-      id: `ent-${name}`,
-      subscriber: name,
-      service: 'channel',
-      session: null,
-      valid_from: null,
-      valid_to: null,
-      monthly: null,
-      created_at: now,
-    })
-    .execute();
-}
-
-/** A relay link carrying two services of 4 Mbit/s. */
-async function makeLink(store: Store): Promise<void> {
-  const now = new Date().toISOString();
-  await store.db
-    .insertInto('order_links')
-    .values({
-      name: 'sat',
-      capacity_bits: 10_000_000,
-      used_bits: 0,
-      router: 'relay',
-      router_config: JSON.stringify({ kind: 'relay', inbound: '127.0.0.1', outbound: '127.0.0.1' }),
-      policy: 'reject',
-      version: 0,
-      created_at: now,
-      updated_at: now,
-    })
-    .execute();
-  for (const [i, name] of ['news', 'sport'].entries()) {
-    await store.db
-      .insertInto('order_services')
-      .values({
-        name,
-        link: 'sat',
-        group_address: `239.78.0.${i + 1}`,
-        port: 5000,
-        source_address: null,
-        bit_rate: 4_000_000,
-        priority: 0,
-        price: 'per-order',
-        relay_to: null,
-        created_at: now,
-        updated_at: now,
-      })
-      .execute();
-  }
-}
 
 /** The services the link carries, with their refcounts. */
 async function refcounts(store: Store): Promise<Record<string, number>> {
@@ -77,7 +19,11 @@ function renewSuite(name: string, options: { skip?: string }, url: () => string,
     before(async () => {
       store = await openStore(url());
       book = createOrderBook(store, { leaseMs: 60_000, now: () => clock });
-      await makeLink(store);
+      // A relay link carrying two services of 4 Mbit/s.
+      await makeLink(store, 'sat', 10_000_000, 'reject', [
+        { name: 'news', rate: 4_000_000, group: '239.78.0.1' },
+        { name: 'sport', rate: 4_000_000, group: '239.78.0.2' },
+      ]);
       await makeBox(store, 'b1');
       await makeBox(store, 'b2');
     });

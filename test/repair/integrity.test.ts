@@ -21,13 +21,13 @@ import {
   ListenState,
 } from '../../src/protocol/control.js';
 import { SessionKind } from '../../src/protocol/packet.js';
-import { createReceiver } from '../../src/receiver/receiver.js';
 import { lossyS1Socket, type RepairServer, startRepairServer } from '../../src/repair/repair.js';
 import { type RetransmitServer, startRetransmitServer } from '../../src/retransmit/retransmit.js';
-import { openFileInput, openStreamInput, openTickerInput } from '../../src/source/inputs.js';
+import { openFileInput, openStreamInput } from '../../src/source/inputs.js';
 import { createSource } from '../../src/source/source.js';
 import { crafter, data, descriptor, end, heartbeat } from '../helpers/craft.js';
-import { freshPort, loopbackIface, memorySink } from '../helpers/loopback.js';
+import { freshPort, loopbackIface, loopbackReceiver } from '../helpers/loopback.js';
+import { loopbackTicker } from '../helpers/signed-bed.js';
 import { waitUntil as waitFor } from '../helpers/wait.js';
 
 const key = controlKey(Buffer.from('integrity test secret, not for use'));
@@ -76,14 +76,7 @@ async function bed(options: {
 }
 
 function receiverOf(group: ReturnType<typeof parseGroup>, timeoutMs = 10_000) {
-  const sink = memorySink();
-  const receiver = createReceiver({ group, iface: loopbackIface, timeoutMs }, { sink });
-  let joined: () => void = () => undefined;
-  const ready = new Promise<void>((resolve) => {
-    joined = resolve;
-  });
-  const done = receiver.run({ onJoined: () => joined() });
-  return { sink, ready, done };
+  return loopbackReceiver(group, { timeoutMs });
 }
 
 const directory = mkdtempSync(join(tmpdir(), 'gatecast-integrity-'));
@@ -198,20 +191,7 @@ describe('one forged packet cannot stop a live repaired stream', () => {
       const direct = receiverOf(t.s1);
       await Promise.all([rx.ready, direct.ready]);
       const run = { sessionId: 77, incarnation: 0x77 };
-      const ticker = createSource(
-        {
-          group: t.s1,
-          iface: loopbackIface,
-          rateBitsPerSecond: 0,
-          packetPayloadBytes: 64,
-          sessionName: 'ticker',
-          sessionId: run.sessionId,
-          incarnation: run.incarnation,
-          firstSequence: 1000,
-          startDelayMs: 50,
-        },
-        { input: openTickerInput({ ticksPerSecond: 500, tickCount: 600 }) },
-      );
+      const ticker = loopbackTicker(t.s1, run);
       const sending = ticker.run();
       await waitUntil('the run under way', () => (t.repair.status().emitted ?? 0) > 50);
       const out = await crafter(t.s1);
@@ -342,30 +322,52 @@ describe('an ANNOUNCE speaks of one run', () => {
   });
 });
 
+/**
+ * Sends a four-packet file run into S1 of `t`: its DESCRIPTOR, its DATA, then `forged` (made for
+ * the run), and once S2 has the file, after `settleMs`, its END. Returns S2's summary and the file.
+ */
+async function fileRunWithForgery(
+  t: Awaited<ReturnType<typeof bed>>,
+  run: { sessionId: number; incarnation: number },
+  forged: Buffer,
+  settleMs = 0,
+) {
+  const rx = receiverOf(t.s2);
+  await rx.ready;
+  const payloadOf = (sequence: number) => Buffer.from(`file-${sequence}`.padEnd(100, '.'));
+  const bytes = Buffer.concat([0, 1, 2, 3].map(payloadOf));
+  const out = await crafter(t.s1);
+  try {
+    out.send(descriptor(run, { firstSequence: 0, next: 0, payload: bytes }));
+    await waitUntil('the run taken up', () => t.repair.status().sessionId === run.sessionId);
+    out.send(...[0, 1, 2, 3].map((sequence) => data(run, sequence, payloadOf(sequence))));
+    out.send(forged);
+    await waitUntil('the file re-emitted', () => (t.repair.status().emitted ?? 0) >= 4);
+    if (settleMs > 0) {
+      await new Promise((resolve) => setTimeout(resolve, settleMs));
+    }
+    out.send(end(run, 4, 4, bytes.length));
+    await waitUntil('the run completed', () => t.repair.status().sessionsCompleted === 1, 5_000);
+  } finally {
+    await out.close();
+  }
+  const summary = await rx.done;
+  return { summary, bytes, written: rx.sink.bytes() };
+}
+
 describe("repair and a file's end", () => {
   it("one forged DATA past a file's end (by its DESCRIPTOR's size) into S1: the run completes and S2 holds the file whole", async () => {
     const t = await bed({ retransmit: false });
     try {
-      const rx = receiverOf(t.s2);
-      await rx.ready;
       const run = { sessionId: 91, incarnation: 0x91 };
-      const payloadOf = (sequence: number) => Buffer.from(`file-${sequence}`.padEnd(100, '.'));
-      const bytes = Buffer.concat([0, 1, 2, 3].map(payloadOf));
-      const out = await crafter(t.s1);
-      try {
-        out.send(descriptor(run, { firstSequence: 0, next: 0, payload: bytes }));
-        await waitUntil('the run taken up', () => t.repair.status().sessionId === run.sessionId);
-        out.send(...[0, 1, 2, 3].map((sequence) => data(run, sequence, payloadOf(sequence))));
-        out.send(data(run, 4, Buffer.from('forged'))); // the file has 4 packets: sequence 4 cannot exist
-        await waitUntil('the file re-emitted', () => (t.repair.status().emitted ?? 0) >= 4);
-        out.send(end(run, 4, 4, bytes.length));
-        await waitUntil('the run completed', () => t.repair.status().sessionsCompleted === 1, 5_000);
-      } finally {
-        await out.close();
-      }
-      const summary = await rx.done;
+      // The file has 4 packets: sequence 4 cannot exist.
+      const { summary, bytes, written } = await fileRunWithForgery(
+        t,
+        run,
+        data(run, 4, Buffer.from('forged')),
+      );
       assert.equal(summary.outcome, 'complete', JSON.stringify(t.repair.status()));
-      assert.deepEqual(rx.sink.bytes(), bytes);
+      assert.deepEqual(written, bytes);
     } finally {
       await t.close();
     }
@@ -374,28 +376,12 @@ describe("repair and a file's end", () => {
   it("a forged HEARTBEAT past a file's end into S1: nothing past the end is asked for or counted unrecoverable", async () => {
     const t = await bed({});
     try {
-      const rx = receiverOf(t.s2);
-      await rx.ready;
       const run = { sessionId: 92, incarnation: 0x92 };
-      const payloadOf = (sequence: number) => Buffer.from(`file-${sequence}`.padEnd(100, '.'));
-      const bytes = Buffer.concat([0, 1, 2, 3].map(payloadOf));
-      const out = await crafter(t.s1);
-      try {
-        out.send(descriptor(run, { firstSequence: 0, next: 0, payload: bytes }));
-        await waitUntil('the run taken up', () => t.repair.status().sessionId === run.sessionId);
-        out.send(...[0, 1, 2, 3].map((sequence) => data(run, sequence, payloadOf(sequence))));
-        out.send(heartbeat(run, 4 + 20)); // the file has 4 packets: 4 to 23 cannot exist
-        await waitUntil('the file re-emitted', () => (t.repair.status().emitted ?? 0) >= 4);
-        // Time for NACKs of what the HEARTBEAT claimed, and the retransmit server's not-held answers.
-        await new Promise((resolve) => setTimeout(resolve, 1_000));
-        out.send(end(run, 4, 4, bytes.length));
-        await waitUntil('the run completed', () => t.repair.status().sessionsCompleted === 1, 5_000);
-      } finally {
-        await out.close();
-      }
-      const summary = await rx.done;
+      // The file has 4 packets: 4 to 23 cannot exist. The second wait gives time for NACKs of what
+      // the HEARTBEAT claimed, and the retransmit server's not-held answers.
+      const { summary, bytes, written } = await fileRunWithForgery(t, run, heartbeat(run, 4 + 20), 1_000);
       assert.equal(summary.outcome, 'complete', JSON.stringify(t.repair.status()));
-      assert.deepEqual(rx.sink.bytes(), bytes);
+      assert.deepEqual(written, bytes);
       const status = t.repair.status();
       assert.equal(status.unrecoverable, 0, JSON.stringify(status));
       assert.equal(status.nacksSent, 0, JSON.stringify(status));

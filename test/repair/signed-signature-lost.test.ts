@@ -12,34 +12,16 @@ import assert from 'node:assert/strict';
 import { after, describe, it } from 'node:test';
 import { generateSigningKey } from '../../src/crypto/authority.js';
 import { controlKey } from '../../src/crypto/control-auth.js';
-import { createSignedSenderProtection } from '../../src/crypto/restricted-session.js';
-import { createSignedSessionGate, type SignedSessionGate } from '../../src/crypto/signed-session.js';
 import { parseGroup } from '../../src/net/address.js';
 import { openReceiverSocket } from '../../src/net/udp.js';
 import { headerBytes, offsetSequence, offsetType, PacketType } from '../../src/protocol/packet.js';
 import { SignatureKind } from '../../src/protocol/restricted.js';
-import { createReceiver } from '../../src/receiver/receiver.js';
-import { startRepairServer } from '../../src/repair/repair.js';
-import { startRetransmitServer } from '../../src/retransmit/retransmit.js';
-import { openTickerInput } from '../../src/source/inputs.js';
-import { createSource } from '../../src/source/source.js';
 import { crafter } from '../helpers/craft.js';
-import { freshPort, loopbackIface, memorySink } from '../helpers/loopback.js';
+import { freshPort, loopbackIface } from '../helpers/loopback.js';
+import { signedReceivers, signedTicker, startSignedServers } from '../helpers/signed-bed.js';
 
 const key = controlKey(Buffer.from('signed signature-lost test secret, not for use'));
-const listen = { address: '127.0.0.1', port: 0, family: 4 as const };
 const source = generateSigningKey();
-
-function receiverOf(group: ReturnType<typeof parseGroup>, signed: SignedSessionGate) {
-  const sink = memorySink();
-  const receiver = createReceiver({ group, iface: loopbackIface, timeoutMs: 20_000 }, { sink, signed });
-  let joined: () => void = () => undefined;
-  const ready = new Promise<void>((resolve) => {
-    joined = resolve;
-  });
-  const done = receiver.run({ onJoined: () => joined() });
-  return { sink, ready, done };
-}
 
 /** What the relay keeps from the repair server: every manifest, END signature, END, tenth DATA. */
 function lostOnTheWay(datagram: Buffer): 'manifest' | 'end' | 'data' | undefined {
@@ -71,30 +53,11 @@ describe('a signed session whose manifests a repair server lost', () => {
     const s1 = parseGroup(`239.255.74.1:${freshPort()}`, 's1');
     const s1r = parseGroup(`239.255.74.2:${freshPort()}`, 's1r');
     const s2 = parseGroup(`239.255.74.3:${freshPort()}`, 's2');
-    const retransmit = await startRetransmitServer({
-      joins: [{ group: s1 }],
-      iface: loopbackIface,
-      listen,
-      keys: [key],
-      bufferBytesMax: 64 * 1024 * 1024,
-      bufferAgeMs: 60_000,
-      repairRateBitsPerSecond: 500_000_000,
-      announceTo: [],
-      peers: [],
-      sourcePublicKey: source.publicKey,
-    });
-    closers.push(() => retransmit.close());
-    const repair = await startRepairServer({
-      group: s1r,
-      iface: loopbackIface,
-      listen,
-      keys: [key],
-      retransmit: [retransmit.local],
-      emit: s2,
-      latencyMs: undefined, // reliable: gives a packet up only when no live server can serve it
-      sourcePublicKey: source.publicKey,
-    });
-    closers.push(() => repair.close());
+    const { retransmit, repair } = await startSignedServers(
+      // reliable: gives a packet up only when no live server can serve it
+      { key, source, s1, repairGroup: s1r, s2, latencyMs: undefined },
+      closers,
+    );
     const relayOut = await crafter(s1r);
     closers.push(() => relayOut.close());
     const lost = { manifest: 0, end: 0, data: 0 };
@@ -107,31 +70,8 @@ describe('a signed session whose manifests a repair server lost', () => {
       }
     });
     closers.push(() => relay.close());
-    const receiverGate = createSignedSessionGate(source.publicKey);
-    const rx = receiverOf(s2, receiverGate);
-    const direct = receiverOf(s1, createSignedSessionGate(source.publicKey));
-    await Promise.all([rx.ready, direct.ready]);
-    const ticker = createSource(
-      {
-        group: s1,
-        iface: loopbackIface,
-        rateBitsPerSecond: 0,
-        packetPayloadBytes: 64,
-        sessionName: 'ticker',
-        sessionId: 91,
-        incarnation: 0x91,
-        firstSequence: 1000,
-        startDelayMs: 50,
-      },
-      {
-        input: openTickerInput({ ticksPerSecond: 500, tickCount: 600 }),
-        protection: (identity) =>
-          createSignedSenderProtection(
-            { sourcePrivateKey: source.privateKey, sourcePublicKey: source.publicKey, manifestPackets: 32 },
-            identity,
-          ),
-      },
-    );
+    const { rx, direct, receiverGate } = await signedReceivers(s2, s1, source.publicKey, 20_000);
+    const ticker = signedTicker(s1, source, { sessionId: 91, incarnation: 0x91 });
     await ticker.run();
     const [repaired, original] = await Promise.all([rx.done, direct.done]);
     const status = repair.status();

@@ -7,34 +7,16 @@ import assert from 'node:assert/strict';
 import { after, describe, it } from 'node:test';
 import { buildControlSignature, generateSigningKey } from '../../src/crypto/authority.js';
 import { controlKey } from '../../src/crypto/control-auth.js';
-import { createSignedSenderProtection } from '../../src/crypto/restricted-session.js';
-import { createSignedSessionGate, type SignedSessionGate } from '../../src/crypto/signed-session.js';
 import { parseGroup } from '../../src/net/address.js';
 import { SessionKind } from '../../src/protocol/packet.js';
-import { createReceiver } from '../../src/receiver/receiver.js';
-import { startRepairServer } from '../../src/repair/repair.js';
-import { startRetransmitServer } from '../../src/retransmit/retransmit.js';
-import { openTickerInput } from '../../src/source/inputs.js';
-import { createSource } from '../../src/source/source.js';
 import { crafter, data, descriptor, end, heartbeat } from '../helpers/craft.js';
-import { freshPort, loopbackIface, memorySink } from '../helpers/loopback.js';
+import { freshPort } from '../helpers/loopback.js';
+import { signedReceivers, signedTicker, startSignedServers } from '../helpers/signed-bed.js';
 import { waitUntil } from '../helpers/wait.js';
 
 const key = controlKey(Buffer.from('signed session test secret, not for use'));
-const listen = { address: '127.0.0.1', port: 0, family: 4 as const };
 const source = generateSigningKey();
 const forger = generateSigningKey();
-
-function receiverOf(group: ReturnType<typeof parseGroup>, signed: SignedSessionGate | undefined) {
-  const sink = memorySink();
-  const receiver = createReceiver({ group, iface: loopbackIface, timeoutMs: 10_000 }, { sink, signed });
-  let joined: () => void = () => undefined;
-  const ready = new Promise<void>((resolve) => {
-    joined = resolve;
-  });
-  const done = receiver.run({ onJoined: () => joined() });
-  return { sink, ready, done };
-}
 
 const closers: Array<() => Promise<void>> = [];
 after(async () => {
@@ -47,56 +29,13 @@ describe('a signed session: one forged packet moves nothing anywhere', () => {
   it('forged HEARTBEAT (next + 65,000), END, DESCRIPTOR and DATA into S1 of a --latency 100 repair: S2 whole, byte for byte, no NACK for a forged gap, every forgery counted', async () => {
     const s1 = parseGroup(`239.255.73.1:${freshPort()}`, 's1');
     const s2 = parseGroup(`239.255.73.2:${freshPort()}`, 's2');
-    const retransmit = await startRetransmitServer({
-      joins: [{ group: s1 }],
-      iface: loopbackIface,
-      listen,
-      keys: [key],
-      bufferBytesMax: 64 * 1024 * 1024,
-      bufferAgeMs: 60_000,
-      repairRateBitsPerSecond: 500_000_000,
-      announceTo: [],
-      peers: [],
-      sourcePublicKey: source.publicKey,
-    });
-    closers.push(() => retransmit.close());
-    const repair = await startRepairServer({
-      group: s1,
-      iface: loopbackIface,
-      listen,
-      keys: [key],
-      retransmit: [retransmit.local],
-      emit: s2,
-      latencyMs: 100,
-      sourcePublicKey: source.publicKey,
-    });
-    closers.push(() => repair.close());
-    const receiverGate = createSignedSessionGate(source.publicKey);
-    const rx = receiverOf(s2, receiverGate);
-    const direct = receiverOf(s1, createSignedSessionGate(source.publicKey));
-    await Promise.all([rx.ready, direct.ready]);
-    const run = { sessionId: 78, incarnation: 0x78 };
-    const ticker = createSource(
-      {
-        group: s1,
-        iface: loopbackIface,
-        rateBitsPerSecond: 0,
-        packetPayloadBytes: 64,
-        sessionName: 'ticker',
-        sessionId: run.sessionId,
-        incarnation: run.incarnation,
-        firstSequence: 1000,
-        startDelayMs: 50,
-      },
-      {
-        input: openTickerInput({ ticksPerSecond: 500, tickCount: 600 }),
-        protection: (identity) =>
-          createSignedSenderProtection(
-            { sourcePrivateKey: source.privateKey, sourcePublicKey: source.publicKey, manifestPackets: 32 },
-            identity,
-          ),
-      },
+    const { retransmit, repair } = await startSignedServers(
+      { key, source, s1, repairGroup: s1, s2, latencyMs: 100 },
+      closers,
     );
+    const { rx, direct, receiverGate } = await signedReceivers(s2, s1, source.publicKey, 10_000);
+    const run = { sessionId: 78, incarnation: 0x78 };
+    const ticker = signedTicker(s1, source, run);
     const sending = ticker.run();
     await waitUntil('the run under way', () => repair.status().emitted > 50, 20_000);
     const out = await crafter(s1);

@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { createSocket } from 'node:dgram';
+import { createSocket, type Socket } from 'node:dgram';
 import { describe, it } from 'node:test';
 import { generateSigningKey } from '../../src/crypto/authority.js';
 import { ControlChannel, controlKey } from '../../src/crypto/control-auth.js';
@@ -15,11 +15,80 @@ import {
 } from '../../src/protocol/control.js';
 import { offsetType, PacketType } from '../../src/protocol/packet.js';
 import { openTickerInput } from '../../src/source/inputs.js';
-import { createSource } from '../../src/source/source.js';
+import { createSource, type Source, type SourceComponents } from '../../src/source/source.js';
 import { freshPort, loopbackIface } from '../helpers/loopback.js';
 import { waitUntil } from '../helpers/wait.js';
 
 const key = controlKey(Buffer.from('the operator secret shared by servers'));
+
+/**
+ * A ticker source of `tickCount` packets of 100 bytes from sequence 100 on `group`, that stays as
+ * the retransmit server of last resort and announces itself to `announceTo` every 100 ms.
+ */
+function lastResortSource(
+  group: string,
+  announceTo: PeerEndpoint,
+  tickCount: number,
+  protection?: SourceComponents['protection'],
+): Source {
+  return createSource(
+    {
+      group: parseGroup(`${group}:${freshPort()}`, 'group'),
+      iface: loopbackIface,
+      rateBitsPerSecond: 0,
+      packetPayloadBytes: 100,
+      sessionName: 't',
+      firstSequence: 100,
+      startDelayMs: 0,
+      lastResort: {
+        listen: { address: '127.0.0.1', port: 0, family: 4 },
+        keys: [key],
+        bufferBytesMax: 1 << 20,
+        repairRateBitsPerSecond: 100_000_000,
+        announceTo: [{ ...announceTo, family: 4 }],
+        iface: loopbackIface,
+        periodMs: 100,
+        quietMs: 500,
+        lingerMsMax: 30_000,
+      },
+    },
+    {
+      input: openTickerInput({ ticksPerSecond: 1000, tickCount }),
+      ...(protection === undefined ? {} : { protection }),
+    },
+  );
+}
+
+/** Sends `server` a NACK for `count` packets of `source`'s run from sequence 100, answered to `at`. */
+function nack(
+  socket: Socket,
+  channel: ControlChannel,
+  source: Source,
+  server: PeerEndpoint,
+  at: PeerEndpoint,
+  ask: { count: number; signatures?: true },
+): void {
+  socket.send(
+    channel.seal(
+      encodeNack(
+        {
+          sessionId: source.stats.sessionId,
+          incarnation: source.stats.incarnation,
+          sequence: 100,
+          timestampUs: 0,
+        },
+        {
+          replyTo: at,
+          ranges: [{ start: 100, count: ask.count }],
+          ...(ask.signatures ? { signatures: true } : {}),
+        },
+      ),
+      server,
+    ),
+    server.port,
+    server.address,
+  );
+}
 
 describe('a source as the retransmit server of last resort', () => {
   it('announces itself as last resort, answers NACKs from what it sent, and stays after END while NACKs come', async () => {
@@ -44,29 +113,7 @@ describe('a source as the retransmit server of last resort', () => {
         held.set(repair.sequence, Buffer.from(repair.data.payload));
       }
     });
-    const source = createSource(
-      {
-        group: parseGroup(`239.255.82.1:${freshPort()}`, 'group'),
-        iface: loopbackIface,
-        rateBitsPerSecond: 0,
-        packetPayloadBytes: 100,
-        sessionName: 't',
-        firstSequence: 100,
-        startDelayMs: 0,
-        lastResort: {
-          listen: { address: '127.0.0.1', port: 0, family: 4 },
-          keys: [key],
-          bufferBytesMax: 1 << 20,
-          repairRateBitsPerSecond: 100_000_000,
-          announceTo: [{ ...at, family: 4 }],
-          iface: loopbackIface,
-          periodMs: 100,
-          quietMs: 500,
-          lingerMsMax: 30_000,
-        },
-      },
-      { input: openTickerInput({ ticksPerSecond: 1000, tickCount: 50 }) },
-    );
+    const source = lastResortSource('239.255.82.1', at, 50);
     let finished = false;
     const running = source.run().then((stats) => {
       finished = true;
@@ -79,22 +126,7 @@ describe('a source as the retransmit server of last resort', () => {
       const server = announcedAt as PeerEndpoint;
       // Keep asking (every 200 ms, under the quiet time) until the answers come: the source stays.
       for (let round = 0; round < 100 && held.size < 50; round++) {
-        socket.send(
-          channel.seal(
-            encodeNack(
-              {
-                sessionId: source.stats.sessionId,
-                incarnation: source.stats.incarnation,
-                sequence: 100,
-                timestampUs: 0,
-              },
-              { replyTo: at, ranges: [{ start: 100, count: 50 }] },
-            ),
-            server,
-          ),
-          server.port,
-          server.address,
-        );
+        nack(socket, channel, source, server, at, { count: 50 });
         await waitUntil('the answers', () => held.size === 50, 200).catch(() => undefined);
         assert.equal(finished, false, 'the source stays while NACKs come');
       }
@@ -136,58 +168,18 @@ describe('a source as the retransmit server of last resort', () => {
         order.push(`data ${repair.sequence}`);
       }
     });
-    const source = createSource(
-      {
-        group: parseGroup(`239.255.82.2:${freshPort()}`, 'group'),
-        iface: loopbackIface,
-        rateBitsPerSecond: 0,
-        packetPayloadBytes: 100,
-        sessionName: 't',
-        firstSequence: 100,
-        startDelayMs: 0,
-        lastResort: {
-          listen: { address: '127.0.0.1', port: 0, family: 4 },
-          keys: [key],
-          bufferBytesMax: 1 << 20,
-          repairRateBitsPerSecond: 100_000_000,
-          announceTo: [{ ...at, family: 4 }],
-          iface: loopbackIface,
-          periodMs: 100,
-          quietMs: 500,
-          lingerMsMax: 30_000,
-        },
-      },
-      {
-        input: openTickerInput({ ticksPerSecond: 1000, tickCount: 64 }),
-        protection: (identity) =>
-          createSignedSenderProtection(
-            { sourcePrivateKey: signing.privateKey, sourcePublicKey: signing.publicKey, manifestPackets: 32 },
-            identity,
-          ),
-      },
+    const source = lastResortSource('239.255.82.2', at, 64, (identity) =>
+      createSignedSenderProtection(
+        { sourcePrivateKey: signing.privateKey, sourcePublicKey: signing.publicKey, manifestPackets: 32 },
+        identity,
+      ),
     );
     const running = source.run();
     try {
       await waitUntil('the announcement', () => announcedAt !== undefined, 5_000);
       await waitUntil('all 64 packets sent', () => source.stats.packetsSent === 64, 10_000);
       const server = announcedAt as PeerEndpoint;
-      const ask = () =>
-        socket.send(
-          channel.seal(
-            encodeNack(
-              {
-                sessionId: source.stats.sessionId,
-                incarnation: source.stats.incarnation,
-                sequence: 100,
-                timestampUs: 0,
-              },
-              { replyTo: at, ranges: [{ start: 100, count: 64 }], signatures: true },
-            ),
-            server,
-          ),
-          server.port,
-          server.address,
-        );
+      const ask = () => nack(socket, channel, source, server, at, { count: 64, signatures: true });
       // The first NACK may only introduce us (target 0); ask until the answers come, every 300 ms.
       for (let round = 0; round < 50 && order.filter((o) => o.startsWith('data')).length < 64; round++) {
         ask();
