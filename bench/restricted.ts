@@ -417,8 +417,10 @@ P-256 ECDH) and read and wrote the token file twice, and every later repeat wrot
 40 times a second, on the same event loop that decodes the first packet. Now \`receive\` prepares
 the token before it joins (service keys unwrapped, source keys imported), the first KEY costs a
 signature check and an unwrap, its counter write comes after the key is released, and repeats
-cost no token operation. What is left of the tail is the wait for the next 50 ms repeat and CPU starvation
-on a machine at this load (the plain ticker's own p99 shows how much).
+cost no token operation. What is left of the tail is the wait for the next 50 ms repeat (of the
+DESCRIPTOR, in every session; with it a protected run's KEY messages, offer and pending manifest)
+and CPU starvation on a machine at this load: in virtual time, with no load, every join of a live
+plain stream writes its first packet within 51 ms (test/sim/join-latency.test.ts).
 
 Token operations (a KEY message's signature, window, rollback counter and tier checked, its traffic
 key unwrapped; a new epoch each time, so no cache hit; the counter is written each time):

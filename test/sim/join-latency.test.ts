@@ -69,9 +69,10 @@ describe('join to first decoded packet of a live plain stream (virtual time)', (
     const sending = source.run();
     await scheduler.run(1500);
     const waits: number[] = [];
-    // Joins spread over more than a second of the stream, at odd offsets (37 ms apart).
+    // Joins spread over seconds of the stream, each at another phase of the source's repeats: the
+    // pause before a join (after the last one wrote) steps by 17 ms modulo 53.
     for (let index = 0; index < 30; index++) {
-      await scheduler.run(scheduler.nowMs + 37);
+      await scheduler.run(scheduler.nowMs + 20 + ((index * 17) % 53));
       const stop = new AbortController();
       let joinedAtMs: number | undefined;
       let firstAtMs: number | undefined;
