@@ -161,7 +161,7 @@ export interface RepairStatus {
   /** A restricted run: KEY messages sent on S2 again just before the first DATA of their epoch. */
   keysAhead: number;
   /** A signed run: verified manifests sent on S2 again (manifestSendCount copies of each in all). */
-  manifestsRepeated: number;
+  manifestRepeatsSent: number;
   /** DATA held for runs whose DESCRIPTOR has not been taken up yet. */
   pendingPackets: number;
   pendingBytes: number;
@@ -274,7 +274,7 @@ export async function startRepairServer(
     timers.setInterval(() => {
       for (const manifest of manifestRepeats.due()) {
         forward(manifest);
-        counters.manifestsRepeated++;
+        counters.manifestRepeatsSent++;
       }
     }, protectedControlIntervalMs);
   }
@@ -334,7 +334,7 @@ export async function startRepairServer(
     endsRepaired: 0,
     signaturesRepaired: 0,
     keysAhead: 0,
-    manifestsRepeated: 0,
+    manifestRepeatsSent: 0,
   };
   const dropped: Record<string, number> = {};
   const drop = (reason: string, count = 1) => {

@@ -156,7 +156,7 @@ describe('a repair server forwards each manifest on S2 as often as the source se
     // Every manifest on S2, by its bytes: manifestSendCount copies, spread over control ticks.
     await waitUntil(
       'every manifest repeated on S2',
-      () => repair.status().manifestsRepeated >= (manifestSendCount - 1) * seen.size,
+      () => repair.status().manifestRepeatsSent >= (manifestSendCount - 1) * seen.size,
       10_000,
     );
     const copies = new Map<string, number[]>();
@@ -202,7 +202,7 @@ describe('a sealed S2 carries KEY messages and SIGNATUREs sealed, like DATA', ()
     await waitUntil('the run re-emitted on S2', () => repair.status().sessionsCompleted === 1, 20_000);
     await waitUntil(
       'every manifest repeated on S2',
-      () => repair.status().manifestsRepeated >= 2 * 6,
+      () => repair.status().manifestRepeatsSent >= 2 * 6,
       10_000,
     );
     const opener = new S2Opener();
