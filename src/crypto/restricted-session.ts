@@ -75,9 +75,10 @@ export interface SenderProtection {
 
 /**
  * The manifests of a run and their repeats: each is sent at once, then again at the next control
- * ticks (manifestSendCount in all), so one lost on the way costs no DATA its authentication.
+ * ticks (manifestSendCount in all), so one lost on the way costs no DATA its authentication. A
+ * repair server repeats the manifests it forwards on S2 the same way.
  */
-class ManifestRepeats {
+export class ManifestRepeats {
   readonly #recent: Array<{ datagram: Buffer; sends: number }> = [];
 
   /** Notes a manifest just sent once. */

@@ -44,7 +44,8 @@ export interface RawAnswer {
  * Sends one request and reads its answer as text, for a caller that checks it itself with
  * checkText (an answer that is not JSON, say). An answer longer than apiAnswerBytesMax is cancelled
  * as soon as it is past it and comes back with text undefined. Throws FetchFailed when no answer
- * came (refused, reset, timed out, a certificate error).
+ * came (refused, reset, a certificate error), or when the whole answer, body included, did not come
+ * within `timeoutMs` ("no answer to POST /v1/enrollments within 10 s").
  */
 export async function sendApi(url: string, options: ApiRequest): Promise<RawAnswer> {
   const timeout = AbortSignal.timeout(options.timeoutMs);
@@ -61,8 +62,19 @@ export async function sendApi(url: string, options: ApiRequest): Promise<RawAnsw
     });
     return { status: response.status, text: await readBodyBounded(response, apiAnswerBytesMax) };
   } catch (error) {
+    if (timeout.aborted && options.signal?.aborted !== true) {
+      // Say what was waited for: a server that took the connection and never answered (or stopped
+      // half-way through its answer) is told from one that refused it.
+      throw new FetchFailed(
+        `no answer to ${options.method ?? 'GET'} ${new URL(url).pathname} within ${formatSeconds(options.timeoutMs)}`,
+      );
+    }
     throw new FetchFailed(fetchFailure(error));
   }
+}
+
+function formatSeconds(ms: number): string {
+  return `${Number((ms / 1000).toFixed(3))} s`;
 }
 
 /**

@@ -9,6 +9,7 @@ import assert from 'node:assert/strict';
 import type { KeyObject } from 'node:crypto';
 import type { RemoteInfo } from 'node:dgram';
 import { ControlChannel, type ControlKey } from '../crypto/control-auth.js';
+import { ManifestRepeats } from '../crypto/restricted-session.js';
 import { type S2Key, S2Sealer } from '../crypto/s2-seal.js';
 import { createSignedSessionGate, type SignedSessionStats } from '../crypto/signed-session.js';
 import {
@@ -18,6 +19,7 @@ import {
   feedbackTargetsMax,
   nackDelayMsMaxDefault,
   progressAheadPacketsMax,
+  protectedControlIntervalMs,
   repairKeysKeptMax,
   s2PaceArrivalFactor,
   s2PaceBurstPackets,
@@ -53,6 +55,7 @@ import {
   offsetType,
   PacketType,
 } from '../protocol/packet.js';
+import { SignatureKind } from '../protocol/restricted.js';
 import { sequenceAdd, sequenceDistance } from '../protocol/serial.js';
 import type { SessionWindow } from '../protocol/session-window.js';
 import { ArrivalRate } from './arrival-rate.js';
@@ -161,6 +164,8 @@ export interface RepairStatus {
   signaturesRepaired: number;
   /** A restricted run: KEY messages sent on S2 again just before the first DATA of their epoch. */
   keysAhead: number;
+  /** A signed run: verified manifests sent on S2 again (manifestSendCount copies of each in all). */
+  manifestRepeatsSent: number;
   /** DATA held for runs whose DESCRIPTOR has not been taken up yet. */
   pendingPackets: number;
   pendingBytes: number;
@@ -241,17 +246,42 @@ export async function startRepairServer(
    */
   const keysByEpoch = new Map<number, Buffer>();
   let lastEmittedEpoch = 0;
+  /**
+   * Verified manifests sent on S2 again at the next control ticks, manifestSendCount copies in all
+   * as the source sends them: the gate takes only the first copy of each, and a receiver behind
+   * this server that loses the one copy on S2 could authenticate none of its 32-64 packets.
+   */
+  const manifestRepeats = new ManifestRepeats();
+  /** Sends a datagram the gate verified on S2 (sealed when S2 is: emitS2), once S2 is open. */
+  const forward = (datagram: Buffer) => {
+    if (forwardTo !== undefined) {
+      emitS2(datagram);
+    }
+  };
   const gate =
     settings.sourcePublicKey === undefined
       ? undefined
       : createSignedSessionGate(settings.sourcePublicKey, {
           onAuthenticated: (datagram) => {
-            forwardTo?.send(datagram, datagram.length);
+            forward(datagram);
             if (datagram[offsetType] === PacketType.key) {
               keepKey(datagram);
+            } else if (
+              datagram[offsetType] === PacketType.signature &&
+              datagram[headerBytes] === SignatureKind.manifest
+            ) {
+              manifestRepeats.sent(Buffer.from(datagram));
             }
           },
         });
+  if (gate !== undefined) {
+    timers.setInterval(() => {
+      for (const manifest of manifestRepeats.due()) {
+        forward(manifest);
+        counters.manifestRepeatsSent++;
+      }
+    }, protectedControlIntervalMs);
+  }
   const keepKey = (datagram: Buffer) => {
     const epoch = datagram.readUInt16BE(offsetKeyEpoch);
     keysByEpoch.delete(epoch); // most recent last
@@ -275,7 +305,7 @@ export async function startRepairServer(
       key !== undefined &&
       key.readUInt32BE(offsetIncarnation) === datagram.readUInt32BE(offsetIncarnation)
     ) {
-      forwardTo?.send(key, key.length);
+      forward(key);
       counters.keysAhead++;
     }
   };
@@ -308,6 +338,7 @@ export async function startRepairServer(
     endsRepaired: 0,
     signaturesRepaired: 0,
     keysAhead: 0,
+    manifestRepeatsSent: 0,
   };
   const dropped: Record<string, number> = {};
   const drop = (reason: string, count = 1) => {

@@ -428,8 +428,9 @@ export function createSource(settings: SourceSettings, components: SourceCompone
   /** DESCRIPTORs through the start delay, DATA with HEARTBEATs, then END (repeated). */
   async function sendSession(signal: AbortSignal | undefined): Promise<void> {
     sendDescriptor();
-    // A protected run repeats its DESCRIPTOR with its KEY messages, offer and pending manifest, more
-    // often: a late joiner needs all of them before its first packet (docs/benchmarks.md, join).
+    // The DESCRIPTOR (and a protected run's KEY messages, offer and pending manifest with it) is
+    // repeated often: a late joiner needs all of them before its first packet (docs/benchmarks.md,
+    // join to first decoded packet).
     const descriptorTimer = timers.every(
       protection === undefined ? descriptorIntervalMs : protectedControlIntervalMs,
       sendDescriptor,

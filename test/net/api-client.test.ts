@@ -91,3 +91,58 @@ describe('an API answer longer than apiAnswerBytesMax is refused as it streams, 
     assert.equal((JSON.parse(answer.text ?? '{}') as { padding?: string }).padding?.length, 1024 * 1024);
   });
 });
+
+describe('a server that takes the request and never answers (or stops half-way) costs the timeout, then says so', () => {
+  const sockets = new Set<import('node:net').Socket>();
+  let silent: Server;
+  let base: string;
+  before(async () => {
+    // Takes the request and answers nothing, or sends the headers and part of the body, then nothing.
+    silent = createServer((request, response) => {
+      sockets.add(request.socket);
+      if (request.url === '/v1/half') {
+        response.writeHead(200, { 'content-type': 'application/json', 'content-length': '100' });
+        response.write('{"answer": ');
+      }
+    });
+    base = await listen(silent);
+  });
+  after(async () => {
+    for (const socket of sockets) {
+      socket.destroy();
+    }
+    await shut(silent);
+  });
+
+  for (const path of ['/v1/silent', '/v1/half']) {
+    it(`${path}: FetchFailed within the bound, naming the request and the time waited`, async () => {
+      const startedMs = performance.now();
+      await assert.rejects(
+        requestApi(`${base}${path}`, Type.Object({}), {
+          token: 'gct_test_token',
+          method: 'POST',
+          body: {},
+          timeoutMs: 500,
+        }),
+        (error: Error) => {
+          assert.equal(error.constructor.name, 'FetchFailed');
+          assert.equal(error.message, `no answer to POST ${path} within 0.5 s`);
+          return true;
+        },
+      );
+      const waitedMs = performance.now() - startedMs;
+      assert.ok(waitedMs >= 450 && waitedMs < 15_000, `waited ${waitedMs} ms`);
+    });
+  }
+
+  it("a caller's own abort is not reported as a timeout", async () => {
+    const controller = new AbortController();
+    const sending = sendApi(`${base}/v1/silent`, {
+      token: 'gct_test_token',
+      timeoutMs: 60_000,
+      signal: controller.signal,
+    });
+    controller.abort();
+    await assert.rejects(sending, (error: Error) => !error.message.includes('no answer'));
+  });
+});

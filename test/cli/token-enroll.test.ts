@@ -1,0 +1,114 @@
+/**
+ * `gatecast token enroll` never waits without a bound or without saying why (issue 12: once, in
+ * CI, an enroll was killed by the test's 30 s timeout with nothing written). Every network wait
+ * of the command ends within its request timeout and names what it waited for; the test helper
+ * that runs commands says when it killed one, and shows what it had written so far.
+ */
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer as createHttpServer, type Server } from 'node:http';
+import { type AddressInfo, createServer as createTcpServer, type Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { runGatecast as run } from '../helpers/cli.js';
+
+const directory = mkdtempSync(join(tmpdir(), 'gatecast-enroll-'));
+const pin = { GATECAST_TOKEN_PIN: '24682468' };
+const sockets = new Set<Socket>();
+/** Takes the TCP connection and reads the request, answers nothing. */
+const silentTcp = createTcpServer((socket) => {
+  sockets.add(socket);
+  socket.on('error', () => undefined);
+  socket.resume();
+});
+/** Answers the headers and the start of the body of an enrollment, then nothing. */
+const halfHttp: Server = createHttpServer((request, response) => {
+  sockets.add(request.socket);
+  response.writeHead(201, { 'content-type': 'application/json', 'content-length': '4000' });
+  response.write('{"token": "gc-');
+});
+
+function urlOf(server: { address(): AddressInfo | string | null }): string {
+  return `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+}
+
+before(async () => {
+  await new Promise<void>((resolve) => silentTcp.listen(0, '127.0.0.1', resolve));
+  await new Promise<void>((resolve) => halfHttp.listen(0, '127.0.0.1', resolve));
+  const keys = await run(['token', 'keys', '--out', join(directory, 'keys')]);
+  assert.equal(keys.code, 0, keys.stderr);
+  const init = await run(
+    [
+      'token',
+      'init',
+      '--token',
+      join(directory, 'a.token'),
+      '--root-public',
+      join(directory, 'keys', 'root.pub'),
+    ],
+    pin,
+  );
+  assert.equal(init.code, 0, init.stderr);
+  writeFileSync(join(directory, 'a.api'), 'gct_enroll_test_bearer_token');
+});
+
+after(async () => {
+  for (const socket of sockets) {
+    socket.destroy();
+  }
+  await new Promise((resolve) => silentTcp.close(resolve));
+  halfHttp.closeAllConnections();
+  await new Promise((resolve) => halfHttp.close(resolve));
+  rmSync(directory, { recursive: true, force: true });
+});
+
+describe('token enroll against a server that never answers', () => {
+  for (const [what, server] of [
+    ['takes the connection and answers nothing', silentTcp],
+    ['sends headers and part of the body, then nothing', halfHttp],
+  ] as const) {
+    it(`${what}: exits 2 within its request timeout and names the request it waited for`, async () => {
+      const startedMs = performance.now();
+      const enrolled = await run(
+        [
+          'token',
+          'enroll',
+          '--token',
+          join(directory, 'a.token'),
+          '--subscription',
+          urlOf(server),
+          '--token-file',
+          join(directory, 'a.api'),
+        ],
+        pin,
+      );
+      const tookMs = performance.now() - startedMs;
+      assert.equal(enrolled.code, 2, enrolled.stderr);
+      assert.match(
+        enrolled.stderr,
+        /gatecast token: --subscription: cannot reach http:\/\/127\.0\.0\.1:\d+: no answer to POST \/v1\/enrollments within 10 s/,
+      );
+      assert.equal(enrolled.stdout, '', 'nothing is said to be enrolled');
+      // The request timeout is 10 s; the helper's own kill (30 s) must not be what ended it.
+      assert.ok(tookMs < 28_000, `took ${tookMs} ms`);
+    });
+  }
+});
+
+describe('the command helper reports a command it had to kill', () => {
+  it('says it killed the command by its timeout, after how long, and what it had written', async () => {
+    // A receive with a 60 s timeout says "joined" at once, then waits: killed by a 3 s bound.
+    const killed = await run(
+      ['receive', '--group', '239.255.63.7:47123', '--iface', '127.0.0.1', '--timeout', '60'],
+      {},
+      3000,
+    );
+    assert.equal(killed.code, -1);
+    assert.match(
+      killed.stderr,
+      /^gatecast receive --group .*: killed by the test's 3000 ms timeout after \d+ ms$/m,
+    );
+    assert.match(killed.stderr, /stderr so far: \n.*joined/s);
+  });
+});

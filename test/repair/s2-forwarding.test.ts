@@ -1,0 +1,227 @@
+/**
+ * What a repair server given the source key puts on S2 besides DATA (issue 12): each verified
+ * manifest as many times as the source sends it (manifestSendCount, at successive control ticks),
+ * so a receiver behind it that loses one copy still authenticates the packets it covers; and on a
+ * sealed S2, KEY messages and SIGNATUREs inside SEALED envelopes like everything else.
+ */
+import assert from 'node:assert/strict';
+import { createHash, randomBytes } from 'node:crypto';
+import { createSocket } from 'node:dgram';
+import { after, describe, it } from 'node:test';
+import { generateSigningKey } from '../../src/crypto/authority.js';
+import { controlKey } from '../../src/crypto/control-auth.js';
+import { createSenderProtection, createSignedSenderProtection } from '../../src/crypto/restricted-session.js';
+import { newS2Key, type S2Key, S2Opener } from '../../src/crypto/s2-seal.js';
+import { createSignedSessionGate } from '../../src/crypto/signed-session.js';
+import { suiteByName } from '../../src/crypto/suites.js';
+import { manifestSendCount, protectedControlIntervalMs } from '../../src/limits.js';
+import { parseGroup } from '../../src/net/address.js';
+import { openReceiverSocket } from '../../src/net/udp.js';
+import { headerBytes, offsetType, PacketType } from '../../src/protocol/packet.js';
+import { SignatureKind } from '../../src/protocol/restricted.js';
+import { createReceiver } from '../../src/receiver/receiver.js';
+import { startRepairServer } from '../../src/repair/repair.js';
+import { startRetransmitServer } from '../../src/retransmit/retransmit.js';
+import { openTickerInput } from '../../src/source/inputs.js';
+import { createSource, type SourceComponents } from '../../src/source/source.js';
+import { freshPort, loopbackIface, memorySink } from '../helpers/loopback.js';
+import { waitUntil } from '../helpers/wait.js';
+
+const key = controlKey(Buffer.from('S2 forwarding test secret, not for use'));
+const listen = { address: '127.0.0.1', port: 0, family: 4 as const };
+const source = generateSigningKey();
+const closers: Array<() => Promise<void> | void> = [];
+after(async () => {
+  for (const close of closers.reverse()) {
+    await close();
+  }
+});
+
+const sha = (bytes: Buffer) => createHash('sha256').update(bytes).digest('hex');
+const isManifest = (datagram: Buffer) =>
+  datagram.length > headerBytes &&
+  datagram[offsetType] === PacketType.signature &&
+  datagram[headerBytes] === SignatureKind.manifest;
+
+/** A raw socket on S2 keeping every datagram with its arrival time. */
+async function capture(group: ReturnType<typeof parseGroup>) {
+  const socket = createSocket({ type: 'udp4', reuseAddr: true });
+  const got: Array<{ datagram: Buffer; atMs: number }> = [];
+  socket.on('message', (datagram) => got.push({ datagram, atMs: performance.now() }));
+  await new Promise<void>((resolve) => socket.bind(group.port, group.address, resolve));
+  socket.addMembership(group.address, loopbackIface);
+  socket.setRecvBufferSize(8 * 1024 * 1024);
+  closers.push(() => {
+    socket.close();
+  });
+  return got;
+}
+
+/** Retransmit and repair servers between S1 and S2, both given the source key. */
+async function repairPath(
+  s1: ReturnType<typeof parseGroup>,
+  s2: ReturnType<typeof parseGroup>,
+  extra: { s2Key?: S2Key } = {},
+) {
+  const retransmit = await startRetransmitServer({
+    joins: [{ group: s1 }],
+    iface: loopbackIface,
+    listen,
+    keys: [key],
+    bufferBytesMax: 64 * 1024 * 1024,
+    bufferAgeMs: 60_000,
+    repairRateBitsPerSecond: 500_000_000,
+    announceTo: [],
+    peers: [],
+    sourcePublicKey: source.publicKey,
+  });
+  closers.push(() => retransmit.close());
+  const repair = await startRepairServer({
+    group: s1,
+    iface: loopbackIface,
+    listen,
+    keys: [key],
+    retransmit: [retransmit.local],
+    emit: s2,
+    latencyMs: undefined,
+    sourcePublicKey: source.publicKey,
+    ...extra,
+  });
+  closers.push(() => repair.close());
+  return repair;
+}
+
+function tickerOn(
+  s1: ReturnType<typeof parseGroup>,
+  sessionId: number,
+  ticks: number,
+  protection: NonNullable<SourceComponents['protection']>,
+) {
+  return createSource(
+    {
+      group: s1,
+      iface: loopbackIface,
+      rateBitsPerSecond: 0,
+      packetPayloadBytes: 64,
+      sessionName: 'ticker',
+      sessionId,
+      incarnation: sessionId * 7,
+      firstSequence: 1,
+      startDelayMs: 50,
+    },
+    { input: openTickerInput({ ticksPerSecond: 400, tickCount: ticks }), protection },
+  );
+}
+
+describe('a repair server forwards each manifest on S2 as often as the source sends it', () => {
+  it(`${manifestSendCount} copies of every manifest, at successive control ticks; a receiver on S2 that loses the first copy of each still authenticates every packet`, async () => {
+    const s1 = parseGroup(`239.255.75.1:${freshPort()}`, 's1');
+    const s2 = parseGroup(`239.255.75.2:${freshPort()}`, 's2');
+    const repair = await repairPath(s1, s2);
+    const got = await capture(s2);
+    // The receiver behind the repair server loses the first copy of every manifest on S2.
+    const seen = new Set<string>();
+    const sink = memorySink();
+    const receiver = createReceiver(
+      { group: s2, iface: loopbackIface, timeoutMs: 10_000 },
+      {
+        sink,
+        signed: createSignedSessionGate(source.publicKey),
+        openSocket: (options, onDatagram) =>
+          openReceiverSocket(options, (datagram) => {
+            if (isManifest(datagram) && !seen.has(sha(datagram))) {
+              seen.add(sha(datagram));
+              return;
+            }
+            onDatagram(datagram);
+          }),
+      },
+    );
+    let joined: () => void = () => undefined;
+    const ready = new Promise<void>((resolve) => {
+      joined = resolve;
+    });
+    const receiving = receiver.run({ onJoined: () => joined() });
+    await ready;
+    const ticks = 320;
+    await tickerOn(s1, 91, ticks, (identity) =>
+      createSignedSenderProtection(
+        { sourcePrivateKey: source.privateKey, sourcePublicKey: source.publicKey, manifestPackets: 32 },
+        identity,
+      ),
+    ).run();
+    const summary = await receiving;
+    assert.equal(summary.outcome, 'complete', JSON.stringify({ summary, repair: repair.status() }));
+    assert.equal(summary.packetsDelivered, ticks);
+    // Every manifest on S2, by its bytes: manifestSendCount copies, spread over control ticks.
+    await waitUntil(
+      'every manifest repeated on S2',
+      () => repair.status().manifestRepeatsSent >= (manifestSendCount - 1) * seen.size,
+      10_000,
+    );
+    const copies = new Map<string, number[]>();
+    for (const { datagram, atMs } of got) {
+      if (isManifest(datagram)) {
+        copies.set(sha(datagram), [...(copies.get(sha(datagram)) ?? []), atMs]);
+      }
+    }
+    assert.ok(copies.size >= ticks / 32, `${copies.size} manifests on S2`);
+    for (const times of copies.values()) {
+      assert.equal(times.length, manifestSendCount);
+      const spanMs = (times.at(-1) ?? 0) - (times[0] ?? 0);
+      // The last copy comes at least one whole control interval after the first: paced, not a burst.
+      assert.ok(spanMs >= protectedControlIntervalMs * 0.8, `copies within ${spanMs} ms`);
+    }
+  });
+});
+
+describe('a sealed S2 carries KEY messages and SIGNATUREs sealed, like DATA', () => {
+  it('a restricted, signed run through a repair server sealing S2: every datagram on S2 is a SEALED envelope; inside are the KEY messages, the offer and every manifest', async () => {
+    const s1 = parseGroup(`239.255.75.3:${freshPort()}`, 's1');
+    const s2 = parseGroup(`239.255.75.4:${freshPort()}`, 's2');
+    const s2Key = newS2Key(1);
+    const repair = await repairPath(s1, s2, { s2Key });
+    const got = await capture(s2);
+    const serviceKey = randomBytes(32);
+    await tickerOn(s1, 92, 200, (identity) =>
+      createSenderProtection(
+        {
+          suite: suiteByName('aes-256-gcm', 'test'),
+          service: 'news',
+          serviceEpoch: 1,
+          serviceKey,
+          sourcePrivateKey: source.privateKey,
+          sourcePublicKey: source.publicKey,
+          cryptoPeriodMs: 10_000,
+          tier: 0,
+          manifestPackets: 32,
+        },
+        identity,
+      ),
+    ).run();
+    await waitUntil('the run re-emitted on S2', () => repair.status().sessionsCompleted === 1, 20_000);
+    await waitUntil(
+      'every manifest repeated on S2',
+      () => repair.status().manifestRepeatsSent >= 2 * 6,
+      10_000,
+    );
+    const opener = new S2Opener();
+    opener.setKey(s2Key);
+    const inside: Record<string, number> = {};
+    for (const { datagram } of got) {
+      assert.equal(
+        datagram[offsetType],
+        PacketType.sealed,
+        `a type ${datagram[offsetType]} datagram on a sealed S2`,
+      );
+      const opened = opener.open(datagram);
+      assert.ok(Buffer.isBuffer(opened), `an envelope that does not open: ${String(opened)}`);
+      const type = isManifest(opened) ? 'manifest' : String(opened[offsetType]);
+      inside[type] = (inside[type] ?? 0) + 1;
+    }
+    assert.ok((inside[String(PacketType.key)] ?? 0) > 0, JSON.stringify(inside));
+    assert.ok((inside[String(PacketType.signature)] ?? 0) > 0, `the signed offer: ${JSON.stringify(inside)}`);
+    assert.ok((inside.manifest ?? 0) >= manifestSendCount * Math.floor(200 / 32), JSON.stringify(inside));
+    assert.equal(inside[String(PacketType.data)], 200, JSON.stringify(inside));
+  });
+});
