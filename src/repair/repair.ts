@@ -670,8 +670,31 @@ export async function startRepairServer(
 
   const opened: Array<{ close(): Promise<void> }> = [];
   const control: ControlSocket = await transport.openControl(settings.listen, onControl);
+  /**
+   * Without the source's key (no --source-public) this server cannot check a restricted or signed
+   * run's KEY messages and SIGNATUREs: those of the run it serves go on S2 as they came, for the
+   * receivers to verify against the source key themselves (they refuse forged ones); those of
+   * other runs are dropped. Unverified, none is kept to be sent again ahead of its epoch's DATA.
+   */
+  const onS1Unverified = (datagram: Buffer) => {
+    const type = datagram.length > offsetType ? datagram[offsetType] : undefined;
+    if (type !== PacketType.key && type !== PacketType.signature) {
+      tracker.onS1(datagram);
+      return;
+    }
+    const header = decodeHeader(datagram);
+    if (!header.ok) {
+      drop(`s1-${header.reason}`);
+      return;
+    }
+    if (!isCurrent(tracker.run, header.value.sessionId, header.value.incarnation)) {
+      drop('s1-key-other-run');
+      return;
+    }
+    forward(datagram);
+  };
   const onS1Datagram =
-    gate === undefined ? tracker.onS1 : (datagram: Buffer) => gate.filter(datagram, tracker.onS1);
+    gate === undefined ? onS1Unverified : (datagram: Buffer) => gate.filter(datagram, tracker.onS1);
   opened.push(control);
   let emitter: SenderSocket;
   let s1: ReceiverSocket;

@@ -61,8 +61,10 @@ async function capture(group: ReturnType<typeof parseGroup>) {
 async function repairPath(
   s1: ReturnType<typeof parseGroup>,
   s2: ReturnType<typeof parseGroup>,
-  extra: { s2Key?: S2Key } = {},
+  extra: { s2Key?: S2Key; withoutSourceKey?: boolean } = {},
 ) {
+  const { withoutSourceKey, ...repairExtra } = extra;
+  const sourceKey = withoutSourceKey === true ? {} : { sourcePublicKey: source.publicKey };
   const retransmit = await startRetransmitServer({
     joins: [{ group: s1 }],
     iface: loopbackIface,
@@ -73,7 +75,7 @@ async function repairPath(
     repairRateBitsPerSecond: 500_000_000,
     announceTo: [],
     peers: [],
-    sourcePublicKey: source.publicKey,
+    ...sourceKey,
   });
   closers.push(() => retransmit.close());
   const repair = await startRepairServer({
@@ -84,8 +86,8 @@ async function repairPath(
     retransmit: [retransmit.local],
     emit: s2,
     latencyMs: undefined,
-    sourcePublicKey: source.publicKey,
-    ...extra,
+    ...sourceKey,
+    ...repairExtra,
   });
   closers.push(() => repair.close());
   return repair;
@@ -223,5 +225,39 @@ describe('a sealed S2 carries KEY messages and SIGNATUREs sealed, like DATA', ()
     assert.ok((inside[String(PacketType.signature)] ?? 0) > 0, `the signed offer: ${JSON.stringify(inside)}`);
     assert.ok((inside.manifest ?? 0) >= manifestSendCount * Math.floor(200 / 32), JSON.stringify(inside));
     assert.equal(inside[String(PacketType.data)], 200, JSON.stringify(inside));
+  });
+});
+
+describe('a repair server without the source key still carries KEY messages and SIGNATUREs', () => {
+  it('a restricted run through servers not given --source-public: the KEY messages, the offer and the manifests of the run go on S2 as they came, for the receivers to verify', async () => {
+    const s1 = parseGroup(`239.255.75.5:${freshPort()}`, 's1');
+    const s2 = parseGroup(`239.255.75.6:${freshPort()}`, 's2');
+    const repair = await repairPath(s1, s2, { withoutSourceKey: true });
+    const got = await capture(s2);
+    const serviceKey = randomBytes(32);
+    const ticker = tickerOn(s1, 93, 200, (identity) =>
+      createSenderProtection(
+        {
+          suite: suiteByName('aes-256-gcm', 'test'),
+          service: 'news',
+          serviceEpoch: 1,
+          serviceKey,
+          sourcePrivateKey: source.privateKey,
+          sourcePublicKey: source.publicKey,
+          cryptoPeriodMs: 10_000,
+          tier: 0,
+          manifestPackets: 32,
+        },
+        identity,
+      ),
+    );
+    await ticker.run();
+    await waitUntil('the run re-emitted on S2', () => repair.status().sessionsCompleted === 1, 20_000);
+    const count = (type: number) => got.filter(({ datagram }) => datagram[offsetType] === type).length;
+    assert.equal(count(PacketType.data), 200);
+    assert.ok(count(PacketType.key) > 0, 'KEY messages on S2');
+    const manifests = got.filter(({ datagram }) => isManifest(datagram)).length;
+    assert.ok(manifests >= Math.floor(200 / 32), `${manifests} manifests on S2`);
+    assert.ok(count(PacketType.signature) > manifests, 'the signed offer on S2 besides the manifests');
   });
 });
