@@ -21,7 +21,14 @@ const serverAt: PeerEndpoint = { address: '10.0.0.1', port: 6000 };
 
 /** A server's answerer over a buffer of sequences 100..149 of session 7, run 3, and a requester. */
 function setup(
-  options: { rateBitsPerSecond?: number; multicast?: boolean; cap?: () => number; signed?: boolean } = {},
+  options: {
+    rateBitsPerSecond?: number;
+    multicast?: boolean;
+    cap?: () => number;
+    signed?: boolean;
+    /** A signed session whose every datagram has its own manifest (the most a NACK can name). */
+    manifestPerPacket?: boolean;
+  } = {},
 ) {
   const clock = new ManualClock();
   const server = new ControlChannel([key], { clock, self: () => [serverAt] });
@@ -43,6 +50,12 @@ function setup(
       Array.from({ length: 32 }, () => Buffer.alloc(16)),
     ),
   );
+  const manifestOf = (sequence: number) =>
+    encodeManifestUnsigned(
+      { sessionId: 7, incarnation: 3, sequence, timestampUs: clock.wallUs() },
+      Array.from({ length: 32 }, () => Buffer.alloc(16)),
+    );
+  const ownManifests = new Map([...held.keys()].map((sequence) => [sequence, manifestOf(sequence)]));
   const sent: Array<{ datagram: Buffer; to: PeerEndpoint | 'group' }> = [];
   const dropped: string[] = [];
   const answerer = new NackAnswerer({
@@ -58,9 +71,11 @@ function setup(
     lookup: (sessionId, incarnation, sequence) =>
       sessionId === 7 && incarnation === 3 ? held.get(sequence) : undefined,
     signatureFor:
-      options.signed === true
-        ? (original) => manifests[original.readUInt32BE(offsetSequence) < 132 ? 0 : 1]
-        : undefined,
+      options.manifestPerPacket === true
+        ? (original) => ownManifests.get(original.readUInt32BE(offsetSequence))
+        : options.signed === true
+          ? (original) => manifests[original.readUInt32BE(offsetSequence) < 132 ? 0 : 1]
+          : undefined,
     drop: (reason) => dropped.push(reason),
   });
   /** Seals a NACK as the requester and has the server accept it, as the role does. */
@@ -116,6 +131,31 @@ describe('NACK answerer', () => {
     assert.deepEqual(again[0]?.signature, manifests[0]);
     assert.equal(again[1]?.data?.sequence, 125);
     assert.equal(again.length, 2);
+  });
+
+  it("paces the manifests a NACK with the signatures flag draws at the requester's rate, like the REPAIRs (they bypassed it)", () => {
+    // 8 Mbit/s is 1,000 bytes a ms: a burst of 10 ms is about 10,000 bytes. Fifty held datagrams,
+    // each under its own manifest: one NACK draws fifty manifests and fifty REPAIRs.
+    const { answerer, sent, nack, introduce, clock } = setup({
+      rateBitsPerSecond: 8_000_000,
+      manifestPerPacket: true,
+    });
+    introduce();
+    answerer.answer(nack([{ start: 100, count: 50 }], 3, false, true), requesterAt);
+    const burstBytes = sent.reduce((sum, s) => sum + s.datagram.length, 0);
+    assert.ok(burstBytes <= 10_000 + 1_200, `at once, no more than a burst leaves: ${burstBytes} bytes`);
+    assert.ok(answerer.queuedCount > 0, 'the rest waits for credit');
+    clock.advance(1_000);
+    assert.equal(answerer.counters.signaturesSent, 50);
+    assert.equal(answerer.counters.repairsSent, 50);
+    assert.equal(answerer.queuedCount, 0);
+    // Each manifest still leaves ahead of the REPAIR it vouches for.
+    const carried = sent.map((s) => decodeRepair(s.datagram)).map((r) => (r.ok ? r.value : undefined));
+    for (let sequence = 100; sequence < 150; sequence++) {
+      const manifestAt = carried.findIndex((r) => r?.signature !== undefined && r.sequence === sequence);
+      const dataAt = carried.findIndex((r) => r?.data?.sequence === sequence);
+      assert.ok(manifestAt >= 0 && manifestAt < dataAt, `manifest of ${sequence} ahead of its REPAIR`);
+    }
   });
 
   it('without the signatures flag, or for sequences not held, sends no manifest', () => {
