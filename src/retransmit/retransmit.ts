@@ -226,6 +226,8 @@ export async function startRetransmitServer(
   const left: GroupRuns[] = [];
   /** Election state changes (listening <-> withdrawn), for the metrics. */
   let electionChanges = 0;
+  /** Set by close(): sockets that finish opening after it are closed at once. */
+  let closed: Promise<void> | undefined;
   const dropped: Record<string, number> = {};
   const drop = (reason: string) => {
     dropped[reason] = (dropped[reason] ?? 0) + 1;
@@ -342,10 +344,17 @@ export async function startRetransmitServer(
 
   const join = async (entry: Joined) => {
     const take = onData(entry);
-    entry.socket = await transport.openReceiver(
+    const socket = await transport.openReceiver(
       { group: entry.spec.group, iface: settings.iface, source: entry.spec.source },
       gate === undefined ? take : (datagram) => gate.filter(datagram, take),
     );
+    // Let go while it opened (a SETUP leave, a withdrawal, close()): the socket is nobody's, so
+    // it closes at once rather than receive into a group the server left, open for good.
+    if (closed !== undefined || !joined.includes(entry) || entry.state !== ListenState.listening) {
+      await socket.close();
+      return;
+    }
+    entry.socket = socket;
     entry.kernelDropsSeen = 0;
   };
 
@@ -518,18 +527,24 @@ export async function startRetransmitServer(
   };
 
   const control: ControlSocket = await transport.openControl(settings.listen, onControl);
-  repairSender =
-    settings.repairGroup === undefined
-      ? undefined
-      : await transport.openSender({ group: settings.repairGroup, iface: settings.iface });
-  announceSender =
-    settings.announceGroup === undefined
-      ? undefined
-      : await transport.openSender({ group: settings.announceGroup, iface: settings.iface });
-  for (const spec of settings.joins) {
-    const entry = newJoined(spec, groupRuns());
-    joined.push(entry);
-    await join(entry);
+  try {
+    repairSender =
+      settings.repairGroup === undefined
+        ? undefined
+        : await transport.openSender({ group: settings.repairGroup, iface: settings.iface });
+    announceSender =
+      settings.announceGroup === undefined
+        ? undefined
+        : await transport.openSender({ group: settings.announceGroup, iface: settings.iface });
+    for (const spec of settings.joins) {
+      const entry = newJoined(spec, groupRuns());
+      joined.push(entry);
+      await join(entry);
+    }
+  } catch (error) {
+    // A failed start closes everything it opened (its timers too), like every role's.
+    await close();
+    throw error;
   }
 
   /** One election round for a session (docs/architecture.md, "Election"). */
@@ -664,8 +679,8 @@ export async function startRetransmitServer(
           }).length,
   });
 
-  let closed: Promise<void> | undefined;
-  const close = () => {
+  /** Closes everything the server opened; idempotent (hoisted: a failed start calls it). */
+  function close(): Promise<void> {
     closed ??= (async () => {
       timers.close();
       answerer.close();
@@ -678,6 +693,6 @@ export async function startRetransmitServer(
       await repairSender?.close();
     })();
     return closed;
-  };
+  }
   return { local: control.local, status, close, [Symbol.asyncDispose]: close };
 }
