@@ -30,7 +30,7 @@ import {
 } from '../protocol/control.js';
 import { type HeaderFields, headerBytes, offsetSequence } from '../protocol/packet.js';
 import { sequenceAdd } from '../protocol/serial.js';
-import { authTrailerBytes } from '../protocol/sizes.js';
+import { authTrailerBytes, repairFixedBytes } from '../protocol/sizes.js';
 import type { RoleClock, Timer } from './runtime.js';
 
 /** What the answerer needs of a control channel: sealing answers (src/crypto/control-auth.ts). */
@@ -92,6 +92,9 @@ export interface NackAnswererOptions {
   /** Event sink: a reason counted when something is dropped or refused. */
   readonly drop: (reason: string) => void;
 }
+
+/** Bytes of a not-held REPAIR: header, status, count and trailer. */
+const notHeldBytes = headerBytes + repairFixedBytes + authTrailerBytes;
 
 /** An answer waiting for its requester's credit. */
 interface Queued {
@@ -192,9 +195,15 @@ export class NackAnswerer {
       let notHeldCount = 0;
       const flushNotHeld = () => {
         if (notHeldStart !== undefined) {
-          const fields = this.#fields(nack, notHeldStart);
-          sockets.sendTo(channel.sealReply(encodeRepairNotHeld(fields, notHeldCount), nack), remote);
-          this.counters.notHeldSent++;
+          if (this.#spend(requester, notHeldBytes)) {
+            const fields = this.#fields(nack, notHeldStart);
+            sockets.sendTo(channel.sealReply(encodeRepairNotHeld(fields, notHeldCount), nack), remote);
+            this.counters.notHeldSent++;
+          } else {
+            // Over the rate: not sent (the requester's timeout moves it on), never a burst.
+            this.counters.rateLimited++;
+            this.#options.drop('not-held-rate-limited');
+          }
           notHeldStart = undefined;
           notHeldCount = 0;
         }
@@ -313,6 +322,27 @@ export class NackAnswerer {
     return true;
   }
 
+  /** Adds the credit the requester earned since it was last refilled, up to a burst. */
+  #refill(requester: Requester): void {
+    const now = this.#options.clock.nowMs();
+    const bytesPerMs = this.#bytesPerMs();
+    requester.creditBytes = Math.min(
+      this.#burstBytes(bytesPerMs),
+      requester.creditBytes + (now - requester.refilledAtMs) * bytesPerMs,
+    );
+    requester.refilledAtMs = now;
+  }
+
+  /** Takes `bytes` of the requester's credit for an answer sent at once; false when it lacks them. */
+  #spend(requester: Requester, bytes: number): boolean {
+    this.#refill(requester);
+    if (requester.creditBytes < bytes) {
+      return false;
+    }
+    requester.creditBytes -= bytes;
+    return true;
+  }
+
   /** Sends queued answers while the requester has credit; else waits for it on a timer. */
   #drain(requester: Requester): void {
     const { clock, lookup } = this.#options;
@@ -321,11 +351,7 @@ export class NackAnswerer {
     }
     const now = clock.nowMs();
     const bytesPerMs = this.#bytesPerMs();
-    requester.creditBytes = Math.min(
-      this.#burstBytes(bytesPerMs),
-      requester.creditBytes + (now - requester.refilledAtMs) * bytesPerMs,
-    );
-    requester.refilledAtMs = now;
+    this.#refill(requester);
     for (const [key, item] of requester.queue) {
       const original = item.signature ?? lookup(item.nack.sessionId, item.nack.incarnation, item.sequence);
       if (original === undefined) {

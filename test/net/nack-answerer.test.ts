@@ -158,6 +158,24 @@ describe('NACK answerer', () => {
     }
   });
 
+  it("sends not-held answers within the requester's rate: a NACK naming 128 holes drew 128 at once past it", () => {
+    // 800 kbit/s: a burst is the floor of two 1,500-byte datagrams, 3,000 bytes.
+    const { answerer, sent, nack, introduce, clock } = setup({ rateBitsPerSecond: 800_000 });
+    introduce();
+    // 128 ranges of one sequence each, none held: as many not-held answers.
+    const holes = Array.from({ length: 128 }, (_, i) => ({ start: 1_000 + 2 * i, count: 1 }));
+    answerer.answer(nack(holes), requesterAt);
+    const bytes = sent.reduce((sum, s) => sum + s.datagram.length, 0);
+    assert.ok(bytes <= 3_000, `at once, no more than a burst leaves: ${bytes} bytes`);
+    assert.ok(answerer.counters.notHeldSent > 0, 'some leave at once');
+    assert.equal(answerer.counters.rateLimited, 128 - answerer.counters.notHeldSent, 'the rest are counted');
+    // Credit comes back with time: a NACK later is answered again.
+    sent.length = 0;
+    clock.advance(1_000);
+    answerer.answer(nack([{ start: 5_000, count: 1 }]), requesterAt);
+    assert.equal(sent.length, 1);
+  });
+
   it('without the signatures flag, or for sequences not held, sends no manifest', () => {
     const { answerer, sent, nack, introduce } = setup({ signed: true });
     introduce();
