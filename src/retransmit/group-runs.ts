@@ -2,10 +2,10 @@
  * The runs a retransmit server heard on one group (docs/protocol.md, "Session identity"): one
  * bounded buffer per run (session id and incarnation), at most retransmitRunsPerGroupMax of them,
  * the one holding fewest packets evicted first (the idlest of those); the current run — the one
- * announced and measured — is the run written most recently that has sent resyncPacketsMin packets
- * (or the only one). DATA is not authenticated: a packet of a made-up run must cost the attacker as
- * much as the damage it does, so one such packet neither evicts a run holding more nor becomes the
- * run announced (docs/protocol.md, "Windows: what one packet may move"). It
+ * measured, and announced first — is the run written most recently that has sent resyncPacketsMin
+ * packets (or the only one). DATA is not authenticated: a packet of a made-up run must cost the
+ * attacker as much as the damage it does, so one such packet neither evicts a run holding more nor
+ * becomes the run measured (docs/protocol.md, "Windows: what one packet may move"). It
  * takes the group's datagrams as they come (DATA into its run's buffer; END kept for the repair
  * server that lost it; HEARTBEAT and END as how far the run reached) and counts what it drops.
  * No socket: the role hands it datagrams, a clock and an event sink.
@@ -37,7 +37,7 @@ export class GroupRuns {
   }
 
   /**
-   * The run announced and measured: the one written most recently that has sent resyncPacketsMin
+   * The run measured (and announced first): the one written most recently that has sent resyncPacketsMin
    * DATA packets, or the first run heard until another has (undefined before any DATA).
    */
   get current(): SessionBuffer | undefined {
@@ -47,6 +47,16 @@ export class GroupRuns {
   /** Runs kept. */
   get size(): number {
     return this.#runs.size;
+  }
+
+  /**
+   * The runs to announce (docs/protocol.md, "ANNOUNCE"): the current one, then every other run
+   * that still holds packets — a repair server still repairing an earlier run asks from it.
+   */
+  announced(): SessionBuffer[] {
+    const current = this.#current;
+    const others = [...this.#runs.values()].filter((run) => run !== current && run.heldCount > 0);
+    return current === undefined ? others : [current, ...others];
   }
 
   /** The buffer of a run, if heard on this group. */

@@ -591,16 +591,20 @@ export async function startRetransmitServer(
         measure(entry, buffer);
       }
       await elect(entry);
-      const range = buffer.range;
-      announced.push({
-        sessionId: buffer.sessionId,
-        incarnation: buffer.incarnation,
-        firstHeld: range?.first ?? 0,
-        lastHeld: range?.last ?? 0,
-        heldCount: buffer.heldCount,
-        lossPpm: entry.lastQuality.lossPpm,
-        state: entry.state,
-      });
+      // Every run held, each in an entry of its own (docs/protocol.md, "ANNOUNCE"): the loss is
+      // what the server measured of the group.
+      for (const run of entry.runs.announced()) {
+        const range = run.range;
+        announced.push({
+          sessionId: run.sessionId,
+          incarnation: run.incarnation,
+          firstHeld: range?.first ?? 0,
+          lastHeld: range?.last ?? 0,
+          heldCount: run.heldCount,
+          lossPpm: entry.lastQuality.lossPpm,
+          state: entry.state,
+        });
+      }
       qualities.push({
         sessionId: buffer.sessionId,
         incarnation: buffer.incarnation,
