@@ -221,9 +221,10 @@ export async function startRetransmitServer(
   /**
    * Runs of groups left on a SETUP leave (a source's session ended): no longer received, still
    * served to NACKs until their packets age out, so the end of a session does not take the packets
-   * away from repair servers still repairing it. Oldest first, at most retransmitGroupsMax.
+   * away from repair servers still repairing it; a SETUP join of the group takes them back. Oldest
+   * first, at most retransmitGroupsMax.
    */
-  const left: GroupRuns[] = [];
+  const left: Array<{ group: Endpoint; runs: GroupRuns }> = [];
   /** Election state changes (listening <-> withdrawn), for the metrics. */
   let electionChanges = 0;
   /** Set by close(): sockets that finish opening after it are closed at once. */
@@ -318,7 +319,7 @@ export async function startRetransmitServer(
         return buffer;
       }
     }
-    for (const runs of left) {
+    for (const { runs } of left) {
       const buffer = runs.get(sessionId, incarnation);
       if (buffer !== undefined) {
         return buffer;
@@ -500,7 +501,7 @@ export async function startRetransmitServer(
     if (setup.action === SetupAction.leave) {
       const [entry] = index >= 0 ? joined.splice(index, 1) : [];
       if (entry !== undefined && entry.runs.size > 0) {
-        left.push(entry.runs);
+        left.push({ group: entry.spec.group, runs: entry.runs });
         if (left.length > retransmitGroupsMax) {
           left.shift();
         }
@@ -514,12 +515,18 @@ export async function startRetransmitServer(
         return;
       }
       const family = setup.group.includes(':') ? 6 : 4;
+      // Joined again after a leave: the runs it kept are taken back, so that what it buffered
+      // before is still served rather than hidden behind a new, empty buffer of the same run.
+      const leftAt = left.findIndex(
+        ({ group }) => group.address === setup.group && group.port === setup.port,
+      );
+      const [taken] = leftAt >= 0 ? left.splice(leftAt, 1) : [];
       const entry = newJoined(
         {
           group: { address: setup.group, port: setup.port, family },
           source: setup.source,
         },
-        groupRuns(),
+        taken?.runs ?? groupRuns(),
       );
       joined.push(entry);
       await join(entry).catch(() => drop('setup-join-failed'));
@@ -575,7 +582,7 @@ export async function startRetransmitServer(
     const announced: AnnouncedSession[] = [];
     const qualities: SessionQuality[] = [];
     const now = clock.nowMs();
-    for (const [i, runs] of [...left.entries()].reverse()) {
+    for (const [i, { runs }] of [...left.entries()].reverse()) {
       runs.sweep(now);
       if (runs.current === undefined || runs.current.heldCount === 0) {
         left.splice(i, 1); // a left group's packets have all aged out
