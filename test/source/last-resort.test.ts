@@ -6,6 +6,7 @@ import { ControlChannel, controlKey } from '../../src/crypto/control-auth.js';
 import { createSignedSenderProtection } from '../../src/crypto/restricted-session.js';
 import { createSignedSessionGate } from '../../src/crypto/signed-session.js';
 import { parseGroup } from '../../src/net/address.js';
+import { systemRuntime } from '../../src/net/runtime.js';
 import {
   decodeAnnounce,
   decodeRepair,
@@ -15,7 +16,6 @@ import {
 } from '../../src/protocol/control.js';
 import { encodeData, offsetType, PacketType } from '../../src/protocol/packet.js';
 import { encodeManifestUnsigned } from '../../src/protocol/restricted.js';
-import { systemRuntime } from '../../src/net/runtime.js';
 import { openTickerInput } from '../../src/source/inputs.js';
 import { startLastResort } from '../../src/source/last-resort.js';
 import { createSource } from '../../src/source/source.js';
