@@ -584,8 +584,8 @@ export async function startRetransmitServer(
     const now = clock.nowMs();
     for (const [i, { runs }] of [...left.entries()].reverse()) {
       runs.sweep(now);
-      if (runs.current === undefined || runs.current.heldCount === 0) {
-        left.splice(i, 1); // a left group's packets have all aged out
+      if (runs.announced().every((run) => run.heldCount === 0)) {
+        left.splice(i, 1); // a left group's packets have all aged out, of every run
       }
     }
     for (const entry of joined) {
