@@ -181,6 +181,13 @@ export const peerFetchPeersMax = 4;
 export const peerFetchMissMs = 500;
 export const peerFetchMissesMax = 65_536;
 export const retransmitPeersLearnedMax = 16;
+/**
+ * Retransmit server: peers' QUALITY reports kept for the election, one per peer and run (the
+ * oldest forgotten first), and periods after which a report not heard again is forgotten: every
+ * restart of a source is a new run, so without them the reports grew for the server's life.
+ */
+export const electionReportsMax = 65_536;
+export const electionReportForgetPeriods = 60;
 
 /**
  * A source of last resort (`send --retransmit-listen`): after END it stays until no NACK has come

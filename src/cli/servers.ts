@@ -129,6 +129,16 @@ export function prepareRetransmit(values: OptionValues): RoleStarter {
       }),
       source: optional(values, 'source'),
     }));
+  // One group given twice would be joined twice: every packet buffered twice, announced twice,
+  // and a SETUP leave would leave only one of the two.
+  const joinedKeys = new Set<string>();
+  for (const { group } of joins) {
+    const key = formatEndpoint({ ...group, address: canonicalAddress(group.address) });
+    if (joinedKeys.has(key)) {
+      throw new UsageError(`--join: ${formatEndpoint(group)} is given twice`);
+    }
+    joinedKeys.add(key);
+  }
   const iface = optional(values, 'iface');
   const listen = parseUnicastEndpoint(required(values, 'listen'), '--listen');
   const peers = parseEndpointList(optional(values, 'peer'), '--peer');

@@ -30,7 +30,7 @@ import {
 } from '../protocol/control.js';
 import { type HeaderFields, headerBytes, offsetSequence } from '../protocol/packet.js';
 import { sequenceAdd } from '../protocol/serial.js';
-import { authTrailerBytes } from '../protocol/sizes.js';
+import { authTrailerBytes, repairFixedBytes } from '../protocol/sizes.js';
 import type { RoleClock, Timer } from './runtime.js';
 
 /** What the answerer needs of a control channel: sealing answers (src/crypto/control-auth.ts). */
@@ -93,12 +93,20 @@ export interface NackAnswererOptions {
   readonly drop: (reason: string) => void;
 }
 
+/** Bytes of a not-held REPAIR: header, status, count and trailer. */
+const notHeldBytes = headerBytes + repairFixedBytes + authTrailerBytes;
+
 /** An answer waiting for its requester's credit. */
 interface Queued {
   readonly nack: Control<NackBody>;
   readonly remote: PeerEndpoint;
   readonly sequence: number;
   readonly key: string;
+  /**
+   * A SIGNATURE datagram (a manifest, or an END's control signature) sent ahead of the REPAIRs it
+   * vouches for; undefined for a held datagram, looked up again when it leaves.
+   */
+  readonly signature?: Buffer | undefined;
 }
 
 /** What the answerer keeps of one authenticated requester (its sender id). */
@@ -181,18 +189,21 @@ export class NackAnswerer {
     this.#forgetMulticast(now);
     const requester = this.#requester(nack.auth.senderId, now);
     const runKey = `${nack.sessionId}/${nack.incarnation}/`;
-    if (nack.signatures === true) {
-      this.#sendSignatures(requester, nack, remote, runKey, now);
-    }
-    let queued = false;
+    let queued = nack.signatures === true && this.#queueSignatures(requester, nack, remote, runKey, now);
     for (const range of nack.ranges) {
       let notHeldStart: number | undefined;
       let notHeldCount = 0;
       const flushNotHeld = () => {
         if (notHeldStart !== undefined) {
-          const fields = this.#fields(nack, notHeldStart);
-          sockets.sendTo(channel.sealReply(encodeRepairNotHeld(fields, notHeldCount), nack), remote);
-          this.counters.notHeldSent++;
+          if (this.#spend(requester, notHeldBytes)) {
+            const fields = this.#fields(nack, notHeldStart);
+            sockets.sendTo(channel.sealReply(encodeRepairNotHeld(fields, notHeldCount), nack), remote);
+            this.counters.notHeldSent++;
+          } else {
+            // Over the rate: not sent (the requester's timeout moves it on), never a burst.
+            this.counters.rateLimited++;
+            this.#options.drop('not-held-rate-limited');
+          }
           notHeldStart = undefined;
           notHeldCount = 0;
         }
@@ -311,6 +322,27 @@ export class NackAnswerer {
     return true;
   }
 
+  /** Adds the credit the requester earned since it was last refilled, up to a burst. */
+  #refill(requester: Requester): void {
+    const now = this.#options.clock.nowMs();
+    const bytesPerMs = this.#bytesPerMs();
+    requester.creditBytes = Math.min(
+      this.#burstBytes(bytesPerMs),
+      requester.creditBytes + (now - requester.refilledAtMs) * bytesPerMs,
+    );
+    requester.refilledAtMs = now;
+  }
+
+  /** Takes `bytes` of the requester's credit for an answer sent at once; false when it lacks them. */
+  #spend(requester: Requester, bytes: number): boolean {
+    this.#refill(requester);
+    if (requester.creditBytes < bytes) {
+      return false;
+    }
+    requester.creditBytes -= bytes;
+    return true;
+  }
+
   /** Sends queued answers while the requester has credit; else waits for it on a timer. */
   #drain(requester: Requester): void {
     const { clock, lookup } = this.#options;
@@ -319,13 +351,9 @@ export class NackAnswerer {
     }
     const now = clock.nowMs();
     const bytesPerMs = this.#bytesPerMs();
-    requester.creditBytes = Math.min(
-      this.#burstBytes(bytesPerMs),
-      requester.creditBytes + (now - requester.refilledAtMs) * bytesPerMs,
-    );
-    requester.refilledAtMs = now;
+    this.#refill(requester);
     for (const [key, item] of requester.queue) {
-      const original = lookup(item.nack.sessionId, item.nack.incarnation, item.sequence);
+      const original = item.signature ?? lookup(item.nack.sessionId, item.nack.incarnation, item.sequence);
       if (original === undefined) {
         requester.queue.delete(key); // evicted while it waited: the requester asks elsewhere
         this.#options.drop('repair-evicted-while-queued');
@@ -348,22 +376,24 @@ export class NackAnswerer {
   }
 
   /**
-   * Sends, ahead of the REPAIRs, what vouches for each held datagram the NACK names (its manifest,
+   * Queues, ahead of the REPAIRs, what vouches for each held datagram the NACK names (its manifest,
    * or the END's control signature) — once per signature however many of its sequences are named,
-   * and not again to the requester within repairAnswerRecentMs (its copy is on the way). Charged to
-   * the requester's credit like a REPAIR.
+   * and not again to the requester within repairAnswerRecentMs (its copy is on the way). Paced at
+   * the requester's rate like a REPAIR: a NACK naming many sequences under as many manifests must
+   * not send them all at once (docs/architecture.md, "Pacing repairs"). True when one was queued.
    */
-  #sendSignatures(
+  #queueSignatures(
     requester: Requester,
     nack: Control<NackBody>,
     remote: PeerEndpoint,
     runKey: string,
     now: number,
-  ): void {
+  ): boolean {
     const { signatureFor, lookup } = this.#options;
     if (signatureFor === undefined) {
-      return;
+      return false;
     }
+    let queued = false;
     const seen = new Set<Buffer>();
     for (const range of nack.ranges) {
       for (let i = 0; i < range.count; i++) {
@@ -375,17 +405,12 @@ export class NackAnswerer {
         seen.add(signature);
         const sequence = signature.readUInt32BE(offsetSequence);
         const key = `${runKey}s${sequence}/${signature[headerBytes]}`;
-        const sentAtMs = requester.answered.get(key);
-        if (sentAtMs !== undefined && now - sentAtMs < repairAnswerRecentMs) {
-          this.counters.suppressed++;
-          continue;
+        if (this.#enqueue(requester, { nack, remote, sequence, key, signature }, now)) {
+          queued = true;
         }
-        requester.creditBytes -= signature.length + headerBytes + authTrailerBytes;
-        this.#sendRepair(nack, remote, sequence, signature, key, now);
-        this.counters.signaturesSent++;
-        this.#remember(requester, key, now);
       }
     }
+    return queued;
   }
 
   #remember(requester: Requester, key: string, now: number): void {
@@ -399,7 +424,11 @@ export class NackAnswerer {
   /** Sends one answer: unicast to the requester, or once on the repair group. */
   #send(item: Queued, original: Buffer, now: number): void {
     this.#sendRepair(item.nack, item.remote, item.sequence, original, item.key, now);
-    this.counters.repairsSent++;
+    if (item.signature === undefined) {
+      this.counters.repairsSent++;
+    } else {
+      this.counters.signaturesSent++;
+    }
   }
 
   /** Sends one held REPAIR carrying `original` under `sequence`, by the answer's way (below). */

@@ -4,6 +4,7 @@
  * reports of the others it decides to keep listening or to withdraw (and to come back when too
  * few others listen). Pure logic over the reports and a clock: no sockets.
  */
+import { electionReportForgetPeriods, electionReportsMax } from '../limits.js';
 import type { RoleClock } from '../net/runtime.js';
 import { ListenState, type ListenStateCode } from '../protocol/control.js';
 
@@ -70,10 +71,21 @@ export class Election {
     this.#periodMs = options.periodMs;
   }
 
-  /** Records an authenticated peer's report for one run (received: DATA in its period). */
+  /** Reports kept (one per peer and run). */
+  get size(): number {
+    return this.#reports.size;
+  }
+
+  /**
+   * Records an authenticated peer's report for one run (received: DATA in its period). Reports
+   * are kept most recent last; those not heard for electionReportForgetPeriods, and the oldest
+   * past electionReportsMax, are forgotten.
+   */
   report(senderId: number, run: string, quality: MemberQuality & { readonly received?: number }): void {
     const key = `${senderId} ${run}`;
     const before = this.#reports.get(key);
+    this.#reports.delete(key); // most recent last
+    this.#forget();
     this.#reports.set(key, {
       senderId,
       run,
@@ -84,6 +96,17 @@ export class Election {
       receivedSum: (before?.receivedSum ?? 0) + (quality.received ?? 0),
       missingSum: (before?.missingSum ?? 0) + quality.missing,
     });
+  }
+
+  /** Forgets reports not heard for long, oldest first, and the oldest while over the bound. */
+  #forget(): void {
+    const forgetBeforeMs = this.#clock.nowMs() - this.#periodMs * electionReportForgetPeriods;
+    for (const [key, report] of this.#reports) {
+      if (report.atMs >= forgetBeforeMs && this.#reports.size < electionReportsMax) {
+        break;
+      }
+      this.#reports.delete(key);
+    }
   }
 
   /** The peers' reports of a run, fresh or not, for a status. */

@@ -1,11 +1,16 @@
 /**
  * The runs a retransmit server heard on one group (docs/protocol.md, "Session identity"): one
  * bounded buffer per run (session id and incarnation), at most retransmitRunsPerGroupMax of them,
- * the idlest evicted first; the run written most recently is the one announced and measured. It
+ * the one holding fewest packets evicted first (the idlest of those); the current run — the one
+ * measured, and announced first — is the run written most recently that has sent resyncPacketsMin
+ * packets (or the only one). DATA is not authenticated: a packet of a made-up run must cost the
+ * attacker as much as the damage it does, so one such packet neither evicts a run holding more nor
+ * becomes the run measured (docs/protocol.md, "Windows: what one packet may move"). It
  * takes the group's datagrams as they come (DATA into its run's buffer; END kept for the repair
  * server that lost it; HEARTBEAT and END as how far the run reached) and counts what it drops.
  * No socket: the role hands it datagrams, a clock and an event sink.
  */
+import { resyncPacketsMin } from '../limits.js';
 import type { RoleClock } from '../net/runtime.js';
 import { decodeData, decodeEnd, decodeHeartbeat, offsetType, PacketType } from '../protocol/packet.js';
 import { runKey } from '../protocol/session-window.js';
@@ -31,7 +36,10 @@ export class GroupRuns {
     this.#options = options;
   }
 
-  /** The run written most recently: the one announced and measured (undefined before any DATA). */
+  /**
+   * The run measured (and announced first): the one written most recently that has sent resyncPacketsMin
+   * DATA packets, or the first run heard until another has (undefined before any DATA).
+   */
   get current(): SessionBuffer | undefined {
     return this.#current;
   }
@@ -39,6 +47,16 @@ export class GroupRuns {
   /** Runs kept. */
   get size(): number {
     return this.#runs.size;
+  }
+
+  /**
+   * The runs to announce (docs/protocol.md, "ANNOUNCE"): the current one, then every other run
+   * that still holds packets — a repair server still repairing an earlier run asks from it.
+   */
+  announced(): SessionBuffer[] {
+    const current = this.#current;
+    const others = [...this.#runs.values()].filter((run) => run !== current && run.heldCount > 0);
+    return current === undefined ? others : [current, ...others];
   }
 
   /** The buffer of a run, if heard on this group. */
@@ -77,7 +95,15 @@ export class GroupRuns {
         ? last
         : this.#bufferFor(packet.sessionId, packet.incarnation);
     buffer.add(packet.sequence, datagram, packet.timestampUs, clock.nowMs(), clock.wallUs());
-    this.#current = buffer;
+    const current = this.#current;
+    if (
+      current === undefined ||
+      current.heldCount === 0 ||
+      buffer.receivedCount >= resyncPacketsMin ||
+      buffer.receivedCount >= current.receivedCount
+    ) {
+      this.#current = buffer;
+    }
     return true;
   }
 
@@ -91,7 +117,11 @@ export class GroupRuns {
     }
   }
 
-  /** The buffer for a run heard on the group; a new run evicts the run written least recently. */
+  /**
+   * The buffer for a run heard on the group; a new run past runsMax evicts the run holding fewest
+   * packets (of those, the one written least recently): to take a run's buffer away, made-up runs
+   * must each hold more than it does.
+   */
   #bufferFor(sessionId: number, incarnation: number): SessionBuffer {
     const key = runKey(sessionId, incarnation);
     let buffer = this.#runs.get(key);
@@ -99,7 +129,12 @@ export class GroupRuns {
       if (this.#runs.size >= this.#options.runsMax) {
         let idlest: [string, SessionBuffer] | undefined;
         for (const candidate of this.#runs) {
-          if (idlest === undefined || candidate[1].lastAddedMs < idlest[1].lastAddedMs) {
+          const [, run] = candidate;
+          if (
+            idlest === undefined ||
+            run.heldCount < idlest[1].heldCount ||
+            (run.heldCount === idlest[1].heldCount && run.lastAddedMs < idlest[1].lastAddedMs)
+          ) {
             idlest = candidate;
           }
         }

@@ -212,11 +212,14 @@ export async function startRetransmitServer(
   /**
    * Runs of groups left on a SETUP leave (a source's session ended): no longer received, still
    * served to NACKs until their packets age out, so the end of a session does not take the packets
-   * away from repair servers still repairing it. Oldest first, at most retransmitGroupsMax.
+   * away from repair servers still repairing it; a SETUP join of the group takes them back. Oldest
+   * first, at most retransmitGroupsMax.
    */
-  const left: GroupRuns[] = [];
+  const left: Array<{ group: Endpoint; runs: GroupRuns }> = [];
   /** Election state changes (listening <-> withdrawn), for the metrics. */
   let electionChanges = 0;
+  /** Set by close(): sockets that finish opening after it are closed at once. */
+  let closed: Promise<void> | undefined;
   const dropped: Record<string, number> = {};
   const drop = (reason: string) => {
     dropped[reason] = (dropped[reason] ?? 0) + 1;
@@ -307,7 +310,7 @@ export async function startRetransmitServer(
         return buffer;
       }
     }
-    for (const runs of left) {
+    for (const { runs } of left) {
       const buffer = runs.get(sessionId, incarnation);
       if (buffer !== undefined) {
         return buffer;
@@ -333,10 +336,17 @@ export async function startRetransmitServer(
 
   const join = async (entry: Joined) => {
     const take = onData(entry);
-    entry.socket = await transport.openReceiver(
+    const socket = await transport.openReceiver(
       { group: entry.spec.group, iface: settings.iface, source: entry.spec.source },
       gate === undefined ? take : (datagram) => gate.filter(datagram, take),
     );
+    // Let go while it opened (a SETUP leave, a withdrawal, close()): the socket is nobody's, so
+    // it closes at once rather than receive into a group the server left, open for good.
+    if (closed !== undefined || !joined.includes(entry) || entry.state !== ListenState.listening) {
+      await socket.close();
+      return;
+    }
+    entry.socket = socket;
     entry.kernelDropsSeen = 0;
   };
 
@@ -482,7 +492,7 @@ export async function startRetransmitServer(
     if (setup.action === SetupAction.leave) {
       const [entry] = index >= 0 ? joined.splice(index, 1) : [];
       if (entry !== undefined && entry.runs.size > 0) {
-        left.push(entry.runs);
+        left.push({ group: entry.spec.group, runs: entry.runs });
         if (left.length > retransmitGroupsMax) {
           left.shift();
         }
@@ -496,12 +506,18 @@ export async function startRetransmitServer(
         return;
       }
       const family = setup.group.includes(':') ? 6 : 4;
+      // Joined again after a leave: the runs it kept are taken back, so that what it buffered
+      // before is still served rather than hidden behind a new, empty buffer of the same run.
+      const leftAt = left.findIndex(
+        ({ group }) => group.address === setup.group && group.port === setup.port,
+      );
+      const [taken] = leftAt >= 0 ? left.splice(leftAt, 1) : [];
       const entry = newJoined(
         {
           group: { address: setup.group, port: setup.port, family },
           source: setup.source,
         },
-        groupRuns(),
+        taken?.runs ?? groupRuns(),
       );
       joined.push(entry);
       await join(entry).catch(() => drop('setup-join-failed'));
@@ -509,18 +525,24 @@ export async function startRetransmitServer(
   };
 
   const control: ControlSocket = await transport.openControl(settings.listen, onControl);
-  repairSender =
-    settings.repairGroup === undefined
-      ? undefined
-      : await transport.openSender({ group: settings.repairGroup, iface: settings.iface });
-  announceSender =
-    settings.announceGroup === undefined
-      ? undefined
-      : await transport.openSender({ group: settings.announceGroup, iface: settings.iface });
-  for (const spec of settings.joins) {
-    const entry = newJoined(spec, groupRuns());
-    joined.push(entry);
-    await join(entry);
+  try {
+    repairSender =
+      settings.repairGroup === undefined
+        ? undefined
+        : await transport.openSender({ group: settings.repairGroup, iface: settings.iface });
+    announceSender =
+      settings.announceGroup === undefined
+        ? undefined
+        : await transport.openSender({ group: settings.announceGroup, iface: settings.iface });
+    for (const spec of settings.joins) {
+      const entry = newJoined(spec, groupRuns());
+      joined.push(entry);
+      await join(entry);
+    }
+  } catch (error) {
+    // A failed start closes everything it opened (its timers too), like every role's.
+    await close();
+    throw error;
   }
 
   /** One election round for a session (docs/architecture.md, "Election"). */
@@ -551,10 +573,10 @@ export async function startRetransmitServer(
     const announced: AnnouncedSession[] = [];
     const qualities: SessionQuality[] = [];
     const now = clock.nowMs();
-    for (const [i, runs] of [...left.entries()].reverse()) {
+    for (const [i, { runs }] of [...left.entries()].reverse()) {
       runs.sweep(now);
-      if (runs.current === undefined || runs.current.heldCount === 0) {
-        left.splice(i, 1); // a left group's packets have all aged out
+      if (runs.announced().every((run) => run.heldCount === 0)) {
+        left.splice(i, 1); // a left group's packets have all aged out, of every run
       }
     }
     for (const entry of joined) {
@@ -567,16 +589,20 @@ export async function startRetransmitServer(
         measure(entry, buffer);
       }
       await elect(entry);
-      const range = buffer.range;
-      announced.push({
-        sessionId: buffer.sessionId,
-        incarnation: buffer.incarnation,
-        firstHeld: range?.first ?? 0,
-        lastHeld: range?.last ?? 0,
-        heldCount: buffer.heldCount,
-        lossPpm: entry.lastQuality.lossPpm,
-        state: entry.state,
-      });
+      // Every run held, each in an entry of its own (docs/protocol.md, "ANNOUNCE"): the loss is
+      // what the server measured of the group.
+      for (const run of entry.runs.announced()) {
+        const range = run.range;
+        announced.push({
+          sessionId: run.sessionId,
+          incarnation: run.incarnation,
+          firstHeld: range?.first ?? 0,
+          lastHeld: range?.last ?? 0,
+          heldCount: run.heldCount,
+          lossPpm: entry.lastQuality.lossPpm,
+          state: entry.state,
+        });
+      }
       qualities.push({
         sessionId: buffer.sessionId,
         incarnation: buffer.incarnation,
@@ -655,8 +681,8 @@ export async function startRetransmitServer(
           }).length,
   });
 
-  let closed: Promise<void> | undefined;
-  const close = () => {
+  /** Closes everything the server opened; idempotent (hoisted: a failed start calls it). */
+  function close(): Promise<void> {
     closed ??= (async () => {
       timers.close();
       answerer.close();
@@ -669,6 +695,6 @@ export async function startRetransmitServer(
       await repairSender?.close();
     })();
     return closed;
-  };
+  }
   return { local: control.local, status, close, [Symbol.asyncDispose]: close };
 }

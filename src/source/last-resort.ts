@@ -21,7 +21,7 @@ import {
   type PeerEndpoint,
 } from '../protocol/control.js';
 import { headerBytes, offsetSequence, offsetType, PacketType } from '../protocol/packet.js';
-import { sequenceAdd } from '../protocol/serial.js';
+import { sequenceAdd, sequenceDistance } from '../protocol/serial.js';
 
 /** Settings of the last-resort answerer. */
 export interface LastResortSettings {
@@ -52,6 +52,8 @@ export interface LastResortStats extends NackAnswerCounters {
   heldPackets: number;
   heldBytes: number;
   evicted: number;
+  /** Sequences a manifest is kept for: at most those held, and the last manifest's not yet sent. */
+  manifestSequences: number;
   /** FEEDBACK of this run taken from repair servers (authenticated), for the adaptive rate. */
   feedbackReceived: number;
   dropped: Record<string, number>;
@@ -195,10 +197,14 @@ export async function startLastResort(
       return; // a repeat
     }
     const copy = Buffer.from(manifest);
-    // Every sequence it covers was sent and is kept (the last one just after this call), and leaves
-    // manifestOf when it leaves the buffer.
+    // Kept for the sequences it covers that are held, or not kept yet (the last one comes just
+    // after this call); each leaves manifestOf when it leaves the buffer. A repeat sent after its
+    // packets left the buffer keeps nothing: they would never leave manifestOf.
     for (let index = 0; index < count; index++) {
-      manifestOf.set(sequenceAdd(firstSequence, index), copy);
+      const sequence = sequenceAdd(firstSequence, index);
+      if (held.has(sequence) || last === undefined || sequenceDistance(last, sequence) > 0) {
+        manifestOf.set(sequence, copy);
+      }
     }
   };
 
@@ -248,6 +254,7 @@ export async function startLastResort(
       heldPackets: held.size,
       heldBytes,
       evicted,
+      manifestSequences: manifestOf.size,
       feedbackReceived,
       dropped: { ...dropped },
     }),

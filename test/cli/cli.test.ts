@@ -202,6 +202,11 @@ describe('bad input: one clear line naming the value, exit code 2, no stack trac
       /--period: 0 s is less than the 0\.01 s it takes at least/,
     ],
     [
+      'retransmit --join with one group twice (two sockets buffered every packet twice, and a SETUP leave left one)',
+      ['retransmit', '--join', '239.1.1.1:5000,239.1.1.1:5000', '--listen', '127.0.0.1:7000'],
+      /--join: 239\.1\.1\.1:5000 is given twice/,
+    ],
+    [
       'retransmit --election-loss 101 without --peer (it was checked only with one)',
       ['retransmit', '--join', '239.1.1.1:5000', '--listen', '127.0.0.1:7000', '--election-loss', '101'],
       /--election-loss: 101 is out of range \(0-100\)/,

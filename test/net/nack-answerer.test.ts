@@ -21,7 +21,14 @@ const serverAt: PeerEndpoint = { address: '10.0.0.1', port: 6000 };
 
 /** A server's answerer over a buffer of sequences 100..149 of session 7, run 3, and a requester. */
 function setup(
-  options: { rateBitsPerSecond?: number; multicast?: boolean; cap?: () => number; signed?: boolean } = {},
+  options: {
+    rateBitsPerSecond?: number;
+    multicast?: boolean;
+    cap?: () => number;
+    signed?: boolean;
+    /** A signed session whose every datagram has its own manifest (the most a NACK can name). */
+    manifestPerPacket?: boolean;
+  } = {},
 ) {
   const clock = new ManualClock();
   const server = new ControlChannel([key], { clock, self: () => [serverAt] });
@@ -43,6 +50,12 @@ function setup(
       Array.from({ length: 32 }, () => Buffer.alloc(16)),
     ),
   );
+  const manifestOf = (sequence: number) =>
+    encodeManifestUnsigned(
+      { sessionId: 7, incarnation: 3, sequence, timestampUs: clock.wallUs() },
+      Array.from({ length: 32 }, () => Buffer.alloc(16)),
+    );
+  const ownManifests = new Map([...held.keys()].map((sequence) => [sequence, manifestOf(sequence)]));
   const sent: Array<{ datagram: Buffer; to: PeerEndpoint | 'group' }> = [];
   const dropped: string[] = [];
   const answerer = new NackAnswerer({
@@ -58,9 +71,11 @@ function setup(
     lookup: (sessionId, incarnation, sequence) =>
       sessionId === 7 && incarnation === 3 ? held.get(sequence) : undefined,
     signatureFor:
-      options.signed === true
-        ? (original) => manifests[original.readUInt32BE(offsetSequence) < 132 ? 0 : 1]
-        : undefined,
+      options.manifestPerPacket === true
+        ? (original) => ownManifests.get(original.readUInt32BE(offsetSequence))
+        : options.signed === true
+          ? (original) => manifests[original.readUInt32BE(offsetSequence) < 132 ? 0 : 1]
+          : undefined,
     drop: (reason) => dropped.push(reason),
   });
   /** Seals a NACK as the requester and has the server accept it, as the role does. */
@@ -116,6 +131,49 @@ describe('NACK answerer', () => {
     assert.deepEqual(again[0]?.signature, manifests[0]);
     assert.equal(again[1]?.data?.sequence, 125);
     assert.equal(again.length, 2);
+  });
+
+  it("paces the manifests a NACK with the signatures flag draws at the requester's rate, like the REPAIRs (they bypassed it)", () => {
+    // 8 Mbit/s is 1,000 bytes a ms: a burst of 10 ms is about 10,000 bytes. Fifty held datagrams,
+    // each under its own manifest: one NACK draws fifty manifests and fifty REPAIRs.
+    const { answerer, sent, nack, introduce, clock } = setup({
+      rateBitsPerSecond: 8_000_000,
+      manifestPerPacket: true,
+    });
+    introduce();
+    answerer.answer(nack([{ start: 100, count: 50 }], 3, false, true), requesterAt);
+    const burstBytes = sent.reduce((sum, s) => sum + s.datagram.length, 0);
+    assert.ok(burstBytes <= 10_000 + 1_200, `at once, no more than a burst leaves: ${burstBytes} bytes`);
+    assert.ok(answerer.queuedCount > 0, 'the rest waits for credit');
+    clock.advance(1_000);
+    assert.equal(answerer.counters.signaturesSent, 50);
+    assert.equal(answerer.counters.repairsSent, 50);
+    assert.equal(answerer.queuedCount, 0);
+    // Each manifest still leaves ahead of the REPAIR it vouches for.
+    const carried = sent.map((s) => decodeRepair(s.datagram)).map((r) => (r.ok ? r.value : undefined));
+    for (let sequence = 100; sequence < 150; sequence++) {
+      const manifestAt = carried.findIndex((r) => r?.signature !== undefined && r.sequence === sequence);
+      const dataAt = carried.findIndex((r) => r?.data?.sequence === sequence);
+      assert.ok(manifestAt >= 0 && manifestAt < dataAt, `manifest of ${sequence} ahead of its REPAIR`);
+    }
+  });
+
+  it("sends not-held answers within the requester's rate: a NACK naming 128 holes drew 128 at once past it", () => {
+    // 800 kbit/s: a burst is the floor of two 1,500-byte datagrams, 3,000 bytes.
+    const { answerer, sent, nack, introduce, clock } = setup({ rateBitsPerSecond: 800_000 });
+    introduce();
+    // 128 ranges of one sequence each, none held: as many not-held answers.
+    const holes = Array.from({ length: 128 }, (_, i) => ({ start: 1_000 + 2 * i, count: 1 }));
+    answerer.answer(nack(holes), requesterAt);
+    const bytes = sent.reduce((sum, s) => sum + s.datagram.length, 0);
+    assert.ok(bytes <= 3_000, `at once, no more than a burst leaves: ${bytes} bytes`);
+    assert.ok(answerer.counters.notHeldSent > 0, 'some leave at once');
+    assert.equal(answerer.counters.rateLimited, 128 - answerer.counters.notHeldSent, 'the rest are counted');
+    // Credit comes back with time: a NACK later is answered again.
+    sent.length = 0;
+    clock.advance(1_000);
+    answerer.answer(nack([{ start: 5_000, count: 1 }]), requesterAt);
+    assert.equal(sent.length, 1);
   });
 
   it('without the signatures flag, or for sequences not held, sends no manifest', () => {

@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
+import { electionReportForgetPeriods, electionReportsMax } from '../../src/limits.js';
 import { ListenState } from '../../src/protocol/control.js';
 import { runKey } from '../../src/protocol/session-window.js';
 import { compareMembers, Election } from '../../src/retransmit/election.js';
@@ -72,5 +73,29 @@ describe('election', () => {
       members.map((m) => m.id),
       [2, 4, 3, 1],
     );
+  });
+
+  it('forgets reports of runs no longer heard, and keeps at most electionReportsMax (each source restart added one for good)', () => {
+    const clock = new ManualClock();
+    const election = new Election({ ownId: 5, clock, periodMs: 1_000 });
+    // A day of a source restarting every minute, reported by three peers each period.
+    for (let restart = 0; restart < 1_440; restart++) {
+      const run = runKey(1, restart + 1);
+      for (let period = 0; period < 60; period += 10) {
+        for (const peer of [7, 8, 9]) {
+          election.report(peer, run, { lossPpm: 0, missing: 0, state: listening });
+        }
+        clock.advance(10_000);
+      }
+    }
+    const fresh = Math.ceil(electionReportForgetPeriods / 60) + 1;
+    assert.ok(election.size <= 3 * (fresh + 1), `${election.size} reports kept`);
+    // The current run's reports are all still there.
+    assert.equal(election.peers(runKey(1, 1_440)).length, 3);
+    // However many runs a burst of reports names, no more than the bound is kept.
+    for (let i = 0; i < electionReportsMax + 10; i++) {
+      election.report(7, runKey(2, i + 1), { lossPpm: 0, missing: 0, state: listening });
+    }
+    assert.equal(election.size, electionReportsMax);
   });
 });

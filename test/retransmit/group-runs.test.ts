@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
+import { resyncPacketsMin } from '../../src/limits.js';
 import { GroupRuns } from '../../src/retransmit/group-runs.js';
 import { data, end, heartbeat } from '../helpers/craft.js';
 import { ManualClock } from '../helpers/manual-clock.js';
@@ -22,13 +23,20 @@ const restarted = { sessionId: 42, incarnation: 2 };
 const payload = (sequence: number) => Buffer.alloc(10, sequence);
 
 describe('the runs a retransmit server hears on one group', () => {
-  it('keeps a restarted run apart: each run serves only its own packet 5, the newest is current', () => {
+  it('keeps a restarted run apart: each run serves only its own packet 5, the newest is current once it sent on', () => {
     const { runs } = setup();
     for (let s = 0; s < 10; s++) {
       assert.equal(runs.take(data(first, s, payload(s))), true);
     }
     const b5 = data(restarted, 5, Buffer.from('b'));
     runs.take(b5);
+    for (let s = 6; s < 10; s++) {
+      runs.take(data(restarted, s, payload(s)));
+    }
+    assert.equal(runs.current?.incarnation, 1, 'the restarted run has sent fewer packets yet');
+    for (let s = 10; s < 10 + resyncPacketsMin; s++) {
+      runs.take(data(restarted, s, payload(s)));
+    }
     assert.equal(runs.current?.incarnation, 2);
     assert.equal(runs.get(42, 2)?.get(5), b5);
     assert.notEqual(runs.get(42, 1)?.get(5), b5);
@@ -74,5 +82,37 @@ describe('the runs a retransmit server hears on one group', () => {
     assert.equal(dropped.length, 1);
     assert.match(dropped[0] ?? '', /^data-/);
     assert.equal(runs.size, 0);
+  });
+
+  it("forged DATA of new runs, one packet each, never evicts a run holding more (four forged packets took a live run's whole buffer)", () => {
+    const { runs, clock, dropped } = setup(4);
+    for (let s = 0; s < 100; s++) {
+      runs.take(data(first, s, payload(s)));
+    }
+    // Right after a genuine packet, in the same millisecond: four DATA packets of made-up runs.
+    for (let forged = 1; forged <= 4; forged++) {
+      runs.take(data({ sessionId: 42, incarnation: 1000 + forged }, 100, payload(0)));
+    }
+    assert.equal(runs.get(42, 1)?.heldCount, 100, 'the live run keeps every packet it held');
+    assert.ok(runs.get(42, 1)?.get(5) !== undefined, 'its packet 5 is still served');
+    assert.deepEqual(dropped, ['run-evicted'], 'a forged run went instead');
+    assert.equal(runs.size, 4);
+    clock.advance(1);
+    runs.take(data(first, 100, payload(100)));
+    assert.equal(runs.get(42, 1)?.heldCount, 101);
+  });
+
+  it('one forged DATA packet of a new run does not become the run announced and measured; a run that keeps sending does', () => {
+    const { runs } = setup(4);
+    for (let s = 0; s < 100; s++) {
+      runs.take(data(first, s, payload(s)));
+    }
+    runs.take(data({ sessionId: 42, incarnation: 999 }, 100, payload(0)));
+    assert.equal(runs.current?.incarnation, 1, 'one packet of a run never heard moves nothing');
+    // A source restarted under the same id sends on: its run becomes the current one.
+    for (let s = 0; s < resyncPacketsMin; s++) {
+      runs.take(data(restarted, s, payload(s)));
+    }
+    assert.equal(runs.current?.incarnation, 2);
   });
 });

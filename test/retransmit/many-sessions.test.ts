@@ -79,4 +79,53 @@ describe('a retransmit server with more sessions than one ANNOUNCE carries', () 
       listener.close();
     }
   });
+
+  it('announces each run it holds of one group in an entry of its own (a restarted source: only the newest was announced)', async () => {
+    const key = controlKey(Buffer.from('many sessions test secret, not for use'));
+    const listener = createSocket('udp4');
+    const announced = new Map<number, number>();
+    listener.on('message', (message) => {
+      const decoded = message[offsetType] === PacketType.announce ? decodeAnnounce(message) : undefined;
+      for (const session of decoded?.ok === true ? decoded.value.sessions : []) {
+        announced.set(session.incarnation, session.heldCount);
+      }
+    });
+    await new Promise<void>((resolve) => listener.bind(0, '127.0.0.1', resolve));
+    const group = parseGroup(`239.255.74.1:${freshPort()}`, 'g');
+    const server = await startRetransmitServer({
+      joins: [{ group }],
+      iface: loopbackIface,
+      listen: { address: '127.0.0.1', port: 0, family: 4 },
+      keys: [key],
+      bufferBytesMax: 1 << 20,
+      bufferAgeMs: 60_000,
+      repairRateBitsPerSecond: 100_000_000,
+      announceTo: [{ address: '127.0.0.1', port: listener.address().port, family: 4 }],
+      peers: [],
+      election: { lossMax: 0.5, bestCount: 3, periodMs: 200 },
+    });
+    try {
+      const out = await crafter(group);
+      // Session 42 run 1, then the source restarted under the same id: run 2.
+      for (let sequence = 0; sequence < 40; sequence++) {
+        out.send(data({ sessionId: 42, incarnation: 1 }, sequence, Buffer.from('a')));
+      }
+      for (let sequence = 0; sequence < 40; sequence++) {
+        out.send(data({ sessionId: 42, incarnation: 2 }, sequence, Buffer.from('b')));
+      }
+      await out.close();
+      const deadline = performance.now() + 10_000;
+      while ((announced.get(1) !== 40 || announced.get(2) !== 40) && performance.now() < deadline) {
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+      assert.deepEqual(
+        [announced.get(1), announced.get(2)],
+        [40, 40],
+        'both runs announced with what each holds',
+      );
+    } finally {
+      await server.close();
+      listener.close();
+    }
+  });
 });

@@ -16,6 +16,7 @@ import { type RetransmitServer, startRetransmitServer } from '../../src/retransm
 import { openTickerInput } from '../../src/source/inputs.js';
 import { createSource } from '../../src/source/source.js';
 import { openSetupSender } from '../../src/subscription/setup-sender.js';
+import { crafter, data } from '../helpers/craft.js';
 import { freshPort, loopbackIface } from '../helpers/loopback.js';
 import { waitUntil } from '../helpers/wait.js';
 
@@ -343,6 +344,33 @@ describe('SETUP', () => {
     controller.close();
     requester.close();
     await server.close();
+  });
+
+  it("a group joined again by SETUP after a leave serves what it buffered before the leave (a run's packets went not held)", async () => {
+    const group = parseGroup(`239.255.80.8:${freshPort()}`, 'group');
+    const server = await retransmitServer(undefined);
+    const controller = await openPeer();
+    const run = { sessionId: 0x5e55_1008, incarnation: 0x1ca7_0008 };
+    controller.send(setupFor(server.local, group, SetupAction.join), server.local);
+    await waitFor('the join', () => server.status().sessions.length === 1);
+    await sendRun(group, run);
+    await waitFor('the buffer', () => server.status().sessions[0]?.heldPackets === 50);
+    controller.send(setupFor(server.local, group, SetupAction.leave), server.local);
+    await waitFor('the leave', () => server.status().sessions.length === 0);
+    // Joined again (a controller that resent its SETUP): the run goes on, from 150.
+    controller.send(setupFor(server.local, group, SetupAction.join), server.local);
+    await waitFor('the join again', () => server.status().sessions.length === 1);
+    const out = await crafter(group);
+    opened.push(out);
+    await waitFor('the run going on', () => {
+      out.send(data(run, 150, Buffer.alloc(100, 1)));
+      return server.status().packetsIn >= 51;
+    });
+    const requester = await openPeer();
+    await learnId(requester, server, run);
+    requester.send(nackFrom(requester, server.local, run), server.local);
+    await waitFor('the answers', () => server.status().repairsSent === 40);
+    assert.equal(server.status().notHeldSent, 0, 'nothing it held was answered not held');
   });
 
   it('issue 9, item 5: a captured SETUP leave replayed to another server, or after a restart, changes nothing', async () => {

@@ -6,6 +6,7 @@ import { ControlChannel, controlKey } from '../../src/crypto/control-auth.js';
 import { createSignedSenderProtection } from '../../src/crypto/restricted-session.js';
 import { createSignedSessionGate } from '../../src/crypto/signed-session.js';
 import { parseGroup } from '../../src/net/address.js';
+import { systemRuntime } from '../../src/net/runtime.js';
 import {
   decodeAnnounce,
   decodeRepair,
@@ -13,8 +14,10 @@ import {
   ListenState,
   type PeerEndpoint,
 } from '../../src/protocol/control.js';
-import { offsetType, PacketType } from '../../src/protocol/packet.js';
+import { encodeData, offsetType, PacketType } from '../../src/protocol/packet.js';
+import { encodeManifestUnsigned } from '../../src/protocol/restricted.js';
 import { openTickerInput } from '../../src/source/inputs.js';
+import { startLastResort } from '../../src/source/last-resort.js';
 import { createSource, type Source, type SourceComponents } from '../../src/source/source.js';
 import { freshPort, loopbackIface } from '../helpers/loopback.js';
 import { waitUntil } from '../helpers/wait.js';
@@ -91,6 +94,50 @@ function nack(
 }
 
 describe('a source as the retransmit server of last resort', () => {
+  it('keeps a manifest only for packets it holds: repeats sent after their packets left the buffer kept them for good', async () => {
+    const run = { sessionId: 9, incarnation: 4 };
+    const lastResort = await startLastResort(
+      {
+        listen: { address: '127.0.0.1', port: 0, family: 4 },
+        keys: [key],
+        bufferBytesMax: 10 * 132, // ten DATA datagrams of 100 bytes
+        repairRateBitsPerSecond: 100_000_000,
+        announceTo: [],
+      },
+      run,
+      systemRuntime,
+    );
+    try {
+      const datagram = (sequence: number) =>
+        encodeData({ ...run, sequence, timestampUs: 0 }, Buffer.alloc(100, sequence));
+      const manifest = (first: number) =>
+        encodeManifestUnsigned(
+          { ...run, sequence: first, timestampUs: 0 },
+          Array.from({ length: 32 }, () => Buffer.alloc(16)),
+        );
+      for (let block = 0; block < 20; block++) {
+        const first = block * 32;
+        for (let sequence = first; sequence < first + 31; sequence++) {
+          lastResort.keep(sequence, datagram(sequence));
+        }
+        lastResort.keepManifest(manifest(first)); // sent before the last packet it covers
+        lastResort.keep(first + 31, datagram(first + 31));
+        if (block > 0) {
+          // The repeats at the next control ticks, long after the block's packets left the buffer.
+          lastResort.keepManifest(manifest(first - 32));
+        }
+      }
+      const stats = lastResort.stats();
+      assert.equal(stats.heldPackets, 10);
+      assert.ok(
+        stats.manifestSequences <= stats.heldPackets,
+        `manifests kept for ${stats.manifestSequences} sequences, ${stats.heldPackets} held`,
+      );
+    } finally {
+      await lastResort.close();
+    }
+  });
+
   it('announces itself as last resort, answers NACKs from what it sent, and stays after END while NACKs come', async () => {
     const socket = createSocket('udp4');
     await new Promise<void>((resolve) => socket.bind(0, '127.0.0.1', resolve));
