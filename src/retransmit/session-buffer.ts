@@ -204,6 +204,15 @@ export class SessionBuffer {
   }
 
   /**
+   * The server starts listening again (it re-entered the election): what the run sent while it did
+   * not listen is not its loss. The meter starts afresh at the next DATA it hears.
+   */
+  restartMeter(): void {
+    this.#meterNext = undefined;
+    this.#claimedNext = undefined;
+  }
+
+  /**
    * A DATA newer than any heard: the sequences between it and what the meter accounted for are
    * missing; one the meter already counted missing (from a HEARTBEAT's claim) fills its gap.
    */

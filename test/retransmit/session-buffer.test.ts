@@ -83,6 +83,19 @@ describe('a retransmit server that hears the HEARTBEATs but not the DATA counts 
   });
 });
 
+describe('a retransmit server that re-enters the election does not count what it did not listen to', () => {
+  it('the span sent while it was withdrawn is not loss (it came back counting that span as missing: 4,890 of 4,901)', () => {
+    const buffer = new SessionBuffer(1, 1, bounds);
+    hear(buffer, from(100, 10));
+    buffer.takePeriod();
+    buffer.restartMeter(); // re-entered: joined the group again
+    buffer.noteProgress(4_000); // a HEARTBEAT before the first DATA claims nothing of the gap
+    hear(buffer, [...from(5_000, 10), 5_011]);
+    const back = buffer.takePeriod();
+    assert.deepEqual([back.received, back.missing], [11, 1]);
+  });
+});
+
 describe('how far a run is known to have reached (peer fetch asks no further)', () => {
   it('up to the newest DATA heard, and a HEARTBEAT or END within progressAheadPacketsMax beyond it', () => {
     const buffer = new SessionBuffer(1, 1, bounds);
