@@ -693,12 +693,20 @@ export interface FeedbackBody {
 export const feedbackBodyBytes = 24;
 const feedbackFields = ['missing', 'holding', 'unrecoverable', 'socketDrops', 'received', 'nacked'] as const;
 
-/** Encodes a FEEDBACK (trailer to be sealed); counts above 2^32 - 1 are sent as 2^32 - 1. */
+/** The running counts of a FEEDBACK, sent modulo 2^32: the source reads their differences. */
+const feedbackRunningCounts: ReadonlySet<string> = new Set(['received', 'nacked']);
+
+/**
+ * Encodes a FEEDBACK (trailer to be sealed). received and NACKed are sent modulo 2^32 (a source
+ * reads how much they grew, in serial arithmetic, and a long-running server passes 2^32); the
+ * other counts above 2^32 - 1 are sent as 2^32 - 1.
+ */
 export function encodeFeedback(fields: HeaderFields, body: FeedbackBody): Buffer {
   const out = frame(PacketType.feedback, fields, feedbackBodyBytes);
   const b = out.subarray(headerBytes);
   feedbackFields.forEach((name, i) => {
-    b.writeUInt32BE(Math.min(0xffffffff, Math.max(0, Math.floor(body[name]))), i * 4);
+    const count = Math.max(0, Math.floor(body[name]));
+    b.writeUInt32BE(feedbackRunningCounts.has(name) ? count % 2 ** 32 : Math.min(0xffffffff, count), i * 4);
   });
   return out;
 }

@@ -164,10 +164,19 @@ export class ReorderEmitter<R extends EmitterRun> {
     }
   }
 
-  /** Gives up the gap at the delivery point (the hold is full) and emits what follows it. */
+  /**
+   * The hold is full: makes room at the delivery point. A gap there is given up; a packet held
+   * there (waiting for its pace) leaves now, ahead of its pace, since holding it would lose what
+   * arrives. Then emits what follows as the pace allows.
+   */
   forcePassOldest(run: R): void {
     const { window } = run;
-    if (!window.has(window.base) && window.outstanding > 0) {
+    if (window.has(window.base)) {
+      const datagram = window.take();
+      if (datagram !== undefined) {
+        this.send(run, datagram);
+      }
+    } else if (window.outstanding > 0) {
       this.#pass(run);
     }
     this.emit(run);

@@ -591,6 +591,16 @@ export async function startRepairServer(
         ? undefined
         : announce.sessions.find((s) => isCurrent(current, s.sessionId, s.incarnation));
     if (current === undefined || session === undefined) {
+      if (
+        announce.sessions.length > 0 &&
+        announce.sessions.every((s) => s.state === ListenState.lastResort)
+      ) {
+        // A source of last resort holds its own session only: for any other run it is asked last,
+        // after every server that may hold the packet (it ranked as a listening server with no
+        // loss, and was asked first for every gap of a run it never sent).
+        server.listening = false;
+        server.lossPpm = 1_000_000;
+      }
       return;
     }
     if (session.heldCount > 0) {

@@ -262,7 +262,8 @@ export function createRunTracker(options: RunTrackerOptions): RunTracker {
       drop('end-revoked');
     }
     let result = current.window.offer(sequence, datagram, clock.nowMs());
-    // Over the byte bound: the oldest gap is given up so that what keeps arriving is not lost.
+    // Over the byte bound: room is made at the delivery point (its gap given up, or the packet
+    // waiting there for its pace sent now) so that what keeps arriving is not lost.
     for (let passes = 0; result === 'over-bytes' && passes < repairHoldPacketsMax; passes++) {
       forcePassOldest(current);
       result = current.window.offer(sequence, datagram, clock.nowMs());
@@ -314,7 +315,7 @@ export function createRunTracker(options: RunTrackerOptions): RunTracker {
     emit();
   };
 
-  /** Gives up the gap at the delivery point (the hold is full) and emits what follows it. */
+  /** Makes room at the delivery point (the hold is full) and emits what follows it. */
   const forcePassOldest = (current: Run) => reorder.forcePassOldest(current);
 
   /** Re-emits the current run in order on S2 (src/repair/reorder-emitter.ts). */

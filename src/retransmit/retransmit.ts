@@ -565,6 +565,7 @@ export async function startRetransmitServer(
     } else if (decision === 'rejoin') {
       entry.state = ListenState.listening;
       electionChanges++;
+      buffer.restartMeter(); // what was sent while withdrawn is not loss
       await join(entry).catch(() => drop('rejoin-failed'));
     }
   };

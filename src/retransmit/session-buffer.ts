@@ -49,6 +49,11 @@ export class SessionBuffer {
    * beyond what this server heard itself.
    */
   #claimedNext: number | undefined;
+  /**
+   * The sequence after the last one the meter accounted for (heard, or counted missing from a gap
+   * or from a HEARTBEAT's claim): nothing is counted twice.
+   */
+  #meterNext: number | undefined;
   #periodReceived = 0;
   #periodMissing = 0;
   #jitterUs = 0;
@@ -94,6 +99,7 @@ export class SessionBuffer {
     this.#periodReceived++;
     if (this.#highest === undefined) {
       this.#highest = sequence;
+      this.#meterNext = sequenceAdd(sequence, 1);
     } else {
       const gap = sequenceDistance(this.#highest, sequence);
       const far = Math.abs(gap) > progressAheadPacketsMax;
@@ -106,10 +112,12 @@ export class SessionBuffer {
       } else if (far) {
         this.#strayInARow = 0;
         this.#highest = sequence;
+        this.#meterNext = sequenceAdd(sequence, 1);
+        this.#claimedNext = undefined; // a claim about where the run was before the jump
       } else if (gap > 0) {
         this.#strayInARow = 0;
-        this.#periodMissing += gap - 1;
         this.#highest = sequence;
+        this.#meterAdvance(sequence);
       } else {
         this.#strayInARow = 0;
         if (this.#periodMissing > 0) {
@@ -195,8 +203,44 @@ export class SessionBuffer {
     return this.#held.get(sequence)?.datagram;
   }
 
-  /** Returns the quality since the last call and starts a new period. */
+  /**
+   * The server starts listening again (it re-entered the election): what the run sent while it did
+   * not listen is not its loss. The meter starts afresh at the next DATA it hears.
+   */
+  restartMeter(): void {
+    this.#meterNext = undefined;
+    this.#claimedNext = undefined;
+  }
+
+  /**
+   * A DATA newer than any heard: the sequences between it and what the meter accounted for are
+   * missing; one the meter already counted missing (from a HEARTBEAT's claim) fills its gap.
+   */
+  #meterAdvance(sequence: number): void {
+    const meterNext = this.#meterNext ?? sequence;
+    const skipped = sequenceDistance(meterNext, sequence);
+    if (skipped >= 0) {
+      this.#periodMissing += skipped;
+      this.#meterNext = sequenceAdd(sequence, 1);
+    } else if (this.#periodMissing > 0) {
+      this.#periodMissing--;
+    }
+  }
+
+  /**
+   * Returns the quality since the last call and starts a new period. The sequences a HEARTBEAT or
+   * END said the run reached, and that were not heard, are missing: a server that hears the
+   * HEARTBEATs but none of the DATA (its socket overrun, an MTU black hole) measures that loss.
+   */
   takePeriod(): PeriodQuality {
+    const claimedNext = this.#claimedNext;
+    if (claimedNext !== undefined && this.#meterNext !== undefined) {
+      const unheard = sequenceDistance(this.#meterNext, claimedNext);
+      if (unheard > 0 && unheard <= progressAheadPacketsMax + 1) {
+        this.#periodMissing += unheard;
+        this.#meterNext = claimedNext;
+      }
+    }
     const expected = this.#periodReceived + this.#periodMissing;
     const quality = {
       received: this.#periodReceived,

@@ -94,8 +94,10 @@ function trouble(reporter: Reporter | undefined, report: FeedbackBody): string |
   // fewer packets arrive while it asks for the gaps it found before, and cutting again for that
   // would only slow the run further.
   if (reporter !== undefined) {
-    const nacked = report.nacked - reporter.nacked;
-    const received = report.received - reporter.received;
+    // Running counts sent modulo 2^32 (docs/protocol.md, "FEEDBACK"): their growth in serial
+    // arithmetic, so a server that passed 2^32 received reads right.
+    const nacked = (report.nacked - reporter.nacked) | 0;
+    const received = (report.received - reporter.received) | 0;
     if (nacked >= adaptNackedPacketsMin && nacked > received && report.missing >= reporter.missing) {
       return 'nacks-exceed-data';
     }

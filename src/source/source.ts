@@ -155,18 +155,25 @@ class SourceTimers {
     this.#clock = clock;
   }
 
-  /** Resolves after ms, or at once when the owner closes. */
-  sleep(ms: number): Promise<void> {
+  /** Resolves after ms, or at once when the owner closes or the signal aborts. */
+  sleep(ms: number, signal?: AbortSignal): Promise<void> {
     return new Promise((resolve) => {
-      if (this.#closed) {
+      if (this.#closed || signal?.aborted === true) {
         resolve();
         return;
       }
+      const onAbort = () => {
+        timer.cancel();
+        this.#sleeps.delete(timer);
+        resolve();
+      };
       const timer = this.#clock.setTimeout(() => {
         this.#sleeps.delete(timer);
+        signal?.removeEventListener('abort', onAbort);
         resolve();
       }, ms);
       this.#sleeps.set(timer, resolve);
+      signal?.addEventListener('abort', onAbort, { once: true });
     });
   }
 
@@ -523,7 +530,8 @@ export function createSource(settings: SourceSettings, components: SourceCompone
         creditBytes = Math.min(burstBytes, creditBytes + (now - refilledAtMs) * bytesPerMs);
         refilledAtMs = now;
         if (creditBytes < slotBytes) {
-          await timers.sleep(Math.max(1, Math.ceil((slotBytes - creditBytes) / bytesPerMs)));
+          // A slow rate waits long for the next packet's turn: a stop must not wait with it.
+          await timers.sleep(Math.max(1, Math.ceil((slotBytes - creditBytes) / bytesPerMs)), stopped);
           batch = 0;
           continue;
         }

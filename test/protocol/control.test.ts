@@ -574,10 +574,21 @@ describe('FEEDBACK', () => {
     assert.deepEqual({ missing, holding, unrecoverable, socketDrops, received, nacked }, report);
   });
 
-  it('sends counts beyond 32 bits as 2^32 - 1, never wrapped', () => {
-    const decoded = decodeFeedback(encodeFeedback(fields, { ...report, received: 2 ** 40 }));
+  it('sends levels beyond 32 bits as 2^32 - 1, and the running counts received and NACKed modulo 2^32', () => {
+    const decoded = decodeFeedback(
+      encodeFeedback(fields, {
+        ...report,
+        unrecoverable: 2 ** 40,
+        socketDrops: 2 ** 33,
+        received: 2 ** 40 + 7,
+        nacked: 2 ** 32 + 3,
+      }),
+    );
     assert.ok(decoded.ok);
-    assert.equal(decoded.value.received, 0xffffffff);
+    assert.deepEqual(
+      [decoded.value.unrecoverable, decoded.value.socketDrops, decoded.value.received, decoded.value.nacked],
+      [0xffffffff, 0xffffffff, 7, 3],
+    );
   });
 
   it('rejects a truncated or oversized body, another type and a run of incarnation 0', () => {

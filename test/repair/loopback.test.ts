@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { controlKey } from '../../src/crypto/control-auth.js';
 import { parseEndpoint, parseGroup } from '../../src/net/address.js';
+import { type Runtime, systemRuntime } from '../../src/net/runtime.js';
 import { openReceiverSocket } from '../../src/net/udp.js';
 import { decodeHeader, PacketType } from '../../src/protocol/packet.js';
 import { sequenceDistance } from '../../src/protocol/serial.js';
@@ -13,9 +14,11 @@ import { createReceiver } from '../../src/receiver/receiver.js';
 import { lossyS1Socket, startRepairServer } from '../../src/repair/repair.js';
 import { startRetransmitServer } from '../../src/retransmit/retransmit.js';
 import { openFileInput } from '../../src/source/inputs.js';
+import { startLastResort } from '../../src/source/last-resort.js';
 import { createSource } from '../../src/source/source.js';
 import { freshPort, loopbackIface, memorySink } from '../helpers/loopback.js';
 import { createRandom } from '../helpers/random.js';
+import { waitUntil } from '../helpers/wait.js';
 
 const directory = mkdtempSync(join(tmpdir(), 'gatecast-repair-'));
 after(() => rmSync(directory, { recursive: true, force: true }));
@@ -28,23 +31,34 @@ async function repairRun(options: {
   latencyMs?: number;
   /** Lose, besides, every DATA from this many packets into the file on, and every END: the tail. */
   loseTailFrom?: number;
+  /**
+   * A source of last resort of another session announces itself to the repair server, and the
+   * retransmit server loses one DATA in 50 and announces that loss (every 100 ms).
+   */
+  otherSource?: boolean;
 }) {
   const bytes = randomBytes(1_500_000);
   const path = join(directory, `file-${options.firstSequence}.bin`);
   writeFileSync(path, bytes);
   const s1 = parseGroup(`239.255.70.1:${freshPort()}`, 's1');
   const s2 = parseGroup(`239.255.70.2:${freshPort()}`, 's2');
-  const retransmit = await startRetransmitServer({
-    joins: [{ group: s1 }],
-    iface: loopbackIface,
-    listen: { address: '127.0.0.1', port: 0, family: 4 as const },
-    keys: [key],
-    bufferBytesMax: 64 * 1024 * 1024,
-    bufferAgeMs: 60_000,
-    repairRateBitsPerSecond: 500_000_000,
-    announceTo: [],
-    peers: [],
-  });
+  const other = options.otherSource === true;
+  const repairListen = { address: '127.0.0.1', port: other ? freshPort() : 0, family: 4 as const };
+  const retransmit = await startRetransmitServer(
+    {
+      joins: [{ group: s1 }],
+      iface: loopbackIface,
+      listen: { address: '127.0.0.1', port: 0, family: 4 as const },
+      keys: [key],
+      bufferBytesMax: 64 * 1024 * 1024,
+      bufferAgeMs: 60_000,
+      repairRateBitsPerSecond: 500_000_000,
+      announceTo: other ? [repairListen] : [],
+      peers: [],
+      election: other ? { lossMax: 1, bestCount: 2, periodMs: 100 } : undefined,
+    },
+    other ? { runtime: lossyRetransmitRuntime(createRandom(7)) } : {},
+  );
   // A retransmit server that never answers, listed first: it must cost one timeout, not packets.
   const dead = parseEndpoint(`127.0.0.1:${freshPort()}`, 'dead');
   const random = createRandom(options.firstSequence);
@@ -52,7 +66,7 @@ async function repairRun(options: {
     {
       group: s1,
       iface: loopbackIface,
-      listen: { address: '127.0.0.1', port: 0, family: 4 as const },
+      listen: repairListen,
       keys: [key],
       retransmit: options.failFirst ? [dead, retransmit.local] : [retransmit.local],
       emit: s2,
@@ -69,6 +83,27 @@ async function repairRun(options: {
             ),
     },
   );
+  const otherSource = other
+    ? await startLastResort(
+        {
+          listen: { address: '127.0.0.1', port: 0, family: 4 },
+          keys: [key],
+          bufferBytesMax: 1 << 20,
+          repairRateBitsPerSecond: 10_000_000,
+          announceTo: [repair.local],
+          periodMs: 50,
+        },
+        { sessionId: 0x0bad_5e55, incarnation: 9 },
+        systemRuntime,
+      )
+    : undefined;
+  if (otherSource !== undefined) {
+    await waitUntil(
+      'the repair server to hear the other source',
+      () => repair.status().servers.length >= 2,
+      5_000,
+    );
+  }
   const sink = memorySink();
   const receiver = createReceiver({ group: s2, iface: loopbackIface, timeoutMs: 10_000 }, { sink });
   const receiving = receiver.run();
@@ -76,7 +111,7 @@ async function repairRun(options: {
     {
       group: s1,
       iface: loopbackIface,
-      rateBitsPerSecond: 100_000_000,
+      rateBitsPerSecond: other ? 10_000_000 : 100_000_000,
       packetPayloadBytes: 1400,
       sessionName: 'repaired.bin',
       firstSequence: options.firstSequence,
@@ -85,10 +120,29 @@ async function repairRun(options: {
   );
   await source.run();
   const summary = await receiving;
-  const status = { repair: repair.status(), retransmit: retransmit.status() };
+  const status = { repair: repair.status(), retransmit: retransmit.status(), other: otherSource?.stats() };
+  await otherSource?.close();
   await repair.close();
   await retransmit.close();
   return { summary, status, sha: createHash('sha256').update(bytes).digest('hex'), got: sink.bytes() };
+}
+
+/** A retransmit server's runtime whose S1 sockets lose one DATA in 50 (it measures and announces loss). */
+function lossyRetransmitRuntime(random: ReturnType<typeof createRandom>): Runtime {
+  return {
+    ...systemRuntime,
+    transport: {
+      ...systemRuntime.transport,
+      openReceiver: (receiverOptions, onDatagram) =>
+        systemRuntime.transport.openReceiver(receiverOptions, (datagram, remote) => {
+          const header = decodeHeader(datagram);
+          if (header.ok && header.value.type === PacketType.data && random.int(100) < 2) {
+            return;
+          }
+          onDatagram(datagram, remote);
+        }),
+    },
+  };
 }
 
 /** An S1 socket that loses DATA at random, every DATA from `from` packets into the run on, and every END. */
@@ -140,6 +194,18 @@ describe('repair over loopback: source -> lossy S1 -> repair server (+ retransmi
     assert.equal(status.repair.unrecoverable, 0);
     assert.equal(status.retransmit.repairsSent, status.repair.repairsReceived);
     assert.ok(status.repair.nacksSent <= status.repair.gaps * 1.1 + 5, JSON.stringify(status.repair));
+  });
+
+  it('a source of last resort of another session is not asked for this one (it ranked as a listening server with no loss)', async () => {
+    const { summary, status } = await repairRun({ lossPercent: 10, firstSequence: 5, otherSource: true });
+    assert.equal(summary.outcome, 'complete', JSON.stringify(status));
+    assert.equal(status.repair.unrecoverable, 0);
+    assert.ok(status.retransmit.repairsSent > 0);
+    // Asked at most for what the retransmit server said it does not hold (it lost it too).
+    assert.ok(
+      (status.other?.nacksReceived ?? 0) <= status.retransmit.notHeldSent,
+      JSON.stringify({ other: status.other, retransmitNotHeld: status.retransmit.notHeldSent }),
+    );
   });
 
   it('a dead retransmit server listed first costs a timeout, not the packet', async () => {

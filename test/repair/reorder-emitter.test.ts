@@ -212,6 +212,23 @@ describe('repair server: the reorder/emitter', () => {
     assert.equal(run.paceTimer, undefined, 'nothing left to pace');
   });
 
+  it('paced: a hold full of packets waiting for their pace makes room by sending the oldest, giving up nothing', () => {
+    // Over the hold's byte bound the owner calls forcePassOldest until the arrival fits: with the
+    // delivery point held and no credit it did nothing, the owner looped 65,536 times per
+    // arriving datagram and then dropped it (over-hold-bytes).
+    const { emitter, sent, passed } = harness(undefined, { perSecond: 1000, burstPackets: 2 });
+    const run = testRun(0);
+    hold(run, [0, 1, 2, 3, 4]);
+    run.frontier = 5;
+    emitter.emit(run);
+    assert.deepEqual(sent, ['packet 0', 'packet 1'], 'a burst, then the pace');
+    const heldBefore = run.window.heldBytes;
+    emitter.forcePassOldest(run);
+    assert.deepEqual(passed, [], 'a held packet is never given up');
+    assert.deepEqual(sent, ['packet 0', 'packet 1', 'packet 2'], 'the oldest left ahead of its pace');
+    assert.ok(run.window.heldBytes < heldBefore, 'room was made');
+  });
+
   it('paced: an arrival while the pace timer waits emits only what the credit allows', () => {
     const { emitter, sent } = harness(undefined, { perSecond: 1000, burstPackets: 2 });
     const run = testRun(0);

@@ -48,6 +48,54 @@ describe('a retransmit server measures its own reception', () => {
   });
 });
 
+describe('a retransmit server that hears the HEARTBEATs but not the DATA counts the DATA as missing', () => {
+  it('an MTU black hole (large DATA dropped, small HEARTBEATs pass) is loss, not 0 %', () => {
+    // Seen trying it: with every DATA after 109 dropped on its input and the HEARTBEATs passing,
+    // a retransmit server reported received 0, missing 0, loss 0.00 % and stayed elected.
+    const buffer = new SessionBuffer(1, 1, bounds);
+    hear(buffer, from(100, 10));
+    buffer.takePeriod();
+    buffer.noteProgress(600); // the source's HEARTBEAT: 110-599 were sent
+    const blind = buffer.takePeriod();
+    assert.deepEqual([blind.received, blind.missing, blind.lossPpm], [0, 490, 1_000_000]);
+    buffer.noteProgress(600); // the same claim again counts nothing twice
+    assert.equal(buffer.takePeriod().missing, 0);
+    hear(buffer, [600, 601, 603]); // DATA again: measured from the claim, not from 109
+    assert.deepEqual([buffer.takePeriod().missing], [1]);
+  });
+
+  it('a packet counted missing from a claim that arrives after all fills its gap', () => {
+    const buffer = new SessionBuffer(1, 1, bounds);
+    hear(buffer, from(100, 10));
+    buffer.noteProgress(115);
+    hear(buffer, [112]); // late, and already counted missing at the claim
+    const period = buffer.takePeriod();
+    assert.deepEqual([period.received, period.missing], [11, 4]);
+  });
+
+  it('a claim made about a stray that a jump then left behind counts nothing', () => {
+    const buffer = new SessionBuffer(1, 1, bounds);
+    const stray = 100 + 2 ** 31 - 5;
+    hear(buffer, [stray]); // a forged first DATA
+    buffer.noteProgress(sequenceAdd(stray, progressAheadPacketsMax)); // and a forged HEARTBEAT near it
+    hear(buffer, from(100, resyncPacketsMin + 5)); // the genuine run, far behind: the meter follows it
+    assert.equal(buffer.takePeriod().missing, 0);
+  });
+});
+
+describe('a retransmit server that re-enters the election does not count what it did not listen to', () => {
+  it('the span sent while it was withdrawn is not loss (it came back counting that span as missing: 4,890 of 4,901)', () => {
+    const buffer = new SessionBuffer(1, 1, bounds);
+    hear(buffer, from(100, 10));
+    buffer.takePeriod();
+    buffer.restartMeter(); // re-entered: joined the group again
+    buffer.noteProgress(4_000); // a HEARTBEAT before the first DATA claims nothing of the gap
+    hear(buffer, [...from(5_000, 10), 5_011]);
+    const back = buffer.takePeriod();
+    assert.deepEqual([back.received, back.missing], [11, 1]);
+  });
+});
+
 describe('how far a run is known to have reached (peer fetch asks no further)', () => {
   it('up to the newest DATA heard, and a HEARTBEAT or END within progressAheadPacketsMax beyond it', () => {
     const buffer = new SessionBuffer(1, 1, bounds);

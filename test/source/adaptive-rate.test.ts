@@ -10,6 +10,7 @@ import {
 } from '../../src/limits.js';
 import { systemRuntime } from '../../src/net/runtime.js';
 import { encodeFeedback, type FeedbackBody, type PeerEndpoint } from '../../src/protocol/control.js';
+import { headerBytes } from '../../src/protocol/packet.js';
 import { AdaptiveRate } from '../../src/source/adaptive-rate.js';
 import { startLastResort } from '../../src/source/last-resort.js';
 import { waitUntil } from '../helpers/wait.js';
@@ -121,6 +122,29 @@ describe('adaptive rate (AIMD on repair servers’ FEEDBACK)', () => {
     rate.report(7, { ...clear, missing: 20, received: 10_900, nacked: 3_350 }, 1_600);
     assert.equal(rate.bitsPerSecond, ceiling * 0.7);
     assert.deepEqual(rate.stats().decreaseReasons, { 'nacks-exceed-data': 1 });
+  });
+
+  it('a repair server that received more than 2^32 packets since it started is not read as NACKing more than it receives', () => {
+    // A repair daemon at 17,000 packets/s passes 2^32 received in 70 hours: its received count
+    // was sent as 2^32 - 1 from then on, so every report read 0 received against 1,000 NACKed.
+    const wire = (body: FeedbackBody): FeedbackBody => {
+      const encoded = encodeFeedback({ sessionId: 1, incarnation: 1, sequence: 0, timestampUs: 0 }, body);
+      const field = (i: number) => encoded.readUInt32BE(headerBytes + i * 4);
+      return { ...body, received: field(4), nacked: field(5) };
+    };
+    const rate = fresh();
+    const start = 2 ** 32 - 5_000;
+    // 10 % loss: 10,000 packets in and about 1,100 NACKed per report, the backlog steady at 100.
+    for (let i = 0; i < 10; i++) {
+      const at = 1_000 + i * 200;
+      rate.report(
+        7,
+        wire({ ...clear, missing: 100, received: start + i * 10_000, nacked: start + i * 1_100 }),
+        at,
+      );
+    }
+    assert.deepEqual(rate.stats().decreaseReasons, {});
+    assert.equal(rate.bitsPerSecond, ceiling);
   });
 
   it('holds the rate while a server heard lately still has a backlog, and not for one gone silent', () => {

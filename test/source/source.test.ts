@@ -241,3 +241,45 @@ describe('zero-length payloads are legal: relayed, not lost (relayed empty datag
     }
   });
 });
+
+describe('a stop ends a slowly paced source at once (send --rate 1 ignored SIGTERM while it waited for its next packet)', () => {
+  it('an abort during a pacing wait of hours sends END and resolves within a second', async () => {
+    // At 1 kbit/s a 132-byte slot is a packet about every second; at --rate 1 one every 17 min:
+    // the stop must not wait for the next packet's turn.
+    const socket = recordingSocket();
+    const source = createSource(
+      { ...settings, rateBitsPerSecond: 1 },
+      { input: lengthsInput([100, 100, 100]), openSocket: async () => socket },
+    );
+    const controller = new AbortController();
+    const running = source.run({ signal: controller.signal });
+    const deadline = performance.now() + 5_000;
+    while (!socket.datagrams.some((d) => d[3] === PacketType.data) && performance.now() < deadline) {
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+    const startedMs = performance.now();
+    controller.abort();
+    let timer: NodeJS.Timeout | undefined;
+    const stats = await Promise.race([
+      running,
+      new Promise<undefined>((resolve) => {
+        timer = setTimeout(() => resolve(undefined), 2_000);
+      }),
+    ]);
+    clearTimeout(timer);
+    if (stats === undefined) {
+      await source.close(); // ends the wait, so the test leaves nothing behind
+      await running;
+      assert.fail('the source was still waiting for its next packet 2 s after the stop');
+    }
+    assert.ok(
+      performance.now() - startedMs < 1_000,
+      `the stop took ${Math.round(performance.now() - startedMs)} ms`,
+    );
+    assert.equal(stats.packetsSent, 1);
+    assert.ok(
+      socket.datagrams.some((d) => d[3] === PacketType.end),
+      'END was sent',
+    );
+  });
+});
