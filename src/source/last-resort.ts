@@ -68,6 +68,12 @@ export interface LastResort {
    * the packets it covers to a NACK with the signatures flag (docs/protocol.md, "REPAIR").
    */
   keepManifest(manifest: Buffer): void;
+  /**
+   * Keeps the run's END (the first copy sent), answered like a held packet to a NACK for its
+   * sequence: a repair server that lost every copy of it at a lossy edge asks for it by its
+   * sequence (a tail probe), and without it its run could only end as silent, incomplete.
+   */
+  keepEnd(sequence: number, datagram: Buffer): void;
   /** Monotonic time of the last NACK accepted (or of the start). */
   readonly lastNackAtMs: number;
   stats(): LastResortStats;
@@ -90,6 +96,8 @@ export async function startLastResort(
   const { clock, transport } = runtime;
   const timers = new OwnedTimers(clock);
   const held = new Map<number, Buffer>();
+  /** The run's END, once sent (never evicted: one datagram). */
+  let end: { sequence: number; datagram: Buffer } | undefined;
   /** A signed run: the manifest covering each held sequence (one copy shared by its sequences). */
   const manifestOf = new Map<number, Buffer>();
   let heldBytes = 0;
@@ -120,7 +128,9 @@ export async function startLastResort(
     repairRateBitsPerSecond: settings.repairRateBitsPerSecond,
     repairRateCapBitsPerSecond: settings.repairRateCapBitsPerSecond,
     lookup: (sessionId, incarnation, sequence) =>
-      sessionId === run.sessionId && incarnation === run.incarnation ? held.get(sequence) : undefined,
+      sessionId !== run.sessionId || incarnation !== run.incarnation
+        ? undefined
+        : (held.get(sequence) ?? (end?.sequence === sequence ? end.datagram : undefined)),
     signatureFor: (original) => manifestOf.get(original.readUInt32BE(offsetSequence)),
     drop,
   });
@@ -232,6 +242,10 @@ export async function startLastResort(
     }
   };
 
+  const keepEnd = (sequence: number, datagram: Buffer) => {
+    end ??= { sequence, datagram: Buffer.from(datagram) };
+  };
+
   let closed: Promise<void> | undefined;
   const close = () => {
     closed ??= (async () => {
@@ -245,6 +259,7 @@ export async function startLastResort(
   return {
     keep,
     keepManifest,
+    keepEnd,
     get lastNackAtMs() {
       return lastNackAtMs;
     },

@@ -474,7 +474,11 @@ export function createSource(settings: SourceSettings, components: SourceCompone
       }
     }
     for (let i = 0; i < endRepeatCount && !stopping.signal.aborted; i++) {
-      sendControl(progress(PacketType.end));
+      sendControl(() => {
+        const end = progress(PacketType.end)();
+        lastResort?.keepEnd(nextSequence, end);
+        return end;
+      });
       await timers.sleep(endRepeatIntervalMs);
     }
     // Every send calls back once (src/net/udp.ts), so this ends; close() ends it at once.

@@ -190,6 +190,64 @@ describe('a source as the retransmit server of last resort', () => {
     }
   });
 
+  it("keeps its END: a NACK for the END's sequence (every copy lost at the edge) is answered with a REPAIR carrying it", async () => {
+    const socket = createSocket('udp4');
+    await new Promise<void>((resolve) => socket.bind(0, '127.0.0.1', resolve));
+    const at: PeerEndpoint = { address: '127.0.0.1', port: socket.address().port };
+    const channel = new ControlChannel([key]);
+    let announcedAt: PeerEndpoint | undefined;
+    const ends: number[] = [];
+    const notHeld: number[] = [];
+    socket.on('message', (message, remote) => {
+      if (message[offsetType] === PacketType.announce) {
+        const announce = channel.accept(message, remote, decodeAnnounce, 'announce', () => undefined);
+        if (announce !== undefined && announce.sessions.length > 0) {
+          announcedAt = { address: announce.address, port: announce.port };
+        }
+        return;
+      }
+      const repair = channel.accept(message, remote, decodeRepair, 'repair', () => undefined);
+      if (repair?.end !== undefined) {
+        ends.push(repair.sequence);
+      } else if (repair !== undefined && repair.notHeldCount > 0) {
+        notHeld.push(repair.sequence);
+      }
+    });
+    const source = lastResortSource('239.255.82.3', at, 20);
+    const running = source.run();
+    try {
+      await waitUntil('the announcement', () => announcedAt !== undefined, 5_000);
+      await waitUntil('all 20 packets sent', () => source.stats.packetsSent === 20, 10_000);
+      const server = announcedAt as PeerEndpoint;
+      // The END's sequence is the one after the last DATA: 100 + 20. Asked until the END has gone
+      // out (the source sends it after its last DATA) and is answered.
+      for (let round = 0; round < 50 && ends.length === 0; round++) {
+        socket.send(
+          channel.seal(
+            encodeNack(
+              {
+                sessionId: source.stats.sessionId,
+                incarnation: source.stats.incarnation,
+                sequence: 120,
+                timestampUs: 0,
+              },
+              { replyTo: at, ranges: [{ start: 120, count: 1 }] },
+            ),
+            server,
+          ),
+          server.port,
+          server.address,
+        );
+        await waitUntil('the END answered', () => ends.length > 0, 200).catch(() => undefined);
+      }
+      assert.deepEqual(ends.slice(0, 1), [120], `not held: ${notHeld.join(',')}`);
+      await running;
+    } finally {
+      await source.close();
+      socket.close();
+    }
+  });
+
   it('a signed run: a NACK with the signatures flag gets each covering manifest, verified against the source key, ahead of the REPAIRs', async () => {
     const socket = createSocket('udp4');
     await new Promise<void>((resolve) => socket.bind(0, '127.0.0.1', resolve));
