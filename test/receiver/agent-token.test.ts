@@ -14,7 +14,7 @@ import { controlKey } from '../../src/crypto/control-auth.js';
 import { newS2Key, type S2Key } from '../../src/crypto/s2-seal.js';
 import type { Token } from '../../src/crypto/token.js';
 import { type Endpoint, parseGroup } from '../../src/net/address.js';
-import { type AgentRestrictedEvent, startAgent } from '../../src/receiver/agent.js';
+import { type AgentRestrictedEvent, startAgent, startWatchingAgent } from '../../src/receiver/agent.js';
 import { startRepairServer } from '../../src/repair/repair.js';
 import { startRetransmitServer } from '../../src/retransmit/retransmit.js';
 import { freshPort, loopbackIface } from '../helpers/loopback.js';
@@ -180,4 +180,27 @@ describe('gatecast agent --token: a restricted session through the repair servic
       assert.match(status.refusal ?? '', /news/);
     });
   }
+});
+
+describe('a watching agent (--watch --map) with a token', () => {
+  it('starts when the application joins and hands it the plaintext of the restricted session', async () => {
+    const s1 = parseGroup(`239.255.96.41:${freshPort()}`, 's1');
+    const s2 = parseGroup(`239.255.96.42:${freshPort()}`, 's2');
+    const local = parseGroup(`239.255.96.43:${freshPort()}`, 'application');
+    await repairPath(s1, s2, undefined);
+    const agent = await startWatchingAgent({
+      mappings: [{ s1, s2, deliver: local }],
+      fromIface: loopbackIface,
+      deliverIface: loopbackIface,
+      pollMs: 20,
+      protection: { token: token(newsGrant()) },
+    });
+    closers.push(() => agent.close());
+    const got = await application(local, closers);
+    await waitUntil('the agent delivering', () => agent.status().sessions[0]?.active === true, 10_000);
+    const sent = await restrictedTicker(s1, 75, ticks);
+    await waitUntil('every payload at the application', () => got.length >= ticks, 20_000);
+    assert.deepEqual(got, sent);
+    assert.equal(agent.status().sessions[0]?.delivery?.decrypted, ticks);
+  });
 });
