@@ -15,6 +15,7 @@ import {
   type ReceiverProtectionStats,
 } from '../crypto/restricted-session.js';
 import type { Token } from '../crypto/token.js';
+import { agentRestrictedRunsMax } from '../limits.js';
 import {
   decodeDescriptor,
   headerBytes,
@@ -40,11 +41,11 @@ export interface AgentRestrictedStatus {
   restrictedDropped: number;
   /** The token's last refusal ("not entitled to news until …", "purse empty"). */
   refusal: string | undefined;
-  /** The current restricted run's KEY and DATA counters (with a token). */
+  /** KEY and DATA counters of the latest restricted run whose keys the token released (with a token). */
   keys: Readonly<ReceiverProtectionStats> | undefined;
 }
 
-/** The restricted run followed now; a new run replaces it (the agent delivers one session at a time). */
+/** A restricted run the agent follows (bounded: agentRestrictedRunsMax). */
 interface RestrictedRun {
   readonly sessionId: number;
   readonly incarnation: number;
@@ -73,7 +74,8 @@ export function createAgentRestrictedFilter(
   let refused = 0;
   let restrictedDropped = 0;
   let refusal: string | undefined;
-  let run: RestrictedRun | undefined;
+  /** The runs followed, by "sessionId/incarnation", oldest first. */
+  const runs = new Map<string, RestrictedRun>();
   /** The name of the last run a DESCRIPTOR named, for the messages. */
   let named: { sessionId: number; incarnation: number; name: string } | undefined;
 
@@ -82,8 +84,21 @@ export function createAgentRestrictedFilter(
       ? `"${named.name}"`
       : `${sessionId}/${incarnation}`;
 
+  const released = (run: RestrictedRun) => (run.protection?.stats.keysAccepted ?? 0) > 0;
+
+  /**
+   * Follows a new run, making room first: the oldest run without a released key goes, else the
+   * oldest. Only the token's release authenticates a run, so KEY messages of runs that do not
+   * exist cannot push out the one being delivered.
+   */
   const startRun = (sessionId: number, incarnation: number): RestrictedRun => {
-    decryptedBefore += run?.protection?.stats.packetsOpened ?? 0;
+    if (runs.size >= agentRestrictedRunsMax) {
+      const [name, oldest] = [...runs].find(([, candidate]) => !released(candidate)) ?? [...runs][0] ?? [];
+      if (name !== undefined && oldest !== undefined) {
+        runs.delete(name);
+        decryptedBefore += oldest.protection?.stats.packetsOpened ?? 0;
+      }
+    }
     const next: RestrictedRun = {
       sessionId,
       incarnation,
@@ -91,6 +106,7 @@ export function createAgentRestrictedFilter(
       refused: false,
       told: false,
     };
+    runs.set(`${sessionId}/${incarnation}`, next);
     if (token === undefined) {
       return next;
     }
@@ -122,18 +138,15 @@ export function createAgentRestrictedFilter(
       pass(datagram);
       return;
     }
-    const ofRun = run?.sessionId === sessionId && run.incarnation === incarnation;
+    const run = runs.get(`${sessionId}/${incarnation}`);
     const sealed = type === PacketType.data && datagram.readUInt16BE(offsetKeyEpoch) !== 0;
     // KEY messages and sealed DATA make a run restricted; plain DATA of such a run is for the
     // protection to drop (it is never written), plain DATA of any other run is delivered.
-    if (type !== PacketType.key && !sealed && !(ofRun && type === PacketType.data)) {
+    if (type !== PacketType.key && !sealed && !(run !== undefined && type === PacketType.data)) {
       pass(datagram);
       return;
     }
-    if (!ofRun || run === undefined) {
-      run = startRun(sessionId, incarnation);
-    }
-    const current = run;
+    const current = run ?? startRun(sessionId, incarnation);
     if (current.protection === undefined) {
       if (type !== PacketType.data) {
         pass(datagram); // a KEY message: counted ignored
@@ -157,12 +170,18 @@ export function createAgentRestrictedFilter(
 
   return {
     filter,
-    status: () => ({
-      decrypted: decryptedBefore + (run?.protection?.stats.packetsOpened ?? 0),
-      refused,
-      restrictedDropped,
-      refusal,
-      keys: run?.protection?.stats,
-    }),
+    status: () => {
+      const followed = [...runs.values()];
+      return {
+        decrypted: followed.reduce(
+          (sum, run) => sum + (run.protection?.stats.packetsOpened ?? 0),
+          decryptedBefore,
+        ),
+        refused,
+        restrictedDropped,
+        refusal,
+        keys: followed.filter(released).at(-1)?.protection?.stats,
+      };
+    },
   };
 }

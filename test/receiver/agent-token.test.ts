@@ -6,10 +6,13 @@
  * says so once and counts what it dropped.
  */
 import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { createSocket } from 'node:dgram';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
+import { buildKeyMessage, generateSigningKey } from '../../src/crypto/authority.js';
 import { controlKey } from '../../src/crypto/control-auth.js';
 import { newS2Key, type S2Key } from '../../src/crypto/s2-seal.js';
 import type { Token } from '../../src/crypto/token.js';
@@ -202,5 +205,57 @@ describe('a watching agent (--watch --map) with a token', () => {
     await waitUntil('every payload at the application', () => got.length >= ticks, 20_000);
     assert.deepEqual(got, sent);
     assert.equal(agent.status().sessions[0]?.delivery?.decrypted, ticks);
+  });
+});
+
+describe('forged KEY messages of runs that do not exist', () => {
+  it('do not push out the run being decrypted: the application still gets every payload', async () => {
+    const s2 = parseGroup(`239.255.96.51:${freshPort()}`, 's2');
+    const local = parseGroup(`239.255.96.52:${freshPort()}`, 'application');
+    const got = await application(local, closers);
+    const agent = await startAgent({
+      from: s2,
+      fromIface: loopbackIface,
+      deliver: local,
+      deliverIface: loopbackIface,
+      protection: { token: token(newsGrant()) },
+    });
+    closers.push(() => agent.close());
+    // A forger on S2 (plain here, as behind a repair server without --s2-key-file) sends KEY
+    // messages of many other runs under a key of its own, while the source's run goes on.
+    const forger = createSocket('udp4');
+    await new Promise<void>((resolve) => forger.bind(0, loopbackIface, resolve));
+    forger.setMulticastInterface(loopbackIface);
+    closers.push(() => {
+      forger.close();
+    });
+    const wrongKey = generateSigningKey();
+    let forged = 0;
+    const forging = setInterval(() => {
+      forged += 1;
+      const message = buildKeyMessage(
+        {
+          sessionId: 9000 + forged,
+          incarnation: 1,
+          sequence: 0,
+          timestampUs: Date.now() * 1000,
+          keyEpoch: 1,
+        },
+        { suite: 2, tier: 0, serviceEpoch: 1, cryptoPeriodMs: 10_000, service: 'news' },
+        restrictedKeys.serviceKey,
+        randomBytes(32),
+        wrongKey.privateKey,
+      );
+      forger.send(message, s2.port, s2.address);
+    }, 20);
+    try {
+      const sent = await restrictedTicker(s2, 76, ticks);
+      await waitUntil('every payload at the application', () => got.length >= ticks, 20_000);
+      assert.deepEqual(got, sent);
+    } finally {
+      clearInterval(forging);
+    }
+    assert.ok(forged > 4 * 4, `${forged} forged KEY messages sent`);
+    assert.equal(agent.status().decrypted, ticks);
   });
 });
