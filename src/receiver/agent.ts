@@ -13,6 +13,11 @@
  * datagram there is not the repair server's. An envelope of an epoch it has no key for yet (the
  * controller rotated the key because someone left) is held, within bounds, while the agent asks
  * the controller again; the new grant's key opens what was held, in order, so nothing is lost.
+ *
+ * What S2 carries then goes through the source's protections as in `gatecast receive`: the signed
+ * gate when the agent has the source key, and restricted sessions through the agent's token
+ * (src/receiver/agent-restricted.ts): the application gets the plaintext the token's keys open,
+ * or nothing of that session — never ciphertext.
  */
 
 import assert from 'node:assert/strict';
