@@ -363,6 +363,13 @@ export const agentKeyAskMsMin = 250;
 /** Agent on a sealed S2: S2 key epochs held at once (the current one and those just before it). */
 export const agentS2KeysMax = 4;
 
+/**
+ * Restricted runs (session and incarnation) an agent follows at once on one S2. A run whose keys
+ * the token has not released yet (maybe forged KEY messages) is dropped first, so it never pushes
+ * out one that decrypts.
+ */
+export const agentRestrictedRunsMax = 4;
+
 /** Subscription server: how long a server keeps the rate card before reading it again. */
 export const rateCacheMs = 1_000;
 

@@ -18,11 +18,15 @@ import {
   receiveTimeoutMsDefault,
 } from '../limits.js';
 import { dataPayloadBytesMax } from '../protocol/sizes.js';
-import { socketBufferSetting, sourcePublicSetting } from './role-settings.js';
+import {
+  pkcs11ModuleDefault,
+  socketBufferSetting,
+  sourcePublicSetting,
+  tokenSettings,
+} from './role-settings.js';
 import { flag, settings, text } from './settings.js';
 
-/** Default module for `--token pkcs11:LABEL`: Debian's SoftHSM2. */
-export const pkcs11ModuleDefault = '/usr/lib/softhsm/libsofthsm2.so';
+export { pkcs11ModuleDefault };
 
 /** `send` for a restricted (or signed) session. */
 const restrictedSend = {
@@ -54,19 +58,6 @@ const restrictedSend = {
     'with --restricted or --signed: sign a manifest over every N DATA packets, 32-64 (with --restricted also 0 for none)',
     { default: 64, when: 'restricted' },
   ),
-};
-
-/** A token to decode or manage a restricted session with (receive, token). */
-const tokenSettings = {
-  token: text(
-    'FILE|pkcs11:LABEL',
-    'decode a restricted session with this token: a software token file, or a PKCS#11 token label',
-  ),
-  'pkcs11-module': text('PATH', 'with --token pkcs11:LABEL: the PKCS#11 module', {
-    default: pkcs11ModuleDefault,
-    when: 'token',
-  }),
-  'pin-file': text('FILE', "the token's PIN (default: $GATECAST_TOKEN_PIN)"),
 };
 
 /** `gatecast send`. */

@@ -14,7 +14,7 @@ import { receiveSettings } from './command-settings.js';
 import { exitIncomplete, exitOk } from './errors.js';
 import { formatBytes } from './format.js';
 import { formatHelp, groupOption, optional, parseOptions, parseSeconds, required } from './options.js';
-import { openToken, readPin, sourcePublicKeyOption, tokenLocation } from './restricted.js';
+import { sourcePublicKeyOption, tokenOption } from './restricted.js';
 import { applySocketBuffer, describeSocketBuffers } from './socket-buffer.js';
 
 export const receiveHelp = formatHelp(
@@ -167,10 +167,7 @@ export async function runReceive(argv: string[], err: NodeJS.WriteStream): Promi
   const stop = () => controller.abort();
   const sourcePublicKey = sourcePublicKeyOption(values);
   const signed = sourcePublicKey === undefined ? undefined : createSignedSessionGate(sourcePublicKey);
-  const location = tokenLocation(values);
-  const token: Token | undefined = location === undefined ? undefined : openToken(location, readPin(values));
-  // The service keys unwrapped and the source keys imported before the join, not at the first KEY.
-  token?.prepare(Date.now());
+  const token: Token | undefined = tokenOption(values);
   let refusal: TokenRefused | undefined;
   const protection: ReceiverProtection | undefined =
     token === undefined

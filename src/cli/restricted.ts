@@ -127,6 +127,30 @@ export function openToken(location: TokenLocation, pin: string): Token {
 }
 
 /**
+ * What opens the token `--token` (with `--pkcs11-module` and `--pin-file`) names, or undefined
+ * without --token: what `receive` and `agent` decode a restricted session with. The options and the
+ * PIN are checked now; the opener opens the token and prepares it: the service keys unwrapped and
+ * the source keys imported before the join, not at the first KEY message.
+ */
+export function tokenOpener(values: OptionValues): (() => Token) | undefined {
+  const location = tokenLocation(values);
+  if (location === undefined) {
+    return undefined;
+  }
+  const pin = readPin(values);
+  return () => {
+    const token = openToken(location, pin);
+    token.prepare(Date.now());
+    return token;
+  };
+}
+
+/** The token --token names, opened and prepared (tokenOpener), or undefined. */
+export function tokenOption(values: OptionValues): Token | undefined {
+  return tokenOpener(values)?.();
+}
+
+/**
  * The source's protection from `send`'s options, or undefined for a plain session. Refused
  * suites and missing keys are errors naming the option, before anything is sent.
  */

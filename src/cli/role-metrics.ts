@@ -89,10 +89,18 @@ export function agentSample(status: AgentStatus | WatchingAgentStatus): RoleSamp
       : [status];
   const malformed = deliveries.reduce((sum, delivery) => sum + delivery.malformed, 0);
   const ignored = deliveries.reduce((sum, delivery) => sum + delivery.ignored, 0);
+  const sum = (count: (delivery: AgentStatus) => number) =>
+    deliveries.reduce((total, delivery) => total + count(delivery), 0);
   return {
     role: 'agent',
     packetsReceived: deliveries.reduce((sum, delivery) => sum + delivery.delivered + delivery.duplicates, 0),
-    droppedDatagrams: { malformed, ignored },
+    // Restricted sessions: DATA the token refused to open, and DATA there was no token to open.
+    droppedDatagrams: {
+      malformed,
+      ignored,
+      'token-refused': sum((delivery) => delivery.refused),
+      'no-token': sum((delivery) => delivery.restrictedDropped),
+    },
   };
 }
 

@@ -31,6 +31,22 @@ export const socketBufferSetting = text(
   { default: `${receiveBufferBytesDefault / 1024 ** 2}M` },
 );
 
+/** Default module for `--token pkcs11:LABEL`: Debian's SoftHSM2. */
+export const pkcs11ModuleDefault = '/usr/lib/softhsm/libsofthsm2.so';
+
+/** A token to decode or manage a restricted session with (receive, agent, token). */
+export const tokenSettings = {
+  token: text(
+    'FILE|pkcs11:LABEL',
+    'decode a restricted session with this token: a software token file, or a PKCS#11 token label',
+  ),
+  'pkcs11-module': text('PATH', 'with --token pkcs11:LABEL: the PKCS#11 module', {
+    default: pkcs11ModuleDefault,
+    when: 'token',
+  }),
+  'pin-file': text('FILE', "the token's PIN (default: $GATECAST_TOKEN_PIN)"),
+};
+
 /** What the UDP servers (retransmit, repair, agent) share. */
 const serverCommon = {
   'secret-file': text('FILE', "the operator's shared secret (>= 16 bytes) for control messages"),
@@ -138,6 +154,8 @@ export const agentSettings: TObject = settings({
     'FILE',
     'with --from or --map: S2 is sealed under this key (the repair server’s --s2-key-file)',
   ),
+  ...tokenSettings,
+  'source-public': sourcePublicSetting,
   ...serverCommon,
 });
 

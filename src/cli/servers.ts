@@ -8,7 +8,13 @@ import { controllerIdleMs, controllerPoolSizeDefault } from '../limits.js';
 import { canonicalAddress, formatEndpoint } from '../net/address.js';
 import { InvalidArgumentError } from '../net/errors.js';
 import { readTlsFiles } from '../net/tls.js';
-import { type AgentMapping, startAgent, startWatchingAgent } from '../receiver/agent.js';
+import {
+  type AgentMapping,
+  type AgentProtection,
+  type AgentStatus,
+  startAgent,
+  startWatchingAgent,
+} from '../receiver/agent.js';
 import { type ControllerClient, controllerClient } from '../receiver/controller-client.js';
 import { startRepairServer } from '../repair/repair.js';
 import { startRetransmitServer } from '../retransmit/retransmit.js';
@@ -30,7 +36,7 @@ import {
   parseServerUrl,
   required,
 } from './options.js';
-import { sourcePublicKeyOption } from './restricted.js';
+import { sourcePublicKeyOption, tokenOpener } from './restricted.js';
 import { agentSample, controllerSample, repairSampler, retransmitSample } from './role-metrics.js';
 import { agentSettings, repairSettings, retransmitSettings } from './role-settings.js';
 import { applySocketBuffer } from './socket-buffer.js';
@@ -337,6 +343,54 @@ export function runAgent(argv: string[], err: NodeJS.WriteStream): Promise<numbe
   });
 }
 
+/**
+ * The agent's --token, --pkcs11-module, --pin-file and --source-public, checked now (as `receive`
+ * checks them); `open` opens and prepares the token when the agent starts, `close` closes it.
+ */
+function agentProtectionOption(values: OptionValues) {
+  const openToken = tokenOpener(values);
+  const sourcePublicKey = sourcePublicKeyOption(values);
+  let token: ReturnType<NonNullable<typeof openToken>> | undefined;
+  return {
+    tokenGiven: openToken !== undefined,
+    open(err: NodeJS.WritableStream): AgentProtection {
+      token = openToken?.();
+      return {
+        token,
+        sourcePublicKey,
+        onRestricted: (event) =>
+          err.write(
+            `agent: restricted session ${event.session}: ${event.kind === 'no-token' ? 'no --token' : event.refusal.message}; nothing delivered\n`,
+          ),
+      };
+    },
+    close() {
+      token?.close();
+    },
+  };
+}
+
+/** Closes the role, then the token it decoded with. */
+function withToken<T extends { close(): Promise<void> }>(role: T, close: () => void): T {
+  return {
+    ...role,
+    close: async () => {
+      try {
+        await role.close();
+      } finally {
+        close();
+      }
+    },
+  };
+}
+
+/** What a delivery's status line says of restricted sessions. */
+function restrictedLine(s: AgentStatus, tokenGiven: boolean): string {
+  return tokenGiven || s.restrictedDropped > 0
+    ? ` decrypted ${s.decrypted} refused ${s.refused} restricted-dropped ${s.restrictedDropped}`
+    : '';
+}
+
 /** Checks an agent's settings; the starter it returns opens its sockets. */
 export function prepareAgent(values: OptionValues): RoleStarter {
   if (values.watch === true) {
@@ -345,25 +399,33 @@ export function prepareAgent(values: OptionValues): RoleStarter {
   const from = groupOption(values, 'from', 'from-iface');
   const deliver = groupOption(values, 'deliver', 'deliver-iface');
   const s2Key = s2KeyOption(values);
+  const protection = agentProtectionOption(values);
   return async (err) => {
-    const agent = await startAgent({
-      from,
-      fromIface: optional(values, 'from-iface'),
-      deliver,
-      deliverIface: optional(values, 'deliver-iface'),
-      s2Key,
-    });
+    let agent: Awaited<ReturnType<typeof startAgent>>;
+    try {
+      agent = await startAgent({
+        from,
+        fromIface: optional(values, 'from-iface'),
+        deliver,
+        deliverIface: optional(values, 'deliver-iface'),
+        s2Key,
+        protection: protection.open(err),
+      });
+    } catch (error) {
+      protection.close();
+      throw error;
+    }
     err.write(
-      `agent: ${formatEndpoint(from)} -> ${formatEndpoint(deliver)} (local delivery${s2Key === undefined ? '' : `, S2 sealed, key epoch ${s2Key.epoch}`})\n`,
+      `agent: ${formatEndpoint(from)} -> ${formatEndpoint(deliver)} (local delivery${s2Key === undefined ? '' : `, S2 sealed, key epoch ${s2Key.epoch}`}${protection.tokenGiven ? ', restricted sessions decrypted with --token' : ''})\n`,
     );
     return runningRole(
       'agent',
-      agent,
+      withToken(agent, () => protection.close()),
       () => agentSample(agent.status()),
       () => {
         const s = agent.status();
         const sealed = s.sealed ? ` opened ${s.opened} bad-tag ${s.badTag} unsealed ${s.unsealed}` : '';
-        return `agent: delivered ${s.delivered} (${s.deliveredBytes} bytes) duplicates ${s.duplicates} gaps ${s.gapsSeen}${sealed}`;
+        return `agent: delivered ${s.delivered} (${s.deliveredBytes} bytes) duplicates ${s.duplicates} gaps ${s.gapsSeen}${sealed}${restrictedLine(s, protection.tokenGiven)}`;
       },
     );
   };
@@ -413,31 +475,39 @@ function prepareWatchingAgent(values: OptionValues): RoleStarter {
     const url = parseServerUrl(String(controllerUrl), '--controller');
     controller = controllerClient(url, readToken(optional(values, 'token-file')));
   }
+  const protection = agentProtectionOption(values);
   return async (err) => {
-    const agent = await startWatchingAgent({
-      mappings,
-      controller,
-      fromIface: optional(values, 'from-iface'),
-      deliverIface: optional(values, 'deliver-iface'),
-      onChange: (mapping, active, iface, s2) =>
-        err.write(
-          active
-            ? `agent: ${formatEndpoint(mapping.s1)} joined on ${iface}: delivering ${formatEndpoint(s2)} -> ${formatEndpoint(mapping.s1)}\n`
-            : `agent: ${formatEndpoint(mapping.s1)} left on ${iface}: delivery stopped\n`,
-        ),
-      onRefused: (mapping, reason) =>
-        err.write(
-          `agent: repair of ${formatEndpoint(mapping.s1)} refused: ${reason}; the application keeps the plain S1\n`,
-        ),
-    });
+    let agent: Awaited<ReturnType<typeof startWatchingAgent>>;
+    try {
+      agent = await startWatchingAgent({
+        mappings,
+        protection: protection.open(err),
+        controller,
+        fromIface: optional(values, 'from-iface'),
+        deliverIface: optional(values, 'deliver-iface'),
+        onChange: (mapping, active, iface, s2) =>
+          err.write(
+            active
+              ? `agent: ${formatEndpoint(mapping.s1)} joined on ${iface}: delivering ${formatEndpoint(s2)} -> ${formatEndpoint(mapping.s1)}\n`
+              : `agent: ${formatEndpoint(mapping.s1)} left on ${iface}: delivery stopped\n`,
+          ),
+        onRefused: (mapping, reason) =>
+          err.write(
+            `agent: repair of ${formatEndpoint(mapping.s1)} refused: ${reason}; the application keeps the plain S1\n`,
+          ),
+      });
+    } catch (error) {
+      protection.close();
+      throw error;
+    }
     err.write(`agent: watching group memberships for ${mappings.length} session(s)\n`);
     return runningRole(
       'agent',
-      agent,
+      withToken(agent, () => protection.close()),
       () => agentSample(agent.status()),
       () => {
         const s = agent.status();
-        return `agent: ${s.sessions.map((x) => `${x.s1} ${x.active ? `delivering (${x.delivery?.delivered ?? 0})` : x.refused === undefined ? 'idle' : 'refused'}`).join('; ')}`;
+        return `agent: ${s.sessions.map((x) => `${x.s1} ${x.active ? `delivering (${x.delivery?.delivered ?? 0}${x.delivery === undefined ? '' : restrictedLine(x.delivery, protection.tokenGiven)})` : x.refused === undefined ? 'idle' : 'refused'}`).join('; ')}`;
       },
     );
   };

@@ -13,10 +13,18 @@
  * datagram there is not the repair server's. An envelope of an epoch it has no key for yet (the
  * controller rotated the key because someone left) is held, within bounds, while the agent asks
  * the controller again; the new grant's key opens what was held, in order, so nothing is lost.
+ *
+ * What S2 carries then goes through the source's protections as in `gatecast receive`: the signed
+ * gate when the agent has the source key, and restricted sessions through the agent's token
+ * (src/receiver/agent-restricted.ts): the application gets the plaintext the token's keys open,
+ * or nothing of that session — never ciphertext.
  */
 
 import assert from 'node:assert/strict';
+import type { KeyObject } from 'node:crypto';
 import { type S2Key, S2Opener } from '../crypto/s2-seal.js';
+import { createSignedSessionGate, type SignedSessionStats } from '../crypto/signed-session.js';
+import type { Token } from '../crypto/token.js';
 import {
   agentKeyAskMsMin,
   agentKeyWaitBytesMax,
@@ -30,7 +38,27 @@ import { type Membership, readMemberships } from '../net/memberships.js';
 import { openReceiverSocket, openSenderSocket, type ReceiverSocket, type SenderSocket } from '../net/udp.js';
 import { decodeData, offsetType, PacketType } from '../protocol/packet.js';
 import { sequenceDistance } from '../protocol/serial.js';
+import {
+  type AgentRestrictedEvent,
+  type AgentRestrictedStatus,
+  createAgentRestrictedFilter,
+} from './agent-restricted.js';
 import type { ControllerClient } from './controller-client.js';
+
+export type { AgentRestrictedEvent } from './agent-restricted.js';
+
+/**
+ * What the agent decodes restricted and signed sessions with (`--token`, `--source-public`); the
+ * same for every delivery of a watching agent. The caller owns the token and closes it.
+ */
+export interface AgentProtection {
+  /** Restricted sessions are opened with the keys this token releases; without it none is delivered. */
+  readonly token?: Token | undefined;
+  /** Signed sessions: only what this source key vouches for is delivered. */
+  readonly sourcePublicKey?: KeyObject | undefined;
+  /** Told once per run that is not delivered: no token, or the token refused its keys. */
+  readonly onRestricted?: ((event: AgentRestrictedEvent) => void) | undefined;
+}
 
 /** Settings of an agent. */
 export interface AgentSettings {
@@ -45,10 +73,11 @@ export interface AgentSettings {
   readonly s2Key?: S2Key | undefined;
   /** Told when an envelope of an epoch without a key arrives: ask the controller for it. */
   readonly onMissingKey?: ((epoch: number) => void) | undefined;
+  readonly protection?: AgentProtection | undefined;
 }
 
 /** What the agent did. */
-export interface AgentStatus {
+export interface AgentStatus extends AgentRestrictedStatus {
   role: 'agent';
   from: string;
   deliver: string;
@@ -73,6 +102,8 @@ export interface AgentStatus {
   keyWaiting: number;
   /** Envelopes dropped from that hold when it was full. */
   keyWaitDropped: number;
+  /** With --source-public: what the source key vouched for and what it refused. */
+  signed: Readonly<SignedSessionStats> | undefined;
 }
 
 /** A running agent. */
@@ -110,6 +141,23 @@ export async function startAgent(settings: AgentSettings): Promise<Agent> {
   let waitingBytes = 0;
   let sessionId: number | undefined;
   let lastSequence: number | undefined;
+  const protection = settings.protection;
+  // Signed sessions first (authentic or nothing), then restricted ones (opened or nothing).
+  const gate =
+    protection?.sourcePublicKey === undefined
+      ? undefined
+      : createSignedSessionGate(protection.sourcePublicKey);
+  const restricted = createAgentRestrictedFilter(protection?.token, protection?.onRestricted, (datagram) =>
+    deliverDatagram(datagram),
+  );
+  /** A datagram of the run: S2's as it came, or what an S2 envelope held. */
+  const onRunDatagram = (datagram: Buffer) => {
+    if (gate === undefined) {
+      restricted.filter(datagram);
+    } else {
+      gate.filter(datagram, restricted.filter);
+    }
+  };
   const out: SenderSocket = await openSenderSocket({
     group: settings.deliver,
     iface: settings.deliverIface,
@@ -147,12 +195,12 @@ export async function startAgent(settings: AgentSettings): Promise<Agent> {
       hold(envelope, S2Opener.epochOf(envelope) ?? 0, tell);
     } else {
       counters.opened++;
-      deliverDatagram(inner);
+      onRunDatagram(inner);
     }
   };
   const onDatagram = (datagram: Buffer) => {
     if (opener === undefined) {
-      deliverDatagram(datagram);
+      onRunDatagram(datagram);
     } else if (datagram.length > offsetType && datagram[offsetType] === PacketType.sealed) {
       openEnvelope(datagram, true);
     } else {
@@ -226,6 +274,8 @@ export async function startAgent(settings: AgentSettings): Promise<Agent> {
       sealed: opener !== undefined,
       s2KeyEpoch,
       keyWaiting: waiting.length,
+      ...restricted.status(),
+      signed: gate?.stats,
     }),
     addKey,
     close,
@@ -268,6 +318,8 @@ export interface WatchingAgentSettings {
   /** Told of a poll that failed (a socket that would not open); the next poll tries again. */
   readonly onError?: ((error: Error) => void) | undefined;
   readonly readMemberships?: () => Membership[];
+  /** Restricted and signed sessions, for every delivery. */
+  readonly protection?: AgentProtection | undefined;
 }
 
 /** What a watching agent reports. */
@@ -323,6 +375,7 @@ export async function startWatchingAgent(
       deliverIface: settings.deliverIface ?? iface,
       s2Key,
       onMissingKey: () => askKey(mapping),
+      protection: settings.protection,
     });
     if (closing) {
       // close() came while the sockets opened: this delivery never starts, its grant is given back.

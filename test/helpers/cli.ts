@@ -63,6 +63,8 @@ export function runGatecast(
 export interface Started {
   exited: Promise<number | null>;
   stderr(): string;
+  /** Sends the process SIGTERM (a daemon's orderly stop). */
+  stop(): void;
 }
 
 /**
@@ -90,7 +92,7 @@ export async function spawnUntilReady(
     }),
   );
   await waitUntil(what, () => ready.test(stderr) || ended, timeoutMs);
-  return { exited, stderr: () => stderr };
+  return { exited, stderr: () => stderr, stop: () => child.kill('SIGTERM') };
 }
 
 /** Starts `gatecast receive ...args` and resolves once it has joined (its readiness line). */
