@@ -322,6 +322,75 @@ function unicastRefusal(text: string, field: string, family?: 4 | 6): string | u
     : `${field}: "${text}" is not an address of the group's family (IPv${family})`;
 }
 
+/**
+ * Why a service's group (address, no port) and relay group (GROUP:PORT or null) do not fit a link's
+ * router: a multicast router forwards a channel on its own group, and a relay joins and sends in
+ * the family of its interface addresses. Undefined when they fit.
+ */
+function routerMisfit(
+  router: LinkRouter,
+  group: string,
+  relayTo: string | null,
+): { field: 'group' | 'relayTo'; reason: string } | undefined {
+  if (router.kind === 'smcroute') {
+    return relayTo === null
+      ? undefined
+      : {
+          field: 'relayTo',
+          reason:
+            'a multicast router forwards a channel on its own group; only a relay link sends it on another',
+        };
+  }
+  const family = isIPv6(router.inbound) ? 6 : 4;
+  if ((isIPv6(group) ? 6 : 4) !== family) {
+    return {
+      field: 'group',
+      reason: `the link relays IPv${family} (its addresses ${router.inbound}, ${router.outbound})`,
+    };
+  }
+  if (relayTo !== null && parseGroup(relayTo, 'relayTo').family !== family) {
+    return {
+      field: 'relayTo',
+      reason: `the link relays IPv${family} (its addresses ${router.inbound}, ${router.outbound})`,
+    };
+  }
+  return undefined;
+}
+
+/**
+ * Why the services a link has now do not fit a router it is changed to (docs/ordering.md "Links"),
+ * naming the service; undefined when they all fit.
+ */
+async function servicesMisfit(trx: Kysely<Schema>, name: string, router: LinkRouter) {
+  const services = await trx
+    .selectFrom('order_services')
+    .select(['name', 'group_address', 'port', 'source_address', 'relay_to'])
+    .where('link', '=', name)
+    .orderBy('name')
+    .execute();
+  for (const service of services) {
+    const misfit = routerMisfit(router, service.group_address, service.relay_to);
+    if (misfit !== undefined) {
+      return `body/router: service ${service.name} of link ${name} does not fit it (${misfit.field}): ${misfit.reason}`;
+    }
+    // A router carries a group as one, whatever the port: (S,G) of two sources are two channels.
+    const sharing =
+      router.kind === 'smcroute' &&
+      services.find(
+        (other) =>
+          other.name !== service.name &&
+          other.group_address === service.group_address &&
+          (other.source_address === null ||
+            service.source_address === null ||
+            other.source_address === service.source_address),
+      );
+    if (sharing) {
+      return `body/router: services ${service.name} and ${sharing.name} of link ${name} are on one group, which a router carries as one`;
+    }
+  }
+  return undefined;
+}
+
 function registerOperatorRoutes(app: FastifyInstance, context: OrderContext, drivers: LinkDrivers): void {
   const { db, store } = context;
   const operator = operatorOnly(context, 'only the operator defines links and services and reads reports');
@@ -358,7 +427,11 @@ function registerOperatorRoutes(app: FastifyInstance, context: OrderContext, dri
       if (body.router.kind === 'relay') {
         const { inbound, outbound } = body.router;
         const refusal =
-          unicastRefusal(inbound, 'body/router/inbound') ?? unicastRefusal(outbound, 'body/router/outbound');
+          unicastRefusal(inbound, 'body/router/inbound') ??
+          unicastRefusal(outbound, 'body/router/outbound') ??
+          (isIPv6(inbound) === isIPv6(outbound)
+            ? undefined
+            : `body/router/outbound: "${outbound}" is not of the family of the inbound address ${inbound}; a relay sends in the family it receives`);
         if (refusal !== undefined) {
           return sendError(reply, 'invalid-request', refusal);
         }
@@ -392,6 +465,10 @@ function registerOperatorRoutes(app: FastifyInstance, context: OrderContext, dri
             })
             .execute();
           return 'ok';
+        }
+        const misfit = await servicesMisfit(trx, name, body.router);
+        if (misfit !== undefined) {
+          return misfit;
         }
         if (Number(existing.used_bits) > body.capacity) {
           return `body/capacity: ${body.capacity} bit/s is below the ${existing.used_bits} bit/s in use on ${name}; cancel orders first`;
@@ -453,12 +530,23 @@ function registerOperatorRoutes(app: FastifyInstance, context: OrderContext, dri
       const outcome = await store.writeTransaction(async (trx) => {
         const link = await trx
           .selectFrom('order_links')
-          .select(['name', 'router'])
+          .select(['name', 'router', 'router_config'])
           .where('name', '=', body.link)
           .$if(store.dialect === 'postgres', (query) => query.forUpdate())
           .executeTakeFirst();
         if (link === undefined) {
           return { status: 'not-found' as const, message: `body/link: no link ${body.link}` };
+        }
+        const misfit = routerMisfit(
+          JSON.parse(link.router_config) as LinkRouter,
+          group.address,
+          body.relayTo ?? null,
+        );
+        if (misfit !== undefined) {
+          return {
+            status: 'invalid-request' as const,
+            message: `body/${misfit.field}: does not fit link ${body.link}: ${misfit.reason}`,
+          };
         }
         // A router forwards a group whatever its port (a relay joins each group on its port): a
         // second service there, from the same source or any, would be carried with the first,
