@@ -166,7 +166,11 @@ describe('order API: addresses of services and links are checked naming the fiel
       router: { kind: 'relay', inbound: '127.0.0.1', outbound: '127.0.0.1' },
     });
     assert.equal(link.status, 200, JSON.stringify(link.body));
-    const v6 = await call('PUT', '/v1/order/services/f1', { link: 'air4', group: '[ff3e::4]:5000', bitRate: 1 });
+    const v6 = await call('PUT', '/v1/order/services/f1', {
+      link: 'air4',
+      group: '[ff3e::4]:5000',
+      bitRate: 1,
+    });
     assert.equal(v6.status, 400, JSON.stringify(v6.body));
     assert.match(String(v6.body.message), /^body\/group: /);
     const to6 = await call('PUT', '/v1/order/services/f2', {
