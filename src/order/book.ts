@@ -557,9 +557,13 @@ export function createOrderBook(store: Store, options: OrderBookOptions): OrderB
       }
     }
     for (const row of state.inserts) {
-      if (row.service === service && row.state === 'active') {
+      if (row.service === service) {
+        // (Held too: the loop above ended it already.)
         row.state = 'preempted';
-        row.ended_at = iso;
+        row.ended_at ??= iso;
+        // Admitted and pre-empted in this batch: answered 409, never on the air for the box, so
+        // there is nothing to charge (per order or per hour).
+        row.charged = 1;
       }
     }
   };
