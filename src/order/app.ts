@@ -22,7 +22,13 @@ import {
   notFound,
   operatorOnly,
 } from '../api/context.js';
-import { orderBillingSweepMs, orderExpirySweepMs, orderLeaseMsDefault } from '../limits.js';
+import {
+  orderBillingSweepMs,
+  orderExpirySweepMs,
+  orderLeaseMsDefault,
+  orderListRowsDefault,
+  orderListRowsMax,
+} from '../limits.js';
 import { canonicalAddress, formatEndpoint, isMulticast, parseGroup } from '../net/address.js';
 import { sendError } from '../net/http-server.js';
 import {
@@ -233,6 +239,14 @@ function registerBoxRoutes(app: FastifyInstance, context: OrderContext, book: Or
       if (caller.kind === 'subscriber' && box !== undefined && box !== caller.id) {
         return forbid(reply, 'a box reads only its own orders');
       }
+      const rowsMax = Number(limit ?? orderListRowsDefault);
+      if (rowsMax < 1 || rowsMax > orderListRowsMax) {
+        return sendError(
+          reply,
+          'invalid-request',
+          `querystring/limit: ${limit} is not between 1 and ${orderListRowsMax}`,
+        );
+      }
       const rows = await context.db
         .selectFrom('orders')
         .selectAll()
@@ -243,7 +257,7 @@ function registerBoxRoutes(app: FastifyInstance, context: OrderContext, book: Or
         .$if(state !== 'all', (query) => query.where('state', '=', state))
         .orderBy('created_at')
         .orderBy('id')
-        .limit(Math.min(Number(limit ?? 1000), 10_000))
+        .limit(rowsMax)
         .execute();
       return rows.map((row) => presentOrder(row));
     },

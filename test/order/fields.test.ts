@@ -218,4 +218,13 @@ describe('order API: addresses of services and links are checked naming the fiel
     );
     assert.equal(air5?.router.kind, 'relay');
   });
+  // limit=0 answered an empty list as if there were no orders, and a limit above the documented
+  // 10,000 was cut to it without a word.
+  for (const limit of ['0', '10001', '99999']) {
+    it(`refuses GET /v1/order/orders?limit=${limit} (400 querystring/limit)`, async () => {
+      const answer = await call('GET', `/v1/order/orders?state=all&limit=${limit}`);
+      assert.equal(answer.status, 400, JSON.stringify(answer.body));
+      assert.match(String(answer.body.message), /^querystring\/limit: /);
+    });
+  }
 });
