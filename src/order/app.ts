@@ -371,6 +371,29 @@ function routerMisfit(
   return undefined;
 }
 
+/** Where a relay sends a service, in one text form: its relay group, or its own group and port. */
+function relayOutput(group: string, port: number, relayTo: string | null): string {
+  const endpoint =
+    relayTo === null
+      ? { address: group, port, family: isIPv6(group) ? (6 as const) : (4 as const) }
+      : parseGroup(relayTo, 'relayTo');
+  return formatEndpoint({ ...endpoint, address: canonicalAddress(endpoint.address) });
+}
+
+/**
+ * The service of the link (other than name) a relay would send on the same group and port as this
+ * one: it sends every channel from its one outbound address, so boxes could not tell them apart.
+ */
+function relayOutputShared(
+  services: ReadonlyArray<{ name: string; group_address: string; port: number; relay_to: string | null }>,
+  name: string,
+  output: string,
+) {
+  return services.find(
+    (other) => other.name !== name && relayOutput(other.group_address, other.port, other.relay_to) === output,
+  );
+}
+
 /**
  * Why the services a link has now do not fit a router it is changed to (docs/ordering.md "Links"),
  * naming the service; undefined when they all fit.
@@ -386,6 +409,12 @@ async function servicesMisfit(trx: Kysely<Schema>, name: string, router: LinkRou
     const misfit = routerMisfit(router, service.group_address, service.relay_to);
     if (misfit !== undefined) {
       return `body/router: service ${service.name} of link ${name} does not fit it (${misfit.field}): ${misfit.reason}`;
+    }
+    const output = relayOutput(service.group_address, service.port, service.relay_to);
+    const sameOutput =
+      router.kind === 'relay' ? relayOutputShared(services, service.name, output) : undefined;
+    if (sameOutput !== undefined) {
+      return `body/router: services ${service.name} and ${sameOutput.name} of link ${name} would both go out on ${output}`;
     }
     // A router carries a group as one, whatever the port: (S,G) of two sources are two channels.
     const sharing =
@@ -449,6 +478,13 @@ function registerOperatorRoutes(app: FastifyInstance, context: OrderContext, dri
         if (refusal !== undefined) {
           return sendError(reply, 'invalid-request', refusal);
         }
+      }
+      if (body.router.kind === 'smcroute' && body.router.inbound === body.router.outbound) {
+        return sendError(
+          reply,
+          'invalid-request',
+          `body/router/outbound: "${body.router.outbound}" is the inbound interface; a router forwards a channel out of another`,
+        );
       }
       const iso = new Date().toISOString();
       const config = JSON.stringify(body.router);
@@ -587,6 +623,21 @@ function registerOperatorRoutes(app: FastifyInstance, context: OrderContext, dri
             status: 'conflict' as const,
             message: `body/group: ${body.group} is on the group of service ${sharing.name} (port ${sharing.port}) on link ${body.link}, which carries a group as one`,
           };
+        }
+        if (link.router === 'relay') {
+          const output = relayOutput(group.address, group.port, body.relayTo ?? null);
+          const others = await trx
+            .selectFrom('order_services')
+            .select(['name', 'group_address', 'port', 'relay_to'])
+            .where('link', '=', body.link)
+            .execute();
+          const sameOutput = relayOutputShared(others, name, output);
+          if (sameOutput !== undefined) {
+            return {
+              status: 'conflict' as const,
+              message: `body/relayTo: service ${sameOutput.name} of link ${body.link} goes out on ${output} already; a relay sends every channel from one address`,
+            };
+          }
         }
         const active = await trx
           .selectFrom('order_active')

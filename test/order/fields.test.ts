@@ -227,4 +227,53 @@ describe('order API: addresses of services and links are checked naming the fiel
       assert.match(String(answer.body.message), /^querystring\/limit: /);
     });
   }
+  // smcrouted cannot forward a channel out of the interface it arrives on: a link whose inbound and
+  // outbound interfaces were one was saved and its orders admitted, with nothing ever crossing it.
+  it('refuses an smcroute link whose inbound and outbound interface are one (400 body/router/outbound)', async () => {
+    const answer = await call('PUT', '/v1/order/links/loop', {
+      capacity: 1_000_000,
+      router: { kind: 'smcroute', socket: '/run/loop.sock', inbound: 'eth0', outbound: 'eth0' },
+    });
+    assert.equal(answer.status, 400, JSON.stringify(answer.body));
+    assert.match(String(answer.body.message), /^body\/router\/outbound: /);
+  });
+
+  // A relay sends every channel from its one outbound address: two services of a relay link going
+  // out on one group and port (the same relayTo, or one's relayTo the group another goes out on, or
+  // two sources of a group without one) were saved, and the boxes of either got both mixed.
+  it('refuses a relay service going out on the group and port of another (409 body/relayTo)', async () => {
+    const relay = { kind: 'relay', inbound: '127.0.0.1', outbound: '127.0.0.1' };
+    assert.equal((await call('PUT', '/v1/order/links/air7', { capacity: 1_000, router: relay })).status, 200);
+    const onAir = (group: string, extra: object = {}) => ({ link: 'air7', group, bitRate: 1, ...extra });
+    assert.equal(
+      (await call('PUT', '/v1/order/services/h1', onAir('239.9.7.1:5000', { relayTo: '239.9.8.1:5000' })))
+        .status,
+      200,
+    );
+    for (const [name, body] of [
+      ['the same relay group', onAir('239.9.7.2:5000', { relayTo: '239.9.8.1:5000' })],
+      ['no relay group, on the relay group of another', onAir('239.9.8.1:5000')],
+    ] as const) {
+      const answer = await call('PUT', '/v1/order/services/h2', body);
+      assert.equal(answer.status, 409, `${name}: ${JSON.stringify(answer.body)}`);
+      assert.match(String(answer.body.message), /^body\/relayTo: .*service h1/);
+    }
+    assert.equal(
+      (await call('PUT', '/v1/order/services/h3', onAir('239.9.7.3:5000', { source: '10.0.0.1' }))).status,
+      200,
+    );
+    const twoSources = await call(
+      'PUT',
+      '/v1/order/services/h4',
+      onAir('239.9.7.3:5000', { source: '10.0.0.2' }),
+    );
+    assert.equal(twoSources.status, 409, JSON.stringify(twoSources.body));
+    assert.match(String(twoSources.body.message), /^body\/relayTo: .*service h3/);
+    // The service itself may be saved again as it is.
+    assert.equal(
+      (await call('PUT', '/v1/order/services/h1', onAir('239.9.7.1:5000', { relayTo: '239.9.8.1:5000' })))
+        .status,
+      200,
+    );
+  });
 });
