@@ -8,6 +8,7 @@
 import { randomUUID } from 'node:crypto';
 import { isIPv4, isIPv6 } from 'node:net';
 import { hostname } from 'node:os';
+import { isAbsolute } from 'node:path';
 import { type Static, Type } from '@sinclair/typebox';
 import type { FastifyInstance, FastifyReply } from 'fastify';
 import type { Kysely } from 'kysely';
@@ -478,6 +479,13 @@ function registerOperatorRoutes(app: FastifyInstance, context: OrderContext, dri
         if (refusal !== undefined) {
           return sendError(reply, 'invalid-request', refusal);
         }
+      }
+      if (body.router.kind === 'smcroute' && !isAbsolute(body.router.socket)) {
+        return sendError(
+          reply,
+          'invalid-request',
+          `body/router/socket: "${body.router.socket}" is not an absolute path; every order server must find the same daemon`,
+        );
       }
       if (body.router.kind === 'smcroute' && body.router.inbound === body.router.outbound) {
         return sendError(

@@ -276,4 +276,14 @@ describe('order API: addresses of services and links are checked naming the fiel
       200,
     );
   });
+  // A relative control socket was saved and then looked up from each order server's own working
+  // directory: servers started in two directories drove two different daemons, or none.
+  it('refuses an smcroute link with a relative control socket (400 body/router/socket)', async () => {
+    const answer = await call('PUT', '/v1/order/links/rel', {
+      capacity: 1_000_000,
+      router: { kind: 'smcroute', socket: 'run/smcroute.sock', inbound: 'eth0', outbound: 'eth1' },
+    });
+    assert.equal(answer.status, 400, JSON.stringify(answer.body));
+    assert.match(String(answer.body.message), /^body\/router\/socket: /);
+  });
 });
