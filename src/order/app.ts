@@ -753,12 +753,17 @@ function createOrderCharger(context: OrderContext, onError?: (error: Error) => v
         'orders.created_at',
         'orders.ended_at',
         'orders.unit_price',
-        'order_services.price',
+        // By the kind of price of the order's admission (orders from before it was kept: the
+        // service's of now).
+        (eb) => eb.fn.coalesce('orders.price', 'order_services.price').as('price'),
       ])
       .where('orders.charged', '=', 0)
       // A per-hour order is charged when it ends: those still held would fill every batch.
       .where((eb) =>
-        eb.or([eb('order_services.price', '<>', 'per-hour'), eb('orders.state', '<>', 'active')]),
+        eb.or([
+          eb(eb.fn.coalesce('orders.price', 'order_services.price'), '<>', 'per-hour'),
+          eb('orders.state', '<>', 'active'),
+        ]),
       )
       .limit(500)
       .execute();

@@ -513,6 +513,8 @@ export function createOrderBook(store: Store, options: OrderBookOptions): OrderB
             : service.price === 'per-hour'
               ? prices.perHour
               : prices.perOrder,
+        // And by the kind of price of now: a service may change once its orders have ended.
+        price: service.price,
       };
       inserts.push(row);
       held.set(pair, row);
