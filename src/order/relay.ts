@@ -7,6 +7,7 @@
 import { createSocket, type Socket } from 'node:dgram';
 import { isIPv6 } from 'node:net';
 import { receiveBufferBytesDefault, sendBufferBytesDefault } from '../limits.js';
+import { resolveInterface } from '../net/interfaces.js';
 import type { RouteWanted } from './book.js';
 import type { ReconcileReport, RouterDriver } from './driver.js';
 import { groupAddress } from './smcroute.js';
@@ -77,12 +78,16 @@ export function createRelayDriver(settings: RelaySettings): RouterDriver & { cou
       throw error;
     }
     try {
+      // IPv6 takes the interface as "::%name": node reads only the scope of an IPv6 address, so a
+      // bare address joined and sent on whichever interface the kernel chose for the group.
+      const inbound = resolveInterface(settings.inbound, family === 'udp6' ? 6 : 4).socketInterface;
+      const outbound = resolveInterface(settings.outbound, family === 'udp6' ? 6 : 4).socketInterface;
       if (route.source === null) {
-        input.addMembership(group, settings.inbound);
+        input.addMembership(group, inbound);
       } else {
-        input.addSourceSpecificMembership(route.source, group, settings.inbound);
+        input.addSourceSpecificMembership(route.source, group, inbound);
       }
-      output.setMulticastInterface(settings.outbound);
+      output.setMulticastInterface(outbound);
       output.setMulticastTTL(settings.ttl ?? 16);
       output.setMulticastLoopback(false);
     } catch (error) {
