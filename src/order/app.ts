@@ -586,6 +586,22 @@ function registerOperatorRoutes(app: FastifyInstance, context: OrderContext, dri
       }
       const iso = new Date().toISOString();
       const outcome = await store.writeTransaction(async (trx) => {
+        // A service changes with its links locked, the one it leaves too (in name order, as orders
+        // lock them): an order waiting for its link then reads the service as it is.
+        const previous = await trx
+          .selectFrom('order_services')
+          .select('link')
+          .where('name', '=', name)
+          .executeTakeFirst();
+        if (store.dialect === 'postgres') {
+          await trx
+            .selectFrom('order_links')
+            .select('name')
+            .where('name', 'in', [...new Set([body.link, previous?.link ?? body.link])].sort())
+            .orderBy('name')
+            .forUpdate()
+            .execute();
+        }
         const link = await trx
           .selectFrom('order_links')
           .select(['name', 'router', 'router_config'])
