@@ -464,6 +464,9 @@ export const orderLeaseMsDefault = 60_000;
 
 /** Order server: how often leases that ran out are ended. */
 export const orderExpirySweepMs = 1_000;
+/** Orders one GET /v1/order/orders answers without a `limit`, and the most it answers with one. */
+export const orderListRowsDefault = 1_000;
+export const orderListRowsMax = 10_000;
 
 /** Order server: how often a router driver checks its link's version in the store. */
 export const orderDriverPollMs = 100;

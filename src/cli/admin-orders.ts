@@ -31,14 +31,21 @@ export const orderAdminHelp = `  orders [list] [--box ID] [--service NAME] [--st
 
 type Send = (method: string, path: string, body?: unknown) => Promise<{ status: number; body: string }>;
 
-/** Parses 10M, 500k, 1G or a plain number of bit/s. */
+/**
+ * Parses 10M, 500k, 1G or a plain number of bit/s, exactly (decimal digits, no floating point): a
+ * value that is no whole number of bit/s is refused, not rounded into another rate.
+ */
 export function parseBits(text: string, field: string): number {
-  const match = /^([0-9]+(?:\.[0-9]+)?)([kMG]?)$/.exec(text);
+  const match = /^([0-9]+)(?:\.([0-9]+))?([kMG]?)$/.exec(text);
   if (match === null) {
     throw new UsageError(`${field}: "${text}" is not a bit rate such as 4M, 500k or 1G`);
   }
-  const scale = { '': 1, k: 1e3, M: 1e6, G: 1e9 }[match[2] as '' | 'k' | 'M' | 'G'];
-  const value = Math.round(Number(match[1]) * scale);
+  const fraction = (match[2] ?? '').replace(/0+$/, '');
+  const zeros = { '': 0, k: 3, M: 6, G: 9 }[match[3] as '' | 'k' | 'M' | 'G'] - fraction.length;
+  if (zeros < 0) {
+    throw new UsageError(`${field}: "${text}" is not a whole number of bit/s`);
+  }
+  const value = Number(BigInt(`${match[1]}${fraction}`) * 10n ** BigInt(zeros));
   if (value < 1) {
     throw new UsageError(`${field}: "${text}" is below 1 bit/s`);
   }

@@ -8,6 +8,7 @@
 import { randomUUID } from 'node:crypto';
 import { isIPv4, isIPv6 } from 'node:net';
 import { hostname } from 'node:os';
+import { isAbsolute } from 'node:path';
 import { type Static, Type } from '@sinclair/typebox';
 import type { FastifyInstance, FastifyReply } from 'fastify';
 import type { Kysely } from 'kysely';
@@ -22,7 +23,13 @@ import {
   notFound,
   operatorOnly,
 } from '../api/context.js';
-import { orderBillingSweepMs, orderExpirySweepMs, orderLeaseMsDefault } from '../limits.js';
+import {
+  orderBillingSweepMs,
+  orderExpirySweepMs,
+  orderLeaseMsDefault,
+  orderListRowsDefault,
+  orderListRowsMax,
+} from '../limits.js';
 import { canonicalAddress, formatEndpoint, isMulticast, parseGroup } from '../net/address.js';
 import { sendError } from '../net/http-server.js';
 import {
@@ -233,6 +240,14 @@ function registerBoxRoutes(app: FastifyInstance, context: OrderContext, book: Or
       if (caller.kind === 'subscriber' && box !== undefined && box !== caller.id) {
         return forbid(reply, 'a box reads only its own orders');
       }
+      const rowsMax = Number(limit ?? orderListRowsDefault);
+      if (rowsMax < 1 || rowsMax > orderListRowsMax) {
+        return sendError(
+          reply,
+          'invalid-request',
+          `querystring/limit: ${limit} is not between 1 and ${orderListRowsMax}`,
+        );
+      }
       const rows = await context.db
         .selectFrom('orders')
         .selectAll()
@@ -243,7 +258,7 @@ function registerBoxRoutes(app: FastifyInstance, context: OrderContext, book: Or
         .$if(state !== 'all', (query) => query.where('state', '=', state))
         .orderBy('created_at')
         .orderBy('id')
-        .limit(Math.min(Number(limit ?? 1000), 10_000))
+        .limit(rowsMax)
         .execute();
       return rows.map((row) => presentOrder(row));
     },
@@ -322,6 +337,104 @@ function unicastRefusal(text: string, field: string, family?: 4 | 6): string | u
     : `${field}: "${text}" is not an address of the group's family (IPv${family})`;
 }
 
+/**
+ * Why a service's group (address, no port) and relay group (GROUP:PORT or null) do not fit a link's
+ * router: a multicast router forwards a channel on its own group, and a relay joins and sends in
+ * the family of its interface addresses. Undefined when they fit.
+ */
+function routerMisfit(
+  router: LinkRouter,
+  group: string,
+  relayTo: string | null,
+): { field: 'group' | 'relayTo'; reason: string } | undefined {
+  if (router.kind === 'smcroute') {
+    return relayTo === null
+      ? undefined
+      : {
+          field: 'relayTo',
+          reason:
+            'a multicast router forwards a channel on its own group; only a relay link sends it on another',
+        };
+  }
+  const family = isIPv6(router.inbound) ? 6 : 4;
+  if ((isIPv6(group) ? 6 : 4) !== family) {
+    return {
+      field: 'group',
+      reason: `the link relays IPv${family} (its addresses ${router.inbound}, ${router.outbound})`,
+    };
+  }
+  if (relayTo !== null && parseGroup(relayTo, 'relayTo').family !== family) {
+    return {
+      field: 'relayTo',
+      reason: `the link relays IPv${family} (its addresses ${router.inbound}, ${router.outbound})`,
+    };
+  }
+  return undefined;
+}
+
+/** Where a relay sends a service, in one text form: its relay group, or its own group and port. */
+function relayOutput(group: string, port: number, relayTo: string | null): string {
+  const endpoint =
+    relayTo === null
+      ? { address: group, port, family: isIPv6(group) ? (6 as const) : (4 as const) }
+      : parseGroup(relayTo, 'relayTo');
+  return formatEndpoint({ ...endpoint, address: canonicalAddress(endpoint.address) });
+}
+
+/**
+ * The service of the link (other than name) a relay would send on the same group and port as this
+ * one: it sends every channel from its one outbound address, so boxes could not tell them apart.
+ */
+function relayOutputShared(
+  services: ReadonlyArray<{ name: string; group_address: string; port: number; relay_to: string | null }>,
+  name: string,
+  output: string,
+) {
+  return services.find(
+    (other) => other.name !== name && relayOutput(other.group_address, other.port, other.relay_to) === output,
+  );
+}
+
+/**
+ * Why the services a link has now do not fit a router it is changed to (docs/ordering.md "Links"),
+ * naming the service; undefined when they all fit.
+ */
+async function servicesMisfit(trx: Kysely<Schema>, name: string, router: LinkRouter) {
+  const services = await trx
+    .selectFrom('order_services')
+    .select(['name', 'group_address', 'port', 'source_address', 'relay_to'])
+    .where('link', '=', name)
+    .orderBy('name')
+    .execute();
+  for (const service of services) {
+    const misfit = routerMisfit(router, service.group_address, service.relay_to);
+    if (misfit !== undefined) {
+      return `body/router: service ${service.name} of link ${name} does not fit it (${misfit.field}): ${misfit.reason}`;
+    }
+    const output = relayOutput(service.group_address, service.port, service.relay_to);
+    const sameOutput =
+      router.kind === 'relay' ? relayOutputShared(services, service.name, output) : undefined;
+    if (sameOutput !== undefined) {
+      return `body/router: services ${service.name} and ${sameOutput.name} of link ${name} would both go out on ${output}`;
+    }
+    // A router carries a group as one, whatever the port: (S,G) of two sources are two channels.
+    const sharing =
+      router.kind === 'smcroute' &&
+      services.find(
+        (other) =>
+          other.name !== service.name &&
+          other.group_address === service.group_address &&
+          (other.source_address === null ||
+            service.source_address === null ||
+            other.source_address === service.source_address),
+      );
+    if (sharing) {
+      return `body/router: services ${service.name} and ${sharing.name} of link ${name} are on one group, which a router carries as one`;
+    }
+  }
+  return undefined;
+}
+
 function registerOperatorRoutes(app: FastifyInstance, context: OrderContext, drivers: LinkDrivers): void {
   const { db, store } = context;
   const operator = operatorOnly(context, 'only the operator defines links and services and reads reports');
@@ -358,10 +471,28 @@ function registerOperatorRoutes(app: FastifyInstance, context: OrderContext, dri
       if (body.router.kind === 'relay') {
         const { inbound, outbound } = body.router;
         const refusal =
-          unicastRefusal(inbound, 'body/router/inbound') ?? unicastRefusal(outbound, 'body/router/outbound');
+          unicastRefusal(inbound, 'body/router/inbound') ??
+          unicastRefusal(outbound, 'body/router/outbound') ??
+          (isIPv6(inbound) === isIPv6(outbound)
+            ? undefined
+            : `body/router/outbound: "${outbound}" is not of the family of the inbound address ${inbound}; a relay sends in the family it receives`);
         if (refusal !== undefined) {
           return sendError(reply, 'invalid-request', refusal);
         }
+      }
+      if (body.router.kind === 'smcroute' && !isAbsolute(body.router.socket)) {
+        return sendError(
+          reply,
+          'invalid-request',
+          `body/router/socket: "${body.router.socket}" is not an absolute path; every order server must find the same daemon`,
+        );
+      }
+      if (body.router.kind === 'smcroute' && body.router.inbound === body.router.outbound) {
+        return sendError(
+          reply,
+          'invalid-request',
+          `body/router/outbound: "${body.router.outbound}" is the inbound interface; a router forwards a channel out of another`,
+        );
       }
       const iso = new Date().toISOString();
       const config = JSON.stringify(body.router);
@@ -392,6 +523,10 @@ function registerOperatorRoutes(app: FastifyInstance, context: OrderContext, dri
             })
             .execute();
           return 'ok';
+        }
+        const misfit = await servicesMisfit(trx, name, body.router);
+        if (misfit !== undefined) {
+          return misfit;
         }
         if (Number(existing.used_bits) > body.capacity) {
           return `body/capacity: ${body.capacity} bit/s is below the ${existing.used_bits} bit/s in use on ${name}; cancel orders first`;
@@ -451,14 +586,41 @@ function registerOperatorRoutes(app: FastifyInstance, context: OrderContext, dri
       }
       const iso = new Date().toISOString();
       const outcome = await store.writeTransaction(async (trx) => {
+        // A service changes with its links locked, the one it leaves too (in name order, as orders
+        // lock them): an order waiting for its link then reads the service as it is.
+        const previous = await trx
+          .selectFrom('order_services')
+          .select('link')
+          .where('name', '=', name)
+          .executeTakeFirst();
+        if (store.dialect === 'postgres') {
+          await trx
+            .selectFrom('order_links')
+            .select('name')
+            .where('name', 'in', [...new Set([body.link, previous?.link ?? body.link])].sort())
+            .orderBy('name')
+            .forUpdate()
+            .execute();
+        }
         const link = await trx
           .selectFrom('order_links')
-          .select(['name', 'router'])
+          .select(['name', 'router', 'router_config'])
           .where('name', '=', body.link)
           .$if(store.dialect === 'postgres', (query) => query.forUpdate())
           .executeTakeFirst();
         if (link === undefined) {
           return { status: 'not-found' as const, message: `body/link: no link ${body.link}` };
+        }
+        const misfit = routerMisfit(
+          JSON.parse(link.router_config) as LinkRouter,
+          group.address,
+          body.relayTo ?? null,
+        );
+        if (misfit !== undefined) {
+          return {
+            status: 'invalid-request' as const,
+            message: `body/${misfit.field}: does not fit link ${body.link}: ${misfit.reason}`,
+          };
         }
         // A router forwards a group whatever its port (a relay joins each group on its port): a
         // second service there, from the same source or any, would be carried with the first,
@@ -485,6 +647,21 @@ function registerOperatorRoutes(app: FastifyInstance, context: OrderContext, dri
             status: 'conflict' as const,
             message: `body/group: ${body.group} is on the group of service ${sharing.name} (port ${sharing.port}) on link ${body.link}, which carries a group as one`,
           };
+        }
+        if (link.router === 'relay') {
+          const output = relayOutput(group.address, group.port, body.relayTo ?? null);
+          const others = await trx
+            .selectFrom('order_services')
+            .select(['name', 'group_address', 'port', 'relay_to'])
+            .where('link', '=', body.link)
+            .execute();
+          const sameOutput = relayOutputShared(others, name, output);
+          if (sameOutput !== undefined) {
+            return {
+              status: 'conflict' as const,
+              message: `body/relayTo: service ${sameOutput.name} of link ${body.link} goes out on ${output} already; a relay sends every channel from one address`,
+            };
+          }
         }
         const active = await trx
           .selectFrom('order_active')
@@ -592,12 +769,17 @@ function createOrderCharger(context: OrderContext, onError?: (error: Error) => v
         'orders.created_at',
         'orders.ended_at',
         'orders.unit_price',
-        'order_services.price',
+        // By the kind of price of the order's admission (orders from before it was kept: the
+        // service's of now).
+        (eb) => eb.fn.coalesce('orders.price', 'order_services.price').as('price'),
       ])
       .where('orders.charged', '=', 0)
       // A per-hour order is charged when it ends: those still held would fill every batch.
       .where((eb) =>
-        eb.or([eb('order_services.price', '<>', 'per-hour'), eb('orders.state', '<>', 'active')]),
+        eb.or([
+          eb(eb.fn.coalesce('orders.price', 'order_services.price'), '<>', 'per-hour'),
+          eb('orders.state', '<>', 'active'),
+        ]),
       )
       .limit(500)
       .execute();

@@ -306,17 +306,9 @@ export function createOrderBook(store: Store, options: OrderBookOptions): OrderB
     return room >= service.bit_rate ? victims : undefined;
   };
 
-  /**
-   * Admits a batch of orders in one transaction with a few set-based statements, whatever its size:
-   * read the services, the entitlements of all its boxes, lock its links (in name order, so two
-   * servers' batches never wait on each other in a cycle), read the boxes' active orders and the
-   * links' active services; decide every order in memory, in arrival order, exactly as one after
-   * another would; then write: renewals, pre-emptions, one refcount upsert for all services, one
-   * capacity update per link whose use changed, one multi-row insert of the new orders.
-   */
-  const admitBatch = async (trx: Kysely<Schema>, wanted: readonly Wanted[]): Promise<AdmitOutcome[]> => {
-    const names = [...new Set(wanted.map((one) => one.service))];
-    const services = new Map(
+  /** The services of these names, as admission decides by them. */
+  const readServices = async (trx: Kysely<Schema>, names: readonly string[]) =>
+    new Map(
       (
         await trx
           .selectFrom('order_services')
@@ -328,6 +320,18 @@ export function createOrderBook(store: Store, options: OrderBookOptions): OrderB
         { ...row, bit_rate: Number(row.bit_rate), price: row.price as OrderPrice } satisfies ServiceRow,
       ]),
     );
+
+  /**
+   * Admits a batch of orders in one transaction with a few set-based statements, whatever its size:
+   * read the services, the entitlements of all its boxes, lock its links (in name order, so two
+   * servers' batches never wait on each other in a cycle), read the boxes' active orders and the
+   * links' active services; decide every order in memory, in arrival order, exactly as one after
+   * another would; then write: renewals, pre-emptions, one refcount upsert for all services, one
+   * capacity update per link whose use changed, one multi-row insert of the new orders.
+   */
+  const admitBatch = async (trx: Kysely<Schema>, wanted: readonly Wanted[]): Promise<AdmitOutcome[]> => {
+    const names = [...new Set(wanted.map((one) => one.service))];
+    const services = await readServices(trx, names);
     const outcomes: Array<AdmitOutcome | undefined> = wanted.map((one) =>
       services.has(one.service)
         ? undefined
@@ -354,11 +358,12 @@ export function createOrderBook(store: Store, options: OrderBookOptions): OrderB
   const decideAndWrite = async (
     trx: Kysely<Schema>,
     admissible: ReadonlyArray<Wanted & { index: number }>,
-    services: ReadonlyMap<string, ServiceRow>,
+    servicesRead: ReadonlyMap<string, ServiceRow>,
     outcomes: Array<AdmitOutcome | undefined>,
   ) => {
-    const serviceOf = (name: string) => services.get(name) as ServiceRow;
-    const linkNames = [...new Set(admissible.map((one) => serviceOf(one.service).link))].sort();
+    const linkNames = [
+      ...new Set(admissible.map((one) => (servicesRead.get(one.service) as ServiceRow).link)),
+    ].sort();
     const linkRows = await trx
       .selectFrom('order_links')
       .select(['name', 'capacity_bits', 'used_bits', 'policy'])
@@ -380,6 +385,17 @@ export function createOrderBook(store: Store, options: OrderBookOptions): OrderB
     for (const name of linkNames) {
       assert(links.has(name), `order link ${name} of a service is missing`);
     }
+    // The services again, under the links' locks (a service changes only with its links locked):
+    // one changed since they were read is decided as it is now; one moved to a link this batch
+    // did not lock fails the batch, and each order runs again on its own.
+    const services = await readServices(trx, [...servicesRead.keys()]);
+    for (const name of servicesRead.keys()) {
+      const service = services.get(name);
+      if (service === undefined || !links.has(service.link)) {
+        throw new Error(`service ${name} changed links while its order waited; ordering it again`);
+      }
+    }
+    const serviceOf = (name: string) => services.get(name) as ServiceRow;
     // Read under the locks: every change to these links' orders holds the same locks.
     const boxes = [...new Set(admissible.map((one) => one.box))];
     const existingRows = await trx
@@ -513,6 +529,8 @@ export function createOrderBook(store: Store, options: OrderBookOptions): OrderB
             : service.price === 'per-hour'
               ? prices.perHour
               : prices.perOrder,
+        // And by the kind of price of now: a service may change once its orders have ended.
+        price: service.price,
       };
       inserts.push(row);
       held.set(pair, row);
@@ -557,9 +575,13 @@ export function createOrderBook(store: Store, options: OrderBookOptions): OrderB
       }
     }
     for (const row of state.inserts) {
-      if (row.service === service && row.state === 'active') {
+      if (row.service === service) {
+        // (Held too: the loop above ended it already.)
         row.state = 'preempted';
-        row.ended_at = iso;
+        row.ended_at ??= iso;
+        // Admitted and pre-empted in this batch: answered 409, never on the air for the box, so
+        // there is nothing to charge (per order or per hour).
+        row.charged = 1;
       }
     }
   };

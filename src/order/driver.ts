@@ -62,6 +62,11 @@ export interface LinkDriversOptions {
   /** Told of every reconcile that changed something or failed. */
   readonly onReport?: ((link: string, report: ReconcileReport) => void) | undefined;
   readonly now?: (() => number) | undefined;
+  /**
+   * A clock that never steps (default performance.now): when to refresh a lease held. The wall
+   * clock (now) is what the lease rows shared with other servers are written in.
+   */
+  readonly monotonic?: (() => number) | undefined;
   readonly pollMs?: number | undefined;
   readonly driftCheckMs?: number | undefined;
   readonly leaseMs?: number | undefined;
@@ -73,7 +78,8 @@ interface Driven {
   version: number;
   checkedAt: number;
   failing: boolean;
-  leaseUntil: number;
+  /** When this server last wrote its lease on the link (monotonic clock). */
+  leaseRefreshedAt: number;
 }
 
 /** The drivers of the links this server holds. */
@@ -91,6 +97,10 @@ export interface LinkDrivers extends AsyncDisposable {
 export function startLinkDrivers(options: LinkDriversOptions): LinkDrivers {
   const { store } = options;
   const now = options.now ?? Date.now;
+  const monotonic = options.monotonic ?? (() => performance.now());
+  /** Whether a lease written at refreshedAt needs no refresh yet (a stepped wall clock aside). */
+  const leaseFresh = (current: Driven | undefined) =>
+    current !== undefined && monotonic() - current.leaseRefreshedAt < leaseMs / 2;
   const pollMs = options.pollMs ?? pollMsDefault;
   const driftCheckMs = options.driftCheckMs ?? driftCheckMsDefault;
   const leaseMs = options.leaseMs ?? leaseMsDefault;
@@ -103,10 +113,11 @@ export function startLinkDrivers(options: LinkDriversOptions): LinkDrivers {
 
   /** Takes or keeps the link's lease; true when this server holds it. */
   const holdLease = async (link: string, current: Driven | undefined): Promise<boolean> => {
-    const at = now();
-    if (current !== undefined && at < current.leaseUntil - leaseMs / 2) {
+    if (leaseFresh(current)) {
       return true;
     }
+    const at = now();
+    const writtenAt = monotonic();
     await store.db
       .insertInto('order_driver_leases')
       .values({ link, holder: options.holder, expires_at_ms: at + leaseMs })
@@ -120,7 +131,7 @@ export function startLinkDrivers(options: LinkDriversOptions): LinkDrivers {
       .executeTakeFirst();
     const held = Number(taken.numUpdatedRows) === 1;
     if (held && current !== undefined) {
-      current.leaseUntil = at + leaseMs;
+      current.leaseRefreshedAt = writtenAt;
     }
     return held;
   };
@@ -244,7 +255,7 @@ export function startLinkDrivers(options: LinkDriversOptions): LinkDrivers {
         version: -1,
         checkedAt: 0,
         failing: false,
-        leaseUntil: now() + leaseMs,
+        leaseRefreshedAt: monotonic(), // holdLease wrote it just now
       };
       driven.set(link.name, current);
       const watched = current;
@@ -262,12 +273,8 @@ export function startLinkDrivers(options: LinkDriversOptions): LinkDrivers {
    * an order's route goes out without reading every link first. Anything else takes a full pass.
    */
   const pokedPass = async (): Promise<boolean> => {
-    const at = now();
     const links = [...poked];
-    const ready = links.every((name) => {
-      const current = driven.get(name);
-      return current !== undefined && at < current.leaseUntil - leaseMs / 2;
-    });
+    const ready = links.every((name) => leaseFresh(driven.get(name)));
     if (!ready) {
       return false;
     }

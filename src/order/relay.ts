@@ -7,6 +7,7 @@
 import { createSocket, type Socket } from 'node:dgram';
 import { isIPv6 } from 'node:net';
 import { receiveBufferBytesDefault, sendBufferBytesDefault } from '../limits.js';
+import { resolveInterface } from '../net/interfaces.js';
 import type { RouteWanted } from './book.js';
 import type { ReconcileReport, RouterDriver } from './driver.js';
 import { groupAddress } from './smcroute.js';
@@ -32,6 +33,20 @@ interface Relay {
   readonly output: Socket;
 }
 
+/** Binds a socket; a failure rejects, naming what was bound, instead of going unheard. */
+function bindSocket(socket: Socket, port: number, address: string, what: string): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    const fail = (error: Error) => {
+      reject(new Error(`binding the ${what} ${address}:${port}: ${error.message}`));
+    };
+    socket.once('error', fail);
+    socket.bind(port, address, () => {
+      socket.off('error', fail);
+      resolve();
+    });
+  });
+}
+
 const portOf = (group: string) => Number(group.slice(group.lastIndexOf(':') + 1));
 
 /** Builds the relay of one link. */
@@ -50,23 +65,29 @@ export function createRelayDriver(settings: RelaySettings): RouterDriver & { cou
     // that arrives while it answers a request must wait in the kernel, not be dropped there.
     const input = createSocket({ type: family, reuseAddr: true, recvBufferSize: receiveBufferBytesDefault });
     const output = createSocket({ type: family, sendBufferSize: sendBufferBytesDefault });
-    await new Promise<void>((resolve, reject) => {
-      input.once('error', reject);
+    try {
       // On the group address, not the wildcard: a wildcard socket gets every group joined on the
       // host on this port, and would relay another channel's datagrams onto this one's group.
-      input.bind(route.port, group, () => {
-        input.off('error', reject);
-        resolve();
-      });
-    });
-    await new Promise<void>((resolve) => output.bind(0, settings.outbound, () => resolve()));
+      await bindSocket(input, route.port, group, 'inbound group');
+      // A bind that fails (an address not on this host) is an 'error' event, never the callback:
+      // unheard, it would leave this reconcile, and the server's driver pass, waiting for good.
+      await bindSocket(output, 0, settings.outbound, 'outbound address');
+    } catch (error) {
+      input.close();
+      output.close();
+      throw error;
+    }
     try {
+      // IPv6 takes the interface as "::%name": node reads only the scope of an IPv6 address, so a
+      // bare address joined and sent on whichever interface the kernel chose for the group.
+      const inbound = resolveInterface(settings.inbound, family === 'udp6' ? 6 : 4).socketInterface;
+      const outbound = resolveInterface(settings.outbound, family === 'udp6' ? 6 : 4).socketInterface;
       if (route.source === null) {
-        input.addMembership(group, settings.inbound);
+        input.addMembership(group, inbound);
       } else {
-        input.addSourceSpecificMembership(route.source, group, settings.inbound);
+        input.addSourceSpecificMembership(route.source, group, inbound);
       }
-      output.setMulticastInterface(settings.outbound);
+      output.setMulticastInterface(outbound);
       output.setMulticastTTL(settings.ttl ?? 16);
       output.setMulticastLoopback(false);
     } catch (error) {

@@ -100,4 +100,12 @@ export const orderMigrations: Record<string, Migration> = {
       await db.schema.alterTable('orders').addColumn('unit_price', 'bigint').execute();
     },
   },
+  '0103-order-price-kinds': {
+    async up(db: Kysely<unknown>) {
+      // The service's kind of price (per-order, per-hour, subscription) when the order was
+      // admitted: a service changed once its orders ended must not change how they are charged.
+      // Null for orders admitted before this shipped (charged by the service's kind then).
+      await db.schema.alterTable('orders').addColumn('price', 'text').execute();
+    },
+  },
 };

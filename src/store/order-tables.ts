@@ -63,6 +63,11 @@ export interface OrderTables {
      * a per-hour service); null for a subscription. The order is charged at it.
      */
     unit_price: number | string | bigint | null;
+    /**
+     * The service's kind of price when the order was admitted (`per-order`, `per-hour`,
+     * `subscription`); null for orders from before it was kept. The order is charged by it.
+     */
+    price: string | null;
   };
   /**
    * The routers (router_config as in order_links) each link's routes may be on: recorded before a

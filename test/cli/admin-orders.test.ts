@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { parseRouter } from '../../src/cli/admin-orders.js';
+import { parseBits, parseRouter } from '../../src/cli/admin-orders.js';
 import { UsageError } from '../../src/cli/errors.js';
 
 // `--router relay:INADDR:OUTADDR` was split on every colon, so a relay on IPv6 addresses could not
@@ -52,4 +52,28 @@ describe('gatecast admin orders link --router', () => {
       );
     }
   });
+});
+
+// A rate or capacity that is no whole number of bit/s was rounded: `--capacity 1.5` made a link of
+// 2 bit/s, `--rate 1.0000001k` a service of 1,000, and a tiny fraction such as `0.4` was "below 1".
+describe('gatecast admin orders --rate and --capacity', () => {
+  it('reads whole bit rates exactly', () => {
+    assert.equal(parseBits('4M', '--rate'), 4_000_000);
+    assert.equal(parseBits('1.1M', '--rate'), 1_100_000);
+    assert.equal(parseBits('0.000001M', '--rate'), 1);
+    assert.equal(parseBits('2.50k', '--rate'), 2_500);
+    assert.equal(parseBits('7', '--capacity'), 7);
+    assert.equal(parseBits('1000G', '--capacity'), 1_000_000_000_000);
+  });
+
+  for (const text of ['1.5', '1.0000001k', '0.4', '0.0000001M']) {
+    it(`refuses ${text}, which is no whole number of bit/s, naming the field`, () => {
+      assert.throws(
+        () => parseBits(text, '--capacity'),
+        (error: unknown) =>
+          error instanceof UsageError &&
+          /^--capacity: "[0-9.kMG]+" is not a whole number of bit\/s/.test(error.message),
+      );
+    });
+  }
 });

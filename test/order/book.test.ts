@@ -1,10 +1,11 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import type { Kysely } from 'kysely';
+import { type Kysely, sql } from 'kysely';
 import { createBatchCommitter, createOrderBook, type OrderBook } from '../../src/order/book.js';
 import { openStore, type Schema, type Store } from '../../src/store/database.js';
 import { activeOrders, makeBox, makeLink } from '../helpers/order-store.js';
 import { onEveryStore, postgresSkip, startPostgres } from '../helpers/postgres.js';
+import { waitUntil } from '../helpers/wait.js';
 
 /** What the store says, to compare with what it should say. */
 export async function linkState(store: Store, link: string) {
@@ -419,3 +420,68 @@ export async function concurrentOrders(a: Store, b: Store): Promise<void> {
   assert.equal(state.used, state.expectedUsed);
   assert.ok(state.used <= state.capacity);
 }
+
+// An order read its service before it locked the service's link: a service changed in between
+// (another bit rate, by an operator on another order server) was admitted at what it had been, so
+// the link's capacity counted 1 Mbit/s for a channel of 9 on a link of 5.
+describe('a service changed while an order of it waits for its link (PostgreSQL)', postgresSkip(), () => {
+  it('is admitted by the service as it is under the lock', async () => {
+    const postgres = startPostgres();
+    const store = await openStore(postgres.url);
+    const other = await openStore(postgres.url);
+    try {
+      await makeLink(store, 'race', 5_000_000, 'reject', [{ name: 'swap', rate: 1_000_000 }]);
+      const box = await makeBox(store, 'racebox');
+      const book = createOrderBook(store, { leaseMs: 60_000 });
+      let release: () => void = () => undefined;
+      const released = new Promise<void>((resolve) => {
+        release = resolve;
+      });
+      const holding = other.db.transaction().execute(async (trx) => {
+        await trx.selectFrom('order_links').select('name').where('name', '=', 'race').forUpdate().execute();
+        await released;
+      });
+      const order = book.order(box, 'swap');
+      const waiting = async () =>
+        Number(
+          (
+            await sql<{
+              count: string;
+            }>`select count(*) as count from pg_stat_activity where wait_event_type = 'Lock'`.execute(
+              other.db,
+            )
+          ).rows[0]?.count ?? 0,
+        );
+      let blocked = 0;
+      await waitUntil(
+        'the order waiting for the link',
+        () => {
+          void waiting().then((count) => {
+            blocked = count;
+          });
+          return blocked > 0;
+        },
+        10_000,
+      );
+      await other.db
+        .updateTable('order_services')
+        .set({ bit_rate: 9_000_000 })
+        .where('name', '=', 'swap')
+        .execute();
+      release();
+      await holding;
+      const outcome = await order;
+      assert.equal(outcome.kind, 'capacity-full');
+      const link = await store.db
+        .selectFrom('order_links')
+        .select('used_bits')
+        .where('name', '=', 'race')
+        .executeTakeFirstOrThrow();
+      assert.equal(Number(link.used_bits), 0);
+    } finally {
+      await store.close();
+      await other.close();
+      postgres.stop();
+    }
+  });
+});

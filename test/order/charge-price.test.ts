@@ -117,4 +117,99 @@ describe('orders are charged at the rate card of their admission', () => {
       -(3600 + 7 + 700),
     );
   });
+  // An order admitted and pre-empted by a later order of the same batch is answered 409 (it was
+  // never on the air for the box), yet its row was charged like any other: one channel-orders unit
+  // per order, or a second of a per-hour service.
+  it('charges nothing for an order pre-empted in the batch that admitted it', async () => {
+    const ok = (answer: { status: number; body: unknown }, status = 200) =>
+      assert.equal(answer.status, status, JSON.stringify(answer.body));
+    ok(
+      await call('PUT', '/v1/order/links/full', operatorToken, {
+        capacity: 1_000_000,
+        router: { kind: 'relay', inbound: '127.0.0.1', outbound: '127.0.0.1' },
+        policy: 'preempt',
+      }),
+    );
+    for (const [name, price, priority, group] of [
+      ['low-once', 'per-order', 1, '239.75.1.1:5000'],
+      ['low-hourly', 'per-hour', 2, '239.75.1.2:5000'],
+      ['high', 'per-order', 9, '239.75.1.3:5000'],
+    ] as const) {
+      ok(
+        await call('PUT', `/v1/order/services/${name}`, operatorToken, {
+          link: 'full',
+          group,
+          bitRate: 1_000_000,
+          price,
+          priority,
+        }),
+      );
+    }
+    const boxes: Array<{ id: string }> = [];
+    for (const name of ['lowbox1', 'lowbox2', 'highbox']) {
+      const box = await call('POST', '/v1/subscribers', operatorToken, { name });
+      ok(box, 201);
+      const id = box.body.id as string;
+      ok(await call('POST', '/v1/entitlements', operatorToken, { subscriber: id, service: 'channel' }), 201);
+      boxes.push({ id });
+    }
+    ok(await call('PUT', '/v1/rates', operatorToken, { channelOrderPerHour: 3600, channelOrderPerOrder: 7 }));
+    assert.ok(role !== undefined);
+    assert.equal(await role.chargeOrders(), 0);
+    const [lowOnce, lowHourly, high] = await Promise.all([
+      role.book.order(boxes[0]?.id as string, 'low-once'),
+      role.book.order(boxes[1]?.id as string, 'low-hourly'),
+      role.book.order(boxes[2]?.id as string, 'high'),
+    ]);
+    assert.equal(lowOnce?.kind, 'preempted');
+    assert.equal(lowHourly?.kind, 'preempted');
+    assert.equal(high?.kind, 'ordered');
+    assert.equal(await role.chargeOrders(), 1);
+    const balances = [];
+    for (const box of boxes) {
+      balances.push((await call('GET', `/v1/accounts/${box.id}/balance`, operatorToken)).body.balance);
+    }
+    assert.deepEqual(balances, [0, 0, -7]);
+  });
+  // An order was charged by the price its service has when the charge is made: a per-hour order
+  // that ended and was not charged yet (billing retried, or the sweep not run), then its service
+  // changed to per-order, was charged one order at the per-hour price; changed to a subscription,
+  // nothing at all.
+  it('charges an order by the kind of price its service had when it was admitted', async () => {
+    const ok = (answer: { status: number; body: unknown }, status = 200) =>
+      assert.equal(answer.status, status, JSON.stringify(answer.body));
+    ok(
+      await call('PUT', '/v1/order/links/kinds', operatorToken, {
+        capacity: 10_000_000,
+        router: { kind: 'relay', inbound: '127.0.0.1', outbound: '127.0.0.1' },
+      }),
+    );
+    const service = (price: string) => ({ link: 'kinds', group: '239.75.2.1:5000', bitRate: 1_000, price });
+    ok(await call('PUT', '/v1/order/services/switch', operatorToken, service('per-hour')));
+    const box = await call('POST', '/v1/subscribers', operatorToken, { name: 'kindbox' });
+    ok(box, 201);
+    const [id, token] = [box.body.id as string, box.body.token as string];
+    ok(await call('POST', '/v1/entitlements', operatorToken, { subscriber: id, service: 'channel' }), 201);
+    ok(
+      await call('PUT', '/v1/rates', operatorToken, {
+        channelOrderPerHour: 3600,
+        channelOrderPerOrder: 100_000,
+      }),
+    );
+    assert.ok(role !== undefined);
+    assert.equal(await role.chargeOrders(), 0);
+    const order = await call('POST', '/v1/order/orders', token, { service: 'switch' });
+    ok(order, 201);
+    ok(await call('DELETE', `/v1/order/orders/${order.body.id as string}`, token));
+    await store.db
+      .updateTable('orders')
+      .set({ created_at: '2026-06-01T10:00:00.000Z', ended_at: '2026-06-01T10:10:00.000Z' })
+      .where('id', '=', order.body.id as string)
+      .execute();
+    // Before the charge, the operator makes the (no longer ordered) service per-order.
+    ok(await call('PUT', '/v1/order/services/switch', operatorToken, service('per-order')));
+    assert.equal(await role.chargeOrders(), 1);
+    // Ten minutes at 3600 per hour, as admitted; not one order at 3600, nor at 100,000.
+    assert.equal((await call('GET', `/v1/accounts/${id}/balance`, operatorToken)).body.balance, -600);
+  });
 });

@@ -147,4 +147,143 @@ describe('order API: addresses of services and links are checked naming the fiel
       assert.match(String(answer.body.message), new RegExp(`^body/router/${field}: `));
     });
   }
+  // A relay link's families were not compared: a relay from IPv4 to IPv6, an IPv6 channel on an
+  // IPv4 relay, or an IPv4 channel relayed to an IPv6 group were saved, orders of them were answered
+  // 201 active, and the relay failed on every drift check without a packet ever crossing the link.
+  // A relay group on a smcroute link was kept and shown though a router forwards a group as it is.
+  it('refuses a relay link whose two addresses are of two families (400 body/router/outbound)', async () => {
+    const answer = await call('PUT', '/v1/order/links/mixed', {
+      capacity: 1_000_000,
+      router: { kind: 'relay', inbound: '127.0.0.1', outbound: '::1' },
+    });
+    assert.equal(answer.status, 400, JSON.stringify(answer.body));
+    assert.match(String(answer.body.message), /^body\/router\/outbound: /);
+  });
+
+  it('refuses a channel or relay group of another family than its relay link (400 naming the field)', async () => {
+    const link = await call('PUT', '/v1/order/links/air4', {
+      capacity: 1_000_000,
+      router: { kind: 'relay', inbound: '127.0.0.1', outbound: '127.0.0.1' },
+    });
+    assert.equal(link.status, 200, JSON.stringify(link.body));
+    const v6 = await call('PUT', '/v1/order/services/f1', {
+      link: 'air4',
+      group: '[ff3e::4]:5000',
+      bitRate: 1,
+    });
+    assert.equal(v6.status, 400, JSON.stringify(v6.body));
+    assert.match(String(v6.body.message), /^body\/group: /);
+    const to6 = await call('PUT', '/v1/order/services/f2', {
+      link: 'air4',
+      group: '239.9.4.1:5000',
+      relayTo: '[ff3e::4]:5000',
+      bitRate: 1,
+    });
+    assert.equal(to6.status, 400, JSON.stringify(to6.body));
+    assert.match(String(to6.body.message), /^body\/relayTo: /);
+    const onRouter = await call('PUT', '/v1/order/services/f3', {
+      link: 'sat',
+      group: '239.9.4.2:5000',
+      relayTo: '239.9.5.2:5000',
+      bitRate: 1,
+    });
+    assert.equal(onRouter.status, 400, JSON.stringify(onRouter.body));
+    assert.match(String(onRouter.body.message), /^body\/relayTo: /);
+  });
+
+  // Changing a link's router was checked only against other links: a relay link holding two
+  // services of one group on two ports, or an IPv4 channel, moved to a router that carries them as
+  // one channel, or to an IPv6 relay that can never join them.
+  it('refuses a router change its services do not fit (409 body/router naming the service)', async () => {
+    const relay = { kind: 'relay', inbound: '127.0.0.1', outbound: '127.0.0.1' };
+    assert.equal((await call('PUT', '/v1/order/links/air5', { capacity: 1_000, router: relay })).status, 200);
+    const onAir = (group: string) => ({ link: 'air5', group, bitRate: 1 });
+    assert.equal((await call('PUT', '/v1/order/services/g1', onAir('239.9.6.1:5000'))).status, 200);
+    assert.equal((await call('PUT', '/v1/order/services/g2', onAir('239.9.6.1:6000'))).status, 200);
+    const toRouter = await call('PUT', '/v1/order/links/air5', {
+      capacity: 1_000,
+      router: { kind: 'smcroute', socket: '/run/z.sock', inbound: 'eth0', outbound: 'eth1' },
+    });
+    assert.equal(toRouter.status, 409, JSON.stringify(toRouter.body));
+    assert.match(String(toRouter.body.message), /^body\/router: .*services? g[12]/);
+    const to6 = await call('PUT', '/v1/order/links/air5', {
+      capacity: 1_000,
+      router: { kind: 'relay', inbound: '::1', outbound: '::1' },
+    });
+    assert.equal(to6.status, 409, JSON.stringify(to6.body));
+    assert.match(String(to6.body.message), /^body\/router: .*service g1/);
+    const links = await call('GET', '/v1/order/links');
+    const air5 = (links.body as unknown as Array<{ name: string; router: { kind: string } }>).find(
+      (one) => one.name === 'air5',
+    );
+    assert.equal(air5?.router.kind, 'relay');
+  });
+  // limit=0 answered an empty list as if there were no orders, and a limit above the documented
+  // 10,000 was cut to it without a word.
+  for (const limit of ['0', '10001', '99999']) {
+    it(`refuses GET /v1/order/orders?limit=${limit} (400 querystring/limit)`, async () => {
+      const answer = await call('GET', `/v1/order/orders?state=all&limit=${limit}`);
+      assert.equal(answer.status, 400, JSON.stringify(answer.body));
+      assert.match(String(answer.body.message), /^querystring\/limit: /);
+    });
+  }
+  // smcrouted cannot forward a channel out of the interface it arrives on: a link whose inbound and
+  // outbound interfaces were one was saved and its orders admitted, with nothing ever crossing it.
+  it('refuses an smcroute link whose inbound and outbound interface are one (400 body/router/outbound)', async () => {
+    const answer = await call('PUT', '/v1/order/links/loop', {
+      capacity: 1_000_000,
+      router: { kind: 'smcroute', socket: '/run/loop.sock', inbound: 'eth0', outbound: 'eth0' },
+    });
+    assert.equal(answer.status, 400, JSON.stringify(answer.body));
+    assert.match(String(answer.body.message), /^body\/router\/outbound: /);
+  });
+
+  // A relay sends every channel from its one outbound address: two services of a relay link going
+  // out on one group and port (the same relayTo, or one's relayTo the group another goes out on, or
+  // two sources of a group without one) were saved, and the boxes of either got both mixed.
+  it('refuses a relay service going out on the group and port of another (409 body/relayTo)', async () => {
+    const relay = { kind: 'relay', inbound: '127.0.0.1', outbound: '127.0.0.1' };
+    assert.equal((await call('PUT', '/v1/order/links/air7', { capacity: 1_000, router: relay })).status, 200);
+    const onAir = (group: string, extra: object = {}) => ({ link: 'air7', group, bitRate: 1, ...extra });
+    assert.equal(
+      (await call('PUT', '/v1/order/services/h1', onAir('239.9.7.1:5000', { relayTo: '239.9.8.1:5000' })))
+        .status,
+      200,
+    );
+    for (const [name, body] of [
+      ['the same relay group', onAir('239.9.7.2:5000', { relayTo: '239.9.8.1:5000' })],
+      ['no relay group, on the relay group of another', onAir('239.9.8.1:5000')],
+    ] as const) {
+      const answer = await call('PUT', '/v1/order/services/h2', body);
+      assert.equal(answer.status, 409, `${name}: ${JSON.stringify(answer.body)}`);
+      assert.match(String(answer.body.message), /^body\/relayTo: .*service h1/);
+    }
+    assert.equal(
+      (await call('PUT', '/v1/order/services/h3', onAir('239.9.7.3:5000', { source: '10.0.0.1' }))).status,
+      200,
+    );
+    const twoSources = await call(
+      'PUT',
+      '/v1/order/services/h4',
+      onAir('239.9.7.3:5000', { source: '10.0.0.2' }),
+    );
+    assert.equal(twoSources.status, 409, JSON.stringify(twoSources.body));
+    assert.match(String(twoSources.body.message), /^body\/relayTo: .*service h3/);
+    // The service itself may be saved again as it is.
+    assert.equal(
+      (await call('PUT', '/v1/order/services/h1', onAir('239.9.7.1:5000', { relayTo: '239.9.8.1:5000' })))
+        .status,
+      200,
+    );
+  });
+  // A relative control socket was saved and then looked up from each order server's own working
+  // directory: servers started in two directories drove two different daemons, or none.
+  it('refuses an smcroute link with a relative control socket (400 body/router/socket)', async () => {
+    const answer = await call('PUT', '/v1/order/links/rel', {
+      capacity: 1_000_000,
+      router: { kind: 'smcroute', socket: 'run/smcroute.sock', inbound: 'eth0', outbound: 'eth1' },
+    });
+    assert.equal(answer.status, 400, JSON.stringify(answer.body));
+    assert.match(String(answer.body.message), /^body\/router\/socket: /);
+  });
 });

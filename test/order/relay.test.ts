@@ -47,3 +47,26 @@ describe('relay driver over loopback', () => {
     }
   });
 });
+
+// A relay link whose outbound address is not on the host: the output socket's bind failed with
+// EADDRNOTAVAIL as an 'error' event nobody waited for, so the reconcile never resolved and the
+// server's one driver pass (every link's routes, every lease refresh) hung behind it for good.
+describe('relay driver with an address not on the host', () => {
+  it('reports the failing bind and goes on instead of hanging', async () => {
+    const relay = createRelayDriver({ inbound: '127.0.0.1', outbound: '192.0.2.77' });
+    try {
+      const outcome = await Promise.race([
+        relay.reconcile([{ service: 'news', group: '239.82.0.9', port: 5182, source: null, relayTo: null }]),
+        new Promise<'hung'>((resolve) => setTimeout(() => resolve('hung'), 5_000).unref()),
+      ]);
+      assert.notEqual(outcome, 'hung');
+      if (outcome !== 'hung') {
+        assert.deepEqual(outcome.added, []);
+        assert.equal(outcome.errors.length, 1);
+        assert.match(outcome.errors[0] ?? '', /192\.0\.2\.77/);
+      }
+    } finally {
+      await relay.close();
+    }
+  });
+});
