@@ -58,7 +58,6 @@ import {
 import { SignatureKind } from '../protocol/restricted.js';
 import { sequenceAdd, sequenceDistance } from '../protocol/serial.js';
 import type { SessionWindow } from '../protocol/session-window.js';
-import { ArrivalRate } from './arrival-rate.js';
 import { type NackEvent, NackScheduler, type UnrecoverableReason } from './nack-scheduler.js';
 import { createReorderEmitter } from './reorder-emitter.js';
 import { createRunTracker, isCurrent, type Run } from './run-tracker.js';
@@ -515,13 +514,16 @@ export async function startRepairServer(
     emitter.send(envelope, envelope.length);
   };
 
-  /** Datagrams that arrived (DATA and REPAIR): S2's re-emission is paced by their rate. */
-  const arrivals = new ArrivalRate(() => counters.packetsIn + counters.repairsReceived, clock.nowMs());
+  // S2's re-emission is paced by the rate the current run's own datagrams arrived at (DATA and
+  // its REPAIRs): another run's DATA, forged or not, or an earlier faster run does not count.
   const reorder = createReorderEmitter<Run>({
     clock,
     pace: {
       perSecond: (nowMs) =>
-        Math.max(s2PacePacketsPerSecondMin, s2PaceArrivalFactor * arrivals.peakPerSecond(nowMs)),
+        Math.max(
+          s2PacePacketsPerSecondMin,
+          s2PaceArrivalFactor * (tracker.run?.arrivalRate.peakPerSecond(nowMs) ?? 0),
+        ),
       burstPackets: s2PaceBurstPackets,
     },
     transport: {

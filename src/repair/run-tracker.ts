@@ -54,6 +54,7 @@ import {
   SessionWindow,
 } from '../protocol/session-window.js';
 import { repairFixedBytes } from '../protocol/sizes.js';
+import { ArrivalRate } from './arrival-rate.js';
 import type { NackScheduler, UnrecoverableReason } from './nack-scheduler.js';
 import type { EmitterEvent, ReorderEmitter } from './reorder-emitter.js';
 import type { ServerRanking } from './server-ranking.js';
@@ -71,6 +72,13 @@ export interface Run {
   endTimer: Timer | undefined;
   /** Resumes the run's paced re-emission on S2 (src/repair/reorder-emitter.ts). */
   paceTimer: Timer | undefined;
+  /** Datagrams of this run that arrived (its DATA on S1, its repaired DATA). */
+  readonly arrived: { packets: number };
+  /**
+   * The rate they arrived at, that S2's re-emission of this run is paced by: only this run's own
+   * (another run's DATA, forged or not, or an earlier faster run would make its pace useless).
+   */
+  readonly arrivalRate: ArrivalRate;
   /** What the DESCRIPTOR said, that an END must agree with. */
   readonly shape: RunShape;
   lastActivityMs: number;
@@ -413,6 +421,7 @@ export function createRunTracker(options: RunTrackerOptions): RunTracker {
       resyncPacketsMin,
       resyncQuietMs,
     });
+    const arrived = { packets: 0 };
     const current: Run = {
       sessionId: d.sessionId,
       incarnation: d.incarnation,
@@ -422,6 +431,8 @@ export function createRunTracker(options: RunTrackerOptions): RunTracker {
       endDatagram: undefined,
       endTimer: undefined,
       paceTimer: undefined,
+      arrived,
+      arrivalRate: new ArrivalRate(() => arrived.packets, clock.nowMs()),
       shape: d,
       lastActivityMs: clock.nowMs(),
       lastDataMs: clock.nowMs(),
@@ -474,6 +485,7 @@ export function createRunTracker(options: RunTrackerOptions): RunTracker {
         }
         return;
       }
+      run.arrived.packets++;
       run.lastActivityMs = clock.nowMs();
       run.lastDataMs = run.lastActivityMs;
       acceptData(run, datagram, decoded.value, false);
@@ -565,6 +577,7 @@ export function createRunTracker(options: RunTrackerOptions): RunTracker {
       return;
     }
     counters.repairsReceived++;
+    current.arrived.packets++;
     // Repairs of the run still arriving: it is being repaired, not silent (a run whose END was
     // lost at the edge must not end while paced repairs fill its last gaps).
     current.lastActivityMs = clock.nowMs();

@@ -235,4 +235,38 @@ describe('the repair server’s run tracker', () => {
     tracker.onS1(descriptor(300));
     assert.equal(current()?.incarnation, 300);
   });
+
+  it('paces a run by its own arrivals: other runs’ DATA and an earlier faster run do not inflate it', () => {
+    const { tracker, current, advance } = harness();
+    // The harness's clock starts at 1,000 ms. Run 100 arrives at 1,000 DATA a second for a second.
+    tracker.onS1(descriptor(100));
+    let sequence = 0;
+    for (let ms = 0; ms < 1000; ms++) {
+      tracker.onS1(data(100, sequence++));
+      advance(1);
+    }
+    const first = current();
+    assert.ok(first !== undefined);
+    assert.ok(Math.abs(first.arrivalRate.peakPerSecond(2_000) - 1000) <= 50, 'run 100 at about 1,000/s');
+    // Run 300 arrives at 100 DATA a second, while forged DATA of another incarnation floods S1 at
+    // 5,000 a second: run 300's rate (that its S2 is paced by) is its own, about 100/s.
+    advance(sessionIdleMs + 1);
+    tracker.endIfIdle(); // run 100 ends, silent
+    assert.equal(current(), undefined);
+    tracker.onS1(descriptor(300));
+    const second = current();
+    assert.equal(second?.incarnation, 300);
+    let own = 0;
+    for (let ms = 0; ms < 1000; ms++) {
+      for (let i = 0; i < 5; i++) {
+        tracker.onS1(data(999, ms * 5 + i));
+      }
+      if (ms % 10 === 0) {
+        tracker.onS1(data(300, own++));
+      }
+      advance(1);
+    }
+    const peak = second.arrivalRate.peakPerSecond(3_000 + sessionIdleMs + 1);
+    assert.ok(peak >= 90 && peak <= 110, `run 300 paced by about 100/s, not ${peak}`);
+  });
 });
