@@ -71,9 +71,10 @@ export interface LastResort {
   /**
    * Keeps the run's END (the first copy sent), answered like a held packet to a NACK for its
    * sequence: a repair server that lost every copy of it at a lossy edge asks for it by its
-   * sequence (a tail probe), and without it its run could only end as silent, incomplete.
+   * sequence (a tail probe), and without it its run could only end as silent, incomplete. A
+   * signed run's END comes with its SIGNATURE, answered to a NACK with the signatures flag.
    */
-  keepEnd(sequence: number, datagram: Buffer): void;
+  keepEnd(sequence: number, datagram: Buffer, signature?: Buffer | undefined): void;
   /** Monotonic time of the last NACK accepted (or of the start). */
   readonly lastNackAtMs: number;
   stats(): LastResortStats;
@@ -97,7 +98,7 @@ export async function startLastResort(
   const timers = new OwnedTimers(clock);
   const held = new Map<number, Buffer>();
   /** The run's END, once sent (never evicted: one datagram). */
-  let end: { sequence: number; datagram: Buffer } | undefined;
+  let end: { sequence: number; datagram: Buffer; signature: Buffer | undefined } | undefined;
   /** A signed run: the manifest covering each held sequence (one copy shared by its sequences). */
   const manifestOf = new Map<number, Buffer>();
   let heldBytes = 0;
@@ -131,7 +132,8 @@ export async function startLastResort(
       sessionId !== run.sessionId || incarnation !== run.incarnation
         ? undefined
         : (held.get(sequence) ?? (end?.sequence === sequence ? end.datagram : undefined)),
-    signatureFor: (original) => manifestOf.get(original.readUInt32BE(offsetSequence)),
+    signatureFor: (original) =>
+      original === end?.datagram ? end.signature : manifestOf.get(original.readUInt32BE(offsetSequence)),
     drop,
   });
   const onControl = (datagram: Buffer, remote: PeerEndpoint) => {
@@ -242,8 +244,12 @@ export async function startLastResort(
     }
   };
 
-  const keepEnd = (sequence: number, datagram: Buffer) => {
-    end ??= { sequence, datagram: Buffer.from(datagram) };
+  const keepEnd = (sequence: number, datagram: Buffer, signature?: Buffer | undefined) => {
+    end ??= {
+      sequence,
+      datagram: Buffer.from(datagram),
+      signature: signature === undefined ? undefined : Buffer.from(signature),
+    };
   };
 
   let closed: Promise<void> | undefined;

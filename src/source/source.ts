@@ -327,7 +327,14 @@ export function createSource(settings: SourceSettings, components: SourceCompone
     stopping.abort();
   };
   /** Encodes and sends a control message; an encode error stops the run instead of escaping. */
-  const sendControl = (encode: () => Buffer) => {
+  /**
+   * Sends one control datagram (after its SIGNATURE in a signed run); `sent` is told of both, as
+   * they went out.
+   */
+  const sendControl = (
+    encode: () => Buffer,
+    sent?: (datagram: Buffer, signature: Buffer | undefined) => void,
+  ) => {
     if (socket === undefined || stopping.signal.aborted) {
       return;
     }
@@ -345,6 +352,7 @@ export function createSource(settings: SourceSettings, components: SourceCompone
       send(signature, signature.length);
     }
     send(datagram, datagram.length);
+    sent?.(datagram, signature);
   };
   const descriptor = () =>
     encodeDescriptor(fields(), {
@@ -474,11 +482,11 @@ export function createSource(settings: SourceSettings, components: SourceCompone
       }
     }
     for (let i = 0; i < endRepeatCount && !stopping.signal.aborted; i++) {
-      sendControl(() => {
-        const end = progress(PacketType.end)();
-        lastResort?.keepEnd(nextSequence, end);
-        return end;
-      });
+      // A signed run's END is kept with its SIGNATURE: a repair server takes it only once
+      // authenticated, so an END answered without it would be no END.
+      sendControl(progress(PacketType.end), (end, signature) =>
+        lastResort?.keepEnd(nextSequence, end, signature),
+      );
       await timers.sleep(endRepeatIntervalMs);
     }
     // Every send calls back once (src/net/udp.ts), so this ends; close() ends it at once.

@@ -14,8 +14,9 @@ import {
   ListenState,
   type PeerEndpoint,
 } from '../../src/protocol/control.js';
-import { encodeData, offsetType, PacketType } from '../../src/protocol/packet.js';
+import { encodeData, offsetSequence, offsetType, PacketType } from '../../src/protocol/packet.js';
 import { encodeManifestUnsigned } from '../../src/protocol/restricted.js';
+import { authTrailerBytes, headerBytes, repairFixedBytes } from '../../src/protocol/sizes.js';
 import { openTickerInput } from '../../src/source/inputs.js';
 import { startLastResort } from '../../src/source/last-resort.js';
 import { createSource, type Source, type SourceComponents } from '../../src/source/source.js';
@@ -317,6 +318,75 @@ describe('a source as the retransmit server of last resort', () => {
           `sequence ${sequence}`,
         );
       }
+      await running;
+    } finally {
+      await source.close();
+      socket.close();
+    }
+  });
+
+  it("a signed run: a NACK for the END's sequence with the signatures flag gets the END's SIGNATURE too, so the END is authenticated", async () => {
+    const socket = createSocket('udp4');
+    await new Promise<void>((resolve) => socket.bind(0, '127.0.0.1', resolve));
+    const at: PeerEndpoint = { address: '127.0.0.1', port: socket.address().port };
+    const channel = new ControlChannel([key]);
+    const signing = generateSigningKey();
+    const gate = createSignedSessionGate(signing.publicKey);
+    let announcedAt: PeerEndpoint | undefined;
+    let endsRepaired = 0;
+    const endsAuthenticated: number[] = [];
+    socket.on('message', (message, remote) => {
+      if (message[offsetType] === PacketType.announce) {
+        const announce = channel.accept(message, remote, decodeAnnounce, 'announce', () => undefined);
+        if (announce !== undefined && announce.sessions.length > 0) {
+          announcedAt = { address: announce.address, port: announce.port };
+        }
+        return;
+      }
+      const repair = channel.accept(message, remote, decodeRepair, 'repair', () => undefined);
+      if (repair?.signature !== undefined) {
+        gate.filter(repair.signature, () => undefined);
+      } else if (repair?.end !== undefined) {
+        endsRepaired++;
+        // As a repair server with the source key takes it: only once authenticated.
+        const original = message.subarray(headerBytes + repairFixedBytes, message.length - authTrailerBytes);
+        gate.filter(original, (end) => endsAuthenticated.push(end.readUInt32BE(offsetSequence)));
+      }
+    });
+    const source = lastResortSource('239.255.82.4', at, 20, (identity) =>
+      createSignedSenderProtection(
+        { sourcePrivateKey: signing.privateKey, sourcePublicKey: signing.publicKey, manifestPackets: 32 },
+        identity,
+      ),
+    );
+    const running = source.run();
+    try {
+      await waitUntil('the announcement', () => announcedAt !== undefined, 5_000);
+      await waitUntil('all 20 packets sent', () => source.stats.packetsSent === 20, 10_000);
+      const server = announcedAt as PeerEndpoint;
+      for (let round = 0; round < 50 && endsAuthenticated.length === 0; round++) {
+        socket.send(
+          channel.seal(
+            encodeNack(
+              {
+                sessionId: source.stats.sessionId,
+                incarnation: source.stats.incarnation,
+                sequence: 120,
+                timestampUs: 0,
+              },
+              { replyTo: at, ranges: [{ start: 120, count: 1 }], signatures: true },
+            ),
+            server,
+          ),
+          server.port,
+          server.address,
+        );
+        await waitUntil('the END authenticated', () => endsAuthenticated.length > 0, 200).catch(
+          () => undefined,
+        );
+      }
+      assert.ok(endsRepaired > 0, 'the END is answered');
+      assert.deepEqual(endsAuthenticated.slice(0, 1), [120], JSON.stringify(gate.stats));
       await running;
     } finally {
       await source.close();
