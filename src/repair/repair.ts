@@ -55,7 +55,7 @@ import {
   offsetType,
   PacketType,
 } from '../protocol/packet.js';
-import { SignatureKind } from '../protocol/restricted.js';
+import { decodeKey, decodeSignature, SignatureKind } from '../protocol/restricted.js';
 import { sequenceAdd, sequenceDistance } from '../protocol/serial.js';
 import type { SessionWindow } from '../protocol/session-window.js';
 import { type NackEvent, NackScheduler, type UnrecoverableReason } from './nack-scheduler.js';
@@ -686,12 +686,19 @@ export async function startRepairServer(
    * Without the source's key (no --source-public) this server cannot check a restricted or signed
    * run's KEY messages and SIGNATUREs: those of the run it serves go on S2 as they came, for the
    * receivers to verify against the source key themselves (they refuse forged ones); those of
-   * other runs are dropped. Unverified, none is kept to be sent again ahead of its epoch's DATA.
+   * other runs are dropped. Each must decode (its lengths checked; not its signature): a
+   * malformed one is counted and dropped. Unverified, none is kept to be sent again ahead of its
+   * epoch's DATA.
    */
   const onS1Unverified = (datagram: Buffer) => {
     const type = datagram.length > offsetType ? datagram[offsetType] : undefined;
     if (type !== PacketType.key && type !== PacketType.signature) {
       tracker.onS1(datagram);
+      return;
+    }
+    const decoded = type === PacketType.key ? decodeKey(datagram) : decodeSignature(datagram);
+    if (!decoded.ok) {
+      drop(`s1-${decoded.reason}`);
       return;
     }
     const header = decodeHeader(datagram);

@@ -17,13 +17,14 @@ import { suiteByName } from '../../src/crypto/suites.js';
 import { manifestSendCount, protectedControlIntervalMs } from '../../src/limits.js';
 import { parseGroup } from '../../src/net/address.js';
 import { openReceiverSocket } from '../../src/net/udp.js';
-import { headerBytes, offsetType, PacketType } from '../../src/protocol/packet.js';
+import { headerBytes, offsetKeyEpoch, offsetType, PacketType } from '../../src/protocol/packet.js';
 import { SignatureKind } from '../../src/protocol/restricted.js';
 import { createReceiver } from '../../src/receiver/receiver.js';
 import { startRepairServer } from '../../src/repair/repair.js';
 import { startRetransmitServer } from '../../src/retransmit/retransmit.js';
 import { openTickerInput } from '../../src/source/inputs.js';
 import { createSource, type SourceComponents } from '../../src/source/source.js';
+import { crafter, data, descriptor, end } from '../helpers/craft.js';
 import { freshPort, loopbackIface, memorySink } from '../helpers/loopback.js';
 import { waitUntil } from '../helpers/wait.js';
 
@@ -259,5 +260,34 @@ describe('a repair server without the source key still carries KEY messages and 
     const manifests = got.filter(({ datagram }) => isManifest(datagram)).length;
     assert.ok(manifests >= Math.floor(200 / 32), `${manifests} manifests on S2`);
     assert.ok(count(PacketType.signature) > manifests, 'the signed offer on S2 besides the manifests');
+  });
+});
+
+describe('a repair server without the source key checks what it forwards', () => {
+  it('a KEY or SIGNATURE of the current run too short for its body is counted and dropped, not put on S2', async () => {
+    const s1 = parseGroup(`239.255.75.7:${freshPort()}`, 's1');
+    const s2 = parseGroup(`239.255.75.8:${freshPort()}`, 's2');
+    const repair = await repairPath(s1, s2, { withoutSourceKey: true });
+    const got = await capture(s2);
+    const sender = await crafter(s1);
+    closers.push(() => sender.close());
+    const run = { sessionId: 95, incarnation: 95 * 7 };
+    /** A datagram of `type` with a well-formed header of the run and an 8-byte body. */
+    const short = (type: number) => {
+      const datagram = Buffer.from(data(run, 1, Buffer.alloc(8)));
+      datagram[offsetType] = type;
+      datagram.writeUInt16BE(1, offsetKeyEpoch);
+      return datagram;
+    };
+    sender.send(descriptor(run, { firstSequence: 0, next: 0 }), data(run, 0, Buffer.from('first')));
+    await waitUntil('the run taken up', () => repair.status().packetsIn === 1, 5_000);
+    sender.send(short(PacketType.key), short(PacketType.signature));
+    sender.send(data(run, 1, Buffer.from('second')), end(run, 2, 2));
+    await waitUntil('the run re-emitted on S2', () => repair.status().sessionsCompleted === 1, 20_000);
+    const count = (type: number) => got.filter(({ datagram }) => datagram[offsetType] === type).length;
+    assert.equal(count(PacketType.data), 2);
+    assert.equal(count(PacketType.key), 0, 'no truncated KEY on S2');
+    assert.equal(count(PacketType.signature), 0, 'no truncated SIGNATURE on S2');
+    assert.equal(repair.status().dropped['s1-truncated'], 2, JSON.stringify(repair.status().dropped));
   });
 });
