@@ -40,4 +40,12 @@ export class ArrivalRate {
     this.perSecond(nowMs);
     return this.#peakPerSecond;
   }
+
+  /**
+   * The rate now or the peak, whichever is higher: what a pace follows, so that a run's first half
+   * second, before it has a peak, is paced at the rate it arrives at and not at a floor.
+   */
+  highestPerSecond(nowMs: number): number {
+    return Math.max(this.perSecond(nowMs), this.#peakPerSecond);
+  }
 }

@@ -522,7 +522,7 @@ export async function startRepairServer(
       perSecond: (nowMs) =>
         Math.max(
           s2PacePacketsPerSecondMin,
-          s2PaceArrivalFactor * (tracker.run?.arrivalRate.peakPerSecond(nowMs) ?? 0),
+          s2PaceArrivalFactor * (tracker.run?.arrivalRate.highestPerSecond(nowMs) ?? 0),
         ),
       burstPackets: s2PaceBurstPackets,
     },
