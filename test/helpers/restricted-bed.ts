@@ -4,7 +4,7 @@
  * software token with a subscription grant; a restricted ticker that keeps the plaintext it sent;
  * an unmodified application socket.
  */
-import { randomBytes } from 'node:crypto';
+import { type KeyObject, randomBytes } from 'node:crypto';
 import { createSocket } from 'node:dgram';
 import { ed25519Raw, generateSigningKey, issueGrant } from '../../src/crypto/authority.js';
 import { createSenderProtection } from '../../src/crypto/restricted-session.js';
@@ -14,7 +14,7 @@ import type { Token } from '../../src/crypto/token.js';
 import type { Endpoint } from '../../src/net/address.js';
 import { PriceModel } from '../../src/protocol/restricted.js';
 import { openTickerInput, type PayloadInput } from '../../src/source/inputs.js';
-import { createSource } from '../../src/source/source.js';
+import { createSource, type SourceComponents } from '../../src/source/source.js';
 import { loopbackIface } from './loopback.js';
 
 /** The operator root key, the source key and the service key of "news", for one test file. */
@@ -100,6 +100,32 @@ function recordingTicker(sent: Buffer[], ticks: number): PayloadInput {
 }
 
 /**
+ * The protection of a restricted run of "news" under `serviceKey`, signed with `source` (AES-256-GCM,
+ * service epoch 1, 10 s crypto-periods, tier 0, a manifest per 32 packets): what a test's source is
+ * given as its `protection`.
+ */
+export function newsProtection(
+  serviceKey: Buffer,
+  source: { privateKey: KeyObject; publicKey: KeyObject },
+): NonNullable<SourceComponents['protection']> {
+  return (identity) =>
+    createSenderProtection(
+      {
+        suite: suiteByName('aes-256-gcm', 'test'),
+        service: 'news',
+        serviceEpoch: 1,
+        serviceKey,
+        sourcePrivateKey: source.privateKey,
+        sourcePublicKey: source.publicKey,
+        cryptoPeriodMs: 10_000,
+        tier: 0,
+        manifestPackets: 32,
+      },
+      identity,
+    );
+}
+
+/**
  * A restricted ticker "ticker" of the service "news" on `group`, `ticks` quotes at 500 a second;
  * resolves to the payloads it sent once it has ended.
  */
@@ -120,21 +146,7 @@ export async function restrictedTicker(group: Endpoint, sessionId: number, ticks
     },
     {
       input: recordingTicker(sent, ticks),
-      protection: (identity) =>
-        createSenderProtection(
-          {
-            suite: suiteByName('aes-256-gcm', 'test'),
-            service: 'news',
-            serviceEpoch: 1,
-            serviceKey,
-            sourcePrivateKey: source.privateKey,
-            sourcePublicKey: source.publicKey,
-            cryptoPeriodMs: 10_000,
-            tier: 0,
-            manifestPackets: 32,
-          },
-          identity,
-        ),
+      protection: newsProtection(serviceKey, source),
     },
   ).run();
   return sent;

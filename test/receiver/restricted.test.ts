@@ -24,6 +24,7 @@ import { createReceiver } from '../../src/receiver/receiver.js';
 import { openFileInput } from '../../src/source/inputs.js';
 import { createSource } from '../../src/source/source.js';
 import { freshPort, loopbackIface, memorySink } from '../helpers/loopback.js';
+import { newsProtection } from '../helpers/restricted-bed.js';
 
 const directory = mkdtempSync(join(tmpdir(), 'gatecast-restricted-'));
 after(() => rmSync(directory, { recursive: true, force: true }));
@@ -126,21 +127,7 @@ async function sendAndReceive(options: {
     },
     {
       input: await openFileInput(filePath),
-      protection: (run) =>
-        createSenderProtection(
-          {
-            suite: suiteByName('aes-256-gcm', 'test'),
-            service: 'news',
-            serviceEpoch: 1,
-            serviceKey,
-            sourcePrivateKey: source.privateKey,
-            sourcePublicKey: source.publicKey,
-            cryptoPeriodMs: 10_000,
-            tier: 0,
-            manifestPackets: 32,
-          },
-          run,
-        ),
+      protection: newsProtection(serviceKey, source),
     },
   );
   const stats = await sent.run();

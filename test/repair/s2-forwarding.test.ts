@@ -10,10 +10,9 @@ import { createSocket } from 'node:dgram';
 import { after, describe, it } from 'node:test';
 import { generateSigningKey } from '../../src/crypto/authority.js';
 import { controlKey } from '../../src/crypto/control-auth.js';
-import { createSenderProtection, createSignedSenderProtection } from '../../src/crypto/restricted-session.js';
+import { createSignedSenderProtection } from '../../src/crypto/restricted-session.js';
 import { newS2Key, type S2Key, S2Opener } from '../../src/crypto/s2-seal.js';
 import { createSignedSessionGate } from '../../src/crypto/signed-session.js';
-import { suiteByName } from '../../src/crypto/suites.js';
 import { manifestSendCount, protectedControlIntervalMs } from '../../src/limits.js';
 import { parseGroup } from '../../src/net/address.js';
 import { openReceiverSocket } from '../../src/net/udp.js';
@@ -26,6 +25,7 @@ import { openTickerInput } from '../../src/source/inputs.js';
 import { createSource, type SourceComponents } from '../../src/source/source.js';
 import { crafter, data, descriptor, end } from '../helpers/craft.js';
 import { freshPort, loopbackIface, memorySink } from '../helpers/loopback.js';
+import { newsProtection } from '../helpers/restricted-bed.js';
 import { waitUntil } from '../helpers/wait.js';
 
 const key = controlKey(Buffer.from('S2 forwarding test secret, not for use'));
@@ -186,22 +186,7 @@ describe('a sealed S2 carries KEY messages and SIGNATUREs sealed, like DATA', ()
     const repair = await repairPath(s1, s2, { s2Key });
     const got = await capture(s2);
     const serviceKey = randomBytes(32);
-    await tickerOn(s1, 92, 200, (identity) =>
-      createSenderProtection(
-        {
-          suite: suiteByName('aes-256-gcm', 'test'),
-          service: 'news',
-          serviceEpoch: 1,
-          serviceKey,
-          sourcePrivateKey: source.privateKey,
-          sourcePublicKey: source.publicKey,
-          cryptoPeriodMs: 10_000,
-          tier: 0,
-          manifestPackets: 32,
-        },
-        identity,
-      ),
-    ).run();
+    await tickerOn(s1, 92, 200, newsProtection(serviceKey, source)).run();
     await waitUntil('the run re-emitted on S2', () => repair.status().sessionsCompleted === 1, 20_000);
     await waitUntil(
       'every manifest repeated on S2',
@@ -236,22 +221,7 @@ describe('a repair server without the source key still carries KEY messages and 
     const repair = await repairPath(s1, s2, { withoutSourceKey: true });
     const got = await capture(s2);
     const serviceKey = randomBytes(32);
-    const ticker = tickerOn(s1, 93, 200, (identity) =>
-      createSenderProtection(
-        {
-          suite: suiteByName('aes-256-gcm', 'test'),
-          service: 'news',
-          serviceEpoch: 1,
-          serviceKey,
-          sourcePrivateKey: source.privateKey,
-          sourcePublicKey: source.publicKey,
-          cryptoPeriodMs: 10_000,
-          tier: 0,
-          manifestPackets: 32,
-        },
-        identity,
-      ),
-    );
+    const ticker = tickerOn(s1, 93, 200, newsProtection(serviceKey, source));
     await ticker.run();
     await waitUntil('the run re-emitted on S2', () => repair.status().sessionsCompleted === 1, 20_000);
     const count = (type: number) => got.filter(({ datagram }) => datagram[offsetType] === type).length;
