@@ -701,12 +701,7 @@ export async function startRepairServer(
       drop(`s1-${decoded.reason}`);
       return;
     }
-    const header = decodeHeader(datagram);
-    if (!header.ok) {
-      drop(`s1-${header.reason}`);
-      return;
-    }
-    if (!isCurrent(tracker.run, header.value.sessionId, header.value.incarnation)) {
+    if (!isCurrent(tracker.run, decoded.value.sessionId, decoded.value.incarnation)) {
       drop('s1-key-other-run');
       return;
     }
