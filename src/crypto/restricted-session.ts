@@ -51,8 +51,12 @@ export interface RestrictedSenderSettings {
 export interface SenderProtection {
   /** Bytes a sealed DATA packet adds to its payload. */
   readonly overheadBytes: number;
-  /** Seals a plain DATA datagram; returns what to send: the sealed DATA, then a manifest when one is full. */
-  seal(plain: Buffer, nowMs: number, wallUs: number): Buffer[];
+  /**
+   * Seals a plain DATA datagram; returns what to send: the sealed DATA, then a manifest when one is
+   * full. `into`, when given, is where the sealed DATA may be written (at least the plain length
+   * plus overheadBytes, not overlapping `plain`), so that a packet allocates nothing.
+   */
+  seal(plain: Buffer, nowMs: number, wallUs: number, into?: Buffer): Buffer[];
   /** The in-band messages to repeat (KEY for the current and next crypto-period, the signed offer). */
   control(
     run: { sessionId: number; incarnation: number; sequence: number },
@@ -248,11 +252,11 @@ export function createSenderProtection(
   const sourcePublicKey = ed25519Raw(settings.sourcePublicKey);
   return {
     overheadBytes: aeadTagBytes,
-    seal(plain, nowMs, wallUs) {
+    seal(plain, nowMs, wallUs, into) {
       const keyEpoch = currentEpoch(nowMs);
       keyFor(keyEpoch);
       plain.writeUInt16BE(keyEpoch, offsetKeyEpoch);
-      return manifests.afterData(sealer.seal(plain), wallUs);
+      return manifests.afterData(sealer.seal(plain, into), wallUs);
     },
     control(header, nowMs, wallUs) {
       const keyEpoch = currentEpoch(nowMs);

@@ -14,7 +14,7 @@
  * one key the counter only goes up and a sealer refuses to pass 2^32 - 1.
  */
 import assert from 'node:assert/strict';
-import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import {
   decodeHeader,
@@ -27,6 +27,7 @@ import {
   writeHeaderFields,
 } from '../protocol/packet.js';
 import { sealedCarriedBytesMax, sealedTagBytes } from '../protocol/sizes.js';
+import { type AeadContext, createAeadContext } from './aead-engine.js';
 import { CipherError } from './errors.js';
 import type { ReceiverProtection, ReceiverProtectionStats } from './restricted-session.js';
 import { aeadNonceBytes, aeadTagBytes, writePacketNonce } from './suites.js';
@@ -111,7 +112,7 @@ assert.equal(sealedTagBytes, aeadTagBytes);
  */
 export class S2Sealer {
   readonly #senderId: number;
-  #key: S2Key;
+  #key: { epoch: number; context: AeadContext };
   #counter = 0;
   readonly #nonce = Buffer.alloc(aeadNonceBytes);
 
@@ -121,7 +122,7 @@ export class S2Sealer {
     }
     checkKey(key);
     this.#senderId = senderId >>> 0;
-    this.#key = { epoch: key.epoch, key: Buffer.from(key.key) };
+    this.#key = { epoch: key.epoch, context: createAeadContext(s2SuiteName, key.key, true) };
   }
 
   /** The epoch envelopes are sealed under now. */
@@ -135,8 +136,8 @@ export class S2Sealer {
     if (key.epoch === this.#key.epoch) {
       throw new CipherError(`S2 key epoch ${key.epoch} is in use; a new key needs a new epoch`);
     }
-    this.#key.key.fill(0);
-    this.#key = { epoch: key.epoch, key: Buffer.from(key.key) };
+    this.#key.context.dispose();
+    this.#key = { epoch: key.epoch, context: createAeadContext(s2SuiteName, key.key, true) };
     this.#counter = 0;
   }
 
@@ -166,11 +167,13 @@ export class S2Sealer {
       this.#senderId,
     );
     writePacketNonce(this.#nonce, this.#senderId, this.#key.epoch, this.#counter);
-    const cipher = createCipheriv('aes-256-gcm', this.#key.key, this.#nonce, { authTagLength: aeadTagBytes });
-    cipher.setAAD(out.subarray(0, headerBytes));
-    const written = cipher.update(datagram).copy(out, headerBytes);
-    cipher.final().copy(out, headerBytes + written);
-    cipher.getAuthTag().copy(out, headerBytes + datagram.length);
+    this.#key.context.seal(
+      this.#nonce,
+      out.subarray(0, headerBytes),
+      datagram,
+      out.subarray(headerBytes, headerBytes + datagram.length),
+      out.subarray(headerBytes + datagram.length),
+    );
     return out;
   }
 }
@@ -180,7 +183,7 @@ export type S2OpenFailure = 'malformed' | 'no-key' | 'bad-tag';
 
 /** Opens SEALED envelopes under the S2 keys a grant gave; keeps the latest few epochs. */
 export class S2Opener {
-  readonly #keys = new Map<number, Buffer>();
+  readonly #keys = new Map<number, AeadContext>();
   readonly #keysMax: number;
   readonly #nonce = Buffer.alloc(aeadNonceBytes);
 
@@ -192,14 +195,15 @@ export class S2Opener {
   /** Installs an epoch's key (again: no change). */
   setKey(key: S2Key): void {
     checkKey(key);
+    this.#keys.get(key.epoch)?.dispose();
     this.#keys.delete(key.epoch);
-    this.#keys.set(key.epoch, Buffer.from(key.key));
+    this.#keys.set(key.epoch, createAeadContext(s2SuiteName, key.key, false));
     while (this.#keys.size > this.#keysMax) {
       const oldest = this.#keys.keys().next().value;
       if (oldest === undefined) {
         break;
       }
-      this.#keys.get(oldest)?.fill(0);
+      this.#keys.get(oldest)?.dispose();
       this.#keys.delete(oldest);
     }
   }
@@ -237,16 +241,20 @@ export class S2Opener {
       epoch,
       header.readUInt32BE(offsetSequence),
     );
-    const decipher = createDecipheriv('aes-256-gcm', key, this.#nonce, { authTagLength: aeadTagBytes });
-    decipher.setAAD(header);
-    decipher.setAuthTag(envelope.subarray(envelope.length - sealedTagBytes));
-    try {
-      const body = decipher.update(envelope.subarray(headerBytes, envelope.length - sealedTagBytes));
-      decipher.final();
-      return body;
-    } catch {
+    const bodyEnd = envelope.length - sealedTagBytes;
+    const body = Buffer.allocUnsafe(bodyEnd - headerBytes);
+    if (
+      !key.open(
+        this.#nonce,
+        header,
+        envelope.subarray(headerBytes, bodyEnd),
+        envelope.subarray(bodyEnd),
+        body,
+      )
+    ) {
       return 'bad-tag';
     }
+    return body;
   }
 }
 

@@ -14,13 +14,6 @@
  * ahead of the last one it sealed under the same epoch, so no (key, nonce) pair is used twice.
  */
 import {
-  type CipherGCMTypes,
-  createCipheriv,
-  createDecipheriv,
-  createSecretKey,
-  type KeyObject,
-} from 'node:crypto';
-import {
   headerBytes,
   offsetBodyLength,
   offsetIncarnation,
@@ -29,6 +22,7 @@ import {
   offsetType,
   PacketType,
 } from '../protocol/packet.js';
+import { type AeadContext, createAeadContext } from './aead-engine.js';
 import { CipherError, SuiteRefused } from './errors.js';
 
 /** AEAD tag length, pinned: shorter tags are refused (docs/security.md). */
@@ -163,14 +157,6 @@ export function negotiateSuite(
   return undefined;
 }
 
-/**
- * The node:crypto name of a suite's cipher. ChaCha20-Poly1305 is typed as a GCM-like AEAD here:
- * node:crypto takes the same options (authTagLength) and calls (setAAD, getAuthTag) for both.
- */
-function cipherName(suite: Suite): CipherGCMTypes {
-  return suite.name as CipherGCMTypes;
-}
-
 /** Writes the nonce of a packet (module comment) into `out` (12 bytes). */
 export function writePacketNonce(
   out: Buffer,
@@ -183,17 +169,6 @@ export function writePacketNonce(
   out.writeUInt16BE(0, 6);
   out.writeUInt32BE(sequence >>> 0, 8);
   return out;
-}
-
-/** The options every packet cipher is made with: the tag pinned (module comment). */
-const aeadOptions = { authTagLength: aeadTagBytes } as const;
-
-/**
- * A traffic key as node:crypto takes it fastest: a KeyObject made once per epoch, so no packet
- * copies and checks the raw key again when its cipher is made.
- */
-function secretKey(key: Buffer): KeyObject {
-  return createSecretKey(Buffer.from(key));
 }
 
 function checkKey(suite: Suite, key: Buffer): void {
@@ -209,11 +184,10 @@ function checkKey(suite: Suite, key: Buffer): void {
  */
 export class PacketSealer {
   readonly #suite: Suite;
-  readonly #cipherName: CipherGCMTypes;
   readonly #incarnation: number;
   readonly #keys = new Map<
     number,
-    { key: KeyObject | undefined; lastSequence: number | undefined; count: number }
+    { key: AeadContext | undefined; lastSequence: number | undefined; count: number }
   >();
   readonly #nonce = Buffer.alloc(aeadNonceBytes);
 
@@ -222,7 +196,6 @@ export class PacketSealer {
       throw new CipherError('a sealer needs the run incarnation (not 0) for its nonces');
     }
     this.#suite = suite;
-    this.#cipherName = cipherName(suite);
     this.#incarnation = incarnation >>> 0;
   }
 
@@ -235,22 +208,29 @@ export class PacketSealer {
     if (this.#keys.has(keyEpoch)) {
       throw new CipherError(`key epoch ${keyEpoch} already has a key; a new key needs a new epoch`);
     }
-    this.#keys.set(keyEpoch, { key: secretKey(key), lastSequence: undefined, count: 0 });
+    this.#keys.set(keyEpoch, {
+      key: createAeadContext(this.#suite.name, key, true),
+      lastSequence: undefined,
+      count: 0,
+    });
   }
 
   /** Forgets an epoch's key (after its crypto-period and grace); its epoch is never reused. */
   dropKey(keyEpoch: number): void {
     const entry = this.#keys.get(keyEpoch);
     if (entry !== undefined) {
-      entry.key = undefined; // a KeyObject cannot be zeroed; it is dropped here and collected
+      entry.key?.dispose();
+      entry.key = undefined; // the epoch stays known, so it is never given a second key
     }
   }
 
   /**
-   * Seals a plain DATA datagram whose header names this run and an epoch with a key. Returns a
-   * new datagram: the same header with the body length grown by the tag, then ciphertext and tag.
+   * Seals a plain DATA datagram whose header names this run and an epoch with a key. Returns the
+   * sealed datagram: the same header with the body length grown by the tag, then ciphertext and
+   * tag. It is written into `into` when given (at least the plain length plus the tag, not
+   * overlapping `plain`; the source passes a slot of its send ring), else into a new buffer.
    */
-  seal(plain: Buffer): Buffer {
+  seal(plain: Buffer, into?: Buffer): Buffer {
     if (plain.length < headerBytes || plain[offsetType] !== PacketType.data) {
       throw new CipherError('only DATA datagrams are sealed');
     }
@@ -278,16 +258,25 @@ export class PacketSealer {
     entry.lastSequence = sequence;
     entry.count += 1;
     const payloadLength = plain.length - headerBytes;
-    const out = Buffer.allocUnsafe(plain.length + aeadTagBytes);
+    if (into !== undefined && into.length < plain.length + aeadTagBytes) {
+      throw new CipherError(
+        `a sealed datagram of ${plain.length + aeadTagBytes} bytes does not fit ${into.length}`,
+      );
+    }
+    const out =
+      into === undefined
+        ? Buffer.allocUnsafe(plain.length + aeadTagBytes)
+        : into.subarray(0, plain.length + aeadTagBytes);
     plain.copy(out, 0, 0, headerBytes);
     out.writeUInt16BE(payloadLength + aeadTagBytes, offsetBodyLength);
     writePacketNonce(this.#nonce, this.#incarnation, keyEpoch, sequence);
-    const cipher = createCipheriv(this.#cipherName, entry.key, this.#nonce, aeadOptions);
-    cipher.setAAD(out.subarray(0, headerBytes));
-    const written = cipher.update(plain.subarray(headerBytes)).copy(out, headerBytes);
-    const final = cipher.final();
-    final.copy(out, headerBytes + written);
-    cipher.getAuthTag().copy(out, plain.length);
+    entry.key.seal(
+      this.#nonce,
+      out.subarray(0, headerBytes),
+      plain.subarray(headerBytes),
+      out.subarray(headerBytes, plain.length),
+      out.subarray(plain.length),
+    );
     return out;
   }
 }
@@ -298,13 +287,11 @@ export type OpenFailure = 'no-key' | 'bad-tag' | 'truncated';
 /** Opens sealed DATA datagrams under the traffic keys a token released. */
 export class PacketOpener {
   readonly #suite: Suite;
-  readonly #cipherName: CipherGCMTypes;
-  readonly #keys = new Map<number, KeyObject>();
+  readonly #keys = new Map<number, AeadContext>();
   readonly #nonce = Buffer.alloc(aeadNonceBytes);
 
   constructor(suite: Suite) {
     this.#suite = suite;
-    this.#cipherName = cipherName(suite);
   }
 
   /** The suite in use. */
@@ -315,7 +302,8 @@ export class PacketOpener {
   /** Installs the traffic key of an epoch. */
   setKey(keyEpoch: number, key: Buffer): void {
     checkKey(this.#suite, key);
-    this.#keys.set(keyEpoch, secretKey(key));
+    this.#keys.get(keyEpoch)?.dispose();
+    this.#keys.set(keyEpoch, createAeadContext(this.#suite.name, key, false));
   }
 
   /** True when the epoch's key is held. */
@@ -325,7 +313,8 @@ export class PacketOpener {
 
   /** Forgets an epoch's key. */
   dropKey(keyEpoch: number): void {
-    this.#keys.delete(keyEpoch); // a KeyObject cannot be zeroed; it is dropped here and collected
+    this.#keys.get(keyEpoch)?.dispose();
+    this.#keys.delete(keyEpoch);
   }
 
   /**
@@ -344,19 +333,20 @@ export class PacketOpener {
     const incarnation = sealed.readUInt32BE(offsetIncarnation);
     const sequence = sealed.readUInt32BE(offsetSequence);
     writePacketNonce(this.#nonce, incarnation, keyEpoch, sequence);
-    const decipher = createDecipheriv(this.#cipherName, key, this.#nonce, aeadOptions);
-    decipher.setAAD(sealed.subarray(0, headerBytes));
-    decipher.setAuthTag(sealed.subarray(sealed.length - aeadTagBytes));
-    const out = Buffer.allocUnsafe(sealed.length - aeadTagBytes);
-    sealed.copy(out, 0, 0, headerBytes);
-    try {
-      const body = decipher.update(sealed.subarray(headerBytes, sealed.length - aeadTagBytes));
-      decipher.final();
-      body.copy(out, headerBytes);
-    } catch {
+    const bodyEnd = sealed.length - aeadTagBytes;
+    const out = Buffer.allocUnsafe(bodyEnd);
+    const opened = key.open(
+      this.#nonce,
+      sealed.subarray(0, headerBytes),
+      sealed.subarray(headerBytes, bodyEnd),
+      sealed.subarray(bodyEnd),
+      out.subarray(headerBytes),
+    );
+    if (!opened) {
       out.fill(0);
       return 'bad-tag';
     }
+    sealed.copy(out, 0, 0, headerBytes);
     out.writeUInt16BE(sealed.length - aeadTagBytes - headerBytes, offsetBodyLength);
     return out;
   }

@@ -255,6 +255,14 @@ export function createSource(settings: SourceSettings, components: SourceCompone
   checkSettings(settings, protection?.overheadBytes);
   const slotBytes = headerBytes + settings.packetPayloadBytes;
   const ring = Array.from({ length: sendRingPacketsMax }, () => Buffer.allocUnsafe(slotBytes));
+  // A protected run seals each packet into a slot of its own ring, reused like the plain one: a
+  // slot is written again only once its datagram left (inFlight), and the last resort copies.
+  const sealedRing =
+    protection === undefined || protection.overheadBytes === 0
+      ? undefined
+      : Array.from({ length: sendRingPacketsMax }, () =>
+          Buffer.allocUnsafe(slotBytes + protection.overheadBytes),
+        );
   const stats: SourceStats = {
     sessionId,
     incarnation,
@@ -580,6 +588,7 @@ export function createSource(settings: SourceSettings, components: SourceCompone
           buffer.subarray(0, headerBytes + length),
           clock.nowMs(),
           clock.wallUs(),
+          sealedRing?.[slot],
         );
         for (const datagram of datagrams) {
           send(datagram, datagram.length);

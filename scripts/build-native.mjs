@@ -1,0 +1,74 @@
+#!/usr/bin/env node
+// Builds the packet AEAD addon (native/, docs/security.md "The packet engine") with node-gyp, the
+// one npm ships, against the headers of the node that runs this script (no download). Run by
+// `npm ci` and `npm run build`; skipped when the addon is newer than its sources.
+//
+// Without a compiler the build fails, says so, and exits 0: gatecast then seals and opens packets
+// with node:crypto (slower, the same bytes). GATECAST_REQUIRE_NATIVE=1 (set by .ci/run) makes a
+// failed build exit 1 instead.
+import { spawnSync } from 'node:child_process';
+import { existsSync, statSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+
+const root = resolve(dirname(new URL(import.meta.url).pathname), '..');
+const native = join(root, 'native');
+const addon = join(native, 'build', 'Release', 'gatecast_aead.node');
+const sources = ['aead.c', 'binding.gyp'].map((name) => join(native, name));
+const required = process.env.GATECAST_REQUIRE_NATIVE === '1';
+
+const newest = Math.max(...sources.map((path) => statSync(path).mtimeMs));
+if (existsSync(addon) && statSync(addon).mtimeMs >= newest && process.argv[2] !== '--force') {
+  process.exit(0);
+}
+
+/** node-gyp: npm's own (npm names it while it runs a script), else the one beside this node. */
+function nodeGyp() {
+  const candidates = [
+    process.env.npm_config_node_gyp,
+    join(
+      dirname(process.execPath),
+      '..',
+      'lib',
+      'node_modules',
+      'npm',
+      'node_modules',
+      'node-gyp',
+      'bin',
+      'node-gyp.js',
+    ),
+  ];
+  return candidates.find((path) => path !== undefined && existsSync(path));
+}
+
+/** The headers of the running node (include/node beside its binary), so node-gyp downloads nothing. */
+function nodeDir() {
+  const prefix = resolve(dirname(process.execPath), '..');
+  return existsSync(join(prefix, 'include', 'node', 'node_api.h')) ? prefix : undefined;
+}
+
+function fail(message) {
+  process.stderr.write(
+    `build-native: ${message}\nbuild-native: gatecast will seal and open packets with node:crypto (about 8 times the CPU a packet)\n`,
+  );
+  process.exit(required ? 1 : 0);
+}
+
+const gyp = nodeGyp();
+if (gyp === undefined) {
+  fail('node-gyp was not found (it comes with npm)');
+}
+const dir = process.env.npm_config_nodedir || nodeDir();
+if (dir === undefined) {
+  fail(
+    `no node headers beside ${process.execPath} (include/node/node_api.h), and none configured (npm config nodedir)`,
+  );
+}
+const result = spawnSync(process.execPath, [gyp, 'rebuild', `--nodedir=${dir}`, '--directory', native], {
+  stdio: ['ignore', 'pipe', 'pipe'],
+  encoding: 'utf8',
+});
+if (result.status !== 0 || !existsSync(addon)) {
+  const output = `${result.stdout ?? ''}${result.stderr ?? ''}`.trim().split('\n').slice(-15).join('\n');
+  fail(`node-gyp rebuild failed (${result.error?.message ?? `exit ${result.status}`}):\n${output}`);
+}
+process.stdout.write(`build-native: built ${addon}\n`);
