@@ -25,6 +25,7 @@ import { writeSection } from './report.js';
 const packets = Number(process.env.BENCH_PACKETS ?? 20_000);
 const rate = process.env.BENCH_RATE ?? '200M';
 const joins = Number(process.env.BENCH_JOINS ?? 20);
+const rounds = Number(process.env.BENCH_ROUNDS ?? 3);
 /**
  * BENCH_RESTRICTED_PART=throughput runs the throughput rows only, =joins the join rows only (for
  * looking at one part again); neither writes the report, which needs the whole run.
@@ -42,19 +43,6 @@ function cpuNow(process: HostProcess): number {
   }
 }
 
-/** Samples CPU until the process exits; returns the last reading. */
-function cpuMeter(process: HostProcess): () => number {
-  let last = 0;
-  const timer = setInterval(() => {
-    const now = cpuNow(process);
-    if (Number.isFinite(now)) {
-      last = now;
-    }
-  }, 100);
-  void process.finished.then(() => clearInterval(timer));
-  return () => last;
-}
-
 const percentile = (values: number[], p: number) => {
   const sorted = [...values].sort((a, b) => a - b);
   return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] ?? Number.NaN;
@@ -64,6 +52,8 @@ interface Mode {
   label: string;
   send: string[];
   receive: string[];
+  /** Set for both sides of this mode's runs. */
+  env?: Record<string, string>;
 }
 
 async function main(): Promise<void> {
@@ -120,6 +110,11 @@ async function main(): Promise<void> {
     ];
     const file = join(directory, 'payload.bin');
     writeFileSync(file, randomBytes(packets * 1400));
+    // The same payload's first packet alone: a run of it costs what a run costs besides its
+    // packets (node's start, keys, hashing, the session's set-up and end), subtracted per mode.
+    const onePacket = join(directory, 'one-packet.bin');
+    writeFileSync(onePacket, readFileSync(file).subarray(0, 1400));
+    const nodeCrypto = { GATECAST_AEAD_ENGINE: 'node:crypto' };
     const modes: Mode[] = [
       { label: 'plain', send: [], receive: [] },
       {
@@ -133,54 +128,99 @@ async function main(): Promise<void> {
         send: restricted,
         receive: ['--token', tokenFile, '--source-public', join(keys, 'source.pub')],
       },
+      {
+        label: 'AEAD (AES-256-GCM), node:crypto engine (GATECAST_AEAD_ENGINE=node:crypto)',
+        send: [...restricted, '--manifest-packets', '0'],
+        receive: ['--token', tokenFile],
+        env: nodeCrypto,
+      },
     ];
-    const rows: Row[] = [];
-    for (const mode of part === 'joins' ? [] : modes) {
-      // A generous timeout: on a loaded machine the sender's start (node, hashing the file) can
-      // take seconds, and a receiver that gave up first would measure nothing.
-      const receiver = receiveOn(bed, 'rtr', group, [
-        '--out',
-        '/dev/null',
-        '--timeout',
-        '30',
-        '--json',
-        ...mode.receive,
-      ]);
-      await receiver.waitFor(/joined/);
-      const receiverStart = cpuNow(receiver); // after the token was opened
-      const receiverCpu = cpuMeter(receiver);
-      const sender = bed.gatecast('src', [
-        'send',
-        '--group',
-        group,
-        '--iface',
-        'eth0',
-        '--file',
-        file,
-        '--rate',
-        rate,
-        '--json',
-        ...mode.send,
-      ]);
-      const senderCpu = cpuMeter(sender);
-      const sent = JSON.parse((await sender.finished).stderr.trim().split('\n').pop() ?? '{}') as {
-        packetsSent: number;
-      };
-      const senderSeconds = senderCpu();
-      const received = JSON.parse((await receiver.finished).stderr.trim().split('\n').pop() ?? '{}') as {
-        packetsDelivered: number;
-      };
-      const receiverSeconds = receiverCpu() - receiverStart;
-      rows.push({
-        label: mode.label,
-        sent: sent.packetsSent,
-        delivered: received.packetsDelivered,
-        senderPps: sent.packetsSent / senderSeconds,
-        receiverPps: received.packetsDelivered / receiverSeconds,
-        load: loadavg()[0] ?? Number.NaN,
-      });
-      console.error(`${mode.label}: ${JSON.stringify(rows.at(-1))}`);
+    /** One run of a mode: CPU seconds of each side (the receiver's from its join). */
+    const measure = async (mode: Mode, path: string) => {
+      const saved = { ...process.env };
+      Object.assign(process.env, mode.env ?? {});
+      try {
+        // A generous timeout: on a loaded machine the sender's start (node, hashing the file) can
+        // take seconds, and a receiver that gave up first would measure nothing.
+        const receiver = receiveOn(bed, 'rtr', group, [
+          '--out',
+          '/dev/null',
+          '--timeout',
+          '30',
+          '--json',
+          ...mode.receive,
+        ]);
+        await receiver.waitFor(/joined/);
+        const receiverStart = cpuNow(receiver); // after the token was opened
+        const sender = bed.gatecast('src', [
+          'send',
+          '--group',
+          group,
+          '--iface',
+          'eth0',
+          '--file',
+          path,
+          '--rate',
+          rate,
+          '--json',
+          ...mode.send,
+        ]);
+        const sent = JSON.parse((await sender.finished).stderr.trim().split('\n').pop() ?? '{}') as {
+          packetsSent: number;
+          cpuSeconds: number;
+        };
+        const received = JSON.parse((await receiver.finished).stderr.trim().split('\n').pop() ?? '{}') as {
+          packetsDelivered: number;
+          cpuSeconds: number;
+        };
+        return {
+          sent: sent.packetsSent,
+          delivered: received.packetsDelivered,
+          senderSeconds: sent.cpuSeconds,
+          receiverSeconds: received.cpuSeconds - receiverStart,
+        };
+      } finally {
+        for (const name of Object.keys(mode.env ?? {})) {
+          if (saved[name] === undefined) {
+            delete process.env[name];
+          } else {
+            process.env[name] = saved[name];
+          }
+        }
+      }
+    };
+    const samples = new Map<string, Row[]>();
+    // Rounds interleave the modes, so a change of load on a shared machine falls on every mode
+    // alike; each mode's row is its median round (by sender packets per CPU-second).
+    for (let round = 0; round < (part === 'joins' ? 0 : rounds); round++) {
+      for (const mode of modes) {
+        const whole = await measure(mode, file);
+        const fixed = await measure(mode, onePacket);
+        const row: Row = {
+          label: mode.label,
+          sent: whole.sent,
+          delivered: whole.delivered,
+          senderPps: whole.sent / whole.senderSeconds,
+          receiverPps: whole.delivered / whole.receiverSeconds,
+          senderPacketUs: ((whole.senderSeconds - fixed.senderSeconds) / Math.max(1, whole.sent - 1)) * 1e6,
+          receiverPacketUs:
+            ((whole.receiverSeconds - fixed.receiverSeconds) / Math.max(1, whole.delivered - 1)) * 1e6,
+          load: loadavg()[0] ?? Number.NaN,
+        };
+        console.error(`round ${round + 1}, ${mode.label}: ${JSON.stringify(row)}`);
+        samples.set(mode.label, [...(samples.get(mode.label) ?? []), row]);
+      }
     }
+    const median = (list: Row[], key: 'senderPacketUs' | 'receiverPacketUs') =>
+      [...list].sort((a, b) => a[key] - b[key])[Math.floor(list.length / 2)]?.[key] ?? Number.NaN;
+    const rows: Row[] = [...samples.values()].map((list) => {
+      const middle = [...list].sort((a, b) => a.senderPps - b.senderPps)[Math.floor(list.length / 2)] as Row;
+      return {
+        ...middle,
+        senderPacketUs: median(list, 'senderPacketUs'),
+        receiverPacketUs: median(list, 'receiverPacketUs'),
+      };
+    });
     if (part === 'throughput') {
       return; // BENCH_RESTRICTED_PART=throughput: the rows above only, no report written
     }
@@ -325,6 +365,9 @@ interface Row {
   delivered: number;
   senderPps: number;
   receiverPps: number;
+  /** CPU µs a packet, the run of one packet subtracted (start-up, keys, hashing, END). */
+  senderPacketUs: number;
+  receiverPacketUs: number;
   /** Load average (1 min) when the row was measured. */
   load: number;
 }
@@ -340,7 +383,7 @@ function writeReport(
   }
   const table = rows.map(
     (row) =>
-      `| ${row.label} | ${row.sent} | ${row.delivered} | ${row.senderPps.toFixed(0)} | ${(row.senderPps / plain.senderPps).toFixed(2)} | ${row.receiverPps.toFixed(0)} | ${(row.receiverPps / plain.receiverPps).toFixed(2)} | ${row.load.toFixed(1)} |`,
+      `| ${row.label} | ${row.sent} | ${row.delivered} | ${row.senderPps.toFixed(0)} | ${(row.senderPps / plain.senderPps).toFixed(2)} | ${row.senderPacketUs.toFixed(1)} | ${(plain.senderPacketUs / row.senderPacketUs).toFixed(2)} | ${row.receiverPps.toFixed(0)} | ${(row.receiverPps / plain.receiverPps).toFixed(2)} | ${row.receiverPacketUs.toFixed(1)} | ${(plain.receiverPacketUs / row.receiverPacketUs).toFixed(2)} | ${row.load.toFixed(1)} |`,
   );
   const joinsTable = Object.entries(joinTimes).map(
     ([label, { samples, load }]) =>

@@ -29,3 +29,12 @@ export function progressBar(fraction: number, width = 30): string {
   const filled = Math.round(clamped * width);
   return `[${'#'.repeat(filled)}${'-'.repeat(width - filled)}] ${(clamped * 100).toFixed(0).padStart(3)}%`;
 }
+
+/**
+ * CPU seconds (user + system, every thread) this process has used so far, for the `--json`
+ * summaries of send and receive: what a transfer cost, start-up included.
+ */
+export function processCpuSeconds(): number {
+  const { user, system } = process.cpuUsage();
+  return Math.round((user + system) / 1000) / 1000;
+}

@@ -1,6 +1,7 @@
 /** `gatecast receive`: the plain receiver on the command line. */
 
 import { closeSync, openSync, writevSync } from 'node:fs';
+import { aeadEngine } from '../crypto/aead-engine.js';
 import type { TokenRefused } from '../crypto/errors.js';
 import { createReceiverProtection, type ReceiverProtection } from '../crypto/restricted-session.js';
 import { createSignedSessionGate, type SignedSessionGate } from '../crypto/signed-session.js';
@@ -12,9 +13,9 @@ import { socketBufferReport } from '../net/udp.js';
 import { createReceiver, type PayloadSink, type ReceiveSummary } from '../receiver/receiver.js';
 import { receiveSettings } from './command-settings.js';
 import { exitIncomplete, exitOk } from './errors.js';
-import { formatBytes } from './format.js';
+import { formatBytes, processCpuSeconds } from './format.js';
 import { formatHelp, groupOption, optional, parseOptions, parseSeconds, required } from './options.js';
-import { sourcePublicKeyOption, tokenOption } from './restricted.js';
+import { describeAeadEngine, sourcePublicKeyOption, tokenOption } from './restricted.js';
 import { applySocketBuffer, describeSocketBuffers } from './socket-buffer.js';
 
 export const receiveHelp = formatHelp(
@@ -194,7 +195,7 @@ export async function runReceive(argv: string[], err: NodeJS.WriteStream): Promi
       signal: controller.signal,
       onJoined: (socket) =>
         err.write(
-          `joined ${formatEndpoint(group)}${socket.iface ? ` on ${socket.iface.name}` : ''}, waiting for a session\nreceive: ${describeSocketBuffers()}\n`,
+          `joined ${formatEndpoint(group)}${socket.iface ? ` on ${socket.iface.name}` : ''}, waiting for a session\nreceive: ${describeSocketBuffers()}\n${token === undefined ? '' : `receive: ${describeAeadEngine()}\n`}`,
         ),
     });
     if (refusal !== undefined) {
@@ -205,11 +206,11 @@ export async function runReceive(argv: string[], err: NodeJS.WriteStream): Promi
       return outputFailed(sink, outPath, summary, values.json === true, err);
     }
     const restricted = {
-      ...(protection === undefined ? {} : { restricted: protection.stats }),
+      ...(protection === undefined ? {} : { restricted: protection.stats, aeadEngine: aeadEngine().name }),
       ...(signed === undefined ? {} : { signed: signed.stats }),
     };
     err.write(
-      `${values.json === true ? JSON.stringify({ ...summary, ...restricted, socketBuffers: socketBufferReport() }) : describeReceive(summary, protection?.stats, signed?.stats)}\n`,
+      `${values.json === true ? JSON.stringify({ ...summary, ...restricted, socketBuffers: socketBufferReport(), cpuSeconds: processCpuSeconds() }) : describeReceive(summary, protection?.stats, signed?.stats)}\n`,
     );
     return summary.outcome === 'complete' ? exitOk : exitIncomplete;
   } finally {

@@ -1,4 +1,6 @@
 /** `gatecast send`: the source role on the command line. */
+
+import { aeadEngine } from '../crypto/aead-engine.js';
 import {
   adaptRateFloorFractionDefault,
   lastResortQuietMs,
@@ -24,7 +26,7 @@ import { createSource, type Source, type SourceSettings, type SourceStats } from
 import { sendSettings } from './command-settings.js';
 import { keysFrom, parseEndpointList, parseUnicastEndpoint } from './control-keys.js';
 import { exitIncomplete, exitOk, UsageError } from './errors.js';
-import { formatBytes, formatRate, progressBar } from './format.js';
+import { formatBytes, formatRate, processCpuSeconds, progressBar } from './format.js';
 import {
   formatHelp,
   groupOption,
@@ -37,7 +39,7 @@ import {
   parseServerUrl,
   required,
 } from './options.js';
-import { senderProtectionOptions } from './restricted.js';
+import { describeAeadEngine, senderProtectionOptions } from './restricted.js';
 import { applySocketBuffer, describeSocketBuffers } from './socket-buffer.js';
 import { readToken } from './token.js';
 
@@ -281,8 +283,12 @@ export async function runSend(argv: string[], out: NodeJS.WriteStream): Promise<
       endRegistered(subscription, token, registered),
     );
     out.write(`send: ${describeSocketBuffers()}\n`);
+    const engine = values.restricted === true ? { aeadEngine: aeadEngine().name } : {};
+    if (values.restricted === true) {
+      out.write(`send: ${describeAeadEngine()}\n`);
+    }
     out.write(
-      `${values.json === true ? JSON.stringify({ sessionName, ...stats, socketBuffers: socketBufferReport() }) : summaryLine(stats, sessionName)}\n`,
+      `${values.json === true ? JSON.stringify({ sessionName, ...stats, ...engine, socketBuffers: socketBufferReport(), cpuSeconds: processCpuSeconds() }) : summaryLine(stats, sessionName)}\n`,
     );
     // A datagram that did not leave is a packet no receiver can have, and a file stopped before
     // its end (--duration) cannot arrive whole: either way the session is not whole.

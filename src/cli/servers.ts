@@ -36,7 +36,7 @@ import {
   parseServerUrl,
   required,
 } from './options.js';
-import { sourcePublicKeyOption, tokenOpener } from './restricted.js';
+import { describeAeadEngine, sourcePublicKeyOption, tokenOpener } from './restricted.js';
 import { agentSample, controllerSample, repairSampler, retransmitSample } from './role-metrics.js';
 import { agentSettings, repairSettings, retransmitSettings } from './role-settings.js';
 import { applySocketBuffer } from './socket-buffer.js';
@@ -249,7 +249,7 @@ export function prepareRepair(values: OptionValues): RoleStarter {
   return async (err) => {
     const server = await startRepairServer(settings);
     err.write(
-      `repair: ${formatEndpoint(group)} -> ${formatEndpoint(emit)} (${s2Key === undefined ? 'plain' : `sealed, key epoch ${s2Key.epoch}`}), listening on ${formatEndpoint(server.local)}\n`,
+      `repair: ${formatEndpoint(group)} -> ${formatEndpoint(emit)} (${s2Key === undefined ? 'plain' : `sealed, key epoch ${s2Key.epoch}`}), listening on ${formatEndpoint(server.local)}\n${s2Key === undefined ? '' : `repair: ${describeAeadEngine()}\n`}`,
     );
     return runningRole('repair', server, repairSampler(server), () => {
       const s = server.status();
@@ -416,7 +416,7 @@ export function prepareAgent(values: OptionValues): RoleStarter {
       throw error;
     }
     err.write(
-      `agent: ${formatEndpoint(from)} -> ${formatEndpoint(deliver)} (local delivery${s2Key === undefined ? '' : `, S2 sealed, key epoch ${s2Key.epoch}`}${protection.tokenGiven ? ', restricted sessions decrypted with --token' : ''})\n`,
+      `agent: ${formatEndpoint(from)} -> ${formatEndpoint(deliver)} (local delivery${s2Key === undefined ? '' : `, S2 sealed, key epoch ${s2Key.epoch}`}${protection.tokenGiven ? ', restricted sessions decrypted with --token' : ''})\n${s2Key !== undefined || protection.tokenGiven ? `agent: ${describeAeadEngine()}\n` : ''}`,
     );
     return runningRole(
       'agent',

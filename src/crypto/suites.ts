@@ -1,10 +1,11 @@
 /**
  * Packet protection suites (docs/protocol.md, "Restricted sessions"; docs/security.md).
  *
- * A restricted DATA packet is sealed with an AEAD from node:crypto — AES-128-GCM, AES-256-GCM or
- * ChaCha20-Poly1305 — with the tag pinned to 16 bytes (Node accepts truncated GCM tags unless told
- * the length), the 32-byte gatecast header as associated data, and a 96-bit nonce that is never
- * random and never reused:
+ * A restricted DATA packet is sealed with an AEAD — AES-128-GCM, AES-256-GCM or ChaCha20-Poly1305,
+ * through the packet engine (src/crypto/aead-engine.ts: OpenSSL's EVP by the addon in native/, or
+ * node:crypto, the same bytes) — with the tag pinned to 16 bytes (Node accepts truncated GCM tags
+ * unless told the length), the 32-byte gatecast header as associated data, and a 96-bit nonce
+ * that is never random and never reused:
  *
  *   nonce = sender id (the run's incarnation, 32 bits) || packet counter (64 bits)
  *   packet counter = key epoch (16 bits) || 0 (16 bits) || sequence (32 bits)

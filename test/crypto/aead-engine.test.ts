@@ -1,0 +1,305 @@
+/**
+ * The packet AEAD engine (src/crypto/aead-engine.ts, native/aead.c): the addon seals exactly the
+ * bytes node:crypto seals, for every suite and length; each opens the other's packets; a flipped
+ * bit anywhere (ciphertext, associated data, tag, nonce) is refused with nothing readable left;
+ * misuse throws instead of reading or writing past a buffer.
+ *
+ * The addon is built by `npm ci` (scripts/build-native.mjs). Where it is not built these tests
+ * say so and skip; under GATECAST_REQUIRE_PACKAGES=1 (CI) they fail instead.
+ */
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { describe, it } from 'node:test';
+import {
+  type AeadName,
+  aeadEngine,
+  createAeadContext,
+  createNodeCryptoAeadContext,
+  nativeAddonPath,
+} from '../../src/crypto/aead-engine.js';
+import { CipherError } from '../../src/crypto/errors.js';
+import { PacketOpener, PacketSealer, suites } from '../../src/crypto/suites.js';
+import { encodeData, offsetKeyEpoch } from '../../src/protocol/packet.js';
+import { createRandom } from '../helpers/random.js';
+
+const names: AeadName[] = ['aes-128-gcm', 'aes-256-gcm', 'chacha20-poly1305'];
+const keyBytes = (name: AeadName) => (name === 'aes-128-gcm' ? 16 : 32);
+
+/** Why the addon's tests cannot run here, or undefined; throws under GATECAST_REQUIRE_PACKAGES=1. */
+function addonMissing(): string | undefined {
+  const engine = aeadEngine();
+  const reason =
+    engine.name === 'openssl-evp' ? undefined : `the packet engine is node:crypto: ${engine.reason}`;
+  if (reason !== undefined && process.env.GATECAST_REQUIRE_PACKAGES === '1') {
+    throw new Error(`GATECAST_REQUIRE_PACKAGES=1 but the AEAD addon cannot be tested: ${reason}`);
+  }
+  return reason;
+}
+
+function seal(
+  context: ReturnType<typeof createAeadContext>,
+  nonce: Buffer,
+  aad: Buffer,
+  plain: Buffer,
+): { sealed: Buffer; tag: Buffer } {
+  const sealed = Buffer.alloc(plain.length);
+  const tag = Buffer.alloc(16);
+  context.seal(nonce, aad, plain, sealed, tag);
+  return { sealed, tag };
+}
+
+describe('packet AEAD engine', () => {
+  it('uses the addon when it is built, and names the OpenSSL it runs on', (t) => {
+    const missing = addonMissing();
+    if (missing !== undefined) {
+      t.skip(missing);
+      return;
+    }
+    const engine = aeadEngine();
+    assert.equal(engine.name, 'openssl-evp');
+    // The OpenSSL node:crypto runs on (linked at load from the node binary), not another copy.
+    assert.ok(
+      engine.openssl?.startsWith(`OpenSSL ${process.versions.openssl.replace(/\+.*$/, '')} `),
+      `${engine.openssl} is not node's OpenSSL ${process.versions.openssl}`,
+    );
+  });
+
+  it('is node:crypto when GATECAST_AEAD_ENGINE=node:crypto, and says why', () => {
+    const script = `import { aeadEngine } from ${JSON.stringify(new URL('../../src/crypto/aead-engine.ts', import.meta.url).href)};
+process.stdout.write(JSON.stringify(aeadEngine()));`;
+    const out = execFileSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], {
+      env: { ...process.env, GATECAST_AEAD_ENGINE: 'node:crypto' },
+      encoding: 'utf8',
+    });
+    assert.deepEqual(JSON.parse(out), { name: 'node:crypto', reason: 'GATECAST_AEAD_ENGINE=node:crypto' });
+  });
+
+  it('matches the RFC 8439 ChaCha20-Poly1305 test vector (section 2.8.2) in both engines', () => {
+    const key = Buffer.from('808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9f', 'hex');
+    const nonce = Buffer.from('070000004041424344454647', 'hex');
+    const aad = Buffer.from('50515253c0c1c2c3c4c5c6c7', 'hex');
+    const plain = Buffer.from(
+      "Ladies and Gentlemen of the class of '99: If I could offer you only one tip for the future, sunscreen would be it.",
+    );
+    const expected =
+      'd31a8d34648e60db7b86afbc53ef7ec2a4aded51296e08fea9e2b5a736ee62d63dbea45e8ca9671282fafb69da92728b1a71de0a9e060b2905d6a5b67ecd3b3692ddbd7f2d778b8c9803aee328091b58fab324e4fad675945585808b4831d7bc3ff4def08e4b7a9de576d26586cec64b6116';
+    const expectedTag = '1ae10b594f09e26a7e902ecbd0600691';
+    for (const context of [
+      createNodeCryptoAeadContext('chacha20-poly1305', key, true),
+      createAeadContext('chacha20-poly1305', key, true),
+    ]) {
+      const { sealed, tag } = seal(context, nonce, aad, plain);
+      assert.equal(sealed.toString('hex'), expected);
+      assert.equal(tag.toString('hex'), expectedTag);
+    }
+  });
+
+  it('matches a NIST GCM test vector (AES-128, 60-byte plaintext, 20-byte AAD) in both engines', () => {
+    // The GCM specification's test case 4 (96-bit IV).
+    const key = Buffer.from('feffe9928665731c6d6a8f9467308308', 'hex');
+    const nonce = Buffer.from('cafebabefacedbaddecaf888', 'hex');
+    const plain = Buffer.from(
+      'd9313225f88406e5a55909c5aff5269a86a7a9531534f7da2e4c303d8a318a721c3c0c95956809532fcf0e2449a6b525b16aedf5aa0de657ba637b39',
+      'hex',
+    );
+    const aad = Buffer.from('feedfacedeadbeeffeedfacedeadbeefabaddad2', 'hex');
+    for (const context of [
+      createNodeCryptoAeadContext('aes-128-gcm', key, true),
+      createAeadContext('aes-128-gcm', key, true),
+    ]) {
+      const { sealed, tag } = seal(context, nonce, aad, plain);
+      assert.equal(
+        sealed.toString('hex'),
+        '42831ec2217774244b7221b784d0d49ce3aa212f2c02a4e035c17e2329aca12e21d514b25466931c7d8f6a5aac84aa051ba30b396a0aac973d58e091',
+      );
+      assert.equal(tag.toString('hex'), '5bc94fbc3221a5db94fae95ae7121a47');
+    }
+  });
+
+  it('seals the bytes node:crypto seals and opens what it seals, every suite and length', (t) => {
+    const missing = addonMissing();
+    if (missing !== undefined) {
+      t.skip(missing);
+      return;
+    }
+    const random = createRandom(0x0aead);
+    for (const name of names) {
+      for (const length of [0, 1, 15, 16, 17, 255, 1400, 1500, 9000, 65_403]) {
+        const key = random.bytes(keyBytes(name));
+        const nonce = random.bytes(12);
+        const aad = random.bytes(length % 3 === 0 ? 32 : length % 61);
+        const plain = random.bytes(length);
+        const reference = seal(createNodeCryptoAeadContext(name, key, true), nonce, aad, plain);
+        const candidate = seal(createAeadContext(name, key, true), nonce, aad, plain);
+        assert.ok(candidate.sealed.equals(reference.sealed), `${name} ${length}: ciphertext`);
+        assert.ok(candidate.tag.equals(reference.tag), `${name} ${length}: tag`);
+        const opened = Buffer.alloc(length);
+        assert.ok(
+          createAeadContext(name, key, false).open(nonce, aad, reference.sealed, reference.tag, opened),
+        );
+        assert.ok(opened.equals(plain), `${name} ${length}: the addon opens node:crypto's packet`);
+        const back = Buffer.alloc(length);
+        assert.ok(
+          createNodeCryptoAeadContext(name, key, false).open(
+            nonce,
+            aad,
+            candidate.sealed,
+            candidate.tag,
+            back,
+          ),
+        );
+        assert.ok(back.equals(plain), `${name} ${length}: node:crypto opens the addon's packet`);
+      }
+    }
+  });
+
+  it('refuses a flipped bit in the ciphertext, the associated data, the tag or the nonce, leaving zeros', () => {
+    const random = createRandom(0xf11b);
+    for (const factory of [createAeadContext, createNodeCryptoAeadContext]) {
+      for (const name of names) {
+        const key = random.bytes(keyBytes(name));
+        const nonce = random.bytes(12);
+        const aad = random.bytes(32);
+        const plain = random.bytes(1400);
+        const { sealed, tag } = seal(factory(name, key, true), nonce, aad, plain);
+        const opener = factory(name, key, false);
+        const flips: Array<[string, Buffer, number]> = [
+          ['ciphertext', sealed, 1399],
+          ['ciphertext', sealed, 0],
+          ['associated data', aad, 5],
+          ['tag', tag, 15],
+          ['nonce', nonce, 11],
+        ];
+        for (const [what, buffer, at] of flips) {
+          const bit = 1 << random.int(8);
+          buffer[at] = (buffer[at] ?? 0) ^ bit;
+          const out = Buffer.alloc(plain.length, 0xee);
+          assert.equal(
+            opener.open(nonce, aad, sealed, tag, out),
+            false,
+            `${name}: a flipped bit in the ${what}`,
+          );
+          assert.ok(
+            out.every((byte) => byte === 0),
+            `${name}: nothing of a refused packet is left (${what})`,
+          );
+          buffer[at] = (buffer[at] ?? 0) ^ bit;
+        }
+        const out = Buffer.alloc(plain.length);
+        assert.ok(opener.open(nonce, aad, sealed, tag, out), `${name}: the untouched packet opens`);
+        assert.ok(out.equals(plain));
+        // A different key opens nothing either.
+        assert.equal(
+          factory(name, random.bytes(keyBytes(name)), false).open(nonce, aad, sealed, tag, out),
+          false,
+        );
+      }
+    }
+  });
+
+  it('throws on misuse instead of touching memory past a buffer', async (t) => {
+    const missing = addonMissing();
+    if (missing !== undefined) {
+      t.skip(missing);
+      return;
+    }
+    const key = Buffer.alloc(32, 1);
+    assert.throws(() => createAeadContext('aes-256-gcm', Buffer.alloc(16), true), CipherError);
+    assert.throws(() => createAeadContext('aes-128-gcm', key, true), CipherError);
+    const sealer = createAeadContext('aes-256-gcm', key, true);
+    const nonce = Buffer.alloc(12);
+    const plain = Buffer.alloc(100);
+    // lengths: a short nonce, a short tag, an output shorter or longer than the input
+    assert.throws(
+      () => sealer.seal(Buffer.alloc(8), Buffer.alloc(0), plain, Buffer.alloc(100), Buffer.alloc(16)),
+      CipherError,
+    );
+    assert.throws(
+      () => sealer.seal(nonce, Buffer.alloc(0), plain, Buffer.alloc(100), Buffer.alloc(8)),
+      CipherError,
+    );
+    assert.throws(
+      () => sealer.seal(nonce, Buffer.alloc(0), plain, Buffer.alloc(99), Buffer.alloc(16)),
+      CipherError,
+    );
+    assert.throws(
+      () => sealer.seal(nonce, Buffer.alloc(0), plain, Buffer.alloc(101), Buffer.alloc(16)),
+      CipherError,
+    );
+    // direction: a sealing context does not open
+    assert.throws(
+      () => sealer.open(nonce, Buffer.alloc(0), plain, Buffer.alloc(16), Buffer.alloc(100)),
+      /cannot open/,
+    );
+    // the addon checks on its own too, whatever reaches it
+    const addon = (await import('node:module')).createRequire(import.meta.url)(nativeAddonPath) as {
+      create(...args: unknown[]): unknown;
+      seal(...args: unknown[]): void;
+      open(...args: unknown[]): boolean;
+      dispose(handle: unknown): void;
+    };
+    assert.throws(() => addon.create('rc4', key, true), /unknown suite/);
+    assert.throws(() => addon.create('aes-256-gcm', 'not a buffer', true), TypeError);
+    assert.throws(() => addon.create('aes-256-gcm', key), /three arguments/);
+    const handle = addon.create('aes-256-gcm', key, true);
+    assert.throws(() => addon.seal({}, nonce, nonce, plain, plain, Buffer.alloc(16)), TypeError);
+    assert.throws(
+      () => addon.seal(handle, nonce, nonce, plain, Buffer.alloc(99), Buffer.alloc(16)),
+      /output/,
+    );
+    assert.throws(
+      () => addon.seal(handle, nonce, nonce, plain, Buffer.alloc(100), Buffer.alloc(15)),
+      /tag 16/,
+    );
+    // Any typed array is taken by its bytes: 5 16-bit words are a 10-byte nonce, refused.
+    assert.throws(
+      () => addon.seal(handle, new Uint16Array(5), nonce, plain, Buffer.alloc(100), Buffer.alloc(16)),
+      /nonce must be 12 bytes/,
+    );
+    addon.dispose(handle);
+    assert.throws(
+      () => addon.seal(handle, nonce, nonce, plain, Buffer.alloc(100), Buffer.alloc(16)),
+      /disposed/,
+    );
+    // a disposed context refuses in both engines
+    for (const factory of [createAeadContext, createNodeCryptoAeadContext]) {
+      const context = factory('aes-256-gcm', key, true);
+      context.dispose();
+      assert.throws(() => context.seal(nonce, Buffer.alloc(0), plain, Buffer.alloc(100), Buffer.alloc(16)));
+    }
+    assert.ok(existsSync(nativeAddonPath));
+  });
+
+  it('seals restricted DATA into a buffer the caller owns, the same bytes as a new one', () => {
+    const suite = suites[0];
+    assert.ok(suite !== undefined);
+    const key = createRandom(3).bytes(suite.keyBytes);
+    const first = new PacketSealer(suite, 77);
+    const second = new PacketSealer(suite, 77);
+    first.setKey(1, key);
+    second.setKey(1, key);
+    const slot = Buffer.alloc(2000, 0xcc);
+    const opener = new PacketOpener(suite);
+    opener.setKey(1, key);
+    for (let sequence = 10; sequence < 20; sequence++) {
+      const plain = encodeData(
+        { sessionId: 5, sequence, timestampUs: 0, incarnation: 77 },
+        Buffer.alloc(1000 + sequence, sequence),
+      );
+      plain.writeUInt16BE(1, offsetKeyEpoch);
+      const fresh = first.seal(plain);
+      const inSlot = second.seal(plain, slot);
+      assert.ok(inSlot.equals(fresh));
+      assert.equal(inSlot.buffer, slot.buffer, 'written into the slot');
+      const opened = opener.open(inSlot);
+      assert.ok(Buffer.isBuffer(opened) && opened.equals(plain));
+    }
+    const small = encodeData(
+      { sessionId: 5, sequence: 30, timestampUs: 0, incarnation: 77 },
+      Buffer.alloc(10),
+    );
+    small.writeUInt16BE(1, offsetKeyEpoch);
+    assert.throws(() => second.seal(small, Buffer.alloc(small.length + 15)), /does not fit/);
+  });
+});
