@@ -475,7 +475,7 @@ export function isWrongFileLength(run: RunShape, sequence: number, payloadBytes:
 }
 
 /** Packets of a file whose size its DESCRIPTOR gives; undefined for any other run. */
-function filePackets(run: RunShape): number | undefined {
+export function filePackets(run: RunShape): number | undefined {
   if (run.kind !== 1 || run.totalBytes === undefined) {
     return undefined;
   }

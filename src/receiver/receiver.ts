@@ -34,6 +34,7 @@ import {
 import { sequenceDistance } from '../protocol/serial.js';
 import {
   endContradiction,
+  filePackets,
   isClaimPastFileEnd,
   isJustAfter,
   isPastFileEnd,
@@ -445,6 +446,15 @@ export function createReceiver(settings: ReceiverSettings, components: ReceiverC
     settle();
     flush();
     summary.sha256 = hash.digest('hex');
+    // A file's packets never delivered are missing, whether a gap was passed over, held behind
+    // one that never filled, or never shown by any DATA, HEARTBEAT or END (the tail): a run that
+    // stopped behind a stalled gap does not say "0 packets missing". The count is END's, else the
+    // one the DESCRIPTOR's size gives.
+    const filePacketCount =
+      summary.expectedPackets ?? (descriptor === undefined ? undefined : filePackets(descriptor));
+    if (outcome !== 'complete' && filePacketCount !== undefined) {
+      summary.packetsMissing = Math.max(summary.packetsMissing, filePacketCount - summary.packetsDelivered);
+    }
     if (outcome === 'complete' && summary.packetsMissing > 0) {
       outcome = 'incomplete';
     }

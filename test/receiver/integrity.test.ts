@@ -113,6 +113,21 @@ describe('no single packet stalls a receiver', () => {
     assert.ok(elapsedMs < 3_000, `timeout of 0.8 s fired after ${elapsedMs} ms`);
   });
 
+  it("a file's run that times out counts every packet it did not deliver as missing, the unseen tail too", async () => {
+    const run = { sessionId: 12, incarnation: 12 };
+    const file = Buffer.concat([0, 1, 2, 3, 4, 5].map((s) => payloadOf('t', s)));
+    const { summary, output } = await receive(async (send) => {
+      send(descriptor(run, { firstSequence: 0, next: 0, payload: file }));
+      await pause();
+      // 2 is lost; 3 and 4 wait behind it; 5 and END never come
+      send(...[0, 1, 3, 4].map((s) => data(run, s, payloadOf('t', s))));
+    }, 800);
+    assert.equal(summary.outcome, 'timeout', JSON.stringify(summary));
+    assert.equal(summary.packetsDelivered, 4);
+    assert.equal(summary.packetsMissing, 2, JSON.stringify(summary));
+    assert.deepEqual(output, Buffer.concat([0, 1, 3, 4].map((s) => payloadOf('t', s))));
+  });
+
   it('a HEARTBEAT far ahead is ignored; the session still completes whole', async () => {
     const run = { sessionId: 6, incarnation: 6 };
     const expected = Buffer.concat([0, 1, 2, 3].map((s) => payloadOf('y', s)));
