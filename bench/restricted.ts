@@ -392,8 +392,16 @@ function writeReport(
   const tokens = Object.entries(tokenRates).map(
     ([label, perSecond]) => `| ${label} | ${perSecond.toFixed(0)} |`,
   );
+  const aeadOnly = rows[1];
   const aead = rows[2];
   const verifying = rows[3];
+  const nodeRow = rows[4];
+  const ratio = (row: Row | undefined, side: 'sender' | 'receiver') =>
+    row === undefined
+      ? '?'
+      : side === 'sender'
+        ? `${(row.senderPps / plain.senderPps).toFixed(2)}× (${(plain.senderPacketUs / row.senderPacketUs).toFixed(2)}×)`
+        : `${(row.receiverPps / plain.receiverPps).toFixed(2)}× (${(plain.receiverPacketUs / row.receiverPacketUs).toFixed(2)}×)`;
   writeSection(
     'restricted',
     `## Restricted channels
@@ -401,46 +409,57 @@ function writeReport(
 - Machine: ${cpus().length} × ${cpus()[0]?.model ?? 'unknown'}, Linux ${release()}, Node ${process.version}; ${new Date().toISOString().slice(0, 10)};
   load average ${loadavg()[0]?.toFixed(1)} (1 min) when the report was written.
 - Set-up: the test bed of \`scripts/testbed.sh\`; \`gatecast send --file\` in \`src\` to \`gatecast receive
-  --out /dev/null\` in \`rtr\`, ${packets} packets of 1400 bytes paced at ${rate}, one row per mode in the
-  same run. Packets per CPU-second is packets handled per second of one core (user + system time of
-  the process; the receiver's counted from its join, after the token opened; the sender's includes
-  hashing the file before the session, the same in every row).
+  --out /dev/null\` in \`rtr\`, ${packets} packets of 1400 bytes paced at ${rate}. Each round runs every mode
+  once, in turn, ${rounds} rounds; a row is its mode's median round. CPU is user + system time of the
+  process, all its threads (\`cpuSeconds\` of the \`--json\` summary; the receiver's counted from its
+  join, after the token opened). Two figures per side:
+  - **packets per CPU-second**: the run's packets over the process's CPU time, start-up included
+    (for the sender: node's start, reading the keys, hashing the file, the session's end);
+  - **µs a packet, start-up subtracted**: the CPU of the same mode sending the file's first packet
+    alone is taken off, and the rest divided by the packets less one: what one more packet costs.
+  The × plain columns are ratios of packets per CPU-second (for µs: plain's µs over the mode's).
+- Packet engine: the addon (\`native/aead.c\`, OpenSSL's EVP AEAD, one context per key) in every
+  AEAD row but the last, which sets \`GATECAST_AEAD_ENGINE=node:crypto\` on both sides: a cipher
+  object per packet, as before the addon.
 
-| mode | sent | delivered | sender packets per CPU-second | × plain | receiver packets per CPU-second | × plain | load average |
-|---|---|---|---|---|---|---|---|
+| mode | sent | delivered | sender packets per CPU-second | × plain | sender µs a packet, start-up subtracted | × plain | receiver packets per CPU-second | × plain | receiver µs a packet, start-up subtracted | × plain | load average |
+|---|---|---|---|---|---|---|---|---|---|---|---|
 ${table.join('\n')}
 
-Targets: sender ≥ 0.85×, receiver ≥ 0.75× of plain. Measured with AEAD + manifests: sender
-${aead === undefined ? '?' : (aead.senderPps / plain.senderPps).toFixed(2)}×, receiver ${aead === undefined ? '?' : (aead.receiverPps / plain.receiverPps).toFixed(2)}×
-(${verifying === undefined ? '?' : (verifying.receiverPps / plain.receiverPps).toFixed(2)}× when it also verifies every packet against the manifests).
+Targets: sender ≥ 0.85×, receiver ≥ 0.75× of plain. Measured (packets per CPU-second; start-up
+subtracted in brackets): AEAD sender ${ratio(aeadOnly, 'sender')}, receiver ${ratio(aeadOnly, 'receiver')}; AEAD + manifests sender
+${ratio(aead, 'sender')}, receiver ${ratio(aead, 'receiver')}; a receiver that also verifies every packet against the manifests
+${ratio(verifying, 'receiver')}; node:crypto as the engine: sender ${ratio(nodeRow, 'sender')}, receiver ${ratio(nodeRow, 'receiver')}.
 
-Where the time went, and what was cut (profiles with \`node --cpu-prof\` of \`send\` and \`receive\`; the
-report before these changes measured sender 0.55× and receiver 0.39× at load average 20.3):
+Where the time went, and what was cut (profiles with \`node --cpu-prof\` of \`send\` and \`receive\`):
 
-- The receiver asked its token for every repeat of a KEY message (two every 50 ms), and each ask
-  wrote the token's state (a software token re-reads, re-encrypts and renames its file): in the
-  profile of a 20,000-packet receive, 680 ms of a receiver's CPU, more than its AES-GCM. Now a
-  repeat of a held epoch's wrapped key is asked at most once a second (\`restrictedKeyRecheckMs\`),
-  the counter is written after the key is released, not before, and the source keys of the grants
-  are imported once.
-- Manifests cover 64 packets by default (was 32): half the Ed25519 signatures and verifications,
-  and half the manifest datagrams (each is sent three times).
-- Packet ciphers take the traffic key as a KeyObject made once per epoch; the signed gate keys its
-  maps by sequence instead of building a string per packet.
-- Not cut: a cipher object per packet (node:crypto in Node 20 cannot re-key or re-nonce a GCM
-  object, and has no one-shot AEAD call), and one SHA-256 per packet for the manifest. A manifest
-  over the AEAD tags instead of whole-packet hashes was considered and refused: every entitled
-  receiver holds the traffic key, and with it GHASH lets anyone make another ciphertext with the
-  same tag, so tags vouch for nothing between receivers (source authenticity would be lost).
-- The sender's CPU includes starting node and hashing the file (about a second here, the same in
-  every row), so its ratios understate the per-packet cost of sealing; the receiver's counts from
-  its join. The verifying receiver can fall behind at this rate on a loaded machine (delivered
-  below sent): its packets per CPU-second are per packet delivered. Besides a SHA-256 per packet
-  and a verification per manifest, it verifies about 80 Ed25519 signatures a second whatever the
-  rate (every 50 ms: the signed offer, two KEY messages, the DESCRIPTOR's control signature).
-- Noise: an earlier run of this round (load average 12–15, manifests per 32) measured sender
-  0.80× / 0.68× and receiver 0.59× / 0.69× (AEAD / AEAD + manifests); at these loads the ratios
-  move by about ±0.1 from run to run. None reaches the targets yet.
+- **The cipher object per packet.** node:crypto in Node 20 cannot re-nonce a cipher and has no
+  one-shot AEAD call, so each packet cost a \`createCipheriv\` / \`createDecipheriv\`, \`setAAD\`,
+  \`update\`, \`final\` and \`getAuthTag\`, with three new buffers: measured in one process, 8–14 µs
+  of CPU for 1,400 bytes (the spread is the garbage collector's threads), of which OpenSSL's own
+  work is 0.5 µs (a C loop over EVP with one context per key: 0.51 µs for AES-256-GCM, 1.1 µs for
+  ChaCha20-Poly1305). The addon (\`native/aead.c\`) does that loop for gatecast: one EVP context per
+  traffic key, re-initialised with each packet's nonce, writing into buffers gatecast owns; 0.8 µs
+  a packet through N-API, 2 µs with gatecast's checks around it. Before it, this benchmark
+  measured (21:27 UTC, load 1.1) sender 0.63× / 0.66× and receiver 0.47× / 0.43× (AEAD / AEAD +
+  manifests); the node:crypto row above is that engine in this run.
+- **The source's output buffers.** A sealed packet now goes into a slot of a ring the source
+  reuses, as its plain packets always did, instead of a new buffer each.
+- Earlier cuts: the receiver asked its token for every repeat of a KEY message (two every 50 ms),
+  each ask writing the token file (680 ms of a 20,000-packet receive); a repeat of a held epoch's
+  wrapped key is now asked at most once a second (\`restrictedKeyRecheckMs\`). Manifests cover 64
+  packets (was 32). Manifests hash whole packets, not AEAD tags: every entitled receiver holds the
+  traffic key, and with it GHASH lets anyone make another ciphertext with the same tag, so tags
+  vouch for nothing between receivers.
+- **What is left**: the manifest's SHA-256 of every packet at both ends, and at a verifying
+  receiver holding each DATA until its manifest (sent after the 64th packet) comes, then checking
+  it: that receiver costs about half again what an AEAD receiver costs, and at this rate it can
+  fall behind on a loaded machine (delivered below sent; its figures are per packet delivered).
+  It also verifies about 80 Ed25519 signatures a second whatever the rate (the signed offer, two
+  KEY messages and the DESCRIPTOR's control signature, every 50 ms).
+- Noise: these machines are shared; within one round the modes run one after another, and a row
+  is the median of ${rounds} rounds. The sender's µs a packet moves by about ±5 µs between rounds
+  (about ±15 %), the receiver's by about ±2 µs.
 
 Join to first decoded packet (a receiver started on \`rtr\` while a 200-quote/s ticker runs; from its
 "joined" line to its first quote on standard output; the plain ticker needs a DESCRIPTOR, repeated

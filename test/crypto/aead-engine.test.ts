@@ -154,6 +154,43 @@ process.stdout.write(JSON.stringify(aeadEngine()));`;
     }
   });
 
+  it('keeps sealing and opening right packet after packet on one context, a refused packet between', (t) => {
+    const missing = addonMissing();
+    if (missing !== undefined) {
+      t.skip(missing);
+      return;
+    }
+    const random = createRandom(0x5e0);
+    for (const name of names) {
+      const key = random.bytes(keyBytes(name));
+      const sealer = createAeadContext(name, key, true);
+      const opener = createAeadContext(name, key, false);
+      for (let packet = 0; packet < 60; packet++) {
+        const nonce = random.bytes(12);
+        const aad = random.bytes(packet % 5 === 0 ? 0 : 32);
+        const plain = random.bytes(packet % 7 === 0 ? 0 : 1 + random.int(1500));
+        const reference = seal(createNodeCryptoAeadContext(name, key, true), nonce, aad, plain);
+        const candidate = seal(sealer, nonce, aad, plain);
+        assert.ok(
+          candidate.sealed.equals(reference.sealed) && candidate.tag.equals(reference.tag),
+          `${name} #${packet}`,
+        );
+        const out = Buffer.alloc(plain.length);
+        if (packet % 3 === 1) {
+          const forged = Buffer.from(reference.tag);
+          forged[packet % 16] = (forged[packet % 16] ?? 0) ^ 0x80;
+          assert.equal(
+            opener.open(nonce, aad, reference.sealed, forged, out),
+            false,
+            `${name} #${packet} forged`,
+          );
+        }
+        assert.ok(opener.open(nonce, aad, reference.sealed, reference.tag, out), `${name} #${packet} opens`);
+        assert.ok(out.equals(plain), `${name} #${packet} plaintext`);
+      }
+    }
+  });
+
   it('refuses a flipped bit in the ciphertext, the associated data, the tag or the nonce, leaving zeros', () => {
     const random = createRandom(0xf11b);
     for (const factory of [createAeadContext, createNodeCryptoAeadContext]) {
