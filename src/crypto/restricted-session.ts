@@ -334,7 +334,11 @@ export interface ReceiverProtectionStats {
 /** The receiver side: what the receiver role calls (src/receiver/receiver.ts). */
 export interface ReceiverProtection {
   readonly stats: Readonly<ReceiverProtectionStats>;
-  /** Takes every datagram; passes on what the receiver may process (opened DATA, plain control). */
+  /**
+   * Takes every datagram; passes on what the receiver may process (opened DATA, plain control).
+   * A sealed DATA datagram becomes the filter's: it is opened in place (the plaintext written over
+   * the ciphertext, the body wiped when its tag fails), so a caller keeps no other use of it.
+   */
   filter(datagram: Buffer, pass: (datagram: Buffer) => void): void;
 }
 
@@ -366,7 +370,8 @@ export function createReceiverProtection(
   };
 
   const openAndPass = (sealed: Buffer) => {
-    const opened = run?.opener.open(sealed);
+    // In place: the datagram is this filter's from here on (see filter), so opening it allocates nothing.
+    const opened = run?.opener.open(sealed, true);
     if (opened === undefined || opened === 'no-key') {
       if (held.length >= restrictedHeldPacketsMax) {
         held.shift();

@@ -321,8 +321,12 @@ export class PacketOpener {
   /**
    * Opens a sealed DATA datagram: on success a plain DATA datagram (header with the body length
    * of the plaintext, key epoch kept), else the reason. Nothing of a packet that fails is returned.
+   *
+   * `inPlace`: the plaintext is written over the ciphertext in `sealed` itself and the result is a
+   * view of it (no allocation); for a caller that owns the datagram and keeps no other reference
+   * to it. A packet that fails then has its body wiped in `sealed`.
    */
-  open(sealed: Buffer): Buffer | OpenFailure {
+  open(sealed: Buffer, inPlace = false): Buffer | OpenFailure {
     if (sealed.length < headerBytes + aeadTagBytes) {
       return 'truncated';
     }
@@ -335,7 +339,7 @@ export class PacketOpener {
     const sequence = sealed.readUInt32BE(offsetSequence);
     writePacketNonce(this.#nonce, incarnation, keyEpoch, sequence);
     const bodyEnd = sealed.length - aeadTagBytes;
-    const out = Buffer.allocUnsafe(bodyEnd);
+    const out = inPlace ? sealed.subarray(0, bodyEnd) : Buffer.allocUnsafe(bodyEnd);
     const opened = key.open(
       this.#nonce,
       sealed.subarray(0, headerBytes),
@@ -344,10 +348,12 @@ export class PacketOpener {
       out.subarray(headerBytes),
     );
     if (!opened) {
-      out.fill(0);
+      out.fill(0, inPlace ? headerBytes : 0);
       return 'bad-tag';
     }
-    sealed.copy(out, 0, 0, headerBytes);
+    if (!inPlace) {
+      sealed.copy(out, 0, 0, headerBytes);
+    }
     out.writeUInt16BE(sealed.length - aeadTagBytes - headerBytes, offsetBodyLength);
     return out;
   }

@@ -332,6 +332,31 @@ process.stdout.write(JSON.stringify(aeadEngine()));`;
       const opened = opener.open(inSlot);
       assert.ok(Buffer.isBuffer(opened) && opened.equals(plain));
     }
+    // Opened in place: the same plain datagram, a view of the sealed buffer; a tampered one is wiped.
+    for (const suiteInUse of suites) {
+      const suiteKey = createRandom(suiteInUse.id).bytes(suiteInUse.keyBytes);
+      const sealer = new PacketSealer(suiteInUse, 78);
+      sealer.setKey(1, suiteKey);
+      const inPlaceOpener = new PacketOpener(suiteInUse);
+      inPlaceOpener.setKey(1, suiteKey);
+      const plain = encodeData(
+        { sessionId: 6, sequence: 1, timestampUs: 0, incarnation: 78 },
+        Buffer.alloc(1400, 0x61),
+      );
+      plain.writeUInt16BE(1, offsetKeyEpoch);
+      const sealed = sealer.seal(plain);
+      const copy = Buffer.from(sealed);
+      const opened = inPlaceOpener.open(sealed, true);
+      assert.ok(Buffer.isBuffer(opened) && opened.equals(plain), suiteInUse.name);
+      assert.equal(opened.buffer, sealed.buffer, 'a view of the sealed datagram');
+      assert.ok(Buffer.isBuffer(inPlaceOpener.open(Buffer.from(copy))), 'the copy opens as before');
+      copy[100] = (copy[100] ?? 0) ^ 4;
+      assert.equal(inPlaceOpener.open(copy, true), 'bad-tag');
+      assert.ok(
+        copy.subarray(32, copy.length - 16).every((byte) => byte === 0),
+        'the refused body is wiped',
+      );
+    }
     const small = encodeData(
       { sessionId: 5, sequence: 30, timestampUs: 0, incarnation: 77 },
       Buffer.alloc(10),
