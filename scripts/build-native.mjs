@@ -7,19 +7,31 @@
 // with node:crypto (slower, the same bytes). GATECAST_REQUIRE_NATIVE=1 (set by .ci/run) makes a
 // failed build exit 1 instead.
 import { spawnSync } from 'node:child_process';
-import { existsSync, statSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { existsSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 
 const root = resolve(dirname(new URL(import.meta.url).pathname), '..');
 const native = join(root, 'native');
 const addon = join(native, 'build', 'Release', 'gatecast_aead.node');
+// The addon's SHA-256, written after a build that succeeded; src/crypto/aead-engine.ts loads the
+// addon only when its bytes still hash to it (a truncated shared object kills dlopen with SIGBUS).
+const digest = `${addon}.sha256`;
 const sources = ['aead.c', 'binding.gyp'].map((name) => join(native, name));
 const required = process.env.GATECAST_REQUIRE_NATIVE === '1';
 
+const sha256 = (path) => createHash('sha256').update(readFileSync(path)).digest('hex');
 const newest = Math.max(...sources.map((path) => statSync(path).mtimeMs));
-if (existsSync(addon) && statSync(addon).mtimeMs >= newest && process.argv[2] !== '--force') {
+if (
+  existsSync(addon) &&
+  existsSync(digest) &&
+  statSync(addon).mtimeMs >= newest &&
+  readFileSync(digest, 'utf8').trim() === sha256(addon) &&
+  process.argv[2] !== '--force'
+) {
   process.exit(0);
 }
+rmSync(digest, { force: true }); // no digest while no build has succeeded: the addon is not loaded
 
 /** node-gyp: npm's own (npm names it while it runs a script), else the one beside this node. */
 function nodeGyp() {
@@ -71,4 +83,5 @@ if (result.status !== 0 || !existsSync(addon)) {
   const output = `${result.stdout ?? ''}${result.stderr ?? ''}`.trim().split('\n').slice(-15).join('\n');
   fail(`node-gyp rebuild failed (${result.error?.message ?? `exit ${result.status}`}):\n${output}`);
 }
+writeFileSync(digest, `${sha256(addon)}\n`);
 process.stdout.write(`build-native: built ${addon}\n`);
