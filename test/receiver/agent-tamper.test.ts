@@ -19,13 +19,7 @@ import { startAgent } from '../../src/receiver/agent.js';
 import { startRepairServer } from '../../src/repair/repair.js';
 import { startRetransmitServer } from '../../src/retransmit/retransmit.js';
 import { freshPort, loopbackIface } from '../helpers/loopback.js';
-import {
-  application,
-  makeToken,
-  newsGrant,
-  restrictedKeys,
-  restrictedTicker,
-} from '../helpers/restricted-bed.js';
+import { application, makeToken, newsGrant, restrictedTicker } from '../helpers/restricted-bed.js';
 import { waitUntil } from '../helpers/wait.js';
 
 const directory = mkdtempSync(join(tmpdir(), 'gatecast-agent-tamper-'));
