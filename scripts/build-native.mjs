@@ -81,7 +81,9 @@ const result = spawnSync(process.execPath, [gyp, 'rebuild', `--nodedir=${dir}`, 
 });
 if (result.status !== 0 || !existsSync(addon)) {
   const output = `${result.stdout ?? ''}${result.stderr ?? ''}`.trim().split('\n').slice(-15).join('\n');
-  fail(`node-gyp rebuild failed (${result.error?.message ?? `exit ${result.status}`}):\n${output}`);
+  fail(
+    `node-gyp rebuild failed (${result.error?.message ?? `exit ${result.status}`}):\n${output}\nbuild-native: node-gyp needs a C compiler, make and python3 (Debian: apt-get install build-essential python3); then npm run build:native`,
+  );
 }
 writeFileSync(digest, `${sha256(addon)}\n`);
 process.stdout.write(`build-native: built ${addon}\n`);
