@@ -14,16 +14,26 @@
  *   seal(handle, nonce, aad, plain, out, tag)      out.length == plain.length, tag 16 bytes
  *   open(handle, nonce, aad, sealed, tag, out) -> bool   false: the tag did not verify; out zeroed
  *   dispose(handle)                                frees the context now (its key schedule wiped)
+ *
+ * A handle is a frozen object that wraps the context and carries this file's type tag: anything
+ * else (a plain object, another addon's wrapped object, a handle copied by structuredClone) is
+ * refused before its pointer is read. An output that partly overlaps its input is refused (the
+ * same buffer for both, in place, is allowed).
  */
+#define NAPI_VERSION 8 /* type tags and napi_object_freeze; Node 20 has 9 */
 #include <limits.h>
 #include <node_api.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 #define NONCE_BYTES 12
 #define TAG_BYTES 16
+
+/* Marks the objects create() makes as AEAD handles (napi_type_tag_object). */
+static const napi_type_tag handle_tag = {0x6761746563617374ULL, 0x616561642d763031ULL};
 
 typedef struct {
   EVP_CIPHER_CTX *ctx; /* NULL once disposed */
@@ -72,9 +82,11 @@ static int buffer_arg(napi_env env, napi_value value, unsigned char **data, size
 
 static aead_t *handle_arg(napi_env env, napi_value value, int encrypt) {
   napi_valuetype type;
+  bool tagged = false;
   void *data = NULL;
-  if (napi_typeof(env, value, &type) != napi_ok || type != napi_external ||
-      napi_get_value_external(env, value, &data) != napi_ok || data == NULL) {
+  if (napi_typeof(env, value, &type) != napi_ok || type != napi_object ||
+      napi_check_object_type_tag(env, value, &handle_tag, &tagged) != napi_ok || !tagged ||
+      napi_unwrap(env, value, &data) != napi_ok || data == NULL) {
     napi_throw_type_error(env, "GATECAST_ERR_CIPHER", "not an AEAD handle");
     return NULL;
   }
@@ -88,6 +100,15 @@ static aead_t *handle_arg(napi_env env, napi_value value, int encrypt) {
     return NULL;
   }
   return aead;
+}
+
+/* True when two byte ranges share a byte but do not start at the same one (in place is fine). */
+static int partly_overlapping(const unsigned char *a, size_t a_length, const unsigned char *b, size_t b_length) {
+  if (a_length == 0 || b_length == 0 || a == b) {
+    return 0;
+  }
+  uintptr_t a_start = (uintptr_t)a, b_start = (uintptr_t)b;
+  return a_start < b_start + b_length && b_start < a_start + a_length;
 }
 
 static napi_value create(napi_env env, napi_callback_info info) {
@@ -104,6 +125,10 @@ static napi_value create(napi_env env, napi_callback_info info) {
   }
   const EVP_CIPHER *cipher = NULL;
   size_t key_bytes = 0;
+  /* A name cut at the buffer's end, or with a NUL inside ("aes-256-gcm\0…"), names no suite. */
+  if (name_length >= sizeof name - 1 || strlen(name) != name_length) {
+    return fail(env, "unknown suite");
+  }
   if (strcmp(name, "aes-128-gcm") == 0) {
     cipher = EVP_aes_128_gcm();
     key_bytes = 16;
@@ -144,9 +169,18 @@ static napi_value create(napi_env env, napi_callback_info info) {
     return fail(env, "OpenSSL could not make the AEAD context");
   }
   napi_value handle;
-  if (napi_create_external(env, aead, finalize, NULL, &handle) != napi_ok) {
+  if (napi_create_object(env, &handle) != napi_ok) {
     aead_free(aead);
     free(aead);
+    return fail(env, "could not make the AEAD handle");
+  }
+  if (napi_wrap(env, handle, aead, finalize, NULL, NULL) != napi_ok) {
+    aead_free(aead);
+    free(aead);
+    return fail(env, "could not make the AEAD handle");
+  }
+  /* From here the handle owns aead: the finalizer frees it, whatever fails next. */
+  if (napi_type_tag_object(env, handle, &handle_tag) != napi_ok || napi_object_freeze(env, handle) != napi_ok) {
     return fail(env, "could not make the AEAD handle");
   }
   return handle;
@@ -170,6 +204,10 @@ static napi_value seal(napi_env env, napi_callback_info info) {
   }
   if (nonce_length != NONCE_BYTES || tag_length != TAG_BYTES || out_length != plain_length) {
     return fail(env, "seal: the nonce must be 12 bytes, the tag 16, the output as long as the plaintext");
+  }
+  if (partly_overlapping(plain, plain_length, out, out_length) ||
+      (tag_length > 0 && partly_overlapping(tag, tag_length, out, out_length)) || (tag == out && out_length > 0)) {
+    return fail(env, "seal: the output partly overlaps the plaintext or the tag");
   }
   int written = 0;
   int final_written = 0;
@@ -205,6 +243,9 @@ static napi_value open_(napi_env env, napi_callback_info info) {
   if (nonce_length != NONCE_BYTES || tag_length != TAG_BYTES || out_length != sealed_length) {
     return fail(env, "open: the nonce must be 12 bytes, the tag 16, the output as long as the ciphertext");
   }
+  if (partly_overlapping(sealed, sealed_length, out, out_length)) {
+    return fail(env, "open: the output partly overlaps the ciphertext");
+  }
   int written = 0;
   int final_written = 0;
   int ok = EVP_CipherInit_ex(aead->ctx, NULL, NULL, NULL, nonce, 0) == 1 &&
@@ -218,22 +259,26 @@ static napi_value open_(napi_env env, napi_callback_info info) {
     OPENSSL_cleanse(out, out_length); /* nothing of a packet that fails is left readable */
   }
   napi_value result;
-  napi_get_boolean(env, ok ? true : false, &result);
+  if (napi_get_boolean(env, ok ? true : false, &result) != napi_ok) {
+    return fail(env, "could not return the result");
+  }
   return result;
 }
 
 static napi_value dispose(napi_env env, napi_callback_info info) {
   size_t argc = 1;
   napi_value argv[1];
-  void *data = NULL;
   napi_valuetype type;
+  bool tagged = false;
+  void *data = NULL;
   if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != 1 ||
-      napi_typeof(env, argv[0], &type) != napi_ok || type != napi_external ||
-      napi_get_value_external(env, argv[0], &data) != napi_ok || data == NULL) {
+      napi_typeof(env, argv[0], &type) != napi_ok || type != napi_object ||
+      napi_check_object_type_tag(env, argv[0], &handle_tag, &tagged) != napi_ok || !tagged ||
+      napi_unwrap(env, argv[0], &data) != napi_ok || data == NULL) {
     napi_throw_type_error(env, "GATECAST_ERR_CIPHER", "not an AEAD handle");
     return NULL;
   }
-  aead_free(data);
+  aead_free(data); /* the struct stays until the handle is collected: a later call finds ctx NULL */
   return NULL;
 }
 

@@ -4,20 +4,43 @@
 // `npm ci` and `npm run build`; skipped when the addon is newer than its sources.
 //
 // Without a compiler the build fails, says so, and exits 0: gatecast then seals and opens packets
-// with node:crypto (slower, the same bytes). GATECAST_REQUIRE_NATIVE=1 (set by .ci/run) makes a
+// with node:crypto (slower, the same bytes), or with the addon an earlier build made, which a
+// failed build leaves in place. GATECAST_REQUIRE_NATIVE=1 (set by .ci/run) makes a
 // failed build exit 1 instead.
 import { spawnSync } from 'node:child_process';
-import { existsSync, statSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import {
+  copyFileSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
+import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 
 const root = resolve(dirname(new URL(import.meta.url).pathname), '..');
 const native = join(root, 'native');
 const addon = join(native, 'build', 'Release', 'gatecast_aead.node');
+// The addon's SHA-256, written after a build that succeeded; src/crypto/aead-engine.ts loads the
+// addon only when its bytes still hash to it (a truncated shared object kills dlopen with SIGBUS).
+const digest = `${addon}.sha256`;
 const sources = ['aead.c', 'binding.gyp'].map((name) => join(native, name));
 const required = process.env.GATECAST_REQUIRE_NATIVE === '1';
 
+const sha256 = (path) => createHash('sha256').update(readFileSync(path)).digest('hex');
 const newest = Math.max(...sources.map((path) => statSync(path).mtimeMs));
-if (existsSync(addon) && statSync(addon).mtimeMs >= newest && process.argv[2] !== '--force') {
+if (
+  existsSync(addon) &&
+  existsSync(digest) &&
+  statSync(addon).mtimeMs >= newest &&
+  readFileSync(digest, 'utf8').trim() === sha256(addon) &&
+  process.argv[2] !== '--force'
+) {
   process.exit(0);
 }
 
@@ -46,10 +69,16 @@ function nodeDir() {
   return existsSync(join(prefix, 'include', 'node', 'node_api.h')) ? prefix : undefined;
 }
 
+/** True when an addon from an earlier build is there and still matches its digest. */
+function earlierBuildUsable() {
+  return existsSync(addon) && existsSync(digest) && readFileSync(digest, 'utf8').trim() === sha256(addon);
+}
+
 function fail(message) {
-  process.stderr.write(
-    `build-native: ${message}\nbuild-native: gatecast will seal and open packets with node:crypto (about 8 times the CPU a packet)\n`,
-  );
+  const then = earlierBuildUsable()
+    ? `the addon an earlier build made stays in use (${addon})`
+    : 'gatecast will seal and open packets with node:crypto (about 8 times the CPU a packet)';
+  process.stderr.write(`build-native: ${message}\nbuild-native: ${then}\n`);
   process.exit(required ? 1 : 0);
 }
 
@@ -63,12 +92,29 @@ if (dir === undefined) {
     `no node headers beside ${process.execPath} (include/node/node_api.h), and none configured (npm config nodedir)`,
   );
 }
-const result = spawnSync(process.execPath, [gyp, 'rebuild', `--nodedir=${dir}`, '--directory', native], {
+// Built in a directory of its own and moved in only when it succeeded: a failed rebuild (no
+// compiler any more) leaves the addon an earlier build made, and a process that has the addon
+// loaded keeps its file (a rename, never a write over it).
+const staging = mkdtempSync(join(tmpdir(), 'gatecast-native-'));
+for (const source of sources) {
+  copyFileSync(source, join(staging, source.slice(native.length + 1)));
+}
+const result = spawnSync(process.execPath, [gyp, 'rebuild', `--nodedir=${dir}`, '--directory', staging], {
   stdio: ['ignore', 'pipe', 'pipe'],
   encoding: 'utf8',
 });
-if (result.status !== 0 || !existsSync(addon)) {
+const built = join(staging, 'build', 'Release', 'gatecast_aead.node');
+if (result.status !== 0 || !existsSync(built)) {
+  rmSync(staging, { recursive: true, force: true });
   const output = `${result.stdout ?? ''}${result.stderr ?? ''}`.trim().split('\n').slice(-15).join('\n');
-  fail(`node-gyp rebuild failed (${result.error?.message ?? `exit ${result.status}`}):\n${output}`);
+  fail(
+    `node-gyp rebuild failed (${result.error?.message ?? `exit ${result.status}`}):\n${output}\nbuild-native: node-gyp needs a C compiler, make and python3 (Debian: apt-get install build-essential python3); then npm run build:native`,
+  );
 }
+mkdirSync(dirname(addon), { recursive: true });
+rmSync(digest, { force: true }); // no digest while the addon is being replaced: it is not loaded
+copyFileSync(built, `${addon}.new`);
+renameSync(`${addon}.new`, addon);
+writeFileSync(digest, `${sha256(addon)}\n`);
+rmSync(staging, { recursive: true, force: true });
 process.stdout.write(`build-native: built ${addon}\n`);

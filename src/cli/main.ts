@@ -42,6 +42,10 @@ function version(): string {
 export async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
   try {
+    if ((process.env.GATECAST_AEAD_ENGINE ?? '') !== '') {
+      // A packet engine that cannot be followed is refused before anything starts (exit 2).
+      (await import('../crypto/aead-engine.js')).aeadEngine();
+    }
     switch (command) {
       case 'send':
         return await (await import('./send.js')).runSend(rest, process.stderr);

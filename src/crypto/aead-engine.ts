@@ -17,10 +17,10 @@
  * Both pin the tag to 16 bytes and take a 12-byte nonce; nonce discipline (never random, never
  * reused) is the caller's (src/crypto/suites.ts, src/crypto/s2-seal.ts).
  */
-import { createCipheriv, createDecipheriv, createSecretKey, type KeyObject } from 'node:crypto';
-import { existsSync } from 'node:fs';
+import { createCipheriv, createDecipheriv, createHash, createSecretKey, type KeyObject } from 'node:crypto';
+import { existsSync, readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
-import { CipherError } from './errors.js';
+import { AeadEngineError, CipherError } from './errors.js';
 
 /** The AEAD ciphers the engine knows (the suites of src/crypto/suites.ts). */
 export type AeadName = 'aes-128-gcm' | 'aes-256-gcm' | 'chacha20-poly1305';
@@ -66,6 +66,16 @@ interface NativeAead {
 /** Where `npm ci` (scripts/build-native.mjs) leaves the addon, from src/crypto or dist/crypto. */
 export const nativeAddonPath = new URL('../../native/build/Release/gatecast_aead.node', import.meta.url)
   .pathname;
+
+/**
+ * The SHA-256 of the addon as scripts/build-native.mjs built it (hex, one line). The addon is
+ * loaded only when its bytes still hash to it: a truncated or damaged shared object can kill the
+ * process inside dlopen (SIGBUS on a page past the end of the file), before any check could run.
+ */
+export const nativeAddonDigestPath = `${nativeAddonPath}.sha256`;
+
+/** The values GATECAST_AEAD_ENGINE takes; unset or empty: the addon when it is usable, else node:crypto. */
+const engineSettings = ['openssl-evp', 'node:crypto'] as const;
 
 function checkLengths(nonce: Buffer, tag: Buffer, input: Buffer, out: Buffer): void {
   if (nonce.length !== nonceBytes || tag.length !== tagBytes || out.length !== input.length) {
@@ -184,46 +194,101 @@ function checkAddon(addon: NativeAead): string | undefined {
 
 let engine: { info: AeadEngineInfo; addon: NativeAead | undefined } | undefined;
 
-/** Loads and checks the addon once; decides the engine for the life of the process. */
-function loadEngine(): { info: AeadEngineInfo; addon: NativeAead | undefined } {
-  if (engine !== undefined) {
-    return engine;
-  }
+/** GATECAST_AEAD_ENGINE, checked: undefined when unset or empty. */
+function engineSetting(): (typeof engineSettings)[number] | undefined {
   const asked = process.env.GATECAST_AEAD_ENGINE;
-  if (asked === 'node:crypto') {
-    engine = { info: { name: 'node:crypto', reason: 'GATECAST_AEAD_ENGINE=node:crypto' }, addon: undefined };
-    return engine;
+  if (asked === undefined || asked === '') {
+    return undefined;
   }
+  const known = engineSettings.find((name) => name === asked);
+  if (known === undefined) {
+    throw new AeadEngineError(
+      `GATECAST_AEAD_ENGINE: ${JSON.stringify(asked)} is not an engine (${engineSettings.join(' or ')}, or unset)`,
+    );
+  }
+  return known;
+}
+
+/** Why the addon cannot be loaded without risk, or undefined when its bytes are the ones built. */
+function addonUnusable(): string | undefined {
   if (!existsSync(nativeAddonPath)) {
-    engine = {
-      info: {
-        name: 'node:crypto',
-        reason: `the addon is not built (${nativeAddonPath}): npm run build:native`,
-      },
-      addon: undefined,
-    };
-    return engine;
+    return `the addon is not built (${nativeAddonPath}): npm run build:native`;
+  }
+  let expected: string;
+  try {
+    expected = readFileSync(nativeAddonDigestPath, 'utf8').trim();
+  } catch {
+    return `the addon has no digest from its build (${nativeAddonDigestPath}): npm run build:native`;
+  }
+  const actual = createHash('sha256').update(readFileSync(nativeAddonPath)).digest('hex');
+  return actual === expected
+    ? undefined
+    : `the addon is not the file its build made (SHA-256 differs from ${nativeAddonDigestPath}): npm run build:native`;
+}
+
+/** The addon loaded and known-answer checked, or why node:crypto is used instead. */
+function loadAddon(): { info: AeadEngineInfo; addon: NativeAead | undefined } {
+  const unusable = addonUnusable();
+  if (unusable !== undefined) {
+    return { info: { name: 'node:crypto', reason: unusable }, addon: undefined };
   }
   try {
-    const addon = createRequire(import.meta.url)(nativeAddonPath) as NativeAead;
-    const differed = checkAddon(addon);
-    engine =
-      differed === undefined
-        ? { info: { name: 'openssl-evp', openssl: addon.openssl }, addon }
-        : {
-            info: { name: 'node:crypto', reason: `the addon failed its check: ${differed}` },
-            addon: undefined,
-          };
+    const addon = createRequire(import.meta.url)(nativeAddonPath) as Partial<NativeAead>;
+    const missing = (['create', 'seal', 'open', 'dispose'] as const).filter(
+      (name) => typeof addon[name] !== 'function',
+    );
+    if (missing.length > 0 || typeof addon.openssl !== 'string') {
+      return {
+        info: {
+          name: 'node:crypto',
+          reason: `the addon is not the packet engine (no ${missing.join(', ') || 'openssl'})`,
+        },
+        addon: undefined,
+      };
+    }
+    const differed = checkAddon(addon as NativeAead);
+    return differed === undefined
+      ? { info: { name: 'openssl-evp', openssl: addon.openssl }, addon: addon as NativeAead }
+      : {
+          info: { name: 'node:crypto', reason: `the addon failed its check: ${differed}` },
+          addon: undefined,
+        };
   } catch (error) {
-    engine = {
+    return {
       info: { name: 'node:crypto', reason: `the addon did not load: ${(error as Error).message}` },
       addon: undefined,
     };
   }
+}
+
+/**
+ * Loads and checks the addon once; decides the engine for the life of the process. Throws
+ * AeadEngineError (each time, nothing is decided) when GATECAST_AEAD_ENGINE is not a known engine,
+ * or is openssl-evp and the addon cannot be used.
+ */
+function loadEngine(): { info: AeadEngineInfo; addon: NativeAead | undefined } {
+  if (engine !== undefined) {
+    return engine;
+  }
+  const asked = engineSetting();
+  if (asked === 'node:crypto') {
+    engine = { info: { name: 'node:crypto', reason: 'GATECAST_AEAD_ENGINE=node:crypto' }, addon: undefined };
+    return engine;
+  }
+  const loaded = loadAddon();
+  if (asked === 'openssl-evp' && loaded.addon === undefined) {
+    throw new AeadEngineError(
+      `GATECAST_AEAD_ENGINE=openssl-evp, but ${loaded.info.reason ?? 'the addon is not usable'}`,
+    );
+  }
+  engine = loaded;
   return engine;
 }
 
-/** The engine packets are sealed and opened with in this process. */
+/**
+ * The engine packets are sealed and opened with in this process. Throws AeadEngineError for a
+ * GATECAST_AEAD_ENGINE that cannot be followed (the CLI asks before a command runs: exit 2).
+ */
 export function aeadEngine(): AeadEngineInfo {
   return loadEngine().info;
 }

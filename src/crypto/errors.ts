@@ -44,3 +44,11 @@ export class TokenError extends Error {
 export class CipherError extends Error {
   readonly code = 'GATECAST_ERR_CIPHER';
 }
+
+/**
+ * GATECAST_AEAD_ENGINE names no engine, or names the addon when it cannot be used; the message
+ * names the variable, the value and what is accepted (docs/security.md, "The packet engine").
+ */
+export class AeadEngineError extends Error {
+  readonly code = 'GATECAST_ERR_AEAD_ENGINE';
+}

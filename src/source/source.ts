@@ -256,7 +256,7 @@ export function createSource(settings: SourceSettings, components: SourceCompone
   const slotBytes = headerBytes + settings.packetPayloadBytes;
   const ring = Array.from({ length: sendRingPacketsMax }, () => Buffer.allocUnsafe(slotBytes));
   // A protected run seals each packet into a slot of its own ring, reused like the plain one: a
-  // slot is written again only once its datagram left (inFlight), and the last resort copies.
+  // slot is written again only once its datagram left (slotSends), and the last resort copies.
   const sealedRing =
     protection === undefined || protection.overheadBytes === 0
       ? undefined
@@ -298,6 +298,10 @@ export function createSource(settings: SourceSettings, components: SourceCompone
         );
   let nextSequence = firstSequence;
   let inFlight = 0;
+  // Datagrams of each ring slot the socket has not yet said are sent. A socket may complete sends
+  // in any order (SenderSocket.send), so a count over all of them does not free a given slot: one
+  // slow datagram holds its slot however many later ones completed.
+  const slotSends = new Uint32Array(sendRingPacketsMax);
   let drained: (() => void) | undefined;
   let closed: Promise<void> | undefined;
 
@@ -316,6 +320,18 @@ export function createSource(settings: SourceSettings, components: SourceCompone
       components.onSendError?.(error);
     }
     drained?.();
+  };
+  /** onSent for a datagram from a ring slot: the slot is free again once its count is back to 0. */
+  const slotSent = Array.from({ length: sendRingPacketsMax }, (_, slot) => (error: Error | null) => {
+    slotSends[slot] = (slotSends[slot] ?? 1) - 1;
+    onSent(error);
+  });
+  /** Sends a datagram read from ring slot `slot` (plain or sealed) and holds the slot until it left. */
+  const sendFromSlot = (slot: number, datagram: Buffer, length: number) => {
+    slotSends[slot] = (slotSends[slot] ?? 0) + 1;
+    inFlight++;
+    stats.datagramsAttempted++;
+    (socket as SenderSocket).send(datagram, length, slotSent[slot]);
   };
   const send = (datagram: Buffer, length: number) => {
     if (
@@ -401,8 +417,8 @@ export function createSource(settings: SourceSettings, components: SourceCompone
   } catch (error) {
     throw new SourceSettingsError(`cannot describe the session: ${(error as Error).message}`);
   }
-  const waitForSlot = async () => {
-    while (inFlight >= sendRingPacketsMax - 8 && !stopping.signal.aborted) {
+  const waitForSlot = async (slot: number) => {
+    while ((inFlight >= sendRingPacketsMax - 8 || (slotSends[slot] ?? 0) > 0) && !stopping.signal.aborted) {
       await new Promise<void>((resolve) => {
         drained = resolve;
       });
@@ -556,7 +572,7 @@ export function createSource(settings: SourceSettings, components: SourceCompone
           continue;
         }
       }
-      await waitForSlot();
+      await waitForSlot(slot);
       if (stopped.aborted) {
         return;
       }
@@ -581,7 +597,7 @@ export function createSource(settings: SourceSettings, components: SourceCompone
         incarnation,
       );
       if (protection === undefined) {
-        send(buffer, headerBytes + length);
+        sendFromSlot(slot, buffer, headerBytes + length);
         lastResort?.keep(nextSequence, buffer.subarray(0, headerBytes + length));
       } else {
         const datagrams = protection.seal(
@@ -590,8 +606,13 @@ export function createSource(settings: SourceSettings, components: SourceCompone
           clock.wallUs(),
           sealedRing?.[slot],
         );
-        for (const datagram of datagrams) {
-          send(datagram, datagram.length);
+        // The first is the DATA, sealed into this slot of the sealed ring; a manifest may follow.
+        for (const [index, datagram] of datagrams.entries()) {
+          if (index === 0) {
+            sendFromSlot(slot, datagram, datagram.length);
+          } else {
+            send(datagram, datagram.length);
+          }
         }
         const sealed = datagrams[0]; // the DATA as it went on the wire (a manifest may follow it)
         if (sealed !== undefined) {

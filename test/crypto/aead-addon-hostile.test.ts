@@ -1,0 +1,317 @@
+/**
+ * The packet AEAD addon (native/aead.c) called directly with hostile arguments: none may crash the
+ * process, read or write past a buffer, or seal into a buffer it was not given. Each call either
+ * throws a typed error or computes node:crypto's bytes (docs/security.md, "The packet engine").
+ */
+import assert from 'node:assert/strict';
+import { createCipheriv } from 'node:crypto';
+import { createRequire } from 'node:module';
+import { describe, it, type TestContext } from 'node:test';
+import { Worker } from 'node:worker_threads';
+import { aeadEngine, nativeAddonPath } from '../../src/crypto/aead-engine.js';
+
+interface Addon {
+  create(...args: unknown[]): object;
+  seal(...args: unknown[]): undefined;
+  open(...args: unknown[]): boolean;
+  dispose(...args: unknown[]): undefined;
+}
+
+/** The addon, or undefined (the test skips, saying why; fails under GATECAST_REQUIRE_PACKAGES=1). */
+function addonOrSkip(t: TestContext): Addon | undefined {
+  const engine = aeadEngine();
+  if (engine.name === 'openssl-evp') {
+    return createRequire(import.meta.url)(nativeAddonPath) as Addon;
+  }
+  const reason = `the packet engine is node:crypto: ${engine.reason}`;
+  if (process.env.GATECAST_REQUIRE_PACKAGES === '1') {
+    throw new Error(`GATECAST_REQUIRE_PACKAGES=1 but the AEAD addon cannot be tested: ${reason}`);
+  }
+  t.skip(reason);
+  return undefined;
+}
+
+const key = Buffer.alloc(32, 7);
+const nonce = Buffer.from('0102030405060708090a0b0c', 'hex');
+const aad = Buffer.alloc(24, 0xa5);
+
+function reference(plain: Buffer): { sealed: Buffer; tag: Buffer } {
+  const cipher = createCipheriv('aes-256-gcm', key, nonce, { authTagLength: 16 });
+  cipher.setAAD(aad);
+  const sealed = Buffer.concat([cipher.update(plain), cipher.final()]);
+  return { sealed, tag: cipher.getAuthTag() };
+}
+
+/** Asserts that fn throws an Error with code GATECAST_ERR_CIPHER (and returns its message). */
+function refused(fn: () => unknown, message: RegExp): void {
+  assert.throws(fn, (error: Error & { code?: string }) => {
+    assert.equal(error.code, 'GATECAST_ERR_CIPHER');
+    assert.match(error.message, message);
+    return true;
+  });
+}
+
+describe('packet AEAD addon: hostile arguments', () => {
+  it('create refuses bad names, keys and flags', (t) => {
+    const addon = addonOrSkip(t);
+    if (addon === undefined) {
+      return;
+    }
+    refused(() => addon.create('aes-256-gcm', key), /three arguments/);
+    refused(() => addon.create('aes-256-gcm', key, true, 1), /three arguments/);
+    refused(() => addon.create(42, key, true), /suite name must be a string/);
+    refused(() => addon.create('aes-256-gcm'.padEnd(4096, 'x'), key, true), /unknown suite/);
+    refused(() => addon.create('aes-256-gcm\0', key, true), /unknown suite/);
+    refused(() => addon.create('aes-256-gcm\0xyz', key, true), /unknown suite/);
+    refused(() => addon.create('chacha20-poly1305'.padEnd(31, ' '), key, true), /unknown suite/);
+    refused(() => addon.create('aes-256-gcm', key.subarray(0, 31), true), /key length/);
+    refused(() => addon.create('aes-128-gcm', key, true), /key length/);
+    refused(() => addon.create('aes-256-gcm', 'k'.repeat(32), true), /key must be a Buffer/);
+    refused(() => addon.create('aes-256-gcm', key, 1), /encrypt must be a boolean/);
+  });
+
+  it('seal and open refuse anything that is not a handle of their kind, and a disposed one', (t) => {
+    const addon = addonOrSkip(t);
+    if (addon === undefined) {
+      return;
+    }
+    const plain = Buffer.alloc(64, 1);
+    const out = Buffer.alloc(64);
+    const tag = Buffer.alloc(16);
+    const sealer = addon.create('aes-256-gcm', key, true);
+    const opener = addon.create('aes-256-gcm', key, false);
+    assert.ok(Object.isFrozen(sealer));
+    for (const fake of [
+      {},
+      null,
+      undefined,
+      0,
+      'handle',
+      Symbol('h'),
+      [],
+      () => 0,
+      structuredClone(sealer),
+    ]) {
+      refused(() => addon.seal(fake, nonce, aad, plain, out, tag), /not an AEAD handle/);
+      refused(() => addon.open(fake, nonce, aad, out, tag, plain), /not an AEAD handle/);
+      refused(() => addon.dispose(fake), /not an AEAD handle/);
+    }
+    refused(() => addon.seal(new Proxy(sealer, {}), nonce, aad, plain, out, tag), /not an AEAD handle/);
+    refused(() => addon.seal(Object.create(sealer), nonce, aad, plain, out, tag), /not an AEAD handle/);
+    refused(() => addon.seal(opener, nonce, aad, plain, out, tag), /made to open cannot seal/);
+    refused(() => addon.open(sealer, nonce, aad, out, tag, plain), /made to seal cannot open/);
+    addon.dispose(sealer);
+    addon.dispose(sealer); // twice is harmless
+    refused(() => addon.seal(sealer, nonce, aad, plain, out, tag), /disposed/);
+    addon.dispose(opener);
+    refused(() => addon.open(opener, nonce, aad, out, tag, plain), /disposed/);
+  });
+
+  it('seal and open refuse wrong lengths, non-buffers and argument counts, writing nothing', (t) => {
+    const addon = addonOrSkip(t);
+    if (addon === undefined) {
+      return;
+    }
+    const sealer = addon.create('aes-256-gcm', key, true);
+    const opener = addon.create('aes-256-gcm', key, false);
+    const plain = Buffer.alloc(100, 3);
+    const out = Buffer.alloc(100, 0xee);
+    const tag = Buffer.alloc(16, 0xee);
+    const lengths = /the nonce must be 12 bytes, the tag 16, the output as long as/;
+    for (const [n, p, o, g] of [
+      [nonce.subarray(0, 11), plain, out, tag],
+      [Buffer.concat([nonce, Buffer.alloc(1)]), plain, out, tag],
+      [nonce, plain, out.subarray(0, 99), tag],
+      [nonce, plain, Buffer.alloc(101), tag],
+      [nonce, plain, out, tag.subarray(0, 15)],
+      [nonce, plain, out, Buffer.alloc(17)],
+      [nonce, plain, out, Buffer.alloc(0)],
+    ] as const) {
+      refused(() => addon.seal(sealer, n, aad, p, o, g), lengths);
+      refused(() => addon.open(opener, n, aad, p, g, o), lengths);
+    }
+    assert.ok(out.every((byte) => byte === 0xee) && tag.every((byte) => byte === 0xee));
+    refused(() => addon.seal(sealer, nonce, aad, plain, out), /six arguments/);
+    refused(() => addon.seal(sealer, nonce, aad, plain, out, tag, tag), /six arguments/);
+    refused(() => addon.seal(sealer, nonce, 'aad', plain, out, tag), /associated data must be a Buffer/);
+    refused(() => addon.seal(sealer, nonce, aad, plain.buffer, out, tag), /plaintext must be a Buffer/);
+    refused(() => addon.open(opener, nonce, aad, out, tag, [1, 2]), /output must be a Buffer/);
+    addon.dispose(sealer);
+    addon.dispose(opener);
+  });
+
+  it('typed arrays of other widths count in bytes; zero-length and detached buffers are safe', (t) => {
+    const addon = addonOrSkip(t);
+    if (addon === undefined) {
+      return;
+    }
+    const sealer = addon.create('aes-256-gcm', key, true);
+    const opener = addon.create('aes-256-gcm', key, false);
+    // 12 bytes as three 32-bit words, 16 as two doubles, 64 as a DataView: the bytes are what count.
+    const plain = Buffer.alloc(64, 9);
+    const nonceWords = new Uint32Array(nonce.buffer.slice(nonce.byteOffset, nonce.byteOffset + 12));
+    const out = new DataView(new ArrayBuffer(64));
+    const tag = new Float64Array(2);
+    addon.seal(sealer, nonceWords, aad, plain, out, tag);
+    const expected = reference(plain);
+    assert.deepEqual(Buffer.from(out.buffer), expected.sealed);
+    assert.deepEqual(Buffer.from(tag.buffer), expected.tag);
+    // A Uint16Array of 12 elements is 24 bytes, not a nonce.
+    refused(() => addon.seal(sealer, new Uint16Array(12), aad, plain, out, tag), /nonce must be 12 bytes/);
+
+    // Zero-length plaintext: the tag is node:crypto's.
+    const emptyTag = Buffer.alloc(16);
+    addon.seal(sealer, nonce, aad, Buffer.alloc(0), Buffer.alloc(0), emptyTag);
+    assert.deepEqual(emptyTag, reference(Buffer.alloc(0)).tag);
+    assert.equal(addon.open(opener, nonce, aad, Buffer.alloc(0), emptyTag, Buffer.alloc(0)), true);
+
+    // Detached buffers read as zero bytes: a detached plaintext and output seal the empty packet,
+    // a detached nonce or tag is refused.
+    const detach = (bytes: number) => {
+      const view = new Uint8Array(bytes);
+      structuredClone(view.buffer, { transfer: [view.buffer] });
+      assert.equal(view.byteLength, 0);
+      return view;
+    };
+    const detachedTag = Buffer.alloc(16);
+    addon.seal(sealer, nonce, aad, detach(64), detach(64), detachedTag);
+    assert.deepEqual(detachedTag, emptyTag);
+    refused(
+      () => addon.seal(sealer, detach(12), aad, plain, Buffer.alloc(64), tag),
+      /nonce must be 12 bytes/,
+    );
+    refused(() => addon.open(opener, nonce, aad, Buffer.alloc(64), detach(16), Buffer.alloc(64)), /tag 16/);
+    assert.equal(addon.open(opener, nonce, detach(24), detach(64), emptyTag, detach(64)), false);
+    addon.dispose(sealer);
+    addon.dispose(opener);
+  });
+
+  it('in place works; an output that partly overlaps its input or the tag is refused', (t) => {
+    const addon = addonOrSkip(t);
+    if (addon === undefined) {
+      return;
+    }
+    const sealer = addon.create('aes-256-gcm', key, true);
+    const opener = addon.create('aes-256-gcm', key, false);
+    const plain = Buffer.alloc(256);
+    for (let index = 0; index < plain.length; index++) {
+      plain[index] = index;
+    }
+    const expected = reference(plain);
+    const inPlace = Buffer.from(plain);
+    const tag = Buffer.alloc(16);
+    addon.seal(sealer, nonce, aad, inPlace, inPlace, tag);
+    assert.deepEqual(inPlace, expected.sealed);
+    assert.equal(addon.open(opener, nonce, aad, inPlace, tag, inPlace), true);
+    assert.deepEqual(inPlace, plain);
+
+    const arena = Buffer.alloc(512);
+    plain.copy(arena, 0);
+    for (const shift of [1, 15, 16, 255]) {
+      refused(
+        () => addon.seal(sealer, nonce, aad, arena.subarray(0, 256), arena.subarray(shift, shift + 256), tag),
+        /partly overlaps/,
+      );
+      refused(
+        () => addon.seal(sealer, nonce, aad, arena.subarray(shift, shift + 256), arena.subarray(0, 256), tag),
+        /partly overlaps/,
+      );
+      refused(
+        () => addon.open(opener, nonce, aad, arena.subarray(0, 256), tag, arena.subarray(shift, shift + 256)),
+        /partly overlaps/,
+      );
+    }
+    assert.deepEqual(arena.subarray(0, 256), plain); // nothing written by a refused call
+    refused(
+      () =>
+        addon.seal(
+          sealer,
+          nonce,
+          aad,
+          arena.subarray(0, 64),
+          arena.subarray(100, 164),
+          arena.subarray(150, 166),
+        ),
+      /partly overlaps the plaintext or the tag/,
+    );
+    refused(
+      () =>
+        addon.seal(
+          sealer,
+          nonce,
+          aad,
+          arena.subarray(0, 16),
+          arena.subarray(100, 116),
+          arena.subarray(100, 116),
+        ),
+      /partly overlaps the plaintext or the tag/,
+    );
+    // Adjacent, not overlapping: allowed.
+    addon.seal(sealer, nonce, aad, arena.subarray(0, 256), arena.subarray(256, 512), tag);
+    assert.deepEqual(arena.subarray(256, 512), expected.sealed);
+    addon.dispose(sealer);
+    addon.dispose(opener);
+  });
+
+  it('a handle cannot cross to a worker; workers sealing at once each get node:crypto bytes', async (t) => {
+    const addon = addonOrSkip(t);
+    if (addon === undefined) {
+      return;
+    }
+    const script = `
+const { parentPort, workerData } = require('node:worker_threads');
+const { createCipheriv } = require('node:crypto');
+const addon = require(workerData.path);
+const key = Buffer.alloc(32, workerData.seed);
+const sealer = addon.create('chacha20-poly1305', key, true);
+const opener = addon.create('chacha20-poly1305', key, false);
+const plain = Buffer.alloc(1400, workerData.seed);
+const out = Buffer.alloc(1400), tag = Buffer.alloc(16), back = Buffer.alloc(1400);
+let bad = 0;
+for (let i = 0; i < 2000; i++) {
+  const nonce = Buffer.alloc(12); nonce.writeUInt32BE(i, 8); nonce[0] = workerData.seed;
+  addon.seal(sealer, nonce, plain.subarray(0, 16), plain, out, tag);
+  const c = createCipheriv('chacha20-poly1305', key, nonce, { authTagLength: 16 });
+  c.setAAD(plain.subarray(0, 16));
+  const ref = Buffer.concat([c.update(plain), c.final()]);
+  if (!ref.equals(out) || !c.getAuthTag().equals(tag)) bad++;
+  if (!addon.open(opener, nonce, plain.subarray(0, 16), out, tag, back) || !back.equals(plain)) bad++;
+}
+addon.dispose(sealer); addon.dispose(opener);
+parentPort.postMessage(bad);`;
+    const results = await Promise.all(
+      [1, 2, 3].map(
+        (seed) =>
+          new Promise<number>((resolve, reject) => {
+            const worker = new Worker(script, { eval: true, workerData: { path: nativeAddonPath, seed } });
+            worker.once('message', resolve);
+            worker.once('error', reject);
+            worker.once('exit', (code) => reject(new Error(`worker exited ${code} before answering`)));
+          }),
+      ),
+    );
+    assert.deepEqual(results, [0, 0, 0]);
+
+    // A handle posted to a worker arrives as a plain object, which the addon there refuses.
+    const sealer = addon.create('aes-256-gcm', key, true);
+    const echo = `
+const { parentPort, workerData } = require('node:worker_threads');
+const addon = require(workerData.path);
+parentPort.once('message', (handle) => {
+  try { addon.seal(handle, Buffer.alloc(12), Buffer.alloc(0), Buffer.alloc(1), Buffer.alloc(1), Buffer.alloc(16)); parentPort.postMessage('sealed'); }
+  catch (error) { parentPort.postMessage(error.message); }
+});`;
+    const worker = new Worker(echo, { eval: true, workerData: { path: nativeAddonPath } });
+    try {
+      const answer = await new Promise<string>((resolve, reject) => {
+        worker.once('message', resolve);
+        worker.once('error', reject);
+        worker.postMessage(sealer);
+      });
+      assert.equal(answer, 'not an AEAD handle');
+    } finally {
+      await worker.terminate();
+      addon.dispose(sealer);
+    }
+  });
+});
