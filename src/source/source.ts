@@ -607,7 +607,8 @@ export function createSource(settings: SourceSettings, components: SourceCompone
           sealedRing?.[slot],
         );
         // The first is the DATA, sealed into this slot of the sealed ring; a manifest may follow.
-        for (const [index, datagram] of datagrams.entries()) {
+        for (let index = 0; index < datagrams.length; index++) {
+          const datagram = datagrams[index] as Buffer;
           if (index === 0) {
             sendFromSlot(slot, datagram, datagram.length);
           } else {
