@@ -191,7 +191,7 @@ async function main(): Promise<void> {
     };
     const samples = new Map<string, Row[]>();
     // Rounds interleave the modes, so a change of load on a shared machine falls on every mode
-    // alike; each mode's row is its median round (by sender packets per CPU-second).
+    // alike; a row gives medians over the rounds (see below for its ratios).
     for (let round = 0; round < (part === 'joins' ? 0 : rounds); round++) {
       for (const mode of modes) {
         const whole = await measure(mode, file);
@@ -211,14 +211,36 @@ async function main(): Promise<void> {
         samples.set(mode.label, [...(samples.get(mode.label) ?? []), row]);
       }
     }
-    const median = (list: Row[], key: 'senderPacketUs' | 'receiverPacketUs') =>
-      [...list].sort((a, b) => a[key] - b[key])[Math.floor(list.length / 2)]?.[key] ?? Number.NaN;
+    // Each figure is the median over the rounds; each ratio is the median of the ratios measured
+    // within one round (mode against that round's plain), so that load drifting between rounds
+    // does not set one mode's good round against plain's bad one.
+    const middle = (values: number[]) =>
+      [...values].sort((x, y) => x - y)[Math.floor(values.length / 2)] ?? Number.NaN;
+    const plainRounds = samples.get(modes[0]?.label ?? '') ?? [];
     const rows: Row[] = [...samples.values()].map((list) => {
-      const middle = [...list].sort((a, b) => a.senderPps - b.senderPps)[Math.floor(list.length / 2)] as Row;
+      const of = (key: keyof Ratios) => middle(list.map((row) => row[key]));
+      const ratio = (key: keyof Ratios, inverse: boolean) =>
+        middle(
+          list.map((row, round) => {
+            const base = plainRounds[round]?.[key] ?? Number.NaN;
+            return inverse ? base / row[key] : row[key] / base;
+          }),
+        );
       return {
-        ...middle,
-        senderPacketUs: median(list, 'senderPacketUs'),
-        receiverPacketUs: median(list, 'receiverPacketUs'),
+        label: list[0]?.label ?? '',
+        sent: middle(list.map((row) => row.sent)),
+        delivered: middle(list.map((row) => row.delivered)),
+        senderPps: of('senderPps'),
+        receiverPps: of('receiverPps'),
+        senderPacketUs: of('senderPacketUs'),
+        receiverPacketUs: of('receiverPacketUs'),
+        load: middle(list.map((row) => row.load)),
+        ratios: {
+          senderPps: ratio('senderPps', false),
+          receiverPps: ratio('receiverPps', false),
+          senderPacketUs: ratio('senderPacketUs', true),
+          receiverPacketUs: ratio('receiverPacketUs', true),
+        },
       };
     });
     if (part === 'throughput') {
@@ -359,6 +381,14 @@ async function tokenOperations(directory: string): Promise<Record<string, number
   return result;
 }
 
+/** The figures a ratio against plain is given for. */
+interface Ratios {
+  senderPps: number;
+  receiverPps: number;
+  senderPacketUs: number;
+  receiverPacketUs: number;
+}
+
 interface Row {
   label: string;
   sent: number;
@@ -370,6 +400,8 @@ interface Row {
   receiverPacketUs: number;
   /** Load average (1 min) when the row was measured. */
   load: number;
+  /** Median of the per-round ratios against plain (plain's µs over the mode's for µs). */
+  ratios?: Ratios;
 }
 
 function writeReport(
@@ -381,9 +413,10 @@ function writeReport(
   if (plain === undefined) {
     return;
   }
+  const times = (row: Row, key: keyof Ratios) => (row.ratios?.[key] ?? Number.NaN).toFixed(2);
   const table = rows.map(
     (row) =>
-      `| ${row.label} | ${row.sent} | ${row.delivered} | ${row.senderPps.toFixed(0)} | ${(row.senderPps / plain.senderPps).toFixed(2)} | ${row.senderPacketUs.toFixed(1)} | ${(plain.senderPacketUs / row.senderPacketUs).toFixed(2)} | ${row.receiverPps.toFixed(0)} | ${(row.receiverPps / plain.receiverPps).toFixed(2)} | ${row.receiverPacketUs.toFixed(1)} | ${(plain.receiverPacketUs / row.receiverPacketUs).toFixed(2)} | ${row.load.toFixed(1)} |`,
+      `| ${row.label} | ${row.sent} | ${row.delivered} | ${row.senderPps.toFixed(0)} | ${times(row, 'senderPps')} | ${row.senderPacketUs.toFixed(1)} | ${times(row, 'senderPacketUs')} | ${row.receiverPps.toFixed(0)} | ${times(row, 'receiverPps')} | ${row.receiverPacketUs.toFixed(1)} | ${times(row, 'receiverPacketUs')} | ${row.load.toFixed(1)} |`,
   );
   const joinsTable = Object.entries(joinTimes).map(
     ([label, { samples, load }]) =>
@@ -400,8 +433,8 @@ function writeReport(
     row === undefined
       ? '?'
       : side === 'sender'
-        ? `${(row.senderPps / plain.senderPps).toFixed(2)}× (${(plain.senderPacketUs / row.senderPacketUs).toFixed(2)}×)`
-        : `${(row.receiverPps / plain.receiverPps).toFixed(2)}× (${(plain.receiverPacketUs / row.receiverPacketUs).toFixed(2)}×)`;
+        ? `${times(row, 'senderPps')}× (${times(row, 'senderPacketUs')}×)`
+        : `${times(row, 'receiverPps')}× (${times(row, 'receiverPacketUs')}×)`;
   writeSection(
     'restricted',
     `## Restricted channels
@@ -410,14 +443,15 @@ function writeReport(
   load average ${loadavg()[0]?.toFixed(1)} (1 min) when the report was written.
 - Set-up: the test bed of \`scripts/testbed.sh\`; \`gatecast send --file\` in \`src\` to \`gatecast receive
   --out /dev/null\` in \`rtr\`, ${packets} packets of 1400 bytes paced at ${rate}. Each round runs every mode
-  once, in turn, ${rounds} rounds; a row is its mode's median round. CPU is user + system time of the
+  once, in turn, ${rounds} rounds (BENCH_ROUNDS); figures are medians. CPU is user + system time of the
   process, all its threads (\`cpuSeconds\` of the \`--json\` summary; the receiver's counted from its
   join, after the token opened). Two figures per side:
   - **packets per CPU-second**: the run's packets over the process's CPU time, start-up included
     (for the sender: node's start, reading the keys, hashing the file, the session's end);
   - **µs a packet, start-up subtracted**: the CPU of the same mode sending the file's first packet
     alone is taken off, and the rest divided by the packets less one: what one more packet costs.
-  The × plain columns are ratios of packets per CPU-second (for µs: plain's µs over the mode's).
+  The × plain columns are ratios of packets per CPU-second (for µs: plain's µs over the mode's),
+  each taken within one round and the median of the rounds given; the other figures are medians.
 - Packet engine: the addon (\`native/aead.c\`, OpenSSL's EVP AEAD, one context per key) in every
   AEAD row but the last, which sets \`GATECAST_AEAD_ENGINE=node:crypto\` on both sides: a cipher
   object per packet, as before the addon.
@@ -458,7 +492,7 @@ Where the time went, and what was cut (profiles with \`node --cpu-prof\` of \`se
   It also verifies about 80 Ed25519 signatures a second whatever the rate (the signed offer, two
   KEY messages and the DESCRIPTOR's control signature, every 50 ms).
 - Noise: these machines are shared; within one round the modes run one after another, and a row
-  is the median of ${rounds} rounds. The sender's µs a packet moves by about ±5 µs between rounds
+  gives medians over ${rounds} rounds, its ratios the median of the ratios within each round. The sender's µs a packet moves by about ±5 µs between rounds
   (about ±15 %), the receiver's by about ±2 µs.
 
 Join to first decoded packet (a receiver started on \`rtr\` while a 200-quote/s ticker runs; from its
