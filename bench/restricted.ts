@@ -443,13 +443,15 @@ function writeReport(
   load average ${loadavg()[0]?.toFixed(1)} (1 min) when the report was written.
 - Set-up: the test bed of \`scripts/testbed.sh\`; \`gatecast send --file\` in \`src\` to \`gatecast receive
   --out /dev/null\` in \`rtr\`, ${packets} packets of 1400 bytes paced at ${rate}. Each round runs every mode
-  once, in turn, ${rounds} rounds (BENCH_ROUNDS); figures are medians. CPU is user + system time of the
+  in turn, twice (the whole file, then its first packet alone), ${rounds} rounds (BENCH_ROUNDS); figures are
+  medians (with an even number of rounds, the upper of the two middle values). CPU is user + system time of the
   process, all its threads (\`cpuSeconds\` of the \`--json\` summary; the receiver's counted from its
   join, after the token opened). Two figures per side:
   - **packets per CPU-second**: the run's packets over the process's CPU time, start-up included
     (for the sender: node's start, reading the keys, hashing the file, the session's end);
   - **µs a packet, start-up subtracted**: the CPU of the same mode sending the file's first packet
-    alone is taken off, and the rest divided by the packets less one: what one more packet costs.
+    alone is taken off, and the rest divided by the packets less one: what one more packet costs
+    (hashing the whole file is not taken off: about 1 µs a packet, the same in every row).
   The × plain columns are ratios of packets per CPU-second (for µs: plain's µs over the mode's),
   each taken within one round and the median of the rounds given; the other figures are medians.
 - Packet engine: the addon (\`native/aead.c\`, OpenSSL's EVP AEAD, one context per key) in every

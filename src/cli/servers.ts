@@ -501,6 +501,9 @@ function prepareWatchingAgent(values: OptionValues): RoleStarter {
       throw error;
     }
     err.write(`agent: watching group memberships for ${mappings.length} session(s)\n`);
+    if (s2Key !== undefined || controller !== undefined || protection.tokenGiven) {
+      err.write(`agent: ${describeAeadEngine()}\n`); // sealed S2 (a key, or the controller's grant) or --token
+    }
     return runningRole(
       'agent',
       withToken(agent, () => protection.close()),

@@ -175,6 +175,11 @@ function checkAddon(addon: NativeAead): string | undefined {
     if (!opener.open(nonce, aad, reference.out, reference.tag, opened) || !opened.equals(plain)) {
       return `${name}: the addon did not open what node:crypto sealed`;
     }
+    // In place, as receivers open DATA (the plaintext written over the ciphertext).
+    const inPlace = Buffer.from(reference.out);
+    if (!opener.open(nonce, aad, inPlace, reference.tag, inPlace) || !inPlace.equals(plain)) {
+      return `${name}: the addon did not open node:crypto's packet in place`;
+    }
     const forged = Buffer.from(reference.tag);
     forged[0] = (forged[0] ?? 0) ^ 1;
     if (opener.open(nonce, aad, reference.out, forged, opened) || opened.some((byte) => byte !== 0)) {

@@ -448,12 +448,30 @@ export function createReceiver(settings: ReceiverSettings, components: ReceiverC
     summary.sha256 = hash.digest('hex');
     // A file's packets never delivered are missing, whether a gap was passed over, held behind
     // one that never filled, or never shown by any DATA, HEARTBEAT or END (the tail): a run that
-    // stopped behind a stalled gap does not say "0 packets missing". The count is END's, else the
-    // one the DESCRIPTOR's size gives.
+    // stopped behind a stalled gap does not say "0 packets missing". The count is the one the
+    // DESCRIPTOR's size gives (the size the run was locked on, which every DATA, HEARTBEAT and END
+    // is held to), else the sequences up to an END the window accepted; never an END's packet
+    // count, which nothing checks beyond 32 bits (a forged one must not turn a whole file into
+    // billions of packets missing).
     const filePacketCount =
-      summary.expectedPackets ?? (descriptor === undefined ? undefined : filePackets(descriptor));
+      descriptor === undefined || descriptor.kind !== SessionKind.file
+        ? undefined
+        : (filePackets(descriptor) ??
+          (endSequence === undefined ? undefined : sequenceDistance(descriptor.firstSequence, endSequence)));
     if (outcome !== 'complete' && filePacketCount !== undefined) {
       summary.packetsMissing = Math.max(summary.packetsMissing, filePacketCount - summary.packetsDelivered);
+    }
+    // Every packet of a file of known size delivered and its SHA-256 the DESCRIPTOR's: the file is
+    // whole, even when every copy of its END was lost and the run ended by --timeout.
+    if (
+      outcome === 'timeout' &&
+      descriptor !== undefined &&
+      filePackets(descriptor) === summary.packetsDelivered &&
+      summary.packetsMissing === 0 &&
+      summary.sha256Expected !== undefined &&
+      summary.sha256 === summary.sha256Expected
+    ) {
+      outcome = 'complete';
     }
     if (outcome === 'complete' && summary.packetsMissing > 0) {
       outcome = 'incomplete';

@@ -128,6 +128,50 @@ describe('no single packet stalls a receiver', () => {
     assert.deepEqual(output, Buffer.concat([0, 1, 3, 4].map((s) => payloadOf('t', s))));
   });
 
+  it("a forged END whose packet count is 2^32 past the file's does not turn a whole file into missing packets", async () => {
+    const run = { sessionId: 13, incarnation: 13 };
+    const file = Buffer.concat([0, 1, 2, 3, 4].map((s) => payloadOf('f', s)));
+    const { summary, output } = await receive(async (send) => {
+      send(descriptor(run, { firstSequence: 0, next: 0, payload: file }));
+      await pause();
+      send(...[0, 1, 2, 3, 4].map((s) => data(run, s, payloadOf('f', s))));
+      await pause();
+      send(end(run, 5, 5 + 2 ** 32, file.length)); // forged: the count wraps to the genuine one
+      await pause();
+      send(end(run, 5, 5, file.length));
+    });
+    assert.equal(summary.outcome, 'complete', JSON.stringify(summary));
+    assert.equal(summary.packetsMissing, 0);
+    assert.deepEqual(output, file);
+  });
+
+  it('a file whose every DATA came but every END was lost is whole at --timeout; so is an empty one', async () => {
+    const run = { sessionId: 14, incarnation: 14 };
+    const file = Buffer.concat([0, 1, 2].map((s) => payloadOf('e', s)));
+    const { summary, output } = await receive(async (send) => {
+      send(descriptor(run, { firstSequence: 0, next: 0, payload: file }));
+      await pause();
+      send(...[0, 1, 2].map((s) => data(run, s, payloadOf('e', s))));
+    }, 800);
+    assert.equal(summary.outcome, 'complete', JSON.stringify(summary));
+    assert.deepEqual(output, file);
+    const empty = { sessionId: 15, incarnation: 15 };
+    const none = await receive(async (send) => {
+      send(descriptor(empty, { firstSequence: 0, next: 0, payload: Buffer.alloc(0) }));
+    }, 800);
+    assert.equal(none.summary.outcome, 'complete', JSON.stringify(none.summary));
+    assert.equal(none.output.length, 0);
+    // One packet short of the size: still a timeout, with the packet counted missing.
+    const short = { sessionId: 16, incarnation: 16 };
+    const cut = await receive(async (send) => {
+      send(descriptor(short, { firstSequence: 0, next: 0, payload: file }));
+      await pause();
+      send(...[0, 1].map((s) => data(short, s, payloadOf('e', s))));
+    }, 800);
+    assert.equal(cut.summary.outcome, 'timeout', JSON.stringify(cut.summary));
+    assert.equal(cut.summary.packetsMissing, 1);
+  });
+
   it('a HEARTBEAT far ahead is ignored; the session still completes whole', async () => {
     const run = { sessionId: 6, incarnation: 6 };
     const expected = Buffer.concat([0, 1, 2, 3].map((s) => payloadOf('y', s)));
