@@ -453,10 +453,11 @@ export function createReceiver(settings: ReceiverSettings, components: ReceiverC
     // is held to), else the sequences up to an END the window accepted; never an END's packet
     // count, which nothing checks beyond 32 bits (a forged one must not turn a whole file into
     // billions of packets missing).
+    const sizePackets = descriptor === undefined ? undefined : filePackets(descriptor);
     const filePacketCount =
       descriptor === undefined || descriptor.kind !== SessionKind.file
         ? undefined
-        : (filePackets(descriptor) ??
+        : (sizePackets ??
           (endSequence === undefined ? undefined : sequenceDistance(descriptor.firstSequence, endSequence)));
     if (outcome !== 'complete' && filePacketCount !== undefined) {
       summary.packetsMissing = Math.max(summary.packetsMissing, filePacketCount - summary.packetsDelivered);
@@ -465,8 +466,7 @@ export function createReceiver(settings: ReceiverSettings, components: ReceiverC
     // whole, even when every copy of its END was lost and the run ended by --timeout.
     if (
       outcome === 'timeout' &&
-      descriptor !== undefined &&
-      filePackets(descriptor) === summary.packetsDelivered &&
+      sizePackets === summary.packetsDelivered &&
       summary.packetsMissing === 0 &&
       summary.sha256Expected !== undefined &&
       summary.sha256 === summary.sha256Expected

@@ -326,14 +326,7 @@ export function createSource(settings: SourceSettings, components: SourceCompone
     slotSends[slot] = (slotSends[slot] ?? 1) - 1;
     onSent(error);
   });
-  /** Sends a datagram read from ring slot `slot` (plain or sealed) and holds the slot until it left. */
-  const sendFromSlot = (slot: number, datagram: Buffer, length: number) => {
-    slotSends[slot] = (slotSends[slot] ?? 0) + 1;
-    inFlight++;
-    stats.datagramsAttempted++;
-    (socket as SenderSocket).send(datagram, length, slotSent[slot]);
-  };
-  const send = (datagram: Buffer, length: number) => {
+  const send = (datagram: Buffer, length: number, sent: (error: Error | null) => void = onSent) => {
     if (
       lastResort !== undefined &&
       datagram[offsetType] === PacketType.signature &&
@@ -343,7 +336,12 @@ export function createSource(settings: SourceSettings, components: SourceCompone
     }
     inFlight++;
     stats.datagramsAttempted++;
-    (socket as SenderSocket).send(datagram, length, onSent);
+    (socket as SenderSocket).send(datagram, length, sent);
+  };
+  /** Sends a datagram read from ring slot `slot` (plain or sealed) and holds the slot until it left. */
+  const sendFromSlot = (slot: number, datagram: Buffer, length: number) => {
+    slotSends[slot] = (slotSends[slot] ?? 0) + 1;
+    send(datagram, length, slotSent[slot]);
   };
   /** Stops the run with an error (it is thrown by run(), never left uncaught in a timer). */
   const fail = (error: unknown) => {
