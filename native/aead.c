@@ -14,6 +14,17 @@
  *   seal(handle, nonce, aad, plain, out, tag)      out.length == plain.length, tag 16 bytes
  *   open(handle, nonce, aad, sealed, tag, out) -> bool   false: the tag did not verify; out zeroed
  *   dispose(handle)                                frees the context now (its key schedule wiped)
+ *   digest(input, out, offset, length)             the first `length` (1-32) bytes of SHA-256(input)
+ *                                                  written into out at offset (a manifest's packet hash)
+ *   sealDatagram(handle, nonce, plain, out, aadBytes, hashOut, hashOffset, hashLength)
+ *       a whole datagram in one call: out[0, aadBytes) is the associated data (the caller wrote the
+ *       sealed header there), plain[aadBytes, n) is sealed into out[aadBytes, n) and the tag into
+ *       out[n, n + 16), n = plain.length; out may be plain itself. With hashOut (else null), the
+ *       first hashLength bytes of SHA-256(out[0, n + 16)) go into hashOut at hashOffset.
+ *   openDatagram(handle, nonce, sealed, aadBytes, out, outOffset) -> bool
+ *       sealed[0, aadBytes) is the associated data, the last 16 bytes the tag; the plaintext of
+ *       what is between goes into out at outOffset (in place: out = sealed, outOffset = aadBytes).
+ *       false: the tag did not verify, and that range of out is zeroed.
  *
  * A handle is a frozen object that wraps the context and carries this file's type tag: anything
  * else (a plain object, another addon's wrapped object, a handle copied by structuredClone) is
@@ -31,6 +42,26 @@
 
 #define NONCE_BYTES 12
 #define TAG_BYTES 16
+#define SHA256_BYTES 32
+
+/*
+ * What digest() keeps per environment (the main thread and each worker load the addon once each,
+ * and one environment runs on one thread at a time): SHA-256 fetched once (an implicit fetch per
+ * call would look the name up again) and one digest context, re-initialised for each input.
+ */
+typedef struct {
+  EVP_MD *sha256;
+  EVP_MD_CTX *ctx;
+} digest_state_t;
+
+static void digest_state_free(napi_env env, void *data, void *hint) {
+  (void)env;
+  (void)hint;
+  digest_state_t *state = data;
+  EVP_MD_CTX_free(state->ctx);
+  EVP_MD_free(state->sha256);
+  free(state);
+}
 
 /* Marks the objects create() makes as AEAD handles (napi_type_tag_object). */
 static const napi_type_tag handle_tag = {0x6761746563617374ULL, 0x616561642d763031ULL};
@@ -100,6 +131,15 @@ static aead_t *handle_arg(napi_env env, napi_value value, int encrypt) {
     return NULL;
   }
   return aead;
+}
+
+/* True when two byte ranges share a byte. */
+static int overlapping(const unsigned char *a, size_t a_length, const unsigned char *b, size_t b_length) {
+  if (a_length == 0 || b_length == 0) {
+    return 0;
+  }
+  uintptr_t a_start = (uintptr_t)a, b_start = (uintptr_t)b;
+  return a_start < b_start + b_length && b_start < a_start + a_length;
 }
 
 /* True when two byte ranges share a byte but do not start at the same one (in place is fine). */
@@ -282,6 +322,187 @@ static napi_value dispose(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/* A non-negative integer argument up to INT_MAX; false (with a TypeError thrown) when not one. */
+static int index_arg(napi_env env, napi_value value, size_t *index, const char *what) {
+  double number = 0;
+  if (napi_get_value_double(env, value, &number) != napi_ok || !(number >= 0 && number <= INT_MAX) ||
+      number != (double)(size_t)number) {
+    napi_throw_type_error(env, "GATECAST_ERR_CIPHER", what);
+    return 0;
+  }
+  *index = (size_t)number;
+  return 1;
+}
+
+/* The per-environment SHA-256 state (digest_state_t), or NULL with an error thrown. */
+static digest_state_t *digest_state(napi_env env) {
+  digest_state_t *state = NULL;
+  if (napi_get_instance_data(env, (void **)&state) != napi_ok || state == NULL) {
+    fail(env, "the addon has no SHA-256 in this environment");
+    return NULL;
+  }
+  return state;
+}
+
+/* SHA-256 of input; its first `length` bytes into out. 0 (with an error thrown) on failure. */
+static int sha256_into(napi_env env, digest_state_t *state, const unsigned char *input, size_t input_length,
+                       unsigned char *out, size_t length) {
+  unsigned char md[SHA256_BYTES];
+  unsigned int md_length = 0;
+  if (EVP_DigestInit_ex2(state->ctx, state->sha256, NULL) != 1 ||
+      EVP_DigestUpdate(state->ctx, input, input_length) != 1 ||
+      EVP_DigestFinal_ex(state->ctx, md, &md_length) != 1 || md_length != SHA256_BYTES) {
+    fail(env, "OpenSSL could not hash the input");
+    return 0;
+  }
+  memcpy(out, md, length);
+  return 1;
+}
+
+static napi_value seal_datagram(napi_env env, napi_callback_info info) {
+  size_t argc = 8;
+  napi_value argv[8];
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != 8) {
+    return fail(env, "sealDatagram(handle, nonce, plain, out, aadBytes, hashOut, hashOffset, hashLength) takes eight arguments");
+  }
+  aead_t *aead = handle_arg(env, argv[0], 1);
+  unsigned char *nonce, *plain, *out, *hash_out = NULL;
+  size_t nonce_length, plain_length, out_length, aad_bytes, hash_out_length = 0, hash_offset = 0, hash_length = 0;
+  if (aead == NULL || !buffer_arg(env, argv[1], &nonce, &nonce_length, "the nonce must be a Buffer") ||
+      !buffer_arg(env, argv[2], &plain, &plain_length, "the plaintext must be a Buffer") ||
+      !buffer_arg(env, argv[3], &out, &out_length, "the output must be a Buffer") ||
+      !index_arg(env, argv[4], &aad_bytes, "the associated data length must be a non-negative integer")) {
+    return NULL;
+  }
+  napi_valuetype hash_type;
+  if (napi_typeof(env, argv[5], &hash_type) != napi_ok) {
+    return fail(env, "sealDatagram: cannot read hashOut");
+  }
+  int hashing = hash_type != napi_null && hash_type != napi_undefined;
+  if (hashing && (!buffer_arg(env, argv[5], &hash_out, &hash_out_length, "hashOut must be a Buffer or null") ||
+                  !index_arg(env, argv[6], &hash_offset, "the hash offset must be a non-negative integer") ||
+                  !index_arg(env, argv[7], &hash_length, "the hash length must be a non-negative integer"))) {
+    return NULL;
+  }
+  if (nonce_length != NONCE_BYTES) {
+    return fail(env, "sealDatagram: the nonce must be 12 bytes");
+  }
+  if (aad_bytes > plain_length || plain_length > INT_MAX - TAG_BYTES || out_length < plain_length + TAG_BYTES) {
+    return fail(env, "sealDatagram: the associated data must fit the plaintext, the output hold it and the tag");
+  }
+  size_t sealed_length = plain_length + TAG_BYTES;
+  if (out != plain && overlapping(plain, plain_length, out, sealed_length)) {
+    return fail(env, "sealDatagram: the output partly overlaps the plaintext");
+  }
+  if (hashing && (hash_length < 1 || hash_length > SHA256_BYTES || hash_offset > hash_out_length ||
+                  hash_length > hash_out_length - hash_offset)) {
+    return fail(env, "sealDatagram: the hash is 1-32 bytes, within hashOut");
+  }
+  if (hashing && overlapping(hash_out + hash_offset, hash_length, out, sealed_length)) {
+    return fail(env, "sealDatagram: the hash would be written over the sealed datagram");
+  }
+  digest_state_t *state = hashing ? digest_state(env) : NULL;
+  if (hashing && state == NULL) {
+    return NULL;
+  }
+  int body_length = (int)(plain_length - aad_bytes);
+  int written = 0;
+  int final_written = 0;
+  if (EVP_CipherInit_ex(aead->ctx, NULL, NULL, NULL, nonce, 1) != 1 ||
+      EVP_CipherUpdate(aead->ctx, NULL, &written, out, (int)aad_bytes) != 1 ||
+      EVP_CipherUpdate(aead->ctx, out + aad_bytes, &written, plain + aad_bytes, body_length) != 1 ||
+      written > body_length ||
+      EVP_CipherFinal_ex(aead->ctx, out + aad_bytes + written, &final_written) != 1 ||
+      written + final_written != body_length ||
+      EVP_CIPHER_CTX_ctrl(aead->ctx, EVP_CTRL_AEAD_GET_TAG, TAG_BYTES, out + plain_length) != 1) {
+    OPENSSL_cleanse(out + aad_bytes, sealed_length - aad_bytes);
+    return fail(env, "OpenSSL could not seal the packet");
+  }
+  if (hashing && !sha256_into(env, state, out, sealed_length, hash_out + hash_offset, hash_length)) {
+    return NULL;
+  }
+  return NULL;
+}
+
+static napi_value open_datagram(napi_env env, napi_callback_info info) {
+  size_t argc = 6;
+  napi_value argv[6];
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != 6) {
+    return fail(env, "openDatagram(handle, nonce, sealed, aadBytes, out, outOffset) takes six arguments");
+  }
+  aead_t *aead = handle_arg(env, argv[0], 0);
+  unsigned char *nonce, *sealed, *out;
+  size_t nonce_length, sealed_length, aad_bytes, out_length, out_offset;
+  if (aead == NULL || !buffer_arg(env, argv[1], &nonce, &nonce_length, "the nonce must be a Buffer") ||
+      !buffer_arg(env, argv[2], &sealed, &sealed_length, "the sealed datagram must be a Buffer") ||
+      !index_arg(env, argv[3], &aad_bytes, "the associated data length must be a non-negative integer") ||
+      !buffer_arg(env, argv[4], &out, &out_length, "the output must be a Buffer") ||
+      !index_arg(env, argv[5], &out_offset, "the output offset must be a non-negative integer")) {
+    return NULL;
+  }
+  if (nonce_length != NONCE_BYTES) {
+    return fail(env, "openDatagram: the nonce must be 12 bytes");
+  }
+  if (sealed_length < TAG_BYTES || aad_bytes > sealed_length - TAG_BYTES) {
+    return fail(env, "openDatagram: the sealed datagram is shorter than its associated data and tag");
+  }
+  size_t body_length = sealed_length - TAG_BYTES - aad_bytes;
+  if (out_offset > out_length || body_length > out_length - out_offset) {
+    return fail(env, "openDatagram: the plaintext does not fit the output at that offset");
+  }
+  unsigned char *target = out + out_offset;
+  unsigned char *body = sealed + aad_bytes;
+  /* In place (the plaintext over its own ciphertext) or apart; never over the header or the tag. */
+  if (target != body && overlapping(target, body_length, sealed, sealed_length)) {
+    return fail(env, "openDatagram: the output partly overlaps the sealed datagram");
+  }
+  unsigned char tag[TAG_BYTES];
+  memcpy(tag, sealed + sealed_length - TAG_BYTES, TAG_BYTES);
+  int written = 0;
+  int final_written = 0;
+  int ok = EVP_CipherInit_ex(aead->ctx, NULL, NULL, NULL, nonce, 0) == 1 &&
+           EVP_CIPHER_CTX_ctrl(aead->ctx, EVP_CTRL_AEAD_SET_TAG, TAG_BYTES, tag) == 1 &&
+           EVP_CipherUpdate(aead->ctx, NULL, &written, sealed, (int)aad_bytes) == 1 &&
+           EVP_CipherUpdate(aead->ctx, target, &written, body, (int)body_length) == 1 &&
+           (size_t)written <= body_length &&
+           EVP_CipherFinal_ex(aead->ctx, target + written, &final_written) == 1 &&
+           (size_t)written + (size_t)final_written == body_length;
+  if (!ok) {
+    OPENSSL_cleanse(target, body_length); /* nothing of a packet that fails is left readable */
+  }
+  napi_value result;
+  if (napi_get_boolean(env, ok ? true : false, &result) != napi_ok) {
+    return fail(env, "could not return the result");
+  }
+  return result;
+}
+
+static napi_value digest(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4];
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != 4) {
+    return fail(env, "digest(input, out, offset, length) takes four arguments");
+  }
+  unsigned char *input, *out;
+  size_t input_length, out_length, offset, length;
+  if (!buffer_arg(env, argv[0], &input, &input_length, "the input must be a Buffer") ||
+      !buffer_arg(env, argv[1], &out, &out_length, "the output must be a Buffer") ||
+      !index_arg(env, argv[2], &offset, "the offset must be a non-negative integer") ||
+      !index_arg(env, argv[3], &length, "the length must be a non-negative integer")) {
+    return NULL;
+  }
+  if (length < 1 || length > SHA256_BYTES || offset > out_length || length > out_length - offset) {
+    return fail(env, "digest: 1-32 bytes, within the output");
+  }
+  digest_state_t *state = digest_state(env);
+  if (state == NULL) {
+    return NULL;
+  }
+  /* out may be input itself: the hash is taken whole before any of it is written. */
+  sha256_into(env, state, input, input_length, out + offset, length);
+  return NULL;
+}
+
 static int export_function(napi_env env, napi_value exports, const char *name, napi_callback callback) {
   napi_value function;
   return napi_create_function(env, name, NAPI_AUTO_LENGTH, callback, NULL, &function) == napi_ok &&
@@ -290,8 +511,22 @@ static int export_function(napi_env env, napi_value exports, const char *name, n
 
 NAPI_MODULE_INIT() {
   if (!export_function(env, exports, "create", create) || !export_function(env, exports, "seal", seal) ||
-      !export_function(env, exports, "open", open_) || !export_function(env, exports, "dispose", dispose)) {
+      !export_function(env, exports, "open", open_) || !export_function(env, exports, "dispose", dispose) ||
+      !export_function(env, exports, "digest", digest) ||
+      !export_function(env, exports, "sealDatagram", seal_datagram) ||
+      !export_function(env, exports, "openDatagram", open_datagram)) {
     return NULL;
+  }
+  digest_state_t *state = calloc(1, sizeof *state);
+  if (state == NULL) {
+    return NULL;
+  }
+  state->sha256 = EVP_MD_fetch(NULL, "SHA2-256", NULL);
+  state->ctx = EVP_MD_CTX_new();
+  if (state->sha256 == NULL || state->ctx == NULL ||
+      napi_set_instance_data(env, state, digest_state_free, NULL) != napi_ok) {
+    digest_state_free(env, state, NULL);
+    return NULL; /* digest() then says it has no SHA-256; the loader's check refuses the addon */
   }
   napi_value version;
   if (napi_create_string_utf8(env, OpenSSL_version(OPENSSL_VERSION), NAPI_AUTO_LENGTH, &version) == napi_ok) {

@@ -42,6 +42,30 @@ export interface AeadContext {
    * holds zeros, never unauthenticated plaintext.
    */
   open(nonce: Buffer, aad: Buffer, sealed: Buffer, tag: Buffer, out: Buffer): boolean;
+  /**
+   * Seals a whole datagram in one call. `out[0, aadBytes)` is the associated data: the caller has
+   * written the sealed datagram's header there (in place, `out` is `plain`). `plain[aadBytes, n)`
+   * is sealed into `out[aadBytes, n)` and the tag written to `out[n, n + 16)`, n = plain.length.
+   * With `hashOut`, the first `hashLength` bytes of the SHA-256 of `out[0, n + 16)` (the datagram
+   * as it travels) go into `hashOut` at `hashOffset`: a manifest's hash, taken while the datagram
+   * is still in the cache.
+   */
+  sealDatagram(
+    nonce: Buffer,
+    plain: Buffer,
+    out: Buffer,
+    aadBytes: number,
+    hashOut?: Buffer,
+    hashOffset?: number,
+    hashLength?: number,
+  ): void;
+  /**
+   * Opens a whole sealed datagram: `sealed[0, aadBytes)` is the associated data, its last 16
+   * bytes the tag, and the plaintext of what lies between goes into `out` at `outOffset` (in
+   * place: `out` is `sealed`, `outOffset` is `aadBytes`). False when the tag does not verify; that
+   * range of `out` then holds zeros.
+   */
+  openDatagram(nonce: Buffer, sealed: Buffer, aadBytes: number, out: Buffer, outOffset: number): boolean;
   /** Forgets the key now (a native context is freed and its key schedule wiped). */
   dispose(): void;
 }
@@ -60,6 +84,25 @@ interface NativeAead {
   seal(handle: unknown, nonce: Buffer, aad: Buffer, plain: Buffer, out: Buffer, tag: Buffer): void;
   open(handle: unknown, nonce: Buffer, aad: Buffer, sealed: Buffer, tag: Buffer, out: Buffer): boolean;
   dispose(handle: unknown): void;
+  digest(input: Buffer, out: Buffer, offset: number, length: number): void;
+  sealDatagram(
+    handle: unknown,
+    nonce: Buffer,
+    plain: Buffer,
+    out: Buffer,
+    aadBytes: number,
+    hashOut: Buffer | null,
+    hashOffset: number | undefined,
+    hashLength: number | undefined,
+  ): void;
+  openDatagram(
+    handle: unknown,
+    nonce: Buffer,
+    sealed: Buffer,
+    aadBytes: number,
+    out: Buffer,
+    outOffset: number,
+  ): boolean;
   openssl: string;
 }
 
@@ -83,6 +126,105 @@ function checkLengths(nonce: Buffer, tag: Buffer, input: Buffer, out: Buffer): v
       `AEAD: nonce ${nonce.length} bytes (12 needed), tag ${tag.length} (16), output ${out.length} for ${input.length}`,
     );
   }
+}
+
+/** True when two views share a byte of memory. */
+function overlapping(a: Buffer, b: Buffer): boolean {
+  return (
+    a.length > 0 &&
+    b.length > 0 &&
+    a.buffer === b.buffer &&
+    a.byteOffset < b.byteOffset + b.length &&
+    b.byteOffset < a.byteOffset + a.length
+  );
+}
+
+/** True when two views start at the same byte of memory (an in-place call). */
+function sameStart(a: Buffer, b: Buffer): boolean {
+  return a.buffer === b.buffer && a.byteOffset === b.byteOffset;
+}
+
+/** A whole number in [0, max]. */
+function isIndex(value: number | undefined, max: number): value is number {
+  return value !== undefined && Number.isInteger(value) && value >= 0 && value <= max;
+}
+
+/**
+ * sealDatagram's checks, for the node:crypto engine (the addon makes the same ones in C): the
+ * nonce 12 bytes, every range inside its buffer, the output the plaintext itself or apart from
+ * it, the hash apart from the sealed datagram.
+ */
+function checkSealDatagram(
+  nonce: Buffer,
+  plain: Buffer,
+  out: Buffer,
+  aadBytes: number,
+  hashOut: Buffer | undefined,
+  hashOffset: number | undefined,
+  hashLength: number | undefined,
+): void {
+  if (nonce.length !== nonceBytes) {
+    throw new CipherError(`AEAD: nonce ${nonce.length} bytes (12 needed)`);
+  }
+  if (!isIndex(aadBytes, plain.length) || out.length < plain.length + tagBytes) {
+    throw new CipherError(
+      `AEAD: ${aadBytes} bytes of associated data in a ${plain.length}-byte datagram, sealed into ${out.length} bytes`,
+    );
+  }
+  const sealed = out.subarray(0, plain.length + tagBytes);
+  if (!sameStart(out, plain) && overlapping(plain, sealed)) {
+    throw new CipherError('AEAD: the sealed datagram partly overlaps the plaintext');
+  }
+  if (hashOut !== undefined) {
+    if (
+      !isIndex(hashLength, sha256Bytes) ||
+      hashLength < 1 ||
+      !isIndex(hashOffset, hashOut.length - hashLength)
+    ) {
+      throw new CipherError(
+        `SHA-256: ${hashLength} bytes at ${hashOffset} do not fit an output of ${hashOut.length}`,
+      );
+    }
+    if (overlapping(hashOut.subarray(hashOffset, hashOffset + hashLength), sealed)) {
+      throw new CipherError('AEAD: the hash would be written over the sealed datagram');
+    }
+  }
+}
+
+/** openDatagram's checks (as checkSealDatagram); returns where the plaintext goes. */
+function checkOpenDatagram(
+  nonce: Buffer,
+  sealed: Buffer,
+  aadBytes: number,
+  out: Buffer,
+  outOffset: number,
+): Buffer {
+  if (nonce.length !== nonceBytes) {
+    throw new CipherError(`AEAD: nonce ${nonce.length} bytes (12 needed)`);
+  }
+  if (!isIndex(aadBytes, sealed.length - tagBytes)) {
+    throw new CipherError(
+      `AEAD: a ${sealed.length}-byte datagram holds no ${aadBytes} bytes of associated data and a tag`,
+    );
+  }
+  const bodyLength = sealed.length - tagBytes - aadBytes;
+  if (!isIndex(outOffset, out.length - bodyLength)) {
+    throw new CipherError(
+      `AEAD: ${bodyLength} bytes of plaintext do not fit ${out.length} bytes at ${outOffset}`,
+    );
+  }
+  const target = out.subarray(outOffset, outOffset + bodyLength);
+  if (!sameStart(target, sealed.subarray(aadBytes)) && overlapping(target, sealed)) {
+    throw new CipherError('AEAD: the plaintext would be written over the sealed datagram');
+  }
+  return target;
+}
+
+/** The addon's error (code GATECAST_ERR_CIPHER) as the CipherError callers expect. */
+function asCipherError(error: unknown): Error {
+  return error instanceof Error && !(error instanceof CipherError)
+    ? new CipherError(`AEAD: ${error.message}`)
+    : (error as Error);
 }
 
 /** The node:crypto engine: a cipher object per packet. */
@@ -124,6 +266,34 @@ function nodeContext(name: AeadName, key: Buffer, encrypt: boolean): AeadContext
         return false;
       }
     },
+    sealDatagram(nonce, plain, out, aadBytes, hashOut, hashOffset, hashLength) {
+      checkSealDatagram(nonce, plain, out, aadBytes, hashOut, hashOffset, hashLength);
+      const end = plain.length;
+      this.seal(
+        nonce,
+        out.subarray(0, aadBytes),
+        plain.subarray(aadBytes),
+        out.subarray(aadBytes, end),
+        out.subarray(end, end + tagBytes),
+      );
+      if (hashOut !== undefined) {
+        createHash('sha256')
+          .update(out.subarray(0, end + tagBytes))
+          .digest()
+          .copy(hashOut, hashOffset, 0, hashLength);
+      }
+    },
+    openDatagram(nonce, sealed, aadBytes, out, outOffset) {
+      const target = checkOpenDatagram(nonce, sealed, aadBytes, out, outOffset);
+      const end = sealed.length - tagBytes;
+      return this.open(
+        nonce,
+        sealed.subarray(0, aadBytes),
+        sealed.subarray(aadBytes, end),
+        sealed.subarray(end),
+        target,
+      );
+    },
     dispose() {
       secret = undefined; // a KeyObject cannot be zeroed; it is dropped here and collected
     },
@@ -140,6 +310,31 @@ function nativeContext(addon: NativeAead, name: AeadName, key: Buffer, encrypt: 
     open(nonce, aad, sealed, tag, out) {
       checkLengths(nonce, tag, sealed, out);
       return addon.open(handle, nonce, aad, sealed, tag, out);
+    },
+    // No checks here: the addon makes them all (every length, range and overlap) and throws; a
+    // packet costs one call and no view.
+    sealDatagram(nonce, plain, out, aadBytes, hashOut, hashOffset, hashLength) {
+      try {
+        addon.sealDatagram(
+          handle,
+          nonce,
+          plain,
+          out,
+          aadBytes,
+          hashOut ?? null,
+          hashOffset ?? 0,
+          hashLength ?? 0,
+        );
+      } catch (error) {
+        throw asCipherError(error);
+      }
+    },
+    openDatagram(nonce, sealed, aadBytes, out, outOffset) {
+      try {
+        return addon.openDatagram(handle, nonce, sealed, aadBytes, out, outOffset);
+      } catch (error) {
+        throw asCipherError(error);
+      }
     },
     dispose() {
       addon.dispose(handle);
@@ -193,8 +388,90 @@ function checkAddon(addon: NativeAead): string | undefined {
     ) {
       return `${name}: node:crypto did not open what the addon sealed`;
     }
+    const differs = checkDatagramCalls(addon, name, key, nonce, Buffer.concat([aad, plain]), aad.length);
+    if (differs !== undefined) {
+      return `${name}: ${differs}`;
+    }
+  }
+  // SHA-256, whole and cut, at an offset, of an empty input and of one a block long.
+  for (const input of [Buffer.alloc(0), Buffer.alloc(64, 0x61), Buffer.alloc(1440, 0x3c)]) {
+    const reference = createHash('sha256').update(input).digest();
+    for (const [offset, length] of [
+      [0, 32],
+      [16, 16],
+      [5, 1],
+    ] as const) {
+      const out = Buffer.alloc(offset + length + 3, 0xee);
+      addon.digest(input, out, offset, length);
+      const expected = Buffer.concat([
+        Buffer.alloc(offset, 0xee),
+        reference.subarray(0, length),
+        Buffer.alloc(3, 0xee),
+      ]);
+      if (!out.equals(expected)) {
+        return `the addon's SHA-256 of ${input.length} bytes differs from node:crypto's`;
+      }
+    }
   }
   return undefined;
+}
+
+/**
+ * sealDatagram and openDatagram of the addon against node:crypto's: the same sealed datagram and
+ * hash, apart and in place; opened apart and in place; a flipped tag bit refused with zeros left.
+ */
+function checkDatagramCalls(
+  addon: NativeAead,
+  name: AeadName,
+  key: Buffer,
+  nonce: Buffer,
+  datagram: Buffer,
+  aadBytes: number,
+): string | undefined {
+  const reference = nodeContext(name, key, true);
+  const sealer = nativeContext(addon, name, key, true);
+  const opener = nativeContext(addon, name, key, false);
+  try {
+    const expected = Buffer.alloc(datagram.length + tagBytes);
+    const expectedHash = Buffer.alloc(20);
+    datagram.copy(expected, 0, 0, aadBytes);
+    reference.sealDatagram(nonce, datagram, expected, aadBytes, expectedHash, 4, 16);
+    const apart = Buffer.alloc(datagram.length + tagBytes);
+    const hash = Buffer.alloc(20);
+    datagram.copy(apart, 0, 0, aadBytes);
+    sealer.sealDatagram(nonce, datagram, apart, aadBytes, hash, 4, 16);
+    const inPlace = Buffer.alloc(datagram.length + tagBytes);
+    datagram.copy(inPlace);
+    sealer.sealDatagram(nonce, inPlace.subarray(0, datagram.length), inPlace, aadBytes);
+    if (!apart.equals(expected) || !inPlace.equals(expected) || !hash.equals(expectedHash)) {
+      return 'the addon sealed another datagram or hash than node:crypto';
+    }
+    if (!expectedHash.subarray(4).equals(createHash('sha256').update(expected).digest().subarray(0, 16))) {
+      return "node:crypto's datagram hash is not the SHA-256 of the sealed datagram";
+    }
+    const opened = Buffer.alloc(datagram.length - aadBytes);
+    if (
+      !opener.openDatagram(nonce, expected, aadBytes, opened, 0) ||
+      !opened.equals(datagram.subarray(aadBytes))
+    ) {
+      return 'the addon did not open the datagram node:crypto sealed';
+    }
+    if (
+      !opener.openDatagram(nonce, inPlace, aadBytes, inPlace, aadBytes) ||
+      !inPlace.subarray(aadBytes, datagram.length).equals(datagram.subarray(aadBytes))
+    ) {
+      return 'the addon did not open the datagram in place';
+    }
+    const forged = Buffer.from(expected);
+    forged[forged.length - 1] = (forged[forged.length - 1] ?? 0) ^ 1;
+    if (opener.openDatagram(nonce, forged, aadBytes, opened, 0) || opened.some((byte) => byte !== 0)) {
+      return 'the addon opened a datagram with a flipped tag bit';
+    }
+    return undefined;
+  } finally {
+    sealer.dispose();
+    opener.dispose();
+  }
 }
 
 let engine: { info: AeadEngineInfo; addon: NativeAead | undefined } | undefined;
@@ -239,9 +516,9 @@ function loadAddon(): { info: AeadEngineInfo; addon: NativeAead | undefined } {
   }
   try {
     const addon = createRequire(import.meta.url)(nativeAddonPath) as Partial<NativeAead>;
-    const missing = (['create', 'seal', 'open', 'dispose'] as const).filter(
-      (name) => typeof addon[name] !== 'function',
-    );
+    const missing = (
+      ['create', 'seal', 'open', 'dispose', 'digest', 'sealDatagram', 'openDatagram'] as const
+    ).filter((name) => typeof addon[name] !== 'function');
     if (missing.length > 0 || typeof addon.openssl !== 'string') {
       return {
         info: {
@@ -305,6 +582,33 @@ export function createAeadContext(name: AeadName, key: Buffer, encrypt: boolean)
   }
   const { addon } = loadEngine();
   return addon === undefined ? nodeContext(name, key, encrypt) : nativeContext(addon, name, key, encrypt);
+}
+
+/** The bytes of one SHA-256. */
+export const sha256Bytes = 32;
+
+/**
+ * Writes the first `length` (1-32) bytes of the SHA-256 of `input` into `out` at `offset` (a
+ * manifest's packet hash), through the addon when it is the engine (no Hash object, no buffer
+ * made), else node:crypto. `out` may be `input` itself. A range outside `out` is a CipherError.
+ */
+export function sha256Into(input: Buffer, out: Buffer, offset: number, length: number): void {
+  if (
+    !Number.isInteger(offset) ||
+    !Number.isInteger(length) ||
+    length < 1 ||
+    length > sha256Bytes ||
+    offset < 0 ||
+    offset + length > out.length
+  ) {
+    throw new CipherError(`SHA-256: ${length} bytes at ${offset} do not fit an output of ${out.length}`);
+  }
+  const { addon } = loadEngine();
+  if (addon === undefined) {
+    createHash('sha256').update(input).digest().copy(out, offset, 0, length);
+  } else {
+    addon.digest(input, out, offset, length);
+  }
 }
 
 /** The node:crypto engine alone, whatever the process uses (tests, the benchmark's reference). */

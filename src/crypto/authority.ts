@@ -28,7 +28,7 @@ import {
   encodeControlSignatureUnsigned,
   encodeGrantUnsigned,
   encodeKeyUnsigned,
-  encodeManifestUnsigned,
+  encodeManifestBlockUnsigned,
   encodeSessionOfferUnsigned,
   type GrantBody,
   type KeyBody,
@@ -38,6 +38,7 @@ import {
   type SessionOfferBody,
   signatureBytes,
 } from '../protocol/restricted.js';
+import { sha256Into } from './aead-engine.js';
 import { CipherError } from './errors.js';
 
 /** RFC 3394 default initial value. */
@@ -231,15 +232,19 @@ export const sha256: (data: Buffer) => Buffer = (() => {
 
 /** The manifest hash of a datagram as it travels: the first 16 bytes of its SHA-256. */
 export function manifestHash(datagram: Buffer): Buffer {
-  return sha256(datagram).subarray(0, manifestHashBytes);
+  const hash = Buffer.allocUnsafe(manifestHashBytes);
+  sha256Into(datagram, hash, 0, manifestHashBytes);
+  return hash;
 }
 
 /**
  * Collects the hashes of consecutive DATA datagrams at the source and signs one manifest per
- * `packetsPerManifest` of them (32-64), so receivers verify every packet for one signature.
+ * `packetsPerManifest` of them (32-64), so receivers verify every packet for one signature. The
+ * hashes are written straight into one block (sha256Into): a packet costs its SHA-256, no buffer.
  */
 export class ManifestBuilder {
-  readonly #hashes: Buffer[] = [];
+  readonly #block: Buffer;
+  #count = 0;
   #firstSequence = 0;
   #fields: Omit<HeaderFields, 'sequence' | 'timestampUs'>;
 
@@ -248,33 +253,57 @@ export class ManifestBuilder {
     private readonly sourcePrivateKey: KeyObject,
     private readonly packetsPerManifest = 32,
   ) {
-    if (packetsPerManifest < 1 || packetsPerManifest > manifestPacketsMax) {
+    if (
+      !Number.isInteger(packetsPerManifest) ||
+      packetsPerManifest < 1 ||
+      packetsPerManifest > manifestPacketsMax
+    ) {
       throw new CipherError(`a manifest covers 1-${manifestPacketsMax} packets`);
     }
     this.#fields = fields;
+    this.#block = Buffer.alloc(packetsPerManifest * manifestHashBytes);
   }
 
   /** Adds a sent DATA datagram; returns a signed manifest when one is full, else undefined. */
   add(datagram: Buffer, sequence: number, timestampUs: number): Buffer | undefined {
-    if (this.#hashes.length === 0) {
+    sha256Into(datagram, this.#block, this.hashOffset, manifestHashBytes);
+    return this.addHashed(sequence, timestampUs);
+  }
+
+  /** The block the next packet's hash goes into, at hashOffset (a sealer writes it there: addHashed). */
+  get hashBlock(): Buffer {
+    return this.#block;
+  }
+
+  /** Where in hashBlock the next packet's hash goes (manifestHashBytes of it). */
+  get hashOffset(): number {
+    return this.#count * manifestHashBytes;
+  }
+
+  /**
+   * Adds a sent DATA datagram whose hash is already at hashOffset of hashBlock (written as it was
+   * sealed); returns a signed manifest when one is full, else undefined.
+   */
+  addHashed(sequence: number, timestampUs: number): Buffer | undefined {
+    if (this.#count === 0) {
       this.#firstSequence = sequence;
-    } else if ((this.#firstSequence + this.#hashes.length) >>> 0 !== sequence >>> 0) {
+    } else if ((this.#firstSequence + this.#count) >>> 0 !== sequence >>> 0) {
       throw new CipherError('manifest packets must be consecutive');
     }
-    this.#hashes.push(manifestHash(datagram));
-    return this.#hashes.length >= this.packetsPerManifest ? this.flush(timestampUs) : undefined;
+    this.#count++;
+    return this.#count >= this.packetsPerManifest ? this.flush(timestampUs) : undefined;
   }
 
   /** Signs what is collected (at END, or before a pause); undefined when nothing is. */
   flush(timestampUs: number): Buffer | undefined {
-    if (this.#hashes.length === 0) {
+    if (this.#count === 0) {
       return undefined;
     }
-    const unsigned = encodeManifestUnsigned(
+    const unsigned = encodeManifestBlockUnsigned(
       { ...this.#fields, sequence: this.#firstSequence, timestampUs },
-      this.#hashes,
+      this.#block.subarray(0, this.#count * manifestHashBytes),
     );
-    this.#hashes.length = 0;
+    this.#count = 0;
     return signInPlace(unsigned, this.sourcePrivateKey);
   }
 }

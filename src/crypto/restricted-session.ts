@@ -13,8 +13,8 @@ import {
   restrictedKeyRecheckMs,
   restrictedPendingKeysMax,
 } from '../limits.js';
-import { headerBytes, offsetKeyEpoch, offsetType, PacketType } from '../protocol/packet.js';
-import { decodeKey, type KeyMessage, OfferFlag } from '../protocol/restricted.js';
+import { headerBytes, offsetKeyEpoch, offsetSequence, offsetType, PacketType } from '../protocol/packet.js';
+import { decodeKey, type KeyMessage, manifestHashBytes, OfferFlag } from '../protocol/restricted.js';
 import {
   buildControlSignature,
   buildKeyMessage,
@@ -122,7 +122,23 @@ class ManifestSender {
 
   /** The DATA packet as it goes out, followed by the manifest it completes, if it completes one. */
   afterData(packet: Buffer, wallUs: number): Buffer[] {
-    const manifest = this.#builder?.add(packet, packet.readUInt32BE(12), wallUs);
+    return this.#after(packet, this.#builder?.add(packet, packet.readUInt32BE(offsetSequence), wallUs));
+  }
+
+  /**
+   * afterData for a DATA packet sealed with its hash written at the builder's hashOffset of its
+   * hashBlock (sealDatagram hashes while sealing).
+   */
+  afterSealed(packet: Buffer, wallUs: number): Buffer[] {
+    return this.#after(packet, this.#builder?.addHashed(packet.readUInt32BE(offsetSequence), wallUs));
+  }
+
+  /** Where a sealer writes the next packet's hash, or undefined when this run has no manifests. */
+  get builder(): ManifestBuilder | undefined {
+    return this.#builder;
+  }
+
+  #after(packet: Buffer, manifest: Buffer | undefined): Buffer[] {
     if (manifest === undefined) {
       return [packet];
     }
@@ -256,7 +272,13 @@ export function createSenderProtection(
       const keyEpoch = currentEpoch(nowMs);
       keyFor(keyEpoch);
       plain.writeUInt16BE(keyEpoch, offsetKeyEpoch);
-      return manifests.afterData(sealer.seal(plain, into), wallUs);
+      const builder = manifests.builder;
+      if (builder === undefined) {
+        return [sealer.seal(plain, into)];
+      }
+      // The manifest's hash of the sealed datagram is taken in the same engine call that seals it.
+      const sealed = sealer.seal(plain, into, builder.hashBlock, builder.hashOffset, manifestHashBytes);
+      return manifests.afterSealed(sealed, wallUs);
     },
     control(header, nowMs, wallUs) {
       const keyEpoch = currentEpoch(nowMs);

@@ -26,9 +26,10 @@ import {
   offsetType,
   PacketType,
 } from '../protocol/packet.js';
-import { decodeKey, decodeSignature, SignatureKind } from '../protocol/restricted.js';
+import { decodeKey, decodeSignature, manifestHashBytes, SignatureKind } from '../protocol/restricted.js';
 import { sequenceAdd } from '../protocol/serial.js';
-import { manifestHash, sha256 as sha256Of, verifySignature } from './authority.js';
+import { sha256Into } from './aead-engine.js';
+import { sha256 as sha256Of, verifySignature } from './authority.js';
 
 /** Counters of a gate: what it let through and what it refused. */
 export interface SignedSessionStats {
@@ -124,9 +125,13 @@ function ofRun<T extends { sessionId: number; incarnation: number }>(
   return undefined;
 }
 
+/** Where hashMatches writes a datagram's hash (one check at a time: it is used and done at once). */
+const hashScratch = Buffer.alloc(manifestHashBytes);
+
 /** True when the first manifestHashBytes of the datagram's SHA-256 are `expected`. */
 function hashMatches(datagram: Buffer, expected: Buffer): boolean {
-  return manifestHash(datagram).equals(expected);
+  sha256Into(datagram, hashScratch, 0, manifestHashBytes);
+  return hashScratch.equals(expected);
 }
 
 /** Builds a gate that authenticates against one source key. */

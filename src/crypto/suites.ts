@@ -230,8 +230,10 @@ export class PacketSealer {
    * sealed datagram: the same header with the body length grown by the tag, then ciphertext and
    * tag. It is written into `into` when given (at least the plain length plus the tag, not
    * overlapping `plain`; the source passes a slot of its send ring), else into a new buffer.
+   * With `hashOut`, the first `hashLength` bytes of the sealed datagram's SHA-256 are written
+   * there at `hashOffset` in the same call (a manifest's hash: ManifestBuilder.hashSlot).
    */
-  seal(plain: Buffer, into?: Buffer): Buffer {
+  seal(plain: Buffer, into?: Buffer, hashOut?: Buffer, hashOffset?: number, hashLength?: number): Buffer {
     if (plain.length < headerBytes || plain[offsetType] !== PacketType.data) {
       throw new CipherError('only DATA datagrams are sealed');
     }
@@ -256,29 +258,20 @@ export class PacketSealer {
     if (entry.count >= 0x7fff_ffff) {
       throw new CipherError(`key epoch ${keyEpoch} has sealed 2^31 - 1 packets; start a new epoch`);
     }
+    const sealedLength = plain.length + aeadTagBytes;
+    if (into !== undefined && into.length < sealedLength) {
+      throw new CipherError(`a sealed datagram of ${sealedLength} bytes does not fit ${into.length}`);
+    }
+    const out = into ?? Buffer.allocUnsafe(sealedLength);
+    // The sealed header (the associated data) goes first; the engine seals the body behind it.
+    plain.copy(out, 0, 0, headerBytes);
+    out.writeUInt16BE(plain.length - headerBytes + aeadTagBytes, offsetBodyLength);
+    writePacketNonce(this.#nonce, this.#incarnation, keyEpoch, sequence);
+    entry.key.sealDatagram(this.#nonce, plain, out, headerBytes, hashOut, hashOffset, hashLength);
+    // Counted once the packet is sealed: a refused call (a bad hash range) used no nonce.
     entry.lastSequence = sequence;
     entry.count += 1;
-    const payloadLength = plain.length - headerBytes;
-    if (into !== undefined && into.length < plain.length + aeadTagBytes) {
-      throw new CipherError(
-        `a sealed datagram of ${plain.length + aeadTagBytes} bytes does not fit ${into.length}`,
-      );
-    }
-    const out =
-      into === undefined
-        ? Buffer.allocUnsafe(plain.length + aeadTagBytes)
-        : into.subarray(0, plain.length + aeadTagBytes);
-    plain.copy(out, 0, 0, headerBytes);
-    out.writeUInt16BE(payloadLength + aeadTagBytes, offsetBodyLength);
-    writePacketNonce(this.#nonce, this.#incarnation, keyEpoch, sequence);
-    entry.key.seal(
-      this.#nonce,
-      out.subarray(0, headerBytes),
-      plain.subarray(headerBytes),
-      out.subarray(headerBytes, plain.length),
-      out.subarray(plain.length),
-    );
-    return out;
+    return out.length === sealedLength ? out : out.subarray(0, sealedLength);
   }
 }
 
@@ -339,22 +332,15 @@ export class PacketOpener {
     const sequence = sealed.readUInt32BE(offsetSequence);
     writePacketNonce(this.#nonce, incarnation, keyEpoch, sequence);
     const bodyEnd = sealed.length - aeadTagBytes;
-    const out = inPlace ? sealed.subarray(0, bodyEnd) : Buffer.allocUnsafe(bodyEnd);
-    const opened = key.open(
-      this.#nonce,
-      sealed.subarray(0, headerBytes),
-      sealed.subarray(headerBytes, bodyEnd),
-      sealed.subarray(bodyEnd),
-      out.subarray(headerBytes),
-    );
-    if (!opened) {
-      out.fill(0, inPlace ? headerBytes : 0);
+    const out = inPlace ? sealed : Buffer.allocUnsafe(bodyEnd);
+    if (!key.openDatagram(this.#nonce, sealed, headerBytes, out, headerBytes)) {
+      out.fill(0, inPlace ? headerBytes : 0, bodyEnd);
       return 'bad-tag';
     }
     if (!inPlace) {
       sealed.copy(out, 0, 0, headerBytes);
     }
-    out.writeUInt16BE(sealed.length - aeadTagBytes - headerBytes, offsetBodyLength);
-    return out;
+    out.writeUInt16BE(bodyEnd - headerBytes, offsetBodyLength);
+    return inPlace ? sealed.subarray(0, bodyEnd) : out;
   }
 }

@@ -169,18 +169,34 @@ export function encodeManifestUnsigned(fields: HeaderFields, hashes: readonly Bu
   if (hashes.length < 1 || hashes.length > manifestPacketsMax) {
     throw new ProtocolEncodeError(`a manifest covers 1-${manifestPacketsMax} packets`);
   }
-  const bodyLength = 4 + hashes.length * manifestHashBytes + signatureBytes;
-  const out = Buffer.alloc(headerBytes + bodyLength);
-  writeHeader(out, PacketType.signature, fields, bodyLength);
-  out[headerBytes] = SignatureKind.manifest;
-  out[headerBytes + 1] = hashes.length;
-  out[headerBytes + 2] = manifestHashBytes;
+  const block = Buffer.alloc(hashes.length * manifestHashBytes);
   hashes.forEach((hash, index) => {
     if (hash.length < manifestHashBytes) {
       throw new ProtocolEncodeError('manifest hash shorter than 16 bytes');
     }
-    hash.copy(out, headerBytes + 4 + index * manifestHashBytes, 0, manifestHashBytes);
+    hash.copy(block, index * manifestHashBytes, 0, manifestHashBytes);
   });
+  return encodeManifestBlockUnsigned(fields, block);
+}
+
+/**
+ * encodeManifestUnsigned with the hashes given as one block: `block` holds them end to end,
+ * manifestHashBytes each (what a source collects them into, one packet at a time).
+ */
+export function encodeManifestBlockUnsigned(fields: HeaderFields, block: Buffer): Buffer {
+  const count = block.length / manifestHashBytes;
+  if (!Number.isInteger(count) || count < 1 || count > manifestPacketsMax) {
+    throw new ProtocolEncodeError(
+      `a manifest covers 1-${manifestPacketsMax} packets of ${manifestHashBytes}-byte hashes, not ${block.length} bytes`,
+    );
+  }
+  const bodyLength = 4 + block.length + signatureBytes;
+  const out = Buffer.alloc(headerBytes + bodyLength);
+  writeHeader(out, PacketType.signature, fields, bodyLength);
+  out[headerBytes] = SignatureKind.manifest;
+  out[headerBytes + 1] = count;
+  out[headerBytes + 2] = manifestHashBytes;
+  block.copy(out, headerBytes + 4);
   return out;
 }
 

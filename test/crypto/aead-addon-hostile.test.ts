@@ -4,7 +4,7 @@
  * throws a typed error or computes node:crypto's bytes (docs/security.md, "The packet engine").
  */
 import assert from 'node:assert/strict';
-import { createCipheriv } from 'node:crypto';
+import { createCipheriv, createHash } from 'node:crypto';
 import { createRequire } from 'node:module';
 import { describe, it, type TestContext } from 'node:test';
 import { Worker } from 'node:worker_threads';
@@ -15,6 +15,9 @@ interface Addon {
   seal(...args: unknown[]): undefined;
   open(...args: unknown[]): boolean;
   dispose(...args: unknown[]): undefined;
+  digest(...args: unknown[]): undefined;
+  sealDatagram(...args: unknown[]): undefined;
+  openDatagram(...args: unknown[]): boolean;
 }
 
 /** The addon, or undefined (the test skips, saying why; fails under GATECAST_REQUIRE_PACKAGES=1). */
@@ -313,5 +316,209 @@ parentPort.once('message', (handle) => {
       await worker.terminate();
       addon.dispose(sealer);
     }
+  });
+
+  it('digest writes SHA-256 only inside its output, refusing every range, count and type that does not fit', async (t) => {
+    const addon = addonOrSkip(t);
+    if (addon === undefined) {
+      return;
+    }
+    const input = Buffer.alloc(1440, 0x3c);
+    const full = createHash('sha256').update(input).digest();
+    const out = Buffer.alloc(40, 0xee);
+    addon.digest(input, out, 8, 32); // the last 32 bytes exactly
+    assert.deepEqual(out, Buffer.concat([Buffer.alloc(8, 0xee), full]));
+    const untouched = Buffer.alloc(40, 0xee);
+    for (const [offset, length, message] of [
+      [9, 32, /1-32 bytes, within the output/], // one byte past the end
+      [40, 1, /1-32 bytes, within the output/],
+      [0, 33, /1-32 bytes, within the output/],
+      [0, 0, /1-32 bytes, within the output/],
+      [-1, 16, /offset must be a non-negative integer/],
+      [0.5, 16, /offset must be a non-negative integer/],
+      [2 ** 32, 16, /offset must be a non-negative integer/],
+      [Number.NaN, 16, /offset must be a non-negative integer/],
+      [Number.POSITIVE_INFINITY, 16, /offset must be a non-negative integer/],
+      ['0', 16, /offset must be a non-negative integer/],
+      [0, -16, /length must be a non-negative integer/],
+      [0, 16.5, /length must be a non-negative integer/],
+      [0, 2 ** 53, /length must be a non-negative integer/],
+      [0, 10n, /length must be a non-negative integer/],
+    ] as const) {
+      const target = Buffer.alloc(40, 0xee);
+      refused(() => addon.digest(input, target, offset, length), message);
+      assert.deepEqual(target, untouched, `digest(${String(offset)}, ${String(length)}) wrote`);
+    }
+    refused(() => addon.digest(input, out, 0), /four arguments/);
+    refused(() => addon.digest(input, out, 0, 16, 0), /four arguments/);
+    refused(() => addon.digest('text', out, 0, 16), /input must be a Buffer/);
+    refused(() => addon.digest(input, [0, 0], 0, 16), /output must be a Buffer/);
+    // In place: the hash of the input is taken before any of it is written over.
+    const inPlace = Buffer.from(input);
+    addon.digest(inPlace, inPlace, 0, 32);
+    assert.deepEqual(inPlace.subarray(0, 32), full);
+    // Detached and empty inputs hash as empty; a detached output has no room.
+    const empty = createHash('sha256').update(Buffer.alloc(0)).digest();
+    const view = new Uint8Array(64);
+    structuredClone(view.buffer, { transfer: [view.buffer] });
+    addon.digest(view, out, 0, 32);
+    assert.deepEqual(out.subarray(0, 32), empty);
+    refused(() => addon.digest(input, view, 0, 1), /1-32 bytes, within the output/);
+    // Each worker thread loads the addon with its own digest state and gets the same bytes.
+    const source = `
+const { parentPort, workerData } = require('node:worker_threads');
+const addon = require(workerData.path);
+const out = Buffer.alloc(32);
+for (let round = 0; round < 1000; round++) addon.digest(Buffer.alloc(1440, 0x3c), out, 0, 32);
+parentPort.postMessage(out.toString('hex'));`;
+    const answers = await Promise.all(
+      [1, 2].map(async () => {
+        const worker = new Worker(source, { eval: true, workerData: { path: nativeAddonPath } });
+        try {
+          return await new Promise<string>((resolve, reject) => {
+            worker.once('message', resolve);
+            worker.once('error', reject);
+          });
+        } finally {
+          await worker.terminate();
+        }
+      }),
+    );
+    assert.deepEqual(answers, [full.toString('hex'), full.toString('hex')]);
+  });
+
+  it('sealDatagram and openDatagram refuse every range, overlap and type that does not fit, writing nothing', (t) => {
+    const addon = addonOrSkip(t);
+    if (addon === undefined) {
+      return;
+    }
+    const sealer = addon.create('aes-256-gcm', key, true);
+    const opener = addon.create('aes-256-gcm', key, false);
+    const datagram = Buffer.concat([aad, Buffer.alloc(100, 3)]);
+    const expected = reference(datagram.subarray(24));
+    const good = Buffer.concat([aad, expected.sealed, expected.tag]);
+    const hash = createHash('sha256').update(good).digest();
+    // The right call: the header copied first, the body and tag sealed behind it, the hash taken.
+    const out = Buffer.alloc(good.length + 4, 0xee);
+    aad.copy(out);
+    const hashOut = Buffer.alloc(20, 0xee);
+    addon.sealDatagram(sealer, nonce, datagram, out, 24, hashOut, 2, 16);
+    assert.deepEqual(out.subarray(0, good.length), good);
+    assert.deepEqual(out.subarray(good.length), Buffer.alloc(4, 0xee));
+    assert.deepEqual(
+      hashOut,
+      Buffer.concat([Buffer.alloc(2, 0xee), hash.subarray(0, 16), Buffer.alloc(2, 0xee)]),
+    );
+    const seals: Array<[unknown[], RegExp]> = [
+      [
+        [sealer, nonce, datagram, Buffer.alloc(good.length - 1), 24, null, 0, 0],
+        /output hold it and the tag/,
+      ],
+      [[sealer, nonce, datagram, Buffer.alloc(good.length), 125, null, 0, 0], /associated data must fit/],
+      [
+        [sealer, nonce, datagram, Buffer.alloc(good.length), -1, null, 0, 0],
+        /associated data length must be/,
+      ],
+      [
+        [sealer, nonce, datagram, Buffer.alloc(good.length), '24', null, 0, 0],
+        /associated data length must be/,
+      ],
+      [[sealer, nonce.subarray(1), datagram, Buffer.alloc(good.length), 24, null, 0, 0], /nonce must be 12/],
+      [[sealer, nonce, datagram, Buffer.alloc(good.length), 24, Buffer.alloc(16), 1, 16], /within hashOut/],
+      [[sealer, nonce, datagram, Buffer.alloc(good.length), 24, Buffer.alloc(64), 0, 33], /1-32 bytes/],
+      [[sealer, nonce, datagram, Buffer.alloc(good.length), 24, Buffer.alloc(64), 0, 0], /1-32 bytes/],
+      [
+        [sealer, nonce, datagram, Buffer.alloc(good.length), 24, Buffer.alloc(64), undefined, 16],
+        /hash offset/,
+      ],
+      [[sealer, nonce, datagram, Buffer.alloc(good.length), 24, 'hash', 0, 16], /hashOut must be a Buffer/],
+      [[opener, nonce, datagram, Buffer.alloc(good.length), 24, null, 0, 0], /made to open cannot seal/],
+      [[sealer, nonce, datagram, Buffer.alloc(good.length), 24, null, 0], /eight arguments/],
+    ];
+    for (const [args, message] of seals) {
+      refused(() => addon.sealDatagram(...args), message);
+      const target = args[3] as Buffer;
+      assert.ok(
+        target.every((byte) => byte === 0),
+        `${message}: the output was written`,
+      );
+    }
+    // Overlaps: the output shifted by a byte from the plaintext, the hash inside the sealed datagram.
+    const shared = Buffer.alloc(good.length * 2);
+    datagram.copy(shared);
+    refused(
+      () =>
+        addon.sealDatagram(
+          sealer,
+          nonce,
+          shared.subarray(0, datagram.length),
+          shared.subarray(1),
+          24,
+          null,
+          0,
+          0,
+        ),
+      /partly overlaps the plaintext/,
+    );
+    const whole = Buffer.alloc(good.length + 32);
+    aad.copy(whole);
+    for (const at of [0, 10, good.length - 16, good.length - 1]) {
+      refused(
+        () => addon.sealDatagram(sealer, nonce, datagram, whole.subarray(0, good.length), 24, whole, at, 16),
+        /written over the sealed datagram/,
+      );
+    }
+    // In place, the output the plaintext itself, is the same datagram.
+    const inPlace = Buffer.alloc(good.length);
+    datagram.copy(inPlace);
+    addon.sealDatagram(sealer, nonce, inPlace.subarray(0, datagram.length), inPlace, 24, null, 0, 0);
+    assert.deepEqual(inPlace, good);
+
+    const opened = Buffer.alloc(100, 0xee);
+    assert.equal(addon.openDatagram(opener, nonce, good, 24, opened, 0), true);
+    assert.deepEqual(opened, datagram.subarray(24));
+    const opens: Array<[unknown[], RegExp]> = [
+      [
+        [opener, nonce, good.subarray(0, 15), 0, Buffer.alloc(100), 0],
+        /shorter than its associated data and tag/,
+      ],
+      [
+        [opener, nonce, good, good.length - 15, Buffer.alloc(100), 0],
+        /shorter than its associated data and tag/,
+      ],
+      [[opener, nonce, good, 24, Buffer.alloc(99), 0], /does not fit the output/],
+      [[opener, nonce, good, 24, Buffer.alloc(100), 1], /does not fit the output/],
+      [[opener, nonce, good, 24, Buffer.alloc(100), -1], /output offset must be/],
+      [[opener, Buffer.alloc(16), good, 24, Buffer.alloc(100), 0], /nonce must be 12/],
+      [[sealer, nonce, good, 24, Buffer.alloc(100), 0], /made to seal cannot open/],
+      [[opener, nonce, good, 24, Buffer.alloc(100)], /six arguments/],
+    ];
+    for (const [args, message] of opens) {
+      refused(() => addon.openDatagram(...args), message);
+      assert.ok(
+        (args[4] as Buffer).every((byte) => byte === 0),
+        `${message}: the output was written`,
+      );
+    }
+    // Written over the header or the tag instead of in place: refused, the datagram untouched.
+    for (const offset of [0, 1, 23, 25, 40]) {
+      const copy = Buffer.from(good);
+      refused(
+        () => addon.openDatagram(opener, nonce, copy, 24, copy, offset),
+        /partly overlaps the sealed datagram/,
+      );
+      assert.deepEqual(copy, good);
+    }
+    // In place: the plaintext over the ciphertext; a flipped tag bit leaves zeros there.
+    const own = Buffer.from(good);
+    assert.equal(addon.openDatagram(opener, nonce, own, 24, own, 24), true);
+    assert.deepEqual(own.subarray(0, datagram.length), datagram);
+    const forged = Buffer.from(good);
+    forged[forged.length - 1] = (forged[forged.length - 1] ?? 0) ^ 1;
+    assert.equal(addon.openDatagram(opener, nonce, forged, 24, forged, 24), false);
+    assert.ok(forged.subarray(24, datagram.length).every((byte) => byte === 0));
+    assert.deepEqual(forged.subarray(0, 24), aad);
+    addon.dispose(sealer);
+    addon.dispose(opener);
   });
 });

@@ -9,6 +9,7 @@
  */
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { describe, it } from 'node:test';
 import {
@@ -17,6 +18,7 @@ import {
   createAeadContext,
   createNodeCryptoAeadContext,
   nativeAddonPath,
+  sha256Into,
 } from '../../src/crypto/aead-engine.js';
 import { CipherError } from '../../src/crypto/errors.js';
 import { PacketOpener, PacketSealer, suites } from '../../src/crypto/suites.js';
@@ -363,5 +365,195 @@ process.stdout.write(JSON.stringify(aeadEngine()));`;
     );
     small.writeUInt16BE(1, offsetKeyEpoch);
     assert.throws(() => second.seal(small, Buffer.alloc(small.length + 15)), /does not fit/);
+  });
+
+  it('hashes with SHA-256 into a given place: the bytes node:crypto gives, every length, cut and offset', () => {
+    const random = createRandom(12);
+    for (const length of [0, 1, 55, 56, 63, 64, 65, 1400, 1440, 9000]) {
+      const input = random.bytes(length);
+      const full = createHash('sha256').update(input).digest();
+      for (const [offset, bytes] of [
+        [0, 32],
+        [0, 16],
+        [48, 16],
+        [7, 1],
+      ] as const) {
+        const out = Buffer.alloc(64, 0xee);
+        sha256Into(input, out, offset, bytes);
+        const expected = Buffer.alloc(64, 0xee);
+        full.copy(expected, offset, 0, bytes);
+        assert.deepEqual(out, expected, `${length} bytes, ${bytes} at ${offset}`);
+      }
+    }
+    const inPlace = Buffer.alloc(1440, 5);
+    const full = createHash('sha256').update(inPlace).digest();
+    sha256Into(inPlace, inPlace, 0, 32);
+    assert.deepEqual(inPlace.subarray(0, 32), full);
+    for (const [offset, bytes] of [
+      [49, 16],
+      [0, 33],
+      [0, 0],
+      [-1, 16],
+      [1.5, 16],
+    ] as const) {
+      const out = Buffer.alloc(64, 0xee);
+      assert.throws(() => sha256Into(inPlace, out, offset, bytes), CipherError);
+      assert.ok(out.every((byte) => byte === 0xee));
+    }
+  });
+
+  it('hashes the same bytes with GATECAST_AEAD_ENGINE=node:crypto', () => {
+    const script = `import { sha256Into } from ${JSON.stringify(new URL('../../src/crypto/aead-engine.ts', import.meta.url).href)};
+const out = Buffer.alloc(40, 0xee);
+sha256Into(Buffer.alloc(1440, 0x3c), out, 8, 32);
+process.stdout.write(out.toString('hex'));`;
+    const out = execFileSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], {
+      env: { ...process.env, GATECAST_AEAD_ENGINE: 'node:crypto' },
+      encoding: 'utf8',
+    });
+    const full = createHash('sha256').update(Buffer.alloc(1440, 0x3c)).digest();
+    assert.equal(out, Buffer.concat([Buffer.alloc(8, 0xee), full]).toString('hex'));
+  });
+
+  it('seals and opens whole datagrams alike in both engines, hash included, and refuses the same misuse', (t) => {
+    const missing = addonMissing();
+    if (missing !== undefined) {
+      t.skip(missing);
+      return;
+    }
+    const random = createRandom(21);
+    for (const name of names) {
+      const key = random.bytes(keyBytes(name));
+      const engines = [
+        {
+          label: 'addon',
+          seal: createAeadContext(name, key, true),
+          open: createAeadContext(name, key, false),
+        },
+        {
+          label: 'node:crypto',
+          seal: createNodeCryptoAeadContext(name, key, true),
+          open: createNodeCryptoAeadContext(name, key, false),
+        },
+      ];
+      for (const [aadBytes, bodyBytes] of [
+        [32, 1400],
+        [32, 0],
+        [0, 17],
+        [5, 1],
+      ] as const) {
+        const nonce = random.bytes(12);
+        const datagram = random.bytes(aadBytes + bodyBytes);
+        const results = engines.map(({ seal, open }) => {
+          const out = Buffer.alloc(datagram.length + 16);
+          datagram.copy(out, 0, 0, aadBytes);
+          const hash = Buffer.alloc(16);
+          seal.sealDatagram(nonce, datagram, out, aadBytes, hash, 0, 16);
+          const inPlace = Buffer.from(out);
+          assert.equal(open.openDatagram(nonce, inPlace, aadBytes, inPlace, aadBytes), true);
+          assert.deepEqual(inPlace.subarray(0, datagram.length), datagram);
+          return { out, hash };
+        });
+        const [addon, node] = results;
+        assert.deepEqual(addon?.out, node?.out, `${name}: ${aadBytes}+${bodyBytes}`);
+        assert.deepEqual(addon?.hash, node?.hash);
+        assert.deepEqual(
+          addon?.hash,
+          createHash('sha256')
+            .update(node?.out ?? Buffer.alloc(0))
+            .digest()
+            .subarray(0, 16),
+        );
+      }
+      // The same misuse is a CipherError from either engine, with the output untouched.
+      const datagram = random.bytes(100);
+      for (const { label, seal, open } of engines) {
+        const cases: Array<[string, () => unknown, Buffer]> = [];
+        const short = Buffer.alloc(115);
+        cases.push([
+          'output too short',
+          () => seal.sealDatagram(Buffer.alloc(12), datagram, short, 20),
+          short,
+        ]);
+        const big = Buffer.alloc(116);
+        cases.push([
+          'aad past the datagram',
+          () => seal.sealDatagram(Buffer.alloc(12), datagram, big, 101),
+          big,
+        ]);
+        const shifted = Buffer.alloc(300);
+        cases.push([
+          'output overlapping the plaintext',
+          () => seal.sealDatagram(Buffer.alloc(12), shifted.subarray(0, 100), shifted.subarray(50), 20),
+          shifted.subarray(100),
+        ]);
+        const hashInside = Buffer.alloc(116);
+        cases.push([
+          'hash inside the sealed datagram',
+          () => seal.sealDatagram(Buffer.alloc(12), datagram, hashInside, 20, hashInside, 50, 16),
+          hashInside,
+        ]);
+        const hashRoom = Buffer.alloc(116);
+        cases.push([
+          'hash past its buffer',
+          () => seal.sealDatagram(Buffer.alloc(12), datagram, hashRoom, 20, Buffer.alloc(10), 0, 16),
+          hashRoom,
+        ]);
+        const sealedDatagram = Buffer.alloc(116, 1);
+        cases.push([
+          'plaintext over the header',
+          () => open.openDatagram(Buffer.alloc(12), sealedDatagram, 20, sealedDatagram, 0),
+          Buffer.alloc(0),
+        ]);
+        const small = Buffer.alloc(79);
+        cases.push([
+          'plaintext past its buffer',
+          () => open.openDatagram(Buffer.alloc(12), sealedDatagram, 20, small, 0),
+          small,
+        ]);
+        for (const [what, call, untouched] of cases) {
+          assert.throws(call, CipherError, `${label}: ${what}`);
+          assert.ok(
+            untouched.every((byte) => byte === 0),
+            `${label}: ${what} wrote`,
+          );
+        }
+        assert.ok(
+          sealedDatagram.every((byte) => byte === 1),
+          `${label}: the refused open wrote`,
+        );
+      }
+    }
+  });
+
+  it('a sealer that hashes as it seals gives the SHA-256 of the datagram it returns', () => {
+    for (const suite of suites) {
+      const key = createRandom(suite.id + 40).bytes(suite.keyBytes);
+      const sealer = new PacketSealer(suite, 79);
+      sealer.setKey(1, key);
+      const hashes = Buffer.alloc(64, 0xee);
+      for (let sequence = 1; sequence <= 3; sequence++) {
+        const plain = encodeData(
+          { sessionId: 7, sequence, timestampUs: 0, incarnation: 79 },
+          Buffer.alloc(1400 - sequence, sequence),
+        );
+        plain.writeUInt16BE(1, offsetKeyEpoch);
+        const sealed = sealer.seal(plain, undefined, hashes, sequence * 16, 16);
+        assert.deepEqual(
+          hashes.subarray(sequence * 16, sequence * 16 + 16),
+          createHash('sha256').update(sealed).digest().subarray(0, 16),
+          suite.name,
+        );
+      }
+      assert.deepEqual(hashes.subarray(0, 16), Buffer.alloc(16, 0xee), 'nothing written outside its slot');
+      // A refused hash range seals nothing and uses no nonce: the same sequence seals afterwards.
+      const plain = encodeData(
+        { sessionId: 7, sequence: 4, timestampUs: 0, incarnation: 79 },
+        Buffer.alloc(10),
+      );
+      plain.writeUInt16BE(1, offsetKeyEpoch);
+      assert.throws(() => sealer.seal(plain, undefined, Buffer.alloc(8), 0, 16), CipherError);
+      assert.ok(Buffer.isBuffer(sealer.seal(plain)));
+    }
   });
 });

@@ -32,6 +32,8 @@ import {
   decodeGrant,
   decodeKey,
   decodeSignature,
+  encodeManifestBlockUnsigned,
+  encodeManifestUnsigned,
   OfferFlag,
   PriceModel,
   SignatureKind,
@@ -201,7 +203,11 @@ describe('manifests, offers, KEY messages and grants', () => {
     datagrams.forEach((datagram, index) => {
       assert.deepEqual(
         decoded.value.kind === SignatureKind.manifest && decoded.value.hashes[index],
+        createHash('sha256').update(datagram).digest().subarray(0, 16),
+      );
+      assert.deepEqual(
         manifestHash(datagram),
+        createHash('sha256').update(datagram).digest().subarray(0, 16),
       );
     });
     assert.ok((manifest.length - headerBytes) / 32 < 19, 'about 17 bytes a packet');
@@ -210,6 +216,58 @@ describe('manifests, offers, KEY messages and grants', () => {
     const forgedDecoded = decodeSignature(forged);
     assert.ok(forgedDecoded.ok);
     assert.ok(!verifySignature(forgedDecoded.value.signed, forgedDecoded.value.signature, source.publicKey));
+  });
+
+  it('a manifest flushed early covers just its packets; the next starts clean at the next sequence', () => {
+    const builder = new ManifestBuilder({ sessionId: 42, incarnation: 7 }, source.privateKey, 64);
+    const first = [1, 2, 3, 4, 5].map((sequence) => data(7, sequence, 0, randomBytes(1400)));
+    first.forEach((datagram, index) => {
+      assert.equal(builder.add(datagram, index + 1, 1), undefined);
+    });
+    const early = builder.flush(2);
+    assert.ok(early !== undefined);
+    assert.equal(builder.flush(3), undefined, 'nothing left to sign');
+    const later = Array.from({ length: 64 }, (_, index) => data(7, 6 + index, 0, randomBytes(index)));
+    let full: Buffer | undefined;
+    later.forEach((datagram, index) => {
+      full = builder.add(datagram, 6 + index, 4);
+    });
+    for (const [manifest, covered, sequence] of [
+      [early, first, 1],
+      [full, later, 6],
+    ] as const) {
+      assert.ok(manifest !== undefined);
+      const decoded = decodeSignature(manifest);
+      assert.ok(decoded.ok && decoded.value.kind === SignatureKind.manifest);
+      assert.equal(decoded.value.sequence, sequence);
+      assert.ok(verifySignature(decoded.value.signed, decoded.value.signature, source.publicKey));
+      assert.deepEqual(
+        decoded.value.hashes,
+        covered.map((datagram) => createHash('sha256').update(datagram).digest().subarray(0, 16)),
+      );
+    }
+    assert.equal(builder.add(first[0] as Buffer, 200, 5), undefined);
+    assert.throws(() => builder.add(first[1] as Buffer, 202, 5), /must be consecutive/);
+    assert.throws(
+      () => new ManifestBuilder({ sessionId: 1, incarnation: 1 }, source.privateKey, 65),
+      CipherError,
+    );
+    assert.throws(
+      () => new ManifestBuilder({ sessionId: 1, incarnation: 1 }, source.privateKey, 1.5),
+      CipherError,
+    );
+  });
+
+  it('a manifest from a block of hashes is the one from the same hashes listed; a ragged block is refused', () => {
+    const fields = { sessionId: 3, incarnation: 4, sequence: 5, timestampUs: 6 };
+    const hashes = Array.from({ length: 64 }, () => randomBytes(16));
+    assert.deepEqual(
+      encodeManifestBlockUnsigned(fields, Buffer.concat(hashes)),
+      encodeManifestUnsigned(fields, hashes),
+    );
+    for (const bytes of [0, 15, 17, 65 * 16]) {
+      assert.throws(() => encodeManifestBlockUnsigned(fields, Buffer.alloc(bytes)), /a manifest covers 1-64/);
+    }
   });
 
   it('a session offer round-trips and is signed by the source', () => {
