@@ -144,6 +144,23 @@ function sameStart(a: Buffer, b: Buffer): boolean {
   return a.buffer === b.buffer && a.byteOffset === b.byteOffset;
 }
 
+/**
+ * A Buffer, or any other view, as a Buffer over the same bytes: typed arrays of any width count
+ * in bytes and a detached buffer is empty, as the addon takes them. Anything else (a string, an
+ * array, null) is a CipherError naming the argument, as the addon refuses it.
+ */
+function bytesOf(value: unknown, what: string): Buffer {
+  if (Buffer.isBuffer(value)) {
+    return value;
+  }
+  if (!ArrayBuffer.isView(value)) {
+    throw new CipherError(`AEAD: ${what} must be a Buffer`);
+  }
+  return value.byteLength === 0
+    ? Buffer.alloc(0)
+    : Buffer.from(value.buffer, value.byteOffset, value.byteLength);
+}
+
 /** A whole number in [0, max]. */
 function isIndex(value: number | undefined, max: number): value is number {
   return value !== undefined && Number.isInteger(value) && value >= 0 && value <= max;
@@ -266,7 +283,13 @@ function nodeContext(name: AeadName, key: Buffer, encrypt: boolean): AeadContext
         return false;
       }
     },
-    sealDatagram(nonce, plain, out, aadBytes, hashOut, hashOffset, hashLength) {
+    sealDatagram(nonceView, plainView, outView, aadBytes, hashView, hashOffset, hashLength) {
+      // Arguments as the addon takes them: views by their bytes, no hash for null as for undefined.
+      const nonce = bytesOf(nonceView, 'the nonce');
+      const plain = bytesOf(plainView, 'the plaintext');
+      const out = bytesOf(outView, 'the output');
+      const hashOut =
+        (hashView as Buffer | null | undefined) == null ? undefined : bytesOf(hashView, 'hashOut');
       checkSealDatagram(nonce, plain, out, aadBytes, hashOut, hashOffset, hashLength);
       const end = plain.length;
       this.seal(
@@ -283,7 +306,10 @@ function nodeContext(name: AeadName, key: Buffer, encrypt: boolean): AeadContext
           .copy(hashOut, hashOffset, 0, hashLength);
       }
     },
-    openDatagram(nonce, sealed, aadBytes, out, outOffset) {
+    openDatagram(nonceView, sealedView, aadBytes, outView, outOffset) {
+      const nonce = bytesOf(nonceView, 'the nonce');
+      const sealed = bytesOf(sealedView, 'the sealed datagram');
+      const out = bytesOf(outView, 'the output');
       const target = checkOpenDatagram(nonce, sealed, aadBytes, out, outOffset);
       const end = sealed.length - tagBytes;
       return this.open(
@@ -593,21 +619,28 @@ export const sha256Bytes = 32;
  * made), else node:crypto. `out` may be `input` itself. A range outside `out` is a CipherError.
  */
 export function sha256Into(input: Buffer, out: Buffer, offset: number, length: number): void {
+  // Either engine takes the same arguments: views by their bytes, nothing else (not a string).
+  const bytes = bytesOf(input, 'the input');
+  const target = bytesOf(out, 'the output');
   if (
     !Number.isInteger(offset) ||
     !Number.isInteger(length) ||
     length < 1 ||
     length > sha256Bytes ||
     offset < 0 ||
-    offset + length > out.length
+    offset + length > target.length
   ) {
-    throw new CipherError(`SHA-256: ${length} bytes at ${offset} do not fit an output of ${out.length}`);
+    throw new CipherError(`SHA-256: ${length} bytes at ${offset} do not fit an output of ${target.length}`);
   }
   const { addon } = loadEngine();
   if (addon === undefined) {
-    createHash('sha256').update(input).digest().copy(out, offset, 0, length);
-  } else {
-    addon.digest(input, out, offset, length);
+    createHash('sha256').update(bytes).digest().copy(target, offset, 0, length);
+    return;
+  }
+  try {
+    addon.digest(bytes, target, offset, length);
+  } catch (error) {
+    throw asCipherError(error);
   }
 }
 
