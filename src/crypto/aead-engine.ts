@@ -166,11 +166,58 @@ function isIndex(value: number | undefined, max: number): value is number {
   return value !== undefined && Number.isInteger(value) && value >= 0 && value <= max;
 }
 
+/** True when out[outStart, outStart + outLength) and a view share a byte of memory (no view made). */
+function overlapsRange(view: Buffer, out: Buffer, outStart: number, outLength: number): boolean {
+  if (view.length === 0 || outLength === 0 || view.buffer !== out.buffer) {
+    return false;
+  }
+  const start = out.byteOffset + outStart;
+  return view.byteOffset < start + outLength && start < view.byteOffset + view.length;
+}
+
 /**
- * sealDatagram's checks, for the node:crypto engine (the addon makes the same ones in C): the
- * nonce 12 bytes, every range inside its buffer, the output the plaintext itself or apart from
- * it, the hash apart from the sealed datagram.
+ * Why sealDatagram refuses these ranges, or undefined when it takes them (the addon makes the
+ * same checks in C; a caller that writes into `out` before the call asks first, so a refused
+ * packet leaves its slot and its plaintext as they were): every range inside its buffer, the
+ * output the plaintext itself or apart from it, the hash apart from the sealed datagram. Makes
+ * no view: a packet's checks cost no allocation.
  */
+export function sealDatagramRefusal(
+  plain: Buffer,
+  out: Buffer,
+  aadBytes: number,
+  hashOut: Buffer | undefined,
+  hashOffset: number | undefined,
+  hashLength: number | undefined,
+): string | undefined {
+  const sealedLength = plain.length + tagBytes;
+  if (!isIndex(aadBytes, plain.length) || out.length < sealedLength) {
+    return `AEAD: ${aadBytes} bytes of associated data in a ${plain.length}-byte datagram, sealed into ${out.length} bytes`;
+  }
+  if (!sameStart(out, plain) && overlapsRange(plain, out, 0, sealedLength)) {
+    return 'AEAD: the sealed datagram partly overlaps the plaintext';
+  }
+  if (hashOut === undefined) {
+    return undefined;
+  }
+  if (
+    !isIndex(hashLength, sha256Bytes) ||
+    hashLength < 1 ||
+    !isIndex(hashOffset, hashOut.length - hashLength)
+  ) {
+    return `SHA-256: ${hashLength} bytes at ${hashOffset} do not fit an output of ${hashOut.length}`;
+  }
+  if (
+    hashOut.buffer === out.buffer &&
+    hashOut.byteOffset + hashOffset < out.byteOffset + sealedLength &&
+    out.byteOffset < hashOut.byteOffset + hashOffset + hashLength
+  ) {
+    return 'AEAD: the hash would be written over the sealed datagram';
+  }
+  return undefined;
+}
+
+/** sealDatagram's checks, for the node:crypto engine: the nonce 12 bytes, then sealDatagramRefusal. */
 function checkSealDatagram(
   nonce: Buffer,
   plain: Buffer,
@@ -183,28 +230,9 @@ function checkSealDatagram(
   if (nonce.length !== nonceBytes) {
     throw new CipherError(`AEAD: nonce ${nonce.length} bytes (12 needed)`);
   }
-  if (!isIndex(aadBytes, plain.length) || out.length < plain.length + tagBytes) {
-    throw new CipherError(
-      `AEAD: ${aadBytes} bytes of associated data in a ${plain.length}-byte datagram, sealed into ${out.length} bytes`,
-    );
-  }
-  const sealed = out.subarray(0, plain.length + tagBytes);
-  if (!sameStart(out, plain) && overlapping(plain, sealed)) {
-    throw new CipherError('AEAD: the sealed datagram partly overlaps the plaintext');
-  }
-  if (hashOut !== undefined) {
-    if (
-      !isIndex(hashLength, sha256Bytes) ||
-      hashLength < 1 ||
-      !isIndex(hashOffset, hashOut.length - hashLength)
-    ) {
-      throw new CipherError(
-        `SHA-256: ${hashLength} bytes at ${hashOffset} do not fit an output of ${hashOut.length}`,
-      );
-    }
-    if (overlapping(hashOut.subarray(hashOffset, hashOffset + hashLength), sealed)) {
-      throw new CipherError('AEAD: the hash would be written over the sealed datagram');
-    }
+  const refusal = sealDatagramRefusal(plain, out, aadBytes, hashOut, hashOffset, hashLength);
+  if (refusal !== undefined) {
+    throw new CipherError(refusal);
   }
 }
 
