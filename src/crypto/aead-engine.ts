@@ -144,16 +144,80 @@ function sameStart(a: Buffer, b: Buffer): boolean {
   return a.buffer === b.buffer && a.byteOffset === b.byteOffset;
 }
 
+/**
+ * A Buffer, or any other view, as a Buffer over the same bytes: typed arrays of any width count
+ * in bytes and a detached buffer is empty, as the addon takes them. Anything else (a string, an
+ * array, null) is a CipherError naming the argument, as the addon refuses it.
+ */
+function bytesOf(value: unknown, what: string): Buffer {
+  if (Buffer.isBuffer(value)) {
+    return value;
+  }
+  if (!ArrayBuffer.isView(value)) {
+    throw new CipherError(`AEAD: ${what} must be a Buffer`);
+  }
+  return value.byteLength === 0
+    ? Buffer.alloc(0)
+    : Buffer.from(value.buffer, value.byteOffset, value.byteLength);
+}
+
 /** A whole number in [0, max]. */
 function isIndex(value: number | undefined, max: number): value is number {
   return value !== undefined && Number.isInteger(value) && value >= 0 && value <= max;
 }
 
+/** True when out[outStart, outStart + outLength) and a view share a byte of memory (no view made). */
+function overlapsRange(view: Buffer, out: Buffer, outStart: number, outLength: number): boolean {
+  if (view.length === 0 || outLength === 0 || view.buffer !== out.buffer) {
+    return false;
+  }
+  const start = out.byteOffset + outStart;
+  return view.byteOffset < start + outLength && start < view.byteOffset + view.length;
+}
+
 /**
- * sealDatagram's checks, for the node:crypto engine (the addon makes the same ones in C): the
- * nonce 12 bytes, every range inside its buffer, the output the plaintext itself or apart from
- * it, the hash apart from the sealed datagram.
+ * Why sealDatagram refuses these ranges, or undefined when it takes them (the addon makes the
+ * same checks in C; a caller that writes into `out` before the call asks first, so a refused
+ * packet leaves its slot and its plaintext as they were): every range inside its buffer, the
+ * output the plaintext itself or apart from it, the hash apart from the sealed datagram. Makes
+ * no view: a packet's checks cost no allocation.
  */
+export function sealDatagramRefusal(
+  plain: Buffer,
+  out: Buffer,
+  aadBytes: number,
+  hashOut: Buffer | undefined,
+  hashOffset: number | undefined,
+  hashLength: number | undefined,
+): string | undefined {
+  const sealedLength = plain.length + tagBytes;
+  if (!isIndex(aadBytes, plain.length) || out.length < sealedLength) {
+    return `AEAD: ${aadBytes} bytes of associated data in a ${plain.length}-byte datagram, sealed into ${out.length} bytes`;
+  }
+  if (!sameStart(out, plain) && overlapsRange(plain, out, 0, sealedLength)) {
+    return 'AEAD: the sealed datagram partly overlaps the plaintext';
+  }
+  if (hashOut === undefined) {
+    return undefined;
+  }
+  if (
+    !isIndex(hashLength, sha256Bytes) ||
+    hashLength < 1 ||
+    !isIndex(hashOffset, hashOut.length - hashLength)
+  ) {
+    return `SHA-256: ${hashLength} bytes at ${hashOffset} do not fit an output of ${hashOut.length}`;
+  }
+  if (
+    hashOut.buffer === out.buffer &&
+    hashOut.byteOffset + hashOffset < out.byteOffset + sealedLength &&
+    out.byteOffset < hashOut.byteOffset + hashOffset + hashLength
+  ) {
+    return 'AEAD: the hash would be written over the sealed datagram';
+  }
+  return undefined;
+}
+
+/** sealDatagram's checks, for the node:crypto engine: the nonce 12 bytes, then sealDatagramRefusal. */
 function checkSealDatagram(
   nonce: Buffer,
   plain: Buffer,
@@ -166,28 +230,9 @@ function checkSealDatagram(
   if (nonce.length !== nonceBytes) {
     throw new CipherError(`AEAD: nonce ${nonce.length} bytes (12 needed)`);
   }
-  if (!isIndex(aadBytes, plain.length) || out.length < plain.length + tagBytes) {
-    throw new CipherError(
-      `AEAD: ${aadBytes} bytes of associated data in a ${plain.length}-byte datagram, sealed into ${out.length} bytes`,
-    );
-  }
-  const sealed = out.subarray(0, plain.length + tagBytes);
-  if (!sameStart(out, plain) && overlapping(plain, sealed)) {
-    throw new CipherError('AEAD: the sealed datagram partly overlaps the plaintext');
-  }
-  if (hashOut !== undefined) {
-    if (
-      !isIndex(hashLength, sha256Bytes) ||
-      hashLength < 1 ||
-      !isIndex(hashOffset, hashOut.length - hashLength)
-    ) {
-      throw new CipherError(
-        `SHA-256: ${hashLength} bytes at ${hashOffset} do not fit an output of ${hashOut.length}`,
-      );
-    }
-    if (overlapping(hashOut.subarray(hashOffset, hashOffset + hashLength), sealed)) {
-      throw new CipherError('AEAD: the hash would be written over the sealed datagram');
-    }
+  const refusal = sealDatagramRefusal(plain, out, aadBytes, hashOut, hashOffset, hashLength);
+  if (refusal !== undefined) {
+    throw new CipherError(refusal);
   }
 }
 
@@ -266,7 +311,13 @@ function nodeContext(name: AeadName, key: Buffer, encrypt: boolean): AeadContext
         return false;
       }
     },
-    sealDatagram(nonce, plain, out, aadBytes, hashOut, hashOffset, hashLength) {
+    sealDatagram(nonceView, plainView, outView, aadBytes, hashView, hashOffset, hashLength) {
+      // Arguments as the addon takes them: views by their bytes, no hash for null as for undefined.
+      const nonce = bytesOf(nonceView, 'the nonce');
+      const plain = bytesOf(plainView, 'the plaintext');
+      const out = bytesOf(outView, 'the output');
+      const hashOut =
+        (hashView as Buffer | null | undefined) == null ? undefined : bytesOf(hashView, 'hashOut');
       checkSealDatagram(nonce, plain, out, aadBytes, hashOut, hashOffset, hashLength);
       const end = plain.length;
       this.seal(
@@ -283,7 +334,10 @@ function nodeContext(name: AeadName, key: Buffer, encrypt: boolean): AeadContext
           .copy(hashOut, hashOffset, 0, hashLength);
       }
     },
-    openDatagram(nonce, sealed, aadBytes, out, outOffset) {
+    openDatagram(nonceView, sealedView, aadBytes, outView, outOffset) {
+      const nonce = bytesOf(nonceView, 'the nonce');
+      const sealed = bytesOf(sealedView, 'the sealed datagram');
+      const out = bytesOf(outView, 'the output');
       const target = checkOpenDatagram(nonce, sealed, aadBytes, out, outOffset);
       const end = sealed.length - tagBytes;
       return this.open(
@@ -593,21 +647,28 @@ export const sha256Bytes = 32;
  * made), else node:crypto. `out` may be `input` itself. A range outside `out` is a CipherError.
  */
 export function sha256Into(input: Buffer, out: Buffer, offset: number, length: number): void {
+  // Either engine takes the same arguments: views by their bytes, nothing else (not a string).
+  const bytes = bytesOf(input, 'the input');
+  const target = bytesOf(out, 'the output');
   if (
     !Number.isInteger(offset) ||
     !Number.isInteger(length) ||
     length < 1 ||
     length > sha256Bytes ||
     offset < 0 ||
-    offset + length > out.length
+    offset + length > target.length
   ) {
-    throw new CipherError(`SHA-256: ${length} bytes at ${offset} do not fit an output of ${out.length}`);
+    throw new CipherError(`SHA-256: ${length} bytes at ${offset} do not fit an output of ${target.length}`);
   }
   const { addon } = loadEngine();
   if (addon === undefined) {
-    createHash('sha256').update(input).digest().copy(out, offset, 0, length);
-  } else {
-    addon.digest(input, out, offset, length);
+    createHash('sha256').update(bytes).digest().copy(target, offset, 0, length);
+    return;
+  }
+  try {
+    addon.digest(bytes, target, offset, length);
+  } catch (error) {
+    throw asCipherError(error);
   }
 }
 

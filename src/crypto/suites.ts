@@ -23,7 +23,7 @@ import {
   offsetType,
   PacketType,
 } from '../protocol/packet.js';
-import { type AeadContext, createAeadContext } from './aead-engine.js';
+import { type AeadContext, createAeadContext, sealDatagramRefusal } from './aead-engine.js';
 import { CipherError, SuiteRefused } from './errors.js';
 
 /** AEAD tag length, pinned: shorter tags are refused (docs/security.md). */
@@ -231,7 +231,8 @@ export class PacketSealer {
    * tag. It is written into `into` when given (at least the plain length plus the tag, not
    * overlapping `plain`; the source passes a slot of its send ring), else into a new buffer.
    * With `hashOut`, the first `hashLength` bytes of the sealed datagram's SHA-256 are written
-   * there at `hashOffset` in the same call (a manifest's hash: ManifestBuilder.hashSlot).
+   * there at `hashOffset` in the same call (a manifest's hash: ManifestBuilder.hashBlock). A refused
+   * call writes nothing, neither into `into` nor into `plain`, and uses no nonce.
    */
   seal(plain: Buffer, into?: Buffer, hashOut?: Buffer, hashOffset?: number, hashLength?: number): Buffer {
     if (plain.length < headerBytes || plain[offsetType] !== PacketType.data) {
@@ -263,6 +264,11 @@ export class PacketSealer {
       throw new CipherError(`a sealed datagram of ${sealedLength} bytes does not fit ${into.length}`);
     }
     const out = into ?? Buffer.allocUnsafe(sealedLength);
+    // Asked before the header is written: a refused packet leaves `into` and `plain` untouched.
+    const refusal = sealDatagramRefusal(plain, out, headerBytes, hashOut, hashOffset, hashLength);
+    if (refusal !== undefined) {
+      throw new CipherError(refusal);
+    }
     // The sealed header (the associated data) goes first; the engine seals the body behind it.
     plain.copy(out, 0, 0, headerBytes);
     out.writeUInt16BE(plain.length - headerBytes + aeadTagBytes, offsetBodyLength);

@@ -556,4 +556,101 @@ process.stdout.write(out.toString('hex'));`;
       assert.ok(Buffer.isBuffer(sealer.seal(plain)));
     }
   });
+
+  it('the node:crypto engine takes the datagram calls and sha256Into arguments as the addon does', (t) => {
+    const missing = addonMissing();
+    if (missing !== undefined) {
+      t.skip(missing);
+      return;
+    }
+    // Typed arrays of any width count in bytes, null is no hash, anything not a view (a string
+    // nonce) is a CipherError: from either engine, the same bytes or the same refusal.
+    const key = createRandom(61).bytes(16);
+    const nonce = createRandom(62).bytes(12);
+    const engines = [
+      {
+        label: 'addon',
+        seal: createAeadContext('aes-128-gcm', key, true),
+        open: createAeadContext('aes-128-gcm', key, false),
+      },
+      {
+        label: 'node:crypto',
+        seal: createNodeCryptoAeadContext('aes-128-gcm', key, true),
+        open: createNodeCryptoAeadContext('aes-128-gcm', key, false),
+      },
+    ];
+    const results = engines.map(({ label, seal, open }) => {
+      const plain = new Float64Array([1.5, -2, 3e100, Number.NaN]); // 32 bytes: 8 of header, 24 of body
+      const out = new Uint16Array(24); // 48 bytes: the 32 sealed and the 16-byte tag
+      new Uint8Array(out.buffer).set(new Uint8Array(plain.buffer, 0, 8));
+      const hash = new Float32Array(8); // 32 bytes; the hash goes at byte 8
+      seal.sealDatagram(
+        nonce,
+        plain as unknown as Buffer,
+        out as unknown as Buffer,
+        8,
+        hash as unknown as Buffer,
+        8,
+        16,
+      );
+      const noHash = Buffer.alloc(48);
+      noHash.set(new Uint8Array(plain.buffer, 0, 8));
+      seal.sealDatagram(nonce, Buffer.from(plain.buffer), noHash, 8, null as unknown as Buffer, 0, 16);
+      const sealed = Buffer.from(out.buffer);
+      assert.deepEqual(noHash, sealed, `${label}: null is no hash, the same datagram`);
+      const opened = new Uint32Array(6); // 24 bytes
+      assert.equal(
+        open.openDatagram(nonce, out as unknown as Buffer, 8, opened as unknown as Buffer, 0),
+        true,
+        label,
+      );
+      assert.deepEqual(Buffer.from(opened.buffer), Buffer.from(plain.buffer, 8), `${label}: opened by bytes`);
+      assert.throws(
+        () => seal.sealDatagram('twelve bytes' as unknown as Buffer, Buffer.alloc(20), Buffer.alloc(36), 4),
+        CipherError,
+        `${label}: a string nonce`,
+      );
+      assert.throws(
+        () => open.openDatagram(nonce, [1, 2, 3] as unknown as Buffer, 0, Buffer.alloc(3), 0),
+        CipherError,
+        `${label}: an array as the datagram`,
+      );
+      return { sealed, hash: Buffer.from(hash.buffer) };
+    });
+    const [addon, node] = results;
+    assert.deepEqual(node?.sealed, addon?.sealed, 'the same sealed bytes');
+    assert.deepEqual(node?.hash, addon?.hash, 'the same hash');
+    assert.deepEqual(
+      addon?.hash,
+      Buffer.concat([
+        Buffer.alloc(8),
+        createHash('sha256')
+          .update(addon?.sealed ?? Buffer.alloc(0))
+          .digest()
+          .subarray(0, 16),
+        Buffer.alloc(8),
+      ]),
+    );
+    // sha256Into under each engine: a Float32Array counts in bytes, a string is refused.
+    const script = `import { sha256Into } from ${JSON.stringify(new URL('../../src/crypto/aead-engine.ts', import.meta.url).href)};
+import { CipherError } from ${JSON.stringify(new URL('../../src/crypto/errors.ts', import.meta.url).href)};
+const out = new Float32Array(10);
+sha256Into(new Float64Array([1, 2]), out, 8, 32);
+let refused = 'accepted';
+try { sha256Into('abc', Buffer.alloc(32), 0, 32); } catch (error) { refused = error instanceof CipherError ? 'CipherError' : String(error); }
+process.stdout.write(Buffer.from(out.buffer).toString('hex') + ' ' + refused);`;
+    const expected = `${Buffer.concat([
+      Buffer.alloc(8),
+      createHash('sha256')
+        .update(Buffer.from(new Float64Array([1, 2]).buffer))
+        .digest(),
+    ]).toString('hex')} CipherError`;
+    for (const setting of ['openssl-evp', 'node:crypto']) {
+      const out = execFileSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], {
+        env: { ...process.env, GATECAST_AEAD_ENGINE: setting },
+        encoding: 'utf8',
+      });
+      assert.equal(out, expected, setting);
+    }
+  });
 });

@@ -5,9 +5,18 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { buildControlSignature, generateSigningKey } from '../../src/crypto/authority.js';
-import { createSignedSenderProtection } from '../../src/crypto/restricted-session.js';
+import { createSenderProtection, createSignedSenderProtection } from '../../src/crypto/restricted-session.js';
 import { createSignedSessionGate } from '../../src/crypto/signed-session.js';
+import { suites } from '../../src/crypto/suites.js';
 import { signedHeldPacketsMax } from '../../src/limits.js';
+import {
+  headerBytes,
+  offsetKeyEpoch,
+  offsetSequence,
+  offsetType,
+  PacketType,
+  writeHeaderFields,
+} from '../../src/protocol/packet.js';
 import { decodeSignature, SignatureKind } from '../../src/protocol/restricted.js';
 import { data, end, heartbeat } from '../helpers/craft.js';
 
@@ -142,5 +151,71 @@ describe("signed-session gate: a check that keeps nothing (a retransmit server's
     assert.equal(t.g.check(data(run, 0, Buffer.from('forged'))), 'forged');
     assert.equal(t.g.stats.holding, 0);
     assert.equal(t.passed.length, 0, 'check passes nothing on');
+  });
+});
+
+describe('signed-session gate: what a restricted source seals, hashed in the same call', () => {
+  it('every sealed DATA is vouched by its manifest: ring slots reused, epochs changing, sequences wrapping past 2^32, manifests flushed early', () => {
+    for (const suite of suites) {
+      const incarnation = 0x1234;
+      const protection = createSenderProtection(
+        {
+          suite,
+          service: 'news',
+          serviceEpoch: 1,
+          serviceKey: Buffer.alloc(32, 9),
+          sourcePrivateKey: source.privateKey,
+          sourcePublicKey: source.publicKey,
+          cryptoPeriodMs: 40,
+          tier: 0,
+          manifestPackets: 32,
+        },
+        { sessionId: 77, incarnation },
+      );
+      // Three slots of each ring, as the source reuses its own: a slot is written again three
+      // packets later, after its datagram went on the wire (copied here, as the socket sends it).
+      const ring = Array.from({ length: 3 }, () => Buffer.alloc(headerBytes + 1400));
+      const sealedRing = Array.from({ length: 3 }, () => Buffer.alloc(headerBytes + 1400 + 16));
+      const wire: Buffer[] = [];
+      const packets = 300;
+      let sequence = 2 ** 32 - 50;
+      for (let index = 0; index < packets; index++) {
+        const slot = index % 3;
+        const plain = ring[slot] as Buffer;
+        const payloadBytes = 1 + ((index * 37) % 1400);
+        plain.fill(index & 0xff, headerBytes);
+        writeHeaderFields(plain, PacketType.data, 77, sequence, index, 0, payloadBytes, incarnation);
+        // nowMs = index: a new key epoch every 40 packets.
+        const sent = protection.seal(
+          plain.subarray(0, headerBytes + payloadBytes),
+          index,
+          index,
+          sealedRing[slot],
+        );
+        wire.push(...sent.map((datagram) => Buffer.from(datagram)));
+        if (index % 13 === 12) {
+          wire.push(...protection.flush(index)); // a HEARTBEAT's early manifest
+        }
+        sequence = (sequence + 1) >>> 0;
+      }
+      wire.push(...protection.finish(packets));
+      const epochs = new Set(
+        wire.filter((d) => d[offsetType] === PacketType.data).map((d) => d.readUInt16BE(offsetKeyEpoch)),
+      );
+      assert.ok(epochs.size >= 7, `${suite.name}: ${epochs.size} key epochs`);
+      // One DATA altered on the wire: refused as a hash mismatch, every other one passes.
+      const altered = wire.findIndex(
+        (d) => d[offsetType] === PacketType.data && d.readUInt32BE(offsetSequence) === 5,
+      );
+      const target = wire[altered] as Buffer;
+      target[headerBytes + 3] = (target[headerBytes + 3] ?? 0) ^ 0x01;
+      const t = gate();
+      for (const datagram of wire) {
+        t.take(datagram);
+      }
+      assert.equal(t.g.stats.dataAuthenticated, packets - 1, suite.name);
+      assert.deepEqual(t.g.stats.forged, { 'hash-mismatch': 1 }, suite.name);
+      assert.equal(t.g.stats.holding, 0, suite.name);
+    }
   });
 });

@@ -152,6 +152,43 @@ describe('suites: sealing DATA', () => {
     assert.throws(() => new PacketSealer(suite, 0), CipherError);
   });
 
+  it('a refused seal leaves its slot and its plaintext as they were, and its sequence seals afterwards', () => {
+    const suite = suiteByName('aes-128-gcm', 'test');
+    const sealer = new PacketSealer(suite, 9);
+    sealer.setKey(1, randomBytes(16));
+    const original = data(9, 7, 1, Buffer.alloc(100, 0x5a));
+    const sealedLength = original.length + aeadTagBytes;
+    // A hash range that does not fit, sealing into a slot of a ring.
+    const slot = Buffer.alloc(sealedLength + 8, 0xaa);
+    assert.throws(() => sealer.seal(original, slot, Buffer.alloc(8), 0, 16), CipherError);
+    assert.ok(
+      slot.every((byte) => byte === 0xaa),
+      'the refused packet wrote into its slot',
+    );
+    // The same, in place: the plaintext's header (its body length) must not change.
+    const ring = Buffer.alloc(sealedLength);
+    original.copy(ring);
+    assert.throws(
+      () => sealer.seal(ring.subarray(0, original.length), ring, ring, sealedLength - 4, 16),
+      CipherError,
+    );
+    assert.deepEqual(ring.subarray(0, original.length), original, 'the refused packet changed its plaintext');
+    // A slot that partly overlaps the plaintext.
+    const shared = Buffer.alloc(sealedLength + 8);
+    original.copy(shared);
+    assert.throws(() => sealer.seal(shared.subarray(0, original.length), shared.subarray(8)), CipherError);
+    assert.deepEqual(
+      shared.subarray(0, original.length),
+      original,
+      'the refused packet changed its plaintext',
+    );
+    // No nonce was used: the same sequence seals now, to what a fresh buffer gets.
+    const hash = Buffer.alloc(16);
+    const sealed = sealer.seal(original, slot, hash, 0, 16);
+    assert.equal(sealed.length, sealedLength);
+    assert.deepEqual(hash, createHash('sha256').update(sealed).digest().subarray(0, 16));
+  });
+
   it('a restart (a new incarnation) uses a new nonce space even under the same session id, sequences and epochs', () => {
     const suite = suiteByName('aes-256-gcm', 'test');
     const nonces = (incarnation: number) => {
