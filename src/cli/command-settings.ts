@@ -48,10 +48,14 @@ const restrictedSend = {
     default: 'aes-256-gcm',
     when: 'restricted',
   }),
-  'crypto-period': text('SECONDS', 'with --restricted: how long one traffic key is used', {
-    default: 10,
-    when: 'restricted',
-  }),
+  'crypto-period': text(
+    'SECONDS',
+    'with --restricted: how long one traffic key is used (a run has 65,535 of them)',
+    {
+      default: 10,
+      when: 'restricted',
+    },
+  ),
   tier: text('N', 'with --restricted: the tier a grant must reach', { default: 0, when: 'restricted' }),
   'manifest-packets': text(
     'N',

@@ -46,6 +46,14 @@ export class CipherError extends Error {
 }
 
 /**
+ * A restricted run has sealed under all 65,535 key epochs its header can name (65,535
+ * crypto-periods): it ends, and the session is started again as a new run.
+ */
+export class KeyEpochsExhausted extends Error {
+  readonly code = 'GATECAST_ERR_KEY_EPOCHS';
+}
+
+/**
  * GATECAST_AEAD_ENGINE names no engine, or names the addon when it cannot be used; the message
  * names the variable, the value and what is accepted (docs/security.md, "The packet engine").
  */

@@ -22,7 +22,7 @@ import {
   ed25519Raw,
   ManifestBuilder,
 } from './authority.js';
-import { TokenRefused } from './errors.js';
+import { KeyEpochsExhausted, TokenRefused } from './errors.js';
 import { aeadTagBytes, negotiateSuite, PacketOpener, PacketSealer, type Suite, suites } from './suites.js';
 import type { Token } from './token.js';
 
@@ -224,6 +224,15 @@ export function createSignedSenderProtection(
   };
 }
 
+/** Key epochs a run has: 1-65535 (16 bits in the header; 0 is never used). */
+export const keyEpochMax = 0xffff;
+
+/** How long a run's key epochs last at a crypto-period, for people ("7.6 days"). */
+export function runSpan(cryptoPeriodMs: number): string {
+  const hours = (keyEpochMax * cryptoPeriodMs) / 3_600_000;
+  return hours < 48 ? `${hours.toFixed(1)} hours` : `${(hours / 24).toFixed(1)} days`;
+}
+
 /**
  * Builds the source side for one run. Traffic keys are fresh random keys, one per crypto-period
  * (key epochs 1, 2, …); the epoch changes at the first packet after a period ends, and the next
@@ -260,6 +269,13 @@ export function createSenderProtection(
   const currentEpoch = (nowMs: number): number => {
     periodStartMs ??= nowMs;
     if (nowMs - periodStartMs >= settings.cryptoPeriodMs) {
+      if (epoch >= keyEpochMax) {
+        // The header has 16 bits for the epoch and no epoch is given a second key: the run ends
+        // here, clearly, rather than seal under a key receivers already hold another for.
+        throw new KeyEpochsExhausted(
+          `the run has used all ${keyEpochMax} key epochs (${keyEpochMax} crypto-periods of ${settings.cryptoPeriodMs / 1000} s, ${runSpan(settings.cryptoPeriodMs)}); start the session again (a new run has new epochs), with a longer --crypto-period to run longer`,
+        );
+      }
       epoch += 1;
       periodStartMs = nowMs;
     }
@@ -303,7 +319,7 @@ export function createSenderProtection(
         ),
       );
       for (const announced of [keyEpoch, keyEpoch + 1]) {
-        if (announced > 0xffff) {
+        if (announced > keyEpochMax) {
           continue;
         }
         out.push(

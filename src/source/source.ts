@@ -4,6 +4,7 @@
  * tail loss is visible) and ends with END (docs/protocol.md, "Source behaviour").
  */
 
+import { KeyEpochsExhausted } from '../crypto/errors.js';
 import type { SenderProtection } from '../crypto/restricted-session.js';
 import {
   descriptorIntervalMs,
@@ -284,6 +285,11 @@ export function createSource(settings: SourceSettings, components: SourceCompone
   /** Aborted by close() or by a failure: the run stops where it is. */
   const stopping = new AbortController();
   let failure: Error | undefined;
+  /**
+   * Set when the run's protection has no key epoch left (KeyEpochsExhausted): the pump stops, the
+   * run still sends its last manifests and END, and run() then throws it.
+   */
+  let exhausted: KeyEpochsExhausted | undefined;
   let socket: SenderSocket | undefined;
   let lastResort: LastResort | undefined;
   const adaptive =
@@ -402,6 +408,10 @@ export function createSource(settings: SourceSettings, components: SourceCompone
         send(datagram, datagram.length);
       }
     } catch (error) {
+      if (error instanceof KeyEpochsExhausted) {
+        exhausted ??= error; // the pump ends the run at its next packet, with END
+        return;
+      }
       fail(error);
     }
   };
@@ -515,6 +525,9 @@ export function createSource(settings: SourceSettings, components: SourceCompone
     while (inFlight > 0 && !stopping.signal.aborted) {
       await timers.sleep(1);
     }
+    if (exhausted !== undefined) {
+      throw exhausted;
+    }
   }
 
   /**
@@ -553,7 +566,7 @@ export function createSource(settings: SourceSettings, components: SourceCompone
     let batch = 0;
     const stopped = anySignal([signal, stopping.signal]);
     const aborted = abortPromise(stopped);
-    while (!stopped.aborted) {
+    while (!stopped.aborted && exhausted === undefined) {
       if (bytesPerMs > 0 && creditBytes < slotBytes) {
         const now = clock.nowMs();
         if (adaptive !== undefined) {
@@ -598,12 +611,21 @@ export function createSource(settings: SourceSettings, components: SourceCompone
         sendFromSlot(slot, buffer, headerBytes + length);
         lastResort?.keep(nextSequence, buffer.subarray(0, headerBytes + length));
       } else {
-        const datagrams = protection.seal(
-          buffer.subarray(0, headerBytes + length),
-          clock.nowMs(),
-          clock.wallUs(),
-          sealedRing?.[slot],
-        );
+        let datagrams: Buffer[];
+        try {
+          datagrams = protection.seal(
+            buffer.subarray(0, headerBytes + length),
+            clock.nowMs(),
+            clock.wallUs(),
+            sealedRing?.[slot],
+          );
+        } catch (error) {
+          if (error instanceof KeyEpochsExhausted) {
+            exhausted ??= error; // this payload is not sent: the run ends before it, with END
+            return;
+          }
+          throw error;
+        }
         // The first is the DATA, sealed into this slot of the sealed ring; a manifest may follow.
         for (let index = 0; index < datagrams.length; index++) {
           const datagram = datagrams[index] as Buffer;

@@ -1,0 +1,146 @@
+/**
+ * A restricted run has 65,535 key epochs (16 bits in the header, 0 unused), one per crypto-period:
+ * 18.2 hours at --crypto-period 1, 7.6 days at the default 10 s. When they are used up the run
+ * ends, clearly: the source sends its last manifests and END, and `send` exits 2 naming the
+ * limit (GATECAST_ERR_KEY_EPOCHS), instead of dying on a 17-bit epoch or giving an epoch a second
+ * key receivers already hold another for.
+ */
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { isOperatingError } from '../../src/cli/errors.js';
+import { KeyEpochsExhausted } from '../../src/crypto/errors.js';
+import { createSenderProtection, keyEpochMax, runSpan } from '../../src/crypto/restricted-session.js';
+import { suiteByName } from '../../src/crypto/suites.js';
+import { parseGroup } from '../../src/net/address.js';
+import type { SenderSocket } from '../../src/net/udp.js';
+import {
+  decodePacket,
+  headerBytes,
+  offsetKeyEpoch,
+  offsetType,
+  PacketType,
+  SessionKind,
+  writeHeaderFields,
+} from '../../src/protocol/packet.js';
+import { decodeKey } from '../../src/protocol/restricted.js';
+import { inputEnded, type PayloadInput } from '../../src/source/inputs.js';
+import { createSource } from '../../src/source/source.js';
+import { restrictedKeys } from '../helpers/restricted-bed.js';
+
+const settings = (cryptoPeriodMs: number, manifestPackets: number) => ({
+  suite: suiteByName('aes-128-gcm', 'test'),
+  service: 'news',
+  serviceEpoch: 1,
+  serviceKey: restrictedKeys.serviceKey,
+  sourcePrivateKey: restrictedKeys.source.privateKey,
+  sourcePublicKey: restrictedKeys.source.publicKey,
+  cryptoPeriodMs,
+  tier: 0,
+  manifestPackets,
+});
+
+describe('key epochs of a restricted run', () => {
+  it('seals in all 65,535 epochs, announces none past the last, then refuses with KeyEpochsExhausted', () => {
+    const protection = createSenderProtection(settings(1000, 0), { sessionId: 9, incarnation: 3 });
+    const plain = Buffer.alloc(headerBytes + 16);
+    let sequence = 0;
+    const seal = (nowMs: number) => {
+      writeHeaderFields(plain, PacketType.data, 9, sequence++, 0, 0, 16, 3);
+      return protection.seal(plain, nowMs, 0);
+    };
+    for (let period = 0; period < keyEpochMax; period++) {
+      const [sealed] = seal(period * 1000);
+      assert.equal(sealed?.readUInt16BE(offsetKeyEpoch), period + 1);
+    }
+    // At the last epoch the KEY messages name it alone: there is no next one to announce.
+    const announced = protection
+      .control({ sessionId: 9, incarnation: 3, sequence }, (keyEpochMax - 1) * 1000, 0)
+      .map((datagram) => decodeKey(datagram))
+      .flatMap((key) => (key.ok ? [key.value.keyEpoch] : []));
+    assert.deepEqual(announced, [keyEpochMax]);
+    assert.throws(
+      () => seal(keyEpochMax * 1000),
+      (error: Error) =>
+        error instanceof KeyEpochsExhausted &&
+        isOperatingError(error) &&
+        /all 65535 key epochs \(65535 crypto-periods of 1 s, 18\.2 hours\); start the session again/.test(
+          error.message,
+        ),
+    );
+    assert.throws(
+      () => protection.control({ sessionId: 9, incarnation: 3, sequence }, keyEpochMax * 1000, 0),
+      KeyEpochsExhausted,
+    );
+    assert.equal(runSpan(10_000), '7.6 days');
+  });
+
+  it('a run that uses up its epochs sends what it sealed, its last manifest and END, then throws', async () => {
+    const wire: Buffer[] = [];
+    const socket: SenderSocket = {
+      iface: undefined,
+      send(buffer, length, done) {
+        wire.push(Buffer.from(buffer.subarray(0, length)));
+        setImmediate(() => done?.(null));
+      },
+      async close() {},
+      async [Symbol.asyncDispose]() {},
+    };
+    let next = 0;
+    const input: PayloadInput = {
+      kind: SessionKind.stream,
+      totalBytes: undefined,
+      sha256: undefined,
+      droppedCount: 0,
+      read(out) {
+        if (next >= 1000) {
+          return inputEnded;
+        }
+        out.fill(next++ & 0xff, 0, 100);
+        return 100;
+      },
+      waitReadable: () => Promise.resolve(),
+      async close() {},
+    };
+    const sealedBeforeEnd = 100;
+    const source = createSource(
+      {
+        group: parseGroup('239.255.64.9:5000', 'g'),
+        rateBitsPerSecond: 0,
+        packetPayloadBytes: 200,
+        sessionName: 'epochs',
+        startDelayMs: 0,
+      },
+      {
+        input,
+        openSocket: async () => socket,
+        // The real protection, whose epochs end after `sealedBeforeEnd` packets here (a test
+        // cannot wait 18 hours): its seal then throws what the real one throws at epoch 65,536.
+        protection: (run) => {
+          const real = createSenderProtection(settings(10_000, 32), run);
+          let sealed = 0;
+          return {
+            ...real,
+            seal(plain, nowMs, wallUs, into) {
+              if (sealed++ >= sealedBeforeEnd) {
+                throw new KeyEpochsExhausted('the run has used all 65535 key epochs');
+              }
+              return real.seal(plain, nowMs, wallUs, into);
+            },
+          };
+        },
+      },
+    );
+    await assert.rejects(source.run(), KeyEpochsExhausted);
+    await source.close();
+    const types: number[] = wire.map((datagram) => datagram[offsetType] ?? -1);
+    assert.equal(types.filter((type) => type === PacketType.data).length, sealedBeforeEnd);
+    const lastData = types.lastIndexOf(PacketType.data);
+    const end = wire.find((datagram) => datagram[offsetType] === PacketType.end);
+    assert.ok(end !== undefined && types.indexOf(PacketType.end) > lastData, 'END follows the last DATA');
+    const decoded = decodePacket(end);
+    assert.ok(decoded.ok && decoded.value.type === PacketType.end);
+    assert.equal(decoded.value.packetCount, sealedBeforeEnd, 'END counts what was sent');
+    assert.ok(types.slice(lastData).includes(PacketType.signature), 'the last manifest follows it');
+    assert.equal(source.stats.packetsSent, sealedBeforeEnd);
+  });
+});
