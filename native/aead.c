@@ -151,6 +151,54 @@ static int partly_overlapping(const unsigned char *a, size_t a_length, const uns
   return a_start < b_start + b_length && b_start < a_start + a_length;
 }
 
+/*
+ * One packet sealed on a context: the associated data, then `length` bytes of plain into out (as
+ * long), and the tag. 1 on success; on failure out is wiped (nothing half-sealed is handed on).
+ */
+static int evp_seal(aead_t *aead, const unsigned char *nonce, const unsigned char *aad, size_t aad_length,
+                    const unsigned char *plain, size_t length, unsigned char *out, unsigned char *tag) {
+  int written = 0;
+  int final_written = 0;
+  if (EVP_CipherInit_ex(aead->ctx, NULL, NULL, NULL, nonce, 1) == 1 &&
+      EVP_CipherUpdate(aead->ctx, NULL, &written, aad, (int)aad_length) == 1 &&
+      EVP_CipherUpdate(aead->ctx, out, &written, plain, (int)length) == 1 && (size_t)written <= length &&
+      EVP_CipherFinal_ex(aead->ctx, out + written, &final_written) == 1 &&
+      (size_t)written + (size_t)final_written == length &&
+      EVP_CIPHER_CTX_ctrl(aead->ctx, EVP_CTRL_AEAD_GET_TAG, TAG_BYTES, tag) == 1) {
+    return 1;
+  }
+  OPENSSL_cleanse(out, length);
+  return 0;
+}
+
+/*
+ * One packet opened on a context: `length` bytes of sealed into out (as long), checked against
+ * the tag (read before anything is written) and the associated data. Returns true or false for
+ * JavaScript; on false out is wiped, so no unauthenticated plaintext is handed on.
+ */
+static napi_value evp_open(napi_env env, aead_t *aead, const unsigned char *nonce, const unsigned char *aad,
+                           size_t aad_length, const unsigned char *sealed, size_t length, const unsigned char *tag,
+                           unsigned char *out) {
+  unsigned char expected[TAG_BYTES];
+  memcpy(expected, tag, TAG_BYTES); /* the tag may sit where an in-place open writes */
+  int written = 0;
+  int final_written = 0;
+  int ok = EVP_CipherInit_ex(aead->ctx, NULL, NULL, NULL, nonce, 0) == 1 &&
+           EVP_CIPHER_CTX_ctrl(aead->ctx, EVP_CTRL_AEAD_SET_TAG, TAG_BYTES, expected) == 1 &&
+           EVP_CipherUpdate(aead->ctx, NULL, &written, aad, (int)aad_length) == 1 &&
+           EVP_CipherUpdate(aead->ctx, out, &written, sealed, (int)length) == 1 && (size_t)written <= length &&
+           EVP_CipherFinal_ex(aead->ctx, out + written, &final_written) == 1 &&
+           (size_t)written + (size_t)final_written == length;
+  if (!ok) {
+    OPENSSL_cleanse(out, length); /* nothing of a packet that fails is left readable */
+  }
+  napi_value result;
+  if (napi_get_boolean(env, ok ? true : false, &result) != napi_ok) {
+    return fail(env, "could not return the result");
+  }
+  return result;
+}
+
 static napi_value create(napi_env env, napi_callback_info info) {
   size_t argc = 3;
   napi_value argv[3];
@@ -249,16 +297,7 @@ static napi_value seal(napi_env env, napi_callback_info info) {
       (tag_length > 0 && partly_overlapping(tag, tag_length, out, out_length)) || (tag == out && out_length > 0)) {
     return fail(env, "seal: the output partly overlaps the plaintext or the tag");
   }
-  int written = 0;
-  int final_written = 0;
-  if (EVP_CipherInit_ex(aead->ctx, NULL, NULL, NULL, nonce, 1) != 1 ||
-      EVP_CipherUpdate(aead->ctx, NULL, &written, aad, (int)aad_length) != 1 ||
-      EVP_CipherUpdate(aead->ctx, out, &written, plain, (int)plain_length) != 1 ||
-      (size_t)written > out_length ||
-      EVP_CipherFinal_ex(aead->ctx, out + written, &final_written) != 1 ||
-      (size_t)written + (size_t)final_written != plain_length ||
-      EVP_CIPHER_CTX_ctrl(aead->ctx, EVP_CTRL_AEAD_GET_TAG, TAG_BYTES, tag) != 1) {
-    OPENSSL_cleanse(out, out_length);
+  if (!evp_seal(aead, nonce, aad, aad_length, plain, plain_length, out, tag)) {
     return fail(env, "OpenSSL could not seal the packet");
   }
   return NULL;
@@ -286,23 +325,7 @@ static napi_value open_(napi_env env, napi_callback_info info) {
   if (partly_overlapping(sealed, sealed_length, out, out_length)) {
     return fail(env, "open: the output partly overlaps the ciphertext");
   }
-  int written = 0;
-  int final_written = 0;
-  int ok = EVP_CipherInit_ex(aead->ctx, NULL, NULL, NULL, nonce, 0) == 1 &&
-           EVP_CIPHER_CTX_ctrl(aead->ctx, EVP_CTRL_AEAD_SET_TAG, TAG_BYTES, tag) == 1 &&
-           EVP_CipherUpdate(aead->ctx, NULL, &written, aad, (int)aad_length) == 1 &&
-           EVP_CipherUpdate(aead->ctx, out, &written, sealed, (int)sealed_length) == 1 &&
-           (size_t)written <= out_length &&
-           EVP_CipherFinal_ex(aead->ctx, out + written, &final_written) == 1 &&
-           (size_t)written + (size_t)final_written == sealed_length;
-  if (!ok) {
-    OPENSSL_cleanse(out, out_length); /* nothing of a packet that fails is left readable */
-  }
-  napi_value result;
-  if (napi_get_boolean(env, ok ? true : false, &result) != napi_ok) {
-    return fail(env, "could not return the result");
-  }
-  return result;
+  return evp_open(env, aead, nonce, aad, aad_length, sealed, sealed_length, tag, out);
 }
 
 static napi_value dispose(napi_env env, napi_callback_info info) {
@@ -405,17 +428,8 @@ static napi_value seal_datagram(napi_env env, napi_callback_info info) {
   if (hashing && state == NULL) {
     return NULL;
   }
-  int body_length = (int)(plain_length - aad_bytes);
-  int written = 0;
-  int final_written = 0;
-  if (EVP_CipherInit_ex(aead->ctx, NULL, NULL, NULL, nonce, 1) != 1 ||
-      EVP_CipherUpdate(aead->ctx, NULL, &written, out, (int)aad_bytes) != 1 ||
-      EVP_CipherUpdate(aead->ctx, out + aad_bytes, &written, plain + aad_bytes, body_length) != 1 ||
-      written > body_length ||
-      EVP_CipherFinal_ex(aead->ctx, out + aad_bytes + written, &final_written) != 1 ||
-      written + final_written != body_length ||
-      EVP_CIPHER_CTX_ctrl(aead->ctx, EVP_CTRL_AEAD_GET_TAG, TAG_BYTES, out + plain_length) != 1) {
-    OPENSSL_cleanse(out + aad_bytes, sealed_length - aad_bytes);
+  if (!evp_seal(aead, nonce, out, aad_bytes, plain + aad_bytes, plain_length - aad_bytes, out + aad_bytes,
+                out + plain_length)) {
     return fail(env, "OpenSSL could not seal the packet");
   }
   if (hashing && !sha256_into(env, state, out, sealed_length, hash_out + hash_offset, hash_length)) {
@@ -456,25 +470,8 @@ static napi_value open_datagram(napi_env env, napi_callback_info info) {
   if (target != body && overlapping(target, body_length, sealed, sealed_length)) {
     return fail(env, "openDatagram: the output partly overlaps the sealed datagram");
   }
-  unsigned char tag[TAG_BYTES];
-  memcpy(tag, sealed + sealed_length - TAG_BYTES, TAG_BYTES);
-  int written = 0;
-  int final_written = 0;
-  int ok = EVP_CipherInit_ex(aead->ctx, NULL, NULL, NULL, nonce, 0) == 1 &&
-           EVP_CIPHER_CTX_ctrl(aead->ctx, EVP_CTRL_AEAD_SET_TAG, TAG_BYTES, tag) == 1 &&
-           EVP_CipherUpdate(aead->ctx, NULL, &written, sealed, (int)aad_bytes) == 1 &&
-           EVP_CipherUpdate(aead->ctx, target, &written, body, (int)body_length) == 1 &&
-           (size_t)written <= body_length &&
-           EVP_CipherFinal_ex(aead->ctx, target + written, &final_written) == 1 &&
-           (size_t)written + (size_t)final_written == body_length;
-  if (!ok) {
-    OPENSSL_cleanse(target, body_length); /* nothing of a packet that fails is left readable */
-  }
-  napi_value result;
-  if (napi_get_boolean(env, ok ? true : false, &result) != napi_ok) {
-    return fail(env, "could not return the result");
-  }
-  return result;
+  return evp_open(env, aead, nonce, sealed, aad_bytes, body, body_length, sealed + sealed_length - TAG_BYTES,
+                  target);
 }
 
 static napi_value digest(napi_env env, napi_callback_info info) {

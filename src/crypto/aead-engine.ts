@@ -25,9 +25,12 @@ import { AeadEngineError, CipherError } from './errors.js';
 /** The AEAD ciphers the engine knows (the suites of src/crypto/suites.ts). */
 export type AeadName = 'aes-128-gcm' | 'aes-256-gcm' | 'chacha20-poly1305';
 
-const tagBytes = 16;
-const nonceBytes = 12;
-const keyBytesOf: Record<AeadName, number> = {
+/** AEAD tag length, pinned: shorter tags are refused (docs/security.md). suites.ts takes it from here. */
+export const tagBytes = 16;
+/** AEAD nonce length: 96 bits, the length all three suites are specified for. */
+export const nonceBytes = 12;
+/** Each suite's key length, in bytes. */
+export const keyBytesOf: Readonly<Record<AeadName, 16 | 32>> = {
   'aes-128-gcm': 16,
   'aes-256-gcm': 32,
   'chacha20-poly1305': 32,

@@ -23,13 +23,21 @@ import {
   offsetType,
   PacketType,
 } from '../protocol/packet.js';
-import { type AeadContext, createAeadContext, sealDatagramRefusal } from './aead-engine.js';
+import {
+  type AeadContext,
+  type AeadName,
+  createAeadContext,
+  keyBytesOf,
+  nonceBytes,
+  sealDatagramRefusal,
+  tagBytes,
+} from './aead-engine.js';
 import { CipherError, SuiteRefused } from './errors.js';
 
-/** AEAD tag length, pinned: shorter tags are refused (docs/security.md). */
-export const aeadTagBytes = 16;
+/** AEAD tag length, pinned: shorter tags are refused (docs/security.md). The engine's, one number. */
+export const aeadTagBytes = tagBytes;
 /** AEAD nonce length (96 bits, as RFC 5116 recommends for GCM and RFC 8439 requires). */
-export const aeadNonceBytes = 12;
+export const aeadNonceBytes = nonceBytes;
 
 /** Suite numbers as they travel in a session descriptor's offer. */
 export const SuiteId = { aes128Gcm: 1, aes256Gcm: 2, chacha20Poly1305: 3 } as const;
@@ -39,15 +47,15 @@ export type SuiteIdCode = (typeof SuiteId)[keyof typeof SuiteId];
 export interface Suite {
   readonly id: SuiteIdCode;
   /** The name used on the command line and in docs. */
-  readonly name: 'aes-128-gcm' | 'aes-256-gcm' | 'chacha20-poly1305';
+  readonly name: AeadName;
   readonly keyBytes: 16 | 32;
 }
 
 /** Every suite gatecast speaks, in its default order of preference. */
 export const suites: readonly Suite[] = [
-  { id: SuiteId.aes256Gcm, name: 'aes-256-gcm', keyBytes: 32 },
-  { id: SuiteId.aes128Gcm, name: 'aes-128-gcm', keyBytes: 16 },
-  { id: SuiteId.chacha20Poly1305, name: 'chacha20-poly1305', keyBytes: 32 },
+  { id: SuiteId.aes256Gcm, name: 'aes-256-gcm', keyBytes: keyBytesOf['aes-256-gcm'] },
+  { id: SuiteId.aes128Gcm, name: 'aes-128-gcm', keyBytes: keyBytesOf['aes-128-gcm'] },
+  { id: SuiteId.chacha20Poly1305, name: 'chacha20-poly1305', keyBytes: keyBytesOf['chacha20-poly1305'] },
 ];
 
 /** The only signature scheme accepted for manifests, descriptors, grants and KEY messages. */
