@@ -290,6 +290,15 @@ export function createSource(settings: SourceSettings, components: SourceCompone
    * run still sends its last manifests and END, and run() then throws it.
    */
   let exhausted: KeyEpochsExhausted | undefined;
+  /**
+   * Aborted with `exhausted`: a pump waiting (for a stream's next payload, for its rate) stops at
+   * once, since nothing more can be sealed; `stopping` stays as it is, so END still goes out.
+   */
+  const exhaustion = new AbortController();
+  const endRun = (error: KeyEpochsExhausted) => {
+    exhausted ??= error;
+    exhaustion.abort();
+  };
   let socket: SenderSocket | undefined;
   let lastResort: LastResort | undefined;
   const adaptive =
@@ -409,7 +418,7 @@ export function createSource(settings: SourceSettings, components: SourceCompone
       }
     } catch (error) {
       if (error instanceof KeyEpochsExhausted) {
-        exhausted ??= error; // the pump ends the run at its next packet, with END
+        endRun(error); // the pump ends the run now, with END, even while it waits for input
         return;
       }
       fail(error);
@@ -453,7 +462,11 @@ export function createSource(settings: SourceSettings, components: SourceCompone
         );
       }
       await sendSession(options.signal);
+      // A run whose key epochs ran out still answers repairs of what it sent, then says so.
       await linger(options.signal);
+      if (exhausted !== undefined) {
+        throw exhausted;
+      }
     } catch (error) {
       fail(error);
     } finally {
@@ -525,9 +538,6 @@ export function createSource(settings: SourceSettings, components: SourceCompone
     while (inFlight > 0 && !stopping.signal.aborted) {
       await timers.sleep(1);
     }
-    if (exhausted !== undefined) {
-      throw exhausted;
-    }
   }
 
   /**
@@ -564,9 +574,9 @@ export function createSource(settings: SourceSettings, components: SourceCompone
     let refilledAtMs = clock.nowMs();
     let slot = 0;
     let batch = 0;
-    const stopped = anySignal([signal, stopping.signal]);
+    const stopped = anySignal([signal, stopping.signal, exhaustion.signal]);
     const aborted = abortPromise(stopped);
-    while (!stopped.aborted && exhausted === undefined) {
+    while (!stopped.aborted) {
       if (bytesPerMs > 0 && creditBytes < slotBytes) {
         const now = clock.nowMs();
         if (adaptive !== undefined) {
@@ -621,7 +631,7 @@ export function createSource(settings: SourceSettings, components: SourceCompone
           );
         } catch (error) {
           if (error instanceof KeyEpochsExhausted) {
-            exhausted ??= error; // this payload is not sent: the run ends before it, with END
+            endRun(error); // this payload is not sent: the run ends before it, with END
             return;
           }
           throw error;

@@ -23,7 +23,7 @@ import {
   writeHeaderFields,
 } from '../../src/protocol/packet.js';
 import { decodeKey } from '../../src/protocol/restricted.js';
-import { inputEnded, type PayloadInput } from '../../src/source/inputs.js';
+import { inputEnded, inputNotReady, type PayloadInput } from '../../src/source/inputs.js';
 import { createSource } from '../../src/source/source.js';
 import { restrictedKeys } from '../helpers/restricted-bed.js';
 
@@ -142,5 +142,81 @@ describe('key epochs of a restricted run', () => {
     assert.equal(decoded.value.packetCount, sealedBeforeEnd, 'END counts what was sent');
     assert.ok(types.slice(lastData).includes(PacketType.signature), 'the last manifest follows it');
     assert.equal(source.stats.packetsSent, sealedBeforeEnd);
+  });
+
+  it('a stream waiting for input when the epochs run out at a control tick ends at once with END', {
+    timeout: 20_000,
+  }, async () => {
+    const wire: Buffer[] = [];
+    const socket: SenderSocket = {
+      iface: undefined,
+      send(buffer, length, done) {
+        wire.push(Buffer.from(buffer.subarray(0, length)));
+        setImmediate(() => done?.(null));
+      },
+      async close() {},
+      async [Symbol.asyncDispose]() {},
+    };
+    // A live stream that gives five payloads, then has nothing more for as long as it is open.
+    let next = 0;
+    let closeInput: () => void = () => undefined;
+    const closedInput = new Promise<void>((resolve) => {
+      closeInput = resolve;
+    });
+    const input: PayloadInput = {
+      kind: SessionKind.stream,
+      totalBytes: undefined,
+      sha256: undefined,
+      droppedCount: 0,
+      read(out) {
+        if (next >= 5) {
+          return inputNotReady;
+        }
+        out.fill(next++, 0, 100);
+        return 100;
+      },
+      waitReadable: () => closedInput,
+      async close() {
+        closeInput();
+      },
+    };
+    let controls = 0;
+    const source = createSource(
+      {
+        group: parseGroup('239.255.64.10:5000', 'g'),
+        rateBitsPerSecond: 0,
+        packetPayloadBytes: 200,
+        sessionName: 'epochs-idle',
+        startDelayMs: 0,
+      },
+      {
+        input,
+        openSocket: async () => socket,
+        // The real protection, whose epochs run out at a control tick once the five payloads are
+        // sealed (the period ending while the stream is idle): control then throws what the real
+        // one throws past epoch 65,535.
+        protection: (run) => {
+          const real = createSenderProtection(settings(10_000, 32), run);
+          return {
+            ...real,
+            control(header, nowMs, wallUs) {
+              if (next >= 5 && controls++ > 0) {
+                throw new KeyEpochsExhausted('the run has used all 65535 key epochs');
+              }
+              return real.control(header, nowMs, wallUs);
+            },
+          };
+        },
+      },
+    );
+    await assert.rejects(source.run(), KeyEpochsExhausted);
+    await source.close();
+    const types: number[] = wire.map((datagram) => datagram[offsetType] ?? -1);
+    assert.equal(types.filter((type) => type === PacketType.data).length, 5);
+    const end = wire.find((datagram) => datagram[offsetType] === PacketType.end);
+    assert.ok(end !== undefined && types.indexOf(PacketType.end) > types.lastIndexOf(PacketType.data));
+    const decoded = decodePacket(end);
+    assert.ok(decoded.ok && decoded.value.type === PacketType.end);
+    assert.equal(decoded.value.packetCount, 5, 'END counts what was sent');
   });
 });
