@@ -3,6 +3,7 @@ import { createSocket, type Socket } from 'node:dgram';
 import { describe, it } from 'node:test';
 import { generateSigningKey } from '../../src/crypto/authority.js';
 import { ControlChannel, controlKey } from '../../src/crypto/control-auth.js';
+import { KeyEpochsExhausted } from '../../src/crypto/errors.js';
 import { createSignedSenderProtection } from '../../src/crypto/restricted-session.js';
 import { createSignedSessionGate } from '../../src/crypto/signed-session.js';
 import { parseGroup } from '../../src/net/address.js';
@@ -243,6 +244,93 @@ describe('a source as the retransmit server of last resort', () => {
       }
       assert.deepEqual(ends.slice(0, 1), [120], `not held: ${notHeld.join(',')}`);
       await running;
+    } finally {
+      await source.close();
+      socket.close();
+    }
+  });
+
+  it('a run whose key epochs ran out still answers repairs after its END, then throws KeyEpochsExhausted', async () => {
+    const socket = createSocket('udp4');
+    await new Promise<void>((resolve) => socket.bind(0, '127.0.0.1', resolve));
+    const at: PeerEndpoint = { address: '127.0.0.1', port: socket.address().port };
+    const channel = new ControlChannel([key]);
+    const signing = generateSigningKey();
+    let announcedAt: PeerEndpoint | undefined;
+    const ends: number[] = [];
+    socket.on('message', (message, remote) => {
+      if (message[offsetType] === PacketType.announce) {
+        const announce = channel.accept(message, remote, decodeAnnounce, 'announce', () => undefined);
+        if (announce !== undefined && announce.sessions.length > 0) {
+          announcedAt = { address: announce.address, port: announce.port };
+        }
+        return;
+      }
+      const repair = channel.accept(message, remote, decodeRepair, 'repair', () => undefined);
+      if (repair?.end !== undefined) {
+        ends.push(repair.sequence);
+      }
+    });
+    // The protection's epochs run out at its 21st packet (a test cannot wait 18 hours): its seal
+    // throws there what a restricted run's throws past epoch 65,535.
+    const source = lastResortSource('239.255.82.5', at, 50, (identity) => {
+      const real = createSignedSenderProtection(
+        { sourcePrivateKey: signing.privateKey, sourcePublicKey: signing.publicKey, manifestPackets: 32 },
+        identity,
+      );
+      let sealed = 0;
+      return {
+        ...real,
+        seal(plain, nowMs, wallUs, into) {
+          if (sealed++ >= 20) {
+            throw new KeyEpochsExhausted('the run has used all 65535 key epochs');
+          }
+          return real.seal(plain, nowMs, wallUs, into);
+        },
+      };
+    });
+    let settled = false;
+    const running = source.run().finally(() => {
+      settled = true;
+    });
+    running.catch(() => undefined);
+    try {
+      await waitUntil('the announcement', () => announcedAt !== undefined, 5_000);
+      await waitUntil('20 packets sent', () => source.stats.packetsSent === 20, 10_000);
+      const server = announcedAt as PeerEndpoint;
+      const askEnd = () =>
+        socket.send(
+          channel.seal(
+            encodeNack(
+              {
+                sessionId: source.stats.sessionId,
+                incarnation: source.stats.incarnation,
+                sequence: 120,
+                timestampUs: 0,
+              },
+              { replyTo: at, ranges: [{ start: 120, count: 1 }] },
+            ),
+            server,
+          ),
+          server.port,
+          server.address,
+        );
+      // Asked every 200 ms (under the 500 ms quiet time): the END is answered once sent, and the
+      // source stays well past its END repeats (4 x 50 ms) while the asking goes on.
+      let roundsAfterEnd = 0;
+      for (let round = 0; round < 50 && roundsAfterEnd < 4; round++) {
+        askEnd();
+        await waitUntil('the END answered', () => ends.length > 0, 200).catch(() => undefined);
+        roundsAfterEnd += ends.length > 0 ? 1 : 0;
+        if (ends.length > 0) {
+          await new Promise((resolve) => setTimeout(resolve, 200));
+          assert.equal(settled, false, 'the source stays while NACKs come');
+        }
+      }
+      assert.deepEqual(ends.slice(0, 1), [120]);
+      assert.equal(roundsAfterEnd, 4);
+      await assert.rejects(running, KeyEpochsExhausted);
+      assert.equal(source.stats.packetsSent, 20);
     } finally {
       await source.close();
       socket.close();
