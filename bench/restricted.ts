@@ -483,7 +483,9 @@ function writeReport(
     packets it has more. Both runs pay the start-up, and V8's optimizing compiler's work on the
     code each packet runs (0.4–0.5 s of CPU in \`perf\` profiles of these runs, done in the first
     few thousand packets), so this is what one more packet costs once a stream runs: what limits
-    a long stream's packets per second on a core.
+    a long stream's packets per second on a core. One fixed cost is not alike: the sender hashes
+    its file (SHA-256) before its first packet, so the sender's figure also holds the hashing of
+    the long file's extra bytes, in every mode (a live stream is not hashed).
   The × plain columns are ratios (packets per CPU-second over plain's; plain's µs over the mode's),
   each taken within one round and the median of the rounds given; the other figures are medians
   (with an even number of rounds, the upper of the two middle values).
