@@ -218,5 +218,9 @@ describe('key epochs of a restricted run', () => {
     const decoded = decodePacket(end);
     assert.ok(decoded.ok && decoded.value.type === PacketType.end);
     assert.equal(decoded.value.packetCount, 5, 'END counts what was sent');
+    assert.ok(
+      types.slice(types.lastIndexOf(PacketType.data)).includes(PacketType.signature),
+      'the last manifest follows the last DATA',
+    );
   });
 });
