@@ -15,6 +15,8 @@ import { openPkcs11Token } from '../crypto/pkcs11-token.js';
 import {
   createSenderProtection,
   createSignedSenderProtection,
+  keyEpochMax,
+  runSpan,
   type SenderProtection,
 } from '../crypto/restricted-session.js';
 import { openSoftwareToken } from '../crypto/software-token.js';
@@ -153,10 +155,12 @@ export function tokenOption(values: OptionValues): Token | undefined {
 
 /**
  * The source's protection from `send`'s options, or undefined for a plain session. Refused
- * suites and missing keys are errors naming the option, before anything is sent.
+ * suites and missing keys are errors naming the option, before anything is sent; so is a
+ * `--duration` (`durationMs`) longer than a restricted run's 65,535 crypto-periods.
  */
 export function senderProtectionOptions(
   values: OptionValues,
+  durationMs?: number,
 ): ((run: { sessionId: number; incarnation: number }) => SenderProtection) | undefined {
   const restrictedOnly = [
     'service',
@@ -192,6 +196,12 @@ export function senderProtectionOptions(
   const cryptoPeriodMs = parseSeconds(required(values, 'crypto-period'), '--crypto-period');
   if (cryptoPeriodMs < 1000 || cryptoPeriodMs > 86_400_000) {
     throw new UsageError('--crypto-period: between 1 second and 1 day');
+  }
+  if (durationMs !== undefined && durationMs > keyEpochMax * cryptoPeriodMs) {
+    // The run would end with GATECAST_ERR_KEY_EPOCHS before the duration asked for: said now.
+    throw new UsageError(
+      `--duration: ${durationMs / 1000} s is longer than a restricted run lasts at --crypto-period ${cryptoPeriodMs / 1000} (${keyEpochMax} crypto-periods, ${runSpan(cryptoPeriodMs)}); give a longer --crypto-period or a shorter --duration`,
+    );
   }
   const tier = parseInteger(required(values, 'tier'), '--tier', 0, 255);
   const manifestPackets = manifestPacketsOption(values, 0);

@@ -6,6 +6,9 @@
  * key receivers already hold another for.
  */
 import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { isOperatingError } from '../../src/cli/errors.js';
 import { KeyEpochsExhausted } from '../../src/crypto/errors.js';
@@ -25,6 +28,7 @@ import {
 import { decodeKey } from '../../src/protocol/restricted.js';
 import { inputEnded, inputNotReady, type PayloadInput } from '../../src/source/inputs.js';
 import { createSource } from '../../src/source/source.js';
+import { runGatecast } from '../helpers/cli.js';
 import { restrictedKeys } from '../helpers/restricted-bed.js';
 
 const settings = (cryptoPeriodMs: number, manifestPackets: number) => ({
@@ -222,5 +226,47 @@ describe('key epochs of a restricted run', () => {
       types.slice(types.lastIndexOf(PacketType.data)).includes(PacketType.signature),
       'the last manifest follows the last DATA',
     );
+  });
+
+  it('send refuses a --duration longer than the run can last at its --crypto-period, naming both, before it sends', async () => {
+    const directory = mkdtempSync(join(tmpdir(), 'gatecast-key-epochs-'));
+    try {
+      const keys = join(directory, 'keys');
+      assert.equal((await runGatecast(['token', 'keys', '--out', keys, '--service', 'news'])).code, 0);
+      const send = (duration: string, cryptoPeriod: string) =>
+        runGatecast([
+          'send',
+          '--group',
+          '239.255.64.11:5000',
+          '--iface',
+          '127.0.0.1',
+          '--ticker',
+          '--restricted',
+          '--service',
+          'news',
+          '--service-key-file',
+          join(keys, 'news.key'),
+          '--source-key',
+          join(keys, 'source.pem'),
+          '--crypto-period',
+          cryptoPeriod,
+          '--duration',
+          duration,
+        ]);
+      // 65,535 periods of 10 s are 655,350 s (7.6 days): 655,351 s cannot be run.
+      const refused = await send('655351', '10');
+      assert.equal(refused.code, 2, refused.stderr);
+      assert.match(
+        refused.stderr,
+        /--duration: 655351 s is longer than a restricted run lasts at --crypto-period 10 \(65535 crypto-periods, 7\.6 days\)/,
+      );
+      assert.doesNotMatch(refused.stderr, /sealed and opened|sent session/, 'nothing was started');
+      // The same duration with a period that lasts it is taken (ended at once here by a short one).
+      const taken = await send('1', '10');
+      assert.equal(taken.code, 0, taken.stderr);
+      assert.match(taken.stderr + taken.stdout, /sent session/);
+    } finally {
+      rmSync(directory, { recursive: true, force: true });
+    }
   });
 });
