@@ -1,6 +1,7 @@
 /** `gatecast send`: the source role on the command line. */
 
 import { aeadEngine } from '../crypto/aead-engine.js';
+import { KeyEpochsExhausted } from '../crypto/errors.js';
 import {
   adaptRateFloorFractionDefault,
   lastResortQuietMs,
@@ -279,17 +280,29 @@ export async function runSend(argv: string[], out: NodeJS.WriteStream): Promise<
         },
       },
     );
+    // A restricted run whose key epochs ran out has sent END: its summary is given, then the error.
+    let exhausted: KeyEpochsExhausted | undefined;
     const stats = await runSource(source, durationMs, out, () =>
       endRegistered(subscription, token, registered),
-    );
+    ).catch((error: unknown) => {
+      if (!(error instanceof KeyEpochsExhausted)) {
+        throw error;
+      }
+      exhausted = error;
+      return source.stats;
+    });
     out.write(`send: ${describeSocketBuffers()}\n`);
     const engine = values.restricted === true ? { aeadEngine: aeadEngine().name } : {};
     if (values.restricted === true) {
       out.write(`send: ${describeAeadEngine()}\n`);
     }
+    const ended = exhausted === undefined ? {} : { error: exhausted.code };
     out.write(
-      `${values.json === true ? JSON.stringify({ sessionName, ...stats, ...engine, socketBuffers: socketBufferReport(), cpuSeconds: processCpuSeconds() }) : summaryLine(stats, sessionName)}\n`,
+      `${values.json === true ? JSON.stringify({ sessionName, ...stats, ...engine, ...ended, socketBuffers: socketBufferReport(), cpuSeconds: processCpuSeconds() }) : summaryLine(stats, sessionName)}\n`,
     );
+    if (exhausted !== undefined) {
+      throw exhausted; // exit 2, the reason on standard error (GATECAST_ERR_KEY_EPOCHS)
+    }
     // A datagram that did not leave is a packet no receiver can have, and a file stopped before
     // its end (--duration) cannot arrive whole: either way the session is not whole.
     return stats.sendErrors > 0 || fileCutShort(stats) ? exitIncomplete : exitOk;
