@@ -27,7 +27,7 @@ import {
 } from '../../src/protocol/packet.js';
 import { decodeKey } from '../../src/protocol/restricted.js';
 import { inputEnded, inputNotReady, type PayloadInput } from '../../src/source/inputs.js';
-import { createSource } from '../../src/source/source.js';
+import { createSource, type SourceComponents } from '../../src/source/source.js';
 import { runGatecast } from '../helpers/cli.js';
 import { restrictedKeys } from '../helpers/restricted-bed.js';
 
@@ -42,6 +42,57 @@ const settings = (cryptoPeriodMs: number, manifestPackets: number) => ({
   tier: 0,
   manifestPackets,
 });
+
+/** A socket that keeps a copy of every datagram handed to it and completes each send at once. */
+function recordingSocket(): { socket: SenderSocket; wire: Buffer[] } {
+  const wire: Buffer[] = [];
+  const socket: SenderSocket = {
+    iface: undefined,
+    send(buffer, length, done) {
+      wire.push(Buffer.from(buffer.subarray(0, length)));
+      setImmediate(() => done?.(null));
+    },
+    async close() {},
+    async [Symbol.asyncDispose]() {},
+  };
+  return { socket, wire };
+}
+
+/** An unpaced stream source on `group` with the given input and protection. */
+function streamSource(
+  group: string,
+  name: string,
+  input: PayloadInput,
+  socket: SenderSocket,
+  protection: NonNullable<SourceComponents['protection']>,
+) {
+  return createSource(
+    {
+      group: parseGroup(group, 'g'),
+      rateBitsPerSecond: 0,
+      packetPayloadBytes: 200,
+      sessionName: name,
+      startDelayMs: 0,
+    },
+    { input, openSocket: async () => socket, protection },
+  );
+}
+
+/**
+ * Checks what a run whose epochs ran out put on the wire: `data` DATA, then its last manifest, then
+ * an END that counts them.
+ */
+function assertEndedAfter(wire: Buffer[], data: number): void {
+  const types: number[] = wire.map((datagram) => datagram[offsetType] ?? -1);
+  assert.equal(types.filter((type) => type === PacketType.data).length, data);
+  const lastData = types.lastIndexOf(PacketType.data);
+  const end = wire.find((datagram) => datagram[offsetType] === PacketType.end);
+  assert.ok(end !== undefined && types.indexOf(PacketType.end) > lastData, 'END follows the last DATA');
+  const decoded = decodePacket(end);
+  assert.ok(decoded.ok && decoded.value.type === PacketType.end);
+  assert.equal(decoded.value.packetCount, data, 'END counts what was sent');
+  assert.ok(types.slice(lastData).includes(PacketType.signature), 'the last manifest follows the last DATA');
+}
 
 describe('key epochs of a restricted run', () => {
   it('seals in all 65,535 epochs, announces none past the last, then refuses with KeyEpochsExhausted', () => {
@@ -79,16 +130,7 @@ describe('key epochs of a restricted run', () => {
   });
 
   it('a run that uses up its epochs sends what it sealed, its last manifest and END, then throws', async () => {
-    const wire: Buffer[] = [];
-    const socket: SenderSocket = {
-      iface: undefined,
-      send(buffer, length, done) {
-        wire.push(Buffer.from(buffer.subarray(0, length)));
-        setImmediate(() => done?.(null));
-      },
-      async close() {},
-      async [Symbol.asyncDispose]() {},
-    };
+    const { socket, wire } = recordingSocket();
     let next = 0;
     const input: PayloadInput = {
       kind: SessionKind.stream,
@@ -106,61 +148,31 @@ describe('key epochs of a restricted run', () => {
       async close() {},
     };
     const sealedBeforeEnd = 100;
-    const source = createSource(
-      {
-        group: parseGroup('239.255.64.9:5000', 'g'),
-        rateBitsPerSecond: 0,
-        packetPayloadBytes: 200,
-        sessionName: 'epochs',
-        startDelayMs: 0,
-      },
-      {
-        input,
-        openSocket: async () => socket,
-        // The real protection, whose epochs end after `sealedBeforeEnd` packets here (a test
-        // cannot wait 18 hours): its seal then throws what the real one throws at epoch 65,536.
-        protection: (run) => {
-          const real = createSenderProtection(settings(10_000, 32), run);
-          let sealed = 0;
-          return {
-            ...real,
-            seal(plain, nowMs, wallUs, into) {
-              if (sealed++ >= sealedBeforeEnd) {
-                throw new KeyEpochsExhausted('the run has used all 65535 key epochs');
-              }
-              return real.seal(plain, nowMs, wallUs, into);
-            },
-          };
+    // The real protection, whose epochs end after `sealedBeforeEnd` packets here (a test cannot
+    // wait 18 hours): its seal then throws what the real one throws at epoch 65,536.
+    const source = streamSource('239.255.64.9:5000', 'epochs', input, socket, (run) => {
+      const real = createSenderProtection(settings(10_000, 32), run);
+      let sealed = 0;
+      return {
+        ...real,
+        seal(plain, nowMs, wallUs, into) {
+          if (sealed++ >= sealedBeforeEnd) {
+            throw new KeyEpochsExhausted('the run has used all 65535 key epochs');
+          }
+          return real.seal(plain, nowMs, wallUs, into);
         },
-      },
-    );
+      };
+    });
     await assert.rejects(source.run(), KeyEpochsExhausted);
     await source.close();
-    const types: number[] = wire.map((datagram) => datagram[offsetType] ?? -1);
-    assert.equal(types.filter((type) => type === PacketType.data).length, sealedBeforeEnd);
-    const lastData = types.lastIndexOf(PacketType.data);
-    const end = wire.find((datagram) => datagram[offsetType] === PacketType.end);
-    assert.ok(end !== undefined && types.indexOf(PacketType.end) > lastData, 'END follows the last DATA');
-    const decoded = decodePacket(end);
-    assert.ok(decoded.ok && decoded.value.type === PacketType.end);
-    assert.equal(decoded.value.packetCount, sealedBeforeEnd, 'END counts what was sent');
-    assert.ok(types.slice(lastData).includes(PacketType.signature), 'the last manifest follows it');
+    assertEndedAfter(wire, sealedBeforeEnd);
     assert.equal(source.stats.packetsSent, sealedBeforeEnd);
   });
 
   it('a stream waiting for input when the epochs run out at a control tick ends at once with END', {
     timeout: 20_000,
   }, async () => {
-    const wire: Buffer[] = [];
-    const socket: SenderSocket = {
-      iface: undefined,
-      send(buffer, length, done) {
-        wire.push(Buffer.from(buffer.subarray(0, length)));
-        setImmediate(() => done?.(null));
-      },
-      async close() {},
-      async [Symbol.asyncDispose]() {},
-    };
+    const { socket, wire } = recordingSocket();
     // A live stream that gives five payloads, then has nothing more for as long as it is open.
     let next = 0;
     let closeInput: () => void = () => undefined;
@@ -185,47 +197,24 @@ describe('key epochs of a restricted run', () => {
       },
     };
     let controls = 0;
-    const source = createSource(
-      {
-        group: parseGroup('239.255.64.10:5000', 'g'),
-        rateBitsPerSecond: 0,
-        packetPayloadBytes: 200,
-        sessionName: 'epochs-idle',
-        startDelayMs: 0,
-      },
-      {
-        input,
-        openSocket: async () => socket,
-        // The real protection, whose epochs run out at a control tick once the five payloads are
-        // sealed (the period ending while the stream is idle): control then throws what the real
-        // one throws past epoch 65,535.
-        protection: (run) => {
-          const real = createSenderProtection(settings(10_000, 32), run);
-          return {
-            ...real,
-            control(header, nowMs, wallUs) {
-              if (next >= 5 && controls++ > 0) {
-                throw new KeyEpochsExhausted('the run has used all 65535 key epochs');
-              }
-              return real.control(header, nowMs, wallUs);
-            },
-          };
+    // The real protection, whose epochs run out at a control tick once the five payloads are
+    // sealed (the period ending while the stream is idle): control then throws what the real one
+    // throws past epoch 65,535.
+    const source = streamSource('239.255.64.10:5000', 'epochs-idle', input, socket, (run) => {
+      const real = createSenderProtection(settings(10_000, 32), run);
+      return {
+        ...real,
+        control(header, nowMs, wallUs) {
+          if (next >= 5 && controls++ > 0) {
+            throw new KeyEpochsExhausted('the run has used all 65535 key epochs');
+          }
+          return real.control(header, nowMs, wallUs);
         },
-      },
-    );
+      };
+    });
     await assert.rejects(source.run(), KeyEpochsExhausted);
     await source.close();
-    const types: number[] = wire.map((datagram) => datagram[offsetType] ?? -1);
-    assert.equal(types.filter((type) => type === PacketType.data).length, 5);
-    const end = wire.find((datagram) => datagram[offsetType] === PacketType.end);
-    assert.ok(end !== undefined && types.indexOf(PacketType.end) > types.lastIndexOf(PacketType.data));
-    const decoded = decodePacket(end);
-    assert.ok(decoded.ok && decoded.value.type === PacketType.end);
-    assert.equal(decoded.value.packetCount, 5, 'END counts what was sent');
-    assert.ok(
-      types.slice(types.lastIndexOf(PacketType.data)).includes(PacketType.signature),
-      'the last manifest follows the last DATA',
-    );
+    assertEndedAfter(wire, 5);
   });
 
   it('send refuses a --duration longer than the run can last at its --crypto-period, naming both, before it sends', async () => {

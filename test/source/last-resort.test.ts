@@ -95,6 +95,53 @@ function nack(
   );
 }
 
+/**
+ * A requester of the END's repair on loopback: records where the source announced itself, the
+ * sequences of REPAIRs carrying an END and those answered "not held"; `askEnd` sends one NACK for
+ * `sequence` (the END's) to the announced server.
+ */
+async function endRequester() {
+  const socket = createSocket('udp4');
+  await new Promise<void>((resolve) => socket.bind(0, '127.0.0.1', resolve));
+  const at: PeerEndpoint = { address: '127.0.0.1', port: socket.address().port };
+  const channel = new ControlChannel([key]);
+  const seen = {
+    announcedAt: undefined as PeerEndpoint | undefined,
+    ends: [] as number[],
+    notHeld: [] as number[],
+  };
+  socket.on('message', (message, remote) => {
+    if (message[offsetType] === PacketType.announce) {
+      const announce = channel.accept(message, remote, decodeAnnounce, 'announce', () => undefined);
+      if (announce !== undefined && announce.sessions.length > 0) {
+        seen.announcedAt = { address: announce.address, port: announce.port };
+      }
+      return;
+    }
+    const repair = channel.accept(message, remote, decodeRepair, 'repair', () => undefined);
+    if (repair?.end !== undefined) {
+      seen.ends.push(repair.sequence);
+    } else if (repair !== undefined && repair.notHeldCount > 0) {
+      seen.notHeld.push(repair.sequence);
+    }
+  });
+  const askEnd = (stats: { sessionId: number; incarnation: number }, sequence: number) => {
+    const server = seen.announcedAt as PeerEndpoint;
+    socket.send(
+      channel.seal(
+        encodeNack(
+          { sessionId: stats.sessionId, incarnation: stats.incarnation, sequence, timestampUs: 0 },
+          { replyTo: at, ranges: [{ start: sequence, count: 1 }] },
+        ),
+        server,
+      ),
+      server.port,
+      server.address,
+    );
+  };
+  return { socket, at, seen, askEnd };
+}
+
 describe('a source as the retransmit server of last resort', () => {
   it('keeps a manifest only for packets it holds: repeats sent after their packets left the buffer kept them for good', async () => {
     const run = { sessionId: 9, incarnation: 4 };
@@ -193,56 +240,19 @@ describe('a source as the retransmit server of last resort', () => {
   });
 
   it("keeps its END: a NACK for the END's sequence (every copy lost at the edge) is answered with a REPAIR carrying it", async () => {
-    const socket = createSocket('udp4');
-    await new Promise<void>((resolve) => socket.bind(0, '127.0.0.1', resolve));
-    const at: PeerEndpoint = { address: '127.0.0.1', port: socket.address().port };
-    const channel = new ControlChannel([key]);
-    let announcedAt: PeerEndpoint | undefined;
-    const ends: number[] = [];
-    const notHeld: number[] = [];
-    socket.on('message', (message, remote) => {
-      if (message[offsetType] === PacketType.announce) {
-        const announce = channel.accept(message, remote, decodeAnnounce, 'announce', () => undefined);
-        if (announce !== undefined && announce.sessions.length > 0) {
-          announcedAt = { address: announce.address, port: announce.port };
-        }
-        return;
-      }
-      const repair = channel.accept(message, remote, decodeRepair, 'repair', () => undefined);
-      if (repair?.end !== undefined) {
-        ends.push(repair.sequence);
-      } else if (repair !== undefined && repair.notHeldCount > 0) {
-        notHeld.push(repair.sequence);
-      }
-    });
+    const { socket, at, seen, askEnd } = await endRequester();
     const source = lastResortSource('239.255.82.3', at, 20);
     const running = source.run();
     try {
-      await waitUntil('the announcement', () => announcedAt !== undefined, 5_000);
+      await waitUntil('the announcement', () => seen.announcedAt !== undefined, 5_000);
       await waitUntil('all 20 packets sent', () => source.stats.packetsSent === 20, 10_000);
-      const server = announcedAt as PeerEndpoint;
       // The END's sequence is the one after the last DATA: 100 + 20. Asked until the END has gone
       // out (the source sends it after its last DATA) and is answered.
-      for (let round = 0; round < 50 && ends.length === 0; round++) {
-        socket.send(
-          channel.seal(
-            encodeNack(
-              {
-                sessionId: source.stats.sessionId,
-                incarnation: source.stats.incarnation,
-                sequence: 120,
-                timestampUs: 0,
-              },
-              { replyTo: at, ranges: [{ start: 120, count: 1 }] },
-            ),
-            server,
-          ),
-          server.port,
-          server.address,
-        );
-        await waitUntil('the END answered', () => ends.length > 0, 200).catch(() => undefined);
+      for (let round = 0; round < 50 && seen.ends.length === 0; round++) {
+        askEnd(source.stats, 120);
+        await waitUntil('the END answered', () => seen.ends.length > 0, 200).catch(() => undefined);
       }
-      assert.deepEqual(ends.slice(0, 1), [120], `not held: ${notHeld.join(',')}`);
+      assert.deepEqual(seen.ends.slice(0, 1), [120], `not held: ${seen.notHeld.join(',')}`);
       await running;
     } finally {
       await source.close();
@@ -251,26 +261,8 @@ describe('a source as the retransmit server of last resort', () => {
   });
 
   it('a run whose key epochs ran out still answers repairs after its END, then throws KeyEpochsExhausted', async () => {
-    const socket = createSocket('udp4');
-    await new Promise<void>((resolve) => socket.bind(0, '127.0.0.1', resolve));
-    const at: PeerEndpoint = { address: '127.0.0.1', port: socket.address().port };
-    const channel = new ControlChannel([key]);
+    const { socket, at, seen, askEnd } = await endRequester();
     const signing = generateSigningKey();
-    let announcedAt: PeerEndpoint | undefined;
-    const ends: number[] = [];
-    socket.on('message', (message, remote) => {
-      if (message[offsetType] === PacketType.announce) {
-        const announce = channel.accept(message, remote, decodeAnnounce, 'announce', () => undefined);
-        if (announce !== undefined && announce.sessions.length > 0) {
-          announcedAt = { address: announce.address, port: announce.port };
-        }
-        return;
-      }
-      const repair = channel.accept(message, remote, decodeRepair, 'repair', () => undefined);
-      if (repair?.end !== undefined) {
-        ends.push(repair.sequence);
-      }
-    });
     // The protection's epochs run out at its 21st packet (a test cannot wait 18 hours): its seal
     // throws there what a restricted run's throws past epoch 65,535.
     const source = lastResortSource('239.255.82.5', at, 50, (identity) => {
@@ -295,39 +287,21 @@ describe('a source as the retransmit server of last resort', () => {
     });
     running.catch(() => undefined);
     try {
-      await waitUntil('the announcement', () => announcedAt !== undefined, 5_000);
+      await waitUntil('the announcement', () => seen.announcedAt !== undefined, 5_000);
       await waitUntil('20 packets sent', () => source.stats.packetsSent === 20, 10_000);
-      const server = announcedAt as PeerEndpoint;
-      const askEnd = () =>
-        socket.send(
-          channel.seal(
-            encodeNack(
-              {
-                sessionId: source.stats.sessionId,
-                incarnation: source.stats.incarnation,
-                sequence: 120,
-                timestampUs: 0,
-              },
-              { replyTo: at, ranges: [{ start: 120, count: 1 }] },
-            ),
-            server,
-          ),
-          server.port,
-          server.address,
-        );
       // Asked every 200 ms (under the 500 ms quiet time): the END is answered once sent, and the
       // source stays well past its END repeats (4 x 50 ms) while the asking goes on.
       let roundsAfterEnd = 0;
       for (let round = 0; round < 50 && roundsAfterEnd < 4; round++) {
-        askEnd();
-        await waitUntil('the END answered', () => ends.length > 0, 200).catch(() => undefined);
-        roundsAfterEnd += ends.length > 0 ? 1 : 0;
-        if (ends.length > 0) {
+        askEnd(source.stats, 120);
+        await waitUntil('the END answered', () => seen.ends.length > 0, 200).catch(() => undefined);
+        roundsAfterEnd += seen.ends.length > 0 ? 1 : 0;
+        if (seen.ends.length > 0) {
           await new Promise((resolve) => setTimeout(resolve, 200));
           assert.equal(settled, false, 'the source stays while NACKs come');
         }
       }
-      assert.deepEqual(ends.slice(0, 1), [120]);
+      assert.deepEqual(seen.ends.slice(0, 1), [120]);
       assert.equal(roundsAfterEnd, 4);
       await assert.rejects(running, KeyEpochsExhausted);
       assert.equal(source.stats.packetsSent, 20);
