@@ -564,8 +564,46 @@ export function createSource(settings: SourceSettings, components: SourceCompone
   }
 
   /**
-   * The pacing loop: a token bucket in bytes, refilled from the clock, bursts of at most one batch.
-   * With an adaptive rate, the bucket fills at the rate it allows at each refill.
+   * The DATA packets of one burst, made ready before the first of them is sent (parallel arrays,
+   * reused): the ring slot, the datagram as it goes on the wire (the slot itself, or its sealed
+   * twin), the datagrams that follow it (a manifest), its sequence and payload length.
+   */
+  const burstSlot = new Uint16Array(sendBatchPacketsMax);
+  const burstDatagram: Buffer[] = new Array<Buffer>(sendBatchPacketsMax);
+  const burstLength = new Uint32Array(sendBatchPacketsMax);
+  const burstFollowing: Array<Buffer[] | undefined> = new Array<Buffer[] | undefined>(sendBatchPacketsMax);
+  const burstSequence = new Uint32Array(sendBatchPacketsMax);
+  const burstPayload = new Uint32Array(sendBatchPacketsMax);
+
+  /** Sends the `count` packets made ready in this burst, in order, back to back. */
+  const sendBurst = (count: number) => {
+    for (let index = 0; index < count; index++) {
+      const datagram = burstDatagram[index] as Buffer;
+      sendFromSlot(burstSlot[index] as number, datagram, burstLength[index] as number);
+      const following = burstFollowing[index];
+      if (following !== undefined) {
+        for (let extra = 1; extra < following.length; extra++) {
+          const manifest = following[extra] as Buffer;
+          send(manifest, manifest.length);
+        }
+      }
+      lastResort?.keep(burstSequence[index] as number, datagram.subarray(0, burstLength[index]));
+      const length = burstPayload[index] as number;
+      stats.packetsSent++;
+      stats.packetsEmpty += length === 0 ? 1 : 0;
+      stats.payloadBytesSent += length;
+      stats.datagramBytesSent += headerBytes + length;
+      burstDatagram[index] = undefined as unknown as Buffer; // the slot's buffer is not held past its send
+      burstFollowing[index] = undefined;
+    }
+  };
+
+  /**
+   * The pacing loop: a token bucket in bytes, refilled from the clock. Each turn makes a burst
+   * ready (every packet the credit, the ring and the input allow now, at most one batch): read,
+   * headed and sealed, then sent back to back, so a receiver is woken once for the burst rather
+   * than once for each packet that sealing spaced apart. With an adaptive rate, the bucket fills at
+   * the rate it allows at each refill.
    */
   async function pump(signal: AbortSignal | undefined): Promise<void> {
     let bytesPerMs = settings.rateBitsPerSecond / 8000;
@@ -597,67 +635,87 @@ export function createSource(settings: SourceSettings, components: SourceCompone
       if (stopped.aborted) {
         return;
       }
-      const buffer = ring[slot] as Buffer;
-      const length = input.read(buffer.subarray(headerBytes));
-      if (length === inputEnded) {
+      let count = 0;
+      let ended = false;
+      let notReady = false;
+      let outOfEpochs: KeyEpochsExhausted | undefined;
+      // Nothing is awaited from here until the burst is sent: a stop cannot fall between.
+      do {
+        const buffer = ring[slot] as Buffer;
+        const length = input.read(buffer.subarray(headerBytes));
+        if (length === inputEnded) {
+          ended = true;
+          break;
+        }
+        if (length === inputNotReady) {
+          notReady = true;
+          break;
+        }
+        writeHeaderFields(
+          buffer,
+          PacketType.data,
+          sessionId,
+          nextSequence,
+          clock.wallUs(),
+          0,
+          length,
+          incarnation,
+        );
+        let datagram = buffer;
+        let datagramLength = headerBytes + length;
+        let following: Buffer[] | undefined;
+        if (protection !== undefined) {
+          let datagrams: Buffer[];
+          try {
+            datagrams = protection.seal(
+              buffer.subarray(0, headerBytes + length),
+              clock.nowMs(),
+              clock.wallUs(),
+              sealedRing?.[slot],
+            );
+          } catch (error) {
+            if (error instanceof KeyEpochsExhausted) {
+              outOfEpochs = error; // this payload is not sent: the run ends before it, with END
+              break;
+            }
+            throw error;
+          }
+          // The first is the DATA, sealed into this slot of the sealed ring; a manifest may follow.
+          datagram = datagrams[0] as Buffer;
+          datagramLength = datagram.length;
+          following = datagrams.length > 1 ? datagrams : undefined;
+        }
+        burstSlot[count] = slot;
+        burstDatagram[count] = datagram;
+        burstLength[count] = datagramLength;
+        burstFollowing[count] = following;
+        burstSequence[count] = nextSequence;
+        burstPayload[count] = length;
+        count++;
+        slot = (slot + 1) % sendRingPacketsMax;
+        nextSequence = sequenceAdd(nextSequence, 1);
+        creditBytes -= headerBytes + length;
+      } while (
+        batch + count < sendBatchPacketsMax &&
+        (bytesPerMs <= 0 || creditBytes >= slotBytes) &&
+        inFlight + count < sendRingPacketsMax - 8 &&
+        (slotSends[slot] ?? 0) === 0
+      );
+      sendBurst(count);
+      if (ended) {
         return;
       }
-      if (length === inputNotReady) {
+      if (outOfEpochs !== undefined) {
+        endRun(outOfEpochs);
+        return;
+      }
+      if (notReady) {
         await Promise.race([input.waitReadable(), aborted]);
         batch = 0;
         continue;
       }
-      writeHeaderFields(
-        buffer,
-        PacketType.data,
-        sessionId,
-        nextSequence,
-        clock.wallUs(),
-        0,
-        length,
-        incarnation,
-      );
-      if (protection === undefined) {
-        sendFromSlot(slot, buffer, headerBytes + length);
-        lastResort?.keep(nextSequence, buffer.subarray(0, headerBytes + length));
-      } else {
-        let datagrams: Buffer[];
-        try {
-          datagrams = protection.seal(
-            buffer.subarray(0, headerBytes + length),
-            clock.nowMs(),
-            clock.wallUs(),
-            sealedRing?.[slot],
-          );
-        } catch (error) {
-          if (error instanceof KeyEpochsExhausted) {
-            endRun(error); // this payload is not sent: the run ends before it, with END
-            return;
-          }
-          throw error;
-        }
-        // The first is the DATA, sealed into this slot of the sealed ring; a manifest may follow.
-        for (let index = 0; index < datagrams.length; index++) {
-          const datagram = datagrams[index] as Buffer;
-          if (index === 0) {
-            sendFromSlot(slot, datagram, datagram.length);
-          } else {
-            send(datagram, datagram.length);
-          }
-        }
-        const sealed = datagrams[0]; // the DATA as it went on the wire (a manifest may follow it)
-        if (sealed !== undefined) {
-          lastResort?.keep(nextSequence, sealed);
-        }
-      }
-      slot = (slot + 1) % sendRingPacketsMax;
-      nextSequence = sequenceAdd(nextSequence, 1);
-      stats.packetsSent++;
-      stats.packetsEmpty += length === 0 ? 1 : 0;
-      stats.payloadBytesSent += length;
-      stats.datagramBytesSent += headerBytes + length;
-      creditBytes -= headerBytes + length;
-      if (++batch >= sendBatchPacketsMax) {
+      batch += count;
+      if (batch >= sendBatchPacketsMax) {
         batch = 0;
         await timers.yield();
       }

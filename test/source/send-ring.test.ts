@@ -8,7 +8,7 @@
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { sendRingPacketsMax } from '../../src/limits.js';
+import { sendBatchPacketsMax, sendRingPacketsMax } from '../../src/limits.js';
 import { parseGroup } from '../../src/net/address.js';
 import type { SenderSocket } from '../../src/net/udp.js';
 import { decodePacket, PacketType, SessionKind } from '../../src/protocol/packet.js';
@@ -154,5 +154,107 @@ describe('send rings: a slot is not written again while its datagram is in fligh
     assert.equal(stats.sendErrors, 0);
     assert.equal(report.checked, report.sends);
     assert.deepEqual(report.altered, []);
+  });
+});
+
+describe('bursts: the packets a turn may send are made ready, then sent back to back', () => {
+  /** Runs `packets` through a source whose input and socket write one shared log of what happened. */
+  async function logged(
+    protection: SourceComponents['protection'],
+    packets: number,
+    rateBitsPerSecond: number,
+  ) {
+    const log: string[] = [];
+    const input = countingInput(packets);
+    const read = input.read.bind(input);
+    input.read = (out) => {
+      const length = read(out);
+      if (length !== inputEnded) {
+        log.push('ready');
+      }
+      return length;
+    };
+    const socket: SenderSocket = {
+      iface: undefined,
+      send(buffer, length, done) {
+        const packet = decodePacket(buffer.subarray(0, length));
+        if (packet.ok && packet.value.type === PacketType.data) {
+          log.push('sent');
+        }
+        setImmediate(() => done?.(null));
+      },
+      async close() {},
+      async [Symbol.asyncDispose]() {},
+    };
+    const source = createSource(
+      { ...settings, rateBitsPerSecond },
+      { input, openSocket: async () => socket, ...(protection === undefined ? {} : { protection }) },
+    );
+    const stats = await source.run();
+    await source.close();
+    return { stats, log };
+  }
+
+  /** The log as runs of one kind: "ready 64, sent 64, ready 64, …". */
+  function runs(log: readonly string[]): Array<[string, number]> {
+    const out: Array<[string, number]> = [];
+    for (const entry of log) {
+      const last = out.at(-1);
+      if (last !== undefined && last[0] === entry) {
+        last[1]++;
+      } else {
+        out.push([entry, 1]);
+      }
+    }
+    return out;
+  }
+
+  for (const [label, protection] of [
+    ['plain', undefined],
+    ['restricted', newsProtection(restrictedKeys.serviceKey, restrictedKeys.source)],
+  ] as const) {
+    it(`${label}: unpaced, each batch of ${sendBatchPacketsMax} is read${label === 'restricted' ? ' and sealed' : ''} before its first packet is sent`, async () => {
+      const packets = sendBatchPacketsMax * 3 + 5;
+      const { stats, log } = await logged(protection, packets, 0);
+      assert.equal(stats.packetsSent, packets);
+      assert.deepEqual(runs(log), [
+        ['ready', sendBatchPacketsMax],
+        ['sent', sendBatchPacketsMax],
+        ['ready', sendBatchPacketsMax],
+        ['sent', sendBatchPacketsMax],
+        ['ready', sendBatchPacketsMax],
+        ['sent', sendBatchPacketsMax],
+        ['ready', 5],
+        ['sent', 5],
+      ]);
+    });
+  }
+
+  it('paced: a burst holds what the credit allows, more than one packet, never more than a batch', async () => {
+    // 1,400 bytes a millisecond: a turn that slept a few milliseconds has credit for several packets.
+    const packets = 120;
+    const { stats, log } = await logged(undefined, packets, 11_200_000);
+    assert.equal(stats.packetsSent, packets);
+    const bursts = runs(log)
+      .filter(([kind]) => kind === 'sent')
+      .map(([, count]) => count);
+    assert.equal(
+      bursts.reduce((sum, count) => sum + count, 0),
+      packets,
+    );
+    assert.ok(
+      bursts.every((count) => count <= sendBatchPacketsMax),
+      `bursts ${bursts.join(' ')}`,
+    );
+    assert.ok(
+      bursts.some((count) => count > 1),
+      `bursts ${bursts.join(' ')}`,
+    );
+    // Each burst was made ready whole before it went: the log alternates ready and sent runs of one size.
+    const pairs = runs(log);
+    for (let index = 0; index < pairs.length; index += 2) {
+      assert.deepEqual([pairs[index]?.[0], pairs[index + 1]?.[0]], ['ready', 'sent']);
+      assert.equal(pairs[index]?.[1], pairs[index + 1]?.[1]);
+    }
   });
 });
