@@ -4,7 +4,7 @@
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { buildControlSignature, generateSigningKey } from '../../src/crypto/authority.js';
+import { buildControlSignature, generateSigningKey, signInPlace } from '../../src/crypto/authority.js';
 import { createSenderProtection, createSignedSenderProtection } from '../../src/crypto/restricted-session.js';
 import { createSignedSessionGate } from '../../src/crypto/signed-session.js';
 import { suites } from '../../src/crypto/suites.js';
@@ -17,7 +17,7 @@ import {
   PacketType,
   writeHeaderFields,
 } from '../../src/protocol/packet.js';
-import { decodeSignature, SignatureKind } from '../../src/protocol/restricted.js';
+import { decodeSignature, encodeManifestUnsigned, SignatureKind } from '../../src/protocol/restricted.js';
 import { data, end, heartbeat } from '../helpers/craft.js';
 
 const source = generateSigningKey();
@@ -99,6 +99,56 @@ describe('signed-session gate', () => {
     flipped[40] = (flipped[40] ?? 0) ^ 1;
     t.take(flipped);
     assert.equal(t.g.stats.forged['bad-signature'], 1);
+  });
+
+  it('a manifest sent again is a repeat, by its bytes or by its hashes; one that differs is checked in full', () => {
+    const protection = sender();
+    const t = gate();
+    const wire: Buffer[] = [];
+    for (let sequence = 300; sequence < 332; sequence++) {
+      wire.push(...protection.seal(data(run, sequence, Buffer.from(`genuine ${sequence}`)), 0, 0));
+    }
+    const manifest = wire.pop() as Buffer;
+    t.take(manifest);
+    assert.equal(t.g.stats.signaturesVerified, 1);
+    // The source's own copies (ManifestRepeats sends the same bytes again): no second check.
+    t.take(Buffer.from(manifest));
+    t.take(Buffer.from(manifest));
+    assert.equal(t.g.stats.manifestsRepeated, 2);
+    assert.equal(t.g.stats.signaturesVerified, 1);
+    // The same hashes signed again under another header time: not the same bytes, and nothing new.
+    const decoded = decodeSignature(manifest);
+    assert.ok(decoded.ok && decoded.value.kind === SignatureKind.manifest);
+    const resigned = signInPlace(
+      encodeManifestUnsigned({ ...run, sequence: 300, timestampUs: 123_456 }, decoded.value.hashes),
+      source.privateKey,
+    );
+    assert.notDeepEqual(resigned, manifest);
+    t.take(resigned);
+    assert.equal(t.g.stats.manifestsRepeated, 3);
+    // A forger's manifest for the same sequences with one hash of its own, or the genuine one with
+    // its last hash altered: both hold a hash not yet vouched for, so both are checked, refused and
+    // counted; the kept hashes stay. (A forger's copy of only known hashes moves nothing either way.)
+    const forgedHashes = decoded.value.hashes.map((hash) => Buffer.from(hash));
+    const firstHash = forgedHashes[0] as Buffer;
+    firstHash[0] = (firstHash[0] ?? 0) ^ 1;
+    t.take(
+      signInPlace(
+        encodeManifestUnsigned({ ...run, sequence: 300, timestampUs: 0 }, forgedHashes),
+        forger.privateKey,
+      ),
+    );
+    const altered = Buffer.from(manifest);
+    const lastHashAt = altered.length - 64 - 1;
+    altered[lastHashAt] = (altered[lastHashAt] ?? 0) ^ 1;
+    t.take(altered);
+    assert.equal(t.g.stats.forged['bad-signature'], 2);
+    assert.equal(t.g.stats.manifestsRepeated, 3);
+    for (const datagram of wire) {
+      t.take(datagram);
+    }
+    assert.equal(t.passed.length, 32);
+    assert.equal(t.g.stats.dataAuthenticated, 32);
   });
 
   it("a HEARTBEAT or END passes only after the source signed it; a forger's signature moves nothing", () => {
