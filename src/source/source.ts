@@ -641,7 +641,7 @@ export function createSource(settings: SourceSettings, components: SourceCompone
       let outOfEpochs: KeyEpochsExhausted | undefined;
       // An input that cannot be read or a refused seal fails the run, once what was made ready
       // before it (read and numbered) has been sent and counted, as it was one packet at a time.
-      let failedWith: unknown;
+      let failed: { error: unknown } | undefined;
       // Nothing is awaited from here until the burst is sent: a stop cannot fall between.
       do {
         const buffer = ring[slot] as Buffer;
@@ -649,7 +649,7 @@ export function createSource(settings: SourceSettings, components: SourceCompone
         try {
           length = input.read(buffer.subarray(headerBytes));
         } catch (error) {
-          failedWith = error;
+          failed = { error };
           break;
         }
         if (length === inputEnded) {
@@ -687,7 +687,7 @@ export function createSource(settings: SourceSettings, components: SourceCompone
               outOfEpochs = error; // this payload is not sent: the run ends before it, with END
               break;
             }
-            failedWith = error;
+            failed = { error };
             break;
           }
           // The first is the DATA, sealed into this slot of the sealed ring; a manifest may follow.
@@ -712,8 +712,8 @@ export function createSource(settings: SourceSettings, components: SourceCompone
         (slotSends[slot] ?? 0) === 0
       );
       sendBurst(count);
-      if (failedWith !== undefined) {
-        throw failedWith;
+      if (failed !== undefined) {
+        throw failed.error;
       }
       if (ended) {
         return;
