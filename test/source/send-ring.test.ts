@@ -9,6 +9,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { manifestHash } from '../../src/crypto/authority.js';
+import { createSignedSenderProtection } from '../../src/crypto/restricted-session.js';
 import { sendBatchPacketsMax, sendRingPacketsMax } from '../../src/limits.js';
 import { parseGroup } from '../../src/net/address.js';
 import type { SenderSocket } from '../../src/net/udp.js';
@@ -376,4 +377,64 @@ describe('a failure in the middle of a burst: what was made ready before it is s
     }
     assert.ok(readyBeforeFailure - covered.size < 32, `${covered.size} of ${readyBeforeFailure} covered`);
   });
+});
+
+describe('a stop that falls while a burst is being sent: END counts every DATA that went out', () => {
+  const signed: NonNullable<SourceComponents['protection']> = (run) =>
+    createSignedSenderProtection(
+      {
+        sourcePrivateKey: restrictedKeys.source.privateKey,
+        sourcePublicKey: restrictedKeys.source.publicKey,
+        manifestPackets: 32,
+      },
+      run,
+    );
+  for (const [label, protection] of [
+    ['plain', undefined],
+    ['signed', signed],
+    ['restricted', newsProtection(restrictedKeys.serviceKey, restrictedKeys.source)],
+  ] as const) {
+    it(`${label}: the burst made ready goes out whole, numbered without a gap, and END's count and sequence match the wire`, async () => {
+      const controller = new AbortController();
+      // The stop comes as the socket is handed the 100th DATA, inside the second burst of 64.
+      const stopAtData = sendBatchPacketsMax + 36;
+      const wire: Buffer[] = [];
+      let data = 0;
+      const socket: SenderSocket = {
+        iface: undefined,
+        send(buffer, length, done) {
+          wire.push(Buffer.from(buffer.subarray(0, length)));
+          if (buffer[offsetType] === PacketType.data && ++data === stopAtData) {
+            controller.abort();
+          }
+          setImmediate(() => done?.(null));
+        },
+        async close() {},
+        async [Symbol.asyncDispose]() {},
+      };
+      const source = createSource(settings, {
+        input: countingInput(sendBatchPacketsMax * 8),
+        openSocket: async () => socket,
+        ...(protection === undefined ? {} : { protection }),
+      });
+      const stats = await source.run({ signal: controller.signal });
+      await source.close();
+      const sequences = wire
+        .filter((datagram) => datagram[offsetType] === PacketType.data)
+        .map((datagram) => datagram.readUInt32BE(offsetSequence));
+      // The stop is seen between bursts: the one it fell in was made ready before it, and is sent.
+      assert.equal(sequences.length, sendBatchPacketsMax * 2);
+      assert.deepEqual(
+        sequences,
+        sequences.map((_, index) => sequenceAdd(stats.firstSequence, index)),
+      );
+      assert.equal(stats.packetsSent, sequences.length);
+      const end = wire
+        .map((datagram) => decodePacket(datagram))
+        .find((packet) => packet.ok && packet.value.type === PacketType.end);
+      assert.ok(end?.ok === true && end.value.type === PacketType.end, 'END went out');
+      assert.equal(end.value.packetCount, sequences.length);
+      assert.equal(end.value.sequence, sequenceAdd(stats.firstSequence, sequences.length));
+    });
+  }
 });
