@@ -639,10 +639,19 @@ export function createSource(settings: SourceSettings, components: SourceCompone
       let ended = false;
       let notReady = false;
       let outOfEpochs: KeyEpochsExhausted | undefined;
+      // An input that cannot be read or a refused seal fails the run, once what was made ready
+      // before it (read and numbered) has been sent and counted, as it was one packet at a time.
+      let failed: { error: unknown } | undefined;
       // Nothing is awaited from here until the burst is sent: a stop cannot fall between.
       do {
         const buffer = ring[slot] as Buffer;
-        const length = input.read(buffer.subarray(headerBytes));
+        let length: number;
+        try {
+          length = input.read(buffer.subarray(headerBytes));
+        } catch (error) {
+          failed = { error };
+          break;
+        }
         if (length === inputEnded) {
           ended = true;
           break;
@@ -678,7 +687,8 @@ export function createSource(settings: SourceSettings, components: SourceCompone
               outOfEpochs = error; // this payload is not sent: the run ends before it, with END
               break;
             }
-            throw error;
+            failed = { error };
+            break;
           }
           // The first is the DATA, sealed into this slot of the sealed ring; a manifest may follow.
           datagram = datagrams[0] as Buffer;
@@ -702,6 +712,9 @@ export function createSource(settings: SourceSettings, components: SourceCompone
         (slotSends[slot] ?? 0) === 0
       );
       sendBurst(count);
+      if (failed !== undefined) {
+        throw failed.error;
+      }
       if (ended) {
         return;
       }

@@ -8,10 +8,20 @@
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
+import { manifestHash } from '../../src/crypto/authority.js';
+import { createSignedSenderProtection } from '../../src/crypto/restricted-session.js';
 import { sendBatchPacketsMax, sendRingPacketsMax } from '../../src/limits.js';
 import { parseGroup } from '../../src/net/address.js';
 import type { SenderSocket } from '../../src/net/udp.js';
-import { decodePacket, PacketType, SessionKind } from '../../src/protocol/packet.js';
+import {
+  decodePacket,
+  offsetSequence,
+  offsetType,
+  PacketType,
+  SessionKind,
+} from '../../src/protocol/packet.js';
+import { decodeSignature, SignatureKind } from '../../src/protocol/restricted.js';
+import { sequenceAdd } from '../../src/protocol/serial.js';
 import { inputEnded, type PayloadInput } from '../../src/source/inputs.js';
 import { createSource, type SourceComponents, type SourceSettings } from '../../src/source/source.js';
 import { newsProtection, restrictedKeys } from '../helpers/restricted-bed.js';
@@ -257,4 +267,174 @@ describe('bursts: the packets a turn may send are made ready, then sent back to 
       assert.equal(pairs[index]?.[1], pairs[index + 1]?.[1]);
     }
   });
+});
+
+describe('a failure in the middle of a burst: what was made ready before it is still sent (the burst was dropped)', () => {
+  /** A socket that keeps a copy of every datagram handed to it and completes each send on the next turn. */
+  function recordingSocket(): { socket: SenderSocket; wire: Buffer[] } {
+    const wire: Buffer[] = [];
+    const socket: SenderSocket = {
+      iface: undefined,
+      send(buffer, length, done) {
+        wire.push(Buffer.from(buffer.subarray(0, length)));
+        setImmediate(() => done?.(null));
+      },
+      async close() {},
+      async [Symbol.asyncDispose]() {},
+    };
+    return { socket, wire };
+  }
+
+  /** How many DATA went out; each plain one is checked to carry the payload countingInput gave it. */
+  function dataOnWire(wire: readonly Buffer[], sealed: boolean): number {
+    let count = 0;
+    for (const datagram of wire) {
+      const packet = decodePacket(datagram);
+      if (!packet.ok || packet.value.type !== PacketType.data) {
+        continue;
+      }
+      if (!sealed) {
+        const expected = Buffer.alloc(50 + (count % 150));
+        for (let index = 0; index < expected.length; index++) {
+          expected[index] = (count * 31 + index) & 0xff;
+        }
+        assert.deepEqual(packet.value.payload, expected, `payload of DATA ${count}`);
+      }
+      count++;
+    }
+    return count;
+  }
+
+  // Not a multiple of the batch: the failure falls inside the second burst.
+  const readyBeforeFailure = sendBatchPacketsMax + 36;
+
+  it('plain: an input that fails to read sends the packets read before it, counted, and the run fails with its error', async () => {
+    const { socket, wire } = recordingSocket();
+    const input = countingInput(readyBeforeFailure * 2);
+    const read = input.read.bind(input);
+    let reads = 0;
+    input.read = (out) => {
+      if (reads++ === readyBeforeFailure) {
+        throw new Error('EIO: i/o error, read');
+      }
+      return read(out);
+    };
+    const source = createSource(settings, { input, openSocket: async () => socket });
+    await assert.rejects(source.run(), /EIO/);
+    await source.close();
+    assert.equal(dataOnWire(wire, false), readyBeforeFailure);
+    assert.equal(source.stats.packetsSent, readyBeforeFailure);
+  });
+
+  it('restricted: a seal that fails (not for key epochs) sends the packets sealed before it and their manifests', async () => {
+    const { socket, wire } = recordingSocket();
+    const real = newsProtection(restrictedKeys.serviceKey, restrictedKeys.source);
+    const source = createSource(settings, {
+      input: countingInput(readyBeforeFailure * 2),
+      openSocket: async () => socket,
+      protection: (run) => {
+        const protection = real(run);
+        let seals = 0;
+        return {
+          ...protection,
+          seal(plain, nowMs, wallUs, into) {
+            if (seals++ === readyBeforeFailure) {
+              throw new Error('the engine refused to seal');
+            }
+            return protection.seal(plain, nowMs, wallUs, into);
+          },
+        };
+      },
+    });
+    await assert.rejects(source.run(), /refused to seal/);
+    await source.close();
+    assert.equal(dataOnWire(wire, true), readyBeforeFailure);
+    assert.equal(source.stats.packetsSent, readyBeforeFailure);
+    // Each manifest on the wire follows the DATA it vouches for, as they went out, and together
+    // they cover the run from its first packet up to fewer than a manifest's 32 (newsProtection):
+    // no manifest made ready with its DATA was left behind.
+    const sent = new Map<number, Buffer>();
+    const covered = new Set<number>();
+    for (const datagram of wire) {
+      if (datagram[offsetType] === PacketType.data) {
+        sent.set(datagram.readUInt32BE(offsetSequence), datagram);
+        continue;
+      }
+      const manifest = decodeSignature(datagram);
+      if (!manifest.ok || manifest.value.kind !== SignatureKind.manifest) {
+        continue;
+      }
+      manifest.value.hashes.forEach((hash, index) => {
+        const sequence = sequenceAdd(manifest.value.sequence, index);
+        const data = sent.get(sequence);
+        assert.ok(data !== undefined, `a manifest names DATA ${sequence} before it went out`);
+        assert.deepEqual(manifestHash(data), hash);
+        covered.add(sequence);
+      });
+    }
+    for (let index = 0; index < covered.size; index++) {
+      assert.ok(covered.has(sequenceAdd(source.stats.firstSequence, index)), `DATA ${index} has a manifest`);
+    }
+    assert.ok(readyBeforeFailure - covered.size < 32, `${covered.size} of ${readyBeforeFailure} covered`);
+  });
+});
+
+describe('a stop that falls while a burst is being sent: END counts every DATA that went out', () => {
+  const signed: NonNullable<SourceComponents['protection']> = (run) =>
+    createSignedSenderProtection(
+      {
+        sourcePrivateKey: restrictedKeys.source.privateKey,
+        sourcePublicKey: restrictedKeys.source.publicKey,
+        manifestPackets: 32,
+      },
+      run,
+    );
+  for (const [label, protection] of [
+    ['plain', undefined],
+    ['signed', signed],
+    ['restricted', newsProtection(restrictedKeys.serviceKey, restrictedKeys.source)],
+  ] as const) {
+    it(`${label}: the burst made ready goes out whole, numbered without a gap, and END's count and sequence match the wire`, async () => {
+      const controller = new AbortController();
+      // The stop comes as the socket is handed the 100th DATA, inside the second burst of 64.
+      const stopAtData = sendBatchPacketsMax + 36;
+      const wire: Buffer[] = [];
+      let data = 0;
+      const socket: SenderSocket = {
+        iface: undefined,
+        send(buffer, length, done) {
+          wire.push(Buffer.from(buffer.subarray(0, length)));
+          if (buffer[offsetType] === PacketType.data && ++data === stopAtData) {
+            controller.abort();
+          }
+          setImmediate(() => done?.(null));
+        },
+        async close() {},
+        async [Symbol.asyncDispose]() {},
+      };
+      const source = createSource(settings, {
+        input: countingInput(sendBatchPacketsMax * 8),
+        openSocket: async () => socket,
+        ...(protection === undefined ? {} : { protection }),
+      });
+      const stats = await source.run({ signal: controller.signal });
+      await source.close();
+      const sequences = wire
+        .filter((datagram) => datagram[offsetType] === PacketType.data)
+        .map((datagram) => datagram.readUInt32BE(offsetSequence));
+      // The stop is seen between bursts: the one it fell in was made ready before it, and is sent.
+      assert.equal(sequences.length, sendBatchPacketsMax * 2);
+      assert.deepEqual(
+        sequences,
+        sequences.map((_, index) => sequenceAdd(stats.firstSequence, index)),
+      );
+      assert.equal(stats.packetsSent, sequences.length);
+      const end = wire
+        .map((datagram) => decodePacket(datagram))
+        .find((packet) => packet.ok && packet.value.type === PacketType.end);
+      assert.ok(end?.ok === true && end.value.type === PacketType.end, 'END went out');
+      assert.equal(end.value.packetCount, sequences.length);
+      assert.equal(end.value.sequence, sequenceAdd(stats.firstSequence, sequences.length));
+    });
+  }
 });
