@@ -108,6 +108,11 @@ export interface SourceStats {
   /** DATA packets with an empty payload (a relayed zero-length datagram; legal, and relayed). */
   packetsEmpty: number;
   payloadBytesSent: number;
+  /**
+   * What the paced stream put on the wire: each DATA datagram whole (a restricted run's with its
+   * tag) and the manifests sent with it; the rate (--rate) is counted on the same bytes. Control
+   * datagrams (DESCRIPTOR, HEARTBEAT, END, KEY, the signed offer, manifest repeats) are not in it.
+   */
   datagramBytesSent: number;
   /** Every datagram handed to the socket: DATA, DESCRIPTOR, HEARTBEAT and END. */
   datagramsAttempted: number;
@@ -574,6 +579,8 @@ export function createSource(settings: SourceSettings, components: SourceCompone
   const burstFollowing: Array<Buffer[] | undefined> = new Array<Buffer[] | undefined>(sendBatchPacketsMax);
   const burstSequence = new Uint32Array(sendBatchPacketsMax);
   const burstPayload = new Uint32Array(sendBatchPacketsMax);
+  /** The bytes each packet puts on the wire: its DATA as sent and the manifests that follow it. */
+  const burstWireBytes = new Uint32Array(sendBatchPacketsMax);
 
   /** Sends the `count` packets made ready in this burst, in order, back to back. */
   const sendBurst = (count: number) => {
@@ -592,7 +599,7 @@ export function createSource(settings: SourceSettings, components: SourceCompone
       stats.packetsSent++;
       stats.packetsEmpty += length === 0 ? 1 : 0;
       stats.payloadBytesSent += length;
-      stats.datagramBytesSent += headerBytes + length;
+      stats.datagramBytesSent += burstWireBytes[index] as number;
       burstDatagram[index] = undefined as unknown as Buffer; // the slot's buffer is not held past its send
       burstFollowing[index] = undefined;
     }
@@ -701,10 +708,19 @@ export function createSource(settings: SourceSettings, components: SourceCompone
         burstFollowing[count] = following;
         burstSequence[count] = nextSequence;
         burstPayload[count] = length;
+        // The rate is counted on what goes on the wire: the DATA whole (a restricted run's with its
+        // tag) and the manifests sent with it.
+        let wireBytes = datagramLength;
+        if (following !== undefined) {
+          for (let extra = 1; extra < following.length; extra++) {
+            wireBytes += (following[extra] as Buffer).length;
+          }
+        }
+        burstWireBytes[count] = wireBytes;
         count++;
         slot = (slot + 1) % sendRingPacketsMax;
         nextSequence = sequenceAdd(nextSequence, 1);
-        creditBytes -= headerBytes + length;
+        creditBytes -= wireBytes;
       } while (
         batch + count < sendBatchPacketsMax &&
         (bytesPerMs <= 0 || creditBytes >= slotBytes) &&

@@ -15,6 +15,8 @@ import { parseGroup } from '../../src/net/address.js';
 import type { SenderSocket } from '../../src/net/udp.js';
 import {
   decodePacket,
+  headerBytes,
+  offsetBodyLength,
   offsetSequence,
   offsetType,
   PacketType,
@@ -435,6 +437,69 @@ describe('a stop that falls while a burst is being sent: END counts every DATA t
       assert.ok(end?.ok === true && end.value.type === PacketType.end, 'END went out');
       assert.equal(end.value.packetCount, sequences.length);
       assert.equal(end.value.sequence, sequenceAdd(stats.firstSequence, sequences.length));
+    });
+  }
+});
+
+describe('the rate is counted on what goes on the wire', () => {
+  for (const [label, protection] of [
+    ['plain', undefined],
+    [
+      'restricted (tags, and a manifest per 32)',
+      newsProtection(restrictedKeys.serviceKey, restrictedKeys.source),
+    ],
+  ] as const) {
+    it(`${label}: datagramBytesSent is the DATA as sent and the manifests sent with it`, async () => {
+      const wire: Buffer[] = [];
+      const socket: SenderSocket = {
+        iface: undefined,
+        send(buffer, length, done) {
+          wire.push(Buffer.from(buffer.subarray(0, length)));
+          setImmediate(() => done?.(null));
+        },
+        async close() {},
+        async [Symbol.asyncDispose]() {},
+      };
+      const packets = 300;
+      const source = createSource(
+        { ...settings, rateBitsPerSecond: 0 },
+        {
+          input: countingInput(packets),
+          openSocket: async () => socket,
+          ...(protection === undefined ? {} : { protection }),
+        },
+      );
+      const stats = await source.run();
+      await source.close();
+      const data = wire.filter((datagram) => datagram[offsetType] === PacketType.data);
+      assert.equal(data.length, packets);
+      const dataBytes = data.reduce((sum, datagram) => sum + datagram.length, 0);
+      // Manifests sent right after the DATA that completes them (not their repeats at control ticks,
+      // nor the last one with END): each distinct manifest once.
+      const manifests = new Map<string, number>();
+      for (const datagram of wire) {
+        const decoded = datagram[offsetType] === PacketType.signature ? decodeSignature(datagram) : undefined;
+        if (
+          decoded?.ok === true &&
+          decoded.value.kind === SignatureKind.manifest &&
+          decoded.value.hashes.length === 32
+        ) {
+          manifests.set(datagram.toString('hex'), datagram.length);
+        }
+      }
+      const manifestBytes = [...manifests.values()].reduce((sum, length) => sum + length, 0);
+      if (protection === undefined) {
+        assert.equal(manifestBytes, 0);
+        assert.equal(stats.datagramBytesSent, dataBytes);
+      } else {
+        assert.equal(manifests.size, Math.floor(packets / 32));
+        assert.ok(
+          data.every((datagram) => datagram.length === datagram.readUInt16BE(offsetBodyLength) + headerBytes),
+        );
+        assert.equal(stats.datagramBytesSent, dataBytes + manifestBytes);
+        // The tag is counted: more than header and payload.
+        assert.equal(dataBytes - stats.payloadBytesSent - packets * headerBytes, packets * 16);
+      }
     });
   }
 });
