@@ -627,6 +627,7 @@ Where the time went, and what was cut (profiles with \`node --cpu-prof\` of \`se
   every packet, and holding each DATA until its manifest (sent after the 64th packet) comes,
   then checking it: that receiver costs about half again what an AEAD receiver costs. It also
   verifies about 80 Ed25519 signatures a second whatever the rate.
+
 Join to first decoded packet (a receiver started on \`rtr\` while a 200-quote/s ticker runs; from its
 "joined" line to its first quote on standard output; the plain ticker needs a DESCRIPTOR, repeated
 every ${descriptorIntervalMs} ms (it was every second: p99 974 ms at load 26); a signed or restricted one repeats its
