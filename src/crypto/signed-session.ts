@@ -18,6 +18,7 @@ import {
   signedManifestHashesMax,
   signedVouchedControlMax,
 } from '../limits.js';
+import { OldestFirst } from '../oldest-first.js';
 import {
   headerBytes,
   offsetIncarnation,
@@ -153,12 +154,16 @@ export function createSignedSessionGate(
    * `hashCount` counts the entries, the bound signedManifestHashesMax applies to.
    */
   const hashes = new Map<number, VouchedHash[]>();
+  /** Its oldest first, in constant time (a full Map drops one for each new one; see OldestFirst). */
+  const oldestHashes = new OldestFirst(hashes);
   let hashCount = 0;
   /** DATA waiting for its manifest, by sequence (a forgery may share a sequence, or be of another run). */
   const heldData = new Map<number, Held[]>();
+  const oldestHeld = new OldestFirst(heldData);
   let heldDataCount = 0;
   /** SHA-256 (hex) of control datagrams vouched for by verified control signatures → that signature. */
   const vouched = new Map<string, Buffer>();
+  const oldestVouched = new OldestFirst(vouched);
   const heldControl: Array<{
     readonly datagram: Buffer;
     readonly pass: (datagram: Buffer) => void;
@@ -189,12 +194,11 @@ export function createSignedSessionGate(
 
   const holdData = (sequence: number, held: Held) => {
     while (heldDataCount >= signedHeldPacketsMax) {
-      const oldest = heldData.keys().next();
-      if (oldest.done === true) {
+      const oldest = oldestHeld.shift();
+      if (oldest === undefined) {
         break;
       }
-      const dropped = heldData.get(oldest.value)?.length ?? 0;
-      heldData.delete(oldest.value);
+      const dropped = oldest[1].length;
       heldDataCount -= dropped;
       stats.unauthenticated += dropped;
     }
@@ -244,12 +248,11 @@ export function createSignedSessionGate(
     }
     hashCount++;
     while (hashCount > signedManifestHashesMax) {
-      const oldest = hashes.keys().next();
-      if (oldest.done === true) {
+      const oldest = oldestHashes.shift();
+      if (oldest === undefined) {
         break;
       }
-      hashCount -= hashes.get(oldest.value)?.length ?? 0;
-      hashes.delete(oldest.value);
+      hashCount -= oldest[1].length;
     }
   };
 
@@ -305,7 +308,7 @@ export function createSignedSessionGate(
     if (!known) {
       vouched.set(hex, Buffer.from(datagram));
       if (vouched.size > signedVouchedControlMax) {
-        vouched.delete(vouched.keys().next().value ?? '');
+        oldestVouched.shift();
       }
     }
     options.onAuthenticated?.(datagram);

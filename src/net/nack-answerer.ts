@@ -21,6 +21,7 @@ import {
   repairMulticastRememberedMax,
   repairSuppressMs,
 } from '../limits.js';
+import { OldestFirst } from '../oldest-first.js';
 import {
   type Control,
   encodeRepair,
@@ -116,7 +117,9 @@ interface Requester {
   /** Answers waiting for credit, oldest first, by (session, incarnation, sequence). */
   readonly queue: Map<string, Queued>;
   /** (session, incarnation, sequence) answered lately → when, oldest first. */
-  readonly answered: Map<string, number>;
+  readonly answered: Map<string, { readonly atMs: number }>;
+  /** `answered` oldest first, in constant time (a full Map drops one for each answer; see OldestFirst). */
+  readonly oldestAnswered: OldestFirst<string, { readonly atMs: number }>;
   timer: Timer | undefined;
 }
 
@@ -268,11 +271,13 @@ export class NackAnswerer {
       this.#requesters.set(senderId, requester);
       return requester;
     }
+    const answered = new Map<string, { readonly atMs: number }>();
     requester = {
       creditBytes: this.#burstBytes(this.#bytesPerMs()),
       refilledAtMs: now,
       queue: new Map(),
-      answered: new Map(),
+      answered,
+      oldestAnswered: new OldestFirst(answered),
       timer: undefined,
     };
     this.#requesters.set(senderId, requester);
@@ -305,7 +310,7 @@ export class NackAnswerer {
       this.counters.suppressed++; // already multicast to every repair server behind the group
       return false;
     }
-    const answeredAtMs = requester.answered.get(item.key);
+    const answeredAtMs = requester.answered.get(item.key)?.atMs;
     if (answeredAtMs !== undefined) {
       if (now - answeredAtMs < repairAnswerRecentMs && item.nack.peerFetch !== true) {
         this.counters.suppressed++; // answered moments ago: the answer is on its way
@@ -414,10 +419,10 @@ export class NackAnswerer {
   }
 
   #remember(requester: Requester, key: string, now: number): void {
-    requester.answered.delete(key); // most recent last
-    requester.answered.set(key, now);
+    requester.answered.delete(key); // most recent last (a new object: OldestFirst tells it moved)
+    requester.answered.set(key, { atMs: now });
     if (requester.answered.size > repairAnswerRememberedMax) {
-      requester.answered.delete(requester.answered.keys().next().value ?? '');
+      requester.oldestAnswered.shift();
     }
   }
 

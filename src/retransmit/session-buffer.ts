@@ -4,6 +4,7 @@
  * how well it receives the session (loss and RFC 3550 interarrival jitter).
  */
 import { progressAheadPacketsMax, resyncPacketsMin } from '../limits.js';
+import { OldestFirst } from '../oldest-first.js';
 import { sequenceAdd, sequenceDistance } from '../protocol/serial.js';
 
 interface Held {
@@ -35,6 +36,8 @@ export class SessionBuffer {
   readonly #bounds: BufferBounds;
   /** Insertion order is arrival order: the first key is the oldest. */
   readonly #held = new Map<number, Held>();
+  /** #held oldest first, in constant time: a full buffer drops one for each packet it stores. */
+  readonly #oldest = new OldestFirst(this.#held);
   #bytes = 0;
   evictedCount = 0;
   receivedCount = 0;
@@ -79,7 +82,7 @@ export class SessionBuffer {
     if (this.#held.size === 0 || this.#highest === undefined) {
       return undefined;
     }
-    const first = this.#held.keys().next().value as number;
+    const first = this.#oldest.peek()?.[0] as number;
     return { first, last: this.#highest };
   }
 
@@ -185,11 +188,12 @@ export class SessionBuffer {
 
   /** Drops the oldest datagrams while over the byte bound or older than the age bound. */
   evict(nowMs: number): void {
-    for (const [sequence, held] of this.#held) {
+    for (let oldest = this.#oldest.peek(); oldest !== undefined; oldest = this.#oldest.peek()) {
+      const [sequence, held] = oldest;
       if (this.#bytes <= this.#bounds.bytesMax && nowMs - held.atMs <= this.#bounds.ageMs) {
         break;
       }
-      this.#held.delete(sequence);
+      this.#oldest.shift();
       this.#bytes -= held.datagram.length;
       this.evictedCount++;
       if (sequence === this.#endSequence) {

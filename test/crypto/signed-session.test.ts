@@ -8,7 +8,7 @@ import { buildControlSignature, generateSigningKey, signInPlace } from '../../sr
 import { createSenderProtection, createSignedSenderProtection } from '../../src/crypto/restricted-session.js';
 import { createSignedSessionGate } from '../../src/crypto/signed-session.js';
 import { suites } from '../../src/crypto/suites.js';
-import { signedHeldPacketsMax } from '../../src/limits.js';
+import { signedHeldPacketsMax, signedManifestHashesMax } from '../../src/limits.js';
 import {
   headerBytes,
   offsetKeyEpoch,
@@ -18,6 +18,7 @@ import {
   writeHeaderFields,
 } from '../../src/protocol/packet.js';
 import { decodeSignature, encodeManifestUnsigned, SignatureKind } from '../../src/protocol/restricted.js';
+import { sequenceAdd } from '../../src/protocol/serial.js';
 import { data, end, heartbeat } from '../helpers/craft.js';
 
 const source = generateSigningKey();
@@ -149,6 +150,40 @@ describe('signed-session gate', () => {
     }
     assert.equal(t.passed.length, 32);
     assert.equal(t.g.stats.dataAuthenticated, 32);
+  });
+
+  it(`keeps the newest ${signedManifestHashesMax} hashes: past the bound the oldest go first, one manifest's worth at a time`, () => {
+    const protection = createSignedSenderProtection(
+      { sourcePrivateKey: source.privateKey, sourcePublicKey: source.publicKey, manifestPackets: 64 },
+      run,
+    );
+    const t = gate();
+    const first = 0xffff_f000; // the sequences wrap past 2^32 on the way
+    const manifests = signedManifestHashesMax / 64 + 3;
+    const payload = Buffer.from('p');
+    const kept = new Map<number, Buffer>();
+    for (let index = 0; index < manifests * 64; index++) {
+      const out = protection.seal(data(run, sequenceAdd(first, index), payload), 0, 0);
+      if (index === 100 || index === 200) {
+        kept.set(index, out[0] as Buffer);
+      }
+      if (out.length > 1) {
+        t.take(out[1] as Buffer);
+      }
+    }
+    assert.equal(t.g.stats.signaturesVerified, manifests);
+    const vouched = (index: number) => t.g.vouches(run.sessionId, run.incarnation, sequenceAdd(first, index));
+    // Three manifests' worth (192 hashes) fell off the front, in the order they came.
+    assert.equal(vouched(0), false);
+    assert.equal(vouched(191), false);
+    assert.equal(vouched(192), true);
+    assert.equal(vouched(manifests * 64 - 1), true);
+    assert.equal(vouched(manifests * 64), false);
+    // A DATA of an evicted sequence waits for a manifest again; one of a kept sequence passes.
+    t.take(kept.get(100) as Buffer);
+    t.take(kept.get(200) as Buffer);
+    assert.equal(t.passed.length, 1);
+    assert.equal(t.g.stats.holding, 1);
   });
 
   it("a HEARTBEAT or END passes only after the source signed it; a forger's signature moves nothing", () => {
