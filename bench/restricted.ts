@@ -117,6 +117,14 @@ async function main(): Promise<void> {
     console.error(`bench: cannot run: ${unavailable}`);
     process.exit(2);
   }
+  // Each row names the packet engine it runs: one chosen from outside would run every row on it,
+  // the plain side's beside it too, under labels that say otherwise.
+  if (process.env.GATECAST_AEAD_ENGINE !== undefined) {
+    console.error(
+      `bench: GATECAST_AEAD_ENGINE=${process.env.GATECAST_AEAD_ENGINE} is not used: each row sets the engine it names`,
+    );
+    delete process.env.GATECAST_AEAD_ENGINE;
+  }
   const directory = mkdtempSync('/dev/shm/gatecast-bench-restricted-');
   const hsm = createSoftHsm();
   hsm.initToken('bench', '24682468');

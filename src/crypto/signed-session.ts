@@ -95,13 +95,23 @@ interface Held {
   readonly incarnation: number;
 }
 
+/** A verified manifest, kept once for all the hashes remembered from it. */
+interface KeptManifest {
+  /** The manifest datagram as the source sent it. */
+  readonly datagram: Buffer;
+  /** How many hashes it holds. */
+  readonly hashesTotal: number;
+  /** How many of them are remembered from it now (not known before it came, not evicted since). */
+  hashesKept: number;
+}
+
 /** A packet hash a verified manifest holds for one run and sequence. */
 interface VouchedHash {
   readonly sessionId: number;
   readonly incarnation: number;
   readonly hash: Buffer;
-  /** The verified manifest datagram the hash came from (one copy shared by all its hashes). */
-  readonly manifest: Buffer;
+  /** The verified manifest the hash came from. */
+  readonly manifest: KeptManifest;
 }
 
 const vouchedTypes = new Set<number>([PacketType.heartbeat, PacketType.end, PacketType.descriptor]);
@@ -234,13 +244,14 @@ export function createSignedSessionGate(
     incarnation: number,
     sequence: number,
     hash: Buffer,
-    manifest: Buffer,
+    manifest: KeptManifest,
   ) => {
     const list = hashes.get(sequence);
     if (ofRun(list, sessionId, incarnation) !== undefined) {
       return;
     }
     const entry = { sessionId, incarnation, hash, manifest };
+    manifest.hashesKept++;
     if (list === undefined) {
       hashes.set(sequence, [entry]);
     } else {
@@ -252,7 +263,10 @@ export function createSignedSessionGate(
       if (oldest === undefined) {
         break;
       }
-      hashCount -= oldest[1].length;
+      for (const evicted of oldest[1]) {
+        evicted.manifest.hashesKept--;
+        hashCount--;
+      }
     }
   };
 
@@ -276,11 +290,15 @@ export function createSignedSessionGate(
     stats.signaturesVerified++;
     options.onAuthenticated?.(datagram);
     // One copy of the datagram, kept whole (it may be served ahead of a REPAIR); its hashes are views.
-    const kept = Buffer.from(datagram);
+    const kept: KeptManifest = {
+      datagram: Buffer.from(datagram),
+      hashesTotal: manifest.length,
+      hashesKept: 0,
+    };
     manifest.forEach((hash, index) => {
       const sequence = sequenceAdd(run.sequence, index);
       const at = hash.byteOffset - datagram.byteOffset; // the decoder's hashes are views of the datagram
-      remember(sessionId, incarnation, sequence, kept.subarray(at, at + hash.length), kept);
+      remember(sessionId, incarnation, sequence, kept.datagram.subarray(at, at + hash.length), kept);
       const waiting = heldData.get(sequence);
       if (waiting === undefined) {
         return;
@@ -327,8 +345,9 @@ export function createSignedSessionGate(
 
   /**
    * True when the datagram is, byte for byte, the verified manifest that vouched for its first
-   * sequence: a source sends each manifest three times (ManifestRepeats), and the copies need no
-   * decoding, no lookup of each hash and no signature check. Anything else takes the full path.
+   * sequence, and every hash of it is still remembered from it: a source sends each manifest three
+   * times (ManifestRepeats), and the copies need no decoding, no lookup of each hash and no
+   * signature check. Anything else takes the full path, which learns again what was evicted.
    */
   const repeatOfVerifiedManifest = (datagram: Buffer): boolean => {
     if (datagram.length <= headerBytes || datagram[headerBytes] !== SignatureKind.manifest) {
@@ -339,7 +358,7 @@ export function createSignedSessionGate(
       datagram.readUInt32BE(offsetSessionId),
       datagram.readUInt32BE(offsetIncarnation),
     )?.manifest;
-    return kept?.equals(datagram) === true;
+    return kept !== undefined && kept.hashesKept === kept.hashesTotal && kept.datagram.equals(datagram);
   };
 
   const onSignature = (datagram: Buffer) => {
@@ -414,7 +433,7 @@ export function createSignedSessionGate(
           hashes.get(datagram.readUInt32BE(offsetSequence)),
           datagram.readUInt32BE(offsetSessionId),
           datagram.readUInt32BE(offsetIncarnation),
-        )?.manifest;
+        )?.manifest.datagram;
       }
       return vouched.get(sha256Of(datagram).toString('hex'));
     },

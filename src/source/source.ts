@@ -110,8 +110,9 @@ export interface SourceStats {
   payloadBytesSent: number;
   /**
    * What the paced stream put on the wire: each DATA datagram whole (a restricted run's with its
-   * tag) and the manifests sent with it; the rate (--rate) is counted on the same bytes. Control
-   * datagrams (DESCRIPTOR, HEARTBEAT, END, KEY, the signed offer, manifest repeats) are not in it.
+   * tag) and every manifest sent (with the DATA, over what was sent since the last one, and each
+   * repeat); the rate (--rate) is counted on the same bytes. Control datagrams (DESCRIPTOR,
+   * HEARTBEAT, END, KEY, the signed offer, control signatures) are not in it.
    */
   datagramBytesSent: number;
   /** Every datagram handed to the socket: DATA, DESCRIPTOR, HEARTBEAT and END. */
@@ -358,6 +359,20 @@ export function createSource(settings: SourceSettings, components: SourceCompone
     stats.datagramsAttempted++;
     (socket as SenderSocket).send(datagram, length, sent);
   };
+  /**
+   * Manifest bytes sent outside a burst (a manifest's repeats at the control ticks, the manifest
+   * over what was sent since the last one, the last ones with END): they go on the wire with the
+   * DATA they cover and grow with it, so the pacer pays them from its credit at its next turn.
+   */
+  let manifestBytesOwed = 0;
+  /** Sends a datagram of the protection outside a burst; a manifest is counted with the DATA. */
+  const sendOutsideBurst = (datagram: Buffer) => {
+    if (datagram[offsetType] === PacketType.signature && datagram[headerBytes] === SignatureKind.manifest) {
+      manifestBytesOwed += datagram.length;
+      stats.datagramBytesSent += datagram.length;
+    }
+    send(datagram, datagram.length);
+  };
   /** Sends a datagram read from ring slot `slot` (plain or sealed) and holds the slot until it left. */
   const sendFromSlot = (slot: number, datagram: Buffer, length: number) => {
     slotSends[slot] = (slotSends[slot] ?? 0) + 1;
@@ -419,7 +434,7 @@ export function createSource(settings: SourceSettings, components: SourceCompone
         clock.nowMs(),
         clock.wallUs(),
       )) {
-        send(datagram, datagram.length);
+        sendOutsideBurst(datagram);
       }
     } catch (error) {
       if (error instanceof KeyEpochsExhausted) {
@@ -504,7 +519,7 @@ export function createSource(settings: SourceSettings, components: SourceCompone
       // A manifest over what was sent since the last one goes first: a HEARTBEAT of a signed run
       // claims no sequence that no manifest vouches for.
       for (const manifest of protection?.flush(clock.wallUs()) ?? []) {
-        send(manifest, manifest.length);
+        sendOutsideBurst(manifest);
       }
       sendControl(progress(PacketType.heartbeat));
     });
@@ -528,7 +543,7 @@ export function createSource(settings: SourceSettings, components: SourceCompone
     }
     if (protection !== undefined && socket !== undefined) {
       for (const datagram of protection.finish(clock.wallUs())) {
-        send(datagram, datagram.length);
+        sendOutsideBurst(datagram);
       }
     }
     for (let i = 0; i < endRepeatCount && !stopping.signal.aborted; i++) {
@@ -622,6 +637,8 @@ export function createSource(settings: SourceSettings, components: SourceCompone
     const stopped = anySignal([signal, stopping.signal, exhaustion.signal]);
     const aborted = abortPromise(stopped);
     while (!stopped.aborted) {
+      creditBytes -= bytesPerMs > 0 ? manifestBytesOwed : 0;
+      manifestBytesOwed = 0;
       if (bytesPerMs > 0 && creditBytes < slotBytes) {
         const now = clock.nowMs();
         if (adaptive !== undefined) {

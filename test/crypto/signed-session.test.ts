@@ -3,6 +3,7 @@
  * only honest sender: nothing reaches the role before the source key vouches for it.
  */
 import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
 import { describe, it } from 'node:test';
 import { buildControlSignature, generateSigningKey, signInPlace } from '../../src/crypto/authority.js';
 import { createSenderProtection, createSignedSenderProtection } from '../../src/crypto/restricted-session.js';
@@ -17,9 +18,18 @@ import {
   PacketType,
   writeHeaderFields,
 } from '../../src/protocol/packet.js';
-import { decodeSignature, encodeManifestUnsigned, SignatureKind } from '../../src/protocol/restricted.js';
+import {
+  decodeSignature,
+  encodeManifestUnsigned,
+  manifestHashBytes,
+  manifestPacketsMax,
+  SignatureKind,
+} from '../../src/protocol/restricted.js';
 import { sequenceAdd } from '../../src/protocol/serial.js';
 import { data, end, heartbeat } from '../helpers/craft.js';
+
+const hashOf = (datagram: Buffer): Buffer =>
+  createHash('sha256').update(datagram).digest().subarray(0, manifestHashBytes);
 
 const source = generateSigningKey();
 const forger = generateSigningKey();
@@ -184,6 +194,47 @@ describe('signed-session gate', () => {
     t.take(kept.get(200) as Buffer);
     assert.equal(t.passed.length, 1);
     assert.equal(t.g.stats.holding, 1);
+  });
+
+  it('a manifest sent again after some of its hashes were evicted, its first kept, is verified again, not a repeat', () => {
+    const t = gate();
+    const sign = (fields: { sessionId: number; incarnation: number; sequence: number }, hashes: Buffer[]) =>
+      signInPlace(encodeManifestUnsigned({ ...fields, timestampUs: 0 }, hashes), source.privateKey);
+    // An earlier run of the session (another incarnation, the same first sequence) left the gate
+    // holding its hashes from 1000 on, one manifest short of the bound.
+    const earlier = { sessionId: run.sessionId, incarnation: run.incarnation + 1 };
+    for (
+      let first = 1000;
+      first < 1000 + signedManifestHashesMax - manifestPacketsMax;
+      first += manifestPacketsMax
+    ) {
+      const hashes = Array.from({ length: manifestPacketsMax }, (_, index) =>
+        hashOf(data(earlier, first + index, Buffer.from('earlier'))),
+      );
+      t.take(sign({ ...earlier, sequence: first }, hashes));
+    }
+    // This run's manifest over 990-1053 straddles them: its hashes from 1000 on share the earlier
+    // run's oldest sequences, so the next manifest's room is made by evicting them, its own included.
+    const packets = Array.from({ length: 128 }, (_, index) =>
+      data(run, 990 + index, Buffer.from(`new ${index}`)),
+    );
+    const manifest = sign({ ...run, sequence: 990 }, packets.slice(0, 64).map(hashOf));
+    t.take(manifest);
+    t.take(sign({ ...run, sequence: 1054 }, packets.slice(64).map(hashOf)));
+    assert.equal(t.g.vouches(run.sessionId, run.incarnation, 990), true);
+    assert.equal(t.g.vouches(run.sessionId, run.incarnation, 1000), false);
+    t.take(packets[10] as Buffer); // 1000, repaired late: held, nothing vouches for it now
+    assert.equal(t.g.stats.dataAuthenticated, 0);
+    const verified = t.g.stats.signaturesVerified;
+    const repeated = t.g.stats.manifestsRepeated;
+    // The source's repeat of the same bytes holds hashes the gate no longer has: it is verified and
+    // they are learnt again, as for any manifest not all known, and the held DATA passes.
+    t.take(Buffer.from(manifest));
+    assert.equal(t.g.stats.manifestsRepeated, repeated);
+    assert.equal(t.g.stats.signaturesVerified, verified + 1);
+    assert.equal(t.g.stats.dataAuthenticated, 1);
+    assert.deepEqual(t.passed, [packets[10]]);
+    assert.equal(t.g.vouches(run.sessionId, run.incarnation, 1000), true);
   });
 
   it("a HEARTBEAT or END passes only after the source signed it; a forger's signature moves nothing", () => {

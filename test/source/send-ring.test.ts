@@ -449,7 +449,7 @@ describe('the rate is counted on what goes on the wire', () => {
       newsProtection(restrictedKeys.serviceKey, restrictedKeys.source),
     ],
   ] as const) {
-    it(`${label}: datagramBytesSent is the DATA as sent and the manifests sent with it`, async () => {
+    it(`${label}: datagramBytesSent is the DATA as sent and every manifest sent, repeats included`, async () => {
       const wire: Buffer[] = [];
       const socket: SenderSocket = {
         iface: undefined,
@@ -474,20 +474,19 @@ describe('the rate is counted on what goes on the wire', () => {
       const data = wire.filter((datagram) => datagram[offsetType] === PacketType.data);
       assert.equal(data.length, packets);
       const dataBytes = data.reduce((sum, datagram) => sum + datagram.length, 0);
-      // Manifests sent right after the DATA that completes them (not their repeats at control ticks,
-      // nor the last one with END): each distinct manifest once.
-      const manifests = new Map<string, number>();
+      // Every manifest on the wire: after the DATA that completes it, over what was sent since the
+      // last one, each repeat at the control ticks, the last ones with END.
+      const manifests = new Set<string>();
+      let manifestBytes = 0;
       for (const datagram of wire) {
         const decoded = datagram[offsetType] === PacketType.signature ? decodeSignature(datagram) : undefined;
-        if (
-          decoded?.ok === true &&
-          decoded.value.kind === SignatureKind.manifest &&
-          decoded.value.hashes.length === 32
-        ) {
-          manifests.set(datagram.toString('hex'), datagram.length);
+        if (decoded?.ok === true && decoded.value.kind === SignatureKind.manifest) {
+          manifestBytes += datagram.length;
+          if (decoded.value.hashes.length === 32) {
+            manifests.add(datagram.toString('hex'));
+          }
         }
       }
-      const manifestBytes = [...manifests.values()].reduce((sum, length) => sum + length, 0);
       if (protection === undefined) {
         assert.equal(manifestBytes, 0);
         assert.equal(stats.datagramBytesSent, dataBytes);
@@ -502,4 +501,77 @@ describe('the rate is counted on what goes on the wire', () => {
       }
     });
   }
+
+  it('a signed run of small packets paced to a rate puts no more than it on the wire, manifest repeats included', async () => {
+    // 16-byte payloads and a manifest per 64: the manifests (each sent three times) are more than
+    // half of what a run puts on the wire, so they must be paced with the DATA they cover.
+    const rateBitsPerSecond = 400_000;
+    const wire: Array<{ atMs: number; datagram: Buffer }> = [];
+    const socket: SenderSocket = {
+      iface: undefined,
+      send(buffer, length, done) {
+        wire.push({ atMs: performance.now(), datagram: Buffer.from(buffer.subarray(0, length)) });
+        setImmediate(() => done?.(null));
+      },
+      async close() {},
+      async [Symbol.asyncDispose]() {},
+    };
+    const packets = 640;
+    let next = 0;
+    const input: PayloadInput = {
+      kind: SessionKind.stream,
+      totalBytes: undefined,
+      sha256: undefined,
+      droppedCount: 0,
+      read(out) {
+        if (next >= packets) {
+          return inputEnded;
+        }
+        out.fill(next++ & 0xff, 0, 16);
+        return 16;
+      },
+      waitReadable: () => Promise.resolve(),
+      async close() {},
+    };
+    const source = createSource(
+      { ...settings, rateBitsPerSecond, packetPayloadBytes: 16 },
+      {
+        input,
+        openSocket: async () => socket,
+        protection: (run) =>
+          createSignedSenderProtection(
+            {
+              sourcePrivateKey: restrictedKeys.source.privateKey,
+              sourcePublicKey: restrictedKeys.source.publicKey,
+              manifestPackets: 64,
+            },
+            run,
+          ),
+      },
+    );
+    const stats = await source.run();
+    await source.close();
+    const isData = (datagram: Buffer) => datagram[offsetType] === PacketType.data;
+    const isManifest = (datagram: Buffer) =>
+      datagram[offsetType] === PacketType.signature && datagram[headerBytes] === SignatureKind.manifest;
+    const data = wire.filter((sent) => isData(sent.datagram));
+    assert.equal(data.length, packets);
+    const paced = wire.filter((sent) => isData(sent.datagram) || isManifest(sent.datagram));
+    // From the first DATA to the last: what went on the wire in DATA and manifests, against the rate.
+    const firstMs = (data[0] as (typeof data)[number]).atMs;
+    const lastMs = (data.at(-1) as (typeof data)[number]).atMs;
+    const windowBytes = paced
+      .filter((sent) => sent.atMs >= firstMs && sent.atMs < lastMs)
+      .reduce((sum, sent) => sum + sent.datagram.length, 0);
+    const bitsPerSecond = (windowBytes * 8 * 1000) / (lastMs - firstMs);
+    assert.ok(
+      bitsPerSecond <= rateBitsPerSecond * 1.05,
+      `${Math.round(bitsPerSecond)} bit/s on the wire in DATA and manifests, paced to ${rateBitsPerSecond}`,
+    );
+    // The summary's bytes are the same ones.
+    assert.equal(
+      stats.datagramBytesSent,
+      paced.reduce((sum, sent) => sum + sent.datagram.length, 0),
+    );
+  });
 });
