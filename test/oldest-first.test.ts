@@ -1,10 +1,17 @@
 /**
  * OldestFirst (src/oldest-first.ts): a Map's entries oldest first, checked against the Map's own
- * insertion order after every step of random work (sets, deletes, sets again, clears).
+ * insertion order after every step of random work (sets, deletes, sets again, clears), and letting
+ * go of what the Map let go.
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import { OldestFirst } from '../src/oldest-first.js';
+
+/** A full garbage collection (test only: the flag is set before the first call). */
+setFlagsFromString('--expose-gc');
+const collectGarbage = runInNewContext('gc') as () => void;
 
 /** A small seeded generator, so that a failure replays. */
 function random(seed: number): () => number {
@@ -15,63 +22,67 @@ function random(seed: number): () => number {
   };
 }
 
+/** A Map and its OldestFirst, set the way the roles set them (a new key, or delete then set). */
+function queue<K, V>() {
+  const map = new Map<K, V>();
+  const oldest = new OldestFirst(map);
+  const append = (key: K, value: V) => {
+    map.delete(key);
+    map.set(key, value);
+    oldest.added(key, value);
+  };
+  return { map, oldest, append };
+}
+
 describe('OldestFirst', () => {
   it('takes entries in insertion order; an entry set again after a delete goes to the end', () => {
-    const map = new Map<number, string>([
-      [1, 'a'],
-      [2, 'b'],
-      [3, 'c'],
-    ]);
-    const oldest = new OldestFirst(map);
-    assert.deepEqual(oldest.peek(), [1, 'a']);
-    assert.deepEqual(oldest.peek(), [1, 'a'], 'peek removes nothing');
-    map.delete(1);
-    map.set(1, 'a again');
-    assert.deepEqual(oldest.shift(), [2, 'b']);
-    map.set(4, 'd');
-    assert.deepEqual(oldest.shift(), [3, 'c']);
-    assert.deepEqual(oldest.shift(), [1, 'a again']);
-    assert.deepEqual(oldest.shift(), [4, 'd']);
+    const { map, oldest, append } = queue<number, { name: string }>();
+    const a = { name: 'a' };
+    append(1, a);
+    append(2, { name: 'b' });
+    append(3, { name: 'c' });
+    assert.equal(oldest.peek()?.[1], a);
+    assert.equal(oldest.peek()?.[1], a, 'peek removes nothing');
+    const again = { name: 'a again' };
+    append(1, again);
+    assert.deepEqual(oldest.shift(), [2, { name: 'b' }]);
+    append(4, { name: 'd' });
+    assert.deepEqual(oldest.shift(), [3, { name: 'c' }]);
+    assert.equal(oldest.shift()?.[1], again);
+    assert.deepEqual(oldest.shift(), [4, { name: 'd' }]);
     assert.equal(oldest.shift(), undefined);
     assert.equal(map.size, 0);
     // Filled again after it was emptied, and after clear().
-    map.set(9, 'z');
-    assert.deepEqual(oldest.peek(), [9, 'z']);
+    append(9, { name: 'z' });
+    assert.deepEqual(oldest.peek(), [9, { name: 'z' }]);
     map.clear();
     assert.equal(oldest.peek(), undefined);
-    map.set(7, 'y').set(8, 'x');
-    assert.deepEqual(oldest.shift(), [7, 'y']);
+    append(7, { name: 'y' });
+    append(8, { name: 'x' });
+    assert.deepEqual(oldest.shift(), [7, { name: 'y' }]);
     assert.deepEqual([...map.keys()], [8]);
   });
 
-  it('the entry it rests on, changed under it (value replaced in place, or deleted), is not taken as it was', () => {
-    const map = new Map<string, number>([
-      ['p', 1],
-      ['q', 2],
+  it('lists the entries a Map held when it was made', () => {
+    const map = new Map([
+      ['p', { n: 1 }],
+      ['q', { n: 2 }],
     ]);
     const oldest = new OldestFirst(map);
-    assert.deepEqual(oldest.peek(), ['p', 1]);
-    map.set('p', 10); // a set without delete keeps its place in the order, with the new value
-    assert.deepEqual(map.keys().next().value, 'p');
-    // Its value changed: the Map's own order is looked up again, and 'p' is still first.
-    assert.deepEqual(oldest.peek(), ['p', 10]);
-    map.delete('p');
-    map.set('p', 11); // deleted and set again: now last
-    assert.deepEqual(oldest.shift(), ['q', 2]);
-    assert.deepEqual(oldest.shift(), ['p', 11]);
-    assert.equal(oldest.peek(), undefined);
+    assert.deepEqual(oldest.shift(), ['p', { n: 1 }]);
+    assert.deepEqual(oldest.shift(), ['q', { n: 2 }]);
+    assert.equal(oldest.shift(), undefined);
   });
 
   it('agrees with the Map after 20,000 random steps, whatever else deletes from it', () => {
     for (const seed of [1, 2, 3]) {
       const next = random(seed);
-      const map = new Map<number, object>();
-      const oldest = new OldestFirst(map);
+      const { map, oldest, append } = queue<number, { step: number }>();
       let key = 0;
       for (let step = 0; step < 20_000; step++) {
         const roll = next();
         if (roll < 0.5) {
-          map.set(key++, {});
+          append(key++, { step });
         } else if (roll < 0.7) {
           const front = map.size === 0 ? undefined : (map.keys().next().value as number);
           const taken = oldest.shift();
@@ -86,13 +97,11 @@ describe('OldestFirst', () => {
         } else if (roll < 0.95 && map.size > 0) {
           // Deleted and set again: it moves to the end.
           const keys = [...map.keys()];
-          const moved = keys[Math.floor(next() * keys.length)] as number;
-          map.delete(moved);
-          map.set(moved, {});
+          append(keys[Math.floor(next() * keys.length)] as number, { step });
         } else if (roll < 0.99 && map.size > 0) {
-          // A value replaced in place: the entry keeps its place.
+          // The value changed in place (the object, not the entry): the entry keeps its place.
           const keys = [...map.keys()];
-          map.set(keys[Math.floor(next() * keys.length)] as number, {});
+          (map.get(keys[Math.floor(next() * keys.length)] as number) as { step: number }).step = step;
         } else if (roll < 0.995) {
           map.clear();
         }
@@ -102,5 +111,31 @@ describe('OldestFirst', () => {
         assert.equal(got?.[1], expected?.[1], `seed ${seed} step ${step}: the same value object`);
       }
     }
+  });
+
+  it('keeps no value the Map let go: a queue once full, then churning below its bound', async () => {
+    const { map, oldest, append } = queue<number, Buffer>();
+    for (let key = 0; key < 1_000; key++) {
+      append(key, Buffer.alloc(16));
+    }
+    oldest.shift(); // full once
+    map.clear();
+    const released: Array<WeakRef<Buffer>> = [];
+    for (let key = 0; key < 100_000; key++) {
+      const value = Buffer.alloc(16);
+      if (key < 1_000) {
+        released.push(new WeakRef(value));
+      }
+      append(key, value);
+      if (map.size > 100) {
+        map.delete(key - 100); // let go by the role itself, not through OldestFirst
+      }
+    }
+    assert.equal(map.size, 100);
+    await new Promise<void>((resolve) => setImmediate(resolve)); // a WeakRef holds its target for the turn
+    collectGarbage();
+    const kept = released.filter((ref) => ref.deref() !== undefined).length;
+    assert.equal(kept, 0, `${kept} of 1000 values deleted long ago are still kept`);
+    assert.equal(oldest.peek()?.[0], 100_000 - 100);
   });
 });

@@ -214,7 +214,9 @@ export function createSignedSessionGate(
     }
     const list = heldData.get(sequence);
     if (list === undefined) {
-      heldData.set(sequence, [held]);
+      const fresh = [held];
+      heldData.set(sequence, fresh);
+      oldestHeld.added(sequence, fresh);
     } else {
       list.push(held);
     }
@@ -253,7 +255,9 @@ export function createSignedSessionGate(
     const entry = { sessionId, incarnation, hash, manifest };
     manifest.hashesKept++;
     if (list === undefined) {
-      hashes.set(sequence, [entry]);
+      const fresh = [entry];
+      hashes.set(sequence, fresh);
+      oldestHashes.added(sequence, fresh);
     } else {
       list.push(entry);
     }
@@ -307,10 +311,12 @@ export function createSignedSessionGate(
       if (mine.length === waiting.length) {
         heldData.delete(sequence);
       } else {
-        heldData.set(
-          sequence,
-          waiting.filter((held) => held.sessionId !== sessionId || held.incarnation !== incarnation),
+        // In place, not a set of a new list: the sequence keeps its age (see OldestFirst).
+        const others = waiting.filter(
+          (held) => held.sessionId !== sessionId || held.incarnation !== incarnation,
         );
+        waiting.length = 0;
+        waiting.push(...others);
       }
       heldDataCount -= mine.length;
       for (const held of mine) {
@@ -324,7 +330,9 @@ export function createSignedSessionGate(
     const hex = sha256.toString('hex');
     const known = vouched.has(hex);
     if (!known) {
-      vouched.set(hex, Buffer.from(datagram));
+      const copy = Buffer.from(datagram);
+      vouched.set(hex, copy);
+      oldestVouched.added(hex, copy);
       if (vouched.size > signedVouchedControlMax) {
         oldestVouched.shift();
       }

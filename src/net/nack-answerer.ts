@@ -420,7 +420,9 @@ export class NackAnswerer {
 
   #remember(requester: Requester, key: string, now: number): void {
     requester.answered.delete(key); // most recent last (a new object: OldestFirst tells it moved)
-    requester.answered.set(key, { atMs: now });
+    const answered = { atMs: now };
+    requester.answered.set(key, answered);
+    requester.oldestAnswered.added(key, answered);
     if (requester.answered.size > repairAnswerRememberedMax) {
       requester.oldestAnswered.shift();
     }

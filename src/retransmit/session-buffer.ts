@@ -134,7 +134,7 @@ export class SessionBuffer {
       this.#jitterUs += (Math.abs(transitUs - this.#lastTransitUs) - this.#jitterUs) / 16;
     }
     this.#lastTransitUs = transitUs;
-    this.#held.set(sequence, { datagram, atMs: nowMs });
+    this.#hold(sequence, { datagram, atMs: nowMs });
     this.#bytes += datagram.length;
     this.evict(nowMs);
   }
@@ -151,7 +151,7 @@ export class SessionBuffer {
     if (this.#held.has(sequence)) {
       return false;
     }
-    this.#held.set(sequence, { datagram, atMs: nowMs });
+    this.#hold(sequence, { datagram, atMs: nowMs });
     this.#bytes += datagram.length;
     this.filledCount++;
     this.evict(nowMs);
@@ -170,10 +170,16 @@ export class SessionBuffer {
       return false;
     }
     this.#endSequence = sequence;
-    this.#held.set(sequence, { datagram, atMs: nowMs });
+    this.#hold(sequence, { datagram, atMs: nowMs });
     this.#bytes += datagram.length;
     this.evict(nowMs);
     return true;
+  }
+
+  /** Stores a datagram of a sequence not held, newest last. */
+  #hold(sequence: number, held: Held): void {
+    this.#held.set(sequence, held);
+    this.#oldest.added(sequence, held);
   }
 
   #forgetEnd(): void {

@@ -5,6 +5,8 @@
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { describe, it } from 'node:test';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import { buildControlSignature, generateSigningKey, signInPlace } from '../../src/crypto/authority.js';
 import { createSenderProtection, createSignedSenderProtection } from '../../src/crypto/restricted-session.js';
 import { createSignedSessionGate } from '../../src/crypto/signed-session.js';
@@ -27,6 +29,10 @@ import {
 } from '../../src/protocol/restricted.js';
 import { sequenceAdd } from '../../src/protocol/serial.js';
 import { data, end, heartbeat } from '../helpers/craft.js';
+
+/** A full garbage collection (test only: the flag is set before the first call). */
+setFlagsFromString('--expose-gc');
+const collectGarbage = runInNewContext('gc') as () => void;
 
 const hashOf = (datagram: Buffer): Buffer =>
   createHash('sha256').update(datagram).digest().subarray(0, manifestHashBytes);
@@ -269,6 +275,51 @@ describe('signed-session gate', () => {
     assert.equal(t.g.stats.holding, signedHeldPacketsMax);
     assert.equal(t.g.stats.unauthenticated, 10);
     assert.equal(t.passed.length, 0);
+  });
+
+  it('DATA held and then passed is let go: a gate once full keeps no datagram its manifests released since', async () => {
+    const protection = createSignedSenderProtection(
+      { sourcePrivateKey: source.privateKey, sourcePublicKey: source.publicKey, manifestPackets: 32 },
+      run,
+    );
+    let passed = 0;
+    const g = createSignedSessionGate(source.publicKey, {});
+    const take = (datagram: Buffer) => g.filter(datagram, () => passed++);
+    let sequence = 0;
+    const seal = () => protection.seal(data(run, sequence++, Buffer.alloc(1000)), 0, 0);
+    // A burst whose manifests come late fills the held DATA to its bound (the oldest is dropped).
+    const manifests: Buffer[] = [];
+    while (sequence < signedHeldPacketsMax + 32) {
+      const [datagram, manifest] = seal();
+      take(datagram as Buffer);
+      if (manifest !== undefined) {
+        manifests.push(manifest);
+      }
+    }
+    assert.equal(g.stats.unauthenticated, 32);
+    for (const manifest of manifests) {
+      take(manifest);
+    }
+    assert.equal(g.stats.holding, 0);
+    // Then each DATA comes just ahead of its manifest: held a moment, then passed.
+    const released: Array<WeakRef<Buffer>> = [];
+    const passedBefore = passed;
+    for (let index = 0; index < 20_000; index++) {
+      const [datagram, manifest] = seal();
+      if (index < 2_000) {
+        released.push(new WeakRef(datagram as Buffer));
+      }
+      take(datagram as Buffer);
+      if (manifest !== undefined) {
+        take(manifest);
+      }
+    }
+    assert.equal(passed - passedBefore, 20_000);
+    assert.equal(g.stats.holding, 0);
+    await new Promise<void>((resolve) => setImmediate(resolve)); // a WeakRef holds its target for the turn
+    collectGarbage();
+    const kept = released.filter((ref) => ref.deref() !== undefined).length;
+    assert.equal(kept, 0, `${kept} of 2000 datagrams passed long ago are still kept`);
   });
 });
 
