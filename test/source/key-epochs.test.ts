@@ -29,6 +29,7 @@ import { decodeKey } from '../../src/protocol/restricted.js';
 import { inputEnded, inputNotReady, type PayloadInput } from '../../src/source/inputs.js';
 import { createSource, type SourceComponents } from '../../src/source/source.js';
 import { runGatecast } from '../helpers/cli.js';
+import { recordingSocket } from '../helpers/recording-socket.js';
 import { restrictedKeys } from '../helpers/restricted-bed.js';
 
 const settings = (cryptoPeriodMs: number, manifestPackets: number) => ({
@@ -42,21 +43,6 @@ const settings = (cryptoPeriodMs: number, manifestPackets: number) => ({
   tier: 0,
   manifestPackets,
 });
-
-/** A socket that keeps a copy of every datagram handed to it and completes each send at once. */
-function recordingSocket(): { socket: SenderSocket; wire: Buffer[] } {
-  const wire: Buffer[] = [];
-  const socket: SenderSocket = {
-    iface: undefined,
-    send(buffer, length, done) {
-      wire.push(Buffer.from(buffer.subarray(0, length)));
-      setImmediate(() => done?.(null));
-    },
-    async close() {},
-    async [Symbol.asyncDispose]() {},
-  };
-  return { socket, wire };
-}
 
 /** An unpaced stream source on `group` with the given input and protection. */
 function streamSource(

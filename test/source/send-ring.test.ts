@@ -26,6 +26,7 @@ import { decodeSignature, SignatureKind } from '../../src/protocol/restricted.js
 import { sequenceAdd } from '../../src/protocol/serial.js';
 import { inputEnded, type PayloadInput } from '../../src/source/inputs.js';
 import { createSource, type SourceComponents, type SourceSettings } from '../../src/source/source.js';
+import { recordingSocket } from '../helpers/recording-socket.js';
 import { newsProtection, restrictedKeys } from '../helpers/restricted-bed.js';
 
 const settings: SourceSettings = {
@@ -272,21 +273,6 @@ describe('bursts: the packets a turn may send are made ready, then sent back to 
 });
 
 describe('a failure in the middle of a burst: what was made ready before it is still sent (the burst was dropped)', () => {
-  /** A socket that keeps a copy of every datagram handed to it and completes each send on the next turn. */
-  function recordingSocket(): { socket: SenderSocket; wire: Buffer[] } {
-    const wire: Buffer[] = [];
-    const socket: SenderSocket = {
-      iface: undefined,
-      send(buffer, length, done) {
-        wire.push(Buffer.from(buffer.subarray(0, length)));
-        setImmediate(() => done?.(null));
-      },
-      async close() {},
-      async [Symbol.asyncDispose]() {},
-    };
-    return { socket, wire };
-  }
-
   /** How many DATA went out; each plain one is checked to carry the payload countingInput gave it. */
   function dataOnWire(wire: readonly Buffer[], sealed: boolean): number {
     let count = 0;
@@ -400,20 +386,12 @@ describe('a stop that falls while a burst is being sent: END counts every DATA t
       const controller = new AbortController();
       // The stop comes as the socket is handed the 100th DATA, inside the second burst of 64.
       const stopAtData = sendBatchPacketsMax + 36;
-      const wire: Buffer[] = [];
       let data = 0;
-      const socket: SenderSocket = {
-        iface: undefined,
-        send(buffer, length, done) {
-          wire.push(Buffer.from(buffer.subarray(0, length)));
-          if (buffer[offsetType] === PacketType.data && ++data === stopAtData) {
-            controller.abort();
-          }
-          setImmediate(() => done?.(null));
-        },
-        async close() {},
-        async [Symbol.asyncDispose]() {},
-      };
+      const { socket, wire } = recordingSocket((datagram) => {
+        if (datagram[offsetType] === PacketType.data && ++data === stopAtData) {
+          controller.abort();
+        }
+      });
       const source = createSource(settings, {
         input: countingInput(sendBatchPacketsMax * 8),
         openSocket: async () => socket,
@@ -450,16 +428,7 @@ describe('the rate is counted on what goes on the wire', () => {
     ],
   ] as const) {
     it(`${label}: datagramBytesSent is the DATA as sent and every manifest sent, repeats included`, async () => {
-      const wire: Buffer[] = [];
-      const socket: SenderSocket = {
-        iface: undefined,
-        send(buffer, length, done) {
-          wire.push(Buffer.from(buffer.subarray(0, length)));
-          setImmediate(() => done?.(null));
-        },
-        async close() {},
-        async [Symbol.asyncDispose]() {},
-      };
+      const { socket, wire } = recordingSocket();
       const packets = 300;
       const source = createSource(
         { ...settings, rateBitsPerSecond: 0 },
@@ -507,15 +476,7 @@ describe('the rate is counted on what goes on the wire', () => {
     // half of what a run puts on the wire, so they must be paced with the DATA they cover.
     const rateBitsPerSecond = 400_000;
     const wire: Array<{ atMs: number; datagram: Buffer }> = [];
-    const socket: SenderSocket = {
-      iface: undefined,
-      send(buffer, length, done) {
-        wire.push({ atMs: performance.now(), datagram: Buffer.from(buffer.subarray(0, length)) });
-        setImmediate(() => done?.(null));
-      },
-      async close() {},
-      async [Symbol.asyncDispose]() {},
-    };
+    const { socket } = recordingSocket((datagram) => wire.push({ atMs: performance.now(), datagram }));
     const packets = 640;
     let next = 0;
     const input: PayloadInput = {
