@@ -535,6 +535,26 @@ export const restrictedKeyRecheckMs = 1000;
  */
 export const protectedControlIntervalMs = 50;
 
+/**
+ * Restricted or signed source: the signed offer and each KEY message are signed once and repeated
+ * byte for byte at the control ticks for this long, then signed again with a fresh header (time,
+ * sequence). A gate recognises such a repeat by its bytes and verifies it once, so a receiver
+ * verifies these about 6 times a second rather than 60. A KEY's authenticated time lags by at most
+ * this; shorter than restrictedKeyRecheckMs, so a held epoch's recheck still comes once a second.
+ */
+export const signedRepeatRefreshMs = 500;
+
+/**
+ * Restricted or signed source: a control tick signs the manifest collected so far only when its
+ * oldest packet has waited at least this long; a younger one is completed by the packets that follow
+ * or signed at the next tick, so a fast stream signs no partial manifests and a slow stream's DATA
+ * waits at most protectedControlIntervalMs plus this for its manifest.
+ */
+export const manifestFlushWaitMs = 10;
+
+/** Signed session gate: KEY messages and offers remembered after their signature verified, to know their repeats. */
+export const signedRepeatsKeptMax = 8;
+
 /** Signed source: each manifest is sent this many times in all (once at once, then at the next control ticks). */
 export const manifestSendCount = 3;
 

@@ -7,11 +7,13 @@
  */
 import { type KeyObject, randomBytes } from 'node:crypto';
 import {
+  manifestFlushWaitMs,
   manifestRepeatsMax,
   manifestSendCount,
   restrictedHeldPacketsMax,
   restrictedKeyRecheckMs,
   restrictedPendingKeysMax,
+  signedRepeatRefreshMs,
 } from '../limits.js';
 import { headerBytes, offsetKeyEpoch, offsetSequence, offsetType, PacketType } from '../protocol/packet.js';
 import { decodeKey, type KeyMessage, manifestHashBytes, OfferFlag } from '../protocol/restricted.js';
@@ -57,7 +59,11 @@ export interface SenderProtection {
    * plus overheadBytes, not overlapping `plain`), so that a packet allocates nothing.
    */
   seal(plain: Buffer, nowMs: number, wallUs: number, into?: Buffer): Buffer[];
-  /** The in-band messages to repeat (KEY for the current and next crypto-period, the signed offer). */
+  /**
+   * The in-band messages of a control tick: the manifests due again, the pending manifest once its
+   * oldest packet has waited, the signed offer and KEY for the current and next crypto-period (each
+   * the same bytes from tick to tick until it is signed again: SignedRepeats).
+   */
   control(
     run: { sessionId: number; incarnation: number; sequence: number },
     nowMs: number,
@@ -151,6 +157,16 @@ class ManifestSender {
     return this.#repeats.due();
   }
 
+  /**
+   * At a control tick: the manifest over the DATA no manifest covers yet, when its oldest packet
+   * has waited manifestFlushWaitMs; a younger one is left to fill (a fast stream then signs no
+   * partial manifests).
+   */
+  flushWaited(wallUs: number): Buffer | undefined {
+    const waitedUs = this.#builder?.waitedUs(wallUs);
+    return waitedUs !== undefined && waitedUs >= manifestFlushWaitMs * 1000 ? this.flush(wallUs) : undefined;
+  }
+
   /** The manifest over the DATA no manifest covers yet, if there is any, noted as sent. */
   flush(wallUs: number): Buffer | undefined {
     const manifest = this.#builder?.flush(wallUs);
@@ -166,6 +182,39 @@ class ManifestSender {
     return [...this.#repeats.due(), ...(manifest === undefined ? [] : [manifest, manifest])];
   }
 }
+
+/**
+ * Signed messages a source repeats at every control tick whose content does not change (the offer
+ * for a run, a KEY for its epoch): each is signed once and sent again byte for byte until
+ * signedRepeatRefreshMs has passed, then built and signed again with a fresh header. A gate knows
+ * such a repeat by its bytes and verifies it once (docs/protocol.md, "Signed sessions").
+ */
+class SignedRepeats {
+  readonly #built = new Map<number, { datagram: Buffer; builtAtMs: number }>();
+
+  /** The datagram for `key` (the offer 0, a KEY its epoch), built again when it is due. */
+  get(key: number, nowMs: number, build: () => Buffer): Buffer {
+    const known = this.#built.get(key);
+    if (known !== undefined && nowMs - known.builtAtMs < signedRepeatRefreshMs && nowMs >= known.builtAtMs) {
+      return known.datagram;
+    }
+    const datagram = build();
+    this.#built.set(key, { datagram, builtAtMs: nowMs });
+    return datagram;
+  }
+
+  /** Forgets every key but these (the epochs announced now, and the offer). */
+  keepOnly(keys: readonly number[]): void {
+    for (const key of this.#built.keys()) {
+      if (!keys.includes(key)) {
+        this.#built.delete(key);
+      }
+    }
+  }
+}
+
+/** The key of the signed offer in SignedRepeats (a KEY's is its epoch, never 0). */
+const offerRepeatKey = 0;
 
 /** What a signed-only source needs (readable, authentic: `gatecast send --signed`). */
 export interface SignedSenderSettings {
@@ -188,26 +237,29 @@ export function createSignedSenderProtection(
     new ManifestBuilder(run, settings.sourcePrivateKey, settings.manifestPackets),
   );
   const sourcePublicKey = ed25519Raw(settings.sourcePublicKey);
+  const repeats = new SignedRepeats();
   return {
     overheadBytes: 0,
     seal(plain, _nowMs, wallUs) {
       return manifests.afterData(plain, wallUs);
     },
-    control(header, _nowMs, wallUs) {
+    control(header, nowMs, wallUs) {
       const again = manifests.due();
-      const pending = manifests.flush(wallUs);
-      const offer = buildSessionOffer(
-        { ...header, timestampUs: wallUs },
-        {
-          flags: OfferFlag.signed,
-          tier: 0,
-          suites: [suites[0]?.id ?? 1],
-          cryptoPeriodMs: 0,
-          service: 'signed',
-          sourcePublicKey,
-          descriptorSha256: Buffer.alloc(32),
-        },
-        settings.sourcePrivateKey,
+      const pending = manifests.flushWaited(wallUs);
+      const offer = repeats.get(offerRepeatKey, nowMs, () =>
+        buildSessionOffer(
+          { ...header, timestampUs: wallUs },
+          {
+            flags: OfferFlag.signed,
+            tier: 0,
+            suites: [suites[0]?.id ?? 1],
+            cryptoPeriodMs: 0,
+            service: 'signed',
+            sourcePublicKey,
+            descriptorSha256: Buffer.alloc(32),
+          },
+          settings.sourcePrivateKey,
+        ),
       );
       return [offer, ...again, ...(pending === undefined ? [] : [pending])];
     },
@@ -282,6 +334,7 @@ export function createSenderProtection(
     return epoch;
   };
   const sourcePublicKey = ed25519Raw(settings.sourcePublicKey);
+  const repeats = new SignedRepeats();
   return {
     overheadBytes: aeadTagBytes,
     seal(plain, nowMs, wallUs, into) {
@@ -299,45 +352,48 @@ export function createSenderProtection(
     control(header, nowMs, wallUs) {
       const keyEpoch = currentEpoch(nowMs);
       const out: Buffer[] = [...manifests.due()];
-      const pending = manifests.flush(wallUs);
+      const pending = manifests.flushWaited(wallUs);
       if (pending !== undefined) {
         out.push(pending);
       }
       out.push(
-        buildSessionOffer(
-          { ...header, timestampUs: wallUs },
-          {
-            flags: OfferFlag.signed | OfferFlag.encrypted,
-            tier: settings.tier,
-            suites: [settings.suite.id],
-            cryptoPeriodMs: settings.cryptoPeriodMs,
-            service: settings.service,
-            sourcePublicKey,
-            descriptorSha256: Buffer.alloc(32),
-          },
-          settings.sourcePrivateKey,
-        ),
-      );
-      for (const announced of [keyEpoch, keyEpoch + 1]) {
-        if (announced > keyEpochMax) {
-          continue;
-        }
-        out.push(
-          buildKeyMessage(
-            { ...header, keyEpoch: announced, timestampUs: wallUs },
+        repeats.get(offerRepeatKey, nowMs, () =>
+          buildSessionOffer(
+            { ...header, timestampUs: wallUs },
             {
-              suite: settings.suite.id,
+              flags: OfferFlag.signed | OfferFlag.encrypted,
               tier: settings.tier,
-              serviceEpoch: settings.serviceEpoch,
+              suites: [settings.suite.id],
               cryptoPeriodMs: settings.cryptoPeriodMs,
               service: settings.service,
+              sourcePublicKey,
+              descriptorSha256: Buffer.alloc(32),
             },
-            settings.serviceKey,
-            keyFor(announced),
             settings.sourcePrivateKey,
+          ),
+        ),
+      );
+      const announced = keyEpoch < keyEpochMax ? [keyEpoch, keyEpoch + 1] : [keyEpoch];
+      for (const epoch of announced) {
+        out.push(
+          repeats.get(epoch, nowMs, () =>
+            buildKeyMessage(
+              { ...header, keyEpoch: epoch, timestampUs: wallUs },
+              {
+                suite: settings.suite.id,
+                tier: settings.tier,
+                serviceEpoch: settings.serviceEpoch,
+                cryptoPeriodMs: settings.cryptoPeriodMs,
+                service: settings.service,
+              },
+              settings.serviceKey,
+              keyFor(epoch),
+              settings.sourcePrivateKey,
+            ),
           ),
         );
       }
+      repeats.keepOnly([offerRepeatKey, ...announced]);
       return out;
     },
     finish(wallUs) {

@@ -16,6 +16,7 @@ import {
   signedHeldControlMax,
   signedHeldPacketsMax,
   signedManifestHashesMax,
+  signedRepeatsKeptMax,
   signedVouchedControlMax,
 } from '../limits.js';
 import { OldestFirst } from '../oldest-first.js';
@@ -42,6 +43,11 @@ export interface SignedSessionStats {
   signaturesVerified: number;
   /** Manifests received again (the source repeats them) and not verified twice. */
   manifestsRepeated: number;
+  /**
+   * Offers and KEY messages received again byte for byte (the source repeats each unchanged for a
+   * while) and not verified twice; passed on as the first was.
+   */
+  signedRepeats: number;
   /**
    * Refused as forged, by reason: `bad-signature` (a SIGNATURE or KEY that does not verify),
    * `hash-mismatch` (DATA whose hash differs from the one a manifest holds for its sequence),
@@ -109,9 +115,10 @@ interface KeptManifest {
 interface VouchedHash {
   readonly sessionId: number;
   readonly incarnation: number;
-  readonly hash: Buffer;
   /** The verified manifest the hash came from. */
   readonly manifest: KeptManifest;
+  /** Where the hash is in the manifest's datagram (manifestHashBytes of it). */
+  readonly at: number;
 }
 
 const vouchedTypes = new Set<number>([PacketType.heartbeat, PacketType.end, PacketType.descriptor]);
@@ -139,10 +146,15 @@ function ofRun<T extends { sessionId: number; incarnation: number }>(
 /** Where hashMatches writes a datagram's hash (one check at a time: it is used and done at once). */
 const hashScratch = Buffer.alloc(manifestHashBytes);
 
-/** True when the first manifestHashBytes of the datagram's SHA-256 are `expected`. */
-function hashMatches(datagram: Buffer, expected: Buffer): boolean {
+/** True when the first manifestHashBytes of the datagram's SHA-256 are the hash `vouched` names. */
+function hashMatches(datagram: Buffer, vouched: VouchedHash): boolean {
   sha256Into(datagram, hashScratch, 0, manifestHashBytes);
-  return hashScratch.equals(expected);
+  return hashScratch.compare(vouched.manifest.datagram, vouched.at, vouched.at + manifestHashBytes) === 0;
+}
+
+/** True when `hash` is the hash `vouched` names. */
+function sameHash(hash: Buffer, vouched: VouchedHash): boolean {
+  return hash.compare(vouched.manifest.datagram, vouched.at, vouched.at + manifestHashBytes) === 0;
 }
 
 /** Builds a gate that authenticates against one source key. */
@@ -155,6 +167,7 @@ export function createSignedSessionGate(
     controlAuthenticated: 0,
     signaturesVerified: 0,
     manifestsRepeated: 0,
+    signedRepeats: 0,
     forged: {},
     unauthenticated: 0,
     holding: 0,
@@ -180,6 +193,28 @@ export function createSignedSessionGate(
     readonly sha256: string;
   }> = [];
 
+  /**
+   * The last offers and KEY messages whose signature verified, as they came (copies, newest last):
+   * a source repeats each unchanged at every control tick (docs/protocol.md, "Signed sessions"), and
+   * a datagram equal to one of them byte for byte is authentic without another Ed25519 check.
+   */
+  const verifiedRepeatable: Buffer[] = [];
+  const isVerifiedRepeat = (datagram: Buffer): boolean => {
+    for (const known of verifiedRepeatable) {
+      if (known.equals(datagram)) {
+        stats.signedRepeats++;
+        return true;
+      }
+    }
+    return false;
+  };
+  const noteVerifiedRepeatable = (datagram: Buffer) => {
+    verifiedRepeatable.push(Buffer.from(datagram));
+    if (verifiedRepeatable.length > signedRepeatsKeptMax) {
+      verifiedRepeatable.shift();
+    }
+  };
+
   const forged = (reason: string) => {
     stats.forged[reason] = (stats.forged[reason] ?? 0) + 1;
   };
@@ -193,7 +228,7 @@ export function createSignedSessionGate(
     if (expected === undefined) {
       return false;
     }
-    if (!hashMatches(held.datagram, expected.hash)) {
+    if (!hashMatches(held.datagram, expected)) {
       forged('hash-mismatch');
       return true;
     }
@@ -245,14 +280,14 @@ export function createSignedSessionGate(
     sessionId: number,
     incarnation: number,
     sequence: number,
-    hash: Buffer,
     manifest: KeptManifest,
+    at: number,
   ) => {
     const list = hashes.get(sequence);
     if (ofRun(list, sessionId, incarnation) !== undefined) {
       return;
     }
-    const entry = { sessionId, incarnation, hash, manifest };
+    const entry: VouchedHash = { sessionId, incarnation, manifest, at };
     manifest.hashesKept++;
     if (list === undefined) {
       const fresh = [entry];
@@ -281,8 +316,10 @@ export function createSignedSessionGate(
     verify: () => boolean,
   ) => {
     const { sessionId, incarnation } = run;
-    const known = (hash: Buffer, index: number) =>
-      ofRun(hashes.get(sequenceAdd(run.sequence, index)), sessionId, incarnation)?.hash.equals(hash) === true;
+    const known = (hash: Buffer, index: number) => {
+      const vouched = ofRun(hashes.get(sequenceAdd(run.sequence, index)), sessionId, incarnation);
+      return vouched !== undefined && sameHash(hash, vouched);
+    };
     if (manifest.every(known)) {
       stats.manifestsRepeated++; // a repeat of one already verified: nothing new in it
       return;
@@ -293,7 +330,7 @@ export function createSignedSessionGate(
     }
     stats.signaturesVerified++;
     options.onAuthenticated?.(datagram);
-    // One copy of the datagram, kept whole (it may be served ahead of a REPAIR); its hashes are views.
+    // One copy of the datagram, kept whole (it may be served ahead of a REPAIR); its hashes are read in place.
     const kept: KeptManifest = {
       datagram: Buffer.from(datagram),
       hashesTotal: manifest.length,
@@ -302,9 +339,17 @@ export function createSignedSessionGate(
     manifest.forEach((hash, index) => {
       const sequence = sequenceAdd(run.sequence, index);
       const at = hash.byteOffset - datagram.byteOffset; // the decoder's hashes are views of the datagram
-      remember(sessionId, incarnation, sequence, kept.datagram.subarray(at, at + hash.length), kept);
+      remember(sessionId, incarnation, sequence, kept, at);
       const waiting = heldData.get(sequence);
       if (waiting === undefined) {
+        return;
+      }
+      const only = waiting.length === 1 ? (waiting[0] as Held) : undefined;
+      if (only !== undefined && only.sessionId === sessionId && only.incarnation === incarnation) {
+        // The usual case: one DATA of this run waited for this sequence.
+        heldData.delete(sequence);
+        heldDataCount--;
+        passData(sequence, only);
         return;
       }
       const mine = waiting.filter((held) => held.sessionId === sessionId && held.incarnation === incarnation);
@@ -374,6 +419,11 @@ export function createSignedSessionGate(
       stats.manifestsRepeated++;
       return;
     }
+    const offer = datagram.length > headerBytes && datagram[headerBytes] === SignatureKind.session;
+    if (offer && isVerifiedRepeat(datagram)) {
+      options.onAuthenticated?.(datagram);
+      return;
+    }
     const decoded = decodeSignature(datagram);
     if (!decoded.ok) {
       forged('malformed');
@@ -393,6 +443,9 @@ export function createSignedSessionGate(
     if (message.kind === SignatureKind.control) {
       onControlSignature(datagram, message.controlSha256);
     } else {
+      if (offer) {
+        noteVerifiedRepeatable(datagram);
+      }
       options.onAuthenticated?.(datagram);
     }
   };
@@ -413,6 +466,11 @@ export function createSignedSessionGate(
   };
 
   const onKey = (datagram: Buffer, pass: (datagram: Buffer) => void) => {
+    if (isVerifiedRepeat(datagram)) {
+      options.onAuthenticated?.(datagram);
+      pass(datagram);
+      return;
+    }
     const decoded = decodeKey(datagram);
     if (!decoded.ok) {
       forged('malformed');
@@ -423,6 +481,7 @@ export function createSignedSessionGate(
       return;
     }
     stats.signaturesVerified++;
+    noteVerifiedRepeatable(datagram);
     options.onAuthenticated?.(datagram);
     pass(datagram);
   };
@@ -457,7 +516,7 @@ export function createSignedSessionGate(
       if (expected === undefined) {
         return 'unknown';
       }
-      if (!hashMatches(datagram, expected.hash)) {
+      if (!hashMatches(datagram, expected)) {
         forged('hash-mismatch');
         return 'forged';
       }

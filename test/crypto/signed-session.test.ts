@@ -11,7 +11,13 @@ import { buildControlSignature, generateSigningKey, signInPlace } from '../../sr
 import { createSenderProtection, createSignedSenderProtection } from '../../src/crypto/restricted-session.js';
 import { createSignedSessionGate } from '../../src/crypto/signed-session.js';
 import { suites } from '../../src/crypto/suites.js';
-import { signedHeldPacketsMax, signedManifestHashesMax } from '../../src/limits.js';
+import {
+  manifestFlushWaitMs,
+  protectedControlIntervalMs,
+  signedHeldPacketsMax,
+  signedManifestHashesMax,
+  signedRepeatRefreshMs,
+} from '../../src/limits.js';
 import {
   headerBytes,
   offsetKeyEpoch,
@@ -21,6 +27,7 @@ import {
   writeHeaderFields,
 } from '../../src/protocol/packet.js';
 import {
+  decodeKey,
   decodeSignature,
   encodeManifestUnsigned,
   manifestHashBytes,
@@ -40,6 +47,24 @@ const hashOf = (datagram: Buffer): Buffer =>
 const source = generateSigningKey();
 const forger = generateSigningKey();
 const run = { sessionId: 5, incarnation: 0x55 };
+
+/** A restricted source's protection for `run` (AES-256-GCM, 10 s crypto-periods). */
+function restrictedSender(manifestPackets = 32) {
+  return createSenderProtection(
+    {
+      suite: suites.find((suite) => suite.name === 'aes-256-gcm') ?? (suites[0] as (typeof suites)[number]),
+      service: 'news',
+      serviceEpoch: 1,
+      serviceKey: Buffer.alloc(32, 9),
+      sourcePrivateKey: source.privateKey,
+      sourcePublicKey: source.publicKey,
+      cryptoPeriodMs: 10_000,
+      tier: 0,
+      manifestPackets,
+    },
+    run,
+  );
+}
 
 function sender() {
   return createSignedSenderProtection(
@@ -404,5 +429,102 @@ describe('signed-session gate: what a restricted source seals, hashed in the sam
       assert.deepEqual(t.g.stats.forged, { 'hash-mismatch': 1 }, suite.name);
       assert.equal(t.g.stats.holding, 0, suite.name);
     }
+  });
+});
+
+describe('signed-session gate: the offer and KEY messages a source repeats unchanged', () => {
+  it(`are signed once per ${signedRepeatRefreshMs} ms and verified once; every copy passes and is told as authenticated; an altered copy is refused`, () => {
+    const protection = restrictedSender();
+    const t = gate();
+    const ticks = (2 * signedRepeatRefreshMs) / protectedControlIntervalMs; // one second of ticks
+    const wire: Buffer[] = [];
+    for (let tick = 0; tick < ticks; tick++) {
+      const nowMs = tick * protectedControlIntervalMs;
+      wire.push(...protection.control({ ...run, sequence: 1000 + tick }, nowMs, 1_000_000 + nowMs * 1000));
+    }
+    // Each tick: the offer and the KEY of epochs 1 and 2 (no DATA, so no manifest).
+    assert.equal(wire.length, ticks * 3);
+    const distinct = new Set(wire.map((datagram) => datagram.toString('hex')));
+    assert.equal(distinct.size, 6, 'the offer and two KEYs, signed at 0 ms and again at the refresh');
+    const keyTimes = wire
+      .filter((datagram) => datagram[offsetType] === PacketType.key)
+      .map((datagram) => {
+        const key = decodeKey(datagram);
+        assert.ok(key.ok);
+        return key.value.timestampUs;
+      });
+    assert.deepEqual([...new Set(keyTimes)], [1_000_000, 1_000_000 + signedRepeatRefreshMs * 1000]);
+    for (const datagram of wire) {
+      t.take(Buffer.from(datagram)); // as a socket hands them over: a new buffer each
+    }
+    assert.equal(t.g.stats.signaturesVerified, 6);
+    assert.equal(t.g.stats.signedRepeats, ticks * 3 - 6);
+    assert.equal(t.passed.length, ticks * 2, 'every KEY copy is passed on');
+    assert.equal(t.authenticated.length, ticks * 3, 'every copy is told (a repair server forwards each on S2)');
+    // A copy with one bit of its signature flipped is no repeat: checked, refused, counted.
+    const altered = Buffer.from(wire[1] as Buffer);
+    altered[altered.length - 1] = (altered[altered.length - 1] ?? 0) ^ 1;
+    t.take(altered);
+    const alteredOffer = Buffer.from(wire[0] as Buffer);
+    alteredOffer[alteredOffer.length - 1] = (alteredOffer[alteredOffer.length - 1] ?? 0) ^ 1;
+    t.take(alteredOffer);
+    assert.equal(t.g.stats.forged['bad-signature'], 2);
+    assert.equal(t.passed.length, ticks * 2);
+    assert.equal(t.g.stats.signedRepeats, ticks * 3 - 6);
+  });
+
+  it('a new crypto-period is announced with a KEY signed for it; the epoch two back is no longer repeated', () => {
+    const protection = restrictedSender();
+    const epochsAt = (nowMs: number) =>
+      protection
+        .control({ ...run, sequence: 1 }, nowMs, nowMs * 1000)
+        .filter((datagram) => datagram[offsetType] === PacketType.key)
+        .map((datagram) => datagram.readUInt16BE(offsetKeyEpoch));
+    assert.deepEqual(epochsAt(0), [1, 2]);
+    const before = protection.control({ ...run, sequence: 1 }, 9_990, 9_990_000);
+    const after = protection.control({ ...run, sequence: 2 }, 10_000, 10_000_000);
+    assert.deepEqual(epochsAt(10_010), [2, 3]);
+    // Epoch 2's KEY signed at 9,990 ms is still repeated unchanged just after the switch.
+    const keyOf = (datagrams: Buffer[], epoch: number) =>
+      datagrams.find((d) => d[offsetType] === PacketType.key && d.readUInt16BE(offsetKeyEpoch) === epoch);
+    assert.ok(keyOf(before, 2)?.equals(keyOf(after, 2) as Buffer));
+  });
+});
+
+describe('restricted source: the manifest collected so far, at a control tick', () => {
+  it(`is signed once its oldest packet has waited ${manifestFlushWaitMs} ms; a younger one is left to fill; a HEARTBEAT's flush signs it whatever its age`, () => {
+    const protection = restrictedSender(64);
+    const sealedOne = (sequence: number, wallUs: number) => {
+      const plain = Buffer.alloc(headerBytes + 100);
+      writeHeaderFields(plain, PacketType.data, run.sessionId, sequence, wallUs, 0, 100, run.incarnation);
+      return protection.seal(plain, 0, wallUs);
+    };
+    const manifestsIn = (datagrams: Buffer[]) =>
+      datagrams.filter((d) => d[offsetType] === PacketType.signature && d[headerBytes] === SignatureKind.manifest)
+        .length;
+    assert.equal(sealedOne(1, 100_000).length, 1);
+    const waitUs = manifestFlushWaitMs * 1000;
+    // Just under the wait: nothing signed yet.
+    assert.equal(manifestsIn(protection.control({ ...run, sequence: 2 }, 0, 100_000 + waitUs - 1)), 0);
+    // At the wait: the pending manifest goes out (over sequence 1 only).
+    const due = protection.control({ ...run, sequence: 2 }, 0, 100_000 + waitUs);
+    assert.equal(manifestsIn(due), 1);
+    const manifest = decodeSignature(
+      due.find((d) => d[offsetType] === PacketType.signature && d[headerBytes] === SignatureKind.manifest) as Buffer,
+    );
+    assert.ok(manifest.ok && manifest.value.kind === SignatureKind.manifest);
+    assert.equal(manifest.value.sequence, 1);
+    assert.equal(manifest.value.hashes.length, 1);
+    // A HEARTBEAT's flush does not wait: a HEARTBEAT claims no sequence no manifest vouches for.
+    sealedOne(2, 200_000);
+    assert.equal(protection.flush(200_000).length, 1);
+    // The wait counts from the oldest packet collected, not the newest.
+    sealedOne(3, 300_000);
+    sealedOne(4, 300_000 + waitUs);
+    const firsts = protection
+      .control({ ...run, sequence: 5 }, 0, 300_000 + waitUs)
+      .filter((d) => d[offsetType] === PacketType.signature && d[headerBytes] === SignatureKind.manifest)
+      .map((d) => d.readUInt32BE(offsetSequence));
+    assert.deepEqual(firsts, [1, 2, 3], 'the repeats of the manifests over 1 and 2, then a new one from 3');
   });
 });

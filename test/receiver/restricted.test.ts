@@ -268,7 +268,8 @@ describe('restricted receiver: KEY repeats', () => {
     };
     const keysOf = (atUs: number) =>
       sender
-        .control({ sessionId: 5, incarnation: 6, sequence: 1 }, 0, atUs)
+        // The source's clocks: its monotonic ms run with the wall clock here.
+        .control({ sessionId: 5, incarnation: 6, sequence: 1 }, (atUs - startUs) / 1000, atUs)
         .filter((datagram) => datagram[offsetType] === PacketType.key);
     const data = Buffer.alloc(headerBytes + 100);
 
