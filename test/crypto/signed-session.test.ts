@@ -460,7 +460,11 @@ describe('signed-session gate: the offer and KEY messages a source repeats uncha
     assert.equal(t.g.stats.signaturesVerified, 6);
     assert.equal(t.g.stats.signedRepeats, ticks * 3 - 6);
     assert.equal(t.passed.length, ticks * 2, 'every KEY copy is passed on');
-    assert.equal(t.authenticated.length, ticks * 3, 'every copy is told (a repair server forwards each on S2)');
+    assert.equal(
+      t.authenticated.length,
+      ticks * 3,
+      'every copy is told (a repair server forwards each on S2)',
+    );
     // A copy with one bit of its signature flipped is no repeat: checked, refused, counted.
     const altered = Buffer.from(wire[1] as Buffer);
     altered[altered.length - 1] = (altered[altered.length - 1] ?? 0) ^ 1;
@@ -500,8 +504,9 @@ describe('restricted source: the manifest collected so far, at a control tick', 
       return protection.seal(plain, 0, wallUs);
     };
     const manifestsIn = (datagrams: Buffer[]) =>
-      datagrams.filter((d) => d[offsetType] === PacketType.signature && d[headerBytes] === SignatureKind.manifest)
-        .length;
+      datagrams.filter(
+        (d) => d[offsetType] === PacketType.signature && d[headerBytes] === SignatureKind.manifest,
+      ).length;
     assert.equal(sealedOne(1, 100_000).length, 1);
     const waitUs = manifestFlushWaitMs * 1000;
     // Just under the wait: nothing signed yet.
@@ -510,7 +515,9 @@ describe('restricted source: the manifest collected so far, at a control tick', 
     const due = protection.control({ ...run, sequence: 2 }, 0, 100_000 + waitUs);
     assert.equal(manifestsIn(due), 1);
     const manifest = decodeSignature(
-      due.find((d) => d[offsetType] === PacketType.signature && d[headerBytes] === SignatureKind.manifest) as Buffer,
+      due.find(
+        (d) => d[offsetType] === PacketType.signature && d[headerBytes] === SignatureKind.manifest,
+      ) as Buffer,
     );
     assert.ok(manifest.ok && manifest.value.kind === SignatureKind.manifest);
     assert.equal(manifest.value.sequence, 1);
