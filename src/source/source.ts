@@ -584,39 +584,39 @@ export function createSource(settings: SourceSettings, components: SourceCompone
   }
 
   /**
-   * The DATA packets of one burst, made ready before the first of them is sent (parallel arrays,
-   * reused): the ring slot, the datagram as it goes on the wire (the slot itself, or its sealed
-   * twin), the datagrams that follow it (a manifest), its sequence and payload length.
+   * The DATA packets of one burst, made ready before the first of them is sent: one record per
+   * place in the burst, reused from burst to burst. The sequence of the packet at place i is the
+   * burst's first sequence plus i.
    */
-  const burstSlot = new Uint16Array(sendBatchPacketsMax);
-  const burstDatagram: Buffer[] = new Array<Buffer>(sendBatchPacketsMax);
-  const burstLength = new Uint32Array(sendBatchPacketsMax);
-  const burstFollowing: Array<Buffer[] | undefined> = new Array<Buffer[] | undefined>(sendBatchPacketsMax);
-  const burstSequence = new Uint32Array(sendBatchPacketsMax);
-  const burstPayload = new Uint32Array(sendBatchPacketsMax);
-  /** The bytes each packet puts on the wire: its DATA as sent and the manifests that follow it. */
-  const burstWireBytes = new Uint32Array(sendBatchPacketsMax);
+  const burst: BurstPacket[] = Array.from({ length: sendBatchPacketsMax }, () => ({
+    slot: 0,
+    datagram: undefined,
+    length: 0,
+    following: undefined,
+    payloadBytes: 0,
+    wireBytes: 0,
+  }));
 
-  /** Sends the `count` packets made ready in this burst, in order, back to back. */
-  const sendBurst = (count: number) => {
+  /** Sends the `count` packets made ready in this burst, from `firstSequence` on, in order, back to back. */
+  const sendBurst = (count: number, firstSequence: number) => {
     for (let index = 0; index < count; index++) {
-      const datagram = burstDatagram[index] as Buffer;
-      sendFromSlot(burstSlot[index] as number, datagram, burstLength[index] as number);
-      const following = burstFollowing[index];
+      const packet = burst[index] as BurstPacket;
+      const datagram = packet.datagram as Buffer;
+      sendFromSlot(packet.slot, datagram, packet.length);
+      const following = packet.following;
       if (following !== undefined) {
         for (let extra = 1; extra < following.length; extra++) {
           const manifest = following[extra] as Buffer;
           send(manifest, manifest.length);
         }
       }
-      lastResort?.keep(burstSequence[index] as number, datagram.subarray(0, burstLength[index]));
-      const length = burstPayload[index] as number;
+      lastResort?.keep(sequenceAdd(firstSequence, index), datagram.subarray(0, packet.length));
       stats.packetsSent++;
-      stats.packetsEmpty += length === 0 ? 1 : 0;
-      stats.payloadBytesSent += length;
-      stats.datagramBytesSent += burstWireBytes[index] as number;
-      burstDatagram[index] = undefined as unknown as Buffer; // the slot's buffer is not held past its send
-      burstFollowing[index] = undefined;
+      stats.packetsEmpty += packet.payloadBytes === 0 ? 1 : 0;
+      stats.payloadBytesSent += packet.payloadBytes;
+      stats.datagramBytesSent += packet.wireBytes;
+      packet.datagram = undefined; // the slot's buffer is not held past its send
+      packet.following = undefined;
     }
   };
 
@@ -660,6 +660,7 @@ export function createSource(settings: SourceSettings, components: SourceCompone
         return;
       }
       let count = 0;
+      const firstSequence = nextSequence;
       let ended = false;
       let notReady = false;
       let outOfEpochs: KeyEpochsExhausted | undefined;
@@ -719,12 +720,12 @@ export function createSource(settings: SourceSettings, components: SourceCompone
           datagramLength = datagram.length;
           following = datagrams.length > 1 ? datagrams : undefined;
         }
-        burstSlot[count] = slot;
-        burstDatagram[count] = datagram;
-        burstLength[count] = datagramLength;
-        burstFollowing[count] = following;
-        burstSequence[count] = nextSequence;
-        burstPayload[count] = length;
+        const packet = burst[count] as BurstPacket;
+        packet.slot = slot;
+        packet.datagram = datagram;
+        packet.length = datagramLength;
+        packet.following = following;
+        packet.payloadBytes = length;
         // The rate is counted on what goes on the wire: the DATA whole (a restricted run's with its
         // tag) and the manifests sent with it.
         let wireBytes = datagramLength;
@@ -733,7 +734,7 @@ export function createSource(settings: SourceSettings, components: SourceCompone
             wireBytes += (following[extra] as Buffer).length;
           }
         }
-        burstWireBytes[count] = wireBytes;
+        packet.wireBytes = wireBytes;
         count++;
         slot = (slot + 1) % sendRingPacketsMax;
         nextSequence = sequenceAdd(nextSequence, 1);
@@ -744,7 +745,7 @@ export function createSource(settings: SourceSettings, components: SourceCompone
         inFlight + count < sendRingPacketsMax - 8 &&
         (slotSends[slot] ?? 0) === 0
       );
-      sendBurst(count);
+      sendBurst(count, firstSequence);
       if (failed !== undefined) {
         throw failed.error;
       }
@@ -781,6 +782,22 @@ export function createSource(settings: SourceSettings, components: SourceCompone
   }
 
   return { stats, run, close, [Symbol.asyncDispose]: close };
+}
+
+/** One DATA packet of a burst, made ready before the burst is sent (source `pump`). */
+interface BurstPacket {
+  /** Its slot in the ring (held until the datagram has left). */
+  slot: number;
+  /** The datagram as it goes on the wire: the slot itself, or its sealed twin; undefined once sent. */
+  datagram: Buffer | undefined;
+  /** The datagram's length. */
+  length: number;
+  /** What the protection returned for it: the DATA, then the manifest it completed, if any. */
+  following: Buffer[] | undefined;
+  /** Its payload's length. */
+  payloadBytes: number;
+  /** The bytes it puts on the wire: the DATA as sent and the manifests that follow it. */
+  wireBytes: number;
 }
 
 /** A signal that aborts when any of the given ones does. */
