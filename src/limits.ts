@@ -567,7 +567,7 @@ export const signedHeldPacketsMax = 8192;
 /** Signed session gate: HEARTBEAT, END and DESCRIPTOR datagrams held until their signature arrives. */
 export const signedHeldControlMax = 64;
 
-/** Signed session gate: packet hashes remembered from verified manifests (oldest forgotten first). */
+/** Signed session gate: packet hashes remembered from verified manifests (the manifests kept longest forgotten first, each whole). */
 export const signedManifestHashesMax = 65_536;
 
 /** Signed session gate: hashes of control datagrams remembered from verified control signatures. */

@@ -101,24 +101,45 @@ interface Held {
   readonly incarnation: number;
 }
 
-/** A verified manifest, kept once for all the hashes remembered from it. */
+/**
+ * A verified manifest, kept once for all the hashes remembered from it: the gate's Map of hashes
+ * points each sequence at the manifest that vouches for it, and the hash is read in place, so a
+ * packet's hash costs no object of its own (they lived for 65,536 packets, long enough for the
+ * garbage collector to move each one twice).
+ */
 interface KeptManifest {
-  /** The manifest datagram as the source sent it. */
+  /** The manifest datagram as the source sent it (a copy). */
   readonly datagram: Buffer;
+  readonly sessionId: number;
+  readonly incarnation: number;
+  /** The sequence of its first hash. */
+  readonly firstSequence: number;
+  /** Where its first hash is in the datagram. */
+  readonly hashesAt: number;
   /** How many hashes it holds. */
   readonly hashesTotal: number;
   /** How many of them are remembered from it now (not known before it came, not evicted since). */
   hashesKept: number;
 }
 
-/** A packet hash a verified manifest holds for one run and sequence. */
-interface VouchedHash {
-  readonly sessionId: number;
-  readonly incarnation: number;
-  /** The verified manifest the hash came from. */
-  readonly manifest: KeptManifest;
-  /** Where the hash is in the manifest's datagram (manifestHashBytes of it). */
-  readonly at: number;
+/** What the Map of hashes holds under a sequence: its manifest, or those of the (rare) runs sharing it. */
+type KeptAtSequence = KeptManifest | KeptManifest[];
+
+/** The manifest of a run under one sequence, if one vouches for it. */
+function manifestOfRun(
+  kept: KeptAtSequence | undefined,
+  sessionId: number,
+  incarnation: number,
+): KeptManifest | undefined {
+  if (kept === undefined || Array.isArray(kept)) {
+    return ofRun(kept, sessionId, incarnation);
+  }
+  return kept.sessionId === sessionId && kept.incarnation === incarnation ? kept : undefined;
+}
+
+/** Where a kept manifest holds the hash of `sequence` (one of its sequences) in its datagram. */
+function hashOffset(manifest: KeptManifest, sequence: number): number {
+  return manifest.hashesAt + ((sequence - manifest.firstSequence) >>> 0) * manifestHashBytes;
 }
 
 const vouchedTypes = new Set<number>([PacketType.heartbeat, PacketType.end, PacketType.descriptor]);
@@ -146,15 +167,16 @@ function ofRun<T extends { sessionId: number; incarnation: number }>(
 /** Where hashMatches writes a datagram's hash (one check at a time: it is used and done at once). */
 const hashScratch = Buffer.alloc(manifestHashBytes);
 
-/** True when the first manifestHashBytes of the datagram's SHA-256 are the hash `vouched` names. */
-function hashMatches(datagram: Buffer, vouched: VouchedHash): boolean {
-  sha256Into(datagram, hashScratch, 0, manifestHashBytes);
-  return hashScratch.compare(vouched.manifest.datagram, vouched.at, vouched.at + manifestHashBytes) === 0;
+/** True when `hash` is the hash the kept manifest holds for `sequence`. */
+function sameHash(hash: Buffer, manifest: KeptManifest, sequence: number): boolean {
+  const at = hashOffset(manifest, sequence);
+  return hash.compare(manifest.datagram, at, at + manifestHashBytes) === 0;
 }
 
-/** True when `hash` is the hash `vouched` names. */
-function sameHash(hash: Buffer, vouched: VouchedHash): boolean {
-  return hash.compare(vouched.manifest.datagram, vouched.at, vouched.at + manifestHashBytes) === 0;
+/** True when the first manifestHashBytes of the datagram's SHA-256 are the manifest's hash for `sequence`. */
+function hashMatches(datagram: Buffer, manifest: KeptManifest, sequence: number): boolean {
+  sha256Into(datagram, hashScratch, 0, manifestHashBytes);
+  return sameHash(hashScratch, manifest, sequence);
 }
 
 /** Builds a gate that authenticates against one source key. */
@@ -173,13 +195,15 @@ export function createSignedSessionGate(
     holding: 0,
   };
   /**
-   * Packet hashes from verified manifests, by sequence (each with its run); insertion order is age.
-   * `hashCount` counts the entries, the bound signedManifestHashesMax applies to.
+   * Packet hashes from verified manifests: each sequence points at the manifest of each run that
+   * vouches for it. `hashCount` counts the sequences so pointed at, the bound
+   * signedManifestHashesMax applies to; past it the manifests kept longest are forgotten first,
+   * each whole (keptOrder, from keptHead on).
    */
-  const hashes = new Map<number, VouchedHash[]>();
-  /** Its oldest first, in constant time (a full Map drops one for each new one; see OldestFirst). */
-  const oldestHashes = new OldestFirst(hashes);
+  const hashes = new Map<number, KeptAtSequence>();
   let hashCount = 0;
+  let keptOrder: KeptManifest[] = [];
+  let keptHead = 0;
   /** DATA waiting for its manifest, by sequence (a forgery may share a sequence, or be of another run). */
   const heldData = new Map<number, Held[]>();
   const oldestHeld = new OldestFirst(heldData);
@@ -224,11 +248,11 @@ export function createSignedSessionGate(
 
   /** Passes held DATA whose manifest is known; false when no manifest vouches for its sequence yet. */
   const passData = (sequence: number, held: Held) => {
-    const expected = ofRun(hashes.get(sequence), held.sessionId, held.incarnation);
+    const expected = manifestOfRun(hashes.get(sequence), held.sessionId, held.incarnation);
     if (expected === undefined) {
       return false;
     }
-    if (!hashMatches(held.datagram, expected)) {
+    if (!hashMatches(held.datagram, expected, sequence)) {
       forged('hash-mismatch');
       return true;
     }
@@ -276,36 +300,51 @@ export function createSignedSessionGate(
     }
   };
 
-  const remember = (
-    sessionId: number,
-    incarnation: number,
-    sequence: number,
-    manifest: KeptManifest,
-    at: number,
-  ) => {
-    const list = hashes.get(sequence);
-    if (ofRun(list, sessionId, incarnation) !== undefined) {
+  /** Points `sequence` at the manifest, unless a manifest of its run vouches for it already. */
+  const remember = (sequence: number, manifest: KeptManifest) => {
+    const kept = hashes.get(sequence);
+    if (kept === undefined) {
+      hashes.set(sequence, manifest);
+    } else if (manifestOfRun(kept, manifest.sessionId, manifest.incarnation) !== undefined) {
       return;
-    }
-    const entry: VouchedHash = { sessionId, incarnation, manifest, at };
-    manifest.hashesKept++;
-    if (list === undefined) {
-      const fresh = [entry];
-      hashes.set(sequence, fresh);
-      oldestHashes.added(sequence, fresh);
+    } else if (Array.isArray(kept)) {
+      kept.push(manifest);
     } else {
-      list.push(entry);
+      hashes.set(sequence, [kept, manifest]);
     }
+    manifest.hashesKept++;
     hashCount++;
-    while (hashCount > signedManifestHashesMax) {
-      const oldest = oldestHashes.shift();
-      if (oldest === undefined) {
-        break;
+  };
+
+  /** Forgets every sequence the manifest still vouches for. */
+  const forget = (manifest: KeptManifest) => {
+    for (let index = 0; index < manifest.hashesTotal && manifest.hashesKept > 0; index++) {
+      const sequence = sequenceAdd(manifest.firstSequence, index);
+      const kept = hashes.get(sequence);
+      if (kept === manifest) {
+        hashes.delete(sequence);
+      } else if (Array.isArray(kept) && kept.includes(manifest)) {
+        const others = kept.filter((other) => other !== manifest);
+        hashes.set(sequence, others.length === 1 ? (others[0] as KeptManifest) : others);
+      } else {
+        continue;
       }
-      for (const evicted of oldest[1]) {
-        evicted.manifest.hashesKept--;
-        hashCount--;
-      }
+      manifest.hashesKept--;
+      hashCount--;
+    }
+  };
+
+  /** Forgets the manifests kept longest, each whole, until the hashes are within their bound. */
+  const evictOldest = () => {
+    while (hashCount > signedManifestHashesMax && keptHead < keptOrder.length) {
+      const oldest = keptOrder[keptHead] as KeptManifest;
+      keptOrder[keptHead] = undefined as unknown as KeptManifest; // let its datagram go
+      keptHead++;
+      forget(oldest);
+    }
+    if (keptHead >= 1024 && keptHead * 2 >= keptOrder.length) {
+      keptOrder = keptOrder.slice(keptHead);
+      keptHead = 0;
     }
   };
 
@@ -317,8 +356,9 @@ export function createSignedSessionGate(
   ) => {
     const { sessionId, incarnation } = run;
     const known = (hash: Buffer, index: number) => {
-      const vouched = ofRun(hashes.get(sequenceAdd(run.sequence, index)), sessionId, incarnation);
-      return vouched !== undefined && sameHash(hash, vouched);
+      const sequence = sequenceAdd(run.sequence, index);
+      const vouched = manifestOfRun(hashes.get(sequence), sessionId, incarnation);
+      return vouched !== undefined && sameHash(hash, vouched, sequence);
     };
     if (manifest.every(known)) {
       stats.manifestsRepeated++; // a repeat of one already verified: nothing new in it
@@ -333,13 +373,22 @@ export function createSignedSessionGate(
     // One copy of the datagram, kept whole (it may be served ahead of a REPAIR); its hashes are read in place.
     const kept: KeptManifest = {
       datagram: Buffer.from(datagram),
+      sessionId,
+      incarnation,
+      firstSequence: run.sequence,
+      // The decoder's hashes are views of the datagram, one after another.
+      hashesAt: (manifest[0]?.byteOffset ?? datagram.byteOffset) - datagram.byteOffset,
       hashesTotal: manifest.length,
       hashesKept: 0,
     };
-    manifest.forEach((hash, index) => {
+    for (let index = 0; index < manifest.length; index++) {
+      remember(sequenceAdd(run.sequence, index), kept);
+    }
+    if (kept.hashesKept > 0) {
+      keptOrder.push(kept);
+    }
+    manifest.forEach((_hash, index) => {
       const sequence = sequenceAdd(run.sequence, index);
-      const at = hash.byteOffset - datagram.byteOffset; // the decoder's hashes are views of the datagram
-      remember(sessionId, incarnation, sequence, kept, at);
       const waiting = heldData.get(sequence);
       if (waiting === undefined) {
         return;
@@ -368,6 +417,7 @@ export function createSignedSessionGate(
         passData(sequence, held);
       }
     });
+    evictOldest();
     updateHolding();
   };
 
@@ -406,11 +456,11 @@ export function createSignedSessionGate(
     if (datagram.length <= headerBytes || datagram[headerBytes] !== SignatureKind.manifest) {
       return false;
     }
-    const kept = ofRun(
+    const kept = manifestOfRun(
       hashes.get(datagram.readUInt32BE(offsetSequence)),
       datagram.readUInt32BE(offsetSessionId),
       datagram.readUInt32BE(offsetIncarnation),
-    )?.manifest;
+    );
     return kept !== undefined && kept.hashesKept === kept.hashesTotal && kept.datagram.equals(datagram);
   };
 
@@ -489,18 +539,18 @@ export function createSignedSessionGate(
   return {
     stats,
     vouches(sessionId, incarnation, sequence) {
-      return ofRun(hashes.get(sequence), sessionId, incarnation) !== undefined;
+      return manifestOfRun(hashes.get(sequence), sessionId, incarnation) !== undefined;
     },
     signatureFor(datagram) {
       if (datagram.length < headerBytes) {
         return undefined;
       }
       if (datagram[offsetType] === PacketType.data) {
-        return ofRun(
+        return manifestOfRun(
           hashes.get(datagram.readUInt32BE(offsetSequence)),
           datagram.readUInt32BE(offsetSessionId),
           datagram.readUInt32BE(offsetIncarnation),
-        )?.manifest.datagram;
+        )?.datagram;
       }
       return vouched.get(sha256Of(datagram).toString('hex'));
     },
@@ -508,15 +558,16 @@ export function createSignedSessionGate(
       if (datagram.length < headerBytes || datagram[offsetType] !== PacketType.data) {
         return 'unknown';
       }
-      const expected = ofRun(
-        hashes.get(datagram.readUInt32BE(offsetSequence)),
+      const sequence = datagram.readUInt32BE(offsetSequence);
+      const expected = manifestOfRun(
+        hashes.get(sequence),
         datagram.readUInt32BE(offsetSessionId),
         datagram.readUInt32BE(offsetIncarnation),
       );
       if (expected === undefined) {
         return 'unknown';
       }
-      if (!hashMatches(datagram, expected)) {
+      if (!hashMatches(datagram, expected, sequence)) {
         forged('hash-mismatch');
         return 'forged';
       }

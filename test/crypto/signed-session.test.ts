@@ -227,45 +227,85 @@ describe('signed-session gate', () => {
     assert.equal(t.g.stats.holding, 1);
   });
 
-  it('a manifest sent again after some of its hashes were evicted, its first kept, is verified again, not a repeat', () => {
+  it("past the bound whole manifests go, oldest first, another incarnation's at the same sequences apart; a manifest sent again after it went is verified again, not a repeat", () => {
     const t = gate();
     const sign = (fields: { sessionId: number; incarnation: number; sequence: number }, hashes: Buffer[]) =>
       signInPlace(encodeManifestUnsigned({ ...fields, timestampUs: 0 }, hashes), source.privateKey);
-    // An earlier run of the session (another incarnation, the same first sequence) left the gate
-    // holding its hashes from 1000 on, one manifest short of the bound.
     const earlier = { sessionId: run.sessionId, incarnation: run.incarnation + 1 };
-    for (
-      let first = 1000;
-      first < 1000 + signedManifestHashesMax - manifestPacketsMax;
-      first += manifestPacketsMax
-    ) {
-      const hashes = Array.from({ length: manifestPacketsMax }, (_, index) =>
-        hashOf(data(earlier, first + index, Buffer.from('earlier'))),
+    const earlierManifest = (first: number) =>
+      sign(
+        { ...earlier, sequence: first },
+        Array.from({ length: manifestPacketsMax }, (_, index) =>
+          hashOf(data(earlier, first + index, Buffer.from('earlier'))),
+        ),
       );
-      t.take(sign({ ...earlier, sequence: first }, hashes));
+    // An earlier run of the session (another incarnation) left the gate holding its hashes from
+    // 1000 on, one manifest short of the bound.
+    const earlierCount = signedManifestHashesMax / manifestPacketsMax - 1;
+    for (let index = 0; index < earlierCount; index++) {
+      t.take(earlierManifest(1000 + index * manifestPacketsMax));
     }
-    // This run's manifest over 990-1053 straddles them: its hashes from 1000 on share the earlier
-    // run's oldest sequences, so the next manifest's room is made by evicting them, its own included.
+    // This run's manifests over 990-1053 and 1054-1117 share the earlier run's first sequences: the
+    // second passes the bound, and the manifest kept longest goes whole (the earlier run's first),
+    // not this run's hashes at the same sequences.
     const packets = Array.from({ length: 128 }, (_, index) =>
       data(run, 990 + index, Buffer.from(`new ${index}`)),
     );
     const manifest = sign({ ...run, sequence: 990 }, packets.slice(0, 64).map(hashOf));
     t.take(manifest);
     t.take(sign({ ...run, sequence: 1054 }, packets.slice(64).map(hashOf)));
+    assert.equal(t.g.vouches(earlier.sessionId, earlier.incarnation, 1000), false);
+    assert.equal(t.g.vouches(earlier.sessionId, earlier.incarnation, 1063), false);
+    assert.equal(t.g.vouches(earlier.sessionId, earlier.incarnation, 1064), true);
     assert.equal(t.g.vouches(run.sessionId, run.incarnation, 990), true);
-    assert.equal(t.g.vouches(run.sessionId, run.incarnation, 1000), false);
+    assert.equal(t.g.vouches(run.sessionId, run.incarnation, 1000), true);
+    // More of the earlier run's manifests, at sequences of their own: its older ones go, then this
+    // run's first manifest, whole; its second stays.
+    for (let index = 0; index < earlierCount; index++) {
+      t.take(earlierManifest(500_000 + index * manifestPacketsMax));
+    }
+    assert.equal(t.g.vouches(run.sessionId, run.incarnation, 990), false);
+    assert.equal(t.g.vouches(run.sessionId, run.incarnation, 1053), false);
+    assert.equal(t.g.vouches(run.sessionId, run.incarnation, 1054), true);
     t.take(packets[10] as Buffer); // 1000, repaired late: held, nothing vouches for it now
     assert.equal(t.g.stats.dataAuthenticated, 0);
     const verified = t.g.stats.signaturesVerified;
     const repeated = t.g.stats.manifestsRepeated;
     // The source's repeat of the same bytes holds hashes the gate no longer has: it is verified and
-    // they are learnt again, as for any manifest not all known, and the held DATA passes.
+    // they are learnt again, and the held DATA passes.
     t.take(Buffer.from(manifest));
     assert.equal(t.g.stats.manifestsRepeated, repeated);
     assert.equal(t.g.stats.signaturesVerified, verified + 1);
     assert.equal(t.g.stats.dataAuthenticated, 1);
     assert.deepEqual(t.passed, [packets[10]]);
     assert.equal(t.g.vouches(run.sessionId, run.incarnation, 1000), true);
+    // Now it is all kept: the next copy is a repeat by its bytes.
+    t.take(Buffer.from(manifest));
+    assert.equal(t.g.stats.manifestsRepeated, repeated + 1);
+    assert.equal(t.g.stats.signaturesVerified, verified + 1);
+  });
+
+  it('a manifest that only partly vouches for its sequences (a manifest of its run came first for the others) is a repeat by its hashes, not by its bytes', () => {
+    const t = gate();
+    const sign = (sequence: number, hashes: Buffer[]) =>
+      signInPlace(encodeManifestUnsigned({ ...run, sequence, timestampUs: 0 }, hashes), source.privateKey);
+    const packets = Array.from({ length: 80 }, (_, index) =>
+      data(run, 1000 + index, Buffer.from(`p ${index}`)),
+    );
+    // 1010-1073 first, then 1000-1063 (overlapping: only 1000-1009 are its own).
+    t.take(sign(1010, packets.slice(10, 74).map(hashOf)));
+    const overlapping = sign(1000, packets.slice(0, 64).map(hashOf));
+    t.take(overlapping);
+    assert.equal(t.g.stats.signaturesVerified, 2);
+    const repeated = t.g.stats.manifestsRepeated;
+    t.take(Buffer.from(overlapping));
+    assert.equal(t.g.stats.signaturesVerified, 2);
+    assert.equal(t.g.stats.manifestsRepeated, repeated + 1);
+    for (const packet of packets.slice(0, 74)) {
+      t.take(packet);
+    }
+    assert.equal(t.g.stats.dataAuthenticated, 74);
+    assert.deepEqual(t.g.stats.forged, {});
   });
 
   it("a HEARTBEAT or END passes only after the source signed it; a forger's signature moves nothing", () => {
