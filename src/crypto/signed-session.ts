@@ -137,6 +137,68 @@ function manifestOfRun(
   return kept.sessionId === sessionId && kept.incarnation === incarnation ? kept : undefined;
 }
 
+/**
+ * Values by 32-bit sequence, for the gate's hashes: a ring indexed by the sequence's low bits, with
+ * at least twice as many slots as sequences are kept, so the consecutive sequences of a run never
+ * share a slot; a sequence whose slot another holds (a run far apart) goes to a Map. The packet
+ * path then reads an array where it looked up a Map of 65,536 entries several times a packet.
+ */
+export class BySequence<T> {
+  readonly #sequences: Uint32Array;
+  readonly #values: Array<T | undefined>;
+  readonly #mask: number;
+  readonly #overflow = new Map<number, T>();
+
+  /** `slots` must be a power of two. */
+  constructor(slots: number) {
+    if (!Number.isInteger(slots) || slots < 1 || (slots & (slots - 1)) !== 0 || slots > 2 ** 30) {
+      throw new RangeError(`slots must be a power of two up to 2^30, not ${slots}`);
+    }
+    this.#sequences = new Uint32Array(slots);
+    this.#values = new Array<T | undefined>(slots).fill(undefined);
+    this.#mask = slots - 1;
+  }
+
+  /** How many sequences went to the Map (their slot was another's). */
+  get overflowing(): number {
+    return this.#overflow.size;
+  }
+
+  get(sequence: number): T | undefined {
+    const slot = sequence & this.#mask;
+    const value = this.#values[slot];
+    if (value !== undefined && this.#sequences[slot] === sequence) {
+      return value;
+    }
+    return this.#overflow.size === 0 ? undefined : this.#overflow.get(sequence);
+  }
+
+  set(sequence: number, value: T): void {
+    const slot = sequence & this.#mask;
+    const occupant = this.#values[slot];
+    if (occupant === undefined || this.#sequences[slot] === sequence) {
+      this.#sequences[slot] = sequence;
+      this.#values[slot] = value;
+      if (occupant === undefined && this.#overflow.size > 0) {
+        this.#overflow.delete(sequence); // it waited there while its slot was another's
+      }
+      return;
+    }
+    this.#overflow.set(sequence, value);
+  }
+
+  delete(sequence: number): void {
+    const slot = sequence & this.#mask;
+    if (this.#values[slot] !== undefined && this.#sequences[slot] === sequence) {
+      this.#values[slot] = undefined;
+      return;
+    }
+    if (this.#overflow.size > 0) {
+      this.#overflow.delete(sequence);
+    }
+  }
+}
+
 /** Where a kept manifest holds the hash of `sequence` (one of its sequences) in its datagram. */
 function hashOffset(manifest: KeptManifest, sequence: number): number {
   return manifest.hashesAt + ((sequence - manifest.firstSequence) >>> 0) * manifestHashBytes;
@@ -200,7 +262,7 @@ export function createSignedSessionGate(
    * signedManifestHashesMax applies to; past it the manifests kept longest are forgotten first,
    * each whole (keptOrder, from keptHead on).
    */
-  const hashes = new Map<number, KeptAtSequence>();
+  const hashes = new BySequence<KeptAtSequence>(2 ** Math.ceil(Math.log2(2 * signedManifestHashesMax)));
   let hashCount = 0;
   let keptOrder: KeptManifest[] = [];
   let keptHead = 0;

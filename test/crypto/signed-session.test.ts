@@ -9,7 +9,7 @@ import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { buildControlSignature, generateSigningKey, signInPlace } from '../../src/crypto/authority.js';
 import { createSenderProtection, createSignedSenderProtection } from '../../src/crypto/restricted-session.js';
-import { createSignedSessionGate } from '../../src/crypto/signed-session.js';
+import { BySequence, createSignedSessionGate } from '../../src/crypto/signed-session.js';
 import { suites } from '../../src/crypto/suites.js';
 import {
   manifestFlushWaitMs,
@@ -573,5 +573,39 @@ describe('restricted source: the manifest collected so far, at a control tick', 
       .filter((d) => d[offsetType] === PacketType.signature && d[headerBytes] === SignatureKind.manifest)
       .map((d) => d.readUInt32BE(offsetSequence));
     assert.deepEqual(firsts, [1, 2, 3], 'the repeats of the manifests over 1 and 2, then a new one from 3');
+  });
+});
+
+describe('BySequence: the ring (and its Map for sequences whose slot is taken) the gate keeps its hashes in', () => {
+  it('agrees with a Map over 100,000 random sets, gets and deletes, slots shared and sequences past 2^31 included', () => {
+    let seed = 12345;
+    const random = (below: number) => {
+      seed = (Math.imul(seed, 1103515245) + 12345) >>> 0;
+      return seed % below;
+    };
+    const bySequence = new BySequence<number>(8);
+    const model = new Map<number, number>();
+    // 40 sequences over 8 slots, some near 2^32: each slot is wanted by about 5 of them.
+    const sequences = Array.from(
+      { length: 40 },
+      (_, index) => (index < 20 ? index : 2 ** 32 - 1 - index) >>> 0,
+    );
+    for (let step = 0; step < 100_000; step++) {
+      const sequence = sequences[random(sequences.length)] as number;
+      const operation = random(3);
+      if (operation === 0) {
+        bySequence.set(sequence, step);
+        model.set(sequence, step);
+      } else if (operation === 1) {
+        bySequence.delete(sequence);
+        model.delete(sequence);
+      }
+      assert.equal(bySequence.get(sequence), model.get(sequence), `step ${step}`);
+    }
+    for (const sequence of sequences) {
+      assert.equal(bySequence.get(sequence), model.get(sequence));
+    }
+    assert.ok(bySequence.overflowing > 0, 'some sequences found their slot taken');
+    assert.throws(() => new BySequence(6), /power of two/);
   });
 });
