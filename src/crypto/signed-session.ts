@@ -94,11 +94,14 @@ export interface SignedSessionGateOptions {
   readonly onAuthenticated?: (datagram: Buffer) => void;
 }
 
+/** A DATA datagram waiting for its manifest. */
 interface Held {
-  readonly datagram: Buffer;
+  /** The datagram; undefined once it was passed on or dropped (nothing keeps it then). */
+  datagram: Buffer | undefined;
   readonly pass: (datagram: Buffer) => void;
   readonly sessionId: number;
   readonly incarnation: number;
+  readonly sequence: number;
 }
 
 /**
@@ -267,8 +270,10 @@ export function createSignedSessionGate(
   let keptOrder: KeptManifest[] = [];
   let keptHead = 0;
   /** DATA waiting for its manifest, by sequence (a forgery may share a sequence, or be of another run). */
-  const heldData = new Map<number, Held[]>();
-  const oldestHeld = new OldestFirst(heldData);
+  const heldData = new BySequence<Held | Held[]>(2 ** Math.ceil(Math.log2(2 * signedHeldPacketsMax)));
+  /** The held DATA in the order it came (from heldHead on), the oldest dropped first past the bound. */
+  let heldOrder: Held[] = [];
+  let heldHead = 0;
   let heldDataCount = 0;
   /** SHA-256 (hex) of control datagrams vouched for by verified control signatures → that signature. */
   const vouched = new Map<string, Buffer>();
@@ -308,40 +313,73 @@ export function createSignedSessionGate(
     stats.holding = heldDataCount + heldControl.length;
   };
 
-  /** Passes held DATA whose manifest is known; false when no manifest vouches for its sequence yet. */
-  const passData = (sequence: number, held: Held) => {
-    const expected = manifestOfRun(hashes.get(sequence), held.sessionId, held.incarnation);
+  /** Passes DATA whose manifest is known; false when no manifest vouches for its sequence yet. */
+  const passData = (
+    sequence: number,
+    sessionId: number,
+    incarnation: number,
+    datagram: Buffer,
+    pass: (datagram: Buffer) => void,
+  ) => {
+    const expected = manifestOfRun(hashes.get(sequence), sessionId, incarnation);
     if (expected === undefined) {
       return false;
     }
-    if (!hashMatches(held.datagram, expected, sequence)) {
+    if (!hashMatches(datagram, expected, sequence)) {
       forged('hash-mismatch');
       return true;
     }
     stats.dataAuthenticated++;
-    held.pass(held.datagram);
+    pass(datagram);
     return true;
   };
 
-  const holdData = (sequence: number, held: Held) => {
-    while (heldDataCount >= signedHeldPacketsMax) {
-      const oldest = oldestHeld.shift();
-      if (oldest === undefined) {
-        break;
+  /** Takes a held DATA out (it was passed on or dropped); returns its datagram. */
+  const unhold = (held: Held): Buffer | undefined => {
+    const datagram = held.datagram;
+    if (datagram === undefined) {
+      return undefined;
+    }
+    held.datagram = undefined;
+    heldDataCount--;
+    const at = heldData.get(held.sequence);
+    if (at === held) {
+      heldData.delete(held.sequence);
+    } else if (Array.isArray(at)) {
+      const others = at.filter((other) => other !== held);
+      if (others.length === 0) {
+        heldData.delete(held.sequence);
+      } else {
+        heldData.set(held.sequence, others.length === 1 ? (others[0] as Held) : others);
       }
-      const dropped = oldest[1].length;
-      heldDataCount -= dropped;
-      stats.unauthenticated += dropped;
     }
-    const list = heldData.get(sequence);
-    if (list === undefined) {
-      const fresh = [held];
-      heldData.set(sequence, fresh);
-      oldestHeld.added(sequence, fresh);
+    return datagram;
+  };
+
+  const holdData = (held: Held) => {
+    while (heldDataCount >= signedHeldPacketsMax && heldHead < heldOrder.length) {
+      const oldest = heldOrder[heldHead] as Held;
+      heldOrder[heldHead] = undefined as unknown as Held;
+      heldHead++;
+      if (unhold(oldest) !== undefined) {
+        stats.unauthenticated++;
+      }
+    }
+    const at = heldData.get(held.sequence);
+    if (at === undefined) {
+      heldData.set(held.sequence, held);
+    } else if (Array.isArray(at)) {
+      at.push(held);
     } else {
-      list.push(held);
+      heldData.set(held.sequence, [at, held]);
     }
+    heldOrder.push(held);
     heldDataCount++;
+    if (heldOrder.length - heldHead > 2 * heldDataCount + 1024) {
+      // Mostly DATA passed on since: keep the order of what still waits (once per 1,024 held at least).
+      heldOrder = heldOrder.slice(heldHead).filter((waiting) => waiting.datagram !== undefined);
+      heldHead = 0;
+    }
     updateHolding();
   };
 
@@ -351,14 +389,10 @@ export function createSignedSessionGate(
       return;
     }
     const sequence = datagram.readUInt32BE(offsetSequence);
-    const held: Held = {
-      datagram,
-      pass,
-      sessionId: datagram.readUInt32BE(offsetSessionId),
-      incarnation: datagram.readUInt32BE(offsetIncarnation),
-    };
-    if (!passData(sequence, held)) {
-      holdData(sequence, held);
+    const sessionId = datagram.readUInt32BE(offsetSessionId);
+    const incarnation = datagram.readUInt32BE(offsetIncarnation);
+    if (!passData(sequence, sessionId, incarnation, datagram, pass)) {
+      holdData({ datagram, pass, sessionId, incarnation, sequence });
     }
   };
 
@@ -449,36 +483,26 @@ export function createSignedSessionGate(
     if (kept.hashesKept > 0) {
       keptOrder.push(kept);
     }
-    manifest.forEach((_hash, index) => {
-      const sequence = sequenceAdd(run.sequence, index);
-      const waiting = heldData.get(sequence);
-      if (waiting === undefined) {
-        return;
+    /** Passes on (or refuses) a DATA of this run that waited for this manifest. */
+    const release = (held: Held) => {
+      if (held.sessionId === sessionId && held.incarnation === incarnation) {
+        const released = unhold(held);
+        if (released !== undefined) {
+          passData(held.sequence, sessionId, incarnation, released, held.pass);
+        }
       }
-      const only = waiting.length === 1 ? (waiting[0] as Held) : undefined;
-      if (only !== undefined && only.sessionId === sessionId && only.incarnation === incarnation) {
-        // The usual case: one DATA of this run waited for this sequence.
-        heldData.delete(sequence);
-        heldDataCount--;
-        passData(sequence, only);
-        return;
+    };
+    for (let index = 0; index < manifest.length; index++) {
+      // Usually one DATA of this run waited for each sequence; a forgery of another run may too.
+      const waiting = heldData.get(sequenceAdd(run.sequence, index));
+      if (Array.isArray(waiting)) {
+        for (const held of [...waiting]) {
+          release(held);
+        }
+      } else if (waiting !== undefined) {
+        release(waiting);
       }
-      const mine = waiting.filter((held) => held.sessionId === sessionId && held.incarnation === incarnation);
-      if (mine.length === waiting.length) {
-        heldData.delete(sequence);
-      } else {
-        // In place, not a set of a new list: the sequence keeps its age (see OldestFirst).
-        const others = waiting.filter(
-          (held) => held.sessionId !== sessionId || held.incarnation !== incarnation,
-        );
-        waiting.length = 0;
-        waiting.push(...others);
-      }
-      heldDataCount -= mine.length;
-      for (const held of mine) {
-        passData(sequence, held);
-      }
-    });
+    }
     evictOldest();
     updateHolding();
   };
