@@ -23,6 +23,7 @@ import { OldestFirst } from '../oldest-first.js';
 import {
   headerBytes,
   offsetIncarnation,
+  offsetKeyEpoch,
   offsetSequence,
   offsetSessionId,
   offsetType,
@@ -157,6 +158,14 @@ function sameHash(hash: Buffer, vouched: VouchedHash): boolean {
   return hash.compare(vouched.manifest.datagram, vouched.at, vouched.at + manifestHashBytes) === 0;
 }
 
+/**
+ * What a repeated offer or KEY stands for: its type, run and key epoch (a datagram of at least
+ * headerBytes). The source signs it again with a later time every signedRepeatRefreshMs.
+ */
+function repeatSlotOf(datagram: Buffer): string {
+  return `${datagram[offsetType]}/${datagram.readUInt32BE(offsetSessionId)}/${datagram.readUInt32BE(offsetIncarnation)}/${datagram.readUInt16BE(offsetKeyEpoch)}`;
+}
+
 /** Builds a gate that authenticates against one source key. */
 export function createSignedSessionGate(
   sourcePublicKey: KeyObject,
@@ -194,24 +203,42 @@ export function createSignedSessionGate(
   }> = [];
 
   /**
-   * The last offers and KEY messages whose signature verified, as they came (copies, newest last):
-   * a source repeats each unchanged at every control tick (docs/protocol.md, "Signed sessions"), and
-   * a datagram equal to one of them byte for byte is authentic without another Ed25519 check.
+   * The offers and KEY messages whose signature verified, one per slot (the offer of a run, the KEY
+   * of a run's epoch: repeatSlotOf), the latest signing of each, least recently repeated first. A
+   * source repeats each unchanged at every control tick (docs/protocol.md, "Signed sessions"), and a
+   * datagram equal to its slot's byte for byte is authentic without another Ed25519 check. A slot
+   * takes no signing older than the one it holds, so old copies replayed among the repeats never
+   * push the current one out; and the slots of several runs of one source (a retransmit server's)
+   * do not push each other out as a list of the last few datagrams would.
    */
-  const verifiedRepeatable: Buffer[] = [];
+  const verifiedRepeatable = new Map<string, { readonly datagram: Buffer; readonly timestampUs: number }>();
   const isVerifiedRepeat = (datagram: Buffer): boolean => {
-    for (const known of verifiedRepeatable) {
-      if (known.equals(datagram)) {
-        stats.signedRepeats++;
-        return true;
-      }
+    if (datagram.length < headerBytes) {
+      return false;
     }
-    return false;
+    const slot = repeatSlotOf(datagram);
+    const kept = verifiedRepeatable.get(slot);
+    if (kept === undefined || !kept.datagram.equals(datagram)) {
+      return false;
+    }
+    verifiedRepeatable.delete(slot); // most recently repeated last
+    verifiedRepeatable.set(slot, kept);
+    stats.signedRepeats++;
+    return true;
   };
-  const noteVerifiedRepeatable = (datagram: Buffer) => {
-    verifiedRepeatable.push(Buffer.from(datagram));
-    if (verifiedRepeatable.length > signedRepeatsKeptMax) {
-      verifiedRepeatable.shift();
+  const noteVerifiedRepeatable = (datagram: Buffer, timestampUs: number) => {
+    const slot = repeatSlotOf(datagram);
+    const kept = verifiedRepeatable.get(slot);
+    if (kept !== undefined && timestampUs < kept.timestampUs) {
+      return; // an older signing (a replay): the source repeats the newer one
+    }
+    verifiedRepeatable.delete(slot);
+    verifiedRepeatable.set(slot, { datagram: Buffer.from(datagram), timestampUs });
+    for (const oldest of verifiedRepeatable.keys()) {
+      if (verifiedRepeatable.size <= signedRepeatsKeptMax) {
+        break;
+      }
+      verifiedRepeatable.delete(oldest);
     }
   };
 
@@ -444,7 +471,7 @@ export function createSignedSessionGate(
       onControlSignature(datagram, message.controlSha256);
     } else {
       if (offer) {
-        noteVerifiedRepeatable(datagram);
+        noteVerifiedRepeatable(datagram, message.timestampUs);
       }
       options.onAuthenticated?.(datagram);
     }
@@ -481,7 +508,7 @@ export function createSignedSessionGate(
       return;
     }
     stats.signaturesVerified++;
-    noteVerifiedRepeatable(datagram);
+    noteVerifiedRepeatable(datagram, decoded.value.timestampUs);
     options.onAuthenticated?.(datagram);
     pass(datagram);
   };
