@@ -10,6 +10,7 @@ import {
   manifestFlushWaitMs,
   manifestRepeatsMax,
   manifestSendCount,
+  protectedControlIntervalMs,
   restrictedHeldPacketsMax,
   restrictedKeyRecheckMs,
   restrictedPendingKeysMax,
@@ -578,6 +579,13 @@ export function createReceiverProtection(
     }
   };
 
+  /** True when a grant covers the stream once the source signs this KEY again (a repeat's lag). */
+  const grantStartsWithinRepeat = (key: KeyMessage) =>
+    token.refusalFor(
+      key.service,
+      Math.floor(key.timestampUs / 1000) + signedRepeatRefreshMs + protectedControlIntervalMs,
+    ) === undefined;
+
   const release = (key: KeyMessage) => {
     if (askedEpochs.size >= restrictedPendingKeysMax * 4) {
       askedEpochs.clear();
@@ -621,8 +629,13 @@ export function createReceiverProtection(
         }
         reject(error.reason);
         // A forged, replayed or altered KEY message is only counted; a refusal about this
-        // token's entitlement ends the run for it.
-        if (!['bad-signature', 'rollback', 'bad-key-message'].includes(error.reason)) {
+        // token's entitlement ends the run for it, but for a grant that starts before the next
+        // signing of this KEY: the source repeats a KEY unchanged for signedRepeatRefreshMs, so its
+        // time may lag a start the stream has passed, and the copy signed next is asked.
+        if (
+          !['bad-signature', 'rollback', 'bad-key-message'].includes(error.reason) &&
+          !(error.reason === 'not-yet-valid' && grantStartsWithinRepeat(key))
+        ) {
           onRefused(error);
         }
       },
