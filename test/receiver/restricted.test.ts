@@ -10,7 +10,7 @@ import { createReceiverProtection, createSenderProtection } from '../../src/cryp
 import { initSoftwareToken, openSoftwareToken } from '../../src/crypto/software-token.js';
 import { suiteByName } from '../../src/crypto/suites.js';
 import type { Token } from '../../src/crypto/token.js';
-import { signedRepeatRefreshMs } from '../../src/limits.js';
+import { protectedControlIntervalMs, signedRepeatRefreshMs } from '../../src/limits.js';
 import { parseGroup } from '../../src/net/address.js';
 import { openReceiverSocket, type ReceiverSocketOptions } from '../../src/net/udp.js';
 import {
@@ -310,8 +310,11 @@ describe('restricted receiver: KEY repeats', () => {
 });
 
 describe('restricted receiver: a grant that starts while the source repeats a KEY unchanged', () => {
-  /** A token whose news grant starts `startsInMs` after `nowMs`, a sender, and a feed of both. */
-  function bed(nowMs: number, startsInMs: number) {
+  /**
+   * A token whose news grant starts `startsInMs` after `nowMs` (and ends `endsInMs` after it), a
+   * sender, and a feed of both.
+   */
+  function bed(nowMs: number, startsInMs: number, endsInMs = 3_600_000) {
     tokens += 1;
     const path = join(directory, `token-${tokens}.json`);
     initSoftwareToken({ path, pin: '2468', rootPublicKey: ed25519Raw(root.publicKey) });
@@ -325,7 +328,7 @@ describe('restricted receiver: a grant that starts while the source repeats a KE
           service: 'news',
           serviceEpoch: 1,
           notBeforeMs: nowMs + startsInMs,
-          notAfterMs: nowMs + 3_600_000,
+          notAfterMs: nowMs + endsInMs,
           priceModel: PriceModel.subscription,
           currency: 'EUR',
           priceMinor: 0,
@@ -361,9 +364,9 @@ describe('restricted receiver: a grant that starts while the source repeats a KE
       sender
         .control({ sessionId: 5, incarnation: 6, sequence: 1 }, atMs, (nowMs + atMs) * 1000)
         .filter((datagram) => datagram[offsetType] === PacketType.key);
-    const dataAt = (atMs: number) => {
+    const dataAt = (atMs: number, sequence = 1) => {
       const data = Buffer.alloc(headerBytes + 100);
-      writeHeaderFields(data, PacketType.data, 5, 1, (nowMs + atMs) * 1000, 0, 100, 6);
+      writeHeaderFields(data, PacketType.data, 5, sequence, (nowMs + atMs) * 1000, 0, 100, 6);
       return sender.seal(data, atMs, (nowMs + atMs) * 1000);
     };
     return { token, refusals, protection, delivered, feed, keysAt, dataAt };
@@ -406,6 +409,43 @@ describe('restricted receiver: a grant that starts while the source repeats a KE
       ['not-yet-valid'],
     );
     assert.equal(t.delivered.length, 0);
+    t.token.close();
+  });
+
+  it('a grant that ends mid-stream stops decoding within 1.5 s of its end (docs/security.md), with the KEY repeated unchanged', async () => {
+    const nowMs = Date.now();
+    const endsInMs = 1_000;
+    const t = bed(nowMs, -60_000, endsInMs);
+    let refusedAtMs: number | undefined;
+    let lastDecodedAtMs = -1;
+    for (
+      let atMs = 0;
+      atMs <= endsInMs + 3_000 && refusedAtMs === undefined;
+      atMs += protectedControlIntervalMs
+    ) {
+      const before = t.delivered.length;
+      t.feed(t.keysAt(atMs));
+      t.feed(t.dataAt(atMs, 1 + atMs / protectedControlIntervalMs));
+      await settle();
+      if (t.delivered.length > before) {
+        lastDecodedAtMs = atMs;
+      }
+      if (t.refusals.length > 0) {
+        refusedAtMs = atMs;
+      }
+    }
+    assert.deepEqual(
+      t.refusals.map((refused) => refused.reason),
+      ['expired'],
+    );
+    assert.ok(
+      lastDecodedAtMs >= endsInMs - protectedControlIntervalMs,
+      `decoded until ${lastDecodedAtMs} ms`,
+    );
+    assert.ok(
+      (refusedAtMs ?? Number.POSITIVE_INFINITY) <= endsInMs + 1_500,
+      `refused at ${refusedAtMs} ms, the grant ended at ${endsInMs} ms`,
+    );
     t.token.close();
   });
 });
