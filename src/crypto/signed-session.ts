@@ -207,11 +207,20 @@ export function createSignedSessionGate(
    * of a run's epoch: repeatSlotOf), the latest signing of each, least recently repeated first. A
    * source repeats each unchanged at every control tick (docs/protocol.md, "Signed sessions"), and a
    * datagram equal to its slot's byte for byte is authentic without another Ed25519 check. A slot
-   * takes no signing older than the one it holds, so old copies replayed among the repeats never
-   * push the current one out; and the slots of several runs of one source (a retransmit server's)
-   * do not push each other out as a list of the last few datagrams would.
+   * takes a signing older than the one it holds only at its second copy in a row (a source whose
+   * wall clock stepped back), so old copies replayed among the repeats cost the current one at
+   * most a verification per two of theirs; and the slots of several runs of one source (a
+   * retransmit server's) do not push each other out as a list of the last few datagrams would.
    */
-  const verifiedRepeatable = new Map<string, { readonly datagram: Buffer; readonly timestampUs: number }>();
+  const verifiedRepeatable = new Map<
+    string,
+    {
+      readonly datagram: Buffer;
+      readonly timestampUs: number;
+      /** The last older signing verified for the slot since. */
+      older?: Buffer;
+    }
+  >();
   const isVerifiedRepeat = (datagram: Buffer): boolean => {
     if (datagram.length < headerBytes) {
       return false;
@@ -229,8 +238,11 @@ export function createSignedSessionGate(
   const noteVerifiedRepeatable = (datagram: Buffer, timestampUs: number) => {
     const slot = repeatSlotOf(datagram);
     const kept = verifiedRepeatable.get(slot);
-    if (kept !== undefined && timestampUs < kept.timestampUs) {
-      return; // an older signing (a replay): the source repeats the newer one
+    if (kept !== undefined && timestampUs < kept.timestampUs && kept.older?.equals(datagram) !== true) {
+      // An older signing: a replay, or a source whose wall clock stepped back. The slot takes it
+      // at its second copy in a row, which a replay buys with two verifications of its own.
+      kept.older = Buffer.from(datagram);
+      return;
     }
     verifiedRepeatable.delete(slot);
     verifiedRepeatable.set(slot, { datagram: Buffer.from(datagram), timestampUs });

@@ -553,6 +553,51 @@ describe('signed-session gate: repeats of several runs, and old copies replayed 
   });
 });
 
+describe('signed-session gate: a source whose wall clock steps back', () => {
+  it('its repeats, signed with an earlier time than those kept, are verified twice, then known again', () => {
+    const protection = restrictedSender();
+    const t = gate();
+    const hourUs = 3_600_000_000;
+    const ticks = (2 * signedRepeatRefreshMs) / protectedControlIntervalMs; // one second of ticks
+    for (let tick = 0; tick < 2 * ticks; tick++) {
+      const nowMs = tick * protectedControlIntervalMs;
+      // The wall clock steps back an hour after one second.
+      const wallUs = 2 * hourUs + nowMs * 1000 - (tick < ticks ? 0 : hourUs);
+      for (const datagram of protection.control({ ...run, sequence: 1000 + tick }, nowMs, wallUs)) {
+        t.take(Buffer.from(datagram));
+      }
+    }
+    // The offer and two KEYs, signed every 500 ms: before the step, each signing verified once;
+    // the first after it (older than the one kept) verified at its first two copies; the next once.
+    assert.equal(t.g.stats.signaturesVerified, 2 * 3 + 2 * 3 + 3);
+    assert.equal(t.g.stats.signedRepeats, 2 * ticks * 3 - 15);
+    assert.equal(t.passed.length, 2 * ticks * 2, 'every KEY copy is passed on');
+  });
+
+  it('an old copy replayed twice takes the slot only until the next genuine copy: it costs the repeats one verification per two replays', () => {
+    const protection = restrictedSender();
+    const t = gate();
+    const tick = (index: number) => {
+      const nowMs = index * protectedControlIntervalMs;
+      return protection.control({ ...run, sequence: 1000 + index }, nowMs, 1_000_000 + nowMs * 1000);
+    };
+    const old = tick(0);
+    const ticks = (2 * signedRepeatRefreshMs) / protectedControlIntervalMs;
+    // From 2 s on (the recorded copies are older than what the source signs now).
+    for (let index = 40; index < 40 + ticks; index++) {
+      for (const datagram of [...old, ...old]) {
+        t.take(Buffer.from(datagram));
+      }
+      for (const datagram of tick(index)) {
+        t.take(Buffer.from(datagram));
+      }
+    }
+    // Each tick: six replays verified (the second of each takes the slot), then three genuine
+    // copies verified again; no more than the replays themselves cost.
+    assert.ok(t.g.stats.signaturesVerified <= ticks * (6 + 3), String(t.g.stats.signaturesVerified));
+  });
+});
+
 describe('restricted source: the manifest collected so far, at a control tick', () => {
   it(`is signed once its oldest packet has waited ${manifestFlushWaitMs} ms; a younger one is left to fill; a HEARTBEAT's flush signs it whatever its age`, () => {
     const protection = restrictedSender(64);
