@@ -552,8 +552,12 @@ export const signedRepeatRefreshMs = 500;
  */
 export const manifestFlushWaitMs = 10;
 
-/** Signed session gate: KEY messages and offers remembered after their signature verified, to know their repeats. */
-export const signedRepeatsKeptMax = 8;
+/**
+ * Signed session gate: offers and KEY messages remembered after their signature verified, to know
+ * their repeats, one per run's offer or run's key epoch (a run uses three: the offer, the current and
+ * the next KEY), so a retransmit server's gate over many runs of one source still knows them all.
+ */
+export const signedRepeatsKeptMax = 64;
 
 /** Signed source: each manifest is sent this many times in all (once at once, then at the next control ticks). */
 export const manifestSendCount = 3;

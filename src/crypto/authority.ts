@@ -246,8 +246,6 @@ export class ManifestBuilder {
   readonly #block: Buffer;
   #count = 0;
   #firstSequence = 0;
-  /** When the first packet collected now was added (its timestampUs). */
-  #firstTimestampUs = 0;
   #fields: Omit<HeaderFields, 'sequence' | 'timestampUs'>;
 
   constructor(
@@ -289,20 +287,11 @@ export class ManifestBuilder {
   addHashed(sequence: number, timestampUs: number): Buffer | undefined {
     if (this.#count === 0) {
       this.#firstSequence = sequence;
-      this.#firstTimestampUs = timestampUs;
     } else if ((this.#firstSequence + this.#count) >>> 0 !== sequence >>> 0) {
       throw new CipherError('manifest packets must be consecutive');
     }
     this.#count++;
     return this.#count >= this.packetsPerManifest ? this.flush(timestampUs) : undefined;
-  }
-
-  /**
-   * How long the oldest packet collected now has waited for its manifest at `timestampUs`
-   * (microseconds, by the times given to add), or undefined when nothing is collected.
-   */
-  waitedUs(timestampUs: number): number | undefined {
-    return this.#count === 0 ? undefined : timestampUs - this.#firstTimestampUs;
   }
 
   /** Signs what is collected (at END, or before a pause); undefined when nothing is. */

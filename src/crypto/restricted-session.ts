@@ -10,6 +10,7 @@ import {
   manifestFlushWaitMs,
   manifestRepeatsMax,
   manifestSendCount,
+  protectedControlIntervalMs,
   restrictedHeldPacketsMax,
   restrictedKeyRecheckMs,
   restrictedPendingKeysMax,
@@ -121,13 +122,19 @@ export class ManifestRepeats {
 class ManifestSender {
   readonly #builder: ManifestBuilder | undefined;
   readonly #repeats = new ManifestRepeats();
+  /**
+   * When the oldest packet collected now was added, on the monotonic clock (nowMs): a wall clock
+   * stepped back must not hold a slow stream's DATA until the HEARTBEAT (flushWaited).
+   */
+  #oldestAtMs: number | undefined;
 
   constructor(builder: ManifestBuilder | undefined) {
     this.#builder = builder;
   }
 
   /** The DATA packet as it goes out, followed by the manifest it completes, if it completes one. */
-  afterData(packet: Buffer, wallUs: number): Buffer[] {
+  afterData(packet: Buffer, nowMs: number, wallUs: number): Buffer[] {
+    this.#collecting(nowMs);
     return this.#after(packet, this.#builder?.add(packet, packet.readUInt32BE(offsetSequence), wallUs));
   }
 
@@ -135,8 +142,16 @@ class ManifestSender {
    * afterData for a DATA packet sealed with its hash written at the builder's hashOffset of its
    * hashBlock (sealDatagram hashes while sealing).
    */
-  afterSealed(packet: Buffer, wallUs: number): Buffer[] {
+  afterSealed(packet: Buffer, nowMs: number, wallUs: number): Buffer[] {
+    this.#collecting(nowMs);
     return this.#after(packet, this.#builder?.addHashed(packet.readUInt32BE(offsetSequence), wallUs));
+  }
+
+  /** Notes when the first packet of a manifest is added (before the builder takes it). */
+  #collecting(nowMs: number): void {
+    if (this.#builder?.hashOffset === 0) {
+      this.#oldestAtMs = nowMs;
+    }
   }
 
   /** Where a sealer writes the next packet's hash, or undefined when this run has no manifests. */
@@ -148,6 +163,7 @@ class ManifestSender {
     if (manifest === undefined) {
       return [packet];
     }
+    this.#oldestAtMs = undefined;
     this.#repeats.sent(manifest);
     return [packet, manifest];
   }
@@ -159,16 +175,19 @@ class ManifestSender {
 
   /**
    * At a control tick: the manifest over the DATA no manifest covers yet, when its oldest packet
-   * has waited manifestFlushWaitMs; a younger one is left to fill (a fast stream then signs no
-   * partial manifests).
+   * has waited manifestFlushWaitMs on the monotonic clock; a younger one is left to fill (a fast
+   * stream then signs no partial manifests).
    */
-  flushWaited(wallUs: number): Buffer | undefined {
-    const waitedUs = this.#builder?.waitedUs(wallUs);
-    return waitedUs !== undefined && waitedUs >= manifestFlushWaitMs * 1000 ? this.flush(wallUs) : undefined;
+  flushWaited(nowMs: number, wallUs: number): Buffer | undefined {
+    const oldestAtMs = this.#oldestAtMs;
+    return oldestAtMs !== undefined && nowMs - oldestAtMs >= manifestFlushWaitMs
+      ? this.flush(wallUs)
+      : undefined;
   }
 
   /** The manifest over the DATA no manifest covers yet, if there is any, noted as sent. */
   flush(wallUs: number): Buffer | undefined {
+    this.#oldestAtMs = undefined;
     const manifest = this.#builder?.flush(wallUs);
     if (manifest !== undefined) {
       this.#repeats.sent(manifest);
@@ -178,6 +197,7 @@ class ManifestSender {
 
   /** What the end of the run sends: the repeats due, and the last manifest twice. */
   finish(wallUs: number): Buffer[] {
+    this.#oldestAtMs = undefined;
     const manifest = this.#builder?.flush(wallUs);
     return [...this.#repeats.due(), ...(manifest === undefined ? [] : [manifest, manifest])];
   }
@@ -240,12 +260,12 @@ export function createSignedSenderProtection(
   const repeats = new SignedRepeats();
   return {
     overheadBytes: 0,
-    seal(plain, _nowMs, wallUs) {
-      return manifests.afterData(plain, wallUs);
+    seal(plain, nowMs, wallUs) {
+      return manifests.afterData(plain, nowMs, wallUs);
     },
     control(header, nowMs, wallUs) {
       const again = manifests.due();
-      const pending = manifests.flushWaited(wallUs);
+      const pending = manifests.flushWaited(nowMs, wallUs);
       const offer = repeats.get(offerRepeatKey, nowMs, () =>
         buildSessionOffer(
           { ...header, timestampUs: wallUs },
@@ -347,12 +367,12 @@ export function createSenderProtection(
       }
       // The manifest's hash of the sealed datagram is taken in the same engine call that seals it.
       const sealed = sealer.seal(plain, into, builder.hashBlock, builder.hashOffset, manifestHashBytes);
-      return manifests.afterSealed(sealed, wallUs);
+      return manifests.afterSealed(sealed, nowMs, wallUs);
     },
     control(header, nowMs, wallUs) {
       const keyEpoch = currentEpoch(nowMs);
       const out: Buffer[] = [...manifests.due()];
-      const pending = manifests.flushWaited(wallUs);
+      const pending = manifests.flushWaited(nowMs, wallUs);
       if (pending !== undefined) {
         out.push(pending);
       }
@@ -559,6 +579,13 @@ export function createReceiverProtection(
     }
   };
 
+  /** True when a grant covers the stream once the source signs this KEY again (a repeat's lag). */
+  const grantStartsWithinRepeat = (key: KeyMessage) =>
+    token.refusalFor(
+      key.service,
+      Math.floor(key.timestampUs / 1000) + signedRepeatRefreshMs + protectedControlIntervalMs,
+    ) === undefined;
+
   const release = (key: KeyMessage) => {
     if (askedEpochs.size >= restrictedPendingKeysMax * 4) {
       askedEpochs.clear();
@@ -602,8 +629,13 @@ export function createReceiverProtection(
         }
         reject(error.reason);
         // A forged, replayed or altered KEY message is only counted; a refusal about this
-        // token's entitlement ends the run for it.
-        if (!['bad-signature', 'rollback', 'bad-key-message'].includes(error.reason)) {
+        // token's entitlement ends the run for it, but for a grant that starts before the next
+        // signing of this KEY: the source repeats a KEY unchanged for signedRepeatRefreshMs, so its
+        // time may lag a start the stream has passed, and the copy signed next is asked.
+        if (
+          !['bad-signature', 'rollback', 'bad-key-message'].includes(error.reason) &&
+          !(error.reason === 'not-yet-valid' && grantStartsWithinRepeat(key))
+        ) {
           onRefused(error);
         }
       },

@@ -23,6 +23,7 @@ import { OldestFirst } from '../oldest-first.js';
 import {
   headerBytes,
   offsetIncarnation,
+  offsetKeyEpoch,
   offsetSequence,
   offsetSessionId,
   offsetType,
@@ -244,6 +245,14 @@ function hashMatches(datagram: Buffer, manifest: KeptManifest, sequence: number)
   return sameHash(hashScratch, manifest, sequence);
 }
 
+/**
+ * What a repeated offer or KEY stands for: its type, run and key epoch (a datagram of at least
+ * headerBytes). The source signs it again with a later time every signedRepeatRefreshMs.
+ */
+function repeatSlotOf(datagram: Buffer): string {
+  return `${datagram[offsetType]}/${datagram.readUInt32BE(offsetSessionId)}/${datagram.readUInt32BE(offsetIncarnation)}/${datagram.readUInt16BE(offsetKeyEpoch)}`;
+}
+
 /** Builds a gate that authenticates against one source key. */
 export function createSignedSessionGate(
   sourcePublicKey: KeyObject,
@@ -285,24 +294,54 @@ export function createSignedSessionGate(
   }> = [];
 
   /**
-   * The last offers and KEY messages whose signature verified, as they came (copies, newest last):
-   * a source repeats each unchanged at every control tick (docs/protocol.md, "Signed sessions"), and
-   * a datagram equal to one of them byte for byte is authentic without another Ed25519 check.
+   * The offers and KEY messages whose signature verified, one per slot (the offer of a run, the KEY
+   * of a run's epoch: repeatSlotOf), the latest signing of each, least recently repeated first. A
+   * source repeats each unchanged at every control tick (docs/protocol.md, "Signed sessions"), and a
+   * datagram equal to its slot's byte for byte is authentic without another Ed25519 check. A slot
+   * takes a signing older than the one it holds only at its second copy in a row (a source whose
+   * wall clock stepped back), so old copies replayed among the repeats cost the current one at
+   * most a verification per two of theirs; and the slots of several runs of one source (a
+   * retransmit server's) do not push each other out as a list of the last few datagrams would.
    */
-  const verifiedRepeatable: Buffer[] = [];
-  const isVerifiedRepeat = (datagram: Buffer): boolean => {
-    for (const known of verifiedRepeatable) {
-      if (known.equals(datagram)) {
-        stats.signedRepeats++;
-        return true;
-      }
+  const verifiedRepeatable = new Map<
+    string,
+    {
+      readonly datagram: Buffer;
+      readonly timestampUs: number;
+      /** The last older signing verified for the slot since. */
+      older?: Buffer;
     }
-    return false;
+  >();
+  const isVerifiedRepeat = (datagram: Buffer): boolean => {
+    if (datagram.length < headerBytes) {
+      return false;
+    }
+    const slot = repeatSlotOf(datagram);
+    const kept = verifiedRepeatable.get(slot);
+    if (kept === undefined || !kept.datagram.equals(datagram)) {
+      return false;
+    }
+    verifiedRepeatable.delete(slot); // most recently repeated last
+    verifiedRepeatable.set(slot, kept);
+    stats.signedRepeats++;
+    return true;
   };
-  const noteVerifiedRepeatable = (datagram: Buffer) => {
-    verifiedRepeatable.push(Buffer.from(datagram));
-    if (verifiedRepeatable.length > signedRepeatsKeptMax) {
-      verifiedRepeatable.shift();
+  const noteVerifiedRepeatable = (datagram: Buffer, timestampUs: number) => {
+    const slot = repeatSlotOf(datagram);
+    const kept = verifiedRepeatable.get(slot);
+    if (kept !== undefined && timestampUs < kept.timestampUs && kept.older?.equals(datagram) !== true) {
+      // An older signing: a replay, or a source whose wall clock stepped back. The slot takes it
+      // at its second copy in a row, which a replay buys with two verifications of its own.
+      kept.older = Buffer.from(datagram);
+      return;
+    }
+    verifiedRepeatable.delete(slot);
+    verifiedRepeatable.set(slot, { datagram: Buffer.from(datagram), timestampUs });
+    for (const oldest of verifiedRepeatable.keys()) {
+      if (verifiedRepeatable.size <= signedRepeatsKeptMax) {
+        break;
+      }
+      verifiedRepeatable.delete(oldest);
     }
   };
 
@@ -580,7 +619,7 @@ export function createSignedSessionGate(
       onControlSignature(datagram, message.controlSha256);
     } else {
       if (offer) {
-        noteVerifiedRepeatable(datagram);
+        noteVerifiedRepeatable(datagram, message.timestampUs);
       }
       options.onAuthenticated?.(datagram);
     }
@@ -617,7 +656,7 @@ export function createSignedSessionGate(
       return;
     }
     stats.signaturesVerified++;
-    noteVerifiedRepeatable(datagram);
+    noteVerifiedRepeatable(datagram, decoded.value.timestampUs);
     options.onAuthenticated?.(datagram);
     pass(datagram);
   };

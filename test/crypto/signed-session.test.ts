@@ -48,8 +48,8 @@ const source = generateSigningKey();
 const forger = generateSigningKey();
 const run = { sessionId: 5, incarnation: 0x55 };
 
-/** A restricted source's protection for `run` (AES-256-GCM, 10 s crypto-periods). */
-function restrictedSender(manifestPackets = 32) {
+/** A restricted source's protection for `of` (AES-256-GCM, 10 s crypto-periods). */
+function restrictedSender(manifestPackets = 32, of: { sessionId: number; incarnation: number } = run) {
   return createSenderProtection(
     {
       suite: suites.find((suite) => suite.name === 'aes-256-gcm') ?? (suites[0] as (typeof suites)[number]),
@@ -62,7 +62,7 @@ function restrictedSender(manifestPackets = 32) {
       tier: 0,
       manifestPackets,
     },
-    run,
+    of,
   );
 }
 
@@ -535,13 +535,117 @@ describe('signed-session gate: the offer and KEY messages a source repeats uncha
   });
 });
 
+describe('signed-session gate: repeats of several runs, and old copies replayed among them', () => {
+  it('a gate over three runs of one source (a retransmit server) verifies each offer and KEY once per refresh, not every copy', () => {
+    const runs = [1, 2, 3].map((index) => ({ sessionId: 10 + index, incarnation: 0x100 + index }));
+    const protections = runs.map((of) => restrictedSender(32, of));
+    const t = gate();
+    const ticks = (2 * signedRepeatRefreshMs) / protectedControlIntervalMs; // one second of ticks
+    let copies = 0;
+    for (let tick = 0; tick < ticks; tick++) {
+      const nowMs = tick * protectedControlIntervalMs;
+      protections.forEach((protection, index) => {
+        const header = { ...(runs[index] as (typeof runs)[number]), sequence: 1000 + tick };
+        for (const datagram of protection.control(header, nowMs, 1_000_000 + nowMs * 1000)) {
+          t.take(Buffer.from(datagram));
+          copies++;
+        }
+      });
+    }
+    assert.equal(copies, ticks * 9);
+    // Per run: the offer and two KEYs, signed at 0 ms and again at the refresh.
+    assert.equal(t.g.stats.signaturesVerified, 3 * 6);
+    assert.equal(t.g.stats.signedRepeats, copies - 3 * 6);
+    assert.equal(t.authenticated.length, copies, 'every copy is told (a repair server forwards each on S2)');
+  });
+
+  it('old copies replayed before every tick, however many, do not make the current ones verified again', () => {
+    const protection = restrictedSender();
+    const t = gate();
+    const tick = (index: number) => {
+      const nowMs = index * protectedControlIntervalMs;
+      return protection.control({ ...run, sequence: 1000 + index }, nowMs, 1_000_000 + nowMs * 1000);
+    };
+    // An attacker records two seconds of the stream: four signings of the offer and of each KEY.
+    const recorded = new Map<string, Buffer>();
+    const recordedTicks = (4 * signedRepeatRefreshMs) / protectedControlIntervalMs;
+    for (let index = 0; index < recordedTicks; index++) {
+      for (const datagram of tick(index)) {
+        recorded.set(datagram.toString('hex'), datagram);
+      }
+    }
+    const old = [...recorded.values()];
+    assert.equal(old.length, 12);
+    // Then, for one second, replays every recorded copy just before each genuine tick.
+    const ticks = (2 * signedRepeatRefreshMs) / protectedControlIntervalMs;
+    let genuinePassed = 0;
+    for (let index = recordedTicks; index < recordedTicks + ticks; index++) {
+      for (const datagram of old) {
+        t.take(Buffer.from(datagram));
+      }
+      for (const datagram of tick(index)) {
+        t.g.filter(Buffer.from(datagram), () => genuinePassed++);
+      }
+    }
+    assert.equal(genuinePassed, ticks * 2, 'every genuine KEY copy is passed on');
+    // The genuine copies: two signings of three messages verified, every other copy a repeat.
+    assert.equal(t.g.stats.signedRepeats, ticks * 3 - 6);
+  });
+});
+
+describe('signed-session gate: a source whose wall clock steps back', () => {
+  it('its repeats, signed with an earlier time than those kept, are verified twice, then known again', () => {
+    const protection = restrictedSender();
+    const t = gate();
+    const hourUs = 3_600_000_000;
+    const ticks = (2 * signedRepeatRefreshMs) / protectedControlIntervalMs; // one second of ticks
+    for (let tick = 0; tick < 2 * ticks; tick++) {
+      const nowMs = tick * protectedControlIntervalMs;
+      // The wall clock steps back an hour after one second.
+      const wallUs = 2 * hourUs + nowMs * 1000 - (tick < ticks ? 0 : hourUs);
+      for (const datagram of protection.control({ ...run, sequence: 1000 + tick }, nowMs, wallUs)) {
+        t.take(Buffer.from(datagram));
+      }
+    }
+    // The offer and two KEYs, signed every 500 ms: before the step, each signing verified once;
+    // the first after it (older than the one kept) verified at its first two copies; the next once.
+    assert.equal(t.g.stats.signaturesVerified, 2 * 3 + 2 * 3 + 3);
+    assert.equal(t.g.stats.signedRepeats, 2 * ticks * 3 - 15);
+    assert.equal(t.passed.length, 2 * ticks * 2, 'every KEY copy is passed on');
+  });
+
+  it('an old copy replayed twice takes the slot only until the next genuine copy: it costs the repeats one verification per two replays', () => {
+    const protection = restrictedSender();
+    const t = gate();
+    const tick = (index: number) => {
+      const nowMs = index * protectedControlIntervalMs;
+      return protection.control({ ...run, sequence: 1000 + index }, nowMs, 1_000_000 + nowMs * 1000);
+    };
+    const old = tick(0);
+    const ticks = (2 * signedRepeatRefreshMs) / protectedControlIntervalMs;
+    // From 2 s on (the recorded copies are older than what the source signs now).
+    for (let index = 40; index < 40 + ticks; index++) {
+      for (const datagram of [...old, ...old]) {
+        t.take(Buffer.from(datagram));
+      }
+      for (const datagram of tick(index)) {
+        t.take(Buffer.from(datagram));
+      }
+    }
+    // Each tick: six replays verified (the second of each takes the slot), then three genuine
+    // copies verified again; no more than the replays themselves cost.
+    assert.ok(t.g.stats.signaturesVerified <= ticks * (6 + 3), String(t.g.stats.signaturesVerified));
+  });
+});
+
 describe('restricted source: the manifest collected so far, at a control tick', () => {
   it(`is signed once its oldest packet has waited ${manifestFlushWaitMs} ms; a younger one is left to fill; a HEARTBEAT's flush signs it whatever its age`, () => {
     const protection = restrictedSender(64);
+    // The wall clock and the monotonic one move together here (the next test steps the wall clock).
     const sealedOne = (sequence: number, wallUs: number) => {
       const plain = Buffer.alloc(headerBytes + 100);
       writeHeaderFields(plain, PacketType.data, run.sessionId, sequence, wallUs, 0, 100, run.incarnation);
-      return protection.seal(plain, 0, wallUs);
+      return protection.seal(plain, wallUs / 1000, wallUs);
     };
     const manifestsIn = (datagrams: Buffer[]) =>
       datagrams.filter(
@@ -550,9 +654,14 @@ describe('restricted source: the manifest collected so far, at a control tick', 
     assert.equal(sealedOne(1, 100_000).length, 1);
     const waitUs = manifestFlushWaitMs * 1000;
     // Just under the wait: nothing signed yet.
-    assert.equal(manifestsIn(protection.control({ ...run, sequence: 2 }, 0, 100_000 + waitUs - 1)), 0);
+    assert.equal(
+      manifestsIn(
+        protection.control({ ...run, sequence: 2 }, (100_000 + waitUs - 1) / 1000, 100_000 + waitUs - 1),
+      ),
+      0,
+    );
     // At the wait: the pending manifest goes out (over sequence 1 only).
-    const due = protection.control({ ...run, sequence: 2 }, 0, 100_000 + waitUs);
+    const due = protection.control({ ...run, sequence: 2 }, (100_000 + waitUs) / 1000, 100_000 + waitUs);
     assert.equal(manifestsIn(due), 1);
     const manifest = decodeSignature(
       due.find(
@@ -569,10 +678,47 @@ describe('restricted source: the manifest collected so far, at a control tick', 
     sealedOne(3, 300_000);
     sealedOne(4, 300_000 + waitUs);
     const firsts = protection
-      .control({ ...run, sequence: 5 }, 0, 300_000 + waitUs)
+      .control({ ...run, sequence: 5 }, (300_000 + waitUs) / 1000, 300_000 + waitUs)
       .filter((d) => d[offsetType] === PacketType.signature && d[headerBytes] === SignatureKind.manifest)
       .map((d) => d.readUInt32BE(offsetSequence));
     assert.deepEqual(firsts, [1, 2, 3], 'the repeats of the manifests over 1 and 2, then a new one from 3');
+  });
+
+  it("waits by the monotonic clock: a source whose wall clock steps back still signs a slow stream's DATA at the next tick, and one stepped forward signs no younger manifest", () => {
+    const hourUs = 3_600_000_000;
+    const wallUs = 1_800_000_000_000_000; // 2027
+    for (const [name, protection] of [
+      ['restricted', restrictedSender(64)],
+      ['signed', sender()],
+    ] as const) {
+      const sealedOne = (sequence: number, nowMs: number, atUs: number) => {
+        const plain = Buffer.alloc(headerBytes + 100);
+        writeHeaderFields(plain, PacketType.data, run.sessionId, sequence, atUs, 0, 100, run.incarnation);
+        return protection.seal(plain, nowMs, atUs);
+      };
+      const newManifests = (datagrams: Buffer[], first: number) =>
+        datagrams.filter(
+          (d) =>
+            d[offsetType] === PacketType.signature &&
+            d[headerBytes] === SignatureKind.manifest &&
+            d.readUInt32BE(offsetSequence) === first,
+        ).length;
+      sealedOne(1, 1000, wallUs);
+      // The wall clock steps back an hour; the next tick, one interval later, signs the packet.
+      const tickMs = 1000 + protectedControlIntervalMs;
+      assert.equal(
+        newManifests(protection.control({ ...run, sequence: 2 }, tickMs, wallUs - hourUs), 1),
+        1,
+        `${name}: the manifest over DATA that waited ${protectedControlIntervalMs} ms`,
+      );
+      // A packet, then the wall clock steps forward an hour: a tick 1 ms later leaves it to fill.
+      sealedOne(2, 2000, wallUs - hourUs);
+      assert.equal(
+        newManifests(protection.control({ ...run, sequence: 3 }, 2001, wallUs + hourUs), 2),
+        0,
+        `${name}: DATA that waited 1 ms`,
+      );
+    }
   });
 });
 

@@ -10,6 +10,7 @@ import { createReceiverProtection, createSenderProtection } from '../../src/cryp
 import { initSoftwareToken, openSoftwareToken } from '../../src/crypto/software-token.js';
 import { suiteByName } from '../../src/crypto/suites.js';
 import type { Token } from '../../src/crypto/token.js';
+import { protectedControlIntervalMs, signedRepeatRefreshMs } from '../../src/limits.js';
 import { parseGroup } from '../../src/net/address.js';
 import { openReceiverSocket, type ReceiverSocketOptions } from '../../src/net/udp.js';
 import {
@@ -305,5 +306,146 @@ describe('restricted receiver: KEY repeats', () => {
     assert.equal(protection.stats.keysRejected['bad-signature'], 1);
     assert.equal(refusals.length, 0);
     token.close();
+  });
+});
+
+describe('restricted receiver: a grant that starts while the source repeats a KEY unchanged', () => {
+  /**
+   * A token whose news grant starts `startsInMs` after `nowMs` (and ends `endsInMs` after it), a
+   * sender, and a feed of both.
+   */
+  function bed(nowMs: number, startsInMs: number, endsInMs = 3_600_000) {
+    tokens += 1;
+    const path = join(directory, `token-${tokens}.json`);
+    initSoftwareToken({ path, pin: '2468', rootPublicKey: ed25519Raw(root.publicKey) });
+    const token = openSoftwareToken(path, '2468');
+    token.installGrant(
+      issueGrant(
+        {
+          devicePoint: token.devicePoint(),
+          serviceKey,
+          tier: 0,
+          service: 'news',
+          serviceEpoch: 1,
+          notBeforeMs: nowMs + startsInMs,
+          notAfterMs: nowMs + endsInMs,
+          priceModel: PriceModel.subscription,
+          currency: 'EUR',
+          priceMinor: 0,
+          sourcePublicKey: ed25519Raw(source.publicKey),
+        },
+        root.privateKey,
+      ),
+    );
+    const refusals: TokenRefused[] = [];
+    const protection = createReceiverProtection(token, (refused) => refusals.push(refused));
+    const sender = createSenderProtection(
+      {
+        suite: suiteByName('aes-256-gcm', 'suite'),
+        service: 'news',
+        serviceEpoch: 1,
+        serviceKey,
+        sourcePrivateKey: source.privateKey,
+        sourcePublicKey: source.publicKey,
+        cryptoPeriodMs: 60_000,
+        tier: 0,
+        manifestPackets: 0,
+      },
+      { sessionId: 5, incarnation: 6 },
+    );
+    const delivered: Buffer[] = [];
+    const feed = (datagrams: Buffer[]) => {
+      for (const datagram of datagrams) {
+        protection.filter(datagram, (plain) => delivered.push(plain));
+      }
+    };
+    // The source's clocks: its monotonic ms (from 0) run with the wall clock.
+    const keysAt = (atMs: number) =>
+      sender
+        .control({ sessionId: 5, incarnation: 6, sequence: 1 }, atMs, (nowMs + atMs) * 1000)
+        .filter((datagram) => datagram[offsetType] === PacketType.key);
+    const dataAt = (atMs: number, sequence = 1) => {
+      const data = Buffer.alloc(headerBytes + 100);
+      writeHeaderFields(data, PacketType.data, 5, sequence, (nowMs + atMs) * 1000, 0, 100, 6);
+      return sender.seal(data, atMs, (nowMs + atMs) * 1000);
+    };
+    return { token, refusals, protection, delivered, feed, keysAt, dataAt };
+  }
+  const settle = async () => {
+    for (let turn = 0; turn < 5; turn++) {
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+  };
+
+  it(`a KEY signed before the grant starts and repeated after it (up to ${signedRepeatRefreshMs} ms) ends nothing; the KEY signed again opens the stream`, async () => {
+    const nowMs = Date.now();
+    const t = bed(nowMs, 300);
+    t.keysAt(0); // the source signs its KEYs at 0 ms, 300 ms before the grant starts
+    // The receiver joins at 400 ms: the KEY it gets is the one signed at 0 ms, repeated unchanged.
+    t.feed(t.keysAt(400));
+    t.feed(t.dataAt(400));
+    await settle();
+    assert.deepEqual(
+      t.refusals.map((refused) => refused.reason),
+      [],
+      'an entitled receiver is not told it is not entitled',
+    );
+    assert.equal(t.delivered.length, 0);
+    // At the refresh the source signs the KEY with the stream's time: the held DATA opens.
+    t.feed(t.keysAt(400 + signedRepeatRefreshMs));
+    await settle();
+    assert.equal(t.delivered.length, 1, JSON.stringify(t.protection.stats));
+    t.token.close();
+  });
+
+  it('a grant that starts later than a repeated KEY can lag still ends the run, as not yet valid', async () => {
+    const nowMs = Date.now();
+    const t = bed(nowMs, 60_000);
+    t.feed(t.keysAt(0));
+    t.feed(t.dataAt(0));
+    await settle();
+    assert.deepEqual(
+      t.refusals.map((refused) => refused.reason),
+      ['not-yet-valid'],
+    );
+    assert.equal(t.delivered.length, 0);
+    t.token.close();
+  });
+
+  it('a grant that ends mid-stream stops decoding within 1.5 s of its end (docs/security.md), with the KEY repeated unchanged', async () => {
+    const nowMs = Date.now();
+    const endsInMs = 1_000;
+    const t = bed(nowMs, -60_000, endsInMs);
+    let refusedAtMs: number | undefined;
+    let lastDecodedAtMs = -1;
+    for (
+      let atMs = 0;
+      atMs <= endsInMs + 3_000 && refusedAtMs === undefined;
+      atMs += protectedControlIntervalMs
+    ) {
+      const before = t.delivered.length;
+      t.feed(t.keysAt(atMs));
+      t.feed(t.dataAt(atMs, 1 + atMs / protectedControlIntervalMs));
+      await settle();
+      if (t.delivered.length > before) {
+        lastDecodedAtMs = atMs;
+      }
+      if (t.refusals.length > 0) {
+        refusedAtMs = atMs;
+      }
+    }
+    assert.deepEqual(
+      t.refusals.map((refused) => refused.reason),
+      ['expired'],
+    );
+    assert.ok(
+      lastDecodedAtMs >= endsInMs - protectedControlIntervalMs,
+      `decoded until ${lastDecodedAtMs} ms`,
+    );
+    assert.ok(
+      (refusedAtMs ?? Number.POSITIVE_INFINITY) <= endsInMs + 1_500,
+      `refused at ${refusedAtMs} ms, the grant ended at ${endsInMs} ms`,
+    );
+    t.token.close();
   });
 });

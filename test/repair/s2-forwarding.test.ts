@@ -178,6 +178,40 @@ describe('a repair server forwards each manifest on S2 as often as the source se
   });
 });
 
+describe('a repair server forwards every copy of a KEY and of the offer, repeats included', () => {
+  it('each KEY and offer the source sends unchanged at its control ticks is on S2 as many times as on S1', async () => {
+    const s1 = parseGroup(`239.255.75.5:${freshPort()}`, 's1');
+    const s2 = parseGroup(`239.255.75.6:${freshPort()}`, 's2');
+    const repair = await repairPath(s1, s2);
+    const onS1 = await capture(s1);
+    const onS2 = await capture(s2);
+    await tickerOn(s1, 93, 200, newsProtection(randomBytes(32), source)).run();
+    await waitUntil('the run re-emitted on S2', () => repair.status().sessionsCompleted === 1, 20_000);
+    const copies = (got: Array<{ datagram: Buffer }>) => {
+      const counted = new Map<string, number>();
+      for (const { datagram } of got) {
+        const offer =
+          datagram[offsetType] === PacketType.signature && datagram[headerBytes] === SignatureKind.session;
+        if (datagram[offsetType] === PacketType.key || offer) {
+          counted.set(sha(datagram), (counted.get(sha(datagram)) ?? 0) + 1);
+        }
+      }
+      return counted;
+    };
+    const sent = copies(onS1);
+    const total = [...sent.values()].reduce((sum, count) => sum + count, 0);
+    assert.ok(total > 2 * sent.size, `the source repeats each unchanged: ${total} copies of ${sent.size}`);
+    await waitUntil(
+      'every copy on S2',
+      () => {
+        const forwarded = copies(onS2);
+        return [...sent].every(([hash, count]) => (forwarded.get(hash) ?? 0) >= count);
+      },
+      5_000,
+    );
+  });
+});
+
 describe('a sealed S2 carries KEY messages and SIGNATUREs sealed, like DATA', () => {
   it('a restricted, signed run through a repair server sealing S2: every datagram on S2 is a SEALED envelope; inside are the KEY messages, the offer and every manifest', async () => {
     const s1 = parseGroup(`239.255.75.3:${freshPort()}`, 's1');
