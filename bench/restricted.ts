@@ -659,14 +659,17 @@ Where the time went, and what was cut (profiles with \`node --cpu-prof\` of \`se
   comes, and checking each manifest, about 180 µs in the running receiver (89 µs in a loop); the
   garbage collector costs that receiver about 0.18 s more than plain's for 50,000 packets (eight
   full collections to plain's one), for a cause not found yet.
-- **The verifying gate's hashes.** The gate kept, for each packet hash of the last 65,536, an
-  object, a list and an entry of a Map, and looked that Map up about six times a packet. Those
-  objects lived for 65,536 packets, long enough for the garbage collector to move each one twice.
-  A sequence now points at the verified manifest that vouches for it and the hash is read in place
-  (past the bound whole manifests go, oldest first), in a ring indexed by the sequence's low bits
-  (\`BySequence\`). In one process (64,000 packets, the same load): 8.3–10.1 → 7.0–8.3 µs a
-  packet; in paired runs of 50,000 packets, a verifying receiver 0.54–0.60× → 0.65–0.67×
-  (start-up, the token's PIN check, included there).
+- **The verifying gate's hashes and held DATA.** The gate kept, for each packet hash of the last
+  65,536, an object, a list and an entry of a Map, and looked that Map up about six times a packet;
+  those objects lived for 65,536 packets, long enough for the garbage collector to move each one
+  twice. Each DATA waiting for its manifest took an object, a list, a Map entry and an entry of a
+  list by age. A sequence now points at the verified manifest that vouches for it and the hash is
+  read in place (past the bound whole manifests go, oldest first); hashes and held DATA are kept
+  by sequence in rings indexed by the sequence's low bits (\`BySequence\`), a held DATA is one
+  object. In one process (64,000 packets, the same load): 8.3–10.1 → 7.0–8.3 µs a packet for the
+  hashes alone; in paired runs of 50,000 packets, a verifying receiver 0.54–0.60× → 0.65–0.67×
+  with the hashes (start-up, the token's PIN check, included there), and in this benchmark's
+  method (4 rounds of the verifying row alone, 09:20 UTC) 0.67–0.73× with the held DATA too.
 
 Join to first decoded packet (a receiver started on \`rtr\` while a 200-quote/s ticker runs; from its
 "joined" line to its first quote on standard output; the plain ticker needs a DESCRIPTOR, repeated
