@@ -19,6 +19,7 @@ import {
   signedRepeatRefreshMs,
 } from '../../src/limits.js';
 import {
+  encodeData,
   headerBytes,
   offsetKeyEpoch,
   offsetSequence,
@@ -36,6 +37,7 @@ import {
 } from '../../src/protocol/restricted.js';
 import { sequenceAdd } from '../../src/protocol/serial.js';
 import { data, end, heartbeat } from '../helpers/craft.js';
+import { createRandom } from '../helpers/random.js';
 
 /** A full garbage collection (test only: the flag is set before the first call). */
 setFlagsFromString('--expose-gc');
@@ -487,6 +489,89 @@ describe('signed-session gate: forged DATA piled up at one sequence', () => {
       `${walked} elements walked releasing ${signedHeldPacketsMax} datagrams`,
     );
   });
+});
+
+describe('signed-session gate: two runs of a source at the same sequences, among forgeries past the held bound', () => {
+  for (const seed of [7, 2026]) {
+    it(`every DATA is passed, refused, dropped or held, and counted once; a forgery never passes; once manifests cover every sequence nothing is held (seed ${seed})`, () => {
+      const random = createRandom(seed);
+      const runs = [
+        { sessionId: 5, incarnation: 1 },
+        { sessionId: 5, incarnation: 2 },
+      ];
+      // Sequences that share a slot of the held ring (2^14 apart) or of the hashes' ring (2^17).
+      const bases = [100, 100 + 2 ** 14, 100 + 2 ** 15, 100 + 3 * 2 ** 14, 100 + 2 ** 17];
+      const spread = 2000;
+      const burst = 100 + 2 ** 18;
+      // A genuine DATA is the same bytes at every copy (a fixed header time).
+      const genuine = (of: (typeof runs)[number], sequence: number) =>
+        encodeData({ ...of, sequence, timestampUs: 0 }, Buffer.from(`genuine ${of.incarnation} ${sequence}`));
+      const manifestOf = (of: (typeof runs)[number], first: number, count: number) =>
+        signInPlace(
+          encodeManifestUnsigned(
+            { ...of, sequence: first, timestampUs: 0 },
+            Array.from({ length: count }, (_, index) => hashOf(genuine(of, sequenceAdd(first, index)))),
+          ),
+          source.privateKey,
+        );
+      const g = createSignedSessionGate(source.publicKey, {});
+      let dataTaken = 0;
+      const copies = new Map<string, number>();
+      const passes = new Map<string, number>();
+      const accounted = () =>
+        g.stats.dataAuthenticated +
+        (g.stats.forged['hash-mismatch'] ?? 0) +
+        g.stats.unauthenticated +
+        g.stats.holding;
+      for (let step = 0; step < 20_000; step++) {
+        const of = runs[random.int(runs.length)] as (typeof runs)[number];
+        const sequence = sequenceAdd(bases[random.int(bases.length)] as number, random.int(spread));
+        const kind = random.int(100);
+        if (kind < 50) {
+          const datagram = genuine(of, sequence);
+          const key = `${of.incarnation}/${sequence}`;
+          copies.set(key, (copies.get(key) ?? 0) + 1);
+          dataTaken++;
+          g.filter(datagram, (passed) => {
+            assert.deepEqual(passed, datagram);
+            passes.set(key, (passes.get(key) ?? 0) + 1);
+          });
+        } else if (kind < 97) {
+          dataTaken++;
+          g.filter(data(of, sequence, random.bytes(6)), () => assert.fail(`a forgery at ${sequence} passed`));
+        } else {
+          g.filter(manifestOf(of, sequence, 1 + random.int(manifestPacketsMax)), () => undefined);
+        }
+        assert.equal(accounted(), dataTaken, `counted at step ${step}`);
+        assert.ok(g.stats.holding <= signedHeldPacketsMax);
+        if (step === 10_000) {
+          // A burst at sequences no manifest covered yet (sharing slots with the first base's).
+          for (let index = 0; index < signedHeldPacketsMax + 1000; index++) {
+            dataTaken++;
+            g.filter(data(of, sequenceAdd(burst, index % spread), random.bytes(6)), () =>
+              assert.fail('passed'),
+            );
+          }
+          assert.equal(accounted(), dataTaken);
+        }
+      }
+      assert.ok(g.stats.unauthenticated > 0, 'the flood went past the held bound');
+      // Manifests over every sequence of both runs: whatever waits is passed or refused.
+      for (const of of runs) {
+        for (const base of [...bases, burst]) {
+          for (let offset = 0; offset < spread; offset += manifestPacketsMax) {
+            g.filter(manifestOf(of, sequenceAdd(base, offset), manifestPacketsMax), () => undefined);
+          }
+        }
+      }
+      assert.equal(g.stats.holding, 0, 'nothing is held for good');
+      assert.equal(accounted(), dataTaken);
+      for (const [key, count] of passes) {
+        assert.ok(count <= (copies.get(key) ?? 0), `${key} passed ${count} times, sent ${copies.get(key)}`);
+      }
+      assert.ok(g.stats.dataAuthenticated > 5_000);
+    });
+  }
 });
 
 describe("signed-session gate: a check that keeps nothing (a retransmit server's peer-fetched copies)", () => {
