@@ -99,10 +99,28 @@ export interface SignedSessionGateOptions {
 interface Held {
   /** The datagram; undefined once it was passed on or dropped (nothing keeps it then). */
   datagram: Buffer | undefined;
-  readonly pass: (datagram: Buffer) => void;
+  /**
+   * Where it goes once vouched for; undefined once passed on or dropped, with the datagram: a
+   * role's callback may hold the envelope the datagram came in (a repair server's, the REPAIR),
+   * and a Held stays in heldOrder a while after it is done.
+   */
+  pass: ((datagram: Buffer) => void) | undefined;
   readonly sessionId: number;
   readonly incarnation: number;
   readonly sequence: number;
+}
+
+/**
+ * The DATA held at one sequence when more than one waits there (a forgery sharing a genuine
+ * packet's sequence, a copy, another run's). One taken out is only marked done (its datagram
+ * undefined) and the list is compacted once the done outnumber the waiting, so a forger who piles
+ * thousands at one sequence makes the drop of each, and the manifest that releases them, cost no
+ * walk over all the others.
+ */
+interface HeldTogether {
+  list: Held[];
+  /** How many of the list still wait. */
+  waiting: number;
 }
 
 /**
@@ -208,6 +226,11 @@ function hashOffset(manifest: KeptManifest, sequence: number): number {
   return manifest.hashesAt + ((sequence - manifest.firstSequence) >>> 0) * manifestHashBytes;
 }
 
+/** True for a single held DATA, false for those held together at one sequence. */
+function isHeld(at: Held | HeldTogether): at is Held {
+  return 'sequence' in at;
+}
+
 const vouchedTypes = new Set<number>([PacketType.heartbeat, PacketType.end, PacketType.descriptor]);
 
 /**
@@ -279,7 +302,7 @@ export function createSignedSessionGate(
   let keptOrder: KeptManifest[] = [];
   let keptHead = 0;
   /** DATA waiting for its manifest, by sequence (a forgery may share a sequence, or be of another run). */
-  const heldData = new BySequence<Held | Held[]>(2 ** Math.ceil(Math.log2(2 * signedHeldPacketsMax)));
+  const heldData = new BySequence<Held | HeldTogether>(2 ** Math.ceil(Math.log2(2 * signedHeldPacketsMax)));
   /** The held DATA in the order it came (from heldHead on), the oldest dropped first past the bound. */
   let heldOrder: Held[] = [];
   let heldHead = 0;
@@ -373,26 +396,30 @@ export function createSignedSessionGate(
     return true;
   };
 
-  /** Takes a held DATA out (it was passed on or dropped); returns its datagram. */
-  const unhold = (held: Held): Buffer | undefined => {
-    const datagram = held.datagram;
-    if (datagram === undefined) {
+  /**
+   * Takes a held DATA out (it was passed on or dropped) and lets go of it; returns its datagram
+   * and where it was to go, or undefined when it was taken out before.
+   */
+  const unhold = (held: Held): { datagram: Buffer; pass: (datagram: Buffer) => void } | undefined => {
+    const { datagram, pass } = held;
+    if (datagram === undefined || pass === undefined) {
       return undefined;
     }
     held.datagram = undefined;
+    held.pass = undefined;
     heldDataCount--;
     const at = heldData.get(held.sequence);
     if (at === held) {
       heldData.delete(held.sequence);
-    } else if (Array.isArray(at)) {
-      const others = at.filter((other) => other !== held);
-      if (others.length === 0) {
+    } else if (at !== undefined && !isHeld(at)) {
+      at.waiting--;
+      if (at.waiting === 0) {
         heldData.delete(held.sequence);
-      } else {
-        heldData.set(held.sequence, others.length === 1 ? (others[0] as Held) : others);
+      } else if (at.list.length > 2 * at.waiting) {
+        at.list = at.list.filter((other) => other.datagram !== undefined);
       }
     }
-    return datagram;
+    return { datagram, pass };
   };
 
   const holdData = (held: Held) => {
@@ -407,10 +434,11 @@ export function createSignedSessionGate(
     const at = heldData.get(held.sequence);
     if (at === undefined) {
       heldData.set(held.sequence, held);
-    } else if (Array.isArray(at)) {
-      at.push(held);
+    } else if (isHeld(at)) {
+      heldData.set(held.sequence, { list: [at, held], waiting: 2 });
     } else {
-      heldData.set(held.sequence, [at, held]);
+      at.list.push(held);
+      at.waiting++;
     }
     heldOrder.push(held);
     heldDataCount++;
@@ -527,19 +555,23 @@ export function createSignedSessionGate(
       if (held.sessionId === sessionId && held.incarnation === incarnation) {
         const released = unhold(held);
         if (released !== undefined) {
-          passData(held.sequence, sessionId, incarnation, released, held.pass);
+          passData(held.sequence, sessionId, incarnation, released.datagram, released.pass);
         }
       }
     };
     for (let index = 0; index < manifest.length; index++) {
       // Usually one DATA of this run waited for each sequence; a forgery of another run may too.
       const waiting = heldData.get(sequenceAdd(run.sequence, index));
-      if (Array.isArray(waiting)) {
-        for (const held of [...waiting]) {
+      if (waiting === undefined) {
+        continue;
+      }
+      if (isHeld(waiting)) {
+        release(waiting);
+      } else {
+        for (const held of waiting.list) {
+          // The list is replaced, never changed in place, when compacted: this walk sees it whole.
           release(held);
         }
-      } else if (waiting !== undefined) {
-        release(waiting);
       }
     }
     evictOldest();

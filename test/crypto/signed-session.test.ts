@@ -19,6 +19,7 @@ import {
   signedRepeatRefreshMs,
 } from '../../src/limits.js';
 import {
+  encodeData,
   headerBytes,
   offsetKeyEpoch,
   offsetSequence,
@@ -36,6 +37,7 @@ import {
 } from '../../src/protocol/restricted.js';
 import { sequenceAdd } from '../../src/protocol/serial.js';
 import { data, end, heartbeat } from '../helpers/craft.js';
+import { createRandom } from '../helpers/random.js';
 
 /** A full garbage collection (test only: the flag is set before the first call). */
 setFlagsFromString('--expose-gc');
@@ -386,6 +388,190 @@ describe('signed-session gate', () => {
     const kept = released.filter((ref) => ref.deref() !== undefined).length;
     assert.equal(kept, 0, `${kept} of 2000 datagrams passed long ago are still kept`);
   });
+});
+
+describe('signed-session gate: what a held DATA came with', () => {
+  it("DATA held and then passed lets go of what its pass callback holds too (a repair server's holds the REPAIR it came in)", async () => {
+    const protection = sender();
+    const g = createSignedSessionGate(source.publicKey, {});
+    let passed = 0;
+    const carriers: Array<WeakRef<Buffer>> = [];
+    const manifests: Buffer[] = [];
+    for (let sequence = 0; sequence < 512; sequence++) {
+      const [datagram, manifest] = protection.seal(data(run, sequence, Buffer.alloc(1000)), 0, 0);
+      // What a role's callback may close over: here the envelope the DATA came in.
+      const carrier = Buffer.concat([Buffer.alloc(16), datagram as Buffer]);
+      carriers.push(new WeakRef(carrier));
+      g.filter(carrier.subarray(16), (authenticated) => {
+        if (authenticated.length + 16 === carrier.length) {
+          passed++;
+        }
+      });
+      if (manifest !== undefined) {
+        manifests.push(manifest);
+      }
+    }
+    for (const manifest of manifests) {
+      g.filter(manifest, () => undefined);
+    }
+    assert.equal(passed, 512);
+    assert.equal(g.stats.holding, 0);
+    await new Promise<void>((resolve) => setImmediate(resolve)); // a WeakRef holds its target for the turn
+    collectGarbage();
+    const kept = carriers.filter((ref) => ref.deref() !== undefined).length;
+    assert.equal(kept, 0, `${kept} of 512 envelopes of DATA passed long ago are still kept`);
+  });
+});
+
+describe('signed-session gate: forged DATA piled up at one sequence', () => {
+  /**
+   * How many array elements the gate's calls to Array.prototype methods walk over while `body`
+   * runs: the work it does in lists, counted rather than timed.
+   */
+  function elementsWalked(body: () => void): number {
+    const names = ['filter', 'indexOf', 'includes', 'splice', 'slice', 'findIndex', 'find', 'some'] as const;
+    const originals = names.map((name) => Array.prototype[name]);
+    let walked = 0;
+    names.forEach((name, index) => {
+      const original = originals[index] as (...args: unknown[]) => unknown;
+      Object.defineProperty(Array.prototype, name, {
+        configurable: true,
+        writable: true,
+        value: function (this: unknown[], ...args: unknown[]) {
+          walked += this.length;
+          return original.apply(this, args);
+        },
+      });
+    });
+    try {
+      body();
+    } finally {
+      names.forEach((name, index) => {
+        Object.defineProperty(Array.prototype, name, {
+          configurable: true,
+          writable: true,
+          value: originals[index],
+        });
+      });
+    }
+    return walked;
+  }
+
+  it(`a flood past the held bound at one sequence costs each datagram no walk over the ${signedHeldPacketsMax} others, nor does the manifest that releases them`, () => {
+    const t = gate();
+    const forgedData = data(run, 1000, Buffer.from('forged 1000'));
+    const genuine = data(run, 1000, Buffer.from('genuine 1000'));
+    const manifest = signInPlace(
+      encodeManifestUnsigned({ ...run, sequence: 1000, timestampUs: 0 }, [hashOf(genuine)]),
+      source.privateKey,
+    );
+    let walked = elementsWalked(() => {
+      for (let index = 0; index < 2 * signedHeldPacketsMax; index++) {
+        t.take(forgedData);
+      }
+    });
+    assert.equal(t.g.stats.holding, signedHeldPacketsMax);
+    assert.equal(t.g.stats.unauthenticated, signedHeldPacketsMax);
+    // Dropping the oldest of them once per datagram: a walk over all those held at the sequence
+    // each time is 67 million elements, a CPU a forger buys with 8 KiB of packets.
+    assert.ok(
+      walked < 16 * signedHeldPacketsMax,
+      `${walked} elements walked for ${2 * signedHeldPacketsMax} datagrams`,
+    );
+    t.take(genuine);
+    walked = elementsWalked(() => t.take(manifest));
+    assert.deepEqual(t.passed, [genuine]);
+    assert.equal(t.g.stats.forged['hash-mismatch'], signedHeldPacketsMax - 1);
+    assert.equal(t.g.stats.unauthenticated, signedHeldPacketsMax + 1);
+    assert.equal(t.g.stats.holding, 0);
+    assert.ok(
+      walked < 16 * signedHeldPacketsMax,
+      `${walked} elements walked releasing ${signedHeldPacketsMax} datagrams`,
+    );
+  });
+});
+
+describe('signed-session gate: two runs of a source at the same sequences, among forgeries past the held bound', () => {
+  for (const seed of [7, 2026]) {
+    it(`every DATA is passed, refused, dropped or held, and counted once; a forgery never passes; once manifests cover every sequence nothing is held (seed ${seed})`, () => {
+      const random = createRandom(seed);
+      const runs = [
+        { sessionId: 5, incarnation: 1 },
+        { sessionId: 5, incarnation: 2 },
+      ];
+      // Sequences that share a slot of the held ring (2^14 apart) or of the hashes' ring (2^17).
+      const bases = [100, 100 + 2 ** 14, 100 + 2 ** 15, 100 + 3 * 2 ** 14, 100 + 2 ** 17];
+      const spread = 2000;
+      const burst = 100 + 2 ** 18;
+      // A genuine DATA is the same bytes at every copy (a fixed header time).
+      const genuine = (of: (typeof runs)[number], sequence: number) =>
+        encodeData({ ...of, sequence, timestampUs: 0 }, Buffer.from(`genuine ${of.incarnation} ${sequence}`));
+      const manifestOf = (of: (typeof runs)[number], first: number, count: number) =>
+        signInPlace(
+          encodeManifestUnsigned(
+            { ...of, sequence: first, timestampUs: 0 },
+            Array.from({ length: count }, (_, index) => hashOf(genuine(of, sequenceAdd(first, index)))),
+          ),
+          source.privateKey,
+        );
+      const g = createSignedSessionGate(source.publicKey, {});
+      let dataTaken = 0;
+      const copies = new Map<string, number>();
+      const passes = new Map<string, number>();
+      const accounted = () =>
+        g.stats.dataAuthenticated +
+        (g.stats.forged['hash-mismatch'] ?? 0) +
+        g.stats.unauthenticated +
+        g.stats.holding;
+      for (let step = 0; step < 20_000; step++) {
+        const of = runs[random.int(runs.length)] as (typeof runs)[number];
+        const sequence = sequenceAdd(bases[random.int(bases.length)] as number, random.int(spread));
+        const kind = random.int(100);
+        if (kind < 50) {
+          const datagram = genuine(of, sequence);
+          const key = `${of.incarnation}/${sequence}`;
+          copies.set(key, (copies.get(key) ?? 0) + 1);
+          dataTaken++;
+          g.filter(datagram, (passed) => {
+            assert.deepEqual(passed, datagram);
+            passes.set(key, (passes.get(key) ?? 0) + 1);
+          });
+        } else if (kind < 97) {
+          dataTaken++;
+          g.filter(data(of, sequence, random.bytes(6)), () => assert.fail(`a forgery at ${sequence} passed`));
+        } else {
+          g.filter(manifestOf(of, sequence, 1 + random.int(manifestPacketsMax)), () => undefined);
+        }
+        assert.equal(accounted(), dataTaken, `counted at step ${step}`);
+        assert.ok(g.stats.holding <= signedHeldPacketsMax);
+        if (step === 10_000) {
+          // A burst at sequences no manifest covered yet (sharing slots with the first base's).
+          for (let index = 0; index < signedHeldPacketsMax + 1000; index++) {
+            dataTaken++;
+            g.filter(data(of, sequenceAdd(burst, index % spread), random.bytes(6)), () =>
+              assert.fail('passed'),
+            );
+          }
+          assert.equal(accounted(), dataTaken);
+        }
+      }
+      assert.ok(g.stats.unauthenticated > 0, 'the flood went past the held bound');
+      // Manifests over every sequence of both runs: whatever waits is passed or refused.
+      for (const of of runs) {
+        for (const base of [...bases, burst]) {
+          for (let offset = 0; offset < spread; offset += manifestPacketsMax) {
+            g.filter(manifestOf(of, sequenceAdd(base, offset), manifestPacketsMax), () => undefined);
+          }
+        }
+      }
+      assert.equal(g.stats.holding, 0, 'nothing is held for good');
+      assert.equal(accounted(), dataTaken);
+      for (const [key, count] of passes) {
+        assert.ok(count <= (copies.get(key) ?? 0), `${key} passed ${count} times, sent ${copies.get(key)}`);
+      }
+      assert.ok(g.stats.dataAuthenticated > 5_000);
+    });
+  }
 });
 
 describe("signed-session gate: a check that keeps nothing (a retransmit server's peer-fetched copies)", () => {
