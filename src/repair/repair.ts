@@ -52,6 +52,8 @@ import {
   headerBytes,
   offsetIncarnation,
   offsetKeyEpoch,
+  offsetSessionId,
+  offsetTimestamp,
   offsetType,
   PacketType,
 } from '../protocol/packet.js';
@@ -238,12 +240,18 @@ export async function startRepairServer(
   /** A signed session's gate; what it verified goes on to S2 at once, ahead of what it vouches for. */
   let forwardTo: SenderSocket | undefined;
   /**
-   * A restricted run's verified KEY messages, by key epoch (the latest copy, the newest epochs):
+   * A restricted run's verified KEY messages, by run and key epoch (the newest signing of each, the
+   * epochs kept last; a replayed older copy, or another run's KEY of the same epoch, takes no
+   * place of the current one):
    * each goes on S2 again just before the first DATA of its epoch that this server re-emits, so a
    * receiver whose S2 lags the KEY stream by several crypto-periods (a reliable server waiting for
    * repairs) holds the key when the DATA comes (docs/protocol.md, "KEY").
    */
-  const keysByEpoch = new Map<number, Buffer>();
+  const keysByEpoch = new Map<string, Buffer>();
+  const keySlot = (datagram: Buffer) =>
+    `${datagram.readUInt32BE(offsetSessionId)}/${datagram.readUInt32BE(offsetIncarnation)}/${datagram.readUInt16BE(offsetKeyEpoch)}`;
+  const signedAtUs = (datagram: Buffer) =>
+    datagram.readUInt32BE(offsetTimestamp) * 2 ** 32 + datagram.readUInt32BE(offsetTimestamp + 4);
   let lastEmittedEpoch = 0;
   /**
    * Verified manifests sent on S2 again at the next control ticks, manifestSendCount copies in all
@@ -282,11 +290,15 @@ export async function startRepairServer(
     }, protectedControlIntervalMs);
   }
   const keepKey = (datagram: Buffer) => {
-    const epoch = datagram.readUInt16BE(offsetKeyEpoch);
-    keysByEpoch.delete(epoch); // most recent last
-    keysByEpoch.set(epoch, Buffer.from(datagram));
+    const slot = keySlot(datagram);
+    const kept = keysByEpoch.get(slot);
+    if (kept !== undefined && signedAtUs(kept) > signedAtUs(datagram)) {
+      return; // an older signing of the same KEY (a replay): the newest stays
+    }
+    keysByEpoch.delete(slot); // most recent last
+    keysByEpoch.set(slot, Buffer.from(datagram));
     while (keysByEpoch.size > repairKeysKeptMax) {
-      keysByEpoch.delete(keysByEpoch.keys().next().value ?? 0);
+      keysByEpoch.delete(keysByEpoch.keys().next().value ?? '');
     }
   };
   /** Before the first re-emitted DATA of a key epoch: that epoch's KEY again, when held. */
@@ -299,11 +311,8 @@ export async function startRepairServer(
       return;
     }
     lastEmittedEpoch = epoch;
-    const key = keysByEpoch.get(epoch);
-    if (
-      key !== undefined &&
-      key.readUInt32BE(offsetIncarnation) === datagram.readUInt32BE(offsetIncarnation)
-    ) {
+    const key = keysByEpoch.get(keySlot(datagram));
+    if (key !== undefined) {
       forward(key);
       counters.keysAhead++;
     }

@@ -10,14 +10,15 @@ import { createSocket } from 'node:dgram';
 import { after, describe, it } from 'node:test';
 import { generateSigningKey } from '../../src/crypto/authority.js';
 import { controlKey } from '../../src/crypto/control-auth.js';
-import { createSignedSenderProtection } from '../../src/crypto/restricted-session.js';
+import { createSenderProtection, createSignedSenderProtection } from '../../src/crypto/restricted-session.js';
 import { newS2Key, type S2Key, S2Opener } from '../../src/crypto/s2-seal.js';
 import { createSignedSessionGate } from '../../src/crypto/signed-session.js';
+import { suiteByName } from '../../src/crypto/suites.js';
 import { manifestSendCount, protectedControlIntervalMs } from '../../src/limits.js';
 import { parseGroup } from '../../src/net/address.js';
 import { openReceiverSocket } from '../../src/net/udp.js';
 import { headerBytes, offsetKeyEpoch, offsetType, PacketType } from '../../src/protocol/packet.js';
-import { SignatureKind } from '../../src/protocol/restricted.js';
+import { decodeKey, SignatureKind } from '../../src/protocol/restricted.js';
 import { createReceiver } from '../../src/receiver/receiver.js';
 import { startRepairServer } from '../../src/repair/repair.js';
 import { startRetransmitServer } from '../../src/retransmit/retransmit.js';
@@ -209,6 +210,74 @@ describe('a repair server forwards every copy of a KEY and of the offer, repeats
       },
       5_000,
     );
+  });
+});
+
+describe('a repair server keeps the KEY it sends ahead of an epoch per run, the newest signing', () => {
+  it("another run's KEY of the same epoch and an older signing, replayed on S1 all along, take no place of the run's own", async () => {
+    const s1 = parseGroup(`239.255.75.7:${freshPort()}`, 's1');
+    const s2 = parseGroup(`239.255.75.8:${freshPort()}`, 's2');
+    const repair = await repairPath(s1, s2);
+    const serviceKey = randomBytes(32);
+    const sessionId = 95;
+    // Genuine KEY messages (the source's key signed them) of epochs 1 and 2: of another run of the
+    // session, and of this run's incarnation signed an hour earlier, as an attacker recorded them.
+    const keysOf = (incarnation: number, wallUs: number) =>
+      createSenderProtection(
+        {
+          suite: suiteByName('aes-256-gcm', 'test'),
+          service: 'news',
+          serviceEpoch: 1,
+          serviceKey,
+          sourcePrivateKey: source.privateKey,
+          sourcePublicKey: source.publicKey,
+          cryptoPeriodMs: 10_000,
+          tier: 0,
+          manifestPackets: 32,
+        },
+        { sessionId, incarnation },
+      )
+        .control({ sessionId, incarnation, sequence: 1 }, 0, wallUs)
+        .filter((datagram) => datagram[offsetType] === PacketType.key);
+    const hourAgoUs = (Date.now() - 3_600_000) * 1000;
+    const replayed = [...keysOf(sessionId * 7, hourAgoUs), ...keysOf(sessionId * 7 + 1, Date.now() * 1000)];
+    const attacker = createSocket({ type: 'udp4' });
+    await new Promise<void>((resolve) => attacker.bind(0, resolve));
+    attacker.setMulticastInterface(loopbackIface);
+    closers.push(() => {
+      attacker.close();
+    });
+    const onS2 = await capture(s2);
+    const startedUs = Date.now() * 1000;
+    let replays = 0;
+    const replaying = setInterval(() => {
+      for (const datagram of replayed) {
+        attacker.send(datagram, s1.port, s1.address);
+      }
+      replays++;
+    }, 5);
+    try {
+      // The run's own incarnation is sessionId * 7 (tickerOn); its first DATA of epoch 1 goes on S2
+      // right after that epoch's KEY, which must be the run's own.
+      await tickerOn(s1, sessionId, 200, newsProtection(serviceKey, source)).run();
+      await waitUntil('the run re-emitted on S2', () => repair.status().sessionsCompleted === 1, 20_000);
+    } finally {
+      clearInterval(replaying);
+    }
+    assert.ok(replays > 20, `the replays ran along the run (${replays} rounds)`);
+    assert.equal(repair.status().keysAhead, 1, 'epoch 1 had its own KEY sent ahead of its first DATA');
+    // What went just before the first DATA on S2 (in the same turn, from the same socket) is the
+    // KEY sent ahead: the run's own, signed during the run, not an hour ago.
+    const first = onS2.findIndex(({ datagram }) => datagram[offsetType] === PacketType.data);
+    const ahead = onS2[first - 1]?.datagram;
+    assert.ok(
+      ahead !== undefined && ahead[offsetType] === PacketType.key,
+      'a KEY just before the first DATA',
+    );
+    const decoded = decodeKey(ahead);
+    assert.ok(decoded.ok);
+    assert.equal(decoded.value.incarnation, sessionId * 7);
+    assert.ok(decoded.value.timestampUs > startedUs, 'signed during the run');
   });
 });
 
