@@ -10,10 +10,9 @@ import { createSocket } from 'node:dgram';
 import { after, describe, it } from 'node:test';
 import { generateSigningKey } from '../../src/crypto/authority.js';
 import { controlKey } from '../../src/crypto/control-auth.js';
-import { createSenderProtection, createSignedSenderProtection } from '../../src/crypto/restricted-session.js';
+import { createSignedSenderProtection } from '../../src/crypto/restricted-session.js';
 import { newS2Key, type S2Key, S2Opener } from '../../src/crypto/s2-seal.js';
 import { createSignedSessionGate } from '../../src/crypto/signed-session.js';
-import { suiteByName } from '../../src/crypto/suites.js';
 import { manifestSendCount, protectedControlIntervalMs } from '../../src/limits.js';
 import { parseGroup } from '../../src/net/address.js';
 import { openReceiverSocket } from '../../src/net/udp.js';
@@ -223,20 +222,10 @@ describe('a repair server keeps the KEY it sends ahead of an epoch per run, the 
     // Genuine KEY messages (the source's key signed them) of epochs 1 and 2: of another run of the
     // session, and of this run's incarnation signed an hour earlier, as an attacker recorded them.
     const keysOf = (incarnation: number, wallUs: number) =>
-      createSenderProtection(
-        {
-          suite: suiteByName('aes-256-gcm', 'test'),
-          service: 'news',
-          serviceEpoch: 1,
-          serviceKey,
-          sourcePrivateKey: source.privateKey,
-          sourcePublicKey: source.publicKey,
-          cryptoPeriodMs: 10_000,
-          tier: 0,
-          manifestPackets: 32,
-        },
-        { sessionId, incarnation },
-      )
+      newsProtection(
+        serviceKey,
+        source,
+      )({ sessionId, incarnation })
         .control({ sessionId, incarnation, sequence: 1 }, 0, wallUs)
         .filter((datagram) => datagram[offsetType] === PacketType.key);
     const hourAgoUs = (Date.now() - 3_600_000) * 1000;
