@@ -589,6 +589,51 @@ export const groupKeyPacketsMax = 1024;
 /** LKH: deepest member tree (2^22 slots, about 4 million members; the server keeps 4 bytes per node). */
 export const lkhDepthMax = 22;
 
+/**
+ * LKH: a product's member tree depth unless its `treeDepth` says otherwise: 16,384 members, and a
+ * REKEY of 29 wrapped keys (1,388 bytes) still fits one datagram on a 1,500-byte Ethernet path.
+ * Deeper trees make a REKEY that IP fragments.
+ */
+export const memberTreeDepthDefault = 14;
+
+/** Key server: rekey messages a source fetches with a tree (and repeats in-band), the newest. */
+export const treeRekeysServedMax = 8;
+
+/** Key server: how often members no entitlement covers any more are removed (a leave each). */
+export const treeSweepMs = 5_000;
+
+/** Source: how often a restricted source with --subscription fetches its product's member tree. */
+export const treePollMs = 1_000;
+
+/**
+ * Source: a crypto-period's key is replaced when the tree changes only this long or longer before
+ * the period starts, so that every receiver holds the replacement in time; later, the change
+ * takes effect a period after.
+ */
+export const treeRekeyLeadMs = 600;
+
+/** Receiver: REKEY signature checks a second at most (a flood of forged ones costs no more). */
+export const rekeyChecksPerSecondMax = 20;
+
+/**
+ * Receiver: genuine REKEYs in a row past the next one its token needs before it stops and says to
+ * enroll the token again (the source repeats its last treeRekeysServedMax every half second).
+ */
+export const rekeyGapsFatal = 24;
+
+/** Source: how often every kept rekey message is repeated in-band (the newest: every control tick for this long first). */
+export const treeRekeyRepeatMs = 500;
+
+/**
+ * Token: rekeys of one member tree a token keeps to replay on opening; past them it refuses
+ * further ones ('gap') until enrolled again (the server then issues a membership at the tree's
+ * current epoch).
+ */
+export const tokenTreeRekeysMax = 4096;
+
+/** Token: group keys of recent tree epochs it keeps (a KEY of the previous epoch may still be in use). */
+export const tokenTreeGroupKeysKept = 4;
+
 /** Billing: receipts in one POST /v1/receipts/batch (charged in one transaction). */
 export const receiptBatchMax = 1000;
 

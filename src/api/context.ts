@@ -43,6 +43,8 @@ export interface RestrictedProduct {
   readonly tier: number;
   /** Minor units per crypto-period for pay-as-you-go entitlements; 0: pay-as-you-go is not sold. */
   readonly pricePerPeriod: number;
+  /** Depth of the product's member tree (2^depth members at most). */
+  readonly treeDepth: number;
 }
 
 /** The operator's keys, when the server issues grants and signs top-ups (`serve --root-key`). */

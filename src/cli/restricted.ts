@@ -18,11 +18,12 @@ import {
   keyEpochMax,
   runSpan,
   type SenderProtection,
+  type SourceTree,
 } from '../crypto/restricted-session.js';
 import { openSoftwareToken } from '../crypto/software-token.js';
 import { suiteByName } from '../crypto/suites.js';
 import type { Token } from '../crypto/token.js';
-import { secretFileBytesMax } from '../limits.js';
+import { lkhDepthMax, memberTreeDepthDefault, secretFileBytesMax } from '../limits.js';
 import { readBoundedFile } from '../net/files.js';
 import { pkcs11ModuleDefault, sendSettings } from './command-settings.js';
 import { UsageError } from './errors.js';
@@ -161,7 +162,7 @@ export function tokenOption(values: OptionValues): Token | undefined {
 export function senderProtectionOptions(
   values: OptionValues,
   durationMs?: number,
-): ((run: { sessionId: number; incarnation: number }) => SenderProtection) | undefined {
+): ((run: { sessionId: number; incarnation: number }, tree?: SourceTree) => SenderProtection) | undefined {
   const restrictedOnly = [
     'service',
     'service-key-file',
@@ -205,7 +206,7 @@ export function senderProtectionOptions(
   }
   const tier = parseInteger(required(values, 'tier'), '--tier', 0, 255);
   const manifestPackets = manifestPacketsOption(values, 0);
-  return (run) =>
+  return (run, tree) =>
     createSenderProtection(
       {
         suite,
@@ -217,6 +218,7 @@ export function senderProtectionOptions(
         cryptoPeriodMs,
         tier,
         manifestPackets,
+        tree,
       },
       run,
     );
@@ -225,7 +227,7 @@ export function senderProtectionOptions(
 /**
  * The operator authority of `serve --root-key PEM --products FILE`: the root key that signs grants
  * and top-ups, and the restricted products, a JSON array of
- * `{ "name", "serviceKeyFile", "sourcePublic", "serviceEpoch"?, "tier"?, "pricePerPeriod"? }`
+ * `{ "name", "serviceKeyFile", "sourcePublic", "serviceEpoch"?, "tier"?, "pricePerPeriod"?, "treeDepth"? }`
  * (key paths relative to the file). Every problem names the option and the field.
  */
 export function readOperatorAuthority(
@@ -261,7 +263,15 @@ export function readOperatorAuthority(
     const item = entry as Record<string, unknown>;
     for (const key of Object.keys(item)) {
       if (
-        !['name', 'serviceKeyFile', 'sourcePublic', 'serviceEpoch', 'tier', 'pricePerPeriod'].includes(key)
+        ![
+          'name',
+          'serviceKeyFile',
+          'sourcePublic',
+          'serviceEpoch',
+          'tier',
+          'pricePerPeriod',
+          'treeDepth',
+        ].includes(key)
       ) {
         throw new UsageError(`${field(key)}: unknown field`);
       }
@@ -292,6 +302,13 @@ export function readOperatorAuthority(
       serviceEpoch: integer('serviceEpoch', 1, 0xffffffff),
       tier: integer('tier', 0, 255),
       pricePerPeriod: integer('pricePerPeriod', 0, Number.MAX_SAFE_INTEGER),
+      treeDepth: (() => {
+        const depth = integer('treeDepth', memberTreeDepthDefault, lkhDepthMax);
+        if (depth < 1) {
+          throw new UsageError(`${field('treeDepth')}: an integer from 1 to ${lkhDepthMax}`);
+        }
+        return depth;
+      })(),
     };
   });
   return { rootPrivateKey: root.privateKey, products };

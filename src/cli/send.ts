@@ -22,6 +22,7 @@ import {
   type PayloadInput,
 } from '../source/inputs.js';
 import type { LastResortSettings } from '../source/last-resort.js';
+import { followMemberTree } from '../source/member-tree.js';
 import { endSession, type RegisteredSession, registerSession } from '../source/registration.js';
 import { createSource, type Source, type SourceSettings, type SourceStats } from '../source/source.js';
 import { sendSettings } from './command-settings.js';
@@ -237,7 +238,24 @@ export async function runSend(argv: string[], out: NodeJS.WriteStream): Promise<
     out.write(`send: relaying ${relayText} to ${formatEndpoint(group)}\n`);
   }
   // The source closes the input when it runs; until then (a refused registration) it is ours.
+  let memberTree: ReturnType<typeof followMemberTree> | undefined;
   try {
+    if (values.restricted === true && subscription !== undefined && token !== undefined) {
+      // The product's member tree: a member that leaves gets no key of the next crypto-period.
+      memberTree = followMemberTree({
+        server: subscription,
+        token,
+        product: required(values, 'service'),
+        serviceEpoch: parseInteger(required(values, 'service-epoch'), '--service-epoch', 0, 0xffffffff),
+        onEvent: (event) =>
+          process.stderr.write(
+            event.kind === 'tree'
+              ? `send: key tree of ${required(values, 'service')} at epoch ${event.epoch}, ${event.members} member(s)\n`
+              : `send: the key tree could not be fetched (${event.message}); keeping the last one\n`,
+          ),
+      });
+      await memberTree.start();
+    }
     let registered: RegisteredSession | undefined;
     if (subscription !== undefined && token !== undefined) {
       registered = await registerSession(subscription, token, {
@@ -269,7 +287,12 @@ export async function runSend(argv: string[], out: NodeJS.WriteStream): Promise<
       },
       {
         input,
-        ...(protection === undefined ? {} : { protection }),
+        ...(protection === undefined
+          ? {}
+          : {
+              protection: (run: { sessionId: number; incarnation: number }) =>
+                protection(run, memberTree?.tree),
+            }),
         onSendError: (error) => {
           if (!sendErrorTold) {
             sendErrorTold = true;
@@ -307,6 +330,7 @@ export async function runSend(argv: string[], out: NodeJS.WriteStream): Promise<
     // its end (--duration) cannot arrive whole: either way the session is not whole.
     return stats.sendErrors > 0 || fileCutShort(stats) ? exitIncomplete : exitOk;
   } finally {
+    memberTree?.stop();
     await input.close();
   }
 }

@@ -241,6 +241,12 @@ async function runEnroll(argv: string[], out: NodeJS.WriteStream): Promise<numbe
       out.write(
         `installed: ${entitlement.service} (epoch ${entitlement.serviceEpoch}, tier ${entitlement.tier}, ${price}) from ${new Date(entitlement.notBeforeMs).toISOString()} until ${new Date(entitlement.notAfterMs).toISOString()}\n`,
       );
+      if (granted.membership !== undefined) {
+        const member = token.installMembership(Buffer.from(granted.membership, 'base64'));
+        out.write(
+          `member of ${member.service}'s key tree ${member.treeId} (slot ${member.slot}, tree epoch ${member.treeEpoch})\n`,
+        );
+      }
     }
     if (result.grants.length === 0) {
       out.write('no grants: the subscriber holds no entitlement to a restricted product\n');
@@ -338,6 +344,7 @@ function runShow(argv: string[], out: NodeJS.WriteStream): number {
       device: token.devicePoint().toString('hex'),
       token: token.tokenId,
       entitlements: token.entitlements(),
+      memberships: token.memberships().map((member) => ({ ...member, removedAt: member.removedAt ?? null })),
       purse: token.purseView() ?? null,
       highestStreamTimeUs: token.highestStreamTimeUs,
     };

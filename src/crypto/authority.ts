@@ -29,9 +29,11 @@ import {
   encodeGrantUnsigned,
   encodeKeyUnsigned,
   encodeManifestBlockUnsigned,
+  encodeMembershipUnsigned,
   encodeSessionOfferUnsigned,
   type GrantBody,
   type KeyBody,
+  type MembershipBody,
   manifestHashBytes,
   manifestPacketsMax,
   p256PointBytes,
@@ -177,16 +179,145 @@ export function issueGrant(request: GrantRequest, rootPrivateKey: KeyObject): Bu
   return signInPlace(unsigned, rootPrivateKey);
 }
 
-/** Builds a signed KEY message (ECM): the traffic key wrapped under the service key. */
+/** What a membership is issued for: one token's slot in a service's member tree. */
+export interface MembershipRequest
+  extends Omit<MembershipBody, 'deviceKeyId' | 'ephemeralPublicKey' | 'wrappedKeys'> {
+  readonly devicePoint: Buffer;
+  /** The 32-byte keys of the slot's path, leaf first (src/crypto/lkh.ts, lkhPath). */
+  readonly pathKeys: readonly Buffer[];
+}
+
+/**
+ * Issues a membership: the keys of a token's path in the member tree, each wrapped to the token's
+ * device key the way a grant's service key is (ECDH of a fresh ephemeral P-256 key, the shared X
+ * coordinate as the key-encryption key), signed by the root.
+ */
+export function issueMembership(request: MembershipRequest, rootPrivateKey: KeyObject): Buffer {
+  const ephemeral = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+  const kek = diffieHellman({
+    privateKey: ephemeral.privateKey,
+    publicKey: p256FromPoint(request.devicePoint),
+  });
+  const unsigned = encodeMembershipUnsigned({
+    depth: request.depth,
+    service: request.service,
+    serviceEpoch: request.serviceEpoch,
+    treeId: request.treeId,
+    treeEpoch: request.treeEpoch,
+    slot: request.slot,
+    deviceKeyId: deviceKeyId(request.devicePoint),
+    ephemeralPublicKey: p256Point(ephemeral.publicKey),
+    wrappedKeys: request.pathKeys.map((key) => wrapKey(kek, key)),
+  });
+  kek.fill(0);
+  return signInPlace(unsigned, rootPrivateKey);
+}
+
+/** The member-tree group key a KEY's share is wrapped under, and the tree it is of. */
+export interface TreeGroupKey {
+  readonly treeId: number;
+  readonly treeEpoch: number;
+  /** The 32-byte group key (the tree root's). */
+  readonly groupKey: Buffer;
+}
+
+/**
+ * Builds a signed KEY message (ECM): the traffic key wrapped under the service key; with `tree`,
+ * split in two shares, one wrapped under the service key and one under the tree's group key.
+ */
 export function buildKeyMessage(
   fields: HeaderFields,
-  body: Omit<KeyBody, 'wrappedKey'>,
+  body: Omit<KeyBody, 'wrappedKey' | 'tree'>,
   serviceKey: Buffer,
   trafficKey: Buffer,
   sourcePrivateKey: KeyObject,
+  tree?: TreeGroupKey,
 ): Buffer {
-  const unsigned = encodeKeyUnsigned(fields, { ...body, wrappedKey: wrapKey(serviceKey, trafficKey) });
+  if (tree === undefined) {
+    const unsigned = encodeKeyUnsigned(fields, { ...body, wrappedKey: wrapKey(serviceKey, trafficKey) });
+    return signInPlace(unsigned, sourcePrivateKey);
+  }
+  const share = nodeCrypto.randomBytes(trafficKey.length);
+  const rest = Buffer.alloc(trafficKey.length);
+  for (let index = 0; index < rest.length; index++) {
+    rest[index] = (trafficKey[index] as number) ^ (share[index] as number);
+  }
+  const unsigned = encodeKeyUnsigned(fields, {
+    ...body,
+    wrappedKey: wrapKey(serviceKey, rest),
+    tree: { treeId: tree.treeId, treeEpoch: tree.treeEpoch, wrappedShare: wrapKey(tree.groupKey, share) },
+  });
+  share.fill(0);
+  rest.fill(0);
   return signInPlace(unsigned, sourcePrivateKey);
+}
+
+/** XOR of two equal-length keys into a new buffer (the two shares of a KEY with a tree part). */
+export function joinShares(a: Buffer, b: Buffer): Buffer | undefined {
+  if (a.length !== b.length) {
+    return undefined;
+  }
+  const out = Buffer.alloc(a.length);
+  for (let index = 0; index < out.length; index++) {
+    out[index] = (a[index] as number) ^ (b[index] as number);
+  }
+  return out;
+}
+
+/**
+ * Hands a tree's group key to a source over HTTP without it appearing in clear on the way: the
+ * source sends a fresh X25519 public key; the server answers with its own ephemeral X25519 key and
+ * the group key wrapped under HKDF-SHA-256 of the shared secret.
+ */
+export function sealGroupKeyFor(
+  recipientX25519: Buffer,
+  groupKey: Buffer,
+): { ephemeral: Buffer; wrapped: Buffer } {
+  const ephemeral = generateKeyPairSync('x25519');
+  const recipient = x25519FromRaw(recipientX25519);
+  const kek = groupKeyTransportKek(diffieHellman({ privateKey: ephemeral.privateKey, publicKey: recipient }));
+  const wrapped = wrapKey(kek, groupKey);
+  kek.fill(0);
+  return { ephemeral: x25519Raw(ephemeral.publicKey), wrapped };
+}
+
+/** The source's side of sealGroupKeyFor; undefined when it does not unwrap. */
+export function openGroupKey(privateKey: KeyObject, ephemeral: Buffer, wrapped: Buffer): Buffer | undefined {
+  let shared: Buffer;
+  try {
+    shared = diffieHellman({ privateKey, publicKey: x25519FromRaw(ephemeral) });
+  } catch {
+    return undefined;
+  }
+  const kek = groupKeyTransportKek(shared);
+  const key = unwrapKey(kek, wrapped);
+  kek.fill(0);
+  return key;
+}
+
+function groupKeyTransportKek(shared: Buffer): Buffer {
+  const kek = Buffer.from(
+    nodeCrypto.hkdfSync('sha256', shared, Buffer.alloc(0), 'gatecast group key transport v1', 32),
+  );
+  shared.fill(0);
+  return kek;
+}
+
+/** The raw 32 bytes of an X25519 public key. */
+export function x25519Raw(publicKey: KeyObject): Buffer {
+  const jwk = publicKey.export({ format: 'jwk' });
+  if (jwk.crv !== 'X25519' || jwk.x === undefined) {
+    throw new CipherError('not an X25519 public key');
+  }
+  return Buffer.from(jwk.x, 'base64url');
+}
+
+/** An X25519 public key from its raw 32 bytes. */
+export function x25519FromRaw(raw: Buffer): KeyObject {
+  if (raw.length !== 32) {
+    throw new CipherError('an X25519 public key is 32 bytes');
+  }
+  return createPublicKey({ key: { kty: 'OKP', crv: 'X25519', x: raw.toString('base64url') }, format: 'jwk' });
 }
 
 /** Builds the signed session offer of a run. */

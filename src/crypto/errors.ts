@@ -19,7 +19,13 @@ export type TokenRefusalReason =
   | 'purse-unavailable'
   | 'bad-signature'
   | 'bad-grant'
-  | 'bad-key-message';
+  | 'bad-key-message'
+  /** The KEY is of a member-tree epoch this token has not reached yet: a REKEY it needs is due. */
+  | 'rekey-missing'
+  /** The token was removed from the service's member tree (a leave): it gets no later key. */
+  | 'removed'
+  /** The token holds no membership of the service's member tree: enroll it (again). */
+  | 'not-a-member';
 
 /**
  * A token refused to release a key. `reason` is what a caller matches on; the message is what a

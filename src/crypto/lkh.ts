@@ -160,6 +160,17 @@ export function verifyRekey(rekey: LkhRekey, publicKey: KeyObject): boolean {
   }
 }
 
+/** A tree as a key server keeps it: the rest derives from the master secret. */
+export interface LkhTreeState {
+  /** 32 bytes: the key of every node never changed is HMAC-SHA-256(master, node number). */
+  readonly master: Buffer;
+  /** Keys changed by joins and leaves, by node number. */
+  readonly changed: Iterable<readonly [number, Buffer]>;
+  /** Slots that hold a member. */
+  readonly occupied: Iterable<number>;
+  readonly epoch: number;
+}
+
 /** A member's keys: node number → key. */
 export type LkhKeys = ReadonlyMap<number, Buffer>;
 
@@ -179,8 +190,10 @@ export function createLkhTree(settings: {
   treeId: number;
   signingKey: KeyObject;
   members?: number;
+  /** The tree as a key server stored it (src/subscription/key-trees.ts): it goes on from there. */
+  restore?: LkhTreeState;
 }) {
-  const { depth, treeId, signingKey } = settings;
+  const { depth, treeId, signingKey, restore } = settings;
   if (!Number.isInteger(depth) || depth < 1 || depth > lkhDepthMax) {
     throw new RangeError(`depth: ${depth} is not 1-${lkhDepthMax}`);
   }
@@ -189,18 +202,33 @@ export function createLkhTree(settings: {
   if (!Number.isInteger(initial) || initial < 0 || initial > slots) {
     throw new RangeError(`members: ${initial} is not 0-${slots}`);
   }
-  const master = randomBytes(32);
-  const changed = new Map<number, Buffer>();
+  if (restore !== undefined && restore.master.length !== 32) {
+    throw new RangeError(`master secret: ${restore.master.length} bytes, not 32`);
+  }
+  const master = restore?.master ?? randomBytes(32);
+  const changed = new Map<number, Buffer>(restore?.changed ?? []);
+  /** Nodes whose key changed since the tree was made or restored: what a key server writes back. */
+  const dirty = new Set<number>();
   // Members below each node; a node with none is never used to wrap (its key may be a departed one's).
   const below = new Uint32Array(2 * slots);
   for (let slot = 0; slot < initial; slot++) {
     below[slots + slot] = 1;
   }
+  for (const slot of restore?.occupied ?? []) {
+    if (!Number.isInteger(slot) || slot < 0 || slot >= slots) {
+      throw new RangeError(`occupied slot ${slot} is not 0-${slots - 1}`);
+    }
+    below[slots + slot] = 1;
+  }
   for (let node = slots - 1; node >= 1; node--) {
     below[node] = (below[2 * node] as number) + (below[2 * node + 1] as number);
   }
-  let epoch = 0;
+  let epoch = restore?.epoch ?? 0;
   let freeHint = initial;
+  const change = (node: number, key: Buffer) => {
+    changed.set(node, key);
+    dirty.add(node);
+  };
 
   const keyOf = (node: number): Buffer => {
     const known = changed.get(node);
@@ -232,12 +260,12 @@ export function createLkhTree(settings: {
     move(slot, -1);
     const path = lkhPath(depth, slot);
     const fresh = randomBytes(lkhKeyBytes * path.length);
-    changed.set(path[0] as number, fresh.subarray(0, lkhKeyBytes)); // the leaf: held by nobody now
+    change(path[0] as number, fresh.subarray(0, lkhKeyBytes)); // the leaf: held by nobody now
     const entries: LkhEntry[] = [];
     for (let index = 1; index < path.length; index++) {
       const node = path[index] as number;
       const key = fresh.subarray(index * lkhKeyBytes, (index + 1) * lkhKeyBytes);
-      changed.set(node, key);
+      change(node, key);
       for (const wrapping of [0, 1] as const) {
         const child = 2 * node + wrapping;
         if (below[child] !== 0) {
@@ -249,8 +277,8 @@ export function createLkhTree(settings: {
     return encodeRekey({ depth, epoch, treeId }, entries, signingKey);
   }
 
-  /** Adds a member in the first free slot: its keys, and the message for the members below its path. */
-  function join(): { welcome: LkhWelcome; rekey: Buffer } {
+  /** The first free slot from the hint on; throws when the tree is full. */
+  const freeSlot = (): number => {
     let slot = freeHint;
     for (let tried = 0; tried < slots && occupied(slot % slots); tried++) {
       slot++;
@@ -260,6 +288,12 @@ export function createLkhTree(settings: {
       throw new RangeError(`the tree is full (${slots} members)`);
     }
     freeHint = slot + 1;
+    return slot;
+  };
+
+  /** Adds a member in the first free slot: its keys, and the message for the members below its path. */
+  function join(): { welcome: LkhWelcome; rekey: Buffer } {
+    const slot = freeSlot();
     const path = lkhPath(depth, slot);
     const fresh = randomBytes(lkhKeyBytes * path.length);
     const entries: LkhEntry[] = [];
@@ -268,12 +302,24 @@ export function createLkhTree(settings: {
       if (index > 0 && below[node] !== 0) {
         entries.push({ target: node, wrapping: LkhWrapping.previous, wrapped: wrapKey(keyOf(node), key) });
       }
-      changed.set(node, key);
+      change(node, key);
     }
     move(slot, 1);
     epoch++;
     const rekey = encodeRekey({ depth, epoch, treeId }, entries, signingKey);
     return { welcome: { slot, epoch, keys: pathKeys(slot) }, rekey };
+  }
+
+  /**
+   * Adds a member in the first free slot without a rekey: it gets the keys as they are, so it can
+   * read what was sent under the current group key before it came (no backward secrecy; its token
+   * still holds it to its grant's window). A slot a member left has a fresh leaf nobody holds, and
+   * every key above it was replaced when it left, so a departed member's keys open nothing of it.
+   */
+  function admit(): LkhWelcome {
+    const slot = freeSlot();
+    move(slot, 1);
+    return { slot, epoch, keys: pathKeys(slot) };
   }
 
   return {
@@ -282,6 +328,11 @@ export function createLkhTree(settings: {
     get epoch() {
       return epoch;
     },
+    admit,
+    /** The keys changed since the tree was made or restored (node → key): what to store again. */
+    dirty: (): Map<number, Buffer> => new Map([...dirty].map((node) => [node, keyOf(node)])),
+    /** Members now. */
+    members: () => below[1] as number,
     /** The members' group key (the root's). */
     groupKey: () => keyOf(1),
     /** The keys a member in this slot holds now. */
@@ -292,6 +343,39 @@ export function createLkhTree(settings: {
     /** The welcome of a member placed at creation. */
     welcome: (slot: number): LkhWelcome => ({ slot, epoch, keys: pathKeys(slot) }),
   };
+}
+
+/**
+ * Walks a rekey message's entries in order and unwraps each one for a node on the member's path
+ * under a key it holds, replacing that node's key in `keys`: the message lists keys from the leaves
+ * up, so each new key opens the next. Generic over what a key is (a Buffer here; a PKCS#11 object
+ * handle inside a token), so a token applies a rekey without its keys leaving it. Returns how many
+ * keys it learned.
+ */
+export function applyRekeyEntries<K>(
+  path: ReadonlySet<number>,
+  keys: Map<number, K>,
+  rekey: LkhRekey,
+  unwrap: (kek: K, wrapped: Buffer) => K | undefined,
+): number {
+  let learned = 0;
+  for (const entry of rekey.entries) {
+    if (!path.has(entry.target)) {
+      continue;
+    }
+    const kekNode =
+      entry.wrapping === LkhWrapping.previous ? entry.target : 2 * entry.target + entry.wrapping;
+    const kek = keys.get(kekNode);
+    if (kek === undefined) {
+      continue;
+    }
+    const key = unwrap(kek, entry.wrapped);
+    if (key !== undefined) {
+      keys.set(entry.target, key);
+      learned++;
+    }
+  }
+  return learned;
 }
 
 /** Why a member could not apply a rekey message. */
@@ -330,23 +414,7 @@ export function createLkhMember(settings: {
     if (rekey.epoch !== epoch + 1) {
       return { ok: false, reason: 'missed-epoch' };
     }
-    let learned = 0;
-    for (const entry of rekey.entries) {
-      if (!path.has(entry.target)) {
-        continue;
-      }
-      const kekNode =
-        entry.wrapping === LkhWrapping.previous ? entry.target : 2 * entry.target + entry.wrapping;
-      const kek = keys.get(kekNode);
-      if (kek === undefined) {
-        continue;
-      }
-      const key = unwrapKey(kek, entry.wrapped);
-      if (key !== undefined) {
-        keys.set(entry.target, key);
-        learned++;
-      }
-    }
+    const learned = applyRekeyEntries(path, keys, rekey, unwrapKey);
     epoch = rekey.epoch;
     return { ok: true, learned };
   }

@@ -304,6 +304,62 @@ class Pkcs11Backend implements TokenBackend {
     }
   }
 
+  unwrapTreeKeys(ephemeralPublicKey: Buffer, wrapped: readonly Buffer[]): Handle[] | undefined {
+    const pkcs11 = pkcs11Module();
+    let kek: Handle | undefined;
+    const made: Handle[] = [];
+    try {
+      kek = this.#library.C_DeriveKey(
+        this.#session,
+        {
+          mechanism: pkcs11.CKM_ECDH1_DERIVE,
+          parameter: {
+            type: pkcs11.CK_PARAMS_EC_DH,
+            kdf: pkcs11.CKD_NULL,
+            publicData: ephemeralPublicKey,
+          } as Pkcs11Types.ECDH1,
+        },
+        this.#device,
+        secretTemplate({ extractable: false, unwrap: true, valueLength: 32 }),
+      );
+      for (const one of wrapped) {
+        made.push(this.#unwrapUnwrapper(kek, one));
+      }
+      this.#sessionObjects.push(...made);
+      return made;
+    } catch {
+      for (const handle of made) {
+        this.#library.C_DestroyObject(this.#session, handle);
+      }
+      return undefined;
+    } finally {
+      if (kek !== undefined) {
+        this.#library.C_DestroyObject(this.#session, kek);
+      }
+    }
+  }
+
+  unwrapTreeKey(kek: unknown, wrapped: Buffer): Handle | undefined {
+    try {
+      const key = this.#unwrapUnwrapper(kek as Handle, wrapped);
+      this.#sessionObjects.push(key);
+      return key;
+    } catch {
+      return undefined;
+    }
+  }
+
+  /** C_UnwrapKey of a 32-byte AES key that stays in the token and can only unwrap. */
+  #unwrapUnwrapper(kek: Handle, wrapped: Buffer): Handle {
+    return this.#library.C_UnwrapKey(
+      this.#session,
+      { mechanism: pkcs11Module().CKM_AES_KEY_WRAP },
+      kek,
+      wrapped,
+      secretTemplate({ extractable: false, unwrap: true }),
+    );
+  }
+
   unwrapTrafficKey(serviceKey: unknown, wrapped: Buffer): Buffer | undefined {
     const pkcs11 = pkcs11Module();
     let traffic: Handle | undefined;

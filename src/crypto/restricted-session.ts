@@ -11,19 +11,31 @@ import {
   manifestRepeatsMax,
   manifestSendCount,
   protectedControlIntervalMs,
+  rekeyChecksPerSecondMax,
+  rekeyGapsFatal,
   restrictedHeldPacketsMax,
   restrictedKeyRecheckMs,
   restrictedPendingKeysMax,
   signedRepeatRefreshMs,
+  treeRekeyLeadMs,
+  treeRekeyRepeatMs,
 } from '../limits.js';
 import { headerBytes, offsetKeyEpoch, offsetSequence, offsetType, PacketType } from '../protocol/packet.js';
-import { decodeKey, type KeyMessage, manifestHashBytes, OfferFlag } from '../protocol/restricted.js';
+import {
+  decodeKey,
+  decodeRekeyDatagram,
+  encodeRekeyDatagram,
+  type KeyMessage,
+  manifestHashBytes,
+  OfferFlag,
+} from '../protocol/restricted.js';
 import {
   buildControlSignature,
   buildKeyMessage,
   buildSessionOffer,
   ed25519Raw,
   ManifestBuilder,
+  type TreeGroupKey,
 } from './authority.js';
 import { KeyEpochsExhausted, TokenRefused } from './errors.js';
 import { aeadTagBytes, negotiateSuite, PacketOpener, PacketSealer, type Suite, suites } from './suites.js';
@@ -48,6 +60,22 @@ export interface RestrictedSenderSettings {
    * simulator (test/sim/) gives a seeded source so that a seed replays byte for byte.
    */
   readonly randomBytes?: (bytes: number) => Buffer;
+  /**
+   * The product's member tree as the source last fetched it from the key server: each period's
+   * traffic key is then split, one share under the service key, one under the tree's group key,
+   * and the tree's rekey messages are repeated in-band. Absent: the service key alone.
+   */
+  readonly tree?: SourceTree | undefined;
+}
+
+/** A member tree as a source sees it (src/cli/member-tree.ts fetches it). */
+export interface SourceTree {
+  /** The newest tree epoch known and its group key; undefined before the first fetch. */
+  current(): TreeGroupKey | undefined;
+  /** The group key of a recent tree epoch, if still known. */
+  groupKey(treeEpoch: number): TreeGroupKey | undefined;
+  /** The newest rekey messages, oldest first: repeated in-band. */
+  rekeys(): readonly Buffer[];
 }
 
 /** The source side: what the source role calls (src/source/source.ts). */
@@ -223,6 +251,11 @@ class SignedRepeats {
     return datagram;
   }
 
+  /** Forgets one key: it is built again at its next use. */
+  forget(key: number): void {
+    this.#built.delete(key);
+  }
+
   /** Forgets every key but these (the epochs announced now, and the offer). */
   keepOnly(keys: readonly number[]): void {
     for (const key of this.#built.keys()) {
@@ -316,16 +349,80 @@ export function createSenderProtection(
 ): SenderProtection {
   const sealer = new PacketSealer(settings.suite, run.incarnation);
   const keys = new Map<number, Buffer>();
+  /** The tree epoch each period's key was announced under (with a member tree). */
+  const keyTreeEpochs = new Map<number, number>();
+  const freshKey = (epoch: number): Buffer => {
+    const key = (settings.randomBytes ?? randomBytes)(settings.suite.keyBytes);
+    keys.set(epoch, key);
+    const tree = settings.tree?.current();
+    if (tree !== undefined) {
+      keyTreeEpochs.set(epoch, tree.treeEpoch);
+    }
+    return key;
+  };
   const keyFor = (epoch: number): Buffer => {
     let key = keys.get(epoch);
     if (key === undefined) {
-      key = (settings.randomBytes ?? randomBytes)(settings.suite.keyBytes);
-      keys.set(epoch, key);
-      sealer.setKey(epoch, key);
+      key = freshKey(epoch);
       keys.delete(epoch - 2);
+      keyTreeEpochs.delete(epoch - 2);
       sealer.dropKey(epoch - 2);
     }
     return key;
+  };
+  /**
+   * The sealer gets a period's key only when its first packet is sealed: until then the key may
+   * still be replaced (the tree changed), and once it sealed a packet it never is.
+   */
+  let sealerEpoch = 0;
+  const sealing = (epoch: number) => {
+    if (epoch !== sealerEpoch) {
+      sealer.setKey(epoch, keyFor(epoch));
+      sealerEpoch = epoch;
+    }
+  };
+  /**
+   * When the tree moved on (a member left) before the next period starts, that period gets a new
+   * key announced under the new group key: a member removed never holds it. Too close to the
+   * period's start (treeRekeyLeadMs), receivers might not hold the new KEY in time, and the change
+   * waits for the period after.
+   */
+  const followTree = (keyEpoch: number, nowMs: number) => {
+    const tree = settings.tree?.current();
+    const next = keyEpoch + 1;
+    if (
+      tree === undefined ||
+      next > keyEpochMax ||
+      !keys.has(next) ||
+      keyTreeEpochs.get(next) === tree.treeEpoch ||
+      next === sealerEpoch ||
+      (periodStartMs ?? nowMs) + settings.cryptoPeriodMs - nowMs < treeRekeyLeadMs
+    ) {
+      return;
+    }
+    keys.get(next)?.fill(0);
+    freshKey(next);
+    repeats.forget(next);
+  };
+  /** The rekey messages to send at this tick: every one each treeRekeyRepeatMs, the newest at every tick for that long first. */
+  let rekeysAllAtMs: number | undefined;
+  let newestRekey: Buffer | undefined;
+  let newestRekeyAtMs = 0;
+  const rekeysDue = (nowMs: number): readonly Buffer[] => {
+    const rekeys = settings.tree?.rekeys() ?? [];
+    const newest = rekeys[rekeys.length - 1];
+    if (newest === undefined) {
+      return [];
+    }
+    if (newestRekey === undefined || !newest.equals(newestRekey)) {
+      newestRekey = newest;
+      newestRekeyAtMs = nowMs;
+    }
+    if (rekeysAllAtMs === undefined || nowMs - rekeysAllAtMs >= treeRekeyRepeatMs || nowMs < rekeysAllAtMs) {
+      rekeysAllAtMs = nowMs;
+      return rekeys;
+    }
+    return nowMs - newestRekeyAtMs < treeRekeyRepeatMs ? [newest] : [];
   };
   let epoch = 1;
   let periodStartMs: number | undefined;
@@ -355,11 +452,19 @@ export function createSenderProtection(
   };
   const sourcePublicKey = ed25519Raw(settings.sourcePublicKey);
   const repeats = new SignedRepeats();
+  /** The group key a period's KEY is wrapped under; a tree whose epoch is no longer known: the newest. */
+  const treeOf = (epoch: number): TreeGroupKey | undefined => {
+    const treeEpoch = keyTreeEpochs.get(epoch);
+    if (treeEpoch === undefined) {
+      return undefined;
+    }
+    return settings.tree?.groupKey(treeEpoch);
+  };
   return {
     overheadBytes: aeadTagBytes,
     seal(plain, nowMs, wallUs, into) {
       const keyEpoch = currentEpoch(nowMs);
-      keyFor(keyEpoch);
+      sealing(keyEpoch);
       plain.writeUInt16BE(keyEpoch, offsetKeyEpoch);
       const builder = manifests.builder;
       if (builder === undefined) {
@@ -371,7 +476,15 @@ export function createSenderProtection(
     },
     control(header, nowMs, wallUs) {
       const keyEpoch = currentEpoch(nowMs);
+      keyFor(keyEpoch);
+      if (keyEpoch < keyEpochMax) {
+        keyFor(keyEpoch + 1);
+      }
+      followTree(keyEpoch, nowMs);
       const out: Buffer[] = [...manifests.due()];
+      for (const rekey of rekeysDue(nowMs)) {
+        out.push(encodeRekeyDatagram({ ...header, timestampUs: wallUs }, rekey));
+      }
       const pending = manifests.flushWaited(nowMs, wallUs);
       if (pending !== undefined) {
         out.push(pending);
@@ -409,6 +522,7 @@ export function createSenderProtection(
               settings.serviceKey,
               keyFor(epoch),
               settings.sourcePrivateKey,
+              treeOf(epoch),
             ),
           ),
         );
@@ -443,6 +557,10 @@ export interface ReceiverProtectionStats {
   packetsHeld: number;
   /** Sealed DATA dropped: no key came for it within the bound, or plain DATA in a restricted run. */
   packetsDropped: number;
+  /** REKEY messages the token applied (member-tree leaves). */
+  rekeysApplied: number;
+  /** REKEY messages not applied, by reason: `stale` (held already: normal, they repeat), `gap`, `bad-signature`, `rate`, … */
+  rekeysIgnored: Record<string, number>;
 }
 
 /** The receiver side: what the receiver role calls (src/receiver/receiver.ts). */
@@ -465,6 +583,7 @@ export function createReceiverProtection(
   token: Token,
   onRefused: (refusal: TokenRefused) => void,
   supported: readonly Suite[] = suites,
+  nowMs: () => number = () => performance.now(),
 ): ReceiverProtection {
   const stats: ReceiverProtectionStats = {
     keysAccepted: 0,
@@ -474,6 +593,8 @@ export function createReceiverProtection(
     packetsBadTag: 0,
     packetsHeld: 0,
     packetsDropped: 0,
+    rekeysApplied: 0,
+    rekeysIgnored: {},
   };
   let run: { sessionId: number; incarnation: number; opener: PacketOpener } | undefined;
   /** Sealed DATA waiting for its key, in arrival order, bounded. */
@@ -633,13 +754,72 @@ export function createReceiverProtection(
         // signing of this KEY: the source repeats a KEY unchanged for signedRepeatRefreshMs, so its
         // time may lag a start the stream has passed, and the copy signed next is asked.
         if (
-          !['bad-signature', 'rollback', 'bad-key-message'].includes(error.reason) &&
+          !['bad-signature', 'rollback', 'bad-key-message', 'rekey-missing'].includes(error.reason) &&
           !(error.reason === 'not-yet-valid' && grantStartsWithinRepeat(key))
         ) {
           onRefused(error);
         }
       },
     );
+  };
+
+  /**
+   * REKEY messages: a repeat of one applied costs a decode and a compare (`stale`); a new one a
+   * signature check inside the token, at most rekeyChecksPerSecondMax a second (a flood of forged
+   * ones costs no more). A token that keeps seeing genuine rekeys past the next one it needs
+   * (`gap`, rekeyGapsFatal in a row) missed more than the source repeats: it is told to enroll again.
+   */
+  let rekeyChecks = 0;
+  let rekeyChecksSince = nowMs();
+  let gapsInARow = 0;
+  const ignoreRekey = (reason: string) => {
+    stats.rekeysIgnored[reason] = (stats.rekeysIgnored[reason] ?? 0) + 1;
+  };
+  const onRekey = (datagram: Buffer) => {
+    const decoded = decodeRekeyDatagram(datagram);
+    if (!decoded.ok) {
+      ignoreRekey('malformed');
+      return;
+    }
+    const rekey = decoded.value;
+    if (run !== undefined && (rekey.sessionId !== run.sessionId || rekey.incarnation !== run.incarnation)) {
+      ignoreRekey('other-run');
+      return;
+    }
+    const treeEpoch = token.treeEpochOf(rekey.rekey.readUInt32BE(12));
+    if (treeEpoch === undefined) {
+      ignoreRekey('other-tree');
+      return;
+    }
+    if (rekey.rekey.readUInt32BE(8) <= treeEpoch) {
+      ignoreRekey('stale');
+      return;
+    }
+    const now = nowMs();
+    if (now - rekeyChecksSince >= 1000 || now < rekeyChecksSince) {
+      rekeyChecks = 0;
+      rekeyChecksSince = now;
+    }
+    if (rekeyChecks >= rekeyChecksPerSecondMax) {
+      ignoreRekey('rate');
+      return;
+    }
+    rekeyChecks++;
+    const outcome = token.applyRekey(rekey.rekey);
+    if (outcome.status === 'applied') {
+      stats.rekeysApplied++;
+      gapsInARow = 0;
+      return;
+    }
+    ignoreRekey(outcome.status);
+    if (outcome.status === 'gap' && ++gapsInARow >= rekeyGapsFatal) {
+      onRefused(
+        new TokenRefused(
+          'rekey-missing',
+          `this token's key tree is at epoch ${outcome.treeEpoch}, and the source repeats only later rekeys: enroll the token again (gatecast token enroll) to bring it up to date`,
+        ),
+      );
+    }
   };
 
   return {
@@ -649,6 +829,10 @@ export function createReceiverProtection(
       const type = datagram.length > offsetType ? datagram[offsetType] : undefined;
       if (type === PacketType.key) {
         onKey(datagram);
+        return;
+      }
+      if (type === PacketType.rekey) {
+        onRekey(datagram);
         return;
       }
       if (type === PacketType.signature) {

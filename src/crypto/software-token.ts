@@ -179,6 +179,31 @@ class SoftwareBackend implements TokenBackend {
     return unwrapKey(serviceKey as Buffer, wrapped);
   }
 
+  unwrapTreeKeys(ephemeralPublicKey: Buffer, wrapped: readonly Buffer[]): Buffer[] | undefined {
+    let kek: Buffer;
+    try {
+      kek = diffieHellman({ privateKey: this.#device, publicKey: p256FromPoint(ephemeralPublicKey) });
+    } catch {
+      return undefined;
+    }
+    const keys: Buffer[] = [];
+    for (const one of wrapped) {
+      const key = unwrapKey(kek, one);
+      if (key === undefined || key.length !== 32) {
+        kek.fill(0);
+        return undefined;
+      }
+      keys.push(key);
+    }
+    kek.fill(0);
+    return keys;
+  }
+
+  unwrapTreeKey(kek: unknown, wrapped: Buffer): Buffer | undefined {
+    const key = unwrapKey(kek as Buffer, wrapped);
+    return key?.length === 32 ? key : undefined;
+  }
+
   close(): void {
     this.#master.fill(0);
   }

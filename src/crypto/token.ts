@@ -23,10 +23,20 @@ import {
   tokenReceiptsReportedKept,
   tokenReceiptsUnreportedMax,
   tokenReleasedKeysMax,
+  tokenTreeGroupKeysKept,
+  tokenTreeRekeysMax,
 } from '../limits.js';
-import { decodeGrant, type Grant, type KeyMessage, PriceModel } from '../protocol/restricted.js';
-import { deviceKeyId, ed25519FromRaw, tokenIdOf, verifySignature } from './authority.js';
+import {
+  decodeGrant,
+  decodeMembership,
+  type Grant,
+  type KeyMessage,
+  type Membership,
+  PriceModel,
+} from '../protocol/restricted.js';
+import { deviceKeyId, ed25519FromRaw, joinShares, tokenIdOf, verifySignature } from './authority.js';
 import { TokenError, TokenRefused } from './errors.js';
+import { applyRekeyEntries, decodeRekey, type LkhRekey, lkhPath } from './lkh.js';
 import {
   createPurse,
   createPurseState,
@@ -86,7 +96,41 @@ export interface TokenState {
   highestStreamTimeUs: number;
   /** The purse, once the token is enrolled (src/crypto/purse.ts). */
   purse?: TokenPurseRecord | undefined;
+  /** Memberships of member trees (LKH), with the rekey messages applied since each was issued. */
+  memberships?: TokenMembershipRecord[] | undefined;
 }
+
+/**
+ * A membership as a token keeps it: the membership as issued (its keys wrapped to the device key)
+ * and every rekey message applied since, base64, oldest first. The keys themselves are never
+ * stored: the token unwraps them inside itself again when it opens (for PKCS#11, as session
+ * objects that never leave it), replaying the rekeys.
+ */
+export interface TokenMembershipRecord {
+  membership: string;
+  rekeys: string[];
+}
+
+/** A membership as `gatecast token show` shows it. */
+export interface MembershipView {
+  readonly service: string;
+  readonly serviceEpoch: number;
+  readonly treeId: number;
+  readonly slot: number;
+  /** The tree epoch the token has reached. */
+  readonly treeEpoch: number;
+  /** The tree epoch at which the token was removed, if it was. */
+  readonly removedAt: number | undefined;
+}
+
+/** What applyRekey did with a rekey message. */
+export type RekeyOutcome =
+  | { readonly status: 'applied'; readonly treeEpoch: number; readonly removed: boolean }
+  | {
+      readonly status: 'stale' | 'gap' | 'other-tree' | 'bad-signature' | 'malformed';
+      /** The epoch this token holds for the message's tree, when it is a member. */
+      readonly treeEpoch: number | undefined;
+    };
 
 /** The purse as a token keeps it: the state, its monotonic counter and the receipts to report. */
 export interface TokenPurseRecord {
@@ -122,8 +166,15 @@ export interface TokenBackend {
   saveState(state: TokenState): void;
   /** ECDH with the grant's ephemeral key, then unwraps the service key; undefined if it fails. */
   unwrapServiceKey(grant: Grant): ServiceKeyHandle | undefined;
-  /** Unwraps a traffic key under a service key and releases it; undefined if it fails. */
+  /** Unwraps a traffic key (or a KEY's tree share) under a service or group key and releases it; undefined if it fails. */
   unwrapTrafficKey(serviceKey: ServiceKeyHandle, wrapped: Buffer): Buffer | undefined;
+  /**
+   * ECDH with a membership's ephemeral key, then unwraps each of its 32-byte tree keys into a key
+   * that stays inside the token and can only unwrap; undefined if any fails.
+   */
+  unwrapTreeKeys(ephemeralPublicKey: Buffer, wrapped: readonly Buffer[]): ServiceKeyHandle[] | undefined;
+  /** Unwraps a 32-byte tree key under another (a rekey entry), inside the token; undefined if it fails. */
+  unwrapTreeKey(kek: ServiceKeyHandle, wrapped: Buffer): ServiceKeyHandle | undefined;
   /**
    * The raw Ed25519 public key of the token's receipt key, made inside the token when `create`
    * and there is none yet; undefined when there is none.
@@ -160,6 +211,8 @@ export class Token {
   readonly #released = new Map<string, Buffer>();
   /** Source public keys of the grants, as KeyObjects, by their raw hex (imported once, not per KEY). */
   readonly #sourceKeys = new Map<string, KeyObject>();
+  /** Member trees as unwrapped inside the token, by tree id (built from the state when first needed). */
+  readonly #trees = new Map<number, LiveTree>();
   /** The rollback counter moved in memory and is not written yet (#advance). */
   #counterUnsaved = false;
   #closed = false;
@@ -349,7 +402,9 @@ export class Token {
    */
   async releaseTrafficKey(key: KeyMessage): Promise<Buffer> {
     this.#assertOpen();
-    const id = `${key.sessionId}/${key.incarnation}/${key.keyEpoch}/${key.service}`;
+    // A KEY with a tree part names its tree epoch: the source replaces a period's key when the
+    // tree changes before the period starts, and the replacement is another key.
+    const id = `${key.sessionId}/${key.incarnation}/${key.keyEpoch}/${key.service}/${key.tree?.treeEpoch ?? ''}`;
     const grants = this.#grants().filter(
       (grant) => grant.service === key.service && grant.serviceEpoch === key.serviceEpoch,
     );
@@ -388,6 +443,8 @@ export class Token {
         `${key.service} needs tier ${key.tier}; the grant gives tier ${grant.tier}`,
       );
     }
+    // Before any debit: a token removed from the tree, or not yet at the KEY's tree epoch, pays nothing.
+    const groupKey = key.tree === undefined ? undefined : this.#groupKeyFor(key);
     const cached = this.#released.get(id);
     if (cached !== undefined) {
       this.#advance(key.timestampUs);
@@ -408,7 +465,7 @@ export class Token {
         throw new TokenRefused(answer.reason, answer.message);
       }
     }
-    const traffic = this.#backend.unwrapTrafficKey(this.#serviceKey(grant), key.wrappedKey);
+    const traffic = this.#unwrapTraffic(key, grant, groupKey);
     if (traffic === undefined) {
       throw new TokenRefused(
         'bad-key-message',
@@ -425,6 +482,111 @@ export class Token {
     }
     this.#released.set(id, Buffer.from(traffic));
     return traffic;
+  }
+
+  /**
+   * Installs a membership of a service's member tree (issued with a grant at enrollment) after
+   * checking the root's signature and that it names this token. It replaces an earlier membership
+   * of the same tree or of the same service and epoch, with the rekeys applied to it.
+   */
+  installMembership(bytes: Buffer): MembershipView {
+    this.#assertOpen();
+    const decoded = decodeMembership(bytes);
+    if (!decoded.ok) {
+      throw new TokenRefused('bad-grant', `not a membership: ${decoded.detail}`);
+    }
+    const membership = decoded.value;
+    this.#refresh();
+    const root = ed25519FromRaw(Buffer.from(this.#state.rootPublicKey, 'hex'));
+    if (!verifySignature(membership.signed, membership.signature, root)) {
+      throw new TokenRefused(
+        'bad-signature',
+        `the membership of ${membership.service} is not signed by the operator root key`,
+      );
+    }
+    if (!membership.deviceKeyId.equals(deviceKeyId(this.#backend.devicePoint()))) {
+      throw new TokenRefused(
+        'bad-grant',
+        `the membership of ${membership.service} was issued to another token`,
+      );
+    }
+    const others = (this.#state.memberships ?? []).filter((record) => {
+      const old = decodeMembership(Buffer.from(record.membership, 'base64'));
+      return (
+        old.ok &&
+        old.value.treeId !== membership.treeId &&
+        (old.value.service !== membership.service || old.value.serviceEpoch !== membership.serviceEpoch)
+      );
+    });
+    this.#state = {
+      ...this.#state,
+      memberships: [...others, { membership: bytes.toString('base64'), rekeys: [] }],
+    };
+    this.#backend.saveState(this.#state);
+    this.#trees.delete(membership.treeId);
+    return viewOf(membership, membership.treeEpoch, undefined);
+  }
+
+  /** The memberships installed, with the tree epoch each has reached. */
+  memberships(): MembershipView[] {
+    const views: MembershipView[] = [];
+    for (const record of this.#state.memberships ?? []) {
+      const decoded = decodeMembership(Buffer.from(record.membership, 'base64'));
+      if (!decoded.ok) {
+        continue;
+      }
+      const live = this.#trees.get(decoded.value.treeId);
+      let epoch = decoded.value.treeEpoch;
+      for (const text of record.rekeys) {
+        const rekey = decodeRekey(Buffer.from(text, 'base64'));
+        epoch = rekey.ok ? rekey.value.epoch : epoch;
+      }
+      views.push(viewOf(decoded.value, live?.epoch ?? epoch, live?.removedAt));
+    }
+    return views;
+  }
+
+  /** The tree epoch this token holds for a tree, or undefined when it is no member of it. */
+  treeEpochOf(treeId: number): number | undefined {
+    return this.#liveTree(treeId)?.epoch;
+  }
+
+  /**
+   * Applies a rekey message (a REKEY datagram's body) to the membership of its tree, inside the
+   * token: checked cheaply first (tree, epoch), then the root's signature, then the next epoch
+   * only. A message that leaves the group key unchanged means this token was removed.
+   */
+  applyRekey(bytes: Buffer): RekeyOutcome {
+    this.#assertOpen();
+    const decoded = decodeRekey(bytes);
+    if (!decoded.ok) {
+      return { status: 'malformed', treeEpoch: undefined };
+    }
+    const rekey = decoded.value;
+    const tree = this.#liveTree(rekey.treeId);
+    if (tree === undefined || tree.membership.depth !== rekey.depth) {
+      return { status: 'other-tree', treeEpoch: undefined };
+    }
+    if (rekey.epoch <= tree.epoch) {
+      return { status: 'stale', treeEpoch: tree.epoch };
+    }
+    const root = ed25519FromRaw(Buffer.from(this.#state.rootPublicKey, 'hex'));
+    if (!verifySignature(rekey.signed, rekey.signature, root)) {
+      return { status: 'bad-signature', treeEpoch: tree.epoch };
+    }
+    if (rekey.epoch !== tree.epoch + 1 || tree.rekeys >= tokenTreeRekeysMax) {
+      return { status: 'gap', treeEpoch: tree.epoch };
+    }
+    this.#applyTo(tree, rekey);
+    this.#refresh();
+    const memberships = (this.#state.memberships ?? []).map((record) =>
+      record.membership === tree.record
+        ? { membership: record.membership, rekeys: [...record.rekeys, bytes.toString('base64')] }
+        : record,
+    );
+    this.#state = { ...this.#state, memberships };
+    this.#backend.saveState(this.#state);
+    return { status: 'applied', treeEpoch: tree.epoch, removed: tree.removedAt !== undefined };
   }
 
   /**
@@ -459,6 +621,7 @@ export class Token {
     this.#released.clear();
     this.#serviceKeys.clear();
     this.#sourceKeys.clear();
+    this.#trees.clear();
     this.#backend.close();
   }
 
@@ -597,6 +760,121 @@ export class Token {
     return key;
   }
 
+  /** The membership of a tree as unwrapped inside the token, its rekeys replayed; undefined if none. */
+  #liveTree(treeId: number): LiveTree | undefined {
+    const known = this.#trees.get(treeId);
+    if (known !== undefined) {
+      return known;
+    }
+    for (const record of this.#state.memberships ?? []) {
+      const decoded = decodeMembership(Buffer.from(record.membership, 'base64'));
+      if (!decoded.ok || decoded.value.treeId !== treeId) {
+        continue;
+      }
+      const membership = decoded.value;
+      const path = lkhPath(membership.depth, membership.slot);
+      const handles = this.#backend.unwrapTreeKeys(membership.ephemeralPublicKey, membership.wrappedKeys);
+      if (handles === undefined || handles.length !== path.length) {
+        return undefined;
+      }
+      const tree: LiveTree = {
+        membership,
+        record: record.membership,
+        path: new Set(path),
+        keys: new Map(path.map((node, index) => [node, handles[index]])),
+        epoch: membership.treeEpoch,
+        groupKeys: new Map([[membership.treeEpoch, handles[handles.length - 1]]]),
+        removedAt: undefined,
+        rekeys: 0,
+      };
+      for (const text of record.rekeys) {
+        const rekey = decodeRekey(Buffer.from(text, 'base64'));
+        if (rekey.ok && rekey.value.epoch === tree.epoch + 1) {
+          this.#applyTo(tree, rekey.value);
+        }
+      }
+      this.#trees.set(treeId, tree);
+      return tree;
+    }
+    return undefined;
+  }
+
+  /** Applies a checked rekey to a live tree: new keys inside the token, the group key kept by epoch. */
+  #applyTo(tree: LiveTree, rekey: LkhRekey): void {
+    const before = tree.keys.get(1);
+    applyRekeyEntries(tree.path, tree.keys, rekey, (kek, wrapped) =>
+      this.#backend.unwrapTreeKey(kek, wrapped),
+    );
+    tree.epoch = rekey.epoch;
+    tree.rekeys++;
+    const after = tree.keys.get(1);
+    if (after === before) {
+      // Every key of a departed member's path is replaced, the root's too, and wrapped only for
+      // the others: a member that learns no new group key was removed.
+      tree.removedAt ??= rekey.epoch;
+      return;
+    }
+    tree.groupKeys.set(rekey.epoch, after);
+    for (const epoch of tree.groupKeys.keys()) {
+      if (tree.groupKeys.size <= tokenTreeGroupKeysKept) {
+        break;
+      }
+      tree.groupKeys.delete(epoch);
+    }
+  }
+
+  /** The group key a KEY's tree share is wrapped under, or the refusal that says why there is none. */
+  #groupKeyFor(key: KeyMessage): ServiceKeyHandle {
+    const part = key.tree;
+    if (part === undefined) {
+      throw new TokenRefused('bad-key-message', 'the KEY has no tree part');
+    }
+    const tree = this.#liveTree(part.treeId);
+    if (
+      tree === undefined ||
+      tree.membership.service !== key.service ||
+      tree.membership.serviceEpoch !== key.serviceEpoch
+    ) {
+      throw new TokenRefused(
+        'not-a-member',
+        `not a member of ${key.service}'s key tree (${part.treeId}): enroll the token again (gatecast token enroll)`,
+      );
+    }
+    if (tree.removedAt !== undefined && part.treeEpoch >= tree.removedAt) {
+      throw new TokenRefused(
+        'removed',
+        `removed from ${key.service}'s members (key tree epoch ${tree.removedAt}): the entitlement ended or was revoked`,
+      );
+    }
+    if (part.treeEpoch > tree.epoch) {
+      throw new TokenRefused(
+        'rekey-missing',
+        `the KEY for ${key.service} is of key tree epoch ${part.treeEpoch}; this token holds ${tree.epoch} until the REKEY arrives`,
+      );
+    }
+    const groupKey = tree.groupKeys.get(part.treeEpoch);
+    if (groupKey === undefined) {
+      throw new TokenRefused(
+        'rekey-missing',
+        `the KEY for ${key.service} is of key tree epoch ${part.treeEpoch}, older than this token's ${tree.epoch}: the source sends a newer one`,
+      );
+    }
+    return groupKey;
+  }
+
+  /** The traffic key of a KEY: under the service key alone, or its two shares joined. */
+  #unwrapTraffic(key: KeyMessage, grant: Grant, groupKey: ServiceKeyHandle | undefined): Buffer | undefined {
+    const serviceShare = this.#backend.unwrapTrafficKey(this.#serviceKey(grant), key.wrappedKey);
+    if (key.tree === undefined || serviceShare === undefined) {
+      return serviceShare;
+    }
+    const treeShare = this.#backend.unwrapTrafficKey(groupKey, key.tree.wrappedShare);
+    const traffic = treeShare === undefined ? undefined : joinShares(serviceShare, treeShare);
+    serviceShare.fill(0);
+    treeShare?.fill(0);
+    return traffic;
+  }
+
   #serviceKey(grant: Grant): ServiceKeyHandle {
     const id = grant.signature.toString('hex');
     let handle = this.#serviceKeys.get(id);
@@ -642,6 +920,32 @@ export class Token {
     }
     return grant;
   }
+}
+
+/** A membership unwrapped inside the token. */
+interface LiveTree {
+  readonly membership: Membership;
+  /** The stored membership (base64): which record its rekeys are appended to. */
+  readonly record: string;
+  readonly path: ReadonlySet<number>;
+  readonly keys: Map<number, ServiceKeyHandle>;
+  epoch: number;
+  /** The group key of each recent tree epoch, oldest first. */
+  readonly groupKeys: Map<number, ServiceKeyHandle>;
+  removedAt: number | undefined;
+  /** Rekeys applied since the membership was issued. */
+  rekeys: number;
+}
+
+function viewOf(membership: Membership, treeEpoch: number, removedAt: number | undefined): MembershipView {
+  return {
+    service: membership.service,
+    serviceEpoch: membership.serviceEpoch,
+    treeId: membership.treeId,
+    slot: membership.slot,
+    treeEpoch,
+    removedAt,
+  };
 }
 
 function entitlementOf(grant: Grant): Entitlement {

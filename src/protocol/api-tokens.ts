@@ -35,6 +35,11 @@ export const EnrolledGrant = Type.Object({
   currency: Type.String(),
   /** The signed grant (docs/protocol.md, "Grant"), base64. */
   grant: Type.String(),
+  /**
+   * The token's membership of the product's member tree (docs/protocol.md, "Membership"), base64:
+   * absent when the entitlement it is granted under has ended.
+   */
+  membership: Type.Optional(Type.String()),
 });
 export type EnrolledGrant = Static<typeof EnrolledGrant>;
 
@@ -50,3 +55,37 @@ export const EnrollResult = Type.Object({
   grants: Type.Array(EnrolledGrant),
 });
 export type EnrollResult = Static<typeof EnrollResult>;
+
+/** The answer to GET /v1/products/{name}/tree: what a source of the product needs of its member tree. */
+export const TreeForSource = Type.Object({
+  product: Type.String(),
+  serviceEpoch: Type.Integer(),
+  treeId: Type.Integer({ minimum: 0, maximum: 0xffffffff }),
+  depth: Type.Integer({ minimum: 1, maximum: 22 }),
+  /** The tree's epoch: one more at every leave. */
+  epoch: Type.Integer({ minimum: 0 }),
+  members: Type.Integer({ minimum: 0 }),
+  /** The server's ephemeral X25519 public key, hex (64 digits). */
+  ephemeral: Type.String({ pattern: '^[0-9a-f]{64}$' }),
+  /** The group key wrapped (AES key wrap) under HKDF of the X25519 secret, hex (80 digits). */
+  wrappedGroupKey: Type.String({ pattern: '^[0-9a-f]{80}$' }),
+  /** The newest rekey messages, oldest first, base64. */
+  rekeys: Type.Array(Type.String()),
+});
+export type TreeForSource = Static<typeof TreeForSource>;
+
+/** The query of GET /v1/products/{name}/tree: the source's fresh X25519 public key. */
+export const TreeQuery = Type.Object(
+  { recipient: Type.String({ pattern: '^[0-9a-f]{64}$' }) },
+  { additionalProperties: false },
+);
+export type TreeQuery = Static<typeof TreeQuery>;
+
+/** The answer to DELETE /v1/entitlements/{id}: the entitlement, ended, and the leaves it made. */
+export const RevokedEntitlement = Type.Object({
+  id: Type.String(),
+  endedAt: Type.String(),
+  /** Tokens removed from member trees, with the tree epoch of each leave. */
+  removed: Type.Array(Type.Object({ product: Type.String(), token: Type.String(), epoch: Type.Integer() })),
+});
+export type RevokedEntitlement = Static<typeof RevokedEntitlement>;

@@ -52,7 +52,7 @@ export const offsetBodyLength = 24;
 export const offsetReserved2 = 26;
 export const offsetIncarnation = 28;
 
-/** Message types (docs/protocol.md, "Messages"). Types above 13 are unassigned. */
+/** Message types (docs/protocol.md, "Messages"). Types above 14 are unassigned. */
 export const PacketType = {
   data: 1,
   heartbeat: 2,
@@ -69,11 +69,13 @@ export const PacketType = {
   sealed: 12,
   /** FEEDBACK: what a repair server's edge shows of one run, to an adapting source. */
   feedback: 13,
+  /** REKEY: a member-tree rekey message, repeated in-band by a restricted run's source. */
+  rekey: 14,
 } as const;
 export type PacketTypeCode = (typeof PacketType)[keyof typeof PacketType];
 
 /** Types this version decodes; the other assigned codes are reserved and rejected as unsupported. */
-const reservedTypeMax = PacketType.feedback;
+const reservedTypeMax = PacketType.rekey;
 
 /** Fields every packet carries in its fixed header. */
 export interface Header {

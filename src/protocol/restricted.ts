@@ -142,8 +142,26 @@ export interface KeyBody {
   readonly serviceEpoch: number;
   readonly cryptoPeriodMs: number;
   readonly service: string;
-  /** AES key wrap (RFC 3394) of the traffic key under the service key: 24 or 40 bytes. */
+  /**
+   * AES key wrap (RFC 3394) of the traffic key under the service key: 24 or 40 bytes. With a tree
+   * part, what it wraps is the traffic key XOR the tree part's share.
+   */
   readonly wrappedKey: Buffer;
+  /** Present when the service has a member tree (LKH, docs/protocol.md "Member trees"). */
+  readonly tree?: KeyTreePart | undefined;
+}
+
+/**
+ * The member-tree part of a KEY: a share as long as the traffic key, wrapped under the group key
+ * of the tree at `treeEpoch`. The traffic key is the service-key share XOR this one, so a token
+ * needs both its grant's service key and the tree's current group key: a member removed from the
+ * tree holds the first and not the second.
+ */
+export interface KeyTreePart {
+  readonly treeId: number;
+  readonly treeEpoch: number;
+  /** AES key wrap of the share under the group key; as long as wrappedKey. */
+  readonly wrappedShare: Buffer;
 }
 export interface KeyMessage extends Header, KeyBody {
   readonly type: typeof PacketType.key;
@@ -330,7 +348,12 @@ export function encodeKeyUnsigned(fields: HeaderFields, body: KeyBody): Buffer {
   if ((fields.keyEpoch ?? 0) === 0) {
     throw new ProtocolEncodeError('a KEY names a key epoch other than 0');
   }
-  const bodyLength = 12 + service.length + body.wrappedKey.length + signatureBytes;
+  const tree = body.tree;
+  if (tree !== undefined && tree.wrappedShare.length !== body.wrappedKey.length) {
+    throw new ProtocolEncodeError('a KEY tree share is wrapped to the length of the traffic key');
+  }
+  const treeBytes = tree === undefined ? 0 : 8 + tree.wrappedShare.length;
+  const bodyLength = 12 + service.length + body.wrappedKey.length + treeBytes + signatureBytes;
   const out = Buffer.alloc(headerBytes + bodyLength);
   writeHeader(out, PacketType.key, fields, bodyLength);
   const b = out.subarray(headerBytes);
@@ -341,7 +364,14 @@ export function encodeKeyUnsigned(fields: HeaderFields, body: KeyBody): Buffer {
   b.writeUInt32BE(body.serviceEpoch >>> 0, 4);
   b.writeUInt32BE(body.cryptoPeriodMs >>> 0, 8);
   service.copy(b, 12);
-  body.wrappedKey.copy(b, 12 + service.length);
+  const wrappedAt = 12 + service.length;
+  body.wrappedKey.copy(b, wrappedAt);
+  if (tree !== undefined) {
+    const treeAt = wrappedAt + body.wrappedKey.length;
+    b.writeUInt32BE(tree.treeId >>> 0, treeAt);
+    b.writeUInt32BE(tree.treeEpoch >>> 0, treeAt + 4);
+    tree.wrappedShare.copy(b, treeAt + 8);
+  }
   return out;
 }
 
@@ -363,9 +393,20 @@ export function decodeKey(buf: Buffer): DecodeResult<KeyMessage> {
   if (serviceLength < 1 || serviceLength > serviceNameBytesMax || !wrappedKeyLengths.has(wrappedLength)) {
     return invalid('bad-field', 'KEY service name or wrapped key length');
   }
-  if (b.length !== 12 + serviceLength + wrappedLength + signatureBytes) {
+  // Without a tree part, or with one (tree id, tree epoch, a share wrapped to the same length).
+  const plainLength = 12 + serviceLength + wrappedLength + signatureBytes;
+  if (b.length !== plainLength && b.length !== plainLength + 8 + wrappedLength) {
     return invalid('length-mismatch', 'KEY body length does not match its lengths');
   }
+  const treeAt = 12 + serviceLength + wrappedLength;
+  const tree =
+    b.length === plainLength
+      ? undefined
+      : {
+          treeId: b.readUInt32BE(treeAt),
+          treeEpoch: b.readUInt32BE(treeAt + 4),
+          wrappedShare: b.subarray(treeAt + 8, treeAt + 8 + wrappedLength),
+        };
   const signatureAt = buf.length - signatureBytes;
   return valid({
     ...header.value,
@@ -375,7 +416,162 @@ export function decodeKey(buf: Buffer): DecodeResult<KeyMessage> {
     serviceEpoch: b.readUInt32BE(4),
     cryptoPeriodMs: b.readUInt32BE(8),
     service: b.subarray(12, 12 + serviceLength).toString('utf8'),
-    wrappedKey: b.subarray(12 + serviceLength, 12 + serviceLength + wrappedLength),
+    wrappedKey: b.subarray(12 + serviceLength, treeAt),
+    tree,
+    signature: buf.subarray(signatureAt),
+    signed: buf.subarray(0, signatureAt),
+  });
+}
+
+/**
+ * A REKEY datagram (type 14): a member-tree rekey message (src/crypto/lkh.ts, "GCLK", signed by
+ * the operator root key) carried in-band by the source of a run of the service, repeated so that
+ * members that were offline for a while catch up. The header names the run; the body is the
+ * rekey message whole. Its own signature is checked by the token, not here.
+ */
+export interface RekeyDatagram extends Header {
+  readonly type: typeof PacketType.rekey;
+  readonly rekey: Buffer;
+}
+
+/** Encodes a REKEY datagram around a rekey message. */
+export function encodeRekeyDatagram(fields: HeaderFields, rekey: Buffer): Buffer {
+  if (rekey.length < rekeyBytesMin || rekey.length > rekeyBytesMax) {
+    throw new ProtocolEncodeError(`a rekey message is ${rekeyBytesMin}-${rekeyBytesMax} bytes`);
+  }
+  const out = Buffer.alloc(headerBytes + rekey.length);
+  writeHeader(out, PacketType.rekey, { ...fields, keyEpoch: 0 }, rekey.length);
+  rekey.copy(out, headerBytes);
+  return out;
+}
+
+/** Decodes a REKEY datagram: the header and the rekey message's length bounds. */
+export function decodeRekeyDatagram(buf: Buffer): DecodeResult<RekeyDatagram> {
+  const header = decodeHeaderOf(buf, PacketType.rekey, 'REKEY');
+  if (!header.ok) {
+    return header;
+  }
+  const body = buf.subarray(headerBytes);
+  if (body.length < rekeyBytesMin || body.length > rekeyBytesMax) {
+    return invalid('bad-field', `REKEY of ${body.length} body bytes`);
+  }
+  return valid({ ...header.value, type: PacketType.rekey, rekey: body });
+}
+
+/** Shortest and longest rekey message (src/crypto/lkh.ts: header, entries of 44 bytes, signature). */
+const rekeyBytesMin = 16 + 64;
+const rekeyBytesMax = 16 + (2 * 22 + 1) * 44 + 64;
+
+/** Membership magic "GCLM" and version. */
+const membershipMagic = 0x47434c4d;
+const membershipVersion = 1;
+/** Bytes of one wrapped tree key (a 32-byte key under AES key wrap). */
+export const treeWrappedKeyBytes = 40;
+const membershipFixedBytes = 121;
+
+/**
+ * A membership (sent with a grant over HTTP): the keys of one token's path in a service's member
+ * tree, leaf first, each wrapped to the token's device key as a grant's service key is.
+ */
+export interface MembershipBody {
+  readonly depth: number;
+  readonly service: string;
+  readonly serviceEpoch: number;
+  readonly treeId: number;
+  /** The tree's epoch the keys are of. */
+  readonly treeEpoch: number;
+  readonly slot: number;
+  readonly deviceKeyId: Buffer;
+  readonly ephemeralPublicKey: Buffer;
+  /** depth + 1 keys, 40 bytes each: the leaf's first, the group key (the root's) last. */
+  readonly wrappedKeys: readonly Buffer[];
+}
+export interface Membership extends MembershipBody {
+  readonly signature: Buffer;
+  readonly signed: Buffer;
+}
+
+/**
+ * Encodes a membership without its signature. Layout: magic u32 "GCLM" @0, version u8 @4,
+ * depth u8 @5, service length u8 @6, reserved u8 @7, service epoch u32 @8, tree id u32 @12,
+ * tree epoch u32 @16, slot u32 @20, device key id [32] @24, ephemeral public key [65] @56,
+ * service name @121, wrapped keys [(depth + 1) × 40], signature [64].
+ */
+export function encodeMembershipUnsigned(body: MembershipBody): Buffer {
+  const service = nameBytes(body.service);
+  if (
+    !Number.isInteger(body.depth) ||
+    body.depth < 1 ||
+    body.depth > 22 ||
+    body.wrappedKeys.length !== body.depth + 1 ||
+    body.wrappedKeys.some((key) => key.length !== treeWrappedKeyBytes) ||
+    body.deviceKeyId.length !== 32 ||
+    body.ephemeralPublicKey.length !== p256PointBytes ||
+    !Number.isInteger(body.slot) ||
+    body.slot < 0 ||
+    body.slot >= 2 ** body.depth
+  ) {
+    throw new ProtocolEncodeError('membership field of the wrong size');
+  }
+  const keysAt = membershipFixedBytes + service.length;
+  const out = Buffer.alloc(keysAt + body.wrappedKeys.length * treeWrappedKeyBytes + signatureBytes);
+  out.writeUInt32BE(membershipMagic, 0);
+  out[4] = membershipVersion;
+  out[5] = body.depth;
+  out[6] = service.length;
+  out.writeUInt32BE(body.serviceEpoch >>> 0, 8);
+  out.writeUInt32BE(body.treeId >>> 0, 12);
+  out.writeUInt32BE(body.treeEpoch >>> 0, 16);
+  out.writeUInt32BE(body.slot >>> 0, 20);
+  body.deviceKeyId.copy(out, 24);
+  body.ephemeralPublicKey.copy(out, 56);
+  service.copy(out, membershipFixedBytes);
+  body.wrappedKeys.forEach((key, index) => {
+    key.copy(out, keysAt + index * treeWrappedKeyBytes);
+  });
+  return out;
+}
+
+/** Decodes a membership; the signature is not checked here. */
+export function decodeMembership(buf: Buffer): DecodeResult<Membership> {
+  if (buf.length < membershipFixedBytes + 1 + 2 * treeWrappedKeyBytes + signatureBytes) {
+    return invalid('truncated', 'membership too short');
+  }
+  if (buf.readUInt32BE(0) !== membershipMagic) {
+    return invalid('bad-magic', 'not a membership');
+  }
+  if (buf[4] !== membershipVersion) {
+    return invalid('bad-version', `membership version ${buf[4]}`);
+  }
+  const depth = buf[5] ?? 0;
+  const serviceLength = buf[6] ?? 0;
+  if (depth < 1 || depth > 22 || serviceLength < 1 || serviceLength > serviceNameBytesMax || buf[7] !== 0) {
+    return invalid('bad-field', 'membership depth, service length or reserved byte');
+  }
+  const keysAt = membershipFixedBytes + serviceLength;
+  if (buf.length !== keysAt + (depth + 1) * treeWrappedKeyBytes + signatureBytes) {
+    return invalid('length-mismatch', 'membership length does not match its depth and service name');
+  }
+  const slot = buf.readUInt32BE(20);
+  if (slot >= 2 ** depth || buf[56] !== 0x04) {
+    return invalid('bad-field', 'membership slot out of the tree or ephemeral key not a P-256 point');
+  }
+  const wrappedKeys: Buffer[] = [];
+  for (let index = 0; index <= depth; index++) {
+    const at = keysAt + index * treeWrappedKeyBytes;
+    wrappedKeys.push(buf.subarray(at, at + treeWrappedKeyBytes));
+  }
+  const signatureAt = buf.length - signatureBytes;
+  return valid({
+    depth,
+    serviceEpoch: buf.readUInt32BE(8),
+    treeId: buf.readUInt32BE(12),
+    treeEpoch: buf.readUInt32BE(16),
+    slot,
+    deviceKeyId: buf.subarray(24, 56),
+    ephemeralPublicKey: buf.subarray(56, 121),
+    service: buf.subarray(membershipFixedBytes, keysAt).toString('utf8'),
+    wrappedKeys,
     signature: buf.subarray(signatureAt),
     signed: buf.subarray(0, signatureAt),
   });

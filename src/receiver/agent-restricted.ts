@@ -139,6 +139,13 @@ export function createAgentRestrictedFilter(
       return;
     }
     const run = runs.get(`${sessionId}/${incarnation}`);
+    if (type === PacketType.rekey) {
+      // A member-tree rekey of a run this agent decodes: for its token; of any other: nothing to do.
+      if (run?.protection !== undefined && !run.refused) {
+        run.protection.filter(datagram, pass);
+      }
+      return;
+    }
     const sealed = type === PacketType.data && datagram.readUInt16BE(offsetKeyEpoch) !== 0;
     // KEY messages and sealed DATA make a run restricted; plain DATA of such a run is for the
     // protection to drop (it is never written), plain DATA of any other run is delivered.

@@ -371,7 +371,11 @@ export function createReceiver(settings: ReceiverSettings, components: ReceiverC
   };
 
   const onPlainDatagram = (datagram: Buffer) => {
-    if (datagram[offsetType] === PacketType.signature || datagram[offsetType] === PacketType.key) {
+    if (
+      datagram[offsetType] === PacketType.signature ||
+      datagram[offsetType] === PacketType.key ||
+      datagram[offsetType] === PacketType.rekey
+    ) {
       return; // a signed or restricted run's own messages: for the gate and the token, not the payload
     }
     const decoded = decodePacket(datagram);

@@ -57,7 +57,7 @@ import {
   offsetType,
   PacketType,
 } from '../protocol/packet.js';
-import { decodeKey, decodeSignature, SignatureKind } from '../protocol/restricted.js';
+import { decodeKey, decodeRekeyDatagram, decodeSignature, SignatureKind } from '../protocol/restricted.js';
 import { sequenceAdd, sequenceDistance } from '../protocol/serial.js';
 import type { SessionWindow } from '../protocol/session-window.js';
 import { type NackEvent, NackScheduler, type UnrecoverableReason } from './nack-scheduler.js';
@@ -716,8 +716,31 @@ export async function startRepairServer(
     }
     forward(datagram);
   };
-  const onS1Datagram =
+  /**
+   * A REKEY of the run this server serves goes on S2 as it came, for the tokens behind it: it is
+   * signed by the operator root key, which the tokens check (this server holds no root key).
+   */
+  const onS1Rekey = (datagram: Buffer) => {
+    const decoded = decodeRekeyDatagram(datagram);
+    if (!decoded.ok) {
+      drop(`s1-${decoded.reason}`);
+      return;
+    }
+    if (!isCurrent(tracker.run, decoded.value.sessionId, decoded.value.incarnation)) {
+      drop('s1-rekey-other-run');
+      return;
+    }
+    forward(datagram);
+  };
+  const onS1Checked =
     gate === undefined ? onS1Unverified : (datagram: Buffer) => gate.filter(datagram, tracker.onS1);
+  const onS1Datagram = (datagram: Buffer) => {
+    if (datagram.length > offsetType && datagram[offsetType] === PacketType.rekey) {
+      onS1Rekey(datagram);
+      return;
+    }
+    onS1Checked(datagram);
+  };
   opened.push(control);
   let emitter: SenderSocket;
   let s1: ReceiverSocket;

@@ -114,6 +114,39 @@ export interface Schema extends OrderTables {
     transfer: string;
     created_at: string;
   };
+  member_trees: {
+    product: string;
+    service_epoch: number;
+    tree_id: number | string | bigint;
+    depth: number;
+    epoch: number;
+    created_at: string;
+  };
+  member_tree_keys: {
+    product: string;
+    service_epoch: number;
+    node: number;
+    /** The node's key wrapped (AES key wrap) under the tree's storage key, hex. */
+    wrapped: string;
+  };
+  tree_members: {
+    product: string;
+    service_epoch: number;
+    token_id: string;
+    subscriber: string;
+    slot: number;
+    joined_at: string;
+  };
+  tree_rekeys: {
+    product: string;
+    service_epoch: number;
+    epoch: number;
+    /** The signed rekey message, base64. */
+    message: string;
+    /** The token whose leave it is. */
+    token_id: string;
+    created_at: string;
+  };
   transfers: {
     id: string;
     idempotency_key: string;

@@ -245,6 +245,52 @@ export const migrations: Record<string, Migration> = {
       }
     },
   },
+  '0010-member-trees': {
+    async up(db: Kysely<unknown>) {
+      // One member tree (LKH) per restricted product and service epoch (src/subscription/key-trees.ts).
+      // The master secret is not stored: it derives from the product's service key, and the keys
+      // changed by leaves are stored wrapped under a key derived from it too.
+      await db.schema
+        .createTable('member_trees')
+        .addColumn('product', 'text', (c) => c.notNull())
+        .addColumn('service_epoch', 'integer', (c) => c.notNull())
+        .addColumn('tree_id', 'bigint', (c) => c.notNull())
+        .addColumn('depth', 'integer', (c) => c.notNull())
+        .addColumn('epoch', 'integer', (c) => c.notNull())
+        .addColumn('created_at', 'text', (c) => c.notNull())
+        .addPrimaryKeyConstraint('member_trees_pk', ['product', 'service_epoch'])
+        .execute();
+      await db.schema
+        .createTable('member_tree_keys')
+        .addColumn('product', 'text', (c) => c.notNull())
+        .addColumn('service_epoch', 'integer', (c) => c.notNull())
+        .addColumn('node', 'integer', (c) => c.notNull())
+        .addColumn('wrapped', 'text', (c) => c.notNull())
+        .addPrimaryKeyConstraint('member_tree_keys_pk', ['product', 'service_epoch', 'node'])
+        .execute();
+      await db.schema
+        .createTable('tree_members')
+        .addColumn('product', 'text', (c) => c.notNull())
+        .addColumn('service_epoch', 'integer', (c) => c.notNull())
+        .addColumn('token_id', 'text', (c) => c.notNull())
+        .addColumn('subscriber', 'text', (c) => c.notNull())
+        .addColumn('slot', 'integer', (c) => c.notNull())
+        .addColumn('joined_at', 'text', (c) => c.notNull())
+        .addPrimaryKeyConstraint('tree_members_pk', ['product', 'service_epoch', 'token_id'])
+        .addUniqueConstraint('tree_members_slot', ['product', 'service_epoch', 'slot'])
+        .execute();
+      await db.schema
+        .createTable('tree_rekeys')
+        .addColumn('product', 'text', (c) => c.notNull())
+        .addColumn('service_epoch', 'integer', (c) => c.notNull())
+        .addColumn('epoch', 'integer', (c) => c.notNull())
+        .addColumn('message', 'text', (c) => c.notNull())
+        .addColumn('token_id', 'text', (c) => c.notNull())
+        .addColumn('created_at', 'text', (c) => c.notNull())
+        .addPrimaryKeyConstraint('tree_rekeys_pk', ['product', 'service_epoch', 'epoch'])
+        .execute();
+    },
+  },
   ...orderMigrations,
 };
 

@@ -44,4 +44,6 @@ export interface SetupSender {
 export interface ApiContext extends SharedContext {
   readonly setup: SetupSender | undefined;
   readonly billing: BillingService;
+  /** How often members no entitlement covers leave their trees (default treeSweepMs). */
+  readonly treeSweepMs?: number | undefined;
 }

@@ -6,12 +6,21 @@
  * `pay-as-you-go` (debited per crypto-period from the token's purse, at the product's price) whose
  * session names the product, or names none (every product).
  */
+
+import { Type } from '@sinclair/typebox';
 import type { FastifyInstance } from 'fastify';
 import type { RestrictedProduct } from '../api/context.js';
 import { issueGrant, p256FromPoint, tokenIdOf } from '../crypto/authority.js';
-import { enrollGrantMsMax } from '../limits.js';
+import { enrollGrantMsMax, treeSweepMs } from '../limits.js';
 import { sendError } from '../net/http-server.js';
-import { EnrollBody, type EnrolledGrant, EnrollResult } from '../protocol/api-tokens.js';
+import {
+  EnrollBody,
+  type EnrolledGrant,
+  EnrollResult,
+  RevokedEntitlement,
+  TreeForSource,
+  TreeQuery,
+} from '../protocol/api-tokens.js';
 import { PriceModel } from '../protocol/restricted.js';
 import {
   type ApiContext,
@@ -20,8 +29,10 @@ import {
   callerOf,
   errorReplies,
   forbid,
+  notFound,
   type Schema,
 } from './context.js';
+import { createKeyTrees, type KeyTrees } from './key-trees.js';
 
 type EntitlementRow = Schema['entitlements'];
 
@@ -45,13 +56,15 @@ function chosenEntitlement(rows: readonly EntitlementRow[], nowMs: number): Enti
   return (current ?? next ?? last)?.row;
 }
 
-function grantFor(
+async function grantFor(
   context: ApiContext,
+  keyTrees: KeyTrees,
   product: RestrictedProduct,
   row: EntitlementRow,
   device: Buffer,
+  subscriber: string,
   nowMs: number,
-): EnrolledGrant {
+): Promise<EnrolledGrant> {
   const authority = context.authority;
   if (authority === undefined) {
     throw new Error('grantFor needs the operator authority');
@@ -74,7 +87,13 @@ function grantFor(
     },
     authority.rootPrivateKey,
   );
+  // A token whose entitlement has ended gets no membership (and is no member: the sweep removes it).
+  const membership =
+    untilMs > nowMs
+      ? (await keyTrees.membershipFor(product, device, subscriber)).toString('base64')
+      : undefined;
   return {
+    ...(membership === undefined ? {} : { membership }),
     service: product.name,
     serviceEpoch: product.serviceEpoch,
     tier: product.tier,
@@ -87,8 +106,112 @@ function grantFor(
   };
 }
 
-/** Registers POST /v1/enrollments. */
+/**
+ * Registers POST /v1/enrollments, GET /v1/products/{name}/tree (for sources) and DELETE
+ * /v1/entitlements/{id} (the operator ends an entitlement now: its members leave their trees).
+ */
 export function registerTokenRoutes(app: FastifyInstance, context: ApiContext): void {
+  const keyTrees =
+    context.authority === undefined ? undefined : createKeyTrees(context.store, context.authority);
+  if (keyTrees !== undefined && context.authority !== undefined && context.authority.products.length > 0) {
+    // Entitlements end by themselves too: their members leave at the next sweep.
+    let sweeping = false;
+    const timer = setInterval(() => {
+      if (sweeping) {
+        return;
+      }
+      sweeping = true;
+      keyTrees
+        .sweep()
+        .catch((error: Error) => app.log.error({ err: error }, 'member tree sweep failed'))
+        .finally(() => {
+          sweeping = false;
+        });
+    }, context.treeSweepMs ?? treeSweepMs);
+    timer.unref();
+    app.addHook('onClose', async () => clearInterval(timer));
+  }
+
+  app.get<{ Params: { name: string }; Querystring: TreeQuery }>(
+    '/v1/products/:name/tree',
+    {
+      preHandler: allow(context, ['operator', 'source'], 'only sources and the operator read a member tree'),
+      schema: {
+        params: Type.Object({ name: Type.String({ minLength: 1, maxLength: 64 }) }),
+        querystring: TreeQuery,
+        response: { 200: TreeForSource, ...errorReplies },
+      },
+    },
+    async (request, reply) => {
+      if (keyTrees === undefined) {
+        return sendError(
+          reply,
+          'unavailable',
+          'this server holds no operator root key (serve --root-key): it keeps no member trees',
+        );
+      }
+      const tree = await keyTrees.forSource(request.params.name, Buffer.from(request.query.recipient, 'hex'));
+      if (tree === undefined) {
+        return notFound(reply, `no restricted product ${request.params.name} (serve --products)`);
+      }
+      return {
+        product: tree.product,
+        serviceEpoch: tree.serviceEpoch,
+        treeId: tree.treeId,
+        depth: tree.depth,
+        epoch: tree.epoch,
+        members: tree.members,
+        ephemeral: tree.ephemeral.toString('hex'),
+        wrappedGroupKey: tree.wrappedGroupKey.toString('hex'),
+        rekeys: tree.rekeys.map((message) => message.toString('base64')),
+      };
+    },
+  );
+
+  app.delete<{ Params: { id: string } }>(
+    '/v1/entitlements/:id',
+    {
+      preHandler: allow(context, ['operator'], 'only the operator revokes entitlements'),
+      schema: {
+        params: Type.Object({ id: Type.String({ minLength: 1, maxLength: 64 }) }),
+        response: { 200: RevokedEntitlement, ...errorReplies },
+      },
+    },
+    async (request, reply) => {
+      const row = await context.db
+        .selectFrom('entitlements')
+        .select(['id', 'valid_from', 'valid_to'])
+        .where('id', '=', request.params.id)
+        .executeTakeFirst();
+      if (row === undefined) {
+        return notFound(reply, `no entitlement ${request.params.id}`);
+      }
+      const now = new Date();
+      // Ended now, unless it ended already; one that had not started yet ends before it starts.
+      const endedAt =
+        row.valid_to !== null && Date.parse(row.valid_to) <= now.getTime()
+          ? row.valid_to
+          : row.valid_from !== null && Date.parse(row.valid_from) > now.getTime()
+            ? row.valid_from
+            : now.toISOString();
+      await context.db
+        .updateTable('entitlements')
+        .set({ valid_to: endedAt })
+        .where('id', '=', row.id)
+        .execute();
+      const departures = keyTrees === undefined ? [] : await keyTrees.sweep(now.getTime());
+      return {
+        id: row.id,
+        endedAt,
+        removed: departures.map((departure) => ({
+          product: departure.product,
+          token: departure.tokenId,
+          epoch: departure.epoch,
+        })),
+      };
+    },
+  );
+
   app.post<{ Body: EnrollBody }>(
     '/v1/enrollments',
     {
@@ -156,8 +279,8 @@ export function registerTokenRoutes(app: FastifyInstance, context: ApiContext): 
           ),
           nowMs,
         );
-        if (row !== undefined) {
-          grants.push(grantFor(context, product, row, device, nowMs));
+        if (row !== undefined && keyTrees !== undefined) {
+          grants.push(await grantFor(context, keyTrees, product, row, device, subscriber, nowMs));
         }
       }
       return reply.code(registered.created ? 201 : 200).send({

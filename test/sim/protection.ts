@@ -104,7 +104,7 @@ export function sourceProtection(
 }
 
 /** A token back end that keeps its device key and state in memory (the checks are the real Token's). */
-class MemoryBackend implements TokenBackend {
+export class MemoryBackend implements TokenBackend {
   readonly kind = 'software' as const;
   readonly #device = generateKeyPairSync('ec', { namedCurve: 'P-256' });
   #state: TokenState;
@@ -135,6 +135,24 @@ class MemoryBackend implements TokenBackend {
 
   unwrapTrafficKey(serviceKey: unknown, wrapped: Buffer): Buffer | undefined {
     return unwrapKey(serviceKey as Buffer, wrapped);
+  }
+
+  unwrapTreeKeys(ephemeralPublicKey: Buffer, wrapped: readonly Buffer[]): Buffer[] | undefined {
+    const kek = diffieHellman({
+      privateKey: this.#device.privateKey,
+      publicKey: p256FromPoint(ephemeralPublicKey),
+    });
+    const keys = wrapped.map((one) => unwrapKey(kek, one));
+    return keys.every((key) => key !== undefined) ? (keys as Buffer[]) : undefined;
+  }
+
+  unwrapTreeKey(kek: unknown, wrapped: Buffer): Buffer | undefined {
+    return unwrapKey(kek as Buffer, wrapped);
+  }
+
+  /** Everything this token holds in the clear, as one who dumped it would see it. */
+  dump(): { state: TokenState; devicePrivateKey: KeyObject } {
+    return { state: structuredClone(this.#state), devicePrivateKey: this.#device.privateKey };
   }
 
   receiptPublicKey(): Buffer | undefined {

@@ -51,6 +51,7 @@ describe('token enrollment: POST /v1/enrollments issues the grants of the entitl
         sourcePublicKey: ed25519Raw(source.publicKey),
         tier: 2,
         pricePerPeriod: 5,
+        treeDepth: 4,
       },
       {
         name: 'films',
@@ -59,6 +60,7 @@ describe('token enrollment: POST /v1/enrollments issues the grants of the entitl
         sourcePublicKey: ed25519Raw(source.publicKey),
         tier: 0,
         pricePerPeriod: 0,
+        treeDepth: 14,
       },
     ];
     app = await buildServerApp({

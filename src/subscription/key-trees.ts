@@ -1,0 +1,332 @@
+/**
+ * The key server of member trees (docs/security.md, "Rekey on leave"; docs/api.md, "Member
+ * trees"): one logical key hierarchy (src/crypto/lkh.ts) per restricted product and service epoch,
+ * kept in the store. A token enrolled for a product is admitted to its tree and gets its path keys
+ * with its grant (a membership, wrapped to its device key). When no entitlement covers a member's
+ * subscriber any more (it ended, or the operator revoked it), the member leaves: every key it held
+ * is replaced, in one rekey message signed by the root key, wrapped only for the others. Sources
+ * fetch the tree's group key (sealed to a key of their own) and the recent rekey messages, wrap
+ * each crypto-period's traffic key share under the group key and repeat the rekeys in-band.
+ *
+ * Nothing secret is stored in the clear: a tree's master secret (the key of every node never
+ * changed) derives from the product's service key, and each changed key is stored wrapped under
+ * a storage key that derives from it too.
+ */
+import { createHmac, randomBytes } from 'node:crypto';
+import type { Kysely } from 'kysely';
+import type { RestrictedProduct } from '../api/context.js';
+import { issueMembership, sealGroupKeyFor, tokenIdOf, unwrapKey, wrapKey } from '../crypto/authority.js';
+import { createLkhTree, lkhPath } from '../crypto/lkh.js';
+import { treeRekeysServedMax } from '../limits.js';
+import type { Schema, Store } from '../store/database.js';
+import type { OperatorAuthority } from './context.js';
+
+type Tree = ReturnType<typeof createLkhTree>;
+
+/** A product's tree as a source fetches it. */
+export interface TreeForSource {
+  readonly product: string;
+  readonly serviceEpoch: number;
+  readonly treeId: number;
+  readonly depth: number;
+  readonly epoch: number;
+  readonly members: number;
+  /** The group key sealed to the source's X25519 key (src/crypto/authority.ts, sealGroupKeyFor). */
+  readonly ephemeral: Buffer;
+  readonly wrappedGroupKey: Buffer;
+  /** The last rekey messages, oldest first (at most treeRekeysServedMax). */
+  readonly rekeys: readonly Buffer[];
+}
+
+/** A leave the key server made. */
+export interface Departure {
+  readonly product: string;
+  readonly tokenId: string;
+  readonly subscriber: string;
+  readonly epoch: number;
+}
+
+function derived(serviceKey: Buffer, label: string, treeId: number): Buffer {
+  const id = Buffer.alloc(4);
+  id.writeUInt32BE(treeId >>> 0);
+  return createHmac('sha256', serviceKey).update(label).update(id).digest();
+}
+
+const masterOf = (product: RestrictedProduct, treeId: number) =>
+  derived(product.serviceKey, 'gatecast member tree master v1', treeId);
+const storageKeyOf = (product: RestrictedProduct, treeId: number) =>
+  derived(product.serviceKey, 'gatecast member tree storage v1', treeId);
+
+/** The key server over the store, for the products of `authority`. */
+export function createKeyTrees(store: Store, authority: OperatorAuthority) {
+  const productNamed = (name: string) => authority.products.find((product) => product.name === name);
+
+  /** Reads (or makes) a product's tree inside a write transaction. */
+  async function loadTree(
+    trx: Kysely<Schema>,
+    product: RestrictedProduct,
+  ): Promise<{ tree: Tree; epoch: number; treeId: number }> {
+    let row = await trx
+      .selectFrom('member_trees')
+      .selectAll()
+      .where('product', '=', product.name)
+      .where('service_epoch', '=', product.serviceEpoch)
+      .executeTakeFirst();
+    if (row === undefined) {
+      const treeId = randomBytes(4).readUInt32BE(0) || 1;
+      row = {
+        product: product.name,
+        service_epoch: product.serviceEpoch,
+        tree_id: treeId,
+        depth: product.treeDepth,
+        epoch: 0,
+        created_at: new Date().toISOString(),
+      };
+      await trx.insertInto('member_trees').values(row).execute();
+    }
+    const treeId = Number(row.tree_id);
+    const storageKey = storageKeyOf(product, treeId);
+    const changed: Array<[number, Buffer]> = [];
+    const keyRows = await trx
+      .selectFrom('member_tree_keys')
+      .select(['node', 'wrapped'])
+      .where('product', '=', product.name)
+      .where('service_epoch', '=', product.serviceEpoch)
+      .execute();
+    for (const keyRow of keyRows) {
+      const key = unwrapKey(storageKey, Buffer.from(keyRow.wrapped, 'hex'));
+      if (key === undefined) {
+        throw new Error(
+          `member tree of ${product.name}: a stored key does not unwrap under the service key (was the product's service key changed without a new service epoch?)`,
+        );
+      }
+      changed.push([Number(keyRow.node), key]);
+    }
+    const members = await trx
+      .selectFrom('tree_members')
+      .select('slot')
+      .where('product', '=', product.name)
+      .where('service_epoch', '=', product.serviceEpoch)
+      .execute();
+    const tree = createLkhTree({
+      depth: Number(row.depth),
+      treeId,
+      signingKey: authority.rootPrivateKey,
+      restore: {
+        master: masterOf(product, treeId),
+        changed,
+        occupied: members.map((member) => Number(member.slot)),
+        epoch: Number(row.epoch),
+      },
+    });
+    storageKey.fill(0);
+    return { tree, epoch: Number(row.epoch), treeId };
+  }
+
+  /** Writes back what a leave changed: the keys, and the epoch, which must not have moved meanwhile. */
+  async function saveTree(
+    trx: Kysely<Schema>,
+    product: RestrictedProduct,
+    loaded: { tree: Tree; epoch: number; treeId: number },
+  ): Promise<void> {
+    const storageKey = storageKeyOf(product, loaded.treeId);
+    for (const [node, key] of loaded.tree.dirty()) {
+      const wrapped = wrapKey(storageKey, key).toString('hex');
+      await trx
+        .insertInto('member_tree_keys')
+        .values({ product: product.name, service_epoch: product.serviceEpoch, node, wrapped })
+        .onConflict((conflict) =>
+          conflict.columns(['product', 'service_epoch', 'node']).doUpdateSet({ wrapped }),
+        )
+        .execute();
+    }
+    storageKey.fill(0);
+    const updated = await trx
+      .updateTable('member_trees')
+      .set({ epoch: loaded.tree.epoch })
+      .where('product', '=', product.name)
+      .where('service_epoch', '=', product.serviceEpoch)
+      .where('epoch', '=', loaded.epoch)
+      .executeTakeFirst();
+    if (Number(updated.numUpdatedRows) !== 1) {
+      throw new Error(`member tree of ${product.name} changed while it was rekeyed: try again`);
+    }
+  }
+
+  /**
+   * The membership of a token in a product's tree: the token is admitted first if it is no member
+   * (a slot of its own; no rekey), else it gets the keys of its slot as they are now.
+   */
+  async function membershipFor(
+    product: RestrictedProduct,
+    devicePoint: Buffer,
+    subscriber: string,
+  ): Promise<Buffer> {
+    const tokenId = tokenIdOf(devicePoint);
+    return store.writeTransaction(async (trx) => {
+      const loaded = await loadTree(trx, product);
+      const member = await trx
+        .selectFrom('tree_members')
+        .select(['slot', 'subscriber'])
+        .where('product', '=', product.name)
+        .where('service_epoch', '=', product.serviceEpoch)
+        .where('token_id', '=', tokenId)
+        .executeTakeFirst();
+      let slot: number;
+      if (member !== undefined && member.subscriber === subscriber) {
+        slot = Number(member.slot);
+      } else {
+        if (member !== undefined) {
+          // The token moved to another subscriber: it leaves the first one's place.
+          await leaveIn(trx, product, loaded, tokenId, member.subscriber, Number(member.slot));
+        }
+        slot = loaded.tree.admit().slot;
+        await trx
+          .insertInto('tree_members')
+          .values({
+            product: product.name,
+            service_epoch: product.serviceEpoch,
+            token_id: tokenId,
+            subscriber,
+            slot,
+            joined_at: new Date().toISOString(),
+          })
+          .execute();
+        if (member !== undefined) {
+          await saveTree(trx, product, loaded);
+        }
+      }
+      const path = loaded.tree.pathKeys(slot);
+      return issueMembership(
+        {
+          depth: loaded.tree.depth,
+          service: product.name,
+          serviceEpoch: product.serviceEpoch,
+          treeId: loaded.treeId,
+          treeEpoch: loaded.tree.epoch,
+          slot,
+          devicePoint,
+          pathKeys: lkhPath(loaded.tree.depth, slot).map((node) => path.get(node) as Buffer),
+        },
+        authority.rootPrivateKey,
+      );
+    });
+  }
+
+  async function leaveIn(
+    trx: Kysely<Schema>,
+    product: RestrictedProduct,
+    loaded: { tree: Tree },
+    tokenId: string,
+    subscriber: string,
+    slot: number,
+  ): Promise<Departure> {
+    const message = loaded.tree.leave(slot);
+    await trx
+      .deleteFrom('tree_members')
+      .where('product', '=', product.name)
+      .where('service_epoch', '=', product.serviceEpoch)
+      .where('token_id', '=', tokenId)
+      .execute();
+    await trx
+      .insertInto('tree_rekeys')
+      .values({
+        product: product.name,
+        service_epoch: product.serviceEpoch,
+        epoch: loaded.tree.epoch,
+        message: message.toString('base64'),
+        token_id: tokenId,
+        created_at: new Date().toISOString(),
+      })
+      .execute();
+    return { product: product.name, tokenId, subscriber, epoch: loaded.tree.epoch };
+  }
+
+  /**
+   * Removes every member whose subscriber no entitlement covers now or later (one that ended, or
+   * was revoked, counts no more): one rekey message per member removed. Returns the departures.
+   */
+  async function sweep(nowMs = Date.now()): Promise<Departure[]> {
+    const departures: Departure[] = [];
+    for (const product of authority.products) {
+      const made = await store.writeTransaction(async (trx) => {
+        const members = await trx
+          .selectFrom('tree_members')
+          .select(['token_id', 'subscriber', 'slot'])
+          .where('product', '=', product.name)
+          .where('service_epoch', '=', product.serviceEpoch)
+          .execute();
+        if (members.length === 0) {
+          return [];
+        }
+        const subscribers = [...new Set(members.map((member) => member.subscriber))];
+        const rows = await trx
+          .selectFrom('entitlements')
+          .select(['subscriber', 'service', 'session', 'valid_to'])
+          .where('subscriber', 'in', subscribers)
+          .where('service', 'in', ['channel', 'pay-as-you-go'])
+          .execute();
+        const covered = new Set(
+          rows
+            .filter(
+              (row) =>
+                (row.session === null || row.session === product.name) &&
+                !(row.service === 'pay-as-you-go' && product.pricePerPeriod === 0) &&
+                (row.valid_to === null || Date.parse(row.valid_to) > nowMs),
+            )
+            .map((row) => row.subscriber),
+        );
+        const leaving = members.filter((member) => !covered.has(member.subscriber));
+        if (leaving.length === 0) {
+          return [];
+        }
+        const loaded = await loadTree(trx, product);
+        const out: Departure[] = [];
+        for (const member of leaving) {
+          out.push(
+            await leaveIn(trx, product, loaded, member.token_id, member.subscriber, Number(member.slot)),
+          );
+        }
+        await saveTree(trx, product, loaded);
+        return out;
+      });
+      departures.push(...made);
+    }
+    return departures;
+  }
+
+  /** The tree of a product as a source needs it, its group key sealed to `recipient` (X25519, raw). */
+  async function forSource(name: string, recipient: Buffer): Promise<TreeForSource | undefined> {
+    const product = productNamed(name);
+    if (product === undefined) {
+      return undefined;
+    }
+    return store.writeTransaction(async (trx) => {
+      const loaded = await loadTree(trx, product);
+      const rekeys = await trx
+        .selectFrom('tree_rekeys')
+        .select('message')
+        .where('product', '=', product.name)
+        .where('service_epoch', '=', product.serviceEpoch)
+        .orderBy('epoch', 'desc')
+        .limit(treeRekeysServedMax)
+        .execute();
+      const sealed = sealGroupKeyFor(recipient, loaded.tree.groupKey());
+      return {
+        product: product.name,
+        serviceEpoch: product.serviceEpoch,
+        treeId: loaded.treeId,
+        depth: loaded.tree.depth,
+        epoch: loaded.tree.epoch,
+        members: loaded.tree.members(),
+        ephemeral: sealed.ephemeral,
+        wrappedGroupKey: sealed.wrapped,
+        rekeys: rekeys.map((row) => Buffer.from(row.message, 'base64')).reverse(),
+      };
+    });
+  }
+
+  return { membershipFor, sweep, forSource, productNamed };
+}
+
+export type KeyTrees = ReturnType<typeof createKeyTrees>;
