@@ -30,6 +30,7 @@ import {
   UsageEventList,
   Whoami,
 } from '../protocol/api-subscription.js';
+import { RevokedEntitlement } from '../protocol/api-tokens.js';
 import { openStore } from '../store/database.js';
 import { openSetupSender } from '../subscription/setup-sender.js';
 import { orderAdminHelp, orderAnswerSchema, ordersCommand } from './admin-orders.js';
@@ -53,6 +54,7 @@ commands:
   source add NAME                           create a source; prints its token once
   grant SUBSCRIBER SERVICE [--session ID] [--from ISO] [--to ISO] [--monthly MINOR]
   entitlements SUBSCRIBER                   list a subscriber's entitlements
+  revoke ENTITLEMENT                        end an entitlement now; its tokens leave the member trees (rekeyed)
   check SUBSCRIBER SERVICE [--session ID]   may this subscriber have SERVICE now?
   server add retransmit|repair NAME ADDR:PORT
   servers                                   the registry of retransmit and repair servers
@@ -257,6 +259,8 @@ async function command(
 
     case 'entitlements':
       return send('GET', `/v1/entitlements?${query({ subscriber: arg(0, 'SUBSCRIBER') })}`);
+    case 'revoke':
+      return send('DELETE', `/v1/entitlements/${encodeURIComponent(arg(0, 'ENTITLEMENT'))}`);
     case 'check':
       return send(
         'GET',
@@ -369,6 +373,8 @@ function answerSchema(words: readonly string[]): TSchema {
       return Entitlement;
     case 'entitlements':
       return EntitlementList;
+    case 'revoke':
+      return RevokedEntitlement;
     case 'check':
       return CheckResult;
     case 'server':

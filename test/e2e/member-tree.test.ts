@@ -1,0 +1,218 @@
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, afterEach, before, describe, it } from 'node:test';
+import { runGatecast as run } from '../helpers/cli.js';
+import { createSoftHsm, type SoftHsm, softhsmMissing } from '../helpers/softhsm.js';
+import {
+  createTestbed,
+  type HostProcess,
+  hostAddress,
+  receiveOn,
+  sendFrom,
+  sha256,
+  stop,
+  type Testbed,
+  testbedSkip,
+} from '../helpers/testbed.js';
+import { waitUntil } from '../helpers/wait.js';
+
+function skip(): { skip?: string } {
+  const bed = testbedSkip();
+  if (bed.skip !== undefined) {
+    return bed;
+  }
+  const hsm = softhsmMissing('the member tree end-to-end test');
+  return hsm === undefined ? {} : { skip: hsm };
+}
+
+describe(
+  'rekey on leave across the routed test bed: a revoked subscriber stops decoding, the others lose nothing',
+  skip(),
+  () => {
+    let bed: Testbed;
+    let hsm: SoftHsm;
+    let serve: HostProcess;
+    let directory: string;
+    const serverUrl = `http://${hostAddress.rep}:8080`;
+    const keys = () => join(directory, 'keys');
+    const tokens = { ann: 'pkcs11:ann-card', ben: '', cat: '' };
+    const subscribers: Record<string, string> = {};
+    const entitlements: Record<string, string> = {};
+
+    /** `gatecast admin` on rep with the operator's token; its JSON answer. */
+    const admin = async (args: string[]) => {
+      const result = await bed.gatecast('rep', [
+        'admin',
+        '--server',
+        serverUrl,
+        '--token-file',
+        join(directory, 'operator.api'),
+        ...args,
+      ]).finished;
+      assert.equal(result.code, 0, `admin ${args.join(' ')}: ${result.stderr}`);
+      return JSON.parse(result.stdout) as Record<string, unknown>;
+    };
+
+    before(async () => {
+      directory = mkdtempSync(join(tmpdir(), 'gatecast-member-tree-e2e-'));
+      tokens.ben = join(directory, 'ben.token');
+      tokens.cat = join(directory, 'cat.token');
+      hsm = createSoftHsm(); // sets SOFTHSM2_CONF for the commands this test starts
+      hsm.initToken('ann-card', '24682468');
+      process.env.GATECAST_TOKEN_PIN = '24682468';
+      bed = createTestbed();
+      const made = await run(['token', 'keys', '--out', keys(), '--service', 'news']);
+      assert.equal(made.code, 0, made.stderr);
+      writeFileSync(
+        join(directory, 'products.json'),
+        JSON.stringify([
+          { name: 'news', serviceKeyFile: 'keys/news.key', sourcePublic: 'keys/source.pub', treeDepth: 4 },
+        ]),
+      );
+      serve = bed.gatecast('rep', [
+        'serve',
+        '--db',
+        `sqlite:${join(directory, 'trees.db')}`,
+        '--listen',
+        `${hostAddress.rep}:8080`,
+        '--root-key',
+        join(keys(), 'root.pem'),
+        '--products',
+        join(directory, 'products.json'),
+      ]);
+      await serve.waitFor(/serve: .* on http/, 20_000);
+      const operator = /operator token \(shown once, keep it\): (gct_\S+)/.exec(serve.output())?.[1];
+      assert.ok(operator, 'a fresh store prints its operator token once');
+      writeFileSync(join(directory, 'operator.api'), operator);
+      const studio = await admin(['source', 'add', 'studio']);
+      writeFileSync(join(directory, 'studio.api'), String(studio.token));
+      for (const who of ['ann', 'ben', 'cat'] as const) {
+        const created = await admin(['subscriber', 'add', who]);
+        subscribers[who] = String(created.id);
+        writeFileSync(join(directory, `${who}.api`), String(created.token));
+        const granted = await admin(['grant', String(created.id), 'channel', '--session', 'news']);
+        entitlements[who] = String(granted.id);
+        const init = await run(['token', 'init', '--token', tokens[who], '--root-public', join(keys(), 'root.pub')]);
+        assert.equal(init.code, 0, init.stderr);
+        const enrolled = await bed.gatecast('rep', [
+          'token',
+          'enroll',
+          '--token',
+          tokens[who],
+          '--subscription',
+          serverUrl,
+          '--token-file',
+          join(directory, `${who}.api`),
+        ]).finished;
+        assert.equal(enrolled.code, 0, enrolled.stderr);
+        assert.match(enrolled.stdout, /member of news's key tree \d+ \(slot \d+, tree epoch 0\)/);
+      }
+    });
+
+    afterEach(() => bed?.stopAll(serve === undefined ? [] : [serve]));
+
+    after(async () => {
+      if (serve !== undefined) {
+        await stop(serve);
+      }
+      bed?.down();
+      hsm?.remove();
+      rmSync(directory, { recursive: true, force: true });
+    });
+
+    it('cat is revoked mid-stream: ann (SoftHSM2) and ben receive the file whole, cat stops within the next crypto-periods and says why', async () => {
+      const fileBytes = randomBytes(3 * 1000 * 1000);
+      const file = join(directory, 'film.bin');
+      writeFileSync(file, fileBytes);
+      const group = '239.10.0.14:5014';
+      const out = (who: string) => join(directory, `${who}.out`);
+      const receivers = {
+        ann: receiveOn(bed, 'rx1', group, ['--out', out('ann'), '--timeout', '40', '--token', tokens.ann]),
+        ben: receiveOn(bed, 'rx2', group, ['--out', out('ben'), '--timeout', '40', '--token', tokens.ben]),
+        cat: receiveOn(bed, 'rt1', group, ['--out', out('cat'), '--timeout', '40', '--token', tokens.cat]),
+      };
+      await Promise.all(Object.values(receivers).map((receiver) => receiver.waitFor(/joined/)));
+      // 3 MB at 2 Mbit/s: about 12 s of stream, 2 s crypto-periods.
+      const sender = sendFrom(bed, group, [
+        '--file',
+        file,
+        '--rate',
+        '2M',
+        '--restricted',
+        '--service',
+        'news',
+        '--crypto-period',
+        '2',
+        '--service-key-file',
+        join(keys(), 'news.key'),
+        '--source-key',
+        join(keys(), 'source.pem'),
+        '--subscription',
+        serverUrl,
+        '--token-file',
+        join(directory, 'studio.api'),
+      ]);
+      await sender.waitFor(/key tree of news at epoch 0, 3 member\(s\)/, 20_000);
+      // cat has decoded a tenth of the file: then the operator revokes its entitlement.
+      await waitUntil(
+        "cat's first 300 kB",
+        () => {
+          try {
+            return statSync(out('cat')).size >= 300_000;
+          } catch {
+            return false;
+          }
+        },
+        20_000,
+      );
+      const revoked = await admin(['revoke', entitlements.cat as string]);
+      assert.deepEqual(
+        (revoked.removed as Array<{ epoch: number }>).map((entry) => entry.epoch),
+        [1],
+        JSON.stringify(revoked),
+      );
+      const decodedAtRevoke = statSync(out('cat')).size;
+      await sender.waitFor(/key tree of news at epoch 1, 2 member\(s\)/, 10_000);
+
+      const sent = await sender.finished;
+      assert.equal(sent.code, 0, sent.stderr);
+      for (const who of ['ann', 'ben'] as const) {
+        const finished = await receivers[who].finished;
+        assert.equal(finished.code, 0, `${who}: ${finished.stderr}`);
+        assert.match(finished.stderr, /received session "film.bin" whole: .*SHA-256 ok/);
+        assert.equal(sha256(readFileSync(out(who))), sha256(fileBytes), `${who} decoded every byte`);
+      }
+      const cat = await receivers.cat.finished;
+      assert.equal(cat.code, 2, cat.stderr);
+      assert.match(
+        cat.stderr,
+        /gatecast receive: removed from news's members \(key tree epoch 1\): the entitlement ended or was revoked/,
+      );
+      const catBytes = readFileSync(out('cat'));
+      assert.ok(catBytes.equals(fileBytes.subarray(0, catBytes.length)), 'what cat decoded before is intact');
+      // The source asks for the tree every second and switches at the next period (or the one
+      // after, 2 s each): at most about 5 s of stream (1.25 MB at 2 Mbit/s) after the revoke.
+      assert.ok(
+        catBytes.length - decodedAtRevoke <= 1_500_000,
+        `cat decoded ${catBytes.length - decodedAtRevoke} bytes after the revoke`,
+      );
+      assert.ok(catBytes.length < fileBytes.length);
+
+      const shown = await run(['token', 'show', '--token', tokens.cat, '--json']);
+      assert.equal(shown.code, 0, shown.stderr);
+      assert.equal(JSON.parse(shown.stdout).memberships[0].removedAt, 1);
+      const annShown = await run(['token', 'show', '--token', tokens.ann, '--json']);
+      assert.deepEqual(
+        JSON.parse(annShown.stdout).memberships.map((m: { treeEpoch: number; removedAt: null }) => [
+          m.treeEpoch,
+          m.removedAt,
+        ]),
+        [[1, null]],
+        'the PKCS#11 token applied the rekey inside itself and kept it',
+      );
+    });
+  },
+);
