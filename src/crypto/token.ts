@@ -535,7 +535,8 @@ export class Token {
       if (!decoded.ok) {
         continue;
       }
-      const live = this.#trees.get(decoded.value.treeId);
+      // Unwrapped inside the token and its rekeys replayed: whether one removed it shows only so.
+      const live = this.#closed ? this.#trees.get(decoded.value.treeId) : this.#liveTree(decoded.value.treeId);
       let epoch = decoded.value.treeEpoch;
       for (const text of record.rekeys) {
         const rekey = decodeRekey(Buffer.from(text, 'base64'));
