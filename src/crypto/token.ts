@@ -536,7 +536,9 @@ export class Token {
         continue;
       }
       // Unwrapped inside the token and its rekeys replayed: whether one removed it shows only so.
-      const live = this.#closed ? this.#trees.get(decoded.value.treeId) : this.#liveTree(decoded.value.treeId);
+      const live = this.#closed
+        ? this.#trees.get(decoded.value.treeId)
+        : this.#liveTree(decoded.value.treeId);
       let epoch = decoded.value.treeEpoch;
       for (const text of record.rekeys) {
         const rekey = decodeRekey(Buffer.from(text, 'base64'));
