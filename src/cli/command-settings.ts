@@ -88,7 +88,10 @@ export const sendSettings: TObject = settings({
   json: flag('print the summary as one JSON object instead of a line'),
   'socket-buffer': socketBufferSetting,
   'first-sequence': text('N', 'fix the first sequence number (default random)'),
-  subscription: text('URL', 'register the session with this subscription server first, end it after END'),
+  subscription: text(
+    'URL',
+    'register the session with this subscription server first, end it after END; with --restricted, follow the product’s member tree there (a revoked token gets no later key)',
+  ),
   'token-file': text('FILE', "with --subscription: the source's bearer token (default: $GATECAST_TOKEN)"),
   'buy-repair': flag(
     'with --subscription: buy repair for the session (retransmit servers are set up, flow B)',

@@ -38,9 +38,10 @@ const usage = `usage: gatecast token <keys|init|grant|install|enroll|topup|recei
   grant     issue a grant (the service key wrapped to one token, with its window and rate card)
   install   install a grant into a token
   enroll    register the token with the subscription server and install the grants it issues
+            (and the token's place in each product's member tree, for rekeys on leave)
   topup     move money from the subscriber's account to the token's purse, and credit it
   receipts  report the purse's receipts to billing
-  show      list a token's entitlements, its purse and its device public key
+  show      list a token's entitlements, member trees, its purse and its device public key
 `;
 
 function writeNew(path: string, text: string, mode = 0o600): void {
