@@ -95,7 +95,14 @@ describe(
         writeFileSync(join(directory, `${who}.api`), String(created.token));
         const granted = await admin(['grant', String(created.id), 'channel', '--session', 'news']);
         entitlements[who] = String(granted.id);
-        const init = await run(['token', 'init', '--token', tokens[who], '--root-public', join(keys(), 'root.pub')]);
+        const init = await run([
+          'token',
+          'init',
+          '--token',
+          tokens[who],
+          '--root-public',
+          join(keys(), 'root.pub'),
+        ]);
         assert.equal(init.code, 0, init.stderr);
         const enrolled = await bed.gatecast('rep', [
           'token',
