@@ -599,6 +599,19 @@ export const memberTreeDepthDefault = 14;
 /** Key server: rekey messages a source fetches with a tree (and repeats in-band), the newest. */
 export const treeRekeysServedMax = 8;
 
+/**
+ * Key server: rekey messages a source fetches at most in one poll, those after the tree epoch it
+ * already holds (`?since=`): every leave between two polls reaches it, not only the newest
+ * treeRekeysServedMax, so members that are online never miss one.
+ */
+export const treeRekeysFetchedMax = 256;
+
+/**
+ * Source: how long a rekey message it learned is repeated in-band at least, even when more than
+ * treeRekeysServedMax leaves came after it (a burst of revokes, or many entitlements ending at one sweep).
+ */
+export const treeRekeyKeptMs = 5_000;
+
 /** Key server: how often members no entitlement covers any more are removed (a leave each). */
 export const treeSweepMs = 5_000;
 

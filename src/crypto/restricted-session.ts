@@ -404,25 +404,33 @@ export function createSenderProtection(
     freshKey(next);
     repeats.forget(next);
   };
-  /** The rekey messages to send at this tick: every one each treeRekeyRepeatMs, the newest at every tick for that long first. */
+  /**
+   * The rekey messages to send at this tick: every one each treeRekeyRepeatMs, and each new one (all
+   * of a burst of leaves, not only the newest) at every tick for that long first. Those the source
+   * held when it started are not new.
+   */
   let rekeysAllAtMs: number | undefined;
-  let newestRekey: Buffer | undefined;
-  let newestRekeyAtMs = 0;
+  /** When each rekey message (by tree id and epoch) was first seen. */
+  let rekeysSeen: Map<string, number> | undefined;
+  const rekeyName = (rekey: Buffer) =>
+    rekey.length < 16 ? rekey.toString('hex') : `${rekey.readUInt32BE(12)}/${rekey.readUInt32BE(8)}`;
   const rekeysDue = (nowMs: number): readonly Buffer[] => {
     const rekeys = settings.tree?.rekeys() ?? [];
-    const newest = rekeys[rekeys.length - 1];
-    if (newest === undefined) {
+    if (rekeys.length === 0) {
       return [];
     }
-    if (newestRekey === undefined || !newest.equals(newestRekey)) {
-      newestRekey = newest;
-      newestRekeyAtMs = nowMs;
+    const first = rekeysSeen === undefined;
+    const seen = new Map<string, number>();
+    for (const rekey of rekeys) {
+      const name = rekeyName(rekey);
+      seen.set(name, rekeysSeen?.get(name) ?? (first ? Number.NEGATIVE_INFINITY : nowMs));
     }
+    rekeysSeen = seen;
     if (rekeysAllAtMs === undefined || nowMs - rekeysAllAtMs >= treeRekeyRepeatMs || nowMs < rekeysAllAtMs) {
       rekeysAllAtMs = nowMs;
       return rekeys;
     }
-    return nowMs - newestRekeyAtMs < treeRekeyRepeatMs ? [newest] : [];
+    return rekeys.filter((rekey) => nowMs - (seen.get(rekeyName(rekey)) ?? 0) < treeRekeyRepeatMs);
   };
   let epoch = 1;
   let periodStartMs: number | undefined;

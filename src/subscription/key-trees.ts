@@ -17,7 +17,7 @@ import type { Kysely } from 'kysely';
 import type { RestrictedProduct } from '../api/context.js';
 import { issueMembership, sealGroupKeyFor, tokenIdOf, unwrapKey, wrapKey } from '../crypto/authority.js';
 import { createLkhTree, lkhPath } from '../crypto/lkh.js';
-import { treeRekeysServedMax } from '../limits.js';
+import { treeRekeysFetchedMax, treeRekeysServedMax } from '../limits.js';
 import type { Schema, Store } from '../store/database.js';
 import type { OperatorAuthority } from './context.js';
 
@@ -34,7 +34,10 @@ export interface TreeForSource {
   /** The group key sealed to the source's X25519 key (src/crypto/authority.ts, sealGroupKeyFor). */
   readonly ephemeral: Buffer;
   readonly wrappedGroupKey: Buffer;
-  /** The last rekey messages, oldest first (at most treeRekeysServedMax). */
+  /**
+   * The rekey messages, oldest first: the newest treeRekeysServedMax, and every one after the tree
+   * epoch the source said it holds (at most treeRekeysFetchedMax, the newest).
+   */
   readonly rekeys: readonly Buffer[];
 }
 
@@ -312,21 +315,31 @@ export function createKeyTrees(store: Store, authority: OperatorAuthority) {
     return departures;
   }
 
-  /** The tree of a product as a source needs it, its group key sealed to `recipient` (X25519, raw). */
-  async function forSource(name: string, recipient: Buffer): Promise<TreeForSource | undefined> {
+  /**
+   * The tree of a product as a source needs it, its group key sealed to `recipient` (X25519, raw),
+   * with the rekeys after `since` (the tree epoch the source holds) as well as the newest ones.
+   */
+  async function forSource(
+    name: string,
+    recipient: Buffer,
+    since?: number,
+  ): Promise<TreeForSource | undefined> {
     const product = productNamed(name);
     if (product === undefined) {
       return undefined;
     }
     return store.writeTransaction(async (trx) => {
       const loaded = await loadTree(trx, product);
+      const newestFrom = loaded.tree.epoch - treeRekeysServedMax;
+      const from = since === undefined ? newestFrom : Math.min(since, newestFrom);
       const rekeys = await trx
         .selectFrom('tree_rekeys')
         .select('message')
         .where('product', '=', product.name)
         .where('service_epoch', '=', product.serviceEpoch)
+        .where('epoch', '>', from)
         .orderBy('epoch', 'desc')
-        .limit(treeRekeysServedMax)
+        .limit(treeRekeysFetchedMax)
         .execute();
       const sealed = sealGroupKeyFor(recipient, loaded.tree.groupKey());
       return {

@@ -150,7 +150,12 @@ export function registerTokenRoutes(app: FastifyInstance, context: ApiContext): 
           'this server holds no operator root key (serve --root-key): it keeps no member trees',
         );
       }
-      const tree = await keyTrees.forSource(request.params.name, Buffer.from(request.query.recipient, 'hex'));
+      const since = request.query.since === undefined ? undefined : Number(request.query.since);
+      const tree = await keyTrees.forSource(
+        request.params.name,
+        Buffer.from(request.query.recipient, 'hex'),
+        since,
+      );
       if (tree === undefined) {
         return notFound(reply, `no restricted product ${request.params.name} (serve --products)`);
       }
