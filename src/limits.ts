@@ -625,7 +625,7 @@ export const treePollMs = 1_000;
  */
 export const treeRekeyLeadMs = 600;
 
-/** Receiver: REKEY signature checks a second at most (a flood of forged ones costs no more). */
+/** Receiver: REKEY signature checks a second at most, of those that open a key of its path and as many of the others (a flood of forged ones costs no more, and does not crowd out the genuine one). */
 export const rekeyChecksPerSecondMax = 20;
 
 /**

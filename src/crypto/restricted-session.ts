@@ -777,7 +777,12 @@ export function createReceiverProtection(
    * ones costs no more). A token that keeps seeing genuine rekeys past the next one it needs
    * (`gap`, rekeyGapsFatal in a row) missed more than the source repeats: it is told to enroll again.
    */
-  let rekeyChecks = 0;
+  /**
+   * Two budgets of signature checks: one for messages that open a key of the token's path under
+   * a key it holds (Token.rekeyOpens: every genuine leave it stays through), one for the others
+   * (its own removal, or forgeries): a flood of forged REKEYs, which open nothing, uses up only the second.
+   */
+  const rekeyChecks = { opening: 0, other: 0 };
   let rekeyChecksSince = nowMs();
   let gapsInARow = 0;
   const ignoreRekey = (reason: string) => {
@@ -805,14 +810,16 @@ export function createReceiverProtection(
     }
     const now = nowMs();
     if (now - rekeyChecksSince >= 1000 || now < rekeyChecksSince) {
-      rekeyChecks = 0;
+      rekeyChecks.opening = 0;
+      rekeyChecks.other = 0;
       rekeyChecksSince = now;
     }
-    if (rekeyChecks >= rekeyChecksPerSecondMax) {
+    const budget = token.rekeyOpens(rekey.rekey) === true ? 'opening' : 'other';
+    if (rekeyChecks[budget] >= rekeyChecksPerSecondMax) {
       ignoreRekey('rate');
       return;
     }
-    rekeyChecks++;
+    rekeyChecks[budget]++;
     const outcome = token.applyRekey(rekey.rekey);
     if (outcome.status === 'applied') {
       stats.rekeysApplied++;

@@ -15,10 +15,11 @@ import {
   unwrapKey,
   x25519Raw,
 } from '../../src/crypto/authority.js';
-import { decodeRekey, lkhUnwrapAny } from '../../src/crypto/lkh.js';
+import { decodeRekey, lkhHeaderBytes, lkhUnwrapAny } from '../../src/crypto/lkh.js';
+import { createReceiverProtection } from '../../src/crypto/restricted-session.js';
 import { Token } from '../../src/crypto/token.js';
 import type { EnrollResult, TreeForSource } from '../../src/protocol/api-tokens.js';
-import { decodeGrant, decodeMembership } from '../../src/protocol/restricted.js';
+import { decodeGrant, decodeMembership, encodeRekeyDatagram } from '../../src/protocol/restricted.js';
 import { openStore, type Store } from '../../src/store/database.js';
 import { MemoryBackend } from '../sim/protection.js';
 
@@ -189,5 +190,51 @@ describe('member trees under attack', () => {
     const candidates = [...held, ...derivedKeys];
     assert.deepEqual(lkhUnwrapAny(rekey, candidates), [], 'the departed token opens nothing of the rekey');
     assert.ok(!candidates.some((key) => key.equals(after.groupKey)));
+  });
+
+  it('a flood of forged REKEYs of the next epoch does not keep a member from the genuine one', async () => {
+    const ann = members[0] as Member;
+    const ben = members[1] as Member;
+    let clock = 1_000;
+    const protection = createReceiverProtection(
+      ann.token,
+      () => {},
+      undefined,
+      () => clock,
+    );
+    const datagram = (rekey: Buffer) =>
+      encodeRekeyDatagram(
+        { sessionId: 7, sequence: 1, timestampUs: Date.now() * 1000, incarnation: 8 },
+        rekey,
+      );
+    // ann catches up with cat's leave (epoch 1).
+    const before = await fetchTree();
+    for (const text of before.body.rekeys) {
+      protection.filter(datagram(Buffer.from(text, 'base64')), () => {});
+    }
+    assert.equal(ann.token.treeEpochOf(before.body.treeId), 1);
+    assert.equal((await call('DELETE', `/v1/entitlements/${ben.entitlement}`)).status, 200);
+    const after = await fetchTree();
+    assert.equal(after.body.epoch, 2);
+    const genuine = Buffer.from(after.body.rekeys.at(-1) as string, 'base64');
+    // One who can send to the group but holds no key of the tree: the genuine message's header
+    // (tree id, epoch 2, depth, entry count) with random wrapped keys and signature, many times.
+    const forged = () => {
+      const copy = Buffer.from(genuine);
+      randomBytes(copy.length - lkhHeaderBytes).copy(copy, lkhHeaderBytes);
+      for (let at = lkhHeaderBytes; at + 44 <= copy.length - 64; at += 44) {
+        copy.writeUInt32BE(genuine.readUInt32BE(at), at); // the genuine targets
+      }
+      return copy;
+    };
+    for (let round = 0; round < 3; round++) {
+      for (let index = 0; index < 100; index++) {
+        protection.filter(datagram(forged()), () => {});
+      }
+      protection.filter(datagram(genuine), () => {});
+      clock += 300;
+    }
+    assert.equal(protection.stats.rekeysApplied, 2, JSON.stringify(protection.stats));
+    assert.equal(ann.token.treeEpochOf(after.body.treeId), 2);
   });
 });
