@@ -529,15 +529,20 @@ export class Token {
     return viewOf(membership, membership.treeEpoch, undefined);
   }
 
-  /** The memberships installed, with the tree epoch each has reached. */
+  /**
+   * The memberships installed, with the tree epoch each has reached and the one it was removed at:
+   * each is unwrapped inside the token with its rekeys replayed (a token opened again, as by
+   * `gatecast token show`, knows only then whether a rekey removed it).
+   */
   memberships(): MembershipView[] {
+    this.#assertOpen();
     const views: MembershipView[] = [];
     for (const record of this.#state.memberships ?? []) {
       const decoded = decodeMembership(Buffer.from(record.membership, 'base64'));
       if (!decoded.ok) {
         continue;
       }
-      const live = this.#trees.get(decoded.value.treeId);
+      const live = this.#liveTree(decoded.value.treeId);
       let epoch = decoded.value.treeEpoch;
       for (const text of record.rekeys) {
         const rekey = decodeRekey(Buffer.from(text, 'base64'));

@@ -190,6 +190,18 @@ describe('member trees under attack', () => {
     const candidates = [...held, ...derivedKeys];
     assert.deepEqual(lkhUnwrapAny(rekey, candidates), [], 'the departed token opens nothing of the rekey');
     assert.ok(!candidates.some((key) => key.equals(after.groupKey)));
+
+    // cat's token takes the rekey and knows it was removed, and so does the token opened again
+    // (as `gatecast token show` opens it in a process of its own).
+    const outcome = cat.token.applyRekey(rekey);
+    assert.deepEqual(outcome, { status: 'applied', treeEpoch: 1, removed: true });
+    assert.equal(cat.token.memberships()[0]?.removedAt, 1);
+    const reopened = new Token(cat.backend);
+    assert.deepEqual(
+      reopened.memberships().map((view) => [view.treeEpoch, view.removedAt]),
+      [[1, 1]],
+      'a token opened again shows its removal',
+    );
   });
 
   it('a flood of forged REKEYs of the next epoch does not keep a member from the genuine one', async () => {
