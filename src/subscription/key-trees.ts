@@ -18,6 +18,7 @@ import type { RestrictedProduct } from '../api/context.js';
 import { issueMembership, sealGroupKeyFor, tokenIdOf, unwrapKey, wrapKey } from '../crypto/authority.js';
 import { createLkhTree, lkhPath } from '../crypto/lkh.js';
 import { treeRekeysFetchedMax, treeRekeysServedMax } from '../limits.js';
+import { ApiError } from '../net/http-server.js';
 import type { Schema, Store } from '../store/database.js';
 import type { OperatorAuthority } from './context.js';
 
@@ -199,6 +200,12 @@ export function createKeyTrees(store: Store, authority: OperatorAuthority) {
         if (member !== undefined) {
           // The token moved to another subscriber: it leaves the first one's place.
           await leaveIn(trx, product, loaded, tokenId, member.subscriber, Number(member.slot));
+        }
+        if (loaded.tree.members() >= 2 ** loaded.tree.depth) {
+          throw new ApiError(
+            'capacity-full',
+            `the member tree of ${product.name} is full (${2 ** loaded.tree.depth} members, treeDepth ${loaded.tree.depth}): a token leaves it when its subscriber's entitlement ends; for more members, sell the product at a new serviceEpoch with a larger treeDepth`,
+          );
         }
         slot = loaded.tree.admit().slot;
         await trx

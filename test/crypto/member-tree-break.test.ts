@@ -249,4 +249,48 @@ describe('member trees under attack', () => {
     assert.equal(protection.stats.rekeysApplied, 2, JSON.stringify(protection.stats));
     assert.equal(ann.token.treeEpochOf(after.body.treeId), 2);
   });
+
+  it('a source naming an unusable X25519 key is told so (400), and a full tree refuses a token with 409, not 500', async () => {
+    for (const recipient of ['00'.repeat(32), `01${'00'.repeat(31)}`]) {
+      const answer = await call(
+        'GET',
+        `/v1/products/news/tree?recipient=${recipient}`,
+        undefined,
+        sourceToken,
+      );
+      assert.equal(answer.status, 400, JSON.stringify(answer.body));
+      assert.match(answer.body.message, /recipient: not a usable X25519 public key/);
+    }
+    // Fill the tree (2^3 slots; ann is the only member left) and enroll one more.
+    const enroll = async () => {
+      const created = await call('POST', '/v1/subscribers', { name: `s${randomBytes(4).toString('hex')}` });
+      assert.equal(created.status, 201);
+      const entitled = await call('POST', '/v1/entitlements', {
+        subscriber: created.body.id,
+        service: 'channel',
+        session: 'news',
+      });
+      assert.equal(entitled.status, 201);
+      const token = new Token(new MemoryBackend(ed25519Raw(root.publicKey)));
+      const answer = await call(
+        'POST',
+        '/v1/enrollments',
+        {
+          device: token.devicePoint().toString('hex'),
+          receiptKey: ed25519Raw(generateSigningKey().publicKey).toString('base64url'),
+        },
+        created.body.token,
+      );
+      token.close();
+      return answer;
+    };
+    const members = (await fetchTree()).body.members;
+    for (let index = members; index < 2 ** depth; index++) {
+      assert.equal((await enroll()).status, 201);
+    }
+    const refused = await enroll();
+    assert.equal(refused.status, 409, JSON.stringify(refused.body));
+    assert.equal(refused.body.error, 'capacity-full');
+    assert.match(refused.body.message, /the member tree of news is full \(8 members, treeDepth 3\)/);
+  });
 });
