@@ -625,8 +625,16 @@ export const treePollMs = 1_000;
  */
 export const treeRekeyLeadMs = 600;
 
-/** Receiver: REKEY signature checks a second at most, of those that open a key of its path and as many of the others (a flood of forged ones costs no more, and does not crowd out the genuine one). */
+/** Receiver: REKEY signature checks a second at most of those that open no key of the token's path (its removal, forgeries): a flood of forged ones costs no more, and does not crowd out the genuine one. */
 export const rekeyChecksPerSecondMax = 20;
+
+/**
+ * Receiver: REKEY signature checks a second at most of those that open a key of the token's path
+ * under a key it holds (only genuine leaves and a member's forgeries do): as many as a source
+ * fetches in one poll (treeRekeysFetchedMax), so a burst of leaves is applied within a second and no
+ * member misses the next period's key (256 Ed25519 checks are about 15 ms of CPU).
+ */
+export const rekeyOpeningChecksPerSecondMax = 256;
 
 /**
  * Receiver: genuine REKEYs in a row past the next one its token needs before it stops and says to

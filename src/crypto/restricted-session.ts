@@ -13,6 +13,7 @@ import {
   protectedControlIntervalMs,
   rekeyChecksPerSecondMax,
   rekeyGapsFatal,
+  rekeyOpeningChecksPerSecondMax,
   restrictedHeldPacketsMax,
   restrictedKeyRecheckMs,
   restrictedPendingKeysMax,
@@ -815,7 +816,9 @@ export function createReceiverProtection(
       rekeyChecksSince = now;
     }
     const budget = token.rekeyOpens(rekey.rekey) === true ? 'opening' : 'other';
-    if (rekeyChecks[budget] >= rekeyChecksPerSecondMax) {
+    if (
+      rekeyChecks[budget] >= (budget === 'opening' ? rekeyOpeningChecksPerSecondMax : rekeyChecksPerSecondMax)
+    ) {
       ignoreRekey('rate');
       return;
     }

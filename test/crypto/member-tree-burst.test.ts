@@ -17,7 +17,7 @@ import {
 } from '../../src/crypto/restricted-session.js';
 import { suiteByName } from '../../src/crypto/suites.js';
 import { Token } from '../../src/crypto/token.js';
-import { treeRekeysServedMax } from '../../src/limits.js';
+import { rekeyChecksPerSecondMax } from '../../src/limits.js';
 import type { EnrollResult } from '../../src/protocol/api-tokens.js';
 import { headerBytes, PacketType, writeHeaderFields } from '../../src/protocol/packet.js';
 import { followMemberTree } from '../../src/source/member-tree.js';
@@ -29,7 +29,7 @@ const root = generateSigningKey();
 const source = generateSigningKey();
 const serviceKey = randomBytes(32);
 const periodMs = 2_000;
-const leaving = treeRekeysServedMax + 4;
+const leaving = rekeyChecksPerSecondMax + 5; // more than a source repeats (8), and than the checks of a second
 const staying = 3;
 
 interface Member {
