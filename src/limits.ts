@@ -599,6 +599,19 @@ export const memberTreeDepthDefault = 14;
 /** Key server: rekey messages a source fetches with a tree (and repeats in-band), the newest. */
 export const treeRekeysServedMax = 8;
 
+/**
+ * Key server: rekey messages a source fetches at most in one poll, those after the tree epoch it
+ * already holds (`?since=`): every leave between two polls reaches it, not only the newest
+ * treeRekeysServedMax, so members that are online never miss one.
+ */
+export const treeRekeysFetchedMax = 256;
+
+/**
+ * Source: how long a rekey message it learned is repeated in-band at least, even when more than
+ * treeRekeysServedMax leaves came after it (a burst of revokes, or many entitlements ending at one sweep).
+ */
+export const treeRekeyKeptMs = 5_000;
+
 /** Key server: how often members no entitlement covers any more are removed (a leave each). */
 export const treeSweepMs = 5_000;
 
@@ -612,8 +625,16 @@ export const treePollMs = 1_000;
  */
 export const treeRekeyLeadMs = 600;
 
-/** Receiver: REKEY signature checks a second at most (a flood of forged ones costs no more). */
+/** Receiver: REKEY signature checks a second at most of those that open no key of the token's path (its removal, forgeries): a flood of forged ones costs no more, and does not crowd out the genuine one. */
 export const rekeyChecksPerSecondMax = 20;
+
+/**
+ * Receiver: REKEY signature checks a second at most of those that open a key of the token's path
+ * under a key it holds (only genuine leaves and a member's forgeries do): as many as a source
+ * fetches in one poll (treeRekeysFetchedMax), so a burst of leaves is applied within a second and no
+ * member misses the next period's key (256 Ed25519 checks are about 15 ms of CPU).
+ */
+export const rekeyOpeningChecksPerSecondMax = 256;
 
 /**
  * Receiver: genuine REKEYs in a row past the next one its token needs before it stops and says to

@@ -281,6 +281,19 @@ export function sealGroupKeyFor(
   return { ephemeral: x25519Raw(ephemeral.publicKey), wrapped };
 }
 
+/**
+ * Whether a raw X25519 public key can take part in sealGroupKeyFor: not a low-order point, with
+ * which there is no shared secret (node:crypto refuses it).
+ */
+export function x25519Usable(raw: Buffer): boolean {
+  try {
+    diffieHellman({ privateKey: generateKeyPairSync('x25519').privateKey, publicKey: x25519FromRaw(raw) });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 /** The source's side of sealGroupKeyFor; undefined when it does not unwrap. */
 export function openGroupKey(privateKey: KeyObject, ephemeral: Buffer, wrapped: Buffer): Buffer | undefined {
   let shared: Buffer;

@@ -349,6 +349,18 @@ class Pkcs11Backend implements TokenBackend {
     }
   }
 
+  forgetTreeKey(key: unknown): void {
+    const index = this.#sessionObjects.indexOf(key as Handle);
+    if (index >= 0) {
+      this.#sessionObjects.splice(index, 1);
+    }
+    try {
+      this.#library.C_DestroyObject(this.#session, key as Handle);
+    } catch {
+      // gone already: nothing to forget
+    }
+  }
+
   /** C_UnwrapKey of a 32-byte AES key that stays in the token and can only unwrap. */
   #unwrapUnwrapper(kek: Handle, wrapped: Buffer): Handle {
     return this.#library.C_UnwrapKey(

@@ -13,6 +13,7 @@ import {
   protectedControlIntervalMs,
   rekeyChecksPerSecondMax,
   rekeyGapsFatal,
+  rekeyOpeningChecksPerSecondMax,
   restrictedHeldPacketsMax,
   restrictedKeyRecheckMs,
   restrictedPendingKeysMax,
@@ -404,25 +405,33 @@ export function createSenderProtection(
     freshKey(next);
     repeats.forget(next);
   };
-  /** The rekey messages to send at this tick: every one each treeRekeyRepeatMs, the newest at every tick for that long first. */
+  /**
+   * The rekey messages to send at this tick: every one each treeRekeyRepeatMs, and each new one (all
+   * of a burst of leaves, not only the newest) at every tick for that long first. Those the source
+   * held when it started are not new.
+   */
   let rekeysAllAtMs: number | undefined;
-  let newestRekey: Buffer | undefined;
-  let newestRekeyAtMs = 0;
+  /** When each rekey message (by tree id and epoch) was first seen. */
+  let rekeysSeen: Map<string, number> | undefined;
+  const rekeyName = (rekey: Buffer) =>
+    rekey.length < 16 ? rekey.toString('hex') : `${rekey.readUInt32BE(12)}/${rekey.readUInt32BE(8)}`;
   const rekeysDue = (nowMs: number): readonly Buffer[] => {
     const rekeys = settings.tree?.rekeys() ?? [];
-    const newest = rekeys[rekeys.length - 1];
-    if (newest === undefined) {
+    if (rekeys.length === 0) {
       return [];
     }
-    if (newestRekey === undefined || !newest.equals(newestRekey)) {
-      newestRekey = newest;
-      newestRekeyAtMs = nowMs;
+    const first = rekeysSeen === undefined;
+    const seen = new Map<string, number>();
+    for (const rekey of rekeys) {
+      const name = rekeyName(rekey);
+      seen.set(name, rekeysSeen?.get(name) ?? (first ? Number.NEGATIVE_INFINITY : nowMs));
     }
+    rekeysSeen = seen;
     if (rekeysAllAtMs === undefined || nowMs - rekeysAllAtMs >= treeRekeyRepeatMs || nowMs < rekeysAllAtMs) {
       rekeysAllAtMs = nowMs;
       return rekeys;
     }
-    return nowMs - newestRekeyAtMs < treeRekeyRepeatMs ? [newest] : [];
+    return rekeys.filter((rekey) => nowMs - (seen.get(rekeyName(rekey)) ?? 0) < treeRekeyRepeatMs);
   };
   let epoch = 1;
   let periodStartMs: number | undefined;
@@ -769,7 +778,12 @@ export function createReceiverProtection(
    * ones costs no more). A token that keeps seeing genuine rekeys past the next one it needs
    * (`gap`, rekeyGapsFatal in a row) missed more than the source repeats: it is told to enroll again.
    */
-  let rekeyChecks = 0;
+  /**
+   * Two budgets of signature checks: one for messages that open a key of the token's path under
+   * a key it holds (Token.rekeyOpens: every genuine leave it stays through), one for the others
+   * (its own removal, or forgeries): a flood of forged REKEYs, which open nothing, uses up only the second.
+   */
+  const rekeyChecks = { opening: 0, other: 0 };
   let rekeyChecksSince = nowMs();
   let gapsInARow = 0;
   const ignoreRekey = (reason: string) => {
@@ -797,14 +811,18 @@ export function createReceiverProtection(
     }
     const now = nowMs();
     if (now - rekeyChecksSince >= 1000 || now < rekeyChecksSince) {
-      rekeyChecks = 0;
+      rekeyChecks.opening = 0;
+      rekeyChecks.other = 0;
       rekeyChecksSince = now;
     }
-    if (rekeyChecks >= rekeyChecksPerSecondMax) {
+    const budget = token.rekeyOpens(rekey.rekey) === true ? 'opening' : 'other';
+    if (
+      rekeyChecks[budget] >= (budget === 'opening' ? rekeyOpeningChecksPerSecondMax : rekeyChecksPerSecondMax)
+    ) {
       ignoreRekey('rate');
       return;
     }
-    rekeyChecks++;
+    rekeyChecks[budget]++;
     const outcome = token.applyRekey(rekey.rekey);
     if (outcome.status === 'applied') {
       stats.rekeysApplied++;

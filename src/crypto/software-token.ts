@@ -204,6 +204,10 @@ class SoftwareBackend implements TokenBackend {
     return key?.length === 32 ? key : undefined;
   }
 
+  forgetTreeKey(key: unknown): void {
+    (key as Buffer).fill(0);
+  }
+
   close(): void {
     this.#master.fill(0);
   }

@@ -36,7 +36,7 @@ import {
 } from '../protocol/restricted.js';
 import { deviceKeyId, ed25519FromRaw, joinShares, tokenIdOf, verifySignature } from './authority.js';
 import { TokenError, TokenRefused } from './errors.js';
-import { applyRekeyEntries, decodeRekey, type LkhRekey, lkhPath } from './lkh.js';
+import { applyRekeyEntries, decodeRekey, type LkhRekey, LkhWrapping, lkhPath } from './lkh.js';
 import {
   createPurse,
   createPurseState,
@@ -175,6 +175,8 @@ export interface TokenBackend {
   unwrapTreeKeys(ephemeralPublicKey: Buffer, wrapped: readonly Buffer[]): ServiceKeyHandle[] | undefined;
   /** Unwraps a 32-byte tree key under another (a rekey entry), inside the token; undefined if it fails. */
   unwrapTreeKey(kek: ServiceKeyHandle, wrapped: Buffer): ServiceKeyHandle | undefined;
+  /** Forgets a tree key unwrapped only to test a rekey message (a PKCS#11 session object is destroyed). */
+  forgetTreeKey?(key: ServiceKeyHandle): void;
   /**
    * The raw Ed25519 public key of the token's receipt key, made inside the token when `create`
    * and there is none yet; undefined when there is none.
@@ -527,8 +529,13 @@ export class Token {
     return viewOf(membership, membership.treeEpoch, undefined);
   }
 
-  /** The memberships installed, with the tree epoch each has reached. */
+  /**
+   * The memberships installed, with the tree epoch each has reached and the one it was removed at:
+   * each is unwrapped inside the token with its rekeys replayed (a token opened again, as by
+   * `gatecast token show`, knows only then whether a rekey removed it).
+   */
   memberships(): MembershipView[] {
+    this.#assertOpen();
     const views: MembershipView[] = [];
     for (const record of this.#state.memberships ?? []) {
       const decoded = decodeMembership(Buffer.from(record.membership, 'base64'));
@@ -552,6 +559,44 @@ export class Token {
   /** The tree epoch this token holds for a tree, or undefined when it is no member of it. */
   treeEpochOf(treeId: number): number | undefined {
     return this.#liveTree(treeId)?.epoch;
+  }
+
+  /**
+   * Whether a rekey message of a later tree epoch opens a key of this token's path under a key it
+   * holds now, without its signature: one AES key unwrap inside the token (RFC 3394's integrity
+   * check), for the lowest entry on the path wrapped under a key held. Every genuine leave opens one
+   * for each member it keeps; one made without a key of the tree opens none, so a flood of forged
+   * REKEYs cannot use up the signature checks a member has for the genuine one. Undefined when the
+   * message is malformed or this token is no member of its tree.
+   */
+  rekeyOpens(bytes: Buffer): boolean | undefined {
+    this.#assertOpen();
+    const decoded = decodeRekey(bytes);
+    if (!decoded.ok) {
+      return undefined;
+    }
+    const tree = this.#liveTree(decoded.value.treeId);
+    if (tree === undefined || tree.membership.depth !== decoded.value.depth) {
+      return undefined;
+    }
+    for (const entry of decoded.value.entries) {
+      if (!tree.path.has(entry.target)) {
+        continue;
+      }
+      const kekNode =
+        entry.wrapping === LkhWrapping.previous ? entry.target : 2 * entry.target + entry.wrapping;
+      const kek = tree.keys.get(kekNode);
+      if (kek === undefined) {
+        continue;
+      }
+      const key = this.#backend.unwrapTreeKey(kek, entry.wrapped);
+      if (key === undefined) {
+        return false;
+      }
+      this.#backend.forgetTreeKey?.(key);
+      return true;
+    }
+    return false;
   }
 
   /**

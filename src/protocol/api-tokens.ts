@@ -76,7 +76,11 @@ export type TreeForSource = Static<typeof TreeForSource>;
 
 /** The query of GET /v1/products/{name}/tree: the source's fresh X25519 public key. */
 export const TreeQuery = Type.Object(
-  { recipient: Type.String({ pattern: '^[0-9a-f]{64}$' }) },
+  {
+    recipient: Type.String({ pattern: '^[0-9a-f]{64}$' }),
+    /** The tree epoch the source holds: the answer's rekeys then include every one after it. */
+    since: Type.Optional(Type.String({ pattern: '^(0|[1-9][0-9]{0,9})$' })),
+  },
   { additionalProperties: false },
 );
 export type TreeQuery = Static<typeof TreeQuery>;

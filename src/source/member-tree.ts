@@ -8,7 +8,7 @@
 import { generateKeyPairSync } from 'node:crypto';
 import { openGroupKey, type TreeGroupKey, x25519Raw } from '../crypto/authority.js';
 import type { SourceTree } from '../crypto/restricted-session.js';
-import { treePollMs } from '../limits.js';
+import { treePollMs, treeRekeyKeptMs, treeRekeysServedMax } from '../limits.js';
 import { requestApi } from '../net/api-client.js';
 import { TreeForSource } from '../protocol/api-tokens.js';
 import { RegistrationError } from './registration.js';
@@ -33,14 +33,51 @@ export function followMemberTree(settings: {
   const groupKeys = new Map<number, TreeGroupKey>();
   let newest: TreeGroupKey | undefined;
   let rekeys: readonly Buffer[] = [];
+  /** The rekey messages learned, by tree epoch, with when: the newest are kept, and every recent one. */
+  const learned = new Map<number, { message: Buffer; atMs: number }>();
   let timer: NodeJS.Timeout | undefined;
   let failing = false;
   const url = `${settings.server.replace(/\/+$/, '')}/v1/products/${encodeURIComponent(settings.product)}/tree?recipient=${recipientHex}`;
 
+  /**
+   * Takes the rekeys of a fetch: each one new is kept for treeRekeyKeptMs at least, and the newest
+   * treeRekeysServedMax always, so that a burst of leaves between two polls is repeated whole.
+   */
+  const learn = (fetched: readonly string[], nowMs: number) => {
+    for (const text of fetched) {
+      const message = Buffer.from(text, 'base64');
+      if (message.length < 16) {
+        continue;
+      }
+      const epoch = message.readUInt32BE(8);
+      if (!learned.has(epoch)) {
+        learned.set(epoch, { message, atMs: nowMs });
+      }
+    }
+    const epochs = [...learned.keys()].sort((a, b) => a - b);
+    epochs.forEach((epoch, index) => {
+      const kept = learned.get(epoch);
+      if (
+        kept !== undefined &&
+        index < epochs.length - treeRekeysServedMax &&
+        nowMs - kept.atMs >= treeRekeyKeptMs
+      ) {
+        learned.delete(epoch);
+      }
+    });
+    rekeys = [...learned.keys()]
+      .sort((a, b) => a - b)
+      .map((epoch) => (learned.get(epoch) as { message: Buffer }).message);
+  };
+
   async function fetchOnce(): Promise<void> {
     let answer: Awaited<ReturnType<typeof requestApi<typeof TreeForSource>>>;
+    const since = newest === undefined ? '' : `&since=${newest.treeEpoch}`;
     try {
-      answer = await requestApi(url, TreeForSource, { token: settings.token, timeoutMs: 10_000 });
+      answer = await requestApi(`${url}${since}`, TreeForSource, {
+        token: settings.token,
+        timeoutMs: 10_000,
+      });
     } catch (error) {
       throw new RegistrationError(
         `the subscription server at ${new URL(url).origin} cannot be reached for ${settings.product}'s key tree: ${(error as Error).message}`,
@@ -69,6 +106,7 @@ export function followMemberTree(settings: {
     }
     if (newest !== undefined && tree.treeId !== newest.treeId) {
       groupKeys.clear(); // a new tree (the server's store was replaced): its epochs are another count
+      learned.clear();
     }
     if (newest === undefined || tree.treeId !== newest.treeId || tree.epoch > newest.treeEpoch) {
       newest = { treeId: tree.treeId, treeEpoch: tree.epoch, groupKey };
@@ -79,9 +117,9 @@ export function followMemberTree(settings: {
         }
         groupKeys.delete(epoch);
       }
-      rekeys = tree.rekeys.map((text) => Buffer.from(text, 'base64'));
       settings.onEvent?.({ kind: 'tree', epoch: tree.epoch, members: tree.members });
     }
+    learn(tree.rekeys, Date.now());
   }
 
   const tree: SourceTree = {
@@ -109,6 +147,8 @@ export function followMemberTree(settings: {
       }, settings.pollMs ?? treePollMs);
       timer.unref();
     },
+    /** Fetches the tree once more now (start polls every treePollMs); throws RegistrationError. */
+    poll: fetchOnce,
     stop(): void {
       clearInterval(timer);
       for (const key of groupKeys.values()) {

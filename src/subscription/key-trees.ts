@@ -9,15 +9,16 @@
  * each crypto-period's traffic key share under the group key and repeat the rekeys in-band.
  *
  * Nothing secret is stored in the clear: a tree's master secret (the key of every node never
- * changed) derives from the product's service key, and each changed key is stored wrapped under
- * a storage key that derives from it too.
+ * changed) derives from the operator root key (never from the service key, which tokens hold),
+ * and each changed key is stored wrapped under a storage key that derives from it too.
  */
 import { createHmac, randomBytes } from 'node:crypto';
 import type { Kysely } from 'kysely';
 import type { RestrictedProduct } from '../api/context.js';
 import { issueMembership, sealGroupKeyFor, tokenIdOf, unwrapKey, wrapKey } from '../crypto/authority.js';
 import { createLkhTree, lkhPath } from '../crypto/lkh.js';
-import { treeRekeysServedMax } from '../limits.js';
+import { treeRekeysFetchedMax, treeRekeysServedMax } from '../limits.js';
+import { ApiError } from '../net/http-server.js';
 import type { Schema, Store } from '../store/database.js';
 import type { OperatorAuthority } from './context.js';
 
@@ -34,7 +35,10 @@ export interface TreeForSource {
   /** The group key sealed to the source's X25519 key (src/crypto/authority.ts, sealGroupKeyFor). */
   readonly ephemeral: Buffer;
   readonly wrappedGroupKey: Buffer;
-  /** The last rekey messages, oldest first (at most treeRekeysServedMax). */
+  /**
+   * The rekey messages, oldest first: the newest treeRekeysServedMax, and every one after the tree
+   * epoch the source said it holds (at most treeRekeysFetchedMax, the newest).
+   */
   readonly rekeys: readonly Buffer[];
 }
 
@@ -46,16 +50,33 @@ export interface Departure {
   readonly epoch: number;
 }
 
-function derived(serviceKey: Buffer, label: string, treeId: number): Buffer {
-  const id = Buffer.alloc(4);
-  id.writeUInt32BE(treeId >>> 0);
-  return createHmac('sha256', serviceKey).update(label).update(id).digest();
+/**
+ * A tree's secrets derive from the operator root key, which only the key server holds: never from
+ * the product's service key, which every grant carries to every token (a departed token with its
+ * file opened would derive every key of the tree never changed, climb a leave's rekey message
+ * through them, and hold the new group key).
+ */
+function derived(
+  authority: OperatorAuthority,
+  label: string,
+  product: RestrictedProduct,
+  treeId: number,
+): Buffer {
+  const rootSecret = authority.rootPrivateKey.export({ format: 'der', type: 'pkcs8' });
+  const name = Buffer.from(product.name, 'utf8');
+  const fields = Buffer.alloc(12);
+  fields.writeUInt32BE(name.length, 0);
+  fields.writeUInt32BE(product.serviceEpoch >>> 0, 4);
+  fields.writeUInt32BE(treeId >>> 0, 8);
+  const out = createHmac('sha256', rootSecret).update(label).update(fields).update(name).digest();
+  rootSecret.fill(0);
+  return out;
 }
 
-const masterOf = (product: RestrictedProduct, treeId: number) =>
-  derived(product.serviceKey, 'gatecast member tree master v1', treeId);
-const storageKeyOf = (product: RestrictedProduct, treeId: number) =>
-  derived(product.serviceKey, 'gatecast member tree storage v1', treeId);
+const masterOf = (authority: OperatorAuthority, product: RestrictedProduct, treeId: number) =>
+  derived(authority, 'gatecast member tree master v2', product, treeId);
+const storageKeyOf = (authority: OperatorAuthority, product: RestrictedProduct, treeId: number) =>
+  derived(authority, 'gatecast member tree storage v2', product, treeId);
 
 /** The key server over the store, for the products of `authority`. */
 export function createKeyTrees(store: Store, authority: OperatorAuthority) {
@@ -85,7 +106,7 @@ export function createKeyTrees(store: Store, authority: OperatorAuthority) {
       await trx.insertInto('member_trees').values(row).execute();
     }
     const treeId = Number(row.tree_id);
-    const storageKey = storageKeyOf(product, treeId);
+    const storageKey = storageKeyOf(authority, product, treeId);
     const changed: Array<[number, Buffer]> = [];
     const keyRows = await trx
       .selectFrom('member_tree_keys')
@@ -97,7 +118,7 @@ export function createKeyTrees(store: Store, authority: OperatorAuthority) {
       const key = unwrapKey(storageKey, Buffer.from(keyRow.wrapped, 'hex'));
       if (key === undefined) {
         throw new Error(
-          `member tree of ${product.name}: a stored key does not unwrap under the service key (was the product's service key changed without a new service epoch?)`,
+          `member tree of ${product.name}: a stored key does not unwrap under the storage key (was the operator root key changed?)`,
         );
       }
       changed.push([Number(keyRow.node), key]);
@@ -113,7 +134,7 @@ export function createKeyTrees(store: Store, authority: OperatorAuthority) {
       treeId,
       signingKey: authority.rootPrivateKey,
       restore: {
-        master: masterOf(product, treeId),
+        master: masterOf(authority, product, treeId),
         changed,
         occupied: members.map((member) => Number(member.slot)),
         epoch: Number(row.epoch),
@@ -129,7 +150,7 @@ export function createKeyTrees(store: Store, authority: OperatorAuthority) {
     product: RestrictedProduct,
     loaded: { tree: Tree; epoch: number; treeId: number },
   ): Promise<void> {
-    const storageKey = storageKeyOf(product, loaded.treeId);
+    const storageKey = storageKeyOf(authority, product, loaded.treeId);
     for (const [node, key] of loaded.tree.dirty()) {
       const wrapped = wrapKey(storageKey, key).toString('hex');
       await trx
@@ -179,6 +200,12 @@ export function createKeyTrees(store: Store, authority: OperatorAuthority) {
         if (member !== undefined) {
           // The token moved to another subscriber: it leaves the first one's place.
           await leaveIn(trx, product, loaded, tokenId, member.subscriber, Number(member.slot));
+        }
+        if (loaded.tree.members() >= 2 ** loaded.tree.depth) {
+          throw new ApiError(
+            'capacity-full',
+            `the member tree of ${product.name} is full (${2 ** loaded.tree.depth} members, treeDepth ${loaded.tree.depth}): a token leaves it when its subscriber's entitlement ends; for more members, sell the product at a new serviceEpoch with a larger treeDepth`,
+          );
         }
         slot = loaded.tree.admit().slot;
         await trx
@@ -295,21 +322,31 @@ export function createKeyTrees(store: Store, authority: OperatorAuthority) {
     return departures;
   }
 
-  /** The tree of a product as a source needs it, its group key sealed to `recipient` (X25519, raw). */
-  async function forSource(name: string, recipient: Buffer): Promise<TreeForSource | undefined> {
+  /**
+   * The tree of a product as a source needs it, its group key sealed to `recipient` (X25519, raw),
+   * with the rekeys after `since` (the tree epoch the source holds) as well as the newest ones.
+   */
+  async function forSource(
+    name: string,
+    recipient: Buffer,
+    since?: number,
+  ): Promise<TreeForSource | undefined> {
     const product = productNamed(name);
     if (product === undefined) {
       return undefined;
     }
     return store.writeTransaction(async (trx) => {
       const loaded = await loadTree(trx, product);
+      const newestFrom = loaded.tree.epoch - treeRekeysServedMax;
+      const from = since === undefined ? newestFrom : Math.min(since, newestFrom);
       const rekeys = await trx
         .selectFrom('tree_rekeys')
         .select('message')
         .where('product', '=', product.name)
         .where('service_epoch', '=', product.serviceEpoch)
+        .where('epoch', '>', from)
         .orderBy('epoch', 'desc')
-        .limit(treeRekeysServedMax)
+        .limit(treeRekeysFetchedMax)
         .execute();
       const sealed = sealGroupKeyFor(recipient, loaded.tree.groupKey());
       return {

@@ -10,7 +10,7 @@
 import { Type } from '@sinclair/typebox';
 import type { FastifyInstance } from 'fastify';
 import type { RestrictedProduct } from '../api/context.js';
-import { issueGrant, p256FromPoint, tokenIdOf } from '../crypto/authority.js';
+import { issueGrant, p256FromPoint, tokenIdOf, x25519Usable } from '../crypto/authority.js';
 import { enrollGrantMsMax, treeSweepMs } from '../limits.js';
 import { sendError } from '../net/http-server.js';
 import {
@@ -150,7 +150,15 @@ export function registerTokenRoutes(app: FastifyInstance, context: ApiContext): 
           'this server holds no operator root key (serve --root-key): it keeps no member trees',
         );
       }
-      const tree = await keyTrees.forSource(request.params.name, Buffer.from(request.query.recipient, 'hex'));
+      const recipient = Buffer.from(request.query.recipient, 'hex');
+      if (!x25519Usable(recipient)) {
+        return badRequest(
+          reply,
+          'querystring/recipient: not a usable X25519 public key (a low-order point gives no shared secret)',
+        );
+      }
+      const since = request.query.since === undefined ? undefined : Number(request.query.since);
+      const tree = await keyTrees.forSource(request.params.name, recipient, since);
       if (tree === undefined) {
         return notFound(reply, `no restricted product ${request.params.name} (serve --products)`);
       }
