@@ -175,7 +175,7 @@ export interface TokenBackend {
   unwrapTreeKeys(ephemeralPublicKey: Buffer, wrapped: readonly Buffer[]): ServiceKeyHandle[] | undefined;
   /** Unwraps a 32-byte tree key under another (a rekey entry), inside the token; undefined if it fails. */
   unwrapTreeKey(kek: ServiceKeyHandle, wrapped: Buffer): ServiceKeyHandle | undefined;
-  /** Forgets a tree key unwrapped only to test a rekey message (a PKCS#11 session object is destroyed). */
+  /** Forgets a tree key used no more: replaced by a rekey, or unwrapped only to test one (a PKCS#11 session object is destroyed). */
   forgetTreeKey?(key: ServiceKeyHandle): void;
   /**
    * The raw Ed25519 public key of the token's receipt key, made inside the token when `create`
@@ -849,6 +849,7 @@ export class Token {
 
   /** Applies a checked rekey to a live tree: new keys inside the token, the group key kept by epoch. */
   #applyTo(tree: LiveTree, rekey: LkhRekey): void {
+    const held = new Map(tree.keys);
     const before = tree.keys.get(1);
     applyRekeyEntries(tree.path, tree.keys, rekey, (kek, wrapped) =>
       this.#backend.unwrapTreeKey(kek, wrapped),
@@ -867,7 +868,19 @@ export class Token {
       if (tree.groupKeys.size <= tokenTreeGroupKeysKept) {
         break;
       }
+      const dropped = tree.groupKeys.get(epoch);
       tree.groupKeys.delete(epoch);
+      if (dropped !== undefined && tree.keys.get(1) !== dropped) {
+        this.#backend.forgetTreeKey?.(dropped);
+      }
+    }
+    // Keys the rekey replaced are used no more (a PKCS#11 token destroys their objects), but for
+    // the group keys still kept for KEYs of recent tree epochs.
+    const kept = new Set(tree.groupKeys.values());
+    for (const [node, key] of held) {
+      if (tree.keys.get(node) !== key && !kept.has(key)) {
+        this.#backend.forgetTreeKey?.(key);
+      }
     }
   }
 
