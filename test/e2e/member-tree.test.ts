@@ -131,18 +131,18 @@ describe(
     });
 
     it('cat is revoked mid-stream: ann (SoftHSM2) and ben receive the file whole, cat stops within the next crypto-periods and says why', async () => {
-      const fileBytes = randomBytes(3 * 1000 * 1000);
+      const fileBytes = randomBytes(4 * 1000 * 1000);
       const file = join(directory, 'film.bin');
       writeFileSync(file, fileBytes);
       const group = '239.10.0.14:5014';
       const out = (who: string) => join(directory, `${who}.out`);
       const receivers = {
-        ann: receiveOn(bed, 'rx1', group, ['--out', out('ann'), '--timeout', '40', '--token', tokens.ann]),
-        ben: receiveOn(bed, 'rx2', group, ['--out', out('ben'), '--timeout', '40', '--token', tokens.ben]),
-        cat: receiveOn(bed, 'rt1', group, ['--out', out('cat'), '--timeout', '40', '--token', tokens.cat]),
+        ann: receiveOn(bed, 'rx1', group, ['--out', out('ann'), '--timeout', '50', '--token', tokens.ann]),
+        ben: receiveOn(bed, 'rx2', group, ['--out', out('ben'), '--timeout', '50', '--token', tokens.ben]),
+        cat: receiveOn(bed, 'rt1', group, ['--out', out('cat'), '--timeout', '50', '--token', tokens.cat]),
       };
       await Promise.all(Object.values(receivers).map((receiver) => receiver.waitFor(/joined/)));
-      // 3 MB at 2 Mbit/s: about 12 s of stream, 2 s crypto-periods.
+      // 4 MB at 2 Mbit/s: about 16 s of stream, 2 s crypto-periods.
       const sender = sendFrom(bed, group, [
         '--file',
         file,
@@ -201,9 +201,10 @@ describe(
       const catBytes = readFileSync(out('cat'));
       assert.ok(catBytes.equals(fileBytes.subarray(0, catBytes.length)), 'what cat decoded before is intact');
       // The source asks for the tree every second and switches at the next period (or the one
-      // after, 2 s each): at most about 5 s of stream (1.25 MB at 2 Mbit/s) after the revoke.
+      // after, 2 s each): at most about 5 s of stream (1.25 MB at 2 Mbit/s) after the revoke, with
+      // 3 s more for a loaded machine; a cat never removed would decode about 3.5 MB after it.
       assert.ok(
-        catBytes.length - decodedAtRevoke <= 1_500_000,
+        catBytes.length - decodedAtRevoke <= 2_000_000,
         `cat decoded ${catBytes.length - decodedAtRevoke} bytes after the revoke`,
       );
       assert.ok(catBytes.length < fileBytes.length);
