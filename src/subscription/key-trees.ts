@@ -82,28 +82,48 @@ const storageKeyOf = (authority: OperatorAuthority, product: RestrictedProduct, 
 export function createKeyTrees(store: Store, authority: OperatorAuthority) {
   const productNamed = (name: string) => authority.products.find((product) => product.name === name);
 
-  /** Reads (or makes) a product's tree inside a write transaction. */
+  /**
+   * The row of a product's tree, locked until the transaction ends. Every transaction that reads
+   * the tree's members or keys to change them takes it first: on PostgreSQL (read committed, a
+   * connection per request, several servers on one store) two enrollments would otherwise admit
+   * the same slot, two sweeps make two leaves of one epoch, and a token admitted while a leave was
+   * being made would be left out of its rekey (wrapped for the subtrees occupied when it read
+   * them). SQLite's write transactions (begin immediate) are one at a time already.
+   */
+  async function lockTree(trx: Kysely<Schema>, product: RestrictedProduct) {
+    const query = trx
+      .selectFrom('member_trees')
+      .selectAll()
+      .where('product', '=', product.name)
+      .where('service_epoch', '=', product.serviceEpoch);
+    return (store.dialect === 'postgres' ? query.forUpdate() : query).executeTakeFirst();
+  }
+
+  /** Reads (or makes) a product's tree inside a write transaction, its row locked (lockTree). */
   async function loadTree(
     trx: Kysely<Schema>,
     product: RestrictedProduct,
   ): Promise<{ tree: Tree; epoch: number; treeId: number }> {
-    let row = await trx
-      .selectFrom('member_trees')
-      .selectAll()
-      .where('product', '=', product.name)
-      .where('service_epoch', '=', product.serviceEpoch)
-      .executeTakeFirst();
+    let row = await lockTree(trx, product);
     if (row === undefined) {
+      // Another server may make it at the same time: the first one's stays, and is then locked.
       const treeId = randomBytes(4).readUInt32BE(0) || 1;
-      row = {
-        product: product.name,
-        service_epoch: product.serviceEpoch,
-        tree_id: treeId,
-        depth: product.treeDepth,
-        epoch: 0,
-        created_at: new Date().toISOString(),
-      };
-      await trx.insertInto('member_trees').values(row).execute();
+      await trx
+        .insertInto('member_trees')
+        .values({
+          product: product.name,
+          service_epoch: product.serviceEpoch,
+          tree_id: treeId,
+          depth: product.treeDepth,
+          epoch: 0,
+          created_at: new Date().toISOString(),
+        })
+        .onConflict((conflict) => conflict.columns(['product', 'service_epoch']).doNothing())
+        .execute();
+      row = await lockTree(trx, product);
+      if (row === undefined) {
+        throw new Error(`member tree of ${product.name}: made, yet not found`);
+      }
     }
     const treeId = Number(row.tree_id);
     const storageKey = storageKeyOf(authority, product, treeId);
@@ -277,6 +297,9 @@ export function createKeyTrees(store: Store, authority: OperatorAuthority) {
     const departures: Departure[] = [];
     for (const product of authority.products) {
       const made = await store.writeTransaction(async (trx) => {
+        if ((await lockTree(trx, product)) === undefined) {
+          return []; // no tree yet: no members
+        }
         const members = await trx
           .selectFrom('tree_members')
           .select(['token_id', 'subscriber', 'slot'])
