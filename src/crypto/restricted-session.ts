@@ -387,23 +387,31 @@ export function createSenderProtection(
    * key announced under the new group key: a member removed never holds it. Too close to the
    * period's start (treeRekeyLeadMs), receivers might not hold the new KEY in time, and the change
    * waits for the period after.
+   *
+   * A key that is not replaced (the period being sealed, or the next one too close to its start)
+   * is announced again, the same key, under the newest group key: a token keeps the group keys of
+   * its last tokenTreeGroupKeysKept tree epochs only, so after a burst of leaves the members that
+   * stay could no longer open it under the tree epoch it was first announced under, and would
+   * lose that period. Those removed gain nothing: they could open the first announcement already.
    */
   const followTree = (keyEpoch: number, nowMs: number) => {
     const tree = settings.tree?.current();
-    const next = keyEpoch + 1;
-    if (
-      tree === undefined ||
-      next > keyEpochMax ||
-      !keys.has(next) ||
-      keyTreeEpochs.get(next) === tree.treeEpoch ||
-      next === sealerEpoch ||
-      (periodStartMs ?? nowMs) + settings.cryptoPeriodMs - nowMs < treeRekeyLeadMs
-    ) {
+    if (tree === undefined) {
       return;
     }
-    keys.get(next)?.fill(0);
-    freshKey(next);
-    repeats.forget(next);
+    const leadLeft = (periodStartMs ?? nowMs) + settings.cryptoPeriodMs - nowMs >= treeRekeyLeadMs;
+    for (const epoch of [keyEpoch, keyEpoch + 1]) {
+      if (epoch > keyEpochMax || !keys.has(epoch) || keyTreeEpochs.get(epoch) === tree.treeEpoch) {
+        continue;
+      }
+      if (epoch === keyEpoch + 1 && epoch !== sealerEpoch && leadLeft) {
+        keys.get(epoch)?.fill(0);
+        freshKey(epoch);
+      } else {
+        keyTreeEpochs.set(epoch, tree.treeEpoch);
+      }
+      repeats.forget(epoch);
+    }
   };
   /**
    * The rekey messages to send at this tick: every one each treeRekeyRepeatMs, and each new one (all
