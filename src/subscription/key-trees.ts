@@ -88,23 +88,33 @@ export function createKeyTrees(store: Store, authority: OperatorAuthority) {
    * connection per request, several servers on one store) two enrollments would otherwise admit
    * the same slot, two sweeps make two leaves of one epoch, and a token admitted while a leave was
    * being made would be left out of its rekey (wrapped for the subtrees occupied when it read
-   * them). SQLite's write transactions (begin immediate) are one at a time already.
+   * them), and a source's fetch could read the epoch before a leave and the keys after it (a
+   * group key under the wrong epoch). A fetch only reads: it shares the lock with other fetches.
+   * SQLite's write transactions (begin immediate) are one at a time already.
    */
-  async function lockTree(trx: Kysely<Schema>, product: RestrictedProduct) {
+  async function lockTree(
+    trx: Kysely<Schema>,
+    product: RestrictedProduct,
+    mode: 'update' | 'share' = 'update',
+  ) {
     const query = trx
       .selectFrom('member_trees')
       .selectAll()
       .where('product', '=', product.name)
       .where('service_epoch', '=', product.serviceEpoch);
-    return (store.dialect === 'postgres' ? query.forUpdate() : query).executeTakeFirst();
+    if (store.dialect !== 'postgres') {
+      return query.executeTakeFirst();
+    }
+    return (mode === 'share' ? query.forShare() : query.forUpdate()).executeTakeFirst();
   }
 
   /** Reads (or makes) a product's tree inside a write transaction, its row locked (lockTree). */
   async function loadTree(
     trx: Kysely<Schema>,
     product: RestrictedProduct,
+    mode: 'update' | 'share' = 'update',
   ): Promise<{ tree: Tree; epoch: number; treeId: number }> {
-    let row = await lockTree(trx, product);
+    let row = await lockTree(trx, product, mode);
     if (row === undefined) {
       // Another server may make it at the same time: the first one's stays, and is then locked.
       const treeId = randomBytes(4).readUInt32BE(0) || 1;
@@ -120,7 +130,7 @@ export function createKeyTrees(store: Store, authority: OperatorAuthority) {
         })
         .onConflict((conflict) => conflict.columns(['product', 'service_epoch']).doNothing())
         .execute();
-      row = await lockTree(trx, product);
+      row = await lockTree(trx, product, mode);
       if (row === undefined) {
         throw new Error(`member tree of ${product.name}: made, yet not found`);
       }
@@ -359,7 +369,7 @@ export function createKeyTrees(store: Store, authority: OperatorAuthority) {
       return undefined;
     }
     return store.writeTransaction(async (trx) => {
-      const loaded = await loadTree(trx, product);
+      const loaded = await loadTree(trx, product, 'share');
       const newestFrom = loaded.tree.epoch - treeRekeysServedMax;
       const from = since === undefined ? newestFrom : Math.min(since, newestFrom);
       const rekeys = await trx

@@ -137,6 +137,23 @@ describe('member trees: two servers on one PostgreSQL store, at once', postgresS
       later.push(await subscribe(app(index), `later-${index}`));
     }
     const revoked = first.slice(0, 8);
+    // Sources fetch the tree meanwhile: each answer's group key, epoch and rekeys are of one moment.
+    const fetches: Array<Promise<{ status: number; body: TreeForSource }>> = [];
+    let revoking = true;
+    const fetchWhileRevoking = async (index: number) => {
+      while (revoking) {
+        const recipient = generateKeyPairSync('x25519');
+        fetches.push(
+          call(
+            app(index),
+            'GET',
+            `/v1/products/news/tree?since=0&recipient=${x25519Raw(recipient.publicKey).toString('hex')}`,
+          ),
+        );
+        await fetches.at(-1);
+      }
+    };
+    const fetching = [fetchWhileRevoking(0), fetchWhileRevoking(1), fetchWhileRevoking(0)];
     const answers = await Promise.all([
       ...revoked.map((subscriber, index) =>
         call(app(index), 'DELETE', `/v1/entitlements/${subscriber.entitlement}`),
@@ -145,6 +162,13 @@ describe('member trees: two servers on one PostgreSQL store, at once', postgresS
     ]);
     for (const answer of answers) {
       assert.ok(answer.status === 200 || answer.status === 201, JSON.stringify(answer));
+    }
+    revoking = false;
+    await Promise.all(fetching);
+    for (const fetched of await Promise.all(fetches)) {
+      assert.equal(fetched.status, 200, JSON.stringify(fetched.body));
+      const epochs = fetched.body.rekeys.map((text) => Buffer.from(text, 'base64').readUInt32BE(8));
+      assert.equal(Math.max(0, ...epochs), fetched.body.epoch, `rekeys ${epochs.join(' ')}`);
     }
     await new Promise((resolve) => setTimeout(resolve, 100));
 
