@@ -642,6 +642,14 @@ export const rekeyOpeningChecksPerSecondMax = 256;
  */
 export const rekeyGapsFatal = 24;
 
+/**
+ * Receiver: and for at least this long of stream time (the REKEYs' timestamps) since the first of
+ * them: three of the source's full repeats (treeRekeyRepeatMs), so that one REKEY lost in a burst
+ * of more than rekeyGapsFatal leaves, which its next repeat brings, is not taken for one the source
+ * no longer repeats.
+ */
+export const rekeyGapsFatalMs = 1_500;
+
 /** Source: how often every kept rekey message is repeated in-band (the newest: every control tick for this long first). */
 export const treeRekeyRepeatMs = 500;
 

@@ -13,6 +13,7 @@ import {
   protectedControlIntervalMs,
   rekeyChecksPerSecondMax,
   rekeyGapsFatal,
+  rekeyGapsFatalMs,
   rekeyOpeningChecksPerSecondMax,
   restrictedHeldPacketsMax,
   restrictedKeyRecheckMs,
@@ -784,7 +785,8 @@ export function createReceiverProtection(
    * REKEY messages: a repeat of one applied costs a decode and a compare (`stale`); a new one a
    * signature check inside the token, at most rekeyChecksPerSecondMax a second (a flood of forged
    * ones costs no more). A token that keeps seeing genuine rekeys past the next one it needs
-   * (`gap`, rekeyGapsFatal in a row) missed more than the source repeats: it is told to enroll again.
+   * (`gap`, rekeyGapsFatal in a row over rekeyGapsFatalMs of stream time) missed more than the source
+   * repeats: it is told to enroll again.
    */
   /**
    * Two budgets of signature checks: one for messages that open a key of the token's path under
@@ -794,6 +796,8 @@ export function createReceiverProtection(
   const rekeyChecks = { opening: 0, other: 0 };
   let rekeyChecksSince = nowMs();
   let gapsInARow = 0;
+  /** The stream time of the first of those gaps. */
+  let firstGapUs: number | undefined;
   const ignoreRekey = (reason: string) => {
     stats.rekeysIgnored[reason] = (stats.rekeysIgnored[reason] ?? 0) + 1;
   };
@@ -835,10 +839,18 @@ export function createReceiverProtection(
     if (outcome.status === 'applied') {
       stats.rekeysApplied++;
       gapsInARow = 0;
+      firstGapUs = undefined;
       return;
     }
     ignoreRekey(outcome.status);
-    if (outcome.status === 'gap' && ++gapsInARow >= rekeyGapsFatal) {
+    if (outcome.status !== 'gap') {
+      return;
+    }
+    // A burst of leaves is many REKEYs a tick: one of them lost makes all the later ones gaps until
+    // the source's next full repeat brings it. Only gaps through several repeats mean it is gone.
+    gapsInARow++;
+    firstGapUs = Math.min(firstGapUs ?? rekey.timestampUs, rekey.timestampUs);
+    if (gapsInARow >= rekeyGapsFatal && rekey.timestampUs - firstGapUs >= rekeyGapsFatalMs * 1000) {
       onRefused(
         new TokenRefused(
           'rekey-missing',
