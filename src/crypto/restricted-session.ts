@@ -19,6 +19,7 @@ import {
   restrictedKeyRecheckMs,
   restrictedPendingKeysMax,
   signedRepeatRefreshMs,
+  tokenTreeGroupKeysKept,
   treeRekeyLeadMs,
   treeRekeyRepeatMs,
 } from '../limits.js';
@@ -390,10 +391,11 @@ export function createSenderProtection(
    * waits for the period after.
    *
    * A key that is not replaced (the period being sealed, or the next one too close to its start)
-   * is announced again, the same key, under the newest group key: a token keeps the group keys of
-   * its last tokenTreeGroupKeysKept tree epochs only, so after a burst of leaves the members that
-   * stay could no longer open it under the tree epoch it was first announced under, and would
-   * lose that period. Those removed gain nothing: they could open the first announcement already.
+   * is announced again, the same key, under the newest group key once the tree moved on by
+   * tokenTreeGroupKeysKept epochs: a token keeps the group keys of its last ones only, so after a
+   * burst of leaves the members that stay could no longer open it under the tree epoch it was
+   * first announced under, and would lose that period. Those removed gain nothing: they could
+   * open the first announcement already.
    */
   const followTree = (keyEpoch: number, nowMs: number) => {
     const tree = settings.tree?.current();
@@ -408,10 +410,21 @@ export function createSenderProtection(
       if (epoch === keyEpoch + 1 && epoch !== sealerEpoch && leadLeft) {
         keys.get(epoch)?.fill(0);
         freshKey(epoch);
-      } else {
-        keyTreeEpochs.set(epoch, tree.treeEpoch);
+        repeats.forget(epoch);
+        continue;
       }
-      repeats.forget(epoch);
+      const announced = keyTreeEpochs.get(epoch);
+      if (
+        announced === undefined ||
+        announced > tree.treeEpoch ||
+        tree.treeEpoch - announced >= tokenTreeGroupKeysKept ||
+        settings.tree?.groupKey(announced) === undefined
+      ) {
+        // Announced again only once tokens that follow the tree no longer hold its group key: until
+        // then the first announcement serves them, and members slow to apply the REKEY as well.
+        keyTreeEpochs.set(epoch, tree.treeEpoch);
+        repeats.forget(epoch);
+      }
     }
   };
   /**
