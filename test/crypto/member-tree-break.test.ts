@@ -3,161 +3,48 @@
  * dumped, and what forged or replayed REKEYs do to a legitimate member.
  */
 import assert from 'node:assert/strict';
-import { createHmac, diffieHellman, generateKeyPairSync, randomBytes } from 'node:crypto';
+import { createHmac, randomBytes } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
-import type { FastifyInstance } from 'fastify';
-import { buildServerApp } from '../../src/cli/server-app.js';
-import {
-  ed25519Raw,
-  generateSigningKey,
-  openGroupKey,
-  p256FromPoint,
-  unwrapKey,
-  x25519Raw,
-} from '../../src/crypto/authority.js';
+import { ed25519Raw, generateSigningKey } from '../../src/crypto/authority.js';
 import { decodeRekey, lkhHeaderBytes, lkhUnwrapAny } from '../../src/crypto/lkh.js';
 import { createReceiverProtection } from '../../src/crypto/restricted-session.js';
 import { Token } from '../../src/crypto/token.js';
-import type { EnrollResult, TreeForSource } from '../../src/protocol/api-tokens.js';
-import { decodeGrant, decodeMembership, encodeRekeyDatagram } from '../../src/protocol/restricted.js';
-import { openStore, type Store } from '../../src/store/database.js';
+import { encodeRekeyDatagram } from '../../src/protocol/restricted.js';
+import {
+  createTreeBed,
+  dumpedKeys,
+  fetchTree as fetchTreeOf,
+  type TreeBed,
+  type TreeMember,
+} from '../helpers/member-tree-bed.js';
 import { MemoryBackend } from '../sim/protection.js';
 
-const operator = 'operator-token-for-member-tree-break-tests';
-const root = generateSigningKey();
-const source = generateSigningKey();
-const serviceKey = randomBytes(32);
 const depth = 3;
 
-interface Member {
-  readonly backend: MemoryBackend;
-  readonly token: Token;
-  readonly entitlement: string;
-}
-
 describe('member trees under attack', () => {
-  let store: Store;
-  let app: FastifyInstance;
-  const members: Member[] = [];
+  let bed: TreeBed;
+  let members: TreeMember[];
   let sourceToken = '';
-
-  const call = async (method: string, url: string, body?: unknown, token = operator) => {
-    const response = await app.inject({
-      method: method as 'GET',
-      url,
-      headers: { authorization: `Bearer ${token}` },
-      ...(body === undefined ? {} : { payload: body as object }),
-    });
-    return { status: response.statusCode, body: response.json() };
-  };
-
-  const fetchTree = async () => {
-    const recipient = generateKeyPairSync('x25519');
-    const answer = await call(
-      'GET',
-      `/v1/products/news/tree?recipient=${x25519Raw(recipient.publicKey).toString('hex')}`,
-      undefined,
-      sourceToken,
-    );
-    assert.equal(answer.status, 200, JSON.stringify(answer.body));
-    const body = answer.body as TreeForSource;
-    const groupKey = openGroupKey(
-      recipient.privateKey,
-      Buffer.from(body.ephemeral, 'hex'),
-      Buffer.from(body.wrappedGroupKey, 'hex'),
-    );
-    assert.ok(groupKey !== undefined);
-    return { body, groupKey };
-  };
+  const call: TreeBed['call'] = (...args) => bed.call(...args);
+  const fetchTree = () => fetchTreeOf(bed, sourceToken);
 
   before(async () => {
-    store = await openStore('sqlite::memory:');
-    app = await buildServerApp({
-      store,
-      trustedOperatorToken: operator,
-      authority: {
-        rootPrivateKey: root.privateKey,
-        products: [
-          {
-            name: 'news',
-            serviceKey,
-            serviceEpoch: 1,
-            sourcePublicKey: ed25519Raw(source.publicKey),
-            tier: 0,
-            pricePerPeriod: 0,
-            treeDepth: depth,
-          },
-        ],
-      },
-    });
+    bed = await createTreeBed({ treeDepth: depth });
+    members = bed.members;
     const studio = await call('POST', '/v1/sources', { name: 'studio' });
     assert.equal(studio.status, 201);
     sourceToken = studio.body.token;
     for (const name of ['ann', 'ben', 'cat']) {
-      const created = await call('POST', '/v1/subscribers', { name });
-      assert.equal(created.status, 201);
-      const entitled = await call('POST', '/v1/entitlements', {
-        subscriber: created.body.id,
-        service: 'channel',
-        session: 'news',
-      });
-      assert.equal(entitled.status, 201);
-      const backend = new MemoryBackend(ed25519Raw(root.publicKey));
-      const token = new Token(backend);
-      const enrolled = await call(
-        'POST',
-        '/v1/enrollments',
-        {
-          device: token.devicePoint().toString('hex'),
-          receiptKey: ed25519Raw(generateSigningKey().publicKey).toString('base64url'),
-        },
-        created.body.token,
-      );
-      assert.equal(enrolled.status, 201, JSON.stringify(enrolled.body));
-      const grant = (enrolled.body as EnrollResult).grants[0];
-      assert.ok(grant?.membership !== undefined);
-      token.installGrant(Buffer.from(grant.grant, 'base64'));
-      token.installMembership(Buffer.from(grant.membership, 'base64'));
-      members.push({ backend, token, entitlement: entitled.body.id });
+      await bed.addMember(name);
     }
   });
 
   after(async () => {
-    for (const member of members) {
-      member.token.close();
-    }
-    await app?.close();
-    await store?.close();
+    await bed?.close();
   });
 
-  /** Every key a dumped token holds: its grants' service keys and its memberships' path keys. */
-  const dumped = (member: Member): Buffer[] => {
-    const dump = member.backend.dump();
-    const kekOf = (ephemeral: Buffer) =>
-      diffieHellman({ privateKey: dump.devicePrivateKey, publicKey: p256FromPoint(ephemeral) });
-    const held: Buffer[] = [];
-    for (const text of dump.state.grants) {
-      const grant = decodeGrant(Buffer.from(text, 'base64'));
-      assert.ok(grant.ok);
-      const key = unwrapKey(kekOf(grant.value.ephemeralPublicKey), grant.value.wrappedServiceKey);
-      assert.ok(key !== undefined);
-      held.push(key);
-    }
-    for (const record of dump.state.memberships ?? []) {
-      const membership = decodeMembership(Buffer.from(record.membership, 'base64'));
-      assert.ok(membership.ok);
-      const kek = kekOf(membership.value.ephemeralPublicKey);
-      for (const wrapped of membership.value.wrappedKeys) {
-        const key = unwrapKey(kek, wrapped);
-        assert.ok(key !== undefined);
-        held.push(key);
-      }
-    }
-    return held;
-  };
-
   it('a departed token with its service key dumped derives no key of the tree and opens nothing of its leave', async () => {
-    const cat = members[2] as Member;
+    const cat = members[2] as TreeMember;
     const before = await fetchTree();
     const revoked = await call('DELETE', `/v1/entitlements/${cat.entitlement}`);
     assert.equal(revoked.status, 200, JSON.stringify(revoked.body));
@@ -166,7 +53,7 @@ describe('member trees under attack', () => {
     assert.equal(after.body.epoch, before.body.epoch + 1);
     const rekey = Buffer.from(after.body.rekeys.at(-1) as string, 'base64');
     assert.ok(decodeRekey(rekey).ok);
-    const held = dumped(cat);
+    const held = dumpedKeys(cat);
     // Whatever the token held, and every key anyone could derive from it by HMAC over the tree id
     // and node numbers (a master secret taken from a key that tokens hold is such a key).
     const derivedKeys: Buffer[] = [];
@@ -205,8 +92,8 @@ describe('member trees under attack', () => {
   });
 
   it('a flood of forged REKEYs of the next epoch does not keep a member from the genuine one', async () => {
-    const ann = members[0] as Member;
-    const ben = members[1] as Member;
+    const ann = members[0] as TreeMember;
+    const ben = members[1] as TreeMember;
     let clock = 1_000;
     const protection = createReceiverProtection(
       ann.token,
@@ -271,7 +158,7 @@ describe('member trees under attack', () => {
         session: 'news',
       });
       assert.equal(entitled.status, 201);
-      const token = new Token(new MemoryBackend(ed25519Raw(root.publicKey)));
+      const token = new Token(new MemoryBackend(ed25519Raw(bed.root.publicKey)));
       const answer = await call(
         'POST',
         '/v1/enrollments',

@@ -1,81 +1,36 @@
 import assert from 'node:assert/strict';
-import { diffieHellman, generateKeyPairSync, randomBytes } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
-import type { FastifyInstance } from 'fastify';
-import { buildServerApp } from '../../src/cli/server-app.js';
-import {
-  ed25519Raw,
-  generateSigningKey,
-  openGroupKey,
-  p256FromPoint,
-  type TreeGroupKey,
-  unwrapKey,
-  x25519Raw,
-} from '../../src/crypto/authority.js';
-import type { TokenRefused } from '../../src/crypto/errors.js';
+import { type TreeGroupKey, unwrapKey } from '../../src/crypto/authority.js';
 import { decodeRekey, lkhUnwrapAny } from '../../src/crypto/lkh.js';
-import {
-  createReceiverProtection,
-  createSenderProtection,
-  type ReceiverProtection,
-  type SourceTree,
-} from '../../src/crypto/restricted-session.js';
-import { suiteByName } from '../../src/crypto/suites.js';
-import { Token } from '../../src/crypto/token.js';
+import type { SourceTree } from '../../src/crypto/restricted-session.js';
 import { treeRekeyLeadMs } from '../../src/limits.js';
-import type { EnrollResult, TreeForSource } from '../../src/protocol/api-tokens.js';
-import { headerBytes, offsetType, PacketType, writeHeaderFields } from '../../src/protocol/packet.js';
+import type { EnrollResult } from '../../src/protocol/api-tokens.js';
+import { offsetType, PacketType } from '../../src/protocol/packet.js';
+import { decodeKey, decodeRekeyDatagram } from '../../src/protocol/restricted.js';
 import {
-  decodeGrant,
-  decodeKey,
-  decodeMembership,
-  decodeRekeyDatagram,
-} from '../../src/protocol/restricted.js';
-import { openStore, type Store } from '../../src/store/database.js';
+  createTreeBed,
+  deliverTo,
+  dumpedKeys,
+  fetchTree,
+  streamPeriods,
+  type TreeBed,
+  type TreeMember,
+} from '../helpers/member-tree-bed.js';
 import { onEveryStore } from '../helpers/postgres.js';
-import { MemoryBackend } from '../sim/protection.js';
 
-const operator = 'operator-token-for-member-tree-tests';
-const root = generateSigningKey();
-const source = generateSigningKey();
-const serviceKey = randomBytes(32);
 const periodMs = 2_000;
-
-/** What one subscriber's host holds: its token, what it decoded, and why it stopped, if it did. */
-interface Member {
-  readonly name: string;
-  readonly backend: MemoryBackend;
-  readonly token: Token;
-  readonly protection: ReceiverProtection;
-  readonly decoded: number[];
-  refusal: TokenRefused | undefined;
-  entitlement: string;
-  readonly subscriber: { id: string; token: string };
-  readonly receiptKey: string;
-}
 
 onEveryStore((storeName, options, storeUrl, cleanup) =>
   describe(
     `member trees: a revoked subscriber is rekeyed out, the others go on without a lost packet (${storeName})`,
     options,
     () => {
-      let store: Store;
-      let app: FastifyInstance;
-      const members: Member[] = [];
-
-      const call = async (method: string, url: string, body?: unknown, token = operator) => {
-        const response = await app.inject({
-          method: method as 'GET',
-          url,
-          headers: { authorization: `Bearer ${token}` },
-          ...(body === undefined ? {} : { payload: body as object }),
-        });
-        return { status: response.statusCode, body: response.json() };
-      };
+      let bed: TreeBed;
+      let members: TreeMember[];
+      const call: TreeBed['call'] = (...args) => bed.call(...args);
 
       /** The source's view of the tree, fetched through the API as `send --subscription` does. */
       function sourceTree(sourceToken: string) {
-        const recipient = generateKeyPairSync('x25519');
         const known = new Map<number, TreeGroupKey>();
         let newest: TreeGroupKey | undefined;
         let rekeys: Buffer[] = [];
@@ -85,20 +40,7 @@ onEveryStore((storeName, options, storeUrl, cleanup) =>
           rekeys: () => rekeys,
         };
         const refresh = async () => {
-          const answer = await call(
-            'GET',
-            `/v1/products/news/tree?recipient=${x25519Raw(recipient.publicKey).toString('hex')}`,
-            undefined,
-            sourceToken,
-          );
-          assert.equal(answer.status, 200, JSON.stringify(answer.body));
-          const body = answer.body as TreeForSource;
-          const groupKey = openGroupKey(
-            recipient.privateKey,
-            Buffer.from(body.ephemeral, 'hex'),
-            Buffer.from(body.wrappedGroupKey, 'hex'),
-          );
-          assert.ok(groupKey !== undefined);
+          const { body, groupKey } = await fetchTree(bed, sourceToken);
           newest = { treeId: body.treeId, treeEpoch: body.epoch, groupKey };
           known.set(body.epoch, newest);
           rekeys = body.rekeys.map((text) => Buffer.from(text, 'base64'));
@@ -108,76 +50,16 @@ onEveryStore((storeName, options, storeUrl, cleanup) =>
       }
 
       before(async () => {
-        store = await openStore(storeUrl());
-        app = await buildServerApp({
-          store,
-          trustedOperatorToken: operator,
-          authority: {
-            rootPrivateKey: root.privateKey,
-            products: [
-              {
-                name: 'news',
-                serviceKey,
-                serviceEpoch: 1,
-                sourcePublicKey: ed25519Raw(source.publicKey),
-                tier: 0,
-                pricePerPeriod: 0,
-                treeDepth: 3,
-              },
-            ],
-          },
-        });
+        bed = await createTreeBed({ treeDepth: 3, storeUrl: storeUrl() });
+        members = bed.members;
         for (const name of ['ann', 'ben', 'cat']) {
-          const created = await call('POST', '/v1/subscribers', { name });
-          assert.equal(created.status, 201);
-          const entitled = await call('POST', '/v1/entitlements', {
-            subscriber: created.body.id,
-            service: 'channel',
-            session: 'news',
-          });
-          assert.equal(entitled.status, 201);
-          const backend = new MemoryBackend(ed25519Raw(root.publicKey));
-          const token = new Token(backend);
-          const receiptKey = ed25519Raw(generateSigningKey().publicKey).toString('base64url');
-          const enrolled = await call(
-            'POST',
-            '/v1/enrollments',
-            { device: token.devicePoint().toString('hex'), receiptKey },
-            created.body.token,
-          );
-          assert.equal(enrolled.status, 201, JSON.stringify(enrolled.body));
-          const grant = (enrolled.body as EnrollResult).grants[0];
-          assert.ok(grant?.membership !== undefined, 'a current entitlement comes with a membership');
-          token.installGrant(Buffer.from(grant.grant, 'base64'));
-          const view = token.installMembership(Buffer.from(grant.membership, 'base64'));
-          assert.equal(view.treeEpoch, 0);
-          const member: Member = {
-            name,
-            backend,
-            token,
-            protection: undefined as unknown as ReceiverProtection,
-            decoded: [],
-            refusal: undefined,
-            entitlement: entitled.body.id,
-            subscriber: { id: created.body.id, token: created.body.token },
-            receiptKey,
-          };
-          (member as { protection: ReceiverProtection }).protection = createReceiverProtection(
-            token,
-            (refusal) => {
-              member.refusal ??= refusal;
-            },
-          );
-          members.push(member);
+          const member = await bed.addMember(name);
+          assert.equal(member.token.memberships()[0]?.treeEpoch, 0);
         }
       });
 
       after(async () => {
-        for (const member of members) {
-          member.token.close();
-        }
-        await app?.close();
-        await store?.close();
+        await bed?.close();
         cleanup();
       });
 
@@ -193,44 +75,24 @@ onEveryStore((storeName, options, storeUrl, cleanup) =>
         assert.equal(studio.status, 201);
         const { tree, refresh } = sourceTree(studio.body.token);
         assert.equal((await refresh()).members, 3);
-        const sender = createSenderProtection(
-          {
-            suite: suiteByName('aes-128-gcm', 'suite'),
-            service: 'news',
-            serviceEpoch: 1,
-            serviceKey,
-            sourcePrivateKey: source.privateKey,
-            sourcePublicKey: source.publicKey,
-            cryptoPeriodMs: periodMs,
-            tier: 0,
-            manifestPackets: 0,
-            tree,
-          },
-          { sessionId: 7, incarnation: 8 },
-        );
-        const startUs = Date.now() * 1000;
-        const settle = () => new Promise((resolve) => setImmediate(resolve));
+        const sender = bed.sender(tree, periodMs);
         const wire: Buffer[] = [];
-        const deliver = async (datagrams: Buffer[]) => {
-          for (const datagram of datagrams) {
-            wire.push(Buffer.from(datagram));
-            for (const member of members) {
-              member.protection.filter(Buffer.from(datagram), (plain) =>
-                member.decoded.push(plain.readUInt32BE(headerBytes)),
-              );
-            }
-          }
-          await settle();
-          await settle();
-        };
-        let sequence = 0;
         let revokedAtMs: number | undefined;
         let rekeyEpochAtRevoke = 0;
         // 5 periods, a packet every 100 ms and a control tick every 50 ms; cat is revoked 2.3 periods in.
-        for (let atMs = 0; atMs < 5 * periodMs; atMs += 50) {
-          const atUs = startUs + atMs * 1000;
-          if (revokedAtMs === undefined && atMs >= 2.3 * periodMs) {
-            const cat = members[2] as Member;
+        const sequence = await streamPeriods({
+          sender,
+          periodMs,
+          periods: 5,
+          deliver: (datagrams) => {
+            wire.push(...datagrams.map((datagram) => Buffer.from(datagram)));
+            return deliverTo(members, datagrams);
+          },
+          at: async (atMs) => {
+            if (revokedAtMs !== undefined || atMs < 2.3 * periodMs) {
+              return;
+            }
+            const cat = members[2] as TreeMember;
             const revoked = await call('DELETE', `/v1/entitlements/${cat.entitlement}`);
             assert.equal(revoked.status, 200, JSON.stringify(revoked.body));
             assert.equal(revoked.body.removed.length, 1);
@@ -241,17 +103,9 @@ onEveryStore((storeName, options, storeUrl, cleanup) =>
             assert.equal(fetched.rekeys.length, 1);
             revokedAtMs = atMs;
             rekeyEpochAtRevoke = Math.floor(atMs / periodMs) + 1;
-          }
-          await deliver(sender.control({ sessionId: 7, incarnation: 8, sequence }, atMs, atUs));
-          if (atMs % 100 === 0) {
-            const plain = Buffer.alloc(headerBytes + 64);
-            writeHeaderFields(plain, PacketType.data, 7, sequence, atUs, 0, 64, 8);
-            plain.writeUInt32BE(sequence, headerBytes);
-            await deliver(sender.seal(plain, atMs, atUs));
-            sequence++;
-          }
-        }
-        const [ann, ben, cat] = members as [Member, Member, Member];
+          },
+        });
+        const [ann, ben, cat] = members as [TreeMember, TreeMember, TreeMember];
         const all = Array.from({ length: sequence }, (_, index) => index);
         assert.deepEqual(ann.decoded, all, `ann: ${JSON.stringify(ann.protection.stats)}`);
         assert.deepEqual(ben.decoded, all, `ben: ${JSON.stringify(ben.protection.stats)}`);
@@ -270,27 +124,7 @@ onEveryStore((storeName, options, storeUrl, cleanup) =>
 
         // What cat's token holds, dumped: its device key opens its grant and its membership; with those
         // keys nothing of the rekey opens, and no later KEY's tree share unwraps.
-        const dump = cat.backend.dump();
-        const held: Buffer[] = [];
-        const kekOf = (ephemeral: Buffer) =>
-          diffieHellman({ privateKey: dump.devicePrivateKey, publicKey: p256FromPoint(ephemeral) });
-        for (const text of dump.state.grants) {
-          const grant = decodeGrant(Buffer.from(text, 'base64'));
-          assert.ok(grant.ok);
-          const key = unwrapKey(kekOf(grant.value.ephemeralPublicKey), grant.value.wrappedServiceKey);
-          assert.ok(key !== undefined);
-          held.push(key);
-        }
-        for (const record of dump.state.memberships ?? []) {
-          const membership = decodeMembership(Buffer.from(record.membership, 'base64'));
-          assert.ok(membership.ok);
-          const kek = kekOf(membership.value.ephemeralPublicKey);
-          for (const wrapped of membership.value.wrappedKeys) {
-            const key = unwrapKey(kek, wrapped);
-            assert.ok(key !== undefined);
-            held.push(key);
-          }
-        }
+        const held = dumpedKeys(cat);
         assert.equal(held.length, 1 + 4);
         const rekeys = wire
           .filter((datagram) => datagram[offsetType] === PacketType.rekey)
@@ -317,7 +151,7 @@ onEveryStore((storeName, options, storeUrl, cleanup) =>
       });
 
       it('an ended entitlement is swept out too, and a token enrolled again later gets a fresh slot at the current epoch', async () => {
-        const ben = members[1] as Member;
+        const ben = members[1] as TreeMember;
         // ben's entitlement ends: revoked like cat's, through the same route.
         const revoked = await call('DELETE', `/v1/entitlements/${ben.entitlement}`);
         assert.equal(revoked.status, 200);
