@@ -238,10 +238,7 @@ export function buildKeyMessage(
     return signInPlace(unsigned, sourcePrivateKey);
   }
   const share = nodeCrypto.randomBytes(trafficKey.length);
-  const rest = Buffer.alloc(trafficKey.length);
-  for (let index = 0; index < rest.length; index++) {
-    rest[index] = (trafficKey[index] as number) ^ (share[index] as number);
-  }
+  const rest = joinShares(trafficKey, share) as Buffer; // same length: never undefined
   const unsigned = encodeKeyUnsigned(fields, {
     ...body,
     wrappedKey: wrapKey(serviceKey, rest),

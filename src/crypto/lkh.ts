@@ -104,6 +104,12 @@ function encodeRekey(
   return out;
 }
 
+/** The tree id a rekey message names, read in place (the message is at least its header long). */
+export const rekeyTreeIdOf = (bytes: Buffer): number => bytes.readUInt32BE(offsetTreeId);
+
+/** The tree epoch a rekey message makes, read in place (the message is at least its header long). */
+export const rekeyEpochOf = (bytes: Buffer): number => bytes.readUInt32BE(offsetEpoch);
+
 /** Decodes a rekey message, checking every length and field (the signature: verifyRekey). */
 export function decodeRekey(bytes: Buffer): DecodeResult<LkhRekey> {
   if (bytes.length < lkhHeaderBytes + lkhSignatureBytes) {

@@ -270,38 +270,8 @@ class Pkcs11Backend implements TokenBackend {
   }
 
   unwrapServiceKey(grant: Grant): Handle | undefined {
-    const pkcs11 = pkcs11Module();
-    let kek: Handle | undefined;
-    try {
-      kek = this.#library.C_DeriveKey(
-        this.#session,
-        {
-          mechanism: pkcs11.CKM_ECDH1_DERIVE,
-          parameter: {
-            type: pkcs11.CK_PARAMS_EC_DH,
-            kdf: pkcs11.CKD_NULL,
-            publicData: grant.ephemeralPublicKey,
-          } as Pkcs11Types.ECDH1,
-        },
-        this.#device,
-        secretTemplate({ extractable: false, unwrap: true, valueLength: 32 }),
-      );
-      const serviceKey = this.#library.C_UnwrapKey(
-        this.#session,
-        { mechanism: pkcs11.CKM_AES_KEY_WRAP },
-        kek,
-        grant.wrappedServiceKey,
-        secretTemplate({ extractable: false, unwrap: true }),
-      );
-      this.#sessionObjects.push(serviceKey);
-      return serviceKey;
-    } catch {
-      return undefined;
-    } finally {
-      if (kek !== undefined) {
-        this.#library.C_DestroyObject(this.#session, kek);
-      }
-    }
+    // The same ECDH and unwrap as a membership's keys: one key that stays inside and only unwraps.
+    return this.unwrapTreeKeys(grant.ephemeralPublicKey, [grant.wrappedServiceKey])?.[0];
   }
 
   unwrapTreeKeys(ephemeralPublicKey: Buffer, wrapped: readonly Buffer[]): Handle[] | undefined {

@@ -41,6 +41,7 @@ import {
   type TreeGroupKey,
 } from './authority.js';
 import { KeyEpochsExhausted, TokenRefused } from './errors.js';
+import { rekeyEpochOf, rekeyTreeIdOf } from './lkh.js';
 import { aeadTagBytes, negotiateSuite, PacketOpener, PacketSealer, type Suite, suites } from './suites.js';
 import type { Token } from './token.js';
 
@@ -436,7 +437,7 @@ export function createSenderProtection(
   /** When each rekey message (by tree id and epoch) was first seen. */
   let rekeysSeen: Map<string, number> | undefined;
   const rekeyName = (rekey: Buffer) =>
-    rekey.length < 16 ? rekey.toString('hex') : `${rekey.readUInt32BE(12)}/${rekey.readUInt32BE(8)}`;
+    rekey.length < 16 ? rekey.toString('hex') : `${rekeyTreeIdOf(rekey)}/${rekeyEpochOf(rekey)}`;
   const rekeysDue = (nowMs: number): readonly Buffer[] => {
     const rekeys = settings.tree?.rekeys() ?? [];
     if (rekeys.length === 0) {
@@ -825,12 +826,12 @@ export function createReceiverProtection(
       ignoreRekey('other-run');
       return;
     }
-    const treeEpoch = token.treeEpochOf(rekey.rekey.readUInt32BE(12));
+    const treeEpoch = token.treeEpochOf(rekeyTreeIdOf(rekey.rekey));
     if (treeEpoch === undefined) {
       ignoreRekey('other-tree');
       return;
     }
-    if (rekey.rekey.readUInt32BE(8) <= treeEpoch) {
+    if (rekeyEpochOf(rekey.rekey) <= treeEpoch) {
       ignoreRekey('stale');
       return;
     }

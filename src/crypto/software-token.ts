@@ -166,13 +166,7 @@ class SoftwareBackend implements TokenBackend {
   }
 
   unwrapServiceKey(grant: Grant): Buffer | undefined {
-    const kek = diffieHellman({
-      privateKey: this.#device,
-      publicKey: p256FromPoint(grant.ephemeralPublicKey),
-    });
-    const key = unwrapKey(kek, grant.wrappedServiceKey);
-    kek.fill(0);
-    return key;
+    return this.unwrapTreeKeys(grant.ephemeralPublicKey, [grant.wrappedServiceKey])?.[0];
   }
 
   unwrapTrafficKey(serviceKey: unknown, wrapped: Buffer): Buffer | undefined {
