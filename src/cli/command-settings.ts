@@ -62,6 +62,10 @@ const restrictedSend = {
     'with --restricted or --signed: sign a manifest over every N DATA packets, 32-64 (with --restricted also 0 for none)',
     { default: 64, when: 'restricted' },
   ),
+  'group-packets': text(
+    'N',
+    "with --restricted: every-n-th-packet mode for weak tokens: seal each crypto-period's packets in groups of N (1-1024), each under its own key; a receiver's token is asked once per group and never gives out the traffic key",
+  ),
 };
 
 /** `gatecast send`. */

@@ -23,7 +23,7 @@ import {
 import { openSoftwareToken } from '../crypto/software-token.js';
 import { suiteByName } from '../crypto/suites.js';
 import type { Token } from '../crypto/token.js';
-import { lkhDepthMax, memberTreeDepthDefault, secretFileBytesMax } from '../limits.js';
+import { groupKeyPacketsMax, lkhDepthMax, memberTreeDepthDefault, secretFileBytesMax } from '../limits.js';
 import { readBoundedFile } from '../net/files.js';
 import { pkcs11ModuleDefault, sendSettings } from './command-settings.js';
 import { UsageError } from './errors.js';
@@ -171,6 +171,7 @@ export function senderProtectionOptions(
     'crypto-period',
     'tier',
     'manifest-packets',
+    'group-packets',
   ];
   if (values.restricted !== true) {
     const stray = restrictedOnly.filter(
@@ -206,6 +207,9 @@ export function senderProtectionOptions(
   }
   const tier = parseInteger(required(values, 'tier'), '--tier', 0, 255);
   const manifestPackets = manifestPacketsOption(values, 0);
+  const groupText = optional(values, 'group-packets');
+  const packetsPerGroup =
+    groupText === undefined ? undefined : parseInteger(groupText, '--group-packets', 1, groupKeyPacketsMax);
   return (run, tree) =>
     createSenderProtection(
       {
@@ -219,6 +223,7 @@ export function senderProtectionOptions(
         tier,
         manifestPackets,
         tree,
+        packetsPerGroup,
       },
       run,
     );

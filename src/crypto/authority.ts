@@ -223,7 +223,9 @@ export interface TreeGroupKey {
 
 /**
  * Builds a signed KEY message (ECM): the traffic key wrapped under the service key; with `tree`,
- * split in two shares, one wrapped under the service key and one under the tree's group key.
+ * split in two shares, one wrapped under the service key and one under the tree's group key. The
+ * tree share is fresh random unless `treeShare` is given: a source in every-n-th-packet mode keeps
+ * one per period, since its group keys derive from the two shares (src/crypto/group-key.ts).
  */
 export function buildKeyMessage(
   fields: HeaderFields,
@@ -232,12 +234,18 @@ export function buildKeyMessage(
   trafficKey: Buffer,
   sourcePrivateKey: KeyObject,
   tree?: TreeGroupKey,
+  treeShare?: Buffer,
 ): Buffer {
   if (tree === undefined) {
     const unsigned = encodeKeyUnsigned(fields, { ...body, wrappedKey: wrapKey(serviceKey, trafficKey) });
     return signInPlace(unsigned, sourcePrivateKey);
   }
-  const share = nodeCrypto.randomBytes(trafficKey.length);
+  if (treeShare !== undefined && treeShare.length !== trafficKey.length) {
+    throw new RangeError(
+      `a tree share is as long as the traffic key (${trafficKey.length} bytes), not ${treeShare.length}`,
+    );
+  }
+  const share = treeShare === undefined ? nodeCrypto.randomBytes(trafficKey.length) : Buffer.from(treeShare);
   const rest = joinShares(trafficKey, share) as Buffer; // same length: never undefined
   const unsigned = encodeKeyUnsigned(fields, {
     ...body,

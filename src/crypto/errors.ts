@@ -25,7 +25,9 @@ export type TokenRefusalReason =
   /** The token was removed from the service's member tree (a leave): it gets no later key. */
   | 'removed'
   /** The token holds no membership of the service's member tree: enroll it (again). */
-  | 'not-a-member';
+  | 'not-a-member'
+  /** The KEY seals its packets in groups (every-n-th-packet mode): the token gives group keys, never its traffic key. */
+  | 'group-mode';
 
 /**
  * A token refused to release a key. `reason` is what a caller matches on; the message is what a

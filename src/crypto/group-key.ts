@@ -1,53 +1,163 @@
 /**
- * Every-n-th-packet mode for weak tokens (docs/architecture.md, "Restricted channels";
- * docs/protocol.md, "Group keys"): the token is asked once per group of n packets, never per
- * packet. At the source, the token gives fresh entropy (a 16-byte group seed) for each group; the
- * group key is HKDF-SHA-256 over the traffic key with that seed, bound to the session, the key
- * epoch and the group index. At a receiver, the token that holds the traffic key derives the same
- * group key from the seed once per group. Every packet of every group is still AEAD-encrypted
- * under its group key: the mode saves token calls, never encryption. Encrypting only some packets
- * is refused (groupKeyModeProblem).
+ * Every-n-th-packet mode for weak tokens (docs/protocol.md, "Group keys"): a crypto-period's
+ * packets are sealed in groups of n, each group under its own key, and a receiver's token is asked
+ * once per group, never per packet, and never releases the period's traffic key. The source draws
+ * a fresh 16-byte seed for each group and sends it in clear with each packet of the group; the
+ * token derives the group key from the seed and the KEY's shares, which stay inside it.
+ *
+ * The derivation is NIST SP 800-108 in counter mode with AES-CMAC (RFC 4493) as the PRF, keyed
+ * by each share of the KEY (the traffic key alone, or with a member tree its two shares) and the
+ * outputs XORed: a token that lacks either share (a member removed from the tree still holds the
+ * service key's share) can predict nothing of a group key. AES-CMAC, because a PKCS#11 token does
+ * it inside itself with a non-extractable AES key (CKM_AES_CMAC; SoftHSM2 refuses HMAC keys
+ * shorter than the digest, and an AES-128 share is 16 bytes).
+ *
+ * Every packet of every group is still AEAD-encrypted: the mode changes how often the token is
+ * asked, never which packets are encrypted. Encrypting only some packets is refused
+ * (groupKeyModeProblem).
  */
-import { hkdfSync } from 'node:crypto';
+import { createCipheriv } from 'node:crypto';
 import { groupKeyPacketsMax } from '../limits.js';
+import { groupSeedBytes } from '../protocol/restricted.js';
 
-/** Bytes of fresh entropy per group. */
-export const groupSeedBytes = 16;
-const info = Buffer.from('gatecast group key v1', 'ascii');
+export { groupSeedBytes };
 
-/** What a group key is bound to besides the traffic key and the seed. */
+const label = Buffer.from('gatecast group key v1', 'ascii');
+const blockBytes = 16;
+
+/** What a group key is bound to besides the shares and the seed. */
 export interface GroupKeyContext {
   readonly sessionId: number;
+  readonly incarnation: number;
   readonly keyEpoch: number;
+  readonly packetsPerGroup: number;
   readonly groupIndex: number;
 }
 
+/** Bytes of one PRF input (groupKeyInput). */
+export const groupKeyInputBytes = 1 + label.length + 1 + 4 + 4 + 2 + 4 + 4 + groupSeedBytes + 2;
+
 /**
- * The group key: HKDF-SHA-256(ikm = traffic key, salt = seed, info = "gatecast group key v1" ‖
- * session id (32) ‖ key epoch (32) ‖ group index (64)), as long as the traffic key (16 or 32 bytes).
- * Runs inside the token (it holds the traffic key).
+ * The PRF input of output block `block` (1, 2) of a group key of `keyBytes` bytes:
+ * block (8) ‖ "gatecast group key v1" ‖ 0x00 ‖ session id (32) ‖ incarnation (32) ‖ key epoch (16) ‖
+ * packets per group (32) ‖ group index (32) ‖ seed (128) ‖ key length in bits (16).
  */
-export function deriveGroupKey(trafficKey: Buffer, seed: Buffer, context: GroupKeyContext): Buffer {
+export function groupKeyInput(
+  context: GroupKeyContext,
+  seed: Buffer,
+  block: number,
+  keyBytes: number,
+): Buffer {
   if (seed.length !== groupSeedBytes) {
     throw new RangeError(`group seed: ${seed.length} bytes, not ${groupSeedBytes}`);
   }
-  if (trafficKey.length !== 16 && trafficKey.length !== 32) {
-    throw new RangeError(`traffic key: ${trafficKey.length} bytes, not 16 or 32`);
-  }
-  const bound = Buffer.alloc(info.length + 16);
-  info.copy(bound, 0);
-  bound.writeUInt32BE(context.sessionId >>> 0, info.length);
-  bound.writeUInt32BE(context.keyEpoch >>> 0, info.length + 4);
-  bound.writeBigUInt64BE(BigInt(context.groupIndex), info.length + 8);
-  return Buffer.from(hkdfSync('sha256', trafficKey, seed, bound, trafficKey.length));
+  const out = Buffer.alloc(groupKeyInputBytes);
+  let at = out.writeUInt8(block, 0);
+  at += label.copy(out, at);
+  at = out.writeUInt8(0, at);
+  at = out.writeUInt32BE(context.sessionId >>> 0, at);
+  at = out.writeUInt32BE(context.incarnation >>> 0, at);
+  at = out.writeUInt16BE(context.keyEpoch & 0xffff, at);
+  at = out.writeUInt32BE(context.packetsPerGroup >>> 0, at);
+  at = out.writeUInt32BE(context.groupIndex >>> 0, at);
+  at += seed.copy(out, at);
+  out.writeUInt16BE(keyBytes * 8, at);
+  return out;
 }
 
-/** The token's side, as the group-key caches call it: once per group. */
-export interface GroupKeyToken {
-  /** Source: fresh entropy for a new group and the group key derived from it. */
-  newGroup?(context: GroupKeyContext): { seed: Buffer; key: Buffer } | Promise<{ seed: Buffer; key: Buffer }>;
-  /** Receiver: the group key for a seed the source sent. */
-  groupKey(seed: Buffer, context: GroupKeyContext): Buffer | Promise<Buffer>;
+/** The PRF: a 16-byte AES-CMAC of `message` under a 16- or 32-byte AES key. */
+export type Cmac = (message: Buffer) => Buffer;
+
+/**
+ * Derives a group key of `keyBytes` (16 or 32) from one PRF per share: the XOR over the shares of
+ * their SP 800-108 counter-mode outputs. Both the source (which holds the shares) and a token
+ * (which keys the PRFs inside itself) call it.
+ */
+export function deriveGroupKeyWith(
+  prfs: readonly Cmac[],
+  seed: Buffer,
+  context: GroupKeyContext,
+  keyBytes: number,
+): Buffer {
+  if (keyBytes !== 16 && keyBytes !== 32) {
+    throw new RangeError(`group key: ${keyBytes} bytes, not 16 or 32`);
+  }
+  if (prfs.length === 0) {
+    throw new RangeError('a group key needs at least one share');
+  }
+  const out = Buffer.alloc(keyBytes);
+  for (let block = 1; block * blockBytes <= keyBytes; block++) {
+    const input = groupKeyInput(context, seed, block, keyBytes);
+    for (const prf of prfs) {
+      const output = prf(input);
+      for (let index = 0; index < blockBytes; index++) {
+        const at = (block - 1) * blockBytes + index;
+        out[at] = (out[at] as number) ^ (output[index] as number);
+      }
+    }
+  }
+  return out;
+}
+
+/** AES-CMAC (RFC 4493) under a raw 16- or 32-byte key. */
+export function cmacAes(key: Buffer, message: Buffer): Buffer {
+  if (key.length !== 16 && key.length !== 32) {
+    throw new RangeError(`AES-CMAC key: ${key.length} bytes, not 16 or 32`);
+  }
+  // AES on single blocks: the block cipher as CMAC's primitive, not a packet mode.
+  const cipher = createCipheriv(key.length === 16 ? 'aes-128-ecb' : 'aes-256-ecb', key, null);
+  cipher.setAutoPadding(false);
+  const encrypt = (block: Buffer) => cipher.update(block);
+  const double = (block: Buffer) => {
+    const out = Buffer.alloc(blockBytes);
+    for (let index = 0; index < blockBytes; index++) {
+      out[index] = (((block[index] as number) << 1) | ((block[index + 1] ?? 0) >> 7)) & 0xff;
+    }
+    if (((block[0] as number) & 0x80) !== 0) {
+      out[blockBytes - 1] = (out[blockBytes - 1] as number) ^ 0x87;
+    }
+    return out;
+  };
+  const k1 = double(encrypt(Buffer.alloc(blockBytes)));
+  const k2 = double(k1);
+  const blocks = Math.max(1, Math.ceil(message.length / blockBytes));
+  const complete = message.length > 0 && message.length % blockBytes === 0;
+  const last = Buffer.alloc(blockBytes);
+  const tail = message.subarray((blocks - 1) * blockBytes);
+  tail.copy(last);
+  if (!complete) {
+    last[tail.length] = 0x80;
+  }
+  const subkey = complete ? k1 : k2;
+  let state = Buffer.alloc(blockBytes);
+  for (let block = 0; block < blocks; block++) {
+    const input = Buffer.alloc(blockBytes);
+    for (let index = 0; index < blockBytes; index++) {
+      const byte =
+        block === blocks - 1
+          ? (last[index] as number) ^ (subkey[index] as number)
+          : (message[block * blockBytes + index] as number);
+      input[index] = (state[index] as number) ^ byte;
+    }
+    state = encrypt(input);
+  }
+  cipher.final();
+  return state;
+}
+
+/** The group key from raw shares (the source's side, and tests). */
+export function deriveGroupKey(
+  shares: readonly Buffer[],
+  seed: Buffer,
+  context: GroupKeyContext,
+  keyBytes: number,
+): Buffer {
+  return deriveGroupKeyWith(
+    shares.map((share) => (message: Buffer) => cmacAes(share, message)),
+    seed,
+    context,
+    keyBytes,
+  );
 }
 
 /** Why an every-n-th configuration is refused, or undefined. */
@@ -63,78 +173,11 @@ export function groupKeyModeProblem(settings: {
     settings.packetsPerGroup < 1 ||
     settings.packetsPerGroup > groupKeyPacketsMax
   ) {
-    return `packetsPerGroup: ${settings.packetsPerGroup} is not 1-${groupKeyPacketsMax}`;
+    return `packets per group: ${settings.packetsPerGroup} is not 1-${groupKeyPacketsMax}`;
   }
   return undefined;
 }
 
-/** The group a packet counter falls in. */
-export const groupOf = (packetCounter: number, packetsPerGroup: number) =>
-  Math.floor(packetCounter / packetsPerGroup);
-
-/**
- * The source's side: the key and seed for each packet counter, asking the token once per group.
- * Counters only go up (nonces are never reused); a counter of an earlier group is refused.
- */
-export function createGroupKeySender(settings: {
-  packetsPerGroup: number;
-  sessionId: number;
-  keyEpoch: number;
-  token: GroupKeyToken;
-}) {
-  const problem = groupKeyModeProblem({ packetsPerGroup: settings.packetsPerGroup, encrypt: 'all' });
-  if (problem !== undefined) {
-    throw new RangeError(problem);
-  }
-  const newGroup = settings.token.newGroup;
-  if (newGroup === undefined) {
-    throw new RangeError('the token cannot start groups (no newGroup)');
-  }
-  let current: { groupIndex: number; seed: Buffer; key: Buffer } | undefined;
-  return async (packetCounter: number): Promise<{ groupIndex: number; seed: Buffer; key: Buffer }> => {
-    const groupIndex = groupOf(packetCounter, settings.packetsPerGroup);
-    if (current !== undefined && groupIndex < current.groupIndex) {
-      throw new RangeError(
-        `packet counter ${packetCounter} is in group ${groupIndex}, before the current one`,
-      );
-    }
-    if (current === undefined || current.groupIndex !== groupIndex) {
-      const context = { sessionId: settings.sessionId, keyEpoch: settings.keyEpoch, groupIndex };
-      const { seed, key } = await newGroup.call(settings.token, context);
-      current = { groupIndex, seed, key };
-    }
-    return current;
-  };
-}
-
-/**
- * The receiver's side: the group key for (group index, seed), asking the token once per group and
- * keeping the last few groups (reordered packets). A different seed for a known group is a
- * different key (a forged seed only fails AEAD; it never replaces a good key).
- */
-export function createGroupKeyReceiver(settings: {
-  sessionId: number;
-  keyEpoch: number;
-  token: GroupKeyToken;
-  groupsKept?: number;
-}) {
-  const kept = settings.groupsKept ?? 4;
-  const cache = new Map<string, Buffer>();
-  return async (groupIndex: number, seed: Buffer): Promise<Buffer> => {
-    const id = `${groupIndex}/${seed.toString('hex')}`;
-    const known = cache.get(id);
-    if (known !== undefined) {
-      return known;
-    }
-    const key = await settings.token.groupKey(seed, {
-      sessionId: settings.sessionId,
-      keyEpoch: settings.keyEpoch,
-      groupIndex,
-    });
-    cache.set(id, key);
-    while (cache.size > kept) {
-      cache.delete(cache.keys().next().value as string);
-    }
-    return key;
-  };
-}
+/** The group a packet's sequence falls in. */
+export const groupOf = (sequence: number, packetsPerGroup: number) =>
+  Math.floor((sequence >>> 0) / packetsPerGroup);

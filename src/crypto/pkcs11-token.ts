@@ -28,6 +28,8 @@ const ed25519Params = Buffer.from('06032b6570', 'hex');
 /** PKCS#11 3.0 mechanisms (numeric in pkcs11js): CKM_EC_EDWARDS_KEY_PAIR_GEN and CKM_EDDSA. */
 const mechanismEdwardsKeyPairGen = 0x1055;
 const mechanismEddsa = 0x1057;
+/** CKM_AES_CMAC (every-n-th-packet mode's group keys: src/crypto/group-key.ts). */
+const mechanismAesCmac = 0x108a;
 const stateLabel = 'gatecast-state';
 
 /** The bytes of an attribute read back from the token; a token that returns none is broken. */
@@ -342,6 +344,28 @@ class Pkcs11Backend implements TokenBackend {
     );
   }
 
+  /** C_UnwrapKey of a 16- or 32-byte AES key that stays in the token and can only sign (CKM_AES_CMAC). */
+  unwrapGroupShare(kek: unknown, wrapped: Buffer): Handle | undefined {
+    try {
+      const share = this.#library.C_UnwrapKey(
+        this.#session,
+        { mechanism: pkcs11Module().CKM_AES_KEY_WRAP },
+        kek as Handle,
+        wrapped,
+        secretTemplate({ extractable: false, unwrap: false, sign: true }),
+      );
+      this.#sessionObjects.push(share);
+      return share;
+    } catch {
+      return undefined;
+    }
+  }
+
+  cmac(share: unknown, message: Buffer): Buffer {
+    this.#library.C_SignInit(this.#session, { mechanism: mechanismAesCmac }, share as Handle);
+    return Buffer.from(this.#library.C_Sign(this.#session, message, Buffer.alloc(16)));
+  }
+
   unwrapTrafficKey(serviceKey: unknown, wrapped: Buffer): Buffer | undefined {
     const pkcs11 = pkcs11Module();
     let traffic: Handle | undefined;
@@ -389,6 +413,7 @@ class Pkcs11Backend implements TokenBackend {
 function secretTemplate(options: {
   extractable: boolean;
   unwrap: boolean;
+  sign?: boolean;
   valueLength?: number;
 }): Pkcs11Types.Template {
   const pkcs11 = pkcs11Module();
@@ -401,6 +426,7 @@ function secretTemplate(options: {
     { type: pkcs11.CKA_UNWRAP, value: options.unwrap },
     { type: pkcs11.CKA_ENCRYPT, value: false },
     { type: pkcs11.CKA_DECRYPT, value: false },
+    { type: pkcs11.CKA_SIGN, value: options.sign === true },
     ...(options.valueLength === undefined
       ? []
       : [{ type: pkcs11.CKA_VALUE_LEN, value: options.valueLength }]),

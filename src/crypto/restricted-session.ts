@@ -7,6 +7,7 @@
  */
 import { type KeyObject, randomBytes } from 'node:crypto';
 import {
+  groupKeyAsksPerSecondMax,
   manifestFlushWaitMs,
   manifestRepeatsMax,
   manifestSendCount,
@@ -28,6 +29,7 @@ import {
   decodeKey,
   decodeRekeyDatagram,
   encodeRekeyDatagram,
+  groupSeedBytes,
   type KeyMessage,
   manifestHashBytes,
   OfferFlag,
@@ -37,13 +39,15 @@ import {
   buildKeyMessage,
   buildSessionOffer,
   ed25519Raw,
+  joinShares,
   ManifestBuilder,
   type TreeGroupKey,
 } from './authority.js';
 import { KeyEpochsExhausted, TokenRefused } from './errors.js';
+import { groupKeyModeProblem } from './group-key.js';
 import { rekeyEpochOf, rekeyTreeIdOf } from './lkh.js';
 import { aeadTagBytes, negotiateSuite, PacketOpener, PacketSealer, type Suite, suites } from './suites.js';
-import type { Token } from './token.js';
+import type { GroupKeySource, Token } from './token.js';
 
 /** What a restricted source needs. */
 export interface RestrictedSenderSettings {
@@ -70,6 +74,12 @@ export interface RestrictedSenderSettings {
    * and the tree's rekey messages are repeated in-band. Absent: the service key alone.
    */
   readonly tree?: SourceTree | undefined;
+  /**
+   * Every-n-th-packet mode (src/crypto/group-key.ts): seal each period's packets in groups of this
+   * many, each under a group key a receiver's token derives once per group; the KEY says so, and a
+   * token then never releases the traffic key. Absent: every packet under the traffic key.
+   */
+  readonly packetsPerGroup?: number | undefined;
 }
 
 /** A member tree as a source sees it (src/cli/member-tree.ts fetches it). */
@@ -351,13 +361,28 @@ export function createSenderProtection(
   settings: RestrictedSenderSettings,
   run: { sessionId: number; incarnation: number },
 ): SenderProtection {
-  const sealer = new PacketSealer(settings.suite, run.incarnation);
+  const groupProblem =
+    settings.packetsPerGroup === undefined
+      ? undefined
+      : groupKeyModeProblem({ packetsPerGroup: settings.packetsPerGroup, encrypt: 'all' });
+  if (groupProblem !== undefined) {
+    throw new RangeError(groupProblem);
+  }
+  const sealer = new PacketSealer(settings.suite, run.incarnation, settings.randomBytes);
   const keys = new Map<number, Buffer>();
+  /**
+   * Each period's tree share (with a member tree): one per key, kept while the key is, so that every
+   * KEY built for the period (signed again, or announced under a newer tree epoch) carries the same
+   * two shares, which the group keys of every-n-th-packet mode derive from.
+   */
+  const treeShares = new Map<number, Buffer>();
   /** The tree epoch each period's key was announced under (with a member tree). */
   const keyTreeEpochs = new Map<number, number>();
   const freshKey = (epoch: number): Buffer => {
     const key = (settings.randomBytes ?? randomBytes)(settings.suite.keyBytes);
     keys.set(epoch, key);
+    treeShares.get(epoch)?.fill(0);
+    treeShares.set(epoch, (settings.randomBytes ?? randomBytes)(settings.suite.keyBytes));
     const tree = settings.tree?.current();
     if (tree !== undefined) {
       keyTreeEpochs.set(epoch, tree.treeEpoch);
@@ -369,6 +394,8 @@ export function createSenderProtection(
     if (key === undefined) {
       key = freshKey(epoch);
       keys.delete(epoch - 2);
+      treeShares.get(epoch - 2)?.fill(0);
+      treeShares.delete(epoch - 2);
       keyTreeEpochs.delete(epoch - 2);
       sealer.dropKey(epoch - 2);
     }
@@ -381,7 +408,19 @@ export function createSenderProtection(
   let sealerEpoch = 0;
   const sealing = (epoch: number) => {
     if (epoch !== sealerEpoch) {
-      sealer.setKey(epoch, keyFor(epoch));
+      const key = keyFor(epoch);
+      if (settings.packetsPerGroup === undefined) {
+        sealer.setKey(epoch, key);
+      } else {
+        // The group keys derive from the KEY's shares: the traffic key, or with a member tree the
+        // share under the service key (the key XOR the tree share) and the tree share.
+        const treeShare = keyTreeEpochs.has(epoch) ? treeShares.get(epoch) : undefined;
+        const shares = treeShare === undefined ? [key] : [joinShares(key, treeShare) as Buffer, treeShare];
+        sealer.setGroupShares(epoch, shares, settings.packetsPerGroup);
+        if (shares.length === 2) {
+          shares[0]?.fill(0);
+        }
+      }
       sealerEpoch = epoch;
     }
   };
@@ -490,10 +529,12 @@ export function createSenderProtection(
     if (treeEpoch === undefined) {
       return undefined;
     }
-    return settings.tree?.groupKey(treeEpoch);
+    // A group key forgotten (the tree moved far on): the newest, never no tree part at all, which
+    // a removed member's service key would open.
+    return settings.tree?.groupKey(treeEpoch) ?? settings.tree?.current();
   };
   return {
-    overheadBytes: aeadTagBytes,
+    overheadBytes: aeadTagBytes + (settings.packetsPerGroup === undefined ? 0 : groupSeedBytes),
     seal(plain, nowMs, wallUs, into) {
       const keyEpoch = currentEpoch(nowMs);
       sealing(keyEpoch);
@@ -550,11 +591,13 @@ export function createSenderProtection(
                 serviceEpoch: settings.serviceEpoch,
                 cryptoPeriodMs: settings.cryptoPeriodMs,
                 service: settings.service,
+                packetsPerGroup: settings.packetsPerGroup,
               },
               settings.serviceKey,
               keyFor(epoch),
               settings.sourcePrivateKey,
               treeOf(epoch),
+              treeShares.get(epoch),
             ),
           ),
         );
@@ -589,6 +632,10 @@ export interface ReceiverProtectionStats {
   packetsHeld: number;
   /** Sealed DATA dropped: no key came for it within the bound, or plain DATA in a restricted run. */
   packetsDropped: number;
+  /** Every-n-th-packet mode: group keys asked of the token (one per group of packets). */
+  groupKeysAsked: number;
+  /** Every-n-th-packet mode: packets whose group key was not asked (over groupKeyAsksPerSecondMax, or refused). */
+  groupKeysNotAsked: number;
   /** REKEY messages the token applied (member-tree leaves). */
   rekeysApplied: number;
   /** REKEY messages not applied, by reason: `stale` (held already: normal, they repeat), `gap`, `bad-signature`, `rate`, … */
@@ -625,6 +672,8 @@ export function createReceiverProtection(
     packetsBadTag: 0,
     packetsHeld: 0,
     packetsDropped: 0,
+    groupKeysAsked: 0,
+    groupKeysNotAsked: 0,
     rekeysApplied: 0,
     rekeysIgnored: {},
   };
@@ -648,8 +697,16 @@ export function createReceiverProtection(
       stats.packetsHeld++;
       return;
     }
-    if (opened === 'bad-tag' || opened === 'truncated') {
+    if (run !== undefined) {
+      stats.groupKeysAsked = run.opener.groupKeysAsked;
+    }
+    if (opened === 'bad-tag' || opened === 'truncated' || opened === 'bad-seed') {
       stats.packetsBadTag++;
+      return;
+    }
+    if (opened === 'no-group-key') {
+      stats.groupKeysNotAsked++;
+      stats.packetsDropped++;
       return;
     }
     stats.packetsOpened++;
@@ -665,6 +722,26 @@ export function createReceiverProtection(
         held.push(sealed);
       }
     }
+  };
+
+  /**
+   * Every-n-th-packet mode: the token is asked for at most groupKeyAsksPerSecondMax group keys a
+   * second. A genuine stream needs one per group; a flood of forged DATA with made-up seeds for
+   * groups not yet opened costs no more than that.
+   */
+  let groupAsks = 0;
+  let groupAsksSince = nowMs();
+  const mayAskGroupKey = () => {
+    const now = nowMs();
+    if (now - groupAsksSince >= 1000 || now < groupAsksSince) {
+      groupAsks = 0;
+      groupAsksSince = now;
+    }
+    if (groupAsks >= groupKeyAsksPerSecondMax) {
+      return false;
+    }
+    groupAsks++;
+    return true;
   };
 
   /**
@@ -744,11 +821,19 @@ export function createReceiverProtection(
       askedEpochs.clear();
     }
     askedEpochs.add(key.keyEpoch);
-    token.releaseTrafficKey(key).then(
-      (traffic) => {
+    // Every-n-th-packet mode: the token keeps the KEY's shares and derives a key per group.
+    const asked: Promise<
+      { traffic: Buffer; groups?: undefined } | { traffic?: undefined; groups: GroupKeySource }
+    > =
+      key.packetsPerGroup === undefined
+        ? token.releaseTrafficKey(key).then((traffic) => ({ traffic }))
+        : token.releaseGroupKeys(key).then((groups) => ({ groups }));
+    asked.then(
+      ({ traffic, groups }) => {
+        const keyBytes = traffic?.length ?? groups?.keyBytes;
         if (run === undefined) {
           const suite = negotiateSuite([key.suite], supported);
-          if (suite === undefined || suite.keyBytes !== traffic.length) {
+          if (suite === undefined || suite.keyBytes !== keyBytes) {
             reject('suite');
             return;
           }
@@ -767,8 +852,16 @@ export function createReceiverProtection(
           }
           return;
         }
-        run.opener.setKey(key.keyEpoch, traffic);
-        traffic.fill(0);
+        if (traffic !== undefined) {
+          run.opener.setKey(key.keyEpoch, traffic);
+          traffic.fill(0);
+        } else if (groups !== undefined) {
+          if (groups.keyBytes !== run.opener.suite.keyBytes) {
+            reject('suite');
+            return;
+          }
+          run.opener.setGroupKeys(key.keyEpoch, groups, mayAskGroupKey);
+        }
         stats.keysAccepted++;
         heldKeys.set(key.keyEpoch, { wrappedKey: Buffer.from(key.wrappedKey), askedAtUs: key.timestampUs });
         run.opener.dropKey(key.keyEpoch - 3);

@@ -273,6 +273,8 @@ export function s2ReceiverProtection(key: S2Key): ReceiverProtection {
     packetsBadTag: 0,
     packetsHeld: 0,
     packetsDropped: 0,
+    groupKeysAsked: 0,
+    groupKeysNotAsked: 0,
     rekeysApplied: 0,
     rekeysIgnored: {},
   };

@@ -27,6 +27,7 @@ import { readBoundedFile } from '../net/files.js';
 import type { Grant } from '../protocol/restricted.js';
 import { ed25519Raw, generateSigningKey, p256FromPoint, p256Point, unwrapKey } from './authority.js';
 import { TokenError } from './errors.js';
+import { cmacAes } from './group-key.js';
 import { type Purse, Token, type TokenBackend, type TokenState } from './token.js';
 
 const format = 'gatecast-software-token';
@@ -200,6 +201,15 @@ class SoftwareBackend implements TokenBackend {
 
   forgetTreeKey(key: unknown): void {
     (key as Buffer).fill(0);
+  }
+
+  unwrapGroupShare(kek: unknown, wrapped: Buffer): Buffer | undefined {
+    const share = unwrapKey(kek as Buffer, wrapped);
+    return share?.length === 16 || share?.length === 32 ? share : undefined;
+  }
+
+  cmac(share: unknown, message: Buffer): Buffer {
+    return cmacAes(share as Buffer, message);
   }
 
   close(): void {

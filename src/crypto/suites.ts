@@ -14,15 +14,18 @@
  * uses a new key and nonce space; within a run a sealer refuses to seal a sequence that is not
  * ahead of the last one it sealed under the same epoch, so no (key, nonce) pair is used twice.
  */
+import { randomBytes } from 'node:crypto';
 import {
   headerBytes,
   offsetBodyLength,
   offsetIncarnation,
   offsetKeyEpoch,
   offsetSequence,
+  offsetSessionId,
   offsetType,
   PacketType,
 } from '../protocol/packet.js';
+import { groupSeedBytes } from '../protocol/restricted.js';
 import {
   type AeadContext,
   type AeadName,
@@ -33,6 +36,7 @@ import {
   tagBytes,
 } from './aead-engine.js';
 import { CipherError, SuiteRefused } from './errors.js';
+import { deriveGroupKey, groupOf } from './group-key.js';
 
 /** AEAD tag length, pinned: shorter tags are refused (docs/security.md). The engine's, one number. */
 export const aeadTagBytes = tagBytes;
@@ -196,11 +200,19 @@ export class PacketSealer {
   readonly #incarnation: number;
   readonly #keys = new Map<
     number,
-    { key: AeadContext | undefined; lastSequence: number | undefined; count: number }
+    {
+      key: AeadContext | undefined;
+      lastSequence: number | undefined;
+      count: number;
+      /** Every-n-th-packet mode: the KEY's shares, and the group being sealed. */
+      group?: GroupSealing | undefined;
+    }
   >();
   readonly #nonce = Buffer.alloc(aeadNonceBytes);
+  readonly #randomBytes: (bytes: number) => Buffer;
 
-  constructor(suite: Suite, incarnation: number) {
+  constructor(suite: Suite, incarnation: number, random: (bytes: number) => Buffer = randomBytes) {
+    this.#randomBytes = random;
     if (incarnation === 0) {
       throw new CipherError('a sealer needs the run incarnation (not 0) for its nonces');
     }
@@ -224,12 +236,55 @@ export class PacketSealer {
     });
   }
 
+  /**
+   * Every-n-th-packet mode: the epoch's packets are sealed in groups of `packetsPerGroup`
+   * (by sequence), each under a group key derived from the KEY's shares (the traffic key, or its
+   * two shares with a member tree) and a fresh seed drawn when the group's first packet is sealed
+   * (src/crypto/group-key.ts). The seed travels in clear at the start of each packet's body.
+   */
+  setGroupShares(keyEpoch: number, shares: readonly Buffer[], packetsPerGroup: number): void {
+    for (const share of shares) {
+      checkKey(this.#suite, share);
+    }
+    if (shares.length < 1 || shares.length > 2) {
+      throw new CipherError(`a group key is derived from 1 or 2 shares, not ${shares.length}`);
+    }
+    if (!Number.isSafeInteger(packetsPerGroup) || packetsPerGroup < 1) {
+      throw new CipherError(`packets per group ${packetsPerGroup} is not a positive integer`);
+    }
+    if (keyEpoch < 1 || keyEpoch > 0xffff || !Number.isInteger(keyEpoch)) {
+      throw new CipherError(`key epoch ${keyEpoch} is not 1-65535`);
+    }
+    if (this.#keys.has(keyEpoch)) {
+      throw new CipherError(`key epoch ${keyEpoch} already has a key; a new key needs a new epoch`);
+    }
+    this.#keys.set(keyEpoch, {
+      key: undefined,
+      lastSequence: undefined,
+      count: 0,
+      group: { shares: shares.map((share) => Buffer.from(share)), packetsPerGroup, current: undefined },
+    });
+  }
+
+  /** Group keys derived since the sealer was made (every-n-th-packet mode: one per group). */
+  get groupsStarted(): number {
+    return this.#groupsStarted;
+  }
+  #groupsStarted = 0;
+
   /** Forgets an epoch's key (after its crypto-period and grace); its epoch is never reused. */
   dropKey(keyEpoch: number): void {
     const entry = this.#keys.get(keyEpoch);
     if (entry !== undefined) {
       entry.key?.dispose();
       entry.key = undefined; // the epoch stays known, so it is never given a second key
+      if (entry.group !== undefined) {
+        entry.group.current?.key.dispose();
+        for (const share of entry.group.shares) {
+          share.fill(0);
+        }
+        entry.group = undefined;
+      }
     }
   }
 
@@ -252,7 +307,7 @@ export class PacketSealer {
     }
     const keyEpoch = plain.readUInt16BE(offsetKeyEpoch);
     const entry = this.#keys.get(keyEpoch);
-    if (entry?.key === undefined) {
+    if (entry === undefined || (entry.key === undefined && entry.group === undefined)) {
       throw new CipherError(`no traffic key for key epoch ${keyEpoch}`);
     }
     const sequence = plain.readUInt32BE(offsetSequence);
@@ -267,6 +322,20 @@ export class PacketSealer {
     if (entry.count >= 0x7fff_ffff) {
       throw new CipherError(`key epoch ${keyEpoch} has sealed 2^31 - 1 packets; start a new epoch`);
     }
+    if (entry.group !== undefined) {
+      return this.#sealInGroup(
+        entry,
+        entry.group,
+        plain,
+        keyEpoch,
+        sequence,
+        into,
+        hashOut,
+        hashOffset,
+        hashLength,
+      );
+    }
+    const key = entry.key as AeadContext;
     const sealedLength = plain.length + aeadTagBytes;
     if (into !== undefined && into.length < sealedLength) {
       throw new CipherError(`a sealed datagram of ${sealedLength} bytes does not fit ${into.length}`);
@@ -281,25 +350,156 @@ export class PacketSealer {
     plain.copy(out, 0, 0, headerBytes);
     out.writeUInt16BE(plain.length - headerBytes + aeadTagBytes, offsetBodyLength);
     writePacketNonce(this.#nonce, this.#incarnation, keyEpoch, sequence);
-    entry.key.sealDatagram(this.#nonce, plain, out, headerBytes, hashOut, hashOffset, hashLength);
+    key.sealDatagram(this.#nonce, plain, out, headerBytes, hashOut, hashOffset, hashLength);
     // Counted once the packet is sealed: a refused call (a bad hash range) used no nonce.
+    entry.lastSequence = sequence;
+    entry.count += 1;
+    return out.length === sealedLength ? out : out.subarray(0, sealedLength);
+  }
+
+  /**
+   * Every-n-th-packet mode: header ‖ group seed ‖ ciphertext ‖ tag, the header and the seed as
+   * associated data, under the group's key (a new group draws a seed and derives its key first).
+   */
+  #sealInGroup(
+    entry: { lastSequence: number | undefined; count: number },
+    group: GroupSealing,
+    plain: Buffer,
+    keyEpoch: number,
+    sequence: number,
+    into: Buffer | undefined,
+    hashOut: Buffer | undefined,
+    hashOffset: number | undefined,
+    hashLength: number | undefined,
+  ): Buffer {
+    const sealedLength = plain.length + groupSeedBytes + aeadTagBytes;
+    if (into !== undefined && into.length < sealedLength) {
+      throw new CipherError(`a sealed datagram of ${sealedLength} bytes does not fit ${into.length}`);
+    }
+    const bodyBytes = plain.length - headerBytes + groupSeedBytes + aeadTagBytes;
+    if (bodyBytes > 0xffff) {
+      throw new CipherError(`a sealed body of ${bodyBytes} bytes does not fit the header's 16-bit length`);
+    }
+    const out = into ?? Buffer.allocUnsafe(sealedLength);
+    if (
+      out.buffer === plain.buffer &&
+      out.byteOffset < plain.byteOffset + plain.length &&
+      plain.byteOffset < out.byteOffset + sealedLength
+    ) {
+      throw new CipherError('AEAD: the sealed datagram overlaps the plaintext');
+    }
+    // The engine seals in place: header ‖ seed ‖ payload laid out in `out` first.
+    const inPlace = out.subarray(0, plain.length + groupSeedBytes);
+    const refusal = sealDatagramRefusal(
+      inPlace,
+      out,
+      headerBytes + groupSeedBytes,
+      hashOut,
+      hashOffset,
+      hashLength,
+    );
+    if (refusal !== undefined) {
+      throw new CipherError(refusal);
+    }
+    const groupIndex = groupOf(sequence, group.packetsPerGroup);
+    if (group.current === undefined || group.current.index !== groupIndex) {
+      const seed = this.#randomBytes(groupSeedBytes);
+      const key = deriveGroupKey(
+        group.shares,
+        seed,
+        {
+          sessionId: plain.readUInt32BE(offsetSessionId),
+          incarnation: this.#incarnation,
+          keyEpoch,
+          packetsPerGroup: group.packetsPerGroup,
+          groupIndex,
+        },
+        this.#suite.keyBytes,
+      );
+      group.current?.key.dispose();
+      group.current = { index: groupIndex, seed, key: createAeadContext(this.#suite.name, key, true) };
+      key.fill(0);
+      this.#groupsStarted++;
+    }
+    plain.copy(out, 0, 0, headerBytes);
+    out.writeUInt16BE(bodyBytes, offsetBodyLength);
+    group.current.seed.copy(out, headerBytes);
+    plain.copy(out, headerBytes + groupSeedBytes, headerBytes);
+    writePacketNonce(this.#nonce, this.#incarnation, keyEpoch, sequence);
+    group.current.key.sealDatagram(
+      this.#nonce,
+      inPlace,
+      out,
+      headerBytes + groupSeedBytes,
+      hashOut,
+      hashOffset,
+      hashLength,
+    );
     entry.lastSequence = sequence;
     entry.count += 1;
     return out.length === sealedLength ? out : out.subarray(0, sealedLength);
   }
 }
 
-/** Why a sealed packet was not opened; counted per reason by the receiver. */
-export type OpenFailure = 'no-key' | 'bad-tag' | 'truncated';
+/** A sealer's every-n-th-packet state for one key epoch. */
+interface GroupSealing {
+  readonly shares: Buffer[];
+  readonly packetsPerGroup: number;
+  current: { index: number; seed: Buffer; key: AeadContext } | undefined;
+}
+
+/**
+ * Why a sealed packet was not opened; counted per reason by the receiver. Every-n-th-packet mode
+ * adds `bad-seed` (a seed other than the one that opened its group, or one too many tried for a
+ * group: forged) and `no-group-key` (the token was not asked: over the budget, or it refused).
+ */
+export type OpenFailure = 'no-key' | 'bad-tag' | 'truncated' | 'bad-seed' | 'no-group-key';
+
+/** Every-n-th-packet mode at a receiver: what asks the token for a group's key (Token.releaseGroupKeys). */
+export interface GroupKeyAsker {
+  readonly packetsPerGroup: number;
+  readonly keyBytes: number;
+  groupKey(groupIndex: number, seed: Buffer): Buffer;
+}
+
+/** Seeds a receiver asks its token about for one group before it takes the group as forged. */
+export const groupSeedTriesMax = 4;
+/** Groups of an epoch whose keys an opener keeps (reordered and late packets). */
+export const groupKeysKept = 64;
+
+interface GroupOpening {
+  readonly asker: GroupKeyAsker;
+  /** True when the token may be asked now (the receiver's budget). */
+  readonly mayAsk: () => boolean;
+  readonly groups: Map<number, { seed: Buffer; key: AeadContext; confirmed: boolean; tries: number }>;
+}
 
 /** Opens sealed DATA datagrams under the traffic keys a token released. */
 export class PacketOpener {
   readonly #suite: Suite;
   readonly #keys = new Map<number, AeadContext>();
+  readonly #groups = new Map<number, GroupOpening>();
   readonly #nonce = Buffer.alloc(aeadNonceBytes);
+  /** Every-n-th-packet mode: group keys asked of the token. */
+  groupKeysAsked = 0;
 
   constructor(suite: Suite) {
     this.#suite = suite;
+  }
+
+  /**
+   * Every-n-th-packet mode: the epoch's packets carry a group seed and open under group keys,
+   * each asked of the token (through `asker`) once, when the first packet of its group arrives,
+   * if `mayAsk` allows. A seed other than the one that opened a group is dropped unasked.
+   */
+  setGroupKeys(keyEpoch: number, asker: GroupKeyAsker, mayAsk: () => boolean): void {
+    if (asker.keyBytes !== this.#suite.keyBytes) {
+      throw new CipherError(
+        `${this.#suite.name} takes ${this.#suite.keyBytes}-byte keys, not ${asker.keyBytes}-byte group keys`,
+      );
+    }
+    this.dropKey(keyEpoch);
+    this.#groups.set(keyEpoch, { asker, mayAsk, groups: new Map() });
   }
 
   /** The suite in use. */
@@ -314,15 +514,19 @@ export class PacketOpener {
     this.#keys.set(keyEpoch, createAeadContext(this.#suite.name, key, false));
   }
 
-  /** True when the epoch's key is held. */
+  /** True when the epoch's key (or its group keys' asker) is held. */
   hasKey(keyEpoch: number): boolean {
-    return this.#keys.has(keyEpoch);
+    return this.#keys.has(keyEpoch) || this.#groups.has(keyEpoch);
   }
 
   /** Forgets an epoch's key. */
   dropKey(keyEpoch: number): void {
     this.#keys.get(keyEpoch)?.dispose();
     this.#keys.delete(keyEpoch);
+    for (const group of this.#groups.get(keyEpoch)?.groups.values() ?? []) {
+      group.key.dispose();
+    }
+    this.#groups.delete(keyEpoch);
   }
 
   /**
@@ -338,6 +542,10 @@ export class PacketOpener {
       return 'truncated';
     }
     const keyEpoch = sealed.readUInt16BE(offsetKeyEpoch);
+    const grouped = this.#groups.get(keyEpoch);
+    if (grouped !== undefined) {
+      return this.#openInGroup(grouped, sealed, keyEpoch, inPlace);
+    }
     const key = this.#keys.get(keyEpoch);
     if (key === undefined) {
       return 'no-key';
@@ -356,5 +564,70 @@ export class PacketOpener {
     }
     out.writeUInt16BE(bodyEnd - headerBytes, offsetBodyLength);
     return inPlace ? sealed.subarray(0, bodyEnd) : out;
+  }
+
+  /** open() for an epoch in every-n-th-packet mode: header ‖ seed ‖ ciphertext ‖ tag. */
+  #openInGroup(
+    grouped: GroupOpening,
+    sealed: Buffer,
+    keyEpoch: number,
+    inPlace: boolean,
+  ): Buffer | OpenFailure {
+    const aadBytes = headerBytes + groupSeedBytes;
+    if (sealed.length < aadBytes + aeadTagBytes) {
+      return 'truncated';
+    }
+    const sequence = sealed.readUInt32BE(offsetSequence);
+    const groupIndex = groupOf(sequence, grouped.asker.packetsPerGroup);
+    const seed = sealed.subarray(headerBytes, aadBytes);
+    let group = grouped.groups.get(groupIndex);
+    if (group === undefined || !group.seed.equals(seed)) {
+      // A group opened under one seed has no other: a second seed is forged, and costs no token call.
+      if (group !== undefined && (group.confirmed || group.tries >= groupSeedTriesMax)) {
+        return 'bad-seed';
+      }
+      if (!grouped.mayAsk()) {
+        return 'no-group-key';
+      }
+      let raw: Buffer;
+      try {
+        raw = grouped.asker.groupKey(groupIndex, Buffer.from(seed));
+      } catch {
+        return 'no-group-key';
+      }
+      this.groupKeysAsked++;
+      const tries = (group?.tries ?? 0) + 1;
+      group?.key.dispose();
+      group = {
+        seed: Buffer.from(seed),
+        key: createAeadContext(this.#suite.name, raw, false),
+        confirmed: false,
+        tries,
+      };
+      raw.fill(0);
+      grouped.groups.delete(groupIndex);
+      grouped.groups.set(groupIndex, group);
+      while (grouped.groups.size > groupKeysKept) {
+        const [oldest, kept] = grouped.groups.entries().next().value as [number, { key: AeadContext }];
+        kept.key.dispose();
+        grouped.groups.delete(oldest);
+      }
+    }
+    writePacketNonce(this.#nonce, sealed.readUInt32BE(offsetIncarnation), keyEpoch, sequence);
+    const bodyEnd = sealed.length - aeadTagBytes;
+    const plainLength = bodyEnd - groupSeedBytes;
+    const out = inPlace ? sealed : Buffer.allocUnsafe(plainLength);
+    if (!group.key.openDatagram(this.#nonce, sealed, aadBytes, out, inPlace ? aadBytes : headerBytes)) {
+      out.fill(0, inPlace ? aadBytes : 0, inPlace ? bodyEnd : plainLength);
+      return 'bad-tag';
+    }
+    group.confirmed = true;
+    if (inPlace) {
+      sealed.copyWithin(headerBytes, aadBytes, bodyEnd);
+    } else {
+      sealed.copy(out, 0, 0, headerBytes);
+    }
+    out.writeUInt16BE(plainLength - headerBytes, offsetBodyLength);
+    return inPlace ? sealed.subarray(0, plainLength) : out;
   }
 }

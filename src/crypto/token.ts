@@ -36,6 +36,7 @@ import {
 } from '../protocol/restricted.js';
 import { deviceKeyId, ed25519FromRaw, joinShares, tokenIdOf, verifySignature } from './authority.js';
 import { TokenError, TokenRefused } from './errors.js';
+import { deriveGroupKeyWith } from './group-key.js';
 import { applyRekeyEntries, decodeRekey, type LkhRekey, LkhWrapping, lkhPath } from './lkh.js';
 import {
   createPurse,
@@ -178,6 +179,14 @@ export interface TokenBackend {
   /** Forgets a tree key used no more: replaced by a rekey, or unwrapped only to test one (a PKCS#11 session object is destroyed). */
   forgetTreeKey?(key: ServiceKeyHandle): void;
   /**
+   * Every-n-th-packet mode: unwraps a KEY's share (the traffic key, or one of its two shares)
+   * under a service or tree group key into an AES key that stays inside the token and can only
+   * compute AES-CMAC; undefined if it fails. Forgotten with forgetTreeKey.
+   */
+  unwrapGroupShare(kek: ServiceKeyHandle, wrapped: Buffer): ServiceKeyHandle | undefined;
+  /** AES-CMAC (16 bytes) of `message` under such a share, inside the token. */
+  cmac(share: ServiceKeyHandle, message: Buffer): Buffer;
+  /**
    * The raw Ed25519 public key of the token's receipt key, made inside the token when `create`
    * and there is none yet; undefined when there is none.
    */
@@ -185,6 +194,23 @@ export interface TokenBackend {
   /** Signs a receipt's signed bytes with the receipt key, inside the token. */
   signReceipt(signed: Buffer): Buffer;
   close(): void;
+}
+
+/** The group keys of one KEY in every-n-th-packet mode, derived inside the token (Token.releaseGroupKeys). */
+export interface GroupKeySource {
+  readonly packetsPerGroup: number;
+  /** Bytes of each group key (the suite's key length). */
+  readonly keyBytes: number;
+  /** The key of group `groupIndex` for the seed its packets carry: one ask of the token. */
+  groupKey(groupIndex: number, seed: Buffer): Buffer;
+}
+
+/**
+ * What a KEY is remembered by: its run, epoch and service, and its tree epoch (the source replaces
+ * a period's key when the tree changes before the period starts, and the replacement is another key).
+ */
+function keyIdOf(key: KeyMessage): string {
+  return `${key.sessionId}/${key.incarnation}/${key.keyEpoch}/${key.service}/${key.tree?.treeEpoch ?? ''}/${key.packetsPerGroup ?? ''}`;
 }
 
 /** An entitlement as a user sees it. */
@@ -211,6 +237,9 @@ export class Token {
   #state: TokenState;
   readonly #serviceKeys = new Map<string, ServiceKeyHandle>();
   readonly #released = new Map<string, Buffer>();
+  /** Every-n-th-packet mode: the shares of each KEY admitted (inside the token) and what derives its group keys. */
+  readonly #groupSources = new Map<string, { shares: ServiceKeyHandle[]; source: GroupKeySource }>();
+  #groupKeysDerived = 0;
   /** Source public keys of the grants, as KeyObjects, by their raw hex (imported once, not per KEY). */
   readonly #sourceKeys = new Map<string, KeyObject>();
   /** Member trees as unwrapped inside the token, by tree id (built from the state when first needed). */
@@ -404,9 +433,132 @@ export class Token {
    */
   async releaseTrafficKey(key: KeyMessage): Promise<Buffer> {
     this.#assertOpen();
-    // A KEY with a tree part names its tree epoch: the source replaces a period's key when the
-    // tree changes before the period starts, and the replacement is another key.
-    const id = `${key.sessionId}/${key.incarnation}/${key.keyEpoch}/${key.service}/${key.tree?.treeEpoch ?? ''}`;
+    if (key.packetsPerGroup !== undefined) {
+      throw new TokenRefused(
+        'group-mode',
+        `the KEY for ${key.service} seals its packets in groups of ${key.packetsPerGroup}: this token gives their group keys, never the traffic key`,
+      );
+    }
+    const id = keyIdOf(key);
+    const cached = this.#released.get(id);
+    const { grant, treeKey } = await this.#admit(key, cached !== undefined);
+    if (cached !== undefined) {
+      this.#advance(key.timestampUs);
+      return Buffer.from(cached);
+    }
+    const traffic = this.#unwrapTraffic(key, grant, treeKey);
+    if (traffic === undefined) {
+      throw new TokenRefused(
+        'bad-key-message',
+        `KEY message for ${key.service} does not unwrap under the service key`,
+      );
+    }
+    this.#advance(key.timestampUs);
+    if (this.#released.size >= tokenReleasedKeysMax) {
+      const oldest = this.#released.keys().next().value;
+      if (oldest !== undefined) {
+        this.#released.get(oldest)?.fill(0);
+        this.#released.delete(oldest);
+      }
+    }
+    this.#released.set(id, Buffer.from(traffic));
+    return traffic;
+  }
+
+  /**
+   * Every-n-th-packet mode (src/crypto/group-key.ts): after the same checks and debit as
+   * releaseTrafficKey, unwraps the KEY's shares into keys that stay inside the token and can only
+   * derive group keys, and returns what derives them, once per group. The traffic key itself is
+   * never released. A KEY already admitted for the same run and epoch is not charged again.
+   */
+  async releaseGroupKeys(key: KeyMessage): Promise<GroupKeySource> {
+    this.#assertOpen();
+    const packetsPerGroup = key.packetsPerGroup;
+    if (packetsPerGroup === undefined) {
+      throw new TokenRefused(
+        'bad-key-message',
+        `the KEY for ${key.service} seals every packet under its traffic key: it has no group keys`,
+      );
+    }
+    const id = keyIdOf(key);
+    const known = this.#groupSources.get(id);
+    const { grant, treeKey } = await this.#admit(key, known !== undefined);
+    if (known !== undefined) {
+      this.#advance(key.timestampUs);
+      return known.source;
+    }
+    const shares: ServiceKeyHandle[] = [];
+    const serviceShare = this.#backend.unwrapGroupShare(this.#serviceKey(grant), key.wrappedKey);
+    if (serviceShare !== undefined) {
+      shares.push(serviceShare);
+    }
+    if (key.tree !== undefined && serviceShare !== undefined) {
+      const treeShare = this.#backend.unwrapGroupShare(treeKey, key.tree.wrappedShare);
+      if (treeShare !== undefined) {
+        shares.push(treeShare);
+      }
+    }
+    if (shares.length !== (key.tree === undefined ? 1 : 2)) {
+      for (const share of shares) {
+        this.#backend.forgetTreeKey?.(share);
+      }
+      throw new TokenRefused(
+        'bad-key-message',
+        `KEY message for ${key.service} does not unwrap under the service key`,
+      );
+    }
+    this.#advance(key.timestampUs);
+    if (this.#groupSources.size >= tokenReleasedKeysMax) {
+      const oldest = this.#groupSources.keys().next().value;
+      if (oldest !== undefined) {
+        for (const share of this.#groupSources.get(oldest)?.shares ?? []) {
+          this.#backend.forgetTreeKey?.(share);
+        }
+        this.#groupSources.delete(oldest);
+      }
+    }
+    const backend = this.#backend;
+    const prfs = shares.map((share) => (message: Buffer) => backend.cmac(share, message));
+    const keyBytes = key.wrappedKey.length - 8;
+    const context = {
+      sessionId: key.sessionId,
+      incarnation: key.incarnation,
+      keyEpoch: key.keyEpoch,
+      packetsPerGroup,
+    };
+    const source: GroupKeySource = {
+      packetsPerGroup,
+      keyBytes,
+      groupKey: (groupIndex, seed) => {
+        this.#assertOpen();
+        if (!this.#groupSources.has(id)) {
+          throw new TokenRefused(
+            'bad-key-message',
+            `the group keys of ${key.service}'s key epoch ${key.keyEpoch} are forgotten: its KEY is asked again`,
+          );
+        }
+        this.#groupKeysDerived++;
+        return deriveGroupKeyWith(prfs, seed, { ...context, groupIndex }, keyBytes);
+      },
+    };
+    this.#groupSources.set(id, { shares, source });
+    return source;
+  }
+
+  /** Group keys this token derived since it was opened (every-n-th-packet mode). */
+  get groupKeysDerived(): number {
+    return this.#groupKeysDerived;
+  }
+
+  /**
+   * The checks of releaseTrafficKey, in order (grant, source signature, window, rollback, tier,
+   * tree membership), then the debit of a pay-as-you-go grant unless the KEY was admitted before.
+   * Returns the grant and the tree's group key of the KEY's tree epoch (with a tree part).
+   */
+  async #admit(
+    key: KeyMessage,
+    admittedBefore: boolean,
+  ): Promise<{ grant: Grant; treeKey: ServiceKeyHandle | undefined }> {
     const grants = this.#grants().filter(
       (grant) => grant.service === key.service && grant.serviceEpoch === key.serviceEpoch,
     );
@@ -446,13 +598,8 @@ export class Token {
       );
     }
     // Before any debit: a token removed from the tree, or not yet at the KEY's tree epoch, pays nothing.
-    const groupKey = key.tree === undefined ? undefined : this.#groupKeyFor(key);
-    const cached = this.#released.get(id);
-    if (cached !== undefined) {
-      this.#advance(key.timestampUs);
-      return Buffer.from(cached);
-    }
-    if (grant.priceModel === PriceModel.perCryptoPeriod && grant.priceMinor > 0) {
+    const treeKey = key.tree === undefined ? undefined : this.#groupKeyFor(key);
+    if (!admittedBefore && grant.priceModel === PriceModel.perCryptoPeriod && grant.priceMinor > 0) {
       const answer = await (this.#purse ?? this.#tokenPurse()).debit({
         service: key.service,
         serviceEpoch: key.serviceEpoch,
@@ -467,23 +614,7 @@ export class Token {
         throw new TokenRefused(answer.reason, answer.message);
       }
     }
-    const traffic = this.#unwrapTraffic(key, grant, groupKey);
-    if (traffic === undefined) {
-      throw new TokenRefused(
-        'bad-key-message',
-        `KEY message for ${key.service} does not unwrap under the service key`,
-      );
-    }
-    this.#advance(key.timestampUs);
-    if (this.#released.size >= tokenReleasedKeysMax) {
-      const oldest = this.#released.keys().next().value;
-      if (oldest !== undefined) {
-        this.#released.get(oldest)?.fill(0);
-        this.#released.delete(oldest);
-      }
-    }
-    this.#released.set(id, Buffer.from(traffic));
-    return traffic;
+    return { grant, treeKey };
   }
 
   /**

@@ -7,6 +7,8 @@
  * Every signed layout ends with a 64-byte Ed25519 signature over every byte before it (for the
  * UDP messages: the 32-byte header, then the body up to the signature).
  */
+
+import { groupKeyPacketsMax } from '../limits.js';
 import { type DecodeResult, invalid, ProtocolEncodeError, valid } from './errors.js';
 import { decodeHeaderOf, type Header, type HeaderFields, PacketType, writeHeader } from './packet.js';
 import { headerBytes } from './sizes.js';
@@ -25,6 +27,10 @@ export const serviceNameBytesMax = 64;
 export const offerSuitesMax = 8;
 /** Wrapped key lengths AES key wrap (RFC 3394) yields for 16- and 32-byte keys. */
 const wrappedKeyLengths = new Set([24, 40]);
+/** A KEY's group part: packets per group (32 bits), in every-n-th-packet mode only. */
+const keyGroupPartBytes = 4;
+/** Bytes of the group seed at the start of a sealed DATA body in every-n-th-packet mode. */
+export const groupSeedBytes = 16;
 
 /** SIGNATURE kinds (first body byte). */
 export const SignatureKind = { manifest: 1, session: 2, control: 3 } as const;
@@ -149,6 +155,13 @@ export interface KeyBody {
   readonly wrappedKey: Buffer;
   /** Present when the service has a member tree (LKH, docs/protocol.md "Member trees"). */
   readonly tree?: KeyTreePart | undefined;
+  /**
+   * Every-n-th-packet mode (docs/protocol.md, "Group keys"): the period's packets are sealed in
+   * groups of this many under group keys, each derived inside a token from the KEY's shares and
+   * the group's seed; a token never releases the traffic key of such a KEY. Absent: the traffic
+   * key seals every packet of the period.
+   */
+  readonly packetsPerGroup?: number | undefined;
 }
 
 /**
@@ -353,7 +366,12 @@ export function encodeKeyUnsigned(fields: HeaderFields, body: KeyBody): Buffer {
     throw new ProtocolEncodeError('a KEY tree share is wrapped to the length of the traffic key');
   }
   const treeBytes = tree === undefined ? 0 : 8 + tree.wrappedShare.length;
-  const bodyLength = 12 + service.length + body.wrappedKey.length + treeBytes + signatureBytes;
+  const group = body.packetsPerGroup;
+  if (group !== undefined && (!Number.isSafeInteger(group) || group < 1 || group > groupKeyPacketsMax)) {
+    throw new ProtocolEncodeError(`a KEY's packets per group is 1-${groupKeyPacketsMax}`);
+  }
+  const groupBytes = group === undefined ? 0 : keyGroupPartBytes;
+  const bodyLength = 12 + service.length + body.wrappedKey.length + treeBytes + groupBytes + signatureBytes;
   const out = Buffer.alloc(headerBytes + bodyLength);
   writeHeader(out, PacketType.key, fields, bodyLength);
   const b = out.subarray(headerBytes);
@@ -371,6 +389,9 @@ export function encodeKeyUnsigned(fields: HeaderFields, body: KeyBody): Buffer {
     b.writeUInt32BE(tree.treeId >>> 0, treeAt);
     b.writeUInt32BE(tree.treeEpoch >>> 0, treeAt + 4);
     tree.wrappedShare.copy(b, treeAt + 8);
+  }
+  if (group !== undefined) {
+    b.writeUInt32BE(group, wrappedAt + body.wrappedKey.length + treeBytes);
   }
   return out;
 }
@@ -393,20 +414,35 @@ export function decodeKey(buf: Buffer): DecodeResult<KeyMessage> {
   if (serviceLength < 1 || serviceLength > serviceNameBytesMax || !wrappedKeyLengths.has(wrappedLength)) {
     return invalid('bad-field', 'KEY service name or wrapped key length');
   }
-  // Without a tree part, or with one (tree id, tree epoch, a share wrapped to the same length).
+  // Without a tree part, or with one (tree id, tree epoch, a share wrapped to the same length);
+  // then, in every-n-th-packet mode, a group part (4 bytes). The four lengths differ: 8 + w > 4.
   const plainLength = 12 + serviceLength + wrappedLength + signatureBytes;
-  if (b.length !== plainLength && b.length !== plainLength + 8 + wrappedLength) {
+  const optional = b.length - plainLength;
+  const treeBytes = 8 + wrappedLength;
+  if (
+    optional !== 0 &&
+    optional !== treeBytes &&
+    optional !== keyGroupPartBytes &&
+    optional !== treeBytes + keyGroupPartBytes
+  ) {
     return invalid('length-mismatch', 'KEY body length does not match its lengths');
   }
+  const hasTree = optional >= treeBytes;
   const treeAt = 12 + serviceLength + wrappedLength;
-  const tree =
-    b.length === plainLength
-      ? undefined
-      : {
-          treeId: b.readUInt32BE(treeAt),
-          treeEpoch: b.readUInt32BE(treeAt + 4),
-          wrappedShare: b.subarray(treeAt + 8, treeAt + 8 + wrappedLength),
-        };
+  let packetsPerGroup: number | undefined;
+  if (optional === keyGroupPartBytes || optional === treeBytes + keyGroupPartBytes) {
+    packetsPerGroup = b.readUInt32BE(treeAt + (hasTree ? treeBytes : 0));
+    if (packetsPerGroup < 1 || packetsPerGroup > groupKeyPacketsMax) {
+      return invalid('bad-field', `KEY packets per group ${packetsPerGroup} is not 1-${groupKeyPacketsMax}`);
+    }
+  }
+  const tree = !hasTree
+    ? undefined
+    : {
+        treeId: b.readUInt32BE(treeAt),
+        treeEpoch: b.readUInt32BE(treeAt + 4),
+        wrappedShare: b.subarray(treeAt + 8, treeAt + 8 + wrappedLength),
+      };
   const signatureAt = buf.length - signatureBytes;
   return valid({
     ...header.value,
@@ -418,6 +454,7 @@ export function decodeKey(buf: Buffer): DecodeResult<KeyMessage> {
     service: b.subarray(12, 12 + serviceLength).toString('utf8'),
     wrappedKey: b.subarray(12 + serviceLength, treeAt),
     tree,
+    ...(packetsPerGroup === undefined ? {} : { packetsPerGroup }),
     signature: buf.subarray(signatureAt),
     signed: buf.subarray(0, signatureAt),
   });

@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { buildKeyMessage, ed25519Raw, generateSigningKey, issueGrant } from '../../src/crypto/authority.js';
 import { TokenError, TokenRefused } from '../../src/crypto/errors.js';
+import { deriveGroupKey, groupSeedBytes } from '../../src/crypto/group-key.js';
 import {
   devicePrivateKeyAttributes,
   initPkcs11Token,
@@ -73,6 +74,7 @@ function keyMessage(options: {
   signer?: typeof source.privateKey;
   trafficKey?: Buffer;
   service?: string;
+  packetsPerGroup?: number;
 }) {
   const trafficKey = options.trafficKey ?? randomBytes(32);
   const bytes = buildKeyMessage(
@@ -89,6 +91,7 @@ function keyMessage(options: {
       serviceEpoch: 1,
       cryptoPeriodMs: 10_000,
       service: options.service ?? 'news',
+      packetsPerGroup: options.packetsPerGroup,
     },
     serviceKey,
     trafficKey,
@@ -118,6 +121,54 @@ function behaviour(name: string, make: (purse?: Purse) => { open: () => Token })
       token.installGrant(grantFor(token));
       const { message, trafficKey } = keyMessage({ timeMs: start + 1000 });
       assert.deepEqual(await token.releaseTrafficKey(message), trafficKey);
+      token.close();
+    });
+
+    it('every-n-th-packet mode: group keys derived inside the token, never the traffic key; the checks and the debit as for a traffic key', async () => {
+      const purse = balancePurse(25);
+      const { open } = make(purse);
+      const token = open();
+      token.installGrant(grantFor(token, { priceModel: PriceModel.perCryptoPeriod, priceMinor: 10 }));
+      const { message, trafficKey } = keyMessage({ timeMs: start + 1000, packetsPerGroup: 16 });
+      const refused = await refusal(token.releaseTrafficKey(message));
+      assert.equal(refused.reason, 'group-mode');
+      assert.equal(purse.debits.length, 0, 'a refused traffic key is not charged');
+      const groups = await token.releaseGroupKeys(message);
+      assert.equal(groups.packetsPerGroup, 16);
+      assert.equal(groups.keyBytes, 32);
+      const context = { sessionId: 7, incarnation: 99, keyEpoch: 1, packetsPerGroup: 16 };
+      for (const groupIndex of [0, 1, 2, 0xffff_ffff]) {
+        const seed = randomBytes(groupSeedBytes);
+        assert.deepEqual(
+          groups.groupKey(groupIndex, seed),
+          deriveGroupKey([trafficKey], seed, { ...context, groupIndex }, 32),
+          `group ${groupIndex}`,
+        );
+      }
+      assert.equal(token.groupKeysDerived, 4);
+      // The KEY repeated: no second debit; the next epoch is charged; the one after finds the purse empty.
+      await token.releaseGroupKeys(message);
+      assert.equal(purse.debits.length, 1);
+      await token.releaseGroupKeys(
+        keyMessage({ timeMs: start + 2000, keyEpoch: 2, packetsPerGroup: 16 }).message,
+      );
+      assert.equal(purse.debits.length, 2);
+      const empty = await refusal(
+        token.releaseGroupKeys(
+          keyMessage({ timeMs: start + 3000, keyEpoch: 3, packetsPerGroup: 16 }).message,
+        ),
+      );
+      assert.equal(empty.reason, 'purse-empty');
+      const late = await refusal(
+        token.releaseGroupKeys(
+          keyMessage({ timeMs: start + hour, keyEpoch: 4, packetsPerGroup: 16 }).message,
+        ),
+      );
+      assert.equal(late.reason, 'expired');
+      const plain = await refusal(
+        token.releaseGroupKeys(keyMessage({ timeMs: start + 1000, keyEpoch: 5 }).message),
+      );
+      assert.equal(plain.reason, 'bad-key-message');
       token.close();
     });
 

@@ -50,7 +50,11 @@ export interface TreeMember {
 export const treeRun = { sessionId: 7, incarnation: 8 } as const;
 
 /** Starts the server over a store (default: SQLite in memory) with "news" in a tree of this depth. */
-export async function createTreeBed(settings: { treeDepth: number; storeUrl?: string }) {
+export async function createTreeBed(settings: {
+  treeDepth: number;
+  storeUrl?: string;
+  packetsPerGroup?: number;
+}) {
   const operator = 'operator-token-for-member-tree-beds';
   const root = generateSigningKey();
   const source = generateSigningKey();
@@ -128,7 +132,7 @@ export async function createTreeBed(settings: { treeDepth: number; storeUrl?: st
     return member;
   }
 
-  /** The source of news, following `tree`, AES-128-GCM, no manifests. */
+  /** The source of news, following `tree`, AES-128-GCM, no manifests (in groups with packetsPerGroup). */
   const sender = (tree: SourceTree, cryptoPeriodMs: number): SenderProtection =>
     createSenderProtection(
       {
@@ -142,6 +146,7 @@ export async function createTreeBed(settings: { treeDepth: number; storeUrl?: st
         tier: 0,
         manifestPackets: 0,
         tree,
+        packetsPerGroup: settings.packetsPerGroup,
       },
       treeRun,
     );

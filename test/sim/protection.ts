@@ -12,6 +12,7 @@ import {
   type KeyObject,
 } from 'node:crypto';
 import { ed25519Raw, issueGrant, p256FromPoint, p256Point, unwrapKey } from '../../src/crypto/authority.js';
+import { cmacAes } from '../../src/crypto/group-key.js';
 import {
   createReceiverProtection,
   createSenderProtection,
@@ -153,6 +154,23 @@ export class MemoryBackend implements TokenBackend {
   /** Wipes a key used no more (as the software token does): a key wiped too early fails the tests. */
   forgetTreeKey(key: unknown): void {
     (key as Buffer).fill(0);
+  }
+
+  /** Shares unwrapped for group keys, and how often a group key block was asked of them. */
+  readonly groupShares: Buffer[] = [];
+  cmacCalls = 0;
+
+  unwrapGroupShare(kek: unknown, wrapped: Buffer): Buffer | undefined {
+    const share = unwrapKey(kek as Buffer, wrapped);
+    if (share !== undefined) {
+      this.groupShares.push(share);
+    }
+    return share;
+  }
+
+  cmac(share: unknown, message: Buffer): Buffer {
+    this.cmacCalls++;
+    return cmacAes(share as Buffer, message);
   }
 
   /** Everything this token holds in the clear, as one who dumped it would see it. */
