@@ -593,6 +593,12 @@ export const groupKeyPacketsMax = 1024;
  */
 export const groupKeyAsksPerSecondMax = 8192;
 
+/** Every-n-th-packet mode: different seeds a receiver asks its token about for one group before it takes the rest as forged. */
+export const groupSeedTriesMax = 4;
+
+/** Every-n-th-packet mode: groups of a key epoch whose keys a receiver keeps (reordered, repaired and late packets). */
+export const groupKeysKept = 64;
+
 /** LKH: deepest member tree (2^22 slots, about 4 million members; the server keeps 4 bytes per node). */
 export const lkhDepthMax = 22;
 

@@ -25,6 +25,7 @@ import {
   offsetType,
   PacketType,
 } from '../protocol/packet.js';
+import { groupKeysKept, groupSeedTriesMax } from '../limits.js';
 import { groupSeedBytes } from '../protocol/restricted.js';
 import {
   type AeadContext,
@@ -462,10 +463,6 @@ export interface GroupKeyAsker {
   groupKey(groupIndex: number, seed: Buffer): Buffer;
 }
 
-/** Seeds a receiver asks its token about for one group before it takes the group as forged. */
-export const groupSeedTriesMax = 4;
-/** Groups of an epoch whose keys an opener keeps (reordered and late packets). */
-export const groupKeysKept = 64;
 
 interface GroupOpening {
   readonly asker: GroupKeyAsker;

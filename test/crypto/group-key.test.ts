@@ -15,9 +15,9 @@ import {
   createSenderProtection,
   type ReceiverProtection,
 } from '../../src/crypto/restricted-session.js';
-import { groupSeedTriesMax, type Suite, suiteByName } from '../../src/crypto/suites.js';
+import { type Suite, suiteByName } from '../../src/crypto/suites.js';
 import { Token } from '../../src/crypto/token.js';
-import { groupKeyPacketsMax } from '../../src/limits.js';
+import { groupKeyPacketsMax, groupSeedTriesMax } from '../../src/limits.js';
 import {
   headerBytes,
   offsetSequence,
