@@ -15,6 +15,7 @@
  * ahead of the last one it sealed under the same epoch, so no (key, nonce) pair is used twice.
  */
 import { randomBytes } from 'node:crypto';
+import { groupKeysKept, groupSeedTriesMax } from '../limits.js';
 import {
   headerBytes,
   offsetBodyLength,
@@ -25,7 +26,6 @@ import {
   offsetType,
   PacketType,
 } from '../protocol/packet.js';
-import { groupKeysKept, groupSeedTriesMax } from '../limits.js';
 import { groupSeedBytes } from '../protocol/restricted.js';
 import {
   type AeadContext,
@@ -462,7 +462,6 @@ export interface GroupKeyAsker {
   readonly keyBytes: number;
   groupKey(groupIndex: number, seed: Buffer): Buffer;
 }
-
 
 interface GroupOpening {
   readonly asker: GroupKeyAsker;
