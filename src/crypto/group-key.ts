@@ -99,12 +99,14 @@ export function deriveGroupKeyWith(
   return out;
 }
 
-/** AES-CMAC (RFC 4493) under a raw 16- or 32-byte key. */
-export function cmacAes(key: Buffer, message: Buffer): Buffer {
+/**
+ * AES-CMAC (RFC 4493) under a raw 16- or 32-byte key, ready for many messages: the block cipher
+ * (AES on single blocks, CMAC's primitive, not a packet mode) and the two subkeys are made once.
+ */
+export function createCmac(key: Buffer): Cmac {
   if (key.length !== 16 && key.length !== 32) {
     throw new RangeError(`AES-CMAC key: ${key.length} bytes, not 16 or 32`);
   }
-  // AES on single blocks: the block cipher as CMAC's primitive, not a packet mode.
   const cipher = createCipheriv(key.length === 16 ? 'aes-128-ecb' : 'aes-256-ecb', key, null);
   cipher.setAutoPadding(false);
   const encrypt = (block: Buffer) => cipher.update(block);
@@ -120,29 +122,36 @@ export function cmacAes(key: Buffer, message: Buffer): Buffer {
   };
   const k1 = double(encrypt(Buffer.alloc(blockBytes)));
   const k2 = double(k1);
-  const blocks = Math.max(1, Math.ceil(message.length / blockBytes));
-  const complete = message.length > 0 && message.length % blockBytes === 0;
-  const last = Buffer.alloc(blockBytes);
-  const tail = message.subarray((blocks - 1) * blockBytes);
-  tail.copy(last);
-  if (!complete) {
-    last[tail.length] = 0x80;
-  }
-  const subkey = complete ? k1 : k2;
-  let state = Buffer.alloc(blockBytes);
-  for (let block = 0; block < blocks; block++) {
+  return (message: Buffer) => {
+    const blocks = Math.max(1, Math.ceil(message.length / blockBytes));
+    const complete = message.length > 0 && message.length % blockBytes === 0;
+    const subkey = complete ? k1 : k2;
+    const lastAt = (blocks - 1) * blockBytes;
+    let state = Buffer.alloc(blockBytes);
     const input = Buffer.alloc(blockBytes);
-    for (let index = 0; index < blockBytes; index++) {
-      const byte =
-        block === blocks - 1
-          ? (last[index] as number) ^ (subkey[index] as number)
-          : (message[block * blockBytes + index] as number);
-      input[index] = (state[index] as number) ^ byte;
+    for (let block = 0; block < blocks; block++) {
+      for (let index = 0; index < blockBytes; index++) {
+        let byte: number;
+        if (block < blocks - 1) {
+          byte = message[block * blockBytes + index] as number;
+        } else {
+          // The last block: whole, or padded with 0x80 0x00 …; then XOR the subkey.
+          const at = lastAt + index;
+          byte =
+            at < message.length ? (message[at] as number) : at === message.length && !complete ? 0x80 : 0;
+          byte ^= subkey[index] as number;
+        }
+        input[index] = (state[index] as number) ^ byte;
+      }
+      state = encrypt(input);
     }
-    state = encrypt(input);
-  }
-  cipher.final();
-  return state;
+    return state;
+  };
+}
+
+/** AES-CMAC (RFC 4493) of one message under a raw 16- or 32-byte key. */
+export function cmacAes(key: Buffer, message: Buffer): Buffer {
+  return createCmac(key)(message);
 }
 
 /** The group key from raw shares (the source's side, and tests). */
@@ -152,12 +161,7 @@ export function deriveGroupKey(
   context: GroupKeyContext,
   keyBytes: number,
 ): Buffer {
-  return deriveGroupKeyWith(
-    shares.map((share) => (message: Buffer) => cmacAes(share, message)),
-    seed,
-    context,
-    keyBytes,
-  );
+  return deriveGroupKeyWith(shares.map(createCmac), seed, context, keyBytes);
 }
 
 /** Why an every-n-th configuration is refused, or undefined. */

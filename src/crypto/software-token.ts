@@ -27,7 +27,7 @@ import { readBoundedFile } from '../net/files.js';
 import type { Grant } from '../protocol/restricted.js';
 import { ed25519Raw, generateSigningKey, p256FromPoint, p256Point, unwrapKey } from './authority.js';
 import { TokenError } from './errors.js';
-import { cmacAes } from './group-key.js';
+import { type Cmac, createCmac } from './group-key.js';
 import { type Purse, Token, type TokenBackend, type TokenState } from './token.js';
 
 const format = 'gatecast-software-token';
@@ -208,8 +208,16 @@ class SoftwareBackend implements TokenBackend {
     return share?.length === 16 || share?.length === 32 ? share : undefined;
   }
 
+  /** The AES-CMAC of each share, made at its first use (one cipher and two subkeys per share, not per call). */
+  readonly #cmacs = new WeakMap<Buffer, Cmac>();
+
   cmac(share: unknown, message: Buffer): Buffer {
-    return cmacAes(share as Buffer, message);
+    let cmac = this.#cmacs.get(share as Buffer);
+    if (cmac === undefined) {
+      cmac = createCmac(share as Buffer);
+      this.#cmacs.set(share as Buffer, cmac);
+    }
+    return cmac(message);
   }
 
   close(): void {

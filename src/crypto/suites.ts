@@ -37,7 +37,7 @@ import {
   tagBytes,
 } from './aead-engine.js';
 import { CipherError, SuiteRefused } from './errors.js';
-import { deriveGroupKey, groupOf } from './group-key.js';
+import { type Cmac, createCmac, deriveGroupKeyWith, groupOf } from './group-key.js';
 
 /** AEAD tag length, pinned: shorter tags are refused (docs/security.md). The engine's, one number. */
 export const aeadTagBytes = tagBytes;
@@ -263,9 +263,26 @@ export class PacketSealer {
       key: undefined,
       lastSequence: undefined,
       count: 0,
-      group: { shares: shares.map((share) => Buffer.from(share)), packetsPerGroup, current: undefined },
+      group: { prfs: shares.map((share) => createCmac(share)), packetsPerGroup, current: undefined },
     });
   }
+
+  /**
+   * A fresh group seed: drawn 256 at a time (one call of the CSPRNG costs about as much as
+   * sealing four packets), each handed out once.
+   */
+  #freshSeed(): Buffer {
+    if (this.#seedAt + groupSeedBytes > this.#seeds.length) {
+      this.#seeds = this.#randomBytes(groupSeedBytes * 256);
+      this.#seedAt = 0;
+    }
+    const seed = Buffer.from(this.#seeds.subarray(this.#seedAt, this.#seedAt + groupSeedBytes));
+    this.#seeds.fill(0, this.#seedAt, this.#seedAt + groupSeedBytes);
+    this.#seedAt += groupSeedBytes;
+    return seed;
+  }
+  #seeds: Buffer = Buffer.alloc(0);
+  #seedAt = 0;
 
   /** Group keys derived since the sealer was made (every-n-th-packet mode: one per group). */
   get groupsStarted(): number {
@@ -281,9 +298,6 @@ export class PacketSealer {
       entry.key = undefined; // the epoch stays known, so it is never given a second key
       if (entry.group !== undefined) {
         entry.group.current?.key.dispose();
-        for (const share of entry.group.shares) {
-          share.fill(0);
-        }
         entry.group = undefined;
       }
     }
@@ -404,9 +418,9 @@ export class PacketSealer {
     }
     const groupIndex = groupOf(sequence, group.packetsPerGroup);
     if (group.current === undefined || group.current.index !== groupIndex) {
-      const seed = this.#randomBytes(groupSeedBytes);
-      const key = deriveGroupKey(
-        group.shares,
+      const seed = this.#freshSeed();
+      const key = deriveGroupKeyWith(
+        group.prfs,
         seed,
         {
           sessionId: plain.readUInt32BE(offsetSessionId),
@@ -444,7 +458,8 @@ export class PacketSealer {
 
 /** A sealer's every-n-th-packet state for one key epoch. */
 interface GroupSealing {
-  readonly shares: Buffer[];
+  /** AES-CMAC under each of the KEY's shares, made once per epoch. */
+  readonly prfs: Cmac[];
   readonly packetsPerGroup: number;
   current: { index: number; seed: Buffer; key: AeadContext } | undefined;
 }
