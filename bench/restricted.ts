@@ -213,6 +213,11 @@ async function main(): Promise<void> {
         receive: ['--token', tokenFile],
         env: nodeCrypto,
       },
+      {
+        label: 'AEAD in groups of 16 (--group-packets 16: a token call per 16 packets, no manifests)',
+        send: [...restricted, '--manifest-packets', '0', '--group-packets', '16'],
+        receive: ['--token', tokenFile],
+      },
     ];
     /**
      * One paired run: `mode` and plain at once, on two groups, their two senders pinned to one core
@@ -429,7 +434,9 @@ async function main(): Promise<void> {
 }
 
 /** KEY messages checked and unwrapped per second, each a new epoch (no cache hit). */
-async function tokenOperations(directory: string): Promise<Record<string, number>> {
+async function tokenOperations(
+  directory: string,
+): Promise<Record<string, { releases: number; groupKeys: number }>> {
   const root = generateSigningKey();
   const source = generateSigningKey();
   const serviceKey = randomBytes(32);
@@ -437,7 +444,7 @@ async function tokenOperations(directory: string): Promise<Record<string, number
   initSoftwareToken({ path: softwarePath, pin: '2468', rootPublicKey: ed25519Raw(root.publicKey) });
   const location = { modulePath: softhsmModulePath, tokenLabel: 'bench', pin: '24682468' };
   initPkcs11Token(location, ed25519Raw(root.publicKey));
-  const result: Record<string, number> = {};
+  const result: Record<string, { releases: number; groupKeys: number }> = {};
   for (const [label, open] of [
     ['software token', () => openSoftwareToken(softwarePath, '2468')],
     ['PKCS#11 token (SoftHSM2)', () => openPkcs11Token(location)],
@@ -489,9 +496,30 @@ async function tokenOperations(directory: string): Promise<Record<string, number
       // receiver's event loop does between two KEY messages, so every release pays its write.
       await new Promise((resolve) => setImmediate(resolve));
     }
-    result[label] = messages.length / ((performance.now() - started) / 1000);
+    const releases = messages.length / ((performance.now() - started) / 1000);
+    // Every-n-th-packet mode: one KEY admitted, then a group key per call (AES-CMAC inside the token).
+    const grouped = decodeKey(
+      buildKeyMessage(
+        { sessionId: 1, incarnation: 2, sequence: 0, timestampUs: Date.now() * 1000, keyEpoch: 1 },
+        { suite: 2, tier: 0, serviceEpoch: 1, cryptoPeriodMs: 10_000, service: 'news', packetsPerGroup: 16 },
+        serviceKey,
+        randomBytes(32),
+        source.privateKey,
+      ),
+    );
+    if (!grouped.ok) {
+      throw new Error('bench: KEY message does not decode');
+    }
+    const groups = await token.releaseGroupKeys(grouped.value);
+    const seeds = Array.from({ length: 20_000 }, () => randomBytes(16));
+    const groupStarted = performance.now();
+    for (const [index, seed] of seeds.entries()) {
+      groups.groupKey(index, seed);
+    }
+    const groupKeys = seeds.length / ((performance.now() - groupStarted) / 1000);
+    result[label] = { releases, groupKeys };
     token.close();
-    console.error(`${label}: ${result[label]?.toFixed(0)} releases/s`);
+    console.error(`${label}: ${releases.toFixed(0)} releases/s, ${groupKeys.toFixed(0)} group keys/s`);
   }
   return result;
 }
@@ -524,7 +552,7 @@ interface Row {
 function writeReport(
   rows: Row[],
   joinTimes: Record<string, { samples: number[]; load: number }>,
-  tokenRates: Record<string, number>,
+  tokenRates: Record<string, { releases: number; groupKeys: number }>,
 ): void {
   const plain = rows[0];
   if (plain === undefined) {
@@ -540,12 +568,13 @@ function writeReport(
       `| ${label} | ${samples.length} | ${percentile(samples, 50).toFixed(0)} | ${percentile(samples, 99).toFixed(0)} | ${load.toFixed(1)} |`,
   );
   const tokens = Object.entries(tokenRates).map(
-    ([label, perSecond]) => `| ${label} | ${perSecond.toFixed(0)} |`,
+    ([label, rate]) => `| ${label} | ${rate.releases.toFixed(0)} | ${rate.groupKeys.toFixed(0)} |`,
   );
   const aeadOnly = rows[1];
   const aead = rows[2];
   const verifying = rows[3];
   const nodeRow = rows[4];
+  const grouped = rows[5];
   const spread = (row: Row, key: keyof Ratios) => {
     const [low, high] = row.ranges?.[key] ?? [Number.NaN, Number.NaN];
     return `${low.toFixed(2)}–${high.toFixed(2)}`;
@@ -589,7 +618,7 @@ function writeReport(
   the mode's), the median of the rounds' ratios; the other figures are medians of the mode's own
   runs (with an even number of rounds, the upper of the two middle values).
 - Packet engine: the addon (\`native/aead.c\`, OpenSSL's EVP AEAD, one context per key) in every
-  AEAD row but the last, which sets \`GATECAST_AEAD_ENGINE=node:crypto\` on both sides: a cipher
+  AEAD row but the node:crypto one, which sets \`GATECAST_AEAD_ENGINE=node:crypto\` on both sides: a cipher
   object per packet, as before the addon.
 
 | mode | sent | delivered | sender packets per CPU-second | × plain | sender µs a packet, warmed up | × plain | receiver packets per CPU-second | × plain | receiver µs a packet, warmed up | × plain | load average |
@@ -600,7 +629,9 @@ Targets: sender ≥ 0.85×, receiver ≥ 0.75× of plain. Measured (the median r
 lowest and highest of the rounds' own ratios; packets per CPU-second, then µs a packet warmed up):
 plain beside plain (the method's error) sender ${ratio(plain, 'sender')}, receiver ${ratio(plain, 'receiver')}; AEAD sender ${ratio(aeadOnly, 'sender')}, receiver ${ratio(aeadOnly, 'receiver')}; AEAD + manifests sender
 ${ratio(aead, 'sender')}, receiver ${ratio(aead, 'receiver')}; a receiver that also verifies every packet against the manifests
-${ratio(verifying, 'receiver')}; node:crypto as the engine: sender ${ratio(nodeRow, 'sender')}, receiver ${ratio(nodeRow, 'receiver')}.
+${ratio(verifying, 'receiver')}; node:crypto as the engine: sender ${ratio(nodeRow, 'sender')}, receiver ${ratio(nodeRow, 'receiver')};
+every-n-th-packet mode, groups of 16 (a group key derived per group on both sides, 16 bytes more a
+packet): sender ${ratio(grouped, 'sender')}, receiver ${ratio(grouped, 'receiver')}.
 
 Where the time went, and what was cut (profiles with \`node --cpu-prof\` of \`send\` and \`receive\`):
 
@@ -695,11 +726,13 @@ DESCRIPTOR, in every session; with it a protected run's KEY messages, offer and 
 and CPU starvation on a machine at this load: in virtual time, with no load, every join of a live
 plain stream writes its first packet within 51 ms (test/sim/join-latency.test.ts).
 
-Token operations (a KEY message's signature, window, rollback counter and tier checked, its traffic
-key unwrapped; a new epoch each time, so no cache hit; the counter is written each time):
+Token operations. A release: a KEY message's signature, window, rollback counter and tier checked,
+its traffic key unwrapped; a new epoch each time, so no cache hit; the counter is written each time.
+A group key (every-n-th-packet mode, AES-256 keys): two AES-CMAC blocks computed inside the token
+under a KEY's share (PKCS#11: \`CKM_AES_CMAC\`), for one group of packets:
 
-| token | releases per second |
-|---|---|
+| token | releases per second | group keys per second |
+|---|---|---|
 ${tokens.join('\n')}
 `,
   );
