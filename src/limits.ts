@@ -593,6 +593,13 @@ export const groupKeyPacketsMax = 1024;
  */
 export const groupKeyAsksPerSecondMax = 8192;
 
+/**
+ * Every-n-th-packet mode: suspect group keys a receiver asks of its token a second at most (a
+ * group far from the stream's, or one more than a few seeds came for): a genuine stream needs
+ * them only after a long gap, and a flood of forgeries then costs the token little.
+ */
+export const groupKeySuspectAsksPerSecondMax = 256;
+
 /** LKH: deepest member tree (2^22 slots, about 4 million members; the server keeps 4 bytes per node). */
 export const lkhDepthMax = 22;
 

@@ -8,6 +8,7 @@
 import { type KeyObject, randomBytes } from 'node:crypto';
 import {
   groupKeyAsksPerSecondMax,
+  groupKeySuspectAsksPerSecondMax,
   manifestFlushWaitMs,
   manifestRepeatsMax,
   manifestSendCount,
@@ -46,7 +47,15 @@ import {
 import { KeyEpochsExhausted, TokenRefused } from './errors.js';
 import { groupKeyModeProblem } from './group-key.js';
 import { rekeyEpochOf, rekeyTreeIdOf } from './lkh.js';
-import { aeadTagBytes, negotiateSuite, PacketOpener, PacketSealer, type Suite, suites } from './suites.js';
+import {
+  aeadTagBytes,
+  type GroupAskKind,
+  negotiateSuite,
+  PacketOpener,
+  PacketSealer,
+  type Suite,
+  suites,
+} from './suites.js';
 import type { GroupKeySource, Token } from './token.js';
 
 /** What a restricted source needs. */
@@ -726,21 +735,24 @@ export function createReceiverProtection(
 
   /**
    * Every-n-th-packet mode: the token is asked for at most groupKeyAsksPerSecondMax group keys a
-   * second. A genuine stream needs one per group; a flood of forged DATA with made-up seeds for
-   * groups not yet opened costs no more than that.
+   * second for the stream, and groupKeySuspectAsksPerSecondMax for suspect asks (GroupAskKind: a
+   * far-off group, or one many seeds came for). A genuine stream needs one per group; a flood of
+   * forged DATA with made-up seeds costs no more than that, and uses up the stream's budget only
+   * with a few seeds per group next to the stream.
    */
-  let groupAsks = 0;
+  const groupAsks = { stream: 0, suspect: 0 };
   let groupAsksSince = nowMs();
-  const mayAskGroupKey = () => {
+  const mayAskGroupKey = (kind: GroupAskKind) => {
     const now = nowMs();
     if (now - groupAsksSince >= 1000 || now < groupAsksSince) {
-      groupAsks = 0;
+      groupAsks.stream = 0;
+      groupAsks.suspect = 0;
       groupAsksSince = now;
     }
-    if (groupAsks >= groupKeyAsksPerSecondMax) {
+    if (groupAsks[kind] >= (kind === 'stream' ? groupKeyAsksPerSecondMax : groupKeySuspectAsksPerSecondMax)) {
       return false;
     }
-    groupAsks++;
+    groupAsks[kind]++;
     return true;
   };
 

@@ -462,16 +462,30 @@ export interface GroupKeyAsker {
   groupKey(groupIndex: number, seed: Buffer): Buffer;
 }
 
-/** Seeds a receiver asks its token about for one group before it takes the group as forged. */
+/**
+ * Seeds a receiver asks its token about for one group from the stream's budget; any more for a
+ * group not opened yet come from the small budget of suspect asks (GroupAskKind).
+ */
 export const groupSeedTriesMax = 4;
 /** Groups of an epoch whose keys an opener keeps (reordered and late packets). */
 export const groupKeysKept = 64;
 
+/**
+ * Which budget a group key's ask draws on: `stream` for a group near the newest group opened in
+ * the epoch (within groupKeysKept, or none opened yet) and within its first groupSeedTriesMax
+ * seeds; `suspect` for the others (a far-off group, or a group that several made-up seeds came
+ * for). A flood of forgeries uses up the suspect budget, never the stream's; and a group that
+ * forged seeds reached first is still asked about, so a forger cannot shut it.
+ */
+export type GroupAskKind = 'stream' | 'suspect';
+
 interface GroupOpening {
   readonly asker: GroupKeyAsker;
-  /** True when the token may be asked now (the receiver's budget). */
-  readonly mayAsk: () => boolean;
+  /** True when the token may be asked now (the receiver's budgets). */
+  readonly mayAsk: (kind: GroupAskKind) => boolean;
   readonly groups: Map<number, { seed: Buffer; key: AeadContext; confirmed: boolean; tries: number }>;
+  /** The newest group whose key opened a packet (undefined until one did). */
+  newest: number | undefined;
 }
 
 /** Opens sealed DATA datagrams under the traffic keys a token released. */
@@ -492,14 +506,14 @@ export class PacketOpener {
    * each asked of the token (through `asker`) once, when the first packet of its group arrives,
    * if `mayAsk` allows. A seed other than the one that opened a group is dropped unasked.
    */
-  setGroupKeys(keyEpoch: number, asker: GroupKeyAsker, mayAsk: () => boolean): void {
+  setGroupKeys(keyEpoch: number, asker: GroupKeyAsker, mayAsk: (kind: GroupAskKind) => boolean): void {
     if (asker.keyBytes !== this.#suite.keyBytes) {
       throw new CipherError(
         `${this.#suite.name} takes ${this.#suite.keyBytes}-byte keys, not ${asker.keyBytes}-byte group keys`,
       );
     }
     this.dropKey(keyEpoch);
-    this.#groups.set(keyEpoch, { asker, mayAsk, groups: new Map() });
+    this.#groups.set(keyEpoch, { asker, mayAsk, groups: new Map(), newest: undefined });
   }
 
   /** The suite in use. */
@@ -583,10 +597,14 @@ export class PacketOpener {
     let group = grouped.groups.get(groupIndex);
     if (group === undefined || !group.seed.equals(seed)) {
       // A group opened under one seed has no other: a second seed is forged, and costs no token call.
-      if (group !== undefined && (group.confirmed || group.tries >= groupSeedTriesMax)) {
+      if (group?.confirmed === true) {
         return 'bad-seed';
       }
-      if (!grouped.mayAsk()) {
+      // A group not opened yet is never shut: made-up seeds sent ahead of its packets would
+      // otherwise drop them all as forged. Past a few seeds it is asked from the suspect budget.
+      const kind =
+        (group?.tries ?? 0) < groupSeedTriesMax && isNearGroup(groupIndex, grouped) ? 'stream' : 'suspect';
+      if (!grouped.mayAsk(kind)) {
         return 'no-group-key';
       }
       let raw: Buffer;
@@ -622,6 +640,7 @@ export class PacketOpener {
       return 'bad-tag';
     }
     group.confirmed = true;
+    grouped.newest = newerGroup(grouped.newest, groupIndex, grouped.asker.packetsPerGroup);
     if (inPlace) {
       sealed.copyWithin(headerBytes, aadBytes, bodyEnd);
     } else {
@@ -630,4 +649,32 @@ export class PacketOpener {
     out.writeUInt16BE(plainLength - headerBytes, offsetBodyLength);
     return inPlace ? sealed.subarray(0, plainLength) : out;
   }
+}
+
+/** Groups of a sequence space of 2^32 packets in groups of `packetsPerGroup` (the last may be short). */
+const groupsInSequenceSpace = (packetsPerGroup: number) => Math.ceil(0x1_0000_0000 / packetsPerGroup);
+
+/** How far group `to` is ahead of group `from`, around the sequence space (0 to groups - 1). */
+function groupsAhead(from: number, to: number, packetsPerGroup: number): number {
+  const groups = groupsInSequenceSpace(packetsPerGroup);
+  return (((to - from) % groups) + groups) % groups;
+}
+
+/** True when a group lies within groupKeysKept groups of the newest opened, either way, or none is. */
+function isNearGroup(groupIndex: number, grouped: GroupOpening): boolean {
+  if (grouped.newest === undefined) {
+    return true;
+  }
+  const packetsPerGroup = grouped.asker.packetsPerGroup;
+  const ahead = groupsAhead(grouped.newest, groupIndex, packetsPerGroup);
+  return ahead <= groupKeysKept || groupsInSequenceSpace(packetsPerGroup) - ahead <= groupKeysKept;
+}
+
+/** The newer of two groups (sequence numbers wrap: newer is less than half the space ahead). */
+function newerGroup(newest: number | undefined, groupIndex: number, packetsPerGroup: number): number {
+  if (newest === undefined) {
+    return groupIndex;
+  }
+  const ahead = groupsAhead(newest, groupIndex, packetsPerGroup);
+  return ahead > 0 && ahead < groupsInSequenceSpace(packetsPerGroup) / 2 ? groupIndex : newest;
 }
