@@ -463,6 +463,12 @@ export function createSenderProtection(
         continue;
       }
       const announced = keyTreeEpochs.get(epoch);
+      if (announced === undefined && settings.packetsPerGroup !== undefined && epoch <= sealerEpoch) {
+        // Every-n-th-packet mode: the period is sealed under group keys of its traffic key alone
+        // (the tree came after its first packet); a KEY with a tree part would give its receivers
+        // group keys of two other shares, which open none of its packets.
+        continue;
+      }
       if (
         announced === undefined ||
         announced > tree.treeEpoch ||

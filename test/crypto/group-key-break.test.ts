@@ -6,15 +6,21 @@
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { describe, it } from 'node:test';
-import { ed25519Raw, generateSigningKey, issueGrant } from '../../src/crypto/authority.js';
+import { ed25519Raw, generateSigningKey, issueGrant, unwrapKey } from '../../src/crypto/authority.js';
 import type { TokenRefused } from '../../src/crypto/errors.js';
-import { groupSeedBytes } from '../../src/crypto/group-key.js';
+import { deriveGroupKey, groupSeedBytes } from '../../src/crypto/group-key.js';
 import {
   createReceiverProtection,
   createSenderProtection,
   type ReceiverProtection,
 } from '../../src/crypto/restricted-session.js';
-import { aeadTagBytes, PacketSealer, type Suite, suiteByName } from '../../src/crypto/suites.js';
+import {
+  aeadTagBytes,
+  PacketOpener,
+  PacketSealer,
+  type Suite,
+  suiteByName,
+} from '../../src/crypto/suites.js';
 import { Token } from '../../src/crypto/token.js';
 import { groupKeySuspectAsksPerSecondMax } from '../../src/limits.js';
 import {
@@ -27,7 +33,7 @@ import {
   PacketType,
   writeHeaderFields,
 } from '../../src/protocol/packet.js';
-import { PriceModel } from '../../src/protocol/restricted.js';
+import { decodeKey, PriceModel } from '../../src/protocol/restricted.js';
 import { MemoryBackend } from '../sim/protection.js';
 
 const run = { sessionId: 41, incarnation: 42 };
@@ -268,5 +274,85 @@ describe('group keys at the edges', () => {
     const hash = Buffer.alloc(32);
     const sealed = sealer.seal(plain, undefined, hash, 0, 32);
     assert.ok(hash.equals(createHash('sha256').update(sealed).digest()));
+  });
+});
+
+describe('group keys when the member tree comes after the first packets', () => {
+  it('every KEY of a period sealed before the tree came derives the group keys its packets are sealed under', async () => {
+    const suite = suiteByName('aes-128-gcm', 'suite');
+    const source = generateSigningKey();
+    const serviceKey = randomBytes(32);
+    const tree = { treeId: 9, treeEpoch: 3, groupKey: randomBytes(32) };
+    let fetched = false;
+    const sender = createSenderProtection(
+      {
+        suite,
+        service: 'news',
+        serviceEpoch: 1,
+        serviceKey,
+        sourcePrivateKey: source.privateKey,
+        sourcePublicKey: source.publicKey,
+        cryptoPeriodMs: 10_000,
+        tier: 0,
+        manifestPackets: 0,
+        packetsPerGroup: 16,
+        // Before its first fetch a source's tree is unknown (SourceTree.current).
+        tree: {
+          current: () => (fetched ? tree : undefined),
+          groupKey: (treeEpoch) => (fetched && treeEpoch === tree.treeEpoch ? tree : undefined),
+          rekeys: () => [],
+        },
+      },
+      run,
+    );
+    const startUs = Date.now() * 1000;
+    const sealed: Buffer[] = [];
+    const keys: Buffer[] = [];
+    for (let sequence = 0; sequence < 40; sequence++) {
+      const atMs = sequence * 10;
+      const atUs = startUs + atMs * 1000;
+      fetched = sequence >= 10;
+      for (const datagram of sender.control({ ...run, sequence }, atMs, atUs)) {
+        if (datagram[offsetType] === PacketType.key) {
+          keys.push(Buffer.from(datagram));
+        }
+      }
+      for (const datagram of sender.seal(plainData(sequence, atUs, randomBytes(50)), atMs, atUs)) {
+        if (datagram[offsetType] === PacketType.data) {
+          sealed.push(Buffer.from(datagram));
+        }
+      }
+    }
+    const last = sealed[sealed.length - 1] as Buffer;
+    const period = keys
+      .map((bytes) => decodeKey(bytes))
+      .filter((decoded) => decoded.ok && decoded.value.keyEpoch === 1);
+    assert.ok(period.length > 2, 'the period is announced again after the tree came');
+    for (const decoded of period) {
+      assert.ok(decoded.ok);
+      const key = decoded.value;
+      const service = unwrapKey(serviceKey, key.wrappedKey) as Buffer;
+      const shares =
+        key.tree === undefined
+          ? [service]
+          : [service, unwrapKey(tree.groupKey, key.tree.wrappedShare) as Buffer];
+      const opener = new PacketOpener(suite);
+      opener.setGroupKeys(
+        1,
+        {
+          packetsPerGroup: 16,
+          keyBytes: 16,
+          groupKey: (groupIndex, seed) =>
+            deriveGroupKey(
+              shares,
+              seed,
+              { ...run, keyEpoch: 1, packetsPerGroup: 16, groupIndex },
+              suite.keyBytes,
+            ),
+        },
+        () => true,
+      );
+      assert.ok(Buffer.isBuffer(opener.open(Buffer.from(last), false)), 'a late joiner opens the period');
+    }
   });
 });
