@@ -22,7 +22,7 @@ import {
   suiteByName,
 } from '../../src/crypto/suites.js';
 import { Token } from '../../src/crypto/token.js';
-import { groupKeySuspectAsksPerSecondMax } from '../../src/limits.js';
+import { groupKeySuspectAsksPerSecondMax, tokenReleasedKeysMax } from '../../src/limits.js';
 import {
   dataPayloadBytesMax,
   headerBytes,
@@ -354,5 +354,25 @@ describe('group keys when the member tree comes after the first packets', () => 
       );
       assert.ok(Buffer.isBuffer(opener.open(Buffer.from(last), false)), 'a late joiner opens the period');
     }
+  });
+});
+
+describe('group keys inside the token', () => {
+  it('the shares of many crypto-periods do not pile up, and none outlives the token', async () => {
+    const bed = groupBed(suiteByName('aes-256-gcm', 'suite'), 16);
+    const startUs = Date.now() * 1000;
+    const held = () => bed.backend.groupShares.filter((share) => share.some((byte) => byte !== 0)).length;
+    for (let period = 0; period < 3 * tokenReleasedKeysMax; period++) {
+      const atMs = period * 1000;
+      for (const datagram of bed.sender.control({ ...run, sequence: period }, atMs, startUs + atMs * 1000)) {
+        const decoded = datagram[offsetType] === PacketType.key ? decodeKey(datagram) : undefined;
+        if (decoded?.ok === true) {
+          await bed.token.releaseGroupKeys(decoded.value);
+        }
+      }
+      assert.ok(held() <= tokenReleasedKeysMax, `${held()} shares held after ${period + 1} periods`);
+    }
+    bed.token.close();
+    assert.equal(held(), 0, 'shares wiped when the token closes');
   });
 });
