@@ -178,7 +178,9 @@ export function senderProtectionOptions(
       (name) => values[name] !== undefined && !(name === 'manifest-packets' && values.signed === true),
     );
     if (stray.length > 0) {
-      throw new UsageError(`${stray.map((name) => `--${name}`).join(', ')} need --restricted`);
+      throw new UsageError(
+        `${stray.map((name) => `--${name}`).join(', ')} ${stray.length === 1 ? 'needs' : 'need'} --restricted`,
+      );
     }
     return values.signed === true ? signedProtectionOptions(values) : undefined;
   }

@@ -44,7 +44,7 @@ describe('signed sessions on the command line', () => {
       'news',
     ]);
     assert.equal(service.code, 2, service.stderr);
-    assert.match(service.stderr, /--service need --restricted/);
+    assert.match(service.stderr, /--service needs --restricted/);
   });
 
   it('the right key: the file whole; another source key: nothing written, exit 1, the forgeries named', async () => {

@@ -6,6 +6,8 @@
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { describe, it } from 'node:test';
+import { UsageError } from '../../src/cli/errors.js';
+import { senderProtectionOptions } from '../../src/cli/restricted.js';
 import { ed25519Raw, generateSigningKey, issueGrant, unwrapKey } from '../../src/crypto/authority.js';
 import type { TokenRefused } from '../../src/crypto/errors.js';
 import { deriveGroupKey, groupSeedBytes } from '../../src/crypto/group-key.js';
@@ -374,5 +376,15 @@ describe('group keys inside the token', () => {
     }
     bed.token.close();
     assert.equal(held(), 0, 'shares wiped when the token closes');
+  });
+});
+
+describe('send --group-packets on the command line', () => {
+  it('without --restricted: the error names the option, in a sentence', () => {
+    assert.throws(
+      () => senderProtectionOptions({ 'group-packets': '16', signed: true, 'source-key': 'source.pem' }),
+      (error: unknown) =>
+        error instanceof UsageError && error.message === '--group-packets needs --restricted',
+    );
   });
 });
