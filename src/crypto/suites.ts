@@ -471,11 +471,12 @@ export const groupSeedTriesMax = 4;
 export const groupKeysKept = 64;
 
 /**
- * Which budget a group key's ask draws on: `stream` for a group near the newest group opened in
- * the epoch (within groupKeysKept, or none opened yet) and within its first groupSeedTriesMax
- * seeds; `suspect` for the others (a far-off group, or a group that several made-up seeds came
- * for). A flood of forgeries uses up the suspect budget, never the stream's; and a group that
- * forged seeds reached first is still asked about, so a forger cannot shut it.
+ * Which budget a group key's ask draws on: `stream` for a group near the newest packet opened
+ * under a group key (within groupKeysKept groups, in this epoch or an earlier one, or none opened
+ * yet) and within its first groupSeedTriesMax seeds; `suspect` for the others (a far-off group, or
+ * a group that several made-up seeds came for). A flood of far-off forgeries uses up the suspect
+ * budget, never the stream's; and a group that forged seeds reached first is still asked about,
+ * so a forger cannot shut it for good.
  */
 export type GroupAskKind = 'stream' | 'suspect';
 
@@ -484,8 +485,6 @@ interface GroupOpening {
   /** True when the token may be asked now (the receiver's budgets). */
   readonly mayAsk: (kind: GroupAskKind) => boolean;
   readonly groups: Map<number, { seed: Buffer; key: AeadContext; confirmed: boolean; tries: number }>;
-  /** The newest group whose key opened a packet (undefined until one did). */
-  newest: number | undefined;
 }
 
 /** Opens sealed DATA datagrams under the traffic keys a token released. */
@@ -496,6 +495,11 @@ export class PacketOpener {
   readonly #nonce = Buffer.alloc(aeadNonceBytes);
   /** Every-n-th-packet mode: group keys asked of the token. */
   groupKeysAsked = 0;
+  /**
+   * Every-n-th-packet mode: the newest sequence opened under a group key, in any epoch (sequences
+   * run on across epochs, so a new epoch's first groups are near it too).
+   */
+  #newestGrouped: number | undefined;
 
   constructor(suite: Suite) {
     this.#suite = suite;
@@ -513,7 +517,7 @@ export class PacketOpener {
       );
     }
     this.dropKey(keyEpoch);
-    this.#groups.set(keyEpoch, { asker, mayAsk, groups: new Map(), newest: undefined });
+    this.#groups.set(keyEpoch, { asker, mayAsk, groups: new Map() });
   }
 
   /** The suite in use. */
@@ -603,7 +607,10 @@ export class PacketOpener {
       // A group not opened yet is never shut: made-up seeds sent ahead of its packets would
       // otherwise drop them all as forged. Past a few seeds it is asked from the suspect budget.
       const kind =
-        (group?.tries ?? 0) < groupSeedTriesMax && isNearGroup(groupIndex, grouped) ? 'stream' : 'suspect';
+        (group?.tries ?? 0) < groupSeedTriesMax &&
+        isNearSequence(sequence, this.#newestGrouped, grouped.asker.packetsPerGroup)
+          ? 'stream'
+          : 'suspect';
       if (!grouped.mayAsk(kind)) {
         return 'no-group-key';
       }
@@ -640,7 +647,10 @@ export class PacketOpener {
       return 'bad-tag';
     }
     group.confirmed = true;
-    grouped.newest = newerGroup(grouped.newest, groupIndex, grouped.asker.packetsPerGroup);
+    const ahead = (sequence - (this.#newestGrouped ?? sequence)) >>> 0;
+    if (this.#newestGrouped === undefined || (ahead > 0 && ahead < 0x8000_0000)) {
+      this.#newestGrouped = sequence;
+    }
     if (inPlace) {
       sealed.copyWithin(headerBytes, aadBytes, bodyEnd);
     } else {
@@ -651,30 +661,12 @@ export class PacketOpener {
   }
 }
 
-/** Groups of a sequence space of 2^32 packets in groups of `packetsPerGroup` (the last may be short). */
-const groupsInSequenceSpace = (packetsPerGroup: number) => Math.ceil(0x1_0000_0000 / packetsPerGroup);
-
-/** How far group `to` is ahead of group `from`, around the sequence space (0 to groups - 1). */
-function groupsAhead(from: number, to: number, packetsPerGroup: number): number {
-  const groups = groupsInSequenceSpace(packetsPerGroup);
-  return (((to - from) % groups) + groups) % groups;
-}
-
-/** True when a group lies within groupKeysKept groups of the newest opened, either way, or none is. */
-function isNearGroup(groupIndex: number, grouped: GroupOpening): boolean {
-  if (grouped.newest === undefined) {
+/** True when a sequence lies within groupKeysKept groups of the newest opened, either way, or none is. */
+function isNearSequence(sequence: number, newest: number | undefined, packetsPerGroup: number): boolean {
+  if (newest === undefined) {
     return true;
   }
-  const packetsPerGroup = grouped.asker.packetsPerGroup;
-  const ahead = groupsAhead(grouped.newest, groupIndex, packetsPerGroup);
-  return ahead <= groupKeysKept || groupsInSequenceSpace(packetsPerGroup) - ahead <= groupKeysKept;
-}
-
-/** The newer of two groups (sequence numbers wrap: newer is less than half the space ahead). */
-function newerGroup(newest: number | undefined, groupIndex: number, packetsPerGroup: number): number {
-  if (newest === undefined) {
-    return groupIndex;
-  }
-  const ahead = groupsAhead(newest, groupIndex, packetsPerGroup);
-  return ahead > 0 && ahead < groupsInSequenceSpace(packetsPerGroup) / 2 ? groupIndex : newest;
+  const ahead = (sequence - newest) >>> 0;
+  const near = groupKeysKept * packetsPerGroup;
+  return ahead <= near || 0x1_0000_0000 - ahead <= near;
 }

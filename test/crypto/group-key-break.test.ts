@@ -24,7 +24,11 @@ import {
   suiteByName,
 } from '../../src/crypto/suites.js';
 import { Token } from '../../src/crypto/token.js';
-import { groupKeySuspectAsksPerSecondMax, tokenReleasedKeysMax } from '../../src/limits.js';
+import {
+  groupKeyAsksPerSecondMax,
+  groupKeySuspectAsksPerSecondMax,
+  tokenReleasedKeysMax,
+} from '../../src/limits.js';
 import {
   dataPayloadBytesMax,
   headerBytes,
@@ -200,6 +204,36 @@ describe('group keys under attack', () => {
       bed.token.groupKeysDerived <= 21 + groupKeySuspectAsksPerSecondMax * seconds,
       `${bed.token.groupKeysDerived} token calls`,
     );
+    bed.token.close();
+  });
+
+  it('a flood for far-off groups just before a new crypto-period starts does not shut its first groups', async () => {
+    let now = 0;
+    const bed = groupBed(suiteByName('aes-128-gcm', 'suite'), 16, { nowMs: () => now });
+    // Periods of 100 packets, 10 ms apart: sequence 100 starts key epoch 2.
+    const wire = await sealStream(bed, 0, 200);
+    const template = wire.find((one) => one.sequence === 0)?.datagram as Buffer;
+    const opened: Buffer[] = [];
+    for (const one of wire) {
+      if (one.sequence === 100) {
+        // One forged packet of the new epoch has the receiver ask for its KEY; then the flood.
+        for (let index = 0; index < groupKeyAsksPerSecondMax + 10; index++) {
+          if (index === 1) {
+            await settle();
+          }
+          const forged = Buffer.from(template);
+          forged.writeUInt16BE(2, offsetKeyEpoch);
+          forged.writeUInt32BE((0x4000_0000 + index * 16) >>> 0, offsetSequence);
+          randomBytes(groupSeedBytes).copy(forged, headerBytes);
+          bed.protection.filter(forged, () => assert.fail('a forged packet delivered'));
+        }
+      }
+      if (one.sequence !== undefined) {
+        now += 10;
+      }
+      opened.push(...(await deliver(bed, [one.datagram])));
+    }
+    assert.equal(opened.length, 200, JSON.stringify(bed.protection.stats));
     bed.token.close();
   });
 
