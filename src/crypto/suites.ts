@@ -469,6 +469,12 @@ export interface GroupKeyAsker {
 export const groupSeedTriesMax = 4;
 /** Groups of an epoch whose keys an opener keeps (reordered and late packets). */
 export const groupKeysKept = 64;
+/**
+ * Packets either side of the newest opened under a group key that are near the stream at least
+ * (GroupAskKind), whatever the group size: in groups of 1 or 4, repairs of a burst lost some
+ * seconds ago are still asked from the stream's budget.
+ */
+export const groupNearPacketsMin = 4096;
 
 /**
  * Which budget a group key's ask draws on: `stream` for a group near the newest packet opened
@@ -661,12 +667,15 @@ export class PacketOpener {
   }
 }
 
-/** True when a sequence lies within groupKeysKept groups of the newest opened, either way, or none is. */
+/**
+ * True when a sequence lies within groupKeysKept groups (groupNearPacketsMin at least) of the
+ * newest opened, either way, or none is.
+ */
 function isNearSequence(sequence: number, newest: number | undefined, packetsPerGroup: number): boolean {
   if (newest === undefined) {
     return true;
   }
   const ahead = (sequence - newest) >>> 0;
-  const near = groupKeysKept * packetsPerGroup;
+  const near = Math.max(groupKeysKept * packetsPerGroup, groupNearPacketsMin);
   return ahead <= near || 0x1_0000_0000 - ahead <= near;
 }

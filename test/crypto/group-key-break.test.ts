@@ -117,12 +117,12 @@ function plainData(sequence: number, atUs: number, payload: Buffer): Buffer {
 }
 
 /** The sealed datagrams of `count` packets from `first` (sequence wraps), a control tick every 5. */
-async function sealStream(bed: Bed, first: number, count: number, payloadBytes = 100) {
+async function sealStream(bed: Bed, first: number, count: number, payloadBytes = 100, stepMs = 10) {
   const startUs = Date.now() * 1000;
   const out: { datagram: Buffer; payload?: Buffer; sequence?: number }[] = [];
   for (let index = 0; index < count; index++) {
     const sequence = (first + index) >>> 0;
-    const atMs = index * 10;
+    const atMs = index * stepMs;
     const atUs = startUs + atMs * 1000;
     if (index % 5 === 0) {
       for (const datagram of bed.sender.control({ ...run, sequence }, atMs, atUs)) {
@@ -420,5 +420,32 @@ describe('send --group-packets on the command line', () => {
       (error: unknown) =>
         error instanceof UsageError && error.message === '--group-packets needs --restricted',
     );
+  });
+});
+
+describe('group keys for late packets', () => {
+  it('in groups of 1, a burst of packets from seconds ago (repairs) is asked from the stream budget', async () => {
+    let now = 0;
+    const bed = groupBed(suiteByName('aes-128-gcm', 'suite'), 1, { nowMs: () => now });
+    // 1,000 packets a crypto-period, 1 ms apart.
+    const wire = await sealStream(bed, 0, 1200, 100, 1);
+    // Packets 300 to 899 are lost and come back (repaired) once the last 300 have arrived.
+    const isLate = (sequence: number | undefined) =>
+      sequence !== undefined && sequence >= 300 && sequence < 900;
+    const late = wire.filter((one) => isLate(one.sequence));
+    const rest = wire.filter((one) => !isLate(one.sequence));
+    const opened = await deliver(
+      bed,
+      rest.map((one) => one.datagram),
+    );
+    now += 10;
+    opened.push(
+      ...(await deliver(
+        bed,
+        late.map((one) => one.datagram),
+      )),
+    );
+    assert.equal(opened.length, 1200, JSON.stringify(bed.protection.stats));
+    bed.token.close();
   });
 });
