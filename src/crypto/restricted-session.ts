@@ -649,7 +649,7 @@ export interface ReceiverProtectionStats {
   packetsDropped: number;
   /** Every-n-th-packet mode: group keys asked of the token (one per group of packets). */
   groupKeysAsked: number;
-  /** Every-n-th-packet mode: packets whose group key was not asked (over groupKeyAsksPerSecondMax, or refused). */
+  /** Every-n-th-packet mode: packets (not keys) whose group key was not asked (over a budget, GroupAskKind, or refused). */
   groupKeysNotAsked: number;
   /** REKEY messages the token applied (member-tree leaves). */
   rekeysApplied: number;
