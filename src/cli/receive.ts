@@ -279,7 +279,7 @@ export function describeReceive(
       ? `${restricted?.packetsBadTag} forged or altered packets dropped`
       : '',
     (restricted?.groupKeysAsked ?? 0) > 0
-      ? `${restricted?.groupKeysAsked} group keys asked of the token (every-n-th-packet mode)`
+      ? `${restricted?.groupKeysAsked} group ${restricted?.groupKeysAsked === 1 ? 'key' : 'keys'} asked of the token (every-n-th-packet mode)`
       : '',
     (restricted?.groupKeysNotAsked ?? 0) > 0
       ? `${restricted?.groupKeysNotAsked} packets dropped: their group key was not asked (over ${groupKeyAsksPerSecondMax} a second for the stream, or ${groupKeySuspectAsksPerSecondMax} for far-off groups and those many seeds came for; or refused)`

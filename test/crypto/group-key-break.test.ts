@@ -7,6 +7,7 @@ import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { describe, it } from 'node:test';
 import { UsageError } from '../../src/cli/errors.js';
+import { describeReceive } from '../../src/cli/receive.js';
 import { senderProtectionOptions } from '../../src/cli/restricted.js';
 import { ed25519Raw, generateSigningKey, issueGrant, unwrapKey } from '../../src/crypto/authority.js';
 import type { TokenRefused } from '../../src/crypto/errors.js';
@@ -447,5 +448,31 @@ describe('group keys for late packets', () => {
     );
     assert.equal(opened.length, 1200, JSON.stringify(bed.protection.stats));
     bed.token.close();
+  });
+});
+
+describe('receive: the summary line', () => {
+  it('says one group key, not one group keys', () => {
+    const line = describeReceive(
+      {
+        outcome: 'complete',
+        sessionName: 'film.bin',
+        packetsDelivered: 3,
+        bytesDelivered: 300,
+        elapsedMs: 10,
+        malformed: {},
+        duplicates: 0,
+        otherSession: 0,
+        encryptedDropped: 0,
+        packetsMissing: 0,
+      } as unknown as Parameters<typeof describeReceive>[0],
+      {
+        groupKeysAsked: 1,
+        groupKeysNotAsked: 0,
+        packetsBadTag: 0,
+        keysRejected: {},
+      } as unknown as Parameters<typeof describeReceive>[1],
+    );
+    assert.match(line, /\(1 group key asked of the token/);
   });
 });
