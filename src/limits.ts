@@ -593,11 +593,28 @@ export const groupKeyPacketsMax = 1024;
  */
 export const groupKeyAsksPerSecondMax = 8192;
 
-/** Every-n-th-packet mode: different seeds a receiver asks its token about for one group before it takes the rest as forged. */
+/**
+ * Every-n-th-packet mode: suspect group keys a receiver asks of its token a second at most (a
+ * group far from the stream's, or one more than a few seeds came for): a genuine stream needs
+ * them only after a long gap, and a flood of forgeries then costs the token little.
+ */
+export const groupKeySuspectAsksPerSecondMax = 256;
+
+/**
+ * Every-n-th-packet mode: seeds a receiver asks its token about for one group from the stream's
+ * budget; any more for a group not opened yet come from the suspect budget.
+ */
 export const groupSeedTriesMax = 4;
 
 /** Every-n-th-packet mode: groups of a key epoch whose keys a receiver keeps (reordered, repaired and late packets). */
 export const groupKeysKept = 64;
+
+/**
+ * Every-n-th-packet mode: packets either side of the newest opened under a group key that are near
+ * the stream at least, whatever the group size: in groups of 1 or 4, repairs of a burst lost some
+ * seconds ago are still asked from the stream's budget.
+ */
+export const groupNearPacketsMin = 4096;
 
 /** LKH: deepest member tree (2^22 slots, about 4 million members; the server keeps 4 bytes per node). */
 export const lkhDepthMax = 22;

@@ -6,7 +6,11 @@ import type { TokenRefused } from '../crypto/errors.js';
 import { createReceiverProtection, type ReceiverProtection } from '../crypto/restricted-session.js';
 import { createSignedSessionGate, type SignedSessionGate } from '../crypto/signed-session.js';
 import type { Token } from '../crypto/token.js';
-import { fileWriteBatchPayloadsMax, groupKeyAsksPerSecondMax } from '../limits.js';
+import {
+  fileWriteBatchPayloadsMax,
+  groupKeyAsksPerSecondMax,
+  groupKeySuspectAsksPerSecondMax,
+} from '../limits.js';
 import { formatEndpoint } from '../net/address.js';
 import { InvalidArgumentError } from '../net/errors.js';
 import { socketBufferReport } from '../net/udp.js';
@@ -275,10 +279,10 @@ export function describeReceive(
       ? `${restricted?.packetsBadTag} forged or altered packets dropped`
       : '',
     (restricted?.groupKeysAsked ?? 0) > 0
-      ? `${restricted?.groupKeysAsked} group keys asked of the token (every-n-th-packet mode)`
+      ? `${restricted?.groupKeysAsked} group ${restricted?.groupKeysAsked === 1 ? 'key' : 'keys'} asked of the token (every-n-th-packet mode)`
       : '',
     (restricted?.groupKeysNotAsked ?? 0) > 0
-      ? `${restricted?.groupKeysNotAsked} packets dropped: their group key was not asked (over ${groupKeyAsksPerSecondMax} a second, or refused)`
+      ? `${restricted?.groupKeysNotAsked} packets dropped: their group key was not asked of the token (over its ${groupKeyAsksPerSecondMax} a second near the stream, or ${groupKeySuspectAsksPerSecondMax} a second for far-off groups and for groups with many seeds: forged DATA, or a long gap; or refused)`
       : '',
     summary.duplicates > 0 ? `${summary.duplicates} duplicates` : '',
     malformed > 0 ? `${malformed} malformed dropped` : '',

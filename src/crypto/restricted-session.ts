@@ -8,6 +8,7 @@
 import { type KeyObject, randomBytes } from 'node:crypto';
 import {
   groupKeyAsksPerSecondMax,
+  groupKeySuspectAsksPerSecondMax,
   manifestFlushWaitMs,
   manifestRepeatsMax,
   manifestSendCount,
@@ -46,7 +47,15 @@ import {
 import { KeyEpochsExhausted, TokenRefused } from './errors.js';
 import { groupKeyModeProblem } from './group-key.js';
 import { rekeyEpochOf, rekeyTreeIdOf } from './lkh.js';
-import { aeadTagBytes, negotiateSuite, PacketOpener, PacketSealer, type Suite, suites } from './suites.js';
+import {
+  aeadTagBytes,
+  type GroupAskKind,
+  negotiateSuite,
+  PacketOpener,
+  PacketSealer,
+  type Suite,
+  suites,
+} from './suites.js';
 import type { GroupKeySource, Token } from './token.js';
 
 /** What a restricted source needs. */
@@ -454,6 +463,12 @@ export function createSenderProtection(
         continue;
       }
       const announced = keyTreeEpochs.get(epoch);
+      if (announced === undefined && settings.packetsPerGroup !== undefined && epoch <= sealerEpoch) {
+        // Every-n-th-packet mode: the period is sealed under group keys of its traffic key alone
+        // (the tree came after its first packet); a KEY with a tree part would give its receivers
+        // group keys of two other shares, which open none of its packets.
+        continue;
+      }
       if (
         announced === undefined ||
         announced > tree.treeEpoch ||
@@ -634,7 +649,7 @@ export interface ReceiverProtectionStats {
   packetsDropped: number;
   /** Every-n-th-packet mode: group keys asked of the token (one per group of packets). */
   groupKeysAsked: number;
-  /** Every-n-th-packet mode: packets whose group key was not asked (over groupKeyAsksPerSecondMax, or refused). */
+  /** Every-n-th-packet mode: packets (not keys) whose group key was not asked (over a budget, GroupAskKind, or refused). */
   groupKeysNotAsked: number;
   /** REKEY messages the token applied (member-tree leaves). */
   rekeysApplied: number;
@@ -726,21 +741,24 @@ export function createReceiverProtection(
 
   /**
    * Every-n-th-packet mode: the token is asked for at most groupKeyAsksPerSecondMax group keys a
-   * second. A genuine stream needs one per group; a flood of forged DATA with made-up seeds for
-   * groups not yet opened costs no more than that.
+   * second for the stream, and groupKeySuspectAsksPerSecondMax for suspect asks (GroupAskKind: a
+   * far-off group, or one many seeds came for). A genuine stream needs one per group; a flood of
+   * forged DATA with made-up seeds costs no more than that, and uses up the stream's budget only
+   * with a few seeds per group next to the stream.
    */
-  let groupAsks = 0;
+  const groupAsks = { stream: 0, suspect: 0 };
   let groupAsksSince = nowMs();
-  const mayAskGroupKey = () => {
+  const mayAskGroupKey = (kind: GroupAskKind) => {
     const now = nowMs();
     if (now - groupAsksSince >= 1000 || now < groupAsksSince) {
-      groupAsks = 0;
+      groupAsks.stream = 0;
+      groupAsks.suspect = 0;
       groupAsksSince = now;
     }
-    if (groupAsks >= groupKeyAsksPerSecondMax) {
+    if (groupAsks[kind] >= (kind === 'stream' ? groupKeyAsksPerSecondMax : groupKeySuspectAsksPerSecondMax)) {
       return false;
     }
-    groupAsks++;
+    groupAsks[kind]++;
     return true;
   };
 

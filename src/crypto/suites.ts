@@ -15,7 +15,7 @@
  * ahead of the last one it sealed under the same epoch, so no (key, nonce) pair is used twice.
  */
 import { randomBytes } from 'node:crypto';
-import { groupKeysKept, groupSeedTriesMax } from '../limits.js';
+import { groupKeysKept, groupNearPacketsMin, groupSeedTriesMax } from '../limits.js';
 import {
   headerBytes,
   offsetBodyLength,
@@ -478,10 +478,20 @@ export interface GroupKeyAsker {
   groupKey(groupIndex: number, seed: Buffer): Buffer;
 }
 
+/**
+ * Which budget a group key's ask draws on: `stream` for a group near the newest packet opened
+ * under a group key (within groupKeysKept groups or groupNearPacketsMin packets, in this epoch or
+ * an earlier one, or none opened yet) and within its first groupSeedTriesMax seeds; `suspect` for
+ * the others (a far-off group, or a group that several made-up seeds came for). A flood of far-off
+ * forgeries uses up the suspect budget, never the stream's; and a group that forged seeds reached
+ * first is still asked about, so a forger cannot shut it for good.
+ */
+export type GroupAskKind = 'stream' | 'suspect';
+
 interface GroupOpening {
   readonly asker: GroupKeyAsker;
-  /** True when the token may be asked now (the receiver's budget). */
-  readonly mayAsk: () => boolean;
+  /** True when the token may be asked now (the receiver's budgets). */
+  readonly mayAsk: (kind: GroupAskKind) => boolean;
   readonly groups: Map<number, { seed: Buffer; key: AeadContext; confirmed: boolean; tries: number }>;
 }
 
@@ -493,6 +503,11 @@ export class PacketOpener {
   readonly #nonce = Buffer.alloc(aeadNonceBytes);
   /** Every-n-th-packet mode: group keys asked of the token. */
   groupKeysAsked = 0;
+  /**
+   * Every-n-th-packet mode: the newest sequence opened under a group key, in any epoch (sequences
+   * run on across epochs, so a new epoch's first groups are near it too).
+   */
+  #newestGrouped: number | undefined;
 
   constructor(suite: Suite) {
     this.#suite = suite;
@@ -503,7 +518,7 @@ export class PacketOpener {
    * each asked of the token (through `asker`) once, when the first packet of its group arrives,
    * if `mayAsk` allows. A seed other than the one that opened a group is dropped unasked.
    */
-  setGroupKeys(keyEpoch: number, asker: GroupKeyAsker, mayAsk: () => boolean): void {
+  setGroupKeys(keyEpoch: number, asker: GroupKeyAsker, mayAsk: (kind: GroupAskKind) => boolean): void {
     if (asker.keyBytes !== this.#suite.keyBytes) {
       throw new CipherError(
         `${this.#suite.name} takes ${this.#suite.keyBytes}-byte keys, not ${asker.keyBytes}-byte group keys`,
@@ -594,10 +609,17 @@ export class PacketOpener {
     let group = grouped.groups.get(groupIndex);
     if (group === undefined || !group.seed.equals(seed)) {
       // A group opened under one seed has no other: a second seed is forged, and costs no token call.
-      if (group !== undefined && (group.confirmed || group.tries >= groupSeedTriesMax)) {
+      if (group?.confirmed === true) {
         return 'bad-seed';
       }
-      if (!grouped.mayAsk()) {
+      // A group not opened yet is never shut: made-up seeds sent ahead of its packets would
+      // otherwise drop them all as forged. Past a few seeds it is asked from the suspect budget.
+      const kind =
+        (group?.tries ?? 0) < groupSeedTriesMax &&
+        isNearSequence(sequence, this.#newestGrouped, grouped.asker.packetsPerGroup)
+          ? 'stream'
+          : 'suspect';
+      if (!grouped.mayAsk(kind)) {
         return 'no-group-key';
       }
       let raw: Buffer;
@@ -633,6 +655,10 @@ export class PacketOpener {
       return 'bad-tag';
     }
     group.confirmed = true;
+    const ahead = (sequence - (this.#newestGrouped ?? sequence)) >>> 0;
+    if (this.#newestGrouped === undefined || (ahead > 0 && ahead < 0x8000_0000)) {
+      this.#newestGrouped = sequence;
+    }
     if (inPlace) {
       sealed.copyWithin(headerBytes, aadBytes, bodyEnd);
     } else {
@@ -641,4 +667,17 @@ export class PacketOpener {
     out.writeUInt16BE(plainLength - headerBytes, offsetBodyLength);
     return inPlace ? sealed.subarray(0, plainLength) : out;
   }
+}
+
+/**
+ * True when a sequence lies within groupKeysKept groups (groupNearPacketsMin at least) of the
+ * newest opened, either way, or none is.
+ */
+function isNearSequence(sequence: number, newest: number | undefined, packetsPerGroup: number): boolean {
+  if (newest === undefined) {
+    return true;
+  }
+  const ahead = (sequence - newest) >>> 0;
+  const near = Math.max(groupKeysKept * packetsPerGroup, groupNearPacketsMin);
+  return ahead <= near || 0x1_0000_0000 - ahead <= near;
 }

@@ -798,6 +798,13 @@ export class Token {
       key.fill(0);
     }
     this.#released.clear();
+    // A software token's shares are the traffic keys themselves: wiped, not left to the collector.
+    for (const { shares } of this.#groupSources.values()) {
+      for (const share of shares) {
+        this.#backend.forgetTreeKey?.(share);
+      }
+    }
+    this.#groupSources.clear();
     this.#serviceKeys.clear();
     this.#sourceKeys.clear();
     this.#trees.clear();

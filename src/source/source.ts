@@ -228,7 +228,7 @@ function checkSettings(settings: SourceSettings, overheadBytes = 0): void {
   const maxBytes = dataPayloadBytesMax - overheadBytes;
   if (!Number.isInteger(bytes) || bytes < 1 || bytes > maxBytes) {
     throw new SourceSettingsError(
-      `packet payload of ${bytes} bytes: the maximum is ${maxBytes} (a REPAIR must carry the whole DATA packet${overheadBytes > 0 ? ', with its tag' : ''})`,
+      `packet payload of ${bytes} bytes: the maximum is ${maxBytes} (a REPAIR must carry the whole DATA packet${overheadBytes > 0 ? `, with the ${overheadBytes} bytes sealing adds` : ''})`,
     );
   }
   const adapt = settings.adaptRate;

@@ -17,7 +17,7 @@ import {
 } from '../../src/crypto/restricted-session.js';
 import { type Suite, suiteByName } from '../../src/crypto/suites.js';
 import { Token } from '../../src/crypto/token.js';
-import { groupKeyPacketsMax, groupSeedTriesMax } from '../../src/limits.js';
+import { groupKeyPacketsMax, groupKeySuspectAsksPerSecondMax, groupSeedTriesMax } from '../../src/limits.js';
 import {
   headerBytes,
   offsetSequence,
@@ -279,14 +279,18 @@ describe('group keys: forged and altered packets', () => {
       bed.protection.filter(forged, pass);
     }
     assert.equal(bed.token.groupKeysDerived, asked, 'a second seed of an open group is not asked');
-    // Packets of a group not seen yet, each with its own made-up seed: a few asks, then none.
-    for (let index = 0; index < 50; index++) {
+    // Packets of a group not seen yet, each with its own made-up seed: a few asks from the stream's
+    // budget, then from the suspect budget until it is used up for the second, then none.
+    const overBudget = 20;
+    const forgedSeeds = groupSeedTriesMax + groupKeySuspectAsksPerSecondMax + overBudget;
+    for (let index = 0; index < forgedSeeds; index++) {
       const forged = Buffer.from(last);
       forged.writeUInt32BE(64 + 16 * 3, offsetSequence);
       randomBytes(groupSeedBytes).copy(forged, headerBytes);
       bed.protection.filter(forged, pass);
     }
-    assert.equal(bed.token.groupKeysDerived, asked + groupSeedTriesMax);
+    assert.equal(bed.token.groupKeysDerived, asked + groupSeedTriesMax + groupKeySuspectAsksPerSecondMax);
+    assert.equal(bed.protection.stats.groupKeysNotAsked, overBudget);
     // A flipped bit in the ciphertext of a genuine packet: the tag fails.
     const flipped = Buffer.from(data[10] as Buffer);
     flipped[headerBytes + groupSeedBytes + 3] = (flipped[headerBytes + groupSeedBytes + 3] as number) ^ 0x10;
@@ -294,7 +298,11 @@ describe('group keys: forged and altered packets', () => {
     // Truncated below header, seed and tag.
     bed.protection.filter(Buffer.from(last).subarray(0, headerBytes + groupSeedBytes + 15), pass);
     assert.equal(opened.length, 64, 'nothing forged or altered delivered');
-    assert.equal(bed.protection.stats.packetsBadTag, 50 + 50 + 1 + 1, JSON.stringify(bed.protection.stats));
+    assert.equal(
+      bed.protection.stats.packetsBadTag,
+      50 + forgedSeeds - overBudget + 1 + 1,
+      JSON.stringify(bed.protection.stats),
+    );
     bed.token.close();
   });
 });
