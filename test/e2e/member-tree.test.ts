@@ -11,8 +11,11 @@ import {
   type HostProcess,
   hostAddress,
   receiveOn,
+  retransmitAt,
   sendFrom,
   sha256,
+  startRepair,
+  startRetransmit,
   stop,
   type Testbed,
   testbedSkip,
@@ -130,6 +133,28 @@ describe(
       rmSync(directory, { recursive: true, force: true });
     });
 
+    /** A new subscriber entitled to news, its software token enrolled: its tree slot and entitlement. */
+    const enrollNew = async (who: string) => {
+      const created = await admin(['subscriber', 'add', who]);
+      writeFileSync(join(directory, `${who}.api`), String(created.token));
+      const granted = await admin(['grant', String(created.id), 'channel', '--session', 'news']);
+      const token = join(directory, `${who}.token`);
+      const init = await run(['token', 'init', '--token', token, '--root-public', join(keys(), 'root.pub')]);
+      assert.equal(init.code, 0, init.stderr);
+      const enrolled = await bed.gatecast('rep', [
+        'token',
+        'enroll',
+        '--token',
+        token,
+        '--subscription',
+        serverUrl,
+        '--token-file',
+        join(directory, `${who}.api`),
+      ]).finished;
+      assert.equal(enrolled.code, 0, enrolled.stderr);
+      return { token, entitlement: String(granted.id) };
+    };
+
     it('cat is revoked mid-stream: ann (SoftHSM2) and ben receive the file whole, cat stops within the next crypto-periods and says why', async () => {
       const fileBytes = randomBytes(4 * 1000 * 1000);
       const file = join(directory, 'film.bin');
@@ -221,6 +246,120 @@ describe(
         [[1, null]],
         'the PKCS#11 token applied the rekey inside itself and kept it',
       );
+    });
+
+    it('through a repair server and agents: eve, revoked mid-stream, gets nothing to her application after the next crypto-periods; dan loses nothing', async () => {
+      const dan = await enrollNew('dan');
+      const eve = await enrollNew('eve');
+      const fileBytes = randomBytes(3 * 1000 * 1000);
+      const file = join(directory, 'agents.bin');
+      writeFileSync(file, fileBytes);
+      const s1 = '239.10.0.16:5016';
+      const s2 = '239.10.0.17:5018';
+      const secret = join(directory, 'secret');
+      writeFileSync(secret, 'e2e operator secret for the member tree agents\n');
+      const retransmit = startRetransmit(bed, 'rt1', s1, secret);
+      const repair = startRepair(bed, 'rep', {
+        s1,
+        emit: s2,
+        secret,
+        retransmit: [retransmitAt('rt1')],
+        mode: ['--latency', '100'],
+      });
+      await Promise.all([retransmit.waitFor(/listening on/), repair.waitFor(/listening on/)]);
+      // Each subscriber's agent takes S2 and hands the opened payloads to an application (socat)
+      // on a group of its own host.
+      const apps = { dan: ['rx2', '239.59.0.1', '5701'], eve: ['rt2', '239.59.0.2', '5702'] } as const;
+      const out = (who: string) => join(directory, `${who}.app`);
+      const agents: Record<string, HostProcess> = {};
+      for (const [who, token] of [
+        ['dan', dan.token],
+        ['eve', eve.token],
+      ] as const) {
+        const [host, group, port] = apps[who];
+        bed.spawn(host, 'socat', [
+          '-u',
+          `UDP4-RECV:${port},ip-add-membership=${group}:eth0,so-rcvbuf=4194304`,
+          `CREATE:${out(who)}`,
+        ]);
+        agents[who] = bed.gatecast(host, [
+          'agent',
+          '--from',
+          s2,
+          '--from-iface',
+          'eth0',
+          '--deliver',
+          `${group}:${port}`,
+          '--deliver-iface',
+          'eth0',
+          '--token',
+          token,
+        ]);
+      }
+      await Promise.all(Object.values(agents).map((agent) => agent.waitFor(/local delivery/, 30_000)));
+      const sender = sendFrom(bed, s1, [
+        '--file',
+        file,
+        '--rate',
+        '2M',
+        '--restricted',
+        '--service',
+        'news',
+        '--crypto-period',
+        '2',
+        '--service-key-file',
+        join(keys(), 'news.key'),
+        '--source-key',
+        join(keys(), 'source.pem'),
+        '--subscription',
+        serverUrl,
+        '--token-file',
+        join(directory, 'studio.api'),
+      ]);
+      // cat left in the test before: ann, ben, dan and eve are the members at tree epoch 1.
+      await sender.waitFor(/key tree of news at epoch 1, 4 member\(s\)/, 20_000);
+      await waitUntil(
+        "eve's application's first 300 kB",
+        () => {
+          try {
+            return statSync(out('eve')).size >= 300_000;
+          } catch {
+            return false;
+          }
+        },
+        20_000,
+      );
+      const revoked = await admin(['revoke', eve.entitlement]);
+      assert.deepEqual(
+        (revoked.removed as Array<{ epoch: number }>).map((entry) => entry.epoch),
+        [2],
+        JSON.stringify(revoked),
+      );
+      const deliveredAtRevoke = statSync(out('eve')).size;
+      await sender.waitFor(/key tree of news at epoch 2, 3 member\(s\)/, 10_000);
+      const sent = await sender.finished;
+      assert.equal(sent.code, 0, sent.stderr);
+      await waitUntil(
+        "dan's application holding the whole file",
+        () => statSync(out('dan')).size >= fileBytes.length,
+        30_000,
+      );
+      assert.equal(sha256(readFileSync(out('dan'))), sha256(fileBytes), 'dan got every byte, in order');
+      await agents.eve?.waitFor(
+        /restricted session .*removed from news's members \(key tree epoch 2\).*nothing delivered/,
+        15_000,
+      );
+      const eveBytes = readFileSync(out('eve'));
+      assert.ok(eveBytes.equals(fileBytes.subarray(0, eveBytes.length)), 'what eve got before is intact');
+      // As for cat: at most about 5 s of stream (1.25 MB at 2 Mbit/s) after the revoke, and 3 s more
+      // for a loaded machine and the repair server's latency.
+      assert.ok(
+        eveBytes.length - deliveredAtRevoke <= 2_000_000,
+        `eve's application got ${eveBytes.length - deliveredAtRevoke} bytes after the revoke`,
+      );
+      assert.ok(eveBytes.length < fileBytes.length);
+      const shown = await run(['token', 'show', '--token', eve.token, '--json']);
+      assert.equal(JSON.parse(shown.stdout).memberships[0].removedAt, 2);
     });
   },
 );
