@@ -500,6 +500,13 @@ export const orderBodyBytesMax = 8 * 1024;
  */
 export const keyTimeRollbackToleranceMs = 5_000;
 
+/**
+ * Token: how far the rollback counter moves in memory before it is written to the token's storage
+ * (a crash loses less than this; below keyTimeRollbackToleranceMs, so a restart still refuses what
+ * it refused before, give or take the tolerance).
+ */
+export const tokenCounterWriteStepMs = 2_000;
+
 /** Token: traffic keys remembered per (run, key epoch) so a repeated KEY message is not charged twice. */
 export const tokenReleasedKeysMax = 64;
 

@@ -20,6 +20,7 @@
 import type { KeyObject } from 'node:crypto';
 import {
   keyTimeRollbackToleranceMs,
+  tokenCounterWriteStepMs,
   tokenReceiptsReportedKept,
   tokenReceiptsUnreportedMax,
   tokenReleasedKeysMax,
@@ -246,6 +247,10 @@ export class Token {
   readonly #trees = new Map<number, LiveTree>();
   /** The rollback counter moved in memory and is not written yet (#advance). */
   #counterUnsaved = false;
+  /** A write of the rollback counter is scheduled. */
+  #counterWriteDue = false;
+  /** The rollback counter as last read from or written to the token's storage. */
+  #counterWrittenUs: number;
   #closed = false;
 
   /** Without `purse`, the token uses its own (once enrolled), or none. */
@@ -253,6 +258,7 @@ export class Token {
     this.#backend = backend;
     this.#purse = purse;
     this.#state = backend.loadState();
+    this.#counterWrittenUs = this.#state.highestStreamTimeUs;
   }
 
   /** The token's name in receipts, purses and the ledger (derived from the device key). */
@@ -913,13 +919,17 @@ export class Token {
   /**
    * Moves the rollback counter at once in memory (every check reads it there) and writes it to the
    * token's storage just after the caller got its key (setImmediate), not before: a join does not
-   * wait for a file or token write. close() writes what is still unwritten.
+   * wait for a file or token write. It is written once it is tokenCounterWriteStepMs ahead of what
+   * the storage holds, not at every advance: a receiver's token is asked again every second, and
+   * each write read, re-encrypted and replaced the token's state. A crash loses less than that
+   * step, which keyTimeRollbackToleranceMs covers. close() writes what is still unwritten.
    */
   #advance(timestampUs: number): void {
     if (timestampUs > this.#state.highestStreamTimeUs) {
       this.#state = { ...this.#state, highestStreamTimeUs: timestampUs };
-      if (!this.#counterUnsaved) {
-        this.#counterUnsaved = true;
+      this.#counterUnsaved = true;
+      if (!this.#counterWriteDue && timestampUs - this.#counterWrittenUs >= tokenCounterWriteStepMs * 1000) {
+        this.#counterWriteDue = true;
         setImmediate(() => this.#saveCounter()).unref();
       }
     }
@@ -927,12 +937,14 @@ export class Token {
 
   /** Writes the rollback counter if it moved since the last write (reading the storage first). */
   #saveCounter(): void {
+    this.#counterWriteDue = false;
     if (!this.#counterUnsaved || this.#closed) {
       return;
     }
     this.#counterUnsaved = false;
     this.#refresh();
     this.#backend.saveState(this.#state);
+    this.#counterWrittenUs = this.#state.highestStreamTimeUs;
   }
 
   /** The KeyObject of a raw Ed25519 source key, imported once. */
