@@ -279,7 +279,7 @@ export function describeReceive(
       ? `${restricted?.packetsBadTag} forged or altered packets dropped`
       : '',
     (restricted?.groupKeysAsked ?? 0) > 0
-      ? `${restricted?.groupKeysAsked} group ${restricted?.groupKeysAsked === 1 ? 'key' : 'keys'} asked of the token (every-n-th-packet mode)`
+      ? `${restricted?.groupKeysAsked} group ${restricted?.groupKeysAsked === 1 ? 'key' : 'keys'} asked of the token in every-n-th-packet mode`
       : '',
     (restricted?.groupKeysNotAsked ?? 0) > 0
       ? `${restricted?.groupKeysNotAsked} packets dropped: their group key was not asked of the token (over its ${groupKeyAsksPerSecondMax} a second near the stream, or ${groupKeySuspectAsksPerSecondMax} a second for far-off groups and for groups with many seeds: forged DATA, or a long gap; or refused)`

@@ -107,7 +107,7 @@ function openSession(location: Pkcs11Location): { library: Pkcs11Types.PKCS11; s
       .find((candidate) => library.C_GetTokenInfo(candidate).label.trim() === location.tokenLabel);
     if (slot === undefined) {
       throw new TokenError(
-        `PKCS#11 module ${location.modulePath} has no token labelled ${location.tokenLabel}`,
+        `PKCS#11 module ${location.modulePath} has no token labelled ${location.tokenLabel}: initialize one with that label first (SoftHSM2: softhsm2-util --init-token --free --label ${location.tokenLabel} --pin PIN --so-pin SO-PIN)`,
       );
     }
     const session = library.C_OpenSession(slot, pkcs11.CKF_SERIAL_SESSION | pkcs11.CKF_RW_SESSION);

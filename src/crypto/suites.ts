@@ -466,8 +466,8 @@ interface GroupSealing {
 
 /**
  * Why a sealed packet was not opened; counted per reason by the receiver. Every-n-th-packet mode
- * adds `bad-seed` (a seed other than the one that opened its group, or one too many tried for a
- * group: forged) and `no-group-key` (the token was not asked: over the budget, or it refused).
+ * adds `bad-seed` (a seed other than the one that opened its group: forged) and `no-group-key`
+ * (the token was not asked: over the stream's or the suspect budget, or it refused).
  */
 export type OpenFailure = 'no-key' | 'bad-tag' | 'truncated' | 'bad-seed' | 'no-group-key';
 

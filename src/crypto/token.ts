@@ -569,9 +569,18 @@ export class Token {
       (grant) => grant.service === key.service && grant.serviceEpoch === key.serviceEpoch,
     );
     if (grants.length === 0) {
+      const epochs = [
+        ...new Set(
+          this.#grants()
+            .filter((grant) => grant.service === key.service)
+            .map((grant) => grant.serviceEpoch),
+        ),
+      ].sort((a, b) => a - b);
       throw new TokenRefused(
         'not-entitled',
-        `not entitled to ${key.service} (service epoch ${key.serviceEpoch}): no grant`,
+        epochs.length === 0
+          ? `not entitled to ${key.service}: this token holds no grant for it`
+          : `not entitled to ${key.service} (service epoch ${key.serviceEpoch}): this token's grants are for service epoch ${epochs.join(', ')}`,
       );
     }
     const signed = grants.filter((grant) =>

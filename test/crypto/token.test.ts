@@ -177,7 +177,14 @@ function behaviour(name: string, make: (purse?: Purse) => { open: () => Token })
       const token = open();
       const none = await refusal(token.releaseTrafficKey(keyMessage({ timeMs: start + 1 }).message));
       assert.equal(none.reason, 'not-entitled');
-      assert.match(none.message, /not entitled to news/);
+      assert.equal(none.message, 'not entitled to news: this token holds no grant for it');
+      token.installGrant(grantFor(token, { serviceEpoch: 2 }));
+      const otherEpoch = await refusal(token.releaseTrafficKey(keyMessage({ timeMs: start + 1 }).message));
+      assert.equal(otherEpoch.reason, 'not-entitled');
+      assert.equal(
+        otherEpoch.message,
+        "not entitled to news (service epoch 1): this token's grants are for service epoch 2",
+      );
       token.installGrant(grantFor(token));
       const early = await refusal(token.releaseTrafficKey(keyMessage({ timeMs: start - 1 }).message));
       assert.equal(early.reason, 'not-yet-valid');
