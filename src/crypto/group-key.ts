@@ -34,6 +34,18 @@ export interface GroupKeyContext {
   readonly groupIndex: number;
 }
 
+/**
+ * The group keys of one KEY in every-n-th-packet mode, derived inside a token
+ * (Token.releaseGroupKeys) and asked by a receiver's opener (PacketOpener.setGroupKeys).
+ */
+export interface GroupKeySource {
+  readonly packetsPerGroup: number;
+  /** Bytes of each group key (the suite's key length). */
+  readonly keyBytes: number;
+  /** The key of group `groupIndex` for the seed its packets carry: one ask of the token. */
+  groupKey(groupIndex: number, seed: Buffer): Buffer;
+}
+
 /** Bytes of one PRF input (groupKeyInput). */
 export const groupKeyInputBytes = 1 + label.length + 1 + 4 + 4 + 2 + 4 + 4 + groupSeedBytes + 2;
 

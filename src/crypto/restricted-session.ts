@@ -45,7 +45,7 @@ import {
   type TreeGroupKey,
 } from './authority.js';
 import { KeyEpochsExhausted, TokenRefused } from './errors.js';
-import { groupKeyModeProblem } from './group-key.js';
+import { type GroupKeySource, groupKeyModeProblem } from './group-key.js';
 import { rekeyEpochOf, rekeyTreeIdOf } from './lkh.js';
 import {
   aeadTagBytes,
@@ -56,7 +56,7 @@ import {
   type Suite,
   suites,
 } from './suites.js';
-import type { GroupKeySource, Token } from './token.js';
+import type { Token } from './token.js';
 
 /** What a restricted source needs. */
 export interface RestrictedSenderSettings {
@@ -633,6 +633,31 @@ export function createSenderProtection(
   };
 }
 
+/**
+ * Budgets a second, by kind: the returned function is true, and counts one, while `kind` has some
+ * left in the current second of `nowMs` (a clock that went back starts a new second).
+ */
+function perSecondBudgets<Kind extends string>(
+  limits: Readonly<Record<Kind, number>>,
+  nowMs: () => number,
+): (kind: Kind) => boolean {
+  const used = new Map<Kind, number>();
+  let since = nowMs();
+  return (kind) => {
+    const now = nowMs();
+    if (now - since >= 1000 || now < since) {
+      used.clear();
+      since = now;
+    }
+    const count = used.get(kind) ?? 0;
+    if (count >= limits[kind]) {
+      return false;
+    }
+    used.set(kind, count + 1);
+    return true;
+  };
+}
+
 /** Counters of the receiving side (shown by `gatecast receive` and checked by tests). */
 export interface ReceiverProtectionStats {
   keysAccepted: number;
@@ -687,7 +712,10 @@ export function createReceiverProtection(
     packetsBadTag: 0,
     packetsHeld: 0,
     packetsDropped: 0,
-    groupKeysAsked: 0,
+    /** The opener's count, read when shown: nothing on the packet path. */
+    get groupKeysAsked() {
+      return run?.opener.groupKeysAsked ?? 0;
+    },
     groupKeysNotAsked: 0,
     rekeysApplied: 0,
     rekeysIgnored: {},
@@ -711,9 +739,6 @@ export function createReceiverProtection(
       held.push(sealed);
       stats.packetsHeld++;
       return;
-    }
-    if (run !== undefined) {
-      stats.groupKeysAsked = run.opener.groupKeysAsked;
     }
     if (opened === 'bad-tag' || opened === 'truncated' || opened === 'bad-seed') {
       stats.packetsBadTag++;
@@ -746,21 +771,10 @@ export function createReceiverProtection(
    * forged DATA with made-up seeds costs no more than that, and uses up the stream's budget only
    * with a few seeds per group next to the stream.
    */
-  const groupAsks = { stream: 0, suspect: 0 };
-  let groupAsksSince = nowMs();
-  const mayAskGroupKey = (kind: GroupAskKind) => {
-    const now = nowMs();
-    if (now - groupAsksSince >= 1000 || now < groupAsksSince) {
-      groupAsks.stream = 0;
-      groupAsks.suspect = 0;
-      groupAsksSince = now;
-    }
-    if (groupAsks[kind] >= (kind === 'stream' ? groupKeyAsksPerSecondMax : groupKeySuspectAsksPerSecondMax)) {
-      return false;
-    }
-    groupAsks[kind]++;
-    return true;
-  };
+  const mayAskGroupKey = perSecondBudgets<GroupAskKind>(
+    { stream: groupKeyAsksPerSecondMax, suspect: groupKeySuspectAsksPerSecondMax },
+    nowMs,
+  );
 
   /**
    * The source repeats the next crypto-period's KEY ahead of its first packet. A key is asked of
@@ -918,8 +932,10 @@ export function createReceiverProtection(
    * a key it holds (Token.rekeyOpens: every genuine leave it stays through), one for the others
    * (its own removal, or forgeries): a flood of forged REKEYs, which open nothing, uses up only the second.
    */
-  const rekeyChecks = { opening: 0, other: 0 };
-  let rekeyChecksSince = nowMs();
+  const mayCheckRekey = perSecondBudgets(
+    { opening: rekeyOpeningChecksPerSecondMax, other: rekeyChecksPerSecondMax },
+    nowMs,
+  );
   let gapsInARow = 0;
   /** The stream time of the first of those gaps. */
   let firstGapUs: number | undefined;
@@ -946,20 +962,10 @@ export function createReceiverProtection(
       ignoreRekey('stale');
       return;
     }
-    const now = nowMs();
-    if (now - rekeyChecksSince >= 1000 || now < rekeyChecksSince) {
-      rekeyChecks.opening = 0;
-      rekeyChecks.other = 0;
-      rekeyChecksSince = now;
-    }
-    const budget = token.rekeyOpens(rekey.rekey) === true ? 'opening' : 'other';
-    if (
-      rekeyChecks[budget] >= (budget === 'opening' ? rekeyOpeningChecksPerSecondMax : rekeyChecksPerSecondMax)
-    ) {
+    if (!mayCheckRekey(token.rekeyOpens(rekey.rekey) === true ? 'opening' : 'other')) {
       ignoreRekey('rate');
       return;
     }
-    rekeyChecks[budget]++;
     const outcome = token.applyRekey(rekey.rekey);
     if (outcome.status === 'applied') {
       stats.rekeysApplied++;

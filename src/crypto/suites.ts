@@ -37,7 +37,7 @@ import {
   tagBytes,
 } from './aead-engine.js';
 import { CipherError, SuiteRefused } from './errors.js';
-import { type Cmac, createCmac, deriveGroupKeyWith, groupOf } from './group-key.js';
+import { type Cmac, createCmac, deriveGroupKeyWith, type GroupKeySource, groupOf } from './group-key.js';
 
 /** AEAD tag length, pinned: shorter tags are refused (docs/security.md). The engine's, one number. */
 export const aeadTagBytes = tagBytes;
@@ -224,12 +224,7 @@ export class PacketSealer {
   /** Installs the traffic key of an epoch (1-65535); a key epoch is never given a second key. */
   setKey(keyEpoch: number, key: Buffer): void {
     checkKey(this.#suite, key);
-    if (keyEpoch < 1 || keyEpoch > 0xffff || !Number.isInteger(keyEpoch)) {
-      throw new CipherError(`key epoch ${keyEpoch} is not 1-65535`);
-    }
-    if (this.#keys.has(keyEpoch)) {
-      throw new CipherError(`key epoch ${keyEpoch} already has a key; a new key needs a new epoch`);
-    }
+    this.#checkNewEpoch(keyEpoch);
     this.#keys.set(keyEpoch, {
       key: createAeadContext(this.#suite.name, key, true),
       lastSequence: undefined,
@@ -253,18 +248,23 @@ export class PacketSealer {
     if (!Number.isSafeInteger(packetsPerGroup) || packetsPerGroup < 1) {
       throw new CipherError(`packets per group ${packetsPerGroup} is not a positive integer`);
     }
-    if (keyEpoch < 1 || keyEpoch > 0xffff || !Number.isInteger(keyEpoch)) {
-      throw new CipherError(`key epoch ${keyEpoch} is not 1-65535`);
-    }
-    if (this.#keys.has(keyEpoch)) {
-      throw new CipherError(`key epoch ${keyEpoch} already has a key; a new key needs a new epoch`);
-    }
+    this.#checkNewEpoch(keyEpoch);
     this.#keys.set(keyEpoch, {
       key: undefined,
       lastSequence: undefined,
       count: 0,
       group: { prfs: shares.map((share) => createCmac(share)), packetsPerGroup, current: undefined },
     });
+  }
+
+  /** An epoch is 1-65535 and is given a key once (setKey, setGroupShares). */
+  #checkNewEpoch(keyEpoch: number): void {
+    if (keyEpoch < 1 || keyEpoch > 0xffff || !Number.isInteger(keyEpoch)) {
+      throw new CipherError(`key epoch ${keyEpoch} is not 1-65535`);
+    }
+    if (this.#keys.has(keyEpoch)) {
+      throw new CipherError(`key epoch ${keyEpoch} already has a key; a new key needs a new epoch`);
+    }
   }
 
   /**
@@ -283,12 +283,6 @@ export class PacketSealer {
   }
   #seeds: Buffer = Buffer.alloc(0);
   #seedAt = 0;
-
-  /** Group keys derived since the sealer was made (every-n-th-packet mode: one per group). */
-  get groupsStarted(): number {
-    return this.#groupsStarted;
-  }
-  #groupsStarted = 0;
 
   /** Forgets an epoch's key (after its crypto-period and grace); its epoch is never reused. */
   dropKey(keyEpoch: number): void {
@@ -434,7 +428,6 @@ export class PacketSealer {
       group.current?.key.dispose();
       group.current = { index: groupIndex, seed, key: createAeadContext(this.#suite.name, key, true) };
       key.fill(0);
-      this.#groupsStarted++;
     }
     plain.copy(out, 0, 0, headerBytes);
     out.writeUInt16BE(bodyBytes, offsetBodyLength);
@@ -471,13 +464,6 @@ interface GroupSealing {
  */
 export type OpenFailure = 'no-key' | 'bad-tag' | 'truncated' | 'bad-seed' | 'no-group-key';
 
-/** Every-n-th-packet mode at a receiver: what asks the token for a group's key (Token.releaseGroupKeys). */
-export interface GroupKeyAsker {
-  readonly packetsPerGroup: number;
-  readonly keyBytes: number;
-  groupKey(groupIndex: number, seed: Buffer): Buffer;
-}
-
 /**
  * Which budget a group key's ask draws on: `stream` for a group near the newest packet opened
  * under a group key (within groupKeysKept groups or groupNearPacketsMin packets, in this epoch or
@@ -489,7 +475,7 @@ export interface GroupKeyAsker {
 export type GroupAskKind = 'stream' | 'suspect';
 
 interface GroupOpening {
-  readonly asker: GroupKeyAsker;
+  readonly asker: GroupKeySource;
   /** True when the token may be asked now (the receiver's budgets). */
   readonly mayAsk: (kind: GroupAskKind) => boolean;
   readonly groups: Map<number, { seed: Buffer; key: AeadContext; confirmed: boolean; tries: number }>;
@@ -518,7 +504,7 @@ export class PacketOpener {
    * each asked of the token (through `asker`) once, when the first packet of its group arrives,
    * if `mayAsk` allows. A seed other than the one that opened a group is dropped unasked.
    */
-  setGroupKeys(keyEpoch: number, asker: GroupKeyAsker, mayAsk: (kind: GroupAskKind) => boolean): void {
+  setGroupKeys(keyEpoch: number, asker: GroupKeySource, mayAsk: (kind: GroupAskKind) => boolean): void {
     if (asker.keyBytes !== this.#suite.keyBytes) {
       throw new CipherError(
         `${this.#suite.name} takes ${this.#suite.keyBytes}-byte keys, not ${asker.keyBytes}-byte group keys`,

@@ -37,7 +37,7 @@ import {
 } from '../protocol/restricted.js';
 import { deviceKeyId, ed25519FromRaw, joinShares, tokenIdOf, verifySignature } from './authority.js';
 import { TokenError, TokenRefused } from './errors.js';
-import { deriveGroupKeyWith } from './group-key.js';
+import { deriveGroupKeyWith, type GroupKeySource } from './group-key.js';
 import { applyRekeyEntries, decodeRekey, type LkhRekey, LkhWrapping, lkhPath } from './lkh.js';
 import {
   createPurse,
@@ -195,15 +195,6 @@ export interface TokenBackend {
   /** Signs a receipt's signed bytes with the receipt key, inside the token. */
   signReceipt(signed: Buffer): Buffer;
   close(): void;
-}
-
-/** The group keys of one KEY in every-n-th-packet mode, derived inside the token (Token.releaseGroupKeys). */
-export interface GroupKeySource {
-  readonly packetsPerGroup: number;
-  /** Bytes of each group key (the suite's key length). */
-  readonly keyBytes: number;
-  /** The key of group `groupIndex` for the seed its packets carry: one ask of the token. */
-  groupKey(groupIndex: number, seed: Buffer): Buffer;
 }
 
 /**
