@@ -429,15 +429,16 @@ describe('a service changed while an order of it waits for its link (PostgreSQL)
     const postgres = startPostgres();
     const store = await openStore(postgres.url);
     const other = await openStore(postgres.url);
+    let release: () => void = () => undefined;
+    let holding: Promise<void> = Promise.resolve();
     try {
       await makeLink(store, 'race', 5_000_000, 'reject', [{ name: 'swap', rate: 1_000_000 }]);
       const box = await makeBox(store, 'racebox');
       const book = createOrderBook(store, { leaseMs: 60_000 });
-      let release: () => void = () => undefined;
       const released = new Promise<void>((resolve) => {
         release = resolve;
       });
-      const holding = other.db.transaction().execute(async (trx) => {
+      holding = other.db.transaction().execute(async (trx) => {
         await trx.selectFrom('order_links').select('name').where('name', '=', 'race').forUpdate().execute();
         await released;
       });
@@ -479,6 +480,10 @@ describe('a service changed while an order of it waits for its link (PostgreSQL)
         .executeTakeFirstOrThrow();
       assert.equal(Number(link.used_bits), 0);
     } finally {
+      // A failure before the release left the holding transaction open for ever, and closing its
+      // pool waited on it: the file hung instead of failing.
+      release();
+      await holding.catch(() => undefined);
       await store.close();
       await other.close();
       postgres.stop();
