@@ -438,10 +438,18 @@ describe('a service changed while an order of it waits for its link (PostgreSQL)
       const released = new Promise<void>((resolve) => {
         release = resolve;
       });
+      // The order starts only once the other transaction holds the link's row: started together,
+      // a loaded machine could let the order take the row first, and then nothing ever waits.
+      let locked: () => void = () => undefined;
+      const lockHeld = new Promise<void>((resolve) => {
+        locked = resolve;
+      });
       holding = other.db.transaction().execute(async (trx) => {
         await trx.selectFrom('order_links').select('name').where('name', '=', 'race').forUpdate().execute();
+        locked();
         await released;
       });
+      await Promise.race([lockHeld, holding]);
       const order = book.order(box, 'swap');
       const waiting = async () =>
         Number(
@@ -454,15 +462,24 @@ describe('a service changed while an order of it waits for its link (PostgreSQL)
           ).rows[0]?.count ?? 0,
         );
       let blocked = 0;
+      let asking = false;
       await waitUntil(
         'the order waiting for the link',
         () => {
-          void waiting().then((count) => {
-            blocked = count;
-          });
+          // One question at a time: on a loaded machine, a query started at every poll piled up.
+          if (!asking) {
+            asking = true;
+            void waiting()
+              .then((count) => {
+                blocked = count;
+              })
+              .finally(() => {
+                asking = false;
+              });
+          }
           return blocked > 0;
         },
-        10_000,
+        30_000,
       );
       await other.db
         .updateTable('order_services')
