@@ -201,6 +201,14 @@ export interface TokenBackend {
  * What a KEY is remembered by: its run, epoch and service, and its tree epoch (the source replaces
  * a period's key when the tree changes before the period starts, and the replacement is another key).
  */
+/** What a token released for one KEY (Token.#released): a traffic key, or group-key shares. */
+type Released =
+  | { readonly traffic: Buffer; readonly group?: undefined }
+  | {
+      readonly traffic?: undefined;
+      readonly group: { readonly shares: ServiceKeyHandle[]; readonly source: GroupKeySource };
+    };
+
 function keyIdOf(key: KeyMessage): string {
   return `${key.sessionId}/${key.incarnation}/${key.keyEpoch}/${key.service}/${key.tree?.treeEpoch ?? ''}/${key.packetsPerGroup ?? ''}`;
 }
@@ -228,9 +236,12 @@ export class Token {
   #purseModule: PurseModule | undefined;
   #state: TokenState;
   readonly #serviceKeys = new Map<string, ServiceKeyHandle>();
-  readonly #released = new Map<string, Buffer>();
-  /** Every-n-th-packet mode: the shares of each KEY admitted (inside the token) and what derives its group keys. */
-  readonly #groupSources = new Map<string, { shares: ServiceKeyHandle[]; source: GroupKeySource }>();
+  /**
+   * What each KEY admitted released, by run and epoch (keyIdOf), the oldest forgotten first past
+   * tokenReleasedKeysMax: its traffic key, or in every-n-th-packet mode the shares it unwrapped
+   * (inside the token) and what derives its group keys.
+   */
+  readonly #released = new Map<string, Released>();
   #groupKeysDerived = 0;
   /** Source public keys of the grants, as KeyObjects, by their raw hex (imported once, not per KEY). */
   readonly #sourceKeys = new Map<string, KeyObject>();
@@ -437,7 +448,7 @@ export class Token {
       );
     }
     const id = keyIdOf(key);
-    const cached = this.#released.get(id);
+    const cached = this.#released.get(id)?.traffic;
     const { grant, treeKey } = await this.#admit(key, cached !== undefined);
     if (cached !== undefined) {
       this.#advance(key.timestampUs);
@@ -451,14 +462,7 @@ export class Token {
       );
     }
     this.#advance(key.timestampUs);
-    if (this.#released.size >= tokenReleasedKeysMax) {
-      const oldest = this.#released.keys().next().value;
-      if (oldest !== undefined) {
-        this.#released.get(oldest)?.fill(0);
-        this.#released.delete(oldest);
-      }
-    }
-    this.#released.set(id, Buffer.from(traffic));
+    this.#remember(id, { traffic: Buffer.from(traffic) });
     return traffic;
   }
 
@@ -478,7 +482,7 @@ export class Token {
       );
     }
     const id = keyIdOf(key);
-    const known = this.#groupSources.get(id);
+    const known = this.#released.get(id)?.group;
     const { grant, treeKey } = await this.#admit(key, known !== undefined);
     if (known !== undefined) {
       this.#advance(key.timestampUs);
@@ -505,15 +509,6 @@ export class Token {
       );
     }
     this.#advance(key.timestampUs);
-    if (this.#groupSources.size >= tokenReleasedKeysMax) {
-      const oldest = this.#groupSources.keys().next().value;
-      if (oldest !== undefined) {
-        for (const share of this.#groupSources.get(oldest)?.shares ?? []) {
-          this.#backend.forgetTreeKey?.(share);
-        }
-        this.#groupSources.delete(oldest);
-      }
-    }
     const backend = this.#backend;
     const prfs = shares.map((share) => (message: Buffer) => backend.cmac(share, message));
     const keyBytes = key.wrappedKey.length - 8;
@@ -528,7 +523,7 @@ export class Token {
       keyBytes,
       groupKey: (groupIndex, seed) => {
         this.#assertOpen();
-        if (!this.#groupSources.has(id)) {
+        if (this.#released.get(id)?.group?.source !== source) {
           throw new TokenRefused(
             'bad-key-message',
             `the group keys of ${key.service}'s key epoch ${key.keyEpoch} are forgotten: its KEY is asked again`,
@@ -538,8 +533,35 @@ export class Token {
         return deriveGroupKeyWith(prfs, seed, { ...context, groupIndex }, keyBytes);
       },
     };
-    this.#groupSources.set(id, { shares, source });
+    this.#remember(id, { group: { shares, source } });
     return source;
+  }
+
+  /** Keeps what a KEY released, forgetting (and wiping) the oldest past tokenReleasedKeysMax. */
+  #remember(id: string, released: Released): void {
+    this.#forgetReleased(id);
+    while (this.#released.size >= tokenReleasedKeysMax) {
+      const oldest = this.#released.keys().next().value;
+      if (oldest === undefined) {
+        break;
+      }
+      this.#forgetReleased(oldest);
+    }
+    this.#released.set(id, released);
+  }
+
+  /** Wipes what one KEY released: its traffic key, or its shares inside the token. */
+  #forgetReleased(id: string): void {
+    const released = this.#released.get(id);
+    if (released === undefined) {
+      return;
+    }
+    this.#released.delete(id);
+    released.traffic?.fill(0);
+    // A software token's shares are the traffic keys themselves: wiped, not left to the collector.
+    for (const share of released.group?.shares ?? []) {
+      this.#backend.forgetTreeKey?.(share);
+    }
   }
 
   /** Group keys this token derived since it was opened (every-n-th-packet mode). */
@@ -800,17 +822,9 @@ export class Token {
     }
     this.#saveCounter();
     this.#closed = true;
-    for (const key of this.#released.values()) {
-      key.fill(0);
+    for (const id of [...this.#released.keys()]) {
+      this.#forgetReleased(id);
     }
-    this.#released.clear();
-    // A software token's shares are the traffic keys themselves: wiped, not left to the collector.
-    for (const { shares } of this.#groupSources.values()) {
-      for (const share of shares) {
-        this.#backend.forgetTreeKey?.(share);
-      }
-    }
-    this.#groupSources.clear();
     this.#serviceKeys.clear();
     this.#sourceKeys.clear();
     this.#trees.clear();

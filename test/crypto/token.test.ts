@@ -15,6 +15,7 @@ import {
 import { initSoftwareToken, openSoftwareToken } from '../../src/crypto/software-token.js';
 import { SuiteId } from '../../src/crypto/suites.js';
 import type { Purse, PurseDebit, Token } from '../../src/crypto/token.js';
+import { tokenReleasedKeysMax } from '../../src/limits.js';
 import { decodeKey, PriceModel } from '../../src/protocol/restricted.js';
 import { createRandom } from '../helpers/random.js';
 import { createSoftHsm, type SoftHsm, softhsmMissing, softhsmModulePath } from '../helpers/softhsm.js';
@@ -292,6 +293,57 @@ function behaviour(name: string, make: (purse?: Purse) => { open: () => Token })
       token.close();
     });
 
+    it('one bounded memory of released keys for both modes: a remembered KEY is not charged again, a forgotten one is, and its group keys are gone', async () => {
+      const purse = balancePurse(10_000);
+      const { open } = make(purse);
+      const token = open();
+      token.installGrant(grantFor(token, { priceModel: PriceModel.perCryptoPeriod, priceMinor: 1 }));
+      const half = tokenReleasedKeysMax / 2;
+      /** Epochs 1..half seal every packet, the next half in groups of 16 (of one run: one memory). */
+      const message = (keyEpoch: number) =>
+        keyMessage({
+          timeMs: start + keyEpoch * 10,
+          keyEpoch,
+          ...(keyEpoch > half && keyEpoch <= 2 * half ? { packetsPerGroup: 16 } : {}),
+        }).message;
+      const messages = new Map<number, ReturnType<typeof message>>();
+      const release = async (keyEpoch: number) => {
+        const known = messages.get(keyEpoch) ?? message(keyEpoch);
+        messages.set(keyEpoch, known);
+        return known.packetsPerGroup === undefined
+          ? token.releaseTrafficKey(known)
+          : token.releaseGroupKeys(known);
+      };
+      for (let epoch = 1; epoch <= 2 * half; epoch++) {
+        await release(epoch);
+      }
+      const firstGroup = (await release(half + 1)) as Awaited<ReturnType<Token['releaseGroupKeys']>>;
+      assert.equal(purse.debits.length, 2 * half, 'each KEY charged once, the repeats not');
+      assert.equal(firstGroup.groupKey(0, randomBytes(groupSeedBytes)).length, 32);
+      // One more KEY forgets the oldest (epoch 1): asked again, it is charged again.
+      await release(2 * half + 1);
+      assert.equal(purse.debits.length, 2 * half + 1);
+      await release(2);
+      assert.equal(purse.debits.length, 2 * half + 1, 'epoch 2 is still remembered');
+      await release(1);
+      assert.equal(purse.debits.length, 2 * half + 2, 'epoch 1 was forgotten: charged again');
+      // Past as many more, the first group epoch's shares are forgotten: its source derives nothing.
+      for (let epoch = 2 * half + 2; epoch <= 3 * half + 2; epoch++) {
+        await release(epoch);
+      }
+      const forgotten = (() => {
+        try {
+          firstGroup.groupKey(1, randomBytes(groupSeedBytes));
+        } catch (error) {
+          return error;
+        }
+        return undefined;
+      })();
+      assert.ok(forgotten instanceof TokenRefused, 'a forgotten group source refuses');
+      assert.equal(forgotten.reason, 'bad-key-message');
+      token.close();
+    });
+
     it('property: no key is released outside the window or after the counter moved past it', async () => {
       const random = createRandom(0x5eed12);
       const { open } = make();
@@ -362,7 +414,7 @@ describe('PKCS#11 tokens (SoftHSM2)', { skip: softhsmMissing('the PKCS#11 token 
   // SoftHSM lists its tokens when the module is initialized: make them all before the first use.
   before(() => {
     hsm = createSoftHsm();
-    for (let index = 1; index <= 10; index += 1) {
+    for (let index = 1; index <= 12; index += 1) {
       hsm.initToken(`gatecast-${index}`, '2468');
     }
     hsm.initToken('gatecast-attributes', '2468');
