@@ -794,7 +794,25 @@ export function createReceiverProtection(
    */
   const heldKeys = new Map<number, { wrappedKey: Buffer; askedAtUs: number }>();
 
+  /**
+   * Per key epoch held, the last KEY datagram found to be a repeat of it (below): the source sends
+   * the same bytes for signedRepeatRefreshMs, and a copy equal to it byte for byte is the same
+   * repeat again, counted without decoding it.
+   */
+  const repeatBytes = new Map<number, Buffer>();
+
   const onKey = (datagram: Buffer) => {
+    const epochOfDatagram =
+      datagram.length >= headerBytes ? datagram.readUInt16BE(offsetKeyEpoch) : undefined;
+    if (
+      epochOfDatagram !== undefined &&
+      repeatBytes.get(epochOfDatagram)?.equals(datagram) === true &&
+      heldKeys.has(epochOfDatagram) &&
+      run?.opener.hasKey(epochOfDatagram) === true
+    ) {
+      stats.keysRepeated++;
+      return;
+    }
     const decoded = decodeKey(datagram);
     if (!decoded.ok) {
       reject('malformed');
@@ -813,6 +831,9 @@ export function createReceiverProtection(
       key.timestampUs - held.askedAtUs < restrictedKeyRecheckMs * 1000
     ) {
       stats.keysRepeated++;
+      // Its copies are the same repeat (askedAtUs only grows) until the source signs the KEY
+      // again, with a later time: those bytes are new, and decoded and checked as above.
+      repeatBytes.set(key.keyEpoch, Buffer.from(datagram));
       return;
     }
     if (key.keyEpoch > highestDataEpoch && !askedEpochs.has(key.keyEpoch)) {
@@ -898,6 +919,7 @@ export function createReceiverProtection(
         heldKeys.set(key.keyEpoch, { wrappedKey: Buffer.from(key.wrappedKey), askedAtUs: key.timestampUs });
         run.opener.dropKey(key.keyEpoch - 3);
         heldKeys.delete(key.keyEpoch - 3);
+        repeatBytes.delete(key.keyEpoch - 3);
         releaseHeld();
       },
       (error: unknown) => {

@@ -45,8 +45,8 @@ export interface SignedSessionStats {
   /** Manifests received again (the source repeats them) and not verified twice. */
   manifestsRepeated: number;
   /**
-   * Offers and KEY messages received again byte for byte (the source repeats each unchanged for a
-   * while) and not verified twice; passed on as the first was.
+   * Offers, KEY messages and control signatures received again byte for byte (the source repeats
+   * each unchanged for a while) and not verified twice; passed on as the first was.
    */
   signedRepeats: number;
   /**
@@ -258,8 +258,15 @@ const hashScratch = Buffer.alloc(manifestHashBytes);
 
 /** True when `hash` is the hash the kept manifest holds for `sequence`. */
 function sameHash(hash: Buffer, manifest: KeptManifest, sequence: number): boolean {
-  const at = hashOffset(manifest, sequence);
-  return hash.compare(manifest.datagram, at, at + manifestHashBytes) === 0;
+  return sameHashAt(hash, 0, manifest, sequence);
+}
+
+/** True when the manifestHashBytes of `bytes` at `at` are the hash the kept manifest holds for `sequence`. */
+function sameHashAt(bytes: Buffer, at: number, manifest: KeptManifest, sequence: number): boolean {
+  const keptAt = hashOffset(manifest, sequence);
+  return (
+    bytes.compare(manifest.datagram, keptAt, keptAt + manifestHashBytes, at, at + manifestHashBytes) === 0
+  );
 }
 
 /** True when the first manifestHashBytes of the datagram's SHA-256 are the manifest's hash for `sequence`. */
@@ -513,17 +520,22 @@ export function createSignedSessionGate(
 
   const onManifest = (
     datagram: Buffer,
-    run: { sessionId: number; incarnation: number; sequence: number },
-    manifest: readonly Buffer[],
+    run: { sessionId: number; incarnation: number; sequence: number; hashCount: number; hashesAt: number },
     verify: () => boolean,
   ) => {
-    const { sessionId, incarnation } = run;
-    const known = (hash: Buffer, index: number) => {
+    const { sessionId, incarnation, hashCount: count, hashesAt } = run;
+    /** True when a verified manifest of the run holds the same hash for the index-th sequence. */
+    const known = (index: number) => {
       const sequence = sequenceAdd(run.sequence, index);
       const vouched = manifestOfRun(hashes.get(sequence), sessionId, incarnation);
-      return vouched !== undefined && sameHash(hash, vouched, sequence);
+      const at = hashesAt + index * manifestHashBytes;
+      return vouched !== undefined && sameHashAt(datagram, at, vouched, sequence);
     };
-    if (manifest.every(known)) {
+    let allKnown = true;
+    for (let index = 0; index < count && allKnown; index++) {
+      allKnown = known(index);
+    }
+    if (allKnown) {
       stats.manifestsRepeated++; // a repeat of one already verified: nothing new in it
       return;
     }
@@ -539,12 +551,11 @@ export function createSignedSessionGate(
       sessionId,
       incarnation,
       firstSequence: run.sequence,
-      // The decoder's hashes are views of the datagram, one after another.
-      hashesAt: (manifest[0]?.byteOffset ?? datagram.byteOffset) - datagram.byteOffset,
-      hashesTotal: manifest.length,
+      hashesAt,
+      hashesTotal: count,
       hashesKept: 0,
     };
-    for (let index = 0; index < manifest.length; index++) {
+    for (let index = 0; index < count; index++) {
       remember(sequenceAdd(run.sequence, index), kept);
     }
     if (kept.hashesKept > 0) {
@@ -559,7 +570,7 @@ export function createSignedSessionGate(
         }
       }
     };
-    for (let index = 0; index < manifest.length; index++) {
+    for (let index = 0; index < count; index++) {
       // Usually one DATA of this run waited for each sequence; a forgery of another run may too.
       const waiting = heldData.get(sequenceAdd(run.sequence, index));
       if (waiting === undefined) {
@@ -639,7 +650,17 @@ export function createSignedSessionGate(
     const message = decoded.value;
     const verify = () => verifySignature(message.signed, message.signature, sourcePublicKey);
     if (message.kind === SignatureKind.manifest) {
-      onManifest(datagram, message, message.hashes, verify);
+      onManifest(datagram, message, verify);
+      return;
+    }
+    if (
+      message.kind === SignatureKind.control &&
+      vouched.get(message.controlSha256.toString('hex'))?.equals(datagram) === true
+    ) {
+      // The control signature verified already, byte for byte: a source repeats a DESCRIPTOR
+      // and its signature unchanged for signedRepeatRefreshMs.
+      stats.signedRepeats++;
+      onControlSignature(datagram, message.controlSha256);
       return;
     }
     if (!verify()) {

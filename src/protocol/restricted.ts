@@ -44,8 +44,15 @@ export const OfferFlag = { signed: 1, encrypted: 2 } as const;
 /** A manifest: hashes of the DATA datagrams with sequences first .. first + count - 1. */
 export interface ManifestMessage extends Header {
   readonly kind: typeof SignatureKind.manifest;
-  /** The header's sequence: the first DATA sequence covered. */
+  /**
+   * The hashes, sequences from the header's on (views of the datagram, made when first read: a
+   * gate compares them in place, by hashCount and hashesAt).
+   */
   readonly hashes: readonly Buffer[];
+  /** How many hashes (1-manifestPacketsMax). */
+  readonly hashCount: number;
+  /** Where in the datagram the first hash starts; each is manifestHashBytes long, one after another. */
+  readonly hashesAt: number;
   readonly signature: Buffer;
   /** Every byte the signature covers. */
   readonly signed: Buffer;
@@ -289,12 +296,21 @@ export function decodeSignature(buf: Buffer): DecodeResult<SignatureMessage> {
     if (body.length !== 4 + count * manifestHashBytes + signatureBytes) {
       return invalid('length-mismatch', `manifest of ${count} hashes has ${body.length} body bytes`);
     }
-    const hashes: Buffer[] = [];
-    for (let index = 0; index < count; index += 1) {
-      const at = 4 + index * manifestHashBytes;
-      hashes.push(body.subarray(at, at + manifestHashBytes));
-    }
-    return valid({ ...header.value, kind: SignatureKind.manifest, hashes, signature, signed });
+    let hashes: Buffer[] | undefined;
+    return valid({
+      ...header.value,
+      kind: SignatureKind.manifest,
+      get hashes(): readonly Buffer[] {
+        hashes ??= Array.from({ length: count }, (_, index) =>
+          body.subarray(4 + index * manifestHashBytes, 4 + (index + 1) * manifestHashBytes),
+        );
+        return hashes;
+      },
+      hashCount: count,
+      hashesAt: headerBytes + 4,
+      signature,
+      signed,
+    });
   }
   if (body[0] === SignatureKind.session) {
     return decodeOffer(header.value, body, signature, signed);

@@ -287,6 +287,15 @@ describe('restricted receiver: KEY repeats', () => {
     }
     assert.equal(asked, askedFirst, 'repeats of a held epoch are not asked of the token');
     assert.ok(protection.stats.keysRepeated >= 19);
+    // The same bytes again and again (one signing, repeated): each a repeat, none asked.
+    const sameBytes = keysOf(startUs + 19 * 45_000).slice(0, 1);
+    const repeatedBefore = protection.stats.keysRepeated;
+    for (let copy = 0; copy < 50; copy += 1) {
+      feed(sameBytes);
+    }
+    await settle();
+    assert.equal(protection.stats.keysRepeated, repeatedBefore + 50);
+    assert.equal(asked, askedFirst);
     // Past the recheck interval the token is asked again (window, tier and counter anew).
     feed(keysOf(startUs + 1_100_000).slice(0, 1));
     await settle();
