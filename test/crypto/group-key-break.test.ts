@@ -9,22 +9,10 @@ import { describe, it } from 'node:test';
 import { UsageError } from '../../src/cli/errors.js';
 import { describeReceive } from '../../src/cli/receive.js';
 import { senderProtectionOptions } from '../../src/cli/restricted.js';
-import { ed25519Raw, generateSigningKey, issueGrant, unwrapKey } from '../../src/crypto/authority.js';
-import type { TokenRefused } from '../../src/crypto/errors.js';
+import { generateSigningKey, unwrapKey } from '../../src/crypto/authority.js';
 import { deriveGroupKey, groupSeedBytes } from '../../src/crypto/group-key.js';
-import {
-  createReceiverProtection,
-  createSenderProtection,
-  type ReceiverProtection,
-} from '../../src/crypto/restricted-session.js';
-import {
-  aeadTagBytes,
-  PacketOpener,
-  PacketSealer,
-  type Suite,
-  suiteByName,
-} from '../../src/crypto/suites.js';
-import { Token } from '../../src/crypto/token.js';
+import { createSenderProtection } from '../../src/crypto/restricted-session.js';
+import { aeadTagBytes, PacketOpener, PacketSealer, suiteByName } from '../../src/crypto/suites.js';
 import {
   groupKeyAsksPerSecondMax,
   groupKeySuspectAsksPerSecondMax,
@@ -38,87 +26,14 @@ import {
   offsetSequence,
   offsetType,
   PacketType,
-  writeHeaderFields,
 } from '../../src/protocol/packet.js';
-import { decodeKey, PriceModel } from '../../src/protocol/restricted.js';
-import { MemoryBackend } from '../sim/protection.js';
-
-const run = { sessionId: 41, incarnation: 42 };
-
-function groupBed(
-  suite: Suite,
-  packetsPerGroup: number,
-  options: { manifestPackets?: number; priceMinor?: number; nowMs?: () => number } = {},
-) {
-  const root = generateSigningKey();
-  const source = generateSigningKey();
-  const serviceKey = randomBytes(32);
-  const backend = new MemoryBackend(ed25519Raw(root.publicKey));
-  const token = new Token(backend);
-  token.installGrant(
-    issueGrant(
-      {
-        devicePoint: token.devicePoint(),
-        serviceKey,
-        tier: 0,
-        service: 'news',
-        serviceEpoch: 1,
-        notBeforeMs: Date.now() - 60_000,
-        notAfterMs: Date.now() + 3_600_000,
-        priceModel: PriceModel.subscription,
-        currency: 'EUR',
-        priceMinor: 0,
-        sourcePublicKey: ed25519Raw(source.publicKey),
-      },
-      root.privateKey,
-    ),
-  );
-  const refusals: TokenRefused[] = [];
-  const protection: ReceiverProtection = createReceiverProtection(
-    token,
-    (refusal) => refusals.push(refusal),
-    undefined,
-    options.nowMs,
-  );
-  const sender = createSenderProtection(
-    {
-      suite,
-      service: 'news',
-      serviceEpoch: 1,
-      serviceKey,
-      sourcePrivateKey: source.privateKey,
-      sourcePublicKey: source.publicKey,
-      cryptoPeriodMs: 1_000,
-      tier: 0,
-      manifestPackets: options.manifestPackets ?? 0,
-      packetsPerGroup,
-    },
-    run,
-  );
-  return { backend, token, protection, sender, refusals };
-}
-type Bed = ReturnType<typeof groupBed>;
+import { decodeKey } from '../../src/protocol/restricted.js';
+import { createGroupBed, type GroupBed, plainData, groupRun as run } from '../helpers/group-bed.js';
 
 const settle = () => new Promise((resolve) => setImmediate(resolve));
 
-function plainData(sequence: number, atUs: number, payload: Buffer): Buffer {
-  const plain = Buffer.alloc(headerBytes + payload.length);
-  writeHeaderFields(
-    plain,
-    PacketType.data,
-    run.sessionId,
-    sequence,
-    atUs,
-    0,
-    payload.length,
-    run.incarnation,
-  );
-  payload.copy(plain, headerBytes);
-  return plain;
-}
-
 /** The sealed datagrams of `count` packets from `first` (sequence wraps), a control tick every 5. */
-async function sealStream(bed: Bed, first: number, count: number, payloadBytes = 100, stepMs = 10) {
+async function sealStream(bed: GroupBed, first: number, count: number, payloadBytes = 100, stepMs = 10) {
   const startUs = Date.now() * 1000;
   const out: { datagram: Buffer; payload?: Buffer; sequence?: number }[] = [];
   for (let index = 0; index < count; index++) {
@@ -141,7 +56,7 @@ async function sealStream(bed: Bed, first: number, count: number, payloadBytes =
   return out;
 }
 
-async function deliver(bed: Bed, datagrams: Buffer[]): Promise<Buffer[]> {
+async function deliver(bed: GroupBed, datagrams: Buffer[]): Promise<Buffer[]> {
   const opened: Buffer[] = [];
   for (const datagram of datagrams) {
     bed.protection.filter(Buffer.from(datagram), (plain) => opened.push(Buffer.from(plain)));
@@ -152,7 +67,7 @@ async function deliver(bed: Bed, datagrams: Buffer[]): Promise<Buffer[]> {
 
 describe('group keys under attack', () => {
   it('forged seeds sent ahead of a group do not make its genuine packets count as forged', async () => {
-    const bed = groupBed(suiteByName('aes-128-gcm', 'suite'), 16);
+    const bed = createGroupBed(suiteByName('aes-128-gcm', 'suite'), 16);
     const wire = await sealStream(bed, 0, 64);
     // Everything up to the first packet of the third group (sequence 32), then forgeries for it.
     const cut = wire.findIndex((one) => one.sequence === 32);
@@ -179,7 +94,7 @@ describe('group keys under attack', () => {
 
   it('a flood of made-up seeds for far-off groups does not use up the token budget of the stream', async () => {
     let now = 0;
-    const bed = groupBed(suiteByName('aes-128-gcm', 'suite'), 16, { nowMs: () => now });
+    const bed = createGroupBed(suiteByName('aes-128-gcm', 'suite'), 16, { nowMs: () => now });
     const wire = await sealStream(bed, 1000, 320);
     const first = wire.find((one) => one.sequence !== undefined)?.datagram as Buffer;
     const opened: Buffer[] = [];
@@ -210,7 +125,7 @@ describe('group keys under attack', () => {
 
   it('a flood for far-off groups just before a new crypto-period starts does not shut its first groups', async () => {
     let now = 0;
-    const bed = groupBed(suiteByName('aes-128-gcm', 'suite'), 16, { nowMs: () => now });
+    const bed = createGroupBed(suiteByName('aes-128-gcm', 'suite'), 16, { nowMs: () => now });
     // Periods of 100 packets, 10 ms apart: sequence 100 starts key epoch 2.
     const wire = await sealStream(bed, 0, 200);
     const template = wire.find((one) => one.sequence === 0)?.datagram as Buffer;
@@ -239,7 +154,7 @@ describe('group keys under attack', () => {
   });
 
   it('truncated packets, every length from 0 to header, seed and tag, are counted and never delivered', async () => {
-    const bed = groupBed(suiteByName('chacha20-poly1305', 'suite'), 16);
+    const bed = createGroupBed(suiteByName('chacha20-poly1305', 'suite'), 16);
     const wire = await sealStream(bed, 0, 20);
     const opened = await deliver(
       bed,
@@ -275,7 +190,7 @@ describe('group keys at the edges', () => {
     ['aes-256-gcm', 1000],
   ] as const) {
     it(`sequences that wrap past 2^32 (${suiteName}, groups of ${packetsPerGroup}): every packet opens intact`, async () => {
-      const bed = groupBed(suiteByName(suiteName, 'suite'), packetsPerGroup);
+      const bed = createGroupBed(suiteByName(suiteName, 'suite'), packetsPerGroup);
       const wire = await sealStream(bed, 0xffff_ffff - 40, 90);
       const opened = await deliver(
         bed,
@@ -292,7 +207,7 @@ describe('group keys at the edges', () => {
 
   it('the largest payload a source accepts still seals into a DATA a REPAIR carries', () => {
     const suite = suiteByName('aes-256-gcm', 'suite');
-    const bed = groupBed(suite, 16);
+    const bed = createGroupBed(suite, 16);
     const payloadBytes = dataPayloadBytesMax - bed.sender.overheadBytes;
     const [sealed] = bed.sender
       .seal(plainData(5, Date.now() * 1000, randomBytes(payloadBytes)), 0, Date.now() * 1000)
@@ -396,7 +311,7 @@ describe('group keys when the member tree comes after the first packets', () => 
 
 describe('group keys inside the token', () => {
   it('the shares of many crypto-periods do not pile up, and none outlives the token', async () => {
-    const bed = groupBed(suiteByName('aes-256-gcm', 'suite'), 16);
+    const bed = createGroupBed(suiteByName('aes-256-gcm', 'suite'), 16);
     const startUs = Date.now() * 1000;
     const held = () => bed.backend.groupShares.filter((share) => share.some((byte) => byte !== 0)).length;
     for (let period = 0; period < 3 * tokenReleasedKeysMax; period++) {
@@ -427,7 +342,7 @@ describe('send --group-packets on the command line', () => {
 describe('group keys for late packets', () => {
   it('in groups of 1, a burst of packets from seconds ago (repairs) is asked from the stream budget', async () => {
     let now = 0;
-    const bed = groupBed(suiteByName('aes-128-gcm', 'suite'), 1, { nowMs: () => now });
+    const bed = createGroupBed(suiteByName('aes-128-gcm', 'suite'), 1, { nowMs: () => now });
     // 1,000 packets a crypto-period, 1 ms apart.
     const wire = await sealStream(bed, 0, 1200, 100, 1);
     // Packets 300 to 899 are lost and come back (repaired) once the last 300 have arrived.

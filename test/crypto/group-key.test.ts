@@ -7,27 +7,15 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
-import { buildKeyMessage, ed25519Raw, generateSigningKey, issueGrant } from '../../src/crypto/authority.js';
+import { buildKeyMessage, generateSigningKey } from '../../src/crypto/authority.js';
 import { TokenRefused } from '../../src/crypto/errors.js';
 import { cmacAes, deriveGroupKey, groupKeyModeProblem, groupSeedBytes } from '../../src/crypto/group-key.js';
-import {
-  createReceiverProtection,
-  createSenderProtection,
-  type ReceiverProtection,
-} from '../../src/crypto/restricted-session.js';
-import { type Suite, suiteByName } from '../../src/crypto/suites.js';
-import { Token } from '../../src/crypto/token.js';
+import { suiteByName } from '../../src/crypto/suites.js';
 import { groupKeyPacketsMax, groupKeySuspectAsksPerSecondMax, groupSeedTriesMax } from '../../src/limits.js';
-import {
-  headerBytes,
-  offsetSequence,
-  offsetType,
-  PacketType,
-  writeHeaderFields,
-} from '../../src/protocol/packet.js';
-import { decodeKey, PriceModel } from '../../src/protocol/restricted.js';
+import { headerBytes, offsetSequence, offsetType, PacketType } from '../../src/protocol/packet.js';
+import { decodeKey } from '../../src/protocol/restricted.js';
+import { createGroupBed, type GroupBed, plainData, groupRun as run } from '../helpers/group-bed.js';
 import { burstOfLeaves, createTreeBed, type TreeBed } from '../helpers/member-tree-bed.js';
-import { MemoryBackend } from '../sim/protection.js';
 
 describe('group keys: AES-CMAC (RFC 4493, NIST SP 800-38B)', () => {
   const message = Buffer.from(
@@ -107,53 +95,7 @@ describe('group keys: the derivation', () => {
   });
 });
 
-const run = { sessionId: 41, incarnation: 42 };
 const payloadBytes = 200;
-
-/** A source of "news" in groups of `packetsPerGroup` and a receiver over a counted in-memory token. */
-function groupBed(suite: Suite, packetsPerGroup: number) {
-  const root = generateSigningKey();
-  const source = generateSigningKey();
-  const serviceKey = randomBytes(32);
-  const backend = new MemoryBackend(ed25519Raw(root.publicKey));
-  const token = new Token(backend);
-  token.installGrant(
-    issueGrant(
-      {
-        devicePoint: token.devicePoint(),
-        serviceKey,
-        tier: 0,
-        service: 'news',
-        serviceEpoch: 1,
-        notBeforeMs: Date.now() - 60_000,
-        notAfterMs: Date.now() + 3_600_000,
-        priceModel: PriceModel.subscription,
-        currency: 'EUR',
-        priceMinor: 0,
-        sourcePublicKey: ed25519Raw(source.publicKey),
-      },
-      root.privateKey,
-    ),
-  );
-  const refusals: TokenRefused[] = [];
-  const protection: ReceiverProtection = createReceiverProtection(token, (refusal) => refusals.push(refusal));
-  const sender = createSenderProtection(
-    {
-      suite,
-      service: 'news',
-      serviceEpoch: 1,
-      serviceKey,
-      sourcePrivateKey: source.privateKey,
-      sourcePublicKey: source.publicKey,
-      cryptoPeriodMs: 1_000,
-      tier: 0,
-      manifestPackets: 0,
-      packetsPerGroup,
-    },
-    run,
-  );
-  return { backend, token, protection, sender, refusals };
-}
 
 const settle = () => new Promise((resolve) => setImmediate(resolve));
 
@@ -163,7 +105,7 @@ const settle = () => new Promise((resolve) => setImmediate(resolve));
  * and every datagram that travelled.
  */
 async function stream(
-  bed: ReturnType<typeof groupBed>,
+  bed: GroupBed,
   packets: number,
   deliver: (datagram: Buffer) => void,
 ): Promise<{ payloads: Buffer[]; wire: Buffer[] }> {
@@ -185,19 +127,7 @@ async function stream(
     }
     const payload = randomBytes(payloadBytes);
     payloads.push(payload);
-    const plain = Buffer.alloc(headerBytes + payloadBytes);
-    writeHeaderFields(
-      plain,
-      PacketType.data,
-      run.sessionId,
-      sequence,
-      atUs,
-      0,
-      payloadBytes,
-      run.incarnation,
-    );
-    payload.copy(plain, headerBytes);
-    await send(bed.sender.seal(plain, atMs, atUs));
+    await send(bed.sender.seal(plainData(sequence, atUs, payload), atMs, atUs));
   }
   return { payloads, wire };
 }
@@ -206,7 +136,7 @@ for (const suiteName of ['aes-128-gcm', 'aes-256-gcm', 'chacha20-poly1305']) {
   describe(`group keys in groups of 16 (${suiteName})`, () => {
     it('the token is asked once per group, never for the traffic key; every packet opens; no payload byte travels in clear', async () => {
       const suite = suiteByName(suiteName, 'suite');
-      const bed = groupBed(suite, 16);
+      const bed = createGroupBed(suite, 16);
       const packets = 960; // 9.6 crypto-periods of 100 packets
       const opened: Buffer[] = [];
       const { payloads, wire } = await stream(bed, packets, (datagram) =>
@@ -263,7 +193,7 @@ for (const suiteName of ['aes-128-gcm', 'aes-256-gcm', 'chacha20-poly1305']) {
 
 describe('group keys: forged and altered packets', () => {
   it('a forged seed for an open group costs no token call; one for a new group at most a few; nothing forged is delivered', async () => {
-    const bed = groupBed(suiteByName('aes-128-gcm', 'suite'), 16);
+    const bed = createGroupBed(suiteByName('aes-128-gcm', 'suite'), 16);
     const opened: Buffer[] = [];
     const pass = (plain: Buffer) => opened.push(Buffer.from(plain));
     const { wire } = await stream(bed, 64, (datagram) => bed.protection.filter(datagram, pass));

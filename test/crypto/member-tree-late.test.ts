@@ -6,26 +6,18 @@
  * still open the next period's key, which is too late to replace).
  */
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
-import type { FastifyInstance } from 'fastify';
-import { buildServerApp } from '../../src/cli/server-app.js';
 import { ed25519Raw, generateSigningKey } from '../../src/crypto/authority.js';
 import type { TokenRefused } from '../../src/crypto/errors.js';
-import { createReceiverProtection, createSenderProtection } from '../../src/crypto/restricted-session.js';
-import { suiteByName } from '../../src/crypto/suites.js';
+import { createReceiverProtection } from '../../src/crypto/restricted-session.js';
 import { Token } from '../../src/crypto/token.js';
 import type { EnrollResult } from '../../src/protocol/api-tokens.js';
-import { headerBytes, offsetType, PacketType, writeHeaderFields } from '../../src/protocol/packet.js';
+import { headerBytes, offsetType, PacketType } from '../../src/protocol/packet.js';
 import { createAgentRestrictedFilter } from '../../src/receiver/agent-restricted.js';
 import { followMemberTree } from '../../src/source/member-tree.js';
-import { openStore, type Store } from '../../src/store/database.js';
+import { createTreeBed, streamPeriods, type TreeBed } from '../helpers/member-tree-bed.js';
 import { MemoryBackend } from '../sim/protection.js';
 
-const operator = 'operator-token-for-member-tree-late-tests';
-const root = generateSigningKey();
-const source = generateSigningKey();
-const serviceKey = randomBytes(32);
 const periodMs = 2_000;
 
 interface Member {
@@ -41,21 +33,10 @@ interface Member {
 }
 
 describe('member trees: late receivers, tokens behind, and the agent', () => {
-  let store: Store;
-  let app: FastifyInstance;
-
-  const call = async (method: string, url: string, body?: unknown, token = operator) => {
-    const response = await app.inject({
-      method: method as 'GET',
-      url,
-      headers: { authorization: `Bearer ${token}` },
-      ...(body === undefined ? {} : { payload: body as object }),
-    });
-    return { status: response.statusCode, body: response.json() };
-  };
+  let bed: TreeBed;
 
   const enroll = async (member: Member) => {
-    const answer = await call(
+    const answer = await bed.call(
       'POST',
       '/v1/enrollments',
       { device: member.token.devicePoint().toString('hex'), receiptKey: member.receiptKey },
@@ -69,9 +50,9 @@ describe('member trees: late receivers, tokens behind, and the agent', () => {
   };
 
   const newMember = async (name: string): Promise<Member> => {
-    const created = await call('POST', '/v1/subscribers', { name });
+    const created = await bed.call('POST', '/v1/subscribers', { name });
     assert.equal(created.status, 201);
-    const entitled = await call('POST', '/v1/entitlements', {
+    const entitled = await bed.call('POST', '/v1/entitlements', {
       subscriber: created.body.id,
       service: 'channel',
       session: 'news',
@@ -79,7 +60,7 @@ describe('member trees: late receivers, tokens behind, and the agent', () => {
     assert.equal(entitled.status, 201);
     const member: Member = {
       name,
-      token: new Token(new MemoryBackend(ed25519Raw(root.publicKey))),
+      token: new Token(new MemoryBackend(ed25519Raw(bed.root.publicKey))),
       filter: undefined,
       decoded: [],
       refusal: undefined,
@@ -120,30 +101,11 @@ describe('member trees: late receivers, tokens behind, and the agent', () => {
   };
 
   before(async () => {
-    store = await openStore('sqlite::memory:');
-    app = await buildServerApp({
-      store,
-      trustedOperatorToken: operator,
-      authority: {
-        rootPrivateKey: root.privateKey,
-        products: [
-          {
-            name: 'news',
-            serviceKey,
-            serviceEpoch: 1,
-            sourcePublicKey: ed25519Raw(source.publicKey),
-            tier: 0,
-            pricePerPeriod: 0,
-            treeDepth: 5,
-          },
-        ],
-      },
-    });
+    bed = await createTreeBed({ treeDepth: 5 });
   });
 
   after(async () => {
-    await app?.close();
-    await store?.close();
+    await bed?.close();
   });
 
   it('late tokens catch up from the REKEYs; one too far behind is told to enroll again; the agent stops when revoked; a burst of leaves just before a period ends loses no packet', async () => {
@@ -161,9 +123,9 @@ describe('member trees: late receivers, tokens behind, and the agent', () => {
       (index % 2 === 0 ? attach : attachAgent)(leaver);
     }
     const everyone = [ann, ben, late, behind, ...leavers];
-    const studio = await call('POST', '/v1/sources', { name: 'studio' });
+    const studio = await bed.call('POST', '/v1/sources', { name: 'studio' });
     assert.equal(studio.status, 201);
-    const address = await app.listen({ host: '127.0.0.1', port: 0 });
+    const address = await bed.app.listen({ host: '127.0.0.1', port: 0 });
     let clockUs = Date.now() * 1000;
     const run = async (incarnation: number, periods: number, at: (atMs: number) => Promise<void>) => {
       const follower = followMemberTree({
@@ -174,21 +136,6 @@ describe('member trees: late receivers, tokens behind, and the agent', () => {
         pollMs: 3_600_000,
       });
       await follower.start();
-      const sender = createSenderProtection(
-        {
-          suite: suiteByName('aes-128-gcm', 'suite'),
-          service: 'news',
-          serviceEpoch: 1,
-          serviceKey,
-          sourcePrivateKey: source.privateKey,
-          sourcePublicKey: source.publicKey,
-          cryptoPeriodMs: periodMs,
-          tier: 0,
-          manifestPackets: 0,
-          tree: follower.tree,
-        },
-        { sessionId: 7, incarnation },
-      );
       // One clock across runs: a token's rollback counter sees stream time go on.
       const startUs = clockUs;
       clockUs += periods * periodMs * 1000;
@@ -202,29 +149,27 @@ describe('member trees: late receivers, tokens behind, and the agent', () => {
         await settle();
         await settle();
       };
-      let sequence = 0;
       follow = () => follower.poll();
-      for (let atMs = 0; atMs < periods * periodMs; atMs += 50) {
-        await at(atMs);
-        if (atMs % 1000 === 0) {
-          await follower.poll();
-        }
-        const atUs = startUs + atMs * 1000;
-        await deliver(sender.control({ sessionId: 7, incarnation, sequence }, atMs, atUs));
-        if (atMs % 100 === 0) {
-          const plain = Buffer.alloc(headerBytes + 64);
-          writeHeaderFields(plain, PacketType.data, 7, sequence, atUs, 0, 64, incarnation);
-          plain.writeUInt32BE(sequence, headerBytes);
-          await deliver(sender.seal(plain, atMs, atUs));
-          sequence++;
-        }
-      }
+      const sequence = await streamPeriods({
+        sender: bed.sender(follower.tree, periodMs, incarnation),
+        periodMs,
+        periods,
+        deliver,
+        at: async (atMs) => {
+          await at(atMs);
+          if (atMs % 1000 === 0) {
+            await follower.poll();
+          }
+        },
+        startUs,
+        incarnation,
+      });
       follower.stop();
       return sequence;
     };
     const revoke = async (members: Member[]) => {
       for (const member of members) {
-        const answer = await call('DELETE', `/v1/entitlements/${member.entitlement}`);
+        const answer = await bed.call('DELETE', `/v1/entitlements/${member.entitlement}`);
         assert.equal(answer.status, 200, JSON.stringify(answer.body));
       }
     };

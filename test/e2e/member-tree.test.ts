@@ -1,26 +1,21 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, afterEach, before, describe, it } from 'node:test';
 import { runGatecast as run } from '../helpers/cli.js';
-import { createSoftHsm, type SoftHsm, softhsmMissing } from '../helpers/softhsm.js';
+import { createNewsBed, sendNews, startRetransmitAndRepair } from '../helpers/news-bed.js';
+import { type SoftHsm, softhsmMissing } from '../helpers/softhsm.js';
 import {
-  createTestbed,
   type HostProcess,
   hostAddress,
   receiveOn,
-  retransmitAt,
-  sendFrom,
   sha256,
-  startRepair,
-  startRetransmit,
   stop,
   type Testbed,
   testbedSkip,
 } from '../helpers/testbed.js';
-import { waitUntil } from '../helpers/wait.js';
+import { waitForBytes, waitUntil } from '../helpers/wait.js';
 
 function skip(): { skip?: string } {
   const bed = testbedSkip();
@@ -60,15 +55,9 @@ describe(
     };
 
     before(async () => {
-      directory = mkdtempSync(join(tmpdir(), 'gatecast-member-tree-e2e-'));
+      ({ directory, hsm, bed } = await createNewsBed('gatecast-member-tree-e2e-', 'ann-card', '24682468'));
       tokens.ben = join(directory, 'ben.token');
       tokens.cat = join(directory, 'cat.token');
-      hsm = createSoftHsm(); // sets SOFTHSM2_CONF for the commands this test starts
-      hsm.initToken('ann-card', '24682468');
-      process.env.GATECAST_TOKEN_PIN = '24682468';
-      bed = createTestbed();
-      const made = await run(['token', 'keys', '--out', keys(), '--service', 'news']);
-      assert.equal(made.code, 0, made.stderr);
       writeFileSync(
         join(directory, 'products.json'),
         JSON.stringify([
@@ -133,6 +122,22 @@ describe(
       rmSync(directory, { recursive: true, force: true });
     });
 
+    /** The source's restricted send of `file` onto `group`, following news's key tree as studio. */
+    const sendSubscribedNews = (group: string, file: string) =>
+      sendNews(bed, group, {
+        file,
+        keys: keys(),
+        rate: '2M',
+        extra: [
+          '--crypto-period',
+          '2',
+          '--subscription',
+          serverUrl,
+          '--token-file',
+          join(directory, 'studio.api'),
+        ],
+      });
+
     /** A new subscriber entitled to news, its software token enrolled: its tree slot and entitlement. */
     const enrollNew = async (who: string) => {
       const created = await admin(['subscriber', 'add', who]);
@@ -168,38 +173,10 @@ describe(
       };
       await Promise.all(Object.values(receivers).map((receiver) => receiver.waitFor(/joined/)));
       // 4 MB at 2 Mbit/s: about 16 s of stream, 2 s crypto-periods.
-      const sender = sendFrom(bed, group, [
-        '--file',
-        file,
-        '--rate',
-        '2M',
-        '--restricted',
-        '--service',
-        'news',
-        '--crypto-period',
-        '2',
-        '--service-key-file',
-        join(keys(), 'news.key'),
-        '--source-key',
-        join(keys(), 'source.pem'),
-        '--subscription',
-        serverUrl,
-        '--token-file',
-        join(directory, 'studio.api'),
-      ]);
+      const sender = sendSubscribedNews(group, file);
       await sender.waitFor(/key tree of news at epoch 0, 3 member\(s\)/, 20_000);
       // cat has decoded a tenth of the file: then the operator revokes its entitlement.
-      await waitUntil(
-        "cat's first 300 kB",
-        () => {
-          try {
-            return statSync(out('cat')).size >= 300_000;
-          } catch {
-            return false;
-          }
-        },
-        20_000,
-      );
+      await waitForBytes("cat's first 300 kB", out('cat'), 300_000, 20_000);
       const revoked = await admin(['revoke', entitlements.cat as string]);
       assert.deepEqual(
         (revoked.removed as Array<{ epoch: number }>).map((entry) => entry.epoch),
@@ -256,17 +233,12 @@ describe(
       writeFileSync(file, fileBytes);
       const s1 = '239.10.0.16:5016';
       const s2 = '239.10.0.17:5018';
-      const secret = join(directory, 'secret');
-      writeFileSync(secret, 'e2e operator secret for the member tree agents\n');
-      const retransmit = startRetransmit(bed, 'rt1', s1, secret);
-      const repair = startRepair(bed, 'rep', {
+      await startRetransmitAndRepair(bed, {
         s1,
-        emit: s2,
-        secret,
-        retransmit: [retransmitAt('rt1')],
-        mode: ['--latency', '100'],
+        s2,
+        secret: join(directory, 'secret'),
+        secretText: 'e2e operator secret for the member tree agents\n',
       });
-      await Promise.all([retransmit.waitFor(/listening on/), repair.waitFor(/listening on/)]);
       // Each subscriber's agent takes S2 and hands the opened payloads to an application (socat)
       // on a group of its own host.
       const apps = { dan: ['rx2', '239.59.0.1', '5701'], eve: ['rt2', '239.59.0.2', '5702'] } as const;
@@ -297,38 +269,10 @@ describe(
         ]);
       }
       await Promise.all(Object.values(agents).map((agent) => agent.waitFor(/local delivery/, 30_000)));
-      const sender = sendFrom(bed, s1, [
-        '--file',
-        file,
-        '--rate',
-        '2M',
-        '--restricted',
-        '--service',
-        'news',
-        '--crypto-period',
-        '2',
-        '--service-key-file',
-        join(keys(), 'news.key'),
-        '--source-key',
-        join(keys(), 'source.pem'),
-        '--subscription',
-        serverUrl,
-        '--token-file',
-        join(directory, 'studio.api'),
-      ]);
+      const sender = sendSubscribedNews(s1, file);
       // cat left in the test before: ann, ben, dan and eve are the members at tree epoch 1.
       await sender.waitFor(/key tree of news at epoch 1, 4 member\(s\)/, 20_000);
-      await waitUntil(
-        "eve's application's first 300 kB",
-        () => {
-          try {
-            return statSync(out('eve')).size >= 300_000;
-          } catch {
-            return false;
-          }
-        },
-        20_000,
-      );
+      await waitForBytes("eve's application's first 300 kB", out('eve'), 300_000, 20_000);
       const revoked = await admin(['revoke', eve.entitlement]);
       assert.deepEqual(
         (revoked.removed as Array<{ epoch: number }>).map((entry) => entry.epoch),

@@ -1,15 +1,15 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { openStore } from '../../src/store/database.js';
 import { createLedger } from '../../src/store/ledger.js';
 import { runGatecast as run } from '../helpers/cli.js';
+import { createNewsBed, sendNews } from '../helpers/news-bed.js';
 import { type ServeProcess, startServe } from '../helpers/serve.js';
-import { createSoftHsm, type SoftHsm, softhsmMissing } from '../helpers/softhsm.js';
-import { createTestbed, receiveOn, sendFrom, sha256, type Testbed, testbedSkip } from '../helpers/testbed.js';
+import { type SoftHsm, softhsmMissing } from '../helpers/softhsm.js';
+import { receiveOn, sha256, type Testbed, testbedSkip } from '../helpers/testbed.js';
 
 function skip(): { skip?: string } {
   const bed = testbedSkip();
@@ -75,15 +75,9 @@ describe(
     }
 
     before(async () => {
-      directory = mkdtempSync(join(tmpdir(), 'gatecast-purse-e2e-'));
+      ({ directory, hsm, bed } = await createNewsBed('gatecast-purse-e2e-', 'alice-card', '13571357'));
       tokens.bob = join(directory, 'bob.token');
       tokens.carol = join(directory, 'carol.token');
-      hsm = createSoftHsm(); // sets SOFTHSM2_CONF for the commands this test starts
-      hsm.initToken('alice-card', '13571357');
-      process.env.GATECAST_TOKEN_PIN = '13571357';
-      bed = createTestbed();
-      const made = await run(['token', 'keys', '--out', keys(), '--service', 'news']);
-      assert.equal(made.code, 0, made.stderr);
       writeFileSync(
         join(directory, 'products.json'),
         JSON.stringify([
@@ -195,21 +189,12 @@ describe(
         ]),
       };
       await Promise.all(Object.values(receivers).map((receiver) => receiver.waitFor(/joined/)));
-      const sent = await sendFrom(bed, group, [
-        '--file',
+      const sent = await sendNews(bed, group, {
         file,
-        '--rate',
-        '8M',
-        '--restricted',
-        '--service',
-        'news',
-        '--crypto-period',
-        '1',
-        '--service-key-file',
-        join(keys(), 'news.key'),
-        '--source-key',
-        join(keys(), 'source.pem'),
-      ]).finished;
+        keys: keys(),
+        rate: '8M',
+        extra: ['--crypto-period', '1'],
+      }).finished;
       assert.equal(sent.code, 0, sent.stderr);
 
       const alice = await receivers.alice.finished;

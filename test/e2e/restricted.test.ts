@@ -1,13 +1,18 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { runGatecast as run } from '../helpers/cli.js';
-import { createSoftHsm, type SoftHsm, softhsmMissing } from '../helpers/softhsm.js';
 import {
-  createTestbed,
+  assertNoPlaintext,
+  captureGroup,
+  createNewsBed,
+  sendNews,
+  startRetransmitAndRepair,
+} from '../helpers/news-bed.js';
+import { type SoftHsm, softhsmMissing } from '../helpers/softhsm.js';
+import {
   hostAddress,
   receiveOn,
   repoRoot,
@@ -84,16 +89,10 @@ describe('restricted channel across the routed test bed (software and SoftHSM2 t
   const keys = () => join(directory, 'keys');
 
   before(async () => {
-    directory = mkdtempSync(join(tmpdir(), 'gatecast-restricted-e2e-'));
-    hsm = createSoftHsm(); // sets SOFTHSM2_CONF for the commands this test starts
-    hsm.initToken('rx2-token', '24682468');
-    process.env.GATECAST_TOKEN_PIN = '24682468';
-    bed = createTestbed();
+    ({ directory, hsm, bed } = await createNewsBed('gatecast-restricted-e2e-', 'rx2-token', '24682468'));
     file = join(directory, 'film.bin');
     fileBytes = randomBytes(3 * 1000 * 1000);
     writeFileSync(file, fileBytes);
-    const made = await run(['token', 'keys', '--out', keys(), '--service', 'news']);
-    assert.equal(made.code, 0, made.stderr);
     const tokens: [string, string, boolean][] = [
       ['rx1', join(directory, 'rx1.token'), true],
       ['rx2', 'pkcs11:rx2-token', true],
@@ -141,15 +140,7 @@ describe('restricted channel across the routed test bed (software and SoftHSM2 t
 
   it('entitled tokens decode the file intact; no token, or no grant, decodes nothing and says why; the wire holds no plaintext', async () => {
     const group = '239.10.0.9:5010';
-    const capture = join(directory, 'capture.bin');
-    const sniffer = bed.spawn('rt3', 'socat', [
-      '-d',
-      '-d',
-      '-u',
-      'UDP4-RECV:5010,ip-add-membership=239.10.0.9:eth0',
-      `CREATE:${capture}`,
-    ]);
-    await sniffer.waitFor(/starting data transfer loop/);
+    const capture = await captureGroup(bed, group, join(directory, 'capture.bin'));
     const outputs = { rx1: join(directory, 'rx1.out'), rx2: join(directory, 'rx2.out') };
     const rx1 = receiveOn(bed, 'rx1', group, [
       '--out',
@@ -177,19 +168,7 @@ describe('restricted channel across the routed test bed (software and SoftHSM2 t
     ]);
     const plain = receiveOn(bed, 'rt2', group, ['--out', join(directory, 'rt2.out'), '--timeout', '15']);
     await Promise.all([rx1, rx2, unentitled, plain].map((receiver) => receiver.waitFor(/joined/)));
-    const sender = sendFrom(bed, group, [
-      '--file',
-      file,
-      '--rate',
-      '50M',
-      '--restricted',
-      '--service',
-      'news',
-      '--service-key-file',
-      join(keys(), 'news.key'),
-      '--source-key',
-      join(keys(), 'source.pem'),
-    ]);
+    const sender = sendNews(bed, group, { file, keys: keys(), rate: '50M' });
     const sent = await sender.finished;
     assert.equal(sent.code, 0, sent.stderr);
     for (const [name, receiver] of [
@@ -212,44 +191,19 @@ describe('restricted channel across the routed test bed (software and SoftHSM2 t
       /2143 encrypted packets not decoded: the session is restricted, receive it with --token/,
     );
     assert.equal(readFileSync(join(directory, 'rt2.out')).length, 0);
-    sniffer.child.kill('SIGTERM');
-    await sniffer.finished;
-    const wire = readFileSync(capture);
-    // The capture's own socket may drop datagrams on a loaded machine: what counts is that it
-    // caught most of the stream and none of it is plaintext.
-    assert.ok(wire.length > fileBytes.length / 2, `the capture holds ${wire.length} bytes`);
-    for (let at = 0; at + 16 <= fileBytes.length; at += 9_973) {
-      assert.equal(
-        wire.indexOf(fileBytes.subarray(at, at + 16)),
-        -1,
-        `plaintext at ${at} travelled in clear`,
-      );
-    }
+    assertNoPlaintext(await capture.stop(), fileBytes);
   });
 
   it('every-n-th-packet mode (--group-packets 16): a SoftHSM2 token on S1 and a software token behind a repair server decode the file intact, each asked once per group of 16; the wire holds no plaintext', async () => {
     const s1 = '239.10.0.14:5030';
     const s2 = '239.10.0.15:5032';
-    const secret = join(directory, 'group-secret');
-    writeFileSync(secret, 'e2e operator secret for the group-key test\n');
-    const retransmit = startRetransmit(bed, 'rt1', s1, secret);
-    const repair = startRepair(bed, 'rep', {
+    await startRetransmitAndRepair(bed, {
       s1,
-      emit: s2,
-      secret,
-      retransmit: [retransmitAt('rt1')],
-      mode: ['--latency', '100'],
+      s2,
+      secret: join(directory, 'group-secret'),
+      secretText: 'e2e operator secret for the group-key test\n',
     });
-    await Promise.all([retransmit.waitFor(/listening on/), repair.waitFor(/listening on/)]);
-    const capture = join(directory, 'group-capture.bin');
-    const sniffer = bed.spawn('rt3', 'socat', [
-      '-d',
-      '-d',
-      '-u',
-      'UDP4-RECV:5030,ip-add-membership=239.10.0.14:eth0',
-      `CREATE:${capture}`,
-    ]);
-    await sniffer.waitFor(/starting data transfer loop/);
+    const capture = await captureGroup(bed, s1, join(directory, 'group-capture.bin'));
     const outputs = { s2: join(directory, 'group-s2.out'), s1: join(directory, 'group-s1.out') };
     const viaRepair = receiveOn(bed, 'rx1', s2, [
       '--out',
@@ -273,21 +227,12 @@ describe('restricted channel across the routed test bed (software and SoftHSM2 t
     const groupFile = join(directory, 'grouped.bin');
     const groupBytes = randomBytes(2 * 1000 * 1000);
     writeFileSync(groupFile, groupBytes);
-    const sender = sendFrom(bed, s1, [
-      '--file',
-      groupFile,
-      '--rate',
-      '8M',
-      '--restricted',
-      '--group-packets',
-      '16',
-      '--service',
-      'news',
-      '--service-key-file',
-      join(keys(), 'news.key'),
-      '--source-key',
-      join(keys(), 'source.pem'),
-    ]);
+    const sender = sendNews(bed, s1, {
+      file: groupFile,
+      keys: keys(),
+      rate: '8M',
+      extra: ['--group-packets', '16'],
+    });
     const sent = await sender.finished;
     assert.equal(sent.code, 0, sent.stderr);
     const packets = Math.ceil(groupBytes.length / 1400);
@@ -314,17 +259,7 @@ describe('restricted channel across the routed test bed (software and SoftHSM2 t
       );
       assert.equal(summary.restricted.packetsBadTag, 0, `${name}: ${result.stderr}`);
     }
-    sniffer.child.kill('SIGTERM');
-    await sniffer.finished;
-    const wire = readFileSync(capture);
-    assert.ok(wire.length > groupBytes.length / 2, `the capture holds ${wire.length} bytes`);
-    for (let at = 0; at + 16 <= groupBytes.length; at += 9_973) {
-      assert.equal(
-        wire.indexOf(groupBytes.subarray(at, at + 16)),
-        -1,
-        `plaintext at ${at} travelled in clear`,
-      );
-    }
+    assertNoPlaintext(await capture.stop(), groupBytes);
     await bed.stopAll();
   });
 

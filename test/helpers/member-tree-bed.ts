@@ -132,8 +132,15 @@ export async function createTreeBed(settings: {
     return member;
   }
 
-  /** The source of news, following `tree`, AES-128-GCM, no manifests (in groups with packetsPerGroup). */
-  const sender = (tree: SourceTree, cryptoPeriodMs: number): SenderProtection =>
+  /**
+   * The source of news, following `tree`, AES-128-GCM, no manifests (in groups with packetsPerGroup),
+   * sending treeRun or, given `incarnation`, that incarnation of its session.
+   */
+  const sender = (
+    tree: SourceTree,
+    cryptoPeriodMs: number,
+    incarnation: number = treeRun.incarnation,
+  ): SenderProtection =>
     createSenderProtection(
       {
         suite: suiteByName('aes-128-gcm', 'suite'),
@@ -148,7 +155,7 @@ export async function createTreeBed(settings: {
         tree,
         packetsPerGroup: settings.packetsPerGroup,
       },
-      treeRun,
+      { sessionId: treeRun.sessionId, incarnation },
     );
 
   return {
@@ -199,8 +206,9 @@ export async function deliverTo(
 
 /**
  * Streams `periods` crypto-periods from the source's sender: a control tick every 50 ms, a DATA
- * every 100 ms carrying its sequence. `at(atMs)` runs before each tick (a revoke, a poll). Returns
- * how many DATA were sent.
+ * every 100 ms carrying its sequence. `at(atMs)` runs before each tick (a revoke, a poll). The
+ * stream's clock starts at `startUs` (default: now) and its packets are of treeRun, or of
+ * `incarnation` of its session. Returns how many DATA were sent.
  */
 export async function streamPeriods(settings: {
   sender: SenderProtection;
@@ -208,25 +216,19 @@ export async function streamPeriods(settings: {
   periods: number;
   deliver: (datagrams: Buffer[]) => Promise<void>;
   at?: (atMs: number) => Promise<void>;
+  startUs?: number;
+  incarnation?: number;
 }): Promise<number> {
-  const startUs = Date.now() * 1000;
+  const startUs = settings.startUs ?? Date.now() * 1000;
+  const run = { sessionId: treeRun.sessionId, incarnation: settings.incarnation ?? treeRun.incarnation };
   let sequence = 0;
   for (let atMs = 0; atMs < settings.periods * settings.periodMs; atMs += 50) {
     const atUs = startUs + atMs * 1000;
     await settings.at?.(atMs);
-    await settings.deliver(settings.sender.control({ ...treeRun, sequence }, atMs, atUs));
+    await settings.deliver(settings.sender.control({ ...run, sequence }, atMs, atUs));
     if (atMs % 100 === 0) {
       const plain = Buffer.alloc(headerBytes + 64);
-      writeHeaderFields(
-        plain,
-        PacketType.data,
-        treeRun.sessionId,
-        sequence,
-        atUs,
-        0,
-        64,
-        treeRun.incarnation,
-      );
+      writeHeaderFields(plain, PacketType.data, run.sessionId, sequence, atUs, 0, 64, run.incarnation);
       plain.writeUInt32BE(sequence, headerBytes);
       await settings.deliver(settings.sender.seal(plain, atMs, atUs));
       sequence++;

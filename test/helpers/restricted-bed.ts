@@ -6,15 +6,15 @@
  */
 import { type KeyObject, randomBytes } from 'node:crypto';
 import { createSocket } from 'node:dgram';
-import { ed25519Raw, generateSigningKey, issueGrant } from '../../src/crypto/authority.js';
+import { ed25519Raw, generateSigningKey } from '../../src/crypto/authority.js';
 import { createSenderProtection } from '../../src/crypto/restricted-session.js';
 import { initSoftwareToken, openSoftwareToken } from '../../src/crypto/software-token.js';
 import { suiteByName } from '../../src/crypto/suites.js';
 import type { Token } from '../../src/crypto/token.js';
 import type { Endpoint } from '../../src/net/address.js';
-import { PriceModel } from '../../src/protocol/restricted.js';
 import { openTickerInput, type PayloadInput } from '../../src/source/inputs.js';
 import { createSource, type SourceComponents } from '../../src/source/source.js';
+import { issueNewsGrant } from './grant.js';
 import { loopbackIface } from './loopback.js';
 
 /** The operator root key, the source key and the service key of "news", for one test file. */
@@ -39,27 +39,16 @@ export interface TestGrant {
  * returns it open and prepared; the caller closes it.
  */
 export function makeToken(path: string, grant: TestGrant | undefined): Token {
-  const { root, source, serviceKey } = restrictedKeys;
+  const { root } = restrictedKeys;
   initSoftwareToken({ path, pin: tokenPin, rootPublicKey: ed25519Raw(root.publicKey) });
   const token = openSoftwareToken(path, tokenPin);
   if (grant !== undefined) {
     token.installGrant(
-      issueGrant(
-        {
-          devicePoint: token.devicePoint(),
-          serviceKey,
-          tier: 0,
-          service: grant.service,
-          serviceEpoch: 1,
-          notBeforeMs: grant.notBeforeMs,
-          notAfterMs: grant.notAfterMs,
-          priceModel: PriceModel.subscription,
-          currency: 'EUR',
-          priceMinor: 0,
-          sourcePublicKey: ed25519Raw(source.publicKey),
-        },
-        root.privateKey,
-      ),
+      issueNewsGrant(token, restrictedKeys, {
+        service: grant.service,
+        notBeforeMs: grant.notBeforeMs,
+        notAfterMs: grant.notAfterMs,
+      }),
     );
   }
   token.prepare(Date.now());

@@ -1,4 +1,5 @@
 /** Waiting on a condition in tests: poll, bounded in time, never a fixed sleep. */
+import { statSync } from 'node:fs';
 
 /** Polls check every pollMs until it holds; false when timeoutMs passes first. */
 export async function eventually(check: () => boolean, timeoutMs: number, pollMs = 20): Promise<boolean> {
@@ -17,4 +18,24 @@ export async function waitUntil(what: string, check: () => boolean, timeoutMs: n
   if (!(await eventually(check, timeoutMs))) {
     throw new Error(`timed out waiting for ${what}`);
   }
+}
+
+/** Waits until the file at `path` holds at least `bytes` bytes (a file not there yet holds none). */
+export async function waitForBytes(
+  what: string,
+  path: string,
+  bytes: number,
+  timeoutMs: number,
+): Promise<void> {
+  await waitUntil(
+    what,
+    () => {
+      try {
+        return statSync(path).size >= bytes;
+      } catch {
+        return false;
+      }
+    },
+    timeoutMs,
+  );
 }

@@ -4,7 +4,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
-import { buildKeyMessage, ed25519Raw, generateSigningKey, issueGrant } from '../../src/crypto/authority.js';
+import { buildKeyMessage, ed25519Raw, generateSigningKey } from '../../src/crypto/authority.js';
 import type { TokenRefused } from '../../src/crypto/errors.js';
 import { createReceiverProtection, createSenderProtection } from '../../src/crypto/restricted-session.js';
 import { initSoftwareToken, openSoftwareToken } from '../../src/crypto/software-token.js';
@@ -24,6 +24,7 @@ import { PriceModel } from '../../src/protocol/restricted.js';
 import { createReceiver } from '../../src/receiver/receiver.js';
 import { openFileInput } from '../../src/source/inputs.js';
 import { createSource } from '../../src/source/source.js';
+import { issueNewsGrant } from '../helpers/grant.js';
 import { freshPort, loopbackIface, memorySink } from '../helpers/loopback.js';
 import { newsProtection } from '../helpers/restricted-bed.js';
 
@@ -46,21 +47,10 @@ function makeToken(grant: 'entitled' | 'none' | 'pay-as-you-go'): Token {
   const token = openSoftwareToken(path, '2468');
   if (grant !== 'none') {
     token.installGrant(
-      issueGrant(
-        {
-          devicePoint: token.devicePoint(),
-          serviceKey,
-          tier: 0,
-          service: 'news',
-          serviceEpoch: 1,
-          notBeforeMs: Date.now() - 60_000,
-          notAfterMs: Date.now() + 3_600_000,
-          priceModel: grant === 'pay-as-you-go' ? PriceModel.perCryptoPeriod : PriceModel.subscription,
-          currency: 'EUR',
-          priceMinor: grant === 'pay-as-you-go' ? 10 : 0,
-          sourcePublicKey: ed25519Raw(source.publicKey),
-        },
-        root.privateKey,
+      issueNewsGrant(
+        token,
+        { root, source, serviceKey },
+        grant === 'pay-as-you-go' ? { priceModel: PriceModel.perCryptoPeriod, priceMinor: 10 } : {},
       ),
     );
   }
@@ -329,21 +319,10 @@ describe('restricted receiver: a grant that starts while the source repeats a KE
     initSoftwareToken({ path, pin: '2468', rootPublicKey: ed25519Raw(root.publicKey) });
     const token = openSoftwareToken(path, '2468');
     token.installGrant(
-      issueGrant(
-        {
-          devicePoint: token.devicePoint(),
-          serviceKey,
-          tier: 0,
-          service: 'news',
-          serviceEpoch: 1,
-          notBeforeMs: nowMs + startsInMs,
-          notAfterMs: nowMs + endsInMs,
-          priceModel: PriceModel.subscription,
-          currency: 'EUR',
-          priceMinor: 0,
-          sourcePublicKey: ed25519Raw(source.publicKey),
-        },
-        root.privateKey,
+      issueNewsGrant(
+        token,
+        { root, source, serviceKey },
+        { notBeforeMs: nowMs + startsInMs, notAfterMs: nowMs + endsInMs },
       ),
     );
     const refusals: TokenRefused[] = [];
