@@ -690,6 +690,29 @@ Where the time went, and what was cut (profiles with \`node --cpu-prof\` of \`se
   comes, and checking each manifest, about 180 µs in the running receiver (89 µs in a loop); the
   garbage collector costs that receiver about 0.18 s more than plain's for 50,000 packets (eight
   full collections to plain's one), for a cause not found yet.
+- **Where the rest goes, by \`perf\` over the whole machine** (\`perf record -a -g -F 1999\` around
+  one round of this benchmark's AEAD + manifests row, and another of the verifying row, 100,000
+  packets each, \`NODE_OPTIONS=--perf-basic-prof\`; before this stop's cuts below). The sender:
+  10.8 µs a packet more than plain beside it. The sealing call (AES-GCM, the SHA-256 of the sealed
+  datagram, N-API) 2.2 µs; the rest of sealing, in JavaScript, 0.7 µs; the manifests 1.6 µs (about
+  100 µs a manifest in the running sender, its Ed25519 signature included, which costs 32 µs in a
+  loop); the control ticks every 50 ms (KEY, offer and manifest repeats, the DESCRIPTOR's
+  signature) 1.4 µs; the kernel's \`sendmsg\` 2.7 µs, 1.5 µs of it queuing the datagram in the
+  receiver's socket and waking the receiver, work that on this test bed (veth) runs inside the
+  sender's \`sendmsg\` and costs more beside a busier receiver; V8's compiler 0.8 µs. A verifying
+  receiver: 8.3 µs a packet more than plain beside it (not counting the token's PIN check, before
+  its join): Ed25519 checks 1.8 µs (about 95 µs each in the running receiver, 75 µs in a loop),
+  the SHA-256 of every packet 1.1 µs, opening 1.1 µs, the gate's and the opener's JavaScript
+  2.7 µs, V8's compiler 1.1 µs, the collector 0.4 µs, less 1.1 µs of waiting in \`epoll\`.
+- **This stop's cuts**, each small against the rounds' spread, so given by the counts: a verifying
+  gate reads a manifest's hashes in place instead of making a view of each of its 64 (the decode
+  was about 0.4 µs a packet); a restricted receiver counts a KEY repeat by its bytes, without
+  decoding it (40 a second; about 0.25 µs a packet). Sending the DESCRIPTOR and its control
+  signature unchanged for 500 ms, as the offer and the KEYs are, would save 20 signatures a second
+  at the source and as many checks at each gate, but a live stream's DESCRIPTOR tells a joiner
+  where the stream is: one up to 500 ms old had joiners wait for packets sent before they joined
+  (this benchmark's signed ticker: no quote within 5 s). It is not done, and
+  \`test/sim/join-latency.test.ts\` now holds a signed stream's joiners to two control intervals.
 - **The verifying gate's hashes and held DATA.** The gate kept, for each packet hash of the last
   65,536, an object, a list and an entry of a Map, and looked that Map up about six times a packet;
   those objects lived for 65,536 packets, long enough for the garbage collector to move each one

@@ -45,8 +45,8 @@ export interface SignedSessionStats {
   /** Manifests received again (the source repeats them) and not verified twice. */
   manifestsRepeated: number;
   /**
-   * Offers, KEY messages and control signatures received again byte for byte (the source repeats
-   * each unchanged for a while) and not verified twice; passed on as the first was.
+   * Offers and KEY messages received again byte for byte (the source repeats each unchanged for a
+   * while) and not verified twice; passed on as the first was.
    */
   signedRepeats: number;
   /**
@@ -651,16 +651,6 @@ export function createSignedSessionGate(
     const verify = () => verifySignature(message.signed, message.signature, sourcePublicKey);
     if (message.kind === SignatureKind.manifest) {
       onManifest(datagram, message, verify);
-      return;
-    }
-    if (
-      message.kind === SignatureKind.control &&
-      vouched.get(message.controlSha256.toString('hex'))?.equals(datagram) === true
-    ) {
-      // The control signature verified already, byte for byte: a source repeats a DESCRIPTOR
-      // and its signature unchanged for signedRepeatRefreshMs.
-      stats.signedRepeats++;
-      onControlSignature(datagram, message.controlSha256);
       return;
     }
     if (!verify()) {

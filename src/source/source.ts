@@ -14,7 +14,6 @@ import {
   protectedControlIntervalMs,
   sendBatchPacketsMax,
   sendRingPacketsMax,
-  signedRepeatRefreshMs,
   startDelayMsDefault,
 } from '../limits.js';
 import type { Endpoint } from '../net/address.js';
@@ -445,31 +444,9 @@ export function createSource(settings: SourceSettings, components: SourceCompone
       fail(error);
     }
   };
-  /**
-   * A protected run's DESCRIPTOR and its control signature, sent again byte for byte until
-   * signedRepeatRefreshMs has passed (as the offer and the KEY messages are), then built and signed
-   * anew: a gate knows the repeat by its bytes and does not verify it again. Only its header's time
-   * and sequence change between signings, and no role reads those of a DESCRIPTOR.
-   */
-  let signedDescriptor: { datagram: Buffer; signature: Buffer; builtAtMs: number } | undefined;
   const sendDescriptor = () => {
     sendProtection();
-    const nowMs = clock.nowMs();
-    const known = signedDescriptor;
-    if (
-      known !== undefined &&
-      nowMs - known.builtAtMs < signedRepeatRefreshMs &&
-      nowMs >= known.builtAtMs &&
-      socket !== undefined &&
-      !stopping.signal.aborted
-    ) {
-      send(known.signature, known.signature.length);
-      send(known.datagram, known.datagram.length);
-      return;
-    }
-    sendControl(descriptor, (datagram, signature) => {
-      signedDescriptor = signature === undefined ? undefined : { datagram, signature, builtAtMs: nowMs };
-    });
+    sendControl(descriptor);
   };
   // A descriptor that cannot be encoded (a name too long) is the caller's to fix, before any I/O.
   try {
