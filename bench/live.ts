@@ -10,11 +10,9 @@ import { join } from 'node:path';
 import {
   createTestbed,
   repoRoot,
-  retransmitAt,
   sendFrom,
   sleep,
-  startRepair,
-  startRetransmit,
+  startRepairPair,
   stop,
   type Testbed,
   testbedUnavailable,
@@ -43,12 +41,10 @@ const last = (text: string) => JSON.parse(text.trim().split('\n').pop() ?? '{}')
 async function runGatecast(bed: Testbed, secret: string, lossPercent: number, port: number): Promise<Row> {
   const s1 = `239.63.0.1:${port}`;
   const s2 = `239.63.0.2:${port + 1}`;
-  const retransmit = startRetransmit(bed, 'rt1', s1, secret);
-  const repair = startRepair(bed, 'rep', {
+  const { retransmit, repair } = startRepairPair(bed, {
     s1,
-    emit: s2,
+    s2,
     secret,
-    retransmit: [retransmitAt('rt1')],
     mode: ['--latency', String(budgetMs)],
   });
   bed.control('translate', 'rx1', String(port));

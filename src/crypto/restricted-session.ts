@@ -792,22 +792,17 @@ export function createReceiverProtection(
    * (the token then checks the window, the tier and its rollback counter again). Asking it at
    * every repeat cost a token operation and a write of its state 40 times a second.
    */
-  const heldKeys = new Map<number, { wrappedKey: Buffer; askedAtUs: number }>();
-
   /**
-   * Per key epoch held, the last KEY datagram found to be a repeat of it (below): the source sends
-   * the same bytes for signedRepeatRefreshMs, and a copy equal to it byte for byte is the same
-   * repeat again, counted without decoding it.
+   * `repeat`: the last KEY datagram found to be a repeat of the epoch (below). The source sends the
+   * same bytes for signedRepeatRefreshMs, and a copy equal to it byte for byte is the same repeat
+   * again, counted without decoding it.
    */
-  const repeatBytes = new Map<number, Buffer>();
+  const heldKeys = new Map<number, { wrappedKey: Buffer; askedAtUs: number; repeat?: Buffer }>();
 
   const onKey = (datagram: Buffer) => {
-    const epochOfDatagram =
-      datagram.length >= headerBytes ? datagram.readUInt16BE(offsetKeyEpoch) : undefined;
+    const epochOfDatagram = datagram.length >= headerBytes ? datagram.readUInt16BE(offsetKeyEpoch) : 0;
     if (
-      epochOfDatagram !== undefined &&
-      repeatBytes.get(epochOfDatagram)?.equals(datagram) === true &&
-      heldKeys.has(epochOfDatagram) &&
+      heldKeys.get(epochOfDatagram)?.repeat?.equals(datagram) === true &&
       run?.opener.hasKey(epochOfDatagram) === true
     ) {
       stats.keysRepeated++;
@@ -833,7 +828,7 @@ export function createReceiverProtection(
       stats.keysRepeated++;
       // Its copies are the same repeat (askedAtUs only grows) until the source signs the KEY
       // again, with a later time: those bytes are new, and decoded and checked as above.
-      repeatBytes.set(key.keyEpoch, Buffer.from(datagram));
+      held.repeat = Buffer.from(datagram);
       return;
     }
     if (key.keyEpoch > highestDataEpoch && !askedEpochs.has(key.keyEpoch)) {
@@ -919,7 +914,6 @@ export function createReceiverProtection(
         heldKeys.set(key.keyEpoch, { wrappedKey: Buffer.from(key.wrappedKey), askedAtUs: key.timestampUs });
         run.opener.dropKey(key.keyEpoch - 3);
         heldKeys.delete(key.keyEpoch - 3);
-        repeatBytes.delete(key.keyEpoch - 3);
         releaseHeld();
       },
       (error: unknown) => {

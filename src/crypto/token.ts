@@ -197,10 +197,6 @@ export interface TokenBackend {
   close(): void;
 }
 
-/**
- * What a KEY is remembered by: its run, epoch and service, and its tree epoch (the source replaces
- * a period's key when the tree changes before the period starts, and the replacement is another key).
- */
 /** What a token released for one KEY (Token.#released): a traffic key, or group-key shares. */
 type Released =
   | { readonly traffic: Buffer; readonly group?: undefined }
@@ -209,6 +205,10 @@ type Released =
       readonly group: { readonly shares: ServiceKeyHandle[]; readonly source: GroupKeySource };
     };
 
+/**
+ * What a KEY is remembered by: its run, epoch and service, and its tree epoch (the source replaces
+ * a period's key when the tree changes before the period starts, and the replacement is another key).
+ */
 function keyIdOf(key: KeyMessage): string {
   return `${key.sessionId}/${key.incarnation}/${key.keyEpoch}/${key.service}/${key.tree?.treeEpoch ?? ''}/${key.packetsPerGroup ?? ''}`;
 }

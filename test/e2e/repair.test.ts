@@ -16,6 +16,7 @@ import {
   sleep,
   startFourRepairServers,
   startRepair,
+  startRepairPair,
   startRetransmit,
   stop,
   type Testbed,
@@ -253,12 +254,10 @@ describe(
       const s1 = '239.31.0.1:5400';
       const s2 = '239.31.0.2:5402';
       const secret = join(directory, 'secret');
-      const retransmit = startRetransmit(bed, 'rt1', s1, secret);
-      const repair = startRepair(bed, 'rep', {
+      const { retransmit, repair } = startRepairPair(bed, {
         s1,
-        emit: s2,
+        s2,
         secret,
-        retransmit: [retransmitAt('rt1')],
         mode: ['--latency', '200', '--status', '127.0.0.1:9100'],
       });
       bed.control('translate', 'rx2', '5400');

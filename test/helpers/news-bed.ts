@@ -9,15 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { runGatecast } from './cli.js';
 import { createSoftHsm, type SoftHsm } from './softhsm.js';
-import {
-  createTestbed,
-  type HostProcess,
-  retransmitAt,
-  sendFrom,
-  startRepair,
-  startRetransmit,
-  type Testbed,
-} from './testbed.js';
+import { createTestbed, type HostProcess, sendFrom, startRepairPair, type Testbed } from './testbed.js';
 
 /** What createNewsBed builds; the caller takes it down (bed.down(), hsm.remove(), the directory). */
 export interface NewsBed {
@@ -79,14 +71,7 @@ export async function startRetransmitAndRepair(
 ): Promise<void> {
   const { s1, s2, secret } = settings;
   writeFileSync(secret, settings.secretText);
-  const retransmit = startRetransmit(bed, 'rt1', s1, secret);
-  const repair = startRepair(bed, 'rep', {
-    s1,
-    emit: s2,
-    secret,
-    retransmit: [retransmitAt('rt1')],
-    mode: ['--latency', '100'],
-  });
+  const { retransmit, repair } = startRepairPair(bed, { s1, s2, secret, mode: ['--latency', '100'] });
   await Promise.all([retransmit.waitFor(/listening on/), repair.waitFor(/listening on/)]);
 }
 

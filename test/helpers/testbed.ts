@@ -300,6 +300,25 @@ export function startRetransmit(
   ]);
 }
 
+/**
+ * The repair service at its usual places: a retransmit server on rt1 buffering s1, and a repair
+ * server on rep that fetches from it and re-emits s1 on s2, with `mode` (e.g. its --latency).
+ */
+export function startRepairPair(
+  bed: Testbed,
+  options: { s1: string; s2: string; secret: string; mode: string[] },
+): { retransmit: HostProcess; repair: HostProcess } {
+  const retransmit = startRetransmit(bed, 'rt1', options.s1, options.secret);
+  const repair = startRepair(bed, 'rep', {
+    s1: options.s1,
+    emit: options.s2,
+    secret: options.secret,
+    retransmit: [retransmitAt('rt1')],
+    mode: options.mode,
+  });
+  return { retransmit, repair };
+}
+
 /** Starts `gatecast repair` on a host: s1 on eth0 -> emit, listening on port 7100. */
 export function startRepair(
   bed: Testbed,
