@@ -26,12 +26,20 @@
  *       what is between goes into out at outOffset (in place: out = sealed, outOffset = aadBytes).
  *       false: the tag did not verify, and that range of out is zeroed.
  *
+ *   ed25519Verify(signature, message, publicKey) -> bool     (only when libsodium was found)
+ *       an Ed25519 signature (64 bytes) over message under a raw public key (32 bytes), checked by
+ *       libsodium's crypto_sign_verify_detached: about 49 us on this machine's CPUs against OpenSSL
+ *       3.0's 72-75 us. libsodium is not linked: the addon looks for the shared library at load
+ *       (dlopen of libsodium.so.23, .26, or libsodium.so) and exports ed25519Verify and `sodium`
+ *       (its version) only when it is there and initialises; else node:crypto checks signatures.
+ *
  * A handle is a frozen object that wraps the context and carries this file's type tag: anything
  * else (a plain object, another addon's wrapped object, a handle copied by structuredClone) is
  * refused before its pointer is read. An output that partly overlaps its input is refused (the
  * same buffer for both, in place, is allowed).
  */
 #define NAPI_VERSION 8 /* type tags and napi_object_freeze; Node 20 has 9 */
+#include <dlfcn.h>
 #include <limits.h>
 #include <node_api.h>
 #include <openssl/crypto.h>
@@ -43,6 +51,14 @@
 #define NONCE_BYTES 12
 #define TAG_BYTES 16
 #define SHA256_BYTES 32
+#define ED25519_SIGNATURE_BYTES 64
+#define ED25519_PUBLIC_BYTES 32
+
+/* libsodium's Ed25519 check, when the shared library was found (set once, at the first load). */
+typedef int (*sodium_verify_t)(const unsigned char *signature, const unsigned char *message,
+                               unsigned long long message_length, const unsigned char *public_key);
+static sodium_verify_t sodium_verify = NULL;
+static const char *sodium_version = NULL;
 
 /*
  * What digest() keeps per environment (the main thread and each worker load the addon once each,
@@ -500,6 +516,58 @@ static napi_value digest(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+static napi_value ed25519_verify(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != 3) {
+    return fail(env, "ed25519Verify(signature, message, publicKey) takes three arguments");
+  }
+  unsigned char *signature, *message, *public_key;
+  size_t signature_length, message_length, public_key_length;
+  if (!buffer_arg(env, argv[0], &signature, &signature_length, "the signature must be a Buffer") ||
+      !buffer_arg(env, argv[1], &message, &message_length, "the message must be a Buffer") ||
+      !buffer_arg(env, argv[2], &public_key, &public_key_length, "the public key must be a Buffer")) {
+    return NULL;
+  }
+  if (signature_length != ED25519_SIGNATURE_BYTES || public_key_length != ED25519_PUBLIC_BYTES) {
+    return fail(env, "ed25519Verify: a 64-byte signature and a 32-byte public key");
+  }
+  if (sodium_verify == NULL) {
+    return fail(env, "ed25519Verify: libsodium is not loaded");
+  }
+  /* An empty Buffer may carry no data pointer: libsodium reads none of it then. */
+  static const unsigned char empty[1] = {0};
+  int valid = sodium_verify(signature, message_length == 0 ? empty : message, message_length, public_key) == 0;
+  napi_value result;
+  if (napi_get_boolean(env, valid, &result) != napi_ok) {
+    return fail(env, "ed25519Verify: cannot return its answer");
+  }
+  return result;
+}
+
+/* Looks for libsodium once; leaves sodium_verify NULL when it is not there or does not initialise. */
+static void load_sodium(void) {
+  if (sodium_verify != NULL) {
+    return;
+  }
+  static const char *const names[] = {"libsodium.so.23", "libsodium.so.26", "libsodium.so"};
+  for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+    void *library = dlopen(names[i], RTLD_NOW | RTLD_LOCAL);
+    if (library == NULL) {
+      continue;
+    }
+    int (*init)(void) = (int (*)(void))dlsym(library, "sodium_init");
+    sodium_verify_t verify = (sodium_verify_t)dlsym(library, "crypto_sign_verify_detached");
+    const char *(*version)(void) = (const char *(*)(void))dlsym(library, "sodium_version_string");
+    if (init != NULL && verify != NULL && version != NULL && init() >= 0) {
+      sodium_version = version();
+      sodium_verify = verify;
+      return; /* kept loaded for the life of the process */
+    }
+    dlclose(library);
+  }
+}
+
 static int export_function(napi_env env, napi_value exports, const char *name, napi_callback callback) {
   napi_value function;
   return napi_create_function(env, name, NAPI_AUTO_LENGTH, callback, NULL, &function) == napi_ok &&
@@ -524,6 +592,14 @@ NAPI_MODULE_INIT() {
       napi_set_instance_data(env, state, digest_state_free, NULL) != napi_ok) {
     digest_state_free(env, state, NULL);
     return NULL; /* digest() then says it has no SHA-256; the loader's check refuses the addon */
+  }
+  load_sodium();
+  napi_value sodium;
+  if (sodium_verify != NULL && sodium_version != NULL &&
+      (!export_function(env, exports, "ed25519Verify", ed25519_verify) ||
+       napi_create_string_utf8(env, sodium_version, NAPI_AUTO_LENGTH, &sodium) != napi_ok ||
+       napi_set_named_property(env, exports, "sodium", sodium) != napi_ok)) {
+    return NULL;
   }
   napi_value version;
   if (napi_create_string_utf8(env, OpenSSL_version(OPENSSL_VERSION), NAPI_AUTO_LENGTH, &version) == napi_ok) {

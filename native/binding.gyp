@@ -3,7 +3,8 @@
     {
       "target_name": "gatecast_aead",
       "sources": ["aead.c"],
-      "cflags": ["-O2", "-Wall", "-Wextra", "-Werror", "-fstack-protector-strong"]
+      "cflags": ["-O2", "-Wall", "-Wextra", "-Werror", "-fstack-protector-strong"],
+      "libraries": ["-ldl"]
     }
   ]
 }

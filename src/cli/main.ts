@@ -46,6 +46,10 @@ export async function main(argv: string[]): Promise<number> {
       // A packet engine that cannot be followed is refused before anything starts (exit 2).
       (await import('../crypto/aead-engine.js')).aeadEngine();
     }
+    if ((process.env.GATECAST_SIGNATURE_ENGINE ?? '') !== '') {
+      // So is a signature engine (src/crypto/aead-engine.ts, signatureEngineInfo).
+      (await import('../crypto/aead-engine.js')).signatureEngineInfo();
+    }
     switch (command) {
       case 'send':
         return await (await import('./send.js')).runSend(rest, process.stderr);

@@ -1,7 +1,7 @@
 /** `gatecast receive`: the plain receiver on the command line. */
 
 import { closeSync, openSync, writevSync } from 'node:fs';
-import { aeadEngine } from '../crypto/aead-engine.js';
+import { aeadEngine, signatureEngineInfo } from '../crypto/aead-engine.js';
 import type { TokenRefused } from '../crypto/errors.js';
 import { createReceiverProtection, type ReceiverProtection } from '../crypto/restricted-session.js';
 import { createSignedSessionGate, type SignedSessionGate } from '../crypto/signed-session.js';
@@ -212,6 +212,9 @@ export async function runReceive(argv: string[], err: NodeJS.WriteStream): Promi
     const restricted = {
       ...(protection === undefined ? {} : { restricted: protection.stats, aeadEngine: aeadEngine().name }),
       ...(signed === undefined ? {} : { signed: signed.stats }),
+      ...(protection === undefined && signed === undefined
+        ? {}
+        : { signatureEngine: signatureEngineInfo().name }),
     };
     err.write(
       `${values.json === true ? JSON.stringify({ ...summary, ...restricted, socketBuffers: socketBufferReport(), cpuSeconds: processCpuSeconds() }) : describeReceive(summary, protection?.stats, signed?.stats)}\n`,

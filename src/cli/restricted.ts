@@ -8,7 +8,7 @@
 import { createPrivateKey, createPublicKey, type KeyObject } from 'node:crypto';
 import { dirname, resolve } from 'node:path';
 import type { OperatorAuthority, RestrictedProduct } from '../api/context.js';
-import { aeadEngine } from '../crypto/aead-engine.js';
+import { aeadEngine, signatureEngineInfo } from '../crypto/aead-engine.js';
 import { ed25519FromRaw } from '../crypto/authority.js';
 import { TokenError } from '../crypto/errors.js';
 import { openPkcs11Token } from '../crypto/pkcs11-token.js';
@@ -362,7 +362,14 @@ function signedProtectionOptions(
  */
 export function describeAeadEngine(): string {
   const engine = aeadEngine();
-  return engine.name === 'openssl-evp'
-    ? `packets sealed and opened with OpenSSL's EVP AEAD (${engine.openssl}, the addon in native/)`
-    : `packets sealed and opened with node:crypto, about 8 times the CPU a packet: ${engine.reason}`;
+  const signatures = signatureEngineInfo();
+  return `${
+    engine.name === 'openssl-evp'
+      ? `packets sealed and opened with OpenSSL's EVP AEAD (${engine.openssl}, the addon in native/)`
+      : `packets sealed and opened with node:crypto, about 8 times the CPU a packet: ${engine.reason}`
+  }; ${
+    signatures.name === 'libsodium'
+      ? `Ed25519 signatures checked with libsodium ${signatures.sodium}`
+      : `Ed25519 signatures checked with node:crypto (${signatures.reason})`
+  }`;
 }

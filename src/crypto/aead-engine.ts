@@ -17,7 +17,15 @@
  * Both pin the tag to 16 bytes and take a 12-byte nonce; nonce discipline (never random, never
  * reused) is the caller's (src/crypto/suites.ts, src/crypto/s2-seal.ts).
  */
-import { createCipheriv, createDecipheriv, createHash, createSecretKey, type KeyObject } from 'node:crypto';
+import {
+  createCipheriv,
+  createDecipheriv,
+  createHash,
+  createPublicKey,
+  createSecretKey,
+  type KeyObject,
+  verify,
+} from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { AeadEngineError, CipherError } from './errors.js';
@@ -107,6 +115,10 @@ interface NativeAead {
     outOffset: number,
   ): boolean;
   openssl: string;
+  /** libsodium's Ed25519 check, when the addon found libsodium (see ed25519Verifier). */
+  ed25519Verify?: (signature: Buffer, message: Buffer, publicKey: Buffer) => boolean;
+  /** libsodium's version, with ed25519Verify. */
+  sodium?: string;
 }
 
 /** Where `npm ci` (scripts/build-native.mjs) leaves the addon, from src/crypto or dist/crypto. */
@@ -678,4 +690,158 @@ export function sha256Into(input: Buffer, out: Buffer, offset: number, length: n
 /** The node:crypto engine alone, whatever the process uses (tests, the benchmark's reference). */
 export function createNodeCryptoAeadContext(name: AeadName, key: Buffer, encrypt: boolean): AeadContext {
   return nodeContext(name, key, encrypt);
+}
+
+/** Which code checks Ed25519 signatures in this process, and why when it is not libsodium. */
+export interface SignatureEngineInfo {
+  readonly name: 'libsodium' | 'node:crypto';
+  /** libsodium's version (libsodium only). */
+  readonly sodium?: string;
+  /** Why node:crypto checks signatures (node:crypto only). */
+  readonly reason?: string;
+}
+
+/** The values GATECAST_SIGNATURE_ENGINE takes; unset or empty: libsodium when the addon found it. */
+const signatureEngineSettings = ['libsodium', 'node:crypto'] as const;
+
+/** RFC 8032, section 7.1, TEST 2: a one-byte message (0x72). */
+const rfc8032Test2 = {
+  publicKey: Buffer.from('3d4017c3e843895a92b70aa74d1b7ebc9c982ccf2ec4968cc0cd55f12af4660c', 'hex'),
+  message: Buffer.from('72', 'hex'),
+  signature: Buffer.from(
+    '92a009a9f0d4cab8720e820b5f642540a2b27b5416503f8fb3762223ebdb69da085ac1e43e15996e458f3613d0f11d8c387b2eaeb4302aeeb00d291612bb0c00',
+    'hex',
+  ),
+};
+
+/**
+ * Known-answer check of libsodium's Ed25519 against node:crypto: RFC 8032's TEST 2 holds, and a
+ * flipped bit in the signature, the message or the key is refused by both alike.
+ */
+function checkSodium(
+  check: (signature: Buffer, message: Buffer, publicKey: Buffer) => boolean,
+): string | undefined {
+  const { publicKey, message, signature } = rfc8032Test2;
+  const key = createPublicKey({
+    key: { kty: 'OKP', crv: 'Ed25519', x: publicKey.toString('base64url') },
+    format: 'jwk',
+  });
+  const cases: Array<[string, Buffer, Buffer, Buffer]> = [['RFC 8032 TEST 2', signature, message, publicKey]];
+  for (const [what, bytes] of [
+    ['signature', signature],
+    ['message', message],
+    ['key', publicKey],
+  ] as const) {
+    const flipped = Buffer.from(bytes);
+    flipped[0] = (flipped[0] ?? 0) ^ 1;
+    cases.push([
+      `a flipped bit in the ${what}`,
+      what === 'signature' ? flipped : signature,
+      what === 'message' ? flipped : message,
+      what === 'key' ? flipped : publicKey,
+    ]);
+  }
+  for (const [what, sig, msg, raw] of cases) {
+    let expected: boolean;
+    try {
+      const against =
+        raw === publicKey
+          ? key
+          : createPublicKey({
+              key: { kty: 'OKP', crv: 'Ed25519', x: raw.toString('base64url') },
+              format: 'jwk',
+            });
+      expected = verify(null, msg, against, sig);
+    } catch {
+      expected = false;
+    }
+    if (check(sig, msg, raw) !== expected) {
+      return `libsodium and node:crypto differ on ${what}`;
+    }
+  }
+  return check(signature, message, publicKey) ? undefined : 'libsodium refused RFC 8032 TEST 2';
+}
+
+/** The signature engine chosen: libsodium's check, or undefined for node:crypto. */
+interface SignatureEngine {
+  readonly info: SignatureEngineInfo;
+  readonly verify: ((signature: Buffer, message: Buffer, publicKey: Buffer) => boolean) | undefined;
+}
+
+let signatureEngine: SignatureEngine | undefined;
+
+/**
+ * Loads the signature engine once: libsodium's Ed25519 through the addon (about two thirds of
+ * OpenSSL 3.0's CPU a check), when the addon is the packet engine, found libsodium and passes the
+ * known-answer check, unless GATECAST_SIGNATURE_ENGINE=node:crypto. Throws AeadEngineError for a
+ * GATECAST_SIGNATURE_ENGINE that names no engine, or names libsodium when it cannot be used.
+ */
+function loadSignatureEngine(): SignatureEngine {
+  if (signatureEngine !== undefined) {
+    return signatureEngine;
+  }
+  const asked = process.env.GATECAST_SIGNATURE_ENGINE ?? '';
+  const known = signatureEngineSettings.find((name) => name === asked);
+  if (asked !== '' && known === undefined) {
+    throw new AeadEngineError(
+      `GATECAST_SIGNATURE_ENGINE: ${JSON.stringify(asked)} is not an engine (${signatureEngineSettings.join(' or ')}, or unset)`,
+    );
+  }
+  const chosen = ((): SignatureEngine => {
+    if (known === 'node:crypto') {
+      return {
+        info: { name: 'node:crypto', reason: 'GATECAST_SIGNATURE_ENGINE=node:crypto' },
+        verify: undefined,
+      };
+    }
+    const { addon, info } = loadEngine();
+    if (addon === undefined) {
+      return {
+        info: { name: 'node:crypto', reason: info.reason ?? 'the addon is not in use' },
+        verify: undefined,
+      };
+    }
+    const native = addon.ed25519Verify;
+    if (typeof native !== 'function' || typeof addon.sodium !== 'string') {
+      return {
+        info: { name: 'node:crypto', reason: 'the addon found no libsodium (libsodium.so.23 or .26)' },
+        verify: undefined,
+      };
+    }
+    const check = (signature: Buffer, message: Buffer, publicKey: Buffer) =>
+      native.call(addon, signature, message, publicKey);
+    const differed = checkSodium(check);
+    return differed === undefined
+      ? { info: { name: 'libsodium', sodium: addon.sodium }, verify: check }
+      : {
+          info: { name: 'node:crypto', reason: `libsodium failed its check: ${differed}` },
+          verify: undefined,
+        };
+  })();
+  if (known === 'libsodium' && chosen.verify === undefined) {
+    throw new AeadEngineError(
+      `GATECAST_SIGNATURE_ENGINE=libsodium, but ${chosen.info.reason ?? 'it is not usable'}`,
+    );
+  }
+  signatureEngine = chosen;
+  return chosen;
+}
+
+/**
+ * The code that checks Ed25519 signatures in this process. Throws AeadEngineError for a
+ * GATECAST_SIGNATURE_ENGINE that cannot be followed (the CLI asks before a command runs: exit 2).
+ */
+export function signatureEngineInfo(): SignatureEngineInfo {
+  return loadSignatureEngine().info;
+}
+
+/**
+ * libsodium's Ed25519 check (signature, message, raw 32-byte public key) when it is the signature
+ * engine, else undefined (the caller checks with node:crypto). A signature that is not 64 bytes
+ * or a key that is not 32 is the caller's to refuse first.
+ */
+export function sodiumEd25519Verify():
+  | ((signature: Buffer, message: Buffer, publicKey: Buffer) => boolean)
+  | undefined {
+  return loadSignatureEngine().verify;
 }

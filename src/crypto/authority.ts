@@ -40,7 +40,7 @@ import {
   type SessionOfferBody,
   signatureBytes,
 } from '../protocol/restricted.js';
-import { sha256Into } from './aead-engine.js';
+import { sha256Into, sodiumEd25519Verify } from './aead-engine.js';
 import { CipherError } from './errors.js';
 
 /** RFC 3394 default initial value. */
@@ -132,10 +132,28 @@ export function signInPlace(unsigned: Buffer, privateKey: KeyObject): Buffer {
   return unsigned;
 }
 
-/** Checks an Ed25519 signature; false for any failure, never throws. */
+/** Raw 32-byte Ed25519 public keys of the KeyObjects checked against (for libsodium). */
+const rawPublicKeys = new WeakMap<KeyObject, Buffer>();
+
+/**
+ * Checks an Ed25519 signature; false for any failure, never throws. libsodium checks it when it is
+ * the signature engine (src/crypto/aead-engine.ts, signatureEngineInfo), else node:crypto.
+ */
 export function verifySignature(signed: Buffer, signature: Buffer, publicKey: KeyObject): boolean {
   try {
-    return verify(null, signed, publicKey, signature);
+    const sodium =
+      publicKey.type === 'public' && publicKey.asymmetricKeyType === 'ed25519'
+        ? sodiumEd25519Verify()
+        : undefined;
+    if (sodium === undefined) {
+      return verify(null, signed, publicKey, signature);
+    }
+    let raw = rawPublicKeys.get(publicKey);
+    if (raw === undefined) {
+      raw = ed25519Raw(publicKey);
+      rawPublicKeys.set(publicKey, raw);
+    }
+    return signature.length === signatureBytes && sodium(signature, signed, raw);
   } catch {
     return false;
   }

@@ -12,17 +12,10 @@
  * The key server (createLkhTree) keeps the keys of untouched nodes derived from one master secret
  * (HKDF by node number), so a tree of a million members costs memory only for what changed.
  */
-import {
-  createCipheriv,
-  createDecipheriv,
-  createHmac,
-  type KeyObject,
-  randomBytes,
-  sign,
-  verify,
-} from 'node:crypto';
+import { createCipheriv, createDecipheriv, createHmac, type KeyObject, randomBytes, sign } from 'node:crypto';
 import { lkhDepthMax } from '../limits.js';
 import { type DecodeResult, invalid, valid } from '../protocol/errors.js';
+import { verifySignature } from './authority.js';
 
 export const lkhMagic = Buffer.from('GCLK', 'ascii');
 export const lkhVersion = 1;
@@ -159,11 +152,7 @@ export function decodeRekey(bytes: Buffer): DecodeResult<LkhRekey> {
 
 /** True when the key server's Ed25519 key signed this message. */
 export function verifyRekey(rekey: LkhRekey, publicKey: KeyObject): boolean {
-  try {
-    return verify(null, rekey.signed, publicKey, rekey.signature);
-  } catch {
-    return false;
-  }
+  return verifySignature(rekey.signed, rekey.signature, publicKey);
 }
 
 /** A tree as a key server keeps it: the rest derives from the master secret. */

@@ -30,8 +30,9 @@
  * |                  Ed25519 signature (64 bytes)                 |
  * +---------------------------------------------------------------+
  */
-import { createHash, type KeyObject, sign, verify } from 'node:crypto';
+import { createHash, type KeyObject, sign } from 'node:crypto';
 import { type DecodeResult, invalid, ProtocolEncodeError, valid } from '../protocol/errors.js';
+import { verifySignature } from './authority.js';
 
 /** The four bytes every receipt starts with. */
 export const receiptMagic = Buffer.from('GCRC', 'ascii');
@@ -250,9 +251,5 @@ export function decodeReceipt(bytes: Buffer): DecodeResult<Receipt> {
 /** True when the receipt's signature verifies under the token's Ed25519 public key. */
 export function verifyReceipt(receipt: Receipt, publicKey: KeyObject): boolean {
   const signed = receipt.bytes.subarray(0, receipt.bytes.length - receiptSignatureBytes);
-  try {
-    return verify(null, signed, publicKey, receipt.signature);
-  } catch {
-    return false;
-  }
+  return verifySignature(signed, receipt.signature, publicKey);
 }
