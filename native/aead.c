@@ -16,6 +16,10 @@
  *   dispose(handle)                                frees the context now (its key schedule wiped)
  *   digest(input, out, offset, length)             the first `length` (1-32) bytes of SHA-256(input)
  *                                                  written into out at offset (a manifest's packet hash)
+ *   digestEquals(input, expected, offset, length) -> bool
+ *                                                  true when the first `length` (1-32) bytes of
+ *                                                  SHA-256(input) are expected[offset, offset + length)
+ *                                                  (a DATA checked against its manifest's hash in place)
  *   sealDatagram(handle, nonce, plain, out, aadBytes, hashOut, hashOffset, hashLength)
  *       a whole datagram in one call: out[0, aadBytes) is the associated data (the caller wrote the
  *       sealed header there), plain[aadBytes, n) is sealed into out[aadBytes, n) and the tag into
@@ -568,6 +572,38 @@ static void load_sodium(void) {
   }
 }
 
+static napi_value digest_equals(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4];
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != 4) {
+    return fail(env, "digestEquals(input, expected, offset, length) takes four arguments");
+  }
+  unsigned char *input, *expected;
+  size_t input_length, expected_length, offset, length;
+  if (!buffer_arg(env, argv[0], &input, &input_length, "the input must be a Buffer") ||
+      !buffer_arg(env, argv[1], &expected, &expected_length, "the expected hash must be a Buffer") ||
+      !index_arg(env, argv[2], &offset, "the offset must be a non-negative integer") ||
+      !index_arg(env, argv[3], &length, "the length must be a non-negative integer")) {
+    return NULL;
+  }
+  if (length < 1 || length > SHA256_BYTES || offset > expected_length || length > expected_length - offset) {
+    return fail(env, "digestEquals: 1-32 bytes, within the expected hash's buffer");
+  }
+  digest_state_t *state = digest_state(env);
+  if (state == NULL) {
+    return NULL;
+  }
+  unsigned char md[SHA256_BYTES];
+  if (!sha256_into(env, state, input, input_length, md, length)) {
+    return NULL;
+  }
+  napi_value result;
+  if (napi_get_boolean(env, memcmp(md, expected + offset, length) == 0, &result) != napi_ok) {
+    return fail(env, "digestEquals: cannot return its answer");
+  }
+  return result;
+}
+
 static int export_function(napi_env env, napi_value exports, const char *name, napi_callback callback) {
   napi_value function;
   return napi_create_function(env, name, NAPI_AUTO_LENGTH, callback, NULL, &function) == napi_ok &&
@@ -578,6 +614,7 @@ NAPI_MODULE_INIT() {
   if (!export_function(env, exports, "create", create) || !export_function(env, exports, "seal", seal) ||
       !export_function(env, exports, "open", open_) || !export_function(env, exports, "dispose", dispose) ||
       !export_function(env, exports, "digest", digest) ||
+      !export_function(env, exports, "digestEquals", digest_equals) ||
       !export_function(env, exports, "sealDatagram", seal_datagram) ||
       !export_function(env, exports, "openDatagram", open_datagram)) {
     return NULL;

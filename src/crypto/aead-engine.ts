@@ -96,6 +96,7 @@ interface NativeAead {
   open(handle: unknown, nonce: Buffer, aad: Buffer, sealed: Buffer, tag: Buffer, out: Buffer): boolean;
   dispose(handle: unknown): void;
   digest(input: Buffer, out: Buffer, offset: number, length: number): void;
+  digestEquals(input: Buffer, expected: Buffer, offset: number, length: number): boolean;
   sealDatagram(
     handle: unknown,
     nonce: Buffer,
@@ -480,6 +481,14 @@ function checkAddon(addon: NativeAead): string | undefined {
       if (!out.equals(expected)) {
         return `the addon's SHA-256 of ${input.length} bytes differs from node:crypto's`;
       }
+      const wrong = Buffer.from(expected);
+      wrong[offset + length - 1] = (wrong[offset + length - 1] ?? 0) ^ 1;
+      if (
+        !addon.digestEquals(input, expected, offset, length) ||
+        addon.digestEquals(input, wrong, offset, length)
+      ) {
+        return `the addon's comparison with a SHA-256 of ${input.length} bytes is wrong`;
+      }
     }
   }
   return undefined;
@@ -586,7 +595,7 @@ function loadAddon(): { info: AeadEngineInfo; addon: NativeAead | undefined } {
   try {
     const addon = createRequire(import.meta.url)(nativeAddonPath) as Partial<NativeAead>;
     const missing = (
-      ['create', 'seal', 'open', 'dispose', 'digest', 'sealDatagram', 'openDatagram'] as const
+      ['create', 'seal', 'open', 'dispose', 'digest', 'digestEquals', 'sealDatagram', 'openDatagram'] as const
     ).filter((name) => typeof addon[name] !== 'function');
     if (missing.length > 0 || typeof addon.openssl !== 'string') {
       return {
@@ -682,6 +691,41 @@ export function sha256Into(input: Buffer, out: Buffer, offset: number, length: n
   }
   try {
     addon.digest(bytes, target, offset, length);
+  } catch (error) {
+    throw asCipherError(error);
+  }
+}
+
+/**
+ * True when the first `length` (1-32) bytes of the SHA-256 of `input` are `expected[offset,
+ * offset + length)`: a DATA checked against its manifest's hash where the manifest holds it, in
+ * one call through the addon when it is the engine (no hash written anywhere), else node:crypto.
+ * A range outside `expected` is a CipherError.
+ */
+export function sha256Equals(input: Buffer, expected: Buffer, offset: number, length: number): boolean {
+  const bytes = bytesOf(input, 'the input');
+  const against = bytesOf(expected, 'the expected hash');
+  if (
+    !Number.isInteger(offset) ||
+    !Number.isInteger(length) ||
+    length < 1 ||
+    length > sha256Bytes ||
+    offset < 0 ||
+    offset + length > against.length
+  ) {
+    throw new CipherError(`SHA-256: ${length} bytes at ${offset} do not fit ${against.length}`);
+  }
+  const { addon } = loadEngine();
+  if (addon === undefined) {
+    return (
+      createHash('sha256')
+        .update(bytes)
+        .digest()
+        .compare(against, offset, offset + length, 0, length) === 0
+    );
+  }
+  try {
+    return addon.digestEquals(bytes, against, offset, length);
   } catch (error) {
     throw asCipherError(error);
   }

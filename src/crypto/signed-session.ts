@@ -31,7 +31,7 @@ import {
 } from '../protocol/packet.js';
 import { decodeKey, decodeSignature, manifestHashBytes, SignatureKind } from '../protocol/restricted.js';
 import { sequenceAdd } from '../protocol/serial.js';
-import { sha256Into } from './aead-engine.js';
+import { sha256Equals } from './aead-engine.js';
 import { sha256 as sha256Of, verifySignature } from './authority.js';
 
 /** Counters of a gate: what it let through and what it refused. */
@@ -253,14 +253,6 @@ function ofRun<T extends { sessionId: number; incarnation: number }>(
   return undefined;
 }
 
-/** Where hashMatches writes a datagram's hash (one check at a time: it is used and done at once). */
-const hashScratch = Buffer.alloc(manifestHashBytes);
-
-/** True when `hash` is the hash the kept manifest holds for `sequence`. */
-function sameHash(hash: Buffer, manifest: KeptManifest, sequence: number): boolean {
-  return sameHashAt(hash, 0, manifest, sequence);
-}
-
 /** True when the manifestHashBytes of `bytes` at `at` are the hash the kept manifest holds for `sequence`. */
 function sameHashAt(bytes: Buffer, at: number, manifest: KeptManifest, sequence: number): boolean {
   const keptAt = hashOffset(manifest, sequence);
@@ -271,8 +263,7 @@ function sameHashAt(bytes: Buffer, at: number, manifest: KeptManifest, sequence:
 
 /** True when the first manifestHashBytes of the datagram's SHA-256 are the manifest's hash for `sequence`. */
 function hashMatches(datagram: Buffer, manifest: KeptManifest, sequence: number): boolean {
-  sha256Into(datagram, hashScratch, 0, manifestHashBytes);
-  return sameHash(hashScratch, manifest, sequence);
+  return sha256Equals(datagram, manifest.datagram, hashOffset(manifest, sequence), manifestHashBytes);
 }
 
 /**
@@ -404,12 +395,12 @@ export function createSignedSessionGate(
   };
 
   /**
-   * Takes a held DATA out (it was passed on or dropped) and lets go of it; returns its datagram
-   * and where it was to go, or undefined when it was taken out before.
+   * Takes a held DATA out (it was passed on or dropped) and lets go of it; returns its datagram, or
+   * undefined when it was taken out before. Where it was to go is the caller's to read first.
    */
-  const unhold = (held: Held): { datagram: Buffer; pass: (datagram: Buffer) => void } | undefined => {
-    const { datagram, pass } = held;
-    if (datagram === undefined || pass === undefined) {
+  const unhold = (held: Held): Buffer | undefined => {
+    const datagram = held.datagram;
+    if (datagram === undefined || held.pass === undefined) {
       return undefined;
     }
     held.datagram = undefined;
@@ -426,7 +417,7 @@ export function createSignedSessionGate(
         at.list = at.list.filter((other) => other.datagram !== undefined);
       }
     }
-    return { datagram, pass };
+    return datagram;
   };
 
   const holdData = (held: Held) => {
@@ -564,9 +555,10 @@ export function createSignedSessionGate(
     /** Passes on (or refuses) a DATA of this run that waited for this manifest. */
     const release = (held: Held) => {
       if (held.sessionId === sessionId && held.incarnation === incarnation) {
-        const released = unhold(held);
-        if (released !== undefined) {
-          passData(held.sequence, sessionId, incarnation, released.datagram, released.pass);
+        const pass = held.pass;
+        const datagram = unhold(held);
+        if (datagram !== undefined && pass !== undefined) {
+          passData(held.sequence, sessionId, incarnation, datagram, pass);
         }
       }
     };

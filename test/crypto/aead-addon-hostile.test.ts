@@ -16,6 +16,7 @@ interface Addon {
   open(...args: unknown[]): boolean;
   dispose(...args: unknown[]): undefined;
   digest(...args: unknown[]): undefined;
+  digestEquals(...args: unknown[]): boolean;
   sealDatagram(...args: unknown[]): undefined;
   openDatagram(...args: unknown[]): boolean;
 }
@@ -316,6 +317,50 @@ parentPort.once('message', (handle) => {
       await worker.terminate();
       addon.dispose(sealer);
     }
+  });
+
+  it('digestEquals compares SHA-256 with the bytes at an offset, refusing every range, count and type that does not fit', (t) => {
+    const addon = addonOrSkip(t);
+    if (addon === undefined) {
+      return;
+    }
+    const input = Buffer.alloc(1440, 0x3c);
+    const full = createHash('sha256').update(input).digest();
+    const manifest = Buffer.concat([Buffer.alloc(8, 0xee), full]);
+    const before = Buffer.from(manifest);
+    assert.equal(addon.digestEquals(input, manifest, 8, 32), true);
+    assert.equal(addon.digestEquals(input, manifest, 8, 16), true);
+    assert.equal(addon.digestEquals(input, manifest, 8, 1), true);
+    assert.equal(addon.digestEquals(input, manifest, 7, 16), false);
+    for (let at = 8; at < 24; at++) {
+      const wrong = Buffer.from(manifest);
+      wrong[at] = (wrong[at] ?? 0) ^ 0x10;
+      assert.equal(addon.digestEquals(input, wrong, 8, 16), false, `byte ${at} flipped`);
+    }
+    // Bytes past the compared length do not count.
+    const tail = Buffer.from(manifest);
+    tail[30] = (tail[30] ?? 0) ^ 1;
+    assert.equal(addon.digestEquals(input, tail, 8, 16), true);
+    const flippedInput = Buffer.from(input);
+    flippedInput[1439] = (flippedInput[1439] ?? 0) ^ 1;
+    assert.equal(addon.digestEquals(flippedInput, manifest, 8, 16), false);
+    for (const [offset, length, message] of [
+      [9, 32, /1-32 bytes, within the expected hash's buffer/],
+      [40, 1, /1-32 bytes, within the expected hash's buffer/],
+      [0, 33, /1-32 bytes, within the expected hash's buffer/],
+      [0, 0, /1-32 bytes, within the expected hash's buffer/],
+      [-1, 16, /offset must be a non-negative integer/],
+      [Number.NaN, 16, /offset must be a non-negative integer/],
+      ['8', 16, /offset must be a non-negative integer/],
+      [8, 16.5, /length must be a non-negative integer/],
+      [8, 10n, /length must be a non-negative integer/],
+    ] as const) {
+      refused(() => addon.digestEquals(input, manifest, offset, length), message);
+    }
+    refused(() => addon.digestEquals(input, manifest, 8), /four arguments/);
+    refused(() => addon.digestEquals('text', manifest, 8, 16), /input must be a Buffer/);
+    refused(() => addon.digestEquals(input, [0, 0], 0, 1), /expected hash must be a Buffer/);
+    assert.deepEqual(manifest, before, 'the expected hash is only read');
   });
 
   it('digest writes SHA-256 only inside its output, refusing every range, count and type that does not fit', async (t) => {

@@ -18,6 +18,7 @@ import {
   createAeadContext,
   createNodeCryptoAeadContext,
   nativeAddonPath,
+  sha256Equals,
   sha256Into,
 } from '../../src/crypto/aead-engine.js';
 import { CipherError } from '../../src/crypto/errors.js';
@@ -400,6 +401,61 @@ process.stdout.write(JSON.stringify(aeadEngine()));`;
       assert.throws(() => sha256Into(inPlace, out, offset, bytes), CipherError);
       assert.ok(out.every((byte) => byte === 0xee));
     }
+  });
+
+  it('compares a SHA-256 with the bytes at an offset: equal only where node:crypto says so, in both engines', () => {
+    const random = createRandom(13);
+    const script = `import { sha256Equals } from ${JSON.stringify(new URL('../../src/crypto/aead-engine.ts', import.meta.url).href)};
+const cases = JSON.parse(process.argv[1]);
+process.stdout.write(JSON.stringify(cases.map(([input, expected, offset, length]) => {
+  try { return sha256Equals(Buffer.from(input, 'hex'), Buffer.from(expected, 'hex'), offset, length); }
+  catch (error) { return error.code; }
+})));`;
+    const cases: Array<[string, string, number, number]> = [];
+    const answers: Array<boolean | string> = [];
+    for (const length of [0, 1, 64, 1400, 1440]) {
+      const input = random.bytes(length);
+      const full = createHash('sha256').update(input).digest();
+      const manifest = Buffer.concat([random.bytes(20), full, random.bytes(4)]);
+      for (const [offset, bytes, equal] of [
+        [20, 32, true],
+        [20, 16, true],
+        [20, 1, true],
+        [21, 16, false],
+        [19, 16, false],
+      ] as const) {
+        cases.push([input.toString('hex'), manifest.toString('hex'), offset, bytes]);
+        answers.push(equal);
+        assert.equal(
+          sha256Equals(input, manifest, offset, bytes),
+          equal,
+          `${length} bytes, ${bytes} at ${offset}`,
+        );
+      }
+      const flipped = Buffer.from(manifest);
+      flipped[35] = (flipped[35] ?? 0) ^ 1;
+      cases.push([input.toString('hex'), flipped.toString('hex'), 20, 16]);
+      answers.push(false);
+      assert.equal(sha256Equals(input, flipped, 20, 16), false);
+    }
+    for (const [offset, bytes] of [
+      [41, 16],
+      [0, 33],
+      [0, 0],
+      [-1, 16],
+      [1.5, 16],
+    ] as const) {
+      const manifest = Buffer.alloc(56);
+      assert.throws(() => sha256Equals(Buffer.alloc(10), manifest, offset, bytes), CipherError);
+      cases.push([Buffer.alloc(10).toString('hex'), manifest.toString('hex'), offset, bytes]);
+      answers.push('GATECAST_ERR_CIPHER');
+    }
+    const nodeAnswers = execFileSync(
+      process.execPath,
+      ['--import', 'tsx', '--input-type=module', '-e', script, JSON.stringify(cases)],
+      { env: { ...process.env, GATECAST_AEAD_ENGINE: 'node:crypto' }, encoding: 'utf8' },
+    );
+    assert.deepEqual(JSON.parse(nodeAnswers), answers);
   });
 
   it('hashes the same bytes with GATECAST_AEAD_ENGINE=node:crypto', () => {
