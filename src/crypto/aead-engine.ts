@@ -116,8 +116,12 @@ interface NativeAead {
     outOffset: number,
   ): boolean;
   openssl: string;
-  /** libsodium's Ed25519 check, when the addon found libsodium (see ed25519Verifier). */
+  /** libsodium's Ed25519 check, when the addon found libsodium (see sodiumEd25519Verify). */
   ed25519Verify?: (signature: Buffer, message: Buffer, publicKey: Buffer) => boolean;
+  /** A libsodium signing key from a 32-byte seed (its public key written to publicOut). */
+  ed25519SigningKey?: (seed: Buffer, publicOut: Buffer) => object;
+  /** libsodium's Ed25519 signature of message into out at offset. */
+  ed25519Sign?: (key: object, message: Buffer, out: Buffer, offset: number) => void;
   /** libsodium's version, with ed25519Verify. */
   sodium?: string;
 }
@@ -806,10 +810,40 @@ function checkSodium(
   return check(signature, message, publicKey) ? undefined : 'libsodium refused RFC 8032 TEST 2';
 }
 
-/** The signature engine chosen: libsodium's check, or undefined for node:crypto. */
+/** RFC 8032 TEST 2's secret key (the seed): Ed25519 signing is deterministic, so the signature is known. */
+const rfc8032Test2Seed = Buffer.from(
+  '4ccd089b28ff96da9db6c346ec114e0f5b8a319f35aba624da8cf6ed4fb8a6fb',
+  'hex',
+);
+
+/** Known-answer check of libsodium's signing: RFC 8032 TEST 2, its public key and signature exactly. */
+function checkSodiumSigner(signer: SodiumSigner): string | undefined {
+  const publicKey = Buffer.alloc(32);
+  const key = signer.key(Buffer.from(rfc8032Test2Seed), publicKey);
+  if (!publicKey.equals(rfc8032Test2.publicKey)) {
+    return 'libsodium derived another public key from RFC 8032 TEST 2';
+  }
+  const out = Buffer.alloc(70, 0xee);
+  signer.sign(key, rfc8032Test2.message, out, 3);
+  if (!out.subarray(3, 67).equals(rfc8032Test2.signature) || out[2] !== 0xee || out[67] !== 0xee) {
+    return 'libsodium signed RFC 8032 TEST 2 otherwise';
+  }
+  return undefined;
+}
+
+/** libsodium's Ed25519 signing, through the addon. */
+export interface SodiumSigner {
+  /** A signing key from a 32-byte seed, held by the addon; its public key goes into `publicOut`. */
+  key(seed: Buffer, publicOut: Buffer): object;
+  /** Writes the 64-byte signature of `message` into `out` at `offset`. */
+  sign(key: object, message: Buffer, out: Buffer, offset: number): void;
+}
+
+/** The signature engine chosen: libsodium's check and signing, or undefined for node:crypto. */
 interface SignatureEngine {
   readonly info: SignatureEngineInfo;
   readonly verify: ((signature: Buffer, message: Buffer, publicKey: Buffer) => boolean) | undefined;
+  readonly signer: SodiumSigner | undefined;
 }
 
 let signatureEngine: SignatureEngine | undefined;
@@ -832,35 +866,37 @@ function loadSignatureEngine(): SignatureEngine {
     );
   }
   const chosen = ((): SignatureEngine => {
+    const nodeCrypto = (reason: string): SignatureEngine => ({
+      info: { name: 'node:crypto', reason },
+      verify: undefined,
+      signer: undefined,
+    });
     if (known === 'node:crypto') {
-      return {
-        info: { name: 'node:crypto', reason: 'GATECAST_SIGNATURE_ENGINE=node:crypto' },
-        verify: undefined,
-      };
+      return nodeCrypto('GATECAST_SIGNATURE_ENGINE=node:crypto');
     }
     const { addon, info } = loadEngine();
     if (addon === undefined) {
-      return {
-        info: { name: 'node:crypto', reason: info.reason ?? 'the addon is not in use' },
-        verify: undefined,
-      };
+      return nodeCrypto(info.reason ?? 'the addon is not in use');
     }
-    const native = addon.ed25519Verify;
-    if (typeof native !== 'function' || typeof addon.sodium !== 'string') {
-      return {
-        info: { name: 'node:crypto', reason: 'the addon found no libsodium (libsodium.so.23 or .26)' },
-        verify: undefined,
-      };
+    const { ed25519Verify: native, ed25519SigningKey: makeKey, ed25519Sign: nativeSign } = addon;
+    if (
+      typeof native !== 'function' ||
+      typeof makeKey !== 'function' ||
+      typeof nativeSign !== 'function' ||
+      typeof addon.sodium !== 'string'
+    ) {
+      return nodeCrypto('the addon found no libsodium (libsodium.so.23 or .26)');
     }
     const check = (signature: Buffer, message: Buffer, publicKey: Buffer) =>
       native.call(addon, signature, message, publicKey);
-    const differed = checkSodium(check);
+    const signer: SodiumSigner = {
+      key: (seed, publicOut) => makeKey.call(addon, seed, publicOut),
+      sign: (key, message, out, offset) => nativeSign.call(addon, key, message, out, offset),
+    };
+    const differed = checkSodium(check) ?? checkSodiumSigner(signer);
     return differed === undefined
-      ? { info: { name: 'libsodium', sodium: addon.sodium }, verify: check }
-      : {
-          info: { name: 'node:crypto', reason: `libsodium failed its check: ${differed}` },
-          verify: undefined,
-        };
+      ? { info: { name: 'libsodium', sodium: addon.sodium }, verify: check, signer }
+      : nodeCrypto(`libsodium failed its check: ${differed}`);
   })();
   if (known === 'libsodium' && chosen.verify === undefined) {
     throw new AeadEngineError(
@@ -888,4 +924,9 @@ export function sodiumEd25519Verify():
   | ((signature: Buffer, message: Buffer, publicKey: Buffer) => boolean)
   | undefined {
   return loadSignatureEngine().verify;
+}
+
+/** libsodium's Ed25519 signing when it is the signature engine, else undefined (node:crypto signs). */
+export function sodiumEd25519Signer(): SodiumSigner | undefined {
+  return loadSignatureEngine().signer;
 }

@@ -40,7 +40,7 @@ import {
   type SessionOfferBody,
   signatureBytes,
 } from '../protocol/restricted.js';
-import { sha256Into, sodiumEd25519Verify } from './aead-engine.js';
+import { type SodiumSigner, sha256Into, sodiumEd25519Signer, sodiumEd25519Verify } from './aead-engine.js';
 import { CipherError } from './errors.js';
 
 /** RFC 3394 default initial value. */
@@ -125,10 +125,65 @@ export function tokenIdOf(devicePoint: Buffer): string {
   return `gc-${deviceKeyId(devicePoint).subarray(0, 16).toString('hex')}`;
 }
 
+/** libsodium signing keys of the Ed25519 KeyObjects signed with (null: node:crypto signs with it). */
+const sodiumSigningKeys = new WeakMap<KeyObject, object | null>();
+
+/** The libsodium signing key for an Ed25519 private key, made once; undefined when node:crypto signs. */
+function sodiumKeyOf(privateKey: KeyObject): { signer: SodiumSigner; key: object } | undefined {
+  const signer =
+    privateKey.type === 'private' && privateKey.asymmetricKeyType === 'ed25519'
+      ? sodiumEd25519Signer()
+      : undefined;
+  if (signer === undefined) {
+    return undefined;
+  }
+  let key = sodiumSigningKeys.get(privateKey);
+  if (key === undefined) {
+    const jwk = privateKey.export({ format: 'jwk' });
+    const seed = Buffer.from(jwk.d ?? '', 'base64url');
+    const publicOut = Buffer.alloc(32);
+    try {
+      key = seed.length === 32 ? signer.key(seed, publicOut) : null;
+    } finally {
+      seed.fill(0);
+    }
+    // The key libsodium derived must be the KeyObject's own, or node:crypto goes on signing with it.
+    if (key !== null && (jwk.x === undefined || !publicOut.equals(Buffer.from(jwk.x, 'base64url')))) {
+      key = null;
+    }
+    sodiumSigningKeys.set(privateKey, key);
+  }
+  return key === null ? undefined : { signer, key };
+}
+
+/**
+ * Writes the Ed25519 signature of `message` into `out` at `offset` (64 bytes, not over the
+ * message): libsodium signs when it is the signature engine (src/crypto/aead-engine.ts), else
+ * node:crypto; both give the same bytes (Ed25519 is deterministic).
+ */
+export function signEd25519Into(message: Buffer, privateKey: KeyObject, out: Buffer, offset: number): void {
+  const sodium = sodiumKeyOf(privateKey);
+  if (sodium === undefined) {
+    sign(null, message, privateKey).copy(out, offset);
+    return;
+  }
+  sodium.signer.sign(sodium.key, message, out, offset);
+}
+
+/** The Ed25519 signature of `message` (64 bytes), as signEd25519Into makes it. */
+export function signEd25519(message: Buffer, privateKey: KeyObject): Buffer {
+  if (sodiumKeyOf(privateKey) === undefined) {
+    return sign(null, message, privateKey);
+  }
+  const out = Buffer.alloc(signatureBytes);
+  signEd25519Into(message, privateKey, out, 0);
+  return out;
+}
+
 /** Signs a buffer encoded with a zeroed 64-byte signature slot at its end, in place. */
 export function signInPlace(unsigned: Buffer, privateKey: KeyObject): Buffer {
   const at = unsigned.length - signatureBytes;
-  sign(null, unsigned.subarray(0, at), privateKey).copy(unsigned, at);
+  signEd25519Into(unsigned.subarray(0, at), privateKey, unsigned, at);
   return unsigned;
 }
 

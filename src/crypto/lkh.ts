@@ -12,10 +12,10 @@
  * The key server (createLkhTree) keeps the keys of untouched nodes derived from one master secret
  * (HKDF by node number), so a tree of a million members costs memory only for what changed.
  */
-import { createCipheriv, createDecipheriv, createHmac, type KeyObject, randomBytes, sign } from 'node:crypto';
+import { createCipheriv, createDecipheriv, createHmac, type KeyObject, randomBytes } from 'node:crypto';
 import { lkhDepthMax } from '../limits.js';
 import { type DecodeResult, invalid, valid } from '../protocol/errors.js';
-import { verifySignature } from './authority.js';
+import { signEd25519Into, verifySignature } from './authority.js';
 
 export const lkhMagic = Buffer.from('GCLK', 'ascii');
 export const lkhVersion = 1;
@@ -93,7 +93,7 @@ function encodeRekey(
     entry.wrapped.copy(out, offset + 4);
     offset += lkhEntryBytes;
   }
-  sign(null, out.subarray(0, signedBytes), signingKey).copy(out, signedBytes);
+  signEd25519Into(out.subarray(0, signedBytes), signingKey, out, signedBytes);
   return out;
 }
 

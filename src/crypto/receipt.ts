@@ -30,9 +30,9 @@
  * |                  Ed25519 signature (64 bytes)                 |
  * +---------------------------------------------------------------+
  */
-import { createHash, type KeyObject, sign } from 'node:crypto';
+import { createHash, type KeyObject } from 'node:crypto';
 import { type DecodeResult, invalid, ProtocolEncodeError, valid } from '../protocol/errors.js';
-import { verifySignature } from './authority.js';
+import { signEd25519, verifySignature } from './authority.js';
 
 /** The four bytes every receipt starts with. */
 export const receiptMagic = Buffer.from('GCRC', 'ascii');
@@ -162,7 +162,7 @@ export type ReceiptSigner = (signedBytes: Buffer) => Buffer | Promise<Buffer>;
 
 /** A signer over an Ed25519 private key held by node:crypto (the software token). */
 export function ed25519Signer(privateKey: KeyObject): ReceiptSigner {
-  return (signedBytes) => sign(null, signedBytes, privateKey);
+  return (signedBytes) => signEd25519(signedBytes, privateKey);
 }
 
 /** Encodes and signs a receipt. */

@@ -19,13 +19,19 @@ import {
   type KeyObject,
   randomBytes,
   scryptSync,
-  sign,
 } from 'node:crypto';
 import { renameSync, writeFileSync } from 'node:fs';
 import { secretFileBytesMax, tokenScryptCost } from '../limits.js';
 import { readBoundedFile } from '../net/files.js';
 import type { Grant } from '../protocol/restricted.js';
-import { ed25519Raw, generateSigningKey, p256FromPoint, p256Point, unwrapKey } from './authority.js';
+import {
+  ed25519Raw,
+  generateSigningKey,
+  p256FromPoint,
+  p256Point,
+  signEd25519,
+  unwrapKey,
+} from './authority.js';
 import { TokenError } from './errors.js';
 import { type Cmac, createCmac } from './group-key.js';
 import { type Purse, Token, type TokenBackend, type TokenState } from './token.js';
@@ -125,7 +131,7 @@ class SoftwareBackend implements TokenBackend {
     if (this.#receiptKey === undefined) {
       throw new TokenError('the token has no receipt key: enroll it with gatecast token enroll');
     }
-    return sign(null, signed, this.#receiptKey);
+    return signEd25519(signed, this.#receiptKey);
   }
 
   devicePoint(): Buffer {

@@ -25,9 +25,9 @@
  * |                  Ed25519 signature (64 bytes)                 |
  * +---------------------------------------------------------------+
  */
-import { type KeyObject, sign } from 'node:crypto';
+import type { KeyObject } from 'node:crypto';
 import { type DecodeResult, invalid, ProtocolEncodeError, valid } from '../protocol/errors.js';
-import { verifySignature } from './authority.js';
+import { signEd25519, verifySignature } from './authority.js';
 
 const magic = Buffer.from('GCTU', 'ascii');
 const version = 1;
@@ -92,7 +92,7 @@ export function signTopUp(body: TopUpBody, rootPrivateKey: KeyObject): Buffer {
   signed.writeBigUInt64BE(BigInt(body.amount), offsetAmount);
   signed.write(body.currency, offsetCurrency, 'ascii');
   tokenId.copy(signed, fixedBytes);
-  return Buffer.concat([signed, sign(null, signed, rootPrivateKey)]);
+  return Buffer.concat([signed, signEd25519(signed, rootPrivateKey)]);
 }
 
 /** Decodes a top-up, checking every length and field; the signature is checked by verifyTopUp. */
