@@ -619,7 +619,9 @@ function writeReport(
   runs (with an even number of rounds, the upper of the two middle values).
 - Packet engine: the addon (\`native/aead.c\`, OpenSSL's EVP AEAD, one context per key) in every
   AEAD row but the node:crypto one, which sets \`GATECAST_AEAD_ENGINE=node:crypto\` on both sides: a cipher
-  object per packet, as before the addon.
+  object per packet, as before the addon. Signature engine (KEY messages, offers, manifests):
+  libsodium through the addon (\`docs/security.md\`, "The signature engine"), but in the
+  node:crypto row, where the addon is not loaded.
 
 | mode | sent | delivered | sender packets per CPU-second | × plain | sender µs a packet, warmed up | × plain | receiver packets per CPU-second | × plain | receiver µs a packet, warmed up | × plain | load average |
 |---|---|---|---|---|---|---|---|---|---|---|---|
@@ -692,7 +694,7 @@ Where the time went, and what was cut (profiles with \`node --cpu-prof\` of \`se
   full collections to plain's one), for a cause not found yet.
 - **Where the rest goes, by \`perf\` over the whole machine** (\`perf record -a -g -F 1999\` around
   one round of this benchmark's AEAD + manifests row, and another of the verifying row, 100,000
-  packets each, \`NODE_OPTIONS=--perf-basic-prof\`; before this stop's cuts below). The sender:
+  packets each, \`NODE_OPTIONS=--perf-basic-prof\`; before the cuts below). The sender:
   10.8 µs a packet more than plain beside it. The sealing call (AES-GCM, the SHA-256 of the sealed
   datagram, N-API) 2.2 µs; the rest of sealing, in JavaScript, 0.7 µs; the manifests 1.6 µs (about
   100 µs a manifest in the running sender, its Ed25519 signature included, which costs 32 µs in a
@@ -704,7 +706,7 @@ Where the time went, and what was cut (profiles with \`node --cpu-prof\` of \`se
   its join): Ed25519 checks 1.8 µs (about 95 µs each in the running receiver, 75 µs in a loop),
   the SHA-256 of every packet 1.1 µs, opening 1.1 µs, the gate's and the opener's JavaScript
   2.7 µs, V8's compiler 1.1 µs, the collector 0.4 µs, less 1.1 µs of waiting in \`epoll\`.
-- **This stop's cuts**, each small against the rounds' spread, so given by the counts: a verifying
+- **Cuts to the manifest and KEY paths**, each small against the rounds' spread, so given by the counts: a verifying
   gate reads a manifest's hashes in place instead of making a view of each of its 64 (the decode
   was about 0.4 µs a packet); a restricted receiver counts a KEY repeat by its bytes, without
   decoding it (40 a second; about 0.25 µs a packet). Sending the DESCRIPTOR and its control
@@ -713,6 +715,17 @@ Where the time went, and what was cut (profiles with \`node --cpu-prof\` of \`se
   where the stream is: one up to 500 ms old had joiners wait for packets sent before they joined
   (this benchmark's signed ticker: no quote within 5 s). It is not done, and
   \`test/sim/join-latency.test.ts\` now holds a signed stream's joiners to two control intervals.
+- **Ed25519 through libsodium; one call a hash check.** Signatures are made and checked by
+  libsodium through the addon (\`docs/security.md\`, "The signature engine"): in a loop here 22 µs
+  a signature and 49 µs a check, against 35 and 75 µs through node:crypto (OpenSSL 3.0). A
+  verifying gate checks a DATA against its manifest's hash in one addon call (\`digestEquals\`,
+  the SHA-256 compared in place) where it hashed into a scratch buffer in one call and compared
+  in another, and a held DATA it releases makes no object. The report before these, same method
+  (12-02, 20:38 UTC): a verifying receiver 0.72× (rounds 0.70–0.75), the AEAD + manifests sender
+  0.79× (rounds 0.75–0.82); this one: 0.75× (rounds 0.71–0.77) and 0.80× (rounds 0.80–0.83).
+  Within the rounds' spread, but by the counts about 0.5 µs a packet at a verifying receiver (a
+  manifest check per 64 packets, 26 µs less each, and two addon calls fewer a packet) and 0.2 µs
+  at the source (a signature per 64 packets, and a control signature per tick).
 - **The verifying gate's hashes and held DATA.** The gate kept, for each packet hash of the last
   65,536, an object, a list and an entry of a Map, and looked that Map up about six times a packet;
   those objects lived for 65,536 packets, long enough for the garbage collector to move each one

@@ -49,6 +49,7 @@
 #define NAPI_VERSION 8 /* type tags and napi_object_freeze; Node 20 has 9 */
 #include <dlfcn.h>
 #include <limits.h>
+#include <pthread.h>
 #include <node_api.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
@@ -653,11 +654,11 @@ static napi_value ed25519_sign(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
-/* Looks for libsodium once; leaves sodium_verify NULL when it is not there or does not initialise. */
-static void load_sodium(void) {
-  if (sodium_verify != NULL) {
-    return;
-  }
+/*
+ * Looks for libsodium (once per process: pthread_once, as the main thread and workers load the
+ * addon each); leaves sodium_verify NULL when it is not there or does not initialise.
+ */
+static void load_sodium_once(void) {
   static const char *const names[] = {"libsodium.so.23", "libsodium.so.26", "libsodium.so"};
   for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
     void *library = dlopen(names[i], RTLD_NOW | RTLD_LOCAL);
@@ -681,6 +682,12 @@ static void load_sodium(void) {
     }
     dlclose(library);
   }
+}
+
+static pthread_once_t sodium_once = PTHREAD_ONCE_INIT;
+
+static void load_sodium(void) {
+  pthread_once(&sodium_once, load_sodium_once);
 }
 
 static napi_value digest_equals(napi_env env, napi_callback_info info) {

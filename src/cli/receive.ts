@@ -19,7 +19,12 @@ import { receiveSettings } from './command-settings.js';
 import { exitIncomplete, exitOk } from './errors.js';
 import { formatBytes, processCpuSeconds } from './format.js';
 import { formatHelp, groupOption, optional, parseOptions, parseSeconds, required } from './options.js';
-import { describeAeadEngine, sourcePublicKeyOption, tokenOption } from './restricted.js';
+import {
+  describeAeadEngine,
+  describeSignatureEngine,
+  sourcePublicKeyOption,
+  tokenOption,
+} from './restricted.js';
 import { applySocketBuffer, describeSocketBuffers } from './socket-buffer.js';
 
 export const receiveHelp = formatHelp(
@@ -199,7 +204,7 @@ export async function runReceive(argv: string[], err: NodeJS.WriteStream): Promi
       signal: controller.signal,
       onJoined: (socket) =>
         err.write(
-          `joined ${formatEndpoint(group)}${socket.iface ? ` on ${socket.iface.name}` : ''}, waiting for a session\nreceive: ${describeSocketBuffers()}\n${token === undefined ? '' : `receive: ${describeAeadEngine()}\n`}`,
+          `joined ${formatEndpoint(group)}${socket.iface ? ` on ${socket.iface.name}` : ''}, waiting for a session\nreceive: ${describeSocketBuffers()}\n${token === undefined ? (signed === undefined ? '' : `receive: ${describeSignatureEngine()}\n`) : `receive: ${describeAeadEngine()}\n`}`,
         ),
     });
     if (refusal !== undefined) {

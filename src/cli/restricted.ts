@@ -362,14 +362,17 @@ function signedProtectionOptions(
  */
 export function describeAeadEngine(): string {
   const engine = aeadEngine();
-  const signatures = signatureEngineInfo();
   return `${
     engine.name === 'openssl-evp'
       ? `packets sealed and opened with OpenSSL's EVP AEAD (${engine.openssl}, the addon in native/)`
       : `packets sealed and opened with node:crypto, about 8 times the CPU a packet: ${engine.reason}`
-  }; ${
-    signatures.name === 'libsodium'
-      ? `Ed25519 signatures checked with libsodium ${signatures.sodium}`
-      : `Ed25519 signatures checked with node:crypto (${signatures.reason})`
-  }`;
+  }; ${describeSignatureEngine()}`;
+}
+
+/** The signature engine in use (docs/security.md, "The signature engine"), for the same lines and `--signed`. */
+export function describeSignatureEngine(): string {
+  const signatures = signatureEngineInfo();
+  return signatures.name === 'libsodium'
+    ? `Ed25519 signatures made and checked with libsodium ${signatures.sodium}`
+    : `Ed25519 signatures made and checked with node:crypto (${signatures.reason})`;
 }

@@ -1,6 +1,6 @@
 /** `gatecast send`: the source role on the command line. */
 
-import { aeadEngine } from '../crypto/aead-engine.js';
+import { aeadEngine, signatureEngineInfo } from '../crypto/aead-engine.js';
 import { KeyEpochsExhausted } from '../crypto/errors.js';
 import {
   adaptRateFloorFractionDefault,
@@ -41,7 +41,7 @@ import {
   parseServerUrl,
   required,
 } from './options.js';
-import { describeAeadEngine, senderProtectionOptions } from './restricted.js';
+import { describeAeadEngine, describeSignatureEngine, senderProtectionOptions } from './restricted.js';
 import { applySocketBuffer, describeSocketBuffers } from './socket-buffer.js';
 import { readToken } from './token.js';
 
@@ -315,9 +315,16 @@ export async function runSend(argv: string[], out: NodeJS.WriteStream): Promise<
       return source.stats;
     });
     out.write(`send: ${describeSocketBuffers()}\n`);
-    const engine = values.restricted === true ? { aeadEngine: aeadEngine().name } : {};
+    const engine = {
+      ...(values.restricted === true ? { aeadEngine: aeadEngine().name } : {}),
+      ...(values.restricted === true || values.signed === true
+        ? { signatureEngine: signatureEngineInfo().name }
+        : {}),
+    };
     if (values.restricted === true) {
       out.write(`send: ${describeAeadEngine()}\n`);
+    } else if (values.signed === true) {
+      out.write(`send: ${describeSignatureEngine()}\n`);
     }
     const ended = exhausted === undefined ? {} : { error: exhausted.code };
     out.write(

@@ -8,6 +8,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { signatureEngineInfo } from '../../src/crypto/aead-engine.js';
 import { runGatecast as run, startReceive } from '../helpers/cli.js';
 import { freshPort } from '../helpers/loopback.js';
 
@@ -87,6 +88,14 @@ describe('signed sessions on the command line', () => {
     const [right, wrong] = receivers as [(typeof receivers)[0], (typeof receivers)[0]];
     assert.equal(await right.exited, 0, right.stderr());
     assert.match(right.stderr(), /whole: 143 packets.*SHA-256 ok/);
+    // Both name the code that made and checked the signatures (docs/security.md, "The signature engine").
+    const engine = signatureEngineInfo();
+    const engineLine =
+      engine.name === 'libsodium'
+        ? /Ed25519 signatures made and checked with libsodium \d+\.\d+/
+        : /Ed25519 signatures made and checked with node:crypto \(/;
+    assert.match(sent.stderr, new RegExp(`send: ${engineLine.source}`));
+    assert.match(right.stderr(), new RegExp(`receive: ${engineLine.source}`));
     assert.deepEqual(readFileSync(outputs.right), bytes);
     assert.equal(await wrong.exited, 1, wrong.stderr());
     assert.match(wrong.stderr(), /forged datagrams refused/);
