@@ -131,11 +131,7 @@ static napi_value fail(napi_env env, const char *message) {
 
 /* A Buffer argument's bytes; false (with a TypeError thrown) when it is not one. */
 static int buffer_arg(napi_env env, napi_value value, unsigned char **data, size_t *length, const char *what) {
-  bool is_buffer = false;
-  if (napi_is_buffer(env, value, &is_buffer) != napi_ok || !is_buffer) {
-    napi_throw_type_error(env, "GATECAST_ERR_CIPHER", what);
-    return 0;
-  }
+  /* napi_get_buffer_info refuses (napi_invalid_arg) anything that is not a Buffer or typed array view. */
   void *bytes = NULL;
   if (napi_get_buffer_info(env, value, &bytes, length) != napi_ok) {
     napi_throw_type_error(env, "GATECAST_ERR_CIPHER", what);
