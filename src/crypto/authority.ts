@@ -125,6 +125,9 @@ export function tokenIdOf(devicePoint: Buffer): string {
   return `gc-${deviceKeyId(devicePoint).subarray(0, 16).toString('hex')}`;
 }
 
+/** What an Ed25519 private key's PKCS#8 DER holds before its 32-byte seed (RFC 8410). */
+const ed25519Pkcs8Prefix = Buffer.from('302e020100300506032b657004220420', 'hex');
+
 /** libsodium signing keys of the Ed25519 KeyObjects signed with (null: node:crypto signs with it). */
 const sodiumSigningKeys = new WeakMap<KeyObject, object | null>();
 
@@ -139,16 +142,21 @@ function sodiumKeyOf(privateKey: KeyObject): { signer: SodiumSigner; key: object
   }
   let key = sodiumSigningKeys.get(privateKey);
   if (key === undefined) {
-    const jwk = privateKey.export({ format: 'jwk' });
-    const seed = Buffer.from(jwk.d ?? '', 'base64url');
+    // The seed is read from the key's PKCS#8 DER, a Buffer wiped below: a JWK would leave it in a
+    // string (its `d`) that nothing can wipe.
+    const der = privateKey.export({ format: 'der', type: 'pkcs8' });
     const publicOut = Buffer.alloc(32);
     try {
-      key = seed.length === 32 ? signer.key(seed, publicOut) : null;
+      key =
+        der.length === ed25519Pkcs8Prefix.length + 32 &&
+        der.subarray(0, ed25519Pkcs8Prefix.length).equals(ed25519Pkcs8Prefix)
+          ? signer.key(der.subarray(ed25519Pkcs8Prefix.length), publicOut)
+          : null;
     } finally {
-      seed.fill(0);
+      der.fill(0);
     }
     // The key libsodium derived must be the KeyObject's own, or node:crypto goes on signing with it.
-    if (key !== null && (jwk.x === undefined || !publicOut.equals(Buffer.from(jwk.x, 'base64url')))) {
+    if (key !== null && !publicOut.equals(ed25519Raw(createPublicKey(privateKey)))) {
       key = null;
     }
     sodiumSigningKeys.set(privateKey, key);
@@ -162,6 +170,19 @@ function sodiumKeyOf(privateKey: KeyObject): { signer: SodiumSigner; key: object
  * node:crypto; both give the same bytes (Ed25519 is deterministic).
  */
 export function signEd25519Into(message: Buffer, privateKey: KeyObject, out: Buffer, offset: number): void {
+  // Both engines refuse alike: a place outside `out`, or over the message (the addon checks it
+  // again; node:crypto's copy would cut the signature short or write it over the message).
+  if (!Number.isInteger(offset) || offset < 0 || offset > out.length - signatureBytes) {
+    throw new CipherError(`ed25519Sign: 64 bytes at ${offset} do not fit an output of ${out.length}`);
+  }
+  if (
+    message.length > 0 &&
+    message.buffer === out.buffer &&
+    message.byteOffset < out.byteOffset + offset + signatureBytes &&
+    out.byteOffset + offset < message.byteOffset + message.length
+  ) {
+    throw new CipherError('ed25519Sign: the signature would overlap the message');
+  }
   const sodium = sodiumKeyOf(privateKey);
   if (sodium === undefined) {
     sign(null, message, privateKey).copy(out, offset);
