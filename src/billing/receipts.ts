@@ -13,6 +13,7 @@ import { createPublicKey, type KeyObject } from 'node:crypto';
 import { sql } from 'kysely';
 import type { ApiContext, Party } from '../api/context.js';
 import { revenueAccount } from '../api/context.js';
+import { ed25519PublicKeyProblem } from '../crypto/authority.js';
 import { decodeReceipt, type Receipt, receiptChainStart, verifyReceipt } from '../crypto/receipt.js';
 import { signTopUp } from '../crypto/top-up.js';
 import { reconciliationGapsListedMax } from '../limits.js';
@@ -94,6 +95,15 @@ export async function registerPurse(
     publicKeyOf(registration.publicKey);
   } catch {
     return { status: 400, error: 'invalid-request', message: 'body/publicKey: not an Ed25519 public key' };
+  }
+  // A key no signer could hold would have its receipts refused (or, under it, any receipt pass).
+  const problem = ed25519PublicKeyProblem(Buffer.from(registration.publicKey, 'base64url'));
+  if (problem !== undefined) {
+    return {
+      status: 400,
+      error: 'invalid-request',
+      message: `body/publicKey: not a usable Ed25519 public key: ${problem}`,
+    };
   }
   const account = purseAccountOf(tokenId);
   return context.store.writeTransaction(async (trx) => {

@@ -29,6 +29,10 @@ commands:
   version    print the version
 
 exit codes: 0 ok, 1 session incomplete (send: datagrams did not leave), 2 bad usage or input, 70 internal error
+
+environment:
+  GATECAST_AEAD_ENGINE       openssl-evp or node:crypto: what seals and opens restricted packets (default: the addon when built)
+  GATECAST_SIGNATURE_ENGINE  libsodium or node:crypto: what makes and checks Ed25519 signatures (default: libsodium when found)
 `;
 
 function version(): string {

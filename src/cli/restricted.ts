@@ -9,7 +9,7 @@ import { createPrivateKey, createPublicKey, type KeyObject } from 'node:crypto';
 import { dirname, resolve } from 'node:path';
 import type { OperatorAuthority, RestrictedProduct } from '../api/context.js';
 import { aeadEngine, signatureEngineInfo } from '../crypto/aead-engine.js';
-import { ed25519FromRaw } from '../crypto/authority.js';
+import { ed25519FromRaw, ed25519PublicKeyProblem } from '../crypto/authority.js';
 import { TokenError } from '../crypto/errors.js';
 import { openPkcs11Token } from '../crypto/pkcs11-token.js';
 import {
@@ -37,6 +37,10 @@ export function sourcePublicKeyOption(values: OptionValues): KeyObject | undefin
     return undefined;
   }
   const raw = readHexFile(path, '--source-public', 32);
+  const problem = ed25519PublicKeyProblem(raw);
+  if (problem !== undefined) {
+    throw new UsageError(`--source-public: ${path} is not a usable Ed25519 public key: ${problem}`);
+  }
   try {
     return ed25519FromRaw(raw);
   } catch (error) {

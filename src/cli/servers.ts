@@ -36,7 +36,12 @@ import {
   parseServerUrl,
   required,
 } from './options.js';
-import { describeAeadEngine, sourcePublicKeyOption, tokenOpener } from './restricted.js';
+import {
+  describeAeadEngine,
+  describeSignatureEngine,
+  sourcePublicKeyOption,
+  tokenOpener,
+} from './restricted.js';
 import { agentSample, controllerSample, repairSampler, retransmitSample } from './role-metrics.js';
 import { agentSettings, repairSettings, retransmitSettings } from './role-settings.js';
 import { applySocketBuffer } from './socket-buffer.js';
@@ -186,7 +191,7 @@ export function prepareRetransmit(values: OptionValues): RoleStarter {
   return async (err) => {
     const server = await startRetransmitServer(settings);
     err.write(
-      `retransmit: listening on ${formatEndpoint(server.local)}, ${joins.length} session(s) joined\n`,
+      `retransmit: listening on ${formatEndpoint(server.local)}, ${joins.length} session(s) joined\n${settings.sourcePublicKey === undefined ? '' : `retransmit: ${describeSignatureEngine()}\n`}`,
     );
     return runningRole(
       'retransmit',
@@ -249,7 +254,7 @@ export function prepareRepair(values: OptionValues): RoleStarter {
   return async (err) => {
     const server = await startRepairServer(settings);
     err.write(
-      `repair: ${formatEndpoint(group)} -> ${formatEndpoint(emit)} (${s2Key === undefined ? 'plain' : `sealed, key epoch ${s2Key.epoch}`}), listening on ${formatEndpoint(server.local)}\n${s2Key === undefined ? '' : `repair: ${describeAeadEngine()}\n`}`,
+      `repair: ${formatEndpoint(group)} -> ${formatEndpoint(emit)} (${s2Key === undefined ? 'plain' : `sealed, key epoch ${s2Key.epoch}`}), listening on ${formatEndpoint(server.local)}\n${s2Key === undefined ? (settings.sourcePublicKey === undefined ? '' : `repair: ${describeSignatureEngine()}\n`) : `repair: ${describeAeadEngine()}\n`}`,
     );
     return runningRole('repair', server, repairSampler(server), () => {
       const s = server.status();

@@ -885,7 +885,7 @@ function loadSignatureEngine(): SignatureEngine {
       typeof nativeSign !== 'function' ||
       typeof addon.sodium !== 'string'
     ) {
-      return nodeCrypto('the addon found no libsodium (libsodium.so.23 or .26)');
+      return nodeCrypto('the addon found no libsodium (libsodium.so.23, libsodium.so.26 or libsodium.so)');
     }
     const check = (signature: Buffer, message: Buffer, publicKey: Buffer) =>
       native.call(addon, signature, message, publicKey);

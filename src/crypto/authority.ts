@@ -87,6 +87,85 @@ export function ed25519FromRaw(raw: Buffer): KeyObject {
   });
 }
 
+/** Ed25519's field prime, 2^255 - 19. */
+const edP = 2n ** 255n - 19n;
+
+function edPow(base: bigint, exponent: bigint): bigint {
+  let result = 1n;
+  let b = ((base % edP) + edP) % edP;
+  for (let e = exponent; e > 0n; e >>= 1n) {
+    if (e & 1n) {
+      result = (result * b) % edP;
+    }
+    b = (b * b) % edP;
+  }
+  return result;
+}
+
+const edInverse = (value: bigint) => edPow(value, edP - 2n);
+/** The curve constant d = -121665 / 121666. */
+const edD = (((-121665n * edInverse(121666n)) % edP) + edP) % edP;
+/** A square root of -1 mod p. */
+const edSqrtMinusOne = edPow(2n, (edP - 1n) / 4n);
+
+/** Adds two points of the curve (affine coordinates; the law is complete for Ed25519). */
+function edAdd(a: readonly [bigint, bigint], b: readonly [bigint, bigint]): [bigint, bigint] {
+  const [x1, y1] = a;
+  const [x2, y2] = b;
+  const t = (edD * ((x1 * x2) % edP) * ((y1 * y2) % edP)) % edP;
+  const x = ((x1 * y2 + y1 * x2) % edP) * edInverse(1n + t);
+  const y = ((y1 * y2 + x1 * x2) % edP) * edInverse((1n - t + edP) % edP);
+  return [x % edP, y % edP];
+}
+
+/**
+ * Why 32 bytes are not an Ed25519 public key any signer could hold, or undefined when they are: a
+ * y coordinate that is not below the field prime (a second encoding of a point), no point of the
+ * curve, x = 0 with its sign bit set, or a point of small order (8P is the neutral point: under
+ * such a key one signature may verify for every message). libsodium refuses signatures under such
+ * keys; verifySignature refuses them under node:crypto too, so both engines answer alike. Checked
+ * once per key, where a key comes in (BigInt arithmetic, about a millisecond).
+ */
+export function ed25519PublicKeyProblem(raw: Buffer): string | undefined {
+  if (raw.length !== 32) {
+    return `${raw.length} bytes, not 32`;
+  }
+  const bytes = Buffer.from(raw).reverse(); // little-endian
+  const sign = (bytes[0] ?? 0) >> 7;
+  bytes[0] = (bytes[0] ?? 0) & 0x7f;
+  const y = BigInt(`0x${bytes.toString('hex')}`);
+  if (y >= edP) {
+    return 'its y coordinate is not below 2^255 - 19 (a second encoding of a point)';
+  }
+  const y2 = (y * y) % edP;
+  const u = (y2 - 1n + edP) % edP;
+  const v = (edD * y2 + 1n) % edP;
+  // x = sqrt(u / v), RFC 8032 section 5.1.3.
+  let x = (u * edPow(v, 3n) * edPow(u * edPow(v, 7n), (edP - 5n) / 8n)) % edP;
+  const check = (v * x * x) % edP;
+  if (check !== u) {
+    if (check === (edP - u) % edP) {
+      x = (x * edSqrtMinusOne) % edP;
+    } else {
+      return 'it is no point of the curve';
+    }
+  }
+  if (x === 0n && sign === 1) {
+    return 'x is 0 with its sign bit set (a second encoding of a point)';
+  }
+  if (Number(x & 1n) !== sign) {
+    x = edP - x;
+  }
+  let point: [bigint, bigint] = [x, y];
+  for (let doubling = 0; doubling < 3; doubling++) {
+    point = edAdd(point, point);
+  }
+  if (point[0] === 0n && point[1] === 1n) {
+    return 'it is a point of small order (one signature could verify for any message)';
+  }
+  return undefined;
+}
+
 /** The uncompressed point (0x04 || X || Y) of a P-256 public key. */
 export function p256Point(publicKey: KeyObject): Buffer {
   const jwk = publicKey.export({ format: 'jwk' });
@@ -209,27 +288,37 @@ export function signInPlace(unsigned: Buffer, privateKey: KeyObject): Buffer {
 }
 
 /** Raw 32-byte Ed25519 public keys of the KeyObjects checked against (for libsodium). */
-const rawPublicKeys = new WeakMap<KeyObject, Buffer>();
+/** Raw 32-byte Ed25519 public keys checked against, and undefined for one that is no signer's (ed25519PublicKeyProblem). */
+const rawPublicKeys = new WeakMap<KeyObject, Buffer | undefined>();
+
+/** The raw form of an Ed25519 public key, or undefined when no signer could hold it; checked once. */
+function usableRawKey(publicKey: KeyObject): Buffer | undefined {
+  if (rawPublicKeys.has(publicKey)) {
+    return rawPublicKeys.get(publicKey);
+  }
+  const raw = ed25519Raw(publicKey);
+  const usable = ed25519PublicKeyProblem(raw) === undefined ? raw : undefined;
+  rawPublicKeys.set(publicKey, usable);
+  return usable;
+}
 
 /**
  * Checks an Ed25519 signature; false for any failure, never throws. libsodium checks it when it is
- * the signature engine (src/crypto/aead-engine.ts, signatureEngineInfo), else node:crypto.
+ * the signature engine (src/crypto/aead-engine.ts, signatureEngineInfo), else node:crypto; under
+ * a public key no signer could hold (ed25519PublicKeyProblem) nothing verifies, in either.
  */
 export function verifySignature(signed: Buffer, signature: Buffer, publicKey: KeyObject): boolean {
   try {
-    const sodium =
-      publicKey.type === 'public' && publicKey.asymmetricKeyType === 'ed25519'
-        ? sodiumEd25519Verify()
-        : undefined;
-    if (sodium === undefined) {
+    if (publicKey.type !== 'public' || publicKey.asymmetricKeyType !== 'ed25519') {
       return verify(null, signed, publicKey, signature);
     }
-    let raw = rawPublicKeys.get(publicKey);
-    if (raw === undefined) {
-      raw = ed25519Raw(publicKey);
-      rawPublicKeys.set(publicKey, raw);
+    // A key no signer could hold (small order, a second encoding) vouches for nothing, in either engine.
+    const raw = usableRawKey(publicKey);
+    if (raw === undefined || signature.length !== signatureBytes) {
+      return false;
     }
-    return signature.length === signatureBytes && sodium(signature, signed, raw);
+    const sodium = sodiumEd25519Verify();
+    return sodium === undefined ? verify(null, signed, publicKey, signature) : sodium(signature, signed, raw);
   } catch {
     return false;
   }

@@ -266,7 +266,8 @@ export function registerTokenRoutes(app: FastifyInstance, context: ApiContext): 
             : registered.status === 404
               ? 'not-found'
               : 'invalid-request',
-          registered.message,
+          // The enrollment names the receipt key receiptKey; billing's purse registration names it publicKey.
+          registered.message.replace('body/publicKey', 'body/receiptKey'),
         );
       }
       const rows = await context.db

@@ -316,6 +316,25 @@ function suite(name: string, options: { skip?: string }, url: () => string, clea
       assert.equal(refused.results[0]?.refused, 'unknown-token');
     });
 
+    it('a receipt key no signer could hold (small order, a second encoding) is refused at registration, naming why', async () => {
+      const owner = (await call('POST', '/v1/subscribers', { name: 'weak-key' })).json() as { id: string };
+      for (const [hex, why] of [
+        [`01${'00'.repeat(31)}`, /small order/],
+        [`ec${'ff'.repeat(30)}7f`, /small order/],
+        [`ee${'ff'.repeat(30)}7f`, /second encoding/],
+      ] as const) {
+        const response = await call('PUT', '/v1/purses/tok-weak-key', {
+          subscriber: owner.id,
+          publicKey: Buffer.from(hex, 'hex').toString('base64url'),
+        });
+        assert.equal(response.statusCode, 400, response.body);
+        assert.match(response.body, /body\/publicKey: not a usable Ed25519 public key/);
+        assert.match(response.body, why);
+      }
+      // Nothing was registered: the token is unknown to billing.
+      assert.equal((await call('GET', '/v1/purses/tok-weak-key/reconciliation')).statusCode, 404);
+    });
+
     it("reconciliation of 2,000 accepted charges of 2^53 - 1 bytes each is a 200 (SQLite's sum overflowed: a 500), the usage beyond receipts shown up to 2^53 - 1", async () => {
       const owner = (await call('POST', '/v1/subscribers', { name: 'huge-usage' })).json() as { id: string };
       const token = newToken('tok-huge-usage');

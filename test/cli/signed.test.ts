@@ -33,6 +33,23 @@ describe('signed sessions on the command line', () => {
     const receive = await run(['receive', '--group', group, '--iface', '127.0.0.1', '--source-public', bad]);
     assert.equal(receive.code, 2, receive.stderr);
     assert.match(receive.stderr, /--source-public: .* must hold 64 hex digits/);
+    // A key of small order (the neutral point): under it one signature verifies for any message.
+    const smallOrder = join(directory, 'small-order.pub');
+    writeFileSync(smallOrder, `01${'00'.repeat(31)}\n`);
+    const weak = await run([
+      'receive',
+      '--group',
+      group,
+      '--iface',
+      '127.0.0.1',
+      '--source-public',
+      smallOrder,
+    ]);
+    assert.equal(weak.code, 2, weak.stderr);
+    assert.match(
+      weak.stderr,
+      /--source-public: .* is not a usable Ed25519 public key: it is a point of small order/,
+    );
     const service = await run([
       'send',
       '--group',

@@ -191,6 +191,18 @@ describe('token enrollment: POST /v1/enrollments issues the grants of the entitl
       ann.token,
     );
     assert.equal(badShape.status, 400);
+    // A receipt key of small order: under it one signature would verify for any receipt.
+    const weakKey = await call(
+      'POST',
+      '/v1/enrollments',
+      { device: device(), receiptKey: Buffer.from(`01${'00'.repeat(31)}`, 'hex').toString('base64url') },
+      ann.token,
+    );
+    assert.equal(weakKey.status, 400);
+    assert.match(
+      weakKey.body.message,
+      /body\/receiptKey: not a usable Ed25519 public key: it is a point of small order/,
+    );
     const noRoot = await call('POST', '/v1/enrollments', body, ann.token, bare);
     assert.equal(noRoot.status, 503);
     assert.match(noRoot.body.message, /root key/);

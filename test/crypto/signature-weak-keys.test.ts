@@ -1,0 +1,106 @@
+/**
+ * Public keys no signer could hold (docs/security.md, "The signature engine"): a point of small
+ * order, under which one signature (R the neutral point, S = 0) verifies for every message in
+ * node:crypto, and second encodings of a point. Both engines refuse every signature under them,
+ * `--source-public` refuses such a key naming why, and billing refuses it as a token's receipt key.
+ */
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { generateKeyPairSync, randomBytes, sign } from 'node:crypto';
+import { describe, it } from 'node:test';
+import { ed25519PublicKeyProblem, ed25519Raw } from '../../src/crypto/authority.js';
+
+/** Small-order points (all eight), and second encodings of points. */
+const weak: Record<string, string> = {
+  'the neutral point': '0100000000000000000000000000000000000000000000000000000000000000',
+  'order 2': 'ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f',
+  'order 4': '0000000000000000000000000000000000000000000000000000000000000000',
+  'order 4, the other x': '0000000000000000000000000000000000000000000000000000000000000080',
+  'order 8': '26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05',
+  'order 8, the other x': '26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc85',
+  'order 8, the other y': 'c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a',
+  'order 8, the other y and x': 'c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac03fa',
+  'y = p (0 again)': 'edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f',
+  'y = p + 1 (1 again)': 'eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f',
+  'x = 0 with its sign bit': '0100000000000000000000000000000000000000000000000000000000000080',
+};
+
+const authorityUrl = new URL('../../src/crypto/authority.ts', import.meta.url).href;
+
+/** verifySignature's answers, under one GATECAST_SIGNATURE_ENGINE, for the "universal" signature under each key. */
+function answersUnder(engine: string): Record<string, boolean | string> {
+  const script = `import { createPublicKey } from 'node:crypto';
+import { verifySignature } from ${JSON.stringify(authorityUrl)};
+const keys = JSON.parse(process.argv[1]);
+const universal = Buffer.concat([Buffer.from('01', 'hex'), Buffer.alloc(63)]);
+const answers = {};
+for (const [name, hex] of Object.entries(keys)) {
+  let key;
+  try { key = createPublicKey({ key: { kty: 'OKP', crv: 'Ed25519', x: Buffer.from(hex, 'hex').toString('base64url') }, format: 'jwk' }); }
+  catch { answers[name] = 'no key'; continue; }
+  answers[name] = ['a', 'another message', ''].some((m) => verifySignature(Buffer.from(m), universal, key));
+}
+process.stdout.write(JSON.stringify(answers));`;
+  const result = spawnSync(
+    process.execPath,
+    ['--import', 'tsx', '--input-type=module', '-e', script, JSON.stringify(weak)],
+    { env: { ...process.env, GATECAST_SIGNATURE_ENGINE: engine }, encoding: 'utf8' },
+  );
+  assert.equal(result.status, 0, result.stderr);
+  return JSON.parse(result.stdout) as Record<string, boolean | string>;
+}
+
+describe('Ed25519 public keys no signer could hold', () => {
+  it('each is named, and no honest key is', () => {
+    for (const [name, hex] of Object.entries(weak)) {
+      assert.notEqual(ed25519PublicKeyProblem(Buffer.from(hex, 'hex')), undefined, name);
+    }
+    for (let round = 0; round < 40; round++) {
+      const raw = ed25519Raw(generateKeyPairSync('ed25519').publicKey);
+      assert.equal(ed25519PublicKeyProblem(raw), undefined);
+    }
+    assert.match(ed25519PublicKeyProblem(Buffer.alloc(31)) ?? '', /31 bytes, not 32/);
+    // A y that is no point of the curve (2 is not: (y^2 - 1) / (d y^2 + 1) has no square root).
+    assert.match(
+      ed25519PublicKeyProblem(Buffer.from(`02${'00'.repeat(31)}`, 'hex')) ?? '',
+      /no point of the curve/,
+    );
+  });
+
+  it('no signature verifies under them, with either engine (node:crypto alone accepted the neutral point)', () => {
+    for (const engine of ['node:crypto', '']) {
+      const answers = answersUnder(engine);
+      for (const name of Object.keys(weak)) {
+        assert.ok(
+          answers[name] === false || answers[name] === 'no key',
+          `${engine || 'default'}: ${name}: ${answers[name]}`,
+        );
+      }
+    }
+    // An honest key still verifies through the same path.
+    const { privateKey, publicKey } = generateKeyPairSync('ed25519');
+    const message = randomBytes(100);
+    const script = `import { verifySignature } from ${JSON.stringify(authorityUrl)};
+import { createPublicKey } from 'node:crypto';
+const [x, m, s] = process.argv.slice(1);
+const key = createPublicKey({ key: { kty: 'OKP', crv: 'Ed25519', x }, format: 'jwk' });
+process.stdout.write(String(verifySignature(Buffer.from(m, 'hex'), Buffer.from(s, 'hex'), key)));`;
+    for (const engine of ['node:crypto', '']) {
+      const result = spawnSync(
+        process.execPath,
+        [
+          '--import',
+          'tsx',
+          '--input-type=module',
+          '-e',
+          script,
+          ed25519Raw(publicKey).toString('base64url'),
+          message.toString('hex'),
+          sign(null, message, privateKey).toString('hex'),
+        ],
+        { env: { ...process.env, GATECAST_SIGNATURE_ENGINE: engine }, encoding: 'utf8' },
+      );
+      assert.equal(result.stdout, 'true', result.stderr);
+    }
+  });
+});
