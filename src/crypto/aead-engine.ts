@@ -669,6 +669,18 @@ export function createAeadContext(name: AeadName, key: Buffer, encrypt: boolean)
 /** The bytes of one SHA-256. */
 export const sha256Bytes = 32;
 
+/** True when 1-32 bytes of a SHA-256 at `offset` fit a buffer of `size` bytes (whole numbers only). */
+function hashRangeFits(offset: number, length: number, size: number): boolean {
+  return (
+    Number.isInteger(offset) &&
+    Number.isInteger(length) &&
+    length >= 1 &&
+    length <= sha256Bytes &&
+    offset >= 0 &&
+    offset + length <= size
+  );
+}
+
 /**
  * Writes the first `length` (1-32) bytes of the SHA-256 of `input` into `out` at `offset` (a
  * manifest's packet hash), through the addon when it is the engine (no Hash object, no buffer
@@ -678,14 +690,7 @@ export function sha256Into(input: Buffer, out: Buffer, offset: number, length: n
   // Either engine takes the same arguments: views by their bytes, nothing else (not a string).
   const bytes = bytesOf(input, 'the input');
   const target = bytesOf(out, 'the output');
-  if (
-    !Number.isInteger(offset) ||
-    !Number.isInteger(length) ||
-    length < 1 ||
-    length > sha256Bytes ||
-    offset < 0 ||
-    offset + length > target.length
-  ) {
+  if (!hashRangeFits(offset, length, target.length)) {
     throw new CipherError(`SHA-256: ${length} bytes at ${offset} do not fit an output of ${target.length}`);
   }
   const { addon } = loadEngine();
@@ -709,14 +714,7 @@ export function sha256Into(input: Buffer, out: Buffer, offset: number, length: n
 export function sha256Equals(input: Buffer, expected: Buffer, offset: number, length: number): boolean {
   const bytes = bytesOf(input, 'the input');
   const against = bytesOf(expected, 'the expected hash');
-  if (
-    !Number.isInteger(offset) ||
-    !Number.isInteger(length) ||
-    length < 1 ||
-    length > sha256Bytes ||
-    offset < 0 ||
-    offset + length > against.length
-  ) {
+  if (!hashRangeFits(offset, length, against.length)) {
     throw new CipherError(`SHA-256: ${length} bytes at ${offset} do not fit ${against.length}`);
   }
   const { addon } = loadEngine();
