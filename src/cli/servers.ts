@@ -358,6 +358,7 @@ function agentProtectionOption(values: OptionValues) {
   let token: ReturnType<NonNullable<typeof openToken>> | undefined;
   return {
     tokenGiven: openToken !== undefined,
+    signed: sourcePublicKey !== undefined,
     open(err: NodeJS.WritableStream): AgentProtection {
       token = openToken?.();
       return {
@@ -421,7 +422,7 @@ export function prepareAgent(values: OptionValues): RoleStarter {
       throw error;
     }
     err.write(
-      `agent: ${formatEndpoint(from)} -> ${formatEndpoint(deliver)} (local delivery${s2Key === undefined ? '' : `, S2 sealed, key epoch ${s2Key.epoch}`}${protection.tokenGiven ? ', restricted sessions decrypted with --token' : ''})\n${s2Key !== undefined || protection.tokenGiven ? `agent: ${describeAeadEngine()}\n` : ''}`,
+      `agent: ${formatEndpoint(from)} -> ${formatEndpoint(deliver)} (local delivery${s2Key === undefined ? '' : `, S2 sealed, key epoch ${s2Key.epoch}`}${protection.tokenGiven ? ', restricted sessions decrypted with --token' : ''})\n${s2Key !== undefined || protection.tokenGiven ? `agent: ${describeAeadEngine()}\n` : protection.signed ? `agent: ${describeSignatureEngine()}\n` : ''}`,
     );
     return runningRole(
       'agent',

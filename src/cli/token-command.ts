@@ -6,7 +6,7 @@ import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Static, TObject, TSchema } from '@sinclair/typebox';
-import { ed25519Raw, generateSigningKey, issueGrant } from '../crypto/authority.js';
+import { ed25519PublicKeyProblem, ed25519Raw, generateSigningKey, issueGrant } from '../crypto/authority.js';
 import { initPkcs11Token } from '../crypto/pkcs11-token.js';
 import { initSoftwareToken } from '../crypto/software-token.js';
 import type { Token } from '../crypto/token.js';
@@ -87,7 +87,13 @@ function runInit(argv: string[], out: NodeJS.WriteStream): number {
   if (location === undefined) {
     throw new UsageError('--token FILE or --token pkcs11:LABEL is required');
   }
-  const rootPublicKey = readHexFile(required(values, 'root-public'), '--root-public', 32);
+  const rootPath = required(values, 'root-public');
+  const rootPublicKey = readHexFile(rootPath, '--root-public', 32);
+  const rootProblem = ed25519PublicKeyProblem(rootPublicKey);
+  if (rootProblem !== undefined) {
+    // Every grant would be refused as not signed by it: said now, not at the first grant.
+    throw new UsageError(`--root-public: ${rootPath} is not a usable Ed25519 public key: ${rootProblem}`);
+  }
   const pin = readPin(values);
   if (location.kind === 'software') {
     initSoftwareToken({ path: location.path, pin, rootPublicKey });

@@ -290,6 +290,12 @@ export function signInPlace(unsigned: Buffer, privateKey: KeyObject): Buffer {
 /** Raw 32-byte Ed25519 public keys of the KeyObjects checked against (for libsodium). */
 /** Raw 32-byte Ed25519 public keys checked against, and undefined for one that is no signer's (ed25519PublicKeyProblem). */
 const rawPublicKeys = new WeakMap<KeyObject, Buffer | undefined>();
+/**
+ * The verdicts of ed25519PublicKeyProblem by raw key (hex): a key made again from its bytes for each
+ * check (a token's root key) is not checked again; the oldest verdicts go first past the bound.
+ */
+const keyVerdicts = new Map<string, boolean>();
+const keyVerdictsMax = 1024;
 
 /** The raw form of an Ed25519 public key, or undefined when no signer could hold it; checked once. */
 function usableRawKey(publicKey: KeyObject): Buffer | undefined {
@@ -297,15 +303,58 @@ function usableRawKey(publicKey: KeyObject): Buffer | undefined {
     return rawPublicKeys.get(publicKey);
   }
   const raw = ed25519Raw(publicKey);
-  const usable = ed25519PublicKeyProblem(raw) === undefined ? raw : undefined;
-  rawPublicKeys.set(publicKey, usable);
-  return usable;
+  const hex = raw.toString('hex');
+  let usable = keyVerdicts.get(hex);
+  if (usable === undefined) {
+    usable = ed25519PublicKeyProblem(raw) === undefined;
+    keyVerdicts.set(hex, usable);
+    if (keyVerdicts.size > keyVerdictsMax) {
+      keyVerdicts.delete(keyVerdicts.keys().next().value as string);
+    }
+  }
+  const answer = usable ? raw : undefined;
+  rawPublicKeys.set(publicKey, answer);
+  return answer;
+}
+
+/**
+ * The encodings of the points of small order, with the sign bit (bit 255) clear: 0, 1, the two y
+ * of order 8, p - 1, and the second encodings p and p + 1 (libsodium's list). A signature whose R
+ * is one of them is refused before either engine sees it: libsodium refuses it, and OpenSSL would
+ * accept one that the key's holder made so (S = h·a), so receivers would differ by their engine.
+ */
+const smallOrderEncodings = [
+  `00${'00'.repeat(31)}`,
+  `01${'00'.repeat(31)}`,
+  '26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05',
+  'c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a',
+  `ec${'ff'.repeat(30)}7f`,
+  `ed${'ff'.repeat(30)}7f`,
+  `ee${'ff'.repeat(30)}7f`,
+].map((hex) => Buffer.from(hex, 'hex'));
+
+/** True when a signature's R (its first 32 bytes, the sign bit aside) is a point of small order. */
+export function smallOrderR(signature: Buffer): boolean {
+  if (signature.length < 32) {
+    return false;
+  }
+  for (const encoding of smallOrderEncodings) {
+    if (
+      signature[0] === encoding[0] &&
+      ((signature[31] ?? 0) & 0x7f) === encoding[31] &&
+      signature.compare(encoding, 1, 31, 1, 31) === 0
+    ) {
+      return true;
+    }
+  }
+  return false;
 }
 
 /**
  * Checks an Ed25519 signature; false for any failure, never throws. libsodium checks it when it is
  * the signature engine (src/crypto/aead-engine.ts, signatureEngineInfo), else node:crypto; under
- * a public key no signer could hold (ed25519PublicKeyProblem) nothing verifies, in either.
+ * a public key no signer could hold (ed25519PublicKeyProblem), or with an R of small order
+ * (smallOrderR), nothing verifies, in either.
  */
 export function verifySignature(signed: Buffer, signature: Buffer, publicKey: KeyObject): boolean {
   try {
@@ -314,7 +363,7 @@ export function verifySignature(signed: Buffer, signature: Buffer, publicKey: Ke
     }
     // A key no signer could hold (small order, a second encoding) vouches for nothing, in either engine.
     const raw = usableRawKey(publicKey);
-    if (raw === undefined || signature.length !== signatureBytes) {
+    if (raw === undefined || signature.length !== signatureBytes || smallOrderR(signature)) {
       return false;
     }
     const sodium = sodiumEd25519Verify();

@@ -5,7 +5,7 @@
  * that runs commands says when it killed one, and shows what it had written so far.
  */
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer as createHttpServer, type Server } from 'node:http';
 import { type AddressInfo, createServer as createTcpServer, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -61,6 +61,23 @@ after(async () => {
   halfHttp.closeAllConnections();
   await new Promise((resolve) => halfHttp.close(resolve));
   rmSync(directory, { recursive: true, force: true });
+});
+
+describe('token init', () => {
+  it('refuses a root key no signer could hold (small order), naming the option and why; no token is written', async () => {
+    const weak = join(directory, 'small-order-root.pub');
+    writeFileSync(weak, `01${'00'.repeat(31)}\n`);
+    const init = await run(
+      ['token', 'init', '--token', join(directory, 'weak.token'), '--root-public', weak],
+      pin,
+    );
+    assert.equal(init.code, 2, init.stderr);
+    assert.match(
+      init.stderr,
+      /--root-public: .* is not a usable Ed25519 public key: it is a point of small order/,
+    );
+    assert.equal(existsSync(join(directory, 'weak.token')), false);
+  });
 });
 
 describe('token enroll against a server that never answers', () => {

@@ -6,9 +6,17 @@
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { generateKeyPairSync, randomBytes, sign } from 'node:crypto';
+import {
+  createHash,
+  createPrivateKey,
+  createPublicKey,
+  generateKeyPairSync,
+  randomBytes,
+  sign,
+  verify,
+} from 'node:crypto';
 import { describe, it } from 'node:test';
-import { ed25519PublicKeyProblem, ed25519Raw } from '../../src/crypto/authority.js';
+import { ed25519PublicKeyProblem, ed25519Raw, smallOrderR } from '../../src/crypto/authority.js';
 
 /** Small-order points (all eight), and second encodings of points. */
 const weak: Record<string, string> = {
@@ -83,7 +91,7 @@ describe('Ed25519 public keys no signer could hold', () => {
     const script = `import { verifySignature } from ${JSON.stringify(authorityUrl)};
 import { createPublicKey } from 'node:crypto';
 const [x, m, s] = process.argv.slice(1);
-const key = createPublicKey({ key: { kty: 'OKP', crv: 'Ed25519', x }, format: 'jwk' });
+const key = createPublicKey({ key: { kty: 'OKP', crv: 'Ed25519', x: Buffer.from(x, 'hex').toString('base64url') }, format: 'jwk' });
 process.stdout.write(String(verifySignature(Buffer.from(m, 'hex'), Buffer.from(s, 'hex'), key)));`;
     for (const engine of ['node:crypto', '']) {
       const result = spawnSync(
@@ -94,7 +102,7 @@ process.stdout.write(String(verifySignature(Buffer.from(m, 'hex'), Buffer.from(s
           '--input-type=module',
           '-e',
           script,
-          ed25519Raw(publicKey).toString('base64url'),
+          ed25519Raw(publicKey).toString('hex'), // hex: a base64url argument may start with '-'
           message.toString('hex'),
           sign(null, message, privateKey).toString('hex'),
         ],
@@ -103,4 +111,80 @@ process.stdout.write(String(verifySignature(Buffer.from(m, 'hex'), Buffer.from(s
       assert.equal(result.stdout, 'true', result.stderr);
     }
   });
+
+  it("a signature whose R is of small order, made by the key's own holder, verifies in neither engine", () => {
+    // r = 0: R is the neutral point and S = h·a mod L, which OpenSSL accepts and libsodium refuses.
+    const order = 2n ** 252n + 27742317777372353535851937790883648493n;
+    const seed = randomBytes(32);
+    const privateKey = (() => {
+      const prefix = Buffer.from('302e020100300506032b657004220420', 'hex');
+      return createPrivateKeyFrom(Buffer.concat([prefix, seed]));
+    })();
+    const publicRaw = ed25519Raw(createPublicKey(privateKey));
+    const digest = createHash('sha512').update(seed).digest();
+    const scalarBytes = Buffer.from(digest.subarray(0, 32));
+    scalarBytes[0] = (scalarBytes[0] ?? 0) & 248;
+    scalarBytes[31] = ((scalarBytes[31] ?? 0) & 127) | 64;
+    const littleEndian = (bytes: Buffer) => BigInt(`0x${Buffer.from(bytes).reverse().toString('hex')}`);
+    const a = littleEndian(scalarBytes);
+    const neutral = Buffer.from(`01${'00'.repeat(31)}`, 'hex');
+    const message = Buffer.from('a receipt its holder made');
+    const h =
+      littleEndian(
+        createHash('sha512')
+          .update(Buffer.concat([neutral, publicRaw, message]))
+          .digest(),
+      ) % order;
+    const sBytes = Buffer.from(((h * a) % order).toString(16).padStart(64, '0'), 'hex').reverse();
+    const forged = Buffer.concat([neutral, sBytes]);
+    // node:crypto on its own takes it (the reason for the check), libsodium does not.
+    assert.equal(verify(null, message, createPublicKey(privateKey), forged), true);
+    assert.equal(smallOrderR(forged), true);
+    const script = `import { createPublicKey } from 'node:crypto';
+import { verifySignature } from ${JSON.stringify(authorityUrl)};
+const [x, m, s] = process.argv.slice(1);
+const key = createPublicKey({ key: { kty: 'OKP', crv: 'Ed25519', x: Buffer.from(x, 'hex').toString('base64url') }, format: 'jwk' });
+process.stdout.write(String(verifySignature(Buffer.from(m, 'hex'), Buffer.from(s, 'hex'), key)));`;
+    for (const engine of ['node:crypto', '']) {
+      const result = spawnSync(
+        process.execPath,
+        [
+          '--import',
+          'tsx',
+          '--input-type=module',
+          '-e',
+          script,
+          publicRaw.toString('hex'),
+          message.toString('hex'),
+          forged.toString('hex'),
+        ],
+        { env: { ...process.env, GATECAST_SIGNATURE_ENGINE: engine }, encoding: 'utf8' },
+      );
+      assert.equal(result.stdout, 'false', `${engine || 'default'}: ${result.stderr}`);
+    }
+  });
+
+  it('smallOrderR knows every small-order encoding, either sign bit, and nothing an honest signer makes', () => {
+    for (const [name, hex] of Object.entries(weak)) {
+      const r = Buffer.from(hex, 'hex');
+      for (const signBit of [0, 0x80]) {
+        const withSign = Buffer.from(r);
+        withSign[31] = ((withSign[31] ?? 0) & 0x7f) | signBit;
+        assert.equal(
+          smallOrderR(Buffer.concat([withSign, Buffer.alloc(32)])),
+          true,
+          `${name}, sign ${signBit}`,
+        );
+      }
+    }
+    for (let round = 0; round < 200; round++) {
+      const { privateKey } = generateKeyPairSync('ed25519');
+      assert.equal(smallOrderR(sign(null, randomBytes(round), privateKey)), false);
+    }
+    assert.equal(smallOrderR(Buffer.alloc(31)), false);
+  });
 });
+
+function createPrivateKeyFrom(der: Buffer) {
+  return createPrivateKey({ key: der, format: 'der', type: 'pkcs8' });
+}
