@@ -36,11 +36,7 @@ export function sourcePublicKeyOption(values: OptionValues): KeyObject | undefin
   if (path === undefined) {
     return undefined;
   }
-  const raw = readHexFile(path, '--source-public', 32);
-  const problem = ed25519PublicKeyProblem(raw);
-  if (problem !== undefined) {
-    throw new UsageError(`--source-public: ${path} is not a usable Ed25519 public key: ${problem}`);
-  }
+  const raw = readEd25519PublicFile(path, '--source-public');
   try {
     return ed25519FromRaw(raw);
   } catch (error) {
@@ -81,6 +77,20 @@ export function readHexFile(path: string, field: string, bytes: number): Buffer 
     throw new UsageError(`${field}: ${path} must hold ${bytes * 2} hex digits`);
   }
   return Buffer.from(text, 'hex');
+}
+
+/**
+ * Reads a raw Ed25519 public key (64 hex digits) that signatures will be checked against, refusing
+ * one no signer could hold (small order, a second encoding: ed25519PublicKeyProblem) by its field:
+ * every signature under it would be refused later, for a reason only the counts would show.
+ */
+export function readEd25519PublicFile(path: string, field: string): Buffer {
+  const raw = readHexFile(path, field, 32);
+  const problem = ed25519PublicKeyProblem(raw);
+  if (problem !== undefined) {
+    throw new UsageError(`${field}: ${path} is not a usable Ed25519 public key: ${problem}`);
+  }
+  return raw;
 }
 
 /** The token PIN: --pin-file, else $GATECAST_TOKEN_PIN. */
@@ -309,7 +319,7 @@ export function readOperatorAuthority(
     return {
       name,
       serviceKey: readHexFile(resolve(base, text('serviceKeyFile')), field('serviceKeyFile'), 32),
-      sourcePublicKey: readHexFile(resolve(base, text('sourcePublic')), field('sourcePublic'), 32),
+      sourcePublicKey: readEd25519PublicFile(resolve(base, text('sourcePublic')), field('sourcePublic')),
       serviceEpoch: integer('serviceEpoch', 1, 0xffffffff),
       tier: integer('tier', 0, 255),
       pricePerPeriod: integer('pricePerPeriod', 0, Number.MAX_SAFE_INTEGER),

@@ -6,7 +6,7 @@ import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Static, TObject, TSchema } from '@sinclair/typebox';
-import { ed25519PublicKeyProblem, ed25519Raw, generateSigningKey, issueGrant } from '../crypto/authority.js';
+import { ed25519Raw, generateSigningKey, issueGrant } from '../crypto/authority.js';
 import { initPkcs11Token } from '../crypto/pkcs11-token.js';
 import { initSoftwareToken } from '../crypto/software-token.js';
 import type { Token } from '../crypto/token.js';
@@ -28,7 +28,14 @@ import {
   parseServerUrl,
   required,
 } from './options.js';
-import { openToken, readHexFile, readPin, readSigningKey, tokenLocation } from './restricted.js';
+import {
+  openToken,
+  readEd25519PublicFile,
+  readHexFile,
+  readPin,
+  readSigningKey,
+  tokenLocation,
+} from './restricted.js';
 import { readToken } from './token.js';
 
 const usage = `usage: gatecast token <keys|init|grant|install|enroll|topup|receipts|show> [options]
@@ -87,13 +94,8 @@ function runInit(argv: string[], out: NodeJS.WriteStream): number {
   if (location === undefined) {
     throw new UsageError('--token FILE or --token pkcs11:LABEL is required');
   }
-  const rootPath = required(values, 'root-public');
-  const rootPublicKey = readHexFile(rootPath, '--root-public', 32);
-  const rootProblem = ed25519PublicKeyProblem(rootPublicKey);
-  if (rootProblem !== undefined) {
-    // Every grant would be refused as not signed by it: said now, not at the first grant.
-    throw new UsageError(`--root-public: ${rootPath} is not a usable Ed25519 public key: ${rootProblem}`);
-  }
+  // A root key no signer could hold would refuse every grant: said now, not at the first grant.
+  const rootPublicKey = readEd25519PublicFile(required(values, 'root-public'), '--root-public');
   const pin = readPin(values);
   if (location.kind === 'software') {
     initSoftwareToken({ path: location.path, pin, rootPublicKey });
@@ -118,7 +120,7 @@ function runGrant(argv: string[], out: NodeJS.WriteStream): number {
   const devicePoint = readHexFile(required(values, 'device'), '--device', p256PointBytes);
   const service = required(values, 'service');
   const serviceKey = readHexFile(required(values, 'service-key-file'), '--service-key-file', 32);
-  const sourcePublicKey = readHexFile(required(values, 'source-public'), '--source-public', 32);
+  const sourcePublicKey = readEd25519PublicFile(required(values, 'source-public'), '--source-public');
   const fromText = optional(values, 'from');
   const notBeforeMs = fromText === undefined ? Date.now() : parseTime(fromText, '--from');
   const notAfterMs = parseTime(required(values, 'until'), '--until');
