@@ -58,6 +58,32 @@ process.stdout.write(JSON.stringify(answers));`;
   return JSON.parse(result.stdout) as Record<string, boolean | string>;
 }
 
+/** verifySignature's answer ('true' or 'false') under one GATECAST_SIGNATURE_ENGINE, in a process of its own. */
+function verifiedUnder(engine: string, publicRaw: Buffer, message: Buffer, signature: Buffer): string {
+  const script = `import { createPublicKey } from 'node:crypto';
+import { verifySignature } from ${JSON.stringify(authorityUrl)};
+const [x, m, s] = process.argv.slice(1);
+const key = createPublicKey({ key: { kty: 'OKP', crv: 'Ed25519', x: Buffer.from(x, 'hex').toString('base64url') }, format: 'jwk' });
+process.stdout.write(String(verifySignature(Buffer.from(m, 'hex'), Buffer.from(s, 'hex'), key)));`;
+  // Hex arguments: a base64url one may start with '-' and be taken for an option.
+  const result = spawnSync(
+    process.execPath,
+    [
+      '--import',
+      'tsx',
+      '--input-type=module',
+      '-e',
+      script,
+      publicRaw.toString('hex'),
+      message.toString('hex'),
+      signature.toString('hex'),
+    ],
+    { env: { ...process.env, GATECAST_SIGNATURE_ENGINE: engine }, encoding: 'utf8' },
+  );
+  assert.equal(result.status, 0, result.stderr);
+  return result.stdout;
+}
+
 describe('Ed25519 public keys no signer could hold', () => {
   it('each is named, and no honest key is', () => {
     for (const [name, hex] of Object.entries(weak)) {
@@ -88,27 +114,12 @@ describe('Ed25519 public keys no signer could hold', () => {
     // An honest key still verifies through the same path.
     const { privateKey, publicKey } = generateKeyPairSync('ed25519');
     const message = randomBytes(100);
-    const script = `import { verifySignature } from ${JSON.stringify(authorityUrl)};
-import { createPublicKey } from 'node:crypto';
-const [x, m, s] = process.argv.slice(1);
-const key = createPublicKey({ key: { kty: 'OKP', crv: 'Ed25519', x: Buffer.from(x, 'hex').toString('base64url') }, format: 'jwk' });
-process.stdout.write(String(verifySignature(Buffer.from(m, 'hex'), Buffer.from(s, 'hex'), key)));`;
     for (const engine of ['node:crypto', '']) {
-      const result = spawnSync(
-        process.execPath,
-        [
-          '--import',
-          'tsx',
-          '--input-type=module',
-          '-e',
-          script,
-          ed25519Raw(publicKey).toString('hex'), // hex: a base64url argument may start with '-'
-          message.toString('hex'),
-          sign(null, message, privateKey).toString('hex'),
-        ],
-        { env: { ...process.env, GATECAST_SIGNATURE_ENGINE: engine }, encoding: 'utf8' },
+      assert.equal(
+        verifiedUnder(engine, ed25519Raw(publicKey), message, sign(null, message, privateKey)),
+        'true',
+        engine,
       );
-      assert.equal(result.stdout, 'true', result.stderr);
     }
   });
 
@@ -140,27 +151,8 @@ process.stdout.write(String(verifySignature(Buffer.from(m, 'hex'), Buffer.from(s
     // node:crypto on its own takes it (the reason for the check), libsodium does not.
     assert.equal(verify(null, message, createPublicKey(privateKey), forged), true);
     assert.equal(smallOrderR(forged), true);
-    const script = `import { createPublicKey } from 'node:crypto';
-import { verifySignature } from ${JSON.stringify(authorityUrl)};
-const [x, m, s] = process.argv.slice(1);
-const key = createPublicKey({ key: { kty: 'OKP', crv: 'Ed25519', x: Buffer.from(x, 'hex').toString('base64url') }, format: 'jwk' });
-process.stdout.write(String(verifySignature(Buffer.from(m, 'hex'), Buffer.from(s, 'hex'), key)));`;
     for (const engine of ['node:crypto', '']) {
-      const result = spawnSync(
-        process.execPath,
-        [
-          '--import',
-          'tsx',
-          '--input-type=module',
-          '-e',
-          script,
-          publicRaw.toString('hex'),
-          message.toString('hex'),
-          forged.toString('hex'),
-        ],
-        { env: { ...process.env, GATECAST_SIGNATURE_ENGINE: engine }, encoding: 'utf8' },
-      );
-      assert.equal(result.stdout, 'false', `${engine || 'default'}: ${result.stderr}`);
+      assert.equal(verifiedUnder(engine, publicRaw, message, forged), 'false', engine || 'default');
     }
   });
 
