@@ -30,6 +30,13 @@
  *       what is between goes into out at outOffset (in place: out = sealed, outOffset = aadBytes).
  *       false: the tag did not verify, and that range of out is zeroed.
  *
+ *   sealPacket(handle, plain, out, hashOut, hashOffset, hashLength)
+ *       sealDatagram for a DATA datagram with the packet nonce taken from its header (32 bytes, the
+ *       associated data), which is copied to out with the sealed body's length
+ *   openPacket(handle, datagram) -> length
+ *       a sealed DATA datagram opened in place with the nonce from its header; the header's body
+ *       length set to the plaintext's and the plain datagram's length returned, or -1 (body wiped)
+ *
  *   ed25519SigningKey(seed, publicOut) -> key       (these three only when libsodium was found)
  *       a signing key from a 32-byte Ed25519 seed, kept in memory this addon owns (wiped when the
  *       key object is collected); its 32-byte public key is written to publicOut
@@ -207,12 +214,11 @@ static int evp_seal(aead_t *aead, const unsigned char *nonce, const unsigned cha
 
 /*
  * One packet opened on a context: `length` bytes of sealed into out (as long), checked against
- * the tag (read before anything is written) and the associated data. Returns true or false for
- * JavaScript; on false out is wiped, so no unauthenticated plaintext is handed on.
+ * the tag (read before anything is written) and the associated data. 1 when it verified; else 0
+ * and out is wiped, so no unauthenticated plaintext is handed on.
  */
-static napi_value evp_open(napi_env env, aead_t *aead, const unsigned char *nonce, const unsigned char *aad,
-                           size_t aad_length, const unsigned char *sealed, size_t length, const unsigned char *tag,
-                           unsigned char *out) {
+static int evp_open_raw(aead_t *aead, const unsigned char *nonce, const unsigned char *aad, size_t aad_length,
+                        const unsigned char *sealed, size_t length, const unsigned char *tag, unsigned char *out) {
   unsigned char expected[TAG_BYTES];
   memcpy(expected, tag, TAG_BYTES); /* the tag may sit where an in-place open writes */
   int written = 0;
@@ -226,6 +232,14 @@ static napi_value evp_open(napi_env env, aead_t *aead, const unsigned char *nonc
   if (!ok) {
     OPENSSL_cleanse(out, length); /* nothing of a packet that fails is left readable */
   }
+  return ok;
+}
+
+/* evp_open_raw's answer as a JavaScript boolean. */
+static napi_value evp_open(napi_env env, aead_t *aead, const unsigned char *nonce, const unsigned char *aad,
+                           size_t aad_length, const unsigned char *sealed, size_t length, const unsigned char *tag,
+                           unsigned char *out) {
+  int ok = evp_open_raw(aead, nonce, aad, aad_length, sealed, length, tag, out);
   napi_value result;
   if (napi_get_boolean(env, ok ? true : false, &result) != napi_ok) {
     return fail(env, "could not return the result");
@@ -508,6 +522,140 @@ static napi_value open_datagram(napi_env env, napi_callback_info info) {
                   target);
 }
 
+/*
+ * The gatecast header (docs/protocol.md, "Header"): a sealed DATA's associated data, and where the
+ * fields of its packet nonce lie (incarnation 4 bytes, key epoch 2, zero 2, sequence 4; see
+ * writePacketNonce in src/crypto/suites.ts). The loader's known-answer check seals and opens a
+ * packet both ways, so a layout that differed from the JavaScript's would leave the addon unused.
+ */
+#define PACKET_HEADER_BYTES 32
+#define OFFSET_KEY_EPOCH 6
+#define OFFSET_SEQUENCE 12
+#define OFFSET_BODY_LENGTH 24
+#define OFFSET_INCARNATION 28
+#define BODY_BYTES_MAX 0xffff
+
+/* A DATA packet's nonce, from its header. */
+static void packet_nonce(const unsigned char *header, unsigned char *nonce) {
+  memcpy(nonce, header + OFFSET_INCARNATION, 4);
+  memcpy(nonce + 4, header + OFFSET_KEY_EPOCH, 2);
+  nonce[6] = 0;
+  nonce[7] = 0;
+  memcpy(nonce + 8, header + OFFSET_SEQUENCE, 4);
+}
+
+static void write_body_length(unsigned char *header, size_t length) {
+  header[OFFSET_BODY_LENGTH] = (unsigned char)(length >> 8);
+  header[OFFSET_BODY_LENGTH + 1] = (unsigned char)length;
+}
+
+/* A JavaScript integer; NULL with an error thrown when it cannot be made. */
+static napi_value int_result(napi_env env, int32_t value) {
+  napi_value result;
+  if (napi_create_int32(env, value, &result) != napi_ok) {
+    return fail(env, "could not return the result");
+  }
+  return result;
+}
+
+/*
+ * sealPacket(handle, plain, out, hashOut, hashOffset, hashLength): a plain DATA datagram (header ‖
+ * payload) sealed into out as header ‖ ciphertext ‖ tag, its nonce taken from the header and its
+ * body length set to the sealed body's; out may be plain itself. With hashOut (else null), the
+ * first hashLength bytes of the sealed datagram's SHA-256 go into hashOut at hashOffset.
+ */
+static napi_value seal_packet(napi_env env, napi_callback_info info) {
+  size_t argc = 6;
+  napi_value argv[6];
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != 6) {
+    return fail(env, "sealPacket(handle, plain, out, hashOut, hashOffset, hashLength) takes six arguments");
+  }
+  aead_t *aead = handle_arg(env, argv[0], 1);
+  unsigned char *plain, *out, *hash_out = NULL;
+  size_t plain_length, out_length, hash_out_length = 0, hash_offset = 0, hash_length = 0;
+  if (aead == NULL || !buffer_arg(env, argv[1], &plain, &plain_length, "the plaintext must be a Buffer") ||
+      !buffer_arg(env, argv[2], &out, &out_length, "the output must be a Buffer")) {
+    return NULL;
+  }
+  napi_valuetype hash_type;
+  if (napi_typeof(env, argv[3], &hash_type) != napi_ok) {
+    return fail(env, "sealPacket: cannot read hashOut");
+  }
+  int hashing = hash_type != napi_null && hash_type != napi_undefined;
+  if (hashing && (!buffer_arg(env, argv[3], &hash_out, &hash_out_length, "hashOut must be a Buffer or null") ||
+                  !index_arg(env, argv[4], &hash_offset, "the hash offset must be a non-negative integer") ||
+                  !index_arg(env, argv[5], &hash_length, "the hash length must be a non-negative integer"))) {
+    return NULL;
+  }
+  if (plain_length < PACKET_HEADER_BYTES || plain_length - PACKET_HEADER_BYTES + TAG_BYTES > BODY_BYTES_MAX) {
+    return fail(env, "sealPacket: a DATA datagram is a 32-byte header and at most 65,519 bytes of payload");
+  }
+  size_t sealed_length = plain_length + TAG_BYTES;
+  if (out_length < sealed_length) {
+    return fail(env, "sealPacket: the output does not hold the sealed datagram");
+  }
+  if (out != plain && overlapping(plain, plain_length, out, sealed_length)) {
+    return fail(env, "sealPacket: the output partly overlaps the plaintext");
+  }
+  if (hashing && (hash_length < 1 || hash_length > SHA256_BYTES || hash_offset > hash_out_length ||
+                  hash_length > hash_out_length - hash_offset)) {
+    return fail(env, "sealPacket: the hash is 1-32 bytes, within hashOut");
+  }
+  if (hashing && overlapping(hash_out + hash_offset, hash_length, out, sealed_length)) {
+    return fail(env, "sealPacket: the hash would be written over the sealed datagram");
+  }
+  digest_state_t *state = hashing ? digest_state(env) : NULL;
+  if (hashing && state == NULL) {
+    return NULL;
+  }
+  unsigned char nonce[NONCE_BYTES];
+  packet_nonce(plain, nonce);
+  if (out != plain) {
+    memcpy(out, plain, PACKET_HEADER_BYTES);
+  }
+  write_body_length(out, plain_length - PACKET_HEADER_BYTES + TAG_BYTES);
+  if (!evp_seal(aead, nonce, out, PACKET_HEADER_BYTES, plain + PACKET_HEADER_BYTES,
+                plain_length - PACKET_HEADER_BYTES, out + PACKET_HEADER_BYTES, out + plain_length)) {
+    return fail(env, "OpenSSL could not seal the packet");
+  }
+  if (hashing && !sha256_into(env, state, out, sealed_length, hash_out + hash_offset, hash_length)) {
+    return NULL;
+  }
+  return NULL;
+}
+
+/*
+ * openPacket(handle, datagram) -> length: a sealed DATA datagram (header ‖ ciphertext ‖ tag)
+ * opened in place, its nonce taken from the header; on success the header's body length is set
+ * to the plaintext's and the plain datagram's length returned, else -1 and the body is wiped.
+ */
+static napi_value open_packet(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != 2) {
+    return fail(env, "openPacket(handle, datagram) takes two arguments");
+  }
+  aead_t *aead = handle_arg(env, argv[0], 0);
+  unsigned char *datagram;
+  size_t length;
+  if (aead == NULL || !buffer_arg(env, argv[1], &datagram, &length, "the sealed datagram must be a Buffer")) {
+    return NULL;
+  }
+  if (length < PACKET_HEADER_BYTES + TAG_BYTES) {
+    return fail(env, "openPacket: the datagram is shorter than a header and a tag");
+  }
+  size_t body_length = length - PACKET_HEADER_BYTES - TAG_BYTES;
+  unsigned char nonce[NONCE_BYTES];
+  packet_nonce(datagram, nonce);
+  if (!evp_open_raw(aead, nonce, datagram, PACKET_HEADER_BYTES, datagram + PACKET_HEADER_BYTES, body_length,
+                    datagram + length - TAG_BYTES, datagram + PACKET_HEADER_BYTES)) {
+    return int_result(env, -1);
+  }
+  /* The header was authenticated as it came; only now is its length made the plaintext's. */
+  write_body_length(datagram, body_length);
+  return int_result(env, (int32_t)(PACKET_HEADER_BYTES + body_length));
+}
+
 static napi_value digest(napi_env env, napi_callback_info info) {
   size_t argc = 4;
   napi_value argv[4];
@@ -730,7 +878,9 @@ NAPI_MODULE_INIT() {
       !export_function(env, exports, "digest", digest) ||
       !export_function(env, exports, "digestEquals", digest_equals) ||
       !export_function(env, exports, "sealDatagram", seal_datagram) ||
-      !export_function(env, exports, "openDatagram", open_datagram)) {
+      !export_function(env, exports, "openDatagram", open_datagram) ||
+      !export_function(env, exports, "sealPacket", seal_packet) ||
+      !export_function(env, exports, "openPacket", open_packet)) {
     return NULL;
   }
   digest_state_t *state = calloc(1, sizeof *state);

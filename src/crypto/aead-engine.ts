@@ -28,6 +28,8 @@ import {
 } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
+import { offsetBodyLength, offsetIncarnation, offsetKeyEpoch, offsetSequence } from '../protocol/packet.js';
+import { headerBytes } from '../protocol/sizes.js';
 import { AeadEngineError, CipherError } from './errors.js';
 
 /** The AEAD ciphers the engine knows (the suites of src/crypto/suites.ts). */
@@ -43,6 +45,21 @@ export const keyBytesOf: Readonly<Record<AeadName, 16 | 32>> = {
   'aes-256-gcm': 32,
   'chacha20-poly1305': 32,
 };
+
+/** A DATA body's largest length: the header's length field is 16 bits. */
+const bodyLengthFieldMax = 0xffff;
+
+/**
+ * A DATA packet's nonce from its header: incarnation (4 bytes) ‖ key epoch (2) ‖ 0 (2) ‖ sequence
+ * (4), as writePacketNonce (src/crypto/suites.ts) writes it and the addon reads it (openPacket).
+ */
+function packetNonceOf(header: Buffer): Buffer {
+  const nonce = Buffer.alloc(nonceBytes);
+  header.copy(nonce, 0, offsetIncarnation, offsetIncarnation + 4);
+  header.copy(nonce, 4, offsetKeyEpoch, offsetKeyEpoch + 2);
+  header.copy(nonce, 8, offsetSequence, offsetSequence + 4);
+  return nonce;
+}
 
 /** One key, ready to seal or open packets. */
 export interface AeadContext {
@@ -77,6 +94,18 @@ export interface AeadContext {
    * range of `out` then holds zeros.
    */
   openDatagram(nonce: Buffer, sealed: Buffer, aadBytes: number, out: Buffer, outOffset: number): boolean;
+  /**
+   * sealDatagram for a DATA datagram: its 32-byte header is the associated data and holds the
+   * packet nonce's fields (writePacketNonce in src/crypto/suites.ts); it is copied into `out` with
+   * the sealed body's length. The packet path's one call a packet at the source.
+   */
+  sealPacket(plain: Buffer, out: Buffer, hashOut?: Buffer, hashOffset?: number, hashLength?: number): void;
+  /**
+   * Opens a sealed DATA datagram in place, the nonce taken from its header: on success the
+   * header's body length is made the plaintext's and the plain datagram's length returned; -1
+   * when the tag does not verify (the body then holds zeros). The receivers' one call a packet.
+   */
+  openPacket(datagram: Buffer): number;
   /** Forgets the key now (a native context is freed and its key schedule wiped). */
   dispose(): void;
 }
@@ -115,6 +144,15 @@ interface NativeAead {
     out: Buffer,
     outOffset: number,
   ): boolean;
+  sealPacket(
+    handle: unknown,
+    plain: Buffer,
+    out: Buffer,
+    hashOut: Buffer | null,
+    hashOffset: number,
+    hashLength: number,
+  ): void;
+  openPacket(handle: unknown, datagram: Buffer): number;
   openssl: string;
   /** libsodium's Ed25519 check, when the addon found libsodium (see sodiumEd25519Verify). */
   ed25519Verify?: (signature: Buffer, message: Buffer, publicKey: Buffer) => boolean;
@@ -368,6 +406,31 @@ function nodeContext(name: AeadName, key: Buffer, encrypt: boolean): AeadContext
         target,
       );
     },
+    sealPacket(plain, out, hashOut, hashOffset, hashLength) {
+      const sealedLength = plain.length + tagBytes;
+      if (plain.length < headerBytes || plain.length - headerBytes + tagBytes > bodyLengthFieldMax) {
+        throw new CipherError(`AEAD: a ${plain.length}-byte DATA datagram cannot be sealed`);
+      }
+      const refusal = sealDatagramRefusal(plain, out, headerBytes, hashOut, hashOffset, hashLength);
+      if (refusal !== undefined) {
+        throw new CipherError(refusal);
+      }
+      const nonce = packetNonceOf(plain);
+      plain.copy(out, 0, 0, headerBytes);
+      out.writeUInt16BE(sealedLength - headerBytes, offsetBodyLength);
+      this.sealDatagram(nonce, plain, out, headerBytes, hashOut, hashOffset, hashLength);
+    },
+    openPacket(datagram) {
+      if (datagram.length < headerBytes + tagBytes) {
+        throw new CipherError(`AEAD: a ${datagram.length}-byte datagram holds no header and tag`);
+      }
+      if (!this.openDatagram(packetNonceOf(datagram), datagram, headerBytes, datagram, headerBytes)) {
+        return -1;
+      }
+      const plainLength = datagram.length - tagBytes;
+      datagram.writeUInt16BE(plainLength - headerBytes, offsetBodyLength);
+      return plainLength;
+    },
     dispose() {
       secret = undefined; // a KeyObject cannot be zeroed; it is dropped here and collected
     },
@@ -406,6 +469,20 @@ function nativeContext(addon: NativeAead, name: AeadName, key: Buffer, encrypt: 
     openDatagram(nonce, sealed, aadBytes, out, outOffset) {
       try {
         return addon.openDatagram(handle, nonce, sealed, aadBytes, out, outOffset);
+      } catch (error) {
+        throw asCipherError(error);
+      }
+    },
+    sealPacket(plain, out, hashOut, hashOffset, hashLength) {
+      try {
+        addon.sealPacket(handle, plain, out, hashOut ?? null, hashOffset ?? 0, hashLength ?? 0);
+      } catch (error) {
+        throw asCipherError(error);
+      }
+    },
+    openPacket(datagram) {
+      try {
+        return addon.openPacket(handle, datagram);
       } catch (error) {
         throw asCipherError(error);
       }
@@ -549,11 +626,62 @@ function checkDatagramCalls(
     if (opener.openDatagram(nonce, forged, aadBytes, opened, 0) || opened.some((byte) => byte !== 0)) {
       return 'the addon opened a datagram with a flipped tag bit';
     }
-    return undefined;
+    return checkPacketCalls(reference, sealer, opener, datagram);
   } finally {
     sealer.dispose();
     opener.dispose();
   }
+}
+
+/**
+ * sealPacket and openPacket of the addon against node:crypto's, on a DATA datagram whose header
+ * names the nonce: the same sealed datagram and hash, apart and in place (so the addon reads the
+ * nonce's fields and writes the body length where the protocol has them); opened in place to
+ * the plain datagram; a flipped tag bit refused with the body zeroed.
+ */
+function checkPacketCalls(
+  reference: AeadContext,
+  sealer: AeadContext,
+  opener: AeadContext,
+  datagram: Buffer,
+): string | undefined {
+  const plain = Buffer.from(datagram);
+  plain.writeUInt32BE(0x0102_0304, offsetIncarnation);
+  plain.writeUInt16BE(0x0506, offsetKeyEpoch);
+  plain.writeUInt32BE(0x0708_090a, offsetSequence);
+  plain.writeUInt16BE(plain.length - headerBytes, offsetBodyLength);
+  const expected = Buffer.alloc(plain.length + tagBytes);
+  const expectedHash = Buffer.alloc(20);
+  reference.sealPacket(plain, expected, expectedHash, 4, 16);
+  const apart = Buffer.alloc(plain.length + tagBytes, 0xee);
+  const hash = Buffer.alloc(20);
+  sealer.sealPacket(plain, apart, hash, 4, 16);
+  const inPlace = Buffer.alloc(plain.length + tagBytes);
+  plain.copy(inPlace);
+  sealer.sealPacket(inPlace.subarray(0, plain.length), inPlace);
+  if (!apart.equals(expected) || !inPlace.equals(expected) || !hash.equals(expectedHash)) {
+    return 'the addon sealed another DATA datagram than node:crypto';
+  }
+  if (expected.readUInt16BE(offsetBodyLength) !== expected.length - headerBytes) {
+    return "node:crypto's sealed DATA has another body length than its own";
+  }
+  if (opener.openPacket(apart) !== plain.length || !apart.subarray(0, plain.length).equals(plain)) {
+    return 'the addon did not open the DATA datagram node:crypto sealed';
+  }
+  const forged = Buffer.from(expected);
+  forged[forged.length - 1] = (forged[forged.length - 1] ?? 0) ^ 1;
+  if (
+    opener.openPacket(forged) !== -1 ||
+    forged.subarray(headerBytes, forged.length - tagBytes).some((byte) => byte !== 0)
+  ) {
+    return 'the addon opened a DATA datagram with a flipped tag bit';
+  }
+  const otherNonce = Buffer.from(expected);
+  otherNonce.writeUInt32BE(0x0708_090b, offsetSequence);
+  if (opener.openPacket(otherNonce) !== -1) {
+    return "the addon opened a DATA datagram under another header's nonce";
+  }
+  return undefined;
 }
 
 let engine: { info: AeadEngineInfo; addon: NativeAead | undefined } | undefined;
@@ -599,7 +727,18 @@ function loadAddon(): { info: AeadEngineInfo; addon: NativeAead | undefined } {
   try {
     const addon = createRequire(import.meta.url)(nativeAddonPath) as Partial<NativeAead>;
     const missing = (
-      ['create', 'seal', 'open', 'dispose', 'digest', 'digestEquals', 'sealDatagram', 'openDatagram'] as const
+      [
+        'create',
+        'seal',
+        'open',
+        'dispose',
+        'digest',
+        'digestEquals',
+        'sealDatagram',
+        'openDatagram',
+        'sealPacket',
+        'openPacket',
+      ] as const
     ).filter((name) => typeof addon[name] !== 'function');
     if (missing.length > 0 || typeof addon.openssl !== 'string') {
       return {

@@ -350,16 +350,10 @@ export class PacketSealer {
       throw new CipherError(`a sealed datagram of ${sealedLength} bytes does not fit ${into.length}`);
     }
     const out = into ?? Buffer.allocUnsafe(sealedLength);
-    // Asked before the header is written: a refused packet leaves `into` and `plain` untouched.
-    const refusal = sealDatagramRefusal(plain, out, headerBytes, hashOut, hashOffset, hashLength);
-    if (refusal !== undefined) {
-      throw new CipherError(refusal);
-    }
-    // The sealed header (the associated data) goes first; the engine seals the body behind it.
-    plain.copy(out, 0, 0, headerBytes);
-    out.writeUInt16BE(plain.length - headerBytes + aeadTagBytes, offsetBodyLength);
-    writePacketNonce(this.#nonce, this.#incarnation, keyEpoch, sequence);
-    key.sealDatagram(this.#nonce, plain, out, headerBytes, hashOut, hashOffset, hashLength);
+    // One engine call: the nonce from the header (checked above: this run, this epoch, a sequence
+    // ahead), the header copied with its new body length, the body sealed, the hash taken. It
+    // checks every range before it writes: a refused packet leaves `into` and `plain` untouched.
+    key.sealPacket(plain, out, hashOut, hashOffset, hashLength);
     // Counted once the packet is sealed: a refused call (a bad hash range) used no nonce.
     entry.lastSequence = sequence;
     entry.count += 1;
@@ -561,6 +555,11 @@ export class PacketOpener {
     const key = this.#keys.get(keyEpoch);
     if (key === undefined) {
       return 'no-key';
+    }
+    if (inPlace) {
+      // One engine call: the nonce from the header, opened over itself, the body length set.
+      const plainLength = key.openPacket(sealed);
+      return plainLength < 0 ? 'bad-tag' : sealed.subarray(0, plainLength);
     }
     const incarnation = sealed.readUInt32BE(offsetIncarnation);
     const sequence = sealed.readUInt32BE(offsetSequence);

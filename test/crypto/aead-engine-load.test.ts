@@ -2,13 +2,13 @@
  * How the packet engine is chosen when the addon or the setting is wrong (docs/security.md, "The
  * packet engine"): a damaged addon must never be handed to dlopen (a truncated shared object kills
  * the process with SIGBUS there), and GATECAST_AEAD_ENGINE with a value it does not know is an
- * error naming the variable, not a silent default. Each case runs a copy of aead-engine.ts in a
+ * error naming the variable, not a silent default. Each case runs a copy of src/ in a
  * temporary tree whose native/build/Release holds the file under test.
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { cpSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
@@ -30,15 +30,13 @@ function addonMissing(): string | undefined {
 }
 
 let trees = 0;
-/** A tree with src/crypto/{aead-engine,errors}.ts and, when given, the addon bytes and digest. */
+/** A tree with a copy of src/ and, when given, the addon bytes and digest. */
 function tree(addon?: Buffer, digest?: string): string {
   const root = join(work, `tree-${trees++}`);
-  mkdirSync(join(root, 'src', 'crypto'), { recursive: true });
   mkdirSync(join(root, 'native', 'build', 'Release'), { recursive: true });
   writeFileSync(join(root, 'package.json'), '{ "type": "module" }\n');
-  for (const name of ['aead-engine.ts', 'errors.ts']) {
-    copyFileSync(join(repository, 'src', 'crypto', name), join(root, 'src', 'crypto', name));
-  }
+  // All of src/: aead-engine.ts imports the protocol's header layout, and may import more.
+  cpSync(join(repository, 'src'), join(root, 'src'), { recursive: true });
   if (addon !== undefined) {
     writeFileSync(join(root, 'native', 'build', 'Release', 'gatecast_aead.node'), addon);
   }
@@ -121,7 +119,7 @@ describe('packet engine: loading the addon', () => {
     assert.equal(engine.name, 'node:crypto');
     assert.match(
       engine.reason ?? '',
-      /not the packet engine \(no create, seal, open, dispose, digest, digestEquals, sealDatagram, openDatagram\)/,
+      /not the packet engine \(no create, seal, open, dispose, digest, digestEquals, sealDatagram, openDatagram, sealPacket, openPacket\)/,
     );
   });
 
