@@ -406,7 +406,15 @@ function nodeContext(name: AeadName, key: Buffer, encrypt: boolean): AeadContext
         target,
       );
     },
-    sealPacket(plain, out, hashOut, hashOffset, hashLength) {
+    sealPacket(plainView, outView, hashView, hashOffset, hashLength) {
+      if (!encrypt) {
+        throw new CipherError('a context made to open cannot seal');
+      }
+      // Arguments as the addon takes them: views by their bytes, no hash for null as for undefined.
+      const plain = bytesOf(plainView, 'the plaintext');
+      const out = bytesOf(outView, 'the output');
+      const hashOut =
+        (hashView as Buffer | null | undefined) == null ? undefined : bytesOf(hashView, 'hashOut');
       const sealedLength = plain.length + tagBytes;
       if (plain.length < headerBytes || plain.length - headerBytes + tagBytes > bodyLengthFieldMax) {
         throw new CipherError(`AEAD: a ${plain.length}-byte DATA datagram cannot be sealed`);
@@ -420,7 +428,8 @@ function nodeContext(name: AeadName, key: Buffer, encrypt: boolean): AeadContext
       out.writeUInt16BE(sealedLength - headerBytes, offsetBodyLength);
       this.sealDatagram(nonce, plain, out, headerBytes, hashOut, hashOffset, hashLength);
     },
-    openPacket(datagram) {
+    openPacket(datagramView) {
+      const datagram = bytesOf(datagramView, 'the sealed datagram');
       if (datagram.length < headerBytes + tagBytes) {
         throw new CipherError(`AEAD: a ${datagram.length}-byte datagram holds no header and tag`);
       }

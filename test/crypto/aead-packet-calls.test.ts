@@ -1,0 +1,313 @@
+/**
+ * The packet path's one engine call at each end (src/crypto/aead-engine.ts, native/aead.c):
+ * `sealPacket` and `openPacket` take the packet nonce from the DATA header (incarnation ‖ key
+ * epoch ‖ 0 ‖ sequence, docs/protocol.md), the header as associated data, and write the header's
+ * body length themselves. Both engines must give the bytes the general calls give with the nonce
+ * written by hand; a changed header field, body or tag opens nothing and leaves zeros; misuse is a
+ * CipherError with nothing written.
+ *
+ * Where the addon is not built the addon's half says so and skips; under
+ * GATECAST_REQUIRE_PACKAGES=1 (CI) it fails instead.
+ */
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { describe, it } from 'node:test';
+import {
+  type AeadContext,
+  type AeadName,
+  aeadEngine,
+  createAeadContext,
+  createNodeCryptoAeadContext,
+} from '../../src/crypto/aead-engine.js';
+import { CipherError } from '../../src/crypto/errors.js';
+import { PacketOpener, PacketSealer, suites, writePacketNonce } from '../../src/crypto/suites.js';
+import {
+  encodeData,
+  headerBytes,
+  offsetBodyLength,
+  offsetIncarnation,
+  offsetKeyEpoch,
+  offsetSequence,
+  offsetSessionId,
+  offsetTimestamp,
+} from '../../src/protocol/packet.js';
+import { createRandom } from '../helpers/random.js';
+
+const names: AeadName[] = ['aes-128-gcm', 'aes-256-gcm', 'chacha20-poly1305'];
+const keyBytes = (name: AeadName) => (name === 'aes-128-gcm' ? 16 : 32);
+
+/** Why the addon's half cannot run here, or undefined; throws under GATECAST_REQUIRE_PACKAGES=1. */
+function addonMissing(): string | undefined {
+  const engine = aeadEngine();
+  const reason =
+    engine.name === 'openssl-evp' ? undefined : `the packet engine is node:crypto: ${engine.reason}`;
+  if (reason !== undefined && process.env.GATECAST_REQUIRE_PACKAGES === '1') {
+    throw new Error(`GATECAST_REQUIRE_PACKAGES=1 but the AEAD addon cannot be tested: ${reason}`);
+  }
+  return reason;
+}
+
+/** The two engines' contexts for one key, the addon's only where it is in use. */
+function enginesFor(
+  name: AeadName,
+  key: Buffer,
+): Array<{ label: string; seal: AeadContext; open: AeadContext }> {
+  const engines = [
+    {
+      label: 'node:crypto',
+      seal: createNodeCryptoAeadContext(name, key, true),
+      open: createNodeCryptoAeadContext(name, key, false),
+    },
+  ];
+  if (aeadEngine().name === 'openssl-evp') {
+    engines.push({
+      label: 'addon',
+      seal: createAeadContext(name, key, true),
+      open: createAeadContext(name, key, false),
+    });
+  }
+  return engines;
+}
+
+/** A plain DATA datagram of a run, epoch and sequence. */
+function plainData(random: ReturnType<typeof createRandom>, payloadBytes: number, sequence = 77): Buffer {
+  const datagram = encodeData(
+    { sessionId: 0x0a0b0c0d, incarnation: 0xfedc_ba98, sequence, timestampUs: 1_234_567 },
+    random.bytes(payloadBytes),
+  );
+  datagram.writeUInt16BE(3, offsetKeyEpoch);
+  return datagram;
+}
+
+/** What sealPacket must give: the general call with the nonce written from the header by hand. */
+function sealedByHand(context: AeadContext, plain: Buffer): Buffer {
+  const nonce = writePacketNonce(
+    Buffer.alloc(12),
+    plain.readUInt32BE(offsetIncarnation),
+    plain.readUInt16BE(offsetKeyEpoch),
+    plain.readUInt32BE(offsetSequence),
+  );
+  const out = Buffer.alloc(plain.length + 16);
+  plain.copy(out, 0, 0, headerBytes);
+  out.writeUInt16BE(plain.length - headerBytes + 16, offsetBodyLength);
+  context.sealDatagram(nonce, plain, out, headerBytes);
+  return out;
+}
+
+describe('one engine call a DATA packet', () => {
+  it('seals the bytes the general call seals with the header nonce, in both engines, hash included', (t) => {
+    const missing = addonMissing();
+    if (missing !== undefined) {
+      t.diagnostic(`addon half skipped: ${missing}`);
+    }
+    const random = createRandom(0x5eed);
+    for (const name of names) {
+      const key = random.bytes(keyBytes(name));
+      const reference = createNodeCryptoAeadContext(name, key, true);
+      for (const payloadBytes of [0, 1, 15, 16, 17, 1400]) {
+        const plain = plainData(random, payloadBytes);
+        const expected = sealedByHand(reference, plain);
+        const kept = Buffer.from(plain);
+        for (const { label, seal } of enginesFor(name, key)) {
+          const out = Buffer.alloc(plain.length + 20, 0xee);
+          const hash = Buffer.alloc(24, 0xee);
+          seal.sealPacket(plain, out, hash, 4, 16);
+          assert.deepEqual(out.subarray(0, expected.length), expected, `${label} ${name} ${payloadBytes}`);
+          assert.ok(
+            out.subarray(expected.length).every((byte) => byte === 0xee),
+            `${label}: wrote past the datagram`,
+          );
+          assert.deepEqual(
+            hash.subarray(4, 20),
+            createHash('sha256').update(expected).digest().subarray(0, 16),
+          );
+          assert.ok(
+            hash.subarray(0, 4).every((byte) => byte === 0xee) &&
+              hash.subarray(20).every((byte) => byte === 0xee),
+          );
+          assert.deepEqual(plain, kept, `${label}: the plaintext changed`);
+          // In place: the plaintext at the start of the output's own buffer.
+          const room = Buffer.alloc(plain.length + 16);
+          plain.copy(room);
+          seal.sealPacket(room.subarray(0, plain.length), room);
+          assert.deepEqual(room, expected, `${label} ${name} ${payloadBytes} in place`);
+        }
+      }
+    }
+  });
+
+  it('opens in place to the plain datagram with its body length, and each engine opens the other', (t) => {
+    const missing = addonMissing();
+    if (missing !== undefined) {
+      t.diagnostic(`addon half skipped: ${missing}`);
+    }
+    const random = createRandom(0x0be7);
+    for (const name of names) {
+      const key = random.bytes(keyBytes(name));
+      const engines = enginesFor(name, key);
+      for (const payloadBytes of [0, 1, 1400]) {
+        const plain = plainData(random, payloadBytes);
+        for (const sealer of engines) {
+          const sealed = Buffer.alloc(plain.length + 16);
+          sealer.seal.sealPacket(plain, sealed);
+          for (const opener of engines) {
+            const datagram = Buffer.from(sealed);
+            assert.equal(opener.open.openPacket(datagram), plain.length, `${sealer.label} → ${opener.label}`);
+            assert.deepEqual(datagram.subarray(0, plain.length), plain);
+          }
+        }
+      }
+    }
+  });
+
+  it('opens nothing when a header field, the body or the tag changed: -1, the body zeroed, the header as it came', (t) => {
+    const missing = addonMissing();
+    if (missing !== undefined) {
+      t.diagnostic(`addon half skipped: ${missing}`);
+    }
+    const random = createRandom(0xf1a9);
+    const changes: Array<[string, (datagram: Buffer) => void]> = [
+      [
+        'incarnation',
+        (d) => d.writeUInt32BE((d.readUInt32BE(offsetIncarnation) ^ 1) >>> 0, offsetIncarnation),
+      ],
+      ['key epoch', (d) => d.writeUInt16BE(d.readUInt16BE(offsetKeyEpoch) ^ 0x100, offsetKeyEpoch)],
+      ['sequence', (d) => d.writeUInt32BE((d.readUInt32BE(offsetSequence) + 1) >>> 0, offsetSequence)],
+      [
+        'session id',
+        (d) => d.writeUInt32BE((d.readUInt32BE(offsetSessionId) ^ 0x8000_0000) >>> 0, offsetSessionId),
+      ],
+      ['timestamp', (d) => (d[offsetTimestamp + 7] = (d[offsetTimestamp + 7] ?? 0) ^ 1)],
+      ['body length', (d) => d.writeUInt16BE(d.readUInt16BE(offsetBodyLength) - 16, offsetBodyLength)],
+      ['first body byte', (d) => (d[headerBytes] = (d[headerBytes] ?? 0) ^ 0x80)],
+      ['last tag byte', (d) => (d[d.length - 1] = (d[d.length - 1] ?? 0) ^ 1)],
+    ];
+    for (const name of names) {
+      const key = random.bytes(keyBytes(name));
+      for (const { label, seal, open } of enginesFor(name, key)) {
+        const plain = plainData(random, 600);
+        const sealed = Buffer.alloc(plain.length + 16);
+        seal.sealPacket(plain, sealed);
+        for (const [what, change] of changes) {
+          const datagram = Buffer.from(sealed);
+          change(datagram);
+          const header = Buffer.from(datagram.subarray(0, headerBytes));
+          assert.equal(open.openPacket(datagram), -1, `${label} ${name}: ${what}`);
+          assert.ok(
+            datagram.subarray(headerBytes, datagram.length - 16).every((byte) => byte === 0),
+            `${label} ${name}: ${what} left plaintext`,
+          );
+          assert.deepEqual(datagram.subarray(0, headerBytes), header, `${label}: ${what} rewrote the header`);
+        }
+      }
+    }
+  });
+
+  it('refuses misuse with a CipherError and writes nothing, in both engines', (t) => {
+    const missing = addonMissing();
+    if (missing !== undefined) {
+      t.diagnostic(`addon half skipped: ${missing}`);
+    }
+    const random = createRandom(0xbad);
+    const key = random.bytes(32);
+    for (const { label, seal, open } of enginesFor('aes-256-gcm', key)) {
+      const plain = plainData(random, 100);
+      const cases: Array<[string, () => unknown, Buffer]> = [];
+      const short = Buffer.alloc(plain.length + 15);
+      cases.push(['output too short', () => seal.sealPacket(plain, short), short]);
+      const shifted = Buffer.alloc(600);
+      plain.copy(shifted);
+      const afterPlain = shifted.subarray(plain.length);
+      cases.push([
+        'output overlapping the plaintext',
+        () => seal.sealPacket(shifted.subarray(0, plain.length), shifted.subarray(40)),
+        afterPlain,
+      ]);
+      const hashInside = Buffer.alloc(plain.length + 16);
+      cases.push([
+        'hash inside the sealed datagram',
+        () => seal.sealPacket(plain, hashInside, hashInside, 40, 16),
+        hashInside,
+      ]);
+      const hashRoom = Buffer.alloc(plain.length + 16);
+      cases.push([
+        'hash past its buffer',
+        () => seal.sealPacket(plain, hashRoom, Buffer.alloc(10), 0, 16),
+        hashRoom,
+      ]);
+      const zeroHash = Buffer.alloc(plain.length + 16);
+      cases.push([
+        'a hash of no bytes',
+        () => seal.sealPacket(plain, zeroHash, Buffer.alloc(32), 0, 0),
+        zeroHash,
+      ]);
+      const noHeader = Buffer.alloc(64);
+      cases.push([
+        'a plaintext shorter than a header',
+        () => seal.sealPacket(Buffer.alloc(31), noHeader),
+        noHeader,
+      ]);
+      const huge = Buffer.alloc(headerBytes + 0xffff);
+      const hugeOut = Buffer.alloc(huge.length + 16);
+      cases.push(['a body past the 16-bit length', () => seal.sealPacket(huge, hugeOut), hugeOut]);
+      const wrongWay = Buffer.alloc(plain.length + 16);
+      cases.push(['an opening key asked to seal', () => open.sealPacket(plain, wrongWay), wrongWay]);
+      for (const [what, call, untouched] of cases) {
+        assert.throws(call, CipherError, `${label}: ${what}`);
+        assert.ok(
+          untouched.every((byte) => byte === 0),
+          `${label}: ${what} wrote`,
+        );
+      }
+      // Opening: too short for a header and a tag, or not bytes at all.
+      const tooShort = Buffer.alloc(headerBytes + 15, 1);
+      assert.throws(() => open.openPacket(tooShort), CipherError, `${label}: 47 bytes`);
+      assert.ok(
+        tooShort.every((byte) => byte === 1),
+        `${label}: the short datagram was written`,
+      );
+      for (const notBytes of ['a string of more than forty-eight characters, not a datagram', 12345, null]) {
+        assert.throws(
+          () => open.openPacket(notBytes as unknown as Buffer),
+          CipherError,
+          `${label}: ${String(notBytes)}`,
+        );
+      }
+      const sealed = Buffer.alloc(plain.length + 16);
+      seal.sealPacket(plain, sealed);
+      assert.throws(
+        () => seal.openPacket(Buffer.from(sealed)),
+        CipherError,
+        `${label}: a sealing key asked to open`,
+      );
+      open.dispose();
+      assert.throws(() => open.openPacket(Buffer.from(sealed)), CipherError, `${label}: a disposed key`);
+    }
+  });
+
+  it('PacketOpener opens in place the bytes it opens apart, and PacketSealer seals with the header nonce', () => {
+    const random = createRandom(0x9a7);
+    for (const suite of suites) {
+      const key = random.bytes(suite.keyBytes);
+      const sealer = new PacketSealer(suite, 0xfedc_ba98);
+      sealer.setKey(3, key);
+      const opener = new PacketOpener(suite);
+      opener.setKey(3, key);
+      const reference = createNodeCryptoAeadContext(suite.name as AeadName, key, true);
+      for (const sequence of [1, 2, 0x7fff_ffff]) {
+        const plain = plainData(random, 333, sequence);
+        const sealed = sealer.seal(plain);
+        assert.deepEqual(sealed, sealedByHand(reference, plain), `${suite.name} ${sequence}`);
+        const apart = opener.open(sealed);
+        assert.ok(Buffer.isBuffer(apart));
+        assert.deepEqual(apart, plain);
+        const inPlace = opener.open(Buffer.from(sealed), true);
+        assert.ok(Buffer.isBuffer(inPlace));
+        assert.deepEqual(inPlace, plain);
+        const forged = Buffer.from(sealed);
+        forged[headerBytes + 5] = (forged[headerBytes + 5] ?? 0) ^ 4;
+        assert.equal(opener.open(forged, true), 'bad-tag');
+      }
+    }
+  });
+});
