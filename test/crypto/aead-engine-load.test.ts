@@ -12,22 +12,12 @@ import { cpSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } f
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
-import { aeadEngine, nativeAddonDigestPath, nativeAddonPath } from '../../src/crypto/aead-engine.js';
+import { nativeAddonDigestPath, nativeAddonPath } from '../../src/crypto/aead-engine.js';
+import { addonMissing } from '../helpers/engines.js';
 
 const repository = new URL('../../', import.meta.url).pathname;
 const work = mkdtempSync(join(tmpdir(), 'gatecast-aead-load-'));
 after(() => rmSync(work, { recursive: true, force: true }));
-
-/** Why the addon is not here to damage, or undefined; throws under GATECAST_REQUIRE_PACKAGES=1. */
-function addonMissing(): string | undefined {
-  const engine = aeadEngine();
-  const reason =
-    engine.name === 'openssl-evp' ? undefined : `the packet engine is node:crypto: ${engine.reason}`;
-  if (reason !== undefined && process.env.GATECAST_REQUIRE_PACKAGES === '1') {
-    throw new Error(`GATECAST_REQUIRE_PACKAGES=1 but the AEAD addon cannot be tested: ${reason}`);
-  }
-  return reason;
-}
 
 let trees = 0;
 /** A tree with a copy of src/ and, when given, the addon bytes and digest. */

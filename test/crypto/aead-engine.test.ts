@@ -24,21 +24,11 @@ import {
 import { CipherError } from '../../src/crypto/errors.js';
 import { PacketOpener, PacketSealer, suites } from '../../src/crypto/suites.js';
 import { encodeData, offsetKeyEpoch } from '../../src/protocol/packet.js';
+import { addonMissing } from '../helpers/engines.js';
 import { createRandom } from '../helpers/random.js';
 
 const names: AeadName[] = ['aes-128-gcm', 'aes-256-gcm', 'chacha20-poly1305'];
 const keyBytes = (name: AeadName) => (name === 'aes-128-gcm' ? 16 : 32);
-
-/** Why the addon's tests cannot run here, or undefined; throws under GATECAST_REQUIRE_PACKAGES=1. */
-function addonMissing(): string | undefined {
-  const engine = aeadEngine();
-  const reason =
-    engine.name === 'openssl-evp' ? undefined : `the packet engine is node:crypto: ${engine.reason}`;
-  if (reason !== undefined && process.env.GATECAST_REQUIRE_PACKAGES === '1') {
-    throw new Error(`GATECAST_REQUIRE_PACKAGES=1 but the AEAD addon cannot be tested: ${reason}`);
-  }
-  return reason;
-}
 
 function seal(
   context: ReturnType<typeof createAeadContext>,

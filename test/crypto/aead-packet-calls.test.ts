@@ -31,21 +31,11 @@ import {
   offsetSessionId,
   offsetTimestamp,
 } from '../../src/protocol/packet.js';
+import { addonMissing } from '../helpers/engines.js';
 import { createRandom } from '../helpers/random.js';
 
 const names: AeadName[] = ['aes-128-gcm', 'aes-256-gcm', 'chacha20-poly1305'];
 const keyBytes = (name: AeadName) => (name === 'aes-128-gcm' ? 16 : 32);
-
-/** Why the addon's half cannot run here, or undefined; throws under GATECAST_REQUIRE_PACKAGES=1. */
-function addonMissing(): string | undefined {
-  const engine = aeadEngine();
-  const reason =
-    engine.name === 'openssl-evp' ? undefined : `the packet engine is node:crypto: ${engine.reason}`;
-  if (reason !== undefined && process.env.GATECAST_REQUIRE_PACKAGES === '1') {
-    throw new Error(`GATECAST_REQUIRE_PACKAGES=1 but the AEAD addon cannot be tested: ${reason}`);
-  }
-  return reason;
-}
 
 /** The two engines' contexts for one key, the addon's only where it is in use. */
 function enginesFor(

@@ -30,19 +30,7 @@ import {
   signInPlace,
   verifySignature,
 } from '../../src/crypto/authority.js';
-
-/** Why libsodium is not the signature engine here, or undefined; throws under GATECAST_REQUIRE_PACKAGES=1. */
-function sodiumMissing(): string | undefined {
-  const engine = signatureEngineInfo();
-  const reason =
-    engine.name === 'libsodium' ? undefined : `signatures are checked with node:crypto: ${engine.reason}`;
-  if (reason !== undefined && process.env.GATECAST_REQUIRE_PACKAGES === '1') {
-    throw new Error(
-      `GATECAST_REQUIRE_PACKAGES=1 but libsodium cannot be tested (apt-get install libsodium23): ${reason}`,
-    );
-  }
-  return reason;
-}
+import { sodiumMissing } from '../helpers/engines.js';
 
 const jwkKey = (raw: Buffer) =>
   createPublicKey({ key: { kty: 'OKP', crv: 'Ed25519', x: raw.toString('base64url') }, format: 'jwk' });
