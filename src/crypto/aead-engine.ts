@@ -412,6 +412,7 @@ function nodeContext(name: AeadName, key: Buffer, encrypt: boolean): AeadContext
       if (!encrypt) {
         throw new CipherError('a context made to open cannot seal');
       }
+      held(); // a disposed key is refused before the header is written, as the addon refuses it
       // Arguments as the addon takes them: views by their bytes, no hash for null as for undefined.
       const plain = bytesOf(plainView, 'the plaintext');
       const out = bytesOf(outView, 'the output');

@@ -310,6 +310,26 @@ describe('one engine call a DATA packet', () => {
       open.dispose();
       assert.throws(() => open.openPacket(Buffer.from(sealed)), CipherError, `${label}: a disposed key`);
     }
+    // A disposed sealing key writes nothing either: not the output, nor (in place) the plaintext's header.
+    for (const { label, seal } of enginesFor('aes-256-gcm', key)) {
+      seal.dispose();
+      const plain = plainData(random, 100);
+      const kept = Buffer.from(plain);
+      const out = Buffer.alloc(plain.length + 16);
+      assert.throws(() => seal.sealPacket(plain, out), CipherError, `${label}: a disposed key`);
+      assert.ok(
+        out.every((byte) => byte === 0),
+        `${label}: a disposed key wrote into the output`,
+      );
+      const room = Buffer.alloc(plain.length + 16);
+      plain.copy(room);
+      assert.throws(() => seal.sealPacket(room.subarray(0, plain.length), room), CipherError);
+      assert.deepEqual(
+        room.subarray(0, plain.length),
+        kept,
+        `${label}: a disposed key changed the plaintext`,
+      );
+    }
   });
 
   it('PacketOpener opens in place the bytes it opens apart, and PacketSealer seals with the header nonce', () => {
