@@ -35,7 +35,8 @@
  *       associated data), which is copied to out with the sealed body's length
  *   openPacket(handle, datagram) -> length
  *       a sealed DATA datagram opened in place with the nonce from its header; the header's body
- *       length set to the plaintext's and the plain datagram's length returned, or -1 (body wiped)
+ *       length set to the plaintext's and the plain datagram's length returned, or -1 (body wiped);
+ *       a body the header's 16-bit length cannot name (over 65,535 bytes) is refused unopened
  *
  *   ed25519SigningKey(seed, publicOut) -> key       (these three only when libsodium was found)
  *       a signing key from a 32-byte Ed25519 seed, kept in memory this addon owns (wiped when the
@@ -643,6 +644,10 @@ static napi_value open_packet(napi_env env, napi_callback_info info) {
   }
   if (length < PACKET_HEADER_BYTES + TAG_BYTES) {
     return fail(env, "openPacket: the datagram is shorter than a header and a tag");
+  }
+  if (length - PACKET_HEADER_BYTES > BODY_BYTES_MAX) {
+    /* No header names such a body (sealPacket seals none): refused before it is opened. */
+    return fail(env, "openPacket: the body is longer than the header's 16-bit length names");
   }
   size_t body_length = length - PACKET_HEADER_BYTES - TAG_BYTES;
   unsigned char nonce[NONCE_BYTES];

@@ -104,6 +104,8 @@ export interface AeadContext {
    * Opens a sealed DATA datagram in place, the nonce taken from its header: on success the
    * header's body length is made the plaintext's and the plain datagram's length returned; -1
    * when the tag does not verify (the body then holds zeros). The receivers' one call a packet.
+   * A datagram shorter than a header and a tag, or whose body is longer than the header's 16-bit
+   * length names, is a CipherError and is not written.
    */
   openPacket(datagram: Buffer): number;
   /** Forgets the key now (a native context is freed and its key schedule wiped). */
@@ -410,6 +412,7 @@ function nodeContext(name: AeadName, key: Buffer, encrypt: boolean): AeadContext
       if (!encrypt) {
         throw new CipherError('a context made to open cannot seal');
       }
+      held(); // a disposed key is refused before the header is written, as the addon refuses it
       // Arguments as the addon takes them: views by their bytes, no hash for null as for undefined.
       const plain = bytesOf(plainView, 'the plaintext');
       const out = bytesOf(outView, 'the output');
@@ -432,6 +435,12 @@ function nodeContext(name: AeadName, key: Buffer, encrypt: boolean): AeadContext
       const datagram = bytesOf(datagramView, 'the sealed datagram');
       if (datagram.length < headerBytes + tagBytes) {
         throw new CipherError(`AEAD: a ${datagram.length}-byte datagram holds no header and tag`);
+      }
+      if (datagram.length - headerBytes > bodyLengthFieldMax) {
+        // No header names such a body (sealPacket seals none): refused before it is opened, as in the addon.
+        throw new CipherError(
+          `AEAD: a ${datagram.length}-byte datagram has a body longer than its header names`,
+        );
       }
       if (!this.openDatagram(packetNonceOf(datagram), datagram, headerBytes, datagram, headerBytes)) {
         return -1;

@@ -12,7 +12,8 @@
  *
  * A source draws a fresh incarnation and fresh traffic keys every time it starts, so a restart
  * uses a new key and nonce space; within a run a sealer refuses to seal a sequence that is not
- * ahead of the last one it sealed under the same epoch, so no (key, nonce) pair is used twice.
+ * ahead of the last one it sealed under the same epoch, or that comes round the 32-bit sequence
+ * space past the first one, so no (key, nonce) pair is used twice.
  */
 import { randomBytes } from 'node:crypto';
 import { groupKeysKept, groupNearPacketsMin, groupSeedTriesMax } from '../limits.js';
@@ -193,8 +194,8 @@ function checkKey(suite: Suite, key: Buffer): void {
 
 /**
  * Seals DATA datagrams of one run under one traffic key per key epoch. Refuses (CipherError) to
- * seal a sequence that is not ahead of the last one sealed under the same epoch: a nonce is
- * never reused, even by a caller that resends.
+ * seal a sequence that is not ahead of the last one sealed under the same epoch, or that comes
+ * round past the epoch's first: a nonce is never reused, even by a caller that resends.
  */
 export class PacketSealer {
   readonly #suite: Suite;
@@ -203,6 +204,8 @@ export class PacketSealer {
     number,
     {
       key: AeadContext | undefined;
+      /** The epoch's first sequence sealed: sequences run on from it and never come round to it. */
+      firstSequence: number | undefined;
       lastSequence: number | undefined;
       count: number;
       /** Every-n-th-packet mode: the KEY's shares, and the group being sealed. */
@@ -227,6 +230,7 @@ export class PacketSealer {
     this.#checkNewEpoch(keyEpoch);
     this.#keys.set(keyEpoch, {
       key: createAeadContext(this.#suite.name, key, true),
+      firstSequence: undefined,
       lastSequence: undefined,
       count: 0,
     });
@@ -251,6 +255,7 @@ export class PacketSealer {
     this.#checkNewEpoch(keyEpoch);
     this.#keys.set(keyEpoch, {
       key: undefined,
+      firstSequence: undefined,
       lastSequence: undefined,
       count: 0,
       group: { prfs: shares.map((share) => createCmac(share)), packetsPerGroup, current: undefined },
@@ -327,6 +332,14 @@ export class PacketSealer {
           `sequence ${sequence} is not ahead of ${entry.lastSequence} in key epoch ${keyEpoch}: its nonce was used`,
         );
       }
+      // Steps each ahead of the last can still come round the 32-bit space (0, 2^31 - 1, 2^32 - 2,
+      // 0): a sequence is also past the last when counted from the epoch's first.
+      const first = entry.firstSequence ?? entry.lastSequence;
+      if ((sequence - first) >>> 0 <= (entry.lastSequence - first) >>> 0) {
+        throw new CipherError(
+          `sequence ${sequence} comes round past ${first}, the first sealed in key epoch ${keyEpoch}: its nonce was used`,
+        );
+      }
     }
     if (entry.count >= 0x7fff_ffff) {
       throw new CipherError(`key epoch ${keyEpoch} has sealed 2^31 - 1 packets; start a new epoch`);
@@ -355,6 +368,7 @@ export class PacketSealer {
     // checks every range before it writes: a refused packet leaves `into` and `plain` untouched.
     key.sealPacket(plain, out, hashOut, hashOffset, hashLength);
     // Counted once the packet is sealed: a refused call (a bad hash range) used no nonce.
+    entry.firstSequence ??= sequence;
     entry.lastSequence = sequence;
     entry.count += 1;
     return out.length === sealedLength ? out : out.subarray(0, sealedLength);
@@ -365,7 +379,7 @@ export class PacketSealer {
    * associated data, under the group's key (a new group draws a seed and derives its key first).
    */
   #sealInGroup(
-    entry: { lastSequence: number | undefined; count: number },
+    entry: { firstSequence: number | undefined; lastSequence: number | undefined; count: number },
     group: GroupSealing,
     plain: Buffer,
     keyEpoch: number,
@@ -437,6 +451,7 @@ export class PacketSealer {
       hashOffset,
       hashLength,
     );
+    entry.firstSequence ??= sequence;
     entry.lastSequence = sequence;
     entry.count += 1;
     return out.length === sealedLength ? out : out.subarray(0, sealedLength);

@@ -256,6 +256,33 @@ describe('one engine call a DATA packet', () => {
         tooShort.every((byte) => byte === 1),
         `${label}: the short datagram was written`,
       );
+      // A body past 65,535 bytes, which no header can name, is refused before it is opened, even
+      // under a tag that verifies (sealed by the general call with the header's nonce); the
+      // second's plaintext is past 65,535 bytes too.
+      for (const bodyBytes of [0x1_0000, 0x1_0000 + 20]) {
+        const long = Buffer.alloc(headerBytes + bodyBytes - 16);
+        plain.copy(long, 0, 0, headerBytes);
+        const longSealed = Buffer.alloc(long.length + 16);
+        long.copy(longSealed, 0, 0, headerBytes);
+        longSealed.writeUInt16BE(bodyBytes & 0xffff, offsetBodyLength);
+        const longNonce = writePacketNonce(
+          Buffer.alloc(12),
+          long.readUInt32BE(offsetIncarnation),
+          long.readUInt16BE(offsetKeyEpoch),
+          long.readUInt32BE(offsetSequence),
+        );
+        seal.sealDatagram(longNonce, long, longSealed, headerBytes);
+        const longKept = Buffer.from(longSealed);
+        assert.throws(
+          () => open.openPacket(longSealed),
+          CipherError,
+          `${label}: a body of ${bodyBytes} bytes`,
+        );
+        assert.ok(
+          longSealed.equals(longKept),
+          `${label}: the datagram of a ${bodyBytes}-byte body was written`,
+        );
+      }
       for (const notBytes of ['a string of more than forty-eight characters, not a datagram', 12345, null]) {
         assert.throws(
           () => open.openPacket(notBytes as unknown as Buffer),
@@ -272,6 +299,26 @@ describe('one engine call a DATA packet', () => {
       );
       open.dispose();
       assert.throws(() => open.openPacket(Buffer.from(sealed)), CipherError, `${label}: a disposed key`);
+    }
+    // A disposed sealing key writes nothing either: not the output, nor (in place) the plaintext's header.
+    for (const { label, seal } of enginesFor('aes-256-gcm', key)) {
+      seal.dispose();
+      const plain = plainData(random, 100);
+      const kept = Buffer.from(plain);
+      const out = Buffer.alloc(plain.length + 16);
+      assert.throws(() => seal.sealPacket(plain, out), CipherError, `${label}: a disposed key`);
+      assert.ok(
+        out.every((byte) => byte === 0),
+        `${label}: a disposed key wrote into the output`,
+      );
+      const room = Buffer.alloc(plain.length + 16);
+      plain.copy(room);
+      assert.throws(() => seal.sealPacket(room.subarray(0, plain.length), room), CipherError);
+      assert.deepEqual(
+        room.subarray(0, plain.length),
+        kept,
+        `${label}: a disposed key changed the plaintext`,
+      );
     }
   });
 

@@ -152,6 +152,36 @@ describe('suites: sealing DATA', () => {
     assert.throws(() => new PacketSealer(suite, 0), CipherError);
   });
 
+  it('a sealer never comes round the 32-bit sequence space to a sequence it sealed under one key epoch (no nonce reuse)', () => {
+    // Each step is ahead of the last (less than 2^31 on), yet three of them come back to 0.
+    const payload = Buffer.from('p');
+    for (const packetsPerGroup of [undefined, 4]) {
+      const suite = suiteByName('aes-256-gcm', 'test');
+      const sealer = new PacketSealer(suite, 9);
+      if (packetsPerGroup === undefined) {
+        sealer.setKey(1, randomBytes(32));
+      } else {
+        sealer.setGroupShares(1, [randomBytes(32)], packetsPerGroup);
+      }
+      sealer.seal(data(9, 0, 1, payload));
+      sealer.seal(data(9, 0x7fff_ffff, 1, payload));
+      sealer.seal(data(9, 0xffff_fffe, 1, payload));
+      assert.throws(
+        () => sealer.seal(data(9, 0, 1, payload)),
+        /nonce was used/,
+        `${packetsPerGroup} a group`,
+      );
+      assert.throws(() => sealer.seal(data(9, 0x7fff_fffe, 1, payload)), /nonce was used/);
+      // Short of the first sequence it still seals, and another epoch starts its own count.
+      sealer.seal(data(9, 0xffff_ffff, 1, payload));
+      assert.throws(() => sealer.seal(data(9, 0, 1, payload)), /nonce was used/);
+      if (packetsPerGroup === undefined) {
+        sealer.setKey(2, randomBytes(32));
+        sealer.seal(data(9, 0, 2, payload));
+      }
+    }
+  });
+
   it('a refused seal leaves its slot and its plaintext as they were, and its sequence seals afterwards', () => {
     const suite = suiteByName('aes-128-gcm', 'test');
     const sealer = new PacketSealer(suite, 9);
