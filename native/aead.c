@@ -30,9 +30,10 @@
  *       what is between goes into out at outOffset (in place: out = sealed, outOffset = aadBytes).
  *       false: the tag did not verify, and that range of out is zeroed.
  *
- *   sealPacket(handle, plain, out, hashOut, hashOffset, hashLength)
- *       sealDatagram for a DATA datagram with the packet nonce taken from its header (32 bytes, the
- *       associated data), which is copied to out with the sealed body's length
+ *   sealPacket(handle, nonce, plain, out, hashOut, hashOffset, hashLength)
+ *       sealDatagram for a DATA datagram whose header (32 bytes, the associated data) names the
+ *       packet nonce given: read once, refused when it names another, copied to out with the
+ *       sealed body's length
  *   openPacket(handle, datagram) -> length
  *       a sealed DATA datagram opened in place with the nonce from its header; the header's body
  *       length set to the plaintext's and the plain datagram's length returned, or -1 (body wiped);
@@ -560,33 +561,40 @@ static napi_value int_result(napi_env env, int32_t value) {
 }
 
 /*
- * sealPacket(handle, plain, out, hashOut, hashOffset, hashLength): a plain DATA datagram (header ‖
- * payload) sealed into out as header ‖ ciphertext ‖ tag, its nonce taken from the header and its
- * body length set to the sealed body's; out may be plain itself. With hashOut (else null), the
+ * sealPacket(handle, nonce, plain, out, hashOut, hashOffset, hashLength): a plain DATA datagram
+ * (header ‖ payload) sealed into out as header ‖ ciphertext ‖ tag, its body length set to the
+ * sealed body's; out may be plain itself. `nonce` is the one the sealer checked was never used:
+ * the header is read once, into memory of this call's own, and refused unless the nonce its
+ * fields make is that one (plain may be shared with another thread, or read differently by the
+ * caller's checks: the nonce used is always the nonce checked). With hashOut (else null), the
  * first hashLength bytes of the sealed datagram's SHA-256 go into hashOut at hashOffset.
  */
 static napi_value seal_packet(napi_env env, napi_callback_info info) {
-  size_t argc = 6;
-  napi_value argv[6];
-  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != 6) {
-    return fail(env, "sealPacket(handle, plain, out, hashOut, hashOffset, hashLength) takes six arguments");
+  size_t argc = 7;
+  napi_value argv[7];
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != 7) {
+    return fail(env, "sealPacket(handle, nonce, plain, out, hashOut, hashOffset, hashLength) takes seven arguments");
   }
   aead_t *aead = handle_arg(env, argv[0], 1);
-  unsigned char *plain, *out, *hash_out = NULL;
-  size_t plain_length, out_length, hash_out_length = 0, hash_offset = 0, hash_length = 0;
-  if (aead == NULL || !buffer_arg(env, argv[1], &plain, &plain_length, "the plaintext must be a Buffer") ||
-      !buffer_arg(env, argv[2], &out, &out_length, "the output must be a Buffer")) {
+  unsigned char *nonce, *plain, *out, *hash_out = NULL;
+  size_t nonce_length, plain_length, out_length, hash_out_length = 0, hash_offset = 0, hash_length = 0;
+  if (aead == NULL || !buffer_arg(env, argv[1], &nonce, &nonce_length, "the nonce must be a Buffer") ||
+      !buffer_arg(env, argv[2], &plain, &plain_length, "the plaintext must be a Buffer") ||
+      !buffer_arg(env, argv[3], &out, &out_length, "the output must be a Buffer")) {
     return NULL;
   }
   napi_valuetype hash_type;
-  if (napi_typeof(env, argv[3], &hash_type) != napi_ok) {
+  if (napi_typeof(env, argv[4], &hash_type) != napi_ok) {
     return fail(env, "sealPacket: cannot read hashOut");
   }
   int hashing = hash_type != napi_null && hash_type != napi_undefined;
-  if (hashing && (!buffer_arg(env, argv[3], &hash_out, &hash_out_length, "hashOut must be a Buffer or null") ||
-                  !index_arg(env, argv[4], &hash_offset, "the hash offset must be a non-negative integer") ||
-                  !index_arg(env, argv[5], &hash_length, "the hash length must be a non-negative integer"))) {
+  if (hashing && (!buffer_arg(env, argv[4], &hash_out, &hash_out_length, "hashOut must be a Buffer or null") ||
+                  !index_arg(env, argv[5], &hash_offset, "the hash offset must be a non-negative integer") ||
+                  !index_arg(env, argv[6], &hash_length, "the hash length must be a non-negative integer"))) {
     return NULL;
+  }
+  if (nonce_length != NONCE_BYTES) {
+    return fail(env, "sealPacket: the nonce must be 12 bytes");
   }
   if (plain_length < PACKET_HEADER_BYTES || plain_length - PACKET_HEADER_BYTES + TAG_BYTES > BODY_BYTES_MAX) {
     return fail(env, "sealPacket: a DATA datagram is a 32-byte header and at most 65,519 bytes of payload");
@@ -609,14 +617,19 @@ static napi_value seal_packet(napi_env env, napi_callback_info info) {
   if (hashing && state == NULL) {
     return NULL;
   }
-  unsigned char nonce[NONCE_BYTES];
-  packet_nonce(plain, nonce);
-  if (out != plain) {
-    memcpy(out, plain, PACKET_HEADER_BYTES);
+  unsigned char header[PACKET_HEADER_BYTES];
+  unsigned char named[NONCE_BYTES];
+  memcpy(header, plain, PACKET_HEADER_BYTES);
+  packet_nonce(header, named);
+  if (memcmp(named, nonce, NONCE_BYTES) != 0) {
+    return fail(env, "sealPacket: the header names another nonce than the one the sealer checked");
   }
-  write_body_length(out, plain_length - PACKET_HEADER_BYTES + TAG_BYTES);
-  if (!evp_seal(aead, nonce, out, PACKET_HEADER_BYTES, plain + PACKET_HEADER_BYTES,
+  write_body_length(header, plain_length - PACKET_HEADER_BYTES + TAG_BYTES);
+  memcpy(out, header, PACKET_HEADER_BYTES);
+  /* The associated data is the header as checked, not a second read of out. */
+  if (!evp_seal(aead, named, header, PACKET_HEADER_BYTES, plain + PACKET_HEADER_BYTES,
                 plain_length - PACKET_HEADER_BYTES, out + PACKET_HEADER_BYTES, out + plain_length)) {
+    OPENSSL_cleanse(out, PACKET_HEADER_BYTES);
     return fail(env, "OpenSSL could not seal the packet");
   }
   if (hashing && !sha256_into(env, state, out, sealed_length, hash_out + hash_offset, hash_length)) {

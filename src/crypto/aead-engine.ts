@@ -97,9 +97,19 @@ export interface AeadContext {
   /**
    * sealDatagram for a DATA datagram: its 32-byte header is the associated data and holds the
    * packet nonce's fields (writePacketNonce in src/crypto/suites.ts); it is copied into `out` with
-   * the sealed body's length. The packet path's one call a packet at the source.
+   * the sealed body's length. `nonce` is the one the caller checked was never used: the header is
+   * read once and the call refused (CipherError, nothing written) unless its fields make that
+   * nonce, so memory another thread changes, or a view that reads differently to the caller's
+   * checks, never seals under an unchecked nonce. The packet path's one call a packet at the source.
    */
-  sealPacket(plain: Buffer, out: Buffer, hashOut?: Buffer, hashOffset?: number, hashLength?: number): void;
+  sealPacket(
+    nonce: Buffer,
+    plain: Buffer,
+    out: Buffer,
+    hashOut?: Buffer,
+    hashOffset?: number,
+    hashLength?: number,
+  ): void;
   /**
    * Opens a sealed DATA datagram in place, the nonce taken from its header: on success the
    * header's body length is made the plaintext's and the plain datagram's length returned; -1
@@ -148,6 +158,7 @@ interface NativeAead {
   ): boolean;
   sealPacket(
     handle: unknown,
+    nonce: Buffer,
     plain: Buffer,
     out: Buffer,
     hashOut: Buffer | null,
@@ -408,12 +419,16 @@ function nodeContext(name: AeadName, key: Buffer, encrypt: boolean): AeadContext
         target,
       );
     },
-    sealPacket(plainView, outView, hashView, hashOffset, hashLength) {
+    sealPacket(nonceView, plainView, outView, hashView, hashOffset, hashLength) {
       if (!encrypt) {
         throw new CipherError('a context made to open cannot seal');
       }
       held(); // a disposed key is refused before the header is written, as the addon refuses it
       // Arguments as the addon takes them: views by their bytes, no hash for null as for undefined.
+      const nonce = bytesOf(nonceView, 'the nonce');
+      if (nonce.length !== nonceBytes) {
+        throw new CipherError(`AEAD: nonce ${nonce.length} bytes (12 needed)`);
+      }
       const plain = bytesOf(plainView, 'the plaintext');
       const out = bytesOf(outView, 'the output');
       const hashOut =
@@ -426,9 +441,13 @@ function nodeContext(name: AeadName, key: Buffer, encrypt: boolean): AeadContext
       if (refusal !== undefined) {
         throw new CipherError(refusal);
       }
-      const nonce = packetNonceOf(plain);
-      plain.copy(out, 0, 0, headerBytes);
-      out.writeUInt16BE(sealedLength - headerBytes, offsetBodyLength);
+      // The header read once, into a copy of this call's own: the nonce sealed under is the one given.
+      const header = Buffer.from(plain.subarray(0, headerBytes));
+      if (!packetNonceOf(header).equals(nonce)) {
+        throw new CipherError('AEAD: the header names another nonce than the one the sealer checked');
+      }
+      header.writeUInt16BE(sealedLength - headerBytes, offsetBodyLength);
+      header.copy(out, 0);
       this.sealDatagram(nonce, plain, out, headerBytes, hashOut, hashOffset, hashLength);
     },
     openPacket(datagramView) {
@@ -491,9 +510,9 @@ function nativeContext(addon: NativeAead, name: AeadName, key: Buffer, encrypt: 
         throw asCipherError(error);
       }
     },
-    sealPacket(plain, out, hashOut, hashOffset, hashLength) {
+    sealPacket(nonce, plain, out, hashOut, hashOffset, hashLength) {
       try {
-        addon.sealPacket(handle, plain, out, hashOut ?? null, hashOffset ?? 0, hashLength ?? 0);
+        addon.sealPacket(handle, nonce, plain, out, hashOut ?? null, hashOffset ?? 0, hashLength ?? 0);
       } catch (error) {
         throw asCipherError(error);
       }
@@ -668,15 +687,17 @@ function checkPacketCalls(
   plain.writeUInt16BE(0x0506, offsetKeyEpoch);
   plain.writeUInt32BE(0x0708_090a, offsetSequence);
   plain.writeUInt16BE(plain.length - headerBytes, offsetBodyLength);
+  // The header's fields below, as writePacketNonce lays them out: incarnation ‖ epoch ‖ 0 ‖ sequence.
+  const nonce = Buffer.from('01020304050600000708090a', 'hex');
   const expected = Buffer.alloc(plain.length + tagBytes);
   const expectedHash = Buffer.alloc(20);
-  reference.sealPacket(plain, expected, expectedHash, 4, 16);
+  reference.sealPacket(nonce, plain, expected, expectedHash, 4, 16);
   const apart = Buffer.alloc(plain.length + tagBytes, 0xee);
   const hash = Buffer.alloc(20);
-  sealer.sealPacket(plain, apart, hash, 4, 16);
+  sealer.sealPacket(nonce, plain, apart, hash, 4, 16);
   const inPlace = Buffer.alloc(plain.length + tagBytes);
   plain.copy(inPlace);
-  sealer.sealPacket(inPlace.subarray(0, plain.length), inPlace);
+  sealer.sealPacket(nonce, inPlace.subarray(0, plain.length), inPlace);
   if (!apart.equals(expected) || !inPlace.equals(expected) || !hash.equals(expectedHash)) {
     return 'the addon sealed another DATA datagram than node:crypto';
   }
@@ -698,6 +719,17 @@ function checkPacketCalls(
   otherNonce.writeUInt32BE(0x0708_090b, offsetSequence);
   if (opener.openPacket(otherNonce) !== -1) {
     return "the addon opened a DATA datagram under another header's nonce";
+  }
+  const unchecked = Buffer.alloc(plain.length + tagBytes);
+  const otherSequence = Buffer.from(nonce);
+  otherSequence[11] = (otherSequence[11] ?? 0) ^ 1;
+  try {
+    sealer.sealPacket(otherSequence, plain, unchecked);
+    return 'the addon sealed under a nonce its header does not name';
+  } catch {
+    if (unchecked.some((byte) => byte !== 0)) {
+      return 'the addon wrote a packet whose header names another nonce before refusing it';
+    }
   }
   return undefined;
 }

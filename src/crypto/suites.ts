@@ -363,10 +363,11 @@ export class PacketSealer {
       throw new CipherError(`a sealed datagram of ${sealedLength} bytes does not fit ${into.length}`);
     }
     const out = into ?? Buffer.allocUnsafe(sealedLength);
-    // One engine call: the nonce from the header (checked above: this run, this epoch, a sequence
-    // ahead), the header copied with its new body length, the body sealed, the hash taken. It
-    // checks every range before it writes: a refused packet leaves `into` and `plain` untouched.
-    key.sealPacket(plain, out, hashOut, hashOffset, hashLength);
+    // One engine call: the header read once and held to the nonce checked above (this run, this
+    // epoch, a sequence ahead), copied with its new body length, the body sealed, the hash taken.
+    // It checks every range before it writes: a refused packet leaves `into` and `plain` untouched.
+    writePacketNonce(this.#nonce, this.#incarnation, keyEpoch, sequence);
+    key.sealPacket(this.#nonce, plain, out, hashOut, hashOffset, hashLength);
     // Counted once the packet is sealed: a refused call (a bad hash range) used no nonce.
     entry.firstSequence ??= sequence;
     entry.lastSequence = sequence;

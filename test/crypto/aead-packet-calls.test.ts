@@ -12,6 +12,7 @@
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { describe, it } from 'node:test';
+import { Worker } from 'node:worker_threads';
 import {
   type AeadContext,
   type AeadName,
@@ -69,6 +70,16 @@ function plainData(random: ReturnType<typeof createRandom>, payloadBytes: number
   return datagram;
 }
 
+/** The nonce a DATA header names, written from its fields by hand (what a sealer checks). */
+function nonceOf(plain: Buffer): Buffer {
+  return writePacketNonce(
+    Buffer.alloc(12),
+    plain.readUInt32BE(offsetIncarnation),
+    plain.readUInt16BE(offsetKeyEpoch),
+    plain.readUInt32BE(offsetSequence),
+  );
+}
+
 /** What sealPacket must give: the general call with the nonce written from the header by hand. */
 function sealedByHand(context: AeadContext, plain: Buffer): Buffer {
   const nonce = writePacketNonce(
@@ -101,7 +112,7 @@ describe('one engine call a DATA packet', () => {
         for (const { label, seal } of enginesFor(name, key)) {
           const out = Buffer.alloc(plain.length + 20, 0xee);
           const hash = Buffer.alloc(24, 0xee);
-          seal.sealPacket(plain, out, hash, 4, 16);
+          seal.sealPacket(nonceOf(plain), plain, out, hash, 4, 16);
           assert.deepEqual(out.subarray(0, expected.length), expected, `${label} ${name} ${payloadBytes}`);
           assert.ok(
             out.subarray(expected.length).every((byte) => byte === 0xee),
@@ -119,7 +130,7 @@ describe('one engine call a DATA packet', () => {
           // In place: the plaintext at the start of the output's own buffer.
           const room = Buffer.alloc(plain.length + 16);
           plain.copy(room);
-          seal.sealPacket(room.subarray(0, plain.length), room);
+          seal.sealPacket(nonceOf(room.subarray(0, plain.length)), room.subarray(0, plain.length), room);
           assert.deepEqual(room, expected, `${label} ${name} ${payloadBytes} in place`);
         }
       }
@@ -139,7 +150,7 @@ describe('one engine call a DATA packet', () => {
         const plain = plainData(random, payloadBytes);
         for (const sealer of engines) {
           const sealed = Buffer.alloc(plain.length + 16);
-          sealer.seal.sealPacket(plain, sealed);
+          sealer.seal.sealPacket(nonceOf(plain), plain, sealed);
           for (const opener of engines) {
             const datagram = Buffer.from(sealed);
             assert.equal(opener.open.openPacket(datagram), plain.length, `${sealer.label} → ${opener.label}`);
@@ -177,7 +188,7 @@ describe('one engine call a DATA packet', () => {
       for (const { label, seal, open } of enginesFor(name, key)) {
         const plain = plainData(random, 600);
         const sealed = Buffer.alloc(plain.length + 16);
-        seal.sealPacket(plain, sealed);
+        seal.sealPacket(nonceOf(plain), plain, sealed);
         for (const [what, change] of changes) {
           const datagram = Buffer.from(sealed);
           change(datagram);
@@ -204,44 +215,57 @@ describe('one engine call a DATA packet', () => {
       const plain = plainData(random, 100);
       const cases: Array<[string, () => unknown, Buffer]> = [];
       const short = Buffer.alloc(plain.length + 15);
-      cases.push(['output too short', () => seal.sealPacket(plain, short), short]);
+      cases.push(['output too short', () => seal.sealPacket(nonceOf(plain), plain, short), short]);
       const shifted = Buffer.alloc(600);
       plain.copy(shifted);
       const afterPlain = shifted.subarray(plain.length);
       cases.push([
         'output overlapping the plaintext',
-        () => seal.sealPacket(shifted.subarray(0, plain.length), shifted.subarray(40)),
+        () =>
+          seal.sealPacket(
+            nonceOf(shifted.subarray(0, plain.length)),
+            shifted.subarray(0, plain.length),
+            shifted.subarray(40),
+          ),
         afterPlain,
       ]);
       const hashInside = Buffer.alloc(plain.length + 16);
       cases.push([
         'hash inside the sealed datagram',
-        () => seal.sealPacket(plain, hashInside, hashInside, 40, 16),
+        () => seal.sealPacket(nonceOf(plain), plain, hashInside, hashInside, 40, 16),
         hashInside,
       ]);
       const hashRoom = Buffer.alloc(plain.length + 16);
       cases.push([
         'hash past its buffer',
-        () => seal.sealPacket(plain, hashRoom, Buffer.alloc(10), 0, 16),
+        () => seal.sealPacket(nonceOf(plain), plain, hashRoom, Buffer.alloc(10), 0, 16),
         hashRoom,
       ]);
       const zeroHash = Buffer.alloc(plain.length + 16);
       cases.push([
         'a hash of no bytes',
-        () => seal.sealPacket(plain, zeroHash, Buffer.alloc(32), 0, 0),
+        () => seal.sealPacket(nonceOf(plain), plain, zeroHash, Buffer.alloc(32), 0, 0),
         zeroHash,
       ]);
       const noHeader = Buffer.alloc(64);
       cases.push([
         'a plaintext shorter than a header',
-        () => seal.sealPacket(Buffer.alloc(31), noHeader),
+        () => seal.sealPacket(Buffer.alloc(12), Buffer.alloc(31), noHeader),
         noHeader,
       ]);
       const huge = Buffer.alloc(headerBytes + 0xffff);
       const hugeOut = Buffer.alloc(huge.length + 16);
-      cases.push(['a body past the 16-bit length', () => seal.sealPacket(huge, hugeOut), hugeOut]);
+      cases.push([
+        'a body past the 16-bit length',
+        () => seal.sealPacket(nonceOf(huge), huge, hugeOut),
+        hugeOut,
+      ]);
       const wrongWay = Buffer.alloc(plain.length + 16);
-      cases.push(['an opening key asked to seal', () => open.sealPacket(plain, wrongWay), wrongWay]);
+      cases.push([
+        'an opening key asked to seal',
+        () => open.sealPacket(nonceOf(plain), plain, wrongWay),
+        wrongWay,
+      ]);
       for (const [what, call, untouched] of cases) {
         assert.throws(call, CipherError, `${label}: ${what}`);
         assert.ok(
@@ -291,7 +315,7 @@ describe('one engine call a DATA packet', () => {
         );
       }
       const sealed = Buffer.alloc(plain.length + 16);
-      seal.sealPacket(plain, sealed);
+      seal.sealPacket(nonceOf(plain), plain, sealed);
       assert.throws(
         () => seal.openPacket(Buffer.from(sealed)),
         CipherError,
@@ -306,19 +330,132 @@ describe('one engine call a DATA packet', () => {
       const plain = plainData(random, 100);
       const kept = Buffer.from(plain);
       const out = Buffer.alloc(plain.length + 16);
-      assert.throws(() => seal.sealPacket(plain, out), CipherError, `${label}: a disposed key`);
+      assert.throws(
+        () => seal.sealPacket(nonceOf(plain), plain, out),
+        CipherError,
+        `${label}: a disposed key`,
+      );
       assert.ok(
         out.every((byte) => byte === 0),
         `${label}: a disposed key wrote into the output`,
       );
       const room = Buffer.alloc(plain.length + 16);
       plain.copy(room);
-      assert.throws(() => seal.sealPacket(room.subarray(0, plain.length), room), CipherError);
+      assert.throws(
+        () => seal.sealPacket(nonceOf(room.subarray(0, plain.length)), room.subarray(0, plain.length), room),
+        CipherError,
+      );
       assert.deepEqual(
         room.subarray(0, plain.length),
         kept,
         `${label}: a disposed key changed the plaintext`,
       );
+    }
+  });
+
+  it('seals only under the nonce the sealer checked: a header naming another is refused, nothing written', (t) => {
+    const missing = addonMissing();
+    if (missing !== undefined) {
+      t.diagnostic(`addon half skipped: ${missing}`);
+    }
+    const random = createRandom(0x4ead);
+    for (const name of names) {
+      const key = random.bytes(keyBytes(name));
+      for (const { label, seal } of enginesFor(name, key)) {
+        const plain = plainData(random, 200);
+        for (const field of [0, 4, 6, 11]) {
+          const other = nonceOf(plain);
+          other[field] = (other[field] ?? 0) ^ 1;
+          const out = Buffer.alloc(plain.length + 16);
+          assert.throws(
+            () => seal.sealPacket(other, plain, out),
+            CipherError,
+            `${label} ${name}: byte ${field}`,
+          );
+          assert.ok(
+            out.every((byte) => byte === 0),
+            `${label}: wrote before refusing`,
+          );
+          const room = Buffer.alloc(plain.length + 16);
+          plain.copy(room);
+          assert.throws(() => seal.sealPacket(other, room.subarray(0, plain.length), room), CipherError);
+          assert.deepEqual(
+            room.subarray(0, plain.length),
+            plain,
+            `${label}: in place, the plaintext changed`,
+          );
+        }
+        assert.throws(
+          () => seal.sealPacket(Buffer.alloc(11), plain, Buffer.alloc(plain.length + 16)),
+          CipherError,
+        );
+      }
+    }
+  });
+
+  it('a view that reads one sequence to the sealer and holds another is refused, not sealed under an unchecked nonce', () => {
+    const suite =
+      suites.find((candidate) => candidate.name === 'aes-256-gcm') ?? (suites[0] as (typeof suites)[number]);
+    const sealer = new PacketSealer(suite, 0xfedc_ba98);
+    sealer.setKey(3, Buffer.alloc(suite.keyBytes, 7));
+    const random = createRandom(0x11e);
+    sealer.seal(plainData(random, 16, 100)); // sequence 100 used
+    const lying = plainData(random, 16, 100);
+    const honest = lying.readUInt32BE.bind(lying);
+    // Reads sequence 101 (a fresh one) to the sealer's checks while its bytes still say 100.
+    lying.readUInt32BE = (offset = 0) => (offset === offsetSequence ? 101 : honest(offset));
+    assert.throws(() => sealer.seal(lying), CipherError);
+    // The refused call used no nonce: 101 itself still seals.
+    const next = sealer.seal(plainData(random, 16, 101));
+    assert.equal(next.readUInt32BE(offsetSequence), 101);
+  });
+
+  it('a plaintext another thread rewrites is never sealed twice under one nonce', async () => {
+    const suite =
+      suites.find((candidate) => candidate.name === 'aes-256-gcm') ?? (suites[0] as (typeof suites)[number]);
+    const key = Buffer.alloc(suite.keyBytes, 3);
+    const sealer = new PacketSealer(suite, 7);
+    sealer.setKey(1, key);
+    const shared = new SharedArrayBuffer(64);
+    const plain = Buffer.from(shared, 0, 48);
+    encodeData({ sessionId: 1, incarnation: 7, sequence: 100, timestampUs: 1 }, Buffer.alloc(16)).copy(plain);
+    plain.writeUInt16BE(1, offsetKeyEpoch);
+    const stop = new Int32Array(shared, 60, 1);
+    // The other thread moves the sequence on and back, as fast as it can, until told to stop.
+    const worker = new Worker(
+      `const { workerData } = require('node:worker_threads');
+const view = Buffer.from(workerData.shared, 0, 48);
+const stop = new Int32Array(workerData.shared, 60, 1);
+for (let i = 0, s = 100; i < 2e9 && Atomics.load(stop, 0) === 0; i++) { view.writeUInt32BE(++s, 12); view.writeUInt32BE(100, 12); }`,
+      { eval: true, workerData: { shared } },
+    );
+    try {
+      await new Promise((resolve) => setTimeout(resolve, 20));
+      const opener = createNodeCryptoAeadContext(suite.name as AeadName, key, false);
+      // The payload is 16 zero bytes: its ciphertext is the nonce's keystream, so two packets sealed
+      // under one nonce have the same ciphertext.
+      const seen = new Set<string>();
+      let sealed = 0;
+      const deadline = Date.now() + 3000;
+      for (let i = 0; i < 20_000 && Date.now() < deadline; i++) {
+        let out: Buffer;
+        try {
+          out = sealer.seal(plain, Buffer.alloc(64));
+        } catch (error) {
+          assert.ok(error instanceof CipherError, String(error));
+          continue;
+        }
+        sealed++;
+        const body = out.subarray(headerBytes, headerBytes + 16).toString('hex');
+        assert.ok(!seen.has(body), `two packets sealed under one nonce (after ${sealed})`);
+        seen.add(body);
+        // Each opens under the nonce its own header names.
+        assert.equal(opener.openPacket(Buffer.from(out.subarray(0, 64))), 48);
+      }
+      assert.ok(sealed > 0, 'nothing was sealed');
+    } finally {
+      Atomics.store(stop, 0, 1);
+      await worker.terminate();
     }
   });
 
