@@ -286,6 +286,9 @@ export function describeReceive(
     (restricted?.packetsBadTag ?? 0) > 0
       ? `${restricted?.packetsBadTag} forged or altered packets dropped`
       : '',
+    (restricted?.signaturesUnchecked ?? 0) > 0
+      ? `${restricted?.signaturesUnchecked} source signatures not checked: give --source-public to check that the packets come from the source, not from another holder of the key`
+      : '',
     (restricted?.groupKeysAsked ?? 0) > 0
       ? `${restricted?.groupKeysAsked} group ${restricted?.groupKeysAsked === 1 ? 'key' : 'keys'} asked of the token in every-n-th-packet mode`
       : '',

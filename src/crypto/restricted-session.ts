@@ -676,6 +676,12 @@ export interface ReceiverProtectionStats {
   groupKeysAsked: number;
   /** Every-n-th-packet mode: packets (not keys) whose group key was not asked (over a budget, GroupAskKind, or refused). */
   groupKeysNotAsked: number;
+  /**
+   * SIGNATURE datagrams (manifests, the signed offer, control signatures) that reached this
+   * filter unchecked: no source key was given (`--source-public`) to check them against. The
+   * token checks KEY messages itself; what they vouch for is only counted here.
+   */
+  signaturesUnchecked: number;
   /** REKEY messages the token applied (member-tree leaves). */
   rekeysApplied: number;
   /** REKEY messages not applied, by reason: `stale` (held already: normal, they repeat), `gap`, `bad-signature`, `rate`, … */
@@ -717,6 +723,7 @@ export function createReceiverProtection(
       return run?.opener.groupKeysAsked ?? 0;
     },
     groupKeysNotAsked: 0,
+    signaturesUnchecked: 0,
     rekeysApplied: 0,
     rekeysIgnored: {},
   };
@@ -1021,7 +1028,10 @@ export function createReceiverProtection(
         return;
       }
       if (type === PacketType.signature) {
-        return; // offers and manifests: checked by signed sessions, not needed to decrypt
+        // Offers, manifests and control signatures: a gate with the source key checks them before
+        // this filter (and passes none on); here there is none, and they are not needed to decrypt.
+        stats.signaturesUnchecked++;
+        return;
       }
       if (type === PacketType.data && datagram.length >= headerBytes) {
         const epoch = datagram.readUInt16BE(offsetKeyEpoch);

@@ -275,6 +275,7 @@ export function s2ReceiverProtection(key: S2Key): ReceiverProtection {
     packetsDropped: 0,
     groupKeysAsked: 0,
     groupKeysNotAsked: 0,
+    signaturesUnchecked: 0,
     rekeysApplied: 0,
     rekeysIgnored: {},
   };

@@ -337,7 +337,7 @@ export class PacketSealer {
       const first = entry.firstSequence ?? entry.lastSequence;
       if ((sequence - first) >>> 0 <= (entry.lastSequence - first) >>> 0) {
         throw new CipherError(
-          `sequence ${sequence} comes round past ${first}, the first sealed in key epoch ${keyEpoch}: its nonce was used`,
+          `sequence ${sequence} lies between ${first} and ${entry.lastSequence}, sealed first and last in key epoch ${keyEpoch} (the sequences came round the 32-bit space): its nonce was used`,
         );
       }
     }

@@ -178,6 +178,7 @@ describe('restricted channel across the routed test bed (software and SoftHSM2 t
       const result = await receiver.finished;
       assert.equal(result.code, 0, `${name}: ${result.stderr}`);
       assert.match(result.stderr, /received session "film.bin" whole: 2143 packets, 3.0 MB .*SHA-256 ok/);
+      assert.match(result.stderr, /\d+ source signatures not checked: give --source-public/);
       assert.equal(sha256(readFileSync(outputs[name])), sha256(fileBytes));
     }
     const refused = await unentitled.finished;

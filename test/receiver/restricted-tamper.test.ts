@@ -54,9 +54,13 @@ async function tamperedRun(withSourceKey: boolean) {
   const genuine: Buffer[] = [];
   let tampered = 0;
   let replayed = 0;
+  let signatures = 0;
   const openSocket = (options: ReceiverSocketOptions, onDatagram: (datagram: Buffer) => void) =>
     openReceiverSocket(options, (datagram) => {
       const header = decodeHeader(datagram);
+      if (header.ok && header.value.type === PacketType.signature) {
+        signatures++;
+      }
       if (header.ok && header.value.type === PacketType.data) {
         genuine.push(Buffer.from(datagram));
         if (genuine.length % every === 0) {
@@ -100,17 +104,20 @@ async function tamperedRun(withSourceKey: boolean) {
   await source.run();
   const summary = await receiving;
   token.close();
-  return { summary, sink, protection, signed, tampered, replayed };
+  return { summary, sink, protection, signed, tampered, replayed, signatures };
 }
 
 describe(`restricted receiver, tampered and replayed sealed DATA (engine ${aeadEngine().name})`, () => {
   it('with a token: every altered copy fails its tag and is counted; replays are duplicates; the file is whole', async () => {
-    const { summary, sink, protection, tampered, replayed } = await tamperedRun(false);
+    const { summary, sink, protection, tampered, replayed, signatures } = await tamperedRun(false);
     assert.equal(summary.outcome, 'complete', JSON.stringify({ summary, stats: protection.stats }));
     assert.equal(createHash('sha256').update(sink.bytes()).digest('hex'), fileSha);
     assert.ok(tampered >= 3 * 5 && replayed >= 5, `${tampered} altered, ${replayed} replayed`);
     assert.equal(protection.stats.packetsBadTag, tampered);
     assert.ok(summary.duplicates >= replayed, `${summary.duplicates} duplicates for ${replayed} replays`);
+    // Without the source key the manifests, offer and control signatures go unchecked: each is counted.
+    assert.ok(signatures > 0);
+    assert.equal(protection.stats.signaturesUnchecked, signatures);
   });
 
   it('with the source key too: the manifest refuses every altered copy first (counted), none reaches the tag check', async () => {
@@ -124,5 +131,10 @@ describe(`restricted receiver, tampered and replayed sealed DATA (engine ${aeadE
     assert.ok(tampered >= 3 * 5 && replayed >= 5, `${tampered} altered, ${replayed} replayed`);
     assert.equal(signed?.stats.forged['hash-mismatch'], tampered);
     assert.equal(protection.stats.packetsBadTag, 0);
+    assert.equal(
+      protection.stats.signaturesUnchecked,
+      0,
+      'the gate checks the signatures and passes none on',
+    );
   });
 });
