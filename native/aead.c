@@ -63,6 +63,7 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -432,6 +433,62 @@ static int sha256_into(napi_env env, digest_state_t *state, const unsigned char 
   return 1;
 }
 
+/* Where a sealing call writes the sealed datagram's hash: out is NULL when it hashes nothing. */
+typedef struct {
+  unsigned char *out;
+  size_t length;
+  digest_state_t *state;
+} hash_place_t;
+
+/* An error naming the call it came from. */
+static napi_value fail_in(napi_env env, const char *call, const char *message) {
+  char text[200];
+  snprintf(text, sizeof text, "%s: %s", call, message);
+  return fail(env, text);
+}
+
+/*
+ * A sealing call's hashOut, hashOffset and hashLength (argv[0..2]): none when hashOut is null or
+ * undefined; else 1-32 bytes within hashOut and apart from the sealed datagram they hash. 0, with
+ * an error thrown, when refused.
+ */
+static int hash_place_arg(napi_env env, napi_value *argv, const char *call, const unsigned char *sealed,
+                          size_t sealed_length, hash_place_t *place) {
+  place->out = NULL;
+  place->length = 0;
+  place->state = NULL;
+  napi_valuetype type;
+  if (napi_typeof(env, argv[0], &type) != napi_ok) {
+    fail_in(env, call, "cannot read hashOut");
+    return 0;
+  }
+  if (type == napi_null || type == napi_undefined) {
+    return 1;
+  }
+  unsigned char *hash_out;
+  size_t hash_out_length, offset, length;
+  if (!buffer_arg(env, argv[0], &hash_out, &hash_out_length, "hashOut must be a Buffer or null") ||
+      !index_arg(env, argv[1], &offset, "the hash offset must be a non-negative integer") ||
+      !index_arg(env, argv[2], &length, "the hash length must be a non-negative integer")) {
+    return 0;
+  }
+  if (length < 1 || length > SHA256_BYTES || offset > hash_out_length || length > hash_out_length - offset) {
+    fail_in(env, call, "the hash is 1-32 bytes, within hashOut");
+    return 0;
+  }
+  if (overlapping(hash_out + offset, length, sealed, sealed_length)) {
+    fail_in(env, call, "the hash would be written over the sealed datagram");
+    return 0;
+  }
+  place->state = digest_state(env);
+  if (place->state == NULL) {
+    return 0;
+  }
+  place->out = hash_out + offset;
+  place->length = length;
+  return 1;
+}
+
 static napi_value seal_datagram(napi_env env, napi_callback_info info) {
   size_t argc = 8;
   napi_value argv[8];
@@ -439,22 +496,12 @@ static napi_value seal_datagram(napi_env env, napi_callback_info info) {
     return fail(env, "sealDatagram(handle, nonce, plain, out, aadBytes, hashOut, hashOffset, hashLength) takes eight arguments");
   }
   aead_t *aead = handle_arg(env, argv[0], 1);
-  unsigned char *nonce, *plain, *out, *hash_out = NULL;
-  size_t nonce_length, plain_length, out_length, aad_bytes, hash_out_length = 0, hash_offset = 0, hash_length = 0;
+  unsigned char *nonce, *plain, *out;
+  size_t nonce_length, plain_length, out_length, aad_bytes;
   if (aead == NULL || !buffer_arg(env, argv[1], &nonce, &nonce_length, "the nonce must be a Buffer") ||
       !buffer_arg(env, argv[2], &plain, &plain_length, "the plaintext must be a Buffer") ||
       !buffer_arg(env, argv[3], &out, &out_length, "the output must be a Buffer") ||
       !index_arg(env, argv[4], &aad_bytes, "the associated data length must be a non-negative integer")) {
-    return NULL;
-  }
-  napi_valuetype hash_type;
-  if (napi_typeof(env, argv[5], &hash_type) != napi_ok) {
-    return fail(env, "sealDatagram: cannot read hashOut");
-  }
-  int hashing = hash_type != napi_null && hash_type != napi_undefined;
-  if (hashing && (!buffer_arg(env, argv[5], &hash_out, &hash_out_length, "hashOut must be a Buffer or null") ||
-                  !index_arg(env, argv[6], &hash_offset, "the hash offset must be a non-negative integer") ||
-                  !index_arg(env, argv[7], &hash_length, "the hash length must be a non-negative integer"))) {
     return NULL;
   }
   if (nonce_length != NONCE_BYTES) {
@@ -467,22 +514,15 @@ static napi_value seal_datagram(napi_env env, napi_callback_info info) {
   if (out != plain && overlapping(plain, plain_length, out, sealed_length)) {
     return fail(env, "sealDatagram: the output partly overlaps the plaintext");
   }
-  if (hashing && (hash_length < 1 || hash_length > SHA256_BYTES || hash_offset > hash_out_length ||
-                  hash_length > hash_out_length - hash_offset)) {
-    return fail(env, "sealDatagram: the hash is 1-32 bytes, within hashOut");
-  }
-  if (hashing && overlapping(hash_out + hash_offset, hash_length, out, sealed_length)) {
-    return fail(env, "sealDatagram: the hash would be written over the sealed datagram");
-  }
-  digest_state_t *state = hashing ? digest_state(env) : NULL;
-  if (hashing && state == NULL) {
+  hash_place_t hash;
+  if (!hash_place_arg(env, argv + 5, "sealDatagram", out, sealed_length, &hash)) {
     return NULL;
   }
   if (!evp_seal(aead, nonce, out, aad_bytes, plain + aad_bytes, plain_length - aad_bytes, out + aad_bytes,
                 out + plain_length)) {
     return fail(env, "OpenSSL could not seal the packet");
   }
-  if (hashing && !sha256_into(env, state, out, sealed_length, hash_out + hash_offset, hash_length)) {
+  if (hash.out != NULL && !sha256_into(env, hash.state, out, sealed_length, hash.out, hash.length)) {
     return NULL;
   }
   return NULL;
@@ -576,21 +616,11 @@ static napi_value seal_packet(napi_env env, napi_callback_info info) {
     return fail(env, "sealPacket(handle, nonce, plain, out, hashOut, hashOffset, hashLength) takes seven arguments");
   }
   aead_t *aead = handle_arg(env, argv[0], 1);
-  unsigned char *nonce, *plain, *out, *hash_out = NULL;
-  size_t nonce_length, plain_length, out_length, hash_out_length = 0, hash_offset = 0, hash_length = 0;
+  unsigned char *nonce, *plain, *out;
+  size_t nonce_length, plain_length, out_length;
   if (aead == NULL || !buffer_arg(env, argv[1], &nonce, &nonce_length, "the nonce must be a Buffer") ||
       !buffer_arg(env, argv[2], &plain, &plain_length, "the plaintext must be a Buffer") ||
       !buffer_arg(env, argv[3], &out, &out_length, "the output must be a Buffer")) {
-    return NULL;
-  }
-  napi_valuetype hash_type;
-  if (napi_typeof(env, argv[4], &hash_type) != napi_ok) {
-    return fail(env, "sealPacket: cannot read hashOut");
-  }
-  int hashing = hash_type != napi_null && hash_type != napi_undefined;
-  if (hashing && (!buffer_arg(env, argv[4], &hash_out, &hash_out_length, "hashOut must be a Buffer or null") ||
-                  !index_arg(env, argv[5], &hash_offset, "the hash offset must be a non-negative integer") ||
-                  !index_arg(env, argv[6], &hash_length, "the hash length must be a non-negative integer"))) {
     return NULL;
   }
   if (nonce_length != NONCE_BYTES) {
@@ -606,15 +636,8 @@ static napi_value seal_packet(napi_env env, napi_callback_info info) {
   if (out != plain && overlapping(plain, plain_length, out, sealed_length)) {
     return fail(env, "sealPacket: the output partly overlaps the plaintext");
   }
-  if (hashing && (hash_length < 1 || hash_length > SHA256_BYTES || hash_offset > hash_out_length ||
-                  hash_length > hash_out_length - hash_offset)) {
-    return fail(env, "sealPacket: the hash is 1-32 bytes, within hashOut");
-  }
-  if (hashing && overlapping(hash_out + hash_offset, hash_length, out, sealed_length)) {
-    return fail(env, "sealPacket: the hash would be written over the sealed datagram");
-  }
-  digest_state_t *state = hashing ? digest_state(env) : NULL;
-  if (hashing && state == NULL) {
+  hash_place_t hash;
+  if (!hash_place_arg(env, argv + 4, "sealPacket", out, sealed_length, &hash)) {
     return NULL;
   }
   unsigned char header[PACKET_HEADER_BYTES];
@@ -632,7 +655,7 @@ static napi_value seal_packet(napi_env env, napi_callback_info info) {
     OPENSSL_cleanse(out, PACKET_HEADER_BYTES);
     return fail(env, "OpenSSL could not seal the packet");
   }
-  if (hashing && !sha256_into(env, state, out, sealed_length, hash_out + hash_offset, hash_length)) {
+  if (hash.out != NULL && !sha256_into(env, hash.state, out, sealed_length, hash.out, hash.length)) {
     return NULL;
   }
   return NULL;
