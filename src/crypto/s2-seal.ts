@@ -146,6 +146,23 @@ export class S2Sealer {
    * datagram is too large or the key has sealed 2^32 - 1 envelopes (a new epoch is needed).
    */
   seal(datagram: Buffer, nowUs: number): Buffer {
+    // One seal at a time: a getter or method of the datagram that seals again from inside this
+    // call would move the counter and the nonce this call then seals under to the inner one's.
+    if (this.#sealing) {
+      throw new CipherError(
+        'an S2 sealer seals one envelope at a time: seal was called again from inside seal',
+      );
+    }
+    this.#sealing = true;
+    try {
+      return this.#sealOne(datagram, nowUs);
+    } finally {
+      this.#sealing = false;
+    }
+  }
+  #sealing = false;
+
+  #sealOne(datagram: Buffer, nowUs: number): Buffer {
     if (datagram.length > sealedCarriedBytesMax) {
       throw new CipherError(`a datagram of ${datagram.length} bytes does not fit a SEALED envelope`);
     }

@@ -312,6 +312,28 @@ export class PacketSealer {
    * call writes nothing, neither into `into` nor into `plain`, and uses no nonce.
    */
   seal(plain: Buffer, into?: Buffer, hashOut?: Buffer, hashOffset?: number, hashLength?: number): Buffer {
+    // One seal at a time: a getter or method of an argument that seals again from inside this call
+    // would seal the sequence checked here before this call records it, and this call would then
+    // seal it a second time under the same nonce.
+    if (this.#sealing) {
+      throw new CipherError('a sealer seals one packet at a time: seal was called again from inside seal');
+    }
+    this.#sealing = true;
+    try {
+      return this.#sealOne(plain, into, hashOut, hashOffset, hashLength);
+    } finally {
+      this.#sealing = false;
+    }
+  }
+  #sealing = false;
+
+  #sealOne(
+    plain: Buffer,
+    into: Buffer | undefined,
+    hashOut: Buffer | undefined,
+    hashOffset: number | undefined,
+    hashLength: number | undefined,
+  ): Buffer {
     if (plain.length < headerBytes || plain[offsetType] !== PacketType.data) {
       throw new CipherError('only DATA datagrams are sealed');
     }

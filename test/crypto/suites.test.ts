@@ -182,6 +182,48 @@ describe('suites: sealing DATA', () => {
     }
   });
 
+  it('a seal called again from inside a seal (by a getter of its plaintext) never seals the checked sequence twice', () => {
+    // 16 zero bytes of payload: the ciphertext is the nonce's keystream, so one nonce twice shows.
+    for (const packetsPerGroup of [undefined, 4]) {
+      const suite = suiteByName('aes-256-gcm', 'test');
+      const sealer = new PacketSealer(suite, 9);
+      if (packetsPerGroup === undefined) {
+        sealer.setKey(1, randomBytes(32));
+      } else {
+        sealer.setGroupShares(1, [randomBytes(32)], packetsPerGroup);
+      }
+      const bodyAt = headerBytes + (packetsPerGroup === undefined ? 0 : 16);
+      const bodies: string[] = [];
+      const outer = data(9, 100, 1, Buffer.alloc(16));
+      const length = outer.length;
+      let reads = 0;
+      // The plaintext's length, read after the sealer's checks, seals sequence 100 from inside.
+      Object.defineProperty(outer, 'length', {
+        get() {
+          reads++;
+          if (reads === 2) {
+            try {
+              const inner = sealer.seal(data(9, 100, 1, Buffer.alloc(16)));
+              bodies.push(inner.subarray(bodyAt, bodyAt + 16).toString('hex'));
+            } catch (error) {
+              assert.ok(error instanceof CipherError, String(error));
+            }
+          }
+          return length;
+        },
+      });
+      try {
+        const sealed = sealer.seal(outer);
+        bodies.push(sealed.subarray(bodyAt, bodyAt + 16).toString('hex'));
+      } catch (error) {
+        assert.ok(error instanceof CipherError, String(error));
+      }
+      assert.ok(reads >= 2, 'the length was read after the checks');
+      assert.equal(new Set(bodies).size, bodies.length, `${packetsPerGroup}: one nonce sealed two packets`);
+      assert.throws(() => sealer.seal(data(9, 100, 1, Buffer.alloc(16))), /nonce was used/);
+    }
+  });
+
   it('a refused seal leaves its slot and its plaintext as they were, and its sequence seals afterwards', () => {
     const suite = suiteByName('aes-128-gcm', 'test');
     const sealer = new PacketSealer(suite, 9);
