@@ -221,12 +221,12 @@ function sameStart(a: Buffer, b: Buffer): boolean {
  * array, null) is a CipherError naming the argument, as the addon refuses it.
  */
 function bytesOf(value: unknown, what: string): Buffer {
-  if (Buffer.isBuffer(value)) {
-    return value;
-  }
   if (!ArrayBuffer.isView(value)) {
     throw new CipherError(`AEAD: ${what} must be a Buffer`);
   }
+  // A view of its own even for a Buffer, its bounds read once: a getter of the caller's view (a
+  // `length` that reads one number to the checks and another after) is never read again between
+  // the checks and the writes, as the addon reads a view's bounds once.
   return value.byteLength === 0
     ? Buffer.alloc(0)
     : Buffer.from(value.buffer, value.byteOffset, value.byteLength);

@@ -393,6 +393,39 @@ describe('one engine call a DATA packet', () => {
     }
   });
 
+  it('a plaintext whose length reads one number to the checks and another after is sealed whole or refused with nothing written, in both engines', (t) => {
+    const missing = addonMissing();
+    if (missing !== undefined) {
+      t.diagnostic(`addon half skipped: ${missing}`);
+    }
+    const random = createRandom(0x1e9);
+    for (const name of names) {
+      for (const { label, seal } of enginesFor(name, random.bytes(keyBytes(name)))) {
+        for (const honestReads of [1, 2, 3, 4, 5, 6, 8, 12]) {
+          const plain = plainData(random, 16);
+          const expected = sealedByHand(seal, plain);
+          const length = plain.length;
+          let reads = 0;
+          Object.defineProperty(plain, 'length', {
+            get: () => (++reads > honestReads ? 100_000 : length),
+          });
+          const out = Buffer.alloc(length + 16);
+          try {
+            seal.sealPacket(nonceOf(plain), plain, out);
+          } catch (error) {
+            assert.ok(error instanceof CipherError, String(error));
+            assert.ok(
+              out.every((byte) => byte === 0),
+              `${label} ${name}: wrote before refusing (length honest ${honestReads} times)`,
+            );
+            continue;
+          }
+          assert.deepEqual(out, expected, `${label} ${name}: sealed other bytes`);
+        }
+      }
+    }
+  });
+
   it('a view that reads one sequence to the sealer and holds another is refused, not sealed under an unchecked nonce', () => {
     const suite =
       suites.find((candidate) => candidate.name === 'aes-256-gcm') ?? (suites[0] as (typeof suites)[number]);
