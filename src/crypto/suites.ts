@@ -346,7 +346,9 @@ export class PacketSealer {
     if (entry === undefined || (entry.key === undefined && entry.group === undefined)) {
       throw new CipherError(`no traffic key for key epoch ${keyEpoch}`);
     }
-    const sequence = plain.readUInt32BE(offsetSequence);
+    // As the 32-bit number the nonce holds, once: a view whose read gave -0.5 and then 0.5 passed
+    // the checks as two sequences and sealed both under the nonce of sequence 0.
+    const sequence = plain.readUInt32BE(offsetSequence) >>> 0;
     if (entry.lastSequence !== undefined) {
       const ahead = (sequence - entry.lastSequence) >>> 0;
       if (ahead === 0 || ahead >= 0x8000_0000) {

@@ -443,6 +443,34 @@ describe('one engine call a DATA packet', () => {
     assert.equal(next.readUInt32BE(offsetSequence), 101);
   });
 
+  it('a view that reads a sequence with a fraction (-0.5, then 0.5) is never sealed twice under the nonce of sequence 0', () => {
+    const suite =
+      suites.find((candidate) => candidate.name === 'aes-256-gcm') ?? (suites[0] as (typeof suites)[number]);
+    for (const packetsPerGroup of [undefined, 4]) {
+      const sealer = new PacketSealer(suite, 0xfedc_ba98);
+      if (packetsPerGroup === undefined) {
+        sealer.setKey(3, Buffer.alloc(suite.keyBytes, 7));
+      } else {
+        sealer.setGroupShares(3, [Buffer.alloc(suite.keyBytes, 7)], packetsPerGroup);
+      }
+      const random = createRandom(0xf4a);
+      let sealed = 0;
+      for (const read of [-0.5, 0.5]) {
+        // Its bytes say sequence 0 (the nonce of sequence 0); the sealer's checks read `read`.
+        const lying = plainData(random, 16, 0);
+        const honest = lying.readUInt32BE.bind(lying);
+        lying.readUInt32BE = (offset = 0) => (offset === offsetSequence ? read : honest(offset));
+        try {
+          sealer.seal(lying);
+          sealed++;
+        } catch (error) {
+          assert.ok(error instanceof CipherError, String(error));
+        }
+      }
+      assert.ok(sealed <= 1, `${packetsPerGroup}: sequence 0's nonce sealed ${sealed} packets`);
+    }
+  });
+
   it('a plaintext another thread rewrites is never sealed twice under one nonce', async () => {
     const suite =
       suites.find((candidate) => candidate.name === 'aes-256-gcm') ?? (suites[0] as (typeof suites)[number]);
