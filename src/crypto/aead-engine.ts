@@ -720,16 +720,37 @@ function checkPacketCalls(
   if (opener.openPacket(otherNonce) !== -1) {
     return "the addon opened a DATA datagram under another header's nonce";
   }
-  const unchecked = Buffer.alloc(plain.length + tagBytes);
-  const otherSequence = Buffer.from(nonce);
-  otherSequence[11] = (otherSequence[11] ?? 0) ^ 1;
-  try {
-    sealer.sealPacket(otherSequence, plain, unchecked);
-    return 'the addon sealed under a nonce its header does not name';
-  } catch {
-    if (unchecked.some((byte) => byte !== 0)) {
-      return 'the addon wrote a packet whose header names another nonce before refusing it';
+  // Each field of the nonce held to the header's (incarnation, epoch, the zeros, sequence), apart
+  // and in place: an addon that compared the sequence alone sealed under an unchecked incarnation.
+  for (const field of [0, 4, 6, 11]) {
+    const other = Buffer.from(nonce);
+    other[field] = (other[field] ?? 0) ^ 1;
+    const refusal = packetRefusal(sealer, other, plain);
+    if (refusal !== undefined) {
+      return `${refusal} (nonce byte ${field})`;
     }
+  }
+  return undefined;
+}
+
+/** Why sealPacket under a nonce the header does not name was not refused with nothing written. */
+function packetRefusal(sealer: AeadContext, nonce: Buffer, plain: Buffer): string | undefined {
+  const unchecked = Buffer.alloc(plain.length + tagBytes);
+  const inPlace = Buffer.alloc(plain.length + tagBytes);
+  plain.copy(inPlace);
+  for (const [from, out] of [
+    [plain, unchecked],
+    [inPlace.subarray(0, plain.length), inPlace],
+  ] as const) {
+    try {
+      sealer.sealPacket(nonce, from, out);
+      return 'the addon sealed under a nonce its header does not name';
+    } catch {
+      // Refused, as it must be: what it left is checked below.
+    }
+  }
+  if (unchecked.some((byte) => byte !== 0) || !inPlace.subarray(0, plain.length).equals(plain)) {
+    return 'the addon wrote a packet whose header names another nonce before refusing it';
   }
   return undefined;
 }
