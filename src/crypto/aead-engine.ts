@@ -423,7 +423,6 @@ function nodeContext(name: AeadName, key: Buffer, encrypt: boolean): AeadContext
       if (!encrypt) {
         throw new CipherError('a context made to open cannot seal');
       }
-      held(); // a disposed key is refused before the header is written, as the addon refuses it
       // Arguments as the addon takes them: views by their bytes, no hash for null as for undefined.
       const nonce = bytesOf(nonceView, 'the nonce');
       if (nonce.length !== nonceBytes) {
@@ -447,6 +446,9 @@ function nodeContext(name: AeadName, key: Buffer, encrypt: boolean): AeadContext
         throw new CipherError('AEAD: the header names another nonce than the one the sealer checked');
       }
       header.writeUInt16BE(sealedLength - headerBytes, offsetBodyLength);
+      // A disposed key is refused before the header is written, as the addon refuses it: asked
+      // here, after the arguments' getters ran (one of them may have disposed it), not before.
+      held();
       header.copy(out, 0);
       this.sealDatagram(nonce, plain, out, headerBytes, hashOut, hashOffset, hashLength);
     },

@@ -426,6 +426,41 @@ describe('one engine call a DATA packet', () => {
     }
   });
 
+  it('a key disposed by a getter of the plaintext while sealPacket reads it is refused with nothing written, in both engines', (t) => {
+    const missing = addonMissing();
+    if (missing !== undefined) {
+      t.diagnostic(`addon half skipped: ${missing}`);
+    }
+    const random = createRandom(0xd15);
+    for (const name of names) {
+      for (const { label, seal } of enginesFor(name, random.bytes(keyBytes(name)))) {
+        const plain = plainData(random, 16);
+        const nonce = nonceOf(plain);
+        const expected = sealedByHand(seal, plain);
+        const memory = plain.buffer;
+        Object.defineProperty(plain, 'buffer', {
+          get: () => {
+            seal.dispose();
+            return memory;
+          },
+        });
+        const out = Buffer.alloc(plain.length + 16);
+        // The addon reads no getter (it seals whole); node:crypto's reads one and must refuse clean.
+        try {
+          seal.sealPacket(nonce, plain, out);
+        } catch (error) {
+          assert.ok(error instanceof CipherError, String(error));
+          assert.ok(
+            out.every((byte) => byte === 0),
+            `${label} ${name}: wrote before refusing a disposed key`,
+          );
+          continue;
+        }
+        assert.deepEqual(out, expected, `${label} ${name}: sealed other bytes`);
+      }
+    }
+  });
+
   it('a view that reads one sequence to the sealer and holds another is refused, not sealed under an unchecked nonce', () => {
     const suite =
       suites.find((candidate) => candidate.name === 'aes-256-gcm') ?? (suites[0] as (typeof suites)[number]);
