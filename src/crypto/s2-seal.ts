@@ -117,8 +117,9 @@ export class S2Sealer {
   readonly #nonce = Buffer.alloc(aeadNonceBytes);
 
   constructor(senderId: number, key: S2Key) {
-    if (senderId === 0) {
-      throw new CipherError('an S2 sealer needs a sender id (not 0) for its nonces');
+    // 1 to 2^32 - 1, as the nonce holds it: 2^32 would be written as 0, and 2^32 + 7 as sender 7's.
+    if (!Number.isInteger(senderId) || senderId < 1 || senderId > 0xffff_ffff) {
+      throw new CipherError(`an S2 sealer needs a sender id (1 to 2^32 - 1) for its nonces, not ${senderId}`);
     }
     checkKey(key);
     this.#senderId = senderId >>> 0;

@@ -217,8 +217,11 @@ export class PacketSealer {
 
   constructor(suite: Suite, incarnation: number, random: (bytes: number) => Buffer = randomBytes) {
     this.#randomBytes = random;
-    if (incarnation === 0) {
-      throw new CipherError('a sealer needs the run incarnation (not 0) for its nonces');
+    // 1 to 2^32 - 1, as the nonce holds it: 2^32 would be written as 0, and 2^32 + 7 as run 7's.
+    if (!Number.isInteger(incarnation) || incarnation < 1 || incarnation > 0xffff_ffff) {
+      throw new CipherError(
+        `a sealer needs the run incarnation (1 to 2^32 - 1) for its nonces, not ${incarnation}`,
+      );
     }
     this.#suite = suite;
     this.#incarnation = incarnation >>> 0;

@@ -158,6 +158,10 @@ describe('sealed S2 envelopes (docs/protocol.md, "SEALED")', () => {
       'a resend is sealed afresh',
     );
     assert.throws(() => new S2Sealer(0, key), CipherError);
+    // A sender id the nonce's 32 bits cannot hold is refused, not written as 0 or as another's.
+    for (const senderId of [2 ** 32, 2 ** 32 + 13, -1, 13.5]) {
+      assert.throws(() => new S2Sealer(senderId, key), CipherError, String(senderId));
+    }
     assert.throws(() => sealer.seal(Buffer.alloc(sealedCarriedBytesMax + 1), 1), CipherError);
   });
 

@@ -150,6 +150,10 @@ describe('suites: sealing DATA', () => {
     assert.throws(() => sealer.setKey(1, randomBytes(32)), /already has a key/);
     assert.throws(() => sealer.seal(data(10, 101, 1, Buffer.from('b'))), /incarnation/);
     assert.throws(() => new PacketSealer(suite, 0), CipherError);
+    // An incarnation the nonce's 32 bits cannot hold is refused, not written as 0 or as another run's.
+    for (const incarnation of [2 ** 32, 2 ** 32 + 9, -1, 9.5]) {
+      assert.throws(() => new PacketSealer(suite, incarnation), CipherError, String(incarnation));
+    }
   });
 
   it('a sealer never comes round the 32-bit sequence space to a sequence it sealed under one key epoch (no nonce reuse)', () => {
