@@ -221,12 +221,12 @@ function sameStart(a: Buffer, b: Buffer): boolean {
  * array, null) is a CipherError naming the argument, as the addon refuses it.
  */
 function bytesOf(value: unknown, what: string): Buffer {
-  if (Buffer.isBuffer(value)) {
-    return value;
-  }
   if (!ArrayBuffer.isView(value)) {
     throw new CipherError(`AEAD: ${what} must be a Buffer`);
   }
+  // A view of its own even for a Buffer, its bounds read once: a getter of the caller's view (a
+  // `length` that reads one number to the checks and another after) is never read again between
+  // the checks and the writes, as the addon reads a view's bounds once.
   return value.byteLength === 0
     ? Buffer.alloc(0)
     : Buffer.from(value.buffer, value.byteOffset, value.byteLength);
@@ -423,7 +423,6 @@ function nodeContext(name: AeadName, key: Buffer, encrypt: boolean): AeadContext
       if (!encrypt) {
         throw new CipherError('a context made to open cannot seal');
       }
-      held(); // a disposed key is refused before the header is written, as the addon refuses it
       // Arguments as the addon takes them: views by their bytes, no hash for null as for undefined.
       const nonce = bytesOf(nonceView, 'the nonce');
       if (nonce.length !== nonceBytes) {
@@ -447,6 +446,9 @@ function nodeContext(name: AeadName, key: Buffer, encrypt: boolean): AeadContext
         throw new CipherError('AEAD: the header names another nonce than the one the sealer checked');
       }
       header.writeUInt16BE(sealedLength - headerBytes, offsetBodyLength);
+      // A disposed key is refused before the header is written, as the addon refuses it: asked
+      // here, after the arguments' getters ran (one of them may have disposed it), not before.
+      held();
       header.copy(out, 0);
       this.sealDatagram(nonce, plain, out, headerBytes, hashOut, hashOffset, hashLength);
     },
@@ -720,16 +722,37 @@ function checkPacketCalls(
   if (opener.openPacket(otherNonce) !== -1) {
     return "the addon opened a DATA datagram under another header's nonce";
   }
-  const unchecked = Buffer.alloc(plain.length + tagBytes);
-  const otherSequence = Buffer.from(nonce);
-  otherSequence[11] = (otherSequence[11] ?? 0) ^ 1;
-  try {
-    sealer.sealPacket(otherSequence, plain, unchecked);
-    return 'the addon sealed under a nonce its header does not name';
-  } catch {
-    if (unchecked.some((byte) => byte !== 0)) {
-      return 'the addon wrote a packet whose header names another nonce before refusing it';
+  // Each field of the nonce held to the header's (incarnation, epoch, the zeros, sequence), apart
+  // and in place: an addon that compared the sequence alone sealed under an unchecked incarnation.
+  for (const field of [0, 4, 6, 11]) {
+    const other = Buffer.from(nonce);
+    other[field] = (other[field] ?? 0) ^ 1;
+    const refusal = packetRefusal(sealer, other, plain);
+    if (refusal !== undefined) {
+      return `${refusal} (nonce byte ${field})`;
     }
+  }
+  return undefined;
+}
+
+/** Why sealPacket under a nonce the header does not name was not refused with nothing written. */
+function packetRefusal(sealer: AeadContext, nonce: Buffer, plain: Buffer): string | undefined {
+  const unchecked = Buffer.alloc(plain.length + tagBytes);
+  const inPlace = Buffer.alloc(plain.length + tagBytes);
+  plain.copy(inPlace);
+  for (const [from, out] of [
+    [plain, unchecked],
+    [inPlace.subarray(0, plain.length), inPlace],
+  ] as const) {
+    try {
+      sealer.sealPacket(nonce, from, out);
+      return 'the addon sealed under a nonce its header does not name';
+    } catch {
+      // Refused, as it must be: what it left is checked below.
+    }
+  }
+  if (unchecked.some((byte) => byte !== 0) || !inPlace.subarray(0, plain.length).equals(plain)) {
+    return 'the addon wrote a packet whose header names another nonce before refusing it';
   }
   return undefined;
 }

@@ -117,8 +117,9 @@ export class S2Sealer {
   readonly #nonce = Buffer.alloc(aeadNonceBytes);
 
   constructor(senderId: number, key: S2Key) {
-    if (senderId === 0) {
-      throw new CipherError('an S2 sealer needs a sender id (not 0) for its nonces');
+    // 1 to 2^32 - 1, as the nonce holds it: 2^32 would be written as 0, and 2^32 + 7 as sender 7's.
+    if (!Number.isInteger(senderId) || senderId < 1 || senderId > 0xffff_ffff) {
+      throw new CipherError(`an S2 sealer needs a sender id (1 to 2^32 - 1) for its nonces, not ${senderId}`);
     }
     checkKey(key);
     this.#senderId = senderId >>> 0;
@@ -146,6 +147,23 @@ export class S2Sealer {
    * datagram is too large or the key has sealed 2^32 - 1 envelopes (a new epoch is needed).
    */
   seal(datagram: Buffer, nowUs: number): Buffer {
+    // One seal at a time: a getter or method of the datagram that seals again from inside this
+    // call would move the counter and the nonce this call then seals under to the inner one's.
+    if (this.#sealing) {
+      throw new CipherError(
+        'an S2 sealer seals one envelope at a time: seal was called again from inside seal',
+      );
+    }
+    this.#sealing = true;
+    try {
+      return this.#sealOne(datagram, nowUs);
+    } finally {
+      this.#sealing = false;
+    }
+  }
+  #sealing = false;
+
+  #sealOne(datagram: Buffer, nowUs: number): Buffer {
     if (datagram.length > sealedCarriedBytesMax) {
       throw new CipherError(`a datagram of ${datagram.length} bytes does not fit a SEALED envelope`);
     }

@@ -217,8 +217,11 @@ export class PacketSealer {
 
   constructor(suite: Suite, incarnation: number, random: (bytes: number) => Buffer = randomBytes) {
     this.#randomBytes = random;
-    if (incarnation === 0) {
-      throw new CipherError('a sealer needs the run incarnation (not 0) for its nonces');
+    // 1 to 2^32 - 1, as the nonce holds it: 2^32 would be written as 0, and 2^32 + 7 as run 7's.
+    if (!Number.isInteger(incarnation) || incarnation < 1 || incarnation > 0xffff_ffff) {
+      throw new CipherError(
+        `a sealer needs the run incarnation (1 to 2^32 - 1) for its nonces, not ${incarnation}`,
+      );
     }
     this.#suite = suite;
     this.#incarnation = incarnation >>> 0;
@@ -312,6 +315,28 @@ export class PacketSealer {
    * call writes nothing, neither into `into` nor into `plain`, and uses no nonce.
    */
   seal(plain: Buffer, into?: Buffer, hashOut?: Buffer, hashOffset?: number, hashLength?: number): Buffer {
+    // One seal at a time: a getter or method of an argument that seals again from inside this call
+    // would seal the sequence checked here before this call records it, and this call would then
+    // seal it a second time under the same nonce.
+    if (this.#sealing) {
+      throw new CipherError('a sealer seals one packet at a time: seal was called again from inside seal');
+    }
+    this.#sealing = true;
+    try {
+      return this.#sealOne(plain, into, hashOut, hashOffset, hashLength);
+    } finally {
+      this.#sealing = false;
+    }
+  }
+  #sealing = false;
+
+  #sealOne(
+    plain: Buffer,
+    into: Buffer | undefined,
+    hashOut: Buffer | undefined,
+    hashOffset: number | undefined,
+    hashLength: number | undefined,
+  ): Buffer {
     if (plain.length < headerBytes || plain[offsetType] !== PacketType.data) {
       throw new CipherError('only DATA datagrams are sealed');
     }
@@ -324,7 +349,9 @@ export class PacketSealer {
     if (entry === undefined || (entry.key === undefined && entry.group === undefined)) {
       throw new CipherError(`no traffic key for key epoch ${keyEpoch}`);
     }
-    const sequence = plain.readUInt32BE(offsetSequence);
+    // As the 32-bit number the nonce holds, once: a view whose read gave -0.5 and then 0.5 passed
+    // the checks as two sequences and sealed both under the nonce of sequence 0.
+    const sequence = plain.readUInt32BE(offsetSequence) >>> 0;
     if (entry.lastSequence !== undefined) {
       const ahead = (sequence - entry.lastSequence) >>> 0;
       if (ahead === 0 || ahead >= 0x8000_0000) {

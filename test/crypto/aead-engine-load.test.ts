@@ -8,7 +8,7 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { cpSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, cpSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
@@ -93,6 +93,38 @@ describe('packet engine: loading the addon', () => {
     }
     const good = readFileSync(nativeAddonPath);
     assert.equal(engineIn(tree(good, sha256(good))).name, 'openssl-evp');
+  });
+
+  it('an addon that holds only the sequence of the header to the nonce it is given is not loaded', (t) => {
+    const missing = addonMissing();
+    if (missing !== undefined) {
+      t.skip(missing);
+      return;
+    }
+    // native/aead.c built with its nonce check cut to the sequence's 4 bytes (the incarnation, the
+    // epoch and the zeros unchecked): the load check must refuse it, not only one with none.
+    const root = join(work, `weak-${trees++}`);
+    mkdirSync(join(root, 'scripts'), { recursive: true });
+    mkdirSync(join(root, 'native'));
+    copyFileSync(join(repository, 'scripts', 'build-native.mjs'), join(root, 'scripts', 'build-native.mjs'));
+    copyFileSync(join(repository, 'native', 'binding.gyp'), join(root, 'native', 'binding.gyp'));
+    const source = readFileSync(join(repository, 'native', 'aead.c'), 'utf8');
+    const check = 'memcmp(named, nonce, NONCE_BYTES) != 0';
+    assert.ok(source.includes(check), 'the nonce check is where this test cuts it');
+    writeFileSync(
+      join(root, 'native', 'aead.c'),
+      source.replace(check, 'memcmp(named + 8, nonce + 8, 4) != 0'),
+    );
+    const built = spawnSync(process.execPath, [join(root, 'scripts', 'build-native.mjs'), '--force'], {
+      env: { ...process.env, GATECAST_REQUIRE_NATIVE: '1' },
+      encoding: 'utf8',
+      timeout: 240_000,
+    });
+    assert.equal(built.status, 0, built.stderr);
+    const weak = readFileSync(join(root, 'native', 'build', 'Release', 'gatecast_aead.node'));
+    const engine = engineIn(tree(weak, sha256(weak)));
+    assert.equal(engine.name, 'node:crypto');
+    assert.match(engine.reason ?? '', /failed its check: .*sealed under a nonce its header does not name/);
   });
 
   it('another shared object in its place is named as not the packet engine', () => {

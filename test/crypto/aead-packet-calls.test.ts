@@ -393,6 +393,74 @@ describe('one engine call a DATA packet', () => {
     }
   });
 
+  it('a plaintext whose length reads one number to the checks and another after is sealed whole or refused with nothing written, in both engines', (t) => {
+    const missing = addonMissing();
+    if (missing !== undefined) {
+      t.diagnostic(`addon half skipped: ${missing}`);
+    }
+    const random = createRandom(0x1e9);
+    for (const name of names) {
+      for (const { label, seal } of enginesFor(name, random.bytes(keyBytes(name)))) {
+        for (const honestReads of [1, 2, 3, 4, 5, 6, 8, 12]) {
+          const plain = plainData(random, 16);
+          const expected = sealedByHand(seal, plain);
+          const length = plain.length;
+          let reads = 0;
+          Object.defineProperty(plain, 'length', {
+            get: () => (++reads > honestReads ? 100_000 : length),
+          });
+          const out = Buffer.alloc(length + 16);
+          try {
+            seal.sealPacket(nonceOf(plain), plain, out);
+          } catch (error) {
+            assert.ok(error instanceof CipherError, String(error));
+            assert.ok(
+              out.every((byte) => byte === 0),
+              `${label} ${name}: wrote before refusing (length honest ${honestReads} times)`,
+            );
+            continue;
+          }
+          assert.deepEqual(out, expected, `${label} ${name}: sealed other bytes`);
+        }
+      }
+    }
+  });
+
+  it('a key disposed by a getter of the plaintext while sealPacket reads it is refused with nothing written, in both engines', (t) => {
+    const missing = addonMissing();
+    if (missing !== undefined) {
+      t.diagnostic(`addon half skipped: ${missing}`);
+    }
+    const random = createRandom(0xd15);
+    for (const name of names) {
+      for (const { label, seal } of enginesFor(name, random.bytes(keyBytes(name)))) {
+        const plain = plainData(random, 16);
+        const nonce = nonceOf(plain);
+        const expected = sealedByHand(seal, plain);
+        const memory = plain.buffer;
+        Object.defineProperty(plain, 'buffer', {
+          get: () => {
+            seal.dispose();
+            return memory;
+          },
+        });
+        const out = Buffer.alloc(plain.length + 16);
+        // The addon reads no getter (it seals whole); node:crypto's reads one and must refuse clean.
+        try {
+          seal.sealPacket(nonce, plain, out);
+        } catch (error) {
+          assert.ok(error instanceof CipherError, String(error));
+          assert.ok(
+            out.every((byte) => byte === 0),
+            `${label} ${name}: wrote before refusing a disposed key`,
+          );
+          continue;
+        }
+        assert.deepEqual(out, expected, `${label} ${name}: sealed other bytes`);
+      }
+    }
+  });
+
   it('a view that reads one sequence to the sealer and holds another is refused, not sealed under an unchecked nonce', () => {
     const suite =
       suites.find((candidate) => candidate.name === 'aes-256-gcm') ?? (suites[0] as (typeof suites)[number]);
@@ -408,6 +476,34 @@ describe('one engine call a DATA packet', () => {
     // The refused call used no nonce: 101 itself still seals.
     const next = sealer.seal(plainData(random, 16, 101));
     assert.equal(next.readUInt32BE(offsetSequence), 101);
+  });
+
+  it('a view that reads a sequence with a fraction (-0.5, then 0.5) is never sealed twice under the nonce of sequence 0', () => {
+    const suite =
+      suites.find((candidate) => candidate.name === 'aes-256-gcm') ?? (suites[0] as (typeof suites)[number]);
+    for (const packetsPerGroup of [undefined, 4]) {
+      const sealer = new PacketSealer(suite, 0xfedc_ba98);
+      if (packetsPerGroup === undefined) {
+        sealer.setKey(3, Buffer.alloc(suite.keyBytes, 7));
+      } else {
+        sealer.setGroupShares(3, [Buffer.alloc(suite.keyBytes, 7)], packetsPerGroup);
+      }
+      const random = createRandom(0xf4a);
+      let sealed = 0;
+      for (const read of [-0.5, 0.5]) {
+        // Its bytes say sequence 0 (the nonce of sequence 0); the sealer's checks read `read`.
+        const lying = plainData(random, 16, 0);
+        const honest = lying.readUInt32BE.bind(lying);
+        lying.readUInt32BE = (offset = 0) => (offset === offsetSequence ? read : honest(offset));
+        try {
+          sealer.seal(lying);
+          sealed++;
+        } catch (error) {
+          assert.ok(error instanceof CipherError, String(error));
+        }
+      }
+      assert.ok(sealed <= 1, `${packetsPerGroup}: sequence 0's nonce sealed ${sealed} packets`);
+    }
   });
 
   it('a plaintext another thread rewrites is never sealed twice under one nonce', async () => {

@@ -158,7 +158,34 @@ describe('sealed S2 envelopes (docs/protocol.md, "SEALED")', () => {
       'a resend is sealed afresh',
     );
     assert.throws(() => new S2Sealer(0, key), CipherError);
+    // A sender id the nonce's 32 bits cannot hold is refused, not written as 0 or as another's.
+    for (const senderId of [2 ** 32, 2 ** 32 + 13, -1, 13.5]) {
+      assert.throws(() => new S2Sealer(senderId, key), CipherError, String(senderId));
+    }
     assert.throws(() => sealer.seal(Buffer.alloc(sealedCarriedBytesMax + 1), 1), CipherError);
+  });
+
+  it('a seal called again from inside a seal (by a method of its datagram) never seals two envelopes under one nonce', () => {
+    const sealer = new S2Sealer(14, newS2Key(1));
+    const counters: number[] = [];
+    const outer = data(1, Buffer.alloc(20));
+    const honest = outer.readUInt32BE.bind(outer);
+    let once = true;
+    // Read after the counter moved: seals another envelope from inside the first one's call.
+    outer.readUInt32BE = (offset = 0) => {
+      if (once) {
+        once = false;
+        try {
+          counters.push(sealer.seal(data(2, Buffer.alloc(20)), 1).readUInt32BE(12));
+        } catch (error) {
+          assert.ok(error instanceof CipherError, String(error));
+        }
+      }
+      return honest(offset);
+    };
+    counters.push(sealer.seal(outer, 1).readUInt32BE(12));
+    counters.push(sealer.seal(data(3, Buffer.alloc(20)), 1).readUInt32BE(12));
+    assert.equal(new Set(counters).size, counters.length, `envelope counters ${counters.join(', ')}`);
   });
 
   it('an agent keeps only the latest few epochs', () => {

@@ -150,6 +150,10 @@ describe('suites: sealing DATA', () => {
     assert.throws(() => sealer.setKey(1, randomBytes(32)), /already has a key/);
     assert.throws(() => sealer.seal(data(10, 101, 1, Buffer.from('b'))), /incarnation/);
     assert.throws(() => new PacketSealer(suite, 0), CipherError);
+    // An incarnation the nonce's 32 bits cannot hold is refused, not written as 0 or as another run's.
+    for (const incarnation of [2 ** 32, 2 ** 32 + 9, -1, 9.5]) {
+      assert.throws(() => new PacketSealer(suite, incarnation), CipherError, String(incarnation));
+    }
   });
 
   it('a sealer never comes round the 32-bit sequence space to a sequence it sealed under one key epoch (no nonce reuse)', () => {
@@ -179,6 +183,48 @@ describe('suites: sealing DATA', () => {
         sealer.setKey(2, randomBytes(32));
         sealer.seal(data(9, 0, 2, payload));
       }
+    }
+  });
+
+  it('a seal called again from inside a seal (by a getter of its plaintext) never seals the checked sequence twice', () => {
+    // 16 zero bytes of payload: the ciphertext is the nonce's keystream, so one nonce twice shows.
+    for (const packetsPerGroup of [undefined, 4]) {
+      const suite = suiteByName('aes-256-gcm', 'test');
+      const sealer = new PacketSealer(suite, 9);
+      if (packetsPerGroup === undefined) {
+        sealer.setKey(1, randomBytes(32));
+      } else {
+        sealer.setGroupShares(1, [randomBytes(32)], packetsPerGroup);
+      }
+      const bodyAt = headerBytes + (packetsPerGroup === undefined ? 0 : 16);
+      const bodies: string[] = [];
+      const outer = data(9, 100, 1, Buffer.alloc(16));
+      const length = outer.length;
+      let reads = 0;
+      // The plaintext's length, read after the sealer's checks, seals sequence 100 from inside.
+      Object.defineProperty(outer, 'length', {
+        get() {
+          reads++;
+          if (reads === 2) {
+            try {
+              const inner = sealer.seal(data(9, 100, 1, Buffer.alloc(16)));
+              bodies.push(inner.subarray(bodyAt, bodyAt + 16).toString('hex'));
+            } catch (error) {
+              assert.ok(error instanceof CipherError, String(error));
+            }
+          }
+          return length;
+        },
+      });
+      try {
+        const sealed = sealer.seal(outer);
+        bodies.push(sealed.subarray(bodyAt, bodyAt + 16).toString('hex'));
+      } catch (error) {
+        assert.ok(error instanceof CipherError, String(error));
+      }
+      assert.ok(reads >= 2, 'the length was read after the checks');
+      assert.equal(new Set(bodies).size, bodies.length, `${packetsPerGroup}: one nonce sealed two packets`);
+      assert.throws(() => sealer.seal(data(9, 100, 1, Buffer.alloc(16))), /nonce was used/);
     }
   });
 
