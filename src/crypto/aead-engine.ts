@@ -900,21 +900,23 @@ function hashRangeFits(offset: number, length: number, size: number): boolean {
  */
 export function sha256Into(input: Buffer, out: Buffer, offset: number, length: number): void {
   // Either engine takes the same arguments: views by their bytes, nothing else (not a string).
+  const { addon } = loadEngine();
+  if (addon !== undefined) {
+    // The addon reads each view's bounds once and checks every range itself: no view is made
+    // here, on the packet path of a signed source.
+    try {
+      addon.digest(input, out, offset, length);
+    } catch (error) {
+      throw asCipherError(error);
+    }
+    return;
+  }
   const bytes = bytesOf(input, 'the input');
   const target = bytesOf(out, 'the output');
   if (!hashRangeFits(offset, length, target.length)) {
     throw new CipherError(`SHA-256: ${length} bytes at ${offset} do not fit an output of ${target.length}`);
   }
-  const { addon } = loadEngine();
-  if (addon === undefined) {
-    createHash('sha256').update(bytes).digest().copy(target, offset, 0, length);
-    return;
-  }
-  try {
-    addon.digest(bytes, target, offset, length);
-  } catch (error) {
-    throw asCipherError(error);
-  }
+  createHash('sha256').update(bytes).digest().copy(target, offset, 0, length);
 }
 
 /**
@@ -924,25 +926,27 @@ export function sha256Into(input: Buffer, out: Buffer, offset: number, length: n
  * A range outside `expected` is a CipherError.
  */
 export function sha256Equals(input: Buffer, expected: Buffer, offset: number, length: number): boolean {
+  const { addon } = loadEngine();
+  if (addon !== undefined) {
+    // As sha256Into: the addon checks the views and the range, and no view is made on the packet
+    // path of a verifying gate.
+    try {
+      return addon.digestEquals(input, expected, offset, length);
+    } catch (error) {
+      throw asCipherError(error);
+    }
+  }
   const bytes = bytesOf(input, 'the input');
   const against = bytesOf(expected, 'the expected hash');
   if (!hashRangeFits(offset, length, against.length)) {
     throw new CipherError(`SHA-256: ${length} bytes at ${offset} do not fit ${against.length}`);
   }
-  const { addon } = loadEngine();
-  if (addon === undefined) {
-    return (
-      createHash('sha256')
-        .update(bytes)
-        .digest()
-        .compare(against, offset, offset + length, 0, length) === 0
-    );
-  }
-  try {
-    return addon.digestEquals(bytes, against, offset, length);
-  } catch (error) {
-    throw asCipherError(error);
-  }
+  return (
+    createHash('sha256')
+      .update(bytes)
+      .digest()
+      .compare(against, offset, offset + length, 0, length) === 0
+  );
 }
 
 /** The node:crypto engine alone, whatever the process uses (tests, the benchmark's reference). */
