@@ -47,6 +47,17 @@ function data(incarnation: number, sequence: number, keyEpoch: number, payload: 
   );
 }
 
+/** An AES-256-GCM sealer of run 9 with key epoch 1: one traffic key, or every-n-th-packet mode's groups. */
+function sealerOfRun9(packetsPerGroup: number | undefined): PacketSealer {
+  const sealer = new PacketSealer(suiteByName('aes-256-gcm', 'test'), 9);
+  if (packetsPerGroup === undefined) {
+    sealer.setKey(1, randomBytes(32));
+  } else {
+    sealer.setGroupShares(1, [randomBytes(32)], packetsPerGroup);
+  }
+  return sealer;
+}
+
 describe('suites: what is refused at configuration load', () => {
   const refused: [string, RegExp][] = [
     ['md5', /MD5/],
@@ -160,13 +171,7 @@ describe('suites: sealing DATA', () => {
     // Each step is ahead of the last (less than 2^31 on), yet three of them come back to 0.
     const payload = Buffer.from('p');
     for (const packetsPerGroup of [undefined, 4]) {
-      const suite = suiteByName('aes-256-gcm', 'test');
-      const sealer = new PacketSealer(suite, 9);
-      if (packetsPerGroup === undefined) {
-        sealer.setKey(1, randomBytes(32));
-      } else {
-        sealer.setGroupShares(1, [randomBytes(32)], packetsPerGroup);
-      }
+      const sealer = sealerOfRun9(packetsPerGroup);
       sealer.seal(data(9, 0, 1, payload));
       sealer.seal(data(9, 0x7fff_ffff, 1, payload));
       sealer.seal(data(9, 0xffff_fffe, 1, payload));
@@ -189,13 +194,7 @@ describe('suites: sealing DATA', () => {
   it('a seal called again from inside a seal (by a getter of its plaintext) never seals the checked sequence twice', () => {
     // 16 zero bytes of payload: the ciphertext is the nonce's keystream, so one nonce twice shows.
     for (const packetsPerGroup of [undefined, 4]) {
-      const suite = suiteByName('aes-256-gcm', 'test');
-      const sealer = new PacketSealer(suite, 9);
-      if (packetsPerGroup === undefined) {
-        sealer.setKey(1, randomBytes(32));
-      } else {
-        sealer.setGroupShares(1, [randomBytes(32)], packetsPerGroup);
-      }
+      const sealer = sealerOfRun9(packetsPerGroup);
       const bodyAt = headerBytes + (packetsPerGroup === undefined ? 0 : 16);
       const bodies: string[] = [];
       const outer = data(9, 100, 1, Buffer.alloc(16));
