@@ -14,6 +14,7 @@
  */
 import assert from 'node:assert/strict';
 import { progressAheadPacketsMax as progressAheadPacketsMaxDefault } from '../limits.js';
+import { SequenceRing } from './sequence-ring.js';
 import { sequenceAdd, sequenceDistance } from './serial.js';
 
 /** Bounds of a window. */
@@ -56,7 +57,8 @@ export class SessionWindow {
   #end: number;
   /** Highest DATA received, as a distance-comparable sequence; undefined before any. */
   #highestData: number | undefined;
-  readonly #held = new Map<number, Buffer>();
+  /** The DATA held, all within packetsMax of base (a ring, not a Map: see SequenceRing). */
+  readonly #held: SequenceRing<Buffer>;
   #heldBytes = 0;
   readonly #aside = new Map<number, Buffer>();
   #asideBytes = 0;
@@ -67,6 +69,7 @@ export class SessionWindow {
     assert.ok(limits.packetsMax > 0);
     assert.ok(limits.resyncPacketsMin > 0);
     this.#limits = limits;
+    this.#held = new SequenceRing<Buffer>(limits.packetsMax);
     this.#base = base >>> 0;
     this.#end = this.#base;
   }
