@@ -66,16 +66,19 @@ function fileSink(path: string, onFailed: () => void): OutputSink {
   let bytesWritten = 0;
   let pending: Buffer[] = [];
   const writeOut = (pieces: Buffer[]) => {
-    while (pieces.length > 0) {
-      let written = writevSync(fd, pieces);
+    // The whole batch in one writev; a short write (rare) leaves the rest, maybe part of a piece,
+    // to write again. The pieces are not copied along the way: a manifest's release hands this
+    // sink 64 payloads at once.
+    let first = 0;
+    while (first < pieces.length) {
+      let written = writevSync(fd, first === 0 ? pieces : pieces.slice(first));
       bytesWritten += written;
-      // A short write leaves the rest of the pieces (and maybe part of one) to write again.
-      while (pieces.length > 0 && written >= (pieces[0] as Buffer).length) {
-        written -= (pieces[0] as Buffer).length;
-        pieces = pieces.slice(1);
+      while (first < pieces.length && written >= (pieces[first] as Buffer).length) {
+        written -= (pieces[first] as Buffer).length;
+        first++;
       }
-      if (written > 0 && pieces.length > 0) {
-        pieces[0] = (pieces[0] as Buffer).subarray(written);
+      if (written > 0 && first < pieces.length) {
+        pieces[first] = (pieces[first] as Buffer).subarray(written);
       }
     }
   };
