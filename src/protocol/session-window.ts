@@ -173,9 +173,13 @@ export class SessionWindow {
       return 'unchanged';
     }
     const anchor = this.#highestData === undefined ? this.#base : sequenceAdd(this.#highestData, 1);
+    // Ahead of the known end, so ahead of base: a distance from base at or below 0 is a claim about
+    // 2^31 away (ahead of the end, "behind" base), which would make the window 2^31 long.
+    const fromBase = sequenceDistance(this.#base, next);
     if (
       sequenceDistance(anchor, next) > this.#limits.progressAheadPacketsMax ||
-      sequenceDistance(this.#base, next) > this.#limits.packetsMax
+      fromBase <= 0 ||
+      fromBase > this.#limits.packetsMax
     ) {
       return 'too-far';
     }

@@ -82,6 +82,24 @@ describe('SessionWindow', () => {
     assert.equal(window.endAt(3), false);
   });
 
+  it('a claim half the sequence space from base is too far, even before any DATA (the known end never passes base + packetsMax)', () => {
+    const window = new SessionWindow(1000, limits);
+    assert.equal(window.claim(1005), 'extended');
+    // 2^31 + 1 ahead of base reads as behind base, and ahead of the known end: not a step forward.
+    assert.equal(window.claim(sequenceAdd(1000, 2 ** 31 + 1)), 'too-far');
+    assert.equal(window.end, 1005);
+    assert.equal(window.endAt(sequenceAdd(1000, 2 ** 31 + 1)), false);
+    window.skip();
+    window.skip();
+    assert.equal(window.outstanding, 3);
+    const gaps: number[] = [];
+    window.drainToEnd(
+      () => undefined,
+      (sequence) => gaps.push(sequence),
+    );
+    assert.deepEqual(gaps, [1002, 1003, 1004]);
+  });
+
   it('holds no more than its bounds whatever the input (seeded property test)', () => {
     for (let seed = 1; seed <= 30; seed++) {
       const random = createRandom(seed);
