@@ -12,6 +12,9 @@
  * there. That is about 150 bytes of garbage a packet that only a full collection frees (a receiver
  * at 9,000 packets a second ran a full collection every 600 ms).
  */
+/** The widest span a ring takes (its slots grow only as far as the sequences held spread). */
+export const sequenceRingSpanMax = 2 ** 30;
+
 export class SequenceRing<T> {
   #sequences: Uint32Array;
   #values: Array<T | undefined>;
@@ -20,7 +23,7 @@ export class SequenceRing<T> {
   readonly #slotsMax: number;
 
   constructor(spanMax: number, initialSlots = 64) {
-    if (!Number.isInteger(spanMax) || spanMax < 1 || spanMax > 2 ** 30) {
+    if (!Number.isInteger(spanMax) || spanMax < 1 || spanMax > sequenceRingSpanMax) {
       throw new RangeError(`spanMax must be an integer from 1 to 2^30, not ${spanMax}`);
     }
     this.#slotsMax = 2 ** Math.ceil(Math.log2(spanMax));

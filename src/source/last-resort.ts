@@ -21,6 +21,7 @@ import {
   type PeerEndpoint,
 } from '../protocol/control.js';
 import { headerBytes, offsetSequence, offsetType, PacketType } from '../protocol/packet.js';
+import { SequenceRing, sequenceRingSpanMax } from '../protocol/sequence-ring.js';
 import { sequenceAdd, sequenceDistance } from '../protocol/serial.js';
 
 /** Settings of the last-resort answerer. */
@@ -96,11 +97,17 @@ export async function startLastResort(
 ): Promise<LastResort> {
   const { clock, transport } = runtime;
   const timers = new OwnedTimers(clock);
-  const held = new Map<number, Buffer>();
+  /**
+   * The DATA kept, by sequence. The run's DATA come in sequence order and leave oldest first, so
+   * the oldest is `first`: rings, not Maps. A Map used so was walked from its front over the slots
+   * of every packet deleted since its table was last rebuilt, for every packet once the buffer was
+   * full (3.5 µs a packet at 256 MB), and rebuilt its table in V8's old generation (SequenceRing).
+   */
+  const held = new SequenceRing<Buffer>(sequenceRingSpanMax);
   /** The run's END, once sent (never evicted: one datagram). */
   let end: { sequence: number; datagram: Buffer; signature: Buffer | undefined } | undefined;
   /** A signed run: the manifest covering each held sequence (one copy shared by its sequences). */
-  const manifestOf = new Map<number, Buffer>();
+  const manifestOf = new SequenceRing<Buffer>(sequenceRingSpanMax);
   let heldBytes = 0;
   let evicted = 0;
   let feedbackReceived = 0;
@@ -224,23 +231,27 @@ export async function startLastResort(
     if (held.has(sequence)) {
       return;
     }
+    if (first !== undefined && last !== undefined && sequenceDistance(first, sequence) < 0) {
+      return; // older than the oldest kept: the buffer has moved past it
+    }
     const copy = Buffer.from(datagram);
     held.set(sequence, copy);
     heldBytes += copy.length;
     first ??= sequence;
-    last = sequence;
-    if (heldBytes <= settings.bufferBytesMax) {
-      return; // no iterator per packet while the buffer has room
+    if (last === undefined || sequenceDistance(last, sequence) > 0) {
+      last = sequence;
     }
-    for (const [oldest, buffer] of held) {
-      if (heldBytes <= settings.bufferBytesMax) {
-        break;
-      }
-      held.delete(oldest);
+    // Oldest first, from `first` on; every sequence held is between first and last, so this ends.
+    while (heldBytes > settings.bufferBytesMax && sequenceDistance(first, last) >= 0) {
+      const oldest: number = first;
+      const buffer = held.get(oldest);
       manifestOf.delete(oldest);
-      heldBytes -= buffer.length;
-      evicted++;
       first = sequenceAdd(oldest, 1);
+      if (buffer !== undefined) {
+        held.delete(oldest);
+        heldBytes -= buffer.length;
+        evicted++;
+      }
     }
   };
 

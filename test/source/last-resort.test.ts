@@ -187,6 +187,44 @@ describe('a source as the retransmit server of last resort', () => {
     }
   });
 
+  it('keeps the newest packets that fit, evicting oldest first, across the 32-bit wrap; an older packet than the oldest kept is not taken', async () => {
+    const run = { sessionId: 9, incarnation: 5 };
+    const lastResort = await startLastResort(
+      {
+        listen: { address: '127.0.0.1', port: 0, family: 4 },
+        keys: [key],
+        bufferBytesMax: 10 * 132, // ten DATA datagrams of 100 bytes
+        repairRateBitsPerSecond: 100_000_000,
+        announceTo: [],
+      },
+      run,
+      systemRuntime,
+    );
+    try {
+      const datagram = (sequence: number) =>
+        encodeData({ ...run, sequence, timestampUs: 0 }, Buffer.alloc(100, sequence & 0xff));
+      const start = 2 ** 32 - 2_000;
+      for (let step = 0; step < 5_000; step++) {
+        lastResort.keep((start + step) >>> 0, datagram((start + step) >>> 0));
+      }
+      let stats = lastResort.stats();
+      assert.equal(stats.heldPackets, 10);
+      assert.equal(stats.heldBytes, 10 * 132);
+      assert.equal(stats.evicted, 4_990);
+      lastResort.keep((start + 4_980) >>> 0, datagram((start + 4_980) >>> 0)); // behind the oldest kept
+      lastResort.keep((start + 4_995) >>> 0, datagram((start + 4_995) >>> 0)); // held already
+      stats = lastResort.stats();
+      assert.equal(stats.heldPackets, 10);
+      assert.equal(stats.evicted, 4_990);
+      lastResort.keep((start + 5_000) >>> 0, datagram((start + 5_000) >>> 0));
+      stats = lastResort.stats();
+      assert.equal(stats.heldPackets, 10);
+      assert.equal(stats.evicted, 4_991);
+    } finally {
+      await lastResort.close();
+    }
+  });
+
   it('announces itself as last resort, answers NACKs from what it sent, and stays after END while NACKs come', async () => {
     const socket = createSocket('udp4');
     await new Promise<void>((resolve) => socket.bind(0, '127.0.0.1', resolve));
