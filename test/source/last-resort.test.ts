@@ -142,20 +142,25 @@ async function endRequester() {
   return { socket, at, seen, askEnd };
 }
 
+/** A last resort on loopback whose buffer holds ten DATA datagrams of 100 bytes. */
+function startTenPacketLastResort(run: { sessionId: number; incarnation: number }) {
+  return startLastResort(
+    {
+      listen: { address: '127.0.0.1', port: 0, family: 4 },
+      keys: [key],
+      bufferBytesMax: 10 * 132, // ten DATA datagrams of 100 bytes
+      repairRateBitsPerSecond: 100_000_000,
+      announceTo: [],
+    },
+    run,
+    systemRuntime,
+  );
+}
+
 describe('a source as the retransmit server of last resort', () => {
   it('keeps a manifest only for packets it holds: repeats sent after their packets left the buffer kept them for good', async () => {
     const run = { sessionId: 9, incarnation: 4 };
-    const lastResort = await startLastResort(
-      {
-        listen: { address: '127.0.0.1', port: 0, family: 4 },
-        keys: [key],
-        bufferBytesMax: 10 * 132, // ten DATA datagrams of 100 bytes
-        repairRateBitsPerSecond: 100_000_000,
-        announceTo: [],
-      },
-      run,
-      systemRuntime,
-    );
+    const lastResort = await startTenPacketLastResort(run);
     try {
       const datagram = (sequence: number) =>
         encodeData({ ...run, sequence, timestampUs: 0 }, Buffer.alloc(100, sequence));
@@ -189,17 +194,7 @@ describe('a source as the retransmit server of last resort', () => {
 
   it('keeps the newest packets that fit, evicting oldest first, across the 32-bit wrap; an older packet than the oldest kept is not taken', async () => {
     const run = { sessionId: 9, incarnation: 5 };
-    const lastResort = await startLastResort(
-      {
-        listen: { address: '127.0.0.1', port: 0, family: 4 },
-        keys: [key],
-        bufferBytesMax: 10 * 132, // ten DATA datagrams of 100 bytes
-        repairRateBitsPerSecond: 100_000_000,
-        announceTo: [],
-      },
-      run,
-      systemRuntime,
-    );
+    const lastResort = await startTenPacketLastResort(run);
     try {
       const datagram = (sequence: number) =>
         encodeData({ ...run, sequence, timestampUs: 0 }, Buffer.alloc(100, sequence & 0xff));
