@@ -524,16 +524,26 @@ export class PacketOpener {
   readonly #keys = new Map<number, AeadContext>();
   readonly #groups = new Map<number, GroupOpening>();
   readonly #nonce = Buffer.alloc(aeadNonceBytes);
-  /** Every-n-th-packet mode: group keys asked of the token. */
-  groupKeysAsked = 0;
+  /** Every-n-th-packet mode: where the group keys asked of the token are counted. */
+  readonly #counters: { groupKeysAsked: number };
   /**
    * Every-n-th-packet mode: the newest sequence opened under a group key, in any epoch (sequences
    * run on across epochs, so a new epoch's first groups are near it too).
    */
   #newestGrouped: number | undefined;
 
-  constructor(suite: Suite) {
+  /**
+   * `counters`: where to count the group keys asked (a receiver's own counters, so they are plain
+   * fields it shows as they are, with no getter: see ReceiverProtectionStats).
+   */
+  constructor(suite: Suite, counters: { groupKeysAsked: number } = { groupKeysAsked: 0 }) {
     this.#suite = suite;
+    this.#counters = counters;
+  }
+
+  /** Every-n-th-packet mode: group keys asked of the token. */
+  get groupKeysAsked(): number {
+    return this.#counters.groupKeysAsked;
   }
 
   /**
@@ -656,7 +666,7 @@ export class PacketOpener {
       } catch {
         return 'no-group-key';
       }
-      this.groupKeysAsked++;
+      this.#counters.groupKeysAsked++;
       const tries = (group?.tries ?? 0) + 1;
       group?.key.dispose();
       group = {

@@ -271,35 +271,18 @@ export async function openRelayInput(
   const payloadBytesMax = Math.min(options.payloadBytesMax, dataPayloadBytesMax);
   const queue: Buffer[] = [];
   let head = 0;
-  let dropped = 0;
-  let droppedTooLarge = 0;
   let ended = false;
   const ready = new Readiness();
-  const onDatagram = (datagram: Buffer) => {
-    if (datagram.length > payloadBytesMax) {
-      dropped++;
-      droppedTooLarge++;
-      return;
-    }
-    if (queue.length - head >= relayQueuePacketsMax) {
-      dropped++;
-      return;
-    }
-    queue.push(datagram);
-    ready.notify();
-  };
-  const socket: ReceiverSocket = await openRelaySocket(endpoint, options.iface, onDatagram);
-  return {
+  let socket: ReceiverSocket | undefined;
+  // The counts are plain fields written in place: a getter in this literal would put the object,
+  // read once a packet, in V8's dictionary mode (every read a generic property lookup).
+  const input = {
     kind: SessionKind.relay,
     totalBytes: undefined,
     sha256: undefined,
-    get droppedCount() {
-      return dropped;
-    },
-    get droppedTooLargeCount() {
-      return droppedTooLarge;
-    },
-    read(out) {
+    droppedCount: 0,
+    droppedTooLargeCount: 0,
+    read(out: Buffer) {
       if (head === queue.length) {
         return ended ? inputEnded : inputNotReady;
       }
@@ -315,9 +298,24 @@ export async function openRelayInput(
     async close() {
       ended = true;
       ready.notify();
-      await socket.close();
+      await socket?.close();
     },
+  } satisfies PayloadInput;
+  const onDatagram = (datagram: Buffer) => {
+    if (datagram.length > payloadBytesMax) {
+      input.droppedCount++;
+      input.droppedTooLargeCount++;
+      return;
+    }
+    if (queue.length - head >= relayQueuePacketsMax) {
+      input.droppedCount++;
+      return;
+    }
+    queue.push(datagram);
+    ready.notify();
   };
+  socket = await openRelaySocket(endpoint, options.iface, onDatagram);
+  return input;
 }
 
 /** Opens the relay's listening socket: joined for a group, plainly bound for a unicast address. */

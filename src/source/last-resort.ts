@@ -77,7 +77,7 @@ export interface LastResort {
    */
   keepEnd(sequence: number, datagram: Buffer, signature?: Buffer | undefined): void;
   /** Monotonic time of the last NACK accepted (or of the start). */
-  readonly lastNackAtMs: number;
+  lastNackAtMs(): number;
   stats(): LastResortStats;
   close(): Promise<void>;
 }
@@ -277,9 +277,9 @@ export async function startLastResort(
     keep,
     keepManifest,
     keepEnd,
-    get lastNackAtMs() {
-      return lastNackAtMs;
-    },
+    // A method, not a getter: a getter in this literal would put the object, whose keep() is
+    // called once a packet, in V8's dictionary mode (every call a generic property lookup).
+    lastNackAtMs: () => lastNackAtMs,
     stats: () => ({
       listen: formatEndpoint(control.local),
       ...answerer.counters,

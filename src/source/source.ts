@@ -574,7 +574,7 @@ export function createSource(settings: SourceSettings, components: SourceCompone
     const stopped = anySignal([signal, stopping.signal]);
     while (!stopped.aborted) {
       const now = clock.nowMs();
-      const quietUntil = Math.max(lastResort.lastNackAtMs, startedMs) + options.quietMs;
+      const quietUntil = Math.max(lastResort.lastNackAtMs(), startedMs) + options.quietMs;
       const until = Math.min(quietUntil, startedMs + options.lingerMsMax);
       if (now >= until) {
         return;
