@@ -166,6 +166,19 @@ interface NativeAead {
     hashLength: number,
   ): void;
   openPacket(handle: unknown, datagram: Buffer): number;
+  /** sealPacket bound to a handle made to seal: the call carries its context, and no handle is checked. */
+  sealPacketFunction(
+    handle: unknown,
+  ): (
+    nonce: Buffer,
+    plain: Buffer,
+    out: Buffer,
+    hashOut: Buffer | null,
+    hashOffset: number,
+    hashLength: number,
+  ) => void;
+  /** openPacket bound to a handle made to open. */
+  openPacketFunction(handle: unknown): (datagram: Buffer) => number;
   openssl: string;
   /** libsodium's Ed25519 check, when the addon found libsodium (see sodiumEd25519Verify). */
   ed25519Verify?: (signature: Buffer, message: Buffer, publicKey: Buffer) => boolean;
@@ -478,6 +491,9 @@ function nodeContext(name: AeadName, key: Buffer, encrypt: boolean): AeadContext
 
 function nativeContext(addon: NativeAead, name: AeadName, key: Buffer, encrypt: boolean): AeadContext {
   const handle = addon.create(name, key, encrypt);
+  // The packet path's one call, bound to this context (the other direction keeps the addon's refusal).
+  const sealBound = encrypt ? addon.sealPacketFunction(handle) : undefined;
+  const openBound = encrypt ? undefined : addon.openPacketFunction(handle);
   return {
     seal(nonce, aad, plain, out, tag) {
       checkLengths(nonce, tag, plain, out);
@@ -514,14 +530,18 @@ function nativeContext(addon: NativeAead, name: AeadName, key: Buffer, encrypt: 
     },
     sealPacket(nonce, plain, out, hashOut, hashOffset, hashLength) {
       try {
-        addon.sealPacket(handle, nonce, plain, out, hashOut ?? null, hashOffset ?? 0, hashLength ?? 0);
+        if (sealBound === undefined) {
+          addon.sealPacket(handle, nonce, plain, out, hashOut ?? null, hashOffset ?? 0, hashLength ?? 0);
+        } else {
+          sealBound(nonce, plain, out, hashOut ?? null, hashOffset ?? 0, hashLength ?? 0);
+        }
       } catch (error) {
         throw asCipherError(error);
       }
     },
     openPacket(datagram) {
       try {
-        return addon.openPacket(handle, datagram);
+        return openBound === undefined ? addon.openPacket(handle, datagram) : openBound(datagram);
       } catch (error) {
         throw asCipherError(error);
       }
@@ -811,6 +831,8 @@ function loadAddon(): { info: AeadEngineInfo; addon: NativeAead | undefined } {
         'openDatagram',
         'sealPacket',
         'openPacket',
+        'sealPacketFunction',
+        'openPacketFunction',
       ] as const
     ).filter((name) => typeof addon[name] !== 'function');
     if (missing.length > 0 || typeof addon.openssl !== 'string') {

@@ -4,6 +4,7 @@
  * throws a typed error or computes node:crypto's bytes (docs/security.md, "The packet engine").
  */
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { createCipheriv, createHash } from 'node:crypto';
 import { createRequire } from 'node:module';
 import { describe, it, type TestContext } from 'node:test';
@@ -19,6 +20,10 @@ interface Addon {
   digestEquals(...args: unknown[]): boolean;
   sealDatagram(...args: unknown[]): undefined;
   openDatagram(...args: unknown[]): boolean;
+  sealPacket(...args: unknown[]): undefined;
+  openPacket(...args: unknown[]): number;
+  sealPacketFunction(...args: unknown[]): (...args: unknown[]) => undefined;
+  openPacketFunction(...args: unknown[]): (...args: unknown[]) => number;
 }
 
 /** The addon, or undefined (the test skips, saying why; fails under GATECAST_REQUIRE_PACKAGES=1). */
@@ -566,4 +571,98 @@ parentPort.postMessage(out.toString('hex'));`;
     addon.dispose(sealer);
     addon.dispose(opener);
   });
+
+  it('packet functions bound to a handle: same bytes as the unbound calls, refused for the wrong kind, after dispose and with wrong counts', (t) => {
+    const addon = addonOrSkip(t);
+    if (addon === undefined) {
+      return;
+    }
+    const sealing = addon.create('aes-256-gcm', key, true);
+    const opening = addon.create('aes-256-gcm', key, false);
+    const seal = addon.sealPacketFunction(sealing);
+    const open = addon.openPacketFunction(opening);
+    const { datagram, packetNonce } = dataDatagram(600);
+    const unbound = Buffer.alloc(datagram.length + 16);
+    const unboundHash = Buffer.alloc(20);
+    addon.sealPacket(sealing, packetNonce, datagram, unbound, unboundHash, 2, 16);
+    const bound = Buffer.alloc(datagram.length + 16);
+    const boundHash = Buffer.alloc(20);
+    assert.equal(seal(packetNonce, datagram, bound, boundHash, 2, 16), undefined);
+    assert.deepEqual(bound, unbound);
+    assert.deepEqual(boundHash, unboundHash);
+    assert.equal(open(bound), datagram.length);
+    assert.deepEqual(bound.subarray(32, datagram.length), datagram.subarray(32));
+    const flipped = Buffer.from(unbound);
+    flipped[40] = (flipped[40] as number) ^ 1;
+    assert.equal(open(flipped), -1);
+    assert.ok(
+      flipped.subarray(32, datagram.length).every((byte) => byte === 0),
+      'a failed open leaves nothing readable',
+    );
+    refused(() => addon.openPacketFunction(sealing), /made to seal cannot open/);
+    refused(() => addon.sealPacketFunction(opening), /made to open cannot seal/);
+    assert.throws(() => addon.openPacketFunction({}), /not an AEAD handle/);
+    refused(() => addon.openPacketFunction(), /one handle/);
+    refused(() => open(), /takes one argument/);
+    refused(() => open(bound, bound), /takes one argument/);
+    refused(() => seal(packetNonce, datagram, bound), /takes six arguments/);
+    assert.throws(() => open('not a buffer'), /must be a Buffer/);
+    refused(() => seal(Buffer.alloc(12), datagram, bound, null, 0, 0), /another nonce/);
+    addon.dispose(opening);
+    addon.dispose(sealing);
+    refused(() => open(Buffer.from(unbound)), /disposed/);
+    refused(() => seal(packetNonce, datagram, bound, null, 0, 0), /disposed/);
+  });
+
+  it('a packet function outlives its collected handle, and their context is freed once both are collected', (t) => {
+    if (addonOrSkip(t) === undefined) {
+      return;
+    }
+    // In a child with the collector at hand: the handle dropped and collected, the bound function still
+    // opens; then thousands made and dropped, each freed by whichever of the two is collected last.
+    const script = `
+      const addon = require(${JSON.stringify(nativeAddonPath)});
+      const key = Buffer.alloc(32, 7);
+      const header = Buffer.alloc(32, 0); header[1] = 2; header[7] = 1; header[15] = 9; header[31] = 5;
+      const datagram = Buffer.concat([header, Buffer.alloc(100, 0x61)]);
+      const nonce = Buffer.concat([datagram.subarray(28, 32), datagram.subarray(6, 8), Buffer.alloc(2), datagram.subarray(12, 16)]);
+      const sealed = Buffer.alloc(datagram.length + 16);
+      addon.sealPacketFunction(addon.create('aes-256-gcm', key, true))(nonce, datagram, sealed, null, 0, 0);
+      let open = addon.openPacketFunction(addon.create('aes-256-gcm', key, false));
+      for (let i = 0; i < 5; i++) globalThis.gc();
+      const copy = Buffer.from(sealed);
+      if (open(copy) !== datagram.length || !copy.subarray(32, datagram.length).equals(datagram.subarray(32))) process.exit(3);
+      open = undefined;
+      for (let i = 0; i < 3000; i++) {
+        const handle = addon.create('aes-256-gcm', key, false);
+        const fn = addon.openPacketFunction(handle);
+        if (i % 3 === 0) addon.dispose(handle);
+        if (i % 100 === 0) globalThis.gc();
+      }
+      for (let i = 0; i < 5; i++) globalThis.gc();
+      process.stdout.write('ok');
+    `;
+    const child = spawnSync(process.execPath, ['--expose-gc', '-e', script], {
+      encoding: 'utf8',
+      timeout: 60_000,
+    });
+    assert.equal(child.status, 0, child.stderr);
+    assert.equal(child.stdout, 'ok');
+  });
 });
+
+/** A plain DATA datagram (32-byte header, `payloadBytes` of payload) and the nonce its header names. */
+function dataDatagram(payloadBytes: number): { datagram: Buffer; packetNonce: Buffer } {
+  const datagram = Buffer.alloc(32 + payloadBytes, 0x33);
+  datagram.fill(0, 0, 32);
+  datagram.writeUInt16BE(1, 6); // key epoch
+  datagram.writeUInt32BE(77, 12); // sequence
+  datagram.writeUInt32BE(0xabcdef, 28); // incarnation
+  const packetNonce = Buffer.concat([
+    datagram.subarray(28, 32),
+    datagram.subarray(6, 8),
+    Buffer.alloc(2),
+    datagram.subarray(12, 16),
+  ]);
+  return { datagram, packetNonce };
+}
