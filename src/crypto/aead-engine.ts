@@ -131,6 +131,16 @@ export interface AeadEngineInfo {
   readonly reason?: string;
 }
 
+/** The addon's sealPacket, once its handle is given. */
+type SealPacketCall = (
+  nonce: Buffer,
+  plain: Buffer,
+  out: Buffer,
+  hashOut: Buffer | null,
+  hashOffset: number,
+  hashLength: number,
+) => void;
+
 interface NativeAead {
   create(name: string, key: Buffer, encrypt: boolean): unknown;
   seal(handle: unknown, nonce: Buffer, aad: Buffer, plain: Buffer, out: Buffer, tag: Buffer): void;
@@ -156,27 +166,10 @@ interface NativeAead {
     out: Buffer,
     outOffset: number,
   ): boolean;
-  sealPacket(
-    handle: unknown,
-    nonce: Buffer,
-    plain: Buffer,
-    out: Buffer,
-    hashOut: Buffer | null,
-    hashOffset: number,
-    hashLength: number,
-  ): void;
+  sealPacket(handle: unknown, ...call: Parameters<SealPacketCall>): void;
   openPacket(handle: unknown, datagram: Buffer): number;
   /** sealPacket bound to a handle made to seal: the call carries its context, and no handle is checked. */
-  sealPacketFunction(
-    handle: unknown,
-  ): (
-    nonce: Buffer,
-    plain: Buffer,
-    out: Buffer,
-    hashOut: Buffer | null,
-    hashOffset: number,
-    hashLength: number,
-  ) => void;
+  sealPacketFunction(handle: unknown): SealPacketCall;
   /** openPacket bound to a handle made to open. */
   openPacketFunction(handle: unknown): (datagram: Buffer) => number;
   openssl: string;
