@@ -1,25 +1,20 @@
 /**
  * Objects a role touches once a packet keep V8's fast properties. A getter written in an object
- * literal, or one added to each new object with Object.defineProperty, puts the object in
- * dictionary mode (the second object made, at least), and optimized code then reads and writes
- * every property of it through a generic lookup: two calls a packet for one counter, seen in
- * `perf` profiles of a receiver's packet path.
+ * literal puts the object in dictionary mode, and a getter added to each new object with
+ * Object.defineProperty puts every object after the first there; optimized code then reads and
+ * writes every property of it through a generic lookup: two calls a packet for one counter, seen
+ * in `perf` profiles of a receiver's packet path. (The repair server's run tracker is probed in
+ * test/repair/run-tracker.test.ts.)
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { setFlagsFromString } from 'node:v8';
 import { controlKey } from '../src/crypto/control-auth.js';
 import { systemRuntime } from '../src/net/runtime.js';
 import { openControlSocket } from '../src/net/udp.js';
 import { openRelayInput } from '../src/source/inputs.js';
 import { startLastResort } from '../src/source/last-resort.js';
+import { hasFastProperties } from './helpers/fast-properties.js';
 import { planKeys, receiverGuard } from './sim/protection.js';
-
-// V8's own probe of an object's mode, compiled after the flag that allows it is set.
-setFlagsFromString('--allow-natives-syntax');
-const hasFastProperties = new Function('object', 'return %HasFastProperties(object)') as (
-  object: object,
-) => boolean;
 
 const loopback = { address: '127.0.0.1', port: 0, family: 4 } as const;
 

@@ -36,12 +36,16 @@ export const receiveHelp = formatHelp(
   receiveSettings,
 );
 
-/** A sink that can fail under the receiver: it stops the receive instead of throwing. */
+/**
+ * A sink that can fail under the receiver: it stops the receive instead of throwing. Its state is
+ * read through methods: a getter in a sink's object literal would put the object, written once a
+ * packet, in V8's dictionary mode.
+ */
 interface OutputSink extends PayloadSink {
   /** Set when the output failed: the reader closed it (EPIPE), or a write error (ENOSPC, EIO). */
-  readonly failure: NodeJS.ErrnoException | undefined;
+  failure(): NodeJS.ErrnoException | undefined;
   /** Bytes the output took. */
-  readonly bytesWritten: number;
+  bytesWritten(): number;
 }
 
 /** The code of an output error ("EPIPE", "ENOSPC"), or its message. */
@@ -96,12 +100,8 @@ function fileSink(path: string, onFailed: () => void): OutputSink {
     }
   };
   return {
-    get failure() {
-      return failure;
-    },
-    get bytesWritten() {
-      return bytesWritten;
-    },
+    failure: () => failure,
+    bytesWritten: () => bytesWritten,
     write(payload) {
       if (failure !== undefined) {
         return;
@@ -139,12 +139,8 @@ function stdoutSink(onFailed: () => void): OutputSink {
     }
   });
   return {
-    get failure() {
-      return failure;
-    },
-    get bytesWritten() {
-      return bytesWritten;
-    },
+    failure: () => failure,
+    bytesWritten: () => bytesWritten,
     write(payload) {
       if (failure !== undefined || stdout.destroyed) {
         return;
@@ -214,7 +210,7 @@ export async function runReceive(argv: string[], err: NodeJS.WriteStream): Promi
       // The token will not release this session's keys: nothing was decoded, and the user is told why.
       throw refusal;
     }
-    if (sink.failure !== undefined) {
+    if (sink.failure() !== undefined) {
       return outputFailed(sink, outPath, summary, values.json === true, err);
     }
     const restricted = {
@@ -249,19 +245,19 @@ function outputFailed(
   json: boolean,
   err: NodeJS.WriteStream,
 ): number {
-  const code = errorCode(sink.failure as NodeJS.ErrnoException);
+  const code = errorCode(sink.failure() as NodeJS.ErrnoException);
   const output = outPath === '-' ? 'standard output' : outPath;
   if (code !== 'EPIPE') {
     throw new InvalidArgumentError(
       '--out',
-      `cannot write ${output}: ${code} after ${sink.bytesWritten} bytes`,
+      `cannot write ${output}: ${code} after ${sink.bytesWritten()} bytes`,
     );
   }
   const name = summary.sessionName === undefined ? 'no session' : `session "${summary.sessionName}"`;
   err.write(
     json
-      ? `${JSON.stringify({ ...summary, outcome: 'output-closed', bytesWritten: sink.bytesWritten })}\n`
-      : `stopped: ${output} closed by its reader after ${formatBytes(sink.bytesWritten)} of ${name}, written in order\n`,
+      ? `${JSON.stringify({ ...summary, outcome: 'output-closed', bytesWritten: sink.bytesWritten() })}\n`
+      : `stopped: ${output} closed by its reader after ${formatBytes(sink.bytesWritten())} of ${name}, written in order\n`,
   );
   return exitOk;
 }

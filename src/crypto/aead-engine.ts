@@ -168,10 +168,14 @@ interface NativeAead {
   ): boolean;
   sealPacket(handle: unknown, ...call: Parameters<SealPacketCall>): void;
   openPacket(handle: unknown, datagram: Buffer): number;
-  /** sealPacket bound to a handle made to seal: the call carries its context, and no handle is checked. */
-  sealPacketFunction(handle: unknown): SealPacketCall;
-  /** openPacket bound to a handle made to open. */
-  openPacketFunction(handle: unknown): (datagram: Buffer) => number;
+  /**
+   * sealPacket bound to a handle made to seal: the call carries its context, and no handle is
+   * checked. Absent from an addon built before it: the calls above are used then (a rebuild that
+   * fails keeps the earlier addon in use).
+   */
+  sealPacketFunction?: (handle: unknown) => SealPacketCall;
+  /** openPacket bound to a handle made to open (absent as sealPacketFunction). */
+  openPacketFunction?: (handle: unknown) => (datagram: Buffer) => number;
   openssl: string;
   /** libsodium's Ed25519 check, when the addon found libsodium (see sodiumEd25519Verify). */
   ed25519Verify?: (signature: Buffer, message: Buffer, publicKey: Buffer) => boolean;
@@ -485,8 +489,8 @@ function nodeContext(name: AeadName, key: Buffer, encrypt: boolean): AeadContext
 function nativeContext(addon: NativeAead, name: AeadName, key: Buffer, encrypt: boolean): AeadContext {
   const handle = addon.create(name, key, encrypt);
   // The packet path's one call, bound to this context (the other direction keeps the addon's refusal).
-  const sealBound = encrypt ? addon.sealPacketFunction(handle) : undefined;
-  const openBound = encrypt ? undefined : addon.openPacketFunction(handle);
+  const sealBound = encrypt ? addon.sealPacketFunction?.(handle) : undefined;
+  const openBound = encrypt ? undefined : addon.openPacketFunction?.(handle);
   return {
     seal(nonce, aad, plain, out, tag) {
       checkLengths(nonce, tag, plain, out);
@@ -824,8 +828,6 @@ function loadAddon(): { info: AeadEngineInfo; addon: NativeAead | undefined } {
         'openDatagram',
         'sealPacket',
         'openPacket',
-        'sealPacketFunction',
-        'openPacketFunction',
       ] as const
     ).filter((name) => typeof addon[name] !== 'function');
     if (missing.length > 0 || typeof addon.openssl !== 'string') {

@@ -474,7 +474,7 @@ export async function startRepairServer(
    * is NACKed as gaps, within each server's NACK window. At most one probe per timeout.
    */
   const probeTail = () => {
-    const current = tracker.run;
+    const current = tracker.currentRun();
     if (current === undefined || !tracker.tailQuiet(current)) {
       return;
     }
@@ -531,7 +531,7 @@ export async function startRepairServer(
       perSecond: (nowMs) =>
         Math.max(
           s2PacePacketsPerSecondMin,
-          s2PaceArrivalFactor * (tracker.run?.arrivalRate.highestPerSecond(nowMs) ?? 0),
+          s2PaceArrivalFactor * (tracker.currentRun()?.arrivalRate.highestPerSecond(nowMs) ?? 0),
         ),
       burstPackets: s2PaceBurstPackets,
     },
@@ -579,14 +579,15 @@ export async function startRepairServer(
     }
     const server = servers.add({ address: announce.address, port: announce.port, family });
     server.announcedAtMs = clock.nowMs();
+    const current = tracker.currentRun();
     if (
       announce.sessions.length === 0 &&
       announce.auth.targetId === channel.senderId &&
-      tracker.run !== undefined
+      current !== undefined
     ) {
       // An introduction: the server did not answer a NACK that did not name it (docs/protocol.md,
       // "NACK"). Now that we know its id, ask it again at once rather than after the timeout.
-      tracker.run.nacks.reask(server);
+      current.nacks.reask(server);
     }
     for (const announced of announce.sessions) {
       if (announced.state === ListenState.lastResort) {
@@ -596,7 +597,6 @@ export async function startRepairServer(
     // Only what the server says of the current run counts: what it held of another run of the
     // same session id (a source restarted under it) proves nothing of this one, neither how far it
     // got nor whether it listens (docs/protocol.md, "ANNOUNCE").
-    const current = tracker.run;
     const session =
       current === undefined
         ? undefined
@@ -640,7 +640,7 @@ export async function startRepairServer(
 
   /** FEEDBACK on the current run to each source of last resort of its session heard lately. */
   const sendFeedback = () => {
-    const current = tracker.run;
+    const current = tracker.currentRun();
     if (current === undefined || feedbackTargets.size === 0) {
       return;
     }
@@ -710,7 +710,7 @@ export async function startRepairServer(
       drop(`s1-${decoded.reason}`);
       return;
     }
-    if (!isCurrent(tracker.run, decoded.value.sessionId, decoded.value.incarnation)) {
+    if (!isCurrent(tracker.currentRun(), decoded.value.sessionId, decoded.value.incarnation)) {
       drop('s1-key-other-run');
       return;
     }
@@ -726,7 +726,7 @@ export async function startRepairServer(
       drop(`s1-${decoded.reason}`);
       return;
     }
-    if (!isCurrent(tracker.run, decoded.value.sessionId, decoded.value.incarnation)) {
+    if (!isCurrent(tracker.currentRun(), decoded.value.sessionId, decoded.value.incarnation)) {
       drop('s1-rekey-other-run');
       return;
     }
@@ -791,16 +791,16 @@ export async function startRepairServer(
     listen: formatEndpoint(control.local),
     emit: formatEndpoint(settings.emit),
     mode: settings.latencyMs === undefined ? 'reliable' : `latency ${settings.latencyMs} ms`,
-    sessionId: tracker.run?.sessionId,
-    incarnation: tracker.run?.incarnation,
+    sessionId: tracker.currentRun()?.sessionId,
+    incarnation: tracker.currentRun()?.incarnation,
     ...counters,
     s2KeyEpoch: sealer?.epoch,
     controlBytesSent: control.bytesSent,
     repairExtraDelayMs: extraDelay(),
-    holding: tracker.run?.window.heldCount ?? 0,
-    missingNow: tracker.run?.nacks.size ?? 0,
-    pendingPackets: tracker.pendingPackets,
-    pendingBytes: tracker.pendingBytes,
+    holding: tracker.currentRun()?.window.heldCount ?? 0,
+    missingNow: tracker.currentRun()?.nacks.size ?? 0,
+    pendingPackets: tracker.pendingPackets(),
+    pendingBytes: tracker.pendingBytes(),
     unrecoverableReasons: { ...unrecoverableReasons },
     dropped: { ...dropped },
     ...(gate === undefined ? {} : { signed: { ...gate.stats, forged: { ...gate.stats.forged } } }),
@@ -816,7 +816,10 @@ export async function startRepairServer(
 
   /** The current run's NACK window at a server (src/repair/nack-scheduler.ts), when it has one. */
   function nackWindowOf(server: RankedServer): { nackWindow?: number; nacksInFlight?: number } {
-    const window = tracker.run?.nacks.windows().find((entry) => entry.server === server);
+    const window = tracker
+      .currentRun()
+      ?.nacks.windows()
+      .find((entry) => entry.server === server);
     return window === undefined ? {} : { nackWindow: window.packets, nacksInFlight: window.inFlight };
   }
 

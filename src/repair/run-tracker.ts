@@ -148,11 +148,14 @@ export const isCurrent = (current: Run | undefined, sessionId: number, incarnati
 
 /** The run tracker of a repair server. */
 export interface RunTracker {
-  /** The run being repaired; undefined between runs. */
-  readonly run: Run | undefined;
+  /**
+   * The run being repaired; undefined between runs. Methods, not getters: a getter in the object
+   * literal below would put the tracker, called for every datagram, in V8's dictionary mode.
+   */
+  currentRun(): Run | undefined;
   /** DATA held for runs whose DESCRIPTOR has not been taken up yet. */
-  readonly pendingPackets: number;
-  readonly pendingBytes: number;
+  pendingPackets(): number;
+  pendingBytes(): number;
   /** Takes a datagram from S1 (after a signed session's gate). */
   onS1(datagram: Buffer): void;
   /** Takes an authenticated REPAIR (the datagram it was decoded from, to take its original out). */
@@ -682,15 +685,9 @@ export function createRunTracker(options: RunTrackerOptions): RunTracker {
   };
 
   return {
-    get run() {
-      return run;
-    },
-    get pendingPackets() {
-      return pending.packetCount;
-    },
-    get pendingBytes() {
-      return pending.byteCount;
-    },
+    currentRun: () => run,
+    pendingPackets: () => pending.packetCount,
+    pendingBytes: () => pending.byteCount,
     onS1,
     onRepair,
     onEmitterEvent,

@@ -15,6 +15,7 @@ import { NackScheduler } from '../../src/repair/nack-scheduler.js';
 import { createReorderEmitter } from '../../src/repair/reorder-emitter.js';
 import { createRunTracker, type Run, type RunCounters } from '../../src/repair/run-tracker.js';
 import { ServerRanking } from '../../src/repair/server-ranking.js';
+import { hasFastProperties } from '../helpers/fast-properties.js';
 
 const sessionId = 7;
 
@@ -145,11 +146,22 @@ function harness() {
       return `${name} ${header.value.incarnation}/${header.value.sequence}`;
     });
   /** The run being repaired, read afresh (an assertion on it narrows no later read). */
-  const current = (): Run | undefined => tracker.run;
+  const current = (): Run | undefined => tracker.currentRun();
   return { tracker, current, counters, dropped, unrecoverable, advance, sent };
 }
 
 describe('the repair server’s run tracker', () => {
+  it('stays in V8’s fast mode, every tracker made: it takes every S1 datagram and is asked for its run at every REPAIR', () => {
+    const made = [harness(), harness(), harness()];
+    for (const { tracker } of made) {
+      tracker.onS1(descriptor(1));
+      tracker.onS1(data(1, 0));
+      assert.equal(hasFastProperties(tracker), true);
+      assert.equal(tracker.currentRun()?.incarnation, 1);
+      assert.equal(tracker.pendingPackets(), 0);
+    }
+  });
+
   it('takes up a run, moves its frontier on S1, asks for its gaps and finishes it at its END', () => {
     const { tracker, current, counters, advance, sent } = harness();
     assert.equal(current(), undefined);
@@ -200,12 +212,12 @@ describe('the repair server’s run tracker', () => {
     tracker.onS1(data(200, 1));
     assert.equal(current()?.incarnation, 100);
     assert.equal(dropped['other-session'], 2);
-    assert.equal(tracker.pendingPackets, 2);
+    assert.equal(tracker.pendingPackets(), 2);
     tracker.onS1(progress(PacketType.end, 100, 1));
     advance(endGraceMsDefault + 1_000);
     assert.equal(counters.sessionsCompleted, 1);
     assert.equal(current()?.incarnation, 200, 'the new run is taken up at once');
-    assert.equal(tracker.pendingPackets, 0);
+    assert.equal(tracker.pendingPackets(), 0);
     assert.deepEqual(
       sent().filter((line) => !line.startsWith('end')),
       ['descriptor 100/0', 'data 100/0', 'data 200/0', 'data 200/1', 'descriptor 200/0'],
