@@ -488,9 +488,14 @@ function nodeContext(name: AeadName, key: Buffer, encrypt: boolean): AeadContext
 
 function nativeContext(addon: NativeAead, name: AeadName, key: Buffer, encrypt: boolean): AeadContext {
   const handle = addon.create(name, key, encrypt);
-  // The packet path's one call, bound to this context (the other direction keeps the addon's refusal).
-  const sealBound = encrypt ? addon.sealPacketFunction?.(handle) : undefined;
-  const openBound = encrypt ? undefined : addon.openPacketFunction?.(handle);
+  // The packet path's one call, chosen once: bound to this context where the addon can, else the
+  // call that checks the handle (an earlier addon; the other direction keeps the addon's refusal).
+  const sealPacketCall: SealPacketCall =
+    (encrypt ? addon.sealPacketFunction?.(handle) : undefined) ??
+    ((...call) => addon.sealPacket(handle, ...call));
+  const openPacketCall: (datagram: Buffer) => number =
+    (encrypt ? undefined : addon.openPacketFunction?.(handle)) ??
+    ((datagram) => addon.openPacket(handle, datagram));
   return {
     seal(nonce, aad, plain, out, tag) {
       checkLengths(nonce, tag, plain, out);
@@ -527,18 +532,14 @@ function nativeContext(addon: NativeAead, name: AeadName, key: Buffer, encrypt: 
     },
     sealPacket(nonce, plain, out, hashOut, hashOffset, hashLength) {
       try {
-        if (sealBound === undefined) {
-          addon.sealPacket(handle, nonce, plain, out, hashOut ?? null, hashOffset ?? 0, hashLength ?? 0);
-        } else {
-          sealBound(nonce, plain, out, hashOut ?? null, hashOffset ?? 0, hashLength ?? 0);
-        }
+        sealPacketCall(nonce, plain, out, hashOut ?? null, hashOffset ?? 0, hashLength ?? 0);
       } catch (error) {
         throw asCipherError(error);
       }
     },
     openPacket(datagram) {
       try {
-        return openBound === undefined ? addon.openPacket(handle, datagram) : openBound(datagram);
+        return openPacketCall(datagram);
       } catch (error) {
         throw asCipherError(error);
       }

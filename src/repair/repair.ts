@@ -786,40 +786,41 @@ export async function startRepairServer(
   timers.setInterval(sendFeedback, adaptFeedbackIntervalMs);
   timers.setInterval(probeTail, tailProbeIntervalMs);
 
-  const status = (): RepairStatus => ({
-    role: 'repair',
-    listen: formatEndpoint(control.local),
-    emit: formatEndpoint(settings.emit),
-    mode: settings.latencyMs === undefined ? 'reliable' : `latency ${settings.latencyMs} ms`,
-    sessionId: tracker.currentRun()?.sessionId,
-    incarnation: tracker.currentRun()?.incarnation,
-    ...counters,
-    s2KeyEpoch: sealer?.epoch,
-    controlBytesSent: control.bytesSent,
-    repairExtraDelayMs: extraDelay(),
-    holding: tracker.currentRun()?.window.heldCount ?? 0,
-    missingNow: tracker.currentRun()?.nacks.size ?? 0,
-    pendingPackets: tracker.pendingPackets(),
-    pendingBytes: tracker.pendingBytes(),
-    unrecoverableReasons: { ...unrecoverableReasons },
-    dropped: { ...dropped },
-    ...(gate === undefined ? {} : { signed: { ...gate.stats, forged: { ...gate.stats.forged } } }),
-    servers: servers.ranked().map((server) => ({
-      address: server.key,
-      lossPercent: server.lossPpm / 10_000,
-      listening: server.listening,
-      timeouts: server.consecutiveTimeouts,
-      rttMs: server.srttMs === undefined ? undefined : Math.round(server.srttMs * 100) / 100,
-      ...nackWindowOf(server),
-    })),
-  });
+  const status = (): RepairStatus => {
+    const current = tracker.currentRun();
+    return {
+      role: 'repair',
+      listen: formatEndpoint(control.local),
+      emit: formatEndpoint(settings.emit),
+      mode: settings.latencyMs === undefined ? 'reliable' : `latency ${settings.latencyMs} ms`,
+      sessionId: current?.sessionId,
+      incarnation: current?.incarnation,
+      ...counters,
+      s2KeyEpoch: sealer?.epoch,
+      controlBytesSent: control.bytesSent,
+      repairExtraDelayMs: extraDelay(),
+      holding: current?.window.heldCount ?? 0,
+      missingNow: current?.nacks.size ?? 0,
+      pendingPackets: tracker.pendingPackets(),
+      pendingBytes: tracker.pendingBytes(),
+      unrecoverableReasons: { ...unrecoverableReasons },
+      dropped: { ...dropped },
+      ...(gate === undefined ? {} : { signed: { ...gate.stats, forged: { ...gate.stats.forged } } }),
+      servers: servers.ranked().map((server) => ({
+        address: server.key,
+        lossPercent: server.lossPpm / 10_000,
+        listening: server.listening,
+        timeouts: server.consecutiveTimeouts,
+        rttMs: server.srttMs === undefined ? undefined : Math.round(server.srttMs * 100) / 100,
+        ...nackWindowOf(server),
+      })),
+    };
+  };
 
   /** The current run's NACK window at a server (src/repair/nack-scheduler.ts), when it has one. */
   function nackWindowOf(server: RankedServer): { nackWindow?: number; nacksInFlight?: number } {
-    const window = tracker
-      .currentRun()
-      ?.nacks.windows()
-      .find((entry) => entry.server === server);
+    const current = tracker.currentRun();
+    const window = current?.nacks.windows().find((entry) => entry.server === server);
     return window === undefined ? {} : { nackWindow: window.packets, nacksInFlight: window.inFlight };
   }
 

@@ -231,7 +231,7 @@ export async function startLastResort(
     if (held.has(sequence)) {
       return;
     }
-    if (first !== undefined && last !== undefined && sequenceDistance(first, sequence) < 0) {
+    if (first !== undefined && sequenceDistance(first, sequence) < 0) {
       return; // older than the oldest kept: the buffer has moved past it
     }
     const copy = Buffer.from(datagram);
