@@ -39,6 +39,11 @@
  *       length set to the plaintext's and the plain datagram's length returned, or -1 (body wiped);
  *       a body the header's 16-bit length cannot name (over 65,535 bytes) is refused unopened
  *
+ *   packetPath(handle) -> "provider" | "evp"
+ *       how the handle's packets reach OpenSSL: "provider" when the cipher implementation's own
+ *       functions are called on a context of its own (direct_setup; EVP keys it and names it), "evp"
+ *       when that could not be set up and the EVP context serves
+ *
  *   sealPacketFunction(handle) -> sealPacket(nonce, plain, out, hashOut, hashOffset, hashLength)
  *   openPacketFunction(handle) -> openPacket(datagram) -> length
  *       sealPacket / openPacket bound to one handle (made to seal / to open): the function holds
@@ -64,8 +69,12 @@
 #include <limits.h>
 #include <pthread.h>
 #include <node_api.h>
+#include <openssl/core_dispatch.h>
+#include <openssl/core_names.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
+#include <openssl/params.h>
+#include <openssl/provider.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -118,18 +127,134 @@ static void digest_state_free(napi_env env, void *data, void *hint) {
 /* Marks the objects create() makes as AEAD handles (napi_type_tag_object). */
 static const napi_type_tag handle_tag = {0x6761746563617374ULL, 0x616561642d763031ULL};
 
+/*
+ * The cipher implementation's own functions, from the provider OpenSSL fetched it from (its
+ * dispatch table, OSSL_PROVIDER_query_operation): a packet calls them directly on a context of
+ * the implementation's own. Through EVP, each packet's nonce went through
+ * EVP_CIPHER_CTX_get_iv_length, which in OpenSSL 3.0 asks the implementation for the length by
+ * parameter name (strcmp against each name it knows), and the tag through EVP_CIPHER_CTX_ctrl,
+ * which turns the control into a parameter: together about a tenth of a receiver's time in
+ * OpenSSL (docs/security.md, "The packet engine"). Where a function is missing the EVP context
+ * is used, as before.
+ */
+typedef struct {
+  OSSL_FUNC_cipher_freectx_fn *freectx;
+  OSSL_FUNC_cipher_encrypt_init_fn *encrypt_init;
+  OSSL_FUNC_cipher_decrypt_init_fn *decrypt_init;
+  OSSL_FUNC_cipher_update_fn *update;
+  OSSL_FUNC_cipher_final_fn *final;
+  OSSL_FUNC_cipher_get_ctx_params_fn *get_ctx_params;
+  OSSL_FUNC_cipher_set_ctx_params_fn *set_ctx_params;
+} direct_t;
+
 typedef struct {
   EVP_CIPHER_CTX *ctx; /* NULL once disposed */
   int encrypt;
   /* The JavaScript objects that point at this struct: its handle and the packet functions bound to it. */
   int refs;
+  /* The implementation's context and functions, keyed as ctx is; algctx NULL when EVP is used. */
+  void *algctx;
+  direct_t direct;
 } aead_t;
 
 static void aead_free(aead_t *aead) {
+  if (aead->algctx != NULL) {
+    aead->direct.freectx(aead->algctx); /* the implementation cleanses its key schedule */
+    aead->algctx = NULL;
+  }
   if (aead->ctx != NULL) {
     EVP_CIPHER_CTX_free(aead->ctx); /* resets the context: the key schedule is cleansed */
     aead->ctx = NULL;
   }
+}
+
+/* True when `name` is one of the colon-separated names in `names` (OSSL_ALGORITHM's list). */
+static int names_hold(const char *names, const char *name) {
+  size_t length = strlen(name);
+  for (const char *at = names; at != NULL && *at != '\0';) {
+    const char *end = strchr(at, ':');
+    size_t token = end == NULL ? strlen(at) : (size_t)(end - at);
+    if (token == length && OPENSSL_strncasecmp(at, name, length) == 0) {
+      return 1;
+    }
+    at = end == NULL ? NULL : end + 1;
+  }
+  return 0;
+}
+
+/*
+ * Sets up the direct path for a context EVP has keyed: the same implementation (the provider and
+ * the name EVP fetched), a context of its own, keyed alike. 0, with nothing kept, when the
+ * provider does not list it or lacks a function; the EVP context then serves.
+ */
+static int direct_setup(aead_t *aead, const unsigned char *key, size_t key_length) {
+  const EVP_CIPHER *cipher = EVP_CIPHER_CTX_get0_cipher(aead->ctx);
+  const OSSL_PROVIDER *provider = cipher == NULL ? NULL : EVP_CIPHER_get0_provider(cipher);
+  const char *name = cipher == NULL ? NULL : EVP_CIPHER_get0_name(cipher);
+  if (provider == NULL || name == NULL) {
+    return 0;
+  }
+  int no_store = 0;
+  const OSSL_ALGORITHM *algorithms = OSSL_PROVIDER_query_operation(provider, OSSL_OP_CIPHER, &no_store);
+  const OSSL_DISPATCH *dispatch = NULL;
+  for (const OSSL_ALGORITHM *at = algorithms; at != NULL && at->algorithm_names != NULL; at++) {
+    if (names_hold(at->algorithm_names, name)) {
+      dispatch = at->implementation;
+      break;
+    }
+  }
+  OSSL_FUNC_cipher_newctx_fn *newctx = NULL;
+  direct_t direct = {0};
+  for (const OSSL_DISPATCH *f = dispatch; f != NULL && f->function_id != 0; f++) {
+    switch (f->function_id) {
+    case OSSL_FUNC_CIPHER_NEWCTX:
+      newctx = OSSL_FUNC_cipher_newctx(f);
+      break;
+    case OSSL_FUNC_CIPHER_FREECTX:
+      direct.freectx = OSSL_FUNC_cipher_freectx(f);
+      break;
+    case OSSL_FUNC_CIPHER_ENCRYPT_INIT:
+      direct.encrypt_init = OSSL_FUNC_cipher_encrypt_init(f);
+      break;
+    case OSSL_FUNC_CIPHER_DECRYPT_INIT:
+      direct.decrypt_init = OSSL_FUNC_cipher_decrypt_init(f);
+      break;
+    case OSSL_FUNC_CIPHER_UPDATE:
+      direct.update = OSSL_FUNC_cipher_update(f);
+      break;
+    case OSSL_FUNC_CIPHER_FINAL:
+      direct.final = OSSL_FUNC_cipher_final(f);
+      break;
+    case OSSL_FUNC_CIPHER_GET_CTX_PARAMS:
+      direct.get_ctx_params = OSSL_FUNC_cipher_get_ctx_params(f);
+      break;
+    case OSSL_FUNC_CIPHER_SET_CTX_PARAMS:
+      direct.set_ctx_params = OSSL_FUNC_cipher_set_ctx_params(f);
+      break;
+    default:
+      break;
+    }
+  }
+  OSSL_PROVIDER_unquery_operation(provider, OSSL_OP_CIPHER, algorithms);
+  if (newctx == NULL || direct.freectx == NULL || direct.encrypt_init == NULL || direct.decrypt_init == NULL ||
+      direct.update == NULL || direct.final == NULL || direct.get_ctx_params == NULL ||
+      direct.set_ctx_params == NULL) {
+    return 0;
+  }
+  void *algctx = newctx(OSSL_PROVIDER_get0_provider_ctx(provider));
+  if (algctx == NULL) {
+    return 0;
+  }
+  /* The nonce length is the implementation's default (12 for all three suites): no parameter is set. */
+  int keyed = aead->encrypt ? direct.encrypt_init(algctx, key, key_length, NULL, 0, NULL)
+                            : direct.decrypt_init(algctx, key, key_length, NULL, 0, NULL);
+  if (keyed != 1) {
+    direct.freectx(algctx);
+    return 0;
+  }
+  aead->direct = direct;
+  aead->algctx = algctx;
+  return 1;
 }
 
 /* The finalizer of the handle and of each bound packet function: the last one frees the struct. */
@@ -211,6 +336,22 @@ static int partly_overlapping(const unsigned char *a, size_t a_length, const uns
  */
 static int evp_seal(aead_t *aead, const unsigned char *nonce, const unsigned char *aad, size_t aad_length,
                     const unsigned char *plain, size_t length, unsigned char *out, unsigned char *tag) {
+  if (aead->algctx != NULL) {
+    const direct_t *d = &aead->direct;
+    size_t written = 0, aad_written = 0, final_written = 0;
+    OSSL_PARAM params[2] = {OSSL_PARAM_construct_octet_string(OSSL_CIPHER_PARAM_AEAD_TAG, tag, TAG_BYTES),
+                            OSSL_PARAM_construct_end()};
+    if (d->encrypt_init(aead->algctx, NULL, 0, nonce, NONCE_BYTES, NULL) == 1 &&
+        d->update(aead->algctx, NULL, &aad_written, aad_length, aad, aad_length) == 1 &&
+        d->update(aead->algctx, out, &written, length, plain, length) == 1 && written <= length &&
+        d->final(aead->algctx, out + written, &final_written, length - written) == 1 &&
+        written + final_written == length && d->get_ctx_params(aead->algctx, params) == 1) {
+      /* As EVP_CTRL_AEAD_GET_TAG: ChaCha20-Poly1305 copies the tag without setting return_size. */
+      return 1;
+    }
+    OPENSSL_cleanse(out, length);
+    return 0;
+  }
   int written = 0;
   int final_written = 0;
   if (EVP_CipherInit_ex(aead->ctx, NULL, NULL, NULL, nonce, 1) == 1 &&
@@ -234,6 +375,22 @@ static int evp_open_raw(aead_t *aead, const unsigned char *nonce, const unsigned
                         const unsigned char *sealed, size_t length, const unsigned char *tag, unsigned char *out) {
   unsigned char expected[TAG_BYTES];
   memcpy(expected, tag, TAG_BYTES); /* the tag may sit where an in-place open writes */
+  if (aead->algctx != NULL) {
+    const direct_t *d = &aead->direct;
+    size_t written = 0, aad_written = 0, final_written = 0;
+    OSSL_PARAM params[2] = {OSSL_PARAM_construct_octet_string(OSSL_CIPHER_PARAM_AEAD_TAG, expected, TAG_BYTES),
+                            OSSL_PARAM_construct_end()};
+    int ok = d->decrypt_init(aead->algctx, NULL, 0, nonce, NONCE_BYTES, NULL) == 1 &&
+             d->set_ctx_params(aead->algctx, params) == 1 &&
+             d->update(aead->algctx, NULL, &aad_written, aad_length, aad, aad_length) == 1 &&
+             d->update(aead->algctx, out, &written, length, sealed, length) == 1 && written <= length &&
+             d->final(aead->algctx, out + written, &final_written, length - written) == 1 &&
+             written + final_written == length;
+    if (!ok) {
+      OPENSSL_cleanse(out, length);
+    }
+    return ok;
+  }
   int written = 0;
   int final_written = 0;
   int ok = EVP_CipherInit_ex(aead->ctx, NULL, NULL, NULL, nonce, 0) == 1 &&
@@ -318,6 +475,7 @@ static napi_value create(napi_env env, napi_callback_info info) {
     free(aead);
     return fail(env, "OpenSSL could not make the AEAD context");
   }
+  direct_setup(aead, key, key_length); /* else the EVP context serves */
   napi_value handle;
   if (napi_create_object(env, &handle) != napi_ok) {
     aead_free(aead);
@@ -405,6 +563,37 @@ static napi_value dispose(napi_env env, napi_callback_info info) {
   }
   aead_free(data); /* the struct stays until the handle is collected: a later call finds ctx NULL */
   return NULL;
+}
+
+/*
+ * packetPath(handle): how the handle's packets go through OpenSSL, "provider" (the implementation's
+ * own functions, direct_setup) or "evp"; for tests and the engine's description.
+ */
+static napi_value packet_path(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != 1) {
+    return fail(env, "packetPath(handle) takes one argument");
+  }
+  napi_valuetype type;
+  bool tagged = false;
+  void *data = NULL;
+  if (napi_typeof(env, argv[0], &type) != napi_ok || type != napi_object ||
+      napi_check_object_type_tag(env, argv[0], &handle_tag, &tagged) != napi_ok || !tagged ||
+      napi_unwrap(env, argv[0], &data) != napi_ok || data == NULL) {
+    napi_throw_type_error(env, "GATECAST_ERR_CIPHER", "not an AEAD handle");
+    return NULL;
+  }
+  aead_t *aead = data;
+  if (aead->ctx == NULL) {
+    return fail(env, "the AEAD handle was disposed");
+  }
+  const char *path = aead->algctx != NULL ? "provider" : "evp";
+  napi_value result;
+  if (napi_create_string_utf8(env, path, NAPI_AUTO_LENGTH, &result) != napi_ok) {
+    return fail(env, "could not return the path");
+  }
+  return result;
 }
 
 /* A non-negative integer argument up to INT_MAX; false (with a TypeError thrown) when not one. */
@@ -1011,7 +1200,8 @@ NAPI_MODULE_INIT() {
       !export_function(env, exports, "sealPacket", seal_packet) ||
       !export_function(env, exports, "openPacket", open_packet) ||
       !export_function(env, exports, "sealPacketFunction", seal_packet_function) ||
-      !export_function(env, exports, "openPacketFunction", open_packet_function)) {
+      !export_function(env, exports, "openPacketFunction", open_packet_function) ||
+      !export_function(env, exports, "packetPath", packet_path)) {
     return NULL;
   }
   digest_state_t *state = calloc(1, sizeof *state);

@@ -176,6 +176,11 @@ interface NativeAead {
   sealPacketFunction?: (handle: unknown) => SealPacketCall;
   /** openPacket bound to a handle made to open (absent as sealPacketFunction). */
   openPacketFunction?: (handle: unknown) => (datagram: Buffer) => number;
+  /**
+   * How a handle's packets reach OpenSSL: "provider" (the cipher implementation's own functions)
+   * or "evp" (absent from an addon built before it).
+   */
+  packetPath?: (handle: unknown) => 'provider' | 'evp';
   openssl: string;
   /** libsodium's Ed25519 check, when the addon found libsodium (see sodiumEd25519Verify). */
   ed25519Verify?: (signature: Buffer, message: Buffer, publicKey: Buffer) => boolean;

@@ -28,6 +28,8 @@ import {
   offsetSessionId,
   offsetType,
   PacketType,
+  uint16At,
+  uint32At,
 } from '../protocol/packet.js';
 import { decodeKey, decodeSignature, manifestHashBytes, SignatureKind } from '../protocol/restricted.js';
 import { sequenceAdd } from '../protocol/serial.js';
@@ -271,7 +273,7 @@ function hashMatches(datagram: Buffer, manifest: KeptManifest, sequence: number)
  * headerBytes). The source signs it again with a later time every signedRepeatRefreshMs.
  */
 function repeatSlotOf(datagram: Buffer): string {
-  return `${datagram[offsetType]}/${datagram.readUInt32BE(offsetSessionId)}/${datagram.readUInt32BE(offsetIncarnation)}/${datagram.readUInt16BE(offsetKeyEpoch)}`;
+  return `${datagram[offsetType]}/${uint32At(datagram, offsetSessionId)}/${uint32At(datagram, offsetIncarnation)}/${uint16At(datagram, offsetKeyEpoch)}`;
 }
 
 /** Builds a gate that authenticates against one source key. */
@@ -453,9 +455,9 @@ export function createSignedSessionGate(
       pass(datagram); // malformed: the role counts it, and keeps nothing
       return;
     }
-    const sequence = datagram.readUInt32BE(offsetSequence);
-    const sessionId = datagram.readUInt32BE(offsetSessionId);
-    const incarnation = datagram.readUInt32BE(offsetIncarnation);
+    const sequence = uint32At(datagram, offsetSequence);
+    const sessionId = uint32At(datagram, offsetSessionId);
+    const incarnation = uint32At(datagram, offsetIncarnation);
     if (!passData(sequence, sessionId, incarnation, datagram, pass)) {
       holdData({ datagram, pass, sessionId, incarnation, sequence });
     }
@@ -617,9 +619,9 @@ export function createSignedSessionGate(
       return false;
     }
     const kept = manifestOfRun(
-      hashes.get(datagram.readUInt32BE(offsetSequence)),
-      datagram.readUInt32BE(offsetSessionId),
-      datagram.readUInt32BE(offsetIncarnation),
+      hashes.get(uint32At(datagram, offsetSequence)),
+      uint32At(datagram, offsetSessionId),
+      uint32At(datagram, offsetIncarnation),
     );
     return kept !== undefined && kept.hashesKept === kept.hashesTotal && kept.datagram.equals(datagram);
   };
@@ -707,9 +709,9 @@ export function createSignedSessionGate(
       }
       if (datagram[offsetType] === PacketType.data) {
         return manifestOfRun(
-          hashes.get(datagram.readUInt32BE(offsetSequence)),
-          datagram.readUInt32BE(offsetSessionId),
-          datagram.readUInt32BE(offsetIncarnation),
+          hashes.get(uint32At(datagram, offsetSequence)),
+          uint32At(datagram, offsetSessionId),
+          uint32At(datagram, offsetIncarnation),
         )?.datagram;
       }
       return vouched.get(sha256Of(datagram).toString('hex'));
@@ -718,11 +720,11 @@ export function createSignedSessionGate(
       if (datagram.length < headerBytes || datagram[offsetType] !== PacketType.data) {
         return 'unknown';
       }
-      const sequence = datagram.readUInt32BE(offsetSequence);
+      const sequence = uint32At(datagram, offsetSequence);
       const expected = manifestOfRun(
         hashes.get(sequence),
-        datagram.readUInt32BE(offsetSessionId),
-        datagram.readUInt32BE(offsetIncarnation),
+        uint32At(datagram, offsetSessionId),
+        uint32At(datagram, offsetIncarnation),
       );
       if (expected === undefined) {
         return 'unknown';

@@ -26,6 +26,8 @@ import {
   offsetSessionId,
   offsetType,
   PacketType,
+  uint16At,
+  uint32At,
 } from '../protocol/packet.js';
 import { groupSeedBytes } from '../protocol/restricted.js';
 import {
@@ -340,18 +342,19 @@ export class PacketSealer {
     if (plain.length < headerBytes || plain[offsetType] !== PacketType.data) {
       throw new CipherError('only DATA datagrams are sealed');
     }
-    const incarnation = plain.readUInt32BE(offsetIncarnation);
+    const incarnation = uint32At(plain, offsetIncarnation);
     if (incarnation !== this.#incarnation) {
       throw new CipherError(`datagram of incarnation ${incarnation}, sealer of ${this.#incarnation}`);
     }
-    const keyEpoch = plain.readUInt16BE(offsetKeyEpoch);
+    const keyEpoch = uint16At(plain, offsetKeyEpoch);
     const entry = this.#keys.get(keyEpoch);
     if (entry === undefined || (entry.key === undefined && entry.group === undefined)) {
       throw new CipherError(`no traffic key for key epoch ${keyEpoch}`);
     }
     // As the 32-bit number the nonce holds, once: a view whose read gave -0.5 and then 0.5 passed
-    // the checks as two sequences and sealed both under the nonce of sequence 0.
-    const sequence = plain.readUInt32BE(offsetSequence) >>> 0;
+    // the checks as two sequences and sealed both under the nonce of sequence 0 (uint32At gives an
+    // unsigned 32-bit integer, whatever its bytes read as).
+    const sequence = uint32At(plain, offsetSequence);
     if (entry.lastSequence !== undefined) {
       const ahead = (sequence - entry.lastSequence) >>> 0;
       if (ahead === 0 || ahead >= 0x8000_0000) {
@@ -453,7 +456,7 @@ export class PacketSealer {
         group.prfs,
         seed,
         {
-          sessionId: plain.readUInt32BE(offsetSessionId),
+          sessionId: uint32At(plain, offsetSessionId),
           incarnation: this.#incarnation,
           keyEpoch,
           packetsPerGroup: group.packetsPerGroup,
@@ -600,7 +603,7 @@ export class PacketOpener {
     if (sealed.length < headerBytes + aeadTagBytes) {
       return 'truncated';
     }
-    const keyEpoch = sealed.readUInt16BE(offsetKeyEpoch);
+    const keyEpoch = uint16At(sealed, offsetKeyEpoch);
     const grouped = this.#groups.get(keyEpoch);
     if (grouped !== undefined) {
       return this.#openInGroup(grouped, sealed, keyEpoch, inPlace);
@@ -614,8 +617,8 @@ export class PacketOpener {
       const plainLength = key.openPacket(sealed);
       return plainLength < 0 ? 'bad-tag' : sealed.subarray(0, plainLength);
     }
-    const incarnation = sealed.readUInt32BE(offsetIncarnation);
-    const sequence = sealed.readUInt32BE(offsetSequence);
+    const incarnation = uint32At(sealed, offsetIncarnation);
+    const sequence = uint32At(sealed, offsetSequence);
     writePacketNonce(this.#nonce, incarnation, keyEpoch, sequence);
     const bodyEnd = sealed.length - aeadTagBytes;
     const out = inPlace ? sealed : Buffer.allocUnsafe(bodyEnd);
@@ -641,7 +644,7 @@ export class PacketOpener {
     if (sealed.length < aadBytes + aeadTagBytes) {
       return 'truncated';
     }
-    const sequence = sealed.readUInt32BE(offsetSequence);
+    const sequence = uint32At(sealed, offsetSequence);
     const groupIndex = groupOf(sequence, grouped.asker.packetsPerGroup);
     const seed = sealed.subarray(headerBytes, aadBytes);
     let group = grouped.groups.get(groupIndex);
@@ -684,7 +687,7 @@ export class PacketOpener {
         grouped.groups.delete(oldest);
       }
     }
-    writePacketNonce(this.#nonce, sealed.readUInt32BE(offsetIncarnation), keyEpoch, sequence);
+    writePacketNonce(this.#nonce, uint32At(sealed, offsetIncarnation), keyEpoch, sequence);
     const bodyEnd = sealed.length - aeadTagBytes;
     const plainLength = bodyEnd - groupSeedBytes;
     const out = inPlace ? sealed : Buffer.allocUnsafe(plainLength);

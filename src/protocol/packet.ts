@@ -158,6 +158,27 @@ const sha256Bytes = 32;
 
 const utf8 = new TextDecoder('utf-8', { fatal: true });
 
+/**
+ * The big-endian 16-bit field at `at`, read by index: the caller has checked that the bytes are
+ * there. In optimized code a method of a Buffer (`readUInt16BE`, `readUInt32BE`) is reached through
+ * a generic property load on every call, which costs more than the read itself on a per-packet
+ * path; an index into the bytes is a plain load (docs/benchmarks.md, "Restricted channels").
+ */
+export function uint16At(bytes: Uint8Array, at: number): number {
+  return ((bytes[at] as number) << 8) | (bytes[at + 1] as number);
+}
+
+/** The big-endian 32-bit field at `at`, read by index (see uint16At): an unsigned 32-bit number. */
+export function uint32At(bytes: Uint8Array, at: number): number {
+  return (
+    (((bytes[at] as number) << 24) |
+      ((bytes[at + 1] as number) << 16) |
+      ((bytes[at + 2] as number) << 8) |
+      (bytes[at + 3] as number)) >>>
+    0
+  );
+}
+
 /** Reads an unsigned 64-bit big-endian field as a safe integer, or undefined when above 2^53 - 1. */
 function readSafeUint64(buf: Buffer, offset: number): number | undefined {
   const high = buf.readUInt32BE(offset);

@@ -24,6 +24,7 @@ interface Addon {
   openPacket(...args: unknown[]): number;
   sealPacketFunction(...args: unknown[]): (...args: unknown[]) => undefined;
   openPacketFunction(...args: unknown[]): (...args: unknown[]) => number;
+  packetPath(...args: unknown[]): string;
 }
 
 /** The addon, or undefined (the test skips, saying why; fails under GATECAST_REQUIRE_PACKAGES=1). */
@@ -570,6 +571,77 @@ parentPort.postMessage(out.toString('hex'));`;
     assert.deepEqual(forged.subarray(0, 24), aad);
     addon.dispose(sealer);
     addon.dispose(opener);
+  });
+
+  it("every suite calls its implementation's own functions: node:crypto's bytes for every length, a good open after a bad one", (t) => {
+    const addon = addonOrSkip(t);
+    if (addon === undefined) {
+      return;
+    }
+    for (const [name, keyLength] of [
+      ['aes-128-gcm', 16],
+      ['aes-256-gcm', 32],
+      ['chacha20-poly1305', 32],
+    ] as const) {
+      const suiteKey = Buffer.alloc(keyLength, 0x3c);
+      const sealing = addon.create(name, suiteKey, true);
+      const opening = addon.create(name, suiteKey, false);
+      assert.equal(addon.packetPath(sealing), 'provider', `${name}: sealed through its implementation`);
+      assert.equal(addon.packetPath(opening), 'provider', `${name}: opened through its implementation`);
+      for (const [plainLength, aadLength] of [
+        [0, 0],
+        [0, 32],
+        [1, 0],
+        [15, 32],
+        [16, 32],
+        [17, 1],
+        [1400, 32],
+        [65_535, 48],
+      ]) {
+        const packetNonce = Buffer.alloc(12, plainLength & 0xff);
+        packetNonce.writeUInt32BE(aadLength, 8);
+        const plain = Buffer.alloc(plainLength, 0x5a);
+        const header = Buffer.alloc(aadLength, 0xa7);
+        const cipher = createCipheriv(name, suiteKey, packetNonce, { authTagLength: 16 });
+        cipher.setAAD(header, { plaintextLength: plainLength });
+        const expected = Buffer.concat([cipher.update(plain), cipher.final()]);
+        const expectedTag = cipher.getAuthTag();
+        const sealed = Buffer.alloc(plainLength);
+        const tag = Buffer.alloc(16);
+        addon.seal(sealing, packetNonce, header, plain, sealed, tag);
+        assert.deepEqual(sealed, expected, `${name}, ${plainLength} bytes: node:crypto's ciphertext`);
+        assert.deepEqual(tag, expectedTag, `${name}, ${plainLength} bytes: node:crypto's tag`);
+        const badTag = Buffer.from(tag);
+        badTag[15] = (badTag[15] as number) ^ 0x80;
+        const refusedOut = Buffer.alloc(plainLength, 0xee);
+        assert.equal(addon.open(opening, packetNonce, header, sealed, badTag, refusedOut), false);
+        assert.ok(
+          refusedOut.every((byte) => byte === 0),
+          'a refused open leaves nothing readable',
+        );
+        const out = Buffer.alloc(plainLength);
+        assert.equal(
+          addon.open(opening, packetNonce, header, sealed, tag, out),
+          true,
+          'opens after a refusal',
+        );
+        assert.deepEqual(out, plain);
+        if (aadLength > 0) {
+          const otherHeader = Buffer.from(header);
+          otherHeader[0] = (otherHeader[0] as number) ^ 1;
+          assert.equal(
+            addon.open(opening, packetNonce, otherHeader, sealed, tag, out),
+            false,
+            'the header is bound',
+          );
+        }
+      }
+      addon.dispose(sealing);
+      refused(() => addon.packetPath(sealing), /disposed/);
+      addon.dispose(opening);
+    }
+    assert.throws(() => addon.packetPath({}), /not an AEAD handle/);
+    refused(() => addon.packetPath(), /one argument/);
   });
 
   it('packet functions bound to a handle: same bytes as the unbound calls, refused for the wrong kind, after dispose and with wrong counts', (t) => {

@@ -15,6 +15,8 @@ import {
   headerBytes,
   PacketType,
   SessionKind,
+  uint16At,
+  uint32At,
 } from '../../src/protocol/packet.js';
 
 /** A mutation that sets one byte. */
@@ -195,5 +197,46 @@ describe('DESCRIPTOR', () => {
     cut.writeUInt16BE(cut.length - headerBytes, 24);
     const result = decodeDescriptor(cut);
     assert.equal(!result.ok && result.reason, 'truncated');
+  });
+});
+
+describe('fields read by index (uint16At, uint32At)', () => {
+  it('read what readUInt16BE and readUInt32BE read, at every offset and at the edges of the range', () => {
+    const edges = [
+      0, 1, 0x7f, 0x80, 0xff, 0x100, 0x7fff, 0x8000, 0xffff, 0x7fff_ffff, 0x8000_0000, 0xffff_fffe,
+      0xffff_ffff,
+    ];
+    for (const value of edges) {
+      const b = Buffer.alloc(8);
+      b.writeUInt32BE(value >>> 0, 2);
+      assert.equal(uint32At(b, 2), value >>> 0);
+      assert.equal(uint16At(b, 4), value & 0xffff);
+    }
+    const random = Buffer.alloc(4096);
+    for (let i = 0; i < random.length; i++) {
+      random[i] = (i * 2654435761) >>> 24;
+    }
+    for (let at = 0; at + 4 <= random.length; at++) {
+      assert.equal(uint32At(random, at), random.readUInt32BE(at));
+      assert.equal(uint16At(random, at), random.readUInt16BE(at));
+    }
+  });
+
+  it('give an unsigned 32-bit integer, never negative, and read a view from its own start', () => {
+    const b = Buffer.from([0, 0xff, 0xff, 0xff, 0xff, 0x80, 0, 0, 0]);
+    assert.equal(uint32At(b, 1), 0xffff_ffff);
+    assert.ok(uint32At(b, 5) > 0);
+    assert.equal(uint32At(b.subarray(5), 0), 0x8000_0000);
+    assert.equal(uint16At(b.subarray(1), 0), 0xffff);
+  });
+
+  it('read the header fields of an encoded packet as decodeHeader does', () => {
+    const datagram = encodeData(fields, Buffer.from('payload'));
+    const header = decodeHeader(datagram);
+    assert.ok(header.ok);
+    assert.equal(uint32At(datagram, 8), header.value.sessionId);
+    assert.equal(uint32At(datagram, 12), header.value.sequence);
+    assert.equal(uint32At(datagram, 28), header.value.incarnation);
+    assert.equal(uint16At(datagram, 6), header.value.keyEpoch);
   });
 });
