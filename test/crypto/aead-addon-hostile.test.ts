@@ -588,7 +588,7 @@ parentPort.postMessage(out.toString('hex'));`;
       const opening = addon.create(name, suiteKey, false);
       assert.equal(addon.packetPath(sealing), 'provider', `${name}: sealed through its implementation`);
       assert.equal(addon.packetPath(opening), 'provider', `${name}: opened through its implementation`);
-      for (const [plainLength, aadLength] of [
+      const lengths: Array<[plain: number, aad: number]> = [
         [0, 0],
         [0, 32],
         [1, 0],
@@ -597,7 +597,8 @@ parentPort.postMessage(out.toString('hex'));`;
         [17, 1],
         [1400, 32],
         [65_535, 48],
-      ]) {
+      ];
+      for (const [plainLength, aadLength] of lengths) {
         const packetNonce = Buffer.alloc(12, plainLength & 0xff);
         packetNonce.writeUInt32BE(aadLength, 8);
         const plain = Buffer.alloc(plainLength, 0x5a);
