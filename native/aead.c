@@ -1,7 +1,8 @@
 /*
  * The packet AEAD engine (docs/security.md, "The packet engine"): AES-128-GCM, AES-256-GCM and
- * ChaCha20-Poly1305 through OpenSSL's EVP interface, the OpenSSL that node:crypto itself runs on
- * (the node binary exports it; an addon links against it at load, no second copy).
+ * ChaCha20-Poly1305 through the OpenSSL that node:crypto itself runs on (the node binary exports
+ * it; an addon links against it at load, no second copy): EVP fetches and keys each context, and
+ * packets call the fetched implementation's own functions (direct_setup, packetPath).
  *
  * What node:crypto in Node 20 cannot do is re-nonce a cipher object: every packet there costs a
  * new JavaScript cipher object, a native context and three returned buffers, about 8 us of CPU
