@@ -169,6 +169,18 @@ static void aead_free(aead_t *aead) {
   }
 }
 
+/*
+ * GATECAST_AEAD_EVP_ONLY=1 in the environment when the addon is first loaded: no handle takes the
+ * direct path, every packet goes through the EVP context (read once per process; for the tests
+ * that hold the EVP path to node:crypto's bytes, and to rule the direct path out).
+ */
+static int evp_only = 0;
+static pthread_once_t evp_only_once = PTHREAD_ONCE_INIT;
+static void read_evp_only(void) {
+  const char *value = getenv("GATECAST_AEAD_EVP_ONLY");
+  evp_only = value != NULL && strcmp(value, "1") == 0;
+}
+
 /* True when `name` is one of the colon-separated names in `names` (OSSL_ALGORITHM's list). */
 static int names_hold(const char *names, const char *name) {
   size_t length = strlen(name);
@@ -476,7 +488,9 @@ static napi_value create(napi_env env, napi_callback_info info) {
     free(aead);
     return fail(env, "OpenSSL could not make the AEAD context");
   }
-  direct_setup(aead, key, key_length); /* else the EVP context serves */
+  if (!evp_only) {
+    direct_setup(aead, key, key_length); /* else the EVP context serves */
+  }
   napi_value handle;
   if (napi_create_object(env, &handle) != napi_ok) {
     aead_free(aead);
@@ -1192,6 +1206,7 @@ static int export_function(napi_env env, napi_value exports, const char *name, n
 }
 
 NAPI_MODULE_INIT() {
+  pthread_once(&evp_only_once, read_evp_only);
   if (!export_function(env, exports, "create", create) || !export_function(env, exports, "seal", seal) ||
       !export_function(env, exports, "open", open_) || !export_function(env, exports, "dispose", dispose) ||
       !export_function(env, exports, "digest", digest) ||

@@ -646,6 +646,52 @@ parentPort.postMessage(out.toString('hex'));`;
     refused(() => addon.packetPath(), /one argument/);
   });
 
+  it("GATECAST_AEAD_EVP_ONLY=1 keeps every handle on EVP: node:crypto's bytes, and the engine's load check passes", (t) => {
+    if (addonOrSkip(t) === undefined) {
+      return;
+    }
+    // In a child, as the variable is read when the addon is first loaded: the engine (whose load
+    // check seals and opens through every call and compares node:crypto's bytes) and each suite.
+    const script = `
+      import { createCipheriv } from 'node:crypto';
+      import { createRequire } from 'node:module';
+      import { aeadEngine, nativeAddonPath } from ${JSON.stringify(new URL('../../src/crypto/aead-engine.ts', import.meta.url).pathname)};
+      const engine = aeadEngine();
+      if (engine.name !== 'openssl-evp') throw new Error('engine ' + engine.name + ': ' + engine.reason);
+      const addon = createRequire(import.meta.url)(nativeAddonPath);
+      for (const [name, keyLength] of [['aes-128-gcm', 16], ['aes-256-gcm', 32], ['chacha20-poly1305', 32]]) {
+        const key = Buffer.alloc(keyLength, 0x3c);
+        const sealing = addon.create(name, key, true);
+        const opening = addon.create(name, key, false);
+        if (addon.packetPath(sealing) !== 'evp' || addon.packetPath(opening) !== 'evp') throw new Error(name + ' not on EVP');
+        for (const length of [0, 1, 17, 1400, 65535]) {
+          const nonce = Buffer.alloc(12, length & 0xff);
+          const header = Buffer.alloc(32, 0xa7);
+          const plain = Buffer.alloc(length, 0x5a);
+          const cipher = createCipheriv(name, key, nonce, { authTagLength: 16 });
+          cipher.setAAD(header, { plaintextLength: length });
+          const expected = Buffer.concat([cipher.update(plain), cipher.final()]);
+          const sealed = Buffer.alloc(length);
+          const tag = Buffer.alloc(16);
+          addon.seal(sealing, nonce, header, plain, sealed, tag);
+          if (!sealed.equals(expected) || !tag.equals(cipher.getAuthTag())) throw new Error(name + ' ' + length + ': other bytes');
+          const out = Buffer.alloc(length);
+          if (!addon.open(opening, nonce, header, sealed, tag, out) || !out.equals(plain)) throw new Error(name + ' ' + length + ': no open');
+          tag[0] ^= 1;
+          if (addon.open(opening, nonce, header, sealed, tag, out)) throw new Error(name + ' ' + length + ': a bad tag opened');
+        }
+      }
+      process.stdout.write('ok');
+    `;
+    const child = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], {
+      encoding: 'utf8',
+      timeout: 60_000,
+      env: { ...process.env, GATECAST_AEAD_EVP_ONLY: '1', GATECAST_AEAD_ENGINE: '' },
+    });
+    assert.equal(child.status, 0, child.stderr);
+    assert.equal(child.stdout, 'ok');
+  });
+
   it('packet functions bound to a handle: same bytes as the unbound calls, refused for the wrong kind, after dispose and with wrong counts', (t) => {
     const addon = addonOrSkip(t);
     if (addon === undefined) {
