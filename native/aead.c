@@ -134,9 +134,9 @@ static const napi_type_tag handle_tag = {0x6761746563617374ULL, 0x616561642d7630
  * the implementation's own. Through EVP, each packet's nonce went through
  * EVP_CIPHER_CTX_get_iv_length, which in OpenSSL 3.0 asks the implementation for the length by
  * parameter name (strcmp against each name it knows), and the tag through EVP_CIPHER_CTX_ctrl,
- * which turns the control into a parameter: together about a tenth of a receiver's time in
- * OpenSSL (docs/security.md, "The packet engine"). Where a function is missing the EVP context
- * is used, as before.
+ * which turns the control into a parameter: in a verifying receiver's profile, 104 samples beside
+ * 244 for AES-GCM itself (docs/security.md, "The packet engine"). Where a function is missing the
+ * EVP context is used, as before.
  */
 typedef struct {
   OSSL_FUNC_cipher_freectx_fn *freectx;
