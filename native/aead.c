@@ -80,6 +80,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #define NONCE_BYTES 12
 #define TAG_BYTES 16
@@ -187,7 +188,7 @@ static int names_hold(const char *names, const char *name) {
   for (const char *at = names; at != NULL && *at != '\0';) {
     const char *end = strchr(at, ':');
     size_t token = end == NULL ? strlen(at) : (size_t)(end - at);
-    if (token == length && OPENSSL_strncasecmp(at, name, length) == 0) {
+    if (token == length && strncasecmp(at, name, length) == 0) {
       return 1;
     }
     at = end == NULL ? NULL : end + 1;
