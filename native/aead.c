@@ -304,7 +304,8 @@ static int buffer_arg(napi_env env, napi_value value, unsigned char **data, size
   return 1;
 }
 
-static aead_t *handle_arg(napi_env env, napi_value value, int encrypt) {
+/* The struct a handle wraps, disposed or not; NULL (with a TypeError thrown) when it is no handle. */
+static aead_t *unwrap_handle(napi_env env, napi_value value) {
   napi_valuetype type;
   bool tagged = false;
   void *data = NULL;
@@ -314,7 +315,14 @@ static aead_t *handle_arg(napi_env env, napi_value value, int encrypt) {
     napi_throw_type_error(env, "GATECAST_ERR_CIPHER", "not an AEAD handle");
     return NULL;
   }
-  aead_t *aead = data;
+  return data;
+}
+
+static aead_t *handle_arg(napi_env env, napi_value value, int encrypt) {
+  aead_t *aead = unwrap_handle(env, value);
+  if (aead == NULL) {
+    return NULL;
+  }
   if (aead->ctx == NULL) {
     fail(env, "the AEAD handle was disposed");
     return NULL;
@@ -567,17 +575,14 @@ static napi_value open_(napi_env env, napi_callback_info info) {
 static napi_value dispose(napi_env env, napi_callback_info info) {
   size_t argc = 1;
   napi_value argv[1];
-  napi_valuetype type;
-  bool tagged = false;
-  void *data = NULL;
-  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != 1 ||
-      napi_typeof(env, argv[0], &type) != napi_ok || type != napi_object ||
-      napi_check_object_type_tag(env, argv[0], &handle_tag, &tagged) != napi_ok || !tagged ||
-      napi_unwrap(env, argv[0], &data) != napi_ok || data == NULL) {
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != 1) {
     napi_throw_type_error(env, "GATECAST_ERR_CIPHER", "not an AEAD handle");
     return NULL;
   }
-  aead_free(data); /* the struct stays until the handle is collected: a later call finds ctx NULL */
+  aead_t *aead = unwrap_handle(env, argv[0]);
+  if (aead != NULL) {
+    aead_free(aead); /* the struct stays until the handle is collected: a later call finds ctx NULL */
+  }
   return NULL;
 }
 
@@ -591,16 +596,10 @@ static napi_value packet_path(napi_env env, napi_callback_info info) {
   if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != 1) {
     return fail(env, "packetPath(handle) takes one argument");
   }
-  napi_valuetype type;
-  bool tagged = false;
-  void *data = NULL;
-  if (napi_typeof(env, argv[0], &type) != napi_ok || type != napi_object ||
-      napi_check_object_type_tag(env, argv[0], &handle_tag, &tagged) != napi_ok || !tagged ||
-      napi_unwrap(env, argv[0], &data) != napi_ok || data == NULL) {
-    napi_throw_type_error(env, "GATECAST_ERR_CIPHER", "not an AEAD handle");
+  aead_t *aead = unwrap_handle(env, argv[0]);
+  if (aead == NULL) {
     return NULL;
   }
-  aead_t *aead = data;
   if (aead->ctx == NULL) {
     return fail(env, "the AEAD handle was disposed");
   }
