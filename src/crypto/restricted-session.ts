@@ -804,7 +804,12 @@ export function createReceiverProtection(
    * for the periods this receiver read, not for one announced after the session's last packet.
    */
   let highestDataEpoch = 0;
-  const pending = new Map<number, KeyMessage>();
+  /**
+   * Per epoch announced ahead: its KEY message, and the datagram it came in. The source repeats
+   * the same bytes every control tick for signedRepeatRefreshMs; a copy equal to them byte for
+   * byte is that KEY again, skipped without decoding it.
+   */
+  const pending = new Map<number, { key: KeyMessage; datagram: Buffer }>();
   const askedEpochs = new Set<number>();
   /**
    * Per key epoch held: the wrapped key the token released it from, and the stream time of the
@@ -830,6 +835,9 @@ export function createReceiverProtection(
       stats.keysRepeated++;
       return;
     }
+    if (pending.get(epochOfDatagram)?.datagram.equals(datagram) === true) {
+      return; // the KEY announced ahead, again: it waits for its epoch's DATA as it did
+    }
     const decoded = decodeKey(datagram);
     if (!decoded.ok) {
       reject('malformed');
@@ -854,7 +862,7 @@ export function createReceiverProtection(
       return;
     }
     if (key.keyEpoch > highestDataEpoch && !askedEpochs.has(key.keyEpoch)) {
-      pending.set(key.keyEpoch, key);
+      pending.set(key.keyEpoch, { key, datagram: Buffer.from(datagram) });
       for (const epoch of pending.keys()) {
         if (pending.size <= restrictedPendingKeysMax) {
           break;
@@ -871,7 +879,7 @@ export function createReceiverProtection(
       return;
     }
     highestDataEpoch = epoch;
-    for (const [pendingEpoch, key] of pending) {
+    for (const [pendingEpoch, { key }] of pending) {
       if (pendingEpoch <= epoch) {
         pending.delete(pendingEpoch);
         release(key);

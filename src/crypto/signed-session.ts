@@ -61,6 +61,11 @@ export interface SignedSessionStats {
   unauthenticated: number;
   /** Datagrams held now, waiting for a manifest or a control signature. */
   holding: number;
+  /**
+   * Control datagrams of a type the role said it no longer needs (ignoreControl), and the control
+   * signatures that vouch for that type: dropped unverified, nothing of them kept or passed on.
+   */
+  controlIgnored: number;
 }
 
 /** A gate in front of a role's handler. */
@@ -86,6 +91,12 @@ export interface SignedSessionGate {
    * requester that lost every copy of it (docs/protocol.md, "REPAIR").
    */
   signatureFor(datagram: Buffer): Buffer | undefined;
+  /**
+   * From now on drops the control datagrams of `type` (a receiver past its first DESCRIPTOR has no
+   * use for the next) and the control signatures that vouch for that type, without hashing or
+   * verifying them; those held now go too. Each is counted `controlIgnored`.
+   */
+  ignoreControl(type: (typeof PacketType)['heartbeat' | 'end' | 'descriptor']): void;
 }
 
 /** Options of a gate. */
@@ -290,7 +301,10 @@ export function createSignedSessionGate(
     forged: {},
     unauthenticated: 0,
     holding: 0,
+    controlIgnored: 0,
   };
+  /** The control types dropped unverified (ignoreControl). */
+  const ignoredControl = new Set<number>();
   /**
    * Packet hashes from verified manifests: each sequence points at the manifest of each run that
    * vouches for it. `hashCount` counts the sequences so pointed at, the bound
@@ -631,6 +645,15 @@ export function createSignedSessionGate(
       stats.manifestsRepeated++;
       return;
     }
+    if (
+      ignoredControl.size > 0 &&
+      datagram.length > headerBytes + 1 &&
+      datagram[headerBytes] === SignatureKind.control &&
+      ignoredControl.has(datagram[headerBytes + 1] as number)
+    ) {
+      stats.controlIgnored++; // vouches for a type the role drops: not verified, nothing kept
+      return;
+    }
     const offer = datagram.length > headerBytes && datagram[headerBytes] === SignatureKind.session;
     if (offer && isVerifiedRepeat(datagram)) {
       options.onAuthenticated?.(datagram);
@@ -663,6 +686,10 @@ export function createSignedSessionGate(
   };
 
   const onControl = (datagram: Buffer, pass: (datagram: Buffer) => void) => {
+    if (ignoredControl.has(datagram[offsetType] as number)) {
+      stats.controlIgnored++;
+      return;
+    }
     const sha256 = sha256Of(datagram).toString('hex');
     if (vouched.has(sha256)) {
       stats.controlAuthenticated++;
@@ -700,6 +727,18 @@ export function createSignedSessionGate(
 
   return {
     stats,
+    ignoreControl(type) {
+      ignoredControl.add(type);
+      for (let index = 0; index < heldControl.length; ) {
+        if ((heldControl[index] as (typeof heldControl)[number]).datagram[offsetType] === type) {
+          heldControl.splice(index, 1);
+          stats.controlIgnored++;
+        } else {
+          index++;
+        }
+      }
+      updateHolding();
+    },
     vouches(sessionId, incarnation, sequence) {
       return manifestOfRun(hashes.get(sequence), sessionId, incarnation) !== undefined;
     },

@@ -290,6 +290,9 @@ export function createReceiver(settings: ReceiverSettings, components: ReceiverC
 
   const acceptDescriptor = (packet: DescriptorPacket) => {
     descriptor = packet;
+    // The run is fixed from here and later DESCRIPTORs change nothing: the gate drops them and
+    // their control signatures (about 20 a second) unverified.
+    components.signed?.ignoreControl(PacketType.descriptor);
     summary.sessionId = packet.sessionId;
     summary.incarnation = packet.incarnation;
     summary.sessionName = packet.name;

@@ -36,7 +36,7 @@ import {
   SignatureKind,
 } from '../../src/protocol/restricted.js';
 import { sequenceAdd } from '../../src/protocol/serial.js';
-import { data, end, heartbeat } from '../helpers/craft.js';
+import { data, descriptor, end, heartbeat } from '../helpers/craft.js';
 import { createRandom } from '../helpers/random.js';
 
 /** A full garbage collection (test only: the flag is set before the first call). */
@@ -332,6 +332,49 @@ describe('signed-session gate', () => {
     assert.deepEqual(t.passed, [genuine, next]);
     const signature = decodeSignature(protection.signControl(next));
     assert.ok(signature.ok && signature.value.kind === SignatureKind.control);
+  });
+
+  it('ignoreControl drops a type and the signatures that vouch for it unverified; the other types still pass only when signed', () => {
+    const protection = sender();
+    const t = gate();
+    const first = descriptor(run, { firstSequence: 0, next: 10 });
+    t.take(protection.signControl(first));
+    t.take(first);
+    assert.deepEqual(t.passed, [first]);
+    const verified = t.g.stats.signaturesVerified;
+    // One DESCRIPTOR waits for its signature when the role says it needs no more of them.
+    const waiting = descriptor(run, { firstSequence: 0, next: 20 });
+    t.take(waiting);
+    assert.equal(t.g.stats.holding, 1);
+    t.g.ignoreControl(PacketType.descriptor);
+    assert.equal(t.g.stats.holding, 0);
+    assert.equal(t.g.stats.controlIgnored, 1);
+    t.take(protection.signControl(waiting));
+    for (let next = 30; next < 40; next++) {
+      const later = descriptor(run, { firstSequence: 0, next });
+      t.take(protection.signControl(later));
+      t.take(later);
+    }
+    // Forged ones the same: dropped, not verified, not counted as forged.
+    const forged = descriptor(run, { firstSequence: 0, next: 50 });
+    t.take(buildControlSignature(forged, forger.privateKey));
+    t.take(forged);
+    assert.deepEqual(t.passed, [first], 'no DESCRIPTOR passes after ignoreControl');
+    assert.equal(t.g.stats.controlIgnored, 1 + 1 + 20 + 2);
+    assert.equal(t.g.stats.signaturesVerified, verified, 'none of their signatures was verified');
+    assert.deepEqual(t.g.stats.forged, {});
+    assert.equal(t.g.stats.holding, 0);
+    // A HEARTBEAT still needs its signature, and a forger's still moves nothing.
+    const genuine = heartbeat(run, 40);
+    const forgedHeartbeat = heartbeat(run, 90);
+    t.take(buildControlSignature(forgedHeartbeat, forger.privateKey));
+    t.take(forgedHeartbeat);
+    t.take(protection.signControl(genuine));
+    t.take(genuine);
+    assert.deepEqual(t.passed, [first, genuine]);
+    assert.equal(t.g.stats.forged['bad-signature'], 1);
+    assert.equal(t.g.stats.holding, 1, 'the forged HEARTBEAT waits for a signature that never comes');
+    assert.equal(t.g.stats.signaturesVerified, verified + 1);
   });
 
   it('a flood of unauthenticated DATA is bounded and counted', () => {

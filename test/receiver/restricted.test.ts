@@ -16,6 +16,7 @@ import { openReceiverSocket, type ReceiverSocketOptions } from '../../src/net/ud
 import {
   decodeHeader,
   headerBytes,
+  offsetKeyEpoch,
   offsetType,
   PacketType,
   writeHeaderFields,
@@ -303,6 +304,96 @@ describe('restricted receiver: KEY repeats', () => {
     ]);
     await settle();
     assert.equal(protection.stats.keysRejected['bad-signature'], 1);
+    assert.equal(refusals.length, 0);
+    token.close();
+  });
+});
+
+describe('restricted receiver: a KEY announced ahead', () => {
+  it('waits for its epoch: its copies ask nothing of the token, a forged copy between them does not stick, and the first DATA of the epoch opens under it', async () => {
+    const token = makeToken('entitled');
+    const asked: number[] = [];
+    const counting = new Proxy(token, {
+      get(target, property) {
+        if (property === 'releaseTrafficKey') {
+          return (key: Parameters<Token['releaseTrafficKey']>[0]) => {
+            asked.push(key.keyEpoch);
+            return target.releaseTrafficKey(key);
+          };
+        }
+        const value = Reflect.get(target, property, target) as unknown;
+        return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(target) : value;
+      },
+    });
+    const refusals: TokenRefused[] = [];
+    const protection = createReceiverProtection(counting, (refused) => refusals.push(refused));
+    const sender = createSenderProtection(
+      {
+        suite: suiteByName('aes-256-gcm', 'suite'),
+        service: 'news',
+        serviceEpoch: 1,
+        serviceKey,
+        sourcePrivateKey: source.privateKey,
+        sourcePublicKey: source.publicKey,
+        cryptoPeriodMs: 1000,
+        tier: 0,
+        manifestPackets: 0,
+      },
+      { sessionId: 5, incarnation: 6 },
+    );
+    const startUs = Date.now() * 1000;
+    const settle = () => new Promise((resolve) => setImmediate(resolve));
+    const delivered: Buffer[] = [];
+    const feed = (datagrams: Buffer[]) => {
+      for (const datagram of datagrams) {
+        protection.filter(datagram, (plain) => delivered.push(plain));
+      }
+    };
+    const dataAt = (sequence: number, ms: number) => {
+      const data = Buffer.alloc(headerBytes + 100);
+      writeHeaderFields(data, PacketType.data, 5, sequence, startUs + ms * 1000, 0, 100, 6);
+      return sender.seal(data, ms, startUs + ms * 1000);
+    };
+    // The source announces the next period's KEY with the current one.
+    const keys = sender
+      .control({ sessionId: 5, incarnation: 6, sequence: 1 }, 0, startUs)
+      .filter((datagram) => datagram[offsetType] === PacketType.key);
+    assert.deepEqual(
+      keys.map((datagram) => datagram.readUInt16BE(offsetKeyEpoch)),
+      [1, 2],
+    );
+    feed(keys);
+    feed(dataAt(1, 0));
+    await settle();
+    assert.deepEqual(asked, [1]);
+    assert.equal(delivered.length, 1);
+    // One second of control ticks repeating both, byte for byte: epoch 2 still waits, unasked.
+    for (let tick = 0; tick < 20; tick += 1) {
+      feed(keys);
+    }
+    // A forged KEY for epoch 2 (another wrapped key, another signer), then the genuine bytes again.
+    const forger = generateSigningKey();
+    feed([
+      buildKeyMessage(
+        { sessionId: 5, incarnation: 6, sequence: 1, timestampUs: startUs + 10_000, keyEpoch: 2 },
+        { suite: 2, tier: 0, serviceEpoch: 1, cryptoPeriodMs: 1000, service: 'news' },
+        serviceKey,
+        randomBytes(32),
+        forger.privateKey,
+      ),
+    ]);
+    feed(keys.slice(1));
+    await settle();
+    assert.deepEqual(asked, [1], 'a KEY announced ahead is asked of the token only once its DATA comes');
+    // The first DATA of epoch 2 releases the genuine KEY announced ahead, once.
+    feed(dataAt(2, 1000));
+    await settle();
+    feed(dataAt(3, 1001));
+    await settle();
+    assert.deepEqual(asked, [1, 2]);
+    assert.equal(delivered.length, 3, JSON.stringify(protection.stats));
+    assert.deepEqual(protection.stats.keysRejected, {});
+    assert.equal(protection.stats.packetsBadTag, 0);
     assert.equal(refusals.length, 0);
     token.close();
   });

@@ -207,6 +207,7 @@ export function receiverGuard(keys: PlanKeys, passedOn: (datagram: Buffer) => vo
     check: (datagram) => gate.check(datagram),
     vouches: (sessionId, incarnation, sequence) => gate.vouches(sessionId, incarnation, sequence),
     signatureFor: (datagram) => gate.signatureFor(datagram),
+    ignoreControl: (type) => gate.ignoreControl(type),
     filter: (datagram, pass) =>
       gate.filter(datagram, (authenticated) => {
         passedOn(authenticated);
