@@ -118,6 +118,11 @@ CONF
   done
   [[ -S $state/smcroute.sock ]] || { cat "$state/smcroute.log" >&2; die "smcrouted did not start"; }
   echo "testbed $prefix up: hosts ${hosts[*]/#/$prefix-}, router smcrouted pid $(cat "$state/smcrouted.pid")"
+  if [[ ! -e /proc/net/ip_mr_vif || ! -e /proc/net/ip6_mr_vif ]]; then
+    echo "testbed: warning: this kernel cannot route multicast (no /proc/net/ip_mr_vif or ip6_mr_vif:" \
+      "built without CONFIG_IP_MROUTE / CONFIG_IPV6_MROUTE); nothing crosses $prefix-rtr," \
+      "only hosts on the source network (src, rta, rtr) hear the source" >&2
+  fi
 }
 
 down() {

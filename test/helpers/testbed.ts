@@ -43,8 +43,31 @@ function staleSource(): string | undefined {
   return undefined;
 }
 
-/** Why the test bed cannot run here, or undefined when it can. */
-export function testbedUnavailable(extraCommands: string[] = []): string | undefined {
+/**
+ * Why this kernel cannot route multicast between the bed's networks, or undefined when it can:
+ * smcrouted needs the kernel's multicast routing (CONFIG_IP_MROUTE, CONFIG_IPV6_MROUTE), whose
+ * tables show in /proc/net of every namespace. Without it every packet stops at the router.
+ */
+export function multicastRoutingUnavailable(): string | undefined {
+  for (const [file, option] of [
+    ['/proc/net/ip_mr_vif', 'CONFIG_IP_MROUTE'],
+    ['/proc/net/ip6_mr_vif', 'CONFIG_IPV6_MROUTE'],
+  ] as const) {
+    if (!existsSync(file)) {
+      return `the kernel cannot route multicast (${file} is missing: built without ${option}), so smcrouted cannot forward across the bed's router`;
+    }
+  }
+  return undefined;
+}
+
+/**
+ * Why the test bed cannot run here, or undefined when it can. `routing: false` for a use of the
+ * bed that stays on the source's network (src and rtr), which needs no multicast routing.
+ */
+export function testbedUnavailable(
+  extraCommands: string[] = [],
+  options: { routing?: boolean } = {},
+): string | undefined {
   if (process.getuid?.() !== 0) {
     return 'needs root to create network namespaces (run as root, or in CI)';
   }
@@ -54,7 +77,7 @@ export function testbedUnavailable(extraCommands: string[] = []): string | undef
       return `needs the command ${command} (Debian packages: iproute2 nftables smcroute socat ffmpeg)`;
     }
   }
-  return undefined;
+  return options.routing === false ? undefined : multicastRoutingUnavailable();
 }
 
 /**
