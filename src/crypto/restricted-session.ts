@@ -835,7 +835,13 @@ export function createReceiverProtection(
       stats.keysRepeated++;
       return;
     }
-    if (pending.get(epochOfDatagram)?.datagram.equals(datagram) === true) {
+    const waiting = pending.get(epochOfDatagram);
+    if (
+      waiting !== undefined &&
+      (run === undefined ||
+        (waiting.key.sessionId === run.sessionId && waiting.key.incarnation === run.incarnation)) &&
+      waiting.datagram.equals(datagram)
+    ) {
       return; // the KEY announced ahead, again: it waits for its epoch's DATA as it did
     }
     const decoded = decodeKey(datagram);
@@ -895,6 +901,11 @@ export function createReceiverProtection(
     ) === undefined;
 
   const release = (key: KeyMessage) => {
+    if (run !== undefined && (key.sessionId !== run.sessionId || key.incarnation !== run.incarnation)) {
+      // Another run's KEY that waited from before this receiver's run was fixed: not the token's.
+      reject('other-run');
+      return;
+    }
     if (askedEpochs.size >= restrictedPendingKeysMax * 4) {
       askedEpochs.clear();
     }

@@ -399,6 +399,83 @@ describe('restricted receiver: a KEY announced ahead', () => {
   });
 });
 
+describe('restricted receiver: KEYs of another run waiting from before the run was fixed', () => {
+  it('are refused as other-run, copy after copy, and never reach the token', async () => {
+    const token = makeToken('entitled');
+    const asked: string[] = [];
+    const counting = new Proxy(token, {
+      get(target, property) {
+        if (property === 'releaseTrafficKey') {
+          return (key: Parameters<Token['releaseTrafficKey']>[0]) => {
+            asked.push(`${key.incarnation}:${key.keyEpoch}`);
+            return target.releaseTrafficKey(key);
+          };
+        }
+        const value = Reflect.get(target, property, target) as unknown;
+        return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(target) : value;
+      },
+    });
+    const protection = createReceiverProtection(counting, () => undefined);
+    const senderOf = (incarnation: number) =>
+      createSenderProtection(
+        {
+          suite: suiteByName('aes-256-gcm', 'suite'),
+          service: 'news',
+          serviceEpoch: 1,
+          serviceKey,
+          sourcePrivateKey: source.privateKey,
+          sourcePublicKey: source.publicKey,
+          cryptoPeriodMs: 1000,
+          tier: 0,
+          manifestPackets: 0,
+        },
+        { sessionId: 5, incarnation },
+      );
+    const ours = senderOf(6);
+    const other = senderOf(7);
+    const startUs = Date.now() * 1000;
+    const settle = () => new Promise((resolve) => setImmediate(resolve));
+    const delivered: Buffer[] = [];
+    const feed = (datagrams: Buffer[]) => {
+      for (const datagram of datagrams) {
+        protection.filter(datagram, (plain) => delivered.push(plain));
+      }
+    };
+    const keysOf = (sender: ReturnType<typeof senderOf>, incarnation: number) =>
+      sender
+        .control({ sessionId: 5, incarnation, sequence: 1 }, 0, startUs)
+        .filter((datagram) => datagram[offsetType] === PacketType.key);
+    const dataAt = (sequence: number, ms: number) => {
+      const data = Buffer.alloc(headerBytes + 100);
+      writeHeaderFields(data, PacketType.data, 5, sequence, startUs + ms * 1000, 0, 100, 6);
+      return ours.seal(data, ms, startUs + ms * 1000);
+    };
+    const otherKeys = keysOf(other, 7); // epochs 1 and 2 of run 7, before this receiver has a run
+    const ourKeys = keysOf(ours, 6);
+    feed(otherKeys);
+    feed(ourKeys.slice(0, 1)); // our epoch 1 only: run 7's epoch 2 still waits
+    feed(dataAt(1, 0));
+    await settle();
+    assert.deepEqual(asked, ['6:1']);
+    for (let copy = 0; copy < 10; copy += 1) {
+      feed(otherKeys);
+    }
+    assert.equal(protection.stats.keysRejected['other-run'], 20, 'each copy of run 7 refused');
+    // DATA of epoch 2 comes before our epoch 2's KEY: run 7's waiting KEY is refused, not asked.
+    feed(dataAt(2, 1000));
+    await settle();
+    assert.deepEqual(asked, ['6:1']);
+    assert.equal(protection.stats.keysRejected['other-run'], 21);
+    feed(ourKeys.slice(1));
+    await settle();
+    feed(dataAt(3, 1001));
+    await settle();
+    assert.deepEqual(asked, ['6:1', '6:2']);
+    assert.equal(delivered.length, 3, JSON.stringify(protection.stats));
+    token.close();
+  });
+});
+
 describe('restricted receiver: a grant that starts while the source repeats a KEY unchanged', () => {
   /**
    * A token whose news grant starts `startsInMs` after `nowMs` (and ends `endsInMs` after it), a
