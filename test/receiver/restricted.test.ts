@@ -218,46 +218,66 @@ describe('restricted sessions over loopback multicast', () => {
   });
 });
 
+/** One turn of the event loop: the token's answers arrive. */
+const settle = () => new Promise((resolve) => setImmediate(resolve));
+
+/** Feeds datagrams to a receiver's protection; what it opens goes to `delivered`. */
+function feeder(protection: ReturnType<typeof createReceiverProtection>) {
+  const delivered: Buffer[] = [];
+  const feed = (datagrams: Buffer[]) => {
+    for (const datagram of datagrams) {
+      protection.filter(datagram, (plain) => delivered.push(plain));
+    }
+  };
+  return { delivered, feed };
+}
+
+/** The token, with every key it is asked to release told to `asked` first (the key's message). */
+function askCounting(token: Token, asked: (key: Parameters<Token['releaseTrafficKey']>[0]) => void): Token {
+  return new Proxy(token, {
+    get(target, property) {
+      if (property === 'releaseTrafficKey') {
+        return (key: Parameters<Token['releaseTrafficKey']>[0]) => {
+          asked(key);
+          return target.releaseTrafficKey(key);
+        };
+      }
+      const value = Reflect.get(target, property, target) as unknown;
+      return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(target) : value;
+    },
+  });
+}
+
+/** A news source's protection (AES-256-GCM, no manifests) for run 5 of `incarnation`. */
+function newsSender(cryptoPeriodMs: number, incarnation = 6) {
+  return createSenderProtection(
+    {
+      suite: suiteByName('aes-256-gcm', 'suite'),
+      service: 'news',
+      serviceEpoch: 1,
+      serviceKey,
+      sourcePrivateKey: source.privateKey,
+      sourcePublicKey: source.publicKey,
+      cryptoPeriodMs,
+      tier: 0,
+      manifestPackets: 0,
+    },
+    { sessionId: 5, incarnation },
+  );
+}
+
 describe('restricted receiver: KEY repeats', () => {
   it('asks the token once for an epoch repeated in-band, again after restrictedKeyRecheckMs; a forgery for a held epoch still reaches the token and is counted', async () => {
     const token = makeToken('entitled');
     let asked = 0;
-    const counting = new Proxy(token, {
-      get(target, property) {
-        if (property === 'releaseTrafficKey') {
-          return (key: Parameters<Token['releaseTrafficKey']>[0]) => {
-            asked += 1;
-            return target.releaseTrafficKey(key);
-          };
-        }
-        const value = Reflect.get(target, property, target) as unknown;
-        return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(target) : value;
-      },
+    const counting = askCounting(token, () => {
+      asked += 1;
     });
     const refusals: TokenRefused[] = [];
     const protection = createReceiverProtection(counting, (refused) => refusals.push(refused));
-    const sender = createSenderProtection(
-      {
-        suite: suiteByName('aes-256-gcm', 'suite'),
-        service: 'news',
-        serviceEpoch: 1,
-        serviceKey,
-        sourcePrivateKey: source.privateKey,
-        sourcePublicKey: source.publicKey,
-        cryptoPeriodMs: 60_000,
-        tier: 0,
-        manifestPackets: 0,
-      },
-      { sessionId: 5, incarnation: 6 },
-    );
+    const sender = newsSender(60_000);
     const startUs = Date.now() * 1000;
-    const settle = () => new Promise((resolve) => setImmediate(resolve));
-    const delivered: Buffer[] = [];
-    const feed = (datagrams: Buffer[]) => {
-      for (const datagram of datagrams) {
-        protection.filter(datagram, (plain) => delivered.push(plain));
-      }
-    };
+    const { delivered, feed } = feeder(protection);
     const keysOf = (atUs: number) =>
       sender
         // The source's clocks: its monotonic ms run with the wall clock here.
@@ -313,42 +333,14 @@ describe('restricted receiver: a KEY announced ahead', () => {
   it('waits for its epoch: its copies ask nothing of the token, a forged copy between them does not stick, and the first DATA of the epoch opens under it', async () => {
     const token = makeToken('entitled');
     const asked: number[] = [];
-    const counting = new Proxy(token, {
-      get(target, property) {
-        if (property === 'releaseTrafficKey') {
-          return (key: Parameters<Token['releaseTrafficKey']>[0]) => {
-            asked.push(key.keyEpoch);
-            return target.releaseTrafficKey(key);
-          };
-        }
-        const value = Reflect.get(target, property, target) as unknown;
-        return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(target) : value;
-      },
+    const counting = askCounting(token, (key) => {
+      asked.push(key.keyEpoch);
     });
     const refusals: TokenRefused[] = [];
     const protection = createReceiverProtection(counting, (refused) => refusals.push(refused));
-    const sender = createSenderProtection(
-      {
-        suite: suiteByName('aes-256-gcm', 'suite'),
-        service: 'news',
-        serviceEpoch: 1,
-        serviceKey,
-        sourcePrivateKey: source.privateKey,
-        sourcePublicKey: source.publicKey,
-        cryptoPeriodMs: 1000,
-        tier: 0,
-        manifestPackets: 0,
-      },
-      { sessionId: 5, incarnation: 6 },
-    );
+    const sender = newsSender(1000);
     const startUs = Date.now() * 1000;
-    const settle = () => new Promise((resolve) => setImmediate(resolve));
-    const delivered: Buffer[] = [];
-    const feed = (datagrams: Buffer[]) => {
-      for (const datagram of datagrams) {
-        protection.filter(datagram, (plain) => delivered.push(plain));
-      }
-    };
+    const { delivered, feed } = feeder(protection);
     const dataAt = (sequence: number, ms: number) => {
       const data = Buffer.alloc(headerBytes + 100);
       writeHeaderFields(data, PacketType.data, 5, sequence, startUs + ms * 1000, 0, 100, 6);
@@ -403,45 +395,15 @@ describe('restricted receiver: KEYs of another run waiting from before the run w
   it('are refused as other-run, copy after copy, and never reach the token', async () => {
     const token = makeToken('entitled');
     const asked: string[] = [];
-    const counting = new Proxy(token, {
-      get(target, property) {
-        if (property === 'releaseTrafficKey') {
-          return (key: Parameters<Token['releaseTrafficKey']>[0]) => {
-            asked.push(`${key.incarnation}:${key.keyEpoch}`);
-            return target.releaseTrafficKey(key);
-          };
-        }
-        const value = Reflect.get(target, property, target) as unknown;
-        return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(target) : value;
-      },
+    const counting = askCounting(token, (key) => {
+      asked.push(`${key.incarnation}:${key.keyEpoch}`);
     });
     const protection = createReceiverProtection(counting, () => undefined);
-    const senderOf = (incarnation: number) =>
-      createSenderProtection(
-        {
-          suite: suiteByName('aes-256-gcm', 'suite'),
-          service: 'news',
-          serviceEpoch: 1,
-          serviceKey,
-          sourcePrivateKey: source.privateKey,
-          sourcePublicKey: source.publicKey,
-          cryptoPeriodMs: 1000,
-          tier: 0,
-          manifestPackets: 0,
-        },
-        { sessionId: 5, incarnation },
-      );
-    const ours = senderOf(6);
-    const other = senderOf(7);
+    const ours = newsSender(1000, 6);
+    const other = newsSender(1000, 7);
     const startUs = Date.now() * 1000;
-    const settle = () => new Promise((resolve) => setImmediate(resolve));
-    const delivered: Buffer[] = [];
-    const feed = (datagrams: Buffer[]) => {
-      for (const datagram of datagrams) {
-        protection.filter(datagram, (plain) => delivered.push(plain));
-      }
-    };
-    const keysOf = (sender: ReturnType<typeof senderOf>, incarnation: number) =>
+    const { delivered, feed } = feeder(protection);
+    const keysOf = (sender: ReturnType<typeof newsSender>, incarnation: number) =>
       sender
         .control({ sessionId: 5, incarnation, sequence: 1 }, 0, startUs)
         .filter((datagram) => datagram[offsetType] === PacketType.key);
@@ -495,20 +457,7 @@ describe('restricted receiver: a grant that starts while the source repeats a KE
     );
     const refusals: TokenRefused[] = [];
     const protection = createReceiverProtection(token, (refused) => refusals.push(refused));
-    const sender = createSenderProtection(
-      {
-        suite: suiteByName('aes-256-gcm', 'suite'),
-        service: 'news',
-        serviceEpoch: 1,
-        serviceKey,
-        sourcePrivateKey: source.privateKey,
-        sourcePublicKey: source.publicKey,
-        cryptoPeriodMs: 60_000,
-        tier: 0,
-        manifestPackets: 0,
-      },
-      { sessionId: 5, incarnation: 6 },
-    );
+    const sender = newsSender(60_000);
     const delivered: Buffer[] = [];
     const feed = (datagrams: Buffer[]) => {
       for (const datagram of datagrams) {
