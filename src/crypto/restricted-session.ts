@@ -27,8 +27,10 @@ import {
 } from '../limits.js';
 import {
   headerBytes,
+  offsetIncarnation,
   offsetKeyEpoch,
   offsetSequence,
+  offsetSessionId,
   offsetType,
   PacketType,
   uint16At,
@@ -811,6 +813,9 @@ export function createReceiverProtection(
    */
   const pending = new Map<number, { key: KeyMessage; datagram: Buffer }>();
   const askedEpochs = new Set<number>();
+  /** True while the token answers the KEY that is to fix the run; the KEYs released meanwhile wait in `deferred`. */
+  let fixing = false;
+  const deferred = new Map<number, KeyMessage>();
   /**
    * Per key epoch held: the wrapped key the token released it from, and the stream time of the
    * last KEY message asked of the token. The source repeats each KEY every control tick; a repeat
@@ -880,13 +885,15 @@ export function createReceiverProtection(
     release(key);
   };
 
-  const onDataEpoch = (epoch: number) => {
+  /** DATA of `epoch` arrived (of the run in its header): the KEYs of that run waiting for it go to the token. */
+  const onDataEpoch = (epoch: number, sessionId: number, incarnation: number) => {
     if (epoch <= highestDataEpoch) {
       return;
     }
     highestDataEpoch = epoch;
     for (const [pendingEpoch, { key }] of pending) {
-      if (pendingEpoch <= epoch) {
+      // Another run's KEY stays waiting (a DATA of this run must not fix the run to that one).
+      if (pendingEpoch <= epoch && key.sessionId === sessionId && key.incarnation === incarnation) {
         pending.delete(pendingEpoch);
         release(key);
       }
@@ -901,11 +908,26 @@ export function createReceiverProtection(
     ) === undefined;
 
   const release = (key: KeyMessage) => {
+    if (run === undefined && fixing) {
+      // The first key the token releases fixes the run: until it has answered, the token is asked
+      // nothing else, so no KEY of another run reaches it (or a purse) meanwhile.
+      deferred.delete(key.keyEpoch);
+      deferred.set(key.keyEpoch, key);
+      for (const epoch of deferred.keys()) {
+        if (deferred.size <= restrictedPendingKeysMax) {
+          break;
+        }
+        deferred.delete(epoch);
+      }
+      return;
+    }
     if (run !== undefined && (key.sessionId !== run.sessionId || key.incarnation !== run.incarnation)) {
       // Another run's KEY that waited from before this receiver's run was fixed: not the token's.
       reject('other-run');
       return;
     }
+    const first = run === undefined;
+    fixing ||= first;
     if (askedEpochs.size >= restrictedPendingKeysMax * 4) {
       askedEpochs.clear();
     }
@@ -917,7 +939,7 @@ export function createReceiverProtection(
       key.packetsPerGroup === undefined
         ? token.releaseTrafficKey(key).then((traffic) => ({ traffic }))
         : token.releaseGroupKeys(key).then((groups) => ({ groups }));
-    asked.then(
+    const answered = asked.then(
       ({ traffic, groups }) => {
         const keyBytes = traffic?.length ?? groups?.keyBytes;
         if (run === undefined) {
@@ -979,6 +1001,18 @@ export function createReceiverProtection(
         }
       },
     );
+    if (first) {
+      // Answered (the run fixed, or not when the token refused): the KEYs that waited go on.
+      const next = () => {
+        fixing = false;
+        const waiting = [...deferred.values()];
+        deferred.clear();
+        for (const later of waiting) {
+          release(later);
+        }
+      };
+      answered.then(next, next);
+    }
   };
 
   /**
@@ -1078,7 +1112,7 @@ export function createReceiverProtection(
           return;
         }
         openAndPass(datagram);
-        onDataEpoch(epoch);
+        onDataEpoch(epoch, uint32At(datagram, offsetSessionId), uint32At(datagram, offsetIncarnation));
         return;
       }
       onPass(datagram);

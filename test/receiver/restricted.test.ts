@@ -391,8 +391,8 @@ describe('restricted receiver: a KEY announced ahead', () => {
   });
 });
 
-describe('restricted receiver: KEYs of another run waiting from before the run was fixed', () => {
-  it('are refused as other-run, copy after copy, and never reach the token', async () => {
+describe('restricted receiver: KEYs of another run', () => {
+  it('never reach the token: not while the first key is asked, not after, not when DATA of our run comes; each copy is refused as other-run', async () => {
     const token = makeToken('entitled');
     const asked: string[] = [];
     const counting = askCounting(token, (key) => {
@@ -417,13 +417,21 @@ describe('restricted receiver: KEYs of another run waiting from before the run w
     feed(otherKeys);
     feed(ourKeys.slice(0, 1)); // our epoch 1 only: run 7's epoch 2 still waits
     feed(dataAt(1, 0));
+    // Run 7's KEYs again while the token has not yet answered the one that fixes the run.
+    feed(otherKeys);
     await settle();
-    assert.deepEqual(asked, ['6:1']);
+    await settle();
+    assert.deepEqual(asked, ['6:1'], 'nothing else asked before the run was fixed');
+    assert.equal(
+      protection.stats.keysRejected['other-run'],
+      1,
+      "run 7's epoch 1, refused once the run was fixed",
+    );
     for (let copy = 0; copy < 10; copy += 1) {
       feed(otherKeys);
     }
-    assert.equal(protection.stats.keysRejected['other-run'], 20, 'each copy of run 7 refused');
-    // DATA of epoch 2 comes before our epoch 2's KEY: run 7's waiting KEY is refused, not asked.
+    assert.equal(protection.stats.keysRejected['other-run'], 21, 'each copy of run 7 refused');
+    // DATA of our epoch 2 comes before our epoch 2's KEY: run 7's waiting KEY stays where it is.
     feed(dataAt(2, 1000));
     await settle();
     assert.deepEqual(asked, ['6:1']);
@@ -434,6 +442,55 @@ describe('restricted receiver: KEYs of another run waiting from before the run w
     await settle();
     assert.deepEqual(asked, ['6:1', '6:2']);
     assert.equal(delivered.length, 3, JSON.stringify(protection.stats));
+    token.close();
+  });
+});
+
+describe('restricted receiver: the KEY that fixes the run', () => {
+  it("is one of the DATA's run: another run's waiting KEY is not asked for our DATA, and a forged first KEY refused by the token fixes nothing", async () => {
+    const token = makeToken('entitled');
+    const asked: string[] = [];
+    const protection = createReceiverProtection(
+      askCounting(token, (key) => {
+        asked.push(`${key.incarnation}:${key.keyEpoch}`);
+      }),
+      () => undefined,
+    );
+    const ours = newsSender(1000, 6);
+    const other = newsSender(1000, 7);
+    const startUs = Date.now() * 1000;
+    const { delivered, feed } = feeder(protection);
+    const keyOf = (sender: ReturnType<typeof newsSender>, incarnation: number) =>
+      sender
+        .control({ sessionId: 5, incarnation, sequence: 1 }, 0, startUs)
+        .filter((datagram) => datagram[offsetType] === PacketType.key)
+        .slice(0, 1);
+    const data = Buffer.alloc(headerBytes + 100);
+    writeHeaderFields(data, PacketType.data, 5, 1, startUs, 0, 100, 6);
+    feed(keyOf(other, 7)); // only run 7's epoch 1 waits
+    feed(ours.seal(data, 0, startUs));
+    await settle();
+    assert.deepEqual(asked, [], "our DATA does not send run 7's KEY to the token");
+    // A forged KEY of our run's epoch 1 goes first; the token refuses it; the genuine one then fixes the run.
+    const forger = generateSigningKey();
+    feed([
+      buildKeyMessage(
+        { sessionId: 5, incarnation: 6, sequence: 1, timestampUs: startUs, keyEpoch: 1 },
+        { suite: 2, tier: 0, serviceEpoch: 1, cryptoPeriodMs: 1000, service: 'news' },
+        serviceKey,
+        randomBytes(32),
+        forger.privateKey,
+      ),
+      ...keyOf(ours, 6),
+    ]);
+    await settle();
+    await settle();
+    assert.deepEqual(asked, ['6:1', '6:1']);
+    assert.equal(protection.stats.keysRejected['bad-signature'], 1);
+    assert.equal(protection.stats.keysAccepted, 1);
+    assert.equal(delivered.length, 1, JSON.stringify(protection.stats));
+    feed(keyOf(other, 7));
+    assert.equal(protection.stats.keysRejected['other-run'], 1);
     token.close();
   });
 });
