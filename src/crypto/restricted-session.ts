@@ -27,10 +27,8 @@ import {
 } from '../limits.js';
 import {
   headerBytes,
-  offsetIncarnation,
   offsetKeyEpoch,
   offsetSequence,
-  offsetSessionId,
   offsetType,
   PacketType,
   uint16At,
@@ -885,15 +883,13 @@ export function createReceiverProtection(
     release(key);
   };
 
-  /** DATA of `epoch` arrived (of the run in its header): the KEYs of that run waiting for it go to the token. */
-  const onDataEpoch = (epoch: number, sessionId: number, incarnation: number) => {
+  const onDataEpoch = (epoch: number) => {
     if (epoch <= highestDataEpoch) {
       return;
     }
     highestDataEpoch = epoch;
     for (const [pendingEpoch, { key }] of pending) {
-      // Another run's KEY stays waiting (a DATA of this run must not fix the run to that one).
-      if (pendingEpoch <= epoch && key.sessionId === sessionId && key.incarnation === incarnation) {
+      if (pendingEpoch <= epoch) {
         pending.delete(pendingEpoch);
         release(key);
       }
@@ -1112,7 +1108,7 @@ export function createReceiverProtection(
           return;
         }
         openAndPass(datagram);
-        onDataEpoch(epoch, uint32At(datagram, offsetSessionId), uint32At(datagram, offsetIncarnation));
+        onDataEpoch(epoch);
         return;
       }
       onPass(datagram);
