@@ -517,8 +517,10 @@ export const tokenScryptCost = 32_768;
 export const restrictedHeldPacketsMax = 4096;
 
 /**
- * Restricted receiver: KEY messages of crypto-periods no DATA has reached yet, kept (newest) until
- * one does, so the token is asked for (and a purse pays for) only the periods read.
+ * Restricted receiver: KEY messages of crypto-periods no DATA of their run has reached yet, kept
+ * (newest) until one does, so the token is asked for (and a purse pays for) only the periods read.
+ * Also the runs whose highest DATA epoch it remembers, and the KEYs that wait while the token
+ * answers the first one.
  */
 export const restrictedPendingKeysMax = 4;
 

@@ -27,8 +27,10 @@ import {
 } from '../limits.js';
 import {
   headerBytes,
+  offsetIncarnation,
   offsetKeyEpoch,
   offsetSequence,
+  offsetSessionId,
   offsetType,
   PacketType,
   uint16At,
@@ -707,6 +709,16 @@ export interface ReceiverProtection {
   filter(datagram: Buffer, pass: (datagram: Buffer) => void): void;
 }
 
+/** A run's name in the receiver's maps of KEYs and DATA epochs. */
+function runSlot(sessionId: number, incarnation: number): string {
+  return `${sessionId}/${incarnation}`;
+}
+
+/** A run's key epoch, named in those maps. */
+function keySlot(sessionId: number, incarnation: number, keyEpoch: number): string {
+  return `${sessionId}/${incarnation}/${keyEpoch}`;
+}
+
 /**
  * Builds the receiver side over a token. `onRefused` is told when the token refuses the run's
  * keys for a reason no later KEY message will change (not entitled, purse empty, …), so the
@@ -803,17 +815,25 @@ export function createReceiverProtection(
    * the token only once DATA of its epoch (or a later one) arrived, so a pay-as-you-go purse pays
    * for the periods this receiver read, not for one announced after the session's last packet.
    */
-  let highestDataEpoch = 0;
   /**
-   * Per epoch announced ahead: its KEY message, and the datagram it came in. The source repeats
-   * the same bytes every control tick for signedRepeatRefreshMs; a copy equal to them byte for
-   * byte is that KEY again, skipped without decoding it.
+   * The highest key epoch of DATA seen, per run (`runSlot`; the last restrictedPendingKeysMax runs):
+   * a KEY waits for DATA of its own run, so DATA of another run neither holds it back nor lets it
+   * go. The run of the last DATA, and its epoch, are kept apart: the packet path compares numbers.
    */
-  const pending = new Map<number, { key: KeyMessage; datagram: Buffer }>();
-  const askedEpochs = new Set<number>();
+  const dataEpochs = new Map<string, number>();
+  let lastDataSession = -1;
+  let lastDataIncarnation = -1;
+  let lastDataEpoch = 0;
+  /**
+   * Per run and epoch announced ahead (`keySlot`): its KEY message, and the datagram it came in.
+   * The source repeats the same bytes every control tick for signedRepeatRefreshMs; a copy equal
+   * to them byte for byte is that KEY again, skipped without decoding it.
+   */
+  const pending = new Map<string, { key: KeyMessage; datagram: Buffer }>();
+  const askedEpochs = new Set<string>();
   /** True while the token answers the KEY that is to fix the run; the KEYs released meanwhile wait in `deferred`. */
   let fixing = false;
-  const deferred = new Map<number, KeyMessage>();
+  const deferred = new Map<string, KeyMessage>();
   /**
    * Per key epoch held: the wrapped key the token released it from, and the stream time of the
    * last KEY message asked of the token. The source repeats each KEY every control tick; a repeat
@@ -838,14 +858,15 @@ export function createReceiverProtection(
       stats.keysRepeated++;
       return;
     }
-    const waiting = pending.get(epochOfDatagram);
-    if (
-      waiting !== undefined &&
-      (run === undefined ||
-        (waiting.key.sessionId === run.sessionId && waiting.key.incarnation === run.incarnation)) &&
-      waiting.datagram.equals(datagram)
-    ) {
-      return; // the KEY announced ahead, again: it waits for its epoch's DATA as it did
+    if (datagram.length >= headerBytes) {
+      const sessionId = uint32At(datagram, offsetSessionId);
+      const incarnation = uint32At(datagram, offsetIncarnation);
+      if (
+        (run === undefined || (sessionId === run.sessionId && incarnation === run.incarnation)) &&
+        pending.get(keySlot(sessionId, incarnation, epochOfDatagram))?.datagram.equals(datagram) === true
+      ) {
+        return; // the KEY announced ahead, again: it waits for its epoch's DATA as it did
+      }
     }
     const decoded = decodeKey(datagram);
     if (!decoded.ok) {
@@ -870,27 +891,45 @@ export function createReceiverProtection(
       held.repeat = Buffer.from(datagram);
       return;
     }
-    if (key.keyEpoch > highestDataEpoch && !askedEpochs.has(key.keyEpoch)) {
-      pending.set(key.keyEpoch, { key, datagram: Buffer.from(datagram) });
-      for (const epoch of pending.keys()) {
+    const slot = keySlot(key.sessionId, key.incarnation, key.keyEpoch);
+    const reached = dataEpochs.get(runSlot(key.sessionId, key.incarnation)) ?? 0;
+    if (key.keyEpoch > reached && !askedEpochs.has(slot)) {
+      pending.set(slot, { key, datagram: Buffer.from(datagram) });
+      for (const oldest of pending.keys()) {
         if (pending.size <= restrictedPendingKeysMax) {
           break;
         }
-        pending.delete(epoch); // the oldest first: a later one is what the next DATA needs
+        pending.delete(oldest); // the oldest first: a later one is what the next DATA needs
       }
       return;
     }
     release(key);
   };
 
-  const onDataEpoch = (epoch: number) => {
-    if (epoch <= highestDataEpoch) {
+  /** DATA of `epoch` of the run in its header: that run's KEYs waiting for it go to the token. */
+  const onDataEpoch = (epoch: number, sessionId: number, incarnation: number) => {
+    if (sessionId === lastDataSession && incarnation === lastDataIncarnation && epoch <= lastDataEpoch) {
       return;
     }
-    highestDataEpoch = epoch;
-    for (const [pendingEpoch, { key }] of pending) {
-      if (pendingEpoch <= epoch) {
-        pending.delete(pendingEpoch);
+    const runKey = runSlot(sessionId, incarnation);
+    const reached = Math.max(epoch, dataEpochs.get(runKey) ?? 0);
+    lastDataSession = sessionId;
+    lastDataIncarnation = incarnation;
+    lastDataEpoch = reached;
+    if (dataEpochs.get(runKey) === reached) {
+      return;
+    }
+    dataEpochs.delete(runKey);
+    dataEpochs.set(runKey, reached);
+    for (const oldest of dataEpochs.keys()) {
+      if (dataEpochs.size <= restrictedPendingKeysMax) {
+        break;
+      }
+      dataEpochs.delete(oldest);
+    }
+    for (const [slot, { key }] of pending) {
+      if (key.sessionId === sessionId && key.incarnation === incarnation && key.keyEpoch <= reached) {
+        pending.delete(slot);
         release(key);
       }
     }
@@ -907,13 +946,14 @@ export function createReceiverProtection(
     if (run === undefined && fixing) {
       // The first key the token releases fixes the run: until it has answered, the token is asked
       // nothing else, so no KEY of another run reaches it (or a purse) meanwhile.
-      deferred.delete(key.keyEpoch);
-      deferred.set(key.keyEpoch, key);
-      for (const epoch of deferred.keys()) {
+      const slot = keySlot(key.sessionId, key.incarnation, key.keyEpoch);
+      deferred.delete(slot);
+      deferred.set(slot, key);
+      for (const oldest of deferred.keys()) {
         if (deferred.size <= restrictedPendingKeysMax) {
           break;
         }
-        deferred.delete(epoch);
+        deferred.delete(oldest);
       }
       return;
     }
@@ -927,7 +967,7 @@ export function createReceiverProtection(
     if (askedEpochs.size >= restrictedPendingKeysMax * 4) {
       askedEpochs.clear();
     }
-    askedEpochs.add(key.keyEpoch);
+    askedEpochs.add(keySlot(key.sessionId, key.incarnation, key.keyEpoch));
     // Every-n-th-packet mode: the token keeps the KEY's shares and derives a key per group.
     const asked: Promise<
       { traffic: Buffer; groups?: undefined } | { traffic?: undefined; groups: GroupKeySource }
@@ -1108,7 +1148,7 @@ export function createReceiverProtection(
           return;
         }
         openAndPass(datagram);
-        onDataEpoch(epoch);
+        onDataEpoch(epoch, uint32At(datagram, offsetSessionId), uint32At(datagram, offsetIncarnation));
         return;
       }
       onPass(datagram);

@@ -417,7 +417,11 @@ describe('restricted receiver: KEYs of another run', () => {
     feed(otherKeys);
     feed(ourKeys.slice(0, 1)); // our epoch 1 only: run 7's epoch 2 still waits
     feed(dataAt(1, 0));
-    // Run 7's KEYs again while the token has not yet answered the one that fixes the run.
+    // Run 7's DATA of epoch 1 and its KEYs again, while the token has not yet answered the KEY that
+    // fixes the run: run 7's epoch 1 is to go to the token, and waits for that answer.
+    const otherData = Buffer.alloc(headerBytes + 100);
+    writeHeaderFields(otherData, PacketType.data, 5, 1, startUs, 0, 100, 7);
+    feed(other.seal(otherData, 0, startUs));
     feed(otherKeys);
     await settle();
     await settle();
@@ -431,11 +435,11 @@ describe('restricted receiver: KEYs of another run', () => {
       feed(otherKeys);
     }
     assert.equal(protection.stats.keysRejected['other-run'], 21, 'each copy of run 7 refused');
-    // DATA of our epoch 2 comes before our epoch 2's KEY: run 7's waiting KEY is refused, not asked.
+    // DATA of our epoch 2 comes before our epoch 2's KEY: run 7's KEY waits for run 7's DATA.
     feed(dataAt(2, 1000));
     await settle();
     assert.deepEqual(asked, ['6:1']);
-    assert.equal(protection.stats.keysRejected['other-run'], 22);
+    assert.equal(protection.stats.keysRejected['other-run'], 21);
     feed(ourKeys.slice(1));
     await settle();
     feed(dataAt(3, 1001));
@@ -447,7 +451,7 @@ describe('restricted receiver: KEYs of another run', () => {
 });
 
 describe('restricted receiver: the KEY that fixes the run', () => {
-  it('is one the token released: a forged first KEY refused by the token fixes nothing, the genuine one asked after it does', async () => {
+  it("is of the DATA's run: another run's KEY, waiting or not, is not asked for our DATA; a forged first KEY refused by the token fixes nothing", async () => {
     const token = makeToken('entitled');
     const asked: string[] = [];
     const protection = createReceiverProtection(
@@ -467,7 +471,11 @@ describe('restricted receiver: the KEY that fixes the run', () => {
         .slice(0, 1);
     const data = Buffer.alloc(headerBytes + 100);
     writeHeaderFields(data, PacketType.data, 5, 1, startUs, 0, 100, 6);
-    feed(ours.seal(data, 0, startUs)); // DATA of epoch 1 first: its KEYs go to the token as they come
+    feed(keyOf(other, 7)); // run 7's epoch 1 waits for run 7's DATA
+    feed(ours.seal(data, 0, startUs)); // DATA of our epoch 1: our KEYs go to the token as they come
+    feed(keyOf(other, 7)); // and run 7's again, after our DATA
+    await settle();
+    assert.deepEqual(asked, [], "our DATA does not send run 7's KEY to the token");
     // A forged KEY of our run's epoch 1 goes first; the token refuses it; the genuine one then fixes the run.
     const forger = generateSigningKey();
     feed([
@@ -488,6 +496,39 @@ describe('restricted receiver: the KEY that fixes the run', () => {
     assert.equal(delivered.length, 1, JSON.stringify(protection.stats));
     feed(keyOf(other, 7));
     assert.equal(protection.stats.keysRejected['other-run'], 1);
+    assert.deepEqual(asked, ['6:1', '6:1']);
+    token.close();
+  });
+
+  it("waits for DATA of its own run: another run's DATA neither holds our waiting KEY back nor sends it", async () => {
+    const token = makeToken('entitled');
+    const asked: string[] = [];
+    const protection = createReceiverProtection(
+      askCounting(token, (key) => {
+        asked.push(`${key.incarnation}:${key.keyEpoch}`);
+      }),
+      () => undefined,
+    );
+    const ours = newsSender(1000, 6);
+    const other = newsSender(1000, 7);
+    const startUs = Date.now() * 1000;
+    const { delivered, feed } = feeder(protection);
+    const sealedOf = (sender: ReturnType<typeof newsSender>, incarnation: number) => {
+      const data = Buffer.alloc(headerBytes + 100);
+      writeHeaderFields(data, PacketType.data, 5, 1, startUs, 0, 100, incarnation);
+      return sender.seal(data, 0, startUs);
+    };
+    const ourKeys = ours
+      .control({ sessionId: 5, incarnation: 6, sequence: 1 }, 0, startUs)
+      .filter((datagram) => datagram[offsetType] === PacketType.key);
+    feed(ourKeys); // epochs 1 and 2 wait
+    feed(sealedOf(other, 7)); // run 7's DATA of epoch 1: not ours
+    await settle();
+    assert.deepEqual(asked, []);
+    feed(sealedOf(ours, 6));
+    await settle();
+    assert.deepEqual(asked, ['6:1'], 'our DATA sends our KEY at once');
+    assert.equal(delivered.length, 1, JSON.stringify(protection.stats));
     token.close();
   });
 });
