@@ -862,7 +862,9 @@ export function createReceiverProtection(
       const sessionId = uint32At(datagram, offsetSessionId);
       const incarnation = uint32At(datagram, offsetIncarnation);
       if (
-        (run === undefined || (sessionId === run.sessionId && incarnation === run.incarnation)) &&
+        (run === undefined
+          ? dataEpochs.has(runSlot(sessionId, incarnation))
+          : sessionId === run.sessionId && incarnation === run.incarnation) &&
         pending.get(keySlot(sessionId, incarnation, epochOfDatagram))?.datagram.equals(datagram) === true
       ) {
         return; // the KEY announced ahead, again: it waits for its epoch's DATA as it did
@@ -893,7 +895,7 @@ export function createReceiverProtection(
     }
     const slot = keySlot(key.sessionId, key.incarnation, key.keyEpoch);
     const reached = dataEpochs.get(runSlot(key.sessionId, key.incarnation)) ?? 0;
-    if (key.keyEpoch > reached && !askedEpochs.has(slot)) {
+    if (key.keyEpoch > reached && !askedEpochs.has(slot) && !holdsDataFor(key)) {
       pending.set(slot, { key, datagram: Buffer.from(datagram) });
       for (const oldest of pending.keys()) {
         if (pending.size <= restrictedPendingKeysMax) {
@@ -906,9 +908,35 @@ export function createReceiverProtection(
     release(key);
   };
 
+  /**
+   * True when, before the run is fixed, sealed DATA of the KEY's run at or before its epoch waits
+   * here: DATA of many other runs (forged headers, before any key) may have pushed that run's epoch
+   * out of dataEpochs, and its KEY must not then wait for DATA that already came.
+   */
+  const holdsDataFor = (key: KeyMessage): boolean => {
+    if (run !== undefined) {
+      return false;
+    }
+    for (const sealed of held) {
+      if (
+        uint32At(sealed, offsetSessionId) === key.sessionId &&
+        uint32At(sealed, offsetIncarnation) === key.incarnation &&
+        uint16At(sealed, offsetKeyEpoch) <= key.keyEpoch
+      ) {
+        return true;
+      }
+    }
+    return false;
+  };
+
   /** DATA of `epoch` of the run in its header: that run's KEYs waiting for it go to the token. */
   const onDataEpoch = (epoch: number, sessionId: number, incarnation: number) => {
     if (sessionId === lastDataSession && incarnation === lastDataIncarnation && epoch <= lastDataEpoch) {
+      return;
+    }
+    if (run !== undefined && (sessionId !== run.sessionId || incarnation !== run.incarnation)) {
+      // Once the run is fixed only its own DATA counts (another run's KEYs are refused anyway), so
+      // DATA naming other runs cannot push the run's own epoch out of dataEpochs.
       return;
     }
     const runKey = runSlot(sessionId, incarnation);
@@ -960,6 +988,16 @@ export function createReceiverProtection(
     if (run !== undefined && (key.sessionId !== run.sessionId || key.incarnation !== run.incarnation)) {
       // Another run's KEY that waited from before this receiver's run was fixed: not the token's.
       reject('other-run');
+      return;
+    }
+    const held = heldKeys.get(key.keyEpoch);
+    if (
+      held !== undefined &&
+      run?.opener.hasKey(key.keyEpoch) === true &&
+      held.wrappedKey.equals(key.wrappedKey) &&
+      key.timestampUs - held.askedAtUs < restrictedKeyRecheckMs * 1000
+    ) {
+      stats.keysRepeated++; // a copy that waited while the token answered the first: held already
       return;
     }
     const first = run === undefined;

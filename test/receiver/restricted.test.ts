@@ -10,7 +10,11 @@ import { createReceiverProtection, createSenderProtection } from '../../src/cryp
 import { initSoftwareToken, openSoftwareToken } from '../../src/crypto/software-token.js';
 import { suiteByName } from '../../src/crypto/suites.js';
 import type { Token } from '../../src/crypto/token.js';
-import { protectedControlIntervalMs, signedRepeatRefreshMs } from '../../src/limits.js';
+import {
+  protectedControlIntervalMs,
+  restrictedPendingKeysMax,
+  signedRepeatRefreshMs,
+} from '../../src/limits.js';
 import { parseGroup } from '../../src/net/address.js';
 import { openReceiverSocket, type ReceiverSocketOptions } from '../../src/net/udp.js';
 import {
@@ -497,6 +501,53 @@ describe('restricted receiver: the KEY that fixes the run', () => {
     feed(keyOf(other, 7));
     assert.equal(protection.stats.keysRejected['other-run'], 1);
     assert.deepEqual(asked, ['6:1', '6:1']);
+    token.close();
+  });
+
+  it('is not held back by forged DATA of many runs, before or after the run is fixed', async () => {
+    const token = makeToken('entitled');
+    const asked: string[] = [];
+    const protection = createReceiverProtection(
+      askCounting(token, (key) => {
+        asked.push(`${key.incarnation}:${key.keyEpoch}`);
+      }),
+      () => undefined,
+    );
+    const ours = newsSender(1000, 6);
+    const startUs = Date.now() * 1000;
+    const { delivered, feed } = feeder(protection);
+    const dataAt = (sequence: number, ms: number) => {
+      const data = Buffer.alloc(headerBytes + 100);
+      writeHeaderFields(data, PacketType.data, 5, sequence, startUs + ms * 1000, 0, 100, 6);
+      return ours.seal(data, ms, startUs + ms * 1000);
+    };
+    /** Sealed-looking DATA of runs 100.. (no key opens them), naming `epoch`. */
+    const forgedRuns = (epoch: number) =>
+      Array.from({ length: 2 * restrictedPendingKeysMax }, (_, index) => {
+        const forged = Buffer.alloc(headerBytes + 116);
+        writeHeaderFields(forged, PacketType.data, 5, 1, startUs, epoch, 116, 100 + index);
+        return forged;
+      });
+    const keysAt = (ms: number) =>
+      ours
+        .control({ sessionId: 5, incarnation: 6, sequence: 1 }, ms, startUs + ms * 1000)
+        .filter((datagram) => datagram[offsetType] === PacketType.key);
+    feed(dataAt(1, 0)); // held: no key yet
+    feed(forgedRuns(1));
+    for (let copy = 0; copy < 3; copy += 1) {
+      feed(keysAt(0).slice(0, 1));
+      await settle();
+    }
+    assert.deepEqual(asked, ['6:1']);
+    assert.equal(delivered.length, 1, JSON.stringify(protection.stats));
+    // The run is fixed; our DATA of epoch 2 waits for its KEY while forged runs name epoch 2.
+    feed(dataAt(2, 1000));
+    feed(forgedRuns(2));
+    feed(keysAt(1000).filter((datagram) => datagram.readUInt16BE(offsetKeyEpoch) === 2));
+    await settle();
+    await settle();
+    assert.deepEqual(asked, ['6:1', '6:2']);
+    assert.equal(delivered.length, 2, JSON.stringify(protection.stats));
     token.close();
   });
 
