@@ -909,19 +909,16 @@ export function createReceiverProtection(
   };
 
   /**
-   * True when, before the run is fixed, sealed DATA of the KEY's run at or before its epoch waits
-   * here: DATA of many other runs (forged headers, before any key) may have pushed that run's epoch
-   * out of dataEpochs, and its KEY must not then wait for DATA that already came.
+   * True when sealed DATA of the KEY's run and epoch (or a later one) waits here for a key: DATA of
+   * many other runs (forged headers, before the run was fixed) may have pushed that run's epoch out
+   * of dataEpochs, and its KEY must not then wait for DATA that already came.
    */
   const holdsDataFor = (key: KeyMessage): boolean => {
-    if (run !== undefined) {
-      return false;
-    }
     for (const sealed of held) {
       if (
         uint32At(sealed, offsetSessionId) === key.sessionId &&
         uint32At(sealed, offsetIncarnation) === key.incarnation &&
-        uint16At(sealed, offsetKeyEpoch) <= key.keyEpoch
+        uint16At(sealed, offsetKeyEpoch) >= key.keyEpoch
       ) {
         return true;
       }

@@ -548,6 +548,66 @@ describe('restricted receiver: the KEY that fixes the run', () => {
     await settle();
     assert.deepEqual(asked, ['6:1', '6:2']);
     assert.equal(delivered.length, 2, JSON.stringify(protection.stats));
+    // Forged runs while the token still answers the KEY that fixes the run, with our DATA waiting.
+    const second = makeToken('entitled');
+    const asked2: string[] = [];
+    const protection2 = createReceiverProtection(
+      askCounting(second, (key) => {
+        asked2.push(`${key.incarnation}:${key.keyEpoch}`);
+      }),
+      () => undefined,
+    );
+    const fed = feeder(protection2);
+    const again = newsSender(1000, 6);
+    const sealedAt = (sequence: number, ms: number) => {
+      const data = Buffer.alloc(headerBytes + 100);
+      writeHeaderFields(data, PacketType.data, 5, sequence, startUs + ms * 1000, 0, 100, 6);
+      return again.seal(data, ms, startUs + ms * 1000);
+    };
+    const keysOfAgain = (ms: number) =>
+      again
+        .control({ sessionId: 5, incarnation: 6, sequence: 1 }, ms, startUs + ms * 1000)
+        .filter((datagram) => datagram[offsetType] === PacketType.key);
+    fed.feed(sealedAt(1, 0));
+    fed.feed(keysOfAgain(0).slice(0, 1)); // the token answers this one on a later turn
+    fed.feed(sealedAt(2, 1000));
+    fed.feed(forgedRuns(2));
+    await settle();
+    await settle();
+    fed.feed(keysOfAgain(1000).filter((datagram) => datagram.readUInt16BE(offsetKeyEpoch) === 2));
+    await settle();
+    await settle();
+    assert.deepEqual(asked2, ['6:1', '6:2']);
+    assert.equal(fed.delivered.length, 2, JSON.stringify(protection2.stats));
+    token.close();
+    second.close();
+  });
+
+  it('announced ahead is not asked for DATA of an earlier epoch that waits for its own key', async () => {
+    const token = makeToken('entitled');
+    const asked: string[] = [];
+    const protection = createReceiverProtection(
+      askCounting(token, (key) => {
+        asked.push(`${key.incarnation}:${key.keyEpoch}`);
+      }),
+      () => undefined,
+    );
+    const ours = newsSender(1000, 6);
+    const startUs = Date.now() * 1000;
+    const { delivered, feed } = feeder(protection);
+    const data = Buffer.alloc(headerBytes + 100);
+    writeHeaderFields(data, PacketType.data, 5, 1, startUs, 0, 100, 6);
+    const keys = ours
+      .control({ sessionId: 5, incarnation: 6, sequence: 1 }, 0, startUs)
+      .filter((datagram) => datagram[offsetType] === PacketType.key);
+    feed(ours.seal(data, 0, startUs)); // DATA of epoch 1, held
+    feed(keys.slice(1)); // only the KEY of epoch 2, announced ahead
+    await settle();
+    assert.deepEqual(asked, [], 'period 2 is not asked (or paid for) before DATA of it');
+    feed(keys.slice(0, 1));
+    await settle();
+    assert.deepEqual(asked, ['6:1']);
+    assert.equal(delivered.length, 1, JSON.stringify(protection.stats));
     token.close();
   });
 
