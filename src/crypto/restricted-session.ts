@@ -849,6 +849,20 @@ export function createReceiverProtection(
    */
   const heldKeys = new Map<number, { wrappedKey: Buffer; askedAtUs: number; repeat?: Buffer }>();
 
+  /**
+   * The held key's record when `key` can only yield that key again: same run's epoch held, same
+   * wrapped key, and less than restrictedKeyRecheckMs of stream time since the token last vouched.
+   */
+  const heldRepeat = (key: KeyMessage) => {
+    const held = heldKeys.get(key.keyEpoch);
+    return held !== undefined &&
+      run?.opener.hasKey(key.keyEpoch) === true &&
+      held.wrappedKey.equals(key.wrappedKey) &&
+      key.timestampUs - held.askedAtUs < restrictedKeyRecheckMs * 1000
+      ? held
+      : undefined;
+  };
+
   const onKey = (datagram: Buffer) => {
     const epochOfDatagram = datagram.length >= headerBytes ? uint16At(datagram, offsetKeyEpoch) : 0;
     if (
@@ -880,13 +894,8 @@ export function createReceiverProtection(
       reject('other-run');
       return;
     }
-    const held = heldKeys.get(key.keyEpoch);
-    if (
-      held !== undefined &&
-      run?.opener.hasKey(key.keyEpoch) === true &&
-      held.wrappedKey.equals(key.wrappedKey) &&
-      key.timestampUs - held.askedAtUs < restrictedKeyRecheckMs * 1000
-    ) {
+    const held = heldRepeat(key);
+    if (held !== undefined) {
       stats.keysRepeated++;
       // Its copies are the same repeat (askedAtUs only grows) until the source signs the KEY
       // again, with a later time: those bytes are new, and decoded and checked as above.
@@ -987,13 +996,7 @@ export function createReceiverProtection(
       reject('other-run');
       return;
     }
-    const held = heldKeys.get(key.keyEpoch);
-    if (
-      held !== undefined &&
-      run?.opener.hasKey(key.keyEpoch) === true &&
-      held.wrappedKey.equals(key.wrappedKey) &&
-      key.timestampUs - held.askedAtUs < restrictedKeyRecheckMs * 1000
-    ) {
+    if (heldRepeat(key) !== undefined) {
       stats.keysRepeated++; // a copy that waited while the token answered the first: held already
       return;
     }

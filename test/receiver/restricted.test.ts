@@ -252,6 +252,19 @@ function askCounting(token: Token, asked: (key: Parameters<Token['releaseTraffic
   });
 }
 
+/** An entitled token whose asks are listed as `incarnation:epoch`, and a protection over it. */
+function runProbe() {
+  const token = makeToken('entitled');
+  const asked: string[] = [];
+  const protection = createReceiverProtection(
+    askCounting(token, (key) => {
+      asked.push(`${key.incarnation}:${key.keyEpoch}`);
+    }),
+    () => undefined,
+  );
+  return { token, asked, protection };
+}
+
 /** A news source's protection (AES-256-GCM, no manifests) for run 5 of `incarnation`. */
 function newsSender(cryptoPeriodMs: number, incarnation = 6) {
   return createSenderProtection(
@@ -456,14 +469,7 @@ describe('restricted receiver: KEYs of another run', () => {
 
 describe('restricted receiver: the KEY that fixes the run', () => {
   it("is of the DATA's run: another run's KEY, waiting or not, is not asked for our DATA; a forged first KEY refused by the token fixes nothing", async () => {
-    const token = makeToken('entitled');
-    const asked: string[] = [];
-    const protection = createReceiverProtection(
-      askCounting(token, (key) => {
-        asked.push(`${key.incarnation}:${key.keyEpoch}`);
-      }),
-      () => undefined,
-    );
+    const { token, asked, protection } = runProbe();
     const ours = newsSender(1000, 6);
     const other = newsSender(1000, 7);
     const startUs = Date.now() * 1000;
@@ -505,14 +511,7 @@ describe('restricted receiver: the KEY that fixes the run', () => {
   });
 
   it('is not held back by forged DATA of many runs, before or after the run is fixed', async () => {
-    const token = makeToken('entitled');
-    const asked: string[] = [];
-    const protection = createReceiverProtection(
-      askCounting(token, (key) => {
-        asked.push(`${key.incarnation}:${key.keyEpoch}`);
-      }),
-      () => undefined,
-    );
+    const { token, asked, protection } = runProbe();
     const ours = newsSender(1000, 6);
     const startUs = Date.now() * 1000;
     const { delivered, feed } = feeder(protection);
@@ -549,14 +548,7 @@ describe('restricted receiver: the KEY that fixes the run', () => {
     assert.deepEqual(asked, ['6:1', '6:2']);
     assert.equal(delivered.length, 2, JSON.stringify(protection.stats));
     // Forged runs while the token still answers the KEY that fixes the run, with our DATA waiting.
-    const second = makeToken('entitled');
-    const asked2: string[] = [];
-    const protection2 = createReceiverProtection(
-      askCounting(second, (key) => {
-        asked2.push(`${key.incarnation}:${key.keyEpoch}`);
-      }),
-      () => undefined,
-    );
+    const { token: second, asked: asked2, protection: protection2 } = runProbe();
     const fed = feeder(protection2);
     const again = newsSender(1000, 6);
     const sealedAt = (sequence: number, ms: number) => {
@@ -584,14 +576,7 @@ describe('restricted receiver: the KEY that fixes the run', () => {
   });
 
   it('announced ahead is not asked for DATA of an earlier epoch that waits for its own key', async () => {
-    const token = makeToken('entitled');
-    const asked: string[] = [];
-    const protection = createReceiverProtection(
-      askCounting(token, (key) => {
-        asked.push(`${key.incarnation}:${key.keyEpoch}`);
-      }),
-      () => undefined,
-    );
+    const { token, asked, protection } = runProbe();
     const ours = newsSender(1000, 6);
     const startUs = Date.now() * 1000;
     const { delivered, feed } = feeder(protection);
@@ -612,14 +597,7 @@ describe('restricted receiver: the KEY that fixes the run', () => {
   });
 
   it("waits for DATA of its own run: another run's DATA neither holds our waiting KEY back nor sends it", async () => {
-    const token = makeToken('entitled');
-    const asked: string[] = [];
-    const protection = createReceiverProtection(
-      askCounting(token, (key) => {
-        asked.push(`${key.incarnation}:${key.keyEpoch}`);
-      }),
-      () => undefined,
-    );
+    const { token, asked, protection } = runProbe();
     const ours = newsSender(1000, 6);
     const other = newsSender(1000, 7);
     const startUs = Date.now() * 1000;
