@@ -885,7 +885,7 @@ ${storeSection(rows)}`,
     );
   }
   if (only !== 'store') {
-    const bedReason = testbedUnavailable(['smcrouted', 'smcroutectl', 'nft']);
+    const bedReason = testbedUnavailable([], { smcroute: true });
     let figures: BedFigures | string = bedReason ?? '';
     const bedLoad = loadavg()[0]?.toFixed(1) ?? 'unknown';
     if (bedReason === undefined) {

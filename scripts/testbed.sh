@@ -9,7 +9,10 @@
 #                                                    +-- PREFIX-rt1 .21, rt2 .22, rt3 .23
 #                                                    +-- PREFIX-rep .31
 #   (eth0)           PREFIX-rtr forwards multicast A -> B with a real smcrouted
-#                    ((*,G) templates: 239.0.0.0/8, 232.0.0.0/8 (SSM), ff3e::/16)
+#                    ((*,G) templates: 239.0.0.0/8, 232.0.0.0/8 (SSM), ff3e::/16), or, where the
+#                    kernel cannot route multicast (no CONFIG_IP_MROUTE), forwards the same groups
+#                    in the kernel with nftables netdev rules (TTL lowered, TTL 1 stays).
+#                    GATECAST_TESTBED_ROUTER=smcroute|nftables chooses (default auto).
 #
 # Every host's interface on its subnet is eth0 (the router has eth0 on A and eth1 on B).
 # Usage:
@@ -30,8 +33,8 @@
 #                                      that do not come from the host itself (the agent's copies do)
 #   testbed.sh rate PREFIX HOST RATE   shape HOST's eth0 egress with tbf (e.g. 50mbit)
 #   testbed.sh route PREFIX GROUP      add a (*,G) route A -> B on the running smcrouted
-#   testbed.sh routes PREFIX           show smcrouted's routes
-# Needs root, iproute2, nftables and smcroute.
+#   testbed.sh routes PREFIX           show smcrouted's routes (or the nftables forwarding chain)
+# Needs root, iproute2, nftables and smcroute (smcroute only where the kernel routes multicast).
 set -euo pipefail
 
 die() { echo "testbed: $*" >&2; exit 2; }
@@ -102,6 +105,26 @@ up() {
     ip -n "$prefix-$host" -6 route add default via fd00:200:2::1
   done
   in_ns "$prefix-rtr" sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1
+  local router=${GATECAST_TESTBED_ROUTER:-auto}
+  if [[ $router == auto ]]; then
+    if kernel_routes_multicast; then router=smcroute; else router=nftables; fi
+  fi
+  case $router in
+    smcroute) kernel_routes_multicast || die "GATECAST_TESTBED_ROUTER=smcroute, but $(no_mroute_reason)"; start_smcrouted ;;
+    nftables) start_nft_forwarding ;;
+    *) die "GATECAST_TESTBED_ROUTER must be auto, smcroute or nftables: $router" ;;
+  esac
+  echo "$router" >"$state/router"
+}
+
+# The kernel's multicast routing (CONFIG_IP_MROUTE, CONFIG_IPV6_MROUTE), which smcrouted drives.
+kernel_routes_multicast() { [[ -e /proc/net/ip_mr_vif && -e /proc/net/ip6_mr_vif ]]; }
+no_mroute_reason() {
+  echo "this kernel cannot route multicast (no /proc/net/ip_mr_vif or ip6_mr_vif: built without" \
+    "CONFIG_IP_MROUTE / CONFIG_IPV6_MROUTE)"
+}
+
+start_smcrouted() {
   cat >"$state/smcroute.conf" <<CONF
 phyint eth0 enable
 phyint eth1 enable
@@ -118,11 +141,36 @@ CONF
   done
   [[ -S $state/smcroute.sock ]] || { cat "$state/smcroute.log" >&2; die "smcrouted did not start"; }
   echo "testbed $prefix up: hosts ${hosts[*]/#/$prefix-}, router smcrouted pid $(cat "$state/smcrouted.pid")"
-  if [[ ! -e /proc/net/ip_mr_vif || ! -e /proc/net/ip6_mr_vif ]]; then
-    echo "testbed: warning: this kernel cannot route multicast (no /proc/net/ip_mr_vif or ip6_mr_vif:" \
-      "built without CONFIG_IP_MROUTE / CONFIG_IPV6_MROUTE); nothing crosses $prefix-rtr," \
-      "only hosts on the source network (src, rta, rtr) hear the source" >&2
-  fi
+}
+
+# Where the kernel cannot route multicast, the router forwards the same groups in the kernel with
+# nftables: a netdev ingress hook on eth0 sends a copy of each frame to 239.0.0.0/8, 232.0.0.0/8 or
+# ff3e::/16 out of eth1, its TTL (hop limit) lowered by one as a router does; a datagram that
+# arrives with a TTL of 1 is not forwarded. The source address stays the sender's, so
+# source-specific joins work as across smcrouted. Chain linkloss holds the linkloss rules.
+start_nft_forwarding() {
+  local rules=$state/forward.nft family field hop
+  {
+    echo "table netdev gcforward {"
+    echo "  chain linkloss { }"
+    for family in 4 6; do
+      if [[ $family == 4 ]]; then field="ip ttl"; else field="ip6 hoplimit"; fi
+      printf '  chain hop%s {\n    %s vmap {' "$family" "$field"
+      for hop in $(seq 2 255); do printf ' %d : jump hop%s_%d%s' "$hop" "$family" "$hop" "$([[ $hop -lt 255 ]] && echo ,)"; done
+      printf ' }\n  }\n'
+      for hop in $(seq 2 255); do echo "  chain hop${family}_$hop { $field set $((hop - 1)) dup to eth1; }"; done
+    done
+    echo "  chain ingress {"
+    echo "    type filter hook ingress device eth0 priority 0; policy accept;"
+    echo "    meta pkttype != multicast accept"
+    echo "    jump linkloss"
+    echo "    ip daddr { 239.0.0.0/8, 232.0.0.0/8 } goto hop4"
+    echo "    ip6 daddr ff3e::/16 goto hop6"
+    echo "  }"
+    echo "}"
+  } >"$rules"
+  in_ns "$prefix-rtr" nft -f "$rules" || die "the nftables forwarding of $prefix-rtr did not load ($rules)"
+  echo "testbed $prefix up: hosts ${hosts[*]/#/$prefix-}, router: nftables forwarding ($(no_mroute_reason))"
 }
 
 down() {
@@ -168,6 +216,9 @@ port_match() {
     die "PORT must be a number, NUMBER/data or NUMBER/data/FIRST-LAST: $spec"
   fi
 }
+
+# The bed's router: smcroute or nftables (see up).
+router_of() { cat "$state/router" 2>/dev/null || echo smcroute; }
 
 case $command in
   up) up ;;
@@ -226,9 +277,17 @@ case $command in
     in_ns "$ns" nft add table inet gclinkloss
     in_ns "$ns" nft add chain inet gclinkloss forward '{ type filter hook forward priority 0; }'
     in_ns "$ns" nft add rule inet gclinkloss forward oifname eth1 udp dport "$2" numgen random mod 100 '<' "$1" counter drop
+    if [[ $(router_of) == nftables ]]; then
+      # Multicast crosses in the netdev hook, not the forward hook: a lost copy is just not sent.
+      in_ns "$ns" nft flush chain netdev gcforward linkloss
+      in_ns "$ns" nft add rule netdev gcforward linkloss udp dport "$2" numgen random mod 100 '<' "$1" counter accept
+    fi
     ;;
   linkdropped)
-    in_ns "$prefix-rtr" nft list table inet gclinkloss 2>/dev/null | sed -n 's/.*counter packets \([0-9]*\).*/\1/p' | head -1
+    {
+      in_ns "$prefix-rtr" nft list table inet gclinkloss 2>/dev/null || true
+      [[ $(router_of) != nftables ]] || in_ns "$prefix-rtr" nft list chain netdev gcforward linkloss 2>/dev/null || true
+    } | sed -n 's/.*counter packets \([0-9]*\).*/\1/p' | awk '{ sum += $1 } END { if (NR > 0) print sum }'
     ;;
   translated)
     in_ns "$prefix-$1" nft list table inet gctranslate 2>/dev/null | sed -n 's/.*counter packets \([0-9]*\).*/\1/p' | head -1
@@ -240,8 +299,18 @@ case $command in
     ;;
   route)
     [[ $# -ge 1 ]] || die "usage: testbed.sh route PREFIX GROUP"
-    smcroutectl -u "$state/smcroute.sock" add eth0 "$1" eth1
+    if [[ $(router_of) == nftables ]]; then
+      echo "testbed: the nftables router forwards every group of 239.0.0.0/8, 232.0.0.0/8 and ff3e::/16 already" >&2
+    else
+      smcroutectl -u "$state/smcroute.sock" add eth0 "$1" eth1
+    fi
     ;;
-  routes) smcroutectl -u "$state/smcroute.sock" -p show routes ;;
+  routes)
+    if [[ $(router_of) == nftables ]]; then
+      in_ns "$prefix-rtr" nft list chain netdev gcforward ingress
+    else
+      smcroutectl -u "$state/smcroute.sock" -p show routes
+    fi
+    ;;
   *) die "unknown command: $command" ;;
 esac

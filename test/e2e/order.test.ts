@@ -26,7 +26,7 @@ const leaseSeconds = 4;
 
 describe(
   'ordering channels over a one-way link (namespaces, real smcrouted, nftables)',
-  testbedSkip(),
+  testbedSkip([], { smcroute: true }),
   () => {
     let bed: OrderBed;
     let smcrouted: Started;

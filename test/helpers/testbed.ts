@@ -44,9 +44,10 @@ function staleSource(): string | undefined {
 }
 
 /**
- * Why this kernel cannot route multicast between the bed's networks, or undefined when it can:
- * smcrouted needs the kernel's multicast routing (CONFIG_IP_MROUTE, CONFIG_IPV6_MROUTE), whose
- * tables show in /proc/net of every namespace. Without it every packet stops at the router.
+ * Why this kernel cannot route multicast, or undefined when it can: smcrouted needs the kernel's
+ * multicast routing (CONFIG_IP_MROUTE, CONFIG_IPV6_MROUTE), whose tables show in /proc/net of every
+ * namespace. Without it smcrouted starts but refuses every route. The test bed's router then
+ * forwards with nftables instead (scripts/testbed.sh), so only tests of smcrouted itself need it.
  */
 export function multicastRoutingUnavailable(): string | undefined {
   for (const [file, option] of [
@@ -54,43 +55,51 @@ export function multicastRoutingUnavailable(): string | undefined {
     ['/proc/net/ip6_mr_vif', 'CONFIG_IPV6_MROUTE'],
   ] as const) {
     if (!existsSync(file)) {
-      return `the kernel cannot route multicast (${file} is missing: built without ${option}), so smcrouted cannot forward across the bed's router`;
+      return `smcrouted cannot route here: the kernel cannot route multicast (${file} is missing: built without ${option})`;
     }
   }
   return undefined;
 }
 
-/**
- * Why the test bed cannot run here, or undefined when it can. `routing: false` for a use of the
- * bed that stays on the source's network (src and rtr), which needs no multicast routing.
- */
-export function testbedUnavailable(
-  extraCommands: string[] = [],
-  options: { routing?: boolean } = {},
-): string | undefined {
+/** What a use of the bed needs beyond namespaces and nftables. */
+export interface TestbedNeeds {
+  /**
+   * A real smcrouted that routes (its tests, and the order server's smcroute links): needs the
+   * kernel's multicast routing. The bed's own router forwards either way.
+   */
+  readonly smcroute?: boolean;
+}
+
+/** Why the test bed cannot run here, or undefined when it can. */
+export function testbedUnavailable(extraCommands: string[] = [], needs: TestbedNeeds = {}): string | undefined {
   if (process.getuid?.() !== 0) {
     return 'needs root to create network namespaces (run as root, or in CI)';
   }
-  for (const command of ['ip', 'nft', 'smcrouted', 'smcroutectl', 'tc', ...extraCommands]) {
+  const commands = ['ip', 'nft', 'tc', ...(needs.smcroute === true ? ['smcrouted', 'smcroutectl'] : []), ...extraCommands];
+  for (const command of commands) {
     const found = ['/usr/sbin', '/usr/bin', '/sbin', '/bin'].some((dir) => existsSync(join(dir, command)));
     if (!found) {
       return `needs the command ${command} (Debian packages: iproute2 nftables smcroute socat ffmpeg)`;
     }
   }
-  return options.routing === false ? undefined : multicastRoutingUnavailable();
+  return needs.smcroute === true ? multicastRoutingUnavailable() : undefined;
 }
 
 /**
  * Skip options for node:test: `{ skip: reason }` where the bed cannot run, unless the run requires
- * it, in which case the test runs and fails loudly in before().
+ * it (GATECAST_REQUIRE_NETNS=1), in which case this throws and the file fails loudly. A kernel
+ * without multicast routing is not a missing install: tests that need smcrouted to route skip
+ * there with the reason, and fail only under GATECAST_REQUIRE_MROUTE=1.
  */
-export function testbedSkip(extraCommands: string[] = []): { skip?: string } {
-  const reason = testbedUnavailable(extraCommands);
+export function testbedSkip(extraCommands: string[] = [], needs: TestbedNeeds = {}): { skip?: string } {
+  const reason = testbedUnavailable(extraCommands, needs);
   if (reason === undefined) {
     return {};
   }
-  if (process.env.GATECAST_REQUIRE_NETNS === '1') {
-    throw new Error(`GATECAST_REQUIRE_NETNS=1 but the namespace test bed cannot run: ${reason}`);
+  const kernel = needs.smcroute === true && reason === multicastRoutingUnavailable();
+  if (kernel ? process.env.GATECAST_REQUIRE_MROUTE === '1' : process.env.GATECAST_REQUIRE_NETNS === '1') {
+    const flag = kernel ? 'GATECAST_REQUIRE_MROUTE' : 'GATECAST_REQUIRE_NETNS';
+    throw new Error(`${flag}=1 but the namespace test bed cannot run: ${reason}`);
   }
   return { skip: reason };
 }

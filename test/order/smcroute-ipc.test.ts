@@ -179,7 +179,7 @@ describe('smcroute driver: close', () => {
   });
 });
 
-describe('smcroute control protocol: a real smcrouted', testbedSkip(), () => {
+describe('smcroute control protocol: a real smcrouted', testbedSkip([], { smcroute: true }), () => {
   const prefix = `gi${randomBytes(2).toString('hex')}`;
   const ns = `${prefix}-r`;
   let directory: string;

@@ -22,7 +22,7 @@ const source = '10.233.1.10';
 // The driver noticed a restarted smcrouted only at its next poll (orderDriverPollMs) by the control
 // socket's new identity; restore is now told by the socket's directory at once. The poll and the
 // drift check are an hour here: only that can bring the route back within the test's bound.
-describe('a restarted smcrouted', testbedSkip(['smcrouted']), () => {
+describe('a restarted smcrouted', testbedSkip([], { smcroute: true }), () => {
   const prefix = `gr${randomBytes(2).toString('hex')}`;
   const ns = `${prefix}-r`;
   let directory: string;
