@@ -114,8 +114,7 @@ interface Mode {
 
 async function main(): Promise<void> {
   // Its sender (src) and receivers (rtr) share the source's network: no multicast routing needed.
-  const unavailable =
-    testbedUnavailable() ?? softhsmMissing('the restricted benchmark');
+  const unavailable = testbedUnavailable() ?? softhsmMissing('the restricted benchmark');
   if (unavailable !== undefined) {
     console.error(`bench: cannot run: ${unavailable}`);
     process.exit(2);

@@ -492,6 +492,12 @@ export const smcrouteCommandTimeoutMs = 5_000;
 /** Order server: the longest answer read from smcrouted (its route table, for `show routes`). */
 export const smcrouteReplyBytesMax = 4 * 1024 * 1024;
 
+/** Order server: how long one `nft` command of an nftables link (a listing or a write) may take. */
+export const nftCommandTimeoutMs = 5_000;
+
+/** Order server: the longest listing read from `nft -j list table` (an nftables link's table). */
+export const nftListBytesMax = 16 * 1024 * 1024;
+
 /** Order server: largest request body. */
 export const orderBodyBytesMax = 8 * 1024;
 /**

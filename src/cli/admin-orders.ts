@@ -21,7 +21,7 @@ export const orderAdminHelp = `  orders [list] [--box ID] [--service NAME] [--st
   orders report                             boxes per active service, links' capacity in use, totals
   orders cancel ORDER                       end an order (its route goes when it was the last)
   orders links                              the transmission links, their capacity, use and driver
-  orders link NAME --capacity BITS --router smcroute:SOCKET:IN:OUT|relay:INADDR:OUTADDR
+  orders link NAME --capacity BITS --router smcroute:SOCKET:IN:OUT|nftables:IN:OUT[:TABLE]|relay:INADDR:OUTADDR
                    (IPv6 in brackets: relay:[fd00::1]:[fd00:1::1])
                    [--policy reject|preempt]  define (or change) a link
   orders services                           the orderable services and how many boxes hold each
@@ -53,7 +53,7 @@ export function parseBits(text: string, field: string): number {
 }
 
 const routerForms =
-  'smcroute:SOCKET:IN:OUT or relay:INADDR:OUTADDR (IPv6 as [ADDR], e.g. relay:[fd00::1]:[fd00:1::1])';
+  'smcroute:SOCKET:IN:OUT, nftables:IN:OUT[:TABLE] or relay:INADDR:OUTADDR (IPv6 as [ADDR], e.g. relay:[fd00::1]:[fd00:1::1])';
 
 /** One relay address of --router: IPv4 as it is, IPv6 in brackets (as in [ADDR]:PORT elsewhere). */
 function relayAddress(token: string, text: string, which: string): string {
@@ -82,6 +82,13 @@ export function parseRouter(text: string) {
     const socket = fields.slice(0, -2).join(':');
     if (fields.length >= 3 && socket !== '' && inbound !== '' && outbound !== '') {
       return { kind, socket, inbound, outbound };
+    }
+  }
+  if (kind === 'nftables') {
+    const fields = rest.split(':');
+    const [inbound, outbound, table] = fields;
+    if ((fields.length === 2 || fields.length === 3) && inbound !== '' && outbound !== '' && table !== '') {
+      return table === undefined ? { kind, inbound, outbound } : { kind, inbound, outbound, table };
     }
   }
   if (kind === 'relay') {

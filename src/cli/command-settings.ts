@@ -186,7 +186,10 @@ export const adminSettings: TObject = settings({
   state: text('STATE', 'orders: active, cancelled, expired, preempted or all (the server answers active)'),
   limit: text('N', 'orders: at most this many'),
   capacity: text('BITS', 'orders link: the capacity of the link'),
-  router: text('smcroute:SOCKET:IN:OUT|relay:INADDR:OUTADDR', "orders link: the link's router"),
+  router: text(
+    'smcroute:SOCKET:IN:OUT|nftables:IN:OUT[:TABLE]|relay:INADDR:OUTADDR',
+    "orders link: the link's router",
+  ),
   policy: text('reject|preempt', 'orders link: when the link is full'),
   link: text('LINK', 'orders service: the link the service goes over'),
   group: text('GROUP:PORT', "orders service: the channel's group"),

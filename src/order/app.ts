@@ -52,6 +52,7 @@ import type { Schema } from '../store/database.js';
 import { orderServiceColumns } from '../store/order-tables.js';
 import { createOrderBook, type OrderBook, presentOrder } from './book.js';
 import { type LinkDrivers, type ReconcileReport, type RouterDriver, startLinkDrivers } from './driver.js';
+import { createNftablesDriver, nftablesTableName } from './nftables.js';
 import { createRelayDriver } from './relay.js';
 import { createSmcrouteDriver } from './smcroute.js';
 import { traceOrderStage } from './trace.js';
@@ -93,7 +94,11 @@ export interface OrderRole {
 }
 
 const defaultDriver = (router: LinkRouter): RouterDriver =>
-  router.kind === 'smcroute' ? createSmcrouteDriver(router) : createRelayDriver(router);
+  router.kind === 'smcroute'
+    ? createSmcrouteDriver(router)
+    : router.kind === 'nftables'
+      ? createNftablesDriver(router)
+      : createRelayDriver(router);
 
 /** Registers the order role's routes and starts its background work (stopped when the app closes). */
 export function registerOrderRole(
@@ -308,6 +313,22 @@ function groupField(reply: FastifyReply, text: string, field: string) {
  * would have its routes removed on every check. Undefined when the router is free.
  */
 async function routerShared(trx: Kysely<Schema>, name: string, router: LinkRouter) {
+  if (router.kind === 'nftables') {
+    const table = router.table ?? nftablesTableName(router.inbound, router.outbound);
+    const others = await trx
+      .selectFrom('order_links')
+      .select(['name', 'router_config'])
+      .where('router', '=', 'nftables')
+      .where('name', '<>', name)
+      .execute();
+    const other = others.find((row) => {
+      const config = JSON.parse(row.router_config) as { inbound: string; outbound: string; table?: string };
+      return (config.table ?? nftablesTableName(config.inbound, config.outbound)) === table;
+    });
+    return other === undefined
+      ? undefined
+      : `body/router: link ${other.name} has the nftables table ${table}; a link needs its own (another table, or other interfaces)`;
+  }
   if (router.kind !== 'smcroute') {
     return undefined;
   }
@@ -347,7 +368,7 @@ function routerMisfit(
   group: string,
   relayTo: string | null,
 ): { field: 'group' | 'relayTo'; reason: string } | undefined {
-  if (router.kind === 'smcroute') {
+  if (router.kind !== 'relay') {
     return relayTo === null
       ? undefined
       : {
@@ -419,7 +440,7 @@ async function servicesMisfit(trx: Kysely<Schema>, name: string, router: LinkRou
     }
     // A router carries a group as one, whatever the port: (S,G) of two sources are two channels.
     const sharing =
-      router.kind === 'smcroute' &&
+      router.kind !== 'relay' &&
       services.find(
         (other) =>
           other.name !== service.name &&
@@ -487,7 +508,7 @@ function registerOperatorRoutes(app: FastifyInstance, context: OrderContext, dri
           `body/router/socket: "${body.router.socket}" is not an absolute path; every order server must find the same daemon`,
         );
       }
-      if (body.router.kind === 'smcroute' && body.router.inbound === body.router.outbound) {
+      if (body.router.kind !== 'relay' && body.router.inbound === body.router.outbound) {
         return sendError(
           reply,
           'invalid-request',

@@ -43,7 +43,22 @@ export const RelayRouter = Type.Object(
   },
   { additionalProperties: false },
 );
-export const LinkRouter = Type.Union([SmcrouteRouter, RelayRouter]);
+/**
+ * The kernel forwards each active channel through nftables rules the order server writes (no
+ * multicast routing daemon; for kernels without multicast routing too), in its own namespace.
+ */
+export const NftablesRouter = Type.Object(
+  {
+    kind: Type.Literal('nftables'),
+    /** Inbound interface (towards the sources) and the transmission link's interface. */
+    inbound: InterfaceName,
+    outbound: InterfaceName,
+    /** The netdev table the link's rules live in (default gatecast_INBOUND_OUTBOUND). */
+    table: Type.Optional(Type.String({ minLength: 1, maxLength: 64, pattern: '^[A-Za-z][A-Za-z0-9_]*$' })),
+  },
+  { additionalProperties: false },
+);
+export const LinkRouter = Type.Union([SmcrouteRouter, RelayRouter, NftablesRouter]);
 export type LinkRouter = Static<typeof LinkRouter>;
 
 /** PUT /v1/order/links/{name}. */

@@ -11,7 +11,7 @@ export interface OrderTables {
     capacity_bits: number | string | bigint;
     /** Sum of the bit rates of the services active on the link; never above capacity_bits. */
     used_bits: number | string | bigint;
-    /** 'smcroute' or 'relay'. */
+    /** 'smcroute', 'nftables' or 'relay'. */
     router: string;
     /** The driver's settings as JSON (docs/ordering.md). */
     router_config: string;

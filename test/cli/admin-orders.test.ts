@@ -33,6 +33,20 @@ describe('gatecast admin orders link --router', () => {
     });
   });
 
+  it('takes an nftables link: its interfaces, and a table of its own if named', () => {
+    assert.deepEqual(parseRouter('nftables:eth0:eth1'), {
+      kind: 'nftables',
+      inbound: 'eth0',
+      outbound: 'eth1',
+    });
+    assert.deepEqual(parseRouter('nftables:eth0.5:sat0:sat_fwd'), {
+      kind: 'nftables',
+      inbound: 'eth0.5',
+      outbound: 'sat0',
+      table: 'sat_fwd',
+    });
+  });
+
   it('refuses what it cannot read, naming --router', () => {
     for (const text of [
       'relay:fd00:1::1:fd00:2::1', // IPv6 without brackets
@@ -43,6 +57,11 @@ describe('gatecast admin orders link --router', () => {
       'relay:[fe80::1%eth0]:[fd00::2]',
       'smcroute:/run/s.sock:eth0',
       'smcroute::eth0:eth1',
+      'nftables:eth0',
+      'nftables:eth0:',
+      'nftables::eth1',
+      'nftables:eth0:eth1:',
+      'nftables:eth0:eth1:t:extra',
       'ospf:1:2',
     ]) {
       assert.throws(

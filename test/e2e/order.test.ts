@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
+import { nftablesTableName, parseNftablesTable } from '../../src/order/nftables.js';
 import { parseShowRoutes } from '../../src/order/smcroute.js';
 import {
   createOrderBed,
@@ -23,233 +24,257 @@ const source = '10.231.1.10';
 const server = orderServerUrl;
 const operatorToken = 'gct_order_e2e_operator_token_0123456789';
 const leaseSeconds = 4;
+/** The nftables link's table in the router's namespace. */
+const nftTable = nftablesTableName('eth0', 'eth1');
 
-describe(
-  'ordering channels over a one-way link (namespaces, real smcrouted, nftables)',
-  testbedSkip([], { smcroute: true }),
-  () => {
-    let bed: OrderBed;
-    let smcrouted: Started;
-    const tokens: Record<string, string> = {};
-    const node = process.execPath;
-
-    const admin = (...args: string[]) => orderAdmin(bed)(...args);
-    /** Runs `gatecast stb` in a box's namespace to its end. */
-    const stbOnce = async (box: 'b1' | 'b2', token: string, args: string[]) => {
-      const started = bed.start(box, node, [
-        gatecastBin(),
-        'stb',
-        ...args,
-        '--server',
-        server,
-        '--token',
-        token,
-      ]);
-      const code = await started.finished;
-      return { code, output: started.output() };
-    };
-    /** Starts a box ordering a service and renewing, and waits until it has ordered. */
-    const watch = (box: 'b1' | 'b2', token: string, service: string) => watchOrder(bed, box, token, service);
-    /** smcrouted forwards (S,G) onto the link (its rules, not the kernel's unresolved entries). */
-    const routed = (group: string) =>
-      parseShowRoutes(bed.routes()).some(
-        (route) => route.source === source && route.group === group && route.outbound.includes('eth1'),
-      );
-    /** Waits until n more datagrams of group reached the box. */
-    const flows = async (box: 'b1' | 'b2', group: string, n = 20) => {
-      const start = bed.arrived(box, group);
-      await until(`${n} datagrams of ${group} at ${box}`, () => bed.arrived(box, group) >= start + n);
-    };
-    /** Checks that the source keeps sending group (the router receives it) while nothing reaches the box. */
-    const silent = async (box: 'b1' | 'b2', group: string) => {
-      const atBox = bed.arrived(box, group);
-      const atRouter = bed.arrived('or', group);
-      await until(`50 datagrams of ${group} at the router`, () => bed.arrived('or', group) >= atRouter + 50);
-      assert.equal(bed.arrived(box, group), atBox, `${group} reached ${box} without an order`);
-    };
-
-    before(async () => {
-      bed = createOrderBed([news, sport, film]);
-      smcrouted = bed.startSmcrouted();
-      await until('smcrouted', () => {
+/**
+ * The same flows over a real smcrouted (where the kernel routes multicast) and over the kernel's
+ * own forwarding through nftables rules the order server writes (any kernel).
+ */
+for (const kind of ['smcroute', 'nftables'] as const) {
+  describe(
+    kind === 'smcroute'
+      ? 'ordering channels over a one-way link (namespaces, real smcrouted, nftables)'
+      : 'ordering channels over a one-way link forwarded by nftables rules the order server writes (namespaces)',
+    testbedSkip([], { smcroute: kind === 'smcroute' }),
+    () => {
+      let bed: OrderBed;
+      let smcrouted: Started | undefined;
+      const routerArg = () =>
+        kind === 'smcroute' ? `smcroute:${bed.smcrouteSocket}:eth0:eth1` : 'nftables:eth0:eth1';
+      /** The (S,G) and (*,G) routes the router holds onto the link. */
+      const routes = (): Array<{ source: string | null; group: string }> => {
+        if (kind === 'smcroute') {
+          return parseShowRoutes(bed.routes()).filter((route) => route.outbound.includes('eth1'));
+        }
+        let listed: string | undefined;
         try {
-          bed.routes();
-          return true;
+          listed = bed.run('or', 'nft', ['-j', 'list', 'table', 'netdev', nftTable]);
         } catch {
-          return false;
+          listed = undefined; // no table: nothing forwarded
         }
-      });
-      await startOrderServer(bed, {
-        operatorToken,
-        serveArgs: ['--order-lease', String(leaseSeconds)],
-        env: { GATECAST_TOKEN: operatorToken },
-      });
-      admin(
-        'orders',
-        'link',
-        'sat',
-        '--capacity',
-        '10M',
-        '--router',
-        `smcroute:${bed.smcrouteSocket}:eth0:eth1`,
-      );
-      for (const [name, group, priority] of [
-        ['news', news, '1'],
-        ['sport', sport, '2'],
-        ['film', film, '5'],
-      ] as const) {
-        admin(
-          'orders',
-          'service',
-          name,
-          '--link',
-          'sat',
-          '--group',
-          `${group}:5000`,
-          '--source',
-          source,
-          '--rate',
-          '4M',
-          '--priority',
-          priority,
-        );
-      }
-      for (const box of ['box1', 'box2', 'stranger']) {
-        const created = JSON.parse(admin('subscriber', 'add', box)) as { id: string; token: string };
-        tokens[box] = created.token;
-        if (box !== 'stranger') {
-          admin('grant', created.id, 'channel');
-        }
-      }
-      for (const group of [news, sport, film]) {
-        bed.start('os', node, [
+        return [...parseNftablesTable(listed, 'eth0', 'eth1').routes.values()];
+      };
+      const tokens: Record<string, string> = {};
+      const node = process.execPath;
+
+      const admin = (...args: string[]) => orderAdmin(bed)(...args);
+      /** Runs `gatecast stb` in a box's namespace to its end. */
+      const stbOnce = async (box: 'b1' | 'b2', token: string, args: string[]) => {
+        const started = bed.start(box, node, [
           gatecastBin(),
-          'send',
-          '--group',
-          `${group}:5000`,
-          '--iface',
-          'eth0',
-          '--ticker',
-          '--ticks',
-          '10000000',
-          '--ticks-per-second',
-          '200',
+          'stb',
+          ...args,
+          '--server',
+          server,
+          '--token',
+          token,
         ]);
-      }
-    });
+        const code = await started.finished;
+        return { code, output: started.output() };
+      };
+      /** Starts a box ordering a service and renewing, and waits until it has ordered. */
+      const watch = (box: 'b1' | 'b2', token: string, service: string) =>
+        watchOrder(bed, box, token, service);
+      /** The router forwards (S,G) onto the link (smcrouted's rules, not the kernel's unresolved entries). */
+      const routed = (group: string) =>
+        routes().some((route) => route.source === source && route.group === group);
+      /** Waits until n more datagrams of group reached the box. */
+      const flows = async (box: 'b1' | 'b2', group: string, n = 20) => {
+        const start = bed.arrived(box, group);
+        await until(`${n} datagrams of ${group} at ${box}`, () => bed.arrived(box, group) >= start + n);
+      };
+      /** Checks that the source keeps sending group (the router receives it) while nothing reaches the box. */
+      const silent = async (box: 'b1' | 'b2', group: string) => {
+        const atBox = bed.arrived(box, group);
+        const atRouter = bed.arrived('or', group);
+        await until(
+          `50 datagrams of ${group} at the router`,
+          () => bed.arrived('or', group) >= atRouter + 50,
+        );
+        assert.equal(bed.arrived(box, group), atBox, `${group} reached ${box} without an order`);
+      };
 
-    after(() => {
-      bed?.down();
-    });
-
-    it('carries nothing before an order; the link is one way', async () => {
-      await silent('b1', news);
-      assert.deepEqual(parseShowRoutes(bed.routes()), []);
-      assert.throws(() => bed.run('b1', 'ping', ['-c', '1', '-W', '1', '10.231.2.1']));
-      assert.ok(bed.droppedFromBoxes() > 0, 'the switch dropped what the box sent on the link');
-    });
-
-    it('order: the channel arrives over the one-way link; two boxes, one cancel: it goes on; the last cancel: it stops', async () => {
-      const box1 = await watch('b1', tokens.box1 as string, 'news');
-      await flows('b1', news);
-      assert.ok(routed(news));
-      const box2 = await watch('b2', tokens.box2 as string, 'news');
-      assert.equal(await box1.stop(), 0, box1.output());
-      assert.match(box1.output(), /cancelled order/);
-      await flows('b2', news);
-      assert.ok(routed(news));
-      assert.equal(await box2.stop(), 0, box2.output());
-      await until('the news route to go', () => !routed(news));
-      await silent('b2', news);
-    });
-
-    it('link full: a coded refusal naming what is in use, and nothing routed', async () => {
-      const box1 = await watch('b1', tokens.box1 as string, 'news');
-      const box2 = await watch('b2', tokens.box2 as string, 'sport');
-      const refused = await stbOnce('b1', tokens.box1 as string, ['order', '--service', 'film', '--once']);
-      assert.equal(refused.code, 2, refused.output);
-      assert.match(refused.output, /409 capacity-full: .*8000000 of 10000000 bit\/s in use/);
-      assert.ok(!routed(film));
-      await silent('b1', film);
-      await flows('b1', news);
-      await flows('b2', sport);
-      assert.equal(await box1.stop(), 0);
-      assert.equal(await box2.stop(), 0);
-      await until('no route', () => !routed(news) && !routed(sport));
-    });
-
-    it('smcrouted killed and restarted: routes restored from the store; a route removed behind its back: put back', async () => {
-      const box1 = await watch('b1', tokens.box1 as string, 'news');
-      await flows('b1', news);
-      await smcrouted.stop('SIGKILL');
-      smcrouted = bed.startSmcrouted();
-      await until('news routed again after the restart', () => {
-        try {
-          return routed(news);
-        } catch {
-          return false;
+      before(async () => {
+        bed = createOrderBed([news, sport, film]);
+        if (kind === 'smcroute') {
+          smcrouted = bed.startSmcrouted();
+          await until('smcrouted', () => {
+            try {
+              bed.routes();
+              return true;
+            } catch {
+              return false;
+            }
+          });
+        }
+        await startOrderServer(bed, {
+          operatorToken,
+          serveArgs: ['--order-lease', String(leaseSeconds)],
+          env: { GATECAST_TOKEN: operatorToken },
+        });
+        admin('orders', 'link', 'sat', '--capacity', '10M', '--router', routerArg());
+        for (const [name, group, priority] of [
+          ['news', news, '1'],
+          ['sport', sport, '2'],
+          ['film', film, '5'],
+        ] as const) {
+          admin(
+            'orders',
+            'service',
+            name,
+            '--link',
+            'sat',
+            '--group',
+            `${group}:5000`,
+            '--source',
+            source,
+            '--rate',
+            '4M',
+            '--priority',
+            priority,
+          );
+        }
+        for (const box of ['box1', 'box2', 'stranger']) {
+          const created = JSON.parse(admin('subscriber', 'add', box)) as { id: string; token: string };
+          tokens[box] = created.token;
+          if (box !== 'stranger') {
+            admin('grant', created.id, 'channel');
+          }
+        }
+        for (const group of [news, sport, film]) {
+          bed.start('os', node, [
+            gatecastBin(),
+            'send',
+            '--group',
+            `${group}:5000`,
+            '--iface',
+            'eth0',
+            '--ticker',
+            '--ticks',
+            '10000000',
+            '--ticks-per-second',
+            '200',
+          ]);
         }
       });
-      await flows('b1', news);
-      bed.run('or', 'smcroutectl', ['-u', bed.smcrouteSocket, 'remove', 'eth0', source, news]);
-      await until('news routed again after its removal', () => routed(news));
-      await flows('b1', news);
-      assert.equal(await box1.stop(), 0);
-      await until('no route', () => !routed(news));
-    });
 
-    it('pre-emption policy: the lowest priority channel is dropped for a higher one', async () => {
-      admin(
-        'orders',
-        'link',
-        'sat',
-        '--capacity',
-        '10M',
-        '--router',
-        `smcroute:${bed.smcrouteSocket}:eth0:eth1`,
-        '--policy',
-        'preempt',
-      );
-      const box1 = await watch('b1', tokens.box1 as string, 'news');
-      const box2 = await watch('b2', tokens.box2 as string, 'sport');
-      const filmBox = await watch('b1', tokens.box1 as string, 'film');
-      await until('film routed and news dropped', () => routed(film) && !routed(news));
-      assert.ok(routed(sport));
-      await flows('b1', film);
-      await silent('b1', news);
-      const orders = JSON.parse(
-        admin('orders', 'list', '--service', 'news', '--state', 'preempted'),
-      ) as unknown[];
-      assert.equal(orders.length, 1);
-      for (const box of [box1, box2, filmBox]) {
-        await box.stop();
-      }
-      await until('no route', () => !routed(film) && !routed(sport));
-    });
+      after(() => {
+        bed?.down();
+      });
 
-    it('an unentitled box is refused; an expired lease takes the route away', async () => {
-      const refused = await stbOnce('b2', tokens.stranger as string, [
-        'order',
-        '--service',
-        'news',
-        '--once',
-      ]);
-      assert.equal(refused.code, 2);
-      assert.match(refused.output, /403 not-entitled/);
-      assert.ok(!routed(news));
-      const box = await watch('b2', tokens.box2 as string, 'news');
-      await flows('b2', news);
-      await box.stop('SIGKILL'); // the box dies: no cancel, no renewal
-      await until(
-        'the lease to run out and the route to go',
-        () => !routed(news),
-        (leaseSeconds + 10) * 1000,
+      it('carries nothing before an order; the link is one way', async () => {
+        await silent('b1', news);
+        assert.deepEqual(routes(), []);
+        assert.throws(() => bed.run('b1', 'ping', ['-c', '1', '-W', '1', '10.231.2.1']));
+        assert.ok(bed.droppedFromBoxes() > 0, 'the switch dropped what the box sent on the link');
+      });
+
+      it('order: the channel arrives over the one-way link; two boxes, one cancel: it goes on; the last cancel: it stops', async () => {
+        const box1 = await watch('b1', tokens.box1 as string, 'news');
+        await flows('b1', news);
+        assert.ok(routed(news));
+        const box2 = await watch('b2', tokens.box2 as string, 'news');
+        assert.equal(await box1.stop(), 0, box1.output());
+        assert.match(box1.output(), /cancelled order/);
+        await flows('b2', news);
+        assert.ok(routed(news));
+        assert.equal(await box2.stop(), 0, box2.output());
+        await until('the news route to go', () => !routed(news));
+        await silent('b2', news);
+      });
+
+      it('link full: a coded refusal naming what is in use, and nothing routed', async () => {
+        const box1 = await watch('b1', tokens.box1 as string, 'news');
+        const box2 = await watch('b2', tokens.box2 as string, 'sport');
+        const refused = await stbOnce('b1', tokens.box1 as string, ['order', '--service', 'film', '--once']);
+        assert.equal(refused.code, 2, refused.output);
+        assert.match(refused.output, /409 capacity-full: .*8000000 of 10000000 bit\/s in use/);
+        assert.ok(!routed(film));
+        await silent('b1', film);
+        await flows('b1', news);
+        await flows('b2', sport);
+        assert.equal(await box1.stop(), 0);
+        assert.equal(await box2.stop(), 0);
+        await until('no route', () => !routed(news) && !routed(sport));
+      });
+
+      it(
+        kind === 'smcroute'
+          ? 'smcrouted killed and restarted: routes restored from the store; a route removed behind its back: put back'
+          : 'the table deleted behind its back, and a route removed from it: both put back',
+        async () => {
+          const box1 = await watch('b1', tokens.box1 as string, 'news');
+          await flows('b1', news);
+          if (kind === 'smcroute') {
+            await smcrouted?.stop('SIGKILL');
+            smcrouted = bed.startSmcrouted();
+          } else {
+            bed.run('or', 'nft', ['delete', 'table', 'netdev', nftTable]);
+          }
+          await until('news routed again', () => {
+            try {
+              return routed(news);
+            } catch {
+              return false;
+            }
+          });
+          await flows('b1', news);
+          if (kind === 'smcroute') {
+            bed.run('or', 'smcroutectl', ['-u', bed.smcrouteSocket, 'remove', 'eth0', source, news]);
+          } else {
+            bed.run('or', 'nft', ['delete', 'element', 'netdev', nftTable, 'sg4', `{ ${source} . ${news} }`]);
+          }
+          await until('news routed again after its removal', () => routed(news));
+          await flows('b1', news);
+          assert.equal(await box1.stop(), 0);
+          await until('no route', () => !routed(news));
+        },
       );
-      await silent('b2', news);
-      const expired = JSON.parse(
-        admin('orders', 'list', '--service', 'news', '--state', 'expired'),
-      ) as unknown[];
-      assert.equal(expired.length, 1);
-    });
-  },
-);
+
+      it('pre-emption policy: the lowest priority channel is dropped for a higher one', async () => {
+        admin('orders', 'link', 'sat', '--capacity', '10M', '--router', routerArg(), '--policy', 'preempt');
+        const box1 = await watch('b1', tokens.box1 as string, 'news');
+        const box2 = await watch('b2', tokens.box2 as string, 'sport');
+        const filmBox = await watch('b1', tokens.box1 as string, 'film');
+        await until('film routed and news dropped', () => routed(film) && !routed(news));
+        assert.ok(routed(sport));
+        await flows('b1', film);
+        await silent('b1', news);
+        const orders = JSON.parse(
+          admin('orders', 'list', '--service', 'news', '--state', 'preempted'),
+        ) as unknown[];
+        assert.equal(orders.length, 1);
+        for (const box of [box1, box2, filmBox]) {
+          await box.stop();
+        }
+        await until('no route', () => !routed(film) && !routed(sport));
+      });
+
+      it('an unentitled box is refused; an expired lease takes the route away', async () => {
+        const refused = await stbOnce('b2', tokens.stranger as string, [
+          'order',
+          '--service',
+          'news',
+          '--once',
+        ]);
+        assert.equal(refused.code, 2);
+        assert.match(refused.output, /403 not-entitled/);
+        assert.ok(!routed(news));
+        const box = await watch('b2', tokens.box2 as string, 'news');
+        await flows('b2', news);
+        await box.stop('SIGKILL'); // the box dies: no cancel, no renewal
+        await until(
+          'the lease to run out and the route to go',
+          () => !routed(news),
+          (leaseSeconds + 10) * 1000,
+        );
+        await silent('b2', news);
+        const expired = JSON.parse(
+          admin('orders', 'list', '--service', 'news', '--state', 'expired'),
+        ) as unknown[];
+        assert.equal(expired.length, 1);
+      });
+    },
+  );
+}

@@ -71,11 +71,20 @@ export interface TestbedNeeds {
 }
 
 /** Why the test bed cannot run here, or undefined when it can. */
-export function testbedUnavailable(extraCommands: string[] = [], needs: TestbedNeeds = {}): string | undefined {
+export function testbedUnavailable(
+  extraCommands: string[] = [],
+  needs: TestbedNeeds = {},
+): string | undefined {
   if (process.getuid?.() !== 0) {
     return 'needs root to create network namespaces (run as root, or in CI)';
   }
-  const commands = ['ip', 'nft', 'tc', ...(needs.smcroute === true ? ['smcrouted', 'smcroutectl'] : []), ...extraCommands];
+  const commands = [
+    'ip',
+    'nft',
+    'tc',
+    ...(needs.smcroute === true ? ['smcrouted', 'smcroutectl'] : []),
+    ...extraCommands,
+  ];
   for (const command of commands) {
     const found = ['/usr/sbin', '/usr/bin', '/sbin', '/bin'].some((dir) => existsSync(join(dir, command)));
     if (!found) {

@@ -276,6 +276,50 @@ describe('order API: addresses of services and links are checked naming the fiel
       200,
     );
   });
+  // An nftables link: the kernel forwards through a netdev table the order server writes; one
+  // table per link (two links writing one table would each wipe the other's routes), and a link
+  // cannot forward out of the interface it hears on, nor send a channel on another group.
+  it('takes an nftables link; refuses one on the table of another (409), one interface for both or a bad table name (400), a relay group (400)', async () => {
+    const nft = (inbound: string, outbound: string, table?: string) => ({
+      capacity: 1_000_000,
+      router: { kind: 'nftables', inbound, outbound, ...(table === undefined ? {} : { table }) },
+    });
+    assert.equal((await call('PUT', '/v1/order/links/nf1', nft('eth5', 'eth6'))).status, 200);
+    const same = await call('PUT', '/v1/order/links/nf2', nft('eth5', 'eth6'));
+    assert.equal(same.status, 409, JSON.stringify(same.body));
+    assert.match(
+      String(same.body.message),
+      /^body\/router: link nf1 has the nftables table gatecast_eth5_eth6/,
+    );
+    const named = await call('PUT', '/v1/order/links/nf3', nft('eth7', 'eth8', 'gatecast_eth5_eth6'));
+    assert.equal(named.status, 409, JSON.stringify(named.body));
+    assert.equal((await call('PUT', '/v1/order/links/nf3', nft('eth5', 'eth6', 'second'))).status, 200);
+    // The link itself may be saved again as it is.
+    assert.equal((await call('PUT', '/v1/order/links/nf1', nft('eth5', 'eth6'))).status, 200);
+    const loop = await call('PUT', '/v1/order/links/nf4', nft('eth5', 'eth5'));
+    assert.equal(loop.status, 400, JSON.stringify(loop.body));
+    assert.match(String(loop.body.message), /^body\/router\/outbound: /);
+    for (const table of ['9t', 'a-b', 'a b', 'x'.repeat(65)]) {
+      const bad = await call('PUT', '/v1/order/links/nf5', nft('eth5', 'eth9', table));
+      assert.equal(bad.status, 400, `${table}: ${JSON.stringify(bad.body)}`);
+      assert.match(String(bad.body.message), /router/);
+    }
+    const relayed = await call('PUT', '/v1/order/services/nfs', {
+      link: 'nf1',
+      group: '239.9.6.1:5000',
+      bitRate: 1,
+      relayTo: '239.9.6.2:5000',
+    });
+    assert.equal(relayed.status, 400, JSON.stringify(relayed.body));
+    assert.match(String(relayed.body.message), /^body\/relayTo: /);
+    const v6 = await call('PUT', '/v1/order/services/nfs6', {
+      link: 'nf1',
+      group: '[ff3e::9:6]:5000',
+      bitRate: 1,
+    });
+    assert.equal(v6.status, 200, JSON.stringify(v6.body));
+  });
+
   // A relative control socket was saved and then looked up from each order server's own working
   // directory: servers started in two directories drove two different daemons, or none.
   it('refuses an smcroute link with a relative control socket (400 body/router/socket)', async () => {

@@ -1,0 +1,370 @@
+/**
+ * The nftables router driver (docs/ordering.md): the kernel forwards each active channel itself,
+ * without a multicast routing daemon, for kernels that cannot route multicast (built without
+ * CONFIG_IP_MROUTE: smcrouted starts there but refuses every route) or where none is wanted. One
+ * netdev-family table per link, hooked at ingress on the link's inbound interface, sends a copy of
+ * every frame of a route's group (and source) out of the outbound interface, its TTL (hop limit)
+ * lowered by one; a datagram that arrives with TTL 1 is not forwarded, as by a router. The source
+ * address stays the sender's, so boxes may join source-specific. Routes are the elements of four
+ * sets: (S,G) and (*,G), IPv4 and IPv6. Driven with the `nft` command: the table is written whole,
+ * in one transaction (packets see the old table or the new one, never a half), every write is
+ * checked by listing the table again, and a drift check that finds the table other than it should
+ * be (flushed, deleted, a set changed, another ruleset loaded) writes it back.
+ */
+import { execFile } from 'node:child_process';
+import { isIPv6 } from 'node:net';
+import { nftCommandTimeoutMs, nftListBytesMax } from '../limits.js';
+import type { RouteWanted } from './book.js';
+import type { ReconcileOptions, ReconcileReport, RouterDriver } from './driver.js';
+import { traceOrderStage } from './trace.js';
+
+/** Settings of one link's forwarding. */
+export interface NftablesSettings {
+  readonly inbound: string;
+  readonly outbound: string;
+  /** The table's name (netdev family); default nftablesTableName(inbound, outbound). */
+  readonly table?: string | undefined;
+  /** The nft command (default: nft, found on PATH). */
+  readonly command?: string | undefined;
+}
+
+/** The table a link's forwarding lives in when its settings name none. */
+export function nftablesTableName(inbound: string, outbound: string): string {
+  return `gatecast_${inbound}_${outbound}`.replace(/[^A-Za-z0-9_]/g, '_');
+}
+
+/** The sets a route is an element of. */
+const setNames = { sg4: 'sg4', g4: 'g4', sg6: 'sg6', g6: 'g6' } as const;
+type SetName = keyof typeof setNames;
+/** TTLs (hop limits) that are forwarded: 2-255, each sent on with one less. */
+const hops = Array.from({ length: 254 }, (_, index) => index + 2);
+/** Rules of the table as written: 5 in ingress, a vmap per family, one per TTL per family. */
+const ruleCount = 5 + 2 + 2 * hops.length;
+
+const routeKey = (source: string | null, group: string) => `${source ?? '*'},${group}`;
+const setOf = (source: string | null, group: string): SetName =>
+  isIPv6(group) ? (source === null ? 'g6' : 'sg6') : source === null ? 'g4' : 'sg4';
+
+/** A route as the table holds it. */
+interface TableRoute {
+  readonly source: string | null;
+  readonly group: string;
+}
+
+/** The whole table, as one transaction that replaces whatever the table was. */
+export function nftablesRuleset(
+  table: string,
+  inbound: string,
+  outbound: string,
+  routes: readonly TableRoute[],
+): string {
+  const elements = (set: SetName) =>
+    routes
+      .filter((route) => setOf(route.source, route.group) === set)
+      .map((route) => (route.source === null ? route.group : `${route.source} . ${route.group}`));
+  const set = (name: SetName, type: string) => {
+    const members = elements(name);
+    return `  set ${name} { type ${type};${members.length > 0 ? ` elements = { ${members.join(', ')} };` : ''} }`;
+  };
+  const lines = [
+    // Declaring first makes the delete valid when the table does not exist yet.
+    `table netdev ${table}`,
+    `delete table netdev ${table}`,
+    `table netdev ${table} {`,
+    set('sg4', 'ipv4_addr . ipv4_addr'),
+    set('g4', 'ipv4_addr'),
+    set('sg6', 'ipv6_addr . ipv6_addr'),
+    set('g6', 'ipv6_addr'),
+  ];
+  for (const [family, field] of [
+    [4, 'ip ttl'],
+    [6, 'ip6 hoplimit'],
+  ] as const) {
+    lines.push(`  chain hop${family} {`);
+    lines.push(`    ${field} vmap { ${hops.map((hop) => `${hop} : jump hop${family}_${hop}`).join(', ')} }`);
+    lines.push('  }');
+    for (const hop of hops) {
+      lines.push(`  chain hop${family}_${hop} { ${field} set ${hop - 1} dup to "${outbound}"; }`);
+    }
+  }
+  lines.push(
+    '  chain ingress {',
+    `    type filter hook ingress device "${inbound}" priority 0; policy accept;`,
+    '    meta pkttype != multicast accept',
+    '    ip saddr . ip daddr @sg4 goto hop4',
+    '    ip daddr @g4 goto hop4',
+    '    ip6 saddr . ip6 daddr @sg6 goto hop6',
+    '    ip6 daddr @g6 goto hop6',
+    '  }',
+    '}',
+  );
+  return `${lines.join('\n')}\n`;
+}
+
+/** What `nft -j list table` says of the table: its routes, and whether it is the one we write. */
+export interface ListedTable {
+  readonly routes: Map<string, TableRoute>;
+  /** Why the table is not as written (then it is written again), or undefined. */
+  readonly differs?: string | undefined;
+}
+
+const isRecord = (value: unknown): value is Record<string, unknown> =>
+  typeof value === 'object' && value !== null && !Array.isArray(value);
+
+/** One set element as nft's JSON shows it: an address, a concatenation, or either wrapped in elem. */
+function elementRoute(element: unknown): TableRoute | undefined {
+  const value = isRecord(element) && isRecord(element.elem) ? element.elem.val : element;
+  if (typeof value === 'string') {
+    return { source: null, group: value };
+  }
+  if (isRecord(value) && Array.isArray(value.concat) && value.concat.length === 2) {
+    const [source, group] = value.concat as unknown[];
+    if (typeof source === 'string' && typeof group === 'string') {
+      return { source, group };
+    }
+  }
+  return undefined;
+}
+
+/**
+ * Reads `nft -j list table netdev TABLE` (undefined text: the table does not exist). Anything
+ * but the table as written (a set missing or of another type, a rule more or less, the hook on
+ * another device, a copy sent out of another interface) is a difference.
+ */
+export function parseNftablesTable(text: string | undefined, inbound: string, outbound: string): ListedTable {
+  const routes = new Map<string, TableRoute>();
+  if (text === undefined) {
+    return { routes, differs: 'no table' };
+  }
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text);
+  } catch {
+    return { routes, differs: 'nft listed no JSON' };
+  }
+  const items = isRecord(parsed) && Array.isArray(parsed.nftables) ? (parsed.nftables as unknown[]) : [];
+  const sets = new Set<string>();
+  let rules = 0;
+  let copies = 0;
+  let hooked = false;
+  let strange: string | undefined;
+  for (const item of items) {
+    if (!isRecord(item)) {
+      continue;
+    }
+    if (isRecord(item.set)) {
+      const name = item.set.name;
+      const type = JSON.stringify(item.set.type);
+      const expected: Record<string, string> = {
+        sg4: '["ipv4_addr","ipv4_addr"]',
+        g4: '"ipv4_addr"',
+        sg6: '["ipv6_addr","ipv6_addr"]',
+        g6: '"ipv6_addr"',
+      };
+      if (typeof name !== 'string' || expected[name] !== type) {
+        strange = `set ${String(name)} of type ${type}`;
+        continue;
+      }
+      sets.add(name);
+      for (const element of Array.isArray(item.set.elem) ? (item.set.elem as unknown[]) : []) {
+        const route = elementRoute(element);
+        const concatenated = name.startsWith('sg');
+        if (route === undefined || (route.source !== null) !== concatenated) {
+          strange = `an element of set ${name}: ${JSON.stringify(element)}`;
+          continue;
+        }
+        routes.set(routeKey(route.source, route.group), route);
+      }
+    } else if (isRecord(item.chain)) {
+      if (item.chain.name === 'ingress') {
+        // nft 1.0.6 leaves the device out of its JSON; where it is shown, it must be ours.
+        const device = item.chain.dev;
+        hooked =
+          item.chain.hook === 'ingress' &&
+          (device === undefined ||
+            device === inbound ||
+            (Array.isArray(device) && device.length === 1 && device[0] === inbound));
+      }
+    } else if (isRecord(item.rule)) {
+      rules += 1;
+      const expressions = JSON.stringify(item.rule.expr ?? []);
+      if (expressions.includes('"dup"')) {
+        // The device a copy goes out of: "dev", or "addr" as nft 1.0.6 writes it.
+        const device = JSON.stringify(outbound);
+        if (
+          expressions.includes(`"dup":{"dev":${device}}`) ||
+          expressions.includes(`"dup":{"addr":${device}}`)
+        ) {
+          copies += 1;
+        } else {
+          strange = `a copy sent elsewhere than ${outbound}`;
+        }
+      }
+    }
+  }
+  const differs =
+    strange ??
+    (sets.size !== 4
+      ? `sets ${[...sets].sort().join(', ') || 'none'} of 4`
+      : !hooked
+        ? `no ingress hook on ${inbound}`
+        : rules !== ruleCount || copies !== 2 * hops.length
+          ? `${rules} rules (${copies} copies to ${outbound}) where ${ruleCount} (${2 * hops.length}) were written`
+          : undefined);
+  return { routes, differs };
+}
+
+/** Runs nft; resolves with its exit status and output, never rejects. */
+function runNft(
+  command: string,
+  args: readonly string[],
+  input?: string,
+): Promise<{ ok: boolean; stdout: string; detail: string }> {
+  return new Promise((resolve) => {
+    const child = execFile(
+      command,
+      args,
+      { timeout: nftCommandTimeoutMs, maxBuffer: nftListBytesMax, encoding: 'utf8' },
+      (error, stdout, stderr) => {
+        if (error === null) {
+          resolve({ ok: true, stdout, detail: '' });
+          return;
+        }
+        const code = (error as NodeJS.ErrnoException).code;
+        const detail =
+          code === 'ENOENT'
+            ? `${command} not found (Debian package nftables)`
+            : error.killed
+              ? `no answer within ${nftCommandTimeoutMs} ms`
+              : stderr.trim().split('\n')[0] || error.message;
+        resolve({ ok: false, stdout, detail });
+      },
+    );
+    if (input !== undefined) {
+      child.stdin?.on('error', () => undefined); // nft that exits early closes its input
+      child.stdin?.end(input);
+    }
+  });
+}
+
+/** Builds the driver of one link's forwarding. */
+export function createNftablesDriver(settings: NftablesSettings): RouterDriver {
+  const table = settings.table ?? nftablesTableName(settings.inbound, settings.outbound);
+  const command = settings.command ?? 'nft';
+  let queue: Promise<unknown> = Promise.resolve();
+  let closed = false;
+  /** The table as last listed or written by this driver (undefined: ask). */
+  let seen: ListedTable | undefined;
+  /** One nft at a time. */
+  const nft = (args: readonly string[], input?: string) => {
+    const run = async () => {
+      traceOrderStage('router-sent', undefined, () => `nft ${args.join(' ')}`);
+      const result = await runNft(command, args, input);
+      traceOrderStage('router-answered', undefined, () => `nft ${result.ok ? 'ok' : 'failed'}`);
+      return result;
+    };
+    const next = queue.then(run, run);
+    queue = next;
+    return next;
+  };
+  const list = async (): Promise<ListedTable | string> => {
+    const listed = await nft(['-j', 'list', 'table', 'netdev', table]);
+    if (!listed.ok) {
+      // The one failure that is an answer: there is no such table (yet, or deleted behind our back).
+      return /No such file or directory/.test(listed.detail)
+        ? parseNftablesTable(undefined, settings.inbound, settings.outbound)
+        : `list table netdev ${table}: ${listed.detail}`;
+    }
+    return parseNftablesTable(listed.stdout, settings.inbound, settings.outbound);
+  };
+
+  return {
+    stale: () => seen === undefined,
+    async reconcile(wanted: readonly RouteWanted[], options?: ReconcileOptions): Promise<ReconcileReport> {
+      const report: { added: string[]; removed: string[]; errors: string[] } = {
+        added: [],
+        removed: [],
+        errors: [],
+      };
+      if (closed) {
+        return report;
+      }
+      let actual = options?.fresh === false ? seen : undefined;
+      if (actual === undefined) {
+        const listed = await list();
+        if (typeof listed === 'string') {
+          seen = undefined;
+          report.errors.push(listed);
+          return report;
+        }
+        actual = listed;
+      }
+      seen = actual;
+      const desired = new Map(
+        wanted.map((route) => [
+          routeKey(route.source, route.group),
+          { source: route.source, group: route.group },
+        ]),
+      );
+      const unchanged =
+        desired.size === actual.routes.size && [...desired.keys()].every((key) => actual.routes.has(key));
+      if (
+        unchanged &&
+        (actual.differs === undefined || (desired.size === 0 && actual.differs === 'no table'))
+      ) {
+        return report;
+      }
+      const removals = [...actual.routes.keys()].filter((key) => !desired.has(key));
+      // A table other than written (flushed, a hook gone) forwarded none of them: all are put back.
+      const additions = [...desired.keys()].filter(
+        (key) => actual.differs !== undefined || !actual.routes.has(key),
+      );
+      // Nothing to carry: the table goes (no hook left on the inbound interface).
+      const written =
+        desired.size === 0
+          ? await nft(['-f', '-'], `table netdev ${table}\ndelete table netdev ${table}\n`)
+          : await nft(
+              ['-f', '-'],
+              nftablesRuleset(table, settings.inbound, settings.outbound, [...desired.values()]),
+            );
+      if (!written.ok) {
+        seen = undefined;
+        report.errors.push(`write table netdev ${table}: ${written.detail}`);
+        return report;
+      }
+      // Done is not proof: list the table again and report what it holds.
+      const check = await list();
+      if (typeof check === 'string') {
+        seen = undefined;
+        report.errors.push(check);
+        return report;
+      }
+      seen = check;
+      if (desired.size > 0 && check.differs !== undefined) {
+        seen = undefined;
+        report.errors.push(`table netdev ${table} written but listed otherwise: ${check.differs}`);
+      }
+      for (const key of removals) {
+        if (check.routes.has(key)) {
+          report.errors.push(`remove ${key}: still in table netdev ${table}`);
+        } else {
+          report.removed.push(key);
+        }
+      }
+      for (const key of additions) {
+        if (check.routes.has(key)) {
+          report.added.push(key);
+        } else {
+          report.errors.push(`add ${key}: not in table netdev ${table} after writing it`);
+        }
+      }
+      return report;
+    },
+    async close() {
+      // The table stays: channels keep flowing while the order server restarts, and the next
+      // start reconciles it with the store.
+      closed = true;
+      await queue.catch(() => undefined);
+    },
+  };
+}

@@ -1,0 +1,180 @@
+/**
+ * The nftables router driver: the table it writes, how it reads nft's listing back (what counts
+ * as the table not being as written), and, as root in a namespace of its own, the driver against
+ * the real nft: routes written, checked, put back after a flush or a deletion behind its back,
+ * and the table gone when nothing is wanted.
+ */
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { after, before, describe, it } from 'node:test';
+import type { RouteWanted } from '../../src/order/book.js';
+import {
+  createNftablesDriver,
+  nftablesRuleset,
+  nftablesTableName,
+  parseNftablesTable,
+} from '../../src/order/nftables.js';
+import { testbedSkip } from '../helpers/testbed.js';
+
+const route = (source: string | null, group: string) => ({ source, group }) as unknown as RouteWanted;
+const listing = (...items: object[]) => JSON.stringify({ nftables: [{ metainfo: {} }, ...items] });
+const sets = [
+  { set: { name: 'sg4', type: ['ipv4_addr', 'ipv4_addr'] } },
+  { set: { name: 'g4', type: 'ipv4_addr' } },
+  { set: { name: 'sg6', type: ['ipv6_addr', 'ipv6_addr'] } },
+  { set: { name: 'g6', type: 'ipv6_addr' } },
+];
+/** The 515 rules as nft 1.0.6 lists them (dup's device under "addr"). */
+const rules = (outbound: string) => [
+  ...Array.from({ length: 7 }, () => ({ rule: { chain: 'ingress', expr: [{ accept: null }] } })),
+  ...Array.from({ length: 508 }, () => ({ rule: { chain: 'hop', expr: [{ dup: { addr: outbound } }] } })),
+];
+const hook = { chain: { name: 'ingress', hook: 'ingress' } };
+
+describe('nftables driver: the table and its listing', () => {
+  it('names the table after the interfaces, in characters nft takes', () => {
+    assert.equal(nftablesTableName('eth0', 'eth1'), 'gatecast_eth0_eth1');
+    assert.equal(nftablesTableName('eth0.5', 'sat@x'), 'gatecast_eth0_5_sat_x');
+  });
+
+  it('writes every route into its set, replacing the table in one transaction', () => {
+    const text = nftablesRuleset('t', 'eth0', 'eth1', [
+      route('10.0.0.1', '239.1.1.1'),
+      route(null, '239.2.2.2'),
+      route('fd00::1', 'ff3e::5'),
+      route(null, 'ff3e::1:2'),
+    ]);
+    const lines = text.split('\n');
+    assert.deepEqual(lines.slice(0, 3), ['table netdev t', 'delete table netdev t', 'table netdev t {']);
+    assert.ok(
+      lines.includes('  set sg4 { type ipv4_addr . ipv4_addr; elements = { 10.0.0.1 . 239.1.1.1 }; }'),
+    );
+    assert.ok(lines.includes('  set g4 { type ipv4_addr; elements = { 239.2.2.2 }; }'));
+    assert.ok(lines.includes('  set sg6 { type ipv6_addr . ipv6_addr; elements = { fd00::1 . ff3e::5 }; }'));
+    assert.ok(lines.includes('  set g6 { type ipv6_addr; elements = { ff3e::1:2 }; }'));
+    assert.ok(lines.includes('  chain hop4_2 { ip ttl set 1 dup to "eth1"; }'));
+    assert.ok(lines.includes('  chain hop6_255 { ip6 hoplimit set 254 dup to "eth1"; }'));
+    assert.ok(!text.includes('hop4_1 '), 'a TTL of 1 is not forwarded');
+    assert.ok(lines.includes('    type filter hook ingress device "eth0" priority 0; policy accept;'));
+  });
+
+  it('reads the routes of a table as written, in every element form nft lists', () => {
+    const listed = parseNftablesTable(
+      listing(
+        { set: { ...sets[0]?.set, elem: [{ concat: ['10.0.0.1', '239.1.1.1'] }] } },
+        { set: { ...sets[1]?.set, elem: ['239.2.2.2', { elem: { val: '239.3.3.3', counter: {} } }] } },
+        sets[2] as object,
+        { set: { ...sets[3]?.set, elem: ['ff3e::1:2'] } },
+        hook,
+        ...rules('eth1'),
+      ),
+      'eth0',
+      'eth1',
+    );
+    assert.equal(listed.differs, undefined);
+    assert.deepEqual([...listed.routes.keys()].sort(), [
+      '*,239.2.2.2',
+      '*,239.3.3.3',
+      '*,ff3e::1:2',
+      '10.0.0.1,239.1.1.1',
+    ]);
+  });
+
+  for (const [name, text, expected] of [
+    ['no table', undefined, /^no table$/],
+    ['no JSON', 'Error: something', /no JSON/],
+    ['a set missing', listing(...sets.slice(1), hook, ...rules('eth1')), /sets g4, g6, sg6 of 4/],
+    ['a set of another type', listing({ set: { name: 'g4', type: 'ipv6_addr' } }), /set g4 of type/],
+    [
+      'a (*,G) element in an (S,G) set',
+      listing({ set: { ...sets[0]?.set, elem: ['239.1.1.1'] } }),
+      /element of set sg4/,
+    ],
+    ['copies sent out of another interface', listing(...sets, hook, ...rules('eth9')), /elsewhere than eth1/],
+    [
+      'the hook on another device',
+      listing(...sets, { chain: { ...hook.chain, dev: 'eth7' } }, ...rules('eth1')),
+      /no ingress hook on eth0/,
+    ],
+    ['a hop chain flushed', listing(...sets, hook, ...rules('eth1').slice(0, -1)), /514 rules/],
+  ] as const) {
+    it(`takes a listing with ${name} for a table other than written`, () => {
+      const listed = parseNftablesTable(text, 'eth0', 'eth1');
+      assert.match(listed.differs ?? '', expected);
+    });
+  }
+
+  it('without nft: an error naming the package, no route claimed', async () => {
+    const driver = createNftablesDriver({ inbound: 'eth0', outbound: 'eth1', command: '/nonexistent/nft' });
+    const report = await driver.reconcile([route(null, '239.1.1.1')]);
+    assert.deepEqual(report.added, []);
+    assert.match(report.errors.join('\n'), /\/nonexistent\/nft not found \(Debian package nftables\)/);
+    assert.equal(driver.stale?.(), true);
+    await driver.close();
+  });
+});
+
+describe('nftables driver against the real nft (a namespace of its own)', testbedSkip(), () => {
+  const ns = `gn${randomBytes(3).toString('hex')}`;
+  const table = nftablesTableName('eth0', 'eth1');
+  const inNs = (...args: string[]) =>
+    execFileSync('ip', ['netns', 'exec', ns, ...args], { encoding: 'utf8' });
+  /** The driver runs nft through `ip netns exec`, as an order server started in the namespace would. */
+  const command = `/tmp/${ns}-nft`;
+  before(() => {
+    execFileSync('ip', ['netns', 'add', ns]);
+    execFileSync('ip', ['-n', ns, 'link', 'add', 'eth0', 'type', 'veth', 'peer', 'name', 'eth1']);
+    execFileSync('ip', ['-n', ns, 'link', 'set', 'eth0', 'up']);
+    execFileSync('ip', ['-n', ns, 'link', 'set', 'eth1', 'up']);
+    execFileSync('sh', [
+      '-c',
+      `printf '#!/bin/sh\\nexec ip netns exec ${ns} nft "$@"\\n' > ${command}; chmod +x ${command}`,
+    ]);
+  });
+  after(() => {
+    execFileSync('ip', ['netns', 'delete', ns], { stdio: 'ignore' });
+    execFileSync('rm', ['-f', command]);
+  });
+  const listed = () => {
+    try {
+      return parseNftablesTable(inNs('nft', '-j', 'list', 'table', 'netdev', table), 'eth0', 'eth1');
+    } catch {
+      return parseNftablesTable(undefined, 'eth0', 'eth1');
+    }
+  };
+
+  it('writes, checks, puts back what was changed behind its back, and removes the table when nothing is wanted', async () => {
+    const driver = createNftablesDriver({ inbound: 'eth0', outbound: 'eth1', command });
+    const wanted = [route('10.0.0.1', '239.1.1.1'), route(null, '239.2.2.2'), route('fd00::1', 'ff3e::5')];
+    const first = await driver.reconcile(wanted);
+    assert.deepEqual(first.errors, []);
+    assert.deepEqual(first.added.sort(), ['*,239.2.2.2', '10.0.0.1,239.1.1.1', 'fd00::1,ff3e::5']);
+    assert.equal(listed().differs, undefined);
+    assert.deepEqual([...listed().routes.keys()].sort(), first.added);
+    // Nothing changed: nothing written.
+    assert.deepEqual(await driver.reconcile(wanted), { added: [], removed: [], errors: [] });
+
+    // A hop chain flushed (the set intact): the drift check writes the table back.
+    inNs('nft', 'flush', 'chain', 'netdev', table, 'hop4_64');
+    assert.match(listed().differs ?? '', /514 rules/);
+    const restored = await driver.reconcile(wanted);
+    assert.deepEqual(restored.errors, []);
+    assert.equal(restored.added.length, 3);
+    assert.equal(listed().differs, undefined);
+
+    // An element removed, and the table deleted: both put back.
+    inNs('nft', 'delete', 'element', 'netdev', table, 'g4', '{ 239.2.2.2 }');
+    assert.deepEqual((await driver.reconcile(wanted)).added, ['*,239.2.2.2']);
+    inNs('nft', 'delete', 'table', 'netdev', table);
+    assert.equal((await driver.reconcile(wanted)).added.length, 3);
+
+    // One route less, then none: removed, and the table goes.
+    const fewer = await driver.reconcile(wanted.slice(1));
+    assert.deepEqual(fewer.removed, ['10.0.0.1,239.1.1.1']);
+    assert.deepEqual((await driver.reconcile([])).removed.sort(), ['*,239.2.2.2', 'fd00::1,ff3e::5']);
+    assert.equal(listed().differs, 'no table');
+    assert.deepEqual(await driver.reconcile([]), { added: [], removed: [], errors: [] });
+    await driver.close();
+  });
+});
