@@ -10,6 +10,7 @@ import { isIPv4, isIPv6 } from 'node:net';
 import { hostname } from 'node:os';
 import { isAbsolute } from 'node:path';
 import { type Static, Type } from '@sinclair/typebox';
+import { Value } from '@sinclair/typebox/value';
 import type { FastifyInstance, FastifyReply } from 'fastify';
 import type { Kysely } from 'kysely';
 import type { BillingService } from '../api/billing.js';
@@ -37,7 +38,7 @@ import {
   Link,
   LinkBody,
   LinkList,
-  type LinkRouter,
+  LinkRouter,
   Order,
   OrderBody,
   OrderList,
@@ -353,6 +354,11 @@ function unicastRefusal(text: string, field: string, family?: 4 | 6): string | u
   if (of === undefined || isMulticast(text)) {
     return `${field}: "${text}" is not a unicast IP address`;
   }
+  // ::ffff:a.b.c.d and ::a.b.c.d name IPv4 hosts: no IPv6 packet comes from them, and a router
+  // shows them in another form than stored.
+  if (of === 6 && /^::(ffff:)?[0-9a-f]{1,4}:[0-9a-f]{1,4}$/.test(canonicalAddress(text))) {
+    return `${field}: "${text}" is an IPv4 address written as IPv6; write it as IPv4 (of an IPv4 group)`;
+  }
   return family === undefined || of === family
     ? undefined
     : `${field}: "${text}" is not an address of the group's family (IPv${family})`;
@@ -368,6 +374,12 @@ function routerMisfit(
   group: string,
   relayTo: string | null,
 ): { field: 'group' | 'relayTo'; reason: string } | undefined {
+  if (router.kind !== 'relay' && linkLocal(group)) {
+    return {
+      field: 'group',
+      reason: `${group} is a link-local (or narrower) group, which a router never forwards`,
+    };
+  }
   if (router.kind !== 'relay') {
     return relayTo === null
       ? undefined
@@ -391,6 +403,61 @@ function routerMisfit(
     };
   }
   return undefined;
+}
+
+/** Whether a stored router_config is the router of config (routerConfig's form). */
+function sameRouter(stored: string, config: string): boolean {
+  try {
+    const router = JSON.parse(stored) as unknown;
+    return Value.Check(LinkRouter, router) && routerConfig(router) === config;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * A group no router forwards: IPv4 224.0.0.0/24 (the local network control block, RFC 5771) and
+ * IPv6 groups of scope 0, 1 or 2 (reserved, interface-local, link-local; RFC 4291).
+ */
+function linkLocal(group: string): boolean {
+  if (isIPv6(group)) {
+    const scope = Number.parseInt(canonicalAddress(group).slice(3, 4), 16);
+    return scope <= 2;
+  }
+  return group.startsWith('224.0.0.');
+}
+
+/**
+ * A link's router as stored: its fields in one order (an nftables table named as the default is
+ * left out), so the same router sent again with its keys in another order is not a change, which
+ * would take every route down and put it back.
+ */
+export function routerConfig(router: LinkRouter): string {
+  switch (router.kind) {
+    case 'smcroute':
+      return JSON.stringify({
+        kind: router.kind,
+        socket: router.socket,
+        inbound: router.inbound,
+        outbound: router.outbound,
+      });
+    case 'nftables':
+      return JSON.stringify({
+        kind: router.kind,
+        inbound: router.inbound,
+        outbound: router.outbound,
+        ...(router.table === undefined || router.table === nftablesTableName(router.inbound, router.outbound)
+          ? {}
+          : { table: router.table }),
+      });
+    case 'relay':
+      return JSON.stringify({
+        kind: router.kind,
+        inbound: router.inbound,
+        outbound: router.outbound,
+        ...(router.ttl === undefined ? {} : { ttl: router.ttl }),
+      });
+  }
 }
 
 /** Where a relay sends a service, in one text form: its relay group, or its own group and port. */
@@ -516,7 +583,7 @@ function registerOperatorRoutes(app: FastifyInstance, context: OrderContext, dri
         );
       }
       const iso = new Date().toISOString();
-      const config = JSON.stringify(body.router);
+      const canonical = routerConfig(body.router);
       const outcome = await store.writeTransaction(async (trx) => {
         const existing = await trx
           .selectFrom('order_links')
@@ -528,6 +595,12 @@ function registerOperatorRoutes(app: FastifyInstance, context: OrderContext, dri
         if (shared !== undefined) {
           return shared;
         }
+        // The router as stored already (in whatever form an older server stored it) when it is
+        // the same router: no change, so nothing is taken down and put back.
+        const config =
+          existing !== undefined && sameRouter(existing.router_config, canonical)
+            ? existing.router_config
+            : canonical;
         if (existing === undefined) {
           await trx
             .insertInto('order_links')

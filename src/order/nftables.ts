@@ -11,9 +11,10 @@
  * checked by listing the table again, and a drift check that finds the table other than it should
  * be (flushed, deleted, a set changed, another ruleset loaded) writes it back.
  */
-import { execFile } from 'node:child_process';
+import { type ChildProcess, execFile } from 'node:child_process';
 import { isIPv6 } from 'node:net';
 import { nftCommandTimeoutMs, nftListBytesMax } from '../limits.js';
+import { canonicalAddress } from '../net/address.js';
 import type { RouteWanted } from './book.js';
 import type { ReconcileOptions, ReconcileReport, RouterDriver } from './driver.js';
 import { traceOrderStage } from './trace.js';
@@ -26,9 +27,14 @@ export interface NftablesSettings {
   readonly table?: string | undefined;
   /** The nft command (default: nft, found on PATH). */
   readonly command?: string | undefined;
+  /** The ip command, which lists the interfaces (default: ip, found on PATH). */
+  readonly ipCommand?: string | undefined;
 }
 
-/** The table a link's forwarding lives in when its settings name none. */
+/**
+ * The table a link's forwarding lives in when its settings name none. A table's name starts with
+ * "gatecast", so it is never one of nft's keywords (nft takes no quoted table name).
+ */
 export function nftablesTableName(inbound: string, outbound: string): string {
   return `gatecast_${inbound}_${outbound}`.replace(/[^A-Za-z0-9_]/g, '_');
 }
@@ -41,7 +47,9 @@ const hops = Array.from({ length: 254 }, (_, index) => index + 2);
 /** Rules of the table as written: 5 in ingress, a vmap per family, one per TTL per family. */
 const ruleCount = 5 + 2 + 2 * hops.length;
 
-const routeKey = (source: string | null, group: string) => `${source ?? '*'},${group}`;
+/** A route's key, its addresses in one text form (nft lists an IPv4-mapped source otherwise). */
+const routeKey = (source: string | null, group: string) =>
+  `${source === null ? '*' : canonicalAddress(source)},${canonicalAddress(group)}`;
 const setOf = (source: string | null, group: string): SetName =>
   isIPv6(group) ? (source === null ? 'g6' : 'sg6') : source === null ? 'g4' : 'sg4';
 
@@ -106,6 +114,12 @@ export interface ListedTable {
   readonly routes: Map<string, TableRoute>;
   /** Why the table is not as written (then it is written again), or undefined. */
   readonly differs?: string | undefined;
+  /**
+   * The table without its sets' elements, as `nft -t list table` prints it (chains, rules, hooks
+   * with their devices, policies): compared whole with what it printed right after this driver
+   * wrote the table, so any change of a rule, a chain or a hook is a difference.
+   */
+  readonly shape?: string | undefined;
 }
 
 const isRecord = (value: unknown): value is Record<string, unknown> =>
@@ -214,11 +228,12 @@ export function parseNftablesTable(text: string | undefined, inbound: string, ou
   return { routes, differs };
 }
 
-/** Runs nft; resolves with its exit status and output, never rejects. */
-function runNft(
+/** Runs a command; resolves with its exit status and output, never rejects. */
+function runCommand(
   command: string,
   args: readonly string[],
-  input?: string,
+  input: string | undefined,
+  running: Set<ChildProcess>,
 ): Promise<{ ok: boolean; stdout: string; detail: string }> {
   return new Promise((resolve) => {
     const child = execFile(
@@ -226,6 +241,7 @@ function runNft(
       args,
       { timeout: nftCommandTimeoutMs, maxBuffer: nftListBytesMax, encoding: 'utf8' },
       (error, stdout, stderr) => {
+        running.delete(child);
         if (error === null) {
           resolve({ ok: true, stdout, detail: '' });
           return;
@@ -233,13 +249,14 @@ function runNft(
         const code = (error as NodeJS.ErrnoException).code;
         const detail =
           code === 'ENOENT'
-            ? `${command} not found (Debian package nftables)`
+            ? `${command} not found (Debian package ${command.endsWith('ip') ? 'iproute2' : 'nftables'})`
             : error.killed
               ? `no answer within ${nftCommandTimeoutMs} ms`
               : stderr.trim().split('\n')[0] || error.message;
         resolve({ ok: false, stdout, detail });
       },
     );
+    running.add(child);
     if (input !== undefined) {
       child.stdin?.on('error', () => undefined); // nft that exits early closes its input
       child.stdin?.end(input);
@@ -247,27 +264,76 @@ function runNft(
   });
 }
 
+/**
+ * Why an interface of the link is missing from this network namespace, or undefined. The kernel
+ * takes an ingress hook on a device that does not exist, and nothing is ever forwarded: a typo
+ * would be reported routed.
+ */
+export function missingInterface(listing: string, inbound: string, outbound: string): string | undefined {
+  let names: Set<string>;
+  try {
+    const links = JSON.parse(listing) as unknown;
+    names = new Set(
+      (Array.isArray(links) ? links : []).flatMap((link: unknown) =>
+        isRecord(link) && typeof link.ifname === 'string' ? [link.ifname] : [],
+      ),
+    );
+  } catch {
+    return 'ip -j link show printed no JSON';
+  }
+  for (const [field, name] of [
+    ['inbound', inbound],
+    ['outbound', outbound],
+  ] as const) {
+    if (!names.has(name)) {
+      return `the ${field} interface ${name} does not exist in the order server's network namespace`;
+    }
+  }
+  return undefined;
+}
+
+const notWrittenYet = 'not written by this server yet';
+
 /** Builds the driver of one link's forwarding. */
 export function createNftablesDriver(settings: NftablesSettings): RouterDriver {
   const table = settings.table ?? nftablesTableName(settings.inbound, settings.outbound);
   const command = settings.command ?? 'nft';
+  const ipCommand = settings.ipCommand ?? 'ip';
   let queue: Promise<unknown> = Promise.resolve();
   let closed = false;
+  const running = new Set<ChildProcess>();
   /** The table as last listed or written by this driver (undefined: ask). */
   let seen: ListedTable | undefined;
-  /** One nft at a time. */
-  const nft = (args: readonly string[], input?: string) => {
-    const run = async () => {
-      traceOrderStage('router-sent', undefined, () => `nft ${args.join(' ')}`);
-      const result = await runNft(command, args, input);
-      traceOrderStage('router-answered', undefined, () => `nft ${result.ok ? 'ok' : 'failed'}`);
+  /**
+   * The table's shape (`nft -t list table`) as printed right after this driver wrote it; until
+   * it has written the table once, whatever is there is written again.
+   */
+  let written: string | undefined;
+  /** One command at a time. */
+  const run = (program: string, args: readonly string[], input?: string) => {
+    const start = async () => {
+      traceOrderStage('router-sent', undefined, () => `${program} ${args.join(' ')}`);
+      const result = await runCommand(program, args, input, running);
+      traceOrderStage('router-answered', undefined, () => `${program} ${result.ok ? 'ok' : 'failed'}`);
       return result;
     };
-    const next = queue.then(run, run);
+    const next = queue.then(start, start);
     queue = next;
     return next;
   };
-  const list = async (): Promise<ListedTable | string> => {
+  const nft = (args: readonly string[], input?: string) => run(command, args, input);
+  /** Lists the table; with routes to carry, first checks that both interfaces exist. */
+  const list = async (carrying: boolean): Promise<ListedTable | string> => {
+    if (carrying) {
+      const links = await run(ipCommand, ['-j', 'link', 'show']);
+      if (!links.ok) {
+        return `${ipCommand} -j link show: ${links.detail}`;
+      }
+      const missing = missingInterface(links.stdout, settings.inbound, settings.outbound);
+      if (missing !== undefined) {
+        return missing;
+      }
+    }
     const listed = await nft(['-j', 'list', 'table', 'netdev', table]);
     if (!listed.ok) {
       // The one failure that is an answer: there is no such table (yet, or deleted behind our back).
@@ -275,7 +341,19 @@ export function createNftablesDriver(settings: NftablesSettings): RouterDriver {
         ? parseNftablesTable(undefined, settings.inbound, settings.outbound)
         : `list table netdev ${table}: ${listed.detail}`;
     }
-    return parseNftablesTable(listed.stdout, settings.inbound, settings.outbound);
+    const terse = await nft(['-t', 'list', 'table', 'netdev', table]);
+    if (!terse.ok) {
+      return `list table netdev ${table}: ${terse.detail}`;
+    }
+    const parsed = parseNftablesTable(listed.stdout, settings.inbound, settings.outbound);
+    const differs =
+      parsed.differs ??
+      (written === undefined
+        ? notWrittenYet
+        : terse.stdout !== written
+          ? 'its chains, rules or hooks are other than written'
+          : undefined);
+    return { routes: parsed.routes, differs, shape: terse.stdout };
   };
 
   return {
@@ -289,9 +367,15 @@ export function createNftablesDriver(settings: NftablesSettings): RouterDriver {
       if (closed) {
         return report;
       }
+      const desired = new Map(
+        wanted.map((route) => [
+          routeKey(route.source, route.group),
+          { source: route.source, group: route.group },
+        ]),
+      );
       let actual = options?.fresh === false ? seen : undefined;
       if (actual === undefined) {
-        const listed = await list();
+        const listed = await list(desired.size > 0);
         if (typeof listed === 'string') {
           seen = undefined;
           report.errors.push(listed);
@@ -300,12 +384,6 @@ export function createNftablesDriver(settings: NftablesSettings): RouterDriver {
         actual = listed;
       }
       seen = actual;
-      const desired = new Map(
-        wanted.map((route) => [
-          routeKey(route.source, route.group),
-          { source: route.source, group: route.group },
-        ]),
-      );
       const unchanged =
         desired.size === actual.routes.size && [...desired.keys()].every((key) => actual.routes.has(key));
       if (
@@ -315,25 +393,32 @@ export function createNftablesDriver(settings: NftablesSettings): RouterDriver {
         return report;
       }
       const removals = [...actual.routes.keys()].filter((key) => !desired.has(key));
-      // A table other than written (flushed, a hook gone) forwarded none of them: all are put back.
-      const additions = [...desired.keys()].filter(
-        (key) => actual.differs !== undefined || !actual.routes.has(key),
-      );
+      // A table other than written (flushed, a rule or hook changed) may have forwarded none of
+      // them: all are put back. A table from before this server started is written again as well,
+      // but what it held is not reported as added.
+      const damaged = actual.differs !== undefined && actual.differs !== notWrittenYet;
+      const additions = [...desired.keys()].filter((key) => damaged || !actual.routes.has(key));
       // Nothing to carry: the table goes (no hook left on the inbound interface).
-      const written =
+      const writing =
         desired.size === 0
           ? await nft(['-f', '-'], `table netdev ${table}\ndelete table netdev ${table}\n`)
           : await nft(
               ['-f', '-'],
               nftablesRuleset(table, settings.inbound, settings.outbound, [...desired.values()]),
             );
-      if (!written.ok) {
+      if (!writing.ok) {
         seen = undefined;
-        report.errors.push(`write table netdev ${table}: ${written.detail}`);
+        report.errors.push(`write table netdev ${table}: ${writing.detail}`);
         return report;
       }
+      // What the table looks like as written: later listings are compared with it.
+      written = undefined;
+      if (desired.size > 0) {
+        const terse = await nft(['-t', 'list', 'table', 'netdev', table]);
+        written = terse.ok ? terse.stdout : undefined;
+      }
       // Done is not proof: list the table again and report what it holds.
-      const check = await list();
+      const check = await list(desired.size > 0);
       if (typeof check === 'string') {
         seen = undefined;
         report.errors.push(check);
@@ -362,8 +447,11 @@ export function createNftablesDriver(settings: NftablesSettings): RouterDriver {
     },
     async close() {
       // The table stays: channels keep flowing while the order server restarts, and the next
-      // start reconciles it with the store.
+      // start reconciles it with the store. A command still running is ended, not waited for.
       closed = true;
+      for (const child of running) {
+        child.kill('SIGKILL');
+      }
       await queue.catch(() => undefined);
     },
   };

@@ -53,8 +53,11 @@ export const NftablesRouter = Type.Object(
     /** Inbound interface (towards the sources) and the transmission link's interface. */
     inbound: InterfaceName,
     outbound: InterfaceName,
-    /** The netdev table the link's rules live in (default gatecast_INBOUND_OUTBOUND). */
-    table: Type.Optional(Type.String({ minLength: 1, maxLength: 64, pattern: '^[A-Za-z][A-Za-z0-9_]*$' })),
+    /**
+     * The netdev table the link's rules live in (default gatecast_INBOUND_OUTBOUND). It starts
+     * with "gatecast", so it is never one of nft's keywords (nft takes no quoted table name).
+     */
+    table: Type.Optional(Type.String({ minLength: 8, maxLength: 64, pattern: '^gatecast[A-Za-z0-9_]*$' })),
   },
   { additionalProperties: false },
 );

@@ -39,11 +39,11 @@ describe('gatecast admin orders link --router', () => {
       inbound: 'eth0',
       outbound: 'eth1',
     });
-    assert.deepEqual(parseRouter('nftables:eth0.5:sat0:sat_fwd'), {
+    assert.deepEqual(parseRouter('nftables:eth0.5:sat0:gatecast_sat'), {
       kind: 'nftables',
       inbound: 'eth0.5',
       outbound: 'sat0',
-      table: 'sat_fwd',
+      table: 'gatecast_sat',
     });
   });
 

@@ -293,13 +293,27 @@ describe('order API: addresses of services and links are checked naming the fiel
     );
     const named = await call('PUT', '/v1/order/links/nf3', nft('eth7', 'eth8', 'gatecast_eth5_eth6'));
     assert.equal(named.status, 409, JSON.stringify(named.body));
-    assert.equal((await call('PUT', '/v1/order/links/nf3', nft('eth5', 'eth6', 'second'))).status, 200);
+    assert.equal(
+      (await call('PUT', '/v1/order/links/nf3', nft('eth5', 'eth6', 'gatecast_second'))).status,
+      200,
+    );
     // The link itself may be saved again as it is.
     assert.equal((await call('PUT', '/v1/order/links/nf1', nft('eth5', 'eth6'))).status, 200);
     const loop = await call('PUT', '/v1/order/links/nf4', nft('eth5', 'eth5'));
     assert.equal(loop.status, 400, JSON.stringify(loop.body));
     assert.match(String(loop.body.message), /^body\/router\/outbound: /);
-    for (const table of ['9t', 'a-b', 'a b', 'x'.repeat(65)]) {
+    // nft takes no quoted table name: a name that is one of its keywords ("counter") could never
+    // be listed or written, so a table's name starts with gatecast.
+    for (const table of [
+      '9t',
+      'a-b',
+      'a b',
+      'counter',
+      'table',
+      'second',
+      'gatecast-x',
+      `gatecast${'x'.repeat(57)}`,
+    ]) {
       const bad = await call('PUT', '/v1/order/links/nf5', nft('eth5', 'eth9', table));
       assert.equal(bad.status, 400, `${table}: ${JSON.stringify(bad.body)}`);
       assert.match(String(bad.body.message), /router/);
@@ -318,6 +332,62 @@ describe('order API: addresses of services and links are checked naming the fiel
       bitRate: 1,
     });
     assert.equal(v6.status, 200, JSON.stringify(v6.body));
+    // A router never forwards a link-local group: one was routed and crossed the link.
+    for (const group of ['224.0.0.251:5353', '[ff02::1]:5000', '[FF01::1]:5000', '[ff00::1]:5000']) {
+      const local = await call('PUT', '/v1/order/services/nfl', { link: 'nf1', group, bitRate: 1 });
+      assert.equal(local.status, 400, `${group}: ${JSON.stringify(local.body)}`);
+      assert.match(String(local.body.message), /^body\/group: .*link-local/);
+    }
+    for (const group of ['224.0.1.1:5000', '[ff05::1]:5000']) {
+      assert.equal(
+        (await call('PUT', '/v1/order/services/nfl', { link: 'nf1', group, bitRate: 1 })).status,
+        200,
+      );
+    }
+  });
+
+  // An IPv4-mapped or -compatible source of an IPv6 group was saved; a router lists it in another
+  // form, so its route was written again on every check and reported missing.
+  for (const source of ['::ffff:10.77.1.10', '::ffff:a4d:10a', '::10.77.1.10']) {
+    it(`refuses the IPv6 source ${source}, an IPv4 address written as IPv6 (400 body/source)`, async () => {
+      const answer = await call('PUT', '/v1/order/services/mapped', service('[ff3e::7]:5000', source));
+      assert.equal(answer.status, 400, JSON.stringify(answer.body));
+      assert.match(String(answer.body.message), /^body\/source: .*IPv4 address written as IPv6/);
+    });
+  }
+
+  // The same router sent again with its keys in another order (or an nftables table named as the
+  // default) was stored as another router: every route was taken down and put back.
+  it('keeps the stored router when the same router comes again in another form', async () => {
+    const put = (router: object) => call('PUT', '/v1/order/links/same', { capacity: 1_000, router });
+    assert.equal((await put({ kind: 'nftables', inbound: 'eth20', outbound: 'eth21' })).status, 200);
+    const stored = async () =>
+      (
+        await store.db
+          .selectFrom('order_links')
+          .select('router_config')
+          .where('name', '=', 'same')
+          .executeTakeFirstOrThrow()
+      ).router_config;
+    const first = await stored();
+    assert.equal((await put({ outbound: 'eth21', inbound: 'eth20', kind: 'nftables' })).status, 200);
+    assert.equal(await stored(), first);
+    assert.equal(
+      (await put({ kind: 'nftables', table: 'gatecast_eth20_eth21', outbound: 'eth21', inbound: 'eth20' }))
+        .status,
+      200,
+    );
+    assert.equal(await stored(), first);
+    // An older server's form (keys in the client's order) is kept too.
+    await store.db
+      .updateTable('order_links')
+      .set({ router_config: '{"outbound":"eth21","kind":"nftables","inbound":"eth20"}' })
+      .where('name', '=', 'same')
+      .execute();
+    assert.equal((await put({ kind: 'nftables', inbound: 'eth20', outbound: 'eth21' })).status, 200);
+    assert.equal(await stored(), '{"outbound":"eth21","kind":"nftables","inbound":"eth20"}');
+    assert.equal((await put({ kind: 'nftables', inbound: 'eth20', outbound: 'eth22' })).status, 200);
+    assert.equal(await stored(), '{"kind":"nftables","inbound":"eth20","outbound":"eth22"}');
   });
 
   // A relative control socket was saved and then looked up from each order server's own working

@@ -7,6 +7,9 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import type { RouteWanted } from '../../src/order/book.js';
 import {
@@ -106,10 +109,20 @@ describe('nftables driver: the table and its listing', () => {
   }
 
   it('without nft: an error naming the package, no route claimed', async () => {
-    const driver = createNftablesDriver({ inbound: 'eth0', outbound: 'eth1', command: '/nonexistent/nft' });
+    const driver = createNftablesDriver({
+      inbound: 'eth0',
+      outbound: 'eth1',
+      command: '/nonexistent/nft',
+      ipCommand: '/nonexistent/ip',
+    });
     const report = await driver.reconcile([route(null, '239.1.1.1')]);
     assert.deepEqual(report.added, []);
-    assert.match(report.errors.join('\n'), /\/nonexistent\/nft not found \(Debian package nftables\)/);
+    assert.match(report.errors.join('\n'), /\/nonexistent\/ip not found \(Debian package iproute2\)/);
+    // With nothing to carry the interfaces are not asked for: nft is.
+    assert.match(
+      (await driver.reconcile([])).errors.join('\n'),
+      /\/nonexistent\/nft not found \(Debian package nftables\)/,
+    );
     assert.equal(driver.stale?.(), true);
     await driver.close();
   });
@@ -120,21 +133,30 @@ describe('nftables driver against the real nft (a namespace of its own)', testbe
   const table = nftablesTableName('eth0', 'eth1');
   const inNs = (...args: string[]) =>
     execFileSync('ip', ['netns', 'exec', ns, ...args], { encoding: 'utf8' });
-  /** The driver runs nft through `ip netns exec`, as an order server started in the namespace would. */
-  const command = `/tmp/${ns}-nft`;
+  /**
+   * The driver runs nft and ip through `ip netns exec`, as an order server started in the
+   * namespace would.
+   */
+  const directory = mkdtempSync(join(tmpdir(), 'gatecast-nft-'));
+  const command = join(directory, 'nft');
+  const ipCommand = join(directory, 'ip');
+  const driverOf = (inbound = 'eth0') =>
+    createNftablesDriver({ inbound, outbound: 'eth1', command, ipCommand });
   before(() => {
     execFileSync('ip', ['netns', 'add', ns]);
     execFileSync('ip', ['-n', ns, 'link', 'add', 'eth0', 'type', 'veth', 'peer', 'name', 'eth1']);
     execFileSync('ip', ['-n', ns, 'link', 'set', 'eth0', 'up']);
     execFileSync('ip', ['-n', ns, 'link', 'set', 'eth1', 'up']);
-    execFileSync('sh', [
-      '-c',
-      `printf '#!/bin/sh\\nexec ip netns exec ${ns} nft "$@"\\n' > ${command}; chmod +x ${command}`,
-    ]);
+    for (const [path, program] of [
+      [command, 'nft'],
+      [ipCommand, 'ip'],
+    ] as const) {
+      writeFileSync(path, `#!/bin/sh\nexec ip netns exec ${ns} ${program} "$@"\n`, { mode: 0o755 });
+    }
   });
   after(() => {
     execFileSync('ip', ['netns', 'delete', ns], { stdio: 'ignore' });
-    execFileSync('rm', ['-f', command]);
+    rmSync(directory, { recursive: true, force: true });
   });
   const listed = () => {
     try {
@@ -145,7 +167,7 @@ describe('nftables driver against the real nft (a namespace of its own)', testbe
   };
 
   it('writes, checks, puts back what was changed behind its back, and removes the table when nothing is wanted', async () => {
-    const driver = createNftablesDriver({ inbound: 'eth0', outbound: 'eth1', command });
+    const driver = driverOf();
     const wanted = [route('10.0.0.1', '239.1.1.1'), route(null, '239.2.2.2'), route('fd00::1', 'ff3e::5')];
     const first = await driver.reconcile(wanted);
     assert.deepEqual(first.errors, []);
@@ -163,6 +185,41 @@ describe('nftables driver against the real nft (a namespace of its own)', testbe
     assert.equal(restored.added.length, 3);
     assert.equal(listed().differs, undefined);
 
+    // A rule changed (every group would cross), a foreign chain that drops, the policy set to
+    // drop: each is seen and the table written back as it was.
+    const handle = /ip daddr @g4 goto hop4 # handle (\d+)/.exec(
+      inNs('nft', '-a', 'list', 'chain', 'netdev', table, 'ingress'),
+    )?.[1];
+    assert.ok(handle !== undefined);
+    const shape = inNs('nft', '-t', 'list', 'table', 'netdev', table);
+    for (const change of [
+      ['replace', 'rule', 'netdev', table, 'ingress', 'handle', handle, 'ip daddr 224.0.0.0/4 goto hop4'],
+      [
+        'add',
+        'chain',
+        'netdev',
+        table,
+        'evil',
+        '{ type filter hook ingress device eth0 priority -10; policy drop; }',
+      ],
+      ['add', 'chain', 'netdev', table, 'ingress', '{ policy drop; }'],
+    ]) {
+      inNs('nft', ...change);
+      assert.notEqual(inNs('nft', '-t', 'list', 'table', 'netdev', table), shape, change.join(' '));
+      const back = await driver.reconcile(wanted);
+      assert.deepEqual(back.errors, [], change.join(' '));
+      assert.equal(back.added.length, 3, change.join(' '));
+      assert.equal(inNs('nft', '-t', 'list', 'table', 'netdev', table), shape, change.join(' '));
+    }
+    // The same table loaded on another device.
+    const moved = inNs('nft', 'list', 'table', 'netdev', table).replace('device "eth0"', 'device "lo"');
+    execFileSync('ip', ['netns', 'exec', ns, 'nft', '-f', '-'], {
+      input: `table netdev ${table}\ndelete table netdev ${table}\n${moved}`,
+    });
+    assert.match(inNs('nft', '-t', 'list', 'table', 'netdev', table), /device "lo"/);
+    assert.equal((await driver.reconcile(wanted)).added.length, 3);
+    assert.equal(inNs('nft', '-t', 'list', 'table', 'netdev', table), shape);
+
     // An element removed, and the table deleted: both put back.
     inNs('nft', 'delete', 'element', 'netdev', table, 'g4', '{ 239.2.2.2 }');
     assert.deepEqual((await driver.reconcile(wanted)).added, ['*,239.2.2.2']);
@@ -175,6 +232,33 @@ describe('nftables driver against the real nft (a namespace of its own)', testbe
     assert.deepEqual((await driver.reconcile([])).removed.sort(), ['*,239.2.2.2', 'fd00::1,ff3e::5']);
     assert.equal(listed().differs, 'no table');
     assert.deepEqual(await driver.reconcile([]), { added: [], removed: [], errors: [] });
+    await driver.close();
+  });
+
+  it('an inbound interface that does not exist is an error, never a route; with nothing to carry it is no error', async () => {
+    const driver = driverOf('eht0');
+    const report = await driver.reconcile([route(null, '239.1.1.1')]);
+    assert.deepEqual(report.added, []);
+    assert.match(report.errors.join('\n'), /the inbound interface eht0 does not exist/);
+    assert.throws(() =>
+      execFileSync(
+        'ip',
+        ['netns', 'exec', ns, 'nft', 'list', 'table', 'netdev', nftablesTableName('eht0', 'eth1')],
+        {
+          stdio: 'pipe',
+        },
+      ),
+    );
+    assert.deepEqual(await driver.reconcile([]), { added: [], removed: [], errors: [] });
+    await driver.close();
+  });
+
+  it('an IPv4-mapped source, which nft lists in another form, is one route: written once, not again', async () => {
+    const driver = driverOf();
+    const wanted = [route('::ffff:a4d:10a', 'ff3e::2')];
+    assert.deepEqual((await driver.reconcile(wanted)).added, ['::ffff:a4d:10a,ff3e::2']);
+    assert.deepEqual(await driver.reconcile(wanted), { added: [], removed: [], errors: [] });
+    assert.deepEqual((await driver.reconcile([])).removed, ['::ffff:a4d:10a,ff3e::2']);
     await driver.close();
   });
 });
