@@ -39,6 +39,7 @@ import {
   LinkBody,
   LinkList,
   LinkRouter,
+  NftablesRouter,
   Order,
   OrderBody,
   OrderList,
@@ -47,7 +48,9 @@ import {
   OrderReport,
   OrderServiceList,
   OrderServiceSaved,
+  RelayRouter,
   ServiceBody,
+  SmcrouteRouter,
 } from '../protocol/api-order.js';
 import type { Schema } from '../store/database.js';
 import { orderServiceColumns } from '../store/order-tables.js';
@@ -405,6 +408,25 @@ function routerMisfit(
   return undefined;
 }
 
+const routerKinds = { smcroute: SmcrouteRouter, nftables: NftablesRouter, relay: RelayRouter } as const;
+
+/**
+ * A link body's router of a known kind, checked against that kind's schema alone, naming the
+ * field: checked against the union of kinds, an nftables link with a bad table was answered
+ * "must have required property 'socket'", a field of another kind.
+ */
+function routerBodyError(body: unknown): string | undefined {
+  const router =
+    typeof body === 'object' && body !== null ? (body as Record<string, unknown>).router : undefined;
+  const kind =
+    typeof router === 'object' && router !== null ? (router as Record<string, unknown>).kind : undefined;
+  if (typeof kind !== 'string' || !Object.hasOwn(routerKinds, kind)) {
+    return undefined;
+  }
+  const error = Value.Errors(routerKinds[kind as keyof typeof routerKinds], router).First();
+  return error === undefined ? undefined : `body/router${error.path}: ${error.message}`;
+}
+
 /** Whether a stored router_config is the router of config (routerConfig's form). */
 function sameRouter(stored: string, config: string): boolean {
   try {
@@ -550,6 +572,12 @@ function registerOperatorRoutes(app: FastifyInstance, context: OrderContext, dri
   app.put<{ Params: Static<typeof NameParams>; Body: Static<typeof LinkBody> }>(
     '/v1/order/links/:name',
     {
+      preValidation: async (request, reply) => {
+        const error = routerBodyError(request.body);
+        if (error !== undefined) {
+          return sendError(reply, 'invalid-request', error);
+        }
+      },
       preHandler: operator,
       schema: { params: NameParams, body: LinkBody, response: { 200: Link, ...errorReplies } },
     },

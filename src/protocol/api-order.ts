@@ -57,7 +57,7 @@ export const NftablesRouter = Type.Object(
      * The netdev table the link's rules live in (default gatecast_INBOUND_OUTBOUND). It starts
      * with "gatecast", so it is never one of nft's keywords (nft takes no quoted table name).
      */
-    table: Type.Optional(Type.String({ minLength: 8, maxLength: 64, pattern: '^gatecast[A-Za-z0-9_]*$' })),
+    table: Type.Optional(Type.String({ maxLength: 64, pattern: '^gatecast[A-Za-z0-9_]*$' })),
   },
   { additionalProperties: false },
 );
