@@ -105,6 +105,26 @@ export function startLinkDrivers(options: LinkDriversOptions): LinkDrivers {
   const driftCheckMs = options.driftCheckMs ?? driftCheckMsDefault;
   const leaseMs = options.leaseMs ?? leaseMsDefault;
   const driven = new Map<string, Driven>();
+  /**
+   * What each link's driving is doing now: one thing at a time per link, while links go side by
+   * side, so a router that does not answer on one link (up to its command timeout) holds up no
+   * order or cancel on another.
+   */
+  const linkWork = new Map<string, Promise<void>>();
+  const serial = (link: string, work: () => Promise<void>): Promise<void> => {
+    const next = (linkWork.get(link) ?? Promise.resolve()).then(work, work);
+    const settled = next.catch(() => undefined);
+    linkWork.set(link, settled);
+    void settled.then(() => {
+      if (linkWork.get(link) === settled) {
+        linkWork.delete(link);
+      }
+    });
+    return next;
+  };
+  const reported = (link: string) => (error: Error) => {
+    options.onReport?.(link, { added: [], removed: [], errors: [error.message] });
+  };
   let closed = false;
   let running: Promise<void> | undefined;
   let again = false;
@@ -278,24 +298,23 @@ export function startLinkDrivers(options: LinkDriversOptions): LinkDrivers {
     if (!ready) {
       return false;
     }
-    for (const name of links) {
-      if (closed) {
-        break;
-      }
-      const current = driven.get(name);
-      if (current === undefined) {
-        continue;
-      }
-      try {
-        // The link row's version is not read here: the next full pass sees it changed and
-        // reconciles again, starting from what this one did (no router command when nothing changed).
-        await reconcileDriven(name, current, undefined);
-      } catch (error) {
-        options.onReport?.(name, { added: [], removed: [], errors: [(error as Error).message] });
-      }
-    }
+    await Promise.all(links.map((name) => reconcilePoked(name)));
     return true;
   };
+
+  /**
+   * Reconciles a poked link this server drives, in the link's turn. The link row's version is not
+   * read here: the next full pass sees it changed and reconciles again, starting from what this
+   * one did (no router command when nothing changed).
+   */
+  const reconcilePoked = (name: string) =>
+    serial(name, async () => {
+      const current = driven.get(name);
+      if (closed || current === undefined) {
+        return;
+      }
+      await reconcileDriven(name, current, undefined);
+    }).catch(reported(name));
 
   const pass = async (): Promise<void> => {
     const links = await store.db
@@ -313,19 +332,19 @@ export function startLinkDrivers(options: LinkDriversOptions): LinkDrivers {
         await current.driver.close();
       }
     }
-    for (const link of links) {
-      if (closed) {
-        return;
-      }
-      try {
-        await drive(
-          { ...link, version: Number(link.version) },
-          routers.filter((row) => row.link === link.name).map((row) => row.router_config),
-        );
-      } catch (error) {
-        options.onReport?.(link.name, { added: [], removed: [], errors: [(error as Error).message] });
-      }
-    }
+    await Promise.all(
+      links.map((link) =>
+        serial(link.name, async () => {
+          if (closed) {
+            return;
+          }
+          await drive(
+            { ...link, version: Number(link.version) },
+            routers.filter((row) => row.link === link.name).map((row) => row.router_config),
+          );
+        }).catch(reported(link.name)),
+      ),
+    );
   };
 
   /** One pass at a time; a poke during a pass runs another right after. */
@@ -376,6 +395,7 @@ export function startLinkDrivers(options: LinkDriversOptions): LinkDrivers {
       closed = true;
       clearTimeout(timer);
       await running?.catch(() => undefined);
+      await Promise.all(linkWork.values());
       for (const [link, current] of driven) {
         await current.driver.close();
         // Let another server take over at once.
@@ -393,8 +413,15 @@ export function startLinkDrivers(options: LinkDriversOptions): LinkDrivers {
   };
 
   const poke = (link: string) => {
-    traceOrderStage('link-poked', link, () => (running === undefined ? 'at once' : 'queued behind a pass'));
     poked.add(link);
+    // During a pass, a link this server holds is reconciled in its own turn at once, not after
+    // every other link's (a pass waits for the slowest router).
+    if (running !== undefined && !closed && leaseFresh(driven.get(link))) {
+      traceOrderStage('link-poked', link, () => 'at once, beside a pass');
+      reconcilePoked(link).catch(() => undefined);
+      return;
+    }
+    traceOrderStage('link-poked', link, () => (running === undefined ? 'at once' : 'queued behind a pass'));
     run(false).catch(() => undefined);
   };
 
