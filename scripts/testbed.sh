@@ -145,7 +145,8 @@ CONF
 
 # Where the kernel cannot route multicast, the router forwards the same groups in the kernel with
 # nftables: a netdev ingress hook on eth0 sends a copy of each frame to 239.0.0.0/8, 232.0.0.0/8 or
-# ff3e::/16 out of eth1, its TTL (hop limit) lowered by one as a router does; a datagram that
+# ff3e::/16 out of eth1, its TTL (hop limit) lowered by one as a router does (the frame itself
+# goes on with the TTL it came with); a datagram that
 # arrives with a TTL of 1 is not forwarded. The source address stays the sender's, so
 # source-specific joins work as across smcrouted. Chain linkloss holds the linkloss rules.
 start_nft_forwarding() {
@@ -158,7 +159,7 @@ start_nft_forwarding() {
       printf '  chain hop%s {\n    %s vmap {' "$family" "$field"
       for hop in $(seq 2 255); do printf ' %d : jump hop%s_%d%s' "$hop" "$family" "$hop" "$([[ $hop -lt 255 ]] && echo ,)"; done
       printf ' }\n  }\n'
-      for hop in $(seq 2 255); do echo "  chain hop${family}_$hop { $field set $((hop - 1)) dup to eth1; }"; done
+      for hop in $(seq 2 255); do echo "  chain hop${family}_$hop { $field set $((hop - 1)) dup to eth1 $field set $hop; }"; done
     done
     echo "  chain ingress {"
     echo "    type filter hook ingress device eth0 priority 0; policy accept;"

@@ -4,7 +4,8 @@
  * CONFIG_IP_MROUTE: smcrouted starts there but refuses every route) or where none is wanted. One
  * netdev-family table per link, hooked at ingress on the link's inbound interface, sends a copy of
  * every frame of a route's group (and source) out of the outbound interface, its TTL (hop limit)
- * lowered by one; a datagram that arrives with TTL 1 is not forwarded, as by a router. The source
+ * lowered by one (the frame itself goes on with the TTL it came with); a datagram that arrives
+ * with TTL 1 is not forwarded, as by a router. The source
  * address stays the sender's, so boxes may join source-specific. Routes are the elements of four
  * sets: (S,G) and (*,G), IPv4 and IPv6. Driven with the `nft` command: the table is written whole,
  * in one transaction (packets see the old table or the new one, never a half), every write is
@@ -92,7 +93,11 @@ export function nftablesRuleset(
     lines.push(`    ${field} vmap { ${hops.map((hop) => `${hop} : jump hop${family}_${hop}`).join(', ')} }`);
     lines.push('  }');
     for (const hop of hops) {
-      lines.push(`  chain hop${family}_${hop} { ${field} set ${hop - 1} dup to "${outbound}"; }`);
+      // The copy goes out with one less; the frame itself goes on as it came (the host's own
+      // sockets, and every other link's table on the same interface, see the sender's TTL).
+      lines.push(
+        `  chain hop${family}_${hop} { ${field} set ${hop - 1} dup to "${outbound}" ${field} set ${hop}; }`,
+      );
     }
   }
   lines.push(
@@ -322,14 +327,18 @@ export function createNftablesDriver(settings: NftablesSettings): RouterDriver {
     return next;
   };
   const nft = (args: readonly string[], input?: string) => run(command, args, input);
+  /** Why the link's interfaces cannot carry routes (one is missing), or undefined. */
+  const interfacesMissing = async (): Promise<string | undefined> => {
+    const links = await run(ipCommand, ['-j', 'link', 'show']);
+    if (!links.ok) {
+      return `${ipCommand} -j link show: ${links.detail}`;
+    }
+    return missingInterface(links.stdout, settings.inbound, settings.outbound);
+  };
   /** Lists the table; with routes to carry, first checks that both interfaces exist. */
   const list = async (carrying: boolean): Promise<ListedTable | string> => {
     if (carrying) {
-      const links = await run(ipCommand, ['-j', 'link', 'show']);
-      if (!links.ok) {
-        return `${ipCommand} -j link show: ${links.detail}`;
-      }
-      const missing = missingInterface(links.stdout, settings.inbound, settings.outbound);
+      const missing = await interfacesMissing();
       if (missing !== undefined) {
         return missing;
       }
@@ -374,6 +383,8 @@ export function createNftablesDriver(settings: NftablesSettings): RouterDriver {
         ]),
       );
       let actual = options?.fresh === false ? seen : undefined;
+      /** Whether the interfaces were found in this reconcile (a listing with nothing to carry skips it). */
+      let interfacesFound = false;
       if (actual === undefined) {
         const listed = await list(desired.size > 0);
         if (typeof listed === 'string') {
@@ -382,6 +393,7 @@ export function createNftablesDriver(settings: NftablesSettings): RouterDriver {
           return report;
         }
         actual = listed;
+        interfacesFound = desired.size > 0;
       }
       seen = actual;
       const unchanged =
@@ -398,6 +410,15 @@ export function createNftablesDriver(settings: NftablesSettings): RouterDriver {
       // but what it held is not reported as added.
       const damaged = actual.differs !== undefined && actual.differs !== notWrittenYet;
       const additions = [...desired.keys()].filter((key) => damaged || !actual.routes.has(key));
+      // Routes are written only onto interfaces that exist (not a typo's hook that carries nothing).
+      if (desired.size > 0 && !interfacesFound) {
+        const missing = await interfacesMissing();
+        if (missing !== undefined) {
+          seen = undefined;
+          report.errors.push(missing);
+          return report;
+        }
+      }
       // Nothing to carry: the table goes (no hook left on the inbound interface).
       const writing =
         desired.size === 0

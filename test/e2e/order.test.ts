@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
+import { multicastTtlDefault } from '../../src/limits.js';
 import { nftablesTableName, parseNftablesTable } from '../../src/order/nftables.js';
 import { parseShowRoutes } from '../../src/order/smcroute.js';
 import {
@@ -95,6 +96,43 @@ for (const kind of ['smcroute', 'nftables'] as const) {
         assert.equal(bed.arrived(box, group), atBox, `${group} reached ${box} without an order`);
       };
 
+      /**
+       * The copy reaches the box with the sender's TTL less one, and the frame at the router goes
+       * on with the sender's TTL (the forwarding mangled it before: every other link's table on
+       * the same interface, and the router's own sockets, saw one less).
+       */
+      const ttlsAsARouter = async (group: string) => {
+        const count = (host: 'or' | 'b1', name: string) =>
+          Number(
+            /packets (\d+)/.exec(bed.run(host, 'nft', ['list', 'counter', 'inet', 'gcorder', name]))?.[1],
+          );
+        for (const [host, ttl] of [
+          ['or', multicastTtlDefault],
+          ['b1', multicastTtlDefault - 1],
+        ] as const) {
+          bed.run(host, 'nft', ['add', 'counter', 'inet', 'gcorder', 'ttl_right']);
+          bed.run(host, 'nft', ['add', 'counter', 'inet', 'gcorder', 'ttl_wrong']);
+          for (const [match, counter] of [
+            [`ip ttl ${ttl}`, 'ttl_right'],
+            [`ip ttl != ${ttl}`, 'ttl_wrong'],
+          ] as const) {
+            bed.run(host, 'nft', [
+              'add rule inet gcorder pre ip daddr',
+              group,
+              match,
+              'counter name',
+              counter,
+            ]);
+          }
+        }
+        await until('20 datagrams counted by TTL at the router and at the box', () =>
+          (['or', 'b1'] as const).every((host) => count(host, 'ttl_right') + count(host, 'ttl_wrong') >= 20),
+        );
+        for (const host of ['or', 'b1'] as const) {
+          assert.equal(count(host, 'ttl_wrong'), 0, `datagrams of ${group} at ${host} with another TTL`);
+        }
+      };
+
       before(async () => {
         bed = createOrderBed([news, sport, film]);
         if (kind === 'smcroute') {
@@ -174,6 +212,9 @@ for (const kind of ['smcroute', 'nftables'] as const) {
         const box1 = await watch('b1', tokens.box1 as string, 'news');
         await flows('b1', news);
         assert.ok(routed(news));
+        if (kind === 'nftables') {
+          await ttlsAsARouter(news);
+        }
         const box2 = await watch('b2', tokens.box2 as string, 'news');
         assert.equal(await box1.stop(), 0, box1.output());
         assert.match(box1.output(), /cancelled order/);

@@ -56,8 +56,11 @@ describe('nftables driver: the table and its listing', () => {
     assert.ok(lines.includes('  set g4 { type ipv4_addr; elements = { 239.2.2.2 }; }'));
     assert.ok(lines.includes('  set sg6 { type ipv6_addr . ipv6_addr; elements = { fd00::1 . ff3e::5 }; }'));
     assert.ok(lines.includes('  set g6 { type ipv6_addr; elements = { ff3e::1:2 }; }'));
-    assert.ok(lines.includes('  chain hop4_2 { ip ttl set 1 dup to "eth1"; }'));
-    assert.ok(lines.includes('  chain hop6_255 { ip6 hoplimit set 254 dup to "eth1"; }'));
+    // The copy goes out with one less; the frame itself is given back the TTL it came with.
+    assert.ok(lines.includes('  chain hop4_2 { ip ttl set 1 dup to "eth1" ip ttl set 2; }'));
+    assert.ok(
+      lines.includes('  chain hop6_255 { ip6 hoplimit set 254 dup to "eth1" ip6 hoplimit set 255; }'),
+    );
     assert.ok(!text.includes('hop4_1 '), 'a TTL of 1 is not forwarded');
     assert.ok(lines.includes('    type filter hook ingress device "eth0" priority 0; policy accept;'));
   });
@@ -250,6 +253,26 @@ describe('nftables driver against the real nft (a namespace of its own)', testbe
       ),
     );
     assert.deepEqual(await driver.reconcile([]), { added: [], removed: [], errors: [] });
+    await driver.close();
+  });
+
+  it('a missing interface is found before writing when the last listing had nothing to carry', async () => {
+    const driver = driverOf('eht0');
+    // The first reconcile carries nothing: no interface is looked at, and that is no error.
+    assert.deepEqual(await driver.reconcile([], { fresh: true }), { added: [], removed: [], errors: [] });
+    // An order follows, from what the driver saw (no fresh listing): still no table on a typo.
+    const report = await driver.reconcile([route(null, '239.1.1.1')], { fresh: false });
+    assert.deepEqual(report.added, []);
+    assert.match(report.errors.join('\n'), /the inbound interface eht0 does not exist/);
+    assert.throws(
+      () =>
+        execFileSync(
+          'ip',
+          ['netns', 'exec', ns, 'nft', 'list', 'table', 'netdev', nftablesTableName('eht0', 'eth1')],
+          { stdio: 'pipe' },
+        ),
+      'no table was written for an interface that does not exist',
+    );
     await driver.close();
   });
 
