@@ -474,6 +474,12 @@ export const orderDriverPollMs = 100;
 /** Order server: how often a router driver compares the router with the store even without a change. */
 export const orderDriftCheckMs = 1_000;
 
+/**
+ * Order server: a link whose router keeps failing with the same errors reports them again only
+ * after this long (it is asked again after a poll's wait, doubled up to a drift check's).
+ */
+export const orderRouterErrorRepeatMs = 30_000;
+
 /** Order server: how long a router driver's election lease lasts without a refresh. */
 export const orderDriverLeaseMs = 5_000;
 

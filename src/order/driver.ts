@@ -10,6 +10,7 @@
 import { Value } from '@sinclair/typebox/value';
 import {
   orderDriftCheckMs as driftCheckMsDefault,
+  orderRouterErrorRepeatMs as errorRepeatMsDefault,
   orderDriverLeaseMs as leaseMsDefault,
   orderDriverPollMs as pollMsDefault,
 } from '../limits.js';
@@ -70,6 +71,8 @@ export interface LinkDriversOptions {
   readonly pollMs?: number | undefined;
   readonly driftCheckMs?: number | undefined;
   readonly leaseMs?: number | undefined;
+  /** How long the same errors of a link are not reported again (default orderRouterErrorRepeatMs). */
+  readonly errorRepeatMs?: number | undefined;
 }
 
 interface Driven {
@@ -78,6 +81,12 @@ interface Driven {
   version: number;
   checkedAt: number;
   failing: boolean;
+  /** While failing: when to ask the router again unless poked (monotonic clock), and the step. */
+  retryAt: number;
+  retryStepMs: number;
+  /** The errors last reported, and when (monotonic): the same errors again are not repeated at once. */
+  reportedErrors: string;
+  reportedErrorsAt: number;
   /** When this server last wrote its lease on the link (monotonic clock). */
   leaseRefreshedAt: number;
 }
@@ -104,6 +113,7 @@ export function startLinkDrivers(options: LinkDriversOptions): LinkDrivers {
   const pollMs = options.pollMs ?? pollMsDefault;
   const driftCheckMs = options.driftCheckMs ?? driftCheckMsDefault;
   const leaseMs = options.leaseMs ?? leaseMsDefault;
+  const errorRepeatMs = options.errorRepeatMs ?? errorRepeatMsDefault;
   const driven = new Map<string, Driven>();
   /**
    * What each link's driving is doing now: one thing at a time per link, while links go side by
@@ -161,7 +171,11 @@ export function startLinkDrivers(options: LinkDriversOptions): LinkDrivers {
     const at = now();
     const fresh =
       current.failing || at - current.checkedAt >= driftCheckMs || current.driver.stale?.() === true;
-    const due = poked.delete(name) || (version !== undefined && current.version !== version) || fresh;
+    // A failing router is asked again after a growing wait (a poll's, doubled up to a drift
+    // check's), not on every poll; an order or a change of the link asks it at once.
+    const retryDue = !current.failing || monotonic() >= current.retryAt;
+    const due =
+      poked.delete(name) || (version !== undefined && current.version !== version) || (fresh && retryDue);
     if (!due) {
       return;
     }
@@ -177,8 +191,25 @@ export function startLinkDrivers(options: LinkDriversOptions): LinkDrivers {
       current.checkedAt = at; // the drift check's clock runs from the last time the router was asked
     }
     current.failing = report.errors.length > 0;
-    if (report.added.length > 0 || report.removed.length > 0 || report.errors.length > 0) {
-      options.onReport?.(name, report);
+    let errors = report.errors;
+    if (current.failing) {
+      current.retryStepMs = Math.min(driftCheckMs, Math.max(pollMs, current.retryStepMs * 2));
+      current.retryAt = monotonic() + current.retryStepMs;
+      // The same errors as last time are said again only after a while: a router that stays
+      // unreachable is one line every orderRouterErrorRepeatMs, not one a retry.
+      const text = errors.join('\n');
+      if (text === current.reportedErrors && monotonic() - current.reportedErrorsAt < errorRepeatMs) {
+        errors = [];
+      } else {
+        current.reportedErrors = text;
+        current.reportedErrorsAt = monotonic();
+      }
+    } else {
+      current.retryStepMs = 0;
+      current.reportedErrors = '';
+    }
+    if (report.added.length > 0 || report.removed.length > 0 || errors.length > 0) {
+      options.onReport?.(name, { added: report.added, removed: report.removed, errors });
     }
   };
 
@@ -275,6 +306,10 @@ export function startLinkDrivers(options: LinkDriversOptions): LinkDrivers {
         version: -1,
         checkedAt: 0,
         failing: false,
+        retryAt: 0,
+        retryStepMs: 0,
+        reportedErrors: '',
+        reportedErrorsAt: 0,
         leaseRefreshedAt: monotonic(), // holdLease wrote it just now
       };
       driven.set(link.name, current);

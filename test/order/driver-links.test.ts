@@ -85,3 +85,95 @@ describe('links are driven side by side', () => {
     await until('the stuck link answered', () => !hanging, 2_000);
   });
 });
+
+// A link whose router failed was asked again on every poll (10 a second, an nft link spawning
+// three commands each time) and reported the same error each time: a log line every 100 ms for
+// as long as the router stayed away.
+describe('a failing router is asked again after a growing wait and its errors are not repeated', () => {
+  let store: Store;
+  let drivers: LinkDrivers | undefined;
+  let clock = 0;
+  let asked = 0;
+  let failing = true;
+  const reports: string[][] = [];
+  const makeDriver = (): RouterDriver => ({
+    reconcile: async () => {
+      asked += 1;
+      return failing
+        ? { added: [], removed: [], errors: ['router unreachable'] }
+        : { added: [], removed: [], errors: [] };
+    },
+    close: async () => undefined,
+  });
+  before(async () => {
+    store = await openStore('sqlite::memory:');
+    const iso = new Date().toISOString();
+    await store.db
+      .insertInto('order_links')
+      .values({
+        name: 'down',
+        capacity_bits: 10_000_000,
+        used_bits: 0,
+        router: 'relay',
+        router_config: JSON.stringify({ kind: 'relay', inbound: '127.0.0.1', outbound: '127.0.0.2' }),
+        policy: 'reject',
+        version: 0,
+        created_at: iso,
+        updated_at: iso,
+      })
+      .execute();
+  });
+  after(async () => {
+    await drivers?.close();
+    await store?.close();
+  });
+
+  it('backs off from a poll to a drift check, says the same errors once a while, and an order asks at once', async () => {
+    const book = createOrderBook(store, { leaseMs: 60_000 });
+    drivers = startLinkDrivers({
+      store,
+      book,
+      holder: 'a',
+      makeDriver,
+      onReport: (_link, report) => reports.push(report.errors),
+      // Passes are run by hand, the clocks stepped by hand.
+      pollMs: 100,
+      driftCheckMs: 1_000,
+      errorRepeatMs: 30_000,
+      leaseMs: 3_600_000,
+      now: () => clock,
+      monotonic: () => clock,
+    });
+    // Ten seconds of passes a poll apart.
+    for (let step = 0; step < 100; step += 1) {
+      await drivers.pass();
+      clock += 100;
+    }
+    // Asked at 0, then after 100, 200, 400, 800 ms, then each second: 1 + 4 + about 8.
+    assert.ok(asked >= 10 && asked <= 15, `asked ${asked} times in 10 s (every poll: 100)`);
+    assert.deepEqual(reports, [['router unreachable']], 'the same error said once');
+    // An order (a poke) asks at once, however long the wait.
+    const before = asked;
+    drivers.poke('down');
+    await drivers.pass();
+    assert.equal(asked, before + 1);
+    // After the repeat interval the error is said again, once.
+    clock += 30_000;
+    await drivers.pass();
+    assert.deepEqual(reports, [['router unreachable'], ['router unreachable']]);
+    // Back: asked on drift checks only; a later failure is said at once.
+    failing = false;
+    clock += 1_000;
+    await drivers.pass();
+    const healthy = asked;
+    for (let step = 0; step < 10; step += 1) {
+      clock += 100;
+      await drivers.pass();
+    }
+    assert.equal(asked, healthy + 1, 'a healthy router is asked once a drift check');
+    failing = true;
+    clock += 1_000;
+    await drivers.pass();
+    assert.equal(reports.length, 3, 'a new failure is said at once');
+  });
+});
