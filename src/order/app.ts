@@ -325,13 +325,24 @@ async function routerShared(trx: Kysely<Schema>, name: string, router: LinkRoute
       .where('router', '=', 'nftables')
       .where('name', '<>', name)
       .execute();
-    const other = others.find((row) => {
-      const config = JSON.parse(row.router_config) as { inbound: string; outbound: string; table?: string };
-      return (config.table ?? nftablesTableName(config.inbound, config.outbound)) === table;
-    });
-    return other === undefined
+    const configs = others.map((row) => ({
+      name: row.name,
+      config: JSON.parse(row.router_config) as { inbound: string; outbound: string; table?: string },
+    }));
+    const other = configs.find(
+      ({ config }) => (config.table ?? nftablesTableName(config.inbound, config.outbound)) === table,
+    );
+    if (other !== undefined) {
+      return `body/router: link ${other.name} has the nftables table ${table}; a link needs its own (another table, or other interfaces)`;
+    }
+    // Two tables forwarding from one interface to the same other one are one link counted twice:
+    // a group on both would go out twice, and each link's capacity would be half the truth.
+    const twin = configs.find(
+      ({ config }) => config.inbound === router.inbound && config.outbound === router.outbound,
+    );
+    return twin === undefined
       ? undefined
-      : `body/router: link ${other.name} has the nftables table ${table}; a link needs its own (another table, or other interfaces)`;
+      : `body/router: link ${twin.name} already forwards from ${router.inbound} to ${router.outbound} with nftables; put the channels on that link`;
   }
   if (router.kind !== 'smcroute') {
     return undefined;
@@ -376,12 +387,17 @@ function routerMisfit(
   router: LinkRouter,
   group: string,
   relayTo: string | null,
-): { field: 'group' | 'relayTo'; reason: string } | undefined {
+  source: string | null,
+): { field: 'group' | 'relayTo' | 'source'; reason: string } | undefined {
   if (router.kind !== 'relay' && linkLocal(group)) {
     return {
       field: 'group',
-      reason: `${group} is a link-local (or narrower) group, which a router never forwards`,
+      reason: `${group} is a link-local (or narrower, or reserved-scope) group, which a router never forwards`,
     };
+  }
+  const local = source === null || router.kind === 'relay' ? undefined : hostLocalSource(source);
+  if (local !== undefined) {
+    return { field: 'source', reason: `${source} is ${local}, which a router never forwards from` };
   }
   if (router.kind !== 'relay') {
     return relayTo === null
@@ -420,8 +436,11 @@ function routerBodyError(body: unknown): string | undefined {
     typeof body === 'object' && body !== null ? (body as Record<string, unknown>).router : undefined;
   const kind =
     typeof router === 'object' && router !== null ? (router as Record<string, unknown>).kind : undefined;
-  if (typeof kind !== 'string' || !Object.hasOwn(routerKinds, kind)) {
+  if (typeof router !== 'object' || router === null) {
     return undefined;
+  }
+  if (typeof kind !== 'string' || !Object.hasOwn(routerKinds, kind)) {
+    return `body/router/kind: must be one of ${Object.keys(routerKinds).join(', ')}`;
   }
   const error = Value.Errors(routerKinds[kind as keyof typeof routerKinds], router).First();
   return error === undefined ? undefined : `body/router${error.path}: ${error.message}`;
@@ -438,13 +457,34 @@ function sameRouter(stored: string, config: string): boolean {
 }
 
 /**
+ * What kind of address a source is that no router forwards a packet from (a loopback address
+ * never arrives on an interface; a link-local one stays on its link), or undefined.
+ */
+function hostLocalSource(source: string): string | undefined {
+  if (isIPv6(source)) {
+    const canonical = canonicalAddress(source);
+    if (canonical === '::1') {
+      return 'a loopback address';
+    }
+    return (Number.parseInt(canonical.split(':')[0] || '0', 16) & 0xffc0) === 0xfe80
+      ? 'a link-local address (fe80::/10)'
+      : undefined;
+  }
+  return source.startsWith('127.')
+    ? 'a loopback address'
+    : source.startsWith('169.254.')
+      ? 'a link-local address (169.254.0.0/16)'
+      : undefined;
+}
+
+/**
  * A group no router forwards: IPv4 224.0.0.0/24 (the local network control block, RFC 5771) and
- * IPv6 groups of scope 0, 1 or 2 (reserved, interface-local, link-local; RFC 4291).
+ * IPv6 groups of scope 0, 1, 2 or F (reserved, interface-local, link-local, reserved; RFC 4291).
  */
 function linkLocal(group: string): boolean {
   if (isIPv6(group)) {
     const scope = Number.parseInt(canonicalAddress(group).slice(3, 4), 16);
-    return scope <= 2;
+    return scope <= 2 || scope === 0xf;
   }
   return group.startsWith('224.0.0.');
 }
@@ -517,7 +557,7 @@ async function servicesMisfit(trx: Kysely<Schema>, name: string, router: LinkRou
     .orderBy('name')
     .execute();
   for (const service of services) {
-    const misfit = routerMisfit(router, service.group_address, service.relay_to);
+    const misfit = routerMisfit(router, service.group_address, service.relay_to, service.source_address);
     if (misfit !== undefined) {
       return `body/router: service ${service.name} of link ${name} does not fit it (${misfit.field}): ${misfit.reason}`;
     }
@@ -702,7 +742,12 @@ function registerOperatorRoutes(app: FastifyInstance, context: OrderContext, dri
       // The router is asked for (S,G) as stored: an address it cannot route, or written otherwise
       // than it shows routes, would be tried again (or removed and added again) on every check.
       const sourceRefusal =
-        body.source === undefined ? undefined : unicastRefusal(body.source, 'body/source', group.family);
+        body.source === undefined
+          ? undefined
+          : (unicastRefusal(body.source, 'body/source', group.family) ??
+            (['0.0.0.0', '::'].includes(canonicalAddress(body.source))
+              ? `body/source: "${body.source}" is the unspecified address, which no packet comes from`
+              : undefined));
       if (sourceRefusal !== undefined) {
         return sendError(reply, 'invalid-request', sourceRefusal);
       }
@@ -737,6 +782,7 @@ function registerOperatorRoutes(app: FastifyInstance, context: OrderContext, dri
           JSON.parse(link.router_config) as LinkRouter,
           group.address,
           body.relayTo ?? null,
+          body.source ?? null,
         );
         if (misfit !== undefined) {
           return {

@@ -9,8 +9,12 @@ import { Id } from './api-subscription.js';
 
 /** A link, service or box name: letters, digits, '.', '_' and '-'. */
 export const OrderName = Type.String({ minLength: 1, maxLength: 64, pattern: '^[A-Za-z0-9._-]+$' });
-/** An interface name as the kernel spells it. */
-export const InterfaceName = Type.String({ minLength: 1, maxLength: 15, pattern: '^[A-Za-z0-9._@:+-]+$' });
+/** An interface name as the kernel takes it: at most 15 characters, no "/", ":" or white space, not "." or "..". */
+export const InterfaceName = Type.String({
+  minLength: 1,
+  maxLength: 15,
+  pattern: '^(?!\\.\\.?$)[A-Za-z0-9._@+-]+$',
+});
 /** Bit/s, integral. */
 export const BitRate = Type.Integer({ minimum: 1, maximum: 1_000_000_000_000 });
 const HostAddress = Type.String({ minLength: 2, maxLength: 45, pattern: '^[0-9A-Fa-f:.]+$' });

@@ -53,6 +53,17 @@ describe('order API: addresses of services and links are checked naming the fiel
     ['a multicast source', service('239.1.1.1:5000', '239.2.2.2')],
     ['an IPv4 source of an IPv6 group', service('[ff3e::1]:5000', '10.0.0.1')],
     ['an IPv6 source of an IPv4 group', service('239.1.1.1:5000', 'fd00::1')],
+    // No packet comes from these, or none a router forwards (sat is an smcroute link).
+    ['the unspecified IPv4 source', service('239.1.1.1:5000', '0.0.0.0')],
+    ['the unspecified IPv6 source', service('[ff3e::1]:5000', '::')],
+    ['a loopback source', service('239.1.1.1:5000', '127.0.0.1')],
+    ['another loopback source', service('239.1.1.1:5000', '127.9.9.9')],
+    ['the IPv6 loopback source', service('[ff3e::1]:5000', '::1')],
+    ['the IPv6 loopback source written long', service('[ff3e::1]:5000', '0:0:0:0:0:0:0:1')],
+    ['an IPv4-compatible loopback source', service('[ff3e::1]:5000', '::0.0.0.1')],
+    ['a link-local IPv6 source', service('[ff3e::1]:5000', 'fe80::1')],
+    ['another link-local IPv6 source', service('[ff3e::1]:5000', 'FEBF::1')],
+    ['a link-local IPv4 source', service('239.1.1.1:5000', '169.254.1.1')],
   ] as const) {
     it(`refuses ${name} (400 body/source)`, async () => {
       const answer = await call('PUT', '/v1/order/services/bad', body);
@@ -60,6 +71,58 @@ describe('order API: addresses of services and links are checked naming the fiel
       assert.match(String(answer.body.message), /^body\/source: /);
     });
   }
+
+  it('takes sources next to the refused ones (fec0::1, 126.255.255.255, 169.253.1.1, 128.0.0.1)', async () => {
+    for (const [group, source] of [
+      ['[ff3e::9:8:1]:5000', 'fec0::1'],
+      ['239.9.8.1:5000', '126.255.255.255'],
+      ['239.9.8.1:5000', '169.253.1.1'],
+      ['239.9.8.1:5000', '128.0.0.1'],
+    ] as const) {
+      const answer = await call('PUT', '/v1/order/services/near', service(group, source));
+      assert.equal(answer.status, 200, `${source}: ${JSON.stringify(answer.body)}`);
+    }
+  });
+
+  it('a relay link takes a loopback source (a relay on one host) but not the unspecified one', async () => {
+    const relay = await call('PUT', '/v1/order/links/lo-relay', {
+      capacity: 1_000_000,
+      router: { kind: 'relay', inbound: '127.0.0.1', outbound: '127.0.0.1' },
+    });
+    assert.equal(relay.status, 200, JSON.stringify(relay.body));
+    const body = (source: string) => ({ link: 'lo-relay', group: '239.9.7.1:5000', source, bitRate: 1 });
+    const loopback = await call('PUT', '/v1/order/services/lo-service', body('127.0.0.1'));
+    assert.equal(loopback.status, 200, JSON.stringify(loopback.body));
+    const unspecified = await call('PUT', '/v1/order/services/lo-service', body('0.0.0.0'));
+    assert.equal(unspecified.status, 400, JSON.stringify(unspecified.body));
+    assert.match(String(unspecified.body.message), /^body\/source: .*unspecified/);
+    // The link cannot become a router's while a service of it has a loopback source.
+    const moved = await call('PUT', '/v1/order/links/lo-relay', {
+      capacity: 1_000_000,
+      router: { kind: 'nftables', inbound: 'lo0', outbound: 'lo1' },
+    });
+    assert.equal(moved.status, 409, JSON.stringify(moved.body));
+    assert.match(String(moved.body.message), /^body\/router: service lo-service .*loopback/);
+  });
+
+  it('refuses a router of no known kind naming the kind, and interface names the kernel never takes', async () => {
+    const link = (router: unknown) => ({ capacity: 1_000_000, router });
+    const unknown = await call('PUT', '/v1/order/links/odd', link({ kind: 'pimd', inbound: 'eth0' }));
+    assert.equal(unknown.status, 400, JSON.stringify(unknown.body));
+    assert.equal(unknown.body.message, 'body/router/kind: must be one of smcroute, nftables, relay');
+    for (const name of ['.', '..', 'eth0:1', 'a/b', 'a b', '']) {
+      for (const field of ['inbound', 'outbound'] as const) {
+        const router = { kind: 'nftables', inbound: 'eth40', outbound: 'eth41', [field]: name };
+        const answer = await call('PUT', '/v1/order/links/odd', link(router));
+        assert.equal(answer.status, 400, `${JSON.stringify(name)}: ${JSON.stringify(answer.body)}`);
+        assert.match(String(answer.body.message), new RegExp(`^body/router/${field}: `));
+      }
+    }
+    for (const name of ['.x', 'x..', 'veth0@1', 'br-lan+']) {
+      const router = { kind: 'nftables', inbound: name, outbound: 'eth41' };
+      assert.equal((await call('PUT', '/v1/order/links/odd', link(router))).status, 200, name);
+    }
+  });
 
   it('keeps an IPv6 source in its one text form, as the router shows it', async () => {
     const saved = await call('PUT', '/v1/order/services/v6', service('[FF3E:0::1]:5000', 'FD00:0:0::0001'));
@@ -293,8 +356,12 @@ describe('order API: addresses of services and links are checked naming the fiel
     );
     const named = await call('PUT', '/v1/order/links/nf3', nft('eth7', 'eth8', 'gatecast_eth5_eth6'));
     assert.equal(named.status, 409, JSON.stringify(named.body));
+    // Another table on the same two interfaces is the same link counted twice.
+    const twin = await call('PUT', '/v1/order/links/nf3', nft('eth5', 'eth6', 'gatecast_second'));
+    assert.equal(twin.status, 409, JSON.stringify(twin.body));
+    assert.match(String(twin.body.message), /^body\/router: link nf1 already forwards from eth5 to eth6/);
     assert.equal(
-      (await call('PUT', '/v1/order/links/nf3', nft('eth5', 'eth6', 'gatecast_second'))).status,
+      (await call('PUT', '/v1/order/links/nf3', nft('eth5', 'eth7', 'gatecast_second'))).status,
       200,
     );
     // The link itself may be saved again as it is.
@@ -334,12 +401,19 @@ describe('order API: addresses of services and links are checked naming the fiel
     });
     assert.equal(v6.status, 200, JSON.stringify(v6.body));
     // A router never forwards a link-local group: one was routed and crossed the link.
-    for (const group of ['224.0.0.251:5353', '[ff02::1]:5000', '[FF01::1]:5000', '[ff00::1]:5000']) {
+    for (const group of [
+      '224.0.0.251:5353',
+      '[ff02::1]:5000',
+      '[FF01::1]:5000',
+      '[ff00::1]:5000',
+      '[ff0f::1]:5000',
+      '[ff3f::1]:5000',
+    ]) {
       const local = await call('PUT', '/v1/order/services/nfl', { link: 'nf1', group, bitRate: 1 });
       assert.equal(local.status, 400, `${group}: ${JSON.stringify(local.body)}`);
       assert.match(String(local.body.message), /^body\/group: .*link-local/);
     }
-    for (const group of ['224.0.1.1:5000', '[ff05::1]:5000']) {
+    for (const group of ['224.0.1.1:5000', '[ff05::1]:5000', '[ff0e::1]:5000']) {
       assert.equal(
         (await call('PUT', '/v1/order/services/nfl', { link: 'nf1', group, bitRate: 1 })).status,
         200,
