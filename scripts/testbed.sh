@@ -64,6 +64,15 @@ address() {
 }
 
 up() {
+  # The router is chosen before anything is built, and a bed that fails half-way is taken down.
+  local router=${GATECAST_TESTBED_ROUTER:-auto}
+  case $router in
+    auto) if kernel_routes_multicast; then router=smcroute; else router=nftables; fi ;;
+    smcroute) kernel_routes_multicast || die "GATECAST_TESTBED_ROUTER=smcroute, but $(no_mroute_reason)" ;;
+    nftables) ;;
+    *) die "GATECAST_TESTBED_ROUTER must be auto, smcroute or nftables: $router" ;;
+  esac
+  trap 'status=$?; if [[ $status -ne 0 ]]; then down; fi' EXIT
   mkdir -p "$state"
   ip netns add "$sw"
   for host in "${hosts[@]}"; do
@@ -105,16 +114,12 @@ up() {
     ip -n "$prefix-$host" -6 route add default via fd00:200:2::1
   done
   in_ns "$prefix-rtr" sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1
-  local router=${GATECAST_TESTBED_ROUTER:-auto}
-  if [[ $router == auto ]]; then
-    if kernel_routes_multicast; then router=smcroute; else router=nftables; fi
-  fi
   case $router in
-    smcroute) kernel_routes_multicast || die "GATECAST_TESTBED_ROUTER=smcroute, but $(no_mroute_reason)"; start_smcrouted ;;
+    smcroute) start_smcrouted ;;
     nftables) start_nft_forwarding ;;
-    *) die "GATECAST_TESTBED_ROUTER must be auto, smcroute or nftables: $router" ;;
   esac
   echo "$router" >"$state/router"
+  trap - EXIT
 }
 
 # The kernel's multicast routing (CONFIG_IP_MROUTE, CONFIG_IPV6_MROUTE), which smcrouted drives.
@@ -273,6 +278,8 @@ case $command in
     ;;
   linkloss)
     [[ $# -ge 2 && $1 =~ ^[0-9]+$ && $2 =~ ^[0-9]+$ ]] || die "usage: testbed.sh linkloss PREFIX PCT PORT"
+    (($1 <= 100)) || die "linkloss: PCT is a percentage, 0-100: $1"
+    (($2 >= 1 && $2 <= 65535)) || die "linkloss: PORT must be 1-65535: $2"
     ns=$prefix-rtr
     in_ns "$ns" nft delete table inet gclinkloss 2>/dev/null || true
     in_ns "$ns" nft add table inet gclinkloss
@@ -280,8 +287,12 @@ case $command in
     in_ns "$ns" nft add rule inet gclinkloss forward oifname eth1 udp dport "$2" numgen random mod 100 '<' "$1" counter drop
     if [[ $(router_of) == nftables ]]; then
       # Multicast crosses in the netdev hook, not the forward hook: a lost copy is just not sent.
+      # Only what would be forwarded is counted (the bed's groups, TTL above 1).
       in_ns "$ns" nft flush chain netdev gcforward linkloss
-      in_ns "$ns" nft add rule netdev gcforward linkloss udp dport "$2" numgen random mod 100 '<' "$1" counter accept
+      in_ns "$ns" nft add rule netdev gcforward linkloss ip daddr '{ 239.0.0.0/8, 232.0.0.0/8 }' ip ttl '>' 1 \
+        udp dport "$2" numgen random mod 100 '<' "$1" counter accept
+      in_ns "$ns" nft add rule netdev gcforward linkloss ip6 daddr ff3e::/16 ip6 hoplimit '>' 1 \
+        udp dport "$2" numgen random mod 100 '<' "$1" counter accept
     fi
     ;;
   linkdropped)
@@ -301,7 +312,12 @@ case $command in
   route)
     [[ $# -ge 1 ]] || die "usage: testbed.sh route PREFIX GROUP"
     if [[ $(router_of) == nftables ]]; then
-      echo "testbed: the nftables router forwards every group of 239.0.0.0/8, 232.0.0.0/8 and ff3e::/16 already" >&2
+      # It forwards its ranges already; another group it cannot forward, and says so.
+      case $1 in
+        239.* | 232.* | ff3e:* | FF3E:*)
+          echo "testbed: the nftables router forwards every group of 239.0.0.0/8, 232.0.0.0/8 and ff3e::/16 already" >&2 ;;
+        *) die "route: the nftables router forwards only 239.0.0.0/8, 232.0.0.0/8 and ff3e::/16, not $1" ;;
+      esac
     else
       smcroutectl -u "$state/smcroute.sock" add eth0 "$1" eth1
     fi
