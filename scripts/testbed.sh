@@ -49,6 +49,17 @@ hosts=(src rta rtr rx1 rx2 rt1 rt2 rt3 rep)
 
 in_ns() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
 
+# The nft match that picks PCT % of packets at random: none for 100 (every packet; nft's numgen
+# takes no "< 100"), "< 0" (no packet) for 0. PCT is checked 0-100 before.
+chance() {
+  if (($1 >= 100)); then echo ""; else echo "numgen random mod 100 < $1"; fi
+}
+# A percentage argument in base 10 (08 is 8), 0-100, or death naming it.
+percent() {
+  [[ $1 =~ ^[0-9]{1,3}$ ]] && ((10#$1 <= 100)) || die "$2: PCT is a percentage, 0-100: $1"
+  echo $((10#$1))
+}
+
 # Creates a veth pair: one end named PORT on BRIDGE in the switch, the other IFNAME in host NS.
 attach() {
   local ns=$1 ifname=$2 port=$3 bridge=$4
@@ -232,11 +243,11 @@ case $command in
   loss)
     [[ $# -ge 2 ]] || die "usage: testbed.sh loss PREFIX HOST PCT [PORT]"
     ns=$prefix-$1
-    [[ $2 =~ ^[0-9]+$ && $2 -le 100 ]] || die "PCT must be 0-100: $2"
+    pct=$(percent "$2" loss)
     match=$(port_match "${3:-}")
     ensure_loss_table "$ns"
     # shellcheck disable=SC2086
-    in_ns "$ns" nft add rule inet gcloss input $match numgen random mod 100 '<' "$2" counter name dropped drop
+    in_ns "$ns" nft add rule inet gcloss input $match $(chance "$pct") counter name dropped drop
     ;;
   drop)
     [[ $# -ge 2 ]] || die "usage: testbed.sh drop PREFIX HOST on|off [PORT]"
@@ -277,22 +288,27 @@ case $command in
     in_ns "$prefix-$1" node -e 'fetch(process.argv[1]).then((r) => r.text()).then((t) => process.stdout.write(t))' "$2"
     ;;
   linkloss)
-    [[ $# -ge 2 && $1 =~ ^[0-9]+$ && $2 =~ ^[0-9]+$ ]] || die "usage: testbed.sh linkloss PREFIX PCT PORT"
-    (($1 <= 100)) || die "linkloss: PCT is a percentage, 0-100: $1"
-    (($2 >= 1 && $2 <= 65535)) || die "linkloss: PORT must be 1-65535: $2"
+    [[ $# -ge 2 ]] || die "usage: testbed.sh linkloss PREFIX PCT PORT"
+    pct=$(percent "$1" linkloss)
+    [[ $2 =~ ^[0-9]{1,5}$ ]] && ((10#$2 >= 1 && 10#$2 <= 65535)) || die "linkloss: PORT must be 1-65535: $2"
+    port=$((10#$2))
     ns=$prefix-rtr
+    # Everything checked first: a refused call leaves the rules as they were.
     in_ns "$ns" nft delete table inet gclinkloss 2>/dev/null || true
     in_ns "$ns" nft add table inet gclinkloss
     in_ns "$ns" nft add chain inet gclinkloss forward '{ type filter hook forward priority 0; }'
-    in_ns "$ns" nft add rule inet gclinkloss forward oifname eth1 udp dport "$2" numgen random mod 100 '<' "$1" counter drop
+    # shellcheck disable=SC2046
+    in_ns "$ns" nft add rule inet gclinkloss forward oifname eth1 udp dport "$port" $(chance "$pct") counter drop
     if [[ $(router_of) == nftables ]]; then
       # Multicast crosses in the netdev hook, not the forward hook: a lost copy is just not sent.
       # Only what would be forwarded is counted (the bed's groups, TTL above 1).
       in_ns "$ns" nft flush chain netdev gcforward linkloss
+      # shellcheck disable=SC2046
       in_ns "$ns" nft add rule netdev gcforward linkloss ip daddr '{ 239.0.0.0/8, 232.0.0.0/8 }' ip ttl '>' 1 \
-        udp dport "$2" numgen random mod 100 '<' "$1" counter accept
+        udp dport "$port" $(chance "$pct") counter accept
+      # shellcheck disable=SC2046
       in_ns "$ns" nft add rule netdev gcforward linkloss ip6 daddr ff3e::/16 ip6 hoplimit '>' 1 \
-        udp dport "$2" numgen random mod 100 '<' "$1" counter accept
+        udp dport "$port" $(chance "$pct") counter accept
     fi
     ;;
   linkdropped)

@@ -12,7 +12,7 @@ import { isAbsolute } from 'node:path';
 import { type Static, Type } from '@sinclair/typebox';
 import { Value } from '@sinclair/typebox/value';
 import type { FastifyInstance, FastifyReply } from 'fastify';
-import type { Kysely } from 'kysely';
+import { type Kysely, sql } from 'kysely';
 import type { BillingService } from '../api/billing.js';
 import {
   type ApiContext,
@@ -362,6 +362,31 @@ async function routerShared(trx: Kysely<Schema>, name: string, router: LinkRoute
     : `body/router: link ${other.name} has smcrouted ${router.socket} with inbound ${router.inbound}; a link needs its own (another daemon or inbound interface)`;
 }
 
+/** The advisory lock a change of a link's router takes on PostgreSQL (any constant of our own). */
+const linkRouterLockKey = 0x6763_6f72; // "gcor"
+
+/**
+ * What kind of address a source is that no packet comes from, or undefined: unspecified, "this
+ * network" (0.0.0.0/8), reserved (240.0.0.0/4) or the broadcast address.
+ */
+function unsourcedAddress(text: string): string | undefined {
+  const canonical = canonicalAddress(text);
+  if (canonical === '0.0.0.0' || canonical === '::') {
+    return 'the unspecified address';
+  }
+  if (!isIPv4(canonical)) {
+    return undefined;
+  }
+  const first = Number(canonical.split('.')[0]);
+  return first === 0
+    ? 'an address of "this network" (0.0.0.0/8)'
+    : canonical === '255.255.255.255'
+      ? 'the broadcast address'
+      : first >= 240
+        ? 'a reserved address (240.0.0.0/4)'
+        : undefined;
+}
+
 /** A unicast address (of the family given, when given); its message names the field, else undefined. */
 function unicastRefusal(text: string, field: string, family?: 4 | 6): string | undefined {
   const of = isIPv4(text) ? 4 : isIPv6(text) ? 6 : undefined;
@@ -370,7 +395,8 @@ function unicastRefusal(text: string, field: string, family?: 4 | 6): string | u
   }
   // ::ffff:a.b.c.d and ::a.b.c.d name IPv4 hosts: no IPv6 packet comes from them, and a router
   // shows them in another form than stored.
-  if (of === 6 && /^::(ffff:)?[0-9a-f]{1,4}:[0-9a-f]{1,4}$/.test(canonicalAddress(text))) {
+  // So do ::ffff:0:a.b.c.d (IPv4-translated, RFC 2765).
+  if (of === 6 && /^::(ffff:(0:)?)?[0-9a-f]{1,4}:[0-9a-f]{1,4}$/.test(canonicalAddress(text))) {
     return `${field}: "${text}" is an IPv4 address written as IPv6; write it as IPv4 (of an IPv4 group)`;
   }
   return family === undefined || of === family
@@ -436,8 +462,8 @@ function routerBodyError(body: unknown): string | undefined {
     typeof body === 'object' && body !== null ? (body as Record<string, unknown>).router : undefined;
   const kind =
     typeof router === 'object' && router !== null ? (router as Record<string, unknown>).kind : undefined;
-  if (typeof router !== 'object' || router === null) {
-    return undefined;
+  if (typeof router !== 'object' || router === null || Array.isArray(router)) {
+    return undefined; // the schema names what is wrong with it
   }
   if (typeof kind !== 'string' || !Object.hasOwn(routerKinds, kind)) {
     return `body/router/kind: must be one of ${Object.keys(routerKinds).join(', ')}`;
@@ -626,9 +652,17 @@ function registerOperatorRoutes(app: FastifyInstance, context: OrderContext, dri
       const body = request.body;
       if (body.router.kind === 'relay') {
         const { inbound, outbound } = body.router;
+        const notAnInterface = (address: string, field: string) => {
+          const kind = unsourcedAddress(address);
+          return kind === undefined
+            ? undefined
+            : `${field}: "${address}" is ${kind}, not the address of an interface`;
+        };
         const refusal =
           unicastRefusal(inbound, 'body/router/inbound') ??
           unicastRefusal(outbound, 'body/router/outbound') ??
+          notAnInterface(inbound, 'body/router/inbound') ??
+          notAnInterface(outbound, 'body/router/outbound') ??
           (isIPv6(inbound) === isIPv6(outbound)
             ? undefined
             : `body/router/outbound: "${outbound}" is not of the family of the inbound address ${inbound}; a relay sends in the family it receives`);
@@ -653,6 +687,11 @@ function registerOperatorRoutes(app: FastifyInstance, context: OrderContext, dri
       const iso = new Date().toISOString();
       const canonical = routerConfig(body.router);
       const outcome = await store.writeTransaction(async (trx) => {
+        // Links' routers change one at a time across servers: two new links on PostgreSQL could
+        // each find the other's router free (rows that do not exist yet cannot be locked).
+        if (store.dialect === 'postgres') {
+          await sql`select pg_advisory_xact_lock(${linkRouterLockKey})`.execute(trx);
+        }
         const existing = await trx
           .selectFrom('order_links')
           .select(['used_bits', 'router_config'])
@@ -745,9 +784,12 @@ function registerOperatorRoutes(app: FastifyInstance, context: OrderContext, dri
         body.source === undefined
           ? undefined
           : (unicastRefusal(body.source, 'body/source', group.family) ??
-            (['0.0.0.0', '::'].includes(canonicalAddress(body.source))
-              ? `body/source: "${body.source}" is the unspecified address, which no packet comes from`
-              : undefined));
+            ((unsourced) =>
+              unsourced === undefined
+                ? undefined
+                : `body/source: "${body.source}" is ${unsourced}, which no packet comes from`)(
+              unsourcedAddress(body.source),
+            ));
       if (sourceRefusal !== undefined) {
         return sendError(reply, 'invalid-request', sourceRefusal);
       }

@@ -215,6 +215,13 @@ export function startLinkDrivers(options: LinkDriversOptions): LinkDrivers {
 
   /** When a router a link left may be tried again after its emptying failed (by link and config). */
   const retireRetryAt = new Map<string, number>();
+  /** The errors last said of emptying such a router, and when (monotonic clock). */
+  const retireReported = new Map<string, { text: string; at: number }>();
+  /**
+   * Routers a link left that are being emptied now, beside the link's own work: one that does not
+   * answer (up to its command timeout) holds up no order or cancel on the link.
+   */
+  const retiring = new Map<string, Promise<void>>();
 
   /**
    * Empties a router the link no longer uses (with the driver that drove it, or a new one), then
@@ -236,14 +243,24 @@ export function startLinkDrivers(options: LinkDriversOptions): LinkDrivers {
         .catch((error: Error) => ({ added: [], removed: [], errors: [error.message] }));
       await using.close();
     }
-    if (report.removed.length > 0 || report.errors.length > 0) {
-      options.onReport?.(link, report);
+    // The same errors of a router that stays unreachable are said once a while, as a link's own.
+    let errors = report.errors;
+    const text = errors.join('\n');
+    const said = retireReported.get(key);
+    if (errors.length > 0 && said?.text === text && monotonic() - said.at < errorRepeatMs) {
+      errors = [];
+    } else if (errors.length > 0) {
+      retireReported.set(key, { text, at: monotonic() });
+    }
+    if (report.removed.length > 0 || errors.length > 0) {
+      options.onReport?.(link, { added: report.added, removed: report.removed, errors });
     }
     if (report.errors.length > 0) {
       retireRetryAt.set(key, now() + driftCheckMs);
       return;
     }
     retireRetryAt.delete(key);
+    retireReported.delete(key);
     await store.db
       .deleteFrom('order_link_routers')
       .where('link', '=', link)
@@ -279,8 +296,12 @@ export function startLinkDrivers(options: LinkDriversOptions): LinkDrivers {
       current = undefined;
     }
     for (const config of routers) {
-      if (config !== link.router_config && !retired.has(config)) {
-        await retire(link.name, config);
+      const key = `${link.name}\n${config}`;
+      if (config !== link.router_config && !retired.has(config) && !retiring.has(key)) {
+        const work = retire(link.name, config)
+          .catch(reported(link.name))
+          .finally(() => retiring.delete(key));
+        retiring.set(key, work);
       }
     }
     if (current === undefined) {
@@ -367,7 +388,7 @@ export function startLinkDrivers(options: LinkDriversOptions): LinkDrivers {
         await current.driver.close();
       }
     }
-    await Promise.all(
+    const driving = Promise.all(
       links.map((link) =>
         serial(link.name, async () => {
           if (closed) {
@@ -380,6 +401,9 @@ export function startLinkDrivers(options: LinkDriversOptions): LinkDrivers {
         }).catch(reported(link.name)),
       ),
     );
+    await driving;
+    // A pass ends when the routers links left have been tried too (each in its own time).
+    await Promise.all(retiring.values());
   };
 
   /** One pass at a time; a poke during a pass runs another right after. */
@@ -431,6 +455,7 @@ export function startLinkDrivers(options: LinkDriversOptions): LinkDrivers {
       clearTimeout(timer);
       await running?.catch(() => undefined);
       await Promise.all(linkWork.values());
+      await Promise.all(retiring.values());
       for (const [link, current] of driven) {
         await current.driver.close();
         // Let another server take over at once.

@@ -7,13 +7,20 @@ import { type Static, Type } from '@sinclair/typebox';
 import { ErrorBody } from './api-errors.js';
 import { Id } from './api-subscription.js';
 
-/** A link, service or box name: letters, digits, '.', '_' and '-'. */
-export const OrderName = Type.String({ minLength: 1, maxLength: 64, pattern: '^[A-Za-z0-9._-]+$' });
-/** An interface name as the kernel takes it: at most 15 characters, no "/", ":" or white space, not "." or "..". */
+/** A link, service or box name: letters, digits, '.', '_' and '-'; not "." or ".." (no path could name it). */
+export const OrderName = Type.String({
+  minLength: 1,
+  maxLength: 64,
+  pattern: '^(?!\\.\\.?$)[A-Za-z0-9._-]+$',
+});
+/**
+ * An interface name as the kernel takes it: at most 15 characters, no "/", ":" or white space,
+ * not ".", "..", "all" or "default" (the names of the sysctl trees every interface has).
+ */
 export const InterfaceName = Type.String({
   minLength: 1,
   maxLength: 15,
-  pattern: '^(?!\\.\\.?$)[A-Za-z0-9._@+-]+$',
+  pattern: '^(?!(\\.|\\.\\.|all|default)$)[A-Za-z0-9._@+-]+$',
 });
 /** Bit/s, integral. */
 export const BitRate = Type.Integer({ minimum: 1, maximum: 1_000_000_000_000 });

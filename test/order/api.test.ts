@@ -330,6 +330,29 @@ function apiSuite(name: string, options: { skip?: string }, url: () => string, c
         unsubscribe(orderTraceChannelName, listener);
       }
     });
+
+    // New links' routers were checked against the others without a lock: on PostgreSQL, links
+    // created at once could each find the table (or the two interfaces) free, and all be saved.
+    it('of links created at once on one nftables table, or one pair of interfaces, one is saved', async () => {
+      for (const [prefix, router] of [
+        [
+          'race-table',
+          (i: number) => ({ kind: 'nftables', inbound: `rt${i}`, outbound: 'rto', table: 'gatecast_race' }),
+        ],
+        ['race-pair', () => ({ kind: 'nftables', inbound: 'rpi', outbound: 'rpo' })],
+      ] as const) {
+        const answers = await Promise.all(
+          Array.from({ length: 8 }, (_, i) =>
+            call('PUT', `/v1/order/links/${prefix}-${i}`, operatorToken, {
+              capacity: 1_000_000,
+              router: router(i),
+            }),
+          ),
+        );
+        const statuses = answers.map((answer) => answer.status).sort();
+        assert.deepEqual(statuses, [200, 409, 409, 409, 409, 409, 409, 409], JSON.stringify(answers));
+      }
+    });
   });
 }
 

@@ -177,3 +177,121 @@ describe('a failing router is asked again after a growing wait and its errors ar
     assert.equal(reports.length, 3, 'a new failure is said at once');
   });
 });
+
+// A router a link left is emptied (its routes taken away) before it is forgotten. It was tried in
+// the link's own turn, so one that did not answer held up the link's orders for its command
+// timeout on every try, and one that failed logged the same error every drift check.
+describe('a router a link left is emptied beside the link, its errors said once a while', () => {
+  let store: Store;
+  let drivers: LinkDrivers | undefined;
+  let clock = 0;
+  const asked = new Map<string, number>();
+  let mode: 'hang' | 'fail' = 'hang';
+  let release: (() => void) | undefined;
+  let hanging = false;
+  const reports: string[][] = [];
+  const current = { kind: 'relay', inbound: '127.0.0.1', outbound: '127.0.0.2' };
+  const former = { kind: 'relay', inbound: '127.0.0.9', outbound: '127.0.0.2' };
+  const makeDriver = (router: LinkRouter): RouterDriver => ({
+    reconcile: async () => {
+      asked.set(router.inbound, (asked.get(router.inbound) ?? 0) + 1);
+      if (router.inbound === former.inbound) {
+        if (mode === 'hang') {
+          hanging = true;
+          await new Promise<void>((resolve) => {
+            release = resolve;
+          });
+          hanging = false;
+        }
+        return { added: [], removed: [], errors: ['former router unreachable'] };
+      }
+      return { added: [], removed: [], errors: [] };
+    },
+    close: async () => undefined,
+  });
+  before(async () => {
+    store = await openStore('sqlite::memory:');
+    const iso = new Date().toISOString();
+    await store.db
+      .insertInto('order_links')
+      .values({
+        name: 'moved',
+        capacity_bits: 10_000_000,
+        used_bits: 0,
+        router: 'relay',
+        router_config: JSON.stringify(current),
+        policy: 'reject',
+        version: 0,
+        created_at: iso,
+        updated_at: iso,
+      })
+      .execute();
+    // The link was on the former router when no server ran: its routes may still be there.
+    await store.db
+      .insertInto('order_link_routers')
+      .values({ link: 'moved', router_config: JSON.stringify(former) })
+      .execute();
+  });
+  after(async () => {
+    release?.();
+    await drivers?.close();
+    await store?.close();
+  });
+
+  it('a former router that does not answer holds up no order on the link', async () => {
+    const book = createOrderBook(store, { leaseMs: 60_000 });
+    drivers = startLinkDrivers({
+      store,
+      book,
+      holder: 'a',
+      makeDriver,
+      onReport: (_link, report) => reports.push(report.errors),
+      pollMs: 20,
+      driftCheckMs: 50,
+      leaseMs: 60_000,
+    });
+    await until('the former router is being emptied', () => hanging, 5_000);
+    await until('the link is driven', () => (asked.get(current.inbound) ?? 0) > 0, 5_000);
+    const before = asked.get(current.inbound) ?? 0;
+    drivers.poke('moved');
+    await until(
+      'the order reconciled while the former router hangs',
+      () => (asked.get(current.inbound) ?? 0) > before,
+      5_000,
+    );
+    assert.ok(hanging, 'the former router still had not answered');
+    mode = 'fail';
+    release?.();
+    await drivers.close();
+    drivers = undefined;
+  });
+
+  it('says the same errors of a former router once a while', async () => {
+    reports.length = 0;
+    const book = createOrderBook(store, { leaseMs: 60_000 });
+    drivers = startLinkDrivers({
+      store,
+      book,
+      holder: 'b',
+      makeDriver,
+      onReport: (_link, report) => reports.push(report.errors),
+      pollMs: 100,
+      driftCheckMs: 1_000,
+      errorRepeatMs: 30_000,
+      leaseMs: 3_600_000,
+      now: () => clock,
+      monotonic: () => clock,
+    });
+    const triedBefore = asked.get(former.inbound) ?? 0;
+    for (let step = 0; step < 100; step += 1) {
+      await drivers.pass();
+      clock += 100;
+    }
+    const tried = (asked.get(former.inbound) ?? 0) - triedBefore;
+    assert.ok(tried >= 9 && tried <= 11, `tried ${tried} times in 10 s (once a drift check)`);
+    assert.deepEqual(reports, [['former router unreachable']]);
+    clock += 30_000;
+    await drivers.pass();
+    assert.deepEqual(reports, [['former router unreachable'], ['former router unreachable']]);
+  });
+});

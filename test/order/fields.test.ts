@@ -1,9 +1,11 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
+import { Value } from '@sinclair/typebox/value';
 import type { FastifyInstance } from 'fastify';
 import { buildServerApp } from '../../src/cli/server-app.js';
 import type { RouteWanted } from '../../src/order/book.js';
 import type { RouterDriver } from '../../src/order/driver.js';
+import { OrderName } from '../../src/protocol/api-order.js';
 import { openStore, type Store } from '../../src/store/database.js';
 
 const operatorToken = 'operator-token-for-order-field-tests-0123';
@@ -64,6 +66,10 @@ describe('order API: addresses of services and links are checked naming the fiel
     ['a link-local IPv6 source', service('[ff3e::1]:5000', 'fe80::1')],
     ['another link-local IPv6 source', service('[ff3e::1]:5000', 'FEBF::1')],
     ['a link-local IPv4 source', service('239.1.1.1:5000', '169.254.1.1')],
+    ['a source of "this network"', service('239.1.1.1:5000', '0.0.0.1')],
+    ['the broadcast source', service('239.1.1.1:5000', '255.255.255.255')],
+    ['a reserved source', service('239.1.1.1:5000', '240.0.0.1')],
+    ['an IPv4-translated source', service('[ff3e::1]:5000', '::ffff:0:7f00:1')],
   ] as const) {
     it(`refuses ${name} (400 body/source)`, async () => {
       const answer = await call('PUT', '/v1/order/services/bad', body);
@@ -93,6 +99,25 @@ describe('order API: addresses of services and links are checked naming the fiel
     const body = (source: string) => ({ link: 'lo-relay', group: '239.9.7.1:5000', source, bitRate: 1 });
     const loopback = await call('PUT', '/v1/order/services/lo-service', body('127.0.0.1'));
     assert.equal(loopback.status, 200, JSON.stringify(loopback.body));
+    // A relay's addresses are its interfaces': none is unspecified, "this network" or broadcast.
+    for (const [inbound, outbound, field] of [
+      ['0.0.0.0', '127.0.0.1', 'inbound'],
+      ['127.0.0.1', '0.0.0.0', 'outbound'],
+      ['::', '::1', 'inbound'],
+      ['0.0.0.0', '0.0.0.0', 'inbound'],
+      ['255.255.255.255', '127.0.0.1', 'inbound'],
+      ['127.0.0.1', '0.1.2.3', 'outbound'],
+    ] as const) {
+      const answer = await call('PUT', '/v1/order/links/lo-relay2', {
+        capacity: 1_000_000,
+        router: { kind: 'relay', inbound, outbound },
+      });
+      assert.equal(answer.status, 400, `${inbound} ${outbound}: ${JSON.stringify(answer.body)}`);
+      assert.match(
+        String(answer.body.message),
+        new RegExp(`^body/router/${field}: .*not the address of an interface`),
+      );
+    }
     const unspecified = await call('PUT', '/v1/order/services/lo-service', body('0.0.0.0'));
     assert.equal(unspecified.status, 400, JSON.stringify(unspecified.body));
     assert.match(String(unspecified.body.message), /^body\/source: .*unspecified/);
@@ -110,7 +135,28 @@ describe('order API: addresses of services and links are checked naming the fiel
     const unknown = await call('PUT', '/v1/order/links/odd', link({ kind: 'pimd', inbound: 'eth0' }));
     assert.equal(unknown.status, 400, JSON.stringify(unknown.body));
     assert.equal(unknown.body.message, 'body/router/kind: must be one of smcroute, nftables, relay');
-    for (const name of ['.', '..', 'eth0:1', 'a/b', 'a b', '']) {
+    // A router that is no object is named as such, not as a missing kind.
+    for (const router of [[], [{ kind: 'nftables' }], 'nftables', 7]) {
+      const answer = await call('PUT', '/v1/order/links/odd', link(router));
+      assert.equal(answer.status, 400, JSON.stringify(answer.body));
+      assert.match(String(answer.body.message), /^body\/router/);
+      assert.doesNotMatch(String(answer.body.message), /kind/, JSON.stringify(router));
+    }
+    // A link named "." or ".." could never be named in a path again.
+    for (const name of ['.', '..']) {
+      assert.equal(Value.Check(OrderName, name), false, name);
+    }
+    assert.ok(Value.Check(OrderName, '...') && Value.Check(OrderName, '.a'));
+    for (const name of ['%2e', '%2e%2e', '.%2e']) {
+      const answer = await call(
+        'PUT',
+        `/v1/order/links/${name}`,
+        link({ kind: 'nftables', inbound: 'eth40', outbound: 'eth41' }),
+      );
+      // (A URL's dot segments may be resolved before routing: then there is no such route.)
+      assert.ok([400, 404].includes(answer.status), `${name}: ${JSON.stringify(answer.body)}`);
+    }
+    for (const name of ['.', '..', 'eth0:1', 'a/b', 'a b', '', 'all', 'default']) {
       for (const field of ['inbound', 'outbound'] as const) {
         const router = { kind: 'nftables', inbound: 'eth40', outbound: 'eth41', [field]: name };
         const answer = await call('PUT', '/v1/order/links/odd', link(router));
@@ -118,7 +164,7 @@ describe('order API: addresses of services and links are checked naming the fiel
         assert.match(String(answer.body.message), new RegExp(`^body/router/${field}: `));
       }
     }
-    for (const name of ['.x', 'x..', 'veth0@1', 'br-lan+']) {
+    for (const name of ['.x', 'x..', 'veth0@1', 'br-lan+', 'all0', 'defaults']) {
       const router = { kind: 'nftables', inbound: name, outbound: 'eth41' };
       assert.equal((await call('PUT', '/v1/order/links/odd', link(router))).status, 200, name);
     }
