@@ -335,13 +335,20 @@ export function createNftablesDriver(settings: NftablesSettings): RouterDriver {
     }
     return missingInterface(links.stdout, settings.inbound, settings.outbound);
   };
+  /**
+   * Whether the last listing found both interfaces (a listing with nothing to carry does not look):
+   * until one does, routes are written only after looking.
+   */
+  let interfacesFound = false;
   /** Lists the table; with routes to carry, first checks that both interfaces exist. */
   const list = async (carrying: boolean): Promise<ListedTable | string> => {
+    interfacesFound = false;
     if (carrying) {
       const missing = await interfacesMissing();
       if (missing !== undefined) {
         return missing;
       }
+      interfacesFound = true;
     }
     const listed = await nft(['-j', 'list', 'table', 'netdev', table]);
     if (!listed.ok) {
@@ -383,8 +390,6 @@ export function createNftablesDriver(settings: NftablesSettings): RouterDriver {
         ]),
       );
       let actual = options?.fresh === false ? seen : undefined;
-      /** Whether the interfaces were found in this reconcile (a listing with nothing to carry skips it). */
-      let interfacesFound = false;
       if (actual === undefined) {
         const listed = await list(desired.size > 0);
         if (typeof listed === 'string') {
@@ -393,7 +398,6 @@ export function createNftablesDriver(settings: NftablesSettings): RouterDriver {
           return report;
         }
         actual = listed;
-        interfacesFound = desired.size > 0;
       }
       seen = actual;
       const unchanged =
