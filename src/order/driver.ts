@@ -34,6 +34,11 @@ export interface ReconcileOptions {
    * store, not the router, and the next drift check asks again.
    */
   readonly fresh: boolean;
+  /**
+   * The link leaves this router: take away what the link put there, not only its routes (the
+   * nftables driver deletes its table, which it otherwise keeps with no route in it).
+   */
+  readonly final?: boolean;
 }
 
 /** Keeps one router equal to what its link should carry. */
@@ -239,7 +244,7 @@ export function startLinkDrivers(options: LinkDriversOptions): LinkDrivers {
     } else {
       const using = driver ?? options.makeDriver(router as LinkRouter);
       report = await using
-        .reconcile([], { fresh: true })
+        .reconcile([], { fresh: true, final: true })
         .catch((error: Error) => ({ added: [], removed: [], errors: [error.message] }));
       await using.close();
     }

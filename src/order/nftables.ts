@@ -145,6 +145,69 @@ function elementRoute(element: unknown): TableRoute | undefined {
   return undefined;
 }
 
+/** The type each set is written with, as nft's JSON shows it. */
+const setTypes: Record<string, string> = {
+  sg4: '["ipv4_addr","ipv4_addr"]',
+  g4: '"ipv4_addr"',
+  sg6: '["ipv6_addr","ipv6_addr"]',
+  g6: '"ipv6_addr"',
+};
+
+/**
+ * Reads one set of the listing into routes; returns what is strange about it, or undefined.
+ * Only the four sets as written are read.
+ */
+function readSet(
+  set: Record<string, unknown>,
+  sets: Set<string>,
+  routes: Map<string, TableRoute>,
+): string | undefined {
+  const name = set.name;
+  const type = JSON.stringify(set.type);
+  if (typeof name !== 'string' || setTypes[name] !== type) {
+    return `set ${String(name)} of type ${type}`;
+  }
+  sets.add(name);
+  let strange: string | undefined;
+  for (const element of Array.isArray(set.elem) ? (set.elem as unknown[]) : []) {
+    const route = elementRoute(element);
+    const concatenated = name.startsWith('sg');
+    if (route === undefined || (route.source !== null) !== concatenated) {
+      strange = `an element of set ${name}: ${JSON.stringify(element)}`;
+      continue;
+    }
+    routes.set(routeKey(route.source, route.group), route);
+  }
+  return strange;
+}
+
+/**
+ * Reads the sets of table from `nft -j list sets netdev` (every netdev table's sets, with their
+ * elements): the routes, after a write that changed only elements (the rest of the table is
+ * checked on the drift check).
+ */
+export function parseNftablesSets(text: string, table: string): ListedTable {
+  const routes = new Map<string, TableRoute>();
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text);
+  } catch {
+    return { routes, differs: 'nft listed no JSON' };
+  }
+  const items = isRecord(parsed) && Array.isArray(parsed.nftables) ? (parsed.nftables as unknown[]) : [];
+  const sets = new Set<string>();
+  let strange: string | undefined;
+  for (const item of items) {
+    if (isRecord(item) && isRecord(item.set) && item.set.table === table) {
+      strange = readSet(item.set, sets, routes) ?? strange;
+    }
+  }
+  return {
+    routes,
+    differs: strange ?? (sets.size !== 4 ? `sets ${[...sets].sort().join(', ') || 'none'} of 4` : undefined),
+  };
+}
+
 /**
  * Reads `nft -j list table netdev TABLE` (undefined text: the table does not exist). Anything
  * but the table as written (a set missing or of another type, a rule more or less, the hook on
@@ -172,28 +235,7 @@ export function parseNftablesTable(text: string | undefined, inbound: string, ou
       continue;
     }
     if (isRecord(item.set)) {
-      const name = item.set.name;
-      const type = JSON.stringify(item.set.type);
-      const expected: Record<string, string> = {
-        sg4: '["ipv4_addr","ipv4_addr"]',
-        g4: '"ipv4_addr"',
-        sg6: '["ipv6_addr","ipv6_addr"]',
-        g6: '"ipv6_addr"',
-      };
-      if (typeof name !== 'string' || expected[name] !== type) {
-        strange = `set ${String(name)} of type ${type}`;
-        continue;
-      }
-      sets.add(name);
-      for (const element of Array.isArray(item.set.elem) ? (item.set.elem as unknown[]) : []) {
-        const route = elementRoute(element);
-        const concatenated = name.startsWith('sg');
-        if (route === undefined || (route.source !== null) !== concatenated) {
-          strange = `an element of set ${name}: ${JSON.stringify(element)}`;
-          continue;
-        }
-        routes.set(routeKey(route.source, route.group), route);
-      }
+      strange = readSet(item.set, sets, routes) ?? strange;
     } else if (isRecord(item.chain)) {
       if (item.chain.name === 'ingress') {
         // nft 1.0.6 leaves the device out of its JSON; where it is shown, it must be ours.
@@ -299,6 +341,35 @@ export function missingInterface(listing: string, inbound: string, outbound: str
 
 const notWrittenYet = 'not written by this server yet';
 
+/** A route as an element of its set, as nft reads it. */
+const elementText = (route: TableRoute) =>
+  route.source === null ? route.group : `${route.source} . ${route.group}`;
+
+/** The elements removed and added, one transaction: every set of the table as written is there. */
+export function elementChanges(
+  table: string,
+  removals: readonly string[],
+  additions: readonly string[],
+  had: ReadonlyMap<string, TableRoute>,
+  wanted: ReadonlyMap<string, TableRoute>,
+): string {
+  const lines: string[] = [];
+  for (const [verb, keys, routes] of [
+    ['delete', removals, had],
+    ['add', additions, wanted],
+  ] as const) {
+    for (const key of keys) {
+      const route = routes.get(key);
+      if (route !== undefined) {
+        lines.push(
+          `${verb} element netdev ${table} ${setOf(route.source, route.group)} { ${elementText(route)} }`,
+        );
+      }
+    }
+  }
+  return `${lines.join('\n')}\n`;
+}
+
 /** Builds the driver of one link's forwarding. */
 export function createNftablesDriver(settings: NftablesSettings): RouterDriver {
   const table = settings.table ?? nftablesTableName(settings.inbound, settings.outbound);
@@ -400,12 +471,18 @@ export function createNftablesDriver(settings: NftablesSettings): RouterDriver {
         actual = listed;
       }
       seen = actual;
+      const absent = actual.differs === 'no table';
       const unchanged =
         desired.size === actual.routes.size && [...desired.keys()].every((key) => actual.routes.has(key));
-      if (
-        unchanged &&
-        (actual.differs === undefined || (desired.size === 0 && actual.differs === 'no table'))
-      ) {
+      // With nothing to carry the table stays, its sets empty, so the next order adds an element
+      // instead of writing some 500 chains; it goes when the link leaves this router (final), or
+      // when it is not as written.
+      const deleting =
+        desired.size === 0 && !absent && (options?.final === true || actual.differs !== undefined);
+      if (desired.size === 0 && absent) {
+        return report;
+      }
+      if (!deleting && unchanged && actual.differs === undefined) {
         return report;
       }
       const removals = [...actual.routes.keys()].filter((key) => !desired.has(key));
@@ -422,35 +499,66 @@ export function createNftablesDriver(settings: NftablesSettings): RouterDriver {
           report.errors.push(missing);
           return report;
         }
+        interfacesFound = true;
       }
-      // Nothing to carry: the table goes (no hook left on the inbound interface).
-      const writing =
-        desired.size === 0
-          ? await nft(['-f', '-'], `table netdev ${table}\ndelete table netdev ${table}\n`)
-          : await nft(
-              ['-f', '-'],
-              nftablesRuleset(table, settings.inbound, settings.outbound, [...desired.values()]),
-            );
-      if (!writing.ok) {
-        seen = undefined;
-        report.errors.push(`write table netdev ${table}: ${writing.detail}`);
-        return report;
+      let check: ListedTable | string;
+      if (deleting) {
+        // The table goes: no hook left on the inbound interface.
+        const writing = await nft(['-f', '-'], `table netdev ${table}\ndelete table netdev ${table}\n`);
+        if (!writing.ok) {
+          seen = undefined;
+          report.errors.push(`delete table netdev ${table}: ${writing.detail}`);
+          return report;
+        }
+        written = undefined;
+        check = await list(false);
+      } else {
+        // The table as written: only its sets' elements change, in one transaction. Else, or when
+        // that fails (an element gone behind our back), the whole table is written.
+        let elementsWritten = false;
+        if (actual.differs === undefined) {
+          const writing = await nft(
+            ['-f', '-'],
+            elementChanges(table, removals, additions, actual.routes, desired),
+          );
+          elementsWritten = writing.ok;
+        }
+        if (elementsWritten) {
+          const sets = await nft(['-j', 'list', 'sets', 'netdev']);
+          check = sets.ok ? parseNftablesSets(sets.stdout, table) : `list sets netdev: ${sets.detail}`;
+        } else {
+          const writing = await nft(
+            ['-f', '-'],
+            nftablesRuleset(table, settings.inbound, settings.outbound, [...desired.values()]),
+          );
+          if (!writing.ok) {
+            seen = undefined;
+            report.errors.push(`write table netdev ${table}: ${writing.detail}`);
+            return report;
+          }
+          // What the table looks like as written: later listings are compared with it.
+          const terse = await nft(['-t', 'list', 'table', 'netdev', table]);
+          written = terse.ok ? terse.stdout : undefined;
+          // Done is not proof: list the table again and report what it holds.
+          const listed = await nft(['-j', 'list', 'table', 'netdev', table]);
+          check = !listed.ok
+            ? `list table netdev ${table}: ${listed.detail}`
+            : {
+                ...parseNftablesTable(listed.stdout, settings.inbound, settings.outbound),
+                ...(written === undefined ? {} : { shape: written }),
+              };
+          if (typeof check !== 'string' && check.differs === undefined && written === undefined) {
+            check = { ...check, differs: notWrittenYet };
+          }
+        }
       }
-      // What the table looks like as written: later listings are compared with it.
-      written = undefined;
-      if (desired.size > 0) {
-        const terse = await nft(['-t', 'list', 'table', 'netdev', table]);
-        written = terse.ok ? terse.stdout : undefined;
-      }
-      // Done is not proof: list the table again and report what it holds.
-      const check = await list(desired.size > 0);
       if (typeof check === 'string') {
         seen = undefined;
         report.errors.push(check);
         return report;
       }
       seen = check;
-      if (desired.size > 0 && check.differs !== undefined) {
+      if (!deleting && check.differs !== undefined) {
         seen = undefined;
         report.errors.push(`table netdev ${table} written but listed otherwise: ${check.differs}`);
       }

@@ -2,7 +2,7 @@
  * The nftables router driver: the table it writes, how it reads nft's listing back (what counts
  * as the table not being as written), and, as root in a namespace of its own, the driver against
  * the real nft: routes written, checked, put back after a flush or a deletion behind its back,
- * and the table gone when nothing is wanted.
+ * changed as set elements while the table is as written, and the table gone when the link leaves.
  */
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
@@ -14,8 +14,10 @@ import { after, before, describe, it } from 'node:test';
 import type { RouteWanted } from '../../src/order/book.js';
 import {
   createNftablesDriver,
+  elementChanges,
   nftablesRuleset,
   nftablesTableName,
+  parseNftablesSets,
   parseNftablesTable,
 } from '../../src/order/nftables.js';
 import { testbedSkip } from '../helpers/testbed.js';
@@ -110,6 +112,51 @@ describe('nftables driver: the table and its listing', () => {
       assert.match(listed.differs ?? '', expected);
     });
   }
+
+  it('changes routes as elements of their sets in one transaction, deletions first', () => {
+    const had = new Map([['10.0.0.1,239.1.1.1', { source: '10.0.0.1', group: '239.1.1.1' }]]);
+    const wanted = new Map([
+      ['*,239.2.2.2', { source: null, group: '239.2.2.2' }],
+      ['fd00::1,ff3e::5', { source: 'fd00::1', group: 'ff3e::5' }],
+      ['*,ff3e::6', { source: null, group: 'ff3e::6' }],
+    ]);
+    assert.equal(
+      elementChanges('gatecast_t', ['10.0.0.1,239.1.1.1'], [...wanted.keys()], had, wanted),
+      [
+        'delete element netdev gatecast_t sg4 { 10.0.0.1 . 239.1.1.1 }',
+        'add element netdev gatecast_t g4 { 239.2.2.2 }',
+        'add element netdev gatecast_t sg6 { fd00::1 . ff3e::5 }',
+        'add element netdev gatecast_t g6 { ff3e::6 }',
+        '',
+      ].join('\n'),
+    );
+  });
+
+  it("reads a table's routes from every netdev table's sets, and only its own", () => {
+    const ours = (name: string, type: unknown, elem?: unknown[]) => ({
+      set: { name, table: 'gatecast_a', type, ...(elem === undefined ? {} : { elem }) },
+    });
+    const text = listing(
+      ours('sg4', ['ipv4_addr', 'ipv4_addr'], [{ concat: ['10.0.0.1', '239.1.1.1'] }]),
+      ours('g4', 'ipv4_addr', ['239.2.2.2']),
+      ours('sg6', ['ipv6_addr', 'ipv6_addr']),
+      ours('g6', 'ipv6_addr'),
+      // Another link's table: not ours.
+      { set: { name: 'g4', table: 'gatecast_b', type: 'ipv4_addr', elem: ['239.9.9.9'] } },
+    );
+    const read = parseNftablesSets(text, 'gatecast_a');
+    assert.equal(read.differs, undefined);
+    assert.deepEqual([...read.routes.keys()].sort(), ['*,239.2.2.2', '10.0.0.1,239.1.1.1']);
+    assert.match(parseNftablesSets(text, 'gatecast_c').differs ?? '', /sets none of 4/);
+    assert.match(parseNftablesSets('not json', 'gatecast_a').differs ?? '', /no JSON/);
+    const retyped = listing(
+      ours('sg4', ['ipv4_addr', 'ipv4_addr']),
+      ours('g4', 'ipv6_addr'),
+      ours('sg6', ['ipv6_addr', 'ipv6_addr']),
+      ours('g6', 'ipv6_addr'),
+    );
+    assert.match(parseNftablesSets(retyped, 'gatecast_a').differs ?? '', /set g4 of type/);
+  });
 
   it('without nft: an error naming the package, no route claimed', async () => {
     const driver = createNftablesDriver({
@@ -229,12 +276,48 @@ describe('nftables driver against the real nft (a namespace of its own)', testbe
     inNs('nft', 'delete', 'table', 'netdev', table);
     assert.equal((await driver.reconcile(wanted)).added.length, 3);
 
-    // One route less, then none: removed, and the table goes.
-    const fewer = await driver.reconcile(wanted.slice(1));
-    assert.deepEqual(fewer.removed, ['10.0.0.1,239.1.1.1']);
-    assert.deepEqual((await driver.reconcile([])).removed.sort(), ['*,239.2.2.2', 'fd00::1,ff3e::5']);
-    assert.equal(listed().differs, 'no table');
+    // One route less, then none: removed as elements, the table itself unchanged (the next
+    // order adds an element instead of writing the table's 500 chains again).
+    const shapeBefore = inNs('nft', '-t', 'list', 'table', 'netdev', table);
+    const fewer = await driver.reconcile(wanted.slice(1), { fresh: false });
+    assert.deepEqual(fewer, { added: [], removed: ['10.0.0.1,239.1.1.1'], errors: [] });
+    const none = await driver.reconcile([], { fresh: false });
+    assert.deepEqual(none.removed.sort(), ['*,239.2.2.2', 'fd00::1,ff3e::5']);
+    assert.equal(listed().differs, undefined);
+    assert.deepEqual([...listed().routes.keys()], []);
+    assert.equal(inNs('nft', '-t', 'list', 'table', 'netdev', table), shapeBefore);
+    // A drift check of the empty table: nothing to do.
     assert.deepEqual(await driver.reconcile([]), { added: [], removed: [], errors: [] });
+    // Back again, as an element.
+    assert.deepEqual((await driver.reconcile(wanted.slice(0, 1), { fresh: false })).added, [
+      '10.0.0.1,239.1.1.1',
+    ]);
+    assert.equal(inNs('nft', '-t', 'list', 'table', 'netdev', table), shapeBefore);
+    // The link leaves this router (final): the table goes, no hook left on eth0.
+    const leaving = await driver.reconcile([], { fresh: true, final: true });
+    assert.deepEqual(leaving, { added: [], removed: ['10.0.0.1,239.1.1.1'], errors: [] });
+    assert.equal(listed().differs, 'no table');
+    assert.deepEqual(await driver.reconcile([], { fresh: true, final: true }), {
+      added: [],
+      removed: [],
+      errors: [],
+    });
+    assert.deepEqual(await driver.reconcile([]), { added: [], removed: [], errors: [] });
+    await driver.close();
+  });
+
+  it('an element taken away behind its back before an order: the order writes the table whole', async () => {
+    const driver = driverOf();
+    const one = [route(null, '239.7.7.1')];
+    assert.deepEqual((await driver.reconcile(one)).added, ['*,239.7.7.1']);
+    inNs('nft', 'delete', 'element', 'netdev', table, 'g4', '{ 239.7.7.1 }');
+    // From what it saw (no listing), the driver deletes 239.7.7.1 and adds 239.7.7.2 as elements:
+    // the delete fails (no such element), the transaction with it, and the table is written.
+    const next = await driver.reconcile([route(null, '239.7.7.2')], { fresh: false });
+    assert.deepEqual(next, { added: ['*,239.7.7.2'], removed: ['*,239.7.7.1'], errors: [] });
+    assert.deepEqual([...listed().routes.keys()], ['*,239.7.7.2']);
+    assert.equal(listed().differs, undefined);
+    await driver.reconcile([], { fresh: true, final: true });
     await driver.close();
   });
 
