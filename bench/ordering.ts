@@ -6,7 +6,9 @@
  * - on the one-way link bed (namespaces, real smcrouted, nftables; root): order-to-first-packet and
  *   cancel-to-stop with the source already flowing, measured by a box in its own namespace;
  *   how long routes take to come back after smcrouted is killed and restarted; relay-mode packets
- *   per second with the loss counted at the router and at the box.
+ *   per second with the loss counted at the router and at the box. The same over a link of the
+ *   nftables router kind (any kernel), where the restore is of the table deleted behind the
+ *   order server's back.
  */
 
 import { execFileSync } from 'node:child_process';
@@ -14,6 +16,7 @@ import { randomBytes } from 'node:crypto';
 import { readdirSync, readFileSync, statSync, watch, writeFileSync } from 'node:fs';
 import { cpus, loadavg, release } from 'node:os';
 import { join } from 'node:path';
+import { nftablesTableName, parseNftablesTable } from '../src/order/nftables.js';
 import { parseShowRoutes } from '../src/order/smcroute.js';
 import { createOrderBed, type OrderBed } from '../test/helpers/order-bed.js';
 import { postgresUnavailable, startPostgres } from '../test/helpers/postgres.js';
@@ -99,6 +102,26 @@ const filmOnLink = '239.231.1.3';
 const source = '10.231.1.10';
 const server = 'http://10.231.3.1:8080';
 const operatorToken = 'gct_order_bench_operator_token_0123456789';
+
+/** The router of the bed's link: real smcrouted, or the nftables table the order server writes. */
+type RouterKind = 'smcroute' | 'nftables';
+/** What the router is called in the stage tables, and the commands that add and remove a route. */
+const routerWords = {
+  smcroute: {
+    answers: 'smcrouted answered (route and kernel MFC in)',
+    removed: 'smcrouted answered',
+    reads: 'routes read, show routes on a drift check',
+    add: 'add',
+    remove: 'remove',
+  },
+  nftables: {
+    answers: 'nft answered (an element added, one transaction)',
+    removed: 'nft answered (an element deleted, one transaction)',
+    reads: 'routes read; the table listed first on a drift check',
+    add: 'nft -f',
+    remove: 'nft -f',
+  },
+} as const;
 
 /** A stage's time in each trial, and the order server's main thread in it (when both ends are its). */
 interface StageTimes {
@@ -202,6 +225,7 @@ const spanMs = (from: bigint, to: bigint) => Number(to - from) / 1e6;
 function stagesOf(
   probe: ProbeResult,
   traceText: string,
+  kind: RouterKind,
 ): Pick<
   BedFigures,
   | 'toFirstPacketMs'
@@ -264,8 +288,8 @@ function stagesOf(
     'handler → batch holds the store (group commit queue)',
     'batch holds the store → committed (SQLite flush)',
     'committed → driver starts on the link (poke)',
-    'driver starts → add sent (routes read, show routes on a drift check)',
-    'add sent → smcrouted answered (route and kernel MFC in)',
+    `driver starts → add sent (${routerWords[kind].reads})`,
+    `add sent → ${routerWords[kind].answers}`,
     'add answered → first datagram at the box',
     'committed → answer received by the box',
   ];
@@ -276,7 +300,7 @@ function stagesOf(
     'batch holds the store → committed',
     'committed → driver starts on the link',
     'driver starts → remove sent',
-    'remove sent → smcrouted answered',
+    `remove sent → ${routerWords[kind].removed}`,
     'remove answered → last datagram at the box',
     'committed → answer received by the box',
   ];
@@ -317,14 +341,17 @@ function stagesOf(
     };
     record(
       orderStages,
-      [...orderPath(t.orderSentNs, t.cancelSentNs, 'POST /v1/order/orders', 'add'), { at: t.firstPacketNs }],
+      [
+        ...orderPath(t.orderSentNs, t.cancelSentNs, 'POST /v1/order/orders', routerWords[kind].add),
+        { at: t.firstPacketNs },
+      ],
       t.orderAnsweredNs,
     );
     const cancelUntil = t.lastPacketNs + 1_000_000_000n;
     record(
       cancelStages,
       [
-        ...orderPath(t.cancelSentNs, cancelUntil, 'DELETE /v1/order/orders/', 'remove'),
+        ...orderPath(t.cancelSentNs, cancelUntil, 'DELETE /v1/order/orders/', routerWords[kind].remove),
         { at: t.lastPacketNs },
       ],
       t.cancelAnsweredNs,
@@ -361,11 +388,12 @@ function stagesOf(
   };
 }
 
-async function bedRuns(): Promise<BedFigures> {
+async function bedRuns(kind: RouterKind): Promise<BedFigures> {
   const bed: OrderBed = createOrderBed([news, film, filmOnLink]);
   const node = process.execPath;
+  const table = nftablesTableName('eth0', 'eth1');
   try {
-    let smcrouted = bed.startSmcrouted();
+    let smcrouted = kind === 'smcroute' ? bed.startSmcrouted() : undefined;
     const answers = () => {
       try {
         bed.routes();
@@ -374,7 +402,9 @@ async function bedRuns(): Promise<BedFigures> {
         return false;
       }
     };
-    await until('smcrouted', answers);
+    if (kind === 'smcroute') {
+      await until('smcrouted', answers);
+    }
     const traceFile = join(bed.directory, 'order-trace.jsonl');
     const serve = bed.start(
       'or',
@@ -406,7 +436,7 @@ async function bedRuns(): Promise<BedFigures> {
       '--capacity',
       '1G',
       '--router',
-      `smcroute:${bed.smcrouteSocket}:eth0:eth1`,
+      kind === 'smcroute' ? `smcroute:${bed.smcrouteSocket}:eth0:eth1` : 'nftables:eth0:eth1',
     );
     admin('orders', 'link', 'air', '--capacity', '1G', '--router', 'relay:10.231.1.1:10.231.2.1');
     admin(
@@ -501,7 +531,7 @@ async function bedRuns(): Promise<BedFigures> {
           `${readFileSync(traceFile, 'utf8')}${probe.output()}`,
         );
       }
-      return stagesOf(result, readFileSync(traceFile, 'utf8'));
+      return stagesOf(result, readFileSync(traceFile, 'utf8'), kind);
     };
     const timed = await probeRun();
     // The same trials again with the order server, smcrouted and the box ahead of the machine's
@@ -513,10 +543,14 @@ async function bedRuns(): Promise<BedFigures> {
       }
     };
     schedule(serve.child.pid, aheadPolicy);
-    schedule(smcrouted.child.pid, aheadPolicy);
+    if (smcrouted !== undefined) {
+      schedule(smcrouted.child.pid, aheadPolicy);
+    }
     const ahead = await probeRun(aheadPolicy);
     schedule(serve.child.pid, ['-o', '0']);
-    schedule(smcrouted.child.pid, ['-o', '0']);
+    if (smcrouted !== undefined) {
+      schedule(smcrouted.child.pid, ['-o', '0']);
+    }
 
     // Restore after smcrouted restarts: a box holds news; smcrouted is killed and started again.
     const watcher = bed.start('b1', node, [
@@ -533,6 +567,12 @@ async function bedRuns(): Promise<BedFigures> {
     await watcher.waitFor(/renewing every/);
     const routed = () => {
       try {
+        if (kind === 'nftables') {
+          const listed = bed.run('or', 'nft', ['-j', 'list', 'table', 'netdev', table]);
+          return [...parseNftablesTable(listed, 'eth0', 'eth1').routes.values()].some(
+            (route) => route.group === news,
+          );
+        }
         return parseShowRoutes(bed.routes()).some((route) => route.group === news);
       } catch {
         return false;
@@ -551,7 +591,29 @@ async function bedRuns(): Promise<BedFigures> {
         return undefined;
       }
     };
-    for (let i = 0; i < 5; i++) {
+    for (let i = 0; i < 5 && kind === 'nftables'; i++) {
+      // The table deleted behind the server's back (nft delete table): the drift check (every
+      // second) finds it gone and writes it again.
+      await until('news at the box', () => bed.arrived('b1', news) > 0);
+      bed.run('or', 'nft', ['delete', 'table', 'netdev', table]);
+      const deleted = performance.now();
+      // What was on its way when the table went is not a packet of the restore (2.5 packet times).
+      await new Promise((resolve) => setTimeout(resolve, 5));
+      const seenAtStart = bed.arrived('b1', news);
+      let packetsAt = 0;
+      await until('news routed again', () => {
+        if (packetsAt === 0 && bed.arrived('b1', news) > seenAtStart) {
+          packetsAt = performance.now();
+        }
+        return routed();
+      });
+      restoreRoutesMs.push(performance.now() - deleted);
+      await until('news at the box again', () => bed.arrived('b1', news) > seenAtStart + 2);
+      restorePacketsMs.push((packetsAt === 0 ? performance.now() : packetsAt) - deleted);
+      // A second apart, so the deletions meet the drift check at different points of its second.
+      await new Promise((resolve) => setTimeout(resolve, 1_000 + 197 * i));
+    }
+    for (let i = 0; i < 5 && smcrouted !== undefined; i++) {
       await smcrouted.stop('SIGKILL');
       // When the new daemon's control socket appears (inotify, as the server's driver sees it).
       const before = socketIdentity();
@@ -867,6 +929,77 @@ ${relayRows.join('\n')}
 Highest relayed rate with zero loss in this run: ${best > 0 ? `${best.toFixed(0)} datagrams/s` : 'none of the rates tried'}.`;
 }
 
+/** The bed's figures over a link of the nftables router kind. */
+function nftablesBedSection(figures: BedFigures | string): string {
+  if (typeof figures === 'string') {
+    return `### The one-way link bed, nftables router kind\n\nNot run: ${figures}.`;
+  }
+  const { ahead } = figures;
+  const measureRow = (label: string, values: readonly number[], aheadValues: readonly number[]) =>
+    `| ${label} | ${ms(percentile(values, 50))} | ${ms(percentile(values, 99))} | ${ms(Math.max(...values))} | ${ms(percentile(aheadValues, 50))} | ${ms(percentile(aheadValues, 99))} | ${ms(Math.max(...aheadValues))} | ${label.includes('to') ? '≤ 25' : ''} |`;
+  const stageRows = (stages: readonly StageTimes[], aheadStages: readonly StageTimes[]) =>
+    stages.map(
+      (stage, i) =>
+        `| ${stage.label} | ${ms(percentile(stage.elapsedMs, 50))} | ${ms(percentile(stage.elapsedMs, 99))} | ${ms(Math.max(...stage.elapsedMs))} | ${ms(percentile(aheadStages[i]?.elapsedMs ?? [], 50))} | ${ms(percentile(aheadStages[i]?.elapsedMs ?? [], 99))} |`,
+    );
+  const relayRows = figures.relay.map(
+    (row) =>
+      `| ${row.rateBits} | ${row.atRouter} | ${row.atBox} | ${row.atRouter - row.atBox} | ${(row.atBox / row.seconds).toFixed(0)} |`,
+  );
+  return `### On the one-way link bed, nftables router kind (namespaces, any kernel)
+
+The same bed, box, source and trials as the smcroute half, but the link's router is
+\`nftables:eth0:eth1\`: the order server writes the router's netdev table itself (\`nft -f\`, the
+whole table in one transaction, then listed back), with no routing daemon and no kernel multicast
+routing. ${figures.toFirstPacketMs.length} trials after a cold first one (order to first packet ${ms(figures.firstTrial.toFirstPacketMs)} ms,
+cancel to stop ${ms(figures.firstTrial.toStopMs)} ms); then the same trials with the order server and the box's probe
+at real-time round-robin priority 10 (\`chrt -r 10\`; the \`nft\` the server starts inherits its scheduling).
+
+| measure | p50 ms | p99 ms | max ms | real-time: p50 ms | p99 ms | max ms | target p99 |
+|---|---|---|---|---|---|---|---|
+${measureRow('order answered (HTTP round trip)', figures.orderAnsweredMs, ahead.orderAnsweredMs)}
+${measureRow('order to first packet', figures.toFirstPacketMs, ahead.toFirstPacketMs)}
+${measureRow('cancel answered (HTTP round trip)', figures.cancelAnsweredMs, ahead.cancelAnsweredMs)}
+${measureRow('cancel to stop (last packet after the cancel was sent)', figures.toStopMs, ahead.toStopMs)}
+
+| order stage | p50 ms | p99 ms | max ms | real-time: p50 | p99 |
+|---|---|---|---|---|---|
+${stageRows(figures.orderStages, ahead.orderStages).join('\n')}
+
+| cancel stage | p50 ms | p99 ms | max ms | real-time: p50 | p99 |
+|---|---|---|---|---|---|
+${stageRows(figures.cancelStages, ahead.cancelStages).join('\n')}
+
+The table deleted behind the order server's back (\`nft delete table netdev ${nftablesTableName('eth0', 'eth1')}\`), 5 times, one
+channel ordered: time until the table holds the channel again, and until its datagrams reach the box
+again (target ≤ 2 s). Nothing tells the server: its drift check (\`orderDriftCheckMs\`, every
+second) lists the table, finds it gone and writes it again, so the wait is up to a second plus the
+write.
+
+| restore | p50 ms | max ms |
+|---|---|---|
+| route back in \`nft list table\` | ${ms(percentile(figures.restoreRoutesMs, 50))} | ${ms(Math.max(...figures.restoreRoutesMs))} |
+| datagrams at the box again | ${ms(percentile(figures.restorePacketsMs, 50))} | ${ms(Math.max(...figures.restorePacketsMs))} |
+
+Where the time goes: the server's own part of an order is a few milliseconds (the stages up to
+the add sent); \`nft\` is most of the rest. An order is one element added in one transaction, but
+each \`nft\` is a process started by the server that reads the table (some 500 chains, one per TTL
+of each family) into its cache before it changes anything: about 20 ms at the median here, where
+smcrouted takes a route over its control socket with no process started. The tail is an order or
+a cancel that comes while the link's driver is listing the table for its drift check (every
+second, \`nft -t list table\` and \`nft -j list sets netdev\`): it waits for the listing
+("committed → driver starts on the link", p99). Before this run, each order wrote the whole table
+and listed it back twice, and the table went with the last cancel: order to first packet 74.3 ms
+p50 / 247.6 ms p99 and cancel to stop 246.7 / 715.7 ms, at load 2.2 on this machine.
+
+Relay mode in the same run (no router: the order server forwards the channel group to group; a
+40 MB file at each rate, datagrams counted at the router's input and at the box):
+
+| sender rate bit/s | datagrams at the router | relayed to the box | lost | relayed datagrams/s |
+|---|---|---|---|---|
+${relayRows.join('\n')}`;
+}
+
 /** BENCH_ORDER_ONLY=store or =bed runs (and rewrites) one half; the other keeps its figures. */
 async function main() {
   const only = process.env.BENCH_ORDER_ONLY;
@@ -885,20 +1018,31 @@ ${storeSection(rows)}`,
     );
   }
   if (only !== 'store') {
-    const bedReason = testbedUnavailable([], { smcroute: true });
-    let figures: BedFigures | string = bedReason ?? '';
-    const bedLoad = loadavg()[0]?.toFixed(1) ?? 'unknown';
-    if (bedReason === undefined) {
+    // The smcroute half where the kernel routes multicast; the nftables half wherever the bed
+    // runs. A half that cannot run here keeps the figures it has (BENCH_ORDER_ROUTER=smcroute or
+    // =nftables runs one).
+    const routers = (process.env.BENCH_ORDER_ROUTER ?? 'smcroute,nftables').split(',');
+    for (const kind of ['smcroute', 'nftables'] as const) {
+      if (!routers.includes(kind)) {
+        continue;
+      }
+      const bedReason = testbedUnavailable([], { smcroute: kind === 'smcroute' });
+      if (bedReason !== undefined) {
+        process.stderr.write(`ordering: the ${kind} bed half not run: ${bedReason}\n`);
+        continue;
+      }
+      const bedLoad = loadavg()[0]?.toFixed(1) ?? 'unknown';
+      let figures: BedFigures | string;
       try {
-        figures = await bedRuns();
+        figures = await bedRuns(kind);
       } catch (error) {
         figures = `the run failed: ${(error as Error).message.slice(0, 300)}`;
       }
+      writeSection(
+        kind === 'smcroute' ? 'ordering-bed' : 'ordering-bed-nftables',
+        `${kind === 'smcroute' ? bedSection(figures) : nftablesBedSection(figures)}\n\nLoad average ${bedLoad} when this part began; ${new Date().toISOString().slice(0, 10)}.`,
+      );
     }
-    writeSection(
-      'ordering-bed',
-      `${bedSection(figures)}\n\nLoad average ${bedLoad} when this part began; ${new Date().toISOString().slice(0, 10)}.`,
-    );
   }
   process.stderr.write('ordering: written to docs/benchmarks.md\n');
 }
