@@ -219,16 +219,25 @@ ensure_loss_table() {
 # the type byte is the fourth byte of the UDP payload, docs/protocol.md), or PORT/data/FIRST-LAST
 # (DATA packets whose sequence, the 32 bits at payload byte 12, is in FIRST-LAST: a stretch of a
 # session lost by its sequences, whatever the pace at which a loaded host reads them).
+# A UDP port, 1-65535, in base 10 (05000 is 5000), or death naming it.
+udp_port() {
+  [[ $1 =~ ^[0-9]{1,5}$ ]] && ((10#$1 >= 1 && 10#$1 <= 65535)) || die "PORT must be 1-65535: $1"
+  echo $((10#$1))
+}
+
 port_match() {
-  local spec=${1:-}
+  local spec=${1:-} port
   if [[ -z $spec ]]; then
     echo "meta l4proto udp"
   elif [[ $spec =~ ^([0-9]+)/data/([0-9]+)-([0-9]+)$ ]]; then
-    echo "udp dport ${BASH_REMATCH[1]} @ih,24,8 1 @ih,96,32 ${BASH_REMATCH[2]}-${BASH_REMATCH[3]}"
+    port=$(udp_port "${BASH_REMATCH[1]}") || exit 2
+    echo "udp dport $port @ih,24,8 1 @ih,96,32 ${BASH_REMATCH[2]}-${BASH_REMATCH[3]}"
   elif [[ $spec =~ ^([0-9]+)/data$ ]]; then
-    echo "udp dport ${BASH_REMATCH[1]} @ih,24,8 1"
+    port=$(udp_port "${BASH_REMATCH[1]}") || exit 2
+    echo "udp dport $port @ih,24,8 1"
   elif [[ $spec =~ ^[0-9]+$ ]]; then
-    echo "udp dport $spec"
+    port=$(udp_port "$spec") || exit 2
+    echo "udp dport $port"
   else
     die "PORT must be a number, NUMBER/data or NUMBER/data/FIRST-LAST: $spec"
   fi
@@ -241,7 +250,7 @@ case $command in
   up) up ;;
   down) down ;;
   loss)
-    [[ $# -ge 2 ]] || die "usage: testbed.sh loss PREFIX HOST PCT [PORT]"
+    [[ $# -ge 2 && $# -le 3 ]] || die "usage: testbed.sh loss PREFIX HOST PCT [PORT]"
     ns=$prefix-$1
     pct=$(percent "$2" loss)
     match=$(port_match "${3:-}")
@@ -288,10 +297,9 @@ case $command in
     in_ns "$prefix-$1" node -e 'fetch(process.argv[1]).then((r) => r.text()).then((t) => process.stdout.write(t))' "$2"
     ;;
   linkloss)
-    [[ $# -ge 2 ]] || die "usage: testbed.sh linkloss PREFIX PCT PORT"
+    [[ $# -eq 2 ]] || die "usage: testbed.sh linkloss PREFIX PCT PORT"
     pct=$(percent "$1" linkloss)
-    [[ $2 =~ ^[0-9]{1,5}$ ]] && ((10#$2 >= 1 && 10#$2 <= 65535)) || die "linkloss: PORT must be 1-65535: $2"
-    port=$((10#$2))
+    port=$(udp_port "$2")
     ns=$prefix-rtr
     # Everything checked first: a refused call leaves the rules as they were.
     in_ns "$ns" nft delete table inet gclinkloss 2>/dev/null || true

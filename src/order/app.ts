@@ -8,7 +8,7 @@
 import { randomUUID } from 'node:crypto';
 import { isIPv4, isIPv6 } from 'node:net';
 import { hostname } from 'node:os';
-import { isAbsolute } from 'node:path';
+import { isAbsolute, posix } from 'node:path';
 import { type Static, Type } from '@sinclair/typebox';
 import { Value } from '@sinclair/typebox/value';
 import type { FastifyInstance, FastifyReply } from 'fastify';
@@ -317,49 +317,72 @@ function groupField(reply: FastifyReply, text: string, field: string) {
  * would have its routes removed on every check. Undefined when the router is free.
  */
 async function routerShared(trx: Kysely<Schema>, name: string, router: LinkRouter) {
-  if (router.kind === 'nftables') {
+  if (router.kind !== 'nftables' && router.kind !== 'smcroute') {
+    return undefined;
+  }
+  const current = await trx
+    .selectFrom('order_links')
+    .select(['name', 'router_config'])
+    .where('router', '=', router.kind)
+    .where('name', '<>', name)
+    .execute();
+  // Routers other links left and that are not emptied yet (their server could not reach them):
+  // the emptying would take this link's routes there away.
+  const former = await trx
+    .selectFrom('order_link_routers')
+    .select(['link', 'router_config'])
+    .where('link', '<>', name)
+    .execute();
+  const rows = [
+    ...current.map((row) => ({ name: row.name, config: row.router_config, leaving: false })),
+    ...former
+      .filter(
+        (row) => !current.some((link) => link.name === row.link && link.router_config === row.router_config),
+      )
+      .map((row) => ({ name: row.link, config: row.router_config, leaving: true })),
+  ];
+  for (const row of rows) {
+    let other: unknown;
+    try {
+      other = JSON.parse(row.config);
+    } catch {
+      continue;
+    }
+    if (!Value.Check(LinkRouter, other)) {
+      continue;
+    }
+    const clash = routerClash(router, other);
+    if (clash !== undefined) {
+      return row.leaving
+        ? `body/router: link ${row.name} left that router (it ${clash.split(';')[0]}) and its routes there are not removed yet; try again once its order server has emptied it`
+        : `body/router: link ${row.name} ${clash}`;
+    }
+  }
+  return undefined;
+}
+
+/** What two links' routers share that one link's driving would undo for the other, or undefined. */
+function routerClash(router: LinkRouter, other: LinkRouter): string | undefined {
+  if (router.kind === 'nftables' && other.kind === 'nftables') {
     const table = router.table ?? nftablesTableName(router.inbound, router.outbound);
-    const others = await trx
-      .selectFrom('order_links')
-      .select(['name', 'router_config'])
-      .where('router', '=', 'nftables')
-      .where('name', '<>', name)
-      .execute();
-    const configs = others.map((row) => ({
-      name: row.name,
-      config: JSON.parse(row.router_config) as { inbound: string; outbound: string; table?: string },
-    }));
-    const other = configs.find(
-      ({ config }) => (config.table ?? nftablesTableName(config.inbound, config.outbound)) === table,
-    );
-    if (other !== undefined) {
-      return `body/router: link ${other.name} has the nftables table ${table}; a link needs its own (another table, or other interfaces)`;
+    if ((other.table ?? nftablesTableName(other.inbound, other.outbound)) === table) {
+      return `has the nftables table ${table}; a link needs its own (another table, or other interfaces)`;
     }
     // Two tables forwarding from one interface to the same other one are one link counted twice:
     // a group on both would go out twice, and each link's capacity would be half the truth.
-    const twin = configs.find(
-      ({ config }) => config.inbound === router.inbound && config.outbound === router.outbound,
-    );
-    return twin === undefined
-      ? undefined
-      : `body/router: link ${twin.name} already forwards from ${router.inbound} to ${router.outbound} with nftables; put the channels on that link`;
-  }
-  if (router.kind !== 'smcroute') {
+    if (other.inbound === router.inbound && other.outbound === router.outbound) {
+      return `already forwards from ${router.inbound} to ${router.outbound} with nftables; put the channels on that link`;
+    }
     return undefined;
   }
-  const others = await trx
-    .selectFrom('order_links')
-    .select(['name', 'router_config'])
-    .where('router', '=', 'smcroute')
-    .where('name', '<>', name)
-    .execute();
-  const other = others.find((row) => {
-    const config = JSON.parse(row.router_config) as Partial<Record<string, unknown>>;
-    return config.socket === router.socket && config.inbound === router.inbound;
-  });
-  return other === undefined
-    ? undefined
-    : `body/router: link ${other.name} has smcrouted ${router.socket} with inbound ${router.inbound}; a link needs its own (another daemon or inbound interface)`;
+  if (router.kind === 'smcroute' && other.kind === 'smcroute') {
+    // One daemon however its socket's path is written (//, /./).
+    return posix.normalize(other.socket) === posix.normalize(router.socket) &&
+      other.inbound === router.inbound
+      ? `has smcrouted ${router.socket} with inbound ${router.inbound}; a link needs its own (another daemon or inbound interface)`
+      : undefined;
+  }
+  return undefined;
 }
 
 /** The advisory lock a change of a link's router takes on PostgreSQL (any constant of our own). */
@@ -462,8 +485,11 @@ function routerBodyError(body: unknown): string | undefined {
     typeof body === 'object' && body !== null ? (body as Record<string, unknown>).router : undefined;
   const kind =
     typeof router === 'object' && router !== null ? (router as Record<string, unknown>).kind : undefined;
+  if (router === undefined) {
+    return undefined; // the schema says it is required
+  }
   if (typeof router !== 'object' || router === null || Array.isArray(router)) {
-    return undefined; // the schema names what is wrong with it
+    return `body/router: must be an object with a kind (${Object.keys(routerKinds).join(', ')})`;
   }
   if (typeof kind !== 'string' || !Object.hasOwn(routerKinds, kind)) {
     return `body/router/kind: must be one of ${Object.keys(routerKinds).join(', ')}`;
@@ -525,7 +551,7 @@ export function routerConfig(router: LinkRouter): string {
     case 'smcroute':
       return JSON.stringify({
         kind: router.kind,
-        socket: router.socket,
+        socket: posix.normalize(router.socket),
         inbound: router.inbound,
         outbound: router.outbound,
       });

@@ -100,7 +100,10 @@ interface Driven {
 export interface LinkDrivers extends AsyncDisposable {
   /** Reconcile this link now (this server changed it). */
   poke(link: string): void;
-  /** Runs one pass over every link and resolves when it is done. */
+  /**
+   * Runs one pass over every link and resolves when it is done, the emptying of routers links
+   * left included (the background passes do not wait for that).
+   */
   pass(): Promise<void>;
   /** The links this server drives now. */
   held(): string[];
@@ -218,8 +221,12 @@ export function startLinkDrivers(options: LinkDriversOptions): LinkDrivers {
     }
   };
 
-  /** When a router a link left may be tried again after its emptying failed (by link and config). */
+  /**
+   * When a router a link left may be tried again after its emptying failed (by link and config),
+   * and how many times in a row it failed: the wait doubles from a drift check's, up to 30 of them.
+   */
   const retireRetryAt = new Map<string, number>();
+  const retireFailures = new Map<string, number>();
   /** The errors last said of emptying such a router, and when (monotonic clock). */
   const retireReported = new Map<string, { text: string; at: number }>();
   /**
@@ -261,16 +268,50 @@ export function startLinkDrivers(options: LinkDriversOptions): LinkDrivers {
       options.onReport?.(link, { added: report.added, removed: report.removed, errors });
     }
     if (report.errors.length > 0) {
-      retireRetryAt.set(key, now() + driftCheckMs);
+      const failures = (retireFailures.get(key) ?? 0) + 1;
+      retireFailures.set(key, failures);
+      retireRetryAt.set(key, now() + driftCheckMs * Math.min(30, 2 ** (failures - 1)));
       return;
     }
     retireRetryAt.delete(key);
+    retireFailures.delete(key);
     retireReported.delete(key);
+    // Forgotten unless the link came back to it meanwhile (then it is the link's router again,
+    // recorded so that it is emptied when the link leaves it).
     await store.db
       .deleteFrom('order_link_routers')
       .where('link', '=', link)
       .where('router_config', '=', config)
+      .where(({ not, exists, selectFrom }) =>
+        not(
+          exists(
+            selectFrom('order_links')
+              .select('name')
+              .where('name', '=', link)
+              .where('router_config', '=', config),
+          ),
+        ),
+      )
       .execute();
+  };
+
+  /**
+   * Empties a router the link left in its own lane beside the link's (one that does not answer,
+   * up to its command timeout, holds up neither the link's orders nor any pass); with the driver
+   * that drove it, when the link moved while this server drove it.
+   */
+  const retireBeside = (link: string, config: string, driver?: RouterDriver) => {
+    const key = `${link}\n${config}`;
+    if (retiring.has(key)) {
+      if (driver !== undefined) {
+        void driver.close();
+      }
+      return;
+    }
+    const work = retire(link, config, driver)
+      .catch(reported(link))
+      .finally(() => retiring.delete(key));
+    retiring.set(key, work);
   };
 
   /**
@@ -297,18 +338,17 @@ export function startLinkDrivers(options: LinkDriversOptions): LinkDrivers {
     if (current !== undefined && current.config !== link.router_config) {
       driven.delete(link.name);
       retired.add(current.config);
-      await retire(link.name, current.config, current.driver);
+      retireBeside(link.name, current.config, current.driver);
       current = undefined;
     }
     for (const config of routers) {
-      const key = `${link.name}\n${config}`;
-      if (config !== link.router_config && !retired.has(config) && !retiring.has(key)) {
-        const work = retire(link.name, config)
-          .catch(reported(link.name))
-          .finally(() => retiring.delete(key));
-        retiring.set(key, work);
+      if (config !== link.router_config && !retired.has(config)) {
+        retireBeside(link.name, config);
       }
     }
+    // Back on a router that is still being emptied (A, B, A again): driven once that is done,
+    // never both at once.
+    await retiring.get(`${link.name}\n${link.router_config}`);
     if (current === undefined) {
       const router = JSON.parse(link.router_config) as unknown;
       if (!Value.Check(LinkRouter, router)) {
@@ -407,8 +447,6 @@ export function startLinkDrivers(options: LinkDriversOptions): LinkDrivers {
       ),
     );
     await driving;
-    // A pass ends when the routers links left have been tried too (each in its own time).
-    await Promise.all(retiring.values());
   };
 
   /** One pass at a time; a poke during a pass runs another right after. */
@@ -492,7 +530,10 @@ export function startLinkDrivers(options: LinkDriversOptions): LinkDrivers {
 
   return {
     poke,
-    pass: () => run(true),
+    pass: async () => {
+      await run(true);
+      await Promise.all(retiring.values());
+    },
     held: () => [...driven.keys()],
     close,
     [Symbol.asyncDispose]: close,

@@ -567,6 +567,17 @@ export function createNftablesDriver(settings: NftablesSettings): RouterDriver {
         return report;
       }
       seen = check;
+      // A route is carried only while both interfaces are there: one may have gone since they
+      // were last looked at (a drift check ago), and then nothing is reported added.
+      if (!deleting && additions.length > 0) {
+        const missing = await interfacesMissing();
+        if (missing !== undefined) {
+          interfacesFound = false;
+          seen = undefined;
+          report.errors.push(missing);
+          additions.length = 0;
+        }
+      }
       if (!deleting && check.differs !== undefined) {
         seen = undefined;
         report.errors.push(`table netdev ${table} written but listed otherwise: ${check.differs}`);

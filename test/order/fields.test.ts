@@ -135,12 +135,15 @@ describe('order API: addresses of services and links are checked naming the fiel
     const unknown = await call('PUT', '/v1/order/links/odd', link({ kind: 'pimd', inbound: 'eth0' }));
     assert.equal(unknown.status, 400, JSON.stringify(unknown.body));
     assert.equal(unknown.body.message, 'body/router/kind: must be one of smcroute, nftables, relay');
-    // A router that is no object is named as such, not as a missing kind.
-    for (const router of [[], [{ kind: 'nftables' }], 'nftables', 7]) {
+    // A router that is no object is named as such (once), not as a missing kind.
+    for (const router of [[], [{ kind: 'nftables' }], 'nftables', 7, null]) {
       const answer = await call('PUT', '/v1/order/links/odd', link(router));
       assert.equal(answer.status, 400, JSON.stringify(answer.body));
-      assert.match(String(answer.body.message), /^body\/router/);
-      assert.doesNotMatch(String(answer.body.message), /kind/, JSON.stringify(router));
+      assert.equal(
+        answer.body.message,
+        'body/router: must be an object with a kind (smcroute, nftables, relay)',
+        JSON.stringify(router),
+      );
     }
     // A link named "." or ".." could never be named in a path again.
     for (const name of ['.', '..']) {
@@ -168,6 +171,43 @@ describe('order API: addresses of services and links are checked naming the fiel
       const router = { kind: 'nftables', inbound: name, outbound: 'eth41' };
       assert.equal((await call('PUT', '/v1/order/links/odd', link(router))).status, 200, name);
     }
+  });
+
+  it('one smcrouted however its socket path is written; a router another link left but has not emptied yet', async () => {
+    // sat has smcrouted /run/x.sock with inbound eth0.
+    for (const socket of ['/run//x.sock', '/run/./x.sock', '/run/y/../x.sock']) {
+      const answer = await call('PUT', '/v1/order/links/same-daemon', {
+        capacity: 1_000_000,
+        router: { kind: 'smcroute', socket, inbound: 'eth0', outbound: 'eth9' },
+      });
+      assert.equal(answer.status, 409, `${socket}: ${JSON.stringify(answer.body)}`);
+      assert.match(String(answer.body.message), /^body\/router: link sat has smcrouted/);
+    }
+    // sat was on the nftables table gatecast_old and its server has not emptied it yet.
+    await store.db
+      .insertInto('order_link_routers')
+      .values({
+        link: 'sat',
+        router_config: JSON.stringify({
+          kind: 'nftables',
+          inbound: 'eth30',
+          outbound: 'eth31',
+          table: 'gatecast_old',
+        }),
+      })
+      .execute();
+    const taken = await call('PUT', '/v1/order/links/newcomer', {
+      capacity: 1_000_000,
+      router: { kind: 'nftables', inbound: 'eth32', outbound: 'eth33', table: 'gatecast_old' },
+    });
+    assert.equal(taken.status, 409, JSON.stringify(taken.body));
+    assert.match(String(taken.body.message), /^body\/router: link sat left that router .* not removed yet/);
+    await store.db.deleteFrom('order_link_routers').where('link', '=', 'sat').execute();
+    const free = await call('PUT', '/v1/order/links/newcomer', {
+      capacity: 1_000_000,
+      router: { kind: 'nftables', inbound: 'eth32', outbound: 'eth33', table: 'gatecast_old' },
+    });
+    assert.equal(free.status, 200, JSON.stringify(free.body));
   });
 
   it('keeps an IPv6 source in its one text form, as the router shows it', async () => {

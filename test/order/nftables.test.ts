@@ -339,6 +339,21 @@ describe('nftables driver against the real nft (a namespace of its own)', testbe
     await driver.close();
   });
 
+  it('an interface gone since the last drift check: an order on the link is an error, not a route', async () => {
+    execFileSync('ip', ['-n', ns, 'link', 'add', 'gx0', 'type', 'veth', 'peer', 'name', 'gx1']);
+    const driver = createNftablesDriver({ inbound: 'gx0', outbound: 'gx1', command, ipCommand });
+    assert.deepEqual((await driver.reconcile([route(null, '239.8.8.1')])).added, ['*,239.8.8.1']);
+    // Deleting one end of a veth pair deletes both.
+    execFileSync('ip', ['-n', ns, 'link', 'del', 'gx0']);
+    const report = await driver.reconcile([route(null, '239.8.8.1'), route(null, '239.8.8.2')], {
+      fresh: false,
+    });
+    assert.deepEqual(report.added, [], JSON.stringify(report));
+    assert.match(report.errors.join('\n'), /interface gx[01] does not exist/);
+    await driver.reconcile([], { fresh: true, final: true });
+    await driver.close();
+  });
+
   it('a missing interface is found before writing when the last listing had nothing to carry', async () => {
     const driver = driverOf('eht0');
     // The first reconcile carries nothing: no interface is looked at, and that is no error.
