@@ -181,6 +181,17 @@ function readSet(
   return strange;
 }
 
+/** The items of nft's JSON listing, or undefined when it printed no JSON. */
+function listedItems(text: string): unknown[] | undefined {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text);
+  } catch {
+    return undefined;
+  }
+  return isRecord(parsed) && Array.isArray(parsed.nftables) ? (parsed.nftables as unknown[]) : [];
+}
+
 /**
  * Reads the sets of table from `nft -j list sets netdev` (every netdev table's sets, with their
  * elements): the routes, after a write that changed only elements (the rest of the table is
@@ -188,13 +199,10 @@ function readSet(
  */
 export function parseNftablesSets(text: string, table: string): ListedTable {
   const routes = new Map<string, TableRoute>();
-  let parsed: unknown;
-  try {
-    parsed = JSON.parse(text);
-  } catch {
+  const items = listedItems(text);
+  if (items === undefined) {
     return { routes, differs: 'nft listed no JSON' };
   }
-  const items = isRecord(parsed) && Array.isArray(parsed.nftables) ? (parsed.nftables as unknown[]) : [];
   const sets = new Set<string>();
   let strange: string | undefined;
   for (const item of items) {
@@ -218,13 +226,10 @@ export function parseNftablesTable(text: string | undefined, inbound: string, ou
   if (text === undefined) {
     return { routes, differs: 'no table' };
   }
-  let parsed: unknown;
-  try {
-    parsed = JSON.parse(text);
-  } catch {
+  const items = listedItems(text);
+  if (items === undefined) {
     return { routes, differs: 'nft listed no JSON' };
   }
-  const items = isRecord(parsed) && Array.isArray(parsed.nftables) ? (parsed.nftables as unknown[]) : [];
   const sets = new Set<string>();
   let rules = 0;
   let copies = 0;

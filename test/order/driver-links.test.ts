@@ -6,6 +6,25 @@ import type { LinkRouter } from '../../src/protocol/api-order.js';
 import { openStore, type Store } from '../../src/store/database.js';
 import { waitUntil as until } from '../helpers/wait.js';
 
+/** A relay link (the fake drivers look only at its addresses). */
+async function addRelayLink(store: Store, name: string, inbound: string, outbound = inbound): Promise<void> {
+  const iso = new Date().toISOString();
+  await store.db
+    .insertInto('order_links')
+    .values({
+      name,
+      capacity_bits: 10_000_000,
+      used_bits: 0,
+      router: 'relay',
+      router_config: JSON.stringify({ kind: 'relay', inbound, outbound }),
+      policy: 'reject',
+      version: 0,
+      created_at: iso,
+      updated_at: iso,
+    })
+    .execute();
+}
+
 // Links were driven one after another, and a poke waited for the whole pass: a router that did
 // not answer on one link (up to its command timeout, 5 s) held up every order and cancel on the
 // others, so a cancelled channel kept flowing on a healthy link for that long.
@@ -34,26 +53,8 @@ describe('links are driven side by side', () => {
   });
   before(async () => {
     store = await openStore('sqlite::memory:');
-    const iso = new Date().toISOString();
-    for (const [name, inbound] of [
-      ['stuck', '127.0.0.1'],
-      ['fine', '127.0.0.2'],
-    ] as const) {
-      await store.db
-        .insertInto('order_links')
-        .values({
-          name,
-          capacity_bits: 10_000_000,
-          used_bits: 0,
-          router: 'relay',
-          router_config: JSON.stringify({ kind: 'relay', inbound, outbound: inbound }),
-          policy: 'reject',
-          version: 0,
-          created_at: iso,
-          updated_at: iso,
-        })
-        .execute();
-    }
+    await addRelayLink(store, 'stuck', '127.0.0.1');
+    await addRelayLink(store, 'fine', '127.0.0.2');
   });
   after(async () => {
     release?.();
@@ -107,21 +108,7 @@ describe('a failing router is asked again after a growing wait and its errors ar
   });
   before(async () => {
     store = await openStore('sqlite::memory:');
-    const iso = new Date().toISOString();
-    await store.db
-      .insertInto('order_links')
-      .values({
-        name: 'down',
-        capacity_bits: 10_000_000,
-        used_bits: 0,
-        router: 'relay',
-        router_config: JSON.stringify({ kind: 'relay', inbound: '127.0.0.1', outbound: '127.0.0.2' }),
-        policy: 'reject',
-        version: 0,
-        created_at: iso,
-        updated_at: iso,
-      })
-      .execute();
+    await addRelayLink(store, 'down', '127.0.0.1', '127.0.0.2');
   });
   after(async () => {
     await drivers?.close();
@@ -211,21 +198,7 @@ describe('a router a link left is emptied beside the link, its errors said once 
   });
   before(async () => {
     store = await openStore('sqlite::memory:');
-    const iso = new Date().toISOString();
-    await store.db
-      .insertInto('order_links')
-      .values({
-        name: 'moved',
-        capacity_bits: 10_000_000,
-        used_bits: 0,
-        router: 'relay',
-        router_config: JSON.stringify(current),
-        policy: 'reject',
-        version: 0,
-        created_at: iso,
-        updated_at: iso,
-      })
-      .execute();
+    await addRelayLink(store, 'moved', current.inbound, current.outbound);
     // The link was on the former router when no server ran: its routes may still be there.
     await store.db
       .insertInto('order_link_routers')
@@ -318,23 +291,7 @@ describe('a former router that does not answer holds up no pass and no new route
     close: async () => undefined,
   });
   const relay = (inbound: string) => ({ kind: 'relay', inbound, outbound: '127.0.0.2' });
-  const addLink = async (name: string, inbound: string) => {
-    const iso = new Date().toISOString();
-    await store.db
-      .insertInto('order_links')
-      .values({
-        name,
-        capacity_bits: 10_000_000,
-        used_bits: 0,
-        router: 'relay',
-        router_config: JSON.stringify(relay(inbound)),
-        policy: 'reject',
-        version: 0,
-        created_at: iso,
-        updated_at: iso,
-      })
-      .execute();
-  };
+  const addLink = (name: string, inbound: string) => addRelayLink(store, name, inbound, '127.0.0.2');
   before(async () => {
     store = await openStore('sqlite::memory:');
     await addLink('left', '127.0.1.1');
