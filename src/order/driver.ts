@@ -17,6 +17,7 @@ import {
 import { LinkRouter } from '../protocol/api-order.js';
 import type { Store } from '../store/database.js';
 import type { OrderBook, RouteWanted } from './book.js';
+import { routerPlace } from './place.js';
 import { traceOrderStage } from './trace.js';
 
 /** What one reconcile did. */
@@ -276,8 +277,14 @@ export function startLinkDrivers(options: LinkDriversOptions): LinkDrivers {
     retireRetryAt.delete(key);
     retireFailures.delete(key);
     retireReported.delete(key);
-    // Forgotten unless the link came back to it meanwhile (then it is the link's router again,
-    // recorded so that it is emptied when the link leaves it).
+    await forget(link, config);
+  };
+
+  /**
+   * Forgets a router the link left, unless the link came back to it meanwhile (then it is the
+   * link's router again, recorded so that it is emptied when the link leaves it).
+   */
+  const forget = async (link: string, config: string) => {
     await store.db
       .deleteFrom('order_link_routers')
       .where('link', '=', link)
@@ -302,7 +309,7 @@ export function startLinkDrivers(options: LinkDriversOptions): LinkDrivers {
    */
   const retireBeside = (link: string, config: string, driver?: RouterDriver) => {
     const key = `${link}\n${config}`;
-    if (retiring.has(key)) {
+    if (retiring.has(key) || (driver === undefined && now() < (retireRetryAt.get(key) ?? 0))) {
       if (driver !== undefined) {
         void driver.close();
       }
@@ -310,8 +317,24 @@ export function startLinkDrivers(options: LinkDriversOptions): LinkDrivers {
     }
     const work = retire(link, config, driver)
       .catch(reported(link))
-      .finally(() => retiring.delete(key));
+      .finally(() => {
+        retiring.delete(key);
+        // The link may wait for this (its router of now is in the same place): drive it now.
+        if (!closed) {
+          poke(link);
+        }
+      });
     retiring.set(key, work);
+  };
+
+  /** The place of a stored router_config (undefined: none shared, or not a router). */
+  const placeOf = (config: string): string | undefined => {
+    try {
+      const router = JSON.parse(config) as unknown;
+      return Value.Check(LinkRouter, router) ? routerPlace(router) : undefined;
+    } catch {
+      return undefined;
+    }
   };
 
   /**
@@ -334,21 +357,43 @@ export function startLinkDrivers(options: LinkDriversOptions): LinkDrivers {
     // The link moved to another router (or interface): the old one must stop forwarding its
     // channels, or a cancel would never stop them there. (A lost lease or a stop keeps them: the
     // next holder takes the same router over, or empties it if the link left it meanwhile.)
+    // A router in the place of the link's router of now (the same daemon and inbound interface,
+    // or the same table, written otherwise) is not emptied: the new driver takes the place over,
+    // and emptying it would take the link's routes there away.
+    const place = placeOf(link.router_config);
+    const samePlace = (config: string) => place !== undefined && placeOf(config) === place;
     const retired = new Set<string>();
     if (current !== undefined && current.config !== link.router_config) {
       driven.delete(link.name);
       retired.add(current.config);
-      retireBeside(link.name, current.config, current.driver);
+      if (samePlace(current.config)) {
+        await current.driver.close();
+        await forget(link.name, current.config);
+      } else {
+        retireBeside(link.name, current.config, current.driver);
+      }
       current = undefined;
     }
     for (const config of routers) {
-      if (config !== link.router_config && !retired.has(config)) {
+      if (config === link.router_config || retired.has(config)) {
+        continue;
+      }
+      if (samePlace(config)) {
+        await forget(link.name, config);
+      } else {
         retireBeside(link.name, config);
       }
     }
-    // Back on a router that is still being emptied (A, B, A again): driven once that is done,
-    // never both at once.
-    await retiring.get(`${link.name}\n${link.router_config}`);
+    // Back on a router (or its place) still being emptied (A, B, A again): not driven until that
+    // is done (it pokes the link then), never both at once; nothing waits for it here, so the
+    // pass, the other links and the leases go on.
+    const emptying = [...retiring.keys()].some((key) => {
+      const [owner, config] = [key.slice(0, key.indexOf('\n')), key.slice(key.indexOf('\n') + 1)];
+      return owner === link.name && (config === link.router_config || samePlace(config));
+    });
+    if (emptying || closed) {
+      return;
+    }
     if (current === undefined) {
       const router = JSON.parse(link.router_config) as unknown;
       if (!Value.Check(LinkRouter, router)) {

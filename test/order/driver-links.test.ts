@@ -332,8 +332,25 @@ describe('a former router that does not answer holds up no pass and no new route
     drivers.poke('left');
     await until('the new router driven', () => (asked.get('127.0.1.2') ?? 0) > 0, 2_000);
     await until('the old one being emptied', () => releases.length >= 2, 2_000);
+    // Back onto the router still being emptied (A, B, A): not driven until that is done, while
+    // every other link goes on; then driven at once.
+    const backAt = asked.get('127.0.1.1') ?? 0;
+    await store.db
+      .updateTable('order_links')
+      .set((eb) => ({ router_config: JSON.stringify(relay('127.0.1.1')), version: eb('version', '+', 1) }))
+      .where('name', '=', 'left')
+      .execute();
+    drivers.poke('left');
+    const otherBefore = asked.get('127.0.2.1') ?? 0;
+    await until(
+      'three drift checks of the other link',
+      () => (asked.get('127.0.2.1') ?? 0) >= otherBefore + 3,
+      5_000,
+    );
+    assert.equal(asked.get('127.0.1.1'), backAt, 'driven while it was still being emptied');
     for (const release of releases.splice(0)) {
       release();
     }
+    await until('driven once emptied', () => (asked.get('127.0.1.1') ?? 0) > backAt, 2_000);
   });
 });
