@@ -90,9 +90,6 @@ interface Driven {
   /** While failing: when to ask the router again unless poked (monotonic clock), and the step. */
   retryAt: number;
   retryStepMs: number;
-  /** The errors last reported, and when (monotonic): the same errors again are not repeated at once. */
-  reportedErrors: string;
-  reportedErrorsAt: number;
   /** When this server last wrote its lease on the link (monotonic clock). */
   leaseRefreshedAt: number;
 }
@@ -175,6 +172,26 @@ export function startLinkDrivers(options: LinkDriversOptions): LinkDrivers {
     return held;
   };
 
+  /**
+   * The errors last said of a link's router or of a router it left (by link, or link and config),
+   * and when (monotonic clock): the same errors are said again only after errorRepeatMs, so a
+   * router that stays unreachable is one line every orderRouterErrorRepeatMs, not one a retry.
+   */
+  const errorsSaid = new Map<string, { text: string; at: number }>();
+  const unrepeated = (key: string, errors: readonly string[]): string[] => {
+    if (errors.length === 0) {
+      errorsSaid.delete(key);
+      return [];
+    }
+    const text = errors.join('\n');
+    const said = errorsSaid.get(key);
+    if (said?.text === text && monotonic() - said.at < errorRepeatMs) {
+      return [];
+    }
+    errorsSaid.set(key, { text, at: monotonic() });
+    return [...errors];
+  };
+
   /** Reconciles a link this server drives; version: the link row's, when the pass read it. */
   const reconcileDriven = async (name: string, current: Driven, version: number | undefined) => {
     const at = now();
@@ -200,23 +217,13 @@ export function startLinkDrivers(options: LinkDriversOptions): LinkDrivers {
       current.checkedAt = at; // the drift check's clock runs from the last time the router was asked
     }
     current.failing = report.errors.length > 0;
-    let errors = report.errors;
     if (current.failing) {
       current.retryStepMs = Math.min(driftCheckMs, Math.max(pollMs, current.retryStepMs * 2));
       current.retryAt = monotonic() + current.retryStepMs;
-      // The same errors as last time are said again only after a while: a router that stays
-      // unreachable is one line every orderRouterErrorRepeatMs, not one a retry.
-      const text = errors.join('\n');
-      if (text === current.reportedErrors && monotonic() - current.reportedErrorsAt < errorRepeatMs) {
-        errors = [];
-      } else {
-        current.reportedErrors = text;
-        current.reportedErrorsAt = monotonic();
-      }
     } else {
       current.retryStepMs = 0;
-      current.reportedErrors = '';
     }
+    const errors = unrepeated(name, report.errors);
     if (report.added.length > 0 || report.removed.length > 0 || errors.length > 0) {
       options.onReport?.(name, { added: report.added, removed: report.removed, errors });
     }
@@ -226,10 +233,7 @@ export function startLinkDrivers(options: LinkDriversOptions): LinkDrivers {
    * When a router a link left may be tried again after its emptying failed (by link and config),
    * and how many times in a row it failed: the wait doubles from a drift check's, up to 30 of them.
    */
-  const retireRetryAt = new Map<string, number>();
-  const retireFailures = new Map<string, number>();
-  /** The errors last said of emptying such a router, and when (monotonic clock). */
-  const retireReported = new Map<string, { text: string; at: number }>();
+  const retireBackoff = new Map<string, { at: number; failures: number }>();
   /**
    * Routers a link left that are being emptied now, beside the link's own work: one that does not
    * answer (up to its command timeout) holds up no order or cancel on the link.
@@ -242,7 +246,7 @@ export function startLinkDrivers(options: LinkDriversOptions): LinkDrivers {
    */
   const retire = async (link: string, config: string, driver?: RouterDriver): Promise<void> => {
     const key = `${link}\n${config}`;
-    if (driver === undefined && now() < (retireRetryAt.get(key) ?? 0)) {
+    if (driver === undefined && now() < (retireBackoff.get(key)?.at ?? 0)) {
       return;
     }
     const router = JSON.parse(config) as unknown;
@@ -256,27 +260,16 @@ export function startLinkDrivers(options: LinkDriversOptions): LinkDrivers {
         .catch((error: Error) => ({ added: [], removed: [], errors: [error.message] }));
       await using.close();
     }
-    // The same errors of a router that stays unreachable are said once a while, as a link's own.
-    let errors = report.errors;
-    const text = errors.join('\n');
-    const said = retireReported.get(key);
-    if (errors.length > 0 && said?.text === text && monotonic() - said.at < errorRepeatMs) {
-      errors = [];
-    } else if (errors.length > 0) {
-      retireReported.set(key, { text, at: monotonic() });
-    }
+    const errors = unrepeated(key, report.errors);
     if (report.removed.length > 0 || errors.length > 0) {
       options.onReport?.(link, { added: report.added, removed: report.removed, errors });
     }
     if (report.errors.length > 0) {
-      const failures = (retireFailures.get(key) ?? 0) + 1;
-      retireFailures.set(key, failures);
-      retireRetryAt.set(key, now() + driftCheckMs * Math.min(30, 2 ** (failures - 1)));
+      const failures = (retireBackoff.get(key)?.failures ?? 0) + 1;
+      retireBackoff.set(key, { at: now() + driftCheckMs * Math.min(30, 2 ** (failures - 1)), failures });
       return;
     }
-    retireRetryAt.delete(key);
-    retireFailures.delete(key);
-    retireReported.delete(key);
+    retireBackoff.delete(key);
     await forget(link, config);
   };
 
@@ -309,7 +302,7 @@ export function startLinkDrivers(options: LinkDriversOptions): LinkDrivers {
    */
   const retireBeside = (link: string, config: string, driver?: RouterDriver) => {
     const key = `${link}\n${config}`;
-    if (retiring.has(key) || (driver === undefined && now() < (retireRetryAt.get(key) ?? 0))) {
+    if (retiring.has(key) || (driver === undefined && now() < (retireBackoff.get(key)?.at ?? 0))) {
       if (driver !== undefined) {
         void driver.close();
       }
@@ -360,8 +353,13 @@ export function startLinkDrivers(options: LinkDriversOptions): LinkDrivers {
     // A router in the place of the link's router of now (the same daemon and inbound interface,
     // or the same table, written otherwise) is not emptied: the new driver takes the place over,
     // and emptying it would take the link's routes there away.
-    const place = placeOf(link.router_config);
-    const samePlace = (config: string) => place !== undefined && placeOf(config) === place;
+    let place: string | undefined | null = null; // null: not looked at yet (most passes never do)
+    const samePlace = (config: string) => {
+      if (place === null) {
+        place = placeOf(link.router_config);
+      }
+      return place !== undefined && placeOf(config) === place;
+    };
     const retired = new Set<string>();
     if (current !== undefined && current.config !== link.router_config) {
       driven.delete(link.name);
@@ -419,8 +417,6 @@ export function startLinkDrivers(options: LinkDriversOptions): LinkDrivers {
         failing: false,
         retryAt: 0,
         retryStepMs: 0,
-        reportedErrors: '',
-        reportedErrorsAt: 0,
         leaseRefreshedAt: monotonic(), // holdLease wrote it just now
       };
       driven.set(link.name, current);

@@ -13,6 +13,58 @@ const smcroute = (outbound: string): LinkRouter => ({
   outbound,
 });
 
+/** Link sat on router, its service news on group, and box b1 entitled to channels. */
+async function seedLink(store: Store, router: LinkRouter, group: string): Promise<void> {
+  const iso = new Date().toISOString();
+  await store.db
+    .insertInto('order_links')
+    .values({
+      name: 'sat',
+      capacity_bits: 10_000_000,
+      used_bits: 0,
+      router: router.kind,
+      router_config: JSON.stringify(router),
+      policy: 'reject',
+      version: 0,
+      created_at: iso,
+      updated_at: iso,
+    })
+    .execute();
+  await store.db
+    .insertInto('order_services')
+    .values({
+      name: 'news',
+      link: 'sat',
+      group_address: group,
+      port: 5000,
+      source_address: null,
+      bit_rate: 1_000_000,
+      priority: 0,
+      price: 'per-order',
+      relay_to: null,
+      created_at: iso,
+      updated_at: iso,
+    })
+    .execute();
+  await store.db
+    .insertInto('parties')
+    .values({ id: 'b1', kind: 'subscriber', name: 'b1', token_hash: 'hash-b1', created_at: iso })
+    .execute();
+  await store.db
+    .insertInto('entitlements')
+    .values({
+      id: 'ent-b1',
+      subscriber: 'b1',
+      service: 'channel',
+      session: null,
+      valid_from: null,
+      valid_to: null,
+      monthly: null,
+      created_at: iso,
+    })
+    .execute();
+}
+
 // A link moved to another router (another smcrouted, inbound or outbound interface): the old
 // router's driver was closed with its routes in place, so the old router went on forwarding the
 // link's channels for ever, and a cancel no longer stopped them there.
@@ -54,54 +106,7 @@ describe('a link whose router changes', () => {
 
   before(async () => {
     store = await openStore('sqlite::memory:');
-    const iso = new Date().toISOString();
-    await store.db
-      .insertInto('order_links')
-      .values({
-        name: 'sat',
-        capacity_bits: 10_000_000,
-        used_bits: 0,
-        router: 'smcroute',
-        router_config: JSON.stringify(smcroute('eth1')),
-        policy: 'reject',
-        version: 0,
-        created_at: iso,
-        updated_at: iso,
-      })
-      .execute();
-    await store.db
-      .insertInto('order_services')
-      .values({
-        name: 'news',
-        link: 'sat',
-        group_address: '239.79.0.1',
-        port: 5000,
-        source_address: null,
-        bit_rate: 1_000_000,
-        priority: 0,
-        price: 'per-order',
-        relay_to: null,
-        created_at: iso,
-        updated_at: iso,
-      })
-      .execute();
-    await store.db
-      .insertInto('parties')
-      .values({ id: 'b1', kind: 'subscriber', name: 'b1', token_hash: 'hash-b1', created_at: iso })
-      .execute();
-    await store.db
-      .insertInto('entitlements')
-      .values({
-        id: 'ent-b1',
-        subscriber: 'b1',
-        service: 'channel',
-        session: null,
-        valid_from: null,
-        valid_to: null,
-        monthly: null,
-        created_at: iso,
-      })
-      .execute();
+    await seedLink(store, smcroute('eth1'), '239.79.0.1');
     book = createOrderBook(store, { leaseMs: 60_000 });
     // Passes only when the test asks for one.
     drivers = startLinkDrivers({ store, book, holder: 'server-a', makeDriver, pollMs: 3_600_000 });
@@ -214,54 +219,7 @@ describe('a link moved within one place (the same daemon and inbound)', () => {
 
   before(async () => {
     store = await openStore('sqlite::memory:');
-    const iso = new Date().toISOString();
-    await store.db
-      .insertInto('order_links')
-      .values({
-        name: 'sat',
-        capacity_bits: 10_000_000,
-        used_bits: 0,
-        router: 'smcroute',
-        router_config: JSON.stringify(oneDaemon('eth1')),
-        policy: 'reject',
-        version: 0,
-        created_at: iso,
-        updated_at: iso,
-      })
-      .execute();
-    await store.db
-      .insertInto('order_services')
-      .values({
-        name: 'news',
-        link: 'sat',
-        group_address: '239.79.0.2',
-        port: 5000,
-        source_address: null,
-        bit_rate: 1_000_000,
-        priority: 0,
-        price: 'per-order',
-        relay_to: null,
-        created_at: iso,
-        updated_at: iso,
-      })
-      .execute();
-    await store.db
-      .insertInto('parties')
-      .values({ id: 'b1', kind: 'subscriber', name: 'b1', token_hash: 'hash-b1', created_at: iso })
-      .execute();
-    await store.db
-      .insertInto('entitlements')
-      .values({
-        id: 'ent-b1',
-        subscriber: 'b1',
-        service: 'channel',
-        session: null,
-        valid_from: null,
-        valid_to: null,
-        monthly: null,
-        created_at: iso,
-      })
-      .execute();
+    await seedLink(store, oneDaemon('eth1'), '239.79.0.2');
     book = createOrderBook(store, { leaseMs: 60_000 });
     drivers = startLinkDrivers({
       store,
