@@ -57,6 +57,7 @@ import { orderServiceColumns } from '../store/order-tables.js';
 import { createOrderBook, type OrderBook, presentOrder } from './book.js';
 import { type LinkDrivers, type ReconcileReport, type RouterDriver, startLinkDrivers } from './driver.js';
 import { createNftablesDriver, nftablesTableName } from './nftables.js';
+import { routerPlace } from './place.js';
 import { createRelayDriver } from './relay.js';
 import { createSmcrouteDriver } from './smcroute.js';
 import { traceOrderStage } from './trace.js';
@@ -363,9 +364,11 @@ async function routerShared(trx: Kysely<Schema>, name: string, router: LinkRoute
 
 /** What two links' routers share that one link's driving would undo for the other, or undefined. */
 function routerClash(router: LinkRouter, other: LinkRouter): string | undefined {
+  // One table, or one daemon and inbound interface however its socket's path is written.
+  const samePlace = routerPlace(router) !== undefined && routerPlace(router) === routerPlace(other);
   if (router.kind === 'nftables' && other.kind === 'nftables') {
-    const table = router.table ?? nftablesTableName(router.inbound, router.outbound);
-    if ((other.table ?? nftablesTableName(other.inbound, other.outbound)) === table) {
+    if (samePlace) {
+      const table = router.table ?? nftablesTableName(router.inbound, router.outbound);
       return `has the nftables table ${table}; a link needs its own (another table, or other interfaces)`;
     }
     // Two tables forwarding from one interface to the same other one are one link counted twice:
@@ -375,14 +378,21 @@ function routerClash(router: LinkRouter, other: LinkRouter): string | undefined 
     }
     return undefined;
   }
-  if (router.kind === 'smcroute' && other.kind === 'smcroute') {
-    // One daemon however its socket's path is written (//, /./).
-    return posix.normalize(other.socket) === posix.normalize(router.socket) &&
-      other.inbound === router.inbound
-      ? `has smcrouted ${router.socket} with inbound ${router.inbound}; a link needs its own (another daemon or inbound interface)`
-      : undefined;
+  if (router.kind === 'smcroute' && samePlace) {
+    return `has smcrouted ${router.socket} with inbound ${router.inbound}; a link needs its own (another daemon or inbound interface)`;
   }
   return undefined;
+}
+
+/** Why a service's source cannot be one (no unicast address of the group's family, or one no packet comes from). */
+function sourceRefusal(source: string, family: 4 | 6): string | undefined {
+  const unsourced = unsourcedAddress(source);
+  return (
+    unicastRefusal(source, 'body/source', family) ??
+    (unsourced === undefined
+      ? undefined
+      : `body/source: "${source}" is ${unsourced}, which no packet comes from`)
+  );
 }
 
 /** The advisory lock a change of a link's router takes on PostgreSQL (any constant of our own). */
@@ -806,18 +816,9 @@ function registerOperatorRoutes(app: FastifyInstance, context: OrderContext, dri
       }
       // The router is asked for (S,G) as stored: an address it cannot route, or written otherwise
       // than it shows routes, would be tried again (or removed and added again) on every check.
-      const sourceRefusal =
-        body.source === undefined
-          ? undefined
-          : (unicastRefusal(body.source, 'body/source', group.family) ??
-            ((unsourced) =>
-              unsourced === undefined
-                ? undefined
-                : `body/source: "${body.source}" is ${unsourced}, which no packet comes from`)(
-              unsourcedAddress(body.source),
-            ));
-      if (sourceRefusal !== undefined) {
-        return sendError(reply, 'invalid-request', sourceRefusal);
+      const refusal = body.source === undefined ? undefined : sourceRefusal(body.source, group.family);
+      if (refusal !== undefined) {
+        return sendError(reply, 'invalid-request', refusal);
       }
       const iso = new Date().toISOString();
       const outcome = await store.writeTransaction(async (trx) => {
