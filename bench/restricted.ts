@@ -671,6 +671,19 @@ ${ratio(verifying, 'receiver')}; node:crypto as the engine: sender ${ratio(nodeR
 every-n-th-packet mode, groups of 16 (a group key derived per group on both sides, 16 bytes more a
 packet): sender ${ratio(grouped, 'sender')}, receiver ${ratio(grouped, 'receiver')}.
 
+Why the per-side reading is out of reach for a sender with manifests: what each part of a manifest
+costs it, measured by taking the part away in a build made for the measurement (not a setting of
+gatecast). Senders only, on loopback in one namespace, 100,000 packets at 100M, two senders pinned
+to one core at once as above; the median of 6 rounds, the rounds' lowest and highest in brackets
+(12-04, load 0.8–1.4). Against plain beside it: AEAD + manifests 0.78× (0.74–0.80); without the
+SHA-256 of each packet 0.81× (0.77–0.82); without the Ed25519 signatures 0.78× (0.75–0.79); without
+either 0.81× (0.78–0.84); AEAD alone 0.90× (0.85–0.97). Against AEAD alone beside it, a sender with
+manifests that neither hashes nor signs used 1.09× the CPU (rounds 1.08–1.09), and 1.03× (rounds
+1.00–1.09) when it did not send them either. Every datagram a sender sends costs about what a DATA
+costs (the kernel's send path is most of a packet here), and each manifest goes out three times:
+4.7 % more datagrams. So the hashing alone (0.03×) and the manifests' datagrams (0.05×) already
+take more than the 0.05× that AEAD alone leaves above 0.85×.
+
 Where the time went, and what was cut (profiles with \`node --cpu-prof\` of \`send\` and \`receive\`):
 
 - **The cipher object per packet.** node:crypto in Node 20 cannot re-nonce a cipher and has no
