@@ -14,7 +14,7 @@ import { createRequire } from 'node:module';
 import type * as Pkcs11Types from 'pkcs11js';
 import type { Grant } from '../protocol/restricted.js';
 import { TokenError } from './errors.js';
-import { type Purse, Token, type TokenBackend, type TokenState } from './token.js';
+import { type Purse, Token, type TokenBackend, type TokenState, tokenStateProblem } from './token.js';
 
 type Pkcs11Module = typeof Pkcs11Types;
 type Handle = Buffer;
@@ -201,7 +201,19 @@ class Pkcs11Backend implements TokenBackend {
       );
     }
     const [value] = this.#library.C_GetAttributeValue(this.#session, handle, [{ type: pkcs11.CKA_VALUE }]);
-    return JSON.parse(attributeValue(value).toString('utf8')) as TokenState;
+    let state: unknown;
+    try {
+      state = JSON.parse(attributeValue(value).toString('utf8'));
+    } catch {
+      state = undefined;
+    }
+    const problem = state === undefined ? 'the state is not JSON' : tokenStateProblem(state);
+    if (problem !== undefined) {
+      throw new TokenError(
+        `PKCS#11 token ${this.#location.tokenLabel}: its gatecast state is not usable: ${problem}`,
+      );
+    }
+    return state as TokenState;
   }
 
   saveState(state: TokenState): void {

@@ -34,7 +34,7 @@ import {
 } from './authority.js';
 import { TokenError } from './errors.js';
 import { type Cmac, createCmac } from './group-key.js';
-import { type Purse, Token, type TokenBackend, type TokenState } from './token.js';
+import { type Purse, Token, type TokenBackend, type TokenState, tokenStateProblem } from './token.js';
 
 const format = 'gatecast-software-token';
 const version = 1;
@@ -46,6 +46,31 @@ interface Secrets {
   /** The Ed25519 key that signs purse receipts (PKCS#8 DER, base64), made at enrollment. */
   receiptPrivateKey?: string | undefined;
   state: TokenState;
+}
+
+/**
+ * The secrets a token file's sealed part holds, or why they are not: only the PIN's holder can
+ * seal them, but secrets sealed by hand are refused with a reason rather than crash a command.
+ */
+function parseSecrets(plain: Buffer): Secrets | string {
+  let value: unknown;
+  try {
+    value = JSON.parse(plain.toString('utf8'));
+  } catch {
+    return 'its sealed part is not JSON';
+  }
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) {
+    return 'its sealed part is not an object';
+  }
+  const secrets = value as Record<string, unknown>;
+  if (typeof secrets.devicePrivateKey !== 'string') {
+    return 'its sealed part has no device key';
+  }
+  if (secrets.receiptPrivateKey !== undefined && typeof secrets.receiptPrivateKey !== 'string') {
+    return 'its sealed part has a receipt key that is not a string';
+  }
+  const problem = tokenStateProblem(secrets.state);
+  return problem === undefined ? (secrets as unknown as Secrets) : problem;
 }
 
 function masterKey(pin: string, salt: Buffer): Buffer {
@@ -146,9 +171,9 @@ class SoftwareBackend implements TokenBackend {
       };
       const plain =
         typeof file.data === 'string' ? open(this.#master, Buffer.from(file.data, 'base64')) : undefined;
-      if (plain !== undefined) {
-        const secrets = JSON.parse(plain.toString('utf8')) as Secrets;
-        plain.fill(0);
+      const secrets = plain === undefined ? undefined : parseSecrets(plain);
+      plain?.fill(0);
+      if (secrets !== undefined && typeof secrets !== 'string') {
         this.#state = secrets.state;
         // A receipt key another process made is kept: every write carries it on.
         if (this.#receiptKey === undefined && secrets.receiptPrivateKey !== undefined) {
@@ -288,6 +313,8 @@ export function openSoftwareToken(path: string, pin: string, purse?: Purse): Tok
     throw new TokenError(`token file ${path}: not JSON`);
   }
   if (
+    file === null ||
+    typeof file !== 'object' ||
     file.format !== format ||
     file.version !== version ||
     typeof file.salt !== 'string' ||
@@ -302,7 +329,11 @@ export function openSoftwareToken(path: string, pin: string, purse?: Purse): Tok
     master.fill(0);
     throw new TokenError(`token file ${path}: wrong PIN, or the file was altered`);
   }
-  const secrets = JSON.parse(plain.toString('utf8')) as Secrets;
+  const secrets = parseSecrets(plain);
   plain.fill(0);
+  if (typeof secrets === 'string') {
+    master.fill(0);
+    throw new TokenError(`token file ${path}: ${secrets}`);
+  }
   return new Token(new SoftwareBackend(path, salt, master, secrets), purse);
 }

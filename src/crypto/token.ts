@@ -146,6 +146,54 @@ export interface TokenPurseRecord {
   reported: string[];
 }
 
+/**
+ * Why a token's stored state (the software token's sealed secrets, a PKCS#11 token's state object)
+ * is not a TokenState, or undefined when it is one. Only the token's holder can write it, but a
+ * state written by hand must be refused with a reason, not crash the next command that reads it.
+ */
+export function tokenStateProblem(value: unknown): string | undefined {
+  const isObject = (item: unknown): item is Record<string, unknown> =>
+    item !== null && typeof item === 'object' && !Array.isArray(item);
+  const strings = (item: unknown) => Array.isArray(item) && item.every((entry) => typeof entry === 'string');
+  const count = (item: unknown) => typeof item === 'number' && Number.isSafeInteger(item) && item >= 0;
+  if (!isObject(value)) {
+    return 'the state is not an object';
+  }
+  if (typeof value.rootPublicKey !== 'string') {
+    return 'state.rootPublicKey is not a string';
+  }
+  if (!strings(value.grants)) {
+    return 'state.grants is not a list of strings';
+  }
+  if (!count(value.highestStreamTimeUs)) {
+    return 'state.highestStreamTimeUs is not a non-negative integer';
+  }
+  const purse = value.purse;
+  if (purse !== undefined) {
+    if (!isObject(purse)) {
+      return 'state.purse is not an object';
+    }
+    if (typeof purse.state !== 'string' || !count(purse.counter)) {
+      return 'state.purse has no state text or counter';
+    }
+    if (!strings(purse.unreported) || !strings(purse.reported)) {
+      return 'state.purse.unreported and state.purse.reported are not lists of strings';
+    }
+  }
+  const memberships = value.memberships;
+  if (memberships !== undefined) {
+    if (!Array.isArray(memberships)) {
+      return 'state.memberships is not a list';
+    }
+    for (const [index, entry] of memberships.entries()) {
+      if (!isObject(entry) || typeof entry.membership !== 'string' || !strings(entry.rekeys)) {
+        return `state.memberships[${index}] is not a membership and its rekeys`;
+      }
+    }
+  }
+  return undefined;
+}
+
 /** A purse as `gatecast token show` shows it. */
 export interface PurseView {
   readonly tokenId: string;

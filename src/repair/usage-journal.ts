@@ -59,7 +59,10 @@ export function openUsageJournal(path: string): UsageJournal {
     } catch {
       continue; // a line torn by a crash mid-write: its report was never sent
     }
-    if (entry.report !== undefined && typeof entry.report.key === 'string') {
+    if (entry === null || typeof entry !== 'object') {
+      continue; // not a line this journal writes: nothing to send again
+    }
+    if (entry.report !== null && typeof entry.report === 'object' && typeof entry.report.key === 'string') {
       unsent.set(entry.report.key, entry.report);
     } else if (typeof entry.done === 'string') {
       unsent.delete(entry.done);

@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
+import { createCipheriv, hkdfSync, randomBytes, scryptSync } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -15,7 +15,7 @@ import {
 import { initSoftwareToken, openSoftwareToken } from '../../src/crypto/software-token.js';
 import { SuiteId } from '../../src/crypto/suites.js';
 import type { Purse, PurseDebit, Token } from '../../src/crypto/token.js';
-import { tokenReleasedKeysMax } from '../../src/limits.js';
+import { tokenReleasedKeysMax, tokenScryptCost } from '../../src/limits.js';
 import { decodeKey, PriceModel } from '../../src/protocol/restricted.js';
 import { createRandom } from '../helpers/random.js';
 import { createSoftHsm, type SoftHsm, softhsmMissing, softhsmModulePath } from '../helpers/softhsm.js';
@@ -404,6 +404,72 @@ describe('tokens', () => {
         () => initSoftwareToken({ path, pin: '2468', rootPublicKey: ed25519Raw(root.publicKey) }),
         TokenError,
       );
+    });
+
+    it('a file that is JSON but no token file, or secrets sealed by hand under the PIN that are no token state, is refused with the reason (never a crash)', () => {
+      const path = join(directory, 'shapes.json');
+      for (const text of ['null', '0', '"token"', '[]', '[1,2]', 'true', '{}', '{"format":null}']) {
+        writeFileSync(path, text);
+        assert.throws(
+          () => openSoftwareToken(path, '2468'),
+          (error) =>
+            error instanceof TokenError &&
+            /not a gatecast-software-token version 1 file|not JSON/.test(error.message),
+          text,
+        );
+      }
+      // What someone holding the PIN can write: the file's own format, sealed with the PIN.
+      const sealedFile = (secrets: string) => {
+        const salt = randomBytes(16);
+        const master = scryptSync('2468', salt, 32, {
+          N: tokenScryptCost,
+          r: 8,
+          p: 1,
+          maxmem: 64 * 1024 * 1024,
+        });
+        const aad = Buffer.from('gatecast-software-token v1');
+        const writeSalt = randomBytes(16);
+        const key = Buffer.from(hkdfSync('sha256', master, writeSalt, aad, 32));
+        const cipher = createCipheriv('aes-256-gcm', key, Buffer.alloc(12), { authTagLength: 16 });
+        cipher.setAAD(aad);
+        const body = Buffer.concat([cipher.update(secrets), cipher.final()]);
+        const data = Buffer.concat([writeSalt, body, cipher.getAuthTag()]).toString('base64');
+        return JSON.stringify({
+          format: 'gatecast-software-token',
+          version: 1,
+          salt: salt.toString('base64'),
+          data,
+        });
+      };
+      const state = { rootPublicKey: 'ab', grants: [], highestStreamTimeUs: 0 };
+      const device = { devicePrivateKey: 'AAAA' };
+      const refused: Array<[string, RegExp]> = [
+        ['null', /not an object/],
+        ['[1]', /not an object/],
+        ['not json', /not JSON/],
+        ['{}', /no device key/],
+        [JSON.stringify({ ...device, state: null }), /state is not an object/],
+        [JSON.stringify({ ...device, state: { ...state, grants: 'x' } }), /state\.grants/],
+        [JSON.stringify({ ...device, state: { ...state, highestStreamTimeUs: -1 } }), /highestStreamTimeUs/],
+        [JSON.stringify({ ...device, state: { ...state, purse: 5 } }), /state\.purse is not an object/],
+        [
+          JSON.stringify({
+            ...device,
+            state: { ...state, purse: { state: '{}', counter: 0, unreported: null, reported: [] } },
+          }),
+          /unreported/,
+        ],
+        [JSON.stringify({ ...device, state: { ...state, memberships: [null] } }), /memberships\[0\]/],
+        [JSON.stringify({ ...device, receiptPrivateKey: 7, state }), /receipt key/],
+      ];
+      for (const [secrets, reason] of refused) {
+        writeFileSync(path, sealedFile(secrets));
+        assert.throws(
+          () => openSoftwareToken(path, '2468'),
+          (error) => error instanceof TokenError && reason.test(error.message),
+          secrets,
+        );
+      }
     });
   });
 });

@@ -43,4 +43,15 @@ describe('the repair controller’s usage journal', () => {
     assert.deepEqual(reopened.unsent, [report(7)]);
     reopened.close();
   });
+
+  it('a line that is JSON but no entry of the journal (null, a number, a list, a report of null) is skipped, not a crash', () => {
+    const path = join(directory, 'c.journal');
+    const journal = openUsageJournal(path);
+    journal.append(report(9));
+    journal.close();
+    appendFileSync(path, 'null\n5\n[1]\n"x"\n{"report":null}\n{"report":{"key":3}}\n{"done":null}\n');
+    const reopened = openUsageJournal(path);
+    assert.deepEqual(reopened.unsent, [report(9)]);
+    reopened.close();
+  });
 });
