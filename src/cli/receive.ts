@@ -273,7 +273,16 @@ export function describeReceive(
   const keysRejected = Object.values(restricted?.keysRejected ?? {}).reduce((sum, count) => sum + count, 0);
   const forged = Object.values(signed?.forged ?? {}).reduce((sum, count) => sum + count, 0);
   const unauthenticated = (signed?.unauthenticated ?? 0) + (signed?.holding ?? 0);
+  const rejectedFor = (reason: string) => restricted?.keysRejected[reason] ?? 0;
+  // Every KEY refused for the same reason, none taken: the grant does not fit this stream.
+  const noKey = restricted !== undefined && restricted.keysAccepted === 0;
   const extras = [
+    noKey && rejectedFor('bad-signature') > 0 && rejectedFor('bad-signature') === keysRejected
+      ? "no KEY message is signed by the source key this token's grant names: the grant was made for another source (gatecast token grant --source-public)"
+      : '',
+    noKey && rejectedFor('bad-key-message') > 0 && rejectedFor('bad-key-message') === keysRejected
+      ? "no KEY message opens under the service key of this token's grant: the grant was made with another key for this service (gatecast token grant --service-key-file)"
+      : '',
     forged > 0 ? `${forged} forged datagrams refused (${JSON.stringify(signed?.forged)})` : '',
     unauthenticated > 0 ? `${unauthenticated} datagrams not authenticated by the source key, not used` : '',
     summary.encryptedDropped > 0
@@ -284,6 +293,9 @@ export function describeReceive(
       : '',
     (restricted?.packetsBadTag ?? 0) > 0
       ? `${restricted?.packetsBadTag} forged or altered packets dropped`
+      : '',
+    (restricted?.packetsClear ?? 0) > 0
+      ? `${restricted?.packetsClear} DATA sent in clear dropped: with --token only encrypted DATA is written (a session sent in clear is received without --token)`
       : '',
     (restricted?.signaturesUnchecked ?? 0) > 0
       ? `${restricted?.signaturesUnchecked} source signatures not checked: give --source-public to check that the packets come from the source, not from another holder of the key`

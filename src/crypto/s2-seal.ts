@@ -291,6 +291,8 @@ export function s2ReceiverProtection(key: S2Key): ReceiverProtection {
     packetsBadTag: 0,
     packetsHeld: 0,
     packetsDropped: 0,
+    packetsClear: 0,
+    packetsMalformed: 0,
     groupKeysAsked: 0,
     groupKeysNotAsked: 0,
     signaturesUnchecked: 0,

@@ -28,7 +28,14 @@
  * (docs/protocol.md, "Session identity").
  */
 import { packetPayloadBytesMin, sessionNameBytesMax } from '../limits.js';
-import { type DecodeError, type DecodeResult, invalid, ProtocolEncodeError, valid } from './errors.js';
+import {
+  type DecodeError,
+  type DecodeErrorReason,
+  type DecodeResult,
+  invalid,
+  ProtocolEncodeError,
+  valid,
+} from './errors.js';
 import { bodyBytesMax, dataPayloadBytesMax, headerBytes } from './sizes.js';
 
 export { bodyBytesMax, dataPayloadBytesMax, headerBytes };
@@ -341,6 +348,11 @@ function readHeader(buf: Buffer): Header {
     bodyLength: buf.readUInt16BE(offsetBodyLength),
     incarnation: buf.readUInt32BE(offsetIncarnation),
   };
+}
+
+/** Why a datagram's header fails the checks of docs/protocol.md, "Validation"; undefined when it passes. */
+export function headerProblem(buf: Buffer): DecodeErrorReason | undefined {
+  return checkHeader(buf)?.reason;
 }
 
 /** The header checks of docs/protocol.md, "Validation"; undefined when the header is valid. */

@@ -367,10 +367,15 @@ export function createReceiver(settings: ReceiverSettings, components: ReceiverC
 
   const onAuthenticated = (datagram: Buffer) => {
     if (components.protection !== undefined) {
-      components.protection.filter(datagram, onPlainDatagram);
+      components.protection.filter(datagram, onPlainDatagram, onMalformedData);
       return;
     }
     onPlainDatagram(datagram);
+  };
+
+  /** A DATA the protection found malformed before opening it: counted as the codec would. */
+  const onMalformedData = (reason: DecodeErrorReason) => {
+    summary.malformed[reason] = (summary.malformed[reason] ?? 0) + 1;
   };
 
   const onPlainDatagram = (datagram: Buffer) => {

@@ -163,20 +163,29 @@ describe('group keys under attack', () => {
     assert.equal(opened.length, 20);
     const sample = wire.find((one) => one.sequence === 19)?.datagram as Buffer;
     const badBefore = bed.protection.stats.packetsBadTag;
+    const malformedBefore = bed.protection.stats.packetsMalformed;
+    const reasons = new Set<string>();
     let passed = 0;
     for (let length = 0; length <= headerBytes + groupSeedBytes + aeadTagBytes; length++) {
       const cut = Buffer.from(sample.subarray(0, length));
       if (length >= headerBytes) {
         cut.writeUInt16BE(length - headerBytes, offsetBodyLength);
       }
-      // Shorter than a header: not DATA to this filter, passed on for the receiver's decoder to refuse.
-      bed.protection.filter(cut, (datagram) => {
-        assert.ok(datagram.length < headerBytes, `${length} bytes delivered`);
-        passed++;
-      });
+      // Too short to have a type: passed on for the receiver's decoder to refuse. With DATA's type
+      // but shorter than a header: malformed (truncated), counted, never opened.
+      bed.protection.filter(
+        cut,
+        (datagram) => {
+          assert.ok(datagram.length <= offsetType, `${length} bytes delivered`);
+          passed++;
+        },
+        (reason) => reasons.add(reason),
+      );
     }
     await settle();
-    assert.equal(passed, headerBytes);
+    assert.equal(passed, offsetType + 1);
+    assert.equal(bed.protection.stats.packetsMalformed - malformedBefore, headerBytes - offsetType - 1);
+    assert.deepEqual([...reasons], ['truncated']);
     assert.equal(bed.protection.stats.packetsBadTag - badBefore, groupSeedBytes + aeadTagBytes + 1);
     bed.token.close();
   });

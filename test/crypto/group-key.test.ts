@@ -12,7 +12,13 @@ import { TokenRefused } from '../../src/crypto/errors.js';
 import { cmacAes, deriveGroupKey, groupKeyModeProblem, groupSeedBytes } from '../../src/crypto/group-key.js';
 import { suiteByName } from '../../src/crypto/suites.js';
 import { groupKeyPacketsMax, groupKeySuspectAsksPerSecondMax, groupSeedTriesMax } from '../../src/limits.js';
-import { headerBytes, offsetSequence, offsetType, PacketType } from '../../src/protocol/packet.js';
+import {
+  headerBytes,
+  offsetBodyLength,
+  offsetSequence,
+  offsetType,
+  PacketType,
+} from '../../src/protocol/packet.js';
 import { decodeKey } from '../../src/protocol/restricted.js';
 import { createGroupBed, type GroupBed, plainData, groupRun as run } from '../helpers/group-bed.js';
 import { burstOfLeaves, createTreeBed, type TreeBed } from '../helpers/member-tree-bed.js';
@@ -225,14 +231,19 @@ describe('group keys: forged and altered packets', () => {
     const flipped = Buffer.from(data[10] as Buffer);
     flipped[headerBytes + groupSeedBytes + 3] = (flipped[headerBytes + groupSeedBytes + 3] as number) ^ 0x10;
     bed.protection.filter(flipped, pass);
-    // Truncated below header, seed and tag.
+    // Truncated below header, seed and tag, its body length left as it was: malformed.
     bed.protection.filter(Buffer.from(last).subarray(0, headerBytes + groupSeedBytes + 15), pass);
+    // The same, its body length written to fit: it reaches the opener, and its tag fails.
+    const cut = Buffer.from(last.subarray(0, headerBytes + groupSeedBytes + 15));
+    cut.writeUInt16BE(groupSeedBytes + 15, offsetBodyLength);
+    bed.protection.filter(cut, pass);
     assert.equal(opened.length, 64, 'nothing forged or altered delivered');
     assert.equal(
       bed.protection.stats.packetsBadTag,
       50 + forgedSeeds - overBudget + 1 + 1,
       JSON.stringify(bed.protection.stats),
     );
+    assert.equal(bed.protection.stats.packetsMalformed, 1);
     bed.token.close();
   });
 });

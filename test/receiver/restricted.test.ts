@@ -4,6 +4,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
+import { describeReceive } from '../../src/cli/receive.js';
 import { buildKeyMessage, ed25519Raw, generateSigningKey } from '../../src/crypto/authority.js';
 import type { TokenRefused } from '../../src/crypto/errors.js';
 import { createReceiverProtection, createSenderProtection } from '../../src/crypto/restricted-session.js';
@@ -20,6 +21,7 @@ import { openReceiverSocket, type ReceiverSocketOptions } from '../../src/net/ud
 import {
   decodeHeader,
   headerBytes,
+  offsetBodyLength,
   offsetKeyEpoch,
   offsetType,
   PacketType,
@@ -343,6 +345,110 @@ describe('restricted receiver: KEY repeats', () => {
     assert.equal(protection.stats.keysRejected['bad-signature'], 1);
     assert.equal(refusals.length, 0);
     token.close();
+  });
+});
+
+describe('restricted receiver: what it drops is counted under its own name', () => {
+  it('a KEY replayed from more than keyTimeRollbackToleranceMs before the one the token vouched for is rejected as rollback (not a repeat, not asked); clear DATA and DATA with a wrong body length are counted as such, never as forged', async () => {
+    const token = makeToken('entitled');
+    let asked = 0;
+    const counting = askCounting(token, () => {
+      asked += 1;
+    });
+    const protection = createReceiverProtection(counting, () => undefined);
+    const sender = newsSender(60_000);
+    const startUs = Date.now() * 1000;
+    const { delivered, feed } = feeder(protection);
+    const keysOf = (atUs: number) =>
+      sender
+        .control({ sessionId: 5, incarnation: 6, sequence: 1 }, (atUs - startUs) / 1000, atUs)
+        .filter((datagram) => datagram[offsetType] === PacketType.key);
+    const data = Buffer.alloc(headerBytes + 100);
+    writeHeaderFields(data, PacketType.data, 5, 1, startUs, 0, 100, 6);
+    const early = keysOf(startUs).slice(0, 1);
+    // The source signs the epoch's KEY again 7 s on; the receiver joins then.
+    feed(keysOf(startUs + 7_000_000).slice(0, 1));
+    const sealed = Buffer.from(sender.seal(data, 7_000, startUs + 7_000_000)[0] as Buffer);
+    feed([Buffer.from(sealed)]);
+    await settle();
+    assert.equal(delivered.length, 1, JSON.stringify(protection.stats));
+    const askedBefore = asked;
+    const repeatedBefore = protection.stats.keysRepeated;
+    for (let copy = 0; copy < 5; copy += 1) {
+      feed(early);
+    }
+    await settle();
+    assert.equal(protection.stats.keysRejected.rollback, 5, JSON.stringify(protection.stats));
+    assert.equal(protection.stats.keysRepeated, repeatedBefore, 'a replay is not a repeat');
+    assert.equal(asked, askedBefore, 'a replay costs the token nothing');
+    // Within the tolerance (a copy reordered on the way) it is still a repeat.
+    feed(keysOf(startUs + 6_000_000).slice(0, 1));
+    await settle();
+    assert.equal(protection.stats.keysRepeated, repeatedBefore + 1);
+
+    // DATA in clear, in a restricted run: never written, counted as clear.
+    const clear = Buffer.alloc(headerBytes + 10);
+    writeHeaderFields(clear, PacketType.data, 5, 2, startUs, 0, 10, 6);
+    feed([clear]);
+    // A sealed DATA whose body length says more, less, or nothing: malformed, not forged.
+    const reasons: string[] = [];
+    for (const bodyLength of [0xffff, 0, sealed.length - headerBytes - 7]) {
+      const copy = Buffer.from(sealed);
+      copy.writeUInt16BE(bodyLength, offsetBodyLength);
+      protection.filter(
+        copy,
+        (plain) => delivered.push(plain),
+        (reason) => reasons.push(reason),
+      );
+    }
+    // Shorter than a header, with DATA's type byte: malformed too.
+    protection.filter(
+      sealed.subarray(0, headerBytes - 1),
+      (plain) => delivered.push(plain),
+      (reason) => reasons.push(reason),
+    );
+    await settle();
+    assert.equal(delivered.length, 1, 'nothing more is written');
+    assert.equal(protection.stats.packetsClear, 1);
+    assert.equal(protection.stats.packetsMalformed, 4);
+    assert.deepEqual(reasons, ['length-mismatch', 'length-mismatch', 'length-mismatch', 'truncated']);
+    assert.equal(protection.stats.packetsBadTag, 0, 'none is counted as forged');
+    token.close();
+  });
+
+  it('receive says why when the grant does not fit the stream, and when DATA came in clear', () => {
+    const summary = {
+      sessionName: 'news',
+      malformed: {},
+      encryptedDropped: 0,
+      duplicates: 0,
+      otherSession: 0,
+    } as unknown as Parameters<typeof describeReceive>[0];
+    const stats = (rejected: Record<string, number>, extra: Record<string, number> = {}) =>
+      ({
+        keysAccepted: 0,
+        keysRejected: rejected,
+        packetsBadTag: 0,
+        packetsClear: 0,
+        signaturesUnchecked: 0,
+        groupKeysAsked: 0,
+        groupKeysNotAsked: 0,
+        ...extra,
+      }) as unknown as Parameters<typeof describeReceive>[1];
+    assert.match(
+      describeReceive(summary, stats({ 'bad-signature': 28 })),
+      /grant was made for another source/,
+    );
+    assert.match(
+      describeReceive(summary, stats({ 'bad-key-message': 27 })),
+      /grant was made with another key for this service/,
+    );
+    // Some forged KEYs beside the stream's own (taken) ones: no word about the grant.
+    assert.doesNotMatch(
+      describeReceive(summary, stats({ 'bad-signature': 3 }, { keysAccepted: 2 })),
+      /grant was made/,
+    );
+    assert.match(describeReceive(summary, stats({}, { packetsClear: 4 })), /4 DATA sent in clear dropped/);
   });
 });
 
