@@ -14,7 +14,11 @@ mapfile -t files < <(find test -name '*.test.ts' | sort)
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e
-node --import tsx --test --test-concurrency=1 "$@" "${files[@]}" | tee "$log"
+# A file that hangs (a process stuck in a wait) is cancelled and fails after
+# GATECAST_TEST_FILE_TIMEOUT_MS (15 minutes; on Node 20 the bound holds for each file as a whole,
+# and the longest takes a few minutes), instead of holding up the run until it is killed.
+node --import tsx --test --test-concurrency=1 --test-timeout="${GATECAST_TEST_FILE_TIMEOUT_MS:-900000}" \
+  "$@" "${files[@]}" | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 skips=$(grep -c '# SKIP' "$log" || true)
