@@ -127,6 +127,11 @@ function runGrant(argv: string[], out: NodeJS.WriteStream): number {
   if (notAfterMs <= notBeforeMs) {
     throw new UsageError('--until must be after --from');
   }
+  if (notAfterMs <= Date.now()) {
+    throw new UsageError(
+      `--until ${new Date(notAfterMs).toISOString()} has passed: the grant would open nothing (give a later --until)`,
+    );
+  }
   const priceText = optional(values, 'price-per-period');
   const priceMinor =
     priceText === undefined ? 0 : parseInteger(priceText, '--price-per-period', 0, Number.MAX_SAFE_INTEGER);
@@ -177,6 +182,11 @@ function runInstall(argv: string[], out: NodeJS.WriteStream): number {
     out.write(
       `installed: ${entitlement.service} (epoch ${entitlement.serviceEpoch}, tier ${entitlement.tier}) from ${new Date(entitlement.notBeforeMs).toISOString()} until ${new Date(entitlement.notAfterMs).toISOString()}\n`,
     );
+    if (entitlement.notAfterMs <= Date.now()) {
+      process.stderr.write(
+        `gatecast token install: this grant ended at ${new Date(entitlement.notAfterMs).toISOString()}: it opens nothing now\n`,
+      );
+    }
   } finally {
     token.close();
   }

@@ -36,7 +36,7 @@ function urlOf(server: { address(): AddressInfo | string | null }): string {
 before(async () => {
   await new Promise<void>((resolve) => silentTcp.listen(0, '127.0.0.1', resolve));
   await new Promise<void>((resolve) => halfHttp.listen(0, '127.0.0.1', resolve));
-  const keys = await run(['token', 'keys', '--out', join(directory, 'keys')]);
+  const keys = await run(['token', 'keys', '--out', join(directory, 'keys'), '--service', 'news']);
   assert.equal(keys.code, 0, keys.stderr);
   const init = await run(
     [
@@ -77,6 +77,63 @@ describe('token init', () => {
       /--root-public: .* is not a usable Ed25519 public key: it is a point of small order/,
     );
     assert.equal(existsSync(join(directory, 'weak.token')), false);
+  });
+});
+
+describe('token grant, show: bad input is named, never a crash', () => {
+  it('a grant whose --until has passed is refused (it would open nothing); a token file of JSON that is no token file is named, exit 2', async () => {
+    const init = await run(
+      [
+        'token',
+        'init',
+        '--token',
+        join(directory, 'b.token'),
+        '--root-public',
+        join(directory, 'keys', 'root.pub'),
+      ],
+      pin,
+    );
+    assert.equal(init.code, 0, init.stderr);
+    const device = join(directory, 'b.device');
+    writeFileSync(device, init.stdout.trim());
+    const grant = (from: string, until: string, out: string) =>
+      run([
+        'token',
+        'grant',
+        '--root-key',
+        join(directory, 'keys', 'root.pem'),
+        '--device',
+        device,
+        '--service',
+        'news',
+        '--service-key-file',
+        join(directory, 'keys', 'news.key'),
+        '--source-public',
+        join(directory, 'keys', 'source.pub'),
+        '--from',
+        from,
+        '--until',
+        until,
+        '--out',
+        join(directory, out),
+      ]);
+    const past = await grant('2026-01-01T00:00:00Z', '2026-06-01T00:00:00Z', 'past.grant');
+    assert.equal(past.code, 2, past.stderr);
+    assert.match(past.stderr, /--until 2026-06-01T00:00:00.000Z has passed: the grant would open nothing/);
+    assert.equal(existsSync(join(directory, 'past.grant')), false);
+    const now = await grant(
+      new Date().toISOString(),
+      new Date(Date.now() + 3_600_000).toISOString(),
+      'now.grant',
+    );
+    assert.equal(now.code, 0, now.stderr);
+    for (const text of ['null', '[]', '7']) {
+      writeFileSync(join(directory, 'odd.token'), text);
+      const show = await run(['token', 'show', '--token', join(directory, 'odd.token')], pin);
+      assert.equal(show.code, 2, `${text}: ${show.stderr}`);
+      assert.match(show.stderr, /not a gatecast-software-token version 1 file/);
+      assert.doesNotMatch(show.stderr, /internal error|TypeError/);
+    }
   });
 });
 
