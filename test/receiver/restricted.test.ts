@@ -285,39 +285,49 @@ function newsSender(cryptoPeriodMs: number, incarnation = 6) {
   );
 }
 
+/**
+ * An entitled token whose asks are counted (`counts.asked`), the protection over it, and a news
+ * source started now: its KEYs at a time, and a DATA of its run to seal.
+ */
+function keyBed(onRefused: (refused: TokenRefused) => void = () => undefined) {
+  const token = makeToken('entitled');
+  const counts = { asked: 0 };
+  const counting = askCounting(token, () => {
+    counts.asked += 1;
+  });
+  const protection = createReceiverProtection(counting, onRefused);
+  const sender = newsSender(60_000);
+  const startUs = Date.now() * 1000;
+  const { delivered, feed } = feeder(protection);
+  const keysOf = (atUs: number) =>
+    sender
+      // The source's clocks: its monotonic ms run with the wall clock here.
+      .control({ sessionId: 5, incarnation: 6, sequence: 1 }, (atUs - startUs) / 1000, atUs)
+      .filter((datagram) => datagram[offsetType] === PacketType.key);
+  const data = Buffer.alloc(headerBytes + 100);
+  writeHeaderFields(data, PacketType.data, 5, 1, startUs, 0, 100, 6);
+  return { token, counts, protection, sender, startUs, delivered, feed, keysOf, data };
+}
+
 describe('restricted receiver: KEY repeats', () => {
   it('asks the token once for an epoch repeated in-band, again after restrictedKeyRecheckMs; a forgery for a held epoch still reaches the token and is counted', async () => {
-    const token = makeToken('entitled');
-    let asked = 0;
-    const counting = askCounting(token, () => {
-      asked += 1;
-    });
     const refusals: TokenRefused[] = [];
-    const protection = createReceiverProtection(counting, (refused) => refusals.push(refused));
-    const sender = newsSender(60_000);
-    const startUs = Date.now() * 1000;
-    const { delivered, feed } = feeder(protection);
-    const keysOf = (atUs: number) =>
-      sender
-        // The source's clocks: its monotonic ms run with the wall clock here.
-        .control({ sessionId: 5, incarnation: 6, sequence: 1 }, (atUs - startUs) / 1000, atUs)
-        .filter((datagram) => datagram[offsetType] === PacketType.key);
-    const data = Buffer.alloc(headerBytes + 100);
-
-    writeHeaderFields(data, PacketType.data, 5, 1, startUs, 0, 100, 6);
+    const { token, counts, protection, sender, startUs, delivered, feed, keysOf, data } = keyBed((refused) =>
+      refusals.push(refused),
+    );
     feed(keysOf(startUs));
     feed(sender.seal(data, 0, startUs));
     await settle();
     assert.equal(delivered.length, 1, JSON.stringify(protection.stats));
-    const askedFirst = asked;
+    const askedFirst = counts.asked;
     // Twenty repeats 50 ms apart (one second of a source's control ticks): no token operation.
     for (let repeat = 1; repeat < 20; repeat += 1) {
       feed(keysOf(startUs + repeat * 45_000).slice(0, 1));
       await settle();
     }
-    assert.equal(asked, askedFirst, 'repeats of a held epoch are not asked of the token');
+    assert.equal(counts.asked, askedFirst, 'repeats of a held epoch are not counts.asked of the token');
     assert.ok(protection.stats.keysRepeated >= 19);
-    // The same bytes again and again (one signing, repeated): each a repeat, none asked.
+    // The same bytes again and again (one signing, repeated): each a repeat, none counts.asked.
     const sameBytes = keysOf(startUs + 19 * 45_000).slice(0, 1);
     const repeatedBefore = protection.stats.keysRepeated;
     for (let copy = 0; copy < 50; copy += 1) {
@@ -325,11 +335,11 @@ describe('restricted receiver: KEY repeats', () => {
     }
     await settle();
     assert.equal(protection.stats.keysRepeated, repeatedBefore + 50);
-    assert.equal(asked, askedFirst);
-    // Past the recheck interval the token is asked again (window, tier and counter anew).
+    assert.equal(counts.asked, askedFirst);
+    // Past the recheck interval the token is counts.asked again (window, tier and counter anew).
     feed(keysOf(startUs + 1_100_000).slice(0, 1));
     await settle();
-    assert.equal(asked, askedFirst + 1);
+    assert.equal(counts.asked, askedFirst + 1);
     // A KEY for the held epoch with another wrapped key and a forged signature reaches the token.
     const forger = generateSigningKey();
     feed([
@@ -350,21 +360,7 @@ describe('restricted receiver: KEY repeats', () => {
 
 describe('restricted receiver: what it drops is counted under its own name', () => {
   it('a KEY replayed from more than keyTimeRollbackToleranceMs before the one the token vouched for is rejected as rollback (not a repeat, not asked); clear DATA and DATA with a wrong body length are counted as such, never as forged', async () => {
-    const token = makeToken('entitled');
-    let asked = 0;
-    const counting = askCounting(token, () => {
-      asked += 1;
-    });
-    const protection = createReceiverProtection(counting, () => undefined);
-    const sender = newsSender(60_000);
-    const startUs = Date.now() * 1000;
-    const { delivered, feed } = feeder(protection);
-    const keysOf = (atUs: number) =>
-      sender
-        .control({ sessionId: 5, incarnation: 6, sequence: 1 }, (atUs - startUs) / 1000, atUs)
-        .filter((datagram) => datagram[offsetType] === PacketType.key);
-    const data = Buffer.alloc(headerBytes + 100);
-    writeHeaderFields(data, PacketType.data, 5, 1, startUs, 0, 100, 6);
+    const { token, counts, protection, sender, startUs, delivered, feed, keysOf, data } = keyBed();
     const early = keysOf(startUs).slice(0, 1);
     // The source signs the epoch's KEY again 7 s on; the receiver joins then.
     feed(keysOf(startUs + 7_000_000).slice(0, 1));
@@ -372,7 +368,7 @@ describe('restricted receiver: what it drops is counted under its own name', () 
     feed([Buffer.from(sealed)]);
     await settle();
     assert.equal(delivered.length, 1, JSON.stringify(protection.stats));
-    const askedBefore = asked;
+    const askedBefore = counts.asked;
     const repeatedBefore = protection.stats.keysRepeated;
     for (let copy = 0; copy < 5; copy += 1) {
       feed(early);
@@ -380,7 +376,7 @@ describe('restricted receiver: what it drops is counted under its own name', () 
     await settle();
     assert.equal(protection.stats.keysRejected.rollback, 5, JSON.stringify(protection.stats));
     assert.equal(protection.stats.keysRepeated, repeatedBefore, 'a replay is not a repeat');
-    assert.equal(asked, askedBefore, 'a replay costs the token nothing');
+    assert.equal(counts.asked, askedBefore, 'a replay costs the token nothing');
     // Within the tolerance (a copy reordered on the way) it is still a repeat.
     feed(keysOf(startUs + 6_000_000).slice(0, 1));
     await settle();
