@@ -325,9 +325,9 @@ describe('restricted receiver: KEY repeats', () => {
       feed(keysOf(startUs + repeat * 45_000).slice(0, 1));
       await settle();
     }
-    assert.equal(counts.asked, askedFirst, 'repeats of a held epoch are not counts.asked of the token');
+    assert.equal(counts.asked, askedFirst, 'repeats of a held epoch are not asked of the token');
     assert.ok(protection.stats.keysRepeated >= 19);
-    // The same bytes again and again (one signing, repeated): each a repeat, none counts.asked.
+    // The same bytes again and again (one signing, repeated): each a repeat, none asked.
     const sameBytes = keysOf(startUs + 19 * 45_000).slice(0, 1);
     const repeatedBefore = protection.stats.keysRepeated;
     for (let copy = 0; copy < 50; copy += 1) {
@@ -336,7 +336,7 @@ describe('restricted receiver: KEY repeats', () => {
     await settle();
     assert.equal(protection.stats.keysRepeated, repeatedBefore + 50);
     assert.equal(counts.asked, askedFirst);
-    // Past the recheck interval the token is counts.asked again (window, tier and counter anew).
+    // Past the recheck interval the token is asked again (window, tier and counter anew).
     feed(keysOf(startUs + 1_100_000).slice(0, 1));
     await settle();
     assert.equal(counts.asked, askedFirst + 1);
