@@ -525,6 +525,12 @@ export const tokenReleasedKeysMax = 64;
 /** Software token: scrypt cost (N = 2^15, r = 8, p = 1; ~32 MiB and ~0.1 s per PIN check). */
 export const tokenScryptCost = 32_768;
 
+/**
+ * Token: stored grants remembered as verified (root signature, this token's device), so a grant is
+ * not checked again on every KEY message; past this many the memory starts again.
+ */
+export const tokenVerifiedGrantsKept = 256;
+
 /** Restricted receiver: sealed DATA held while its epoch's key is on its way from the token. */
 export const restrictedHeldPacketsMax = 4096;
 

@@ -278,10 +278,13 @@ export function describeReceive(
   const noKey = restricted !== undefined && restricted.keysAccepted === 0;
   const extras = [
     noKey && rejectedFor('bad-signature') > 0 && rejectedFor('bad-signature') === keysRejected
-      ? "no KEY message is signed by the source key this token's grant names: the grant was made for another source (gatecast token grant --source-public)"
+      ? "no KEY message is signed by the source key this token's grant names: the stream comes from another source than the grant's, or the grant was made for another one (gatecast token grant --source-public)"
       : '',
     noKey && rejectedFor('bad-key-message') > 0 && rejectedFor('bad-key-message') === keysRejected
-      ? "no KEY message opens under the service key of this token's grant: the grant was made with another key for this service (gatecast token grant --service-key-file)"
+      ? "no KEY message opens under the service key of this token's grant: the stream is sealed under another key for this service than the grant's, or the grant was made with another one (gatecast token grant --service-key-file)"
+      : '',
+    noKey && rejectedFor('rollback') > 0 && rejectedFor('rollback') === keysRejected
+      ? "every KEY message is older than the newest this token accepted (its rollback counter, gatecast token show): the stream's clock is behind that, or the KEYs are replayed"
       : '',
     forged > 0 ? `${forged} forged datagrams refused (${JSON.stringify(signed?.forged)})` : '',
     unauthenticated > 0 ? `${unauthenticated} datagrams not authenticated by the source key, not used` : '',
@@ -295,7 +298,7 @@ export function describeReceive(
       ? `${restricted?.packetsBadTag} forged or altered packets dropped`
       : '',
     (restricted?.packetsClear ?? 0) > 0
-      ? `${restricted?.packetsClear} DATA sent in clear dropped: with --token only encrypted DATA is written (a session sent in clear is received without --token)`
+      ? `${restricted?.packetsClear} DATA sent in clear dropped: with --token only encrypted DATA is written (a session sent in clear is received without --token; in a restricted one, clear DATA is not the source's)`
       : '',
     (restricted?.signaturesUnchecked ?? 0) > 0
       ? `${restricted?.signaturesUnchecked} source signatures not checked: give --source-public to check that the packets come from the source, not from another holder of the key`

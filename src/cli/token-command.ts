@@ -16,7 +16,7 @@ import { readBoundedFile } from '../net/files.js';
 import { FetchFailed } from '../net/http.js';
 import { ReceiptBatchResult, TopUpResult } from '../protocol/api-receipts.js';
 import { EnrollResult } from '../protocol/api-tokens.js';
-import { PriceModel, p256PointBytes } from '../protocol/restricted.js';
+import { decodeGrant, PriceModel, p256PointBytes } from '../protocol/restricted.js';
 import { tokenCommandSettings } from './command-settings.js';
 import { exitIncomplete, exitOk, exitUsage, UsageError } from './errors.js';
 import {
@@ -124,13 +124,13 @@ function runGrant(argv: string[], out: NodeJS.WriteStream): number {
   const fromText = optional(values, 'from');
   const notBeforeMs = fromText === undefined ? Date.now() : parseTime(fromText, '--from');
   const notAfterMs = parseTime(required(values, 'until'), '--until');
-  if (notAfterMs <= notBeforeMs) {
-    throw new UsageError('--until must be after --from');
-  }
   if (notAfterMs <= Date.now()) {
     throw new UsageError(
       `--until ${new Date(notAfterMs).toISOString()} has passed: the grant would open nothing (give a later --until)`,
     );
+  }
+  if (notAfterMs <= notBeforeMs) {
+    throw new UsageError('--until must be after --from');
   }
   const priceText = optional(values, 'price-per-period');
   const priceMinor =
@@ -176,17 +176,20 @@ function runInstall(argv: string[], out: NodeJS.WriteStream): number {
   } catch (error) {
     throw new UsageError(`--grant: ${(error as Error).message}`);
   }
+  // A grant that has ended would take the place of the token's grant for the same service and
+  // epoch, which may still run: refused before the token is opened, nothing changed.
+  const decoded = decodeGrant(grant);
+  if (decoded.ok && decoded.value.notAfterMs <= Date.now()) {
+    throw new UsageError(
+      `--grant: this grant for ${decoded.value.service} ended at ${new Date(decoded.value.notAfterMs).toISOString()}: not installed (the token keeps what it holds)`,
+    );
+  }
   const token = openToken(location, readPin(values));
   try {
     const entitlement = token.installGrant(grant);
     out.write(
       `installed: ${entitlement.service} (epoch ${entitlement.serviceEpoch}, tier ${entitlement.tier}) from ${new Date(entitlement.notBeforeMs).toISOString()} until ${new Date(entitlement.notAfterMs).toISOString()}\n`,
     );
-    if (entitlement.notAfterMs <= Date.now()) {
-      process.stderr.write(
-        `gatecast token install: this grant ended at ${new Date(entitlement.notAfterMs).toISOString()}: it opens nothing now\n`,
-      );
-    }
   } finally {
     token.close();
   }

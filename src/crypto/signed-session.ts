@@ -22,6 +22,7 @@ import {
 import { OldestFirst } from '../oldest-first.js';
 import {
   headerBytes,
+  headerProblem,
   offsetIncarnation,
   offsetKeyEpoch,
   offsetSequence,
@@ -465,8 +466,10 @@ export function createSignedSessionGate(
   };
 
   const onData = (datagram: Buffer, pass: (datagram: Buffer) => void) => {
-    if (datagram.length < headerBytes) {
-      pass(datagram); // malformed: the role counts it, and keeps nothing
+    if (headerProblem(datagram) !== undefined) {
+      // Malformed (short, a body length that does not hold, …): no source sends it, and every
+      // role's decoder refuses it the same way; the role counts it by its reason and keeps nothing.
+      pass(datagram);
       return;
     }
     const sequence = uint32At(datagram, offsetSequence);

@@ -141,6 +141,9 @@ class SoftwareBackend implements TokenBackend {
             format: 'der',
             type: 'pkcs8',
           });
+    if (this.#receiptKey !== undefined && this.#receiptKey.asymmetricKeyType !== 'ed25519') {
+      throw new TokenError('the receipt key is not an Ed25519 key');
+    }
     this.#state = secrets.state;
   }
 
@@ -335,5 +338,12 @@ export function openSoftwareToken(path: string, pin: string, purse?: Purse): Tok
     master.fill(0);
     throw new TokenError(`token file ${path}: ${secrets}`);
   }
-  return new Token(new SoftwareBackend(path, salt, master, secrets), purse);
+  let backend: SoftwareBackend;
+  try {
+    backend = new SoftwareBackend(path, salt, master, secrets);
+  } catch (error) {
+    master.fill(0);
+    throw new TokenError(`token file ${path}: its sealed keys are not usable: ${(error as Error).message}`);
+  }
+  return new Token(backend, purse);
 }

@@ -26,6 +26,7 @@ import {
   tokenReleasedKeysMax,
   tokenTreeGroupKeysKept,
   tokenTreeRekeysMax,
+  tokenVerifiedGrantsKept,
 } from '../limits.js';
 import {
   decodeGrant,
@@ -159,8 +160,13 @@ export function tokenStateProblem(value: unknown): string | undefined {
   if (!isObject(value)) {
     return 'the state is not an object';
   }
-  if (typeof value.rootPublicKey !== 'string') {
-    return 'state.rootPublicKey is not a string';
+  if (typeof value.rootPublicKey !== 'string' || !/^[0-9a-f]{64}$/i.test(value.rootPublicKey)) {
+    return 'state.rootPublicKey is not an Ed25519 public key (64 hex digits)';
+  }
+  try {
+    ed25519FromRaw(Buffer.from(value.rootPublicKey, 'hex'));
+  } catch (error) {
+    return `state.rootPublicKey is not a usable Ed25519 public key: ${(error as Error).message}`;
   }
   if (!strings(value.grants)) {
     return 'state.grants is not a list of strings';
@@ -178,6 +184,11 @@ export function tokenStateProblem(value: unknown): string | undefined {
     }
     if (!strings(purse.unreported) || !strings(purse.reported)) {
       return 'state.purse.unreported and state.purse.reported are not lists of strings';
+    }
+    try {
+      parsePurseState(Buffer.from(purse.state));
+    } catch (error) {
+      return `state.purse.state: ${(error as Error).message}`;
     }
   }
   const memberships = value.memberships;
@@ -284,6 +295,8 @@ export class Token {
   #purseModule: PurseModule | undefined;
   #state: TokenState;
   readonly #serviceKeys = new Map<string, ServiceKeyHandle>();
+  /** Stored grants found to verify, by root key and stored text (#grants). */
+  readonly #verifiedGrants = new Map<string, Grant>();
   /**
    * What each KEY admitted released, by run and epoch (keyIdOf), the oldest forgotten first past
    * tokenReleasedKeysMax: its traffic key, or in every-n-th-packet mode the shares it unwrapped
@@ -1164,13 +1177,28 @@ export class Token {
     return handle;
   }
 
+  /**
+   * The grants installed that still verify: signed by the root key and issued to this token,
+   * checked again whenever the state is read (a grant edited in the stored state, its window
+   * moved, opens nothing), each stored text checked once per root key.
+   */
   #grants(): Grant[] {
     const grants: Grant[] = [];
     for (const stored of this.#state.grants) {
-      const decoded = decodeGrant(Buffer.from(stored, 'base64'));
-      if (decoded.ok) {
-        grants.push(decoded.value);
+      const key = `${this.#state.rootPublicKey}:${stored}`;
+      let grant = this.#verifiedGrants.get(key);
+      if (grant === undefined) {
+        try {
+          grant = this.#checkGrant(Buffer.from(stored, 'base64'));
+        } catch {
+          continue; // not a grant, or not one of the root's for this token: it opens nothing
+        }
+        if (this.#verifiedGrants.size >= tokenVerifiedGrantsKept) {
+          this.#verifiedGrants.clear();
+        }
+        this.#verifiedGrants.set(key, grant);
       }
+      grants.push(grant);
     }
     return grants;
   }

@@ -19,6 +19,7 @@ import { agentRestrictedRunsMax } from '../limits.js';
 import {
   decodeDescriptor,
   headerBytes,
+  headerProblem,
   offsetIncarnation,
   offsetKeyEpoch,
   offsetSessionId,
@@ -123,8 +124,11 @@ export function createAgentRestrictedFilter(
   };
 
   const filter = (datagram: Buffer) => {
-    if (datagram.length < headerBytes) {
-      pass(datagram); // counted malformed or ignored by delivery
+    if (
+      datagram.length < headerBytes ||
+      (datagram[offsetType] === PacketType.data && headerProblem(datagram) !== undefined)
+    ) {
+      pass(datagram); // counted malformed or ignored by delivery; a malformed DATA starts no run
       return;
     }
     const type = datagram[offsetType];

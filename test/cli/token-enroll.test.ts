@@ -5,12 +5,15 @@
  * that runs commands says when it killed one, and shows what it had written so far.
  */
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer as createHttpServer, type Server } from 'node:http';
 import { type AddressInfo, createServer as createTcpServer, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { readEd25519PublicFile, readHexFile, readSigningKey } from '../../src/cli/restricted.js';
+import { issueGrant } from '../../src/crypto/authority.js';
+import { PriceModel, p256PointBytes } from '../../src/protocol/restricted.js';
 import { runGatecast as run } from '../helpers/cli.js';
 
 const directory = mkdtempSync(join(tmpdir(), 'gatecast-enroll-'));
@@ -121,12 +124,67 @@ describe('token grant, show: bad input is named, never a crash', () => {
     assert.equal(past.code, 2, past.stderr);
     assert.match(past.stderr, /--until 2026-06-01T00:00:00.000Z has passed: the grant would open nothing/);
     assert.equal(existsSync(join(directory, 'past.grant')), false);
+    const noFrom = await run([
+      'token',
+      'grant',
+      '--root-key',
+      join(directory, 'keys', 'root.pem'),
+      '--device',
+      device,
+      '--service',
+      'news',
+      '--service-key-file',
+      join(directory, 'keys', 'news.key'),
+      '--source-public',
+      join(directory, 'keys', 'source.pub'),
+      '--until',
+      '2020-01-01T00:00:00Z',
+      '--out',
+      join(directory, 'nofrom.grant'),
+    ]);
+    assert.equal(noFrom.code, 2, noFrom.stderr);
+    assert.match(noFrom.stderr, /--until 2020-01-01T00:00:00.000Z has passed/);
     const now = await grant(
       new Date().toISOString(),
       new Date(Date.now() + 3_600_000).toISOString(),
       'now.grant',
     );
     assert.equal(now.code, 0, now.stderr);
+    const installed = await run(
+      ['token', 'install', '--token', join(directory, 'b.token'), '--grant', join(directory, 'now.grant')],
+      pin,
+    );
+    assert.equal(installed.code, 0, installed.stderr);
+    // A grant that has ended (as an older operator tool could make) does not take the place of
+    // the running one for the same service and epoch: refused, the token unchanged.
+    const ended = issueGrant(
+      {
+        devicePoint: readHexFile(device, '--device', p256PointBytes),
+        serviceKey: readHexFile(join(directory, 'keys', 'news.key'), '--service-key-file', 32),
+        tier: 0,
+        service: 'news',
+        serviceEpoch: 1,
+        notBeforeMs: Date.now() - 7_200_000,
+        notAfterMs: Date.now() - 3_600_000,
+        priceModel: PriceModel.subscription,
+        currency: 'EUR',
+        priceMinor: 0,
+        sourcePublicKey: readEd25519PublicFile(join(directory, 'keys', 'source.pub'), '--source-public'),
+      },
+      readSigningKey(join(directory, 'keys', 'root.pem'), '--root-key').privateKey,
+    );
+    writeFileSync(join(directory, 'ended.grant'), ended.toString('base64'));
+    const before = readFileSync(join(directory, 'b.token'));
+    const refused = await run(
+      ['token', 'install', '--token', join(directory, 'b.token'), '--grant', join(directory, 'ended.grant')],
+      pin,
+    );
+    assert.equal(refused.code, 2, refused.stderr);
+    assert.match(
+      refused.stderr,
+      /--grant: this grant for news ended at .*: not installed \(the token keeps what it holds\)/,
+    );
+    assert.ok(readFileSync(join(directory, 'b.token')).equals(before), 'the token file is unchanged');
     for (const text of ['null', '[]', '7']) {
       writeFileSync(join(directory, 'odd.token'), text);
       const show = await run(['token', 'show', '--token', join(directory, 'odd.token')], pin);

@@ -21,6 +21,8 @@ import {
 import {
   encodeData,
   headerBytes,
+  offsetBodyLength,
+  offsetFlags,
   offsetKeyEpoch,
   offsetSequence,
   offsetType,
@@ -143,6 +145,30 @@ describe('signed-session gate', () => {
     flipped[40] = (flipped[40] ?? 0) ^ 1;
     t.take(flipped);
     assert.equal(t.g.stats.forged['bad-signature'], 1);
+  });
+
+  it('a DATA whose header does not hold (short, a body length that says more or less, flags set) is passed on at once for the role to count as malformed, never held or counted as forged', () => {
+    const t = gate();
+    const genuine = data(run, 200, Buffer.from('genuine 200'));
+    const malformed: Buffer[] = [];
+    for (const bodyLength of [0, 0xffff, genuine.length - headerBytes + 3]) {
+      const copy = Buffer.from(genuine);
+      copy.writeUInt16BE(bodyLength, offsetBodyLength);
+      malformed.push(copy);
+    }
+    const flagged = Buffer.from(genuine);
+    flagged[offsetFlags] = 1;
+    malformed.push(flagged, genuine.subarray(0, headerBytes - 2));
+    for (const datagram of malformed) {
+      t.take(datagram);
+    }
+    assert.deepEqual(t.passed, malformed);
+    assert.equal(t.g.stats.holding, 0);
+    assert.deepEqual(t.g.stats.forged, {});
+    // A well-formed DATA nothing vouches for yet is held, as before.
+    t.take(genuine);
+    assert.equal(t.passed.length, malformed.length);
+    assert.equal(t.g.stats.holding, 1);
   });
 
   it('a manifest sent again is a repeat, by its bytes or by its hashes; one that differs is checked in full', () => {

@@ -1,5 +1,12 @@
 import assert from 'node:assert/strict';
-import { createCipheriv, hkdfSync, randomBytes, scryptSync } from 'node:crypto';
+import {
+  createCipheriv,
+  createDecipheriv,
+  generateKeyPairSync,
+  hkdfSync,
+  randomBytes,
+  scryptSync,
+} from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -16,7 +23,7 @@ import { initSoftwareToken, openSoftwareToken } from '../../src/crypto/software-
 import { SuiteId } from '../../src/crypto/suites.js';
 import type { Purse, PurseDebit, Token } from '../../src/crypto/token.js';
 import { tokenReleasedKeysMax, tokenScryptCost } from '../../src/limits.js';
-import { decodeKey, PriceModel } from '../../src/protocol/restricted.js';
+import { decodeGrant, decodeKey, PriceModel } from '../../src/protocol/restricted.js';
 import { createRandom } from '../helpers/random.js';
 import { createSoftHsm, type SoftHsm, softhsmMissing, softhsmModulePath } from '../helpers/softhsm.js';
 
@@ -382,6 +389,49 @@ describe('tokens', () => {
   });
 
   describe('software token file', () => {
+    // What someone holding the PIN can read and write: the file's own format, sealed with the PIN.
+    const fileKey = (salt: Buffer, writeSalt: Buffer) => {
+      const master = scryptSync('2468', salt, 32, {
+        N: tokenScryptCost,
+        r: 8,
+        p: 1,
+        maxmem: 64 * 1024 * 1024,
+      });
+      return Buffer.from(
+        hkdfSync('sha256', master, writeSalt, Buffer.from('gatecast-software-token v1'), 32),
+      );
+    };
+    const sealedFile = (secrets: string) => {
+      const salt = randomBytes(16);
+      const writeSalt = randomBytes(16);
+      const cipher = createCipheriv('aes-256-gcm', fileKey(salt, writeSalt), Buffer.alloc(12), {
+        authTagLength: 16,
+      });
+      cipher.setAAD(Buffer.from('gatecast-software-token v1'));
+      const body = Buffer.concat([cipher.update(secrets), cipher.final()]);
+      const data = Buffer.concat([writeSalt, body, cipher.getAuthTag()]).toString('base64');
+      return JSON.stringify({
+        format: 'gatecast-software-token',
+        version: 1,
+        salt: salt.toString('base64'),
+        data,
+      });
+    };
+    const openedSecrets = (path: string) => {
+      const file = JSON.parse(readFileSync(path, 'utf8')) as { salt: string; data: string };
+      const data = Buffer.from(file.data, 'base64');
+      const decipher = createDecipheriv(
+        'aes-256-gcm',
+        fileKey(Buffer.from(file.salt, 'base64'), data.subarray(0, 16)),
+        Buffer.alloc(12),
+        { authTagLength: 16 },
+      );
+      decipher.setAAD(Buffer.from('gatecast-software-token v1'));
+      decipher.setAuthTag(data.subarray(data.length - 16));
+      const plain = Buffer.concat([decipher.update(data.subarray(16, data.length - 16)), decipher.final()]);
+      return JSON.parse(plain.toString('utf8')) as { state: { grants: string[] } };
+    };
+
     it('a wrong PIN or an altered file opens nothing; the file holds no key in clear', () => {
       const path = join(directory, 'pin.json');
       initSoftwareToken({ path, pin: '2468', rootPublicKey: ed25519Raw(root.publicKey) });
@@ -406,6 +456,25 @@ describe('tokens', () => {
       );
     });
 
+    it('a grant edited in the stored state (its window moved) opens nothing: stored grants are checked against the root key when read', () => {
+      const path = join(directory, 'edited.json');
+      initSoftwareToken({ path, pin: '2468', rootPublicKey: ed25519Raw(root.publicKey) });
+      const token = openSoftwareToken(path, '2468');
+      token.installGrant(grantFor(token, { notAfterMs: start + 1000 }));
+      assert.equal(token.entitlements().length, 1);
+      token.close();
+      const secrets = openedSecrets(path);
+      const grant = Buffer.from(secrets.state.grants[0] as string, 'base64');
+      grant.writeBigUInt64BE(BigInt(start + 365 * 24 * hour), 20); // the end of its window, a year on
+      const moved = decodeGrant(grant);
+      assert.ok(moved.ok && moved.value.notAfterMs === start + 365 * 24 * hour, 'the window did move');
+      secrets.state.grants[0] = grant.toString('base64');
+      writeFileSync(path, sealedFile(JSON.stringify(secrets)));
+      const edited = openSoftwareToken(path, '2468');
+      assert.deepEqual(edited.entitlements(), [], 'an edited grant is no entitlement');
+      edited.close();
+    });
+
     it('a file that is JSON but no token file, or secrets sealed by hand under the PIN that are no token state, is refused with the reason (never a crash)', () => {
       const path = join(directory, 'shapes.json');
       for (const text of ['null', '0', '"token"', '[]', '[1,2]', 'true', '{}', '{"format":null}']) {
@@ -418,31 +487,18 @@ describe('tokens', () => {
           text,
         );
       }
-      // What someone holding the PIN can write: the file's own format, sealed with the PIN.
-      const sealedFile = (secrets: string) => {
-        const salt = randomBytes(16);
-        const master = scryptSync('2468', salt, 32, {
-          N: tokenScryptCost,
-          r: 8,
-          p: 1,
-          maxmem: 64 * 1024 * 1024,
-        });
-        const aad = Buffer.from('gatecast-software-token v1');
-        const writeSalt = randomBytes(16);
-        const key = Buffer.from(hkdfSync('sha256', master, writeSalt, aad, 32));
-        const cipher = createCipheriv('aes-256-gcm', key, Buffer.alloc(12), { authTagLength: 16 });
-        cipher.setAAD(aad);
-        const body = Buffer.concat([cipher.update(secrets), cipher.final()]);
-        const data = Buffer.concat([writeSalt, body, cipher.getAuthTag()]).toString('base64');
-        return JSON.stringify({
-          format: 'gatecast-software-token',
-          version: 1,
-          salt: salt.toString('base64'),
-          data,
-        });
+      const state = {
+        rootPublicKey: ed25519Raw(root.publicKey).toString('hex'),
+        grants: [],
+        highestStreamTimeUs: 0,
       };
-      const state = { rootPublicKey: 'ab', grants: [], highestStreamTimeUs: 0 };
       const device = { devicePrivateKey: 'AAAA' };
+      const p256 = generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({
+        format: 'der',
+        type: 'pkcs8',
+      });
+      const edwards = generateKeyPairSync('ed25519').privateKey.export({ format: 'der', type: 'pkcs8' });
+      const usable = { devicePrivateKey: p256.toString('base64') };
       const refused: Array<[string, RegExp]> = [
         ['null', /not an object/],
         ['[1]', /not an object/],
@@ -461,7 +517,29 @@ describe('tokens', () => {
         ],
         [JSON.stringify({ ...device, state: { ...state, memberships: [null] } }), /memberships\[0\]/],
         [JSON.stringify({ ...device, receiptPrivateKey: 7, state }), /receipt key/],
+        [JSON.stringify({ ...device, state: { ...state, rootPublicKey: 'zz' } }), /state\.rootPublicKey/],
+        [JSON.stringify({ ...device, state: { ...state, rootPublicKey: '' } }), /state\.rootPublicKey/],
+        [
+          JSON.stringify({
+            ...device,
+            state: { ...state, purse: { state: 'garbage', counter: 0, unreported: [], reported: [] } },
+          }),
+          /state\.purse\.state: purse state: not JSON/,
+        ],
+        [JSON.stringify({ devicePrivateKey: '!!!', state }), /sealed keys are not usable/],
+        [JSON.stringify({ devicePrivateKey: '', state }), /sealed keys are not usable/],
+        [
+          JSON.stringify({ devicePrivateKey: edwards.toString('base64'), state }),
+          /sealed keys are not usable/,
+        ],
+        [JSON.stringify({ ...usable, receiptPrivateKey: 'garbage', state }), /sealed keys are not usable/],
+        [
+          JSON.stringify({ ...usable, receiptPrivateKey: p256.toString('base64'), state }),
+          /sealed keys are not usable: the receipt key is not an Ed25519 key/,
+        ],
       ];
+      writeFileSync(path, sealedFile(JSON.stringify({ ...usable, state })));
+      openSoftwareToken(path, '2468').close(); // the shape this checks for opens
       for (const [secrets, reason] of refused) {
         writeFileSync(path, sealedFile(secrets));
         assert.throws(
