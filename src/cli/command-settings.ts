@@ -198,9 +198,15 @@ export const adminSettings: TObject = settings({
   'relay-to': text('GROUP:PORT', 'orders service: the group it goes out on over a relay link'),
 });
 
+/** The token a `gatecast token` subcommand works on (receive and agent decode with theirs). */
+const managedToken = {
+  ...tokenSettings,
+  token: text('FILE|pkcs11:LABEL', 'the token: a software token file, or a PKCS#11 token label'),
+};
+
 /** `gatecast token enroll|topup|receipts`: a token and the subscription server. */
 const tokenServer = {
-  ...tokenSettings,
+  ...managedToken,
   subscription: text('URL', 'the subscription server'),
   'token-file': text('FILE', "the subscriber's API token (default: $GATECAST_TOKEN)"),
 };
@@ -214,7 +220,7 @@ export const tokenCommandSettings: Readonly<
     service: text('NAME', 'also make a service key for this product'),
   }),
   init: settings({
-    ...tokenSettings,
+    ...managedToken,
     'root-public': text('FILE', 'the operator root public key (64 hex digits) grants are checked against'),
   }),
   grant: settings({
@@ -235,7 +241,7 @@ export const tokenCommandSettings: Readonly<
     out: text('FILE', 'where the grant goes'),
   }),
   install: settings({
-    ...tokenSettings,
+    ...managedToken,
     grant: text('FILE', 'a grant issued by gatecast token grant'),
   }),
   enroll: settings({
@@ -251,7 +257,7 @@ export const tokenCommandSettings: Readonly<
     resend: flag('also send again the receipts billing took before (charged once however often sent)'),
   }),
   show: settings({
-    ...tokenSettings,
+    ...managedToken,
     json: flag('print JSON'),
   }),
 };

@@ -51,6 +51,12 @@ const usage = `usage: gatecast token <keys|init|grant|install|enroll|topup|recei
   show      list a token's entitlements, member trees, its purse and its device public key
 `;
 
+/** What a subcommand does, from its line of the usage text. */
+function subcommandLine(subcommand: string): string {
+  const line = usage.split('\n').find((candidate) => candidate.startsWith(`  ${subcommand} `));
+  return line === undefined ? '' : line.trim().slice(subcommand.length).trim();
+}
+
 function writeNew(path: string, text: string, mode = 0o600): void {
   if (existsSync(path)) {
     throw new UsageError(`--out: ${path} exists; it is never overwritten`);
@@ -386,7 +392,7 @@ export async function runToken(argv: string[], out: NodeJS.WriteStream): Promise
     subcommand !== undefined && Object.hasOwn(schemas, subcommand) ? schemas[subcommand] : undefined;
   if (schema !== undefined && (rest.includes('--help') || rest.includes('-h'))) {
     process.stdout.write(
-      formatHelp(`gatecast token ${subcommand} [options]`, usage.split('\n')[0] ?? '', schema),
+      formatHelp(`gatecast token ${subcommand} [options]`, subcommandLine(subcommand ?? ''), schema),
     );
     return exitOk;
   }

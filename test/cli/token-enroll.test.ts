@@ -195,6 +195,25 @@ describe('token grant, show: bad input is named, never a crash', () => {
   });
 });
 
+describe('token subcommands: help', () => {
+  it('each says what it does once, under its own usage line, and what its --token is', async () => {
+    for (const [subcommand, what] of [
+      ['receipts', "report the purse's receipts to billing"],
+      ['topup', "move money from the subscriber's account to the token's purse, and credit it"],
+      ['show', "list a token's entitlements"],
+    ] as const) {
+      const help = await run(['token', subcommand, '--help']);
+      assert.equal(help.code, 0, help.stderr);
+      assert.equal(help.stdout.match(/usage:/g)?.length, 1, help.stdout);
+      assert.ok(
+        help.stdout.startsWith(`usage: gatecast token ${subcommand} [options]\n\n${what}`),
+        help.stdout,
+      );
+      assert.match(help.stdout, /--token FILE\|pkcs11:LABEL +the token: a software token file/);
+    }
+  });
+});
+
 describe('token enroll against a server that never answers', () => {
   for (const [what, server] of [
     ['takes the connection and answers nothing', silentTcp],
