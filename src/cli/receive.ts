@@ -274,17 +274,25 @@ export function describeReceive(
   const forged = Object.values(signed?.forged ?? {}).reduce((sum, count) => sum + count, 0);
   const unauthenticated = (signed?.unauthenticated ?? 0) + (signed?.holding ?? 0);
   const rejectedFor = (reason: string) => restricted?.keysRejected[reason] ?? 0;
+  /** What the token said of the last KEY it refused for `reason`, to follow a hint. */
+  const said = (reason: string) => {
+    const why = restricted?.keysRejectedWhy?.[reason];
+    return why === undefined ? '' : ` (the token: ${why})`;
+  };
   // Every KEY refused for the same reason, none taken: the grant does not fit this stream.
   const noKey = restricted !== undefined && restricted.keysAccepted === 0;
   const extras = [
     noKey && rejectedFor('bad-signature') > 0 && rejectedFor('bad-signature') === keysRejected
-      ? "no KEY message is signed by the source key this token's grant names: the stream comes from another source than the grant's, or the grant was made for another one (gatecast token grant --source-public)"
+      ? "no KEY message is signed by the source key this token's grant names: the stream comes from another source than the grant's, or the grant was made for another one (gatecast token grant --source-public)" +
+        said('bad-signature')
       : '',
     noKey && rejectedFor('bad-key-message') > 0 && rejectedFor('bad-key-message') === keysRejected
-      ? "no KEY message opens under the service key of this token's grant: the stream is sealed under another key for this service than the grant's, or the grant was made with another one (gatecast token grant --service-key-file)"
+      ? "no KEY message opens under the service key of this token's grant: the stream is sealed under another key for this service than the grant's, or the grant was made with another one (gatecast token grant --service-key-file)" +
+        said('bad-key-message')
       : '',
     noKey && rejectedFor('rollback') > 0 && rejectedFor('rollback') === keysRejected
-      ? "every KEY message is older than the newest this token accepted (its rollback counter, gatecast token show): the stream's clock is behind that, or the KEYs are replayed"
+      ? "every KEY message is older than the newest this token accepted (its rollback counter, gatecast token show): the stream's clock is behind that, or the KEYs are replayed" +
+        said('rollback')
       : '',
     forged > 0 ? `${forged} forged datagrams refused (${JSON.stringify(signed?.forged)})` : '',
     unauthenticated > 0 ? `${unauthenticated} datagrams not authenticated by the source key, not used` : '',

@@ -64,10 +64,35 @@ function writeNew(path: string, text: string, mode = 0o600): void {
   writeFileSync(path, text, { mode, flag: 'wx' });
 }
 
+/**
+ * An ISO 8601 date and time (2027-06-01T00:00:00Z, with seconds, fractions or an offset), or a
+ * date alone (midnight UTC). Date.parse alone takes "Dec 25 2027" in local time, "0" as 2000 and
+ * 2027-02-30 as 2 March: each is refused here, naming the field.
+ */
 function parseTime(text: string, field: string): number {
-  const ms = Date.parse(text);
-  if (!Number.isFinite(ms) || ms < 0) {
-    throw new UsageError(`${field}: "${text}" is not an ISO date and time`);
+  const match =
+    /^(\d{4})-(\d{2})-(\d{2})(?:T(\d{2}):(\d{2})(?::(\d{2})(?:\.\d{1,9})?)?(?:Z|[+-]\d{2}:\d{2}))?$/.exec(
+      text,
+    );
+  const ms = match === null ? Number.NaN : Date.parse(text);
+  const [year, month, day, hour, minute, second] = (match?.slice(1) ?? []).map((part) =>
+    part === undefined ? 0 : Number(part),
+  );
+  // A time needs its zone (Z or an offset): without one it would be read in local time.
+  const zoned = match !== null && (match[4] === undefined || /(?:Z|[+-]\d{2}:\d{2})$/.test(text));
+  const real =
+    match !== null &&
+    (month as number) >= 1 &&
+    (month as number) <= 12 &&
+    (day as number) >= 1 &&
+    (day as number) <= new Date(Date.UTC(year as number, month as number, 0)).getUTCDate() &&
+    (hour as number) <= 23 &&
+    (minute as number) <= 59 &&
+    (second as number) <= 59;
+  if (!Number.isFinite(ms) || ms < 0 || !zoned || !real) {
+    throw new UsageError(
+      `${field}: "${text}" is not an ISO 8601 date and time with its zone (e.g. 2027-06-01T00:00:00Z, or a date: 2027-06-01)`,
+    );
   }
   return ms;
 }
@@ -192,6 +217,25 @@ function runInstall(argv: string[], out: NodeJS.WriteStream): number {
   }
   const token = openToken(location, readPin(values));
   try {
+    // The token keeps one grant per service and epoch: a renewal that starts later would take the
+    // running one's place now and leave the token without the service until it starts.
+    const now = Date.now();
+    const running = decoded.ok
+      ? token
+          .entitlements()
+          .find(
+            (held) =>
+              held.service === decoded.value.service &&
+              held.serviceEpoch === decoded.value.serviceEpoch &&
+              held.notBeforeMs <= now &&
+              now < held.notAfterMs,
+          )
+      : undefined;
+    if (decoded.ok && running !== undefined && decoded.value.notBeforeMs > now) {
+      throw new UsageError(
+        `--grant: the token's grant for ${running.service} (epoch ${running.serviceEpoch}) runs until ${new Date(running.notAfterMs).toISOString()}, and this one starts at ${new Date(decoded.value.notBeforeMs).toISOString()}: installed now it would leave the token without ${running.service} until then; not installed (install it once the running one has ended)`,
+      );
+    }
     const entitlement = token.installGrant(grant);
     out.write(
       `installed: ${entitlement.service} (epoch ${entitlement.serviceEpoch}, tier ${entitlement.tier}) from ${new Date(entitlement.notBeforeMs).toISOString()} until ${new Date(entitlement.notAfterMs).toISOString()}\n`,
@@ -372,6 +416,8 @@ function runShow(argv: string[], out: NodeJS.WriteStream): number {
       device: token.devicePoint().toString('hex'),
       token: token.tokenId,
       entitlements: token.entitlements(),
+      // Stored grants that open nothing (edited, or not a grant): counted, so none vanishes unsaid.
+      unusableGrants: token.unusableGrants(),
       memberships: token.memberships().map((member) => ({ ...member, removedAt: member.removedAt ?? null })),
       purse: token.purseView() ?? null,
       highestStreamTimeUs: token.highestStreamTimeUs,

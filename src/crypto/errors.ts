@@ -27,7 +27,9 @@ export type TokenRefusalReason =
   /** The token holds no membership of the service's member tree: enroll it (again). */
   | 'not-a-member'
   /** The KEY seals its packets in groups (every-n-th-packet mode): the token gives group keys, never its traffic key. */
-  | 'group-mode';
+  | 'group-mode'
+  /** The token itself failed (its own state or device, not the KEY): the message says what. */
+  | 'token-failed';
 
 /**
  * A token refused to release a key. `reason` is what a caller matches on; the message is what a

@@ -678,6 +678,8 @@ export interface ReceiverProtectionStats {
   keysRepeated: number;
   /** KEY messages refused, by the token's reason or `malformed` / `other-run`. */
   keysRejected: Record<string, number>;
+  /** What the token said of the last KEY it refused, by reason. */
+  keysRejectedWhy: Record<string, string>;
   packetsOpened: number;
   /** Sealed DATA whose tag failed: forged or altered; nothing of it is delivered. */
   packetsBadTag: number;
@@ -745,6 +747,7 @@ export function createReceiverProtection(
     keysAccepted: 0,
     keysRepeated: 0,
     keysRejected: {},
+    keysRejectedWhy: {},
     packetsOpened: 0,
     packetsBadTag: 0,
     packetsHeld: 0,
@@ -1084,9 +1087,18 @@ export function createReceiverProtection(
       (error: unknown) => {
         if (!(error instanceof TokenRefused)) {
           reject('token-error');
+          // The token failed in itself (no receipt key, its device gone, …): no later KEY changes
+          // that, and the run stops saying what it was.
+          onRefused(
+            new TokenRefused(
+              'token-failed',
+              `the token failed: ${error instanceof Error ? error.message : String(error)}`,
+            ),
+          );
           return;
         }
         reject(error.reason);
+        stats.keysRejectedWhy[error.reason] = error.message;
         // A forged, replayed or altered KEY message is only counted; a refusal about this
         // token's entitlement ends the run for it, but for a grant that starts before the next
         // signing of this KEY: the source repeats a KEY unchanged for signedRepeatRefreshMs, so its

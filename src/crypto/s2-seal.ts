@@ -287,6 +287,7 @@ export function s2ReceiverProtection(key: S2Key): ReceiverProtection {
     keysAccepted: 1,
     keysRepeated: 0,
     keysRejected: {},
+    keysRejectedWhy: {},
     packetsOpened: 0,
     packetsBadTag: 0,
     packetsHeld: 0,

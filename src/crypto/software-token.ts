@@ -127,23 +127,30 @@ class SoftwareBackend implements TokenBackend {
     this.#path = path;
     this.#salt = salt;
     this.#master = master;
-    this.#device = createPrivateKey({
-      key: Buffer.from(secrets.devicePrivateKey, 'base64'),
-      format: 'der',
-      type: 'pkcs8',
-    });
-    this.#point = p256Point(createPublicKey(this.#device));
+    const privateKey = (base64: string, what: string, type: 'ec' | 'ed25519') => {
+      let key: KeyObject;
+      try {
+        key = createPrivateKey({ key: Buffer.from(base64, 'base64'), format: 'der', type: 'pkcs8' });
+      } catch (error) {
+        throw new TokenError(`its ${what} is not a private key (PKCS#8): ${(error as Error).message}`);
+      }
+      if (key.asymmetricKeyType !== type) {
+        throw new TokenError(
+          `its ${what} is ${key.asymmetricKeyType ?? 'of no known type'}, not ${type === 'ec' ? 'P-256' : 'Ed25519'}`,
+        );
+      }
+      return key;
+    };
+    this.#device = privateKey(secrets.devicePrivateKey, 'device key', 'ec');
+    try {
+      this.#point = p256Point(createPublicKey(this.#device));
+    } catch (error) {
+      throw new TokenError(`its device key is not P-256: ${(error as Error).message}`);
+    }
     this.#receiptKey =
       secrets.receiptPrivateKey === undefined
         ? undefined
-        : createPrivateKey({
-            key: Buffer.from(secrets.receiptPrivateKey, 'base64'),
-            format: 'der',
-            type: 'pkcs8',
-          });
-    if (this.#receiptKey !== undefined && this.#receiptKey.asymmetricKeyType !== 'ed25519') {
-      throw new TokenError('the receipt key is not an Ed25519 key');
-    }
+        : privateKey(secrets.receiptPrivateKey, 'receipt key', 'ed25519');
     this.#state = secrets.state;
   }
 
@@ -343,7 +350,9 @@ export function openSoftwareToken(path: string, pin: string, purse?: Purse): Tok
     backend = new SoftwareBackend(path, salt, master, secrets);
   } catch (error) {
     master.fill(0);
-    throw new TokenError(`token file ${path}: its sealed keys are not usable: ${(error as Error).message}`);
+    throw new TokenError(
+      `token file ${path}: ${error instanceof TokenError ? error.message : `its sealed keys are not usable: ${(error as Error).message}`}`,
+    );
   }
   return new Token(backend, purse);
 }

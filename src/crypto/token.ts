@@ -36,7 +36,14 @@ import {
   type Membership,
   PriceModel,
 } from '../protocol/restricted.js';
-import { deviceKeyId, ed25519FromRaw, joinShares, tokenIdOf, verifySignature } from './authority.js';
+import {
+  deviceKeyId,
+  ed25519FromRaw,
+  ed25519PublicKeyProblem,
+  joinShares,
+  tokenIdOf,
+  verifySignature,
+} from './authority.js';
 import { TokenError, TokenRefused } from './errors.js';
 import { deriveGroupKeyWith, type GroupKeySource } from './group-key.js';
 import { applyRekeyEntries, decodeRekey, type LkhRekey, LkhWrapping, lkhPath } from './lkh.js';
@@ -163,10 +170,9 @@ export function tokenStateProblem(value: unknown): string | undefined {
   if (typeof value.rootPublicKey !== 'string' || !/^[0-9a-f]{64}$/i.test(value.rootPublicKey)) {
     return 'state.rootPublicKey is not an Ed25519 public key (64 hex digits)';
   }
-  try {
-    ed25519FromRaw(Buffer.from(value.rootPublicKey, 'hex'));
-  } catch (error) {
-    return `state.rootPublicKey is not a usable Ed25519 public key: ${(error as Error).message}`;
+  const rootProblem = ed25519PublicKeyProblem(Buffer.from(value.rootPublicKey, 'hex'));
+  if (rootProblem !== undefined) {
+    return `state.rootPublicKey is not a usable Ed25519 public key: ${rootProblem}`;
   }
   if (!strings(value.grants)) {
     return 'state.grants is not a list of strings';
@@ -471,13 +477,27 @@ export class Token {
   }
 
   /**
+   * Stored grants that open nothing: not a grant, not signed by the token's root key, or issued
+   * to another token (edited in the stored state, or stored by hand).
+   */
+  unusableGrants(): number {
+    return this.#state.grants.length - this.#grants().length;
+  }
+
+  /** "this token holds no grant for it", and the stored grants that fail their check, if any. */
+  #noGrant(service: string): string {
+    const unusable = this.unusableGrants();
+    return `not entitled to ${service}: this token holds no grant for it${unusable === 0 ? '' : ` (${unusable} stored ${unusable === 1 ? 'grant fails its' : 'grants fail their'} check against the root key and this token's device: edited or not a grant)`}`;
+  }
+
+  /**
    * Why this token cannot decode `service` at `nowMs`, or undefined when a grant covers it. Used
    * by the CLI to refuse early with the message a user reads.
    */
   refusalFor(service: string, nowMs: number): TokenRefused | undefined {
     const grants = this.#grants().filter((grant) => grant.service === service);
     if (grants.length === 0) {
-      return new TokenRefused('not-entitled', `not entitled to ${service}: this token holds no grant for it`);
+      return new TokenRefused('not-entitled', this.#noGrant(service));
     }
     if (grants.some((grant) => grant.notBeforeMs <= nowMs && nowMs < grant.notAfterMs)) {
       return undefined;
@@ -653,7 +673,7 @@ export class Token {
       throw new TokenRefused(
         'not-entitled',
         epochs.length === 0
-          ? `not entitled to ${key.service}: this token holds no grant for it`
+          ? this.#noGrant(key.service)
           : `not entitled to ${key.service} (service epoch ${key.serviceEpoch}): this token's grants are for service epoch ${epochs.join(', ')}`,
       );
     }

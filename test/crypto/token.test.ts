@@ -472,6 +472,11 @@ describe('tokens', () => {
       writeFileSync(path, sealedFile(JSON.stringify(secrets)));
       const edited = openSoftwareToken(path, '2468');
       assert.deepEqual(edited.entitlements(), [], 'an edited grant is no entitlement');
+      assert.equal(edited.unusableGrants(), 1);
+      assert.match(
+        edited.refusalFor('news', start + 2000)?.message ?? '',
+        /holds no grant for it \(1 stored grant fails its check against the root key and this token's device/,
+      );
       edited.close();
     });
 
@@ -526,16 +531,30 @@ describe('tokens', () => {
           }),
           /state\.purse\.state: purse state: not JSON/,
         ],
-        [JSON.stringify({ devicePrivateKey: '!!!', state }), /sealed keys are not usable/],
-        [JSON.stringify({ devicePrivateKey: '', state }), /sealed keys are not usable/],
+        [
+          JSON.stringify({ devicePrivateKey: '!!!', state }),
+          /its device key is not a private key \(PKCS#8\)/,
+        ],
+        [JSON.stringify({ devicePrivateKey: '', state }), /its device key is not a private key/],
         [
           JSON.stringify({ devicePrivateKey: edwards.toString('base64'), state }),
-          /sealed keys are not usable/,
+          /its device key is ed25519, not P-256/,
         ],
-        [JSON.stringify({ ...usable, receiptPrivateKey: 'garbage', state }), /sealed keys are not usable/],
+        [
+          JSON.stringify({ ...usable, receiptPrivateKey: 'garbage', state }),
+          /its receipt key is not a private key \(PKCS#8\)/,
+        ],
         [
           JSON.stringify({ ...usable, receiptPrivateKey: p256.toString('base64'), state }),
-          /sealed keys are not usable: the receipt key is not an Ed25519 key/,
+          /its receipt key is ec, not Ed25519/,
+        ],
+        [
+          JSON.stringify({ ...device, state: { ...state, rootPublicKey: 'ff'.repeat(32) } }),
+          /state\.rootPublicKey is not a usable Ed25519 public key/,
+        ],
+        [
+          JSON.stringify({ ...device, state: { ...state, rootPublicKey: '00'.repeat(32) } }),
+          /state\.rootPublicKey is not a usable Ed25519 public key: it is a point of small order/,
         ],
       ];
       writeFileSync(path, sealedFile(JSON.stringify({ ...usable, state })));

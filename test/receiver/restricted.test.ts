@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { describeReceive } from '../../src/cli/receive.js';
 import { buildKeyMessage, ed25519Raw, generateSigningKey } from '../../src/crypto/authority.js';
-import type { TokenRefused } from '../../src/crypto/errors.js';
+import { TokenError, type TokenRefused } from '../../src/crypto/errors.js';
 import { createReceiverProtection, createSenderProtection } from '../../src/crypto/restricted-session.js';
 import { initSoftwareToken, openSoftwareToken } from '../../src/crypto/software-token.js';
 import { suiteByName } from '../../src/crypto/suites.js';
@@ -409,6 +409,38 @@ describe('restricted receiver: what it drops is counted under its own name', () 
     assert.equal(protection.stats.packetsMalformed, 4);
     assert.deepEqual(reasons, ['length-mismatch', 'length-mismatch', 'length-mismatch', 'truncated']);
     assert.equal(protection.stats.packetsBadTag, 0, 'none is counted as forged');
+    token.close();
+  });
+
+  it('a token that fails in itself (not a refusal of the KEY) stops the run and says what failed', async () => {
+    const token = makeToken('entitled');
+    const failing = new Proxy(token, {
+      get(target, property) {
+        if (property === 'releaseTrafficKey') {
+          return async () => {
+            throw new TokenError('the token has no receipt key: enroll it');
+          };
+        }
+        const value = Reflect.get(target, property, target) as unknown;
+        return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(target) : value;
+      },
+    });
+    const refusals: TokenRefused[] = [];
+    const protection = createReceiverProtection(failing, (refused) => refusals.push(refused));
+    const { feed } = feeder(protection);
+    const sender = newsSender(60_000);
+    const startUs = Date.now() * 1000;
+    const data = Buffer.alloc(headerBytes + 100);
+    writeHeaderFields(data, PacketType.data, 5, 1, startUs, 0, 100, 6);
+    feed(
+      sender
+        .control({ sessionId: 5, incarnation: 6, sequence: 1 }, 0, startUs)
+        .filter((datagram) => datagram[offsetType] === PacketType.key),
+    );
+    feed(sender.seal(data, 0, startUs));
+    await settle();
+    assert.equal(refusals[0]?.reason, 'token-failed', JSON.stringify(protection.stats));
+    assert.match(refusals[0]?.message ?? '', /the token failed: the token has no receipt key: enroll it/);
     token.close();
   });
 
