@@ -59,8 +59,7 @@ const restrictedSend = {
   tier: text('N', 'with --restricted: the tier a grant must reach', { default: 0, when: 'restricted' }),
   'manifest-packets': text(
     'N',
-    'with --restricted or --signed: sign a manifest over every N DATA packets, 32-64 (with --restricted also 0 for none)',
-    { default: 64, when: 'restricted' },
+    'with --restricted or --signed: sign a manifest over every N DATA packets, 32-64 (with --restricted also 0 for none); default: 64, or fewer (32 at the least) when a DATA datagram is shorter than a manifest of 64 (1,124 bytes): a manifest no longer than the DATA, for a small --packet-size',
   ),
   'group-packets': text(
     'N',

@@ -21,14 +21,20 @@ import {
   type SourceTree,
 } from '../crypto/restricted-session.js';
 import { openSoftwareToken } from '../crypto/software-token.js';
-import { suiteByName } from '../crypto/suites.js';
+import { aeadTagBytes, suiteByName } from '../crypto/suites.js';
 import type { Token } from '../crypto/token.js';
 import { groupKeyPacketsMax, lkhDepthMax, memberTreeDepthDefault, secretFileBytesMax } from '../limits.js';
 import { readBoundedFile } from '../net/files.js';
-import { pkcs11ModuleDefault, sendSettings } from './command-settings.js';
+import {
+  groupSeedBytes,
+  manifestPacketsFor,
+  manifestPacketsMax,
+  manifestPacketsMin,
+} from '../protocol/restricted.js';
+import { headerBytes } from '../protocol/sizes.js';
+import { pkcs11ModuleDefault } from './command-settings.js';
 import { UsageError } from './errors.js';
 import { type OptionValues, optional, parseInteger, parseSeconds, required } from './options.js';
-import { defaultOf } from './settings.js';
 
 /** The source key `--source-public` names, or undefined. */
 export function sourcePublicKeyOption(values: OptionValues): KeyObject | undefined {
@@ -172,10 +178,12 @@ export function tokenOption(values: OptionValues): Token | undefined {
  * The source's protection from `send`'s options, or undefined for a plain session. Refused
  * suites and missing keys are errors naming the option, before anything is sent; so is a
  * `--duration` (`durationMs`) longer than a restricted run's 65,535 crypto-periods.
+ * `packetPayloadBytes` (--packet-size) sizes the default manifest to the session's DATA datagrams.
  */
 export function senderProtectionOptions(
   values: OptionValues,
-  durationMs?: number,
+  durationMs: number | undefined,
+  packetPayloadBytes: number,
 ): ((run: { sessionId: number; incarnation: number }, tree?: SourceTree) => SenderProtection) | undefined {
   const restrictedOnly = [
     'service',
@@ -196,7 +204,7 @@ export function senderProtectionOptions(
         `${stray.map((name) => `--${name}`).join(', ')} ${stray.length === 1 ? 'needs' : 'need'} --restricted`,
       );
     }
-    return values.signed === true ? signedProtectionOptions(values) : undefined;
+    return values.signed === true ? signedProtectionOptions(values, packetPayloadBytes) : undefined;
   }
   const service = optional(values, 'service');
   const serviceKeyFile = optional(values, 'service-key-file');
@@ -222,10 +230,11 @@ export function senderProtectionOptions(
     );
   }
   const tier = parseInteger(required(values, 'tier'), '--tier', 0, 255);
-  const manifestPackets = manifestPacketsOption(values, 0);
   const groupText = optional(values, 'group-packets');
   const packetsPerGroup =
     groupText === undefined ? undefined : parseInteger(groupText, '--group-packets', 1, groupKeyPacketsMax);
+  const sealedBytes = aeadTagBytes + (packetsPerGroup === undefined ? 0 : groupSeedBytes);
+  const manifestPackets = manifestPacketsOption(values, 0, headerBytes + packetPayloadBytes + sealedBytes);
   return (run, tree) =>
     createSenderProtection(
       {
@@ -335,19 +344,30 @@ export function readOperatorAuthority(
   return { rootPrivateKey: root.privateKey, products };
 }
 
-/** --manifest-packets: 32-64, or (when `none` is 0) 0 for none. */
-function manifestPacketsOption(values: OptionValues, none: number | undefined): number {
-  // --signed without --restricted: the schema's default, which goes with --restricted, applies too.
-  const text = optional(values, 'manifest-packets') ?? defaultOf(sendSettings, 'manifest-packets');
-  const packets = parseInteger(text, '--manifest-packets', 0, 64);
+/**
+ * --manifest-packets: manifestPacketsMin-manifestPacketsMax, or (when `none` is 0) 0 for none.
+ * Without it, as many as keep a manifest within the session's DATA datagrams of `dataDatagramBytes`
+ * (manifestPacketsFor).
+ */
+function manifestPacketsOption(
+  values: OptionValues,
+  none: number | undefined,
+  dataDatagramBytes: number,
+): number {
+  const text = optional(values, 'manifest-packets');
+  if (text === undefined) {
+    return manifestPacketsFor(dataDatagramBytes);
+  }
+  const range = `${manifestPacketsMin}-${manifestPacketsMax}`;
+  const packets = parseInteger(text, '--manifest-packets', 0, manifestPacketsMax);
   if (packets === 0 && none === 0) {
     return 0;
   }
-  if (packets < 32) {
+  if (packets < manifestPacketsMin) {
     throw new UsageError(
       none === 0
-        ? '--manifest-packets: 32-64, or 0 for none'
-        : '--manifest-packets: 32-64 for a signed session',
+        ? `--manifest-packets: ${range}, or 0 for none`
+        : `--manifest-packets: ${range} for a signed session`,
     );
   }
   return packets;
@@ -356,13 +376,14 @@ function manifestPacketsOption(values: OptionValues, none: number | undefined): 
 /** `send --signed`: a readable session whose every datagram the source key vouches for. */
 function signedProtectionOptions(
   values: OptionValues,
+  packetPayloadBytes: number,
 ): (run: { sessionId: number; incarnation: number }) => SenderProtection {
   const sourceKeyFile = optional(values, 'source-key');
   if (sourceKeyFile === undefined) {
     throw new UsageError('--signed needs --source-key PEM');
   }
   const source = readSigningKey(sourceKeyFile, '--source-key');
-  const manifestPackets = manifestPacketsOption(values, undefined);
+  const manifestPackets = manifestPacketsOption(values, undefined, headerBytes + packetPayloadBytes);
   return (run) =>
     createSignedSenderProtection(
       { sourcePrivateKey: source.privateKey, sourcePublicKey: source.publicKey, manifestPackets },

@@ -228,7 +228,7 @@ export async function runSend(argv: string[], out: NodeJS.WriteStream): Promise<
     throw new UsageError('--buy-repair and --source-address need --subscription URL');
   }
   const token = subscription === undefined ? undefined : readToken(optional(values, 'token-file'));
-  const protection = senderProtectionOptions(values, durationMs);
+  const protection = senderProtectionOptions(values, durationMs, packetPayloadBytes);
   const lastResort = lastResortOptions(values);
   const adaptRate = adaptRateOptions(values, rate, lastResort);
   const input = await openInput(values, packetPayloadBytes);

@@ -19,8 +19,29 @@ export const signatureBytes = 64;
 export const ed25519PublicKeyBytes = 32;
 /** Bytes of each packet hash in a manifest: the first 16 bytes of SHA-256 of the datagram. */
 export const manifestHashBytes = 16;
-/** Most packets one manifest covers. */
+/** Most packets one manifest covers: its datagram (manifestDatagramBytes) is then 1,124 bytes. */
 export const manifestPacketsMax = 64;
+/** Fewest packets a source's manifest covers when it signs one per N packets (`--manifest-packets`). */
+export const manifestPacketsMin = 32;
+/** A manifest's fixed bytes besides its hashes: the header, kind, count, hash bytes, reserved and the signature. */
+const manifestFixedBytes = headerBytes + 4 + signatureBytes;
+
+/** The size of a manifest datagram over `count` packets. */
+export function manifestDatagramBytes(count: number): number {
+  return manifestFixedBytes + count * manifestHashBytes;
+}
+
+/**
+ * A source's default packets per manifest: the most whose manifest is no longer than the session's
+ * largest DATA datagram (`dataDatagramBytes`), within manifestPacketsMin-manifestPacketsMax. Where
+ * the session's DATA crosses the network (a path whose MTU the packet size was chosen for), so do
+ * its manifests: 64 from a DATA datagram of 1,124 bytes on (the default 1,400-byte payload makes
+ * 1,448), fewer for smaller packets, 32 at the least.
+ */
+export function manifestPacketsFor(dataDatagramBytes: number): number {
+  const fits = Math.floor((dataDatagramBytes - manifestFixedBytes) / manifestHashBytes);
+  return Math.min(manifestPacketsMax, Math.max(manifestPacketsMin, fits));
+}
 /** Longest service name, in UTF-8 bytes. */
 export const serviceNameBytesMax = 64;
 /** Most suites a session offer lists. */

@@ -4,11 +4,14 @@
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
+import { createSocket } from 'node:dgram';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { signatureEngineInfo } from '../../src/crypto/aead-engine.js';
+import { offsetType, PacketType } from '../../src/protocol/packet.js';
+import { decodeSignature, SignatureKind } from '../../src/protocol/restricted.js';
 import { runGatecast as run, startReceive } from '../helpers/cli.js';
 import { freshPort } from '../helpers/loopback.js';
 
@@ -117,5 +120,76 @@ describe('signed sessions on the command line', () => {
     assert.equal(await wrong.exited, 1, wrong.stderr());
     assert.match(wrong.stderr(), /forged datagrams refused/);
     assert.equal(readFileSync(outputs.wrong).length, 0);
+  });
+
+  it('send --signed --packet-size 1000: manifests no longer than the DATA on the wire (58 packets each), the file whole', async () => {
+    const [address, portText] = [`239.255.64.3`, String(freshPort())];
+    const group = `${address}:${portText}`;
+    const file = join(directory, 'small-packets.bin');
+    const bytes = randomBytes(300_000);
+    writeFileSync(file, bytes);
+    const output = join(directory, 'small-packets.out');
+    // What crosses the wire, seen by a socket of this test on the group.
+    const wire = { data: [] as number[], manifests: [] as Array<{ bytes: number; count: number }> };
+    const socket = createSocket({ type: 'udp4', reuseAddr: true });
+    socket.on('message', (datagram: Buffer) => {
+      if (datagram[offsetType] === PacketType.data) {
+        wire.data.push(datagram.length);
+      } else if (datagram[offsetType] === PacketType.signature) {
+        const decoded = decodeSignature(datagram);
+        if (decoded.ok && decoded.value.kind === SignatureKind.manifest) {
+          wire.manifests.push({ bytes: datagram.length, count: decoded.value.hashCount });
+        }
+      }
+    });
+    await new Promise<void>((resolve) => socket.bind(Number(portText), resolve));
+    socket.addMembership(address, '127.0.0.1');
+    try {
+      const receiver = await startReceive([
+        '--group',
+        group,
+        '--iface',
+        '127.0.0.1',
+        '--timeout',
+        '20',
+        '--out',
+        output,
+        '--source-public',
+        join(directory, 'keys', 'source.pub'),
+      ]);
+      const sent = await run([
+        'send',
+        '--group',
+        group,
+        '--iface',
+        '127.0.0.1',
+        '--file',
+        file,
+        '--rate',
+        '100M', // 58 packets within the 10 ms a pending manifest waits before it is signed partial
+        '--packet-size',
+        '1000',
+        '--signed',
+        '--source-key',
+        join(directory, 'keys', 'source.pem'),
+      ]);
+      assert.equal(sent.code, 0, sent.stderr);
+      assert.equal(await receiver.exited, 0, receiver.stderr());
+      assert.match(receiver.stderr(), /whole: 300 packets.*SHA-256 ok/);
+      assert.deepEqual(readFileSync(output), bytes);
+    } finally {
+      socket.close();
+    }
+    assert.ok(wire.data.length >= 300 && wire.manifests.length > 0, JSON.stringify(wire).slice(0, 300));
+    const longestData = Math.max(...wire.data);
+    assert.equal(longestData, 1032); // the 32-byte header and 1,000 bytes
+    // Full manifests cover 58 packets (100 + 16 * 58 = 1,028 bytes); the last one, fewer.
+    assert.ok(
+      wire.manifests.some((manifest) => manifest.count === 58),
+      JSON.stringify(wire.manifests),
+    );
+    for (const manifest of wire.manifests) {
+      assert.ok(manifest.count <= 58 && manifest.bytes <= longestData, JSON.stringify(manifest));
+    }
   });
 });

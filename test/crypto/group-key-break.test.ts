@@ -341,7 +341,12 @@ describe('group keys inside the token', () => {
 describe('send --group-packets on the command line', () => {
   it('without --restricted: the error names the option, in a sentence', () => {
     assert.throws(
-      () => senderProtectionOptions({ 'group-packets': '16', signed: true, 'source-key': 'source.pem' }),
+      () =>
+        senderProtectionOptions(
+          { 'group-packets': '16', signed: true, 'source-key': 'source.pem' },
+          undefined,
+          1400,
+        ),
       (error: unknown) =>
         error instanceof UsageError && error.message === '--group-packets needs --restricted',
     );
