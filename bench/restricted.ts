@@ -693,8 +693,8 @@ Against plain beside it: verifying 0.72× (0.70–0.74); without the SHA-256 0.7
 without the Ed25519 checks 0.78× (0.72–0.82); without either 0.81× (0.79–0.83); the same receiver
 not verifying (no \`--source-public\`) 0.83× (0.81–0.86). In a loop here a check costs 44 µs with
 libsodium (77 µs through node:crypto) and the SHA-256 of 1,448 bytes 1.4 µs with the CPU's SHA
-extensions: together about 1.9 µs a packet at 64 packets a manifest, 0.08–0.1× of a plain receiver
-whose packet costs about 18 µs. Tried and not kept: hashing each DATA as it arrives (in cache)
+extensions: together about 1.9 µs a packet at 64 packets a manifest, against about 14 µs a packet
+for the plain receiver beside it. Tried and not kept: hashing each DATA as it arrives (in cache)
 instead of when its manifest comes measured lower (0.71× against 0.74×, 5 rounds), and manifests
 over 84 packets (1,444 bytes, within a DATA datagram at the default size) only about 0.01× higher
 (0.737× → 0.748×, 4 rounds), beyond the 32–64 packets a manifest is specified to cover.
