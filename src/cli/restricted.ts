@@ -199,6 +199,9 @@ export function senderProtectionOptions(
     const stray = restrictedOnly.filter(
       (name) => values[name] !== undefined && !(name === 'manifest-packets' && values.signed === true),
     );
+    if (stray.length === 1 && stray[0] === 'manifest-packets') {
+      throw new UsageError('--manifest-packets needs --restricted or --signed');
+    }
     if (stray.length > 0) {
       throw new UsageError(
         `${stray.map((name) => `--${name}`).join(', ')} ${stray.length === 1 ? 'needs' : 'need'} --restricted`,
@@ -359,16 +362,16 @@ function manifestPacketsOption(
     return manifestPacketsFor(dataDatagramBytes);
   }
   const range = `${manifestPacketsMin}-${manifestPacketsMax}`;
-  const packets = parseInteger(text, '--manifest-packets', 0, manifestPacketsMax);
+  const allowed = none === 0 ? `${range}, or 0 for none` : `${range} for a signed session`;
+  if (!/^\d+$/.test(text)) {
+    throw new UsageError(`--manifest-packets: "${text}" is not a whole number of packets (${allowed})`);
+  }
+  const packets = Number(text);
   if (packets === 0 && none === 0) {
     return 0;
   }
-  if (packets < manifestPacketsMin) {
-    throw new UsageError(
-      none === 0
-        ? `--manifest-packets: ${range}, or 0 for none`
-        : `--manifest-packets: ${range} for a signed session`,
-    );
+  if (packets < manifestPacketsMin || packets > manifestPacketsMax) {
+    throw new UsageError(`--manifest-packets: ${text} is out of range (${allowed})`);
   }
   return packets;
 }

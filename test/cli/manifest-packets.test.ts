@@ -124,10 +124,18 @@ describe('packets per manifest', () => {
   });
 
   for (const [kind, given, message] of [
-    ['restricted', '65', /--manifest-packets: 65 is out of range \(0-64\)/],
-    ['restricted', '31', /^--manifest-packets: 32-64, or 0 for none$/],
-    ['signed', '0', /^--manifest-packets: 32-64 for a signed session$/],
-    ['signed', 'many', /--manifest-packets: "many" is not an integer/],
+    ['restricted', '65', /^--manifest-packets: 65 is out of range \(32-64, or 0 for none\)$/],
+    ['restricted', '31', /^--manifest-packets: 31 is out of range \(32-64, or 0 for none\)$/],
+    ['signed', '65', /^--manifest-packets: 65 is out of range \(32-64 for a signed session\)$/],
+    ['signed', '0', /^--manifest-packets: 0 is out of range \(32-64 for a signed session\)$/],
+    [
+      'signed',
+      '-1',
+      /^--manifest-packets: "-1" is not a whole number of packets \(32-64 for a signed session\)$/,
+    ],
+    ['signed', 'many', /^--manifest-packets: "many" is not a whole number of packets/],
+    ['restricted', '99999999999999999999', /^--manifest-packets: 99999999999999999999 is out of range/],
+    ['restricted', '1e2', /is not a whole number of packets/],
   ] as const) {
     it(`send --${kind} --manifest-packets ${given} is refused, naming the option and the range`, () => {
       assert.throws(
@@ -152,5 +160,13 @@ describe('packets per manifest', () => {
         [PacketType.data],
       );
     }
+  });
+
+  it('--manifest-packets without --signed or --restricted names both', () => {
+    assert.throws(
+      () => senderProtectionOptions({ 'manifest-packets': '40' }, undefined, 1400),
+      (error: unknown) =>
+        error instanceof Error && error.message === '--manifest-packets needs --restricted or --signed',
+    );
   });
 });
