@@ -20,6 +20,7 @@ import {
   openStreamInput,
   openTickerInput,
   type PayloadInput,
+  tickerQuoteBytesMax,
 } from '../source/inputs.js';
 import type { LastResortSettings } from '../source/last-resort.js';
 import { followMemberTree } from '../source/member-tree.js';
@@ -72,6 +73,12 @@ async function openInput(values: OptionValues, payloadBytesMax: number): Promise
     return openStreamInput(process.stdin);
   }
   if (values.ticker === true) {
+    if (payloadBytesMax < tickerQuoteBytesMax) {
+      throw new InvalidArgumentError(
+        '--packet-size',
+        `${payloadBytesMax} bytes is less than a ticker quote may take (${tickerQuoteBytesMax}): give at least ${tickerQuoteBytesMax} with --ticker`,
+      );
+    }
     const ticks = optional(values, 'ticks');
     return openTickerInput({
       ticksPerSecond: parseInteger(required(values, 'ticks-per-second'), '--ticks-per-second', 1, 100_000),

@@ -191,6 +191,13 @@ export interface TickerSettings {
 const tickerSymbols = ['GCST', 'MCST', 'NETW', 'UDPX', 'IGMP', 'ROUT'];
 
 /**
+ * The longest quote the ticker writes, with room to spare: a 13-digit tick number (up to 2^40
+ * ticks), a symbol, a price and a change, an ISO time and the newline take at most about 64 bytes.
+ * A packet smaller than this would cut quotes, so `send --ticker` refuses one.
+ */
+export const tickerQuoteBytesMax = 80;
+
+/**
  * A generated stock ticker, one quote per packet:
  * "<tick number> <symbol> <price> <change> <ISO time>\n". Tick numbers count from 1 with no gaps,
  * so a reader can check that every quote arrived in order.
@@ -228,6 +235,12 @@ export function openTickerInput(settings: TickerSettings): PayloadInput {
       const line = `${tick} ${tickerSymbols[index]} ${(price / 100).toFixed(2)} ${change >= 0 ? '+' : ''}${(
         change / 100
       ).toFixed(2)} ${new Date().toISOString()}\n`;
+      if (line.length > out.length) {
+        // Never cut a quote: a reader would take the cut one as whole.
+        throw new RangeError(
+          `a ticker quote of ${line.length} bytes does not fit a ${out.length}-byte packet`,
+        );
+      }
       return out.write(line, 0, 'latin1');
     },
     waitReadable() {

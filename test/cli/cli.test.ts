@@ -227,6 +227,11 @@ describe('bad input: one clear line naming the value, exit code 2, no stack trac
       /--packet-size: 15 is below the minimum of 16 bytes \(the range is 16-\d{5}\)/,
     ],
     [
+      'a ticker whose packets are smaller than a quote (each quote was cut, and taken as whole)',
+      ['send', '--group', '239.1.1.1:5000', '--ticker', '--packet-size', '79'],
+      /--packet-size: 79 bytes is less than a ticker quote may take \(80\): give at least 80 with --ticker/,
+    ],
+    [
       'send: an IPv6 group with an IPv4 interface address',
       ['send', '--group', '[ff3e::1]:5000', '--iface', '127.0.0.1', '--ticker'],
       /--iface: 127\.0\.0\.1 is an IPv4 address but --group \[ff3e::1\]:5000 is IPv6/,

@@ -13,6 +13,7 @@ import {
   openRelayInput,
   openTickerInput,
   type PayloadInput,
+  tickerQuoteBytesMax,
 } from '../../src/source/inputs.js';
 import { createSource, type SourceSettings } from '../../src/source/source.js';
 import { freshPort } from '../helpers/loopback.js';
@@ -280,6 +281,23 @@ describe('a stop ends a slowly paced source at once (send --rate 1 ignored SIGTE
     assert.ok(
       socket.datagrams.some((d) => d[3] === PacketType.end),
       'END was sent',
+    );
+  });
+});
+
+describe('the ticker never cuts a quote (a 16-byte packet carried the first 16 bytes of each, and receive said whole)', () => {
+  it('a quote fits a packet of tickerQuoteBytesMax; a smaller packet that cannot hold it is an error, not a cut quote', () => {
+    const ticker = openTickerInput({ ticksPerSecond: 100_000, tickCount: 3 });
+    const packet = Buffer.alloc(tickerQuoteBytesMax);
+    const length = ticker.read(packet);
+    assert.ok(typeof length === 'number' && length > 0 && length <= tickerQuoteBytesMax);
+    assert.match(
+      packet.subarray(0, length as number).toString('latin1'),
+      /^1 GCST \d+\.\d{2} [+-]\d\.\d{2} \S+Z\n$/,
+    );
+    assert.throws(
+      () => ticker.read(Buffer.alloc(16)),
+      /a ticker quote of \d+ bytes does not fit a 16-byte packet/,
     );
   });
 });
