@@ -18,6 +18,23 @@ import { freshPort } from '../helpers/loopback.js';
 const directory = mkdtempSync(join(tmpdir(), 'gatecast-signed-cli-'));
 after(() => rmSync(directory, { recursive: true, force: true }));
 
+/** `send --signed` of a file over loopback with this test's source key, and `extra` options. */
+function sendSignedFile(group: string, file: string, extra: string[]) {
+  return run([
+    'send',
+    '--group',
+    group,
+    '--iface',
+    '127.0.0.1',
+    '--file',
+    file,
+    ...extra,
+    '--signed',
+    '--source-key',
+    join(directory, 'keys', 'source.pem'),
+  ]);
+}
+
 describe('signed sessions on the command line', () => {
   before(async () => {
     for (const name of ['keys', 'other']) {
@@ -90,20 +107,7 @@ describe('signed sessions on the command line', () => {
         ]),
       ),
     );
-    const sent = await run([
-      'send',
-      '--group',
-      group,
-      '--iface',
-      '127.0.0.1',
-      '--file',
-      file,
-      '--rate',
-      '5M',
-      '--signed',
-      '--source-key',
-      join(directory, 'keys', 'source.pem'),
-    ]);
+    const sent = await sendSignedFile(group, file, ['--rate', '5M']);
     assert.equal(sent.code, 0, sent.stderr);
     const [right, wrong] = receivers as [(typeof receivers)[0], (typeof receivers)[0]];
     assert.equal(await right.exited, 0, right.stderr());
@@ -157,22 +161,8 @@ describe('signed sessions on the command line', () => {
         '--source-public',
         join(directory, 'keys', 'source.pub'),
       ]);
-      const sent = await run([
-        'send',
-        '--group',
-        group,
-        '--iface',
-        '127.0.0.1',
-        '--file',
-        file,
-        '--rate',
-        '100M', // 58 packets within the 10 ms a pending manifest waits before it is signed partial
-        '--packet-size',
-        '1000',
-        '--signed',
-        '--source-key',
-        join(directory, 'keys', 'source.pem'),
-      ]);
+      // At 100M, 58 packets come within the 10 ms a pending manifest waits before it is signed partial.
+      const sent = await sendSignedFile(group, file, ['--rate', '100M', '--packet-size', '1000']);
       assert.equal(sent.code, 0, sent.stderr);
       assert.equal(await receiver.exited, 0, receiver.stderr());
       assert.match(receiver.stderr(), /whole: 300 packets.*SHA-256 ok/);
