@@ -174,6 +174,12 @@ export function tokenOption(values: OptionValues): Token | undefined {
   return tokenOpener(values)?.();
 }
 
+/** A run's protection, made for each run, and the packets a manifest covers (0: none). */
+export type SenderProtectionFactory = ((
+  run: { sessionId: number; incarnation: number },
+  tree?: SourceTree,
+) => SenderProtection) & { readonly manifestPackets: number };
+
 /**
  * The source's protection from `send`'s options, or undefined for a plain session. Refused
  * suites and missing keys are errors naming the option, before anything is sent; so is a
@@ -184,7 +190,7 @@ export function senderProtectionOptions(
   values: OptionValues,
   durationMs: number | undefined,
   packetPayloadBytes: number,
-): ((run: { sessionId: number; incarnation: number }, tree?: SourceTree) => SenderProtection) | undefined {
+): SenderProtectionFactory | undefined {
   const restrictedOnly = [
     'service',
     'service-key-file',
@@ -238,7 +244,7 @@ export function senderProtectionOptions(
     groupText === undefined ? undefined : parseInteger(groupText, '--group-packets', 1, groupKeyPacketsMax);
   const sealedBytes = aeadTagBytes + (packetsPerGroup === undefined ? 0 : groupSeedBytes);
   const manifestPackets = manifestPacketsOption(values, 0, headerBytes + packetPayloadBytes + sealedBytes);
-  return (run, tree) =>
+  const factory = (run: { sessionId: number; incarnation: number }, tree?: SourceTree) =>
     createSenderProtection(
       {
         suite,
@@ -255,6 +261,7 @@ export function senderProtectionOptions(
       },
       run,
     );
+  return Object.assign(factory, { manifestPackets });
 }
 
 /**
@@ -377,21 +384,19 @@ function manifestPacketsOption(
 }
 
 /** `send --signed`: a readable session whose every datagram the source key vouches for. */
-function signedProtectionOptions(
-  values: OptionValues,
-  packetPayloadBytes: number,
-): (run: { sessionId: number; incarnation: number }) => SenderProtection {
+function signedProtectionOptions(values: OptionValues, packetPayloadBytes: number): SenderProtectionFactory {
   const sourceKeyFile = optional(values, 'source-key');
   if (sourceKeyFile === undefined) {
     throw new UsageError('--signed needs --source-key PEM');
   }
   const source = readSigningKey(sourceKeyFile, '--source-key');
   const manifestPackets = manifestPacketsOption(values, undefined, headerBytes + packetPayloadBytes);
-  return (run) =>
+  const factory = (run: { sessionId: number; incarnation: number }) =>
     createSignedSenderProtection(
       { sourcePrivateKey: source.privateKey, sourcePublicKey: source.publicKey, manifestPackets },
       run,
     );
+  return Object.assign(factory, { manifestPackets });
 }
 
 /**

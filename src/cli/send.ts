@@ -327,11 +327,19 @@ export async function runSend(argv: string[], out: NodeJS.WriteStream): Promise<
       ...(values.restricted === true || values.signed === true
         ? { signatureEngine: signatureEngineInfo().name }
         : {}),
+      ...(protection === undefined ? {} : { manifestPackets: protection.manifestPackets }),
     };
     if (values.restricted === true) {
       out.write(`send: ${describeAeadEngine()}\n`);
     } else if (values.signed === true) {
       out.write(`send: ${describeSignatureEngine()}\n`);
+    }
+    if (protection !== undefined) {
+      out.write(
+        protection.manifestPackets === 0
+          ? "send: no manifests (--manifest-packets 0): no DATA carries the source key's signature, and a receiver given --source-public takes none\n"
+          : `send: a manifest signed over every ${protection.manifestPackets} DATA packets\n`,
+      );
     }
     const ended = exhausted === undefined ? {} : { error: exhausted.code };
     out.write(

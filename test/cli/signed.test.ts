@@ -109,6 +109,7 @@ describe('signed sessions on the command line', () => {
     );
     const sent = await sendSignedFile(group, file, ['--rate', '5M']);
     assert.equal(sent.code, 0, sent.stderr);
+    assert.match(sent.stderr, /send: a manifest signed over every 64 DATA packets\n/);
     const [right, wrong] = receivers as [(typeof receivers)[0], (typeof receivers)[0]];
     assert.equal(await right.exited, 0, right.stderr());
     assert.match(right.stderr(), /whole: 143 packets.*SHA-256 ok/);
@@ -135,7 +136,8 @@ describe('signed sessions on the command line', () => {
     const output = join(directory, 'small-packets.out');
     // What crosses the wire, seen by a socket of this test on the group.
     const wire = { data: [] as number[], manifests: [] as Array<{ bytes: number; count: number }> };
-    const socket = createSocket({ type: 'udp4', reuseAddr: true });
+    // A buffer for the whole file: the run comes in bursts at 100M while this process is busy.
+    const socket = createSocket({ type: 'udp4', reuseAddr: true, recvBufferSize: 4 * 1024 * 1024 });
     socket.on('message', (datagram: Buffer) => {
       if (datagram[offsetType] === PacketType.data) {
         wire.data.push(datagram.length);
@@ -164,13 +166,18 @@ describe('signed sessions on the command line', () => {
       // At 100M, 58 packets come within the 10 ms a pending manifest waits before it is signed partial.
       const sent = await sendSignedFile(group, file, ['--rate', '100M', '--packet-size', '1000']);
       assert.equal(sent.code, 0, sent.stderr);
+      assert.match(sent.stderr, /send: a manifest signed over every 58 DATA packets\n/);
       assert.equal(await receiver.exited, 0, receiver.stderr());
       assert.match(receiver.stderr(), /whole: 300 packets.*SHA-256 ok/);
       assert.deepEqual(readFileSync(output), bytes);
     } finally {
       socket.close();
     }
-    assert.ok(wire.data.length >= 300 && wire.manifests.length > 0, JSON.stringify(wire).slice(0, 300));
+    // What this socket saw (it may miss some in a burst); the receiver above got every packet.
+    assert.ok(
+      wire.data.length > 0 && wire.manifests.length > 0,
+      `${wire.data.length} DATA, ${wire.manifests.length} manifests seen`,
+    );
     const longestData = Math.max(...wire.data);
     assert.equal(longestData, 1032); // the 32-byte header and 1,000 bytes
     // Full manifests cover 58 packets (100 + 16 * 58 = 1,028 bytes); the last one, fewer.
