@@ -19,18 +19,14 @@ import {
   runSpan,
   type SenderProtection,
   type SourceTree,
+  sealedOverheadBytes,
 } from '../crypto/restricted-session.js';
 import { openSoftwareToken } from '../crypto/software-token.js';
-import { aeadTagBytes, suiteByName } from '../crypto/suites.js';
+import { suiteByName } from '../crypto/suites.js';
 import type { Token } from '../crypto/token.js';
 import { groupKeyPacketsMax, lkhDepthMax, memberTreeDepthDefault, secretFileBytesMax } from '../limits.js';
 import { readBoundedFile } from '../net/files.js';
-import {
-  groupSeedBytes,
-  manifestPacketsFor,
-  manifestPacketsMax,
-  manifestPacketsMin,
-} from '../protocol/restricted.js';
+import { manifestPacketsFor, manifestPacketsMax, manifestPacketsMin } from '../protocol/restricted.js';
 import { headerBytes } from '../protocol/sizes.js';
 import { pkcs11ModuleDefault } from './command-settings.js';
 import { UsageError } from './errors.js';
@@ -242,8 +238,11 @@ export function senderProtectionOptions(
   const groupText = optional(values, 'group-packets');
   const packetsPerGroup =
     groupText === undefined ? undefined : parseInteger(groupText, '--group-packets', 1, groupKeyPacketsMax);
-  const sealedBytes = aeadTagBytes + (packetsPerGroup === undefined ? 0 : groupSeedBytes);
-  const manifestPackets = manifestPacketsOption(values, 0, headerBytes + packetPayloadBytes + sealedBytes);
+  const manifestPackets = manifestPacketsOption(
+    values,
+    0,
+    headerBytes + packetPayloadBytes + sealedOverheadBytes(packetsPerGroup),
+  );
   const factory = (run: { sessionId: number; incarnation: number }, tree?: SourceTree) =>
     createSenderProtection(
       {

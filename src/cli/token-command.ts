@@ -74,22 +74,20 @@ function parseTime(text: string, field: string): number {
     /^(\d{4})-(\d{2})-(\d{2})(?:T(\d{2}):(\d{2})(?::(\d{2})(?:\.\d{1,9})?)?(?:Z|[+-]\d{2}:\d{2}))?$/.exec(
       text,
     );
+  // A time matches only with its zone (Z or an offset): without one it would be read in local time.
   const ms = match === null ? Number.NaN : Date.parse(text);
-  const [year, month, day, hour, minute, second] = (match?.slice(1) ?? []).map((part) =>
-    part === undefined ? 0 : Number(part),
+  const [year = 0, month = 0, day = 0, hour = 0, minute = 0, second = 0] = (match?.slice(1, 7) ?? []).map(
+    (part) => (part === undefined ? 0 : Number(part)),
   );
-  // A time needs its zone (Z or an offset): without one it would be read in local time.
-  const zoned = match !== null && (match[4] === undefined || /(?:Z|[+-]\d{2}:\d{2})$/.test(text));
   const real =
-    match !== null &&
-    (month as number) >= 1 &&
-    (month as number) <= 12 &&
-    (day as number) >= 1 &&
-    (day as number) <= new Date(Date.UTC(year as number, month as number, 0)).getUTCDate() &&
-    (hour as number) <= 23 &&
-    (minute as number) <= 59 &&
-    (second as number) <= 59;
-  if (!Number.isFinite(ms) || ms < 0 || !zoned || !real) {
+    month >= 1 &&
+    month <= 12 &&
+    day >= 1 &&
+    day <= new Date(Date.UTC(year, month, 0)).getUTCDate() &&
+    hour <= 23 &&
+    minute <= 59 &&
+    second <= 59;
+  if (!Number.isFinite(ms) || ms < 0 || !real) {
     throw new UsageError(
       `${field}: "${text}" is not an ISO 8601 date and time with its zone (e.g. 2027-06-01T00:00:00Z, or a date: 2027-06-01)`,
     );
@@ -220,20 +218,21 @@ function runInstall(argv: string[], out: NodeJS.WriteStream): number {
     // The token keeps one grant per service and epoch: a renewal that starts later would take the
     // running one's place now and leave the token without the service until it starts.
     const now = Date.now();
-    const running = decoded.ok
+    const renewal = decoded.ok && decoded.value.notBeforeMs > now ? decoded.value : undefined;
+    const running = renewal
       ? token
           .entitlements()
           .find(
             (held) =>
-              held.service === decoded.value.service &&
-              held.serviceEpoch === decoded.value.serviceEpoch &&
+              held.service === renewal.service &&
+              held.serviceEpoch === renewal.serviceEpoch &&
               held.notBeforeMs <= now &&
               now < held.notAfterMs,
           )
       : undefined;
-    if (decoded.ok && running !== undefined && decoded.value.notBeforeMs > now) {
+    if (renewal !== undefined && running !== undefined) {
       throw new UsageError(
-        `--grant: the token's grant for ${running.service} (epoch ${running.serviceEpoch}) runs until ${new Date(running.notAfterMs).toISOString()}, and this one starts at ${new Date(decoded.value.notBeforeMs).toISOString()}: installed now it would leave the token without ${running.service} until then; not installed (install it once the running one has ended)`,
+        `--grant: the token's grant for ${running.service} (epoch ${running.serviceEpoch}) runs until ${new Date(running.notAfterMs).toISOString()}, and this one starts at ${new Date(renewal.notBeforeMs).toISOString()}: installed now it would leave the token without ${running.service} until then; not installed (install it once the running one has ended)`,
       );
     }
     const entitlement = token.installGrant(grant);

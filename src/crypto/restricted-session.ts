@@ -114,6 +114,11 @@ export interface SourceTree {
   rekeys(): readonly Buffer[];
 }
 
+/** Bytes sealing adds to a DATA payload: the tag, and in every-n-th-packet mode the group's seed. */
+export function sealedOverheadBytes(packetsPerGroup: number | undefined): number {
+  return aeadTagBytes + (packetsPerGroup === undefined ? 0 : groupSeedBytes);
+}
+
 /** The source side: what the source role calls (src/source/source.ts). */
 export interface SenderProtection {
   /** Bytes a sealed DATA packet adds to its payload. */
@@ -562,7 +567,7 @@ export function createSenderProtection(
     return settings.tree?.groupKey(treeEpoch) ?? settings.tree?.current();
   };
   return {
-    overheadBytes: aeadTagBytes + (settings.packetsPerGroup === undefined ? 0 : groupSeedBytes),
+    overheadBytes: sealedOverheadBytes(settings.packetsPerGroup),
     seal(plain, nowMs, wallUs, into) {
       const keyEpoch = currentEpoch(nowMs);
       sealing(keyEpoch);

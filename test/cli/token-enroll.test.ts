@@ -158,29 +158,27 @@ describe('token grant, show: bad input is named, never a crash', () => {
     );
     writeFileSync(join(directory, 'ended.grant'), ended.toString('base64'));
     const before = readFileSync(join(directory, 'b.token'));
-    const refused = await run(
-      ['token', 'install', '--token', join(directory, 'b.token'), '--grant', join(directory, 'ended.grant')],
-      pin,
-    );
-    assert.equal(refused.code, 2, refused.stderr);
-    assert.match(
-      refused.stderr,
+    /** `token install` of a grant file that is refused: exit 2, the message, the token file unchanged. */
+    const installRefused = async (grantFile: string, message: RegExp) => {
+      const refused = await run(
+        ['token', 'install', '--token', join(directory, 'b.token'), '--grant', join(directory, grantFile)],
+        pin,
+      );
+      assert.equal(refused.code, 2, refused.stderr);
+      assert.match(refused.stderr, message);
+      assert.ok(readFileSync(join(directory, 'b.token')).equals(before), 'the token file is unchanged');
+    };
+    await installRefused(
+      'ended.grant',
       /--grant: this grant for news ended at .*: not installed \(the token keeps what it holds\)/,
     );
-    assert.ok(readFileSync(join(directory, 'b.token')).equals(before), 'the token file is unchanged');
     // A renewal that starts later would leave the token without news until then: refused too.
     const later = await grant('2099-01-01T00:00:00Z', '2099-02-01T00:00:00Z', 'later.grant');
     assert.equal(later.code, 0, later.stderr);
-    const early = await run(
-      ['token', 'install', '--token', join(directory, 'b.token'), '--grant', join(directory, 'later.grant')],
-      pin,
-    );
-    assert.equal(early.code, 2, early.stderr);
-    assert.match(
-      early.stderr,
+    await installRefused(
+      'later.grant',
       /--grant: the token's grant for news \(epoch 1\) runs until .*, and this one starts at 2099-01-01T00:00:00.000Z: installed now it would leave the token without news until then; not installed/,
     );
-    assert.ok(readFileSync(join(directory, 'b.token')).equals(before), 'the token file is unchanged');
     for (const text of ['null', '[]', '7']) {
       writeFileSync(join(directory, 'odd.token'), text);
       const show = await run(['token', 'show', '--token', join(directory, 'odd.token')], pin);
